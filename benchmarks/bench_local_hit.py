@@ -1,0 +1,107 @@
+"""The cost of an L1 hit through the chain, against plain cachetools in the same run.
+
+Prints two ratios (target: both <= 1.0):
+- ``cache.get`` on an L1 hit vs ``cachetools.TTLCache.get``;
+- a ``@cache.cached`` function hit vs a ``@cachetools.cached(TTLCache(...))`` function hit.
+
+Each contender reads the same 1,000 keys round-robin; the figure is the best of several
+repeats (the least disturbed by other work on a shared machine).
+
+Run: ``.venv/bin/python benchmarks/bench_local_hit.py [--settings memory-always|memory-hot-keys]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import timeit
+from collections.abc import Callable
+
+import cachetools
+
+from tiered_cache import TieredCache
+
+KEYS = [f"tweet:{i}" for i in range(1000)]
+IDS = [str(i) for i in range(1000)]
+NUMBER = 20
+REPEAT = 15
+
+
+def best_per_call(fn: Callable[[], object]) -> float:
+    """Nanoseconds per read: best of REPEAT runs of NUMBER passes over the keys."""
+    runs = timeit.repeat(fn, number=NUMBER, repeat=REPEAT)
+    return min(runs) / (NUMBER * len(KEYS)) * 1e9
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--admission", default="always", help="admission of the memory tier")
+    args = parser.parse_args()
+
+    tiers = [{"kind": "memory", "max_entries": 10_000, "ttl": "5m", "admission": args.admission}]
+    cache = TieredCache.from_config(tiers=tiers, namespace="bench")
+    ttl_cache: cachetools.TTLCache[str, object] = cachetools.TTLCache(maxsize=10_000, ttl=300)
+    for key in KEYS:
+        value = {"tweet_id": key, "text": "hello"}
+        ttl_cache[key] = value
+        for _ in range(3):  # several reads, so a frequency-based admission keeps the key
+            cache.get(key, lambda value=value: value)  # type: ignore[misc]
+
+    get, plain_get = cache.get, ttl_cache.get
+
+    def chain_reads() -> None:
+        for key in KEYS:
+            get(key)
+
+    def cachetools_reads() -> None:
+        for key in KEYS:
+            plain_get(key)
+
+    @cache.cached(key="tweet:{tweet_id}", ttl="5m")
+    def decorated(tweet_id: str) -> dict[str, str]:
+        return {"tweet_id": tweet_id, "text": "hello"}
+
+    @cachetools.cached(cachetools.TTLCache(maxsize=10_000, ttl=300))
+    def plain_decorated(tweet_id: str) -> dict[str, str]:
+        return {"tweet_id": tweet_id, "text": "hello"}
+
+    for tweet_id in IDS:
+        for _ in range(3):
+            decorated(tweet_id)
+            plain_decorated(tweet_id)
+
+    def decorated_reads() -> None:
+        for tweet_id in IDS:
+            decorated(tweet_id)
+
+    def plain_decorated_reads() -> None:
+        for tweet_id in IDS:
+            plain_decorated(tweet_id)
+
+    hits_before = cache.stats()["tiers"][0]["hits"]
+    rows = [
+        (
+            "cache.get (L1 hit)",
+            best_per_call(chain_reads),
+            "cachetools.TTLCache.get",
+            best_per_call(cachetools_reads),
+        ),
+        (
+            "@cache.cached hit",
+            best_per_call(decorated_reads),
+            "@cachetools.cached(TTLCache)",
+            best_per_call(plain_decorated_reads),
+        ),
+    ]
+    hits = cache.stats()["tiers"][0]["hits"] - hits_before
+    expected = 2 * NUMBER * REPEAT * len(KEYS)
+    assert hits == expected, f"not every read was an L1 hit: {hits} of {expected}"
+
+    print(f"admission={args.admission}; {len(KEYS)} keys; best of {REPEAT} x {NUMBER} passes")
+    print(f"{'tiered-cache':<22} {'ns/read':>8}   {'peer':<30} {'ns/read':>8}   {'ratio':>6}")
+    for name, ours, peer, theirs in rows:
+        print(f"{name:<22} {ours:>8.0f}   {peer:<30} {theirs:>8.0f}   {ours / theirs:>6.2f}")
+    cache.close()
+
+
+if __name__ == "__main__":
+    main()

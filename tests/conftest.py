@@ -1,0 +1,12 @@
+"""Fixtures shared by the core's tests."""
+
+from __future__ import annotations
+
+import pytest
+
+from tiered_cache.testing import FakeClock
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()

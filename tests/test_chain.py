@@ -1,0 +1,297 @@
+"""Read-through, fill-up, negative caching, batching, writes and degradation of the chain."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from tiered_cache import CodecError, MemoryTier, TieredCache, TieredCacheError, TierUnavailable
+from tiered_cache.testing import FakeClock
+from tiered_cache.testing.recording import RecordingTier
+
+
+class DictSource:
+    """A source of truth held in a dict, counting its reads."""
+
+    name = "dict"
+
+    def __init__(self, items: dict[str, Any] | None = None) -> None:
+        self.items = dict(items or {})
+        self.loads: list[str] = []
+        self.batches: list[list[str]] = []
+
+    def load(self, key: str) -> Any:
+        from tiered_cache import MISSING
+
+        self.loads.append(key)
+        return self.items.get(key, MISSING)
+
+    def load_many(self, keys: Sequence[str]) -> dict[str, Any]:
+        self.batches.append(list(keys))
+        return {key: self.items[key] for key in keys if key in self.items}
+
+    def store(self, key: str, value: Any) -> None:
+        self.items[key] = value
+
+    def remove(self, key: str) -> None:
+        self.items.pop(key, None)
+
+    def close(self) -> None:
+        pass
+
+
+class CannotEncode(MemoryTier):
+    """A memory tier that refuses sets, as a Redis tier does for a value its codec rejects."""
+
+    def set(self, key: str, entry: Any) -> None:
+        raise CodecError(f"value of {key!r}: not encodable")
+
+
+def two_tier_chain(clock: FakeClock, source: DictSource, **kwargs: Any) -> TieredCache:
+    l1 = RecordingTier(MemoryTier(name="l1", max_entries=100, ttl=60, clock=clock))
+    l2 = RecordingTier(MemoryTier(name="l2", max_entries=1000, ttl=3600, clock=clock))
+    return TieredCache([l1, l2], source, clock=clock, **kwargs)
+
+
+def recorders(cache: TieredCache) -> list[RecordingTier]:
+    return [tier for tier in cache.tiers if isinstance(tier, RecordingTier)]
+
+
+def test_miss_everywhere_loads_once_and_fills_every_tier(clock: FakeClock) -> None:
+    source = DictSource({"t:1": {"text": "hi"}})
+    cache = two_tier_chain(clock, source)
+    assert cache.get("t:1") == {"text": "hi"}
+    assert cache.get("t:1") == {"text": "hi"}
+    assert source.loads == ["t:1"]
+    l1, l2 = recorders(cache)
+    assert l1.calls["set"] == 1
+    assert l2.calls["set"] == 1
+    stats = cache.stats()
+    assert stats["tiers"][0]["hits"] == 1
+    assert stats["tiers"][0]["misses"] == 1
+    assert stats["loads"] == 1
+
+
+def test_hit_in_second_tier_fills_only_the_first(clock: FakeClock) -> None:
+    source = DictSource({"t:1": "v"})
+    cache = two_tier_chain(clock, source)
+    cache.get("t:1")
+    clock.advance(61)  # past l1's ttl, within l2's
+    l1, l2 = recorders(cache)
+    sets_before = (l1.calls["set"], l2.calls["set"])
+    assert cache.get("t:1") == "v"
+    assert source.loads == ["t:1"]
+    assert (l1.calls["set"], l2.calls["set"]) == (sets_before[0] + 1, sets_before[1])
+    assert cache.stats()["tiers"][1]["hits"] == 1
+
+
+def test_value_fresh_for_cache_ttl_then_reloaded(clock: FakeClock) -> None:
+    source = DictSource({"k": 1})
+    cache = two_tier_chain(clock, source, ttl=30)
+    cache.get("k")
+    clock.advance(29)
+    cache.get("k")
+    assert len(source.loads) == 1
+    source.items["k"] = 2
+    clock.advance(2)
+    assert cache.get("k") == 2
+    assert len(source.loads) == 2
+
+
+def test_per_call_ttl_overrides_the_cache_ttl(clock: FakeClock) -> None:
+    cache = two_tier_chain(clock, DictSource(), ttl=1000)
+    calls: list[int] = []
+    cache.get("k", lambda: calls.append(1) or "v", ttl="5s")
+    clock.advance(6)
+    cache.get("k", lambda: calls.append(1) or "v", ttl="5s")
+    assert len(calls) == 2
+
+
+def test_not_found_is_cached_as_none_for_negative_ttl(clock: FakeClock) -> None:
+    source = DictSource()
+    cache = two_tier_chain(clock, source, negative_ttl=10)
+    assert cache.get("absent") is None
+    assert cache.get("absent") is None
+    assert source.loads == ["absent"]
+    clock.advance(11)
+    assert cache.get("absent") is None
+    assert source.loads == ["absent", "absent"]
+
+
+def test_loader_returning_none_is_negatively_cached(clock: FakeClock) -> None:
+    cache = two_tier_chain(clock, DictSource(), negative_ttl=10)
+    calls: list[str] = []
+
+    def loader() -> None:
+        calls.append("x")
+
+    assert cache.get("k", loader) is None
+    assert cache.get("k", loader) is None
+    assert calls == ["x"]
+
+
+def test_get_many_one_call_per_tier_and_one_batch(clock: FakeClock) -> None:
+    items = {f"k{i}": i for i in range(10)}
+    source = DictSource(items)
+    cache = two_tier_chain(clock, source)
+    l1, l2 = recorders(cache)
+    cache.get("k0")  # k0 now in both tiers
+    l2.inner.set("k1", l1.inner.get("k0").with_value(1))  # type: ignore[union-attr]
+    result = cache.get_many(["k0", "k1", "k2", "k3", "k2", "missing"])
+    assert result == {"k0": 0, "k1": 1, "k2": 2, "k3": 3, "missing": None}
+    assert l1.calls["get_many"] == 1
+    assert l2.calls["get_many"] == 1
+    assert source.batches == [["k2", "k3", "missing"]]
+    # what was found in l2 went up into l1, what was loaded into both
+    assert sorted(l1.inner.get_many(["k1", "k2", "k3", "missing"])) == ["k1", "k2", "k3", "missing"]
+    assert cache.get_many(["k2", "missing"]) == {"k2": 2, "missing": None}
+    assert len(source.batches) == 1
+
+
+def test_get_many_with_a_batch_loader(clock: FakeClock) -> None:
+    cache = two_tier_chain(clock, None)  # type: ignore[arg-type]
+    batches: list[list[str]] = []
+
+    def load(keys: Sequence[str]) -> dict[str, str]:
+        batches.append(list(keys))
+        return {key: key.upper() for key in keys if key != "b"}
+
+    assert cache.get_many(["a", "b"], load) == {"a": "A", "b": None}
+    assert cache.get_many(["a", "b", "c"], load) == {"a": "A", "b": None, "c": "C"}
+    assert batches == [["a", "b"], ["c"]]
+
+
+def test_no_source_and_no_loader_is_a_clear_error(clock: FakeClock) -> None:
+    cache = TieredCache([MemoryTier(clock=clock)], clock=clock)
+    with pytest.raises(TieredCacheError, match="no source and no loader"):
+        cache.get("k")
+
+
+def test_loader_failure_reaches_the_caller_and_nothing_is_cached(clock: FakeClock) -> None:
+    cache = two_tier_chain(clock, DictSource())
+
+    def broken() -> str:
+        raise RuntimeError("source down")
+
+    with pytest.raises(RuntimeError, match="source down"):
+        cache.get("k", broken)
+    assert cache.get("k", lambda: "ok") == "ok"
+    assert cache.stats()["load_failures"] == 1
+
+
+def test_failing_tier_is_skipped_with_a_warning_and_a_metric(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    source = DictSource({"k": "v"})
+    cache = two_tier_chain(clock, source)
+    l1, l2 = recorders(cache)
+    l2.failure = ConnectionError("redis went away")
+    with caplog.at_level(logging.WARNING, logger="tiered_cache.chain"):
+        assert cache.get("k") == "v"
+        assert cache.get("k") == "v"  # from l1
+    assert source.loads == ["k"]
+    stats = cache.stats()
+    assert stats["tiers"][1]["errors"] >= 2  # the failed get and the failed fill
+    assert any("'l2' failed" in record.getMessage() for record in caplog.records)
+    l1.failure = TierUnavailable("circuit open")
+    assert cache.get("k") == "v"
+    assert cache.stats()["tiers"][0]["skips"] >= 1
+
+
+def test_every_tier_down_still_answers_from_the_source(clock: FakeClock) -> None:
+    source = DictSource({"k": "v"})
+    cache = two_tier_chain(clock, source)
+    for tier in recorders(cache):
+        tier.failure = TimeoutError("timed out")
+    assert cache.get("k") == "v"
+    assert cache.get_many(["k"]) == {"k": "v"}
+    cache.set("k", "w")
+    cache.invalidate("k")
+    assert source.items["k"] == "w"
+
+
+def test_codec_error_is_raised_and_no_tier_keeps_the_value(clock: FakeClock) -> None:
+    l1 = MemoryTier(name="l1", clock=clock)
+    cache = TieredCache([l1, CannotEncode(name="redis-like", clock=clock)], clock=clock)
+    with pytest.raises(CodecError):
+        cache.set("k", object())
+    assert l1.get("k").__bool__() is False
+    with pytest.raises(CodecError):
+        cache.get("k2", object)
+    assert "k2" not in l1
+
+
+def test_set_writes_through_source_first_then_tiers(clock: FakeClock) -> None:
+    source = DictSource({"k": "old"})
+    cache = two_tier_chain(clock, source)
+    cache.get("k")
+    cache.set("k", "new")
+    assert source.items["k"] == "new"
+    assert cache.get("k") == "new"
+    assert source.loads == ["k"]
+
+
+def test_failed_source_write_changes_no_tier(clock: FakeClock) -> None:
+    source = DictSource({"k": "old"})
+    cache = two_tier_chain(clock, source)
+    cache.get("k")
+
+    def refuse(key: str, value: Any) -> None:
+        raise RuntimeError("write refused")
+
+    source.store = refuse  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError):
+        cache.set("k", "new")
+    assert cache.get("k") == "old"
+
+
+def test_invalidate_removes_from_every_tier(clock: FakeClock) -> None:
+    source = DictSource({"k": 1})
+    cache = two_tier_chain(clock, source)
+    cache.get("k")
+    source.items["k"] = 2
+    cache.invalidate("k")
+    assert cache.get("k") == 2
+    for tier in recorders(cache):
+        assert tier.calls["delete_many"] == 1
+
+
+def test_invalidation_during_a_load_keeps_the_loaded_value_out_of_the_tiers(
+    clock: FakeClock,
+) -> None:
+    source = DictSource({"k": "old"})
+    cache = two_tier_chain(clock, source)
+
+    def slow_read_then_invalidated() -> str:
+        value = source.items["k"]
+        source.items["k"] = "new"  # a writer changes the source ...
+        cache.invalidate("k")  # ... and invalidates while this load is in flight
+        return value
+
+    assert cache.get("k", slow_read_then_invalidated) == "old"
+    assert cache.get("k") == "new"
+
+
+def test_stats_are_json_serializable(clock: FakeClock) -> None:
+    import json
+
+    cache = two_tier_chain(clock, DictSource({"k": 1}))
+    cache.get("k")
+    snapshot = json.loads(json.dumps(cache.stats()))
+    assert [tier["name"] for tier in snapshot["tiers"]] == ["l1", "l2"]
+    assert snapshot["source_reads_saved"] == 0
+
+
+def test_close_closes_tiers_and_source_once(clock: FakeClock) -> None:
+    closed: list[str] = []
+
+    class Closing(MemoryTier):
+        def close(self) -> None:
+            closed.append(self.name)
+
+    with TieredCache([Closing(name="a"), Closing(name="b")], clock=clock):
+        pass
+    assert closed == ["a", "b"]

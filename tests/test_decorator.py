@@ -1,0 +1,135 @@
+"""The decorator: key templates filled from arguments, invalidation, clear errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from tiered_cache import KeyTemplateError, MemoryTier, TieredCache
+from tiered_cache.testing import FakeClock
+
+
+@pytest.fixture
+def cache(clock: FakeClock) -> TieredCache:
+    return TieredCache([MemoryTier(max_entries=100, clock=clock)], clock=clock)
+
+
+def test_method_of_a_repository_class(cache: TieredCache) -> None:
+    loads: list[str] = []
+
+    class TweetRepository:
+        @cache.cached(key="tweet:{tweet_id}", ttl="1h")
+        def get(self, tweet_id: str) -> dict[str, str]:
+            loads.append(tweet_id)
+            return {"tweet_id": tweet_id}
+
+    repo = TweetRepository()
+    assert repo.get("1") == {"tweet_id": "1"}
+    assert repo.get(tweet_id="1") == {"tweet_id": "1"}
+    assert TweetRepository().get("1") == {"tweet_id": "1"}  # another instance, same key
+    assert repo.get("2") == {"tweet_id": "2"}
+    assert loads == ["1", "2"]
+    assert TweetRepository.get.key_for(tweet_id="1") == "tweet:1"  # type: ignore[attr-defined]
+    repo.get.invalidate(tweet_id="1")  # type: ignore[attr-defined]
+    repo.get("1")
+    assert loads == ["1", "2", "1"]
+
+
+def test_ttl_of_the_decorator(cache: TieredCache, clock: FakeClock) -> None:
+    loads: list[int] = []
+
+    @cache.cached(key="n:{n}", ttl="10s")
+    def square(n: int) -> int:
+        loads.append(n)
+        return n * n
+
+    assert square(3) == 9
+    clock.advance(9)
+    assert square(3) == 9
+    clock.advance(2)
+    assert square(3) == 9
+    assert loads == [3, 3]
+
+
+def test_defaults_keyword_only_and_positional_only(cache: TieredCache) -> None:
+    calls: list[tuple[object, ...]] = []
+
+    @cache.cached(key="{a}/{b}/{c}")
+    def f(a: int, /, b: int = 2, *, c: int = 3) -> int:
+        calls.append((a, b, c))
+        return a + b + c
+
+    assert f(1) == 6
+    assert f(1, 2, c=3) == 6
+    assert f(1, b=2) == 6
+    assert f(1, 5) == 9
+    assert calls == [(1, 2, 3), (1, 5, 3)]
+    with pytest.raises(TypeError):
+        f()  # type: ignore[call-arg]  # the wrapper binds arguments like the function
+
+
+def test_wrapper_keeps_name_and_doc(cache: TieredCache) -> None:
+    @cache.cached(key="k:{x}")
+    def documented(x: int) -> int:
+        """Doubles x."""
+        return 2 * x
+
+    assert documented.__name__ == "documented"
+    assert documented.__doc__ == "Doubles x."
+    assert documented(4) == 8
+
+
+def test_template_naming_an_unknown_parameter_fails_at_decoration(cache: TieredCache) -> None:
+    with pytest.raises(
+        KeyTemplateError,
+        match=r"names tweetid, which is not among its parameters \(self, tweet_id\)",
+    ):
+
+        class Repo:
+            @cache.cached(key="tweet:{tweetid}")
+            def get(self, tweet_id: str) -> str:
+                return tweet_id
+
+
+@pytest.mark.parametrize(
+    ("template", "message"),
+    [
+        ("tweet", "names no parameter"),
+        ("tweet:{", "malformed"),
+        ("t:{a.b}", "must be a parameter name"),
+        ("t:{rest}", "is a \\*args/\\*\\*kwargs parameter"),
+    ],
+)
+def test_bad_templates(cache: TieredCache, template: str, message: str) -> None:
+    with pytest.raises(KeyTemplateError, match=message):
+
+        @cache.cached(key=template)
+        def f(a: int, *rest: int) -> int:
+            return a
+
+
+def test_invalidate_needs_exactly_the_template_names(cache: TieredCache) -> None:
+    @cache.cached(key="u:{user}:t:{tweet}")
+    def f(user: str, tweet: str) -> str:
+        return user + tweet
+
+    with pytest.raises(KeyTemplateError, match="missing tweet"):
+        f.invalidate(user="a")  # type: ignore[attr-defined]
+    with pytest.raises(KeyTemplateError, match="unknown other"):
+        f.invalidate(user="a", tweet="b", other=1)  # type: ignore[attr-defined]
+
+
+def test_function_errors_propagate_and_are_not_cached(cache: TieredCache) -> None:
+    attempts: list[int] = []
+
+    @cache.cached(key="k:{x}")
+    def flaky(x: int) -> int:
+        attempts.append(x)
+        if len(attempts) == 1:
+            raise ConnectionError("source down")
+        return x
+
+    with pytest.raises(ConnectionError):
+        flaky(1)
+    assert flaky(1) == 1
+    assert flaky(1) == 1
+    assert attempts == [1, 1]

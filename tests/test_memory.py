@@ -1,0 +1,91 @@
+"""The in-process tier: bounds by count and bytes, its own TTL with jitter, LRU order."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from tiered_cache import MISSING, Entry, MemoryTier
+from tiered_cache.memory import LruPolicy, estimate_size
+from tiered_cache.testing import FakeClock
+
+
+def entry(clock: FakeClock, value: object, lifetime: float = 1000.0) -> Entry:
+    return Entry(value, clock(), clock() + lifetime, clock() + lifetime)
+
+
+def test_bounded_by_entry_count_least_recently_used_goes_first(clock: FakeClock) -> None:
+    tier = MemoryTier(max_entries=3, clock=clock)
+    for key in "abc":
+        tier.set(key, entry(clock, key))
+    tier.get("a")  # a is now the most recently used
+    tier.set("d", entry(clock, "d"))
+    assert sorted(tier.get_many(list("abcd"))) == ["a", "c", "d"]
+    assert len(tier) == 3
+    assert tier.policy.evictions == 1
+
+
+def test_bounded_by_bytes(clock: FakeClock) -> None:
+    tier = MemoryTier(max_entries=1000, max_bytes=2_000, clock=clock)
+    for i in range(50):
+        tier.set(f"k{i}", entry(clock, "x" * 100))
+    assert tier.policy.weight <= 2_000
+    assert 0 < len(tier) < 50
+    tier.set("huge", entry(clock, "x" * 5_000))  # bigger than the whole bound: refused
+    assert tier.get("huge") is MISSING
+
+
+def test_tier_ttl_caps_the_entry_lifetime(clock: FakeClock) -> None:
+    tier = MemoryTier(ttl=60, clock=clock)
+    tier.set("k", entry(clock, "v", lifetime=3600))
+    clock.advance(59)
+    assert tier.get("k") is not MISSING
+    clock.advance(2)
+    assert tier.get("k") is MISSING
+    assert len(tier) == 0  # an expired entry found on read is dropped
+
+
+def test_ttl_jitter_spreads_expiry_within_the_fraction(clock: FakeClock) -> None:
+    tier = MemoryTier(ttl=100, ttl_jitter=0.2, clock=clock, rng=random.Random(7))
+    for i in range(200):
+        tier.set(f"k{i}", entry(clock, i, lifetime=10_000))
+    clock.advance(79.9)
+    assert len(tier.get_many([f"k{i}" for i in range(200)])) == 200  # none before 80% of ttl
+    clock.advance(10)
+    alive = len(tier.get_many([f"k{i}" for i in range(200)]))
+    assert 0 < alive < 200  # some expired between 80% and 90%: expiry is spread
+    clock.advance(10.2)
+    assert tier.get_many([f"k{i}" for i in range(200)]) == {}
+
+
+def test_contains_is_not_an_access(clock: FakeClock) -> None:
+    tier = MemoryTier(max_entries=2, clock=clock)
+    tier.set("a", entry(clock, 1))
+    tier.set("b", entry(clock, 2))
+    assert "a" in tier
+    tier.set("c", entry(clock, 3))  # a is still least recently used
+    assert "a" not in tier
+    assert 5 not in tier
+
+
+def test_bad_arguments_are_refused() -> None:
+    with pytest.raises(ValueError, match="max_entries"):
+        MemoryTier(max_entries=0)
+    with pytest.raises(ValueError, match="ttl_jitter"):
+        MemoryTier(ttl_jitter=1.0)
+
+
+def test_lru_policy_put_replaces_and_keeps_weight_exact() -> None:
+    policy = LruPolicy(max_entries=10, max_weight=100)
+    slot = (Entry("v", 0.0), 10.0)
+    policy.put("k", slot, 30)
+    policy.put("k", slot, 40)
+    assert policy.weight == 40
+    assert policy.pop("k") == slot
+    assert policy.weight == 0
+
+
+def test_estimate_size_grows_with_content() -> None:
+    assert estimate_size({"a": "x" * 1000}) > estimate_size({"a": "x"})
+    assert estimate_size([1, 2, 3]) > estimate_size([])

@@ -1,0 +1,204 @@
+"""Settings from a TOML file, the environment and overrides; clear errors for bad config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tiered_cache import ConfigError, MemoryTier, TieredCache, load_settings
+from tiered_cache.registry import Plugin, available_kinds, register, unregister
+from tiered_cache.settings import MemoryTierSettings, TierSettings
+from tiered_cache.units import parse_duration, parse_size
+
+CONFIG = """
+[tiered_cache]
+namespace = "tweets"
+ttl = "10m"
+
+[[tiered_cache.tiers]]
+kind = "memory"
+max_entries = 500
+ttl = "5m"
+max_bytes = "64MiB"
+"""
+
+
+@pytest.fixture
+def config_file(tmp_path: Path) -> Path:
+    path = tmp_path / "tiered_cache.toml"
+    path.write_text(CONFIG)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("TIERED_CACHE_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("250ms", 0.25),
+        ("30s", 30),
+        ("5m", 300),
+        ("1h", 3600),
+        ("2d", 172800),
+        (7, 7.0),
+        ("1.5s", 1.5),
+        ("100us", 1e-4),
+    ],
+)
+def test_durations(text: object, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("64MiB", 64 * 2**20), ("10MB", 10**7), (512, 512), ("1KiB", 1024), ("3GB", 3 * 10**9)],
+)
+def test_sizes(text: object, size: int) -> None:
+    assert parse_size(text) == size
+
+
+def test_from_config_file(config_file: Path) -> None:
+    settings = load_settings(config_file)
+    assert settings.namespace == "tweets"
+    assert settings.ttl == 600
+    (tier,) = settings.tiers
+    assert isinstance(tier, MemoryTierSettings)
+    assert (tier.max_entries, tier.ttl, tier.max_bytes) == (500, 300, 64 * 2**20)
+    with TieredCache.from_config(config_file) as cache:
+        assert cache.namespace == "tweets"
+        assert isinstance(cache.tiers[0], MemoryTier)
+        assert cache.get("k", lambda: "v") == "v"
+
+
+def test_environment_overrides_the_file(config_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TIERED_CACHE_NAMESPACE", "123")
+    monkeypatch.setenv("TIERED_CACHE_TIERS__0__MAX_ENTRIES", "42")
+    monkeypatch.setenv("TIERED_CACHE_NEGATIVE_TTL", "2s")
+    settings = load_settings(config_file)
+    assert settings.namespace == "123"
+    assert settings.tiers[0].max_entries == 42  # type: ignore[attr-defined]
+    assert settings.tiers[0].ttl == 300  # the rest of the tier still comes from the file
+    assert settings.negative_ttl == 2
+
+
+def test_whole_tier_list_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TIERED_CACHE_TIERS", '[{"kind": "memory", "max_entries": 9}]')
+    assert load_settings().tiers[0].max_entries == 9  # type: ignore[attr-defined]
+
+
+def test_overrides_beat_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TIERED_CACHE_NAMESPACE", "from-env")
+    assert load_settings(namespace="explicit").namespace == "explicit"
+
+
+def test_defaults_without_any_config() -> None:
+    settings = load_settings()
+    assert settings.namespace == "default"
+    assert [tier.kind for tier in settings.tiers] == ["memory"]
+    assert settings.source is None
+
+
+@pytest.mark.parametrize(
+    ("tiers", "message"),
+    [
+        (
+            [{"kind": "memory", "ttl": "5 minutes"}],
+            "tiered_cache.tiers[0].ttl: expected a duration",
+        ),
+        (
+            [{"kind": "memory", "max_entries": 0}],
+            "tiered_cache.tiers[0].max_entries: Input should be greater",
+        ),
+        (
+            [{"kind": "memory", "max_entrys": 5}],
+            "tiered_cache.tiers[0].max_entrys: Extra inputs are not permitted",
+        ),
+        (
+            [{"kind": "memory"}, {"kind": "memcached"}],
+            "tiered_cache.tiers[1].kind: unknown tier kind 'memcached'; installed kinds: ",
+        ),
+        ([{"ttl": "5m"}], "tiered_cache.tiers[0].kind: Field required"),
+        (
+            [{"kind": "memory", "max_bytes": "lots"}],
+            "tiered_cache.tiers[0].max_bytes: expected a size",
+        ),
+    ],
+)
+def test_bad_tier_config_names_the_field(tiers: list[dict[str, object]], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(tiers=tiers)
+    assert message in str(info.value)
+
+
+def test_unknown_kind_lists_installed_kinds() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(tiers=[{"kind": "nope"}])
+    for kind in available_kinds():
+        assert repr(kind) in str(info.value)
+    assert "'memory'" in str(info.value)
+
+
+def test_bad_top_level_field(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text('[tiered_cache]\nnegative_ttl = "soon"\nnamspace = "x"\n')
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    assert "tiered_cache.negative_ttl: expected a duration" in str(info.value)
+    assert "tiered_cache.namspace: Extra inputs are not permitted" in str(info.value)
+
+
+def test_file_errors_are_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "absent.toml")
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[tiered_cache\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(broken)
+    other = tmp_path / "other.toml"
+    other.write_text("[something_else]\n")
+    with pytest.raises(ConfigError, match=r"no \[tiered_cache\] table"):
+        load_settings(other)
+
+
+def test_environment_index_past_the_list_is_named(
+    config_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TIERED_CACHE_TIERS__3__TTL", "1s")
+    with pytest.raises(ConfigError, match="TIERED_CACHE_TIERS__3__TTL"):
+        load_settings(config_file)
+
+
+def test_memory_kind_is_found_through_its_entry_point() -> None:
+    from importlib.metadata import entry_points
+
+    names = {ep.name for ep in entry_points(group="tiered_cache.tiers")}
+    assert "memory" in names
+
+
+def test_a_registered_plugin_is_a_kind(clock: object) -> None:
+    class EchoSettings(TierSettings):
+        kind: str = "echo"
+        size: int = 3
+
+    built: list[EchoSettings] = []
+
+    def build(settings: EchoSettings, context: object) -> MemoryTier:
+        built.append(settings)
+        return MemoryTier(name="echo", max_entries=settings.size)
+
+    register(Plugin("echo", EchoSettings, build))
+    try:
+        with TieredCache.from_config(tiers=[{"kind": "echo", "size": 7}]) as cache:
+            assert cache.tiers[0].name == "echo"
+        assert built[0].size == 7
+        assert "echo" in available_kinds()
+    finally:
+        unregister("echo")

@@ -1,0 +1,39 @@
+"""tiered-cache: a chain of cache tiers in front of a slow or throttled source of truth."""
+
+from .chain import TieredCache
+from .errors import (
+    CodecError,
+    ConfigError,
+    KeyTemplateError,
+    SourceError,
+    SourceThrottled,
+    TieredCacheError,
+    TierUnavailable,
+)
+from .memory import MemoryTier
+from .registry import BuildContext, Plugin
+from .settings import CacheSettings, SourceSettings, TierSettings, load_settings
+from .tier import MISSING, Entry, Missing, Source, Tier
+
+__all__ = [
+    "MISSING",
+    "BuildContext",
+    "CacheSettings",
+    "CodecError",
+    "ConfigError",
+    "Entry",
+    "KeyTemplateError",
+    "MemoryTier",
+    "Missing",
+    "Plugin",
+    "Source",
+    "SourceError",
+    "SourceSettings",
+    "SourceThrottled",
+    "Tier",
+    "TierSettings",
+    "TierUnavailable",
+    "TieredCache",
+    "TieredCacheError",
+    "load_settings",
+]

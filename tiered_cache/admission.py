@@ -1,0 +1,329 @@
+"""The ``"hot-keys"`` eviction policy of the memory tier: W-TinyLFU with hot-key tracking.
+
+A new key always enters a small LRU *window* (about 1% of the entries), so that a key that is
+suddenly popular is served from memory at once. When the window overflows, its least recently
+used key becomes a *candidate* for the main area, a segmented LRU (20% *probation*, 80%
+*protected*): it gets in only if the frequency sketch says it was read more often than the
+*victim* it would displace (probation's LRU key). One-off keys therefore never push out a
+frequently read one, however many of them pass (Einziger, Friedman, Manes, "TinyLFU: A Highly
+Efficient Cache Admission Policy", 2017, section 5: W-TinyLFU). The window's share adapts to
+the workload by hill climbing on the hit ratio, as Caffeine does (Einziger et al., "Adaptive
+Software Cache Management", Middleware 2018).
+
+Every read is observed, hits and misses alike: the sketch counts it, and a key the sketch has
+seen a few times is counted in the :class:`~tiered_cache.hotkeys.TopK` list that answers
+:meth:`TinyLfuPolicy.hot_keys` and decides which keys are hot enough for ``hot_ttl``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+from .hotkeys import FrequencySketch, TopK
+from .memory import Slot
+
+__all__ = ["TinyLfuPolicy"]
+
+logger = logging.getLogger(__name__)
+
+#: A candidate this frequent that loses to its victim is still admitted with probability 1/128,
+#: so that an attacker cannot pin a victim by flooding its hash collisions (Caffeine).
+_HASH_DOS_THRESHOLD = 6
+#: Hill climber (Caffeine's values): a step is 6.25% of the entries; it shrinks by 2% per
+#: sample unless the hit ratio moved by 5 points or more, which restarts the climb.
+_STEP_FRACTION = 0.0625
+_STEP_DECAY = 0.98
+_RESTART_THRESHOLD = 0.05
+
+
+class TinyLfuPolicy:
+    """W-TinyLFU admission and eviction for :class:`~tiered_cache.memory.MemoryTier`.
+
+    Called with the tier's lock held; not thread-safe on its own.
+
+    Args:
+        max_entries: bound on the number of entries.
+        max_weight: optional bound on the summed weights (the tier's ``max_bytes``).
+        window_fraction: initial share of the entries given to the admission window.
+        adaptive: let a hill climber move the window's share to where the hit ratio is best.
+        protected_fraction: share of the main area that is protected (the rest is probation).
+        sample_factor: the sketch ages (halves) after ``sample_factor * max_entries`` reads.
+        sketch_width: counters per sketch row (a power of two); default from ``max_entries``.
+        doorkeeper: put a Bloom filter in front of the sketch (absorbs one-hit wonders).
+        top_k: how many keys the hot-key list reports as hot.
+        hot_half_life: seconds after which a read counts half in the hot-key rates.
+        hot_ttl: if set, a hot key (one of the ``top_k``) filled into the tier is kept for this
+            many seconds, even when that is longer than the tier's ``ttl`` (never longer than
+            the entry's own hard expiry).
+        hit_sample: count one hit in this many (a power of two), with this weight; misses
+            are always counted.
+        clock: seconds, the tier's clock.
+        rng: randomness for the 1/128 admission; seeded for reproducible replays.
+    """
+
+    def __init__(
+        self,
+        max_entries: int,
+        max_weight: int | None = None,
+        *,
+        window_fraction: float = 0.01,
+        adaptive: bool = True,
+        protected_fraction: float = 0.8,
+        sample_factor: int = 10,
+        sketch_width: int | None = None,
+        doorkeeper: bool = False,
+        top_k: int = 100,
+        hot_half_life: float = 60.0,
+        hot_ttl: float | None = None,
+        hit_sample: int = 4,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
+        if not 0.0 < window_fraction < 1.0:
+            raise ValueError("window_fraction must be in (0, 1)")
+        if not 0.0 < protected_fraction < 1.0:
+            raise ValueError("protected_fraction must be in (0, 1)")
+        self.max_entries = max_entries
+        self._max_weight = max_weight
+        self._protected_fraction = protected_fraction
+        self._adaptive = adaptive and max_entries >= 2
+        self._hot_ttl = hot_ttl
+        self._clock = clock
+        self._rng = rng or random.Random(0)
+        self.sketch = FrequencySketch(
+            max_entries, width=sketch_width, sample_factor=sample_factor, doorkeeper=doorkeeper
+        )
+        self.top = TopK(top_k, half_life=hot_half_life, clock=clock)
+        self._window: OrderedDict[str, Slot] = OrderedDict()
+        self._probation: OrderedDict[str, Slot] = OrderedDict()
+        self._protected: OrderedDict[str, Slot] = OrderedDict()
+        self._weights: dict[str, int] = {}
+        self._weight = 0
+        self._evictions = 0
+        self._window_target = max_entries * window_fraction
+        self._set_window(self._window_target)
+        # Reads in the current hill-climbing sample; the hit count also picks sampled hits.
+        self._misses = 0
+        self._hits = 0
+        if hit_sample < 1 or hit_sample & (hit_sample - 1):
+            raise ValueError("hit_sample must be a power of two")
+        self._hit_mask = hit_sample - 1
+        self._hit_weight = hit_sample
+        self._sample_size = sample_factor * max_entries
+        self._previous_hit_ratio = 0.0
+        self._step = -_STEP_FRACTION * max_entries
+        # A key enters the hot-key list once the sketch has seen it this often: one-off keys
+        # would only churn the list (Filtered Space-Saving).
+        self._top_gate = 2
+        # Bound once: these run on every read.
+        self._increment = self.sketch.increment
+        self._top_add = self.top.add
+        self._window_get = self._window.get
+        self._window_touch = self._window.move_to_end
+        self._protected_get = self._protected.get
+        self._protected_touch = self._protected.move_to_end
+        self._probation_pop = self._probation.pop
+
+    # -- sizes ------------------------------------------------------------------------------
+
+    def _set_window(self, target: float) -> None:
+        n = self.max_entries
+        # At least one window slot (so that a new key is always let in) unless the whole
+        # cache is one entry; at least one main slot for the same reason the other way round.
+        # The target stays fractional so that the climber's small late steps add up.
+        self._window_target = min(max(target, 1.0), max(n - 1.0, 1.0))
+        self._window_max = 1 if n == 1 else round(self._window_target)
+        main = n - self._window_max
+        self._protected_max = int(main * self._protected_fraction)
+
+    @property
+    def window_max(self) -> int:
+        """Entries the admission window may hold now (moves when ``adaptive``)."""
+        return self._window_max
+
+    # -- EvictionPolicy ---------------------------------------------------------------------
+
+    def get(self, key: str) -> Slot | None:
+        """The slot for ``key``; the read is counted in the sketch and the hot-key list.
+
+        Misses are always counted. Hits are counted one in ``hit_sample``, with that weight,
+        which keeps the estimates unbiased while the hit path stays cheaper than
+        ``cachetools.TTLCache.get``.
+        """
+        slot = self._protected_get(key)
+        if slot is None:
+            slot = self._window_get(key)
+            if slot is None:
+                slot = self._probation_pop(key, None)
+                if slot is None:
+                    self._misses += 1
+                    if self._increment(key, 1) >= self._top_gate:
+                        self._top_add(key, 1)
+                    return None
+                self._promote(key, slot)
+            else:
+                self._window_touch(key)
+        else:
+            self._protected_touch(key)
+        self._hits += 1
+        if not self._hits & self._hit_mask:
+            weight = self._hit_weight
+            if self._increment(key, weight) >= self._top_gate:
+                self._top_add(key, weight)
+        return slot
+
+    def _promote(self, key: str, slot: Slot) -> None:
+        protected = self._protected
+        protected[key] = slot
+        while len(protected) > self._protected_max:
+            demoted, demoted_slot = protected.popitem(last=False)
+            self._probation[demoted] = demoted_slot
+
+    def peek(self, key: str) -> Slot | None:
+        """The slot for ``key`` without counting a read."""
+        return self._protected.get(key) or self._window.get(key) or self._probation.get(key)
+
+    def put(self, key: str, slot: Slot, weight: int) -> bool:
+        """Offer ``slot``; a new key enters the window, which may push a candidate out."""
+        if self._max_weight is not None and weight > self._max_weight:
+            self.pop(key)
+            return False
+        if self._hot_ttl is not None and self.top.is_hot(key):
+            entry, expire_at = slot
+            hot_expire_at = min(entry.hard_expiry, self._clock() + self._hot_ttl)
+            if hot_expire_at > expire_at:
+                slot = (entry, hot_expire_at)
+        self._weight += weight - self._weights.get(key, 0)
+        self._weights[key] = weight
+        for segment in (self._protected, self._window, self._probation):
+            if key in segment:
+                segment[key] = slot
+                break
+        else:
+            self._window[key] = slot
+        self._evict()
+        if self._adaptive and self._hits + self._misses >= self._sample_size:
+            self._climb()
+        return key in self._weights
+
+    def pop(self, key: str) -> Slot | None:
+        """Remove ``key`` (not an eviction, not a read)."""
+        slot = (
+            self._protected.pop(key, None)
+            or self._window.pop(key, None)
+            or self._probation.pop(key, None)
+        )
+        if slot is not None:
+            self._weight -= self._weights.pop(key, 0)
+        return slot
+
+    def clear(self) -> None:
+        """Forget every entry; the sketch and the hot-key list keep their history."""
+        self._window.clear()
+        self._probation.clear()
+        self._protected.clear()
+        self._weights.clear()
+        self._weight = 0
+
+    def __len__(self) -> int:
+        return len(self._window) + len(self._probation) + len(self._protected)
+
+    def __bool__(self) -> bool:
+        # An empty policy is still a policy: ``policy or LruPolicy(...)`` must keep it.
+        return True
+
+    @property
+    def weight(self) -> int:
+        """Sum of the weights of the kept slots."""
+        return self._weight
+
+    @property
+    def evictions(self) -> int:
+        """Slots pushed out to make room, including candidates refused by the sketch."""
+        return self._evictions
+
+    # -- reports ----------------------------------------------------------------------------
+
+    def hot_keys(self, n: int) -> list[tuple[str, float]]:
+        """The ``n`` most read keys lately, with estimated reads per second, hottest first."""
+        return self.top.top(n)
+
+    def segment_of(self, key: str) -> str | None:
+        """``"window"``, ``"probation"``, ``"protected"`` or ``None`` (for tests and stats)."""
+        for name, segment in (
+            ("window", self._window),
+            ("probation", self._probation),
+            ("protected", self._protected),
+        ):
+            if key in segment:
+                return name
+        return None
+
+    # -- eviction ---------------------------------------------------------------------------
+
+    def _drop(self, key: str) -> None:
+        self._weight -= self._weights.pop(key, 0)
+        self._evictions += 1
+
+    def _admit(self, candidate: str, victim: str) -> bool:
+        frequency = self.sketch.frequency
+        candidate_frequency = frequency(candidate)
+        if candidate_frequency > frequency(victim):
+            return True
+        if candidate_frequency >= _HASH_DOS_THRESHOLD:
+            return self._rng.getrandbits(7) == 0
+        return False
+
+    def _evict(self) -> None:
+        window, probation, protected = self._window, self._probation, self._protected
+        limit = self.max_entries
+        while len(window) > self._window_max:
+            candidate, candidate_slot = window.popitem(last=False)
+            if len(window) + len(probation) + len(protected) < limit:
+                probation[candidate] = candidate_slot
+                continue
+            victims = probation or protected
+            if not victims:
+                self._drop(candidate)
+                continue
+            victim = next(iter(victims))
+            if self._admit(candidate, victim):
+                del victims[victim]
+                self._drop(victim)
+                probation[candidate] = candidate_slot
+            else:
+                self._drop(candidate)
+        # After the window grew (hill climbing) the main area may hold more than its share.
+        while len(window) + len(probation) + len(protected) > limit:
+            segment = probation or protected or window
+            self._drop(segment.popitem(last=False)[0])
+        if self._max_weight is not None:
+            while self._weight > self._max_weight:
+                segment = probation or window or protected
+                self._drop(segment.popitem(last=False)[0])
+
+    def _climb(self) -> None:
+        hits = self._hits
+        requests = hits + self._misses
+        self._misses = self._hits = 0
+        if len(self) < self.max_entries:
+            return  # warming up: a rising hit ratio says nothing about the window
+        hit_ratio = hits / requests
+        change = hit_ratio - self._previous_hit_ratio
+        amount = self._step if change >= 0 else -self._step
+        if abs(change) >= _RESTART_THRESHOLD:
+            self._step = _STEP_FRACTION * self.max_entries * (1 if amount >= 0 else -1)
+        else:
+            self._step = _STEP_DECAY * amount
+        self._previous_hit_ratio = hit_ratio
+        before = self._window_max
+        self._set_window(self._window_target + amount)
+        if self._window_max != before:
+            logger.debug("window %d -> %d (hit ratio %.4f)", before, self._window_max, hit_ratio)
+            self._evict()

@@ -1,0 +1,52 @@
+"""Settings -> objects: find each kind's plugin and build the chain."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .chain import TieredCache
+from .registry import SOURCES_GROUP, TIERS_GROUP, BuildContext, find_plugin
+from .settings import CacheSettings, TierSettings
+from .tier import Source, Tier
+
+
+def build_tier(settings: TierSettings, context: BuildContext) -> Tier:
+    """One tier from its settings, wrapped in a circuit breaker when its settings ask."""
+    plugin = find_plugin(settings.kind, group=TIERS_GROUP)
+    tier: Tier = plugin.build(settings, context)
+    if settings.breaker.enabled:
+        from .breaker import CircuitBreakerTier
+
+        tier = CircuitBreakerTier(tier, settings.breaker, clock=context.clock)
+    return tier
+
+
+def build_cache(settings: CacheSettings, *, clock: Callable[[], float] = time.time) -> TieredCache:
+    """A :class:`TieredCache` from validated settings; tiers built so far are closed if a
+    later one fails."""
+    shared: dict[str, Any] = {}
+    tiers: list[Tier] = []
+    source: Source | None = None
+    try:
+        for index, tier_settings in enumerate(settings.tiers):
+            context = BuildContext(settings.namespace, clock, index, shared)
+            tiers.append(build_tier(tier_settings, context))
+        if settings.source is not None:
+            plugin = find_plugin(settings.source.kind, group=SOURCES_GROUP)
+            source = plugin.build(
+                settings.source, BuildContext(settings.namespace, clock, -1, shared)
+            )
+    except BaseException:
+        for tier in tiers:
+            tier.close()
+        raise
+    return TieredCache(
+        tiers,
+        source,
+        namespace=settings.namespace,
+        ttl=settings.ttl,
+        negative_ttl=settings.negative_ttl,
+        clock=clock,
+    )

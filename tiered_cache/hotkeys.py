@@ -1,0 +1,357 @@
+"""Hot-key detection with bounded memory: a frequency sketch and a decaying top-k list.
+
+:class:`FrequencySketch` estimates how often each key was seen recently; the admission policy
+(:mod:`tiered_cache.admission`) asks it whether a candidate is worth more than its victim.
+:class:`TopK` keeps the few heaviest keys with their estimated request rates for
+``cache.hot_keys(n)``, ``stats()`` and ``hot_ttl``.
+
+Papers and designs followed:
+
+- G. Cormode, S. Muthukrishnan, "An improved data stream summary: the count-min sketch and its
+  applications", Journal of Algorithms 55(1), 2005: ``depth`` rows of counters, one hashed
+  counter per row and key; the estimate is the minimum over the rows, so it never undercounts
+  (before aging) and overcounts by at most ``e * N / width`` with probability ``1 - e^-depth``.
+- C. Estan, G. Varghese, "New directions in traffic measurement and accounting", SIGCOMM 2002:
+  the *conservative update* (raise only the counters at the minimum), which keeps the same
+  guarantee with a smaller overcount.
+- G. Einziger, R. Friedman, B. Manes, "TinyLFU: A Highly Efficient Cache Admission Policy",
+  ACM Transactions on Storage 13(4), 2017: small saturating counters (4 bits: 15 is enough to
+  tell a hot key from a cold one), the *reset* that halves every counter after a sample of
+  ``10 x capacity`` additions so that the sketch forgets old popularity, and the *doorkeeper*
+  (a Bloom filter in front of the sketch that absorbs one-hit wonders).
+- Caffeine's ``FrequencySketch`` (B. Manes): the table sized from the cache's maximum (a power of
+  two, so that a mask replaces a modulo) and the sample size of ten times the maximum.
+- A. Metwally, D. Agrawal, A. El Abbadi, "Efficient computation of frequent and top-k elements in
+  data streams", ICDT 2005 (Space-Saving), filtered as in Homem & Carvalho, "HeavyKeeper" and
+  "Filtered Space-Saving" (a key enters the list only once the sketch has seen it a few times),
+  with the forward decay of G. Cormode, V. Shkapenyuk, D. Srivastava, B. Xu, "Forward decay: a
+  practical time decay model for streaming systems", ICDE 2009, so that yesterday's viral key
+  fades from the list.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import time
+from collections.abc import Callable
+
+__all__ = ["FrequencySketch", "TopK"]
+
+#: Counters saturate at 15, the largest 4-bit value (TinyLFU).
+MAX_COUNT = 15
+
+# ``bytearray.translate`` with this table halves every counter in one pass of C code.
+_HALVE = bytes(value >> 1 for value in range(256))
+_ODD = tuple(range(1, MAX_COUNT + 1, 2))
+_MASK32 = 0xFFFFFFFF
+
+
+def _power_of_two_at_least(value: int) -> int:
+    return 1 << max(0, value - 1).bit_length()
+
+
+class FrequencySketch:
+    """A count-min sketch of 4-bit saturating counters with periodic aging (TinyLFU).
+
+    Memory is ``4 * width`` bytes (plus ``width`` for the doorkeeper) whatever the number of
+    distinct keys. Keys are hashed with Python's ``hash()``: for ``str`` it is SipHash, computed
+    once per string object and cached in it (so a key that is looked up again costs nothing to
+    hash), well mixed, and salted per process, which is enough here because the sketch never
+    leaves the process; the salt also keeps an outsider from choosing keys that collide. The
+    four row indexes come from the one 64-bit hash by double hashing (Kirsch & Mitzenmacher,
+    "Less hashing, same performance", 2006): ``h1 + i * h2`` for row ``i``.
+
+    Args:
+        capacity: the number of entries of the cache the sketch serves.
+        width: counters per row; a power of two, by default the smallest one at least
+            ``4 * capacity`` (and at least 64).
+        sample_factor: counters are halved after ``sample_factor * capacity`` additions.
+        doorkeeper: put a one-bit-per-slot filter in front of the counters, so that a key's
+            first sighting since the last aging costs no counter (TinyLFU section 3.4.2).
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        *,
+        width: int | None = None,
+        sample_factor: int = 10,
+        doorkeeper: bool = False,
+    ) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        if sample_factor < 1:
+            raise ValueError("sample_factor must be at least 1")
+        if width is None:
+            width = max(64, _power_of_two_at_least(4 * capacity))
+        elif width < 1 or width & (width - 1):
+            raise ValueError("width must be a power of two")
+        self.width = width
+        self.depth = 4
+        self._mask = width - 1
+        self._table = bytearray(4 * width)
+        self.sample_size = sample_factor * capacity
+        #: Additions since the last aging (the TinyLFU "size").
+        self.size = 0
+        #: How many times the counters were halved.
+        self.resets = 0
+        self._doorkeeper: bytearray | None = bytearray(width) if doorkeeper else None
+        #: ``increment(key, count=1) -> int``: count sightings, return the new estimate.
+        self.increment: Callable[[str, int], int] = (
+            self._increment_with_doorkeeper if doorkeeper else self._increment
+        )
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of counter storage (constant for the life of the sketch)."""
+        return len(self._table) + (len(self._doorkeeper) if self._doorkeeper is not None else 0)
+
+    def _increment(self, key: str, count: int = 1) -> int:
+        """Count ``count`` sightings of ``key``; return its estimated frequency afterwards."""
+        h = hash(key)
+        h1 = h & _MASK32
+        h2 = ((h >> 32) & _MASK32) | 1
+        mask = self._mask
+        width = self.width
+        table = self._table
+        a = h1 & mask
+        h1 += h2
+        b = width + (h1 & mask)
+        h1 += h2
+        c = 2 * width + (h1 & mask)
+        d = 3 * width + ((h1 + h2) & mask)
+        va = table[a]
+        vb = table[b]
+        vc = table[c]
+        vd = table[d]
+        low = va
+        if vb < low:
+            low = vb
+        if vc < low:
+            low = vc
+        if vd < low:
+            low = vd
+        if low >= MAX_COUNT:
+            return MAX_COUNT
+        high = low + count
+        if high > MAX_COUNT:
+            high = MAX_COUNT
+        # Conservative update: raise each counter only up to the new minimum; that is enough
+        # for the estimate and keeps other keys sharing a counter from being overcounted
+        # (Estan & Varghese).
+        if va < high:
+            table[a] = high
+        if vb < high:
+            table[b] = high
+        if vc < high:
+            table[c] = high
+        if vd < high:
+            table[d] = high
+        self.size += count
+        if self.size >= self.sample_size:
+            self.reset()
+        return high
+
+    def _increment_with_doorkeeper(self, key: str, count: int = 1) -> int:
+        doorkeeper = self._doorkeeper
+        assert doorkeeper is not None
+        h = hash(key)
+        mask = self._mask
+        x = h & mask
+        y = ((h >> 32) | 1) & mask
+        if not (doorkeeper[x] and doorkeeper[y]):
+            doorkeeper[x] = doorkeeper[y] = 1
+            self.size += 1
+            if count == 1:
+                if self.size >= self.sample_size:
+                    self.reset()
+                return 1 + self._estimate(h)
+            count -= 1
+        return 1 + self._increment(key, count)
+
+    def _estimate(self, h: int) -> int:
+        h1 = h & _MASK32
+        h2 = ((h >> 32) & _MASK32) | 1
+        mask = self._mask
+        width = self.width
+        table = self._table
+        return min(
+            table[h1 & mask],
+            table[width + ((h1 + h2) & mask)],
+            table[2 * width + ((h1 + 2 * h2) & mask)],
+            table[3 * width + ((h1 + 3 * h2) & mask)],
+        )
+
+    def frequency(self, key: str) -> int:
+        """The estimated number of sightings of ``key`` since aging (at most 16)."""
+        h = hash(key)
+        estimate = self._estimate(h)
+        doorkeeper = self._doorkeeper
+        if doorkeeper is not None:
+            mask = self._mask
+            if doorkeeper[h & mask] and doorkeeper[((h >> 32) | 1) & mask]:
+                estimate += 1
+        return estimate
+
+    def reset(self) -> None:
+        """Age: halve every counter and forget the doorkeeper (TinyLFU's reset)."""
+        odd = sum(self._table.count(value) for value in _ODD)
+        self._table = self._table.translate(_HALVE)
+        # Halving drops the odd counters' half units; Caffeine subtracts them the same way.
+        self.size = max(0, (self.size - odd // 4) // 2)
+        if self._doorkeeper is not None:
+            self._doorkeeper = bytearray(self.width)
+        self.resets += 1
+
+    def clear(self) -> None:
+        """Forget everything."""
+        self._table = bytearray(len(self._table))
+        if self._doorkeeper is not None:
+            self._doorkeeper = bytearray(self.width)
+        self.size = 0
+
+
+class TopK:
+    """The heaviest keys of a stream with their recent request rates (Space-Saving + decay).
+
+    At most ``capacity`` keys are tracked, each with an overestimated count and the error it
+    inherited when it took the place of the lightest key (Space-Saving): ``count - error`` is a
+    lower bound of the key's true (decayed) count. Counts decay exponentially with
+    ``half_life`` (forward decay: a sighting at time ``t`` weighs ``2 ** (t / half_life)``, and
+    weights are rescaled now and then so that the numbers stay small), so a key that stops
+    being read sinks and leaves the list.
+
+    Args:
+        k: how many keys count as hot (:meth:`is_hot`); :meth:`top` answers up to ``capacity``.
+        capacity: keys tracked; larger is more precise. Default ``4 * k``.
+        half_life: seconds after which a sighting counts half.
+        clock: seconds; injected so that tests and trace replays control time.
+    """
+
+    def __init__(
+        self,
+        k: int = 100,
+        *,
+        capacity: int | None = None,
+        half_life: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if k < 1:
+            raise ValueError("k must be at least 1")
+        if half_life <= 0:
+            raise ValueError("half_life must be positive")
+        self.k = k
+        self.capacity = max(k, capacity if capacity is not None else 4 * k)
+        self.half_life = half_life
+        self._clock = clock
+        self._landmark = clock()
+        self._counts: dict[str, float] = {}
+        self._errors: dict[str, float] = {}
+        self._since: dict[str, float] = {}
+        # (count, key) for every tracked key; an entry may be stale (lower than the key's
+        # count) and is corrected when it reaches the top: counts only grow between rescales.
+        self._heap: list[tuple[float, str]] = []
+        self._hot_threshold = math.inf
+        self._adds_since_threshold = 0
+
+    def __len__(self) -> int:
+        return len(self._counts)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._counts
+
+    def _weight(self, now: float) -> float:
+        exponent = (now - self._landmark) / self.half_life
+        if exponent > 32.0:
+            self._rescale(now)
+            exponent = 0.0
+        return float(2.0**exponent)
+
+    def add(self, key: str, count: int = 1) -> None:
+        """Count ``count`` sightings of ``key`` (more than one when the caller samples)."""
+        now = self._clock()
+        weight = self._weight(now) * count
+        counts = self._counts
+        current = counts.get(key)
+        if current is not None:
+            counts[key] = current + weight
+        else:
+            self._insert(key, weight, now)
+        self._adds_since_threshold += 1
+        if self._adds_since_threshold >= self.capacity:
+            self._hot_threshold = math.inf  # recomputed on the next is_hot
+
+    def _insert(self, key: str, weight: float, now: float) -> None:
+        counts = self._counts
+        heap = self._heap
+        if len(counts) < self.capacity:
+            counts[key] = weight
+            self._errors[key] = 0.0
+            self._since[key] = now
+            heapq.heappush(heap, (weight, key))
+            return
+        while True:
+            low, victim = heap[0]
+            current = counts[victim]
+            if current == low:
+                break
+            heapq.heapreplace(heap, (current, victim))
+        del counts[victim], self._errors[victim], self._since[victim]
+        counts[key] = low + weight
+        self._errors[key] = low
+        self._since[key] = now
+        heapq.heapreplace(heap, (low + weight, key))
+
+    def _rescale(self, now: float) -> None:
+        factor = 2.0 ** ((now - self._landmark) / self.half_life)
+        self._landmark = now
+        for key in self._counts:
+            self._counts[key] /= factor
+            self._errors[key] /= factor
+        self._heap = [(count, key) for key, count in self._counts.items()]
+        heapq.heapify(self._heap)
+        self._hot_threshold = math.inf
+
+    def _rate(self, key: str, now: float, scale: float) -> float:
+        guaranteed = (self._counts[key] - self._errors[key]) * scale
+        # Over a long watch a steady rate r yields a decayed count of r * half_life / ln 2; a
+        # key watched only for `span` seconds has had less time to build up, so divide by the
+        # integral of the decay over that span (at least one second, so that a burst on a
+        # clock that has not moved is not reported as an infinite rate).
+        span = max(now - self._since[key], 1.0)
+        window = self.half_life / math.log(2.0) * (1.0 - 2.0 ** (-span / self.half_life))
+        return float(guaranteed / window)
+
+    def top(self, n: int) -> list[tuple[str, float]]:
+        """The ``n`` heaviest tracked keys, heaviest first, with estimated requests per second."""
+        if n <= 0 or not self._counts:
+            return []
+        now = self._clock()
+        scale = 2.0 ** (-(now - self._landmark) / self.half_life)
+        errors = self._errors
+        best = heapq.nlargest(
+            n, self._counts.items(), key=lambda item: (item[1] - errors[item[0]], item[0])
+        )
+        return [(key, self._rate(key, now, scale)) for key, _ in best]
+
+    def is_hot(self, key: str) -> bool:
+        """True if ``key`` is among the ``k`` heaviest tracked keys (threshold refreshed lazily)."""
+        count = self._counts.get(key)
+        if count is None:
+            return False
+        if self._hot_threshold == math.inf:
+            errors = self._errors
+            guaranteed = [c - errors[key_] for key_, c in self._counts.items()]
+            ranked = heapq.nlargest(self.k, guaranteed)
+            self._hot_threshold = ranked[-1] if len(ranked) == self.k else 0.0
+            self._adds_since_threshold = 0
+        return count - self._errors[key] >= self._hot_threshold
+
+    def clear(self) -> None:
+        """Forget every key."""
+        self._counts.clear()
+        self._errors.clear()
+        self._since.clear()
+        self._heap.clear()
+        self._hot_threshold = math.inf

@@ -1,0 +1,301 @@
+"""The in-process tier: a bounded, thread-safe map of entries with per-entry expiry.
+
+What stays in memory is decided by an :class:`EvictionPolicy`. ``"always"`` is a plain LRU on
+``cachetools.LRUCache``: every filled key is admitted. The hot-key policy
+(:mod:`tiered_cache.admission`) admits a key only when it is worth more than its victim.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+import cachetools
+
+from .tier import MISSING, Entry, MissingType
+
+Clock = Callable[[], float]
+
+#: What the memory tier keeps per key: the entry and when this tier drops it.
+Slot = tuple[Entry, float]
+
+#: Most recent hits kept for the eviction policy until the next write or miss replays them.
+READ_BUFFER_SIZE = 128
+
+
+class EvictionPolicy(Protocol):
+    """Decides what the memory tier keeps. Called with the tier's lock held: no locking here."""
+
+    def get(self, key: str) -> Slot | None:
+        """The slot for ``key`` (recording the access), or ``None`` (recording the miss)."""
+        ...
+
+    def put(self, key: str, slot: Slot, weight: int) -> bool:
+        """Offer ``slot``; False if the policy refused it. May evict other keys."""
+        ...
+
+    def peek(self, key: str) -> Slot | None:
+        """The slot for ``key`` without recording an access.
+
+        Called WITHOUT the tier's lock on the hit path, so it must only read dicts (each dict
+        lookup is atomic under the GIL); a key moving inside the policy at that instant may
+        be reported missing, which costs one read of the next tier, never a wrong value.
+        """
+        ...
+
+    def pop(self, key: str) -> Slot | None:
+        """Remove ``key`` without counting it as an access."""
+        ...
+
+    def clear(self) -> None:
+        """Forget every key (frequency history may be kept)."""
+        ...
+
+    def __len__(self) -> int: ...
+
+    @property
+    def weight(self) -> int:
+        """Sum of the weights of the kept slots."""
+        ...
+
+    @property
+    def evictions(self) -> int:
+        """How many slots were pushed out to make room."""
+        ...
+
+
+class _Order(cachetools.LRUCache[str, int]):
+    """Key order and weights; reports what ``cachetools`` evicts through ``popitem``."""
+
+    def __init__(self, maxsize: int, on_evict: Callable[[str], None]) -> None:
+        super().__init__(maxsize)
+        self._on_evict = on_evict
+
+    def popitem(self) -> tuple[str, int]:
+        key, weight = super().popitem()
+        self._on_evict(key)
+        return key, weight
+
+
+class LruPolicy:
+    """Admit everything, evict the least recently used (order kept by ``cachetools.LRUCache``)."""
+
+    def __init__(self, max_entries: int, max_weight: int | None = None) -> None:
+        # Slots live in a plain dict so that ``peek`` is one C-level lookup; cachetools keeps
+        # the recency order and the weights.
+        self._slots: dict[str, Slot] = {}
+        self._order = _Order(max_entries, self._evicted)
+        self._max_weight = max_weight
+        self._weight = 0
+        self._evictions = 0
+        # The hit path calls peek without the lock: a bound C method, no Python frame.
+        self.peek: Callable[[str], Slot | None] = self._slots.get
+
+    def _evicted(self, key: str) -> None:
+        self._slots.pop(key, None)
+        self._evictions += 1
+
+    def get(self, key: str) -> Slot | None:
+        slot = self._slots.get(key)
+        if slot is not None:
+            self._order[key]  # a read moves the key to the recent end
+        return slot
+
+    def put(self, key: str, slot: Slot, weight: int) -> bool:
+        if self._max_weight is not None and weight > self._max_weight:
+            self.pop(key)
+            return False
+        self.pop(key)
+        if self._max_weight is not None:
+            while self._order and self._weight + weight > self._max_weight:
+                _, freed = self._order.popitem()
+                self._weight -= freed
+        evicted_before = self._evictions
+        self._order[key] = weight  # may make cachetools pop the least recently used key
+        if self._evictions > evicted_before:
+            self._weight = sum(self._order.values())
+        self._slots[key] = slot
+        self._weight += weight
+        return True
+
+    def pop(self, key: str) -> Slot | None:
+        slot = self._slots.pop(key, None)
+        if slot is not None:
+            self._weight -= self._order.pop(key, 0)
+        return slot
+
+    def clear(self) -> None:
+        self._slots.clear()
+        self._order.clear()
+        self._weight = 0
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    @property
+    def weight(self) -> int:
+        return self._weight
+
+    @property
+    def evictions(self) -> int:
+        return self._evictions
+
+
+def estimate_size(value: Any, _depth: int = 0) -> int:
+    """A rough size in bytes of ``value`` and what it contains (for the byte bound)."""
+    size = sys.getsizeof(value)
+    if _depth > 8:
+        return size
+    if isinstance(value, dict):
+        for k, v in value.items():
+            size += estimate_size(k, _depth + 1) + estimate_size(v, _depth + 1)
+    elif isinstance(value, list | tuple | set | frozenset):
+        for item in value:
+            size += estimate_size(item, _depth + 1)
+    return size
+
+
+class MemoryTier:
+    """A thread-safe in-process tier with per-entry expiry and an injected clock.
+
+    Args:
+        policy: what to keep; :class:`LruPolicy` when not given.
+        max_entries: bound on the number of entries (used when ``policy`` is not given).
+        max_bytes: optional bound on the estimated size of the values.
+        ttl: the longest this tier keeps an entry, in seconds (``None``: as long as the entry
+            allows).
+        ttl_jitter: a fraction; each entry's TTL is shortened by up to this much at random so
+            that entries filled together do not expire together.
+        clock: seconds, the same clock the chain stamps entries with.
+        sizeof: estimates a value's size for ``max_bytes``.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str = "memory",
+        policy: EvictionPolicy | None = None,
+        max_entries: int = 10_000,
+        max_bytes: int | None = None,
+        ttl: float | None = None,
+        ttl_jitter: float = 0.0,
+        clock: Clock = time.time,
+        sizeof: Callable[[Any], int] = estimate_size,
+        rng: random.Random | None = None,
+    ) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
+        if not 0.0 <= ttl_jitter < 1.0:
+            raise ValueError("ttl_jitter must be in [0, 1)")
+        self.name = name
+        self._policy: EvictionPolicy = policy or LruPolicy(max_entries, max_bytes)
+        self._ttl = ttl
+        self._jitter = ttl_jitter
+        self._clock = clock
+        self._sizeof = sizeof if max_bytes is not None else _zero_size
+        self._rng = rng or random.Random()
+        self._lock = threading.Lock()
+        self._peek = self._policy.peek
+        # Hits are recorded here without the lock and replayed into the policy before the
+        # next write or miss (Caffeine's read buffer): the hit path never waits for another
+        # thread. The buffer is bounded: under a burst of hits the oldest are dropped, which
+        # makes hit observation a sample of the most recent reads, never a growing cost.
+        self._reads: deque[str] = deque(maxlen=READ_BUFFER_SIZE)
+        self._record_read = self._reads.append
+
+    @property
+    def policy(self) -> EvictionPolicy:
+        """The eviction policy (for stats and hot-key reports)."""
+        return self._policy
+
+    def get(self, key: str) -> Entry | MissingType:
+        slot = self._peek(key)
+        if slot is not None and self._clock() < slot[1]:
+            self._record_read(key)
+            return slot[0]
+        with self._lock:
+            self._replay_reads()
+            if slot is None:
+                self._policy.get(key)  # the policy observes the miss (hot-key detection)
+            elif self._policy.peek(key) is slot:
+                self._policy.pop(key)  # expired
+        return MISSING
+
+    def _replay_reads(self) -> None:
+        # Called with the lock held; deque.popleft is atomic against concurrent appends.
+        reads = self._reads
+        record = self._policy.get
+        while reads:
+            try:
+                key = reads.popleft()
+            except IndexError:
+                return
+            record(key)
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, Entry]:
+        found: dict[str, Entry] = {}
+        for key in keys:
+            entry = self.get(key)
+            if entry is not MISSING:
+                found[key] = entry
+        return found
+
+    def set(self, key: str, entry: Entry) -> None:
+        now = self._clock()
+        expire_at = self._expire_at(entry, now)
+        weight = self._sizeof(entry.value)
+        with self._lock:
+            self._replay_reads()  # eviction decisions see the latest reads
+            if expire_at <= now:
+                self._policy.pop(key)
+                return
+            self._policy.put(key, (entry, expire_at), weight)
+
+    def set_many(self, entries: Mapping[str, Entry]) -> None:
+        for key, entry in entries.items():
+            self.set(key, entry)
+
+    def delete(self, key: str) -> None:
+        with self._lock:
+            self._policy.pop(key)
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        with self._lock:
+            for key in keys:
+                self._policy.pop(key)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._reads.clear()
+            self._policy.clear()
+
+    def close(self) -> None:
+        self.clear()
+
+    def __len__(self) -> int:
+        return len(self._policy)
+
+    def __contains__(self, key: object) -> bool:
+        """True if ``key`` is held and not expired (does not count as an access)."""
+        if not isinstance(key, str):
+            return False
+        with self._lock:
+            slot = self._policy.peek(key)
+        return slot is not None and self._clock() < slot[1]
+
+    def _expire_at(self, entry: Entry, now: float) -> float:
+        if self._ttl is None:
+            return entry.hard_expiry
+        ttl = self._ttl
+        if self._jitter:
+            ttl *= 1.0 - self._jitter * self._rng.random()
+        return min(entry.hard_expiry, now + ttl)
+
+
+def _zero_size(value: Any) -> int:
+    return 0

@@ -1,0 +1,94 @@
+"""Tier and source kinds, found through entry points.
+
+A kind is a :class:`TierPlugin` (or :class:`SourcePlugin`) object published under the entry-point
+group ``tiered_cache.tiers`` (or ``tiered_cache.sources``) with the kind as its name. The built-in
+memory tier registers itself that way too, in the core's ``pyproject.toml``. Tests and
+applications may also :func:`register` a plugin directly, without packaging it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel
+
+from .errors import ConfigError
+from .tier import Source, Tier
+
+TIERS_GROUP = "tiered_cache.tiers"
+SOURCES_GROUP = "tiered_cache.sources"
+
+Built = TypeVar("Built", Tier, Source)
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What a plugin gets besides its own settings when the chain is built."""
+
+    namespace: str
+    clock: Callable[[], float]
+    #: Position in the chain: 0 for the first tier; -1 for the source.
+    index: int
+    #: Objects shared between plugins of one chain (a Redis connection pool, for example).
+    shared: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Plugin(Generic[Built]):
+    """A kind of tier or source: its settings model and how to build it from them."""
+
+    kind: str
+    settings_model: type[BaseModel]
+    build: Callable[[Any, BuildContext], Built]
+
+
+TierPlugin = Plugin[Tier]
+SourcePlugin = Plugin[Source]
+
+_lock = threading.Lock()
+_registered: dict[str, dict[str, Plugin[Any]]] = {TIERS_GROUP: {}, SOURCES_GROUP: {}}
+
+
+def register(plugin: Plugin[Any], *, group: str = TIERS_GROUP) -> None:
+    """Make ``plugin`` available by its kind without an entry point (tests, applications)."""
+    with _lock:
+        _registered[group][plugin.kind] = plugin
+
+
+def unregister(kind: str, *, group: str = TIERS_GROUP) -> None:
+    """Undo :func:`register`."""
+    with _lock:
+        _registered[group].pop(kind, None)
+
+
+def available_kinds(group: str = TIERS_GROUP) -> list[str]:
+    """Sorted names of the kinds installed for ``group``."""
+    names = {ep.name for ep in entry_points(group=group)}
+    with _lock:
+        names.update(_registered[group])
+    return sorted(names)
+
+
+def find_plugin(kind: str, *, group: str = TIERS_GROUP, field_path: str = "kind") -> Plugin[Any]:
+    """The plugin for ``kind``; a :class:`ConfigError` listing the installed kinds otherwise."""
+    with _lock:
+        plugin = _registered[group].get(kind)
+    if plugin is not None:
+        return plugin
+    for ep in entry_points(group=group, name=kind):
+        loaded = ep.load()
+        if not isinstance(loaded, Plugin):
+            raise ConfigError(
+                f"{field_path}: entry point {ep.value!r} for kind {kind!r} is not a Plugin"
+            )
+        return loaded
+    what = "tier" if group == TIERS_GROUP else "source"
+    installed = ", ".join(repr(k) for k in available_kinds(group)) or "none"
+    raise ConfigError(
+        f"{field_path}: unknown {what} kind {kind!r}; installed kinds: {installed}. "
+        f"Kinds come from packages such as tiered-cache-redis and tiered-cache-dynamodb."
+    )

@@ -1,0 +1,341 @@
+"""Settings models: what a config file or the environment may say about a chain.
+
+Only models live here. Tier and source kinds contribute their own models (subclasses of
+:class:`TierSettings` / :class:`SourceSettings`) through :mod:`tiered_cache.registry`; the chain's
+model resolves each ``kind`` to its plugin's model at validation time, so a misspelt field of a
+Redis tier is reported as ``tiered_cache.tiers[1].timout: Extra inputs are not permitted``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import copy
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from .errors import ConfigError
+from .registry import SOURCES_GROUP, TIERS_GROUP, find_plugin
+from .units import ByteSize, Duration
+
+ROOT = "tiered_cache"
+
+
+class BreakerSettings(BaseModel):
+    """The circuit breaker that the chain puts around a tier (see :mod:`tiered_cache.breaker`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(default=True, description="Wrap the tier in a circuit breaker.")
+    failure_threshold: int = Field(
+        default=5, ge=1, description="Consecutive failures or timeouts that open the circuit."
+    )
+    cool_down: Duration = Field(
+        default=5.0,
+        description="How long an open circuit skips the tier before one probe is let through.",
+    )
+
+
+class TierSettings(BaseModel):
+    """Fields every tier kind understands. A kind's own model extends this one."""
+
+    model_config = ConfigDict(extra="allow")
+
+    kind: str = Field(description="Which tier: 'memory', 'redis', or any installed kind.")
+    name: str | None = Field(
+        default=None, description="Name in stats and logs; defaults to the kind."
+    )
+    ttl: Duration | None = Field(
+        default=None,
+        description="Longest time this tier keeps an entry ('5m', '1h'); none: the entry's own.",
+    )
+    ttl_jitter: float = Field(
+        default=0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Shorten each entry's TTL by up to this fraction at random, so entries "
+        "filled together do not expire together.",
+    )
+    breaker: BreakerSettings = Field(
+        default_factory=BreakerSettings,
+        description="Circuit breaker around this tier: skip it for a while after repeated "
+        "failures instead of paying a timeout on every read.",
+    )
+
+
+class SourceSettings(BaseModel):
+    """Fields every source kind understands. A kind's own model extends this one."""
+
+    model_config = ConfigDict(extra="allow")
+
+    kind: str = Field(description="Which source: 'dynamodb', or any installed kind.")
+
+
+class MemoryTierSettings(TierSettings):
+    """The in-process tier."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["memory"] = "memory"
+    max_entries: int = Field(default=10_000, ge=1, description="Most entries kept.")
+    max_bytes: ByteSize | None = Field(
+        default=None, description="Optional bound on the estimated size of the values ('64MiB')."
+    )
+    ttl: Duration | None = Field(default=300.0, description="Longest time an entry stays ('5m').")
+    breaker: BreakerSettings = Field(
+        default_factory=lambda: BreakerSettings(enabled=False),
+        description="Off by default: process memory does not fail the way a network does.",
+    )
+    admission: Literal["always", "hot-keys"] = Field(
+        default="hot-keys",
+        description="Which filled keys are kept: 'hot-keys' admits a key into the main area "
+        "only when a frequency sketch says it is read more often than the key it would "
+        "displace (W-TinyLFU); 'always' admits every key (plain LRU/TTL, for comparison).",
+    )
+    window_fraction: float = Field(
+        default=0.01,
+        gt=0.0,
+        lt=1.0,
+        description="hot-keys: share of the entries in the admission window, where every new "
+        "key starts (so that a newly hot key is served from memory at once).",
+    )
+    adaptive_window: bool = Field(
+        default=True,
+        description="hot-keys: move the window's share by hill climbing on the hit ratio.",
+    )
+    sample_factor: int = Field(
+        default=10,
+        ge=1,
+        description="hot-keys: the frequency sketch halves its counters after "
+        "sample_factor * max_entries reads, so that old popularity fades.",
+    )
+    sketch_width: int | None = Field(
+        default=None,
+        ge=16,
+        description="hot-keys: counters per sketch row, a power of two; none: the smallest "
+        "power of two at least 4 * max_entries.",
+    )
+    doorkeeper: bool = Field(
+        default=False,
+        description="hot-keys: a Bloom filter in front of the sketch absorbs one-off keys.",
+    )
+    top_k: int = Field(
+        default=100,
+        ge=1,
+        description="hot-keys: how many keys the hot-key list tracks as hot (hot_keys(), "
+        "stats(), hot_ttl).",
+    )
+    hot_half_life: Duration = Field(
+        default=60.0,
+        gt=0.0,
+        description="hot-keys: a read counts half in the hot-key rates after this long ('1m').",
+    )
+    hot_ttl: Duration | None = Field(
+        default=None,
+        description="hot-keys: a hot key (one of the top_k) is kept this long when filled, even "
+        "past the tier's ttl (never past the entry's own expiry); none: the tier's ttl.",
+    )
+
+    @model_validator(mode="after")
+    def _check_sketch_width(self) -> MemoryTierSettings:
+        width = self.sketch_width
+        if width is not None and width & (width - 1):
+            raise ValueError(f"sketch_width must be a power of two, not {width}")
+        return self
+
+
+M = TypeVar("M", "TierSettings", "SourceSettings")
+
+ENV_PREFIX = "TIERED_CACHE_"
+
+# The table read from a config file, for the settings source below. A context variable rather
+# than a class attribute, so that two threads loading two files do not see each other's data.
+_file_table: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "tiered_cache_file_table", default=None
+)
+
+
+class _FileAndEnvSource(PydanticBaseSettingsSource):
+    """The ``[tiered_cache]`` table of a TOML file, overridden by ``TIERED_CACHE_*`` variables.
+
+    pydantic-settings' own environment source replaces a list wholesale; here
+    ``TIERED_CACHE_TIERS__1__URL`` overrides one field of the second tier of the file, which is
+    what an operator pointing a deployed service at another Redis expects.
+    """
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        merged: dict[str, Any] = copy.deepcopy(_file_table.get() or {})
+        for name, raw in sorted(os.environ.items()):
+            if not name.upper().startswith(ENV_PREFIX) or len(name) == len(ENV_PREFIX):
+                continue
+            path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__")]
+            _assign(merged, path, _parse_env_value(raw), name)
+        return merged
+
+
+def _parse_env_value(raw: str) -> Any:
+    # JSON for lists and tables; scalars stay strings and pydantic converts them per field
+    # (so TIERED_CACHE_NAMESPACE=123 stays the string "123").
+    if raw.lstrip().startswith(("[", "{")):
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return raw
+    return raw
+
+
+def _assign(target: Any, path: list[str], value: Any, variable: str) -> None:
+    head, rest = path[0], path[1:]
+    if isinstance(target, list):
+        if not head.isdigit() or int(head) >= len(target):
+            raise ConfigError(
+                f"{variable}: {head!r} is not the index of an entry of the list it overrides "
+                f"(it has {len(target)})"
+            )
+        index = int(head)
+        if rest:
+            _assign(target[index], rest, value, variable)
+        else:
+            target[index] = value
+        return
+    if not isinstance(target, dict):
+        raise ConfigError(f"{variable}: cannot set a field inside a {type(target).__name__}")
+    if not rest:
+        target[head] = value
+        return
+    child = target.get(head)
+    if child is None:
+        if rest[0].isdigit():
+            raise ConfigError(
+                f"{variable}: there is no list {head!r} in the config file to override an "
+                f"entry of; set the whole list as JSON in {ENV_PREFIX}{head.upper()}"
+            )
+        child = target[head] = {}
+    _assign(child, rest, value, variable)
+
+
+def _default_tiers() -> list[TierSettings]:
+    return [MemoryTierSettings()]
+
+
+class CacheSettings(BaseSettings):
+    """A whole chain: its tiers from fastest to slowest, and its source of truth.
+
+    Every field can be overridden from the environment: ``TIERED_CACHE_NAMESPACE=tweets``,
+    ``TIERED_CACHE_TIERS='[{"kind": "memory"}]'``; nested fields use ``__``.
+    """
+
+    model_config = SettingsConfigDict(extra="forbid")
+
+    namespace: str = Field(
+        default="default",
+        min_length=1,
+        description="Prefix that keeps this cache's keys apart in shared tiers.",
+    )
+    ttl: Duration | None = Field(
+        default=None,
+        description="How long a loaded value stays fresh; none: as long as the tiers keep it.",
+    )
+    negative_ttl: Duration = Field(
+        default=30.0, description="How long a 'not found' (None) is cached ('30s')."
+    )
+    tiers: list[TierSettings] = Field(
+        default_factory=_default_tiers,
+        description="The tiers, fastest first; each is a table with a 'kind'.",
+    )
+    source: SourceSettings | None = Field(
+        default=None,
+        description="The system of record; none when every read passes a loader "
+        "(get(key, loader=...) or the decorator).",
+    )
+
+    @model_validator(mode="after")
+    def _resolve_kinds(self) -> CacheSettings:
+        # Each kind validates its own fields; errors carry the full path of the field.
+        self.tiers = [
+            _validate_kind(tier, TIERS_GROUP, f"{ROOT}.tiers[{index}]")
+            for index, tier in enumerate(self.tiers)
+        ]
+        if self.source is not None:
+            self.source = _validate_kind(self.source, SOURCES_GROUP, f"{ROOT}.source")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, _FileAndEnvSource(settings_cls))
+
+
+def _validate_kind(model: M, group: str, path: str) -> M:
+    plugin = find_plugin(model.kind, group=group, field_path=f"{path}.kind")
+    if isinstance(model, plugin.settings_model):
+        return model
+    try:
+        validated = plugin.settings_model.model_validate(model.model_dump(exclude_unset=True))
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, path)) from None
+    if not isinstance(validated, type(model)):
+        raise ConfigError(
+            f"{path}: the settings model of kind {model.kind!r} is not a {type(model).__name__}"
+        )
+    return validated
+
+
+def _describe(exc: ValidationError, prefix: str) -> str:
+    """One line per problem: ``tiered_cache.tiers[1].ttl: expected a duration ...``."""
+    lines = []
+    for error in exc.errors(include_url=False):
+        cause = (error.get("ctx") or {}).get("error")
+        if isinstance(cause, ConfigError):
+            lines.append(str(cause))
+            continue
+        path = prefix
+        for part in error["loc"]:
+            path += f"[{part}]" if isinstance(part, int) else f".{part}"
+        message = error["msg"].removeprefix("Value error, ")
+        lines.append(f"{path}: {message}")
+    return "; ".join(lines)
+
+
+def load_settings(path: str | Path | None = None, **overrides: Any) -> CacheSettings:
+    """Settings from the ``[tiered_cache]`` table of a TOML file, the environment and overrides.
+
+    Priority, highest first: ``overrides``, ``TIERED_CACHE_*`` environment variables, the file.
+    Raises :class:`ConfigError` naming each bad field.
+    """
+    table: dict[str, Any] = {}
+    if path is not None:
+        file = Path(path)
+        try:
+            with file.open("rb") as handle:
+                document = tomllib.load(handle)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {str(file)!r} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {str(file)!r} is not valid TOML: {exc}") from None
+        section = document.get(ROOT)
+        if not isinstance(section, dict):
+            raise ConfigError(f"config file {str(file)!r} has no [{ROOT}] table")
+        table = section
+    token = _file_table.set(table)
+    try:
+        return CacheSettings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, ROOT)) from None
+    finally:
+        _file_table.reset(token)

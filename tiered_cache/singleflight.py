@@ -1,0 +1,68 @@
+"""Single-flight: concurrent calls for one key share one execution."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+
+class Flight:
+    """One execution in progress; waiters block on it and get its outcome."""
+
+    __slots__ = ("_done", "cancelled_fill", "error", "result", "waiters")
+
+    def __init__(self) -> None:
+        self._done = threading.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.waiters = 0
+        #: Set when the key was invalidated while the flight ran: the leader must not store
+        #: what it loaded, because the load may have read the source before the write.
+        self.cancelled_fill = False
+
+    def wait(self) -> Any:
+        self._done.wait()
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+class SingleFlight:
+    """Runs ``fn`` once per key at a time; other callers for that key wait for its outcome.
+
+    If ``fn`` raises, every waiter gets the same exception, and nothing is kept: the next call
+    runs ``fn`` again.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._flights: dict[str, Flight] = {}
+
+    def run(self, key: str, fn: Callable[[Flight], Any]) -> tuple[Any, bool]:
+        """``(result, shared)``: shared is True when this caller waited for another's call."""
+        with self._lock:
+            flight = self._flights.get(key)
+            if flight is not None:
+                flight.waiters += 1
+                leader = False
+            else:
+                flight = self._flights[key] = Flight()
+                leader = True
+        if not leader:
+            return flight.wait(), True
+        try:
+            flight.result = fn(flight)
+        except BaseException as exc:
+            flight.error = exc
+            raise
+        finally:
+            with self._lock:
+                del self._flights[key]
+            flight._done.set()
+        return flight.result, False
+
+    def in_flight(self, key: str) -> Flight | None:
+        """The flight running for ``key``, if any."""
+        with self._lock:
+            return self._flights.get(key)

@@ -1,0 +1,136 @@
+"""The contracts every tier and source implements, and the entry they exchange."""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Final, Literal, Protocol, TypeAlias, runtime_checkable
+
+
+class Missing(enum.Enum):
+    """Type of the :data:`MISSING` sentinel; falsy so ``if entry:`` reads naturally."""
+
+    MISSING = "MISSING"
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return "MISSING"
+
+
+#: A miss. Never ``None``: ``None`` is a value that can be cached (negative caching).
+MISSING: Final = Missing.MISSING
+MissingType: TypeAlias = Literal[Missing.MISSING]
+
+NEVER: Final = math.inf
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A cached value and what the chain knows about it.
+
+    All times are seconds on the chain's clock (wall-clock by default, because entries travel
+    between processes through shared tiers such as Redis).
+
+    Attributes:
+        value: the cached value; ``None`` is a legitimate value (a cached "not found").
+        loaded_at: when the value was read from the source.
+        soft_expiry: after this the entry is stale: it may still be served while a refresh runs.
+        hard_expiry: after this the entry must not be served at all.
+        load_duration: how long the load took, in seconds (for probabilistic early refresh).
+        version: a counter that orders writes of the same key (higher is newer).
+    """
+
+    value: Any
+    loaded_at: float
+    soft_expiry: float = NEVER
+    hard_expiry: float = NEVER
+    load_duration: float = 0.0
+    version: int = 0
+
+    def is_fresh(self, now: float) -> bool:
+        """True while the entry is before its soft expiry."""
+        return now < self.soft_expiry
+
+    def is_expired(self, now: float) -> bool:
+        """True once the entry is past its hard expiry and must not be served."""
+        return now >= self.hard_expiry
+
+    def with_value(self, value: Any) -> Entry:
+        """A copy of this entry holding another value."""
+        return replace(self, value=value)
+
+
+@runtime_checkable
+class Tier(Protocol):
+    """One level of the chain: memory, Redis, or anything an adapter provides.
+
+    A tier stores entries and may drop them whenever it likes (eviction, its own TTL). It
+    raises on infrastructure failure; the chain turns such failures into a skip of the tier.
+    ``set``/``set_many`` must raise :class:`tiered_cache.CodecError` for a value it cannot
+    store, and then store nothing.
+    """
+
+    name: str
+
+    def get(self, key: str) -> Entry | MissingType:
+        """The live entry for ``key``, or ``MISSING``."""
+        ...
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, Entry]:
+        """The live entries among ``keys``; absent keys are left out."""
+        ...
+
+    def set(self, key: str, entry: Entry) -> None:
+        """Store ``entry`` (the tier may keep it for less time than the entry allows)."""
+        ...
+
+    def set_many(self, entries: Mapping[str, Entry]) -> None:
+        """Store several entries at once."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Remove ``key``; removing an absent key is not an error."""
+        ...
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        """Remove several keys at once."""
+        ...
+
+    def clear(self) -> None:
+        """Remove every entry this tier holds for this cache."""
+        ...
+
+    def close(self) -> None:
+        """Release connections and threads; the tier is not used afterwards."""
+        ...
+
+
+@runtime_checkable
+class Source(Protocol):
+    """The system of record behind the chain: a DynamoDB table, or a plain function."""
+
+    name: str
+
+    def load(self, key: str) -> Any | MissingType:
+        """The value for ``key``, or ``MISSING`` if the source has no such item."""
+        ...
+
+    def load_many(self, keys: Sequence[str]) -> dict[str, Any]:
+        """Values for the keys the source has; absent keys are left out."""
+        ...
+
+    def store(self, key: str, value: Any) -> None:
+        """Write ``value`` for ``key`` (used by write-through)."""
+        ...
+
+    def remove(self, key: str) -> None:
+        """Delete ``key`` from the source."""
+        ...
+
+    def close(self) -> None:
+        """Release connections; the source is not used afterwards."""
+        ...

@@ -9,8 +9,13 @@ from typing import Any
 import pytest
 
 from tiered_cache import CodecError, MemoryTier, TieredCache, TieredCacheError, TierUnavailable
+from tiered_cache.protection import Protection
 from tiered_cache.testing import FakeClock
 from tiered_cache.testing.recording import RecordingTier
+
+#: No stale serving, no early refresh, no timeouts: these tests pin down plain read-through
+#: (source protection has its own tests in test_protection.py).
+STRICT = Protection.never_stale()
 
 
 class DictSource:
@@ -53,7 +58,7 @@ class CannotEncode(MemoryTier):
 def two_tier_chain(clock: FakeClock, source: DictSource, **kwargs: Any) -> TieredCache:
     l1 = RecordingTier(MemoryTier(name="l1", max_entries=100, ttl=60, clock=clock))
     l2 = RecordingTier(MemoryTier(name="l2", max_entries=1000, ttl=3600, clock=clock))
-    return TieredCache([l1, l2], source, clock=clock, **kwargs)
+    return TieredCache([l1, l2], source, clock=clock, protection=STRICT, **kwargs)
 
 
 def recorders(cache: TieredCache) -> list[RecordingTier]:

@@ -1,11 +1,12 @@
 """A Hypothesis state machine drives a two-tier chain against a plain dict model.
 
 Rules: get, get_many, set (write-through), invalidate, a write to the source that bypasses the
-cache, clock advances, and the second tier going down and coming back. Invariants checked on
+cache, clock advances, background refreshes running, and the second tier going down and
+coming back. Invariants checked on
 every read:
 
 - bounded staleness: the value returned is one the source held at some moment within the
-  last ``TTL`` seconds (negative entries live shorter than that);
+  last ``TTL + MAX_STALE`` seconds (fresh for TTL, then served stale while a refresh waits);
 - exactness: after ``set`` or ``invalidate`` with every tier up, and with no bypassing write
   or outage since, a read returns exactly the source's current value;
 - the source is read at most once per read of a key that missed every tier.
@@ -13,7 +14,7 @@ every read:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from hypothesis import settings
@@ -21,11 +22,15 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from tiered_cache import MISSING, MemoryTier, TieredCache
+from tiered_cache.protection import Protection
 from tiered_cache.testing import FakeClock
 from tiered_cache.testing.recording import RecordingTier
 
 TTL = 50.0
 NEGATIVE_TTL = 5.0
+MAX_STALE = 20.0
+#: The oldest a served value may be: fresh for TTL, then served stale for up to MAX_STALE.
+BOUND = TTL + MAX_STALE
 KEYS = st.sampled_from([f"k{i}" for i in range(6)])
 VALUES = st.integers(min_value=0, max_value=1000)
 
@@ -76,10 +81,18 @@ class ChainMachine(RuleBasedStateMachine):
         super().__init__()
         self.clock = FakeClock(start=1000.0)
         self.source = ModelSource(self.clock)
+        self.pending: list[Callable[[], None]] = []
         self.l1 = RecordingTier(MemoryTier(name="l1", max_entries=3, ttl=10, clock=self.clock))
         self.l2 = RecordingTier(MemoryTier(name="l2", max_entries=100, ttl=100, clock=self.clock))
         self.cache = TieredCache(
-            [self.l1, self.l2], self.source, ttl=TTL, negative_ttl=NEGATIVE_TTL, clock=self.clock
+            [self.l1, self.l2],
+            self.source,
+            ttl=TTL,
+            negative_ttl=NEGATIVE_TTL,
+            clock=self.clock,
+            # Stale serving is on; background refreshes wait in a list until a rule runs them.
+            protection=Protection(max_stale=MAX_STALE, early_refresh_beta=0, soft_timeout=None),
+            background=self.pending.append,
         )
         self.exact: set[str] = set()
 
@@ -89,8 +102,8 @@ class ChainMachine(RuleBasedStateMachine):
 
     def check_read(self, key: str, value: Any) -> None:
         now = self.clock()
-        assert self.source.held_within(key, value, now - TTL, now), (
-            f"{key} -> {value!r}: the source did not hold that value in the last {TTL}s"
+        assert self.source.held_within(key, value, now - BOUND, now), (
+            f"{key} -> {value!r}: the source did not hold that value in the last {BOUND}s"
         )
         if key in self.exact:
             assert value == self.source.items.get(key), f"{key}: expected the current value"
@@ -126,6 +139,13 @@ class ChainMachine(RuleBasedStateMachine):
     def write_bypassing_the_cache(self, key: str, value: int) -> None:
         self.source.write(key, value)
         self.exact.discard(key)
+
+    @precondition(lambda self: bool(self.pending))
+    @rule()
+    def run_background_refreshes(self) -> None:
+        tasks, self.pending[:] = list(self.pending), []
+        for task in tasks:
+            task()
 
     @rule(seconds=st.floats(min_value=0.0, max_value=60.0))
     def advance_clock(self, seconds: float) -> None:

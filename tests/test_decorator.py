@@ -5,12 +5,15 @@ from __future__ import annotations
 import pytest
 
 from tiered_cache import KeyTemplateError, MemoryTier, TieredCache
+from tiered_cache.protection import Protection
 from tiered_cache.testing import FakeClock
 
 
 @pytest.fixture
 def cache(clock: FakeClock) -> TieredCache:
-    return TieredCache([MemoryTier(max_entries=100, clock=clock)], clock=clock)
+    return TieredCache(
+        [MemoryTier(max_entries=100, clock=clock)], clock=clock, protection=Protection.never_stale()
+    )
 
 
 def test_method_of_a_repository_class(cache: TieredCache) -> None:

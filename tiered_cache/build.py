@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .chain import TieredCache
+from .protection import Protection
 from .registry import SOURCES_GROUP, TIERS_GROUP, BuildContext, find_plugin
 from .settings import CacheSettings, TierSettings
 from .tier import Source, Tier
@@ -49,4 +50,5 @@ def build_cache(settings: CacheSettings, *, clock: Callable[[], float] = time.ti
         ttl=settings.ttl,
         negative_ttl=settings.negative_ttl,
         clock=clock,
+        protection=Protection(**settings.protection.model_dump()),
     )

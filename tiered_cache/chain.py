@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import logging
+import random
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import wait as futures_wait
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .errors import CodecError, TieredCacheError, TierUnavailable
+from .errors import CodecError, LoadTimeout, TieredCacheError, TierUnavailable
+from .leases import LeasingTier
 from .metrics import CacheMetrics
+from .protection import Protection, xfetch_due
 from .singleflight import Flight, SingleFlight
 from .tier import MISSING, NEVER, Entry, MissingType, Source, Tier
 from .units import parse_duration
@@ -22,9 +30,35 @@ logger = logging.getLogger(__name__)
 Loader = Callable[[], Any]
 BatchLoader = Callable[[Sequence[str]], Mapping[str, Any]]
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 #: How often (seconds of the chain's clock) a failing tier is logged again.
 WARNING_INTERVAL = 10.0
+
+
+class _RefreshDue:
+    """Returned by the L1 lookup instead of a value when XFetch says: refresh this key now."""
+
+
+_REFRESH_DUE = _RefreshDue()
+
+
+class _ServeStale(Exception):
+    """A timed load gave up on its soft timeout: serve the stale value instead."""
+
+
+class _Handoff:
+    """Between a caller waiting for a timed load and the worker running it: whoever comes
+    second (the caller giving up, or the worker finishing) decides who fills the tiers."""
+
+    __slots__ = ("delivered", "flight", "lock", "orphaned", "token")
+
+    def __init__(self, flight: Flight, token: str | None) -> None:
+        self.lock = threading.Lock()
+        self.flight = flight
+        self.token = token
+        self.orphaned = False
+        self.delivered = False
 
 
 class TieredCache:
@@ -43,6 +77,12 @@ class TieredCache:
         negative_ttl: how long a "not found" (``None``) is cached.
         clock: seconds; stamps entries and decides freshness. Wall-clock by default because
             entries are shared between processes through tiers such as Redis.
+        protection: stale serving, early refresh, load timeouts and leases (see
+            :class:`~tiered_cache.protection.Protection`; its defaults suit a throttled source).
+        sleep: how to wait between looks while another process holds a key's lease.
+        rng: uniform numbers in [0, 1) for the early-refresh draw.
+        background: runs a background refresh; by default a small thread pool. Tests pass a
+            list's ``append`` to decide themselves when refreshes run.
     """
 
     def __init__(
@@ -54,6 +94,10 @@ class TieredCache:
         ttl: float | None = None,
         negative_ttl: float = 30.0,
         clock: Callable[[], float] = time.time,
+        protection: Protection | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: Callable[[], float] = random.random,
+        background: Callable[[Callable[[], None]], object] | None = None,
     ) -> None:
         self.namespace = namespace
         self._tiers = list(tiers)
@@ -68,6 +112,20 @@ class TieredCache:
         self._l1_hit_cells = self._l1_hits.cells
         self._last_warning: dict[int, float] = {}
         self._closed = False
+        self._protection = protection = protection or Protection()
+        self._sleep = sleep
+        self._random = rng
+        self._beta = protection.early_refresh_beta
+        self._xfetch_window = protection.xfetch_window_factor
+        self._leasing = self._find_leasing_tier()
+        self._executor: ThreadPoolExecutor | None = None
+        self._pending: set[Future[Any]] = set()
+        self._background = background or self._submit
+        self._background_lock = threading.Lock()
+        #: Keys with a background refresh queued or running (one at a time per key).
+        self._refreshing: set[str] = set()
+        #: Loads that outlived their caller (soft or hard timeout) and will fill when done.
+        self._orphans: dict[str, list[Flight]] = {}
 
     # -- construction -------------------------------------------------------------------------
 
@@ -118,13 +176,16 @@ class TieredCache:
         Returns ``None`` when the source has no such item.
         """
         value = self._lookup_l1(key)
-        if value is not MISSING:
-            return value
-        return self._get_slow(key, loader, ttl)
+        if value is MISSING or value is _REFRESH_DUE:
+            return self._get_slow(key, loader, ttl, value is _REFRESH_DUE)
+        return value
 
     def _lookup_l1(self, key: str) -> Any:
-        """The fresh value in tier 0, or ``MISSING``. The path that matters most: one tier
-        call, one clock read, a lock-free hit counter; no flight, no allocation."""
+        """The fresh value in tier 0, ``MISSING``, or ``_REFRESH_DUE``.
+
+        The path that matters most: one tier call, one clock read, a lock-free hit counter;
+        no flight, no allocation. The XFetch draw is only made near the entry's expiry.
+        """
         l1 = self._l1
         if l1 is None:
             return MISSING
@@ -133,17 +194,36 @@ class TieredCache:
         except Exception as exc:
             self._tier_failed(0, exc)
             return MISSING
-        if entry is not MISSING and self._clock() < entry.soft_expiry:
-            try:  # LocalCounter.add, inlined: this is the hit path
-                self._l1_hit_cells.cell[0] += 1
-            except AttributeError:
-                self._l1_hits.add()
-            return entry.value
+        if entry is not MISSING:
+            now = self._clock()
+            soft = entry.soft_expiry
+            if now < soft:
+                try:  # LocalCounter.add, inlined: this is the hit path
+                    self._l1_hit_cells.cell[0] += 1
+                except AttributeError:
+                    self._l1_hits.add()
+                if now >= soft - entry.load_duration * self._xfetch_window and xfetch_due(
+                    now, soft, entry.load_duration, self._beta, self._random()
+                ):
+                    return _REFRESH_DUE
+                return entry.value
         self._metrics.miss(0)
         return MISSING
 
-    def _get_slow(self, key: str, loader: Loader | None, ttl: float | str | None) -> Any:
-        """Everything after an L1 miss: the other tiers and the source, one flight per key."""
+    def _get_slow(
+        self, key: str, loader: Loader | None, ttl: float | str | None, early: bool = False
+    ) -> Any:
+        """Everything after an L1 miss: the other tiers and the source, one flight per key.
+
+        ``early``: the L1 entry is fresh but XFetch picked this read to refresh it; serve the
+        entry and refresh in the background.
+        """
+        if early and self._l1 is not None:
+            self._metrics.count("early_refreshes")
+            self._refresh_in_background(key, loader, ttl)
+            entry = self._tier_get(0, self._l1, key, count=False)
+            if entry is not MISSING and not entry.is_expired(self._clock()):
+                return entry.value
         value, shared = self._flights.run(
             key, lambda flight: self._read_through(key, flight, loader, ttl)
         )
@@ -185,25 +265,314 @@ class TieredCache:
         self, key: str, flight: Flight, loader: Loader | None, ttl: float | str | None
     ) -> Any:
         now = self._clock()
+        stale: Entry | None = None
         for index, tier in enumerate(self._tiers):
             # Tier 0 was just missed by the caller; look again, quietly, because another
             # flight for this key may have filled it between that miss and this flight.
             entry = self._tier_get(index, tier, key, count=index > 0)
-            if entry is not MISSING and now < entry.soft_expiry:
+            if entry is MISSING:
+                continue
+            if now < entry.soft_expiry:
                 if index > 0:
                     self._metrics.hit(index)
-                    self._fill(key, entry, upto=index)
+                    self._fill(key, entry, range(index))
                 return entry.value
-        entry = self._load(key, loader, ttl)
-        if flight.cancelled_fill:
-            # Invalidated while loading: what we read may predate the write; serve it to the
-            # callers that asked before the invalidation, but keep it out of every tier.
-            logger.debug("not caching %r: invalidated during its load", key)
-        else:
-            self._fill(key, entry, upto=len(self._tiers))
-        return entry.value
+            if stale is None and now < entry.hard_expiry:
+                stale = entry
+        if stale is not None and self._protection.stale_while_revalidate:
+            self._metrics.count("stale_served")
+            self._refresh_in_background(key, loader, ttl)
+            return stale.value
+        return self._load_and_fill(key, flight, loader, ttl, stale).value
 
     # -- loading ------------------------------------------------------------------------------
+
+    def _load_and_fill(
+        self,
+        key: str,
+        flight: Flight,
+        loader: Loader | None,
+        ttl: float | str | None,
+        stale: Entry | None,
+        *,
+        background: bool = False,
+    ) -> Entry:
+        """Load ``key`` under its lease, with timeouts and fail-safe, and fill the tiers.
+
+        Returns the entry to serve: the loaded one, one another process filled while this one
+        waited for the lease, or ``stale`` when the source failed or was too slow.
+        """
+        token: str | None = None
+        if self._leasing is not None:
+            token, filled = self._lease_or_wait(key)
+            if filled is not None:
+                return filled
+        try:
+            entry = self._timed_load(
+                key, flight, loader, ttl, stale, token=token, background=background
+            )
+        except _ServeStale:
+            assert stale is not None
+            self._metrics.count("stale_served_on_slow_load")
+            return stale
+        except Exception as exc:
+            if token is not None:
+                self._release_lease(key, token)
+            if stale is None or not self._protection.fail_safe:
+                raise
+            return self._fail_safe(key, stale, exc)
+        self._store_loaded(key, flight, entry, token)
+        return entry
+
+    def _fail_safe(self, key: str, stale: Entry, exc: Exception) -> Entry:
+        """Serve ``stale`` for a failed load; for ``fail_safe_throttle`` seconds, tier 0 serves
+        it as fresh so the failing source is not asked again by every read."""
+        self._metrics.count("stale_served_on_error")
+        logger.warning(
+            "serving a stale value of %r: its load failed (%s: %s)", key, type(exc).__name__, exc
+        )
+        now = self._clock()
+        throttle = self._protection.fail_safe_throttle
+        if throttle > 0 and self._tiers:
+            calm = replace(stale, soft_expiry=min(now + throttle, stale.hard_expiry))
+            self._fill(key, calm, range(1))
+        return stale
+
+    def _timed_load(
+        self,
+        key: str,
+        flight: Flight,
+        loader: Loader | None,
+        ttl: float | str | None,
+        stale: Entry | None,
+        *,
+        token: str | None,
+        background: bool,
+    ) -> Entry:
+        """:meth:`_load`, bounded by the soft timeout (when a stale value can stand in) and
+        the hard timeout. A load that outlives its caller keeps running and fills when done."""
+        protection = self._protection
+        soft = protection.soft_timeout if stale is not None else None
+        hard = protection.hard_timeout
+        if background or (soft is None and hard is None):
+            return self._load(key, loader, ttl)
+        handoff = _Handoff(flight, token)
+        future = self._run_tracked(self._load_handing_off, key, loader, ttl, handoff)
+        if soft is not None:
+            try:
+                return future.result(timeout=soft)
+            except FutureTimeout:
+                if self._orphan(key, handoff):
+                    self._metrics.count("soft_timeouts")
+                    raise _ServeStale() from None
+                return future.result()  # it finished just now
+        try:
+            return future.result(timeout=hard)
+        except FutureTimeout:
+            if not self._orphan(key, handoff):
+                return future.result()
+            self._metrics.count("hard_timeouts")
+            raise LoadTimeout(
+                f"loading {key!r} took longer than the hard timeout of {hard}s; "
+                "it goes on in the background and fills the cache when it finishes"
+            ) from None
+
+    def _orphan(self, key: str, handoff: _Handoff) -> bool:
+        """Hand a running load over to its worker; False if it already delivered."""
+        with handoff.lock:
+            if handoff.delivered:
+                return False
+            handoff.orphaned = True
+        # The flight ends when its caller gives up, so invalidations from now on must find
+        # this load among the orphans to cancel its fill.
+        with self._background_lock:
+            self._orphans.setdefault(key, []).append(handoff.flight)
+        return True
+
+    def _load_handing_off(
+        self, key: str, loader: Loader | None, ttl: float | str | None, handoff: _Handoff
+    ) -> Entry:
+        """Runs on a worker: load, then give the entry to the caller, or, if the caller gave
+        up waiting, fill the tiers here."""
+        try:
+            entry = self._load(key, loader, ttl)
+        except BaseException:
+            with handoff.lock:
+                orphaned = handoff.orphaned
+                handoff.delivered = True
+            if orphaned:
+                self._forget_orphan(key, handoff.flight)
+                if handoff.token is not None:
+                    self._release_lease(key, handoff.token)
+            raise
+        with handoff.lock:
+            orphaned = handoff.orphaned
+            handoff.delivered = True
+        if orphaned:
+            try:
+                self._store_loaded(key, handoff.flight, entry, handoff.token)
+            finally:
+                self._forget_orphan(key, handoff.flight)
+        return entry
+
+    def _forget_orphan(self, key: str, flight: Flight) -> None:
+        with self._background_lock:
+            flights = self._orphans.get(key, [])
+            if flight in flights:
+                flights.remove(flight)
+            if not flights:
+                self._orphans.pop(key, None)
+
+    def _store_loaded(self, key: str, flight: Flight, entry: Entry, token: str | None) -> None:
+        """Fill every tier with a loaded entry, unless an invalidation came while it loaded."""
+        if flight.cancelled_fill:
+            # What we read may predate the write: serve it to the callers that asked before
+            # the invalidation, but keep it out of every tier.
+            logger.debug("not caching %r: invalidated during its load", key)
+            if token is not None:
+                self._release_lease(key, token)
+            return
+        if token is None or self._leasing is None:
+            self._fill(key, entry, range(len(self._tiers)))
+            return
+        index, tier = self._leasing
+        self._fill(key, entry, range(index + 1, len(self._tiers)))
+        try:
+            kept = tier.fill_with_lease(key, entry, token)
+        except CodecError:
+            self._release_lease(key, token)
+            raise
+        except Exception as exc:
+            self._tier_failed(index, exc)
+            kept = True  # the shared tier is down: nothing there to protect
+        else:
+            self._metrics.fill(index)
+        if not kept:
+            # The lease was deleted by an invalidation (or expired): a writer came after our
+            # read; the old value must not reach any tier.
+            self._metrics.count("lease_lost")
+            return
+        self._fill(key, entry, range(index))
+
+    def _lease_or_wait(self, key: str) -> tuple[str | None, Entry | None]:
+        """``(token, None)`` when this process should load; ``(None, entry)`` when the lease
+        holder filled the key while we waited; ``(None, None)`` to load without a lease
+        (the shared tier is down, or the holder took longer than ``lease_wait``)."""
+        assert self._leasing is not None
+        index, tier = self._leasing
+        protection = self._protection
+        try:
+            token = tier.acquire_lease(key, protection.lease_ttl)
+            if token is not None:
+                return token, None
+            self._metrics.count("lease_waits")
+            deadline = self._clock() + protection.lease_wait
+            while True:
+                self._sleep(protection.lease_poll)
+                entry = tier.get(key)
+                now = self._clock()
+                if entry is not MISSING and now < entry.soft_expiry:
+                    self._metrics.hit(index)
+                    self._fill(key, entry, range(index))
+                    return None, entry
+                # A holder that died leaves its lease to expire: take it over then.
+                token = tier.acquire_lease(key, protection.lease_ttl)
+                if token is not None:
+                    self._metrics.count("lease_takeovers")
+                    return token, None
+                if now >= deadline:
+                    self._metrics.count("lease_wait_expired")
+                    return None, None
+        except Exception as exc:
+            self._tier_failed(index, exc)
+            return None, None
+
+    def _release_lease(self, key: str, token: str) -> None:
+        assert self._leasing is not None
+        index, tier = self._leasing
+        try:
+            tier.release_lease(key, token)
+        except Exception as exc:
+            self._tier_failed(index, exc)
+
+    def _find_leasing_tier(self) -> tuple[int, LeasingTier] | None:
+        if self._protection.lease == "off":
+            return None
+        for index, tier in enumerate(self._tiers):
+            if isinstance(tier, LeasingTier):
+                return index, tier
+        return None
+
+    # -- background work ----------------------------------------------------------------------
+
+    def _pool(self) -> ThreadPoolExecutor:
+        with self._background_lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(
+                    max_workers=self._protection.refresh_workers,
+                    thread_name_prefix="tiered-cache-load",
+                )
+            return self._executor
+
+    def _refresh_in_background(
+        self, key: str, loader: Loader | None, ttl: float | str | None
+    ) -> None:
+        """Reload ``key`` on a worker thread, once at a time per key."""
+        with self._background_lock:
+            if key in self._refreshing or self._closed:
+                return
+            self._refreshing.add(key)
+        self._metrics.count("refreshes")
+        try:
+            self._background(lambda: self._refresh(key, loader, ttl))
+        except RuntimeError:  # the pool was shut down by close()
+            with self._background_lock:
+                self._refreshing.discard(key)
+
+    def _submit(self, task: Callable[[], None]) -> None:
+        self._run_tracked(task)
+
+    def _run_tracked(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        future = self._pool().submit(fn, *args)
+        with self._background_lock:
+            self._pending.add(future)
+        future.add_done_callback(self._pending_done)
+        return future
+
+    def _pending_done(self, future: Future[Any]) -> None:
+        with self._background_lock:
+            self._pending.discard(future)
+
+    def wait_background(self, timeout: float | None = None) -> bool:
+        """Wait until background refreshes and late loads have finished (and filled).
+
+        Returns False if some were still running after ``timeout`` seconds. Useful before a
+        graceful shutdown, and in tests.
+        """
+        with self._background_lock:
+            pending = list(self._pending)
+        _, not_done = futures_wait(pending, timeout=timeout)
+        return not not_done
+
+    def _refresh(self, key: str, loader: Loader | None, ttl: float | str | None) -> None:
+        try:
+            self._flights.run(
+                key,
+                lambda flight: (
+                    self._load_and_fill(key, flight, loader, ttl, None, background=True).value
+                ),
+            )
+        except Exception as exc:
+            self._metrics.count("refresh_failures")
+            logger.warning(
+                "background refresh of %r failed (%s: %s); the stale value stays",
+                key,
+                type(exc).__name__,
+                exc,
+            )
+        finally:
+            with self._background_lock:
+                self._refreshing.discard(key)
 
     def _load(self, key: str, loader: Loader | None, ttl: float | str | None) -> Entry:
         started = self._clock()
@@ -254,12 +623,16 @@ class TieredCache:
             lifetime = parse_duration(ttl)
         else:
             lifetime = self._ttl
-        expiry = NEVER if lifetime is None else now + lifetime
+        if lifetime is None:
+            soft = hard = NEVER
+        else:
+            soft = now + lifetime
+            hard = soft + self._protection.max_stale
         return Entry(
             value=value,
             loaded_at=now,
-            soft_expiry=expiry,
-            hard_expiry=expiry,
+            soft_expiry=soft,
+            hard_expiry=hard,
             load_duration=duration,
         )
 
@@ -276,7 +649,7 @@ class TieredCache:
         now = self._clock()
         entry = self._new_entry(value, now, 0.0, ttl)
         self._cancel_inflight_fill(key)
-        self._fill(key, entry, upto=len(self._tiers))
+        self._fill(key, entry, range(len(self._tiers)))
 
     def invalidate(self, key: str) -> None:
         """Remove ``key`` from every tier (the source is not touched)."""
@@ -305,6 +678,9 @@ class TieredCache:
         flight = self._flights.in_flight(key)
         if flight is not None:
             flight.cancelled_fill = True
+        with self._background_lock:
+            for orphan in self._orphans.get(key, ()):
+                orphan.cancelled_fill = True
 
     # -- the decorator ------------------------------------------------------------------------
 
@@ -345,10 +721,10 @@ class TieredCache:
         self._metrics.miss(index, len(keys) - len(fresh))
         return fresh
 
-    def _fill(self, key: str, entry: Entry, *, upto: int) -> None:
+    def _fill(self, key: str, entry: Entry, indexes: range) -> None:
         # Deepest first: if a shared tier refuses the value (CodecError), no faster tier
         # holds a copy the others could never see.
-        for index in range(upto - 1, -1, -1):
+        for index in reversed(indexes):
             try:
                 self._tiers[index].set(key, entry)
             except CodecError:
@@ -409,9 +785,14 @@ class TieredCache:
 
     def close(self) -> None:
         """Close every tier and the source. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
+        with self._background_lock:
+            if self._closed:
+                return
+            self._closed = True
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            # Queued refreshes are dropped; running ones finish against still-open tiers.
+            executor.shutdown(wait=True, cancel_futures=True)
         for tier in self._tiers:
             try:
                 tier.close()

@@ -15,6 +15,8 @@ from .units import parse_duration
 if TYPE_CHECKING:
     from .chain import TieredCache
 
+from .chain import _REFRESH_DUE
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -136,14 +138,15 @@ def cached(cache: TieredCache, key: str, *, ttl: float | str | None = None) -> C
     def decorate(fn: F) -> F:
         key_of = compile_key_function(fn, key)
         lookup, slow = cache._lookup_l1, cache._get_slow
+        refresh_due = _REFRESH_DUE
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             cache_key = key_of(*args, **kwargs)
             value = lookup(cache_key)
-            if value is not MISSING:
-                return value
-            return slow(cache_key, lambda: fn(*args, **kwargs), lifetime)
+            if value is MISSING or value is refresh_due:
+                return slow(cache_key, lambda: fn(*args, **kwargs), lifetime, value is refresh_due)
+            return value
 
         def key_for(**names: Any) -> str:
             missing = [name for name in fields if name not in names]

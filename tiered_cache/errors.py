@@ -27,5 +27,9 @@ class SourceThrottled(SourceError):
     """The source refused the request for lack of capacity, after its retries were spent."""
 
 
+class LoadTimeout(SourceError):
+    """A load took longer than the hard timeout (it goes on in the background)."""
+
+
 class KeyTemplateError(TieredCacheError, ValueError):
     """A cache key does not fit a key template, or a template does not fit a function."""

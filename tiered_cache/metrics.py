@@ -7,6 +7,22 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+#: Events counted by name, listed so that a snapshot always has every one of them.
+EVENTS = (
+    "stale_served",
+    "stale_served_on_error",
+    "stale_served_on_slow_load",
+    "early_refreshes",
+    "refreshes",
+    "refresh_failures",
+    "soft_timeouts",
+    "hard_timeouts",
+    "lease_waits",
+    "lease_takeovers",
+    "lease_wait_expired",
+    "lease_lost",
+)
+
 
 @dataclass
 class TierCounters:
@@ -62,6 +78,8 @@ class CacheMetrics:
         self.keys_loaded = 0
         self.singleflight_waits = 0
         self.load_seconds = 0.0
+        #: Named events of source protection (stale_served, soft_timeouts, lease_waits, ...).
+        self.events: dict[str, int] = dict.fromkeys(EVENTS, 0)
 
     def hit(self, tier: int, count: int = 1) -> None:
         with self._lock:
@@ -97,6 +115,10 @@ class CacheMetrics:
         with self._lock:
             self.singleflight_waits += 1
 
+    def count(self, event: str) -> None:
+        with self._lock:
+            self.events[event] = self.events.get(event, 0) + 1
+
     def snapshot(self) -> dict[str, Any]:
         """A JSON-serializable copy of every counter."""
         l1_hits = self.l1_hits.value
@@ -114,4 +136,5 @@ class CacheMetrics:
                 "singleflight_waits": self.singleflight_waits,
                 # Reads answered without a trip to the source (tier hits and shared loads).
                 "source_reads_saved": served,
+                **self.events,
             }

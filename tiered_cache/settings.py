@@ -223,6 +223,65 @@ def _assign(target: Any, path: list[str], value: Any, variable: str) -> None:
     _assign(child, rest, value, variable)
 
 
+class ProtectionSettings(BaseModel):
+    """How the chain protects the source (see :class:`tiered_cache.protection.Protection`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_stale: Duration = Field(
+        default=300.0,
+        description="How long past its freshness an entry may still be served when the source "
+        "fails or while it refreshes ('5m'); 0 turns stale serving off.",
+    )
+    stale_while_revalidate: bool = Field(
+        default=True,
+        description="Serve a stale entry at once and refresh it in the background.",
+    )
+    fail_safe: bool = Field(
+        default=True,
+        description="When a load fails and a stale entry exists, serve it instead of the error.",
+    )
+    fail_safe_throttle: Duration = Field(
+        default=5.0,
+        description="After a failed load, serve the stale value as fresh for this long so the "
+        "failing source is not asked on every read.",
+    )
+    early_refresh_beta: float = Field(
+        default=1.0,
+        ge=0.0,
+        description="XFetch beta: larger refreshes hot entries earlier before they expire; 0 off.",
+    )
+    soft_timeout: Duration | None = Field(
+        default=1.0,
+        description="With a stale value at hand, a load slower than this serves the stale value "
+        "and finishes in the background.",
+    )
+    hard_timeout: Duration | None = Field(
+        default=None,
+        description="A load slower than this fails the call with LoadTimeout (it finishes in "
+        "the background); none: wait for the source's own timeouts.",
+    )
+    lease: Literal["auto", "off"] = Field(
+        default="auto",
+        description="'auto': when a shared tier (Redis) offers leases, one process per fleet "
+        "loads a missing key while the others wait for its value.",
+    )
+    lease_ttl: Duration = Field(
+        default=3.0, description="How long a lease holds if its holder dies."
+    )
+    lease_wait: Duration = Field(
+        default=3.0,
+        description="How long a process without the lease waits for the holder's value before "
+        "loading itself.",
+    )
+    lease_poll: Duration = Field(
+        default=0.02, description="Pause between looks at the shared tier while waiting."
+    )
+    refresh_workers: int = Field(
+        default=4, ge=1, description="Threads for background refreshes and timed loads."
+    )
+
+
 def _default_tiers() -> list[TierSettings]:
     return [MemoryTierSettings()]
 
@@ -247,6 +306,10 @@ class CacheSettings(BaseSettings):
     )
     negative_ttl: Duration = Field(
         default=30.0, description="How long a 'not found' (None) is cached ('30s')."
+    )
+    protection: ProtectionSettings = Field(
+        default_factory=ProtectionSettings,
+        description="Stale serving, early refresh, load timeouts and leases.",
     )
     tiers: list[TierSettings] = Field(
         default_factory=_default_tiers,

@@ -1,0 +1,254 @@
+"""Source protection without a shared tier: stale-while-revalidate, fail-safe, XFetch early
+refresh, load timeouts, and late loads that must not resurrect invalidated values."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from tiered_cache import LoadTimeout, MemoryTier, SourceThrottled, TieredCache
+from tiered_cache.protection import Protection, xfetch_due
+from tiered_cache.testing import FakeClock
+
+
+class Background:
+    """Collects background refreshes so a test decides when they run."""
+
+    def __init__(self) -> None:
+        self.tasks: list[Callable[[], None]] = []
+
+    def __call__(self, task: Callable[[], None]) -> None:
+        self.tasks.append(task)
+
+    def run(self) -> int:
+        tasks, self.tasks = self.tasks, []
+        for task in tasks:
+            task()
+        return len(tasks)
+
+
+class Loader:
+    """A loader returning successive versions, that can be made to fail."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.error: Exception | None = None
+
+    def __call__(self) -> str:
+        self.calls += 1
+        if self.error is not None:
+            raise self.error
+        return f"v{self.calls}"
+
+
+def make_cache(clock: FakeClock, background: Background, **options: Any) -> TieredCache:
+    protection = Protection(
+        **{"max_stale": 100.0, "early_refresh_beta": 0.0, "soft_timeout": None, **options}
+    )
+    return TieredCache(
+        [MemoryTier(max_entries=100, ttl=1000, clock=clock)],
+        ttl=10,
+        clock=clock,
+        protection=protection,
+        background=background,
+    )
+
+
+def test_stale_value_is_served_while_one_refresh_runs(clock: FakeClock) -> None:
+    background = Background()
+    cache = make_cache(clock, background)
+    loader = Loader()
+    assert cache.get("k", loader) == "v1"
+    clock.advance(11)  # past freshness, within max_stale
+    for _ in range(50):
+        assert cache.get("k", loader) == "v1"
+    assert loader.calls == 1
+    assert len(background.tasks) == 1  # fifty stale reads, one refresh
+    assert background.run() == 1
+    assert cache.get("k", loader) == "v2"
+    stats = cache.stats()
+    assert stats["stale_served"] == 50
+    assert stats["refreshes"] == 1
+
+
+def test_past_max_stale_the_read_waits_for_the_load(clock: FakeClock) -> None:
+    background = Background()
+    cache = make_cache(clock, background)
+    loader = Loader()
+    cache.get("k", loader)
+    clock.advance(10 + 100 + 1)
+    assert cache.get("k", loader) == "v2"
+    assert background.tasks == []
+
+
+def test_fail_safe_serves_stale_when_the_source_throttles(clock: FakeClock) -> None:
+    background = Background()
+    cache = make_cache(clock, background, stale_while_revalidate=False, fail_safe_throttle=5.0)
+    loader = Loader()
+    cache.get("k", loader)
+    clock.advance(11)
+    loader.error = SourceThrottled("ProvisionedThroughputExceededException")
+    assert cache.get("k", loader) == "v1"
+    assert loader.calls == 2
+    # for fail_safe_throttle seconds the stale value counts as fresh: the source gets a rest
+    for _ in range(20):
+        assert cache.get("k", loader) == "v1"
+    assert loader.calls == 2
+    clock.advance(6)
+    assert cache.get("k", loader) == "v1"
+    assert loader.calls == 3
+    assert cache.stats()["stale_served_on_error"] == 2
+
+
+def test_a_key_never_cached_surfaces_the_source_error(clock: FakeClock) -> None:
+    cache = make_cache(clock, Background())
+    loader = Loader()
+    loader.error = SourceThrottled("throttled")
+    with pytest.raises(SourceThrottled):
+        cache.get("never", loader)
+
+
+def test_past_max_stale_a_failure_reaches_the_caller(clock: FakeClock) -> None:
+    cache = make_cache(clock, Background(), stale_while_revalidate=False)
+    loader = Loader()
+    cache.get("k", loader)
+    clock.advance(200)
+    loader.error = ConnectionError("down")
+    with pytest.raises(ConnectionError):
+        cache.get("k", loader)
+
+
+def test_failed_background_refresh_keeps_the_stale_value(clock: FakeClock) -> None:
+    background = Background()
+    cache = make_cache(clock, background)
+    loader = Loader()
+    cache.get("k", loader)
+    clock.advance(11)
+    loader.error = ConnectionError("down")
+    assert cache.get("k", loader) == "v1"
+    background.run()
+    assert cache.get("k", loader) == "v1"
+    assert cache.stats()["refresh_failures"] == 1
+
+
+def test_xfetch_rule() -> None:
+    # far from expiry nothing fires, even with the most eager draw the window allows
+    assert not xfetch_due(now=0.0, soft_expiry=100.0, load_duration=1.0, beta=1.0, u=0.5)
+    # -ln(u) * delta * beta reaches past the expiry: refresh
+    assert xfetch_due(now=99.0, soft_expiry=100.0, load_duration=1.0, beta=1.0, u=0.1)
+    assert not xfetch_due(now=99.0, soft_expiry=100.0, load_duration=1.0, beta=1.0, u=0.9)
+    # a larger beta refreshes earlier
+    assert xfetch_due(now=95.0, soft_expiry=100.0, load_duration=1.0, beta=10.0, u=0.5)
+
+
+def test_hot_entry_refreshes_early_so_it_never_expires(clock: FakeClock) -> None:
+    background = Background()
+    draws = iter([0.9, 0.9, 0.001])  # the third read near expiry wins the draw
+    protection = Protection(max_stale=0.0, early_refresh_beta=1.0, soft_timeout=None)
+    cache = TieredCache(
+        [MemoryTier(clock=clock)],
+        ttl=10,
+        clock=clock,
+        protection=protection,
+        background=background,
+        rng=lambda: next(draws),
+    )
+    loads: list[int] = []
+
+    def loader() -> str:
+        loads.append(1)
+        clock.advance(0.1)  # the load took 100 ms: XFetch's delta
+        return f"v{len(loads)}"
+
+    assert cache.get("hot", loader) == "v1"
+    clock.advance(3)  # 7 s before expiry, beyond 20 x delta: no draw (the rng is not consumed)
+    assert cache.get("hot", loader) == "v1"
+    clock.advance(6.5)  # now 0.5 s before the soft expiry
+    assert cache.get("hot", loader) == "v1"  # draw 0.9: no refresh
+    assert cache.get("hot", loader) == "v1"  # draw 0.9: no refresh
+    assert background.tasks == []
+    assert cache.get("hot", loader) == "v1"  # draw 0.001: refresh queued, value still served
+    assert len(background.tasks) == 1
+    background.run()
+    clock.advance(1)  # past the first entry's expiry: the refreshed entry is served
+    assert cache.get("hot", loader) == "v2"
+    assert cache.stats()["early_refreshes"] == 1
+
+
+class BlockingLoader:
+    """A loader that blocks until released: a slow source under the test's control."""
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+        self.release = threading.Event()
+        self.started = threading.Event()
+        self.calls = 0
+
+    def __call__(self) -> str:
+        self.calls += 1
+        self.started.set()
+        assert self.release.wait(timeout=10), "the test never released the load"
+        return self.value
+
+
+def test_soft_timeout_serves_stale_and_the_load_fills_later(clock: FakeClock) -> None:
+    cache = make_cache(clock, Background(), stale_while_revalidate=False, soft_timeout=0.05)
+    cache.get("k", lambda: "old")
+    clock.advance(11)
+    slow = BlockingLoader("new")
+    assert cache.get("k", slow) == "old"  # the load is still running
+    assert cache.stats()["soft_timeouts"] == 1
+    slow.release.set()
+    assert cache.wait_background(timeout=10)
+    assert cache.tiers[0].get("k").value == "new"  # type: ignore[union-attr]
+    assert slow.calls == 1
+
+
+def test_hard_timeout_raises_and_the_late_value_is_kept(clock: FakeClock) -> None:
+    cache = make_cache(clock, Background(), hard_timeout=0.05)
+    slow = BlockingLoader("late")
+    with pytest.raises(LoadTimeout, match="hard timeout"):
+        cache.get("k", slow)
+    slow.release.set()
+    assert cache.wait_background(timeout=10)
+    assert cache.tiers[0].get("k").value == "late"  # type: ignore[union-attr]
+    assert cache.stats()["hard_timeouts"] == 1
+
+
+def test_a_late_load_does_not_bring_back_an_invalidated_value(clock: FakeClock) -> None:
+    cache = make_cache(clock, Background(), hard_timeout=0.05)
+    slow = BlockingLoader("read-before-the-write")
+    with pytest.raises(LoadTimeout):
+        cache.get("k", slow)
+    cache.invalidate("k")  # a writer changed the source after the load read it
+    slow.release.set()
+    assert cache.wait_background(timeout=10)
+    assert cache.tiers[0].get("k").__bool__() is False
+
+
+def test_500_threads_on_one_cold_key_read_the_source_once() -> None:
+    cache = TieredCache([MemoryTier(max_entries=10)])
+    slow = BlockingLoader("tweet")
+    results: list[str] = []
+    barrier = threading.Barrier(500)
+
+    def reader() -> None:
+        barrier.wait()
+        results.append(cache.get("tweet:viral", slow))
+
+    threads = [threading.Thread(target=reader) for _ in range(500)]
+    for thread in threads:
+        thread.start()
+    assert slow.started.wait(timeout=10)
+    flight = cache._flights.in_flight("tweet:viral")
+    while flight is not None and flight.waiters < 499:
+        threading.Event().wait(0.005)
+    slow.release.set()
+    for thread in threads:
+        thread.join()
+    assert slow.calls == 1
+    assert results == ["tweet"] * 500
+    cache.close()

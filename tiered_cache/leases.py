@@ -1,0 +1,37 @@
+"""Leases: one loader per key across processes, and no late fill after an invalidation.
+
+A tier shared between processes (Redis) may offer leases. Before loading a key missing
+everywhere, the chain asks for the key's lease; the process that gets it loads and fills with
+:meth:`LeasingTier.fill_with_lease`, which writes only if the lease is still its own. An
+invalidation deletes the lease with the key, so a slow load that read the source before a write
+cannot put the old value back afterwards ("Scaling Memcache at Facebook", Nishtala et al.,
+NSDI 2013, section 3.2.1). The others wait briefly and read what the holder filled; a lease
+whose holder died expires after its TTL and another process takes over.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from .tier import Entry, Tier
+
+
+@runtime_checkable
+class LeasingTier(Tier, Protocol):
+    """A tier that also offers leases (the operations below)."""
+
+    def acquire_lease(self, key: str, ttl: float) -> str | None:
+        """A token if this caller now holds ``key``'s lease; ``None`` if another does."""
+        ...
+
+    def fill_with_lease(self, key: str, entry: Entry, token: str) -> bool:
+        """Store ``entry`` and release the lease, only if ``token`` still holds it.
+
+        False when the lease was lost (expired, or deleted by an invalidation): nothing was
+        written.
+        """
+        ...
+
+    def release_lease(self, key: str, token: str) -> None:
+        """Give the lease up without filling (the load failed), if ``token`` still holds it."""
+        ...

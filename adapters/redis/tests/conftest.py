@@ -1,0 +1,31 @@
+"""Private Redis servers for the Redis tier's tests: one server and one cluster per session.
+
+Nothing here touches a Redis the machine may already run on 6379.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from tiered_cache.testing.servers import RedisCluster, RedisServer
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisCluster]:
+    with RedisCluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def namespace() -> str:
+    """A namespace of its own for each test, so tests sharing a server never see each other."""
+    return f"t-{uuid.uuid4().hex[:12]}"

@@ -1,0 +1,325 @@
+"""The Redis tier against real servers: storage format, expiry, codecs, batching, namespaces."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import pytest
+import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from tiered_cache_redis import RedisTier, make_client
+
+from tiered_cache.errors import CodecError
+from tiered_cache.testing.clock import FakeClock
+from tiered_cache.testing.servers import RedisCluster, RedisServer
+from tiered_cache.tier import MISSING, Entry
+
+
+def entry(clock: FakeClock, value: Any, lifetime: float = 600.0, version: int = 0) -> Entry:
+    now = clock()
+    return Entry(value, now, now + lifetime / 2, now + lifetime, 0.125, version)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def raw(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_server.url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def tier(redis_server: RedisServer, namespace: str, clock: FakeClock) -> Iterator[RedisTier]:
+    tier = RedisTier(make_client(redis_server.url, timeout=2.0), namespace=namespace, clock=clock)
+    yield tier
+    tier.clear()
+    tier.close()
+
+
+def command_calls(client: redis.Redis, command: str) -> int:
+    stats = client.info("commandstats")
+    return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
+
+
+# --- storage format and expiry
+
+
+def test_key_is_namespaced_and_value_has_header_then_payload(
+    tier: RedisTier, raw: redis.Redis, clock: FakeClock, namespace: str
+) -> None:
+    tier.set("tweet:1", entry(clock, {"text": "hi"}))
+    data = raw.get(f"{namespace}:tweet:1")
+    assert data is not None
+    assert data.startswith(b"tc\x01")
+    assert data.endswith(b'{"text":"hi"}')
+    assert raw.exists("tweet:1") == 0
+
+
+def test_redis_expiry_is_the_entry_hard_expiry_when_shorter_than_ttl(
+    tier: RedisTier, raw: redis.Redis, clock: FakeClock, namespace: str
+) -> None:
+    tier.set("k", entry(clock, "v", lifetime=10.0))
+    assert 9_000 < raw.pttl(f"{namespace}:k") <= 10_000
+
+
+def test_redis_expiry_is_capped_by_the_tier_ttl(
+    redis_server: RedisServer, raw: redis.Redis, clock: FakeClock, namespace: str
+) -> None:
+    tier = RedisTier(make_client(redis_server.url), namespace=namespace, ttl=60.0, clock=clock)
+    tier.set("k", Entry("v", clock()))  # the entry itself never expires
+    assert 59_000 < raw.pttl(f"{namespace}:k") <= 60_000
+    clock.advance(60.0)
+    assert tier.get("k") is MISSING  # the tier's own expiry, judged by the injected clock
+    tier.clear()
+    tier.close()
+
+
+def test_no_ttl_and_no_hard_expiry_means_no_redis_expiry(
+    redis_server: RedisServer, raw: redis.Redis, clock: FakeClock, namespace: str
+) -> None:
+    tier = RedisTier(make_client(redis_server.url), namespace=namespace, ttl=None, clock=clock)
+    tier.set("k", Entry("v", clock()))
+    assert raw.pttl(f"{namespace}:k") == -1
+    tier.clear()
+    tier.close()
+
+
+def test_jitter_shortens_the_ttl(
+    redis_server: RedisServer, raw: redis.Redis, clock: FakeClock, namespace: str
+) -> None:
+    tier = RedisTier(
+        make_client(redis_server.url), namespace=namespace, ttl=100.0, ttl_jitter=0.5, clock=clock
+    )
+    tier.set_many({f"k{i}": Entry(i, clock()) for i in range(20)})
+    ttls = {raw.pttl(f"{namespace}:k{i}") for i in range(20)}
+    assert all(50_000 <= ttl <= 100_000 for ttl in ttls)
+    assert len(ttls) > 1
+    tier.clear()
+    tier.close()
+
+
+def test_setting_an_expired_entry_removes_the_key(
+    tier: RedisTier, raw: redis.Redis, clock: FakeClock, namespace: str
+) -> None:
+    tier.set("k", entry(clock, "v"))
+    now = clock()
+    tier.set("k", Entry("v2", now - 5, now - 2, now - 1))
+    assert raw.exists(f"{namespace}:k") == 0
+
+
+# --- codecs through real Redis
+
+DYNAMO_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.text()
+    | st.integers()
+    | st.decimals(allow_nan=False, allow_infinity=False)
+    | st.floats(allow_nan=False)
+    | st.binary(),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(st.text(max_size=5) | st.sampled_from(["$d", "$o", "$s"]), children)
+        | st.sets(st.text(), max_size=4)
+        | st.frozensets(st.binary(), max_size=3)
+    ),
+    max_leaves=12,
+)
+
+
+@pytest.fixture(scope="module")
+def codec_tiers(redis_server: RedisServer) -> Iterator[dict[str, RedisTier]]:
+    tiers = {
+        name: RedisTier(
+            make_client(redis_server.url, timeout=2.0), namespace=f"codec-{name}", codec=name
+        )
+        for name in ("json", "msgpack", "pickle")
+    }
+    yield tiers
+    for tier in tiers.values():
+        tier.clear()
+        tier.close()
+
+
+@pytest.mark.parametrize("codec", ["json", "msgpack", "pickle"])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(value=DYNAMO_VALUES)
+def test_values_round_trip_through_redis(
+    codec_tiers: dict[str, RedisTier], codec: str, value: Any
+) -> None:
+    tier = codec_tiers[codec]
+    stored = Entry(value, 1.0, version=7)
+    tier.set("v", stored)
+    got = tier.get("v")
+    assert got == stored
+    assert_same(got.value, value)
+
+
+def assert_same(got: Any, want: Any) -> None:
+    """Equal, and of the same types all the way down (a Decimal stays a Decimal, 1.0 a float)."""
+    assert type(got) is type(want), (got, want)
+    if isinstance(want, dict):
+        assert list(got) == list(want)
+        for key in want:
+            assert_same(got[key], want[key])
+    elif isinstance(want, list | tuple):
+        assert len(got) == len(want)
+        for a, b in zip(got, want, strict=True):
+            assert_same(a, b)
+    elif isinstance(want, set | frozenset):
+        assert {(type(x), repr(x)) for x in got} == {(type(x), repr(x)) for x in want}
+    else:
+        assert repr(got) == repr(want)
+
+
+def test_a_value_that_cannot_be_encoded_writes_nothing(
+    tier: RedisTier, raw: redis.Redis, clock: FakeClock, namespace: str
+) -> None:
+    with pytest.raises(CodecError, match=r"value\['author'\]: object of type datetime"):
+        tier.set("new", entry(clock, {"author": datetime.datetime(2024, 1, 1)}))
+    assert raw.exists(f"{namespace}:new") == 0
+
+    tier.set("old", entry(clock, "kept"))
+    with pytest.raises(CodecError):
+        tier.set("old", entry(clock, object()))
+    got = tier.get("old")
+    assert got is not MISSING
+    assert got.value == "kept"
+
+
+def test_set_many_with_one_bad_value_writes_none_of_them(
+    tier: RedisTier, raw: redis.Redis, clock: FakeClock, namespace: str
+) -> None:
+    entries = {f"k{i}": entry(clock, i) for i in range(10)}
+    entries["k5"] = entry(clock, {1, 2, object()})
+    with pytest.raises(CodecError):
+        tier.set_many(entries)
+    assert raw.exists(*[f"{namespace}:k{i}" for i in range(10)]) == 0
+
+
+def test_version_out_of_header_range_is_a_codec_error(
+    tier: RedisTier, raw: redis.Redis, clock: FakeClock, namespace: str
+) -> None:
+    with pytest.raises(CodecError, match="version"):
+        tier.set("k", entry(clock, "v", version=2**64))
+    assert raw.exists(f"{namespace}:k") == 0
+
+
+def test_data_of_another_codec_or_format_is_a_logged_miss(
+    redis_server: RedisServer,
+    raw: redis.Redis,
+    clock: FakeClock,
+    namespace: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    writer = RedisTier(make_client(redis_server.url), namespace=namespace, codec="msgpack")
+    reader = RedisTier(make_client(redis_server.url), namespace=namespace, codec="json")
+    writer.set("k", Entry("v", clock()))
+    raw.set(f"{namespace}:garbage", b"not a tiered-cache entry")
+    with caplog.at_level(logging.WARNING, logger="tiered_cache_redis.tier"):
+        assert reader.get("k") is MISSING
+        assert reader.get_many(["k", "garbage"]) == {}
+    assert len(caplog.records) == 3
+    assert writer.get("k") is not MISSING
+    writer.clear()
+    writer.close()
+    reader.close()
+
+
+# --- round trips: one command per batch
+
+
+def test_batches_are_one_command_each(tier: RedisTier, raw: redis.Redis, clock: FakeClock) -> None:
+    keys = [f"k{i}" for i in range(100)]
+    raw.config_resetstat()
+    tier.set_many({key: entry(clock, key) for key in keys})
+    found = tier.get_many([*keys, "absent"])
+    tier.delete_many(keys)
+    assert len(found) == 100
+    assert command_calls(raw, "set") == 100  # pipelined: one round trip
+    assert command_calls(raw, "mget") == 1
+    assert command_calls(raw, "get") == 0
+    assert command_calls(raw, "unlink") == 1
+    assert tier.get_many(keys) == {}
+
+
+# --- namespaces and clear()
+
+
+def test_clear_removes_only_this_namespace(
+    redis_server: RedisServer, raw: redis.Redis, clock: FakeClock
+) -> None:
+    # "a*b" must not match "aXb": the namespace is escaped in the SCAN pattern.
+    mine = RedisTier(make_client(redis_server.url), namespace="a*b", clock=clock)
+    other = RedisTier(make_client(redis_server.url), namespace="aXb", clock=clock)
+    mine.set_many({f"k{i}": entry(clock, i) for i in range(1200)})  # more than one SCAN batch
+    other.set("k0", entry(clock, "other"))
+    raw.set("unrelated", b"1")
+    raw.config_resetstat()
+    mine.clear()
+    assert mine.get_many([f"k{i}" for i in range(1200)]) == {}
+    assert other.get("k0") is not MISSING
+    assert raw.get("unrelated") == b"1"
+    assert command_calls(raw, "flushdb") == 0
+    assert command_calls(raw, "flushall") == 0
+    other.clear()
+    raw.delete("unrelated")
+    mine.close()
+    other.close()
+
+
+def test_close_is_idempotent_and_final(redis_server: RedisServer, namespace: str) -> None:
+    tier = RedisTier(make_client(redis_server.url), namespace=namespace)
+    tier.close()
+    tier.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        tier.get("k")
+
+
+# --- cluster
+
+
+@pytest.fixture
+def cluster_tier(
+    redis_cluster: RedisCluster, namespace: str, clock: FakeClock
+) -> Iterator[RedisTier]:
+    tier = RedisTier(make_client(redis_cluster.url, timeout=2.0), namespace=namespace, clock=clock)
+    yield tier
+    tier.clear()
+    tier.close()
+
+
+def node_keys(cluster: RedisCluster, pattern: str) -> list[int]:
+    counts = []
+    for host, port in cluster.startup_nodes:
+        with redis.Redis(host=host, port=port) as node:
+            counts.append(sum(1 for _ in node.scan_iter(match=pattern)))
+    return counts
+
+
+def test_cluster_batches_span_slots_and_nodes(
+    cluster_tier: RedisTier, redis_cluster: RedisCluster, clock: FakeClock, namespace: str
+) -> None:
+    keys = [f"tweet:{i}" for i in range(300)]
+    cluster_tier.set_many({key: entry(clock, Decimal(i)) for i, key in enumerate(keys)})
+    per_node = node_keys(redis_cluster, f"{namespace}:*")
+    assert sum(per_node) == 300
+    assert all(count > 0 for count in per_node)  # the keys really are spread over the masters
+
+    found = cluster_tier.get_many([*keys, "tweet:absent"])
+    assert {key: e.value for key, e in found.items()} == {
+        key: Decimal(i) for i, key in enumerate(keys)
+    }
+    cluster_tier.delete_many(keys[:150])
+    assert sorted(cluster_tier.get_many(keys)) == sorted(keys[150:])
+    cluster_tier.clear()
+    assert node_keys(redis_cluster, f"{namespace}:*") == [0, 0, 0]

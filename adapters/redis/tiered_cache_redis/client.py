@@ -1,0 +1,93 @@
+"""Redis clients from URLs, configured to fail fast as a cache tier must."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+import redis
+from redis.backoff import NoBackoff
+from redis.cluster import RedisCluster
+from redis.retry import Retry
+
+from tiered_cache.errors import ConfigError
+
+#: A client the Redis tier can use.
+RedisClient: TypeAlias = "redis.Redis | RedisCluster"
+
+_CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+_PLAIN_SCHEMES = ("redis", "rediss", "unix")
+
+
+@dataclass(frozen=True)
+class RedisTarget:
+    """A parsed tier URL: the URL as redis-py understands it, and whether it is a cluster."""
+
+    url: str
+    cluster: bool
+    tls: bool
+
+
+def parse_url(url: str, *, cluster: bool = False) -> RedisTarget:
+    """Split a tier URL into redis-py's URL and the cluster flag.
+
+    ``redis+cluster://`` and ``rediss+cluster://`` select the cluster client (redis-py itself
+    knows only ``redis://``, ``rediss://`` and ``unix://``).
+    """
+    scheme, separator, rest = url.partition("://")
+    scheme = scheme.lower()
+    if not separator:
+        raise ConfigError(f"{url!r} is not a URL; expected e.g. 'redis://localhost:6379/0'")
+    if scheme in _CLUSTER_SCHEMES:
+        plain = _CLUSTER_SCHEMES[scheme]
+        return RedisTarget(f"{plain}://{rest}", cluster=True, tls=plain == "rediss")
+    if scheme in _PLAIN_SCHEMES:
+        if cluster and scheme == "unix":
+            raise ConfigError("Redis Cluster cannot be reached through a unix:// socket")
+        return RedisTarget(url, cluster=cluster, tls=scheme == "rediss")
+    schemes = ", ".join(f"'{s}://'" for s in (*_PLAIN_SCHEMES, *_CLUSTER_SCHEMES))
+    raise ConfigError(f"unsupported URL scheme {scheme!r} in {url!r}; use one of {schemes}")
+
+
+def client_options(
+    *, timeout: float, connect_timeout: float | None = None, pool_size: int = 50
+) -> dict[str, Any]:
+    """Keyword arguments for redis-py's ``from_url``: short timeouts and almost no retrying.
+
+    redis-py retries 10 times with backoff by default, which turns one dead server into seconds
+    of waiting per call. A tier retries once, at once, and only on a broken connection (a pooled
+    socket the server closed, e.g. after a restart); never on a timeout, since the circuit
+    breaker and the chain's fail-safe handle a slow server better than waiting twice.
+    """
+    return {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": connect_timeout if connect_timeout is not None else timeout,
+        "max_connections": pool_size,
+        "retry": Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
+        "decode_responses": False,
+    }
+
+
+def make_client(
+    url: str,
+    *,
+    cluster: bool = False,
+    timeout: float = 0.05,
+    connect_timeout: float | None = None,
+    pool_size: int = 50,
+) -> RedisClient:
+    """A redis-py client for ``url``: ``Redis`` on a blocking pool, or ``RedisCluster``.
+
+    The single-server client does not connect until first used. The cluster client connects to
+    discover the slots at once, so it raises here when no node answers.
+    """
+    target = parse_url(url, cluster=cluster)
+    options = client_options(timeout=timeout, connect_timeout=connect_timeout, pool_size=pool_size)
+    if target.cluster:
+        # The cluster client retries whole commands (refreshing the slot map in between); the
+        # same fail-fast policy applies at that level.
+        return RedisCluster.from_url(target.url, **options)
+    # A blocking pool waits (up to the timeout) for a free connection when all are busy instead
+    # of raising "Too many connections" at once under a burst of threads.
+    pool = redis.BlockingConnectionPool.from_url(target.url, timeout=timeout, **options)
+    return redis.Redis.from_pool(pool)

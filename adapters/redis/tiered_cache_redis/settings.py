@@ -1,0 +1,83 @@
+"""The settings of a ``redis`` tier, as a config file or the environment states them."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import ConfigDict, Field, field_validator
+
+from tiered_cache.codecs import get_codec
+from tiered_cache.errors import ConfigError
+from tiered_cache.settings import TierSettings
+from tiered_cache.units import Duration
+
+from .client import parse_url
+
+
+class RedisTierSettings(TierSettings):
+    """A shared tier in Redis or Redis Cluster."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["redis"] = Field(default="redis", description="Always 'redis'.")
+    url: str = Field(
+        default="redis://localhost:6379/0",
+        description="Where Redis is: 'redis://host:6379/0'; 'rediss://' for TLS; credentials in "
+        "the URL ('redis://user:password@host:6379/0'); 'redis+cluster://host:6379' (or "
+        "cluster = true) for Redis Cluster, any node being enough to find the others.",
+    )
+    cluster: bool = Field(
+        default=False,
+        description="Use the Redis Cluster client even though the URL is a plain redis:// one.",
+    )
+    namespace: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Key prefix in Redis ('<namespace>:<key>'); defaults to the cache's namespace.",
+    )
+    ttl: Duration | None = Field(
+        default=3600.0,
+        description="Longest time Redis keeps an entry ('1h'); never beyond the entry's own hard "
+        "expiry. None: only the entry's hard expiry bounds it.",
+    )
+    timeout: Duration = Field(
+        default=0.05,
+        gt=0,
+        description="Socket timeout of each Redis operation ('50ms'); also the connect timeout "
+        "unless connect_timeout is set. Keep it small: a cache that waits is worse than a miss.",
+    )
+    connect_timeout: Duration | None = Field(
+        default=None,
+        gt=0,
+        description="Timeout to open a connection (TLS handshakes may need more than "
+        "'timeout'); none: the same as timeout.",
+    )
+    pool_size: int = Field(
+        default=50,
+        ge=1,
+        description="Most connections kept open to Redis (per node for a cluster); a call "
+        "waits up to 'timeout' for a free one.",
+    )
+    codec: str = Field(
+        default="json",
+        description="How values are turned into bytes: 'json' (default, readable), 'msgpack' "
+        "(smaller, needs the msgpack extra) or 'pickle' (any Python value; trusted Redis only).",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, url: str) -> str:
+        try:
+            parse_url(url)
+        except ConfigError as exc:  # plain ValueError, so the field path is added to it
+            raise ValueError(str(exc)) from None
+        return url
+
+    @field_validator("codec")
+    @classmethod
+    def _check_codec(cls, name: str) -> str:
+        try:
+            get_codec(name)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return name

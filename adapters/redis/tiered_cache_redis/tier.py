@@ -1,0 +1,289 @@
+"""The Redis tier: a small binary header plus codec bytes under ``<namespace>:<key>``."""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, cast
+
+from redis.cluster import RedisCluster
+
+from tiered_cache.codecs import Codec, get_codec
+from tiered_cache.errors import CodecError
+from tiered_cache.tier import MISSING, Entry, MissingType
+
+from .client import RedisClient
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+
+# magic, format, codec id, loaded_at, soft_expiry, hard_expiry, load_duration, expire_at, version.
+# Fixed-size and little-endian: unpacking it costs one struct call on the hot read path.
+_HEADER = struct.Struct("<2sBBdddddq")
+_MAGIC = b"tc"
+_FORMAT = 1
+_PREFIX = _MAGIC + bytes([_FORMAT])
+#: Codec ids in the header, so a reader never decodes another codec's bytes (0: any other codec).
+CODEC_IDS = {"json": 1, "msgpack": 2, "pickle": 3}
+#: Keys deleted per UNLINK by clear().
+_CLEAR_BATCH = 500
+# Characters that SCAN MATCH treats as a pattern.
+_GLOB_SPECIAL = str.maketrans({c: f"\\{c}" for c in "\\*?[]^"})
+
+
+class RedisTier:
+    """A tier in Redis or Redis Cluster (the :class:`tiered_cache.Tier` protocol).
+
+    Args:
+        client: a redis-py ``Redis`` or ``RedisCluster`` (with ``decode_responses=False``).
+        connect: instead of ``client``, makes one on first use (so a cluster that is down when
+            the service starts makes calls fail, not the start).
+        name: the tier's name in stats and logs.
+        namespace: the key prefix; each key is stored as ``<namespace>:<key>``.
+        ttl: the longest Redis keeps an entry, in seconds; never beyond the entry's hard
+            expiry. ``None``: the hard expiry alone.
+        ttl_jitter: shorten each TTL by up to this fraction at random.
+        codec: a :class:`~tiered_cache.codecs.Codec` or its name.
+        clock: seconds; expiry is judged by this clock (and Redis expires keys on its own time).
+        owns_client: close the client in :meth:`close`.
+
+    Connection errors and timeouts propagate (as redis-py's exceptions): the chain and the
+    circuit breaker decide what they mean. Only data this tier cannot read (another format or
+    codec, corrupt bytes) is logged and treated as a miss, so that the next fill overwrites it.
+    """
+
+    def __init__(
+        self,
+        client: RedisClient | None = None,
+        *,
+        connect: Callable[[], RedisClient] | None = None,
+        name: str = "redis",
+        namespace: str = "default",
+        ttl: float | None = 3600.0,
+        ttl_jitter: float = 0.0,
+        codec: Codec | str = "json",
+        clock: Clock = time.time,
+        rng: random.Random | None = None,
+        owns_client: bool = True,
+    ) -> None:
+        if not 0.0 <= ttl_jitter < 1.0:
+            raise ValueError("ttl_jitter must be in [0, 1)")
+        if ttl is not None and ttl <= 0:
+            raise ValueError("ttl must be positive (or None)")
+        self.name = name
+        self._namespace = namespace
+        self._prefix = f"{namespace}:"
+        self._ttl = ttl
+        self._jitter = ttl_jitter
+        self._codec = get_codec(codec) if isinstance(codec, str) else codec
+        self._codec_id = CODEC_IDS.get(self._codec.name, 0)
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._owns_client = owns_client
+        self._lock = threading.Lock()
+        if (client is None) == (connect is None):
+            raise TypeError("pass either client or connect")
+        self._client = client
+        self._connect = connect
+        self._closed = False
+
+    # -- properties
+
+    @property
+    def client(self) -> RedisClient:
+        """The redis-py client (shared with leases and the invalidation bus); made on first use."""
+        client = self._client
+        if client is None:
+            with self._lock:
+                if self._closed:
+                    raise RuntimeError(f"tier {self.name!r} is closed")
+                if self._client is None:
+                    assert self._connect is not None
+                    self._client = self._connect()
+                client = self._client
+        return client
+
+    @property
+    def namespace(self) -> str:
+        """The key prefix (without the ``:``)."""
+        return self._namespace
+
+    @property
+    def codec(self) -> Codec:
+        """The codec values are stored with."""
+        return self._codec
+
+    @property
+    def is_cluster(self) -> bool:
+        """True when the client is a Redis Cluster client."""
+        return isinstance(self.client, RedisCluster)
+
+    def redis_key(self, key: str) -> str:
+        """The Redis key that holds ``key``."""
+        return self._prefix + key
+
+    # -- reads
+
+    def get(self, key: str) -> Entry | MissingType:
+        data = self.client.get(self._prefix + key)
+        if data is None:
+            return MISSING
+        # bytes: the client is made with decode_responses=False.
+        return self._decode(key, cast(bytes, data), self._clock())
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, Entry]:
+        if not keys:
+            return {}
+        client = self.client
+        names = [self._prefix + key for key in keys]
+        if isinstance(client, RedisCluster):
+            # One MGET per hash slot, sent as one pipeline batch per node.
+            values = client.mget_nonatomic(names)
+        else:
+            values = client.mget(names)
+        now = self._clock()
+        found: dict[str, Entry] = {}
+        for key, data in zip(keys, values, strict=True):
+            if data is not None:
+                entry = self._decode(key, data, now)
+                if entry is not MISSING:
+                    found[key] = entry
+        return found
+
+    def _decode(self, key: str, data: bytes, now: float) -> Entry | MissingType:
+        if len(data) < _HEADER.size or data[:3] != _PREFIX:
+            log.warning("tier %r: key %r holds data in an unknown format; a miss", self.name, key)
+            return MISSING
+        _, _, codec_id, loaded_at, soft, hard, duration, expire_at, version = _HEADER.unpack_from(
+            data
+        )
+        # Redis expires keys on its own clock; the tier must also honour the chain's clock.
+        if now >= expire_at:
+            return MISSING
+        if codec_id != self._codec_id:
+            log.warning(
+                "tier %r: key %r was written with another codec (id %d); a miss",
+                self.name,
+                key,
+                codec_id,
+            )
+            return MISSING
+        try:
+            value = self._codec.decode(data[_HEADER.size :])
+        except CodecError as exc:
+            log.warning("tier %r: key %r cannot be decoded (%s); a miss", self.name, key, exc)
+            return MISSING
+        return Entry(value, loaded_at, soft, hard, duration, version)
+
+    # -- writes
+
+    def set(self, key: str, entry: Entry) -> None:
+        name, data, px = self._encode(key, entry, self._clock())
+        client = self.client
+        if data is None:
+            client.unlink(name)
+        elif px is None:
+            client.set(name, data)
+        else:
+            client.set(name, data, px=px)
+
+    def set_many(self, entries: Mapping[str, Entry]) -> None:
+        if not entries:
+            return
+        now = self._clock()
+        # Everything is encoded before anything is sent: one bad value writes nothing.
+        encoded = [self._encode(key, entry, now) for key, entry in entries.items()]
+        pipe = self.client.pipeline(transaction=False)
+        for name, data, px in encoded:
+            if data is None:
+                pipe.unlink(name)
+            else:
+                pipe.set(name, data, px=px)
+        pipe.execute()
+
+    def _encode(self, key: str, entry: Entry, now: float) -> tuple[str, bytes | None, int | None]:
+        """``(redis key, bytes or None for "delete", PX milliseconds or None for no expiry)``."""
+        payload = self._codec.encode(entry.value)
+        expire_at = entry.hard_expiry
+        if self._ttl is not None:
+            ttl = self._ttl
+            if self._jitter:
+                ttl *= 1.0 - self._jitter * self._rng.random()
+            expire_at = min(expire_at, now + ttl)
+        name = self._prefix + key
+        if expire_at <= now:
+            return name, None, None
+        try:
+            header = _HEADER.pack(
+                _MAGIC,
+                _FORMAT,
+                self._codec_id,
+                entry.loaded_at,
+                entry.soft_expiry,
+                entry.hard_expiry,
+                entry.load_duration,
+                expire_at,
+                entry.version,
+            )
+        except struct.error as exc:
+            raise CodecError(
+                f"entry of key {key!r}: its metadata does not fit the Redis tier's header "
+                f"(version must be a 64-bit int, times numbers): {exc}"
+            ) from None
+        px = None if math.isinf(expire_at) else max(1, math.ceil((expire_at - now) * 1000))
+        return name, header + payload, px
+
+    # -- deletes
+
+    def delete(self, key: str) -> None:
+        self.client.unlink(self._prefix + key)
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        if keys:
+            self._unlink([self._prefix + key for key in keys])
+
+    def _unlink(self, names: Sequence[str]) -> None:
+        client = self.client
+        if isinstance(client, RedisCluster):
+            # A multi-key UNLINK must stay within one slot; a cluster pipeline of single-key
+            # UNLINKs costs one round trip per node instead.
+            pipe = client.pipeline(transaction=False)  # type: ignore[no-untyped-call]
+            for name in names:
+                pipe.unlink(name)
+            pipe.execute()
+        else:
+            client.unlink(*names)
+
+    def clear(self) -> None:
+        """Delete this namespace's keys (SCAN + UNLINK, every node of a cluster); never FLUSHDB."""
+        pattern = self._prefix.translate(_GLOB_SPECIAL) + "*"
+        for batch in _batches(self.client.scan_iter(match=pattern, count=1000), _CLEAR_BATCH):
+            self._unlink(batch)
+
+    def close(self) -> None:
+        """Close the connection pool (if this tier owns the client); idempotent."""
+        with self._lock:
+            self._closed = True
+            client, self._client = self._client, None
+        if client is not None and self._owns_client:
+            client.close()
+
+    def __repr__(self) -> str:
+        return f"RedisTier(name={self.name!r}, namespace={self._namespace!r})"
+
+
+def _batches(items: Iterable[Any], size: int) -> Iterable[list[Any]]:
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

@@ -1,0 +1,336 @@
+"""The circuit breaker: opens after consecutive failures, probes after the cool-down."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import pytest
+
+from tiered_cache.breaker import CircuitBreakerTier
+from tiered_cache.errors import CodecError, TierUnavailable
+from tiered_cache.memory import MemoryTier
+from tiered_cache.settings import BreakerSettings
+from tiered_cache.testing.clock import FakeClock
+from tiered_cache.tier import MISSING, Entry, MissingType, Tier
+
+
+class FlakyTier:
+    """A memory tier that fails on demand and counts the calls that reach it."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.name = "flaky"
+        self.inner = MemoryTier(clock=clock)
+        self.calls = 0
+        self.error: BaseException | None = None
+        self.gate: threading.Event | None = None
+        self.closed = False
+
+    def _enter(self) -> None:
+        self.calls += 1
+        if self.gate is not None:
+            self.gate.wait(5.0)
+        if self.error is not None:
+            raise self.error
+
+    def get(self, key: str) -> Entry | MissingType:
+        self._enter()
+        return self.inner.get(key)
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, Entry]:
+        self._enter()
+        return self.inner.get_many(keys)
+
+    def set(self, key: str, entry: Entry) -> None:
+        self._enter()
+        self.inner.set(key, entry)
+
+    def set_many(self, entries: Mapping[str, Entry]) -> None:
+        self._enter()
+        self.inner.set_many(entries)
+
+    def delete(self, key: str) -> None:
+        self._enter()
+        self.inner.delete(key)
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        self._enter()
+        self.inner.delete_many(keys)
+
+    def clear(self) -> None:
+        self._enter()
+        self.inner.clear()
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def flaky(clock: FakeClock) -> FlakyTier:
+    return FlakyTier(clock)
+
+
+@pytest.fixture
+def breaker(flaky: FlakyTier, clock: FakeClock) -> CircuitBreakerTier:
+    return CircuitBreakerTier(flaky, failure_threshold=3, cool_down=10.0, clock=clock)
+
+
+def trip(breaker: CircuitBreakerTier, flaky: FlakyTier, times: int = 3) -> None:
+    flaky.error = ConnectionError("down")
+    for _ in range(times):
+        with pytest.raises(TierUnavailable):
+            breaker.get("k")
+
+
+def test_is_a_tier_with_the_inner_name(breaker: CircuitBreakerTier) -> None:
+    assert isinstance(breaker, Tier)
+    assert breaker.name == "flaky"
+    assert breaker.state == "closed"
+
+
+def test_closed_passes_calls_through(
+    breaker: CircuitBreakerTier, flaky: FlakyTier, clock: FakeClock
+) -> None:
+    breaker.set("k", Entry("v", clock()))
+    got = breaker.get("k")
+    assert got is not MISSING
+    assert got.value == "v"
+    assert flaky.calls == 2
+
+
+def test_failures_are_wrapped_as_tier_unavailable_and_chained(
+    breaker: CircuitBreakerTier, flaky: FlakyTier
+) -> None:
+    original = TimeoutError("slow")
+    flaky.error = original
+    with pytest.raises(TierUnavailable, match="tier 'flaky': TimeoutError: slow") as info:
+        breaker.get("k")
+    assert info.value.__cause__ is original
+    assert breaker.failures == 1
+    assert breaker.state == "closed"
+
+
+def test_opens_after_threshold_and_stops_touching_the_tier(
+    breaker: CircuitBreakerTier, flaky: FlakyTier
+) -> None:
+    trip(breaker, flaky)
+    assert breaker.state == "open"
+    assert breaker.opened_count == 1
+    assert flaky.calls == 3
+    flaky.error = None  # even a healthy tier is not touched while the circuit is open
+    for _ in range(100):
+        with pytest.raises(TierUnavailable, match="circuit open") as info:
+            breaker.get("k")
+        assert info.value.__cause__ is None
+    assert flaky.calls == 3
+
+
+def test_a_success_resets_the_consecutive_count(
+    breaker: CircuitBreakerTier, flaky: FlakyTier
+) -> None:
+    trip(breaker, flaky, times=2)
+    flaky.error = None
+    breaker.get("k")
+    assert breaker.failures == 0
+    trip(breaker, flaky, times=2)
+    assert breaker.state == "closed"
+    assert breaker.opened_count == 0
+
+
+def test_probe_after_cool_down_closes_on_success(
+    breaker: CircuitBreakerTier, flaky: FlakyTier, clock: FakeClock
+) -> None:
+    trip(breaker, flaky)
+    clock.advance(9.9)
+    with pytest.raises(TierUnavailable):
+        breaker.get("k")
+    assert flaky.calls == 3
+    clock.advance(0.1)
+    assert breaker.state == "half-open"
+    flaky.error = None
+    assert breaker.get("k") is MISSING  # the probe reached the tier
+    assert flaky.calls == 4
+    assert breaker.state == "closed"
+    breaker.get("k")
+    assert flaky.calls == 5
+
+
+def test_failed_probe_reopens_for_another_cool_down(
+    breaker: CircuitBreakerTier, flaky: FlakyTier, clock: FakeClock
+) -> None:
+    trip(breaker, flaky)
+    clock.advance(10.0)
+    with pytest.raises(TierUnavailable) as info:
+        breaker.get("k")  # the probe fails
+    assert isinstance(info.value.__cause__, ConnectionError)
+    assert flaky.calls == 4
+    assert breaker.state == "open"
+    assert breaker.opened_count == 2
+    clock.advance(9.0)
+    with pytest.raises(TierUnavailable, match="circuit open"):
+        breaker.get("k")
+    assert flaky.calls == 4
+    clock.advance(1.0)
+    flaky.error = None
+    breaker.get("k")
+    assert breaker.state == "closed"
+
+
+def test_only_one_probe_at_a_time(
+    breaker: CircuitBreakerTier, flaky: FlakyTier, clock: FakeClock
+) -> None:
+    trip(breaker, flaky)
+    clock.advance(10.0)
+    flaky.error = None
+    flaky.gate = threading.Event()
+    results: list[Any] = []
+    probe = threading.Thread(target=lambda: results.append(breaker.get("k")))
+    probe.start()
+    while flaky.calls < 4:  # the probe is inside the tier, held at the gate
+        threading.Event().wait(0.001)
+    assert breaker.state == "half-open"
+    with pytest.raises(TierUnavailable, match="probe is in flight"):
+        breaker.get("k")
+    flaky.gate.set()
+    probe.join(5.0)
+    assert results == [MISSING]
+    assert flaky.calls == 4
+    assert breaker.state == "closed"
+
+
+def test_codec_errors_pass_through_unchanged_and_do_not_count(
+    breaker: CircuitBreakerTier, flaky: FlakyTier, clock: FakeClock
+) -> None:
+    error = CodecError("value['x']: object of type object is not supported")
+    flaky.error = error
+    for _ in range(10):
+        with pytest.raises(CodecError) as info:
+            breaker.set("k", Entry(object(), clock()))
+        assert info.value is error
+    assert breaker.failures == 0
+    assert breaker.state == "closed"
+
+
+def test_codec_error_during_probe_leaves_the_next_call_to_probe(
+    breaker: CircuitBreakerTier, flaky: FlakyTier, clock: FakeClock
+) -> None:
+    trip(breaker, flaky)
+    clock.advance(10.0)
+    flaky.error = CodecError("bad value")
+    with pytest.raises(CodecError):
+        breaker.set("k", Entry(object(), clock()))
+    assert breaker.state == "half-open"
+    flaky.error = None
+    breaker.get("k")
+    assert breaker.state == "closed"
+    assert breaker.opened_count == 1
+
+
+def test_tier_unavailable_from_the_tier_is_counted_not_rewrapped(
+    breaker: CircuitBreakerTier, flaky: FlakyTier
+) -> None:
+    error = TierUnavailable("inner circuit open")
+    flaky.error = error
+    with pytest.raises(TierUnavailable) as info:
+        breaker.get("k")
+    assert info.value is error
+    assert breaker.failures == 1
+
+
+OPERATIONS: dict[str, Callable[[CircuitBreakerTier], Any]] = {
+    "get": lambda t: t.get("k"),
+    "get_many": lambda t: t.get_many(["k"]),
+    "set": lambda t: t.set("k", Entry("v", 0.0)),
+    "set_many": lambda t: t.set_many({"k": Entry("v", 0.0)}),
+    "delete": lambda t: t.delete("k"),
+    "delete_many": lambda t: t.delete_many(["k"]),
+    "clear": lambda t: t.clear(),
+}
+
+
+@pytest.mark.parametrize("operation", list(OPERATIONS))
+def test_every_operation_is_guarded(
+    breaker: CircuitBreakerTier, flaky: FlakyTier, operation: str
+) -> None:
+    call = OPERATIONS[operation]
+    flaky.error = OSError("down")
+    for _ in range(3):
+        with pytest.raises(TierUnavailable):
+            call(breaker)
+    assert breaker.state == "open"
+    with pytest.raises(TierUnavailable, match="circuit open"):
+        call(breaker)
+    assert flaky.calls == 3
+
+
+def test_close_reaches_the_tier_even_when_open(
+    breaker: CircuitBreakerTier, flaky: FlakyTier
+) -> None:
+    trip(breaker, flaky)
+    breaker.close()
+    assert flaky.closed
+
+
+def test_settings_and_explicit_arguments(flaky: FlakyTier, clock: FakeClock) -> None:
+    from_settings = CircuitBreakerTier(
+        flaky, BreakerSettings(failure_threshold=2, cool_down="30s"), clock=clock
+    )
+    assert (from_settings.failure_threshold, from_settings.cool_down) == (2, 30.0)
+    overridden = CircuitBreakerTier(
+        flaky, BreakerSettings(failure_threshold=2), failure_threshold=7, clock=clock
+    )
+    assert overridden.failure_threshold == 7
+    defaults = CircuitBreakerTier(flaky, clock=clock)
+    assert (defaults.failure_threshold, defaults.cool_down) == (5, 5.0)
+    with pytest.raises(ValueError):
+        CircuitBreakerTier(flaky, failure_threshold=0, clock=clock)
+
+
+def test_logs_state_changes_not_calls(
+    breaker: CircuitBreakerTier,
+    flaky: FlakyTier,
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.INFO, logger="tiered_cache.breaker"):
+        trip(breaker, flaky, times=3)
+        for _ in range(50):
+            with pytest.raises(TierUnavailable):
+                breaker.get("k")
+        clock.advance(10.0)
+        flaky.error = None
+        breaker.get("k")
+    messages = [record.getMessage() for record in caplog.records]
+    assert len(messages) == 2
+    assert "circuit open after 3 consecutive failures" in messages[0]
+    assert "circuit closed" in messages[1]
+
+
+def test_concurrent_failures_open_the_circuit_once(
+    breaker: CircuitBreakerTier, flaky: FlakyTier
+) -> None:
+    flaky.error = ConnectionError("down")
+    barrier = threading.Barrier(8)
+
+    def hammer() -> None:
+        barrier.wait()
+        for _ in range(50):
+            with contextlib.suppress(TierUnavailable):
+                breaker.get("k")
+
+    threads = [threading.Thread(target=hammer) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert breaker.state == "open"
+    assert breaker.opened_count == 1
+    assert flaky.calls < 3 + 8  # only calls admitted before it opened reached the tier

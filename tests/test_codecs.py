@@ -1,0 +1,225 @@
+"""Codecs round-trip every DynamoDB-shaped value exactly, and name what they cannot encode."""
+
+from __future__ import annotations
+
+import datetime
+import math
+import sys
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tiered_cache.codecs import (
+    Codec,
+    JsonCodec,
+    MsgpackCodec,
+    PickleCodec,
+    codec_names,
+    get_codec,
+)
+from tiered_cache.errors import CodecError, ConfigError
+
+CODECS = ["json", "msgpack", "pickle"]
+
+
+def assert_same(got: Any, want: Any) -> None:
+    """Equal, and of the same types all the way down (a Decimal stays a Decimal, 1.0 a float)."""
+    assert type(got) is type(want), (got, want)
+    if isinstance(want, dict):
+        assert list(got) == list(want)
+        for key in want:
+            assert_same(got[key], want[key])
+    elif isinstance(want, list | tuple):
+        assert len(got) == len(want)
+        for a, b in zip(got, want, strict=True):
+            assert_same(a, b)
+    elif isinstance(want, set | frozenset):
+        assert {(type(x), repr(x)) for x in got} == {(type(x), repr(x)) for x in want}
+    elif isinstance(want, float) and math.isnan(want):
+        assert math.isnan(got)
+    else:
+        assert repr(got) == repr(want)  # repr-exact: -0.0, Decimal("1.50"), 2**70
+
+
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.text()
+    | st.integers()
+    | st.integers(min_value=2**63, max_value=2**80)
+    | st.decimals()  # including NaN, Infinity and exponents such as 1E+2
+    | st.floats()
+    | st.binary()
+)
+# DynamoDB sets are homogeneous: strings, numbers or binaries.
+homogeneous_sets = (
+    st.sets(st.text(), max_size=4)
+    | st.sets(st.decimals(allow_nan=False), max_size=4)
+    | st.sets(st.integers(), max_size=4)
+    | st.frozensets(st.binary(), max_size=4)
+    | st.frozensets(st.text(), max_size=4)
+)
+# Keys that collide with the JSON codec's tags are generated on purpose.
+keys = st.text(max_size=6) | st.sampled_from(["$d", "$b", "$s", "$fs", "$t", "$o", "$f", "$x"])
+values = st.recursive(
+    scalars | homogeneous_sets,
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.lists(children, max_size=3).map(tuple)
+        | st.dictionaries(keys, children, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@pytest.mark.parametrize("name", CODECS)
+@settings(max_examples=300, deadline=None)
+@given(value=values)
+def test_round_trip_is_exact(name: str, value: Any) -> None:
+    codec = get_codec(name)
+    data = codec.encode(value)
+    assert isinstance(data, bytes)
+    assert_same(codec.decode(data), value)
+
+
+@pytest.mark.parametrize("name", CODECS)
+@given(value=st.floats())
+def test_floats_are_repr_exact(name: str, value: float) -> None:
+    codec = get_codec(name)
+    assert_same(codec.decode(codec.encode(value)), value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"$d": "1.5"},
+        {"$o": [["$d", "x"]]},
+        {"$b": {"$s": ["a"]}},
+        [{"$t": [1, 2]}],
+        {"$unknown": 1},
+        {"a": 1, "$d": "2"},
+    ],
+    ids=repr,
+)
+def test_json_escapes_user_dicts_that_look_like_tags(value: Any) -> None:
+    codec = JsonCodec()
+    assert_same(codec.decode(codec.encode(value)), value)
+
+
+def test_json_output_is_strict_readable_json() -> None:
+    data = JsonCodec().encode(
+        {"id": "42", "likes": Decimal("7"), "nan": float("nan"), "tags": {"a"}, "t": "é"}
+    )
+    assert data == (
+        b'{"id":"42","likes":{"$d":"7"},"nan":{"$f":"nan"},"tags":{"$s":["a"]},"t":"\xc3\xa9"}'
+    )
+    assert b"NaN" not in data
+
+
+def test_dynamodb_item_as_boto3_deserializes_it_round_trips() -> None:
+    types = pytest.importorskip("boto3.dynamodb.types")
+    wire = {
+        "tweet_id": {"S": "42"},
+        "likes": {"N": "1234567890123456789012345678901234567"},
+        "ratio": {"N": "0.25"},
+        "blob": {"B": b"\x00\xff"},
+        "tags": {"SS": ["a", "b"]},
+        "scores": {"NS": ["1", "2.5"]},
+        "blobs": {"BS": [b"x", b"y"]},
+        "deleted": {"BOOL": False},
+        "parent": {"NULL": True},
+        "meta": {"M": {"lang": {"S": "en"}, "path": {"L": [{"N": "1"}, {"S": "x"}]}}},
+    }
+    deserializer = types.TypeDeserializer()
+    item = {key: deserializer.deserialize(attr) for key, attr in wire.items()}
+    for name in ("json", "msgpack"):
+        codec = get_codec(name)
+        decoded = codec.decode(codec.encode(item))
+        # boto3's Binary comes back as bytes, which compares equal to it.
+        assert decoded == item
+        assert decoded["blob"] == b"\x00\xff"
+        assert type(decoded["likes"]) is Decimal
+
+
+@pytest.mark.parametrize("name", ["json", "msgpack"])
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (
+            {"author": datetime.datetime(2024, 1, 1)},
+            "value['author']: object of type datetime is not supported by codec '{codec}'",
+        ),
+        (
+            {"a": [1, {"b": object()}]},
+            "value['a'][1]['b']: object of type object is not supported by codec '{codec}'",
+        ),
+        ((1, 2, 3j), "value[2]: object of type complex is not supported"),
+        ({"ids": {1, None, datetime.date(2024, 1, 1)}}, "value['ids'] (element"),
+        (datetime.timedelta(1), "value: object of type timedelta"),
+    ],
+)
+def test_unsupported_values_name_type_and_place(name: str, value: Any, message: str) -> None:
+    with pytest.raises(CodecError) as info:
+        get_codec(name).encode(value)
+    assert message.format(codec=name) in str(info.value)
+    assert "choose codec 'pickle'" in str(info.value)
+
+
+def test_json_rejects_non_string_keys_with_their_place() -> None:
+    with pytest.raises(CodecError, match=r"value\['m'\]: dict key 1 of type int"):
+        JsonCodec().encode({"m": {1: "one"}})
+
+
+@pytest.mark.parametrize("name", ["json", "msgpack"])
+def test_subclasses_are_not_silently_flattened(name: str) -> None:
+    class Tag(str):
+        pass
+
+    with pytest.raises(CodecError, match="object of type Tag"):
+        get_codec(name).encode({"tag": Tag("x")})
+
+
+@pytest.mark.parametrize("name", ["json", "msgpack"])
+def test_a_value_that_contains_itself_is_a_codec_error(name: str) -> None:
+    looped: list[Any] = []
+    looped.append(looped)
+    with pytest.raises(CodecError):
+        get_codec(name).encode(looped)
+
+
+def test_pickle_encodes_what_the_others_refuse_and_names_what_it_cannot() -> None:
+    codec = PickleCodec()
+    when = {"at": datetime.datetime(2024, 1, 1)}
+    assert codec.decode(codec.encode(when)) == when
+    with pytest.raises(CodecError, match="cannot be pickled"):
+        codec.encode({"f": lambda: 1})
+
+
+@pytest.mark.parametrize("name", CODECS)
+def test_garbage_is_a_codec_error_on_decode(name: str) -> None:
+    with pytest.raises(CodecError, match=f"codec '{name}' cannot decode"):
+        get_codec(name).decode(b"\xc1\x00garbage{")
+
+
+def test_get_codec_by_name() -> None:
+    assert codec_names() == ["json", "msgpack", "pickle"]
+    for name in codec_names():
+        codec = get_codec(name)
+        assert codec.name == name
+        assert isinstance(codec, Codec)
+    assert isinstance(get_codec("json"), JsonCodec)
+    assert isinstance(get_codec("msgpack"), MsgpackCodec)
+
+
+def test_unknown_codec_lists_the_names() -> None:
+    with pytest.raises(ConfigError, match="unknown codec 'yaml'; available codecs: 'json', "):
+        get_codec("yaml")
+
+
+def test_msgpack_missing_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "msgpack", None)  # makes `import msgpack` fail
+    with pytest.raises(ConfigError, match="pip install msgpack"):
+        get_codec("msgpack")

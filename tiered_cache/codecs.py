@@ -1,0 +1,348 @@
+"""Codecs turn cached values into bytes for shared tiers such as Redis, and back.
+
+Every codec round-trips exactly what a DynamoDB item can hold, as boto3's ``TypeDeserializer``
+returns it: ``str``, ``int``, ``Decimal`` (DynamoDB numbers), ``float``, ``bool``, ``None``,
+``bytes``, ``list``, ``dict`` with ``str`` keys, ``set``/``frozenset`` of strings, numbers or
+bytes; and also ``tuple``. "Exactly" means the decoded value is equal to the original and of the
+same types all the way down (a ``Decimal`` stays a ``Decimal``, a tuple stays a tuple).
+
+* ``json`` (default): readable, no dependency. Types JSON lacks are tagged objects such as
+  ``{"$d": "1.50"}``; a user dict that could be mistaken for a tag is escaped.
+* ``msgpack``: smaller and faster; needs ``pip install msgpack``.
+* ``pickle``: any picklable value, but only for trusted tiers; never chosen by default.
+
+A value a codec cannot encode raises :class:`~tiered_cache.errors.CodecError` naming the type
+and where it sits, e.g. ``value['author']: object of type datetime is not supported by codec
+'json'``.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib
+import json
+import math
+import pickle
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any, Protocol, runtime_checkable
+
+from .errors import CodecError, ConfigError
+
+SUPPORTED_TYPES = (
+    "str, int, float, Decimal, bool, None, bytes, list, tuple, dict with str keys, "
+    "set and frozenset"
+)
+
+
+@runtime_checkable
+class Codec(Protocol):
+    """Turns a value into bytes and back; raises :class:`CodecError` for what it cannot."""
+
+    name: str
+
+    def encode(self, value: Any) -> bytes:
+        """The bytes of ``value``."""
+        ...
+
+    def decode(self, data: bytes) -> Any:
+        """The value ``data`` was made from."""
+        ...
+
+
+class _Unsupported(Exception):
+    """Raised deep in an encoder; each level on the way out prepends its part of the path."""
+
+    def __init__(self, value: Any, reason: str | None = None) -> None:
+        super().__init__()
+        self.value = value
+        self.reason = reason
+        self.path: list[str] = []
+
+    def error(self, codec: str) -> CodecError:
+        where = "value" + "".join(reversed(self.path))
+        reason = self.reason or (
+            f"object of type {type(self.value).__name__} is not supported by codec {codec!r}"
+        )
+        return CodecError(
+            f"{where}: {reason}; codec {codec!r} supports {SUPPORTED_TYPES}. "
+            f"Convert the value before caching it"
+            + ("" if codec == "pickle" else ", or choose codec 'pickle'")
+        )
+
+
+def _is_boto3_binary(value: Any) -> bool:
+    # boto3's TypeDeserializer returns boto3.dynamodb.types.Binary for B and BS attributes. The
+    # core must not import boto3, so it is recognised by shape; it is cached as bytes, which
+    # compares equal to the Binary it came from.
+    return type(value).__name__ == "Binary" and isinstance(getattr(value, "value", None), bytes)
+
+
+# --- JSON ------------------------------------------------------------------------------------
+
+# Tags are one-key objects whose key starts with "$". A user dict of one "$..." key is escaped as
+# {"$o": [[key, value]]}: a list of pairs, so the decoder (which sees inner objects first) never
+# mistakes the user's dict for a tag.
+_TAG_DECIMAL = "$d"
+_TAG_BYTES = "$b"
+_TAG_FLOAT = "$f"  # inf, -inf and nan, which strict JSON cannot hold
+_TAG_SET = "$s"
+_TAG_FROZENSET = "$fs"
+_TAG_TUPLE = "$t"
+_TAG_OBJECT = "$o"
+_JSON_NATIVE = (str, int, bool, type(None))
+
+
+def _to_json(value: Any) -> Any:
+    """``value`` as JSON-native structures with tags; :class:`_Unsupported` otherwise."""
+    kind = type(value)
+    if kind in _JSON_NATIVE:
+        return value
+    if kind is float:
+        return value if math.isfinite(value) else {_TAG_FLOAT: repr(value)}
+    if kind is dict:
+        out = {}
+        for key, item in value.items():
+            if type(key) is not str:
+                raise _Unsupported(
+                    key,
+                    f"dict key {key!r} of type {type(key).__name__} is not supported "
+                    f"(keys must be str)",
+                )
+            try:
+                out[key] = _to_json(item)
+            except _Unsupported as exc:
+                exc.path.append(f"[{key!r}]")
+                raise
+        if len(out) == 1 and next(iter(out)).startswith("$"):
+            return {_TAG_OBJECT: [[key, item] for key, item in out.items()]}
+        return out
+    if kind is list or kind is tuple:
+        items = []
+        for index, item in enumerate(value):
+            try:
+                items.append(_to_json(item))
+            except _Unsupported as exc:
+                exc.path.append(f"[{index}]")
+                raise
+        return items if kind is list else {_TAG_TUPLE: items}
+    if kind is Decimal:
+        return {_TAG_DECIMAL: str(value)}
+    if kind is bytes or _is_boto3_binary(value):
+        raw = value if kind is bytes else value.value
+        return {_TAG_BYTES: base64.b64encode(raw).decode("ascii")}
+    if kind is set or kind is frozenset:
+        elements = []
+        for item in value:
+            try:
+                elements.append(_to_json(item))
+            except _Unsupported as exc:
+                exc.path.append(f" (element {item!r})")
+                raise
+        return {_TAG_SET if kind is set else _TAG_FROZENSET: elements}
+    raise _Unsupported(value)
+
+
+def _float_from_tag(text: str) -> float:
+    if text not in ("inf", "-inf", "nan"):
+        raise ValueError(f"bad float tag {text!r}")
+    return float(text)
+
+
+_JSON_DECODERS: dict[str, Callable[[Any], Any]] = {
+    _TAG_DECIMAL: Decimal,
+    _TAG_BYTES: lambda text: base64.b64decode(text, validate=True),
+    _TAG_FLOAT: _float_from_tag,
+    _TAG_SET: set,
+    _TAG_FROZENSET: frozenset,
+    _TAG_TUPLE: tuple,
+    _TAG_OBJECT: dict,
+}
+
+
+def _json_object_hook(obj: dict[str, Any]) -> Any:
+    # Called for every JSON object on the hot read path: the common case (not one key) is first.
+    if len(obj) != 1:
+        return obj
+    for tag, payload in obj.items():
+        decoder = _JSON_DECODERS.get(tag)
+        if decoder is not None:
+            return decoder(payload)
+    return obj
+
+
+class JsonCodec:
+    """Type-preserving JSON (UTF-8); the default codec."""
+
+    name = "json"
+
+    def __init__(self) -> None:
+        self._dumps = json.JSONEncoder(
+            ensure_ascii=False, allow_nan=False, separators=(",", ":"), check_circular=False
+        ).encode
+        self._loads = json.JSONDecoder(object_hook=_json_object_hook).decode
+
+    def encode(self, value: Any) -> bytes:
+        """JSON bytes of ``value``; :class:`CodecError` naming the path of what is unsupported."""
+        try:
+            return self._dumps(_to_json(value)).encode("utf-8")
+        except _Unsupported as exc:
+            raise exc.error(self.name) from None
+        except RecursionError:
+            raise CodecError(
+                f"value: nested too deeply (or contains itself) for codec {self.name!r}"
+            ) from None
+
+    def decode(self, data: bytes) -> Any:
+        """The value ``data`` encodes; :class:`CodecError` if it is not this codec's output."""
+        try:
+            return self._loads(data.decode("utf-8"))
+        except (ValueError, TypeError, ArithmeticError) as exc:
+            raise CodecError(f"codec {self.name!r} cannot decode the data: {exc}") from exc
+
+
+# --- msgpack ---------------------------------------------------------------------------------
+
+_EXT_DECIMAL = 1
+_EXT_SET = 2
+_EXT_FROZENSET = 3
+_EXT_TUPLE = 4
+_EXT_BIGINT = 5  # ints beyond 64 bits, which msgpack cannot hold natively
+
+
+class MsgpackCodec:
+    """Type-preserving msgpack, with extension types for ``Decimal``, sets and tuples.
+
+    Needs the ``msgpack`` package (``pip install msgpack``, or the ``msgpack`` extra of an
+    adapter); it is imported when the codec is created.
+    """
+
+    name = "msgpack"
+
+    def __init__(self) -> None:
+        try:
+            # An optional dependency: imported on demand, and typed Any (it ships no stubs).
+            msgpack: Any = importlib.import_module("msgpack")
+        except ImportError as exc:
+            raise ConfigError(
+                "codec 'msgpack' needs the msgpack package: pip install msgpack "
+                "(or install the adapter with its extra, e.g. tiered-cache-redis[msgpack])"
+            ) from exc
+        self._msgpack = msgpack
+        # strict_types: a tuple goes to _default (and stays a tuple) instead of becoming a list.
+        self._packer_options: dict[str, Any] = {
+            "use_bin_type": True,
+            "strict_types": True,
+            "default": self._default,
+        }
+        self._unpacker_options: dict[str, Any] = {
+            "raw": False,
+            "use_list": True,
+            "strict_map_key": False,
+            "ext_hook": self._ext_hook,
+        }
+
+    def _pack(self, value: Any) -> bytes:
+        data: bytes = self._msgpack.packb(value, **self._packer_options)
+        return data
+
+    def _default(self, value: Any) -> Any:
+        ext = self._msgpack.ExtType
+        kind = type(value)
+        if kind is Decimal:
+            return ext(_EXT_DECIMAL, str(value).encode("ascii"))
+        if kind is tuple:
+            return ext(_EXT_TUPLE, self._pack(list(value)))
+        if kind is set:
+            return ext(_EXT_SET, self._pack(list(value)))
+        if kind is frozenset:
+            return ext(_EXT_FROZENSET, self._pack(list(value)))
+        if kind is int:  # msgpack calls `default` for an int beyond 64 bits
+            return ext(_EXT_BIGINT, str(value).encode("ascii"))
+        if _is_boto3_binary(value):
+            return value.value
+        raise TypeError(f"unsupported type {kind.__name__}")
+
+    def _ext_hook(self, code: int, data: bytes) -> Any:
+        if code == _EXT_DECIMAL:
+            return Decimal(data.decode("ascii"))
+        if code == _EXT_BIGINT:
+            return int(data.decode("ascii"))
+        items = self._msgpack.unpackb(data, **self._unpacker_options)
+        if code == _EXT_TUPLE:
+            return tuple(items)
+        if code == _EXT_SET:
+            return set(items)
+        if code == _EXT_FROZENSET:
+            return frozenset(items)
+        raise ValueError(f"unknown msgpack extension type {code}")
+
+    def encode(self, value: Any) -> bytes:
+        """msgpack bytes of ``value``; :class:`CodecError` naming what is unsupported."""
+        try:
+            return self._pack(value)
+        except (TypeError, ValueError, OverflowError) as exc:
+            failure: Exception = exc
+        # Only on failure: walk the value to say exactly what is unsupported, and where.
+        try:
+            _to_json(value)
+        except _Unsupported as unsupported:
+            raise unsupported.error(self.name) from None
+        except RecursionError:
+            raise CodecError(
+                f"value: nested too deeply (or contains itself) for codec {self.name!r}"
+            ) from None
+        raise CodecError(f"value: codec {self.name!r} cannot encode it: {failure}") from None
+
+    def decode(self, data: bytes) -> Any:
+        """The value ``data`` encodes; :class:`CodecError` if it is not this codec's output."""
+        try:
+            return self._msgpack.unpackb(data, **self._unpacker_options)
+        except Exception as exc:  # msgpack raises a variety of its own errors
+            raise CodecError(f"codec {self.name!r} cannot decode the data: {exc}") from exc
+
+
+# --- pickle ----------------------------------------------------------------------------------
+
+
+class PickleCodec:
+    """Any picklable value. Unpickling runs code: use it only for tiers you trust."""
+
+    name = "pickle"
+
+    def encode(self, value: Any) -> bytes:
+        """Pickle bytes of ``value``; :class:`CodecError` if it cannot be pickled."""
+        try:
+            return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        except (pickle.PicklingError, TypeError, AttributeError) as exc:
+            raise CodecError(f"value: cannot be pickled by codec 'pickle': {exc}") from None
+        except RecursionError:
+            raise CodecError("value: nested too deeply for codec 'pickle'") from None
+
+    def decode(self, data: bytes) -> Any:
+        """The value ``data`` encodes; :class:`CodecError` if it is not a pickle."""
+        try:
+            return pickle.loads(data)
+        except Exception as exc:
+            raise CodecError(f"codec 'pickle' cannot decode the data: {exc}") from exc
+
+
+_CODECS: dict[str, Callable[[], Codec]] = {
+    "json": JsonCodec,
+    "msgpack": MsgpackCodec,
+    "pickle": PickleCodec,
+}
+
+
+def codec_names() -> list[str]:
+    """The names :func:`get_codec` accepts."""
+    return list(_CODECS)
+
+
+def get_codec(name: str) -> Codec:
+    """The codec called ``name``; :class:`ConfigError` listing the names for an unknown one."""
+    factory = _CODECS.get(name)
+    if factory is None:
+        names = ", ".join(repr(n) for n in _CODECS)
+        raise ConfigError(f"unknown codec {name!r}; available codecs: {names}")
+    return factory()

@@ -20,6 +20,7 @@ from typing import Literal, TypeVar
 
 from .errors import CodecError, TierUnavailable
 from .settings import BreakerSettings
+from .leases import LeasingTier
 from .tier import Entry, MissingType, Tier
 
 log = logging.getLogger(__name__)
@@ -196,3 +197,39 @@ class CircuitBreakerTier:
             failures,
             self.cool_down,
         )
+
+
+class LeasingCircuitBreakerTier(CircuitBreakerTier):
+    """A circuit breaker around a tier that offers leases: the lease calls are guarded too."""
+
+    def __init__(
+        self,
+        tier: LeasingTier,
+        settings: BreakerSettings | None = None,
+        *,
+        failure_threshold: int | None = None,
+        cool_down: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(
+            tier, settings, failure_threshold=failure_threshold, cool_down=cool_down, clock=clock
+        )
+        self._leasing = tier
+
+    def acquire_lease(self, key: str, ttl: float) -> str | None:
+        return self._call(lambda: self._leasing.acquire_lease(key, ttl))
+
+    def fill_with_lease(self, key: str, entry: Entry, token: str) -> bool:
+        return self._call(lambda: self._leasing.fill_with_lease(key, entry, token))
+
+    def release_lease(self, key: str, token: str) -> None:
+        self._call(lambda: self._leasing.release_lease(key, token))
+
+
+def guard(
+    tier: Tier, settings: BreakerSettings | None = None, *, clock: Callable[[], float] = time.monotonic
+) -> CircuitBreakerTier:
+    """``tier`` in a circuit breaker that keeps its optional capabilities (leases)."""
+    if isinstance(tier, LeasingTier):
+        return LeasingCircuitBreakerTier(tier, settings, clock=clock)
+    return CircuitBreakerTier(tier, settings, clock=clock)

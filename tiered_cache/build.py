@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .breaker import guard
 from .chain import TieredCache
 from .protection import Protection
 from .registry import SOURCES_GROUP, TIERS_GROUP, BuildContext, find_plugin
@@ -18,9 +19,7 @@ def build_tier(settings: TierSettings, context: BuildContext) -> Tier:
     plugin = find_plugin(settings.kind, group=TIERS_GROUP)
     tier: Tier = plugin.build(settings, context)
     if settings.breaker.enabled:
-        from .breaker import CircuitBreakerTier
-
-        tier = CircuitBreakerTier(tier, settings.breaker, clock=context.clock)
+        tier = guard(tier, settings.breaker, clock=context.clock)
     return tier
 
 

@@ -8,16 +8,18 @@ import random
 import struct
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, cast
 
 from redis.cluster import RedisCluster
 
 from tiered_cache.codecs import Codec, get_codec
-from tiered_cache.errors import CodecError
+from tiered_cache.errors import CodecError, TierUnavailable
 from tiered_cache.tier import MISSING, Entry, MissingType
 
 from .client import RedisClient
+from .leases import FILL_IF_HOLDING, RELEASE_IF_HOLDING, cluster_safe, lease_key
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +94,8 @@ class RedisTier:
         self._client = client
         self._connect = connect
         self._closed = False
+        self._fill_script: Any = None
+        self._release_script: Any = None
 
     # -- properties
 
@@ -185,13 +189,15 @@ class RedisTier:
 
     def set(self, key: str, entry: Entry) -> None:
         name, data, px = self._encode(key, entry, self._clock())
-        client = self.client
+        # A write supersedes any load in flight elsewhere: dropping the lease makes that
+        # load's fill_with_lease fail instead of overwriting this newer value.
+        pipe = self.client.pipeline(transaction=False)
         if data is None:
-            client.unlink(name)
-        elif px is None:
-            client.set(name, data)
+            pipe.unlink(name)
         else:
-            client.set(name, data, px=px)
+            pipe.set(name, data, px=px)
+        pipe.unlink(lease_key(name))
+        pipe.execute()
 
     def set_many(self, entries: Mapping[str, Entry]) -> None:
         if not entries:
@@ -199,12 +205,19 @@ class RedisTier:
         now = self._clock()
         # Everything is encoded before anything is sent: one bad value writes nothing.
         encoded = [self._encode(key, entry, now) for key, entry in entries.items()]
-        pipe = self.client.pipeline(transaction=False)
+        client = self.client
+        pipe = client.pipeline(transaction=False)
         for name, data, px in encoded:
             if data is None:
                 pipe.unlink(name)
             else:
                 pipe.set(name, data, px=px)
+        leases = [lease_key(name) for name, _, _ in encoded]
+        if isinstance(client, RedisCluster):
+            for lease in leases:  # one slot per command on a cluster
+                pipe.unlink(lease)
+        else:
+            pipe.unlink(*leases)
         pipe.execute()
 
     def _encode(self, key: str, entry: Entry, now: float) -> tuple[str, bytes | None, int | None]:
@@ -242,11 +255,49 @@ class RedisTier:
     # -- deletes
 
     def delete(self, key: str) -> None:
-        self.client.unlink(self._prefix + key)
+        self.delete_many([key])
 
     def delete_many(self, keys: Sequence[str]) -> None:
+        # The lease goes with the key: a load that read the source before this invalidation
+        # can then no longer fill (see leases.py).
         if keys:
-            self._unlink([self._prefix + key for key in keys])
+            names = [self._prefix + key for key in keys]
+            self._unlink(names + [lease_key(name) for name in names])
+
+    # -- leases (tiered_cache.leases.LeasingTier)
+
+    def acquire_lease(self, key: str, ttl: float) -> str | None:
+        """A token if this caller now holds ``key``'s lease, ``None`` if another does."""
+        name = self._prefix + key
+        self._check_lease_possible(name)
+        token = uuid.uuid4().hex
+        granted = self.client.set(lease_key(name), token, nx=True, px=max(1, int(ttl * 1000)))
+        return token if granted else None
+
+    def fill_with_lease(self, key: str, entry: Entry, token: str) -> bool:
+        """Store ``entry`` and drop the lease, only while ``token`` holds it (atomically)."""
+        name, data, px = self._encode(key, entry, self._clock())
+        if data is None:
+            self.release_lease(key, token)
+            return True
+        if self._fill_script is None:
+            self._fill_script = self.client.register_script(FILL_IF_HOLDING)
+        filled = self._fill_script(keys=[name, lease_key(name)], args=[token, data, px or 0])
+        return bool(filled)
+
+    def release_lease(self, key: str, token: str) -> None:
+        """Drop the lease if ``token`` still holds it."""
+        name = self._prefix + key
+        if self._release_script is None:
+            self._release_script = self.client.register_script(RELEASE_IF_HOLDING)
+        self._release_script(keys=[lease_key(name)], args=[token])
+
+    def _check_lease_possible(self, name: str) -> None:
+        if not cluster_safe(name) and self.is_cluster:
+            raise TierUnavailable(
+                f"tier {self.name!r}: key {name!r} has braces of its own, so its lease cannot "
+                "share its cluster slot; loading it without a lease"
+            )
 
     def _unlink(self, names: Sequence[str]) -> None:
         client = self.client

@@ -1,0 +1,328 @@
+"""Test helpers: DynamoDB on loopback (moto's server) and throttling injected into botocore.
+
+Nothing here changes process-wide state except :func:`instant_botocore_retries`, which says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import random
+import threading
+import time
+import urllib.request
+import zlib
+from collections.abc import Callable, Collection, Iterator
+from typing import TYPE_CHECKING, Any, Final, cast
+
+import boto3
+from botocore.awsrequest import AWSPreparedRequest, AWSResponse
+from botocore.compat import HTTPHeaders
+
+from .settings import DynamoDBSourceSettings
+
+if TYPE_CHECKING:
+    from botocore.config import Config
+    from mypy_boto3_dynamodb import DynamoDBClient
+
+#: The credentials moto accepts (any will do); never real ones.
+DUMMY_ACCESS_KEY: Final = "testing"
+DUMMY_SECRET_KEY: Final = "testing"
+
+
+class MotoDynamoDB:
+    """moto's server on a free loopback port, standing in for DynamoDB over real HTTP.
+
+    Sets no environment variables: take the endpoint, region and dummy credentials from
+    :meth:`client_kwargs` (for ``boto3``) or :meth:`settings_kwargs` (for
+    :class:`DynamoDBSourceSettings`). moto keeps its data in process memory, shared by every
+    moto server and ``mock_aws`` of the process; :meth:`reset` empties it.
+
+    Usage::
+
+        with MotoDynamoDB() as moto:
+            client = moto.client()
+    """
+
+    def __init__(self, region: str = "us-east-1", host: str = "127.0.0.1") -> None:
+        self.region = region
+        self.host = host
+        self._server: Any = None  # moto.server.ThreadedMotoServer; moto is untyped
+        self._endpoint_url: str | None = None
+
+    @property
+    def endpoint_url(self) -> str:
+        """``http://127.0.0.1:<port>`` of the running server."""
+        if self._endpoint_url is None:
+            raise RuntimeError("the moto server is not running; call start() first")
+        return self._endpoint_url
+
+    def start(self) -> MotoDynamoDB:
+        """Start the server on a port the OS picks (no race with other processes)."""
+        if self._server is not None:
+            return self
+        try:
+            from moto.server import ThreadedMotoServer
+        except ImportError as exc:
+            raise RuntimeError(
+                "MotoDynamoDB needs moto's server mode: pip install 'tiered-cache-dynamodb[test]' "
+                f"(or 'moto[server]'); importing it failed: {exc}"
+            ) from exc
+        server = ThreadedMotoServer(ip_address=self.host, port=0, verbose=False)
+        server.start()
+        host, port = server.get_host_and_port()
+        self._server = server
+        self._endpoint_url = f"http://{host}:{port}"
+        return self
+
+    def stop(self) -> None:
+        """Stop the server and wait for its thread. Idempotent."""
+        server, self._server = self._server, None
+        self._endpoint_url = None
+        if server is not None:
+            server.stop()
+
+    def __enter__(self) -> MotoDynamoDB:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of ``boto3.client("dynamodb", ...)`` for this server."""
+        return {
+            "region_name": self.region,
+            "endpoint_url": self.endpoint_url,
+            "aws_access_key_id": DUMMY_ACCESS_KEY,
+            "aws_secret_access_key": DUMMY_SECRET_KEY,
+        }
+
+    def settings_kwargs(self) -> dict[str, Any]:
+        """Fields of :class:`DynamoDBSourceSettings` for this server."""
+        return {
+            "region": self.region,
+            "endpoint_url": self.endpoint_url,
+            "aws_access_key_id": DUMMY_ACCESS_KEY,
+            "aws_secret_access_key": DUMMY_SECRET_KEY,
+        }
+
+    def settings(self, **fields: Any) -> DynamoDBSourceSettings:
+        """Source settings pointing at this server, plus ``fields`` (table, key, ...)."""
+        return DynamoDBSourceSettings(**{**self.settings_kwargs(), **fields})
+
+    def client(self, config: Config | None = None) -> DynamoDBClient:
+        """A new low-level client for this server, on its own session."""
+        session = boto3.session.Session()
+        return session.client("dynamodb", config=config, **self.client_kwargs())
+
+    def reset(self) -> None:
+        """Drop every table, and every other moto resource of this process.
+
+        moto's state is process-wide: this also empties other moto servers and ``mock_aws``
+        of the process. Tests that share a server are better off with unique table names.
+        """
+        request = urllib.request.Request(f"{self.endpoint_url}/moto-api/reset", method="POST")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            response.read()
+
+
+#: The messages DynamoDB sends with its throttling errors.
+_MESSAGES: Final = {
+    "ProvisionedThroughputExceededException": "The level of configured provisioned throughput "
+    "for the table was exceeded. Consider increasing your provisioning level with the "
+    "UpdateTable API.",
+    "ThrottlingException": "Rate of requests exceeds the allowed throughput.",
+    "RequestLimitExceeded": "Throughput exceeds the current throughput limit for your account.",
+}
+
+READ_OPERATIONS: Final = frozenset({"GetItem", "BatchGetItem"})
+
+
+class _Body:
+    """The ``raw`` of an :class:`AWSResponse`: botocore reads it through ``stream()``."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def stream(self, **kwargs: Any) -> Iterator[bytes]:
+        yield self._data
+
+
+class ThrottleInjector:
+    """A botocore ``before-send`` hook that answers some DynamoDB requests with a throttle.
+
+    The answer is a real HTTP 400 response with DynamoDB's JSON error body, so botocore parses
+    it and its own retry logic runs (each retry is another attempt seen here). Three modes:
+
+    - ``rate=1.0`` (default): throttle every request of ``operations``;
+    - ``rate=0.3``: throttle that fraction at random (``rng``);
+    - ``per_key_rate=N``: a token bucket per item key, N reads per key per second with a burst
+      of ``burst`` (default N), on the injected ``clock`` -- like the provisioned read capacity
+      of a hot partition. A BatchGetItem takes a token from every key it reads, and is
+      throttled whole if one of them has none (DynamoDB would instead return that key in
+      UnprocessedKeys).
+
+    ``attempts`` counts the requests of ``operations`` seen, ``throttled`` those refused.
+
+    Usage::
+
+        injector = ThrottleInjector().register(source.client)
+    """
+
+    def __init__(
+        self,
+        *,
+        rate: float = 1.0,
+        per_key_rate: float | None = None,
+        burst: float | None = None,
+        operations: Collection[str] | None = READ_OPERATIONS,
+        code: str = "ProvisionedThroughputExceededException",
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError("rate must be in [0, 1]")
+        if per_key_rate is not None and per_key_rate <= 0:
+            raise ValueError("per_key_rate must be positive")
+        if code not in _MESSAGES:
+            raise ValueError(f"code must be one of {sorted(_MESSAGES)}")
+        self.rate = rate
+        self.per_key_rate = per_key_rate
+        self.burst = burst if burst is not None else (per_key_rate or 1.0)
+        self.operations = frozenset(operations) if operations is not None else None
+        self.code = code
+        self.attempts = 0
+        self.throttled = 0
+        #: (operation, throttled) per request seen, in order.
+        self.log: list[tuple[str, bool]] = []
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._clients: list[Any] = []
+        self._unique_id = f"tiered-cache-throttle-{id(self)}"
+
+    @property
+    def passed(self) -> int:
+        """Requests let through to the server."""
+        return self.attempts - self.throttled
+
+    def register(self, client: DynamoDBClient) -> ThrottleInjector:
+        """Hook into every request ``client`` sends; returns ``self``."""
+        # The stubs type event handlers as returning None; a before-send handler may return
+        # the response to use instead of sending the request, which is the point here.
+        handler = cast("Callable[..., None]", self._before_send)
+        client.meta.events.register("before-send.dynamodb", handler, unique_id=self._unique_id)
+        self._clients.append(client)
+        return self
+
+    def unregister(self) -> None:
+        """Remove the hook from every client it was registered on."""
+        for client in self._clients:
+            client.meta.events.unregister("before-send.dynamodb", unique_id=self._unique_id)
+        self._clients.clear()
+
+    def reset_counts(self) -> None:
+        """Zero ``attempts``, ``throttled`` and ``log`` (the buckets are kept)."""
+        with self._lock:
+            self.attempts = 0
+            self.throttled = 0
+            self.log.clear()
+
+    def _before_send(self, request: AWSPreparedRequest, **kwargs: Any) -> AWSResponse | None:
+        # The event is "before-send.dynamodb.<Operation>".
+        operation = str(kwargs.get("event_name", "")).rpartition(".")[2]
+        if self.operations is not None and operation not in self.operations:
+            return None
+        with self._lock:
+            self.attempts += 1
+            throttle = self._decide(operation, request)
+            if throttle:
+                self.throttled += 1
+            self.log.append((operation, throttle))
+            request_id = f"THROTTLE{next(self._ids):020d}"
+        return self._response(request.url, request_id) if throttle else None
+
+    def _decide(self, operation: str, request: AWSPreparedRequest) -> bool:
+        if self.per_key_rate is None:
+            return self.rate >= 1.0 or self._rng.random() < self.rate
+        now = self._clock()
+        keys = _request_keys(operation, request.body)
+        levels = {}
+        for key in keys:
+            tokens, then = self._buckets.get(key, (self.burst, now))
+            levels[key] = min(self.burst, tokens + (now - then) * self.per_key_rate)
+        throttle = any(level < 1.0 for level in levels.values())
+        for key, level in levels.items():
+            self._buckets[key] = (level if throttle else level - 1.0, now)
+        return throttle
+
+    def _response(self, url: str, request_id: str) -> AWSResponse:
+        body = json.dumps(
+            {
+                "__type": f"com.amazonaws.dynamodb.v20120810#{self.code}",
+                "message": _MESSAGES[self.code],
+            }
+        ).encode()
+        headers = HTTPHeaders()
+        headers["x-amzn-RequestId"] = request_id
+        headers["Content-Type"] = "application/x-amz-json-1.0"
+        headers["Content-Length"] = str(len(body))
+        headers["x-amz-crc32"] = str(zlib.crc32(body) & 0xFFFFFFFF)
+        return AWSResponse(url, 400, headers, _Body(body))
+
+
+def _request_keys(operation: str, body: Any) -> list[str]:
+    """The item keys a request reads or writes, as canonical JSON with the table name."""
+    try:
+        data = json.loads(body or b"{}")
+    except (TypeError, ValueError):
+        return ["?"]
+    if operation == "BatchGetItem":
+        return [
+            _key_id(table, key)
+            for table, request in data.get("RequestItems", {}).items()
+            for key in request.get("Keys", [])
+        ]
+    table = data.get("TableName", "?")
+    if "Key" in data:
+        return [_key_id(table, data["Key"])]
+    # PutItem, Query, Scan...: one bucket for the table.
+    return [_key_id(table, None)]
+
+
+def _key_id(table: str, key: Any) -> str:
+    return json.dumps([table, key], sort_keys=True)
+
+
+@contextlib.contextmanager
+def instant_botocore_retries(
+    sleep: Callable[[float], None] | None = None,
+) -> Iterator[list[float]]:
+    """Make botocore's retry backoff not wait; yields the list of delays it asked for.
+
+    botocore sleeps between retries with ``time.sleep`` in ``botocore.endpoint``; this swaps
+    that module's ``time`` for one whose ``sleep`` records the delay (and calls ``sleep`` if
+    given). Process-wide while active: for tests, not for concurrent production code.
+    """
+    from botocore import endpoint
+
+    original = endpoint.__dict__["time"]  # the stubs do not declare the module's imports
+    delays: list[float] = []
+
+    class _Time:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(original, name)
+
+        def sleep(self, seconds: float) -> None:
+            delays.append(seconds)
+            if sleep is not None:
+                sleep(seconds)
+
+    setattr(endpoint, "time", _Time())  # noqa: B010 - the stubs would refuse a plain assignment
+    try:
+        yield delays
+    finally:
+        setattr(endpoint, "time", original)  # noqa: B010

@@ -1,0 +1,265 @@
+"""Leases in Redis: one source read per fleet for a cold key, and no late fill after an
+invalidation, with real processes and a real redis-server."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from tiered_cache import Entry, MemoryTier, TieredCache
+from tiered_cache.leases import LeasingTier
+from tiered_cache.protection import Protection
+from tiered_cache.testing.servers import RedisServer
+from tiered_cache_redis import RedisTier
+
+
+@pytest.fixture
+def tier(redis_server: RedisServer, namespace: str) -> Iterator[RedisTier]:
+    tier = RedisTier(redis.Redis.from_url(redis_server.url), namespace=namespace)
+    yield tier
+    tier.close()
+
+
+def entry(value: object) -> Entry:
+    now = time.time()
+    return Entry(value, now, now + 60, now + 120)
+
+
+def test_redis_tier_offers_leases(tier: RedisTier) -> None:
+    assert isinstance(tier, LeasingTier)
+
+
+def test_one_holder_at_a_time_and_fill_releases(tier: RedisTier) -> None:
+    token = tier.acquire_lease("k", ttl=5)
+    assert token is not None
+    assert tier.acquire_lease("k", ttl=5) is None
+    assert tier.fill_with_lease("k", entry("v"), token)
+    assert tier.get("k").value == "v"  # type: ignore[union-attr]
+    assert tier.acquire_lease("k", ttl=5) is not None  # the fill gave the lease up
+
+
+def test_an_invalidation_voids_the_lease(tier: RedisTier) -> None:
+    token = tier.acquire_lease("k", ttl=5)
+    assert token is not None
+    tier.delete("k")  # a writer invalidates while the holder is loading
+    assert not tier.fill_with_lease("k", entry("read before the write"), token)
+    assert not tier.get("k")
+
+
+def test_a_write_voids_the_lease(tier: RedisTier) -> None:
+    token = tier.acquire_lease("k", ttl=5)
+    assert token is not None
+    tier.set("k", entry("written"))
+    assert not tier.fill_with_lease("k", entry("old"), token)
+    assert tier.get("k").value == "written"  # type: ignore[union-attr]
+
+
+def test_a_dead_holders_lease_expires(tier: RedisTier) -> None:
+    assert tier.acquire_lease("k", ttl=0.05) is not None
+    deadline = time.monotonic() + 5
+    token = None
+    while token is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+        token = tier.acquire_lease("k", ttl=5)
+    assert token is not None
+
+
+def test_release_only_by_the_holder(tier: RedisTier) -> None:
+    token = tier.acquire_lease("k", ttl=5)
+    assert token is not None
+    tier.release_lease("k", "someone-else")
+    assert tier.acquire_lease("k", ttl=5) is None
+    tier.release_lease("k", token)
+    assert tier.acquire_lease("k", ttl=5) is not None
+
+
+def chain(url: str, namespace: str, **protection: object) -> TieredCache:
+    return TieredCache.from_config(
+        namespace=namespace,
+        tiers=[
+            {"kind": "memory", "admission": "always"},
+            {"kind": "redis", "url": url, "timeout": "2s"},
+        ],
+        protection={"lease_poll": "10ms", **protection},
+    )
+
+
+def test_two_chains_threads_on_a_cold_key_read_the_source_once(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    caches = [chain(redis_server.url, namespace), chain(redis_server.url, namespace)]
+    reads: list[int] = []
+    lock = threading.Lock()
+
+    def source() -> str:
+        with lock:
+            reads.append(1)
+        time.sleep(0.2)
+        return "value"
+
+    results: list[str] = []
+    barrier = threading.Barrier(40)
+
+    def reader(cache: TieredCache) -> None:
+        barrier.wait()
+        results.append(cache.get("cold", source))
+
+    threads = [threading.Thread(target=reader, args=(caches[i % 2],)) for i in range(40)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == ["value"] * 40
+    assert len(reads) == 1
+    waited = [cache.stats()["lease_waits"] for cache in caches]
+    assert sum(waited) == 1  # the chain that lost the race waited once, for all its threads
+    for cache in caches:
+        cache.close()
+
+
+@pytest.mark.slow
+def test_four_processes_fifty_threads_one_cold_key(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """4 processes x 50 threads: one source read. A second read is allowed only if a lease
+    expired by design (the lease TTL here, 5 s, is far longer than the 0.3 s load)."""
+    worker = Path(__file__).with_name("redis_workers.py")
+    processes = [
+        subprocess.Popen(
+            [sys.executable, str(worker), redis_server.url, namespace, "tweet:1", "50"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    counter = redis.Redis.from_url(redis_server.url)
+    deadline = time.monotonic() + 60  # the processes start and build their chains
+    while int(counter.get(f"{namespace}:ready") or 0) < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    counter.set(f"{namespace}:go", 1)
+    outputs = [process.communicate(timeout=120)[0] for process in processes]
+    assert [process.returncode for process in processes] == [0] * 4
+    results = [json.loads(output) for output in outputs]
+    source_reads = int(counter.get(f"{namespace}:source-reads") or 0)
+    counter.close()
+    assert [len(result) for result in results] == [50] * 4
+    assert all(value == {"tweet_id": "tweet:1", "text": "viral"} for r in results for value in r)
+    assert source_reads == 1
+
+
+def test_slow_load_racing_an_invalidation_never_brings_the_old_value_back(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    reader = chain(redis_server.url, namespace)
+    writer = chain(redis_server.url, namespace)
+    source = {"k": "old"}
+    read_done = threading.Event()
+    may_finish = threading.Event()
+
+    def slow_load() -> str:
+        value = source["k"]
+        read_done.set()
+        assert may_finish.wait(10)
+        return value
+
+    thread = threading.Thread(target=lambda: reader.get("k", slow_load))
+    thread.start()
+    assert read_done.wait(10)
+    source["k"] = "new"  # the write happens after the slow load read the source ...
+    writer.invalidate("k")  # ... and is announced before the load fills
+    may_finish.set()
+    thread.join()
+    assert reader.stats()["lease_lost"] == 1
+    # neither Redis nor the reader's memory took the old value
+    assert writer.get("k", lambda: source["k"]) == "new"
+    fresh_reader_view = reader.tiers[1].get("k")
+    assert fresh_reader_view and fresh_reader_view.value == "new"
+    assert not MemoryTier.__contains__(reader.tiers[0], "k") or reader.get("k") == "new"  # type: ignore[arg-type]
+    reader.close()
+    writer.close()
+
+
+def test_redis_killed_mid_load_no_caller_errors(redis_server: RedisServer, namespace: str) -> None:
+    server = RedisServer()
+    server.start()
+    try:
+        cache = chain(server.url, namespace)
+        errors: list[BaseException] = []
+        results: list[str] = []
+
+        def load() -> str:
+            server.kill()  # Redis dies while the value is being loaded
+            return "value"
+
+        try:
+            results.append(cache.get("k", load))
+            results.append(cache.get("k2", lambda: "value2"))
+        except BaseException as exc:  # asserted below: no exception may reach the caller
+            errors.append(exc)
+        assert errors == []
+        assert results == ["value", "value2"]
+        assert cache.stats()["tiers"][1]["skips"] + cache.stats()["tiers"][1]["errors"] >= 1
+        cache.close()
+    finally:
+        server.close()
+
+
+def test_redis_stopped_in_the_middle_of_a_read_loop(namespace: str) -> None:
+    """Stop the server mid-loop: zero exceptions reach the caller, every value is correct,
+    and after a restart Redis serves again."""
+    items = {f"tweet:{i}": {"tweet_id": str(i)} for i in range(20)}
+    reads: list[str] = []
+
+    def source(key: str) -> dict[str, str]:
+        reads.append(key)
+        return items[key]
+
+    with RedisServer() as server:
+        cache = TieredCache.from_config(
+            namespace=namespace,
+            tiers=[
+                {"kind": "memory", "max_entries": 5, "admission": "always"},
+                {"kind": "redis", "url": server.url, "timeout": "200ms",
+                 "breaker": {"failure_threshold": 2, "cool_down": "100ms"}},
+            ],
+        )
+        errors = 0
+        for round_ in range(6):
+            if round_ == 2:
+                server.stop()
+            if round_ == 4:
+                server.start()
+                time.sleep(0.2)  # let the breaker's cool-down pass so a probe goes through
+            for key in items:
+                try:
+                    assert cache.get(key, lambda key=key: source(key)) == items[key]  # type: ignore[misc]
+                except AssertionError:
+                    raise
+                except Exception:
+                    errors += 1
+        assert errors == 0
+        stats = cache.stats()["tiers"][1]
+        assert stats["skips"] > 0  # the breaker skipped Redis while it was down
+        assert stats["hits"] > 0
+        cache.close()
+
+
+def test_lease_off_means_no_lease_calls(redis_server: RedisServer, namespace: str) -> None:
+    cache = TieredCache(
+        [RedisTier(redis.Redis.from_url(redis_server.url), namespace=namespace)],
+        protection=Protection(lease="off"),
+    )
+    assert cache.get("k", lambda: 1) == 1
+    raw = redis.Redis.from_url(redis_server.url)
+    assert raw.exists(f"{{{namespace}:k}}:lease") == 0
+    assert cache.stats()["lease_waits"] == 0
+    raw.close()
+    cache.close()

@@ -1,0 +1,43 @@
+"""Leases in Redis: ``SET NX PX`` to take one, a Lua script to fill only while holding it.
+
+The lease of ``ns:key`` lives at ``{ns:key}:lease``. The braces are a Redis Cluster hash tag:
+they put the lease in the data key's slot, so the fill script may touch both atomically. (A key
+that itself contains braces has a hash tag of its own; on a cluster such keys get no lease and
+load as if the chain had no shared tier.)
+"""
+
+from __future__ import annotations
+
+LEASE_SUFFIX = ":lease"
+
+#: KEYS: data, lease. ARGV: token, value, PX in ms ("0": no expiry). 1 if filled, 0 if lost.
+FILL_IF_HOLDING = """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then
+  return 0
+end
+if ARGV[3] == '0' then
+  redis.call('SET', KEYS[1], ARGV[2])
+else
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+end
+redis.call('DEL', KEYS[2])
+return 1
+"""
+
+#: KEYS: lease. ARGV: token. Deletes the lease only if the token still holds it.
+RELEASE_IF_HOLDING = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+def lease_key(data_key: str) -> str:
+    """The lease key of a data key, in the same cluster slot."""
+    return "{" + data_key + "}" + LEASE_SUFFIX
+
+
+def cluster_safe(data_key: str) -> bool:
+    """True when the data key and its lease share a cluster slot (no braces of its own)."""
+    return "{" not in data_key and "}" not in data_key

@@ -19,8 +19,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Literal, TypeVar
 
 from .errors import CodecError, TierUnavailable
-from .settings import BreakerSettings
 from .leases import LeasingTier
+from .settings import BreakerSettings
 from .tier import Entry, MissingType, Tier
 
 log = logging.getLogger(__name__)
@@ -227,7 +227,10 @@ class LeasingCircuitBreakerTier(CircuitBreakerTier):
 
 
 def guard(
-    tier: Tier, settings: BreakerSettings | None = None, *, clock: Callable[[], float] = time.monotonic
+    tier: Tier,
+    settings: BreakerSettings | None = None,
+    *,
+    clock: Callable[[], float] = time.monotonic,
 ) -> CircuitBreakerTier:
     """``tier`` in a circuit breaker that keeps its optional capabilities (leases)."""
     if isinstance(tier, LeasingTier):

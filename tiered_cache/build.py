@@ -7,9 +7,10 @@ from collections.abc import Callable
 from typing import Any
 
 from .breaker import guard
+from .bus import Bus
 from .chain import TieredCache
 from .protection import Protection
-from .registry import SOURCES_GROUP, TIERS_GROUP, BuildContext, find_plugin
+from .registry import BUSES_GROUP, SOURCES_GROUP, TIERS_GROUP, BuildContext, find_plugin
 from .settings import CacheSettings, TierSettings
 from .tier import Source, Tier
 
@@ -29,6 +30,7 @@ def build_cache(settings: CacheSettings, *, clock: Callable[[], float] = time.ti
     shared: dict[str, Any] = {}
     tiers: list[Tier] = []
     source: Source | None = None
+    bus: Bus | None = None
     try:
         for index, tier_settings in enumerate(settings.tiers):
             context = BuildContext(settings.namespace, clock, index, shared)
@@ -38,9 +40,14 @@ def build_cache(settings: CacheSettings, *, clock: Callable[[], float] = time.ti
             source = plugin.build(
                 settings.source, BuildContext(settings.namespace, clock, -1, shared)
             )
+        if settings.bus.kind != "off":
+            plugin = find_plugin(settings.bus.kind, group=BUSES_GROUP)
+            bus = plugin.build(settings.bus, BuildContext(settings.namespace, clock, -1, shared))
     except BaseException:
         for tier in tiers:
             tier.close()
+        if source is not None:
+            source.close()
         raise
     return TieredCache(
         tiers,
@@ -50,4 +57,6 @@ def build_cache(settings: CacheSettings, *, clock: Callable[[], float] = time.ti
         negative_ttl=settings.negative_ttl,
         clock=clock,
         protection=Protection(**settings.protection.model_dump()),
+        bus=bus,
+        write_policy=settings.write_policy,
     )

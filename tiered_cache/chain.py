@@ -12,8 +12,10 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures import wait as futures_wait
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
+from .bus import Bus
+from .coherence import BusLink, CoherenceHandlers
 from .errors import CodecError, LoadTimeout, TieredCacheError, TierUnavailable
 from .leases import LeasingTier
 from .metrics import CacheMetrics
@@ -83,6 +85,10 @@ class TieredCache:
         rng: uniform numbers in [0, 1) for the early-refresh draw.
         background: runs a background refresh; by default a small thread pool. Tests pass a
             list's ``append`` to decide themselves when refreshes run.
+        bus: announces writes and invalidations to the other processes and applies theirs to
+            this chain's in-process tiers (tiers with ``local = True``).
+        write_policy: ``"through"``: :meth:`set` writes the source, then every tier;
+            ``"around"``: it writes the source, then invalidates every tier.
     """
 
     def __init__(
@@ -98,6 +104,8 @@ class TieredCache:
         sleep: Callable[[float], None] = time.sleep,
         rng: Callable[[], float] = random.random,
         background: Callable[[Callable[[], None]], object] | None = None,
+        bus: Bus | None = None,
+        write_policy: Literal["through", "around"] = "through",
     ) -> None:
         self.namespace = namespace
         self._tiers = list(tiers)
@@ -126,6 +134,24 @@ class TieredCache:
         self._refreshing: set[str] = set()
         #: Loads that outlived their caller (soft or hard timeout) and will fill when done.
         self._orphans: dict[str, list[Flight]] = {}
+        self._write_policy = write_policy
+        #: In-process tiers: the ones the bus keeps coherent, bypassed while it is down.
+        self._local = frozenset(
+            index for index, tier in enumerate(self._tiers) if getattr(tier, "local", False)
+        )
+        #: Tiers not used right now (the local ones, while the bus is disconnected).
+        self._bypassed: frozenset[int] = frozenset()
+        #: Bumped by every invalidation: get_many compares it around its fills.
+        self._invalidations = 0
+        self._bus_link: BusLink | None = None
+        if bus is not None:
+            handlers = CoherenceHandlers(
+                drop_keys=self._drop_local_keys,
+                drop_prefixes=self._drop_local_prefixes,
+                drop_everything=self._drop_local_everything,
+                set_connected=self._set_bus_connected,
+            )
+            self._bus_link = BusLink(bus, handlers, self._metrics)
 
     # -- construction -------------------------------------------------------------------------
 
@@ -247,9 +273,12 @@ class TieredCache:
         found: dict[str, Entry] = {}
         remaining = wanted
         now = self._clock()
+        invalidations = self._invalidations
         for index, tier in enumerate(self._tiers):
             if not remaining:
                 break
+            if index in self._bypassed:
+                continue
             hits = self._tier_get_many(index, tier, remaining, now)
             if hits:
                 self._fill_many(hits, upto=index)
@@ -259,6 +288,10 @@ class TieredCache:
             loaded = self._load_many(remaining, loader, ttl)
             self._fill_many(loaded, upto=len(self._tiers))
             found.update(loaded)
+        if self._invalidations != invalidations:
+            # An invalidation came while this batch read: some of what it copied into the
+            # in-process tiers may predate it. Drop those copies rather than guess which.
+            self._delete_local(list(found))
         return {key: found[key].value for key in wanted}
 
     def _read_through(
@@ -267,6 +300,8 @@ class TieredCache:
         now = self._clock()
         stale: Entry | None = None
         for index, tier in enumerate(self._tiers):
+            if index in self._bypassed:
+                continue
             # Tier 0 was just missed by the caller; look again, quietly, because another
             # flight for this key may have filled it between that miss and this flight.
             entry = self._tier_get(index, tier, key, count=index > 0)
@@ -276,6 +311,10 @@ class TieredCache:
                 if index > 0:
                     self._metrics.hit(index)
                     self._fill(key, entry, range(index))
+                    if flight.cancelled_fill:
+                        # Invalidated (here or on the bus) while we copied it up: the copy may
+                        # be older than the write. Fill first, check second: no window left.
+                        self._delete_local([key])
                 return entry.value
             if stale is None and now < entry.hard_expiry:
                 stale = entry
@@ -650,40 +689,139 @@ class TieredCache:
     # -- writes -------------------------------------------------------------------------------
 
     def set(self, key: str, value: Any, *, ttl: float | str | None = None) -> None:
-        """Write ``value``: to the source first (if the chain has one), then to every tier.
+        """Write ``value`` for ``key`` and make every process see it.
 
-        If the source write fails, no tier changes. A value a tier cannot encode raises
-        :class:`~tiered_cache.CodecError` before anything is written to that tier.
+        With a source, the source is written first; if that fails, no tier changes. Then, with
+        the ``"through"`` write policy, every tier gets the new value; with ``"around"``, every
+        tier drops the key. Other processes drop their in-process copy (the bus). A value a tier
+        cannot encode raises :class:`~tiered_cache.CodecError` before that tier is written.
         """
         if self._source is not None:
             self._source.store(key, value)
-        now = self._clock()
-        entry = self._new_entry(value, now, 0.0, ttl)
+        if self._write_policy == "around" and self._source is not None:
+            self.invalidate_many([key])
+            return
+        entry = self._new_entry(value, self._clock(), 0.0, ttl)
+        shared = [index for index in range(len(self._tiers)) if index not in self._local]
+        for index in reversed(shared):
+            self._fill(key, entry, range(index, index + 1))
+        # Loads in flight read the source before this write: none of them may fill now.
+        self._invalidations += 1
         self._cancel_inflight_fill(key)
-        self._fill(key, entry, range(len(self._tiers)))
+        for index in sorted(self._local, reverse=True):
+            self._fill(key, entry, range(index, index + 1))
+        if self._bus_link is not None:
+            self._bus_link.announce([key])
 
     def invalidate(self, key: str) -> None:
-        """Remove ``key`` from every tier (the source is not touched)."""
+        """Remove ``key`` from every tier and every process's memory (not from the source)."""
         self.invalidate_many([key])
 
     def invalidate_many(self, keys: Iterable[str]) -> None:
-        """Remove ``keys`` from every tier (the source is not touched)."""
+        """Remove ``keys`` from every tier and every process's memory (not from the source).
+
+        Shared tiers go first, then in-flight loads are told not to fill, then the in-process
+        tiers, then the bus: a reader that starts after any step cannot bring an old copy back.
+        """
         keys = list(dict.fromkeys(keys))
-        for key in keys:
-            self._cancel_inflight_fill(key)
-        for index, tier in enumerate(self._tiers):
+        if not keys:
+            return
+        for index, tier in reversed(list(enumerate(self._tiers))):
+            if index in self._local:
+                continue
             try:
                 tier.delete_many(keys)
             except Exception as exc:
                 self._tier_failed(index, exc)
+        self._drop_local_keys(keys)
+        if self._bus_link is not None:
+            self._bus_link.announce(keys)
+
+    def invalidate_prefix(self, prefix: str) -> None:
+        """Remove every key that starts with ``prefix`` ("drop everything about user 42":
+        ``invalidate_prefix("user:42:")``), in every tier and every process's memory.
+
+        A tier that can delete by prefix does (Redis: SCAN and UNLINK, proportional to the
+        keys of this cache's namespace); any other tier is cleared whole, which is always safe.
+        """
+        if not prefix:
+            raise ValueError("an empty prefix would drop everything: use clear()")
+        for index, tier in reversed(list(enumerate(self._tiers))):
+            if index not in self._local:
+                self._delete_prefix(index, tier, prefix)
+        self._drop_local_prefixes([prefix], self._clock())
+        if self._bus_link is not None:
+            self._bus_link.announce(prefixes=[prefix], at=self._clock())
 
     def clear(self) -> None:
-        """Remove every entry of this cache from every tier."""
-        for index, tier in enumerate(self._tiers):
+        """Remove every entry of this cache from every tier and every process's memory."""
+        for index, tier in reversed(list(enumerate(self._tiers))):
+            if index in self._local:
+                continue
             try:
                 tier.clear()
             except Exception as exc:
                 self._tier_failed(index, exc)
+        self._drop_local_everything()
+        if self._bus_link is not None:
+            self._bus_link.announce(clear=True)
+
+    # -- in-process tiers and the bus ---------------------------------------------------------
+
+    def _drop_local_keys(self, keys: Sequence[str]) -> None:
+        self._invalidations += 1
+        for key in keys:
+            self._cancel_inflight_fill(key)
+        self._delete_local(keys)
+
+    def _delete_local(self, keys: Sequence[str]) -> None:
+        for index in self._local:
+            try:
+                self._tiers[index].delete_many(keys)
+            except Exception as exc:
+                self._tier_failed(index, exc)
+
+    def _drop_local_prefixes(self, prefixes: Sequence[str], at: float) -> None:
+        self._invalidations += 1
+        with self._background_lock:
+            pending = [key for key in self._refreshing if key.startswith(tuple(prefixes))]
+        for key in pending:
+            self._cancel_inflight_fill(key)
+        for index in self._local:
+            for prefix in prefixes:
+                self._delete_prefix(index, self._tiers[index], prefix)
+
+    def _drop_local_everything(self) -> None:
+        self._invalidations += 1
+        for index in self._local:
+            try:
+                self._tiers[index].clear()
+            except Exception as exc:
+                self._tier_failed(index, exc)
+
+    def _delete_prefix(self, index: int, tier: Tier, prefix: str) -> None:
+        try:
+            delete_prefix = getattr(tier, "delete_prefix", None)
+            if callable(delete_prefix):
+                delete_prefix(prefix)
+            else:
+                tier.clear()
+        except Exception as exc:
+            self._tier_failed(index, exc)
+
+    def _set_bus_connected(self, connected: bool) -> None:
+        """Stop using in-process tiers while the bus is down: they would miss invalidations.
+        They are cleared both ways: on the way down nothing stale stays for later, on the way
+        up nothing from the outage is trusted."""
+        if connected:
+            self._drop_local_everything()
+            self._bypassed = frozenset()
+            self._l1 = self._tiers[0] if self._tiers else None
+        else:
+            self._bypassed = self._local
+            if 0 in self._local:
+                self._l1 = None
+            self._drop_local_everything()
 
     def _cancel_inflight_fill(self, key: str) -> None:
         flight = self._flights.in_flight(key)
@@ -736,6 +874,8 @@ class TieredCache:
         # Deepest first: if a shared tier refuses the value (CodecError), no faster tier
         # holds a copy the others could never see.
         for index in reversed(indexes):
+            if index in self._bypassed:
+                continue
             try:
                 self._tiers[index].set(key, entry)
             except CodecError:
@@ -749,6 +889,8 @@ class TieredCache:
         if not entries:
             return
         for index in range(upto - 1, -1, -1):
+            if index in self._bypassed:
+                continue
             try:
                 self._tiers[index].set_many(entries)
             except CodecError:
@@ -791,6 +933,9 @@ class TieredCache:
         load failures, single-flight waits, and the hottest keys."""
         snapshot = self._metrics.snapshot()
         snapshot["namespace"] = self.namespace
+        snapshot["bus"] = (
+            None if self._bus_link is None else ("down" if self._bypassed else "connected")
+        )
         snapshot["hot_keys"] = [[key, rate] for key, rate in self.hot_keys(10)]
         return snapshot
 
@@ -801,6 +946,11 @@ class TieredCache:
                 return
             self._closed = True
             executor, self._executor = self._executor, None
+        if self._bus_link is not None:
+            try:
+                self._bus_link.close()
+            except Exception:
+                logger.exception("closing the invalidation bus failed")
         if executor is not None:
             # Queued refreshes are dropped; running ones finish against still-open tiers.
             executor.shutdown(wait=True, cancel_futures=True)

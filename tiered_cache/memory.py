@@ -137,6 +137,10 @@ class LruPolicy:
     def __len__(self) -> int:
         return len(self._slots)
 
+    def keys(self) -> list[str]:
+        """The keys kept, in no particular order."""
+        return list(self._slots)
+
     @property
     def weight(self) -> int:
         return self._weight
@@ -193,6 +197,8 @@ class MemoryTier:
         if not 0.0 <= ttl_jitter < 1.0:
             raise ValueError("ttl_jitter must be in [0, 1)")
         self.name = name
+        #: In-process: the invalidation bus keeps it coherent with the other processes.
+        self.local = True
         self._policy: EvictionPolicy = policy or LruPolicy(max_entries, max_bytes)
         self._ttl = ttl
         self._jitter = ttl_jitter
@@ -267,6 +273,17 @@ class MemoryTier:
     def delete_many(self, keys: Sequence[str]) -> None:
         with self._lock:
             for key in keys:
+                self._policy.pop(key)
+
+    def delete_prefix(self, prefix: str) -> None:
+        """Remove every key that starts with ``prefix`` (a scan of this tier's keys)."""
+        with self._lock:
+            self._replay_reads()
+            keys = getattr(self._policy, "keys", None)
+            if not callable(keys):  # a policy that cannot list its keys: drop them all
+                self._policy.clear()
+                return
+            for key in [key for key in keys() if key.startswith(prefix)]:
                 self._policy.pop(key)
 
     def clear(self) -> None:

@@ -21,6 +21,11 @@ EVENTS = (
     "lease_takeovers",
     "lease_wait_expired",
     "lease_lost",
+    "bus_sent",
+    "bus_received",
+    "bus_gaps",
+    "bus_disconnects",
+    "bus_publish_errors",
 )
 
 

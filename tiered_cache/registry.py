@@ -16,13 +16,15 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
 
+from .bus import Bus
 from .errors import ConfigError
 from .tier import Source, Tier
 
 TIERS_GROUP = "tiered_cache.tiers"
 SOURCES_GROUP = "tiered_cache.sources"
+BUSES_GROUP = "tiered_cache.buses"
 
-Built = TypeVar("Built", Tier, Source)
+Built = TypeVar("Built", Tier, Source, Bus)
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,11 @@ TierPlugin = Plugin[Tier]
 SourcePlugin = Plugin[Source]
 
 _lock = threading.Lock()
-_registered: dict[str, dict[str, Plugin[Any]]] = {TIERS_GROUP: {}, SOURCES_GROUP: {}}
+_registered: dict[str, dict[str, Plugin[Any]]] = {
+    TIERS_GROUP: {},
+    SOURCES_GROUP: {},
+    BUSES_GROUP: {},
+}
 
 
 def register(plugin: Plugin[Any], *, group: str = TIERS_GROUP) -> None:
@@ -86,7 +92,7 @@ def find_plugin(kind: str, *, group: str = TIERS_GROUP, field_path: str = "kind"
                 f"{field_path}: entry point {ep.value!r} for kind {kind!r} is not a Plugin"
             )
         return loaded
-    what = "tier" if group == TIERS_GROUP else "source"
+    what = {TIERS_GROUP: "tier", SOURCES_GROUP: "source", BUSES_GROUP: "bus"}.get(group, group)
     installed = ", ".join(repr(k) for k in available_kinds(group)) or "none"
     raise ConfigError(
         f"{field_path}: unknown {what} kind {kind!r}; installed kinds: {installed}. "

@@ -21,7 +21,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .errors import ConfigError
-from .registry import SOURCES_GROUP, TIERS_GROUP, find_plugin
+from .registry import BUSES_GROUP, SOURCES_GROUP, TIERS_GROUP, find_plugin
 from .units import ByteSize, Duration
 
 ROOT = "tiered_cache"
@@ -106,20 +106,20 @@ class MemoryTierSettings(TierSettings):
         "key starts (so that a newly hot key is served from memory at once).",
     )
     adaptive_window: bool = Field(
-        default=True,
+        default=False,
         description="hot-keys: move the window's share by hill climbing on the hit ratio.",
     )
     sample_factor: int = Field(
-        default=10,
+        default=20,
         ge=1,
         description="hot-keys: the frequency sketch halves its counters after "
-        "sample_factor * max_entries reads, so that old popularity fades.",
+        "sample_factor * max_entries reads (at least 10,000), so that old popularity fades.",
     )
     sketch_width: int | None = Field(
         default=None,
         ge=16,
-        description="hot-keys: counters per sketch row, a power of two; none: the smallest "
-        "power of two at least 4 * max_entries.",
+        description="hot-keys: counters per sketch row, a power of two; none: sized from "
+        "max_entries and the sample (at least 4 * max_entries).",
     )
     doorkeeper: bool = Field(
         default=False,
@@ -150,7 +150,7 @@ class MemoryTierSettings(TierSettings):
         return self
 
 
-M = TypeVar("M", "TierSettings", "SourceSettings")
+M = TypeVar("M", "TierSettings", "SourceSettings", "BusSettings")
 
 ENV_PREFIX = "TIERED_CACHE_"
 
@@ -282,6 +282,19 @@ class ProtectionSettings(BaseModel):
     )
 
 
+class BusSettings(BaseModel):
+    """The invalidation bus. A kind's own model (``redis``) extends this one."""
+
+    model_config = ConfigDict(extra="allow")
+
+    kind: str = Field(
+        default="auto",
+        description="'auto': Redis pub/sub when the chain has an in-process tier and a Redis "
+        "tier; 'off': no bus (each process's memory lives out its TTL after a write "
+        "elsewhere); or an installed bus kind.",
+    )
+
+
 def _default_tiers() -> list[TierSettings]:
     return [MemoryTierSettings()]
 
@@ -311,6 +324,15 @@ class CacheSettings(BaseSettings):
         default_factory=ProtectionSettings,
         description="Stale serving, early refresh, load timeouts and leases.",
     )
+    write_policy: Literal["through", "around"] = Field(
+        default="through",
+        description="What set() does after writing the source: 'through' writes the new value "
+        "to every tier, 'around' removes the key from every tier.",
+    )
+    bus: BusSettings = Field(
+        default_factory=BusSettings,
+        description="How processes tell each other which keys changed.",
+    )
     tiers: list[TierSettings] = Field(
         default_factory=_default_tiers,
         description="The tiers, fastest first; each is a table with a 'kind'.",
@@ -330,6 +352,12 @@ class CacheSettings(BaseSettings):
         ]
         if self.source is not None:
             self.source = _validate_kind(self.source, SOURCES_GROUP, f"{ROOT}.source")
+        if self.bus.kind == "auto":
+            local_tier = any(tier.kind == "memory" for tier in self.tiers)
+            redis_tier = any(tier.kind == "redis" for tier in self.tiers)
+            self.bus = BusSettings(kind="redis" if local_tier and redis_tier else "off")
+        if self.bus.kind != "off":
+            self.bus = _validate_kind(self.bus, BUSES_GROUP, f"{ROOT}.bus")
         return self
 
     @classmethod

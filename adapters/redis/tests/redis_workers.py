@@ -63,4 +63,4 @@ def read_cold_key(url: str, namespace: str, key: str, threads: int) -> list[Any]
 
 if __name__ == "__main__":
     url, namespace, key, threads = sys.argv[1:5]
-    print(json.dumps(read_cold_key(url, namespace, key, int(threads))))  # noqa: T201
+    print(json.dumps(read_cold_key(url, namespace, key, int(threads))))

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
-from tiered_cache.registry import BuildContext, Plugin
-from tiered_cache.tier import Tier
+from typing import Literal
 
+import redis
+from pydantic import ConfigDict, Field
+
+from tiered_cache.bus import Bus
+from tiered_cache.errors import ConfigError
+from tiered_cache.registry import BuildContext, Plugin
+from tiered_cache.settings import BusSettings
+from tiered_cache.tier import Tier
+from tiered_cache.units import Duration
+
+from .bus import RedisBus
 from .client import RedisClient, make_client, parse_url
 from .settings import RedisTierSettings
 from .tier import RedisTier
@@ -12,6 +22,8 @@ from .tier import RedisTier
 #: Key of the chain's first Redis tier in ``BuildContext.shared``: leases and the invalidation
 #: bus use its ``.client`` rather than opening another pool.
 SHARED_TIER_KEY = "redis.tier"
+#: Key of that tier's settings in ``BuildContext.shared`` (the bus takes its URL from them).
+SHARED_SETTINGS_KEY = "redis.settings"
 
 
 def build_redis_tier(settings: RedisTierSettings, context: BuildContext) -> Tier:
@@ -40,7 +52,64 @@ def build_redis_tier(settings: RedisTierSettings, context: BuildContext) -> Tier
         clock=context.clock,
     )
     context.shared.setdefault(SHARED_TIER_KEY, tier)
+    context.shared.setdefault(SHARED_SETTINGS_KEY, settings)
     return tier
 
 
 PLUGIN: Plugin[Tier] = Plugin("redis", RedisTierSettings, build_redis_tier)
+
+
+class RedisBusSettings(BusSettings):
+    """The invalidation bus on Redis pub/sub."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["redis"] = "redis"
+    url: str | None = Field(
+        default=None,
+        description="Redis to publish and subscribe on; none: the chain's first Redis tier's.",
+    )
+    channel: str | None = Field(
+        default=None, description="Channel name; none: '<namespace>:invalidations'."
+    )
+    timeout: Duration = Field(
+        default=1.0, description="Socket timeout of the bus connections ('1s')."
+    )
+    health_check_interval: Duration = Field(
+        default=1.0,
+        description="How often the subscription connection is checked with a PING, so a silent "
+        "network is noticed (and in-process tiers bypassed) within about this long.",
+    )
+
+
+def build_redis_bus(settings: RedisBusSettings, context: BuildContext) -> Bus:
+    """A :class:`RedisBus` with connections of its own (a subscription holds one)."""
+    url = settings.url
+    if url is None:
+        tier_settings = context.shared.get(SHARED_SETTINGS_KEY)
+        if tier_settings is None:
+            raise ConfigError(
+                "tiered_cache.bus.url: no Redis tier in the chain to take the URL from; "
+                "set bus.url, or bus.kind = 'off'"
+            )
+        url = tier_settings.url
+    if parse_url(url).cluster:
+        raise ConfigError(
+            "tiered_cache.bus.url: the bus needs a plain redis:// URL (pub/sub on a cluster "
+            "reaches every node from any node: give one node's URL)"
+        )
+    timeout = settings.timeout
+    interval = int(max(1, settings.health_check_interval))
+
+    def connect() -> redis.Redis:
+        return redis.Redis.from_url(
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            health_check_interval=interval,
+        )
+
+    return RedisBus(connect, settings.channel or f"{context.namespace}:invalidations")
+
+
+BUS_PLUGIN: Plugin[Bus] = Plugin("redis", RedisBusSettings, build_redis_bus)

@@ -1,0 +1,209 @@
+"""Coherence between chains: the write path, the bus, gaps, outages and prefix invalidation.
+
+Two chains in one process stand for two processes: each has its own memory tier, both share a
+second tier (a memory tier marked shared, standing for Redis) and a source, and a LocalBus.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from tiered_cache import MISSING, Entry, MemoryTier, TieredCache
+from tiered_cache.bus import Invalidation, LocalBus
+from tiered_cache.protection import Protection
+from tiered_cache.testing import FakeClock
+
+
+class DictSource:
+    name = "dict"
+
+    def __init__(self) -> None:
+        self.items: dict[str, Any] = {}
+        self.loads = 0
+
+    def load(self, key: str) -> Any:
+        self.loads += 1
+        return self.items.get(key, MISSING)
+
+    def load_many(self, keys: Sequence[str]) -> dict[str, Any]:
+        self.loads += 1
+        return {key: self.items[key] for key in keys if key in self.items}
+
+    def store(self, key: str, value: Any) -> None:
+        self.items[key] = value
+
+    def remove(self, key: str) -> None:
+        self.items.pop(key, None)
+
+    def close(self) -> None:
+        pass
+
+
+class SharedTier(MemoryTier):
+    """A memory tier shared by both chains: it stands for Redis in these tests."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__(name="shared", max_entries=1000, clock=clock)
+        self.local = False
+
+
+class Fleet:
+    def __init__(self, clock: FakeClock, write_policy: str = "through", source: bool = True):
+        self.clock = clock
+        self.bus = LocalBus()
+        self.shared = SharedTier(clock)
+        self.source = DictSource() if source else None
+        self.a = self.chain(write_policy)
+        self.b = self.chain(write_policy)
+
+    def chain(self, write_policy: str) -> TieredCache:
+        return TieredCache(
+            [MemoryTier(name="l1", clock=self.clock), self.shared],
+            self.source,
+            clock=self.clock,
+            protection=Protection.never_stale(),
+            bus=self.bus,
+            write_policy=write_policy,  # type: ignore[arg-type]
+        )
+
+
+@pytest.mark.parametrize("policy", ["through", "around"])
+def test_a_write_in_one_process_reaches_the_others_memory(clock: FakeClock, policy: str) -> None:
+    fleet = Fleet(clock, policy)
+    assert fleet.source is not None
+    fleet.source.items["t:1"] = "old"
+    assert fleet.a.get("t:1") == "old"
+    assert fleet.b.get("t:1") == "old"  # now in b's memory too
+    fleet.a.set("t:1", "new")
+    assert fleet.source.items["t:1"] == "new"
+    assert fleet.b.get("t:1") == "new"
+    assert fleet.a.get("t:1") == "new"
+    assert fleet.b.stats()["bus_received"] == 1
+    if policy == "around":
+        assert fleet.shared.get("t:1") is not MISSING  # re-read after the write
+    fleet.b.invalidate("t:1")
+    fleet.source.items["t:1"] = "newer"
+    assert fleet.a.get("t:1") == "newer"
+
+
+def test_without_a_source_set_updates_the_tiers_and_tells_the_others(clock: FakeClock) -> None:
+    fleet = Fleet(clock, source=False)
+    fleet.a.get("k", lambda: "v1")
+    assert fleet.b.get("k", lambda: "unused") == "v1"
+    fleet.a.set("k", "v2")
+    assert fleet.b.get("k", lambda: "unused") == "v2"
+
+
+def test_a_failed_source_write_changes_nothing_anywhere(clock: FakeClock) -> None:
+    fleet = Fleet(clock)
+    assert fleet.source is not None
+    fleet.source.items["k"] = "old"
+    fleet.b.get("k")
+
+    def refuse(key: str, value: Any) -> None:
+        raise RuntimeError("conditional check failed")
+
+    fleet.source.store = refuse  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError):
+        fleet.a.set("k", "new")
+    assert fleet.b.get("k") == "old"
+    assert fleet.b.stats()["bus_received"] == 0
+
+
+def test_own_messages_are_ignored(clock: FakeClock) -> None:
+    fleet = Fleet(clock)
+    fleet.a.set("k", "v")
+    assert fleet.a.stats()["bus_received"] == 0
+    assert fleet.a.stats()["bus_sent"] == 1
+    assert fleet.a.tiers[0].get("k") is not MISSING  # its own fresh copy stays
+
+
+def test_a_gap_in_a_senders_numbers_clears_memory(clock: FakeClock) -> None:
+    fleet = Fleet(clock)
+    assert fleet.source is not None
+    fleet.source.items.update({"x": 1, "y": 2})
+    fleet.b.get("x")
+    fleet.b.get("y")
+    fleet.bus.publish(Invalidation("other", 1, keys=("x",)))
+    assert fleet.b.tiers[0].get("y") is not MISSING
+    fleet.bus.publish(Invalidation("other", 3, keys=("nothing",)))  # 2 was lost
+    assert fleet.b.tiers[0].get("y") is MISSING
+    assert fleet.b.stats()["bus_gaps"] == 1
+
+
+def test_while_the_bus_is_down_memory_is_bypassed(clock: FakeClock) -> None:
+    fleet = Fleet(clock)
+    assert fleet.source is not None
+    fleet.source.items["k"] = "old"
+    fleet.b.get("k")
+    link = fleet.b._bus_link
+    assert link is not None
+    link.on_disconnect()
+    assert fleet.b.stats()["bus"] == "down"
+    assert fleet.b.tiers[0].get("k") is MISSING  # cleared on the way down
+    # a write elsewhere that b cannot hear about: b still reads the shared tier, never memory
+    fleet.shared.set("k", Entry("new", clock()))
+    assert fleet.b.get("k") == "new"
+    assert fleet.b.tiers[0].get("k") is MISSING  # nothing copied into memory meanwhile
+    link.on_reconnect()
+    assert fleet.b.get("k") == "new"
+    assert fleet.b.tiers[0].get("k") is not MISSING
+    assert fleet.b.stats()["bus"] == "connected"
+
+
+def test_invalidate_prefix_everywhere(clock: FakeClock) -> None:
+    fleet = Fleet(clock)
+    assert fleet.source is not None
+    fleet.source.items.update({"user:42:name": "ann", "user:42:bio": "hi", "user:7:name": "bo"})
+    for key in fleet.source.items:
+        fleet.b.get(key)
+    fleet.a.invalidate_prefix("user:42:")
+    assert fleet.b.tiers[0].get("user:42:name") is MISSING
+    assert fleet.shared.get("user:42:bio") is MISSING
+    assert fleet.b.tiers[0].get("user:7:name") is not MISSING
+    with pytest.raises(ValueError):
+        fleet.a.invalidate_prefix("")
+
+
+def test_an_invalidation_while_copying_up_from_the_shared_tier_wins(clock: FakeClock) -> None:
+    """b reads the old value from the shared tier; before b copies it into its memory, a
+    writes and the bus tells b. b must not keep the old copy."""
+    fleet = Fleet(clock)
+    assert fleet.source is not None
+    fleet.source.items["k"] = "old"
+    fleet.a.get("k")  # the old value is in the shared tier
+    original_get = fleet.shared.get
+
+    def get_then_write_elsewhere(key: str) -> Any:
+        entry = original_get(key)
+        fleet.a.set("k", "new")  # lands between b's read and b's copy into memory
+        return entry
+
+    fleet.shared.get = get_then_write_elsewhere  # type: ignore[method-assign]
+    assert fleet.b.get("k") == "old"  # b answers with what it read, before the write finished
+    fleet.shared.get = original_get  # type: ignore[method-assign]
+    assert fleet.b.tiers[0].get("k") is MISSING or fleet.b.get("k") == "new"
+    assert fleet.b.get("k") == "new"
+
+
+def test_get_many_drops_memory_copies_when_an_invalidation_came_meanwhile(
+    clock: FakeClock,
+) -> None:
+    fleet = Fleet(clock)
+    assert fleet.source is not None
+    fleet.source.items.update({"a": 1, "b": 2})
+    fleet.a.get_many(["a", "b"])
+    original = fleet.shared.get_many
+
+    def read_then_write(keys: Sequence[str]) -> dict[str, Entry]:
+        found = original(keys)
+        fleet.a.set("a", 10)
+        return found
+
+    fleet.shared.get_many = read_then_write  # type: ignore[method-assign]
+    fleet.b.get_many(["a", "b"])
+    fleet.shared.get_many = original  # type: ignore[method-assign]
+    assert fleet.b.get("a") == 10

@@ -1,0 +1,116 @@
+"""The invalidation bus: every process hears which keys another process changed.
+
+A :class:`Bus` carries :class:`Invalidation` messages between the chains of one cache (one
+namespace) in every process. Redis pub/sub is the default transport (``tiered-cache-redis``);
+:class:`LocalBus` connects chains inside one process. The chain's side is
+:class:`tiered_cache.coherence.BusLink`.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class Invalidation:
+    """One change announced on the bus.
+
+    Attributes:
+        sender: the announcing chain's id (a process ignores its own messages).
+        seq: 1, 2, 3... per sender: a jump tells a receiver that it missed messages.
+        keys: keys to drop.
+        prefixes: key prefixes whose entries loaded before ``at`` are invalid.
+        clear: drop everything.
+        at: when the change happened (the sender's clock), for prefixes.
+    """
+
+    sender: str
+    seq: int
+    keys: tuple[str, ...] = ()
+    prefixes: tuple[str, ...] = ()
+    clear: bool = False
+    at: float = 0.0
+
+    def encode(self) -> bytes:
+        """Compact JSON."""
+        body: dict[str, Any] = {"s": self.sender, "n": self.seq}
+        if self.keys:
+            body["k"] = list(self.keys)
+        if self.prefixes:
+            body["p"] = list(self.prefixes)
+            body["t"] = self.at
+        if self.clear:
+            body["c"] = True
+        return json.dumps(body, separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, data: bytes | str) -> Invalidation:
+        """The message :meth:`encode` wrote; ``ValueError`` for anything else."""
+        try:
+            body = json.loads(data)
+            return cls(
+                sender=str(body["s"]),
+                seq=int(body["n"]),
+                keys=tuple(str(key) for key in body.get("k", ())),
+                prefixes=tuple(str(prefix) for prefix in body.get("p", ())),
+                clear=bool(body.get("c", False)),
+                at=float(body.get("t", 0.0)),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"not an invalidation message: {data!r:.200}") from exc
+
+
+class BusListener(Protocol):
+    """What a bus tells its subscriber. Called from the bus's own thread."""
+
+    def on_message(self, message: Invalidation) -> None: ...
+
+    def on_disconnect(self) -> None:
+        """The bus lost its connection: messages may be missed from now on."""
+        ...
+
+    def on_reconnect(self) -> None:
+        """The bus is connected again (messages sent meanwhile are lost)."""
+        ...
+
+
+@runtime_checkable
+class Bus(Protocol):
+    """A transport for invalidations between processes."""
+
+    def publish(self, message: Invalidation) -> None:
+        """Send ``message`` to every subscriber (its own included; they skip it)."""
+        ...
+
+    def subscribe(self, listener: BusListener) -> None:
+        """Start delivering messages to ``listener``."""
+        ...
+
+    def close(self) -> None:
+        """Stop delivering and release connections."""
+        ...
+
+
+@dataclass
+class LocalBus:
+    """A bus inside one process: several chains over the same shared tiers, or tests."""
+
+    _listeners: list[BusListener] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def publish(self, message: Invalidation) -> None:
+        with self._lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            listener.on_message(message)
+
+    def subscribe(self, listener: BusListener) -> None:
+        with self._lock:
+            self._listeners.append(listener)
+
+    def close(self) -> None:
+        with self._lock:
+            self._listeners.clear()

@@ -1,0 +1,121 @@
+"""The chain's side of the invalidation bus: announce changes, apply other processes' changes.
+
+Each chain has a sender id and numbers its messages 1, 2, 3... A receiver that sees a jump in a
+sender's numbers missed messages, so it clears its in-process tiers; one that loses its bus
+connection stops using them until the bus is back (and clears them then too), because it can no
+longer hear about changes. Messages a chain sent itself are skipped: it applied them already.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from .bus import Bus, Invalidation
+from .metrics import CacheMetrics
+
+logger = logging.getLogger(__name__)
+
+#: Senders remembered for gap detection; the oldest are forgotten past this (a forgotten sender's
+#: next message is taken as its first, so a gap right then would go unnoticed).
+MAX_SENDERS = 10_000
+
+
+@dataclass(frozen=True)
+class CoherenceHandlers:
+    """What the chain does when the bus tells it something."""
+
+    drop_keys: Callable[[Sequence[str]], None]
+    drop_prefixes: Callable[[Sequence[str], float], None]
+    drop_everything: Callable[[], None]
+    #: The bus is down (False) or back (True): stop or resume using in-process tiers.
+    set_connected: Callable[[bool], None]
+
+
+class BusLink:
+    """Connects one chain to a :class:`~tiered_cache.bus.Bus`."""
+
+    def __init__(self, bus: Bus, handlers: CoherenceHandlers, metrics: CacheMetrics) -> None:
+        self.bus = bus
+        self.sender = uuid.uuid4().hex
+        self._handlers = handlers
+        self._metrics = metrics
+        self._numbers = itertools.count(1)
+        self._numbers_lock = threading.Lock()
+        self._last_seen: OrderedDict[str, int] = OrderedDict()
+        self._seen_lock = threading.Lock()
+        bus.subscribe(self)
+
+    # -- sending
+
+    def announce(
+        self,
+        keys: Sequence[str] = (),
+        prefixes: Sequence[str] = (),
+        *,
+        clear: bool = False,
+        at: float = 0.0,
+    ) -> None:
+        """Tell the other processes; a failed publish is logged and counted, never raised
+        (the change itself was made; other processes keep old copies at most one L1 TTL)."""
+        with self._numbers_lock:
+            number = next(self._numbers)
+        message = Invalidation(self.sender, number, tuple(keys), tuple(prefixes), clear, at)
+        try:
+            self.bus.publish(message)
+        except Exception as exc:
+            self._metrics.count("bus_publish_errors")
+            logger.warning(
+                "could not announce an invalidation on the bus (%s: %s); other processes may "
+                "serve their in-memory copy until it expires",
+                type(exc).__name__,
+                exc,
+            )
+        else:
+            self._metrics.count("bus_sent")
+
+    # -- receiving (BusListener), called on the bus's thread
+
+    def on_message(self, message: Invalidation) -> None:
+        if message.sender == self.sender:
+            return
+        self._metrics.count("bus_received")
+        with self._seen_lock:
+            last = self._last_seen.get(message.sender)
+            self._last_seen[message.sender] = max(message.seq, last or 0)
+            self._last_seen.move_to_end(message.sender)
+            if len(self._last_seen) > MAX_SENDERS:
+                self._last_seen.popitem(last=False)
+        if last is not None and message.seq > last + 1:
+            self._metrics.count("bus_gaps")
+            logger.warning(
+                "missed %d invalidation(s) from %s: clearing the in-process tiers",
+                message.seq - last - 1,
+                message.sender,
+            )
+            self._handlers.drop_everything()
+        if message.clear:
+            self._handlers.drop_everything()
+        if message.keys:
+            self._handlers.drop_keys(message.keys)
+        if message.prefixes:
+            self._handlers.drop_prefixes(message.prefixes, message.at)
+
+    def on_disconnect(self) -> None:
+        self._metrics.count("bus_disconnects")
+        logger.warning(
+            "invalidation bus disconnected: in-process tiers are bypassed until it is back"
+        )
+        self._handlers.set_connected(False)
+
+    def on_reconnect(self) -> None:
+        logger.info("invalidation bus reconnected: in-process tiers are in use again")
+        self._handlers.set_connected(True)
+
+    def close(self) -> None:
+        self.bus.close()

@@ -116,6 +116,14 @@ class CircuitBreakerTier:
     def clear(self) -> None:
         self._call(self._tier.clear)
 
+    def delete_prefix(self, prefix: str) -> None:
+        """The wrapped tier's ``delete_prefix`` if it has one, else its ``clear`` (safe)."""
+        delete_prefix = getattr(self._tier, "delete_prefix", None)
+        if callable(delete_prefix):
+            self._call(lambda: delete_prefix(prefix))
+        else:
+            self._call(self._tier.clear)
+
     def close(self) -> None:
         """Close the wrapped tier, whatever the state of the circuit."""
         self._tier.close()

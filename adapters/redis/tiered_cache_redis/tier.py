@@ -311,6 +311,14 @@ class RedisTier:
         else:
             client.unlink(*names)
 
+    def delete_prefix(self, prefix: str) -> None:
+        """Delete the keys starting with ``prefix`` (and their leases): SCAN + UNLINK."""
+        pattern = (self._prefix + prefix).translate(_GLOB_SPECIAL) + "*"
+        names = list(self.client.scan_iter(match=pattern, count=1000))
+        for batch in _batches(names, _CLEAR_BATCH):
+            texts = [name.decode() if isinstance(name, bytes) else str(name) for name in batch]
+            self._unlink(texts + [lease_key(name) for name in texts])
+
     def clear(self) -> None:
         """Delete this namespace's keys (SCAN + UNLINK, every node of a cluster); never FLUSHDB."""
         pattern = self._prefix.translate(_GLOB_SPECIAL) + "*"

@@ -1,0 +1,48 @@
+"""Run as a separate process by the multi-process coherence test:
+
+    python coherence_worker.py URL NAMESPACE KEY SECONDS
+
+reads KEY in a loop through a chain of its own (memory + Redis + the invalidation bus) for
+SECONDS, and prints one JSON line per change of the value it sees: [wall time, value].
+The "source" is a Redis hash the test writes, standing for the table.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import redis
+
+from tiered_cache import TieredCache
+
+
+def main(url: str, namespace: str, key: str, seconds: float) -> None:
+    table = redis.Redis.from_url(url, decode_responses=True)
+    cache = TieredCache.from_config(
+        namespace=namespace,
+        tiers=[
+            {"kind": "memory", "admission": "always", "ttl": "10m"},
+            {"kind": "redis", "url": url, "timeout": "1s"},
+        ],
+        ttl="10m",
+    )
+    bus = cache._bus_link.bus if cache._bus_link else None
+    if bus is not None and hasattr(bus, "wait_subscribed"):
+        bus.wait_subscribed(10)
+    table.incr(f"{namespace}:ready")
+    seen = None
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = cache.get(key, lambda: table.hget(f"{namespace}:table", key))
+        if value != seen:
+            print(json.dumps([time.time(), value]), flush=True)  # noqa: T201
+            seen = value
+        time.sleep(0.001)
+    print(json.dumps(["stats", cache.stats()["bus_received"]]), flush=True)  # noqa: T201
+    cache.close()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]))

@@ -37,10 +37,10 @@ def main(url: str, namespace: str, key: str, seconds: float) -> None:
     while time.monotonic() < deadline:
         value = cache.get(key, lambda: table.hget(f"{namespace}:table", key))
         if value != seen:
-            print(json.dumps([time.time(), value]), flush=True)  # noqa: T201
+            print(json.dumps([time.time(), value]), flush=True)
             seen = value
         time.sleep(0.001)
-    print(json.dumps(["stats", cache.stats()["bus_received"]]), flush=True)  # noqa: T201
+    print(json.dumps(["stats", cache.stats()["bus_received"]]), flush=True)
     cache.close()
 
 

@@ -252,3 +252,55 @@ def test_500_threads_on_one_cold_key_read_the_source_once() -> None:
     assert slow.calls == 1
     assert results == ["tweet"] * 500
     cache.close()
+
+
+def test_get_many_serves_stale_entries_and_refreshes_them(clock: FakeClock) -> None:
+    background = Background()
+    source = {"a": "a1", "b": "b1"}
+    loads: list[list[str]] = []
+
+    class Source:
+        name = "dict"
+
+        def load(self, key: str) -> str:
+            loads.append([key])
+            return source[key]
+
+        def load_many(self, keys: list[str]) -> dict[str, str]:
+            loads.append(list(keys))
+            return {key: source[key] for key in keys if key in source}
+
+        def store(self, key: str, value: str) -> None: ...
+
+        def remove(self, key: str) -> None: ...
+
+        def close(self) -> None: ...
+
+    cache = TieredCache(
+        [MemoryTier(clock=clock)],
+        Source(),
+        ttl=10,
+        clock=clock,
+        protection=Protection(max_stale=100.0, early_refresh_beta=0.0, soft_timeout=None),
+        background=background,
+    )
+    assert cache.get_many(["a", "b"]) == {"a": "a1", "b": "b1"}
+    clock.advance(11)
+    source.update({"a": "a2", "b": "b2", "c": "c1"})
+    assert cache.get_many(["a", "b", "c"]) == {"a": "a1", "b": "b1", "c": "c1"}
+    assert loads == [["a", "b"], ["c"]]
+    assert background.run() == 2
+    assert cache.get_many(["a", "b"]) == {"a": "a2", "b": "b2"}
+
+
+def test_get_many_fail_safe_when_every_missing_key_has_a_stale_value(clock: FakeClock) -> None:
+    cache = make_cache(clock, Background(), stale_while_revalidate=False)
+    cache.get_many(["a", "b"], lambda keys: {key: key.upper() for key in keys})
+
+    def failing(keys: object) -> dict[str, str]:
+        raise SourceThrottled("throttled")
+
+    clock.advance(11)
+    assert cache.get_many(["a", "b"], failing) == {"a": "A", "b": "B"}
+    with pytest.raises(SourceThrottled):
+        cache.get_many(["a", "new"], failing)

@@ -271,6 +271,7 @@ class TieredCache:
         """
         wanted = list(dict.fromkeys(keys))
         found: dict[str, Entry] = {}
+        stale: dict[str, Entry] = {}
         remaining = wanted
         now = self._clock()
         invalidations = self._invalidations
@@ -279,14 +280,28 @@ class TieredCache:
                 break
             if index in self._bypassed:
                 continue
-            hits = self._tier_get_many(index, tier, remaining, now)
+            hits = self._tier_get_many(index, tier, remaining, now, stale)
             if hits:
                 self._fill_many(hits, upto=index)
                 found.update(hits)
                 remaining = [key for key in remaining if key not in hits]
+        if remaining and stale and loader is None and self._protection.stale_while_revalidate:
+            # Stale keys are served now and refreshed one by one in the background.
+            for key in remaining:
+                if key in stale:
+                    found[key] = stale[key]
+                    self._metrics.count("stale_served")
+                    self._refresh_in_background(key, None, ttl)
+            remaining = [key for key in remaining if key not in stale]
         if remaining:
-            loaded = self._load_many(remaining, loader, ttl)
-            self._fill_many(loaded, upto=len(self._tiers))
+            try:
+                loaded = self._load_many(remaining, loader, ttl)
+            except Exception as exc:
+                if not self._protection.fail_safe or any(key not in stale for key in remaining):
+                    raise
+                loaded = {key: self._fail_safe(key, stale[key], exc) for key in remaining}
+            else:
+                self._fill_many(loaded, upto=len(self._tiers))
             found.update(loaded)
         if self._invalidations != invalidations:
             # An invalidation came while this batch read: some of what it copied into the
@@ -858,14 +873,20 @@ class TieredCache:
         return entry
 
     def _tier_get_many(
-        self, index: int, tier: Tier, keys: Sequence[str], now: float
+        self, index: int, tier: Tier, keys: Sequence[str], now: float, stale: dict[str, Entry]
     ) -> dict[str, Entry]:
+        """The fresh entries among ``keys``; stale ones still servable go into ``stale``."""
         try:
             entries = tier.get_many(keys)
         except Exception as exc:
             self._tier_failed(index, exc)
             return {}
-        fresh = {key: entry for key, entry in entries.items() if now < entry.soft_expiry}
+        fresh: dict[str, Entry] = {}
+        for key, entry in entries.items():
+            if now < entry.soft_expiry:
+                fresh[key] = entry
+            elif now < entry.hard_expiry:
+                stale.setdefault(key, entry)
         self._metrics.hit(index, len(fresh))
         self._metrics.miss(index, len(keys) - len(fresh))
         return fresh

@@ -115,6 +115,10 @@ class TieredCache:
         self._negative_ttl = negative_ttl
         self._clock = clock
         self._flights = SingleFlight()
+        #: Background refreshes have flights of their own: a reader never joins one (it would
+        #: get the refresh's error instead of the stale value), and a refresh never joins a
+        #: reader's flight (it would get the stale value back and load nothing).
+        self._refresh_flights = SingleFlight()
         self._metrics = CacheMetrics([tier.name for tier in self._tiers])
         self._l1_hits = self._metrics.l1_hits
         self._l1_hit_cells = self._l1_hits.cells
@@ -246,7 +250,7 @@ class TieredCache:
         """
         if early and self._l1 is not None:
             self._metrics.count("early_refreshes")
-            self._refresh_in_background(key, loader, ttl)
+            self._refresh_in_background(key, loader, ttl, None)
             entry = self._tier_get(0, self._l1, key, count=False)
             if entry is not MISSING and not entry.is_expired(self._clock()):
                 return entry.value
@@ -291,7 +295,7 @@ class TieredCache:
                 if key in stale:
                     found[key] = stale[key]
                     self._metrics.count("stale_served")
-                    self._refresh_in_background(key, None, ttl)
+                    self._refresh_in_background(key, None, ttl, stale[key])
             remaining = [key for key in remaining if key not in stale]
         if remaining:
             try:
@@ -335,7 +339,7 @@ class TieredCache:
                 stale = entry
         if stale is not None and self._protection.stale_while_revalidate:
             self._metrics.count("stale_served")
-            self._refresh_in_background(key, loader, ttl)
+            self._refresh_in_background(key, loader, ttl, stale)
             return stale.value
         return self._load_and_fill(key, flight, loader, ttl, stale).value
 
@@ -385,12 +389,17 @@ class TieredCache:
         logger.warning(
             "serving a stale value of %r: its load failed (%s: %s)", key, type(exc).__name__, exc
         )
+        self._rest_source(key, stale)
+        return stale
+
+    def _rest_source(self, key: str, stale: Entry) -> None:
+        """For ``fail_safe_throttle`` seconds, tier 0 serves ``stale`` as fresh, so a failing
+        source is not asked again by every read."""
         now = self._clock()
         throttle = self._protection.fail_safe_throttle
-        if throttle > 0 and self._tiers:
+        if throttle > 0 and self._tiers and now < stale.hard_expiry:
             calm = replace(stale, soft_expiry=min(now + throttle, stale.hard_expiry))
             self._fill(key, calm, range(1))
-        return stale
 
     def _timed_load(
         self,
@@ -580,7 +589,7 @@ class TieredCache:
             return self._executor
 
     def _refresh_in_background(
-        self, key: str, loader: Loader | None, ttl: float | str | None
+        self, key: str, loader: Loader | None, ttl: float | str | None, stale: Entry | None
     ) -> None:
         """Reload ``key`` on a worker thread, once at a time per key."""
         with self._background_lock:
@@ -589,7 +598,7 @@ class TieredCache:
             self._refreshing.add(key)
         self._metrics.count("refreshes")
         try:
-            self._background(lambda: self._refresh(key, loader, ttl))
+            self._background(lambda: self._refresh(key, loader, ttl, stale))
         except RuntimeError:  # the pool was shut down by close()
             with self._background_lock:
                 self._refreshing.discard(key)
@@ -619,9 +628,11 @@ class TieredCache:
         _, not_done = futures_wait(pending, timeout=timeout)
         return not not_done
 
-    def _refresh(self, key: str, loader: Loader | None, ttl: float | str | None) -> None:
+    def _refresh(
+        self, key: str, loader: Loader | None, ttl: float | str | None, stale: Entry | None
+    ) -> None:
         try:
-            self._flights.run(
+            self._refresh_flights.run(
                 key,
                 lambda flight: (
                     self._load_and_fill(key, flight, loader, ttl, None, background=True).value
@@ -635,6 +646,8 @@ class TieredCache:
                 type(exc).__name__,
                 exc,
             )
+            if stale is not None and self._protection.fail_safe:
+                self._rest_source(key, stale)
         finally:
             with self._background_lock:
                 self._refreshing.discard(key)
@@ -839,9 +852,10 @@ class TieredCache:
             self._drop_local_everything()
 
     def _cancel_inflight_fill(self, key: str) -> None:
-        flight = self._flights.in_flight(key)
-        if flight is not None:
-            flight.cancelled_fill = True
+        for flights in (self._flights, self._refresh_flights):
+            flight = flights.in_flight(key)
+            if flight is not None:
+                flight.cancelled_fill = True
         with self._background_lock:
             for orphan in self._orphans.get(key, ()):
                 orphan.cancelled_fill = True

@@ -89,3 +89,28 @@ def test_lru_policy_put_replaces_and_keeps_weight_exact() -> None:
 def test_estimate_size_grows_with_content() -> None:
     assert estimate_size({"a": "x" * 1000}) > estimate_size({"a": "x"})
     assert estimate_size([1, 2, 3]) > estimate_size([])
+
+
+def test_lru_policy_matches_a_true_lru_hit_for_hit() -> None:
+    """Regression: reading the order's values (for the byte count) used to reorder it."""
+    import cachetools
+
+    from tiered_cache.workloads import zipf_keys
+
+    keys = list(zipf_keys(2000, 1.0, 20_000, seed=1))
+    policy = LruPolicy(max_entries=50, max_weight=10**9)
+    reference: cachetools.LRUCache[str, int] = cachetools.LRUCache(maxsize=50)
+    slot = (Entry("v", 0.0), float("inf"))
+    ours = theirs = 0
+    for key in keys:
+        if policy.get(key) is not None:
+            ours += 1
+        else:
+            policy.put(key, slot, 1)
+        if key in reference:
+            reference[key]
+            theirs += 1
+        else:
+            reference[key] = 1
+    assert ours == theirs
+    assert policy.weight == len(policy) == 50

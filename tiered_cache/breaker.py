@@ -224,7 +224,7 @@ class LeasingCircuitBreakerTier(CircuitBreakerTier):
         )
         self._leasing = tier
 
-    def acquire_lease(self, key: str, ttl: float) -> str | None:
+    def acquire_lease(self, key: str, ttl: float) -> tuple[str | None, Entry | MissingType]:
         return self._call(lambda: self._leasing.acquire_lease(key, ttl))
 
     def fill_with_lease(self, key: str, entry: Entry, token: str) -> bool:

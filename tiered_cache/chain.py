@@ -520,46 +520,39 @@ class TieredCache:
     def _lease_or_wait(self, key: str) -> tuple[str | None, Entry | None]:
         """``(token, None)`` when this process should load; ``(None, entry)`` when the lease
         holder filled the key meanwhile; ``(None, None)`` to load without a lease (the shared
-        tier is down, or the holder took longer than ``lease_wait``)."""
+        tier is down, or the holder took longer than ``lease_wait``).
+
+        Each look is one round trip: take the lease if free, and read the key.
+        """
         assert self._leasing is not None
         index, tier = self._leasing
         protection = self._protection
+        deadline: float | None = None
         try:
-            token = tier.acquire_lease(key, protection.lease_ttl)
-            if token is None:
-                self._metrics.count("lease_waits")
-                deadline = self._clock() + protection.lease_wait
-                while token is None:
-                    self._sleep(protection.lease_poll)
-                    filled = self._fresh_in(index, tier, key)
-                    if filled is not None:
-                        return None, filled
-                    # A holder that died leaves its lease to expire: take it over then.
-                    token = tier.acquire_lease(key, protection.lease_ttl)
+            while True:
+                token, current = tier.acquire_lease(key, protection.lease_ttl)
+                if current is not MISSING and self._clock() < current.soft_expiry:
+                    # The previous holder filled it since our last look: no load needed.
                     if token is not None:
+                        tier.release_lease(key, token)
+                    self._metrics.hit(index)
+                    self._fill(key, current, range(index))
+                    return None, current
+                if token is not None:
+                    if deadline is not None:  # a holder that died left its lease to expire
                         self._metrics.count("lease_takeovers")
-                    elif self._clock() >= deadline:
-                        self._metrics.count("lease_wait_expired")
-                        return None, None
-            # The previous holder may have filled and let go between our last look and our
-            # acquire: look once more before paying for a load.
-            filled = self._fresh_in(index, tier, key)
-            if filled is not None:
-                tier.release_lease(key, token)
-                return None, filled
-            return token, None
+                    return token, None
+                now = self._clock()
+                if deadline is None:
+                    self._metrics.count("lease_waits")
+                    deadline = now + protection.lease_wait
+                elif now >= deadline:
+                    self._metrics.count("lease_wait_expired")
+                    return None, None
+                self._sleep(protection.lease_poll)
         except Exception as exc:
             self._tier_failed(index, exc)
             return None, None
-
-    def _fresh_in(self, index: int, tier: Tier, key: str) -> Entry | None:
-        """A fresh entry of ``key`` in ``tier`` (copied into the faster tiers), or None."""
-        entry = tier.get(key)
-        if entry is MISSING or self._clock() >= entry.soft_expiry:
-            return None
-        self._metrics.hit(index)
-        self._fill(key, entry, range(index))
-        return entry
 
     def _release_lease(self, key: str, token: str) -> None:
         assert self._leasing is not None

@@ -13,15 +13,20 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from .tier import Entry, Tier
+from .tier import Entry, MissingType, Tier
 
 
 @runtime_checkable
 class LeasingTier(Tier, Protocol):
     """A tier that also offers leases (the operations below)."""
 
-    def acquire_lease(self, key: str, ttl: float) -> str | None:
-        """A token if this caller now holds ``key``'s lease; ``None`` if another does."""
+    def acquire_lease(self, key: str, ttl: float) -> tuple[str | None, Entry | MissingType]:
+        """Try to take ``key``'s lease, and read the key, in one round trip.
+
+        Returns ``(token, entry)``: the token if this caller now holds the lease (``None`` if
+        another does), and what the tier holds for ``key`` right now (``MISSING`` if nothing):
+        a holder may have filled it since the caller last looked.
+        """
         ...
 
     def fill_with_lease(self, key: str, entry: Entry, token: str) -> bool:

@@ -72,13 +72,13 @@ class EvictionPolicy(Protocol):
 class _Order(cachetools.LRUCache[str, int]):
     """Key order and weights; reports what ``cachetools`` evicts through ``popitem``."""
 
-    def __init__(self, maxsize: int, on_evict: Callable[[str], None]) -> None:
+    def __init__(self, maxsize: int, on_evict: Callable[[str, int], None]) -> None:
         super().__init__(maxsize)
         self._on_evict = on_evict
 
     def popitem(self) -> tuple[str, int]:
         key, weight = super().popitem()
-        self._on_evict(key)
+        self._on_evict(key, weight)
         return key, weight
 
 
@@ -96,8 +96,9 @@ class LruPolicy:
         # The hit path calls peek without the lock: a bound C method, no Python frame.
         self.peek: Callable[[str], Slot | None] = self._slots.get
 
-    def _evicted(self, key: str) -> None:
+    def _evicted(self, key: str, weight: int) -> None:
         self._slots.pop(key, None)
+        self._weight -= weight
         self._evictions += 1
 
     def get(self, key: str) -> Slot | None:
@@ -113,12 +114,10 @@ class LruPolicy:
         self.pop(key)
         if self._max_weight is not None:
             while self._order and self._weight + weight > self._max_weight:
-                _, freed = self._order.popitem()
-                self._weight -= freed
-        evicted_before = self._evictions
-        self._order[key] = weight  # may make cachetools pop the least recently used key
-        if self._evictions > evicted_before:
-            self._weight = sum(self._order.values())
+                self._order.popitem()  # _evicted keeps the weight right
+        # This may make cachetools pop the least recently used key (through _evicted). Never
+        # iterate self._order's values: each read through a Cache moves the key to the end.
+        self._order[key] = weight
         self._slots[key] = slot
         self._weight += weight
         return True
@@ -199,7 +198,10 @@ class MemoryTier:
         self.name = name
         #: In-process: the invalidation bus keeps it coherent with the other processes.
         self.local = True
-        self._policy: EvictionPolicy = policy or LruPolicy(max_entries, max_bytes)
+        # "is not None": an empty policy may be falsy (it has a length).
+        self._policy: EvictionPolicy = (
+            policy if policy is not None else LruPolicy(max_entries, max_bytes)
+        )
         self._ttl = ttl
         self._jitter = ttl_jitter
         self._clock = clock

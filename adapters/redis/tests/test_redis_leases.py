@@ -15,7 +15,7 @@ import pytest
 import redis
 from tiered_cache_redis import RedisTier
 
-from tiered_cache import Entry, MemoryTier, TieredCache
+from tiered_cache import MISSING, Entry, MemoryTier, TieredCache
 from tiered_cache.leases import LeasingTier
 from tiered_cache.protection import Protection
 from tiered_cache.testing.servers import RedisServer
@@ -37,17 +37,25 @@ def test_redis_tier_offers_leases(tier: RedisTier) -> None:
     assert isinstance(tier, LeasingTier)
 
 
+def lease(tier: RedisTier, key: str = "k", ttl: float = 5) -> str | None:
+    token, _ = tier.acquire_lease(key, ttl=ttl)
+    return token
+
+
 def test_one_holder_at_a_time_and_fill_releases(tier: RedisTier) -> None:
-    token = tier.acquire_lease("k", ttl=5)
+    token, current = tier.acquire_lease("k", ttl=5)
     assert token is not None
-    assert tier.acquire_lease("k", ttl=5) is None
+    assert current is MISSING
+    assert lease(tier) is None
     assert tier.fill_with_lease("k", entry("v"), token)
     assert tier.get("k").value == "v"  # type: ignore[union-attr]
-    assert tier.acquire_lease("k", ttl=5) is not None  # the fill gave the lease up
+    token, current = tier.acquire_lease("k", ttl=5)  # the fill gave the lease up
+    assert token is not None
+    assert current and current.value == "v"  # and the look came with it
 
 
 def test_an_invalidation_voids_the_lease(tier: RedisTier) -> None:
-    token = tier.acquire_lease("k", ttl=5)
+    token = lease(tier)
     assert token is not None
     tier.delete("k")  # a writer invalidates while the holder is loading
     assert not tier.fill_with_lease("k", entry("read before the write"), token)
@@ -55,7 +63,7 @@ def test_an_invalidation_voids_the_lease(tier: RedisTier) -> None:
 
 
 def test_a_write_voids_the_lease(tier: RedisTier) -> None:
-    token = tier.acquire_lease("k", ttl=5)
+    token = lease(tier)
     assert token is not None
     tier.set("k", entry("written"))
     assert not tier.fill_with_lease("k", entry("old"), token)
@@ -63,22 +71,22 @@ def test_a_write_voids_the_lease(tier: RedisTier) -> None:
 
 
 def test_a_dead_holders_lease_expires(tier: RedisTier) -> None:
-    assert tier.acquire_lease("k", ttl=0.05) is not None
+    assert lease(tier, ttl=0.05) is not None
     deadline = time.monotonic() + 5
     token = None
     while token is None and time.monotonic() < deadline:
         time.sleep(0.02)
-        token = tier.acquire_lease("k", ttl=5)
+        token = lease(tier)
     assert token is not None
 
 
 def test_release_only_by_the_holder(tier: RedisTier) -> None:
-    token = tier.acquire_lease("k", ttl=5)
+    token = lease(tier)
     assert token is not None
     tier.release_lease("k", "someone-else")
-    assert tier.acquire_lease("k", ttl=5) is None
+    assert lease(tier) is None
     tier.release_lease("k", token)
-    assert tier.acquire_lease("k", ttl=5) is not None
+    assert lease(tier) is not None
 
 
 def chain(url: str, namespace: str, bus: str = "auto", **protection: object) -> TieredCache:

@@ -10,6 +10,17 @@ from __future__ import annotations
 
 LEASE_SUFFIX = ":lease"
 
+#: KEYS: data, lease. ARGV: token, PX in ms. Returns {1 if the lease was taken else 0, the data
+#: or false}: taking the lease and looking at the key cost one round trip.
+ACQUIRE_AND_GET = """
+local taken = redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2])
+local data = redis.call('GET', KEYS[1])
+if taken then
+  return {1, data}
+end
+return {0, data}
+"""
+
 #: KEYS: data, lease. ARGV: token, value, PX in ms ("0": no expiry). 1 if filled, 0 if lost.
 FILL_IF_HOLDING = """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then

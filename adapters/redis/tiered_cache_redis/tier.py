@@ -19,7 +19,13 @@ from tiered_cache.errors import CodecError, TierUnavailable
 from tiered_cache.tier import MISSING, Entry, MissingType
 
 from .client import RedisClient
-from .leases import FILL_IF_HOLDING, RELEASE_IF_HOLDING, cluster_safe, lease_key
+from .leases import (
+    ACQUIRE_AND_GET,
+    FILL_IF_HOLDING,
+    RELEASE_IF_HOLDING,
+    cluster_safe,
+    lease_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +100,7 @@ class RedisTier:
         self._client = client
         self._connect = connect
         self._closed = False
+        self._acquire_script: Any = None
         self._fill_script: Any = None
         self._release_script: Any = None
 
@@ -266,13 +273,21 @@ class RedisTier:
 
     # -- leases (tiered_cache.leases.LeasingTier)
 
-    def acquire_lease(self, key: str, ttl: float) -> str | None:
-        """A token if this caller now holds ``key``'s lease, ``None`` if another does."""
+    def acquire_lease(self, key: str, ttl: float) -> tuple[str | None, Entry | MissingType]:
+        """Take ``key``'s lease if nobody holds it, and read the key: one round trip.
+
+        Returns ``(token or None, the entry or MISSING)``.
+        """
         name = self._prefix + key
         self._check_lease_possible(name)
         token = uuid.uuid4().hex
-        granted = self.client.set(lease_key(name), token, nx=True, px=max(1, int(ttl * 1000)))
-        return token if granted else None
+        if self._acquire_script is None:
+            self._acquire_script = self.client.register_script(ACQUIRE_AND_GET)
+        taken, data = self._acquire_script(
+            keys=[name, lease_key(name)], args=[token, max(1, int(ttl * 1000))]
+        )
+        entry = MISSING if not data else self._decode(key, data, self._clock())
+        return (token if taken else None), entry
 
     def fill_with_lease(self, key: str, entry: Entry, token: str) -> bool:
         """Store ``entry`` and drop the lease, only while ``token`` holds it (atomically)."""

@@ -65,8 +65,10 @@ class FrequencySketch:
     Args:
         capacity: the number of entries of the cache the sketch serves.
         width: counters per row; a power of two, by default the smallest one at least
-            ``4 * capacity`` (and at least 64).
+            ``4 * capacity`` and half the sample size (and at least 64).
         sample_factor: counters are halved after ``sample_factor * capacity`` additions.
+        min_sample: but not after fewer additions than this: a very small cache still needs
+            a few thousand reads of history to tell a warm key from a cold one.
         doorkeeper: put a one-bit-per-slot filter in front of the counters, so that a key's
             first sighting since the last aging costs no counter (TinyLFU section 3.4.2).
     """
@@ -77,21 +79,25 @@ class FrequencySketch:
         *,
         width: int | None = None,
         sample_factor: int = 10,
+        min_sample: int = 0,
         doorkeeper: bool = False,
     ) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
         if sample_factor < 1:
             raise ValueError("sample_factor must be at least 1")
+        sample_size = max(sample_factor * capacity, min_sample)
         if width is None:
-            width = max(64, _power_of_two_at_least(4 * capacity))
+            # Count-min's overcount is about e * additions / width: keep the width in step with
+            # the additions between two agings, so a longer memory does not mean more noise.
+            width = max(64, _power_of_two_at_least(max(4 * capacity, sample_size // 2)))
         elif width < 1 or width & (width - 1):
             raise ValueError("width must be a power of two")
         self.width = width
         self.depth = 4
         self._mask = width - 1
         self._table = bytearray(4 * width)
-        self.sample_size = sample_factor * capacity
+        self.sample_size = sample_size
         #: Additions since the last aging (the TinyLFU "size").
         self.size = 0
         #: How many times the counters were halved.
@@ -125,17 +131,19 @@ class FrequencySketch:
         vb = table[b]
         vc = table[c]
         vd = table[d]
+        # Plain comparisons rather than min(): this runs on every read, and a builtin call
+        # costs more than the three tests.
         low = va
-        if vb < low:
+        if vb < low:  # noqa: PLR1730
             low = vb
-        if vc < low:
+        if vc < low:  # noqa: PLR1730
             low = vc
-        if vd < low:
+        if vd < low:  # noqa: PLR1730
             low = vd
         if low >= MAX_COUNT:
             return MAX_COUNT
         high = low + count
-        if high > MAX_COUNT:
+        if high > MAX_COUNT:  # noqa: PLR1730
             high = MAX_COUNT
         # Conservative update: raise each counter only up to the new minimum; that is enough
         # for the estimate and keeps other keys sharing a counter from being overcounted
@@ -226,6 +234,7 @@ class TopK:
         k: how many keys count as hot (:meth:`is_hot`); :meth:`top` answers up to ``capacity``.
         capacity: keys tracked; larger is more precise. Default ``4 * k``.
         half_life: seconds after which a sighting counts half.
+        min_span: rates are averaged over at least this many seconds.
         clock: seconds; injected so that tests and trace replays control time.
     """
 
@@ -235,6 +244,7 @@ class TopK:
         *,
         capacity: int | None = None,
         half_life: float = 60.0,
+        min_span: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if k < 1:
@@ -244,6 +254,7 @@ class TopK:
         self.k = k
         self.capacity = max(k, capacity if capacity is not None else 4 * k)
         self.half_life = half_life
+        self.min_span = min_span
         self._clock = clock
         self._landmark = clock()
         self._counts: dict[str, float] = {}
@@ -252,7 +263,7 @@ class TopK:
         # (count, key) for every tracked key; an entry may be stale (lower than the key's
         # count) and is corrected when it reaches the top: counts only grow between rescales.
         self._heap: list[tuple[float, str]] = []
-        self._hot_threshold = math.inf
+        self._hot: set[str] | None = None  # the k hottest keys, recomputed lazily
         self._adds_since_threshold = 0
 
     def __len__(self) -> int:
@@ -280,7 +291,7 @@ class TopK:
             self._insert(key, weight, now)
         self._adds_since_threshold += 1
         if self._adds_since_threshold >= self.capacity:
-            self._hot_threshold = math.inf  # recomputed on the next is_hot
+            self._hot = None  # recomputed on the next is_hot
 
     def _insert(self, key: str, weight: float, now: float) -> None:
         counts = self._counts
@@ -311,42 +322,42 @@ class TopK:
             self._errors[key] /= factor
         self._heap = [(count, key) for key, count in self._counts.items()]
         heapq.heapify(self._heap)
-        self._hot_threshold = math.inf
+        self._hot = None
 
     def _rate(self, key: str, now: float, scale: float) -> float:
         guaranteed = (self._counts[key] - self._errors[key]) * scale
         # Over a long watch a steady rate r yields a decayed count of r * half_life / ln 2; a
         # key watched only for `span` seconds has had less time to build up, so divide by the
-        # integral of the decay over that span (at least one second, so that a burst on a
-        # clock that has not moved is not reported as an infinite rate).
-        span = max(now - self._since[key], 1.0)
+        # integral of the decay over that span (at least min_span seconds, so that a key seen
+        # a few times just now is not reported, or ranked, as a burst of high rate).
+        span = max(now - self._since[key], self.min_span)
         window = self.half_life / math.log(2.0) * (1.0 - 2.0 ** (-span / self.half_life))
         return float(guaranteed / window)
 
-    def top(self, n: int) -> list[tuple[str, float]]:
-        """The ``n`` heaviest tracked keys, heaviest first, with estimated requests per second."""
-        if n <= 0 or not self._counts:
-            return []
+    def _ranked(self, n: int) -> list[tuple[str, float]]:
         now = self._clock()
         scale = 2.0 ** (-(now - self._landmark) / self.half_life)
-        errors = self._errors
-        best = heapq.nlargest(
-            n, self._counts.items(), key=lambda item: (item[1] - errors[item[0]], item[0])
-        )
-        return [(key, self._rate(key, now, scale)) for key, _ in best]
+        rates = [(key, self._rate(key, now, scale)) for key in self._counts]
+        return heapq.nlargest(n, rates, key=lambda item: (item[1], item[0]))
+
+    def top(self, n: int) -> list[tuple[str, float]]:
+        """The ``n`` tracked keys read most per second lately, hottest first, with the rates.
+
+        Ranked by rate rather than by decayed count, so that a key that went viral a second
+        ago ranks above one that has been warm all day.
+        """
+        if n <= 0 or not self._counts:
+            return []
+        return self._ranked(n)
 
     def is_hot(self, key: str) -> bool:
-        """True if ``key`` is among the ``k`` heaviest tracked keys (threshold refreshed lazily)."""
-        count = self._counts.get(key)
-        if count is None:
+        """True if ``key`` is among the ``k`` hottest keys (the set is refreshed lazily)."""
+        if key not in self._counts:
             return False
-        if self._hot_threshold == math.inf:
-            errors = self._errors
-            guaranteed = [c - errors[key_] for key_, c in self._counts.items()]
-            ranked = heapq.nlargest(self.k, guaranteed)
-            self._hot_threshold = ranked[-1] if len(ranked) == self.k else 0.0
+        if self._hot is None:
+            self._hot = {hot for hot, _ in self._ranked(self.k)}
             self._adds_since_threshold = 0
-        return count - self._errors[key] >= self._hot_threshold
+        return key in self._hot
 
     def clear(self) -> None:
         """Forget every key."""
@@ -354,4 +365,4 @@ class TopK:
         self._errors.clear()
         self._since.clear()
         self._heap.clear()
-        self._hot_threshold = math.inf
+        self._hot = None

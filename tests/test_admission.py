@@ -1,0 +1,224 @@
+"""The hot-key (W-TinyLFU) policy of the memory tier: admission rules, scans, viral keys."""
+
+from __future__ import annotations
+
+import collections
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tiered_cache import MemoryTier, Tier
+from tiered_cache.admission import TinyLfuPolicy
+from tiered_cache.errors import ConfigError
+from tiered_cache.memory import LruPolicy
+from tiered_cache.memory_plugin import build_memory_tier
+from tiered_cache.registry import BuildContext
+from tiered_cache.settings import MemoryTierSettings, load_settings
+from tiered_cache.testing import FakeClock
+from tiered_cache.testing.conformance import TierConformance
+from tiered_cache.tier import Entry
+from tiered_cache.workloads import scan, zipf_cdf, zipf_keys
+
+
+def hot_tier(clock: FakeClock, max_entries: int, **options: object) -> MemoryTier:
+    policy = TinyLfuPolicy(max_entries, clock=clock, **options)  # type: ignore[arg-type]
+    return MemoryTier(policy=policy, clock=clock)
+
+
+def policy_of(tier: MemoryTier) -> TinyLfuPolicy:
+    policy = tier.policy
+    assert isinstance(policy, TinyLfuPolicy)
+    return policy
+
+
+def read(tier: MemoryTier, clock: FakeClock, key: str, rate: float = 1000.0) -> bool:
+    """One read at ``rate`` reads/s, filled on a miss as the chain does. True on a hit."""
+    clock.advance(1.0 / rate)
+    if tier.get(key):
+        return True
+    tier.set(key, Entry(value=key, loaded_at=clock()))
+    return False
+
+
+class TestHotKeysMemoryTier(TierConformance):
+    @pytest.fixture
+    def tier(self, clock: FakeClock) -> Tier:
+        return MemoryTier(policy=TinyLfuPolicy(1000, clock=clock), ttl=3600, clock=clock)
+
+
+def test_a_one_hit_key_does_not_displace_a_frequent_one(clock: FakeClock) -> None:
+    tier = hot_tier(clock, 10)
+    frequent = [f"f{index}" for index in range(10)]
+    for _ in range(8):
+        for key in frequent:
+            read(tier, clock, key)
+    assert all(key in tier for key in frequent)
+    for index in range(50):
+        read(tier, clock, f"once:{index}")
+    # The window (one entry here) holds the latest one-off key; all the others were refused.
+    assert sum(key in tier for key in frequent) == 9
+    assert "once:49" in tier
+    assert not any(f"once:{index}" in tier for index in range(49))
+
+
+def test_the_window_lets_a_new_key_in(clock: FakeClock) -> None:
+    tier = hot_tier(clock, 100)
+    for key in zipf_keys(1_000, 1.0, 5_000, seed=1):
+        read(tier, clock, key)
+    assert not read(tier, clock, "brand-new")
+    assert "brand-new" in tier
+    assert policy_of(tier).segment_of("brand-new") == "window"
+    assert read(tier, clock, "brand-new")
+
+
+def test_a_frequent_candidate_beats_a_rare_victim(clock: FakeClock) -> None:
+    tier = hot_tier(clock, 10, adaptive=False)
+    for index in range(10):
+        read(tier, clock, f"rare:{index}")
+    policy = policy_of(tier)
+    for _ in range(6):  # counted in the sketch while it is absent
+        policy.get("candidate")
+    read(tier, clock, "candidate")
+    read(tier, clock, "pusher")  # pushes "candidate" out of the window into the contest
+    assert policy.segment_of("candidate") == "probation"
+    assert sum(f"rare:{index}" in tier for index in range(10)) == 8
+
+
+def test_a_scan_of_ten_times_the_capacity_evicts_none_of_the_top_100(clock: FakeClock) -> None:
+    capacity = 1_000
+    tier = hot_tier(clock, capacity)
+    warm = list(zipf_keys(100_000, 1.0, 100_000, seed=5))
+    for key in warm:
+        read(tier, clock, key)
+    top = [key for key, _ in collections.Counter(warm).most_common(100)]
+    assert all(key in tier for key in top)
+    for key in scan(10 * capacity):
+        read(tier, clock, key)
+    assert [key for key in top if key not in tier] == []
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_viral_key_is_served_from_memory_within_a_second(clock: FakeClock, seed: int) -> None:
+    tier = hot_tier(clock, 1_000)
+    for key in zipf_keys(100_000, 1.0, 50_000, seed=seed):
+        read(tier, clock, key)
+    # A new key jumps to rank 1 (the share of Zipf 1.0's top key) at 1,000 reads/s.
+    share = 1.0 / zipf_cdf(100_000, 1.0)[-1]
+    rng = random.Random(seed)
+    background = zipf_keys(100_000, 1.0, 3_000, seed=seed + 100)
+    start = clock()
+    viral_reads = 0
+    misses: list[float] = []
+    for key in background:  # 3,000 reads: three seconds of workload time
+        if rng.random() < share:
+            viral_reads += 1
+            if not read(tier, clock, "viral"):
+                misses.append(clock() - start)
+        read(tier, clock, key)
+    assert viral_reads >= 150
+    # Admitted within the first second: every read after that one is a hit.
+    assert max(misses) < 1.0
+    assert len(misses) <= 5
+    assert "viral" in tier
+    assert "viral" in [key for key, _ in policy_of(tier).hot_keys(5)]
+
+
+def test_hot_keys_reports_rates(clock: FakeClock) -> None:
+    tier = hot_tier(clock, 100, hit_sample=1)
+    for tick in range(10_000):  # 10 s at 1,000 reads/s; "a" is every other read
+        read(tier, clock, "a" if tick % 2 == 0 else f"k{tick % 400}")
+    (key, rate), *_ = policy_of(tier).hot_keys(5)
+    assert key == "a"
+    assert rate == pytest.approx(500.0, rel=0.15)
+
+
+def test_weight_bound(clock: FakeClock) -> None:
+    policy = TinyLfuPolicy(100, max_weight=1_000, clock=clock)
+    tier = MemoryTier(policy=policy, max_bytes=1_000, sizeof=lambda value: value, clock=clock)
+    for index in range(50):
+        tier.set(f"k{index}", Entry(value=100, loaded_at=clock()))
+        assert policy.weight <= 1_000
+    assert len(tier) == 10
+    assert policy.evictions == 40
+    tier.set("huge", Entry(value=2_000, loaded_at=clock()))
+    assert "huge" not in tier
+    tier.delete("k49")
+    assert policy.weight == 900
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    capacity=st.integers(min_value=1, max_value=20),
+    operations=st.lists(
+        st.tuples(st.sampled_from(["get", "set", "delete"]), st.integers(0, 40)), max_size=200
+    ),
+)
+def test_never_holds_more_than_its_capacity(
+    capacity: int, operations: list[tuple[str, int]]
+) -> None:
+    clock = FakeClock()
+    policy = TinyLfuPolicy(capacity, clock=clock, hit_sample=1)
+    tier = MemoryTier(policy=policy, clock=clock)
+    model: dict[str, object] = {}
+    for operation, number in operations:
+        key = f"k{number}"
+        if operation == "get":
+            entry = tier.get(key)
+            if entry:
+                assert entry.value == model[key]  # never a stale or foreign value
+        elif operation == "set":
+            tier.set(key, Entry(value=number, loaded_at=clock()))
+            model[key] = number
+        else:
+            tier.delete(key)
+            model.pop(key, None)
+        assert len(tier) <= capacity
+        assert len(policy) == sum(1 for name in model if policy.peek(name) is not None)
+
+
+def test_hot_ttl_keeps_hot_keys_longer(clock: FakeClock) -> None:
+    policy = TinyLfuPolicy(100, clock=clock, top_k=1, hot_ttl=3600.0, hit_sample=1)
+    tier = MemoryTier(policy=policy, ttl=60.0, clock=clock)
+    for _ in range(20):
+        policy.get("hot")
+        policy.get("other")
+        policy.get("hot")
+    tier.set("hot", Entry(value=1, loaded_at=clock()))
+    tier.set("cold", Entry(value=2, loaded_at=clock()))
+    clock.advance(120.0)
+    assert tier.get("hot")
+    assert not tier.get("cold")
+    # Never past the entry's own hard expiry.
+    tier.set("hot", Entry(value=1, loaded_at=clock(), hard_expiry=clock() + 10.0))
+    clock.advance(11.0)
+    assert not tier.get("hot")
+
+
+def test_settings_default_to_hot_keys() -> None:
+    clock = FakeClock()
+    context = BuildContext(namespace="test", clock=clock, index=0)
+    tier = build_memory_tier(MemoryTierSettings(max_entries=50, window_fraction=0.1), context)
+    assert isinstance(tier, MemoryTier)
+    assert isinstance(tier.policy, TinyLfuPolicy)
+    assert tier.policy.window_max == 5
+    plain = build_memory_tier(MemoryTierSettings(admission="always"), context)
+    assert isinstance(plain, MemoryTier)
+    assert isinstance(plain.policy, LruPolicy)
+
+
+def test_settings_reject_a_sketch_width_that_is_not_a_power_of_two() -> None:
+    with pytest.raises(ConfigError, match=r"tiers\[0\].*power of two"):
+        load_settings(tiers=[{"kind": "memory", "sketch_width": 1000}])
+
+
+def test_clear_keeps_the_frequency_history(clock: FakeClock) -> None:
+    policy = TinyLfuPolicy(10, clock=clock, hit_sample=1)
+    tier = MemoryTier(policy=policy, clock=clock)
+    tier.set("a", Entry(value=1, loaded_at=clock()))
+    for _ in range(5):
+        assert policy.get("a") is not None
+    tier.clear()
+    assert len(tier) == 0
+    assert policy.sketch.frequency("a") == 5

@@ -1,0 +1,175 @@
+"""The frequency sketch (error bound, aging, bounded memory) and the decaying top-k list."""
+
+from __future__ import annotations
+
+import collections
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tiered_cache.hotkeys import MAX_COUNT, FrequencySketch, TopK
+from tiered_cache.testing import FakeClock
+from tiered_cache.workloads import zipf_keys
+
+
+def test_sketch_never_undercounts_and_overcounts_within_the_count_min_bound() -> None:
+    capacity = 1_000
+    sketch = FrequencySketch(capacity, sample_factor=1_000)  # no aging during the stream
+    stream = list(zipf_keys(20_000, 1.0, 5_000, seed=1))
+    for key in stream:
+        sketch.increment(key, 1)
+    exact = collections.Counter(stream)
+    # Count-min: with probability 1 - e^-depth an estimate exceeds the true count by at most
+    # e * N / width. Counters saturate at 15, so compare against min(true, 15).
+    bound = math.e * len(stream) / sketch.width
+    over = []
+    for key, count in exact.items():
+        estimate = sketch.frequency(key)
+        assert estimate >= min(count, MAX_COUNT)
+        over.append(estimate - min(count, MAX_COUNT))
+    beyond = sum(1 for excess in over if excess > bound)
+    assert beyond <= len(over) * math.exp(-sketch.depth)
+    # Unseen keys are estimated near zero.
+    unseen = [sketch.frequency(f"never:{index}") for index in range(1_000)]
+    assert sum(unseen) / len(unseen) < 0.5
+
+
+def test_the_heavy_keys_rank_above_the_light_ones() -> None:
+    sketch = FrequencySketch(100, sample_factor=1_000)
+    stream = list(zipf_keys(10_000, 1.0, 3_000, seed=2))
+    for key in stream:
+        sketch.increment(key, 1)
+    top = [key for key, _ in collections.Counter(stream).most_common(10)]
+    assert all(sketch.frequency(key) >= 10 for key in top)
+
+
+def test_aging_halves_every_counter_after_the_sample() -> None:
+    sketch = FrequencySketch(10, sample_factor=10)  # ages after 100 additions
+    for _ in range(12):
+        sketch.increment("hot", 1)
+    assert sketch.frequency("hot") == 12
+    for index in range(100 - 12 - 1):
+        sketch.increment(f"cold:{index}", 1)
+    assert sketch.resets == 0
+    sketch.increment("last", 1)
+    assert sketch.resets == 1
+    assert sketch.frequency("hot") == 6
+    assert sketch.size < sketch.sample_size
+
+
+def test_counters_saturate_at_fifteen() -> None:
+    sketch = FrequencySketch(10, sample_factor=1_000)
+    for _ in range(40):
+        sketch.increment("key", 1)
+    assert sketch.frequency("key") == MAX_COUNT
+    assert sketch.increment("key", 4) == MAX_COUNT
+
+
+def test_weighted_increment_counts_like_repeated_ones() -> None:
+    sketch = FrequencySketch(10, sample_factor=1_000)
+    assert sketch.increment("key", 4) == 4
+    assert sketch.size == 4
+
+
+def test_doorkeeper_absorbs_first_sightings() -> None:
+    sketch = FrequencySketch(100, doorkeeper=True, sample_factor=1_000)
+    assert sketch.increment("once", 1) == 1
+    assert sketch.frequency("once") == 1
+    for _ in range(4):
+        sketch.increment("often", 1)
+    assert sketch.frequency("often") == 4
+    sketch.reset()
+    assert sketch.frequency("once") == 0
+
+
+def test_memory_is_bounded_with_a_million_distinct_keys() -> None:
+    sketch = FrequencySketch(1_000)
+    size = sketch.nbytes
+    for index in range(1_000_000):
+        sketch.increment(f"k{index}", 1)
+    assert sketch.nbytes == size == 4 * sketch.width
+    assert sketch.resets >= 99  # aged every 10,000 additions
+
+
+@given(st.integers(min_value=1, max_value=100_000))
+def test_width_is_a_power_of_two_from_the_capacity(capacity: int) -> None:
+    sketch = FrequencySketch(capacity)
+    assert sketch.width & (sketch.width - 1) == 0
+    assert sketch.width >= 4 * capacity
+
+
+def test_width_must_be_a_power_of_two() -> None:
+    with pytest.raises(ValueError, match="power of two"):
+        FrequencySketch(10, width=100)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=50), min_size=1, max_size=300))
+def test_sketch_estimate_is_at_least_the_true_count(stream: list[int]) -> None:
+    sketch = FrequencySketch(64, sample_factor=1_000)
+    for item in stream:
+        sketch.increment(str(item), 1)
+    for item, count in collections.Counter(stream).items():
+        assert sketch.frequency(str(item)) >= min(count, MAX_COUNT)
+
+
+@pytest.mark.parametrize("prefilter", [False, True])
+def test_top_k_precision_against_exact_counts(prefilter: bool) -> None:
+    clock = FakeClock(0.0)
+    # Space-Saving alone needs room for the tail of the top 50 (20 per hot key); with the
+    # sketch as a pre-filter, as the admission policy uses it, 4 per hot key are enough.
+    top = TopK(50, capacity=200 if prefilter else 1_000, half_life=1e9, clock=clock)
+    sketch = FrequencySketch(1_000)
+    stream = list(zipf_keys(100_000, 1.0, 100_000, seed=3))
+    for key in stream:
+        if not prefilter or sketch.increment(key, 1) >= 3:
+            top.add(key)
+        clock.advance(0.001)
+    exact = {key for key, _ in collections.Counter(stream).most_common(50)}
+    found = {key for key, _ in top.top(50)}
+    assert len(found & exact) / 50 >= 0.9
+    assert len(top) <= top.capacity
+
+
+def test_top_k_rates_match_the_request_rate() -> None:
+    clock = FakeClock(0.0)
+    top = TopK(10, half_life=30.0, clock=clock)
+    # 100 reads/s for 60 s: "a" takes half of them, "b" a quarter.
+    for tick in range(6_000):
+        top.add("a" if tick % 2 == 0 else ("b" if tick % 4 == 1 else f"x{tick}"))
+        clock.advance(0.01)
+    rates = dict(top.top(2))
+    assert list(rates) == ["a", "b"]
+    assert rates["a"] == pytest.approx(50.0, rel=0.1)
+    assert rates["b"] == pytest.approx(25.0, rel=0.1)
+
+
+def test_yesterdays_viral_key_fades() -> None:
+    clock = FakeClock(0.0)
+    top = TopK(2, capacity=8, half_life=10.0, clock=clock)
+    for _ in range(1_000):
+        top.add("viral")
+        clock.advance(0.01)
+    assert top.top(1)[0][0] == "viral"
+    for _ in range(100_000):
+        top.add("steady")
+        top.add(f"noise:{int(clock())}")
+        clock.advance(0.01)  # 1,000 s later: "viral" is 100 half-lives old
+    assert top.top(1)[0][0] == "steady"
+    assert "viral" not in dict(top.top(2))
+
+
+def test_hot_is_the_top_k() -> None:
+    clock = FakeClock(0.0)
+    top = TopK(2, capacity=10, clock=clock)
+    for key, times in (("a", 30), ("b", 20), ("c", 10), ("d", 5)):
+        for _ in range(times):
+            top.add(key)
+    assert top.is_hot("a")
+    assert top.is_hot("b")
+    assert not top.is_hot("c")
+    assert not top.is_hot("never")
+    top.clear()
+    assert top.top(5) == []

@@ -1,0 +1,130 @@
+"""Trace readers, the replayer through the real memory tier, and the replay CLI."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tiered_cache.cli import main
+from tiered_cache.replay import belady_hits, lru_hits, read_trace, replay
+from tiered_cache.workloads import tweet_requests, zipf_keys
+
+
+def test_keys_format(tmp_path: Path) -> None:
+    trace = tmp_path / "t.keys"
+    trace.write_text("a\nb\n\na\n")
+    assert list(read_trace(trace, "keys")) == [(None, "a"), (None, "b"), (None, "a")]
+
+
+def test_arc_format_expands_block_ranges(tmp_path: Path) -> None:
+    trace = tmp_path / "t.arc"
+    trace.write_text("100 3 0 1\n7 1 0 2\n101 2 0 3\n")
+    keys = [key for _, key in read_trace(trace, "arc")]
+    assert keys == ["100", "101", "102", "7", "101", "102"]
+
+
+def test_twitter_format_keeps_reads_with_their_timestamps(tmp_path: Path) -> None:
+    trace = tmp_path / "t.csv"
+    trace.write_text(
+        "0,k1,10,100,1,get,0\n"
+        "1,k2,10,100,1,set,3600\n"
+        "2,k1,10,100,2,gets,0\n"
+        "3,k3,10,100,2,delete,0\n"
+    )
+    assert list(read_trace(trace, "twitter")) == [(0.0, "k1"), (2.0, "k1")]
+
+
+def test_a_malformed_line_is_reported(tmp_path: Path) -> None:
+    trace = tmp_path / "bad.arc"
+    trace.write_text("12\n")
+    with pytest.raises(ValueError, match="line 1"):
+        list(read_trace(trace, "arc"))
+
+
+def test_replay_counts_hits_through_the_memory_tier() -> None:
+    result = replay([(None, key) for key in "abab"], 2)
+    assert (result.requests, result.hits) == (4, 2)
+    assert result.hit_ratio == 0.5
+
+
+def test_replay_follows_trace_timestamps_for_ttl() -> None:
+    requests = [(0.0, "a"), (1.0, "a"), (100.0, "a")]
+    result = replay(requests, 10, settings={"ttl": 10.0})
+    assert result.hits == 1  # the third read is past the tier's 10 s TTL
+
+
+def test_hot_keys_beats_lru_and_stays_below_belady() -> None:
+    keys = list(zipf_keys(5_000, 0.9, 30_000, seed=4))
+    requests = [(None, key) for key in keys]
+    ours = replay(requests, 50).hits
+    lru = lru_hits(keys, 50)
+    best = belady_hits(keys, 50)
+    assert lru < ours <= best
+
+
+def test_tweet_workload_replays_deterministically() -> None:
+    requests = list(tweet_requests(5_000, seed=1))
+    assert requests == list(tweet_requests(5_000, seed=1))
+    assert all(later[0] >= earlier[0] for earlier, later in itertools.pairwise(requests))
+    assert replay(requests, 100).hits <= belady_hits([key for _, key in requests], 100)
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    keys=st.lists(st.sampled_from("abcdefghij"), max_size=200),
+    size=st.integers(min_value=1, max_value=6),
+)
+def test_belady_is_an_upper_bound(keys: list[str], size: int) -> None:
+    best = belady_hits(keys, size)
+    assert lru_hits(keys, size) <= best
+    assert replay([(None, key) for key in keys], size).hits <= best
+    assert best <= len(keys) - len(set(keys))
+
+
+def test_cli_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    trace = tmp_path / "z.keys"
+    trace.write_text("\n".join(zipf_keys(2_000, 1.0, 5_000, seed=2)))
+    assert main(["replay", str(trace), "--format", "keys", "--l1-size", "20", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["requests"] == 5_000
+    assert 0 < report["hits"] < 5_000
+    assert report["hit_ratio"] == report["hits"] / 5_000
+    assert "lru" not in report
+
+
+def test_cli_compare(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    trace = tmp_path / "z.arc"
+    trace.write_text(
+        "\n".join(
+            f"{key.split(':')[1]} 1 0 {n}"
+            for n, key in enumerate(zipf_keys(2_000, 1.0, 5_000, seed=3))
+        )
+    )
+    argv = ["replay", str(trace), "--format", "arc", "--l1-size", "20", "--json", "--compare"]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["lru"]["hit_ratio"] <= report["belady"]["hit_ratio"]
+    assert report["hit_ratio"] <= report["belady"]["hit_ratio"]
+
+
+def test_cli_text_output_and_always_admission(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trace = tmp_path / "t.csv"
+    trace.write_text("".join(f"{n},k{n % 3},1,1,1,get,0\n" for n in range(9)))
+    argv = ["replay", str(trace), "--format", "twitter", "--l1-size", "5", "--compare"]
+    assert main([*argv, "--admission", "always"]) == 0
+    out = capsys.readouterr().out
+    assert "requests   9" in out
+    assert "hits       6" in out
+    assert "belady" in out
+
+
+def test_cli_missing_trace(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["replay", str(tmp_path / "absent"), "--l1-size", "5"]) == 1
+    assert "cannot read trace" in capsys.readouterr().err

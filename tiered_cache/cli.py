@@ -1,0 +1,155 @@
+"""The ``tiered-cache`` command line.
+
+Each subcommand is a :class:`Subcommand` in :data:`SUBCOMMANDS`: a name, a one-line help, a
+function that adds its arguments to its parser, and a function that runs it and returns the exit
+status. Adding a subcommand is adding an entry (see :func:`register`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any
+
+__all__ = ["SUBCOMMANDS", "Subcommand", "main", "register"]
+
+
+@dataclass(frozen=True)
+class Subcommand:
+    """One ``tiered-cache NAME ...`` command."""
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+SUBCOMMANDS: dict[str, Subcommand] = {}
+
+
+def register(command: Subcommand) -> Subcommand:
+    """Add ``command`` to the command line (replacing one of the same name)."""
+    SUBCOMMANDS[command.name] = command
+    return command
+
+
+def _write(text: str) -> None:
+    sys.stdout.write(text + "\n")
+
+
+# -- replay ---------------------------------------------------------------------------------
+
+
+def _replay_arguments(parser: argparse.ArgumentParser) -> None:
+    from .replay import FORMATS
+
+    parser.add_argument("trace", help="path of the trace file")
+    parser.add_argument("--format", choices=FORMATS, default="keys", help="trace format")
+    parser.add_argument(
+        "--l1-size", type=int, required=True, help="entries of the memory tier (max_entries)"
+    )
+    parser.add_argument(
+        "--admission",
+        choices=("hot-keys", "always"),
+        default="hot-keys",
+        help="the memory tier's admission policy",
+    )
+    parser.add_argument(
+        "--compare", action="store_true", help="also compute LRU and Belady's optimum"
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _replay_run(args: argparse.Namespace) -> int:
+    from .replay import belady_hits, lru_hits, read_trace, replay
+
+    if args.l1_size < 1:
+        _error("--l1-size must be at least 1")
+        return 2
+    try:
+        requests = list(read_trace(args.trace, args.format))
+    except (OSError, ValueError) as exc:
+        _error(f"cannot read trace {args.trace!r}: {exc}")
+        return 1
+    result = replay(requests, args.l1_size, admission=args.admission)
+    report: dict[str, Any] = {
+        "trace": args.trace,
+        "format": args.format,
+        "l1_size": args.l1_size,
+        "admission": args.admission,
+        "requests": result.requests,
+        "hits": result.hits,
+        "hit_ratio": result.hit_ratio,
+    }
+    if args.compare:
+        keys = [key for _, key in requests]
+        total = max(len(keys), 1)
+        lru = lru_hits(keys, args.l1_size)
+        belady = belady_hits(keys, args.l1_size)
+        report["lru"] = {"hits": lru, "hit_ratio": lru / total}
+        report["belady"] = {"hits": belady, "hit_ratio": belady / total}
+    if args.json:
+        _write(json.dumps(report))
+        return 0
+    _write(f"requests   {result.requests}")
+    _write(f"hits       {result.hits}")
+    _write(f"hit_ratio  {result.hit_ratio:.4f}")
+    if args.compare:
+        _write(f"lru        {report['lru']['hit_ratio']:.4f}")
+        _write(f"belady     {report['belady']['hit_ratio']:.4f}")
+    return 0
+
+
+register(
+    Subcommand(
+        name="replay",
+        help="replay a trace through the memory tier and print its hit ratio",
+        add_arguments=_replay_arguments,
+        run=_replay_run,
+    )
+)
+
+
+# -- entry point ----------------------------------------------------------------------------
+
+
+def _error(message: str) -> None:
+    sys.stderr.write(f"tiered-cache: {message}\n")
+
+
+def _discover_commands() -> None:
+    """Add the subcommands that installed packages declare under ``tiered_cache.commands``
+    (``follow-stream`` comes from tiered-cache-dynamodb); the core imports no adapter."""
+    for entry in entry_points(group="tiered_cache.commands"):
+        command = entry.load()
+        if isinstance(command, Subcommand):
+            SUBCOMMANDS.setdefault(command.name, command)  # never replaces a core command
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser with every registered subcommand."""
+    _discover_commands()
+    parser = argparse.ArgumentParser(
+        prog="tiered-cache", description="The tiered-cache command line."
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for command in SUBCOMMANDS.values():
+        sub = commands.add_parser(command.name, help=command.help, description=command.help)
+        command.add_arguments(sub)
+        sub.set_defaults(_run=command.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``tiered-cache`` with ``argv`` (default: the process's arguments)."""
+    args = build_parser().parse_args(argv)
+    run: Callable[[argparse.Namespace], int] = args._run
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from botocore.exceptions import ClientError
 
@@ -15,6 +15,9 @@ if TYPE_CHECKING:
     from mypy_boto3_dynamodb.type_defs import WaiterConfigTypeDef
 
 logger = logging.getLogger(__name__)
+
+#: What a table's stream records hold besides the key (``create_table(stream=...)``).
+StreamViewType = Literal["KEYS_ONLY", "NEW_IMAGE", "OLD_IMAGE", "NEW_AND_OLD_IMAGES"]
 
 #: Polling of the waiters: DynamoDB Local and moto answer at once, AWS within seconds.
 _WAITER: WaiterConfigTypeDef = {"Delay": 1, "MaxAttempts": 120}
@@ -32,6 +35,7 @@ def create_table(  # noqa: PLR0917 - the positional signature the examples use
     *,
     range_key_type: str = "S",
     exist_ok: bool = False,
+    stream: bool | StreamViewType = False,
 ) -> dict[str, Any]:
     """Create a table with provisioned throughput and return its description.
 
@@ -40,6 +44,9 @@ def create_table(  # noqa: PLR0917 - the positional signature the examples use
             settings' own table and key fields are not used: pass them explicitly).
         wait: block until the table is ACTIVE.
         exist_ok: return the existing table's description instead of raising if it exists.
+        stream: enable the table's DynamoDB stream: ``True`` for ``KEYS_ONLY`` (all that the
+            stream follower needs, and the smallest records), or a view type such as
+            ``"NEW_AND_OLD_IMAGES"``.
     """
     if isinstance(client_or_settings, DynamoDBSourceSettings):
         client = make_client(client_or_settings)
@@ -55,6 +62,7 @@ def create_table(  # noqa: PLR0917 - the positional signature the examples use
                 wait,
                 range_key_type=range_key_type,
                 exist_ok=exist_ok,
+                stream=stream,
             )
         finally:
             client.close()
@@ -64,6 +72,10 @@ def create_table(  # noqa: PLR0917 - the positional signature the examples use
     if range_key is not None:
         schema.append({"AttributeName": range_key, "KeyType": "RANGE"})
         attributes.append({"AttributeName": range_key, "AttributeType": range_key_type})
+    extra: dict[str, Any] = {}
+    if stream:
+        view = "KEYS_ONLY" if stream is True else stream
+        extra["StreamSpecification"] = {"StreamEnabled": True, "StreamViewType": view}
     try:
         client.create_table(
             TableName=table,
@@ -73,6 +85,7 @@ def create_table(  # noqa: PLR0917 - the positional signature the examples use
                 "ReadCapacityUnits": read_capacity,
                 "WriteCapacityUnits": write_capacity,
             },
+            **extra,
         )
         logger.info("created DynamoDB table %r", table)
     except ClientError as exc:

@@ -1,0 +1,208 @@
+"""``tiered-cache follow-stream --config FILE``: the stream follower as its own process.
+
+The core's command line finds this command through the entry point group
+``tiered_cache.commands`` (:data:`FOLLOW_STREAM`), so the core never imports this adapter.
+
+The config file is the cache's own (its ``[tiered_cache]`` table builds the chain whose tiers
+are invalidated, and its ``dynamodb`` source names the table), plus an optional
+``[tiered_cache_stream]`` table of :class:`~tiered_cache_dynamodb.streams.StreamSettings`::
+
+    [tiered_cache_stream]
+    checkpoint = "/var/lib/tweets/stream.json"
+    poll_interval = "1s"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+import tomllib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from pydantic import ValidationError
+
+from tiered_cache.chain import TieredCache
+from tiered_cache.cli import Subcommand
+from tiered_cache.errors import ConfigError, TieredCacheError
+from tiered_cache.settings import CacheSettings, load_settings
+
+from .settings import DynamoDBSourceSettings
+from .streams import StreamFollower, StreamSettings
+
+__all__ = [
+    "FOLLOW_STREAM",
+    "STREAM_TABLE",
+    "add_follow_stream_arguments",
+    "add_follow_stream_parser",
+    "load_follow_stream_config",
+    "main",
+    "run_follow_stream",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The top-level table of the config file that holds the stream settings.
+STREAM_TABLE = "tiered_cache_stream"
+HELP = "follow the table's DynamoDB stream and invalidate changed keys in every tier"
+
+
+def add_follow_stream_arguments(parser: argparse.ArgumentParser) -> None:
+    """The command's options."""
+    parser.add_argument("--config", required=True, help="the cache's TOML config file")
+    parser.add_argument("--checkpoint", help="JSON file for the position (overrides the file)")
+    parser.add_argument(
+        "--start-position",
+        choices=("TRIM_HORIZON", "LATEST"),
+        help="where a first run begins (default TRIM_HORIZON)",
+    )
+    parser.add_argument("--poll-interval", help="wait after an empty pass, such as '1s'")
+    parser.add_argument(
+        "--max-records",
+        type=int,
+        help="stop after processing this many records (for tests and one-off catch-ups)",
+    )
+    parser.add_argument(
+        "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)"
+    )
+
+
+def add_follow_stream_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``follow-stream`` to an ``add_subparsers()`` object; for CLIs built by hand."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "follow-stream", help=HELP, description=HELP
+    )
+    add_follow_stream_arguments(parser)
+    parser.set_defaults(_run=run_follow_stream)
+    return parser
+
+
+def load_follow_stream_config(
+    path: str | Path, **overrides: Any
+) -> tuple[CacheSettings, StreamSettings]:
+    """The cache settings and the resolved stream settings of a config file.
+
+    ``overrides`` replace fields of the ``[tiered_cache_stream]`` table. Raises
+    :class:`ConfigError` naming the problem.
+    """
+    cache_settings = load_settings(path)
+    with Path(path).open("rb") as handle:
+        document = tomllib.load(handle)
+    table = document.get(STREAM_TABLE, {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"config file {str(path)!r}: [{STREAM_TABLE}] must be a table")
+    try:
+        stream = StreamSettings(**{**table, **overrides})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{STREAM_TABLE}.{'.'.join(map(str, error['loc']))}: {error['msg']}"
+            for error in exc.errors(include_url=False)
+        )
+        raise ConfigError(problems) from None
+    source = cache_settings.source
+    dynamodb = source if isinstance(source, DynamoDBSourceSettings) else None
+    return cache_settings, stream.resolve(dynamodb)
+
+
+def run_follow_stream(args: argparse.Namespace) -> int:
+    """Run the command: 0 when stopped (signal, ``--max-records``), 1 on failure, 2 on a bad
+    configuration."""
+    logging.basicConfig(
+        level=str(args.log_level).upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    overrides: dict[str, Any] = {}
+    if args.checkpoint is not None:
+        overrides["checkpoint"] = args.checkpoint
+    if args.start_position is not None:
+        overrides["start_position"] = args.start_position
+    if args.poll_interval is not None:
+        overrides["poll_interval"] = args.poll_interval
+    if args.max_records is not None and args.max_records < 1:
+        _error("--max-records must be at least 1")
+        return 2
+    try:
+        cache_settings, stream_settings = load_follow_stream_config(args.config, **overrides)
+    except (ConfigError, OSError) as exc:
+        _error(str(exc))
+        return 2
+    if all(tier.kind == "memory" for tier in cache_settings.tiers):
+        # This process's memory is nobody else's: only shared tiers (and the bus) carry the
+        # invalidations to the readers.
+        logger.warning(
+            "the config has only in-process tiers: invalidations reach other processes only "
+            "through the invalidation bus"
+        )
+    try:
+        cache = TieredCache.from_settings(cache_settings)
+    except TieredCacheError as exc:
+        _error(f"cannot build the cache: {exc}")
+        return 2
+    try:
+        follower = StreamFollower(cache, stream_settings)
+        try:
+            follower.connect()
+            with _stop_on_signals(follower):
+                follower.run_forever(max_records=args.max_records)
+        except KeyboardInterrupt:
+            pass
+        except TieredCacheError as exc:
+            _error(str(exc))
+            return 1
+        finally:
+            follower.close()
+        sys.stdout.write(json.dumps(follower.stats(), default=str) + "\n")
+        return 0
+    finally:
+        cache.close()
+
+
+@contextmanager
+def _stop_on_signals(follower: StreamFollower) -> Iterator[None]:
+    """SIGTERM and SIGINT stop the follower after its current page (checkpointed)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        logger.info("signal %d: stopping", signum)
+        follower.stop()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _error(message: str) -> None:
+    sys.stderr.write(f"tiered-cache follow-stream: {message}\n")
+
+
+#: The entry point of group ``tiered_cache.commands``.
+FOLLOW_STREAM = Subcommand(
+    name="follow-stream",
+    help=HELP,
+    add_arguments=add_follow_stream_arguments,
+    run=run_follow_stream,
+)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m tiered_cache_dynamodb.cli --config FILE``: the command without the core's
+    command line (for images that do not install its script)."""
+    parser = argparse.ArgumentParser(prog="tiered-cache follow-stream", description=HELP)
+    add_follow_stream_arguments(parser)
+    return run_follow_stream(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -112,6 +112,10 @@ class TinyLfuPolicy:
         self._probation: OrderedDict[str, Slot] = OrderedDict()
         self._protected: OrderedDict[str, Slot] = OrderedDict()
         self._weights: dict[str, int] = {}
+        # Every kept slot, whatever its segment: the tier's lock-free hit path reads it with
+        # one C-level lookup (see MemoryTier.get); segments only keep the order.
+        self._slots: dict[str, Slot] = {}
+        self.peek: Callable[[str], Slot | None] = self._slots.get
         self._weight = 0
         self._evictions = 0
         self._window_target = max_entries * window_fraction
@@ -193,9 +197,9 @@ class TinyLfuPolicy:
             demoted, demoted_slot = protected.popitem(last=False)
             self._probation[demoted] = demoted_slot
 
-    def peek(self, key: str) -> Slot | None:
-        """The slot for ``key`` without counting a read."""
-        return self._protected.get(key) or self._window.get(key) or self._probation.get(key)
+    def keys(self) -> list[str]:
+        """The keys kept, in no particular order."""
+        return list(self._slots)
 
     def put(self, key: str, slot: Slot, weight: int) -> bool:
         """Offer ``slot``; a new key enters the window, which may push a candidate out."""
@@ -209,6 +213,7 @@ class TinyLfuPolicy:
                 slot = (entry, hot_expire_at)
         self._weight += weight - self._weights.get(key, 0)
         self._weights[key] = weight
+        self._slots[key] = slot
         for segment in (self._protected, self._window, self._probation):
             if key in segment:
                 segment[key] = slot
@@ -229,10 +234,12 @@ class TinyLfuPolicy:
         )
         if slot is not None:
             self._weight -= self._weights.pop(key, 0)
+            self._slots.pop(key, None)
         return slot
 
     def clear(self) -> None:
         """Forget every entry; the sketch and the hot-key list keep their history."""
+        self._slots.clear()
         self._window.clear()
         self._probation.clear()
         self._protected.clear()
@@ -277,6 +284,7 @@ class TinyLfuPolicy:
 
     def _drop(self, key: str) -> None:
         self._weight -= self._weights.pop(key, 0)
+        self._slots.pop(key, None)
         self._evictions += 1
 
     def _admit(self, candidate: str, victim: str) -> bool:

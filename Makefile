@@ -5,14 +5,14 @@ BIN := $(VENV)/bin
 ADAPTERS := $(sort $(dir $(wildcard adapters/*/pyproject.toml)))
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo check bench clean
+.PHONY: install test demo docs check bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 # Reinstall only when a pyproject changes: `make test` stays fast on a second run.
 $(STAMP): $(BIN)/python pyproject.toml $(wildcard adapters/*/pyproject.toml)
-	$(BIN)/python -m pip install --quiet -e '.[dev]' $(foreach a,$(ADAPTERS),-e $(a))
+	$(BIN)/python -m pip install --quiet -e '.[dev,examples,docs]' $(foreach a,$(ADAPTERS),-e $(a))
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -21,7 +21,10 @@ test: install
 	$(BIN)/python -m pytest
 
 demo: install
-	$(BIN)/python -m examples.quickstart
+	$(BIN)/python -m examples.tweets.demo
+
+docs: install
+	$(BIN)/mkdocs build --strict
 
 check: install
 	$(BIN)/ruff check .

@@ -71,23 +71,39 @@ def compile_key_function(fn: Callable[..., Any], template: str) -> Callable[...,
             "is a *args/**kwargs parameter; name a plain parameter instead"
         )
     namespace: dict[str, Any] = {}
+    parameters, _ = _render_parameters(signature, namespace)
+    source = f"def key_for({parameters}):\n    return {_as_fstring(template, namespace)}\n"
+    exec(source, namespace)  # the source is built from parameter names only
+    return cast(Callable[..., str], namespace["key_for"])
+
+
+def _render_parameters(signature: inspect.Signature, namespace: dict[str, Any]) -> tuple[str, str]:
+    """``(parameter list, call arguments)`` as source text for a function that takes exactly
+    the parameters of ``signature`` and passes them on; defaults go into ``namespace``."""
     rendered: list[str] = []
+    passed: list[str] = []
     seen_keyword_only = False
     previous_kind = None
     for index, parameter in enumerate(signature.parameters.values()):
         kind = parameter.kind
+        name = parameter.name
         if previous_kind is inspect.Parameter.POSITIONAL_ONLY and kind is not previous_kind:
             rendered.append("/")
         if kind is inspect.Parameter.KEYWORD_ONLY and not seen_keyword_only:
             rendered.append("*")
-        text = parameter.name
+        text = name
         if kind is inspect.Parameter.VAR_POSITIONAL:
-            text = "*" + text
+            text = "*" + name
+            passed.append("*" + name)
             seen_keyword_only = True
         elif kind is inspect.Parameter.VAR_KEYWORD:
-            text = "**" + text
-        if kind is inspect.Parameter.KEYWORD_ONLY:
+            text = "**" + name
+            passed.append("**" + name)
+        elif kind is inspect.Parameter.KEYWORD_ONLY:
             seen_keyword_only = True
+            passed.append(f"{name}={name}")
+        else:
+            passed.append(name)
         if parameter.default is not inspect.Parameter.empty:
             namespace[f"__tc_default{index}"] = parameter.default
             text += f"=__tc_default{index}"
@@ -95,9 +111,40 @@ def compile_key_function(fn: Callable[..., Any], template: str) -> Callable[...,
         previous_kind = kind
     if previous_kind is inspect.Parameter.POSITIONAL_ONLY:
         rendered.append("/")
-    source = f"def key_for({', '.join(rendered)}):\n    return {_as_fstring(template, namespace)}\n"
-    exec(source, namespace)  # the source is built from parameter names only
-    return cast(Callable[..., str], namespace["key_for"])
+    return ", ".join(rendered), ", ".join(passed)
+
+
+def _compile_wrapper(
+    fn: Callable[..., Any], template: str, cache: TieredCache, lifetime: float | None
+) -> Callable[..., Any]:
+    """The cached function, generated with ``fn``'s own parameters.
+
+    One frame on a hit: the key is an f-string over the parameters, then the L1 lookup. A
+    generic ``*args, **kwargs`` wrapper calling a key function would pack the arguments and
+    add a frame, which is as much as the whole L1 lookup costs.
+    """
+    compile_key_function(fn, template)  # checks the template against the parameters
+    namespace: dict[str, Any] = {
+        "__tc_fn": fn,
+        "__tc_lookup": cache._lookup_l1,
+        "__tc_slow": cache._get_slow,
+        "__tc_ttl": lifetime,
+        "__tc_missing": MISSING,
+        "__tc_refresh": _REFRESH_DUE,
+    }
+    parameters, arguments = _render_parameters(inspect.signature(fn), namespace)
+    key = _as_fstring(template, namespace)
+    source = (
+        f"def wrapper({parameters}):\n"
+        f"    __tc_key = {key}\n"
+        "    __tc_value = __tc_lookup(__tc_key)\n"
+        "    if __tc_value is __tc_missing or __tc_value is __tc_refresh:\n"
+        f"        return __tc_slow(__tc_key, lambda: __tc_fn({arguments}), __tc_ttl,\n"
+        "                         __tc_value is __tc_refresh)\n"
+        "    return __tc_value\n"
+    )
+    exec(source, namespace)  # built from parameter names and the checked template only
+    return cast(Callable[..., Any], namespace["wrapper"])
 
 
 def _as_fstring(template: str, namespace: dict[str, Any]) -> str:
@@ -136,17 +183,7 @@ def cached(cache: TieredCache, key: str, *, ttl: float | str | None = None) -> C
     lifetime = None if ttl is None else parse_duration(ttl)
 
     def decorate(fn: F) -> F:
-        key_of = compile_key_function(fn, key)
-        lookup, slow = cache._lookup_l1, cache._get_slow
-        refresh_due = _REFRESH_DUE
-
-        @functools.wraps(fn)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            cache_key = key_of(*args, **kwargs)
-            value = lookup(cache_key)
-            if value is MISSING or value is refresh_due:
-                return slow(cache_key, lambda: fn(*args, **kwargs), lifetime, value is refresh_due)
-            return value
+        wrapper = functools.update_wrapper(_compile_wrapper(fn, key, cache, lifetime), fn)
 
         def key_for(**names: Any) -> str:
             missing = [name for name in fields if name not in names]

@@ -1,0 +1,176 @@
+"""The configuration reference, generated from the settings models.
+
+    python docs/gen_config_reference.py > reference.md
+
+``docs/hooks.py`` calls :func:`render` while ``mkdocs build`` runs, so the page can never drift
+from the code: every model below is walked field by field (type, default, description), the
+chain's own models first, then the model of every tier and source kind installed (found through
+the same entry points the chain uses).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import types
+import typing
+from importlib.metadata import entry_points
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
+
+from tiered_cache.registry import SOURCES_GROUP, TIERS_GROUP
+from tiered_cache.settings import CacheSettings
+
+#: Models of the chain itself, with the TOML table they appear under.
+CORE_MODELS: list[tuple[str, str]] = [
+    ("[tiered_cache]", "CacheSettings"),
+    ("[tiered_cache.protection]", "ProtectionSettings"),
+    ("[[tiered_cache.tiers]] (every kind)", "TierSettings"),
+    ("[tiered_cache.tiers.breaker]", "BreakerSettings"),
+]
+
+
+def _type_name(annotation: Any) -> str:
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        base = typing.get_args(annotation)[0]
+        extras = typing.get_args(annotation)[1:]
+        validator = " ".join(repr(extra) for extra in extras)
+        if "parse_duration" in validator:
+            return "duration"
+        if "parse_size" in validator:
+            return "size"
+        return _type_name(base)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(arg) for arg in typing.get_args(annotation))
+    if origin is typing.Literal:
+        return " | ".join(repr(arg) for arg in typing.get_args(annotation))
+    if origin is list:
+        return f"list[{', '.join(_type_name(arg) for arg in typing.get_args(annotation))}]"
+    if annotation is type(None):
+        return "none"
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return str(annotation)
+
+
+def _field_type(info: FieldInfo) -> str:
+    # pydantic moves Annotated metadata (the duration and size parsers) off the annotation.
+    marks = " ".join(repr(item) for item in info.metadata)
+    if "parse_duration" in marks:
+        return "duration"
+    if "parse_size" in marks:
+        return "size"
+    return _type_name(info.annotation)
+
+
+def _default(info: FieldInfo) -> str:
+    if info.default_factory is not None:
+        try:
+            value = info.default_factory()  # type: ignore[call-arg]
+        except TypeError:
+            return "(computed)"
+        if isinstance(value, BaseModel):
+            return "(see its table)"
+        if isinstance(value, list) and value and isinstance(value[0], BaseModel):
+            return f"[{', '.join(repr(getattr(item, 'kind', item)) for item in value)}]"
+        return f"`{value!r}`"
+    if info.default is PydanticUndefined:
+        return "**required**"
+    if info.default is None:
+        return "none"
+    return f"`{info.default!r}`"
+
+
+def _cell(text: str) -> str:
+    text = _plain(text).replace("|", "\\|").replace("\n", " ")
+    return text.replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _plain(text: str) -> str:
+    """Sphinx roles (``:class:`~a.B```) as code spans: the site is markdown."""
+    return re.sub(r":(?:class|mod|func|meth|attr):`~?([^`]+)`", r"`\1`", text)
+
+
+def _summary(model: type[BaseModel]) -> str:
+    doc = (model.__doc__ or "").strip()
+    return _plain(doc.splitlines()[0]) if doc else ""
+
+
+def model_table(model: type[BaseModel], *, skip: set[str] | None = None) -> str:
+    """One markdown table: field, type, default, description."""
+    lines = ["| field | type | default | description |", "| --- | --- | --- | --- |"]
+    for name, info in model.model_fields.items():
+        if skip and name in skip:
+            continue
+        kind = _field_type(info)
+        default = _default(info)
+        if kind.startswith("duration") and isinstance(info.default, float):
+            default = f"`{info.default:g}` s"
+        lines.append(
+            f"| `{name}` | {_cell(kind)} | {_cell(default)} | {_cell(info.description or '')} |"
+        )
+    return "\n".join(lines)
+
+
+def _plugins(group: str) -> list[tuple[str, type[BaseModel], str]]:
+    found = []
+    for point in sorted(entry_points(group=group), key=lambda ep: ep.name):
+        plugin = point.load()
+        distribution = point.dist.name if point.dist is not None else "?"
+        found.append((point.name, plugin.settings_model, distribution))
+    return found
+
+
+def render() -> str:
+    """The whole reference page as markdown."""
+    import tiered_cache.settings as settings_module
+
+    parts = [
+        "# Configuration reference",
+        "",
+        "Generated from the settings models by `docs/gen_config_reference.py` at every docs "
+        "build. A config file holds a `[tiered_cache]` table; every value can be overridden "
+        "from the environment: `TIERED_CACHE_NAMESPACE=tweets`, `TIERED_CACHE_TIERS__1__URL=...` "
+        "(the second tier of the file), or a whole list as JSON "
+        "(`TIERED_CACHE_TIERS='[{\"kind\": \"memory\"}]'`). Durations are written `'50ms'`, "
+        "`'5m'`, `'1h'` or as seconds; sizes as `'64MiB'` or bytes.",
+        "",
+    ]
+    for table, name in CORE_MODELS:
+        model = getattr(settings_module, name, None)
+        if model is None:
+            continue
+        skip = {"tiers", "source"} if model is CacheSettings else None
+        parts += [f"## `{table}`", "", _summary(model), ""]
+        parts += [model_table(model, skip=skip), ""]
+        if model is CacheSettings:
+            parts += [
+                "`tiers` (a list of tables, fastest first, each with a `kind`) and `source` "
+                "(one table with a `kind`) are described per kind below.",
+                "",
+            ]
+    for heading, group, table in (
+        ("Tier kinds", TIERS_GROUP, "[[tiered_cache.tiers]]"),
+        ("Source kinds", SOURCES_GROUP, "[tiered_cache.source]"),
+    ):
+        parts += [f"## {heading}", ""]
+        for kind, model, distribution in _plugins(group):
+            doc = _summary(model)
+            parts += [
+                f"### `{kind}`",
+                "",
+                f'{doc} In `{table}` with `kind = "{kind}"`; '
+                f"from the distribution `{distribution}`.",
+                "",
+                model_table(model),
+                "",
+            ]
+    return "\n".join(parts)
+
+
+if __name__ == "__main__":
+    sys.stdout.write(render() + "\n")

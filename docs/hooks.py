@@ -1,0 +1,42 @@
+"""MkDocs hooks: pages whose content comes from the code and from files others add.
+
+- ``<!-- config-reference -->`` becomes the reference generated from the settings models;
+- ``<!-- benchmark-files -->`` becomes a list of links to the pages under ``docs/benchmarks/``
+  that exist at build time (other people write them; a fixed list would break strict builds).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+DOCS = Path(__file__).resolve().parent
+sys.path.insert(0, str(DOCS))
+
+from gen_config_reference import render  # noqa: E402
+
+
+def _benchmark_links(page_path: str) -> str:
+    pages = sorted((DOCS / "benchmarks").glob("*.md")) if (DOCS / "benchmarks").is_dir() else []
+    if not pages:
+        return "_No benchmark pages have been written yet._"
+    depth = len(Path(page_path).parent.parts)
+    prefix = "../" * depth
+    lines = []
+    for page in pages:
+        title = page.stem.replace("-", " ").replace("_", " ")
+        for line in page.read_text(encoding="utf-8").splitlines():
+            if line.startswith("# "):
+                title = line[2:].strip()
+                break
+        lines.append(f"- [{title}]({prefix}benchmarks/{page.name})")
+    return "\n".join(lines)
+
+
+def on_page_markdown(markdown: str, page: Any, **kwargs: Any) -> str:
+    if "<!-- config-reference -->" in markdown:
+        markdown = markdown.replace("<!-- config-reference -->", render())
+    if "<!-- benchmark-files -->" in markdown:
+        markdown = markdown.replace("<!-- benchmark-files -->", _benchmark_links(page.file.src_uri))
+    return markdown

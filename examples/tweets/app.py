@@ -1,0 +1,193 @@
+"""A small HTTP service over :class:`~examples.tweets.repository.TweetRepository` (FastAPI).
+
+    python -m examples.tweets.app [--config FILE] [--port 8000]
+
+Routes: ``POST /tweets``, ``GET /tweets/{id}``, ``GET /tweets?ids=a,b`` (one ``get_many``),
+``PUT``/``DELETE /tweets/{id}`` (through the cache's write path) and ``GET /stats``.
+
+Bad input is refused before anything is written: an unknown id is a 404, an id that is not a
+UUID, or an empty or over-long text, a 422 with a message saying which. A throttled DynamoDB
+(after botocore's retries) is a 503 with ``Retry-After``; any other DynamoDB failure a 502.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+from typing import Annotated, Any
+from uuid import UUID
+
+from botocore.exceptions import BotoCoreError, ClientError
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field, field_validator
+
+from tiered_cache import SourceError, SourceThrottled
+
+from .repository import MAX_BATCH, MAX_LENGTH, TweetNotFound, TweetRepository, check_text, plain
+
+logger = logging.getLogger(__name__)
+
+THROTTLING_CODES = frozenset(
+    {"ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded"}
+)
+#: Read capacity units one read served by the cache saves: an eventually consistent GetItem
+#: of an item up to 4 KB costs half a unit.
+RCU_PER_READ = 0.5
+
+
+class TweetIn(BaseModel):
+    """The body of ``POST /tweets`` and ``PUT /tweets/{id}``."""
+
+    text: str = Field(description=f"The tweet, 1 to {MAX_LENGTH} characters.")
+
+    @field_validator("text")
+    @classmethod
+    def _valid(cls, text: str) -> str:
+        return check_text(text)
+
+
+class Tweet(BaseModel):
+    """A tweet as the API returns it."""
+
+    tweet_id: str
+    text: str
+    created: str
+
+
+class TweetList(BaseModel):
+    """The answer of ``GET /tweets?ids=...``: the tweets found, in the order asked, and the rest."""
+
+    tweets: list[Tweet]
+    missing: list[str]
+
+
+def _tweet(item: dict[str, Any]) -> Tweet:
+    return Tweet.model_validate(plain(item))
+
+
+def create_app(repository: TweetRepository) -> FastAPI:
+    """The service, reading and writing through ``repository`` (and its cache)."""
+    app = FastAPI(title="tweets", summary="Tweets in DynamoDB behind a tiered cache.")
+    cache = repository.cache
+
+    @app.exception_handler(TweetNotFound)
+    async def not_found(request: Request, exc: TweetNotFound) -> JSONResponse:
+        return JSONResponse(status_code=404, content={"detail": str(exc)})
+
+    @app.exception_handler(SourceThrottled)
+    async def throttled(request: Request, exc: SourceThrottled) -> JSONResponse:
+        return _throttled_response(str(exc))
+
+    @app.exception_handler(ClientError)
+    async def client_error(request: Request, exc: ClientError) -> JSONResponse:
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code in THROTTLING_CODES:
+            return _throttled_response(f"DynamoDB is throttling reads of this tweet ({code})")
+        logger.error("DynamoDB request failed: %s", exc)
+        return JSONResponse(status_code=502, content={"detail": f"DynamoDB failed: {code}"})
+
+    @app.exception_handler(SourceError)
+    @app.exception_handler(BotoCoreError)
+    async def source_error(request: Request, exc: Exception) -> JSONResponse:
+        logger.error("DynamoDB request failed: %s", exc)
+        return JSONResponse(status_code=502, content={"detail": "DynamoDB is unavailable"})
+
+    # Plain `def` routes: FastAPI runs them in its thread pool, as the cache and boto3 block.
+
+    @app.post("/tweets", status_code=201)
+    def create_tweet(body: TweetIn) -> Tweet:
+        return _tweet(repository.create(body.text))
+
+    @app.get("/tweets/{tweet_id}")
+    def get_tweet(tweet_id: UUID) -> Tweet:
+        item = repository.get(str(tweet_id))
+        if item is None:
+            raise TweetNotFound(str(tweet_id))
+        return _tweet(item)
+
+    @app.get("/tweets")
+    def get_tweets(
+        ids: Annotated[str, Query(description="Comma-separated tweet ids (at most 100).")],
+    ) -> TweetList:
+        wanted = [part.strip() for part in ids.split(",") if part.strip()]
+        problem = _check_ids(wanted)
+        if problem:
+            raise HTTPException(status_code=422, detail=problem)
+        found = repository.get_many(wanted)
+        return TweetList(
+            tweets=[_tweet(item) for item in found.values() if item is not None],
+            missing=[tweet_id for tweet_id, item in found.items() if item is None],
+        )
+
+    @app.put("/tweets/{tweet_id}")
+    def update_tweet(tweet_id: UUID, body: TweetIn) -> Tweet:
+        return _tweet(repository.update(str(tweet_id), body.text))
+
+    @app.delete("/tweets/{tweet_id}", status_code=204)
+    def delete_tweet(tweet_id: UUID) -> None:
+        repository.delete(str(tweet_id))
+
+    @app.get("/stats")
+    def stats() -> dict[str, Any]:
+        return cache_report(cache.stats())
+
+    return app
+
+
+def cache_report(snapshot: dict[str, Any]) -> dict[str, Any]:
+    """The parts of ``cache.stats()`` an operator looks at first, plus read units saved."""
+    saved = int(snapshot.get("source_reads_saved", 0))
+    return {
+        "tiers": {
+            tier["name"]: {key: tier[key] for key in ("hits", "misses", "fills", "errors")}
+            for tier in snapshot["tiers"]
+        },
+        "hot_keys": [{"key": key, "reads_per_second": rate} for key, rate in snapshot["hot_keys"]],
+        "source_reads": snapshot["keys_loaded"],
+        "source_reads_saved": saved,
+        "read_capacity_units_saved": saved * RCU_PER_READ,
+        "cache": snapshot,
+    }
+
+
+def _check_ids(ids: list[str]) -> str | None:
+    if not ids:
+        return "ids must name at least one tweet id"
+    if len(set(ids)) > MAX_BATCH:
+        return f"at most {MAX_BATCH} ids at a time, got {len(set(ids))}"
+    bad = []
+    for tweet_id in ids:
+        try:
+            UUID(tweet_id)
+        except ValueError:
+            bad.append(tweet_id)
+    if bad:
+        return f"not tweet ids (UUIDs): {', '.join(bad[:5])}"
+    return None
+
+
+def _throttled_response(message: str) -> JSONResponse:
+    return JSONResponse(status_code=503, content={"detail": message}, headers={"Retry-After": "1"})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import uvicorn
+
+    from .embedded import environment
+
+    parser = argparse.ArgumentParser(description="Serve the tweet example over HTTP.")
+    parser.add_argument("--config", help="TOML file with a [tiered_cache] table")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    args = parser.parse_args(argv)
+    with environment(args.config) as env:
+        print(env.describe())
+        app = create_app(TweetRepository(env.cache, env.client, table=env.table))
+        uvicorn.run(app, host=args.host, port=args.port)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

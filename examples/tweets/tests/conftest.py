@@ -1,0 +1,66 @@
+"""Fixtures of the tweet example's tests: a real moto server and a private redis-server.
+
+Both listen on free loopback ports and are stopped after the module; nothing here touches a
+Redis the machine may run on 6379.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# `python -m pytest` puts the repository root on sys.path, a bare `pytest` does not (and the
+# import mode is importlib): the tests import the example as `examples.tweets`.
+ROOT = str(Path(__file__).resolve().parents[3])
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from examples.tweets.embedded import Environment, environment  # noqa: E402
+from tiered_cache.testing.servers import RedisServer, redis_server_binary  # noqa: E402
+
+needs_redis = pytest.mark.skipif(
+    redis_server_binary() is None, reason="redis-server is not installed"
+)
+
+
+@pytest.fixture(scope="module")
+def tweets_env() -> Iterator[Environment]:
+    """The example's chain over its own moto server and its own redis-server."""
+    if redis_server_binary() is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    with RedisServer() as server, environment(redis_url=server.url) as env:
+        yield env
+
+
+@pytest.fixture(scope="module")
+def base_url(tweets_env: Environment) -> Iterator[str]:
+    """The HTTP app served by uvicorn on a free loopback port, in a thread."""
+    import uvicorn
+
+    from examples.tweets.app import create_app
+    from examples.tweets.repository import TweetRepository
+
+    app = create_app(TweetRepository(tweets_env.cache, tweets_env.client))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()

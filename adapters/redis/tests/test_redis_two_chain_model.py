@@ -23,13 +23,13 @@ import redis
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from tiered_cache_redis import RedisTier
 
 from tiered_cache import MISSING, MemoryTier, TieredCache
 from tiered_cache.bus import BusListener, Invalidation, LocalBus
 from tiered_cache.protection import Protection
 from tiered_cache.testing import FakeClock
 from tiered_cache.testing.servers import RedisServer
-from tiered_cache_redis import RedisTier
 
 TTL = 50.0
 MAX_STALE = 20.0

@@ -13,8 +13,9 @@ Redis; on a miss ``GetItem`` and ``SET ... EX`` (``SETEX``) for an hour, with it
 client (and, on the embedded DynamoDB, its own throttling emulation), and prints the two side by
 side.
 
-Redis round trips are the commands the Redis server processed during a run (``INFO stats``),
-so they include whatever the chain sends besides reads (fills, leases).
+Redis round trips are the requests each pattern's redis-py client sent (a command, a pipeline
+or a script call is one), counted where the client takes a connection from its pool. Redis
+commands are what the server processed (``INFO stats``), commands run inside scripts included.
 """
 
 from __future__ import annotations
@@ -132,10 +133,31 @@ def seed_table(client: DynamoDBClient, table: str, tweet_ids: Sequence[str]) -> 
 # -- the two patterns -----------------------------------------------------------------------
 
 
+class RoundTrips:
+    """Requests a redis-py client sends: each command, pipeline or script call takes one
+    connection from the pool, so counting ``get_connection`` counts round trips."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def attach(self, client: Any) -> None:
+        pool = client.connection_pool
+        original = pool.get_connection
+
+        def counting(*args: Any, **kwargs: Any) -> Any:
+            with self._lock:
+                self.count += 1
+            return original(*args, **kwargs)
+
+        pool.get_connection = counting
+
+
 class Pattern(Protocol):
     """A way to read a tweet, and cumulative counts of where reads were served from."""
 
     name: str
+    round_trips: RoundTrips
 
     def read(self, tweet_id: str) -> Item | None: ...
 
@@ -152,6 +174,11 @@ class TieredPattern:
     def __init__(self, repository: TweetRepository) -> None:
         self.repository = repository
         self.read = repository.get
+        self.round_trips = RoundTrips()
+        for tier in repository.cache.tiers:
+            client = getattr(getattr(tier, "tier", tier), "client", None)  # under the breaker
+            if client is not None:
+                self.round_trips.attach(client)
 
     def served(self) -> dict[str, int]:
         stats = self.repository.cache.stats()
@@ -186,6 +213,8 @@ class ClassicPattern:
         self._lock = threading.Lock()
         self._hits = 0
         self._loads = 0
+        self.round_trips = RoundTrips()
+        self.round_trips.attach(redis_client)
 
     def read(self, tweet_id: str) -> Item | None:
         key = self._prefix + tweet_id
@@ -247,6 +276,7 @@ class RunResult:
     #: ``(seconds since start, cumulative served counts)``, every SAMPLE_EVERY seconds.
     timeline: list[tuple[float, dict[str, int]]]
     redis_commands: int | None
+    redis_round_trips: int
     dynamodb_attempts: int | None
     throttled: int | None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -370,6 +400,7 @@ def run_pattern(
         throttle.reset_counts()
     commands = RedisCommands(redis_url)
     commands_before = commands.total()
+    trips_before = pattern.round_trips.count
     expected = min(len(plan), int(options.duration * options.rate))
     progress = _Progress(pattern.name, expected, options.progress)
     timeline = [(0.0, pattern.served())]
@@ -400,6 +431,7 @@ def run_pattern(
             if commands_before is None or commands_after is None
             else commands_after - commands_before
         ),
+        redis_round_trips=pattern.round_trips.count - trips_before,
         dynamodb_attempts=None if throttle is None else throttle.attempts,
         throttled=None if throttle is None else throttle.throttled,
     )
@@ -444,7 +476,8 @@ def summarize(result: RunResult) -> dict[str, Any]:
         "throttled_requests": result.throttled,
         "caller_errors": sum(result.errors.values()),
         "errors": dict(result.errors),
-        "redis_round_trips": result.redis_commands,
+        "redis_round_trips": result.redis_round_trips,
+        "redis_commands": result.redis_commands,
         "latency_ms": {
             "p50": round(percentile(ordered, 0.50) / 1e6, 4),
             "p99": round(percentile(ordered, 0.99) / 1e6, 4),
@@ -452,7 +485,8 @@ def summarize(result: RunResult) -> dict[str, Any]:
         },
         "per_1000_reads": {
             "served_from_memory": round(memory * per_1000, 1),
-            "redis_round_trips": (
+            "redis_round_trips": round(result.redis_round_trips * per_1000, 1),
+            "redis_commands": (
                 None
                 if result.redis_commands is None
                 else round(result.redis_commands * per_1000, 1)
@@ -488,6 +522,10 @@ def format_table(summaries: Sequence[dict[str, Any]]) -> str:
         (
             "per 1,000 reads: Redis round trips",
             lambda s: cell(s["per_1000_reads"]["redis_round_trips"]),
+        ),
+        (
+            "per 1,000 reads: Redis commands",
+            lambda s: cell(s["per_1000_reads"]["redis_commands"]),
         ),
         ("per 1,000 reads: DynamoDB reads", lambda s: cell(s["per_1000_reads"]["dynamodb_reads"])),
         ("latency p50", lambda s: cell(s["latency_ms"]["p50"], " ms")),

@@ -27,7 +27,10 @@ from decimal import Decimal
 import redis
 from tiered_cache_redis import RedisTier, make_client
 
-from tiered_cache import MemoryTier, TieredCache
+from tiered_cache import TieredCache
+from tiered_cache.memory_plugin import build_memory_tier
+from tiered_cache.registry import BuildContext
+from tiered_cache.settings import MemoryTierSettings
 from tiered_cache.testing.servers import RedisServer
 from tiered_cache.tier import Entry
 
@@ -159,6 +162,12 @@ def per_key_us(baseline: Callable[[], object], contender: Callable[[], object]) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--codec", default="json", choices=["json", "msgpack", "pickle"])
+    parser.add_argument(
+        "--admission",
+        default="hot-keys",
+        choices=["hot-keys", "always"],
+        help="admission of the chain's memory tier (every L2 hit is offered to it)",
+    )
     args = parser.parse_args()
 
     with RedisServer() as server:
@@ -167,14 +176,23 @@ def main() -> None:
         now = time.time()
         tier.set_many({key: Entry(tweet(i), now, now + 3600) for i, key in enumerate(KEYS)})
         raw.mset({f"raw:{key}": json.dumps(tweet(i)) for i, key in enumerate(KEYS)})
-        chain = TieredCache([MemoryTier(max_entries=10, ttl=60), tier], namespace="bench", ttl=3600)
+        # The memory tier as configured by default (hot-key admission), but small: cycling
+        # 1,000 keys through 10 entries makes every chain read an L1 miss and an L2 hit.
+        memory = build_memory_tier(
+            MemoryTierSettings(max_entries=10, ttl=60, admission=args.admission),
+            BuildContext(namespace="bench", clock=time.time, index=0),
+        )
+        chain = TieredCache([memory, tier], namespace="bench", ttl=3600)
         bench = Bench(raw=raw, tier=tier, raw_prefix="raw:", chain=chain)
         assert chain.get(KEYS[2]) == tweet(2)  # an L2 hit, not a load (no source, no loader)
         # The tier returns what was stored, exactly.
         first = tier.get(KEYS[1])
         assert first and first.value == tweet(1) and not isinstance(first.value, Decimal)
 
-        print(f"redis-server {server.url}, codec {args.codec}, {len(KEYS)} keys")
+        print(
+            f"redis-server {server.url}, codec {args.codec}, {len(KEYS)} keys, "
+            f"chain's memory tier: {args.admission}, 10 entries"
+        )
         print(f"{'operation':<26}{'peer us/key':>12}{'ours us/key':>13}{'ratio':>8}  target")
         for label, baseline, contender in CONTENDERS:
             base_us, tier_us = per_key_us(baseline(bench), contender(bench))

@@ -246,27 +246,44 @@ class MemoryTier:
             record(key)
 
     def get_many(self, keys: Sequence[str]) -> dict[str, Entry]:
+        """Hits are looked up without the lock; the misses take it once for the batch."""
         found: dict[str, Entry] = {}
+        missed: list[tuple[str, Slot | None]] = []
+        now = self._clock()
         for key in keys:
-            entry = self.get(key)
-            if entry is not MISSING:
-                found[key] = entry
+            slot = self._peek(key)
+            if slot is not None and now < slot[1]:
+                self._record_read(key)
+                found[key] = slot[0]
+            else:
+                missed.append((key, slot))
+        if missed:
+            with self._lock:
+                self._replay_reads()
+                for key, slot in missed:
+                    if slot is None:
+                        self._policy.get(key)
+                    elif self._policy.peek(key) is slot:
+                        self._policy.pop(key)
         return found
 
     def set(self, key: str, entry: Entry) -> None:
-        now = self._clock()
-        expire_at = self._expire_at(entry, now)
-        weight = self._sizeof(entry.value)
-        with self._lock:
-            self._replay_reads()  # eviction decisions see the latest reads
-            if expire_at <= now:
-                self._policy.pop(key)
-                return
-            self._policy.put(key, (entry, expire_at), weight)
+        self.set_many({key: entry})
 
     def set_many(self, entries: Mapping[str, Entry]) -> None:
-        for key, entry in entries.items():
-            self.set(key, entry)
+        """Expiries and sizes are worked out first; the lock is taken once for the batch."""
+        now = self._clock()
+        prepared = [
+            (key, self._expire_at(entry, now), entry, self._sizeof(entry.value))
+            for key, entry in entries.items()
+        ]
+        with self._lock:
+            self._replay_reads()  # eviction decisions see the latest reads
+            for key, expire_at, entry, weight in prepared:
+                if expire_at <= now:
+                    self._policy.pop(key)
+                else:
+                    self._policy.put(key, (entry, expire_at), weight)
 
     def delete(self, key: str) -> None:
         with self._lock:

@@ -13,7 +13,10 @@ class Flight:
     __slots__ = ("_done", "cancelled_fill", "error", "result", "waiters")
 
     def __init__(self) -> None:
-        self._done = threading.Event()
+        # A lock held until the flight lands, used as a latch: far cheaper to make than an
+        # Event (which builds a Condition), and one is made on every miss.
+        self._done = threading.Lock()
+        self._done.acquire()
         self.result: Any = None
         self.error: BaseException | None = None
         self.waiters = 0
@@ -22,7 +25,8 @@ class Flight:
         self.cancelled_fill = False
 
     def wait(self) -> Any:
-        self._done.wait()
+        self._done.acquire()
+        self._done.release()  # let the next waiter through
         if self.error is not None:
             raise self.error
         return self.result
@@ -59,7 +63,7 @@ class SingleFlight:
         finally:
             with self._lock:
                 del self._flights[key]
-            flight._done.set()
+            flight._done.release()
         return flight.result, False
 
     def in_flight(self, key: str) -> Flight | None:

@@ -12,40 +12,11 @@ from tiered_cache import CodecError, MemoryTier, TieredCache, TieredCacheError, 
 from tiered_cache.protection import Protection
 from tiered_cache.testing import FakeClock
 from tiered_cache.testing.recording import RecordingTier
+from tiered_cache.testing.sources import DictSource
 
 #: No stale serving, no early refresh, no timeouts: these tests pin down plain read-through
 #: (source protection has its own tests in test_protection.py).
 STRICT = Protection.never_stale()
-
-
-class DictSource:
-    """A source of truth held in a dict, counting its reads."""
-
-    name = "dict"
-
-    def __init__(self, items: dict[str, Any] | None = None) -> None:
-        self.items = dict(items or {})
-        self.loads: list[str] = []
-        self.batches: list[list[str]] = []
-
-    def load(self, key: str) -> Any:
-        from tiered_cache import MISSING
-
-        self.loads.append(key)
-        return self.items.get(key, MISSING)
-
-    def load_many(self, keys: Sequence[str]) -> dict[str, Any]:
-        self.batches.append(list(keys))
-        return {key: self.items[key] for key in keys if key in self.items}
-
-    def store(self, key: str, value: Any) -> None:
-        self.items[key] = value
-
-    def remove(self, key: str) -> None:
-        self.items.pop(key, None)
-
-    def close(self) -> None:
-        pass
 
 
 class CannotEncode(MemoryTier):

@@ -14,17 +14,18 @@ every read:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from tiered_cache import MISSING, MemoryTier, TieredCache
+from tiered_cache import MemoryTier, TieredCache
 from tiered_cache.protection import Protection
 from tiered_cache.testing import FakeClock
 from tiered_cache.testing.recording import RecordingTier
+from tiered_cache.testing.sources import DictSource
 
 TTL = 50.0
 NEGATIVE_TTL = 5.0
@@ -35,52 +36,11 @@ KEYS = st.sampled_from([f"k{i}" for i in range(6)])
 VALUES = st.integers(min_value=0, max_value=1000)
 
 
-class ModelSource:
-    """The source of truth: a dict, with the history of every key's values."""
-
-    name = "model"
-
-    def __init__(self, clock: FakeClock) -> None:
-        self.clock = clock
-        self.items: dict[str, int] = {}
-        self.history: dict[str, list[tuple[float, int | None]]] = {}
-        self.reads = 0
-
-    def write(self, key: str, value: int) -> None:
-        self.items[key] = value
-        self.history.setdefault(key, [(0.0, None)]).append((self.clock(), value))
-
-    def held_within(self, key: str, value: Any, start: float, end: float) -> bool:
-        segments = self.history.get(key, [(0.0, None)])
-        for index, (since, held) in enumerate(segments):
-            until = segments[index + 1][0] if index + 1 < len(segments) else float("inf")
-            if held == value and since <= end and until >= start:
-                return True
-        return False
-
-    def load(self, key: str) -> Any:
-        self.reads += 1
-        return self.items.get(key, MISSING)
-
-    def load_many(self, keys: Sequence[str]) -> dict[str, Any]:
-        self.reads += 1
-        return {key: self.items[key] for key in keys if key in self.items}
-
-    def store(self, key: str, value: Any) -> None:
-        self.write(key, value)
-
-    def remove(self, key: str) -> None:
-        self.items.pop(key, None)
-
-    def close(self) -> None:
-        pass
-
-
 class ChainMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.clock = FakeClock(start=1000.0)
-        self.source = ModelSource(self.clock)
+        self.source = DictSource(clock=self.clock)
         self.pending: list[Callable[[], None]] = []
         self.l1 = RecordingTier(MemoryTier(name="l1", max_entries=3, ttl=10, clock=self.clock))
         self.l2 = RecordingTier(MemoryTier(name="l2", max_entries=100, ttl=100, clock=self.clock))

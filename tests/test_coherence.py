@@ -15,31 +15,7 @@ from tiered_cache import MISSING, Entry, MemoryTier, TieredCache
 from tiered_cache.bus import Invalidation, LocalBus
 from tiered_cache.protection import Protection
 from tiered_cache.testing import FakeClock
-
-
-class DictSource:
-    name = "dict"
-
-    def __init__(self) -> None:
-        self.items: dict[str, Any] = {}
-        self.loads = 0
-
-    def load(self, key: str) -> Any:
-        self.loads += 1
-        return self.items.get(key, MISSING)
-
-    def load_many(self, keys: Sequence[str]) -> dict[str, Any]:
-        self.loads += 1
-        return {key: self.items[key] for key in keys if key in self.items}
-
-    def store(self, key: str, value: Any) -> None:
-        self.items[key] = value
-
-    def remove(self, key: str) -> None:
-        self.items.pop(key, None)
-
-    def close(self) -> None:
-        pass
+from tiered_cache.testing.sources import DictSource
 
 
 class SharedTier(MemoryTier):

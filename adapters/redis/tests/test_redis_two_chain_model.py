@@ -15,7 +15,7 @@ faults:
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -25,11 +25,12 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 from tiered_cache_redis import RedisTier
 
-from tiered_cache import MISSING, MemoryTier, TieredCache
+from tiered_cache import MemoryTier, TieredCache
 from tiered_cache.bus import BusListener, Invalidation, LocalBus
 from tiered_cache.protection import Protection
 from tiered_cache.testing import FakeClock
 from tiered_cache.testing.servers import RedisServer
+from tiered_cache.testing.sources import DictSource
 
 TTL = 50.0
 MAX_STALE = 20.0
@@ -73,47 +74,11 @@ class FaultyBus(LocalBus):
         return self._listeners[index]
 
 
-class ModelSource:
-    name = "model"
-
-    def __init__(self, clock: FakeClock) -> None:
-        self.clock = clock
-        self.items: dict[str, int] = {}
-        self.history: dict[str, list[tuple[float, int | None]]] = {}
-
-    def write(self, key: str, value: int) -> None:
-        self.items[key] = value
-        self.history.setdefault(key, [(0.0, None)]).append((self.clock(), value))
-
-    def held_within(self, key: str, value: Any, start: float, end: float) -> bool:
-        segments = self.history.get(key, [(0.0, None)])
-        for index, (since, held) in enumerate(segments):
-            until = segments[index + 1][0] if index + 1 < len(segments) else float("inf")
-            if held == value and since <= end and until >= start:
-                return True
-        return False
-
-    def load(self, key: str) -> Any:
-        return self.items.get(key, MISSING)
-
-    def load_many(self, keys: Sequence[str]) -> dict[str, Any]:
-        return {key: self.items[key] for key in keys if key in self.items}
-
-    def store(self, key: str, value: Any) -> None:
-        self.write(key, value)
-
-    def remove(self, key: str) -> None:
-        self.items.pop(key, None)
-
-    def close(self) -> None:
-        pass
-
-
 class TwoChains(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.clock = FakeClock(start=2_000_000.0)
-        self.source = ModelSource(self.clock)
+        self.source = DictSource(clock=self.clock)
         self.bus = FaultyBus()
         self.pending: list[Callable[[], None]] = []
         self.client = redis.Redis.from_url(_server[0].url)

@@ -271,3 +271,19 @@ def test_close_closes_tiers_and_source_once(clock: FakeClock) -> None:
     with TieredCache([Closing(name="a"), Closing(name="b")], clock=clock):
         pass
     assert closed == ["a", "b"]
+
+
+def test_hot_keys_come_from_the_memory_tier_and_feed_stats(clock: FakeClock) -> None:
+    cache = TieredCache.from_config(
+        tiers=[{"kind": "memory", "max_entries": 100, "admission": "hot-keys"}], clock=clock
+    )
+    for i in range(300):
+        cache.get("tweet:viral", lambda: "v")
+        cache.get(f"tweet:{i}", lambda: "cold")  # one-off keys: misses the sketch counts
+        clock.advance(0.01)
+    (hottest, rate), *_ = cache.hot_keys(3)
+    assert hottest == "tweet:viral"
+    assert rate > 0
+    assert cache.stats()["hot_keys"][0][0] == "tweet:viral"
+    plain = TieredCache.from_config(tiers=[{"kind": "memory", "admission": "always"}])
+    assert plain.hot_keys() == []

@@ -949,11 +949,11 @@ class TieredCache:
     def hot_keys(self, n: int = 10) -> list[tuple[str, float]]:
         """The ``n`` hottest keys with their estimated rate per second, if a tier tracks them."""
         for tier in self._tiers:
-            policy = getattr(tier, "policy", None)
-            report = getattr(policy, "hot_keys", None)
+            report = getattr(tier, "hot_keys", None)
             if callable(report):
                 result: list[tuple[str, float]] = report(n)
-                return result
+                if result:
+                    return result
         return []
 
     def stats(self) -> dict[str, Any]:

@@ -294,6 +294,16 @@ class MemoryTier:
             for key in keys:
                 self._policy.pop(key)
 
+    def hot_keys(self, n: int) -> list[tuple[str, float]]:
+        """The policy's ``n`` hottest keys with their rates (empty if it does not track them);
+        read under the lock, since the policy's structures change on every miss."""
+        report = getattr(self._policy, "hot_keys", None)
+        if not callable(report):
+            return []
+        with self._lock:
+            result: list[tuple[str, float]] = report(n)
+            return result
+
     def delete_prefix(self, prefix: str) -> None:
         """Remove every key that starts with ``prefix`` (a scan of this tier's keys)."""
         with self._lock:

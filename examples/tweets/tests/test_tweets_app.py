@@ -147,12 +147,20 @@ def test_tweets_stats_report_hot_keys_and_units_saved(http: httpx.Client) -> Non
 
 def test_tweets_throttled_dynamodb_is_503(http: httpx.Client, tweets_env: Environment) -> None:
     tweet = _create(http)
+    # The environment's own capacity emulation (2 reads/s per item) is lifted for this test:
+    # the throttled attempts below would drain the item's bucket, and the read after them
+    # would then be throttled by the emulation rather than served.
+    emulation = tweets_env.throttle
+    if emulation is not None:
+        emulation.unregister()
     injector = ThrottleInjector(rate=1.0).register(tweets_env.client)
     try:
         with instant_botocore_retries():
             response = http.get(f"/tweets/{tweet['tweet_id']}")
     finally:
         injector.unregister()
+        if emulation is not None:
+            emulation.register(tweets_env.client)
     assert response.status_code == 503
     assert response.headers["retry-after"] == "1"
     assert "throttl" in response.json()["detail"].lower()

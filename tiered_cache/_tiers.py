@@ -1,0 +1,129 @@
+"""The chain's access to its tiers: calls that degrade instead of failing, fills, counters.
+
+:class:`ChainTiers` is the first layer of :class:`tiered_cache.TieredCache`: every call to a
+tier goes through here, so a tier that fails is skipped with a warning and a counter.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+
+from .errors import CodecError, TierUnavailable
+from .metrics import CacheMetrics
+from .tier import MISSING, Entry, MissingType, Tier
+
+logger = logging.getLogger("tiered_cache.chain")
+
+#: How often (seconds of the chain's clock) a failing tier is logged again.
+WARNING_INTERVAL = 10.0
+
+
+class ChainTiers:
+    """The tiers of a chain, and the calls to them that never raise (but for CodecError)."""
+
+    def __init__(self, tiers: Sequence[Tier], clock: Callable[[], float]) -> None:
+        self._tiers = list(tiers)
+        self._clock = clock
+        self._metrics = CacheMetrics([tier.name for tier in self._tiers])
+        self._last_warning: dict[int, float] = {}
+        #: In-process tiers: the ones the bus keeps coherent, bypassed while it is down.
+        self._local = frozenset(
+            index for index, tier in enumerate(self._tiers) if getattr(tier, "local", False)
+        )
+        #: Tiers not used right now (the local ones, while the bus is disconnected).
+        self._bypassed: frozenset[int] = frozenset()
+
+    def _tier_get(
+        self, index: int, tier: Tier, key: str, *, count: bool = True
+    ) -> Entry | MissingType:
+        try:
+            entry = tier.get(key)
+        except Exception as exc:
+            self._tier_failed(index, exc)
+            return MISSING
+        if count and entry is MISSING:
+            self._metrics.miss(index)
+        return entry
+
+    def _tier_get_many(
+        self, index: int, tier: Tier, keys: Sequence[str], now: float, stale: dict[str, Entry]
+    ) -> dict[str, Entry]:
+        """The fresh entries among ``keys``; stale ones still servable go into ``stale``."""
+        try:
+            entries = tier.get_many(keys)
+        except Exception as exc:
+            self._tier_failed(index, exc)
+            return {}
+        fresh: dict[str, Entry] = {}
+        for key, entry in entries.items():
+            if now < entry.soft_expiry:
+                fresh[key] = entry
+            elif now < entry.hard_expiry:
+                stale.setdefault(key, entry)
+        self._metrics.hit(index, len(fresh))
+        self._metrics.miss(index, len(keys) - len(fresh))
+        return fresh
+
+    def _fill(self, key: str, entry: Entry, indexes: range) -> None:
+        # Deepest first: if a shared tier refuses the value (CodecError), no faster tier
+        # holds a copy the others could never see.
+        for index in reversed(indexes):
+            if index in self._bypassed:
+                continue
+            try:
+                self._tiers[index].set(key, entry)
+            except CodecError:
+                raise
+            except Exception as exc:
+                self._tier_failed(index, exc)
+            else:
+                self._metrics.fill(index)
+
+    def _fill_many(self, entries: Mapping[str, Entry], *, upto: int) -> None:
+        if not entries:
+            return
+        for index in range(upto - 1, -1, -1):
+            if index in self._bypassed:
+                continue
+            try:
+                self._tiers[index].set_many(entries)
+            except CodecError:
+                raise
+            except Exception as exc:
+                self._tier_failed(index, exc)
+            else:
+                self._metrics.fill(index, len(entries))
+
+    def _tier_failed(self, index: int, exc: Exception) -> None:
+        if isinstance(exc, TierUnavailable):
+            self._metrics.skip(index)
+        else:
+            self._metrics.error(index)
+        now = self._clock()
+        last = self._last_warning.get(index)
+        if last is None or now - last >= WARNING_INTERVAL:
+            self._last_warning[index] = now
+            logger.warning(
+                "tier %r failed (%s: %s); reading through to the next tier",
+                self._tiers[index].name,
+                type(exc).__name__,
+                exc,
+            )
+
+    def _delete_local(self, keys: Sequence[str]) -> None:
+        for index in self._local:
+            try:
+                self._tiers[index].delete_many(keys)
+            except Exception as exc:
+                self._tier_failed(index, exc)
+
+    def _delete_prefix(self, index: int, tier: Tier, prefix: str) -> None:
+        try:
+            delete_prefix = getattr(tier, "delete_prefix", None)
+            if callable(delete_prefix):
+                delete_prefix(prefix)
+            else:
+                tier.clear()
+        except Exception as exc:
+            self._tier_failed(index, exc)

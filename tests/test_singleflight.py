@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 
 import pytest
 
@@ -101,3 +102,50 @@ def test_flight_is_released_after_an_exception() -> None:
         flights.run("k", lambda flight: (_ for _ in ()).throw(ValueError("x")))
     assert flights.in_flight("k") is None
     assert flights.run("k", lambda flight: 5) == (5, False)
+
+
+def test_concurrent_get_many_of_the_same_cold_keys_loads_each_key_once() -> None:
+    """20 threads ask for overlapping cold batches, and single gets join in: every key is
+    loaded once, by whichever caller got to it first."""
+    cache = TieredCache([MemoryTier(max_entries=100)])
+    loaded: list[str] = []
+    lock = threading.Lock()
+    release = threading.Event()
+
+    def load_batch(keys: Sequence[str]) -> dict[str, str]:
+        with lock:
+            loaded.extend(keys)
+        release.wait(timeout=10)
+        return {key: key.upper() for key in keys}
+
+    results: list[dict[str, str]] = []
+    singles: list[str] = []
+
+    def batch_reader(index: int) -> None:
+        keys = [f"k{(index + offset) % 6}" for offset in range(3)]
+        results.append(cache.get_many(keys, load_batch))
+
+    def single_reader() -> None:
+        singles.append(cache.get("k0", lambda: "never loaded: k0 is in flight"))
+
+    readers = [threading.Thread(target=batch_reader, args=(i,)) for i in range(20)]
+    readers.append(threading.Thread(target=single_reader))
+    for reader in readers[:-1]:
+        reader.start()
+    deadline = time.monotonic() + 10
+    while len(set(loaded)) < 6 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    readers[-1].start()
+    while time.monotonic() < deadline:
+        flight = cache._flights.in_flight("k0")
+        if flight is None or flight.waiters >= 1:
+            break
+        time.sleep(0.005)
+    release.set()
+    for reader in readers:
+        reader.join()
+    assert sorted(loaded) == [f"k{i}" for i in range(6)]  # each key once
+    assert len(results) == 20
+    for result in results:
+        assert all(value == key.upper() for key, value in result.items())
+    assert singles == ["K0"]

@@ -247,21 +247,47 @@ class TieredCache(ChainLoading):
                     self._metrics.count("stale_served")
                     self._refresh_in_background(key, None, ttl, stale[key])
             remaining = [key for key in remaining if key not in stale]
+        values = {key: entry.value for key, entry in found.items()}
         if remaining:
-            try:
-                loaded = self._load_many(remaining, loader, ttl)
-            except Exception as exc:
-                if not self._protection.fail_safe or any(key not in stale for key in remaining):
-                    raise
-                loaded = {key: self._fail_safe(key, stale[key], exc) for key in remaining}
-            else:
-                self._fill_many(loaded, upto=len(self._tiers))
-            found.update(loaded)
+            # One batch for the keys no other caller is loading; wait for the others' loads.
+            led, joined = self._flights.claim(remaining)
+            if led:
+                values.update(self._load_batch(led, loader, ttl, stale))
+            for key, flight in joined.items():
+                values[key] = flight.wait()
+                self._metrics.waited()
         if self._invalidations != invalidations:
             # An invalidation came while this batch read: some of what it copied into the
             # in-process tiers may predate it. Drop those copies rather than guess which.
-            self._delete_local(list(found))
-        return {key: found[key].value for key in wanted}
+            self._delete_local(list(values))
+        return {key: values[key] for key in wanted}
+
+    def _load_batch(
+        self,
+        flights: dict[str, Flight],
+        loader: BatchLoader | None,
+        ttl: float | str | None,
+        stale: dict[str, Entry],
+    ) -> dict[str, Any]:
+        """Load the keys this caller leads in one batch, fill the tiers, land the flights."""
+        keys = list(flights)
+        try:
+            try:
+                loaded = self._load_many(keys, loader, ttl)
+            except Exception as exc:
+                if not self._protection.fail_safe or any(key not in stale for key in keys):
+                    raise
+                loaded = {key: self._fail_safe(key, stale[key], exc) for key in keys}
+            else:
+                # Keys invalidated while the batch loaded stay out of every tier.
+                keep = {k: e for k, e in loaded.items() if not flights[k].cancelled_fill}
+                self._fill_many(keep, upto=len(self._tiers))
+        except BaseException as exc:
+            self._flights.land(flights, {}, exc)
+            raise
+        values = {key: entry.value for key, entry in loaded.items()}
+        self._flights.land(flights, values, None)
+        return values
 
     def _read_through(
         self, key: str, flight: Flight, loader: Loader | None, ttl: float | str | None

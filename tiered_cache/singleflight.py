@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 
@@ -65,6 +65,37 @@ class SingleFlight:
                 del self._flights[key]
             flight._done.release()
         return flight.result, False
+
+    def claim(self, keys: Sequence[str]) -> tuple[dict[str, Flight], dict[str, Flight]]:
+        """For a batch: ``(led, joined)``. The caller now leads a new flight for each key in
+        ``led`` and must :meth:`land` every one of them; ``joined`` are flights that others run,
+        to :meth:`Flight.wait` on."""
+        led: dict[str, Flight] = {}
+        joined: dict[str, Flight] = {}
+        with self._lock:
+            for key in keys:
+                flight = self._flights.get(key)
+                if flight is not None:
+                    flight.waiters += 1
+                    joined[key] = flight
+                else:
+                    led[key] = self._flights[key] = Flight()
+        return led, joined
+
+    def land(
+        self, flights: Mapping[str, Flight], results: Mapping[str, Any], error: BaseException | None
+    ) -> None:
+        """End flights taken with :meth:`claim`: each gets its result, or ``error``."""
+        with self._lock:
+            for key, flight in flights.items():
+                if self._flights.get(key) is flight:
+                    del self._flights[key]
+        for key, flight in flights.items():
+            if error is not None:
+                flight.error = error
+            else:
+                flight.result = results.get(key)
+            flight._done.release()
 
     def in_flight(self, key: str) -> Flight | None:
         """The flight running for ``key``, if any."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import math
 import sys
 from decimal import Decimal
 from typing import Any
@@ -21,27 +20,9 @@ from tiered_cache.codecs import (
     get_codec,
 )
 from tiered_cache.errors import CodecError, ConfigError
+from tiered_cache.testing.values import assert_same_value as assert_same
 
 CODECS = ["json", "msgpack", "pickle"]
-
-
-def assert_same(got: Any, want: Any) -> None:
-    """Equal, and of the same types all the way down (a Decimal stays a Decimal, 1.0 a float)."""
-    assert type(got) is type(want), (got, want)
-    if isinstance(want, dict):
-        assert list(got) == list(want)
-        for key in want:
-            assert_same(got[key], want[key])
-    elif isinstance(want, list | tuple):
-        assert len(got) == len(want)
-        for a, b in zip(got, want, strict=True):
-            assert_same(a, b)
-    elif isinstance(want, set | frozenset):
-        assert {(type(x), repr(x)) for x in got} == {(type(x), repr(x)) for x in want}
-    elif isinstance(want, float) and math.isnan(want):
-        assert math.isnan(got)
-    else:
-        assert repr(got) == repr(want)  # repr-exact: -0.0, Decimal("1.50"), 2**70
 
 
 scalars = (

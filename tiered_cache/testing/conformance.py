@@ -23,6 +23,7 @@ import pytest
 
 from ..tier import MISSING, Entry, Tier
 from .clock import FakeClock
+from .values import assert_same_value
 
 SAMPLE_VALUES: list[Any] = [
     "text",
@@ -79,7 +80,7 @@ class TierConformance:
         got = tier.get("conformance:value")
         assert got is not MISSING
         assert got.value == value
-        assert type(got.value) is type(value)
+        assert_same_value(got.value, value)
 
     def test_none_is_a_cached_value_not_a_miss(self, tier: Tier, clock: FakeClock) -> None:
         tier.set("conformance:none", self.entry(clock, None))

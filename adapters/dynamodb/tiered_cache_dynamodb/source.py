@@ -116,7 +116,6 @@ class DynamoDBSource:
         self.codec = KeyCodec(key, key_type, range_key, range_key_type, key_template)
         self._client = client
         self._owns_client = owns_client
-        self._consistent = consistent_read
         self._typed = typed_items
         self._retry_limit = batch_retry_limit
         self._backoff_base = batch_backoff_base

@@ -17,6 +17,7 @@ from tiered_cache_redis import RedisTier, make_client
 from tiered_cache.errors import CodecError
 from tiered_cache.testing.clock import FakeClock
 from tiered_cache.testing.servers import RedisCluster, RedisServer
+from tiered_cache.testing.values import assert_same_value as assert_same
 from tiered_cache.tier import MISSING, Entry
 
 
@@ -162,23 +163,6 @@ def test_values_round_trip_through_redis(
     got = tier.get("v")
     assert got == stored
     assert_same(got.value, value)
-
-
-def assert_same(got: Any, want: Any) -> None:
-    """Equal, and of the same types all the way down (a Decimal stays a Decimal, 1.0 a float)."""
-    assert type(got) is type(want), (got, want)
-    if isinstance(want, dict):
-        assert list(got) == list(want)
-        for key in want:
-            assert_same(got[key], want[key])
-    elif isinstance(want, list | tuple):
-        assert len(got) == len(want)
-        for a, b in zip(got, want, strict=True):
-            assert_same(a, b)
-    elif isinstance(want, set | frozenset):
-        assert {(type(x), repr(x)) for x in got} == {(type(x), repr(x)) for x in want}
-    else:
-        assert repr(got) == repr(want)
 
 
 def test_a_value_that_cannot_be_encoded_writes_nothing(

@@ -58,6 +58,10 @@ class EvictionPolicy(Protocol):
 
     def __len__(self) -> int: ...
 
+    def keys(self) -> list[str]:
+        """The keys kept, in no particular order (for deleting by prefix)."""
+        ...
+
     @property
     def weight(self) -> int:
         """Sum of the weights of the kept slots."""
@@ -308,12 +312,10 @@ class MemoryTier:
         """Remove every key that starts with ``prefix`` (a scan of this tier's keys)."""
         with self._lock:
             self._replay_reads()
-            keys = getattr(self._policy, "keys", None)
-            if not callable(keys):  # a policy that cannot list its keys: drop them all
-                self._policy.clear()
-                return
-            for key in [key for key in keys() if key.startswith(prefix)]:
-                self._policy.pop(key)
+            kept = self._policy.keys()  # a list: safe to pop from the policy while looping
+            for key in kept:
+                if key.startswith(prefix):
+                    self._policy.pop(key)
 
     def clear(self) -> None:
         with self._lock:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tiered_cache.hotkeys import MAX_COUNT, FrequencySketch, TopK
+from tiered_cache.hotkeys import MAX_CEILING, MIN_CEILING, FrequencySketch, TopK, counter_ceiling
 from tiered_cache.testing import FakeClock
 from tiered_cache.workloads import zipf_keys
 
@@ -22,13 +22,14 @@ def test_sketch_never_undercounts_and_overcounts_within_the_count_min_bound() ->
         sketch.increment(key, 1)
     exact = collections.Counter(stream)
     # Count-min: with probability 1 - e^-depth an estimate exceeds the true count by at most
-    # e * N / width. Counters saturate at 15, so compare against min(true, 15).
+    # e * N / width. Counters saturate, so compare against min(true, ceiling).
     bound = math.e * len(stream) / sketch.width
+    ceiling = sketch.max_count
     over = []
     for key, count in exact.items():
         estimate = sketch.frequency(key)
-        assert estimate >= min(count, MAX_COUNT)
-        over.append(estimate - min(count, MAX_COUNT))
+        assert estimate >= min(count, ceiling)
+        over.append(estimate - min(count, ceiling))
     beyond = sum(1 for excess in over if excess > bound)
     assert beyond <= len(over) * math.exp(-sketch.depth)
     # Unseen keys are estimated near zero.
@@ -59,12 +60,44 @@ def test_aging_halves_every_counter_after_the_sample() -> None:
     assert sketch.size < sketch.sample_size
 
 
-def test_counters_saturate_at_fifteen() -> None:
-    sketch = FrequencySketch(10, sample_factor=1_000)
+def test_counters_saturate_at_fifteen_with_tinylfus_sample() -> None:
+    sketch = FrequencySketch(10, sample_factor=10)  # W = 10 C: TinyLFU's 4-bit counters
+    assert sketch.max_count == MIN_CEILING == 15
     for _ in range(40):
         sketch.increment("key", 1)
-    assert sketch.frequency("key") == MAX_COUNT
-    assert sketch.increment("key", 4) == MAX_COUNT
+    assert sketch.frequency("key") == 15
+    assert sketch.increment("key", 4) == 15
+
+
+@pytest.mark.parametrize(
+    ("sample_size", "capacity", "ceiling"),
+    [(100, 10, 15), (200, 10, 31), (10_000, 1_000, 15), (10_000, 100, 127), (10_000, 20, 255)],
+)
+def test_the_ceiling_follows_the_reads_a_slot_needs_per_sample(
+    sample_size: int, capacity: int, ceiling: int
+) -> None:
+    assert counter_ceiling(sample_size, capacity) == ceiling
+    sketch = FrequencySketch(capacity, sample_factor=1, min_sample=sample_size)
+    assert sketch.max_count == ceiling
+
+
+def test_a_small_cache_with_a_long_sample_still_ranks_its_hottest_keys() -> None:
+    # 20 entries, aged every 10,000 reads: keys read 100 and 300 times per sample both earn a
+    # slot; with 4-bit counters both would read 15 and the sketch could not rank them.
+    sketch = FrequencySketch(20, sample_factor=1, min_sample=10_000)
+    for _ in range(100):
+        sketch.increment("warm", 1)
+    for _ in range(300):
+        sketch.increment("hot", 1)
+    assert sketch.frequency("warm") == 100
+    assert sketch.frequency("hot") == MAX_CEILING
+    sketch.reset()
+    assert (sketch.frequency("warm"), sketch.frequency("hot")) == (50, MAX_CEILING // 2)
+
+
+def test_the_ceiling_is_one_byte_at_most() -> None:
+    with pytest.raises(ValueError, match="max_count"):
+        FrequencySketch(10, max_count=256)
 
 
 def test_weighted_increment_counts_like_repeated_ones() -> None:
@@ -112,7 +145,7 @@ def test_sketch_estimate_is_at_least_the_true_count(stream: list[int]) -> None:
     for item in stream:
         sketch.increment(str(item), 1)
     for item, count in collections.Counter(stream).items():
-        assert sketch.frequency(str(item)) >= min(count, MAX_COUNT)
+        assert sketch.frequency(str(item)) >= min(count, sketch.max_count)
 
 
 @pytest.mark.parametrize("prefilter", [False, True])

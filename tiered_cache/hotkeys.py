@@ -15,10 +15,13 @@ Papers and designs followed:
   the *conservative update* (raise only the counters at the minimum), which keeps the same
   guarantee with a smaller overcount.
 - G. Einziger, R. Friedman, B. Manes, "TinyLFU: A Highly Efficient Cache Admission Policy",
-  ACM Transactions on Storage 13(4), 2017: small saturating counters (4 bits: 15 is enough to
-  tell a hot key from a cold one), the *reset* that halves every counter after a sample of
-  ``10 x capacity`` additions so that the sketch forgets old popularity, and the *doorkeeper*
-  (a Bloom filter in front of the sketch that absorbs one-hit wonders).
+  ACM Transactions on Storage 13(4), 2017: small saturating counters, the *reset* that halves
+  every counter after a sample of ``W = 10 x capacity`` additions so that the sketch forgets old
+  popularity, and the *doorkeeper* (a Bloom filter in front of the sketch that absorbs one-hit
+  wonders). The paper's counters stop at ``W / capacity`` (4 bits for ``W = 10 C``: a key that
+  earns a slot is read about ``W / C`` times per sample, so counting further tells nothing).
+  Here the sample is longer for small caches (``min_sample``), so the ceiling follows the same
+  rule, ``W / C`` rounded up to ``2**k - 1``, between 15 and 255 (each counter has a byte).
 - Caffeine's ``FrequencySketch`` (B. Manes): the table sized from the cache's maximum (a power of
   two, so that a mask replaces a modulo) and the sample size of ten times the maximum.
 - A. Metwally, D. Agrawal, A. El Abbadi, "Efficient computation of frequent and top-k elements in
@@ -36,14 +39,17 @@ import math
 import time
 from collections.abc import Callable
 
-__all__ = ["FrequencySketch", "TopK"]
+__all__ = ["FrequencySketch", "TopK", "counter_ceiling"]
 
-#: Counters saturate at 15, the largest 4-bit value (TinyLFU).
-MAX_COUNT = 15
+#: The lowest counter ceiling: 15, the largest 4-bit value (TinyLFU's sample of 10 x capacity).
+MIN_CEILING = 15
+#: The highest: a counter is one byte.
+MAX_CEILING = 255
 
-# ``bytearray.translate`` with this table halves every counter in one pass of C code.
+# ``bytearray.translate`` with these tables halves every counter, or marks the odd ones, in one
+# pass of C code.
 _HALVE = bytes(value >> 1 for value in range(256))
-_ODD = tuple(range(1, MAX_COUNT + 1, 2))
+_ODD_AS_ONE = bytes(value & 1 for value in range(256))
 _MASK32 = 0xFFFFFFFF
 
 
@@ -51,8 +57,20 @@ def _power_of_two_at_least(value: int) -> int:
     return 1 << max(0, value - 1).bit_length()
 
 
+def counter_ceiling(sample_size: int, capacity: int) -> int:
+    """Where counters saturate: the reads per sample a key needs to earn one of ``capacity`` slots.
+
+    TinyLFU's sample of ``10 x capacity`` gives 4-bit counters. A longer sample (a small cache
+    with ``min_sample``) makes every key that deserves a slot reach 15, after which the sketch
+    cannot tell the hottest key from the twentieth: the ceiling grows with the sample instead,
+    rounded up to ``2**k - 1`` and kept within one byte.
+    """
+    per_slot = sample_size // capacity
+    return min(MAX_CEILING, max(MIN_CEILING, (1 << per_slot.bit_length()) - 1))
+
+
 class FrequencySketch:
-    """A count-min sketch of 4-bit saturating counters with periodic aging (TinyLFU).
+    """A count-min sketch of small saturating counters with periodic aging (TinyLFU).
 
     Memory is ``4 * width`` bytes (plus ``width`` for the doorkeeper) whatever the number of
     distinct keys. Keys are hashed with Python's ``hash()``: for ``str`` it is SipHash, computed
@@ -71,6 +89,8 @@ class FrequencySketch:
             a few thousand reads of history to tell a warm key from a cold one.
         doorkeeper: put a one-bit-per-slot filter in front of the counters, so that a key's
             first sighting since the last aging costs no counter (TinyLFU section 3.4.2).
+        max_count: where a counter saturates (at most 255); by default
+            :func:`counter_ceiling` of the sample size and the capacity.
     """
 
     def __init__(
@@ -81,6 +101,7 @@ class FrequencySketch:
         sample_factor: int = 10,
         min_sample: int = 0,
         doorkeeper: bool = False,
+        max_count: int | None = None,
     ) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
@@ -93,7 +114,13 @@ class FrequencySketch:
             width = max(64, _power_of_two_at_least(max(4 * capacity, sample_size // 2)))
         elif width < 1 or width & (width - 1):
             raise ValueError("width must be a power of two")
+        if max_count is None:
+            max_count = counter_ceiling(sample_size, capacity)
+        elif not 1 <= max_count <= MAX_CEILING:
+            raise ValueError(f"max_count must be between 1 and {MAX_CEILING}")
         self.width = width
+        #: Where a counter saturates; estimates never exceed it.
+        self.max_count = max_count
         self.depth = 4
         self._mask = width - 1
         self._table = bytearray(4 * width)
@@ -121,6 +148,7 @@ class FrequencySketch:
         mask = self._mask
         width = self.width
         table = self._table
+        ceiling = self.max_count
         a = h1 & mask
         h1 += h2
         b = width + (h1 & mask)
@@ -140,11 +168,11 @@ class FrequencySketch:
             low = vc
         if vd < low:  # noqa: PLR1730
             low = vd
-        if low >= MAX_COUNT:
-            return MAX_COUNT
+        if low >= ceiling:
+            return ceiling
         high = low + count
-        if high > MAX_COUNT:  # noqa: PLR1730
-            high = MAX_COUNT
+        if high > ceiling:  # noqa: PLR1730
+            high = ceiling
         # Conservative update: raise each counter only up to the new minimum; that is enough
         # for the estimate and keeps other keys sharing a counter from being overcounted
         # (Estan & Varghese).
@@ -192,7 +220,10 @@ class FrequencySketch:
         )
 
     def frequency(self, key: str) -> int:
-        """The estimated number of sightings of ``key`` since aging (at most 16)."""
+        """The estimated number of sightings of ``key`` since aging.
+
+        At most ``max_count`` (one more with the doorkeeper).
+        """
         h = hash(key)
         estimate = self._estimate(h)
         doorkeeper = self._doorkeeper
@@ -204,7 +235,7 @@ class FrequencySketch:
 
     def reset(self) -> None:
         """Age: halve every counter and forget the doorkeeper (TinyLFU's reset)."""
-        odd = sum(self._table.count(value) for value in _ODD)
+        odd = self._table.translate(_ODD_AS_ONE).count(1)
         self._table = self._table.translate(_HALVE)
         # Halving drops the odd counters' half units; Caffeine subtracts them the same way.
         self.size = max(0, (self.size - odd // 4) // 2)

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from tiered_cache import CodecError, MemoryTier, TieredCache, TieredCacheError, TierUnavailable
+from tiered_cache.admission import TinyLfuPolicy
 from tiered_cache.protection import Protection
 from tiered_cache.testing import FakeClock
 from tiered_cache.testing.recording import RecordingTier
@@ -287,3 +288,15 @@ def test_hot_keys_come_from_the_memory_tier_and_feed_stats(clock: FakeClock) -> 
     assert cache.stats()["hot_keys"][0][0] == "tweet:viral"
     plain = TieredCache.from_config(tiers=[{"kind": "memory", "admission": "always"}])
     assert plain.hot_keys() == []
+
+
+def test_a_miss_through_the_chain_is_one_read_for_the_hot_key_sketch(clock: FakeClock) -> None:
+    # The chain looks at tier 0 again inside the key's flight; that look must not count as a
+    # second read, or every miss would weigh twice what a hit weighs in the sketch.
+    policy = TinyLfuPolicy(100, clock=clock)
+    memory = MemoryTier(policy=policy, clock=clock)
+    cache = TieredCache([memory], source=DictSource({"tweet:1": "v", "tweet:2": "w"}), clock=clock)
+    assert cache.get("tweet:1") == "v"
+    assert policy.sketch.frequency("tweet:1") == 1
+    assert cache.get_many(["tweet:2"]) == {"tweet:2": "w"}
+    assert policy.sketch.frequency("tweet:2") == 1

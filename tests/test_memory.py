@@ -69,6 +69,18 @@ def test_contains_is_not_an_access(clock: FakeClock) -> None:
     assert 5 not in tier
 
 
+def test_peek_is_not_an_access_and_hides_expired_entries(clock: FakeClock) -> None:
+    tier = MemoryTier(max_entries=2, clock=clock)
+    tier.set("a", entry(clock, 1))
+    tier.set("b", entry(clock, 2, lifetime=5.0))
+    assert tier.peek("a") == entry(clock, 1)
+    tier.set("c", entry(clock, 3))  # a is still least recently used: the peek did not count
+    assert tier.peek("a") is MISSING
+    clock.advance(6.0)
+    assert tier.peek("b") is MISSING
+    assert tier.peek("never") is MISSING
+
+
 def test_bad_arguments_are_refused() -> None:
     with pytest.raises(ValueError, match="max_entries"):
         MemoryTier(max_entries=0)

@@ -14,7 +14,7 @@ from .errors import (
 from .memory import MemoryTier
 from .registry import BuildContext, Plugin
 from .settings import CacheSettings, SourceSettings, TierSettings, load_settings
-from .tier import MISSING, Entry, Missing, Source, Tier
+from .tier import MISSING, Entry, Missing, PeekableTier, Source, Tier
 
 __all__ = [
     "MISSING",
@@ -27,6 +27,7 @@ __all__ = [
     "LoadTimeout",
     "MemoryTier",
     "Missing",
+    "PeekableTier",
     "Plugin",
     "Source",
     "SourceError",

@@ -37,8 +37,12 @@ class ChainTiers:
     def _tier_get(
         self, index: int, tier: Tier, key: str, *, count: bool = True
     ) -> Entry | MissingType:
+        """``tier.get(key)``; a failure is a miss. ``count=False``: a second look at a key the
+        caller has just counted, which neither the chain's metrics nor the tier's eviction
+        policy (through :meth:`PeekableTier.peek`, when the tier has it) see as a read."""
         try:
-            entry = tier.get(key)
+            peek = None if count else getattr(tier, "peek", None)
+            entry = tier.get(key) if peek is None else peek(key)
         except Exception as exc:
             self._tier_failed(index, exc)
             return MISSING

@@ -238,6 +238,13 @@ class MemoryTier:
                 self._policy.pop(key)  # expired
         return MISSING
 
+    def peek(self, key: str) -> Entry | MissingType:
+        """The live entry for ``key`` without counting a read (for the chain's second look)."""
+        slot = self._peek(key)
+        if slot is not None and self._clock() < slot[1]:
+            return slot[0]
+        return MISSING
+
     def _replay_reads(self) -> None:
         # Called with the lock held; deque.popleft is atomic against concurrent appends.
         reads = self._reads

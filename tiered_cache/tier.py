@@ -109,6 +109,19 @@ class Tier(Protocol):
         ...
 
 
+class PeekableTier(Tier, Protocol):
+    """A tier that can be looked at without the look counting as a read.
+
+    The chain looks at tier 0 a second time inside a key's flight (another flight may have
+    filled it meanwhile); for a memory tier whose eviction policy counts reads, that look must
+    not count the same miss twice.
+    """
+
+    def peek(self, key: str) -> Entry | MissingType:
+        """The live entry for ``key``, or ``MISSING``; not recorded as an access."""
+        ...
+
+
 @runtime_checkable
 class Source(Protocol):
     """The system of record behind the chain: a DynamoDB table, or a plain function."""

@@ -86,6 +86,55 @@ def test_a_frequent_candidate_beats_a_rare_victim(clock: FakeClock) -> None:
     assert sum(f"rare:{index}" in tier for index in range(10)) == 8
 
 
+def test_a_batch_of_fills_is_judged_key_by_key(clock: FakeClock) -> None:
+    tier = hot_tier(clock, 10, hit_sample=1)  # every read counted: exact frequencies
+    frequent = [f"f{index}" for index in range(10)]
+    for _ in range(8):
+        for key in frequent:
+            read(tier, clock, key)
+    policy = policy_of(tier)
+    for _ in range(10):  # read ten times while absent: more than any frequent key
+        policy.get("hot")
+    batch = [f"once:{index}" for index in range(25)] + ["hot"]
+    batch += [f"once:{index}" for index in range(25, 50)]
+    tier.set_many({key: Entry(value=key, loaded_at=clock()) for key in batch})
+    # One frequent key lost its window slot to the batch (as one by one), one lost its place
+    # to "hot"; the one-off keys were refused, but for the last, which holds the window.
+    assert "hot" in tier
+    assert sum(key in tier for key in frequent) == 8
+    assert [key for key in batch if key.startswith("once:") and key in tier] == ["once:49"]
+
+
+def test_sampled_hits_do_not_alias_with_keys_read_in_a_cycle(clock: FakeClock) -> None:
+    # Ten keys read in turn, hits counted one in four: counting every fourth hit would count
+    # the even keys on every other round and the odd keys never. One miss per round makes
+    # the tier replay its buffered hits into the policy.
+    tier = hot_tier(clock, 20, hit_sample=4)
+    keys = [f"k{index}" for index in range(10)]
+    for round_ in range(200):
+        for key in keys:
+            read(tier, clock, key)
+        read(tier, clock, f"once:{round_}")
+    estimates = [policy_of(tier).sketch.frequency(key) for key in keys]
+    # 1 miss + 199 hits each; a sampled count is 4 x Binomial(199, 1/4): 200 +- 24.
+    assert all(100 <= estimate <= 300 for estimate in estimates), estimates
+
+
+def test_the_victims_estimate_is_not_reused_once_the_sketch_has_counted(clock: FakeClock) -> None:
+    tier = hot_tier(clock, 10)
+    for index in range(10):
+        read(tier, clock, f"rare:{index}")
+    policy = policy_of(tier)
+    victim = "rare:0"  # the probation's least recently used key, read once
+    policy.sketch.increment("c1", 3)
+    tier.set("c1", Entry(value=1, loaded_at=clock()))  # rare:9 leaves the window, refused
+    assert victim in tier
+    policy.sketch.increment(victim, 5)  # the victim is now read more often than c1
+    tier.set("c2", Entry(value=2, loaded_at=clock()))  # c1 leaves the window: 3 < 6, refused
+    assert victim in tier
+    assert "c1" not in tier
+
+
 def test_a_scan_of_ten_times_the_capacity_evicts_none_of_the_top_100(clock: FakeClock) -> None:
     capacity = 1_000
     tier = hot_tier(clock, capacity)

@@ -62,10 +62,11 @@ class TinyLfuPolicy:
         hot_ttl: if set, a hot key (one of the ``top_k``) filled into the tier is kept for this
             many seconds, even when that is longer than the tier's ``ttl`` (never longer than
             the entry's own hard expiry).
-        hit_sample: count one hit in this many (a power of two), with this weight; misses
-            are always counted.
+        hit_sample: count a hit with probability one in this many (a power of two), with this
+            weight; misses are always counted.
         clock: seconds, the tier's clock.
-        rng: randomness for the 1/128 admission; seeded for reproducible replays.
+        rng: randomness for hit sampling and the 1/128 admission; seeded for reproducible
+            replays.
     """
 
     def __init__(
@@ -118,6 +119,8 @@ class TinyLfuPolicy:
         self.peek: Callable[[str], Slot | None] = self._slots.get
         self._weight = 0
         self._evictions = 0
+        self._victim_stamp: tuple[str, int, int] | None = None
+        self._victim_frequency = 0
         self._window_target = max_entries * window_fraction
         self._set_window(self._window_target)
         # Reads in the current hill-climbing sample; the hit count also picks sampled hits.
@@ -125,8 +128,9 @@ class TinyLfuPolicy:
         self._hits = 0
         if hit_sample < 1 or hit_sample & (hit_sample - 1):
             raise ValueError("hit_sample must be a power of two")
-        self._hit_mask = hit_sample - 1
+        self._hit_chance = 1.0 / hit_sample  # random() < 1.0 always: no sampling at 1
         self._hit_weight = hit_sample
+        self._random = self._rng.random
         self._sample_size = self.sketch.sample_size
         self._previous_hit_ratio = 0.0
         self._step = -_STEP_FRACTION * max_entries
@@ -164,27 +168,29 @@ class TinyLfuPolicy:
     def get(self, key: str) -> Slot | None:
         """The slot for ``key``; the read is counted in the sketch and the hot-key list.
 
-        Misses are always counted. Hits are counted one in ``hit_sample``, with that weight,
-        which keeps the estimates unbiased while the hit path stays cheaper than
-        ``cachetools.TTLCache.get``.
+        Misses are always counted. Hits are counted with probability ``1 / hit_sample``, with
+        weight ``hit_sample``, which keeps the estimates unbiased while the hit path stays
+        cheaper than ``cachetools.TTLCache.get``.
         """
+        if key not in self._slots:
+            self._misses += 1
+            if self._increment(key, 1) >= self._top_gate:
+                self._top_add(key, 1)
+            return None
         slot = self._protected_get(key)
         if slot is None:
             slot = self._window_get(key)
             if slot is None:
-                slot = self._probation_pop(key, None)
-                if slot is None:
-                    self._misses += 1
-                    if self._increment(key, 1) >= self._top_gate:
-                        self._top_add(key, 1)
-                    return None
+                slot = self._probation_pop(key)
                 self._promote(key, slot)
             else:
                 self._window_touch(key)
         else:
             self._protected_touch(key)
         self._hits += 1
-        if not self._hits & self._hit_mask:
+        # A random sample, not every n-th hit: keys read in a cycle would otherwise alias
+        # with the counter, some always counted and others never.
+        if self._random() < self._hit_chance:
             weight = self._hit_weight
             if self._increment(key, weight) >= self._top_gate:
                 self._top_add(key, weight)
@@ -211,15 +217,17 @@ class TinyLfuPolicy:
             hot_expire_at = min(entry.hard_expiry, self._clock() + self._hot_ttl)
             if hot_expire_at > expire_at:
                 slot = (entry, hot_expire_at)
-        self._weight += weight - self._weights.get(key, 0)
+        if key in self._slots:  # a new value for a kept key: it stays where it is
+            self._weight += weight - self._weights[key]
+            for segment in (self._protected, self._window, self._probation):
+                if key in segment:
+                    segment[key] = slot
+                    break
+        else:
+            self._weight += weight
+            self._window[key] = slot
         self._weights[key] = weight
         self._slots[key] = slot
-        for segment in (self._protected, self._window, self._probation):
-            if key in segment:
-                segment[key] = slot
-                break
-        else:
-            self._window[key] = slot
         self._evict()
         if self._adaptive and self._hits + self._misses >= self._sample_size:
             self._climb()
@@ -288,9 +296,15 @@ class TinyLfuPolicy:
         self._evictions += 1
 
     def _admit(self, candidate: str, victim: str) -> bool:
-        frequency = self.sketch.frequency
-        candidate_frequency = frequency(candidate)
-        if candidate_frequency > frequency(victim):
+        sketch = self.sketch
+        # A batch of fills (set_many) offers many candidates against the same victim with no
+        # read counted in between: its estimate is worked out once while it stays current.
+        stamp = (victim, sketch.size, sketch.epoch)
+        if stamp != self._victim_stamp:
+            self._victim_stamp = stamp
+            self._victim_frequency = sketch.frequency(victim)
+        candidate_frequency = sketch.frequency(candidate)
+        if candidate_frequency > self._victim_frequency:
             return True
         if candidate_frequency >= _HASH_DOS_THRESHOLD:
             return self._rng.getrandbits(7) == 0
@@ -298,10 +312,11 @@ class TinyLfuPolicy:
 
     def _evict(self) -> None:
         window, probation, protected = self._window, self._probation, self._protected
+        slots = self._slots  # every kept key, the candidate included until it is dropped
         limit = self.max_entries
         while len(window) > self._window_max:
             candidate, candidate_slot = window.popitem(last=False)
-            if len(window) + len(probation) + len(protected) < limit:
+            if len(slots) <= limit:  # room in the main area
                 probation[candidate] = candidate_slot
                 continue
             victims = probation or protected
@@ -316,7 +331,7 @@ class TinyLfuPolicy:
             else:
                 self._drop(candidate)
         # After the window grew (hill climbing) the main area may hold more than its share.
-        while len(window) + len(probation) + len(protected) > limit:
+        while len(slots) > limit:
             segment = probation or protected or window
             self._drop(segment.popitem(last=False)[0])
         if self._max_weight is not None:

@@ -120,6 +120,37 @@ def test_sampled_hits_do_not_alias_with_keys_read_in_a_cycle(clock: FakeClock) -
     assert all(100 <= estimate <= 300 for estimate in estimates), estimates
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    reads=st.lists(st.integers(min_value=0, max_value=30), max_size=150),
+    batches=st.lists(
+        st.lists(st.integers(min_value=0, max_value=30), min_size=1, max_size=15),
+        min_size=1,
+        max_size=20,
+    ),
+)
+def test_a_batch_is_offered_as_one_put_after_another(
+    reads: list[int], batches: list[list[int]]
+) -> None:
+    clock = FakeClock(0.0)
+    one_by_one = TinyLfuPolicy(8, clock=clock, rng=random.Random(3))
+    batched = TinyLfuPolicy(8, clock=clock, rng=random.Random(3))
+    slot = (Entry(value=0, loaded_at=0.0), 1e9)
+    for policy in (one_by_one, batched):
+        for read_key in reads:
+            policy.get(f"k{read_key}")
+    for batch in batches:
+        items = [(f"k{key}", slot, 1) for key in dict.fromkeys(batch)]  # keys of a mapping
+        for item in items:
+            one_by_one.put(*item)
+        batched.put_many(items)
+        for policy in (one_by_one, batched):  # a read between batches moves the sketch
+            policy.get(f"k{batch[-1]}")
+    keys = [f"k{key}" for key in range(31)]
+    assert [one_by_one.segment_of(key) for key in keys] == [batched.segment_of(key) for key in keys]
+    assert one_by_one.evictions == batched.evictions
+
+
 def test_the_victims_estimate_is_not_reused_once_the_sketch_has_counted(clock: FakeClock) -> None:
     tier = hot_tier(clock, 10)
     for index in range(10):

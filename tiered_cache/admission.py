@@ -21,7 +21,7 @@ import logging
 import random
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from .hotkeys import FrequencySketch, TopK
 from .memory import Slot
@@ -209,6 +209,35 @@ class TinyLfuPolicy:
 
     def put(self, key: str, slot: Slot, weight: int) -> bool:
         """Offer ``slot``; a new key enters the window, which may push a candidate out."""
+        if not self._place(key, slot, weight):
+            return False
+        self._evict()
+        if self._adaptive and self._hits + self._misses >= self._sample_size:
+            self._climb()
+        return key in self._weights
+
+    def put_many(self, items: Sequence[tuple[str, Slot, int]]) -> None:
+        """Offer several slots; the same contests as one :meth:`put` after another.
+
+        No read is counted between the offers of a batch, so the new keys can all enter the
+        window first and its overflow be judged in one pass: the candidates leave it in the
+        same order, against the same victims. A key already kept waits for the contests
+        before it (one of them may have evicted it); a weight bound or the hill climber,
+        which act after every offer, take the offers one by one.
+        """
+        if self._max_weight is not None or self._adaptive:
+            for item in items:
+                self.put(*item)
+            return
+        kept = self._slots
+        for key, slot, weight in items:
+            if key in kept:
+                self._evict()
+            self._place(key, slot, weight)
+        self._evict()
+
+    def _place(self, key: str, slot: Slot, weight: int) -> bool:
+        """Store ``slot`` without evicting; False if it can never fit."""
         if self._max_weight is not None and weight > self._max_weight:
             self.pop(key)
             return False
@@ -228,10 +257,7 @@ class TinyLfuPolicy:
             self._window[key] = slot
         self._weights[key] = weight
         self._slots[key] = slot
-        self._evict()
-        if self._adaptive and self._hits + self._misses >= self._sample_size:
-            self._climb()
-        return key in self._weights
+        return True
 
     def pop(self, key: str) -> Slot | None:
         """Remove ``key`` (not an eviction, not a read)."""
@@ -312,11 +338,13 @@ class TinyLfuPolicy:
 
     def _evict(self) -> None:
         window, probation, protected = self._window, self._probation, self._protected
-        slots = self._slots  # every kept key, the candidate included until it is dropped
+        slots = self._slots
         limit = self.max_entries
-        while len(window) > self._window_max:
+        window_max = self._window_max
+        main_max = limit - window_max
+        while len(window) > window_max:
             candidate, candidate_slot = window.popitem(last=False)
-            if len(slots) <= limit:  # room in the main area
+            if len(probation) + len(protected) < main_max:  # room in the main area
                 probation[candidate] = candidate_slot
                 continue
             victims = probation or protected

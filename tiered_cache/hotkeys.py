@@ -29,13 +29,16 @@ Papers and designs followed:
   "Filtered Space-Saving" (a key enters the list only once the sketch has seen it a few times),
   with the forward decay of G. Cormode, V. Shkapenyuk, D. Srivastava, B. Xu, "Forward decay: a
   practical time decay model for streaming systems", ICDE 2009, so that yesterday's viral key
-  fades from the list.
+  fades from the list, and the randomized admission of R. Ben Basat, G. Einziger, R. Friedman,
+  Y. Kassner, "Randomized Admission Policy for Efficient Top-k and Frequency Estimation",
+  INFOCOM 2017, so that the long tail does not churn a full list.
 """
 
 from __future__ import annotations
 
 import heapq
 import math
+import random
 import time
 from collections.abc import Callable
 
@@ -295,6 +298,7 @@ class TopK:
         half_life: seconds after which a sighting counts half.
         min_span: rates are averaged over at least this many seconds.
         clock: seconds; injected so that tests and trace replays control time.
+        rng: randomness for admitting newcomers into a full list; seeded for reproducibility.
     """
 
     def __init__(
@@ -305,6 +309,7 @@ class TopK:
         half_life: float = 60.0,
         min_span: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
     ) -> None:
         if k < 1:
             raise ValueError("k must be at least 1")
@@ -315,6 +320,7 @@ class TopK:
         self.half_life = half_life
         self.min_span = min_span
         self._clock = clock
+        self._random = (rng or random.Random(0)).random
         self._landmark = clock()
         self._counts: dict[str, float] = {}
         self._errors: dict[str, float] = {}
@@ -360,6 +366,14 @@ class TopK:
             self._errors[key] = 0.0
             self._since[key] = now
             heapq.heappush(heap, (weight, key))
+            return
+        # RAP (Ben Basat, Einziger, Friedman, Kassner, "Randomized Admission Policy for
+        # Efficient Top-k and Frequency Estimation", INFOCOM 2017): a newcomer takes the
+        # lightest key's place only with probability weight / (lightest + weight). The tail
+        # of a long stream then stops churning the list (each churn costs heap work), and a
+        # key read often gets in after about lightest / weight sightings. heap[0] may be
+        # stale-low, which only admits a little more often.
+        if self._random() * (heap[0][0] + weight) >= weight:
             return
         while True:
             low, victim = heap[0]

@@ -39,6 +39,10 @@ class EvictionPolicy(Protocol):
         """Offer ``slot``; False if the policy refused it. May evict other keys."""
         ...
 
+    def put_many(self, items: Sequence[tuple[str, Slot, int]]) -> None:
+        """Offer several ``(key, slot, weight)`` at once, as many :meth:`put` calls would."""
+        ...
+
     def peek(self, key: str) -> Slot | None:
         """The slot for ``key`` without recording an access.
 
@@ -125,6 +129,10 @@ class LruPolicy:
         self._slots[key] = slot
         self._weight += weight
         return True
+
+    def put_many(self, items: Sequence[tuple[str, Slot, int]]) -> None:
+        for key, slot, weight in items:
+            self.put(key, slot, weight)
 
     def pop(self, key: str) -> Slot | None:
         slot = self._slots.pop(key, None)
@@ -284,17 +292,20 @@ class MemoryTier:
     def set_many(self, entries: Mapping[str, Entry]) -> None:
         """Expiries and sizes are worked out first; the lock is taken once for the batch."""
         now = self._clock()
-        prepared = [
-            (key, self._expire_at(entry, now), entry, self._sizeof(entry.value))
-            for key, entry in entries.items()
-        ]
+        offered: list[tuple[str, Slot, int]] = []
+        expired: list[str] = []
+        for key, entry in entries.items():
+            expire_at = self._expire_at(entry, now)
+            if expire_at > now:
+                offered.append((key, (entry, expire_at), self._sizeof(entry.value)))
+            else:
+                expired.append(key)  # nothing to keep, and an older copy must go too
         with self._lock:
             self._replay_reads()  # eviction decisions see the latest reads
-            for key, expire_at, entry, weight in prepared:
-                if expire_at <= now:
-                    self._policy.pop(key)
-                else:
-                    self._policy.put(key, (entry, expire_at), weight)
+            for key in expired:
+                self._policy.pop(key)
+            if offered:
+                self._policy.put_many(offered)
 
     def delete(self, key: str) -> None:
         with self._lock:

@@ -62,8 +62,9 @@ class TinyLfuPolicy:
         hot_ttl: if set, a hot key (one of the ``top_k``) filled into the tier is kept for this
             many seconds, even when that is longer than the tier's ``ttl`` (never longer than
             the entry's own hard expiry).
-        hit_sample: count a hit with probability one in this many (a power of two), with this
-            weight; misses are always counted.
+        hit_sample: count a hit in the hot-key list with probability one in this many (a
+            power of two), with this weight; misses are always counted, and the sketch
+            counts every read.
         clock: seconds, the tier's clock.
         rng: randomness for hit sampling and the 1/128 admission; seeded for reproducible
             replays.
@@ -168,9 +169,10 @@ class TinyLfuPolicy:
     def get(self, key: str) -> Slot | None:
         """The slot for ``key``; the read is counted in the sketch and the hot-key list.
 
-        Misses are always counted. Hits are counted with probability ``1 / hit_sample``, with
-        weight ``hit_sample``, which keeps the estimates unbiased while the hit path stays
-        cheaper than ``cachetools.TTLCache.get``.
+        Every read is counted in the sketch; hits reach the hot-key list with probability
+        ``1 / hit_sample``, with that weight, which keeps its rates unbiased. Hits come here
+        from the tier's read buffer, replayed at the next miss or write, so the hit itself
+        stays cheaper than ``cachetools.TTLCache.get``.
         """
         if key not in self._slots:
             self._misses += 1
@@ -188,12 +190,12 @@ class TinyLfuPolicy:
         else:
             self._protected_touch(key)
         self._hits += 1
-        # A random sample, not every n-th hit: keys read in a cycle would otherwise alias
-        # with the counter, some always counted and others never.
-        if self._random() < self._hit_chance:
-            weight = self._hit_weight
-            if self._increment(key, weight) >= self._top_gate:
-                self._top_add(key, weight)
+        # Every hit counts in the sketch: a sampled count (0 or 4 for a key hit once) is
+        # noisy exactly where admission decides, between keys read a few times. The hot-key
+        # list, which only ranks keys read often, takes a random sample of hits (not every
+        # n-th one: keys read in a cycle would alias with the counter).
+        if self._increment(key, 1) >= self._top_gate and self._random() < self._hit_chance:
+            self._top_add(key, self._hit_weight)
         return slot
 
     def _promote(self, key: str, slot: Slot) -> None:

@@ -59,6 +59,20 @@ def test_ttl_jitter_spreads_expiry_within_the_fraction(clock: FakeClock) -> None
     assert tier.get_many([f"k{i}" for i in range(200)]) == {}
 
 
+def test_buffered_hits_leave_the_recency_order_of_their_last_reads(clock: FakeClock) -> None:
+    # Hits are replayed at the next write as one touch per key, in the order of each key's
+    # last hit: the same order as touching at every hit.
+    tier = MemoryTier(max_entries=3, clock=clock)
+    for key in "abc":
+        tier.set(key, entry(clock, key))
+    for key in "bcab":
+        assert tier.get(key)
+    tier.set("d", entry(clock, "d"))  # last hits: c, a, b, so c is the least recent
+    assert [key in tier for key in "abcd"] == [True, True, False, True]
+    tier.set("e", entry(clock, "e"))  # then a
+    assert [key in tier for key in "abcde"] == [False, True, False, True, True]
+
+
 def test_contains_is_not_an_access(clock: FakeClock) -> None:
     tier = MemoryTier(max_entries=2, clock=clock)
     tier.set("a", entry(clock, 1))

@@ -6,13 +6,14 @@ used key becomes a *candidate* for the main area, a segmented LRU (20% *probatio
 *protected*): it gets in only if the frequency sketch says it was read more often than the
 *victim* it would displace (probation's LRU key). One-off keys therefore never push out a
 frequently read one, however many of them pass (Einziger, Friedman, Manes, "TinyLFU: A Highly
-Efficient Cache Admission Policy", 2017, section 5: W-TinyLFU). The window's share adapts to
-the workload by hill climbing on the hit ratio, as Caffeine does (Einziger et al., "Adaptive
-Software Cache Management", Middleware 2018).
+Efficient Cache Admission Policy", 2017, section 5: W-TinyLFU). With ``adaptive`` the window's
+share follows the workload by hill climbing on the hit ratio, as Caffeine does (Einziger et
+al., "Adaptive Software Cache Management", Middleware 2018).
 
-Every read is observed, hits and misses alike: the sketch counts it, and a key the sketch has
-seen a few times is counted in the :class:`~tiered_cache.hotkeys.TopK` list that answers
-:meth:`TinyLfuPolicy.hot_keys` and decides which keys are hot enough for ``hot_ttl``.
+Every read is observed, hits and misses alike: the sketch counts it (a protected key's
+occasional hits by an unbiased sample, see :meth:`TinyLfuPolicy.record_hits`), and a key the
+sketch has seen a few times is counted in the :class:`~tiered_cache.hotkeys.TopK` list that
+answers :meth:`TinyLfuPolicy.hot_keys` and decides which keys are hot enough for ``hot_ttl``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import logging
 import random
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from .hotkeys import FrequencySketch, TopK
 from .memory import Slot
@@ -33,6 +34,8 @@ logger = logging.getLogger(__name__)
 #: A candidate this frequent that loses to its victim is still admitted with probability 1/128,
 #: so that an attacker cannot pin a victim by flooding its hash collisions (Caffeine).
 _HASH_DOS_THRESHOLD = 6
+#: Fewer hits than this to a protected key since the last replay are counted as a sample.
+_HIT_SAMPLE = 4
 #: Hill climber (Caffeine's values): a step is 6.25% of the entries; it shrinks by 2% per
 #: sample unless the hit ratio moved by 5 points or more, which restarts the climb.
 _STEP_FRACTION = 0.0625
@@ -62,12 +65,8 @@ class TinyLfuPolicy:
         hot_ttl: if set, a hot key (one of the ``top_k``) filled into the tier is kept for this
             many seconds, even when that is longer than the tier's ``ttl`` (never longer than
             the entry's own hard expiry).
-        hit_sample: count a hit in the hot-key list with probability one in this many (a
-            power of two), with this weight; misses are always counted, and the sketch
-            counts every read.
         clock: seconds, the tier's clock.
-        rng: randomness for hit sampling and the 1/128 admission; seeded for reproducible
-            replays.
+        rng: randomness for the 1/128 admission; seeded for reproducible replays.
     """
 
     def __init__(
@@ -85,7 +84,6 @@ class TinyLfuPolicy:
         top_k: int = 100,
         hot_half_life: float = 60.0,
         hot_ttl: float | None = None,
-        hit_sample: int = 4,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
     ) -> None:
@@ -102,6 +100,7 @@ class TinyLfuPolicy:
         self._hot_ttl = hot_ttl
         self._clock = clock
         self._rng = rng or random.Random(0)
+        self._random = self._rng.random
         self.sketch = FrequencySketch(
             max_entries,
             width=sketch_width,
@@ -127,11 +126,6 @@ class TinyLfuPolicy:
         # Reads in the current hill-climbing sample; the hit count also picks sampled hits.
         self._misses = 0
         self._hits = 0
-        if hit_sample < 1 or hit_sample & (hit_sample - 1):
-            raise ValueError("hit_sample must be a power of two")
-        self._hit_chance = 1.0 / hit_sample  # random() < 1.0 always: no sampling at 1
-        self._hit_weight = hit_sample
-        self._random = self._rng.random
         self._sample_size = self.sketch.sample_size
         self._previous_hit_ratio = 0.0
         self._step = -_STEP_FRACTION * max_entries
@@ -169,10 +163,9 @@ class TinyLfuPolicy:
     def get(self, key: str) -> Slot | None:
         """The slot for ``key``; the read is counted in the sketch and the hot-key list.
 
-        Every read is counted in the sketch; hits reach the hot-key list with probability
-        ``1 / hit_sample``, with that weight, which keeps its rates unbiased. Hits come here
-        from the tier's read buffer, replayed at the next miss or write, so the hit itself
-        stays cheaper than ``cachetools.TTLCache.get``.
+        The memory tier calls this for its misses; its hits come through
+        :meth:`record_hits`, replayed from its read buffer at the next miss or write, so
+        that the hit itself stays cheaper than ``cachetools.TTLCache.get``.
         """
         if key not in self._slots:
             self._misses += 1
@@ -190,13 +183,47 @@ class TinyLfuPolicy:
         else:
             self._protected_touch(key)
         self._hits += 1
-        # Every hit counts in the sketch: a sampled count (0 or 4 for a key hit once) is
-        # noisy exactly where admission decides, between keys read a few times. The hot-key
-        # list, which only ranks keys read often, takes a random sample of hits (not every
-        # n-th one: keys read in a cycle would alias with the counter).
-        if self._increment(key, 1) >= self._top_gate and self._random() < self._hit_chance:
-            self._top_add(key, self._hit_weight)
+        if self._increment(key, 1) >= self._top_gate:
+            self._top_add(key, 1)
         return slot
+
+    def record_hits(self, hits: Mapping[str, int]) -> None:
+        """Count buffered hits (per key, in the order of each key's last hit) and touch.
+
+        One sketch update per distinct key, whatever its number of hits. Hits to keys in the
+        window or on probation count exactly: admission compares keys read a few times, and
+        a sampled count (0 or 4 for one hit) would be noise right there. A protected key
+        with fewer than four hits since the last replay, the bulk of the hits of a warm
+        cache, is counted four at a time with probability ``hits / 4``: unbiased, at a
+        quarter of the cost. Randomly, not every fourth time, which keys read in a cycle
+        would alias with.
+        """
+        slots = self._slots
+        increment, gate, random = self._increment, self._top_gate, self._random
+        protected_get, protected_touch = self._protected_get, self._protected_touch
+        window, probation = self._window, self._probation
+        frequent = []  # one update of the hot-key list for the whole replay
+        for key, hit_count in hits.items():
+            counted = hit_count
+            if key in slots:
+                self._hits += hit_count
+                if protected_get(key) is not None:
+                    protected_touch(key)
+                    # A protected key was read again and again: a sample of its few hits is
+                    # as good as their count, and most hits are to protected keys.
+                    if hit_count < _HIT_SAMPLE:
+                        if random() * _HIT_SAMPLE >= hit_count:
+                            continue
+                        counted = _HIT_SAMPLE
+                elif key in window:
+                    window.move_to_end(key)
+                else:
+                    self._promote(key, probation.pop(key))
+            # else: dropped since; the reads still count, there is nothing to touch
+            if increment(key, counted) >= gate:
+                frequent.append((key, counted))
+        if frequent:
+            self.top.add_many(frequent)
 
     def _promote(self, key: str, slot: Slot) -> None:
         protected = self._protected

@@ -40,7 +40,7 @@ import heapq
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 __all__ = ["FrequencySketch", "TopK", "counter_ceiling"]
 
@@ -345,16 +345,24 @@ class TopK:
         return float(2.0**exponent)
 
     def add(self, key: str, count: int = 1) -> None:
-        """Count ``count`` sightings of ``key`` (more than one when the caller samples)."""
+        """Count ``count`` sightings of ``key``."""
+        self.add_many(((key, count),))
+
+    def add_many(self, sightings: Iterable[tuple[str, int]]) -> None:
+        """Count sightings of several keys made at the same moment (``(key, count)`` pairs)."""
         now = self._clock()
-        weight = self._weight(now) * count
+        unit = self._weight(now)
         counts = self._counts
-        current = counts.get(key)
-        if current is not None:
-            counts[key] = current + weight
-        else:
-            self._insert(key, weight, now)
-        self._adds_since_threshold += 1
+        added = 0
+        for key, count in sightings:
+            weight = unit * count
+            current = counts.get(key)
+            if current is not None:
+                counts[key] = current + weight
+            else:
+                self._insert(key, weight, now)
+            added += 1
+        self._adds_since_threshold += added
         if self._adds_since_threshold >= self.capacity:
             self._hot = None  # recomputed on the next is_hot
 

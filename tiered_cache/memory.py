@@ -35,6 +35,14 @@ class EvictionPolicy(Protocol):
         """The slot for ``key`` (recording the access), or ``None`` (recording the miss)."""
         ...
 
+    def record_hits(self, hits: Mapping[str, int]) -> None:
+        """Record buffered hits: how many per key, keys in the order of their last hit.
+
+        Touching each key once in that order leaves the same recency order as touching it
+        at every hit. A key dropped since its hits still had them (they count as reads).
+        """
+        ...
+
     def put(self, key: str, slot: Slot, weight: int) -> bool:
         """Offer ``slot``; False if the policy refused it. May evict other keys."""
         ...
@@ -114,6 +122,13 @@ class LruPolicy:
         if slot is not None:
             self._order[key]  # a read moves the key to the recent end
         return slot
+
+    def record_hits(self, hits: Mapping[str, int]) -> None:
+        touch = self._order.__getitem__  # a read through a Cache moves the key to the end
+        slots = self._slots
+        for key in hits:
+            if key in slots:
+                touch(key)
 
     def put(self, key: str, slot: Slot, weight: int) -> bool:
         if self._max_weight is not None and weight > self._max_weight:
@@ -255,14 +270,20 @@ class MemoryTier:
 
     def _replay_reads(self) -> None:
         # Called with the lock held; deque.popleft is atomic against concurrent appends.
+        # Hits are handed over as counts per key, in the order of each key's last hit: a hot
+        # key hit fifty times since the last replay costs the policy one update, not fifty.
         reads = self._reads
-        record = self._policy.get
+        if not reads:
+            return
+        hits: dict[str, int] = {}
+        last = hits.pop
         while reads:
             try:
                 key = reads.popleft()
             except IndexError:
-                return
-            record(key)
+                break
+            hits[key] = last(key, 0) + 1  # pop and re-insert: the key moves to the end
+        self._policy.record_hits(hits)
 
     def get_many(self, keys: Sequence[str]) -> dict[str, Entry]:
         """Hits are looked up without the lock; the misses take it once for the batch."""

@@ -47,6 +47,32 @@ def test_the_heavy_keys_rank_above_the_light_ones() -> None:
     assert all(sketch.frequency(key) >= 10 for key in top)
 
 
+class HashedAs(str):
+    """A key whose hash the test chooses."""
+
+    hashed: int
+
+    def __new__(cls, text: str, hashed: int) -> HashedAs:
+        key = super().__new__(cls, text)
+        key.hashed = hashed
+        return key
+
+    def __hash__(self) -> int:
+        return self.hashed
+
+
+def test_a_cold_key_does_not_share_all_four_counters_with_a_hot_one() -> None:
+    # These two hashes agree on h1 and h2 modulo the width (64): with double hashing
+    # (h1 + i * h2) the cold key would read exactly as hot as the hot one.
+    sketch = FrequencySketch(16, width=64, sample_factor=1_000)
+    hot = HashedAs("hot", 5 | 7 << 32)
+    cold = HashedAs("cold", 5 | 7 << 32 | 1 << 20 | 1 << 52)
+    for _ in range(15):
+        sketch.increment(hot, 1)
+    assert sketch.frequency(hot) == 15
+    assert sketch.frequency(cold) == 0
+
+
 def test_aging_halves_every_counter_after_the_sample() -> None:
     sketch = FrequencySketch(10, sample_factor=10)  # ages after 100 additions
     for _ in range(12):

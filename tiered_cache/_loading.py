@@ -295,6 +295,151 @@ class ChainLoading(ChainTiers):
             self._tier_failed(index, exc)
             return None, None
 
+    # -- batches (get_many) -------------------------------------------------------------------
+
+    def _load_batch_entries(
+        self,
+        flights: Mapping[str, Flight],
+        loader: BatchLoader | None,
+        ttl: float | str | None,
+        stale: Mapping[str, Entry],
+    ) -> dict[str, Entry]:
+        """Entries for every key of ``flights``: filled by another process's lease holder, or
+        loaded here in batches and filled into the tiers.
+
+        The leases of all the keys are asked for in one round trip; the keys this process
+        got are loaded at once, before it waits for the others' holders (so that two
+        processes holding each other's keys never wait on each other). Keys whose holder
+        takes longer than ``lease_wait`` are loaded without a lease, in one more batch.
+        """
+        if self._leasing is None:
+            return self._load_and_fill_many(list(flights), flights, loader, ttl, stale, tokens={})
+        protection = self._protection
+        entries: dict[str, Entry] = {}
+        pending = list(flights)
+        deadline: float | None = None
+        while pending:
+            tokens, filled, waiting = self._leases_for(pending)
+            entries.update(filled)
+            if tokens:
+                to_load = list(tokens)
+                entries.update(
+                    self._load_and_fill_many(to_load, flights, loader, ttl, stale, tokens=tokens)
+                )
+            if not waiting:
+                break
+            now = self._clock()
+            if deadline is None:
+                self._metrics.count("lease_waits", len(waiting))
+                deadline = now + protection.lease_wait
+            elif now >= deadline:
+                self._metrics.count("lease_wait_expired", len(waiting))
+                entries.update(
+                    self._load_and_fill_many(waiting, flights, loader, ttl, stale, tokens={})
+                )
+                break
+            pending = waiting
+            self._sleep(protection.lease_poll)
+        return entries
+
+    def _leases_for(
+        self, keys: Sequence[str]
+    ) -> tuple[dict[str, str | None], dict[str, Entry], list[str]]:
+        """One look at the shared tier for ``keys``: ``(to load, with the token or None for no
+        lease; filled meanwhile by a holder; held by another process)``."""
+        assert self._leasing is not None
+        index, tier = self._leasing
+        try:
+            looks = tier.acquire_leases(keys, self._protection.lease_ttl)
+        except Exception as exc:
+            self._tier_failed(index, exc)
+            return dict.fromkeys(keys), {}, []  # load them all without leases
+        now = self._clock()
+        tokens: dict[str, str | None] = {}
+        filled: dict[str, Entry] = {}
+        waiting: list[str] = []
+        unneeded: dict[str, str] = {}
+        for key in keys:
+            token, current = looks[key]
+            if current is not MISSING and now < current.soft_expiry:
+                filled[key] = current  # the holder filled it since our last look
+                if token is not None:
+                    unneeded[key] = token
+            elif token is not None:
+                tokens[key] = token
+            else:
+                waiting.append(key)
+        if unneeded:
+            self._release_leases(unneeded)
+        if filled:
+            self._metrics.hit(index, len(filled))
+            self._fill_many(filled, upto=index)
+        return tokens, filled, waiting
+
+    def _load_and_fill_many(
+        self,
+        keys: list[str],
+        flights: Mapping[str, Flight],
+        loader: BatchLoader | None,
+        ttl: float | str | None,
+        stale: Mapping[str, Entry],
+        *,
+        tokens: Mapping[str, str | None],
+    ) -> dict[str, Entry]:
+        """Load ``keys`` in one batch and fill them into the tiers (under their leases)."""
+        held = {key: token for key, token in tokens.items() if token is not None}
+        try:
+            loaded = self._load_many(keys, loader, ttl)
+        except Exception as exc:
+            self._release_leases(held)
+            if not self._protection.fail_safe or any(key not in stale for key in keys):
+                raise
+            return {key: self._fail_safe(key, stale[key], exc) for key in keys}
+        # Keys invalidated while the batch loaded stay out of every tier.
+        keep = {key: entry for key, entry in loaded.items() if not flights[key].cancelled_fill}
+        dropped = {key: token for key, token in held.items() if key not in keep}
+        if dropped:
+            self._release_leases(dropped)
+        leased = {key: (entry, held[key]) for key, entry in keep.items() if key in held}
+        self._fill_many(
+            {key: entry for key, entry in keep.items() if key not in leased},
+            upto=len(self._tiers),
+        )
+        if leased:
+            self._fill_many_with_leases(leased)
+        return loaded
+
+    def _fill_many_with_leases(self, leased: Mapping[str, tuple[Entry, str]]) -> None:
+        """:meth:`_store_loaded` for a batch: deeper tiers, then the leasing tier while the
+        leases hold, then the faster tiers with what was not lost to a writer."""
+        assert self._leasing is not None
+        index, tier = self._leasing
+        entries = {key: entry for key, (entry, _) in leased.items()}
+        self._fill_many(entries, upto=len(self._tiers), start=index + 1)
+        try:
+            kept = tier.fill_with_leases(leased)
+        except CodecError:
+            self._release_leases({key: token for key, (_, token) in leased.items()})
+            raise
+        except Exception as exc:
+            self._tier_failed(index, exc)
+            kept = set(leased)  # the shared tier is down: nothing there to protect
+        else:
+            self._metrics.fill(index, len(kept))
+        if len(kept) < len(leased):
+            self._metrics.count("lease_lost", len(leased) - len(kept))
+        self._fill_many({key: entries[key] for key in kept}, upto=index)
+
+    def _release_leases(self, tokens: Mapping[str, str]) -> None:
+        if not tokens:
+            return
+        assert self._leasing is not None
+        index, tier = self._leasing
+        try:
+            tier.release_leases(tokens)
+        except Exception as exc:
+            self._tier_failed(index, exc)
+
     def _release_lease(self, key: str, token: str) -> None:
         assert self._leasing is not None
         index, tier = self._leasing

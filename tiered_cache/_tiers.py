@@ -84,10 +84,11 @@ class ChainTiers:
             else:
                 self._metrics.fill(index)
 
-    def _fill_many(self, entries: Mapping[str, Entry], *, upto: int) -> None:
+    def _fill_many(self, entries: Mapping[str, Entry], *, upto: int, start: int = 0) -> None:
+        """Fill tiers ``start`` to ``upto - 1`` with ``entries``, deepest first (see _fill)."""
         if not entries:
             return
-        for index in range(upto - 1, -1, -1):
+        for index in range(upto - 1, start - 1, -1):
             if index in self._bypassed:
                 continue
             try:

@@ -233,6 +233,17 @@ class LeasingCircuitBreakerTier(CircuitBreakerTier):
     def release_lease(self, key: str, token: str) -> None:
         self._call(lambda: self._leasing.release_lease(key, token))
 
+    def acquire_leases(
+        self, keys: Sequence[str], ttl: float
+    ) -> dict[str, tuple[str | None, Entry | MissingType]]:
+        return self._call(lambda: self._leasing.acquire_leases(keys, ttl))
+
+    def fill_with_leases(self, entries: Mapping[str, tuple[Entry, str]]) -> set[str]:
+        return self._call(lambda: self._leasing.fill_with_leases(entries))
+
+    def release_leases(self, tokens: Mapping[str, str]) -> None:
+        self._call(lambda: self._leasing.release_leases(tokens))
+
 
 def guard(
     tier: Tier,

@@ -269,19 +269,10 @@ class TieredCache(ChainLoading):
         ttl: float | str | None,
         stale: dict[str, Entry],
     ) -> dict[str, Any]:
-        """Load the keys this caller leads in one batch, fill the tiers, land the flights."""
-        keys = list(flights)
+        """Load the keys this caller leads (in batches, under their leases), fill the tiers,
+        land the flights."""
         try:
-            try:
-                loaded = self._load_many(keys, loader, ttl)
-            except Exception as exc:
-                if not self._protection.fail_safe or any(key not in stale for key in keys):
-                    raise
-                loaded = {key: self._fail_safe(key, stale[key], exc) for key in keys}
-            else:
-                # Keys invalidated while the batch loaded stay out of every tier.
-                keep = {k: e for k, e in loaded.items() if not flights[k].cancelled_fill}
-                self._fill_many(keep, upto=len(self._tiers))
+            loaded = self._load_batch_entries(flights, loader, ttl, stale)
         except BaseException as exc:
             self._flights.land(flights, {}, exc)
             raise

@@ -6,11 +6,14 @@ everywhere, the chain asks for the key's lease; the process that gets it loads a
 invalidation deletes the lease with the key, so a slow load that read the source before a write
 cannot put the old value back afterwards ("Scaling Memcache at Facebook", Nishtala et al.,
 NSDI 2013, section 3.2.1). The others wait briefly and read what the holder filled; a lease
-whose holder died expires after its TTL and another process takes over.
+whose holder died expires after its TTL and another process takes over. ``get_many`` takes
+the leases of a batch's cold keys together, loads the ones it got in one batch, and then waits
+for the others' holders.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
 from .tier import Entry, MissingType, Tier
@@ -39,4 +42,22 @@ class LeasingTier(Tier, Protocol):
 
     def release_lease(self, key: str, token: str) -> None:
         """Give the lease up without filling (the load failed), if ``token`` still holds it."""
+        ...
+
+    def acquire_leases(
+        self, keys: Sequence[str], ttl: float
+    ) -> dict[str, tuple[str | None, Entry | MissingType]]:
+        """:meth:`acquire_lease` for each of ``keys``, in one round trip where the tier can."""
+        ...
+
+    def fill_with_leases(self, entries: Mapping[str, tuple[Entry, str]]) -> set[str]:
+        """:meth:`fill_with_lease` for each ``key: (entry, token)``; the keys not lost.
+
+        Every entry is encoded before anything is written: a value the tier cannot store
+        raises :class:`~tiered_cache.CodecError` and nothing is written.
+        """
+        ...
+
+    def release_leases(self, tokens: Mapping[str, str]) -> None:
+        """:meth:`release_lease` for each ``key: token``."""
         ...

@@ -120,9 +120,9 @@ class CacheMetrics:
         with self._lock:
             self.singleflight_waits += 1
 
-    def count(self, event: str) -> None:
+    def count(self, event: str, amount: int = 1) -> None:
         with self._lock:
-            self.events[event] = self.events.get(event, 0) + 1
+            self.events[event] = self.events.get(event, 0) + amount
 
     def snapshot(self) -> dict[str, Any]:
         """A JSON-serializable copy of every counter."""

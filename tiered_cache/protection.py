@@ -32,7 +32,8 @@ class Protection:
         hard_timeout: a load slower than this raises :class:`~tiered_cache.LoadTimeout` to the
             caller (the load still finishes in the background and fills the tiers).
         lease: ``"auto"`` uses a lease on the first tier that offers them (Redis), so a fleet
-            loads a missing key about once; ``"off"`` never does.
+            loads a missing key about once, through ``get`` or ``get_many``; ``"off"`` never
+            does.
         lease_ttl: how long a lease holds if its holder dies.
         lease_wait: how long a process that did not get the lease waits for the holder's value
             before loading itself.

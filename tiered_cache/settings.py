@@ -264,7 +264,7 @@ class ProtectionSettings(BaseModel):
     lease: Literal["auto", "off"] = Field(
         default="auto",
         description="'auto': when a shared tier (Redis) offers leases, one process per fleet "
-        "loads a missing key while the others wait for its value.",
+        "loads a missing key while the others wait for its value (get and get_many alike).",
     )
     lease_ttl: Duration = Field(
         default=3.0, description="How long a lease holds if its holder dies."

@@ -3,19 +3,22 @@ invalidation, with real processes and a real redis-server."""
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import json
+import random
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 import redis
 from tiered_cache_redis import RedisTier
 
-from tiered_cache import MISSING, Entry, MemoryTier, TieredCache
+from tiered_cache import MISSING, CodecError, Entry, MemoryTier, TieredCache
 from tiered_cache.leases import LeasingTier
 from tiered_cache.protection import Protection
 from tiered_cache.testing.servers import RedisServer
@@ -89,6 +92,39 @@ def test_release_only_by_the_holder(tier: RedisTier) -> None:
     assert lease(tier) is not None
 
 
+def test_leases_of_a_batch_in_one_round_trip(tier: RedisTier) -> None:
+    tier.set("filled", entry("there"))
+    looks = tier.acquire_leases(["a", "b", "filled"], ttl=5)
+    assert [looks[key][0] is not None for key in ("a", "b", "filled")] == [True, True, True]
+    assert looks["a"][1] is MISSING
+    filled = looks["filled"][1]
+    assert filled and filled.value == "there"  # the look came with the lease
+    again = tier.acquire_leases(["a", "b"], ttl=5)
+    assert again == {"a": (None, MISSING), "b": (None, MISSING)}  # held: nobody else gets them
+    tokens = {key: looks[key][0] for key in ("a", "b", "filled")}
+    tier.delete("b")  # an invalidation while "b" loads voids its lease
+    kept = tier.fill_with_leases(
+        {"a": (entry("A"), tokens["a"]), "b": (entry("B"), tokens["b"])}  # type: ignore[dict-item]
+    )
+    assert kept == {"a"}
+    assert tier.get("a").value == "A"  # type: ignore[union-attr]
+    assert not tier.get("b")
+    tier.release_leases({"filled": tokens["filled"]})  # type: ignore[dict-item]
+    assert tier.acquire_leases(["a", "filled"], ttl=5)["filled"][0] is not None
+
+
+def test_an_unencodable_value_in_a_batch_fill_writes_nothing(tier: RedisTier) -> None:
+    looks = tier.acquire_leases(["good", "bad"], ttl=5)
+    with pytest.raises(CodecError):
+        tier.fill_with_leases(
+            {
+                "good": (entry("fine"), looks["good"][0]),  # type: ignore[dict-item]
+                "bad": (entry(object()), looks["bad"][0]),  # type: ignore[dict-item]
+            }
+        )
+    assert not tier.get("good")
+
+
 def chain(url: str, namespace: str, bus: str = "auto", **protection: object) -> TieredCache:
     return TieredCache.from_config(
         namespace=namespace,
@@ -132,6 +168,152 @@ def test_two_chains_threads_on_a_cold_key_read_the_source_once(
     assert sum(waited) == 1  # the chain that lost the race waited once, for all its threads
     for cache in caches:
         cache.close()
+
+
+def test_two_chains_batches_of_overlapping_cold_keys_read_each_key_once(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    caches = [chain(redis_server.url, namespace), chain(redis_server.url, namespace)]
+    reads: collections.Counter[str] = collections.Counter()
+    lock = threading.Lock()
+
+    def batch_source(keys: Sequence[str]) -> dict[str, str]:
+        with lock:
+            reads.update(keys)
+        time.sleep(0.1)
+        return {key: f"value of {key}" for key in keys}
+
+    keys = [f"tweet:{index}" for index in range(30)]
+    barrier = threading.Barrier(20)
+    errors: list[BaseException] = []
+
+    def reader(cache: TieredCache, seed: int) -> None:
+        wanted = random.Random(seed).sample(keys, 20)
+        barrier.wait()
+        try:
+            assert cache.get_many(wanted, batch_source) == {k: f"value of {k}" for k in wanted}
+        except BaseException as exc:  # reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader, args=(caches[i % 2], i)) for i in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    read_keys = set(reads)
+    assert all(reads[key] == 1 for key in read_keys), reads
+    for cache in caches:
+        cache.close()
+
+
+@contextlib.contextmanager
+def a_load_in_progress(cache: TieredCache, key: str, value: str) -> Iterator[threading.Event]:
+    """``cache`` loads ``key`` on another thread, holding its lease until the event is set."""
+    loading = threading.Event()
+    may_finish = threading.Event()
+
+    def slow_load() -> str:
+        loading.set()
+        assert may_finish.wait(10)
+        return value
+
+    thread = threading.Thread(target=lambda: cache.get(key, slow_load))
+    thread.start()
+    assert loading.wait(10)
+    try:
+        yield may_finish
+    finally:
+        may_finish.set()
+        thread.join()
+
+
+def test_a_batch_waits_for_the_holder_of_a_lease_then_loads_only_the_rest(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    holder = chain(redis_server.url, namespace)
+    batch = chain(redis_server.url, namespace)
+    loaded: list[list[str]] = []
+    with a_load_in_progress(holder, "held", "from the holder") as may_finish:
+
+        def batch_source(keys: Sequence[str]) -> dict[str, str]:
+            loaded.append(list(keys))
+            may_finish.set()  # the holder finishes while this batch waits for it
+            return {key: "from the batch" for key in keys}
+
+        got = batch.get_many(["free", "held"], batch_source)
+    assert got == {"free": "from the batch", "held": "from the holder"}
+    assert loaded == [["free"]]
+    assert batch.stats()["lease_waits"] == 1
+    holder.close()
+    batch.close()
+
+
+def test_a_batch_loads_a_key_itself_once_the_holder_is_too_slow(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    holder = chain(redis_server.url, namespace)
+    batch = chain(redis_server.url, namespace, lease_wait="100ms")
+    with a_load_in_progress(holder, "held", "late"):
+        got = batch.get_many(["held"], lambda keys: {key: "own load" for key in keys})
+    assert got == {"held": "own load"}
+    assert batch.stats()["lease_wait_expired"] == 1
+    holder.close()
+    batch.close()
+
+
+def test_a_batch_load_racing_an_invalidation_keeps_the_old_value_out(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    reader = chain(redis_server.url, namespace, bus="off")
+    writer = chain(redis_server.url, namespace, bus="off")
+    source = {"a": "old", "b": "old"}
+
+    def load_then_write(keys: Sequence[str]) -> dict[str, str]:
+        values = {key: source[key] for key in keys}
+        source["b"] = "new"  # a writer changes "b" after the batch read it ...
+        writer.invalidate("b")  # ... and invalidates it before the batch fills
+        return values
+
+    assert reader.get_many(["a", "b"], load_then_write) == {"a": "old", "b": "old"}
+    assert reader.stats()["lease_lost"] == 1
+    assert reader.tiers[1].get("a").value == "old"  # type: ignore[union-attr]
+    assert not reader.tiers[1].get("b")  # Redis did not take the old "b" ...
+    assert not reader.tiers[0].get("b")  # ... nor the reader's memory
+    assert reader.get("b", lambda: source["b"]) == "new"
+    reader.close()
+    writer.close()
+
+
+@pytest.mark.slow
+def test_four_processes_batches_of_overlapping_cold_keys_one_read_per_key(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """4 processes x 10 threads, each get_many of 30 of the same 60 cold keys: every key is
+    read from the source once in the whole fleet (lease TTL far above the load time)."""
+    worker = Path(__file__).with_name("redis_workers.py")
+    processes = [
+        subprocess.Popen(
+            [sys.executable, str(worker), redis_server.url, namespace, "batch", "10", str(seed)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for seed in range(4)
+    ]
+    counter = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    deadline = time.monotonic() + 60
+    while int(counter.get(f"{namespace}:ready") or 0) < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    counter.set(f"{namespace}:go", 1)
+    outputs = [process.communicate(timeout=120)[0] for process in processes]
+    assert [process.returncode for process in processes] == [0] * 4
+    batches = [batch for output in outputs for batch in json.loads(output)]
+    assert len(batches) == 40
+    assert all(value == {"tweet_id": key} for batch in batches for key, value in batch.items())
+    reads = {key: int(count) for key, count in counter.hgetall(f"{namespace}:reads").items()}
+    counter.close()
+    assert set(reads) == {key for batch in batches for key in batch}
+    assert set(reads.values()) == {1}, reads
 
 
 @pytest.mark.slow

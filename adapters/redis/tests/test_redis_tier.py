@@ -308,3 +308,20 @@ def test_cluster_batches_span_slots_and_nodes(
     assert sorted(cluster_tier.get_many(keys)) == sorted(keys[150:])
     cluster_tier.clear()
     assert node_keys(redis_cluster, f"{namespace}:*") == [0, 0, 0]
+
+
+def test_cluster_leases_of_a_batch_over_every_node(
+    cluster_tier: RedisTier, redis_cluster: RedisCluster, clock: FakeClock, namespace: str
+) -> None:
+    keys = [f"tweet:{i}" for i in range(60)]
+    looks = cluster_tier.acquire_leases(keys, ttl=5)
+    assert all(token is not None and current is MISSING for token, current in looks.values())
+    assert all(token is None for token, _ in cluster_tier.acquire_leases(keys, ttl=5).values())
+    kept = cluster_tier.fill_with_leases(
+        {key: (entry(clock, i), looks[key][0]) for i, key in enumerate(keys)}  # type: ignore[misc]
+    )
+    assert kept == set(keys)
+    assert all(count > 0 for count in node_keys(redis_cluster, f"{namespace}:*"))
+    assert {key: e.value for key, e in cluster_tier.get_many(keys).items()} == {
+        key: i for i, key in enumerate(keys)
+    }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import logging
 import math
 import random
@@ -306,6 +307,79 @@ class RedisTier:
         if self._release_script is None:
             self._release_script = self.client.register_script(RELEASE_IF_HOLDING)
         self._release_script(keys=[lease_key(name)], args=[token])
+
+    def acquire_leases(
+        self, keys: Sequence[str], ttl: float
+    ) -> dict[str, tuple[str | None, Entry | MissingType]]:
+        """:meth:`acquire_lease` for each key: one pipelined round trip (one per key on a
+        cluster, where a pipeline of scripts would have to be split by node)."""
+        names = [self._prefix + key for key in keys]
+        for name in names:
+            self._check_lease_possible(name)
+        if self._acquire_script is None:
+            self._acquire_script = self.client.register_script(ACQUIRE_AND_GET)
+        px = max(1, int(ttl * 1000))
+        tokens = [uuid.uuid4().hex for _ in keys]
+        replies = self._run_scripts(
+            self._acquire_script,
+            [
+                ([name, lease_key(name)], [token, px])
+                for name, token in zip(names, tokens, strict=True)
+            ],
+        )
+        now = self._clock()
+        return {
+            key: (
+                token if taken else None,
+                MISSING if not data else self._decode(key, data, now),
+            )
+            for key, token, (taken, data) in zip(keys, tokens, replies, strict=True)
+        }
+
+    def fill_with_leases(self, entries: Mapping[str, tuple[Entry, str]]) -> builtins.set[str]:
+        """:meth:`fill_with_lease` for each key, every value encoded before the one round trip."""
+        now = self._clock()
+        encoded = [
+            (key, token, *self._encode(key, entry, now)) for key, (entry, token) in entries.items()
+        ]
+        expired = {key: token for key, token, _, data, _ in encoded if data is None}
+        calls = [(key, name, token, data, px) for key, token, name, data, px in encoded if data]
+        kept = set(expired)  # nothing to store: nothing another writer could lose
+        if calls:
+            if self._fill_script is None:
+                self._fill_script = self.client.register_script(FILL_IF_HOLDING)
+            replies = self._run_scripts(
+                self._fill_script,
+                [
+                    ([name, lease_key(name)], [token, data, px or 0])
+                    for _, name, token, data, px in calls
+                ],
+            )
+            kept.update(call[0] for call, filled in zip(calls, replies, strict=True) if filled)
+        if expired:
+            self.release_leases(expired)
+        return kept
+
+    def release_leases(self, tokens: Mapping[str, str]) -> None:
+        """:meth:`release_lease` for each key."""
+        if self._release_script is None:
+            self._release_script = self.client.register_script(RELEASE_IF_HOLDING)
+        self._run_scripts(
+            self._release_script,
+            [([lease_key(self._prefix + key)], [token]) for key, token in tokens.items()],
+        )
+
+    def _run_scripts(self, script: Any, calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
+        """Run ``script`` once per ``(keys, args)``: pipelined on one server, one call at a time
+        on a cluster."""
+        if not calls:
+            return []
+        if self.is_cluster:
+            return [script(keys=keys, args=args) for keys, args in calls]
+        pipe = self.client.pipeline(transaction=False)
+        for keys, args in calls:
+            script(keys=keys, args=args, client=pipe)
+        return cast(list[Any], pipe.execute())
 
     def _check_lease_possible(self, name: str) -> None:
         if not cluster_safe(name) and self.is_cluster:

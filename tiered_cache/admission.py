@@ -123,7 +123,7 @@ class TinyLfuPolicy:
         self._victim_frequency = 0
         self._window_target = max_entries * window_fraction
         self._set_window(self._window_target)
-        # Reads in the current hill-climbing sample; the hit count also picks sampled hits.
+        # Reads in the current hill-climbing sample.
         self._misses = 0
         self._hits = 0
         self._sample_size = self.sketch.sample_size

@@ -73,6 +73,18 @@ def test_a_cold_key_does_not_share_all_four_counters_with_a_hot_one() -> None:
     assert sketch.frequency(cold) == 0
 
 
+def test_every_row_spreads_over_a_table_wider_than_two_to_the_sixteen() -> None:
+    width = 1 << 17
+    sketch = FrequencySketch(1_000, width=width, sample_factor=10_000)  # no aging here
+    n_keys = 200_000
+    for index in range(n_keys):
+        sketch.increment(f"k{index}", 1)
+    table = sketch._table
+    used = [width - table[row * width : (row + 1) * width].count(0) for row in range(4)]
+    expected = width * (1 - math.exp(-n_keys / width))  # balls into bins
+    assert all(count > 0.97 * expected for count in used), (used, expected)
+
+
 def test_aging_halves_every_counter_after_the_sample() -> None:
     sketch = FrequencySketch(10, sample_factor=10)  # ages after 100 additions
     for _ in range(12):

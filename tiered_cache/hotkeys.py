@@ -53,6 +53,8 @@ MAX_CEILING = 255
 # pass of C code.
 _HALVE = bytes(value >> 1 for value in range(256))
 _ODD_AS_ONE = bytes(value & 1 for value in range(256))
+#: ``hash()`` is a signed 64-bit number (on 64-bit builds); its unsigned bits index the rows.
+_MASK64 = (1 << 64) - 1
 
 
 def _power_of_two_at_least(value: int) -> int:
@@ -79,7 +81,8 @@ class FrequencySketch:
     once per string object and cached in it (so a key that is looked up again costs nothing to
     hash), well mixed, and salted per process, which is enough here because the sketch never
     leaves the process; the salt also keeps an outsider from choosing keys that collide. The
-    four row indexes are slices of the one 64-bit hash, 16 bits apart. (Double hashing,
+    four row indexes are slices of the one 64-bit hash, 16 bits apart (the last one wraps
+    around to the low bits, so that every row spans a table wider than 2**16). (Double hashing,
     ``h1 + i * h2``, was tried first: two keys then share all four counters when they agree
     on ``h1`` and ``h2`` modulo the width, one pair in ``width**2``; a cold key sharing all
     its counters with a hot one reads as hot, sits at the head of probation and refuses
@@ -157,7 +160,7 @@ class FrequencySketch:
 
     def _increment(self, key: str, count: int = 1) -> int:
         """Count ``count`` sightings of ``key``; return its estimated frequency afterwards."""
-        h = hash(key)
+        h = hash(key) & _MASK64
         mask = self._mask
         width = self.width
         table = self._table
@@ -165,7 +168,7 @@ class FrequencySketch:
         a = h & mask
         b = width + ((h >> 16) & mask)
         c = 2 * width + ((h >> 32) & mask)
-        d = 3 * width + ((h >> 48) & mask)
+        d = 3 * width + (((h >> 48) | (h << 16)) & mask)
         va = table[a]
         vb = table[b]
         vc = table[c]
@@ -221,16 +224,17 @@ class FrequencySketch:
         mask = self._mask
         width = self.width
         table = self._table
+        h &= _MASK64
         return min(
             table[h & mask],
             table[width + ((h >> 16) & mask)],
             table[2 * width + ((h >> 32) & mask)],
-            table[3 * width + ((h >> 48) & mask)],
+            table[3 * width + (((h >> 48) | (h << 16)) & mask)],
         )
 
     def _frequency(self, key: str) -> int:
         # _estimate inlined: admission asks this twice per eviction.
-        h = hash(key)
+        h = hash(key) & _MASK64
         mask = self._mask
         width = self.width
         table = self._table
@@ -241,7 +245,7 @@ class FrequencySketch:
         value = table[2 * width + ((h >> 32) & mask)]
         if value < low:  # noqa: PLR1730
             low = value
-        value = table[3 * width + ((h >> 48) & mask)]
+        value = table[3 * width + (((h >> 48) | (h << 16)) & mask)]
         if value < low:  # noqa: PLR1730
             low = value
         return low

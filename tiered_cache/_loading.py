@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from ._tiers import ChainTiers
 from .errors import CodecError, LoadTimeout, TieredCacheError
-from .leases import LeasingTier
+from .leases import LeasingTier, PartialFill
 from .protection import Protection
 from .singleflight import Flight, SingleFlight
 from .tier import MISSING, NEVER, Entry, Source, Tier
@@ -267,6 +267,8 @@ class ChainLoading(ChainTiers):
         """
         assert self._leasing is not None
         index, tier = self._leasing
+        if not tier.can_lease(key):
+            return None, None
         protection = self._protection
         deadline: float | None = None
         try:
@@ -303,44 +305,48 @@ class ChainLoading(ChainTiers):
         loader: BatchLoader | None,
         ttl: float | str | None,
         stale: Mapping[str, Entry],
-    ) -> dict[str, Entry]:
-        """Entries for every key of ``flights``: filled by another process's lease holder, or
-        loaded here in batches and filled into the tiers.
+        ready: Callable[[Mapping[str, Entry]], None],
+    ) -> None:
+        """Get an entry for every key of ``flights`` and hand each batch of them to ``ready``
+        as soon as it is there: filled by another process's lease holder, or loaded here in
+        batches and filled into the tiers.
 
         The leases of all the keys are asked for in one round trip; the keys this process
         got are loaded at once, before it waits for the others' holders (so that two
-        processes holding each other's keys never wait on each other). Keys whose holder
-        takes longer than ``lease_wait`` are loaded without a lease, in one more batch.
+        processes holding each other's keys never wait on each other, and callers of the
+        keys already loaded do not wait either). Keys whose holder takes longer than
+        ``lease_wait`` are loaded without a lease, in one more batch.
         """
         if self._leasing is None:
-            return self._load_and_fill_many(list(flights), flights, loader, ttl, stale, tokens={})
+            ready(self._load_and_fill_many(list(flights), flights, loader, ttl, stale, tokens={}))
+            return
         protection = self._protection
-        entries: dict[str, Entry] = {}
         pending = list(flights)
         deadline: float | None = None
         while pending:
             tokens, filled, waiting = self._leases_for(pending)
-            entries.update(filled)
+            if filled:
+                ready(filled)
             if tokens:
-                to_load = list(tokens)
-                entries.update(
-                    self._load_and_fill_many(to_load, flights, loader, ttl, stale, tokens=tokens)
+                if deadline is not None:  # holders that died left their leases to expire
+                    self._metrics.count("lease_takeovers", sum(1 for t in tokens.values() if t))
+                ready(
+                    self._load_and_fill_many(
+                        list(tokens), flights, loader, ttl, stale, tokens=tokens
+                    )
                 )
             if not waiting:
-                break
+                return
             now = self._clock()
             if deadline is None:
                 self._metrics.count("lease_waits", len(waiting))
                 deadline = now + protection.lease_wait
             elif now >= deadline:
                 self._metrics.count("lease_wait_expired", len(waiting))
-                entries.update(
-                    self._load_and_fill_many(waiting, flights, loader, ttl, stale, tokens={})
-                )
-                break
+                ready(self._load_and_fill_many(waiting, flights, loader, ttl, stale, tokens={}))
+                return
             pending = waiting
             self._sleep(protection.lease_poll)
-        return entries
 
     def _leases_for(
         self, keys: Sequence[str]
@@ -349,13 +355,18 @@ class ChainLoading(ChainTiers):
         lease; filled meanwhile by a holder; held by another process)``."""
         assert self._leasing is not None
         index, tier = self._leasing
+        tokens: dict[str, str | None] = {key: None for key in keys if not tier.can_lease(key)}
+        if tokens:
+            keys = [key for key in keys if key not in tokens]
+            if not keys:
+                return tokens, {}, []
         try:
             looks = tier.acquire_leases(keys, self._protection.lease_ttl)
         except Exception as exc:
             self._tier_failed(index, exc)
-            return dict.fromkeys(keys), {}, []  # load them all without leases
+            tokens.update(dict.fromkeys(keys))  # load them all without leases
+            return tokens, {}, []
         now = self._clock()
-        tokens: dict[str, str | None] = {}
         filled: dict[str, Entry] = {}
         waiting: list[str] = []
         unneeded: dict[str, str] = {}
@@ -395,6 +406,9 @@ class ChainLoading(ChainTiers):
             if not self._protection.fail_safe or any(key not in stale for key in keys):
                 raise
             return {key: self._fail_safe(key, stale[key], exc) for key in keys}
+        except BaseException:
+            self._release_leases(held)
+            raise
         # Keys invalidated while the batch loaded stay out of every tier.
         keep = {key: entry for key, entry in loaded.items() if not flights[key].cancelled_fill}
         dropped = {key: token for key, token in held.items() if key not in keep}
@@ -415,12 +429,17 @@ class ChainLoading(ChainTiers):
         assert self._leasing is not None
         index, tier = self._leasing
         entries = {key: entry for key, (entry, _) in leased.items()}
-        self._fill_many(entries, upto=len(self._tiers), start=index + 1)
         try:
+            self._fill_many(entries, upto=len(self._tiers), start=index + 1)
             kept = tier.fill_with_leases(leased)
         except CodecError:
             self._release_leases({key: token for key, (_, token) in leased.items()})
             raise
+        except PartialFill as exc:
+            # Redis answered, so a writer may have come for the keys whose fill failed:
+            # keep those out of the faster tiers too.
+            self._tier_failed(index, exc)
+            kept = exc.kept
         except Exception as exc:
             self._tier_failed(index, exc)
             kept = set(leased)  # the shared tier is down: nothing there to protect

@@ -224,6 +224,9 @@ class LeasingCircuitBreakerTier(CircuitBreakerTier):
         )
         self._leasing = tier
 
+    def can_lease(self, key: str) -> bool:
+        return self._leasing.can_lease(key)  # no round trip: nothing to guard
+
     def acquire_lease(self, key: str, ttl: float) -> tuple[str | None, Entry | MissingType]:
         return self._call(lambda: self._leasing.acquire_lease(key, ttl))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -270,14 +270,19 @@ class TieredCache(ChainLoading):
         stale: dict[str, Entry],
     ) -> dict[str, Any]:
         """Load the keys this caller leads (in batches, under their leases), fill the tiers,
-        land the flights."""
+        land each key's flight as soon as its value is there."""
+        values: dict[str, Any] = {}
+
+        def ready(entries: Mapping[str, Entry]) -> None:
+            landed = {key: entry.value for key, entry in entries.items()}
+            self._flights.land({key: flights[key] for key in landed}, landed, None)
+            values.update(landed)
+
         try:
-            loaded = self._load_batch_entries(flights, loader, ttl, stale)
+            self._load_batch_entries(flights, loader, ttl, stale, ready)
         except BaseException as exc:
-            self._flights.land(flights, {}, exc)
+            self._flights.land({k: f for k, f in flights.items() if k not in values}, {}, exc)
             raise
-        values = {key: entry.value for key, entry in loaded.items()}
-        self._flights.land(flights, values, None)
         return values
 
     def _read_through(

@@ -16,12 +16,30 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
+from .errors import TierUnavailable
 from .tier import Entry, MissingType, Tier
+
+
+class PartialFill(TierUnavailable):
+    """Some fills of :meth:`LeasingTier.fill_with_leases` failed.
+
+    ``kept`` are the keys written under their leases (or with nothing to write); the others
+    may or may not have been written, so the caller must not copy them into faster tiers.
+    """
+
+    def __init__(self, message: str, kept: set[str]) -> None:
+        super().__init__(message)
+        self.kept = kept
 
 
 @runtime_checkable
 class LeasingTier(Tier, Protocol):
     """A tier that also offers leases (the operations below)."""
+
+    def can_lease(self, key: str) -> bool:
+        """False for a key this tier cannot lease (it is then loaded without a lease; asking
+        for its lease anyway raises :class:`~tiered_cache.TierUnavailable`)."""
+        ...
 
     def acquire_lease(self, key: str, ttl: float) -> tuple[str | None, Entry | MissingType]:
         """Try to take ``key``'s lease, and read the key, in one round trip.
@@ -47,14 +65,19 @@ class LeasingTier(Tier, Protocol):
     def acquire_leases(
         self, keys: Sequence[str], ttl: float
     ) -> dict[str, tuple[str | None, Entry | MissingType]]:
-        """:meth:`acquire_lease` for each of ``keys``, in one round trip where the tier can."""
+        """:meth:`acquire_lease` for each of ``keys``, in one round trip where the tier can.
+
+        All or nothing: if some of the leases cannot be asked for, the ones taken are given
+        back before the error is raised.
+        """
         ...
 
     def fill_with_leases(self, entries: Mapping[str, tuple[Entry, str]]) -> set[str]:
         """:meth:`fill_with_lease` for each ``key: (entry, token)``; the keys not lost.
 
         Every entry is encoded before anything is written: a value the tier cannot store
-        raises :class:`~tiered_cache.CodecError` and nothing is written.
+        raises :class:`~tiered_cache.CodecError` and nothing is written. When only some fills
+        fail, :class:`PartialFill` says which keys were written.
         """
         ...
 

@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 import redis
 from tiered_cache_redis import RedisTier
+from tiered_cache_redis.leases import lease_key
 
-from tiered_cache import MISSING, CodecError, Entry, MemoryTier, TieredCache
-from tiered_cache.leases import LeasingTier
+from tiered_cache import MISSING, CodecError, Entry, MemoryTier, TieredCache, TierUnavailable
+from tiered_cache.leases import LeasingTier, PartialFill
 from tiered_cache.protection import Protection
 from tiered_cache.testing.servers import RedisServer
 
@@ -123,6 +124,37 @@ def test_an_unencodable_value_in_a_batch_fill_writes_nothing(tier: RedisTier) ->
             }
         )
     assert not tier.get("good")
+
+
+def test_a_batch_whose_leases_cannot_all_be_taken_leaves_none_behind(
+    tier: RedisTier, redis_server: RedisServer, namespace: str
+) -> None:
+    raw = redis.Redis.from_url(redis_server.url)
+    raw.hset(f"{namespace}:bad", "not", "a cache entry")  # the lease script's GET fails on it
+    with pytest.raises(TierUnavailable):
+        tier.acquire_leases(["a", "bad", "c"], ttl=5)
+    # The leases taken for "a" and "c" were given back: nobody waits for a load that the
+    # caller, seeing the error, makes without leases.
+    assert raw.exists(lease_key(f"{namespace}:a"), lease_key(f"{namespace}:c")) == 0
+    raw.close()
+
+
+def test_a_batch_fill_that_partly_fails_says_which_keys_were_written(
+    tier: RedisTier, redis_server: RedisServer, namespace: str
+) -> None:
+    raw = redis.Redis.from_url(redis_server.url)
+    looks = tier.acquire_leases(["a", "b"], ttl=5)
+    broken = lease_key(f"{namespace}:b")
+    raw.delete(broken)
+    raw.hset(broken, "not", "a lease")  # the fill script's GET of b's lease fails on it
+    with pytest.raises(PartialFill) as failure:
+        tier.fill_with_leases(
+            {key: (entry(key.upper()), looks[key][0]) for key in ("a", "b")}  # type: ignore[misc]
+        )
+    assert failure.value.kept == {"a"}
+    assert tier.get("a").value == "A"  # type: ignore[union-attr]
+    assert not tier.get("b")
+    raw.close()
 
 
 def chain(url: str, namespace: str, bus: str = "auto", **protection: object) -> TieredCache:
@@ -260,6 +292,59 @@ def test_a_batch_loads_a_key_itself_once_the_holder_is_too_slow(
     assert batch.stats()["lease_wait_expired"] == 1
     holder.close()
     batch.close()
+
+
+def test_keys_a_batch_loaded_are_served_while_it_waits_for_another_holder(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    # The holder's lease and the batch's patience both outlast the test: "held" stays held.
+    holder = chain(redis_server.url, namespace, lease_ttl="30s")
+    batch = chain(redis_server.url, namespace, lease_wait="30s")
+    readers: list[threading.Thread] = []
+
+    def batch_source(keys: Sequence[str]) -> dict[str, str]:
+        # While "free" loads, another caller asks for it and joins this batch's flight.
+        reader = threading.Thread(target=lambda: batch.get("free"))
+        reader.start()
+        readers.append(reader)
+        time.sleep(0.2)  # ample time for the reader to reach the flight and wait on it
+        return {key: "from the batch" for key in keys}
+
+    with a_load_in_progress(holder, "held", "from the holder"):
+        waiting = threading.Thread(target=lambda: batch.get_many(["free", "held"], batch_source))
+        waiting.start()
+        deadline = time.monotonic() + 10
+        while not readers and time.monotonic() < deadline:
+            time.sleep(0.01)
+        readers[0].join(timeout=5)
+        # The flight of "free" landed as soon as "free" was loaded: its reader is not held
+        # up until the other process's holder of "held" finishes.
+        assert not readers[0].is_alive()
+        assert batch.stats()["singleflight_waits"] == 1
+    waiting.join()
+    holder.close()
+    batch.close()
+
+
+def test_a_batch_fill_that_partly_fails_keeps_the_failed_keys_out_of_memory(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    cache = chain(redis_server.url, namespace)
+    raw = redis.Redis.from_url(redis_server.url)
+
+    def load_and_break_a_lease(keys: Sequence[str]) -> dict[str, str]:
+        broken = lease_key(f"{namespace}:b")
+        raw.delete(broken)
+        raw.hset(broken, "not", "a lease")
+        return {key: key.upper() for key in keys}
+
+    assert cache.get_many(["a", "b"], load_and_break_a_lease) == {"a": "A", "b": "B"}
+    memory = cache.tiers[0]
+    assert memory.get("a").value == "A"  # type: ignore[union-attr]
+    assert not memory.get("b")  # its fill failed: a writer may have come meanwhile
+    assert cache.stats()["tiers"][1]["errors"] + cache.stats()["tiers"][1]["skips"] == 1
+    raw.close()
+    cache.close()
 
 
 def test_a_batch_load_racing_an_invalidation_keeps_the_old_value_out(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tiered_cache_redis import RedisTier, make_client
 
+from tiered_cache import TieredCache
 from tiered_cache.errors import CodecError
 from tiered_cache.testing.clock import FakeClock
 from tiered_cache.testing.servers import RedisCluster, RedisServer
@@ -325,3 +326,31 @@ def test_cluster_leases_of_a_batch_over_every_node(
     assert {key: e.value for key, e in cluster_tier.get_many(keys).items()} == {
         key: i for i, key in enumerate(keys)
     }
+
+
+def test_cluster_keys_that_cannot_be_leased_load_without_a_lease_and_without_an_error(
+    redis_cluster: RedisCluster, namespace: str
+) -> None:
+    cache = TieredCache.from_config(
+        namespace=namespace,
+        tiers=[
+            {"kind": "memory", "admission": "always"},
+            {"kind": "redis", "url": redis_cluster.url, "timeout": "2s"},
+        ],
+        bus={"kind": "off"},
+    )
+    loads: list[list[str]] = []
+
+    def source(keys: Sequence[str]) -> dict[str, str]:
+        loads.append(sorted(keys))
+        return {key: f"v:{key}" for key in keys}
+
+    keys = ["plain:1", "{tagged}:2", "plain:3"]
+    assert cache.get_many(keys, source) == {key: f"v:{key}" for key in keys}
+    # One batch: the braced key is loaded without a lease, beside the others; that is not a
+    # failure of the tier (no error, no skip, no breaker trip).
+    assert loads == [sorted(keys)]
+    assert cache.get("{tagged}:9", lambda: "single") == "single"  # get() alike
+    assert cache.stats()["tiers"][1]["errors"] == cache.stats()["tiers"][1]["skips"] == 0
+    assert cache.tiers[1].get("{tagged}:2").value == "v:{tagged}:2"  # type: ignore[union-attr]
+    cache.close()

@@ -91,3 +91,17 @@ def make_client(
     # of raising "Too many connections" at once under a burst of threads.
     pool = redis.BlockingConnectionPool.from_url(target.url, timeout=timeout, **options)
     return redis.Redis.from_pool(pool)
+
+
+def close_client(client: RedisClient) -> None:
+    """Close ``client`` and its sockets.
+
+    ``RedisCluster.close()`` closes each node's client but leaves the nodes' connection pools
+    (made by the cluster client, not owned by the node clients) connected; their sockets then
+    stay open until garbage collection. Disconnect those pools too.
+    """
+    client.close()
+    if isinstance(client, RedisCluster):
+        for node in client.get_nodes():  # type: ignore[no-untyped-call]
+            if node.redis_connection is not None:
+                node.redis_connection.connection_pool.disconnect()

@@ -17,9 +17,10 @@ from redis.cluster import RedisCluster
 
 from tiered_cache.codecs import Codec, get_codec
 from tiered_cache.errors import CodecError, TierUnavailable
+from tiered_cache.leases import PartialFill
 from tiered_cache.tier import MISSING, Entry, MissingType
 
-from .client import RedisClient
+from .client import RedisClient, close_client
 from .leases import (
     ACQUIRE_AND_GET,
     FILL_IF_HOLDING,
@@ -274,6 +275,11 @@ class RedisTier:
 
     # -- leases (tiered_cache.leases.LeasingTier)
 
+    def can_lease(self, key: str) -> bool:
+        """False for a key with braces of its own on a cluster: its lease (a hash-tagged key)
+        could not share its slot."""
+        return not self.is_cluster or cluster_safe(self._prefix + key)
+
     def acquire_lease(self, key: str, ttl: float) -> tuple[str | None, Entry | MissingType]:
         """Take ``key``'s lease if nobody holds it, and read the key: one round trip.
 
@@ -327,6 +333,19 @@ class RedisTier:
                 for name, token in zip(names, tokens, strict=True)
             ],
         )
+        failed = next((reply for reply in replies if isinstance(reply, Exception)), None)
+        if failed is not None or len(replies) < len(keys):
+            # All or nothing: the caller loads the whole batch without leases, so the leases
+            # taken must not stay behind to make other processes wait for nobody.
+            taken = {
+                key: token
+                for key, token, reply in zip(keys, tokens, replies, strict=False)
+                if not isinstance(reply, Exception) and reply[0]
+            }
+            self._release_quietly(taken)
+            raise TierUnavailable(
+                f"tier {self.name!r}: could not take the leases of a batch: {failed}"
+            ) from failed
         now = self._clock()
         return {
             key: (
@@ -337,7 +356,11 @@ class RedisTier:
         }
 
     def fill_with_leases(self, entries: Mapping[str, tuple[Entry, str]]) -> builtins.set[str]:
-        """:meth:`fill_with_lease` for each key, every value encoded before the one round trip."""
+        """:meth:`fill_with_lease` for each key, every value encoded before the one round trip.
+
+        Raises :class:`~tiered_cache.leases.PartialFill` (with the keys that were written) when
+        some fills failed; their leases are given back, so that nobody waits for them.
+        """
         now = self._clock()
         encoded = [
             (key, token, *self._encode(key, entry, now)) for key, (entry, token) in entries.items()
@@ -345,19 +368,38 @@ class RedisTier:
         expired = {key: token for key, token, _, data, _ in encoded if data is None}
         calls = [(key, name, token, data, px) for key, token, name, data, px in encoded if data]
         kept = set(expired)  # nothing to store: nothing another writer could lose
-        if calls:
-            if self._fill_script is None:
-                self._fill_script = self.client.register_script(FILL_IF_HOLDING)
-            replies = self._run_scripts(
-                self._fill_script,
-                [
-                    ([name, lease_key(name)], [token, data, px or 0])
-                    for _, name, token, data, px in calls
-                ],
-            )
-            kept.update(call[0] for call, filled in zip(calls, replies, strict=True) if filled)
         if expired:
-            self.release_leases(expired)
+            self._release_quietly(expired)
+        if not calls:
+            return kept
+        if self._fill_script is None:
+            self._fill_script = self.client.register_script(FILL_IF_HOLDING)
+        replies = self._run_scripts(
+            self._fill_script,
+            [
+                ([name, lease_key(name)], [token, data, px or 0])
+                for _, name, token, data, px in calls
+            ],
+        )
+        errors = [reply for reply in replies if isinstance(reply, Exception)]
+        kept.update(
+            call[0]
+            for call, reply in zip(calls, replies, strict=False)
+            if reply and not isinstance(reply, Exception)
+        )
+        if errors or len(replies) < len(calls):
+            # A failed (or, on a cluster, skipped) fill may not have happened.
+            failed = {key: token for key, _, token, _, _ in calls[len(replies) :]}
+            failed.update(
+                (call[0], call[2])
+                for call, reply in zip(calls, replies, strict=False)
+                if isinstance(reply, Exception)
+            )
+            self._release_quietly(failed)
+            raise PartialFill(
+                f"tier {self.name!r}: {len(failed)} of {len(calls)} fills failed: {errors[0]}",
+                kept,
+            ) from errors[0]
         return kept
 
     def release_leases(self, tokens: Mapping[str, str]) -> None:
@@ -369,17 +411,34 @@ class RedisTier:
             [([lease_key(self._prefix + key)], [token]) for key, token in tokens.items()],
         )
 
+    def _release_quietly(self, tokens: Mapping[str, str]) -> None:
+        """Best-effort release on a path that is already failing: its own error is logged."""
+        if not tokens:
+            return
+        try:
+            self.release_leases(tokens)
+        except Exception as exc:  # the caller raises the first failure; the leases expire
+            log.debug("tier %r: releasing %d leases failed: %s", self.name, len(tokens), exc)
+
     def _run_scripts(self, script: Any, calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
         """Run ``script`` once per ``(keys, args)``: pipelined on one server, one call at a time
-        on a cluster."""
+        on a cluster. A call that failed has its exception in its place; on a cluster the
+        calls stop at the first failure (the list is then shorter than ``calls``)."""
         if not calls:
             return []
         if self.is_cluster:
-            return [script(keys=keys, args=args) for keys, args in calls]
+            replies: list[Any] = []
+            for keys, args in calls:
+                try:
+                    replies.append(script(keys=keys, args=args))
+                except Exception as exc:
+                    replies.append(exc)
+                    break
+            return replies
         pipe = self.client.pipeline(transaction=False)
         for keys, args in calls:
             script(keys=keys, args=args, client=pipe)
-        return cast(list[Any], pipe.execute())
+        return cast(list[Any], pipe.execute(raise_on_error=False))
 
     def _check_lease_possible(self, name: str) -> None:
         if not cluster_safe(name) and self.is_cluster:
@@ -420,7 +479,7 @@ class RedisTier:
             self._closed = True
             client, self._client = self._client, None
         if client is not None and self._owns_client:
-            client.close()
+            close_client(client)
 
     def __repr__(self) -> str:
         return f"RedisTier(name={self.name!r}, namespace={self._namespace!r})"

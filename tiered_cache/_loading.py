@@ -415,12 +415,16 @@ class ChainLoading(ChainTiers):
         if dropped:
             self._release_leases(dropped)
         leased = {key: (entry, held[key]) for key, entry in keep.items() if key in held}
-        self._fill_many(
-            {key: entry for key, entry in keep.items() if key not in leased},
-            upto=len(self._tiers),
-        )
-        if leased:
-            self._fill_many_with_leases(leased)
+        try:
+            self._fill_many(
+                {key: entry for key, entry in keep.items() if key not in leased},
+                upto=len(self._tiers),
+            )
+            if leased:
+                self._fill_many_with_leases(leased)
+        except CodecError:  # a value a tier refuses: nothing of it was written under a lease
+            self._release_leases({key: token for key, (_, token) in leased.items()})
+            raise
         return loaded
 
     def _fill_many_with_leases(self, leased: Mapping[str, tuple[Entry, str]]) -> None:
@@ -429,11 +433,10 @@ class ChainLoading(ChainTiers):
         assert self._leasing is not None
         index, tier = self._leasing
         entries = {key: entry for key, (entry, _) in leased.items()}
+        self._fill_many(entries, upto=len(self._tiers), start=index + 1)
         try:
-            self._fill_many(entries, upto=len(self._tiers), start=index + 1)
             kept = tier.fill_with_leases(leased)
         except CodecError:
-            self._release_leases({key: token for key, (_, token) in leased.items()})
             raise
         except PartialFill as exc:
             # Redis answered, so a writer may have come for the keys whose fill failed:
@@ -445,8 +448,10 @@ class ChainLoading(ChainTiers):
             kept = set(leased)  # the shared tier is down: nothing there to protect
         else:
             self._metrics.fill(index, len(kept))
-        if len(kept) < len(leased):
-            self._metrics.count("lease_lost", len(leased) - len(kept))
+            if len(kept) < len(leased):
+                # Their leases were deleted by invalidations (or expired): writers came
+                # after our read; the old values must not reach any tier.
+                self._metrics.count("lease_lost", len(leased) - len(kept))
         self._fill_many({key: entries[key] for key in kept}, upto=index)
 
     def _release_leases(self, tokens: Mapping[str, str]) -> None:

@@ -370,6 +370,18 @@ def test_a_batch_load_racing_an_invalidation_keeps_the_old_value_out(
     writer.close()
 
 
+def test_a_batch_with_a_value_redis_cannot_store_gives_its_leases_back(
+    tier: RedisTier, redis_server: RedisServer, namespace: str
+) -> None:
+    cache = chain(redis_server.url, namespace)
+    with pytest.raises(CodecError):
+        cache.get_many(["a", "b"], lambda keys: {"a": "fine", "b": object()})
+    looks = tier.acquire_leases(["a", "b"], ttl=5)  # nobody is left holding them
+    assert all(token is not None for token, _ in looks.values())
+    assert not tier.get("a") and not tier.get("b")  # and nothing was half written
+    cache.close()
+
+
 @pytest.mark.slow
 def test_four_processes_batches_of_overlapping_cold_keys_one_read_per_key(
     redis_server: RedisServer, namespace: str

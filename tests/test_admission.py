@@ -168,19 +168,38 @@ def test_a_batch_is_offered_as_one_put_after_another(
     assert one_by_one.evictions == batched.evictions
 
 
-def test_the_victims_estimate_is_not_reused_once_the_sketch_has_counted(clock: FakeClock) -> None:
-    tier = hot_tier(clock, 10)
-    for index in range(10):
-        read(tier, clock, f"rare:{index}")
+def test_the_victim_is_the_coldest_of_the_oldest_probation_keys(clock: FakeClock) -> None:
+    tier = hot_tier(clock, 20)  # a 1-entry window, 19 in the main area
     policy = policy_of(tier)
-    victim = "rare:0"  # the probation's least recently used key, read once
-    policy.sketch.increment("c1", 3)
-    tier.set("c1", Entry(value=1, loaded_at=clock()))  # rare:9 leaves the window, refused
-    assert victim in tier
-    policy.sketch.increment(victim, 5)  # the victim is now read more often than c1
-    tier.set("c2", Entry(value=2, loaded_at=clock()))  # c1 leaves the window: 3 < 6, refused
-    assert victim in tier
-    assert "c1" not in tier
+    for _ in range(4):  # "warm" was read four times while absent: it is the oldest, and warm
+        policy.get("warm")
+    read(tier, clock, "warm")
+    for index in range(19):
+        read(tier, clock, f"cold:{index}")  # fills probation behind "warm"; cold:18 in window
+    policy.get("candidate")
+    read(tier, clock, "candidate")  # read twice: more than any cold key, less than "warm"
+    read(tier, clock, "pusher")  # pushes "candidate" out of the window into the contest
+    # The least recently used key alone ("warm", 5) would have refused it; the coldest of
+    # the oldest keys (cold:0, 1) gives way instead.
+    assert policy.segment_of("candidate") == "probation"
+    assert "warm" in tier
+    assert "cold:0" not in tier
+
+
+def test_kept_probation_estimates_follow_the_sketchs_aging(clock: FakeClock) -> None:
+    tier = hot_tier(clock, 20)
+    policy = policy_of(tier)
+    for index in range(20):
+        policy.get(f"k{index}")  # counted once while absent, then read: 2 each, on probation
+        read(tier, clock, f"k{index}")
+    read(tier, clock, "candidate")
+    read(tier, clock, "pusher")  # "candidate" (1) loses to the oldest keys (2): estimates kept
+    assert "candidate" not in tier
+    policy.sketch.reset()  # aging halves everything: the oldest keys now read as 1
+    policy.get("candidate")
+    read(tier, clock, "candidate")  # 1 halved to 0, then read twice: 2
+    read(tier, clock, "pusher 2")
+    assert policy.segment_of("candidate") == "probation"  # 2 beats the re-estimated 1
 
 
 def test_a_scan_of_ten_times_the_capacity_evicts_none_of_the_top_100(clock: FakeClock) -> None:

@@ -18,6 +18,7 @@ answers :meth:`TinyLfuPolicy.hot_keys` and decides which keys are hot enough for
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 import time
@@ -36,11 +37,17 @@ logger = logging.getLogger(__name__)
 _HASH_DOS_THRESHOLD = 6
 #: Fewer hits than this to a protected key since the last replay are counted as a sample.
 _HIT_SAMPLE = 4
+#: The victim is the least frequently read of this many keys at the cold end of probation.
+_VICTIM_SAMPLE = 8
 #: Hill climber (Caffeine's values): a step is 6.25% of the entries; it shrinks by 2% per
 #: sample unless the hit ratio moved by 5 points or more, which restarts the climb.
 _STEP_FRACTION = 0.0625
 _STEP_DECAY = 0.98
 _RESTART_THRESHOLD = 0.05
+
+
+def _first(pair: tuple[int, str]) -> int:
+    return pair[0]
 
 
 class TinyLfuPolicy:
@@ -119,8 +126,11 @@ class TinyLfuPolicy:
         self.peek: Callable[[str], Slot | None] = self._slots.get
         self._weight = 0
         self._evictions = 0
-        self._victim_stamp: tuple[str, int, int] | None = None
-        self._victim_frequency = 0
+        # Estimates of probation keys, kept for the sketch's current epoch: a key on probation
+        # is not read (a read promotes it), so its count moves only by aging or, rarely, by
+        # other keys' collisions; an estimate leaves with its key.
+        self._probation_estimates: dict[str, int] = {}
+        self._estimates_epoch = self.sketch.epoch
         self._window_target = max_entries * window_fraction
         self._set_window(self._window_target)
         # Reads in the current hill-climbing sample.
@@ -226,6 +236,8 @@ class TinyLfuPolicy:
             self.top.add_many(frequent)
 
     def _promote(self, key: str, slot: Slot) -> None:
+        """Move ``key``, just taken off probation by a read, to protected."""
+        self._probation_estimates.pop(key, None)
         protected = self._protected
         protected[key] = slot
         while len(protected) > self._protected_max:
@@ -298,11 +310,13 @@ class TinyLfuPolicy:
         if slot is not None:
             self._weight -= self._weights.pop(key, 0)
             self._slots.pop(key, None)
+            self._probation_estimates.pop(key, None)
         return slot
 
     def clear(self) -> None:
         """Forget every entry; the sketch and the hot-key list keep their history."""
         self._slots.clear()
+        self._probation_estimates.clear()
         self._window.clear()
         self._probation.clear()
         self._protected.clear()
@@ -348,18 +362,41 @@ class TinyLfuPolicy:
     def _drop(self, key: str) -> None:
         self._weight -= self._weights.pop(key, 0)
         self._slots.pop(key, None)
+        self._probation_estimates.pop(key, None)
         self._evictions += 1
 
-    def _admit(self, candidate: str, victim: str) -> bool:
+    def _victim(self, victims: OrderedDict[str, Slot]) -> tuple[str, int]:
+        """The least frequently read of the ``_VICTIM_SAMPLE`` keys at the cold end of
+        ``victims`` (the oldest of them on a tie), with its estimate.
+
+        Taking the LRU key alone lets a key that was read a lot, but not lately, block every
+        candidate until aging; taking the coldest of a few old keys costs one dict lookup
+        each, since probation keys' estimates are kept (see ``_probation_estimates``).
+        """
         sketch = self.sketch
-        # A batch of fills (set_many) offers many candidates against the same victim with no
-        # read counted in between: its estimate is worked out once while it stays current.
-        stamp = (victim, sketch.size, sketch.epoch)
-        if stamp != self._victim_stamp:
-            self._victim_stamp = stamp
-            self._victim_frequency = sketch.frequency(victim)
-        candidate_frequency = sketch.frequency(candidate)
-        if candidate_frequency > self._victim_frequency:
+        frequency = sketch.frequency
+        cold_end = itertools.islice(victims, _VICTIM_SAMPLE)
+        if victims is not self._probation:
+            # Protected keys are read in place: a kept estimate would go stale.
+            lowest, victim = min(((frequency(key), key) for key in cold_end), key=_first)
+            return victim, lowest
+        estimates = self._probation_estimates
+        if sketch.epoch != self._estimates_epoch:
+            estimates.clear()
+            self._estimates_epoch = sketch.epoch
+        victim = ""
+        lowest = -1
+        for key in cold_end:
+            estimate = estimates.get(key)
+            if estimate is None:
+                estimate = estimates[key] = frequency(key)
+            if lowest < 0 or estimate < lowest:
+                victim, lowest = key, estimate
+        return victim, lowest
+
+    def _admit(self, candidate: str, victim_frequency: int) -> bool:
+        candidate_frequency = self.sketch.frequency(candidate)
+        if candidate_frequency > victim_frequency:
             return True
         if candidate_frequency >= _HASH_DOS_THRESHOLD:
             return self._rng.getrandbits(7) == 0
@@ -380,8 +417,8 @@ class TinyLfuPolicy:
             if not victims:
                 self._drop(candidate)
                 continue
-            victim = next(iter(victims))
-            if self._admit(candidate, victim):
+            victim, victim_frequency = self._victim(victims)
+            if self._admit(candidate, victim_frequency):
                 del victims[victim]
                 self._drop(victim)
                 probation[candidate] = candidate_slot

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from ._loading import BatchLoader, ChainLoading, Loader
 from .bus import Bus
 from .coherence import BusLink, CoherenceHandlers
+from .invalidation_log import InvalidationLog
 from .protection import Protection, xfetch_due
 from .singleflight import Flight
 from .tier import MISSING, Entry, Source, Tier
@@ -95,8 +96,8 @@ class TieredCache(ChainLoading):
         self._beta = self._protection.early_refresh_beta
         self._xfetch_window = self._protection.xfetch_window_factor
         self._write_policy = write_policy
-        #: Bumped by every invalidation: get_many compares it around its fills.
-        self._invalidations = 0
+        #: Every invalidation, so that get_many can drop the copies one overtook.
+        self._invalidation_log = InvalidationLog()
         self._bus_link: BusLink | None = None
         if bus is not None:
             handlers = CoherenceHandlers(
@@ -228,7 +229,7 @@ class TieredCache(ChainLoading):
         stale: dict[str, Entry] = {}
         remaining = wanted
         now = self._clock()
-        invalidations = self._invalidations
+        mark = self._invalidation_log.mark()
         for index, tier in enumerate(self._tiers):
             if not remaining:
                 break
@@ -256,10 +257,11 @@ class TieredCache(ChainLoading):
             for key, flight in joined.items():
                 values[key] = flight.wait()
                 self._metrics.waited()
-        if self._invalidations != invalidations:
-            # An invalidation came while this batch read: some of what it copied into the
-            # in-process tiers may predate it. Drop those copies rather than guess which.
-            self._delete_local(list(values))
+        overtaken = self._invalidation_log.overtaken(mark, list(values))
+        if overtaken:
+            # Invalidated while this batch read: what it copied of them into the in-process
+            # tiers may predate the invalidation.
+            self._delete_local(overtaken)
         return {key: values[key] for key in wanted}
 
     def _load_batch(
@@ -335,7 +337,7 @@ class TieredCache(ChainLoading):
         for index in reversed(shared):
             self._fill(key, entry, range(index, index + 1))
         # Loads in flight read the source before this write: none of them may fill now.
-        self._invalidations += 1
+        self._invalidation_log.record_keys([key])
         self._cancel_inflight_fill(key)
         for index in sorted(self._local, reverse=True):
             self._fill(key, entry, range(index, index + 1))
@@ -398,13 +400,13 @@ class TieredCache(ChainLoading):
     # -- in-process tiers and the bus ---------------------------------------------------------
 
     def _drop_local_keys(self, keys: Sequence[str]) -> None:
-        self._invalidations += 1
+        self._invalidation_log.record_keys(keys)
         for key in keys:
             self._cancel_inflight_fill(key)
         self._delete_local(keys)
 
     def _drop_local_prefixes(self, prefixes: Sequence[str], at: float) -> None:
-        self._invalidations += 1
+        self._invalidation_log.record_prefixes(prefixes)
         with self._background_lock:
             pending = [key for key in self._refreshing if key.startswith(tuple(prefixes))]
         for key in pending:
@@ -414,7 +416,7 @@ class TieredCache(ChainLoading):
                 self._delete_prefix(index, self._tiers[index], prefix)
 
     def _drop_local_everything(self) -> None:
-        self._invalidations += 1
+        self._invalidation_log.record_everything()
         for index in self._local:
             try:
                 self._tiers[index].clear()

@@ -1,0 +1,77 @@
+"""The invalidation log: which copies of a batch read an invalidation may have overtaken."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from tiered_cache import Entry, MemoryTier, TieredCache
+from tiered_cache.bus import LocalBus
+from tiered_cache.invalidation_log import InvalidationLog
+from tiered_cache.testing import FakeClock
+
+
+def test_nothing_since_the_mark_overtakes_nothing() -> None:
+    log = InvalidationLog()
+    log.record_keys(["a"])
+    mark = log.mark()
+    assert log.overtaken(mark, ["a", "b"]) == []
+
+
+def test_keys_and_prefixes_named_since_the_mark() -> None:
+    log = InvalidationLog()
+    mark = log.mark()
+    log.record_keys(["b"])
+    log.record_prefixes(["user:42:"])
+    assert log.overtaken(mark, ["a", "b", "user:42:tweets", "user:7:tweets"]) == [
+        "b",
+        "user:42:tweets",
+    ]
+
+
+def test_a_clear_overtakes_every_key() -> None:
+    log = InvalidationLog()
+    mark = log.mark()
+    log.record_everything()
+    assert log.overtaken(mark, ["a", "b"]) == ["a", "b"]
+
+
+def test_a_log_that_no_longer_reaches_back_overtakes_every_key() -> None:
+    log = InvalidationLog(size=2)
+    mark = log.mark()
+    for key in ("x", "y", "z"):  # the first of these fell out of the log
+        log.record_keys([key])
+    assert log.overtaken(mark, ["a", "b"]) == ["a", "b"]
+
+
+class SharedTier(MemoryTier):
+    """Stands for Redis; runs ``during_read`` inside each batch read."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__(name="shared", clock=clock)
+        self.local = False
+        self.during_read: Callable[[], None] = lambda: None
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, Entry]:
+        found = super().get_many(keys)
+        self.during_read()  # after the read, before the chain copies it into memory
+        return found
+
+
+def test_get_many_drops_only_the_copies_an_invalidation_overtook(clock: FakeClock) -> None:
+    shared = SharedTier(clock)
+    bus = LocalBus()
+    memory = MemoryTier(name="memory", clock=clock)
+    reader = TieredCache([memory, shared], clock=clock, ttl=60, bus=bus)
+    writer = TieredCache([MemoryTier(name="memory", clock=clock), shared], clock=clock, bus=bus)
+    for key in ("a", "b", "c"):
+        writer.set(key, f"old {key}")
+
+    def another_process_writes_b() -> None:
+        shared.during_read = lambda: None
+        writer.set("b", "new b")  # Redis first, then the bus tells the reader
+
+    shared.during_read = another_process_writes_b
+    assert reader.get_many(["a", "b", "c"]) == {"a": "old a", "b": "old b", "c": "old c"}
+    # The copy of "b" predates the write and is gone; those of "a" and "c" stay in memory.
+    assert [key in memory for key in ("a", "b", "c")] == [True, False, True]
+    assert reader.get("b") == "new b"

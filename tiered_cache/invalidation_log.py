@@ -1,0 +1,67 @@
+"""Recent invalidations, so that a batch read can tell which of its copies one overtook.
+
+``get_many`` copies what it read from the shared tiers into the in-process ones without taking
+a flight per key. An invalidation that lands between its read and its copy would leave an old
+copy in memory; so the batch notes where the log stood when it started and, once its copies
+are made, drops those of the keys invalidated since. Only when the log no longer reaches back
+that far (or a prefix or a clear came, which name no keys) are all its copies dropped.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Iterable, Sequence
+
+__all__ = ["InvalidationLog"]
+
+#: One invalidation: the keys it named, the prefixes it named, or ``None`` for everything.
+_Event = tuple[int, frozenset[str] | None, tuple[str, ...]]
+
+
+class InvalidationLog:
+    """The last ``size`` invalidations of a chain, numbered. Thread-safe."""
+
+    def __init__(self, size: int = 1024) -> None:
+        self._lock = threading.Lock()
+        self._sequence = 0
+        self._events: deque[_Event] = deque(maxlen=size)
+
+    def mark(self) -> int:
+        """Where the log stands now; pass it to :meth:`overtaken` later."""
+        return self._sequence
+
+    def record_keys(self, keys: Iterable[str]) -> None:
+        """``keys`` were invalidated."""
+        self._record(frozenset(keys), ())
+
+    def record_prefixes(self, prefixes: Iterable[str]) -> None:
+        """Every key starting with one of ``prefixes`` was invalidated."""
+        self._record(frozenset(), tuple(prefixes))
+
+    def record_everything(self) -> None:
+        """Every key was invalidated (a clear, or the bus reconnecting)."""
+        self._record(None, ())
+
+    def _record(self, keys: frozenset[str] | None, prefixes: tuple[str, ...]) -> None:
+        with self._lock:
+            self._sequence += 1
+            self._events.append((self._sequence, keys, prefixes))
+
+    def overtaken(self, mark: int, keys: Sequence[str]) -> list[str]:
+        """Those of ``keys`` that an invalidation recorded after ``mark`` may have overtaken."""
+        with self._lock:
+            if self._sequence == mark:
+                return []
+            events = [event for event in self._events if event[0] > mark]
+        if not events or events[0][0] != mark + 1:
+            return list(keys)  # the log no longer reaches back to the mark
+        named: set[str] = set()
+        prefixes: list[str] = []
+        for _, invalidated, invalidated_prefixes in events:
+            if invalidated is None:
+                return list(keys)
+            named |= invalidated
+            prefixes.extend(invalidated_prefixes)
+        starts = tuple(prefixes)
+        return [key for key in keys if key in named or (starts and key.startswith(starts))]

@@ -29,7 +29,6 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
 LOOPBACK = "127.0.0.1"
@@ -179,7 +178,24 @@ def _stop_all_at_exit() -> None:
 atexit.register(_stop_all_at_exit)
 
 
-class RedisServer:
+class _Service:
+    """A test service: ``with`` starts it (when it is not running from the start) and closes
+    it, whatever happened inside."""
+
+    def start(self) -> Self:
+        return self
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class RedisServer(_Service):
     """A private ``redis-server`` on a free loopback port, without persistence.
 
     Args:
@@ -367,23 +383,12 @@ class RedisServer:
         with _live_lock:
             _live.discard(self)
 
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
         return f"RedisServer(port={self._port}, {state})"
 
 
-class RedisCluster:
+class RedisCluster(_Service):
     """A Redis Cluster of ``masters`` private nodes (no replicas) on free loopback ports.
 
     Attributes:
@@ -489,17 +494,6 @@ class RedisCluster:
 
     stop = close
 
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
 
 class _Link:
     """One proxied connection: the client's socket and the upstream socket."""
@@ -526,7 +520,7 @@ class _Link:
                 sock.close()
 
 
-class FaultProxy:
+class FaultProxy(_Service):
     """A threaded TCP proxy on a free loopback port in front of ``target_host:target_port``.
 
     Faults: :meth:`cut` (close live connections, refuse new ones), :meth:`reset` (RST the live
@@ -617,17 +611,6 @@ class FaultProxy:
         self._closed.set()
         self.cut()
         self._acceptor.join(timeout=2.0)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- threads
 

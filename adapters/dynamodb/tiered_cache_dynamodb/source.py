@@ -9,14 +9,13 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
-import boto3
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError, ProfileNotFound
 
 from tiered_cache.errors import CodecError, ConfigError, SourceError, SourceThrottled
 from tiered_cache.tier import MISSING, MissingType
 
+from .aws import client_config, session_for
 from .errors import (
     BatchLoadError,
     BatchThrottledError,
@@ -50,24 +49,11 @@ def make_client(settings: DynamoDBSourceSettings) -> DynamoDBClient:
     short so that a down endpoint fails a call quickly; botocore retries each request up to
     ``max_attempts`` times in ``retry_mode``.
     """
-    secret = settings.aws_secret_access_key
-    token = settings.aws_session_token
     try:
-        # A session per client: boto3's default session is shared and not thread-safe to set up.
-        session = boto3.session.Session(
-            aws_access_key_id=settings.aws_access_key_id,
-            aws_secret_access_key=secret.get_secret_value() if secret else None,
-            aws_session_token=token.get_secret_value() if token else None,
-            region_name=settings.region,
-            profile_name=settings.profile,
-        )
+        session = session_for(settings)
     except ProfileNotFound as exc:
         raise ConfigError(f"dynamodb source: AWS profile {settings.profile!r} not found") from exc
-    config = Config(
-        connect_timeout=settings.connect_timeout,
-        read_timeout=settings.read_timeout,
-        retries={"mode": settings.retry_mode, "total_max_attempts": settings.max_attempts},
-    )
+    config = client_config(settings, settings.retry_mode)
     return session.client("dynamodb", endpoint_url=settings.endpoint_url, config=config)
 
 

@@ -32,14 +32,13 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from tiered_cache.errors import ConfigError, KeyTemplateError, TieredCacheError
 from tiered_cache.units import Duration
 
+from .aws import client_config, session_for
 from .errors import InvalidKeyError
 from .keys import KeyCodec, show
 from .settings import DynamoDBSourceSettings, KeyType, default_region
@@ -488,12 +487,8 @@ class StreamFollower:
         self.checkpoints = checkpoints
         self._owned: list[Any] = []
         if streams_client is None or (dynamodb_client is None and settings.stream_arn is None):
-            session = _session(settings)
-            config = Config(
-                connect_timeout=settings.connect_timeout,
-                read_timeout=settings.read_timeout,
-                retries={"mode": "standard", "total_max_attempts": settings.max_attempts},
-            )
+            session = session_for(settings)
+            config = client_config(settings, "standard")
             if streams_client is None:
                 streams_client = session.client(
                     "dynamodbstreams", endpoint_url=settings.endpoint_url, config=config
@@ -957,18 +952,6 @@ class StreamFollower:
 
     def __repr__(self) -> str:
         return f"StreamFollower(table={self.table!r}, stream={self._arn!r})"
-
-
-def _session(settings: StreamSettings) -> boto3.session.Session:
-    secret = settings.aws_secret_access_key
-    token = settings.aws_session_token
-    return boto3.session.Session(
-        aws_access_key_id=settings.aws_access_key_id,
-        aws_secret_access_key=secret.get_secret_value() if secret else None,
-        aws_session_token=token.get_secret_value() if token else None,
-        region_name=settings.region,
-        profile_name=settings.profile,
-    )
 
 
 def _error_code(exc: BaseException) -> str:

@@ -93,6 +93,19 @@ _TAG_OBJECT = "$o"
 _JSON_NATIVE = (str, int, bool, type(None))
 
 
+def _json_form(value: Any, codec: str) -> Any:
+    """``value`` in the JSON codec's tagged form; :class:`CodecError` naming what ``codec``
+    cannot store and where, or that it is nested too deeply (or contains itself)."""
+    try:
+        return _to_json(value)
+    except _Unsupported as exc:
+        raise exc.error(codec) from None
+    except RecursionError:
+        raise CodecError(
+            f"value: nested too deeply (or contains itself) for codec {codec!r}"
+        ) from None
+
+
 def _to_json(value: Any) -> Any:
     """``value`` as JSON-native structures with tags; :class:`_Unsupported` otherwise."""
     kind = type(value)
@@ -184,14 +197,7 @@ class JsonCodec:
 
     def encode(self, value: Any) -> bytes:
         """JSON bytes of ``value``; :class:`CodecError` naming the path of what is unsupported."""
-        try:
-            return self._dumps(_to_json(value)).encode("utf-8")
-        except _Unsupported as exc:
-            raise exc.error(self.name) from None
-        except RecursionError:
-            raise CodecError(
-                f"value: nested too deeply (or contains itself) for codec {self.name!r}"
-            ) from None
+        return self._dumps(_json_form(value, self.name)).encode("utf-8")
 
     def decode(self, data: bytes) -> Any:
         """The value ``data`` encodes; :class:`CodecError` if it is not this codec's output."""
@@ -284,14 +290,7 @@ class MsgpackCodec:
         except (TypeError, ValueError, OverflowError) as exc:
             failure: Exception = exc
         # Only on failure: walk the value to say exactly what is unsupported, and where.
-        try:
-            _to_json(value)
-        except _Unsupported as unsupported:
-            raise unsupported.error(self.name) from None
-        except RecursionError:
-            raise CodecError(
-                f"value: nested too deeply (or contains itself) for codec {self.name!r}"
-            ) from None
+        _json_form(value, self.name)
         raise CodecError(f"value: codec {self.name!r} cannot encode it: {failure}") from None
 
     def decode(self, data: bytes) -> Any:

@@ -28,3 +28,13 @@ class FakeClock:
             if now < self._now:
                 raise ValueError("a clock does not go backward")
             self._now = now
+
+
+class RecordingSleep:
+    """An injected ``sleep`` that records what it was asked to wait and returns at once."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    def __call__(self, seconds: float) -> None:
+        self.delays.append(seconds)

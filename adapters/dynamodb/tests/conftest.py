@@ -11,6 +11,8 @@ import pytest
 from tiered_cache_dynamodb import DynamoDBSource, DynamoDBSourceSettings, create_table
 from tiered_cache_dynamodb.testing import MotoDynamoDB, instant_botocore_retries
 
+from tiered_cache.testing import RecordingSleep
+
 
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[MotoDynamoDB]:
@@ -55,24 +57,14 @@ def settings_for(moto_server: MotoDynamoDB) -> Callable[..., DynamoDBSourceSetti
     return moto_server.settings
 
 
-class Sleeps:
-    """An injected ``sleep`` that records and never waits."""
-
-    def __init__(self) -> None:
-        self.delays: list[float] = []
-
-    def __call__(self, seconds: float) -> None:
-        self.delays.append(seconds)
-
-
 @pytest.fixture
-def sleeps() -> Sleeps:
-    return Sleeps()
+def sleeps() -> RecordingSleep:
+    return RecordingSleep()
 
 
 @pytest.fixture
 def make_source(
-    settings_for: Callable[..., DynamoDBSourceSettings], sleeps: Sleeps
+    settings_for: Callable[..., DynamoDBSourceSettings], sleeps: RecordingSleep
 ) -> Iterator[Callable[..., DynamoDBSource]]:
     """``make_source(table=..., key=..., **fields)``: a source with a recording sleep."""
     made: list[DynamoDBSource] = []

@@ -56,7 +56,7 @@ from tiered_cache.chain import TieredCache
 from tiered_cache.cli import Subcommand
 from tiered_cache.errors import ConfigError
 from tiered_cache.settings import CacheSettings
-from tiered_cache.testing.clock import FakeClock
+from tiered_cache.testing.clock import FakeClock, RecordingSleep
 
 WAIT = 15.0  # safety net only: every wait returns as soon as the follower's counters move
 
@@ -81,16 +81,6 @@ class Recorder:
     @property
     def keys(self) -> list[str]:
         return [key for batch in self.batches for key in batch]
-
-
-class Sleeps:
-    """An injected sleep that records and never waits."""
-
-    def __init__(self) -> None:
-        self.delays: list[float] = []
-
-    def __call__(self, seconds: float) -> None:
-        self.delays.append(seconds)
 
 
 @pytest.fixture
@@ -452,7 +442,7 @@ def test_throttling_backs_off_with_the_injected_sleep(
         put(admin_client, table, id=f"k{index}", v=index)
     client = streams_client(moto_server, attempts=1)  # our backoff, not botocore's
     errors = StreamErrors(client, "LimitExceededException", count=3)
-    sleeps = Sleeps()
+    sleeps = RecordingSleep()
     recorder = Recorder()
     follower = StreamFollower(
         recorder,
@@ -609,7 +599,7 @@ def scripted_follower(
         StreamSettings(table="scripted", key="id", stream_arn="arn:scripted", **settings),
         checkpoints=store,
         streams_client=stream,
-        sleep=Sleeps(),
+        sleep=RecordingSleep(),
         clock=clock or FakeClock(),
     )
 

@@ -158,6 +158,23 @@ def warm(cache: TieredCache, keys: Sequence[str]) -> None:
         assert cache.get(key) is not None
 
 
+def stale_cache(
+    make_cache: MakeCache,
+    admin_client: Any,
+    table: str,
+    clock: FakeClock,
+    ids: Sequence[int],
+    **protection: Any,
+) -> TieredCache:
+    """A cache that read tweets ``ids`` from the table, which have since gone stale (past
+    their TTL, well within ``max_stale``)."""
+    put_tweets(admin_client, table, ids)
+    cache = make_cache(**protection)
+    warm(cache, [f"tweet:{i}" for i in ids])
+    clock.advance(TTL + 60)
+    return cache
+
+
 # -- the source throttled at 100% for keys that were cached -------------------------------------
 
 
@@ -173,11 +190,8 @@ def test_throttled_source_serves_stale_values_and_each_refresh_spends_its_retry_
     ``max_attempts`` HTTP attempts (botocore's own retries), and no caller sees it. After the
     failure the source is rested for ``fail_safe_throttle``: the second round of reads is
     served from memory without asking the table again."""
-    put_tweets(admin_client, table, range(5))
     keys = [f"tweet:{i}" for i in range(5)]
-    cache = make_cache()
-    warm(cache, keys)
-    clock.advance(TTL + 60)  # stale, well within max_stale
+    cache = stale_cache(make_cache, admin_client, table, clock, range(5))
     injector = ThrottleInjector().register(client_of(cache))
 
     for _ in range(2):
@@ -206,11 +220,10 @@ def test_throttled_source_fail_safe_asks_once_per_key_per_fail_safe_throttle(
     """Without stale-while-revalidate, 8 threads read 5 stale keys: each key's load fails once
     (single-flight shares it), fail-safe serves the stale value to everyone, and for
     ``fail_safe_throttle`` seconds no read asks the source again."""
-    put_tweets(admin_client, table, range(5))
     keys = [f"tweet:{i}" for i in range(5)]
-    cache = make_cache(stale_while_revalidate=False)
-    warm(cache, keys)
-    clock.advance(TTL + 60)
+    cache = stale_cache(
+        make_cache, admin_client, table, clock, range(5), stale_while_revalidate=False
+    )
     injector = ThrottleInjector().register(client_of(cache))
     seen: list[tuple[str, Any]] = []
 
@@ -275,10 +288,7 @@ def test_a_reader_joining_a_failing_refresh_gets_the_stale_value(
     clock: FakeClock,
     botocore_delays: list[float],
 ) -> None:
-    put_tweets(admin_client, table, [1])
-    cache = make_cache()
-    warm(cache, ["tweet:1"])
-    clock.advance(TTL + 60)
+    cache = stale_cache(make_cache, admin_client, table, clock, [1])
     client = client_of(cache)
     gate = Gate(client)
     ThrottleInjector().register(client)
@@ -356,10 +366,7 @@ def test_a_failed_background_refresh_rests_the_source_for_fail_safe_throttle(
     clock: FakeClock,
     botocore_delays: list[float],
 ) -> None:
-    put_tweets(admin_client, table, [1])
-    cache = make_cache()
-    warm(cache, ["tweet:1"])
-    clock.advance(TTL + 60)
+    cache = stale_cache(make_cache, admin_client, table, clock, [1])
     injector = ThrottleInjector().register(client_of(cache))
 
     # Reads within one fail_safe_throttle window (the clock stands still), each after the last

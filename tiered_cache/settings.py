@@ -21,6 +21,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .errors import ConfigError
+from .protection import Protection
 from .registry import BUSES_GROUP, SOURCES_GROUP, TIERS_GROUP, find_plugin
 from .units import ByteSize, Duration
 
@@ -223,62 +224,70 @@ def _assign(target: Any, path: list[str], value: Any, variable: str) -> None:
     _assign(child, rest, value, variable)
 
 
+#: The defaults of the protection settings are the runtime object's, written once there.
+_PROTECTION = Protection()
+
+
 class ProtectionSettings(BaseModel):
-    """How the chain protects the source (see :class:`tiered_cache.protection.Protection`)."""
+    """How the chain protects the source (see :class:`tiered_cache.protection.Protection`,
+    whose defaults these are)."""
 
     model_config = ConfigDict(extra="forbid")
 
     max_stale: Duration = Field(
-        default=300.0,
+        default=_PROTECTION.max_stale,
         description="How long past its freshness an entry may still be served when the source "
         "fails or while it refreshes ('5m'); 0 turns stale serving off.",
     )
     stale_while_revalidate: bool = Field(
-        default=True,
+        default=_PROTECTION.stale_while_revalidate,
         description="Serve a stale entry at once and refresh it in the background.",
     )
     fail_safe: bool = Field(
-        default=True,
+        default=_PROTECTION.fail_safe,
         description="When a load fails and a stale entry exists, serve it instead of the error.",
     )
     fail_safe_throttle: Duration = Field(
-        default=5.0,
+        default=_PROTECTION.fail_safe_throttle,
         description="After a failed load, serve the stale value as fresh for this long so the "
         "failing source is not asked on every read.",
     )
     early_refresh_beta: float = Field(
-        default=1.0,
+        default=_PROTECTION.early_refresh_beta,
         ge=0.0,
         description="XFetch beta: larger refreshes hot entries earlier before they expire; 0 off.",
     )
     soft_timeout: Duration | None = Field(
-        default=1.0,
+        default=_PROTECTION.soft_timeout,
         description="With a stale value at hand, a load slower than this serves the stale value "
         "and finishes in the background.",
     )
     hard_timeout: Duration | None = Field(
-        default=None,
+        default=_PROTECTION.hard_timeout,
         description="A load slower than this fails the call with LoadTimeout (it finishes in "
         "the background); none: wait for the source's own timeouts.",
     )
     lease: Literal["auto", "off"] = Field(
-        default="auto",
+        default=_PROTECTION.lease,
         description="'auto': when a shared tier (Redis) offers leases, one process per fleet "
         "loads a missing key while the others wait for its value (get and get_many alike).",
     )
     lease_ttl: Duration = Field(
-        default=3.0, description="How long a lease holds if its holder dies."
+        default=_PROTECTION.lease_ttl, description="How long a lease holds if its holder dies."
     )
     lease_wait: Duration = Field(
-        default=3.0,
+        default=_PROTECTION.lease_wait,
         description="How long a process without the lease waits for the holder's value before "
         "loading itself.",
     )
     lease_poll: Duration = Field(
-        default=0.02, description="Pause between looks at the shared tier while waiting."
+        default=_PROTECTION.lease_poll,
+        description="Pause between looks at the shared tier while waiting.",
     )
     refresh_workers: int = Field(
-        default=4, ge=1, description="Threads for background refreshes and timed loads."
+        default=_PROTECTION.refresh_workers,
+        ge=1,
+        description="Threads for background refreshes and timed loads.",
     )
 
 

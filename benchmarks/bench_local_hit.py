@@ -7,7 +7,7 @@ Prints two ratios (target: both <= 1.0):
 Each contender reads the same 1,000 keys round-robin; the figure is the best of several
 repeats (the least disturbed by other work on a shared machine).
 
-Run: ``.venv/bin/python benchmarks/bench_local_hit.py [--settings memory-always|memory-hot-keys]``
+Run: ``.venv/bin/python benchmarks/bench_local_hit.py [--admission always|hot-keys]``
 """
 
 from __future__ import annotations

@@ -300,3 +300,18 @@ def test_a_miss_through_the_chain_is_one_read_for_the_hot_key_sketch(clock: Fake
     assert policy.sketch.frequency("tweet:1") == 1
     assert cache.get_many(["tweet:2"]) == {"tweet:2": "w"}
     assert policy.sketch.frequency("tweet:2") == 1
+
+
+def test_an_l1_hit_reads_the_clock_once(clock: FakeClock) -> None:
+    reads: list[float] = []
+
+    def counting_clock() -> float:
+        reads.append(clock())
+        return reads[-1]
+
+    memory = MemoryTier(clock=counting_clock)
+    cache = TieredCache([memory], source=DictSource({"k": "v"}), clock=counting_clock)
+    assert cache.get("k") == "v"  # a miss and a load: any number of readings
+    reads.clear()
+    assert cache.get("k") == "v"
+    assert len(reads) == 1  # the chain reads it and hands it to the memory tier

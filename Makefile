@@ -26,10 +26,12 @@ demo: install
 docs: install
 	$(BIN)/mkdocs build --strict
 
+# The second mypy run checks the public types as a user's code sees them (tests/typing).
 check: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/mypy tests/typing
 
 bench: install
 	$(BIN)/python benchmarks/bench_local_hit.py

@@ -31,8 +31,8 @@ def test_method_of_a_repository_class(cache: TieredCache) -> None:
     assert TweetRepository().get("1") == {"tweet_id": "1"}  # another instance, same key
     assert repo.get("2") == {"tweet_id": "2"}
     assert loads == ["1", "2"]
-    assert TweetRepository.get.key_for(tweet_id="1") == "tweet:1"  # type: ignore[attr-defined]
-    repo.get.invalidate(tweet_id="1")  # type: ignore[attr-defined]
+    assert TweetRepository.get.key_for(tweet_id="1") == "tweet:1"
+    repo.get.invalidate(tweet_id="1")
     repo.get("1")
     assert loads == ["1", "2", "1"]
 
@@ -116,9 +116,9 @@ def test_invalidate_needs_exactly_the_template_names(cache: TieredCache) -> None
         return user + tweet
 
     with pytest.raises(KeyTemplateError, match="missing tweet"):
-        f.invalidate(user="a")  # type: ignore[attr-defined]
+        f.invalidate(user="a")
     with pytest.raises(KeyTemplateError, match="unknown other"):
-        f.invalidate(user="a", tweet="b", other=1)  # type: ignore[attr-defined]
+        f.invalidate(user="a", tweet="b", other=1)
 
 
 def test_function_errors_propagate_and_are_not_cached(cache: TieredCache) -> None:

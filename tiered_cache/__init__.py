@@ -1,6 +1,7 @@
 """tiered-cache: a chain of cache tiers in front of a slow or throttled source of truth."""
 
 from .chain import TieredCache
+from .decorator import BoundCachedFunction, CachedFunction
 from .errors import (
     CodecError,
     ConfigError,
@@ -18,8 +19,10 @@ from .tier import MISSING, Entry, Missing, PeekableTier, Source, Tier
 
 __all__ = [
     "MISSING",
+    "BoundCachedFunction",
     "BuildContext",
     "CacheSettings",
+    "CachedFunction",
     "CodecError",
     "ConfigError",
     "Entry",

@@ -7,7 +7,7 @@ import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
 
 from ._loading import BatchLoader, ChainLoading, Loader
 from .bus import Bus
@@ -18,13 +18,15 @@ from .singleflight import Flight
 from .tier import MISSING, Entry, MissingType, Source, Tier
 
 if TYPE_CHECKING:
+    from .decorator import CachedFunction
     from .settings import CacheSettings
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["BatchLoader", "Loader", "TieredCache"]
 
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class _RefreshDue:
@@ -448,7 +450,9 @@ class TieredCache(ChainLoading):
 
     # -- the decorator ------------------------------------------------------------------------
 
-    def cached(self, key: str, *, ttl: float | str | None = None) -> Callable[[F], F]:
+    def cached(
+        self, key: str, *, ttl: float | str | None = None
+    ) -> Callable[[Callable[P, R]], CachedFunction[P, R]]:
         """Cache a function's results under a key template such as ``"tweet:{tweet_id}"``.
 
         The template's names must be parameters of the function; the function body is the

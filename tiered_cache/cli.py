@@ -12,10 +12,12 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from importlib.metadata import entry_points
+from importlib.metadata import PackageNotFoundError, entry_points, version
 from typing import Any
 
-__all__ = ["SUBCOMMANDS", "Subcommand", "main", "register"]
+from .registry import BUSES_GROUP, SOURCES_GROUP, TIERS_GROUP
+
+__all__ = ["COMMANDS_GROUP", "SUBCOMMANDS", "Subcommand", "main", "register", "version_text"]
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,9 @@ class Subcommand:
 
 
 SUBCOMMANDS: dict[str, Subcommand] = {}
+
+#: Entry-point group of the subcommands other distributions add.
+COMMANDS_GROUP = "tiered_cache.commands"
 
 
 def register(command: Subcommand) -> Subcommand:
@@ -124,10 +129,31 @@ def _error(message: str) -> None:
 def _discover_commands() -> None:
     """Add the subcommands that installed packages declare under ``tiered_cache.commands``
     (``follow-stream`` comes from tiered-cache-dynamodb); the core imports no adapter."""
-    for entry in entry_points(group="tiered_cache.commands"):
+    for entry in entry_points(group=COMMANDS_GROUP):
         command = entry.load()
         if isinstance(command, Subcommand):
             SUBCOMMANDS.setdefault(command.name, command)  # never replaces a core command
+
+
+def version_text() -> str:
+    """``tiered-cache X.Y.Z`` and the installed distributions that plug into it, with theirs.
+
+    Read from the installed metadata (the one place a version is written is pyproject.toml),
+    so a bug report names exactly what was installed.
+    """
+    try:
+        core = version("tiered-cache")
+    except PackageNotFoundError:  # imported from a source tree that was never installed
+        core = "unknown (not installed)"
+    plugins = sorted(
+        {
+            f"{point.dist.name} {point.dist.version}"
+            for group in (TIERS_GROUP, SOURCES_GROUP, BUSES_GROUP, COMMANDS_GROUP)
+            for point in entry_points(group=group)
+            if point.dist is not None and point.dist.name != "tiered-cache"
+        }
+    )
+    return f"tiered-cache {core}" + (f" ({', '.join(plugins)})" if plugins else "")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -136,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tiered-cache", description="The tiered-cache command line."
     )
+    parser.add_argument("--version", action="version", version=version_text())
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command in SUBCOMMANDS.values():
         sub = commands.add_parser(command.name, help=command.help, description=command.help)

@@ -6,7 +6,7 @@ import functools
 import inspect
 import string
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, cast, overload
 
 from .errors import KeyTemplateError
 from .tier import MISSING
@@ -17,7 +17,71 @@ if TYPE_CHECKING:
 
 from .chain import _REFRESH_DUE
 
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
+R_co = TypeVar("R_co", covariant=True)
+
+
+class BoundCachedFunction(Protocol[R_co]):
+    """A cached method read through an instance: ``repo.get``.
+
+    Binding hides the first parameter, which a type cannot express for a callable of unknown
+    shape, so the arguments are not checked here; the result and the helpers still are.
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> R_co:
+        """Read the value through the cache (the method runs only on a miss)."""
+        ...
+
+    def key_for(self, **names: Any) -> str:
+        """The cache key for these template names."""
+        ...
+
+    def invalidate(self, **names: Any) -> None:
+        """Remove the entry for these template names from every tier."""
+        ...
+
+
+class CachedFunction(Protocol[P, R_co]):
+    """What ``@cache.cached(...)`` returns: the function, read through the cache, plus helpers.
+
+    Calls are checked against the decorated function's own parameters.
+    """
+
+    @property
+    def __wrapped__(self) -> Callable[P, R_co]:
+        """The undecorated function (the loader)."""
+        ...
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co:
+        """Read the value through the cache (the function runs only on a miss)."""
+        ...
+
+    def key_for(self, **names: Any) -> str:
+        """The cache key for these template names: ``key_for(tweet_id="42")``."""
+        ...
+
+    def invalidate(self, **names: Any) -> None:
+        """Remove the entry for these template names from every tier."""
+        ...
+
+    # A plain function is a descriptor: read on a class it stays itself, read on an instance it
+    # becomes a bound method, whose attributes are the function's (so `repo.get.invalidate` works).
+    @overload
+    def __get__(
+        self, instance: None, owner: type[Any] | None = None
+    ) -> CachedFunction[P, R_co]: ...
+
+    @overload
+    def __get__(
+        self, instance: object, owner: type[Any] | None = None
+    ) -> BoundCachedFunction[R_co]: ...
+
+    def __get__(
+        self, instance: object | None, owner: type[Any] | None = None
+    ) -> CachedFunction[P, R_co] | BoundCachedFunction[R_co]:
+        """The function on a class, a bound method on an instance."""
+        ...
 
 
 def template_fields(template: str) -> list[str]:
@@ -172,7 +236,9 @@ def _as_fstring(template: str, namespace: dict[str, Any]) -> str:
     return 'f"' + "".join(parts) + '"'
 
 
-def cached(cache: TieredCache, key: str, *, ttl: float | str | None = None) -> Callable[[F], F]:
+def cached(
+    cache: TieredCache, key: str, *, ttl: float | str | None = None
+) -> Callable[[Callable[P, R]], CachedFunction[P, R]]:
     """Decorate a function so its results are read through ``cache`` under ``key``.
 
     The template is checked against the function's parameters at decoration time. The
@@ -182,7 +248,7 @@ def cached(cache: TieredCache, key: str, *, ttl: float | str | None = None) -> C
     fields = template_fields(key)
     lifetime = None if ttl is None else parse_duration(ttl)
 
-    def decorate(fn: F) -> F:
+    def decorate(fn: Callable[P, R]) -> CachedFunction[P, R]:
         wrapper = functools.update_wrapper(_compile_wrapper(fn, key, cache, lifetime), fn)
 
         def key_for(**names: Any) -> str:
@@ -205,6 +271,7 @@ def cached(cache: TieredCache, key: str, *, ttl: float | str | None = None) -> C
 
         wrapper.key_for = key_for  # type: ignore[attr-defined]
         wrapper.invalidate = invalidate  # type: ignore[attr-defined]
-        return cast(F, wrapper)
+        # The generated function has exactly fn's parameters and the two helpers just set.
+        return cast("CachedFunction[P, R]", wrapper)
 
     return decorate

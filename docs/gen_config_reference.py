@@ -137,7 +137,10 @@ def render() -> str:
         "from the environment: `TIERED_CACHE_NAMESPACE=tweets`, `TIERED_CACHE_TIERS__1__URL=...` "
         "(the second tier of the file), or a whole list as JSON "
         "(`TIERED_CACHE_TIERS='[{\"kind\": \"memory\"}]'`). Durations are written `'50ms'`, "
-        "`'5m'`, `'1h'` or as seconds; sizes as `'64MiB'` or bytes.",
+        "`'5m'`, `'1h'`, compound as `'1h30m'` or `'1m30s'`, as seconds, or (from Python) as a "
+        "`timedelta`; never negative, NaN or infinite (no limit is written as none, where a "
+        "field allows it). Sizes are written `'64MiB'` or as bytes. A password in a Redis URL "
+        "is shown as `***` wherever settings are shown (repr, errors, logs).",
         "",
     ]
     for table, name in CORE_MODELS:

@@ -41,6 +41,7 @@ class BreakerSettings(BaseModel):
     )
     cool_down: Duration = Field(
         default=5.0,
+        gt=0,
         description="How long an open circuit skips the tier before one probe is let through.",
     )
 
@@ -56,6 +57,7 @@ class TierSettings(BaseModel):
     )
     ttl: Duration | None = Field(
         default=None,
+        gt=0,
         description="Longest time this tier keeps an entry ('5m', '1h'); none: the entry's own.",
     )
     ttl_jitter: float = Field(
@@ -95,9 +97,13 @@ class MemoryTierSettings(TierSettings):
     kind: Literal["memory"] = "memory"
     max_entries: int = Field(default=10_000, ge=1, description="Most entries kept.")
     max_bytes: ByteSize | None = Field(
-        default=None, description="Optional bound on the estimated size of the values ('64MiB')."
+        default=None,
+        gt=0,
+        description="Optional bound on the estimated size of the values ('64MiB').",
     )
-    ttl: Duration | None = Field(default=300.0, description="Longest time an entry stays ('5m').")
+    ttl: Duration | None = Field(
+        default=300.0, gt=0, description="Longest time an entry stays ('5m')."
+    )
     breaker: BreakerSettings = Field(
         default_factory=lambda: BreakerSettings(enabled=False),
         description="Off by default: process memory does not fail the way a network does.",
@@ -148,6 +154,7 @@ class MemoryTierSettings(TierSettings):
     )
     hot_ttl: Duration | None = Field(
         default=_POLICY_DEFAULTS["hot_ttl"],
+        gt=0,
         description="hot-keys: a hot key (one of the top_k) is kept this long when filled, even "
         "past the tier's ttl (never past the entry's own expiry); none: the tier's ttl.",
     )
@@ -264,15 +271,18 @@ class ProtectionSettings(BaseModel):
     early_refresh_beta: float = Field(
         default=_PROTECTION.early_refresh_beta,
         ge=0.0,
+        allow_inf_nan=False,
         description="XFetch beta: larger refreshes hot entries earlier before they expire; 0 off.",
     )
     soft_timeout: Duration | None = Field(
         default=_PROTECTION.soft_timeout,
+        gt=0,
         description="With a stale value at hand, a load slower than this serves the stale value "
         "and finishes in the background.",
     )
     hard_timeout: Duration | None = Field(
         default=_PROTECTION.hard_timeout,
+        gt=0,
         description="A load slower than this fails the call with LoadTimeout (it finishes in "
         "the background); none: wait for the source's own timeouts.",
     )
@@ -282,7 +292,9 @@ class ProtectionSettings(BaseModel):
         "loads a missing key while the others wait for its value (get and get_many alike).",
     )
     lease_ttl: Duration = Field(
-        default=_PROTECTION.lease_ttl, description="How long a lease holds if its holder dies."
+        default=_PROTECTION.lease_ttl,
+        gt=0,
+        description="How long a lease holds if its holder dies.",
     )
     lease_wait: Duration = Field(
         default=_PROTECTION.lease_wait,
@@ -291,6 +303,7 @@ class ProtectionSettings(BaseModel):
     )
     lease_poll: Duration = Field(
         default=_PROTECTION.lease_poll,
+        gt=0,
         description="Pause between looks at the shared tier while waiting.",
     )
     refresh_workers: int = Field(
@@ -333,6 +346,7 @@ class CacheSettings(BaseSettings):
     )
     ttl: Duration | None = Field(
         default=None,
+        gt=0,
         description="How long a loaded value stays fresh; none: as long as the tiers keep it.",
     )
     negative_ttl: Duration = Field(

@@ -1,13 +1,19 @@
-"""Parsing of human-friendly durations ("250ms", "5m") and sizes ("64MiB")."""
+"""Parsing of human-friendly durations ("250ms", "1h30m") and sizes ("64MiB")."""
 
 from __future__ import annotations
 
+import math
 import re
+from datetime import timedelta
 from typing import Annotated
 
 from pydantic import BeforeValidator
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(us|ms|s|m|h|d)?\s*$")
+# One or more "<number><unit>" parts ("1h30m", "1m30s", "500ms"), or one bare number (seconds).
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(us|ms|s|m|h|d)")
+_DURATION_PARTS = re.compile(r"^(?:\s*\d+(?:\.\d+)?\s*(?:us|ms|s|m|h|d))+\s*$")
+_DURATION_BARE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*$")
+_DURATION_HINT = "a duration such as '250ms', '30s', '5m', '1h30m' or a timedelta"
 _DURATION_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|KiB|MiB|GiB)?\s*$")
@@ -23,23 +29,36 @@ _SIZE_UNITS = {
 
 
 def parse_duration(value: object) -> float:
-    """Seconds from a number (seconds) or a string such as ``"250ms"``, ``"5m"``, ``"1h"``."""
+    """Seconds from a number (seconds), a :class:`~datetime.timedelta`, or a string such as
+    ``"250ms"``, ``"5m"``, ``"1h30m"``; never negative, never NaN or infinite."""
     if isinstance(value, bool):
-        raise ValueError(f"expected a duration such as '250ms' or '5m', got {value!r}")
-    if isinstance(value, int | float):
+        raise ValueError(f"expected {_DURATION_HINT}, got {value!r}")
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, int | float):
         seconds = float(value)
     elif isinstance(value, str):
-        match = _DURATION.match(value)
-        if match is None:
-            raise ValueError(
-                f"expected a duration such as '250ms', '30s', '5m' or '1h', got {value!r}"
-            )
-        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"]
+        seconds = _parse_duration_text(value)
     else:
-        raise ValueError(f"expected a duration such as '250ms' or '5m', got {value!r}")
+        raise ValueError(f"expected {_DURATION_HINT}, got {value!r}")
+    if not math.isfinite(seconds):
+        # NaN compares false with every bound, so it would slip through gt/ge checks and
+        # make every expiry computation meaningless; "no limit" is spelt none, not inf.
+        raise ValueError(f"a duration must be a finite number of seconds, got {value!r}")
     if seconds < 0:
         raise ValueError(f"a duration cannot be negative, got {value!r}")
     return seconds
+
+
+def _parse_duration_text(text: str) -> float:
+    bare = _DURATION_BARE.match(text)
+    if bare is not None:
+        return float(bare.group(1))
+    if _DURATION_PARTS.match(text) is None:
+        raise ValueError(f"expected {_DURATION_HINT}, got {text!r}")
+    return sum(
+        float(number) * _DURATION_UNITS[unit] for number, unit in _DURATION_PART.findall(text)
+    )
 
 
 def parse_size(value: object) -> int:

@@ -33,6 +33,7 @@ from tiered_cache_redis import RedisTierSettings
 from tiered_cache_redis import make_client as make_redis_client
 
 from tiered_cache import CacheSettings, ConfigError, TieredCache, load_settings
+from tiered_cache.redaction import redact_url
 from tiered_cache.testing.servers import RedisServer, redis_server_binary
 
 if TYPE_CHECKING:
@@ -231,20 +232,20 @@ def _choose_redis(
     url: str | None
     if redis_url is not None:
         url = redis_url
-        description.append(f"Redis: {url} (given)")
+        description.append(f"Redis: {redact_url(url)} (given)")
     elif _redis_configured(config) and _redis_answers(tier.url):
         url = tier.url
-        description.append(f"Redis: configured, {url}")
+        description.append(f"Redis: configured, {redact_url(url)}")
     else:
         reason = (
-            f"the configured {tier.url} does not answer"
+            f"the configured {redact_url(tier.url)} does not answer"
             if _redis_configured(config)
             else "none configured"
         )
         if redis_server_binary() is not None:
             server = stack.enter_context(RedisServer())
             url = server.url
-            description.append(f"Redis: private redis-server on {url} ({reason})")
+            description.append(f"Redis: private redis-server on {redact_url(url)} ({reason})")
         else:
             url = None
             description.append(f"Redis: none ({reason}, and redis-server is not installed)")

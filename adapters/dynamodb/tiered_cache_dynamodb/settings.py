@@ -24,7 +24,7 @@ def default_region() -> str:
 class DynamoDBSourceSettings(SourceSettings):
     """A DynamoDB table read with GetItem/BatchGetItem and written with PutItem/DeleteItem."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
     kind: Literal["dynamodb"] = "dynamodb"
     table: str = Field(min_length=3, max_length=255, description="Name of the DynamoDB table.")
@@ -59,6 +59,7 @@ class DynamoDBSourceSettings(SourceSettings):
         "'http://127.0.0.1:8000').",
     )
     aws_access_key_id: str | None = Field(
+        repr=False,
         default=None,
         description="Access key; none: whatever boto3 finds (environment, profile, role).",
     )

@@ -98,7 +98,7 @@ class StreamSettings(BaseModel):
     they are given (see :meth:`resolve`), so a config file usually needs only ``checkpoint``.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
     table: str | None = Field(
         default=None, min_length=3, max_length=255, description="Table whose stream is read."
@@ -122,7 +122,7 @@ class StreamSettings(BaseModel):
         description="Endpoint for both DynamoDB and DynamoDB Streams (moto, DynamoDB Local); "
         "none: AWS's.",
     )
-    aws_access_key_id: str | None = Field(default=None, description="Access key.")
+    aws_access_key_id: str | None = Field(repr=False, default=None, description="Access key.")
     aws_secret_access_key: SecretStr | None = Field(default=None, description="Secret key.")
     aws_session_token: SecretStr | None = Field(default=None, description="Session token.")
     profile: str | None = Field(default=None, description="Named AWS profile.")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, TypeAlias
+from urllib.parse import parse_qs, urlsplit
 
 import redis
 from redis.backoff import NoBackoff
@@ -11,6 +12,7 @@ from redis.cluster import RedisCluster
 from redis.retry import Retry
 
 from tiered_cache.errors import ConfigError
+from tiered_cache.redaction import redact_url
 
 #: A client the Redis tier can use.
 RedisClient: TypeAlias = "redis.Redis | RedisCluster"
@@ -32,21 +34,44 @@ def parse_url(url: str, *, cluster: bool = False) -> RedisTarget:
     """Split a tier URL into redis-py's URL and the cluster flag.
 
     ``redis+cluster://`` and ``rediss+cluster://`` select the cluster client (redis-py itself
-    knows only ``redis://``, ``rediss://`` and ``unix://``).
+    knows only ``redis://``, ``rediss://`` and ``unix://``). The port must be a TCP port and the
+    database a number: redis-py would silently use database 0 for ``redis://host/abc``. Errors
+    show the URL with its password hidden.
     """
     scheme, separator, rest = url.partition("://")
     scheme = scheme.lower()
+    shown = repr(redact_url(url))
     if not separator:
-        raise ConfigError(f"{url!r} is not a URL; expected e.g. 'redis://localhost:6379/0'")
+        raise ConfigError(f"{shown} is not a URL; expected e.g. 'redis://localhost:6379/0'")
     if scheme in _CLUSTER_SCHEMES:
         plain = _CLUSTER_SCHEMES[scheme]
-        return RedisTarget(f"{plain}://{rest}", cluster=True, tls=plain == "rediss")
-    if scheme in _PLAIN_SCHEMES:
+        target = RedisTarget(f"{plain}://{rest}", cluster=True, tls=plain == "rediss")
+    elif scheme in _PLAIN_SCHEMES:
         if cluster and scheme == "unix":
             raise ConfigError("Redis Cluster cannot be reached through a unix:// socket")
-        return RedisTarget(url, cluster=cluster, tls=scheme == "rediss")
-    schemes = ", ".join(f"'{s}://'" for s in (*_PLAIN_SCHEMES, *_CLUSTER_SCHEMES))
-    raise ConfigError(f"unsupported URL scheme {scheme!r} in {url!r}; use one of {schemes}")
+        target = RedisTarget(url, cluster=cluster, tls=scheme == "rediss")
+    else:
+        schemes = ", ".join(f"'{s}://'" for s in (*_PLAIN_SCHEMES, *_CLUSTER_SCHEMES))
+        raise ConfigError(f"unsupported URL scheme {scheme!r} in {shown}; use one of {schemes}")
+    if scheme != "unix":
+        _check_address(target.url, shown)
+    return target
+
+
+def _check_address(url: str, shown: str) -> None:
+    """The port and database of a ``redis://`` URL make sense; :class:`ConfigError` if not."""
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 -- urllib checks the range when the port is read
+    except ValueError:
+        raise ConfigError(f"{shown}: the port must be a number from 1 to 65535") from None
+    if parts.port == 0:
+        raise ConfigError(f"{shown}: the port must be a number from 1 to 65535")
+    database = parts.path.strip("/")
+    queried = parse_qs(parts.query).get("db")
+    for given in ([database] if database else []) + (queried or []):
+        if not given.isdigit():
+            raise ConfigError(f"{shown}: the database must be a number such as /0, not {given!r}")
 
 
 def client_options(

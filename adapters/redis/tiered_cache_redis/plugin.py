@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Iterable
+from typing import Any, Literal
 
 import redis
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, field_validator
 
 from tiered_cache.bus import Bus
 from tiered_cache.errors import ConfigError
+from tiered_cache.redaction import redacted_repr_args
 from tiered_cache.registry import BuildContext, Plugin
 from tiered_cache.settings import BusSettings
 from tiered_cache.tier import Tier
@@ -16,7 +18,7 @@ from tiered_cache.units import Duration
 
 from .bus import RedisBus
 from .client import RedisClient, make_client, parse_url
-from .settings import RedisTierSettings
+from .settings import RedisTierSettings, check_url
 from .tier import RedisTier
 
 #: Key of the chain's first Redis tier in ``BuildContext.shared``: leases and the invalidation
@@ -62,7 +64,7 @@ PLUGIN: Plugin[Tier] = Plugin("redis", RedisTierSettings, build_redis_tier)
 class RedisBusSettings(BusSettings):
     """The invalidation bus on Redis pub/sub."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
     kind: Literal["redis"] = "redis"
     url: str | None = Field(
@@ -73,13 +75,22 @@ class RedisBusSettings(BusSettings):
         default=None, description="Channel name; none: '<namespace>:invalidations'."
     )
     timeout: Duration = Field(
-        default=1.0, description="Socket timeout of the bus connections ('1s')."
+        default=1.0, gt=0, description="Socket timeout of the bus connections ('1s')."
     )
     health_check_interval: Duration = Field(
         default=1.0,
+        gt=0,
         description="How often the subscription connection is checked with a PING, so a silent "
         "network is noticed (and in-process tiers bypassed) within about this long.",
     )
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, url: str | None) -> str | None:
+        return None if url is None else check_url(url)
+
+    def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
+        return redacted_repr_args(super().__repr_args__(), ["url"])
 
 
 def build_redis_bus(settings: RedisBusSettings, context: BuildContext) -> Bus:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Iterable
+from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, field_validator
 
 from tiered_cache.codecs import get_codec
 from tiered_cache.errors import ConfigError
+from tiered_cache.redaction import redacted_repr_args
 from tiered_cache.settings import TierSettings
 from tiered_cache.units import Duration
 
@@ -17,7 +19,8 @@ from .client import parse_url
 class RedisTierSettings(TierSettings):
     """A shared tier in Redis or Redis Cluster."""
 
-    model_config = ConfigDict(extra="forbid")
+    # hide_input_in_errors: a ValidationError must not echo a URL with its password.
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
     kind: Literal["redis"] = Field(default="redis", description="Always 'redis'.")
     url: str = Field(
@@ -37,6 +40,7 @@ class RedisTierSettings(TierSettings):
     )
     ttl: Duration | None = Field(
         default=3600.0,
+        gt=0,
         description="Longest time Redis keeps an entry ('1h'); never beyond the entry's own hard "
         "expiry. None: only the entry's hard expiry bounds it.",
     )
@@ -67,11 +71,7 @@ class RedisTierSettings(TierSettings):
     @field_validator("url")
     @classmethod
     def _check_url(cls, url: str) -> str:
-        try:
-            parse_url(url)
-        except ConfigError as exc:  # plain ValueError, so the field path is added to it
-            raise ValueError(str(exc)) from None
-        return url
+        return check_url(url)
 
     @field_validator("codec")
     @classmethod
@@ -81,3 +81,16 @@ class RedisTierSettings(TierSettings):
         except ConfigError as exc:
             raise ValueError(str(exc)) from None
         return name
+
+    def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
+        return redacted_repr_args(super().__repr_args__(), ["url"])
+
+
+def check_url(url: str) -> str:
+    """``url`` if it is a Redis URL the tier can use; a ``ValueError`` (without the password)
+    otherwise, to which pydantic adds the field's path."""
+    try:
+        parse_url(url)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+    return url

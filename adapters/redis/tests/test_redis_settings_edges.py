@@ -1,0 +1,170 @@
+"""Redis settings: numbers and URLs that make no sense are refused with the field's path, and a
+password in a URL never reaches repr/str, an error, a log line or the tweet app's start-up line."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+from tiered_cache_redis import RedisTierSettings
+
+from tiered_cache import ConfigError, TieredCache, load_settings
+from tiered_cache.testing.servers import RedisServer, free_port
+
+SECRET = "s3cr3t-Pa55-do-not-leak"
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("TIERED_CACHE_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture(scope="module")
+def locked_redis() -> Iterator[RedisServer]:
+    with RedisServer(password=SECRET) as server:
+        yield server
+
+
+def _tiers(url: str, **fields: Any) -> list[dict[str, Any]]:
+    return [{"kind": "memory"}, {"kind": "redis", "url": url, **fields}]
+
+
+# -- numbers and URLs ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [0, "0s", float("nan"), float("inf")])
+def test_a_redis_ttl_of_zero_or_nan_names_its_path(bad: Any) -> None:
+    with pytest.raises(ConfigError, match=r"^tiered_cache\.tiers\[1\]\.ttl: "):
+        load_settings(tiers=_tiers("redis://localhost:6379/0", ttl=bad))
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("redis://localhost:99999/0", "port"),
+        ("redis://localhost:0/0", "port"),
+        ("redis://localhost:abc/0", "port"),
+        ("redis://localhost:6379/abc", "database"),
+        ("redis://localhost:6379/-1", "database"),
+        ("redis://localhost:6379?db=x", "database"),
+    ],
+)
+def test_a_url_with_a_bad_port_or_database_is_refused(url: str, problem: str) -> None:
+    with pytest.raises(ConfigError, match=rf"^tiered_cache\.tiers\[1\]\.url: .*{problem}"):
+        load_settings(tiers=_tiers(url))
+
+
+def test_good_urls_are_still_accepted() -> None:
+    for url in (
+        "redis://localhost:6379/0",
+        "redis://localhost",
+        "rediss://user:pw@example.com:6380/15",
+        "redis+cluster://node:7000",
+        "unix:///tmp/redis.sock?db=2",
+    ):
+        load_settings(tiers=_tiers(url))
+
+
+@pytest.mark.parametrize("field", ["timeout", "health_check_interval"])
+def test_bus_durations_must_be_positive(field: str) -> None:
+    with pytest.raises(ConfigError, match=rf"^tiered_cache\.bus\.{field}: "):
+        load_settings(tiers=_tiers("redis://localhost:6379/0"), bus={"kind": "redis", field: 0})
+
+
+def test_a_bad_bus_url_names_its_path() -> None:
+    with pytest.raises(ConfigError, match=r"^tiered_cache\.bus\.url: .*port"):
+        load_settings(bus={"kind": "redis", "url": "redis://localhost:70000/0"})
+
+
+# -- secrets ---------------------------------------------------------------------------------
+
+
+def _assert_hidden(text: str) -> None:
+    assert SECRET not in text
+    assert "***" in text, text
+
+
+def test_repr_and_str_of_the_settings_hide_the_password() -> None:
+    url = f"redis://:{SECRET}@localhost:6379/0"
+    settings = load_settings(
+        tiers=_tiers(url), bus={"kind": "redis", "url": f"redis://user:{SECRET}@localhost/1"}
+    )
+    for shown in (repr(settings), str(settings), repr(settings.tiers[1]), str(settings.bus)):
+        _assert_hidden(shown)
+    # The value itself is intact: only its display is redacted.
+    tier = settings.tiers[1]
+    assert isinstance(tier, RedisTierSettings)
+    assert tier.url == url
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"redis://:{SECRET}@localhost:99999/0",
+        f"redis://:{SECRET}@localhost:6379/abc",
+        f"http://:{SECRET}@localhost:6379/0",
+        f"redis://u:{SECRET}@localhost:6379/0?db=x",
+        f"redis://localhost:6379/0?password={SECRET}&db=x",
+    ],
+)
+def test_errors_about_a_malformed_url_hide_the_password(url: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(tiers=_tiers(url))
+    _assert_hidden(str(caught.value))
+    # Built directly, the model's own ValidationError does not echo the input either.
+    with pytest.raises(ValidationError) as direct:
+        RedisTierSettings(url=url)
+    assert SECRET not in str(direct.value)
+
+
+def test_no_log_line_of_a_working_or_failing_chain_shows_the_password(
+    locked_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    good = load_settings(namespace="secrets", tiers=_tiers(locked_redis.url))
+    with TieredCache.from_settings(good) as cache:
+        cache.set("k", {"v": 1})
+        assert cache.get("k") == {"v": 1}
+        shown = repr(cache) + str(cache.stats())
+    # Wrong password, then a server that is not there: both fail and are logged.
+    for url in (
+        f"redis://:{SECRET}-wrong@{locked_redis.host}:{locked_redis.port}/0",
+        f"redis://:{SECRET}@127.0.0.1:{free_port()}/0",
+    ):
+        settings = load_settings(namespace="secrets", tiers=_tiers(url))
+        with TieredCache.from_settings(settings) as cache:
+            assert cache.get("k", loader=lambda: "loaded") == "loaded"
+            shown += repr(cache) + str(cache.stats())
+    assert caplog.records, "the failing chains logged nothing: the test would prove nothing"
+    for record in caplog.records:
+        assert SECRET not in record.getMessage()
+        assert SECRET not in (record.exc_text or "")
+    assert SECRET not in shown
+
+
+def test_the_tweet_app_start_up_line_hides_the_password(
+    locked_redis: RedisServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from examples.tweets.embedded import environment
+
+    config = tmp_path / "tweets.toml"
+    config.write_text(
+        "[tiered_cache]\nnamespace = 'tweets-secret'\n"
+        "[[tiered_cache.tiers]]\nkind = 'memory'\n"
+        f"[[tiered_cache.tiers]]\nkind = 'redis'\nurl = '{locked_redis.url}'\n"
+    )
+    with environment(config) as env:
+        line = env.describe()
+        assert env.cache.get("missing-tweet", loader=lambda: None) is None
+    assert "configured" in line  # the configured (password-protected) Redis was used
+    _assert_hidden(line)
+    captured = capsys.readouterr()
+    assert SECRET not in captured.out + captured.err

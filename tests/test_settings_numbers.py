@@ -1,0 +1,100 @@
+"""Numbers that make no sense are refused by the settings model, naming the field's path."""
+
+from __future__ import annotations
+
+import math
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from tiered_cache import ConfigError, load_settings
+from tiered_cache.settings import MemoryTierSettings
+from tiered_cache.units import parse_duration
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("TIERED_CACHE_"):
+            monkeypatch.delenv(name)
+
+
+def _refused(path: str, **overrides: Any) -> str:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(**overrides)
+    message = str(caught.value)
+    assert message.startswith(f"{path}:"), message
+    return message
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, "nan", "inf", 0, "0s", -1])
+def test_a_memory_ttl_that_is_not_a_positive_finite_duration_is_refused(bad: Any) -> None:
+    _refused("tiered_cache.tiers[0].ttl", tiers=[{"kind": "memory", "ttl": bad}])
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, 0])
+def test_the_chain_ttl_must_be_positive_and_finite(bad: Any) -> None:
+    _refused("tiered_cache.ttl", ttl=bad)
+
+
+def test_memory_max_bytes_zero_is_refused() -> None:
+    _refused("tiered_cache.tiers[0].max_bytes", tiers=[{"kind": "memory", "max_bytes": 0}])
+
+
+@pytest.mark.parametrize("field", ["hard_timeout", "soft_timeout", "lease_poll", "lease_ttl"])
+def test_protection_durations_that_must_be_positive_refuse_zero(field: str) -> None:
+    _refused(f"tiered_cache.protection.{field}", protection={field: 0})
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_protection_beta_must_be_finite(bad: float) -> None:
+    _refused("tiered_cache.protection.early_refresh_beta", protection={"early_refresh_beta": bad})
+
+
+def test_a_nan_max_stale_is_refused_but_zero_still_turns_stale_serving_off() -> None:
+    _refused("tiered_cache.protection.max_stale", protection={"max_stale": math.nan})
+    assert load_settings(protection={"max_stale": 0}).protection.max_stale == 0.0
+
+
+def test_a_breaker_cool_down_of_zero_is_refused() -> None:
+    _refused(
+        "tiered_cache.tiers[0].breaker.cool_down",
+        tiers=[{"kind": "memory", "breaker": {"enabled": True, "cool_down": 0}}],
+    )
+
+
+@pytest.mark.parametrize(
+    ("given", "seconds"),
+    [
+        ("1h30m", 5400.0),
+        ("1m30s", 90.0),
+        ("500ms", 0.5),
+        ("1h 30m", 5400.0),
+        ("2d", 172800.0),
+        (timedelta(minutes=90), 5400.0),
+        (timedelta(milliseconds=250), 0.25),
+    ],
+)
+def test_durations_accept_timedelta_and_compound_forms(given: Any, seconds: float) -> None:
+    assert parse_duration(given) == seconds
+    settings = load_settings(ttl=given, tiers=[{"kind": "memory", "ttl": given}])
+    assert settings.ttl == seconds
+    tier = settings.tiers[0]
+    assert isinstance(tier, MemoryTierSettings)
+    assert tier.ttl == seconds
+
+
+@pytest.mark.parametrize("bad", ["1h30", "30m1h1", "m", "1 hour", "1h-30m"])
+def test_malformed_compound_durations_are_refused(bad: str) -> None:
+    message = _refused("tiered_cache.ttl", ttl=bad)
+    assert "1h30m" in message  # the error shows a compound example
+
+
+def test_a_nan_in_a_config_file_names_its_path(tmp_path: Any) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("[tiered_cache]\n[[tiered_cache.tiers]]\nkind = 'memory'\nttl = nan\n")
+    with pytest.raises(ConfigError, match=r"^tiered_cache\.tiers\[0\]\.ttl: .*finite"):
+        load_settings(path)

@@ -1,0 +1,44 @@
+"""Hiding secrets in what is shown: URLs with passwords, settings with credentials.
+
+A URL such as ``redis://user:secret@host:6379/0`` is shown as ``redis://user:***@host:6379/0``
+wherever a setting is shown (``repr``, ``str``, errors, logs, start-up lines). Passwords given
+as a query parameter (``?password=secret``) are hidden the same way.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Any
+
+#: What replaces a secret.
+MASK = "***"
+
+# scheme://[user][:password]@rest -- the password is whatever lies between the first ':' after
+# the scheme and the last '@' of the authority (a password may itself contain '@' or ':').
+_AUTHORITY = re.compile(r"^(?P<scheme>[^:/?#]+://)(?P<authority>[^/?#]*)(?P<rest>.*)$", re.S)
+_QUERY_SECRET = re.compile(r"(?P<name>[?&;](?:password|passwd|pass|secret|token)=)[^&;#]*", re.I)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password (in the authority or the query) replaced by ``***``."""
+    match = _AUTHORITY.match(url)
+    if match is None:
+        return _QUERY_SECRET.sub(lambda found: found.group("name") + MASK, url)
+    authority = match.group("authority")
+    credentials, at, host = authority.rpartition("@")
+    if at and credentials:
+        user, colon, _ = credentials.partition(":")
+        # A lone userinfo (redis://token@host) is often a token: hidden too.
+        authority = f"{user}:{MASK}@{host}" if colon else f"{MASK}@{host}"
+    rest = _QUERY_SECRET.sub(lambda found: found.group("name") + MASK, match.group("rest"))
+    return f"{match.group('scheme')}{authority}{rest}"
+
+
+def redacted_repr_args(
+    args: Iterable[tuple[str | None, Any]], url_fields: Iterable[str]
+) -> Iterable[tuple[str | None, Any]]:
+    """A pydantic model's ``__repr_args__`` with the URLs in ``url_fields`` redacted."""
+    urls = frozenset(url_fields)
+    for name, value in args:
+        yield name, redact_url(value) if name in urls and isinstance(value, str) else value

@@ -14,6 +14,7 @@ from .bus import Bus
 from .coherence import BusLink, CoherenceHandlers
 from .invalidation_log import InvalidationLog
 from .protection import Protection, xfetch_due
+from .reporting import report_of, source_report
 from .singleflight import Flight
 from .tier import MISSING, Entry, MissingType, Source, Tier
 
@@ -475,9 +476,20 @@ class TieredCache(ChainLoading):
         return []
 
     def stats(self) -> dict[str, Any]:
-        """A JSON-serializable snapshot: per-tier hits, misses, fills, errors and skips, loads,
-        load failures, single-flight waits, and the hottest keys."""
+        """A JSON-serializable snapshot: per-tier hits, misses, fills, errors and skips (and what
+        a tier reports itself: evictions, breaker state), loads, load failures, the load latency
+        histogram, single-flight waits, the source's report, and the hottest keys."""
         snapshot = self._metrics.snapshot()
+        for tier, counters in zip(self._tiers, snapshot["tiers"], strict=True):
+            counters.update(report_of(tier))  # evictions, breaker state: what tiers know
+        snapshot["source"] = (
+            None
+            if self._source is None
+            else {
+                "name": self._source.name,
+                **source_report(self._source, snapshot["source_reads_saved"]),
+            }
+        )
         snapshot["namespace"] = self.namespace
         snapshot["bus"] = (
             None if self._bus_link is None else ("down" if self._bypassed else "connected")

@@ -352,6 +352,10 @@ class MemoryTier:
             result: list[tuple[str, float]] = report(n)
             return result
 
+    def report(self) -> dict[str, int]:
+        """Entries held and evictions so far, for ``stats()`` (:mod:`tiered_cache.reporting`)."""
+        return {"entries": len(self._policy), "evictions": self._policy.evictions}
+
     def delete_prefix(self, prefix: str) -> None:
         """Remove every key that starts with ``prefix`` (a scan of this tier's keys)."""
         with self._lock:

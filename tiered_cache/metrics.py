@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -27,6 +28,12 @@ EVENTS = (
     "bus_disconnects",
     "bus_publish_errors",
 )
+
+
+#: Upper bounds, in seconds, of the load latency histogram's buckets (a last one, ``+Inf``, is
+#: implied). Loads are calls to a source -- a millisecond to seconds -- so the buckets start at a
+#: millisecond. Fixed so that recording is one bisect under the lock the load already takes.
+LOAD_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 @dataclass
@@ -83,6 +90,9 @@ class CacheMetrics:
         self.keys_loaded = 0
         self.singleflight_waits = 0
         self.load_seconds = 0.0
+        #: Successful loads per bucket of :data:`LOAD_BUCKETS` (not cumulative; the last cell
+        #: counts loads slower than the last bound).
+        self.load_buckets = [0] * (len(LOAD_BUCKETS) + 1)
         #: Named events of source protection (stale_served, soft_timeouts, lease_waits, ...).
         self.events: dict[str, int] = dict.fromkeys(EVENTS, 0)
 
@@ -111,6 +121,8 @@ class CacheMetrics:
             self.loads += 1
             self.keys_loaded += keys
             self.load_seconds += seconds
+            # bisect_left: a load of exactly a bound's duration belongs to that bound (le).
+            self.load_buckets[bisect_left(LOAD_BUCKETS, seconds)] += 1
 
     def load_failure(self) -> None:
         with self._lock:
@@ -123,6 +135,16 @@ class CacheMetrics:
     def count(self, event: str, amount: int = 1) -> None:
         with self._lock:
             self.events[event] = self.events.get(event, 0) + amount
+
+    def _cumulative_buckets(self) -> dict[str, int]:
+        """Loads at or under each bound, keyed by the bound as text (``"+Inf"``: all of them);
+        cumulative, as Prometheus and most dashboards read histograms. Called under the lock."""
+        buckets: dict[str, int] = {}
+        total = 0
+        for bound, count in zip((*map(repr, LOAD_BUCKETS), "+Inf"), self.load_buckets, strict=True):
+            total += count
+            buckets[bound] = total
+        return buckets
 
     def snapshot(self) -> dict[str, Any]:
         """A JSON-serializable copy of every counter."""
@@ -138,6 +160,7 @@ class CacheMetrics:
                 "load_failures": self.load_failures,
                 "keys_loaded": self.keys_loaded,
                 "load_seconds": self.load_seconds,
+                "load_seconds_buckets": self._cumulative_buckets(),
                 "singleflight_waits": self.singleflight_waits,
                 # Reads answered without a trip to the source (tier hits and shared loads).
                 "source_reads_saved": served,

@@ -1,0 +1,40 @@
+"""What tiers and sources can tell about themselves for ``TieredCache.stats()``.
+
+The chain counts what it sees (hits, misses, fills); some facts only a part knows: how many
+entries a memory tier evicted, whether a breaker is open, what a read from a DynamoDB table
+costs. A part that knows such facts offers :class:`Reporting`; ``stats()`` merges its report
+into the part's entry. Reports are taken when ``stats()`` is called (a scrape), never on reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol, runtime_checkable
+
+#: A report's values: counts and amounts, or a state name (``"closed"``).
+ReportValue = int | float | str
+
+
+@runtime_checkable
+class Reporting(Protocol):
+    """A tier or source that reports facts the chain cannot count itself."""
+
+    def report(self) -> Mapping[str, ReportValue]:
+        """Current figures, such as ``{"evictions": 12, "entries": 950}``; cheap to take."""
+        ...
+
+
+def report_of(part: object) -> dict[str, ReportValue]:
+    """``part``'s report, or an empty one when it offers none."""
+    return dict(part.report()) if isinstance(part, Reporting) else {}
+
+
+def source_report(part: object, reads_saved: int) -> dict[str, ReportValue]:
+    """The source's report, with ``read_units_saved`` when the source says what one read costs
+    (``read_units_per_read``, the mean over the reads it made): the reads the cache answered
+    would have cost about that much each."""
+    report = report_of(part)
+    per_read = report.get("read_units_per_read")
+    if isinstance(per_read, int | float):
+        report["read_units_saved"] = reads_saved * per_read
+    return report

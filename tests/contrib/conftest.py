@@ -1,0 +1,70 @@
+"""A private Redis for the integration tests (exporters, Django), one per session, and the
+chain the exporter tests read through with the known sequence of reads they run."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from tiered_cache import TieredCache
+from tiered_cache.testing import FakeClock
+from tiered_cache.testing.servers import RedisServer
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def namespace() -> str:
+    """A namespace of its own for each test, so tests sharing the server never see each other."""
+    return f"m-{uuid.uuid4().hex[:12]}"
+
+
+def memory_and_redis(server: RedisServer, namespace: str, clock: FakeClock) -> TieredCache:
+    """Memory (plain LRU: every key admitted, so the counts do not depend on hotness) over a
+    real Redis, no bus, on the fake clock (which also times the loads)."""
+    return TieredCache.from_config(
+        namespace=namespace,
+        tiers=[
+            {"kind": "memory", "admission": "always"},
+            {"kind": "redis", "url": server.url, "timeout": "2s"},
+        ],
+        bus={"kind": "off"},
+        clock=clock,
+    )
+
+
+def known_reads(cache: TieredCache, clock: FakeClock) -> None:
+    """Two loads (3 ms and 200 ms on the fake clock), two memory hits, one Redis hit.
+
+    memory: misses a, b, b (after its memory copy is dropped); hits a, a; fills a, b, b.
+    redis:  misses a, b; hits b; fills a, b.   loads: a, b.
+    """
+
+    def slow(value: str, seconds: float) -> str:
+        clock.advance(seconds)
+        return value
+
+    assert cache.get("a", lambda: slow("A", 0.003)) == "A"
+    assert cache.get("a") == "A"
+    assert cache.get("a") == "A"
+    assert cache.get("b", lambda: slow("B", 0.2)) == "B"
+    cache.tiers[0].delete("b")  # only memory forgets b: the next read is a Redis hit
+    assert cache.get("b") == "B"
+
+
+@pytest.fixture
+def cache(redis_server: RedisServer, namespace: str, clock: FakeClock) -> Iterator[TieredCache]:
+    with memory_and_redis(redis_server, namespace, clock) as cache:
+        yield cache
+
+
+@pytest.fixture
+def run_known_reads(cache: TieredCache, clock: FakeClock) -> Callable[[], None]:
+    """Runs :func:`known_reads` on the ``cache`` fixture."""
+    return lambda: known_reads(cache, clock)

@@ -1,0 +1,84 @@
+"""The OpenTelemetry instruments, collected by the SDK's in-memory reader over a chain of memory
+and a real Redis."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+from tiered_cache import TieredCache
+from tiered_cache.contrib.otel import instrument
+from tiered_cache.contrib.series import CATALOGUE
+
+Points = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def collect(reader: InMemoryMetricReader) -> Points:
+    data = reader.get_metrics_data()
+    assert data is not None
+    points: Points = {}
+    for resource in data.resource_metrics:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                for point in metric.data.data_points:
+                    labels = frozenset((k, str(v)) for k, v in (point.attributes or {}).items())
+                    points[(metric.name, labels)] = point.value  # type: ignore[union-attr]
+    return points
+
+
+@pytest.fixture
+def reader(cache: TieredCache) -> InMemoryMetricReader:
+    reader = InMemoryMetricReader()
+    instrument(cache, MeterProvider(metric_readers=[reader]))
+    return reader
+
+
+def test_a_collection_finds_hits_misses_and_loads_of_a_known_sequence(
+    reader: InMemoryMetricReader, run_known_reads: Callable[[], None], namespace: str
+) -> None:
+    run_known_reads()
+    points = collect(reader)
+
+    def tier(name: str, tier_name: str) -> float:
+        labels = frozenset({("namespace", namespace), ("tier", tier_name)})
+        return points[(f"tiered_cache.{name}", labels)]
+
+    def chain(name: str, **labels: str) -> float:
+        return points[
+            (f"tiered_cache.{name}", frozenset({"namespace": namespace, **labels}.items()))
+        ]
+
+    assert tier("tier_hits", "memory") == 2
+    assert tier("tier_misses", "memory") == 3
+    assert tier("tier_fills", "memory") == 3
+    assert tier("tier_hits", "redis") == 1
+    assert tier("tier_misses", "redis") == 2
+    assert tier("tier_fills", "redis") == 2
+    assert chain("loads") == 2
+    assert chain("load_failures") == 0
+    assert chain("source_reads_saved") == 3
+    assert chain("load_duration_seconds.bucket", le="0.0025") == 0
+    assert chain("load_duration_seconds.bucket", le="0.005") == 1
+    assert chain("load_duration_seconds.bucket", le="0.25") == 2
+    assert chain("load_duration_seconds.bucket", le="+Inf") == 2
+    assert chain("load_duration_seconds.count") == 2
+    assert chain("load_duration_seconds.sum") == pytest.approx(0.203)
+    published = {name for name, _ in points}
+    for spec in CATALOGUE:
+        # Per-chain counters always have a point; the others only where they apply (no bus,
+        # no breaker here).
+        if spec.kind == "counter" and spec.labels == ("namespace",):
+            assert f"tiered_cache.{spec.name}" in published
+
+
+def test_each_collection_reads_the_counters_afresh(
+    reader: InMemoryMetricReader, cache: TieredCache, namespace: str
+) -> None:
+    key = ("tiered_cache.tier_hits", frozenset({("namespace", namespace), ("tier", "memory")}))
+    cache.get("k", lambda: 1)
+    assert collect(reader)[key] == 0
+    cache.get("k")
+    assert collect(reader)[key] == 1

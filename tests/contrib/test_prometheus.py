@@ -1,0 +1,93 @@
+"""The Prometheus collector, scraped over HTTP from a chain of memory and a real Redis."""
+
+from __future__ import annotations
+
+import urllib.request
+from collections.abc import Callable
+
+import pytest
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.parser import text_string_to_metric_families
+
+from tiered_cache import TieredCache
+from tiered_cache.contrib.prometheus import register
+from tiered_cache.contrib.series import CATALOGUE
+from tiered_cache.testing.servers import free_port
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(registry: CollectorRegistry) -> tuple[str, Samples]:
+    """Serve ``registry`` on a free port, GET /metrics once, and parse the answer."""
+    port = free_port()
+    server, thread = start_http_server(port, addr="127.0.0.1", registry=registry)
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return text, samples
+
+
+def test_a_scrape_finds_hits_misses_and_loads_of_a_known_sequence(
+    cache: TieredCache, run_known_reads: Callable[[], None], namespace: str
+) -> None:
+    registry = CollectorRegistry()
+    register(cache, registry)
+    run_known_reads()
+
+    text, samples = scrape(registry)
+
+    def tier(name: str, tier_name: str) -> float:
+        labels = frozenset({("namespace", namespace), ("tier", tier_name)})
+        return samples[(f"tiered_cache_{name}", labels)]
+
+    def chain(name: str, **labels: str) -> float:
+        return samples[
+            (f"tiered_cache_{name}", frozenset({"namespace": namespace, **labels}.items()))
+        ]
+
+    assert tier("tier_hits_total", "memory") == 2
+    assert tier("tier_misses_total", "memory") == 3
+    assert tier("tier_fills_total", "memory") == 3
+    assert tier("tier_hits_total", "redis") == 1
+    assert tier("tier_misses_total", "redis") == 2
+    assert tier("tier_fills_total", "redis") == 2
+    assert tier("tier_errors_total", "redis") == 0
+    assert tier("tier_entries", "memory") == 2
+    assert tier("tier_evictions_total", "memory") == 0
+    assert chain("loads_total") == 2
+    assert chain("keys_loaded_total") == 2
+    assert chain("load_failures_total") == 0
+    assert chain("source_reads_saved_total") == 3
+    # The loads took 3 ms and 200 ms on the chain's (fake) clock.
+    assert chain("load_duration_seconds_bucket", le="0.0025") == 0
+    assert chain("load_duration_seconds_bucket", le="0.005") == 1
+    assert chain("load_duration_seconds_bucket", le="0.1") == 1
+    assert chain("load_duration_seconds_bucket", le="0.25") == 2
+    assert chain("load_duration_seconds_bucket", le="+Inf") == 2
+    assert chain("load_duration_seconds_count") == 2
+    assert chain("load_duration_seconds_sum") == pytest.approx(0.203)
+    # Every catalogued metric is published (some with no sample: no breaker, no bus here).
+    for spec in CATALOGUE:
+        suffix = "_total" if spec.kind == "counter" else ""
+        assert f"# TYPE tiered_cache_{spec.name}{suffix} {spec.kind}" in text
+
+
+def test_each_scrape_reads_the_counters_afresh(cache: TieredCache, namespace: str) -> None:
+    registry = CollectorRegistry()
+    register(cache, registry)
+    key = (
+        "tiered_cache_tier_hits_total",
+        frozenset({("namespace", namespace), ("tier", "memory")}),
+    )
+    cache.get("k", lambda: 1)
+    assert scrape(registry)[1][key] == 0
+    cache.get("k")
+    assert scrape(registry)[1][key] == 1

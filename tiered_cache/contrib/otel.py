@@ -1,0 +1,152 @@
+"""OpenTelemetry metrics for a :class:`~tiered_cache.TieredCache` (extra ``otel``).
+
+::
+
+    from tiered_cache.contrib.otel import instrument
+
+    instrument(cache)  # on the global MeterProvider your OpenTelemetry SDK set up
+
+Every metric of :data:`tiered_cache.contrib.series.CATALOGUE` becomes an observable instrument
+named ``tiered_cache.<name>`` (counters: ``ObservableCounter``; gauges: ``ObservableGauge``),
+read from ``cache.stats()`` when the SDK collects: reads pay nothing for it.
+
+The OpenTelemetry API has no asynchronous histogram, so the load latency histogram is published
+as three observable counters: ``tiered_cache.load_duration_seconds.bucket`` (cumulative, with
+the bucket's upper bound as attribute ``le``, as Prometheus reads histograms),
+``.sum`` and ``.count``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+
+from opentelemetry import metrics
+from opentelemetry.metrics import CallbackOptions, Meter, MeterProvider, Observation
+
+from ..chain import TieredCache
+from .series import CATALOGUE, Series, Spec, series
+
+__all__ = ["PREFIX", "TieredCacheInstruments", "instrument"]
+
+#: What every instrument name starts with.
+PREFIX = "tiered_cache."
+
+
+class TieredCacheInstruments:
+    """The observable instruments of one cache, all read from one shared snapshot.
+
+    The SDK calls one callback per instrument. The first instrument's callback takes a fresh
+    ``stats()``; the others reuse it, unless it is older than ``max_age`` seconds (which only
+    happens if an SDK calls callbacks out of their registration order), so one collection costs
+    one snapshot.
+
+    Args:
+        cache: the chain to report on; its namespace is the ``namespace`` attribute.
+        meter: the meter to create the instruments on.
+        raw_hot_keys: attribute hot keys with the keys themselves rather than a hash of them.
+        clock: seconds, monotonic; decides a snapshot's age.
+    """
+
+    def __init__(
+        self,
+        cache: TieredCache,
+        meter: Meter,
+        *,
+        raw_hot_keys: bool = False,
+        max_age: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._cache = cache
+        self._raw_hot_keys = raw_hot_keys
+        self._max_age = max_age
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._taken_at = -float("inf")
+        self._series: dict[str, Series] = {}
+        first = True
+        for spec in CATALOGUE:
+            if spec.kind == "histogram":
+                self._histogram(meter, spec, first)
+            else:
+                create = (
+                    meter.create_observable_counter
+                    if spec.kind == "counter"
+                    else meter.create_observable_gauge
+                )
+                create(
+                    PREFIX + spec.name,
+                    callbacks=[self._samples(spec.name, first)],
+                    unit=_unit(spec),
+                    description=spec.help,
+                )
+            first = False
+
+    def _current(self, name: str, fresh: bool) -> Series:
+        with self._lock:
+            now = self._clock()
+            if fresh or now - self._taken_at > self._max_age or name not in self._series:
+                taken = series(self._cache.stats(), raw_hot_keys=self._raw_hot_keys)
+                self._series = {item.spec.name: item for item in taken}
+                self._taken_at = now
+            return self._series[name]
+
+    def _samples(
+        self, name: str, fresh: bool
+    ) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        def callback(options: CallbackOptions) -> Iterable[Observation]:
+            return [
+                Observation(value, labels) for labels, value in self._current(name, fresh).samples
+            ]
+
+        return callback
+
+    def _histogram(self, meter: Meter, spec: Spec, fresh: bool) -> None:
+        name = PREFIX + spec.name
+
+        def buckets(options: CallbackOptions) -> Iterable[Observation]:
+            item = self._current(spec.name, fresh)
+            return [
+                Observation(count, {**item.labels, "le": _bound(bound)})
+                for bound, count in item.buckets
+            ]
+
+        def total(options: CallbackOptions) -> Iterable[Observation]:
+            item = self._current(spec.name, False)
+            return [Observation(item.total, item.labels)]
+
+        def count(options: CallbackOptions) -> Iterable[Observation]:
+            item = self._current(spec.name, False)
+            return [Observation(item.count, item.labels)]
+
+        help_text = spec.help
+        meter.create_observable_counter(
+            f"{name}.bucket", [buckets], unit="{load}", description=f"{help_text} (by bucket)"
+        )
+        meter.create_observable_counter(
+            f"{name}.sum", [total], unit="s", description=f"{help_text} (sum)"
+        )
+        meter.create_observable_counter(
+            f"{name}.count", [count], unit="{load}", description=f"{help_text} (count)"
+        )
+
+
+def _unit(spec: Spec) -> str:
+    return "s" if spec.unit == "seconds" else ""
+
+
+def _bound(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(bound)
+
+
+def instrument(
+    cache: TieredCache,
+    meter_provider: MeterProvider | None = None,
+    *,
+    raw_hot_keys: bool = False,
+) -> TieredCacheInstruments:
+    """Create the instruments of ``cache`` on a meter named ``tiered_cache`` of
+    ``meter_provider`` (default: the global one)."""
+    meter = metrics.get_meter("tiered_cache", meter_provider=meter_provider)
+    return TieredCacheInstruments(cache, meter, raw_hot_keys=raw_hot_keys)

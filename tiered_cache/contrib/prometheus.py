@@ -1,0 +1,89 @@
+"""Prometheus metrics for a :class:`~tiered_cache.TieredCache` (extra ``prometheus``).
+
+::
+
+    from prometheus_client import start_http_server
+    from tiered_cache.contrib.prometheus import register
+
+    register(cache)          # on prometheus_client's default registry
+    start_http_server(9100)  # GET /metrics
+
+The collector takes ``cache.stats()`` when Prometheus scrapes, and publishes every metric of
+:data:`tiered_cache.contrib.series.CATALOGUE` as ``tiered_cache_<name>`` (counters end in
+``_total``). Reads pay nothing for it. The names are listed in docs/operations-metrics.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client.core import (
+    REGISTRY,
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from ..chain import TieredCache
+from .series import Series, series
+
+__all__ = ["PREFIX", "TieredCacheCollector", "register"]
+
+#: What every metric name starts with.
+PREFIX = "tiered_cache_"
+
+
+class TieredCacheCollector(Collector):
+    """A ``prometheus_client`` collector over one cache; each scrape takes one ``stats()``.
+
+    Args:
+        cache: the chain to report on; its namespace is the ``namespace`` label.
+        raw_hot_keys: label hot keys with the keys themselves rather than a hash of them. Keep
+            the default when a key can hold anything private (see :mod:`tiered_cache.logs`).
+    """
+
+    def __init__(self, cache: TieredCache, *, raw_hot_keys: bool = False) -> None:
+        self._cache = cache
+        self._raw_hot_keys = raw_hot_keys
+
+    def collect(self) -> Iterator[Metric]:
+        """Every metric, from one snapshot of the cache's counters."""
+        for item in series(self._cache.stats(), raw_hot_keys=self._raw_hot_keys):
+            yield _family(item)
+
+
+def _family(item: Series) -> Metric:
+    spec = item.spec
+    name = PREFIX + spec.name
+    if spec.kind == "histogram":
+        histogram = HistogramMetricFamily(name, spec.help, labels=list(spec.labels), unit="")
+        histogram.add_metric(
+            [item.labels[label] for label in spec.labels],
+            [(_bound(bound), float(count)) for bound, count in item.buckets],
+            sum_value=item.total,
+        )
+        return histogram
+    family: CounterMetricFamily | GaugeMetricFamily
+    if spec.kind == "counter":
+        family = CounterMetricFamily(name, spec.help, labels=list(spec.labels))
+    else:
+        family = GaugeMetricFamily(name, spec.help, labels=list(spec.labels))
+    for labels, value in item.samples:
+        family.add_metric([labels[label] for label in spec.labels], value)
+    return family
+
+
+def _bound(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(bound)
+
+
+def register(
+    cache: TieredCache, registry: CollectorRegistry = REGISTRY, *, raw_hot_keys: bool = False
+) -> TieredCacheCollector:
+    """Register a :class:`TieredCacheCollector` for ``cache`` (default: the global registry);
+    returns it, for ``registry.unregister`` when the cache closes."""
+    collector = TieredCacheCollector(cache, raw_hot_keys=raw_hot_keys)
+    registry.register(collector)
+    return collector

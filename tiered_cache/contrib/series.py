@@ -1,0 +1,207 @@
+"""The metrics every exporter publishes, computed from one ``TieredCache.stats()`` snapshot.
+
+This module is the catalogue (:data:`CATALOGUE`: each metric's name, kind, labels and help) and
+the one function that turns a snapshot into samples (:func:`series`). The Prometheus collector
+and the OpenTelemetry instruments only translate its output, so both publish the same figures
+under the same names, and both take them when scraped: nothing is added to the read path.
+
+Names are given without prefix or suffix; exporters add theirs (Prometheus:
+``tiered_cache_<name>`` and ``_total`` on counters; OpenTelemetry: ``tiered_cache.<name>``).
+It imports nothing outside the standard library and the core.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ..logs import key_hash
+from ..metrics import EVENTS
+
+Kind = Literal["counter", "gauge", "histogram"]
+Labels = dict[str, str]
+
+#: The states a tier's circuit breaker can be in (the label values of ``tier_breaker_state``).
+BREAKER_STATES = ("closed", "half-open", "open")
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One metric: its name (without exporter prefix), kind, label names and help text."""
+
+    name: str
+    kind: Kind
+    labels: tuple[str, ...]
+    help: str
+    unit: str = ""
+
+
+@dataclass
+class Series:
+    """A metric's samples in one snapshot; a histogram has instead its ``labels``, ``buckets``
+    (cumulative, by upper bound, the last one ``inf``), ``total`` (the sum of the observations)
+    and ``count``."""
+
+    spec: Spec
+    samples: list[tuple[Labels, float]] = field(default_factory=list)
+    labels: Labels = field(default_factory=dict)
+    buckets: list[tuple[float, int]] = field(default_factory=list)
+    total: float = 0.0
+    count: int = 0
+
+
+_NS = ("namespace",)
+_TIER = ("namespace", "tier")
+
+#: What each protection and bus event counts (events come from ``tiered_cache.metrics.EVENTS``).
+EVENT_HELP: Mapping[str, str] = {
+    "stale_served": "Reads answered with a stale entry while it was refreshed.",
+    "stale_served_on_error": "Fail-safe serves: a stale entry served because the load failed.",
+    "stale_served_on_slow_load": "A stale entry served because the load passed its soft timeout.",
+    "early_refreshes": "Refreshes started early by XFetch before the entry went stale.",
+    "refreshes": "Background refreshes started.",
+    "refresh_failures": "Background refreshes that failed.",
+    "soft_timeouts": "Loads that passed their soft timeout.",
+    "hard_timeouts": "Loads abandoned at their hard timeout.",
+    "lease_waits": "Reads that waited for another process's lease on the key.",
+    "lease_takeovers": "Leases taken over after their holder's lease expired.",
+    "lease_wait_expired": "Lease waits that ended without the holder's value.",
+    "lease_lost": "Fills refused because the lease was lost (an invalidation overtook the load).",
+    "bus_sent": "Invalidation messages published on the bus.",
+    "bus_received": "Invalidation messages received from the bus.",
+    "bus_gaps": "Gaps detected in the bus's message sequence (in-process tiers were cleared).",
+    "bus_disconnects": "Times the bus connection was lost.",
+    "bus_publish_errors": "Invalidation messages the bus failed to publish.",
+}
+
+
+def _event_specs() -> tuple[Spec, ...]:
+    return tuple(
+        Spec(event, "counter", _NS, EVENT_HELP.get(event, f"Events counted as {event!r}."))
+        for event in EVENTS
+    )
+
+
+#: Every metric the exporters publish, in publishing order.
+CATALOGUE: tuple[Spec, ...] = (
+    Spec("tier_hits", "counter", _TIER, "Reads a tier answered with a fresh entry."),
+    Spec("tier_misses", "counter", _TIER, "Reads a tier could not answer."),
+    Spec("tier_fills", "counter", _TIER, "Entries written into a tier (read-through and writes)."),
+    Spec("tier_errors", "counter", _TIER, "Tier calls that failed; the tier was skipped."),
+    Spec("tier_skips", "counter", _TIER, "Tier calls not made: breaker open or timeout."),
+    Spec("tier_evictions", "counter", _TIER, "Entries a tier pushed out to make room."),
+    Spec("tier_entries", "gauge", _TIER, "Entries a tier holds now."),
+    Spec(
+        "tier_breaker_state",
+        "gauge",
+        (*_TIER, "state"),
+        "1 for the state a tier's circuit breaker is in, 0 for the others.",
+    ),
+    Spec("tier_breaker_opened", "counter", _TIER, "Times a tier's circuit breaker opened."),
+    Spec("loads", "counter", _NS, "Successful calls to the source (a batch counts once)."),
+    Spec("load_failures", "counter", _NS, "Calls to the source that failed."),
+    Spec("keys_loaded", "counter", _NS, "Keys read from the source."),
+    Spec(
+        "load_duration_seconds",
+        "histogram",
+        _NS,
+        "Duration of successful calls to the source.",
+        unit="seconds",
+    ),
+    Spec(
+        "singleflight_waits",
+        "counter",
+        _NS,
+        "Reads that waited for another thread's load of the same key instead of loading.",
+    ),
+    *_event_specs(),
+    Spec("bus_connected", "gauge", _NS, "1 while the invalidation bus is connected, else 0."),
+    Spec(
+        "hot_key_reads_per_second",
+        "gauge",
+        (*_NS, "rank", "key"),
+        "Estimated reads per second of the hottest keys (top k; key is a hash unless raw).",
+    ),
+    Spec(
+        "source_reads_saved",
+        "counter",
+        _NS,
+        "Reads answered without a call to the source (tier hits and shared loads).",
+    ),
+    Spec(
+        "source_read_units_saved",
+        "gauge",
+        _NS,
+        "Estimated read capacity units the saved reads would have cost (DynamoDB source).",
+    ),
+)
+
+SPECS: Mapping[str, Spec] = {spec.name: spec for spec in CATALOGUE}
+
+#: The tier snapshot field each per-tier metric publishes.
+_TIER_FIELDS = {
+    "tier_hits": "hits",
+    "tier_misses": "misses",
+    "tier_fills": "fills",
+    "tier_errors": "errors",
+    "tier_skips": "skips",
+    "tier_evictions": "evictions",
+    "tier_entries": "entries",
+    "tier_breaker_opened": "breaker_opened",
+}
+
+
+def series(snapshot: Mapping[str, Any], *, raw_hot_keys: bool = False) -> list[Series]:
+    """Every metric of :data:`CATALOGUE` with its samples in ``snapshot`` (a ``stats()``).
+
+    A metric a snapshot has nothing for (no breaker, no bus, a source without read units)
+    comes out with no samples. ``raw_hot_keys``: label hot keys with the keys themselves
+    instead of their :func:`~tiered_cache.logs.key_hash` (only if keys hold nothing secret).
+    """
+    namespace = {"namespace": str(snapshot.get("namespace", ""))}
+    out = {spec.name: Series(spec) for spec in CATALOGUE}
+    for tier in snapshot.get("tiers", ()):
+        labels = {**namespace, "tier": str(tier["name"])}
+        for name, field_name in _TIER_FIELDS.items():
+            if field_name in tier:
+                out[name].samples.append((labels, float(tier[field_name])))
+        state = tier.get("breaker")
+        if state is not None:
+            for candidate in BREAKER_STATES:
+                out["tier_breaker_state"].samples.append(
+                    ({**labels, "state": candidate}, 1.0 if state == candidate else 0.0)
+                )
+    for name in ("loads", "load_failures", "keys_loaded", "singleflight_waits"):
+        out[name].samples.append((namespace, float(snapshot.get(name, 0))))
+    for event in EVENTS:
+        out[event].samples.append((namespace, float(snapshot.get(event, 0))))
+    _histogram(out["load_duration_seconds"], snapshot, namespace)
+    bus = snapshot.get("bus")
+    if bus is not None:
+        out["bus_connected"].samples.append((namespace, 1.0 if bus == "connected" else 0.0))
+    for rank, (key, rate) in enumerate(snapshot.get("hot_keys", ()), start=1):
+        label = key if raw_hot_keys else key_hash(key)
+        out["hot_key_reads_per_second"].samples.append(
+            ({**namespace, "rank": str(rank), "key": label}, float(rate))
+        )
+    out["source_reads_saved"].samples.append(
+        (namespace, float(snapshot.get("source_reads_saved", 0)))
+    )
+    source = snapshot.get("source") or {}
+    if "read_units_saved" in source:
+        out["source_read_units_saved"].samples.append(
+            (namespace, float(source["read_units_saved"]))
+        )
+    return list(out.values())
+
+
+def _histogram(target: Series, snapshot: Mapping[str, Any], labels: Labels) -> None:
+    buckets: Mapping[str, int] = snapshot.get("load_seconds_buckets", {})
+    target.labels = labels
+    target.buckets = [(float(bound), int(count)) for bound, count in buckets.items()]
+    target.total = float(snapshot.get("load_seconds", 0.0))
+    target.count = int(buckets.get("+Inf", 0))
+    if not target.buckets or not math.isinf(target.buckets[-1][0]):
+        target.buckets.append((math.inf, target.count))

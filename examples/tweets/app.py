@@ -32,9 +32,6 @@ logger = logging.getLogger(__name__)
 THROTTLING_CODES = frozenset(
     {"ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded"}
 )
-#: Read capacity units one read served by the cache saves: an eventually consistent GetItem
-#: of an item up to 4 KB costs half a unit.
-RCU_PER_READ = 0.5
 
 
 class TweetIn(BaseModel):
@@ -137,8 +134,10 @@ def create_app(repository: TweetRepository) -> FastAPI:
 
 
 def cache_report(snapshot: dict[str, Any]) -> dict[str, Any]:
-    """The parts of ``cache.stats()`` an operator looks at first, plus read units saved."""
+    """The parts of ``cache.stats()`` an operator looks at first, with the read capacity units
+    saved as the DynamoDB source computes them from the sizes of the items it read."""
     saved = int(snapshot.get("source_reads_saved", 0))
+    source = snapshot.get("source") or {}
     return {
         "tiers": {
             tier["name"]: {key: tier[key] for key in ("hits", "misses", "fills", "errors")}
@@ -147,7 +146,7 @@ def cache_report(snapshot: dict[str, Any]) -> dict[str, Any]:
         "hot_keys": [{"key": key, "reads_per_second": rate} for key, rate in snapshot["hot_keys"]],
         "source_reads": snapshot["keys_loaded"],
         "source_reads_saved": saved,
-        "read_capacity_units_saved": saved * RCU_PER_READ,
+        "read_capacity_units_saved": source.get("read_units_saved", 0.0),
         "cache": snapshot,
     }
 

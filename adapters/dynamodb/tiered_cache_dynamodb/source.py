@@ -16,6 +16,7 @@ from tiered_cache.errors import CodecError, ConfigError, SourceError, SourceThro
 from tiered_cache.tier import MISSING, MissingType
 
 from .aws import client_config, session_for
+from .capacity import ReadMeter
 from .errors import (
     BatchLoadError,
     BatchThrottledError,
@@ -111,6 +112,8 @@ class DynamoDBSource:
         self._serializer = TypeSerializer()
         self._deserializer = TypeDeserializer()
         self._read_params: dict[str, Any] = {"ConsistentRead": consistent_read}
+        #: Reads and the read capacity they cost, for ``stats()`` (``report``).
+        self._meter = ReadMeter(consistent=consistent_read)
         if projection:
             # Key attributes are always read: batch results are matched to keys by them.
             names = list(dict.fromkeys([*self.codec.attributes, *projection]))
@@ -181,7 +184,11 @@ class DynamoDBSource:
             **self._read_params,
         )
         item = response.get("Item")
-        return MISSING if item is None else self._decode(item)
+        if item is None:
+            self._meter.not_found()
+            return MISSING
+        self._meter.found(item)
+        return self._decode(item)
 
     def load_many(self, keys: Sequence[str]) -> dict[str, Any]:
         """Items for the keys the table has, with one BatchGetItem per 100 distinct keys.
@@ -208,7 +215,14 @@ class DynamoDBSource:
             chunk = [typed[i] for i in identities[start : start + BATCH_GET_LIMIT]]
             later = max(0, len(identities) - start - BATCH_GET_LIMIT)
             self._batch_get(chunk, owners, found, later, len(identities))
+        # Keys the table has no item for were read too, at the minimum cost each.
+        self._meter.not_found(sum(1 for i in identities if owners[i][0] not in found))
         return found
+
+    def report(self) -> dict[str, float]:
+        """Items read and the read capacity units they cost, computed from their sizes (see
+        :mod:`tiered_cache_dynamodb.capacity`); ``stats()`` turns it into units saved."""
+        return self._meter.report()
 
     def store(self, key: str, value: Any) -> None:
         """Write ``value`` (the whole item) with PutItem.
@@ -349,6 +363,7 @@ class DynamoDBSource:
                     left,
                 ) from exc
             for item in response.get("Responses", {}).get(self.table, []):
+                self._meter.found(item)
                 value = self._decode(item)
                 for cache_key in owners.get(self.codec.identity(item), ()):
                     found[cache_key] = value

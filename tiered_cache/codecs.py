@@ -156,6 +156,39 @@ def _to_json(value: Any) -> Any:
     raise _Unsupported(value)
 
 
+def _unencodable_text(value: Any, codec: str) -> CodecError:
+    """The error for a value holding a string UTF-8 cannot encode (a lone surrogate, as
+    ``json.loads('"\\ud83d"')`` makes), naming where the first such string sits."""
+    path = _surrogate_path(value) or ""
+    return CodecError(
+        f"value{path}: a string holds a lone surrogate, which UTF-8 cannot encode, so codec "
+        f"{codec!r} cannot store it. Clean the text first, e.g. "
+        "text.encode('utf-8', 'replace').decode('utf-8')"
+    )
+
+
+def _surrogate_path(value: Any) -> str | None:
+    """Where in ``value`` the first string with a lone surrogate sits (``"['t']"``), if any."""
+    # Iterative, so that a deeply nested value cannot make the error path fail in turn.
+    pending: list[tuple[Any, str]] = [(value, "")]
+    while pending:
+        item, path = pending.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return path
+        elif isinstance(item, dict):
+            for key, inner in item.items():
+                pending.append((key, f"{path} (key {key!r})"))
+                pending.append((inner, f"{path}[{key!r}]"))
+        elif isinstance(item, list | tuple):
+            pending.extend((inner, f"{path}[{index}]") for index, inner in enumerate(item))
+        elif isinstance(item, set | frozenset):
+            pending.extend((inner, f"{path} (element {inner!r})") for inner in item)
+    return None
+
+
 def _float_from_tag(text: str) -> float:
     if text not in ("inf", "-inf", "nan"):
         raise ValueError(f"bad float tag {text!r}")
@@ -197,7 +230,11 @@ class JsonCodec:
 
     def encode(self, value: Any) -> bytes:
         """JSON bytes of ``value``; :class:`CodecError` naming the path of what is unsupported."""
-        return self._dumps(_json_form(value, self.name)).encode("utf-8")
+        text = self._dumps(_json_form(value, self.name))
+        try:
+            return text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _unencodable_text(value, self.name) from None
 
     def decode(self, data: bytes) -> Any:
         """The value ``data`` encodes; :class:`CodecError` if it is not this codec's output."""
@@ -290,6 +327,8 @@ class MsgpackCodec:
         except (TypeError, ValueError, OverflowError) as exc:
             failure: Exception = exc
         # Only on failure: walk the value to say exactly what is unsupported, and where.
+        if isinstance(failure, UnicodeEncodeError):
+            raise _unencodable_text(value, self.name) from None
         _json_form(value, self.name)
         raise CodecError(f"value: codec {self.name!r} cannot encode it: {failure}") from None
 

@@ -1,0 +1,71 @@
+"""A value the codec cannot encode is the caller's CodecError, raised before anything is sent:
+never a Redis failure, so it can neither open the breaker nor let set() pass silently."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import redis
+
+from tiered_cache import CodecError, TieredCache, load_settings
+from tiered_cache.testing.servers import RedisServer
+
+
+def _lone_surrogate() -> Any:
+    return json.loads('{"t": "\\ud83d"}')
+
+
+def _deep(depth: int = 100_000) -> Any:
+    value: Any = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+BAD_VALUES = {"lone-surrogate": _lone_surrogate, "100k-deep": _deep}
+
+
+@pytest.mark.parametrize("codec", ["json", "msgpack"])
+@pytest.mark.parametrize("bad", sorted(BAD_VALUES))
+def test_unencodable_values_raise_codec_error_and_never_open_the_breaker(
+    redis_server: RedisServer, namespace: str, codec: str, bad: str
+) -> None:
+    if codec == "msgpack":
+        pytest.importorskip("msgpack")
+    settings = load_settings(
+        namespace=namespace,
+        tiers=[{"kind": "memory"}, {"kind": "redis", "url": redis_server.url, "codec": codec}],
+    )
+    raw = redis.Redis.from_url(redis_server.url)
+    value = BAD_VALUES[bad]()
+    with TieredCache.from_settings(settings) as cache:
+        threshold = 5  # the breaker's default failure_threshold
+        for attempt in range(2 * threshold):
+            with pytest.raises(CodecError):
+                cache.set(f"bad:{attempt}", value)
+            with pytest.raises(CodecError):
+                cache.get(f"loaded:{attempt}", loader=lambda: value)
+        # Nothing of the bad values reached Redis, and no faster tier holds a copy.
+        assert raw.keys(f"*{namespace}*bad*") == []
+        assert cache.get("bad:0", loader=lambda: "fresh") == "fresh"
+        redis_stats = cache.stats()["tiers"][1]
+        assert (redis_stats["errors"], redis_stats["skips"]) == (0, 0)
+        # The breaker is closed: a good value still goes to Redis.
+        cache.set("good", {"t": "fine"})
+        assert raw.exists(f"{namespace}:good") == 1
+    raw.close()
+
+
+def test_the_error_names_where_the_lone_surrogate_sits(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    settings = load_settings(
+        namespace=namespace, tiers=[{"kind": "redis", "url": redis_server.url}]
+    )
+    with (
+        TieredCache.from_settings(settings) as cache,
+        pytest.raises(CodecError, match=r"^value\['t'\]: .*lone surrogate"),
+    ):
+        cache.set("k", _lone_surrogate())

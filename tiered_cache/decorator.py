@@ -1,4 +1,12 @@
-"""``@cache.cached(key="tweet:{tweet_id}", ttl="1h")`` for repository functions and methods."""
+"""``@cache.cached(key="tweet:{tweet_id}", ttl="1h")`` for repository functions and methods.
+
+The values put into a key are escaped (:func:`tiered_cache.keys.escape_part`) so that no two
+argument tuples share a key: in each value but the last, a backslash and the character that
+ends the value (the first one of the literal text after it) get a backslash in front. So
+``"doc:{owner}:{name}"`` gives ``("alice", "secret:plan")`` the key ``doc:alice:secret:plan``
+and ``("alice:secret", "plan")`` the key ``doc:alice\\:secret:plan``. A template of one field
+(``"tweet:{tweet_id}"``) is filled exactly as ``str.format`` fills it.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, cast, overload
 
 from .errors import KeyTemplateError
+from .keys import ESCAPE, escape_part
 from .tier import MISSING
 from .units import parse_duration
 
@@ -91,7 +100,19 @@ def template_fields(template: str) -> list[str]:
     except ValueError as exc:
         raise KeyTemplateError(f"key template {template!r} is malformed: {exc}") from None
     names: list[str] = []
-    for _, field, _, _ in parsed:
+    previous: str | None = None
+    for literal, field, _, _ in parsed:
+        if ESCAPE in literal:
+            raise KeyTemplateError(
+                f"key template {template!r}: a backslash is the escape character of keys; "
+                "use another separator"
+            )
+        if previous is not None and not literal and field is not None:
+            raise KeyTemplateError(
+                f"key template {template!r}: {{{previous}}} and {{{field}}} need text between "
+                "them, or two different calls could share one key"
+            )
+        previous = field
         if field is None:
             continue
         if not field.isidentifier():
@@ -211,29 +232,81 @@ def _compile_wrapper(
     return cast(Callable[..., Any], namespace["wrapper"])
 
 
+def _parts(template: str) -> list[tuple[str, str | None, str, str | None, str | None]]:
+    """``(literal, field, spec, conversion, ender)`` per part of ``template``; ``ender`` is the
+    character that ends the field's value: the first one of the literal text after it (the
+    template was checked to have some between fields). The last field needs none: only fixed
+    text follows it."""
+    parsed = list(string.Formatter().parse(template))
+    last = max((i for i, part in enumerate(parsed) if part[1] is not None), default=-1)
+    parts = []
+    for index, (literal, field, spec, conversion) in enumerate(parsed):
+        following = parsed[index + 1][0] if index < last else ""
+        parts.append((literal, field, spec or "", conversion, following[:1] or None))
+    return parts
+
+
+_CONVERSIONS: dict[str, Callable[[Any], str]] = {"r": repr, "s": str, "a": ascii}
+
+
 def _as_fstring(template: str, namespace: dict[str, Any]) -> str:
     """The template as f-string source (several times faster than ``str.format``).
 
     Literal text goes in as variables of ``namespace``, so no quoting or escaping of user text
-    reaches the generated source; fields were checked to be parameter names.
+    reaches the generated source; fields were checked to be parameter names. Each value but
+    the last is escaped inline with ``str.replace`` (no call of a Python function: this runs
+    on every cache hit).
     """
+    namespace["__tc_str"] = str
+    namespace["__tc_escape"] = ESCAPE
+    namespace["__tc_escaped_escape"] = ESCAPE + ESCAPE
     parts: list[str] = []
-    for index, (literal, field, spec, conversion) in enumerate(string.Formatter().parse(template)):
+    for index, (literal, field, spec, conversion, ender) in enumerate(_parts(template)):
         if literal:
             namespace[f"__tc_text{index}"] = literal
             parts.append(f"{{__tc_text{index}}}")
         if field is None:
             continue
-        if spec and ("{" in spec or "}" in spec):
+        if "{" in spec or "}" in spec:
             raise KeyTemplateError(f"key template {template!r}: nested fields are not supported")
-        piece = field
-        if conversion:
-            piece += f"!{conversion}"
-        if spec:
+        if ender is None:  # formatted as str.format would: nothing to escape
+            piece = field + (f"!{conversion}" if conversion else "")
+            if spec:
+                namespace[f"__tc_spec{index}"] = spec
+                piece += f":{{__tc_spec{index}}}"
+            parts.append(f"{{{piece}}}")
+            continue
+        if conversion or spec:
+            value = f"{_CONVERSIONS[conversion].__name__}({field})" if conversion else field
             namespace[f"__tc_spec{index}"] = spec
-            piece += f":{{__tc_spec{index}}}"
-        parts.append(f"{{{piece}}}")
+            text = f"format({value}, __tc_spec{index})"
+        else:
+            # A str (the usual key part) skips the format() call: ~50 ns on every hit.
+            text = f"({field} if {field}.__class__ is __tc_str else format({field}, ''))"
+        namespace[f"__tc_ender{index}"] = ender
+        namespace[f"__tc_escaped{index}"] = ESCAPE + ender
+        text += (
+            f".replace(__tc_escape, __tc_escaped_escape)"
+            f".replace(__tc_ender{index}, __tc_escaped{index})"
+        )
+        parts.append(f"{{{text}}}")
     return 'f"' + "".join(parts) + '"'
+
+
+def render_key(template: str, names: dict[str, Any]) -> str:
+    """``template`` filled with ``names``, each value escaped as the decorated function's own
+    key is (see the module's docstring)."""
+    rendered: list[str] = []
+    for literal, field, spec, conversion, ender in _parts(template):
+        rendered.append(literal)
+        if field is None:
+            continue
+        value = names[field]
+        if conversion:
+            value = _CONVERSIONS[conversion](value)
+        text = format(value, spec)
+        rendered.append(text if ender is None else escape_part(text, ender))
+    return "".join(rendered)
 
 
 def cached(
@@ -264,7 +337,7 @@ def cached(
                     f"key template {key!r} of {fn.__qualname__} takes {', '.join(fields)}: "
                     + "; ".join(problems)
                 )
-            return key.format(**names)
+            return render_key(key, names)
 
         def invalidate(**names: Any) -> None:
             cache.invalidate(key_for(**names))

@@ -1,4 +1,8 @@
-"""The Redis tier: a small binary header plus codec bytes under ``<namespace>:<key>``."""
+"""The Redis tier: a small binary header plus codec bytes under ``<namespace>:<key>``.
+
+The namespace is escaped (``app:v2`` is stored as ``app\\:v2:``, see
+:func:`tiered_cache.keys.namespace_prefix`), so that no namespace reads or clears another's keys.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from redis.cluster import RedisCluster
 
 from tiered_cache.codecs import Codec, get_codec
 from tiered_cache.errors import CodecError, TierUnavailable
+from tiered_cache.keys import namespace_prefix
 from tiered_cache.leases import PartialFill
 from tiered_cache.tier import MISSING, Entry, MissingType
 
@@ -55,7 +60,8 @@ class RedisTier:
         connect: instead of ``client``, makes one on first use (so a cluster that is down when
             the service starts makes calls fail, not the start).
         name: the tier's name in stats and logs.
-        namespace: the key prefix; each key is stored as ``<namespace>:<key>``.
+        namespace: the key prefix; each key is stored as ``<namespace>:<key>``, with ``\\``
+            and ``:`` in the namespace escaped by a backslash.
         ttl: the longest Redis keeps an entry, in seconds; never beyond the entry's hard
             expiry. ``None``: the hard expiry alone.
         ttl_jitter: shorten each TTL by up to this fraction at random.
@@ -88,7 +94,7 @@ class RedisTier:
             raise ValueError("ttl must be positive (or None)")
         self.name = name
         self._namespace = namespace
-        self._prefix = f"{namespace}:"
+        self._prefix = namespace_prefix(namespace)
         self._ttl = ttl
         self._jitter = ttl_jitter
         self._codec = get_codec(codec) if isinstance(codec, str) else codec
@@ -124,7 +130,7 @@ class RedisTier:
 
     @property
     def namespace(self) -> str:
-        """The key prefix (without the ``:``)."""
+        """The namespace (as given: unescaped, without the ``:``)."""
         return self._namespace
 
     @property

@@ -76,6 +76,11 @@ class BusListener(Protocol):
         """The bus is connected again (messages sent meanwhile are lost)."""
         ...
 
+    def on_error(self, error: Exception) -> None:
+        """Listening failed for a reason other than the network (a missing permission, an
+        endpoint that is not the bus's server); the bus retries, and says so once."""
+        ...
+
 
 @runtime_checkable
 class Bus(Protocol):

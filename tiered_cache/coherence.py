@@ -113,6 +113,10 @@ class BusLink:
         )
         self._handlers.set_connected(False)
 
+    def on_error(self, error: Exception) -> None:
+        # Counted on every failed attempt; the bus itself logs once per outage.
+        self._metrics.count("bus_errors")
+
     def on_reconnect(self) -> None:
         logger.info("invalidation bus reconnected: in-process tiers are in use again")
         self._handlers.set_connected(True)

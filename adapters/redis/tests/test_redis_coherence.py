@@ -1,27 +1,45 @@
-"""Coherence over a real Redis: the bus between chains and between processes, and a cut bus
-connection (a TCP proxy in front of the server)."""
+"""Coherence over a real Redis: the bus between chains and between processes, a cut bus
+connection (a TCP proxy in front of the server), and faults that close nothing (SIGSTOP, a
+proxy holding traffic back, an ACL without channel permission, an endpoint that is not Redis)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import os
+import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 
 from tiered_cache import TieredCache
-from tiered_cache.testing.servers import FaultProxy, RedisServer
+from tiered_cache.errors import ConfigError
+from tiered_cache.testing.servers import FaultProxy, RedisServer, resp_command
 
 #: Generous bound for "the bus has delivered": asserted here; measured by the benchmark.
 BUS_DELAY_BOUND = 2.0
 
 
-def chain(url: str, namespace: str, bus_url: str | None = None, **extra: Any) -> TieredCache:
+def chain(
+    url: str,
+    namespace: str,
+    bus_url: str | None = None,
+    *,
+    bus_options: dict[str, Any] | None = None,
+    wait: bool = True,
+    **extra: Any,
+) -> TieredCache:
     bus: dict[str, Any] = {"kind": "redis", "health_check_interval": "1s", "timeout": "1s"}
+    bus.update(bus_options or {})
     if bus_url is not None:
         bus["url"] = bus_url
     cache = TieredCache.from_config(
@@ -34,9 +52,10 @@ def chain(url: str, namespace: str, bus_url: str | None = None, **extra: Any) ->
         bus=bus,
         **extra,
     )
-    link = cache._bus_link
-    assert link is not None
-    assert link.bus.wait_subscribed(10)  # type: ignore[attr-defined]
+    if wait:
+        link = cache._bus_link
+        assert link is not None
+        assert link.bus.wait_subscribed(10)  # type: ignore[attr-defined]
     return cache
 
 
@@ -140,3 +159,153 @@ def test_four_processes_see_a_write_within_the_bus_delay(
         assert all(value == "new" for at, value in changes if at >= switched_at)
     writer.close()
     table.close()
+
+
+# -- faults that close nothing: a stalled server, a proxy holding traffic back, a listener
+# that fails for a reason other than the network. Each must be noticed: stats()["bus"] says
+# "down", the process stops trusting its memory, and the listener keeps trying.
+
+#: The bus settings of these tests: a stall must be noticed within INTERVAL + TIMEOUT.
+INTERVAL = 0.5
+TIMEOUT = 0.5
+FAST_CHECK = {"health_check_interval": "500ms", "timeout": "500ms"}
+#: Slack on top of the documented bound for a loaded 2-core test machine (thread wake-ups).
+SLACK = 1.5
+
+
+@contextlib.contextmanager
+def stopped(server: RedisServer) -> Iterator[None]:
+    """The server frozen with SIGSTOP: connections stay open, nothing is answered."""
+    pid = server.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def test_a_stalled_server_is_noticed_within_interval_plus_timeout(namespace: str) -> None:
+    with RedisServer() as server:
+        cache = chain(server.url, namespace, bus_options=FAST_CHECK)
+        assert cache.get("k", lambda: "v0") == "v0"
+        with stopped(server):
+            assert cache.stats()["bus"] == "connected"
+            assert eventually(lambda: cache.stats()["bus"] == "down", INTERVAL + TIMEOUT + SLACK)
+            assert cache.stats()["bus_disconnects"] == 1
+        # Once the server answers again the bus subscribes again and memory is used again.
+        assert eventually(lambda: cache.stats()["bus"] == "connected", 10)
+        cache.close()
+
+
+def test_a_bus_link_that_holds_everything_back_stops_memory_serving_old_values(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """Only b's bus goes through the proxy. While the proxy holds its traffic back, a's writes
+    do not reach b; once the stall is noticed b reads through to Redis, never its old copy."""
+    with FaultProxy(redis_server.host, redis_server.port) as proxy:
+        a = chain(redis_server.url, namespace, bus_options=FAST_CHECK)
+        b = chain(redis_server.url, namespace, proxy.url("redis"), bus_options=FAST_CHECK)
+        assert b.get("k", lambda: "v0") == "v0"
+        assert b.get("k", lambda: "never") == "v0"  # now from b's memory
+        proxy.delay(60)
+        a.set("k", "v1")
+        assert eventually(lambda: b.stats()["bus"] == "down", INTERVAL + TIMEOUT + SLACK)
+        assert b.get("k", lambda: "never") == "v1"
+        proxy.restore()
+        assert eventually(lambda: b.stats()["bus"] == "connected", 10)
+        a.set("k", "v2")
+        assert eventually(lambda: b.get("k", lambda: "never") == "v2", 5)
+        a.close()
+        b.close()
+
+
+def bus_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [
+        record
+        for record in caplog.records
+        if record.name == "tiered_cache_redis.bus" and record.levelno >= logging.WARNING
+    ]
+
+
+def test_an_acl_without_channel_permission_marks_the_bus_down_and_heals(
+    namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The bus user may not subscribe (NOPERM): the listener says so once, counts each
+    failed attempt, keeps memory bypassed, and subscribes once the permission is granted."""
+    caplog.set_level(logging.WARNING)
+    with RedisServer() as server:
+        resp_command(
+            server.port, "ACL", "SETUSER", "deaf", "on", ">pw", "~*", "+@all", "resetchannels"
+        )
+        bus_url = f"redis://deaf:pw@{server.host}:{server.port}/0"
+        cache = chain(server.url, namespace, bus_url, bus_options=FAST_CHECK, wait=False)
+        assert eventually(lambda: cache.stats().get("bus_errors", 0) >= 3, 10)
+        assert cache.stats()["bus"] == "down"
+        assert cache.get("k", lambda: "v0") == "v0"
+        assert cache.get("k", lambda: "v1") == "v0"  # from Redis: memory is bypassed
+        noperm = [record for record in bus_records(caplog) if "NoPermission" in record.message]
+        assert len(noperm) == 1, [record.message for record in bus_records(caplog)]
+        resp_command(server.port, "ACL", "SETUSER", "deaf", "allchannels")
+        assert eventually(lambda: cache.stats()["bus"] == "connected", 10)
+        cache.close()
+
+
+class GarbageServer:
+    """A TCP server that answers every connection with bytes that are not RESP."""
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.1)
+        self.port: int = self._listener.getsockname()[1]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                continue
+            with client, contextlib.suppress(OSError):
+                client.settimeout(1)
+                client.recv(4096)
+                client.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._listener.close()
+
+
+def test_an_endpoint_that_is_not_redis_marks_the_bus_down_and_keeps_trying(
+    redis_server: RedisServer, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    garbage = GarbageServer()
+    try:
+        bus_url = f"redis://127.0.0.1:{garbage.port}/0"
+        cache = chain(redis_server.url, namespace, bus_url, bus_options=FAST_CHECK, wait=False)
+        assert eventually(lambda: cache.stats().get("bus_errors", 0) >= 2, 10)
+        assert cache.stats()["bus"] == "down"
+        errors = cache.stats()["bus_errors"]
+        # Still trying (the thread is alive), but it said so only once.
+        assert eventually(lambda: cache.stats()["bus_errors"] > errors, 10)
+        assert len(bus_records(caplog)) == 1, [record.message for record in bus_records(caplog)]
+        assert cache.get("k", lambda: "v0") == "v0"
+        assert cache.get("k", lambda: "v1") == "v0"  # from Redis, not from bypassed memory
+        cache.close()
+    finally:
+        garbage.close()
+
+
+@pytest.mark.parametrize("field", ["health_check_interval", "timeout"])
+def test_a_bus_check_that_never_runs_is_refused_with_its_path(
+    redis_server: RedisServer, field: str
+) -> None:
+    with pytest.raises(ConfigError, match=rf"bus\.{field}"):
+        TieredCache.from_config(
+            tiers=[{"kind": "memory"}, {"kind": "redis", "url": redis_server.url}],
+            bus={"kind": "redis", field: "0s"},
+        )

@@ -1,9 +1,15 @@
 """The invalidation bus over Redis pub/sub (kind ``redis`` of ``tiered_cache.buses``).
 
-One thread per bus listens on the channel. When its connection breaks it tells the chain
-(``on_disconnect``: the chain stops trusting its in-process tiers), reconnects with backoff,
-and tells the chain again once it is subscribed (``on_reconnect``). redis-py's periodic
-health check (a PING on the subscription connection) notices a silent network.
+One thread per bus listens on the channel. When its connection breaks, stalls or fails in any
+other way, it tells the chain (``on_disconnect``: the chain stops trusting its in-process tiers),
+reconnects with backoff, and tells the chain again once it is subscribed (``on_reconnect``).
+
+A silent network (a stalled server, a dropped route) closes nothing, so the listener checks the
+connection itself: every ``health_check_interval`` it sends a PING on the subscription and
+expects the reply within ``timeout``. A stall is therefore noticed within
+``health_check_interval + timeout`` of its start. redis-py's own health check is not used: it
+sends the PING but never waits for the reply, and redis-py's silent reconnection is turned off
+(a reconnection the chain does not hear about would hide the messages lost meanwhile).
 """
 
 from __future__ import annotations
@@ -20,15 +26,30 @@ from tiered_cache.bus import BusListener, Invalidation
 
 log = logging.getLogger(__name__)
 
+#: The payload of the listener's own PINGs (redis-py swallows replies to its own health check).
+PING_PAYLOAD = "tiered-cache-bus-ping"
+
+#: Failures of the network or of the server's liveness: reconnecting may cure them.
+CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
+
+
+class BusStalled(redis.TimeoutError):
+    """The subscription did not answer within the timeout: the connection is taken as lost."""
+
 
 class RedisBus:
     """A :class:`tiered_cache.bus.Bus` on a Redis channel.
 
     Args:
-        connect: makes a redis-py client (a dedicated one: a subscription holds a connection).
+        connect: makes a redis-py client for the subscription (a dedicated one: a subscription
+            holds a connection); it should not retry by itself.
         channel: the channel; every chain of one cache (one namespace) uses the same one.
-        poll: how long one wait for a message lasts, in seconds (bounds how fast close() is).
+        publisher: the client that publishes; one from ``connect`` when not given.
+        health_check_interval: seconds between two PINGs on the subscription.
+        timeout: seconds a PING reply (or the subscription's confirmation) may take.
+        poll: the longest one wait for a message lasts, in seconds (bounds how fast close() is).
         backoff: first and longest pause between reconnection attempts, in seconds.
+        clock: monotonic seconds (injected for tests).
         sleep: how to pause (injected for tests).
     """
 
@@ -37,15 +58,24 @@ class RedisBus:
         connect: Callable[[], redis.Redis],
         channel: str,
         *,
+        publisher: redis.Redis | None = None,
+        health_check_interval: float = 1.0,
+        timeout: float = 1.0,
         poll: float = 0.2,
         backoff: tuple[float, float] = (0.05, 2.0),
+        clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
+        if health_check_interval <= 0 or timeout <= 0:
+            raise ValueError("health_check_interval and timeout must be positive")
         self.channel = channel
         self._connect = connect
-        self._client = connect()
+        self._client = publisher if publisher is not None else connect()
+        self._interval = health_check_interval
+        self._timeout = timeout
         self._poll = poll
         self._backoff = backoff
+        self._clock = clock
         self._sleep = sleep
         self._listeners: list[BusListener] = []
         self._lock = threading.Lock()
@@ -82,32 +112,49 @@ class RedisBus:
     def _listen(self) -> None:
         delay = self._backoff[0]
         ever_connected = False
+        # What was logged during the current outage: one line per kind of failure, not one per
+        # attempt (a missing ACL permission fails every attempt the same way).
+        logged: set[str] = set()
         while not self._stop.is_set():
             pubsub: Any = None
             client: redis.Redis | None = None
             try:
                 client = self._connect()
-                pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+                pubsub = client.pubsub()  # type: ignore[no-untyped-call]
                 pubsub.subscribe(self.channel)
-                # The subscription is confirmed by its first reply; read it before saying so.
-                pubsub.get_message(timeout=self._poll)
+                self._await_subscription(pubsub)
                 if ever_connected:
                     self._tell("on_reconnect")
+                if logged:
+                    log.warning("bus %r: subscribed again", self.channel)
+                    logged.clear()
                 ever_connected = True
                 self.connected = True
                 self._subscribed.set()
                 delay = self._backoff[0]
-                while not self._stop.is_set():
-                    message = pubsub.get_message(timeout=self._poll)
-                    if message is not None and message.get("type") == "message":
-                        self._deliver(message["data"])
-            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                self._serve(pubsub)
+            except Exception as exc:
+                network = isinstance(exc, CONNECTION_ERRORS)
+                kind = type(exc).__name__
+                if kind not in logged:
+                    logged.add(kind)
+                    if network:
+                        log.warning("bus %r: connection lost (%s)", self.channel, exc)
+                    else:
+                        log.error(
+                            "bus %r: listening failed with %s: %s; in-process tiers are "
+                            "bypassed while it retries (this is logged once)",
+                            self.channel,
+                            kind,
+                            exc,
+                        )
+                if not network:
+                    self._tell("on_error", exc)
                 if self.connected or not ever_connected:
-                    log.warning("bus %r: connection lost (%s)", self.channel, exc)
+                    # A chain that never got connected must not trust its memory either.
                     self._tell("on_disconnect")
                 self.connected = False
                 self._subscribed.clear()
-                # A chain that never got connected must not trust its memory either.
                 ever_connected = True
                 self._sleep(delay)
                 delay = min(delay * 2, self._backoff[1])
@@ -118,6 +165,42 @@ class RedisBus:
                             closable.close()
                         except Exception:
                             log.debug("closing a broken subscription failed", exc_info=True)
+
+    def _await_subscription(self, pubsub: Any) -> None:
+        """Read replies until the server confirms the subscription; a stall is an error."""
+        deadline = self._clock() + self._timeout
+        while not self._stop.is_set():
+            remaining = max(0.0, deadline - self._clock())
+            message = pubsub.get_message(timeout=min(remaining, self._poll))
+            if message is not None:
+                if message.get("type") == "subscribe":
+                    return
+            elif self._clock() >= deadline:
+                raise BusStalled(f"no subscription confirmation within {self._timeout}s")
+
+    def _serve(self, pubsub: Any) -> None:
+        """Deliver messages and PING every interval until closed; raises when the connection
+        fails or a PING goes unanswered for longer than the timeout."""
+        next_ping = self._clock() + self._interval
+        ping_sent: float | None = None
+        while not self._stop.is_set():
+            now = self._clock()
+            if ping_sent is None and now >= next_ping:
+                pubsub.ping(PING_PAYLOAD)
+                ping_sent = now
+            due = next_ping if ping_sent is None else ping_sent + self._timeout
+            message = pubsub.get_message(timeout=max(0.0, min(self._poll, due - now)))
+            if message is not None:
+                kind = message.get("type")
+                if kind == "message":
+                    self._deliver(message["data"])
+                elif kind == "pong":
+                    ping_sent = None
+                    next_ping = self._clock() + self._interval
+            # Only after a read found nothing: a thread that was not scheduled for a while
+            # must read the reply waiting in its socket before it calls the server silent.
+            elif ping_sent is not None and self._clock() >= ping_sent + self._timeout:
+                raise BusStalled(f"no reply to a PING within {self._timeout}s")
 
     def _deliver(self, data: bytes) -> None:
         try:
@@ -131,10 +214,10 @@ class RedisBus:
             except Exception:
                 log.exception("bus %r: a listener failed on %r", self.channel, message)
 
-    def _tell(self, event: str) -> None:
+    def _tell(self, event: str, *args: Any) -> None:
         for listener in self._listeners_now():
             try:
-                getattr(listener, event)()
+                getattr(listener, event)(*args)
             except Exception:
                 log.exception("bus %r: a listener failed on %s", self.channel, event)
 

@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 import redis
 from pydantic import ConfigDict, Field, field_validator
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from tiered_cache.bus import Bus
 from tiered_cache.errors import ConfigError
@@ -75,13 +77,17 @@ class RedisBusSettings(BusSettings):
         default=None, description="Channel name; none: '<namespace>:invalidations'."
     )
     timeout: Duration = Field(
-        default=1.0, gt=0, description="Socket timeout of the bus connections ('1s')."
+        default=1.0,
+        gt=0,
+        description="Socket timeout of the bus connections, and how long a PING on the "
+        "subscription may go unanswered before the bus counts as down ('1s').",
     )
     health_check_interval: Duration = Field(
         default=1.0,
         gt=0,
-        description="How often the subscription connection is checked with a PING, so a silent "
-        "network is noticed (and in-process tiers bypassed) within about this long.",
+        description="How often the subscription is checked with a PING. A silent network or "
+        "a stalled server is noticed (and in-process tiers bypassed) within "
+        "health_check_interval + timeout.",
     )
 
     @field_validator("url")
@@ -110,17 +116,25 @@ def build_redis_bus(settings: RedisBusSettings, context: BuildContext) -> Bus:
             "reaches every node from any node: give one node's URL)"
         )
     timeout = settings.timeout
-    interval = int(max(1, settings.health_check_interval))
 
-    def connect() -> redis.Redis:
+    def connect(retries: int = 0) -> redis.Redis:
+        # The listener does its own health check and reconnects itself, telling the chain; a
+        # silent reconnection inside redis-py would hide the messages lost meanwhile. The
+        # publisher retries once, at once, for a pooled socket the server closed.
         return redis.Redis.from_url(
             url,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
-            health_check_interval=interval,
+            retry=Retry(NoBackoff(), retries, supported_errors=(redis.ConnectionError,)),
         )
 
-    return RedisBus(connect, settings.channel or f"{context.namespace}:invalidations")
+    return RedisBus(
+        connect,
+        settings.channel or f"{context.namespace}:invalidations",
+        publisher=connect(retries=1),
+        health_check_interval=settings.health_check_interval,
+        timeout=timeout,
+    )
 
 
 BUS_PLUGIN: Plugin[Bus] = Plugin("redis", RedisBusSettings, build_redis_bus)

@@ -24,9 +24,9 @@ from typing import Any
 
 import cachetools
 
-from tiered_cache.admission import TinyLfuPolicy
 from tiered_cache.memory import MemoryTier
 from tiered_cache.memory_plugin import build_memory_tier
+from tiered_cache.policy import TinyLfuPolicy
 from tiered_cache.registry import BuildContext
 from tiered_cache.replay import belady_hits, replay
 from tiered_cache.settings import MemoryTierSettings

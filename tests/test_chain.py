@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tiered_cache import CodecError, MemoryTier, TieredCache, TieredCacheError, TierUnavailable
-from tiered_cache.admission import TinyLfuPolicy
+from tiered_cache.policy import TinyLfuPolicy
 from tiered_cache.protection import Protection
 from tiered_cache.testing import FakeClock
 from tiered_cache.testing.recording import RecordingTier

@@ -112,6 +112,23 @@ def test_lru_policy_put_replaces_and_keeps_weight_exact() -> None:
     assert policy.weight == 0
 
 
+def test_lru_policy_clear_forgets_the_order_so_a_refill_weighs_right() -> None:
+    # A clear that kept the recency order would let the refill push out keys that are no
+    # longer there, subtracting their weights from the new ones.
+    policy = LruPolicy(max_entries=2, max_weight=100)
+    slot = (Entry("v", 0.0), 10.0)
+    policy.put("a", slot, 10)
+    policy.put("b", slot, 20)
+    policy.clear()
+    assert (len(policy), policy.weight) == (0, 0)
+    policy.put("c", slot, 30)
+    policy.put("d", slot, 40)
+    assert (len(policy), policy.weight, policy.evictions) == (2, 70, 0)
+    policy.put("e", slot, 50)  # evicts "c", the least recently used of the refill
+    assert sorted(policy.keys()) == ["d", "e"]
+    assert (policy.weight, policy.evictions) == (90, 1)
+
+
 def test_estimate_size_grows_with_content() -> None:
     assert estimate_size({"a": "x" * 1000}) > estimate_size({"a": "x"})
     assert estimate_size([1, 2, 3]) > estimate_size([])

@@ -2,7 +2,7 @@
 
 What stays in memory is decided by an :class:`EvictionPolicy`. ``"always"`` is a plain LRU on
 ``cachetools.LRUCache``: every filled key is admitted. The hot-key policy
-(:mod:`tiered_cache.admission`) admits a key only when it is worth more than its victim.
+(:mod:`tiered_cache.policy`) admits a key only when it is worth more than its victim.
 """
 
 from __future__ import annotations

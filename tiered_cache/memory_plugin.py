@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .admission import TinyLfuPolicy
 from .memory import EvictionPolicy, LruPolicy, MemoryTier
+from .policy import TinyLfuPolicy
 from .registry import BuildContext, Plugin
 from .settings import MemoryTierSettings
 from .tier import Tier

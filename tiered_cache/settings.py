@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextvars
 import copy
-import inspect
 import json
 import os
 import tomllib
@@ -21,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from .admission import TinyLfuPolicy
+from . import policy_defaults
 from .errors import ConfigError
 from .protection import Protection
 from .registry import BUSES_GROUP, SOURCES_GROUP, TIERS_GROUP, find_plugin
@@ -82,13 +81,6 @@ class SourceSettings(BaseModel):
     kind: str = Field(description="Which source: 'dynamodb', or any installed kind.")
 
 
-#: The hot-key policy's own defaults, written once there (its keyword arguments).
-_POLICY_DEFAULTS: dict[str, Any] = {
-    name: parameter.default
-    for name, parameter in inspect.signature(TinyLfuPolicy).parameters.items()
-}
-
-
 class MemoryTierSettings(TierSettings):
     """The in-process tier."""
 
@@ -115,45 +107,45 @@ class MemoryTierSettings(TierSettings):
         "displace (W-TinyLFU); 'always' admits every key (plain LRU/TTL, for comparison).",
     )
     window_fraction: float = Field(
-        default=_POLICY_DEFAULTS["window_fraction"],
+        default=policy_defaults.WINDOW_FRACTION,
         gt=0.0,
         lt=1.0,
         description="hot-keys: share of the entries in the admission window, where every new "
         "key starts (so that a newly hot key is served from memory at once).",
     )
     adaptive_window: bool = Field(
-        default=_POLICY_DEFAULTS["adaptive"],
+        default=policy_defaults.ADAPTIVE,
         description="hot-keys: move the window's share by hill climbing on the hit ratio.",
     )
     sample_factor: int = Field(
-        default=_POLICY_DEFAULTS["sample_factor"],
+        default=policy_defaults.SAMPLE_FACTOR,
         ge=1,
         description="hot-keys: the frequency sketch halves its counters after "
         "sample_factor * max_entries reads (at least 10,000), so that old popularity fades.",
     )
     sketch_width: int | None = Field(
-        default=_POLICY_DEFAULTS["sketch_width"],
+        default=policy_defaults.SKETCH_WIDTH,
         ge=16,
         description="hot-keys: counters per sketch row, a power of two; none: sized from "
         "max_entries and the sample (at least 4 * max_entries).",
     )
     doorkeeper: bool = Field(
-        default=_POLICY_DEFAULTS["doorkeeper"],
+        default=policy_defaults.DOORKEEPER,
         description="hot-keys: a Bloom filter in front of the sketch absorbs one-off keys.",
     )
     top_k: int = Field(
-        default=_POLICY_DEFAULTS["top_k"],
+        default=policy_defaults.TOP_K,
         ge=1,
         description="hot-keys: how many keys the hot-key list tracks as hot (hot_keys(), "
         "stats(), hot_ttl).",
     )
     hot_half_life: Duration = Field(
-        default=_POLICY_DEFAULTS["hot_half_life"],
+        default=policy_defaults.HOT_HALF_LIFE,
         gt=0.0,
         description="hot-keys: a read counts half in the hot-key rates after this long ('1m').",
     )
     hot_ttl: Duration | None = Field(
-        default=_POLICY_DEFAULTS["hot_ttl"],
+        default=policy_defaults.HOT_TTL,
         gt=0,
         description="hot-keys: a hot key (one of the top_k) is kept this long when filled, even "
         "past the tier's ttl (never past the entry's own expiry); none: the tier's ttl.",

@@ -10,10 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tiered_cache import MemoryTier, Tier
-from tiered_cache.admission import TinyLfuPolicy
 from tiered_cache.errors import ConfigError
 from tiered_cache.memory import LruPolicy
 from tiered_cache.memory_plugin import build_memory_tier
+from tiered_cache.policy import TinyLfuPolicy
 from tiered_cache.registry import BuildContext
 from tiered_cache.settings import MemoryTierSettings, load_settings
 from tiered_cache.testing import FakeClock

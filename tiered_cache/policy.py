@@ -12,7 +12,7 @@ al., "Adaptive Software Cache Management", Middleware 2018).
 
 Every read is observed, hits and misses alike: the sketch counts it (a protected key's
 occasional hits by an unbiased sample, see :meth:`TinyLfuPolicy.record_hits`), and a key the
-sketch has seen a few times is counted in the :class:`~tiered_cache.hotkeys.TopK` list that
+sketch has seen a few times is counted in the :class:`~tiered_cache.topk.TopK` list that
 answers :meth:`TinyLfuPolicy.hot_keys` and decides which keys are hot enough for ``hot_ttl``.
 """
 
@@ -25,8 +25,10 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 
-from .hotkeys import FrequencySketch, TopK
+from . import policy_defaults as defaults
 from .memory import Slot
+from .sketch import FrequencySketch
+from .topk import TopK
 
 __all__ = ["TinyLfuPolicy"]
 
@@ -81,16 +83,16 @@ class TinyLfuPolicy:
         max_entries: int,
         max_weight: int | None = None,
         *,
-        window_fraction: float = 0.01,
-        adaptive: bool = False,
-        protected_fraction: float = 0.8,
-        sample_factor: int = 20,
-        min_sample: int = 10_000,
-        sketch_width: int | None = None,
-        doorkeeper: bool = False,
-        top_k: int = 100,
-        hot_half_life: float = 60.0,
-        hot_ttl: float | None = None,
+        window_fraction: float = defaults.WINDOW_FRACTION,
+        adaptive: bool = defaults.ADAPTIVE,
+        protected_fraction: float = defaults.PROTECTED_FRACTION,
+        sample_factor: int = defaults.SAMPLE_FACTOR,
+        min_sample: int = defaults.MIN_SAMPLE,
+        sketch_width: int | None = defaults.SKETCH_WIDTH,
+        doorkeeper: bool = defaults.DOORKEEPER,
+        top_k: int = defaults.TOP_K,
+        hot_half_life: float = defaults.HOT_HALF_LIFE,
+        hot_ttl: float | None = defaults.HOT_TTL,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
     ) -> None:

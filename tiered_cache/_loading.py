@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -19,12 +18,13 @@ from typing import Any, TypeVar
 from ._tiers import ChainTiers
 from .errors import CodecError, LoadTimeout, TieredCacheError
 from .leases import LeasingTier, PartialFill
+from .logs import fields, key_hash, logger_for
 from .protection import Protection
 from .singleflight import Flight, SingleFlight
 from .tier import MISSING, NEVER, Entry, Source, Tier
 from .units import parse_duration
 
-logger = logging.getLogger("tiered_cache.chain")
+logger = logger_for("chain")
 
 Loader = Callable[[], Any]
 BatchLoader = Callable[[Sequence[str]], Mapping[str, Any]]
@@ -128,7 +128,11 @@ class ChainLoading(ChainTiers):
         it as fresh so the failing source is not asked again by every read."""
         self._metrics.count("stale_served_on_error")
         logger.warning(
-            "serving a stale value of %r: its load failed (%s: %s)", key, type(exc).__name__, exc
+            "serving a stale value of key %s: its load failed (%s: %s)",
+            key_hash(key),
+            type(exc).__name__,
+            exc,
+            extra=fields("fail_safe", key=key),
         )
         self._rest_source(key, stale)
         return stale
@@ -232,7 +236,11 @@ class ChainLoading(ChainTiers):
         if flight.cancelled_fill:
             # What we read may predate the write: serve it to the callers that asked before
             # the invalidation, but keep it out of every tier.
-            logger.debug("not caching %r: invalidated during its load", key)
+            logger.debug(
+                "not caching key %s: invalidated during its load",
+                key_hash(key),
+                extra=fields("fill_cancelled", key=key),
+            )
             if token is not None:
                 self._release_lease(key, token)
             return
@@ -544,10 +552,11 @@ class ChainLoading(ChainTiers):
         except Exception as exc:
             self._metrics.count("refresh_failures")
             logger.warning(
-                "background refresh of %r failed (%s: %s); the stale value stays",
-                key,
+                "background refresh of key %s failed (%s: %s); the stale value stays",
+                key_hash(key),
                 type(exc).__name__,
                 exc,
+                extra=fields("refresh_failed", key=key),
             )
             if stale is not None and self._protection.fail_safe:
                 self._rest_source(key, stale)

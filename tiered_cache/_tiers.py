@@ -6,14 +6,12 @@ tier goes through here, so a tier that fails is skipped with a warning and a cou
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Mapping, Sequence
 
 from .errors import CodecError, TierUnavailable
+from .logs import fields, tier_logger
 from .metrics import CacheMetrics
 from .tier import MISSING, Entry, MissingType, Tier
-
-logger = logging.getLogger("tiered_cache.chain")
 
 #: How often (seconds of the chain's clock) a failing tier is logged again.
 WARNING_INTERVAL = 10.0
@@ -109,11 +107,13 @@ class ChainTiers:
         last = self._last_warning.get(index)
         if last is None or now - last >= WARNING_INTERVAL:
             self._last_warning[index] = now
-            logger.warning(
+            name = self._tiers[index].name
+            tier_logger(name).warning(
                 "tier %r failed (%s: %s); reading through to the next tier",
-                self._tiers[index].name,
+                name,
                 type(exc).__name__,
                 exc,
+                extra=fields("tier_failed", tier=name),
             )
 
     def _delete_local(self, keys: Sequence[str]) -> None:

@@ -9,7 +9,6 @@ longer hear about changes. Messages a chain sent itself are skipped: it applied 
 from __future__ import annotations
 
 import itertools
-import logging
 import threading
 import uuid
 from collections import OrderedDict
@@ -17,9 +16,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from .bus import Bus, Invalidation
+from .logs import fields, logger_for
 from .metrics import CacheMetrics
 
-logger = logging.getLogger(__name__)
+logger = logger_for("bus")
 
 #: Senders remembered for gap detection; the oldest are forgotten past this (a forgotten sender's
 #: next message is taken as its first, so a gap right then would go unnoticed).
@@ -75,6 +75,7 @@ class BusLink:
                 "serve their in-memory copy until it expires",
                 type(exc).__name__,
                 exc,
+                extra=fields("bus_publish_failed"),
             )
         else:
             self._metrics.count("bus_sent")
@@ -97,6 +98,7 @@ class BusLink:
                 "missed %d invalidation(s) from %s: clearing the in-process tiers",
                 message.seq - last - 1,
                 message.sender,
+                extra=fields("bus_gap", missed=message.seq - last - 1),
             )
             self._handlers.drop_everything()
         if message.clear:
@@ -109,7 +111,8 @@ class BusLink:
     def on_disconnect(self) -> None:
         self._metrics.count("bus_disconnects")
         logger.warning(
-            "invalidation bus disconnected: in-process tiers are bypassed until it is back"
+            "invalidation bus disconnected: in-process tiers are bypassed until it is back",
+            extra=fields("bus_disconnected"),
         )
         self._handlers.set_connected(False)
 
@@ -118,7 +121,10 @@ class BusLink:
         self._metrics.count("bus_errors")
 
     def on_reconnect(self) -> None:
-        logger.info("invalidation bus reconnected: in-process tiers are in use again")
+        logger.info(
+            "invalidation bus reconnected: in-process tiers are in use again",
+            extra=fields("bus_reconnected"),
+        )
         self._handlers.set_connected(True)
 
     def close(self) -> None:

@@ -237,21 +237,10 @@ class TieredCache(ChainLoading):
         call to the source's ``load_many`` (or ``loader(keys)``), and filled into every tier.
         """
         wanted = list(dict.fromkeys(keys))
-        found: dict[str, Entry] = {}
         stale: dict[str, Entry] = {}
-        remaining = wanted
-        now = self._clock()
         mark = self._invalidation_log.mark()
-        for index, tier in enumerate(self._tiers):
-            if not remaining:
-                break
-            if index in self._bypassed:
-                continue
-            hits = self._tier_get_many(index, tier, remaining, now, stale)
-            if hits:
-                self._fill_many(hits, upto=index)
-                found.update(hits)
-                remaining = [key for key in remaining if key not in hits]
+        found = self._read_tiers(wanted, stale)
+        remaining = [key for key in wanted if key not in found]
         if remaining and stale and loader is None and self._protection.stale_while_revalidate:
             # Stale keys are served now and refreshed one by one in the background.
             for key in remaining:
@@ -275,6 +264,39 @@ class TieredCache(ChainLoading):
             # tiers may predate the invalidation.
             self._delete_local(overtaken)
         return {key: values[key] for key in wanted}
+
+    def lookup_many(self, keys: Iterable[str]) -> dict[str, Entry]:
+        """The fresh entries the tiers hold for ``keys``, without loading anything: keys no
+        tier holds fresh are left out. A hit fills the faster tiers, as a read does.
+
+        For callers that own the values themselves (Django's cache API): nothing is loaded,
+        refreshed or served stale.
+        """
+        wanted = list(dict.fromkeys(keys))
+        mark = self._invalidation_log.mark()
+        found = self._read_tiers(wanted, {})
+        overtaken = self._invalidation_log.overtaken(mark, list(found))
+        if overtaken:
+            self._delete_local(overtaken)  # as in get_many
+        return found
+
+    def _read_tiers(self, keys: list[str], stale: dict[str, Entry]) -> dict[str, Entry]:
+        """One ``get_many`` per tier for the keys still missing, fastest tier first; hits fill
+        the faster tiers. Stale entries still servable go into ``stale``."""
+        found: dict[str, Entry] = {}
+        remaining = keys
+        now = self._clock()
+        for index, tier in enumerate(self._tiers):
+            if not remaining:
+                break
+            if index in self._bypassed:
+                continue
+            hits = self._tier_get_many(index, tier, remaining, now, stale)
+            if hits:
+                self._fill_many(hits, upto=index)
+                found.update(hits)
+                remaining = [key for key in remaining if key not in hits]
+        return found
 
     def _load_batch(
         self,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -68,3 +69,78 @@ def cache(redis_server: RedisServer, namespace: str, clock: FakeClock) -> Iterat
 def run_known_reads(cache: TieredCache, clock: FakeClock) -> Callable[[], None]:
     """Runs :func:`known_reads` on the ``cache`` fixture."""
     return lambda: known_reads(cache, clock)
+
+
+# -- Django ------------------------------------------------------------------------------------
+
+#: The clock of the Django caches' chain: expiry tests advance it instead of sleeping.
+DJANGO_CLOCK = FakeClock()
+
+
+def custom_key_func(key: str, key_prefix: str, version: int) -> str:
+    """A KEY_FUNCTION (Django's own tests use this one)."""
+    return "CUSTOM-" + "-".join([key_prefix, str(version), key])
+
+
+@pytest.fixture(scope="session")
+def django_caches(redis_server: RedisServer) -> Iterator[Any]:
+    """Django configured once per session: four CACHES entries over one chain (memory and the
+    private Redis, no tier TTL so that ``timeout=None`` means what Django says): ``default``,
+    ``prefix`` (KEY_PREFIX), ``v2`` (VERSION 2) and ``custom_key`` (KEY_FUNCTION); and
+    ``pages``, Redis alone with the pickle codec, for Django's page cache."""
+    import django
+    from django.conf import settings
+    from django.core.cache import caches
+
+    if not settings.configured:
+        options = {
+            "SETTINGS": {
+                "namespace": f"dj-{uuid.uuid4().hex[:12]}",
+                "tiers": [
+                    {"kind": "memory", "admission": "always", "ttl": None},
+                    {"kind": "redis", "url": redis_server.url, "timeout": "2s", "ttl": None},
+                ],
+                "bus": {"kind": "off"},
+            },
+            "CLOCK": DJANGO_CLOCK,
+        }
+        # Django's page cache stores HttpResponse objects: only pickle holds them.
+        pages = {
+            "SETTINGS": {
+                **options["SETTINGS"],
+                "namespace": f"djp-{uuid.uuid4().hex[:12]}",
+                "tiers": [
+                    {"kind": "redis", "url": redis_server.url, "timeout": "2s", "codec": "pickle"}
+                ],
+            }
+        }
+        backend = "tiered_cache.contrib.django.TieredCacheBackend"
+        settings.configure(
+            SECRET_KEY="tests-only",
+            ALLOWED_HOSTS=["testserver"],
+            INSTALLED_APPS=[],
+            MIDDLEWARE=[],
+            USE_TZ=True,
+            CACHES={
+                "default": {"BACKEND": backend, "OPTIONS": options},
+                "prefix": {"BACKEND": backend, "OPTIONS": options, "KEY_PREFIX": "cacheprefix"},
+                "v2": {"BACKEND": backend, "OPTIONS": options, "VERSION": 2},
+                "pages": {"BACKEND": backend, "OPTIONS": pages},
+                "custom_key": {
+                    "BACKEND": backend,
+                    "OPTIONS": options,
+                    "KEY_FUNCTION": custom_key_func,
+                },
+            },
+        )
+        django.setup()
+    yield caches
+    from tiered_cache.contrib.django import close_chains
+
+    close_chains()
+
+
+@pytest.fixture
+def django_clock(django_caches: Any) -> FakeClock:
+    """The clock of the Django caches' chain."""
+    return DJANGO_CLOCK

@@ -1,0 +1,227 @@
+"""A Django ``CACHES`` backend over a tiered-cache chain (extra ``django``).
+
+::
+
+    CACHES = {
+        "default": {
+            "BACKEND": "tiered_cache.contrib.django.TieredCacheBackend",
+            "TIMEOUT": 300,
+            "OPTIONS": {"CONFIG": BASE_DIR / "tiered_cache.toml"},
+        }
+    }
+
+``OPTIONS``: ``CONFIG``, the path of a settings file (its ``[tiered_cache]`` table), and/or
+``SETTINGS``, that table as a dict (it wins over the file, as ``from_config`` overrides do);
+``CLOCK``, a callable giving seconds (tests pass a fake clock). The chain must have no source:
+Django's cache API stores what ``set()`` is given. Every backend object of one ``CACHES`` entry
+(Django makes one per thread) shares one chain, built on first use and kept for the process.
+
+Django's conventions hold (timeouts ``None``, ``0`` and the default; ``KEY_PREFIX``,
+``VERSION``, ``KEY_FUNCTION``; ``None`` is a value). Values go through the tiers' codecs, not
+pickle; ``add``, ``incr``/``decr`` and ``touch`` read, then write, so they are not atomic across
+processes. docs/django.md says why and what it means.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
+from django.core.exceptions import ImproperlyConfigured
+
+from ..build import build_cache
+from ..chain import TieredCache
+from ..errors import ConfigError
+from ..settings import load_settings
+from ..tier import MISSING, Entry, MissingType
+
+__all__ = ["TieredCacheBackend", "close_chains"]
+
+#: Source protection a Django cache must not have: nothing stale is served (an expired key is
+#: gone, as Django promises), there is no source to lease or refresh.
+_DJANGO_PROTECTION: dict[str, Any] = {
+    "max_stale": 0.0,
+    "stale_while_revalidate": False,
+    "fail_safe": False,
+    "early_refresh_beta": 0.0,
+    "soft_timeout": None,
+    "hard_timeout": None,
+    "lease": "off",
+}
+
+#: What ``timeout=None`` ("forever") becomes: durations are finite in tiered-cache.
+FOREVER = 100 * 365 * 86400.0
+
+_chains: dict[str, TieredCache] = {}
+_chains_lock = threading.Lock()
+
+
+def _chain_for(options: Mapping[str, Any]) -> TieredCache:
+    """The process's chain for these options, built on first use."""
+    config = options.get("CONFIG")
+    table = dict(options.get("SETTINGS") or {})
+    clock = options.get("CLOCK")
+    identity = json.dumps(
+        [str(config) if config else None, table, id(clock) if clock else None],
+        sort_keys=True,
+        default=str,
+    )
+    with _chains_lock:
+        chain = _chains.get(identity)
+        if chain is None:
+            chain = _chains[identity] = _build(config, table, clock)
+        return chain
+
+
+def close_chains() -> None:
+    """Close every chain the backend built (at shutdown, or between tests)."""
+    with _chains_lock:
+        chains = list(_chains.values())
+        _chains.clear()
+    for chain in chains:
+        chain.close()
+
+
+def _build(
+    config: str | Path | None, table: dict[str, Any], clock: Callable[[], float] | None
+) -> TieredCache:
+    try:
+        settings = load_settings(config, **{**table, "protection": _DJANGO_PROTECTION})
+    except ConfigError as exc:
+        raise ImproperlyConfigured(f"tiered_cache Django backend: {exc}") from exc
+    if settings.source is not None:
+        raise ImproperlyConfigured(
+            "tiered_cache Django backend: the chain must have no source "
+            f"(found kind {settings.source.kind!r}): Django's cache stores what set() is given"
+        )
+    return build_cache(settings) if clock is None else build_cache(settings, clock=clock)
+
+
+class TieredCacheBackend(BaseCache):
+    """Django's cache API over a :class:`~tiered_cache.TieredCache` (see the module's notes)."""
+
+    def __init__(self, location: str, params: dict[str, Any]) -> None:
+        super().__init__(params)
+        self._options: Mapping[str, Any] = params.get("OPTIONS", {})
+        self._clock: Callable[[], float] = self._options.get("CLOCK") or time.time
+        self._chain: TieredCache | None = None
+
+    @property
+    def chain(self) -> TieredCache:
+        """The chain this backend reads and writes (shared by the backend's objects)."""
+        if self._chain is None:
+            self._chain = _chain_for(self._options)
+        return self._chain
+
+    def _ttl(self, timeout: float | object | None) -> float:
+        """Seconds to keep a value: Django's default, ``None`` (forever), or ``timeout``; zero
+        or less means "expire at once"."""
+        if timeout is DEFAULT_TIMEOUT:
+            timeout = self.default_timeout
+        if timeout is None:
+            return FOREVER
+        assert isinstance(timeout, int | float)
+        return float(timeout)
+
+    def _lookup(self, key: str) -> Entry | MissingType:
+        return self.chain.lookup_many([key]).get(key, MISSING)
+
+    # -- reads --------------------------------------------------------------------------------
+
+    def get(self, key: Any, default: Any = None, version: int | None = None) -> Any:
+        entry = self._lookup(self.make_and_validate_key(key, version=version))
+        return default if entry is MISSING else entry.value
+
+    def get_many(self, keys: Iterable[Any], version: int | None = None) -> dict[Any, Any]:
+        made = {self.make_and_validate_key(key, version=version): key for key in keys}
+        found = self.chain.lookup_many(list(made))
+        return {made[key]: entry.value for key, entry in found.items()}
+
+    def has_key(self, key: Any, version: int | None = None) -> bool:
+        return self._lookup(self.make_and_validate_key(key, version=version)) is not MISSING
+
+    # -- writes -------------------------------------------------------------------------------
+
+    def set(
+        self,
+        key: Any,
+        value: Any,
+        timeout: float | object | None = DEFAULT_TIMEOUT,
+        version: int | None = None,
+    ) -> None:
+        self._store(self.make_and_validate_key(key, version=version), value, self._ttl(timeout))
+
+    def _store(self, key: str, value: Any, ttl: float) -> None:
+        if ttl <= 0:
+            self.chain.invalidate(key)  # Django: a timeout of zero or less expires at once
+        else:
+            self.chain.set(key, value, ttl=ttl)
+
+    def add(
+        self,
+        key: Any,
+        value: Any,
+        timeout: float | object | None = DEFAULT_TIMEOUT,
+        version: int | None = None,
+    ) -> bool:
+        """Store ``value`` only if ``key`` holds none; True if stored. Read then write: not
+        atomic across processes (see the module's notes)."""
+        made = self.make_and_validate_key(key, version=version)
+        if self._lookup(made) is not MISSING:
+            return False
+        self._store(made, value, self._ttl(timeout))
+        return True
+
+    def set_many(
+        self,
+        data: Mapping[Any, Any],
+        timeout: float | object | None = DEFAULT_TIMEOUT,
+        version: int | None = None,
+    ) -> list[Any]:
+        ttl = self._ttl(timeout)
+        for key, value in data.items():
+            self._store(self.make_and_validate_key(key, version=version), value, ttl)
+        return []
+
+    def touch(
+        self, key: Any, timeout: float | object | None = DEFAULT_TIMEOUT, version: int | None = None
+    ) -> bool:
+        """Give ``key`` a new timeout; False if it holds nothing. Read then write."""
+        made = self.make_and_validate_key(key, version=version)
+        entry = self._lookup(made)
+        if entry is MISSING:
+            return False
+        self._store(made, entry.value, self._ttl(timeout))
+        return True
+
+    def incr(self, key: Any, delta: int = 1, version: int | None = None) -> Any:
+        """Add ``delta`` to the number under ``key`` and return it; ValueError if there is none.
+        Read then write: two processes can lose an increment (see the module's notes)."""
+        made = self.make_and_validate_key(key, version=version)
+        entry = self._lookup(made)
+        if entry is MISSING:
+            raise ValueError(f"Key '{key}' not found")
+        value = entry.value + delta
+        # The key keeps the time it had left, as Django's Redis backend (INCRBY) does.
+        self._store(made, value, min(FOREVER, entry.soft_expiry - self._clock()))
+        return value
+
+    def delete(self, key: Any, version: int | None = None) -> bool:
+        made = self.make_and_validate_key(key, version=version)
+        existed = self._lookup(made) is not MISSING
+        self.chain.invalidate(made)
+        return existed
+
+    def delete_many(self, keys: Iterable[Any], version: int | None = None) -> None:
+        self.chain.invalidate_many([self.make_and_validate_key(k, version=version) for k in keys])
+
+    def clear(self) -> None:
+        self.chain.clear()
+
+    def close(self, **kwargs: Any) -> None:
+        """Nothing: Django calls this after every request, and the chain is shared."""

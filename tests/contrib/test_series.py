@@ -1,0 +1,83 @@
+"""The series both exporters publish, from stats() snapshots: what each part of a snapshot
+becomes, and the facts tiers report themselves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tiered_cache import TieredCache
+from tiered_cache.contrib.series import CATALOGUE, Series, series
+from tiered_cache.logs import key_hash
+from tiered_cache.memory import MemoryTier
+from tiered_cache.testing import FakeClock
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+
+def by_name(items: list[Series]) -> dict[str, Series]:
+    return {item.spec.name: item for item in items}
+
+
+def test_a_memory_tier_reports_its_entries_and_evictions(clock: FakeClock) -> None:
+    cache = TieredCache([MemoryTier(max_entries=2, clock=clock)], clock=clock)
+    for key in "abc":
+        cache.get(key, lambda: 1)
+    tier = cache.stats()["tiers"][0]
+    assert (tier["entries"], tier["evictions"]) == (2, 1)
+    published = by_name(series(cache.stats()))
+    assert published["tier_evictions"].samples == [
+        ({"namespace": "default", "tier": "memory"}, 1.0)
+    ]
+
+
+def test_breaker_state_bus_hot_keys_and_read_units() -> None:
+    snapshot: dict[str, Any] = {
+        "namespace": "ns",
+        "tiers": [{"name": "redis", "hits": 1, "breaker": "open", "breaker_opened": 2}],
+        "bus": "down",
+        "hot_keys": [["tweet:1", 5.0], ["user:secret@example.com", 2.0]],
+        "source": {"name": "dynamodb:t", "read_units_saved": 7.5},
+    }
+    published = by_name(series(snapshot))
+    tier = {"namespace": "ns", "tier": "redis"}
+    assert published["tier_breaker_state"].samples == [
+        ({**tier, "state": "closed"}, 0.0),
+        ({**tier, "state": "half-open"}, 0.0),
+        ({**tier, "state": "open"}, 1.0),
+    ]
+    assert published["tier_breaker_opened"].samples == [(tier, 2.0)]
+    assert published["bus_connected"].samples == [({"namespace": "ns"}, 0.0)]
+    assert published["source_read_units_saved"].samples == [({"namespace": "ns"}, 7.5)]
+    # Hot keys are labelled with their hash unless raw keys are asked for.
+    hashed = [labels["key"] for labels, _ in published["hot_key_reads_per_second"].samples]
+    assert hashed == [key_hash("tweet:1"), key_hash("user:secret@example.com")]
+    raw = by_name(series(snapshot, raw_hot_keys=True))["hot_key_reads_per_second"].samples
+    assert [(labels["rank"], labels["key"], rate) for labels, rate in raw] == [
+        ("1", "tweet:1", 5.0),
+        ("2", "user:secret@example.com", 2.0),
+    ]
+
+
+def test_a_chain_without_bus_or_breaker_publishes_no_sample_for_them() -> None:
+    published = by_name(series(TieredCache([MemoryTier()]).stats()))
+    assert published["bus_connected"].samples == []
+    assert published["tier_breaker_state"].samples == []
+    assert published["source_read_units_saved"].samples == []
+
+
+def test_every_metric_is_documented_and_the_dashboard_uses_only_published_names() -> None:
+    page = (DOCS / "metrics.md").read_text()
+    for spec in CATALOGUE:
+        assert f"| `{spec.name}` | {spec.kind} |" in page, spec.name
+    import json
+    import re
+
+    dashboard = (DOCS / "grafana" / "tiered-cache.json").read_text()
+    json.loads(dashboard)
+    used = set(re.findall(r"tiered_cache_([a-z_]+)", dashboard))
+    assert used
+    names = {spec.name for spec in CATALOGUE}
+    for name in used:
+        base = re.sub(r"_(total|bucket|sum|count)$", "", name)
+        assert base in names, name

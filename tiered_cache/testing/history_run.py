@@ -150,6 +150,7 @@ class HistoryRig:
         self.workers: list[_WorkerHandle] = []
         self._store: StoreClient | None = None
         self._runs = 0
+        self._fault_ended = 0.0
 
     # -- life cycle
 
@@ -227,7 +228,7 @@ class HistoryRig:
         involved = [self.workers[index] for index in schedule.processes]
         before = [_trouble(worker.ask("stats")) for worker in involved]
         records = self._setup(schedule)
-        t0 = time.monotonic() + 0.05
+        t0 = time.monotonic() + 0.02
         windows: list[tuple[float, float]] = []
         injectors = [
             threading.Thread(target=self._inject, args=(fault, t0, windows), daemon=True)
@@ -289,7 +290,9 @@ class HistoryRig:
         start = time.monotonic()
         with self._fault(fault):
             time.sleep(fault.duration)
-        windows.append((start, time.monotonic() + self.config.recovery))
+        end = time.monotonic()
+        windows.append((start, end + self.config.recovery))
+        self._fault_ended = end
 
     @contextlib.contextmanager
     def _fault(self, fault: Fault) -> Iterator[None]:
@@ -326,7 +329,10 @@ class HistoryRig:
             if time.monotonic() > deadline:
                 raise TimeoutError("the workers' buses did not come back within 30 s")
             time.sleep(0.05)
-        time.sleep(self.config.cool_down)
+        # The breakers' cool-down runs from the fault's end, in parallel with the bus's return.
+        pause = self._fault_ended + self.config.cool_down - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
         self._wait_for_bus()
 
     def _wait_for_bus(self, timeout: float = 30.0) -> None:

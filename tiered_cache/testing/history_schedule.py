@@ -140,10 +140,10 @@ class ScheduleShape:
     min_ops: int = 4
     max_ops: int = 10
     #: Ops start within this many seconds, around a few instants, so that they overlap.
-    span: float = 0.15
-    max_delay: float = 0.25
+    span: float = 0.1
+    max_delay: float = 0.15
     max_repeat: int = 5
-    fault_rate: float = 0.1
+    fault_rate: float = 0.08
     max_fault: float = 0.4
 
 

@@ -70,12 +70,18 @@ def main() -> int:
     print(f"widened reads:    {summary.widened_reads} (checked against the fault bound)")
     print(f"troubled:         {summary.troubled} schedules (a failure nobody injected)")
     print(f"bounds:           bus delay {config.bus_delay} s, near a fault {config.fault_bound} s")
+    print(f"paths exercised:  {_counts(summary.paths)}")
+    print(f"failures counted: {_counts(summary.trouble)}")
     print(f"wall time:        {elapsed:.0f} s")
     if summary.failing:
         save_failures(args.failures, summary, config)
         print(f"failing schedules written to {args.failures}")
         return 1
     return 0
+
+
+def _counts(counters: dict[str, int]) -> str:
+    return ", ".join(f"{name} {count}" for name, count in sorted(counters.items())) or "none"
 
 
 if __name__ == "__main__":

@@ -89,12 +89,33 @@ def test_the_source_order_decides_when_write_intervals_overlap() -> None:
     assert [v.kind for v in check(h, 0.0).violations] == ["stale"]
 
 
-def test_the_bound_may_differ_per_read() -> None:
-    h = history(("v1", 1.0, 1.1), initial="v0")
-    read(h, "v0", 5.0, 5.1)
-    h.read(Read("k", "v0", 5.0, 5.1, "r", "near-a-fault"))
-    result = check(h, lambda r: 10.0 if r.op == "near-a-fault" else 0.0)
-    assert [v.read.op for v in result.violations] == ["r0"]
+def test_the_bound_may_differ_per_read_and_write() -> None:
+    h = History()
+    h.initial("k", "v0")
+    h.write(Write("k", "v1", 1.0, 1.1, "p1", "w1"))
+    h.read(Read("k", "v0", 1.3, 1.4, "p1", "own"))  # the writer's own process: no lag at all
+    h.read(Read("k", "v0", 1.3, 1.4, "p2", "other"))  # another process: the bus delay
+    h.read(Read("k", "v0", 5.0, 5.1, "p2", "near-a-fault"))
+
+    def bound(read: Read, write: Write) -> float:
+        if read.op == "near-a-fault":
+            return 10.0
+        return 0.0 if read.process == write.process else 0.5
+
+    assert [v.read.op for v in check(h, bound).violations] == ["own"]
+
+
+def test_a_read_lagging_a_later_write_of_its_own_process_is_stale() -> None:
+    # v1 by p2, then v2 by p1: p1 reading v0 after its own write returned is stale even though
+    # the first replacement (p2's) is still within the bus delay for p1.
+    h = History()
+    h.initial("k", "v0")
+    h.write(Write("k", "v1", 1.0, 1.1, "p2", "w1"))
+    h.write(Write("k", "v2", 1.2, 1.3, "p1", "w2"))
+    h.read(Read("k", "v0", 1.35, 1.4, "p1", "r"))
+    result = check(h, lambda read, write: 0.0 if read.process == write.process else 0.5)
+    (violation,) = result.violations
+    assert "version 2" in violation.detail
 
 
 # -- each kind of violation ------------------------------------------------------------------

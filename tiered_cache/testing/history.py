@@ -6,6 +6,8 @@ process). :func:`check` then asks of each read: did the source hold this value a
 ``[start - bound, end]``? A read may lag the source by at most ``bound`` seconds (how long the
 contract lets an old copy live, e.g. the bus delay), never more ("stale"), and may never return a
 value the source never held ("never-held") or held only after the read ended ("not-yet-written").
+The bound may depend on the read and on the write that replaced the value: a process reads its
+own writes at once, another process's after the bus delay, anyone's after a fault much later.
 
 ``None`` is a value like any other: the source not having the key (negative caching).
 
@@ -111,49 +113,51 @@ class History:
     def versions(self, key: str) -> list[Version]:
         """The values ``key`` held, oldest first, each with when it can have been current."""
         writes = self._writes.get(key, [])
-        versions = [Version(0, self._initial.get(key), -math.inf, -math.inf, None)]
+        versions = [Version(0, self._initial.get(key), -math.inf, None)]
         latest_start = -math.inf
         for number, write in enumerate(writes, start=1):
             # The source applied the writes in this order, so write i took effect after every
-            # earlier write started, and before every later write ended.
+            # earlier write started (and before it, and every later write, returned).
             latest_start = max(latest_start, write.start)
-            versions.append(Version(number, write.value, latest_start, write.end, write))
-        earliest_end = math.inf
-        for version in reversed(versions[1:]):
-            earliest_end = min(earliest_end, version.latest_effect)
-            version.latest_effect = earliest_end
+            versions.append(Version(number, write.value, latest_start, write))
         return versions
 
 
 @dataclass
 class Version:
-    """Version ``number`` of a key: it took effect within ``[earliest_effect, latest_effect]``."""
+    """Version ``number`` of a key, written by ``write`` (``None``: the initial value); it took
+    effect after ``earliest_effect``."""
 
     number: int
     value: Any
     earliest_effect: float
-    latest_effect: float
     write: Write | None
 
 
-def check(history: History, bound: float | Callable[[Read], float]) -> CheckResult:
-    """Check every read of ``history``; ``bound`` is how far (seconds) a read may lag the
-    source, for every read or per read (a fault may widen the contract's bound)."""
-    bound_of = bound if callable(bound) else (lambda read, _b=float(bound): _b)
+#: How far (seconds) a read may lag a write that replaced the value it returned: one number for
+#: every read, or per read and write (the writer's own process may not lag at all; a fault
+#: widens the bound).
+Bound = float | Callable[[Read, Write], float]
+
+
+def check(history: History, bound: Bound) -> CheckResult:
+    """Check every read of ``history`` against ``bound``."""
+    bound_of = bound if callable(bound) else (lambda read, write, _b=float(bound): _b)
     versions: dict[str, list[Version]] = {}
     result = CheckResult()
     for read in history.reads:
         if read.key not in versions:
             versions[read.key] = history.versions(read.key)
         result.reads_checked += 1
-        violation = _check_read(read, versions[read.key], bound_of(read))
+        violation = _check_read(read, versions[read.key], bound_of)
         if violation is not None:
             result.violations.append(violation)
     return result
 
 
-def _check_read(read: Read, versions: list[Version], bound: float) -> Violation | None:
-    window_start = read.start - bound
+def _check_read(
+    read: Read, versions: list[Version], bound_of: Callable[[Read, Write], float]
+) -> Violation | None:
     matching = [index for index, version in enumerate(versions) if version.value == read.value]
     if not matching:
         return Violation("never-held", read, f"{_describe(read)}: the source never held it")
@@ -166,20 +170,37 @@ def _check_read(read: Read, versions: list[Version], bound: float) -> Violation 
             f"{_describe(read)}: the source took it only later ({_origin(first)}, started at "
             f"{first.earliest_effect:.3f})",
         )
+    # Version i explains the read unless a later write had surely replaced it (it returned)
+    # longer than that write's bound before the read started.
     for index in begun:
-        successor = versions[index + 1] if index + 1 < len(versions) else None
-        if successor is None or successor.latest_effect >= window_start:
+        if _worst_overtaker(read, versions[index + 1 :], bound_of)[0] <= 0:
             return None
-    newest = versions[begun[-1]]
-    successor = versions[begun[-1] + 1]
+    newest = begun[-1]
+    lag, overtaker = _worst_overtaker(read, versions[newest + 1 :], bound_of)
+    assert overtaker is not None and overtaker.write is not None
+    bound = bound_of(read, overtaker.write)
     return Violation(
         "stale",
         read,
-        f"{_describe(read)}: version {newest.number} ({_origin(newest)}) was replaced by "
-        f"version {successor.number} ({_origin(successor)}, value {successor.value!r}) at "
-        f"{successor.latest_effect:.3f} at the latest, {window_start - successor.latest_effect:.3f}"
-        f" s before the read's window [start - {bound:g} s, end] began",
+        f"{_describe(read)}: version {versions[newest].number} ({_origin(versions[newest])}) "
+        f"was replaced by version {overtaker.number} ({_origin(overtaker)}, value "
+        f"{overtaker.value!r}, returned at {overtaker.write.end:.3f}), {lag:.3f} s more than "
+        f"the {bound:g} s a read may lag it",
     )
+
+
+def _worst_overtaker(
+    read: Read, later: list[Version], bound_of: Callable[[Read, Write], float]
+) -> tuple[float, Version | None]:
+    """How much longer than allowed the read lagged the later write it lagged most (<= 0: no
+    later write rules the read out), and that write's version."""
+    worst, worst_version = -math.inf, None
+    for version in later:
+        assert version.write is not None
+        lag = read.start - version.write.end - bound_of(read, version.write)
+        if lag > worst:
+            worst, worst_version = lag, version
+    return worst, worst_version
 
 
 def _describe(read: Read) -> str:

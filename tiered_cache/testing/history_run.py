@@ -8,11 +8,12 @@ key once more from every process it involved, and checks the history (:mod:`.his
 
 The bound a read is checked against is the consistency contract's (docs/consistency.md):
 
-* normally ``bus_delay``: a write or invalidation reaches Redis before it returns, and another
-  process's memory when the bus message arrives;
+* in the writing process, none: ``set`` and ``invalidate*`` change Redis and its memory before
+  they return;
+* in another process, ``bus_delay``: its memory drops the copy when the bus message arrives;
 * near a fault (injected, or one a chain counted on its own: a tier error or skip, a failed
-  publish, a bus gap or disconnect), the contract only promises that an old copy goes at its
-  hard expiry: ``ttl + max_stale`` after it was loaded, plus the longest slow load.
+  publish, a bus disconnect), the contract only promises that an old copy goes at its hard
+  expiry: ``ttl + max_stale`` after it was loaded, plus the longest slow load.
 """
 
 from __future__ import annotations
@@ -43,6 +44,18 @@ from .servers import FaultProxy, RedisServer
 #: publish, Redis pub/sub loses nothing, and a "gap" is two messages of one sender published by
 #: two threads out of order; the receiver clears its memory, which makes nothing staler.
 _TROUBLE_EVENTS = ("bus_publish_errors", "bus_disconnects")
+#: Counters of ``stats()`` that show which paths of the chain a run went through.
+_PATH_EVENTS = (
+    "loads",
+    "singleflight_waits",
+    "stale_served",
+    "early_refreshes",
+    "refreshes",
+    "lease_waits",
+    "lease_lost",
+    "bus_received",
+    "bus_gaps",
+)
 
 
 @dataclass(frozen=True)
@@ -113,6 +126,8 @@ class Outcome:
     records: list[dict[str, Any]] = field(default_factory=list)
     #: The failure counters of ``stats()`` that grew during the schedule, summed over workers.
     trouble: dict[str, int] = field(default_factory=dict)
+    #: How often the chains went through each path (``_PATH_EVENTS``), summed over workers.
+    paths: dict[str, int] = field(default_factory=dict)
 
     @property
     def violations(self) -> list[Violation]:
@@ -226,7 +241,7 @@ class HistoryRig:
         self._runs += 1
         schedule = original.tagged(f"r{self._runs}:")
         involved = [self.workers[index] for index in schedule.processes]
-        before = [_trouble(worker.ask("stats")) for worker in involved]
+        before = [_counters(worker.ask("stats")) for worker in involved]
         records = self._setup(schedule)
         t0 = time.monotonic() + 0.02
         windows: list[tuple[float, float]] = []
@@ -247,19 +262,21 @@ class HistoryRig:
         if pause > 0:
             time.sleep(pause)
         records += self._play(schedule, _final_reads(schedule), time.monotonic() + 0.01)
-        after = [_trouble(worker.ask("stats")) for worker in involved]
+        after = [_counters(worker.ask("stats")) for worker in involved]
         # A failure nobody injected (a timeout on a busy machine): the whole schedule gets
         # the contract's weaker bound, and the run says how often that happened.
-        trouble = _increase(before, after)
+        grown = _increase(before, after)
+        trouble = {name: n for name, n in grown.items() if name not in _PATH_EVENTS}
+        paths = {name: n for name, n in grown.items() if name in _PATH_EVENTS}
         troubled = bool(trouble) and not schedule.faults
         if troubled:
             windows.append((t0, math.inf))
         history = self._history(schedule, records)
-        bound = self._bound(windows)
-        result = check(history, bound)
-        widened = sum(1 for read in history.reads if bound(read) > self.config.bus_delay)
+        near_fault = self._near_fault(windows)
+        result = check(history, self._bound(near_fault))
+        widened = sum(1 for read in history.reads if near_fault(read))
         self.store.forget(schedule.keys)
-        return Outcome(original, result, widened, troubled, records, trouble)
+        return Outcome(original, result, widened, troubled, records, trouble, paths)
 
     def _setup(self, schedule: Schedule) -> list[dict[str, Any]]:
         records = []
@@ -376,14 +393,27 @@ class HistoryRig:
                 )
         return history
 
-    def _bound(self, windows: list[tuple[float, float]]) -> Callable[[Read], float]:
-        normal, widened = self.config.bus_delay, self.config.fault_bound
+    def _near_fault(self, windows: list[tuple[float, float]]) -> Callable[[Read], bool]:
+        """Whether a read's window, at the fault bound, meets a fault's effects."""
+        widened = self.config.fault_bound
 
-        def bound(read: Read) -> float:
-            for start, end in windows:
-                if start <= read.end and read.start - widened <= end:
-                    return widened
-            return normal
+        def near(read: Read) -> bool:
+            return any(start <= read.end and read.start - widened <= end for start, end in windows)
+
+        return near
+
+    def _bound(self, near_fault: Callable[[Read], bool]) -> Callable[[Read, Write], float]:
+        """The contract's bound for a read lagging a write: none in the writer's own process
+        (``set``/``invalidate`` change its memory before they return), the bus delay in
+        another, a copy's hard expiry near a fault."""
+        config = self.config
+
+        def bound(read: Read, write: Write) -> float:
+            if near_fault(read):
+                return config.fault_bound
+            if write.process == read.process:
+                return 0.0
+            return config.bus_delay
 
         return bound
 
@@ -398,9 +428,9 @@ def _final_reads(schedule: Schedule) -> list[Op]:
     return ops
 
 
-def _trouble(stats: dict[str, Any]) -> dict[str, int]:
-    """The failures a chain has counted so far, by counter."""
-    counts = {event: int(stats[event]) for event in _TROUBLE_EVENTS}
+def _counters(stats: dict[str, Any]) -> dict[str, int]:
+    """The failures a chain has counted so far, and the paths it went through, by counter."""
+    counts = {event: int(stats[event]) for event in (*_TROUBLE_EVENTS, *_PATH_EVENTS)}
     for tier in stats["tiers"]:
         counts[f"{tier['name']}.errors"] = int(tier["errors"])
         counts[f"{tier['name']}.skips"] = int(tier["skips"])
@@ -436,6 +466,10 @@ class Summary:
     troubled: int = 0
     violations: int = 0
     failing: list[Outcome] = field(default_factory=list)
+    #: Paths the chains went through, summed over the run.
+    paths: dict[str, int] = field(default_factory=dict)
+    #: Failure counters that grew, summed over the run (injected faults included).
+    trouble: dict[str, int] = field(default_factory=dict)
 
     def add(self, outcome: Outcome) -> None:
         """Count one schedule's outcome."""
@@ -443,6 +477,9 @@ class Summary:
         self.reads += outcome.result.reads_checked
         self.widened_reads += outcome.widened_reads
         self.troubled += int(outcome.troubled)
+        for totals, grown in ((self.paths, outcome.paths), (self.trouble, outcome.trouble)):
+            for name, count in grown.items():
+                totals[name] = totals.get(name, 0) + count
         if outcome.violations:
             self.violations += len(outcome.violations)
             self.failing.append(outcome)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -194,7 +195,9 @@ def test_only_one_probe_at_a_time(
     results: list[Any] = []
     probe = threading.Thread(target=lambda: results.append(breaker.get("k")))
     probe.start()
+    deadline = time.monotonic() + 10
     while flaky.calls < 4:  # the probe is inside the tier, held at the gate
+        assert time.monotonic() < deadline, "the probe never reached the tier"
         threading.Event().wait(0.001)
     assert breaker.state == "half-open"
     with pytest.raises(TierUnavailable, match="probe is in flight"):

@@ -4,6 +4,7 @@ refresh, load timeouts, and late loads that must not resurrect invalidated value
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -243,10 +244,15 @@ def test_500_threads_on_one_cold_key_read_the_source_once() -> None:
     for thread in threads:
         thread.start()
     assert slow.started.wait(timeout=10)
+    # Wait (boundedly: a regression must fail, not hang) until the other 499 have joined.
     flight = cache._flights.in_flight("tweet:viral")
-    while flight is not None and flight.waiters < 499:
-        threading.Event().wait(0.005)
-    slow.release.set()
+    deadline = time.monotonic() + 10
+    try:
+        while flight is not None and flight.waiters < 499:
+            assert time.monotonic() < deadline, f"only {flight.waiters} of 499 readers joined"
+            threading.Event().wait(0.005)
+    finally:
+        slow.release.set()
     for thread in threads:
         thread.join()
     assert slow.calls == 1

@@ -6,15 +6,17 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import pytest
 
+from tiered_cache import TieredCache
 from tiered_cache.breaker import CircuitBreakerTier
 from tiered_cache.errors import CodecError, TierUnavailable
 from tiered_cache.memory import MemoryTier
-from tiered_cache.settings import BreakerSettings
+from tiered_cache.registry import Plugin, register, unregister
+from tiered_cache.settings import BreakerSettings, TierSettings
 from tiered_cache.testing.clock import FakeClock
 from tiered_cache.tier import MISSING, Entry, MissingType, Tier
 
@@ -209,30 +211,43 @@ def test_only_one_probe_at_a_time(
     assert breaker.state == "closed"
 
 
-def test_codec_errors_pass_through_unchanged_and_do_not_count(
-    breaker: CircuitBreakerTier, flaky: FlakyTier, clock: FakeClock
+class Interrupted(BaseException):
+    """Not an Exception, like KeyboardInterrupt, without interrupting pytest."""
+
+
+#: Neither a success nor a failure of the tier: a value the caller should not have sent, and
+#: an interrupt (a BaseException) that happened to arrive during the call.
+NOT_THE_TIERS_FAULT = [CodecError, Interrupted]
+
+
+@pytest.mark.parametrize("kind", NOT_THE_TIERS_FAULT)
+def test_codec_errors_and_interrupts_pass_through_unchanged_and_do_not_count(
+    breaker: CircuitBreakerTier, flaky: FlakyTier, clock: FakeClock, kind: type[BaseException]
 ) -> None:
-    error = CodecError("value['x']: object of type object is not supported")
+    error = kind("value['x']: object of type object is not supported")
     flaky.error = error
     for _ in range(10):
-        with pytest.raises(CodecError) as info:
+        with pytest.raises(kind) as info:
             breaker.set("k", Entry(object(), clock()))
         assert info.value is error
     assert breaker.failures == 0
     assert breaker.state == "closed"
 
 
-def test_codec_error_during_probe_leaves_the_next_call_to_probe(
-    breaker: CircuitBreakerTier, flaky: FlakyTier, clock: FakeClock
+@pytest.mark.parametrize("kind", NOT_THE_TIERS_FAULT)
+def test_codec_error_or_interrupt_during_probe_leaves_the_next_call_to_probe(
+    breaker: CircuitBreakerTier, flaky: FlakyTier, clock: FakeClock, kind: type[BaseException]
 ) -> None:
     trip(breaker, flaky)
     clock.advance(10.0)
-    flaky.error = CodecError("bad value")
-    with pytest.raises(CodecError):
+    flaky.error = kind("bad value")
+    with pytest.raises(kind):
         breaker.set("k", Entry(object(), clock()))
+    assert flaky.calls == 4  # the probe reached the tier
     assert breaker.state == "half-open"
     flaky.error = None
-    breaker.get("k")
+    assert breaker.get("k") is MISSING  # a new probe reaches the tier
+    assert flaky.calls == 5
     assert breaker.state == "closed"
     assert breaker.opened_count == 1
 
@@ -256,6 +271,7 @@ OPERATIONS: dict[str, Callable[[CircuitBreakerTier], Any]] = {
     "delete": lambda t: t.delete("k"),
     "delete_many": lambda t: t.delete_many(["k"]),
     "clear": lambda t: t.clear(),
+    "delete_prefix": lambda t: t.delete_prefix("k"),  # the flaky tier has none: clear()
 }
 
 
@@ -337,3 +353,106 @@ def test_concurrent_failures_open_the_circuit_once(
     assert breaker.state == "open"
     assert breaker.opened_count == 1
     assert flaky.calls < 3 + 8  # only calls admitted before it opened reached the tier
+
+
+def test_threshold_and_cool_down_are_checked_at_their_bounds(
+    flaky: FlakyTier, clock: FakeClock
+) -> None:
+    with pytest.raises(ValueError, match="failure_threshold"):
+        CircuitBreakerTier(flaky, failure_threshold=0, clock=clock)
+    with pytest.raises(ValueError, match="cool_down"):
+        CircuitBreakerTier(flaky, cool_down=-0.5, clock=clock)
+    edge = CircuitBreakerTier(flaky, failure_threshold=1, cool_down=0.0, clock=clock)
+    trip(edge, flaky, times=1)  # one failure is enough to open it
+    assert edge.opened_count == 1
+    assert edge.state == "half-open"  # and with no cool-down the next call probes
+    flaky.error = None
+    assert edge.get("k") is MISSING
+    assert edge.state == "closed"
+
+
+class PrefixFlakyTier(FlakyTier):
+    """A flaky tier that can delete by prefix, as the Redis tier can."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__(clock)
+        self.prefixes: list[str] = []
+
+    def delete_prefix(self, prefix: str) -> None:
+        self._enter()
+        self.prefixes.append(prefix)
+        self.inner.delete_prefix(prefix)
+
+
+KEYS = ["user:1", "user:2", "post:1"]
+
+
+def fill(tier: FlakyTier, clock: FakeClock) -> None:
+    tier.inner.set_many({key: Entry(key, clock()) for key in KEYS})
+
+
+def test_delete_prefix_uses_the_tiers_own_when_it_has_one(clock: FakeClock) -> None:
+    tier = PrefixFlakyTier(clock)
+    breaker = CircuitBreakerTier(tier, failure_threshold=3, cool_down=10.0, clock=clock)
+    fill(tier, clock)
+    breaker.delete_prefix("user:")
+    assert tier.prefixes == ["user:"]
+    assert list(tier.inner.get_many(KEYS)) == ["post:1"]
+    tier.error = OSError("down")
+    with pytest.raises(TierUnavailable):
+        breaker.delete_prefix("user:")
+    assert breaker.failures == 1  # guarded like every other call
+
+
+def test_delete_prefix_clears_a_tier_that_cannot_delete_by_prefix(
+    breaker: CircuitBreakerTier, flaky: FlakyTier, clock: FakeClock
+) -> None:
+    fill(flaky, clock)
+    breaker.delete_prefix("user:")
+    assert flaky.inner.get_many(KEYS) == {}  # cleared whole: more than asked, never less
+    assert flaky.calls == 1
+
+
+@pytest.fixture
+def flaky_kind(flaky: FlakyTier) -> Iterator[str]:
+    """The flaky tier as a kind the settings can name, so the chain builds its breaker."""
+    register(Plugin("flaky", TierSettings, lambda settings, context: flaky))
+    yield "flaky"
+    unregister("flaky")
+
+
+def guarded_chain(kind: str, clock: FakeClock) -> TieredCache:
+    breaker = {"failure_threshold": 3, "cool_down": 10.0}
+    return TieredCache.from_config(tiers=[{"kind": kind, "breaker": breaker}], clock=clock)
+
+
+def test_a_chain_invalidating_a_prefix_clears_a_guarded_tier_without_delete_prefix(
+    flaky_kind: str, flaky: FlakyTier, clock: FakeClock
+) -> None:
+    with guarded_chain(flaky_kind, clock) as cache:
+        assert cache.get("user:1", lambda: "old") == "old"
+        assert cache.get("post:1", lambda: "post") == "post"
+        cache.invalidate_prefix("user:")
+        assert flaky.inner.get("user:1") is MISSING
+        assert cache.get("user:1", lambda: "new") == "new"
+
+
+def test_a_chain_whose_tier_probe_is_interrupted_probes_again(
+    flaky_kind: str, flaky: FlakyTier, clock: FakeClock
+) -> None:
+    with guarded_chain(flaky_kind, clock) as cache:
+        flaky.error = ConnectionError("down")
+        for number in range(3):  # answered from the loader while the tier fails
+            assert cache.get(f"k{number}", lambda: "loaded") == "loaded"
+        reached = flaky.calls
+        assert cache.get("k", lambda: "loaded") == "loaded"
+        assert flaky.calls == reached  # the circuit is open: the tier is skipped
+        clock.advance(10.0)
+        flaky.error = Interrupted()
+        with pytest.raises(Interrupted):
+            cache.get("k", lambda: "loaded")
+        assert flaky.calls == reached + 1
+        flaky.error = None
+        assert cache.get("k", lambda: "loaded") == "loaded"
+        assert flaky.calls > reached + 1  # the next read probed the tier again
+        assert flaky.inner.get("k") is not MISSING  # and, the circuit closed, filled it

@@ -310,3 +310,42 @@ def test_get_many_fail_safe_when_every_missing_key_has_a_stale_value(clock: Fake
     assert cache.get_many(["a", "b"], failing) == {"a": "A", "b": "B"}
     with pytest.raises(SourceThrottled):
         cache.get_many(["a", "new"], failing)
+
+
+def test_never_stale_honours_its_overrides() -> None:
+    plain = Protection.never_stale()
+    assert (plain.max_stale, plain.early_refresh_beta, plain.soft_timeout) == (0.0, 0.0, None)
+    assert not plain.stale_while_revalidate and not plain.fail_safe
+    tuned = Protection.never_stale(lease="off", max_stale=30.0, hard_timeout=2.0)
+    assert (tuned.lease, tuned.max_stale, tuned.hard_timeout) == ("off", 30.0, 2.0)
+    # what is not overridden stays plain read-through
+    assert (tuned.early_refresh_beta, tuned.stale_while_revalidate) == (0.0, False)
+
+
+def test_early_refresh_is_on_by_default(clock: FakeClock) -> None:
+    """With no protection options at all, a hot entry near its expiry is refreshed early: the
+    default XFetch beta must not silently turn the feature off."""
+    assert Protection().early_refresh_beta > 0
+    background = Background()
+    cache = TieredCache(
+        [MemoryTier(clock=clock)],
+        ttl=10,
+        clock=clock,
+        background=background,
+        rng=lambda: 1e-6,  # a draw that refreshes for any beta above about 0.1
+    )
+    loads: list[int] = []
+
+    def loader() -> str:
+        loads.append(1)
+        clock.advance(1.0)  # a load of one second: XFetch's delta
+        return f"v{len(loads)}"
+
+    assert cache.get("hot", loader) == "v1"
+    clock.advance(8.5)  # half a second before the soft expiry, the value still fresh
+    assert cache.get("hot", loader) == "v1"
+    assert cache.stats()["early_refreshes"] == 1
+    assert background.run() == 1
+    assert loads == [1, 1]
+    clock.advance(1.0)  # past the first entry's expiry: the early refresh is what is served
+    assert cache.get("hot", loader) == "v2"

@@ -149,3 +149,60 @@ def test_concurrent_get_many_of_the_same_cold_keys_loads_each_key_once() -> None
     for result in results:
         assert all(value == key.upper() for key, value in result.items())
     assert singles == ["K0"]
+
+
+def causes(error: BaseException) -> list[BaseException]:
+    """``error`` and the exceptions it was raised from."""
+    chain: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
+def test_a_get_many_that_joins_a_failing_batch_raises_its_error() -> None:
+    """A batch that waits for a key another caller's batch is loading must get that load's
+    error, never ``None`` as if the source had no such item (which would then look like a
+    legitimate "not found" to the caller)."""
+    cache = TieredCache([MemoryTier(max_entries=10)])
+    error = LookupError("source failed")
+    first_started = threading.Event()
+    second_claimed = threading.Event()
+    release = threading.Event()
+
+    def failing_batch(keys: Sequence[str]) -> dict[str, str]:
+        first_started.set()
+        release.wait(timeout=10)
+        raise error
+
+    def second_batch(keys: Sequence[str]) -> dict[str, str]:
+        # Called for "c" only, which nobody else loads: by now "a" was found in flight.
+        second_claimed.set()
+        return {key: key.upper() for key in keys}
+
+    outcomes: dict[str, object] = {}
+
+    def read(name: str, keys: list[str], loader: object) -> None:
+        try:
+            outcomes[name] = cache.get_many(keys, loader)  # type: ignore[arg-type]
+        except BaseException as exc:
+            outcomes[name] = exc
+
+    first = threading.Thread(target=read, args=("first", ["a", "b"], failing_batch))
+    first.start()
+    assert first_started.wait(timeout=10)
+    second = threading.Thread(target=read, args=("second", ["a", "c"], second_batch))
+    second.start()
+    # The second batch joins "a" before it loads "c"; a core that waits first would never
+    # call it, so do not insist, just give it the time.
+    second_claimed.wait(timeout=2)
+    release.set()
+    first.join(timeout=10)
+    second.join(timeout=10)
+    assert outcomes["first"] is error
+    joined = outcomes["second"]
+    assert isinstance(joined, BaseException), f"the joined batch returned {joined!r}"
+    assert error in causes(joined)
+    # Nothing of the failed load was kept: the next read loads again.
+    assert cache.get_many(["a"], lambda keys: {"a": "recovered"}) == {"a": "recovered"}

@@ -243,6 +243,21 @@ def test_the_known_races_leave_no_stale_copy(rig: HistoryRig) -> None:
 
 
 @needs_redis
+@pytest.mark.xfail(
+    reason="open: a read that starts after an invalidation returned joins the load in flight "
+    "from before it (single-flight), and returns the old value; found by this checker on the "
+    "pre-rebuild core and on the rebuilt one",
+    raises=AssertionError,
+    strict=True,
+)
+def test_a_read_after_an_invalidation_does_not_join_an_older_load(rig: HistoryRig) -> None:
+    """docs/consistency.md: after invalidate() returns, this process's next read goes to Redis
+    and the table; only callers that asked before the write may get the old value."""
+    summary = run_schedules(rig, load(FIXTURES / "join-after-invalidation.json"))
+    assert summary.violations == 0, [v.detail for o in summary.failing for v in o.violations]
+
+
+@needs_redis
 @PRE_REBUILD_CORE
 def test_a_short_random_run_finds_no_violation(rig: HistoryRig) -> None:
     shape = replace(rig.config.shape, fault_rate=0.1)

@@ -11,6 +11,8 @@ The bound a read is checked against is the consistency contract's (docs/consiste
 * in the writing process, none: ``set`` and ``invalidate*`` change Redis and its memory before
   they return;
 * in another process, ``bus_delay``: its memory drops the copy when the bus message arrives;
+  after the last op the driver publishes probes and waits until every process heard them, so
+  the final reads may lag nothing;
 * near a fault (injected, or one a chain counted on its own: a tier error or skip, a failed
   publish, a bus disconnect), the contract only promises that an old copy goes at its hard
   expiry: ``ttl + max_stale`` after it was loaded, plus the longest slow load.
@@ -256,12 +258,13 @@ class HistoryRig:
             thread.join()
         if schedule.faults:
             self._recover()
-        # Every write is over: after the bus delay, every process must read the last values.
-        last = max((record["end"] for record in records), default=t0)
-        pause = last + self.config.bus_delay + 0.01 - time.monotonic()
-        if pause > 0:
-            time.sleep(pause)
-        records += self._play(schedule, _final_reads(schedule), time.monotonic() + 0.01)
+        # Every write is over. Once probes published after them have reached every process, so
+        # has every invalidation the writes announced (one channel, delivered in order, handled
+        # one at a time): from then on no process may lag any of them.
+        quiet = time.monotonic()
+        self._wait_for_bus()
+        heard = time.monotonic()
+        records += self._play(schedule, _final_reads(schedule), heard)
         after = [_counters(worker.ask("stats")) for worker in involved]
         # A failure nobody injected (a timeout on a busy machine): the whole schedule gets
         # the contract's weaker bound, and the run says how often that happened.
@@ -273,7 +276,7 @@ class HistoryRig:
             windows.append((t0, math.inf))
         history = self._history(schedule, records)
         near_fault = self._near_fault(windows)
-        result = check(history, self._bound(near_fault))
+        result = check(history, self._bound(near_fault, quiet, heard))
         widened = sum(1 for read in history.reads if near_fault(read))
         self.store.forget(schedule.keys)
         return Outcome(original, result, widened, troubled, records, trouble, paths)
@@ -353,7 +356,8 @@ class HistoryRig:
         self._wait_for_bus()
 
     def _wait_for_bus(self, timeout: float = 30.0) -> None:
-        """Two probes (from worker 0, then 1) must reach every other worker."""
+        """Two probes (from worker 0, then 1) must reach every other worker: then every
+        message published before them has reached every worker too."""
         deadline = time.monotonic() + timeout
         for sender in range(min(2, len(self.workers))):
             while not self._probe(sender):
@@ -402,16 +406,21 @@ class HistoryRig:
 
         return near
 
-    def _bound(self, near_fault: Callable[[Read], bool]) -> Callable[[Read, Write], float]:
+    def _bound(
+        self, near_fault: Callable[[Read], bool], quiet: float, heard: float
+    ) -> Callable[[Read, Write], float]:
         """The contract's bound for a read lagging a write: none in the writer's own process
-        (``set``/``invalidate`` change its memory before they return), the bus delay in
-        another, a copy's hard expiry near a fault."""
+        (``set``/``invalidate*`` change its memory before they return), the bus delay in
+        another until the bus is known to have delivered (``heard``, for writes done by
+        ``quiet``), a copy's hard expiry near a fault."""
         config = self.config
 
         def bound(read: Read, write: Write) -> float:
             if near_fault(read):
                 return config.fault_bound
             if write.process == read.process:
+                return 0.0
+            if write.end <= quiet and read.start >= heard:
                 return 0.0
             return config.bus_delay
 

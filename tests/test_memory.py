@@ -7,8 +7,9 @@ import random
 import pytest
 
 from tiered_cache import MISSING, Entry, MemoryTier
-from tiered_cache.memory import LruPolicy, estimate_size
+from tiered_cache.memory import LruPolicy
 from tiered_cache.testing import FakeClock
+from tiered_cache.weighing import deep_size
 
 
 def entry(clock: FakeClock, value: object, lifetime: float = 1000.0) -> Entry:
@@ -129,9 +130,9 @@ def test_lru_policy_clear_forgets_the_order_so_a_refill_weighs_right() -> None:
     assert (policy.weight, policy.evictions) == (90, 1)
 
 
-def test_estimate_size_grows_with_content() -> None:
-    assert estimate_size({"a": "x" * 1000}) > estimate_size({"a": "x"})
-    assert estimate_size([1, 2, 3]) > estimate_size([])
+def test_deep_size_grows_with_content() -> None:
+    assert deep_size({"a": "x" * 1000}) > deep_size({"a": "x"})
+    assert deep_size([1, 2, 3]) > deep_size([])
 
 
 def test_lru_policy_matches_a_true_lru_hit_for_hit() -> None:

@@ -8,7 +8,6 @@ What stays in memory is decided by an :class:`EvictionPolicy`. ``"always"`` is a
 from __future__ import annotations
 
 import random
-import sys
 import threading
 import time
 from collections import deque
@@ -18,6 +17,7 @@ from typing import Any, Protocol
 import cachetools
 
 from .tier import MISSING, Entry, MissingType
+from .weighing import deep_size
 
 Clock = Callable[[], float]
 
@@ -176,33 +176,19 @@ class LruPolicy:
         return self._evictions
 
 
-def estimate_size(value: Any, _depth: int = 0) -> int:
-    """A rough size in bytes of ``value`` and what it contains (for the byte bound)."""
-    size = sys.getsizeof(value)
-    if _depth > 8:
-        return size
-    if isinstance(value, dict):
-        for k, v in value.items():
-            size += estimate_size(k, _depth + 1) + estimate_size(v, _depth + 1)
-    elif isinstance(value, list | tuple | set | frozenset):
-        for item in value:
-            size += estimate_size(item, _depth + 1)
-    return size
-
-
 class MemoryTier:
     """A thread-safe in-process tier with per-entry expiry and an injected clock.
 
     Args:
         policy: what to keep; :class:`LruPolicy` when not given.
         max_entries: bound on the number of entries (used when ``policy`` is not given).
-        max_bytes: optional bound on the estimated size of the values.
+        max_bytes: optional bound on the bytes the values hold (see :mod:`.weighing`).
         ttl: the longest this tier keeps an entry, in seconds (``None``: as long as the entry
             allows).
         ttl_jitter: a fraction; each entry's TTL is shortened by up to this much at random so
             that entries filled together do not expire together.
         clock: seconds, the same clock the chain stamps entries with.
-        sizeof: estimates a value's size for ``max_bytes``.
+        sizeof: weighs a value for ``max_bytes``; :func:`.weighing.deep_size` by default.
     """
 
     def __init__(
@@ -215,7 +201,7 @@ class MemoryTier:
         ttl: float | None = None,
         ttl_jitter: float = 0.0,
         clock: Clock = time.time,
-        sizeof: Callable[[Any], int] = estimate_size,
+        sizeof: Callable[[Any], int] = deep_size,
         rng: random.Random | None = None,
     ) -> None:
         if max_entries < 1:

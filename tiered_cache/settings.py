@@ -91,7 +91,8 @@ class MemoryTierSettings(TierSettings):
     max_bytes: ByteSize | None = Field(
         default=None,
         gt=0,
-        description="Optional bound on the estimated size of the values ('64MiB').",
+        description="Optional bound on the bytes the values hold ('64MiB'), each value "
+        "weighed by walking what it references (see Operations).",
     )
     ttl: Duration | None = Field(
         default=300.0, gt=0, description="Longest time an entry stays ('5m')."

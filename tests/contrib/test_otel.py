@@ -32,7 +32,7 @@ def collect(reader: InMemoryMetricReader) -> Points:
 @pytest.fixture
 def reader(cache: TieredCache) -> InMemoryMetricReader:
     reader = InMemoryMetricReader()
-    instrument(cache, MeterProvider(metric_readers=[reader]))
+    instrument(cache, meter_provider=MeterProvider(metric_readers=[reader]))
     return reader
 
 

@@ -12,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tiered_cache import TieredCache
 from tiered_cache.contrib.prometheus import register
 from tiered_cache.contrib.series import CATALOGUE
+from tiered_cache.memory import MemoryTier
 from tiered_cache.testing.servers import free_port
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -39,7 +40,7 @@ def test_a_scrape_finds_hits_misses_and_loads_of_a_known_sequence(
     cache: TieredCache, run_known_reads: Callable[[], None], namespace: str
 ) -> None:
     registry = CollectorRegistry()
-    register(cache, registry)
+    register(cache, registry=registry)
     run_known_reads()
 
     text, samples = scrape(registry)
@@ -82,7 +83,7 @@ def test_a_scrape_finds_hits_misses_and_loads_of_a_known_sequence(
 
 def test_each_scrape_reads_the_counters_afresh(cache: TieredCache, namespace: str) -> None:
     registry = CollectorRegistry()
-    register(cache, registry)
+    register(cache, registry=registry)
     key = (
         "tiered_cache_tier_hits_total",
         frozenset({("namespace", namespace), ("tier", "memory")}),
@@ -91,3 +92,24 @@ def test_each_scrape_reads_the_counters_afresh(cache: TieredCache, namespace: st
     assert scrape(registry)[1][key] == 0
     cache.get("k")
     assert scrape(registry)[1][key] == 1
+
+
+def test_two_chains_share_one_collector_and_one_family_per_metric(
+    cache: TieredCache, namespace: str
+) -> None:
+    other = TieredCache([MemoryTier(name="memory")], namespace=f"{namespace}-other")
+    registry = CollectorRegistry()
+    register(cache, other, registry=registry)
+    cache.get("k", lambda: 1)
+    cache.get("k")
+    other.get("k", lambda: 1)
+    text, samples = scrape(registry)
+    # Prometheus refuses a scrape that describes a metric twice.
+    assert text.count("# TYPE tiered_cache_tier_hits_total counter") == 1
+    assert text.count("# TYPE tiered_cache_load_duration_seconds histogram") == 1
+    hits = "tiered_cache_tier_hits_total"
+    assert samples[(hits, frozenset({("namespace", namespace), ("tier", "memory")}))] == 1
+    other_labels = frozenset({("namespace", f"{namespace}-other"), ("tier", "memory")})
+    assert samples[(hits, other_labels)] == 0
+    loads = "tiered_cache_load_duration_seconds_count"
+    assert samples[(loads, frozenset({("namespace", f"{namespace}-other")}))] == 1

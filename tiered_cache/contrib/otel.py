@@ -4,11 +4,13 @@
 
     from tiered_cache.contrib.otel import instrument
 
-    instrument(cache)  # on the global MeterProvider your OpenTelemetry SDK set up
+    instrument(cache)  # on the global MeterProvider your OpenTelemetry SDK set up; or (a, b)
 
 Every metric of :data:`tiered_cache.contrib.series.CATALOGUE` becomes an observable instrument
 named ``tiered_cache.<name>`` (counters: ``ObservableCounter``; gauges: ``ObservableGauge``),
-read from ``cache.stats()`` when the SDK collects: reads pay nothing for it.
+read from ``cache.stats()`` when the SDK collects: reads pay nothing for it. Several chains
+share one set of instruments (their ``namespace`` attribute tells them apart): a meter keeps
+one instrument per name.
 
 The OpenTelemetry API has no asynchronous histogram, so the load latency histogram is published
 as three observable counters: ``tiered_cache.load_duration_seconds.bucket`` (cumulative, with
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Meter, MeterProvider, Observation
@@ -35,7 +37,7 @@ PREFIX = "tiered_cache."
 
 
 class TieredCacheInstruments:
-    """The observable instruments of one cache, all read from one shared snapshot.
+    """The observable instruments of some chains, all read from one shared snapshot.
 
     The SDK calls one callback per instrument. The first instrument's callback takes a fresh
     ``stats()``; the others reuse it, unless it is older than ``max_age`` seconds (which only
@@ -43,7 +45,7 @@ class TieredCacheInstruments:
     one snapshot.
 
     Args:
-        cache: the chain to report on; its namespace is the ``namespace`` attribute.
+        caches: the chains to report on; each one's namespace is its ``namespace`` attribute.
         meter: the meter to create the instruments on.
         raw_hot_keys: attribute hot keys with the keys themselves rather than a hash of them.
         clock: seconds, monotonic; decides a snapshot's age.
@@ -51,14 +53,14 @@ class TieredCacheInstruments:
 
     def __init__(
         self,
-        cache: TieredCache,
+        caches: Sequence[TieredCache],
         meter: Meter,
         *,
         raw_hot_keys: bool = False,
         max_age: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._cache = cache
+        self._caches = tuple(caches)
         self._raw_hot_keys = raw_hot_keys
         self._max_age = max_age
         self._clock = clock
@@ -87,7 +89,8 @@ class TieredCacheInstruments:
         with self._lock:
             now = self._clock()
             if fresh or now - self._taken_at > self._max_age or name not in self._series:
-                taken = series(self._cache.stats(), raw_hot_keys=self._raw_hot_keys)
+                snapshots = [cache.stats() for cache in self._caches]
+                taken = series(*snapshots, raw_hot_keys=self._raw_hot_keys)
                 self._series = {item.spec.name: item for item in taken}
                 self._taken_at = now
             return self._series[name]
@@ -106,19 +109,19 @@ class TieredCacheInstruments:
         name = PREFIX + spec.name
 
         def buckets(options: CallbackOptions) -> Iterable[Observation]:
-            item = self._current(spec.name, fresh)
             return [
-                Observation(count, {**item.labels, "le": _bound(bound)})
-                for bound, count in item.buckets
+                Observation(count, {**one.labels, "le": _bound(bound)})
+                for one in self._current(spec.name, fresh).histograms
+                for bound, count in one.buckets
             ]
 
         def total(options: CallbackOptions) -> Iterable[Observation]:
-            item = self._current(spec.name, False)
-            return [Observation(item.total, item.labels)]
+            histograms = self._current(spec.name, False).histograms
+            return [Observation(one.total, one.labels) for one in histograms]
 
         def count(options: CallbackOptions) -> Iterable[Observation]:
-            item = self._current(spec.name, False)
-            return [Observation(item.count, item.labels)]
+            histograms = self._current(spec.name, False).histograms
+            return [Observation(one.count, one.labels) for one in histograms]
 
         help_text = spec.help
         meter.create_observable_counter(
@@ -141,12 +144,11 @@ def _bound(bound: float) -> str:
 
 
 def instrument(
-    cache: TieredCache,
+    *caches: TieredCache,
     meter_provider: MeterProvider | None = None,
-    *,
     raw_hot_keys: bool = False,
 ) -> TieredCacheInstruments:
-    """Create the instruments of ``cache`` on a meter named ``tiered_cache`` of
-    ``meter_provider`` (default: the global one)."""
+    """Create the instruments of ``caches`` on a meter named ``tiered_cache`` of
+    ``meter_provider`` (default: the global one). Call it once per meter provider."""
     meter = metrics.get_meter("tiered_cache", meter_provider=meter_provider)
-    return TieredCacheInstruments(cache, meter, raw_hot_keys=raw_hot_keys)
+    return TieredCacheInstruments(caches, meter, raw_hot_keys=raw_hot_keys)

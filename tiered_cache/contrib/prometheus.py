@@ -5,12 +5,14 @@
     from prometheus_client import start_http_server
     from tiered_cache.contrib.prometheus import register
 
-    register(cache)          # on prometheus_client's default registry
+    register(cache)          # on prometheus_client's default registry; or register(a, b)
     start_http_server(9100)  # GET /metrics
 
 The collector takes ``cache.stats()`` when Prometheus scrapes, and publishes every metric of
 :data:`tiered_cache.contrib.series.CATALOGUE` as ``tiered_cache_<name>`` (counters end in
-``_total``). Reads pay nothing for it. The names are listed in docs/operations-metrics.md.
+``_total``). Reads pay nothing for it. The names are listed in docs/metrics.md. Several chains
+go into one collector (their ``namespace`` label tells them apart): Prometheus refuses a
+scrape in which two collectors describe the same metric.
 """
 
 from __future__ import annotations
@@ -36,21 +38,22 @@ PREFIX = "tiered_cache_"
 
 
 class TieredCacheCollector(Collector):
-    """A ``prometheus_client`` collector over one cache; each scrape takes one ``stats()``.
+    """A ``prometheus_client`` collector over chains; each scrape takes one ``stats()`` each.
 
     Args:
-        cache: the chain to report on; its namespace is the ``namespace`` label.
+        caches: the chains to report on; each one's namespace is its ``namespace`` label.
         raw_hot_keys: label hot keys with the keys themselves rather than a hash of them. Keep
             the default when a key can hold anything private (see :mod:`tiered_cache.logs`).
     """
 
-    def __init__(self, cache: TieredCache, *, raw_hot_keys: bool = False) -> None:
-        self._cache = cache
+    def __init__(self, *caches: TieredCache, raw_hot_keys: bool = False) -> None:
+        self._caches = caches
         self._raw_hot_keys = raw_hot_keys
 
     def collect(self) -> Iterator[Metric]:
-        """Every metric, from one snapshot of the cache's counters."""
-        for item in series(self._cache.stats(), raw_hot_keys=self._raw_hot_keys):
+        """Every metric, from one snapshot of each chain's counters."""
+        snapshots = [cache.stats() for cache in self._caches]
+        for item in series(*snapshots, raw_hot_keys=self._raw_hot_keys):
             yield _family(item)
 
 
@@ -59,11 +62,12 @@ def _family(item: Series) -> Metric:
     name = PREFIX + spec.name
     if spec.kind == "histogram":
         histogram = HistogramMetricFamily(name, spec.help, labels=list(spec.labels), unit="")
-        histogram.add_metric(
-            [item.labels[label] for label in spec.labels],
-            [(_bound(bound), float(count)) for bound, count in item.buckets],
-            sum_value=item.total,
-        )
+        for one in item.histograms:
+            histogram.add_metric(
+                [one.labels[label] for label in spec.labels],
+                [(_bound(bound), float(count)) for bound, count in one.buckets],
+                sum_value=one.total,
+            )
         return histogram
     family: CounterMetricFamily | GaugeMetricFamily
     if spec.kind == "counter":
@@ -80,10 +84,10 @@ def _bound(bound: float) -> str:
 
 
 def register(
-    cache: TieredCache, registry: CollectorRegistry = REGISTRY, *, raw_hot_keys: bool = False
+    *caches: TieredCache, registry: CollectorRegistry = REGISTRY, raw_hot_keys: bool = False
 ) -> TieredCacheCollector:
-    """Register a :class:`TieredCacheCollector` for ``cache`` (default: the global registry);
-    returns it, for ``registry.unregister`` when the cache closes."""
-    collector = TieredCacheCollector(cache, raw_hot_keys=raw_hot_keys)
+    """Register one :class:`TieredCacheCollector` for ``caches`` (default: on the global
+    registry); returns it, for ``registry.unregister`` when the caches close."""
+    collector = TieredCacheCollector(*caches, raw_hot_keys=raw_hot_keys)
     registry.register(collector)
     return collector

@@ -39,17 +39,23 @@ class Spec:
 
 
 @dataclass
+class Histogram:
+    """One label set of a histogram: ``buckets`` (cumulative, by upper bound, the last one
+    ``inf``), ``total`` (the sum of the observations) and ``count``."""
+
+    labels: Labels
+    buckets: list[tuple[float, int]]
+    total: float
+    count: int
+
+
+@dataclass
 class Series:
-    """A metric's samples in one snapshot; a histogram has instead its ``labels``, ``buckets``
-    (cumulative, by upper bound, the last one ``inf``), ``total`` (the sum of the observations)
-    and ``count``."""
+    """A metric's samples (a histogram's: ``histograms``) in one or more snapshots."""
 
     spec: Spec
     samples: list[tuple[Labels, float]] = field(default_factory=list)
-    labels: Labels = field(default_factory=dict)
-    buckets: list[tuple[float, int]] = field(default_factory=list)
-    total: float = 0.0
-    count: int = 0
+    histograms: list[Histogram] = field(default_factory=list)
 
 
 _NS = ("namespace",)
@@ -153,15 +159,22 @@ _TIER_FIELDS = {
 }
 
 
-def series(snapshot: Mapping[str, Any], *, raw_hot_keys: bool = False) -> list[Series]:
-    """Every metric of :data:`CATALOGUE` with its samples in ``snapshot`` (a ``stats()``).
+def series(*snapshots: Mapping[str, Any], raw_hot_keys: bool = False) -> list[Series]:
+    """Every metric of :data:`CATALOGUE` with its samples in ``snapshots`` (``stats()`` of one
+    or more chains, told apart by their ``namespace`` label).
 
-    A metric a snapshot has nothing for (no breaker, no bus, a source without read units)
+    A metric the snapshots have nothing for (no breaker, no bus, a source without read units)
     comes out with no samples. ``raw_hot_keys``: label hot keys with the keys themselves
     instead of their :func:`~tiered_cache.logs.key_hash` (only if keys hold nothing secret).
     """
-    namespace = {"namespace": str(snapshot.get("namespace", ""))}
     out = {spec.name: Series(spec) for spec in CATALOGUE}
+    for snapshot in snapshots:
+        _add(out, snapshot, raw_hot_keys)
+    return list(out.values())
+
+
+def _add(out: dict[str, Series], snapshot: Mapping[str, Any], raw_hot_keys: bool) -> None:
+    namespace = {"namespace": str(snapshot.get("namespace", ""))}
     for tier in snapshot.get("tiers", ()):
         labels = {**namespace, "tier": str(tier["name"])}
         for name, field_name in _TIER_FIELDS.items():
@@ -194,14 +207,14 @@ def series(snapshot: Mapping[str, Any], *, raw_hot_keys: bool = False) -> list[S
         out["source_read_units_saved"].samples.append(
             (namespace, float(source["read_units_saved"]))
         )
-    return list(out.values())
 
 
 def _histogram(target: Series, snapshot: Mapping[str, Any], labels: Labels) -> None:
-    buckets: Mapping[str, int] = snapshot.get("load_seconds_buckets", {})
-    target.labels = labels
-    target.buckets = [(float(bound), int(count)) for bound, count in buckets.items()]
-    target.total = float(snapshot.get("load_seconds", 0.0))
-    target.count = int(buckets.get("+Inf", 0))
-    if not target.buckets or not math.isinf(target.buckets[-1][0]):
-        target.buckets.append((math.inf, target.count))
+    counts: Mapping[str, int] = snapshot.get("load_seconds_buckets", {})
+    buckets = [(float(bound), int(count)) for bound, count in counts.items()]
+    count = int(counts.get("+Inf", 0))
+    if not buckets or not math.isinf(buckets[-1][0]):
+        buckets.append((math.inf, count))
+    target.histograms.append(
+        Histogram(labels, buckets, float(snapshot.get("load_seconds", 0.0)), count)
+    )

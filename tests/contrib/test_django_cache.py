@@ -537,3 +537,19 @@ def test_a_chain_with_a_source_is_refused() -> None:
     backend = TieredCacheBackend("", {"OPTIONS": options})
     with pytest.raises(ImproperlyConfigured, match="no source"):
         backend.get("k")
+
+
+def test_async_methods_run_the_same_operations(cache: Any) -> None:
+    """Django derives aget, aset, ... from the sync methods (sync_to_async)."""
+    import asyncio
+
+    async def scenario() -> list[Any]:
+        await cache.aset("async", 1)
+        added = await cache.aadd("async", 2)
+        value = await cache.aget("async")
+        total = await cache.aincr("async", 5)
+        many = await cache.aget_many(["async", "absent"])
+        deleted = await cache.adelete("async")
+        return [added, value, total, many, deleted, await cache.ahas_key("async")]
+
+    assert asyncio.run(scenario()) == [False, 1, 6, {"async": 6}, True, False]

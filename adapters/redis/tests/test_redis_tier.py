@@ -214,6 +214,9 @@ def test_data_of_another_codec_or_format_is_a_logged_miss(
         assert reader.get("k") is MISSING
         assert reader.get_many(["k", "garbage"]) == {}
     assert len(caplog.records) == 3
+    # Keys are named by their hash in log records, never as they are.
+    assert all("garbage" not in record.getMessage() for record in caplog.records)
+    assert {record.__dict__["event"] for record in caplog.records} == {"undecodable"}
     assert writer.get("k") is not MISSING
     writer.clear()
     writer.close()

@@ -23,6 +23,7 @@ from tiered_cache.codecs import Codec, get_codec
 from tiered_cache.errors import CodecError, TierUnavailable
 from tiered_cache.keys import namespace_prefix
 from tiered_cache.leases import PartialFill
+from tiered_cache.logs import fields, key_hash
 from tiered_cache.tier import MISSING, Entry, MissingType
 
 from .client import RedisClient, close_client
@@ -177,7 +178,12 @@ class RedisTier:
 
     def _decode(self, key: str, data: bytes, now: float) -> Entry | MissingType:
         if len(data) < _HEADER.size or data[:3] != _PREFIX:
-            log.warning("tier %r: key %r holds data in an unknown format; a miss", self.name, key)
+            log.warning(
+                "tier %r: key %s holds data in an unknown format; a miss",
+                self.name,
+                key_hash(key),
+                extra=fields("undecodable", key=key, tier=self.name),
+            )
             return MISSING
         _, _, codec_id, loaded_at, soft, hard, duration, expire_at, version = _HEADER.unpack_from(
             data
@@ -187,16 +193,23 @@ class RedisTier:
             return MISSING
         if codec_id != self._codec_id:
             log.warning(
-                "tier %r: key %r was written with another codec (id %d); a miss",
+                "tier %r: key %s was written with another codec (id %d); a miss",
                 self.name,
-                key,
+                key_hash(key),
                 codec_id,
+                extra=fields("undecodable", key=key, tier=self.name),
             )
             return MISSING
         try:
             value = self._codec.decode(data[_HEADER.size :])
         except CodecError as exc:
-            log.warning("tier %r: key %r cannot be decoded (%s); a miss", self.name, key, exc)
+            log.warning(
+                "tier %r: key %s cannot be decoded (%s); a miss",
+                self.name,
+                key_hash(key),
+                exc,
+                extra=fields("undecodable", key=key, tier=self.name),
+            )
             return MISSING
         return Entry(value, loaded_at, soft, hard, duration, version)
 

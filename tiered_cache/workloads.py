@@ -8,17 +8,37 @@ Every generator is deterministic for a given ``seed``:
 - :func:`tweet_requests`: a timeline: tweets keep arriving, each with a Zipf-distributed base
   popularity that decays with the tweet's age, and now and then a new tweet goes viral: it
   jumps to rank 1 at once and then fades.
+
+And traces that stress what a Zipf law does not:
+
+- :func:`loop_keys`: the same keys read in a loop (a loop slightly larger than the cache
+  defeats LRU entirely).
+- :func:`hot_set_under_scan`: a small hot set read throughout a long scan of one-off keys.
+- :func:`shifting_zipf`: a Zipf law whose hot set changes halfway through.
+- :func:`recency_biased`: each read re-references a recent key with high probability (the
+  shape of a database's page references).
 """
 
 from __future__ import annotations
 
 import bisect
 import itertools
+import math
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-__all__ = ["TweetWorkload", "scan", "tweet_requests", "zipf_cdf", "zipf_keys"]
+__all__ = [
+    "TweetWorkload",
+    "hot_set_under_scan",
+    "loop_keys",
+    "recency_biased",
+    "scan",
+    "shifting_zipf",
+    "tweet_requests",
+    "zipf_cdf",
+    "zipf_keys",
+]
 
 
 def zipf_cdf(n_keys: int, alpha: float) -> list[float]:
@@ -47,6 +67,64 @@ def scan(n_keys: int, *, start: int = 0, prefix: str = "scan:") -> Iterator[str]
     """``n_keys`` distinct keys, each read once, in order."""
     for index in range(start, start + n_keys):
         yield f"{prefix}{index}"
+
+
+def loop_keys(n_keys: int, n_requests: int, *, prefix: str = "loop:") -> Iterator[str]:
+    """``n_requests`` reads of keys ``0..n_keys-1`` in order, over and over."""
+    if n_keys < 1:
+        raise ValueError("n_keys must be at least 1")
+    for index in range(n_requests):
+        yield f"{prefix}{index % n_keys}"
+
+
+def hot_set_under_scan(
+    n_hot: int, n_requests: int, scan_share: float = 0.5, seed: int = 0, *, alpha: float = 0.8
+) -> Iterator[str]:
+    """Reads of ``n_hot`` keys (a Zipf law of ``alpha``) with a share ``scan_share`` of one-off
+    scan keys mixed in from start to end."""
+    rng = random.Random(seed)
+    hot = zipf_keys(n_hot, alpha, n_requests, seed=seed + 1, prefix="hot:")
+    scanned = scan(n_requests)
+    draw = rng.random
+    for _ in range(n_requests):
+        yield next(scanned) if draw() < scan_share else next(hot)
+
+
+def shifting_zipf(n_keys: int, alpha: float, n_requests: int, seed: int = 0) -> Iterator[str]:
+    """A Zipf law over ``n_keys`` keys for the first half; the second half follows the same law
+    over a shuffled key space, so the hot set changes at once halfway through."""
+    first = n_requests // 2
+    yield from zipf_keys(n_keys, alpha, first, seed=seed)
+    names = [f"key:{rank}" for rank in range(n_keys)]
+    random.Random(seed + 1).shuffle(names)
+    for key in zipf_keys(n_keys, alpha, n_requests - first, seed=seed + 2):
+        yield names[int(key[4:])]
+
+
+def recency_biased(
+    n_requests: int,
+    reuse: float = 0.8,
+    mean_distance: float = 300.0,
+    n_keys: int = 1_000_000,
+    seed: int = 0,
+) -> Iterator[str]:
+    """Each read re-references, with probability ``reuse``, the key read a geometric number of
+    reads ago (mean ``mean_distance``); otherwise it reads a key drawn from a Zipf law of
+    exponent 0.6 over ``n_keys`` keys (a long, flat tail)."""
+    rng = random.Random(seed)
+    draw = rng.random
+    fresh = zipf_keys(n_keys, 0.6, n_requests, seed=seed + 1, prefix="page:")
+    history: list[str] = []
+    ratio = 1.0 - 1.0 / mean_distance
+    log_ratio = math.log(ratio)
+    for _ in range(n_requests):
+        if history and draw() < reuse:
+            distance = 1 + int(math.log(1.0 - draw()) / log_ratio)
+            key = history[-min(distance, len(history))]
+        else:
+            key = next(fresh)
+        history.append(key)
+        yield key
 
 
 @dataclass(frozen=True)

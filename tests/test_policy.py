@@ -15,11 +15,12 @@ from tiered_cache.memory import LruPolicy
 from tiered_cache.memory_plugin import build_memory_tier
 from tiered_cache.policy import TinyLfuPolicy
 from tiered_cache.registry import BuildContext
+from tiered_cache.replay import lru_hits, replay
 from tiered_cache.settings import MemoryTierSettings, load_settings
 from tiered_cache.testing import FakeClock
 from tiered_cache.testing.conformance import TierConformance
 from tiered_cache.tier import Entry
-from tiered_cache.workloads import scan, zipf_cdf, zipf_keys
+from tiered_cache.workloads import loop_keys, recency_biased, scan, zipf_cdf, zipf_keys
 
 
 def hot_tier(clock: FakeClock, max_entries: int, **options: object) -> MemoryTier:
@@ -187,7 +188,7 @@ def test_the_victim_is_the_coldest_of_the_oldest_probation_keys(clock: FakeClock
 
 
 def test_kept_probation_estimates_follow_the_sketchs_aging(clock: FakeClock) -> None:
-    tier = hot_tier(clock, 20)
+    tier = hot_tier(clock, 20, adaptive=False)  # the window stays at one entry
     policy = policy_of(tier)
     for index in range(20):
         policy.get(f"k{index}")  # counted once while absent, then read: 2 each, on probation
@@ -338,3 +339,94 @@ def test_clear_keeps_the_frequency_history(clock: FakeClock) -> None:
     tier.clear()
     assert len(tier) == 0
     assert policy.sketch.frequency("a") == 5
+
+
+# -- the adaptive window ----------------------------------------------------------------------
+
+
+def fill_main(tier: MemoryTier, clock: FakeClock, keys: int, reads: int) -> None:
+    """Fill the main area with ``keys`` keys read ``reads`` times each."""
+    for index in range(keys):
+        for _ in range(reads):
+            read(tier, clock, f"main:{index}")
+
+
+def test_a_miss_on_a_refused_candidate_grows_the_window(clock: FakeClock) -> None:
+    tier = hot_tier(clock, 100)  # a 1-entry window, 99 in the main area
+    policy = policy_of(tier)
+    fill_main(tier, clock, 100, 3)
+    assert policy.window_max == 1
+    read(tier, clock, "once")
+    read(tier, clock, "pusher")  # "once" (1 read) loses to a main key (3): refused
+    assert "once" not in tier
+    assert policy.window_max == 1
+    read(tier, clock, "once")  # a larger window would have kept it: the window grows
+    assert policy.window_max == 2
+
+
+def test_a_miss_on_an_evicted_main_key_shrinks_the_window(clock: FakeClock) -> None:
+    tier = hot_tier(clock, 100, window_fraction=0.1)  # 10 in the window, 90 in the main area
+    policy = policy_of(tier)
+    fill_main(tier, clock, 100, 1)
+    assert policy.window_max == 10
+    before = set(policy.keys())
+    for _ in range(3):
+        read(tier, clock, "frequent")
+    for index in range(10):
+        read(tier, clock, f"pusher:{index}")  # "frequent" (3) beats a main key (1)
+    assert policy.segment_of("frequent") == "probation"
+    (evicted,) = {key for key in before - set(policy.keys()) if key.startswith("main:")} - {
+        f"main:{index}" for index in range(90, 100)
+    }
+    read(tier, clock, evicted)  # a larger main area would have kept it: the window shrinks
+    # ARC's step: one entry times (refused candidates remembered / evicted keys remembered).
+    assert policy.window_max < 10
+
+
+def test_without_adaptive_the_window_stays_where_it_was_put(clock: FakeClock) -> None:
+    tier = hot_tier(clock, 100, adaptive=False)
+    policy = policy_of(tier)
+    fill_main(tier, clock, 100, 3)
+    for _ in range(20):
+        read(tier, clock, "once")
+        read(tier, clock, "pusher")
+    assert policy.window_max == 1
+
+
+def test_a_recency_biased_trace_grows_the_window_and_beats_a_fixed_one() -> None:
+    keys = list(recency_biased(60_000, mean_distance=400.0, seed=3))
+    requests = [(None, key) for key in keys]
+    adaptive = replay(requests, 500).hits
+    fixed = replay(requests, 500, settings={"adaptive_window": False}).hits
+    assert adaptive > fixed + 0.02 * len(keys)
+    assert adaptive >= lru_hits(keys, 500) - 0.015 * len(keys)  # warming up costs a little
+
+
+def test_the_window_stays_small_on_a_zipf_law(clock: FakeClock) -> None:
+    tier = hot_tier(clock, 1_000)
+    for key in zipf_keys(100_000, 1.0, 100_000, seed=5):
+        read(tier, clock, key)
+    assert policy_of(tier).window_max <= 50
+
+
+def test_an_established_victim_gives_way_to_a_lead_of_two_not_one(clock: FakeClock) -> None:
+    tier = hot_tier(clock, 100)  # a 1-entry window: frequency rules
+    policy = policy_of(tier)
+    fill_main(tier, clock, 99, 5)  # 99 keys read 5 times each: established
+    for _ in range(6):
+        read(tier, clock, "six")
+    read(tier, clock, "pusher")  # 6 against 5: a lead of one, refused
+    assert "six" not in tier
+    for _ in range(7):
+        read(tier, clock, "seven")
+    read(tier, clock, "pusher 2")  # 7 against 5: admitted
+    assert policy.segment_of("seven") == "probation"
+
+
+def test_a_loop_slightly_larger_than_the_cache_keeps_most_of_it(clock: FakeClock) -> None:
+    # Plain LRU hits nothing here; admitting a candidate on a one-read lead churned the whole
+    # main area (every loop key leads its victim by the read that just brought it in).
+    tier = hot_tier(clock, 100)
+    keys = list(loop_keys(110, 110 * 60))
+    hits = sum(read(tier, clock, key) for key in keys[110 * 10 :])
+    assert hits >= 0.8 * len(keys[110 * 10 :])

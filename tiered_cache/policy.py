@@ -4,11 +4,28 @@ A new key always enters a small LRU *window* (about 1% of the entries), so that 
 suddenly popular is served from memory at once. When the window overflows, its least recently
 used key becomes a *candidate* for the main area, a segmented LRU (20% *probation*, 80%
 *protected*): it gets in only if the frequency sketch says it was read more often than the
-*victim* it would displace (probation's LRU key). One-off keys therefore never push out a
-frequently read one, however many of them pass (Einziger, Friedman, Manes, "TinyLFU: A Highly
-Efficient Cache Admission Policy", 2017, section 5: W-TinyLFU). With ``adaptive`` the window's
-share follows the workload by hill climbing on the hit ratio, as Caffeine does (Einziger et
-al., "Adaptive Software Cache Management", Middleware 2018).
+*victim* it would displace (the coldest of probation's oldest keys). One-off keys therefore
+never push out a frequently read one, however many of them pass (Einziger, Friedman, Manes,
+"TinyLFU: A Highly Efficient Cache Admission Policy", 2017, section 5: W-TinyLFU).
+
+A fixed 1% window is a bet on frequency: it loses to plain LRU on a recency-biased trace (a
+database's page references). With ``adaptive`` (the default) the split between window and
+main area follows the workload, the way ARC splits its recency and frequency lists (Megiddo,
+Modha, "ARC: A Self-Tuning, Low Overhead Replacement Cache", FAST 2003): a *ghost* remembers
+the keys that recently left the cache, and from which side. A miss on a candidate the window
+pushed out and admission refused says a larger window would have hit: the window grows. A miss
+on a key the main area evicted says the opposite: it shrinks. Each step is ARC's, one entry
+times the ratio of the two ghosts' sizes. Caffeine's hill climber (Einziger et al., "Adaptive
+Software Cache Management", Middleware 2018), which moves the split by comparing the hit ratio
+of successive samples, was measured first: on short real traces it wandered with the
+workload's own phases (see docs/benchmarks/hit-ratio.md).
+
+While the window is small (frequency rules), a candidate must beat an established victim (one
+read four times or more since the sketch last aged) by two reads, not one: the candidate's count
+includes the read that just brought it in, and in a loop the victim's matching read is still to
+come, so a one-read lead is no evidence, and admitting on it churns the whole main area (a loop
+slightly larger than the cache then hits 10 times less). Victims read once or twice, the tail of
+a Zipf law, still give way to a lead of one.
 
 Every read is observed, hits and misses alike: the sketch counts it (a protected key's
 occasional hits by an unbiased sample, see :meth:`TinyLfuPolicy.record_hits`), and a key the
@@ -41,11 +58,14 @@ _HASH_DOS_THRESHOLD = 6
 _HIT_SAMPLE = 4
 #: The victim is the least frequently read of this many keys at the cold end of probation.
 _VICTIM_SAMPLE = 8
-#: Hill climber (Caffeine's values): a step is 6.25% of the entries; it shrinks by 2% per
-#: sample unless the hit ratio moved by 5 points or more, which restarts the climb.
-_STEP_FRACTION = 0.0625
-_STEP_DECAY = 0.98
-_RESTART_THRESHOLD = 0.05
+#: Below this share of the entries the window is small (frequency rules) ...
+_SMALL_WINDOW = 0.05
+#: ... and a victim read this often since the last aging is only displaced by a lead of two.
+_ESTABLISHED = 4
+#: The ghosts remember this share of ``max_entries`` keys, both sides together. ARC keeps a
+#: whole cache's worth; a quarter followed OLTP's first half better (0.125 to 1 were tried,
+#: docs/benchmarks/hit-ratio.md): only a miss soon after its key left says much about the split.
+_GHOST_SHARE = 0.25
 
 
 def _first(pair: tuple[int, str]) -> int:
@@ -61,8 +81,8 @@ class TinyLfuPolicy:
         max_entries: bound on the number of entries.
         max_weight: optional bound on the summed weights (the tier's ``max_bytes``).
         window_fraction: initial share of the entries given to the admission window.
-        adaptive: let a hill climber move the window's share to where the hit ratio is best
-            (off by default: it did not beat the fixed 1% window on the benchmark workloads).
+        adaptive: let misses on recently evicted keys move the window's share (ARC's rule);
+            ``False`` keeps ``window_fraction`` for good.
         protected_fraction: share of the main area that is protected (the rest is probation).
         sample_factor: the sketch ages (halves) after ``sample_factor * max_entries`` reads
             (TinyLFU uses 10; a longer memory measured better on the benchmark workloads).
@@ -135,12 +155,13 @@ class TinyLfuPolicy:
         self._estimates_epoch = self.sketch.epoch
         self._window_target = max_entries * window_fraction
         self._set_window(self._window_target)
-        # Reads in the current hill-climbing sample.
-        self._misses = 0
-        self._hits = 0
-        self._sample_size = self.sketch.sample_size
-        self._previous_hit_ratio = 0.0
-        self._step = -_STEP_FRACTION * max_entries
+        # Keys that recently left, each with the side that let it go (+1: refused from the
+        # window, -1: evicted from the main area), ARC's two ghost lists in one (bounded by
+        # _GHOST_SHARE), counted per side for the size of a step.
+        self._ghosts: OrderedDict[str, int] = OrderedDict()
+        self._ghost_limit = _GHOST_SHARE * max_entries
+        self._ghost_pop = self._ghosts.pop
+        self._ghost_sizes = {1: 0, -1: 0}
         # A key enters the hot-key list once the sketch has seen it this often: one-off keys
         # would only churn the list (Filtered Space-Saving).
         self._top_gate = 3
@@ -164,6 +185,7 @@ class TinyLfuPolicy:
         self._window_max = 1 if n == 1 else round(self._window_target)
         main = n - self._window_max
         self._protected_max = int(main * self._protected_fraction)
+        self._small_window = _SMALL_WINDOW * n
 
     @property
     def window_max(self) -> int:
@@ -180,7 +202,10 @@ class TinyLfuPolicy:
         that the hit itself stays cheaper than ``cachetools.TTLCache.get``.
         """
         if key not in self._slots:
-            self._misses += 1
+            if self._adaptive:
+                side = self._ghost_pop(key, 0)
+                if side:
+                    self._ghost_hit(side)
             if self._increment(key, 1) >= self._top_gate:
                 self._top_add(key, 1)
             return None
@@ -194,7 +219,6 @@ class TinyLfuPolicy:
                 self._window_touch(key)
         else:
             self._protected_touch(key)
-        self._hits += 1
         if self._increment(key, 1) >= self._top_gate:
             self._top_add(key, 1)
         return slot
@@ -218,7 +242,6 @@ class TinyLfuPolicy:
         for key, hit_count in hits.items():
             counted = hit_count
             if key in slots:
-                self._hits += hit_count
                 if protected_get(key) is not None:
                     protected_touch(key)
                     # A protected key was read again and again: a sample of its few hits is
@@ -255,8 +278,6 @@ class TinyLfuPolicy:
         if not self._place(key, slot, weight):
             return False
         self._evict()
-        if self._adaptive and self._hits + self._misses >= self._sample_size:
-            self._climb()
         return key in self._weights
 
     def put_many(self, items: Sequence[tuple[str, Slot, int]]) -> None:
@@ -265,10 +286,10 @@ class TinyLfuPolicy:
         No read is counted between the offers of a batch, so the new keys can all enter the
         window first and its overflow be judged in one pass: the candidates leave it in the
         same order, against the same victims. A key already kept waits for the contests
-        before it (one of them may have evicted it); a weight bound or the hill climber,
-        which act after every offer, take the offers one by one.
+        before it (one of them may have evicted it); a weight bound, which acts after every
+        offer, takes the offers one by one.
         """
-        if self._max_weight is not None or self._adaptive:
+        if self._max_weight is not None:
             for item in items:
                 self.put(*item)
             return
@@ -398,6 +419,8 @@ class TinyLfuPolicy:
 
     def _admit(self, candidate: str, victim_frequency: int) -> bool:
         candidate_frequency = self.sketch.frequency(candidate)
+        if self._window_max < self._small_window and victim_frequency >= _ESTABLISHED:
+            victim_frequency += 1  # see the module's docstring: a lead of one is no evidence
         if candidate_frequency > victim_frequency:
             return True
         if candidate_frequency >= _HASH_DOS_THRESHOLD:
@@ -410,6 +433,7 @@ class TinyLfuPolicy:
         limit = self.max_entries
         window_max = self._window_max
         main_max = limit - window_max
+        remember = self._remember if self._adaptive else _ignore
         while len(window) > window_max:
             candidate, candidate_slot = window.popitem(last=False)
             if len(probation) + len(protected) < main_max:  # room in the main area
@@ -423,34 +447,43 @@ class TinyLfuPolicy:
             if self._admit(candidate, victim_frequency):
                 del victims[victim]
                 self._drop(victim)
+                remember(victim, -1)
                 probation[candidate] = candidate_slot
             else:
                 self._drop(candidate)
-        # After the window grew (hill climbing) the main area may hold more than its share.
+                remember(candidate, 1)
+        # After the window grew the main area may hold more than its share.
         while len(slots) > limit:
             segment = probation or protected or window
-            self._drop(segment.popitem(last=False)[0])
+            dropped = segment.popitem(last=False)[0]
+            self._drop(dropped)
+            remember(dropped, -1 if segment is not window else 1)
         if self._max_weight is not None:
             while self._weight > self._max_weight:
                 segment = probation or window or protected
                 self._drop(segment.popitem(last=False)[0])
 
-    def _climb(self) -> None:
-        hits = self._hits
-        requests = hits + self._misses
-        self._misses = self._hits = 0
-        if len(self) < self.max_entries:
-            return  # warming up: a rising hit ratio says nothing about the window
-        hit_ratio = hits / requests
-        change = hit_ratio - self._previous_hit_ratio
-        amount = self._step if change >= 0 else -self._step
-        if abs(change) >= _RESTART_THRESHOLD:
-            self._step = _STEP_FRACTION * self.max_entries * (1 if amount >= 0 else -1)
-        else:
-            self._step = _STEP_DECAY * amount
-        self._previous_hit_ratio = hit_ratio
+    def _remember(self, key: str, side: int) -> None:
+        """Keep ``key`` in the ghost of ``side``; past the bound the oldest ghost goes."""
+        ghosts, sizes = self._ghosts, self._ghost_sizes
+        previous = ghosts.pop(key, 0)
+        if previous:
+            sizes[previous] -= 1
+        ghosts[key] = side
+        sizes[side] += 1
+        if len(ghosts) > self._ghost_limit:
+            sizes[ghosts.popitem(last=False)[1]] -= 1
+
+    def _ghost_hit(self, side: int) -> None:
+        """A miss on a ghost of ``side``: move the split toward it (ARC's step)."""
+        sizes = self._ghost_sizes
+        sizes[side] -= 1
+        step = max(1.0, sizes[-side] / max(sizes[side], 1))
         before = self._window_max
-        self._set_window(self._window_target + amount)
+        self._set_window(self._window_target + side * step)
         if self._window_max != before:
-            logger.debug("window %d -> %d (hit ratio %.4f)", before, self._window_max, hit_ratio)
-            self._evict()
+            logger.debug("window %d -> %d", before, self._window_max)
+
+
+def _ignore(key: str, side: int) -> None:
+    """Stands in for ``_remember`` when the window does not adapt."""

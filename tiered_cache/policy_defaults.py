@@ -10,7 +10,7 @@ from __future__ import annotations
 #: Initial share of the entries given to the admission window.
 WINDOW_FRACTION = 0.01
 #: Whether the window's share follows the workload (hill climbing on the hit ratio).
-ADAPTIVE = False
+ADAPTIVE = True
 #: Share of the main area that is protected (the rest is probation).
 PROTECTED_FRACTION = 0.8
 #: The sketch ages after this many reads per entry ...

@@ -116,7 +116,8 @@ class MemoryTierSettings(TierSettings):
     )
     adaptive_window: bool = Field(
         default=policy_defaults.ADAPTIVE,
-        description="hot-keys: move the window's share by hill climbing on the hit ratio.",
+        description="hot-keys: let the window's share follow the workload (misses on keys "
+        "that recently left the cache move it, as in ARC); false keeps window_fraction.",
     )
     sample_factor: int = Field(
         default=policy_defaults.SAMPLE_FACTOR,

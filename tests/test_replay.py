@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tiered_cache.cli import main
-from tiered_cache.replay import belady_hits, lru_hits, read_trace, replay
+from tiered_cache.replay import belady_hits, libcachesim_hits, lru_hits, read_trace, replay
 from tiered_cache.workloads import tweet_requests, zipf_keys
 
 
@@ -110,6 +111,53 @@ def test_cli_compare(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     report = json.loads(capsys.readouterr().out)
     assert report["lru"]["hit_ratio"] <= report["belady"]["hit_ratio"]
     assert report["hit_ratio"] <= report["belady"]["hit_ratio"]
+
+
+def zipf_arc_trace(tmp_path: Path) -> Path:
+    trace = tmp_path / "z.arc"
+    keys = zipf_keys(2_000, 1.0, 5_000, seed=3)
+    trace.write_text("\n".join(f"{key.split(':')[1]} 1 0 {n}" for n, key in enumerate(keys)))
+    return trace
+
+
+def test_cli_compare_adds_the_libcachesim_peers_when_installed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("libcachesim")
+    # 200 entries: libcachesim's W-TinyLFU rounds a 1% window of 20 down to nothing.
+    argv = ["replay", str(zipf_arc_trace(tmp_path)), "--format", "arc", "--l1-size", "200"]
+    assert main([*argv, "--json", "--compare"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    for peer in ("arc", "s3fifo", "wtinylfu"):
+        assert 0 < report[peer]["hits"] <= report["belady"]["hits"], peer
+    # LRU through libcachesim's numbering agrees with the replayer's own LRU.
+    assert libcachesim_hits("LRU", [str(n) for n in [1, 2, 1, 3, 1, 2]], 2) == lru_hits(
+        ["1", "2", "1", "3", "1", "2"], 2
+    )
+
+
+def test_cli_compare_without_libcachesim_reports_lru_and_belady_only(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "libcachesim", None)  # import fails as if not installed
+    argv = ["replay", str(zipf_arc_trace(tmp_path)), "--format", "arc", "--l1-size", "20"]
+    assert main([*argv, "--json", "--compare"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert {"lru", "belady"} <= set(report)
+    assert not {"arc", "s3fifo", "wtinylfu"} & set(report)
+
+
+def test_cli_progress_bar_only_when_asked_or_on_a_terminal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("tqdm")
+    argv = ["replay", str(zipf_arc_trace(tmp_path)), "--format", "arc", "--l1-size", "20"]
+    assert main(argv) == 0  # stderr is captured, not a terminal: quiet
+    assert capsys.readouterr().err == ""
+    assert main([*argv, "--progress", "always"]) == 0
+    err = capsys.readouterr().err
+    assert "hot-keys" in err
+    assert "reads" in err
 
 
 def test_cli_text_output_and_always_admission(

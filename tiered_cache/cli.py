@@ -10,14 +10,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, entry_points, version
-from typing import Any
+from typing import Any, TypeVar
 
 from .registry import BUSES_GROUP, SOURCES_GROUP, TIERS_GROUP
 
 __all__ = ["COMMANDS_GROUP", "SUBCOMMANDS", "Subcommand", "main", "register", "version_text"]
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -64,13 +66,48 @@ def _replay_arguments(parser: argparse.ArgumentParser) -> None:
         help="the memory tier's admission policy",
     )
     parser.add_argument(
-        "--compare", action="store_true", help="also compute LRU and Belady's optimum"
+        "--compare",
+        action="store_true",
+        help="also compute LRU and Belady's optimum, and ARC, S3-FIFO and W-TinyLFU when "
+        "libcachesim is installed",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--progress",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="a progress bar on stderr (auto: when stderr is a terminal and tqdm is installed)",
+    )
+
+
+def _progress(args: argparse.Namespace) -> Callable[[Iterable[T], int, str], Iterable[T]]:
+    """Wraps an iterable in a tqdm bar on stderr, or leaves it alone.
+
+    tqdm comes with the ``examples`` extra, not the core: without it there is no bar. A pipe or
+    a file gets no bar either, unless asked for (``--progress always``).
+    """
+    wanted = args.progress == "always" or (args.progress == "auto" and sys.stderr.isatty())
+    if wanted:
+        try:
+            from tqdm import tqdm  # type: ignore[import-untyped]  # no stubs; optional
+        except ImportError:
+            wanted = False
+    if not wanted:
+        return lambda items, total, label: items
+    return lambda items, total, label: tqdm(
+        items, total=total, desc=label, unit=" reads", unit_scale=True, leave=False
+    )
 
 
 def _replay_run(args: argparse.Namespace) -> int:
-    from .replay import belady_hits, lru_hits, read_trace, replay
+    from .replay import (
+        LIBCACHESIM_POLICIES,
+        belady_hits,
+        libcachesim_hits,
+        lru_hits,
+        read_trace,
+        replay,
+    )
 
     if args.l1_size < 1:
         _error("--l1-size must be at least 1")
@@ -80,7 +117,9 @@ def _replay_run(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         _error(f"cannot read trace {args.trace!r}: {exc}")
         return 1
-    result = replay(requests, args.l1_size, admission=args.admission)
+    bar = _progress(args)
+    total = len(requests)
+    result = replay(bar(requests, total, args.admission), args.l1_size, admission=args.admission)
     report: dict[str, Any] = {
         "trace": args.trace,
         "format": args.format,
@@ -92,11 +131,14 @@ def _replay_run(args: argparse.Namespace) -> int:
     }
     if args.compare:
         keys = [key for _, key in requests]
-        total = max(len(keys), 1)
-        lru = lru_hits(keys, args.l1_size)
-        belady = belady_hits(keys, args.l1_size)
-        report["lru"] = {"hits": lru, "hit_ratio": lru / total}
-        report["belady"] = {"hits": belady, "hit_ratio": belady / total}
+        peers: dict[str, int] = {"lru": lru_hits(bar(keys, total, "lru"), args.l1_size)}
+        for policy in LIBCACHESIM_POLICIES:
+            hits = libcachesim_hits(policy, bar(keys, total, policy), args.l1_size)
+            if hits is not None:
+                peers[policy.lower()] = hits
+        peers["belady"] = belady_hits(keys, args.l1_size)
+        for name, hits in peers.items():
+            report[name] = {"hits": hits, "hit_ratio": hits / max(total, 1)}
     if args.json:
         _write(json.dumps(report))
         return 0
@@ -104,8 +146,8 @@ def _replay_run(args: argparse.Namespace) -> int:
     _write(f"hits       {result.hits}")
     _write(f"hit_ratio  {result.hit_ratio:.4f}")
     if args.compare:
-        _write(f"lru        {report['lru']['hit_ratio']:.4f}")
-        _write(f"belady     {report['belady']['hit_ratio']:.4f}")
+        for name in peers:
+            _write(f"{name:<10} {report[name]['hit_ratio']:.4f}")
     return 0
 
 

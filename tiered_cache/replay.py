@@ -33,9 +33,12 @@ from .tier import Entry
 
 __all__ = [
     "FORMATS",
+    "LIBCACHESIM_MIN_SIZE",
+    "LIBCACHESIM_POLICIES",
     "ReplayResult",
     "TraceFormat",
     "belady_hits",
+    "libcachesim_hits",
     "lru_hits",
     "read_trace",
     "replay",
@@ -50,6 +53,13 @@ FORMATS: tuple[str, ...] = get_args(TraceFormat)
 Request = tuple[float | None, str]
 
 _TWITTER_READS = frozenset({"get", "gets"})
+
+#: The peers ``libcachesim`` (an optional benchmark dependency) is asked for, by its names.
+LIBCACHESIM_POLICIES = ("ARC", "S3FIFO", "WTinyLFU")
+#: The smallest cache each libcachesim policy is run with: 0.3.5 aborts the process below a few
+#: entries (S3-FIFO, W-TinyLFU) and reports no hit at all below these sizes (its queues round
+#: down to nothing).
+LIBCACHESIM_MIN_SIZE = {"LRU": 1, "ARC": 1, "S3FIFO": 20, "WTinyLFU": 100}
 
 
 def read_trace(path: str | Path, fmt: TraceFormat) -> Iterator[Request]:
@@ -163,6 +173,29 @@ def lru_hits(keys: Iterable[str], size: int) -> int:
             cache[key] = None
             if len(cache) > size:
                 cache.popitem(last=False)
+    return hits
+
+
+def libcachesim_hits(policy: str, keys: Iterable[str], size: int) -> int | None:
+    """Hits of ``libcachesim``'s ``policy`` with ``size`` unit-size objects; ``None`` when
+    ``libcachesim`` is not installed (it is a benchmark dependency, never the library's) or
+    ``size`` is below :data:`LIBCACHESIM_MIN_SIZE`."""
+    if size < LIBCACHESIM_MIN_SIZE.get(policy, 1):
+        return None
+    try:
+        import libcachesim
+    except ImportError:
+        return None
+    cache = getattr(libcachesim, policy)(cache_size=size)
+    request = libcachesim.Request()
+    request.obj_size = 1
+    numbering: dict[str, int] = {}
+    number = numbering.setdefault
+    get = cache.get
+    hits = 0
+    for key in keys:
+        request.obj_id = number(key, len(numbering))
+        hits += bool(get(request))
     return hits
 
 

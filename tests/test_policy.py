@@ -430,3 +430,14 @@ def test_a_loop_slightly_larger_than_the_cache_keeps_most_of_it(clock: FakeClock
     keys = list(loop_keys(110, 110 * 60))
     hits = sum(read(tier, clock, key) for key in keys[110 * 10 :])
     assert hits >= 0.8 * len(keys[110 * 10 :])
+
+
+def test_a_cache_of_fewer_than_100_entries_keeps_its_window(clock: FakeClock) -> None:
+    # Its ghosts would hold fewer than 25 keys: too few misses to weigh the two sides.
+    tier = hot_tier(clock, 99)
+    policy = policy_of(tier)
+    fill_main(tier, clock, 99, 3)
+    for _ in range(20):
+        read(tier, clock, "once")
+        read(tier, clock, "pusher")
+    assert policy.window_max == 1

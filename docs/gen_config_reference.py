@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from tiered_cache.registry import SOURCES_GROUP, TIERS_GROUP
+from tiered_cache.registry import BUSES_GROUP, SOURCES_GROUP, TIERS_GROUP
 from tiered_cache.settings import CacheSettings
 
 #: Models of the chain itself, with the TOML table they appear under.
@@ -30,6 +30,7 @@ CORE_MODELS: list[tuple[str, str]] = [
     ("[tiered_cache.protection]", "ProtectionSettings"),
     ("[[tiered_cache.tiers]] (every kind)", "TierSettings"),
     ("[tiered_cache.tiers.breaker]", "BreakerSettings"),
+    ("[tiered_cache.bus] (every kind)", "BusSettings"),
 ]
 
 
@@ -96,8 +97,9 @@ def _plain(text: str) -> str:
 
 
 def _summary(model: type[BaseModel]) -> str:
-    doc = (model.__doc__ or "").strip()
-    return _plain(doc.splitlines()[0]) if doc else ""
+    """The docstring's first paragraph, joined: a first line alone may stop mid-sentence."""
+    paragraph = (model.__doc__ or "").strip().split("\n\n")[0]
+    return _plain(" ".join(line.strip() for line in paragraph.splitlines()))
 
 
 def model_table(model: type[BaseModel], *, skip: set[str] | None = None) -> str:
@@ -147,18 +149,19 @@ def render() -> str:
         model = getattr(settings_module, name, None)
         if model is None:
             continue
-        skip = {"tiers", "source"} if model is CacheSettings else None
+        skip = {"tiers", "source", "bus"} if model is CacheSettings else None
         parts += [f"## `{table}`", "", _summary(model), ""]
         parts += [model_table(model, skip=skip), ""]
         if model is CacheSettings:
             parts += [
-                "`tiers` (a list of tables, fastest first, each with a `kind`) and `source` "
-                "(one table with a `kind`) are described per kind below.",
+                "`tiers` (a list of tables, fastest first, each with a `kind`), `source` "
+                "and `bus` (one table each, with a `kind`) are described per kind below.",
                 "",
             ]
     for heading, group, table in (
         ("Tier kinds", TIERS_GROUP, "[[tiered_cache.tiers]]"),
         ("Source kinds", SOURCES_GROUP, "[tiered_cache.source]"),
+        ("Bus kinds", BUSES_GROUP, "[tiered_cache.bus]"),
     ):
         parts += [f"## {heading}", ""]
         for kind, model, distribution in _plugins(group):

@@ -2,11 +2,14 @@
 
 - ``<!-- config-reference -->`` becomes the reference generated from the settings models;
 - ``<!-- benchmark-files -->`` becomes a list of links to the pages under ``docs/benchmarks/``
-  that exist at build time (other people write them; a fixed list would break strict builds).
+  that exist at build time (other people write them; a fixed list would break strict builds);
+- the test options of a code fence (```` ```python notest ````, ``continuation``, read by
+  pytest-markdown-docs) are dropped: superfences would not render such a fence as code.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,6 +18,13 @@ DOCS = Path(__file__).resolve().parent
 sys.path.insert(0, str(DOCS))
 
 from gen_config_reference import render  # noqa: E402
+
+#: A fence's language followed by words without ``=`` or braces: the test runner's options.
+_TEST_OPTIONS = re.compile(r"^(\s*```+\s*(?:python|py|python3))[ \t]+[\w:. \t-]+$", re.MULTILINE)
+
+
+def _drop_test_options(markdown: str) -> str:
+    return _TEST_OPTIONS.sub(r"\1", markdown)
 
 
 def _benchmark_links(page_path: str) -> str:
@@ -35,6 +45,7 @@ def _benchmark_links(page_path: str) -> str:
 
 
 def on_page_markdown(markdown: str, page: Any, **kwargs: Any) -> str:
+    markdown = _drop_test_options(markdown)
     if "<!-- config-reference -->" in markdown:
         markdown = markdown.replace("<!-- config-reference -->", render())
     if "<!-- benchmark-files -->" in markdown:

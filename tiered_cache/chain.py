@@ -122,7 +122,15 @@ class TieredCache(ChainLoading):
         **overrides: Any,
     ) -> TieredCache:
         """Build from the ``[tiered_cache]`` table of a TOML file, with ``TIERED_CACHE_*``
-        environment variables and ``overrides`` taking precedence. Raises ``ConfigError``."""
+        environment variables and ``overrides`` taking precedence. Raises ``ConfigError``.
+
+        Args:
+            path: the TOML file; ``None`` builds from the environment (and ``overrides``) alone.
+            clock: wall-clock seconds, for expiries (tests pass a fake clock).
+            **overrides: fields of the ``[tiered_cache]`` table, highest priority of all:
+                ``TieredCache.from_config("tiered_cache.toml", namespace="test", ttl="5s")``.
+                A wrong name or value raises ``ConfigError`` naming the field.
+        """
         from .build import build_cache
         from .settings import load_settings
 
@@ -235,6 +243,15 @@ class TieredCache(ChainLoading):
 
         Each tier is asked once for the keys still missing; what remains is loaded with one
         call to the source's ``load_many`` (or ``loader(keys)``), and filled into every tier.
+
+        Args:
+            keys: the keys to read; duplicates are read once.
+            loader: called instead of the source with the list of keys no tier had; returns a
+                mapping of the keys it found to their values (a key it leaves out, or maps to
+                ``None``, is cached as not found for ``negative_ttl``).
+            ttl: how long the loaded values stay fresh, overriding the cache's ``ttl``.
+
+        Returns a dict with every requested key.
         """
         wanted = list(dict.fromkeys(keys))
         stale: dict[str, Entry] = {}

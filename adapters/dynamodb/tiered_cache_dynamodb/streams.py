@@ -453,8 +453,9 @@ class StreamFollower:
         source: the cache's ``dynamodb`` source settings, for the table, keys and credentials.
         checkpoints: where the position is kept; default: ``settings.checkpoint`` as a JSON
             file, or in memory if that is unset.
-        streams_client, dynamodb_client: boto3 clients to use instead of making them (the
-            follower then does not close them).
+        streams_client: a boto3 DynamoDB Streams client to use instead of making one (the
+            follower then does not close it).
+        dynamodb_client: the same for the DynamoDB client (DescribeTable).
         clock: monotonic seconds, for the shard-list refresh and the second invalidations.
         sleep: how to wait (poll interval, backoff). Default: a wait that :meth:`stop` cuts
             short. Tests inject a recorder.

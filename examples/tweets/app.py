@@ -14,18 +14,23 @@ from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import Sequence
-from typing import Annotated, Any
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Annotated, Any
 from uuid import UUID
 
 from botocore.exceptions import BotoCoreError, ClientError
-from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, field_validator
 
-from tiered_cache import SourceError, SourceThrottled
+from tiered_cache import SourceError, SourceThrottled, TieredCache
+from tiered_cache.contrib.fastapi import STATE_KEY, TieredCacheDependency, cache_lifespan
 
 from .repository import MAX_BATCH, MAX_LENGTH, TweetNotFound, TweetRepository, check_text, plain
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
 
 logger = logging.getLogger(__name__)
 
@@ -64,10 +69,36 @@ def _tweet(item: dict[str, Any]) -> Tweet:
     return Tweet.model_validate(plain(item))
 
 
-def create_app(repository: TweetRepository) -> FastAPI:
-    """The service, reading and writing through ``repository`` (and its cache)."""
-    app = FastAPI(title="tweets", summary="Tweets in DynamoDB behind a tiered cache.")
-    cache = repository.cache
+def get_repository(request: Request) -> TweetRepository:
+    """The app's repository, made by its lifespan (a FastAPI dependency)."""
+    repository: TweetRepository = request.app.state.tweets
+    return repository
+
+
+Tweets = Annotated[TweetRepository, Depends(get_repository)]
+
+
+def create_app(
+    build_cache: Callable[[], TieredCache],
+    *,
+    client: DynamoDBClient | None = None,
+    table: str = "tweet",
+) -> FastAPI:
+    """The service. Its lifespan builds the chain with ``build_cache`` and closes it at
+    shutdown (tiered_cache.contrib.fastapi), and makes one repository over it; routes receive
+    the repository and the chain as dependencies."""
+    chain_lifespan = cache_lifespan(build=build_cache)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        async with chain_lifespan(app) as state:
+            # One repository for the app's life: decorating its loader compiles a function.
+            app.state.tweets = TweetRepository(state[STATE_KEY], client, table=table)
+            yield state
+
+    app = FastAPI(
+        title="tweets", summary="Tweets in DynamoDB behind a tiered cache.", lifespan=lifespan
+    )
 
     @app.exception_handler(TweetNotFound)
     async def not_found(request: Request, exc: TweetNotFound) -> JSONResponse:
@@ -94,11 +125,11 @@ def create_app(repository: TweetRepository) -> FastAPI:
     # Plain `def` routes: FastAPI runs them in its thread pool, as the cache and boto3 block.
 
     @app.post("/tweets", status_code=201)
-    def create_tweet(body: TweetIn) -> Tweet:
+    def create_tweet(body: TweetIn, repository: Tweets) -> Tweet:
         return _tweet(repository.create(body.text))
 
     @app.get("/tweets/{tweet_id}")
-    def get_tweet(tweet_id: UUID) -> Tweet:
+    def get_tweet(tweet_id: UUID, repository: Tweets) -> Tweet:
         item = repository.get(str(tweet_id))
         if item is None:
             raise TweetNotFound(str(tweet_id))
@@ -107,6 +138,7 @@ def create_app(repository: TweetRepository) -> FastAPI:
     @app.get("/tweets")
     def get_tweets(
         ids: Annotated[str, Query(description="Comma-separated tweet ids (at most 100).")],
+        repository: Tweets,
     ) -> TweetList:
         wanted = [part.strip() for part in ids.split(",") if part.strip()]
         problem = _check_ids(wanted)
@@ -119,15 +151,15 @@ def create_app(repository: TweetRepository) -> FastAPI:
         )
 
     @app.put("/tweets/{tweet_id}")
-    def update_tweet(tweet_id: UUID, body: TweetIn) -> Tweet:
+    def update_tweet(tweet_id: UUID, body: TweetIn, repository: Tweets) -> Tweet:
         return _tweet(repository.update(str(tweet_id), body.text))
 
     @app.delete("/tweets/{tweet_id}", status_code=204)
-    def delete_tweet(tweet_id: UUID) -> None:
+    def delete_tweet(tweet_id: UUID, repository: Tweets) -> None:
         repository.delete(str(tweet_id))
 
     @app.get("/stats")
-    def stats() -> dict[str, Any]:
+    def stats(cache: TieredCacheDependency) -> dict[str, Any]:
         return cache_report(cache.stats())
 
     return app
@@ -183,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with environment(args.config) as env:
         print(env.describe())
-        app = create_app(TweetRepository(env.cache, env.client, table=env.table))
+        app = create_app(lambda: env.cache, client=env.client, table=env.table)
         uvicorn.run(app, host=args.host, port=args.port)
     return 0
 

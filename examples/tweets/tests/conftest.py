@@ -44,9 +44,10 @@ def base_url(tweets_env: Environment) -> Iterator[str]:
     import uvicorn
 
     from examples.tweets.app import create_app
-    from examples.tweets.repository import TweetRepository
 
-    app = create_app(TweetRepository(tweets_env.cache, tweets_env.client))
+    # The app's lifespan closes the chain when the server stops, at the end of the module,
+    # where the environment would close it anyway.
+    app = create_app(lambda: tweets_env.cache, client=tweets_env.client)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]

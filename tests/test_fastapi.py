@@ -1,0 +1,139 @@
+"""tiered_cache.contrib.fastapi: the lifespan builds and closes the chain, routes receive it.
+
+Over a real private redis-server: whether the chain was closed is read from the server's own
+client list, not from a flag of the chain.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("fastapi")
+
+import redis
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from tiered_cache import TieredCache
+from tiered_cache.contrib.fastapi import (
+    STATE_KEY,
+    Lifespan,
+    TieredCacheDependency,
+    cache_lifespan,
+)
+from tiered_cache.testing.servers import RedisServer, redis_server_binary
+
+pytestmark = pytest.mark.skipif(redis_server_binary() is None, reason="needs redis-server")
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[RedisServer]:
+    with RedisServer() as started:
+        yield started
+
+
+@pytest.fixture
+def admin(server: RedisServer) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(server.url)
+    client.flushall()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def config(tmp_path: Path, server: RedisServer) -> Path:
+    path = tmp_path / "tiered_cache.toml"
+    path.write_text(
+        f"""
+[tiered_cache]
+namespace = "tweets"
+
+[[tiered_cache.tiers]]
+kind = "memory"
+max_entries = 100
+
+[[tiered_cache.tiers]]
+kind = "redis"
+url = "{server.url}"
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+def other_clients(admin: redis.Redis) -> int:
+    """Connections to the server besides ``admin``'s own."""
+    return len(admin.client_list()) - 1
+
+
+def tweet_app(lifespan: Lifespan) -> FastAPI:
+    app = FastAPI(lifespan=lifespan)
+
+    @app.get("/tweets/{tweet_id}")
+    def get_tweet(tweet_id: str, cache: TieredCacheDependency) -> dict[str, Any]:
+        text = cache.get(f"tweet:{tweet_id}", lambda: f"tweet {tweet_id}")
+        return {"text": text, "chain": id(cache)}
+
+    return app
+
+
+def test_the_lifespan_builds_the_chain_routes_get_it_and_shutdown_closes_it(
+    config: Path, admin: redis.Redis
+) -> None:
+    app = tweet_app(cache_lifespan(config))
+    with TestClient(app) as client:
+        chain = getattr(app.state, STATE_KEY)
+        assert isinstance(chain, TieredCache)
+        first = client.get("/tweets/1").json()
+        assert first == {"text": "tweet 1", "chain": id(chain)}
+        assert client.get("/tweets/1").json()["chain"] == id(chain)
+        assert admin.exists("tweets:tweet:1")  # filled into the Redis tier of the file
+        assert other_clients(admin) > 0
+    assert other_clients(admin) == 0  # the chain's connections (tier and bus) are closed
+    assert not hasattr(app.state, STATE_KEY)
+
+
+def test_overrides_take_precedence_over_the_file(config: Path, admin: redis.Redis) -> None:
+    with TestClient(tweet_app(cache_lifespan(config, namespace="staging"))) as client:
+        client.get("/tweets/7")
+    assert admin.exists("staging:tweet:7")
+    assert not admin.exists("tweets:tweet:7")
+
+
+def test_a_chain_built_elsewhere_stays_open_with_close_false(
+    config: Path, admin: redis.Redis
+) -> None:
+    with TieredCache.from_config(config) as chain:
+        app = tweet_app(cache_lifespan(build=lambda: chain, close=False))
+        with TestClient(app) as client:
+            assert client.get("/tweets/2").json()["chain"] == id(chain)
+        assert other_clients(admin) > 0  # still open after the app stopped
+        assert chain.get("tweet:2") == "tweet 2"
+    assert other_clients(admin) == 0
+
+
+def test_a_route_without_the_lifespan_says_how_to_add_it() -> None:
+    with (
+        TestClient(tweet_app(None)) as client,  # type: ignore[arg-type]
+        pytest.raises(RuntimeError, match="cache_lifespan"),
+    ):
+        client.get("/tweets/1")
+
+
+def test_build_and_config_together_are_refused(config: Path) -> None:
+    with pytest.raises(TypeError, match="either build= or config"):
+        cache_lifespan(config, build=lambda: TieredCache.from_config(config))
+
+
+def test_importing_the_core_does_not_import_fastapi() -> None:
+    code = "import sys, tiered_cache, tiered_cache.contrib; print('fastapi' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False
+    )
+    assert result.stdout.strip() == "False", result.stderr

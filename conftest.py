@@ -17,6 +17,7 @@ page need not end every example with ``cache.close()``).
 
 from __future__ import annotations
 
+import contextlib
 import re
 import tomllib
 from collections.abc import Iterator
@@ -105,8 +106,8 @@ def docs_environment(
     # moto's tables are process-wide: start from a known `tweet` and drop what a block made.
     client = boto3.client("dynamodb", region_name=region)
     try:
-        before = set(client.list_tables()["TableNames"]) - {"tweet"}
-        if "tweet" in client.list_tables()["TableNames"]:
+        before = _tables(client) - {"tweet"}
+        with contextlib.suppress(client.exceptions.ResourceNotFoundException):
             client.delete_table(TableName="tweet")
         create_table(client, "tweet", "tweet_id", stream=True)
         client.put_item(TableName="tweet", Item=TWEET_42)
@@ -114,9 +115,15 @@ def docs_environment(
     finally:
         for cache in built:
             cache.close()
-        for table in set(client.list_tables()["TableNames"]) - before:
+        for table in _tables(client) - before:
             client.delete_table(TableName=table)
         client.close()
+
+
+def _tables(client: Any) -> set[str]:
+    # Every page: the other tests of the session leave hundreds of tables in moto.
+    pages = client.get_paginator("list_tables").paginate()
+    return {name for page in pages for name in page["TableNames"]}
 
 
 def _record_built_caches(monkeypatch: pytest.MonkeyPatch) -> list[Any]:

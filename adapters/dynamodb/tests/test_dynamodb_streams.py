@@ -859,3 +859,68 @@ def test_entry_point_declares_the_command() -> None:
     parser = argparse.ArgumentParser()
     command.add_arguments(parser)
     assert parser.parse_args(["--config", "x.toml"]).config == "x.toml"
+
+
+def _read_terminal(fd: int, until: str, process: subprocess.Popen[str]) -> str:
+    """What the process wrote to the pseudo-terminal, read until ``until`` shows up."""
+    import os
+
+    os.set_blocking(fd, False)
+    seen = ""
+    deadline = time.monotonic() + WAIT
+    while until not in seen:
+        assert time.monotonic() < deadline, f"no {until!r} on the terminal: {seen!r}"
+        assert process.poll() is None, f"the follower exited: {seen!r}"
+        try:
+            seen += os.read(fd, 65536).decode()
+        except BlockingIOError:
+            time.sleep(0.02)
+    return seen
+
+
+def test_cli_catch_up_shows_progress_on_a_terminal_and_nothing_when_piped(
+    moto_server: MotoDynamoDB,
+    admin_client: Any,
+    stream_table: Callable[..., str],
+    tmp_path: Path,
+) -> None:
+    import os
+
+    table = stream_table()
+    config = _config(
+        moto_server,
+        table,
+        tmp_path / "progress.toml",
+        f'[tiered_cache_stream]\ncheckpoint = "{tmp_path / "p.json"}"\npoll_interval = "20ms"\n',
+    )
+    for key in ("1", "2", "3"):
+        put(admin_client, table, id=key, v=0)
+    command = [sys.executable, "-m", "tiered_cache_dynamodb.cli", "--config", str(config)]
+
+    # On a terminal (a real pseudo-terminal as stderr): the line, until caught up.
+    reader, writer = os.openpty()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=writer, text=True)
+    os.close(writer)
+    try:
+        shown = _read_terminal(reader, "caught up", process)
+        process.send_signal(signal.SIGTERM)
+        out, _ = process.communicate(timeout=WAIT)
+    finally:
+        os.close(reader)
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0
+    assert "\r3 records" in shown
+    assert json.loads(out.strip().splitlines()[-1])["idle_passes"] >= 1
+
+    # Piped: no progress line (stderr holds the log lines only, stdout the final JSON line).
+    put(admin_client, table, id="4", v=0)
+    piped = subprocess.run(
+        [*command, "--max-records", "1"], capture_output=True, text=True, timeout=WAIT, check=False
+    )
+    assert piped.returncode == 0, piped.stderr
+    assert "\r" not in piped.stderr
+    assert "1/1 records" not in piped.stderr
+    assert "following the stream" in piped.stderr  # the log is there: only the line is not
+    assert json.loads(piped.stdout)["records"] == 1

@@ -32,6 +32,7 @@ from pydantic import ValidationError
 from tiered_cache.chain import TieredCache
 from tiered_cache.cli import Subcommand
 from tiered_cache.errors import ConfigError, TieredCacheError
+from tiered_cache.progress import ProgressLine
 from tiered_cache.settings import CacheSettings, load_settings
 
 from .settings import DynamoDBSourceSettings
@@ -149,7 +150,7 @@ def run_follow_stream(args: argparse.Namespace) -> int:
         follower = StreamFollower(cache, stream_settings)
         try:
             follower.connect()
-            with _stop_on_signals(follower):
+            with _stop_on_signals(follower), _catch_up_progress(follower, args.max_records):
                 follower.run_forever(max_records=args.max_records)
         except KeyboardInterrupt:
             pass
@@ -162,6 +163,39 @@ def run_follow_stream(args: argparse.Namespace) -> int:
         return 0
     finally:
         cache.close()
+
+
+@contextmanager
+def _catch_up_progress(follower: StreamFollower, max_records: int | None) -> Iterator[None]:
+    """On a terminal, a progress line on stderr until the follower has caught up with the
+    stream (a pass found no record) or stops; piped or redirected, nothing at all."""
+    progress = ProgressLine(sys.stderr, unit="records")
+    if not progress.enabled:
+        yield
+        return
+    stopped = threading.Event()
+
+    def over(stats: dict[str, Any]) -> bool:
+        return bool(stats["idle_passes"]) or stopped.is_set()
+
+    def show() -> None:
+        while True:
+            # Woken by every counter change, and at least once per redraw interval.
+            ended = follower.wait_until(over, timeout=progress.interval)
+            stats = follower.stats()
+            if ended:
+                note = "caught up" if stats["idle_passes"] else "stopped"
+                progress.finish(stats["records"], max_records, note)
+                return
+            progress.update(stats["records"], max_records, f"{stats['shards']} shard(s)")
+
+    thread = threading.Thread(target=show, name="follow-stream-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stopped.set()
+        thread.join(timeout=5)
 
 
 @contextmanager

@@ -439,6 +439,9 @@ class _Stats:
     reinvalidations: int = 0
     shards_finished: int = 0
     shard_refreshes: int = 0
+    #: Passes that found no record on any shard: from the first one on, the follower has
+    #: caught up with the stream (the command's progress line stops there).
+    idle_passes: int = 0
 
 
 class StreamFollower:
@@ -583,7 +586,13 @@ class StreamFollower:
                 logger.info("processed %d records; stopping", self._stats.records)
                 break
             if got == 0 and not self._must_retry_now():
+                self._note_idle()
                 self._sleep(self._idle_wait())
+
+    def _note_idle(self) -> None:
+        with self._changed:
+            self._stats.idle_passes += 1
+            self._changed.notify_all()
 
     def _idle_wait(self) -> float:
         # Wake up for a due second invalidation rather than a whole poll interval later.

@@ -5,6 +5,7 @@ from .decorator import BoundCachedFunction, CachedFunction
 from .errors import (
     CodecError,
     ConfigError,
+    InvalidationIncomplete,
     KeyTemplateError,
     LoadTimeout,
     SourceError,
@@ -26,6 +27,7 @@ __all__ = [
     "CodecError",
     "ConfigError",
     "Entry",
+    "InvalidationIncomplete",
     "KeyTemplateError",
     "LoadTimeout",
     "MemoryTier",

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
 from ._loading import BatchLoader, ChainLoading, Loader
 from .bus import Bus
 from .coherence import BusLink, CoherenceHandlers
+from .errors import InvalidationIncomplete
 from .invalidation_log import InvalidationLog
 from .protection import Protection, xfetch_due
 from .reporting import report_of, source_report
@@ -399,15 +400,19 @@ class TieredCache(ChainLoading):
         """Remove ``key`` from every tier and every process's memory (not from the source)."""
         self.invalidate_many([key])
 
-    def invalidate_many(self, keys: Iterable[str]) -> None:
+    def invalidate_many(self, keys: Iterable[str], *, strict: bool = False) -> None:
         """Remove ``keys`` from every tier and every process's memory (not from the source).
 
         Shared tiers go first, then in-flight loads are told not to fill, then the in-process
         tiers, then the bus: a reader that starts after any step cannot bring an old copy back.
+        A tier or bus that fails is logged and counted; with ``strict`` (the stream follower,
+        which must not move past a change it could not announce) it then raises
+        :class:`~tiered_cache.InvalidationIncomplete`.
         """
         keys = list(dict.fromkeys(keys))
         if not keys:
             return
+        failed: list[str] = []
         for index, tier in reversed(list(enumerate(self._tiers))):
             if index in self._local:
                 continue
@@ -415,9 +420,14 @@ class TieredCache(ChainLoading):
                 tier.delete_many(keys)
             except Exception as exc:
                 self._tier_failed(index, exc)
+                failed.append(f"tier {tier.name!r} ({type(exc).__name__}: {exc})")
         self._drop_local_keys(keys)
-        if self._bus_link is not None:
-            self._bus_link.announce(keys)
+        if self._bus_link is not None and not self._bus_link.announce(keys):
+            failed.append("the invalidation bus")
+        if strict and failed:
+            raise InvalidationIncomplete(
+                f"invalidating {len(keys)} key(s) did not reach {', '.join(failed)}"
+            )
 
     def invalidate_prefix(self, prefix: str) -> None:
         """Remove every key that starts with ``prefix`` ("drop everything about user 42":
@@ -435,8 +445,10 @@ class TieredCache(ChainLoading):
         if self._bus_link is not None:
             self._bus_link.announce(prefixes=[prefix], at=self._clock())
 
-    def clear(self) -> None:
-        """Remove every entry of this cache from every tier and every process's memory."""
+    def clear(self, *, strict: bool = False) -> None:
+        """Remove every entry of this cache from every tier and every process's memory;
+        ``strict`` as for :meth:`invalidate_many`."""
+        failed: list[str] = []
         for index, tier in reversed(list(enumerate(self._tiers))):
             if index in self._local:
                 continue
@@ -444,9 +456,12 @@ class TieredCache(ChainLoading):
                 tier.clear()
             except Exception as exc:
                 self._tier_failed(index, exc)
+                failed.append(f"tier {tier.name!r} ({type(exc).__name__}: {exc})")
         self._drop_local_everything()
-        if self._bus_link is not None:
-            self._bus_link.announce(clear=True)
+        if self._bus_link is not None and not self._bus_link.announce(clear=True):
+            failed.append("the invalidation bus")
+        if strict and failed:
+            raise InvalidationIncomplete(f"clearing did not reach {', '.join(failed)}")
 
     # -- in-process tiers and the bus ---------------------------------------------------------
 

@@ -60,9 +60,10 @@ class BusLink:
         *,
         clear: bool = False,
         at: float = 0.0,
-    ) -> None:
-        """Tell the other processes; a failed publish is logged and counted, never raised
-        (the change itself was made; other processes keep old copies at most one L1 TTL)."""
+    ) -> bool:
+        """Tell the other processes; whether the message was published. A failed publish is
+        logged and counted, never raised (the change itself was made; other processes keep
+        old copies at most one L1 TTL)."""
         with self._numbers_lock:
             number = next(self._numbers)
         message = Invalidation(self.sender, number, tuple(keys), tuple(prefixes), clear, at)
@@ -77,8 +78,9 @@ class BusLink:
                 exc,
                 extra=fields("bus_publish_failed"),
             )
-        else:
-            self._metrics.count("bus_sent")
+            return False
+        self._metrics.count("bus_sent")
+        return True
 
     # -- receiving (BusListener), called on the bus's thread
 

@@ -19,6 +19,11 @@ class TierUnavailable(TieredCacheError):
     """A tier cannot be used right now (connection lost, timeout, circuit open)."""
 
 
+class InvalidationIncomplete(TieredCacheError):
+    """A strict invalidation did not reach every shared tier or the bus; the message says
+    which. The steps that could be taken were taken: retrying is safe."""
+
+
 class SourceError(TieredCacheError):
     """The source of truth failed to answer."""
 

@@ -69,13 +69,13 @@ class Recorder:
         self.clears = 0
         self.fail_next = 0
 
-    def invalidate_many(self, keys: list[str]) -> None:
+    def invalidate_many(self, keys: list[str], *, strict: bool = False) -> None:
         if self.fail_next:
             self.fail_next -= 1
             raise ConnectionError("the cache is down")
         self.batches.append(list(keys))
 
-    def clear(self) -> None:
+    def clear(self, *, strict: bool = False) -> None:
         self.clears += 1
 
     @property

@@ -71,6 +71,12 @@ def add_follow_stream_arguments(parser: argparse.ArgumentParser) -> None:
         help="stop after processing this many records (for tests and one-off catch-ups)",
     )
     parser.add_argument(
+        "--max-failures",
+        type=int,
+        help="give up (exit 1) after this many passes failed in a row; default: retry with "
+        "backoff until stopped",
+    )
+    parser.add_argument(
         "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)"
     )
 
@@ -113,8 +119,10 @@ def load_follow_stream_config(
 
 
 def run_follow_stream(args: argparse.Namespace) -> int:
-    """Run the command: 0 when stopped (signal, ``--max-records``), 1 on failure, 2 on a bad
-    configuration."""
+    """Run the command: 0 when stopped in good order (signal, ``--max-records``); 1 when it
+    stopped while failing (records not invalidated everywhere, so not checkpointed: a signal
+    during the retries, or ``--max-failures``), or on a stream that cannot be read; 2 on a bad
+    configuration. The counters are printed as one JSON line in every case but 2."""
     logging.basicConfig(
         level=str(args.log_level).upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -126,9 +134,13 @@ def run_follow_stream(args: argparse.Namespace) -> int:
         overrides["start_position"] = args.start_position
     if args.poll_interval is not None:
         overrides["poll_interval"] = args.poll_interval
-    if args.max_records is not None and args.max_records < 1:
-        _error("--max-records must be at least 1")
-        return 2
+    for option, value in (
+        ("--max-records", args.max_records),
+        ("--max-failures", args.max_failures),
+    ):
+        if value is not None and value < 1:
+            _error(f"{option} must be at least 1")
+            return 2
     try:
         cache_settings, stream_settings = load_follow_stream_config(args.config, **overrides)
     except (ConfigError, OSError) as exc:
@@ -148,18 +160,29 @@ def run_follow_stream(args: argparse.Namespace) -> int:
         return 2
     try:
         follower = StreamFollower(cache, stream_settings)
+        in_order = False
         try:
             follower.connect()
             with _stop_on_signals(follower), _catch_up_progress(follower, args.max_records):
-                follower.run_forever(max_records=args.max_records)
+                in_order = follower.run_forever(
+                    max_records=args.max_records, max_failures=args.max_failures
+                )
         except KeyboardInterrupt:
-            pass
+            in_order = follower.stats()["failing"] == 0
         except TieredCacheError as exc:
             _error(str(exc))
             return 1
         finally:
             follower.close()
-        sys.stdout.write(json.dumps(follower.stats(), default=str) + "\n")
+        stats = follower.stats()
+        sys.stdout.write(json.dumps(stats, default=str) + "\n")
+        if not in_order:
+            _error(
+                f"stopped while failing ({stats['failing']} failed pass(es) in a row, "
+                f"{stats['errors']} errors in all): the records not invalidated everywhere "
+                "are not checkpointed and will be read again by the next run"
+            )
+            return 1
         return 0
     finally:
         cache.close()

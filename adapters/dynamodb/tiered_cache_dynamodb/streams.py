@@ -8,8 +8,10 @@ GetRecords, per shard) and hands the cache key of every changed item to
 from every process's memory.
 
 Guarantees: at-least-once. The position (last sequence number per shard) is saved only after
-the invalidations of a page returned, so a crash replays a page rather than skipping one;
-replaying is harmless because invalidating a key twice, or out of order, is the same as once.
+the invalidations of a page reached every shared tier and the bus (a strict
+``invalidate_many``, which raises otherwise), so a crash or an unreachable Redis replays a page
+rather than skipping one; replaying is harmless because invalidating a key twice, or out of
+order, is the same as once.
 The same property is why shards are not read parent-before-child: the order of invalidations
 does not matter, only that each happens after its write.
 """
@@ -400,12 +402,13 @@ class JSONFileCheckpointStore:
 class Invalidator(Protocol):
     """What the follower needs of a cache (:class:`~tiered_cache.TieredCache` is one)."""
 
-    def invalidate_many(self, keys: list[str]) -> None:
-        """Remove ``keys`` from every tier (and tell every process)."""
+    def invalidate_many(self, keys: list[str], *, strict: bool = False) -> None:
+        """Remove ``keys`` from every tier (and tell every process); with ``strict``, raise if
+        a shared tier or the bus could not be reached."""
         ...
 
-    def clear(self) -> None:
-        """Remove everything (after records were lost)."""
+    def clear(self, *, strict: bool = False) -> None:
+        """Remove everything (after records were lost); ``strict`` as above."""
         ...
 
 
@@ -431,6 +434,8 @@ class _Stats:
     skipped: int = 0
     ignored: int = 0
     errors: int = 0
+    #: Passes failed in a row (0 once one succeeds): the follower is retrying, not moving on.
+    failing: int = 0
     throttles: int = 0
     expired_iterators: int = 0
     gaps: int = 0
@@ -564,24 +569,35 @@ class StreamFollower:
         """Whether the follower's thread is alive."""
         return self._thread is not None and self._thread.is_alive()
 
-    def run_forever(self, max_records: int | None = None) -> None:
+    def run_forever(
+        self, max_records: int | None = None, *, max_failures: int | None = None
+    ) -> bool:
         """Follow the stream in this thread until :meth:`stop` (from another thread or a
-        signal handler), or until ``max_records`` records were processed."""
+        signal handler), until ``max_records`` records were processed, or until
+        ``max_failures`` passes failed in a row. Whether it stopped in good order: ``False``
+        when the last pass failed (its records are not checkpointed and will be read again)."""
         self._stop.clear()
         logger.info("following the stream of table %r", self.table)
-        self._loop(max_records)
+        self._loop(max_records, max_failures)
+        return self._stats.failing == 0
 
-    def _loop(self, max_records: int | None = None) -> None:
-        failures = 0
+    def _loop(self, max_records: int | None = None, max_failures: int | None = None) -> None:
         while not self._stop.is_set():
             try:
                 got = self.run_once()
             except Exception as exc:
-                failures += 1
                 self._failed(exc)
-                self._sleep(self._backoff(failures))
+                if max_failures is not None and self._stats.failing >= max_failures:
+                    logger.error(
+                        "stream of %r: %d passes failed in a row; giving up",
+                        self.table,
+                        self._stats.failing,
+                    )
+                    break
+                self._sleep(self._backoff(self._stats.failing))
                 continue
-            failures = 0
+            with self._changed:
+                self._stats.failing = 0
             if max_records is not None and self._stats.records >= max_records:
                 logger.info("processed %d records; stopping", self._stats.records)
                 break
@@ -613,6 +629,7 @@ class StreamFollower:
     def _failed(self, exc: Exception) -> None:
         code = _error_code(exc)
         with self._changed:
+            self._stats.failing += 1
             if code in STREAM_THROTTLING_CODES:
                 self._stats.throttles += 1
             else:
@@ -667,7 +684,7 @@ class StreamFollower:
             return
         unique = list(dict.fromkeys(keys))
         try:
-            self._cache.invalidate_many(unique)
+            self._cache.invalidate_many(unique, strict=True)
         except BaseException:
             # Not lost: due now, so the next pass tries again.
             self._delayed.appendleft((now, unique))
@@ -769,9 +786,11 @@ class StreamFollower:
         for shard_id in list(self._shards):
             if shard_id not in seen:
                 # DynamoDB drops shards 24 h after they close. One not read to its end is lost.
-                shard = self._shards.pop(shard_id)
-                if not shard.done:
+                # The gap is handled before the shard is forgotten: if clearing fails, the
+                # next refresh finds the same gap again.
+                if not self._shards[shard_id].done:
                     self._gap(f"shard {shard_id} left the stream before it was read to its end")
+                del self._shards[shard_id]
         # Positions of shards that left the stream are dead weight in the file.
         stale = [shard_id for shard_id in checkpoint.shards if shard_id not in seen]
         for shard_id in stale:
@@ -865,7 +884,9 @@ class StreamFollower:
                 )
         unique = list(dict.fromkeys(keys))
         if unique:
-            self._cache.invalidate_many(unique)
+            # Strict: a page whose keys did not reach every shared tier and the bus raises
+            # here, before the position moves, and is read again after a backoff.
+            self._cache.invalidate_many(unique, strict=True)
             if self.settings.reinvalidate_after is not None:
                 self._delayed.append((self._clock() + self.settings.reinvalidate_after, unique))
         # Only now: a crash before this point replays the page (at-least-once).
@@ -915,26 +936,29 @@ class StreamFollower:
             self._stats.checkpoints += 1
 
     def _gap(self, why: str) -> None:
-        with self._changed:
-            self._stats.gaps += 1
-            self._changed.notify_all()
         if self.settings.clear_on_gap:
             logger.warning(
                 "stream of %r: records were lost (%s); clearing the cache", self.table, why
             )
-            self._cache.clear()
+            # Raises if a shared tier or the bus cannot be cleared: the caller has not moved
+            # past the gap, so the next pass finds it (and clears) again.
+            self._cache.clear(strict=True)
         else:
             logger.warning(
                 "stream of %r: records were lost (%s); entries may be stale until their TTL",
                 self.table,
                 why,
             )
+        with self._changed:
+            self._stats.gaps += 1
+            self._changed.notify_all()
 
     # -- observing --------------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
         """Counters: ``records`` read, ``invalidations`` (keys handed to the cache), ``pages``,
-        ``skipped`` (keys that map to no cache key), ``errors``, ``throttles``,
+        ``skipped`` (keys that map to no cache key), ``errors``, ``failing`` (passes failed in
+        a row, 0 once one succeeds), ``throttles``,
         ``expired_iterators``, ``gaps``, ``checkpoints`` saved, ``shards`` known, ..."""
         with self._changed:
             counters: dict[str, Any] = asdict(self._stats)

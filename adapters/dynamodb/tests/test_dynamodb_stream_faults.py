@@ -43,13 +43,6 @@ def proxy(redis_server: RedisServer) -> Iterator[FaultProxy]:
 
 
 @pytest.fixture
-def raw(redis_server: RedisServer) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_server.url)
-    yield client
-    client.close()
-
-
-@pytest.fixture
 def table(admin_client: Any) -> str:
     name = f"sf-{uuid.uuid4().hex[:16]}"
     create_table(admin_client, name, "id", stream=True)
@@ -69,15 +62,20 @@ class World:
 
 @pytest.fixture
 def world(
-    moto_server: MotoDynamoDB, admin_client: Any, table: str, proxy: FaultProxy, raw: redis.Redis
-) -> World:
-    return World(moto_server, admin_client, table, proxy, raw)
+    moto_server: MotoDynamoDB,
+    admin_client: Any,
+    table: str,
+    proxy: FaultProxy,
+    redis_server: RedisServer,
+) -> Iterator[World]:
+    raw = redis.Redis.from_url(redis_server.url)  # straight to Redis, not through the proxy
+    yield World(moto_server, admin_client, table, proxy, raw)
+    raw.close()
 
 
 def _config(world: World, path: Path, *, tier: str = "") -> Path:
-    moto, table, redis_url = world.moto, world.table, world.proxy.url()
     namespace = uuid.uuid4().hex
-    kwargs = moto.settings_kwargs()
+    source = world.moto.source_toml(world.table, "id", key_template="tweet:{id}")
     path.write_text(
         f"""
 [tiered_cache]
@@ -85,20 +83,11 @@ namespace = "{namespace}"
 
 [[tiered_cache.tiers]]
 kind = "redis"
-url = "{redis_url}"
+url = "{world.proxy.url()}"
 timeout = "1s"
 {tier}
 
-[tiered_cache.source]
-kind = "dynamodb"
-table = "{table}"
-key = "id"
-key_template = "tweet:{{id}}"
-region = "{kwargs["region"]}"
-endpoint_url = "{kwargs["endpoint_url"]}"
-aws_access_key_id = "{kwargs["aws_access_key_id"]}"
-aws_secret_access_key = "{kwargs["aws_secret_access_key"]}"
-
+{source}
 [tiered_cache_stream]
 checkpoint = "{path.with_suffix(".checkpoint.json")}"
 poll_interval = "20ms"

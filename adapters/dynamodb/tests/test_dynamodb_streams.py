@@ -728,7 +728,7 @@ def test_settings_need_a_table_and_key() -> None:
 
 
 def _config(moto: MotoDynamoDB, table: str, path: Path, stream: str = "") -> Path:
-    kwargs = moto.settings_kwargs()
+    source = moto.source_toml(table, "id", key_template="tweet:{id}")
     text = f"""
 [tiered_cache]
 namespace = "cli"
@@ -736,15 +736,7 @@ namespace = "cli"
 [[tiered_cache.tiers]]
 kind = "memory"
 
-[tiered_cache.source]
-kind = "dynamodb"
-table = "{table}"
-key = "id"
-key_template = "tweet:{{id}}"
-region = "{kwargs["region"]}"
-endpoint_url = "{kwargs["endpoint_url"]}"
-aws_access_key_id = "{kwargs["aws_access_key_id"]}"
-aws_secret_access_key = "{kwargs["aws_secret_access_key"]}"
+{source}
 {stream}
 """
     path.write_text(text)

@@ -107,6 +107,13 @@ class MotoDynamoDB:
             "aws_secret_access_key": DUMMY_SECRET_KEY,
         }
 
+    def source_toml(self, table: str, key: str, **fields: str) -> str:
+        """The ``[tiered_cache.source]`` table of a config file pointing at this server."""
+        values = {"kind": "dynamodb", "table": table, "key": key, **fields}
+        values.update(self.settings_kwargs())
+        lines = [f"{name} = {json.dumps(value)}" for name, value in values.items()]
+        return "[tiered_cache.source]\n" + "\n".join(lines) + "\n"
+
     def settings(self, **fields: Any) -> DynamoDBSourceSettings:
         """Source settings pointing at this server, plus ``fields`` (table, key, ...)."""
         return DynamoDBSourceSettings(**{**self.settings_kwargs(), **fields})

@@ -6,7 +6,10 @@ Routes: ``POST /tweets``, ``GET /tweets/{id}``, ``GET /tweets?ids=a,b`` (one ``g
 ``PUT``/``DELETE /tweets/{id}`` (through the cache's write path) and ``GET /stats``.
 
 Bad input is refused before anything is written: an unknown id is a 404, an id that is not a
-UUID, or an empty or over-long text, a 422 with a message saying which. A throttled DynamoDB
+UUID, or an empty, over-long or invalid (a lone surrogate) text, a 422 with a message saying
+which. Ids are normalized once, here at the edge: any spelling of a UUID (upper case,
+``urn:uuid:...``, without dashes, in braces) is read under the canonical one, so it finds the
+same tweet, and the same cache key, in every route. A throttled DynamoDB
 (after botocore's retries) is a 503 with ``Retry-After``; any other DynamoDB failure a 502.
 """
 
@@ -21,6 +24,7 @@ from uuid import UUID
 
 from botocore.exceptions import BotoCoreError, ClientError
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, field_validator
 
@@ -100,6 +104,16 @@ def create_app(
         title="tweets", summary="Tweets in DynamoDB behind a tiered cache.", lifespan=lifespan
     )
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own answer echoes each bad input, and a text holding a lone surrogate
+        # cannot be encoded in it (a 500 instead of the 422): say what is wrong, not what came.
+        problems = [
+            {"loc": list(error["loc"]), "msg": error["msg"], "type": error["type"]}
+            for error in exc.errors()
+        ]
+        return JSONResponse(status_code=422, content={"detail": problems})
+
     @app.exception_handler(TweetNotFound)
     async def not_found(request: Request, exc: TweetNotFound) -> JSONResponse:
         return JSONResponse(status_code=404, content={"detail": str(exc)})
@@ -140,10 +154,10 @@ def create_app(
         ids: Annotated[str, Query(description="Comma-separated tweet ids (at most 100).")],
         repository: Tweets,
     ) -> TweetList:
-        wanted = [part.strip() for part in ids.split(",") if part.strip()]
-        problem = _check_ids(wanted)
-        if problem:
-            raise HTTPException(status_code=422, detail=problem)
+        try:
+            wanted = normalize_ids(ids)
+        except ValueError as exc:
+            raise HTTPException(status_code=422, detail=str(exc)) from None
         found = repository.get_many(wanted)
         return TweetList(
             tweets=[_tweet(item) for item in found.values() if item is not None],
@@ -160,14 +174,26 @@ def create_app(
 
     @app.get("/stats")
     def stats(cache: TieredCacheDependency) -> dict[str, Any]:
-        return cache_report(cache.stats())
+        snapshot = cache.stats()
+        # The hot-key list counts reads, and a deleted tweet may still be read (404s): list
+        # only the keys whose tweet the tiers hold now. lookup_many never loads.
+        held = cache.lookup_many(key for key, _ in snapshot["hot_keys"])
+        return cache_report(
+            snapshot, live={key for key, entry in held.items() if entry.value is not None}
+        )
 
     return app
 
 
-def cache_report(snapshot: dict[str, Any]) -> dict[str, Any]:
+def cache_report(snapshot: dict[str, Any], live: set[str] | None = None) -> dict[str, Any]:
     """The parts of ``cache.stats()`` an operator looks at first, with the read capacity units
-    saved as the DynamoDB source computes them from the sizes of the items it read."""
+    saved as the DynamoDB source computes them from the sizes of the items it read.
+
+    ``live``: the hot keys to keep (those of tweets that still exist); none: all of them.
+    """
+    if live is not None:
+        hot = [(key, rate) for key, rate in snapshot["hot_keys"] if key in live]
+        snapshot = {**snapshot, "hot_keys": hot}
     saved = int(snapshot.get("source_reads_saved", 0))
     source = snapshot.get("source") or {}
     return {
@@ -183,20 +209,31 @@ def cache_report(snapshot: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _check_ids(ids: list[str]) -> str | None:
-    if not ids:
-        return "ids must name at least one tweet id"
-    if len(set(ids)) > MAX_BATCH:
-        return f"at most {MAX_BATCH} ids at a time, got {len(set(ids))}"
-    bad = []
-    for tweet_id in ids:
+def normalize_ids(ids: str) -> list[str]:
+    """The distinct canonical ids of a comma-separated list, in order; ``ValueError`` saying
+    what is wrong (no id, too many, or which ones are not UUIDs)."""
+    given = [part.strip() for part in ids.split(",") if part.strip()]
+    if not given:
+        raise ValueError("ids must name at least one tweet id")
+    canonical: list[str] = []
+    bad: list[str] = []
+    for tweet_id in given:
         try:
-            UUID(tweet_id)
+            canonical.append(normalize_id(tweet_id))
         except ValueError:
             bad.append(tweet_id)
     if bad:
-        return f"not tweet ids (UUIDs): {', '.join(bad[:5])}"
-    return None
+        raise ValueError(f"not tweet ids (UUIDs): {', '.join(bad[:5])}")
+    distinct = list(dict.fromkeys(canonical))
+    if len(distinct) > MAX_BATCH:
+        raise ValueError(f"at most {MAX_BATCH} ids at a time, got {len(distinct)}")
+    return distinct
+
+
+def normalize_id(tweet_id: str) -> str:
+    """The canonical spelling of a tweet id (lower case, dashed), as the path routes get it
+    from FastAPI's ``UUID`` type; ``ValueError`` if it is not a UUID."""
+    return str(UUID(tweet_id))
 
 
 def _throttled_response(message: str) -> JSONResponse:

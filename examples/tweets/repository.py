@@ -64,6 +64,15 @@ def check_text(text: str) -> str:
         raise ValueError("the text of a tweet must not be empty")
     if len(text) > MAX_LENGTH:
         raise ValueError(f"a tweet has at most {MAX_LENGTH} characters, this one has {len(text)}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        # JSON can carry half of a UTF-16 pair ("\\ud83d"); DynamoDB and the cache's codec
+        # cannot store it, so it is the client's error (422), not a failure of ours (502).
+        raise ValueError(
+            f"the text holds a lone surrogate at position {exc.start} (half of a UTF-16 "
+            "pair), which is not valid Unicode text"
+        ) from None
     return text
 
 

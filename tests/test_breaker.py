@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tiered_cache import TieredCache
-from tiered_cache.breaker import CircuitBreakerTier
+from tiered_cache.breaker import CircuitBreakerTier, guard
 from tiered_cache.errors import CodecError, TierUnavailable
 from tiered_cache.memory import MemoryTier
 from tiered_cache.registry import Plugin, register, unregister
@@ -202,7 +202,7 @@ def test_only_one_probe_at_a_time(
         assert time.monotonic() < deadline, "the probe never reached the tier"
         threading.Event().wait(0.001)
     assert breaker.state == "half-open"
-    with pytest.raises(TierUnavailable, match="probe is in flight"):
+    with pytest.raises(TierUnavailable, match=r"failures; a probe is in flight$"):
         breaker.get("k")
     flaky.gate.set()
     probe.join(5.0)
@@ -320,6 +320,7 @@ def test_logs_state_changes_not_calls(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     with caplog.at_level(logging.INFO, logger="tiered_cache.breaker"):
+        breaker.get("k")  # a success with the circuit closed changes nothing
         trip(breaker, flaky, times=3)
         for _ in range(50):
             with pytest.raises(TierUnavailable):
@@ -358,9 +359,9 @@ def test_concurrent_failures_open_the_circuit_once(
 def test_threshold_and_cool_down_are_checked_at_their_bounds(
     flaky: FlakyTier, clock: FakeClock
 ) -> None:
-    with pytest.raises(ValueError, match="failure_threshold"):
+    with pytest.raises(ValueError, match=r"^failure_threshold must be at least 1$"):
         CircuitBreakerTier(flaky, failure_threshold=0, clock=clock)
-    with pytest.raises(ValueError, match="cool_down"):
+    with pytest.raises(ValueError, match=r"^cool_down cannot be negative$"):
         CircuitBreakerTier(flaky, cool_down=-0.5, clock=clock)
     edge = CircuitBreakerTier(flaky, failure_threshold=1, cool_down=0.0, clock=clock)
     trip(edge, flaky, times=1)  # one failure is enough to open it
@@ -456,3 +457,68 @@ def test_a_chain_whose_tier_probe_is_interrupted_probes_again(
         assert cache.get("k", lambda: "loaded") == "loaded"
         assert flaky.calls > reached + 1  # the next read probed the tier again
         assert flaky.inner.get("k") is not MISSING  # and, the circuit closed, filled it
+
+
+def test_a_circuit_closed_by_a_probe_probes_again_after_the_next_trip(
+    breaker: CircuitBreakerTier, flaky: FlakyTier, clock: FakeClock
+) -> None:
+    trip(breaker, flaky)
+    clock.advance(10.0)
+    flaky.error = None
+    breaker.get("k")  # the probe closes the circuit
+    trip(breaker, flaky)
+    assert breaker.opened_count == 2
+    clock.advance(10.0)
+    flaky.error = None
+    assert breaker.get("k") is MISSING  # a new probe, not "a probe is in flight"
+    assert breaker.state == "closed"
+
+
+def test_a_probe_failing_with_tier_unavailable_reopens_the_circuit(
+    breaker: CircuitBreakerTier, flaky: FlakyTier, clock: FakeClock
+) -> None:
+    trip(breaker, flaky)
+    clock.advance(10.0)
+    flaky.error = TierUnavailable("still down")
+    with pytest.raises(TierUnavailable, match="still down"):
+        breaker.get("k")
+    assert breaker.state == "open"
+    assert breaker.opened_count == 2
+    clock.advance(10.0)
+    flaky.error = None
+    assert breaker.get("k") is MISSING
+    assert breaker.state == "closed"
+
+
+def test_an_open_circuit_says_when_it_will_probe(
+    breaker: CircuitBreakerTier, flaky: FlakyTier, clock: FakeClock
+) -> None:
+    trip(breaker, flaky)
+    clock.advance(6.0)
+    with pytest.raises(TierUnavailable, match=r"after 3 consecutive failures; next probe in 4s"):
+        breaker.get("k")
+
+
+def test_every_operation_reaches_the_tier_with_its_arguments(
+    breaker: CircuitBreakerTier, flaky: FlakyTier, clock: FakeClock
+) -> None:
+    breaker.set_many({key: Entry(key.upper(), clock()) for key in KEYS})
+    assert {key: entry.value for key, entry in breaker.get_many(KEYS).items()} == {
+        "user:1": "USER:1",
+        "user:2": "USER:2",
+        "post:1": "POST:1",
+    }
+    breaker.delete("user:1")
+    assert list(flaky.inner.get_many(KEYS)) == ["user:2", "post:1"]
+    breaker.delete_many(["user:2"])
+    assert list(flaky.inner.get_many(KEYS)) == ["post:1"]
+    breaker.clear()
+    assert flaky.inner.get_many(KEYS) == {}
+
+
+def test_guard_keeps_the_settings_and_the_clock(flaky: FlakyTier, clock: FakeClock) -> None:
+    guarded = guard(flaky, BreakerSettings(failure_threshold=2, cool_down=30.0), clock=clock)
+    trip(guarded, flaky, times=2)
+    assert guarded.state == "open"
+    clock.advance(30.0)  # the fake clock, not the wall clock, ends the cool-down
+    assert guarded.state == "half-open"

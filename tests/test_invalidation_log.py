@@ -38,6 +38,11 @@ def test_a_clear_overtakes_every_key() -> None:
 def test_a_log_that_no_longer_reaches_back_overtakes_every_key() -> None:
     log = InvalidationLog(size=2)
     mark = log.mark()
+    log.record_keys(["x"])
+    log.record_keys(["y"])
+    assert log.overtaken(mark, ["a", "x"]) == ["x"]  # two events: it still reaches back
+    log = InvalidationLog(size=2)
+    mark = log.mark()
     for key in ("x", "y", "z"):  # the first of these fell out of the log
         log.record_keys([key])
     assert log.overtaken(mark, ["a", "b"]) == ["a", "b"]

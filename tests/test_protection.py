@@ -349,3 +349,11 @@ def test_early_refresh_is_on_by_default(clock: FakeClock) -> None:
     assert loads == [1, 1]
     clock.advance(1.0)  # past the first entry's expiry: the early refresh is what is served
     assert cache.get("hot", loader) == "v2"
+
+
+def test_xfetch_at_the_bounds_of_its_draw() -> None:
+    # random() may return 0.0, where ln(u) has no value: that draw refreshes, it does not raise.
+    assert xfetch_due(now=50.0, soft_expiry=100.0, load_duration=1.0, beta=1.0, u=0.0)
+    # u = 1 adds nothing: due exactly at the soft expiry, not a moment before
+    assert xfetch_due(now=100.0, soft_expiry=100.0, load_duration=1.0, beta=1.0, u=1.0)
+    assert not xfetch_due(now=99.999, soft_expiry=100.0, load_duration=1.0, beta=1.0, u=1.0)

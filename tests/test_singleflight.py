@@ -206,3 +206,40 @@ def test_a_get_many_that_joins_a_failing_batch_raises_its_error() -> None:
     assert error in causes(joined)
     # Nothing of the failed load was kept: the next read loads again.
     assert cache.get_many(["a"], lambda keys: {"a": "recovered"}) == {"a": "recovered"}
+
+
+def test_a_flight_counts_each_caller_that_joined_it() -> None:
+    flights = SingleFlight()
+    led, joined = flights.claim(["a", "b"])
+    assert (list(led), joined) == (["a", "b"], {})
+    assert led["a"].waiters == 0
+    again, joined = flights.claim(["a", "c"])
+    assert (list(again), list(joined)) == (["c"], ["a"])
+    flights.claim(["a"])
+    assert led["a"].waiters == 2  # two batches wait for "a"
+    assert led["b"].waiters == 0
+    release = threading.Event()
+    inside = threading.Event()
+
+    def slow(flight: object) -> str:
+        inside.set()
+        release.wait(timeout=10)
+        return "x"
+
+    leader = threading.Thread(target=lambda: flights.run("k", slow))
+    leader.start()
+    assert inside.wait(timeout=10)
+    follower = threading.Thread(target=lambda: flights.run("k", slow))
+    follower.start()
+    flight = flights.in_flight("k")
+    assert flight is not None
+    deadline = time.monotonic() + 10
+    while flight.waiters < 1:
+        assert time.monotonic() < deadline, "the second caller never joined"
+        time.sleep(0.005)
+    assert flight.waiters == 1
+    release.set()
+    leader.join(timeout=10)
+    follower.join(timeout=10)
+    flights.land(led, {}, None)
+    flights.land(again, {}, None)

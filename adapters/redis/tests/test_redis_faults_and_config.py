@@ -18,10 +18,11 @@ from tiered_cache_redis import (
     parse_url,
 )
 
-from tiered_cache.breaker import CircuitBreakerTier
+from tiered_cache.breaker import CircuitBreakerTier, guard
 from tiered_cache.errors import ConfigError, TierUnavailable
+from tiered_cache.leases import LeasingTier
 from tiered_cache.registry import BuildContext, find_plugin
-from tiered_cache.settings import CacheSettings, load_settings
+from tiered_cache.settings import BreakerSettings, CacheSettings, load_settings
 from tiered_cache.testing.clock import FakeClock
 from tiered_cache.testing.servers import FaultProxy, RedisServer, free_port
 from tiered_cache.tier import MISSING, Entry
@@ -124,6 +125,33 @@ def test_breaker_around_a_dead_redis_stops_touching_it(
     assert tier.get("k") is not MISSING  # the probe succeeds
     assert tier.state == "closed"
     tier.close()
+
+
+def test_a_guarded_redis_tier_keeps_its_leases_the_settings_and_the_clock(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    clock = FakeClock()
+    settings = BreakerSettings(failure_threshold=2, cool_down=30.0)
+    tier = guard(RedisTier(make_client(redis_server.url), namespace=namespace), settings)
+    assert (tier.failure_threshold, tier.cool_down) == (2, 30.0)
+    assert isinstance(tier, LeasingTier)
+    token, entry = tier.acquire_lease("k", 5.0)
+    assert token is not None and entry is MISSING
+    tier.release_lease("k", token)  # given back: the next caller gets it at once
+    again, _ = tier.acquire_lease("k", 5.0)
+    assert again is not None
+    tier.close()
+    dead = RedisTier(
+        make_client(f"redis://127.0.0.1:{free_port()}", timeout=0.1), namespace=namespace
+    )
+    guarded = guard(dead, settings, clock=clock)
+    for _ in range(2):
+        with pytest.raises(TierUnavailable):
+            guarded.get("k")
+    assert guarded.state == "open"
+    clock.advance(30.0)  # the chain's clock ends the cool-down, not the wall clock
+    assert guarded.state == "half-open"
+    guarded.close()
 
 
 # --- URLs and client options

@@ -18,7 +18,7 @@ from tiered_cache_redis import (
     parse_url,
 )
 
-from tiered_cache.breaker import CircuitBreakerTier, guard
+from tiered_cache.breaker import CircuitBreakerTier, LeasingCircuitBreakerTier, guard
 from tiered_cache.errors import ConfigError, TierUnavailable
 from tiered_cache.leases import LeasingTier
 from tiered_cache.registry import BuildContext, find_plugin
@@ -135,6 +135,8 @@ def test_a_guarded_redis_tier_keeps_its_leases_the_settings_and_the_clock(
     tier = guard(RedisTier(make_client(redis_server.url), namespace=namespace), settings)
     assert (tier.failure_threshold, tier.cool_down) == (2, 30.0)
     assert isinstance(tier, LeasingTier)
+    explicit = LeasingCircuitBreakerTier(tier.tier, settings, failure_threshold=4, cool_down=9.0)
+    assert (explicit.failure_threshold, explicit.cool_down) == (4, 9.0)  # arguments win
     token, entry = tier.acquire_lease("k", 5.0)
     assert token is not None and entry is MISSING
     tier.release_lease("k", token)  # given back: the next caller gets it at once

@@ -13,6 +13,7 @@ import pytest
 
 from tiered_cache import MISSING, Entry, MemoryTier, TieredCache
 from tiered_cache.bus import Invalidation, LocalBus
+from tiered_cache.coherence import BusLink
 from tiered_cache.protection import Protection
 from tiered_cache.testing import FakeClock
 from tiered_cache.testing.sources import DictSource
@@ -27,8 +28,15 @@ class SharedTier(MemoryTier):
 
 
 class Fleet:
-    def __init__(self, clock: FakeClock, write_policy: str = "through", source: bool = True):
+    def __init__(
+        self,
+        clock: FakeClock,
+        write_policy: str = "through",
+        source: bool = True,
+        bound: float = 1.0,
+    ):
         self.clock = clock
+        self.bound = bound
         self.bus = LocalBus()
         self.shared = SharedTier(clock)
         self.source = DictSource() if source else None
@@ -42,6 +50,7 @@ class Fleet:
             clock=self.clock,
             protection=Protection.never_stale(),
             bus=self.bus,
+            max_stale_when_disconnected=self.bound,
             write_policy=write_policy,  # type: ignore[arg-type]
         )
 
@@ -110,8 +119,8 @@ def test_a_gap_in_a_senders_numbers_clears_memory(clock: FakeClock) -> None:
     assert fleet.b.stats()["bus_gaps"] == 1
 
 
-def test_while_the_bus_is_down_memory_is_bypassed(clock: FakeClock) -> None:
-    fleet = Fleet(clock)
+def read_then_lose_the_bus(fleet: Fleet) -> BusLink:
+    """b reads "k" ("old") into memory, then its bus goes down: memory is cleared."""
     assert fleet.source is not None
     fleet.source.items["k"] = "old"
     fleet.b.get("k")
@@ -120,6 +129,14 @@ def test_while_the_bus_is_down_memory_is_bypassed(clock: FakeClock) -> None:
     link.on_disconnect()
     assert fleet.b.stats()["bus"] == "down"
     assert fleet.b.tiers[0].get("k") is MISSING  # cleared on the way down
+    return link
+
+
+def test_while_the_bus_is_down_memory_is_bypassed_when_no_staleness_is_allowed(
+    clock: FakeClock,
+) -> None:
+    fleet = Fleet(clock, bound=0)
+    link = read_then_lose_the_bus(fleet)
     # a write elsewhere that b cannot hear about: b still reads the shared tier, never memory
     fleet.shared.set("k", Entry("new", clock()))
     assert fleet.b.get("k") == "new"
@@ -127,6 +144,21 @@ def test_while_the_bus_is_down_memory_is_bypassed(clock: FakeClock) -> None:
     link.on_reconnect()
     assert fleet.b.get("k") == "new"
     assert fleet.b.tiers[0].get("k") is not MISSING
+    assert fleet.b.stats()["bus"] == "connected"
+
+
+def test_while_the_bus_is_down_memory_keeps_fills_for_the_bound_only(clock: FakeClock) -> None:
+    fleet = Fleet(clock, bound=1.0)
+    link = read_then_lose_the_bus(fleet)
+    assert fleet.b.get("k") == "old"  # from the shared tier, copied into memory for 1 s
+    # a write elsewhere that b cannot hear about: b serves its copy for the bound, no longer
+    fleet.shared.set("k", Entry("new", clock()))
+    assert fleet.b.get("k") == "old"
+    clock.advance(1.0)
+    assert fleet.b.get("k") == "new"
+    stats = fleet.b.stats()
+    assert (stats["bus_down_served"], stats["bus_down_bypasses"]) == (1, 2)
+    link.on_reconnect()
     assert fleet.b.stats()["bus"] == "connected"
 
 

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from ._tiers import ChainTiers
 from .errors import CodecError, LoadTimeout, TieredCacheError
+from .forking import restart_after_fork
 from .leases import LeasingTier, PartialFill
 from .logs import fields, key_hash, logger_for
 from .protection import Protection
@@ -85,6 +86,21 @@ class ChainLoading(ChainTiers):
         self._refreshing: set[str] = set()
         #: Loads that outlived their caller (soft or hard timeout) and will fill when done.
         self._orphans: dict[str, list[Flight]] = {}
+        #: The running load of each key whose caller gave up on it (bounded in number).
+        self._abandoned: dict[str, Future[Entry]] = {}
+        restart_after_fork(self)
+
+    def after_fork_in_child(self) -> None:
+        """In a forked child the parent's workers and in-flight loads do not exist: start with
+        no pool (a new one is made on the next background task) and no flights to wait for."""
+        self._background_lock = threading.Lock()
+        self._executor = None
+        self._pending = set()
+        self._refreshing = set()
+        self._orphans = {}
+        self._abandoned = {}
+        self._flights = SingleFlight()
+        self._refresh_flights = SingleFlight()
 
     def _load_and_fill(
         self,
@@ -164,20 +180,34 @@ class ChainLoading(ChainTiers):
         hard = protection.hard_timeout
         if background or (soft is None and hard is None):
             return self._load(key, loader, ttl)
+        with self._background_lock:
+            running = self._abandoned.get(key)
+            hung = len(self._abandoned)
+        if running is not None:
+            # This key's earlier load still runs: wait for it rather than start another.
+            return self._await_abandoned(
+                key, running, soft if soft is not None else hard, serve_stale=soft is not None
+            )
+        if hung >= protection.max_abandoned_loads:
+            self._metrics.count("loads_refused")
+            raise LoadTimeout(
+                f"{hung} loads are still running after their callers stopped waiting "
+                f"(max_abandoned_loads); {key!r} was not loaded"
+            )
         handoff = _Handoff(flight, token)
-        future = self._run_tracked(self._load_handing_off, key, loader, ttl, handoff)
+        future = self._start_timed(self._load_handing_off, key, loader, ttl, handoff)
         if soft is not None:
             try:
                 return future.result(timeout=soft)
             except FutureTimeout:
-                if self._orphan(key, handoff):
+                if self._orphan(key, handoff, future):
                     self._metrics.count("soft_timeouts")
                     raise _ServeStale() from None
                 return future.result()  # it finished just now
         try:
             return future.result(timeout=hard)
         except FutureTimeout:
-            if not self._orphan(key, handoff):
+            if not self._orphan(key, handoff, future):
                 return future.result()
             self._metrics.count("hard_timeouts")
             raise LoadTimeout(
@@ -185,7 +215,42 @@ class ChainLoading(ChainTiers):
                 "it goes on in the background and fills the cache when it finishes"
             ) from None
 
-    def _orphan(self, key: str, handoff: _Handoff) -> bool:
+    def _await_abandoned(
+        self, key: str, running: Future[Entry], timeout: float | None, *, serve_stale: bool
+    ) -> Entry:
+        """Wait up to ``timeout`` for a load of ``key`` that an earlier caller gave up on."""
+        try:
+            return running.result(timeout=timeout)
+        except FutureTimeout:
+            if serve_stale:
+                self._metrics.count("soft_timeouts")
+                raise _ServeStale() from None
+            self._metrics.count("hard_timeouts")
+            raise LoadTimeout(
+                f"an earlier load of {key!r} is still running past the hard timeout; it goes "
+                "on in the background and fills the cache when it finishes"
+            ) from None
+
+    def _start_timed(self, fn: Callable[..., Entry], *args: Any) -> Future[Entry]:
+        """Run a timed load on a thread of its own: loads that hang hold up no other load
+        (a shared pool would be full of them); their number is bounded separately."""
+        future: Future[Entry] = Future()
+
+        def run() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:
+                future.set_exception(exc)
+
+        with self._background_lock:
+            self._pending.add(future)
+        future.add_done_callback(self._pending_done)
+        threading.Thread(target=run, name="tiered-cache-timed-load", daemon=True).start()
+        return future
+
+    def _orphan(self, key: str, handoff: _Handoff, future: Future[Entry]) -> bool:
         """Hand a running load over to its worker; False if it already delivered."""
         with handoff.lock:
             if handoff.delivered:
@@ -195,7 +260,15 @@ class ChainLoading(ChainTiers):
         # this load among the orphans to cancel its fill.
         with self._background_lock:
             self._orphans.setdefault(key, []).append(handoff.flight)
+            self._abandoned[key] = future
+        self._metrics.count("abandoned_loads")
+        future.add_done_callback(lambda done: self._abandoned_done(key, done))
         return True
+
+    def _abandoned_done(self, key: str, future: Future[Entry]) -> None:
+        with self._background_lock:
+            if self._abandoned.get(key) is future:
+                del self._abandoned[key]
 
     def _load_handing_off(
         self, key: str, loader: Loader | None, ttl: float | str | None, handoff: _Handoff

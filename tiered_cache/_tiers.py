@@ -7,6 +7,7 @@ tier goes through here, so a tier that fails is skipped with a warning and a cou
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 
 from .errors import CodecError, TierUnavailable
 from .logs import fields, tier_logger
@@ -31,6 +32,11 @@ class ChainTiers:
         )
         #: Tiers not used right now (the local ones, while the bus is disconnected).
         self._bypassed: frozenset[int] = frozenset()
+        #: Tiers whose fills are kept at most ``_bounded_for`` seconds (the local ones, while
+        #: the bus is disconnected and a staleness bound is set).
+        self._bounded: frozenset[int] = frozenset()
+        self._bounded_for = 0.0
+        self._bus_down = False
 
     def _tier_get(
         self, index: int, tier: Tier, key: str, *, count: bool = True
@@ -74,7 +80,8 @@ class ChainTiers:
             if index in self._bypassed:
                 continue
             try:
-                self._tiers[index].set(key, entry)
+                kept = self._capped(entry) if index in self._bounded else entry
+                self._tiers[index].set(key, kept)
             except CodecError:
                 raise
             except Exception as exc:
@@ -90,13 +97,23 @@ class ChainTiers:
             if index in self._bypassed:
                 continue
             try:
-                self._tiers[index].set_many(entries)
+                if index in self._bounded:
+                    self._tiers[index].set_many({k: self._capped(e) for k, e in entries.items()})
+                else:
+                    self._tiers[index].set_many(entries)
             except CodecError:
                 raise
             except Exception as exc:
                 self._tier_failed(index, exc)
             else:
                 self._metrics.fill(index, len(entries))
+
+    def _capped(self, entry: Entry) -> Entry:
+        """``entry`` kept no longer than the staleness bound from now (bus down)."""
+        until = self._clock() + self._bounded_for
+        if entry.hard_expiry <= until:
+            return entry
+        return replace(entry, soft_expiry=min(entry.soft_expiry, until), hard_expiry=until)
 
     def _tier_failed(self, index: int, exc: Exception) -> None:
         if isinstance(exc, TierUnavailable):

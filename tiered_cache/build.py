@@ -58,5 +58,6 @@ def build_cache(settings: CacheSettings, *, clock: Callable[[], float] = time.ti
         clock=clock,
         protection=Protection(**settings.protection.model_dump()),
         bus=bus,
+        max_stale_when_disconnected=settings.bus.max_stale_when_disconnected,
         write_policy=settings.write_policy,
     )

@@ -62,6 +62,8 @@ class TieredCache(ChainLoading):
             list's ``append`` to decide themselves when refreshes run.
         bus: announces writes and invalidations to the other processes and applies theirs to
             this chain's in-process tiers (tiers with ``local = True``).
+        max_stale_when_disconnected: while the bus is down, in-process tiers serve only what
+            was filled during the outage, for at most this many seconds; 0: not at all.
         write_policy: ``"through"``: :meth:`set` writes the source, then every tier;
             ``"around"``: it writes the source, then invalidates every tier.
     """
@@ -80,6 +82,7 @@ class TieredCache(ChainLoading):
         rng: Callable[[], float] = random.random,
         background: Callable[[Callable[[], None]], object] | None = None,
         bus: Bus | None = None,
+        max_stale_when_disconnected: float = 1.0,
         write_policy: Literal["through", "around"] = "through",
     ) -> None:
         super().__init__(
@@ -93,6 +96,7 @@ class TieredCache(ChainLoading):
             background=background,
         )
         self.namespace = namespace
+        self._disconnected_bound = max_stale_when_disconnected
         self._set_l1(self._tiers[0] if self._tiers else None)
         self._l1_hits = self._metrics.l1_hits
         self._l1_hit_cells = self._l1_hits.cells
@@ -310,6 +314,8 @@ class TieredCache(ChainLoading):
             if index in self._bypassed:
                 continue
             hits = self._tier_get_many(index, tier, remaining, now, stale)
+            if hits and index in self._bounded:
+                self._metrics.count("bus_down_served", len(hits))
             if hits:
                 self._fill_many(hits, upto=index)
                 found.update(hits)
@@ -360,9 +366,13 @@ class TieredCache(ChainLoading):
                         # Invalidated (here or on the bus) while we copied it up: the copy may
                         # be older than the write. Fill first, check second: no window left.
                         self._delete_local([key])
+                if self._bounded:
+                    self._count_bus_down(index)
                 return entry.value
             if stale is None and now < entry.hard_expiry:
                 stale = entry
+        if self._bounded:
+            self._count_bus_down(len(self._tiers))
         if stale is not None and self._protection.stale_while_revalidate:
             self._metrics.count("stale_served")
             self._refresh_in_background(key, loader, ttl, stale)
@@ -489,17 +499,29 @@ class TieredCache(ChainLoading):
             except Exception as exc:
                 self._tier_failed(index, exc)
 
+    def _count_bus_down(self, index: int) -> None:
+        """A read while the bus is down: answered by a bounded in-process tier, or not."""
+        self._metrics.count("bus_down_served" if index in self._bounded else "bus_down_bypasses")
+
     def _set_bus_connected(self, connected: bool) -> None:
-        """Stop using in-process tiers while the bus is down: they would miss invalidations.
-        They are cleared both ways: on the way down nothing stale stays for later, on the way
-        up nothing from the outage is trusted."""
+        """While the bus is down in-process tiers would miss invalidations: they serve only
+        copies filled during the outage, each for at most ``max_stale_when_disconnected``
+        (or are bypassed when that is 0), so the source sees about one load per key per
+        bound instead of one per read. They are cleared both ways: on the way down nothing
+        stale stays for later, on the way up nothing from the outage is trusted."""
+        self._bus_down = not connected
         if connected:
             self._drop_local_everything()
-            self._bypassed = frozenset()
+            self._bypassed = self._bounded = frozenset()
             self._set_l1(self._tiers[0] if self._tiers else None)
         else:
-            self._bypassed = self._local
+            if self._disconnected_bound > 0:
+                self._bounded_for = self._disconnected_bound
+                self._bounded = self._local
+            else:
+                self._bypassed = self._local
             if 0 in self._local:
+                # Reads take the slow path while the bus is down: it counts bounded serves.
                 self._set_l1(None)
             self._drop_local_everything()
 
@@ -546,7 +568,7 @@ class TieredCache(ChainLoading):
         )
         snapshot["namespace"] = self.namespace
         snapshot["bus"] = (
-            None if self._bus_link is None else ("down" if self._bypassed else "connected")
+            None if self._bus_link is None else ("down" if self._bus_down else "connected")
         )
         snapshot["hot_keys"] = [[key, rate] for key, rate in self.hot_keys(10)]
         return snapshot

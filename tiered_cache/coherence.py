@@ -113,7 +113,7 @@ class BusLink:
     def on_disconnect(self) -> None:
         self._metrics.count("bus_disconnects")
         logger.warning(
-            "invalidation bus disconnected: in-process tiers are bypassed until it is back",
+            "invalidation bus disconnected: memory serves only fresh fills until it is back",
             extra=fields("bus_disconnected"),
         )
         self._handlers.set_connected(False)

@@ -7,11 +7,13 @@ What stays in memory is decided by an :class:`EvictionPolicy`. ``"always"`` is a
 
 from __future__ import annotations
 
+import copy
 import random
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any, Protocol
 
 import cachetools
@@ -188,6 +190,9 @@ class MemoryTier:
         ttl_jitter: a fraction; each entry's TTL is shortened by up to this much at random so
             that entries filled together do not expire together.
         clock: seconds, the same clock the chain stamps entries with.
+        copy_on_read: keep a deep copy of each value and hand out a deep copy on every read,
+            so that a caller mutating what it got changes nothing for the next reader
+            (values are shared otherwise: the fastest read returns the kept object itself).
         sizeof: weighs a value for ``max_bytes``; :func:`.weighing.deep_size` by default.
     """
 
@@ -203,6 +208,7 @@ class MemoryTier:
         clock: Clock = time.time,
         sizeof: Callable[[Any], int] = deep_size,
         rng: random.Random | None = None,
+        copy_on_read: bool = False,
     ) -> None:
         if max_entries < 1:
             raise ValueError("max_entries must be at least 1")
@@ -220,6 +226,7 @@ class MemoryTier:
         self._clock = clock
         self._sizeof = sizeof if max_bytes is not None else _zero_size
         self._rng = rng or random.Random()
+        self._copy_on_read = copy_on_read
         self._lock = threading.Lock()
         self._peek = self._policy.peek
         # Hits are recorded here without the lock and replayed into the policy before the
@@ -243,7 +250,7 @@ class MemoryTier:
         slot = self._peek(key)
         if slot is not None and now < slot[1]:
             self._record_read(key)
-            return slot[0]
+            return _copied(slot[0]) if self._copy_on_read else slot[0]
         with self._lock:
             self._replay_reads()
             if slot is None:
@@ -256,7 +263,7 @@ class MemoryTier:
         """The live entry for ``key`` without counting a read (for the chain's second look)."""
         slot = self._peek(key)
         if slot is not None and self._clock() < slot[1]:
-            return slot[0]
+            return _copied(slot[0]) if self._copy_on_read else slot[0]
         return MISSING
 
     def _replay_reads(self) -> None:
@@ -285,7 +292,7 @@ class MemoryTier:
             slot = self._peek(key)
             if slot is not None and now < slot[1]:
                 self._record_read(key)
-                found[key] = slot[0]
+                found[key] = _copied(slot[0]) if self._copy_on_read else slot[0]
             else:
                 missed.append((key, slot))
         if missed:
@@ -306,7 +313,9 @@ class MemoryTier:
         now = self._clock()
         offered: list[tuple[str, Slot, int]] = []
         expired: list[str] = []
-        for key, entry in entries.items():
+        for key, given in entries.items():
+            # With copy_on_read the caller keeps the loaded object and this tier its own.
+            entry = _copied(given) if self._copy_on_read else given
             expire_at = self._expire_at(entry, now)
             if expire_at > now:
                 offered.append((key, (entry, expire_at), self._sizeof(entry.value)))
@@ -377,6 +386,11 @@ class MemoryTier:
         if self._jitter:
             ttl *= 1.0 - self._jitter * self._rng.random()
         return min(entry.hard_expiry, now + ttl)
+
+
+def _copied(entry: Entry) -> Entry:
+    """``entry`` with a deep copy of its value (``copy_on_read``)."""
+    return replace(entry, value=copy.deepcopy(entry.value))
 
 
 def _zero_size(value: Any) -> int:

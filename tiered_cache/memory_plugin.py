@@ -39,6 +39,7 @@ def build_memory_tier(settings: MemoryTierSettings, context: BuildContext) -> Ti
         ttl=settings.ttl,
         ttl_jitter=settings.ttl_jitter,
         clock=context.clock,
+        copy_on_read=settings.copy_on_read,
     )
 
 

@@ -38,7 +38,11 @@ class Protection:
         lease_wait: how long a process that did not get the lease waits for the holder's value
             before loading itself.
         lease_poll: pause between looks at the shared tier while waiting.
-        refresh_workers: threads for background refreshes and timed loads.
+        refresh_workers: threads for background refreshes.
+        max_abandoned_loads: most loads kept running after their caller gave up waiting
+            (soft or hard timeout). Each timed load runs on a thread of its own, so hung loads
+            never hold up the others; past this many, a miss on another key fails at once
+            with :class:`~tiered_cache.LoadTimeout` instead of starting one more thread.
     """
 
     max_stale: float = 300.0
@@ -53,6 +57,7 @@ class Protection:
     lease_wait: float = 3.0
     lease_poll: float = 0.02
     refresh_workers: int = 4
+    max_abandoned_loads: int = 16
 
     @classmethod
     def never_stale(cls, **overrides: object) -> Protection:

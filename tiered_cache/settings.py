@@ -101,6 +101,12 @@ class MemoryTierSettings(TierSettings):
         default_factory=lambda: BreakerSettings(enabled=False),
         description="Off by default: process memory does not fail the way a network does.",
     )
+    copy_on_read: bool = Field(
+        default=False,
+        description="Hand every reader its own deep copy of the value (and keep one that no "
+        "caller holds). Off: readers in this process share one object, so mutating a "
+        "returned value changes what the next get returns here (never in other processes).",
+    )
     admission: Literal["always", "hot-keys"] = Field(
         default="hot-keys",
         description="Which filled keys are kept: 'hot-keys' admits a key into the main area "
@@ -303,7 +309,14 @@ class ProtectionSettings(BaseModel):
     refresh_workers: int = Field(
         default=_PROTECTION.refresh_workers,
         ge=1,
-        description="Threads for background refreshes and timed loads.",
+        description="Threads for background refreshes.",
+    )
+    max_abandoned_loads: int = Field(
+        default=_PROTECTION.max_abandoned_loads,
+        ge=1,
+        description="Most loads left running after their caller stopped waiting (soft or hard "
+        "timeout); a hung load costs its own key only, until this many hang, when a miss on "
+        "another key fails at once with LoadTimeout.",
     )
 
 
@@ -317,6 +330,13 @@ class BusSettings(BaseModel):
         description="'auto': Redis pub/sub when the chain has an in-process tier and a Redis "
         "tier; 'off': no bus (each process's memory lives out its TTL after a write "
         "elsewhere); or an installed bus kind.",
+    )
+    max_stale_when_disconnected: Duration = Field(
+        default=1.0,
+        ge=0,
+        description="While the bus is down, in-process tiers keep serving, but only copies "
+        "filled during the outage and at most this old ('1s'): the source then sees about "
+        "one load per key per this long per process. 0: bypass in-process tiers entirely.",
     )
 
 

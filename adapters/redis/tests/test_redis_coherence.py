@@ -23,6 +23,8 @@ import redis
 
 from tiered_cache import TieredCache
 from tiered_cache.errors import ConfigError
+from tiered_cache.testing import FakeClock
+from tiered_cache.testing.forked import ForkedChild
 from tiered_cache.testing.servers import FaultProxy, RedisServer, resp_command
 
 #: Generous bound for "the bus has delivered": asserted here; measured by the benchmark.
@@ -106,7 +108,8 @@ def test_a_cut_bus_connection_bypasses_memory_until_it_is_back(
     by b; b must not serve its in-memory copy once it noticed the cut."""
     with FaultProxy(redis_server.host, redis_server.port) as proxy:
         a = chain(redis_server.url, namespace)
-        b = chain(redis_server.url, namespace, bus_url=proxy.url("redis"))
+        no_staleness = {"max_stale_when_disconnected": "0s"}
+        b = chain(redis_server.url, namespace, proxy.url("redis"), bus_options=no_staleness)
         assert b.get("k", lambda: "v0") == "v0"
         proxy.cut()
         assert eventually(lambda: b.stats()["bus"] == "down", within=10)
@@ -309,3 +312,66 @@ def test_a_bus_check_that_never_runs_is_refused_with_its_path(
             tiers=[{"kind": "memory"}, {"kind": "redis", "url": redis_server.url}],
             bus={"kind": "redis", field: "0s"},
         )
+
+
+# -- a forked worker: the listener thread does not survive fork(); the bus restarts it
+
+
+def test_a_forked_child_hears_another_process_write(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """A cache built before fork() (gunicorn --preload, Celery prefork): the child serves
+    from its memory, hears a write made by another process and drops its copy."""
+    parent = chain(redis_server.url, namespace)
+    writer = chain(redis_server.url, namespace)
+    assert parent.get("k", lambda: "v0") == "v0"  # in the parent's memory, inherited
+
+    def child(report: Callable[[Any], None]) -> None:
+        connected = eventually(lambda: parent.stats()["bus"] == "connected", 10)
+        before = parent.get("k", lambda: "v0")
+        served = parent.get("k", lambda: "loaded")  # from the child's memory
+        report([connected, before, served])
+        heard = eventually(lambda: parent.get("k", lambda: "never") == "v1", 10)
+        report([heard, parent.stats()["bus_received"]])
+
+    forked = ForkedChild(child)
+    assert forked.read() == [True, "v0", "v0"]
+    writer.set("k", "v1")
+    second = forked.read()
+    assert forked.wait() == 0
+    assert second is not None and second[0] is True
+    assert second[1] >= 1  # heard on the child's own subscription
+    parent.close()
+    writer.close()
+
+
+# -- Redis down: memory keeps serving within a short bound, so the source is not stampeded
+
+
+def test_with_redis_down_memory_serves_within_the_bound_and_counts(namespace: str) -> None:
+    """100 reads of one key over 5 s (of the chain's clock) while Redis, and so the bus, is
+    down: about one load per max_stale_when_disconnected, the rest served from memory."""
+    clock = FakeClock()
+    with RedisServer() as server:
+        cache = chain(
+            server.url,
+            namespace,
+            bus_options={"max_stale_when_disconnected": "1s"},
+            clock=clock,
+        )
+        server.kill()
+        assert eventually(lambda: cache.stats()["bus"] == "down", 10)
+        loads: list[float] = []
+
+        def load() -> str:
+            loads.append(clock())
+            return "v"
+
+        for _ in range(100):
+            assert cache.get("k", load) == "v"
+            clock.advance(0.05)
+        assert 5 <= len(loads) <= 6, loads  # one per second of the 5
+        stats = cache.stats()
+        assert stats["bus_down_bypasses"] == len(loads)
+        assert stats["bus_down_served"] == 100 - len(loads)
+        cache.close()

@@ -4,6 +4,11 @@ One thread per bus listens on the channel. When its connection breaks, stalls or
 other way, it tells the chain (``on_disconnect``: the chain stops trusting its in-process tiers),
 reconnects with backoff, and tells the chain again once it is subscribed (``on_reconnect``).
 
+A process forked from one that had a bus (gunicorn ``--preload``, Celery prefork,
+multiprocessing's fork start) inherits no listening thread: the bus restarts it in the child
+(:mod:`tiered_cache.forking`), and the child counts as disconnected, bypassing the memory it
+inherited, until its own subscription is confirmed.
+
 A silent network (a stalled server, a dropped route) closes nothing, so the listener checks the
 connection itself: every ``health_check_interval`` it sends a PING on the subscription and
 expects the reply within ``timeout``. A stall is therefore noticed within
@@ -15,6 +20,7 @@ sends the PING but never waits for the reply, and redis-py's silent reconnection
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -23,6 +29,7 @@ from typing import Any
 import redis
 
 from tiered_cache.bus import BusListener, Invalidation
+from tiered_cache.forking import restart_after_fork
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +90,7 @@ class RedisBus:
         self._thread: threading.Thread | None = None
         self._subscribed = threading.Event()
         self.connected = False
+        restart_after_fork(self)
 
     def publish(self, message: Invalidation) -> None:
         self._client.publish(self.channel, message.encode())
@@ -91,10 +99,28 @@ class RedisBus:
         with self._lock:
             self._listeners.append(listener)
             if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._listen, name=f"tiered-cache-bus:{self.channel}", daemon=True
-                )
-                self._thread.start()
+                self._start_listening(after_fork=False)
+
+    def _start_listening(self, *, after_fork: bool) -> None:
+        self._thread = threading.Thread(
+            target=self._listen,
+            args=(after_fork,),
+            name=f"tiered-cache-bus:{self.channel}",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def after_fork_in_child(self) -> None:
+        """In a forked child: the parent's listening thread does not exist here. Locks and
+        events are made anew (another thread may have held them at the fork), and a listener
+        of the child's own starts, as disconnected until it is subscribed."""
+        self._lock = threading.Lock()
+        self._subscribed = threading.Event()
+        self.connected = False
+        if self._thread is None or self._stop.is_set():
+            return  # never listened, or closed
+        self._stop = threading.Event()
+        self._start_listening(after_fork=True)
 
     def wait_subscribed(self, timeout: float | None = None) -> bool:
         """True once the listener is subscribed (for tests and orderly start-ups)."""
@@ -109,9 +135,17 @@ class RedisBus:
 
     # -- the listening thread
 
-    def _listen(self) -> None:
+    def _listen(self, after_fork: bool) -> None:
         delay = self._backoff[0]
         ever_connected = False
+        if after_fork:
+            # Whatever the parent's memory holds was current at the fork; what changed since is
+            # unheard until this child subscribes: the chain treats the bus as down until then.
+            log.info(
+                "bus %r: restarting the listener in forked process %d", self.channel, os.getpid()
+            )
+            self._tell("on_disconnect")
+            ever_connected = True
         # What was logged during the current outage: one line per kind of failure, not one per
         # attempt (a missing ACL permission fails every attempt the same way).
         logged: set[str] = set()
@@ -143,7 +177,7 @@ class RedisBus:
                     else:
                         log.error(
                             "bus %r: listening failed with %s: %s; in-process tiers are "
-                            "bypassed while it retries (this is logged once)",
+                            "treated as disconnected while it retries (logged once)",
                             self.channel,
                             kind,
                             exc,

@@ -1,0 +1,74 @@
+"""Loads that hang past the hard timeout cost their own keys, never the others'."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from tiered_cache import LoadTimeout, MemoryTier, TieredCache
+from tiered_cache.protection import Protection
+
+
+@pytest.fixture
+def release() -> Iterator[threading.Event]:
+    event = threading.Event()
+    yield event
+    event.set()  # let the hung loads end with the test
+
+
+def test_six_hung_loads_leave_other_misses_working(release: threading.Event) -> None:
+    cache = TieredCache(
+        [MemoryTier()],
+        protection=Protection.never_stale(hard_timeout=0.5, max_abandoned_loads=16),
+    )
+    calls: dict[str, int] = {}
+
+    def hang(key: str) -> str:
+        calls[key] = calls.get(key, 0) + 1
+        release.wait(30)
+        return "late"
+
+    errors: list[BaseException] = []
+
+    def read_hung(key: str) -> None:
+        try:
+            cache.get(key, lambda: hang(key))
+        except BaseException as exc:
+            errors.append(exc)
+
+    readers = [threading.Thread(target=read_hung, args=(f"hung:{n}",)) for n in range(6)]
+    for reader in readers:
+        reader.start()
+    for reader in readers:
+        reader.join(10)
+    assert len(errors) == 6 and all(isinstance(exc, LoadTimeout) for exc in errors)
+    assert "goes on in the background" in str(errors[0])
+    # the pool the hung loads sit on is not the one new loads need
+    assert cache.get("fine", lambda: "instant") == "instant"
+    # a hung key is not loaded again while its load still runs: the new read waits for it
+    with pytest.raises(LoadTimeout):
+        cache.get("hung:0", lambda: hang("hung:0"))
+    assert calls["hung:0"] == 1
+    assert cache.stats()["abandoned_loads"] == 6
+    release.set()
+    assert cache.wait_background(10)
+    assert cache.get("hung:0", lambda: "never") == "late"  # the late load filled the cache
+    cache.close()
+
+
+def test_past_the_bound_of_abandoned_loads_a_miss_fails_at_once(release: threading.Event) -> None:
+    cache = TieredCache(
+        [MemoryTier()],
+        protection=Protection.never_stale(hard_timeout=0.2, max_abandoned_loads=2),
+    )
+    for n in range(2):
+        with pytest.raises(LoadTimeout):
+            cache.get(f"hung:{n}", lambda: release.wait(30))
+    with pytest.raises(LoadTimeout, match="2 loads"):
+        cache.get("other", lambda: "instant")
+    release.set()
+    assert cache.wait_background(10)
+    assert cache.get("other", lambda: "instant") == "instant"
+    cache.close()

@@ -1,0 +1,43 @@
+"""Run a function in a forked child and read what it reports, for fork tests (stdlib only)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from typing import IO, Any
+
+
+class ForkedChild:
+    """A child process running ``body(report)``; each ``report(value)`` is one JSON line the
+    parent reads with :meth:`read`. The child never returns into the caller's code (it exits
+    with status 0 when ``body`` returned, 1 when it raised)."""
+
+    def __init__(self, body: Callable[[Callable[[Any], None]], None]) -> None:
+        readable, writable = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:
+            os.close(readable)
+            status = 1
+
+            def report(value: Any) -> None:
+                os.write(writable, json.dumps(value).encode() + b"\n")
+
+            try:
+                body(report)
+                status = 0
+            finally:
+                os._exit(status)
+        os.close(writable)
+        self._reports: IO[bytes] = os.fdopen(readable, "rb")
+
+    def read(self) -> Any:
+        """The child's next report; ``None`` once it exited without one."""
+        line = self._reports.readline()
+        return json.loads(line) if line else None
+
+    def wait(self) -> int:
+        """The child's exit code."""
+        self._reports.close()
+        _, status = os.waitpid(self.pid, 0)
+        return os.waitstatus_to_exitcode(status)

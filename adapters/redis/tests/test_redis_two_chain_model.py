@@ -102,6 +102,9 @@ class TwoChains(RuleBasedStateMachine):
             protection=Protection(max_stale=MAX_STALE, early_refresh_beta=0, soft_timeout=None),
             background=self.pending.append,
             bus=self.bus,
+            # The model holds a cut chain to the current value: memory bypassed, no staleness
+            # allowed (the bounded mode is tested in tests/test_coherence.py).
+            max_stale_when_disconnected=0,
         )
 
     def teardown(self) -> None:

@@ -20,6 +20,7 @@ from typing import Literal, TypeVar
 
 from .errors import CodecError, TierUnavailable
 from .leases import LeasingTier
+from .reporting import ReportValue, report_of
 from .settings import BreakerSettings
 from .tier import Entry, MissingType, Tier
 
@@ -92,6 +93,10 @@ class CircuitBreakerTier:
     def failures(self) -> int:
         """Consecutive failures counted so far (reset by a success)."""
         return self._failures
+
+    def report(self) -> dict[str, ReportValue]:
+        """The wrapped tier's report, the circuit's state and how often it opened."""
+        return {**report_of(self._tier), "breaker": self.state, "breaker_opened": self.opened_count}
 
     # -- the Tier protocol
 

@@ -7,10 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from tiered_cache import TieredCache
+from tiered_cache.breaker import guard
 from tiered_cache.contrib.series import CATALOGUE, Series, series
 from tiered_cache.logs import key_hash
 from tiered_cache.memory import MemoryTier
+from tiered_cache.settings import BreakerSettings
 from tiered_cache.testing import FakeClock
+from tiered_cache.testing.recording import RecordingTier
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
@@ -81,3 +84,20 @@ def test_every_metric_is_documented_and_the_dashboard_uses_only_published_names(
     for name in used:
         base = re.sub(r"_(total|bucket|sum|count)$", "", name)
         assert base in names, name
+
+
+def test_a_tiers_breaker_state_is_published(clock: FakeClock) -> None:
+    redis = RecordingTier(MemoryTier(name="redis", clock=clock))
+    redis.failure = ConnectionError("down")
+    guarded = guard(redis, BreakerSettings(failure_threshold=1, cool_down=30), clock=clock)
+    cache = TieredCache([MemoryTier(name="memory", clock=clock), guarded], clock=clock)
+
+    def states() -> dict[str, float]:
+        samples = by_name(series(cache.stats()))["tier_breaker_state"].samples
+        return {sample["state"]: value for sample, value in samples if sample["tier"] == "redis"}
+
+    assert states() == {"closed": 1.0, "half-open": 0.0, "open": 0.0}
+    cache.get("k", lambda: 1)  # the Redis read fails: the circuit opens
+    assert states() == {"closed": 0.0, "half-open": 0.0, "open": 1.0}
+    clock.advance(31)
+    assert states() == {"closed": 0.0, "half-open": 1.0, "open": 0.0}

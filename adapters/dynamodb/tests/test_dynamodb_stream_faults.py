@@ -146,8 +146,17 @@ def test_follow_stream_does_not_checkpoint_past_a_record_it_could_not_invalidate
             if "retrying" in line:
                 retried.set()
 
+    outputs: list[str] = []
+
+    def drain_stdout() -> None:
+        assert process.stdout is not None
+        outputs.extend(process.stdout)
+
+    # One reader per pipe: communicate() would race the watcher for stderr's last lines.
     watcher = threading.Thread(target=watch_stderr, daemon=True)
+    drainer = threading.Thread(target=drain_stdout, daemon=True)
     watcher.start()
+    drainer.start()
     try:
         # Today's bug: the process exited at once, 0, "errors": 0, position saved.
         ended_by_itself = False
@@ -161,12 +170,17 @@ def test_follow_stream_does_not_checkpoint_past_a_record_it_could_not_invalidate
         # It retries with backoff, and the record stays before the checkpoint.
         assert not checkpoint.exists() or not json.loads(checkpoint.read_text())["shards"]
         process.terminate()  # "asked to stop" while failing
-        out, _ = process.communicate(timeout=WAIT)
+        process.wait(timeout=WAIT)
     finally:
         if process.poll() is None:
             process.kill()
-            process.communicate()
+            process.wait()
     watcher.join(WAIT)
+    drainer.join(WAIT)
+    for pipe in (process.stdout, process.stderr):
+        if pipe is not None:
+            pipe.close()
+    out = "".join(outputs)
     assert process.returncode == 1, "".join(errors)
     stats = json.loads(out.strip().splitlines()[-1])
     assert stats["errors"] >= 1

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 # `python -m pytest` puts the repository root on sys.path, a bare `pytest` does not (and the
@@ -65,3 +66,10 @@ def base_url(tweets_env: Environment) -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()
+
+
+@pytest.fixture
+def http(base_url: str) -> Iterator[httpx.Client]:
+    """A client on the app that the module's ``base_url`` serves."""
+    with httpx.Client(base_url=base_url, timeout=10) as client:
+        yield client

@@ -3,26 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 
 import httpx
 import pytest
 from tiered_cache_dynamodb.testing import ThrottleInjector, instant_botocore_retries
 
 from examples.tweets.embedded import Environment
-
-
-@pytest.fixture
-def http(base_url: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=base_url, timeout=10) as client:
-        yield client
-
-
-def _create(http: httpx.Client, text: str = "hello") -> dict[str, str]:
-    response = http.post("/tweets", json={"text": text})
-    assert response.status_code == 201, response.text
-    body: dict[str, str] = response.json()
-    return body
+from examples.tweets.tests.http import create_tweet
 
 
 def _stored_text(env: Environment, tweet_id: str) -> str | None:
@@ -42,7 +29,7 @@ def _stored_text(env: Environment, tweet_id: str) -> str | None:
 
 
 def test_tweets_create_then_get_twice_second_from_memory(http: httpx.Client) -> None:
-    created = _create(http, "Example tweet.")
+    created = create_tweet(http, "Example tweet.")
     assert uuid.UUID(created["tweet_id"]).version == 4
     assert created["text"] == "Example tweet."
     assert created["created"].endswith("+00:00")
@@ -73,7 +60,7 @@ def test_tweets_unknown_id_is_404_and_bad_id_422(http: httpx.Client) -> None:
 def test_tweets_bad_text_is_422_and_nothing_is_written(
     http: httpx.Client, tweets_env: Environment, text: str, message: str
 ) -> None:
-    tweet = _create(http, "original")
+    tweet = create_tweet(http, "original")
     response = http.put(f"/tweets/{tweet['tweet_id']}", json={"text": text})
     assert response.status_code == 422
     assert message in response.text
@@ -88,11 +75,11 @@ def test_tweets_bad_text_is_422_and_nothing_is_written(
 
 
 def test_tweets_280_characters_are_accepted(http: httpx.Client) -> None:
-    assert _create(http, "é" * 280)["text"] == "é" * 280
+    assert create_tweet(http, "é" * 280)["text"] == "é" * 280
 
 
 def test_tweets_update_writes_through(http: httpx.Client, tweets_env: Environment) -> None:
-    tweet = _create(http, "before")
+    tweet = create_tweet(http, "before")
     http.get(f"/tweets/{tweet['tweet_id']}")  # cached in memory and Redis
     response = http.put(f"/tweets/{tweet['tweet_id']}", json={"text": "after"})
     assert response.status_code == 200
@@ -106,7 +93,7 @@ def test_tweets_update_writes_through(http: httpx.Client, tweets_env: Environmen
 def test_tweets_delete_removes_from_table_and_tiers(
     http: httpx.Client, tweets_env: Environment
 ) -> None:
-    tweet = _create(http)
+    tweet = create_tweet(http)
     assert http.get(f"/tweets/{tweet['tweet_id']}").status_code == 200  # now cached
     assert http.delete(f"/tweets/{tweet['tweet_id']}").status_code == 204
     assert http.get(f"/tweets/{tweet['tweet_id']}").status_code == 404
@@ -115,7 +102,7 @@ def test_tweets_delete_removes_from_table_and_tiers(
 
 
 def test_tweets_list_is_one_get_many(http: httpx.Client) -> None:
-    tweets = [_create(http, f"tweet {i}") for i in range(3)]
+    tweets = [create_tweet(http, f"tweet {i}") for i in range(3)]
     http.get(f"/tweets/{tweets[0]['tweet_id']}")  # one of them is cached already
     missing = str(uuid.uuid4())
     ids = [t["tweet_id"] for t in tweets] + [missing]
@@ -141,7 +128,7 @@ def test_tweets_list_rejects_bad_ids(http: httpx.Client) -> None:
 
 
 def test_tweets_stats_report_hot_keys_and_units_saved(http: httpx.Client) -> None:
-    tweet = _create(http)
+    tweet = create_tweet(http)
     for _ in range(5):
         http.get(f"/tweets/{tweet['tweet_id']}")
     stats = http.get("/stats").json()
@@ -154,7 +141,7 @@ def test_tweets_stats_report_hot_keys_and_units_saved(http: httpx.Client) -> Non
 
 
 def test_tweets_throttled_dynamodb_is_503(http: httpx.Client, tweets_env: Environment) -> None:
-    tweet = _create(http)
+    tweet = create_tweet(http)
     # The environment's own capacity emulation (2 reads/s per item) is lifted for this test:
     # the throttled attempts below would drain the item's bucket, and the read after them
     # would then be throttled by the emulation rather than served.

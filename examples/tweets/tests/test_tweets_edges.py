@@ -5,23 +5,11 @@ Real parts: uvicorn serving the app, moto, a private redis-server (see conftest.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 
 import httpx
 import pytest
 
-
-@pytest.fixture
-def http(base_url: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=base_url, timeout=10) as client:
-        yield client
-
-
-def _create(http: httpx.Client, text: str = "hello") -> dict[str, str]:
-    response = http.post("/tweets", json={"text": text})
-    assert response.status_code == 201, response.text
-    body: dict[str, str] = response.json()
-    return body
+from examples.tweets.tests.http import create_tweet
 
 
 def _spellings(tweet_id: str) -> list[str]:
@@ -34,7 +22,7 @@ def _spellings(tweet_id: str) -> list[str]:
 
 
 def test_every_spelling_of_an_id_finds_the_tweet_in_both_routes(http: httpx.Client) -> None:
-    tweet = _create(http, "spelled")
+    tweet = create_tweet(http, "spelled")
     canonical = tweet["tweet_id"]
     for spelling in _spellings(canonical):
         single = http.get(f"/tweets/{spelling}")
@@ -61,14 +49,14 @@ def test_a_text_with_a_lone_surrogate_is_422_on_create_and_update(
     created = http.post("/tweets", content=body, headers=headers)
     assert created.status_code == 422, created.text
     assert "surrogate" in created.text
-    tweet = _create(http, "before")
+    tweet = create_tweet(http, "before")
     updated = http.put(f"/tweets/{tweet['tweet_id']}", content=body, headers=headers)
     assert updated.status_code == 422, updated.text
     assert http.get(f"/tweets/{tweet['tweet_id']}").json()["text"] == "before"
 
 
 def test_stats_does_not_list_deleted_tweets_among_the_hot_keys(http: httpx.Client) -> None:
-    kept, deleted = _create(http, "kept"), _create(http, "deleted")
+    kept, deleted = create_tweet(http, "kept"), create_tweet(http, "deleted")
     for _ in range(20):
         for tweet in (kept, deleted):
             assert http.get(f"/tweets/{tweet['tweet_id']}").status_code == 200

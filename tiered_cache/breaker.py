@@ -4,7 +4,11 @@ After ``failure_threshold`` consecutive failures the circuit opens: every call r
 :class:`~tiered_cache.errors.TierUnavailable` at once, without touching the tier, for
 ``cool_down`` seconds. Then one call is let through as a probe (half-open): its success closes the
 circuit, its failure opens it again for another ``cool_down``. This is the breaker FusionCache puts
-around its distributed tier; it wraps the tier rather than living in each adapter.
+around its distributed tier; it lives in the chain rather than in each adapter.
+
+:class:`CircuitBreaker` is the policy: the chain's accessor of a tier consults it on every call,
+so the tier's capabilities stay the tier's own. :class:`CircuitBreakerTier` puts a tier and its
+breaker together (as ``build`` does from the settings); the chain takes the two apart again.
 
 A :class:`~tiered_cache.errors.CodecError` is the caller's fault (a value the tier cannot hold),
 not the tier's, so it passes through unchanged and is not counted.
@@ -19,7 +23,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Literal, TypeVar
 
 from .errors import CodecError, TierUnavailable
-from .leases import LeasingTier
 from .settings import BreakerSettings
 from .tier import Entry, MissingType, Tier
 
@@ -29,11 +32,11 @@ State = Literal["closed", "open", "half-open"]
 T = TypeVar("T")
 
 
-class CircuitBreakerTier:
-    """Wraps ``tier`` (same protocol and name) in a thread-safe circuit breaker.
+class CircuitBreaker:
+    """A thread-safe circuit breaker: the state machine, consulted around each call.
 
     Args:
-        tier: the tier to protect.
+        name: the guarded tier's name, for messages.
         settings: ``failure_threshold`` and ``cool_down``; explicit arguments win over it.
         failure_threshold: consecutive failures that open the circuit.
         cool_down: seconds an open circuit rejects calls before letting one probe through.
@@ -42,7 +45,7 @@ class CircuitBreakerTier:
 
     def __init__(
         self,
-        tier: Tier,
+        name: str,
         settings: BreakerSettings | None = None,
         *,
         failure_threshold: int | None = None,
@@ -50,8 +53,7 @@ class CircuitBreakerTier:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         settings = settings or BreakerSettings()
-        self._tier = tier
-        self.name = tier.name
+        self.name = name
         self.failure_threshold = (
             failure_threshold if failure_threshold is not None else settings.failure_threshold
         )
@@ -67,11 +69,6 @@ class CircuitBreakerTier:
         self._opened_at = 0.0
         self._probing = False
         self._opened_count = 0
-
-    @property
-    def tier(self) -> Tier:
-        """The wrapped tier."""
-        return self._tier
 
     @property
     def state(self) -> State:
@@ -93,44 +90,9 @@ class CircuitBreakerTier:
         """Consecutive failures counted so far (reset by a success)."""
         return self._failures
 
-    # -- the Tier protocol
-
-    def get(self, key: str) -> Entry | MissingType:
-        return self._call(lambda: self._tier.get(key))
-
-    def get_many(self, keys: Sequence[str]) -> dict[str, Entry]:
-        return self._call(lambda: self._tier.get_many(keys))
-
-    def set(self, key: str, entry: Entry) -> None:
-        self._call(lambda: self._tier.set(key, entry))
-
-    def set_many(self, entries: Mapping[str, Entry]) -> None:
-        self._call(lambda: self._tier.set_many(entries))
-
-    def delete(self, key: str) -> None:
-        self._call(lambda: self._tier.delete(key))
-
-    def delete_many(self, keys: Sequence[str]) -> None:
-        self._call(lambda: self._tier.delete_many(keys))
-
-    def clear(self) -> None:
-        self._call(self._tier.clear)
-
-    def delete_prefix(self, prefix: str) -> None:
-        """The wrapped tier's ``delete_prefix`` if it has one, else its ``clear`` (safe)."""
-        delete_prefix = getattr(self._tier, "delete_prefix", None)
-        if callable(delete_prefix):
-            self._call(lambda: delete_prefix(prefix))
-        else:
-            self._call(self._tier.clear)
-
-    def close(self) -> None:
-        """Close the wrapped tier, whatever the state of the circuit."""
-        self._tier.close()
-
-    # -- the state machine
-
-    def _call(self, operation: Callable[[], T]) -> T:
+    def call(self, operation: Callable[[], T]) -> T:
+        """Run ``operation`` unless the circuit is open (then raise :class:`TierUnavailable`);
+        count its failure or success."""
         probe = self._admit()
         try:
             result = operation()
@@ -207,45 +169,86 @@ class CircuitBreakerTier:
         )
 
 
-class LeasingCircuitBreakerTier(CircuitBreakerTier):
-    """A circuit breaker around a tier that offers leases: the lease calls are guarded too."""
+class CircuitBreakerTier:
+    """A tier and the :class:`CircuitBreaker` guarding it (same protocol and name).
+
+    Used on its own, every call of the :class:`~tiered_cache.Tier` protocol goes through the
+    breaker. In a chain, the tier's accessor takes the two apart (the tier, and the breaker it
+    consults), so none of the tier's optional capabilities is hidden by this wrapper.
+
+    Args:
+        tier: the tier to protect.
+        settings, failure_threshold, cool_down, clock: as for :class:`CircuitBreaker`.
+    """
 
     def __init__(
         self,
-        tier: LeasingTier,
+        tier: Tier,
         settings: BreakerSettings | None = None,
         *,
         failure_threshold: int | None = None,
         cool_down: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        super().__init__(
-            tier, settings, failure_threshold=failure_threshold, cool_down=cool_down, clock=clock
+        self._tier = tier
+        self.name = tier.name
+        self.breaker = CircuitBreaker(
+            tier.name,
+            settings,
+            failure_threshold=failure_threshold,
+            cool_down=cool_down,
+            clock=clock,
         )
-        self._leasing = tier
+        self.failure_threshold = self.breaker.failure_threshold
+        self.cool_down = self.breaker.cool_down
+        self._call = self.breaker.call
 
-    def can_lease(self, key: str) -> bool:
-        return self._leasing.can_lease(key)  # no round trip: nothing to guard
+    @property
+    def tier(self) -> Tier:
+        """The wrapped tier."""
+        return self._tier
 
-    def acquire_lease(self, key: str, ttl: float) -> tuple[str | None, Entry | MissingType]:
-        return self._call(lambda: self._leasing.acquire_lease(key, ttl))
+    @property
+    def state(self) -> State:
+        """The breaker's state (see :attr:`CircuitBreaker.state`)."""
+        return self.breaker.state
 
-    def fill_with_lease(self, key: str, entry: Entry, token: str) -> bool:
-        return self._call(lambda: self._leasing.fill_with_lease(key, entry, token))
+    @property
+    def opened_count(self) -> int:
+        """How many times the circuit has opened."""
+        return self.breaker.opened_count
 
-    def release_lease(self, key: str, token: str) -> None:
-        self._call(lambda: self._leasing.release_lease(key, token))
+    @property
+    def failures(self) -> int:
+        """Consecutive failures counted so far (reset by a success)."""
+        return self.breaker.failures
 
-    def acquire_leases(
-        self, keys: Sequence[str], ttl: float
-    ) -> dict[str, tuple[str | None, Entry | MissingType]]:
-        return self._call(lambda: self._leasing.acquire_leases(keys, ttl))
+    # -- the Tier protocol
 
-    def fill_with_leases(self, entries: Mapping[str, tuple[Entry, str]]) -> set[str]:
-        return self._call(lambda: self._leasing.fill_with_leases(entries))
+    def get(self, key: str) -> Entry | MissingType:
+        return self._call(lambda: self._tier.get(key))
 
-    def release_leases(self, tokens: Mapping[str, str]) -> None:
-        self._call(lambda: self._leasing.release_leases(tokens))
+    def get_many(self, keys: Sequence[str]) -> dict[str, Entry]:
+        return self._call(lambda: self._tier.get_many(keys))
+
+    def set(self, key: str, entry: Entry) -> None:
+        self._call(lambda: self._tier.set(key, entry))
+
+    def set_many(self, entries: Mapping[str, Entry]) -> None:
+        self._call(lambda: self._tier.set_many(entries))
+
+    def delete(self, key: str) -> None:
+        self._call(lambda: self._tier.delete(key))
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        self._call(lambda: self._tier.delete_many(keys))
+
+    def clear(self) -> None:
+        self._call(self._tier.clear)
+
+    def close(self) -> None:
+        """Close the wrapped tier, whatever the state of the circuit."""
+        self._tier.close()
 
 
 def guard(
@@ -254,7 +257,5 @@ def guard(
     *,
     clock: Callable[[], float] = time.monotonic,
 ) -> CircuitBreakerTier:
-    """``tier`` in a circuit breaker that keeps its optional capabilities (leases)."""
-    if isinstance(tier, LeasingTier):
-        return LeasingCircuitBreakerTier(tier, settings, clock=clock)
+    """``tier`` with a circuit breaker (the chain consults it around every call to the tier)."""
     return CircuitBreakerTier(tier, settings, clock=clock)

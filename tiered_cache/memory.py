@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import cachetools
 
-from .tier import MISSING, Entry, MissingType
+from .tier import MISSING, Entry, MissingType, TierBase
 from .weighing import deep_size
 
 Clock = Callable[[], float]
@@ -176,8 +176,11 @@ class LruPolicy:
         return self._evictions
 
 
-class MemoryTier:
+class MemoryTier(TierBase):
     """A thread-safe in-process tier with per-entry expiry and an injected clock.
+
+    Capabilities (:class:`~tiered_cache.tier.TierBase`): ``local``, ``peek``, ``get_at``,
+    ``delete_prefix`` and ``hot_keys`` (when its policy tracks them).
 
     Args:
         policy: what to keep; :class:`LruPolicy` when not given.
@@ -190,6 +193,9 @@ class MemoryTier:
         clock: seconds, the same clock the chain stamps entries with.
         sizeof: weighs a value for ``max_bytes``; :func:`.weighing.deep_size` by default.
     """
+
+    #: In-process: the invalidation bus keeps it coherent with the other processes.
+    local = True
 
     def __init__(
         self,
@@ -209,8 +215,6 @@ class MemoryTier:
         if not 0.0 <= ttl_jitter < 1.0:
             raise ValueError("ttl_jitter must be in [0, 1)")
         self.name = name
-        #: In-process: the invalidation bus keeps it coherent with the other processes.
-        self.local = True
         # "is not None": an empty policy may be falsy (it has a length).
         self._policy: EvictionPolicy = (
             policy if policy is not None else LruPolicy(max_entries, max_bytes)

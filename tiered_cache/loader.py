@@ -1,0 +1,625 @@
+"""Calls to the source under protection: single-flight, leases, timeouts, fail-safe, refreshes.
+
+:class:`SourceLoader` holds everything between "no tier has a fresh value" and "the loaded
+value is in the tiers". It reads the source (or the caller's loader) once per key at a time in
+this process and, with a leasing tier, about once per fleet; it bounds slow loads, serves a
+stale value when the source fails, refreshes in the background, and hands every value it
+loaded to the :class:`~tiered_cache.fence.Fence`, which decides whether it may be filled.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import wait as futures_wait
+from dataclasses import replace
+from typing import Any, TypeVar
+
+from .accessor import TierAccessor
+from .errors import LoadTimeout, PartialLoadError, TieredCacheError
+from .fence import Fence
+from .logs import fields, key_hash, logger_for
+from .metrics import CacheMetrics
+from .protection import Protection
+from .singleflight import Flight, SingleFlight
+from .tier import MISSING, NEVER, Entry, Source
+from .units import parse_duration
+
+logger = logger_for("chain")
+
+Loader = Callable[[], Any]
+BatchLoader = Callable[[Sequence[str]], Mapping[str, Any]]
+T = TypeVar("T")
+
+
+class _ServeStale(Exception):
+    """A timed load gave up on its soft timeout: serve the stale value instead."""
+
+
+class _Handoff:
+    """Between a caller waiting for a timed load and the worker running it: whoever comes
+    second (the caller giving up, or the worker finishing) decides who fills the tiers."""
+
+    __slots__ = ("delivered", "lock", "orphaned")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.orphaned = False
+        self.delivered = False
+
+
+class EntryMaker:
+    """Stamps values into entries: freshness from the TTLs, staleness from ``max_stale``."""
+
+    def __init__(self, ttl: float | None, negative_ttl: float, max_stale: float) -> None:
+        self._ttl = ttl
+        self._negative_ttl = negative_ttl
+        self._max_stale = max_stale
+
+    def __call__(self, value: Any, now: float, duration: float, ttl: float | str | None) -> Entry:
+        if value is MISSING or value is None:
+            lifetime: float | None = self._negative_ttl
+            value = None
+        elif ttl is not None:
+            lifetime = parse_duration(ttl)
+        else:
+            lifetime = self._ttl
+        if lifetime is None:
+            soft = hard = NEVER
+        else:
+            soft = now + lifetime
+            hard = soft + self._max_stale
+        return Entry(
+            value=value, loaded_at=now, soft_expiry=soft, hard_expiry=hard, load_duration=duration
+        )
+
+
+class SourceLoader:
+    """Loads for one chain: one per key at a time here, one per fleet with a lease.
+
+    Args:
+        tiers: the chain's tier accessors, fastest first.
+        source: the system of record, if the chain has one.
+        fence: decides which loaded values may be filled.
+        metrics: the chain's counters.
+        make_entry: turns a loaded value into an entry.
+        clock, sleep: injected time.
+        protection: the source-protection options.
+        background: runs a background refresh (by default on this loader's thread pool).
+    """
+
+    def __init__(
+        self,
+        tiers: Sequence[TierAccessor],
+        source: Source | None,
+        *,
+        fence: Fence,
+        metrics: CacheMetrics,
+        make_entry: EntryMaker,
+        clock: Callable[[], float],
+        sleep: Callable[[float], None],
+        protection: Protection,
+        background: Callable[[Callable[[], None]], object] | None,
+    ) -> None:
+        self._tiers = list(tiers)
+        self._source = source
+        self._fence = fence
+        self._metrics = metrics
+        self._make_entry = make_entry
+        self._clock = clock
+        self._sleep = sleep
+        self._protection = protection
+        #: One flight per key being read through the chain.
+        self.flights = SingleFlight()
+        #: Background refreshes have flights of their own: a reader never joins one (it would
+        #: get the refresh's error instead of the stale value), and a refresh never joins a
+        #: reader's flight (it would get the stale value back and load nothing).
+        self._refresh_flights = SingleFlight()
+        self._leasing: TierAccessor | None = None
+        if protection.lease != "off":
+            self._leasing = next((tier for tier in self._tiers if tier.leases), None)
+        self._executor: ThreadPoolExecutor | None = None
+        self._pending: set[Future[Any]] = set()
+        self._background = background or self._submit
+        self._lock = threading.Lock()
+        self._closed = False
+        #: Keys with a background refresh queued or running (one at a time per key).
+        self._refreshing: set[str] = set()
+
+    # -- one key
+
+    def load(
+        self,
+        key: str,
+        mark: int,
+        loader: Loader | None,
+        ttl: float | str | None,
+        stale: Entry | None,
+        *,
+        background: bool = False,
+    ) -> Entry:
+        """Load ``key`` under its lease, with timeouts and fail-safe, and fill the tiers
+        (if the fence allows: ``mark`` was taken before anything was read).
+
+        Returns the entry to serve: the loaded one, one another process filled while this one
+        waited for the lease, or ``stale`` when the source failed or was too slow.
+        """
+        token: str | None = None
+        if self._leasing is not None:
+            token, filled = self._lease_or_wait(key, mark)
+            if filled is not None:
+                return filled
+        try:
+            entry = self._timed_load(
+                key, mark, loader, ttl, stale=stale, token=token, background=background
+            )
+        except _ServeStale:
+            assert stale is not None
+            self._metrics.count("stale_served_on_slow_load")
+            return stale
+        except Exception as exc:
+            self._give_back({key: token} if token is not None else {})
+            if stale is None or not self._protection.fail_safe:
+                raise
+            return self._fail_safe(key, mark, stale, exc)
+        self._fill(key, mark, entry, token)
+        return entry
+
+    def _fill(self, key: str, mark: int, entry: Entry, token: str | None) -> None:
+        tokens = {key: token} if token is not None else None
+        self._fence.fill(mark, {key: entry}, self._tiers, tokens=tokens)
+
+    def _give_back(self, tokens: Mapping[str, str]) -> None:
+        if tokens and self._leasing is not None:
+            self._leasing.release_leases(tokens)
+
+    def _fail_safe(self, key: str, mark: int, stale: Entry, exc: Exception) -> Entry:
+        """Serve ``stale`` for a failed load (see :meth:`_rest_source`)."""
+        self._metrics.count("stale_served_on_error")
+        logger.warning(
+            "serving a stale value of key %s: its load failed (%s: %s)",
+            key_hash(key),
+            type(exc).__name__,
+            exc,
+            extra=fields("fail_safe", key=key),
+        )
+        self._rest_source(key, mark, stale)
+        return stale
+
+    def _rest_source(self, key: str, mark: int, stale: Entry) -> None:
+        """For ``fail_safe_throttle`` seconds, tier 0 serves ``stale`` as fresh, so a failing
+        source is not asked again by every read."""
+        now = self._clock()
+        throttle = self._protection.fail_safe_throttle
+        if throttle > 0 and self._tiers and now < stale.hard_expiry:
+            calm = replace(stale, soft_expiry=min(now + throttle, stale.hard_expiry))
+            self._fence.fill(mark, {key: calm}, self._tiers[:1])
+
+    def _timed_load(
+        self,
+        key: str,
+        mark: int,
+        loader: Loader | None,
+        ttl: float | str | None,
+        *,
+        stale: Entry | None,
+        token: str | None,
+        background: bool,
+    ) -> Entry:
+        """:meth:`_load`, bounded by the soft timeout (when a stale value can stand in) and
+        the hard timeout. A load that outlives its caller keeps running and fills when done
+        (through the fence, with the caller's mark: an invalidation meanwhile refuses it)."""
+        protection = self._protection
+        soft = protection.soft_timeout if stale is not None else None
+        hard = protection.hard_timeout
+        if background or (soft is None and hard is None):
+            return self._load(key, loader, ttl)
+        handoff = _Handoff()
+        future = self._run_tracked(
+            lambda: self._load_handing_off(key, mark, loader, ttl, token=token, handoff=handoff)
+        )
+        if soft is not None:
+            try:
+                return future.result(timeout=soft)
+            except FutureTimeout:
+                if self._orphan(handoff):
+                    self._metrics.count("soft_timeouts")
+                    raise _ServeStale() from None
+                return future.result()  # it finished just now
+        try:
+            return future.result(timeout=hard)
+        except FutureTimeout:
+            if not self._orphan(handoff):
+                return future.result()
+            self._metrics.count("hard_timeouts")
+            raise LoadTimeout(
+                f"loading {key!r} took longer than the hard timeout of {hard}s; "
+                "it goes on in the background and fills the cache when it finishes"
+            ) from None
+
+    @staticmethod
+    def _orphan(handoff: _Handoff) -> bool:
+        """Hand a running load over to its worker; False if it already delivered."""
+        with handoff.lock:
+            if handoff.delivered:
+                return False
+            handoff.orphaned = True
+            return True
+
+    def _load_handing_off(
+        self,
+        key: str,
+        mark: int,
+        loader: Loader | None,
+        ttl: float | str | None,
+        *,
+        token: str | None,
+        handoff: _Handoff,
+    ) -> Entry:
+        """Runs on a worker: load, then give the entry to the caller, or, if the caller gave
+        up waiting, fill the tiers here."""
+        try:
+            entry = self._load(key, loader, ttl)
+        except BaseException:
+            with handoff.lock:
+                orphaned = handoff.orphaned
+                handoff.delivered = True
+            if orphaned:
+                self._give_back({key: token} if token is not None else {})
+            raise
+        with handoff.lock:
+            orphaned = handoff.orphaned
+            handoff.delivered = True
+        if orphaned:
+            self._fill(key, mark, entry, token)
+        return entry
+
+    def _lease_or_wait(self, key: str, mark: int) -> tuple[str | None, Entry | None]:
+        """``(token, None)`` when this process should load; ``(None, entry)`` when the lease
+        holder filled the key meanwhile; ``(None, None)`` to load without a lease (the shared
+        tier is down, or the holder took longer than ``lease_wait``).
+
+        Each look is one round trip: take the lease if free, and read the key.
+        """
+        tier = self._leasing
+        assert tier is not None
+        if not tier.can_lease(key):
+            return None, None
+        protection = self._protection
+        deadline: float | None = None
+        try:
+            while True:
+                token, current = tier.lease(
+                    lambda leasing: leasing.acquire_lease(key, protection.lease_ttl)
+                )
+                if current is not MISSING and self._clock() < current.soft_expiry:
+                    # The previous holder filled it since our last look: no load needed.
+                    if token is not None:
+                        tier.release_leases({key: token})
+                    tier.hit()
+                    self._fence.fill(mark, {key: current}, self._tiers[: tier.index])
+                    return None, current
+                if token is not None:
+                    if deadline is not None:  # a holder that died left its lease to expire
+                        self._metrics.count("lease_takeovers")
+                    return token, None
+                now = self._clock()
+                if deadline is None:
+                    self._metrics.count("lease_waits")
+                    deadline = now + protection.lease_wait
+                elif now >= deadline:
+                    self._metrics.count("lease_wait_expired")
+                    return None, None
+                self._sleep(protection.lease_poll)
+        except Exception as exc:
+            tier.failed(exc)
+            return None, None
+
+    # -- batches (get_many)
+
+    def load_batch(
+        self,
+        flights: Mapping[str, Flight],
+        mark: int,
+        loader: BatchLoader | None,
+        ttl: float | str | None,
+        stale: Mapping[str, Entry],
+    ) -> tuple[dict[str, Any], dict[str, BaseException]]:
+        """Get a value for every key of ``flights`` (which this caller leads): filled by
+        another process's lease holder, or loaded here in batches and filled into the tiers.
+        Each key's flight lands as soon as its value (or its error) is there.
+
+        Returns ``(values, errors)``: a key the source failed for gets its stale value under
+        fail-safe, else its error.
+
+        The leases of all the keys are asked for in one round trip; the keys this process got
+        are loaded at once, before it waits for the others' holders (so that two processes
+        holding each other's keys never wait on each other). Keys whose holder takes longer
+        than ``lease_wait`` are loaded without a lease, in one more batch.
+        """
+        values: dict[str, Any] = {}
+        errors: dict[str, BaseException] = {}
+
+        def ready(entries: Mapping[str, Entry], failed: Mapping[str, BaseException]) -> None:
+            landed = {key: entry.value for key, entry in entries.items()}
+            self.flights.land({key: flights[key] for key in landed}, landed, None)
+            for key, error in failed.items():
+                self.flights.land({key: flights[key]}, {}, error)
+            values.update(landed)
+            errors.update(failed)
+
+        try:
+            self._batch(list(flights), mark, loader, ttl, stale=stale, ready=ready)
+        except BaseException as exc:
+            done = values.keys() | errors.keys()
+            self.flights.land({k: f for k, f in flights.items() if k not in done}, {}, exc)
+            raise
+        return values, errors
+
+    def _batch(
+        self,
+        keys: list[str],
+        mark: int,
+        loader: BatchLoader | None,
+        ttl: float | str | None,
+        *,
+        stale: Mapping[str, Entry],
+        ready: Callable[[Mapping[str, Entry], Mapping[str, BaseException]], None],
+    ) -> None:
+        if self._leasing is None:
+            ready(*self._load_and_fill_many(keys, mark, loader, ttl, stale=stale, tokens={}))
+            return
+        protection = self._protection
+        pending = keys
+        deadline: float | None = None
+        while pending:
+            tokens, filled, waiting = self._leases_for(pending, mark)
+            if filled:
+                ready(filled, {})
+            if tokens:
+                if deadline is not None:  # holders that died left their leases to expire
+                    self._metrics.count("lease_takeovers", sum(1 for t in tokens.values() if t))
+                ready(
+                    *self._load_and_fill_many(
+                        list(tokens), mark, loader, ttl, stale=stale, tokens=tokens
+                    )
+                )
+            if not waiting:
+                return
+            now = self._clock()
+            if deadline is None:
+                self._metrics.count("lease_waits", len(waiting))
+                deadline = now + protection.lease_wait
+            elif now >= deadline:
+                self._metrics.count("lease_wait_expired", len(waiting))
+                ready(*self._load_and_fill_many(waiting, mark, loader, ttl, stale=stale, tokens={}))
+                return
+            pending = waiting
+            self._sleep(protection.lease_poll)
+
+    def _leases_for(
+        self, keys: Sequence[str], mark: int
+    ) -> tuple[dict[str, str | None], dict[str, Entry], list[str]]:
+        """One look at the shared tier for ``keys``: ``(to load, with the token or None for no
+        lease; filled meanwhile by a holder; held by another process)``."""
+        tier = self._leasing
+        assert tier is not None
+        tokens: dict[str, str | None] = {key: None for key in keys if not tier.can_lease(key)}
+        if tokens:
+            keys = [key for key in keys if key not in tokens]
+            if not keys:
+                return tokens, {}, []
+        try:
+            looks = tier.lease(
+                lambda leasing: leasing.acquire_leases(keys, self._protection.lease_ttl)
+            )
+        except Exception as exc:
+            tier.failed(exc)
+            tokens.update(dict.fromkeys(keys))  # load them all without leases
+            return tokens, {}, []
+        now = self._clock()
+        filled: dict[str, Entry] = {}
+        waiting: list[str] = []
+        unneeded: dict[str, str] = {}
+        for key in keys:
+            token, current = looks[key]
+            if current is not MISSING and now < current.soft_expiry:
+                filled[key] = current  # the holder filled it since our last look
+                if token is not None:
+                    unneeded[key] = token
+            elif token is not None:
+                tokens[key] = token
+            else:
+                waiting.append(key)
+        self._give_back(unneeded)
+        if filled:
+            tier.hit(len(filled))
+            self._fence.fill(mark, filled, self._tiers[: tier.index])
+        return tokens, filled, waiting
+
+    def _load_and_fill_many(
+        self,
+        keys: list[str],
+        mark: int,
+        loader: BatchLoader | None,
+        ttl: float | str | None,
+        *,
+        stale: Mapping[str, Entry],
+        tokens: Mapping[str, str | None],
+    ) -> tuple[dict[str, Entry], dict[str, BaseException]]:
+        """Load ``keys`` in one batch and fill them into the tiers (under their leases).
+
+        Returns ``(entries to serve, errors)``: what the source read (all of it, or what a
+        :class:`~tiered_cache.PartialLoadError` carries), stale entries under fail-safe for
+        the keys it failed, and the error of each key left.
+        """
+        held = {key: token for key, token in tokens.items() if token is not None}
+        failure: Exception | None = None
+        try:
+            loaded = self._load_many(keys, loader, ttl)
+        except PartialLoadError as exc:
+            failure = exc
+            loaded = self._entries(exc.found, keys, ttl, self._clock(), 0.0, complete=False)
+        except Exception as exc:
+            failure = exc
+            loaded = {}
+        except BaseException:
+            self._give_back(held)
+            raise
+        errors: dict[str, BaseException] = {}
+        served: dict[str, Entry] = dict(loaded)
+        if failure is not None:
+            unread = [key for key in keys if key not in loaded]
+            self._give_back({key: held.pop(key) for key in unread if key in held})
+            for key in unread:
+                if key in stale and self._protection.fail_safe:
+                    served[key] = self._fail_safe(key, mark, stale[key], failure)
+                else:
+                    errors[key] = failure
+        self._fence.fill(
+            mark, loaded, self._tiers, tokens={k: t for k, t in held.items() if k in loaded}
+        )
+        return served, errors
+
+    # -- background work
+
+    def _pool(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(
+                    max_workers=self._protection.refresh_workers,
+                    thread_name_prefix="tiered-cache-load",
+                )
+            return self._executor
+
+    def refresh_in_background(
+        self, key: str, loader: Loader | None, ttl: float | str | None, stale: Entry | None
+    ) -> None:
+        """Reload ``key`` on a worker thread, once at a time per key."""
+        with self._lock:
+            if key in self._refreshing or self._closed:
+                return
+            self._refreshing.add(key)
+        self._metrics.count("refreshes")
+        try:
+            self._background(lambda: self._refresh(key, loader, ttl, stale))
+        except RuntimeError:  # the pool was shut down by close()
+            with self._lock:
+                self._refreshing.discard(key)
+
+    def _submit(self, task: Callable[[], None]) -> None:
+        self._run_tracked(task)
+
+    def _run_tracked(self, fn: Callable[[], T]) -> Future[T]:
+        future = self._pool().submit(fn)
+        with self._lock:
+            self._pending.add(future)
+        future.add_done_callback(self._pending_done)
+        return future
+
+    def _pending_done(self, future: Future[Any]) -> None:
+        with self._lock:
+            self._pending.discard(future)
+
+    def wait_background(self, timeout: float | None = None) -> bool:
+        """Wait until background refreshes and late loads have finished (and filled)."""
+        with self._lock:
+            pending = list(self._pending)
+        _, not_done = futures_wait(pending, timeout=timeout)
+        return not not_done
+
+    def _refresh(
+        self, key: str, loader: Loader | None, ttl: float | str | None, stale: Entry | None
+    ) -> None:
+        mark = self._fence.mark()  # before the refresh reads anything
+        try:
+            self._refresh_flights.run(
+                key,
+                lambda flight: self.load(key, mark, loader, ttl, None, background=True).value,
+            )
+        except Exception as exc:
+            self._metrics.count("refresh_failures")
+            logger.warning(
+                "background refresh of key %s failed (%s: %s); the stale value stays",
+                key_hash(key),
+                type(exc).__name__,
+                exc,
+                extra=fields("refresh_failed", key=key),
+            )
+            if stale is not None and self._protection.fail_safe:
+                self._rest_source(key, mark, stale)
+        finally:
+            with self._lock:
+                self._refreshing.discard(key)
+
+    def close(self) -> bool:
+        """Stop taking background work; False if it was closed already. Queued refreshes are
+        dropped; running ones finish against still-open tiers."""
+        with self._lock:
+            if self._closed:
+                return False
+            self._closed = True
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
+        return True
+
+    # -- the source itself
+
+    def _load(self, key: str, loader: Loader | None, ttl: float | str | None) -> Entry:
+        started = self._clock()
+        try:
+            if loader is not None:
+                value = loader()
+            elif self._source is not None:
+                value = self._source.load(key)
+            else:
+                raise TieredCacheError(
+                    f"cannot load {key!r}: the cache has no source and no loader was given"
+                )
+        except BaseException:
+            self._metrics.load_failure()
+            raise
+        finished = self._clock()
+        self._metrics.load(1, finished - started)
+        return self._make_entry(value, finished, finished - started, ttl)
+
+    def _load_many(
+        self, keys: Sequence[str], loader: BatchLoader | None, ttl: float | str | None
+    ) -> dict[str, Entry]:
+        started = self._clock()
+        try:
+            if loader is not None:
+                values = dict(loader(keys))
+            elif self._source is not None:
+                values = self._source.load_many(keys)
+            else:
+                raise TieredCacheError(
+                    "cannot load keys: the cache has no source and no loader was given"
+                )
+        except BaseException:
+            self._metrics.load_failure()
+            raise
+        finished = self._clock()
+        self._metrics.load(len(keys), finished - started)
+        return self._entries(values, keys, ttl, finished, finished - started)
+
+    def _entries(
+        self,
+        values: Mapping[str, Any],
+        keys: Sequence[str],
+        ttl: float | str | None,
+        now: float,
+        duration: float,
+        *,
+        complete: bool = True,
+    ) -> dict[str, Entry]:
+        """Entries for ``keys`` from ``values``: of a complete read, a key left out is "not
+        found"; of a partial read, only the keys it read have one."""
+        return {
+            key: self._make_entry(values.get(key, MISSING), now, duration, ttl)
+            for key in keys
+            if complete or key in values
+        }

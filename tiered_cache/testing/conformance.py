@@ -274,7 +274,7 @@ class TierConformance:
     ) -> None:
         leasing = self.leasing(tier)
         for void in (
-            lambda key: tier.delete(key),
+            tier.delete,
             lambda key: tier.set(key, self.entry(clock, "written")),
             lambda key: self.declared(tier).delete_prefix(key[:-1]),
             lambda key: tier.clear(),

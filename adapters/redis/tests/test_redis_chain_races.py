@@ -28,6 +28,7 @@ from tiered_cache_redis.bus import RedisBus
 
 from tiered_cache import MISSING, MemoryTier, TieredCache
 from tiered_cache.breaker import CircuitBreakerTier
+from tiered_cache.policy import TinyLfuPolicy
 from tiered_cache.testing.clock import FakeClock
 from tiered_cache.testing.servers import RedisServer
 

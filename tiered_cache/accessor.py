@@ -223,10 +223,11 @@ class TierAccessor:
 
     def report(self) -> dict[str, ReportValue]:
         """What the tier reports itself (:mod:`tiered_cache.reporting`), and the state of its
-        breaker (``"breaker"``: closed, open, half-open) when it has one."""
+        breaker (``"breaker"``: closed, open, half-open; ``"breaker_opened"``) when it has one."""
         report = report_of(self.tier)
         if self.breaker is not None:
             report["breaker"] = self.breaker.state
+            report["breaker_opened"] = self.breaker.opened_count
         return report
 
     # -- failures and lifecycle

@@ -22,7 +22,6 @@ from typing import Any
 
 import pytest
 import redis
-from tiered_cache.admission import TinyLfuPolicy
 from tiered_cache_redis import RedisTier
 from tiered_cache_redis.bus import RedisBus
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from tiered_cache import MemoryTier, TieredCache
+from tiered_cache import MemoryTier, PartialBatchError, TieredCache
 from tiered_cache.singleflight import SingleFlight
 
 
@@ -200,7 +200,10 @@ def test_a_get_many_that_joins_a_failing_batch_raises_its_error() -> None:
     release.set()
     first.join(timeout=10)
     second.join(timeout=10)
-    assert outcomes["first"] is error
+    first_error = outcomes["first"]
+    assert isinstance(first_error, PartialBatchError)  # the whole batch failed, per key
+    assert first_error.errors == {"a": error, "b": error}
+    assert first_error.values == {}
     joined = outcomes["second"]
     assert isinstance(joined, BaseException), f"the joined batch returned {joined!r}"
     assert error in causes(joined)

@@ -24,7 +24,7 @@ from typing import Literal, TypeVar
 
 from .errors import CodecError, TierUnavailable
 from .settings import BreakerSettings
-from .tier import Entry, MissingType, Tier
+from .tier import Entry, MissingType, Tier, TierBase
 
 log = logging.getLogger(__name__)
 
@@ -245,6 +245,15 @@ class CircuitBreakerTier:
 
     def clear(self) -> None:
         self._call(self._tier.clear)
+
+    def delete_prefix(self, prefix: str) -> None:
+        """The tier's declared ``delete_prefix`` (:class:`~tiered_cache.tier.TierBase`), else
+        its ``clear`` (more than asked, never less), through the breaker."""
+        tier = self._tier
+        if isinstance(tier, TierBase):
+            self._call(lambda: tier.delete_prefix(prefix))
+        else:
+            self._call(tier.clear)
 
     def close(self) -> None:
         """Close the wrapped tier, whatever the state of the circuit."""

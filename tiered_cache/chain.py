@@ -308,10 +308,10 @@ class TieredCache:
                     errors[key] = exc
                 self._metrics.waited()
         if errors:
+            failed = {key: errors[key] for key in wanted if key in errors}
             raise PartialBatchError(
-                {key: values[key] for key in wanted if key in values},
-                {key: errors[key] for key in wanted if key in errors},
-            )
+                {key: values[key] for key in wanted if key in values}, failed
+            ) from next(iter(failed.values()))
         return {key: values[key] for key in wanted}
 
     def lookup_many(self, keys: Iterable[str]) -> dict[str, Entry]:

@@ -84,6 +84,10 @@ class EvictionPolicy(Protocol):
         """How many slots were pushed out to make room."""
         ...
 
+    def hot_keys(self, n: int) -> list[tuple[str, float]]:
+        """The ``n`` hottest keys with their estimated rates (none if it does not track them)."""
+        ...
+
 
 class _Order(cachetools.LRUCache[str, int]):
     """Key order and weights; reports what ``cachetools`` evicts through ``popitem``."""
@@ -174,6 +178,10 @@ class LruPolicy:
     @property
     def evictions(self) -> int:
         return self._evictions
+
+    def hot_keys(self, n: int) -> list[tuple[str, float]]:
+        """A plain LRU does not track rates: none."""
+        return []
 
 
 class MemoryTier(TierBase):
@@ -335,12 +343,8 @@ class MemoryTier(TierBase):
     def hot_keys(self, n: int) -> list[tuple[str, float]]:
         """The policy's ``n`` hottest keys with their rates (empty if it does not track them);
         read under the lock, since the policy's structures change on every miss."""
-        report = getattr(self._policy, "hot_keys", None)
-        if not callable(report):
-            return []
         with self._lock:
-            result: list[tuple[str, float]] = report(n)
-            return result
+            return self._policy.hot_keys(n)
 
     def report(self) -> dict[str, int]:
         """Entries held and evictions so far, for ``stats()`` (:mod:`tiered_cache.reporting`)."""

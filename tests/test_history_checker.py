@@ -243,13 +243,6 @@ def test_the_known_races_leave_no_stale_copy(rig: HistoryRig) -> None:
 
 
 @needs_redis
-@pytest.mark.xfail(
-    reason="open: a read that starts after an invalidation returned joins the load in flight "
-    "from before it (single-flight), and returns the old value; found by this checker on the "
-    "pre-rebuild core and on the rebuilt one",
-    raises=AssertionError,
-    strict=True,
-)
 def test_a_read_after_an_invalidation_does_not_join_an_older_load(rig: HistoryRig) -> None:
     """docs/consistency.md: after invalidate() returns, this process's next read goes to Redis
     and the table; only callers that asked before the write may get the old value."""

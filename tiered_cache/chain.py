@@ -222,17 +222,25 @@ class TieredCache:
             entry = self._tiers[0].get(key, count=False)
             if entry is not MISSING and not entry.is_expired(self._clock()):
                 return entry.value
+        # A flight that started before an invalidation of the key may bring back what the
+        # invalidation removed: a reader that comes after it starts a flight of its own.
+        fence = self._fence
         value, shared = self._loader.flights.run(
-            key, lambda flight: self._read_through(key, loader, ttl)
+            key,
+            lambda flight: self._read_through(key, flight.tag, loader, ttl),
+            tag=fence.mark(),
+            joinable=lambda flight: not fence.overtaken(flight.tag, [key]),
         )
         if shared:
             self._metrics.waited()
         return value
 
-    def _read_through(self, key: str, loader: Loader | None, ttl: float | str | None) -> Any:
+    def _read_through(
+        self, key: str, mark: int, loader: Loader | None, ttl: float | str | None
+    ) -> Any:
         """Inside the key's flight: the first fresh copy (copied up into the faster tiers),
-        else a stale one while a refresh runs, else a load."""
-        mark = self._fence.mark()  # before anything is read: every fill below is judged by it
+        else a stale one while a refresh runs, else a load. ``mark``: the fence's, taken
+        before anything was read; every fill below is judged by it."""
         now = self._clock()
         stale: Entry | None = None
         for tier in self._tiers:
@@ -296,7 +304,12 @@ class TieredCache:
         errors: dict[str, BaseException] = {}
         if remaining:
             # One batch for the keys no other caller is loading; wait for the others' loads.
-            led, joined = self._loader.flights.claim(remaining)
+            fence = self._fence
+            led, joined = self._loader.flights.claim(
+                remaining,
+                tag=mark,
+                joinable=lambda key, flight: not fence.overtaken(flight.tag, [key]),
+            )
             if led:
                 loaded, failed = self._loader.load_batch(led, mark, loader, ttl, stale)
                 values.update(loaded)

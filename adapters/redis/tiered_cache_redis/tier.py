@@ -507,7 +507,9 @@ class RedisTier(TierBase):
         self._unlink_matching(self._prefix)
 
     def _unlink_matching(self, start: str) -> None:
-        for first in (start, "{" + start):  # the data keys, then the leases ("{ns:key}:lease")
+        # The leases ("{ns:key}:lease") first: a fill under a lease that lands before its lease
+        # is unlinked wrote data that the data scan then finds; one after it fails.
+        for first in ("{" + start, start):
             pattern = first.translate(_GLOB_SPECIAL) + "*"
             names = list(self.client.scan_iter(match=pattern, count=1000))
             for batch in _batches(names, _CLEAR_BATCH):

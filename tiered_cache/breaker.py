@@ -20,9 +20,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Literal, TypeVar
+from typing import Literal, TypeVar, cast
 
 from .errors import CodecError, TierUnavailable
+from .leases import LeasingTier
 from .settings import BreakerSettings
 from .tier import Entry, MissingType, Tier, TierBase
 
@@ -260,11 +261,61 @@ class CircuitBreakerTier:
         self._tier.close()
 
 
+class LeasingCircuitBreakerTier(CircuitBreakerTier):
+    """:class:`CircuitBreakerTier` around a tier that declares leases: used on its own, the
+    lease calls go through the breaker too (in a chain, the accessor takes it apart anyway)."""
+
+    leases = True
+
+    def __init__(
+        self,
+        tier: LeasingTier,
+        settings: BreakerSettings | None = None,
+        *,
+        failure_threshold: int | None = None,
+        cool_down: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(
+            tier, settings, failure_threshold=failure_threshold, cool_down=cool_down, clock=clock
+        )
+        self._leasing = tier
+
+    def can_lease(self, key: str) -> bool:
+        return self._leasing.can_lease(key)  # no round trip: nothing to guard
+
+    def acquire_lease(self, key: str, ttl: float) -> tuple[str | None, Entry | MissingType]:
+        return self._call(lambda: self._leasing.acquire_lease(key, ttl))
+
+    def steal_lease(self, key: str, ttl: float) -> str:
+        return self._call(lambda: self._leasing.steal_lease(key, ttl))
+
+    def fill_with_lease(self, key: str, entry: Entry, token: str) -> bool:
+        return self._call(lambda: self._leasing.fill_with_lease(key, entry, token))
+
+    def release_lease(self, key: str, token: str) -> None:
+        self._call(lambda: self._leasing.release_lease(key, token))
+
+    def acquire_leases(
+        self, keys: Sequence[str], ttl: float
+    ) -> dict[str, tuple[str | None, Entry | MissingType]]:
+        return self._call(lambda: self._leasing.acquire_leases(keys, ttl))
+
+    def fill_with_leases(self, entries: Mapping[str, tuple[Entry, str]]) -> set[str]:
+        return self._call(lambda: self._leasing.fill_with_leases(entries))
+
+    def release_leases(self, tokens: Mapping[str, str]) -> None:
+        self._call(lambda: self._leasing.release_leases(tokens))
+
+
 def guard(
     tier: Tier,
     settings: BreakerSettings | None = None,
     *,
     clock: Callable[[], float] = time.monotonic,
 ) -> CircuitBreakerTier:
-    """``tier`` with a circuit breaker (the chain consults it around every call to the tier)."""
+    """``tier`` with a circuit breaker (the chain consults it around every call to the tier);
+    a tier that declares leases keeps them (:class:`LeasingCircuitBreakerTier`)."""
+    if isinstance(tier, TierBase) and tier.leases:
+        return LeasingCircuitBreakerTier(cast(LeasingTier, tier), settings, clock=clock)
     return CircuitBreakerTier(tier, settings, clock=clock)

@@ -18,7 +18,7 @@ from tiered_cache.memory import MemoryTier
 from tiered_cache.registry import Plugin, register, unregister
 from tiered_cache.settings import BreakerSettings, TierSettings
 from tiered_cache.testing.clock import FakeClock
-from tiered_cache.tier import MISSING, Entry, MissingType, Tier
+from tiered_cache.tier import MISSING, Entry, MissingType, Tier, TierBase
 
 
 class FlakyTier:
@@ -372,8 +372,8 @@ def test_threshold_and_cool_down_are_checked_at_their_bounds(
     assert edge.state == "closed"
 
 
-class PrefixFlakyTier(FlakyTier):
-    """A flaky tier that can delete by prefix, as the Redis tier can."""
+class PrefixFlakyTier(FlakyTier, TierBase):
+    """A flaky tier that can delete by prefix (declared: a TierBase), as the Redis tier can."""
 
     def __init__(self, clock: FakeClock) -> None:
         super().__init__(clock)

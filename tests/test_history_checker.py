@@ -187,15 +187,6 @@ def test_a_tagged_schedule_keeps_its_prefixes() -> None:
 
 needs_redis = pytest.mark.skipif(redis_server_binary() is None, reason="no redis-server")
 
-#: #16 defects 1 and 2 are in the chain core that the core engineer is rebuilding; until that
-#: lands, a run with such races finds them (which is what these tests show on today's main).
-PRE_REBUILD_CORE = pytest.mark.xfail(
-    reason="#16 defects 1 and 2 (fills after prefix invalidation / clear, reordered "
-    "write-through sets) are in the pre-rebuild core",
-    raises=AssertionError,
-    strict=False,
-)
-
 
 @pytest.fixture(scope="module")
 def rig() -> Iterator[HistoryRig]:
@@ -233,7 +224,6 @@ def test_the_same_race_with_invalidate_is_fenced(rig: HistoryRig) -> None:
 
 
 @needs_redis
-@PRE_REBUILD_CORE
 def test_the_known_races_leave_no_stale_copy(rig: HistoryRig) -> None:
     """#16 defect 1 (a slow load racing invalidate_prefix or clear fills the old value) every
     time; defect 2 (concurrent sets leave a tier one version behind) in about 1 run of 3."""
@@ -243,13 +233,6 @@ def test_the_known_races_leave_no_stale_copy(rig: HistoryRig) -> None:
 
 
 @needs_redis
-@pytest.mark.xfail(
-    reason="open: a read that starts after an invalidation returned joins the load in flight "
-    "from before it (single-flight), and returns the old value; found by this checker on the "
-    "pre-rebuild core and on the rebuilt one",
-    raises=AssertionError,
-    strict=True,
-)
 def test_a_read_after_an_invalidation_does_not_join_an_older_load(rig: HistoryRig) -> None:
     """docs/consistency.md: after invalidate() returns, this process's next read goes to Redis
     and the table; only callers that asked before the write may get the old value."""
@@ -258,7 +241,6 @@ def test_a_read_after_an_invalidation_does_not_join_an_older_load(rig: HistoryRi
 
 
 @needs_redis
-@PRE_REBUILD_CORE
 def test_a_short_random_run_finds_no_violation(rig: HistoryRig) -> None:
     shape = replace(rig.config.shape, fault_rate=0.1)
     schedules = [generate(16, index, shape) for index in range(20)]

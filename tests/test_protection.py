@@ -10,7 +10,15 @@ from typing import Any
 
 import pytest
 
-from tiered_cache import LoadTimeout, MemoryTier, SourceThrottled, TieredCache
+from tiered_cache import (
+    LoadTimeout,
+    MemoryTier,
+    PartialBatchError,
+    PartialLoadError,
+    SourceError,
+    SourceThrottled,
+    TieredCache,
+)
 from tiered_cache.protection import Protection, xfetch_due
 from tiered_cache.testing import FakeClock
 
@@ -245,7 +253,7 @@ def test_500_threads_on_one_cold_key_read_the_source_once() -> None:
         thread.start()
     assert slow.started.wait(timeout=10)
     # Wait (boundedly: a regression must fail, not hang) until the other 499 have joined.
-    flight = cache._flights.in_flight("tweet:viral")
+    flight = cache._loader.flights.in_flight("tweet:viral")
     deadline = time.monotonic() + 10
     try:
         while flight is not None and flight.waiters < 499:
@@ -308,8 +316,46 @@ def test_get_many_fail_safe_when_every_missing_key_has_a_stale_value(clock: Fake
 
     clock.advance(11)
     assert cache.get_many(["a", "b"], failing) == {"a": "A", "b": "B"}
-    with pytest.raises(SourceThrottled):
+    with pytest.raises(PartialBatchError) as caught:
         cache.get_many(["a", "new"], failing)
+    assert isinstance(caught.value.errors["new"], SourceThrottled)
+
+
+def test_get_many_serves_what_it_can_and_reports_only_the_keys_it_cannot(
+    clock: FakeClock,
+) -> None:
+    """A throttled batch mixing keys with and without a stale copy: the stale keys and the
+    keys that are fresh are served; only the keys with nothing to serve are reported."""
+    cache = make_cache(clock, Background(), stale_while_revalidate=False)
+    cache.get_many(["a", "b"], lambda keys: {key: key.upper() for key in keys})
+    clock.advance(11)  # a and b go stale
+    cache.get_many(["fresh"], lambda keys: {"fresh": "F"})
+    throttled = SourceThrottled("throttled")
+
+    def failing(keys: object) -> dict[str, str]:
+        raise throttled
+
+    with pytest.raises(PartialBatchError) as caught:
+        cache.get_many(["a", "new", "fresh", "b", "other"], failing)
+    error = caught.value
+    assert error.values == {"a": "A", "fresh": "F", "b": "B"}
+    assert error.errors == {"new": throttled, "other": throttled}
+    assert isinstance(error, SourceError)
+    assert "new" in str(error) and "other" in str(error)
+
+
+def test_get_many_keeps_what_a_failing_batch_read_before_it_failed(clock: FakeClock) -> None:
+    cache = make_cache(clock, Background(), stale_while_revalidate=False)
+
+    def half_read(keys: object) -> dict[str, str]:
+        raise PartialLoadError("throttled half-way", found={"a": "A", "gone": None}, left=1)
+
+    with pytest.raises(PartialBatchError) as caught:
+        cache.get_many(["a", "gone", "b"], half_read)
+    assert caught.value.values == {"a": "A", "gone": None}
+    assert list(caught.value.errors) == ["b"]
+    # what the batch read is cached like any other load
+    assert cache.get_many(["a", "gone"], lambda keys: {}) == {"a": "A", "gone": None}
 
 
 def test_never_stale_honours_its_overrides() -> None:

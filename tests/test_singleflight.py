@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from tiered_cache import MemoryTier, TieredCache
+from tiered_cache import MemoryTier, PartialBatchError, TieredCache
 from tiered_cache.singleflight import SingleFlight
 
 
@@ -47,7 +47,7 @@ def test_200_threads_missing_one_key_run_the_loader_exactly_once() -> None:
     # Wait until the other 199 threads are parked on the flight, counted by the cache.
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        flight = cache._flights.in_flight("tweet:42")
+        flight = cache._loader.flights.in_flight("tweet:42")
         if flight is not None and flight.waiters >= 199:
             break
         time.sleep(0.005)
@@ -84,7 +84,7 @@ def test_a_failing_load_raises_in_every_waiter_and_caches_nothing() -> None:
     threads = start_together(20, reader)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        flight = cache._flights.in_flight("k")
+        flight = cache._loader.flights.in_flight("k")
         if flight is not None and flight.waiters >= 19:
             break
         time.sleep(0.005)
@@ -137,7 +137,7 @@ def test_concurrent_get_many_of_the_same_cold_keys_loads_each_key_once() -> None
         time.sleep(0.005)
     readers[-1].start()
     while time.monotonic() < deadline:
-        flight = cache._flights.in_flight("k0")
+        flight = cache._loader.flights.in_flight("k0")
         if flight is None or flight.waiters >= 1:
             break
         time.sleep(0.005)
@@ -200,7 +200,10 @@ def test_a_get_many_that_joins_a_failing_batch_raises_its_error() -> None:
     release.set()
     first.join(timeout=10)
     second.join(timeout=10)
-    assert outcomes["first"] is error
+    first_error = outcomes["first"]
+    assert isinstance(first_error, PartialBatchError)  # the whole batch failed, per key
+    assert first_error.errors == {"a": error, "b": error}
+    assert first_error.values == {}
     joined = outcomes["second"]
     assert isinstance(joined, BaseException), f"the joined batch returned {joined!r}"
     assert error in causes(joined)

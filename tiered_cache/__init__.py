@@ -8,6 +8,8 @@ from .errors import (
     InvalidationIncomplete,
     KeyTemplateError,
     LoadTimeout,
+    PartialBatchError,
+    PartialLoadError,
     SourceError,
     SourceThrottled,
     TieredCacheError,
@@ -16,7 +18,7 @@ from .errors import (
 from .memory import MemoryTier
 from .registry import BuildContext, Plugin
 from .settings import CacheSettings, SourceSettings, TierSettings, load_settings
-from .tier import MISSING, Entry, Missing, PeekableTier, Source, Tier
+from .tier import MISSING, Entry, Missing, PeekableTier, Source, Tier, TierBase
 
 __all__ = [
     "MISSING",
@@ -32,6 +34,8 @@ __all__ = [
     "LoadTimeout",
     "MemoryTier",
     "Missing",
+    "PartialBatchError",
+    "PartialLoadError",
     "PeekableTier",
     "Plugin",
     "Source",
@@ -39,6 +43,7 @@ __all__ = [
     "SourceSettings",
     "SourceThrottled",
     "Tier",
+    "TierBase",
     "TierSettings",
     "TierUnavailable",
     "TieredCache",

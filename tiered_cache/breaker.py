@@ -4,7 +4,11 @@ After ``failure_threshold`` consecutive failures the circuit opens: every call r
 :class:`~tiered_cache.errors.TierUnavailable` at once, without touching the tier, for
 ``cool_down`` seconds. Then one call is let through as a probe (half-open): its success closes the
 circuit, its failure opens it again for another ``cool_down``. This is the breaker FusionCache puts
-around its distributed tier; it wraps the tier rather than living in each adapter.
+around its distributed tier; it lives in the chain rather than in each adapter.
+
+:class:`CircuitBreaker` is the policy: the chain's accessor of a tier consults it on every call,
+so the tier's capabilities stay the tier's own. :class:`CircuitBreakerTier` puts a tier and its
+breaker together (as ``build`` does from the settings); the chain takes the two apart again.
 
 A :class:`~tiered_cache.errors.CodecError` is the caller's fault (a value the tier cannot hold),
 not the tier's, so it passes through unchanged and is not counted.
@@ -16,13 +20,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Literal, TypeVar
+from typing import Literal, TypeVar, cast
 
 from .errors import CodecError, TierUnavailable
 from .leases import LeasingTier
-from .reporting import ReportValue, report_of
 from .settings import BreakerSettings
-from .tier import Entry, MissingType, Tier
+from .tier import Entry, MissingType, Tier, TierBase
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +33,11 @@ State = Literal["closed", "open", "half-open"]
 T = TypeVar("T")
 
 
-class CircuitBreakerTier:
-    """Wraps ``tier`` (same protocol and name) in a thread-safe circuit breaker.
+class CircuitBreaker:
+    """A thread-safe circuit breaker: the state machine, consulted around each call.
 
     Args:
-        tier: the tier to protect.
+        name: the guarded tier's name, for messages.
         settings: ``failure_threshold`` and ``cool_down``; explicit arguments win over it.
         failure_threshold: consecutive failures that open the circuit.
         cool_down: seconds an open circuit rejects calls before letting one probe through.
@@ -43,7 +46,7 @@ class CircuitBreakerTier:
 
     def __init__(
         self,
-        tier: Tier,
+        name: str,
         settings: BreakerSettings | None = None,
         *,
         failure_threshold: int | None = None,
@@ -51,8 +54,7 @@ class CircuitBreakerTier:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         settings = settings or BreakerSettings()
-        self._tier = tier
-        self.name = tier.name
+        self.name = name
         self.failure_threshold = (
             failure_threshold if failure_threshold is not None else settings.failure_threshold
         )
@@ -68,11 +70,6 @@ class CircuitBreakerTier:
         self._opened_at = 0.0
         self._probing = False
         self._opened_count = 0
-
-    @property
-    def tier(self) -> Tier:
-        """The wrapped tier."""
-        return self._tier
 
     @property
     def state(self) -> State:
@@ -94,48 +91,9 @@ class CircuitBreakerTier:
         """Consecutive failures counted so far (reset by a success)."""
         return self._failures
 
-    def report(self) -> dict[str, ReportValue]:
-        """The wrapped tier's report, the circuit's state and how often it opened."""
-        return {**report_of(self._tier), "breaker": self.state, "breaker_opened": self.opened_count}
-
-    # -- the Tier protocol
-
-    def get(self, key: str) -> Entry | MissingType:
-        return self._call(lambda: self._tier.get(key))
-
-    def get_many(self, keys: Sequence[str]) -> dict[str, Entry]:
-        return self._call(lambda: self._tier.get_many(keys))
-
-    def set(self, key: str, entry: Entry) -> None:
-        self._call(lambda: self._tier.set(key, entry))
-
-    def set_many(self, entries: Mapping[str, Entry]) -> None:
-        self._call(lambda: self._tier.set_many(entries))
-
-    def delete(self, key: str) -> None:
-        self._call(lambda: self._tier.delete(key))
-
-    def delete_many(self, keys: Sequence[str]) -> None:
-        self._call(lambda: self._tier.delete_many(keys))
-
-    def clear(self) -> None:
-        self._call(self._tier.clear)
-
-    def delete_prefix(self, prefix: str) -> None:
-        """The wrapped tier's ``delete_prefix`` if it has one, else its ``clear`` (safe)."""
-        delete_prefix = getattr(self._tier, "delete_prefix", None)
-        if callable(delete_prefix):
-            self._call(lambda: delete_prefix(prefix))
-        else:
-            self._call(self._tier.clear)
-
-    def close(self) -> None:
-        """Close the wrapped tier, whatever the state of the circuit."""
-        self._tier.close()
-
-    # -- the state machine
-
-    def _call(self, operation: Callable[[], T]) -> T:
+    def call(self, operation: Callable[[], T]) -> T:
+        """Run ``operation`` unless the circuit is open (then raise :class:`TierUnavailable`);
+        count its failure or success."""
         probe = self._admit()
         try:
             result = operation()
@@ -212,8 +170,102 @@ class CircuitBreakerTier:
         )
 
 
+class CircuitBreakerTier:
+    """A tier and the :class:`CircuitBreaker` guarding it (same protocol and name).
+
+    Used on its own, every call of the :class:`~tiered_cache.Tier` protocol goes through the
+    breaker. In a chain, the tier's accessor takes the two apart (the tier, and the breaker it
+    consults), so none of the tier's optional capabilities is hidden by this wrapper.
+
+    Args:
+        tier: the tier to protect.
+        settings, failure_threshold, cool_down, clock: as for :class:`CircuitBreaker`.
+    """
+
+    def __init__(
+        self,
+        tier: Tier,
+        settings: BreakerSettings | None = None,
+        *,
+        failure_threshold: int | None = None,
+        cool_down: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._tier = tier
+        self.name = tier.name
+        self.breaker = CircuitBreaker(
+            tier.name,
+            settings,
+            failure_threshold=failure_threshold,
+            cool_down=cool_down,
+            clock=clock,
+        )
+        self.failure_threshold = self.breaker.failure_threshold
+        self.cool_down = self.breaker.cool_down
+        self._call = self.breaker.call
+
+    @property
+    def tier(self) -> Tier:
+        """The wrapped tier."""
+        return self._tier
+
+    @property
+    def state(self) -> State:
+        """The breaker's state (see :attr:`CircuitBreaker.state`)."""
+        return self.breaker.state
+
+    @property
+    def opened_count(self) -> int:
+        """How many times the circuit has opened."""
+        return self.breaker.opened_count
+
+    @property
+    def failures(self) -> int:
+        """Consecutive failures counted so far (reset by a success)."""
+        return self.breaker.failures
+
+    # -- the Tier protocol
+
+    def get(self, key: str) -> Entry | MissingType:
+        return self._call(lambda: self._tier.get(key))
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, Entry]:
+        return self._call(lambda: self._tier.get_many(keys))
+
+    def set(self, key: str, entry: Entry) -> None:
+        self._call(lambda: self._tier.set(key, entry))
+
+    def set_many(self, entries: Mapping[str, Entry]) -> None:
+        self._call(lambda: self._tier.set_many(entries))
+
+    def delete(self, key: str) -> None:
+        self._call(lambda: self._tier.delete(key))
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        self._call(lambda: self._tier.delete_many(keys))
+
+    def clear(self) -> None:
+        self._call(self._tier.clear)
+
+    def delete_prefix(self, prefix: str) -> None:
+        """The tier's declared ``delete_prefix`` (:class:`~tiered_cache.tier.TierBase`), else
+        its ``clear`` (more than asked, never less), through the breaker."""
+        tier = self._tier
+        if isinstance(tier, TierBase):
+            self._call(lambda: tier.delete_prefix(prefix))
+        else:
+            self._call(tier.clear)
+
+    def close(self) -> None:
+        """Close the wrapped tier, whatever the state of the circuit."""
+        self._tier.close()
+
+
 class LeasingCircuitBreakerTier(CircuitBreakerTier):
-    """A circuit breaker around a tier that offers leases: the lease calls are guarded too."""
+    """:class:`CircuitBreakerTier` around a tier that declares leases: used on its own, the
+    lease calls go through the breaker too (in a chain, the accessor takes it apart anyway)."""
+
+    leases = True
 
     def __init__(
         self,
@@ -234,6 +286,9 @@ class LeasingCircuitBreakerTier(CircuitBreakerTier):
 
     def acquire_lease(self, key: str, ttl: float) -> tuple[str | None, Entry | MissingType]:
         return self._call(lambda: self._leasing.acquire_lease(key, ttl))
+
+    def steal_lease(self, key: str, ttl: float) -> str:
+        return self._call(lambda: self._leasing.steal_lease(key, ttl))
 
     def fill_with_lease(self, key: str, entry: Entry, token: str) -> bool:
         return self._call(lambda: self._leasing.fill_with_lease(key, entry, token))
@@ -259,7 +314,8 @@ def guard(
     *,
     clock: Callable[[], float] = time.monotonic,
 ) -> CircuitBreakerTier:
-    """``tier`` in a circuit breaker that keeps its optional capabilities (leases)."""
-    if isinstance(tier, LeasingTier):
-        return LeasingCircuitBreakerTier(tier, settings, clock=clock)
+    """``tier`` with a circuit breaker (the chain consults it around every call to the tier);
+    a tier that declares leases keeps them (:class:`LeasingCircuitBreakerTier`)."""
+    if isinstance(tier, TierBase) and tier.leases:
+        return LeasingCircuitBreakerTier(cast(LeasingTier, tier), settings, clock=clock)
     return CircuitBreakerTier(tier, settings, clock=clock)

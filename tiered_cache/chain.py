@@ -1,29 +1,37 @@
-"""TieredCache: read-through over a chain of tiers, fill-up on the way back, and writes."""
+"""TieredCache: the public face of a chain of tiers; the read path and the write path.
+
+The chain holds its parts (it inherits none): one :class:`~tiered_cache.accessor.TierAccessor`
+per tier (capabilities, breaker, counters), the :class:`~tiered_cache.fence.Fence` (the only
+owner of "no fill after an invalidation"), the :class:`~tiered_cache.loader.SourceLoader`
+(source calls under protection) and the :class:`~tiered_cache.coherence.BusLink` (the other
+processes). Calls go one way: chain -> bus link or loader -> fence -> accessor -> tier.
+"""
 
 from __future__ import annotations
 
-import logging
 import random
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
 
-from ._loading import BatchLoader, ChainLoading, Loader
+from .accessor import TierAccessor
 from .bus import Bus
-from .coherence import BusLink, CoherenceHandlers
-from .errors import InvalidationIncomplete
-from .invalidation_log import InvalidationLog
-from .protection import Protection, xfetch_due
-from .reporting import report_of, source_report
-from .singleflight import Flight
+from .coherence import BusLink
+from .errors import InvalidationIncomplete, PartialBatchError
+from .fence import Fence
+from .loader import BatchLoader, EntryMaker, Loader, SourceLoader
+from .logs import logger_for
+from .metrics import CacheMetrics
+from .protection import REFRESH_DUE, Protection, xfetch_due
+from .reporting import source_report
 from .tier import MISSING, Entry, MissingType, Source, Tier
 
 if TYPE_CHECKING:
     from .decorator import CachedFunction
     from .settings import CacheSettings
 
-logger = logging.getLogger(__name__)
+logger = logger_for("chain")
 
 __all__ = ["BatchLoader", "Loader", "TieredCache"]
 
@@ -31,14 +39,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-class _RefreshDue:
-    """Returned by the L1 lookup instead of a value when XFetch says: refresh this key now."""
-
-
-_REFRESH_DUE = _RefreshDue()
-
-
-class TieredCache(ChainLoading):
+class TieredCache:
     """A chain of tiers, fastest first, in front of an optional source of truth.
 
     A read walks the tiers in order. A hit in tier ``i`` fills tiers ``0..i-1``; a miss in
@@ -85,36 +86,44 @@ class TieredCache(ChainLoading):
         max_stale_when_disconnected: float = 1.0,
         write_policy: Literal["through", "around"] = "through",
     ) -> None:
-        super().__init__(
-            tiers,
+        self.namespace = namespace
+        self._given = tuple(tiers)
+        self._source = source
+        self._clock = clock
+        self._protection = protection or Protection()
+        self._metrics = CacheMetrics([tier.name for tier in tiers])
+        self._tiers = [
+            TierAccessor(index, tier, self._metrics, clock) for index, tier in enumerate(tiers)
+        ]
+        self._shared = [tier for tier in self._tiers if not tier.local]
+        self._leasing = next((t for t in self._shared if t.leases), None)
+        self._fence = Fence(self._tiers, self._metrics)
+        self._entry = EntryMaker(ttl, negative_ttl, self._protection.max_stale)
+        self._loader = SourceLoader(
+            self._tiers,
             source,
-            ttl=ttl,
-            negative_ttl=negative_ttl,
+            fence=self._fence,
+            metrics=self._metrics,
+            make_entry=self._entry,
             clock=clock,
-            protection=protection,
             sleep=sleep,
+            protection=self._protection,
             background=background,
         )
-        self.namespace = namespace
-        self._disconnected_bound = max_stale_when_disconnected
-        self._set_l1(self._tiers[0] if self._tiers else None)
-        self._l1_hits = self._metrics.l1_hits
-        self._l1_hit_cells = self._l1_hits.cells
+        self._write_policy = write_policy
         self._random = rng
         self._beta = self._protection.early_refresh_beta
         self._xfetch_window = self._protection.xfetch_window_factor
-        self._write_policy = write_policy
-        #: Every invalidation, so that get_many can drop the copies one overtook.
-        self._invalidation_log = InvalidationLog()
+        self._l1_hits = self._metrics.l1_hits
+        self._l1_hit_cells = self._l1_hits.cells
+        self._use_l1(True)
+        self._disconnected_bound = max_stale_when_disconnected
+        #: The bus is down and in-process tiers keep fills for the bound (reads are counted).
+        self._bus_down = False
+        self._bounded = False
         self._bus_link: BusLink | None = None
         if bus is not None:
-            handlers = CoherenceHandlers(
-                drop_keys=self._drop_local_keys,
-                drop_prefixes=self._drop_local_prefixes,
-                drop_everything=self._drop_local_everything,
-                set_connected=self._set_bus_connected,
-            )
-            self._bus_link = BusLink(bus, handlers, self._metrics)
+            self._bus_link = BusLink(bus, self._fence, self._metrics, self._set_bus_connected)
 
     # -- construction -------------------------------------------------------------------------
 
@@ -154,8 +163,8 @@ class TieredCache(ChainLoading):
 
     @property
     def tiers(self) -> tuple[Tier, ...]:
-        """The tiers, fastest first."""
-        return tuple(self._tiers)
+        """The tiers, fastest first (as given)."""
+        return self._given
 
     @property
     def source(self) -> Source | None:
@@ -172,16 +181,17 @@ class TieredCache(ChainLoading):
 
         Returns ``None`` when the source has no such item.
         """
-        value = self._lookup_l1(key)
-        if value is MISSING or value is _REFRESH_DUE:
-            return self._get_slow(key, loader, ttl, value is _REFRESH_DUE)
+        value = self.lookup_l1(key)
+        if value is MISSING or value is REFRESH_DUE:
+            return self.get_after_l1(key, loader, ttl, value is REFRESH_DUE)
         return value
 
-    def _lookup_l1(self, key: str) -> Any:
-        """The fresh value in tier 0, ``MISSING``, or ``_REFRESH_DUE``.
+    def lookup_l1(self, key: str) -> Any:
+        """The fresh value in tier 0, ``MISSING``, or :data:`REFRESH_DUE` (for the decorator,
+        which inlines :meth:`get`).
 
         The path that matters most: one clock read, one tier call, a lock-free hit counter;
-        no flight, no allocation. The XFetch draw is only made near the entry's expiry.
+        no flight, no fence, no allocation. The XFetch draw is only made near the expiry.
         """
         get_at = self._l1_get_at
         if get_at is None:
@@ -190,7 +200,7 @@ class TieredCache(ChainLoading):
         try:
             entry = get_at(key, now)
         except Exception as exc:
-            self._tier_failed(0, exc)
+            self._tiers[0].failed(exc)
             return MISSING
         if entry is not MISSING:
             soft = entry.soft_expiry
@@ -202,40 +212,68 @@ class TieredCache(ChainLoading):
                 if now >= soft - entry.load_duration * self._xfetch_window and xfetch_due(
                     now, soft, entry.load_duration, self._beta, self._random()
                 ):
-                    return _REFRESH_DUE
+                    return REFRESH_DUE
                 return entry.value
-        self._metrics.miss(0)
+        self._tiers[0].miss()
         return MISSING
 
-    def _set_l1(self, tier: Tier | None) -> None:
-        """Make ``tier`` the one :meth:`_lookup_l1` reads (``None``: no L1 lookup). A tier
-        with ``get_at`` (the memory tier) is handed the chain's clock reading."""
-        self._l1 = tier
-        self._l1_get_at: Callable[[str, float], Entry | MissingType] | None = None
-        if tier is not None:
-            get = tier.get
-            self._l1_get_at = getattr(tier, "get_at", None) or (lambda key, now: get(key))
-
-    def _get_slow(
+    def get_after_l1(
         self, key: str, loader: Loader | None, ttl: float | str | None, early: bool = False
     ) -> Any:
-        """Everything after an L1 miss: the other tiers and the source, one flight per key.
-
-        ``early``: the L1 entry is fresh but XFetch picked this read to refresh it; serve the
-        entry and refresh in the background.
-        """
-        if early and self._l1 is not None:
+        """Everything after an L1 miss (for the decorator): the other tiers and the source,
+        one flight per key. ``early``: the L1 entry is fresh but XFetch picked this read to
+        refresh it; serve the entry and refresh in the background."""
+        if early and self._tiers:
             self._metrics.count("early_refreshes")
-            self._refresh_in_background(key, loader, ttl, None)
-            entry = self._tier_get(0, self._l1, key, count=False)
+            self._loader.refresh_in_background(key, loader, ttl, None)
+            entry = self._tiers[0].get(key, count=False)
             if entry is not MISSING and not entry.is_expired(self._clock()):
                 return entry.value
-        value, shared = self._flights.run(
-            key, lambda flight: self._read_through(key, flight, loader, ttl)
+        # A flight that started before an invalidation of the key may bring back what the
+        # invalidation removed: a reader that comes after it starts a flight of its own.
+        fence = self._fence
+        value, shared = self._loader.flights.run(
+            key,
+            lambda flight: self._read_through(key, flight.tag, loader, ttl),
+            tag=fence.mark(),
+            joinable=lambda flight: not fence.overtaken(flight.tag, [key]),
         )
         if shared:
             self._metrics.waited()
         return value
+
+    def _read_through(
+        self, key: str, mark: int, loader: Loader | None, ttl: float | str | None
+    ) -> Any:
+        """Inside the key's flight: the first fresh copy (copied up into the faster tiers),
+        else a stale one while a refresh runs, else a load. ``mark``: the fence's, taken
+        before anything was read; every fill below is judged by it."""
+        now = self._clock()
+        stale: Entry | None = None
+        for tier in self._tiers:
+            if tier.bypassed:
+                continue
+            # Tier 0 was just missed by the caller; look again, quietly, because another
+            # flight for this key may have filled it between that miss and this flight.
+            entry = tier.get(key, count=tier.index > 0)
+            if entry is MISSING:
+                continue
+            if now < entry.soft_expiry:
+                if tier.index > 0:
+                    tier.hit()
+                    self._fence.fill(mark, {key: entry}, self._tiers[: tier.index])
+                if self._bounded:
+                    self._count_bus_down(tier)
+                return entry.value
+            if stale is None and now < entry.hard_expiry:
+                stale = entry
+        if self._bounded:
+            self._count_bus_down(None)
+        if stale is not None and self._protection.stale_while_revalidate:
+            self._metrics.count("stale_served")
+            self._loader.refresh_in_background(key, loader, ttl, stale)
+            return stale.value
+        return self._loader.load(key, mark, loader, ttl, stale).value
 
     def get_many(
         self,
@@ -256,12 +294,14 @@ class TieredCache(ChainLoading):
                 ``None``, is cached as not found for ``negative_ttl``).
             ttl: how long the loaded values stay fresh, overriding the cache's ``ttl``.
 
-        Returns a dict with every requested key.
+        Returns a dict with every requested key. If some keys cannot be served (the source
+        failed and they have no stale copy), raises :class:`~tiered_cache.PartialBatchError`,
+        which carries every value that could be served and, per key, the error of the others.
         """
         wanted = list(dict.fromkeys(keys))
         stale: dict[str, Entry] = {}
-        mark = self._invalidation_log.mark()
-        found = self._read_tiers(wanted, stale)
+        mark = self._fence.mark()
+        found = self._read_tiers(wanted, mark, stale)
         remaining = [key for key in wanted if key not in found]
         if remaining and stale and loader is None and self._protection.stale_while_revalidate:
             # Stale keys are served now and refreshed one by one in the background.
@@ -269,22 +309,33 @@ class TieredCache(ChainLoading):
                 if key in stale:
                     found[key] = stale[key]
                     self._metrics.count("stale_served")
-                    self._refresh_in_background(key, None, ttl, stale[key])
+                    self._loader.refresh_in_background(key, None, ttl, stale[key])
             remaining = [key for key in remaining if key not in stale]
         values = {key: entry.value for key, entry in found.items()}
+        errors: dict[str, BaseException] = {}
         if remaining:
             # One batch for the keys no other caller is loading; wait for the others' loads.
-            led, joined = self._flights.claim(remaining)
+            fence = self._fence
+            led, joined = self._loader.flights.claim(
+                remaining,
+                tag=mark,
+                joinable=lambda key, flight: not fence.overtaken(flight.tag, [key]),
+            )
             if led:
-                values.update(self._load_batch(led, loader, ttl, stale))
+                loaded, failed = self._loader.load_batch(led, mark, loader, ttl, stale)
+                values.update(loaded)
+                errors.update(failed)
             for key, flight in joined.items():
-                values[key] = flight.wait()
+                try:
+                    values[key] = flight.wait()
+                except Exception as exc:
+                    errors[key] = exc
                 self._metrics.waited()
-        overtaken = self._invalidation_log.overtaken(mark, list(values))
-        if overtaken:
-            # Invalidated while this batch read: what it copied of them into the in-process
-            # tiers may predate the invalidation.
-            self._delete_local(overtaken)
+        if errors:
+            failed = {key: errors[key] for key in wanted if key in errors}
+            raise PartialBatchError(
+                {key: values[key] for key in wanted if key in values}, failed
+            ) from next(iter(failed.values()))
         return {key: values[key] for key in wanted}
 
     def lookup_many(self, keys: Iterable[str]) -> dict[str, Entry]:
@@ -294,117 +345,77 @@ class TieredCache(ChainLoading):
         For callers that own the values themselves (Django's cache API): nothing is loaded,
         refreshed or served stale.
         """
-        wanted = list(dict.fromkeys(keys))
-        mark = self._invalidation_log.mark()
-        found = self._read_tiers(wanted, {})
-        overtaken = self._invalidation_log.overtaken(mark, list(found))
-        if overtaken:
-            self._delete_local(overtaken)  # as in get_many
-        return found
+        return self._read_tiers(list(dict.fromkeys(keys)), self._fence.mark(), {})
 
-    def _read_tiers(self, keys: list[str], stale: dict[str, Entry]) -> dict[str, Entry]:
+    def _read_tiers(self, keys: list[str], mark: int, stale: dict[str, Entry]) -> dict[str, Entry]:
         """One ``get_many`` per tier for the keys still missing, fastest tier first; hits fill
-        the faster tiers. Stale entries still servable go into ``stale``."""
+        the faster tiers (through the fence). Stale entries still servable go into ``stale``."""
         found: dict[str, Entry] = {}
         remaining = keys
         now = self._clock()
-        for index, tier in enumerate(self._tiers):
+        for tier in self._tiers:
             if not remaining:
                 break
-            if index in self._bypassed:
+            if tier.bypassed:
                 continue
-            hits = self._tier_get_many(index, tier, remaining, now, stale)
-            if hits and index in self._bounded:
+            hits = tier.get_many(remaining, now, stale)
+            if hits and tier.bounded_for > 0:
                 self._metrics.count("bus_down_served", len(hits))
             if hits:
-                self._fill_many(hits, upto=index)
+                self._fence.fill(mark, hits, self._tiers[: tier.index])
                 found.update(hits)
                 remaining = [key for key in remaining if key not in hits]
         return found
-
-    def _load_batch(
-        self,
-        flights: dict[str, Flight],
-        loader: BatchLoader | None,
-        ttl: float | str | None,
-        stale: dict[str, Entry],
-    ) -> dict[str, Any]:
-        """Load the keys this caller leads (in batches, under their leases), fill the tiers,
-        land each key's flight as soon as its value is there."""
-        values: dict[str, Any] = {}
-
-        def ready(entries: Mapping[str, Entry]) -> None:
-            landed = {key: entry.value for key, entry in entries.items()}
-            self._flights.land({key: flights[key] for key in landed}, landed, None)
-            values.update(landed)
-
-        try:
-            self._load_batch_entries(flights, loader, ttl, stale, ready)
-        except BaseException as exc:
-            self._flights.land({k: f for k, f in flights.items() if k not in values}, {}, exc)
-            raise
-        return values
-
-    def _read_through(
-        self, key: str, flight: Flight, loader: Loader | None, ttl: float | str | None
-    ) -> Any:
-        now = self._clock()
-        stale: Entry | None = None
-        for index, tier in enumerate(self._tiers):
-            if index in self._bypassed:
-                continue
-            # Tier 0 was just missed by the caller; look again, quietly, because another
-            # flight for this key may have filled it between that miss and this flight.
-            entry = self._tier_get(index, tier, key, count=index > 0)
-            if entry is MISSING:
-                continue
-            if now < entry.soft_expiry:
-                if index > 0:
-                    self._metrics.hit(index)
-                    self._fill(key, entry, range(index))
-                    if flight.cancelled_fill:
-                        # Invalidated (here or on the bus) while we copied it up: the copy may
-                        # be older than the write. Fill first, check second: no window left.
-                        self._delete_local([key])
-                if self._bounded:
-                    self._count_bus_down(index)
-                return entry.value
-            if stale is None and now < entry.hard_expiry:
-                stale = entry
-        if self._bounded:
-            self._count_bus_down(len(self._tiers))
-        if stale is not None and self._protection.stale_while_revalidate:
-            self._metrics.count("stale_served")
-            self._refresh_in_background(key, loader, ttl, stale)
-            return stale.value
-        return self._load_and_fill(key, flight, loader, ttl, stale).value
 
     # -- writes -------------------------------------------------------------------------------
 
     def set(self, key: str, value: Any, *, ttl: float | str | None = None) -> None:
         """Write ``value`` for ``key`` and make every process see it.
 
-        With a source, the source is written first; if that fails, no tier changes. Then, with
-        the ``"through"`` write policy, every tier gets the new value; with ``"around"``, every
-        tier drops the key. Other processes drop their in-process copy (the bus). A value a tier
-        cannot encode raises :class:`~tiered_cache.CodecError` before that tier is written.
+        With a source, the source is written first; if that fails, no tier changes. With the
+        ``"through"`` write policy the tiers then get the new value, in an order that cannot
+        be overtaken (docs/consistency.md): a leasing tier's lease is taken before the source
+        is written and the value filled under it, so of two overlapping writes at most one
+        fills and the other invalidates. With ``"around"``, every tier drops the key. Other
+        processes drop their in-process copy (the bus). A value a tier cannot encode raises
+        :class:`~tiered_cache.CodecError` before that tier is written.
         """
-        if self._source is not None:
-            self._source.store(key, value)
         if self._write_policy == "around" and self._source is not None:
+            self._source.store(key, value)
             self.invalidate_many([key])
             return
-        entry = self._new_entry(value, self._clock(), 0.0, ttl)
-        shared = [index for index in range(len(self._tiers)) if index not in self._local]
-        for index in reversed(shared):
-            self._fill(key, entry, range(index, index + 1))
+        mark = self._fence.mark()  # before the source is written: later invalidations count
+        token = self._steal_lease(key)
+        try:
+            if self._source is not None:
+                self._source.store(key, value)
+        except BaseException:
+            if token is not None and self._leasing is not None:
+                self._leasing.release_leases({key: token})
+            raise
+        entry = self._entry(value, self._clock(), 0.0, ttl)
         # Loads in flight read the source before this write: none of them may fill now.
-        self._invalidation_log.record_keys([key])
-        self._cancel_inflight_fill(key)
-        for index in sorted(self._local, reverse=True):
-            self._fill(key, entry, range(index, index + 1))
+        own = self._fence.invalidate([key])
+        tokens = {key: token} if token is not None else None
+        if key not in self._fence.fill(mark, {key: entry}, self._tiers, tokens=tokens, own=own):
+            # Another write (or an invalidation) overlapped this one: which came last at the
+            # source cannot be told here, so no tier keeps either value.
+            self.invalidate_many([key])
+            return
         if self._bus_link is not None:
             self._bus_link.announce([key])
+
+    def _steal_lease(self, key: str) -> str | None:
+        """The key's lease for a write, or None (no leasing tier, or it failed)."""
+        tier = self._leasing
+        if tier is None or not tier.can_lease(key):
+            return None
+        ttl = self._protection.lease_ttl
+        try:
+            return tier.lease(lambda leasing: leasing.steal_lease(key, ttl))
+        except Exception as exc:
+            tier.failed(exc)
+            return None
 
     def invalidate(self, key: str) -> None:
         """Remove ``key`` from every tier and every process's memory (not from the source)."""
@@ -413,25 +424,17 @@ class TieredCache(ChainLoading):
     def invalidate_many(self, keys: Iterable[str], *, strict: bool = False) -> None:
         """Remove ``keys`` from every tier and every process's memory (not from the source).
 
-        Shared tiers go first, then in-flight loads are told not to fill, then the in-process
-        tiers, then the bus: a reader that starts after any step cannot bring an old copy back.
-        A tier or bus that fails is logged and counted; with ``strict`` (the stream follower,
-        which must not move past a change it could not announce) it then raises
+        Shared tiers go first, then the fence (no fill in flight may land; the in-process
+        copies go), then the bus: a reader that starts after any step cannot bring an old
+        copy back. A tier or bus that fails is logged and counted; with ``strict`` (the stream
+        follower, which must not move past a change it could not announce) it then raises
         :class:`~tiered_cache.InvalidationIncomplete`.
         """
         keys = list(dict.fromkeys(keys))
         if not keys:
             return
-        failed: list[str] = []
-        for index, tier in reversed(list(enumerate(self._tiers))):
-            if index in self._local:
-                continue
-            try:
-                tier.delete_many(keys)
-            except Exception as exc:
-                self._tier_failed(index, exc)
-                failed.append(f"tier {tier.name!r} ({type(exc).__name__}: {exc})")
-        self._drop_local_keys(keys)
+        failed = [error for tier in reversed(self._shared) if (error := tier.delete_many(keys))]
+        self._fence.invalidate(keys)
         if self._bus_link is not None and not self._bus_link.announce(keys):
             failed.append("the invalidation bus")
         if strict and failed:
@@ -448,60 +451,23 @@ class TieredCache(ChainLoading):
         """
         if not prefix:
             raise ValueError("an empty prefix would drop everything: use clear()")
-        for index, tier in reversed(list(enumerate(self._tiers))):
-            if index not in self._local:
-                self._delete_prefix(index, tier, prefix)
-        self._drop_local_prefixes([prefix], self._clock())
+        for tier in reversed(self._shared):
+            tier.delete_prefix(prefix)
+        self._fence.invalidate(prefixes=[prefix])
         if self._bus_link is not None:
             self._bus_link.announce(prefixes=[prefix], at=self._clock())
 
     def clear(self, *, strict: bool = False) -> None:
         """Remove every entry of this cache from every tier and every process's memory;
         ``strict`` as for :meth:`invalidate_many`."""
-        failed: list[str] = []
-        for index, tier in reversed(list(enumerate(self._tiers))):
-            if index in self._local:
-                continue
-            try:
-                tier.clear()
-            except Exception as exc:
-                self._tier_failed(index, exc)
-                failed.append(f"tier {tier.name!r} ({type(exc).__name__}: {exc})")
-        self._drop_local_everything()
+        failed = [error for tier in reversed(self._shared) if (error := tier.clear())]
+        self._fence.invalidate(everything=True)
         if self._bus_link is not None and not self._bus_link.announce(clear=True):
             failed.append("the invalidation bus")
         if strict and failed:
             raise InvalidationIncomplete(f"clearing did not reach {', '.join(failed)}")
 
-    # -- in-process tiers and the bus ---------------------------------------------------------
-
-    def _drop_local_keys(self, keys: Sequence[str]) -> None:
-        self._invalidation_log.record_keys(keys)
-        for key in keys:
-            self._cancel_inflight_fill(key)
-        self._delete_local(keys)
-
-    def _drop_local_prefixes(self, prefixes: Sequence[str], at: float) -> None:
-        self._invalidation_log.record_prefixes(prefixes)
-        with self._background_lock:
-            pending = [key for key in self._refreshing if key.startswith(tuple(prefixes))]
-        for key in pending:
-            self._cancel_inflight_fill(key)
-        for index in self._local:
-            for prefix in prefixes:
-                self._delete_prefix(index, self._tiers[index], prefix)
-
-    def _drop_local_everything(self) -> None:
-        self._invalidation_log.record_everything()
-        for index in self._local:
-            try:
-                self._tiers[index].clear()
-            except Exception as exc:
-                self._tier_failed(index, exc)
-
-    def _count_bus_down(self, index: int) -> None:
-        """A read while the bus is down: answered by a bounded in-process tier, or not."""
-        self._metrics.count("bus_down_served" if index in self._bounded else "bus_down_bypasses")
+    # -- the bus going down and coming back ---------------------------------------------------
 
     def _set_bus_connected(self, connected: bool) -> None:
         """While the bus is down in-process tiers would miss invalidations: they serve only
@@ -510,20 +476,29 @@ class TieredCache(ChainLoading):
         bound instead of one per read. They are cleared both ways: on the way down nothing
         stale stays for later, on the way up nothing from the outage is trusted."""
         self._bus_down = not connected
+        bound = 0.0 if connected else self._disconnected_bound
+        self._bounded = bound > 0
         if connected:
-            self._drop_local_everything()
-            self._bypassed = self._bounded = frozenset()
-            self._set_l1(self._tiers[0] if self._tiers else None)
-        else:
-            if self._disconnected_bound > 0:
-                self._bounded_for = self._disconnected_bound
-                self._bounded = self._local
-            else:
-                self._bypassed = self._local
-            if 0 in self._local:
-                # Reads take the slow path while the bus is down: it counts bounded serves.
-                self._set_l1(None)
-            self._drop_local_everything()
+            self._fence.invalidate(everything=True)
+        for tier in self._tiers:
+            if tier.local:
+                tier.bypassed = not connected and bound <= 0
+                tier.bounded_for = bound
+        # While the bus is down reads take the slow path, which counts bounded serves.
+        self._use_l1(connected or not (self._tiers and self._tiers[0].local))
+        if not connected:
+            self._fence.invalidate(everything=True)
+
+    def _count_bus_down(self, tier: TierAccessor | None) -> None:
+        """A read while the bus is down: answered by a bounded in-process tier, or not."""
+        served = tier is not None and tier.bounded_for > 0
+        self._metrics.count("bus_down_served" if served else "bus_down_bypasses")
+
+    def _use_l1(self, enabled: bool) -> None:
+        """Let :meth:`lookup_l1` read tier 0 (or, ``enabled=False``, skip it)."""
+        self._l1_get_at: Callable[[str, float], Entry | MissingType] | None = None
+        if enabled and self._tiers:
+            self._l1_get_at = self._tiers[0].get_at_function()
 
     # -- the decorator ------------------------------------------------------------------------
 
@@ -544,11 +519,9 @@ class TieredCache(ChainLoading):
     def hot_keys(self, n: int = 10) -> list[tuple[str, float]]:
         """The ``n`` hottest keys with their estimated rate per second, if a tier tracks them."""
         for tier in self._tiers:
-            report = getattr(tier, "hot_keys", None)
-            if callable(report):
-                result: list[tuple[str, float]] = report(n)
-                if result:
-                    return result
+            result = tier.hot_keys(n)
+            if result:
+                return result
         return []
 
     def stats(self) -> dict[str, Any]:
@@ -557,7 +530,7 @@ class TieredCache(ChainLoading):
         histogram, single-flight waits, the source's report, and the hottest keys."""
         snapshot = self._metrics.snapshot()
         for tier, counters in zip(self._tiers, snapshot["tiers"], strict=True):
-            counters.update(report_of(tier))  # evictions, breaker state: what tiers know
+            counters.update(tier.report())  # evictions, breaker state: what tiers know
         snapshot["source"] = (
             None
             if self._source is None
@@ -573,26 +546,25 @@ class TieredCache(ChainLoading):
         snapshot["hot_keys"] = [[key, rate] for key, rate in self.hot_keys(10)]
         return snapshot
 
+    def wait_background(self, timeout: float | None = None) -> bool:
+        """Wait until background refreshes and late loads have finished (and filled).
+
+        Returns False if some were still running after ``timeout`` seconds. Useful before a
+        graceful shutdown, and in tests.
+        """
+        return self._loader.wait_background(timeout)
+
     def close(self) -> None:
         """Close every tier and the source. Idempotent."""
-        with self._background_lock:
-            if self._closed:
-                return
-            self._closed = True
-            executor, self._executor = self._executor, None
+        if not self._loader.close():
+            return
         if self._bus_link is not None:
             try:
                 self._bus_link.close()
             except Exception:
                 logger.exception("closing the invalidation bus failed")
-        if executor is not None:
-            # Queued refreshes are dropped; running ones finish against still-open tiers.
-            executor.shutdown(wait=True, cancel_futures=True)
         for tier in self._tiers:
-            try:
-                tier.close()
-            except Exception:
-                logger.exception("closing tier %r failed", tier.name)
+            tier.close()
         if self._source is not None:
             try:
                 self._source.close()

@@ -4,6 +4,8 @@ Each chain has a sender id and numbers its messages 1, 2, 3... A receiver that s
 sender's numbers missed messages, so it clears its in-process tiers; one that loses its bus
 connection stops using them until the bus is back (and clears them then too), because it can no
 longer hear about changes. Messages a chain sent itself are skipped: it applied them already.
+Every message goes through the chain's :class:`~tiered_cache.fence.Fence`, like a local
+invalidation: it refuses the fills in flight and drops the in-process copies.
 """
 
 from __future__ import annotations
@@ -13,9 +15,9 @@ import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 from .bus import Bus, Invalidation
+from .fence import Fence
 from .logs import fields, logger_for
 from .metrics import CacheMetrics
 
@@ -26,24 +28,22 @@ logger = logger_for("bus")
 MAX_SENDERS = 10_000
 
 
-@dataclass(frozen=True)
-class CoherenceHandlers:
-    """What the chain does when the bus tells it something."""
-
-    drop_keys: Callable[[Sequence[str]], None]
-    drop_prefixes: Callable[[Sequence[str], float], None]
-    drop_everything: Callable[[], None]
-    #: The bus is down (False) or back (True): stop or resume using in-process tiers.
-    set_connected: Callable[[bool], None]
-
-
 class BusLink:
     """Connects one chain to a :class:`~tiered_cache.bus.Bus`."""
 
-    def __init__(self, bus: Bus, handlers: CoherenceHandlers, metrics: CacheMetrics) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        fence: Fence,
+        metrics: CacheMetrics,
+        set_connected: Callable[[bool], None],
+    ) -> None:
+        """``set_connected``: the bus is down (False) or back (True); the chain stops or
+        resumes using its in-process tiers."""
         self.bus = bus
         self.sender = uuid.uuid4().hex
-        self._handlers = handlers
+        self._fence = fence
+        self._set_connected = set_connected
         self._metrics = metrics
         self._numbers = itertools.count(1)
         self._numbers_lock = threading.Lock()
@@ -102,13 +102,11 @@ class BusLink:
                 message.sender,
                 extra=fields("bus_gap", missed=message.seq - last - 1),
             )
-            self._handlers.drop_everything()
+            self._fence.invalidate(everything=True)
         if message.clear:
-            self._handlers.drop_everything()
-        if message.keys:
-            self._handlers.drop_keys(message.keys)
-        if message.prefixes:
-            self._handlers.drop_prefixes(message.prefixes, message.at)
+            self._fence.invalidate(everything=True)
+        elif message.keys or message.prefixes:
+            self._fence.invalidate(message.keys, message.prefixes)
 
     def on_disconnect(self) -> None:
         self._metrics.count("bus_disconnects")
@@ -116,7 +114,7 @@ class BusLink:
             "invalidation bus disconnected: memory serves only fresh fills until it is back",
             extra=fields("bus_disconnected"),
         )
-        self._handlers.set_connected(False)
+        self._set_connected(False)
 
     def on_error(self, error: Exception) -> None:
         # Counted on every failed attempt; the bus itself logs once per outage.
@@ -127,7 +125,7 @@ class BusLink:
             "invalidation bus reconnected: in-process tiers are in use again",
             extra=fields("bus_reconnected"),
         )
-        self._handlers.set_connected(True)
+        self._set_connected(True)
 
     def close(self) -> None:
         self.bus.close()

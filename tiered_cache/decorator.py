@@ -14,17 +14,33 @@ import functools
 import inspect
 import string
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, cast, overload
+from typing import Any, ParamSpec, Protocol, TypeVar, cast, overload
 
 from .errors import KeyTemplateError
 from .keys import ESCAPE, escape_part
+from .protection import REFRESH_DUE
 from .tier import MISSING
 from .units import parse_duration
 
-if TYPE_CHECKING:
-    from .chain import TieredCache
 
-from .chain import _REFRESH_DUE
+class CachedReads(Protocol):
+    """What the decorator needs of a cache: :class:`~tiered_cache.TieredCache`'s ``get`` in
+    its two halves (so the generated wrapper can inline the L1 hit), and ``invalidate``."""
+
+    def lookup_l1(self, key: str) -> Any:
+        """The fresh value in tier 0, ``MISSING``, or ``REFRESH_DUE``."""
+        ...
+
+    def get_after_l1(
+        self, key: str, loader: Callable[[], Any], ttl: float | None, early: bool = False
+    ) -> Any:
+        """The rest of ``get`` after an L1 miss (or an early refresh)."""
+        ...
+
+    def invalidate(self, key: str) -> None:
+        """Remove ``key`` from every tier and every process's memory."""
+        ...
+
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -200,7 +216,7 @@ def _render_parameters(signature: inspect.Signature, namespace: dict[str, Any]) 
 
 
 def _compile_wrapper(
-    fn: Callable[..., Any], template: str, cache: TieredCache, lifetime: float | None
+    fn: Callable[..., Any], template: str, cache: CachedReads, lifetime: float | None
 ) -> Callable[..., Any]:
     """The cached function, generated with ``fn``'s own parameters.
 
@@ -211,11 +227,11 @@ def _compile_wrapper(
     compile_key_function(fn, template)  # checks the template against the parameters
     namespace: dict[str, Any] = {
         "__tc_fn": fn,
-        "__tc_lookup": cache._lookup_l1,
-        "__tc_slow": cache._get_slow,
+        "__tc_lookup": cache.lookup_l1,
+        "__tc_slow": cache.get_after_l1,
         "__tc_ttl": lifetime,
         "__tc_missing": MISSING,
-        "__tc_refresh": _REFRESH_DUE,
+        "__tc_refresh": REFRESH_DUE,
     }
     parameters, arguments = _render_parameters(inspect.signature(fn), namespace)
     key = _as_fstring(template, namespace)
@@ -310,7 +326,7 @@ def render_key(template: str, names: dict[str, Any]) -> str:
 
 
 def cached(
-    cache: TieredCache, key: str, *, ttl: float | str | None = None
+    cache: CachedReads, key: str, *, ttl: float | str | None = None
 ) -> Callable[[Callable[P, R]], CachedFunction[P, R]]:
     """Decorate a function so its results are read through ``cache`` under ``key``.
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 
 class TieredCacheError(Exception):
     """Base class of every error raised by tiered-cache."""
@@ -38,3 +41,38 @@ class LoadTimeout(SourceError):
 
 class KeyTemplateError(TieredCacheError, ValueError):
     """A cache key does not fit a key template, or a template does not fit a function."""
+
+
+class PartialLoadError(SourceError):
+    """A source's ``load_many`` read some keys before it failed.
+
+    A source raises it (or a subclass) so that the chain can keep what was read. Attributes:
+        found: the items read before the failure (cache key -> value; ``None``: not found).
+        left: how many keys were left unread.
+    """
+
+    def __init__(self, message: str, found: Mapping[str, Any], left: int) -> None:
+        super().__init__(message)
+        self.found = dict(found)
+        self.left = left
+
+
+class PartialBatchError(SourceError):
+    """``get_many`` could serve only some keys; this carries what it served and why not the rest.
+
+    Attributes:
+        values: every key it could serve (fresh, stale under fail-safe, or read before the
+            source failed), in the order asked for.
+        errors: for each key it could not serve, the exception that stopped it.
+    """
+
+    def __init__(self, values: Mapping[str, Any], errors: Mapping[str, BaseException]) -> None:
+        self.values = dict(values)
+        self.errors = dict(errors)
+        kinds = sorted({type(error).__name__ for error in self.errors.values()})
+        shown = ", ".join(repr(key) for key in list(self.errors)[:5])
+        more = f" and {len(self.errors) - 5} more" if len(self.errors) > 5 else ""
+        super().__init__(
+            f"get_many could not serve {len(self.errors)} of "
+            f"{len(self.errors) + len(self.values)} keys ({shown}{more}): {', '.join(kinds)}"
+        )

@@ -31,34 +31,48 @@ class InvalidationLog:
         """Where the log stands now; pass it to :meth:`overtaken` later."""
         return self._sequence
 
-    def record_keys(self, keys: Iterable[str]) -> None:
-        """``keys`` were invalidated."""
-        self._record(frozenset(keys), ())
+    def record_keys(self, keys: Iterable[str]) -> int:
+        """``keys`` were invalidated; returns the invalidation's number."""
+        return self._record(frozenset(keys), ())
 
-    def record_prefixes(self, prefixes: Iterable[str]) -> None:
+    def record_prefixes(self, prefixes: Iterable[str]) -> int:
         """Every key starting with one of ``prefixes`` was invalidated."""
-        self._record(frozenset(), tuple(prefixes))
+        return self._record(frozenset(), tuple(prefixes))
 
-    def record_everything(self) -> None:
+    def record(self, keys: Iterable[str], prefixes: Iterable[str]) -> int:
+        """``keys`` and every key starting with one of ``prefixes`` were invalidated."""
+        return self._record(frozenset(keys), tuple(prefixes))
+
+    def record_everything(self) -> int:
         """Every key was invalidated (a clear, or the bus reconnecting)."""
-        self._record(None, ())
+        return self._record(None, ())
 
-    def _record(self, keys: frozenset[str] | None, prefixes: tuple[str, ...]) -> None:
+    def _record(self, keys: frozenset[str] | None, prefixes: tuple[str, ...]) -> int:
         with self._lock:
             self._sequence += 1
             self._events.append((self._sequence, keys, prefixes))
+            return self._sequence
 
-    def overtaken(self, mark: int, keys: Sequence[str]) -> list[str]:
-        """Those of ``keys`` that an invalidation recorded after ``mark`` may have overtaken."""
+    def overtaken(self, mark: int, keys: Sequence[str], *, ignore: int | None = None) -> list[str]:
+        """Those of ``keys`` that an invalidation recorded after ``mark`` (other than number
+        ``ignore``: a writer's own) may have overtaken."""
+        if self._sequence == mark:  # one int read: the common case takes no lock
+            return []
         with self._lock:
-            if self._sequence == mark:
-                return []
-            events = [event for event in self._events if event[0] > mark]
-        if not events or events[0][0] != mark + 1:
-            return list(keys)  # the log no longer reaches back to the mark
+            first = self._events[0][0] if self._events else self._sequence + 1
+            if first > mark + 1:
+                return list(keys)  # the log no longer reaches back to the mark
+            # Numbers are consecutive: the events after the mark are the last ones.
+            events = []
+            for event in reversed(self._events):
+                if event[0] <= mark:
+                    break
+                events.append(event)
         named: set[str] = set()
         prefixes: list[str] = []
-        for _, invalidated, invalidated_prefixes in events:
+        for number, invalidated, invalidated_prefixes in events:
+            if number == ignore:
+                continue
             if invalidated is None:
                 return list(keys)
             named |= invalidated

@@ -8,7 +8,8 @@ cannot put the old value back afterwards ("Scaling Memcache at Facebook", Nishta
 NSDI 2013, section 3.2.1). The others wait briefly and read what the holder filled; a lease
 whose holder died expires after its TTL and another process takes over. ``get_many`` takes
 the leases of a batch's cold keys together, loads the ones it got in one batch, and then waits
-for the others' holders.
+for the others' holders. A write-through ``set`` steals the lease before it writes the source
+and fills under it, so that of two overlapping writes only one (or none) reaches the tier.
 """
 
 from __future__ import annotations
@@ -47,6 +48,15 @@ class LeasingTier(Tier, Protocol):
         Returns ``(token, entry)``: the token if this caller now holds the lease (``None`` if
         another does), and what the tier holds for ``key`` right now (``MISSING`` if nothing):
         a holder may have filled it since the caller last looked.
+        """
+        ...
+
+    def steal_lease(self, key: str, ttl: float) -> str:
+        """Take ``key``'s lease whoever holds it, for a write (see docs/consistency.md).
+
+        The holder (a load, or an earlier write) loses it, so its fill fails; the write fills
+        with :meth:`fill_with_lease` after it stored the source, and fails in turn if a later
+        write took the lease meanwhile: of two overlapping writes at most one fills.
         """
         ...
 

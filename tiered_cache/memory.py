@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import cachetools
 
-from .tier import MISSING, Entry, MissingType
+from .tier import MISSING, Entry, MissingType, TierBase
 from .weighing import deep_size
 
 Clock = Callable[[], float]
@@ -84,6 +84,10 @@ class EvictionPolicy(Protocol):
     @property
     def evictions(self) -> int:
         """How many slots were pushed out to make room."""
+        ...
+
+    def hot_keys(self, n: int) -> list[tuple[str, float]]:
+        """The ``n`` hottest keys with their estimated rates (none if it does not track them)."""
         ...
 
 
@@ -177,9 +181,16 @@ class LruPolicy:
     def evictions(self) -> int:
         return self._evictions
 
+    def hot_keys(self, n: int) -> list[tuple[str, float]]:
+        """A plain LRU does not track rates: none."""
+        return []
 
-class MemoryTier:
+
+class MemoryTier(TierBase):
     """A thread-safe in-process tier with per-entry expiry and an injected clock.
+
+    Capabilities (:class:`~tiered_cache.tier.TierBase`): ``local``, ``peek``, ``get_at``,
+    ``delete_prefix`` and ``hot_keys`` (when its policy tracks them).
 
     Args:
         policy: what to keep; :class:`LruPolicy` when not given.
@@ -195,6 +206,9 @@ class MemoryTier:
             (values are shared otherwise: the fastest read returns the kept object itself).
         sizeof: weighs a value for ``max_bytes``; :func:`.weighing.deep_size` by default.
     """
+
+    #: In-process: the invalidation bus keeps it coherent with the other processes.
+    local = True
 
     def __init__(
         self,
@@ -215,8 +229,6 @@ class MemoryTier:
         if not 0.0 <= ttl_jitter < 1.0:
             raise ValueError("ttl_jitter must be in [0, 1)")
         self.name = name
-        #: In-process: the invalidation bus keeps it coherent with the other processes.
-        self.local = True
         # "is not None": an empty policy may be falsy (it has a length).
         self._policy: EvictionPolicy = (
             policy if policy is not None else LruPolicy(max_entries, max_bytes)
@@ -340,12 +352,8 @@ class MemoryTier:
     def hot_keys(self, n: int) -> list[tuple[str, float]]:
         """The policy's ``n`` hottest keys with their rates (empty if it does not track them);
         read under the lock, since the policy's structures change on every miss."""
-        report = getattr(self._policy, "hot_keys", None)
-        if not callable(report):
-            return []
         with self._lock:
-            result: list[tuple[str, float]] = report(n)
-            return result
+            return self._policy.hot_keys(n)
 
     def report(self) -> dict[str, int]:
         """Entries held and evictions so far, for ``stats()`` (:mod:`tiered_cache.reporting`)."""

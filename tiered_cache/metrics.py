@@ -22,6 +22,7 @@ EVENTS = (
     "lease_takeovers",
     "lease_wait_expired",
     "lease_lost",
+    "fills_refused",
     "bus_sent",
     "bus_received",
     "bus_gaps",

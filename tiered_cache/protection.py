@@ -80,6 +80,18 @@ class Protection:
         return self.early_refresh_beta * _XFETCH_HORIZON
 
 
+class RefreshDue:
+    """The type of :data:`REFRESH_DUE`."""
+
+    def __repr__(self) -> str:
+        return "REFRESH_DUE"
+
+
+#: Returned by the chain's L1 lookup instead of a value when XFetch picked this read to
+#: refresh the key (the decorator's generated wrapper checks for it).
+REFRESH_DUE = RefreshDue()
+
+
 def xfetch_due(now: float, soft_expiry: float, load_duration: float, beta: float, u: float) -> bool:
     """The XFetch rule: refresh when ``now - delta * beta * ln(u) >= expiry``.
 

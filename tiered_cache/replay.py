@@ -1,7 +1,7 @@
 """Replay a trace of reads through the real memory tier, and the LRU and Belady baselines.
 
 The replayer builds the memory tier exactly as a chain does (settings -> plugin -> tier with its
-eviction policy) and drives it with a :class:`~tiered_cache.testing.clock.FakeClock`: a read is
+eviction policy) and drives it with a :class:`~tiered_cache.clocks.ManualClock`: a read is
 ``tier.get(key)``; a miss is followed by ``tier.set(key, entry)``, as the chain's read-through
 fill does. Trace timestamps move the clock when the format has them (``twitter``); otherwise it
 advances by ``tick`` seconds per read.
@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from .clocks import ManualClock
 from .memory_plugin import build_memory_tier
 from .registry import BuildContext
 from .settings import MemoryTierSettings
-from .testing.clock import FakeClock
 from .tier import Entry
 
 __all__ = [
@@ -137,7 +137,7 @@ def replay(
         tick: seconds the clock advances per read that has no timestamp.
         settings: further fields of :class:`MemoryTierSettings` (``window_fraction``, ...).
     """
-    clock = FakeClock(0.0)
+    clock = ManualClock(0.0)
     fields: dict[str, Any] = {"ttl": None, **(settings or {})}
     fields.update(max_entries=l1_size, admission=admission)
     tier = build_memory_tier(

@@ -10,9 +10,9 @@ from typing import Any
 class Flight:
     """One execution in progress; waiters block on it and get its outcome."""
 
-    __slots__ = ("_done", "cancelled_fill", "error", "result", "waiters")
+    __slots__ = ("_done", "error", "result", "tag", "waiters")
 
-    def __init__(self) -> None:
+    def __init__(self, tag: int = 0) -> None:
         # A lock held until the flight lands, used as a latch: far cheaper to make than an
         # Event (which builds a Condition), and one is made on every miss.
         self._done = threading.Lock()
@@ -20,9 +20,8 @@ class Flight:
         self.result: Any = None
         self.error: BaseException | None = None
         self.waiters = 0
-        #: Set when the key was invalidated while the flight ran: the leader must not store
-        #: what it loaded, because the load may have read the source before the write.
-        self.cancelled_fill = False
+        #: What the leader passed in (the chain: its fence mark, taken before the flight).
+        self.tag = tag
 
     def wait(self) -> Any:
         self._done.acquire()
@@ -43,15 +42,26 @@ class SingleFlight:
         self._lock = threading.Lock()
         self._flights: dict[str, Flight] = {}
 
-    def run(self, key: str, fn: Callable[[Flight], Any]) -> tuple[Any, bool]:
-        """``(result, shared)``: shared is True when this caller waited for another's call."""
+    def run(
+        self,
+        key: str,
+        fn: Callable[[Flight], Any],
+        *,
+        tag: int = 0,
+        joinable: Callable[[Flight], bool] | None = None,
+    ) -> tuple[Any, bool]:
+        """``(result, shared)``: shared is True when this caller waited for another's call.
+
+        ``joinable``: whether a flight in progress may still be joined (the chain: no
+        invalidation of the key since it started); if not, this caller starts a new one.
+        """
         with self._lock:
             flight = self._flights.get(key)
-            if flight is not None:
+            if flight is not None and (joinable is None or joinable(flight)):
                 flight.waiters += 1
                 leader = False
             else:
-                flight = self._flights[key] = Flight()
+                flight = self._flights[key] = Flight(tag)
                 leader = True
         if not leader:
             return flight.wait(), True
@@ -62,24 +72,31 @@ class SingleFlight:
             raise
         finally:
             with self._lock:
-                del self._flights[key]
+                if self._flights.get(key) is flight:  # a newer flight may have replaced it
+                    del self._flights[key]
             flight._done.release()
         return flight.result, False
 
-    def claim(self, keys: Sequence[str]) -> tuple[dict[str, Flight], dict[str, Flight]]:
+    def claim(
+        self,
+        keys: Sequence[str],
+        *,
+        tag: int = 0,
+        joinable: Callable[[str, Flight], bool] | None = None,
+    ) -> tuple[dict[str, Flight], dict[str, Flight]]:
         """For a batch: ``(led, joined)``. The caller now leads a new flight for each key in
         ``led`` and must :meth:`land` every one of them; ``joined`` are flights that others run,
-        to :meth:`Flight.wait` on."""
+        to :meth:`Flight.wait` on. ``joinable``: as for :meth:`run`, per key."""
         led: dict[str, Flight] = {}
         joined: dict[str, Flight] = {}
         with self._lock:
             for key in keys:
                 flight = self._flights.get(key)
-                if flight is not None:
+                if flight is not None and (joinable is None or joinable(key, flight)):
                     flight.waiters += 1
                     joined[key] = flight
                 else:
-                    led[key] = self._flights[key] = Flight()
+                    led[key] = self._flights[key] = Flight(tag)
         return led, joined
 
     def land(

@@ -109,6 +109,47 @@ class Tier(Protocol):
         ...
 
 
+class TierBase:
+    """The optional capabilities of a tier, declared with their defaults.
+
+    A tier subclasses this and overrides what it can do better; the chain resolves each
+    capability once, when it is built, and never probes for it. A tier that does not subclass
+    it (any object with the :class:`Tier` methods) gets exactly these defaults. The list is in
+    docs/adapters.md and each capability has a test in :mod:`tiered_cache.testing.conformance`.
+
+    Attributes:
+        local: in-process (memory): the invalidation bus keeps it coherent with the other
+            processes, and the chain bypasses it while the bus is down.
+        leases: offers the lease operations of :class:`tiered_cache.leases.LeasingTier`; the
+            chain then loads a missing key once per fleet and orders writes through it.
+    """
+
+    local: bool = False
+    leases: bool = False
+
+    def get(self, key: str) -> Entry | MissingType:  # pragma: no cover - a subclass overrides
+        raise NotImplementedError
+
+    def clear(self) -> None:  # pragma: no cover - a subclass overrides
+        raise NotImplementedError
+
+    def peek(self, key: str) -> Entry | MissingType:
+        """:meth:`Tier.get` without counting a read (for the chain's second look)."""
+        return self.get(key)
+
+    def get_at(self, key: str, now: float) -> Entry | MissingType:
+        """:meth:`Tier.get`, judging expiry at ``now`` (the chain's one clock reading)."""
+        return self.get(key)
+
+    def delete_prefix(self, prefix: str) -> None:
+        """Remove every key that starts with ``prefix``; by default everything (always safe)."""
+        self.clear()
+
+    def hot_keys(self, n: int) -> list[tuple[str, float]]:
+        """The ``n`` hottest keys with their estimated rates; none by default."""
+        return []
+
+
 class PeekableTier(Tier, Protocol):
     """A tier that can be looked at without the look counting as a read.
 

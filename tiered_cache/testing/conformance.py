@@ -11,17 +11,22 @@ Subclass it in a test module and provide a ``tier`` fixture built with the ``clo
 
 The tier must judge expiry by the injected clock (a shared tier may also hand expiry to its
 server, but must not return an entry the clock says has expired).
+
+A tier that subclasses :class:`~tiered_cache.tier.TierBase` also runs one test per optional
+capability it declares (``peek``, ``get_at``, ``delete_prefix``, ``hot_keys``, and with
+``leases = True`` the lease operations and their batch forms); the others are skipped.
 """
 
 from __future__ import annotations
 
 import threading
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
-from ..tier import MISSING, Entry, Tier
+from ..leases import LeasingTier
+from ..tier import MISSING, Entry, Tier, TierBase
 from .clock import FakeClock
 from .values import assert_same_value
 
@@ -179,3 +184,140 @@ class TierConformance:
             thread.join()
         assert errors == []
         assert len(tier.get_many([f"conformance:threads:{i}" for i in range(10)])) == 10
+
+    # -- optional capabilities (TierBase declares them; docs/adapters.md lists them) ----------
+
+    @staticmethod
+    def declared(tier: Tier) -> TierBase:
+        """The tier as a :class:`TierBase`; a tier that declares nothing has nothing to test."""
+        if not isinstance(tier, TierBase):
+            pytest.skip("the tier declares no optional capability (TierBase)")
+        return tier
+
+    @staticmethod
+    def leasing(tier: Tier) -> LeasingTier:
+        """The tier's lease operations; skipped for a tier that does not declare ``leases``."""
+        if not (isinstance(tier, TierBase) and tier.leases):
+            pytest.skip("the tier does not declare leases")
+        return cast(LeasingTier, tier)
+
+    def test_capability_flags_are_booleans(self, tier: Tier) -> None:
+        declared = self.declared(tier)
+        assert isinstance(declared.local, bool)
+        assert isinstance(declared.leases, bool)
+
+    def test_capability_peek_sees_what_get_sees(self, tier: Tier, clock: FakeClock) -> None:
+        declared = self.declared(tier)
+        assert declared.peek("conformance:peek") is MISSING
+        tier.set("conformance:peek", self.entry(clock, "v"))
+        got = declared.peek("conformance:peek")
+        assert got is not MISSING
+        assert got.value == "v"
+        clock.advance(601)  # past the hard expiry
+        assert declared.peek("conformance:peek") is MISSING
+
+    def test_capability_get_at_judges_expiry_at_the_given_time(
+        self, tier: Tier, clock: FakeClock
+    ) -> None:
+        declared = self.declared(tier)
+        tier.set("conformance:get-at", self.entry(clock, "v"))
+        got = declared.get_at("conformance:get-at", clock())
+        assert got is not MISSING
+        assert got.value == "v"
+        assert declared.get_at("conformance:absent", clock()) is MISSING
+
+    def test_capability_delete_prefix_removes_every_key_with_the_prefix(
+        self, tier: Tier, clock: FakeClock
+    ) -> None:
+        declared = self.declared(tier)
+        tier.set_many(
+            {
+                "conformance:user:1:a": self.entry(clock, 1),
+                "conformance:user:1:b": self.entry(clock, 2),
+                "conformance:user:10:a": self.entry(clock, 3),
+            }
+        )
+        declared.delete_prefix("conformance:user:1:")
+        assert tier.get_many(["conformance:user:1:a", "conformance:user:1:b"]) == {}
+        # Another key may go too (clearing everything is a safe default), never come back.
+        kept = tier.get("conformance:user:10:a")
+        assert kept is MISSING or kept.value == 3
+
+    def test_capability_hot_keys_are_key_and_rate_pairs(self, tier: Tier, clock: FakeClock) -> None:
+        declared = self.declared(tier)
+        for _ in range(5):
+            tier.get("conformance:hot")
+        report = declared.hot_keys(3)
+        assert len(report) <= 3
+        assert all(isinstance(key, str) and rate >= 0 for key, rate in report)
+
+    def test_capability_lease_one_holder_and_fill_releases(
+        self, tier: Tier, clock: FakeClock
+    ) -> None:
+        leasing = self.leasing(tier)
+        assert leasing.can_lease("conformance:lease")
+        token, current = leasing.acquire_lease("conformance:lease", 5.0)
+        assert token is not None
+        assert current is MISSING
+        assert leasing.acquire_lease("conformance:lease", 5.0)[0] is None  # held
+        assert leasing.fill_with_lease("conformance:lease", self.entry(clock, "v"), token)
+        got = tier.get("conformance:lease")
+        assert got is not MISSING
+        assert got.value == "v"
+        again, current = leasing.acquire_lease("conformance:lease", 5.0)
+        assert again is not None  # the fill gave the lease up ...
+        assert current is not MISSING  # ... and the look came with it
+        leasing.release_lease("conformance:lease", again)
+
+    def test_capability_lease_is_voided_by_deletes_and_writes(
+        self, tier: Tier, clock: FakeClock
+    ) -> None:
+        leasing = self.leasing(tier)
+        for void in (
+            tier.delete,
+            lambda key: tier.set(key, self.entry(clock, "written")),
+            lambda key: self.declared(tier).delete_prefix(key[:-1]),
+            lambda key: tier.clear(),
+        ):
+            key = "conformance:void:k"
+            tier.delete(key)
+            token, _ = leasing.acquire_lease(key, 5.0)
+            assert token is not None
+            void(key)  # an invalidation or a write while the holder loads
+            assert not leasing.fill_with_lease(key, self.entry(clock, "read before"), token)
+            got = tier.get(key)
+            assert got is MISSING or got.value == "written"
+
+    def test_capability_steal_lease_makes_the_holder_lose(
+        self, tier: Tier, clock: FakeClock
+    ) -> None:
+        leasing = self.leasing(tier)
+        token, _ = leasing.acquire_lease("conformance:steal", 5.0)
+        assert token is not None
+        writer = leasing.steal_lease("conformance:steal", 5.0)
+        assert not leasing.fill_with_lease("conformance:steal", self.entry(clock, "old"), token)
+        later = leasing.steal_lease("conformance:steal", 5.0)  # a later write overlaps ...
+        assert not leasing.fill_with_lease("conformance:steal", self.entry(clock, "w1"), writer)
+        assert leasing.fill_with_lease("conformance:steal", self.entry(clock, "w2"), later)
+        got = tier.get("conformance:steal")
+        assert got is not MISSING
+        assert got.value == "w2"
+
+    def test_capability_leases_in_batches(self, tier: Tier, clock: FakeClock) -> None:
+        leasing = self.leasing(tier)
+        keys = [f"conformance:batch:{i}" for i in range(4)]
+        tier.set(keys[0], self.entry(clock, "there"))
+        looks = leasing.acquire_leases(keys, 5.0)
+        assert set(looks) == set(keys)
+        assert all(token is not None for token, _ in looks.values())
+        first = looks[keys[0]][1]
+        assert first is not MISSING
+        assert first.value == "there"
+        assert all(leasing.acquire_leases(keys, 5.0)[key][0] is None for key in keys)
+        tier.delete(keys[1])  # voids that key's lease
+        kept = leasing.fill_with_leases(
+            {key: (self.entry(clock, key), str(looks[key][0])) for key in keys[1:3]}
+        )
+        assert kept == {keys[2]}
+        leasing.release_leases({keys[3]: str(looks[keys[3]][0])})
+        assert leasing.acquire_leases([keys[3]], 5.0)[keys[3]][0] is not None

@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 import redis
-from tiered_cache_dynamodb import DynamoDBSource
+from tiered_cache_dynamodb import BatchThrottledError, DynamoDBSource
 from tiered_cache_dynamodb.testing import MotoDynamoDB, ThrottleInjector
 
-from tiered_cache import MemoryTier, SourceThrottled, TieredCache
+from tiered_cache import MemoryTier, PartialBatchError, SourceThrottled, TieredCache
 from tiered_cache.protection import Protection
 from tiered_cache.settings import CacheSettings
 from tiered_cache.testing.clock import FakeClock
@@ -275,7 +275,7 @@ def wait_for_waiter(cache: TieredCache, key: str, alive: Callable[[], bool]) -> 
     """
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and alive():
-        flight = cache._flights.in_flight(key)
+        flight = cache._loader.flights.in_flight(key)
         if flight is not None and flight.waiters > 0:
             return
         time.sleep(0.001)
@@ -487,3 +487,22 @@ def test_get_many_of_250_missing_keys_makes_3_batch_get_items(
     # Everything, "not found" included, is cached now: no further request.
     assert cache.get_many(keys) == values
     assert calls.count("BatchGetItem") + calls.count("GetItem") == 3
+
+
+def test_a_throttled_get_many_serves_the_stale_keys_and_reports_the_others(
+    make_cache: MakeCache, admin_client: Any, table: str, clock: FakeClock
+) -> None:
+    """Issue 16, defect 4: with the table throttled, a batch mixing keys that have a stale copy
+    and keys that have none returns the stale ones and reports only the others."""
+    put_tweets(admin_client, table, [1, 2, 3])
+    cache = make_cache(stale_while_revalidate=False)
+    assert cache.get_many(["tweet:1", "tweet:2"]) == {"tweet:1": tweet(1), "tweet:2": tweet(2)}
+    clock.advance(TTL + 1)  # stale, within max_stale
+    ThrottleInjector().register(client_of(cache))
+
+    with pytest.raises(PartialBatchError) as caught:
+        cache.get_many(["tweet:1", "tweet:3", "tweet:2"])
+
+    assert caught.value.values == {"tweet:1": tweet(1), "tweet:2": tweet(2)}
+    assert list(caught.value.errors) == ["tweet:3"]
+    assert isinstance(caught.value.errors["tweet:3"], BatchThrottledError)

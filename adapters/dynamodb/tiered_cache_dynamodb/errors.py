@@ -5,7 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from tiered_cache.errors import ConfigError, KeyTemplateError, SourceError, SourceThrottled
+from tiered_cache.errors import (
+    ConfigError,
+    KeyTemplateError,
+    PartialLoadError,
+    SourceError,
+    SourceThrottled,
+)
 
 
 class InvalidKeyError(KeyTemplateError):
@@ -24,17 +30,17 @@ class TableNotFoundError(TableConfigError):
     """The table does not exist at the endpoint and region the settings name."""
 
 
-class BatchLoadError(SourceError):
+class BatchLoadError(PartialLoadError):
     """A ``load_many`` could not read every key.
 
     Attributes:
-        found: the items read before giving up (cache key -> value); a caller may use them.
+        found: the items read before giving up (cache key -> value); the chain's ``get_many``
+            serves and caches them (see :class:`~tiered_cache.PartialBatchError`).
         unprocessed: how many distinct keys were left unread.
     """
 
     def __init__(self, message: str, found: Mapping[str, Any], unprocessed: int) -> None:
-        super().__init__(message)
-        self.found = dict(found)
+        super().__init__(message, found, unprocessed)
         self.unprocessed = unprocessed
 
 

@@ -24,7 +24,7 @@ from tiered_cache.errors import CodecError, TierUnavailable
 from tiered_cache.keys import namespace_prefix
 from tiered_cache.leases import PartialFill
 from tiered_cache.logs import fields, key_hash
-from tiered_cache.tier import MISSING, Entry, MissingType
+from tiered_cache.tier import MISSING, Entry, MissingType, TierBase
 
 from .client import RedisClient, close_client
 from .leases import (
@@ -53,8 +53,11 @@ _CLEAR_BATCH = 500
 _GLOB_SPECIAL = str.maketrans({c: f"\\{c}" for c in "\\*?[]^"})
 
 
-class RedisTier:
+class RedisTier(TierBase):
     """A tier in Redis or Redis Cluster (the :class:`tiered_cache.Tier` protocol).
+
+    Capabilities (:class:`~tiered_cache.tier.TierBase`): leases (and their batch forms), and
+    ``delete_prefix`` by SCAN; it is shared between processes (not ``local``).
 
     Args:
         client: a redis-py ``Redis`` or ``RedisCluster`` (with ``decode_responses=False``).
@@ -74,6 +77,8 @@ class RedisTier:
     circuit breaker decide what they mean. Only data this tier cannot read (another format or
     codec, corrupt bytes) is logged and treated as a miss, so that the next fill overwrites it.
     """
+
+    leases = True
 
     def __init__(
         self,
@@ -319,12 +324,22 @@ class RedisTier:
         """Store ``entry`` and drop the lease, only while ``token`` holds it (atomically)."""
         name, data, px = self._encode(key, entry, self._clock())
         if data is None:
+            # Nothing to keep; an older copy must not outlive this fill either.
+            self.client.unlink(name)
             self.release_lease(key, token)
             return True
         if self._fill_script is None:
             self._fill_script = self.client.register_script(FILL_IF_HOLDING)
         filled = self._fill_script(keys=[name, lease_key(name)], args=[token, data, px or 0])
         return bool(filled)
+
+    def steal_lease(self, key: str, ttl: float) -> str:
+        """Take ``key``'s lease whoever holds it (for a write): one ``SET PX``."""
+        name = self._prefix + key
+        self._check_lease_possible(name)
+        token = uuid.uuid4().hex
+        self.client.set(lease_key(name), token, px=max(1, int(ttl * 1000)))
+        return token
 
     def release_lease(self, key: str, token: str) -> None:
         """Drop the lease if ``token`` still holds it."""
@@ -479,18 +494,29 @@ class RedisTier:
             client.unlink(*names)
 
     def delete_prefix(self, prefix: str) -> None:
-        """Delete the keys starting with ``prefix`` (and their leases): SCAN + UNLINK."""
-        pattern = (self._prefix + prefix).translate(_GLOB_SPECIAL) + "*"
-        names = list(self.client.scan_iter(match=pattern, count=1000))
-        for batch in _batches(names, _CLEAR_BATCH):
-            texts = [name.decode() if isinstance(name, bytes) else str(name) for name in batch]
-            self._unlink(texts + [lease_key(name) for name in texts])
+        """Delete the keys starting with ``prefix`` and their leases: SCAN + UNLINK.
+
+        The leases are scanned for too: a key being loaded for the first time has a lease and
+        no data yet, and its load must not fill after this delete (see leases.py).
+        """
+        self._unlink_matching(self._prefix + prefix)
 
     def clear(self) -> None:
-        """Delete this namespace's keys (SCAN + UNLINK, every node of a cluster); never FLUSHDB."""
-        pattern = self._prefix.translate(_GLOB_SPECIAL) + "*"
-        for batch in _batches(self.client.scan_iter(match=pattern, count=1000), _CLEAR_BATCH):
-            self._unlink(batch)
+        """Delete this namespace's keys and leases (SCAN + UNLINK, every node of a cluster);
+        never FLUSHDB."""
+        self._unlink_matching(self._prefix)
+
+    def _unlink_matching(self, start: str) -> None:
+        # The leases ("{ns:key}:lease") first: a fill under a lease that lands before its lease
+        # is unlinked wrote data that the data scan then finds; one after it fails.
+        for first in ("{" + start, start):
+            pattern = first.translate(_GLOB_SPECIAL) + "*"
+            names = list(self.client.scan_iter(match=pattern, count=1000))
+            for batch in _batches(names, _CLEAR_BATCH):
+                texts = [name.decode() if isinstance(name, bytes) else str(name) for name in batch]
+                if first == start:
+                    texts += [lease_key(name) for name in texts]
+                self._unlink(texts)
 
     def close(self) -> None:
         """Close the connection pool (if this tier owns the client); idempotent."""

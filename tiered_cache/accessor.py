@@ -1,0 +1,273 @@
+"""The chain's hold on one tier: its capabilities, its circuit breaker and its counters.
+
+A :class:`TierAccessor` resolves what its tier can do once, when the chain is built (a
+:class:`~tiered_cache.tier.TierBase` subclass declares it; any other tier gets the defaults),
+consults the tier's :class:`~tiered_cache.breaker.CircuitBreaker` around every call, and counts
+hits, misses, fills, errors and skips. Calls that read or write entries never raise (a failing
+tier is a miss, a skipped fill, a warning and a counter), but for
+:class:`~tiered_cache.CodecError`, which is the caller's value, not the tier's fault. The lease
+calls raise, because what a failure means depends on the step (the loader decides).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from typing import TypeVar, cast
+
+from .breaker import CircuitBreaker, CircuitBreakerTier
+from .errors import CodecError, TierUnavailable
+from .leases import LeasingTier
+from .logs import fields, tier_logger
+from .metrics import CacheMetrics
+from .reporting import ReportValue, report_of
+from .tier import MISSING, Entry, MissingType, Tier, TierBase
+
+#: How often (seconds of the chain's clock) a failing tier is logged again.
+WARNING_INTERVAL = 10.0
+
+T = TypeVar("T")
+
+
+def _direct(operation: Callable[[], T]) -> T:
+    return operation()
+
+
+class TierAccessor:
+    """One tier of a chain, as the chain uses it.
+
+    Args:
+        index: the tier's place in the chain (0 is the fastest).
+        tier: the tier; a :class:`~tiered_cache.breaker.CircuitBreakerTier` is taken apart into
+            the tier and the breaker this accessor consults.
+        metrics: the chain's counters.
+        clock: the chain's clock (for rate-limiting warnings).
+    """
+
+    def __init__(
+        self, index: int, tier: Tier, metrics: CacheMetrics, clock: Callable[[], float]
+    ) -> None:
+        breaker: CircuitBreaker | None = None
+        if isinstance(tier, CircuitBreakerTier):
+            breaker, tier = tier.breaker, tier.tier
+        self.index = index
+        self.tier = tier
+        self.name = tier.name
+        self.breaker = breaker
+        self._guard: Callable[[Callable[[], object]], object] = (
+            breaker.call if breaker is not None else _direct
+        )
+        self._metrics = metrics
+        self._clock = clock
+        self._last_warning: float | None = None
+        declared = tier if isinstance(tier, TierBase) else None
+        #: In-process: kept coherent by the bus, bypassed while it is down.
+        self.local = bool(declared.local) if declared is not None else False
+        #: Offers leases (:class:`~tiered_cache.leases.LeasingTier`).
+        self.leases = bool(declared.leases) if declared is not None else False
+        #: Not used right now (an in-process tier while the bus is down and no staleness is
+        #: allowed).
+        self.bypassed = False
+        #: When above 0, what this tier is given is kept at most this many seconds from now
+        #: (an in-process tier while the bus is down: ``max_stale_when_disconnected``).
+        self.bounded_for = 0.0
+        get = tier.get
+        self._peek: Callable[[str], Entry | MissingType] = (
+            declared.peek if declared is not None else get
+        )
+        self._get_at: Callable[[str, float], Entry | MissingType] = (
+            declared.get_at if declared is not None else (lambda key, now: get(key))
+        )
+        self._delete_prefix: Callable[[str], None] = (
+            declared.delete_prefix if declared is not None else (lambda prefix: tier.clear())
+        )
+        self._hot_keys: Callable[[int], list[tuple[str, float]]] = (
+            declared.hot_keys if declared is not None else (lambda n: [])
+        )
+        self._leasing = cast(LeasingTier, tier) if self.leases else None
+
+    # -- reads
+
+    def get_at_function(self) -> Callable[[str, float], Entry | MissingType]:
+        """``get_at`` for the chain's L1 lookup: the tier's own bound method when there is no
+        breaker (the hit path pays for nothing else). Raises like the tier does."""
+        breaker = self.breaker
+        get_at = self._get_at
+        if breaker is None:
+            return get_at
+        return lambda key, now: breaker.call(lambda: get_at(key, now))
+
+    def get(self, key: str, *, count: bool = True) -> Entry | MissingType:
+        """The tier's entry for ``key``; a failure is a miss. ``count=False``: a second look at
+        a key the caller just counted, which neither the chain's metrics nor the tier's
+        eviction policy (through ``peek``) see as a read."""
+        read = self.tier.get if count else self._peek
+        try:
+            entry = cast("Entry | MissingType", self._guard(lambda: read(key)))
+        except Exception as exc:
+            self.failed(exc)
+            return MISSING
+        if count and entry is MISSING:
+            self._metrics.miss(self.index)
+        return entry
+
+    def get_many(
+        self, keys: Sequence[str], now: float, stale: dict[str, Entry]
+    ) -> dict[str, Entry]:
+        """The fresh entries among ``keys``; stale ones still servable go into ``stale``."""
+        try:
+            entries = cast("dict[str, Entry]", self._guard(lambda: self.tier.get_many(keys)))
+        except Exception as exc:
+            self.failed(exc)
+            return {}
+        fresh: dict[str, Entry] = {}
+        for key, entry in entries.items():
+            if now < entry.soft_expiry:
+                fresh[key] = entry
+            elif now < entry.hard_expiry:
+                stale.setdefault(key, entry)
+        self._metrics.hit(self.index, len(fresh))
+        self._metrics.miss(self.index, len(keys) - len(fresh))
+        return fresh
+
+    def hit(self, n: int = 1) -> None:
+        """Count ``n`` hits found by a lookup other than :meth:`get_many`."""
+        self._metrics.hit(self.index, n)
+
+    def miss(self) -> None:
+        """Count a miss found by the chain's own L1 lookup."""
+        self._metrics.miss(self.index)
+
+    def hot_keys(self, n: int) -> list[tuple[str, float]]:
+        """The tier's hottest keys (none if it does not track them, or fails)."""
+        try:
+            return cast("list[tuple[str, float]]", self._guard(lambda: self._hot_keys(n)))
+        except Exception as exc:
+            self.failed(exc)
+            return []
+
+    # -- writes and deletes
+
+    def set_many(self, entries: Mapping[str, Entry]) -> bool:
+        """Store ``entries``; False if the tier failed (counted). Raises CodecError."""
+        if not entries:
+            return True
+        if self.bounded_for > 0:
+            entries = {key: self._capped(entry) for key, entry in entries.items()}
+        try:
+            if len(entries) == 1:
+                ((key, entry),) = entries.items()
+                self._guard(lambda: self.tier.set(key, entry))
+            else:
+                self._guard(lambda: self.tier.set_many(entries))
+        except CodecError:
+            raise
+        except Exception as exc:
+            self.failed(exc)
+            return False
+        self._metrics.fill(self.index, len(entries))
+        return True
+
+    def _capped(self, entry: Entry) -> Entry:
+        """``entry`` kept no longer than :attr:`bounded_for` from now."""
+        until = self._clock() + self.bounded_for
+        if entry.hard_expiry <= until:
+            return entry
+        return replace(entry, soft_expiry=min(entry.soft_expiry, until), hard_expiry=until)
+
+    def delete_many(self, keys: Sequence[str]) -> str | None:
+        """Remove ``keys``; a failure is counted, logged and described (else None)."""
+        if not keys:
+            return None
+        return self._quietly(lambda: self.tier.delete_many(keys))
+
+    def delete_prefix(self, prefix: str) -> str | None:
+        """Remove the keys starting with ``prefix`` (a tier that cannot: everything)."""
+        return self._quietly(lambda: self._delete_prefix(prefix))
+
+    def clear(self) -> str | None:
+        """Remove everything this tier holds for the cache."""
+        return self._quietly(self.tier.clear)
+
+    def _quietly(self, operation: Callable[[], None]) -> str | None:
+        try:
+            self._guard(operation)
+        except Exception as exc:
+            self.failed(exc)
+            return f"tier {self.name!r} ({type(exc).__name__}: {exc})"
+        return None
+
+    # -- leases (only when ``self.leases``); these raise, the caller decides what it means
+
+    @property
+    def leasing(self) -> LeasingTier:
+        """The tier's lease operations."""
+        assert self._leasing is not None, f"tier {self.name!r} offers no leases"
+        return self._leasing
+
+    def can_lease(self, key: str) -> bool:
+        """False for a key this tier cannot lease (no round trip: nothing to guard)."""
+        return self._leasing is not None and self._leasing.can_lease(key)
+
+    def lease(self, operation: Callable[[LeasingTier], T]) -> T:
+        """Run a lease operation through the breaker; it raises (TierUnavailable) on failure."""
+        leasing = self.leasing
+        return cast(T, self._guard(lambda: operation(leasing)))
+
+    def fill_with_leases(self, leased: Mapping[str, tuple[Entry, str]]) -> set[str]:
+        """Fill under the leases; the keys written. Raises CodecError and PartialFill."""
+        if len(leased) == 1:
+            ((key, (entry, token)),) = leased.items()
+            kept = self.lease(lambda tier: tier.fill_with_lease(key, entry, token))
+            return {key} if kept else set()
+        return self.lease(lambda tier: tier.fill_with_leases(leased))
+
+    def release_leases(self, tokens: Mapping[str, str]) -> None:
+        """Give leases back (a load failed, or the fence refused its fill); never raises."""
+        if not tokens or self._leasing is None:
+            return
+        try:
+            if len(tokens) == 1:
+                ((key, token),) = tokens.items()
+                self.lease(lambda tier: tier.release_lease(key, token))
+            else:
+                self.lease(lambda tier: tier.release_leases(tokens))
+        except Exception as exc:
+            self.failed(exc)
+
+    def report(self) -> dict[str, ReportValue]:
+        """What the tier reports itself (:mod:`tiered_cache.reporting`), and the state of its
+        breaker (``"breaker"``: closed, open, half-open; ``"breaker_opened"``) when it has one."""
+        report = report_of(self.tier)
+        if self.breaker is not None:
+            report["breaker"] = self.breaker.state
+            report["breaker_opened"] = self.breaker.opened_count
+        return report
+
+    # -- failures and lifecycle
+
+    def failed(self, exc: Exception) -> None:
+        """Count a failure of this tier (a skip if its breaker is open) and log it, at most
+        every ``WARNING_INTERVAL`` seconds."""
+        if isinstance(exc, TierUnavailable):
+            self._metrics.skip(self.index)
+        else:
+            self._metrics.error(self.index)
+        now = self._clock()
+        last = self._last_warning
+        if last is None or now - last >= WARNING_INTERVAL:
+            self._last_warning = now
+            tier_logger(self.name).warning(
+                "tier %r failed (%s: %s); reading through to the next tier",
+                self.name,
+                type(exc).__name__,
+                exc,
+                extra=fields("tier_failed", tier=self.name),
+            )
+
+    def close(self) -> None:
+        """Close the tier, whatever the state of its breaker."""
+        try:
+            self.tier.close()
+        except Exception:
+            tier_logger(self.name).exception("closing tier %r failed", self.name)

@@ -1,0 +1,181 @@
+"""The one owner of "nothing read before an invalidation is filled after it".
+
+Every fill of the chain -- a loaded value, a background refresh, a load that outlived its caller,
+a copy from a slower tier into a faster one, a ``get_many`` batch, a write-through ``set`` --
+takes a :meth:`Fence.mark` *before* it reads, and lands through :meth:`Fence.fill`, which asks
+the fence's log of recent invalidations whether one came since the mark. Every invalidation --
+``set``, ``invalidate*``, ``clear``, a bus message, a DynamoDB stream record, the bus going down
+or coming back -- goes through the one entry point :meth:`Fence.invalidate` (keys, prefixes or
+everything), which logs it and drops the in-process copies.
+
+Fill first, check second: the fence checks before it writes (no wasted write, the lease given
+back at once) and again after (an invalidation that landed between the check and the write
+is undone: the copies just written are deleted). So no invalidation can slip between a check
+and a write. With a leasing tier (Redis), the lease carries the same rule across processes: an
+invalidation deletes the lease, and the fill under it fails.
+
+In-flight work needs no registry: a mark is all a fill needs to be judged. If the log no longer
+reaches back to a mark (more than ``log_size`` invalidations since), the fill is refused, which
+is always safe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+from .accessor import TierAccessor
+from .errors import CodecError
+from .invalidation_log import InvalidationLog
+from .leases import PartialFill
+from .logs import fields, key_hash, logger_for
+from .metrics import CacheMetrics
+from .tier import Entry
+
+__all__ = ["Fence"]
+
+logger = logger_for("chain")
+
+
+class Fence:
+    """Decides which fills may land, and applies every invalidation to the in-process tiers.
+
+    Args:
+        tiers: the chain's tiers (accessors), fastest first.
+        metrics: the chain's counters (``lease_lost``, ``fills_refused``).
+        log_size: invalidations remembered; a fill older than that many is refused.
+    """
+
+    def __init__(
+        self, tiers: Sequence[TierAccessor], metrics: CacheMetrics, *, log_size: int = 4096
+    ) -> None:
+        self._tiers = list(tiers)
+        self._local = [tier for tier in self._tiers if tier.local]
+        self._metrics = metrics
+        self._log = InvalidationLog(log_size)
+
+    # -- invalidations: the one entry point
+
+    def invalidate(
+        self, keys: Iterable[str] = (), prefixes: Iterable[str] = (), *, everything: bool = False
+    ) -> int:
+        """``keys``, every key starting with one of ``prefixes``, or ``everything`` changed:
+        no fill that read before now may land, and the in-process copies go.
+
+        Returns the invalidation's number, for a writer to pass to :meth:`fill` as ``own``.
+        """
+        keys = list(keys)
+        prefixes = list(prefixes)
+        log = self._log
+        number = log.record_everything() if everything else log.record(keys, prefixes)
+        # Logged first, dropped second: a fill that checks after the drop sees the log entry.
+        for tier in self._local:
+            if everything:
+                tier.clear()
+                continue
+            tier.delete_many(keys)
+            for prefix in prefixes:
+                tier.delete_prefix(prefix)
+        return number
+
+    # -- fills
+
+    def mark(self) -> int:
+        """Take before reading anything a fill will write; pass to :meth:`fill`."""
+        return self._log.mark()
+
+    def overtaken(self, mark: int, keys: Sequence[str], *, own: int | None = None) -> list[str]:
+        """Those of ``keys`` an invalidation since ``mark`` (other than ``own``) concerns."""
+        return self._log.overtaken(mark, keys, ignore=own)
+
+    def fill(
+        self,
+        mark: int,
+        entries: Mapping[str, Entry],
+        tiers: Sequence[TierAccessor],
+        *,
+        tokens: Mapping[str, str] | None = None,
+        own: int | None = None,
+    ) -> set[str]:
+        """Write ``entries`` into ``tiers`` (fastest first; written deepest first), unless an
+        invalidation since ``mark`` concerns them. Returns the keys that landed.
+
+        ``tokens``: leases held on the leasing tier among ``tiers``; those keys are written
+        there only while their lease holds, and a key whose lease was lost (a writer came) is
+        kept out of the faster tiers too. Leases of refused keys are given back.
+        ``own``: the writer's own invalidation, which does not refuse its fill.
+        Raises :class:`~tiered_cache.CodecError` (leases not yet used are given back).
+        """
+        tokens = dict(tokens or {})
+        leasing = next((tier for tier in tiers if tier.leases), None) if tokens else None
+        refused = self.overtaken(mark, list(entries), own=own)
+        if refused:
+            # What was read may predate the invalidation: the callers that asked before it
+            # are served, but no tier keeps it.
+            self._metrics.count("fills_refused", len(refused))
+            for key in refused[:10]:
+                logger.debug(
+                    "not caching key %s: invalidated during its load",
+                    key_hash(key),
+                    extra=fields("fill_cancelled", key=key),
+                )
+            if leasing is not None:
+                leasing.release_leases({key: tokens.pop(key) for key in refused if key in tokens})
+            entries = {key: entry for key, entry in entries.items() if key not in refused}
+            if not entries:
+                return set()
+        landing = dict(entries)
+        written: list[TierAccessor] = []
+        try:
+            for tier in reversed(tiers):
+                if tier.bypassed:
+                    continue
+                if tier is leasing and tokens:
+                    self._fill_leased(tier, landing, tokens)
+                    tokens = {}
+                else:
+                    tier.set_many(landing)
+                written.append(tier)
+                if not landing:
+                    break
+        except CodecError:
+            if leasing is not None and tokens:
+                leasing.release_leases(tokens)
+            raise
+        late = self.overtaken(mark, list(landing), own=own)
+        if late:
+            # Invalidated between the check and the write: undo, deleting is always safe.
+            self._metrics.count("fills_refused", len(late))
+            for tier in written:
+                tier.delete_many(late)
+        return set(landing) - set(late)
+
+    def _fill_leased(
+        self, tier: TierAccessor, landing: dict[str, Entry], tokens: Mapping[str, str]
+    ) -> None:
+        """Fill the leasing tier: keys with a token under their lease, the others plainly;
+        drop from ``landing`` the keys whose lease was lost or whose fill failed."""
+        plain = {key: entry for key, entry in landing.items() if key not in tokens}
+        leased = {key: (entry, tokens[key]) for key, entry in landing.items() if key in tokens}
+        if plain:
+            tier.set_many(plain)
+        try:
+            kept = tier.fill_with_leases(leased)
+        except CodecError:
+            raise
+        except PartialFill as exc:
+            # Redis answered, so a writer may have come for the keys whose fill failed: keep
+            # those out of the faster tiers too.
+            tier.failed(exc)
+            kept = exc.kept
+        except Exception as exc:
+            tier.failed(exc)
+            kept = set(leased)  # the shared tier is down: nothing there to protect
+        else:
+            self._metrics.fill(tier.index, len(kept))
+            if len(kept) < len(leased):
+                # Their leases were deleted by invalidations, or taken by writers, after our
+                # read: the old values must not reach any tier.
+                self._metrics.count("lease_lost", len(leased) - len(kept))
+        for key in leased:
+            if key not in kept:
+                del landing[key]

@@ -78,92 +78,144 @@ class LocalCounter:
             return sum(cell[0] for cell in self._cells)
 
 
+class _Cell:
+    """One thread's share of a chain's counters (see :class:`CacheMetrics`)."""
+
+    __slots__ = ("counts", "events", "load_seconds")
+
+    def __init__(self, size: int) -> None:
+        self.counts = [0] * size
+        self.load_seconds = 0.0
+        self.events: dict[str, int] = {}
+
+
 class CacheMetrics:
-    """Thread-safe counters for a chain: per tier, and for loads from the source."""
+    """Counters for a chain: per tier, and for loads from the source.
+
+    Every thread counts into a cell of its own, without a lock (a miss used to take seven
+    locks for its counters); :meth:`snapshot` adds the cells up. A snapshot taken while
+    other threads count may see one counter of an event and not yet another (a load's
+    ``loads`` but not its ``keys_loaded``); each counter on its own is exact.
+    """
 
     def __init__(self, tier_names: Sequence[str]) -> None:
+        self._names = list(tier_names)
+        tiers = len(self._names)
+        # One list of counts per cell: five per tier (hits, misses, fills, errors, skips,
+        # each a block of ``tiers``), then the loads' counters and the histogram's buckets.
+        self._misses = tiers
+        self._fills = 2 * tiers
+        self._errors = 3 * tiers
+        self._skips = 4 * tiers
+        self._loads = 5 * tiers
+        self._buckets = self._loads + 4
+        self._size = self._buckets + len(LOAD_BUCKETS) + 1
+        self._local = threading.local()
+        self._cells: list[_Cell] = []
         self._lock = threading.Lock()
-        self.tiers = [TierCounters(name) for name in tier_names]
-        #: Hits in tier 0, counted apart from ``tiers[0].hits`` to keep the hit path lock-free.
+        #: Hits in tier 0, counted apart from the other hits: the hit path adds to its cell
+        #: inline (:meth:`~tiered_cache.chain.TieredCache.lookup_l1`).
         self.l1_hits = LocalCounter()
-        self.loads = 0
-        self.load_failures = 0
-        self.keys_loaded = 0
-        self.singleflight_waits = 0
-        self.load_seconds = 0.0
-        #: Successful loads per bucket of :data:`LOAD_BUCKETS` (not cumulative; the last cell
-        #: counts loads slower than the last bound).
-        self.load_buckets = [0] * (len(LOAD_BUCKETS) + 1)
-        #: Named events of source protection (stale_served, soft_timeouts, lease_waits, ...).
-        self.events: dict[str, int] = dict.fromkeys(EVENTS, 0)
+
+    def _cell(self) -> _Cell:
+        """This thread's cell (made and registered at its first count)."""
+        try:
+            cell: _Cell = self._local.cell
+        except AttributeError:
+            cell = _Cell(self._size)
+            with self._lock:
+                self._cells.append(cell)
+            self._local.cell = cell
+        return cell
 
     def hit(self, tier: int, count: int = 1) -> None:
-        with self._lock:
-            self.tiers[tier].hits += count
+        self._cell().counts[tier] += count
 
     def miss(self, tier: int, count: int = 1) -> None:
-        with self._lock:
-            self.tiers[tier].misses += count
+        self._cell().counts[self._misses + tier] += count
 
     def fill(self, tier: int, count: int = 1) -> None:
-        with self._lock:
-            self.tiers[tier].fills += count
+        self._cell().counts[self._fills + tier] += count
 
     def error(self, tier: int) -> None:
-        with self._lock:
-            self.tiers[tier].errors += 1
+        self._cell().counts[self._errors + tier] += 1
 
     def skip(self, tier: int) -> None:
-        with self._lock:
-            self.tiers[tier].skips += 1
+        self._cell().counts[self._skips + tier] += 1
 
     def load(self, keys: int, seconds: float) -> None:
-        with self._lock:
-            self.loads += 1
-            self.keys_loaded += keys
-            self.load_seconds += seconds
-            # bisect_left: a load of exactly a bound's duration belongs to that bound (le).
-            self.load_buckets[bisect_left(LOAD_BUCKETS, seconds)] += 1
+        cell = self._cell()
+        counts = cell.counts
+        at = self._loads
+        counts[at] += 1
+        counts[at + 2] += keys
+        cell.load_seconds += seconds
+        # bisect_left: a load of exactly a bound's duration belongs to that bound (le).
+        counts[self._buckets + bisect_left(LOAD_BUCKETS, seconds)] += 1
 
     def load_failure(self) -> None:
-        with self._lock:
-            self.load_failures += 1
+        self._cell().counts[self._loads + 1] += 1
 
     def waited(self) -> None:
-        with self._lock:
-            self.singleflight_waits += 1
+        self._cell().counts[self._loads + 3] += 1
 
     def count(self, event: str, amount: int = 1) -> None:
-        with self._lock:
-            self.events[event] = self.events.get(event, 0) + amount
+        events = self._cell().events
+        events[event] = events.get(event, 0) + amount
 
-    def _cumulative_buckets(self) -> dict[str, int]:
+    def _cumulative_buckets(self, counts: Sequence[int]) -> dict[str, int]:
         """Loads at or under each bound, keyed by the bound as text (``"+Inf"``: all of them);
-        cumulative, as Prometheus and most dashboards read histograms. Called under the lock."""
+        cumulative, as Prometheus and most dashboards read histograms."""
         buckets: dict[str, int] = {}
         total = 0
-        for bound, count in zip((*map(repr, LOAD_BUCKETS), "+Inf"), self.load_buckets, strict=True):
+        cells = counts[self._buckets : self._size]
+        for bound, count in zip((*map(repr, LOAD_BUCKETS), "+Inf"), cells, strict=True):
             total += count
             buckets[bound] = total
         return buckets
 
     def snapshot(self) -> dict[str, Any]:
-        """A JSON-serializable copy of every counter."""
+        """A JSON-serializable copy of every counter (the sum of every thread's cell)."""
         l1_hits = self.l1_hits.value
+        counts = [0] * self._size
+        load_seconds = 0.0
+        events: dict[str, int] = dict.fromkeys(EVENTS, 0)
         with self._lock:
-            tiers = [asdict(counters) for counters in self.tiers]
-            if tiers:
-                tiers[0]["hits"] += l1_hits
-            served = sum(tier["hits"] for tier in tiers) + self.singleflight_waits
-            return {
-                "tiers": tiers,
-                "loads": self.loads,
-                "load_failures": self.load_failures,
-                "keys_loaded": self.keys_loaded,
-                "load_seconds": self.load_seconds,
-                "load_seconds_buckets": self._cumulative_buckets(),
-                "singleflight_waits": self.singleflight_waits,
-                # Reads answered without a trip to the source (tier hits and shared loads).
-                "source_reads_saved": served,
-                **self.events,
-            }
+            cells = list(self._cells)
+        for cell in cells:
+            # list(...) copies: another thread may add an event while this one reads.
+            for index, value in enumerate(list(cell.counts)):
+                counts[index] += value
+            load_seconds += cell.load_seconds
+            for event, value in list(cell.events.items()):
+                events[event] = events.get(event, 0) + value
+        tiers = [
+            asdict(
+                TierCounters(
+                    name,
+                    hits=counts[index],
+                    misses=counts[self._misses + index],
+                    fills=counts[self._fills + index],
+                    errors=counts[self._errors + index],
+                    skips=counts[self._skips + index],
+                )
+            )
+            for index, name in enumerate(self._names)
+        ]
+        if tiers:
+            tiers[0]["hits"] += l1_hits
+        at = self._loads
+        waits = counts[at + 3]
+        served = sum(tier["hits"] for tier in tiers) + waits
+        return {
+            "tiers": tiers,
+            "loads": counts[at],
+            "load_failures": counts[at + 1],
+            "keys_loaded": counts[at + 2],
+            "load_seconds": load_seconds,
+            "load_seconds_buckets": self._cumulative_buckets(counts),
+            "singleflight_waits": waits,
+            # Reads answered without a trip to the source (tier hits and shared loads).
+            "source_reads_saved": served,
+            **events,
+        }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import sys
 from decimal import Decimal
 from typing import Any
@@ -204,3 +205,62 @@ def test_msgpack_missing_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setitem(sys.modules, "msgpack", None)  # makes `import msgpack` fail
     with pytest.raises(ConfigError, match="pip install msgpack"):
         get_codec("msgpack")
+
+
+# -- the JSON codec's fast path (orjson) reads and writes exactly what the standard library does
+
+json_texts = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=2**62, max_value=2**66)  # around orjson's 64-bit limit
+    | st.integers(min_value=-(2**66), max_value=-(2**62))
+    | st.floats()
+    | st.text(),  # lone surrogates and control characters included
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(keys, children, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=values)
+def test_json_fast_and_standard_paths_read_each_others_bytes(value: Any) -> None:
+    fast, standard = JsonCodec(), JsonCodec(fast=False)
+    for data in (fast.encode(value), standard.encode(value)):
+        assert_same(fast.decode(data), value)
+        assert_same(standard.decode(data), value)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=json_texts, ascii_only=st.booleans())
+def test_json_fast_decode_of_any_json_matches_the_standard_one(
+    value: Any, ascii_only: bool
+) -> None:
+    # Any JSON, not only the codec's own: NaN literals, \u escapes, ints beyond 64 bits.
+    data = json.dumps(value, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass")
+    fast, standard = JsonCodec(), JsonCodec(fast=False)
+    try:
+        want = standard.decode(data)
+    except CodecError:
+        with pytest.raises(CodecError):
+            fast.decode(data)
+        return
+    assert_same(fast.decode(data), want)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"[18446744073709551616]", b'{"n":-9223372036854775809}', b"123456789012345678901234"],
+)
+def test_json_ints_beyond_64_bits_stay_ints(data: bytes) -> None:
+    # orjson alone reads these as floats.
+    assert_same(JsonCodec().decode(data), json.loads(data))
+
+
+def test_json_fast_path_writes_the_standard_bytes() -> None:
+    value = {"id": "42", "likes": Decimal("7"), "tags": ("a", "é"), "n": 2**40, "f": 0.1}
+    assert JsonCodec().encode(value) == JsonCodec(fast=False).encode(value)
+
+
+def test_json_tag_written_with_an_escape_is_still_a_tag() -> None:
+    assert_same(JsonCodec().decode(b'{"\\u0024d":"1.50"}'), Decimal("1.50"))

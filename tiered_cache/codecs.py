@@ -7,7 +7,8 @@ bytes; and also ``tuple``. "Exactly" means the decoded value is equal to the ori
 same types all the way down (a ``Decimal`` stays a ``Decimal``, a tuple stays a tuple).
 
 * ``json`` (default): readable, no dependency. Types JSON lacks are tagged objects such as
-  ``{"$d": "1.50"}``; a user dict that could be mistaken for a tag is escaped.
+  ``{"$d": "1.50"}``; a user dict that could be mistaken for a tag is escaped. With ``orjson``
+  installed (a dependency of tiered-cache-redis) the same bytes are written and read faster.
 * ``msgpack``: smaller and faster; needs ``pip install msgpack``.
 * ``pickle``: any picklable value, but only for trusted tiers; never chosen by default.
 
@@ -28,6 +29,11 @@ from decimal import Decimal
 from typing import Any, Protocol, runtime_checkable
 
 from .errors import CodecError, ConfigError
+
+try:  # optional: the JSON codec's fast path (same format, C speed); the stdlib otherwise
+    import orjson as _orjson
+except ImportError:  # JsonCodec(fast=False) is the same path, and is what the tests use
+    _orjson = None  # type: ignore[assignment]
 
 SUPPORTED_TYPES = (
     "str, int, float, Decimal, bool, None, bytes, list, tuple, dict with str keys, "
@@ -217,20 +223,48 @@ def _json_object_hook(obj: dict[str, Any]) -> Any:
     return obj
 
 
+# The fast decode path is taken only for bytes it reads exactly as the exact path does:
+# - no tag: every tag (and an escaped user dict) is an object key starting with "$", and a key
+#   is written either as "$... (a raw quote is always the end of a string, so '"$' appears) or
+#   with a \u escape, which also sends lone surrogates (orjson refuses them) the exact way;
+# - no integer of 20 or more digits (19 with a minus): orjson reads ints beyond 64 bits as
+#   floats. Digits and "-" are mapped to "#" so that one substring search finds such a run.
+_FAST_NUMBERS = bytes.maketrans(b"-0123456789", b"#" * 11)
+_LONG_NUMBER = b"#" * 20
+
+
 class JsonCodec:
-    """Type-preserving JSON (UTF-8); the default codec."""
+    """Type-preserving JSON (UTF-8); the default codec.
+
+    Args:
+        fast: use orjson when it is installed (the bytes are the same either way; only speed
+            differs). ``False`` keeps to the standard library.
+    """
 
     name = "json"
 
-    def __init__(self) -> None:
+    def __init__(self, *, fast: bool = True) -> None:
         self._dumps = json.JSONEncoder(
             ensure_ascii=False, allow_nan=False, separators=(",", ":"), check_circular=False
         ).encode
         self._loads = json.JSONDecoder(object_hook=_json_object_hook).decode
+        # Without a tag in the bytes there is nothing for the hook to do: the C scanner alone.
+        self._plain_loads = json.JSONDecoder().decode
+        use_fast = fast and _orjson is not None
+        self._fast_dumps: Callable[[Any], bytes] | None = _orjson.dumps if use_fast else None
+        self._fast_loads: Callable[[bytes], Any] | None = _orjson.loads if use_fast else None
 
     def encode(self, value: Any) -> bytes:
         """JSON bytes of ``value``; :class:`CodecError` naming the path of what is unsupported."""
-        text = self._dumps(_json_form(value, self.name))
+        # The walk validates and tags everything before a byte is written; only then JSON.
+        form = _json_form(value, self.name)
+        fast_dumps = self._fast_dumps
+        if fast_dumps is not None:
+            try:
+                return fast_dumps(form)
+            except (TypeError, ValueError):
+                pass  # an int beyond 64 bits, a lone surrogate, deep nesting: the exact path
+        text = self._dumps(form)
         try:
             return text.encode("utf-8")
         except UnicodeEncodeError:
@@ -238,8 +272,20 @@ class JsonCodec:
 
     def decode(self, data: bytes) -> Any:
         """The value ``data`` encodes; :class:`CodecError` if it is not this codec's output."""
+        tagged = b'"$' in data or b"\\u" in data
+        fast_loads = self._fast_loads
+        if (
+            not tagged
+            and fast_loads is not None
+            and _LONG_NUMBER not in data.translate(_FAST_NUMBERS)
+        ):
+            try:
+                return fast_loads(data)
+            except ValueError:
+                pass  # the exact path decides, and words the error
         try:
-            return self._loads(data.decode("utf-8"))
+            text = data.decode("utf-8")
+            return self._loads(text) if tagged else self._plain_loads(text)
         except (ValueError, TypeError, ArithmeticError) as exc:
             raise CodecError(f"codec {self.name!r} cannot decode the data: {exc}") from exc
 

@@ -34,6 +34,7 @@ from .leases import (
     cluster_safe,
     lease_key,
 )
+from .wire import Reads, reads_for
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,7 @@ class RedisTier(TierBase):
         self._client = client
         self._connect = connect
         self._closed = False
+        self._reads: Reads | None = None
         self._acquire_script: Any = None
         self._fill_script: Any = None
         self._release_script: Any = None
@@ -149,6 +151,14 @@ class RedisTier(TierBase):
         """True when the client is a Redis Cluster client."""
         return isinstance(self.client, RedisCluster)
 
+    def _read_path(self) -> Reads:
+        """How reads reach Redis (:mod:`tiered_cache_redis.wire`), chosen on the first read."""
+        client = self.client
+        with self._lock:
+            if self._reads is None:
+                self._reads = reads_for(client)
+            return self._reads
+
     def redis_key(self, key: str) -> str:
         """The Redis key that holds ``key``."""
         return self._prefix + key
@@ -156,27 +166,23 @@ class RedisTier(TierBase):
     # -- reads
 
     def get(self, key: str) -> Entry | MissingType:
-        data = self.client.get(self._prefix + key)
+        data = (self._reads or self._read_path()).get(self._prefix + key)
         if data is None:
             return MISSING
-        # bytes: the client is made with decode_responses=False.
-        return self._decode(key, cast(bytes, data), self._clock())
+        return self._decode(key, data, self._clock())
 
     def get_many(self, keys: Sequence[str]) -> dict[str, Entry]:
         if not keys:
             return {}
-        client = self.client
-        names = [self._prefix + key for key in keys]
-        if isinstance(client, RedisCluster):
-            # One MGET per hash slot, sent as one pipeline batch per node.
-            values = client.mget_nonatomic(names)
-        else:
-            values = client.mget(names)
+        prefix = self._prefix
+        # One MGET (on a cluster: one per hash slot, pipelined per node).
+        values = (self._reads or self._read_path()).mget([prefix + key for key in keys])
         now = self._clock()
+        decode = self._decode
         found: dict[str, Entry] = {}
         for key, data in zip(keys, values, strict=True):
             if data is not None:
-                entry = self._decode(key, data, now)
+                entry = decode(key, data, now)
                 if entry is not MISSING:
                     found[key] = entry
         return found
@@ -523,6 +529,9 @@ class RedisTier(TierBase):
         with self._lock:
             self._closed = True
             client, self._client = self._client, None
+            reads, self._reads = self._reads, None
+        if reads is not None:
+            reads.close()
         if client is not None and self._owns_client:
             close_client(client)
 

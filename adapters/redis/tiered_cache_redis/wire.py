@@ -1,0 +1,161 @@
+"""GET and MGET near the wire, for the Redis tier's reads on a single server.
+
+An L2 hit is one round trip (~50-80 us on loopback), and redis-py wraps each command in work of
+its own: a pool checkout and return with locks and observability records (4-8 us on the
+blocking pool the tier uses), the command packed by a general encoder, a retry closure, response
+callbacks. :class:`WireReader` keeps what matters and drops the rest:
+
+- a few connections stay checked out of the client's pool between reads (a lock-free list:
+  ``pop``/``append`` are atomic), so a read does not pay the pool's checkout and return; more
+  readers at once than parked connections take theirs from the pool as usual and give back
+  what is not parked;
+- the command is packed once by hand (GET and MGET of ``str`` keys are all the tier sends);
+- the connection's own :class:`redis.retry.Retry` still runs the round trip, with the same
+  disconnect-and-retry on a broken connection as redis-py (a server restart), and redis-py's
+  connection still sends, reads and parses (with hiredis when installed).
+
+Used only for a plain ``redis.Redis`` on its own pool (not a cluster, not a single-connection
+client, not a client-side cache, whose state lives in redis-py's command path); anything else
+reads through redis-py as before. These reads are not in redis-py's own command metrics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol, cast
+
+import redis
+from redis.cluster import RedisCluster
+
+from tiered_cache.forking import restart_after_fork
+
+#: Connections kept checked out between reads: enough for a few threads reading at once,
+#: few enough that the rest of the pool stays for everyone else (writes, leases, the bus). A
+#: small pool parks fewer (under half of it), a pool of one or two none.
+PARKED = 4
+
+
+class Reads(Protocol):
+    """How the Redis tier reads: GET and MGET of its (already prefixed) Redis keys."""
+
+    def get(self, name: str) -> bytes | None:
+        """``GET name``: the value's bytes, or ``None``."""
+        ...
+
+    def mget(self, names: Sequence[str]) -> list[bytes | None]:
+        """The values of ``names`` in order, ``None`` for a missing key."""
+        ...
+
+    def close(self) -> None:
+        """Give back what the reads hold (not the client: that is the tier's to close)."""
+        ...
+
+
+def reads_for(client: redis.Redis | RedisCluster) -> Reads:
+    """The fastest :class:`Reads` that keeps ``client``'s behaviour."""
+    if (
+        isinstance(client, redis.Redis)
+        and client.connection is None  # a single-connection client serialises on its own lock
+        and client.get_cache() is None  # client-side caching lives in redis-py's command path
+    ):
+        return WireReader(client)
+    return ClientReads(client)
+
+
+class ClientReads:
+    """Reads through redis-py's own commands: one MGET per hash slot on a cluster."""
+
+    def __init__(self, client: redis.Redis | RedisCluster) -> None:
+        self._client = client
+
+    def get(self, name: str) -> bytes | None:
+        """``GET name`` through redis-py."""
+        return cast("bytes | None", self._client.get(name))
+
+    def mget(self, names: Sequence[str]) -> list[bytes | None]:
+        """``MGET`` through redis-py; on a cluster one per slot, pipelined per node."""
+        client = self._client
+        if isinstance(client, RedisCluster):
+            return cast("list[bytes | None]", client.mget_nonatomic(names))
+        return cast("list[bytes | None]", client.mget(names))
+
+    def close(self) -> None:
+        """Nothing held."""
+
+
+def _bulk(text: str) -> bytes:
+    data = text.encode("utf-8")
+    return b"$%d\r\n%b\r\n" % (len(data), data)
+
+
+class WireReader:
+    """GET and MGET on the connections of ``client``'s pool (see the module's docstring)."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._pool = client.connection_pool
+        self._parked: list[Any] = []
+        self._limit = max(0, min(PARKED, (self._pool.max_connections - 1) // 2))
+        self._closed = False
+        restart_after_fork(self)
+
+    def get(self, name: str) -> bytes | None:
+        """``GET name``: the value's bytes, or ``None``."""
+        packed = b"*2\r\n$3\r\nGET\r\n" + _bulk(name)
+        return cast("bytes | None", self._round_trip(packed))
+
+    def mget(self, names: Sequence[str]) -> list[bytes | None]:
+        """``MGET names``: one reply per name, ``None`` for a missing key."""
+        packed = b"*%d\r\n$4\r\nMGET\r\n%b" % (
+            len(names) + 1,
+            b"".join([_bulk(name) for name in names]),
+        )
+        return cast("list[bytes | None]", self._round_trip(packed))
+
+    def _round_trip(self, packed: bytes) -> Any:
+        conn = self._borrow()
+        try:
+            return conn.retry.call_with_retry(
+                lambda: self._send_and_read(conn, packed), lambda _error: conn.disconnect()
+            )
+        finally:
+            self._give_back(conn)
+
+    @staticmethod
+    def _send_and_read(conn: Any, packed: bytes) -> Any:
+        conn.send_packed_command((packed,))
+        return conn.read_response()
+
+    def _borrow(self) -> Any:
+        try:
+            return self._parked.pop()
+        except IndexError:
+            return self._pool.get_connection()
+
+    def _give_back(self, conn: Any) -> None:
+        # A connection asked to reconnect (a server's maintenance notice) goes back to the pool,
+        # which reconnects it; so do the ones beyond the limit, and all of them once closed.
+        if self._closed or len(self._parked) >= self._limit or conn.should_reconnect():
+            self._pool.release(conn)
+        else:
+            self._parked.append(conn)
+            if self._closed:  # closed meanwhile: close() may have missed this one
+                self._release_parked()
+
+    def close(self) -> None:
+        """Give the parked connections back to the pool (the pool stays the client's)."""
+        self._closed = True
+        self._release_parked()
+
+    def _release_parked(self) -> None:
+        # One atomic pop at a time: a reader popping at the same moment never gets one of these.
+        while True:
+            try:
+                conn = self._parked.pop()
+            except IndexError:
+                return
+            self._pool.release(conn)
+
+    def after_fork_in_child(self) -> None:
+        """The parked connections are the parent's sockets: forget them, never close them
+        (the pool, which resets itself in a child, owns nothing of them either)."""
+        self._parked = []

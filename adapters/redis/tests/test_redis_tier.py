@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from decimal import Decimal
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from redis.connection import Connection
 from tiered_cache_redis import RedisTier, make_client
 
 from tiered_cache import TieredCache
@@ -312,6 +314,31 @@ def test_cluster_batches_span_slots_and_nodes(
     assert sorted(cluster_tier.get_many(keys)) == sorted(keys[150:])
     cluster_tier.clear()
     assert node_keys(redis_cluster, f"{namespace}:*") == [0, 0, 0]
+
+
+def test_cluster_get_many_is_one_round_trip_per_node(
+    cluster_tier: RedisTier,
+    redis_cluster: RedisCluster,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """100 keys over ~100 hash slots on 3 masters: one MGET per slot, sent as one batch per
+    node (a send of a batch, then its replies, is one round trip)."""
+    keys = [f"tweet:{i}" for i in range(100)]
+    cluster_tier.set_many({key: entry(clock, i) for i, key in enumerate(keys)})
+    sends: Counter[tuple[str, int]] = Counter()
+    send = Connection.send_packed_command
+
+    def counted(conn: Connection, command: Any, check_health: bool = True) -> None:
+        sends[(conn.host, conn.port)] += 1
+        send(conn, command, check_health)
+
+    monkeypatch.setattr(Connection, "send_packed_command", counted)
+    found = cluster_tier.get_many(keys)
+    monkeypatch.undo()
+    assert {key: e.value for key, e in found.items()} == {key: i for i, key in enumerate(keys)}
+    assert sorted(sends) == sorted(redis_cluster.startup_nodes)
+    assert sorted(sends.values()) == [1, 1, 1]
 
 
 def test_cluster_leases_of_a_batch_over_every_node(

@@ -6,13 +6,15 @@ second tier (a memory tier marked shared, standing for Redis) and a source, and 
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import pytest
 
 from tiered_cache import MISSING, Entry, MemoryTier, TieredCache
-from tiered_cache.bus import Invalidation, LocalBus
+from tiered_cache.bus import BusListener, Invalidation, LocalBus
 from tiered_cache.coherence import BusLink
 from tiered_cache.protection import Protection
 from tiered_cache.testing import FakeClock
@@ -215,3 +217,73 @@ def test_get_many_drops_memory_copies_when_an_invalidation_came_meanwhile(
     fleet.b.get_many(["a", "b"])
     fleet.shared.get_many = original  # type: ignore[method-assign]
     assert fleet.b.get("a") == 10
+
+
+class HeldFirstPublish:
+    """A bus whose next publish is held until another publish overtakes it, or until half a
+    second after the other writer wrote the source: two threads announcing at once, the one
+    that took the lower number reaching Redis last (unless numbering and publishing are one
+    step, when the other waits for it)."""
+
+    def __init__(self, bus: LocalBus) -> None:
+        self._bus = bus
+        self.hold = False
+        self.other_wrote = threading.Event()
+        self._overtaken = threading.Event()
+
+    def publish(self, message: Invalidation) -> None:
+        if self.hold:
+            self.hold = False
+            self.other_wrote.wait(timeout=5.0)
+            self._overtaken.wait(timeout=0.5)
+        else:
+            self._overtaken.set()
+        self._bus.publish(message)
+
+    def subscribe(self, listener: BusListener) -> None:
+        self._bus.subscribe(listener)
+
+    def close(self) -> None:
+        self._bus.close()
+
+
+class NotifyingSource(DictSource):
+    def __init__(self, key: str, wrote: threading.Event) -> None:
+        super().__init__()
+        self._key = key
+        self._wrote = wrote
+
+    def store(self, key: str, value: Any) -> None:
+        super().store(key, value)
+        if key == self._key:
+            self._wrote.set()
+
+
+def test_two_threads_announcing_at_once_are_not_taken_for_a_gap(clock: FakeClock) -> None:
+    """Numbers are taken and published in one step: a receiver never sees a sender's numbers
+    out of order, which it would take for a lost message and clear its memory for."""
+    local = LocalBus()
+    bus = HeldFirstPublish(local)
+    source = NotifyingSource("k1", bus.other_wrote)
+    shared = SharedTier(clock)
+    sender, receiver = (
+        TieredCache(
+            [MemoryTier(name="l1", clock=clock), shared],
+            source,
+            clock=clock,
+            protection=Protection.never_stale(),
+            bus=bus if n == 0 else local,
+        )
+        for n in range(2)
+    )
+    sender.set("first", 1)  # the receiver has now seen this sender's number 1
+    bus.hold = True
+    writers = [threading.Thread(target=sender.set, args=(f"k{n}", n)) for n in range(2)]
+    writers[0].start()
+    while bus.hold:  # the first writer is inside its publish
+        time.sleep(0.001)
+    writers[1].start()
+    for writer in writers:
+        writer.join(timeout=10)
+    assert receiver.stats()["bus_received"] == 3
+    assert receiver.stats()["bus_gaps"] == 0

@@ -64,11 +64,16 @@ class BusLink:
         """Tell the other processes; whether the message was published. A failed publish is
         logged and counted, never raised (the change itself was made; other processes keep
         old copies at most one L1 TTL)."""
-        with self._numbers_lock:
-            number = next(self._numbers)
-        message = Invalidation(self.sender, number, tuple(keys), tuple(prefixes), clear, at)
+        # Numbered and published in one step: two threads that numbered first and published
+        # second could reach the others out of order, which they would take for a lost
+        # message (and clear their memory for). A failed publish leaves its number unused, a
+        # real gap: the others cannot know what it said, so clearing is right then.
         try:
-            self.bus.publish(message)
+            with self._numbers_lock:
+                number = next(self._numbers)
+                self.bus.publish(
+                    Invalidation(self.sender, number, tuple(keys), tuple(prefixes), clear, at)
+                )
         except Exception as exc:
             self._metrics.count("bus_publish_errors")
             logger.warning(

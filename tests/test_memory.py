@@ -7,7 +7,7 @@ import random
 import pytest
 
 from tiered_cache import MISSING, Entry, MemoryTier
-from tiered_cache.memory import LruPolicy
+from tiered_cache.memory import LruPolicy, Slot
 from tiered_cache.testing import FakeClock
 from tiered_cache.weighing import deep_size
 
@@ -105,11 +105,11 @@ def test_bad_arguments_are_refused() -> None:
 
 def test_lru_policy_put_replaces_and_keeps_weight_exact() -> None:
     policy = LruPolicy(max_entries=10, max_weight=100)
-    slot = (Entry("v", 0.0), 10.0)
-    policy.put("k", slot, 30)
-    policy.put("k", slot, 40)
+    policy.put("k", Slot(Entry("v", 0.0), 10.0, 30))
+    slot = Slot(Entry("v", 0.0), 10.0, 40)
+    policy.put("k", slot)
     assert policy.weight == 40
-    assert policy.pop("k") == slot
+    assert policy.pop("k") is slot
     assert policy.weight == 0
 
 
@@ -117,15 +117,15 @@ def test_lru_policy_clear_forgets_the_order_so_a_refill_weighs_right() -> None:
     # A clear that kept the recency order would let the refill push out keys that are no
     # longer there, subtracting their weights from the new ones.
     policy = LruPolicy(max_entries=2, max_weight=100)
-    slot = (Entry("v", 0.0), 10.0)
-    policy.put("a", slot, 10)
-    policy.put("b", slot, 20)
+    entry = Entry("v", 0.0)
+    policy.put("a", Slot(entry, 10.0, 10))
+    policy.put("b", Slot(entry, 10.0, 20))
     policy.clear()
     assert (len(policy), policy.weight) == (0, 0)
-    policy.put("c", slot, 30)
-    policy.put("d", slot, 40)
+    policy.put("c", Slot(entry, 10.0, 30))
+    policy.put("d", Slot(entry, 10.0, 40))
     assert (len(policy), policy.weight, policy.evictions) == (2, 70, 0)
-    policy.put("e", slot, 50)  # evicts "c", the least recently used of the refill
+    policy.put("e", Slot(entry, 10.0, 50))  # evicts "c", the least recently used of the refill
     assert sorted(policy.keys()) == ["d", "e"]
     assert (policy.weight, policy.evictions) == (90, 1)
 
@@ -144,13 +144,13 @@ def test_lru_policy_matches_a_true_lru_hit_for_hit() -> None:
     keys = list(zipf_keys(2000, 1.0, 20_000, seed=1))
     policy = LruPolicy(max_entries=50, max_weight=10**9)
     reference: cachetools.LRUCache[str, int] = cachetools.LRUCache(maxsize=50)
-    slot = (Entry("v", 0.0), float("inf"))
+    slot = Slot(Entry("v", 0.0), float("inf"), 1)
     ours = theirs = 0
     for key in keys:
         if policy.get(key) is not None:
             ours += 1
         else:
-            policy.put(key, slot, 1)
+            policy.put(key, slot)
         if key in reference:
             reference[key]
             theirs += 1

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tiered_cache import MemoryTier, Tier
+from tiered_cache import MISSING, MemoryTier, Tier
 from tiered_cache.errors import ConfigError
-from tiered_cache.memory import LruPolicy
+from tiered_cache.memory import MISS_BUFFER_ROOM, LruPolicy, Slot
 from tiered_cache.memory_plugin import build_memory_tier
 from tiered_cache.policy import TinyLfuPolicy
 from tiered_cache.registry import BuildContext
@@ -153,12 +153,12 @@ def test_a_batch_is_offered_as_one_put_after_another(
     clock = FakeClock(0.0)
     one_by_one = TinyLfuPolicy(8, clock=clock, rng=random.Random(3))
     batched = TinyLfuPolicy(8, clock=clock, rng=random.Random(3))
-    slot = (Entry(value=0, loaded_at=0.0), 1e9)
+    slot = Slot(Entry(value=0, loaded_at=0.0), 1e9, 1)
     for policy in (one_by_one, batched):
         for read_key in reads:
             policy.get(f"k{read_key}")
     for batch in batches:
-        items = [(f"k{key}", slot, 1) for key in dict.fromkeys(batch)]  # keys of a mapping
+        items = [(f"k{key}", slot) for key in dict.fromkeys(batch)]  # keys of a mapping
         for item in items:
             one_by_one.put(*item)
         batched.put_many(items)
@@ -441,3 +441,29 @@ def test_a_cache_of_fewer_than_100_entries_keeps_its_window(clock: FakeClock) ->
         read(tier, clock, "once")
         read(tier, clock, "pusher")
     assert policy.window_max == 1
+
+
+def test_a_miss_is_counted_at_the_next_write_in_order_with_the_hits(clock: FakeClock) -> None:
+    tier = hot_tier(clock, 100)
+    policy = policy_of(tier)
+    tier.set("hot", Entry("v", clock()))
+    for _ in range(3):
+        assert tier.get("absent") is MISSING
+        assert tier.get("hot")
+    # Buffered, not yet counted: the miss path took no lock.
+    assert policy.sketch.frequency("absent") == 0
+    tier.set("other", Entry("v", clock()))  # a write replays the buffer
+    assert policy.sketch.frequency("absent") == 3
+    assert policy.sketch.frequency("hot") == 3
+
+
+def test_a_miss_behind_a_full_read_buffer_is_counted_at_once(clock: FakeClock) -> None:
+    tier = hot_tier(clock, 100)
+    policy = policy_of(tier)
+    tier.set("hot", Entry("v", clock()))
+    for _ in range(MISS_BUFFER_ROOM):
+        assert tier.get("hot")
+    assert tier.get("absent") is MISSING
+    # Too little room behind it for the hits that may follow: replayed under the lock now.
+    assert policy.sketch.frequency("absent") == 1
+    assert policy.sketch.frequency("hot") == MISS_BUFFER_ROOM

@@ -12,7 +12,6 @@ calls raise, because what a failure means depends on the step (the loader decide
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
 from typing import TypeVar, cast
 
 from .breaker import CircuitBreaker, CircuitBreakerTier
@@ -173,7 +172,7 @@ class TierAccessor:
         until = self._clock() + self.bounded_for
         if entry.hard_expiry <= until:
             return entry
-        return replace(entry, soft_expiry=min(entry.soft_expiry, until), hard_expiry=until)
+        return entry.replace(soft_expiry=min(entry.soft_expiry, until), hard_expiry=until)
 
     def delete_many(self, keys: Sequence[str]) -> str | None:
         """Remove ``keys``; a failure is counted, logged and described (else None)."""

@@ -14,7 +14,6 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures import wait as futures_wait
-from dataclasses import replace
 from typing import Any, TypeVar
 
 from .accessor import TierAccessor
@@ -210,7 +209,7 @@ class SourceLoader:
         now = self._clock()
         throttle = self._protection.fail_safe_throttle
         if throttle > 0 and self._tiers and now < stale.hard_expiry:
-            calm = replace(stale, soft_expiry=min(now + throttle, stale.hard_expiry))
+            calm = stale.replace(soft_expiry=min(now + throttle, stale.hard_expiry))
             self._fence.fill(mark, {key: calm}, self._tiers[:1])
 
     def _timed_load(

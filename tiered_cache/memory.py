@@ -13,8 +13,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
-from typing import Any, Protocol
+from typing import Any, Protocol, final
 
 import cachetools
 
@@ -23,11 +22,30 @@ from .weighing import deep_size
 
 Clock = Callable[[], float]
 
-#: What the memory tier keeps per key: the entry and when this tier drops it.
-Slot = tuple[Entry, float]
 
-#: Most recent hits kept for the eviction policy until the next write or miss replays them.
+@final
+class Slot:
+    """What the memory tier keeps per key: the entry, when this tier drops it, and its weight
+    (bytes, for ``max_bytes``; 0 without). One object, compared by identity: the tier tells a
+    slot it read from its replacement by ``is``."""
+
+    __slots__ = ("entry", "expire_at", "weight")
+
+    def __init__(self, entry: Entry, expire_at: float, weight: int = 0) -> None:
+        self.entry = entry
+        self.expire_at = expire_at
+        self.weight = weight
+
+
+#: Most recent reads kept for the eviction policy until the next write or miss replays them.
 READ_BUFFER_SIZE = 128
+#: A miss is buffered (not replayed at once, under the lock) while the buffer holds fewer
+#: reads than this: the rest of the buffer is room for the hits that may follow it before the
+#: next write, so that it is not pushed out of the buffer before it is replayed.
+MISS_BUFFER_ROOM = READ_BUFFER_SIZE // 2
+
+#: A buffered read: a hit is its key; a miss is its key in a 1-tuple.
+_Read = str | tuple[str]
 
 
 class EvictionPolicy(Protocol):
@@ -45,12 +63,13 @@ class EvictionPolicy(Protocol):
         """
         ...
 
-    def put(self, key: str, slot: Slot, weight: int) -> bool:
-        """Offer ``slot``; False if the policy refused it. May evict other keys."""
+    def put(self, key: str, slot: Slot) -> bool:
+        """Offer ``slot`` (weighing ``slot.weight``); False if the policy refused it. May evict
+        other keys."""
         ...
 
-    def put_many(self, items: Sequence[tuple[str, Slot, int]]) -> None:
-        """Offer several ``(key, slot, weight)`` at once, as many :meth:`put` calls would."""
+    def put_many(self, items: Sequence[tuple[str, Slot]]) -> None:
+        """Offer several ``(key, slot)`` at once, as many :meth:`put` calls would."""
         ...
 
     def peek(self, key: str) -> Slot | None:
@@ -136,7 +155,8 @@ class LruPolicy:
             if key in slots:
                 touch(key)
 
-    def put(self, key: str, slot: Slot, weight: int) -> bool:
+    def put(self, key: str, slot: Slot) -> bool:
+        weight = slot.weight
         if self._max_weight is not None and weight > self._max_weight:
             self.pop(key)
             return False
@@ -151,9 +171,9 @@ class LruPolicy:
         self._weight += weight
         return True
 
-    def put_many(self, items: Sequence[tuple[str, Slot, int]]) -> None:
-        for key, slot, weight in items:
-            self.put(key, slot, weight)
+    def put_many(self, items: Sequence[tuple[str, Slot]]) -> None:
+        for key, slot in items:
+            self.put(key, slot)
 
     def pop(self, key: str) -> Slot | None:
         slot = self._slots.pop(key, None)
@@ -245,7 +265,8 @@ class MemoryTier(TierBase):
         # next write or miss (Caffeine's read buffer): the hit path never waits for another
         # thread. The buffer is bounded: under a burst of hits the oldest are dropped, which
         # makes hit observation a sample of the most recent reads, never a growing cost.
-        self._reads: deque[str] = deque(maxlen=READ_BUFFER_SIZE)
+        # Misses go through the same buffer (see get_at), in order with the hits.
+        self._reads: deque[_Read] = deque(maxlen=READ_BUFFER_SIZE)
         self._record_read = self._reads.append
 
     @property
@@ -260,40 +281,59 @@ class MemoryTier(TierBase):
         """:meth:`get`, judging expiry at ``now``: the chain reads its clock once per L1 hit
         and passes it here, instead of the tier and the chain reading it each."""
         slot = self._peek(key)
-        if slot is not None and now < slot[1]:
+        if slot is not None and now < slot.expire_at:
             self._record_read(key)
-            return _copied(slot[0]) if self._copy_on_read else slot[0]
+            return _copied(slot.entry) if self._copy_on_read else slot.entry
+        if slot is None:
+            # The policy observes the miss (hot-key detection) when the buffer is replayed,
+            # at the next write (the fill that usually follows) or locked miss: in the same
+            # order with the hits as if it were counted now, without taking the lock now.
+            if len(self._reads) < MISS_BUFFER_ROOM:
+                self._record_read((key,))
+                return MISSING
+            with self._lock:
+                self._replay_reads()
+                self._policy.get(key)
+            return MISSING
         with self._lock:
             self._replay_reads()
-            if slot is None:
-                self._policy.get(key)  # the policy observes the miss (hot-key detection)
-            elif self._policy.peek(key) is slot:
+            if self._policy.peek(key) is slot:
                 self._policy.pop(key)  # expired
         return MISSING
 
     def peek(self, key: str) -> Entry | MissingType:
         """The live entry for ``key`` without counting a read (for the chain's second look)."""
         slot = self._peek(key)
-        if slot is not None and self._clock() < slot[1]:
-            return _copied(slot[0]) if self._copy_on_read else slot[0]
+        if slot is not None and self._clock() < slot.expire_at:
+            return _copied(slot.entry) if self._copy_on_read else slot.entry
         return MISSING
 
     def _replay_reads(self) -> None:
         # Called with the lock held; deque.popleft is atomic against concurrent appends.
         # Hits are handed over as counts per key, in the order of each key's last hit: a hot
         # key hit fifty times since the last replay costs the policy one update, not fifty.
+        # A miss hands over the hits before it, then is observed itself.
         reads = self._reads
         if not reads:
             return
+        policy = self._policy
         hits: dict[str, int] = {}
         last = hits.pop
         while reads:
             try:
-                key = reads.popleft()
+                read = reads.popleft()
             except IndexError:
                 break
-            hits[key] = last(key, 0) + 1  # pop and re-insert: the key moves to the end
-        self._policy.record_hits(hits)
+            if isinstance(read, str):
+                hits[read] = last(read, 0) + 1  # pop and re-insert: the key moves to the end
+                continue
+            if hits:
+                policy.record_hits(hits)
+                hits = {}
+                last = hits.pop
+            policy.get(read[0])
+        if hits:
+            policy.record_hits(hits)
 
     def get_many(self, keys: Sequence[str]) -> dict[str, Entry]:
         """Hits are looked up without the lock; the misses take it once for the batch."""
@@ -302,9 +342,9 @@ class MemoryTier(TierBase):
         now = self._clock()
         for key in keys:
             slot = self._peek(key)
-            if slot is not None and now < slot[1]:
+            if slot is not None and now < slot.expire_at:
                 self._record_read(key)
-                found[key] = _copied(slot[0]) if self._copy_on_read else slot[0]
+                found[key] = _copied(slot.entry) if self._copy_on_read else slot.entry
             else:
                 missed.append((key, slot))
         if missed:
@@ -318,19 +358,29 @@ class MemoryTier(TierBase):
         return found
 
     def set(self, key: str, entry: Entry) -> None:
-        self.set_many({key: entry})
+        # set_many for one key, without the dict and the lists (a fill after every miss).
+        now = self._clock()
+        if self._copy_on_read:
+            entry = _copied(entry)
+        expire_at = self._expire_at(entry, now)
+        with self._lock:
+            self._replay_reads()  # eviction decisions see the latest reads
+            if expire_at > now:
+                self._policy.put(key, Slot(entry, expire_at, self._sizeof(entry.value)))
+            else:
+                self._policy.pop(key)  # nothing to keep, and an older copy must go too
 
     def set_many(self, entries: Mapping[str, Entry]) -> None:
         """Expiries and sizes are worked out first; the lock is taken once for the batch."""
         now = self._clock()
-        offered: list[tuple[str, Slot, int]] = []
+        offered: list[tuple[str, Slot]] = []
         expired: list[str] = []
         for key, given in entries.items():
             # With copy_on_read the caller keeps the loaded object and this tier its own.
             entry = _copied(given) if self._copy_on_read else given
             expire_at = self._expire_at(entry, now)
             if expire_at > now:
-                offered.append((key, (entry, expire_at), self._sizeof(entry.value)))
+                offered.append((key, Slot(entry, expire_at, self._sizeof(entry.value))))
             else:
                 expired.append(key)  # nothing to keep, and an older copy must go too
         with self._lock:
@@ -385,7 +435,7 @@ class MemoryTier(TierBase):
             return False
         with self._lock:
             slot = self._policy.peek(key)
-        return slot is not None and self._clock() < slot[1]
+        return slot is not None and self._clock() < slot.expire_at
 
     def _expire_at(self, entry: Entry, now: float) -> float:
         if self._ttl is None:
@@ -393,12 +443,15 @@ class MemoryTier(TierBase):
         ttl = self._ttl
         if self._jitter:
             ttl *= 1.0 - self._jitter * self._rng.random()
-        return min(entry.hard_expiry, now + ttl)
+        # The entry's own float when it is the earlier (no new float object per slot).
+        until = now + ttl
+        hard = entry.hard_expiry
+        return hard if hard <= until else until
 
 
 def _copied(entry: Entry) -> Entry:
     """``entry`` with a deep copy of its value (``copy_on_read``)."""
-    return replace(entry, value=copy.deepcopy(entry.value))
+    return entry.with_value(copy.deepcopy(entry.value))
 
 
 def _zero_size(value: Any) -> int:

@@ -146,7 +146,6 @@ class TinyLfuPolicy:
         self._window: OrderedDict[str, Slot] = OrderedDict()
         self._probation: OrderedDict[str, Slot] = OrderedDict()
         self._protected: OrderedDict[str, Slot] = OrderedDict()
-        self._weights: dict[str, int] = {}
         # Every kept slot, whatever its segment: the tier's lock-free hit path reads it with
         # one C-level lookup (see MemoryTier.get); segments only keep the order.
         self._slots: dict[str, Slot] = {}
@@ -278,14 +277,14 @@ class TinyLfuPolicy:
         """The keys kept, in no particular order."""
         return list(self._slots)
 
-    def put(self, key: str, slot: Slot, weight: int) -> bool:
+    def put(self, key: str, slot: Slot) -> bool:
         """Offer ``slot``; a new key enters the window, which may push a candidate out."""
-        if not self._place(key, slot, weight):
+        if not self._place(key, slot):
             return False
         self._evict()
-        return key in self._weights
+        return key in self._slots
 
-    def put_many(self, items: Sequence[tuple[str, Slot, int]]) -> None:
+    def put_many(self, items: Sequence[tuple[str, Slot]]) -> None:
         """Offer several slots; the same contests as one :meth:`put` after another.
 
         No read is counted between the offers of a batch, so the new keys can all enter the
@@ -299,24 +298,26 @@ class TinyLfuPolicy:
                 self.put(*item)
             return
         kept = self._slots
-        for key, slot, weight in items:
+        for key, slot in items:
             if key in kept:
                 self._evict()
-            self._place(key, slot, weight)
+            self._place(key, slot)
         self._evict()
 
-    def _place(self, key: str, slot: Slot, weight: int) -> bool:
+    def _place(self, key: str, slot: Slot) -> bool:
         """Store ``slot`` without evicting; False if it can never fit."""
+        weight = slot.weight
         if self._max_weight is not None and weight > self._max_weight:
             self.pop(key)
             return False
         if self._hot_ttl is not None and self.top.is_hot(key):
-            entry, expire_at = slot
+            entry = slot.entry
             hot_expire_at = min(entry.hard_expiry, self._clock() + self._hot_ttl)
-            if hot_expire_at > expire_at:
-                slot = (entry, hot_expire_at)
-        if key in self._slots:  # a new value for a kept key: it stays where it is
-            self._weight += weight - self._weights[key]
+            if hot_expire_at > slot.expire_at:
+                slot = Slot(entry, hot_expire_at, weight)
+        kept = self._slots.get(key)
+        if kept is not None:  # a new value for a kept key: it stays where it is
+            self._weight += weight - kept.weight
             for segment in (self._protected, self._window, self._probation):
                 if key in segment:
                     segment[key] = slot
@@ -324,7 +325,6 @@ class TinyLfuPolicy:
         else:
             self._weight += weight
             self._window[key] = slot
-        self._weights[key] = weight
         self._slots[key] = slot
         return True
 
@@ -336,7 +336,7 @@ class TinyLfuPolicy:
             or self._probation.pop(key, None)
         )
         if slot is not None:
-            self._weight -= self._weights.pop(key, 0)
+            self._weight -= slot.weight
             self._slots.pop(key, None)
             self._probation_estimates.pop(key, None)
         return slot
@@ -348,7 +348,6 @@ class TinyLfuPolicy:
         self._window.clear()
         self._probation.clear()
         self._protected.clear()
-        self._weights.clear()
         self._weight = 0
 
     def __len__(self) -> int:
@@ -388,8 +387,9 @@ class TinyLfuPolicy:
     # -- eviction ---------------------------------------------------------------------------
 
     def _drop(self, key: str) -> None:
-        self._weight -= self._weights.pop(key, 0)
-        self._slots.pop(key, None)
+        slot = self._slots.pop(key, None)
+        if slot is not None:
+            self._weight -= slot.weight
         self._probation_estimates.pop(key, None)
         self._evictions += 1
 

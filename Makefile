@@ -33,8 +33,18 @@ check: install
 	$(BIN)/mypy
 	$(BIN)/mypy tests/typing
 
+# Every benchmark in quick mode, one after another (about 5 minutes on an idle 2-core machine).
+# Each prints a "run:" line (command, commit, date) first: paste the output into docs/ as is.
+# Not here: check_history.py and mutation_score.py (long checks, not benchmarks).
 bench: install
 	$(BIN)/python benchmarks/bench_local_hit.py
+	$(BIN)/python benchmarks/bench_memory_tier.py --rounds 5 --skip-memory
+	$(BIN)/python benchmarks/bench_redis.py --quick
+	$(BIN)/python benchmarks/bench_bus_delay.py --writes 100
+	$(BIN)/python benchmarks/bench_dynamodb_batch.py --rounds 3
+	$(BIN)/python benchmarks/bench_hit_ratio.py --quick
+	$(BIN)/python benchmarks/bench_source_protection.py --rounds 2
+	$(BIN)/python benchmarks/bench_faults.py --quick
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

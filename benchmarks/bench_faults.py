@@ -18,7 +18,7 @@ Three parts, each on real parts (a private ``redis-server``, moto's DynamoDB ser
 Prints caller errors (target 0), reads older than the bound (target 0) and loads per key
 during the outage (target <= 1 per key per ``max_stale_when_disconnected``, per process).
 
-Run: ``flock /tmp/bench.lock .venv/bin/python benchmarks/bench_faults.py``
+Run: ``flock /tmp/bench.lock .venv/bin/python benchmarks/bench_faults.py [--quick]``
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ from dataclasses import asdict, replace
 from datetime import timedelta
 from multiprocessing import get_context
 from typing import Any
+
+from timing import run_line
 
 from tiered_cache import TieredCache
 from tiered_cache.settings import CacheSettings
@@ -248,7 +250,13 @@ def main() -> int:
     parser.add_argument("--outage", type=float, default=4.0, help="Redis stopped, s (part 2)")
     parser.add_argument("--throttle-seconds", type=float, default=8.0, help="part 3 length, s")
     parser.add_argument("--throttle-rate", type=float, default=0.5, help="reads throttled")
+    parser.add_argument(
+        "--quick", action="store_true", help="8 schedules, a 2 s outage, 3 s of throttling"
+    )
     args = parser.parse_args()
+    if args.quick:
+        args.schedules, args.outage, args.throttle_seconds = 8, 2.0, 3.0
+    print(run_line())
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     started = time.monotonic()
     shape = ScheduleShape(workers=4, fault_rate=1.0)

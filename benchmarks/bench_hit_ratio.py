@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import cachetools
+from timing import run_line
 
 from tiered_cache.memory import MemoryTier
 from tiered_cache.memory_plugin import build_memory_tier
@@ -423,6 +424,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.requests, args.oltp = 50_000, None
+    print(run_line())
     started = time.perf_counter()
     versions = []
     for module in (libcachesim, theine):

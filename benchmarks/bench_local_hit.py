@@ -4,8 +4,9 @@ Prints two ratios (target: both <= 1.0):
 - ``cache.get`` on an L1 hit vs ``cachetools.TTLCache.get``;
 - a ``@cache.cached`` function hit vs a ``@cachetools.cached(TTLCache(...))`` function hit.
 
-Each contender reads the same 1,000 keys round-robin; the figure is the best of several
-repeats (the least disturbed by other work on a shared machine).
+Each contender reads the same 1,000 keys round-robin, interleaved with the others round by
+round; the figures are the minimum (the least disturbed by other work on a shared machine) and
+the median of the rounds, and the ratios of each.
 
 Run: ``.venv/bin/python benchmarks/bench_local_hit.py [--admission always|hot-keys]``
 """
@@ -13,10 +14,10 @@ Run: ``.venv/bin/python benchmarks/bench_local_hit.py [--admission always|hot-ke
 from __future__ import annotations
 
 import argparse
-import timeit
 from collections.abc import Callable
 
 import cachetools
+from timing import Spread, interleaved, ratio, run_line
 
 from tiered_cache import TieredCache
 
@@ -26,22 +27,19 @@ NUMBER = 10
 REPEAT = 30
 
 
-def best_per_call(contenders: dict[str, Callable[[], object]]) -> dict[str, float]:
-    """Nanoseconds per read of each contender: the best of REPEAT runs of NUMBER passes over
-    the keys. Runs are interleaved (A, B, C, D, A, B, ...) so that a burst of load from other
-    work on the machine hits every contender alike instead of one of them."""
-    best = dict.fromkeys(contenders, float("inf"))
-    for _ in range(REPEAT):
-        for name, fn in contenders.items():
-            elapsed = timeit.timeit(fn, number=NUMBER)
-            best[name] = min(best[name], elapsed / (NUMBER * len(KEYS)) * 1e9)
-    return best
+def per_call(contenders: dict[str, Callable[[], object]]) -> dict[str, Spread]:
+    """Nanoseconds per read of each contender over REPEAT interleaved rounds of NUMBER passes
+    over the keys (A, B, C, D, B, C, D, A, ...), so that a burst of load from other work on the
+    machine hits every contender alike instead of one of them: min and median."""
+    spreads = interleaved(contenders, rounds=REPEAT, number=NUMBER)
+    return {name: spread.scaled(1e9 / len(KEYS)) for name, spread in spreads.items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--admission", default="always", help="admission of the memory tier")
     args = parser.parse_args()
+    print(run_line())
 
     tiers = [{"kind": "memory", "max_entries": 10_000, "ttl": "5m", "admission": args.admission}]
     cache = TieredCache.from_config(tiers=tiers, namespace="bench")
@@ -84,7 +82,7 @@ def main() -> None:
             plain_decorated(tweet_id)
 
     hits_before = cache.stats()["tiers"][0]["hits"]
-    best = best_per_call(
+    best = per_call(
         {
             "chain": chain_reads,
             "cachetools": cachetools_reads,
@@ -106,12 +104,17 @@ def main() -> None:
     assert hits == expected, f"not every read was an L1 hit: {hits} of {expected}"
 
     print(
-        f"admission={args.admission}; {len(KEYS)} keys; best of {REPEAT} interleaved runs "
-        f"of {NUMBER} passes"
+        f"admission={args.admission}; {len(KEYS)} keys; {REPEAT} interleaved rounds of "
+        f"{NUMBER} passes: min / median"
     )
-    print(f"{'tiered-cache':<22} {'ns/read':>8}   {'peer':<30} {'ns/read':>8}   {'ratio':>6}")
+    print(f"{'tiered-cache':<20}{'ns/read':>14}   {'peer':<29}{'ns/read':>14}{'ratio':>14}")
     for name, ours, peer, theirs in rows:
-        print(f"{name:<22} {ours:>8.0f}   {peer:<30} {theirs:>8.0f}   {ours / theirs:>6.2f}")
+        share = ratio(ours, theirs)
+        print(
+            f"{name:<20}{f'{ours.low:.0f} / {ours.middle:.0f}':>14}   {peer:<29}"
+            f"{f'{theirs.low:.0f} / {theirs.middle:.0f}':>14}"
+            f"{f'{share.low:.2f} / {share.middle:.2f}':>14}"
+        )
     cache.close()
 
 

@@ -32,6 +32,7 @@ import tracemalloc
 from collections.abc import Callable
 
 import cachetools
+from timing import run_line
 
 from tiered_cache import TieredCache
 
@@ -235,6 +236,7 @@ def main() -> None:
     )
     parser.add_argument("--skip-memory", action="store_true", help="no memory figure")
     args = parser.parse_args()
+    print(run_line())
     started = time.perf_counter()
     peer = "theine not installed"
     if theine is not None:

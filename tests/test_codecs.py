@@ -258,6 +258,7 @@ def test_json_ints_beyond_64_bits_stay_ints(data: bytes) -> None:
 
 
 def test_json_fast_path_writes_the_standard_bytes() -> None:
+    assert JsonCodec().accelerated and not JsonCodec(fast=False).accelerated  # orjson: dev dep
     value = {"id": "42", "likes": Decimal("7"), "tags": ("a", "é"), "n": 2**40, "f": 0.1}
     assert JsonCodec().encode(value) == JsonCodec(fast=False).encode(value)
 

@@ -254,6 +254,11 @@ class JsonCodec:
         self._fast_dumps: Callable[[Any], bytes] | None = _orjson.dumps if use_fast else None
         self._fast_loads: Callable[[bytes], Any] | None = _orjson.loads if use_fast else None
 
+    @property
+    def accelerated(self) -> bool:
+        """True when orjson reads and writes (the bytes are the same either way)."""
+        return self._fast_loads is not None
+
     def encode(self, value: Any) -> bytes:
         """JSON bytes of ``value``; :class:`CodecError` naming the path of what is unsupported."""
         # The walk validates and tags everything before a byte is written; only then JSON.

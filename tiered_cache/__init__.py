@@ -1,7 +1,15 @@
 """tiered-cache: a chain of cache tiers in front of a slow or throttled source of truth."""
 
+from .async_accessor import BlockingTierWarning
+from .async_chain import AsyncTieredCache
+from .async_tier import AsyncLeasingTier, AsyncSource, AsyncTier, AsyncTierBase
 from .chain import TieredCache
-from .decorator import BoundCachedFunction, CachedFunction
+from .decorator import (
+    AsyncCachedFunction,
+    BoundAsyncCachedFunction,
+    BoundCachedFunction,
+    CachedFunction,
+)
 from .errors import (
     CodecError,
     ConfigError,
@@ -22,6 +30,14 @@ from .tier import MISSING, Entry, Missing, PeekableTier, Source, Tier, TierBase
 
 __all__ = [
     "MISSING",
+    "AsyncCachedFunction",
+    "AsyncLeasingTier",
+    "AsyncSource",
+    "AsyncTier",
+    "AsyncTierBase",
+    "AsyncTieredCache",
+    "BlockingTierWarning",
+    "BoundAsyncCachedFunction",
     "BoundCachedFunction",
     "BuildContext",
     "CacheSettings",

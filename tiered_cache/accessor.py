@@ -96,7 +96,7 @@ class TierAccessor:
             return get_at
         return lambda key, now: breaker.call(lambda: get_at(key, now))
 
-    def get(self, key: str, *, count: bool = True) -> Entry | MissingType:
+    def get(self, key: str, count: bool = True) -> Entry | MissingType:
         """The tier's entry for ``key``; a failure is a miss. ``count=False``: a second look at
         a key the caller just counted, which neither the chain's metrics nor the tier's
         eviction policy (through ``peek``) see as a read."""
@@ -119,6 +119,13 @@ class TierAccessor:
         except Exception as exc:
             self.failed(exc)
             return {}
+        return self.sort_read(keys, entries, now, stale)
+
+    def sort_read(
+        self, keys: Sequence[str], entries: Mapping[str, Entry], now: float, stale: dict[str, Entry]
+    ) -> dict[str, Entry]:
+        """Of what the tier returned for ``keys``: the fresh entries (counted as hits, the
+        other keys as misses); stale ones still servable go into ``stale``."""
         fresh: dict[str, Entry] = {}
         for key, entry in entries.items():
             if now < entry.soft_expiry:
@@ -151,8 +158,7 @@ class TierAccessor:
         """Store ``entries``; False if the tier failed (counted). Raises CodecError."""
         if not entries:
             return True
-        if self.bounded_for > 0:
-            entries = {key: self._capped(entry) for key, entry in entries.items()}
+        entries = self.capped(entries)
         try:
             if len(entries) == 1:
                 ((key, entry),) = entries.items()
@@ -166,6 +172,12 @@ class TierAccessor:
             return False
         self._metrics.fill(self.index, len(entries))
         return True
+
+    def capped(self, entries: Mapping[str, Entry]) -> Mapping[str, Entry]:
+        """``entries`` as this tier may keep them (see :attr:`bounded_for`)."""
+        if self.bounded_for > 0:
+            return {key: self._capped(entry) for key, entry in entries.items()}
+        return entries
 
     def _capped(self, entry: Entry) -> Entry:
         """``entry`` kept no longer than :attr:`bounded_for` from now."""
@@ -212,6 +224,20 @@ class TierAccessor:
         """Run a lease operation through the breaker; it raises (TierUnavailable) on failure."""
         leasing = self.leasing
         return cast(T, self._guard(lambda: operation(leasing)))
+
+    def acquire_lease(self, key: str, ttl: float) -> tuple[str | None, Entry | MissingType]:
+        """Take ``key``'s lease if free and read the key (through the breaker; raises)."""
+        return self.lease(lambda tier: tier.acquire_lease(key, ttl))
+
+    def acquire_leases(
+        self, keys: Sequence[str], ttl: float
+    ) -> dict[str, tuple[str | None, Entry | MissingType]]:
+        """:meth:`acquire_lease` for a batch, in one round trip (through the breaker; raises)."""
+        return self.lease(lambda tier: tier.acquire_leases(keys, ttl))
+
+    def steal_lease(self, key: str, ttl: float) -> str:
+        """Take ``key``'s lease whoever holds it, for a write (through the breaker; raises)."""
+        return self.lease(lambda tier: tier.steal_lease(key, ttl))
 
     def fill_with_leases(self, leased: Mapping[str, tuple[Entry, str]]) -> set[str]:
         """Fill under the leases; the keys written. Raises CodecError and PartialFill."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Literal, TypeVar, cast
 
 from .errors import CodecError, TierUnavailable
@@ -97,20 +97,34 @@ class CircuitBreaker:
         probe = self._admit()
         try:
             result = operation()
-        except CodecError:
-            self._release(probe)
-            raise
-        except TierUnavailable:
-            self._record_failure(probe)
-            raise
-        except Exception as exc:
-            self._record_failure(probe)
-            raise TierUnavailable(f"tier {self.name!r}: {type(exc).__name__}: {exc}") from exc
-        except BaseException:
-            self._release(probe)
-            raise
+        except BaseException as exc:
+            raise self._judge(probe, exc)  # noqa: B904 -- _judge chains the cause itself
         self._record_success(probe)
         return result
+
+    async def acall(self, operation: Callable[[], Awaitable[T]]) -> T:
+        """:meth:`call` for a coroutine (the asyncio chain's tiers); the same state machine."""
+        probe = self._admit()
+        try:
+            result = await operation()
+        except BaseException as exc:
+            raise self._judge(probe, exc)  # noqa: B904 -- _judge chains the cause itself
+        self._record_success(probe)
+        return result
+
+    def _judge(self, probe: bool, exc: BaseException) -> BaseException:
+        """Count a call that raised ``exc``; what to raise instead. A CodecError (the caller's
+        value) and an interrupt are neither success nor failure; any other error is the
+        tier's, raised as :class:`TierUnavailable`."""
+        if isinstance(exc, CodecError) or not isinstance(exc, Exception):
+            self._release(probe)
+            return exc
+        self._record_failure(probe)
+        if isinstance(exc, TierUnavailable):
+            return exc
+        wrapped = TierUnavailable(f"tier {self.name!r}: {type(exc).__name__}: {exc}")
+        wrapped.__cause__ = exc
+        return wrapped
 
     def _admit(self) -> bool:
         """Let a call through (True if it is the probe) or raise :class:`TierUnavailable`."""

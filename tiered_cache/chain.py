@@ -13,19 +13,21 @@ import random
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, cast
 
 from .accessor import TierAccessor
 from .bus import Bus
 from .coherence import BusLink
-from .errors import InvalidationIncomplete, PartialBatchError
 from .fence import Fence
+from .l1 import L1Reader
 from .loader import BatchLoader, EntryMaker, Loader, SourceLoader
 from .logs import logger_for
 from .metrics import CacheMetrics
-from .protection import REFRESH_DUE, Protection, xfetch_due
-from .reporting import source_report
-from .tier import MISSING, Entry, MissingType, Source, Tier
+from .paths import ChainPaths
+from .protection import REFRESH_DUE, Protection
+from .reporting import chain_stats, first_hot_keys
+from .steps import run
+from .tier import MISSING, Entry, Source, Tier
 
 if TYPE_CHECKING:
     from .decorator import CachedFunction
@@ -39,7 +41,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-class TieredCache:
+class TieredCache(L1Reader):
     """A chain of tiers, fastest first, in front of an optional source of truth.
 
     A read walks the tiers in order. A hit in tier ``i`` fills tiers ``0..i-1``; a miss in
@@ -95,8 +97,6 @@ class TieredCache:
         self._tiers = [
             TierAccessor(index, tier, self._metrics, clock) for index, tier in enumerate(tiers)
         ]
-        self._shared = [tier for tier in self._tiers if not tier.local]
-        self._leasing = next((t for t in self._shared if t.leases), None)
         self._fence = Fence(self._tiers, self._metrics)
         self._entry = EntryMaker(ttl, negative_ttl, self._protection.max_stale)
         self._loader = SourceLoader(
@@ -110,18 +110,23 @@ class TieredCache:
             protection=self._protection,
             background=background,
         )
-        self._write_policy = write_policy
-        self._random = rng
-        self._beta = self._protection.early_refresh_beta
-        self._xfetch_window = self._protection.xfetch_window_factor
-        self._l1_hits = self._metrics.l1_hits
-        self._l1_hit_cells = self._l1_hits.cells
-        self._use_l1(True)
-        self._disconnected_bound = max_stale_when_disconnected
-        #: The bus is down and in-process tiers keep fills for the bound (reads are counted).
-        self._bus_down = False
-        self._bounded = False
         self._bus_link: BusLink | None = None
+        self._paths = ChainPaths(
+            self._tiers,
+            fence=self._fence,
+            metrics=self._metrics,
+            protection=self._protection,
+            make_entry=self._entry,
+            clock=clock,
+            loader=self._loader,
+            store=self._store if source is not None else None,
+            announce=self._announce if bus is not None else None,
+            write_policy=write_policy,
+        )
+        self._setup_l1(self._tiers, self._metrics, self._protection, rng)
+        self._disconnected_bound = max_stale_when_disconnected
+        #: The bus is down (in-process tiers are bypassed or bounded).
+        self._bus_down = False
         if bus is not None:
             self._bus_link = BusLink(bus, self._fence, self._metrics, self._set_bus_connected)
 
@@ -186,37 +191,6 @@ class TieredCache:
             return self.get_after_l1(key, loader, ttl, value is REFRESH_DUE)
         return value
 
-    def lookup_l1(self, key: str) -> Any:
-        """The fresh value in tier 0, ``MISSING``, or :data:`REFRESH_DUE` (for the decorator,
-        which inlines :meth:`get`).
-
-        The path that matters most: one clock read, one tier call, a lock-free hit counter;
-        no flight, no fence, no allocation. The XFetch draw is only made near the expiry.
-        """
-        get_at = self._l1_get_at
-        if get_at is None:
-            return MISSING
-        now = self._clock()
-        try:
-            entry = get_at(key, now)
-        except Exception as exc:
-            self._tiers[0].failed(exc)
-            return MISSING
-        if entry is not MISSING:
-            soft = entry.soft_expiry
-            if now < soft:
-                try:  # LocalCounter.add, inlined: this is the hit path
-                    self._l1_hit_cells.cell[0] += 1
-                except AttributeError:
-                    self._l1_hits.add()
-                if now >= soft - entry.load_duration * self._xfetch_window and xfetch_due(
-                    now, soft, entry.load_duration, self._beta, self._random()
-                ):
-                    return REFRESH_DUE
-                return entry.value
-        self._tiers[0].miss()
-        return MISSING
-
     def get_after_l1(
         self, key: str, loader: Loader | None, ttl: float | str | None, early: bool = False
     ) -> Any:
@@ -245,35 +219,8 @@ class TieredCache:
     def _read_through(
         self, key: str, mark: int, loader: Loader | None, ttl: float | str | None
     ) -> Any:
-        """Inside the key's flight: the first fresh copy (copied up into the faster tiers),
-        else a stale one while a refresh runs, else a load. ``mark``: the fence's, taken
-        before anything was read; every fill below is judged by it."""
-        now = self._clock()
-        stale: Entry | None = None
-        for tier in self._tiers:
-            if tier.bypassed:
-                continue
-            # Tier 0 was just missed by the caller; look again, quietly, because another
-            # flight for this key may have filled it between that miss and this flight.
-            entry = tier.get(key, count=tier.index > 0)
-            if entry is MISSING:
-                continue
-            if now < entry.soft_expiry:
-                if tier.index > 0:
-                    tier.hit()
-                    self._fence.fill(mark, {key: entry}, self._tiers[: tier.index])
-                if self._bounded:
-                    self._count_bus_down(tier)
-                return entry.value
-            if stale is None and now < entry.hard_expiry:
-                stale = entry
-        if self._bounded:
-            self._count_bus_down(None)
-        if stale is not None and self._protection.stale_while_revalidate:
-            self._metrics.count("stale_served")
-            self._loader.refresh_in_background(key, loader, ttl, stale)
-            return stale.value
-        return self._loader.load(key, mark, loader, ttl, stale).value
+        """Inside the key's flight (:meth:`ChainPaths.read_through`)."""
+        return run(self._paths.read_through(key, mark, loader, ttl))
 
     def get_many(
         self,
@@ -298,45 +245,7 @@ class TieredCache:
         failed and they have no stale copy), raises :class:`~tiered_cache.PartialBatchError`,
         which carries every value that could be served and, per key, the error of the others.
         """
-        wanted = list(dict.fromkeys(keys))
-        stale: dict[str, Entry] = {}
-        mark = self._fence.mark()
-        found = self._read_tiers(wanted, mark, stale)
-        remaining = [key for key in wanted if key not in found]
-        if remaining and stale and loader is None and self._protection.stale_while_revalidate:
-            # Stale keys are served now and refreshed one by one in the background.
-            for key in remaining:
-                if key in stale:
-                    found[key] = stale[key]
-                    self._metrics.count("stale_served")
-                    self._loader.refresh_in_background(key, None, ttl, stale[key])
-            remaining = [key for key in remaining if key not in stale]
-        values = {key: entry.value for key, entry in found.items()}
-        errors: dict[str, BaseException] = {}
-        if remaining:
-            # One batch for the keys no other caller is loading; wait for the others' loads.
-            fence = self._fence
-            led, joined = self._loader.flights.claim(
-                remaining,
-                tag=mark,
-                joinable=lambda key, flight: not fence.overtaken(flight.tag, [key]),
-            )
-            if led:
-                loaded, failed = self._loader.load_batch(led, mark, loader, ttl, stale)
-                values.update(loaded)
-                errors.update(failed)
-            for key, flight in joined.items():
-                try:
-                    values[key] = flight.wait()
-                except Exception as exc:
-                    errors[key] = exc
-                self._metrics.waited()
-        if errors:
-            failed = {key: errors[key] for key in wanted if key in errors}
-            raise PartialBatchError(
-                {key: values[key] for key in wanted if key in values}, failed
-            ) from next(iter(failed.values()))
-        return {key: values[key] for key in wanted}
+        return run(self._paths.get_many(list(keys), loader, ttl))
 
     def lookup_many(self, keys: Iterable[str]) -> dict[str, Entry]:
         """The fresh entries the tiers hold for ``keys``, without loading anything: keys no
@@ -345,27 +254,7 @@ class TieredCache:
         For callers that own the values themselves (Django's cache API): nothing is loaded,
         refreshed or served stale.
         """
-        return self._read_tiers(list(dict.fromkeys(keys)), self._fence.mark(), {})
-
-    def _read_tiers(self, keys: list[str], mark: int, stale: dict[str, Entry]) -> dict[str, Entry]:
-        """One ``get_many`` per tier for the keys still missing, fastest tier first; hits fill
-        the faster tiers (through the fence). Stale entries still servable go into ``stale``."""
-        found: dict[str, Entry] = {}
-        remaining = keys
-        now = self._clock()
-        for tier in self._tiers:
-            if not remaining:
-                break
-            if tier.bypassed:
-                continue
-            hits = tier.get_many(remaining, now, stale)
-            if hits and tier.bounded_for > 0:
-                self._metrics.count("bus_down_served", len(hits))
-            if hits:
-                self._fence.fill(mark, hits, self._tiers[: tier.index])
-                found.update(hits)
-                remaining = [key for key in remaining if key not in hits]
-        return found
+        return run(self._paths.read_tiers(list(dict.fromkeys(keys)), self._fence.mark(), {}))
 
     # -- writes -------------------------------------------------------------------------------
 
@@ -380,42 +269,7 @@ class TieredCache:
         processes drop their in-process copy (the bus). A value a tier cannot encode raises
         :class:`~tiered_cache.CodecError` before that tier is written.
         """
-        if self._write_policy == "around" and self._source is not None:
-            self._source.store(key, value)
-            self.invalidate_many([key])
-            return
-        mark = self._fence.mark()  # before the source is written: later invalidations count
-        token = self._steal_lease(key)
-        try:
-            if self._source is not None:
-                self._source.store(key, value)
-        except BaseException:
-            if token is not None and self._leasing is not None:
-                self._leasing.release_leases({key: token})
-            raise
-        entry = self._entry(value, self._clock(), 0.0, ttl)
-        # Loads in flight read the source before this write: none of them may fill now.
-        own = self._fence.invalidate([key])
-        tokens = {key: token} if token is not None else None
-        if key not in self._fence.fill(mark, {key: entry}, self._tiers, tokens=tokens, own=own):
-            # Another write (or an invalidation) overlapped this one: which came last at the
-            # source cannot be told here, so no tier keeps either value.
-            self.invalidate_many([key])
-            return
-        if self._bus_link is not None:
-            self._bus_link.announce([key])
-
-    def _steal_lease(self, key: str) -> str | None:
-        """The key's lease for a write, or None (no leasing tier, or it failed)."""
-        tier = self._leasing
-        if tier is None or not tier.can_lease(key):
-            return None
-        ttl = self._protection.lease_ttl
-        try:
-            return tier.lease(lambda leasing: leasing.steal_lease(key, ttl))
-        except Exception as exc:
-            tier.failed(exc)
-            return None
+        run(self._paths.set(key, value, ttl))
 
     def invalidate(self, key: str) -> None:
         """Remove ``key`` from every tier and every process's memory (not from the source)."""
@@ -430,17 +284,7 @@ class TieredCache:
         follower, which must not move past a change it could not announce) it then raises
         :class:`~tiered_cache.InvalidationIncomplete`.
         """
-        keys = list(dict.fromkeys(keys))
-        if not keys:
-            return
-        failed = [error for tier in reversed(self._shared) if (error := tier.delete_many(keys))]
-        self._fence.invalidate(keys)
-        if self._bus_link is not None and not self._bus_link.announce(keys):
-            failed.append("the invalidation bus")
-        if strict and failed:
-            raise InvalidationIncomplete(
-                f"invalidating {len(keys)} key(s) did not reach {', '.join(failed)}"
-            )
+        run(self._paths.invalidate_many(list(keys), strict=strict))
 
     def invalidate_prefix(self, prefix: str) -> None:
         """Remove every key that starts with ``prefix`` ("drop everything about user 42":
@@ -449,56 +293,31 @@ class TieredCache:
         A tier that can delete by prefix does (Redis: SCAN and UNLINK, proportional to the
         keys of this cache's namespace); any other tier is cleared whole, which is always safe.
         """
-        if not prefix:
-            raise ValueError("an empty prefix would drop everything: use clear()")
-        for tier in reversed(self._shared):
-            tier.delete_prefix(prefix)
-        self._fence.invalidate(prefixes=[prefix])
-        if self._bus_link is not None:
-            self._bus_link.announce(prefixes=[prefix], at=self._clock())
+        run(self._paths.invalidate_prefix(prefix))
 
     def clear(self, *, strict: bool = False) -> None:
         """Remove every entry of this cache from every tier and every process's memory;
         ``strict`` as for :meth:`invalidate_many`."""
-        failed = [error for tier in reversed(self._shared) if (error := tier.clear())]
-        self._fence.invalidate(everything=True)
-        if self._bus_link is not None and not self._bus_link.announce(clear=True):
-            failed.append("the invalidation bus")
-        if strict and failed:
-            raise InvalidationIncomplete(f"clearing did not reach {', '.join(failed)}")
+        run(self._paths.clear(strict=strict))
 
     # -- the bus going down and coming back ---------------------------------------------------
 
     def _set_bus_connected(self, connected: bool) -> None:
-        """While the bus is down in-process tiers would miss invalidations: they serve only
-        copies filled during the outage, each for at most ``max_stale_when_disconnected``
-        (or are bypassed when that is 0), so the source sees about one load per key per
-        bound instead of one per read. They are cleared both ways: on the way down nothing
-        stale stays for later, on the way up nothing from the outage is trusted."""
+        """The bus went down or came back (:meth:`ChainPaths.set_bus_connected`)."""
         self._bus_down = not connected
-        bound = 0.0 if connected else self._disconnected_bound
-        self._bounded = bound > 0
-        if connected:
-            self._fence.invalidate(everything=True)
-        for tier in self._tiers:
-            if tier.local:
-                tier.bypassed = not connected and bound <= 0
-                tier.bounded_for = bound
+        self._paths.set_bus_connected(connected, self._disconnected_bound)
         # While the bus is down reads take the slow path, which counts bounded serves.
-        self._use_l1(connected or not (self._tiers and self._tiers[0].local))
-        if not connected:
-            self._fence.invalidate(everything=True)
+        self._use_l1(self._tiers, connected or not (self._tiers and self._tiers[0].local))
 
-    def _count_bus_down(self, tier: TierAccessor | None) -> None:
-        """A read while the bus is down: answered by a bounded in-process tier, or not."""
-        served = tier is not None and tier.bounded_for > 0
-        self._metrics.count("bus_down_served" if served else "bus_down_bypasses")
+    def _store(self, key: str, value: Any) -> None:
+        assert self._source is not None
+        self._source.store(key, value)
 
-    def _use_l1(self, enabled: bool) -> None:
-        """Let :meth:`lookup_l1` read tier 0 (or, ``enabled=False``, skip it)."""
-        self._l1_get_at: Callable[[str, float], Entry | MissingType] | None = None
-        if enabled and self._tiers:
-            self._l1_get_at = self._tiers[0].get_at_function()
+    def _announce(
+        self, keys: Sequence[str], prefixes: Sequence[str], clear: bool, at: float
+    ) -> bool:
+        assert self._bus_link is not None
+        return self._bus_link.announce(keys, prefixes, clear=clear, at=at)
 
     # -- the decorator ------------------------------------------------------------------------
 
@@ -512,39 +331,26 @@ class TieredCache:
         """
         from .decorator import cached
 
-        return cached(self, key, ttl=ttl)
+        return cast("Callable[[Callable[P, R]], CachedFunction[P, R]]", cached(self, key, ttl=ttl))
 
     # -- reporting and lifecycle -------------------------------------------------------------
 
     def hot_keys(self, n: int = 10) -> list[tuple[str, float]]:
         """The ``n`` hottest keys with their estimated rate per second, if a tier tracks them."""
-        for tier in self._tiers:
-            result = tier.hot_keys(n)
-            if result:
-                return result
-        return []
+        return first_hot_keys(self._tiers, n)
 
     def stats(self) -> dict[str, Any]:
         """A JSON-serializable snapshot: per-tier hits, misses, fills, errors and skips (and what
         a tier reports itself: evictions, breaker state), loads, load failures, the load latency
         histogram, single-flight waits, the source's report, and the hottest keys."""
-        snapshot = self._metrics.snapshot()
-        for tier, counters in zip(self._tiers, snapshot["tiers"], strict=True):
-            counters.update(tier.report())  # evictions, breaker state: what tiers know
-        snapshot["source"] = (
-            None
-            if self._source is None
-            else {
-                "name": self._source.name,
-                **source_report(self._source, snapshot["source_reads_saved"]),
-            }
+        return chain_stats(
+            self._metrics.snapshot(),
+            tiers=self._tiers,
+            source=self._source,
+            namespace=self.namespace,
+            bus=None if self._bus_link is None else ("down" if self._bus_down else "connected"),
+            hot_keys=self.hot_keys(10),
         )
-        snapshot["namespace"] = self.namespace
-        snapshot["bus"] = (
-            None if self._bus_link is None else ("down" if self._bus_down else "connected")
-        )
-        snapshot["hot_keys"] = [[key, rate] for key, rate in self.hot_keys(10)]
-        return snapshot
 
     def wait_background(self, timeout: float | None = None) -> bool:
         """Wait until background refreshes and late loads have finished (and filled).

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import inspect
 import string
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec, Protocol, TypeVar, cast, overload
 
 from .errors import KeyTemplateError
@@ -38,6 +38,25 @@ class CachedReads(Protocol):
         ...
 
     def invalidate(self, key: str) -> None:
+        """Remove ``key`` from every tier and every process's memory."""
+        ...
+
+
+class AsyncCachedReads(Protocol):
+    """What the decorator needs of :class:`~tiered_cache.AsyncTieredCache` (the L1 lookup is
+    a plain call; the rest is awaited)."""
+
+    def lookup_l1(self, key: str) -> Any:
+        """The fresh value in tier 0, ``MISSING``, or ``REFRESH_DUE``."""
+        ...
+
+    async def get_after_l1(
+        self, key: str, loader: Callable[[], Awaitable[Any]], ttl: float | None, early: bool = False
+    ) -> Any:
+        """The rest of ``get`` after an L1 miss (or an early refresh)."""
+        ...
+
+    async def invalidate(self, key: str) -> None:
         """Remove ``key`` from every tier and every process's memory."""
         ...
 
@@ -107,6 +126,86 @@ class CachedFunction(Protocol[P, R_co]):
     ) -> CachedFunction[P, R_co] | BoundCachedFunction[R_co]:
         """The function on a class, a bound method on an instance."""
         ...
+
+
+class BoundAsyncCachedFunction(Protocol[R_co]):
+    """A cached ``async def`` method read through an instance: ``await repo.get(...)``."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Awaitable[R_co]:
+        """Read the value through the cache (the method runs only on a miss)."""
+        ...
+
+    def key_for(self, **names: Any) -> str:
+        """The cache key for these template names."""
+        ...
+
+    def invalidate(self, **names: Any) -> Awaitable[None]:
+        """Remove the entry for these template names from every tier."""
+        ...
+
+
+class AsyncCachedFunction(Protocol[P, R_co]):
+    """What ``@async_cache.cached(...)`` returns for an ``async def``: awaiting a call gives
+    the cached (awaited) result; ``invalidate`` is awaited too."""
+
+    @property
+    def __wrapped__(self) -> Callable[P, Awaitable[R_co]]:
+        """The undecorated coroutine function (the loader)."""
+        ...
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Awaitable[R_co]:
+        """Read the value through the cache (the function runs only on a miss)."""
+        ...
+
+    def key_for(self, **names: Any) -> str:
+        """The cache key for these template names."""
+        ...
+
+    def invalidate(self, **names: Any) -> Awaitable[None]:
+        """Remove the entry for these template names from every tier."""
+        ...
+
+    @overload
+    def __get__(
+        self, instance: None, owner: type[Any] | None = None
+    ) -> AsyncCachedFunction[P, R_co]: ...
+
+    @overload
+    def __get__(
+        self, instance: object, owner: type[Any] | None = None
+    ) -> BoundAsyncCachedFunction[R_co]: ...
+
+    def __get__(
+        self, instance: object | None, owner: type[Any] | None = None
+    ) -> AsyncCachedFunction[P, R_co] | BoundAsyncCachedFunction[R_co]:
+        """The function on a class, a bound method on an instance."""
+        ...
+
+
+def check_cacheable(fn: Callable[..., Any], *, asynchronous: bool) -> None:
+    """Refuse, at decoration time, a function whose result cannot be cached as a value: a
+    generator (its result is consumed once), or a function of the other kind than the
+    cache (a coroutine's result must be awaited; a sync chain would block the event loop
+    on a miss, and an async chain cannot answer a sync caller)."""
+    name = getattr(fn, "__qualname__", repr(fn))
+    if inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn):
+        kind = "an async generator" if inspect.isasyncgenfunction(fn) else "a generator"
+        raise TypeError(
+            f"cannot cache {name}: it is {kind} function, whose result can be iterated only "
+            "once; return a list (or a tuple) instead and cache that"
+        )
+    is_coroutine = inspect.iscoroutinefunction(fn)
+    if is_coroutine and not asynchronous:
+        raise TypeError(
+            f"cannot cache {name} with a TieredCache: it is an async def, and the sync chain "
+            "would cache the coroutine object (and block the event loop on a miss); use an "
+            "AsyncTieredCache (tiered_cache.AsyncTieredCache.from_config(...)) for async code"
+        )
+    if asynchronous and not is_coroutine:
+        raise TypeError(
+            f"cannot cache {name} with an AsyncTieredCache: it is not an async def; use a "
+            "TieredCache for sync functions (both can be built from one settings file)"
+        )
 
 
 def template_fields(template: str) -> list[str]:
@@ -216,7 +315,12 @@ def _render_parameters(signature: inspect.Signature, namespace: dict[str, Any]) 
 
 
 def _compile_wrapper(
-    fn: Callable[..., Any], template: str, cache: CachedReads, lifetime: float | None
+    fn: Callable[..., Any],
+    template: str,
+    cache: CachedReads | AsyncCachedReads,
+    lifetime: float | None,
+    *,
+    asynchronous: bool = False,
 ) -> Callable[..., Any]:
     """The cached function, generated with ``fn``'s own parameters.
 
@@ -235,12 +339,15 @@ def _compile_wrapper(
     }
     parameters, arguments = _render_parameters(inspect.signature(fn), namespace)
     key = _as_fstring(template, namespace)
+    # The async wrapper is the same code with the slow half awaited: the L1 hit stays a
+    # plain call, and the loader lambda returns the coroutine the chain awaits once.
+    prefix, wait = ("async ", "await ") if asynchronous else ("", "")
     source = (
-        f"def wrapper({parameters}):\n"
+        f"{prefix}def wrapper({parameters}):\n"
         f"    __tc_key = {key}\n"
         "    __tc_value = __tc_lookup(__tc_key)\n"
         "    if __tc_value is __tc_missing or __tc_value is __tc_refresh:\n"
-        f"        return __tc_slow(__tc_key, lambda: __tc_fn({arguments}), __tc_ttl,\n"
+        f"        return {wait}__tc_slow(__tc_key, lambda: __tc_fn({arguments}), __tc_ttl,\n"
         "                         __tc_value is __tc_refresh)\n"
         "    return __tc_value\n"
     )
@@ -326,19 +433,28 @@ def render_key(template: str, names: dict[str, Any]) -> str:
 
 
 def cached(
-    cache: CachedReads, key: str, *, ttl: float | str | None = None
-) -> Callable[[Callable[P, R]], CachedFunction[P, R]]:
+    cache: CachedReads | AsyncCachedReads, key: str, *, ttl: float | str | None = None
+) -> Callable[[Callable[P, R]], Any]:
     """Decorate a function so its results are read through ``cache`` under ``key``.
 
-    The template is checked against the function's parameters at decoration time. The
-    wrapper gains ``invalidate(**names)`` (remove the entry from every tier),
-    ``key_for(**names)`` and ``__wrapped__``.
+    The template is checked against the function's parameters at decoration time, and so is
+    the function's kind: an ``async def`` needs an :class:`~tiered_cache.AsyncTieredCache`
+    (which caches the awaited result), a plain function a :class:`~tiered_cache.TieredCache`;
+    generator functions are refused. The wrapper gains ``invalidate(**names)`` (remove the
+    entry from every tier; awaited on an async chain), ``key_for(**names)`` and
+    ``__wrapped__``.
     """
+    from .async_chain import AsyncTieredCache
+
     fields = template_fields(key)
     lifetime = None if ttl is None else parse_duration(ttl)
+    asynchronous = isinstance(cache, AsyncTieredCache)
 
-    def decorate(fn: Callable[P, R]) -> CachedFunction[P, R]:
-        wrapper = functools.update_wrapper(_compile_wrapper(fn, key, cache, lifetime), fn)
+    def decorate(fn: Callable[P, R]) -> Any:
+        check_cacheable(fn, asynchronous=asynchronous)
+        wrapper = functools.update_wrapper(
+            _compile_wrapper(fn, key, cache, lifetime, asynchronous=asynchronous), fn
+        )
 
         def key_for(**names: Any) -> str:
             missing = [name for name in fields if name not in names]
@@ -355,12 +471,22 @@ def cached(
                 )
             return render_key(key, names)
 
-        def invalidate(**names: Any) -> None:
-            cache.invalidate(key_for(**names))
+        if asynchronous:
+            reads = cast(AsyncCachedReads, cache)
 
+            async def invalidate_async(**names: Any) -> None:
+                await reads.invalidate(key_for(**names))
+
+            wrapper.invalidate = invalidate_async  # type: ignore[attr-defined]
+        else:
+            sync_reads = cast(CachedReads, cache)
+
+            def invalidate(**names: Any) -> None:
+                sync_reads.invalidate(key_for(**names))
+
+            wrapper.invalidate = invalidate  # type: ignore[attr-defined]
         wrapper.key_for = key_for  # type: ignore[attr-defined]
-        wrapper.invalidate = invalidate  # type: ignore[attr-defined]
         # The generated function has exactly fn's parameters and the two helpers just set.
-        return cast("CachedFunction[P, R]", wrapper)
+        return wrapper
 
     return decorate

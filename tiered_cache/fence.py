@@ -22,6 +22,7 @@ is always safe.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol
 
 from .accessor import TierAccessor
 from .errors import CodecError
@@ -29,9 +30,10 @@ from .invalidation_log import InvalidationLog
 from .leases import PartialFill
 from .logs import fields, key_hash, logger_for
 from .metrics import CacheMetrics
+from .steps import Steps, arun, run
 from .tier import Entry
 
-__all__ = ["Fence"]
+__all__ = ["ChainTier", "Fence", "FillTarget"]
 
 logger = logger_for("chain")
 
@@ -105,6 +107,30 @@ class Fence:
         ``own``: the writer's own invalidation, which does not refuse its fill.
         Raises :class:`~tiered_cache.CodecError` (leases not yet used are given back).
         """
+        return run(self.fill_steps(mark, entries, tiers, tokens=tokens, own=own))
+
+    async def afill(
+        self,
+        mark: int,
+        entries: Mapping[str, Entry],
+        tiers: Sequence[FillTarget],
+        *,
+        tokens: Mapping[str, str] | None = None,
+        own: int | None = None,
+    ) -> set[str]:
+        """:meth:`fill` for the asyncio chain (its accessors' writes are coroutines)."""
+        return await arun(self.fill_steps(mark, entries, tiers, tokens=tokens, own=own))
+
+    def fill_steps(
+        self,
+        mark: int,
+        entries: Mapping[str, Entry],
+        tiers: Sequence[FillTarget],
+        *,
+        tokens: Mapping[str, str] | None = None,
+        own: int | None = None,
+    ) -> Steps[set[str]]:
+        """The fill, as steps (:mod:`tiered_cache.steps`): the one copy of its rules."""
         tokens = dict(tokens or {})
         leasing = next((tier for tier in tiers if tier.leases), None) if tokens else None
         refused = self.overtaken(mark, list(entries), own=own)
@@ -119,47 +145,48 @@ class Fence:
                     extra=fields("fill_cancelled", key=key),
                 )
             if leasing is not None:
-                leasing.release_leases({key: tokens.pop(key) for key in refused if key in tokens})
+                given_back = {key: tokens.pop(key) for key in refused if key in tokens}
+                yield leasing.release_leases, (given_back,)
             entries = {key: entry for key, entry in entries.items() if key not in refused}
             if not entries:
                 return set()
         landing = dict(entries)
-        written: list[TierAccessor] = []
+        written: list[FillTarget] = []
         try:
             for tier in reversed(tiers):
                 if tier.bypassed:
                     continue
                 if tier is leasing and tokens:
-                    self._fill_leased(tier, landing, tokens)
+                    yield from self._fill_leased(tier, landing, tokens)
                     tokens = {}
                 else:
-                    tier.set_many(landing)
+                    yield tier.set_many, (landing,)
                 written.append(tier)
                 if not landing:
                     break
         except CodecError:
             if leasing is not None and tokens:
-                leasing.release_leases(tokens)
+                yield leasing.release_leases, (tokens,)
             raise
         late = self.overtaken(mark, list(landing), own=own)
         if late:
             # Invalidated between the check and the write: undo, deleting is always safe.
             self._metrics.count("fills_refused", len(late))
             for tier in written:
-                tier.delete_many(late)
+                yield tier.delete_many, (late,)
         return set(landing) - set(late)
 
     def _fill_leased(
-        self, tier: TierAccessor, landing: dict[str, Entry], tokens: Mapping[str, str]
-    ) -> None:
+        self, tier: FillTarget, landing: dict[str, Entry], tokens: Mapping[str, str]
+    ) -> Steps[None]:
         """Fill the leasing tier: keys with a token under their lease, the others plainly;
         drop from ``landing`` the keys whose lease was lost or whose fill failed."""
         plain = {key: entry for key, entry in landing.items() if key not in tokens}
         leased = {key: (entry, tokens[key]) for key, entry in landing.items() if key in tokens}
         if plain:
-            tier.set_many(plain)
+            yield tier.set_many, (plain,)
         try:
-            kept = tier.fill_with_leases(leased)
+            kept: set[str] = yield tier.fill_with_leases, (leased,)
         except CodecError:
             raise
         except PartialFill as exc:
@@ -179,3 +206,50 @@ class Fence:
         for key in leased:
             if key not in kept:
                 del landing[key]
+
+
+class FillTarget(Protocol):
+    """What a fill needs of a tier accessor: :class:`~tiered_cache.accessor.TierAccessor`, or
+    the asyncio chain's, whose writes are coroutines of the same names."""
+
+    index: int
+    leases: bool
+    bypassed: bool
+
+    def failed(self, exc: Exception) -> None: ...
+
+    def set_many(self, entries: Mapping[str, Entry]) -> Any: ...
+
+    def delete_many(self, keys: Sequence[str]) -> Any: ...
+
+    def fill_with_leases(self, leased: Mapping[str, tuple[Entry, str]]) -> Any: ...
+
+    def release_leases(self, tokens: Mapping[str, str]) -> Any: ...
+
+
+class ChainTier(FillTarget, Protocol):
+    """Everything the shared steps (:mod:`tiered_cache.paths`, :mod:`tiered_cache.lease_wait`)
+    use of a tier accessor: the methods that do I/O return a value in the sync accessor and a
+    coroutine in the asyncio chain's."""
+
+    name: str
+    local: bool
+    bounded_for: float
+
+    def get(self, key: str, count: bool = True) -> Any: ...
+
+    def get_many(self, keys: Sequence[str], now: float, stale: dict[str, Entry]) -> Any: ...
+
+    def delete_prefix(self, prefix: str) -> Any: ...
+
+    def clear(self) -> Any: ...
+
+    def can_lease(self, key: str) -> bool: ...
+
+    def hit(self, n: int = 1) -> None: ...
+
+    def steal_lease(self, key: str, ttl: float) -> Any: ...
+
+    def acquire_lease(self, key: str, ttl: float) -> Any: ...
+
+    def acquire_leases(self, keys: Sequence[str], ttl: float) -> Any: ...

@@ -17,13 +17,16 @@ from concurrent.futures import wait as futures_wait
 from typing import Any, TypeVar
 
 from .accessor import TierAccessor
-from .errors import LoadTimeout, PartialLoadError, TieredCacheError
+from .batch_load import BatchLoad
+from .errors import LoadTimeout, TieredCacheError
 from .fence import Fence
 from .forking import restart_after_fork
+from .lease_wait import LeaseWait
 from .logs import fields, key_hash, logger_for
 from .metrics import CacheMetrics
 from .protection import Protection
 from .singleflight import Flight, SingleFlight
+from .steps import run
 from .tier import MISSING, NEVER, Entry, Source
 from .units import parse_duration
 
@@ -120,6 +123,22 @@ class SourceLoader:
         self._leasing: TierAccessor | None = None
         if protection.lease != "off":
             self._leasing = next((tier for tier in self._tiers if tier.leases), None)
+        self._lease_wait = (
+            None
+            if self._leasing is None
+            else LeaseWait(self._leasing, self._tiers, fence, metrics, protection, clock, sleep)
+        )
+        self._batching = BatchLoad(
+            self._tiers,
+            fence,
+            metrics,
+            protection,
+            clock,
+            make_entry,
+            self._load_many,
+            sleep,
+            self._lease_wait,
+        )
         self._executor: ThreadPoolExecutor | None = None
         self._pending: set[Future[Any]] = set()
         self._background = background or self._submit
@@ -191,26 +210,8 @@ class SourceLoader:
             self._leasing.release_leases(tokens)
 
     def _fail_safe(self, key: str, mark: int, stale: Entry, exc: Exception) -> Entry:
-        """Serve ``stale`` for a failed load (see :meth:`_rest_source`)."""
-        self._metrics.count("stale_served_on_error")
-        logger.warning(
-            "serving a stale value of key %s: its load failed (%s: %s)",
-            key_hash(key),
-            type(exc).__name__,
-            exc,
-            extra=fields("fail_safe", key=key),
-        )
-        self._rest_source(key, mark, stale)
-        return stale
-
-    def _rest_source(self, key: str, mark: int, stale: Entry) -> None:
-        """For ``fail_safe_throttle`` seconds, tier 0 serves ``stale`` as fresh, so a failing
-        source is not asked again by every read."""
-        now = self._clock()
-        throttle = self._protection.fail_safe_throttle
-        if throttle > 0 and self._tiers and now < stale.hard_expiry:
-            calm = stale.replace(soft_expiry=min(now + throttle, stale.hard_expiry))
-            self._fence.fill(mark, {key: calm}, self._tiers[:1])
+        """Serve ``stale`` for a failed load (:meth:`BatchLoad.fail_safe`)."""
+        return run(self._batching.fail_safe(key, mark, stale, exc))
 
     def _timed_load(
         self,
@@ -353,45 +354,9 @@ class SourceLoader:
         return entry
 
     def _lease_or_wait(self, key: str, mark: int) -> tuple[str | None, Entry | None]:
-        """``(token, None)`` when this process should load; ``(None, entry)`` when the lease
-        holder filled the key meanwhile; ``(None, None)`` to load without a lease (the shared
-        tier is down, or the holder took longer than ``lease_wait``).
-
-        Each look is one round trip: take the lease if free, and read the key.
-        """
-        tier = self._leasing
-        assert tier is not None
-        if not tier.can_lease(key):
-            return None, None
-        protection = self._protection
-        deadline: float | None = None
-        try:
-            while True:
-                token, current = tier.lease(
-                    lambda leasing: leasing.acquire_lease(key, protection.lease_ttl)
-                )
-                if current is not MISSING and self._clock() < current.soft_expiry:
-                    # The previous holder filled it since our last look: no load needed.
-                    if token is not None:
-                        tier.release_leases({key: token})
-                    tier.hit()
-                    self._fence.fill(mark, {key: current}, self._tiers[: tier.index])
-                    return None, current
-                if token is not None:
-                    if deadline is not None:  # a holder that died left its lease to expire
-                        self._metrics.count("lease_takeovers")
-                    return token, None
-                now = self._clock()
-                if deadline is None:
-                    self._metrics.count("lease_waits")
-                    deadline = now + protection.lease_wait
-                elif now >= deadline:
-                    self._metrics.count("lease_wait_expired")
-                    return None, None
-                self._sleep(protection.lease_poll)
-        except Exception as exc:
-            tier.failed(exc)
-            return None, None
+        """See :meth:`~tiered_cache.lease_wait.LeaseWait.one`."""
+        assert self._lease_wait is not None
+        return run(self._lease_wait.one(key, mark))
 
     # -- batches (get_many)
 
@@ -415,149 +380,9 @@ class SourceLoader:
         holding each other's keys never wait on each other). Keys whose holder takes longer
         than ``lease_wait`` are loaded without a lease, in one more batch.
         """
-        values: dict[str, Any] = {}
-        errors: dict[str, BaseException] = {}
-
-        def ready(entries: Mapping[str, Entry], failed: Mapping[str, BaseException]) -> None:
-            landed = {key: entry.value for key, entry in entries.items()}
-            self.flights.land({key: flights[key] for key in landed}, landed, None)
-            for key, error in failed.items():
-                self.flights.land({key: flights[key]}, {}, error)
-            values.update(landed)
-            errors.update(failed)
-
-        try:
-            self._batch(list(flights), mark, loader, ttl, stale=stale, ready=ready)
-        except BaseException as exc:
-            done = values.keys() | errors.keys()
-            self.flights.land({k: f for k, f in flights.items() if k not in done}, {}, exc)
-            raise
-        return values, errors
-
-    def _batch(
-        self,
-        keys: list[str],
-        mark: int,
-        loader: BatchLoader | None,
-        ttl: float | str | None,
-        *,
-        stale: Mapping[str, Entry],
-        ready: Callable[[Mapping[str, Entry], Mapping[str, BaseException]], None],
-    ) -> None:
-        if self._leasing is None:
-            ready(*self._load_and_fill_many(keys, mark, loader, ttl, stale=stale, tokens={}))
-            return
-        protection = self._protection
-        pending = keys
-        deadline: float | None = None
-        while pending:
-            tokens, filled, waiting = self._leases_for(pending, mark)
-            if filled:
-                ready(filled, {})
-            if tokens:
-                if deadline is not None:  # holders that died left their leases to expire
-                    self._metrics.count("lease_takeovers", sum(1 for t in tokens.values() if t))
-                ready(
-                    *self._load_and_fill_many(
-                        list(tokens), mark, loader, ttl, stale=stale, tokens=tokens
-                    )
-                )
-            if not waiting:
-                return
-            now = self._clock()
-            if deadline is None:
-                self._metrics.count("lease_waits", len(waiting))
-                deadline = now + protection.lease_wait
-            elif now >= deadline:
-                self._metrics.count("lease_wait_expired", len(waiting))
-                ready(*self._load_and_fill_many(waiting, mark, loader, ttl, stale=stale, tokens={}))
-                return
-            pending = waiting
-            self._sleep(protection.lease_poll)
-
-    def _leases_for(
-        self, keys: Sequence[str], mark: int
-    ) -> tuple[dict[str, str | None], dict[str, Entry], list[str]]:
-        """One look at the shared tier for ``keys``: ``(to load, with the token or None for no
-        lease; filled meanwhile by a holder; held by another process)``."""
-        tier = self._leasing
-        assert tier is not None
-        tokens: dict[str, str | None] = {key: None for key in keys if not tier.can_lease(key)}
-        if tokens:
-            keys = [key for key in keys if key not in tokens]
-            if not keys:
-                return tokens, {}, []
-        try:
-            looks = tier.lease(
-                lambda leasing: leasing.acquire_leases(keys, self._protection.lease_ttl)
-            )
-        except Exception as exc:
-            tier.failed(exc)
-            tokens.update(dict.fromkeys(keys))  # load them all without leases
-            return tokens, {}, []
-        now = self._clock()
-        filled: dict[str, Entry] = {}
-        waiting: list[str] = []
-        unneeded: dict[str, str] = {}
-        for key in keys:
-            token, current = looks[key]
-            if current is not MISSING and now < current.soft_expiry:
-                filled[key] = current  # the holder filled it since our last look
-                if token is not None:
-                    unneeded[key] = token
-            elif token is not None:
-                tokens[key] = token
-            else:
-                waiting.append(key)
-        self._give_back(unneeded)
-        if filled:
-            tier.hit(len(filled))
-            self._fence.fill(mark, filled, self._tiers[: tier.index])
-        return tokens, filled, waiting
-
-    def _load_and_fill_many(
-        self,
-        keys: list[str],
-        mark: int,
-        loader: BatchLoader | None,
-        ttl: float | str | None,
-        *,
-        stale: Mapping[str, Entry],
-        tokens: Mapping[str, str | None],
-    ) -> tuple[dict[str, Entry], dict[str, BaseException]]:
-        """Load ``keys`` in one batch and fill them into the tiers (under their leases).
-
-        Returns ``(entries to serve, errors)``: what the source read (all of it, or what a
-        :class:`~tiered_cache.PartialLoadError` carries), stale entries under fail-safe for
-        the keys it failed, and the error of each key left.
-        """
-        held = {key: token for key, token in tokens.items() if token is not None}
-        failure: Exception | None = None
-        try:
-            loaded = self._load_many(keys, loader, ttl)
-        except PartialLoadError as exc:
-            failure = exc
-            loaded = self._entries(exc.found, keys, ttl, self._clock(), 0.0, complete=False)
-        except Exception as exc:
-            failure = exc
-            loaded = {}
-        except BaseException:
-            self._give_back(held)
-            raise
-        errors: dict[str, BaseException] = {}
-        served: dict[str, Entry] = dict(loaded)
-        if failure is not None:
-            unread = [key for key in keys if key not in loaded]
-            self._give_back({key: held.pop(key) for key in unread if key in held})
-            for key in unread:
-                if key in stale and self._protection.fail_safe:
-                    served[key] = self._fail_safe(key, mark, stale[key], failure)
-                else:
-                    errors[key] = failure
-        self._fence.fill(
-            mark, loaded, self._tiers, tokens={k: t for k, t in held.items() if k in loaded}
+        return run(
+            self._batching.for_flights(flights, self.flights, mark, loader, ttl, stale=stale)
         )
-        return served, errors
 
     # -- background work
 
@@ -625,7 +450,7 @@ class SourceLoader:
                 extra=fields("refresh_failed", key=key),
             )
             if stale is not None and self._protection.fail_safe:
-                self._rest_source(key, mark, stale)
+                run(self._batching.rest_source(key, mark, stale))
         finally:
             with self._lock:
                 self._refreshing.discard(key)
@@ -680,22 +505,4 @@ class SourceLoader:
             raise
         finished = self._clock()
         self._metrics.load(len(keys), finished - started)
-        return self._entries(values, keys, ttl, finished, finished - started)
-
-    def _entries(
-        self,
-        values: Mapping[str, Any],
-        keys: Sequence[str],
-        ttl: float | str | None,
-        now: float,
-        duration: float,
-        *,
-        complete: bool = True,
-    ) -> dict[str, Entry]:
-        """Entries for ``keys`` from ``values``: of a complete read, a key left out is "not
-        found"; of a partial read, only the keys it read have one."""
-        return {
-            key: self._make_entry(values.get(key, MISSING), now, duration, ttl)
-            for key in keys
-            if complete or key in values
-        }
+        return self._batching.entries(values, keys, ttl, finished, finished - started)

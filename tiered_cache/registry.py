@@ -16,15 +16,19 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
 
-from .bus import Bus
 from .errors import ConfigError
 from .tier import Source, Tier
 
 TIERS_GROUP = "tiered_cache.tiers"
 SOURCES_GROUP = "tiered_cache.sources"
 BUSES_GROUP = "tiered_cache.buses"
+#: Kinds with native asyncio I/O, for :class:`~tiered_cache.AsyncTieredCache` (the same names
+#: and settings as their sync kinds; a kind without one is built from its sync plugin).
+ASYNC_TIERS_GROUP = "tiered_cache.async_tiers"
+ASYNC_SOURCES_GROUP = "tiered_cache.async_sources"
+ASYNC_BUSES_GROUP = "tiered_cache.async_buses"
 
-Built = TypeVar("Built", Tier, Source, Bus)
+Built = TypeVar("Built")
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,9 @@ _registered: dict[str, dict[str, Plugin[Any]]] = {
     TIERS_GROUP: {},
     SOURCES_GROUP: {},
     BUSES_GROUP: {},
+    ASYNC_TIERS_GROUP: {},
+    ASYNC_SOURCES_GROUP: {},
+    ASYNC_BUSES_GROUP: {},
 }
 
 
@@ -77,6 +84,17 @@ def available_kinds(group: str = TIERS_GROUP) -> list[str]:
     with _lock:
         names.update(_registered[group])
     return sorted(names)
+
+
+def async_plugin(kind: str, group: str) -> Plugin[Any] | None:
+    """The asyncio plugin of ``kind`` in ``group`` (an ``ASYNC_*_GROUP``), or None."""
+    with _lock:
+        plugin = _registered[group].get(kind)
+    if plugin is not None:
+        return plugin
+    if not any(True for _ in entry_points(group=group, name=kind)):
+        return None
+    return find_plugin(kind, group=group)
 
 
 def find_plugin(kind: str, *, group: str = TIERS_GROUP, field_path: str = "kind") -> Plugin[Any]:

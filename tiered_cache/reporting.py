@@ -8,8 +8,8 @@ into the part's entry. Reports are taken when ``stats()`` is called (a scrape), 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Protocol, runtime_checkable
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 #: A report's values: counts and amounts, or a state name (``"closed"``).
 ReportValue = int | float | str
@@ -38,3 +38,37 @@ def source_report(part: object, reads_saved: int) -> dict[str, ReportValue]:
     if isinstance(per_read, int | float):
         report["read_units_saved"] = reads_saved * per_read
     return report
+
+
+def chain_stats(
+    snapshot: dict[str, Any],
+    *,
+    tiers: Sequence[Any],
+    source: Any,
+    namespace: str,
+    bus: str | None,
+    hot_keys: list[tuple[str, float]],
+) -> dict[str, Any]:
+    """A chain's ``stats()``: the metrics ``snapshot`` with what each tier (accessor) and the
+    source report themselves, the namespace, the bus state and the hottest keys (both chains
+    report the same way)."""
+    for tier, counters in zip(tiers, snapshot["tiers"], strict=True):
+        counters.update(tier.report())  # evictions, breaker state: what tiers know
+    snapshot["source"] = (
+        None
+        if source is None
+        else {"name": source.name, **source_report(source, snapshot["source_reads_saved"])}
+    )
+    snapshot["namespace"] = namespace
+    snapshot["bus"] = bus
+    snapshot["hot_keys"] = [[key, rate] for key, rate in hot_keys]
+    return snapshot
+
+
+def first_hot_keys(tiers: Sequence[Any], n: int) -> list[tuple[str, float]]:
+    """The ``n`` hottest keys of the first tier that tracks them (none if no tier does)."""
+    for tier in tiers:
+        result: list[tuple[str, float]] = tier.hot_keys(n)
+        if result:
+            return result
+    return []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 
 class Flight:
@@ -23,6 +23,14 @@ class Flight:
         #: What the leader passed in (the chain: its fence mark, taken before the flight).
         self.tag = tag
 
+    def land(self, result: Any, error: BaseException | None) -> None:
+        """Deliver the outcome: every waiter wakes up."""
+        if error is not None:
+            self.error = error
+        else:
+            self.result = result
+        self._done.release()
+
     def wait(self) -> Any:
         self._done.acquire()
         self._done.release()  # let the next waiter through
@@ -31,7 +39,67 @@ class Flight:
         return self.result
 
 
-class SingleFlight:
+class Landing(Protocol):
+    """A flight as the table needs it (:class:`Flight`, or the asyncio chain's)."""
+
+    tag: int
+    waiters: int
+
+    def land(self, result: Any, error: BaseException | None) -> None: ...
+
+
+F = TypeVar("F", bound=Landing)
+
+
+class FlightTable(Generic[F]):
+    """The flights in progress, by key: claiming, landing and looking them up (shared by the
+    threaded :class:`SingleFlight` and the asyncio chain's)."""
+
+    def __init__(self, flight_type: Callable[[int], F]) -> None:
+        self._lock = threading.Lock()
+        self._flights: dict[str, F] = {}
+        self._new = flight_type
+
+    def claim(
+        self,
+        keys: Sequence[str],
+        *,
+        tag: int = 0,
+        joinable: Callable[[str, F], bool] | None = None,
+    ) -> tuple[dict[str, F], dict[str, F]]:
+        """For a batch: ``(led, joined)``. The caller now leads a new flight for each key in
+        ``led`` and must :meth:`land` every one of them; ``joined`` are flights that others run,
+        to wait on. ``joinable``: whether a flight in progress may still be joined, per key."""
+        led: dict[str, F] = {}
+        joined: dict[str, F] = {}
+        with self._lock:
+            for key in keys:
+                flight = self._flights.get(key)
+                if flight is not None and (joinable is None or joinable(key, flight)):
+                    flight.waiters += 1
+                    joined[key] = flight
+                else:
+                    led[key] = self._flights[key] = self._new(tag)
+        return led, joined
+
+    def land(
+        self, flights: Mapping[str, F], results: Mapping[str, Any], error: BaseException | None
+    ) -> None:
+        """End flights taken with :meth:`claim`: each gets its result, or ``error``."""
+        with self._lock:
+            for key, flight in flights.items():
+                if self._flights.get(key) is flight:  # a newer flight may have replaced it
+                    del self._flights[key]
+        for key, flight in flights.items():
+            flight.land(None if error is not None else results.get(key), error)
+
+    def in_flight(self, key: str) -> F | None:
+        """The flight running for ``key``, if any."""
+        with self._lock:
+            return self._flights.get(key)
+
+
+class SingleFlight(FlightTable[Flight]):
     """Runs ``fn`` once per key at a time; other callers for that key wait for its outcome.
 
     If ``fn`` raises, every waiter gets the same exception, and nothing is kept: the next call
@@ -39,8 +107,7 @@ class SingleFlight:
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._flights: dict[str, Flight] = {}
+        super().__init__(Flight)
 
     def run(
         self,
@@ -76,45 +143,3 @@ class SingleFlight:
                     del self._flights[key]
             flight._done.release()
         return flight.result, False
-
-    def claim(
-        self,
-        keys: Sequence[str],
-        *,
-        tag: int = 0,
-        joinable: Callable[[str, Flight], bool] | None = None,
-    ) -> tuple[dict[str, Flight], dict[str, Flight]]:
-        """For a batch: ``(led, joined)``. The caller now leads a new flight for each key in
-        ``led`` and must :meth:`land` every one of them; ``joined`` are flights that others run,
-        to :meth:`Flight.wait` on. ``joinable``: as for :meth:`run`, per key."""
-        led: dict[str, Flight] = {}
-        joined: dict[str, Flight] = {}
-        with self._lock:
-            for key in keys:
-                flight = self._flights.get(key)
-                if flight is not None and (joinable is None or joinable(key, flight)):
-                    flight.waiters += 1
-                    joined[key] = flight
-                else:
-                    led[key] = self._flights[key] = Flight(tag)
-        return led, joined
-
-    def land(
-        self, flights: Mapping[str, Flight], results: Mapping[str, Any], error: BaseException | None
-    ) -> None:
-        """End flights taken with :meth:`claim`: each gets its result, or ``error``."""
-        with self._lock:
-            for key, flight in flights.items():
-                if self._flights.get(key) is flight:
-                    del self._flights[key]
-        for key, flight in flights.items():
-            if error is not None:
-                flight.error = error
-            else:
-                flight.result = results.get(key)
-            flight._done.release()
-
-    def in_flight(self, key: str) -> Flight | None:
-        """The flight running for ``key``, if any."""
-        with self._lock:
-            return self._flights.get(key)

@@ -1,0 +1,337 @@
+"""AsyncTieredCache: the chain's behaviour with coroutines, on the shared parts."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tiered_cache import (
+    AsyncTieredCache,
+    BlockingTierWarning,
+    MemoryTier,
+    PartialBatchError,
+    TieredCacheError,
+)
+from tiered_cache.protection import Protection
+from tiered_cache.testing import FakeClock
+from tiered_cache.testing.recording import RecordingTier
+from tiered_cache.testing.sources import DictSource
+from tiered_cache.tier import MISSING, Entry, MissingType
+
+pytestmark = pytest.mark.anyio
+
+STRICT = Protection.never_stale(lease="off")
+
+
+class AsyncDictSource:
+    """An async source over a :class:`DictSource` (which counts the reads)."""
+
+    name = "async-dict"
+
+    def __init__(self, items: dict[str, Any]) -> None:
+        self.inner = DictSource(items)
+        self.gate: asyncio.Event | None = None
+        self.failure: Exception | None = None
+
+    async def load(self, key: str) -> Any | MissingType:
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.failure is not None:
+            raise self.failure
+        return self.inner.load(key)
+
+    async def load_many(self, keys: Sequence[str]) -> dict[str, Any]:
+        if self.failure is not None:
+            raise self.failure
+        return self.inner.load_many(keys)
+
+    async def store(self, key: str, value: Any) -> None:
+        self.inner.store(key, value)
+
+    async def remove(self, key: str) -> None:
+        self.inner.remove(key)
+
+    async def aclose(self) -> None:
+        pass
+
+
+def two_tiers(clock: FakeClock) -> list[MemoryTier]:
+    return [
+        MemoryTier(name="l1", max_entries=100, ttl=60, clock=clock),
+        MemoryTier(name="l2", max_entries=1000, ttl=3600, clock=clock),
+    ]
+
+
+async def test_read_through_fills_every_tier_and_hits_l1_next(clock: FakeClock) -> None:
+    source = AsyncDictSource({"t:1": "hi"})
+    l1, l2 = two_tiers(clock)
+    async with AsyncTieredCache([l1, l2], source, clock=clock, protection=STRICT) as cache:
+        assert await cache.get("t:1") == "hi"
+        assert await cache.get("t:1") == "hi"
+        assert source.inner.loads == ["t:1"]
+        assert l1.get("t:1") is not MISSING and l2.get("t:1") is not MISSING
+        l1.clear()
+        assert await cache.get("t:1") == "hi"  # from l2, copied back up
+        assert l1.get("t:1") is not MISSING
+        assert source.inner.loads == ["t:1"]
+        stats = cache.stats()
+        assert stats["tiers"][0]["hits"] == 1
+        assert stats["tiers"][1]["hits"] == 1
+
+
+async def test_a_thousand_concurrent_misses_of_one_key_load_once(clock: FakeClock) -> None:
+    source = AsyncDictSource({"hot": "value"})
+    source.gate = asyncio.Event()
+    cache = AsyncTieredCache(two_tiers(clock), source, clock=clock, protection=STRICT)
+    readers = [asyncio.create_task(cache.get("hot")) for _ in range(1000)]
+    await asyncio.sleep(0)  # every reader has missed and joined the flight
+    source.gate.set()
+    assert await asyncio.gather(*readers) == ["value"] * 1000
+    assert source.inner.loads == ["hot"]
+    assert cache.stats()["singleflight_waits"] == 999
+    await cache.aclose()
+
+
+async def test_a_cancelled_leader_hands_the_flight_to_a_waiter(clock: FakeClock) -> None:
+    source = AsyncDictSource({"k": "v"})
+    source.gate = asyncio.Event()
+    cache = AsyncTieredCache(two_tiers(clock), source, clock=clock, protection=STRICT)
+    leader = asyncio.create_task(cache.get("k"))
+    await asyncio.sleep(0)
+    waiters = [asyncio.create_task(cache.get("k")) for _ in range(5)]
+    await asyncio.sleep(0)
+    leader.cancel()
+    await asyncio.sleep(0)
+    source.gate.set()
+    assert await asyncio.gather(*waiters) == ["v"] * 5
+    assert leader.cancelled()
+    assert source.inner.loads == ["k"]  # the cancelled leader never reached the source
+    await cache.aclose()
+
+
+def test_threads_each_running_their_own_loop_share_one_load(clock: FakeClock) -> None:
+    threads_n, per_thread = 4, 50
+    loads = 0
+    joined = threading.Event()
+    cache = AsyncTieredCache(two_tiers(clock), clock=clock, protection=STRICT)
+
+    async def loader() -> str:
+        nonlocal loads
+        loads += 1
+        # Hold the flight until every reader of every loop has joined it.
+        while not joined.is_set():
+            flight = cache._loader.flights.in_flight("shared")
+            if flight is not None and flight.waiters == threads_n * per_thread - 1:
+                joined.set()
+            await asyncio.sleep(0.001)
+        return "value"
+
+    results: list[list[Any]] = []
+
+    def run_loop() -> None:
+        async def readers() -> list[Any]:
+            return list(
+                await asyncio.gather(*(cache.get("shared", loader) for _ in range(per_thread)))
+            )
+
+        results.append(asyncio.run(readers()))
+
+    threads = [threading.Thread(target=run_loop) for _ in range(threads_n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert joined.is_set()
+    assert loads == 1
+    assert results == [["value"] * per_thread] * threads_n
+
+
+async def test_get_many_reads_each_tier_once_and_loads_the_rest_in_one_batch(
+    clock: FakeClock,
+) -> None:
+    source = AsyncDictSource({"a": 1, "b": 2, "c": 3})
+    cache = AsyncTieredCache(two_tiers(clock), source, clock=clock, protection=STRICT)
+    await cache.get("a")
+    assert await cache.get_many(["a", "b", "c", "missing", "b"]) == {
+        "a": 1,
+        "b": 2,
+        "c": 3,
+        "missing": None,
+    }
+    assert source.inner.batches == [["b", "c", "missing"]]
+    assert await cache.get_many(["b", "missing"]) == {"b": 2, "missing": None}
+    assert source.inner.reads == 2
+    await cache.aclose()
+
+
+async def test_get_many_with_a_batch_loader_and_partial_failures(clock: FakeClock) -> None:
+    source = AsyncDictSource({})
+    cache = AsyncTieredCache(two_tiers(clock), source, clock=clock, protection=STRICT)
+
+    async def batch(keys: Sequence[str]) -> dict[str, Any]:
+        return {key: key.upper() for key in keys}
+
+    assert await cache.get_many(["x", "y"], batch) == {"x": "X", "y": "Y"}
+    source.failure = RuntimeError("down")
+    with pytest.raises(PartialBatchError) as caught:
+        await cache.get_many(["x", "z"])
+    assert caught.value.values == {"x": "X"}
+    assert list(caught.value.errors) == ["z"]
+    await cache.aclose()
+
+
+async def test_set_writes_the_source_then_every_tier(clock: FakeClock) -> None:
+    source = AsyncDictSource({"k": "old"})
+    l1, l2 = two_tiers(clock)
+    cache = AsyncTieredCache([l1, l2], source, clock=clock, protection=STRICT)
+    assert await cache.get("k") == "old"
+    await cache.set("k", "new")
+    assert source.inner.items["k"] == "new"
+    assert await cache.get("k") == "new"
+    assert source.inner.loads == ["k"]
+    entry = l2.get("k")
+    assert isinstance(entry, Entry) and entry.value == "new"
+    await cache.aclose()
+
+
+async def test_invalidations_reach_every_tier(clock: FakeClock) -> None:
+    source = AsyncDictSource({"user:1:a": 1, "user:1:b": 2, "user:2:a": 3})
+    l1, l2 = two_tiers(clock)
+    cache = AsyncTieredCache([l1, l2], source, clock=clock, protection=STRICT)
+    await cache.get_many(["user:1:a", "user:1:b", "user:2:a"])
+    await cache.invalidate("user:2:a")
+    assert l1.get("user:2:a") is MISSING and l2.get("user:2:a") is MISSING
+    await cache.invalidate_prefix("user:1:")
+    assert [tier.get("user:1:b") for tier in (l1, l2)] == [MISSING, MISSING]
+    await cache.get("user:1:a")
+    await cache.invalidate_many(["user:1:a"])
+    assert l2.get("user:1:a") is MISSING
+    await cache.get("user:1:a")
+    await cache.clear()
+    assert len(l1) == 0 and len(l2) == 0
+    await cache.aclose()
+
+
+async def test_an_invalidation_during_a_load_keeps_its_value_out_of_the_tiers(
+    clock: FakeClock,
+) -> None:
+    source = AsyncDictSource({"k": "old"})
+    source.gate = asyncio.Event()
+    l1, l2 = two_tiers(clock)
+    cache = AsyncTieredCache([l1, l2], source, clock=clock, protection=STRICT)
+    reader = asyncio.create_task(cache.get("k"))
+    await asyncio.sleep(0)
+    source.inner.items["k"] = "new"
+    await cache.invalidate("k")
+    source.gate.set()
+    await reader  # it read before the invalidation: served, but not cached
+    assert l1.get("k") is MISSING and l2.get("k") is MISSING
+    assert cache.stats()["fills_refused"] >= 1
+    assert await cache.get("k") == "new"
+    await cache.aclose()
+
+
+async def test_fail_safe_serves_the_stale_value_when_the_source_fails(clock: FakeClock) -> None:
+    source = AsyncDictSource({"k": "v1"})
+    protection = Protection(
+        max_stale=600, stale_while_revalidate=False, soft_timeout=None, lease="off"
+    )
+    cache = AsyncTieredCache(two_tiers(clock), source, clock=clock, ttl=10, protection=protection)
+    assert await cache.get("k") == "v1"
+    clock.advance(11)
+    source.failure = RuntimeError("throttled")
+    assert await cache.get("k") == "v1"
+    assert cache.stats()["stale_served_on_error"] == 1
+    assert await cache.get("k") == "v1"  # tier 0 rests the source for a while
+    assert source.inner.loads == ["k"]
+    await cache.aclose()
+
+
+async def test_stale_while_revalidate_serves_at_once_and_refreshes_in_a_task(
+    clock: FakeClock,
+) -> None:
+    source = AsyncDictSource({"k": "v1"})
+    protection = Protection(max_stale=600, soft_timeout=None, lease="off", early_refresh_beta=0)
+    cache = AsyncTieredCache(two_tiers(clock), source, clock=clock, ttl=10, protection=protection)
+    assert await cache.get("k") == "v1"
+    source.inner.items["k"] = "v2"
+    clock.advance(11)
+    assert await cache.get("k") == "v1"
+    assert await cache.wait_background(5)
+    assert await cache.get("k") == "v2"
+    assert cache.stats()["refreshes"] == 1
+    await cache.aclose()
+
+
+async def test_a_soft_timeout_serves_stale_and_the_slow_load_fills_later(
+    clock: FakeClock,
+) -> None:
+    source = AsyncDictSource({"k": "v1"})
+    protection = Protection(
+        max_stale=600, stale_while_revalidate=False, soft_timeout=0.01, lease="off"
+    )
+    cache = AsyncTieredCache(two_tiers(clock), source, clock=clock, ttl=10, protection=protection)
+    assert await cache.get("k") == "v1"
+    source.inner.items["k"] = "v2"
+    source.gate = asyncio.Event()
+    clock.advance(11)
+    assert await cache.get("k") == "v1"
+    assert cache.stats()["soft_timeouts"] == 1
+    source.gate.set()
+    assert await cache.wait_background(5)
+    assert await cache.get("k") == "v2"
+    await cache.aclose()
+
+
+async def test_no_source_and_no_loader_is_an_error(clock: FakeClock) -> None:
+    cache = AsyncTieredCache(two_tiers(clock), clock=clock, protection=STRICT)
+    with pytest.raises(TieredCacheError, match="no source"):
+        await cache.get("k")
+    await cache.aclose()
+
+
+async def test_a_sync_tier_that_is_not_in_process_runs_in_threads_with_one_warning(
+    clock: FakeClock,
+) -> None:
+    remote = RecordingTier(MemoryTier(name="remote", max_entries=10, clock=clock))
+    with pytest.warns(BlockingTierWarning, match="'remote'"):
+        cache = AsyncTieredCache(
+            [MemoryTier(max_entries=10, clock=clock), remote],
+            AsyncDictSource({"k": "v"}),
+            clock=clock,
+            protection=STRICT,
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert await cache.get("k") == "v"
+        assert await cache.get("k") == "v"
+    assert remote.calls["get"] == 1
+    await cache.aclose()
+
+
+async def test_from_config_builds_the_async_chain_from_the_same_file(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    config = tmp_path / "tiered_cache.toml"
+    config.write_text(
+        '[tiered_cache]\nnamespace = "tweets"\nttl = "5m"\n\n'
+        '[[tiered_cache.tiers]]\nkind = "memory"\nmax_entries = 100\n'
+    )
+    cache = AsyncTieredCache.from_config(config, clock=clock)
+    assert isinstance(cache, AsyncTieredCache)
+    assert cache.namespace == "tweets"
+
+    async def load() -> str:
+        return "loaded"
+
+    assert await cache.get("k", load) == "loaded"
+    assert await cache.get("k", load) == "loaded"
+    assert cache.stats()["loads"] == 1
+    await cache.aclose()
+    await cache.aclose()  # idempotent

@@ -1,0 +1,127 @@
+"""The decorator on ``async def`` functions and methods, and the functions it refuses."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+
+from tiered_cache import AsyncTieredCache, MemoryTier, TieredCache
+from tiered_cache.testing import FakeClock
+
+pytestmark = pytest.mark.anyio
+
+
+def memory_chain(clock: FakeClock) -> AsyncTieredCache:
+    return AsyncTieredCache([MemoryTier(max_entries=100, ttl=60, clock=clock)], clock=clock)
+
+
+async def test_async_def_first_call_loads_second_is_served_from_memory(clock: FakeClock) -> None:
+    cache = memory_chain(clock)
+    calls: list[str] = []
+
+    @cache.cached(key="tweet:{tweet_id}", ttl="1h")
+    async def get_tweet(tweet_id: str) -> dict[str, str]:
+        calls.append(tweet_id)
+        await asyncio.sleep(0)
+        return {"id": tweet_id}
+
+    assert await get_tweet("42") == {"id": "42"}
+    assert await get_tweet("42") == {"id": "42"}
+    assert await get_tweet("42") == {"id": "42"}
+    assert calls == ["42"]
+    stats = cache.stats()
+    assert stats["tiers"][0]["hits"] == 2
+    assert stats["loads"] == 1
+    await cache.aclose()
+
+
+async def test_async_methods_of_a_repository_class_and_their_invalidate(clock: FakeClock) -> None:
+    cache = memory_chain(clock)
+
+    class TweetRepository:
+        def __init__(self) -> None:
+            self.reads = 0
+            self.text = "first"
+
+        @cache.cached(key="tweet:{tweet_id}")
+        async def get(self, tweet_id: str) -> str:
+            self.reads += 1
+            return f"{tweet_id}:{self.text}"
+
+    repo = TweetRepository()
+    assert await repo.get("1") == "1:first"
+    assert await repo.get(tweet_id="1") == "1:first"
+    assert repo.reads == 1
+    repo.text = "second"
+    await repo.get.invalidate(tweet_id="1")
+    assert await repo.get("1") == "1:second"
+    assert repo.reads == 2
+    assert TweetRepository.get.key_for(tweet_id="1") == "tweet:1"
+    await cache.aclose()
+
+
+async def test_an_async_loader_that_fails_is_not_cached(clock: FakeClock) -> None:
+    cache = memory_chain(clock)
+    attempts = 0
+
+    @cache.cached(key="k:{x}")
+    async def flaky(x: int) -> int:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:
+            raise RuntimeError("source down")
+        return x * 2
+
+    with pytest.raises(RuntimeError, match="source down"):
+        await flaky(3)
+    assert await flaky(3) == 6
+    assert await flaky(3) == 6
+    assert attempts == 2
+    await cache.aclose()
+
+
+def test_a_sync_chain_refuses_an_async_def_at_decoration_time(clock: FakeClock) -> None:
+    # Before: nothing was raised, and the coroutine object itself was cached, so the second
+    # call failed with "cannot reuse already awaited coroutine".
+    cache = TieredCache([MemoryTier(max_entries=10, clock=clock)], clock=clock)
+
+    async def get_tweet(tweet_id: str) -> str:
+        return tweet_id
+
+    with pytest.raises(TypeError, match="AsyncTieredCache"):
+        cache.cached(key="tweet:{tweet_id}")(get_tweet)
+
+
+def test_an_async_chain_refuses_a_plain_function(clock: FakeClock) -> None:
+    cache = memory_chain(clock)
+
+    def get_tweet(tweet_id: str) -> str:
+        return tweet_id
+
+    with pytest.raises(TypeError, match="not an async def"):
+        cache.cached(key="tweet:{tweet_id}")(get_tweet)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("chain", ["sync", "async"])
+def test_generator_functions_are_refused_with_a_clear_message(clock: FakeClock, chain: str) -> None:
+    memory = MemoryTier(max_entries=10, clock=clock)
+    cache: Any = (
+        TieredCache([memory], clock=clock)
+        if chain == "sync"
+        else AsyncTieredCache([memory], clock=clock)
+    )
+
+    def numbers(n: int) -> Iterator[int]:
+        yield from range(n)
+
+    async def stream(n: int) -> AsyncIterator[int]:
+        for i in range(n):
+            yield i
+
+    with pytest.raises(TypeError, match=r"it is a generator function.*return a list"):
+        cache.cached(key="n:{n}")(numbers)
+    with pytest.raises(TypeError, match=r"it is an async generator function.*return a list"):
+        cache.cached(key="n:{n}")(stream)

@@ -1,0 +1,290 @@
+"""The asyncio chain's hold on one tier (:class:`~tiered_cache.accessor.TierAccessor` for
+coroutines).
+
+Three kinds of tier, one interface of coroutines with the names the shared steps use
+(:mod:`tiered_cache.steps`):
+
+- a sync tier that is ``local`` (the memory tier): its accessor is called inline -- its calls
+  do no I/O, so a thread would only add a hop;
+- any other sync tier (a third party's): its accessor runs in a thread
+  (``asyncio.to_thread``), so the event loop never blocks on it; a
+  :class:`BlockingTierWarning` says so once, when the chain is built;
+- a native async tier (:class:`~tiered_cache.async_tier.AsyncTier`, Redis on
+  ``redis.asyncio``): awaited, through the breaker's :meth:`~CircuitBreaker.acall`.
+
+The counting, failure logging, breaker state and capability flags are the sync accessor's
+(one per tier, whatever its kind): only the I/O differs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import warnings
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar, cast
+
+from .accessor import TierAccessor
+from .async_tier import AsyncLeasingTier, AsyncSource, AsyncTier, AsyncTierBase
+from .breaker import CircuitBreaker, CircuitBreakerTier
+from .errors import CodecError
+from .metrics import CacheMetrics
+from .reporting import ReportValue
+from .tier import MISSING, Entry, MissingType, Tier
+
+T = TypeVar("T")
+
+
+class BlockingTierWarning(UserWarning):
+    """A sync tier or source that is not in-process runs in a thread under the asyncio chain."""
+
+
+def is_async_part(part: object) -> bool:
+    """True for a tier or source with coroutine methods (it has ``aclose``)."""
+    if isinstance(part, CircuitBreakerTier):
+        part = part.tier
+    return isinstance(part, AsyncTier | AsyncTierBase | AsyncSource)
+
+
+class AsyncTierAccessor:
+    """One tier of an asyncio chain, as the chain uses it (see the module's docstring)."""
+
+    def __init__(
+        self, index: int, tier: Tier | AsyncTier, metrics: CacheMetrics, clock: Callable[[], float]
+    ) -> None:
+        breaker: CircuitBreaker | None = None
+        inner: object = tier
+        if isinstance(tier, CircuitBreakerTier):
+            breaker, inner = tier.breaker, tier.tier
+        self._native: AsyncTier | None = cast(AsyncTier, inner) if is_async_part(inner) else None
+        #: The bookkeeping (counters, failures, breaker, flags); for a sync tier, its I/O too.
+        self.sync = TierAccessor(index, cast(Tier, tier), metrics, clock)
+        self.index = index
+        self.name = self.sync.name
+        self._breaker = breaker
+        self._metrics = metrics
+        declared = inner if isinstance(inner, AsyncTierBase) else None
+        if self._native is not None:
+            self.local = False
+            self.leases = bool(declared.leases) if declared is not None else False
+        else:
+            self.local = self.sync.local
+            self.leases = self.sync.leases
+        #: A sync tier's calls go to a thread (it may block on I/O).
+        self.threaded = self._native is None and not self.local
+        if self.threaded:
+            warnings.warn(
+                f"tier {self.name!r} has no asyncio interface: the asyncio chain runs its "
+                "calls in threads (it works, at the cost of a thread hop per call); an async "
+                "tier of this kind would not need them",
+                BlockingTierWarning,
+                stacklevel=4,
+            )
+
+    # -- state shared with the sync accessor (the fence and the bus set it there)
+
+    @property
+    def bypassed(self) -> bool:
+        return self.sync.bypassed
+
+    @bypassed.setter
+    def bypassed(self, value: bool) -> None:
+        self.sync.bypassed = value
+
+    @property
+    def bounded_for(self) -> float:
+        return self.sync.bounded_for
+
+    @bounded_for.setter
+    def bounded_for(self, value: float) -> None:
+        self.sync.bounded_for = value
+
+    # -- helpers
+
+    async def _sync(self, function: Callable[..., T], *args: Any) -> T:
+        """A call of the sync accessor: inline for an in-process tier, else in a thread."""
+        if self.threaded:
+            return await asyncio.to_thread(function, *args)
+        return function(*args)
+
+    async def _guarded(self, operation: Callable[[], Awaitable[T]]) -> T:
+        if self._breaker is None:
+            return await operation()
+        return await self._breaker.acall(operation)
+
+    @property
+    def _leasing(self) -> AsyncLeasingTier:
+        assert self._native is not None and self.leases, f"tier {self.name!r} offers no leases"
+        return cast(AsyncLeasingTier, self._native)
+
+    # -- bookkeeping (no I/O)
+
+    def failed(self, exc: Exception) -> None:
+        self.sync.failed(exc)
+
+    def hit(self, n: int = 1) -> None:
+        self.sync.hit(n)
+
+    def miss(self) -> None:
+        self.sync.miss()
+
+    def report(self) -> dict[str, ReportValue]:
+        return self.sync.report()
+
+    def hot_keys(self, n: int) -> list[tuple[str, float]]:
+        return [] if self._native is not None or self.threaded else self.sync.hot_keys(n)
+
+    def get_at_function(self) -> Callable[[str, float], Entry | MissingType] | None:
+        """The in-process tier's ``get_at`` for the chain's L1 lookup; None for a tier
+        whose reads are I/O (they are awaited on the slow path instead)."""
+        return None if self._native is not None or self.threaded else self.sync.get_at_function()
+
+    def can_lease(self, key: str) -> bool:
+        if self._native is None:
+            return self.sync.can_lease(key)
+        return self.leases and self._leasing.can_lease(key)
+
+    # -- reads
+
+    async def get(self, key: str, count: bool = True) -> Entry | MissingType:
+        """As :meth:`TierAccessor.get`: a failure is a miss."""
+        native = self._native
+        if native is None:
+            return await self._sync(self.sync.get, key, count)
+        try:
+            entry = await self._guarded(lambda: native.get(key))
+        except Exception as exc:
+            self.failed(exc)
+            return MISSING
+        if count and entry is MISSING:
+            self._metrics.miss(self.index)
+        return entry
+
+    async def get_many(
+        self, keys: Sequence[str], now: float, stale: dict[str, Entry]
+    ) -> dict[str, Entry]:
+        """As :meth:`TierAccessor.get_many`."""
+        native = self._native
+        if native is None:
+            return await self._sync(self.sync.get_many, keys, now, stale)
+        try:
+            entries = await self._guarded(lambda: native.get_many(keys))
+        except Exception as exc:
+            self.failed(exc)
+            return {}
+        return self.sync.sort_read(keys, entries, now, stale)
+
+    # -- writes and deletes
+
+    async def set_many(self, entries: Mapping[str, Entry]) -> bool:
+        """As :meth:`TierAccessor.set_many`: False if the tier failed; raises CodecError."""
+        native = self._native
+        if native is None:
+            return await self._sync(self.sync.set_many, entries)
+        if not entries:
+            return True
+        try:
+            if len(entries) == 1:
+                ((key, entry),) = entries.items()
+                await self._guarded(lambda: native.set(key, entry))
+            else:
+                await self._guarded(lambda: native.set_many(entries))
+        except CodecError:
+            raise
+        except Exception as exc:
+            self.failed(exc)
+            return False
+        self._metrics.fill(self.index, len(entries))
+        return True
+
+    async def delete_many(self, keys: Sequence[str]) -> str | None:
+        native = self._native
+        if native is None:
+            return await self._sync(self.sync.delete_many, keys)
+        if not keys:
+            return None
+        return await self._quietly(lambda: native.delete_many(keys))
+
+    async def delete_prefix(self, prefix: str) -> str | None:
+        native = self._native
+        if native is None:
+            return await self._sync(self.sync.delete_prefix, prefix)
+        if isinstance(native, AsyncTierBase):
+            declared = native
+            return await self._quietly(lambda: declared.delete_prefix(prefix))
+        return await self._quietly(native.clear)
+
+    async def clear(self) -> str | None:
+        native = self._native
+        if native is None:
+            return await self._sync(self.sync.clear)
+        return await self._quietly(native.clear)
+
+    async def _quietly(self, operation: Callable[[], Awaitable[None]]) -> str | None:
+        try:
+            await self._guarded(operation)
+        except Exception as exc:
+            self.failed(exc)
+            return f"tier {self.name!r} ({type(exc).__name__}: {exc})"
+        return None
+
+    # -- leases: these raise (but release_leases), the caller decides what it means
+
+    async def acquire_lease(self, key: str, ttl: float) -> tuple[str | None, Entry | MissingType]:
+        if self._native is None:
+            return await self._sync(self.sync.acquire_lease, key, ttl)
+        leasing = self._leasing
+        return await self._guarded(lambda: leasing.acquire_lease(key, ttl))
+
+    async def acquire_leases(
+        self, keys: Sequence[str], ttl: float
+    ) -> dict[str, tuple[str | None, Entry | MissingType]]:
+        if self._native is None:
+            return await self._sync(self.sync.acquire_leases, keys, ttl)
+        leasing = self._leasing
+        return await self._guarded(lambda: leasing.acquire_leases(keys, ttl))
+
+    async def steal_lease(self, key: str, ttl: float) -> str:
+        if self._native is None:
+            return await self._sync(self.sync.steal_lease, key, ttl)
+        leasing = self._leasing
+        return await self._guarded(lambda: leasing.steal_lease(key, ttl))
+
+    async def fill_with_leases(self, leased: Mapping[str, tuple[Entry, str]]) -> set[str]:
+        if self._native is None:
+            return await self._sync(self.sync.fill_with_leases, leased)
+        leasing = self._leasing
+        if len(leased) == 1:
+            ((key, (entry, token)),) = leased.items()
+            kept = await self._guarded(lambda: leasing.fill_with_lease(key, entry, token))
+            return {key} if kept else set()
+        return await self._guarded(lambda: leasing.fill_with_leases(leased))
+
+    async def release_leases(self, tokens: Mapping[str, str]) -> None:
+        """Give leases back; never raises."""
+        if self._native is None:
+            await self._sync(self.sync.release_leases, tokens)
+            return
+        if not tokens or not self.leases:
+            return
+        leasing = self._leasing
+        try:
+            if len(tokens) == 1:
+                ((key, token),) = tokens.items()
+                await self._guarded(lambda: leasing.release_lease(key, token))
+            else:
+                await self._guarded(lambda: leasing.release_leases(tokens))
+        except Exception as exc:
+            self.failed(exc)
+
+    # -- lifecycle
+
+    async def aclose(self) -> None:
+        """Close the tier, whatever the state of its breaker."""
+        native = self._native
+        if native is None:
+            await self._sync(self.sync.close)
+            return
+        try:
+            await native.aclose()
+        except Exception as exc:
+            self.failed(exc)

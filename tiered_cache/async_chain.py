@@ -1,0 +1,326 @@
+"""AsyncTieredCache: the chain for asyncio services, on the same parts as the threaded one.
+
+Its decisions are not a second copy: the L1 hit is :class:`~tiered_cache.l1.L1Reader`'s, every
+path after it is a :class:`~tiered_cache.paths.ChainPaths` step sequence, fills and
+invalidations go through the same :class:`~tiered_cache.fence.Fence`, loads through the
+shared lease-wait and batch steps, entries are stamped by the same
+:class:`~tiered_cache.loader.EntryMaker`. This module holds what only asyncio has: coroutine
+single-flight (a cancelled leader hands its flight over), tasks for background work, and the
+``async`` face. See docs/async.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, cast
+
+from .async_accessor import AsyncTierAccessor
+from .async_loader import AsyncBatchLoader, AsyncLoader, AsyncSourceLoader
+from .async_tier import AsyncSource, AsyncTier
+from .bus import Bus
+from .coherence import BusLink
+from .fence import Fence
+from .l1 import L1Reader
+from .loader import EntryMaker
+from .logs import logger_for
+from .metrics import CacheMetrics
+from .paths import ChainPaths
+from .protection import REFRESH_DUE, Protection
+from .reporting import chain_stats, first_hot_keys
+from .steps import arun
+from .tier import MISSING, Entry, Source, Tier
+
+if TYPE_CHECKING:
+    from .decorator import AsyncCachedFunction
+    from .settings import CacheSettings
+
+logger = logger_for("chain")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+__all__ = ["AsyncBatchLoader", "AsyncLoader", "AsyncTieredCache"]
+
+
+class _LeaderGone(Exception):
+    """The coroutine leading a key's flight was cancelled: its waiters start over."""
+
+
+class AsyncTieredCache(L1Reader):
+    """A chain of tiers for asyncio code: :class:`~tiered_cache.TieredCache`'s behaviour with
+    coroutine methods.
+
+    Tiers may be native async tiers (:class:`~tiered_cache.async_tier.AsyncTier`, such as the
+    Redis adapter's ``AsyncRedisTier``), the memory tier (used as it is: its calls do no I/O)
+    or any other sync tier (run in threads, with a
+    :class:`~tiered_cache.async_accessor.BlockingTierWarning`). The same holds for the
+    source. Loaders passed to :meth:`get` are coroutine functions.
+
+    The arguments are :class:`~tiered_cache.TieredCache`'s, but ``sleep`` (a coroutine
+    function, ``asyncio.sleep``) and ``background`` (refreshes are tasks of the chain).
+    """
+
+    def __init__(
+        self,
+        tiers: Sequence[Tier | AsyncTier],
+        source: Source | AsyncSource | None = None,
+        *,
+        namespace: str = "default",
+        ttl: float | None = None,
+        negative_ttl: float = 30.0,
+        clock: Callable[[], float] = time.time,
+        protection: Protection | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rng: Callable[[], float] = random.random,
+        bus: Bus | None = None,
+        max_stale_when_disconnected: float = 1.0,
+        write_policy: Literal["through", "around"] = "through",
+    ) -> None:
+        self.namespace = namespace
+        self._given = tuple(tiers)
+        self._source = source
+        self._clock = clock
+        self._protection = protection or Protection()
+        self._metrics = CacheMetrics([tier.name for tier in tiers])
+        self._tiers = [
+            AsyncTierAccessor(index, tier, self._metrics, clock) for index, tier in enumerate(tiers)
+        ]
+        # The fence drops in-process copies itself: those are sync tiers (memory), no I/O.
+        self._fence = Fence([tier.sync for tier in self._tiers], self._metrics)
+        self._entry = EntryMaker(ttl, negative_ttl, self._protection.max_stale)
+        self._loader = AsyncSourceLoader(
+            self._tiers,
+            source,
+            fence=self._fence,
+            metrics=self._metrics,
+            make_entry=self._entry,
+            clock=clock,
+            protection=self._protection,
+            sleep=sleep,
+        )
+        self._bus_link: BusLink | None = None
+        self._paths = ChainPaths(
+            self._tiers,
+            fence=self._fence,
+            metrics=self._metrics,
+            protection=self._protection,
+            make_entry=self._entry,
+            clock=clock,
+            loader=self._loader,
+            store=self._loader.store if source is not None else None,
+            announce=self._announce if bus is not None else None,
+            write_policy=write_policy,
+        )
+        self._setup_l1(self._tiers, self._metrics, self._protection, rng)
+        self._disconnected_bound = max_stale_when_disconnected
+        self._bus_down = False
+        self._closed = False
+        if bus is not None:
+            self._bus_link = BusLink(bus, self._fence, self._metrics, self._set_bus_connected)
+
+    # -- construction -------------------------------------------------------------------------
+
+    @classmethod
+    def from_config(
+        cls,
+        path: str | Path | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        **overrides: Any,
+    ) -> AsyncTieredCache:
+        """Build from the same settings file as :meth:`TieredCache.from_config`; each kind
+        uses its async plugin when its adapter has one (entry-point group
+        ``tiered_cache.async_tiers`` / ``tiered_cache.async_sources``), else its sync one."""
+        from .build import build_async_cache
+        from .settings import load_settings
+
+        return build_async_cache(load_settings(path, **overrides), clock=clock)
+
+    @classmethod
+    def from_settings(
+        cls, settings: CacheSettings, *, clock: Callable[[], float] = time.time
+    ) -> AsyncTieredCache:
+        """Build from a settings object."""
+        from .build import build_async_cache
+
+        return build_async_cache(settings, clock=clock)
+
+    @property
+    def tiers(self) -> tuple[Tier | AsyncTier, ...]:
+        """The tiers, fastest first (as given)."""
+        return self._given
+
+    @property
+    def source(self) -> Source | AsyncSource | None:
+        """The source of truth, if the chain has one."""
+        return self._source
+
+    # -- reads --------------------------------------------------------------------------------
+
+    async def get(
+        self, key: str, loader: AsyncLoader | None = None, *, ttl: float | str | None = None
+    ) -> Any:
+        """The value for ``key``, read through the tiers down to the source (see
+        :meth:`TieredCache.get`); ``loader`` is a coroutine function of no arguments."""
+        value = self.lookup_l1(key)
+        if value is MISSING or value is REFRESH_DUE:
+            return await self.get_after_l1(key, loader, ttl, value is REFRESH_DUE)
+        return value
+
+    async def get_after_l1(
+        self, key: str, loader: AsyncLoader | None, ttl: float | str | None, early: bool = False
+    ) -> Any:
+        """Everything after an L1 miss (for the decorator): one flight per key, shared by the
+        coroutines of every event loop of this process.
+
+        The first caller leads the flight in its own task (no task is spawned: a miss costs
+        no extra hop); if it is cancelled (its client went away), the waiters do not inherit
+        its cancellation: the next one leads a new flight.
+        """
+        if early and self._tiers:
+            self._metrics.count("early_refreshes")
+            self._loader.refresh_in_background(key, loader, ttl, None)
+            entry = await self._tiers[0].get(key, False)
+            if entry is not MISSING and not entry.is_expired(self._clock()):
+                return entry.value
+        fence = self._fence
+        flights = self._loader.flights
+        while True:
+            flight, leader = flights.join_or_lead(
+                key,
+                tag=fence.mark(),
+                joinable=lambda flight: not fence.overtaken(flight.tag, [key]),
+            )
+            if leader:
+                try:
+                    value = await arun(self._paths.read_through(key, flight.tag, loader, ttl))
+                except asyncio.CancelledError:
+                    flights.land({key: flight}, {}, _LeaderGone())
+                    raise
+                except BaseException as exc:
+                    flights.land({key: flight}, {}, exc)
+                    raise
+                flights.land({key: flight}, {key: value}, None)
+                return value
+            self._metrics.waited()
+            try:
+                return await flight.wait()
+            except _LeaderGone:
+                continue
+
+    async def get_many(
+        self,
+        keys: Iterable[str],
+        loader: AsyncBatchLoader | None = None,
+        *,
+        ttl: float | str | None = None,
+    ) -> dict[str, Any]:
+        """Values for ``keys`` (see :meth:`TieredCache.get_many`); ``loader`` is a coroutine
+        function taking the list of keys no tier had."""
+        return await arun(self._paths.get_many(list(keys), loader, ttl))
+
+    async def lookup_many(self, keys: Iterable[str]) -> dict[str, Entry]:
+        """The fresh entries the tiers hold for ``keys``, without loading anything."""
+        wanted = list(dict.fromkeys(keys))
+        return await arun(self._paths.read_tiers(wanted, self._fence.mark(), {}))
+
+    # -- writes -------------------------------------------------------------------------------
+
+    async def set(self, key: str, value: Any, *, ttl: float | str | None = None) -> None:
+        """Write ``value`` for ``key`` (see :meth:`TieredCache.set`: the same order)."""
+        await arun(self._paths.set(key, value, ttl))
+
+    async def invalidate(self, key: str) -> None:
+        """Remove ``key`` from every tier and every process's memory (not from the source)."""
+        await arun(self._paths.invalidate_many([key]))
+
+    async def invalidate_many(self, keys: Iterable[str], *, strict: bool = False) -> None:
+        """See :meth:`TieredCache.invalidate_many`."""
+        await arun(self._paths.invalidate_many(list(keys), strict=strict))
+
+    async def invalidate_prefix(self, prefix: str) -> None:
+        """See :meth:`TieredCache.invalidate_prefix`."""
+        await arun(self._paths.invalidate_prefix(prefix))
+
+    async def clear(self, *, strict: bool = False) -> None:
+        """See :meth:`TieredCache.clear`."""
+        await arun(self._paths.clear(strict=strict))
+
+    # -- the bus ------------------------------------------------------------------------------
+
+    async def _announce(
+        self, keys: Sequence[str], prefixes: Sequence[str], clear: bool, at: float
+    ) -> bool:
+        link = self._bus_link
+        assert link is not None
+        # A sync bus publishes with a blocking call: keep it off the event loop.
+        return await asyncio.to_thread(link.announce, keys, prefixes, clear=clear, at=at)
+
+    def _set_bus_connected(self, connected: bool) -> None:
+        """Called on the bus's thread (see :meth:`ChainPaths.set_bus_connected`)."""
+        self._bus_down = not connected
+        self._paths.set_bus_connected(connected, self._disconnected_bound)
+        self._use_l1(self._tiers, connected or not (self._tiers and self._tiers[0].local))
+
+    # -- the decorator ------------------------------------------------------------------------
+
+    def cached(
+        self, key: str, *, ttl: float | str | None = None
+    ) -> Callable[[Callable[P, Awaitable[R]]], AsyncCachedFunction[P, R]]:
+        """Cache an ``async def`` function's results under a key template (see
+        :meth:`TieredCache.cached`): the awaited result is what is cached."""
+        from .decorator import cached
+
+        return cast(
+            "Callable[[Callable[P, Awaitable[R]]], AsyncCachedFunction[P, R]]",
+            cached(self, key, ttl=ttl),
+        )
+
+    # -- reporting and lifecycle -------------------------------------------------------------
+
+    def hot_keys(self, n: int = 10) -> list[tuple[str, float]]:
+        """The ``n`` hottest keys with their estimated rate per second, if a tier tracks them."""
+        return first_hot_keys(self._tiers, n)
+
+    def stats(self) -> dict[str, Any]:
+        """The same snapshot as :meth:`TieredCache.stats` (no I/O: a plain method)."""
+        return chain_stats(
+            self._metrics.snapshot(),
+            tiers=self._tiers,
+            source=self._source,
+            namespace=self.namespace,
+            bus=None if self._bus_link is None else ("down" if self._bus_down else "connected"),
+            hot_keys=self.hot_keys(10),
+        )
+
+    async def wait_background(self, timeout: float | None = None) -> bool:
+        """Wait until background refreshes and late loads have finished (and filled)."""
+        return await self._loader.wait_background(timeout)
+
+    async def aclose(self) -> None:
+        """Cancel background work, close the bus, every tier and the source. Idempotent."""
+        if not await self._loader.aclose():
+            return
+        if self._bus_link is not None:
+            try:
+                await asyncio.to_thread(self._bus_link.close)
+            except Exception:
+                logger.exception("closing the invalidation bus failed")
+        for tier in self._tiers:
+            await tier.aclose()
+        await self._loader.close_source()
+
+    async def __aenter__(self) -> AsyncTieredCache:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        names = " -> ".join(tier.name for tier in self._tiers) or "no tiers"
+        source = self._source.name if self._source is not None else "loader"
+        return f"<AsyncTieredCache {self.namespace!r}: {names} -> {source}>"

@@ -1,0 +1,103 @@
+"""Single-flight for coroutines: one execution per key at a time, shared by every coroutine
+that asks meanwhile -- in this event loop and in the loops of other threads.
+
+The flights live in one table guarded by a thread lock (a few dict operations, never held
+across an ``await``). A flight's outcome is delivered to each event loop that waits for it:
+directly in the loop that lands it, through ``call_soon_threadsafe`` in the others. Each loop
+gets one future per flight, however many of its coroutines wait, so 1,000 waiters cost one
+wake-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from .singleflight import FlightTable
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+        future.exception()  # waiters that gave up must not make asyncio log it as unretrieved
+    else:
+        future.set_result(result)
+
+
+class AsyncFlight:
+    """One execution in progress; coroutines of any loop await its outcome."""
+
+    __slots__ = ("_done", "_error", "_futures", "_lock", "_result", "tag", "waiters")
+
+    def __init__(self, tag: int = 0) -> None:
+        self._lock = threading.Lock()
+        self._done = False
+        self._result: Any = None
+        self._error: BaseException | None = None
+        self._futures: dict[asyncio.AbstractEventLoop, asyncio.Future[Any]] = {}
+        self.waiters = 0
+        #: What the leader passed in (the chain: its fence mark, taken before the flight).
+        self.tag = tag
+
+    async def wait(self) -> Any:
+        """The flight's result (or its error raised). Cancelling a waiter cancels nothing
+        else: the others, and the execution itself, go on."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] | None = None
+        with self._lock:
+            if not self._done:
+                future = self._futures.get(loop)
+                if future is None:
+                    future = self._futures[loop] = loop.create_future()
+        if future is None:
+            if self._error is not None:
+                raise self._error
+            return self._result
+        return await asyncio.shield(future)
+
+    def land(self, result: Any, error: BaseException | None) -> None:
+        """Deliver the outcome to every waiting loop."""
+        with self._lock:
+            self._done = True
+            self._result = result
+            self._error = error
+            futures = list(self._futures.items())
+            self._futures.clear()
+        try:
+            current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            current = None
+        for loop, future in futures:
+            if loop is current:
+                _settle(future, result, error)
+                continue
+            # A loop that was closed has nobody waiting any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_settle, future, result, error)
+
+
+class AsyncSingleFlight(FlightTable[AsyncFlight]):
+    """Flights by key for coroutines: :class:`~tiered_cache.singleflight.FlightTable`'s
+    ``claim``/``land`` for batches, and :meth:`join_or_lead` for one key. The caller that leads
+    a key runs the work and must ``land`` the flight; the others :meth:`AsyncFlight.wait`."""
+
+    def __init__(self) -> None:
+        super().__init__(AsyncFlight)
+
+    def join_or_lead(
+        self, key: str, *, tag: int, joinable: Callable[[AsyncFlight], bool] | None = None
+    ) -> tuple[AsyncFlight, bool]:
+        """``(flight, leader)``: the key's flight in progress (if ``joinable(flight)``), or a
+        new one this caller leads."""
+        with self._lock:
+            flight = self._flights.get(key)
+            if flight is not None and (joinable is None or joinable(flight)):
+                flight.waiters += 1
+                return flight, False
+            flight = self._flights[key] = AsyncFlight(tag)
+            return flight, True

@@ -1,0 +1,383 @@
+"""Calls to the source under protection, for the asyncio chain.
+
+The decisions are the threaded loader's own -- the lease wait
+(:class:`~tiered_cache.lease_wait.LeaseWait`), batches and fail-safe
+(:class:`~tiered_cache.batch_load.BatchLoad`), the fence's fills, entry stamping
+(:class:`~tiered_cache.loader.EntryMaker`) -- run by the async driver. What is asyncio's own
+lives here: single-flight across coroutines (and loops), background refreshes as tasks, and
+timeouts: a timed load runs as a task of its own, which fills the tiers itself when it
+finishes, so a caller that stops waiting (soft timeout: it serves the stale value; hard
+timeout: :class:`~tiered_cache.LoadTimeout`) leaves nothing undone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import warnings
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, cast
+
+from .async_accessor import AsyncTierAccessor, BlockingTierWarning, is_async_part
+from .async_flight import AsyncFlight, AsyncSingleFlight
+from .async_tier import AsyncSource
+from .batch_load import BatchLoad
+from .errors import LoadTimeout, TieredCacheError
+from .fence import Fence
+from .lease_wait import LeaseWait
+from .loader import EntryMaker
+from .logs import fields, key_hash, logger_for
+from .metrics import CacheMetrics
+from .protection import Protection
+from .steps import arun
+from .tier import Entry, Source
+
+logger = logger_for("chain")
+
+#: A loader for one key: a coroutine function of no arguments.
+AsyncLoader = Callable[[], Awaitable[Any]]
+#: A loader for a batch: ``await loader(keys)`` returns the values it found.
+AsyncBatchLoader = Callable[[Sequence[str]], Awaitable[Mapping[str, Any]]]
+
+
+class AsyncSourceLoader:
+    """Loads for one asyncio chain: one per key at a time in this process (across its event
+    loops), one per fleet with a lease. Arguments as :class:`~tiered_cache.loader.SourceLoader`;
+    ``sleep`` is ``asyncio.sleep`` (tests may pass another coroutine function)."""
+
+    def __init__(
+        self,
+        tiers: Sequence[AsyncTierAccessor],
+        source: Source | AsyncSource | None,
+        *,
+        fence: Fence,
+        metrics: CacheMetrics,
+        make_entry: EntryMaker,
+        clock: Callable[[], float],
+        protection: Protection,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._tiers = list(tiers)
+        self._source = source
+        #: The source, by the kind of its calls (at most one is set).
+        self._async_source: AsyncSource | None = None
+        self._sync_source: Source | None = None
+        if source is not None and is_async_part(source):
+            self._async_source = cast(AsyncSource, source)
+        elif source is not None:
+            self._sync_source = cast(Source, source)
+            warnings.warn(
+                f"source {source.name!r} has no asyncio interface: the asyncio chain reads it "
+                "in threads",
+                BlockingTierWarning,
+                stacklevel=4,
+            )
+        self._fence = fence
+        self._metrics = metrics
+        self._make_entry = make_entry
+        self._clock = clock
+        self._protection = protection
+        #: One flight per key being read through the chain.
+        self.flights = AsyncSingleFlight()
+        #: Refreshes have flights of their own (as in the threaded loader).
+        self._refresh_flights = AsyncSingleFlight()
+        leasing = None
+        if protection.lease != "off":
+            leasing = next((tier for tier in self._tiers if tier.leases), None)
+        self._lease_wait = (
+            None
+            if leasing is None
+            else LeaseWait(leasing, self._tiers, fence, metrics, protection, clock, sleep)
+        )
+        self._batching = BatchLoad(
+            self._tiers,
+            fence,
+            metrics,
+            protection,
+            clock,
+            make_entry,
+            self._load_many,
+            sleep,
+            self._lease_wait,
+        )
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._refreshing: set[str] = set()
+        #: The running load of each key whose caller gave up on it, with its fence mark.
+        self._abandoned: dict[str, tuple[asyncio.Task[Entry], int]] = {}
+        self._closed = False
+
+    # -- one key
+
+    async def load(
+        self,
+        key: str,
+        mark: int,
+        loader: AsyncLoader | None,
+        ttl: float | str | None,
+        stale: Entry | None,
+        *,
+        background: bool = False,
+    ) -> Entry:
+        """As :meth:`SourceLoader.load`: under the key's lease, with timeouts and fail-safe;
+        the entry to serve."""
+        token: str | None = None
+        if self._lease_wait is not None:
+            token, filled = await arun(self._lease_wait.one(key, mark))
+            if filled is not None:
+                return filled
+        protection = self._protection
+        soft = None if background or stale is None else protection.soft_timeout
+        hard = None if background else protection.hard_timeout
+        try:
+            if soft is None and hard is None:
+                entry = await self._load(key, loader, ttl)
+            else:
+                task, mark = self._timed_task(key, mark, loader, ttl, token)
+                token = None  # the task gives it back or fills under it
+                entry = await self._await_timed(key, task, mark, soft, hard)
+                return entry
+        except _ServeStale:
+            assert stale is not None
+            self._metrics.count("stale_served_on_slow_load")
+            return stale
+        except Exception as exc:
+            if token is not None and self._lease_wait is not None:
+                await self._lease_wait.tier.release_leases({key: token})
+            if stale is None or not protection.fail_safe:
+                raise
+            return await arun(self._batching.fail_safe(key, mark, stale, exc))
+        await self._fill(key, mark, entry, token)
+        return entry
+
+    async def _fill(self, key: str, mark: int, entry: Entry, token: str | None) -> None:
+        tokens = {key: token} if token is not None else None
+        await self._fence.afill(mark, {key: entry}, self._tiers, tokens=tokens)
+
+    def _timed_task(
+        self,
+        key: str,
+        mark: int,
+        loader: AsyncLoader | None,
+        ttl: float | str | None,
+        token: str | None,
+    ) -> tuple[asyncio.Task[Entry], int]:
+        """The task loading ``key`` (and filling when done): an earlier one its caller gave
+        up on, if it read after the key's last invalidation, else a new one. Returns it with
+        the fence mark its fill is judged by."""
+        running = self._abandoned.get(key)
+        if running is not None and not self._fence.overtaken(running[1], [key]):
+            if token is not None:
+                self.spawn(self._release(key, token))
+            return running
+        if len(self._abandoned) >= self._protection.max_abandoned_loads:
+            self._metrics.count("loads_refused")
+            if token is not None:
+                self.spawn(self._release(key, token))
+            raise LoadTimeout(
+                f"{len(self._abandoned)} loads are still running after their callers stopped "
+                f"waiting (max_abandoned_loads); {key!r} was not loaded"
+            )
+        return self.spawn(self._load_and_fill(key, mark, loader, ttl, token)), mark
+
+    async def _release(self, key: str, token: str) -> None:
+        if self._lease_wait is not None:
+            await self._lease_wait.tier.release_leases({key: token})
+
+    async def _load_and_fill(
+        self,
+        key: str,
+        mark: int,
+        loader: AsyncLoader | None,
+        ttl: float | str | None,
+        token: str | None,
+    ) -> Entry:
+        try:
+            entry = await self._load(key, loader, ttl)
+        except BaseException:
+            if token is not None:
+                await self._release(key, token)
+            raise
+        await self._fill(key, mark, entry, token)
+        return entry
+
+    async def _await_timed(
+        self,
+        key: str,
+        task: asyncio.Task[Entry],
+        mark: int,
+        soft: float | None,
+        hard: float | None,
+    ) -> Entry:
+        timeout = soft if soft is not None else hard
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+        if done:
+            return task.result()
+        if self._abandoned.get(key, (None, 0))[0] is not task:
+            self._abandoned[key] = (task, mark)
+            self._metrics.count("abandoned_loads")
+            task.add_done_callback(lambda _: self._abandoned_done(key, task))
+        if soft is not None:
+            self._metrics.count("soft_timeouts")
+            raise _ServeStale()
+        self._metrics.count("hard_timeouts")
+        raise LoadTimeout(
+            f"loading {key!r} took longer than the hard timeout of {hard}s; "
+            "it goes on in the background and fills the cache when it finishes"
+        )
+
+    def _abandoned_done(self, key: str, task: asyncio.Task[Entry]) -> None:
+        running = self._abandoned.get(key)
+        if running is not None and running[0] is task:
+            del self._abandoned[key]
+
+    # -- batches (get_many)
+
+    async def load_batch(
+        self,
+        flights: Mapping[str, AsyncFlight],
+        mark: int,
+        loader: AsyncBatchLoader | None,
+        ttl: float | str | None,
+        stale: Mapping[str, Entry],
+    ) -> tuple[dict[str, Any], dict[str, BaseException]]:
+        """As :meth:`SourceLoader.load_batch`."""
+        batch = self._batching.for_flights(flights, self.flights, mark, loader, ttl, stale=stale)
+        return await arun(batch)
+
+    # -- background work
+
+    def spawn(self, coroutine: Awaitable[Any]) -> asyncio.Task[Any]:
+        """Run ``coroutine`` as a task this loader keeps (and :meth:`wait_background` awaits)."""
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: its caller (if any) has seen or dropped it
+
+    def refresh_in_background(
+        self, key: str, loader: AsyncLoader | None, ttl: float | str | None, stale: Entry | None
+    ) -> None:
+        """Reload ``key`` in a task, once at a time per key."""
+        if key in self._refreshing or self._closed:
+            return
+        self._refreshing.add(key)
+        self._metrics.count("refreshes")
+        self.spawn(self._refresh(key, loader, ttl, stale))
+
+    async def _refresh(
+        self, key: str, loader: AsyncLoader | None, ttl: float | str | None, stale: Entry | None
+    ) -> None:
+        mark = self._fence.mark()  # before the refresh reads anything
+        flight, leader = self._refresh_flights.join_or_lead(key, tag=mark)
+        try:
+            if not leader:
+                await flight.wait()
+                return
+            try:
+                entry = await self.load(key, mark, loader, ttl, None, background=True)
+            except BaseException as exc:
+                self._refresh_flights.land({key: flight}, {}, exc)
+                raise
+            self._refresh_flights.land({key: flight}, {key: entry.value}, None)
+        except Exception as exc:
+            self._metrics.count("refresh_failures")
+            logger.warning(
+                "background refresh of key %s failed (%s: %s); the stale value stays",
+                key_hash(key),
+                type(exc).__name__,
+                exc,
+                extra=fields("refresh_failed", key=key),
+            )
+            if stale is not None and self._protection.fail_safe:
+                await arun(self._batching.rest_source(key, mark, stale))
+        finally:
+            self._refreshing.discard(key)
+
+    async def wait_background(self, timeout: float | None = None) -> bool:
+        """Wait until background refreshes and late loads have finished (and filled);
+        False if some were still running after ``timeout`` seconds."""
+        if not self._tasks:
+            return True
+        _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
+        return not pending
+
+    async def aclose(self) -> bool:
+        """Stop taking background work and cancel what runs; False if closed already."""
+        if self._closed:
+            return False
+        self._closed = True
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+        return True
+
+    # -- the source itself
+
+    async def _load(self, key: str, loader: AsyncLoader | None, ttl: float | str | None) -> Entry:
+        started = self._clock()
+        try:
+            if loader is not None:
+                value = await loader()
+            elif self._async_source is not None:
+                value = await self._async_source.load(key)
+            elif self._sync_source is not None:
+                value = await asyncio.to_thread(self._sync_source.load, key)
+            else:
+                raise TieredCacheError(
+                    f"cannot load {key!r}: the cache has no source and no loader was given"
+                )
+        except BaseException:
+            self._metrics.load_failure()
+            raise
+        finished = self._clock()
+        self._metrics.load(1, finished - started)
+        return self._make_entry(value, finished, finished - started, ttl)
+
+    async def _load_many(
+        self, keys: Sequence[str], loader: AsyncBatchLoader | None, ttl: float | str | None
+    ) -> dict[str, Entry]:
+        started = self._clock()
+        try:
+            if loader is not None:
+                values = dict(await loader(keys))
+            elif self._async_source is not None:
+                values = await self._async_source.load_many(keys)
+            elif self._sync_source is not None:
+                values = await asyncio.to_thread(self._sync_source.load_many, keys)
+            else:
+                raise TieredCacheError(
+                    "cannot load keys: the cache has no source and no loader was given"
+                )
+        except BaseException:
+            self._metrics.load_failure()
+            raise
+        finished = self._clock()
+        self._metrics.load(len(keys), finished - started)
+        return self._batching.entries(values, keys, ttl, finished, finished - started)
+
+    # -- writes to the source
+
+    async def store(self, key: str, value: Any) -> None:
+        """Write the source (write-through)."""
+        if self._async_source is not None:
+            await self._async_source.store(key, value)
+        elif self._sync_source is not None:
+            await asyncio.to_thread(self._sync_source.store, key, value)
+
+    async def close_source(self) -> None:
+        try:
+            if self._async_source is not None:
+                await self._async_source.aclose()
+            elif self._sync_source is not None:
+                await asyncio.to_thread(self._sync_source.close)
+        except Exception:
+            logger.exception("closing the source failed")
+
+
+class _ServeStale(Exception):
+    """A timed load gave up on its soft timeout: serve the stale value instead."""

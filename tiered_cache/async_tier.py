@@ -1,0 +1,122 @@
+"""The contracts of tiers and sources with native asyncio I/O (Redis on ``redis.asyncio``,
+DynamoDB on aiobotocore). They mirror :class:`~tiered_cache.tier.Tier` and
+:class:`~tiered_cache.tier.Source` verb for verb, with coroutines.
+
+The asyncio chain takes these, and also the plain (sync) ones: the memory tier as it is (its
+calls do no I/O), any other sync tier or source through a thread, with a one-time warning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+from .tier import Entry, MissingType
+
+
+@runtime_checkable
+class AsyncTier(Protocol):
+    """:class:`~tiered_cache.tier.Tier` with coroutine methods."""
+
+    name: str
+
+    async def get(self, key: str) -> Entry | MissingType:
+        """The live entry for ``key``, or ``MISSING``."""
+        ...
+
+    async def get_many(self, keys: Sequence[str]) -> dict[str, Entry]:
+        """The live entries among ``keys``; absent keys are left out."""
+        ...
+
+    async def set(self, key: str, entry: Entry) -> None:
+        """Store ``entry``; raises :class:`~tiered_cache.CodecError` for a value it cannot
+        store, and then stores nothing."""
+        ...
+
+    async def set_many(self, entries: Mapping[str, Entry]) -> None:
+        """Store several entries at once."""
+        ...
+
+    async def delete_many(self, keys: Sequence[str]) -> None:
+        """Remove several keys at once."""
+        ...
+
+    async def clear(self) -> None:
+        """Remove every entry this tier holds for this cache."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections; the tier is not used afterwards."""
+        ...
+
+
+class AsyncTierBase:
+    """The optional capabilities of an async tier, declared with their defaults (as
+    :class:`~tiered_cache.tier.TierBase` does for sync tiers). An async tier is never
+    ``local``: the in-process tier of the asyncio chain is the memory tier itself.
+
+    Attributes:
+        leases: offers the coroutine forms of :class:`~tiered_cache.leases.LeasingTier`'s
+            operations (:class:`AsyncLeasingTier`).
+    """
+
+    leases: bool = False
+
+    async def clear(self) -> None:  # pragma: no cover - a subclass overrides
+        raise NotImplementedError
+
+    async def delete_prefix(self, prefix: str) -> None:
+        """Remove every key that starts with ``prefix``; by default everything (always safe)."""
+        await self.clear()
+
+
+class AsyncLeasingTier(AsyncTier, Protocol):
+    """An async tier that offers leases: :class:`~tiered_cache.leases.LeasingTier`'s
+    operations (same meaning, same names) as coroutines; ``can_lease`` stays plain."""
+
+    def can_lease(self, key: str) -> bool: ...
+
+    async def acquire_lease(
+        self, key: str, ttl: float
+    ) -> tuple[str | None, Entry | MissingType]: ...
+
+    async def steal_lease(self, key: str, ttl: float) -> str: ...
+
+    async def fill_with_lease(self, key: str, entry: Entry, token: str) -> bool: ...
+
+    async def release_lease(self, key: str, token: str) -> None: ...
+
+    async def acquire_leases(
+        self, keys: Sequence[str], ttl: float
+    ) -> dict[str, tuple[str | None, Entry | MissingType]]: ...
+
+    async def fill_with_leases(self, entries: Mapping[str, tuple[Entry, str]]) -> set[str]: ...
+
+    async def release_leases(self, tokens: Mapping[str, str]) -> None: ...
+
+
+@runtime_checkable
+class AsyncSource(Protocol):
+    """:class:`~tiered_cache.tier.Source` with coroutine methods."""
+
+    name: str
+
+    async def load(self, key: str) -> Any | MissingType:
+        """The value for ``key``, or ``MISSING`` if the source has no such item."""
+        ...
+
+    async def load_many(self, keys: Sequence[str]) -> dict[str, Any]:
+        """Values for the keys the source has; absent keys are left out."""
+        ...
+
+    async def store(self, key: str, value: Any) -> None:
+        """Write ``value`` for ``key`` (write-through)."""
+        ...
+
+    async def remove(self, key: str) -> None:
+        """Delete ``key`` from the source."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections; the source is not used afterwards."""
+        ...

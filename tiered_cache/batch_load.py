@@ -1,0 +1,224 @@
+"""Loading a batch of keys and serving stale values when the source fails: written once as
+steps (:mod:`tiered_cache.steps`) for the threaded and the asyncio loaders.
+
+The leases of all the keys are asked for in one round trip; the keys this process got are
+loaded at once, before it waits for the others' holders (so that two processes holding each
+other's keys never wait on each other). Keys whose holder takes longer than ``lease_wait`` are
+loaded without a lease, in one more batch. A key the source failed for is served its stale
+value under fail-safe (and tier 0 rests the source for ``fail_safe_throttle``), else its error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import PartialLoadError
+from .fence import ChainTier, Fence
+from .lease_wait import LeaseWait
+from .logs import fields, key_hash, logger_for
+from .metrics import CacheMetrics
+from .protection import Protection
+from .steps import Steps
+from .tier import MISSING, Entry
+
+logger = logger_for("chain")
+
+#: Called as each part of a batch is ready: ``(entries to serve, errors)``.
+Ready = Callable[[Mapping[str, Entry], Mapping[str, BaseException]], None]
+#: Makes an entry: ``(value, now, load duration, ttl)`` (:class:`~tiered_cache.loader.EntryMaker`).
+MakeEntry = Callable[[Any, float, float, "float | str | None"], Entry]
+
+
+def calmed(stale: Entry, now: float, throttle: float) -> Entry | None:
+    """``stale`` served as fresh for ``throttle`` seconds (never past its hard expiry), so a
+    failing source is not asked again by every read; None if there is nothing to rest on."""
+    if throttle <= 0 or now >= stale.hard_expiry:
+        return None
+    return stale.replace(soft_expiry=min(now + throttle, stale.hard_expiry))
+
+
+@dataclass(frozen=True)
+class BatchLoad:
+    """The parts batch loads and fail-safe use. ``load_many(keys, loader, ttl)`` reads the
+    source and returns entries (a plain function or a coroutine: the driver decides);
+    ``sleep`` waits between looks at the leases."""
+
+    tiers: Sequence[ChainTier]
+    fence: Fence
+    metrics: CacheMetrics
+    protection: Protection
+    clock: Callable[[], float]
+    make_entry: MakeEntry
+    load_many: Callable[..., Any]
+    sleep: Callable[[float], Any]
+    lease_wait: LeaseWait | None
+
+    def for_flights(
+        self,
+        flights: Mapping[str, Any],
+        table: Any,
+        mark: int,
+        loader: Any,
+        ttl: float | str | None,
+        *,
+        stale: Mapping[str, Entry],
+    ) -> Steps[tuple[dict[str, Any], dict[str, BaseException]]]:
+        """Get a value for every key of ``flights`` (which the caller leads in ``table``):
+        filled by another process's lease holder, or loaded here in batches and filled into
+        the tiers. Each key's flight lands as soon as its value (or its error) is there.
+
+        Returns ``(values, errors)``: a key the source failed for gets its stale value under
+        fail-safe, else its error.
+        """
+        values: dict[str, Any] = {}
+        errors: dict[str, BaseException] = {}
+
+        def ready(entries: Mapping[str, Entry], failed: Mapping[str, BaseException]) -> None:
+            landed = {key: entry.value for key, entry in entries.items()}
+            table.land({key: flights[key] for key in landed}, landed, None)
+            for key, error in failed.items():
+                table.land({key: flights[key]}, {}, error)
+            values.update(landed)
+            errors.update(failed)
+
+        try:
+            yield from self.run(list(flights), mark, loader, ttl, stale=stale, ready=ready)
+        except BaseException as exc:
+            done = values.keys() | errors.keys()
+            table.land({k: f for k, f in flights.items() if k not in done}, {}, exc)
+            raise
+        return values, errors
+
+    def run(
+        self,
+        keys: list[str],
+        mark: int,
+        loader: Any,
+        ttl: float | str | None,
+        *,
+        stale: Mapping[str, Entry],
+        ready: Ready,
+    ) -> Steps[None]:
+        """Get every key of ``keys`` a value or an error, handing each part to ``ready``."""
+        if self.lease_wait is None:
+            ready(*(yield from self.load_and_fill(keys, mark, loader, ttl, stale, tokens={})))
+            return
+        protection = self.protection
+        pending = keys
+        deadline: float | None = None
+        while pending:
+            tokens, filled, waiting = yield from self.lease_wait.batch(pending, mark)
+            if filled:
+                ready(filled, {})
+            if tokens:
+                if deadline is not None:  # holders that died left their leases to expire
+                    self.metrics.count("lease_takeovers", sum(1 for t in tokens.values() if t))
+                ready(
+                    *(
+                        yield from self.load_and_fill(
+                            list(tokens), mark, loader, ttl, stale, tokens=tokens
+                        )
+                    )
+                )
+            if not waiting:
+                return
+            now = self.clock()
+            if deadline is None:
+                self.metrics.count("lease_waits", len(waiting))
+                deadline = now + protection.lease_wait
+            elif now >= deadline:
+                self.metrics.count("lease_wait_expired", len(waiting))
+                ready(
+                    *(yield from self.load_and_fill(waiting, mark, loader, ttl, stale, tokens={}))
+                )
+                return
+            pending = waiting
+            yield self.sleep, (protection.lease_poll,)
+
+    def load_and_fill(
+        self,
+        keys: list[str],
+        mark: int,
+        loader: Any,
+        ttl: float | str | None,
+        stale: Mapping[str, Entry],
+        *,
+        tokens: Mapping[str, str | None],
+    ) -> Steps[tuple[dict[str, Entry], dict[str, BaseException]]]:
+        """Load ``keys`` in one batch and fill them into the tiers (under their leases).
+
+        Returns ``(entries to serve, errors)``: what the source read (all of it, or what a
+        :class:`~tiered_cache.PartialLoadError` carries), stale entries under fail-safe for
+        the keys it failed, and the error of each key left.
+        """
+        held = {key: token for key, token in tokens.items() if token is not None}
+        leasing = self.lease_wait.tier if self.lease_wait is not None else None
+        failure: Exception | None = None
+        try:
+            loaded: dict[str, Entry] = yield self.load_many, (keys, loader, ttl)
+        except PartialLoadError as exc:
+            failure = exc
+            loaded = self.entries(exc.found, keys, ttl, self.clock(), 0.0, complete=False)
+        except Exception as exc:
+            failure = exc
+            loaded = {}
+        except BaseException:
+            if held and leasing is not None:
+                yield leasing.release_leases, (held,)
+            raise
+        errors: dict[str, BaseException] = {}
+        served: dict[str, Entry] = dict(loaded)
+        if failure is not None:
+            unread = [key for key in keys if key not in loaded]
+            given_back = {key: held.pop(key) for key in unread if key in held}
+            if given_back and leasing is not None:
+                yield leasing.release_leases, (given_back,)
+            for key in unread:
+                if key in stale and self.protection.fail_safe:
+                    served[key] = yield from self.fail_safe(key, mark, stale[key], failure)
+                else:
+                    errors[key] = failure
+        yield from self.fence.fill_steps(
+            mark, loaded, self.tiers, tokens={k: t for k, t in held.items() if k in loaded}
+        )
+        return served, errors
+
+    def fail_safe(self, key: str, mark: int, stale: Entry, exc: Exception) -> Steps[Entry]:
+        """Serve ``stale`` for a failed load, and rest the source (see :func:`calmed`)."""
+        self.metrics.count("stale_served_on_error")
+        logger.warning(
+            "serving a stale value of key %s: its load failed (%s: %s)",
+            key_hash(key),
+            type(exc).__name__,
+            exc,
+            extra=fields("fail_safe", key=key),
+        )
+        yield from self.rest_source(key, mark, stale)
+        return stale
+
+    def rest_source(self, key: str, mark: int, stale: Entry) -> Steps[None]:
+        """For ``fail_safe_throttle`` seconds, tier 0 serves ``stale`` as fresh."""
+        calm = calmed(stale, self.clock(), self.protection.fail_safe_throttle)
+        if calm is not None and self.tiers:
+            yield from self.fence.fill_steps(mark, {key: calm}, self.tiers[:1])
+
+    def entries(
+        self,
+        values: Mapping[str, Any],
+        keys: Sequence[str],
+        ttl: float | str | None,
+        now: float,
+        duration: float,
+        *,
+        complete: bool = True,
+    ) -> dict[str, Entry]:
+        """Entries for ``keys`` from ``values``: of a complete read, a key left out is "not
+        found"; of a partial read, only the keys it read have one."""
+        make = self.make_entry
+        return {
+            key: make(values.get(key, MISSING), now, duration, ttl)
+            for key in keys
+            if complete or key in values
+        }

@@ -1,0 +1,107 @@
+"""Taking a key's lease, or waiting for its holder's value: written once as steps
+(:mod:`tiered_cache.steps`) for the threaded and the asyncio loaders.
+
+Each look is one round trip to the leasing tier: take the lease if it is free, and read the
+key. A holder's fresh value is copied into the faster tiers through the fence; a holder that
+takes longer than ``lease_wait`` (or died) is given up on, and the caller loads without one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .fence import ChainTier, Fence
+from .metrics import CacheMetrics
+from .protection import Protection
+from .steps import Steps
+from .tier import MISSING, Entry
+
+
+@dataclass(frozen=True)
+class LeaseWait:
+    """The parts a lease wait uses. ``tier`` is the leasing tier's accessor and ``tiers`` the
+    chain's (sync or async: the steps only name their methods); ``sleep`` waits between looks
+    (``time.sleep`` or ``asyncio.sleep``)."""
+
+    tier: ChainTier
+    tiers: Sequence[ChainTier]
+    fence: Fence
+    metrics: CacheMetrics
+    protection: Protection
+    clock: Callable[[], float]
+    sleep: Callable[[float], Any]
+
+    def one(self, key: str, mark: int) -> Steps[tuple[str | None, Entry | None]]:
+        """``(token, None)`` when this process should load; ``(None, entry)`` when the lease
+        holder filled the key meanwhile; ``(None, None)`` to load without a lease (the shared
+        tier is down, or the holder took longer than ``lease_wait``)."""
+        tier = self.tier
+        if not tier.can_lease(key):
+            return None, None
+        protection = self.protection
+        deadline: float | None = None
+        try:
+            while True:
+                token, current = yield tier.acquire_lease, (key, protection.lease_ttl)
+                if current is not MISSING and self.clock() < current.soft_expiry:
+                    # The previous holder filled it since our last look: no load needed.
+                    if token is not None:
+                        yield tier.release_leases, ({key: token},)
+                    tier.hit()
+                    yield from self.fence.fill_steps(mark, {key: current}, self.tiers[: tier.index])
+                    return None, current
+                if token is not None:
+                    if deadline is not None:  # a holder that died left its lease to expire
+                        self.metrics.count("lease_takeovers")
+                    return token, None
+                now = self.clock()
+                if deadline is None:
+                    self.metrics.count("lease_waits")
+                    deadline = now + protection.lease_wait
+                elif now >= deadline:
+                    self.metrics.count("lease_wait_expired")
+                    return None, None
+                yield self.sleep, (protection.lease_poll,)
+        except Exception as exc:
+            tier.failed(exc)
+            return None, None
+
+    def batch(
+        self, keys: Sequence[str], mark: int
+    ) -> Steps[tuple[dict[str, str | None], dict[str, Entry], list[str]]]:
+        """One look at the leasing tier for ``keys``: ``(to load, with the token or None for
+        no lease; filled meanwhile by a holder; held by another process)``."""
+        tier = self.tier
+        tokens: dict[str, str | None] = {key: None for key in keys if not tier.can_lease(key)}
+        if tokens:
+            keys = [key for key in keys if key not in tokens]
+            if not keys:
+                return tokens, {}, []
+        try:
+            looks = yield tier.acquire_leases, (keys, self.protection.lease_ttl)
+        except Exception as exc:
+            tier.failed(exc)
+            tokens.update(dict.fromkeys(keys))  # load them all without leases
+            return tokens, {}, []
+        now = self.clock()
+        filled: dict[str, Entry] = {}
+        waiting: list[str] = []
+        unneeded: dict[str, str] = {}
+        for key in keys:
+            token, current = looks[key]
+            if current is not MISSING and now < current.soft_expiry:
+                filled[key] = current  # the holder filled it since our last look
+                if token is not None:
+                    unneeded[key] = token
+            elif token is not None:
+                tokens[key] = token
+            else:
+                waiting.append(key)
+        if unneeded:
+            yield tier.release_leases, (unneeded,)
+        if filled:
+            tier.hit(len(filled))
+            yield from self.fence.fill_steps(mark, filled, self.tiers[: tier.index])
+        return tokens, filled, waiting

@@ -1,0 +1,284 @@
+"""The chain's read and write paths, written once as steps (:mod:`tiered_cache.steps`).
+
+:class:`ChainPaths` holds every decision of a read after the L1 miss (which tier answers, what
+is copied up, when a stale value is served, when the source is asked) and of a write (the
+order of lease, source, fence, tiers and bus that keeps copies coherent). The threaded
+:class:`~tiered_cache.TieredCache` runs these steps with plain calls, the asyncio
+:class:`~tiered_cache.AsyncTieredCache` awaits them: its tier accessors, loader, source and
+bus offer coroutines of the same names. What differs between the two faces -- threads or
+coroutines for single-flight, background work and timeouts -- stays in their loaders.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+from .errors import InvalidationIncomplete, PartialBatchError
+from .fence import ChainTier, Fence
+from .loader import EntryMaker
+from .metrics import CacheMetrics
+from .protection import Protection
+from .steps import Steps
+from .tier import MISSING, Entry
+
+#: ``announce(keys, prefixes, clear, at)``: publish an invalidation; True if it went out.
+Announce = Callable[[Sequence[str], Sequence[str], bool, float], Any]
+
+
+class ChainPaths:
+    """The read-through and write paths of one chain, as steps.
+
+    Args:
+        tiers: the chain's tier accessors, fastest first (sync, or the asyncio chain's).
+        fence: the chain's fence.
+        metrics: the chain's counters.
+        protection: the source-protection options.
+        make_entry: stamps values into entries.
+        clock: the chain's clock.
+        loader: the chain's loader: ``load(key, mark, loader, ttl, stale)`` (a step) and
+            ``refresh_in_background(key, loader, ttl, stale)`` (a plain call).
+        store: writes the source (a step), or None when the chain has no source.
+        announce: tells the other processes (a step), or None without a bus.
+        write_policy: ``"through"`` or ``"around"`` (see :meth:`TieredCache.set`).
+    """
+
+    def __init__(
+        self,
+        tiers: Sequence[ChainTier],
+        *,
+        fence: Fence,
+        metrics: CacheMetrics,
+        protection: Protection,
+        make_entry: EntryMaker,
+        clock: Callable[[], float],
+        loader: Any,
+        store: Callable[[str, Any], Any] | None,
+        announce: Announce | None,
+        write_policy: Literal["through", "around"],
+    ) -> None:
+        self.tiers = list(tiers)
+        self.shared = [tier for tier in self.tiers if not tier.local]
+        self.leasing = next((tier for tier in self.shared if tier.leases), None)
+        self.fence = fence
+        self.metrics = metrics
+        self.protection = protection
+        self.make_entry = make_entry
+        self.clock = clock
+        self.loader = loader
+        self.store = store
+        self.announce = announce
+        self.write_policy = write_policy
+        #: The bus is down and in-process tiers keep fills for a bound (reads are counted).
+        self.bounded = False
+
+    # -- reads
+
+    def read_through(self, key: str, mark: int, loader: Any, ttl: float | str | None) -> Steps[Any]:
+        """Inside the key's flight: the first fresh copy (copied up into the faster tiers),
+        else a stale one while a refresh runs, else a load. ``mark``: the fence's, taken
+        before anything was read; every fill below is judged by it."""
+        now = self.clock()
+        stale: Entry | None = None
+        for tier in self.tiers:
+            if tier.bypassed:
+                continue
+            # Tier 0 was just missed by the caller; look again, quietly, because another
+            # flight for this key may have filled it between that miss and this flight.
+            entry = yield tier.get, (key, tier.index > 0)
+            if entry is MISSING:
+                continue
+            if now < entry.soft_expiry:
+                if tier.index > 0:
+                    tier.hit()
+                    yield from self.fence.fill_steps(mark, {key: entry}, self.tiers[: tier.index])
+                if self.bounded:
+                    self.count_bus_down(tier)
+                return entry.value
+            if stale is None and now < entry.hard_expiry:
+                stale = entry
+        if self.bounded:
+            self.count_bus_down(None)
+        if stale is not None and self.protection.stale_while_revalidate:
+            self.metrics.count("stale_served")
+            self.loader.refresh_in_background(key, loader, ttl, stale)
+            return stale.value
+        loaded: Entry = yield self.loader.load, (key, mark, loader, ttl, stale)
+        return loaded.value
+
+    def get_many(
+        self, keys: list[str], loader: Any, ttl: float | str | None
+    ) -> Steps[dict[str, Any]]:
+        """See :meth:`TieredCache.get_many`."""
+        wanted = list(dict.fromkeys(keys))
+        stale: dict[str, Entry] = {}
+        mark = self.fence.mark()
+        found = yield from self.read_tiers(wanted, mark, stale)
+        remaining = [key for key in wanted if key not in found]
+        if remaining and stale and loader is None and self.protection.stale_while_revalidate:
+            # Stale keys are served now and refreshed one by one in the background.
+            for key in remaining:
+                if key in stale:
+                    found[key] = stale[key]
+                    self.metrics.count("stale_served")
+                    self.loader.refresh_in_background(key, None, ttl, stale[key])
+            remaining = [key for key in remaining if key not in stale]
+        values = {key: entry.value for key, entry in found.items()}
+        errors: dict[str, BaseException] = {}
+        if remaining:
+            # One batch for the keys no other caller is loading; wait for the others' loads.
+            fence = self.fence
+            led, joined = self.loader.flights.claim(
+                remaining,
+                tag=mark,
+                joinable=lambda key, flight: not fence.overtaken(flight.tag, [key]),
+            )
+            if led:
+                loaded, failed = yield self.loader.load_batch, (led, mark, loader, ttl, stale)
+                values.update(loaded)
+                errors.update(failed)
+            for key, flight in joined.items():
+                try:
+                    values[key] = yield flight.wait, ()
+                except Exception as exc:
+                    errors[key] = exc
+                self.metrics.waited()
+        if errors:
+            failed = {key: errors[key] for key in wanted if key in errors}
+            raise PartialBatchError(
+                {key: values[key] for key in wanted if key in values}, failed
+            ) from next(iter(failed.values()))
+        return {key: values[key] for key in wanted}
+
+    def read_tiers(
+        self, keys: list[str], mark: int, stale: dict[str, Entry]
+    ) -> Steps[dict[str, Entry]]:
+        """One ``get_many`` per tier for the keys still missing, fastest tier first; hits fill
+        the faster tiers (through the fence). Stale entries still servable go into ``stale``."""
+        found: dict[str, Entry] = {}
+        remaining = keys
+        now = self.clock()
+        for tier in self.tiers:
+            if not remaining:
+                break
+            if tier.bypassed:
+                continue
+            hits = yield tier.get_many, (remaining, now, stale)
+            if hits and tier.bounded_for > 0:
+                self.metrics.count("bus_down_served", len(hits))
+            if hits:
+                yield from self.fence.fill_steps(mark, hits, self.tiers[: tier.index])
+                found.update(hits)
+                remaining = [key for key in remaining if key not in hits]
+        return found
+
+    def count_bus_down(self, tier: ChainTier | None) -> None:
+        """A read while the bus is down: answered by a bounded in-process tier, or not."""
+        served = tier is not None and tier.bounded_for > 0
+        self.metrics.count("bus_down_served" if served else "bus_down_bypasses")
+
+    # -- writes
+
+    def set(self, key: str, value: Any, ttl: float | str | None) -> Steps[None]:
+        """See :meth:`TieredCache.set`."""
+        if self.write_policy == "around" and self.store is not None:
+            yield self.store, (key, value)
+            yield from self.invalidate_many([key])
+            return
+        mark = self.fence.mark()  # before the source is written: later invalidations count
+        token = yield from self.steal_lease(key)
+        try:
+            if self.store is not None:
+                yield self.store, (key, value)
+        except BaseException:
+            if token is not None and self.leasing is not None:
+                yield self.leasing.release_leases, ({key: token},)
+            raise
+        entry = self.make_entry(value, self.clock(), 0.0, ttl)
+        # Loads in flight read the source before this write: none of them may fill now.
+        own = self.fence.invalidate([key])
+        tokens = {key: token} if token is not None else None
+        landed = yield from self.fence.fill_steps(
+            mark, {key: entry}, self.tiers, tokens=tokens, own=own
+        )
+        if key not in landed:
+            # Another write (or an invalidation) overlapped this one: which came last at the
+            # source cannot be told here, so no tier keeps either value.
+            yield from self.invalidate_many([key])
+            return
+        if self.announce is not None:
+            yield self.announce, ([key], (), False, 0.0)
+
+    def steal_lease(self, key: str) -> Steps[str | None]:
+        """The key's lease for a write, or None (no leasing tier, or it failed)."""
+        tier = self.leasing
+        if tier is None or not tier.can_lease(key):
+            return None
+        try:
+            token: str = yield tier.steal_lease, (key, self.protection.lease_ttl)
+        except Exception as exc:
+            tier.failed(exc)
+            return None
+        return token
+
+    def invalidate_many(self, keys: Sequence[str], *, strict: bool = False) -> Steps[None]:
+        """See :meth:`TieredCache.invalidate_many`."""
+        keys = list(dict.fromkeys(keys))
+        if not keys:
+            return
+        failed: list[str] = []
+        for tier in reversed(self.shared):
+            error = yield tier.delete_many, (keys,)
+            if error:
+                failed.append(error)
+        self.fence.invalidate(keys)
+        if self.announce is not None and not (yield self.announce, (keys, (), False, 0.0)):
+            failed.append("the invalidation bus")
+        if strict and failed:
+            raise InvalidationIncomplete(
+                f"invalidating {len(keys)} key(s) did not reach {', '.join(failed)}"
+            )
+
+    def invalidate_prefix(self, prefix: str) -> Steps[None]:
+        """See :meth:`TieredCache.invalidate_prefix`."""
+        if not prefix:
+            raise ValueError("an empty prefix would drop everything: use clear()")
+        for tier in reversed(self.shared):
+            yield tier.delete_prefix, (prefix,)
+        self.fence.invalidate(prefixes=[prefix])
+        if self.announce is not None:
+            yield self.announce, ((), [prefix], False, self.clock())
+
+    def clear(self, *, strict: bool = False) -> Steps[None]:
+        """See :meth:`TieredCache.clear`."""
+        failed: list[str] = []
+        for tier in reversed(self.shared):
+            error = yield tier.clear, ()
+            if error:
+                failed.append(error)
+        self.fence.invalidate(everything=True)
+        if self.announce is not None and not (yield self.announce, ((), (), True, 0.0)):
+            failed.append("the invalidation bus")
+        if strict and failed:
+            raise InvalidationIncomplete(f"clearing did not reach {', '.join(failed)}")
+
+    # -- the bus going down and coming back
+
+    def set_bus_connected(self, connected: bool, bound: float) -> None:
+        """While the bus is down in-process tiers would miss invalidations: they serve only
+        copies filled during the outage, each for at most ``bound`` seconds
+        (``max_stale_when_disconnected``; bypassed when that is 0), so the source sees about
+        one load per key per bound instead of one per read. They are cleared both ways: on
+        the way down nothing stale stays for later, on the way up nothing from the outage is
+        trusted. (The chain also stops its L1 fast path while the bus is down.)"""
+        if connected:
+            bound = 0.0
+        self.bounded = bound > 0
+        if connected:
+            self.fence.invalidate(everything=True)
+        for tier in self.tiers:
+            if tier.local:
+                tier.bypassed = not connected and bound <= 0
+                tier.bounded_for = bound
+        if not connected:
+            self.fence.invalidate(everything=True)

@@ -1,0 +1,51 @@
+"""Decisions written once, run by a sync or an async driver (sans-I/O).
+
+A decision that does I/O on its way (the fence's fill, the wait for a lease) is written as a
+generator that *yields* each call it needs, ``(function, arguments)``, and gets the result
+back (or the exception thrown in). :func:`run` makes each call directly, for the threaded
+chain; :func:`arun` awaits each one, for the asyncio chain, whose tier accessors have
+coroutine methods of the same names. So the order of checks and writes that keeps a cache
+coherent lives in one place, and only the I/O differs between the two faces.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Generator
+from typing import Any, TypeAlias, TypeVar, cast
+
+T = TypeVar("T")
+
+#: One call a decision asks its driver to make.
+Step: TypeAlias = tuple[Callable[..., Any], tuple[Any, ...]]
+#: A decision: yields steps, receives their results, returns its outcome.
+Steps: TypeAlias = Generator[Step, Any, T]
+
+
+def run(steps: Steps[T]) -> T:
+    """Run ``steps`` with each call made directly (the threaded chain)."""
+    try:
+        function, arguments = next(steps)
+        while True:
+            try:
+                result = function(*arguments)
+            except BaseException as exc:
+                function, arguments = steps.throw(exc)
+            else:
+                function, arguments = steps.send(result)
+    except StopIteration as stop:
+        return cast(T, stop.value)
+
+
+async def arun(steps: Steps[T]) -> T:
+    """Run ``steps`` with each call awaited (the asyncio chain: the calls are coroutines)."""
+    try:
+        function, arguments = next(steps)
+        while True:
+            try:
+                result = await cast(Awaitable[Any], function(*arguments))
+            except BaseException as exc:
+                function, arguments = steps.throw(exc)
+            else:
+                function, arguments = steps.send(result)
+    except StopIteration as stop:
+        return cast(T, stop.value)

@@ -294,7 +294,6 @@ class AsyncTieredCache(L1Reader):
             source=self._source,
             namespace=self.namespace,
             bus=None if self._bus_link is None else ("down" if self._bus_down else "connected"),
-            hot_keys=self.hot_keys(10),
         )
 
     async def wait_background(self, timeout: float | None = None) -> bool:

@@ -349,7 +349,6 @@ class TieredCache(L1Reader):
             source=self._source,
             namespace=self.namespace,
             bus=None if self._bus_link is None else ("down" if self._bus_down else "connected"),
-            hot_keys=self.hot_keys(10),
         )
 
     def wait_background(self, timeout: float | None = None) -> bool:

@@ -47,11 +47,11 @@ def chain_stats(
     source: Any,
     namespace: str,
     bus: str | None,
-    hot_keys: list[tuple[str, float]],
 ) -> dict[str, Any]:
     """A chain's ``stats()``: the metrics ``snapshot`` with what each tier (accessor) and the
     source report themselves, the namespace, the bus state and the hottest keys (both chains
-    report the same way)."""
+    report the same way). The tiers report before the hot keys are asked for: asking goes
+    through a tier's breaker, whose state the report must show as it was."""
     for tier, counters in zip(tiers, snapshot["tiers"], strict=True):
         counters.update(tier.report())  # evictions, breaker state: what tiers know
     snapshot["source"] = (
@@ -61,7 +61,7 @@ def chain_stats(
     )
     snapshot["namespace"] = namespace
     snapshot["bus"] = bus
-    snapshot["hot_keys"] = [[key, rate] for key, rate in hot_keys]
+    snapshot["hot_keys"] = [[key, rate] for key, rate in first_hot_keys(tiers, 10)]
     return snapshot
 
 

@@ -22,11 +22,19 @@ from redis.cluster import RedisCluster
 from tiered_cache.codecs import Codec, get_codec
 from tiered_cache.errors import CodecError, TierUnavailable
 from tiered_cache.keys import namespace_prefix
-from tiered_cache.leases import PartialFill
 from tiered_cache.logs import fields, key_hash
 from tiered_cache.tier import MISSING, Entry, MissingType, TierBase
 
 from .client import RedisClient, close_client
+from .lease_batches import (
+    acquire_calls,
+    batch_failure,
+    fill_calls,
+    fill_outcome,
+    looks,
+    plan_fills,
+    taken_on_failure,
+)
 from .leases import (
     ACQUIRE_AND_GET,
     FILL_IF_HOLDING,
@@ -366,34 +374,13 @@ class RedisTier(TierBase):
             self._acquire_script = self.client.register_script(ACQUIRE_AND_GET)
         px = max(1, int(ttl * 1000))
         tokens = [uuid.uuid4().hex for _ in keys]
-        replies = self._run_scripts(
-            self._acquire_script,
-            [
-                ([name, lease_key(name)], [token, px])
-                for name, token in zip(names, tokens, strict=True)
-            ],
-        )
-        failed = next((reply for reply in replies if isinstance(reply, Exception)), None)
-        if failed is not None or len(replies) < len(keys):
-            # All or nothing: the caller loads the whole batch without leases, so the leases
-            # taken must not stay behind to make other processes wait for nobody.
-            taken = {
-                key: token
-                for key, token, reply in zip(keys, tokens, replies, strict=False)
-                if not isinstance(reply, Exception) and reply[0]
-            }
-            self._release_quietly(taken)
-            raise TierUnavailable(
-                f"tier {self.name!r}: could not take the leases of a batch: {failed}"
-            ) from failed
+        replies = self._run_scripts(self._acquire_script, acquire_calls(names, tokens, px))
+        failure = taken_on_failure(keys, tokens, replies)
+        if failure is not None:
+            self._release_quietly(failure[0])
+            raise batch_failure(self.name, failure[1])
         now = self._clock()
-        return {
-            key: (
-                token if taken else None,
-                MISSING if not data else self._decode(key, data, now),
-            )
-            for key, token, (taken, data) in zip(keys, tokens, replies, strict=True)
-        }
+        return looks(keys, tokens, replies, lambda key, data: self._decode(key, data, now))
 
     def fill_with_leases(self, entries: Mapping[str, tuple[Entry, str]]) -> builtins.set[str]:
         """:meth:`fill_with_lease` for each key, every value encoded before the one round trip.
@@ -402,44 +389,19 @@ class RedisTier(TierBase):
         some fills failed; their leases are given back, so that nobody waits for them.
         """
         now = self._clock()
-        encoded = [
-            (key, token, *self._encode(key, entry, now)) for key, (entry, token) in entries.items()
-        ]
-        expired = {key: token for key, token, _, data, _ in encoded if data is None}
-        calls = [(key, name, token, data, px) for key, token, name, data, px in encoded if data]
+        expired, fills = plan_fills(entries, lambda key, entry: self._encode(key, entry, now))
         kept = set(expired)  # nothing to store: nothing another writer could lose
         if expired:
             self._release_quietly(expired)
-        if not calls:
+        if not fills:
             return kept
         if self._fill_script is None:
             self._fill_script = self.client.register_script(FILL_IF_HOLDING)
-        replies = self._run_scripts(
-            self._fill_script,
-            [
-                ([name, lease_key(name)], [token, data, px or 0])
-                for _, name, token, data, px in calls
-            ],
-        )
-        errors = [reply for reply in replies if isinstance(reply, Exception)]
-        kept.update(
-            call[0]
-            for call, reply in zip(calls, replies, strict=False)
-            if reply and not isinstance(reply, Exception)
-        )
-        if errors or len(replies) < len(calls):
-            # A failed (or, on a cluster, skipped) fill may not have happened.
-            failed = {key: token for key, _, token, _, _ in calls[len(replies) :]}
-            failed.update(
-                (call[0], call[2])
-                for call, reply in zip(calls, replies, strict=False)
-                if isinstance(reply, Exception)
-            )
+        replies = self._run_scripts(self._fill_script, fill_calls(fills))
+        kept, failed, error = fill_outcome(self.name, fills, replies, kept)
+        if error is not None:
             self._release_quietly(failed)
-            raise PartialFill(
-                f"tier {self.name!r}: {len(failed)} of {len(calls)} fills failed: {errors[0]}",
-                kept,
-            ) from errors[0]
+            raise error
         return kept
 
     def release_leases(self, tokens: Mapping[str, str]) -> None:

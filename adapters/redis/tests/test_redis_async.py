@@ -1,0 +1,167 @@
+"""The asyncio Redis tier: the conformance cases on one server and on a cluster, and the async
+chain over it (single-flight in a loop, across chains through the leases, the shared format)."""
+
+from __future__ import annotations
+
+import asyncio
+import warnings
+from pathlib import Path
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from tiered_cache_redis import AsyncRedisTier, RedisTier
+
+from tiered_cache import AsyncTieredCache, MemoryTier
+from tiered_cache.breaker import CircuitBreakerTier
+from tiered_cache.protection import Protection
+from tiered_cache.testing import FakeClock
+from tiered_cache.testing.async_conformance import AsyncTierConformance
+from tiered_cache.testing.servers import RedisCluster, RedisServer
+from tiered_cache.tier import MISSING
+
+# A lease wait long enough that a second chain always waits for the first one's load.
+LEASED = Protection.never_stale(lease="auto", lease_wait=10.0, lease_poll=0.005)
+
+
+class TestAsyncRedisTierConformance(AsyncTierConformance):
+    @pytest.fixture
+    def async_tier(
+        self, redis_server: RedisServer, clock: FakeClock, namespace: str
+    ) -> AsyncRedisTier:
+        return AsyncRedisTier(
+            aioredis.Redis.from_url(redis_server.url), namespace=namespace, clock=clock
+        )
+
+
+class TestAsyncRedisClusterConformance(AsyncTierConformance):
+    @pytest.fixture
+    def async_tier(
+        self, redis_cluster: RedisCluster, clock: FakeClock, namespace: str
+    ) -> AsyncRedisTier:
+        client = AsyncRedisCluster.from_url(redis_cluster.redis_url)
+        return AsyncRedisTier(client, namespace=namespace, clock=clock)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def chain(url: str, namespace: str, **options: object) -> AsyncTieredCache:
+    return AsyncTieredCache(
+        [
+            MemoryTier(max_entries=1000, ttl=60),
+            AsyncRedisTier(aioredis.Redis.from_url(url), namespace=namespace),
+        ],
+        namespace=namespace,
+        **options,  # type: ignore[arg-type]
+    )
+
+
+@pytest.mark.anyio
+async def test_a_thousand_misses_in_one_loop_load_once_and_fill_redis(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    gate = asyncio.Event()
+    loads = 0
+
+    async def load() -> dict[str, str]:
+        nonlocal loads
+        loads += 1
+        await gate.wait()
+        return {"tweet_id": "42"}
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no tier or source runs in a thread
+        cache = chain(redis_server.url, namespace, protection=LEASED)
+    readers = [asyncio.create_task(cache.get("tweet:42", load)) for _ in range(1000)]
+    await asyncio.sleep(0.05)
+    gate.set()
+    assert await asyncio.gather(*readers) == [{"tweet_id": "42"}] * 1000
+    assert loads == 1
+    # Written in the sync tier's format: a sync service reads what this one filled.
+    sync_tier = RedisTier(redis.Redis.from_url(redis_server.url), namespace=namespace)
+    entry = sync_tier.get("tweet:42")
+    assert entry is not MISSING and entry.value == {"tweet_id": "42"}
+    sync_tier.close()
+    await cache.aclose()
+
+
+@pytest.mark.anyio
+async def test_two_chains_share_one_load_through_the_redis_lease(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    # Two chains have two flight tables, as two processes do: only the lease keeps the
+    # second from loading too.
+    first, second = (chain(redis_server.url, namespace, protection=LEASED) for _ in range(2))
+    gate = asyncio.Event()
+    loads: list[str] = []
+
+    async def load(name: str) -> str:
+        loads.append(name)
+        await gate.wait()
+        return "value"
+
+    one = asyncio.create_task(first.get("k", lambda: load("first")))
+    await asyncio.sleep(0.05)  # the first chain holds the lease and loads
+    two = asyncio.create_task(second.get("k", lambda: load("second")))
+    await asyncio.sleep(0.05)  # the second looks, finds the lease held, and waits
+    gate.set()
+    assert await asyncio.gather(one, two) == ["value", "value"]
+    assert loads == ["first"]
+    assert second.stats()["lease_waits"] == 1
+    await first.aclose()
+    await second.aclose()
+
+
+@pytest.mark.anyio
+async def test_writes_and_invalidations_reach_redis(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    cache = chain(redis_server.url, namespace, protection=LEASED)
+    redis_tier = cache.tiers[1]
+    assert isinstance(redis_tier, AsyncRedisTier)
+    await cache.set("user:1:a", 1)
+    await cache.set("user:1:b", 2)
+    assert (await redis_tier.get("user:1:a")) is not MISSING
+    await cache.invalidate_prefix("user:1:")
+    assert await redis_tier.get_many(["user:1:a", "user:1:b"]) == {}
+
+    async def load_many(keys: object) -> dict[str, int]:
+        return {"a": 1, "b": 2}
+
+    assert await cache.get_many(["a", "b"], load_many) == {"a": 1, "b": 2}
+    assert set(await redis_tier.get_many(["a", "b"])) == {"a", "b"}
+    await cache.clear()
+    assert await redis_tier.get_many(["a", "b"]) == {}
+    await cache.aclose()
+
+
+@pytest.mark.anyio
+async def test_from_config_builds_the_async_redis_tier_from_the_sync_settings(
+    redis_server: RedisServer, namespace: str, tmp_path: Path
+) -> None:
+    config = tmp_path / "tiered_cache.toml"
+    config.write_text(
+        f'[tiered_cache]\nnamespace = "{namespace}"\n\n'
+        '[[tiered_cache.tiers]]\nkind = "memory"\nmax_entries = 100\n\n'
+        f'[[tiered_cache.tiers]]\nkind = "redis"\nurl = "{redis_server.url}"\ntimeout = "1s"\n'
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cache = AsyncTieredCache.from_config(config)
+    built = cache.tiers[1]
+    assert isinstance(
+        built.tier if isinstance(built, CircuitBreakerTier) else built, AsyncRedisTier
+    )
+
+    async def load() -> str:
+        return "v"
+
+    assert await cache.get("k", load) == "v"
+    stats = cache.stats()
+    assert [tier["name"] for tier in stats["tiers"]] == ["memory", "redis"]
+    assert stats["tiers"][1]["breaker"] == "closed"
+    await cache.aclose()

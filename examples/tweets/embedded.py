@@ -60,6 +60,9 @@ class Environment:
     """What :func:`environment` chose and built."""
 
     cache: TieredCache
+    #: The settings the chain was built from (the async HTTP app builds its own chain from
+    #: them: examples/tweets/app.py).
+    settings: CacheSettings
     #: The DynamoDB client of the cache's source (the repository reads and writes with it).
     client: DynamoDBClient
     table: str
@@ -202,6 +205,7 @@ def environment(
         )
         yield Environment(
             cache=cache,
+            settings=settings,
             client=client,
             table=source.table,
             description=description,

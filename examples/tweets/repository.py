@@ -121,18 +121,8 @@ class TweetRepository:
 
     def create(self, text: str) -> Item:
         """Store a new tweet with a uuid4 id and the current UTC time; return its item."""
-        item: Item = {
-            HASH_KEY: {"S": str(uuid.uuid4())},
-            "text": {"S": check_text(text)},
-            "created": {"S": self._clock().isoformat(timespec="milliseconds")},
-        }
-        # attribute_not_exists: a uuid4 collision would otherwise overwrite another tweet.
-        self._client.put_item(
-            TableName=self.table,
-            Item=item,
-            ConditionExpression="attribute_not_exists(#id)",
-            ExpressionAttributeNames={"#id": HASH_KEY},
-        )
+        item = new_item(text, self._clock())
+        self._client.put_item(**put_new(self.table, item))
         return item
 
     def get(self, tweet_id: str) -> Item | None:
@@ -142,9 +132,7 @@ class TweetRepository:
 
     def get_many(self, tweet_ids: Iterable[str]) -> dict[str, Item | None]:
         """Items by id (``None`` for unknown ids): each tier asked once, then one BatchGetItem."""
-        ids = list(dict.fromkeys(tweet_ids))
-        if len(ids) > MAX_BATCH:
-            raise ValueError(f"at most {MAX_BATCH} ids at a time, got {len(ids)}")
+        ids = checked_ids(tweet_ids)
         found = self.cache.get_many([cache_key(tweet_id) for tweet_id in ids], ttl=TTL)
         return {tweet_id: found[cache_key(tweet_id)] for tweet_id in ids}
 
@@ -171,3 +159,36 @@ class TweetRepository:
 
 def _key(tweet_id: str) -> dict[str, Any]:
     return {HASH_KEY: {"S": tweet_id}}
+
+
+def key_of(tweet_id: str) -> dict[str, Any]:
+    """The DynamoDB key of a tweet."""
+    return _key(tweet_id)
+
+
+def new_item(text: str, now: datetime) -> Item:
+    """A new tweet's item: a uuid4 id, the checked text, ``created`` at ``now``."""
+    return {
+        HASH_KEY: {"S": str(uuid.uuid4())},
+        "text": {"S": check_text(text)},
+        "created": {"S": now.isoformat(timespec="milliseconds")},
+    }
+
+
+def put_new(table: str, item: Item) -> dict[str, Any]:
+    """The ``PutItem`` arguments that store a new tweet. ``attribute_not_exists``: a uuid4
+    collision would otherwise overwrite another tweet."""
+    return {
+        "TableName": table,
+        "Item": item,
+        "ConditionExpression": "attribute_not_exists(#id)",
+        "ExpressionAttributeNames": {"#id": HASH_KEY},
+    }
+
+
+def checked_ids(tweet_ids: Iterable[str]) -> list[str]:
+    """The distinct ids of a batch; ``ValueError`` past :data:`MAX_BATCH`."""
+    ids = list(dict.fromkeys(tweet_ids))
+    if len(ids) > MAX_BATCH:
+        raise ValueError(f"at most {MAX_BATCH} ids at a time, got {len(ids)}")
+    return ids

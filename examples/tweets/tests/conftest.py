@@ -45,10 +45,12 @@ def base_url(tweets_env: Environment) -> Iterator[str]:
     import uvicorn
 
     from examples.tweets.app import create_app
+    from tiered_cache import AsyncTieredCache
 
-    # The app's lifespan closes the chain when the server stops, at the end of the module,
-    # where the environment would close it anyway.
-    app = create_app(lambda: tweets_env.cache, client=tweets_env.client)
+    # The app builds its async chain from the environment's settings (the same Redis and
+    # table) and closes it when the server stops.
+    settings = tweets_env.settings
+    app = create_app(lambda: AsyncTieredCache.from_settings(settings), client=tweets_env.client)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]

@@ -7,7 +7,7 @@ from tiered_cache.registry import BuildContext, Plugin
 
 from .async_tier import AsyncRedisClient, AsyncRedisTier, make_async_client
 from .client import parse_url
-from .plugin import SHARED_SETTINGS_KEY
+from .plugin import SHARED_SETTINGS_KEY, client_options_of, tier_options_of
 from .settings import RedisTierSettings
 
 
@@ -17,23 +17,9 @@ def build_async_redis_tier(settings: RedisTierSettings, context: BuildContext) -
     parse_url(settings.url, cluster=settings.cluster)  # a bad URL fails the build, not a read
 
     def connect() -> AsyncRedisClient:
-        return make_async_client(
-            settings.url,
-            cluster=settings.cluster,
-            timeout=settings.timeout,
-            connect_timeout=settings.connect_timeout,
-            pool_size=settings.pool_size,
-        )
+        return make_async_client(settings.url, **client_options_of(settings))
 
-    tier = AsyncRedisTier(
-        connect=connect,
-        name=settings.name or "redis",
-        namespace=settings.namespace or context.namespace,
-        ttl=settings.ttl,
-        ttl_jitter=settings.ttl_jitter,
-        codec=settings.codec,
-        clock=context.clock,
-    )
+    tier = AsyncRedisTier(connect=connect, **tier_options_of(settings, context))
     # The bus (whose URL defaults to the first Redis tier's) reads the settings from here.
     context.shared.setdefault(SHARED_SETTINGS_KEY, settings)
     return tier

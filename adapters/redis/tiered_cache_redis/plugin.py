@@ -30,30 +30,41 @@ SHARED_TIER_KEY = "redis.tier"
 SHARED_SETTINGS_KEY = "redis.settings"
 
 
+def client_options_of(settings: RedisTierSettings) -> dict[str, Any]:
+    """The client arguments of a ``redis`` tier's settings (sync and asyncio clients alike)."""
+    return {
+        "cluster": settings.cluster,
+        "timeout": settings.timeout,
+        "connect_timeout": settings.connect_timeout,
+        "pool_size": settings.pool_size,
+    }
+
+
+def tier_options_of(settings: RedisTierSettings, context: BuildContext) -> dict[str, Any]:
+    """The tier arguments of a ``redis`` tier's settings (sync and asyncio tiers alike)."""
+    return {
+        "name": settings.name or "redis",
+        "namespace": settings.namespace or context.namespace,
+        "ttl": settings.ttl,
+        "ttl_jitter": settings.ttl_jitter,
+        "codec": settings.codec,
+        "clock": context.clock,
+    }
+
+
 def build_redis_tier(settings: RedisTierSettings, context: BuildContext) -> Tier:
     """A :class:`RedisTier` from its settings; the chain wraps it in its circuit breaker."""
     target = parse_url(settings.url, cluster=settings.cluster)
 
     def connect() -> RedisClient:
-        return make_client(
-            settings.url,
-            cluster=settings.cluster,
-            timeout=settings.timeout,
-            connect_timeout=settings.connect_timeout,
-            pool_size=settings.pool_size,
-        )
+        return make_client(settings.url, **client_options_of(settings))
 
     # A single server's client connects lazily by itself; a cluster client connects when made,
     # so it is made on first use: a cluster that is down at start-up fails calls, not the start.
     tier = RedisTier(
         None if target.cluster else connect(),
         connect=connect if target.cluster else None,
-        name=settings.name or "redis",
-        namespace=settings.namespace or context.namespace,
-        ttl=settings.ttl,
-        ttl_jitter=settings.ttl_jitter,
-        codec=settings.codec,
-        clock=context.clock,
+        **tier_options_of(settings, context),
     )
     context.shared.setdefault(SHARED_TIER_KEY, tier)
     context.shared.setdefault(SHARED_SETTINGS_KEY, settings)

@@ -4,6 +4,10 @@ chain over it (single-flight in a loop, across chains through the leases, the sh
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -165,3 +169,33 @@ async def test_from_config_builds_the_async_redis_tier_from_the_sync_settings(
     assert [tier["name"] for tier in stats["tiers"]] == ["memory", "redis"]
     assert stats["tiers"][1]["breaker"] == "closed"
     await cache.aclose()
+
+
+@pytest.mark.slow
+def test_four_processes_of_a_hundred_coroutines_make_one_source_read(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """4 processes x 100 coroutines missing one key: one load in the fleet (the coroutines of
+    a process share a flight; the processes, the Redis lease)."""
+    worker = Path(__file__).with_name("async_workers.py")
+    processes = [
+        subprocess.Popen(
+            [sys.executable, str(worker), redis_server.url, namespace, "tweet:1", "100"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    counter = redis.Redis.from_url(redis_server.url)
+    deadline = time.monotonic() + 60  # the processes start and build their chains
+    while int(counter.get(f"{namespace}:ready") or 0) < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    counter.set(f"{namespace}:go", 1)
+    outputs = [process.communicate(timeout=120)[0] for process in processes]
+    assert [process.returncode for process in processes] == [0] * 4
+    results = [json.loads(output) for output in outputs]
+    source_reads = int(counter.get(f"{namespace}:source-reads") or 0)
+    counter.close()
+    assert [len(result) for result in results] == [100] * 4
+    assert all(value == {"tweet_id": "tweet:1", "text": "viral"} for r in results for value in r)
+    assert source_reads == 1

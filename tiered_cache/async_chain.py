@@ -199,12 +199,12 @@ class AsyncTieredCache(L1Reader):
                 try:
                     value = await arun(self._paths.read_through(key, flight.tag, loader, ttl))
                 except asyncio.CancelledError:
-                    flights.land({key: flight}, {}, _LeaderGone())
+                    flights.land_one(key, flight, None, _LeaderGone())
                     raise
                 except BaseException as exc:
-                    flights.land({key: flight}, {}, exc)
+                    flights.land_one(key, flight, None, exc)
                     raise
-                flights.land({key: flight}, {key: value}, None)
+                flights.land_one(key, flight, value, None)
                 return value
             self._metrics.waited()
             try:

@@ -66,6 +66,8 @@ class AsyncFlight:
             self._done = True
             self._result = result
             self._error = error
+            if not self._futures:  # nobody waits (the usual miss): nothing to wake
+                return
             futures = list(self._futures.items())
             self._futures.clear()
         try:

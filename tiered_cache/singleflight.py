@@ -93,6 +93,13 @@ class FlightTable(Generic[F]):
         for key, flight in flights.items():
             flight.land(None if error is not None else results.get(key), error)
 
+    def land_one(self, key: str, flight: F, result: Any, error: BaseException | None) -> None:
+        """:meth:`land` for one flight (a miss's path: no dicts to build)."""
+        with self._lock:
+            if self._flights.get(key) is flight:
+                del self._flights[key]
+        flight.land(result, error)
+
     def in_flight(self, key: str) -> F | None:
         """The flight running for ``key``, if any."""
         with self._lock:

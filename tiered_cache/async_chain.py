@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, cast
 
@@ -233,6 +233,10 @@ class AsyncTieredCache(L1Reader):
     async def set(self, key: str, value: Any, *, ttl: float | str | None = None) -> None:
         """Write ``value`` for ``key`` (see :meth:`TieredCache.set`: the same order)."""
         await arun(self._paths.set(key, value, ttl))
+
+    async def set_many(self, items: Mapping[str, Any], *, ttl: float | str | None = None) -> None:
+        """Write several values (see :meth:`TieredCache.set_many`: the same order)."""
+        await arun(self._paths.set_many(items, ttl))
 
     async def invalidate(self, key: str) -> None:
         """Remove ``key`` from every tier and every process's memory (not from the source)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, cast
 
@@ -270,6 +270,13 @@ class TieredCache(L1Reader):
         :class:`~tiered_cache.CodecError` before that tier is written.
         """
         run(self._paths.set(key, value, ttl))
+
+    def set_many(self, items: Mapping[str, Any], *, ttl: float | str | None = None) -> None:
+        """Write several values, as :meth:`set` writes one: the source first (one ``store``
+        per key), then every tier in one batch per tier, under the keys' leases. If the
+        source fails part way, the keys it already took are dropped from every tier (the
+        others keep their value) and the error is raised."""
+        run(self._paths.set_many(items, ttl))
 
     def invalidate(self, key: str) -> None:
         """Remove ``key`` from every tier and every process's memory (not from the source)."""

@@ -11,7 +11,7 @@ coroutines for single-flight, background work and timeouts -- stays in their loa
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 from .errors import InvalidationIncomplete, PartialBatchError
@@ -208,6 +208,52 @@ class ChainPaths:
             return
         if self.announce is not None:
             yield self.announce, ([key], (), False, 0.0)
+
+    def set_many(self, items: Mapping[str, Any], ttl: float | str | None) -> Steps[None]:
+        """See :meth:`TieredCache.set_many`: :meth:`set`'s order for several keys at once."""
+        items = dict(items)
+        if not items:
+            return
+        keys = list(items)
+        if self.write_policy == "around" and self.store is not None:
+            try:
+                for key, value in items.items():
+                    yield self.store, (key, value)
+            finally:  # what reached the source must not be served old from any tier
+                yield from self.invalidate_many(keys)
+            return
+        mark = self.fence.mark()  # before the source is written: later invalidations count
+        tokens: dict[str, str] = {}
+        for key in keys:
+            token = yield from self.steal_lease(key)
+            if token is not None:
+                tokens[key] = token
+        stored: list[str] = []
+        try:
+            if self.store is not None:
+                for key, value in items.items():
+                    yield self.store, (key, value)
+                    stored.append(key)
+        except BaseException:
+            # The keys written before the failure changed at the source: no tier may keep
+            # their old value; the others did not change, and their leases go back.
+            unchanged = {key: token for key, token in tokens.items() if key not in stored}
+            if unchanged and self.leasing is not None:
+                yield self.leasing.release_leases, (unchanged,)
+            yield from self.invalidate_many(stored)
+            raise
+        now = self.clock()
+        entries = {key: self.make_entry(value, now, 0.0, ttl) for key, value in items.items()}
+        # Loads in flight read the source before this write: none of them may fill now.
+        own = self.fence.invalidate(keys)
+        landed = yield from self.fence.fill_steps(
+            mark, entries, self.tiers, tokens=tokens or None, own=own
+        )
+        # Overlapped by another write or an invalidation: no tier keeps either value.
+        yield from self.invalidate_many([key for key in keys if key not in landed])
+        written = [key for key in keys if key in landed]
+        if written and self.announce is not None:
+            yield self.announce, (written, (), False, 0.0)
 
     def steal_lease(self, key: str) -> Steps[str | None]:
         """The key's lease for a write, or None (no leasing tier, or it failed)."""

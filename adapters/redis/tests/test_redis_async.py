@@ -4,10 +4,6 @@ chain over it (single-flight in a loop, across chains through the leases, the sh
 from __future__ import annotations
 
 import asyncio
-import json
-import subprocess
-import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -22,6 +18,7 @@ from tiered_cache.breaker import CircuitBreakerTier
 from tiered_cache.protection import Protection
 from tiered_cache.testing import FakeClock
 from tiered_cache.testing.async_conformance import AsyncTierConformance
+from tiered_cache.testing.fleet import run_fleet
 from tiered_cache.testing.servers import RedisCluster, RedisServer
 from tiered_cache.tier import MISSING
 
@@ -177,23 +174,14 @@ def test_four_processes_of_a_hundred_coroutines_make_one_source_read(
 ) -> None:
     """4 processes x 100 coroutines missing one key: one load in the fleet (the coroutines of
     a process share a flight; the processes, the Redis lease)."""
-    worker = Path(__file__).with_name("async_workers.py")
-    processes = [
-        subprocess.Popen(
-            [sys.executable, str(worker), redis_server.url, namespace, "tweet:1", "100"],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(4)
-    ]
+    results = run_fleet(
+        Path(__file__).with_name("async_workers.py"),
+        [redis_server.url, namespace, "tweet:1", "100"],
+        processes=4,
+        url=redis_server.url,
+        namespace=namespace,
+    )
     counter = redis.Redis.from_url(redis_server.url)
-    deadline = time.monotonic() + 60  # the processes start and build their chains
-    while int(counter.get(f"{namespace}:ready") or 0) < 4 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    counter.set(f"{namespace}:go", 1)
-    outputs = [process.communicate(timeout=120)[0] for process in processes]
-    assert [process.returncode for process in processes] == [0] * 4
-    results = [json.loads(output) for output in outputs]
     source_reads = int(counter.get(f"{namespace}:source-reads") or 0)
     counter.close()
     assert [len(result) for result in results] == [100] * 4

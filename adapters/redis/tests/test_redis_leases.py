@@ -22,6 +22,7 @@ from tiered_cache_redis.leases import lease_key
 from tiered_cache import MISSING, CodecError, Entry, MemoryTier, TieredCache, TierUnavailable
 from tiered_cache.leases import LeasingTier, PartialFill
 from tiered_cache.protection import Protection
+from tiered_cache.testing.fleet import run_fleet
 from tiered_cache.testing.servers import RedisServer
 
 
@@ -419,23 +420,14 @@ def test_four_processes_fifty_threads_one_cold_key(
 ) -> None:
     """4 processes x 50 threads: one source read. A second read is allowed only if a lease
     expired by design (the lease TTL here, 5 s, is far longer than the 0.3 s load)."""
-    worker = Path(__file__).with_name("redis_workers.py")
-    processes = [
-        subprocess.Popen(
-            [sys.executable, str(worker), redis_server.url, namespace, "tweet:1", "50"],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(4)
-    ]
+    results = run_fleet(
+        Path(__file__).with_name("redis_workers.py"),
+        [redis_server.url, namespace, "tweet:1", "50"],
+        processes=4,
+        url=redis_server.url,
+        namespace=namespace,
+    )
     counter = redis.Redis.from_url(redis_server.url)
-    deadline = time.monotonic() + 60  # the processes start and build their chains
-    while int(counter.get(f"{namespace}:ready") or 0) < 4 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    counter.set(f"{namespace}:go", 1)
-    outputs = [process.communicate(timeout=120)[0] for process in processes]
-    assert [process.returncode for process in processes] == [0] * 4
-    results = [json.loads(output) for output in outputs]
     source_reads = int(counter.get(f"{namespace}:source-reads") or 0)
     counter.close()
     assert [len(result) for result in results] == [50] * 4

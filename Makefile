@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 ADAPTERS := $(sort $(dir $(wildcard adapters/*/pyproject.toml)))
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo docs check bench clean
+.PHONY: install pure test demo docs check bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,19 @@ $(STAMP): $(BIN)/python pyproject.toml $(wildcard adapters/*/pyproject.toml)
 	$(BIN)/python -m pip install --quiet -e '.[dev,examples,docs]' $(foreach a,$(ADAPTERS),-e $(a))
 	touch $(STAMP)
 
-install: $(STAMP)
+# The memory tier's hot modules compiled with mypyc when a C compiler is present; without one
+# (or with TIERED_CACHE_PURE=1, or for a source changed since the build) the library runs on
+# the pure-Python sources (tiered_cache/compiled.py). `make pure` removes the build.
+CORE := $(VENV)/.core
+$(CORE): $(STAMP) tools/build_core.py $(addprefix tiered_cache/,slot.py sketch.py topk.py policy.py tier.py policy_defaults.py)
+	$(BIN)/python tools/build_core.py
+	touch $(CORE)
+
+install: $(STAMP) $(CORE)
+
+pure: $(STAMP)
+	$(BIN)/python tools/build_core.py --remove
+	rm -f $(CORE)
 
 test: install
 	$(BIN)/python -m pytest
@@ -48,4 +60,5 @@ bench: install
 	$(BIN)/python benchmarks/bench_faults.py --quick
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build/core
+	rm -f tiered_cache/*.so tiered_cache/compiled.json

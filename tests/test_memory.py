@@ -7,7 +7,8 @@ import random
 import pytest
 
 from tiered_cache import MISSING, Entry, MemoryTier
-from tiered_cache.memory import LruPolicy, Slot
+from tiered_cache.memory import LruPolicy
+from tiered_cache.slot import Slot
 from tiered_cache.testing import FakeClock
 from tiered_cache.weighing import deep_size
 

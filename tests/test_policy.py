@@ -11,12 +11,13 @@ from hypothesis import strategies as st
 
 from tiered_cache import MISSING, MemoryTier, Tier
 from tiered_cache.errors import ConfigError
-from tiered_cache.memory import MISS_BUFFER_ROOM, LruPolicy, Slot
+from tiered_cache.memory import MISS_BUFFER_ROOM, LruPolicy
 from tiered_cache.memory_plugin import build_memory_tier
 from tiered_cache.policy import TinyLfuPolicy
 from tiered_cache.registry import BuildContext
 from tiered_cache.replay import lru_hits, replay
 from tiered_cache.settings import MemoryTierSettings, load_settings
+from tiered_cache.slot import Slot
 from tiered_cache.testing import FakeClock
 from tiered_cache.testing.conformance import TierConformance
 from tiered_cache.tier import Entry

@@ -1,5 +1,7 @@
 """tiered-cache: a chain of cache tiers in front of a slow or throttled source of truth."""
 
+# First: decides whether the compiled core (if built and current) or its sources are imported.
+from . import compiled as _compiled  # noqa: F401  # isort: skip
 from .async_accessor import BlockingTierWarning
 from .async_chain import AsyncTieredCache
 from .async_tier import AsyncLeasingTier, AsyncSource, AsyncTier, AsyncTierBase

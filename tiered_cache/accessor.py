@@ -162,7 +162,10 @@ class TierAccessor:
         try:
             if len(entries) == 1:
                 ((key, entry),) = entries.items()
-                self._guard(lambda: self.tier.set(key, entry))
+                if self.breaker is None:  # a fill after every miss: no closure, no guard
+                    self.tier.set(key, entry)
+                else:
+                    self._guard(lambda: self.tier.set(key, entry))
             else:
                 self._guard(lambda: self.tier.set_many(entries))
         except CodecError:

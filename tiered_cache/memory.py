@@ -13,28 +13,15 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol, final
+from typing import Any, Protocol
 
 import cachetools
 
+from .slot import Slot
 from .tier import MISSING, Entry, MissingType, TierBase
 from .weighing import deep_size
 
 Clock = Callable[[], float]
-
-
-@final
-class Slot:
-    """What the memory tier keeps per key: the entry, when this tier drops it, and its weight
-    (bytes, for ``max_bytes``; 0 without). One object, compared by identity: the tier tells a
-    slot it read from its replacement by ``is``."""
-
-    __slots__ = ("entry", "expire_at", "weight")
-
-    def __init__(self, entry: Entry, expire_at: float, weight: int = 0) -> None:
-        self.entry = entry
-        self.expire_at = expire_at
-        self.weight = weight
 
 
 #: Most recent reads kept for the eviction policy until the next write or miss replays them.

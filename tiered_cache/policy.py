@@ -43,8 +43,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 
 from . import policy_defaults as defaults
-from .memory import Slot
 from .sketch import FrequencySketch
+from .slot import Slot
 from .topk import TopK
 
 __all__ = ["TinyLfuPolicy"]

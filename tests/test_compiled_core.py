@@ -1,0 +1,148 @@
+"""The compiled core (``tools/build_core.py``, mypyc) decides exactly as its pure-Python source.
+
+The same operations run on a memory tier built from the modules Python imports (compiled when
+the build ran) and on one built from the ``.py`` sources, loaded apart under another package
+name; every answer and, at the end, the whole state of the policy must be identical.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import tiered_cache
+from tiered_cache import policy, sketch, slot, topk
+from tiered_cache.clocks import ManualClock
+from tiered_cache.compiled import compiled_core
+
+PURE = "_tiered_cache_pure"
+SOURCES = Path(tiered_cache.__file__).parent
+IS_COMPILED = compiled_core() and all(
+    not str(module.__file__).endswith(".py") for module in (policy, sketch, slot, topk)
+)
+
+pytestmark = pytest.mark.skipif(
+    not IS_COMPILED,
+    reason="the compiled core is not in use (not built: `make install` found no C compiler "
+    "or no mypyc; or stale, or TIERED_CACHE_PURE=1): there is nothing to compare the "
+    "pure-Python modules with",
+)
+
+
+class _SourcesOnly(importlib.abc.MetaPathFinder):
+    """Finds ``_tiered_cache_pure.<name>`` as tiered_cache's ``<name>.py``, never a build."""
+
+    def find_spec(
+        self, fullname: str, path: object = None, target: object = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if not fullname.startswith(PURE + "."):
+            return None
+        source = SOURCES / (fullname.split(".", 1)[1].replace(".", "/") + ".py")
+        return importlib.util.spec_from_file_location(fullname, source)
+
+
+def pure(name: str) -> Any:
+    """tiered_cache's module ``name`` from its source (its relative imports too)."""
+    if PURE not in sys.modules:
+        package = types.ModuleType(PURE)
+        package.__path__ = []  # submodules come from _SourcesOnly alone
+        sys.modules[PURE] = package
+        sys.meta_path.insert(0, _SourcesOnly())
+    return importlib.import_module(f"{PURE}.{name}")
+
+
+class World:
+    """A memory tier with the hot-key policy, from one set of modules."""
+
+    def __init__(self, memory: Any, policy_module: Any, tier: Any, max_entries: int) -> None:
+        self.clock = ManualClock(0.0)
+        self.entry = tier.Entry
+        self.policy = policy_module.TinyLfuPolicy(max_entries, clock=self.clock, top_k=5)
+        self.tier = memory.MemoryTier(policy=self.policy, clock=self.clock, ttl=30.0)
+
+    def apply(self, operation: tuple[Any, ...]) -> Any:
+        name, argument = operation
+        tier, clock = self.tier, self.clock
+        if name == "get":
+            found = tier.get(argument)
+            return found.value if found else None
+        if name == "set":
+            key, lifetime = argument
+            tier.set(key, self.entry(key, clock(), hard_expiry=clock() + lifetime))
+            return None
+        if name == "get_many":
+            return {key: entry.value for key, entry in tier.get_many(argument).items()}
+        if name == "set_many":
+            now = clock()
+            tier.set_many({key: self.entry(key, now, hard_expiry=now + 60.0) for key in argument})
+            return None
+        if name == "delete":
+            tier.delete(argument)
+            return None
+        if name == "delete_prefix":
+            tier.delete_prefix(argument)
+            return None
+        clock.advance(argument)
+        return None
+
+    def state(self, keys: list[str]) -> Any:
+        policy = self.policy
+        return (
+            [policy.segment_of(key) for key in keys],
+            [policy.sketch.frequency(key) for key in keys],
+            policy.evictions,
+            policy.window_max,
+            len(policy),
+            policy.weight,
+            policy.hot_keys(5),
+            sorted(key for key in keys if key in self.tier),
+        )
+
+
+KEYS = [f"k{index}" for index in range(60)]
+key = st.sampled_from(KEYS)
+operations = st.lists(
+    st.one_of(
+        st.tuples(st.just("get"), key),
+        st.tuples(st.just("set"), st.tuples(key, st.sampled_from([0.5, 5.0, 100.0]))),
+        st.tuples(st.just("get_many"), st.lists(key, max_size=6)),
+        st.tuples(st.just("set_many"), st.lists(key, max_size=6, unique=True)),
+        st.tuples(st.just("delete"), key),
+        st.tuples(st.just("delete_prefix"), st.sampled_from(["k1", "k5"])),
+        st.tuples(st.just("advance"), st.sampled_from([0.01, 1.0, 40.0])),
+    ),
+    min_size=100,
+    max_size=400,
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(max_entries=st.sampled_from([1, 4, 12, 100]), steps=operations)
+def test_compiled_and_pure_core_answer_and_decide_alike(
+    max_entries: int, steps: list[tuple[Any, ...]]
+) -> None:
+    import tiered_cache.memory
+    import tiered_cache.tier
+
+    compiled = World(tiered_cache.memory, policy, tiered_cache.tier, max_entries)
+    reference = World(pure("memory"), pure("policy"), pure("tier"), max_entries)
+    for step in steps:
+        assert compiled.apply(step) == reference.apply(step), step
+    assert compiled.state(KEYS) == reference.state(KEYS)
+
+
+def test_the_reference_is_the_source_and_the_core_is_compiled() -> None:
+    assert str(pure("policy").__file__).endswith("policy.py")
+    assert str(pure("sketch").__file__).endswith("sketch.py")
+    assert pure("policy").TinyLfuPolicy is not policy.TinyLfuPolicy
+    assert IS_COMPILED

@@ -1,0 +1,80 @@
+"""Which core runs: the modules compiled by ``tools/build_core.py`` (mypyc), or their sources.
+
+The compiled modules sit beside their sources (``policy.cpython-311-*.so`` beside
+``policy.py``), and Python would import them first even after the source changed. So the build
+writes the SHA-256 of each source it compiled into :data:`MANIFEST`, and this module, imported
+first by the package, puts a finder in front of the import system that serves the sources
+whenever one of them no longer matches (all of the core together: compiled modules call each
+other natively), or when ``TIERED_CACHE_PURE=1`` is set. A stale build is never run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+
+__all__ = ["DEPENDENCIES", "MANIFEST", "MODULES", "compiled_core", "source_hash"]
+
+#: The modules the build compiles, by their short names (``tiered_cache.<name>``).
+MODULES = ("slot", "sketch", "topk", "policy")
+#: Sources the compiled modules were checked against (their imports); a change there makes the
+#: build stale too.
+DEPENDENCIES = ("tier", "policy_defaults")
+_HERE = Path(__file__).resolve().parent
+#: What the build compiled: ``{"modules": {name: SHA-256 of its source}}``.
+MANIFEST = _HERE / "compiled.json"
+
+
+def source_hash(name: str) -> str:
+    """The SHA-256 of ``tiered_cache/<name>.py`` as it is now."""
+    return hashlib.sha256((_HERE / f"{name}.py").read_bytes()).hexdigest()
+
+
+def _built_and_current() -> bool:
+    """True when every core module has a compiled build made from its current source."""
+    if os.environ.get("TIERED_CACHE_PURE", "") not in ("", "0"):
+        return False
+    try:
+        built = json.loads(MANIFEST.read_text(encoding="utf-8"))["modules"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    suffixes = importlib.machinery.EXTENSION_SUFFIXES
+    for name in MODULES:
+        if not any((_HERE / f"{name}{suffix}").exists() for suffix in suffixes):
+            return False
+    return all(built.get(name) == source_hash(name) for name in (*MODULES, *DEPENDENCIES))
+
+
+_COMPILED = _built_and_current()
+
+
+def compiled_core() -> bool:
+    """True when the memory tier's core runs compiled (built, current, not turned off)."""
+    return _COMPILED
+
+
+class _SourcesFirst(importlib.abc.MetaPathFinder):
+    """Serves the core's ``.py`` sources, ahead of any build, when the build is not used."""
+
+    def find_spec(
+        self,
+        fullname: str,
+        path: Sequence[str] | None = None,
+        target: ModuleType | None = None,
+    ) -> importlib.machinery.ModuleSpec | None:
+        package, _, name = fullname.rpartition(".")
+        if package != __package__ or name not in MODULES:
+            return None
+        return importlib.util.spec_from_file_location(fullname, _HERE / f"{name}.py")
+
+
+if not _COMPILED:
+    sys.meta_path.insert(0, _SourcesFirst())

@@ -1,0 +1,99 @@
+"""Compile the memory tier's hot modules with mypyc, in place, when a C compiler is present.
+
+The compiled modules are built from the same typed source and sit beside it
+(``tiered_cache/policy.cpython-311-*.so``); Python imports them in preference to the ``.py``
+files. The pure-Python modules stay the reference: without a compiler nothing is built and the
+library runs on them, and ``tests/test_compiled_core.py`` runs the same operations on both and
+demands identical results. ``--remove`` deletes the compiled modules again.
+
+Run by ``make install`` (``make compiled`` / ``make pure`` by hand).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+import sysconfig
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+#: The modules compiled: what a miss and an eviction of the memory tier run (the list
+#: tiered_cache/compiled.py guards; this script does not import the package it builds).
+MODULES = ("slot", "sketch", "topk", "policy")
+#: Their imports: a change there makes the build stale too.
+DEPENDENCIES = ("tier", "policy_defaults")
+#: The compiled modules share one runtime library, kept inside the package.
+GROUP = "tiered_cache._core"
+
+
+def compiled_files() -> list[Path]:
+    """The extension modules a build left in the package."""
+    package = ROOT / "tiered_cache"
+    names = (*MODULES, "_core__mypyc")
+    return sorted(path for name in names for path in package.glob(f"{name}.*.so"))
+
+
+def compiler() -> str | None:
+    """The C compiler Python's build would use, if it is installed."""
+    command = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    return shutil.which(command)
+
+
+def build() -> int:
+    if compiler() is None:
+        print("build_core: no C compiler found; tiered-cache runs its pure-Python core")
+        return 0
+    try:
+        from mypyc.build import mypycify
+        from setuptools import setup
+    except ImportError:
+        print("build_core: mypyc is not installed; tiered-cache runs its pure-Python core")
+        return 0
+    sources = [str(ROOT / "tiered_cache" / f"{name}.py") for name in MODULES]
+    # Built in a folder of its own (setuptools would read the project's pyproject.toml), then
+    # copied beside the sources.
+    work = ROOT / "build" / "core"
+    (work / "tiered_cache").mkdir(parents=True, exist_ok=True)
+    os.chdir(work)
+    setup(
+        name="tiered-cache-core",
+        ext_modules=mypycify(sources, group_name=GROUP, opt_level="3"),
+        script_args=["--quiet", "build_ext", "--inplace"],
+    )
+    for built in (work / "tiered_cache").glob("*.so"):
+        shutil.copy2(built, ROOT / "tiered_cache" / built.name)
+    # What was compiled, so that a changed source is imported instead of its stale build
+    # (tiered_cache/compiled.py).
+    hashed = (*MODULES, *DEPENDENCIES)
+    manifest = {"modules": {name: _sha256(ROOT / "tiered_cache" / f"{name}.py") for name in hashed}}
+    (ROOT / "tiered_cache" / "compiled.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    names = ", ".join(path.name.split(".")[0] for path in compiled_files())
+    print(f"build_core: compiled with mypyc: {names}")
+    return 0
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def remove() -> int:
+    for path in compiled_files():
+        path.unlink()
+    (ROOT / "tiered_cache" / "compiled.json").unlink(missing_ok=True)
+    print("build_core: compiled modules removed; tiered-cache runs its pure-Python core")
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--remove", action="store_true", help="delete the compiled modules")
+    args = parser.parse_args()
+    return remove() if args.remove else build()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -16,7 +16,7 @@ $(STAMP): $(BIN)/python pyproject.toml $(wildcard adapters/*/pyproject.toml)
 	touch $(STAMP)
 
 # The memory tier's hot modules compiled with mypyc when a C compiler is present; without one
-# (or with TIERED_CACHE_PURE=1, or for a source changed since the build) the library runs on
+# (or with TIERED_CORE_PURE=1, or for a source changed since the build) the library runs on
 # the pure-Python sources (tiered_cache/compiled.py). `make pure` removes the build.
 CORE := $(VENV)/.core
 $(CORE): $(STAMP) tools/build_core.py $(addprefix tiered_cache/,slot.py sketch.py topk.py policy.py tier.py policy_defaults.py)

@@ -11,6 +11,9 @@ import importlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
+import json
+import os
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -31,10 +34,10 @@ IS_COMPILED = compiled_core() and all(
     not str(module.__file__).endswith(".py") for module in (policy, sketch, slot, topk)
 )
 
-pytestmark = pytest.mark.skipif(
+needs_build = pytest.mark.skipif(
     not IS_COMPILED,
     reason="the compiled core is not in use (not built: `make install` found no C compiler "
-    "or no mypyc; or stale, or TIERED_CACHE_PURE=1): there is nothing to compare the "
+    "or no mypyc; or stale, or TIERED_CORE_PURE=1): there is nothing to compare the "
     "pure-Python modules with",
 )
 
@@ -126,6 +129,7 @@ operations = st.lists(
 )
 
 
+@needs_build
 @settings(max_examples=40, deadline=None)
 @given(max_entries=st.sampled_from([1, 4, 12, 100]), steps=operations)
 def test_compiled_and_pure_core_answer_and_decide_alike(
@@ -141,8 +145,41 @@ def test_compiled_and_pure_core_answer_and_decide_alike(
     assert compiled.state(KEYS) == reference.state(KEYS)
 
 
+@needs_build
 def test_the_reference_is_the_source_and_the_core_is_compiled() -> None:
     assert str(pure("policy").__file__).endswith("policy.py")
     assert str(pure("sketch").__file__).endswith("sketch.py")
     assert pure("policy").TinyLfuPolicy is not policy.TinyLfuPolicy
     assert IS_COMPILED
+
+
+def test_a_stale_or_missing_build_is_not_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tiered_cache import compiled
+
+    manifest = tmp_path / "compiled.json"
+    monkeypatch.setattr(compiled, "MANIFEST", manifest)
+    assert not compiled._built_and_current()  # no manifest: never built
+    names = (*compiled.MODULES, *compiled.DEPENDENCIES)
+    current = {name: compiled.source_hash(name) for name in names}
+    manifest.write_text(json.dumps({"modules": {**current, "policy": "0" * 64}}))
+    assert not compiled._built_and_current()  # policy.py changed since the build
+    manifest.write_text(json.dumps({"modules": current}))
+    monkeypatch.setenv("TIERED_CORE_PURE", "1")
+    assert not compiled._built_and_current()  # turned off
+    monkeypatch.delenv("TIERED_CORE_PURE")
+    # Current sources: used exactly when the compiled modules are there.
+    assert compiled._built_and_current() == IS_COMPILED
+
+
+def test_turned_off_the_sources_are_imported() -> None:
+    code = (
+        "import tiered_cache.policy as p, tiered_cache.compiled as c; "
+        "print(c.compiled_core(), p.__file__.endswith('policy.py'))"
+    )
+    environment = {**os.environ, "TIERED_CORE_PURE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=environment, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.split() == ["False", "True"]

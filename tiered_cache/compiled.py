@@ -5,7 +5,8 @@ The compiled modules sit beside their sources (``policy.cpython-311-*.so`` besid
 writes the SHA-256 of each source it compiled into :data:`MANIFEST`, and this module, imported
 first by the package, puts a finder in front of the import system that serves the sources
 whenever one of them no longer matches (all of the core together: compiled modules call each
-other natively), or when ``TIERED_CACHE_PURE=1`` is set. A stale build is never run.
+other natively), or when ``TIERED_CORE_PURE=1`` is set (not ``TIERED_CACHE_*``: that prefix
+belongs to the settings, which refuse a name they do not know). A stale build is never run.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def source_hash(name: str) -> str:
 
 def _built_and_current() -> bool:
     """True when every core module has a compiled build made from its current source."""
-    if os.environ.get("TIERED_CACHE_PURE", "") not in ("", "0"):
+    if os.environ.get("TIERED_CORE_PURE", "") not in ("", "0"):
         return False
     try:
         built = json.loads(MANIFEST.read_text(encoding="utf-8"))["modules"]

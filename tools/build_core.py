@@ -65,7 +65,12 @@ def build() -> int:
         script_args=["--quiet", "build_ext", "--inplace"],
     )
     for built in (work / "tiered_cache").glob("*.so"):
-        shutil.copy2(built, ROOT / "tiered_cache" / built.name)
+        # Copied aside and renamed into place: a process that has the old build loaded keeps
+        # its (unlinked) file; overwriting it in place could crash that process.
+        target = ROOT / "tiered_cache" / built.name
+        partial = target.with_name(target.name + ".partial")
+        shutil.copy2(built, partial)
+        os.replace(partial, target)
     # What was compiled, so that a changed source is imported instead of its stale build
     # (tiered_cache/compiled.py).
     hashed = (*MODULES, *DEPENDENCIES)

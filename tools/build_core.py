@@ -47,6 +47,9 @@ def build() -> int:
     if compiler() is None:
         print("build_core: no C compiler found; tiered-cache runs its pure-Python core")
         return 0
+    if not (Path(sysconfig.get_paths()["include"]) / "Python.h").exists():
+        print("build_core: no Python headers (python3-dev); tiered-cache runs its pure-Python core")
+        return 0
     try:
         from mypyc.build import mypycify
         from setuptools import setup
@@ -59,11 +62,15 @@ def build() -> int:
     work = ROOT / "build" / "core"
     (work / "tiered_cache").mkdir(parents=True, exist_ok=True)
     os.chdir(work)
-    setup(
-        name="tiered-cache-core",
-        ext_modules=mypycify(sources, group_name=GROUP, opt_level="3"),
-        script_args=["--quiet", "build_ext", "--inplace"],
-    )
+    try:
+        setup(
+            name="tiered-cache-core",
+            ext_modules=mypycify(sources, group_name=GROUP, opt_level="3"),
+            script_args=["--quiet", "build_ext", "--inplace"],
+        )
+    except (Exception, SystemExit) as exc:  # the build is optional: never fail the install
+        print(f"build_core: the build failed ({exc}); tiered-cache runs its pure-Python core")
+        return 0
     for built in (work / "tiered_cache").glob("*.so"):
         # Copied aside and renamed into place: a process that has the old build loaded keeps
         # its (unlinked) file; overwriting it in place could crash that process.

@@ -1,0 +1,220 @@
+"""clear(), invalidate_prefix() and the bus going down and up, as other processes see them.
+
+Two chains in one process stand for two processes: each has its own memory tier, both share a
+memory tier marked shared (standing for Redis), a source and a bus. The bus here can be cut
+(its listeners hear the disconnect, as from a real transport) and can fail to publish.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tiered_cache import MISSING, Entry, InvalidationIncomplete, MemoryTier, TieredCache
+from tiered_cache.bus import Invalidation, LocalBus
+from tiered_cache.protection import Protection
+from tiered_cache.testing import FakeClock
+from tiered_cache.testing.sources import DictSource
+
+
+class SharedTier(MemoryTier):
+    """A memory tier both chains use: it stands for Redis."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__(name="shared", max_entries=1000, clock=clock)
+        self.local = False
+
+
+class FailingShared(SharedTier):
+    """A shared tier whose clear fails (fault injection)."""
+
+    def clear(self) -> None:
+        raise RuntimeError("shared tier down")
+
+
+class CuttableBus(LocalBus):
+    """A LocalBus that can be cut and restored (its listeners are told, as a transport tells
+    them), and whose publishing can fail."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failing = False
+        self.heard: list[Invalidation] = []
+
+    def publish(self, message: Invalidation) -> None:
+        if self.failing:
+            raise ConnectionError("bus unreachable")
+        self.heard.append(message)
+        super().publish(message)
+
+    def cut(self) -> None:
+        for listener in list(self._listeners):
+            listener.on_disconnect()
+
+    def restore(self) -> None:
+        for listener in list(self._listeners):
+            listener.on_reconnect()
+
+
+class Fleet:
+    def __init__(self, clock: FakeClock, *, bound: float = 1.0, shared: SharedTier | None = None):
+        self.clock = clock
+        self.bus = CuttableBus()
+        self.shared = shared if shared is not None else SharedTier(clock)
+        self.source = DictSource()
+        self.bound = bound
+        self.a = self.chain()
+        self.b = self.chain()
+
+    def chain(self) -> TieredCache:
+        return TieredCache(
+            [MemoryTier(name="l1", ttl=60, clock=self.clock), self.shared],
+            self.source,
+            clock=self.clock,
+            ttl=30,
+            protection=Protection.never_stale(),
+            bus=self.bus,
+            max_stale_when_disconnected=self.bound,
+        )
+
+
+def in_memory(cache: TieredCache, key: str) -> bool:
+    return cache.tiers[0].get(key) is not MISSING
+
+
+# -- clear()
+
+
+def test_clear_empties_this_process_the_shared_tier_and_the_others_memory(
+    clock: FakeClock,
+) -> None:
+    fleet = Fleet(clock)
+    fleet.source.items.update({"x": 1, "y": 2})
+    for cache in (fleet.a, fleet.b):
+        cache.get_many(["x", "y"])
+    fleet.source.items.update({"x": 10, "y": 20})
+    fleet.a.clear()
+    assert not in_memory(fleet.a, "x") and not in_memory(fleet.a, "y")
+    assert fleet.shared.get("x") is MISSING
+    assert not in_memory(fleet.b, "x") and not in_memory(fleet.b, "y")
+    assert (fleet.a.get("x"), fleet.b.get("y")) == (10, 20)
+    assert [message.clear for message in fleet.bus.heard] == [True]
+
+
+def test_clear_strict_with_everything_working_raises_nothing(clock: FakeClock) -> None:
+    fleet = Fleet(clock)
+    fleet.source.items["x"] = 1
+    fleet.b.get("x")
+    fleet.a.clear(strict=True)
+    assert not in_memory(fleet.b, "x")
+
+
+def test_clear_strict_names_the_bus_and_the_tier_it_did_not_reach(clock: FakeClock) -> None:
+    fleet = Fleet(clock, shared=FailingShared(clock))
+    fleet.bus.failing = True
+    with pytest.raises(InvalidationIncomplete) as raised:
+        fleet.a.clear(strict=True)
+    assert str(raised.value) == (
+        "clearing did not reach tier 'shared' (RuntimeError: shared tier down), "
+        "the invalidation bus"
+    )
+    stats = fleet.a.stats()
+    assert (stats["bus_publish_errors"], stats["tiers"][1]["errors"]) == (1, 1)
+
+
+def test_clear_not_strict_logs_and_counts_a_failed_bus_but_does_not_raise(
+    clock: FakeClock,
+) -> None:
+    fleet = Fleet(clock)
+    fleet.source.items["x"] = 1
+    fleet.a.get("x")
+    fleet.bus.failing = True
+    fleet.a.clear()
+    assert not in_memory(fleet.a, "x")
+    assert fleet.a.stats()["bus_publish_errors"] == 1
+
+
+def test_invalidate_many_strict_names_the_bus_it_did_not_reach(clock: FakeClock) -> None:
+    fleet = Fleet(clock)
+    fleet.bus.failing = True
+    fleet.a.invalidate_many(["x"])  # not strict: logged and counted only
+    with pytest.raises(InvalidationIncomplete, match=r"^invalidating 2 key\(s\) did not reach "):
+        fleet.a.invalidate_many(["x", "y", "x"], strict=True)
+    assert fleet.a.stats()["bus_publish_errors"] == 2
+
+
+# -- invalidate_prefix()
+
+
+def test_an_empty_prefix_is_refused_with_a_pointer_to_clear(clock: FakeClock) -> None:
+    fleet = Fleet(clock)
+    with pytest.raises(ValueError, match=r"^an empty prefix would drop everything: use clear\(\)$"):
+        fleet.a.invalidate_prefix("")
+    assert fleet.bus.heard == []
+
+
+def test_a_prefix_invalidation_tells_the_others_when_it_happened(clock: FakeClock) -> None:
+    fleet = Fleet(clock)
+    clock.advance(12.5)
+    fleet.a.invalidate_prefix("user:42:")
+    (message,) = fleet.bus.heard
+    assert (message.prefixes, message.at) == (("user:42:",), clock())
+
+
+# -- the bus going down and coming back
+
+
+def test_after_the_bus_is_back_memory_drops_what_it_kept_during_the_outage(
+    clock: FakeClock,
+) -> None:
+    fleet = Fleet(clock, bound=5.0)
+    fleet.source.items["k"] = "old"
+    fleet.bus.cut()
+    assert fleet.b.get("k") == "old"  # kept in memory for 5 s at most
+    fleet.bus.restore()
+    # a write b could not hear about while its bus was down
+    fleet.shared.set("k", Entry("new", clock()))
+    assert fleet.b.get("k") == "new"
+
+
+def test_after_the_bus_is_back_memory_keeps_entries_for_its_ttl_and_counts_hits(
+    clock: FakeClock,
+) -> None:
+    fleet = Fleet(clock, bound=1.0)
+    fleet.source.items["k"] = "v"
+    fleet.bus.cut()
+    fleet.bus.restore()
+    assert fleet.b.get("k") == "v"
+    (entry,) = fleet.b.lookup_many(["k"]).values()
+    assert entry.soft_expiry == clock() + 30  # the chain's TTL, not the outage bound
+    clock.advance(2.0)
+    assert fleet.b.get("k") == "v"
+    stats = fleet.b.stats()
+    assert [tier["hits"] for tier in stats["tiers"]] == [2, 0]  # lookup_many's hit, then get's
+    assert (stats.get("bus_down_served", 0), stats.get("bus_down_bypasses", 0)) == (0, 0)
+
+
+def test_while_the_bus_is_down_a_fill_into_memory_is_fresh_for_the_bound_only(
+    clock: FakeClock,
+) -> None:
+    fleet = Fleet(clock, bound=1.0)
+    fleet.source.items["k"] = "v"
+    fleet.bus.cut()
+    assert fleet.b.get("k") == "v"
+    (entry,) = fleet.b.lookup_many(["k"]).values()
+    assert (entry.soft_expiry, entry.hard_expiry) == (clock() + 1.0, clock() + 1.0)
+
+
+def test_a_chain_whose_first_tier_is_shared_keeps_counting_its_hits_while_the_bus_is_down(
+    clock: FakeClock,
+) -> None:
+    bus = CuttableBus()
+    shared = SharedTier(clock)
+    cache = TieredCache(
+        [shared], DictSource({"k": "v"}), clock=clock, protection=Protection.never_stale(), bus=bus
+    )
+    cache.get("k")
+    bus.cut()
+    assert cache.get("k") == "v"
+    assert cache.get("k") == "v"
+    assert cache.stats()["tiers"][0]["hits"] == 2
+    assert cache.stats()["bus"] == "down"

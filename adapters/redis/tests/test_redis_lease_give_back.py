@@ -1,0 +1,121 @@
+"""A load that fails, or outlives its caller, gives its Redis lease back or fills under it.
+
+Two chains over one real redis-server stand for two processes. A lease left behind by a load
+that failed makes the other process wait ``lease_wait`` for nothing (counted in
+``lease_waits``); a load that outlived its caller must still fill only under its lease, so
+that a write made meanwhile by another process is never overwritten with what it read before.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+import pytest
+
+from tiered_cache import LoadTimeout, PartialBatchError, TieredCache
+from tiered_cache.testing.servers import RedisServer
+
+
+class Abort(BaseException):
+    """Not an Exception: what a loader interrupted from outside raises."""
+
+
+def chain(url: str, namespace: str, **protection: object) -> TieredCache:
+    # No bus: the two chains hear of each other only through Redis (its data and leases).
+    return TieredCache.from_config(
+        namespace=namespace,
+        tiers=[
+            {"kind": "memory", "admission": "always"},
+            {"kind": "redis", "url": url, "timeout": "2s"},
+        ],
+        protection={
+            "lease_poll": "10ms",
+            "lease_ttl": "30s",
+            "lease_wait": "30s",
+            "max_stale": "0s",
+            "soft_timeout": None,
+            **protection,
+        },
+    )
+
+
+def loads_without_waiting(cache: TieredCache, keys: list[str]) -> None:
+    """``cache`` reads ``keys`` with a lease of its own: nobody else holds one any more."""
+    assert cache.get_many(keys, lambda wanted: {key: "fresh" for key in wanted}) == dict.fromkeys(
+        keys, "fresh"
+    )
+    assert cache.stats()["lease_waits"] == 0
+
+
+def test_a_batch_whose_source_fails_gives_its_leases_back(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    first, second = chain(redis_server.url, namespace), chain(redis_server.url, namespace)
+
+    def failing(keys: Sequence[str]) -> dict[str, str]:
+        raise ConnectionError("source down")
+
+    with pytest.raises(PartialBatchError):
+        first.get_many(["a", "b"], failing)
+    loads_without_waiting(second, ["a", "b"])
+    first.close()
+    second.close()
+
+
+def test_a_batch_interrupted_by_a_base_exception_gives_its_leases_back(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    first, second = chain(redis_server.url, namespace), chain(redis_server.url, namespace)
+
+    def interrupted(keys: Sequence[str]) -> dict[str, str]:
+        raise Abort()
+
+    with pytest.raises(Abort):
+        first.get_many(["a", "b"], interrupted)
+    loads_without_waiting(second, ["a", "b"])
+    first.close()
+    second.close()
+
+
+def test_a_load_that_outlived_its_caller_and_failed_gives_its_lease_back(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    first = chain(redis_server.url, namespace, hard_timeout="100ms")
+    second = chain(redis_server.url, namespace)
+    release = threading.Event()
+
+    def hangs_then_fails() -> str:
+        release.wait(10)
+        raise ConnectionError("source down")
+
+    with pytest.raises(LoadTimeout):
+        first.get("k", hangs_then_fails)
+    release.set()
+    assert first.wait_background(10)
+    loads_without_waiting(second, ["k"])
+    first.close()
+    second.close()
+
+
+def test_a_load_that_outlived_its_caller_fills_under_its_lease(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """The late load read before another process wrote: its value must not land in Redis."""
+    first = chain(redis_server.url, namespace, hard_timeout="100ms")
+    writer = chain(redis_server.url, namespace)
+    release = threading.Event()
+
+    def slow_old_read() -> str:
+        release.wait(10)
+        return "old"
+
+    with pytest.raises(LoadTimeout):
+        first.get("k", slow_old_read)
+    writer.set("k", "new")  # takes the lease from the late load, writes Redis
+    release.set()
+    assert first.wait_background(10)
+    third = chain(redis_server.url, namespace)
+    assert third.get("k", lambda: "reloaded") in ("new", "reloaded")
+    for cache in (first, writer, third):
+        cache.close()

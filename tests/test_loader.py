@@ -1,0 +1,490 @@
+"""The loader's background work and fail-safe rest, as a caller of the chain sees them.
+
+Refreshes, the rest a failing source gets, per-call TTLs on every path a value is loaded by,
+the bounds on background work (``refresh_workers``, ``wait_background``'s timeout) and batches
+that fail while other callers wait for them. Background work runs on the chain's own pool
+where its threads matter, and under the test's control elsewhere.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pytest
+
+from tiered_cache import CodecError, MemoryTier, TieredCache
+from tiered_cache.protection import Protection
+from tiered_cache.testing import FakeClock
+from tiered_cache.testing.sources import DictSource
+
+
+class Background:
+    """Collects background refreshes so a test decides when they run."""
+
+    def __init__(self) -> None:
+        self.tasks: list[Callable[[], None]] = []
+
+    def __call__(self, task: Callable[[], None]) -> None:
+        self.tasks.append(task)
+
+    def run(self) -> int:
+        tasks, self.tasks = self.tasks, []
+        for task in tasks:
+            task()
+        return len(tasks)
+
+
+class Loader:
+    """Successive versions ``v1``, ``v2``...; fails while ``error`` is set."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.error: Exception | None = None
+
+    def __call__(self) -> str:
+        self.calls += 1
+        if self.error is not None:
+            raise self.error
+        return f"v{self.calls}"
+
+
+def wait_until(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 10
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} never happened"
+        time.sleep(0.005)
+
+
+def stale_cache(
+    clock: FakeClock, background: Callable[..., object] | None, **options: Any
+) -> TieredCache:
+    """One memory tier, values fresh 10 s and servable 100 s more."""
+    protection = Protection(
+        **{"max_stale": 100.0, "early_refresh_beta": 0.0, "soft_timeout": None, **options}
+    )
+    return TieredCache(
+        [MemoryTier(max_entries=100, ttl=1000, clock=clock)],
+        ttl=10,
+        clock=clock,
+        protection=protection,
+        background=background,
+    )
+
+
+def soft_expiry(cache: TieredCache, key: str) -> float:
+    (entry,) = cache.lookup_many([key]).values()
+    return entry.soft_expiry
+
+
+# -- the rest a failing source gets (fail_safe_throttle)
+
+
+def failed_once(clock: FakeClock, throttle: float, tiers: int = 1) -> tuple[TieredCache, Loader]:
+    """A cache whose loader failed once for a stale key (served stale under fail-safe)."""
+    memory = [
+        MemoryTier(name=f"t{n}", max_entries=100, ttl=1000, clock=clock) for n in range(tiers)
+    ]
+    cache = TieredCache(
+        memory,
+        ttl=10,
+        clock=clock,
+        protection=Protection(
+            max_stale=100.0,
+            stale_while_revalidate=False,
+            early_refresh_beta=0.0,
+            soft_timeout=None,
+            fail_safe_throttle=throttle,
+        ),
+    )
+    loader = Loader()
+    cache.get("k", loader)
+    clock.advance(11)
+    loader.error = ConnectionError("source down")
+    assert cache.get("k", loader) == "v1"
+    assert loader.calls == 2
+    return cache, loader
+
+
+def test_without_a_fail_safe_throttle_every_read_asks_the_failing_source(clock: FakeClock) -> None:
+    cache, loader = failed_once(clock, throttle=0.0)
+    assert cache.get("k", loader) == "v1"
+    assert loader.calls == 3
+    stats = cache.stats()
+    assert stats["stale_served_on_error"] == 2
+    assert stats["tiers"][0]["fills"] == 1  # the first load's; a failed load fills nothing
+
+
+def test_a_fail_safe_throttle_under_a_second_rests_the_source_that_long(clock: FakeClock) -> None:
+    cache, loader = failed_once(clock, throttle=0.5)
+    assert cache.get("k", loader) == "v1"
+    assert loader.calls == 2
+    clock.advance(0.5)
+    assert cache.get("k", loader) == "v1"
+    assert loader.calls == 3
+
+
+def test_the_fail_safe_rest_stays_in_this_process(clock: FakeClock) -> None:
+    """Only tier 0 serves the stale value as fresh: a shared tier keeps it stale, so other
+    processes still try the source themselves."""
+    cache, _ = failed_once(clock, throttle=5.0, tiers=2)
+    shared = cache.tiers[1].get("k")
+    assert shared.soft_expiry < clock()  # type: ignore[union-attr]
+    assert soft_expiry(cache, "k") == clock() + 5.0
+
+
+def test_a_failed_early_refresh_keeps_the_fresh_value_and_is_counted(clock: FakeClock) -> None:
+    """An early (XFetch) refresh has no stale value to fall back to: its failure is counted
+    and the entry it was refreshing stays as it was."""
+    background = Background()
+    cache = TieredCache(
+        [MemoryTier(max_entries=100, ttl=1000, clock=clock)],
+        ttl=10,
+        clock=clock,
+        protection=Protection(max_stale=100.0, early_refresh_beta=1.0, soft_timeout=None),
+        background=background,
+        rng=lambda: 1e-9,  # the draw always says "refresh now"
+    )
+    loader = Loader()
+
+    def slow() -> str:
+        clock.advance(1.0)  # the load took 1 s: XFetch refreshes within ~20 s of the expiry
+        return loader()
+
+    assert cache.get("k", slow) == "v1"
+    expiry = soft_expiry(cache, "k")
+    loader.error = ConnectionError("source down")
+    assert cache.get("k", slow) == "v1"
+    assert background.run() == 1
+    stats = cache.stats()
+    assert (stats["early_refreshes"], stats["refresh_failures"]) == (1, 1)
+    assert soft_expiry(cache, "k") == expiry
+
+
+# -- refreshes
+
+
+def test_a_key_refreshes_again_once_its_refresh_is_done(clock: FakeClock) -> None:
+    background = Background()
+    cache = stale_cache(clock, background)
+    loader = Loader()
+    cache.get("k", loader)
+    for expected in ("v2", "v3"):
+        clock.advance(11)
+        cache.get("k", loader)
+        assert background.run() == 1
+        assert cache.get("k", loader) == expected
+    assert cache.stats()["refreshes"] == 2
+
+
+def test_a_failed_refresh_does_not_stop_the_next_one(clock: FakeClock) -> None:
+    background = Background()
+    cache = stale_cache(clock, background, fail_safe_throttle=0.0)
+    loader = Loader()
+    cache.get("k", loader)
+    clock.advance(11)
+    loader.error = ConnectionError("source down")
+    cache.get("k", loader)
+    assert background.run() == 1
+    loader.error = None
+    cache.get("k", loader)
+    assert background.run() == 1
+    assert cache.get("k", loader) == "v3"
+
+
+def test_a_refresh_the_background_runner_refused_is_asked_for_again(clock: FakeClock) -> None:
+    accepted: list[Callable[[], None]] = []
+    refusals = [RuntimeError("cannot schedule new futures after shutdown")]
+
+    def runner(task: Callable[[], None]) -> None:
+        if refusals:
+            raise refusals.pop()
+        accepted.append(task)
+
+    cache = stale_cache(clock, runner)
+    loader = Loader()
+    cache.get("k", loader)
+    clock.advance(11)
+    assert cache.get("k", loader) == "v1"  # the runner refused this one
+    assert cache.get("k", loader) == "v1"
+    assert len(accepted) == 1
+
+
+def test_a_refresh_keeps_the_ttl_its_read_asked_for(clock: FakeClock) -> None:
+    background = Background()
+    cache = stale_cache(clock, background)
+    loader = Loader()
+    cache.get("k", loader, ttl=3)
+    assert soft_expiry(cache, "k") == clock() + 3
+    clock.advance(4)
+    assert cache.get("k", loader, ttl=3) == "v1"
+    assert background.run() == 1
+    assert soft_expiry(cache, "k") == clock() + 3
+
+
+def test_a_batch_keeps_the_ttl_its_read_asked_for(clock: FakeClock) -> None:
+    cache = stale_cache(clock, Background())
+    cache.get_many(["a", "b"], lambda keys: {key: key.upper() for key in keys}, ttl=3)
+    assert {key: entry.soft_expiry for key, entry in cache.lookup_many(["a", "b"]).items()} == {
+        "a": clock() + 3,
+        "b": clock() + 3,
+    }
+
+
+def test_a_refresh_is_not_bounded_by_the_hard_timeout(clock: FakeClock) -> None:
+    """A refresh has no caller waiting: a slow one finishes and fills, it never times out."""
+    cache = stale_cache(clock, None, hard_timeout=0.05)
+    loader = Loader()
+    cache.get("k", loader)
+    clock.advance(11)
+
+    def slow() -> str:
+        time.sleep(0.3)
+        return loader()
+
+    assert cache.get("k", slow) == "v1"
+    assert cache.wait_background(10)
+    stats = cache.stats()
+    assert (stats["hard_timeouts"], stats["refresh_failures"]) == (0, 0)
+    assert stats.get("abandoned_loads", 0) == 0
+    assert cache.get("k", loader) == "v2"
+    cache.close()
+
+
+def test_refreshes_of_two_keys_at_once_each_load_their_own_key(clock: FakeClock) -> None:
+    cache = stale_cache(clock, None)
+    for key in ("a", "b"):
+        cache.get(key, lambda key=key: f"{key}1")  # type: ignore[misc]
+    clock.advance(11)
+    release = threading.Event()
+    started = threading.Event()
+
+    def slow_a() -> str:
+        started.set()
+        release.wait(10)
+        return "a2"
+
+    assert cache.get("a", slow_a) == "a1"
+    assert started.wait(10)
+    assert cache.get("b", lambda: "b2") == "b1"  # refreshed while a's refresh still runs
+    release.set()
+    assert cache.wait_background(10)
+    assert (cache.get("a", lambda: "?"), cache.get("b", lambda: "?")) == ("a2", "b2")
+    cache.close()
+
+
+def test_refresh_workers_bounds_the_refreshes_running_at_once(clock: FakeClock) -> None:
+    cache = stale_cache(clock, None, refresh_workers=1)
+    keys = ["a", "b", "c"]
+    for key in keys:
+        cache.get(key, lambda: "old")
+    clock.advance(11)
+    release = threading.Event()
+    running: list[str] = []
+    most = [0]
+    lock = threading.Lock()
+
+    def slow(key: str) -> str:
+        with lock:
+            running.append(key)
+            most[0] = max(most[0], len(running))
+        release.wait(10)
+        with lock:
+            running.remove(key)
+        return "new"
+
+    for key in keys:
+        assert cache.get(key, lambda key=key: slow(key)) == "old"  # type: ignore[misc]
+    wait_until(lambda: len(running) == 1, "the first refresh")
+    time.sleep(0.2)  # time for a second worker, if there were one, to start
+    release.set()
+    assert cache.wait_background(10)
+    assert most[0] == 1
+    assert [cache.get(key, lambda: "?") for key in keys] == ["new"] * 3
+    cache.close()
+
+
+def test_wait_background_gives_up_after_its_timeout(clock: FakeClock) -> None:
+    cache = stale_cache(clock, None)
+    cache.get("k", lambda: "old")
+    clock.advance(11)
+    release = threading.Event()
+    assert cache.get("k", lambda: "new" if release.wait(10) else "?") == "old"
+    started = time.monotonic()
+    assert cache.wait_background(0.1) is False
+    assert time.monotonic() - started < 5
+    release.set()
+    assert cache.wait_background(10) is True
+    cache.close()
+
+
+# -- get_many and stale entries
+
+
+def batch_loader(version: str) -> Callable[[Sequence[str]], dict[str, str]]:
+    return lambda keys: {key: f"{key}{version}" for key in keys}
+
+
+def stale_pair(clock: FakeClock, background: Background, **options: Any) -> TieredCache:
+    """A cache holding "a" and "b" (version 1), both stale now."""
+    cache = stale_cache(clock, background, **options)
+    cache.get_many(["a", "b"], batch_loader("1"), ttl=3)
+    clock.advance(4)
+    return cache
+
+
+def test_get_many_serves_stale_keys_counts_them_and_refreshes_with_its_ttl(
+    clock: FakeClock,
+) -> None:
+    background = Background()
+    cache = stale_pair(clock, background)
+    source = {"a": "a2", "b": "b2"}
+    cache = TieredCache(
+        [cache.tiers[0]],
+        source=DictSource(source),
+        ttl=10,
+        clock=clock,
+        protection=Protection(max_stale=100.0, early_refresh_beta=0.0, soft_timeout=None),
+        background=background,
+    )
+    assert cache.get_many(["a", "b"], ttl=3) == {"a": "a1", "b": "b1"}
+    assert cache.stats()["stale_served"] == 2
+    assert background.run() == 2
+    assert cache.get_many(["a", "b"]) == {"a": "a2", "b": "b2"}
+    assert soft_expiry(cache, "a") == clock() + 3
+
+
+def test_get_many_with_a_loader_loads_stale_keys_instead_of_serving_them(
+    clock: FakeClock,
+) -> None:
+    background = Background()
+    cache = stale_pair(clock, background)
+    assert cache.get_many(["a", "b"], batch_loader("2")) == {"a": "a2", "b": "b2"}
+    assert background.tasks == []
+
+
+def test_get_many_without_stale_while_revalidate_loads_stale_keys(clock: FakeClock) -> None:
+    background = Background()
+    cache = stale_pair(clock, background, stale_while_revalidate=False)
+    cache = TieredCache(
+        [cache.tiers[0]],
+        source=DictSource({"a": "a2", "b": "b2"}),
+        clock=clock,
+        protection=Protection(
+            max_stale=100.0,
+            stale_while_revalidate=False,
+            early_refresh_beta=0.0,
+            soft_timeout=None,
+        ),
+        background=background,
+    )
+    assert cache.get_many(["a", "b"]) == {"a": "a2", "b": "b2"}
+    assert background.tasks == []
+
+
+def test_a_failed_refresh_of_a_stale_batch_key_rests_the_source(clock: FakeClock) -> None:
+    background = Background()
+    source = DictSource({"a": "a1"})
+    cache = TieredCache(
+        [MemoryTier(max_entries=100, ttl=1000, clock=clock)],
+        source=source,
+        ttl=10,
+        clock=clock,
+        protection=Protection(
+            max_stale=100.0, early_refresh_beta=0.0, soft_timeout=None, fail_safe_throttle=5.0
+        ),
+        background=background,
+    )
+    cache.get_many(["a"])
+    clock.advance(11)
+    source.items.clear()
+
+    def down(keys: Sequence[str]) -> dict[str, Any]:
+        raise ConnectionError("source down")
+
+    def down_one(key: str) -> Any:
+        raise ConnectionError("source down")
+
+    source.load_many = down  # type: ignore[method-assign]
+    source.load = down_one  # type: ignore[method-assign]
+    assert cache.get_many(["a"]) == {"a": "a1"}
+    assert background.run() == 1
+    assert cache.stats()["refresh_failures"] == 1
+    # for fail_safe_throttle seconds the stale value is served as fresh: no refresh, no load
+    assert cache.get_many(["a"]) == {"a": "a1"}
+    assert background.tasks == []
+
+
+# -- a batch that fails while another caller waits for one of its keys
+
+
+class RefusesKey(MemoryTier):
+    """A memory tier whose codec cannot encode the value of one key."""
+
+    def __init__(self, refused: str) -> None:
+        super().__init__(max_entries=100)
+        self.refused = refused
+
+    def set_many(self, entries: Any) -> None:
+        if self.refused in entries:
+            raise CodecError(f"value of {self.refused!r}: not encodable")
+        super().set_many(entries)
+
+    def set(self, key: str, entry: Any) -> None:
+        self.set_many({key: entry})
+
+
+def test_a_batch_waiting_for_a_key_of_a_batch_that_raised_gets_its_error() -> None:
+    cache = TieredCache([RefusesKey("a")], protection=Protection.never_stale())
+    first_loading = threading.Event()
+    second_claimed = threading.Event()
+    release = threading.Event()
+    outcomes: dict[str, object] = {}
+
+    def first_batch(keys: Sequence[str]) -> dict[str, str]:
+        first_loading.set()
+        release.wait(10)
+        return {key: key.upper() for key in keys}
+
+    def second_batch(keys: Sequence[str]) -> dict[str, str]:
+        second_claimed.set()  # called for "c" only: "a" was found in flight
+        return {key: key.upper() for key in keys}
+
+    def read(name: str, keys: list[str], loader: Any) -> None:
+        try:
+            outcomes[name] = cache.get_many(keys, loader)
+        except BaseException as exc:
+            outcomes[name] = exc
+
+    first = threading.Thread(target=read, args=("first", ["a", "b"], first_batch))
+    first.start()
+    assert first_loading.wait(10)
+    second = threading.Thread(target=read, args=("second", ["a", "c"], second_batch))
+    second.start()
+    assert second_claimed.wait(10)
+    release.set()
+    first.join(10)
+    second.join(10)
+    assert not second.is_alive(), "the batch waiting for 'a' never heard of its failure"
+    assert isinstance(outcomes["first"], CodecError)
+    joined = outcomes["second"]
+    assert isinstance(joined, Exception), f"the waiting batch returned {joined!r}"
+    current: BaseException | None = joined
+    causes = []
+    while current is not None:
+        causes.append(current)
+        current = current.__cause__ or current.__context__
+    assert any(isinstance(cause, CodecError) for cause in causes)
+
+
+@pytest.fixture(autouse=True)
+def no_thread_left() -> Any:
+    """Every test here ends its threads (a hung one would outlive its test)."""
+    before = set(threading.enumerate())
+    yield
+    wait_until(
+        lambda: all(not t.is_alive() or t.daemon for t in set(threading.enumerate()) - before),
+        "every non-daemon thread of the test ending",
+    )

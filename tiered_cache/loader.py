@@ -41,6 +41,11 @@ class _ServeStale(Exception):
     """A timed load gave up on its soft timeout: serve the stale value instead."""
 
 
+class _LoadGoesOn(LoadTimeout):
+    """A hard timeout whose load was handed to its worker: the load, not its caller, holds
+    the key's lease from now on (it fills under it, or gives it back if it fails)."""
+
+
 class _Handoff:
     """Between a caller waiting for a timed load and the worker running it: whoever comes
     second (the caller giving up, or the worker finishing) decides who fills the tiers."""
@@ -194,7 +199,8 @@ class SourceLoader:
             self._metrics.count("stale_served_on_slow_load")
             return stale
         except Exception as exc:
-            self._give_back({key: token} if token is not None else {})
+            if not isinstance(exc, _LoadGoesOn):
+                self._give_back({key: token} if token is not None else {})
             if stale is None or not self._protection.fail_safe:
                 raise
             return self._fail_safe(key, mark, stale, exc)
@@ -267,7 +273,7 @@ class SourceLoader:
             if not self._orphan(key, mark, handoff, future):
                 return future.result(), mark
             self._metrics.count("hard_timeouts")
-            raise LoadTimeout(
+            raise _LoadGoesOn(
                 f"loading {key!r} took longer than the hard timeout of {hard}s; "
                 "it goes on in the background and fills the cache when it finishes"
             ) from None

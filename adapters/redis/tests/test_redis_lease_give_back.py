@@ -9,11 +9,14 @@ that a write made meanwhile by another process is never overwritten with what it
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 
 import pytest
+import redis
+from tiered_cache_redis import RedisTier
 
-from tiered_cache import LoadTimeout, PartialBatchError, TieredCache
+from tiered_cache import Entry, LoadTimeout, PartialBatchError, TieredCache
 from tiered_cache.testing.servers import RedisServer
 
 
@@ -119,3 +122,80 @@ def test_a_load_that_outlived_its_caller_fills_under_its_lease(
     assert third.get("k", lambda: "reloaded") in ("new", "reloaded")
     for cache in (first, writer, third):
         cache.close()
+
+
+def test_a_load_that_outlived_its_caller_fills_redis_when_it_finishes(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    first = chain(redis_server.url, namespace, hard_timeout="100ms")
+    release = threading.Event()
+
+    def slow() -> str:
+        release.wait(10)
+        return "late"
+
+    with pytest.raises(LoadTimeout):
+        first.get("k", slow)
+    release.set()
+    assert first.wait_background(10)
+    assert first.get("k", lambda: "reloaded") == "late"
+    other = chain(redis_server.url, namespace)
+    assert other.get("k", lambda: "reloaded") == "late"
+    first.close()
+    other.close()
+
+
+@pytest.fixture
+def tier(redis_server: RedisServer, namespace: str) -> Iterator[RedisTier]:
+    """The chains' Redis tier, seen directly: what another process holds and reads."""
+    tier = RedisTier(redis.Redis.from_url(redis_server.url), namespace=namespace)
+    yield tier
+    tier.close()
+
+
+def test_a_leased_batch_keeps_the_ttl_its_read_asked_for(
+    redis_server: RedisServer, namespace: str, tier: RedisTier
+) -> None:
+    cache = chain(redis_server.url, namespace)
+    before = time.time()
+    cache.get_many(["a", "b"], lambda keys: {key: key for key in keys}, ttl="3s")
+    entries = tier.get_many(["a", "b"])
+    assert all(before + 3 <= entry.soft_expiry <= time.time() + 3 for entry in entries.values())
+    assert len(entries) == 2
+    cache.close()
+
+
+def test_a_batch_takes_over_the_leases_of_a_holder_that_died(
+    redis_server: RedisServer, namespace: str, tier: RedisTier
+) -> None:
+    cache = chain(redis_server.url, namespace)
+    for key in ("a", "b"):  # a holder that took these leases and died
+        assert tier.acquire_lease(key, ttl=0.2)[0] is not None
+    got = cache.get_many(["a", "b"], lambda keys: {key: "mine" for key in keys})
+    assert got == {"a": "mine", "b": "mine"}
+    stats = cache.stats()
+    assert (stats["lease_waits"], stats["lease_takeovers"]) == (2, 2)
+    cache.close()
+
+
+def test_a_batch_that_finds_the_holders_value_gives_back_the_lease_it_got_with_it(
+    redis_server: RedisServer, namespace: str, tier: RedisTier
+) -> None:
+    cache = chain(redis_server.url, namespace)
+    token, _ = tier.acquire_lease("k", ttl=30)  # another process is loading "k"
+    assert token is not None
+    results: list[object] = []
+    reader = threading.Thread(
+        target=lambda: results.append(cache.get_many(["k"], lambda keys: {"k": "own load"}))
+    )
+    reader.start()
+    deadline = time.monotonic() + 10
+    while cache.stats()["lease_waits"] == 0:
+        assert time.monotonic() < deadline, "the batch never waited for the holder"
+        time.sleep(0.01)
+    now = time.time()
+    assert tier.fill_with_lease("k", Entry("holder's", now, now + 60, now + 60), token)
+    reader.join(10)
+    assert results == [{"k": "holder's"}]
+    assert tier.acquire_lease("k", ttl=1)[0] is not None  # nobody keeps the lease
+    cache.close()

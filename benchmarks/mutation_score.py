@@ -12,12 +12,16 @@ Needs ``pip install -r benchmarks/requirements.txt`` (mutmut). Nothing is writte
 repository; ``--workdir`` keeps the scratch copy (``mutmut show NAME`` works there).
 
 Run: ``.venv/bin/python benchmarks/mutation_score.py [--module tiered_cache/breaker.py ...]
-[--tests tests/test_breaker.py ...] [--rev REV] [--workdir DIR] [--survivors]``
+[--tests tests/test_breaker.py ...] [--rev REV] [--workdir DIR] [--survivors]
+[--max-children N]``. Tests added after a kept run: ``--workdir DIR --recheck --tests NEW...``
+runs them against the mutants that run left alive (a killed mutant stays killed).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -176,6 +180,42 @@ def print_row(label: str, count: Counter[str]) -> None:
     )
 
 
+def recheck(workdir: Path, tests: list[str]) -> None:
+    """Run ``tests`` (copied from this checkout) against every mutant of ``workdir`` that
+    survived or was not reached, and record the ones they kill (exit code 1).
+
+    For tests added after a long run: the mutants the run killed stay killed (tests were only
+    added), so only the others need the new tests. One pytest session per mutant, in this
+    process (``MUTANT_UNDER_TEST`` picks the mutant, as in mutmut's own workers).
+    """
+    mutants = workdir / "mutants"
+    for test in tests:
+        target = mutants / test
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / test, target)
+    os.chdir(mutants)
+    adapters = [str(path) for path in sorted((mutants / "adapters").iterdir()) if path.is_dir()]
+    sys.path[:0] = [str(mutants), *adapters]
+    import pytest
+
+    for meta in sorted((mutants / "tiered_cache").rglob("*.py.meta")):
+        data = json.loads(meta.read_text())
+        codes = data["exit_code_by_key"]
+        for name, code in codes.items():
+            if code is None or code in KILLED:
+                continue
+            os.environ["MUTANT_UNDER_TEST"] = name
+            with contextlib.redirect_stdout(io.StringIO()):
+                outcome = pytest.main(
+                    ["-x", "-q", "-p", "no:cacheprovider", "-o", "timeout=60", *tests]
+                )
+            if outcome != 0:
+                codes[name] = 1
+            print(f"{'killed' if outcome else 'survived':8} {name}", flush=True)
+        meta.write_text(json.dumps(data, indent=4))
+    os.environ.pop("MUTANT_UNDER_TEST", None)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--module", action="append", help="a module to mutate (repeatable)")
@@ -193,6 +233,11 @@ def main() -> int:
         help="mutants run at once (the machine is shared: keep it low)",
     )
     parser.add_argument(
+        "--recheck",
+        action="store_true",
+        help="run --tests against the survivors already in --workdir (tests added since)",
+    )
+    parser.add_argument(
         "--report-only", action="store_true", help="read the results already in --workdir"
     )
     args = parser.parse_args()
@@ -201,7 +246,12 @@ def main() -> int:
         print("mutmut is not installed: pip install -r benchmarks/requirements.txt")
         return 2
     scratch = args.workdir or Path(tempfile.mkdtemp(prefix="mutation-"))
-    if not args.report_only:
+    if args.recheck:
+        if args.workdir is None or not args.tests:
+            print("--recheck needs --workdir (a kept run) and --tests (the tests to add)")
+            return 2
+        recheck(scratch, args.tests)
+    elif not args.report_only:
         if scratch.exists():
             shutil.rmtree(scratch)
         scratch.mkdir(parents=True)

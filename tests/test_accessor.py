@@ -31,3 +31,39 @@ def test_a_failing_tier_is_logged_at_most_once_per_ten_seconds_of_the_chains_clo
     assert logged == [1, 0, 1, 0, 1, 0]
     assert "tier 'l2' failed (ConnectionError: redis went away)" in caplog.records[0].getMessage()
     assert cache.stats()["tiers"][0]["errors"] == 18
+
+
+def test_get_many_counts_a_hit_or_a_miss_per_key(clock: FakeClock) -> None:
+    source = DictSource({"a": 1, "b": 2, "c": 3})
+    cache = TieredCache(
+        [MemoryTier(name="l1", clock=clock), MemoryTier(name="l2", clock=clock)],
+        source,
+        clock=clock,
+        protection=Protection.never_stale(),
+    )
+    cache.get_many(["a", "b", "c"])
+    cache.get_many(["a", "b", "c"])
+    tiers = cache.stats()["tiers"]
+    assert [(tier["hits"], tier["misses"]) for tier in tiers] == [(3, 3), (0, 3)]
+
+
+def test_get_many_judges_freshness_and_staleness_up_to_the_expiry_exclusive(
+    clock: FakeClock,
+) -> None:
+    source = DictSource({"k": "v1"})
+    cache = TieredCache(
+        [MemoryTier(name="l1", ttl=1000, clock=clock)],
+        source,
+        ttl=10,
+        clock=clock,
+        protection=Protection(max_stale=5.0, early_refresh_beta=0.0, soft_timeout=None),
+        background=lambda task: None,  # refreshes are not run: the stale value stays
+    )
+    cache.get_many(["k"])
+    source.items["k"] = "v2"
+    clock.advance(10)  # exactly at the soft expiry: stale, served while a refresh is due
+    assert cache.get_many(["k"]) == {"k": "v1"}
+    assert cache.stats()["stale_served"] == 1
+    clock.advance(5)  # exactly at the hard expiry: no longer servable, loaded again
+    assert cache.get_many(["k"]) == {"k": "v2"}
+    assert source.batches == [["k"], ["k"]]

@@ -7,6 +7,9 @@ memory tier marked shared (standing for Redis), a source and a bus. The bus here
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Sequence
+
 import pytest
 
 from tiered_cache import MISSING, Entry, InvalidationIncomplete, MemoryTier, TieredCache
@@ -218,3 +221,71 @@ def test_a_chain_whose_first_tier_is_shared_keeps_counting_its_hits_while_the_bu
     assert cache.get("k") == "v"
     assert cache.stats()["tiers"][0]["hits"] == 2
     assert cache.stats()["bus"] == "down"
+
+
+# -- get_many while the bus is down
+
+
+def test_get_many_while_the_bus_is_down_counts_what_memory_served(clock: FakeClock) -> None:
+    fleet = Fleet(clock, bound=1.0)
+    fleet.source.items.update({"x": 1, "y": 2})
+    fleet.bus.cut()
+    assert fleet.b.get_many(["x", "y"]) == {"x": 1, "y": 2}  # filled into memory for 1 s
+    assert fleet.b.stats().get("bus_down_served", 0) == 0
+    assert fleet.b.get_many(["x", "y"]) == {"x": 1, "y": 2}
+    assert fleet.b.stats()["bus_down_served"] == 2
+    fleet.bus.restore()
+    fleet.b.get_many(["x", "y"])
+    fleet.b.get_many(["x", "y"])
+    assert fleet.b.stats()["bus_down_served"] == 2  # counted while the bus was down only
+
+
+def test_get_many_while_the_bus_is_down_and_memory_bypassed_reads_the_shared_tier(
+    clock: FakeClock,
+) -> None:
+    fleet = Fleet(clock, bound=0)
+    fleet.source.items.update({"x": 1, "y": 2})
+    fleet.a.get_many(["x", "y"])  # now in the shared tier
+    fleet.bus.cut()
+    assert fleet.b.get_many(["x", "y"]) == {"x": 1, "y": 2}
+    assert fleet.source.batches == [["x", "y"]]  # a's load only: b read the shared tier
+    assert fleet.b.stats()["tiers"][1]["hits"] == 2
+
+
+def test_a_get_many_after_an_invalidation_does_not_join_a_batch_from_before_it(
+    clock: FakeClock,
+) -> None:
+    fleet = Fleet(clock)
+    loading = threading.Event()
+    release = threading.Event()
+    results: dict[str, object] = {}
+
+    def old_read(keys: Sequence[str]) -> dict[str, str]:
+        loading.set()
+        release.wait(10)
+        return dict.fromkeys(keys, "old")
+
+    def first() -> None:
+        results["first"] = fleet.a.get_many(["k"], old_read)
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    assert loading.wait(10)
+    fleet.a.invalidate("k")  # the source changed while the first batch read it
+    reader = threading.Thread(
+        target=lambda: results.update(second=fleet.a.get_many(["k"], lambda keys: {"k": "new"}))
+    )
+    reader.start()
+    reader.join(5)
+    release.set()
+    thread.join(10)
+    reader.join(10)
+    assert results == {"first": {"k": "old"}, "second": {"k": "new"}}
+
+
+def test_invalidate_many_strict_with_everything_working_raises_nothing(clock: FakeClock) -> None:
+    fleet = Fleet(clock)
+    fleet.source.items["x"] = 1
+    fleet.b.get("x")
+    fleet.a.invalidate_many(["x"], strict=True)
+    assert not in_memory(fleet.b, "x")

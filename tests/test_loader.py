@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tiered_cache import CodecError, MemoryTier, TieredCache
+from tiered_cache import CodecError, LoadTimeout, MemoryTier, PartialBatchError, TieredCache
 from tiered_cache.protection import Protection
 from tiered_cache.testing import FakeClock
 from tiered_cache.testing.sources import DictSource
@@ -488,3 +488,141 @@ def no_thread_left() -> Any:
         lambda: all(not t.is_alive() or t.daemon for t in set(threading.enumerate()) - before),
         "every non-daemon thread of the test ending",
     )
+
+
+# -- loads that outlive their caller (hard timeout)
+
+
+def test_a_timed_load_keeps_the_ttl_its_read_asked_for(clock: FakeClock) -> None:
+    cache = stale_cache(clock, None, hard_timeout=5.0)
+    assert cache.get("k", lambda: "v", ttl=3) == "v"
+    assert soft_expiry(cache, "k") == clock() + 3
+    cache.close()
+
+
+def test_a_hung_load_ending_leaves_a_newer_hung_load_of_its_key_to_be_waited_for() -> None:
+    cache = TieredCache(
+        [MemoryTier()], protection=Protection.never_stale(hard_timeout=0.1, max_abandoned_loads=8)
+    )
+    calls: list[str] = []
+    releases = {name: threading.Event() for name in ("first", "second", "third")}
+
+    def hang(name: str) -> Callable[[], str]:
+        def load() -> str:
+            calls.append(name)
+            releases[name].wait(10)
+            return name
+
+        return load
+
+    try:
+        with pytest.raises(LoadTimeout):
+            cache.get("k", hang("first"))
+        cache.invalidate("k")  # the next miss must not wait for a load that read before this
+        with pytest.raises(LoadTimeout):
+            cache.get("k", hang("second"))
+        releases["first"].set()
+        assert cache.wait_background(0.5) is False  # the first ended; the second still hangs
+        with pytest.raises(LoadTimeout):
+            cache.get("k", hang("third"))  # waits for the second instead of loading again
+        assert calls == ["first", "second"]
+    finally:
+        for release in releases.values():
+            release.set()
+    assert cache.wait_background(10)
+    assert cache.get("k", lambda: "unused") == "second"
+    cache.close()
+
+
+def test_a_timed_load_runs_on_a_daemon_thread_so_a_hung_one_never_blocks_exit() -> None:
+    cache = TieredCache([MemoryTier()], protection=Protection.never_stale(hard_timeout=0.05))
+    release = threading.Event()
+    before = set(threading.enumerate())
+    with pytest.raises(LoadTimeout):
+        cache.get("k", lambda: release.wait(10))
+    started = set(threading.enumerate()) - before
+    try:
+        assert started and all(thread.daemon for thread in started)
+    finally:
+        release.set()
+    assert cache.wait_background(10)
+    cache.close()
+
+
+def test_a_timed_load_that_finishes_in_time_fills_each_tier_once(clock: FakeClock) -> None:
+    cache = stale_cache(clock, None, hard_timeout=5.0)
+    assert cache.get("k", lambda: "v") == "v"
+    assert cache.wait_background(10)
+    assert cache.stats()["tiers"][0]["fills"] == 1
+    cache.close()
+
+
+def test_waiting_past_the_hard_timeout_for_an_earlier_hung_load_says_so() -> None:
+    cache = TieredCache([MemoryTier()], protection=Protection.never_stale(hard_timeout=0.05))
+    release = threading.Event()
+    try:
+        with pytest.raises(LoadTimeout):
+            cache.get("k", lambda: release.wait(10))
+        with pytest.raises(LoadTimeout, match=r"^an earlier load of 'k' is still running past"):
+            cache.get("k", lambda: "unused")
+        assert cache.stats()["hard_timeouts"] == 2
+    finally:
+        release.set()
+    assert cache.wait_background(10)
+    cache.close()
+
+
+def test_waiting_past_the_soft_timeout_for_an_earlier_slow_load_serves_stale(
+    clock: FakeClock,
+) -> None:
+    cache = stale_cache(clock, None, stale_while_revalidate=False, soft_timeout=0.05)
+    cache.get("k", lambda: "old")
+    clock.advance(11)
+    release = threading.Event()
+    try:
+        assert cache.get("k", lambda: "new" if release.wait(10) else "?") == "old"
+        assert cache.get("k", lambda: "unused") == "old"  # waited for the first, in vain
+        stats = cache.stats()
+        assert (stats["soft_timeouts"], stats["hard_timeouts"]) == (2, 0)
+    finally:
+        release.set()
+    assert cache.wait_background(10)
+    cache.close()
+
+
+def test_a_failed_load_that_ends_at_the_stale_values_hard_expiry_fills_nothing(
+    clock: FakeClock,
+) -> None:
+    cache, _ = failed_once(clock, throttle=5.0)
+    fills = cache.stats()["tiers"][0]["fills"]
+    clock.advance(6)  # the rest is over: the next read loads, and its load fails again
+
+    def fails_at_the_hard_expiry() -> str:
+        clock.advance(110 - 17)  # to exactly 110 s after the first load: max_stale is over
+        raise ConnectionError("source down")
+
+    assert cache.get("k", fails_at_the_hard_expiry) == "v1"  # served: it was servable
+    assert cache.stats()["tiers"][0]["fills"] == fills  # but too old to rest on
+
+
+def test_get_many_without_source_or_loader_says_what_is_missing() -> None:
+    cache = TieredCache([MemoryTier()], protection=Protection.never_stale())
+    with pytest.raises(PartialBatchError) as raised:
+        cache.get_many(["a"])
+    assert str(raised.value.errors["a"]) == (
+        "cannot load keys: the cache has no source and no loader was given"
+    )
+
+
+def test_a_batch_load_records_how_long_it_took(clock: FakeClock) -> None:
+    cache = stale_cache(clock, None)
+
+    def slow(keys: Sequence[str]) -> dict[str, str]:
+        clock.advance(2.0)
+        return {key: key for key in keys}
+
+    cache.get_many(["a", "b"], slow)
+    stats = cache.stats()
+    assert (stats["loads"], stats["keys_loaded"], stats["load_seconds"]) == (1, 2, 2.0)
+    assert {entry.load_duration for entry in cache.lookup_many(["a", "b"]).values()} == {2.0}
+    cache.close()

@@ -20,8 +20,6 @@ runs them against the mutants that run left alive (a killed mutant stays killed)
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import os
 import shutil
@@ -143,7 +141,7 @@ def report(
     results: dict[str, dict[str, int | None]], equivalents: set[str], survivors: bool
 ) -> None:
     header = f"{'module':34} {'mutants':>7} {'killed':>6} {'survived':>8} {'unreached':>9}"
-    print(header + f" {'other':>5} {'equiv':>5} {'score':>6} {'w/o equiv':>9}")
+    print(header + f" {'other':>5} {'equiv':>5} {'score':>6} {'w/o equiv':>9} {'of run':>6}")
     totals: Counter[str] = Counter()
     for module, codes in results.items():
         count = Counter(
@@ -158,13 +156,15 @@ def report(
         )
         count["mutants"] = len(codes)
         count["equiv"] = sum(
-            1 for name, code in codes.items() if name in equivalents and code not in KILLED
+            1
+            for name, code in codes.items()
+            if name in equivalents and code is not None and code not in KILLED
         )
         totals.update(count)
         print_row(module, count)
         if survivors:
             for name, code in codes.items():
-                if code not in KILLED and name not in equivalents:
+                if code is not None and code not in KILLED and name not in equivalents:
                     print(f"    {name}  (exit code {code})")
     print_row("total", totals)
 
@@ -174,46 +174,61 @@ def print_row(label: str, count: Counter[str]) -> None:
     score = killed / mutants if mutants else 1.0
     relevant = mutants - count["equiv"]
     net = killed / relevant if relevant else 1.0
+    # A run stopped early leaves mutants with no result ("other"): the last column scores
+    # only the mutants that were run.
+    ran = relevant - count["other"]
+    of_run = killed / ran if ran else 0.0
     print(
         f"{label:34} {mutants:7} {killed:6} {count['survived']:8} {count['unreached']:9} "
-        f"{count['other']:5} {count['equiv']:5} {score:6.1%} {net:9.1%}"
+        f"{count['other']:5} {count['equiv']:5} {score:6.1%} {net:9.1%} "
+        + (f"{of_run:6.1%}" if ran else f"{'-':>6}")
     )
 
 
-def recheck(workdir: Path, tests: list[str]) -> None:
+def recheck(workdir: Path, tests: list[str], modules: list[str], skip: set[str]) -> None:
     """Run ``tests`` (copied from this checkout) against every mutant of ``workdir`` that
     survived or was not reached, and record the ones they kill (exit code 1).
 
     For tests added after a long run: the mutants the run killed stay killed (tests were only
-    added), so only the others need the new tests. One pytest session per mutant, in this
-    process (``MUTANT_UNDER_TEST`` picks the mutant, as in mutmut's own workers).
+    added), so only the others need the new tests. One pytest process per mutant
+    (``MUTANT_UNDER_TEST`` picks the mutant, as in mutmut's own workers). ``tests`` may name
+    single tests (``file.py::test``); they must pass on the code of the run.
     """
     mutants = workdir / "mutants"
-    for test in tests:
+    for test in {test.split("::", 1)[0] for test in tests}:
         target = mutants / test
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / test, target)
-    os.chdir(mutants)
     adapters = [str(path) for path in sorted((mutants / "adapters").iterdir()) if path.is_dir()]
-    sys.path[:0] = [str(mutants), *adapters]
-    import pytest
+    path = os.pathsep.join([str(mutants), *adapters])
 
-    for meta in sorted((mutants / "tiered_cache").rglob("*.py.meta")):
+    def run(mutant: str) -> int:
+        # A process per mutant: tests that configure something once (Django) stay honest.
+        command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider"]
+        env = {**os.environ, "PYTHONPATH": path, "MUTANT_UNDER_TEST": mutant}
+        done = subprocess.run(
+            [*command, "-o", "timeout=60", *tests],
+            cwd=mutants,
+            env=env,
+            capture_output=True,
+            check=False,
+        )
+        return done.returncode
+
+    if run("") != 0:  # tests that fail on the unmutated code would kill every mutant
+        raise SystemExit("the tests fail on the code of the run: nothing rechecked")
+    for module in modules:
+        meta = mutants / f"{module}.meta"
         data = json.loads(meta.read_text())
         codes = data["exit_code_by_key"]
         for name, code in codes.items():
-            if code is None or code in KILLED:
+            if code is None or code in KILLED or name in skip:
                 continue
-            os.environ["MUTANT_UNDER_TEST"] = name
-            with contextlib.redirect_stdout(io.StringIO()):
-                outcome = pytest.main(
-                    ["-x", "-q", "-p", "no:cacheprovider", "-o", "timeout=60", *tests]
-                )
+            outcome = run(name)
             if outcome != 0:
                 codes[name] = 1
             print(f"{'killed' if outcome else 'survived':8} {name}", flush=True)
         meta.write_text(json.dumps(data, indent=4))
-    os.environ.pop("MUTANT_UNDER_TEST", None)
 
 
 def main() -> int:
@@ -250,7 +265,7 @@ def main() -> int:
         if args.workdir is None or not args.tests:
             print("--recheck needs --workdir (a kept run) and --tests (the tests to add)")
             return 2
-        recheck(scratch, args.tests)
+        recheck(scratch, args.tests, args.module or MODULES, read_equivalents(args.equivalents))
     elif not args.report_only:
         if scratch.exists():
             shutil.rmtree(scratch)

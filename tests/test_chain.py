@@ -315,3 +315,10 @@ def test_an_l1_hit_reads_the_clock_once(clock: FakeClock) -> None:
     reads.clear()
     assert cache.get("k") == "v"
     assert len(reads) == 1  # the chain reads it and hands it to the memory tier
+
+
+def test_a_chain_shows_its_namespace_tiers_and_source(clock: FakeClock) -> None:
+    tiers = [MemoryTier(name="l1", clock=clock), MemoryTier(name="l2", clock=clock)]
+    cache = TieredCache(tiers, DictSource(), namespace="tweets", clock=clock)
+    assert repr(cache) == "<TieredCache 'tweets': l1 -> l2 -> dict>"
+    assert repr(TieredCache([], clock=clock)) == "<TieredCache 'default': no tiers -> loader>"

@@ -8,7 +8,7 @@ memory tier marked shared (standing for Redis), a source and a bus. The bus here
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pytest
 
@@ -289,3 +289,77 @@ def test_invalidate_many_strict_with_everything_working_raises_nothing(clock: Fa
     fleet.b.get("x")
     fleet.a.invalidate_many(["x"], strict=True)
     assert not in_memory(fleet.b, "x")
+
+
+# -- what the fence refuses, and what it leaves alone
+
+
+def load_during(cache: TieredCache, key: str, change: Callable[[], None]) -> object:
+    """``cache.get(key)`` whose load reads "old", while ``change`` runs (on another thread)."""
+    loading = threading.Event()
+    release = threading.Event()
+    result: list[object] = []
+
+    def slow() -> str:
+        loading.set()
+        release.wait(10)
+        return "old"
+
+    reader = threading.Thread(target=lambda: result.append(cache.get(key, slow)))
+    reader.start()
+    assert loading.wait(10)
+    change()
+    release.set()
+    reader.join(10)
+    return result[0]
+
+
+def test_clear_during_a_load_keeps_what_it_read_out_of_every_tier(clock: FakeClock) -> None:
+    cache = TieredCache(
+        [MemoryTier(name="l1", clock=clock), SharedTier(clock)],
+        clock=clock,
+        protection=Protection.never_stale(),
+    )
+    assert load_during(cache, "k", cache.clear) == "old"
+    stats = cache.stats()
+    assert stats["fills_refused"] == 1
+    assert [tier["fills"] for tier in stats["tiers"]] == [0, 0]  # refused before writing
+    assert cache.get("k", lambda: "new") == "new"
+
+
+def test_a_batch_refused_by_a_clear_counts_each_key(clock: FakeClock) -> None:
+    cache = TieredCache(
+        [MemoryTier(name="l1", clock=clock)], clock=clock, protection=Protection.never_stale()
+    )
+    loading = threading.Event()
+    release = threading.Event()
+
+    def slow(keys: Sequence[str]) -> dict[str, str]:
+        loading.set()
+        release.wait(10)
+        return dict.fromkeys(keys, "old")
+
+    reader = threading.Thread(target=lambda: cache.get_many(["a", "b"], slow))
+    reader.start()
+    assert loading.wait(10)
+    cache.clear()
+    release.set()
+    reader.join(10)
+    assert cache.stats()["fills_refused"] == 2
+
+
+def test_an_invalidation_of_another_key_lets_a_load_fill(clock: FakeClock) -> None:
+    cache = TieredCache(
+        [MemoryTier(name="l1", clock=clock)], clock=clock, protection=Protection.never_stale()
+    )
+    assert load_during(cache, "k", lambda: cache.invalidate("other")) == "old"
+    assert cache.get("k", lambda: "new") == "old"
+    assert cache.stats()["fills_refused"] == 0
+
+
+def test_clear_empties_every_in_process_tier(clock: FakeClock) -> None:
+    tiers = [MemoryTier(name=f"l{n}", clock=clock) for n in (1, 2)]
+    cache = TieredCache(tiers, DictSource({"k": "v"}), clock=clock)
+    cache.get("k")
+    cache.clear()
+    assert [len(tier) for tier in tiers] == [0, 0]

@@ -522,3 +522,21 @@ def test_guard_keeps_the_settings_and_the_clock(flaky: FlakyTier, clock: FakeClo
     assert guarded.state == "open"
     clock.advance(30.0)  # the fake clock, not the wall clock, ends the cool-down
     assert guarded.state == "half-open"
+
+
+def test_stats_never_probe_a_tier_whose_circuit_is_open(
+    breaker: CircuitBreakerTier, flaky: FlakyTier, clock: FakeClock
+) -> None:
+    """Reporting is not traffic: a stats scrape after the cool-down must not spend the probe
+    (asking for hot keys through the breaker did, and closed it without touching the tier)."""
+    trip(breaker, flaky)
+    cache = TieredCache([breaker], clock=clock)
+    clock.advance(10.0)
+    assert cache.stats()["tiers"][0]["breaker"] == "half-open"
+    assert cache.hot_keys() == []
+    assert breaker.breaker.state == "half-open"  # the probe is left for a real call
+    assert flaky.calls == 3
+    with pytest.raises(TierUnavailable):
+        breaker.get("k")  # the real probe reaches the tier, which is still down
+    assert flaky.calls == 4
+    assert breaker.breaker.state == "open"

@@ -145,7 +145,10 @@ class TierAccessor:
         self._metrics.miss(self.index)
 
     def hot_keys(self, n: int) -> list[tuple[str, float]]:
-        """The tier's hottest keys (none if it does not track them, or fails)."""
+        """The tier's hottest keys (none if it does not track them, fails, or its circuit is
+        not closed: reporting is not traffic, and must not spend the breaker's probe)."""
+        if self.breaker is not None and self.breaker.state != "closed":
+            return []
         try:
             return cast("list[tuple[str, float]]", self._guard(lambda: self._hot_keys(n)))
         except Exception as exc:

@@ -18,37 +18,8 @@ import pytest
 from tiered_cache import CodecError, LoadTimeout, MemoryTier, PartialBatchError, TieredCache
 from tiered_cache.protection import Protection
 from tiered_cache.testing import FakeClock
+from tiered_cache.testing.loads import Background, Loader
 from tiered_cache.testing.sources import DictSource
-
-
-class Background:
-    """Collects background refreshes so a test decides when they run."""
-
-    def __init__(self) -> None:
-        self.tasks: list[Callable[[], None]] = []
-
-    def __call__(self, task: Callable[[], None]) -> None:
-        self.tasks.append(task)
-
-    def run(self) -> int:
-        tasks, self.tasks = self.tasks, []
-        for task in tasks:
-            task()
-        return len(tasks)
-
-
-class Loader:
-    """Successive versions ``v1``, ``v2``...; fails while ``error`` is set."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-        self.error: Exception | None = None
-
-    def __call__(self) -> str:
-        self.calls += 1
-        if self.error is not None:
-            raise self.error
-        return f"v{self.calls}"
 
 
 def wait_until(condition: Callable[[], bool], what: str) -> None:

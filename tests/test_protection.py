@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -21,36 +20,7 @@ from tiered_cache import (
 )
 from tiered_cache.protection import Protection, xfetch_due
 from tiered_cache.testing import FakeClock
-
-
-class Background:
-    """Collects background refreshes so a test decides when they run."""
-
-    def __init__(self) -> None:
-        self.tasks: list[Callable[[], None]] = []
-
-    def __call__(self, task: Callable[[], None]) -> None:
-        self.tasks.append(task)
-
-    def run(self) -> int:
-        tasks, self.tasks = self.tasks, []
-        for task in tasks:
-            task()
-        return len(tasks)
-
-
-class Loader:
-    """A loader returning successive versions, that can be made to fail."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-        self.error: Exception | None = None
-
-    def __call__(self) -> str:
-        self.calls += 1
-        if self.error is not None:
-            raise self.error
-        return f"v{self.calls}"
+from tiered_cache.testing.loads import Background, Loader
 
 
 def make_cache(clock: FakeClock, background: Background, **options: Any) -> TieredCache:

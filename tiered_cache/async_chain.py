@@ -193,7 +193,7 @@ class AsyncTieredCache(L1Reader):
             flight, leader = flights.join_or_lead(
                 key,
                 tag=fence.mark(),
-                joinable=lambda flight: not fence.overtaken(flight.tag, [key]),
+                joinable=lambda flight: fence.may_join(key, flight.tag),
             )
             if leader:
                 try:

@@ -161,10 +161,10 @@ class AsyncSourceLoader:
         token: str | None,
     ) -> tuple[asyncio.Task[Entry], int]:
         """The task loading ``key`` (and filling when done): an earlier one its caller gave
-        up on, if it read after the key's last invalidation, else a new one. Returns it with
-        the fence mark its fill is judged by."""
+        up on, if the fence lets a miss join it (:meth:`Fence.may_join`), else a new one.
+        Returns it with the fence mark its fill is judged by."""
         running = self._abandoned.get(key)
-        if running is not None and not self._fence.overtaken(running[1], [key]):
+        if running is not None and self._fence.may_join(key, running[1]):
             if token is not None:
                 self.spawn(self._release(key, token))
             return running

@@ -203,14 +203,13 @@ class TieredCache(L1Reader):
             entry = self._tiers[0].get(key, count=False)
             if entry is not MISSING and not entry.is_expired(self._clock()):
                 return entry.value
-        # A flight that started before an invalidation of the key may bring back what the
-        # invalidation removed: a reader that comes after it starts a flight of its own.
+        # Join the key's flight only if the fence allows (Fence.may_join), else lead a new one.
         fence = self._fence
         value, shared = self._loader.flights.run(
             key,
             lambda flight: self._read_through(key, flight.tag, loader, ttl),
             tag=fence.mark(),
-            joinable=lambda flight: not fence.overtaken(flight.tag, [key]),
+            joinable=lambda flight: fence.may_join(key, flight.tag),
         )
         if shared:
             self._metrics.waited()

@@ -89,6 +89,13 @@ class Fence:
         """Those of ``keys`` an invalidation since ``mark`` (other than ``own``) concerns."""
         return self._log.overtaken(mark, keys, ignore=own)
 
+    def may_join(self, key: str, mark: int) -> bool:
+        """Whether a miss of ``key`` may wait for a load that read under ``mark`` (one in
+        flight, or one its caller gave up on) instead of starting its own: only if no
+        invalidation of ``key`` came since ``mark``. Otherwise that load may bring back what
+        the invalidation removed. The one copy of this rule: every path asks here."""
+        return not self._log.overtaken(mark, [key])
+
     def fill(
         self,
         mark: int,

@@ -244,9 +244,9 @@ class SourceLoader:
         with self._lock:
             running = self._abandoned.get(key)
             hung = len(self._abandoned)
-        if running is not None and not self._fence.overtaken(running[1], [key]):
-            # This key's earlier load still runs and read after its last invalidation: wait
-            # for it. Its fill is judged by its own (older) mark.
+        if running is not None and self._fence.may_join(key, running[1]):
+            # This key's earlier load still runs and the fence lets a miss join it: wait for
+            # it. Its fill is judged by its own (older) mark.
             future, older = running
             return self._await_abandoned(key, future, timeout, serve_stale=soft is not None), older
         if hung >= protection.max_abandoned_loads:

@@ -131,7 +131,7 @@ class ChainPaths:
             led, joined = self.loader.flights.claim(
                 remaining,
                 tag=mark,
-                joinable=lambda key, flight: not fence.overtaken(flight.tag, [key]),
+                joinable=lambda key, flight: fence.may_join(key, flight.tag),
             )
             if led:
                 loaded, failed = yield self.loader.load_batch, (led, mark, loader, ttl, stale)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, cast
 from .async_accessor import AsyncTierAccessor
 from .async_loader import AsyncBatchLoader, AsyncLoader, AsyncSourceLoader
 from .async_tier import AsyncSource, AsyncTier
-from .bus import Bus
+from .bus import AsyncBus, Bus
 from .coherence import BusLink
 from .fence import Fence
 from .l1 import L1Reader
@@ -31,7 +31,7 @@ from .metrics import CacheMetrics
 from .paths import ChainPaths
 from .protection import REFRESH_DUE, Protection
 from .reporting import chain_stats, first_hot_keys
-from .steps import arun
+from .steps import arun, run
 from .tier import MISSING, Entry, Source, Tier
 
 if TYPE_CHECKING:
@@ -76,7 +76,7 @@ class AsyncTieredCache(L1Reader):
         protection: Protection | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: Callable[[], float] = random.random,
-        bus: Bus | None = None,
+        bus: Bus | AsyncBus | None = None,
         max_stale_when_disconnected: float = 1.0,
         write_policy: Literal["through", "around"] = "through",
     ) -> None:
@@ -119,8 +119,21 @@ class AsyncTieredCache(L1Reader):
         self._disconnected_bound = max_stale_when_disconnected
         self._bus_down = False
         self._closed = False
+        #: An async bus whose listener task is not started yet (no loop was running).
+        self._bus_to_start: AsyncBus | None = None
+        #: The bus publishes natively (an :class:`AsyncBus`), not in a thread.
+        self._native_bus = isinstance(bus, AsyncBus)
         if bus is not None:
-            self._bus_link = BusLink(bus, self._fence, self._metrics, self._set_bus_connected)
+            self._bus_link = BusLink(
+                bus,
+                self._fence,
+                self._metrics,
+                self._set_bus_connected,
+                lock=asyncio.Lock() if self._native_bus else None,
+            )
+        if isinstance(bus, AsyncBus):
+            self._bus_to_start = bus
+            self._start_bus()
 
     # -- construction -------------------------------------------------------------------------
 
@@ -187,6 +200,8 @@ class AsyncTieredCache(L1Reader):
             entry = await self._tiers[0].get(key, False)
             if entry is not MISSING and not entry.is_expired(self._clock()):
                 return entry.value
+        if self._bus_to_start is not None:
+            self._start_bus()
         fence = self._fence
         flights = self._loader.flights
         while True:
@@ -221,6 +236,8 @@ class AsyncTieredCache(L1Reader):
     ) -> dict[str, Any]:
         """Values for ``keys`` (see :meth:`TieredCache.get_many`); ``loader`` is a coroutine
         function taking the list of keys no tier had."""
+        if self._bus_to_start is not None:
+            self._start_bus()
         return await arun(self._paths.get_many(list(keys), loader, ttl))
 
     async def lookup_many(self, keys: Iterable[str]) -> dict[str, Entry]:
@@ -261,11 +278,29 @@ class AsyncTieredCache(L1Reader):
     ) -> bool:
         link = self._bus_link
         assert link is not None
+        if self._native_bus:
+            if self._bus_to_start is not None:
+                self._start_bus()
+            return await arun(link.announcing(keys, prefixes, clear, at))
         # A sync bus publishes with a blocking call: keep it off the event loop.
-        return await asyncio.to_thread(link.announce, keys, prefixes, clear=clear, at=at)
+        return await asyncio.to_thread(run, link.announcing(keys, prefixes, clear, at))
+
+    def _start_bus(self) -> None:
+        """Start the async bus's listener on the running loop; a chain built outside a loop
+        starts it on its first call that can fill memory (a miss, a batch, a write) -- the
+        memory is empty until then, so nothing is served that the bus should have dropped."""
+        bus = self._bus_to_start
+        assert bus is not None
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._bus_to_start = None
+        bus.listen()
 
     def _set_bus_connected(self, connected: bool) -> None:
-        """Called on the bus's thread (see :meth:`ChainPaths.set_bus_connected`)."""
+        """Called on the bus's thread, or on the loop for an async bus (see
+        :meth:`ChainPaths.set_bus_connected`)."""
         self._bus_down = not connected
         self._paths.set_bus_connected(connected, self._disconnected_bound)
         self._use_l1(self._tiers, connected or not (self._tiers and self._tiers[0].local))
@@ -310,7 +345,7 @@ class AsyncTieredCache(L1Reader):
             return
         if self._bus_link is not None:
             try:
-                await asyncio.to_thread(self._bus_link.close)
+                await self._bus_link.aclose()
             except Exception:
                 logger.exception("closing the invalidation bus failed")
         for tier in self._tiers:

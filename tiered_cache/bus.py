@@ -64,7 +64,8 @@ class Invalidation:
 
 
 class BusListener(Protocol):
-    """What a bus tells its subscriber. Called from the bus's own thread."""
+    """What a bus tells its subscriber. Called from the bus's own thread (an
+    :class:`AsyncBus`: on its event loop); none of these may block."""
 
     def on_message(self, message: Invalidation) -> None: ...
 
@@ -96,6 +97,29 @@ class Bus(Protocol):
 
     def close(self) -> None:
         """Stop delivering and release connections."""
+        ...
+
+
+@runtime_checkable
+class AsyncBus(Protocol):
+    """A transport for invalidations whose I/O runs on an event loop (for
+    :class:`~tiered_cache.AsyncTieredCache`): it publishes with a coroutine, listens in a task
+    of the loop and tells its listeners there."""
+
+    async def publish(self, message: Invalidation) -> None:
+        """Send ``message`` to every subscriber (its own included; they skip it)."""
+        ...
+
+    def subscribe(self, listener: BusListener) -> None:
+        """Deliver messages to ``listener`` once listening has started (:meth:`listen`)."""
+        ...
+
+    def listen(self) -> None:
+        """Start listening on the running event loop; later calls do nothing."""
+        ...
+
+    async def aclose(self) -> None:
+        """Stop listening and release connections."""
         ...
 
 

@@ -10,16 +10,19 @@ invalidation: it refuses the fills in flight and drops the in-process copies.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
-from .bus import Bus, Invalidation
+from .bus import AsyncBus, Bus, Invalidation
 from .fence import Fence
 from .logs import fields, logger_for
 from .metrics import CacheMetrics
+from .steps import Steps, run
 
 logger = logger_for("bus")
 
@@ -28,25 +31,37 @@ logger = logger_for("bus")
 MAX_SENDERS = 10_000
 
 
+class Lock(Protocol):
+    """A ``threading.Lock`` or an ``asyncio.Lock`` (whose ``acquire`` is a coroutine)."""
+
+    def acquire(self) -> Any: ...
+
+    def release(self) -> None: ...
+
+
 class BusLink:
     """Connects one chain to a :class:`~tiered_cache.bus.Bus`."""
 
     def __init__(
         self,
-        bus: Bus,
+        bus: Bus | AsyncBus,
         fence: Fence,
         metrics: CacheMetrics,
         set_connected: Callable[[bool], None],
+        *,
+        lock: Lock | None = None,
     ) -> None:
         """``set_connected``: the bus is down (False) or back (True); the chain stops or
-        resumes using its in-process tiers."""
+        resumes using its in-process tiers. ``lock`` orders the announcements: a thread lock
+        by default, an ``asyncio.Lock`` for an :class:`~tiered_cache.bus.AsyncBus` (its
+        publish is awaited, and a thread lock must not be held across an await)."""
         self.bus = bus
         self.sender = uuid.uuid4().hex
         self._fence = fence
         self._set_connected = set_connected
         self._metrics = metrics
         self._numbers = itertools.count(1)
-        self._numbers_lock = threading.Lock()
+        self._numbers_lock: Lock = lock if lock is not None else threading.Lock()
         self._last_seen: OrderedDict[str, int] = OrderedDict()
         self._seen_lock = threading.Lock()
         bus.subscribe(self)
@@ -61,19 +76,30 @@ class BusLink:
         clear: bool = False,
         at: float = 0.0,
     ) -> bool:
-        """Tell the other processes; whether the message was published. A failed publish is
-        logged and counted, never raised (the change itself was made; other processes keep
-        old copies at most one L1 TTL)."""
-        # Numbered and published in one step: two threads that numbered first and published
+        """Tell the other processes; whether the message was published (a sync bus)."""
+        return run(self.announcing(keys, prefixes, clear, at))
+
+    def announcing(
+        self, keys: Sequence[str], prefixes: Sequence[str], clear: bool, at: float
+    ) -> Steps[bool]:
+        """:meth:`announce` as steps: run by :func:`~tiered_cache.steps.run` for a sync bus,
+        by :func:`~tiered_cache.steps.arun` for an :class:`~tiered_cache.bus.AsyncBus`
+        (whose link holds an ``asyncio.Lock``). A failed publish is logged and counted, never
+        raised (the change itself was made; other processes keep old copies at most one L1
+        TTL)."""
+        # Numbered and published under one lock: two writers that numbered first and published
         # second could reach the others out of order, which they would take for a lost
         # message (and clear their memory for). A failed publish leaves its number unused, a
         # real gap: the others cannot know what it said, so clearing is right then.
+        lock = self._numbers_lock
         try:
-            with self._numbers_lock:
+            yield lock.acquire, ()
+            try:
                 number = next(self._numbers)
-                self.bus.publish(
-                    Invalidation(self.sender, number, tuple(keys), tuple(prefixes), clear, at)
-                )
+                message = Invalidation(self.sender, number, tuple(keys), tuple(prefixes), clear, at)
+                yield self.bus.publish, (message,)
+            finally:
+                lock.release()
         except Exception as exc:
             self._metrics.count("bus_publish_errors")
             logger.warning(
@@ -87,7 +113,7 @@ class BusLink:
         self._metrics.count("bus_sent")
         return True
 
-    # -- receiving (BusListener), called on the bus's thread
+    # -- receiving (BusListener), called on the bus's thread (an async bus: on its loop)
 
     def on_message(self, message: Invalidation) -> None:
         if message.sender == self.sender:
@@ -133,4 +159,16 @@ class BusLink:
         self._set_connected(True)
 
     def close(self) -> None:
-        self.bus.close()
+        """Close the bus (the threaded chain's: a sync bus)."""
+        bus = self.bus
+        assert not isinstance(bus, AsyncBus), "an async bus is closed with aclose()"
+        bus.close()
+
+    async def aclose(self) -> None:
+        """Close the bus from the asyncio chain: an async bus natively, a sync one in a
+        thread (its close joins its listening thread)."""
+        bus = self.bus
+        if isinstance(bus, AsyncBus):
+            await bus.aclose()
+        else:
+            await asyncio.to_thread(bus.close)

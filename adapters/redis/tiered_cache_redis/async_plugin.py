@@ -1,13 +1,24 @@
-"""Registers the asyncio Redis tier as kind ``redis`` in ``tiered_cache.async_tiers``: the
-same settings as the sync kind, built on ``redis.asyncio`` for ``AsyncTieredCache``."""
+"""Registers the asyncio Redis tier and bus as kind ``redis`` in ``tiered_cache.async_tiers``
+and ``tiered_cache.async_buses``: the same settings as the sync kinds, built on
+``redis.asyncio`` for ``AsyncTieredCache``."""
 
 from __future__ import annotations
 
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+
 from tiered_cache.registry import BuildContext, Plugin
 
+from .async_bus import AsyncRedisBus
 from .async_tier import AsyncRedisClient, AsyncRedisTier, make_async_client
 from .client import parse_url
-from .plugin import SHARED_SETTINGS_KEY, client_options_of, tier_options_of
+from .plugin import (
+    SHARED_SETTINGS_KEY,
+    RedisBusSettings,
+    build_bus_with,
+    client_options_of,
+    tier_options_of,
+)
 from .settings import RedisTierSettings
 
 
@@ -26,3 +37,12 @@ def build_async_redis_tier(settings: RedisTierSettings, context: BuildContext) -
 
 
 ASYNC_PLUGIN: Plugin[AsyncRedisTier] = Plugin("redis", RedisTierSettings, build_async_redis_tier)
+
+
+def build_async_redis_bus(settings: RedisBusSettings, context: BuildContext) -> AsyncRedisBus:
+    """An :class:`AsyncRedisBus` from the ``redis`` bus settings (connections of its own;
+    nothing connects before the chain's loop runs it)."""
+    return build_bus_with(AsyncRedisBus, aioredis.Redis.from_url, Retry, settings, context)
+
+
+ASYNC_BUS_PLUGIN: Plugin[AsyncRedisBus] = Plugin("redis", RedisBusSettings, build_async_redis_bus)

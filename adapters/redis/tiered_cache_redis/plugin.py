@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any, Literal
+from collections.abc import Callable, Iterable
+from typing import Any, Literal, TypeVar
 
 import redis
 from pydantic import ConfigDict, Field, field_validator
@@ -20,8 +20,11 @@ from tiered_cache.units import Duration
 
 from .bus import RedisBus
 from .client import RedisClient, make_client, parse_url
+from .listening import Health
 from .settings import RedisTierSettings, check_url
 from .tier import RedisTier
+
+B = TypeVar("B")
 
 #: Key of the chain's first Redis tier in ``BuildContext.shared``: leases and the invalidation
 #: bus use its ``.client`` rather than opening another pool.
@@ -110,8 +113,9 @@ class RedisBusSettings(BusSettings):
         return redacted_repr_args(super().__repr_args__(), ["url"])
 
 
-def build_redis_bus(settings: RedisBusSettings, context: BuildContext) -> Bus:
-    """A :class:`RedisBus` with connections of its own (a subscription holds one)."""
+def bus_url(settings: RedisBusSettings, context: BuildContext) -> str:
+    """The bus's Redis URL (its own, or the chain's first Redis tier's); sync and asyncio
+    buses alike."""
     url = settings.url
     if url is None:
         tier_settings = context.shared.get(SHARED_SETTINGS_KEY)
@@ -126,26 +130,43 @@ def build_redis_bus(settings: RedisBusSettings, context: BuildContext) -> Bus:
             "tiered_cache.bus.url: the bus needs a plain redis:// URL (pub/sub on a cluster "
             "reaches every node from any node: give one node's URL)"
         )
-    timeout = settings.timeout
+    return str(url)
 
-    def connect(retries: int = 0) -> redis.Redis:
+
+def build_bus_with(
+    make_bus: Callable[..., B],
+    from_url: Callable[..., Any],
+    retry: Callable[..., Any],
+    settings: RedisBusSettings,
+    context: BuildContext,
+) -> B:
+    """A bus (``RedisBus`` or ``AsyncRedisBus``) from its settings, with clients of its own
+    made by ``from_url`` (``redis.Redis.from_url`` or ``redis.asyncio``'s) and ``retry``
+    (the ``Retry`` class of the same module); a subscription holds a connection."""
+    url = bus_url(settings, context)
+
+    def connect(retries: int = 0) -> Any:
         # The listener does its own health check and reconnects itself, telling the chain; a
         # silent reconnection inside redis-py would hide the messages lost meanwhile. The
         # publisher retries once, at once, for a pooled socket the server closed.
-        return redis.Redis.from_url(
+        return from_url(
             url,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), retries, supported_errors=(redis.ConnectionError,)),
+            socket_timeout=settings.timeout,
+            socket_connect_timeout=settings.timeout,
+            retry=retry(NoBackoff(), retries, supported_errors=(redis.ConnectionError,)),
         )
 
-    return RedisBus(
+    return make_bus(
         connect,
         settings.channel or f"{context.namespace}:invalidations",
         publisher=connect(retries=1),
-        health_check_interval=settings.health_check_interval,
-        timeout=timeout,
+        health=Health(interval=settings.health_check_interval, timeout=settings.timeout),
     )
+
+
+def build_redis_bus(settings: RedisBusSettings, context: BuildContext) -> Bus:
+    """A :class:`RedisBus` with connections of its own."""
+    return build_bus_with(RedisBus, redis.Redis.from_url, Retry, settings, context)
 
 
 BUS_PLUGIN: Plugin[Bus] = Plugin("redis", RedisBusSettings, build_redis_bus)

@@ -1,0 +1,260 @@
+"""The invalidation bus on ``redis.asyncio`` pub/sub, over a private redis-server: async
+chains hear each other and sync chains, a cut bus connection (a TCP proxy in front of the
+server) bypasses memory until the bus is back, two writers never reach the others out of
+order, and the listener is gone after ``aclose``."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import redis
+from tiered_cache_redis import AsyncRedisBus
+
+from tiered_cache import AsyncTieredCache, TieredCache
+from tiered_cache.testing.servers import FaultProxy, RedisServer
+
+#: Generous bound for "the bus has delivered" on a loaded test machine.
+BUS_DELAY_BOUND = 5.0
+FAST_CHECK = {"health_check_interval": "500ms", "timeout": "500ms"}
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def settings(
+    url: str, namespace: str, bus_url: str | None, bus_options: dict[str, Any] | None, **extra: Any
+) -> dict[str, Any]:
+    bus: dict[str, Any] = {"kind": "redis", **FAST_CHECK, **(bus_options or {})}
+    if bus_url is not None:
+        bus["url"] = bus_url
+    return {
+        "namespace": namespace,
+        "tiers": [
+            {"kind": "memory", "admission": "always", "ttl": "10m"},
+            {"kind": "redis", "url": url, "timeout": "1s"},
+        ],
+        "ttl": "10m",
+        "bus": bus,
+        **extra,
+    }
+
+
+def async_bus(cache: AsyncTieredCache) -> AsyncRedisBus:
+    link = cache._bus_link
+    assert link is not None
+    assert isinstance(link.bus, AsyncRedisBus)
+    return link.bus
+
+
+async def async_chain(
+    url: str,
+    namespace: str,
+    bus_url: str | None = None,
+    *,
+    bus_options: dict[str, Any] | None = None,
+    **extra: Any,
+) -> AsyncTieredCache:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the bus is native: nothing runs in a thread
+        cache = AsyncTieredCache.from_config(
+            **settings(url, namespace, bus_url, bus_options, **extra)
+        )
+    assert await async_bus(cache).wait_subscribed(10)
+    return cache
+
+
+def sync_chain(url: str, namespace: str) -> TieredCache:
+    cache = TieredCache.from_config(**settings(url, namespace, None, None))
+    link = cache._bus_link
+    assert link is not None
+    assert link.bus.wait_subscribed(10)  # type: ignore[attr-defined]
+    return cache
+
+
+async def eventually(check: Callable[[], Any], within: float = BUS_DELAY_BOUND) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if await check():
+            return True
+        await asyncio.sleep(0.01)
+    return bool(await check())
+
+
+def constant(value: Any) -> Callable[[], Any]:
+    async def load() -> Any:
+        return value
+
+    return load
+
+
+@pytest.mark.anyio
+async def test_two_async_chains_hear_each_others_writes(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    a = await async_chain(redis_server.url, namespace)
+    b = await async_chain(redis_server.url, namespace)
+    assert await b.get("k", constant("old")) == "old"
+    assert await b.get("k", constant("never")) == "old"  # from b's memory
+    await a.set("k", "new")
+
+    async def b_has_new() -> bool:
+        return await b.get("k", constant("never")) == "new"
+
+    assert await eventually(b_has_new)
+    assert b.stats()["bus_received"] >= 1
+    assert a.stats()["bus_sent"] == 1
+    await a.invalidate_prefix("k")
+
+    async def b_reloads() -> bool:
+        return await b.get("k", constant("reloaded")) == "reloaded"
+
+    assert await eventually(b_reloads)
+    await a.aclose()
+    await b.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_sync_and_an_async_chain_hear_each_other(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    aio = await async_chain(redis_server.url, namespace)
+    threaded = await asyncio.to_thread(sync_chain, redis_server.url, namespace)
+    assert await aio.get("a", constant("a0")) == "a0"
+    assert threaded.get("b", lambda: "b0") == "b0"
+    await asyncio.to_thread(threaded.set, "a", "a1")
+
+    async def aio_has_a1() -> bool:
+        return await aio.get("a", constant("never")) == "a1"
+
+    assert await eventually(aio_has_a1)
+    await aio.set("b", "b1")
+
+    async def threaded_has_b1() -> bool:
+        return threaded.get("b", lambda: "never") == "b1"
+
+    assert await eventually(threaded_has_b1)
+    assert aio.stats().get("bus_gaps", 0) == threaded.stats().get("bus_gaps", 0) == 0
+    await aio.aclose()
+    await asyncio.to_thread(threaded.close)
+
+
+@pytest.mark.anyio
+async def test_a_cut_bus_connection_bypasses_memory_until_it_is_back(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """b's bus goes through a proxy that is cut: writes made meanwhile by a are not heard by
+    b, which must not serve its in-memory copy once it noticed the cut; it subscribes again
+    once the proxy is restored, and hears a's writes again."""
+    with FaultProxy(redis_server.host, redis_server.port) as proxy:
+        a = await async_chain(redis_server.url, namespace)
+        no_staleness = {"max_stale_when_disconnected": "0s"}
+        b = await async_chain(
+            redis_server.url, namespace, proxy.url("redis"), bus_options=no_staleness
+        )
+        assert await b.get("k", constant("v0")) == "v0"
+        assert await b.get("k", constant("never")) == "v0"  # from b's memory
+        proxy.cut()
+
+        async def b_down() -> bool:
+            return b.stats()["bus"] == "down"
+
+        assert await eventually(b_down, within=10)
+        assert not async_bus(b).connected
+        for version in range(1, 4):
+            await a.set("k", f"v{version}")  # b hears nothing of these
+            assert await b.get("k", constant("never")) == f"v{version}"
+        assert b.stats()["bus_disconnects"] == 1
+        proxy.restore()
+
+        async def b_connected() -> bool:
+            return b.stats()["bus"] == "connected"
+
+        assert await eventually(b_connected, within=10)
+        assert await b.get("k", constant("never")) == "v3"
+        await a.set("k", "v4")
+
+        async def b_has_v4() -> bool:
+            return await b.get("k", constant("never")) == "v4"
+
+        assert await eventually(b_has_v4)
+        assert b.stats()["bus_disconnects"] == 1
+        await a.aclose()
+        await b.aclose()
+
+
+@pytest.mark.anyio
+async def test_concurrent_writers_reach_the_others_in_the_order_they_were_numbered(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """Coroutines of one chain announce at once, each publish on a pooled connection of its
+    own: numbering and publishing under one lock keeps the numbers in order at the
+    receiver, which would otherwise take a reordering for a lost message (a gap) and clear
+    its memory for nothing."""
+    writer = await async_chain(redis_server.url, namespace)
+    receiver = await async_chain(redis_server.url, namespace)
+    writers, per_writer = 50, 10
+
+    async def write(name: str) -> None:
+        for index in range(per_writer):
+            await writer.invalidate(f"{name}:{index}")
+
+    await asyncio.gather(*(write(f"w{number}") for number in range(writers)))
+
+    async def all_heard() -> bool:
+        return receiver.stats().get("bus_received", 0) >= writers * per_writer
+
+    assert await eventually(all_heard)
+    assert writer.stats()["bus_sent"] == writers * per_writer
+    assert receiver.stats().get("bus_gaps", 0) == 0
+    await writer.aclose()
+    await receiver.aclose()
+
+
+@pytest.mark.anyio
+async def test_aclose_ends_the_listener_and_its_subscription(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    cache = await async_chain(redis_server.url, namespace)
+    bus = async_bus(cache)
+    channel = bus.channel
+    raw = redis.Redis.from_url(redis_server.url)
+    assert dict(raw.pubsub_numsub(channel)) == {channel.encode(): 1}
+    task = bus._task
+    assert task is not None
+    await cache.aclose()
+    assert task.done()
+    assert dict(raw.pubsub_numsub(channel)) == {channel.encode(): 0}
+    raw.close()
+
+
+def test_a_chain_built_outside_a_loop_listens_from_its_first_miss(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """``from_config`` at import time (no loop runs yet): the listener starts on the chain's
+    first call that can fill its memory, in the loop that makes it."""
+    cache = AsyncTieredCache.from_config(**settings(redis_server.url, namespace, None, None))
+    writer = sync_chain(redis_server.url, namespace)
+    bus = async_bus(cache)
+    assert bus._task is None
+
+    async def main() -> None:
+        assert await cache.get("k", constant("v0")) == "v0"
+        assert bus._task is not None
+        assert await bus.wait_subscribed(10)
+        await asyncio.to_thread(writer.set, "k", "v1")
+
+        async def heard() -> bool:
+            return await cache.get("k", constant("never")) == "v1"
+
+        assert await eventually(heard)
+        await cache.aclose()
+
+    asyncio.run(main())
+    writer.close()

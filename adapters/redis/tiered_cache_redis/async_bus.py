@@ -1,0 +1,136 @@
+"""The invalidation bus on ``redis.asyncio`` pub/sub (kind ``redis`` of
+``tiered_cache.async_buses``), for :class:`~tiered_cache.AsyncTieredCache`.
+
+The threaded :class:`~tiered_cache_redis.bus.RedisBus` with a task instead of a thread: the
+listener runs :mod:`tiered_cache_redis.listening`'s steps (the same subscription, health
+check, outage reports and backoff) in a task of the event loop, and a publish is awaited
+natively. The messages are the same (:class:`~tiered_cache.bus.Invalidation`), so sync and
+async services of one fleet hear each other.
+
+A ``redis.asyncio`` client belongs to the event loop it first ran on: the bus (like the
+async Redis tier) serves the chain on one loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from tiered_cache.bus import BusListener, Invalidation
+from tiered_cache.steps import arun
+
+from .listening import DEFAULT_HEALTH, PING_PAYLOAD, Health, Listeners, Listening, Subscription
+
+__all__ = ["AsyncRedisBus"]
+
+
+class AsyncRedisBus:
+    """A :class:`tiered_cache.bus.AsyncBus` on a Redis channel.
+
+    Args:
+        connect: makes a ``redis.asyncio`` client for the subscription (a dedicated one: a
+            subscription holds a connection); it should not retry by itself.
+        channel: the channel; every chain of one cache (one namespace) uses the same one.
+        publisher: the client that publishes; one from ``connect`` when not given.
+        health: as for :class:`~tiered_cache_redis.bus.RedisBus`.
+        sleep: how to pause (a coroutine function; injected for tests).
+    """
+
+    def __init__(
+        self,
+        connect: Callable[[], aioredis.Redis],
+        channel: str,
+        *,
+        publisher: aioredis.Redis | None = None,
+        health: Health = DEFAULT_HEALTH,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.channel = channel
+        self._connect = connect
+        self._listeners = Listeners(channel)
+        self._closed = False
+        self._subscribed: asyncio.Event | None = None
+        self._listening = Listening(
+            Subscription(self._open, self._subscribe, _read, _ping, _close, sleep),
+            self._listeners,
+            health,
+            stopped=lambda: self._closed,
+            subscribed=self._set_subscribed,
+        )
+        self._client = publisher if publisher is not None else connect()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def connected(self) -> bool:
+        """Subscribed right now."""
+        return self._listening.connected
+
+    async def publish(self, message: Invalidation) -> None:
+        await self._client.publish(self.channel, message.encode())
+
+    def subscribe(self, listener: BusListener) -> None:
+        """Deliver to ``listener`` (on the event loop) once :meth:`listen` has started."""
+        self._listeners.add(listener)
+
+    def listen(self) -> None:
+        """Start the listener task on the running loop (once; later calls do nothing)."""
+        if self._task is None and not self._closed:
+            self._subscribed = asyncio.Event()
+            self._task = asyncio.get_running_loop().create_task(
+                arun(self._listening.listen()), name=f"tiered-cache-bus:{self.channel}"
+            )
+
+    async def wait_subscribed(self, timeout: float | None = None) -> bool:
+        """True once the listener is subscribed (for tests and orderly start-ups)."""
+        self.listen()
+        assert self._subscribed is not None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._subscribed.wait(), timeout)
+        return self._subscribed.is_set()
+
+    async def aclose(self) -> None:
+        """Stop listening (the task is cancelled and its subscription closed) and close the
+        publisher. Idempotent."""
+        self._closed = True
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._client.aclose()
+
+    # -- the subscription's I/O, for the listener's steps
+
+    def _set_subscribed(self, subscribed: bool) -> None:
+        if self._subscribed is not None:
+            if subscribed:
+                self._subscribed.set()
+            else:
+                self._subscribed.clear()
+
+    async def _open(self) -> tuple[aioredis.Redis, Any]:
+        client = self._connect()
+        return client, client.pubsub()
+
+    async def _subscribe(self, handle: tuple[aioredis.Redis, Any]) -> None:
+        await handle[1].subscribe(self.channel)
+
+
+async def _read(handle: tuple[aioredis.Redis, Any], timeout: float) -> Any:
+    return await handle[1].get_message(timeout=timeout)
+
+
+async def _ping(handle: tuple[aioredis.Redis, Any]) -> None:
+    await handle[1].ping(PING_PAYLOAD)
+
+
+async def _close(handle: tuple[aioredis.Redis, Any]) -> None:
+    client, pubsub = handle
+    try:
+        await pubsub.aclose()
+    finally:
+        await client.aclose()

@@ -1,0 +1,251 @@
+"""The bus listener's decisions, written once for the threaded and the asyncio bus.
+
+Subscribing, the health check (a PING on the subscription, a reply expected within the
+timeout), telling the chain about outages (once per outage, once per kind of failure in the
+log) and the reconnection backoff are :mod:`tiered_cache.steps`: the listener yields each
+call it needs on the subscription (:class:`Subscription`) and its driver makes it. The
+threaded :class:`~tiered_cache_redis.bus.RedisBus` runs them with ``run`` on its thread, the
+:class:`~tiered_cache_redis.async_bus.AsyncRedisBus` with ``arun`` in a task of its loop; so
+both buses notice the same faults the same way, and only the I/O differs.
+
+redis-py's own health check is not used: it sends the PING but never waits for the reply,
+and its silent reconnection is turned off by the buses' clients (a reconnection the chain
+does not hear about would hide the messages lost meanwhile).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from tiered_cache.bus import BusListener, Invalidation
+from tiered_cache.steps import Steps
+
+log = logging.getLogger("tiered_cache_redis.bus")
+
+#: The payload of the listener's own PINGs (redis-py swallows replies to its own health check).
+PING_PAYLOAD = "tiered-cache-bus-ping"
+
+#: Failures of the network or of the server's liveness: reconnecting may cure them.
+CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
+
+
+class BusStalled(redis.TimeoutError):
+    """The subscription did not answer within the timeout: the connection is taken as lost."""
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """The calls one bus makes on its subscription: each returns its result (the threaded
+    bus) or an awaitable of it (the asyncio bus).
+
+    Attributes:
+        open: a new client and subscription handle, not yet connected.
+        subscribe: ``subscribe(handle)`` sends SUBSCRIBE for the bus's channel.
+        read: ``read(handle, timeout)``: the next reply (a redis-py pub/sub message), or None.
+        ping: ``ping(handle)``: sends a PING with :data:`PING_PAYLOAD` on the subscription.
+        close: ``close(handle)`` releases the subscription and its client.
+        sleep: ``sleep(seconds)``: the pause between two attempts.
+    """
+
+    open: Callable[[], Any]
+    subscribe: Callable[[Any], Any]
+    read: Callable[[Any, float], Any]
+    ping: Callable[[Any], Any]
+    close: Callable[[Any], Any]
+    sleep: Callable[[float], Any]
+
+
+class Listeners:
+    """A bus's subscribers, and how each event reaches them (on the listener's thread or
+    task): a message is decoded once (:meth:`Invalidation.decode`), a listener that fails is
+    logged and does not stop the others."""
+
+    def __init__(self, channel: str) -> None:
+        self.channel = channel
+        self._listeners: list[BusListener] = []
+        self._lock = threading.Lock()
+
+    def add(self, listener: BusListener) -> None:
+        with self._lock:
+            self._listeners.append(listener)
+
+    def after_fork_in_child(self) -> None:
+        """Another thread of the parent may have held the lock at the fork."""
+        self._lock = threading.Lock()
+
+    def deliver(self, data: bytes) -> None:
+        try:
+            message = Invalidation.decode(data)
+        except ValueError:
+            log.warning("bus %r: ignoring a message that is not an invalidation", self.channel)
+            return
+        for listener in self._now():
+            try:
+                listener.on_message(message)
+            except Exception:
+                log.exception("bus %r: a listener failed on %r", self.channel, message)
+
+    def tell(self, event: str, *args: Any) -> None:
+        for listener in self._now():
+            try:
+                getattr(listener, event)(*args)
+            except Exception:
+                log.exception("bus %r: a listener failed on %s", self.channel, event)
+
+    def _now(self) -> list[BusListener]:
+        with self._lock:
+            return list(self._listeners)
+
+
+@dataclass(frozen=True)
+class Health:
+    """How a bus's listener checks its subscription and comes back (both buses take one).
+
+    Attributes:
+        interval: seconds between two PINGs on the subscription (``health_check_interval``).
+        timeout: seconds a PING reply (or the subscription's confirmation) may take.
+        poll: the longest one read waits, in seconds (bounds how fast a close is noticed).
+        backoff: first and longest pause between reconnection attempts, in seconds.
+        clock: monotonic seconds (injected for tests).
+    """
+
+    interval: float = 1.0
+    timeout: float = 1.0
+    poll: float = 0.2
+    backoff: tuple[float, float] = (0.05, 2.0)
+    clock: Callable[[], float] = time.monotonic
+
+    def __post_init__(self) -> None:
+        if self.interval <= 0 or self.timeout <= 0:
+            raise ValueError("health_check_interval and timeout must be positive")
+
+
+#: The defaults: a PING every second, one second for its reply.
+DEFAULT_HEALTH = Health()
+
+
+@dataclass
+class Listening:
+    """What one bus listens with, and the state it shows (``connected``).
+
+    Attributes:
+        calls: the I/O on the subscription.
+        listeners: who hears the messages and the outages.
+        health: the health check's and the backoff's figures.
+        stopped: True once the bus is closed.
+        subscribed: told True once subscribed, False when the subscription is lost.
+    """
+
+    calls: Subscription
+    listeners: Listeners
+    health: Health
+    stopped: Callable[[], bool]
+    subscribed: Callable[[bool], None]
+    connected: bool = False
+
+    def listen(self, *, as_disconnected: bool = False) -> Steps[None]:
+        """Subscribe, serve, and on any failure tell the chain, back off and subscribe again,
+        until stopped. ``as_disconnected``: the chain is told the bus is down before the
+        first subscription (a forked child: what changed since the fork is unheard)."""
+        channel = self.listeners.channel
+        delay = self.health.backoff[0]
+        ever_connected = False
+        if as_disconnected:
+            self.listeners.tell("on_disconnect")
+            ever_connected = True
+        # What was logged during the current outage: one line per kind of failure, not one per
+        # attempt (a missing ACL permission fails every attempt the same way).
+        logged: set[str] = set()
+        while not self.stopped():
+            handle: Any = None
+            try:
+                handle = yield self.calls.open, ()
+                yield self.calls.subscribe, (handle,)
+                yield from self._await_subscription(handle)
+                if ever_connected:
+                    self.listeners.tell("on_reconnect")
+                if logged:
+                    log.warning("bus %r: subscribed again", channel)
+                    logged.clear()
+                ever_connected = True
+                self.connected = True
+                self.subscribed(True)
+                delay = self.health.backoff[0]
+                yield from self._serve(handle)
+            except Exception as exc:
+                network = isinstance(exc, CONNECTION_ERRORS)
+                kind = type(exc).__name__
+                if kind not in logged:
+                    logged.add(kind)
+                    if network:
+                        log.warning("bus %r: connection lost (%s)", channel, exc)
+                    else:
+                        log.error(
+                            "bus %r: listening failed with %s: %s; in-process tiers are "
+                            "treated as disconnected while it retries (logged once)",
+                            channel,
+                            kind,
+                            exc,
+                        )
+                if not network:
+                    self.listeners.tell("on_error", exc)
+                if self.connected or not ever_connected:
+                    # A chain that never got connected must not trust its memory either.
+                    self.listeners.tell("on_disconnect")
+                self.connected = False
+                self.subscribed(False)
+                ever_connected = True
+                if not self.stopped():
+                    yield self.calls.sleep, (delay,)
+                delay = min(delay * 2, self.health.backoff[1])
+            finally:
+                if handle is not None:
+                    try:
+                        yield self.calls.close, (handle,)
+                    except Exception:
+                        log.debug("closing a broken subscription failed", exc_info=True)
+
+    def _await_subscription(self, handle: Any) -> Steps[None]:
+        """Read replies until the server confirms the subscription; a stall is an error."""
+        clock, timeout = self.health.clock, self.health.timeout
+        deadline = clock() + timeout
+        while not self.stopped():
+            remaining = max(0.0, deadline - clock())
+            message = yield self.calls.read, (handle, min(remaining, self.health.poll))
+            if message is not None:
+                if message.get("type") == "subscribe":
+                    return
+            elif clock() >= deadline:
+                raise BusStalled(f"no subscription confirmation within {timeout}s")
+
+    def _serve(self, handle: Any) -> Steps[None]:
+        """Deliver messages and PING every interval until stopped; raises when the connection
+        fails or a PING goes unanswered for longer than the timeout."""
+        clock, interval, timeout = self.health.clock, self.health.interval, self.health.timeout
+        next_ping = clock() + interval
+        ping_sent: float | None = None
+        while not self.stopped():
+            now = clock()
+            if ping_sent is None and now >= next_ping:
+                yield self.calls.ping, (handle,)
+                ping_sent = now
+            due = next_ping if ping_sent is None else ping_sent + timeout
+            message = yield self.calls.read, (handle, max(0.0, min(self.health.poll, due - now)))
+            if message is not None:
+                kind = message.get("type")
+                if kind == "message":
+                    self.listeners.deliver(message["data"])
+                elif kind == "pong":
+                    ping_sent = None
+                    next_ping = clock() + interval
+            # Only after a read found nothing: a listener that was not scheduled for a while
+            # must read the reply waiting in its socket before it calls the server silent.
+            elif ping_sent is not None and clock() >= ping_sent + timeout:
+                raise BusStalled(f"no reply to a PING within {timeout}s")

@@ -42,6 +42,27 @@ def test_redis_tier_offers_leases(tier: RedisTier) -> None:
     assert isinstance(tier, LeasingTier)
 
 
+@pytest.mark.parametrize("batch", [False, True], ids=["one key", "batch"])
+def test_a_fill_already_past_its_expiry_removes_the_older_copy(
+    tier: RedisTier, batch: bool
+) -> None:
+    """A load whose entry expired before it could be stored keeps nothing, and the older
+    copy it was loaded to replace must not outlive it. The batch form used to give the lease
+    back and leave the older copy in Redis (the one-key form and the asyncio tier removed
+    it)."""
+    tier.set("k", entry("old"))
+    token, current = tier.acquire_lease("k", ttl=5)
+    assert token is not None and current and current.value == "old"
+    now = time.time()
+    gone = Entry("new", now - 10, now - 5, now - 1)
+    if batch:
+        assert tier.fill_with_leases({"k": (gone, token)}) == {"k"}
+    else:
+        assert tier.fill_with_lease("k", gone, token)
+    assert tier.get("k") is MISSING
+    assert lease(tier) is not None  # the lease was given back
+
+
 def lease(tier: RedisTier, key: str = "k", ttl: float = 5) -> str | None:
     token, _ = tier.acquire_lease(key, ttl=ttl)
     return token

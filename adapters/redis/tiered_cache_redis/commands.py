@@ -1,0 +1,288 @@
+"""What the Redis tiers send, decided once: the writes, deletes and leases as steps.
+
+Which commands a write sends (the value, or an UNLINK for an entry already past its TTL; the
+key's lease dropped with it), how a batch of leases is taken and filled, how a prefix is
+cleared: :class:`TierCommands` yields each round trip it needs, ``(function, arguments)``
+(:mod:`tiered_cache.steps`), on a :class:`RedisIO`. The sync
+:class:`~tiered_cache_redis.RedisTier` runs the steps with ``run`` on a redis-py client, the
+:class:`~tiered_cache_redis.AsyncRedisTier` with ``arun`` on a ``redis.asyncio`` one; the
+tiers themselves only do I/O. (Reads are not steps: a GET is one call and its decoding is
+:class:`~tiered_cache_redis.stored.StoredFormat`'s, and the sync hit path stays as short as
+it was.)
+"""
+
+from __future__ import annotations
+
+import builtins
+import logging
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol
+
+from tiered_cache.errors import TierUnavailable
+from tiered_cache.steps import Steps
+from tiered_cache.tier import MISSING, Entry, MissingType
+
+from .lease_batches import (
+    Call,
+    acquire_calls,
+    batch_failure,
+    fill_calls,
+    fill_outcome,
+    looks,
+    plan_fills,
+    taken_on_failure,
+)
+from .leases import ACQUIRE_AND_GET, FILL_IF_HOLDING, RELEASE_IF_HOLDING, cluster_safe, lease_key
+from .stored import StoredFormat
+
+log = logging.getLogger("tiered_cache_redis.tier")
+
+#: One command: ``("SET", name, data, "PX", 1000)``.
+Command = tuple[Any, ...]
+
+#: Keys deleted per UNLINK by clear().
+CLEAR_BATCH = 500
+# Characters that SCAN MATCH treats as a pattern.
+_GLOB_SPECIAL = str.maketrans({c: f"\\{c}" for c in "\\*?[]^"})
+
+
+class RedisIO(Protocol):
+    """The round trips of one Redis tier. Each returns its result (the sync tier) or an
+    awaitable of it (the asyncio tier); ``is_cluster`` is plain."""
+
+    def is_cluster(self) -> bool:
+        """The client is a Redis Cluster client."""
+        ...
+
+    def send(self, commands: Sequence[Command]) -> Any:
+        """The commands in one pipeline (not a transaction; on a cluster, split by node);
+        raises the first error."""
+        ...
+
+    def command(self, *args: Any) -> Any:
+        """One command, its reply."""
+        ...
+
+    def script(self, source: str, keys: list[str], args: list[Any]) -> Any:
+        """One call of the Lua script ``source``, its reply."""
+        ...
+
+    def scripts(self, source: str, calls: Sequence[Call], raise_first: bool) -> Any:
+        """One call of ``source`` per ``(keys, args)`` in one pipeline (one server): the
+        replies, a failed call's exception in its place; with ``raise_first`` the first
+        failure is raised instead."""
+        ...
+
+    def scan(self, pattern: str) -> Any:
+        """Every key matching ``pattern`` (SCAN MATCH, every node of a cluster), as text."""
+        ...
+
+
+class TierCommands:
+    """The writes, deletes and leases of one Redis tier, as steps on its :class:`RedisIO`."""
+
+    def __init__(self, stored: StoredFormat, io: RedisIO, clock: Callable[[], float]) -> None:
+        self.stored = stored
+        self.io = io
+        self._clock = clock
+
+    def _run_scripts(
+        self, source: str, calls: Sequence[Call], raise_first: bool
+    ) -> Steps[list[Any]]:
+        """One call of ``source`` per ``(keys, args)``: pipelined on one server, one at a time
+        on a cluster (a pipeline of scripts would have to be split by node), stopping at the
+        first failure there (the list is then shorter than ``calls``). A failed call has its
+        exception in its place; with ``raise_first`` the first failure is raised instead."""
+        if not calls:
+            return []
+        if not self.io.is_cluster():
+            replies: list[Any] = yield self.io.scripts, (source, calls, raise_first)
+            return replies
+        replies = []
+        for keys, args in calls:
+            try:
+                replies.append((yield self.io.script, (source, keys, args)))
+            except Exception as exc:
+                if raise_first:
+                    raise
+                replies.append(exc)
+                break
+        return replies
+
+    def _unlinks(self, names: Sequence[str]) -> list[Command]:
+        # A multi-key UNLINK must stay within one slot; on a cluster, one UNLINK per key
+        # (pipelined: one round trip per node).
+        if self.io.is_cluster():
+            return [("UNLINK", name) for name in names]
+        return [("UNLINK", *names)] if names else []
+
+    # -- writes
+
+    def set_many(self, entries: Mapping[str, Entry]) -> Steps[None]:
+        """Store entries (an entry already past its TTL deletes the key). Everything is
+        encoded before anything is sent: one bad value writes nothing. A write supersedes
+        any load in flight elsewhere: dropping the key's lease makes that load's fill fail
+        instead of overwriting this newer value (see leases.py)."""
+        if not entries:
+            return
+        now = self._clock()
+        encode = self.stored.encode
+        encoded = [encode(key, entry, now) for key, entry in entries.items()]
+        commands: list[Command] = []
+        for name, data, px in encoded:
+            if data is None:
+                commands.append(("UNLINK", name))
+            elif px is None:
+                commands.append(("SET", name, data))
+            else:
+                commands.append(("SET", name, data, "PX", px))
+        commands += self._unlinks([lease_key(name) for name, _, _ in encoded])
+        yield self.io.send, (commands,)
+
+    def delete_many(self, keys: Sequence[str]) -> Steps[None]:
+        """Remove keys with their leases: a load that read the source before this
+        invalidation can then no longer fill (see leases.py)."""
+        if keys:
+            prefix = self.stored.prefix
+            names = [prefix + key for key in keys]
+            yield self.io.send, (self._unlinks(names + [lease_key(name) for name in names]),)
+
+    def delete_matching(self, start: str) -> Steps[None]:
+        """Delete the keys starting with ``start`` (a prefixed name) and their leases: SCAN
+        and UNLINK. The leases (``{ns:key}:lease``) go first: a fill under a lease that lands
+        before its lease is unlinked wrote data that the data scan then finds; one after it
+        fails. (A key being loaded for the first time has a lease and no data yet.)"""
+        for first in ("{" + start, start):
+            names = yield self.io.scan, (first.translate(_GLOB_SPECIAL) + "*",)
+            for batch in batches(names, CLEAR_BATCH):
+                if first == start:
+                    batch += [lease_key(name) for name in batch]
+                yield self.io.send, (self._unlinks(batch),)
+
+    # -- leases, one key
+
+    def acquire_lease(self, key: str, ttl: float) -> Steps[tuple[str | None, Entry | MissingType]]:
+        """Take ``key``'s lease if nobody holds it, and read the key: one round trip."""
+        name = self.stored.prefix + key
+        self._check_lease_possible(name)
+        token = uuid.uuid4().hex
+        taken, data = yield (
+            self.io.script,
+            (ACQUIRE_AND_GET, [name, lease_key(name)], [token, max(1, int(ttl * 1000))]),
+        )
+        entry = MISSING if not data else self.stored.decode(key, data, self._clock())
+        return (token if taken else None), entry
+
+    def steal_lease(self, key: str, ttl: float) -> Steps[str]:
+        """Take ``key``'s lease whoever holds it (for a write): one ``SET PX``."""
+        name = self.stored.prefix + key
+        self._check_lease_possible(name)
+        token = uuid.uuid4().hex
+        yield self.io.command, ("SET", lease_key(name), token, "PX", max(1, int(ttl * 1000)))
+        return token
+
+    def fill_with_lease(self, key: str, entry: Entry, token: str) -> Steps[bool]:
+        """Store ``entry`` and drop the lease, only while ``token`` holds it (atomically)."""
+        name, data, px = self.stored.encode(key, entry, self._clock())
+        if data is None:
+            # Nothing to keep; an older copy must not outlive this fill either.
+            yield self.io.command, ("UNLINK", name)
+            yield from self.release_lease(key, token)
+            return True
+        filled = yield (
+            self.io.script,
+            (FILL_IF_HOLDING, [name, lease_key(name)], [token, data, px or 0]),
+        )
+        return bool(filled)
+
+    def release_lease(self, key: str, token: str) -> Steps[None]:
+        """Drop the lease if ``token`` still holds it."""
+        name = self.stored.prefix + key
+        yield self.io.script, (RELEASE_IF_HOLDING, [lease_key(name)], [token])
+
+    # -- leases, a batch (one pipelined round trip; one per key on a cluster)
+
+    def acquire_leases(
+        self, keys: Sequence[str], ttl: float
+    ) -> Steps[dict[str, tuple[str | None, Entry | MissingType]]]:
+        """:meth:`acquire_lease` for each key, all or nothing (see lease_batches.py)."""
+        names = [self.stored.prefix + key for key in keys]
+        for name in names:
+            self._check_lease_possible(name)
+        px = max(1, int(ttl * 1000))
+        tokens = [uuid.uuid4().hex for _ in keys]
+        replies = yield from self._run_scripts(
+            ACQUIRE_AND_GET, acquire_calls(names, tokens, px), False
+        )
+        failure = taken_on_failure(keys, tokens, replies)
+        if failure is not None:
+            yield from self._release_quietly(failure[0])
+            raise batch_failure(self.stored.name, failure[1])
+        now = self._clock()
+        decode = self.stored.decode
+        return looks(keys, tokens, replies, lambda key, data: decode(key, data, now))
+
+    def fill_with_leases(
+        self, entries: Mapping[str, tuple[Entry, str]]
+    ) -> Steps[builtins.set[str]]:
+        """:meth:`fill_with_lease` for each key, every value encoded before the one round
+        trip. Raises :class:`~tiered_cache.leases.PartialFill` (with the keys that were
+        written) when some fills failed; their leases are given back, so that nobody waits
+        for them."""
+        now = self._clock()
+        encode = self.stored.encode
+        expired, fills = plan_fills(entries, lambda key, entry: encode(key, entry, now))
+        kept = set(expired)  # nothing to store: nothing another writer could lose
+        if expired:
+            # Nothing to keep; an older copy must not outlive this fill either.
+            prefix = self.stored.prefix
+            yield self.io.send, (self._unlinks([prefix + key for key in expired]),)
+            yield from self._release_quietly(expired)
+        if not fills:
+            return kept
+        replies = yield from self._run_scripts(FILL_IF_HOLDING, fill_calls(fills), False)
+        kept, failed, error = fill_outcome(self.stored.name, fills, replies, kept)
+        if error is not None:
+            yield from self._release_quietly(failed)
+            raise error
+        return kept
+
+    def release_leases(self, tokens: Mapping[str, str]) -> Steps[None]:
+        """:meth:`release_lease` for each key; raises the first failure."""
+        prefix = self.stored.prefix
+        calls = [([lease_key(prefix + key)], [token]) for key, token in tokens.items()]
+        yield from self._run_scripts(RELEASE_IF_HOLDING, calls, True)
+
+    def _release_quietly(self, tokens: Mapping[str, str]) -> Steps[None]:
+        """Best-effort release on a path that is already failing: its own error is logged."""
+        if not tokens:
+            return
+        try:
+            yield from self.release_leases(tokens)
+        except Exception as exc:  # the caller raises the first failure; the leases expire
+            log.debug("tier %r: releasing %d leases failed: %s", self.stored.name, len(tokens), exc)
+
+    def can_lease(self, key: str) -> bool:
+        """False for a key with braces of its own on a cluster: its lease (a hash-tagged key)
+        could not share its slot."""
+        return not self.io.is_cluster() or cluster_safe(self.stored.prefix + key)
+
+    def _check_lease_possible(self, name: str) -> None:
+        if not cluster_safe(name) and self.io.is_cluster():
+            raise TierUnavailable(
+                f"tier {self.stored.name!r}: key {name!r} has braces of its own, so its lease "
+                "cannot share its cluster slot; loading it without a lease"
+            )
+
+
+def batches(items: Iterable[Any], size: int) -> Iterable[list[Any]]:
+    """``items`` in lists of at most ``size``."""
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

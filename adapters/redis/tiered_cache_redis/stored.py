@@ -1,0 +1,149 @@
+"""What the Redis tiers store: a small binary header plus codec bytes under
+``<namespace>:<key>``, kept for the entry's TTL (with jitter). Pure: no I/O, shared by the
+sync and the asyncio tier, so a key written by either is read by the other.
+
+The namespace is escaped (``app:v2`` is stored as ``app\\:v2:``, see
+:func:`tiered_cache.keys.namespace_prefix`), so that no namespace reads or clears another's keys.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import struct
+from collections.abc import Sequence
+
+from tiered_cache.codecs import Codec, get_codec
+from tiered_cache.errors import CodecError
+from tiered_cache.keys import namespace_prefix
+from tiered_cache.logs import fields, key_hash
+from tiered_cache.tier import MISSING, Entry, MissingType
+
+log = logging.getLogger("tiered_cache_redis.tier")
+
+# magic, format, codec id, loaded_at, soft_expiry, hard_expiry, load_duration, expire_at, version.
+# Fixed-size and little-endian: unpacking it costs one struct call on the hot read path.
+_HEADER = struct.Struct("<2sBBdddddq")
+_MAGIC = b"tc"
+_FORMAT = 1
+_PREFIX = _MAGIC + bytes([_FORMAT])
+#: Codec ids in the header, so a reader never decodes another codec's bytes (0: any other codec).
+CODEC_IDS = {"json": 1, "msgpack": 2, "pickle": 3}
+
+#: One entry as it is written: ``(redis key, bytes or None for "delete", PX ms or None for
+#: no expiry)``.
+Encoded = tuple[str, bytes | None, int | None]
+
+
+class StoredFormat:
+    """Key naming, the stored bytes and their TTL for one Redis tier.
+
+    Args:
+        name: the tier's name (in logs).
+        namespace: the key prefix (escaped).
+        ttl: the longest Redis keeps an entry, in seconds; ``None``: the hard expiry alone.
+        ttl_jitter: shorten each TTL by up to this fraction at random.
+        codec: a :class:`~tiered_cache.codecs.Codec` or its name.
+        rng: the jitter's randomness.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        namespace: str,
+        ttl: float | None,
+        ttl_jitter: float,
+        codec: Codec | str,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not 0.0 <= ttl_jitter < 1.0:
+            raise ValueError("ttl_jitter must be in [0, 1)")
+        if ttl is not None and ttl <= 0:
+            raise ValueError("ttl must be positive (or None)")
+        self.name = name
+        self.namespace = namespace
+        #: Prepended to every key (``redis_key(key) == prefix + key``).
+        self.prefix = namespace_prefix(namespace)
+        self.codec = get_codec(codec) if isinstance(codec, str) else codec
+        self._codec_id = CODEC_IDS.get(self.codec.name, 0)
+        self._ttl = ttl
+        self._jitter = ttl_jitter
+        self._rng = rng or random.Random()
+
+    def decode(self, key: str, data: bytes, now: float) -> Entry | MissingType:
+        """The entry in ``data``; ``MISSING`` for one expired by ``now`` or that this tier
+        cannot read (logged: another format or codec, corrupt bytes -- the next fill
+        overwrites it)."""
+        if len(data) < _HEADER.size or data[:3] != _PREFIX:
+            return self._unreadable(key, "holds data in an unknown format")
+        _, _, codec_id, loaded_at, soft, hard, duration, expire_at, version = _HEADER.unpack_from(
+            data
+        )
+        # Redis expires keys on its own clock; the tier must also honour the chain's clock.
+        if now >= expire_at:
+            return MISSING
+        if codec_id != self._codec_id:
+            return self._unreadable(key, f"was written with another codec (id {codec_id})")
+        try:
+            value = self.codec.decode(data[_HEADER.size :])
+        except CodecError as exc:
+            return self._unreadable(key, f"cannot be decoded ({exc})")
+        return Entry(value, loaded_at, soft, hard, duration, version)
+
+    def _unreadable(self, key: str, why: str) -> MissingType:
+        log.warning(
+            "tier %r: key %s %s; a miss",
+            self.name,
+            key_hash(key),
+            why,
+            extra=fields("undecodable", key=key, tier=self.name),
+        )
+        return MISSING
+
+    def decode_many(
+        self, keys: Sequence[str], values: Sequence[bytes | None], now: float
+    ) -> dict[str, Entry]:
+        """The live entries of an MGET's ``values`` (in the order of ``keys``)."""
+        decode = self.decode
+        found: dict[str, Entry] = {}
+        for key, data in zip(keys, values, strict=True):
+            if data is not None:
+                entry = decode(key, data, now)
+                if entry is not MISSING:
+                    found[key] = entry
+        return found
+
+    def encode(self, key: str, entry: Entry, now: float) -> Encoded:
+        """How ``entry`` is written at ``now``; raises :class:`~tiered_cache.CodecError` for a
+        value the codec (or the header) cannot hold."""
+        payload = self.codec.encode(entry.value)
+        expire_at = entry.hard_expiry
+        if self._ttl is not None:
+            ttl = self._ttl
+            if self._jitter:
+                ttl *= 1.0 - self._jitter * self._rng.random()
+            expire_at = min(expire_at, now + ttl)
+        name = self.prefix + key
+        if expire_at <= now:
+            return name, None, None
+        try:
+            header = _HEADER.pack(
+                _MAGIC,
+                _FORMAT,
+                self._codec_id,
+                entry.loaded_at,
+                entry.soft_expiry,
+                entry.hard_expiry,
+                entry.load_duration,
+                expire_at,
+                entry.version,
+            )
+        except struct.error as exc:
+            raise CodecError(
+                f"entry of key {key!r}: its metadata does not fit the Redis tier's header "
+                f"(version must be a 64-bit int, times numbers): {exc}"
+            ) from None
+        px = None if math.isinf(expire_at) else max(1, math.ceil((expire_at - now) * 1000))
+        return name, header + payload, px

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -52,9 +53,34 @@ def make_table(admin_client: Any) -> MakeTable:
 
 
 @pytest.fixture
+def anyio_backend() -> str:
+    """Async tests (``@pytest.mark.anyio``) run on asyncio, the loop aiobotocore needs."""
+    return "asyncio"
+
+
+@pytest.fixture
 def settings_for(moto_server: MotoDynamoDB) -> Callable[..., DynamoDBSourceSettings]:
     """``settings_for(table=..., key=..., **fields)``: settings pointing at the moto server."""
     return moto_server.settings
+
+
+@pytest.fixture
+def unreachable() -> DynamoDBSourceSettings:
+    """Settings of table ``tweet`` in eu-west-1 at a loopback port nobody listens on; two
+    attempts per request, a short connect timeout."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return DynamoDBSourceSettings(
+        table="tweet",
+        key="id",
+        region="eu-west-1",
+        endpoint_url=f"http://127.0.0.1:{port}",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        connect_timeout="200ms",
+        max_attempts=2,
+    )
 
 
 @pytest.fixture

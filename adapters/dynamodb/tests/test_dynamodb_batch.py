@@ -9,59 +9,15 @@ from typing import Any
 import pytest
 from botocore.exceptions import ConnectionClosedError
 from tiered_cache_dynamodb import BatchLoadError, BatchThrottledError, DynamoDBSource
-from tiered_cache_dynamodb.testing import ThrottleInjector
+from tiered_cache_dynamodb.testing import ThrottleInjector, UnprocessedInjector, seed_items
 
 from tiered_cache.errors import SourceError, SourceThrottled
-
-
-def seed(client: Any, table: str, ids: list[str]) -> None:
-    """Write items ``{"id": i, "n": <index>}`` with BatchWriteItem (25 per request)."""
-    for start in range(0, len(ids), 25):
-        client.batch_write_item(
-            RequestItems={
-                table: [
-                    {"PutRequest": {"Item": {"id": {"S": i}, "n": {"N": str(start + k)}}}}
-                    for k, i in enumerate(ids[start : start + 25])
-                ]
-            }
-        )
-
-
-class Unprocessed:
-    """An ``after-call`` hook that moves returned items to UnprocessedKeys, as DynamoDB does
-    when a table runs out of read capacity mid-batch.
-
-    ``plan[i]`` is how many of the items of the i-th BatchGetItem to push back (``"all"``: all
-    of them); calls past the plan are left alone.
-    """
-
-    def __init__(self, client: Any, table: str, plan: list[int | str]) -> None:
-        self.table = table
-        self.plan = plan
-        self.calls = 0
-        self.pushed_back = 0
-        client.meta.events.register("after-call.dynamodb.BatchGetItem", self._after_call)
-
-    def _after_call(self, parsed: dict[str, Any], **kwargs: Any) -> None:
-        index = self.calls
-        self.calls += 1
-        if index >= len(self.plan):
-            return
-        items = parsed["Responses"][self.table]
-        count = len(items) if self.plan[index] == "all" else int(self.plan[index])
-        pushed, kept = items[:count], items[count:]
-        parsed["Responses"][self.table] = kept
-        if pushed:
-            self.pushed_back += len(pushed)
-            parsed["UnprocessedKeys"] = {
-                self.table: {"Keys": [{"id": item["id"]} for item in pushed]}
-            }
 
 
 @pytest.fixture
 def table(make_table: Callable[..., str], admin_client: Any) -> str:
     name = make_table(key="id")
-    seed(admin_client, name, [f"k{i}" for i in range(250)])
+    seed_items(admin_client, name, [f"k{i}" for i in range(250)])
     return name
 
 
@@ -118,7 +74,7 @@ def test_unprocessed_keys_are_retried_until_all_are_read(
     )
     requests = count_requests(source.client)
     # First chunk: 60 pushed back, then 20 of those; then the second chunk: 10.
-    unprocessed = Unprocessed(source.client, table, [60, 20, 0, 10])
+    unprocessed = UnprocessedInjector(source.client, table, [60, 20, 0, 10])
     keys = [f"k{i}" for i in range(150)]
 
     found = source.load_many(keys)
@@ -147,7 +103,7 @@ def test_backoff_is_capped_and_jittered_with_the_injected_rng(
     rng = random.Random(7)
     expected_rng = random.Random(7)
     with DynamoDBSource.from_settings(settings, sleep=sleeps, rng=rng) as source:
-        Unprocessed(source.client, table, [1, 1, 1, 1, 1, 1])
+        UnprocessedInjector(source.client, table, [1, 1, 1, 1, 1, 1])
         assert len(source.load_many(["k1", "k2"])) == 2
     caps = [0.1, 0.2, 0.4, 0.5, 0.5, 0.5]
     assert sleeps.delays == [expected_rng.uniform(0.0, cap) for cap in caps]
@@ -163,7 +119,7 @@ def test_keys_still_unprocessed_after_the_retry_limit_raise_a_bounded_error(
     requests = count_requests(source.client)
     # The first chunk reads fine; the second never gets past 30 of its 100 keys; a third
     # chunk is never requested.
-    Unprocessed(source.client, table, [0, 70, "all", "all", "all"])
+    UnprocessedInjector(source.client, table, [0, 70, "all", "all", "all"])
     keys = [f"k{i}" for i in range(250)]
 
     with pytest.raises(BatchThrottledError) as caught:
@@ -184,7 +140,7 @@ def test_with_no_retries_allowed_the_first_unprocessed_key_fails(
     table: str, make_source: Callable[..., DynamoDBSource], sleeps: Any
 ) -> None:
     source = make_source(table=table, key="id", batch_retry_limit=0)
-    Unprocessed(source.client, table, [1])
+    UnprocessedInjector(source.client, table, [1])
     with pytest.raises(BatchThrottledError) as caught:
         source.load_many(["k1", "k2", "k3"])
     assert caught.value.unprocessed == 1

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import socket
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
@@ -228,22 +227,10 @@ def test_a_table_keyed_otherwise_is_a_config_error(
 
 
 def test_an_unreachable_endpoint_is_a_source_error_naming_it(
-    botocore_delays: list[float],
+    botocore_delays: list[float], unreachable: DynamoDBSourceSettings
 ) -> None:
-    with socket.socket() as sock:  # a port nobody listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    endpoint = f"http://127.0.0.1:{port}"
-    settings = DynamoDBSourceSettings(
-        table="tweet",
-        key="id",
-        region="eu-west-1",
-        endpoint_url=endpoint,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        connect_timeout="200ms",
-        max_attempts=2,
-    )
+    settings = unreachable
+    endpoint = str(settings.endpoint_url)
     # Building makes no request, so it cannot hang on a down endpoint.
     source = PLUGIN.build(settings, BuildContext("tweets", FakeClock(), -1))
     with pytest.raises(SourceError) as caught:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .async_source import AsyncDynamoDBSource
 from .errors import (
     BatchLoadError,
     BatchThrottledError,
@@ -10,14 +11,17 @@ from .errors import (
     TableNotFoundError,
 )
 from .keys import KeyCodec
-from .plugin import PLUGIN, build_dynamodb_source
+from .plugin import ASYNC_PLUGIN, PLUGIN, build_async_dynamodb_source, build_dynamodb_source
 from .settings import DynamoDBSourceSettings
-from .source import THROTTLING_CODES, DynamoDBSource, make_client
+from .source import DynamoDBSource, make_client
+from .table_steps import THROTTLING_CODES
 from .tables import create_table, delete_table
 
 __all__ = [
+    "ASYNC_PLUGIN",
     "PLUGIN",
     "THROTTLING_CODES",
+    "AsyncDynamoDBSource",
     "BatchLoadError",
     "BatchThrottledError",
     "DynamoDBSource",
@@ -26,6 +30,7 @@ __all__ = [
     "KeyCodec",
     "TableConfigError",
     "TableNotFoundError",
+    "build_async_dynamodb_source",
     "build_dynamodb_source",
     "create_table",
     "delete_table",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol, TypedDict
 
 import boto3
 from botocore.config import Config
@@ -10,7 +10,7 @@ from pydantic import SecretStr
 
 from .settings import RetryMode
 
-__all__ = ["AwsConnection", "client_config", "session_for"]
+__all__ = ["AwsConnection", "client_config", "client_options", "credentials", "session_for"]
 
 
 class AwsConnection(Protocol):
@@ -37,21 +37,41 @@ class AwsConnection(Protocol):
 def session_for(settings: AwsConnection) -> boto3.session.Session:
     """A boto3 session of its own (boto3's default session is shared and not thread-safe to
     set up), with the settings' credentials if given, else whatever boto3 finds."""
+    return boto3.session.Session(
+        **credentials(settings), region_name=settings.region, profile_name=settings.profile
+    )
+
+
+class Credentials(TypedDict):
+    """The credential arguments of boto3's ``Session`` and aiobotocore's ``create_client``."""
+
+    aws_access_key_id: str | None
+    aws_secret_access_key: str | None
+    aws_session_token: str | None
+
+
+def credentials(settings: AwsConnection) -> Credentials:
+    """The settings' credentials as boto3's and aiobotocore's keyword arguments (``None``:
+    whatever the client finds)."""
     secret = settings.aws_secret_access_key
     token = settings.aws_session_token
-    return boto3.session.Session(
+    return Credentials(
         aws_access_key_id=settings.aws_access_key_id,
         aws_secret_access_key=secret.get_secret_value() if secret else None,
         aws_session_token=token.get_secret_value() if token else None,
-        region_name=settings.region,
-        profile_name=settings.profile,
     )
 
 
 def client_config(settings: AwsConnection, retry_mode: RetryMode) -> Config:
     """Short timeouts (a down endpoint fails a call quickly) and botocore's retries."""
-    return Config(
-        connect_timeout=settings.connect_timeout,
-        read_timeout=settings.read_timeout,
-        retries={"mode": retry_mode, "total_max_attempts": settings.max_attempts},
-    )
+    return Config(**client_options(settings, retry_mode))
+
+
+def client_options(settings: AwsConnection, retry_mode: RetryMode) -> dict[str, Any]:
+    """The arguments of botocore's ``Config`` (and aiobotocore's ``AioConfig``) for
+    ``settings``: the one place both clients take their timeouts and retries from."""
+    return {
+        "connect_timeout": settings.connect_timeout,
+        "read_timeout": settings.read_timeout,
+        "retries": {"mode": retry_mode, "total_max_attempts": settings.max_attempts},
+    }

@@ -13,7 +13,7 @@ import threading
 import time
 import urllib.request
 import zlib
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Final, cast
 
 import boto3
@@ -134,6 +134,54 @@ class MotoDynamoDB:
             response.read()
 
 
+def seed_items(client: Any, table: str, ids: Sequence[str], key: str = "id") -> None:
+    """Write items ``{key: id, "n": <index>}`` with BatchWriteItem (25 per request)."""
+    for start in range(0, len(ids), 25):
+        client.batch_write_item(
+            RequestItems={
+                table: [
+                    {"PutRequest": {"Item": {key: {"S": i}, "n": {"N": str(start + k)}}}}
+                    for k, i in enumerate(ids[start : start + 25])
+                ]
+            }
+        )
+
+
+class UnprocessedInjector:
+    """An ``after-call`` hook that moves returned items to UnprocessedKeys, as DynamoDB does
+    when a table runs out of read capacity mid-batch (on a boto3 or an aiobotocore client:
+    both emit the parsed response to ``after-call`` handlers before returning it).
+
+    ``plan[i]`` is how many of the items of the i-th BatchGetItem to push back (``"all"``: all
+    of them); calls past the plan are left alone. ``keys`` are the table's key attributes.
+    """
+
+    def __init__(
+        self, client: Any, table: str, plan: list[int | str], keys: Sequence[str] = ("id",)
+    ) -> None:
+        self.table = table
+        self.plan = plan
+        self.keys = tuple(keys)
+        self.calls = 0
+        self.pushed_back = 0
+        client.meta.events.register("after-call.dynamodb.BatchGetItem", self._after_call)
+
+    def _after_call(self, parsed: dict[str, Any], **kwargs: Any) -> None:
+        index = self.calls
+        self.calls += 1
+        if index >= len(self.plan):
+            return
+        items = parsed["Responses"][self.table]
+        count = len(items) if self.plan[index] == "all" else int(self.plan[index])
+        pushed, kept = items[:count], items[count:]
+        parsed["Responses"][self.table] = kept
+        if pushed:
+            self.pushed_back += len(pushed)
+            parsed["UnprocessedKeys"] = {
+                self.table: {"Keys": [{k: item[k] for k in self.keys} for item in pushed]}
+            }
+
+
 #: The messages DynamoDB sends with its throttling errors.
 _MESSAGES: Final = {
     "ProvisionedThroughputExceededException": "The level of configured provisioned throughput "
@@ -154,6 +202,10 @@ class _Body:
 
     def stream(self, **kwargs: Any) -> Iterator[bytes]:
         yield self._data
+
+    async def read(self) -> bytes:
+        # aiobotocore reads an error response's body with ``await raw.read()``.
+        return self._data
 
 
 class ThrottleInjector:
@@ -225,6 +277,15 @@ class ThrottleInjector:
         self._clients.append(client)
         return self
 
+    def register_aio(self, client: Any) -> ThrottleInjector:
+        """:meth:`register` for an aiobotocore client (whose parser awaits the response's
+        body); returns ``self``."""
+        client.meta.events.register(
+            "before-send.dynamodb", self._before_send_aio, unique_id=self._unique_id
+        )
+        self._clients.append(client)
+        return self
+
     def unregister(self) -> None:
         """Remove the hook from every client it was registered on."""
         for client in self._clients:
@@ -251,6 +312,17 @@ class ThrottleInjector:
             self.log.append((operation, throttle))
             request_id = f"THROTTLE{next(self._ids):020d}"
         return self._response(request.url, request_id) if throttle else None
+
+    def _before_send_aio(self, request: AWSPreparedRequest, **kwargs: Any) -> AWSResponse | None:
+        response = self._before_send(request, **kwargs)
+        if response is None:
+            return None
+        from aiobotocore.awsrequest import AioAWSResponse
+
+        return cast(
+            AWSResponse,
+            AioAWSResponse(response.url, response.status_code, response.headers, response.raw),
+        )
 
     def _decide(self, operation: str, request: AWSPreparedRequest) -> bool:
         if self.per_key_rate is None:
@@ -333,3 +405,23 @@ def instant_botocore_retries(
         yield delays
     finally:
         setattr(endpoint, "time", original)  # noqa: B010
+
+
+@contextlib.contextmanager
+def instant_aiobotocore_retries() -> Iterator[list[float]]:
+    """:func:`instant_botocore_retries` for aiobotocore clients, whose endpoint waits between
+    retries with its own ``_sleep`` coroutine: swapped for one that records the delay and
+    returns at once. Process-wide while active: for tests."""
+    from aiobotocore.endpoint import AioEndpoint
+
+    original = AioEndpoint.__dict__["_sleep"]
+    delays: list[float] = []
+
+    async def record(self: Any, seconds: float) -> None:
+        delays.append(seconds)
+
+    setattr(AioEndpoint, "_sleep", record)  # noqa: B010 - untyped module
+    try:
+        yield delays
+    finally:
+        setattr(AioEndpoint, "_sleep", original)  # noqa: B010

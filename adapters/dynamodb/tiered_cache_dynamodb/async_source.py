@@ -1,0 +1,218 @@
+"""A DynamoDB table as the source of truth on an aiobotocore client, for the asyncio chain.
+
+The same decisions as :class:`~tiered_cache_dynamodb.DynamoDBSource` (they are
+:mod:`~tiered_cache_dynamodb.table_steps`', run by ``steps.arun``): the same key checks,
+100-key BatchGetItem chunks, UnprocessedKeys retries with jittered backoff (an
+``asyncio.sleep``, so the loop goes on meanwhile), the same errors for throttling. Needs the
+adapter's ``async`` extra (``pip install 'tiered-cache-dynamodb[async]'``, which brings
+aiobotocore; aiobotocore pins the botocore it runs on, see docs/async.md).
+
+An aiobotocore client belongs to the event loop it was made on (its aiohttp session does):
+use a source from one loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from botocore.exceptions import ProfileNotFound
+
+from tiered_cache.errors import ConfigError
+from tiered_cache.steps import arun
+from tiered_cache.tier import MissingType
+
+from .aws import client_options, credentials
+from .keys import KeyCodec
+from .settings import DynamoDBSourceSettings
+from .table_steps import TableSteps, table_options
+
+#: An aiobotocore DynamoDB client (aiobotocore ships no type hints).
+AioDynamoDBClient = Any
+#: Makes and enters a client: ``client = await connect()``.
+Connect = Callable[[], Awaitable[AioDynamoDBClient]]
+
+
+def default_endpoint(region: str) -> str:
+    """The endpoint botocore uses for DynamoDB in ``region`` when none is configured."""
+    return f"https://dynamodb.{region}.amazonaws.com"
+
+
+async def connect_client(settings: DynamoDBSourceSettings) -> AioDynamoDBClient:
+    """An aiobotocore DynamoDB client for ``settings`` (same credentials, timeouts and retries
+    as :func:`~tiered_cache_dynamodb.make_client`'s), on a session of its own; close it with
+    ``await client.close()``."""
+    from aiobotocore.config import AioConfig
+    from aiobotocore.session import AioSession
+
+    session = AioSession(profile=settings.profile)
+    config = AioConfig(**client_options(settings, settings.retry_mode))
+    try:
+        # The client's context enters it (its HTTP session) and gives it back; it is closed
+        # with the source.
+        return await session.create_client(
+            "dynamodb",
+            region_name=settings.region,
+            endpoint_url=settings.endpoint_url,
+            config=config,
+            **credentials(settings),
+        ).__aenter__()
+    except ProfileNotFound as exc:
+        raise ConfigError(f"dynamodb source: AWS profile {settings.profile!r} not found") from exc
+
+
+class AsyncDynamoDBSource:
+    """:class:`~tiered_cache_dynamodb.DynamoDBSource` with coroutine methods (an
+    :class:`~tiered_cache.AsyncSource`).
+
+    Args:
+        client: an entered aiobotocore DynamoDB client, or ``None`` with ``connect``: then the
+            client is made on the first call (building needs no network and no loop).
+        connect: makes the client when ``client`` is ``None``; ``region`` and ``endpoint`` then
+            say where it will point, for messages.
+        owns_client: close the client on :meth:`aclose`.
+        sleep: how to wait between UnprocessedKeys retries (``asyncio.sleep``; tests record).
+        rng: the jitter of those waits.
+        options: the table's options, as :class:`~tiered_cache_dynamodb.table_steps.TableSteps`
+            takes them (the same as the sync source's).
+    """
+
+    def __init__(
+        self,
+        client: AioDynamoDBClient | None,
+        table: str,
+        key: str,
+        *,
+        connect: Connect | None = None,
+        region: str | None = None,
+        endpoint: str | None = None,
+        owns_client: bool = False,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rng: random.Random | None = None,
+        **options: Any,
+    ) -> None:
+        if client is None and connect is None:
+            raise TypeError("AsyncDynamoDBSource needs a client or a connect function")
+        if client is not None:
+            region = region or str(client.meta.region_name)
+            endpoint = endpoint or str(client.meta.endpoint_url)
+        if region is None:
+            raise TypeError("AsyncDynamoDBSource needs the region of a client it will connect")
+        self._client = client
+        self._connect = connect
+        self._owns_client = owns_client
+        self._steps = TableSteps(
+            table,
+            key,
+            call=self._call,
+            sleep=sleep,
+            check=self._check_once,
+            region=region,
+            endpoint=endpoint or default_endpoint(region),
+            rng=rng,
+            **options,
+        )
+        self.name = self._steps.name
+        self.table = table
+        self.codec: KeyCodec = self._steps.codec
+        # Made in the loop on first use (a lock binds to the loop that first waits on it).
+        self._connect_lock = asyncio.Lock()
+        self._check_lock = asyncio.Lock()
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: DynamoDBSourceSettings,
+        *,
+        client: AioDynamoDBClient | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rng: random.Random | None = None,
+    ) -> AsyncDynamoDBSource:
+        """A source for ``settings``: with a client of its own, made on the first call and
+        closed with the source, unless one is given."""
+
+        async def connect() -> AioDynamoDBClient:
+            return await connect_client(settings)
+
+        return cls(
+            client,
+            settings.table,
+            settings.key,
+            connect=connect,
+            region=settings.region,
+            endpoint=settings.endpoint_url,
+            owns_client=client is None,
+            sleep=sleep,
+            rng=rng,
+            **table_options(settings),
+        )
+
+    async def get_client(self) -> AioDynamoDBClient:
+        """The aiobotocore client, made now if it was not yet (to register event hooks on)."""
+        if self._client is not None:
+            return self._client
+        async with self._connect_lock:
+            if self._client is None:
+                assert self._connect is not None
+                self._client = await self._connect()
+        return self._client
+
+    def __repr__(self) -> str:
+        return f"AsyncDynamoDBSource({self._steps.where})"
+
+    # -- the AsyncSource protocol -------------------------------------------------------------
+
+    async def load(self, key: str) -> Any | MissingType:
+        """The item for ``key`` (GetItem), or ``MISSING`` if the table has none."""
+        return await arun(self._steps.load(key))
+
+    async def load_many(self, keys: Sequence[str]) -> dict[str, Any]:
+        """Items for the keys the table has, with one BatchGetItem per 100 distinct keys
+        (as :meth:`DynamoDBSource.load_many`, the same errors)."""
+        return await arun(self._steps.load_many(keys))
+
+    async def store(self, key: str, value: Any) -> None:
+        """Write ``value`` (the whole item) with PutItem (as :meth:`DynamoDBSource.store`)."""
+        await arun(self._steps.store(key, value))
+
+    async def remove(self, key: str) -> None:
+        """Delete the item of ``key`` (DeleteItem); deleting an absent item is not an error."""
+        await arun(self._steps.remove(key))
+
+    def report(self) -> dict[str, float]:
+        """Items read and the read capacity units they cost (as the sync source's)."""
+        return self._steps.meter.report()
+
+    async def check_table(self) -> None:
+        """DescribeTable, as :meth:`DynamoDBSource.check_table` (done once before the first
+        request; call it to check a table up front)."""
+        await arun(self._steps.check_table())
+
+    async def aclose(self) -> None:
+        """Close the client if this source made it (or was told it owns it). Idempotent."""
+        if self._steps.closed:
+            return
+        self._steps.closed = True
+        client, self._client = self._client, None
+        if self._owns_client and client is not None:
+            await client.close()
+
+    async def __aenter__(self) -> AsyncDynamoDBSource:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # -- the driver's I/O ---------------------------------------------------------------------
+
+    async def _call(self, method: str, params: dict[str, Any]) -> Any:
+        client = await self.get_client()
+        return await getattr(client, method)(**params)
+
+    async def _check_once(self) -> None:
+        # One DescribeTable however many coroutines make their first call at once.
+        async with self._check_lock:
+            if not self._steps.checked:
+                await self.check_table()

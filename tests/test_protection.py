@@ -79,7 +79,9 @@ def test_fail_safe_serves_stale_when_the_source_throttles(clock: FakeClock) -> N
     clock.advance(6)
     assert cache.get("k", loader) == "v1"
     assert loader.calls == 3
-    assert cache.stats()["stale_served_on_error"] == 2
+    stats = cache.stats()
+    assert stats["stale_served_on_error"] == 2
+    assert stats["tiers"][0]["errors"] == 0  # and nothing was written to tier 0 for it
 
 
 def test_a_key_never_cached_surfaces_the_source_error(clock: FakeClock) -> None:
@@ -326,6 +328,38 @@ def test_get_many_keeps_what_a_failing_batch_read_before_it_failed(clock: FakeCl
     assert list(caught.value.errors) == ["b"]
     # what the batch read is cached like any other load
     assert cache.get_many(["a", "gone"], lambda keys: {}) == {"a": "A", "gone": None}
+
+
+def test_without_a_throttle_fail_safe_asks_the_source_again_on_the_next_read(
+    clock: FakeClock,
+) -> None:
+    cache = make_cache(clock, Background(), stale_while_revalidate=False, fail_safe_throttle=0.0)
+    loader = Loader()
+    assert cache.get("k", loader) == "v1"
+    clock.advance(11)  # stale, within max_stale
+    loader.error = ConnectionError("source down")
+    assert cache.get("k", loader) == "v1"
+    assert cache.get("k", loader) == "v1"  # nothing rests the source: asked again
+    assert loader.calls == 3
+    stats = cache.stats()
+    assert stats["stale_served_on_error"] == 2
+    assert stats["tiers"][0]["errors"] == 0  # and nothing was written to tier 0 for it
+
+
+def test_what_a_failing_batch_read_keeps_the_ttl_the_read_asked_for(clock: FakeClock) -> None:
+    """The keys a batch read before it failed are entries like any other load's: the ttl of
+    the call (not the chain's 10 s), a load time, served by a plain get from memory."""
+    cache = make_cache(clock, Background(), stale_while_revalidate=False, max_stale=0.0)
+
+    def half_read(keys: object) -> dict[str, str]:
+        raise PartialLoadError("throttled half-way", found={"a": "A"}, left=1)
+
+    with pytest.raises(PartialBatchError):
+        cache.get_many(["a", "b"], half_read, ttl=30)
+    clock.advance(20)  # past the chain's ttl, within the call's
+    assert cache.get("a", lambda: "A2") == "A"
+    clock.advance(11)
+    assert cache.get("a", lambda: "A2") == "A2"
 
 
 def test_never_stale_honours_its_overrides() -> None:

@@ -7,8 +7,10 @@ from typing import Any
 import pytest
 
 from tiered_cache import AsyncTieredCache, MemoryTier, TieredCache
+from tiered_cache.bus import LocalBus
 from tiered_cache.protection import Protection
 from tiered_cache.testing import FakeClock
+from tiered_cache.testing.loads import Background
 from tiered_cache.testing.sources import DictSource
 from tiered_cache.tier import MISSING, Entry
 
@@ -63,6 +65,113 @@ def test_a_source_failing_part_way_drops_the_keys_it_took(clock: FakeClock) -> N
     assert values(l1, ["a", "b", "c"]) == [MISSING, 0, 0]
     assert values(l2, ["a", "b", "c"]) == [MISSING, 0, 0]
     assert cache.get("a") == 1
+
+
+def test_a_load_in_flight_during_set_many_does_not_fill_what_it_read(clock: FakeClock) -> None:
+    source = DictSource({"k": "old"})
+    l1, l2 = tiers(clock)
+    cache = TieredCache([l1, l2], source, clock=clock, protection=STRICT)
+
+    def read_then_overtaken() -> str:
+        value = source.items["k"]
+        cache.set_many({"k": "new", "j": "new"})  # a writer, while this load is in flight
+        return value
+
+    assert cache.get("k", read_then_overtaken) == "old"
+    assert values(l1, ["k", "j"]) == ["new", "new"] and values(l2, ["k", "j"]) == ["new", "new"]
+    assert cache.get("k") == "new"
+
+
+def test_set_many_keeps_the_ttl_it_was_given(clock: FakeClock) -> None:
+    source = DictSource()
+    cache = TieredCache(tiers(clock), source, clock=clock, ttl=60, protection=STRICT)
+    cache.set_many({"a": 1, "b": 2}, ttl=5)
+    source.items.update({"a": 10, "b": 20})  # changed behind the cache's back
+    clock.advance(4)
+    assert cache.get_many(["a", "b"]) == {"a": 1, "b": 2}
+    clock.advance(2)  # past the 5 s given, well within the chain's 60 s
+    assert cache.get_many(["a", "b"]) == {"a": 10, "b": 20}
+
+
+def test_values_set_many_wrote_are_not_refreshed_early(clock: FakeClock) -> None:
+    """Early refresh (XFetch) scales with how long a load took; a written value was not
+    loaded, so it records no load time and is never refreshed before it expires."""
+    background = Background()
+    cache = TieredCache(
+        tiers(clock),
+        DictSource(),
+        clock=clock,
+        protection=Protection.never_stale(lease="off", early_refresh_beta=1.0),
+        background=background,
+        rng=lambda: 1e-9,  # the draw says "refresh now" whenever the entry's window allows
+    )
+    cache.set_many({"a": 1}, ttl=10)
+    clock.advance(9.9)
+    assert cache.get("a") == 1
+    assert cache.stats()["early_refreshes"] == 0 and background.tasks == []
+
+
+def test_set_many_around_writes_the_source_and_drops_every_copy(clock: FakeClock) -> None:
+    source = DictSource({"a": 0, "b": 0})
+    l1, l2 = tiers(clock)
+    cache = TieredCache([l1, l2], source, clock=clock, protection=STRICT, write_policy="around")
+    cache.get_many(["a", "b"])
+    cache.set_many({"a": 1, "b": 2})
+    assert source.items == {"a": 1, "b": 2}
+    assert values(l1, ["a", "b"]) == [MISSING, MISSING]
+    assert values(l2, ["a", "b"]) == [MISSING, MISSING]
+    assert cache.get_many(["a", "b"]) == {"a": 1, "b": 2}
+    assert source.batches == [["a", "b"], ["a", "b"]]
+
+
+def test_set_many_around_failing_part_way_still_drops_the_copies(clock: FakeClock) -> None:
+    """Write-around drops every key it was given, also when the source failed part way:
+    "a" changed there, and no tier may serve its old value."""
+    source = FailingAt({"a": 0, "b": 0}, failing="b")
+    l1, l2 = tiers(clock)
+    cache = TieredCache([l1, l2], source, clock=clock, protection=STRICT, write_policy="around")
+    cache.get_many(["a", "b"])
+    with pytest.raises(RuntimeError, match="cannot write b"):
+        cache.set_many({"a": 1, "b": 2})
+    assert values(l1, ["a", "b"]) == [MISSING, MISSING]
+    assert values(l2, ["a", "b"]) == [MISSING, MISSING]
+    assert cache.get_many(["a", "b"]) == {"a": 1, "b": 0}
+
+
+def test_set_many_tells_the_other_processes_which_keys_changed(clock: FakeClock) -> None:
+    """Two chains with their own memory and one bus stand for two processes."""
+    bus = LocalBus()
+    heard: list[Any] = []
+    bus.subscribe(Recorder(heard))
+    source = DictSource({"a": 0, "b": 0, "other": 0})
+    writer, reader = (
+        TieredCache(tiers(clock), source, clock=clock, protection=STRICT, bus=bus) for _ in range(2)
+    )
+    assert reader.get_many(["a", "b", "other"]) == {"a": 0, "b": 0, "other": 0}
+    writer.set_many({"a": 1, "b": 2})
+    assert [(message.keys, message.clear) for message in heard] == [(("a", "b"), False)]
+    # The reader drops the two keys (and reads them again), and keeps the other.
+    assert reader.get_many(["a", "b", "other"]) == {"a": 1, "b": 2, "other": 0}
+    assert source.batches == [["a", "b", "other"], ["a", "b"]]
+
+
+class Recorder:
+    """A bus listener that keeps what it hears."""
+
+    def __init__(self, heard: list[Any]) -> None:
+        self.heard = heard
+
+    def on_message(self, message: Any) -> None:
+        self.heard.append(message)
+
+    def on_disconnect(self) -> None:
+        pass
+
+    def on_reconnect(self) -> None:
+        pass
+
+    def on_error(self, error: Exception) -> None:
+        pass
 
 
 @pytest.mark.anyio

@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from tiered_cache_redis import AsyncRedisTier, RedisTier
 
-from tiered_cache import AsyncTieredCache, MemoryTier
+from tiered_cache import AsyncTieredCache, MemoryTier, TieredCache
 from tiered_cache.breaker import CircuitBreakerTier
 from tiered_cache.protection import Protection
 from tiered_cache.testing import FakeClock
@@ -115,6 +115,34 @@ async def test_two_chains_share_one_load_through_the_redis_lease(
     assert second.stats()["lease_waits"] == 1
     await first.aclose()
     await second.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_load_overtaken_by_another_processes_write_fills_nothing(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """The asyncio loader fills under its Redis lease: a write from another process while it
+    loads takes the lease, so the value it read before reaches no tier."""
+    cache = chain(redis_server.url, namespace, protection=LEASED)
+    # The other process: a sync chain with no source over the same Redis.
+    other = TieredCache(
+        [MemoryTier(), RedisTier(redis.Redis.from_url(redis_server.url), namespace=namespace)]
+    )
+
+    async def load() -> str:
+        other.set("k", "new")  # written while this load is in flight
+        return "old"
+
+    assert await cache.get("k", load) == "old"  # its caller is served what it read
+    memory, shared = cache.tiers
+    assert isinstance(memory, MemoryTier) and isinstance(shared, AsyncRedisTier)
+    assert memory.get("k") is MISSING
+    entry = await shared.get("k")
+    assert entry is not MISSING and entry.value == "new"
+    assert cache.stats()["lease_lost"] == 1
+    assert await cache.get("k") == "new"
+    other.close()
+    await cache.aclose()
 
 
 @pytest.mark.anyio

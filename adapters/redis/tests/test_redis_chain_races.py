@@ -30,6 +30,7 @@ from tiered_cache.breaker import CircuitBreakerTier
 from tiered_cache.policy import TinyLfuPolicy
 from tiered_cache.testing.clock import FakeClock
 from tiered_cache.testing.servers import RedisServer
+from tiered_cache.testing.sources import DictSource
 
 #: Generous bound for "the bus has delivered" (measured by benchmarks/bench_bus_delay.py).
 BUS_DELAY_BOUND = 2.0
@@ -225,6 +226,50 @@ def test_concurrent_sets_from_two_chains_leave_no_tier_behind_the_source(
     assert behind == [], f"{len(behind)} of {rounds} rounds left a tier behind the source"
     for cache in chains:
         cache.close()
+
+
+class WriterInBetween(DictSource):
+    """A source whose next ``store`` of ``key`` is followed, before it returns, by ``then()``:
+    another process's write of the same key, which reaches the source last."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__()
+        self.key = key
+        self.then: Callable[[], None] | None = None
+
+    def store(self, key: str, value: Any) -> None:
+        super().store(key, value)
+        then, self.then = (self.then, None) if key == self.key else (None, self.then)
+        if then is not None:
+            then()
+
+
+def test_set_many_overtaken_by_another_processes_write_leaves_no_tier_behind(
+    redis_server: RedisServer, namespace: str, clock: FakeClock
+) -> None:
+    """set_many takes each key's lease before it writes the source, and fills under it: a
+    write that came in between took the lease, so the older value reaches no tier."""
+    source = WriterInBetween("k")
+    first, second = (
+        TieredCache(
+            [
+                MemoryTier(ttl=600, clock=clock),
+                RedisTier(redis.Redis.from_url(redis_server.url), namespace=namespace, clock=clock),
+            ],
+            source,
+            ttl=600,
+            clock=clock,
+        )
+        for _ in range(2)
+    )
+    source.then = lambda: second.set_many({"k": "second"})
+    first.set_many({"k": "first", "j": "first"})
+    assert source.items == {"k": "second", "j": "first"}
+    assert in_redis(first, "k") in (MISSING, "second")
+    assert in_memory(first, "k") is MISSING
+    assert (first.get("k"), second.get("k"), first.get("j")) == ("second", "second", "first")
+    first.close()
+    second.close()
 
 
 WORKER = Path(__file__).with_name("set_worker.py")

@@ -11,13 +11,16 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import pytest
 import redis
 from tiered_cache_redis import RedisTier
 
-from tiered_cache import Entry, LoadTimeout, PartialBatchError, TieredCache
+from tiered_cache import Entry, LoadTimeout, MemoryTier, PartialBatchError, TieredCache
+from tiered_cache.protection import Protection
 from tiered_cache.testing.servers import RedisServer
+from tiered_cache.testing.sources import DictSource
 
 
 class Abort(BaseException):
@@ -63,6 +66,37 @@ def test_a_batch_whose_source_fails_gives_its_leases_back(
         first.get_many(["a", "b"], failing)
     loads_without_waiting(second, ["a", "b"])
     first.close()
+    second.close()
+
+
+class FailingAt(DictSource):
+    """A source whose ``store`` fails for one key (after storing the ones before it)."""
+
+    def __init__(self, failing: str) -> None:
+        super().__init__()
+        self.failing = failing
+
+    def store(self, key: str, value: Any) -> None:
+        if key == self.failing:
+            raise ConnectionError(f"cannot write {key}")
+        super().store(key, value)
+
+
+def test_a_set_many_whose_source_fails_gives_back_the_leases_it_took(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """set_many takes every key's lease before writing the source; the keys it did not get
+    to write are given back, the one it wrote is invalidated (which voids its lease)."""
+    writer = TieredCache(
+        [MemoryTier(), RedisTier(redis.Redis.from_url(redis_server.url), namespace=namespace)],
+        FailingAt("b"),
+        protection=Protection.never_stale(lease_ttl=30.0),
+    )
+    second = chain(redis_server.url, namespace, lease_wait="300ms")
+    with pytest.raises(ConnectionError, match="cannot write b"):
+        writer.set_many({"a": 1, "b": 2, "c": 3})
+    loads_without_waiting(second, ["a", "b", "c"])
+    writer.close()
     second.close()
 
 

@@ -16,14 +16,15 @@ from pathlib import Path
 
 import pytest
 import redis
-from tiered_cache_redis import RedisTier
+from tiered_cache_redis import RedisTier, make_client
 from tiered_cache_redis.leases import lease_key
 
 from tiered_cache import MISSING, CodecError, Entry, MemoryTier, TieredCache, TierUnavailable
 from tiered_cache.leases import LeasingTier, PartialFill
 from tiered_cache.protection import Protection
+from tiered_cache.testing.clock import FakeClock
 from tiered_cache.testing.fleet import run_fleet
-from tiered_cache.testing.servers import RedisServer
+from tiered_cache.testing.servers import RedisCluster, RedisServer
 
 
 @pytest.fixture
@@ -31,6 +32,10 @@ def tier(redis_server: RedisServer, namespace: str) -> Iterator[RedisTier]:
     tier = RedisTier(redis.Redis.from_url(redis_server.url), namespace=namespace)
     yield tier
     tier.close()
+
+
+#: No stale serving, no timeouts: a load is the only way to a new value.
+STRICT = Protection.never_stale()
 
 
 def entry(value: object) -> Entry:
@@ -401,6 +406,67 @@ def test_a_batch_with_a_value_redis_cannot_store_gives_its_leases_back(
     looks = tier.acquire_leases(["a", "b"], ttl=5)  # nobody is left holding them
     assert all(token is not None for token, _ in looks.values())
     assert not tier.get("a") and not tier.get("b")  # and nothing was half written
+    cache.close()
+
+
+def test_a_batch_whose_lease_look_fails_loads_every_key_without_a_lease(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """Redis answers the batch's read but refuses its lease look: the batch loads every key
+    in one read without leases, and the refusal is counted as a skip of the tier."""
+    raw = redis.Redis.from_url(redis_server.url)
+    raw.hset(f"{namespace}:bad", "not", "a cache entry")  # the lease script's GET fails on it
+    cache = chain(redis_server.url, namespace, bus="off")
+    reads: list[list[str]] = []
+
+    def load_many(keys: Sequence[str]) -> dict[str, str]:
+        reads.append(list(keys))
+        return {key: key.upper() for key in keys}
+
+    assert cache.get_many(["a", "bad", "c"], load_many) == {"a": "A", "bad": "BAD", "c": "C"}
+    assert reads == [["a", "bad", "c"]]
+    stats = cache.stats()
+    assert (stats["tiers"][1]["skips"], stats["tiers"][1]["errors"]) == (1, 0)
+    assert stats["lease_waits"] == 0
+    cache.close()
+    raw.close()
+
+
+def test_a_batch_loads_a_key_whose_copy_expires_at_the_very_moment_of_its_lease_look(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """The lease look finds a copy that stops being fresh at this instant: that is no value
+    a holder filled, so the batch loads the key under the lease it just got."""
+    clock = FakeClock(time.time())  # near the real time: Redis's PX comes from this clock
+    shared = RedisTier(redis.Redis.from_url(redis_server.url), namespace=namespace, clock=clock)
+    now = clock()
+    shared.set_many({"k": Entry("old", now - 10, now, now + 60)})
+    cache = TieredCache([MemoryTier(clock=clock), shared], clock=clock, protection=STRICT)
+    assert cache.get_many(["k"], lambda keys: {"k": "new"}) == {"k": "new"}
+    assert shared.get("k").value == "new"  # type: ignore[union-attr]
+    cache.close()
+
+
+def test_a_cluster_batch_loads_keys_with_braces_of_their_own_without_a_lease(
+    redis_cluster: RedisCluster, namespace: str
+) -> None:
+    """On a cluster a key with braces of its own cannot share its slot with its lease: a
+    batch loads it without one, the other keys under theirs, all in one read."""
+    shared = RedisTier(make_client(redis_cluster.url, timeout=2.0), namespace=namespace)
+    cache = TieredCache([MemoryTier(), shared], protection=Protection.never_stale())
+    keys = ["plain", "{user:1}:a", "other"]
+    reads: list[list[str]] = []
+
+    def load_many(wanted: Sequence[str]) -> dict[str, str]:
+        reads.append(sorted(wanted))
+        return {key: key.upper() for key in wanted}
+
+    assert cache.get_many(keys, load_many) == {key: key.upper() for key in keys}
+    assert reads == [sorted(keys)]
+    stats = cache.stats()
+    assert (stats["tiers"][1]["skips"], stats["tiers"][1]["errors"]) == (0, 0)
+    assert all(shared.get(key) is not MISSING for key in keys)
+    shared.clear()
     cache.close()
 
 

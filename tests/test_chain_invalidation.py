@@ -8,6 +8,7 @@ memory tier marked shared (standing for Redis), a source and a bus. The bus here
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Sequence
 
 import pytest
@@ -31,6 +32,13 @@ class FailingShared(SharedTier):
     """A shared tier whose clear fails (fault injection)."""
 
     def clear(self) -> None:
+        raise RuntimeError("shared tier down")
+
+
+class FailingDeletes(SharedTier):
+    """A shared tier whose deletes fail (fault injection)."""
+
+    def delete_many(self, keys: Sequence[str]) -> None:
         raise RuntimeError("shared tier down")
 
 
@@ -143,6 +151,87 @@ def test_invalidate_many_strict_names_the_bus_it_did_not_reach(clock: FakeClock)
     with pytest.raises(InvalidationIncomplete, match=r"^invalidating 2 key\(s\) did not reach "):
         fleet.a.invalidate_many(["x", "y", "x"], strict=True)
     assert fleet.a.stats()["bus_publish_errors"] == 2
+
+
+def test_invalidate_many_strict_names_the_tier_and_the_bus_it_did_not_reach(
+    clock: FakeClock,
+) -> None:
+    fleet = Fleet(clock, shared=FailingDeletes(clock))
+    fleet.bus.failing = True
+    with pytest.raises(InvalidationIncomplete) as raised:
+        fleet.a.invalidate_many(["x"], strict=True)
+    assert str(raised.value) == (
+        "invalidating 1 key(s) did not reach tier 'shared' (RuntimeError: shared tier down), "
+        "the invalidation bus"
+    )
+
+
+def test_invalidate_many_tells_the_others_the_keys_only(clock: FakeClock) -> None:
+    fleet = Fleet(clock)
+    fleet.source.items.update({"x": 1, "y": 2})
+    fleet.b.get_many(["x", "y"])
+    fleet.a.invalidate_many(["x"])
+    assert [(message.keys, message.clear) for message in fleet.bus.heard] == [(("x",), False)]
+    assert not in_memory(fleet.b, "x") and in_memory(fleet.b, "y")
+
+
+def test_a_write_around_with_the_bus_down_does_not_raise(clock: FakeClock) -> None:
+    """Write-around invalidates after writing the source; a bus it cannot reach is logged
+    and counted, as for invalidate(): the write itself succeeded."""
+    bus = CuttableBus()
+    source = DictSource({"x": 1})
+    cache = TieredCache(
+        [MemoryTier(name="l1", clock=clock), SharedTier(clock)],
+        source,
+        clock=clock,
+        protection=Protection.never_stale(),
+        bus=bus,
+        write_policy="around",
+    )
+    assert cache.get("x") == 1
+    bus.failing = True
+    cache.set("x", 2)
+    cache.set_many({"x": 3})
+    assert cache.get("x") == 3
+    assert cache.stats()["bus_publish_errors"] == 2
+
+
+def test_a_get_many_joins_a_batch_that_read_after_the_keys_last_invalidation(
+    clock: FakeClock,
+) -> None:
+    fleet = Fleet(clock)
+    fleet.a.invalidate("k")  # before the batch below: it does not concern what it reads
+    loading = threading.Event()
+    release = threading.Event()
+    reads: list[list[str]] = []
+    results: dict[str, object] = {}
+
+    def slow_read(keys: Sequence[str]) -> dict[str, str]:
+        reads.append(list(keys))
+        loading.set()
+        release.wait(10)
+        return dict.fromkeys(keys, "v")
+
+    def read(name: str) -> None:
+        results[name] = fleet.a.get_many(["k"], slow_read)
+
+    first = threading.Thread(target=read, args=("first",))
+    first.start()
+    assert loading.wait(10)
+    second = threading.Thread(target=read, args=("second",))
+    second.start()
+    flights = fleet.a._loader.flights
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and len(reads) < 2:
+        flight = flights.in_flight("k")
+        if flight is not None and flight.waiters > 0:
+            break  # the second batch joined the first one's flight
+        time.sleep(0.005)
+    release.set()
+    first.join(10)
+    second.join(10)
+    assert results == {"first": {"k": "v"}, "second": {"k": "v"}}
+    assert reads == [["k"]]
 
 
 # -- invalidate_prefix()

@@ -205,8 +205,10 @@ def test_a_get_many_that_joins_a_failing_batch_raises_its_error() -> None:
     assert first_error.errors == {"a": error, "b": error}
     assert first_error.values == {}
     joined = outcomes["second"]
-    assert isinstance(joined, BaseException), f"the joined batch returned {joined!r}"
+    assert isinstance(joined, PartialBatchError), f"the joined batch returned {joined!r}"
     assert error in causes(joined)
+    # Per key: the joined key carries the load's own error; the key it led was served.
+    assert joined.errors == {"a": error} and joined.values == {"c": "C"}
     # Nothing of the failed load was kept: the next read loads again.
     assert cache.get_many(["a"], lambda keys: {"a": "recovered"}) == {"a": "recovered"}
 

@@ -19,6 +19,7 @@ from tiered_cache_redis import RedisTier
 
 from tiered_cache import Entry, LoadTimeout, MemoryTier, PartialBatchError, TieredCache
 from tiered_cache.protection import Protection
+from tiered_cache.testing.clock import FakeClock
 from tiered_cache.testing.servers import RedisServer
 from tiered_cache.testing.sources import DictSource
 
@@ -113,6 +114,101 @@ def test_a_batch_interrupted_by_a_base_exception_gives_its_leases_back(
     loads_without_waiting(second, ["a", "b"])
     first.close()
     second.close()
+
+
+def test_a_batch_interrupted_after_some_keys_were_served_raises_what_interrupted_it(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """The batch loads "a" under its lease at once, waits for the holder of "b", then loads
+    "b" itself and is interrupted: the caller gets the interruption (each flight landed
+    once), and "a" was kept."""
+    holder = RedisTier(redis.Redis.from_url(redis_server.url), namespace=namespace)
+    token, _ = holder.acquire_lease("b", ttl=30)  # another process loads "b", never finishes
+    assert token is not None
+    cache = chain(redis_server.url, namespace, lease_wait="200ms")
+
+    def load(keys: Sequence[str]) -> dict[str, str]:
+        if "b" in keys:
+            raise Abort()
+        return dict.fromkeys(keys, "A")
+
+    with pytest.raises(Abort):
+        cache.get_many(["a", "b"], load)
+    assert cache.get_many(["a"], lambda keys: {}) == {"a": "A"}
+    holder.close()
+    cache.close()
+
+
+class Held:
+    """Keys whose leases another process holds and never fills, and a chain on a fake clock
+    whose sleep moves that clock (so a lease wait takes no real time)."""
+
+    def __init__(self, url: str, namespace: str, keys: Sequence[str], **protection: Any):
+        self.clock = FakeClock(time.time())  # near the real time: Redis's PX uses it
+        self.slept: list[float] = []
+        holder = RedisTier(redis.Redis.from_url(url), namespace=namespace, clock=self.clock)
+        for key in keys:
+            assert holder.acquire_lease(key, 30.0)[0] is not None
+        holder.close()
+        self.shared = RedisTier(redis.Redis.from_url(url), namespace=namespace, clock=self.clock)
+        self.cache = TieredCache(
+            [MemoryTier(clock=self.clock), self.shared],
+            clock=self.clock,
+            sleep=self.sleep,
+            ttl=600,
+            protection=Protection(
+                **{
+                    "soft_timeout": None,
+                    "early_refresh_beta": 0.0,
+                    "stale_while_revalidate": False,
+                    "lease_wait": 0.5,
+                    "lease_poll": 0.125,
+                    "lease_ttl": 30.0,
+                    **protection,
+                }
+            ),
+        )
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.clock.advance(seconds)
+
+
+def test_a_batch_gives_up_on_a_silent_holder_when_lease_wait_is_over(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """It looks every lease_poll until lease_wait has passed, not one look more, then loads
+    the keys itself in one read, with the ttl it was asked for."""
+    held = Held(redis_server.url, namespace, ["a", "b"], max_stale=0.0)
+    reads: list[list[str]] = []
+
+    def load_many(keys: Sequence[str]) -> dict[str, str]:
+        reads.append(sorted(keys))
+        return {key: key.upper() for key in keys}
+
+    assert held.cache.get_many(["a", "b"], load_many, ttl=5) == {"a": "A", "b": "B"}
+    assert held.slept == [0.125] * 4
+    assert reads == [["a", "b"]]
+    stats = held.cache.stats()
+    assert (stats["lease_waits"], stats["lease_wait_expired"]) == (2, 2)
+    entry = held.shared.get("a")
+    assert isinstance(entry, Entry) and entry.soft_expiry == held.clock() + 5
+    held.cache.close()
+
+
+def test_a_batch_that_gave_up_on_a_holder_serves_the_stale_copy_when_the_source_fails(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    held = Held(redis_server.url, namespace, ["a"], max_stale=60.0, fail_safe=True)
+    now = held.clock()
+    held.shared.set_many({"a": Entry("old", now - 20, now - 10, now + 50)})
+
+    def failing(keys: Sequence[str]) -> dict[str, str]:
+        raise ConnectionError("source down")
+
+    assert held.cache.get_many(["a"], failing) == {"a": "old"}
+    assert held.cache.stats()["stale_served_on_error"] == 1
+    held.cache.close()
 
 
 def test_a_load_that_outlived_its_caller_and_failed_gives_its_lease_back(

@@ -12,7 +12,7 @@ import builtins
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeAlias, cast
+from typing import Any, TypeAlias
 
 import redis
 import redis.asyncio as aioredis
@@ -25,6 +25,7 @@ from tiered_cache.codecs import Codec
 from tiered_cache.steps import arun
 from tiered_cache.tier import MISSING, Entry, MissingType
 
+from .async_wire import AsyncReads, async_reads_for
 from .client import client_options, parse_url
 from .commands import Command, TierCommands
 from .lease_batches import Call
@@ -87,6 +88,7 @@ class AsyncRedisTier(AsyncTierBase):
         self._connect = connect
         self._owns_client = owns_client
         self._closed = False
+        self._reads: AsyncReads | None = None
         self._commands = TierCommands(self._stored, AsyncClientIO(self), clock)
 
     @property
@@ -115,21 +117,23 @@ class AsyncRedisTier(AsyncTierBase):
 
     # -- reads
 
+    def _read_path(self) -> AsyncReads:
+        """How reads reach Redis (:mod:`tiered_cache_redis.async_wire`), chosen on the first."""
+        if self._reads is None:
+            self._reads = async_reads_for(self.client)
+        return self._reads
+
     async def get(self, key: str) -> Entry | MissingType:
-        data = await self.client.get(self._prefix + key)
+        data = await (self._reads or self._read_path()).get(self._prefix + key)
         if data is None:
             return MISSING
-        return self._decode(key, cast(bytes, data), self._clock())
+        return self._decode(key, data, self._clock())
 
     async def get_many(self, keys: Sequence[str]) -> dict[str, Entry]:
         if not keys:
             return {}
-        client = self.client
-        names = [self._prefix + key for key in keys]
-        if isinstance(client, AsyncRedisCluster):
-            values = await client.mget_nonatomic(names)
-        else:
-            values = await client.mget(names)
+        prefix = self._prefix
+        values = await (self._reads or self._read_path()).mget([prefix + key for key in keys])
         return self._stored.decode_many(keys, values, self._clock())
 
     # -- writes, deletes and leases: TierCommands' steps, awaited
@@ -182,6 +186,9 @@ class AsyncRedisTier(AsyncTierBase):
         """Close the connections (if this tier owns the client); idempotent."""
         self._closed = True
         client, self._client = self._client, None
+        reads, self._reads = self._reads, None
+        if reads is not None:
+            await reads.aclose()
         if client is not None and self._owns_client:
             await client.aclose()
 

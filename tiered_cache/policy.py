@@ -37,7 +37,6 @@ answers :meth:`TinyLfuPolicy.hot_keys` and decides which keys are hot enough for
 
 from __future__ import annotations
 
-import itertools
 import logging
 import random
 import time
@@ -46,7 +45,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from . import policy_defaults as defaults
 from .sketch import FrequencySketch
-from .slot import Slot
+from .slot import DETACHED, Slot, SlotList
 from .topk import TopK
 
 __all__ = ["TinyLfuPolicy"]
@@ -76,9 +75,11 @@ _GHOST_SHARE = 0.25
 #: swung between 1 and 19 and the hit ratio fell from 34.8% to 29.4%).
 _MIN_ADAPTIVE_ENTRIES = 100
 
-
-def _first(pair: tuple[int, str]) -> int:
-    return pair[0]
+# The segments' tags (Slot.segment): a kept slot names the list that holds it.
+_WINDOW = 0
+_PROBATION = 1
+_PROTECTED = 2
+_SEGMENT_NAMES = ("window", "probation", "protected")
 
 
 class TinyLfuPolicy:
@@ -148,9 +149,11 @@ class TinyLfuPolicy:
             doorkeeper=doorkeeper,
         )
         self.top = TopK(top_k, half_life=hot_half_life, clock=clock)
-        self._window: OrderedDict[str, Slot] = OrderedDict()
-        self._probation: OrderedDict[str, Slot] = OrderedDict()
-        self._protected: OrderedDict[str, Slot] = OrderedDict()
+        # The segments' orders are threaded through the slots themselves (SlotList): one dict
+        # entry and one record per key, no OrderedDict node beside them.
+        self._window = SlotList(_WINDOW)
+        self._probation = SlotList(_PROBATION)
+        self._protected = SlotList(_PROTECTED)
         # Every kept slot, whatever its segment: the tier's lock-free hit path reads it with
         # one C-level lookup (see MemoryTier.get); segments only keep the order.
         self._slots: dict[str, Slot] = {}
@@ -177,11 +180,6 @@ class TinyLfuPolicy:
         # Bound once: these run on every read.
         self._increment = self.sketch.increment
         self._top_add = self.top.add
-        self._window_get = self._window.get
-        self._window_touch = self._window.move_to_end
-        self._protected_get = self._protected.get
-        self._protected_touch = self._protected.move_to_end
-        self._probation_pop = self._probation.pop
 
     # -- sizes ------------------------------------------------------------------------------
 
@@ -210,7 +208,8 @@ class TinyLfuPolicy:
         :meth:`record_hits`, replayed from its read buffer at the next miss or write, so
         that the hit itself stays cheaper than ``cachetools.TTLCache.get``.
         """
-        if key not in self._slots:
+        slot = self._slots.get(key)
+        if slot is None:
             if self._adaptive:
                 side = self._ghost_pop(key, 0)
                 if side:
@@ -218,16 +217,14 @@ class TinyLfuPolicy:
             if self._increment(key, 1) >= self._top_gate:
                 self._top_add(key, 1)
             return None
-        slot = self._protected_get(key)
-        if slot is None:
-            slot = self._window_get(key)
-            if slot is None:
-                slot = self._probation_pop(key)
-                self._promote(key, slot)
-            else:
-                self._window_touch(key)
+        segment = slot.segment
+        if segment == _PROTECTED:
+            self._protected.move_to_end(slot)
+        elif segment == _WINDOW:
+            self._window.move_to_end(slot)
         else:
-            self._protected_touch(key)
+            self._probation.remove(slot)
+            self._promote(key, slot)
         if self._increment(key, 1) >= self._top_gate:
             self._top_add(key, 1)
         return slot
@@ -245,24 +242,26 @@ class TinyLfuPolicy:
         """
         slots = self._slots
         increment, gate, random = self._increment, self._top_gate, self._random
-        protected_get, protected_touch = self._protected_get, self._protected_touch
-        window, probation = self._window, self._probation
+        window, probation, protected = self._window, self._probation, self._protected
         frequent = []  # one update of the hot-key list for the whole replay
         for key, hit_count in hits.items():
             counted = hit_count
-            if key in slots:
-                if protected_get(key) is not None:
-                    protected_touch(key)
+            slot = slots.get(key)
+            if slot is not None:
+                segment = slot.segment
+                if segment == _PROTECTED:
+                    protected.move_to_end(slot)
                     # A protected key was read again and again: a sample of its few hits is
                     # as good as their count, and most hits are to protected keys.
                     if hit_count < _HIT_SAMPLE:
                         if random() * _HIT_SAMPLE >= hit_count:
                             continue
                         counted = _HIT_SAMPLE
-                elif key in window:
-                    window.move_to_end(key)
+                elif segment == _WINDOW:
+                    window.move_to_end(slot)
                 else:
-                    self._promote(key, probation.pop(key))
+                    probation.remove(slot)
+                    self._promote(key, slot)
             # else: dropped since; the reads still count, there is nothing to touch
             if increment(key, counted) >= gate:
                 frequent.append((key, counted))
@@ -273,10 +272,10 @@ class TinyLfuPolicy:
         """Move ``key``, just taken off probation by a read, to protected."""
         self._probation_estimates.pop(key, None)
         protected = self._protected
-        protected[key] = slot
-        while len(protected) > self._protected_max:
-            demoted, demoted_slot = protected.popitem(last=False)
-            self._probation[demoted] = demoted_slot
+        protected.append(key, slot)
+        while protected.size > self._protected_max:
+            demoted = protected.pop_oldest()
+            self._probation.append(demoted.key, demoted)
 
     def keys(self) -> list[str]:
         """The keys kept, in no particular order."""
@@ -315,6 +314,10 @@ class TinyLfuPolicy:
         if self._max_weight is not None and weight > self._max_weight:
             self.pop(key)
             return False
+        if slot.segment != DETACHED:
+            # Already kept (under another key, or by another policy): a slot is in one list
+            # at most, so this key keeps a record of its own.
+            slot = Slot(slot.entry, slot.expire_at, weight)
         if self._hot_ttl is not None and self.top.is_hot(key):
             entry = slot.entry
             hot_expire_at = min(entry.hard_expiry, self._clock() + self._hot_ttl)
@@ -323,28 +326,30 @@ class TinyLfuPolicy:
         kept = self._slots.get(key)
         if kept is not None:  # a new value for a kept key: it stays where it is
             self._weight += weight - kept.weight
-            for segment in (self._protected, self._window, self._probation):
-                if key in segment:
-                    segment[key] = slot
-                    break
+            self._segment(kept).replace(kept, slot)
         else:
             self._weight += weight
-            self._window[key] = slot
+            self._window.append(key, slot)
         self._slots[key] = slot
         return True
 
     def pop(self, key: str) -> Slot | None:
         """Remove ``key`` (not an eviction, not a read)."""
-        slot = (
-            self._protected.pop(key, None)
-            or self._window.pop(key, None)
-            or self._probation.pop(key, None)
-        )
+        slot = self._slots.pop(key, None)
         if slot is not None:
+            self._segment(slot).remove(slot)
             self._weight -= slot.weight
-            self._slots.pop(key, None)
             self._probation_estimates.pop(key, None)
         return slot
+
+    def _segment(self, slot: Slot) -> SlotList:
+        """The segment holding ``slot``, a kept slot."""
+        segment = slot.segment
+        if segment == _PROTECTED:
+            return self._protected
+        if segment == _WINDOW:
+            return self._window
+        return self._probation
 
     def clear(self) -> None:
         """Forget every entry; the sketch and the hot-key list keep their history."""
@@ -356,7 +361,7 @@ class TinyLfuPolicy:
         self._weight = 0
 
     def __len__(self) -> int:
-        return len(self._window) + len(self._probation) + len(self._protected)
+        return len(self._slots)
 
     def __bool__(self) -> bool:
         # An empty policy is still a policy: ``policy or LruPolicy(...)`` must keep it.
@@ -380,14 +385,8 @@ class TinyLfuPolicy:
 
     def segment_of(self, key: str) -> str | None:
         """``"window"``, ``"probation"``, ``"protected"`` or ``None`` (for tests and stats)."""
-        for name, segment in (
-            ("window", self._window),
-            ("probation", self._probation),
-            ("protected", self._protected),
-        ):
-            if key in segment:
-                return name
-        return None
+        slot = self._slots.get(key)
+        return None if slot is None else _SEGMENT_NAMES[slot.segment]
 
     # -- eviction ---------------------------------------------------------------------------
 
@@ -398,7 +397,7 @@ class TinyLfuPolicy:
         self._probation_estimates.pop(key, None)
         self._evictions += 1
 
-    def _victim(self, victims: OrderedDict[str, Slot]) -> tuple[str, int]:
+    def _victim(self, victims: SlotList) -> tuple[str, int]:
         """The least frequently read of the ``_VICTIM_SAMPLE`` keys at the cold end of
         ``victims`` (the oldest of them on a tie), with its estimate.
 
@@ -408,17 +407,20 @@ class TinyLfuPolicy:
         """
         sketch = self.sketch
         frequency = sketch.frequency
-        cold_end = itertools.islice(victims, _VICTIM_SAMPLE)
+        cold_end = victims.oldest_keys(_VICTIM_SAMPLE)
+        victim = ""
+        lowest = -1
         if victims is not self._probation:
             # Protected keys are read in place: a kept estimate would go stale.
-            lowest, victim = min(((frequency(key), key) for key in cold_end), key=_first)
+            for key in cold_end:
+                count = frequency(key)
+                if lowest < 0 or count < lowest:
+                    victim, lowest = key, count
             return victim, lowest
         estimates = self._probation_estimates
         if sketch.epoch != self._estimates_epoch:
             estimates.clear()
             self._estimates_epoch = sketch.epoch
-        victim = ""
-        lowest = -1
         for key in cold_end:
             estimate = estimates.get(key)
             if estimate is None:
@@ -444,10 +446,11 @@ class TinyLfuPolicy:
         window_max = self._window_max
         main_max = limit - window_max
         remember = self._remember if self._adaptive else _ignore
-        while len(window) > window_max:
-            candidate, candidate_slot = window.popitem(last=False)
-            if len(probation) + len(protected) < main_max:  # room in the main area
-                probation[candidate] = candidate_slot
+        while window.size > window_max:
+            candidate_slot = window.pop_oldest()
+            candidate = candidate_slot.key
+            if probation.size + protected.size < main_max:  # room in the main area
+                probation.append(candidate, candidate_slot)
                 continue
             victims = probation or protected
             if not victims:
@@ -455,23 +458,23 @@ class TinyLfuPolicy:
                 continue
             victim, victim_frequency = self._victim(victims)
             if self._admit(candidate, victim_frequency):
-                del victims[victim]
+                victims.remove(slots[victim])
                 self._drop(victim)
                 remember(victim, -1)
-                probation[candidate] = candidate_slot
+                probation.append(candidate, candidate_slot)
             else:
                 self._drop(candidate)
                 remember(candidate, 1)
         # After the window grew the main area may hold more than its share.
         while len(slots) > limit:
             segment = probation or protected or window
-            dropped = segment.popitem(last=False)[0]
+            dropped = segment.pop_oldest().key
             self._drop(dropped)
             remember(dropped, -1 if segment is not window else 1)
         if self._max_weight is not None:
             while self._weight > self._max_weight:
                 segment = probation or window or protected
-                self._drop(segment.popitem(last=False)[0])
+                self._drop(segment.pop_oldest().key)
 
     def _remember(self, key: str, side: int) -> None:
         """Keep ``key`` in the ghost of ``side``; past the bound the oldest ghost goes."""

@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import warnings
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 from uuid import UUID
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -29,14 +28,13 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, field_validator
+from tiered_cache_dynamodb import AsyncDynamoDBSource
+from tiered_cache_dynamodb.testing import ThrottleInjector
 
-from tiered_cache import AsyncTieredCache, BlockingTierWarning, SourceError, SourceThrottled
+from tiered_cache import AsyncTieredCache, SourceError, SourceThrottled
 
 from .async_repository import AsyncTweetRepository
 from .repository import MAX_BATCH, MAX_LENGTH, TweetNotFound, check_text, plain
-
-if TYPE_CHECKING:
-    from mypy_boto3_dynamodb import DynamoDBClient
 
 logger = logging.getLogger(__name__)
 
@@ -94,28 +92,35 @@ Cache = Annotated[AsyncTieredCache, Depends(get_async_cache)]
 def create_app(
     build_cache: Callable[[], AsyncTieredCache],
     *,
-    client: DynamoDBClient | None = None,
     table: str = "tweet",
+    emulated_read_rate: float | None = None,
 ) -> FastAPI:
-    """The service. Its lifespan builds the async chain with ``build_cache`` (nothing
-    connects until used) and closes it at shutdown, and makes one repository over it; routes
-    receive the repository and the chain as dependencies."""
+    """The service. Its lifespan builds the async chain with ``build_cache`` (its DynamoDB
+    source on aiobotocore), connects the source's client, closes both at shutdown, and makes
+    one repository over them; routes receive the repository and the chain as dependencies.
+
+    ``emulated_read_rate``: reads per item per second the app's DynamoDB client allows, as the
+    embedded environment emulates provisioned capacity (``app.state.throttle`` holds the hook).
+    """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
-        with warnings.catch_warnings():
-            # The DynamoDB source has no asyncio client that fits the pinned botocore
-            # (docs/async.md): the chain reads it in threads, which is what this app wants.
-            warnings.filterwarnings("ignore", "source 'dynamodb", BlockingTierWarning)
-            cache = build_cache()
-        app.state.cache = cache
-        # One repository for the app's life: decorating its loader compiles a function.
-        app.state.tweets = AsyncTweetRepository(
-            cache,
-            client or cache.source.client,  # type: ignore[union-attr]
-            table=table,
-        )
+        cache = build_cache()
         try:
+            source = cache.source
+            if not isinstance(source, AsyncDynamoDBSource):
+                raise TypeError("the tweet service needs the dynamodb source on aiobotocore")
+            # The client is made on this loop, the one it will serve on.
+            client = await source.get_client()
+            app.state.cache = cache
+            app.state.dynamodb = client
+            app.state.throttle = (
+                None
+                if emulated_read_rate is None
+                else ThrottleInjector(per_key_rate=emulated_read_rate).register_aio(client)
+            )
+            # One repository for the app's life: decorating its loader compiles a function.
+            app.state.tweets = AsyncTweetRepository(cache, client, table=table)
             yield {}
         finally:
             await cache.aclose()
@@ -157,7 +162,7 @@ def create_app(
         return JSONResponse(status_code=502, content={"detail": "DynamoDB is unavailable"})
 
     # `async def` routes on the event loop: a hit is answered without a thread, a miss awaits
-    # one load per tweet however many requests miss it (DynamoDB's calls run in threads).
+    # one load per tweet however many requests miss it (on aiobotocore: no thread either).
 
     @app.post("/tweets", status_code=201)
     async def create_tweet(body: TweetIn, repository: Tweets) -> Tweet:
@@ -275,7 +280,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(env.describe())
         settings = env.settings
         app = create_app(
-            lambda: AsyncTieredCache.from_settings(settings), client=env.client, table=env.table
+            lambda: AsyncTieredCache.from_settings(settings),
+            table=env.table,
+            emulated_read_rate=env.emulated_read_rate,
         )
         uvicorn.run(app, host=args.host, port=args.port)
     return 0

@@ -2,19 +2,22 @@
 
 The same table, keys, items and write rules as :class:`~examples.tweets.repository.TweetRepository`
 (the classic, sync example; see its docstring), with coroutines: reads go through the async
-chain (memory, then Redis on ``redis.asyncio``), and the direct DynamoDB requests (the read's
-loader, ``PutItem``, ``DeleteItem``) run in threads, because boto3 blocks and no async client
-fits the botocore this project pins (docs/async.md).
+chain (memory, then Redis on ``redis.asyncio``, then the DynamoDB source on aiobotocore), and
+nothing blocks the event loop: the read's loader is the chain's own
+:class:`~tiered_cache_dynamodb.AsyncDynamoDBSource`, and the writes that need more than the
+source offers (a conditional ``PutItem``, a ``DeleteItem`` that returns the old item) are sent
+on that source's aiobotocore client.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import Any
 
-from tiered_cache import AsyncTieredCache
+from tiered_cache_dynamodb import AsyncDynamoDBSource
+
+from tiered_cache import MISSING, AsyncTieredCache
 
 from .embedded import KEY_TEMPLATE, TABLE
 from .repository import (
@@ -29,22 +32,28 @@ from .repository import (
     put_new,
 )
 
-if TYPE_CHECKING:
-    from mypy_boto3_dynamodb import DynamoDBClient
-
 
 class AsyncTweetRepository:
     """Create, read (through ``cache``), update and delete tweets in ``table``; arguments as
-    :class:`~examples.tweets.repository.TweetRepository`'s, with an async chain."""
+    :class:`~examples.tweets.repository.TweetRepository`'s, with an async chain whose source
+    is the tweet table's :class:`~tiered_cache_dynamodb.AsyncDynamoDBSource` (typed items
+    under ``tweet:{tweet_id}``, as :func:`~examples.tweets.embedded.environment` sets it up)
+    and ``client`` that source's aiobotocore client."""
 
     def __init__(
         self,
         cache: AsyncTieredCache,
-        client: DynamoDBClient,
+        client: Any,
         *,
         table: str = TABLE,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
+        source = cache.source
+        if not isinstance(source, AsyncDynamoDBSource):
+            raise TypeError(
+                "the async tweet repository reads through an AsyncDynamoDBSource "
+                "(pip install 'tiered-cache-dynamodb[async]')"
+            )
         self.cache = cache
         self.table = table
         self._client = client
@@ -53,19 +62,16 @@ class AsyncTweetRepository:
         @cache.cached(key=KEY_TEMPLATE, ttl=TTL)
         async def read(tweet_id: str) -> Item | None:
             # The loader: runs only when no tier holds the tweet (once per key at a time,
-            # however many requests miss it together).
-            response = await asyncio.to_thread(
-                self._client.get_item, TableName=self.table, Key=key_of(tweet_id)
-            )
-            item = response.get("Item")
-            return dict(item) if item is not None else None
+            # however many requests miss it together), on the event loop.
+            item = await source.load(cache_key(tweet_id))
+            return None if item is MISSING else dict(item)
 
         self._read = read
 
     async def create(self, text: str) -> Item:
         """Store a new tweet; return its item (nothing is cached: see the classic one)."""
         item = new_item(text, self._clock())
-        await asyncio.to_thread(lambda: self._client.put_item(**put_new(self.table, item)))
+        await self._client.put_item(**put_new(self.table, item))
         return item
 
     async def get(self, tweet_id: str) -> Item | None:
@@ -91,11 +97,8 @@ class AsyncTweetRepository:
 
     async def delete(self, tweet_id: str) -> None:
         """Delete the tweet from the table and every tier; ``TweetNotFound`` if there is none."""
-        response = await asyncio.to_thread(
-            self._client.delete_item,
-            TableName=self.table,
-            Key=key_of(tweet_id),
-            ReturnValues="ALL_OLD",
+        response = await self._client.delete_item(
+            TableName=self.table, Key=key_of(tweet_id), ReturnValues="ALL_OLD"
         )
         # Invalidate even when nothing was deleted: a tier may hold a copy the table lost.
         await self.cache.invalidate(cache_key(tweet_id))

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -40,17 +41,26 @@ def tweets_env() -> Iterator[Environment]:
 
 
 @pytest.fixture(scope="module")
-def base_url(tweets_env: Environment) -> Iterator[str]:
-    """The HTTP app served by uvicorn on a free loopback port, in a thread."""
-    import uvicorn
-
+def tweets_app(tweets_env: Environment) -> Any:
+    """The HTTP app over the environment's settings (the same Redis and table); its lifespan
+    builds the async chain, with the environment's capacity emulation on the app's DynamoDB
+    client (``app.state.throttle``), and closes it when the server stops."""
     from examples.tweets.app import create_app
     from tiered_cache import AsyncTieredCache
 
-    # The app builds its async chain from the environment's settings (the same Redis and
-    # table) and closes it when the server stops.
     settings = tweets_env.settings
-    app = create_app(lambda: AsyncTieredCache.from_settings(settings), client=tweets_env.client)
+    return create_app(
+        lambda: AsyncTieredCache.from_settings(settings),
+        emulated_read_rate=tweets_env.emulated_read_rate,
+    )
+
+
+@pytest.fixture(scope="module")
+def base_url(tweets_app: Any) -> Iterator[str]:
+    """The HTTP app served by uvicorn on a free loopback port, in a thread."""
+    import uvicorn
+
+    app = tweets_app
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]

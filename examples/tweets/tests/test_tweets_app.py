@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import httpx
 import pytest
-from tiered_cache_dynamodb.testing import ThrottleInjector, instant_botocore_retries
+from tiered_cache_dynamodb.testing import ThrottleInjector, instant_aiobotocore_retries
 
 from examples.tweets.embedded import Environment
 from examples.tweets.tests.http import create_tweet
@@ -140,22 +141,23 @@ def test_tweets_stats_report_hot_keys_and_units_saved(http: httpx.Client) -> Non
     assert stats["source_reads_saved"] >= 4
 
 
-def test_tweets_throttled_dynamodb_is_503(http: httpx.Client, tweets_env: Environment) -> None:
+def test_tweets_throttled_dynamodb_is_503(http: httpx.Client, tweets_app: Any) -> None:
     tweet = create_tweet(http)
-    # The environment's own capacity emulation (2 reads/s per item) is lifted for this test:
-    # the throttled attempts below would drain the item's bucket, and the read after them
-    # would then be throttled by the emulation rather than served.
-    emulation = tweets_env.throttle
+    # The app's own capacity emulation (2 reads/s per item) is lifted for this test: the
+    # throttled attempts below would drain the item's bucket, and the read after them would
+    # then be throttled by the emulation rather than served.
+    emulation: ThrottleInjector | None = tweets_app.state.throttle
+    client = tweets_app.state.dynamodb  # the app's aiobotocore client
     if emulation is not None:
         emulation.unregister()
-    injector = ThrottleInjector(rate=1.0).register(tweets_env.client)
+    injector = ThrottleInjector(rate=1.0).register_aio(client)
     try:
-        with instant_botocore_retries():
+        with instant_aiobotocore_retries():
             response = http.get(f"/tweets/{tweet['tweet_id']}")
     finally:
         injector.unregister()
         if emulation is not None:
-            emulation.register(tweets_env.client)
+            emulation.register_aio(client)
     assert response.status_code == 503
     assert response.headers["retry-after"] == "1"
     assert "throttl" in response.json()["detail"].lower()

@@ -330,6 +330,30 @@ def test_get_many_keeps_what_a_failing_batch_read_before_it_failed(clock: FakeCl
     assert cache.get_many(["a", "gone"], lambda keys: {}) == {"a": "A", "gone": None}
 
 
+def test_keys_a_failing_batch_read_are_not_refreshed_early(clock: FakeClock) -> None:
+    """A batch that failed part way has no load time for the keys it read (it is not known
+    how much of the time was theirs): they record none, so early refresh leaves them be."""
+    background = Background()
+    cache = TieredCache(
+        [MemoryTier(max_entries=100, ttl=1000, clock=clock)],
+        ttl=10,
+        clock=clock,
+        protection=Protection(max_stale=0.0, early_refresh_beta=1.0, soft_timeout=None),
+        background=background,
+        rng=lambda: 1e-9,  # the draw says "refresh now" whenever the entry's window allows
+    )
+
+    def half_read(keys: object) -> dict[str, str]:
+        clock.advance(1.0)  # the batch took 1 s before it failed
+        raise PartialLoadError("throttled half-way", found={"a": "A"}, left=1)
+
+    with pytest.raises(PartialBatchError):
+        cache.get_many(["a", "b"], half_read)
+    clock.advance(9.9)
+    assert cache.get("a") == "A"
+    assert cache.stats()["early_refreshes"] == 0 and background.tasks == []
+
+
 def test_without_a_throttle_fail_safe_asks_the_source_again_on_the_next_read(
     clock: FakeClock,
 ) -> None:

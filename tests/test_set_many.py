@@ -1,4 +1,5 @@
-"""``set_many`` on both chains: set's order of source, fence and tiers, for several keys."""
+"""``set_many`` on both chains: set's order of source, fence and tiers, for several keys; and
+what ``set`` and ``set_many`` share (ttl, write-around, loads in flight, the bus)."""
 
 from __future__ import annotations
 
@@ -37,6 +38,18 @@ class FailingAt(DictSource):
         super().store(key, value)
 
 
+#: The two writes: ``set`` once per key, or ``set_many`` once.
+WRITES = ["set", "set_many"]
+
+
+def write(cache: TieredCache, how: str, items: dict[str, Any], ttl: float | None = None) -> None:
+    if how == "set_many":
+        cache.set_many(items, ttl=ttl)
+        return
+    for key, value in items.items():
+        cache.set(key, value, ttl=ttl)
+
+
 def values(tier: MemoryTier, keys: list[str]) -> list[Any]:
     return [entry.value if isinstance(entry := tier.get(key), Entry) else MISSING for key in keys]
 
@@ -67,14 +80,17 @@ def test_a_source_failing_part_way_drops_the_keys_it_took(clock: FakeClock) -> N
     assert cache.get("a") == 1
 
 
-def test_a_load_in_flight_during_set_many_does_not_fill_what_it_read(clock: FakeClock) -> None:
+@pytest.mark.parametrize("how", WRITES)
+def test_a_load_in_flight_during_a_write_does_not_fill_what_it_read(
+    clock: FakeClock, how: str
+) -> None:
     source = DictSource({"k": "old"})
     l1, l2 = tiers(clock)
     cache = TieredCache([l1, l2], source, clock=clock, protection=STRICT)
 
     def read_then_overtaken() -> str:
         value = source.items["k"]
-        cache.set_many({"k": "new", "j": "new"})  # a writer, while this load is in flight
+        write(cache, how, {"k": "new", "j": "new"})  # a writer, while this load is in flight
         return value
 
     assert cache.get("k", read_then_overtaken) == "old"
@@ -82,10 +98,11 @@ def test_a_load_in_flight_during_set_many_does_not_fill_what_it_read(clock: Fake
     assert cache.get("k") == "new"
 
 
-def test_set_many_keeps_the_ttl_it_was_given(clock: FakeClock) -> None:
+@pytest.mark.parametrize("how", WRITES)
+def test_a_write_keeps_the_ttl_it_was_given(clock: FakeClock, how: str) -> None:
     source = DictSource()
     cache = TieredCache(tiers(clock), source, clock=clock, ttl=60, protection=STRICT)
-    cache.set_many({"a": 1, "b": 2}, ttl=5)
+    write(cache, how, {"a": 1, "b": 2}, ttl=5)
     source.items.update({"a": 10, "b": 20})  # changed behind the cache's back
     clock.advance(4)
     assert cache.get_many(["a", "b"]) == {"a": 1, "b": 2}
@@ -93,7 +110,8 @@ def test_set_many_keeps_the_ttl_it_was_given(clock: FakeClock) -> None:
     assert cache.get_many(["a", "b"]) == {"a": 10, "b": 20}
 
 
-def test_values_set_many_wrote_are_not_refreshed_early(clock: FakeClock) -> None:
+@pytest.mark.parametrize("how", WRITES)
+def test_written_values_are_not_refreshed_early(clock: FakeClock, how: str) -> None:
     """Early refresh (XFetch) scales with how long a load took; a written value was not
     loaded, so it records no load time and is never refreshed before it expires."""
     background = Background()
@@ -105,18 +123,19 @@ def test_values_set_many_wrote_are_not_refreshed_early(clock: FakeClock) -> None
         background=background,
         rng=lambda: 1e-9,  # the draw says "refresh now" whenever the entry's window allows
     )
-    cache.set_many({"a": 1}, ttl=10)
+    write(cache, how, {"a": 1}, ttl=10)
     clock.advance(9.9)
     assert cache.get("a") == 1
     assert cache.stats()["early_refreshes"] == 0 and background.tasks == []
 
 
-def test_set_many_around_writes_the_source_and_drops_every_copy(clock: FakeClock) -> None:
+@pytest.mark.parametrize("how", WRITES)
+def test_a_write_around_writes_the_source_and_drops_every_copy(clock: FakeClock, how: str) -> None:
     source = DictSource({"a": 0, "b": 0})
     l1, l2 = tiers(clock)
     cache = TieredCache([l1, l2], source, clock=clock, protection=STRICT, write_policy="around")
     cache.get_many(["a", "b"])
-    cache.set_many({"a": 1, "b": 2})
+    write(cache, how, {"a": 1, "b": 2})
     assert source.items == {"a": 1, "b": 2}
     assert values(l1, ["a", "b"]) == [MISSING, MISSING]
     assert values(l2, ["a", "b"]) == [MISSING, MISSING]
@@ -138,7 +157,8 @@ def test_set_many_around_failing_part_way_still_drops_the_copies(clock: FakeCloc
     assert cache.get_many(["a", "b"]) == {"a": 1, "b": 0}
 
 
-def test_set_many_tells_the_other_processes_which_keys_changed(clock: FakeClock) -> None:
+@pytest.mark.parametrize("how", WRITES)
+def test_a_write_tells_the_other_processes_which_keys_changed(clock: FakeClock, how: str) -> None:
     """Two chains with their own memory and one bus stand for two processes."""
     bus = LocalBus()
     heard: list[Any] = []
@@ -148,8 +168,12 @@ def test_set_many_tells_the_other_processes_which_keys_changed(clock: FakeClock)
         TieredCache(tiers(clock), source, clock=clock, protection=STRICT, bus=bus) for _ in range(2)
     )
     assert reader.get_many(["a", "b", "other"]) == {"a": 0, "b": 0, "other": 0}
-    writer.set_many({"a": 1, "b": 2})
-    assert [(message.keys, message.clear) for message in heard] == [(("a", "b"), False)]
+    write(writer, how, {"a": 1, "b": 2})
+    told = [(message.keys, message.clear) for message in heard]
+    if how == "set":
+        assert told == [(("a",), False), (("b",), False)]
+    else:
+        assert told == [(("a", "b"), False)]
     # The reader drops the two keys (and reads them again), and keeps the other.
     assert reader.get_many(["a", "b", "other"]) == {"a": 1, "b": 2, "other": 0}
     assert source.batches == [["a", "b", "other"], ["a", "b"]]

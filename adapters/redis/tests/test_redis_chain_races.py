@@ -244,11 +244,12 @@ class WriterInBetween(DictSource):
             then()
 
 
-def test_set_many_overtaken_by_another_processes_write_leaves_no_tier_behind(
-    redis_server: RedisServer, namespace: str, clock: FakeClock
+@pytest.mark.parametrize("how", ["set", "set_many"])
+def test_a_write_overtaken_by_another_processes_write_leaves_no_tier_behind(
+    redis_server: RedisServer, namespace: str, clock: FakeClock, how: str
 ) -> None:
-    """set_many takes each key's lease before it writes the source, and fills under it: a
-    write that came in between took the lease, so the older value reaches no tier."""
+    """set and set_many take each key's lease before they write the source, and fill under
+    it: a write that came in between took the lease, so the older value reaches no tier."""
     source = WriterInBetween("k")
     first, second = (
         TieredCache(
@@ -263,7 +264,11 @@ def test_set_many_overtaken_by_another_processes_write_leaves_no_tier_behind(
         for _ in range(2)
     )
     source.then = lambda: second.set_many({"k": "second"})
-    first.set_many({"k": "first", "j": "first"})
+    if how == "set_many":
+        first.set_many({"k": "first", "j": "first"})
+    else:
+        first.set("k", "first")
+        first.set("j", "first")
     assert source.items == {"k": "second", "j": "first"}
     assert in_redis(first, "k") in (MISSING, "second")
     assert in_memory(first, "k") is MISSING

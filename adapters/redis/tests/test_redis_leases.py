@@ -466,6 +466,10 @@ def test_a_cluster_batch_loads_keys_with_braces_of_their_own_without_a_lease(
     stats = cache.stats()
     assert (stats["tiers"][1]["skips"], stats["tiers"][1]["errors"]) == (0, 0)
     assert all(shared.get(key) is not MISSING for key in keys)
+    # Writes take the leases they can, too.
+    cache.set("plain", "written")
+    cache.set("{user:1}:a", "written")
+    assert cache.get_many(keys) == {"plain": "written", "{user:1}:a": "written", "other": "OTHER"}
     shared.clear()
     cache.close()
 

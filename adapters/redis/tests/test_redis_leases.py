@@ -25,6 +25,7 @@ from tiered_cache.protection import Protection
 from tiered_cache.testing.clock import FakeClock
 from tiered_cache.testing.fleet import run_fleet
 from tiered_cache.testing.servers import RedisCluster, RedisServer
+from tiered_cache.testing.sources import DictSource
 
 
 @pytest.fixture
@@ -440,11 +441,22 @@ def test_a_batch_loads_a_key_whose_copy_expires_at_the_very_moment_of_its_lease_
     clock = FakeClock(time.time())  # near the real time: Redis's PX comes from this clock
     shared = RedisTier(redis.Redis.from_url(redis_server.url), namespace=namespace, clock=clock)
     now = clock()
-    shared.set_many({"k": Entry("old", now - 10, now, now + 60)})
+    shared.set_many(
+        {"k": Entry("old", now - 10, now, now + 60), "one": Entry("old", now - 10, now, now + 60)}
+    )
     cache = TieredCache([MemoryTier(clock=clock), shared], clock=clock, protection=STRICT)
     assert cache.get_many(["k"], lambda keys: {"k": "new"}) == {"k": "new"}
     assert shared.get("k").value == "new"  # type: ignore[union-attr]
+    assert cache.get("one", lambda: "new") == "new"  # the single key's look, the same
+    assert shared.get("one").value == "new"  # type: ignore[union-attr]
     cache.close()
+
+
+class Refusing(DictSource):
+    """A source that refuses every write."""
+
+    def store(self, key: str, value: object) -> None:
+        raise ConnectionError("source down")
 
 
 def test_a_cluster_batch_loads_keys_with_braces_of_their_own_without_a_lease(
@@ -466,10 +478,20 @@ def test_a_cluster_batch_loads_keys_with_braces_of_their_own_without_a_lease(
     stats = cache.stats()
     assert (stats["tiers"][1]["skips"], stats["tiers"][1]["errors"]) == (0, 0)
     assert all(shared.get(key) is not MISSING for key in keys)
+    # A single key's miss, too.
+    assert cache.get("{user:1}:b", lambda: "B") == "B" and cache.get("single", lambda: "S") == "S"
     # Writes take the leases they can, too.
     cache.set("plain", "written")
     cache.set("{user:1}:a", "written")
     assert cache.get_many(keys) == {"plain": "written", "{user:1}:a": "written", "other": "OTHER"}
+    # A write the source refuses gives back only the leases it took.
+    refusing = TieredCache([MemoryTier(), shared], Refusing(), protection=Protection.never_stale())
+    for key in ("{user:1}:c", "plain2"):
+        with pytest.raises(ConnectionError):
+            refusing.set(key, "never")
+    for chain_ in (cache, refusing):
+        tier = chain_.stats()["tiers"][1]
+        assert (tier["skips"], tier["errors"]) == (0, 0)
     shared.clear()
     cache.close()
 

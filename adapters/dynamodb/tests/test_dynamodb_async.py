@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sys
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -19,6 +20,7 @@ from tiered_cache_dynamodb import (
     ASYNC_PLUGIN,
     AsyncDynamoDBSource,
     BatchThrottledError,
+    DynamoDBSource,
     DynamoDBSourceSettings,
     InvalidKeyError,
     TableConfigError,
@@ -32,7 +34,7 @@ from tiered_cache_dynamodb.testing import (
     seed_items,
 )
 
-from tiered_cache import AsyncTieredCache
+from tiered_cache import AsyncTieredCache, BlockingTierWarning
 from tiered_cache.errors import (
     CodecError,
     ConfigError,
@@ -100,6 +102,14 @@ def batch_sizes(requests: Any, table: str) -> list[int]:
         for operation, params in requests.params
         if operation == "BatchGetItem"
     ]
+
+
+def chain_settings(moto_server: MotoDynamoDB, table: str) -> CacheSettings:
+    """A memory tier over the table's dynamodb source, as a settings file would say."""
+    source = {"kind": "dynamodb", "table": table, "key": "id", **moto_server.settings_kwargs()}
+    return CacheSettings.model_validate(
+        {"namespace": "tweets", "tiers": [{"kind": "memory", "max_entries": 100}], "source": source}
+    )
 
 
 # -- batching ----------------------------------------------------------------------------------
@@ -336,18 +346,7 @@ async def test_the_async_chain_builds_the_async_source_from_settings_without_a_t
     moto_server: MotoDynamoDB, table: str, count_requests: Callable[..., Any]
 ) -> None:
     assert async_plugin("dynamodb", ASYNC_SOURCES_GROUP) is ASYNC_PLUGIN
-    settings = CacheSettings.model_validate(
-        {
-            "namespace": "tweets",
-            "tiers": [{"kind": "memory", "max_entries": 100}],
-            "source": {
-                "kind": "dynamodb",
-                "table": table,
-                "key": "id",
-                **moto_server.settings_kwargs(),
-            },
-        }
-    )
+    settings = chain_settings(moto_server, table)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no BlockingTierWarning: nothing runs in a thread
         cache = AsyncTieredCache.from_settings(settings, clock=FakeClock())
@@ -379,3 +378,20 @@ async def test_the_async_plugin_builds_without_a_request(moto_server: MotoDynamo
     await source.aclose()
     with pytest.raises(SourceError, match="closed"):
         await source.load("1")
+
+
+async def test_without_aiobotocore_the_async_chain_reads_the_sync_source_in_threads(
+    moto_server: MotoDynamoDB,
+    table: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # What an install without the `async` extra looks like to the import system.
+    monkeypatch.setitem(sys.modules, "aiobotocore", None)
+    settings = chain_settings(moto_server, table)
+    with pytest.warns(BlockingTierWarning, match="dynamodb"):
+        cache = AsyncTieredCache.from_settings(settings, clock=FakeClock())
+    assert "pip install 'tiered-cache-dynamodb[async]'" in caplog.text
+    async with cache:
+        assert isinstance(cache.source, DynamoDBSource)
+        assert await cache.get("k8") == {"id": "k8", "n": 8}

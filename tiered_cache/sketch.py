@@ -20,7 +20,8 @@ Papers and designs followed:
   wonders). The paper's counters stop at ``W / capacity`` (4 bits for ``W = 10 C``: a key that
   earns a slot is read about ``W / C`` times per sample, so counting further tells nothing).
   Here the sample is longer for small caches (``min_sample``), so the ceiling follows the same
-  rule, ``W / C`` rounded up to ``2**k - 1``, between 15 and 255 (each counter has a byte).
+  rule, ``W / C`` rounded up to ``2**k - 1``, between 15 and 255; each counter takes the
+  ``k`` bits its ceiling needs (5 by default: the table is 5/8 of a byte per counter).
 - Caffeine's ``FrequencySketch`` (B. Manes): the table sized from the cache's maximum (a power of
   two, so that a mask replaces a modulo) and the sample size of ten times the maximum.
 """
@@ -36,12 +37,26 @@ MIN_CEILING = 15
 #: The highest: a counter is one byte.
 MAX_CEILING = 255
 
-# ``bytearray.translate`` with these tables halves every counter, or marks the odd ones, in one
-# pass of C code.
-_HALVE = bytes(value >> 1 for value in range(256))
-_ODD_AS_ONE = bytes(value & 1 for value in range(256))
 #: ``hash()`` is a signed 64-bit number (on 64-bit builds); its unsigned bits index the rows.
 _MASK64 = (1 << 64) - 1
+#: Aging works on the table this many counters at a time, as one Python integer each: a
+#: shift and a mask halve them all, a mask and ``bit_count`` count the odd ones (C code).
+_AGING_CHUNK = 1 << 16
+
+
+def _repeated(pattern: int, bits: int, count: int) -> int:
+    """``pattern`` (a ``bits``-wide field) in each of ``count`` fields (a multiple of 8), as one
+    integer."""
+    eight = sum(pattern << (index * bits) for index in range(8))  # eight fields: ``bits`` bytes
+    return int.from_bytes(eight.to_bytes(bits, "little") * (count // 8), "little")
+
+
+def _store(table: bytearray, index: int, shift: int, old: int, new: int) -> None:
+    """Write ``new`` over the counter holding ``old`` at bit ``shift`` of bytes ``index`` and
+    ``index + 1`` (``new`` > ``old``: adding the difference changes that counter alone)."""
+    pair = (table[index] | table[index + 1] << 8) + ((new - old) << shift)
+    table[index] = pair & 0xFF
+    table[index + 1] = pair >> 8
 
 
 def _power_of_two_at_least(value: int) -> int:
@@ -63,9 +78,13 @@ def counter_ceiling(sample_size: int, capacity: int) -> int:
 class FrequencySketch:
     """A count-min sketch of small saturating counters with periodic aging (TinyLFU).
 
-    Memory is ``4 * width`` bytes (plus ``width`` for the doorkeeper) whatever the number of
-    distinct keys. Keys are hashed with Python's ``hash()``: for ``str`` it is SipHash, computed
-    once per string object and cached in it (so a key that is looked up again costs nothing to
+    Memory is ``4 * width`` counters of ``max_count.bit_length()`` bits each, packed end to end
+    in one ``bytearray`` (plus ``width`` bytes for the doorkeeper), whatever the number of
+    distinct keys: counter ``i`` is bits ``i * bits`` to ``i * bits + bits - 1`` of the table
+    read as one little-endian number, so it lies within two adjacent bytes.
+
+    Keys are hashed with Python's ``hash()``: for ``str`` it is SipHash, computed once per
+    string object and cached in it (so a key that is looked up again costs nothing to
     hash), well mixed, and salted per process, which is enough here because the sketch never
     leaves the process; the salt also keeps an outsider from choosing keys that collide. The
     four row indexes are slices of the one 64-bit hash, 16 bits apart (the last one wraps
@@ -120,7 +139,19 @@ class FrequencySketch:
         self.max_count = max_count
         self.depth = 4
         self._mask = width - 1
-        self._table = bytearray(4 * width)
+        bits = max_count.bit_length()
+        self._bits = bits
+        self._field = (1 << bits) - 1
+        # One spare byte: the last counter is read two bytes at a time like the others.
+        self._table = bytearray((4 * width * bits + 7) // 8 + 1)
+        # Aging masks for a chunk of counters (a multiple of 8 counters is whole bytes, so no
+        # counter crosses a chunk's edge; the table of a sketch narrower than 2 is one chunk):
+        # each counter's low bit (the odd ones), and what is left of each counter after a
+        # shift right (its own bits but the top one).
+        chunk = max(8, min(_AGING_CHUNK, 4 * width))
+        self._chunk_bytes = chunk * bits // 8
+        self._low_bits = _repeated(1, bits, chunk)
+        self._halved_bits = _repeated(self._field >> 1, bits, chunk)
         self.sample_size = sample_size
         #: Additions since the last aging (the TinyLFU "size").
         self.size = 0
@@ -152,14 +183,21 @@ class FrequencySketch:
         width = self.width
         table = self._table
         ceiling = self.max_count
-        a = h & mask
-        b = width + ((h >> 16) & mask)
-        c = 2 * width + ((h >> 32) & mask)
-        d = 3 * width + (((h >> 48) | (h << 16)) & mask)
-        va = table[a]
-        vb = table[b]
-        vc = table[c]
-        vd = table[d]
+        bits = self._bits
+        field = self._field
+        # Each counter's bit offset, then its byte and the shift within the two bytes read.
+        a = (h & mask) * bits
+        b = (width + ((h >> 16) & mask)) * bits
+        c = (2 * width + ((h >> 32) & mask)) * bits
+        d = (3 * width + (((h >> 48) | (h << 16)) & mask)) * bits
+        ia, sa = a >> 3, a & 7
+        ib, sb = b >> 3, b & 7
+        ic, sc = c >> 3, c & 7
+        id_, sd = d >> 3, d & 7
+        va = ((table[ia] | table[ia + 1] << 8) >> sa) & field
+        vb = ((table[ib] | table[ib + 1] << 8) >> sb) & field
+        vc = ((table[ic] | table[ic + 1] << 8) >> sc) & field
+        vd = ((table[id_] | table[id_ + 1] << 8) >> sd) & field
         # Plain comparisons rather than min(): this runs on every read, and a builtin call
         # costs more than the three tests.
         low = va
@@ -178,13 +216,13 @@ class FrequencySketch:
         # for the estimate and keeps other keys sharing a counter from being overcounted
         # (Estan & Varghese).
         if va < high:
-            table[a] = high
+            _store(table, ia, sa, va, high)
         if vb < high:
-            table[b] = high
+            _store(table, ib, sb, vb, high)
         if vc < high:
-            table[c] = high
+            _store(table, ic, sc, vc, high)
         if vd < high:
-            table[d] = high
+            _store(table, id_, sd, vd, high)
         self.size += count
         if self.size >= self.sample_size:
             self.reset()
@@ -208,34 +246,38 @@ class FrequencySketch:
         return 1 + self._increment(key, count)
 
     def _estimate(self, h: int) -> int:
-        mask = self._mask
-        width = self.width
-        table = self._table
-        h &= _MASK64
-        return min(
-            table[h & mask],
-            table[width + ((h >> 16) & mask)],
-            table[2 * width + ((h >> 32) & mask)],
-            table[3 * width + (((h >> 48) | (h << 16)) & mask)],
-        )
+        return self._frequency_of_hash(h & _MASK64)
 
     def _frequency(self, key: str) -> int:
-        # _estimate inlined: admission asks this twice per eviction.
-        h = hash(key) & _MASK64
+        return self._frequency_of_hash(hash(key) & _MASK64)
+
+    def _frequency_of_hash(self, h: int) -> int:
         mask = self._mask
         width = self.width
         table = self._table
-        low = table[h & mask]
-        value = table[width + ((h >> 16) & mask)]
+        bits = self._bits
+        field = self._field
+        at = (h & mask) * bits
+        low = ((table[at >> 3] | table[(at >> 3) + 1] << 8) >> (at & 7)) & field
+        at = (width + ((h >> 16) & mask)) * bits
+        value = ((table[at >> 3] | table[(at >> 3) + 1] << 8) >> (at & 7)) & field
         if value < low:  # noqa: PLR1730
             low = value
-        value = table[2 * width + ((h >> 32) & mask)]
+        at = (2 * width + ((h >> 32) & mask)) * bits
+        value = ((table[at >> 3] | table[(at >> 3) + 1] << 8) >> (at & 7)) & field
         if value < low:  # noqa: PLR1730
             low = value
-        value = table[3 * width + (((h >> 48) | (h << 16)) & mask)]
+        at = (3 * width + (((h >> 48) | (h << 16)) & mask)) * bits
+        value = ((table[at >> 3] | table[(at >> 3) + 1] << 8) >> (at & 7)) & field
         if value < low:  # noqa: PLR1730
             low = value
         return low
+
+    def counter(self, index: int) -> int:
+        """Counter ``index`` of the table (row ``index // width``), for tests and diagnostics."""
+        at = index * self._bits
+        table = self._table
+        return ((table[at >> 3] | table[(at >> 3) + 1] << 8) >> (at & 7)) & self._field
 
     def _frequency_with_doorkeeper(self, key: str) -> int:
         h = hash(key)
@@ -249,8 +291,18 @@ class FrequencySketch:
 
     def reset(self) -> None:
         """Age: halve every counter and forget the doorkeeper (TinyLFU's reset)."""
-        odd = self._table.translate(_ODD_AS_ONE).count(1)
-        self._table = self._table.translate(_HALVE)
+        table = self._table
+        low_bits, halved_bits = self._low_bits, self._halved_bits
+        odd = 0
+        end = len(table) - 1  # the spare byte stays 0
+        step = self._chunk_bytes
+        for start in range(0, end, step):
+            stop = min(start + step, end)
+            counters = int.from_bytes(table[start:stop], "little")
+            odd += (counters & low_bits).bit_count()
+            # Each counter's bits move down one; the bit it takes from its upper neighbour is
+            # masked off (a chunk holds whole counters, so none crosses its edge).
+            table[start:stop] = ((counters >> 1) & halved_bits).to_bytes(stop - start, "little")
         # Halving drops the odd counters' half units; Caffeine subtracts them the same way.
         self.size = max(0, (self.size - odd // 4) // 2)
         if self._doorkeeper is not None:

@@ -42,6 +42,21 @@ class FailingDeletes(SharedTier):
         raise RuntimeError("shared tier down")
 
 
+class InvalidatedWhileWriting(SharedTier):
+    """A shared tier during whose write of "k" a writer invalidates "k" (after the fence's
+    first check, before its second)."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__(clock)
+        self.invalidate: Callable[[str], None] | None = None
+
+    def set(self, key: str, entry: Entry) -> None:
+        super().set(key, entry)
+        invalidate, self.invalidate = self.invalidate, None
+        if invalidate is not None and key == "k":
+            invalidate("k")
+
+
 class CuttableBus(LocalBus):
     """A LocalBus that can be cut and restored (its listeners are told, as a transport tells
     them), and whose publishing can fail."""
@@ -232,6 +247,18 @@ def test_a_get_many_joins_a_batch_that_read_after_the_keys_last_invalidation(
     second.join(10)
     assert results == {"first": {"k": "v"}, "second": {"k": "v"}}
     assert reads == [["k"]]
+
+
+def test_an_invalidation_during_the_fill_undoes_it_and_is_counted(clock: FakeClock) -> None:
+    shared = InvalidatedWhileWriting(clock)
+    memory = MemoryTier(name="l1", clock=clock)
+    cache = TieredCache(
+        [memory, shared], DictSource({"k": "old"}), clock=clock, protection=Protection.never_stale()
+    )
+    shared.invalidate = cache.invalidate
+    assert cache.get("k") == "old"  # its caller is served what it read
+    assert memory.get("k") is MISSING and shared.get("k") is MISSING
+    assert cache.stats()["fills_refused"] == 1
 
 
 # -- invalidate_prefix()

@@ -204,6 +204,19 @@ def test_a_batch_gives_up_on_a_silent_holder_when_lease_wait_is_over(
     held.cache.close()
 
 
+def test_a_miss_gives_up_on_a_silent_holder_when_lease_wait_is_over(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """A single key's miss, as a batch: a look every lease_poll until lease_wait has passed,
+    not one more, then it loads the key itself."""
+    held = Held(redis_server.url, namespace, ["a"], max_stale=0.0)
+    assert held.cache.get("a", lambda: "A") == "A"
+    assert held.slept == [0.125] * 4
+    stats = held.cache.stats()
+    assert (stats["lease_waits"], stats["lease_wait_expired"]) == (1, 1)
+    held.cache.close()
+
+
 def test_a_batch_that_gave_up_on_a_holder_serves_the_stale_copy_when_the_source_fails(
     redis_server: RedisServer, namespace: str
 ) -> None:

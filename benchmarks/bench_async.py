@@ -30,6 +30,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from tiered_cache_redis import AsyncRedisTier
+from timing import run_line
 
 from tiered_cache import AsyncTieredCache, BlockingTierWarning, MemoryTier
 from tiered_cache.protection import Protection
@@ -94,6 +95,7 @@ async def cashews_caches(url: str) -> tuple[Any, Any, Any] | None:
 
 
 async def main() -> None:
+    print(run_line())
     with RedisServer() as server:
         url = server.url
         l1 = AsyncTieredCache(

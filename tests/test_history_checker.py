@@ -8,12 +8,13 @@ import json
 import math
 from collections.abc import Iterator
 from dataclasses import replace
+from multiprocessing import get_context
 from pathlib import Path
 
 import pytest
 
 from tiered_cache.testing.history import History, Read, Write, check
-from tiered_cache.testing.history_run import HistoryRig, RunConfig, run_schedules
+from tiered_cache.testing.history_run import HistoryRig, RunConfig, _WorkerHandle, run_schedules
 from tiered_cache.testing.history_schedule import (
     Fault,
     Op,
@@ -248,3 +249,22 @@ def test_a_short_random_run_finds_no_violation(rig: HistoryRig) -> None:
     assert summary.schedules == 20
     assert summary.reads > 200
     assert summary.violations == 0, [v.detail for o in summary.failing for v in o.violations]
+
+
+def _exit_at_once(code: int) -> None:
+    raise SystemExit(code)
+
+
+def test_a_worker_that_dies_silently_is_named_with_its_exit_code() -> None:
+    context = get_context("spawn")
+    parent, child = context.Pipe()
+    process = context.Process(target=_exit_at_once, args=(7,), name="history-worker-9")
+    process.start()
+    child.close()
+    handle = _WorkerHandle(process, parent, proxy=None)  # type: ignore[arg-type]
+    try:
+        with pytest.raises(RuntimeError, match=r"history-worker-9 .*exit code 7"):
+            handle.receive(timeout=30.0)
+    finally:
+        process.join(timeout=5.0)
+        parent.close()

@@ -150,7 +150,16 @@ class _WorkerHandle:
     def receive(self, timeout: float = 60.0) -> Any:
         if not self.conn.poll(timeout):
             raise TimeoutError(f"worker {self.process.name} did not answer in {timeout}s")
-        answer = self.conn.recv()
+        try:
+            answer = self.conn.recv()
+        except EOFError:
+            # The worker's end of the pipe closed: it died without sending its traceback (a
+            # kill from outside, a crash in C). Say which worker and how it ended, not just EOF.
+            self.process.join(timeout=5.0)
+            raise RuntimeError(
+                f"worker {self.process.name} closed its pipe without answering "
+                f"(exit code {self.process.exitcode})"
+            ) from None
         if isinstance(answer, BaseException):
             raise answer
         return answer

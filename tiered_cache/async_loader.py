@@ -145,8 +145,24 @@ class AsyncSourceLoader:
             if stale is None or not protection.fail_safe:
                 raise
             return await arun(self._batching.fail_safe(key, mark, stale, exc))
-        await self._fill(key, mark, entry, token)
+        except asyncio.CancelledError:
+            self._give_back_when_cancelled(key, token)
+            raise
+        try:
+            await self._fill(key, mark, entry, token)
+        except asyncio.CancelledError:
+            self._give_back_when_cancelled(key, token)
+            raise
         return entry
+
+    def _give_back_when_cancelled(self, key: str, token: str | None) -> None:
+        """A caller cancelled while it holds the key's lease (its client went away) gives
+        the lease back, or every process would wait ``lease_wait`` for a value nobody loads.
+        In a task of its own: the cancelled caller may be cancelled again before it could
+        finish an ``await``. (Given back after a fill used it: the token no longer matches,
+        nothing happens.)"""
+        if token is not None:
+            self.spawn(self._release(key, token))
 
     async def _fill(self, key: str, mark: int, entry: Entry, token: str | None) -> None:
         tokens = {key: token} if token is not None else None

@@ -215,3 +215,36 @@ def test_four_processes_of_a_hundred_coroutines_make_one_source_read(
     assert [len(result) for result in results] == [100] * 4
     assert all(value == {"tweet_id": "tweet:1", "text": "viral"} for r in results for value in r)
     assert source_reads == 1
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_load_gives_its_redis_lease_back(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """A request cancelled while it loads under the key's lease (its client went away) gives
+    the lease back: the next reader in the fleet loads at once instead of waiting for a
+    holder that is gone (``lease_wait``, here the whole ``lease_ttl`` of 30 s)."""
+    patient = Protection.never_stale(lease="auto", lease_ttl=30.0, lease_wait=0.2, lease_poll=0.01)
+    first = chain(redis_server.url, namespace, protection=patient)
+    other = chain(redis_server.url, namespace, protection=patient)  # another process
+    started = asyncio.Event()
+
+    async def hangs() -> str:
+        started.set()
+        await asyncio.Event().wait()
+        return "never"
+
+    async def load() -> str:
+        return "v"
+
+    request = asyncio.create_task(first.get("k", hangs))
+    await started.wait()  # it holds the lease and is inside its load
+    request.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await request
+    assert await first.wait_background(5.0)
+    assert await other.get("k", load) == "v"
+    assert other.stats()["lease_waits"] == 0  # the lease was free: nobody waited
+    assert first.stats()["loads"] == 0 and first.stats()["load_failures"] == 1
+    await first.aclose()
+    await other.aclose()

@@ -335,3 +335,26 @@ async def test_from_config_builds_the_async_chain_from_the_same_file(
     assert cache.stats()["loads"] == 1
     await cache.aclose()
     await cache.aclose()  # idempotent
+
+
+async def test_callers_cancelled_while_a_timed_load_runs_leave_one_load_to_join(
+    clock: FakeClock,
+) -> None:
+    """Clients that give up before a slow source answers (a request timeout shorter than the
+    load): each cancelled caller leaves its timed load running, and the next miss joins it,
+    so the source sees one load, not one per impatient client."""
+    source = AsyncDictSource({"k": "v"})
+    source.gate = asyncio.Event()
+    timed = Protection.never_stale(lease="off", hard_timeout=60.0)
+    cache = AsyncTieredCache(two_tiers(clock), source, clock=clock, protection=timed)
+    for _ in range(5):
+        request = asyncio.create_task(cache.get("k"))
+        await asyncio.sleep(0.01)  # it leads the flight and waits for its load's task
+        request.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await request
+    source.gate.set()
+    assert await cache.get("k") == "v"
+    assert source.inner.loads == ["k"]
+    assert cache.stats()["abandoned_loads"] == 1
+    await cache.aclose()

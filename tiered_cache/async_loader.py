@@ -224,13 +224,16 @@ class AsyncSourceLoader:
         hard: float | None,
     ) -> Entry:
         timeout = soft if soft is not None else hard
-        done, _ = await asyncio.wait({task}, timeout=timeout)
+        try:
+            done, _ = await asyncio.wait({task}, timeout=timeout)
+        except asyncio.CancelledError:
+            # The caller went away: its load goes on, and the next miss joins it rather than
+            # start another (impatient clients would otherwise each add a load of the key).
+            self._abandon(key, task, mark)
+            raise
         if done:
             return task.result()
-        if self._abandoned.get(key, (None, 0))[0] is not task:
-            self._abandoned[key] = (task, mark)
-            self._metrics.count("abandoned_loads")
-            task.add_done_callback(lambda _: self._abandoned_done(key, task))
+        self._abandon(key, task, mark)
         if soft is not None:
             self._metrics.count("soft_timeouts")
             raise _ServeStale()
@@ -239,6 +242,14 @@ class AsyncSourceLoader:
             f"loading {key!r} took longer than the hard timeout of {hard}s; "
             "it goes on in the background and fills the cache when it finishes"
         )
+
+    def _abandon(self, key: str, task: asyncio.Task[Entry], mark: int) -> None:
+        """Keep ``task`` as the key's load whose caller stopped waiting (timed out or was
+        cancelled), for the next miss to join (:meth:`_timed_task`)."""
+        if self._abandoned.get(key, (None, 0))[0] is not task:
+            self._abandoned[key] = (task, mark)
+            self._metrics.count("abandoned_loads")
+            task.add_done_callback(lambda _: self._abandoned_done(key, task))
 
     def _abandoned_done(self, key: str, task: asyncio.Task[Entry]) -> None:
         running = self._abandoned.get(key)

@@ -358,3 +358,32 @@ async def test_callers_cancelled_while_a_timed_load_runs_leave_one_load_to_join(
     assert source.inner.loads == ["k"]
     assert cache.stats()["abandoned_loads"] == 1
     await cache.aclose()
+
+
+async def test_a_cancelled_batch_leader_hands_its_keys_to_their_waiters(clock: FakeClock) -> None:
+    """A ``get_many`` cancelled while it loads (its client went away) does not cancel the
+    others waiting for its keys: a ``get`` and a ``get_many`` that joined its flights are
+    told their leader is gone and load the keys themselves."""
+    source = AsyncDictSource({"a": "A", "b": "B"})
+    gate = asyncio.Event()
+    batches: list[list[str]] = []
+
+    async def batch(keys: Sequence[str]) -> dict[str, str]:
+        batches.append(list(keys))
+        await gate.wait()
+        return {key: key.upper() for key in keys}
+
+    cache = AsyncTieredCache(two_tiers(clock), source, clock=clock, protection=STRICT)
+    leader = asyncio.create_task(cache.get_many(["a", "b"], batch))
+    await asyncio.sleep(0.01)  # it leads both keys and waits in its loader
+    one = asyncio.create_task(cache.get("a"))
+    many = asyncio.create_task(cache.get_many(["b"], batch))
+    await asyncio.sleep(0.01)  # both joined the leader's flights
+    leader.cancel()
+    gate.set()
+    assert await one == "A"
+    assert await many == {"b": "B"}
+    assert leader.cancelled() and not one.cancelled() and not many.cancelled()
+    assert source.inner.loads == ["a"]
+    assert batches == [["a", "b"], ["b"]]
+    await cache.aclose()

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import pytest
 
 from tiered_cache import MemoryTier, PartialBatchError, TieredCache
-from tiered_cache.singleflight import SingleFlight
+from tiered_cache.singleflight import Flight, SingleFlight
 
 
 def start_together(count: int, target: object) -> list[threading.Thread]:
@@ -248,3 +248,37 @@ def test_a_flight_counts_each_caller_that_joined_it() -> None:
     follower.join(timeout=10)
     flights.land(led, {}, None)
     flights.land(again, {}, None)
+
+
+def test_an_interrupted_leader_hands_its_flight_to_its_waiter() -> None:
+    """An interruption (``KeyboardInterrupt``, a cancelled task) is the leader's own: a
+    thread waiting for its flight starts over and leads it, it does not raise it."""
+    flights = SingleFlight()
+    inside = threading.Event()
+    outcome: list[object] = []
+
+    def interrupted(flight: Flight) -> str:
+        inside.set()
+        while flight.waiters == 0:  # until the other thread has joined this flight
+            time.sleep(0.001)
+        raise KeyboardInterrupt
+
+    def leader() -> None:
+        try:
+            flights.run("k", interrupted)
+        except KeyboardInterrupt:
+            outcome.append("leader interrupted")
+
+    def waiter() -> None:
+        inside.wait(timeout=10)
+        try:
+            outcome.append(flights.run("k", lambda flight: "reloaded"))
+        except BaseException as exc:
+            outcome.append(type(exc).__name__)
+
+    threads = [threading.Thread(target=leader), threading.Thread(target=waiter)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert sorted(map(str, outcome)) == ["('reloaded', False)", "leader interrupted"]

@@ -31,6 +31,7 @@ from .metrics import CacheMetrics
 from .paths import ChainPaths
 from .protection import REFRESH_DUE, Protection
 from .reporting import chain_stats, first_hot_keys
+from .singleflight import LeaderGone
 from .steps import arun, run
 from .tier import MISSING, Entry, Source, Tier
 
@@ -44,10 +45,6 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 __all__ = ["AsyncBatchLoader", "AsyncLoader", "AsyncTieredCache"]
-
-
-class _LeaderGone(Exception):
-    """The coroutine leading a key's flight was cancelled: its waiters start over."""
 
 
 class AsyncTieredCache(L1Reader):
@@ -213,10 +210,8 @@ class AsyncTieredCache(L1Reader):
             if leader:
                 try:
                     value = await arun(self._paths.read_through(key, flight.tag, loader, ttl))
-                except asyncio.CancelledError:
-                    flights.land_one(key, flight, None, _LeaderGone())
-                    raise
                 except BaseException as exc:
+                    # Cancelled, its waiters are told LeaderGone (FlightTable.land_one).
                     flights.land_one(key, flight, None, exc)
                     raise
                 flights.land_one(key, flight, value, None)
@@ -224,7 +219,7 @@ class AsyncTieredCache(L1Reader):
             self._metrics.waited()
             try:
                 return await flight.wait()
-            except _LeaderGone:
+            except LeaderGone:
                 continue
 
     async def get_many(

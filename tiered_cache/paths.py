@@ -19,6 +19,7 @@ from .fence import ChainTier, Fence
 from .loader import EntryMaker
 from .metrics import CacheMetrics
 from .protection import Protection
+from .singleflight import LeaderGone
 from .steps import Steps
 from .tier import MISSING, Entry
 
@@ -125,14 +126,15 @@ class ChainPaths:
             remaining = [key for key in remaining if key not in stale]
         values = {key: entry.value for key, entry in found.items()}
         errors: dict[str, BaseException] = {}
-        if remaining:
+        fence = self.fence
+        while remaining:
             # One batch for the keys no other caller is loading; wait for the others' loads.
-            fence = self.fence
             led, joined = self.loader.flights.claim(
                 remaining,
                 tag=mark,
                 joinable=lambda key, flight: fence.may_join(key, flight.tag),
             )
+            remaining = []
             if led:
                 loaded, failed = yield self.loader.load_batch, (led, mark, loader, ttl, stale)
                 values.update(loaded)
@@ -140,6 +142,8 @@ class ChainPaths:
             for key, flight in joined.items():
                 try:
                     values[key] = yield flight.wait, ()
+                except LeaderGone:
+                    remaining.append(key)  # its leader was interrupted: claim it again
                 except Exception as exc:
                     errors[key] = exc
                 self.metrics.waited()

@@ -7,6 +7,19 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
 
+class LeaderGone(Exception):
+    """The caller leading a flight was interrupted (its asyncio task cancelled, a
+    ``KeyboardInterrupt``) before the flight had an outcome. The interruption is the leader's
+    own: its waiters get this instead, and start over (one of them leads)."""
+
+
+def _for_waiters(error: BaseException | None) -> BaseException | None:
+    """What the waiters of a flight that ended with ``error`` are given."""
+    if error is None or isinstance(error, Exception):
+        return error
+    return LeaderGone(f"the caller leading this flight was interrupted ({type(error).__name__})")
+
+
 class Flight:
     """One execution in progress; waiters block on it and get its outcome."""
 
@@ -85,7 +98,9 @@ class FlightTable(Generic[F]):
     def land(
         self, flights: Mapping[str, F], results: Mapping[str, Any], error: BaseException | None
     ) -> None:
-        """End flights taken with :meth:`claim`: each gets its result, or ``error``."""
+        """End flights taken with :meth:`claim`: each gets its result, or ``error`` (a
+        :class:`LeaderGone` if that is the leader's interruption)."""
+        error = _for_waiters(error)
         with self._lock:
             for key, flight in flights.items():
                 if self._flights.get(key) is flight:  # a newer flight may have replaced it
@@ -95,6 +110,7 @@ class FlightTable(Generic[F]):
 
     def land_one(self, key: str, flight: F, result: Any, error: BaseException | None) -> None:
         """:meth:`land` for one flight (a miss's path: no dicts to build)."""
+        error = _for_waiters(error)
         with self._lock:
             if self._flights.get(key) is flight:
                 del self._flights[key]
@@ -110,7 +126,7 @@ class SingleFlight(FlightTable[Flight]):
     """Runs ``fn`` once per key at a time; other callers for that key wait for its outcome.
 
     If ``fn`` raises, every waiter gets the same exception, and nothing is kept: the next call
-    runs ``fn`` again.
+    runs ``fn`` again. If its caller is interrupted, the waiters start over instead.
     """
 
     def __init__(self) -> None:
@@ -129,20 +145,25 @@ class SingleFlight(FlightTable[Flight]):
         ``joinable``: whether a flight in progress may still be joined (the chain: no
         invalidation of the key since it started); if not, this caller starts a new one.
         """
-        with self._lock:
-            flight = self._flights.get(key)
-            if flight is not None and (joinable is None or joinable(flight)):
-                flight.waiters += 1
-                leader = False
-            else:
-                flight = self._flights[key] = Flight(tag)
-                leader = True
-        if not leader:
-            return flight.wait(), True
+        while True:
+            with self._lock:
+                flight = self._flights.get(key)
+                if flight is not None and (joinable is None or joinable(flight)):
+                    flight.waiters += 1
+                    leader = False
+                else:
+                    flight = self._flights[key] = Flight(tag)
+                    leader = True
+            if leader:
+                break
+            try:
+                return flight.wait(), True
+            except LeaderGone:
+                continue
         try:
             flight.result = fn(flight)
         except BaseException as exc:
-            flight.error = exc
+            flight.error = _for_waiters(exc)
             raise
         finally:
             with self._lock:

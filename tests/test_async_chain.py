@@ -387,3 +387,42 @@ async def test_a_cancelled_batch_leader_hands_its_keys_to_their_waiters(clock: F
     assert source.inner.loads == ["a"]
     assert batches == [["a", "b"], ["b"]]
     await cache.aclose()
+
+
+class SlowToAnswerSource(AsyncDictSource):
+    """Its writes land at once; the answer comes when ``answered`` is set."""
+
+    def __init__(self, items: dict[str, Any]) -> None:
+        super().__init__(items)
+        self.answered = asyncio.Event()
+
+    async def store(self, key: str, value: Any) -> None:
+        self.inner.store(key, value)
+        await self.answered.wait()
+
+
+@pytest.mark.parametrize("write", ["set", "set_many"])
+async def test_a_write_whose_caller_is_cancelled_leaves_no_old_copy(
+    clock: FakeClock, write: str
+) -> None:
+    """A request cancelled while the source is being written (a client timeout): the write
+    may have landed at the source, so the chain finishes it -- no tier keeps serving the
+    value from before it."""
+    source = SlowToAnswerSource({"k": "old"})
+    l1, l2 = two_tiers(clock)
+    cache = AsyncTieredCache([l1, l2], source, clock=clock, protection=STRICT)
+    assert await cache.get("k") == "old"
+    request = asyncio.create_task(
+        cache.set("k", "new") if write == "set" else cache.set_many({"k": "new"})
+    )
+    await asyncio.sleep(0.01)  # inside the source's write
+    request.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await request
+    source.answered.set()
+    assert await cache.wait_background(5.0)
+    assert await cache.get("k") == "new"
+    for tier in (l1, l2):
+        entry = tier.get("k")
+        assert entry is MISSING or entry.value == "new"
+    await cache.aclose()

@@ -32,7 +32,7 @@ from .paths import ChainPaths
 from .protection import REFRESH_DUE, Protection
 from .reporting import chain_stats, first_hot_keys
 from .singleflight import LeaderGone
-from .steps import arun, run
+from .steps import Steps, arun, run
 from .tier import MISSING, Entry, Source, Tier
 
 if TYPE_CHECKING:
@@ -244,27 +244,34 @@ class AsyncTieredCache(L1Reader):
 
     async def set(self, key: str, value: Any, *, ttl: float | str | None = None) -> None:
         """Write ``value`` for ``key`` (see :meth:`TieredCache.set`: the same order)."""
-        await arun(self._paths.set(key, value, ttl))
+        await self._to_the_end(self._paths.set(key, value, ttl))
 
     async def set_many(self, items: Mapping[str, Any], *, ttl: float | str | None = None) -> None:
         """Write several values (see :meth:`TieredCache.set_many`: the same order)."""
-        await arun(self._paths.set_many(items, ttl))
+        await self._to_the_end(self._paths.set_many(items, ttl))
 
     async def invalidate(self, key: str) -> None:
         """Remove ``key`` from every tier and every process's memory (not from the source)."""
-        await arun(self._paths.invalidate_many([key]))
+        await self._to_the_end(self._paths.invalidate_many([key]))
 
     async def invalidate_many(self, keys: Iterable[str], *, strict: bool = False) -> None:
         """See :meth:`TieredCache.invalidate_many`."""
-        await arun(self._paths.invalidate_many(list(keys), strict=strict))
+        await self._to_the_end(self._paths.invalidate_many(list(keys), strict=strict))
 
     async def invalidate_prefix(self, prefix: str) -> None:
         """See :meth:`TieredCache.invalidate_prefix`."""
-        await arun(self._paths.invalidate_prefix(prefix))
+        await self._to_the_end(self._paths.invalidate_prefix(prefix))
 
     async def clear(self, *, strict: bool = False) -> None:
         """See :meth:`TieredCache.clear`."""
-        await arun(self._paths.clear(strict=strict))
+        await self._to_the_end(self._paths.clear(strict=strict))
+
+    async def _to_the_end(self, steps: Steps[None]) -> None:
+        """Run a write or an invalidation to its end even if its caller is cancelled (a
+        client timeout): the source may already hold the new value, and one stopped half-way
+        would leave older copies in the tiers and in the other processes, which the bus was
+        not told about. It runs as a task of the loader (``aclose`` stops it)."""
+        await asyncio.shield(self._loader.spawn(arun(steps)))
 
     # -- the bus ------------------------------------------------------------------------------
 

@@ -116,7 +116,7 @@ class AsyncTieredCache(L1Reader):
         self._disconnected_bound = max_stale_when_disconnected
         self._bus_down = False
         self._closed = False
-        #: An async bus whose listener task is not started yet (no loop was running).
+        #: The async bus, whose listener runs on the chain's loop (see :meth:`_start_bus`).
         self._bus_to_start: AsyncBus | None = None
         #: The bus publishes natively (an :class:`AsyncBus`), not in a thread.
         self._native_bus = isinstance(bus, AsyncBus)
@@ -288,17 +288,19 @@ class AsyncTieredCache(L1Reader):
         return await asyncio.to_thread(run, link.announcing(keys, prefixes, clear, at))
 
     def _start_bus(self) -> None:
-        """Start the async bus's listener on the running loop; a chain built outside a loop
-        starts it on its first call that can fill memory (a miss, a batch, a write) -- the
-        memory is empty until then, so nothing is served that the bus should have dropped."""
+        """Have the async bus listen on the running loop, from every call that can fill
+        memory (a miss, a batch, a write). A chain built outside a loop starts it on its
+        first such call -- the memory is empty until then, so nothing is served that the bus
+        should have dropped. A chain whose listener's loop ended (kept across
+        ``asyncio.run`` calls) was told the bus is down (its memory cleared, the L1 fast
+        path off, so the next read comes here) and starts it again on this loop."""
         bus = self._bus_to_start
         assert bus is not None
         try:
             asyncio.get_running_loop()
         except RuntimeError:
             return
-        self._bus_to_start = None
-        bus.listen()
+        bus.listen()  # nothing to do while it listens
 
     def _set_bus_connected(self, connected: bool) -> None:
         """Called on the bus's thread, or on the loop for an async bus (see

@@ -115,7 +115,9 @@ class AsyncBus(Protocol):
         ...
 
     def listen(self) -> None:
-        """Start listening on the running event loop; later calls do nothing."""
+        """Start listening on the running event loop; later calls do nothing while it
+        listens (once the loop it listened on has ended, it starts again on the running
+        one, after telling its listeners ``on_disconnect``)."""
         ...
 
     async def aclose(self) -> None:

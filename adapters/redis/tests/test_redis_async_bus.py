@@ -258,3 +258,55 @@ def test_a_chain_built_outside_a_loop_listens_from_its_first_miss(
 
     asyncio.run(main())
     writer.close()
+
+
+def test_a_chain_whose_listening_loop_ended_serves_no_copy_it_did_not_hear_about(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """A chain kept across ``asyncio.run`` calls (a module-level chain of a job runner that
+    runs each job in a loop of its own): the listener ended with the first loop. The chain
+    must not go on trusting its memory, which nothing keeps coherent any more: the next loop
+    reads what the other process wrote meanwhile, and hears it again once it listens there.
+    (Memory and the bus only: a Redis tier's connections belong to the first loop too.)"""
+    memory_only = settings(redis_server.url, namespace, redis_server.url, None)
+    memory_only["tiers"] = memory_only["tiers"][:1]
+    cache = AsyncTieredCache.from_config(**memory_only)
+    writer = sync_chain(redis_server.url, namespace)
+    bus = async_bus(cache)
+    truth = {"k": "v0"}
+
+    async def source() -> str:
+        return truth["k"]
+
+    def write(value: str) -> None:
+        truth["k"] = value
+        writer.set("k", value)
+
+    async def first_job() -> None:
+        assert await cache.get("k", source) == "v0"
+        assert await bus.wait_subscribed(10)
+        await cache.invalidate("other")  # its publisher connects on this loop too
+
+    asyncio.run(first_job())  # its loop ends, and the listener task with it
+    write("v1")
+
+    async def second_job() -> None:
+        assert await cache.get("k", source) == "v1"
+
+        async def listening_again() -> bool:
+            return cache.stats()["bus"] == "connected" and bus.connected
+
+        assert await eventually(listening_again, within=10)
+        assert await cache.get("k", source) == "v1"
+        await cache.invalidate("other")  # its publisher works on this loop
+        assert cache.stats().get("bus_publish_errors", 0) == 0
+        await asyncio.to_thread(write, "v2")
+
+        async def heard() -> bool:  # the bus dropped v1 from memory: read again
+            return await cache.get("k", source) == "v2"
+
+        assert await eventually(heard)
+        await cache.aclose()
+
+    asyncio.run(second_job())
+    writer.close()

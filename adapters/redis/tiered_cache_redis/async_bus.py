@@ -8,7 +8,9 @@ natively. The messages are the same (:class:`~tiered_cache.bus.Invalidation`), s
 async services of one fleet hear each other.
 
 A ``redis.asyncio`` client belongs to the event loop it first ran on: the bus (like the
-async Redis tier) serves the chain on one loop.
+async Redis tier) serves the chain on one loop at a time. When that loop ends (a chain kept
+across ``asyncio.run`` calls), the chain is told the bus is down, and the listener starts
+again on the next loop the chain misses on.
 """
 
 from __future__ import annotations
@@ -23,7 +25,15 @@ import redis.asyncio as aioredis
 from tiered_cache.bus import BusListener, Invalidation
 from tiered_cache.steps import arun
 
-from .listening import DEFAULT_HEALTH, PING_PAYLOAD, Health, Listeners, Listening, Subscription
+from .listening import (
+    DEFAULT_HEALTH,
+    PING_PAYLOAD,
+    Health,
+    Listeners,
+    Listening,
+    Subscription,
+    log,
+)
 
 __all__ = ["AsyncRedisBus"]
 
@@ -77,12 +87,38 @@ class AsyncRedisBus:
         self._listeners.add(listener)
 
     def listen(self) -> None:
-        """Start the listener task on the running loop (once; later calls do nothing)."""
-        if self._task is None and not self._closed:
-            self._subscribed = asyncio.Event()
-            self._task = asyncio.get_running_loop().create_task(
-                arun(self._listening.listen()), name=f"tiered-cache-bus:{self.channel}"
-            )
+        """Start the listener task on the running loop; later calls do nothing while it
+        runs. If the loop it ran on has ended (``asyncio.run`` returned), it starts again on
+        the running one, telling the chain first that the bus was down meanwhile."""
+        task = self._task
+        if self._closed or (task is not None and not _ended(task)):
+            return
+        again = task is not None
+        self._subscribed = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(
+            self._listen(again), name=f"tiered-cache-bus:{self.channel}"
+        )
+
+    async def _listen(self, again: bool) -> None:
+        try:
+            await arun(self._listening.listen(as_disconnected=again))
+        except asyncio.CancelledError:
+            if not self._closed:
+                # Not aclose: the loop is shutting down. Nothing will tell the chain what it
+                # misses from now on, so it must stop trusting its memory now.
+                log.warning(
+                    "bus %r: the event loop it listened on is ending; in-process tiers are "
+                    "treated as disconnected until the chain listens again on a running loop",
+                    self.channel,
+                )
+                self._listening.connected = False
+                self._set_subscribed(False)
+                self._listeners.tell("on_disconnect")
+                # The publisher's connections belong to this loop: closed while it still
+                # runs (they connect again on the next one).
+                with contextlib.suppress(Exception):
+                    await self._client.connection_pool.disconnect()
+            raise
 
     async def wait_subscribed(self, timeout: float | None = None) -> bool:
         """True once the listener is subscribed (for tests and orderly start-ups)."""
@@ -118,6 +154,11 @@ class AsyncRedisBus:
 
     async def _subscribe(self, handle: tuple[aioredis.Redis, Any]) -> None:
         await handle[1].subscribe(self.channel)
+
+
+def _ended(task: asyncio.Task[None]) -> bool:
+    """The listener task is over, or its loop closed under it (it will never run again)."""
+    return task.done() or task.get_loop().is_closed()
 
 
 async def _read(handle: tuple[aioredis.Redis, Any], timeout: float) -> Any:

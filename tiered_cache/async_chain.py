@@ -116,8 +116,8 @@ class AsyncTieredCache(L1Reader):
         self._disconnected_bound = max_stale_when_disconnected
         self._bus_down = False
         self._closed = False
-        #: The async bus, whose listener runs on the chain's loop (see :meth:`_start_bus`).
-        self._bus_to_start: AsyncBus | None = None
+        #: The async bus, whose listener runs on the chain's loop (see :meth:`_listen_here`).
+        self._async_bus: AsyncBus | None = None
         #: The bus publishes natively (an :class:`AsyncBus`), not in a thread.
         self._native_bus = isinstance(bus, AsyncBus)
         if bus is not None:
@@ -129,8 +129,8 @@ class AsyncTieredCache(L1Reader):
                 lock=asyncio.Lock() if self._native_bus else None,
             )
         if isinstance(bus, AsyncBus):
-            self._bus_to_start = bus
-            self._start_bus()
+            self._async_bus = bus
+            self._listen_here()
 
     # -- construction -------------------------------------------------------------------------
 
@@ -197,8 +197,8 @@ class AsyncTieredCache(L1Reader):
             entry = await self._tiers[0].get(key, False)
             if entry is not MISSING and not entry.is_expired(self._clock()):
                 return entry.value
-        if self._bus_to_start is not None:
-            self._start_bus()
+        if self._async_bus is not None:
+            self._listen_here()
         fence = self._fence
         flights = self._loader.flights
         while True:
@@ -231,8 +231,8 @@ class AsyncTieredCache(L1Reader):
     ) -> dict[str, Any]:
         """Values for ``keys`` (see :meth:`TieredCache.get_many`); ``loader`` is a coroutine
         function taking the list of keys no tier had."""
-        if self._bus_to_start is not None:
-            self._start_bus()
+        if self._async_bus is not None:
+            self._listen_here()
         return await arun(self._paths.get_many(list(keys), loader, ttl))
 
     async def lookup_many(self, keys: Iterable[str]) -> dict[str, Entry]:
@@ -281,20 +281,20 @@ class AsyncTieredCache(L1Reader):
         link = self._bus_link
         assert link is not None
         if self._native_bus:
-            if self._bus_to_start is not None:
-                self._start_bus()
+            if self._async_bus is not None:
+                self._listen_here()
             return await arun(link.announcing(keys, prefixes, clear, at))
         # A sync bus publishes with a blocking call: keep it off the event loop.
         return await asyncio.to_thread(run, link.announcing(keys, prefixes, clear, at))
 
-    def _start_bus(self) -> None:
+    def _listen_here(self) -> None:
         """Have the async bus listen on the running loop, from every call that can fill
         memory (a miss, a batch, a write). A chain built outside a loop starts it on its
         first such call -- the memory is empty until then, so nothing is served that the bus
         should have dropped. A chain whose listener's loop ended (kept across
         ``asyncio.run`` calls) was told the bus is down (its memory cleared, the L1 fast
         path off, so the next read comes here) and starts it again on this loop."""
-        bus = self._bus_to_start
+        bus = self._async_bus
         assert bus is not None
         try:
             asyncio.get_running_loop()

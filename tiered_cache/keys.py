@@ -11,6 +11,7 @@ those characters (``tweets``, a UUID, a number) are unchanged. See docs/keys.md.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 #: The escape character (escaped itself first).
 ESCAPE = "\\"
@@ -31,3 +32,15 @@ def namespace_prefix(namespace: str) -> str:
     """What a shared tier puts before each key of ``namespace``: ``"tweets:"``,
     ``"app\\:v2:"``; no namespace's prefix is the start of another's."""
     return escape_part(namespace, NAMESPACE_SEPARATOR) + NAMESPACE_SEPARATOR
+
+
+def check_keys(keys: Iterable[Any]) -> None:
+    """Raise ``TypeError`` for a key that is not a ``str`` (an int id passed as it is): a
+    caller's mistake, refused before any tier is asked -- a tier would fail on it, and count
+    that as its own failure (enough of them open its circuit breaker for every key)."""
+    for key in keys:
+        if not isinstance(key, str):
+            raise TypeError(
+                f"cache keys are str, not {type(key).__name__} ({key!r}): "
+                f"format it into the key, e.g. f'tweet:{{tweet_id}}'"
+            )

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+from .keys import check_keys
 from .metrics import CacheMetrics, LocalCounter
 from .protection import REFRESH_DUE, Protection, xfetch_due
 from .tier import MISSING, Entry, MissingType
@@ -68,6 +69,7 @@ class L1Reader:
         try:
             entry = get_at(key, now)
         except Exception as exc:
+            check_keys((key,))  # a caller's mistake is not the tier's failure
             self._l1_tier.failed(exc)
             return MISSING
         if entry is not MISSING:

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from .errors import InvalidationIncomplete, PartialBatchError
 from .fence import ChainTier, Fence
+from .keys import check_keys
 from .loader import EntryMaker
 from .metrics import CacheMetrics
 from .protection import Protection
@@ -79,6 +80,7 @@ class ChainPaths:
         """Inside the key's flight: the first fresh copy (copied up into the faster tiers),
         else a stale one while a refresh runs, else a load. ``mark``: the fence's, taken
         before anything was read; every fill below is judged by it."""
+        check_keys((key,))
         now = self.clock()
         stale: Entry | None = None
         for tier in self.tiers:
@@ -111,6 +113,7 @@ class ChainPaths:
         self, keys: list[str], loader: Any, ttl: float | str | None
     ) -> Steps[dict[str, Any]]:
         """See :meth:`TieredCache.get_many`."""
+        check_keys(keys)
         wanted = list(dict.fromkeys(keys))
         stale: dict[str, Entry] = {}
         mark = self.fence.mark()
@@ -185,6 +188,7 @@ class ChainPaths:
 
     def set(self, key: str, value: Any, ttl: float | str | None) -> Steps[None]:
         """See :meth:`TieredCache.set`."""
+        check_keys((key,))
         if self.write_policy == "around" and self.store is not None:
             yield self.store, (key, value)
             yield from self.invalidate_many([key])
@@ -215,6 +219,7 @@ class ChainPaths:
 
     def set_many(self, items: Mapping[str, Any], ttl: float | str | None) -> Steps[None]:
         """See :meth:`TieredCache.set_many`: :meth:`set`'s order for several keys at once."""
+        check_keys(items)
         items = dict(items)
         if not items:
             return
@@ -273,6 +278,7 @@ class ChainPaths:
 
     def invalidate_many(self, keys: Sequence[str], *, strict: bool = False) -> Steps[None]:
         """See :meth:`TieredCache.invalidate_many`."""
+        check_keys(keys)
         keys = list(dict.fromkeys(keys))
         if not keys:
             return
@@ -291,6 +297,7 @@ class ChainPaths:
 
     def invalidate_prefix(self, prefix: str) -> Steps[None]:
         """See :meth:`TieredCache.invalidate_prefix`."""
+        check_keys((prefix,))
         if not prefix:
             raise ValueError("an empty prefix would drop everything: use clear()")
         for tier in reversed(self.shared):

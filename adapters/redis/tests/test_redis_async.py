@@ -248,3 +248,41 @@ async def test_a_cancelled_load_gives_its_redis_lease_back(
     assert first.stats()["loads"] == 0 and first.stats()["load_failures"] == 1
     await first.aclose()
     await other.aclose()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("key", [42, None, b"tweet:42"])
+async def test_a_key_that_is_not_a_str_is_refused_before_any_tier_is_asked(
+    redis_server: RedisServer, namespace: str, key: object
+) -> None:
+    """``get(tweet_id)`` with an int id, on either face: a TypeError for the caller, and no
+    tier counts it as its failure -- ten of them opened the Redis tier's circuit breaker, and
+    every other key of the process then went past Redis to the source."""
+    settings = {
+        "namespace": namespace,
+        "tiers": [{"kind": "memory"}, {"kind": "redis", "url": redis_server.url}],
+    }
+    threaded = TieredCache.from_config(**settings)
+    cache = AsyncTieredCache.from_config(**settings)
+
+    async def load() -> str:
+        return "v"
+
+    for _ in range(10):
+        with pytest.raises(TypeError, match="keys are str"):
+            threaded.get(key, lambda: "v")  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="keys are str"):
+            await cache.get(key, load)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="keys are str"):
+            await cache.get_many(["ok", key], lambda keys: load())  # type: ignore[list-item]
+        with pytest.raises(TypeError, match="keys are str"):
+            await cache.set(key, "v")  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="keys are str"):
+            await cache.invalidate(key)  # type: ignore[arg-type]
+    for stats in (threaded.stats(), cache.stats()):
+        assert [tier["errors"] for tier in stats["tiers"]] == [0, 0]
+        assert stats["tiers"][1]["breaker"] == "closed"
+        assert stats["loads"] == 0
+    assert redis.Redis.from_url(redis_server.url).keys(f"{namespace}*") == []
+    threaded.close()
+    await cache.aclose()

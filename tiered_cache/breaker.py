@@ -20,11 +20,12 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Literal, TypeVar, cast
+from typing import Any, Literal, TypeVar, cast
 
-from .errors import CodecError, TierUnavailable
+from .errors import CircuitOpen, CodecError, TierUnavailable
 from .leases import LeasingTier
 from .settings import BreakerSettings
+from .steps import Steps
 from .tier import Entry, MissingType, Tier, TierBase
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,8 @@ class CircuitBreaker:
         failure_threshold: consecutive failures that open the circuit.
         cool_down: seconds an open circuit rejects calls before letting one probe through.
         clock: seconds; the chain's clock, so tests drive the breaker with a fake one.
+        what: what it guards, for messages: ``"tier"`` (``tier 'redis': circuit open``), or
+            e.g. ``"bus"`` for the invalidation bus's publish.
     """
 
     def __init__(
@@ -52,9 +55,11 @@ class CircuitBreaker:
         failure_threshold: int | None = None,
         cool_down: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        what: str = "tier",
     ) -> None:
         settings = settings or BreakerSettings()
         self.name = name
+        self._what = what
         self.failure_threshold = (
             failure_threshold if failure_threshold is not None else settings.failure_threshold
         )
@@ -80,6 +85,15 @@ class CircuitBreaker:
             if self._probing or self._clock() - self._opened_at >= self.cool_down:
                 return "half-open"
             return "open"
+
+    @property
+    def refusing(self) -> bool:
+        """A call now would be refused (open within its cool-down, or its probe in flight);
+        looking changes nothing, unlike a call, which may become the probe."""
+        with self._lock:
+            if not self._open:
+                return False
+            return self._probing or self._clock() - self._opened_at < self.cool_down
 
     @property
     def opened_count(self) -> int:
@@ -112,6 +126,19 @@ class CircuitBreaker:
         self._record_success(probe)
         return result
 
+    def guarding(self, function: Callable[..., Any], arguments: tuple[Any, ...]) -> Steps[Any]:
+        """:meth:`call` as a step (:mod:`tiered_cache.steps`), for a decision that a sync or
+        an async driver runs: ``function(*arguments)`` is yielded, and counted by the same
+        state machine. Raises :class:`~tiered_cache.errors.CircuitOpen` without yielding
+        when the circuit refuses the call."""
+        probe = self._admit()
+        try:
+            result = yield function, arguments
+        except BaseException as exc:
+            raise self._judge(probe, exc)  # noqa: B904 -- _judge chains the cause itself
+        self._record_success(probe)
+        return result
+
     def _judge(self, probe: bool, exc: BaseException) -> BaseException:
         """Count a call that raised ``exc``; what to raise instead. A CodecError (the caller's
         value) and an interrupt are neither success nor failure; any other error is the
@@ -122,19 +149,19 @@ class CircuitBreaker:
         self._record_failure(probe)
         if isinstance(exc, TierUnavailable):
             return exc
-        wrapped = TierUnavailable(f"tier {self.name!r}: {type(exc).__name__}: {exc}")
+        wrapped = TierUnavailable(f"{self._what} {self.name!r}: {type(exc).__name__}: {exc}")
         wrapped.__cause__ = exc
         return wrapped
 
     def _admit(self) -> bool:
-        """Let a call through (True if it is the probe) or raise :class:`TierUnavailable`."""
+        """Let a call through (True if it is the probe) or raise :class:`CircuitOpen`."""
         with self._lock:
             if not self._open:
                 return False
             waited = self._clock() - self._opened_at
             if self._probing or waited < self.cool_down:
-                raise TierUnavailable(
-                    f"tier {self.name!r}: circuit open after {self.failure_threshold} "
+                raise CircuitOpen(
+                    f"{self._what} {self.name!r}: circuit open after {self.failure_threshold} "
                     f"consecutive failures; "
                     + (
                         "a probe is in flight"
@@ -161,7 +188,7 @@ class CircuitBreaker:
             else:
                 closed = False
         if closed:
-            log.info("tier %r: circuit closed (probe succeeded)", self.name)
+            log.info("%s %r: circuit closed (probe succeeded)", self._what, self.name)
 
     def _record_failure(self, probe: bool) -> None:
         with self._lock:
@@ -177,7 +204,8 @@ class CircuitBreaker:
             self._opened_count += 1
             failures = self._failures
         log.warning(
-            "tier %r: circuit open after %d consecutive failures; skipping it for %gs",
+            "%s %r: circuit open after %d consecutive failures; skipping it for %gs",
+            self._what,
             self.name,
             failures,
             self.cool_down,

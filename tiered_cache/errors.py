@@ -22,6 +22,11 @@ class TierUnavailable(TieredCacheError):
     """A tier cannot be used right now (connection lost, timeout, circuit open)."""
 
 
+class CircuitOpen(TierUnavailable):
+    """A circuit breaker refused a call without making it (its circuit is open, or its one
+    probe is in flight): nothing was attempted, unlike a call that failed."""
+
+
 class InvalidationIncomplete(TieredCacheError):
     """A strict invalidation did not reach every shared tier or the bus; the message says
     which. The steps that could be taken were taken: retrying is safe."""

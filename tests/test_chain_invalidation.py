@@ -65,8 +65,10 @@ class CuttableBus(LocalBus):
         super().__init__()
         self.failing = False
         self.heard: list[Invalidation] = []
+        self.attempts = 0
 
     def publish(self, message: Invalidation) -> None:
+        self.attempts += 1
         if self.failing:
             raise ConnectionError("bus unreachable")
         self.heard.append(message)
@@ -165,7 +167,8 @@ def test_invalidate_many_strict_names_the_bus_it_did_not_reach(clock: FakeClock)
     fleet.a.invalidate_many(["x"])  # not strict: logged and counted only
     with pytest.raises(InvalidationIncomplete, match=r"^invalidating 2 key\(s\) did not reach "):
         fleet.a.invalidate_many(["x", "y", "x"], strict=True)
-    assert fleet.a.stats()["bus_publish_errors"] == 2
+    stats = fleet.a.stats()  # the second one skipped: the publish breaker opened on the first
+    assert (stats["bus_publish_errors"], stats["bus_publish_skipped"]) == (1, 1)
 
 
 def test_invalidate_many_strict_names_the_tier_and_the_bus_it_did_not_reach(
@@ -208,7 +211,8 @@ def test_a_write_around_with_the_bus_down_does_not_raise(clock: FakeClock) -> No
     cache.set("x", 2)
     cache.set_many({"x": 3})
     assert cache.get("x") == 3
-    assert cache.stats()["bus_publish_errors"] == 2
+    stats = cache.stats()  # the second one skipped: the publish breaker opened on the first
+    assert (stats["bus_publish_errors"], stats["bus_publish_skipped"]) == (1, 1)
 
 
 def test_a_get_many_joins_a_batch_that_read_after_the_keys_last_invalidation(
@@ -479,3 +483,122 @@ def test_clear_empties_every_in_process_tier(clock: FakeClock) -> None:
     cache.get("k")
     cache.clear()
     assert [len(tier) for tier in tiers] == [0, 0]
+
+
+# -- the publish breaker: a bus that fails is not tried again during the cool-down
+
+
+def test_after_a_failed_publish_announcements_are_skipped_and_the_others_see_the_gap(
+    clock: FakeClock,
+) -> None:
+    """One failed publish opens the bus's breaker: the writes during its cool-down return
+    without trying the bus (each would otherwise wait out the bus's timeout in turn, behind
+    the lock that orders the announcements) and leave their numbers unused. The first
+    announcement after the cool-down is the probe; the others see the gap and clear."""
+    fleet = Fleet(clock)
+    fleet.source.items.update({"x": 1, "y": 1})
+    fleet.a.invalidate("warm")  # b has heard a's number 1
+    assert (fleet.b.get("x"), fleet.b.get("y")) == (1, 1)  # in b's memory
+    fleet.bus.failing = True
+    fleet.a.set("x", 2)  # tried: fails, opens the breaker
+    assert fleet.bus.attempts == 2
+    fleet.bus.failing = False  # the bus is back, but nobody has tried it
+    fleet.a.set("y", 2)
+    fleet.a.invalidate_many(["x", "y"])
+    fleet.a.clear()
+    assert fleet.bus.attempts == 2  # three announcements, none tried
+    stats = fleet.a.stats()
+    assert (stats["bus_sent"], stats["bus_publish_errors"], stats["bus_publish_skipped"]) == (
+        1,
+        1,
+        3,
+    )
+    fleet.source.items.update({"x": 3, "y": 3})  # a write that bypasses the cache
+    assert (fleet.b.get("x"), fleet.b.get("y")) == (1, 1)  # b heard nothing yet
+    clock.advance(1.0)  # bus.breaker.cool_down
+    fleet.a.invalidate("z")  # the probe: number 6, after 1
+    assert fleet.bus.attempts == 3
+    assert [message.seq for message in fleet.bus.heard] == [1, 6]
+    assert fleet.b.stats()["bus_gaps"] == 1
+    assert (fleet.b.get("x"), fleet.b.get("y")) == (3, 3)  # b cleared its memory
+    fleet.a.invalidate("w")  # the circuit is closed again
+    assert fleet.a.stats()["bus_sent"] == 3
+
+
+def test_without_the_publish_breaker_every_announcement_tries_the_bus(clock: FakeClock) -> None:
+    """``bus.breaker.enabled = false``: each announcement tries the bus, as before."""
+    bus = CuttableBus()
+    cache = TieredCache(
+        [MemoryTier(name="l1", clock=clock), SharedTier(clock)],
+        DictSource({"x": 1}),
+        clock=clock,
+        bus=bus,
+        bus_breaker=None,
+    )
+    bus.failing = True
+    for _ in range(3):
+        cache.invalidate("x")
+    assert bus.attempts == 3
+    stats = cache.stats()
+    assert (stats["bus_publish_errors"], stats["bus_publish_skipped"]) == (3, 0)
+
+
+class HeldBus(CuttableBus):
+    """A CuttableBus whose next publish, once ``hold`` is set, waits until ``release``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hold = False
+        self.holding = threading.Event()
+        self.release = threading.Event()
+
+    def publish(self, message: Invalidation) -> None:
+        if self.hold:
+            self.hold = False
+            self.holding.set()
+            self.release.wait(timeout=5.0)
+        super().publish(message)
+
+
+def test_a_writer_does_not_wait_for_the_publish_breakers_probe(clock: FakeClock) -> None:
+    """While one announcement probes a bus that failed (it holds the lock that orders the
+    announcements, for up to the bus's timeout), the others skip at once rather than queue
+    behind it; their numbers are left unused, so the others clear after the probe."""
+    bus = HeldBus()
+    a, b = (
+        TieredCache(
+            [MemoryTier(name="l1", clock=clock), SharedTier(clock)],
+            DictSource({"x": 1}),
+            clock=clock,
+            bus=bus,
+        )
+        for _ in range(2)
+    )
+    a.invalidate("warm")
+    bus.failing = True
+    a.invalidate("x")  # fails: the breaker opens
+    bus.failing = False
+    clock.advance(1.0)
+    bus.hold = True
+    order: list[str] = []
+    probe = threading.Thread(target=lambda: (a.invalidate("p"), order.append("probe")))
+    probe.start()
+    assert bus.holding.wait(timeout=5.0)  # the probe is inside its publish
+    other = threading.Thread(target=lambda: (a.invalidate("q"), order.append("other")))
+    other.start()
+    other.join(timeout=10.0)
+    order.append("released")
+    bus.release.set()
+    probe.join(timeout=10.0)
+    assert order == ["other", "released", "probe"]
+    assert bus.attempts == 3  # warm, x, p: q was not tried
+    stats = a.stats()
+    assert (stats["bus_sent"], stats["bus_publish_errors"], stats["bus_publish_skipped"]) == (
+        2,
+        1,
+        1,
+    )
+    assert [message.seq for message in bus.heard] == [1, 3]  # q took 4, unused
+    a.invalidate("r")
+    assert [message.seq for message in bus.heard] == [1, 3, 5]
+    assert b.stats()["bus_gaps"] == 2

@@ -22,7 +22,7 @@ from .async_accessor import AsyncTierAccessor
 from .async_loader import AsyncBatchLoader, AsyncLoader, AsyncSourceLoader
 from .async_tier import AsyncSource, AsyncTier
 from .bus import AsyncBus, Bus
-from .coherence import BusLink
+from .coherence import DEFAULT_BUS_BREAKER, BusLink, publish_breaker
 from .fence import Fence
 from .l1 import L1Reader
 from .loader import EntryMaker
@@ -37,7 +37,7 @@ from .tier import MISSING, Entry, Source, Tier
 
 if TYPE_CHECKING:
     from .decorator import AsyncCachedFunction
-    from .settings import CacheSettings
+    from .settings import BreakerSettings, CacheSettings
 
 logger = logger_for("chain")
 
@@ -76,6 +76,7 @@ class AsyncTieredCache(L1Reader):
         bus: Bus | AsyncBus | None = None,
         max_stale_when_disconnected: float = 1.0,
         write_policy: Literal["through", "around"] = "through",
+        bus_breaker: BreakerSettings | None = DEFAULT_BUS_BREAKER,
     ) -> None:
         self.namespace = namespace
         self._given = tuple(tiers)
@@ -127,6 +128,7 @@ class AsyncTieredCache(L1Reader):
                 self._metrics,
                 self._set_bus_connected,
                 lock=asyncio.Lock() if self._native_bus else None,
+                breaker=publish_breaker(bus_breaker, clock),
             )
         if isinstance(bus, AsyncBus):
             self._async_bus = bus

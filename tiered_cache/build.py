@@ -73,6 +73,7 @@ def chain_options(settings: CacheSettings, clock: Callable[[], float]) -> dict[s
         "clock": clock,
         "protection": Protection(**settings.protection.model_dump()),
         "max_stale_when_disconnected": settings.bus.max_stale_when_disconnected,
+        "bus_breaker": settings.bus.breaker,
         "write_policy": settings.write_policy,
     }
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, cast
 
 from .accessor import TierAccessor
 from .bus import Bus
-from .coherence import BusLink
+from .coherence import DEFAULT_BUS_BREAKER, BusLink, publish_breaker
 from .fence import Fence
 from .l1 import L1Reader
 from .loader import BatchLoader, EntryMaker, Loader, SourceLoader
@@ -31,7 +31,7 @@ from .tier import MISSING, Entry, Source, Tier
 
 if TYPE_CHECKING:
     from .decorator import CachedFunction
-    from .settings import CacheSettings
+    from .settings import BreakerSettings, CacheSettings
 
 logger = logger_for("chain")
 
@@ -69,6 +69,9 @@ class TieredCache(L1Reader):
             was filled during the outage, for at most this many seconds; 0: not at all.
         write_policy: ``"through"``: :meth:`set` writes the source, then every tier;
             ``"around"``: it writes the source, then invalidates every tier.
+        bus_breaker: the circuit breaker around the bus's publish (``bus.breaker``): after a
+            failed publish, announcements are skipped for its cool-down (the other processes
+            see the gap and clear their memory); None: every announcement is tried.
     """
 
     def __init__(
@@ -87,6 +90,7 @@ class TieredCache(L1Reader):
         bus: Bus | None = None,
         max_stale_when_disconnected: float = 1.0,
         write_policy: Literal["through", "around"] = "through",
+        bus_breaker: BreakerSettings | None = DEFAULT_BUS_BREAKER,
     ) -> None:
         self.namespace = namespace
         self._given = tuple(tiers)
@@ -128,7 +132,13 @@ class TieredCache(L1Reader):
         #: The bus is down (in-process tiers are bypassed or bounded).
         self._bus_down = False
         if bus is not None:
-            self._bus_link = BusLink(bus, self._fence, self._metrics, self._set_bus_connected)
+            self._bus_link = BusLink(
+                bus,
+                self._fence,
+                self._metrics,
+                self._set_bus_connected,
+                breaker=publish_breaker(bus_breaker, clock),
+            )
 
     # -- construction -------------------------------------------------------------------------
 

@@ -6,6 +6,12 @@ connection stops using them until the bus is back (and clears them then too), be
 longer hear about changes. Messages a chain sent itself are skipped: it applied them already.
 Every message goes through the chain's :class:`~tiered_cache.fence.Fence`, like a local
 invalidation: it refuses the fills in flight and drops the in-process copies.
+
+A publish that fails opens a circuit breaker: for its cool-down, announcements are not sent
+(``bus_publish_skipped``) and their numbers stay unused, a gap the receivers clear their memory
+for -- what they would do for a lost message, which is what a publish to a bus that does not
+answer amounts to. Without it every writer of the process would wait its turn for the bus's
+timeout behind the one publishing (the lock that keeps the numbers in order).
 """
 
 from __future__ import annotations
@@ -18,10 +24,13 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+from .breaker import CircuitBreaker
 from .bus import AsyncBus, Bus, Invalidation
+from .errors import CircuitOpen, TierUnavailable
 from .fence import Fence
 from .logs import fields, logger_for
 from .metrics import CacheMetrics
+from .settings import BreakerSettings, BusBreakerSettings
 from .steps import Steps, run
 
 logger = logger_for("bus")
@@ -29,6 +38,20 @@ logger = logger_for("bus")
 #: Senders remembered for gap detection; the oldest are forgotten past this (a forgotten sender's
 #: next message is taken as its first, so a gap right then would go unnoticed).
 MAX_SENDERS = 10_000
+
+
+#: The chains' default breaker around the publish (``bus.breaker`` in the settings).
+DEFAULT_BUS_BREAKER = BusBreakerSettings()
+
+
+def publish_breaker(
+    settings: BreakerSettings | None, clock: Callable[[], float]
+) -> CircuitBreaker | None:
+    """The breaker around a chain's publish, on the chain's clock; none when ``settings`` is
+    None or not ``enabled``."""
+    if settings is None or not settings.enabled:
+        return None
+    return CircuitBreaker("publish", settings, clock=clock, what="bus")
 
 
 class Lock(Protocol):
@@ -50,18 +73,23 @@ class BusLink:
         set_connected: Callable[[bool], None],
         *,
         lock: Lock | None = None,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         """``set_connected``: the bus is down (False) or back (True); the chain stops or
         resumes using its in-process tiers. ``lock`` orders the announcements: a thread lock
         by default, an ``asyncio.Lock`` for an :class:`~tiered_cache.bus.AsyncBus` (its
-        publish is awaited, and a thread lock must not be held across an await)."""
+        publish is awaited, and a thread lock must not be held across an await).
+        ``breaker`` guards the publish (none: every announcement is tried)."""
         self.bus = bus
         self.sender = uuid.uuid4().hex
         self._fence = fence
         self._set_connected = set_connected
         self._metrics = metrics
         self._numbers = itertools.count(1)
+        # Held only to take a number: a skipped announcement takes one outside _numbers_lock.
+        self._taking = threading.Lock()
         self._numbers_lock: Lock = lock if lock is not None else threading.Lock()
+        self._breaker = breaker
         self._last_seen: OrderedDict[str, int] = OrderedDict()
         self._seen_lock = threading.Lock()
         bus.subscribe(self)
@@ -86,32 +114,55 @@ class BusLink:
         by :func:`~tiered_cache.steps.arun` for an :class:`~tiered_cache.bus.AsyncBus`
         (whose link holds an ``asyncio.Lock``). A failed publish is logged and counted, never
         raised (the change itself was made; other processes keep old copies at most one L1
-        TTL)."""
+        TTL). While the breaker is open the publish is not tried (``bus_publish_skipped``)."""
         # Numbered and published under one lock: two writers that numbered first and published
         # second could reach the others out of order, which they would take for a lost
-        # message (and clear their memory for). A failed publish leaves its number unused, a
-        # real gap: the others cannot know what it said, so clearing is right then.
+        # message (and clear their memory for). A failed or skipped publish leaves its number
+        # unused, a real gap: the others cannot know what it said, so clearing is right then.
+        # (A skipped one must take its number: the failed publish before it may still arrive,
+        # late, from a server that was only stalled, and would then hide the loss.)
+        # The breaker is asked before the lock (while it refuses, a writer does not wait for
+        # the probe in flight) and again under it: the writers queued behind a publish that
+        # fails then skip at once, instead of each trying (and waiting out a timeout) in turn.
         lock = self._numbers_lock
+        breaker = self._breaker
+        if breaker is not None and breaker.refusing:
+            self._take_number()
+            self._metrics.count("bus_publish_skipped")
+            return False
         try:
             yield lock.acquire, ()
             try:
-                number = next(self._numbers)
+                number = self._take_number()
                 message = Invalidation(self.sender, number, tuple(keys), tuple(prefixes), clear, at)
-                yield self.bus.publish, (message,)
+                if breaker is None:
+                    yield self.bus.publish, (message,)
+                else:
+                    yield from breaker.guarding(self.bus.publish, (message,))
             finally:
                 lock.release()
+        except CircuitOpen:
+            self._metrics.count("bus_publish_skipped")
+            return False
         except Exception as exc:
             self._metrics.count("bus_publish_errors")
+            # The breaker wraps what the bus raised: log that.
+            cause = exc.__cause__ if isinstance(exc, TierUnavailable) else None
+            shown = cause if cause is not None else exc
             logger.warning(
                 "could not announce an invalidation on the bus (%s: %s); other processes may "
                 "serve their in-memory copy until it expires",
-                type(exc).__name__,
-                exc,
+                type(shown).__name__,
+                shown,
                 extra=fields("bus_publish_failed"),
             )
             return False
         self._metrics.count("bus_sent")
         return True
+
+    def _take_number(self) -> int:
+        with self._taking:
+            return next(self._numbers)
 
     # -- receiving (BusListener), called on the bus's thread (an async bus: on its loop)
 

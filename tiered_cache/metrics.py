@@ -28,6 +28,7 @@ EVENTS = (
     "bus_gaps",
     "bus_disconnects",
     "bus_publish_errors",
+    "bus_publish_skipped",
 )
 
 

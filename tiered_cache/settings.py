@@ -320,6 +320,33 @@ class ProtectionSettings(BaseModel):
     )
 
 
+class BusBreakerSettings(BreakerSettings):
+    """The circuit breaker around the bus's publish (see :class:`tiered_cache.coherence.BusLink`):
+    the breaker's fields, with defaults for a bus."""
+
+    # One failed publish already cost the bus's timeout, and every writer of the process waits
+    # behind the publish in flight (announcements are numbered and published in order): the
+    # next ones are skipped at once, their numbers left unused, which receivers take for a lost
+    # message and clear their memory for. Short, since skipped messages are lost messages.
+    enabled: bool = Field(
+        default=True,
+        description="Guard the publish with a circuit breaker; false: every announcement "
+        "tries the bus, and waits for it.",
+    )
+    failure_threshold: int = Field(
+        default=1,
+        ge=1,
+        description="Consecutive failed publishes after which announcements are skipped "
+        "(counted in bus_publish_skipped; the other processes see a gap and clear their memory).",
+    )
+    cool_down: Duration = Field(
+        default=1.0,
+        gt=0,
+        description="How long announcements are skipped before one is published as a probe "
+        "('1s'); its success closes the circuit.",
+    )
+
+
 class BusSettings(BaseModel):
     """The invalidation bus. A kind's own model (``redis``) extends this one."""
 
@@ -337,6 +364,12 @@ class BusSettings(BaseModel):
         description="While the bus is down, in-process tiers keep serving, but only copies "
         "filled during the outage and at most this old ('1s'): the source then sees about "
         "one load per key per this long per process. 0: bypass in-process tiers entirely.",
+    )
+    breaker: BusBreakerSettings = Field(
+        default_factory=BusBreakerSettings,
+        description="After a failed publish, skip announcing (instead of making every writer of "
+        "the process wait its turn for a bus that is not answering) for the cool-down; "
+        "enabled = false: always try.",
     )
 
 

@@ -45,7 +45,7 @@ from .servers import FaultProxy, RedisServer
 #: Not ``bus_gaps``: on a connection that neither dropped (``bus_disconnects``) nor failed a
 #: publish, Redis pub/sub loses nothing, and a "gap" is two messages of one sender published by
 #: two threads out of order; the receiver clears its memory, which makes nothing staler.
-_TROUBLE_EVENTS = ("bus_publish_errors", "bus_disconnects")
+_TROUBLE_EVENTS = ("bus_publish_errors", "bus_publish_skipped", "bus_disconnects")
 #: Counters of ``stats()`` that show which paths of the chain a run went through.
 _PATH_EVENTS = (
     "loads",

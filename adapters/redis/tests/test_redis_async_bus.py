@@ -6,6 +6,8 @@ order, and the listener is gone after ``aclose``."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 import warnings
 from collections.abc import Callable
@@ -16,6 +18,7 @@ import redis
 from tiered_cache_redis import AsyncRedisBus
 
 from tiered_cache import AsyncTieredCache, TieredCache
+from tiered_cache.testing import FakeClock
 from tiered_cache.testing.servers import FaultProxy, RedisServer
 
 #: Generous bound for "the bus has delivered" on a loaded test machine.
@@ -215,6 +218,39 @@ async def test_concurrent_writers_reach_the_others_in_the_order_they_were_number
     assert receiver.stats().get("bus_gaps", 0) == 0
     await writer.aclose()
     await receiver.aclose()
+
+
+@pytest.mark.anyio
+async def test_writers_during_a_stall_try_the_bus_once_and_skip_it_during_the_cool_down(
+    namespace: str,
+) -> None:
+    """The threaded chain's rule (test_redis_coherence) on the asyncio bus: 8 coroutines
+    writing while Redis is SIGSTOPped wait behind one publish (the ``asyncio.Lock`` of the
+    announcements), which fails and opens the bus's breaker; the other 7 skip the publish."""
+    clock = FakeClock()
+    with RedisServer() as server:
+        cache = await async_chain(server.url, namespace, clock=clock)
+        await cache.set("warm", 0)
+        assert cache.stats()["bus_sent"] == 1
+        pid = server.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            await asyncio.gather(*(cache.set(f"k{n}", n) for n in range(8)))
+            stats = cache.stats()
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert (stats["bus_sent"], stats["bus_publish_errors"]) == (1, 1)
+        assert stats["bus_publish_skipped"] == 7
+        clock.advance(5.0)  # both cool-downs over: the next announcement is the probe
+
+        async def connected() -> bool:
+            return cache.stats()["bus"] == "connected"
+
+        assert await eventually(connected)
+        await cache.set("after", 1)
+        assert (cache.stats()["bus_sent"], cache.stats()["bus_publish_skipped"]) == (2, 7)
+        await cache.aclose()
 
 
 @pytest.mark.anyio

@@ -375,3 +375,40 @@ def test_with_redis_down_memory_serves_within_the_bound_and_counts(namespace: st
         assert stats["bus_down_bypasses"] == len(loads)
         assert stats["bus_down_served"] == 100 - len(loads)
         cache.close()
+
+
+# -- writers while the bus does not answer: one publish waits out the timeout, not one each
+
+
+def test_writers_during_a_stall_try_the_bus_once_and_skip_it_during_the_cool_down(
+    namespace: str,
+) -> None:
+    """8 writer threads while Redis is SIGSTOPped. Announcements are numbered and published
+    under one lock, so each writer's publish waited for the one before it to time out (8
+    publishes tried on a server already known not to answer: the last writer held ~8 bus
+    timeouts). The first failure opens the bus's breaker: the 7 writers queued behind it
+    skip the publish at once, their numbers left unused. The chain's (fake) clock does not
+    move here, so the breaker stays open for the whole stall."""
+    clock = FakeClock()
+    with RedisServer() as server:
+        cache = chain(server.url, namespace, bus_options=FAST_CHECK, clock=clock)
+        cache.set("warm", 0)
+        assert cache.stats()["bus_sent"] == 1
+        with stopped(server):
+            writers = [threading.Thread(target=cache.set, args=(f"k{n}", n)) for n in range(8)]
+            for writer in writers:
+                writer.start()
+            for writer in writers:
+                writer.join(timeout=60)
+            assert not any(writer.is_alive() for writer in writers)
+            stats = cache.stats()
+            assert (stats["bus_sent"], stats["bus_publish_errors"]) == (1, 1)
+            assert stats["bus_publish_skipped"] == 7
+        # Redis answers again; after the cool-down the next announcement is the probe.
+        clock.advance(5.0)  # the Redis tier's cool-down too (the bus's is 1 s)
+        assert eventually(lambda: cache.stats()["bus"] == "connected", 10)
+        cache.set("after", 1)
+        stats = cache.stats()
+        assert (stats["bus_sent"], stats["bus_publish_errors"]) == (2, 1)
+        assert stats["bus_publish_skipped"] == 7
+        cache.close()

@@ -79,6 +79,35 @@ def test_bus_durations_must_be_positive(field: str) -> None:
         load_settings(tiers=_tiers("redis://localhost:6379/0"), bus={"kind": "redis", field: 0})
 
 
+@pytest.mark.parametrize(
+    ("field", "value"), [("cool_down", 0), ("failure_threshold", 0), ("enabled", "maybe")]
+)
+def test_the_bus_breaker_fields_name_their_path(field: str, value: object) -> None:
+    with pytest.raises(ConfigError, match=rf"^tiered_cache\.bus\.breaker\.{field}: "):
+        load_settings(
+            tiers=_tiers("redis://localhost:6379/0"),
+            bus={"kind": "redis", "breaker": {field: value}},
+        )
+
+
+def test_the_bus_breaker_keeps_its_own_defaults_when_one_field_is_given() -> None:
+    """One failure opens it and it cools down for 1 s: the bus's defaults, not a tier's
+    (5 failures, 5 s), also when the table sets only some fields."""
+    bus = load_settings(tiers=_tiers("redis://localhost:6379/0")).bus
+    assert (bus.breaker.enabled, bus.breaker.failure_threshold, bus.breaker.cool_down) == (
+        True,
+        1,
+        1.0,
+    )
+    bus = load_settings(
+        tiers=_tiers("redis://localhost:6379/0"),
+        bus={"kind": "redis", "breaker": {"cool_down": "3s"}},
+    ).bus
+    assert (bus.breaker.failure_threshold, bus.breaker.cool_down) == (1, 3.0)
+    with pytest.raises(ConfigError, match=r"^tiered_cache\.bus\.breaker\.colddown: "):
+        load_settings(bus={"kind": "redis", "breaker": {"colddown": "3s"}})
+
+
 def test_a_bad_bus_url_names_its_path() -> None:
     with pytest.raises(ConfigError, match=r"^tiered_cache\.bus\.url: .*port"):
         load_settings(bus={"kind": "redis", "url": "redis://localhost:70000/0"})

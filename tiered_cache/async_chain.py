@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, cast
@@ -45,6 +46,30 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 __all__ = ["AsyncBatchLoader", "AsyncLoader", "AsyncTieredCache"]
+
+
+class LoopLock:
+    """An ``asyncio.Lock`` for each event loop the chain runs on: one belongs to the loop it
+    first waited on, and waiting for it on another loop (a chain kept across ``asyncio.run``
+    calls) raises. Orders the bus announcements of one loop (:class:`BusLink`)."""
+
+    def __init__(self) -> None:
+        self._locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def _here(self) -> asyncio.Lock:
+        loop = asyncio.get_running_loop()
+        lock = self._locks.get(loop)
+        if lock is None:
+            lock = self._locks[loop] = asyncio.Lock()
+        return lock
+
+    async def acquire(self) -> bool:
+        return await self._here().acquire()
+
+    def release(self) -> None:
+        self._here().release()
 
 
 class AsyncTieredCache(L1Reader):
@@ -127,7 +152,7 @@ class AsyncTieredCache(L1Reader):
                 self._fence,
                 self._metrics,
                 self._set_bus_connected,
-                lock=asyncio.Lock() if self._native_bus else None,
+                lock=LoopLock() if self._native_bus else None,
                 breaker=publish_breaker(bus_breaker, clock),
             )
         if isinstance(bus, AsyncBus):

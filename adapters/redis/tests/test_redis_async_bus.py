@@ -346,3 +346,28 @@ def test_a_chain_whose_listening_loop_ended_serves_no_copy_it_did_not_hear_about
 
     asyncio.run(second_job())
     writer.close()
+
+
+def test_a_chain_kept_across_loops_announces_from_each_of_them(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """Writers of one chain announce one at a time under a lock; an ``asyncio.Lock`` belongs
+    to the loop it first waited on, so in the next ``asyncio.run`` every announcement that
+    had to wait for it failed: 19 of 20 concurrent invalidations never reached the other
+    processes, which kept serving their memory copies."""
+    settings = {
+        "namespace": namespace,
+        "tiers": [{"kind": "memory"}],
+        "bus": {"kind": "redis", "url": redis_server.url},
+    }
+    cache = AsyncTieredCache.from_config(**settings)
+
+    async def job(name: str) -> None:
+        await asyncio.gather(*(cache.invalidate(f"{name}:{index}") for index in range(20)))
+
+    asyncio.run(job("first"))
+    asyncio.run(job("second"))
+    stats = cache.stats()
+    assert stats.get("bus_publish_errors", 0) == 0
+    assert stats["bus_sent"] == 40
+    asyncio.run(cache.aclose())

@@ -426,3 +426,27 @@ async def test_a_write_whose_caller_is_cancelled_leaves_no_old_copy(
         entry = tier.get("k")
         assert entry is MISSING or entry.value == "new"
     await cache.aclose()
+
+
+async def test_aclose_lets_a_write_in_flight_finish(clock: FakeClock) -> None:
+    """A shutdown (``async with`` exit) while a request writes: the write runs to its end
+    and its caller gets its answer, not a cancellation that was not its own."""
+    source = AsyncDictSource({})
+    answered = asyncio.Event()
+    written: list[str] = []
+
+    async def store(key: str, value: Any) -> None:
+        await answered.wait()
+        written.append(key)
+
+    source.store = store  # type: ignore[method-assign]
+    cache = AsyncTieredCache(two_tiers(clock), source, clock=clock, protection=STRICT)
+    request = asyncio.create_task(cache.set("k", "v"))
+    await asyncio.sleep(0.01)  # inside the source's write
+    closing = asyncio.create_task(cache.aclose())
+    await asyncio.sleep(0.01)
+    assert not closing.done()  # it waits for the write
+    answered.set()
+    await request
+    await closing
+    assert written == ["k"] and not request.cancelled()

@@ -140,6 +140,8 @@ class AsyncTieredCache(L1Reader):
         )
         self._setup_l1(self._tiers, self._metrics, self._protection, rng)
         self._disconnected_bound = max_stale_when_disconnected
+        #: Writes running to their end (:meth:`_to_the_end`).
+        self._writes: set[asyncio.Task[None]] = set()
         self._bus_down = False
         self._closed = False
         #: The async bus, whose listener runs on the chain's loop (see :meth:`_listen_here`).
@@ -297,8 +299,16 @@ class AsyncTieredCache(L1Reader):
         """Run a write or an invalidation to its end even if its caller is cancelled (a
         client timeout): the source may already hold the new value, and one stopped half-way
         would leave older copies in the tiers and in the other processes, which the bus was
-        not told about. It runs as a task of the loader (``aclose`` stops it)."""
-        await asyncio.shield(self._loader.spawn(arun(steps)))
+        not told about. It runs as a task that :meth:`aclose` waits for (not cancels)."""
+        task = asyncio.ensure_future(arun(steps))
+        self._writes.add(task)
+        task.add_done_callback(self._write_done)
+        await asyncio.shield(task)
+
+    def _write_done(self, task: asyncio.Task[None]) -> None:
+        self._writes.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: its caller has seen it, or was cancelled
 
     # -- the bus ------------------------------------------------------------------------------
 
@@ -367,11 +377,19 @@ class AsyncTieredCache(L1Reader):
         )
 
     async def wait_background(self, timeout: float | None = None) -> bool:
-        """Wait until background refreshes and late loads have finished (and filled)."""
+        """Wait until background refreshes, late loads (filled) and writes whose callers
+        were cancelled have finished."""
+        if self._writes:
+            _, pending = await asyncio.wait(set(self._writes), timeout=timeout)
+            if pending:
+                return False
         return await self._loader.wait_background(timeout)
 
     async def aclose(self) -> None:
-        """Cancel background work, close the bus, every tier and the source. Idempotent."""
+        """Let writes in flight finish, cancel background work, close the bus, every tier
+        and the source. Idempotent."""
+        if self._writes:
+            await asyncio.wait(set(self._writes))
         if not await self._loader.aclose():
             return
         if self._bus_link is not None:

@@ -180,9 +180,17 @@ class BatchLoad:
                     served[key] = yield from self.fail_safe(key, mark, stale[key], failure)
                 else:
                     errors[key] = failure
-        yield from self.fence.fill_steps(
-            mark, loaded, self.tiers, tokens={k: t for k, t in held.items() if k in loaded}
-        )
+        filling = {k: t for k, t in held.items() if k in loaded}
+        try:
+            yield from self.fence.fill_steps(mark, loaded, self.tiers, tokens=filling)
+        except Exception:
+            raise  # the fence gave back the leases it did not use
+        except BaseException:
+            # Interrupted (a cancelled task) before the fill may have gone out: its leases
+            # must not outlive it (a lease a fill used no longer matches: nothing happens).
+            if filling and leasing is not None:
+                yield leasing.release_leases, (filling,)
+            raise
         return served, errors
 
     def fail_safe(self, key: str, mark: int, stale: Entry, exc: Exception) -> Steps[Entry]:

@@ -325,3 +325,49 @@ async def test_a_burst_of_readers_on_a_cold_process_reads_redis_not_the_source(
     await cache.aclose()
     assert stats["tiers"][1]["breaker"] == "closed"
     assert loads == 0
+
+
+@pytest.mark.anyio
+async def test_a_batch_cancelled_before_its_fill_went_out_gives_its_leases_back(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """A ``get_many`` cancelled after its load, while its fill waits for a connection of a
+    busy pool (nothing sent yet): the leases it holds are given back, so another process
+    loads the keys at once instead of waiting for a holder that is gone."""
+    patient = Protection.never_stale(lease="auto", lease_ttl=30.0, lease_wait=0.2, lease_poll=0.01)
+    pool = aioredis.BlockingConnectionPool.from_url(redis_server.url, max_connections=1, timeout=5)
+    client = aioredis.Redis.from_pool(pool)
+    first = AsyncTieredCache(
+        [MemoryTier(max_entries=100, ttl=60), AsyncRedisTier(client, namespace=namespace)],
+        namespace=namespace,
+        protection=patient,
+    )
+    other = chain(redis_server.url, namespace, protection=patient)  # another process
+    loaded = asyncio.Event()
+    blocker: asyncio.Task[object] | None = None
+
+    async def load(keys: object) -> dict[str, str]:
+        nonlocal blocker
+        # The pool's one connection is taken for a second: the fill will wait for it.
+        blocker = asyncio.create_task(client.blpop(["nothing"], timeout=1))
+        await asyncio.sleep(0.05)
+        loaded.set()
+        return {"a": "A", "b": "B"}
+
+    request = asyncio.create_task(first.get_many(["a", "b"], load))
+    await loaded.wait()
+    await asyncio.sleep(0.05)  # its fill waits for the pool
+    request.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await request
+    assert blocker is not None
+    await blocker
+    assert await first.wait_background(5.0)
+
+    async def load_again(keys: object) -> dict[str, str]:
+        return {"a": "A", "b": "B"}
+
+    assert await other.get_many(["a", "b"], load_again) == {"a": "A", "b": "B"}
+    assert other.stats()["lease_waits"] == 0  # the leases were free: nobody waited
+    await first.aclose()
+    await other.aclose()

@@ -371,3 +371,48 @@ async def test_a_batch_cancelled_before_its_fill_went_out_gives_its_leases_back(
     assert other.stats()["lease_waits"] == 0  # the leases were free: nobody waited
     await first.aclose()
     await other.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_get_cancelled_before_its_fill_went_out_gives_its_lease_back(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """As for a batch: a ``get`` cancelled after its load, while its fill waits for a
+    connection of a busy pool, gives its lease back."""
+    patient = Protection.never_stale(lease="auto", lease_ttl=30.0, lease_wait=0.2, lease_poll=0.01)
+    pool = aioredis.BlockingConnectionPool.from_url(redis_server.url, max_connections=1, timeout=5)
+    client = aioredis.Redis.from_pool(pool)
+    first = AsyncTieredCache(
+        [MemoryTier(max_entries=100, ttl=60), AsyncRedisTier(client, namespace=namespace)],
+        namespace=namespace,
+        protection=patient,
+    )
+    other = chain(redis_server.url, namespace, protection=patient)  # another process
+    loaded = asyncio.Event()
+    blocker: asyncio.Task[object] | None = None
+
+    async def load() -> str:
+        nonlocal blocker
+        # The pool's one connection is taken for a second: the fill will wait for it.
+        blocker = asyncio.create_task(client.blpop(["nothing"], timeout=1))
+        await asyncio.sleep(0.05)
+        loaded.set()
+        return "v"
+
+    request = asyncio.create_task(first.get("k", load))
+    await loaded.wait()
+    await asyncio.sleep(0.05)  # its fill waits for the pool
+    request.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await request
+    assert blocker is not None
+    await blocker
+    assert await first.wait_background(5.0)
+
+    async def load_again() -> str:
+        return "v"
+
+    assert await other.get("k", load_again) == "v"
+    assert other.stats()["lease_waits"] == 0  # the lease was free: nobody waited
+    await first.aclose()
+    await other.aclose()

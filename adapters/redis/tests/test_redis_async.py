@@ -289,14 +289,6 @@ async def test_a_key_that_is_not_a_str_is_refused_before_any_tier_is_asked(
 
 
 @pytest.mark.anyio
-@pytest.mark.xfail(
-    strict=True,
-    reason="a burst of coroutines on a cold process saturates the event loop; redis.asyncio's "
-    "connect and pool-wait timeouts (the tier's 50 ms) then fire on a healthy Redis, the breaker "
-    "counts them as Redis failing, opens, and the burst goes to the source. Queueing before the "
-    "pool (a per-loop semaphore sized to it) helps up to ~2,000 coroutines here, not beyond: "
-    "the first steps of all of them run before any connect completes",
-)
 async def test_a_burst_of_readers_on_a_cold_process_reads_redis_not_the_source(
     redis_server: RedisServer, namespace: str
 ) -> None:

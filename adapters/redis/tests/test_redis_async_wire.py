@@ -109,3 +109,69 @@ async def test_a_parked_connection_survives_a_server_restart(namespace: str) -> 
         got = await tier.get("k")
         assert got is not MISSING and got.value == "after"
         await tier.aclose()
+
+
+def _calls(server: RedisServer) -> dict[str, int]:
+    stats = redis.Redis.from_url(server.url).info("commandstats")
+    return {name: stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("get", "mget")}
+
+
+@pytest.mark.anyio
+async def test_the_gets_of_one_loop_tick_leave_as_one_mget(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """A burst of single-key reads in one pass of the loop is one round trip, not one each
+    (one each queued for the pool while the loop was busy, and their timeouts fired on a
+    healthy Redis): 600 GETs of 300 keys are one MGET of the 300; each caller gets its own."""
+    tier = AsyncRedisTier(make_async_client(redis_server.url), namespace=namespace)
+    await tier.set_many({f"k{i}": Entry(i, 0.0) for i in range(0, 300, 2)})
+    before = _calls(redis_server)
+    got = await asyncio.gather(*(tier.get(f"k{i % 300}") for i in range(600)))
+    after = _calls(redis_server)
+    assert [entry.value if entry is not MISSING else None for entry in got] == [
+        i % 300 if i % 2 == 0 else None for i in range(600)
+    ]
+    assert {name: after[name] - before[name] for name in after} == {"get": 0, "mget": 1}
+    assert await tier.get("k0") is not MISSING  # alone in its tick: a plain GET
+    assert _calls(redis_server)["get"] == after["get"] + 1
+    await tier.clear()
+    await tier.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_failed_mget_is_a_failure_for_each_of_its_callers(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """Gathered reads are still counted one by one: a burst against a Redis that is gone
+    fails every caller, so the breaker opens as soon as it did with one GET each."""
+    with FaultProxy(redis_server.host, redis_server.port) as proxy:
+        tier = AsyncRedisTier(
+            make_async_client(proxy.url("redis"), timeout=0.2), namespace=namespace
+        )
+        assert await tier.get("k") is MISSING
+        proxy.cut()
+        results = await asyncio.gather(
+            *(tier.get(f"k{i}") for i in range(5)), return_exceptions=True
+        )
+        assert [isinstance(result, redis.RedisError) for result in results] == [True] * 5
+        await tier.aclose()
+
+
+@pytest.mark.anyio
+async def test_the_reads_gathered_by_a_cancelled_read_are_still_answered(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """The first GET of a tick sends the others' names too; cancelled (its caller went away)
+    before it sent them, the others are answered all the same, not cancelled with it."""
+    tier = AsyncRedisTier(make_async_client(redis_server.url), namespace=namespace)
+    await tier.set_many({"a": Entry("A", 0.0), "b": Entry("B", 0.0)})
+    first = asyncio.create_task(tier.get("a"))
+    others = [asyncio.create_task(tier.get(key)) for key in ("a", "b")]
+    await asyncio.sleep(0)  # the three have started: the first leads, the others wait on it
+    first.cancel()
+    async with asyncio.timeout(10):  # a guard against hanging, not a measure
+        got = await asyncio.gather(*others)
+    assert [entry.value if entry is not MISSING else None for entry in got] == ["A", "B"]
+    assert first.cancelled()
+    await tier.clear()
+    await tier.aclose()

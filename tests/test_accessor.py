@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import pytest
 
 from tiered_cache import MemoryTier, TieredCache
+from tiered_cache.breaker import CircuitBreakerTier
 from tiered_cache.protection import Protection
 from tiered_cache.testing import FakeClock
 from tiered_cache.testing.recording import RecordingTier
 from tiered_cache.testing.sources import DictSource
+from tiered_cache.tier import MISSING, Entry, MissingType, TierBase
 
 
 def test_a_failing_tier_is_logged_at_most_once_per_ten_seconds_of_the_chains_clock(
@@ -67,3 +71,141 @@ def test_get_many_judges_freshness_and_staleness_up_to_the_expiry_exclusive(
     clock.advance(5)  # exactly at the hard expiry: no longer servable, loaded again
     assert cache.get_many(["k"]) == {"k": "v2"}
     assert source.batches == [["k"], ["k"]]
+
+
+def _failing_l2(clock: FakeClock) -> tuple[TieredCache, RecordingTier]:
+    l2 = RecordingTier(MemoryTier(name="l2", clock=clock))
+    cache = TieredCache(
+        [MemoryTier(name="l1", clock=clock), l2],
+        DictSource({"k": "v"}),
+        clock=clock,
+        protection=Protection.never_stale(),
+    )
+    l2.failure = ConnectionError("redis went away")
+    return cache, l2
+
+
+@pytest.mark.parametrize(
+    "operation",
+    [
+        pytest.param(lambda cache: cache.get_many(["k"]), id="get_many"),
+        pytest.param(lambda cache: cache.invalidate("k"), id="invalidate"),
+        pytest.param(lambda cache: cache.invalidate_prefix("k"), id="invalidate_prefix"),
+        pytest.param(lambda cache: cache.clear(), id="clear"),
+    ],
+)
+def test_a_tier_failure_is_logged_with_what_failed_on_every_path(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture, operation: Any
+) -> None:
+    cache, _ = _failing_l2(clock)
+    with caplog.at_level(logging.WARNING, logger="tiered_cache.tier.l2"):
+        operation(cache)
+    assert "tier 'l2' failed (ConnectionError: redis went away)" in caplog.records[0].getMessage()
+    assert cache.stats()["tiers"][1]["errors"] >= 1
+
+
+def test_a_tier_whose_breaker_is_open_counts_skips_not_errors(clock: FakeClock) -> None:
+    inner = RecordingTier(MemoryTier(name="l2", clock=clock))
+    l2 = CircuitBreakerTier(inner, failure_threshold=1, cool_down=60.0, clock=clock)
+    cache = TieredCache(
+        [MemoryTier(name="l1", clock=clock), l2],
+        DictSource({"k": "v", "j": "w"}),
+        clock=clock,
+        protection=Protection.never_stale(),
+    )
+    inner.failure = ConnectionError("redis went away")
+    cache.get_many(["k"])  # the first failure opens the breaker
+    before = cache.stats()["tiers"][1]
+    assert (before["breaker"], before["breaker_opened"]) == ("open", 1)
+    cache.get_many(["j"])
+    cache.invalidate("k")
+    after = cache.stats()["tiers"][1]
+    assert after["errors"] == before["errors"]
+    assert after["skips"] > before["skips"]
+
+
+class _HotKeysFail(TierBase):
+    """A tier that tracks hot keys, and fails to report them."""
+
+    name = "hot"
+
+    def __init__(self) -> None:
+        self.entries: dict[str, Entry] = {}
+
+    def get(self, key: str) -> Entry | MissingType:
+        return self.entries.get(key, MISSING)
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, Entry]:
+        return {key: self.entries[key] for key in keys if key in self.entries}
+
+    def set(self, key: str, entry: Entry) -> None:
+        self.entries[key] = entry
+
+    def set_many(self, entries: Mapping[str, Entry]) -> None:
+        self.entries.update(entries)
+
+    def delete(self, key: str) -> None:
+        self.entries.pop(key, None)
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        for key in keys:
+            self.entries.pop(key, None)
+
+    def clear(self) -> None:
+        self.entries.clear()
+
+    def close(self) -> None:
+        pass
+
+    def hot_keys(self, n: int) -> list[tuple[str, float]]:
+        raise ConnectionError("no report today")
+
+
+def test_a_tier_failing_to_report_hot_keys_is_logged_and_reports_none(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = TieredCache([_HotKeysFail()], DictSource({"k": "v"}), clock=clock)
+    with caplog.at_level(logging.WARNING, logger="tiered_cache.tier.hot"):
+        assert cache.hot_keys() == []
+    assert "tier 'hot' failed (ConnectionError: no report today)" in caplog.records[0].getMessage()
+
+
+def test_a_hit_is_counted_at_the_tier_that_had_it(clock: FakeClock) -> None:
+    l3 = MemoryTier(name="l3", clock=clock)
+    cache = TieredCache(
+        [MemoryTier(name="l1", clock=clock), MemoryTier(name="l2", clock=clock), l3],
+        DictSource({}),
+        clock=clock,
+        ttl=60,
+        protection=Protection.never_stale(),
+    )
+    l3.set("k", Entry("deep", clock() + 60))
+    assert cache.get("k") == "deep"
+    assert [tier["hits"] for tier in cache.stats()["tiers"]] == [0, 0, 1]
+
+
+class _KeepingTier(_HotKeysFail):
+    """A third-party tier that keeps what it is given until told otherwise (no expiry of its
+    own): the chain alone judges freshness."""
+
+    name = "keeping"
+
+    def hot_keys(self, n: int) -> list[tuple[str, float]]:
+        return []
+
+
+def test_an_entry_at_its_hard_expiry_is_not_served_stale_by_get_many(clock: FakeClock) -> None:
+    source = DictSource({"k": "v1"})
+    cache = TieredCache(
+        [_KeepingTier()],
+        source,
+        ttl=10,
+        clock=clock,
+        protection=Protection(max_stale=5.0, early_refresh_beta=0.0, soft_timeout=None),
+        background=lambda task: None,
+    )
+    cache.get_many(["k"])
+    source.items["k"] = "v2"
+    clock.advance(15)  # exactly at the hard expiry, and the tier still holds the entry
+    assert cache.get_many(["k"]) == {"k": "v2"}
+    assert cache.stats()["stale_served"] == 0

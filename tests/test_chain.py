@@ -322,3 +322,40 @@ def test_a_chain_shows_its_namespace_tiers_and_source(clock: FakeClock) -> None:
     cache = TieredCache(tiers, DictSource(), namespace="tweets", clock=clock)
     assert repr(cache) == "<TieredCache 'tweets': l1 -> l2 -> dict>"
     assert repr(TieredCache([], clock=clock)) == "<TieredCache 'default': no tiers -> loader>"
+
+
+def test_stats_name_the_namespace_and_the_source_and_say_there_is_no_bus(
+    clock: FakeClock,
+) -> None:
+    cache = TieredCache(
+        [MemoryTier(clock=clock)], DictSource({"k": "v"}), namespace="tweets", clock=clock
+    )
+    stats = cache.stats()
+    assert (stats["namespace"], stats["source"]["name"], stats["bus"]) == ("tweets", "dict", None)
+
+
+def test_hot_keys_gives_the_ten_hottest_by_default(clock: FakeClock) -> None:
+    cache = TieredCache.from_config(
+        tiers=[{"kind": "memory", "max_entries": 100, "admission": "hot-keys"}], clock=clock
+    )
+    for round_ in range(300):
+        for i in range(12):
+            cache.get(f"tweet:{i}", lambda: "v")
+        cache.get(f"cold:{round_}", lambda: "cold")
+        clock.advance(0.01)
+    assert len(cache.hot_keys(12)) == 12
+    assert len(cache.hot_keys()) == 10
+
+
+def test_lookup_many_leaves_out_an_entry_that_is_only_stale(clock: FakeClock) -> None:
+    cache = TieredCache(
+        [MemoryTier(ttl=1000, clock=clock)],
+        DictSource({"k": "v"}),
+        ttl=10,
+        clock=clock,
+        protection=Protection(max_stale=100.0, early_refresh_beta=0.0, soft_timeout=None),
+    )
+    cache.get("k")
+    assert set(cache.lookup_many(["k"])) == {"k"}
+    clock.advance(11)  # past the soft expiry: servable stale by get, not fresh
+    assert cache.lookup_many(["k"]) == {}

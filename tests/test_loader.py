@@ -8,6 +8,7 @@ where its threads matter, and under the test's control elsewhere.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -514,6 +515,8 @@ def test_a_timed_load_runs_on_a_daemon_thread_so_a_hung_one_never_blocks_exit() 
     started = set(threading.enumerate()) - before
     try:
         assert started and all(thread.daemon for thread in started)
+        # named, so that a thread dump of a stuck service says what the thread is
+        assert {thread.name for thread in started} == {"tiered-cache-timed-load"}
     finally:
         release.set()
     assert cache.wait_background(10)
@@ -534,8 +537,11 @@ def test_waiting_past_the_hard_timeout_for_an_earlier_hung_load_says_so() -> Non
     try:
         with pytest.raises(LoadTimeout):
             cache.get("k", lambda: release.wait(10))
-        with pytest.raises(LoadTimeout, match=r"^an earlier load of 'k' is still running past"):
+        with pytest.raises(
+            LoadTimeout, match=r"^an earlier load of 'k' is still running past"
+        ) as err:
             cache.get("k", lambda: "unused")
+        assert "fills the cache when it finishes" in str(err.value)
         assert cache.stats()["hard_timeouts"] == 2
     finally:
         release.set()
@@ -555,6 +561,7 @@ def test_waiting_past_the_soft_timeout_for_an_earlier_slow_load_serves_stale(
         assert cache.get("k", lambda: "unused") == "old"  # waited for the first, in vain
         stats = cache.stats()
         assert (stats["soft_timeouts"], stats["hard_timeouts"]) == (2, 0)
+        assert stats["stale_served_on_slow_load"] == 2
     finally:
         release.set()
     assert cache.wait_background(10)
@@ -596,4 +603,55 @@ def test_a_batch_load_records_how_long_it_took(clock: FakeClock) -> None:
     stats = cache.stats()
     assert (stats["loads"], stats["keys_loaded"], stats["load_seconds"]) == (1, 2, 2.0)
     assert {entry.load_duration for entry in cache.lookup_many(["a", "b"]).values()} == {2.0}
+    cache.close()
+
+
+def test_without_a_stale_value_the_soft_timeout_does_not_apply() -> None:
+    # The soft timeout only says when to serve a stale value instead; with none to serve, a
+    # load slower than it but within the hard timeout is waited for and returned.
+    cache = TieredCache([MemoryTier()], protection=Protection(soft_timeout=0.02, hard_timeout=30.0))
+    assert cache.get("k", lambda: time.sleep(0.2) or "slow") == "slow"
+    stats = cache.stats()
+    assert (stats["soft_timeouts"], stats["hard_timeouts"]) == (0, 0)
+    cache.close()
+
+
+def test_a_stale_value_served_for_a_failed_load_logs_the_error(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = stale_cache(clock, None, stale_while_revalidate=False)
+    cache.get("k", lambda: "old")
+    clock.advance(11)
+
+    def fail() -> str:
+        raise ConnectionError("table unreachable")
+
+    with caplog.at_level(logging.WARNING, logger="tiered_cache"):
+        assert cache.get("k", fail) == "old"
+    assert any(
+        "its load failed (ConnectionError: table unreachable)" in record.getMessage()
+        for record in caplog.records
+    )
+    cache.close()
+
+
+def test_background_work_runs_on_named_threads_and_is_forgotten_once_done(
+    clock: FakeClock,
+) -> None:
+    cache = stale_cache(clock, None, stale_while_revalidate=True)
+    cache.get("k", lambda: "old")
+    clock.advance(11)
+    names: list[str] = []
+
+    def reload() -> str:
+        names.append(threading.current_thread().name)
+        return "new"
+
+    assert cache.get("k", reload) == "old"  # served stale, refreshed in the background
+    assert cache.wait_background(10)
+    assert cache.get("k", lambda: "unused") == "new"
+    assert len(names) == 1 and names[0].startswith("tiered-cache-load")
+    # Done work is dropped from what wait_background waits for (else it grows forever). Read
+    # from the loader itself: no public call tells it apart from work still running.
+    assert not cache._loader._pending
     cache.close()

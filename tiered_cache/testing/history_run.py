@@ -371,7 +371,18 @@ class HistoryRig:
         for sender in range(min(2, len(self.workers))):
             while not self._probe(sender):
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"the bus did not deliver within {timeout}s")
+                    raise TimeoutError(
+                        f"the bus did not deliver within {timeout}s (probes from worker "
+                        f"{sender}); the workers' bus counters: {self._bus_counters()}"
+                    )
+
+    def _bus_counters(self) -> list[dict[str, Any]]:
+        """Each worker's bus state and counters, for a failure's message."""
+        names = ("bus", "bus_sent", "bus_received", "bus_gaps", *_TROUBLE_EVENTS)
+        return [
+            {name: stats.get(name) for name in names}
+            for stats in (worker.ask("stats") for worker in self.workers)
+        ]
 
     def _probe(self, sender: int) -> bool:
         """True if an invalidation by worker ``sender`` reached every other within a second."""

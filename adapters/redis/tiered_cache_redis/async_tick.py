@@ -1,0 +1,130 @@
+"""Calls of one loop tick, sent as batches once the tick is over (:class:`TickBatch`).
+
+A burst of coroutines (a service starting under traffic, a cleared memory tier) asks Redis
+for one key each in the same pass of the event loop. Sent one by one, every call queues for
+the pool and runs a timed step (the pool wait, a connect, a socket read) while the loop is
+busy with the others: the timeouts measure the loop's queue, not Redis, and the tier's
+breaker counts them as Redis failing. Gathered, the calls of one tick leave together when
+the tick is over, as the batches ``send`` makes of them.
+
+``send`` answers each call on its own (a value or an error), so each caller gets its own
+outcome, and an error of a batch reaches each of its callers (the chain's breaker counts
+it once per caller, as it counted the calls the batch replaces). A cancelled first caller
+(its caller went away) does not cancel the others: their calls are sent again without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
+
+Call = TypeVar("Call")
+Result = TypeVar("Result")
+
+_Waiting = list[tuple[Call, "asyncio.Future[Result]"]]
+
+
+class TickBatch(Generic[Call, Result]):
+    """Gathers the calls of a tick (per event loop: a batch never crosses loops) and sends
+    them with ``send``, which returns one result or one exception per call, in order."""
+
+    def __init__(
+        self, send: Callable[[Sequence[Call]], Awaitable[Sequence[Result | Exception]]]
+    ) -> None:
+        self._send = send
+        self._pending: dict[asyncio.AbstractEventLoop, list[tuple[Call, asyncio.Future[Result]]]]
+        self._pending = {}
+        self._sending: set[asyncio.Task[None]] = set()
+
+    async def call(self, call: Call) -> Result:
+        """``call``'s result, sent with the other calls of this tick.
+
+        The first call of a tick leads: it lets the tick end (one yield to the loop, no task),
+        then sends the calls gathered meanwhile and hands each waiter its outcome."""
+        loop = asyncio.get_running_loop()
+        waiting = self._pending.get(loop)
+        if waiting is not None:
+            future: asyncio.Future[Result] = loop.create_future()
+            waiting.append((call, future))
+            return await future
+        waiting = self._pending[loop] = []
+        try:
+            try:
+                await asyncio.sleep(0)
+            finally:
+                del self._pending[loop]
+            outcomes = await self._send([call] + [other for other, _ in waiting])
+        except BaseException as exc:
+            self._hand_over(loop, waiting, exc)
+            raise
+        _settle(waiting, outcomes[1:])
+        outcome = outcomes[0]
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    def _hand_over(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        waiting: list[tuple[Call, asyncio.Future[Result]]],
+        exc: BaseException,
+    ) -> None:
+        """``send`` itself failed: the same error for every waiter. The leader was cancelled:
+        the waiters' calls are sent again without it."""
+        if isinstance(exc, Exception):
+            for _, future in waiting:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        rest = [(call, future) for call, future in waiting if not future.done()]
+        if rest and not loop.is_closed():
+            task = loop.create_task(self._resend(rest))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+
+    async def _resend(self, waiting: list[tuple[Call, asyncio.Future[Result]]]) -> None:
+        try:
+            outcomes = await self._send([call for call, _ in waiting])
+        except Exception as exc:
+            for _, future in waiting:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        except BaseException:
+            for _, future in waiting:
+                future.cancel()
+            raise
+        _settle(waiting, outcomes)
+
+    async def drain(self) -> None:
+        """Let the batches sent for a cancelled leader end."""
+        if self._sending:
+            await asyncio.gather(*self._sending, return_exceptions=True)
+
+
+def _settle(
+    waiting: Sequence[tuple[object, asyncio.Future[Result]]],
+    outcomes: Sequence[Result | Exception],
+) -> None:
+    for (_, future), outcome in zip(waiting, outcomes, strict=True):
+        if future.done():
+            continue
+        if isinstance(outcome, Exception):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+
+
+def rounds(keys: Sequence[str]) -> list[list[int]]:
+    """The positions of ``keys`` in rounds with each key at most once, in order: the n-th
+    call for a key goes in round n, so the calls for one key run one after the other, as
+    they would have one by one (a batch of leases cannot hold a key twice)."""
+    seen: dict[str, int] = {}
+    out: list[list[int]] = []
+    for index, key in enumerate(keys):
+        n = seen[key] = seen.get(key, -1) + 1
+        if n == len(out):
+            out.append([])
+        out[n].append(index)
+    return out

@@ -411,12 +411,6 @@ async def test_a_get_cancelled_before_its_fill_went_out_gives_its_lease_back(
 
 
 @pytest.mark.anyio
-@pytest.mark.xfail(
-    strict=True,
-    reason="the write and lease path still starts one timed connect / pool wait per key while "
-    "the loop runs the burst's first steps (reads are gathered into MGETs, lease calls are "
-    "not): 2,000 concurrent lease acquisitions time out on a healthy Redis and open the breaker",
-)
 async def test_a_burst_of_readers_of_keys_redis_lacks_loads_each_once_and_keeps_redis(
     redis_server: RedisServer, namespace: str
 ) -> None:

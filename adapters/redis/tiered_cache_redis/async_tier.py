@@ -26,6 +26,7 @@ from tiered_cache.steps import arun
 from tiered_cache.tier import MISSING, Entry, MissingType
 
 from .async_coalesce import CoalescedReads
+from .async_leases import CoalescedLeases
 from .async_wire import AsyncReads, async_reads_for
 from .client import client_options, parse_url
 from .commands import Command, TierCommands
@@ -91,6 +92,8 @@ class AsyncRedisTier(AsyncTierBase):
         self._closed = False
         self._reads: AsyncReads | None = None
         self._commands = TierCommands(self._stored, AsyncClientIO(self), clock)
+        # The lease calls of one loop tick leave as one batch (async_leases.py).
+        self._leases = CoalescedLeases(self._commands)
 
     @property
     def client(self) -> AsyncRedisClient:
@@ -162,13 +165,15 @@ class AsyncRedisTier(AsyncTierBase):
         return self._commands.can_lease(key)
 
     async def acquire_lease(self, key: str, ttl: float) -> tuple[str | None, Entry | MissingType]:
-        return await arun(self._commands.acquire_lease(key, ttl))
+        if not self.can_lease(key):
+            return await arun(self._commands.acquire_lease(key, ttl))  # raises, for this key
+        return await self._leases.acquire_lease(key, ttl)
 
     async def steal_lease(self, key: str, ttl: float) -> str:
         return await arun(self._commands.steal_lease(key, ttl))
 
     async def fill_with_lease(self, key: str, entry: Entry, token: str) -> bool:
-        return await arun(self._commands.fill_with_lease(key, entry, token))
+        return await self._leases.fill_with_lease(key, entry, token)
 
     async def release_lease(self, key: str, token: str) -> None:
         await arun(self._commands.release_lease(key, token))
@@ -189,6 +194,7 @@ class AsyncRedisTier(AsyncTierBase):
         self._closed = True
         client, self._client = self._client, None
         reads, self._reads = self._reads, None
+        await self._leases.drain()
         if reads is not None:
             await reads.aclose()
         if client is not None and self._owns_client:

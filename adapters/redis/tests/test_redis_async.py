@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import warnings
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -319,6 +320,49 @@ async def test_a_burst_of_readers_on_a_cold_process_reads_redis_not_the_source(
     assert loads == 0
 
 
+PATIENT = Protection.never_stale(lease="auto", lease_ttl=30.0, lease_wait=0.2, lease_poll=0.01)
+
+
+def one_connection_chain(url: str, namespace: str) -> tuple[AsyncTieredCache, aioredis.Redis]:
+    """A chain whose Redis client has a pool of one connection, and that client."""
+    pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=1, timeout=5)
+    client = aioredis.Redis.from_pool(pool)
+    cache = AsyncTieredCache(
+        [MemoryTier(max_entries=100, ttl=60), AsyncRedisTier(client, namespace=namespace)],
+        namespace=namespace,
+        protection=PATIENT,
+    )
+    return cache, client
+
+
+async def cancel_while_its_fill_waits(
+    cache: AsyncTieredCache,
+    client: aioredis.Redis,
+    request: Callable[[Callable[[], Awaitable[None]]], Awaitable[object]],
+) -> None:
+    """Start ``request(occupy)``, whose load awaits ``occupy()``: that takes the pool's one
+    connection for a second, so the fill after the load waits for it; cancel the request
+    then (nothing of the fill sent yet), and wait until the chain is done with it."""
+    loaded = asyncio.Event()
+    blocker: asyncio.Task[object] | None = None
+
+    async def occupy() -> None:
+        nonlocal blocker
+        blocker = asyncio.create_task(client.blpop(["nothing"], timeout=1))
+        await asyncio.sleep(0.05)
+        loaded.set()
+
+    task = asyncio.ensure_future(request(occupy))
+    await loaded.wait()
+    await asyncio.sleep(0.05)  # its fill waits for the pool
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert blocker is not None
+    await blocker
+    assert await cache.wait_background(5.0)
+
+
 @pytest.mark.anyio
 async def test_a_batch_cancelled_before_its_fill_went_out_gives_its_leases_back(
     redis_server: RedisServer, namespace: str
@@ -326,35 +370,17 @@ async def test_a_batch_cancelled_before_its_fill_went_out_gives_its_leases_back(
     """A ``get_many`` cancelled after its load, while its fill waits for a connection of a
     busy pool (nothing sent yet): the leases it holds are given back, so another process
     loads the keys at once instead of waiting for a holder that is gone."""
-    patient = Protection.never_stale(lease="auto", lease_ttl=30.0, lease_wait=0.2, lease_poll=0.01)
-    pool = aioredis.BlockingConnectionPool.from_url(redis_server.url, max_connections=1, timeout=5)
-    client = aioredis.Redis.from_pool(pool)
-    first = AsyncTieredCache(
-        [MemoryTier(max_entries=100, ttl=60), AsyncRedisTier(client, namespace=namespace)],
-        namespace=namespace,
-        protection=patient,
-    )
-    other = chain(redis_server.url, namespace, protection=patient)  # another process
-    loaded = asyncio.Event()
-    blocker: asyncio.Task[object] | None = None
+    first, client = one_connection_chain(redis_server.url, namespace)
+    other = chain(redis_server.url, namespace, protection=PATIENT)  # another process
 
-    async def load(keys: object) -> dict[str, str]:
-        nonlocal blocker
-        # The pool's one connection is taken for a second: the fill will wait for it.
-        blocker = asyncio.create_task(client.blpop(["nothing"], timeout=1))
-        await asyncio.sleep(0.05)
-        loaded.set()
-        return {"a": "A", "b": "B"}
+    def request(occupy: Callable[[], Awaitable[None]]) -> Awaitable[object]:
+        async def load(keys: object) -> dict[str, str]:
+            await occupy()
+            return {"a": "A", "b": "B"}
 
-    request = asyncio.create_task(first.get_many(["a", "b"], load))
-    await loaded.wait()
-    await asyncio.sleep(0.05)  # its fill waits for the pool
-    request.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await request
-    assert blocker is not None
-    await blocker
-    assert await first.wait_background(5.0)
+        return first.get_many(["a", "b"], load)
+
+    await cancel_while_its_fill_waits(first, client, request)
 
     async def load_again(keys: object) -> dict[str, str]:
         return {"a": "A", "b": "B"}
@@ -371,35 +397,17 @@ async def test_a_get_cancelled_before_its_fill_went_out_gives_its_lease_back(
 ) -> None:
     """As for a batch: a ``get`` cancelled after its load, while its fill waits for a
     connection of a busy pool, gives its lease back."""
-    patient = Protection.never_stale(lease="auto", lease_ttl=30.0, lease_wait=0.2, lease_poll=0.01)
-    pool = aioredis.BlockingConnectionPool.from_url(redis_server.url, max_connections=1, timeout=5)
-    client = aioredis.Redis.from_pool(pool)
-    first = AsyncTieredCache(
-        [MemoryTier(max_entries=100, ttl=60), AsyncRedisTier(client, namespace=namespace)],
-        namespace=namespace,
-        protection=patient,
-    )
-    other = chain(redis_server.url, namespace, protection=patient)  # another process
-    loaded = asyncio.Event()
-    blocker: asyncio.Task[object] | None = None
+    first, client = one_connection_chain(redis_server.url, namespace)
+    other = chain(redis_server.url, namespace, protection=PATIENT)  # another process
 
-    async def load() -> str:
-        nonlocal blocker
-        # The pool's one connection is taken for a second: the fill will wait for it.
-        blocker = asyncio.create_task(client.blpop(["nothing"], timeout=1))
-        await asyncio.sleep(0.05)
-        loaded.set()
-        return "v"
+    def request(occupy: Callable[[], Awaitable[None]]) -> Awaitable[object]:
+        async def load() -> str:
+            await occupy()
+            return "v"
 
-    request = asyncio.create_task(first.get("k", load))
-    await loaded.wait()
-    await asyncio.sleep(0.05)  # its fill waits for the pool
-    request.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await request
-    assert blocker is not None
-    await blocker
-    assert await first.wait_background(5.0)
+        return first.get("k", load)
+
+    await cancel_while_its_fill_waits(first, client, request)
 
     async def load_again() -> str:
         return "v"

@@ -142,7 +142,6 @@ class AsyncTieredCache(L1Reader):
         self._disconnected_bound = max_stale_when_disconnected
         #: Writes running to their end (:meth:`_to_the_end`).
         self._writes: set[asyncio.Task[None]] = set()
-        self._bus_down = False
         self._closed = False
         #: The async bus, whose listener runs on the chain's loop (see :meth:`_listen_here`).
         self._async_bus: AsyncBus | None = None
@@ -342,7 +341,6 @@ class AsyncTieredCache(L1Reader):
     def _set_bus_connected(self, connected: bool) -> None:
         """Called on the bus's thread, or on the loop for an async bus (see
         :meth:`ChainPaths.set_bus_connected`)."""
-        self._bus_down = not connected
         self._paths.set_bus_connected(connected, self._disconnected_bound)
         self._use_l1(self._tiers, connected or not (self._tiers and self._tiers[0].local))
 
@@ -373,7 +371,7 @@ class AsyncTieredCache(L1Reader):
             tiers=self._tiers,
             source=self._source,
             namespace=self.namespace,
-            bus=None if self._bus_link is None else ("down" if self._bus_down else "connected"),
+            bus=self._bus_link,
         )
 
     async def wait_background(self, timeout: float | None = None) -> bool:

@@ -130,7 +130,6 @@ class TieredCache(L1Reader):
         self._setup_l1(self._tiers, self._metrics, self._protection, rng)
         self._disconnected_bound = max_stale_when_disconnected
         #: The bus is down (in-process tiers are bypassed or bounded).
-        self._bus_down = False
         if bus is not None:
             self._bus_link = BusLink(
                 bus,
@@ -320,7 +319,6 @@ class TieredCache(L1Reader):
 
     def _set_bus_connected(self, connected: bool) -> None:
         """The bus went down or came back (:meth:`ChainPaths.set_bus_connected`)."""
-        self._bus_down = not connected
         self._paths.set_bus_connected(connected, self._disconnected_bound)
         # While the bus is down reads take the slow path, which counts bounded serves.
         self._use_l1(self._tiers, connected or not (self._tiers and self._tiers[0].local))
@@ -364,7 +362,7 @@ class TieredCache(L1Reader):
             tiers=self._tiers,
             source=self._source,
             namespace=self.namespace,
-            bus=None if self._bus_link is None else ("down" if self._bus_down else "connected"),
+            bus=self._bus_link,
         )
 
     def wait_background(self, timeout: float | None = None) -> bool:

@@ -90,6 +90,9 @@ class BusLink:
         self._taking = threading.Lock()
         self._numbers_lock: Lock = lock if lock is not None else threading.Lock()
         self._breaker = breaker
+        # What stats() reports: the link owns it (both chains ask here, none keeps a copy).
+        self._connected = True
+        self._closed = False
         self._last_seen: OrderedDict[str, int] = OrderedDict()
         self._seen_lock = threading.Lock()
         bus.subscribe(self)
@@ -196,6 +199,7 @@ class BusLink:
             "invalidation bus disconnected: memory serves only fresh fills until it is back",
             extra=fields("bus_disconnected"),
         )
+        self._connected = False
         self._set_connected(False)
 
     def on_error(self, error: Exception) -> None:
@@ -207,18 +211,39 @@ class BusLink:
             "invalidation bus reconnected: in-process tiers are in use again",
             extra=fields("bus_reconnected"),
         )
+        self._connected = True
         self._set_connected(True)
+
+    # -- what stats() shows
+
+    @property
+    def state(self) -> str:
+        """``"connected"``, ``"down"`` (the listener lost the bus and is reconnecting), or
+        ``"closed"`` (the chain was closed: nothing is heard any more)."""
+        if self._closed:
+            return "closed"
+        return "connected" if self._connected else "down"
+
+    @property
+    def publish_breaker_state(self) -> str | None:
+        """The publish breaker's state (``None`` without one): ``"open"`` while announcements
+        are skipped (``bus_publish_skipped``)."""
+        return None if self._breaker is None else self._breaker.state
+
+    # -- closing
 
     def close(self) -> None:
         """Close the bus (the threaded chain's: a sync bus)."""
         bus = self.bus
         assert not isinstance(bus, AsyncBus), "an async bus is closed with aclose()"
+        self._closed = True
         bus.close()
 
     async def aclose(self) -> None:
         """Close the bus from the asyncio chain: an async bus natively, a sync one in a
         thread (its close joins its listening thread)."""
         bus = self.bus
+        self._closed = True
         if isinstance(bus, AsyncBus):
             await bus.aclose()
         else:

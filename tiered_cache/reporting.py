@@ -9,7 +9,10 @@ into the part's entry. Reports are taken when ``stats()`` is called (a scrape), 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from .coherence import BusLink
 
 #: A report's values: counts and amounts, or a state name (``"closed"``).
 ReportValue = int | float | str
@@ -46,10 +49,11 @@ def chain_stats(
     tiers: Sequence[Any],
     source: Any,
     namespace: str,
-    bus: str | None,
+    bus: BusLink | None,
 ) -> dict[str, Any]:
     """A chain's ``stats()``: the metrics ``snapshot`` with what each tier (accessor) and the
-    source report themselves, the namespace, the bus state and the hottest keys (both chains
+    source report themselves, the namespace, the bus's state and its publish breaker's (``None``
+    without a bus), and the hottest keys (both chains
     report the same way). The tiers report before the hot keys are asked for: asking goes
     through a tier's breaker, whose state the report must show as it was."""
     for tier, counters in zip(tiers, snapshot["tiers"], strict=True):
@@ -60,7 +64,8 @@ def chain_stats(
         else {"name": source.name, **source_report(source, snapshot["source_reads_saved"])}
     )
     snapshot["namespace"] = namespace
-    snapshot["bus"] = bus
+    snapshot["bus"] = None if bus is None else bus.state
+    snapshot["bus_publish_breaker"] = None if bus is None else bus.publish_breaker_state
     snapshot["hot_keys"] = [[key, rate] for key, rate in first_hot_keys(tiers, 10)]
     return snapshot
 

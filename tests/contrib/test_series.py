@@ -39,6 +39,7 @@ def test_breaker_state_bus_hot_keys_and_read_units() -> None:
         "namespace": "ns",
         "tiers": [{"name": "redis", "hits": 1, "breaker": "open", "breaker_opened": 2}],
         "bus": "down",
+        "bus_publish_breaker": "open",
         "hot_keys": [["tweet:1", 5.0], ["user:secret@example.com", 2.0]],
         "source": {"name": "dynamodb:t", "read_units_saved": 7.5},
     }
@@ -51,6 +52,11 @@ def test_breaker_state_bus_hot_keys_and_read_units() -> None:
     ]
     assert published["tier_breaker_opened"].samples == [(tier, 2.0)]
     assert published["bus_connected"].samples == [({"namespace": "ns"}, 0.0)]
+    assert published["bus_publish_breaker_state"].samples == [
+        ({"namespace": "ns", "state": "closed"}, 0.0),
+        ({"namespace": "ns", "state": "half-open"}, 0.0),
+        ({"namespace": "ns", "state": "open"}, 1.0),
+    ]
     assert published["source_read_units_saved"].samples == [({"namespace": "ns"}, 7.5)]
     # Hot keys are labelled with their hash unless raw keys are asked for.
     hashed = [labels["key"] for labels, _ in published["hot_key_reads_per_second"].samples]
@@ -65,6 +71,7 @@ def test_breaker_state_bus_hot_keys_and_read_units() -> None:
 def test_a_chain_without_bus_or_breaker_publishes_no_sample_for_them() -> None:
     published = by_name(series(TieredCache([MemoryTier()]).stats()))
     assert published["bus_connected"].samples == []
+    assert published["bus_publish_breaker_state"].samples == []
     assert published["tier_breaker_state"].samples == []
     assert published["source_read_units_saved"].samples == []
 

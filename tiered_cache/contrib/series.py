@@ -125,6 +125,12 @@ CATALOGUE: tuple[Spec, ...] = (
     *_event_specs(),
     Spec("bus_connected", "gauge", _NS, "1 while the invalidation bus is connected, else 0."),
     Spec(
+        "bus_publish_breaker_state",
+        "gauge",
+        (*_NS, "state"),
+        "1 for the bus publish breaker's current state (open: announcements are skipped).",
+    ),
+    Spec(
         "hot_key_reads_per_second",
         "gauge",
         (*_NS, "rank", "key"),
@@ -180,12 +186,7 @@ def _add(out: dict[str, Series], snapshot: Mapping[str, Any], raw_hot_keys: bool
         for name, field_name in _TIER_FIELDS.items():
             if field_name in tier:
                 out[name].samples.append((labels, float(tier[field_name])))
-        state = tier.get("breaker")
-        if state is not None:
-            for candidate in BREAKER_STATES:
-                out["tier_breaker_state"].samples.append(
-                    ({**labels, "state": candidate}, 1.0 if state == candidate else 0.0)
-                )
+        _states(out["tier_breaker_state"], labels, tier.get("breaker"))
     for name in ("loads", "load_failures", "keys_loaded", "singleflight_waits"):
         out[name].samples.append((namespace, float(snapshot.get(name, 0))))
     for event in EVENTS:
@@ -194,6 +195,7 @@ def _add(out: dict[str, Series], snapshot: Mapping[str, Any], raw_hot_keys: bool
     bus = snapshot.get("bus")
     if bus is not None:
         out["bus_connected"].samples.append((namespace, 1.0 if bus == "connected" else 0.0))
+    _states(out["bus_publish_breaker_state"], namespace, snapshot.get("bus_publish_breaker"))
     for rank, (key, rate) in enumerate(snapshot.get("hot_keys", ()), start=1):
         label = key if raw_hot_keys else key_hash(key)
         out["hot_key_reads_per_second"].samples.append(
@@ -207,6 +209,15 @@ def _add(out: dict[str, Series], snapshot: Mapping[str, Any], raw_hot_keys: bool
         out["source_read_units_saved"].samples.append(
             (namespace, float(source["read_units_saved"]))
         )
+
+
+def _states(target: Series, labels: Labels, state: str | None) -> None:
+    """One sample per breaker state, 1 for the current one (none without a breaker)."""
+    if state is not None:
+        for candidate in BREAKER_STATES:
+            target.samples.append(
+                ({**labels, "state": candidate}, 1.0 if state == candidate else 0.0)
+            )
 
 
 def _histogram(target: Series, snapshot: Mapping[str, Any], labels: Labels) -> None:

@@ -242,6 +242,7 @@ async def test_writers_during_a_stall_try_the_bus_once_and_skip_it_during_the_co
             os.kill(pid, signal.SIGCONT)
         assert (stats["bus_sent"], stats["bus_publish_errors"]) == (1, 1)
         assert stats["bus_publish_skipped"] == 7
+        assert stats["bus_publish_breaker"] == "open"
         clock.advance(5.0)  # both cool-downs over: the next announcement is the probe
 
         async def connected() -> bool:
@@ -250,7 +251,9 @@ async def test_writers_during_a_stall_try_the_bus_once_and_skip_it_during_the_co
         assert await eventually(connected)
         await cache.set("after", 1)
         assert (cache.stats()["bus_sent"], cache.stats()["bus_publish_skipped"]) == (2, 7)
+        assert cache.stats()["bus_publish_breaker"] == "closed"
         await cache.aclose()
+        assert cache.stats()["bus"] == "closed"  # it said "connected" after aclose before
 
 
 @pytest.mark.anyio

@@ -404,6 +404,7 @@ def test_writers_during_a_stall_try_the_bus_once_and_skip_it_during_the_cool_dow
             stats = cache.stats()
             assert (stats["bus_sent"], stats["bus_publish_errors"]) == (1, 1)
             assert stats["bus_publish_skipped"] == 7
+            assert stats["bus_publish_breaker"] == "open"  # what an operator sees meanwhile
         # Redis answers again; after the cool-down the next announcement is the probe.
         clock.advance(5.0)  # the Redis tier's cool-down too (the bus's is 1 s)
         assert eventually(lambda: cache.stats()["bus"] == "connected", 10)
@@ -411,4 +412,6 @@ def test_writers_during_a_stall_try_the_bus_once_and_skip_it_during_the_cool_dow
         stats = cache.stats()
         assert (stats["bus_sent"], stats["bus_publish_errors"]) == (2, 1)
         assert stats["bus_publish_skipped"] == 7
+        assert stats["bus_publish_breaker"] == "closed"
         cache.close()
+        assert cache.stats()["bus"] == "closed"  # not "connected": nothing is heard any more

@@ -48,6 +48,26 @@ def test_a_log_that_no_longer_reaches_back_overtakes_every_key() -> None:
     assert log.overtaken(mark, ["a", "b"]) == ["a", "b"]
 
 
+def test_a_writers_own_invalidation_overtakes_nothing_but_anothers_does() -> None:
+    log = InvalidationLog()
+    mark = log.mark()
+    own = log.record_keys(["a"])
+    assert log.overtaken(mark, ["a"], ignore=own) == []
+    assert log.overtaken(mark, ["a"]) == ["a"]  # not the writer's: it counts
+    log.record_keys(["a"])  # another writer's, after the own one
+    assert log.overtaken(mark, ["a"], ignore=own) == ["a"]
+    mark = log.mark()
+    other = log.record_keys(["a"])
+    own = log.record_keys(["b"])  # own is the last, but another came before it
+    assert other == mark + 1
+    assert log.overtaken(mark, ["a", "b"], ignore=own) == ["a"]
+    log = InvalidationLog(size=1)
+    mark = log.mark()
+    log.record_keys(["x"])
+    own = log.record_keys(["y"])  # the log reaches back to own only: every key
+    assert log.overtaken(mark, ["a"], ignore=own) == ["a"]
+
+
 class SharedTier(MemoryTier):
     """Stands for Redis; runs ``during_read`` inside each batch read."""
 

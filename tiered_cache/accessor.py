@@ -196,6 +196,12 @@ class TierAccessor:
         """Remove ``keys``; a failure is counted, logged and described (else None)."""
         if not keys:
             return None
+        if self.breaker is None:  # every set drops the in-process copy: no closure, no guard
+            try:
+                self.tier.delete_many(keys)
+            except Exception as exc:
+                return self._failure(exc)
+            return None
         return self._quietly(lambda: self.tier.delete_many(keys))
 
     def delete_prefix(self, prefix: str) -> str | None:
@@ -210,9 +216,13 @@ class TierAccessor:
         try:
             self._guard(operation)
         except Exception as exc:
-            self.failed(exc)
-            return f"tier {self.name!r} ({type(exc).__name__}: {exc})"
+            return self._failure(exc)
         return None
+
+    def _failure(self, exc: Exception) -> str:
+        """Count and log ``exc`` (:meth:`failed`); describe it for the caller."""
+        self.failed(exc)
+        return f"tier {self.name!r} ({type(exc).__name__}: {exc})"
 
     # -- leases (only when ``self.leases``); these raise, the caller decides what it means
 

@@ -21,7 +21,7 @@ is always safe.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from .accessor import TierAccessor
@@ -85,7 +85,7 @@ class Fence:
         """Take before reading anything a fill will write; pass to :meth:`fill`."""
         return self._log.mark()
 
-    def overtaken(self, mark: int, keys: Sequence[str], *, own: int | None = None) -> list[str]:
+    def overtaken(self, mark: int, keys: Collection[str], *, own: int | None = None) -> list[str]:
         """Those of ``keys`` an invalidation since ``mark`` (other than ``own``) concerns."""
         return self._log.overtaken(mark, keys, ignore=own)
 
@@ -138,9 +138,9 @@ class Fence:
         own: int | None = None,
     ) -> Steps[set[str]]:
         """The fill, as steps (:mod:`tiered_cache.steps`): the one copy of its rules."""
-        tokens = dict(tokens or {})
+        tokens = dict(tokens) if tokens else {}
         leasing = next((tier for tier in tiers if tier.leases), None) if tokens else None
-        refused = self.overtaken(mark, list(entries), own=own)
+        refused = self.overtaken(mark, entries, own=own)
         if refused:
             # What was read may predate the invalidation: the callers that asked before it
             # are served, but no tier keeps it.
@@ -157,13 +157,16 @@ class Fence:
             entries = {key: entry for key, entry in entries.items() if key not in refused}
             if not entries:
                 return set()
-        landing = dict(entries)
+        # A copy only when the leased fill may drop keys from it (a fill after every miss
+        # or set has no tokens: no copy).
+        landing: Mapping[str, Entry] = dict(entries) if tokens else entries
         written: list[FillTarget] = []
         try:
             for tier in reversed(tiers):
                 if tier.bypassed:
                     continue
                 if tier is leasing and tokens:
+                    assert isinstance(landing, dict)
                     yield from self._fill_leased(tier, landing, tokens)
                     tokens = {}
                 else:
@@ -175,12 +178,13 @@ class Fence:
             if leasing is not None and tokens:
                 yield leasing.release_leases, (tokens,)
             raise
-        late = self.overtaken(mark, list(landing), own=own)
-        if late:
-            # Invalidated between the check and the write: undo, deleting is always safe.
-            self._metrics.count("fills_refused", len(late))
-            for tier in written:
-                yield tier.delete_many, (late,)
+        late = self.overtaken(mark, landing, own=own)
+        if not late:
+            return set(landing)
+        # Invalidated between the check and the write: undo, deleting is always safe.
+        self._metrics.count("fills_refused", len(late))
+        for tier in written:
+            yield tier.delete_many, (late,)
         return set(landing) - set(late)
 
     def _fill_leased(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable
 
 __all__ = ["InvalidationLog"]
 
@@ -53,10 +53,15 @@ class InvalidationLog:
             self._events.append((self._sequence, keys, prefixes))
             return self._sequence
 
-    def overtaken(self, mark: int, keys: Sequence[str], *, ignore: int | None = None) -> list[str]:
+    def overtaken(
+        self, mark: int, keys: Collection[str], *, ignore: int | None = None
+    ) -> list[str]:
         """Those of ``keys`` that an invalidation recorded after ``mark`` (other than number
         ``ignore``: a writer's own) may have overtaken."""
-        if self._sequence == mark:  # one int read: the common case takes no lock
+        sequence = self._sequence
+        if sequence == mark or (ignore is not None and sequence == ignore == mark + 1):
+            # One int read: nothing came since the mark, or only the writer's own
+            # invalidation (numbers are consecutive). The common cases take no lock.
             return []
         with self._lock:
             first = self._events[0][0] if self._events else self._sequence + 1

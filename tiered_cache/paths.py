@@ -194,7 +194,7 @@ class ChainPaths:
             yield from self.invalidate_many([key])
             return
         mark = self.fence.mark()  # before the source is written: later invalidations count
-        token = yield from self.steal_lease(key)
+        token = None if self.leasing is None else (yield from self.steal_lease(key))
         try:
             if self.store is not None:
                 yield self.store, (key, value)

@@ -8,7 +8,14 @@ from typing import Any
 
 import pytest
 
-from tiered_cache import CodecError, MemoryTier, TieredCache, TieredCacheError, TierUnavailable
+from tiered_cache import (
+    MISSING,
+    CodecError,
+    MemoryTier,
+    TieredCache,
+    TieredCacheError,
+    TierUnavailable,
+)
 from tiered_cache.policy import TinyLfuPolicy
 from tiered_cache.protection import Protection
 from tiered_cache.testing import FakeClock
@@ -359,3 +366,41 @@ def test_lookup_many_leaves_out_an_entry_that_is_only_stale(clock: FakeClock) ->
     assert set(cache.lookup_many(["k"])) == {"k"}
     clock.advance(11)  # past the soft expiry: servable stale by get, not fresh
     assert cache.lookup_many(["k"]) == {}
+
+
+class FilledSinceTheLookup(MemoryTier):
+    """A memory tier whose counted lookup of "k" misses while its quiet look finds it: another
+    flight filled "k" between a read's L1 miss and the start of its own flight."""
+
+    def get_at(self, key: str, now: float) -> Any:
+        return MISSING if key == "k" else super().get_at(key, now)
+
+
+def test_a_memory_only_chain_serves_what_another_flight_filled_since_the_l1_miss(
+    clock: FakeClock,
+) -> None:
+    memory = FilledSinceTheLookup(clock=clock)
+    cache = TieredCache([memory], clock=clock, ttl=60)
+    cache.set("k", "filled")
+    loads: list[str] = []
+    assert cache.get("k", lambda: loads.append("k") or "loaded") == "filled"
+    assert loads == []
+    assert cache.stats()["loads"] == 0
+
+
+def test_a_memory_only_chain_serves_a_stale_entry_and_refreshes_it(clock: FakeClock) -> None:
+    refreshes: list[Any] = []
+    cache = TieredCache(
+        [MemoryTier(clock=clock)],
+        clock=clock,
+        ttl=10,
+        background=refreshes.append,
+        protection=Protection(max_stale=100, early_refresh_beta=0),
+    )
+    cache.set("k", "old")
+    clock.advance(20)  # past its freshness, within max_stale
+    assert cache.get("k", lambda: "new") == "old"
+    assert cache.stats()["stale_served"] == 1
+    assert len(refreshes) == 1
+    refreshes[0]()
+    assert cache.get("k", lambda: "newer") == "new"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import pytest
 
@@ -52,8 +52,16 @@ class InvalidatedWhileWriting(SharedTier):
 
     def set(self, key: str, entry: Entry) -> None:
         super().set(key, entry)
-        invalidate, self.invalidate = self.invalidate, None
-        if invalidate is not None and key == "k":
+        self._written(key)
+
+    def set_many(self, entries: Mapping[str, Entry]) -> None:
+        super().set_many(entries)
+        for key in entries:
+            self._written(key)
+
+    def _written(self, key: str) -> None:
+        if key == "k" and self.invalidate is not None:
+            invalidate, self.invalidate = self.invalidate, None
             invalidate("k")
 
 
@@ -262,6 +270,24 @@ def test_an_invalidation_during_the_fill_undoes_it_and_is_counted(clock: FakeClo
     shared.invalidate = cache.invalidate
     assert cache.get("k") == "old"  # its caller is served what it read
     assert memory.get("k") is MISSING and shared.get("k") is MISSING
+    assert cache.stats()["fills_refused"] == 1
+
+
+def test_an_invalidation_during_a_batch_fill_undoes_that_key_and_keeps_the_others(
+    clock: FakeClock,
+) -> None:
+    shared = InvalidatedWhileWriting(clock)
+    memory = MemoryTier(name="l1", clock=clock)
+    cache = TieredCache(
+        [memory, shared],
+        DictSource({"k": "old", "j": "other"}),
+        clock=clock,
+        protection=Protection.never_stale(),
+    )
+    shared.invalidate = cache.invalidate
+    assert cache.get_many(["k", "j"]) == {"k": "old", "j": "other"}  # served what it read
+    assert memory.get("k") is MISSING and shared.get("k") is MISSING
+    assert memory.get("j") is not MISSING and shared.get("j") is not MISSING
     assert cache.stats()["fills_refused"] == 1
 
 

@@ -102,7 +102,10 @@ class TierAccessor:
         eviction policy (through ``peek``) see as a read."""
         read = self.tier.get if count else self._peek
         try:
-            entry = cast("Entry | MissingType", self._guard(lambda: read(key)))
+            if self.breaker is None:  # the second look of every miss: no closure, no guard
+                entry = read(key)
+            else:
+                entry = cast("Entry | MissingType", self._guard(lambda: read(key)))
         except Exception as exc:
             self.failed(exc)
             return MISSING
@@ -161,22 +164,36 @@ class TierAccessor:
         """Store ``entries``; False if the tier failed (counted). Raises CodecError."""
         if not entries:
             return True
+        if len(entries) == 1:
+            ((key, entry),) = entries.items()
+            return self.set_one(key, entry)
         entries = self.capped(entries)
         try:
-            if len(entries) == 1:
-                ((key, entry),) = entries.items()
-                if self.breaker is None:  # a fill after every miss: no closure, no guard
-                    self.tier.set(key, entry)
-                else:
-                    self._guard(lambda: self.tier.set(key, entry))
-            else:
-                self._guard(lambda: self.tier.set_many(entries))
+            self._guard(lambda: self.tier.set_many(entries))
         except CodecError:
             raise
         except Exception as exc:
             self.failed(exc)
             return False
         self._metrics.fill(self.index, len(entries))
+        return True
+
+    def set_one(self, key: str, entry: Entry) -> bool:
+        """:meth:`set_many` of one entry (the fill after every miss): no dict, and no closure
+        or guard when the tier has no breaker."""
+        if self.bounded_for > 0:
+            entry = self._capped(entry)
+        try:
+            if self.breaker is None:
+                self.tier.set(key, entry)
+            else:
+                self._guard(lambda: self.tier.set(key, entry))
+        except CodecError:
+            raise
+        except Exception as exc:
+            self.failed(exc)
+            return False
+        self._metrics.fill(self.index, 1)
         return True
 
     def capped(self, entries: Mapping[str, Entry]) -> Mapping[str, Entry]:

@@ -19,6 +19,7 @@ from .accessor import TierAccessor
 from .bus import Bus
 from .coherence import DEFAULT_BUS_BREAKER, BusLink, publish_breaker
 from .fence import Fence
+from .keys import check_keys
 from .l1 import L1Reader
 from .loader import BatchLoader, EntryMaker, Loader, SourceLoader
 from .logs import logger_for
@@ -26,6 +27,7 @@ from .metrics import CacheMetrics
 from .paths import ChainPaths
 from .protection import REFRESH_DUE, Protection
 from .reporting import chain_stats, first_hot_keys
+from .singleflight import Flight
 from .steps import run
 from .tier import MISSING, Entry, Source, Tier
 
@@ -127,6 +129,12 @@ class TieredCache(L1Reader):
             announce=self._announce if bus is not None else None,
             write_policy=write_policy,
         )
+        #: What a miss runs inside its flight, decided once from what the chain holds.
+        self._read: Callable[[Flight, str, Loader | None, float | str | None], Any] = (
+            self._read_through_alone
+            if bus is None and len(self._tiers) == 1 and self._tiers[0].local
+            else self._read_through
+        )
         self._setup_l1(self._tiers, self._metrics, self._protection, rng)
         self._disconnected_bound = max_stale_when_disconnected
         #: The bus is down (in-process tiers are bypassed or bounded).
@@ -212,23 +220,34 @@ class TieredCache(L1Reader):
             entry = self._tiers[0].get(key, count=False)
             if entry is not MISSING and not entry.is_expired(self._clock()):
                 return entry.value
-        # Join the key's flight only if the fence allows (Fence.may_join), else lead a new one.
+        # Join the key's flight only if the fence allows (Fence.may_join), else lead a new one
+        # with the fence's mark, taken before anything is read.
         fence = self._fence
         value, shared = self._loader.flights.run(
-            key,
-            lambda flight: self._read_through(key, flight.tag, loader, ttl),
-            tag=fence.mark(),
-            joinable=lambda flight: fence.may_join(key, flight.tag),
+            key, self._read, key, loader, ttl, tag=fence.mark(), may_join=fence.may_join
         )
         if shared:
             self._metrics.waited()
         return value
 
     def _read_through(
-        self, key: str, mark: int, loader: Loader | None, ttl: float | str | None
+        self, flight: Flight, key: str, loader: Loader | None, ttl: float | str | None
     ) -> Any:
-        """Inside the key's flight (:meth:`ChainPaths.read_through`)."""
-        return run(self._paths.read_through(key, mark, loader, ttl))
+        """Inside the key's flight (:meth:`ChainPaths.read_through`); ``flight.tag`` is the
+        fence's mark."""
+        return run(self._paths.read_through(key, flight.tag, loader, ttl))
+
+    def _read_through_alone(
+        self, flight: Flight, key: str, loader: Loader | None, ttl: float | str | None
+    ) -> Any:
+        """:meth:`_read_through` for a chain of one in-process tier and no bus (chosen when
+        the chain is built): the same decisions without the steps' driver. The second,
+        quiet look at the tier finds nothing in the common case, and the source is asked;
+        anything found there (another flight's fill, a stale entry) takes the general path."""
+        check_keys((key,))
+        if self._tiers[0].get(key, False) is not MISSING:
+            return run(self._paths.read_through(key, flight.tag, loader, ttl))
+        return self._loader.load(key, flight.tag, loader, ttl, None).value
 
     def get_many(
         self,

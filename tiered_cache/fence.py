@@ -137,20 +137,13 @@ class Fence:
         tokens: Mapping[str, str] | None = None,
         own: int | None = None,
     ) -> Steps[set[str]]:
-        """The fill, as steps (:mod:`tiered_cache.steps`): the one copy of its rules."""
+        """The fill, as steps (:mod:`tiered_cache.steps`), for the sync and the asyncio
+        chains; :meth:`fill_one` is its one-key, lease-less form in plain calls."""
         tokens = dict(tokens) if tokens else {}
         leasing = next((tier for tier in tiers if tier.leases), None) if tokens else None
         refused = self.overtaken(mark, entries, own=own)
         if refused:
-            # What was read may predate the invalidation: the callers that asked before it
-            # are served, but no tier keeps it.
-            self._metrics.count("fills_refused", len(refused))
-            for key in refused[:10]:
-                logger.debug(
-                    "not caching key %s: invalidated during its load",
-                    key_hash(key),
-                    extra=fields("fill_cancelled", key=key),
-                )
+            self._refuse(refused)
             if leasing is not None:
                 given_back = {key: tokens.pop(key) for key in refused if key in tokens}
                 yield leasing.release_leases, (given_back,)
@@ -186,6 +179,38 @@ class Fence:
         for tier in written:
             yield tier.delete_many, (late,)
         return set(landing) - set(late)
+
+    def fill_one(self, mark: int, key: str, entry: Entry, tiers: Sequence[TierAccessor]) -> bool:
+        """:meth:`fill` of one key without a lease (the threaded loader's fill after a miss),
+        in plain calls rather than steps: the same check before the write and after it, with
+        nothing to give back. True if it landed."""
+        keys = (key,)
+        if self._log.overtaken(mark, keys):
+            self._refuse(keys)
+            return False
+        written: list[TierAccessor] = []
+        for tier in reversed(tiers):
+            if not tier.bypassed:
+                tier.set_one(key, entry)
+                written.append(tier)
+        if not self._log.overtaken(mark, keys):
+            return True
+        # Invalidated between the check and the write: undo, deleting is always safe.
+        self._metrics.count("fills_refused")
+        for tier in written:
+            tier.delete_many(keys)
+        return False
+
+    def _refuse(self, keys: Sequence[str]) -> None:
+        """What was read may predate an invalidation: the callers that asked before it are
+        served, but no tier keeps it."""
+        self._metrics.count("fills_refused", len(keys))
+        for key in keys[:10]:
+            logger.debug(
+                "not caching key %s: invalidated during its load",
+                key_hash(key),
+                extra=fields("fill_cancelled", key=key),
+            )
 
     def _fill_leased(
         self, tier: FillTarget, landing: dict[str, Entry], tokens: Mapping[str, str]

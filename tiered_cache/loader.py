@@ -79,9 +79,8 @@ class EntryMaker:
         else:
             soft = now + lifetime
             hard = soft + self._max_stale
-        return Entry(
-            value=value, loaded_at=now, soft_expiry=soft, hard_expiry=hard, load_duration=duration
-        )
+        # Positional: value, loaded_at, soft_expiry, hard_expiry, load_duration (one per miss).
+        return Entry(value, now, soft, hard, duration)
 
 
 class SourceLoader:
@@ -208,8 +207,10 @@ class SourceLoader:
         return entry
 
     def _fill(self, key: str, mark: int, entry: Entry, token: str | None) -> None:
-        tokens = {key: token} if token is not None else None
-        self._fence.fill(mark, {key: entry}, self._tiers, tokens=tokens)
+        if token is None:
+            self._fence.fill_one(mark, key, entry, self._tiers)
+        else:
+            self._fence.fill(mark, {key: entry}, self._tiers, tokens={key: token})
 
     def _give_back(self, tokens: Mapping[str, str]) -> None:
         if tokens and self._leasing is not None:
@@ -444,7 +445,7 @@ class SourceLoader:
         try:
             self._refresh_flights.run(
                 key,
-                lambda flight: self.load(key, mark, loader, ttl, None, background=True).value,
+                lambda _: self.load(key, mark, loader, ttl, None, background=True).value,
             )
         except Exception as exc:
             self._metrics.count("refresh_failures")

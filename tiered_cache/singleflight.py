@@ -110,7 +110,8 @@ class FlightTable(Generic[F]):
 
     def land_one(self, key: str, flight: F, result: Any, error: BaseException | None) -> None:
         """:meth:`land` for one flight (a miss's path: no dicts to build)."""
-        error = _for_waiters(error)
+        if error is not None:
+            error = _for_waiters(error)
         with self._lock:
             if self._flights.get(key) is flight:
                 del self._flights[key]
@@ -135,39 +136,35 @@ class SingleFlight(FlightTable[Flight]):
     def run(
         self,
         key: str,
-        fn: Callable[[Flight], Any],
-        *,
+        fn: Callable[..., Any],
+        *args: Any,
         tag: int = 0,
-        joinable: Callable[[Flight], bool] | None = None,
+        may_join: Callable[[str, int], bool] | None = None,
     ) -> tuple[Any, bool]:
-        """``(result, shared)``: shared is True when this caller waited for another's call.
+        """``(result, shared)``: ``fn(flight, *args)`` run once for every caller that comes
+        while it runs; shared is True when this caller waited for another's call. (Arguments,
+        not a closure: the chain runs one flight per miss.)
 
-        ``joinable``: whether a flight in progress may still be joined (the chain: no
-        invalidation of the key since it started); if not, this caller starts a new one.
+        ``may_join(key, tag)``: whether a flight in progress, led with ``tag``, may still be
+        joined (the chain: no invalidation of the key since it started); if not, this caller
+        starts a new one.
         """
+        flights = self._flights
         while True:
             with self._lock:
-                flight = self._flights.get(key)
-                if flight is not None and (joinable is None or joinable(flight)):
-                    flight.waiters += 1
-                    leader = False
-                else:
-                    flight = self._flights[key] = Flight(tag)
-                    leader = True
-            if leader:
-                break
+                flight = flights.get(key)
+                if flight is None or (may_join is not None and not may_join(key, flight.tag)):
+                    flight = flights[key] = Flight(tag)
+                    break
+                flight.waiters += 1
             try:
                 return flight.wait(), True
             except LeaderGone:
                 continue
         try:
-            flight.result = fn(flight)
+            result = fn(flight, *args)
         except BaseException as exc:
-            flight.error = _for_waiters(exc)
+            self.land_one(key, flight, None, exc)
             raise
-        finally:
-            with self._lock:
-                if self._flights.get(key) is flight:  # a newer flight may have replaced it
-                    del self._flights[key]
-            flight._done.release()
-        return flight.result, False
+        self.land_one(key, flight, result, None)
+        return result, False

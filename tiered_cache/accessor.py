@@ -12,10 +12,11 @@ calls raise, because what a failure means depends on the step (the loader decide
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import TypeVar, cast
+from typing import Any, TypeVar, cast
 
 from .breaker import CircuitBreaker, CircuitBreakerTier
 from .errors import CodecError, TierUnavailable
+from .hit import HitCount
 from .leases import LeasingTier
 from .logs import fields, tier_logger
 from .metrics import CacheMetrics
@@ -77,6 +78,7 @@ class TierAccessor:
         self._get_at: Callable[[str, float], Entry | MissingType] = (
             declared.get_at if declared is not None else (lambda key, now: get(key))
         )
+        self._hit_reader = declared.hit_reader if declared is not None else None
         self._delete_prefix: Callable[[str], None] = (
             declared.delete_prefix if declared is not None else (lambda prefix: tier.clear())
         )
@@ -95,6 +97,13 @@ class TierAccessor:
         if breaker is None:
             return get_at
         return lambda key, now: breaker.call(lambda: get_at(key, now))
+
+    def hit_reader(self, margin: float, hits: HitCount) -> Callable[[Any], Any] | None:
+        """The tier's plain-hit reader for the chain's L1 lookup (``TierBase.hit_reader``),
+        or None: the tier offers none, or has a breaker, which every read must go through."""
+        if self.breaker is not None or self._hit_reader is None:
+            return None
+        return self._hit_reader(self._clock, margin, hits)
 
     def get(self, key: str, count: bool = True) -> Entry | MissingType:
         """The tier's entry for ``key``; a failure is a miss. ``count=False``: a second look at

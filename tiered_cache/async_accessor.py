@@ -27,6 +27,7 @@ from .accessor import TierAccessor
 from .async_tier import AsyncLeasingTier, AsyncSource, AsyncTier, AsyncTierBase
 from .breaker import CircuitBreaker, CircuitBreakerTier
 from .errors import CodecError
+from .hit import HitCount
 from .metrics import CacheMetrics
 from .reporting import ReportValue
 from .tier import MISSING, Entry, MissingType, Tier
@@ -137,6 +138,13 @@ class AsyncTierAccessor:
         """The in-process tier's ``get_at`` for the chain's L1 lookup; None for a tier
         whose reads are I/O (they are awaited on the slow path instead)."""
         return None if self._native is not None or self.threaded else self.sync.get_at_function()
+
+    def hit_reader(self, margin: float, hits: HitCount) -> Callable[[Any], Any] | None:
+        """The in-process tier's plain-hit reader for the chain's L1 lookup; None for a tier
+        whose reads are I/O."""
+        if self._native is not None or self.threaded:
+            return None
+        return self.sync.hit_reader(margin, hits)
 
     def can_lease(self, key: str) -> bool:
         if self._native is None:

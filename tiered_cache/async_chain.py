@@ -25,6 +25,7 @@ from .async_tier import AsyncSource, AsyncTier
 from .bus import AsyncBus, Bus
 from .coherence import DEFAULT_BUS_BREAKER, BusLink, publish_breaker
 from .fence import Fence
+from .hit import NOT_FRESH
 from .l1 import L1Reader
 from .loader import EntryMaker
 from .logs import logger_for
@@ -204,9 +205,11 @@ class AsyncTieredCache(L1Reader):
     ) -> Any:
         """The value for ``key``, read through the tiers down to the source (see
         :meth:`TieredCache.get`); ``loader`` is a coroutine function of no arguments."""
-        value = self.lookup_l1(key)
-        if value is MISSING or value is REFRESH_DUE:
-            return await self.get_after_l1(key, loader, ttl, value is REFRESH_DUE)
+        value = self.l1_hit(key)  # one call for a plain hit (L1Reader.l1_hit)
+        if value is NOT_FRESH:
+            value = self.lookup_l1(key)
+            if value is MISSING or value is REFRESH_DUE:
+                return await self.get_after_l1(key, loader, ttl, value is REFRESH_DUE)
         return value
 
     async def get_after_l1(

@@ -19,6 +19,7 @@ from .accessor import TierAccessor
 from .bus import Bus
 from .coherence import DEFAULT_BUS_BREAKER, BusLink, publish_breaker
 from .fence import Fence
+from .hit import NOT_FRESH
 from .keys import check_keys
 from .l1 import L1Reader
 from .loader import BatchLoader, EntryMaker, Loader, SourceLoader
@@ -203,9 +204,11 @@ class TieredCache(L1Reader):
 
         Returns ``None`` when the source has no such item.
         """
-        value = self.lookup_l1(key)
-        if value is MISSING or value is REFRESH_DUE:
-            return self.get_after_l1(key, loader, ttl, value is REFRESH_DUE)
+        value = self.l1_hit(key)  # one call for a plain hit (L1Reader.l1_hit)
+        if value is NOT_FRESH:
+            value = self.lookup_l1(key)
+            if value is MISSING or value is REFRESH_DUE:
+                return self.get_after_l1(key, loader, ttl, value is REFRESH_DUE)
         return value
 
     def get_after_l1(

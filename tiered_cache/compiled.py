@@ -25,7 +25,7 @@ from types import ModuleType
 __all__ = ["DEPENDENCIES", "MANIFEST", "MODULES", "compiled_core", "source_hash"]
 
 #: The modules the build compiles, by their short names (``tiered_cache.<name>``).
-MODULES = ("slot", "sketch", "topk", "policy")
+MODULES = ("slot", "sketch", "topk", "policy", "hit")
 #: Sources the compiled modules were checked against (their imports); a change there makes the
 #: build stale too.
 DEPENDENCIES = ("tier", "policy_defaults")

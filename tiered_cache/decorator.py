@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec, Protocol, TypeVar, cast, overload
 
 from .errors import KeyTemplateError
+from .hit import NOT_FRESH
 from .keys import ESCAPE, escape_part
 from .protection import REFRESH_DUE
 from .tier import MISSING
@@ -25,7 +26,10 @@ from .units import parse_duration
 
 class CachedReads(Protocol):
     """What the decorator needs of a cache: :class:`~tiered_cache.TieredCache`'s ``get`` in
-    its two halves (so the generated wrapper can inline the L1 hit), and ``invalidate``."""
+    its three parts (so the generated wrapper can inline the L1 hit), and ``invalidate``."""
+
+    #: The plain L1 hit: the value, or ``NOT_FRESH`` (read on every call: it can change).
+    l1_hit: Callable[[Any], Any]
 
     def lookup_l1(self, key: str) -> Any:
         """The fresh value in tier 0, ``MISSING``, or ``REFRESH_DUE``."""
@@ -45,6 +49,9 @@ class CachedReads(Protocol):
 class AsyncCachedReads(Protocol):
     """What the decorator needs of :class:`~tiered_cache.AsyncTieredCache` (the L1 lookup is
     a plain call; the rest is awaited)."""
+
+    #: The plain L1 hit: the value, or ``NOT_FRESH`` (read on every call: it can change).
+    l1_hit: Callable[[Any], Any]
 
     def lookup_l1(self, key: str) -> Any:
         """The fresh value in tier 0, ``MISSING``, or ``REFRESH_DUE``."""
@@ -324,13 +331,17 @@ def _compile_wrapper(
 ) -> Callable[..., Any]:
     """The cached function, generated with ``fn``'s own parameters.
 
-    One frame on a hit: the key is an f-string over the parameters, then the L1 lookup. A
-    generic ``*args, **kwargs`` wrapper calling a key function would pack the arguments and
-    add a frame, which is as much as the whole L1 lookup costs.
+    One Python frame on a hit: the key is an f-string over the parameters, then the chain's
+    plain-hit reader (``cache.l1_hit``, a compiled call; read from the cache on every call,
+    since it changes while the bus is down), and only when it has no plain hit the general L1
+    lookup. A generic ``*args, **kwargs`` wrapper calling a key function would pack the
+    arguments and add a frame, which is as much as the whole L1 hit costs.
     """
     compile_key_function(fn, template)  # checks the template against the parameters
     namespace: dict[str, Any] = {
         "__tc_fn": fn,
+        "__tc_cache": cache,
+        "__tc_not_fresh": NOT_FRESH,
         "__tc_lookup": cache.lookup_l1,
         "__tc_slow": cache.get_after_l1,
         "__tc_ttl": lifetime,
@@ -345,10 +356,12 @@ def _compile_wrapper(
     source = (
         f"{prefix}def wrapper({parameters}):\n"
         f"    __tc_key = {key}\n"
-        "    __tc_value = __tc_lookup(__tc_key)\n"
-        "    if __tc_value is __tc_missing or __tc_value is __tc_refresh:\n"
-        f"        return {wait}__tc_slow(__tc_key, lambda: __tc_fn({arguments}), __tc_ttl,\n"
-        "                         __tc_value is __tc_refresh)\n"
+        "    __tc_value = __tc_cache.l1_hit(__tc_key)\n"
+        "    if __tc_value is __tc_not_fresh:\n"
+        "        __tc_value = __tc_lookup(__tc_key)\n"
+        "        if __tc_value is __tc_missing or __tc_value is __tc_refresh:\n"
+        f"            return {wait}__tc_slow(__tc_key, lambda: __tc_fn({arguments}), __tc_ttl,\n"
+        "                             __tc_value is __tc_refresh)\n"
         "    return __tc_value\n"
     )
     exec(source, namespace)  # built from parameter names and the checked template only

@@ -4,6 +4,13 @@
 their in-process tier with this same code -- a plain call even under asyncio, since an
 ``await`` there would cost more than the hit itself. Everything after a miss goes through
 :mod:`tiered_cache.paths`.
+
+A read first asks :attr:`L1Reader.l1_hit`, tier 0's plain-hit reader (:mod:`tiered_cache.hit`,
+compiled with the core): a fresh value far enough from its expiry comes back from that one
+call. Anything else, and a tier that offers no reader, goes through :meth:`L1Reader.lookup_l1`,
+which decides as it always has (expiry, the XFetch draw, the miss). Neither takes the fence:
+an invalidation removes the key from tier 0 before it returns, and a fill the fence refuses
+never lands there or is removed again, so what tier 0 holds is a copy the rules allow.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+from .hit import NOT_FRESH, HitCount
 from .keys import check_keys
 from .metrics import CacheMetrics, LocalCounter
 from .protection import REFRESH_DUE, Protection, xfetch_due
@@ -22,9 +30,16 @@ class L1Tier(Protocol):
 
     def get_at_function(self) -> Callable[[str, float], Entry | MissingType] | None: ...
 
+    def hit_reader(self, margin: float, hits: HitCount) -> Callable[[Any], Any] | None: ...
+
     def failed(self, exc: Exception) -> None: ...
 
     def miss(self) -> None: ...
+
+
+def _no_plain_hit(key: Any) -> Any:
+    """:attr:`L1Reader.l1_hit` when tier 0 offers no reader (or is not read)."""
+    return NOT_FRESH
 
 
 class L1Reader:
@@ -35,10 +50,15 @@ class L1Reader:
     _l1_tier: L1Tier
     _l1_hits: LocalCounter
     _l1_hit_cells: Any
+    _plain_hits: HitCount
     _xfetch_window: float
     _beta: float
     _random: Callable[[], float]
     _l1_get_at: Callable[[str, float], Entry | MissingType] | None
+    #: ``l1_hit(key)``: the value of a plain hit in tier 0, or ``NOT_FRESH`` (then ask
+    #: :meth:`lookup_l1`). Read on every call (the decorator's wrapper too): it changes while
+    #: the bus is down.
+    l1_hit: Callable[[Any], Any]
 
     def _setup_l1(
         self,
@@ -53,14 +73,15 @@ class L1Reader:
         self._xfetch_window = protection.xfetch_window_factor
         self._l1_hits = metrics.l1_hits
         self._l1_hit_cells = self._l1_hits.cells
+        self._plain_hits = metrics.plain_l1_hits
         self._use_l1(tiers, True)
 
     def lookup_l1(self, key: str) -> Any:
         """The fresh value in tier 0, ``MISSING``, or :data:`REFRESH_DUE` (for the decorator,
-        which inlines ``get``).
+        which inlines ``get``), after :attr:`l1_hit` said ``NOT_FRESH``.
 
-        The path that matters most: one clock read, one tier call, a lock-free hit counter;
-        no flight, no fence, no allocation. The XFetch draw is only made near the expiry.
+        One clock read, one tier call, a lock-free hit counter; no flight, no fence, no
+        allocation. The XFetch draw is only made near the expiry.
         """
         get_at = self._l1_get_at
         if get_at is None:
@@ -75,7 +96,7 @@ class L1Reader:
         if entry is not MISSING:
             soft = entry.soft_expiry
             if now < soft:
-                try:  # LocalCounter.add, inlined: this is the hit path
+                try:  # LocalCounter.add, inlined
                     self._l1_hit_cells.cell[0] += 1
                 except AttributeError:
                     self._l1_hits.add()
@@ -88,8 +109,13 @@ class L1Reader:
         return MISSING
 
     def _use_l1(self, tiers: Sequence[L1Tier], enabled: bool) -> None:
-        """Let :meth:`lookup_l1` read ``tiers[0]`` (or, ``enabled=False``, skip it)."""
+        """Let :meth:`lookup_l1` and :attr:`l1_hit` read ``tiers[0]`` (or, ``enabled=False``,
+        skip it)."""
         self._l1_get_at = None
+        self.l1_hit = _no_plain_hit
         if enabled and tiers:
             self._l1_tier = tiers[0]
             self._l1_get_at = tiers[0].get_at_function()
+            reader = tiers[0].hit_reader(self._xfetch_window, self._plain_hits)
+            if reader is not None:
+                self.l1_hit = reader

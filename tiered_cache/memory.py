@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import cachetools
 
+from .hit import HitCount, HitReader
 from .slot import Slot
 from .tier import MISSING, Entry, MissingType, TierBase
 from .weighing import deep_size
@@ -197,7 +198,8 @@ class MemoryTier(TierBase):
     """A thread-safe in-process tier with per-entry expiry and an injected clock.
 
     Capabilities (:class:`~tiered_cache.tier.TierBase`): ``local``, ``peek``, ``get_at``,
-    ``delete_prefix`` and ``hot_keys`` (when its policy tracks them).
+    ``hit_reader`` (not with ``copy_on_read``), ``delete_prefix`` and ``hot_keys`` (when its
+    policy tracks them).
 
     Args:
         policy: what to keep; :class:`LruPolicy` when not given.
@@ -287,6 +289,14 @@ class MemoryTier(TierBase):
             if self._policy.peek(key) is slot:
                 self._policy.pop(key)  # expired
         return MISSING
+
+    def hit_reader(self, clock: Clock, margin: float, hits: HitCount) -> HitReader | None:
+        """The chain's plain L1 hit in one (compiled) call: a fresh slot's value, its read
+        buffered as :meth:`get_at` buffers it (:mod:`tiered_cache.hit`). None with
+        ``copy_on_read``: every read must copy, which :meth:`get_at` does."""
+        if self._copy_on_read:
+            return None
+        return HitReader(self._peek, self._record_read, clock, margin, hits)
 
     def peek(self, key: str) -> Entry | MissingType:
         """The live entry for ``key`` without counting a read (for the chain's second look)."""

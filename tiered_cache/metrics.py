@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from .hit import HitCount
+
 #: Events counted by name, listed so that a snapshot always has every one of them.
 EVENTS = (
     "stale_served",
@@ -117,6 +119,8 @@ class CacheMetrics:
         #: Hits in tier 0, counted apart from the other hits: the hit path adds to its cell
         #: inline (:meth:`~tiered_cache.chain.TieredCache.lookup_l1`).
         self.l1_hits = LocalCounter()
+        #: Hits in tier 0 answered by its plain-hit reader (:mod:`tiered_cache.hit`).
+        self.plain_l1_hits = HitCount()
 
     def _cell(self) -> _Cell:
         """This thread's cell (made and registered at its first count)."""
@@ -177,7 +181,7 @@ class CacheMetrics:
 
     def snapshot(self) -> dict[str, Any]:
         """A JSON-serializable copy of every counter (the sum of every thread's cell)."""
-        l1_hits = self.l1_hits.value
+        l1_hits = self.l1_hits.value + self.plain_l1_hits.value
         counts = [0] * self._size
         load_seconds = 0.0
         events: dict[str, int] = dict.fromkeys(EVENTS, 0)

@@ -6,7 +6,10 @@ import enum
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import FrozenInstanceError
-from typing import Any, Final, Literal, Protocol, TypeAlias, final, runtime_checkable
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, TypeAlias, final, runtime_checkable
+
+if TYPE_CHECKING:
+    from .hit import HitCount
 
 
 class Missing(enum.Enum):
@@ -246,6 +249,20 @@ class TierBase:
     def get_at(self, key: str, now: float) -> Entry | MissingType:
         """:meth:`Tier.get`, judging expiry at ``now`` (the chain's one clock reading)."""
         return self.get(key)
+
+    def hit_reader(
+        self, clock: Callable[[], float], margin: float, hits: HitCount
+    ) -> Callable[[Any], Any] | None:
+        """A function answering the chain's plain L1 hits in one call, or None (the default:
+        the chain reads through :meth:`get_at`).
+
+        ``reader(key)`` returns the value when the tier holds ``key`` live at ``clock()`` and
+        before its soft expiry by more than ``margin`` times its load duration, recording the
+        read as :meth:`get_at` would and adding one to ``hits.value``; otherwise it records
+        nothing and returns :data:`tiered_cache.hit.NOT_FRESH`, and the chain calls
+        :meth:`get_at`, which decides.
+        """
+        return None
 
     def delete_prefix(self, prefix: str) -> None:
         """Remove every key that starts with ``prefix``; by default everything (always safe)."""

@@ -13,8 +13,8 @@ The tier must judge expiry by the injected clock (a shared tier may also hand ex
 server, but must not return an entry the clock says has expired).
 
 A tier that subclasses :class:`~tiered_cache.tier.TierBase` also runs one test per optional
-capability it declares (``peek``, ``get_at``, ``delete_prefix``, ``hot_keys``, and with
-``leases = True`` the lease operations and their batch forms); the others are skipped.
+capability it declares (``peek``, ``get_at``, ``hit_reader``, ``delete_prefix``, ``hot_keys``,
+and with ``leases = True`` the lease operations and their batch forms); the others are skipped.
 """
 
 from __future__ import annotations
@@ -225,6 +225,27 @@ class TierConformance:
         assert got is not MISSING
         assert got.value == "v"
         assert declared.get_at("conformance:absent", clock()) is MISSING
+
+    def test_capability_hit_reader_answers_only_fresh_hits_and_counts_them(
+        self, tier: Tier, clock: FakeClock
+    ) -> None:
+        from ..hit import NOT_FRESH, HitCount
+
+        declared = self.declared(tier)
+        hits = HitCount()
+        reader = declared.hit_reader(clock, 10.0, hits)
+        if reader is None:
+            pytest.skip("the tier offers no hit_reader (the chain reads through get_at)")
+        tier.set("conformance:hit", self.entry(clock, "v"))  # soft expiry in 300 s, load 0.25 s
+        assert reader("conformance:hit") == "v"
+        assert reader("conformance:absent") is NOT_FRESH
+        assert hits.value == 1
+        clock.advance(298)  # 2 s before the soft expiry: within 10 x the 0.25 s load
+        assert reader("conformance:hit") is NOT_FRESH  # left to get_at, which makes the draw
+        assert declared.get_at("conformance:hit", clock()) is not MISSING
+        clock.advance(3)  # stale (past the soft expiry), still live
+        assert reader("conformance:hit") is NOT_FRESH
+        assert hits.value == 1
 
     def test_capability_delete_prefix_removes_every_key_with_the_prefix(
         self, tier: Tier, clock: FakeClock

@@ -1,0 +1,105 @@
+"""The L1 hit in one call: the memory tier's plain hit, compiled with the core.
+
+:meth:`MemoryTier.hit_reader <tiered_cache.memory.MemoryTier.hit_reader>` builds a
+:class:`HitReader` over its own slots and read buffer, with what the chain brings: its clock,
+the XFetch margin and a :class:`HitCount`. ``TieredCache.get`` and the decorator's wrapper
+call it first. It answers only the common case -- a slot fresh at the tier, its entry before
+the soft expiry by more than the XFetch window -- and answers it in full: the read buffered for
+the policy, the hit counted, the value returned. Anything else (a miss, an expired slot, a
+stale entry, a read close enough to the expiry for an early refresh, a key that is not a
+``str``) gets :data:`NOT_FRESH` with nothing recorded, and the chain takes its general L1
+lookup (:mod:`tiered_cache.l1`), which decides exactly as it always has.
+
+Compiled by ``tools/build_core.py`` (mypyc): one C call and no Python frame per hit, and a
+compiled :class:`~tiered_cache.slot.Slot`'s ``expire_at`` is read as a C double. This source is
+the reference (``TIERED_CORE_PURE=1``, or no compiler); ``tests/test_compiled_core.py``
+compares the two.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Final, final
+
+from .slot import Slot
+
+__all__ = ["NOT_FRESH", "HitCount", "HitReader", "NotFresh"]
+
+
+@final
+class NotFresh:
+    """The type of :data:`NOT_FRESH`."""
+
+    def __repr__(self) -> str:
+        return "NOT_FRESH"
+
+
+#: The reader has no plain hit for the key: ask the general lookup (it may still find one).
+NOT_FRESH: Final = NotFresh()
+
+
+@final
+class HitCount:
+    """How many plain hits the readers of one chain answered (added into ``stats()``).
+
+    ``value += 1`` without a lock or per-thread cells (a thread-local lookup cost as much as
+    the rest of the hit) and still exact under the GIL: compiled, no Python code runs between
+    the read and the write; as Python, the interpreter switches threads only at calls and
+    backward jumps, and an ``int`` has no finalizer that could run one.
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+
+@final
+class HitReader:
+    """``reader(key)``: the value of a plain L1 hit, or :data:`NOT_FRESH`.
+
+    Args:
+        peek: the memory tier's slot for a key, or None (its policy's ``peek``: one dict lookup
+            without the tier's lock, atomic under the GIL; a stored slot is never changed,
+            only replaced).
+        record: buffers a hit on a key for the tier's policy (the tier's read buffer).
+        clock: the chain's clock (the one the tier is given too).
+        margin: the chain's XFetch window factor: a read later than ``soft_expiry -
+            load_duration * margin`` is left to the general lookup, which makes the draw.
+        hits: counts each hit answered here.
+    """
+
+    __slots__ = ("_clock", "_hits", "_margin", "_peek", "_record")
+
+    def __init__(
+        self,
+        peek: Callable[[Any], Slot | None],
+        record: Callable[[str], object],
+        clock: Callable[[], float],
+        margin: float,
+        hits: HitCount,
+    ) -> None:
+        self._peek = peek
+        self._record = record
+        self._clock = clock
+        self._margin = margin
+        self._hits = hits
+
+    def __call__(self, key: Any) -> Any:
+        # ``key`` is not typed ``str``: a wrong key must reach the general lookup, whose check
+        # raises the TypeError that explains it.
+        slot = self._peek(key)
+        if slot is None:
+            return NOT_FRESH
+        now = self._clock()
+        if now >= slot.expire_at:
+            return NOT_FRESH
+        entry = slot.entry
+        soft: float = entry.soft_expiry
+        took: float = entry.load_duration
+        # Both tests: a negative load duration (a clock stepped back) must not widen freshness.
+        if now >= soft or now >= soft - took * self._margin:
+            return NOT_FRESH
+        self._record(key)
+        self._hits.value += 1
+        return entry.value

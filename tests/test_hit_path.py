@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from tiered_cache import TieredCache
 from tiered_cache.clocks import ManualClock
-from tiered_cache.hit import NOT_FRESH, HitCount, HitReader
+from tiered_cache.hit import NOT_FRESH, HitCount, HitReader, PlainGet
 from tiered_cache.memory import MemoryTier
 from tiered_cache.policy import TinyLfuPolicy
 from tiered_cache.protection import Protection
@@ -211,3 +211,22 @@ def test_plain_hits_from_many_threads_are_counted_exactly() -> None:
     for worker in workers:
         worker.join()
     assert cache.stats()["tiers"][0]["hits"] == threads * reads
+
+
+def test_cache_get_is_the_frameless_plain_get_unless_a_subclass_has_its_own() -> None:
+    plain = Side(MemoryTier, 10).cache
+    assert isinstance(plain.get, PlainGet)
+    assert plain.get("k", lambda: "v", ttl=5.0) == plain.get("k") == "v"
+    with pytest.raises(TypeError):
+        plain.get("k", None, 5.0)  # type: ignore[misc]  # ttl stays keyword-only
+
+    class Counting(TieredCache):
+        reads = 0
+
+        def get(self, key: str, loader: Any = None, *, ttl: float | str | None = None) -> Any:
+            Counting.reads += 1
+            return super().get(key, loader, ttl=ttl)
+
+    counting = Counting([MemoryTier()])
+    assert counting.get("k", lambda: "v") == counting.get("k") == "v"
+    assert Counting.reads == 2

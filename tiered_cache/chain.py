@@ -19,9 +19,9 @@ from .accessor import TierAccessor
 from .bus import Bus
 from .coherence import DEFAULT_BUS_BREAKER, BusLink, publish_breaker
 from .fence import Fence
-from .hit import NOT_FRESH
+from .hit import NOT_FRESH, PlainGet
 from .keys import check_keys
-from .l1 import L1Reader
+from .l1 import L1Reader, L1Tier
 from .loader import BatchLoader, EntryMaker, Loader, SourceLoader
 from .logs import logger_for
 from .metrics import CacheMetrics
@@ -136,6 +136,12 @@ class TieredCache(L1Reader):
             if bus is None and len(self._tiers) == 1 and self._tiers[0].local
             else self._read_through
         )
+        # ``cache.get`` is answered without a Python frame on a plain hit: an instance
+        # attribute shadows the method (a function is a non-data descriptor). A subclass that
+        # defines its own ``get`` keeps it.
+        self._plain_get = PlainGet(self._no_l1_hit, self._get_rest)
+        if type(self).get is TieredCache.get:
+            vars(self)["get"] = self._plain_get
         self._setup_l1(self._tiers, self._metrics, self._protection, rng)
         self._disconnected_bound = max_stale_when_disconnected
         #: The bus is down (in-process tiers are bypassed or bounded).
@@ -204,11 +210,18 @@ class TieredCache(L1Reader):
 
         Returns ``None`` when the source has no such item.
         """
+        # An instance answers ``get`` through hit.PlainGet (see __init__), which does this.
         value = self.l1_hit(key)  # one call for a plain hit (L1Reader.l1_hit)
         if value is NOT_FRESH:
-            value = self.lookup_l1(key)
-            if value is MISSING or value is REFRESH_DUE:
-                return self.get_after_l1(key, loader, ttl, value is REFRESH_DUE)
+            return self._get_rest(key, loader, ttl)
+        return value
+
+    def _get_rest(self, key: str, loader: Loader | None, ttl: float | str | None) -> Any:
+        """:meth:`get` after the plain-hit reader declined: the general L1 lookup, then the
+        other tiers and the source."""
+        value = self.lookup_l1(key)
+        if value is MISSING or value is REFRESH_DUE:
+            return self.get_after_l1(key, loader, ttl, value is REFRESH_DUE)
         return value
 
     def get_after_l1(
@@ -344,6 +357,12 @@ class TieredCache(L1Reader):
         self._paths.set_bus_connected(connected, self._disconnected_bound)
         # While the bus is down reads take the slow path, which counts bounded serves.
         self._use_l1(self._tiers, connected or not (self._tiers and self._tiers[0].local))
+
+    def _use_l1(self, tiers: Sequence[L1Tier], enabled: bool) -> None:
+        """:meth:`L1Reader._use_l1`, and ``cache.get`` (:class:`~tiered_cache.hit.PlainGet`)
+        told of the new reader."""
+        super()._use_l1(tiers, enabled)
+        self._plain_get.reader = self.l1_hit
 
     def _store(self, key: str, value: Any) -> None:
         assert self._source is not None

@@ -23,7 +23,7 @@ from typing import Any, Final, final
 
 from .slot import Slot
 
-__all__ = ["NOT_FRESH", "HitCount", "HitReader", "NotFresh"]
+__all__ = ["NOT_FRESH", "HitCount", "HitReader", "NotFresh", "PlainGet"]
 
 
 @final
@@ -103,3 +103,26 @@ class HitReader:
         self._record(key)
         self._hits.value += 1
         return entry.value
+
+
+@final
+class PlainGet:
+    """``cache.get`` of a :class:`~tiered_cache.TieredCache` instance: ``TieredCache.get``
+    without its Python frame, which cost as much as the compiled hit itself.
+
+    A plain hit comes from ``reader`` (the chain's :attr:`~tiered_cache.l1.L1Reader.l1_hit`,
+    kept current by the chain); anything else goes to ``rest(key, loader, ttl)``, the rest of
+    ``TieredCache.get``. Same parameters as the method (``ttl`` keyword-only).
+    """
+
+    __slots__ = ("_rest", "reader")
+
+    def __init__(self, reader: Callable[[Any], Any], rest: Callable[[Any, Any, Any], Any]) -> None:
+        self.reader = reader
+        self._rest = rest
+
+    def __call__(self, key: Any, loader: Any = None, *, ttl: Any = None) -> Any:
+        value = self.reader(key)
+        if value is NOT_FRESH:
+            return self._rest(key, loader, ttl)
+        return value

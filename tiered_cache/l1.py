@@ -37,11 +37,6 @@ class L1Tier(Protocol):
     def miss(self) -> None: ...
 
 
-def _no_plain_hit(key: Any) -> Any:
-    """:attr:`L1Reader.l1_hit` when tier 0 offers no reader (or is not read)."""
-    return NOT_FRESH
-
-
 class L1Reader:
     """The chain's lookup in tier 0 (a base of both chains; it holds no state of its own)."""
 
@@ -108,11 +103,16 @@ class L1Reader:
         self._l1_tier.miss()
         return MISSING
 
+    @staticmethod
+    def _no_l1_hit(key: Any) -> Any:
+        """:attr:`l1_hit` when tier 0 offers no reader (or is not read)."""
+        return NOT_FRESH
+
     def _use_l1(self, tiers: Sequence[L1Tier], enabled: bool) -> None:
         """Let :meth:`lookup_l1` and :attr:`l1_hit` read ``tiers[0]`` (or, ``enabled=False``,
         skip it)."""
         self._l1_get_at = None
-        self.l1_hit = _no_plain_hit
+        self.l1_hit = self._no_l1_hit
         if enabled and tiers:
             self._l1_tier = tiers[0]
             self._l1_get_at = tiers[0].get_at_function()

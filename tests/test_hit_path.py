@@ -216,9 +216,10 @@ def test_plain_hits_from_many_threads_are_counted_exactly() -> None:
 def test_cache_get_is_the_frameless_plain_get_unless_a_subclass_has_its_own() -> None:
     plain = Side(MemoryTier, 10).cache
     assert isinstance(plain.get, PlainGet)
+    assert plain.get.reader is plain.l1_hit  # the reader, not the general lookup alone
     assert plain.get("k", lambda: "v", ttl=5.0) == plain.get("k") == "v"
     with pytest.raises(TypeError):
-        plain.get("k", None, 5.0)  # type: ignore[misc]  # ttl stays keyword-only
+        plain.get("k", None, 5.0)  # type: ignore[call-arg]  # ttl stays keyword-only
 
     class Counting(TieredCache):
         reads = 0

@@ -17,6 +17,7 @@ from tiered_cache.codecs import (
     JsonCodec,
     MsgpackCodec,
     PickleCodec,
+    batch_decoder,
     codec_names,
     get_codec,
 )
@@ -265,3 +266,83 @@ def test_json_fast_path_writes_the_standard_bytes() -> None:
 
 def test_json_tag_written_with_an_escape_is_still_a_tag() -> None:
     assert_same(JsonCodec().decode(b'{"\\u0024d":"1.50"}'), Decimal("1.50"))
+
+
+# -- batch decodes (an MGET's values): the same values as one decode each, errors their own
+
+#: What a batch may hold besides the codecs' own bytes: values that are not theirs to read.
+foreign_data = st.sampled_from(
+    [b"\xc1\x00garbage{", b"{not json", b"", b"[1,", b'"\\ud83d"', b"NaN", b"1e400"]
+)
+
+
+def decode_one_by_one(codec: Codec, datas: list[bytes]) -> tuple[list[Any], dict[int, str]]:
+    values: list[Any] = []
+    errors: dict[int, str] = {}
+    for index, data in enumerate(datas):
+        try:
+            values.append(codec.decode(data))
+        except CodecError as exc:
+            values.append(None)
+            errors[index] = str(exc)
+    return values, errors
+
+
+@pytest.mark.parametrize("codec", [JsonCodec(), JsonCodec(fast=False), MsgpackCodec()])
+@settings(max_examples=200, deadline=None)
+@given(batch=st.lists(values.map(lambda value: ("value", value)) | foreign_data, max_size=8))
+def test_decode_many_matches_one_decode_per_value(codec: Codec, batch: list[Any]) -> None:
+    datas = [item if isinstance(item, bytes) else codec.encode(item[1]) for item in batch]
+    decoded, errors = batch_decoder(codec)(datas)
+    want, want_errors = decode_one_by_one(codec, datas)
+    assert {index: str(exc) for index, exc in errors.items()} == want_errors
+    assert len(decoded) == len(want)
+    for got, expected in zip(decoded, want, strict=True):
+        assert_same(got, expected)
+
+
+@settings(max_examples=200, deadline=None)
+@given(batch=st.lists(json_texts, max_size=6), ascii_only=st.booleans())
+def test_json_decode_many_of_any_json_matches_one_decode_per_value(
+    batch: list[Any], ascii_only: bool
+) -> None:
+    # Any JSON in a batch: a tag, an escape or a long int in one value sends the whole batch
+    # the exact way; lone surrogates and NaN literals fail alone or go the exact way alone.
+    datas = [json.dumps(v, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass") for v in batch]
+    codec = JsonCodec()
+    decoded, errors = codec.decode_many(datas)
+    want, want_errors = decode_one_by_one(JsonCodec(fast=False), datas)
+    assert {index: str(exc) for index, exc in errors.items()} == want_errors
+    for got, expected in zip(decoded, want, strict=True):
+        assert_same(got, expected)
+
+
+def test_json_decode_many_keeps_long_ints_and_tags_of_one_value_among_plain_ones() -> None:
+    plain = [JsonCodec().encode({"id": str(i), "likes": i}) for i in range(5)]
+    datas = [*plain, b"[18446744073709551616]", *plain]
+    decoded, errors = JsonCodec().decode_many(datas)
+    assert errors == {}
+    assert_same(decoded[5], [2**64])  # orjson alone reads it as a float
+    decoded, errors = JsonCodec().decode_many([*plain, b'{"$d":"1.50"}', b"{broken"])
+    assert_same(decoded[5], Decimal("1.50"))
+    assert list(errors) == [6] and decoded[6] is None
+
+
+class ForeignCodec:
+    """A codec of a third party: encode and decode only (no CodecBase)."""
+
+    name = "foreign"
+
+    def encode(self, value: Any) -> bytes:
+        return repr(value).encode()
+
+    def decode(self, data: bytes) -> Any:
+        if not data:
+            raise CodecError("empty")
+        return data.decode()
+
+
+def test_a_codec_without_decode_many_decodes_a_batch_one_value_at_a_time() -> None:
+    decoded, errors = batch_decoder(ForeignCodec())([b"a", b"", b"c"])
+    assert decoded == ["a", None, "c"]
+    assert list(errors) == [1]

@@ -24,7 +24,7 @@ import importlib
 import json
 import math
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import Any, Protocol, runtime_checkable
 
@@ -54,6 +54,57 @@ class Codec(Protocol):
     def decode(self, data: bytes) -> Any:
         """The value ``data`` was made from."""
         ...
+
+
+#: What a batch decode returns: the values in order (``None`` where one failed) and, by
+#: position, the error of each value that could not be decoded.
+Decoded = tuple[list[Any], dict[int, CodecError]]
+
+
+def decode_each(codec: Codec, datas: Sequence[bytes]) -> Decoded:
+    """``codec.decode`` of each of ``datas``: a value that fails is its own error, never the
+    others'."""
+    values: list[Any] = []
+    errors: dict[int, CodecError] = {}
+    decode = codec.decode
+    for index, data in enumerate(datas):
+        try:
+            values.append(decode(data))
+        except CodecError as exc:
+            values.append(None)
+            errors[index] = exc
+    return values, errors
+
+
+class CodecBase:
+    """What a codec may offer beyond :class:`Codec`, declared with defaults (as tiers declare
+    theirs with :class:`~tiered_cache.tier.TierBase`); the built-in codecs derive from it.
+
+    :meth:`decode_many` decodes a batch (an ``MGET``'s values): a codec that can do part of
+    the work once for the batch overrides it; a bad value is still only its own error.
+    """
+
+    name: str
+
+    def encode(self, value: Any) -> bytes:
+        """The bytes of ``value``."""
+        raise NotImplementedError
+
+    def decode(self, data: bytes) -> Any:
+        """The value ``data`` was made from."""
+        raise NotImplementedError
+
+    def decode_many(self, datas: Sequence[bytes]) -> Decoded:
+        """:meth:`decode` of each of ``datas`` (:func:`decode_each`)."""
+        return decode_each(self, datas)
+
+
+def batch_decoder(codec: Codec) -> Callable[[Sequence[bytes]], Decoded]:
+    """How to decode a batch with ``codec``: its own ``decode_many`` if it declares one
+    (:class:`CodecBase`), else one :meth:`Codec.decode` per value."""
+    if isinstance(codec, CodecBase):
+        return codec.decode_many
+    return lambda datas: decode_each(codec, datas)
 
 
 class _Unsupported(Exception):
@@ -236,7 +287,7 @@ _FAST_NUMBERS = bytes.maketrans(b"-0123456789", b"#" * 11)
 _LONG_NUMBER = b"#" * 20
 
 
-class JsonCodec:
+class JsonCodec(CodecBase):
     """Type-preserving JSON (UTF-8); the default codec.
 
     Args:
@@ -297,6 +348,37 @@ class JsonCodec:
         except (ValueError, TypeError, ArithmeticError) as exc:
             raise CodecError(f"codec {self.name!r} cannot decode the data: {exc}") from exc
 
+    def decode_many(self, datas: Sequence[bytes]) -> Decoded:
+        """:meth:`decode` of each of ``datas``, with the fast path's guards run once over the
+        whole batch: when no value holds a tag, an escape or a long digit run, orjson reads
+        each value straight away (the values of an ``MGET`` of plain items: one search per
+        batch instead of three per value). Otherwise each value is decoded on its own; a value
+        orjson refuses goes the exact way by itself. Either way a bad value is only its own
+        error (:func:`decode_each`)."""
+        fast_loads = self._fast_loads
+        if fast_loads is None or not datas:
+            return decode_each(self, datas)
+        # "\n" is none of the guarded bytes, so no digit run spans two values.
+        joined = b"\n".join(datas)
+        if (
+            joined.find(_DOLLAR) >= 0
+            or joined.find(_BACKSLASH) >= 0
+            or _LONG_NUMBER in joined.translate(_FAST_NUMBERS)
+        ):
+            return decode_each(self, datas)
+        values: list[Any] = []
+        errors: dict[int, CodecError] = {}
+        for index, data in enumerate(datas):
+            try:
+                values.append(fast_loads(data))
+            except ValueError:
+                try:  # what decode does after orjson refused: the exact path decides
+                    values.append(self.decode(data))
+                except CodecError as exc:
+                    values.append(None)
+                    errors[index] = exc
+        return values, errors
+
 
 # --- msgpack ---------------------------------------------------------------------------------
 
@@ -307,7 +389,7 @@ _EXT_TUPLE = 4
 _EXT_BIGINT = 5  # ints beyond 64 bits, which msgpack cannot hold natively
 
 
-class MsgpackCodec:
+class MsgpackCodec(CodecBase):
     """Type-preserving msgpack, with extension types for ``Decimal``, sets and tuples.
 
     Needs the ``msgpack`` package (``pip install msgpack``, or the ``msgpack`` extra of an
@@ -397,7 +479,7 @@ class MsgpackCodec:
 # --- pickle ----------------------------------------------------------------------------------
 
 
-class PickleCodec:
+class PickleCodec(CodecBase):
     """Any picklable value. Unpickling runs code: use it only for tiers you trust."""
 
     name = "pickle"

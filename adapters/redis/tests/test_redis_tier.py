@@ -225,6 +225,38 @@ def test_data_of_another_codec_or_format_is_a_logged_miss(
     reader.close()
 
 
+def test_get_many_decodes_each_value_as_get_does_a_bad_one_failing_alone(
+    tier: RedisTier,
+    raw: redis.Redis,
+    clock: FakeClock,
+    namespace: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # One MGET, the payloads decoded as a batch: a tagged value, a long int, a value whose
+    # payload is corrupt (its header intact), one of an unknown format and one expired by the
+    # chain's clock sit among plain ones; each reads as its own get does.
+    values: dict[str, Any] = {f"plain{i}": {"id": str(i), "n": i} for i in range(5)}
+    values |= {"decimal": {"likes": Decimal("7.50")}, "long": 2**70, "bytes": b"\x00"}
+    tier.set_many({key: entry(clock, value) for key, value in values.items()})
+    tier.set("short", entry(clock, "soon gone", lifetime=10))
+    good = raw.get(f"{namespace}:plain0")
+    assert good is not None
+    raw.set(f"{namespace}:corrupt", good[:-3])
+    raw.set(f"{namespace}:garbage", b"not a tiered-cache entry")
+    clock.advance(20)
+    keys = [*values, "corrupt", "garbage", "short", "absent"]
+    with caplog.at_level(logging.WARNING, logger="tiered_cache_redis.tier"):
+        found = tier.get_many(keys)
+        one_by_one = {key: tier.get(key) for key in keys}
+    assert sorted(found) == sorted(values)
+    for key, value in values.items():
+        assert_same(found[key].value, value)
+        assert found[key] == one_by_one[key]
+    assert one_by_one["corrupt"] is MISSING and one_by_one["short"] is MISSING
+    # corrupt and garbage: logged once by the batch, once by their own get
+    assert len(caplog.records) == 4
+
+
 # --- round trips: one command per batch
 
 

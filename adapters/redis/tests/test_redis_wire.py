@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 import redis
 from redis.cluster import RedisCluster as ClusterClient
+from redis.connection import Connection
 from tiered_cache_redis import RedisTier, make_client
-from tiered_cache_redis.wire import PARKED, ClientReads, WireReader, reads_for
+from tiered_cache_redis.wire import PARKED, ClientReads, WireReader, mget_command, reads_for
 
 from tiered_cache.testing.forked import ForkedChild
 from tiered_cache.testing.servers import RedisCluster, RedisServer
@@ -47,6 +48,15 @@ def test_get_and_mget_read_what_redis_holds(redis_server: RedisServer, namespace
     assert reader.get(names[1]) == b"v1"  # the connection is still in step after the error
     reader.close()
     client.close()
+
+
+@pytest.mark.parametrize(
+    "names",
+    [["ns:tweet:1", "ns:tweet:22", ""], ["ns:é", "ns:plain"], ["ns:\r\n$*", "ns:\U0001f600"]],
+)
+def test_mget_is_packed_as_redis_py_packs_it(names: list[str]) -> None:
+    # ASCII names are packed as one text; any other name byte by byte.
+    assert mget_command(names) == b"".join(Connection().pack_command("MGET", *names))
 
 
 def test_a_small_pool_is_never_parked_empty(redis_server: RedisServer, namespace: str) -> None:

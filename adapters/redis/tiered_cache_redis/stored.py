@@ -13,8 +13,9 @@ import math
 import random
 import struct
 from collections.abc import Sequence
+from typing import Any
 
-from tiered_cache.codecs import Codec, get_codec
+from tiered_cache.codecs import Codec, batch_decoder, get_codec
 from tiered_cache.errors import CodecError
 from tiered_cache.keys import namespace_prefix
 from tiered_cache.logs import fields, key_hash
@@ -68,6 +69,7 @@ class StoredFormat:
         self.prefix = namespace_prefix(namespace)
         self.codec = get_codec(codec) if isinstance(codec, str) else codec
         self._codec_id = CODEC_IDS.get(self.codec.name, 0)
+        self._decode_batch = batch_decoder(self.codec)
         self._ttl = ttl
         self._jitter = ttl_jitter
         self._rng = rng or random.Random()
@@ -105,14 +107,40 @@ class StoredFormat:
     def decode_many(
         self, keys: Sequence[str], values: Sequence[bytes | None], now: float
     ) -> dict[str, Entry]:
-        """The live entries of an MGET's ``values`` (in the order of ``keys``)."""
-        decode = self.decode
-        found: dict[str, Entry] = {}
+        """The live entries of an MGET's ``values`` (in the order of ``keys``), as
+        :meth:`decode` would give each: the headers are read here, the payloads decoded by the
+        codec in one batch (:meth:`~tiered_cache.codecs.CodecBase.decode_many`); a value that
+        cannot be read is a logged miss of its own key only."""
+        size = _HEADER.size
+        unpack = _HEADER.unpack_from
+        codec_id = self._codec_id
+        headers: list[tuple[str, tuple[Any, ...]]] = []
+        payloads: list[bytes] = []
         for key, data in zip(keys, values, strict=True):
-            if data is not None:
-                entry = decode(key, data, now)
-                if entry is not MISSING:
-                    found[key] = entry
+            if data is None:
+                continue
+            if len(data) < size or not data.startswith(_PREFIX):
+                self._unreadable(key, "holds data in an unknown format")
+                continue
+            header = unpack(data)
+            # Redis expires keys on its own clock; the tier must also honour the chain's clock.
+            if now >= header[7]:
+                continue
+            if header[2] != codec_id:
+                self._unreadable(key, f"was written with another codec (id {header[2]})")
+                continue
+            headers.append((key, header))
+            payloads.append(data[size:])
+        if not payloads:
+            return {}
+        decoded, errors = self._decode_batch(payloads)
+        found: dict[str, Entry] = {}
+        for index, ((key, header), value) in enumerate(zip(headers, decoded, strict=True)):
+            if errors and index in errors:
+                self._unreadable(key, f"cannot be decoded ({errors[index]})")
+                continue
+            # magic, format, codec id, loaded_at, soft, hard, duration, expire_at, version
+            found[key] = Entry(value, header[3], header[4], header[5], header[6], header[8])
         return found
 
     def encode(self, key: str, entry: Entry, now: float) -> Encoded:

@@ -99,8 +99,12 @@ def bulk(text: str) -> bytes:
 
 
 def mget_command(names: Sequence[str]) -> bytes:
-    """``MGET names``, packed."""
-    return b"*%d\r\n$4\r\nMGET\r\n%b" % (len(names) + 1, b"".join([bulk(name) for name in names]))
+    """``MGET names``, packed: for ASCII names (one byte a character, what keys almost
+    always are) as one text encoded once, not one ``bytes`` per name."""
+    head = f"*{len(names) + 1}\r\n$4\r\nMGET\r\n"
+    if "".join(names).isascii():
+        return (head + "".join([f"${len(name)}\r\n{name}\r\n" for name in names])).encode()
+    return head.encode() + b"".join([bulk(name) for name in names])
 
 
 class WireReader:

@@ -11,8 +11,9 @@ callbacks. :class:`WireReader` keeps what matters and drops the rest:
   what is not parked;
 - the command is packed once by hand (GET and MGET of ``str`` keys are all the tier sends);
 - the connection's own :class:`redis.retry.Retry` still runs the round trip, with the same
-  disconnect-and-retry on a broken connection as redis-py (a server restart), and redis-py's
-  connection still sends, reads and parses (with hiredis when installed).
+  disconnect-and-retry on a broken connection as redis-py (a server restart); redis-py's
+  connection sends, and with hiredis installed reads and parses; without it the reply is read
+  off the socket in one piece (:mod:`tiered_cache_redis.replies`), not value by value.
 
 Used only for a plain ``redis.Redis`` on its own pool (not a cluster, not a single-connection
 client, not a client-side cache, whose state lives in redis-py's command path); anything else
@@ -28,6 +29,8 @@ import redis
 from redis.cluster import RedisCluster
 
 from tiered_cache.forking import restart_after_fork
+
+from .replies import raw_reads, read_reply
 
 #: Connections kept checked out between reads: enough for a few threads reading at once,
 #: few enough that the rest of the pool stays for everyone else (writes, leases, the bus). A
@@ -137,6 +140,8 @@ class WireReader:
     @staticmethod
     def _send_and_read(conn: Any, packed: bytes) -> Any:
         conn.send_packed_command((packed,))
+        if raw_reads(conn):
+            return read_reply(conn)
         return conn.read_response()
 
     def _borrow(self) -> Any:

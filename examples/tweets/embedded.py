@@ -36,6 +36,8 @@ from tiered_cache import CacheSettings, ConfigError, TieredCache, load_settings
 from tiered_cache.redaction import redact_url
 from tiered_cache.testing.servers import RedisServer, redis_server_binary
 
+from .round_trips import RoundTrips
+
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
@@ -77,6 +79,8 @@ class Environment:
     #: Reads per item key per second the emulation allows (``None``: not emulated).
     emulated_read_rate: float | None
     _new_client: Callable[[], DynamoDBClient] = field(repr=False)
+    #: Requests the chain sent to Redis, counted from its first (the demo's round trips).
+    round_trips: RoundTrips = field(default_factory=RoundTrips)
 
     def new_client(self) -> tuple[DynamoDBClient, ThrottleInjector | None]:
         """Another client for the same table, with its own capacity emulation when embedded.
@@ -189,6 +193,8 @@ def environment(
             setup_client.close()
 
         cache = stack.enter_context(TieredCache.from_settings(settings))
+        round_trips = RoundTrips()
+        round_trips.attach_chain(cache)  # before any read: every connection is seen
         client: DynamoDBClient = cache.source.client  # type: ignore[union-attr]
         throttle: ThrottleInjector | None = None
         rate: float | None = None
@@ -213,6 +219,7 @@ def environment(
             embedded_dynamodb=moto is not None,
             throttle=throttle,
             emulated_read_rate=rate,
+            round_trips=round_trips,
             _new_client=new_client,
         )
 

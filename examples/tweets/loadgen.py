@@ -42,6 +42,7 @@ from tiered_cache.workloads import TweetWorkload, tweet_requests
 
 from .embedded import HASH_KEY, Environment, environment
 from .repository import Item, TweetRepository
+from .round_trips import RoundTrips
 
 if TYPE_CHECKING:
     import redis
@@ -133,26 +134,6 @@ def seed_table(client: DynamoDBClient, table: str, tweet_ids: Sequence[str]) -> 
 # -- the two patterns -----------------------------------------------------------------------
 
 
-class RoundTrips:
-    """Requests a redis-py client sends: each command, pipeline or script call takes one
-    connection from the pool, so counting ``get_connection`` counts round trips."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self._lock = threading.Lock()
-
-    def attach(self, client: Any) -> None:
-        pool = client.connection_pool
-        original = pool.get_connection
-
-        def counting(*args: Any, **kwargs: Any) -> Any:
-            with self._lock:
-                self.count += 1
-            return original(*args, **kwargs)
-
-        pool.get_connection = counting
-
-
 class Pattern(Protocol):
     """A way to read a tweet, and cumulative counts of where reads were served from."""
 
@@ -171,14 +152,16 @@ class TieredPattern:
 
     name = TIERED
 
-    def __init__(self, repository: TweetRepository) -> None:
+    def __init__(self, repository: TweetRepository, round_trips: RoundTrips | None = None) -> None:
+        """``round_trips``: a counter attached to the chain before its first read (the
+        environment's); without one, a counter attached now, which does not see connections
+        the chain took before (:mod:`.round_trips`)."""
         self.repository = repository
         self.read = repository.get
-        self.round_trips = RoundTrips()
-        for tier in repository.cache.tiers:
-            client = getattr(getattr(tier, "tier", tier), "client", None)  # under the breaker
-            if client is not None:
-                self.round_trips.attach(client)
+        if round_trips is None:
+            round_trips = RoundTrips()
+            round_trips.attach_chain(repository.cache)
+        self.round_trips = round_trips
 
     def served(self) -> dict[str, int]:
         stats = self.repository.cache.stats()
@@ -627,7 +610,11 @@ def run_load(env: Environment, options: LoadOptions) -> dict[str, Any]:
     repository = TweetRepository(env.cache, env.client, table=env.table)
     results = [
         run_pattern(
-            TieredPattern(repository), plan, options, redis_url=env.redis_url, throttle=env.throttle
+            TieredPattern(repository, env.round_trips),
+            plan,
+            options,
+            redis_url=env.redis_url,
+            throttle=env.throttle,
         )
     ]
     skipped = None

@@ -628,3 +628,31 @@ def test_a_writer_does_not_wait_for_the_publish_breakers_probe(clock: FakeClock)
     a.invalidate("r")
     assert [message.seq for message in bus.heard] == [1, 3, 5]
     assert b.stats()["bus_gaps"] == 2
+
+
+class InvalidatedDuringTheDrop(MemoryTier):
+    """A memory tier during whose drop of "k" (a writer's own invalidation, before its fill)
+    another writer invalidates "k"."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__(name="l1", clock=clock)
+        self.invalidate: Callable[[str], None] | None = None
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        super().delete_many(keys)
+        if "k" in keys and self.invalidate is not None:
+            invalidate, self.invalidate = self.invalidate, None
+            invalidate("k")
+
+
+def test_a_set_overtaken_by_another_invalidation_keeps_no_value_in_memory(
+    clock: FakeClock,
+) -> None:
+    memory = InvalidatedDuringTheDrop(clock)
+    cache = TieredCache([memory], clock=clock, ttl=60)
+    cache.set("k", "old")
+    assert memory.get("k") is not MISSING  # its own invalidation does not refuse its fill
+    memory.invalidate = cache.invalidate
+    cache.set("k", "new")
+    assert memory.get("k") is MISSING
+    assert cache.stats()["fills_refused"] == 1

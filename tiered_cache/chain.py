@@ -129,6 +129,7 @@ class TieredCache(L1Reader):
             store=self._store if source is not None else None,
             announce=self._announce if bus is not None else None,
             write_policy=write_policy,
+            fill_one=self._fence.fill_one,
         )
         #: What a miss runs inside its flight, decided once from what the chain holds.
         self._read: Callable[[Flight, str, Loader | None, float | str | None], Any] = (

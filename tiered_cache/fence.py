@@ -180,24 +180,31 @@ class Fence:
             yield tier.delete_many, (late,)
         return set(landing) - set(late)
 
-    def fill_one(self, mark: int, key: str, entry: Entry, tiers: Sequence[TierAccessor]) -> bool:
-        """:meth:`fill` of one key without a lease (the threaded loader's fill after a miss),
-        in plain calls rather than steps: the same check before the write and after it, with
-        nothing to give back. True if it landed."""
+    def fill_one(
+        self,
+        mark: int,
+        key: str,
+        entry: Entry,
+        tiers: Sequence[TierAccessor],
+        own: int | None = None,
+    ) -> bool:
+        """:meth:`fill` of one key without a lease (the threaded chain's fill after a miss, a
+        copy-up, a write), in plain calls rather than steps: the same check before the write
+        and after it, with nothing to give back. True if it landed."""
         keys = (key,)
-        if self._log.overtaken(mark, keys):
+        log = self._log
+        if log.overtaken(mark, keys, ignore=own):
             self._refuse(keys)
             return False
-        written: list[TierAccessor] = []
         for tier in reversed(tiers):
             if not tier.bypassed:
                 tier.set_one(key, entry)
-                written.append(tier)
-        if not self._log.overtaken(mark, keys):
+        if not log.overtaken(mark, keys, ignore=own):
             return True
-        # Invalidated between the check and the write: undo, deleting is always safe.
+        # Invalidated between the check and the write: undo, deleting is always safe (from
+        # every tier given: no list of the written ones is kept on the common path).
         self._metrics.count("fills_refused")
-        for tier in written:
+        for tier in tiers:
             tier.delete_many(keys)
         return False
 

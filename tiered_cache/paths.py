@@ -26,6 +26,8 @@ from .tier import MISSING, Entry
 
 #: ``announce(keys, prefixes, clear, at)``: publish an invalidation; True if it went out.
 Announce = Callable[[Sequence[str], Sequence[str], bool, float], Any]
+#: ``fill_one(mark, key, entry, tiers, own)``: :meth:`Fence.fill_one`, for the threaded chain.
+FillOne = Callable[[int, str, Entry, Sequence[Any], "int | None"], bool]
 
 
 class ChainPaths:
@@ -43,6 +45,8 @@ class ChainPaths:
         store: writes the source (a step), or None when the chain has no source.
         announce: tells the other processes (a step), or None without a bus.
         write_policy: ``"through"`` or ``"around"`` (see :meth:`TieredCache.set`).
+        fill_one: the fence's one-key, lease-less fill in plain calls, when the tiers' calls
+            are plain calls (the threaded chain); None: every fill goes as steps.
     """
 
     def __init__(
@@ -58,6 +62,7 @@ class ChainPaths:
         store: Callable[[str, Any], Any] | None,
         announce: Announce | None,
         write_policy: Literal["through", "around"],
+        fill_one: FillOne | None = None,
     ) -> None:
         self.tiers = list(tiers)
         self.shared = [tier for tier in self.tiers if not tier.local]
@@ -71,6 +76,7 @@ class ChainPaths:
         self.store = store
         self.announce = announce
         self.write_policy = write_policy
+        self.fill_one = fill_one
         #: The bus is down and in-process tiers keep fills for a bound (reads are counted).
         self.bounded = False
 
@@ -94,7 +100,12 @@ class ChainPaths:
             if now < entry.soft_expiry:
                 if tier.index > 0:
                     tier.hit()
-                    yield from self.fence.fill_steps(mark, {key: entry}, self.tiers[: tier.index])
+                    if self.fill_one is not None:
+                        self.fill_one(mark, key, entry, self.tiers[: tier.index], None)
+                    else:
+                        yield from self.fence.fill_steps(
+                            mark, {key: entry}, self.tiers[: tier.index]
+                        )
                 if self.bounded:
                     self.count_bus_down(tier)
                 return entry.value
@@ -205,11 +216,16 @@ class ChainPaths:
         entry = self.make_entry(value, self.clock(), 0.0, ttl)
         # Loads in flight read the source before this write: none of them may fill now.
         own = self.fence.invalidate([key])
-        tokens = {key: token} if token is not None else None
-        landed = yield from self.fence.fill_steps(
-            mark, {key: entry}, self.tiers, tokens=tokens, own=own
-        )
-        if key not in landed:
+        if token is None and self.fill_one is not None:
+            landed = self.fill_one(mark, key, entry, self.tiers, own)
+        else:
+            tokens = {key: token} if token is not None else None
+            landed = key in (
+                yield from self.fence.fill_steps(
+                    mark, {key: entry}, self.tiers, tokens=tokens, own=own
+                )
+            )
+        if not landed:
             # Another write (or an invalidation) overlapped this one: which came last at the
             # source cannot be told here, so no tier keeps either value.
             yield from self.invalidate_many([key])

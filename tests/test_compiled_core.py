@@ -13,8 +13,10 @@ import importlib.machinery
 import importlib.util
 import json
 import os
+import pickle
 import subprocess
 import sys
+import tracemalloc
 import types
 from pathlib import Path
 from typing import Any
@@ -24,14 +26,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tiered_cache
-from tiered_cache import hit, policy, sketch, slot, topk
+from tiered_cache import entry, hit, policy, sketch, slot, topk
 from tiered_cache.clocks import ManualClock
 from tiered_cache.compiled import compiled_core
 
 PURE = "_tiered_cache_pure"
 SOURCES = Path(tiered_cache.__file__).parent
 IS_COMPILED = compiled_core() and all(
-    not str(module.__file__).endswith(".py") for module in (policy, sketch, slot, topk, hit)
+    not str(module.__file__).endswith(".py") for module in (entry, policy, sketch, slot, topk, hit)
 )
 
 needs_build = pytest.mark.skipif(
@@ -155,6 +157,80 @@ def test_compiled_and_pure_core_answer_and_decide_alike(
     for step in steps:
         assert compiled.apply(step) == reference.apply(step), step
     assert compiled.state(KEYS) == reference.state(KEYS)
+
+
+times = st.floats(allow_nan=False, width=64)
+values = st.one_of(st.none(), st.integers(), st.text(max_size=5), st.tuples(st.integers()))
+fields = st.tuples(
+    values, times, times, times, times, st.integers(min_value=-(2**70), max_value=2**70)
+)
+
+
+def entry_answers(module: Any, slot_module: Any, given: tuple[Any, ...], other: Any) -> Any:
+    """What an entry of ``module`` (and the memory tier's ``Slot`` made from it) answers."""
+    made = module.Entry(*given)
+    second = module.Entry(*other)
+    kept = slot_module.Slot(made, given[2], 3)
+
+    def refused(target: Any, name: str, value: object = 0.0) -> str:
+        try:
+            setattr(target, name, value)
+        except AttributeError:
+            return "refused"
+        return "assigned"
+
+    now = given[1]
+    copies = [pickle.loads(pickle.dumps(item)) for item in (made, kept)]
+    return (
+        repr(made),
+        repr(kept),
+        made == second,
+        made == kept,
+        kept == made,
+        hash(made) == hash(kept),
+        (made.is_fresh(now), made.is_expired(now), kept.is_fresh(now), kept.is_expired(now)),
+        repr(made.replace(soft_expiry=other[2])),
+        repr(kept.replace(hard_expiry=other[3])),
+        repr(kept.with_value(other[0])),
+        [(type(copy).__name__, repr(copy), copy == made) for copy in copies],
+        [refused(target, name) for target in (made, kept) for name in module.ENTRY_FIELDS],
+        [refused(kept, name, value) for name, value in (("expire_at", 1.0), ("weight", 2))],
+        refused(made, "other"),
+        (kept.expire_at, kept.weight, kept.segment, kept.entry is kept),
+    )
+
+
+@needs_build
+@settings(max_examples=200, deadline=None)
+@given(given=fields, other=fields)
+def test_compiled_and_pure_entries_answer_alike(
+    given: tuple[Any, ...], other: tuple[Any, ...]
+) -> None:
+    # Times are floats: compiled, an int given for one is stored as a float.
+    compiled = entry_answers(entry, slot, given, other)
+    assert compiled == entry_answers(pure("entry"), pure("slot"), given, other)
+
+
+@needs_build
+def test_a_kept_entry_is_one_object_with_its_times_inside() -> None:
+    # Compiled, the memory tier keeps an entry as one Slot with its four times as C doubles:
+    # 136 bytes, where an Entry (80), its float objects (24 each) and a Slot pointing at the
+    # entry (96) were 272. Keys, values and times are made first (the caller's, not the
+    # tier's); the entry a fill builds is freed once the slot holds a copy of it.
+    count = 1000
+    starts = [float(index) for index in range(count)]
+    kept: list[slot.Slot | None] = [None] * count
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for index, start in enumerate(starts):
+            made = entry.Entry(start, start, start + 1.0, start + 2.0, start / 1e3)
+            kept[index] = slot.Slot(made, start + 1.5)
+        del made
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held / count < 137
 
 
 @needs_build

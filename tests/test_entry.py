@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import copy
 import pickle
-from dataclasses import FrozenInstanceError
 
 import pytest
 
-from tiered_cache.tier import NEVER, Entry
+from tiered_cache.clocks import ManualClock
+from tiered_cache.memory import MemoryTier
+from tiered_cache.tier import ENTRY_FIELDS, NEVER, Entry
 
 
 def test_fields_positional_and_by_name_with_defaults() -> None:
@@ -26,10 +27,11 @@ def test_fields_positional_and_by_name_with_defaults() -> None:
 def test_an_entry_cannot_be_changed() -> None:
     entry = Entry(1, 2.0)
 
-    with pytest.raises(FrozenInstanceError):
-        entry.value = 2
-    with pytest.raises(FrozenInstanceError):
-        del entry.soft_expiry
+    # AttributeError: compiled, the fields have no setter; pure, FrozenInstanceError (one).
+    with pytest.raises(AttributeError):
+        entry.value = 2  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        del entry.soft_expiry  # type: ignore[misc]
     with pytest.raises(AttributeError):
         entry.other = 1
     assert entry.value == 1
@@ -64,3 +66,29 @@ def test_replace_and_with_value_copy_the_other_fields() -> None:
     assert entry.replace(hard_expiry=5.0) == Entry("v", 2.0, 3.0, 5.0, 0.5, 9)
     assert entry.with_value(None) == Entry(None, 2.0, 3.0, 4.0, 0.5, 9)
     assert entry == Entry("v", 2.0, 3.0, 4.0, 0.5, 9)
+
+
+def test_an_entry_read_from_the_memory_tier_is_immutable_and_copies_as_a_plain_entry() -> None:
+    # The tier hands out the record it keeps (a Slot is an Entry): its entry fields refuse
+    # assignment like any entry's, compiled or pure, while the tier's own bookkeeping moves.
+    clock = ManualClock(0.0)
+    tier = MemoryTier(clock=clock)
+    stored = Entry([1, 2], 0.0, 50.0, 60.0, 0.25, 3)
+    tier.set("k", stored)
+    tier.set("other", Entry("x", 0.0, 50.0, 60.0))
+    read = tier.get("k")
+    assert isinstance(read, Entry)
+
+    assert read == stored
+    for name in ENTRY_FIELDS:
+        with pytest.raises(AttributeError):
+            setattr(read, name, 0.0)
+        with pytest.raises(AttributeError):
+            delattr(read, name)
+    assert tier.get("k") == stored
+    for clone in (pickle.loads(pickle.dumps(read)), copy.copy(read), copy.deepcopy(read)):
+        assert type(clone) is Entry
+        assert clone == stored
+    assert repr(read) == repr(stored)
+    tier.get("other")  # the kept records keep moving (recency) after all that
+    assert tier.get("k") == stored

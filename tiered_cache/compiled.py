@@ -25,10 +25,10 @@ from types import ModuleType
 __all__ = ["DEPENDENCIES", "MANIFEST", "MODULES", "compiled_core", "source_hash"]
 
 #: The modules the build compiles, by their short names (``tiered_cache.<name>``).
-MODULES = ("slot", "sketch", "topk", "policy", "hit")
+MODULES = ("entry", "slot", "sketch", "topk", "policy", "hit")
 #: Sources the compiled modules were checked against (their imports); a change there makes the
 #: build stale too.
-DEPENDENCIES = ("tier", "policy_defaults")
+DEPENDENCIES = ("policy_defaults",)
 _HERE = Path(__file__).resolve().parent
 #: What the build compiled: ``{"modules": {name: SHA-256 of its source}}``.
 MANIFEST = _HERE / "compiled.json"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import final
 
-from .tier import Entry
+from .entry import COMPILED, Entry
 
 __all__ = ["DETACHED", "Slot", "SlotList"]
 
@@ -14,20 +14,31 @@ DETACHED = -1
 
 
 @final
-class Slot:
-    """What the memory tier keeps per key: the entry, when this tier drops it, and its weight
-    (bytes, for ``max_bytes``; 0 without). One object, compared by identity: the tier tells a
-    slot it read from its replacement by ``is``.
+class Slot(Entry):
+    """What the memory tier keeps per key: the entry itself (a copy of the one stored: a
+    ``Slot`` is an :class:`Entry`, and a read hands it out as is), when this tier drops it,
+    and its weight (bytes, for ``max_bytes``; 0 without). One object, compared by identity
+    inside the tier: the tier tells a slot it read from its replacement by ``is``.
+
+    One object rather than a record pointing at the entry: compiled, an entry and a record
+    beside it were 88 + 96 bytes per key; this is 136.
 
     A policy that keeps an order threads the slots themselves into :class:`SlotList` s
     (``key``, ``prev``, ``next``, ``segment``): no node, no second dict per key beside the
     policy's one dict of slots. A slot is in one list at most.
     """
 
-    __slots__ = ("entry", "expire_at", "key", "next", "prev", "segment", "weight")
+    __slots__ = ("expire_at", "key", "next", "prev", "segment", "weight")
 
     def __init__(self, entry: Entry, expire_at: float, weight: int = 0) -> None:
-        self.entry = entry
+        super().__init__(
+            entry.value,
+            entry.loaded_at,
+            entry.soft_expiry,
+            entry.hard_expiry,
+            entry.load_duration,
+            entry.version,
+        )
         self.expire_at = expire_at
         self.weight = weight
         #: The key the slot is kept under, set when a list takes it (an eviction needs it).
@@ -37,6 +48,28 @@ class Slot:
         self.next: Slot | None = None
         #: The ``tag`` of the list holding it, or :data:`DETACHED`.
         self.segment = DETACHED
+
+    @property
+    def entry(self) -> Entry:
+        """The entry kept: the slot itself."""
+        return self
+
+
+#: The bookkeeping fields, which the tier changes (the entry's own fields never change).
+_SLOT_FIELDS = frozenset(("expire_at", "key", "next", "prev", "segment", "weight"))
+
+
+def _set_slot_field(slot: Slot, name: str, value: object) -> None:
+    """``__setattr__`` of the pure-Python :class:`Slot`: its own fields, not the entry's."""
+    if name not in _SLOT_FIELDS:
+        Entry.__setattr__(slot, name, value)  # refused
+    object.__setattr__(slot, name, value)
+
+
+if not COMPILED:
+    # The pure-Python Entry refuses assignment through its __setattr__; a slot's bookkeeping
+    # must still be assignable (compiled, only the entry's Final fields lack a setter).
+    type.__setattr__(Slot, "__setattr__", _set_slot_field)
 
 
 #: The sentinels' entry: never read.

@@ -3,13 +3,27 @@
 from __future__ import annotations
 
 import enum
-import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import FrozenInstanceError
-from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, TypeAlias, final, runtime_checkable
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, TypeAlias, runtime_checkable
+
+# The entry lives in a module of its own, compiled with the memory tier's core.
+from .entry import ENTRY_FIELDS, NEVER, Entry
 
 if TYPE_CHECKING:
     from .hit import HitCount
+
+__all__ = [
+    "ENTRY_FIELDS",
+    "MISSING",
+    "NEVER",
+    "Entry",
+    "Missing",
+    "MissingType",
+    "PeekableTier",
+    "Source",
+    "Tier",
+    "TierBase",
+]
 
 
 class Missing(enum.Enum):
@@ -27,150 +41,6 @@ class Missing(enum.Enum):
 #: A miss. Never ``None``: ``None`` is a value that can be cached (negative caching).
 MISSING: Final = Missing.MISSING
 MissingType: TypeAlias = Literal[Missing.MISSING]
-
-NEVER: Final = math.inf
-
-
-class _EntryFields:
-    """The storage of :class:`Entry`: six slots, nothing else (no ``__dict__``)."""
-
-    __slots__ = ("hard_expiry", "load_duration", "loaded_at", "soft_expiry", "value", "version")
-
-    value: Any
-    loaded_at: float
-    soft_expiry: float
-    hard_expiry: float
-    load_duration: float
-    version: int
-
-
-# Entry is immutable, so its constructor cannot assign its attributes; it calls the slots'
-# own setters. A frozen dataclass goes through ``object.__setattr__`` for each field, which
-# made building an entry a tenth of the cost of a miss.
-_FIELD_SETTERS: dict[str, Callable[[Any, Any], None]] = {
-    name: vars(_EntryFields)[name].__set__ for name in _EntryFields.__slots__
-}
-_set_value = _FIELD_SETTERS["value"]
-_set_loaded_at = _FIELD_SETTERS["loaded_at"]
-_set_soft_expiry = _FIELD_SETTERS["soft_expiry"]
-_set_hard_expiry = _FIELD_SETTERS["hard_expiry"]
-_set_load_duration = _FIELD_SETTERS["load_duration"]
-_set_version = _FIELD_SETTERS["version"]
-
-#: The fields in the constructor's order.
-ENTRY_FIELDS: Final = (
-    "value",
-    "loaded_at",
-    "soft_expiry",
-    "hard_expiry",
-    "load_duration",
-    "version",
-)
-
-
-@final
-class Entry(_EntryFields):
-    """A cached value and what the chain knows about it. Immutable (compare by value).
-
-    All times are seconds on the chain's clock (wall-clock by default, because entries travel
-    between processes through shared tiers such as Redis).
-
-    Attributes:
-        value: the cached value; ``None`` is a legitimate value (a cached "not found").
-        loaded_at: when the value was read from the source.
-        soft_expiry: after this the entry is stale: it may still be served while a refresh runs.
-        hard_expiry: after this the entry must not be served at all.
-        load_duration: how long the load took, in seconds (for probabilistic early refresh).
-        version: a counter that orders writes of the same key (higher is newer).
-    """
-
-    __slots__ = ()
-
-    def __init__(  # noqa: PLR0917 - positional, as the dataclass it replaced took them
-        self,
-        value: Any,
-        loaded_at: float,
-        soft_expiry: float = NEVER,
-        hard_expiry: float = NEVER,
-        load_duration: float = 0.0,
-        version: int = 0,
-    ) -> None:
-        _set_value(self, value)
-        _set_loaded_at(self, loaded_at)
-        _set_soft_expiry(self, soft_expiry)
-        _set_hard_expiry(self, hard_expiry)
-        _set_load_duration(self, load_duration)
-        _set_version(self, version)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        raise FrozenInstanceError(f"cannot assign to field {name!r}: an Entry is immutable")
-
-    def __delattr__(self, name: str) -> None:
-        raise FrozenInstanceError(f"cannot delete field {name!r}: an Entry is immutable")
-
-    def _fields(self) -> tuple[Any, float, float, float, float, int]:
-        return (
-            self.value,
-            self.loaded_at,
-            self.soft_expiry,
-            self.hard_expiry,
-            self.load_duration,
-            self.version,
-        )
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is not Entry:
-            return NotImplemented
-        assert isinstance(other, Entry)
-        return self._fields() == other._fields()
-
-    def __hash__(self) -> int:
-        return hash(self._fields())
-
-    def __repr__(self) -> str:
-        fields = ", ".join(
-            f"{name}={value!r}" for name, value in zip(ENTRY_FIELDS, self._fields(), strict=True)
-        )
-        return f"Entry({fields})"
-
-    def __reduce__(self) -> tuple[type[Entry], tuple[Any, float, float, float, float, int]]:
-        # Pickle and copy rebuild through the constructor (assignment is refused).
-        return Entry, self._fields()
-
-    def is_fresh(self, now: float) -> bool:
-        """True while the entry is before its soft expiry."""
-        return now < self.soft_expiry
-
-    def is_expired(self, now: float) -> bool:
-        """True once the entry is past its hard expiry and must not be served."""
-        return now >= self.hard_expiry
-
-    def with_value(self, value: Any) -> Entry:
-        """A copy of this entry holding another value."""
-        return Entry(
-            value,
-            self.loaded_at,
-            self.soft_expiry,
-            self.hard_expiry,
-            self.load_duration,
-            self.version,
-        )
-
-    def replace(
-        self,
-        *,
-        soft_expiry: float | None = None,
-        hard_expiry: float | None = None,
-    ) -> Entry:
-        """A copy of this entry with other expiries (the one given; the other kept)."""
-        return Entry(
-            self.value,
-            self.loaded_at,
-            self.soft_expiry if soft_expiry is None else soft_expiry,
-            self.hard_expiry if hard_expiry is None else hard_expiry,
-            self.load_duration,
-            self.version,
-        )
 
 
 @runtime_checkable

@@ -23,9 +23,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 #: The modules compiled: what a miss and an eviction of the memory tier run (the list
 #: tiered_cache/compiled.py guards; this script does not import the package it builds).
-MODULES = ("slot", "sketch", "topk", "policy", "hit")
+MODULES = ("entry", "slot", "sketch", "topk", "policy", "hit")
 #: Their imports: a change there makes the build stale too.
-DEPENDENCIES = ("tier", "policy_defaults")
+DEPENDENCIES = ("policy_defaults",)
 #: The compiled modules share one runtime library, kept inside the package.
 GROUP = "tiered_cache._core"
 

@@ -6,8 +6,9 @@ import random
 
 import pytest
 
-from tiered_cache import MISSING, Entry, MemoryTier
+from tiered_cache import MISSING, Entry, MemoryTier, TieredCache
 from tiered_cache.memory import LruPolicy
+from tiered_cache.policy import TinyLfuPolicy
 from tiered_cache.slot import Slot
 from tiered_cache.testing import FakeClock
 from tiered_cache.weighing import deep_size
@@ -17,8 +18,25 @@ def entry(clock: FakeClock, value: object, lifetime: float = 1000.0) -> Entry:
     return Entry(value, clock(), clock() + lifetime, clock() + lifetime)
 
 
+def lru_tier(max_entries: int, clock: FakeClock) -> MemoryTier:
+    """The order tests below are about the plain LRU policy (``admission = "always"``); the
+    tier's default is the adaptive hot-key policy (test_the_default_policy_is_the_adaptive_one)."""
+    return MemoryTier(policy=LruPolicy(max_entries), clock=clock)
+
+
+def test_the_default_policy_is_the_adaptive_one_from_config_builds() -> None:
+    # A user building the tier in code gets the same policy as from a config file.
+    built = MemoryTier(max_entries=500)
+    configured = TieredCache.from_config(tiers=[{"kind": "memory", "max_entries": 500}])
+    for tier in (built, configured.tiers[0]):
+        assert isinstance(tier, MemoryTier)
+        policy = tier.policy
+        assert isinstance(policy, TinyLfuPolicy)
+        assert (policy.max_entries, policy._adaptive) == (500, True)
+
+
 def test_bounded_by_entry_count_least_recently_used_goes_first(clock: FakeClock) -> None:
-    tier = MemoryTier(max_entries=3, clock=clock)
+    tier = lru_tier(3, clock)
     for key in "abc":
         tier.set(key, entry(clock, key))
     tier.get("a")  # a is now the most recently used
@@ -64,7 +82,7 @@ def test_ttl_jitter_spreads_expiry_within_the_fraction(clock: FakeClock) -> None
 def test_buffered_hits_leave_the_recency_order_of_their_last_reads(clock: FakeClock) -> None:
     # Hits are replayed at the next write as one touch per key, in the order of each key's
     # last hit: the same order as touching at every hit.
-    tier = MemoryTier(max_entries=3, clock=clock)
+    tier = lru_tier(3, clock)
     for key in "abc":
         tier.set(key, entry(clock, key))
     for key in "bcab":
@@ -76,7 +94,7 @@ def test_buffered_hits_leave_the_recency_order_of_their_last_reads(clock: FakeCl
 
 
 def test_contains_is_not_an_access(clock: FakeClock) -> None:
-    tier = MemoryTier(max_entries=2, clock=clock)
+    tier = lru_tier(2, clock)
     tier.set("a", entry(clock, 1))
     tier.set("b", entry(clock, 2))
     assert "a" in tier
@@ -86,7 +104,7 @@ def test_contains_is_not_an_access(clock: FakeClock) -> None:
 
 
 def test_peek_is_not_an_access_and_hides_expired_entries(clock: FakeClock) -> None:
-    tier = MemoryTier(max_entries=2, clock=clock)
+    tier = lru_tier(2, clock)
     tier.set("a", entry(clock, 1))
     tier.set("b", entry(clock, 2, lifetime=5.0))
     assert tier.peek("a") == entry(clock, 1)

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import cachetools
 
 from .hit import HitCount, HitReader
+from .policy import TinyLfuPolicy
 from .slot import Slot
 from .tier import MISSING, Entry, MissingType, TierBase
 from .weighing import deep_size
@@ -202,7 +203,9 @@ class MemoryTier(TierBase):
     policy tracks them).
 
     Args:
-        policy: what to keep; :class:`LruPolicy` when not given.
+        policy: what to keep; when not given, the adaptive hot-key policy with its defaults
+            (:class:`~tiered_cache.policy.TinyLfuPolicy`, the same as ``from_config``'s
+            default): a user never has to pick one. ``LruPolicy`` admits every key.
         max_entries: bound on the number of entries (used when ``policy`` is not given).
         max_bytes: optional bound on the bytes the values hold (see :mod:`.weighing`).
         ttl: the longest this tier keeps an entry, in seconds (``None``: as long as the entry
@@ -240,7 +243,7 @@ class MemoryTier(TierBase):
         self.name = name
         # "is not None": an empty policy may be falsy (it has a length).
         self._policy: EvictionPolicy = (
-            policy if policy is not None else LruPolicy(max_entries, max_bytes)
+            policy if policy is not None else TinyLfuPolicy(max_entries, max_bytes, clock=clock)
         )
         self._ttl = ttl
         self._jitter = ttl_jitter

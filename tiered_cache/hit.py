@@ -87,7 +87,10 @@ class HitReader:
 
     def __call__(self, key: Any) -> Any:
         # ``key`` is not typed ``str``: a wrong key must reach the general lookup, whose check
-        # raises the TypeError that explains it.
+        # raises the TypeError that explains it -- before the dict lookup, which would raise
+        # its own for an unhashable key, or answer for an object that compares equal to a key.
+        if type(key) is not str:
+            return NOT_FRESH
         slot = self._peek(key)
         if slot is None:
             return NOT_FRESH

@@ -78,6 +78,10 @@ class L1Reader:
         One clock read, one tier call, a lock-free hit counter; no flight, no fence, no
         allocation. The XFetch draw is only made near the expiry.
         """
+        if type(key) is not str:
+            # Refused before the tier is asked: an object that hashes and compares like a
+            # stored key would be answered by the tier's dict (a str subclass passes).
+            check_keys((key,))
         get_at = self._l1_get_at
         if get_at is None:
             return MISSING

@@ -341,3 +341,22 @@ def test_decorated_function_write_race(shape: str, clock: FakeClock) -> None:
     assert got == ["old"]
     assert read("1") == "new"
     assert read("1") == "new"
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_a_loader_raising_stop_iteration_does_not_end_the_callers_iteration(
+    shape: str, clock: FakeClock
+) -> None:
+    """The general path's steps driver turns a loader's StopIteration into a RuntimeError
+    (PEP 479); the one-tier fast read let it out as it was, so a ``map`` over keys ended
+    silently, as if there were no more keys."""
+    cache = build(shape, clock)
+
+    def loader() -> Any:
+        return next(iter([]))  # an empty query result, read carelessly
+
+    with pytest.raises(RuntimeError) as raised:
+        list(map(lambda key: cache.get(key, loader), ["a", "b"]))
+    assert isinstance(raised.value.__cause__, StopIteration)
+    assert cache.get("a", lambda: "v") == "v"
+    assert cache.stats()["load_failures"] == 1

@@ -264,7 +264,13 @@ class TieredCache(L1Reader):
         check_keys((key,))
         if self._tiers[0].get(key, False) is not MISSING:
             return run(self._paths.read_through(key, flight.tag, loader, ttl))
-        return self._loader.load(key, flight.tag, loader, ttl, None).value
+        try:
+            return self._loader.load(key, flight.tag, loader, ttl, None).value
+        except StopIteration as exc:
+            # What the general path's driver makes of it (PEP 479): let out as it is, a
+            # loader's StopIteration would end the caller's own iteration (a map over keys)
+            # as if silently exhausted.
+            raise RuntimeError("the loader raised StopIteration") from exc
 
     def get_many(
         self,

@@ -100,3 +100,18 @@ def test_get_many_drops_only_the_copies_an_invalidation_overtook(clock: FakeCloc
     # The copy of "b" predates the write and is gone; those of "a" and "c" stay in memory.
     assert [key in memory for key in ("a", "b", "c")] == [True, False, True]
     assert reader.get("b") == "new b"
+
+
+def test_a_mark_taken_while_an_invalidation_drops_its_copies_is_from_before_it() -> None:
+    log = InvalidationLog()
+    log.record_keys(["x"])
+    first = log.record(["a"], (), pending=True)
+    second = log.record(["b"], (), pending=True)
+    mark = log.mark()  # both still dropping: a read now may find either's old copies
+    assert mark == first - 1
+    assert log.overtaken(mark, ["a", "b", "c"]) == ["a", "b"]
+    log.done(first)
+    assert log.mark() == second - 1
+    log.done(second)
+    assert log.mark() == second
+    assert log.overtaken(log.mark(), ["a", "b"]) == []

@@ -68,15 +68,25 @@ class Fence:
         keys = list(keys)
         prefixes = list(prefixes)
         log = self._log
-        number = log.record_everything() if everything else log.record(keys, prefixes)
+        number = (
+            log.record_everything(pending=True)
+            if everything
+            else log.record(keys, prefixes, pending=True)
+        )
         # Logged first, dropped second: a fill that checks after the drop sees the log entry.
-        for tier in self._local:
-            if everything:
-                tier.clear()
-                continue
-            tier.delete_many(keys)
-            for prefix in prefixes:
-                tier.delete_prefix(prefix)
+        # Until the drop is done, marks are taken from before it (InvalidationLog.mark): a
+        # read meanwhile may find the old value in a slower tier not dropped yet and copy it
+        # into a faster one already dropped.
+        try:
+            for tier in self._local:
+                if everything:
+                    tier.clear()
+                    continue
+                tier.delete_many(keys)
+                for prefix in prefixes:
+                    tier.delete_prefix(prefix)
+        finally:
+            log.done(number)
         return number
 
     # -- fills

@@ -26,10 +26,18 @@ class InvalidationLog:
         self._lock = threading.Lock()
         self._sequence = 0
         self._events: deque[_Event] = deque(maxlen=size)
+        #: Invalidations recorded whose copies are still being dropped (see :meth:`done`).
+        self._open: set[int] = set()
 
     def mark(self) -> int:
-        """Where the log stands now; pass it to :meth:`overtaken` later."""
-        return self._sequence
+        """Where the log stands now; pass it to :meth:`overtaken` later. While an
+        invalidation is still dropping copies, the mark is from before it: a read now may
+        still find a copy it has not dropped yet (in a slower in-process tier), and whatever
+        that read fills must be judged as overtaken by it."""
+        sequence = self._sequence  # read first: an invalidation opened after it is later
+        if self._open:  # min's default: the last one closed meanwhile
+            return min(sequence, min(self._open, default=sequence + 1) - 1)
+        return sequence
 
     def record_keys(self, keys: Iterable[str]) -> int:
         """``keys`` were invalidated; returns the invalidation's number."""
@@ -39,19 +47,30 @@ class InvalidationLog:
         """Every key starting with one of ``prefixes`` was invalidated."""
         return self._record(frozenset(), tuple(prefixes))
 
-    def record(self, keys: Iterable[str], prefixes: Iterable[str]) -> int:
-        """``keys`` and every key starting with one of ``prefixes`` were invalidated."""
-        return self._record(frozenset(keys), tuple(prefixes))
+    def record(self, keys: Iterable[str], prefixes: Iterable[str], *, pending: bool = False) -> int:
+        """``keys`` and every key starting with one of ``prefixes`` were invalidated.
+        ``pending``: its copies are still to be dropped; marks stay before it until
+        :meth:`done`."""
+        return self._record(frozenset(keys), tuple(prefixes), pending)
 
-    def record_everything(self) -> int:
+    def record_everything(self, *, pending: bool = False) -> int:
         """Every key was invalidated (a clear, or the bus reconnecting)."""
-        return self._record(None, ())
+        return self._record(None, (), pending)
 
-    def _record(self, keys: frozenset[str] | None, prefixes: tuple[str, ...]) -> int:
+    def _record(
+        self, keys: frozenset[str] | None, prefixes: tuple[str, ...], pending: bool = False
+    ) -> int:
         with self._lock:
             self._sequence += 1
             self._events.append((self._sequence, keys, prefixes))
+            if pending:
+                self._open.add(self._sequence)
             return self._sequence
+
+    def done(self, number: int) -> None:
+        """Invalidation ``number`` has dropped every copy it drops: marks may pass it."""
+        with self._lock:
+            self._open.discard(number)
 
     def overtaken(
         self, mark: int, keys: Collection[str], *, ignore: int | None = None

@@ -29,6 +29,17 @@ def build(shape: str, clock: FakeClock, **kwargs: Any) -> TieredCache:
     return TieredCache([tier], clock=clock, bus=bus, **kwargs)
 
 
+def with_background(
+    shape: str, clock: FakeClock, *, early_refresh_beta: float, **kwargs: Any
+) -> tuple[TieredCache, list[Callable[[], None]]]:
+    """A chain (ttl 10 s) whose background refreshes are queued in the returned list, to be
+    run by the test when it chooses."""
+    ran: list[Callable[[], None]] = []
+    protection = Protection(early_refresh_beta=early_refresh_beta, soft_timeout=None)
+    cache = build(shape, clock, ttl=10, protection=protection, background=ran.append, **kwargs)
+    return cache, ran
+
+
 def counts(cache: TieredCache) -> dict[str, Any]:
     stats = cache.stats()
     tier = stats["tiers"][0]
@@ -228,14 +239,7 @@ def test_odd_str_keys_round_trip(shape: str, key: str, clock: FakeClock) -> None
 
 @pytest.mark.parametrize("shape", SHAPES)
 def test_stale_while_revalidate_serves_then_refreshes(shape: str, clock: FakeClock) -> None:
-    ran: list[Callable[[], None]] = []
-    cache = build(
-        shape,
-        clock,
-        ttl=10,
-        protection=Protection(early_refresh_beta=0.0, soft_timeout=None),
-        background=ran.append,
-    )
+    cache, ran = with_background(shape, clock, early_refresh_beta=0.0)
     assert cache.get("k", lambda: 1) == 1
     clock.advance(11)
     assert cache.get("k", lambda: 2) == 1  # stale served
@@ -249,14 +253,7 @@ def test_stale_while_revalidate_serves_then_refreshes(shape: str, clock: FakeClo
 
 @pytest.mark.parametrize("shape", SHAPES)
 def test_an_invalidation_during_a_background_refresh_wins(shape: str, clock: FakeClock) -> None:
-    ran: list[Callable[[], None]] = []
-    cache = build(
-        shape,
-        clock,
-        ttl=10,
-        protection=Protection(early_refresh_beta=0.0, soft_timeout=None),
-        background=ran.append,
-    )
+    cache, ran = with_background(shape, clock, early_refresh_beta=0.0)
     cache.get("k", lambda: 1)
     clock.advance(11)
 
@@ -271,15 +268,8 @@ def test_an_invalidation_during_a_background_refresh_wins(shape: str, clock: Fak
 
 @pytest.mark.parametrize("shape", SHAPES)
 def test_xfetch_near_the_expiry_refreshes_early(shape: str, clock: FakeClock) -> None:
-    ran: list[Callable[[], None]] = []
-    cache = build(
-        shape,
-        clock,
-        ttl=10,
-        protection=Protection(early_refresh_beta=1.0, soft_timeout=None),
-        background=ran.append,
-        rng=lambda: 0.5,  # due once now + 2 * ln 2 (1.39 s) reaches the soft expiry
-    )
+    # rng 0.5: due once now + 2 * ln 2 (1.39 s) reaches the soft expiry
+    cache, ran = with_background(shape, clock, early_refresh_beta=1.0, rng=lambda: 0.5)
 
     def slow() -> Any:
         clock.advance(2)  # the load took 2 s

@@ -131,11 +131,23 @@ class WireReader:
     def _round_trip(self, packed: bytes) -> Any:
         conn = self._borrow()
         try:
-            return conn.retry.call_with_retry(
+            reply = conn.retry.call_with_retry(
                 lambda: self._send_and_read(conn, packed), lambda _error: conn.disconnect()
             )
-        finally:
+        except redis.ResponseError:
+            self._give_back(conn)  # an error reply, read whole: the connection is in step
+            raise
+        except BaseException:
+            # Anything else may leave the reply, or its tail, unread: an exception landing
+            # between the send and the read (a signal handler's: a soft time limit, an
+            # alarm) is seen by neither redis-py nor the reply reader, and a parked
+            # connection skips the pool's check for unread data. The next read on it would
+            # get this one's reply: disconnect (it reconnects on its next send).
+            conn.disconnect()
             self._give_back(conn)
+            raise
+        self._give_back(conn)
+        return reply
 
     @staticmethod
     def _send_and_read(conn: Any, packed: bytes) -> Any:

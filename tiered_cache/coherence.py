@@ -28,6 +28,7 @@ from .breaker import CircuitBreaker
 from .bus import AsyncBus, Bus, Invalidation
 from .errors import CircuitOpen, TierUnavailable
 from .fence import Fence
+from .forking import restart_after_fork
 from .logs import fields, logger_for
 from .metrics import CacheMetrics
 from .settings import BreakerSettings, BusBreakerSettings
@@ -89,6 +90,7 @@ class BusLink:
         # Held only to take a number: a skipped announcement takes one outside _numbers_lock.
         self._taking = threading.Lock()
         self._numbers_lock: Lock = lock if lock is not None else threading.Lock()
+        self._own_numbers_lock = lock is None
         self._breaker = breaker
         # What stats() reports: the link owns it (both chains ask here, none keeps a copy).
         self._connected = True
@@ -96,6 +98,18 @@ class BusLink:
         self._last_seen: OrderedDict[str, int] = OrderedDict()
         self._seen_lock = threading.Lock()
         bus.subscribe(self)
+        restart_after_fork(self)
+
+    def after_fork_in_child(self) -> None:
+        """A forked child has none of the parent's threads, but keeps the locks they held at
+        the fork: a writer publishing (the numbers lock is held across the publish, up to
+        the bus's timeout) or the listener noting a sender. Held for ever in the child, the
+        first write there would wait for ever: the child takes new ones. (A lock given in,
+        the asyncio link's, is the loop's: no thread holds it.)"""
+        self._taking = threading.Lock()
+        self._seen_lock = threading.Lock()
+        if self._own_numbers_lock:
+            self._numbers_lock = threading.Lock()
 
     # -- sending
 

@@ -13,6 +13,8 @@ import threading
 from collections import deque
 from collections.abc import Collection, Iterable
 
+from .forking import restart_after_fork
+
 __all__ = ["InvalidationLog"]
 
 #: One invalidation: the keys it named, the prefixes it named, or ``None`` for everything.
@@ -28,6 +30,15 @@ class InvalidationLog:
         self._events: deque[_Event] = deque(maxlen=size)
         #: Invalidations recorded whose copies are still being dropped (see :meth:`done`).
         self._open: set[int] = set()
+        restart_after_fork(self)
+
+    def after_fork_in_child(self) -> None:
+        """The parent's threads do not exist in a forked child: an invalidation one of them
+        was dropping never ends here, and left open it would keep every mark the child takes
+        from before it (a key invalidated in the child never cached again; after a clear,
+        nothing). Its lock, if that thread held it, would stay held for ever."""
+        self._lock = threading.Lock()
+        self._open = set()
 
     def mark(self) -> int:
         """Where the log stands now; pass it to :meth:`overtaken` later. While an

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import cachetools
 
+from .forking import restart_after_fork
 from .hit import HitCount, HitReader
 from .policy import TinyLfuPolicy
 from .slot import Slot
@@ -260,6 +261,18 @@ class MemoryTier(TierBase):
         # Misses go through the same buffer (see get_at), in order with the hits.
         self._reads: deque[_Read] = deque(maxlen=READ_BUFFER_SIZE)
         self._record_read = self._reads.append
+        restart_after_fork(self)
+
+    def after_fork_in_child(self) -> None:
+        """A lock held at the fork was held by a thread the child does not have (the bus
+        listener dropping a key, a background fill, any thread of the application): it
+        would stay held, and the child's first write wait for ever. The child takes a new
+        lock and starts empty, since the policy may be half-way through that thread's
+        change. A lock nobody held leaves the tier as it was (a preloaded parent's copies)."""
+        if self._lock.locked():
+            self._lock = threading.Lock()
+            self._reads.clear()  # in place: the chain's hit reader appends to this deque
+            self._policy.clear()
 
     @property
     def policy(self) -> EvictionPolicy:

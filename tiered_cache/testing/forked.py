@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import select
+import signal
 from collections.abc import Callable
 from typing import IO, Any
 
@@ -29,10 +31,17 @@ class ForkedChild:
             finally:
                 os._exit(status)
         os.close(writable)
-        self._reports: IO[bytes] = os.fdopen(readable, "rb")
+        # Unbuffered: a report not read yet is still in the pipe, where select() sees it.
+        self._reports: IO[bytes] = os.fdopen(readable, "rb", buffering=0)
 
-    def read(self) -> Any:
-        """The child's next report; ``None`` once it exited without one."""
+    def read(self, timeout: float | None = None) -> Any:
+        """The child's next report; ``None`` once it exited without one. With ``timeout``, a
+        child that reports nothing within it (hung: a deadlock) is killed and
+        :class:`TimeoutError` raised, so that it cannot hang the test run."""
+        if timeout is not None and not select.select([self._reports], [], [], timeout)[0]:
+            os.kill(self.pid, signal.SIGKILL)
+            self.wait()
+            raise TimeoutError(f"the forked child reported nothing within {timeout} s")
         line = self._reports.readline()
         return json.loads(line) if line else None
 

@@ -1,0 +1,150 @@
+"""A chain forked while another thread of the parent is inside it works in the child.
+
+The chain's own threads (the bus listener applying another process's invalidation, the
+background pool filling a refresh) and the application's run inside the memory tier's lock and
+inside the fence's invalidations at any instant, and a fork (gunicorn ``--preload`` recycling
+a worker, Celery prefork) copies that instant into the child, without the thread. A lock that
+thread held stayed held in the child forever: the child's first fill deadlocked. An
+invalidation that thread was dropping stayed open forever: every mark the child took was from
+before it, so a key the child invalidated was never cached again (and after a clear, nothing
+was).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from tiered_cache import MemoryTier, TieredCache
+from tiered_cache.bus import Invalidation, LocalBus
+from tiered_cache.testing import FakeClock
+from tiered_cache.testing.forked import ForkedChild
+
+#: Generous: a child that has not reported by then is hung, not slow.
+HUNG = 30.0
+
+
+class Held:
+    """Once armed, the next call waits (``inside`` set) until ``go``."""
+
+    def __init__(self) -> None:
+        self.armed = False
+        self.inside = threading.Event()
+        self.go = threading.Event()
+
+    def hold(self) -> None:
+        if self.armed:
+            self.armed = False
+            self.inside.set()
+            assert self.go.wait(2 * HUNG)
+
+
+class HeldSize(Held):
+    """A memory tier's ``sizeof``: called inside the tier's lock on a fill."""
+
+    def __call__(self, value: object) -> int:
+        self.hold()
+        return 1
+
+
+class HeldDrop(MemoryTier):
+    """A memory tier whose ``delete_many`` (an invalidation's drop) waits once armed."""
+
+    def __init__(self, held: Held, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.held = held
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        self.held.hold()
+        super().delete_many(keys)
+
+
+class HeldPublish(LocalBus):
+    """A bus whose publish waits once armed (a stalled server: up to the bus's timeout)."""
+
+    def __init__(self, held: Held) -> None:
+        super().__init__()
+        self.held = held
+
+    def publish(self, message: Invalidation) -> None:
+        self.held.hold()
+        super().publish(message)
+
+
+def in_the_child(cache: TieredCache) -> Callable[[Callable[[Any], None]], None]:
+    """What the child does: invalidate, read twice, write, clear, read twice; reports how
+    many loads its reads made (each key once, if the child caches)."""
+
+    def child(report: Callable[[Any], None]) -> None:
+        loads: list[str] = []
+
+        def loader(key: str) -> Callable[[], str]:
+            return lambda: loads.append(key) or f"v-{key}"  # type: ignore[func-returns-value]
+
+        cache.invalidate("k")
+        seen = [cache.get("k", loader("k")), cache.get("k", loader("k"))]
+        cache.set("w", "written")
+        seen.append(cache.get("w", loader("w")))
+        cache.clear()
+        seen += [cache.get("c", loader("c")), cache.get("c", loader("c"))]
+        report([seen, loads])
+
+    return child
+
+
+def fork_while(held: Held, busy: Callable[[], object], cache: TieredCache) -> Any:
+    """Fork while another thread, running ``busy``, is held inside the chain; the child's
+    report (the thread finishes in the parent afterwards)."""
+    thread = threading.Thread(target=busy)
+    held.armed = True
+    thread.start()
+    try:
+        assert held.inside.wait(HUNG)
+        forked = ForkedChild(in_the_child(cache))
+        try:
+            seen = forked.read(timeout=HUNG)
+        finally:
+            held.go.set()
+        assert forked.wait() == 0
+        return seen
+    finally:
+        held.go.set()
+        thread.join(HUNG)
+
+
+#: The child's report: each key loaded once (cached after its first read), the write read back.
+EXPECTED = [["v-k", "v-k", "written", "v-c", "v-c"], ["k", "c"]]
+
+
+def test_a_child_forked_while_a_thread_holds_the_memory_tiers_lock_fills_it() -> None:
+    clock = FakeClock()
+    held = HeldSize()
+    tier = MemoryTier(max_entries=100, max_bytes=10_000, sizeof=held, clock=clock)
+    cache = TieredCache([tier], ttl=60, clock=clock)
+    assert fork_while(held, lambda: cache.set("x", "parent"), cache) == EXPECTED
+    assert cache.get("x") == "parent"  # the parent's thread finished its fill
+    cache.close()
+
+
+def test_a_child_forked_while_a_thread_drops_an_invalidation_caches_again() -> None:
+    clock = FakeClock()
+    held = Held()
+    tier = HeldDrop(held, max_entries=100, clock=clock)
+    cache = TieredCache([tier], ttl=60, clock=clock)
+    cache.set("x", "old")
+    assert fork_while(held, lambda: cache.invalidate("x"), cache) == EXPECTED
+    assert cache.get("x", lambda: "new") == "new"
+    cache.close()
+
+
+def test_a_child_forked_while_a_thread_publishes_an_invalidation_writes() -> None:
+    """The bus link numbers and publishes under one lock, held across the publish."""
+    clock = FakeClock()
+    held = Held()
+    bus = HeldPublish(held)
+    cache = TieredCache([MemoryTier(max_entries=100, clock=clock)], ttl=60, clock=clock, bus=bus)
+    assert fork_while(held, lambda: cache.set("x", "parent"), cache) == EXPECTED
+    assert cache.get("x") == "parent"
+    assert cache.stats()["bus_sent"] >= 1
+    cache.close()

@@ -72,11 +72,14 @@ class InvalidationLog:
         self, keys: frozenset[str] | None, prefixes: tuple[str, ...], pending: bool = False
     ) -> int:
         with self._lock:
-            self._sequence += 1
-            self._events.append((self._sequence, keys, prefixes))
+            # The number goes out last: mark() reads it without the lock, and a mark that
+            # sees it must see the invalidation open (and overtaken() its event) already.
+            number = self._sequence + 1
             if pending:
-                self._open.add(self._sequence)
-            return self._sequence
+                self._open.add(number)
+            self._events.append((number, keys, prefixes))
+            self._sequence = number
+            return number
 
     def done(self, number: int) -> None:
         """Invalidation ``number`` has dropped every copy it drops: marks may pass it."""

@@ -10,6 +10,7 @@ a last resort, at interpreter exit, so a failed test run leaves no ``redis-serve
         ...
     with RedisServer() as server, FaultProxy("127.0.0.1", server.port) as proxy:
         proxy.delay(1.0)                   # every chunk now arrives a second late
+        proxy.trickle(1, 0.01)             # the server's bytes, one every 10 ms
         proxy.cut()                        # live connections closed, new ones refused
         proxy.restore()
 """
@@ -532,6 +533,8 @@ class FaultProxy(_Service):
         self._lock = threading.Lock()
         self._links: set[_Link] = set()
         self._delay = 0.0
+        #: Replies handed on ``(bytes, seconds)`` at a time (see :meth:`trickle`), or None.
+        self._trickle: tuple[int, float] | None = None
         self._closed = threading.Event()
         self._listener: socket.socket | None = None
         self._port = port or 0
@@ -599,9 +602,19 @@ class FaultProxy(_Service):
             raise ValueError("a delay cannot be negative")
         self._delay = seconds
 
+    def trickle(self, size: int, every: float) -> None:
+        """Hand what the server sends on ``size`` bytes at a time, one piece every ``every``
+        seconds (a link that delivers, but slowly: each piece arrives well inside a socket
+        timeout, the whole reply long after it)."""
+        if size < 1 or every < 0:
+            raise ValueError("a trickle needs a size of at least 1 and a pause of 0 or more")
+        self._trickle = (size, every)
+
     def restore(self) -> None:
-        """Undo :meth:`cut` and :meth:`delay`: accept connections again, forward at once."""
+        """Undo :meth:`cut`, :meth:`delay` and :meth:`trickle`: accept connections again,
+        forward at once."""
         self._delay = 0.0
+        self._trickle = None
         with self._lock:
             if self._listener is None and not self._closed.is_set():
                 self._listen()
@@ -660,6 +673,18 @@ class FaultProxy(_Service):
                 return True
         return False
 
+    def _dribble(self, link: _Link, data: bytes, size: int, every: float) -> bool:
+        """Send ``data`` to the client in pieces (see :meth:`trickle`); True if the link was
+        closed meanwhile. A restore() sends the rest at once."""
+        for start in range(0, len(data), size):
+            if self._trickle is None:
+                link.client.sendall(data[start:])
+                return False
+            link.client.sendall(data[start : start + size])
+            if link.closed.wait(every):
+                return True
+        return False
+
     def _pump(self, link: _Link) -> None:
         peers = {link.client: link.upstream, link.upstream: link.client}
         try:
@@ -671,6 +696,11 @@ class FaultProxy(_Service):
                         return
                     if self._delay and self._hold(link):
                         return
+                    trickle = self._trickle
+                    if trickle is not None and sock is link.upstream:
+                        if self._dribble(link, data, *trickle):
+                            return
+                        continue
                     peers[sock].sendall(data)
         except (OSError, ValueError):
             pass

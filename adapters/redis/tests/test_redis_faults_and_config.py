@@ -8,6 +8,7 @@ import pytest
 import redis
 from redis.connection import SSLConnection
 from redis.exceptions import RedisClusterException
+from redis.utils import HIREDIS_AVAILABLE
 from tiered_cache_redis import (
     PLUGIN,
     SHARED_TIER_KEY,
@@ -57,6 +58,26 @@ def test_a_slow_server_makes_get_raise_a_timeout(
     got = proxied_tier.get("k")
     assert got is not MISSING
     assert got.value == "v"
+
+
+@pytest.mark.skipif(HIREDIS_AVAILABLE, reason="with hiredis, redis-py's parser reads the reply")
+def test_a_reply_that_trickles_in_is_bounded_by_the_timeout(
+    proxied_tier: RedisTier, proxy: FaultProxy
+) -> None:
+    """A link that delivers a byte every 10 ms never keeps one receive waiting for the
+    timeout (0.1 s), but takes seconds over a reply of a few kilobytes: the timeout bounds
+    the reply, not each receive (as redis.asyncio bounds it for the asyncio tier), so the
+    chain skips Redis as it would a silent one, rather than wait."""
+    proxied_tier.set_many({"k": Entry("v" * 2000, 0.0), "j": Entry("w" * 2000, 0.0)})
+    assert proxied_tier.get("k") is not MISSING  # a connection parked, the trickle on it
+    proxy.trickle(1, 0.01)
+    with pytest.raises(redis.TimeoutError):
+        proxied_tier.get("k")  # 2,000 bytes: 20 s
+    with pytest.raises(redis.TimeoutError):
+        proxied_tier.get_many(["k", "j"])
+    proxy.restore()
+    got = proxied_tier.get_many(["k", "j"])
+    assert {key: entry.value for key, entry in got.items()} == {"k": "v" * 2000, "j": "w" * 2000}
 
 
 def test_a_cut_connection_raises_and_heals_after_restore(

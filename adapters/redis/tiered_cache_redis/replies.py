@@ -47,20 +47,33 @@ def raw_reads(conn: Any) -> bool:
 
 
 class Reply:
-    """One reply being read from ``sock``: the bytes received so far and where parsing is."""
+    """One reply being read from ``sock``: the bytes received so far and where parsing is.
 
-    __slots__ = ("buf", "pos", "sock")
+    The socket's timeout bounds the whole reply, not each receive: a link that hands the
+    reply on a few bytes at a time, each inside the timeout, must not keep a read waiting
+    for seconds (redis.asyncio bounds its reads so too). The first receive -- almost every
+    reply's only one -- runs with the socket's own timeout; a later one with what is left
+    of it, and :meth:`restore` puts the socket's back.
+    """
+
+    __slots__ = ("buf", "deadline", "pos", "sock", "timeout")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.buf = b""
         self.pos = 0
+        #: The socket's own timeout (None: none), and when the reply must be in (0: no
+        #: receive made yet).
+        self.timeout = sock.gettimeout()
+        self.deadline = 0.0
 
     def more(self, least: int = 1) -> None:
         """Receive at least ``least`` more bytes (keeping the unparsed ones)."""
         chunks = [self.buf[self.pos :]]
         got = 0
         while got < least:
+            if self.timeout is not None:
+                self._time_left()
             data = self.sock.recv(max(CHUNK, least - got))
             if not data:
                 raise redis.ConnectionError("Connection closed by server.")
@@ -68,6 +81,23 @@ class Reply:
             got += len(data)
         self.buf = b"".join(chunks)
         self.pos = 0
+
+    def _time_left(self) -> None:
+        """Before a receive: the first starts the reply's clock; a later one may wait only
+        for what is left of the timeout (:class:`TimeoutError` if nothing is)."""
+        assert self.timeout is not None
+        if not self.deadline:
+            self.deadline = time.monotonic() + self.timeout
+            return
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the reply did not arrive within the timeout")
+        self.sock.settimeout(left)
+
+    def restore(self) -> None:
+        """Give the socket its own timeout back (after a reply read in several receives)."""
+        if self.deadline and self.sock.gettimeout() != self.timeout:
+            self.sock.settimeout(self.timeout)
 
     def line(self) -> bytes:
         """The next line, without its CRLF."""
@@ -151,6 +181,7 @@ def read_reply(conn: Any) -> Any:
     except BaseException:
         conn.disconnect()  # the stream is out of step
         raise
+    reply.restore()
     if not ours:
         # A push before the reply, or a type this reader does not know: redis-py's parser
         # reads it all, from the bytes received so far on.

@@ -17,9 +17,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from tiered_cache import MemoryTier, TieredCache
+from tiered_cache.breaker import CircuitBreakerTier
 from tiered_cache.bus import Invalidation, LocalBus
+from tiered_cache.protection import Protection
 from tiered_cache.testing import FakeClock
 from tiered_cache.testing.forked import ForkedChild
+from tiered_cache.tier import Entry, MissingType
 
 #: Generous: a child that has not reported by then is hung, not slow.
 HUNG = 30.0
@@ -93,15 +96,17 @@ def in_the_child(cache: TieredCache) -> Callable[[Callable[[Any], None]], None]:
     return child
 
 
-def fork_while(held: Held, busy: Callable[[], object], cache: TieredCache) -> Any:
-    """Fork while another thread, running ``busy``, is held inside the chain; the child's
-    report (the thread finishes in the parent afterwards)."""
+def fork_while_doing(
+    held: Held, busy: Callable[[], object], child: Callable[[Callable[[Any], None]], None]
+) -> Any:
+    """Fork while another thread, running ``busy``, is held inside the chain; what ``child``
+    reported (the thread finishes in the parent afterwards)."""
     thread = threading.Thread(target=busy)
     held.armed = True
     thread.start()
     try:
         assert held.inside.wait(HUNG)
-        forked = ForkedChild(in_the_child(cache))
+        forked = ForkedChild(child)
         try:
             seen = forked.read(timeout=HUNG)
         finally:
@@ -111,6 +116,11 @@ def fork_while(held: Held, busy: Callable[[], object], cache: TieredCache) -> An
     finally:
         held.go.set()
         thread.join(HUNG)
+
+
+def fork_while(held: Held, busy: Callable[[], object], cache: TieredCache) -> Any:
+    """:func:`fork_while_doing` with :func:`in_the_child`'s reads and writes."""
+    return fork_while_doing(held, busy, in_the_child(cache))
 
 
 #: The child's report: each key loaded once (cached after its first read), the write read back.
@@ -147,4 +157,104 @@ def test_a_child_forked_while_a_thread_publishes_an_invalidation_writes() -> Non
     assert fork_while(held, lambda: cache.set("x", "parent"), cache) == EXPECTED
     assert cache.get("x") == "parent"
     assert cache.stats()["bus_sent"] >= 1
+    cache.close()
+
+
+def test_a_child_forked_while_a_thread_reads_the_stats_counts_on_new_threads() -> None:
+    """``stats()`` (a metrics scrape on a thread of its own) adds the threads' counters up
+    under the metrics' lock, which a thread also takes to start counting: held at the fork,
+    every new thread of the child (the background pool's) hung at its first count, and a
+    stale entry was never refreshed there."""
+    clock = FakeClock()
+    cache = TieredCache(
+        [MemoryTier(max_entries=100, clock=clock)],
+        ttl=10,
+        clock=clock,
+        protection=Protection(max_stale=3600, stale_while_revalidate=True),
+    )
+    assert cache.get("k", lambda: "old") == "old"
+    clock.advance(11)  # stale: the next read is served "old" and refreshed in the background
+    held = Held()
+    metrics_lock = cache._metrics._lock  # what stats() holds while it adds the cells up
+
+    def scrape() -> None:
+        with metrics_lock:
+            held.hold()
+
+    def child(report: Callable[[Any], None]) -> None:
+        served = cache.get("k", lambda: "new")
+        refreshed = cache.wait_background(HUNG / 2)
+        report([served, refreshed, cache.get("k", lambda: "newer")])
+
+    assert fork_while_doing(held, scrape, child) == ["old", True, "new"]
+    cache.close()
+
+
+class Flaky(MemoryTier):
+    """A memory tier that fails its reads while ``failing``, and holds one read once armed."""
+
+    def __init__(self, held: Held, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.held = held
+        self.failing = False
+
+    def get(self, key: str) -> Entry | MissingType:
+        if self.failing:
+            raise ConnectionError("down")
+        self.held.hold()
+        return super().get(key)
+
+
+def breaker_chain(held: Held, clock: FakeClock) -> tuple[TieredCache, Flaky, CircuitBreakerTier]:
+    """l1 -> l2 (behind a breaker that opens at one failure, cools down for 1 s); "k" is in
+    l2 only."""
+    l2 = Flaky(held, name="l2", max_entries=100, clock=clock)
+    guarded = CircuitBreakerTier(l2, failure_threshold=1, cool_down=1.0, clock=clock)
+    cache = TieredCache([MemoryTier(max_entries=100, clock=clock), guarded], ttl=60, clock=clock)
+    l2.set("k", Entry("from l2", clock(), clock() + 60, clock() + 60))
+    return cache, l2, guarded
+
+
+def reads_k_from_l2(cache: TieredCache) -> Callable[[Callable[[Any], None]], None]:
+    def child(report: Callable[[Any], None]) -> None:
+        report([cache.get("k", lambda: "loaded"), cache.stats()["tiers"][1]["hits"]])
+
+    return child
+
+
+def test_a_child_forked_while_a_thread_probes_a_tier_reads_it() -> None:
+    """A half-open breaker lets one call through as the probe, and refuses the others until
+    it ends. A probe in flight at the fork never ended in the child: its breaker refused
+    every call there for good, and the child never read that tier again."""
+    clock = FakeClock()
+    held = Held()
+    cache, l2, _ = breaker_chain(held, clock)
+    l2.failing = True
+    assert cache.get("x", lambda: "loaded") == "loaded"  # l2 failed: the circuit opens
+    clock.advance(2)  # cooled down: the next call is the probe
+    l2.failing = False
+    hits_before = cache.stats()["tiers"][1]["hits"]
+    assert fork_while_doing(held, lambda: cache.get("y", lambda: "y"), reads_k_from_l2(cache)) == [
+        "from l2",
+        hits_before + 1,
+    ]
+    cache.close()
+
+
+def test_a_child_forked_while_a_thread_holds_a_breakers_lock_reads_the_tier() -> None:
+    """The breaker's lock is held for a few statements around each guarded call."""
+    clock = FakeClock()
+    held = Held()
+    cache, _, guarded = breaker_chain(held, clock)
+    breaker_lock = guarded.breaker._lock
+
+    def bookkeeping() -> None:
+        with breaker_lock:
+            held.hold()
+
+    hits_before = cache.stats()["tiers"][1]["hits"]
+    assert fork_while_doing(held, bookkeeping, reads_k_from_l2(cache)) == [
+        "from l2",
+        hits_before + 1,
+    ]
     cache.close()

@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Literal, TypeVar, cast
 
 from .errors import CircuitOpen, CodecError, TierUnavailable
+from .forking import restart_after_fork
 from .leases import LeasingTier
 from .settings import BreakerSettings
 from .steps import Steps
@@ -75,6 +76,15 @@ class CircuitBreaker:
         self._opened_at = 0.0
         self._probing = False
         self._opened_count = 0
+        restart_after_fork(self)
+
+    def after_fork_in_child(self) -> None:
+        """The parent's threads are not in a forked child: the lock one of them held at the
+        fork would stay held (every guarded call of the child would wait for ever), and a
+        probe one of them was making would never end (the circuit would refuse every call
+        for good). A new lock; the next call probes."""
+        self._lock = threading.Lock()
+        self._probing = False
 
     @property
     def state(self) -> State:

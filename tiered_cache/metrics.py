@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from .forking import restart_after_fork
 from .hit import HitCount
 
 #: Events counted by name, listed so that a snapshot always has every one of them.
@@ -65,6 +66,12 @@ class LocalCounter:
         self.cells = threading.local()
         self._cells: list[list[int]] = []
         self._lock = threading.Lock()
+        restart_after_fork(self)
+
+    def after_fork_in_child(self) -> None:
+        """A new lock: one the parent's thread held at the fork (adding up, or starting to
+        count) would stay held, and each new thread of the child hang at its first count."""
+        self._lock = threading.Lock()
 
     def add(self, amount: int = 1) -> None:
         try:
@@ -121,6 +128,14 @@ class CacheMetrics:
         self.l1_hits = LocalCounter()
         #: Hits in tier 0 answered by its plain-hit reader (:mod:`tiered_cache.hit`).
         self.plain_l1_hits = HitCount()
+        restart_after_fork(self)
+
+    def after_fork_in_child(self) -> None:
+        """A new lock: ``stats()`` adds the cells up under it (a metrics scrape's thread may
+        hold it at the fork), and a thread takes it to start counting; left held, every new
+        thread of the child (the background pool's, the bus listener's) hung at its first
+        count. (:attr:`l1_hits` restarts itself.)"""
+        self._lock = threading.Lock()
 
     def _cell(self) -> _Cell:
         """This thread's cell (made and registered at its first count)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Iterator
 from dataclasses import replace
 from multiprocessing import get_context
@@ -251,14 +252,12 @@ def test_a_short_random_run_finds_no_violation(rig: HistoryRig) -> None:
     assert summary.violations == 0, [v.detail for o in summary.failing for v in o.violations]
 
 
-def _exit_at_once(code: int) -> None:
-    raise SystemExit(code)
-
-
 def test_a_worker_that_dies_silently_is_named_with_its_exit_code() -> None:
     context = get_context("spawn")
     parent, child = context.Pipe()
-    process = context.Process(target=_exit_at_once, args=(7,), name="history-worker-9")
+    # os._exit, not a function of this module: a spawned child must import its target, and
+    # ``tests`` is importable only when pytest runs from the project root (python -m pytest).
+    process = context.Process(target=os._exit, args=(7,), name="history-worker-9")
     process.start()
     child.close()
     handle = _WorkerHandle(process, parent, proxy=None)  # type: ignore[arg-type]

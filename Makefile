@@ -15,11 +15,12 @@ $(STAMP): $(BIN)/python pyproject.toml $(wildcard adapters/*/pyproject.toml)
 	$(BIN)/python -m pip install --quiet -e '.[dev,examples,docs]' $(foreach a,$(ADAPTERS),-e $(a))
 	touch $(STAMP)
 
-# The memory tier's hot modules compiled with mypyc when a C compiler is present; without one
+# The memory tier's hot modules compiled with mypyc, and the decorator's C hit (_hitcall.c),
+# when a C compiler is present; without one
 # (or with TIERED_CORE_PURE=1, or for a source changed since the build) the library runs on
 # the pure-Python sources (tiered_cache/compiled.py). `make pure` removes the build.
 CORE := $(VENV)/.core
-$(CORE): $(STAMP) tools/build_core.py $(addprefix tiered_cache/,entry.py slot.py sketch.py topk.py policy.py hit.py policy_defaults.py)
+$(CORE): $(STAMP) tools/build_core.py $(addprefix tiered_cache/,entry.py slot.py sketch.py topk.py policy.py hit.py policy_defaults.py _hitcall.c)
 	$(BIN)/python tools/build_core.py
 	touch $(CORE)
 

@@ -251,9 +251,18 @@ def test_a_stale_or_missing_build_is_not_used(
     assert not compiled._built_and_current()  # no manifest: never built
     names = (*compiled.MODULES, *compiled.DEPENDENCIES)
     current = {name: compiled.source_hash(name) for name in names}
-    manifest.write_text(json.dumps({"modules": {**current, "policy": "0" * 64}}))
+    extensions = {name: compiled.source_hash(name, ".c") for name in compiled.EXTENSIONS}
+    manifest.write_text(
+        json.dumps({"modules": {**current, "policy": "0" * 64}, "extensions": extensions})
+    )
     assert not compiled._built_and_current()  # policy.py changed since the build
+    manifest.write_text(
+        json.dumps({"modules": current, "extensions": {**extensions, "_hitcall": "0" * 64}})
+    )
+    assert not compiled._built_and_current()  # _hitcall.c changed since the build
     manifest.write_text(json.dumps({"modules": current}))
+    assert not compiled._built_and_current()  # built before there were C extensions
+    manifest.write_text(json.dumps({"modules": current, "extensions": extensions}))
     monkeypatch.setenv("TIERED_CORE_PURE", "1")
     assert not compiled._built_and_current()  # turned off
     monkeypatch.delenv("TIERED_CORE_PURE")
@@ -264,7 +273,7 @@ def test_a_stale_or_missing_build_is_not_used(
             (SOURCES / f"{name}{suffix}").exists()
             for suffix in importlib.machinery.EXTENSION_SUFFIXES
         )
-        for name in compiled.MODULES
+        for name in (*compiled.MODULES, *compiled.EXTENSIONS)
     )
     assert compiled._built_and_current() == built
 

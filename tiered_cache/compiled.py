@@ -22,21 +22,24 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
-__all__ = ["DEPENDENCIES", "MANIFEST", "MODULES", "compiled_core", "source_hash"]
+__all__ = ["DEPENDENCIES", "EXTENSIONS", "MANIFEST", "MODULES", "compiled_core", "source_hash"]
 
 #: The modules the build compiles, by their short names (``tiered_cache.<name>``).
 MODULES = ("entry", "slot", "sketch", "topk", "policy", "hit")
+#: Extensions written in C (``tiered_cache/<name>.c``), built with them; without the build the
+#: code that uses one runs its Python reference instead (the decorator: its generated wrapper).
+EXTENSIONS = ("_hitcall",)
 #: Sources the compiled modules were checked against (their imports); a change there makes the
 #: build stale too.
 DEPENDENCIES = ("policy_defaults",)
 _HERE = Path(__file__).resolve().parent
-#: What the build compiled: ``{"modules": {name: SHA-256 of its source}}``.
+#: What the build compiled: ``{"modules": {name: SHA-256 of its source}, "extensions": {...}}``.
 MANIFEST = _HERE / "compiled.json"
 
 
-def source_hash(name: str) -> str:
-    """The SHA-256 of ``tiered_cache/<name>.py`` as it is now."""
-    return hashlib.sha256((_HERE / f"{name}.py").read_bytes()).hexdigest()
+def source_hash(name: str, suffix: str = ".py") -> str:
+    """The SHA-256 of ``tiered_cache/<name><suffix>`` as it is now."""
+    return hashlib.sha256((_HERE / f"{name}{suffix}").read_bytes()).hexdigest()
 
 
 def _built_and_current() -> bool:
@@ -44,14 +47,17 @@ def _built_and_current() -> bool:
     if os.environ.get("TIERED_CORE_PURE", "") not in ("", "0"):
         return False
     try:
-        built = json.loads(MANIFEST.read_text(encoding="utf-8"))["modules"]
+        manifest = json.loads(MANIFEST.read_text(encoding="utf-8"))
+        built, extensions = manifest["modules"], manifest["extensions"]
     except (OSError, ValueError, KeyError, TypeError):
         return False
     suffixes = importlib.machinery.EXTENSION_SUFFIXES
-    for name in MODULES:
+    for name in (*MODULES, *EXTENSIONS):
         if not any((_HERE / f"{name}{suffix}").exists() for suffix in suffixes):
             return False
-    return all(built.get(name) == source_hash(name) for name in (*MODULES, *DEPENDENCIES))
+    return all(built.get(name) == source_hash(name) for name in (*MODULES, *DEPENDENCIES)) and all(
+        extensions.get(name) == source_hash(name, ".c") for name in EXTENSIONS
+    )
 
 
 _COMPILED = _built_and_current()

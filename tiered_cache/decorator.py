@@ -14,22 +14,28 @@ import functools
 import inspect
 import string
 from collections.abc import Awaitable, Callable
-from typing import Any, ParamSpec, Protocol, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, cast, overload
 
+from .compiled import compiled_core
 from .errors import KeyTemplateError
 from .hit import NOT_FRESH
 from .keys import ESCAPE, escape_part
+from .l1 import HitFollower
 from .protection import REFRESH_DUE
 from .tier import MISSING
 from .units import parse_duration
 
+if TYPE_CHECKING or compiled_core():  # built by tools/build_core.py with the compiled core
+    from ._hitcall import HitCall
+
+#: Whether a sync decorated function's plain hits are answered in C (:func:`_hit_call`).
+HIT_CALL_BUILT = compiled_core()
+
 
 class CachedReads(Protocol):
     """What the decorator needs of a cache: :class:`~tiered_cache.TieredCache`'s ``get`` in
-    its three parts (so the generated wrapper can inline the L1 hit), and ``invalidate``."""
-
-    #: The plain L1 hit: the value, or ``NOT_FRESH`` (read on every call: it can change).
-    l1_hit: Callable[[Any], Any]
+    its three parts (so the generated wrapper can inline the L1 hit: the plain-hit reader
+    through ``follow_l1_hit``), and ``invalidate``."""
 
     def lookup_l1(self, key: str) -> Any:
         """The fresh value in tier 0, ``MISSING``, or ``REFRESH_DUE``."""
@@ -45,13 +51,16 @@ class CachedReads(Protocol):
         """Remove ``key`` from every tier and every process's memory."""
         ...
 
+    def follow_l1_hit(self, follower: HitFollower) -> None:
+        """Keep ``follower.reader`` equal to the chain's plain L1 hit (``l1_hit``: the value,
+        or ``NOT_FRESH``), which changes while the bus is down, for as long as ``follower``
+        lives."""
+        ...
+
 
 class AsyncCachedReads(Protocol):
     """What the decorator needs of :class:`~tiered_cache.AsyncTieredCache` (the L1 lookup is
     a plain call; the rest is awaited)."""
-
-    #: The plain L1 hit: the value, or ``NOT_FRESH`` (read on every call: it can change).
-    l1_hit: Callable[[Any], Any]
 
     def lookup_l1(self, key: str) -> Any:
         """The fresh value in tier 0, ``MISSING``, or ``REFRESH_DUE``."""
@@ -65,6 +74,12 @@ class AsyncCachedReads(Protocol):
 
     async def invalidate(self, key: str) -> None:
         """Remove ``key`` from every tier and every process's memory."""
+        ...
+
+    def follow_l1_hit(self, follower: HitFollower) -> None:
+        """Keep ``follower.reader`` equal to the chain's plain L1 hit (``l1_hit``: the value,
+        or ``NOT_FRESH``), which changes while the bus is down, for as long as ``follower``
+        lives."""
         ...
 
 
@@ -321,6 +336,14 @@ def _render_parameters(signature: inspect.Signature, namespace: dict[str, Any]) 
     return ", ".join(rendered), ", ".join(passed)
 
 
+class _ReaderSlot:
+    """The chain's ``l1_hit`` as a generated wrapper reads it (set by ``follow_l1_hit``)."""
+
+    __slots__ = ("__weakref__", "reader")
+
+    reader: Callable[[Any], Any]
+
+
 def _compile_wrapper(
     fn: Callable[..., Any],
     template: str,
@@ -328,19 +351,26 @@ def _compile_wrapper(
     lifetime: float | None,
     *,
     asynchronous: bool = False,
-) -> Callable[..., Any]:
-    """The cached function, generated with ``fn``'s own parameters.
+) -> tuple[Callable[..., Any], Callable[..., Any] | None]:
+    """The cached function, generated with ``fn``'s own parameters, and its second half.
 
     One Python frame on a hit: the key is an f-string over the parameters, then the chain's
-    plain-hit reader (``cache.l1_hit``, a compiled call; read from the cache on every call,
-    since it changes while the bus is down), and only when it has no plain hit the general L1
-    lookup. A generic ``*args, **kwargs`` wrapper calling a key function would pack the
-    arguments and add a frame, which is as much as the whole L1 hit costs.
+    plain-hit reader (``cache.l1_hit``, a compiled call). It changes while the bus is down;
+    the chain sets it on a :class:`_ReaderSlot` of the wrapper's own whenever it does
+    (``follow_l1_hit``): reading that slot costs less than reading the chain's attribute on
+    every call. Only when the reader has no plain hit does the wrapper call the second half,
+    ``rest(key, <fn's parameters>)``: the general L1 lookup, then the rest of ``get`` with
+    ``fn`` as the loader. A generic ``*args, **kwargs`` wrapper calling a
+    key function would pack the arguments and add a frame, which is as much as the whole L1
+    hit costs; and the loader's lambda lives in ``rest``, so that a hit does not pay for the
+    cells it closes over. The async wrapper is one function (``rest`` is returned as None).
     """
     compile_key_function(fn, template)  # checks the template against the parameters
+    reader = _ReaderSlot()
+    cache.follow_l1_hit(reader)
     namespace: dict[str, Any] = {
         "__tc_fn": fn,
-        "__tc_cache": cache,
+        "__tc_hit": reader,
         "__tc_not_fresh": NOT_FRESH,
         "__tc_lookup": cache.lookup_l1,
         "__tc_slow": cache.get_after_l1,
@@ -350,22 +380,113 @@ def _compile_wrapper(
     }
     parameters, arguments = _render_parameters(inspect.signature(fn), namespace)
     key = _as_fstring(template, namespace)
-    # The async wrapper is the same code with the slow half awaited: the L1 hit stays a
-    # plain call, and the loader lambda returns the coroutine the chain awaits once.
-    prefix, wait = ("async ", "await ") if asynchronous else ("", "")
+    # ``__tc_read = __tc_hit.reader`` then a call, not ``__tc_hit.reader(...)``: the reader is
+    # not a method, and CPython specializes an attribute load but not a method load of it.
+    if asynchronous:
+        # The slow half awaited: the L1 hit stays a plain call, and the loader lambda returns
+        # the coroutine the chain awaits once.
+        source = (
+            f"async def wrapper({parameters}):\n"
+            f"    __tc_key = {key}\n"
+            "    __tc_read = __tc_hit.reader\n"
+            "    __tc_value = __tc_read(__tc_key)\n"
+            "    if __tc_value is __tc_not_fresh:\n"
+            "        __tc_value = __tc_lookup(__tc_key)\n"
+            "        if __tc_value is __tc_missing or __tc_value is __tc_refresh:\n"
+            f"            return await __tc_slow(__tc_key, lambda: __tc_fn({arguments}),\n"
+            "                                   __tc_ttl, __tc_value is __tc_refresh)\n"
+            "    return __tc_value\n"
+        )
+        exec(source, namespace)  # built from parameter names and the checked template only
+        return cast(Callable[..., Any], namespace["wrapper"]), None
     source = (
-        f"{prefix}def wrapper({parameters}):\n"
+        f"def __tc_rest(__tc_key, {parameters}):\n"
+        "    __tc_value = __tc_lookup(__tc_key)\n"
+        "    if __tc_value is __tc_missing or __tc_value is __tc_refresh:\n"
+        f"        return __tc_slow(__tc_key, lambda: __tc_fn({arguments}), __tc_ttl,\n"
+        "                         __tc_value is __tc_refresh)\n"
+        "    return __tc_value\n"
+        f"def wrapper({parameters}):\n"
         f"    __tc_key = {key}\n"
-        "    __tc_value = __tc_cache.l1_hit(__tc_key)\n"
+        "    __tc_read = __tc_hit.reader\n"
+        "    __tc_value = __tc_read(__tc_key)\n"
         "    if __tc_value is __tc_not_fresh:\n"
-        "        __tc_value = __tc_lookup(__tc_key)\n"
-        "        if __tc_value is __tc_missing or __tc_value is __tc_refresh:\n"
-        f"            return {wait}__tc_slow(__tc_key, lambda: __tc_fn({arguments}), __tc_ttl,\n"
-        "                             __tc_value is __tc_refresh)\n"
+        f"        return __tc_rest(__tc_key, {arguments})\n"
         "    return __tc_value\n"
     )
     exec(source, namespace)  # built from parameter names and the checked template only
-    return cast(Callable[..., Any], namespace["wrapper"])
+    return cast(Callable[..., Any], namespace["wrapper"]), namespace["__tc_rest"]
+
+
+def _hit_call(
+    fn: Callable[..., Any],
+    template: str,
+    wrapper: Callable[..., Any],
+    rest: Callable[..., Any],
+    cache: CachedReads,
+) -> HitCall | None:
+    """The generated sync ``wrapper`` with its plain hits answered in C (``_hitcall.c``):
+    for a call of positional arguments alone whose template values are each an exact
+    ``str`` or ``int``, the key is built and the chain's reader called without a Python
+    frame; any other call is the wrapper's. None when the C type is not built, or when no
+    call could take that path: a template with a conversion or a format spec, more than eight
+    fields or a field among the first eight parameters, or a keyword-only parameter without
+    a default (a call without keywords would be refused by the wrapper, never answered)."""
+    if not HIT_CALL_BUILT:
+        return None
+    parts = _parts(template)
+    if any(field is not None and (spec or conversion) for _, field, spec, conversion, _ in parts):
+        return None
+    parameters = list(inspect.signature(fn).parameters.values())
+    positional = [
+        parameter.name
+        for parameter in parameters
+        if parameter.kind
+        in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    ]
+    required = sum(
+        1
+        for parameter in parameters
+        if parameter.default is inspect.Parameter.empty
+        and parameter.kind
+        in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    )
+    if any(
+        parameter.kind is inspect.Parameter.KEYWORD_ONLY
+        and parameter.default is inspect.Parameter.empty
+        for parameter in parameters
+    ):
+        return None
+    fields = [(literal, field, ender) for literal, field, _, _, ender in parts if field]
+    trailing = "".join(literal for literal, field, _, _, _ in parts if field is None)
+    if not fields or len(fields) > _HIT_CALL_LIMIT:
+        return None
+    indexes = []
+    for _, field, _ in fields:
+        if field not in positional:
+            return None  # a keyword-only parameter: never in a positional call
+        indexes.append(positional.index(field))
+    least = max(required, max(indexes) + 1)
+    most = min(len(positional), _HIT_CALL_LIMIT)
+    if least > most:
+        return None
+    call = HitCall(
+        wrapper,
+        rest,
+        NOT_FRESH,
+        ESCAPE,
+        (*(literal for literal, _, _ in fields), trailing),
+        tuple(indexes),
+        tuple(ender for _, _, ender in fields),
+        least,
+        most,
+    )
+    cache.follow_l1_hit(call)
+    return call
+
+
+#: At most this many template fields and positional arguments are handled in C.
+_HIT_CALL_LIMIT = 8
 
 
 def _parts(template: str) -> list[tuple[str, str | None, str, str | None, str | None]]:
@@ -465,9 +586,12 @@ def cached(
 
     def decorate(fn: Callable[P, R]) -> Any:
         check_cacheable(fn, asynchronous=asynchronous)
-        wrapper = functools.update_wrapper(
-            _compile_wrapper(fn, key, cache, lifetime, asynchronous=asynchronous), fn
+        generated, rest = _compile_wrapper(fn, key, cache, lifetime, asynchronous=asynchronous)
+        functools.update_wrapper(generated, fn)  # its repr and tracebacks name fn
+        answered = (
+            None if rest is None else _hit_call(fn, key, generated, rest, cast(CachedReads, cache))
         )
+        wrapper = generated if answered is None else functools.update_wrapper(answered, fn)
 
         def key_for(**names: Any) -> str:
             missing = [name for name in fields if name not in names]

@@ -11,10 +11,17 @@ call. Anything else, and a tier that offers no reader, goes through :meth:`L1Rea
 which decides as it always has (expiry, the XFetch draw, the miss). Neither takes the fence:
 an invalidation removes the key from tier 0 before it returns, and a fill the fence refuses
 never lands there or is removed again, so what tier 0 holds is a copy the rules allow.
+
+A decorated function (:mod:`tiered_cache.decorator`: its C hit or its generated wrapper) does
+not read :attr:`L1Reader.l1_hit` from the chain on every call (that attribute lookup cost a
+third of the C hit): it registers with :meth:`L1Reader.follow_l1_hit`, and the chain sets its
+``reader`` whenever :attr:`~L1Reader.l1_hit` changes.
 """
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -37,6 +44,13 @@ class L1Tier(Protocol):
     def miss(self) -> None: ...
 
 
+class HitFollower(Protocol):
+    """What follows :attr:`L1Reader.l1_hit` (:meth:`L1Reader.follow_l1_hit`)."""
+
+    #: Kept equal to the chain's ``l1_hit``.
+    reader: Callable[[Any], Any]
+
+
 class L1Reader:
     """The chain's lookup in tier 0 (a base of both chains; it holds no state of its own)."""
 
@@ -51,9 +65,14 @@ class L1Reader:
     _random: Callable[[], float]
     _l1_get_at: Callable[[str, float], Entry | MissingType] | None
     #: ``l1_hit(key)``: the value of a plain hit in tier 0, or ``NOT_FRESH`` (then ask
-    #: :meth:`lookup_l1`). Read on every call (the decorator's wrapper too): it changes while
-    #: the bus is down.
+    #: :meth:`lookup_l1`). It changes while the bus is down: ``TieredCache.get`` reads it on
+    #: every call; ``cache.get`` (``PlainGet``) and the decorator's functions are told
+    #: (:meth:`follow_l1_hit`).
     l1_hit: Callable[[Any], Any]
+    #: Told of every new :attr:`l1_hit` (weakly: a decorated function may be dropped).
+    _hit_followers: weakref.WeakSet[HitFollower]
+    #: Held while :attr:`l1_hit` changes or a follower registers: no follower misses a change.
+    _follow_lock: threading.Lock
 
     def _setup_l1(
         self,
@@ -69,7 +88,16 @@ class L1Reader:
         self._l1_hits = metrics.l1_hits
         self._l1_hit_cells = self._l1_hits.cells
         self._plain_hits = metrics.plain_l1_hits
+        self._hit_followers = weakref.WeakSet()
+        self._follow_lock = threading.Lock()
         self._use_l1(tiers, True)
+
+    def follow_l1_hit(self, follower: HitFollower) -> None:
+        """Set ``follower.reader`` to :attr:`l1_hit` now and whenever it changes, for as long
+        as ``follower`` lives (held weakly)."""
+        with self._follow_lock:
+            follower.reader = self.l1_hit
+            self._hit_followers.add(follower)
 
     def lookup_l1(self, key: str) -> Any:
         """The fresh value in tier 0, ``MISSING``, or :data:`REFRESH_DUE` (for the decorator,
@@ -115,11 +143,14 @@ class L1Reader:
     def _use_l1(self, tiers: Sequence[L1Tier], enabled: bool) -> None:
         """Let :meth:`lookup_l1` and :attr:`l1_hit` read ``tiers[0]`` (or, ``enabled=False``,
         skip it)."""
-        self._l1_get_at = None
-        self.l1_hit = self._no_l1_hit
-        if enabled and tiers:
-            self._l1_tier = tiers[0]
-            self._l1_get_at = tiers[0].get_at_function()
-            reader = tiers[0].hit_reader(self._xfetch_window, self._plain_hits)
-            if reader is not None:
-                self.l1_hit = reader
+        with self._follow_lock:
+            self._l1_get_at = None
+            self.l1_hit = self._no_l1_hit
+            if enabled and tiers:
+                self._l1_tier = tiers[0]
+                self._l1_get_at = tiers[0].get_at_function()
+                reader = tiers[0].hit_reader(self._xfetch_window, self._plain_hits)
+                if reader is not None:
+                    self.l1_hit = reader
+            for follower in list(self._hit_followers):
+                follower.reader = self.l1_hit

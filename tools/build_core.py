@@ -1,5 +1,9 @@
 """Compile the memory tier's hot modules with mypyc, in place, when a C compiler is present.
 
+With them, the C extensions of the package (``tiered_cache/_hitcall.c``: a decorated
+function's plain hit) are built; they have Python references too (the decorator's generated
+wrapper), used when nothing is built.
+
 The compiled modules are built from the same typed source and sit beside it
 (``tiered_cache/policy.cpython-311-*.so``); Python imports them in preference to the ``.py``
 files. The pure-Python modules stay the reference: without a compiler nothing is built and the
@@ -24,6 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 #: The modules compiled: what a miss and an eviction of the memory tier run (the list
 #: tiered_cache/compiled.py guards; this script does not import the package it builds).
 MODULES = ("entry", "slot", "sketch", "topk", "policy", "hit")
+#: The extensions written in C (``tiered_cache/<name>.c``; tiered_cache/compiled.py's list too).
+EXTENSIONS = ("_hitcall",)
 #: Their imports: a change there makes the build stale too.
 DEPENDENCIES = ("policy_defaults",)
 #: The compiled modules share one runtime library, kept inside the package.
@@ -33,7 +39,7 @@ GROUP = "tiered_cache._core"
 def compiled_files() -> list[Path]:
     """The extension modules a build left in the package."""
     package = ROOT / "tiered_cache"
-    names = (*MODULES, "_core__mypyc")
+    names = (*MODULES, *EXTENSIONS, "_core__mypyc")
     return sorted(path for name in names for path in package.glob(f"{name}.*.so"))
 
 
@@ -52,11 +58,15 @@ def build() -> int:
         return 0
     try:
         from mypyc.build import mypycify
-        from setuptools import setup
+        from setuptools import Extension, setup
     except ImportError:
         print("build_core: mypyc is not installed; tiered-cache runs its pure-Python core")
         return 0
     sources = [str(ROOT / "tiered_cache" / f"{name}.py") for name in MODULES]
+    extensions = [
+        Extension(f"tiered_cache.{name}", [str(ROOT / "tiered_cache" / f"{name}.c")])
+        for name in EXTENSIONS
+    ]
     # Built in a folder of its own (setuptools would read the project's pyproject.toml), then
     # copied beside the sources.
     work = ROOT / "build" / "core"
@@ -65,7 +75,7 @@ def build() -> int:
     try:
         setup(
             name="tiered-cache-core",
-            ext_modules=mypycify(sources, group_name=GROUP, opt_level="3"),
+            ext_modules=[*mypycify(sources, group_name=GROUP, opt_level="3"), *extensions],
             script_args=["--quiet", "build_ext", "--inplace"],
         )
     except (Exception, SystemExit) as exc:  # the build is optional: never fail the install
@@ -81,10 +91,13 @@ def build() -> int:
     # What was compiled, so that a changed source is imported instead of its stale build
     # (tiered_cache/compiled.py).
     hashed = (*MODULES, *DEPENDENCIES)
-    manifest = {"modules": {name: _sha256(ROOT / "tiered_cache" / f"{name}.py") for name in hashed}}
+    manifest = {
+        "modules": {name: _sha256(ROOT / "tiered_cache" / f"{name}.py") for name in hashed},
+        "extensions": {name: _sha256(ROOT / "tiered_cache" / f"{name}.c") for name in EXTENSIONS},
+    }
     (ROOT / "tiered_cache" / "compiled.json").write_text(json.dumps(manifest, indent=1) + "\n")
     names = ", ".join(path.name.split(".")[0] for path in compiled_files())
-    print(f"build_core: compiled with mypyc: {names}")
+    print(f"build_core: compiled with mypyc and the C compiler: {names}")
     return 0
 
 

@@ -317,6 +317,17 @@ def test_wrong_calls_get_python_s_own_errors(cache: TieredCache) -> None:
 
 
 @pytest.mark.usefixtures("kind")
+def test_an_int_past_the_digit_limit_raises_as_in_an_f_string(cache: TieredCache) -> None:
+    @cache.cached(key="n:{n}")
+    def f(n: int) -> int:
+        return n
+
+    with pytest.raises(ValueError, match="integer string conversion"):
+        f(10**5000)
+    assert f(10**20) == 10**20
+
+
+@pytest.mark.usefixtures("kind")
 def test_an_error_of_the_reader_reaches_the_caller_once(clock: Any) -> None:
     reads = 0
     broken = False
@@ -411,3 +422,37 @@ async def test_an_async_wrapper_follows_the_chain_s_reader_too(clock: Any) -> No
     assert await user("1") == await user("1") == "user 1"
     assert (loads, cache.stats()["tiers"][0]["hits"]) == (["1", "1", "1"], 2)
     await cache.aclose()
+
+
+@needs_build
+def test_the_c_type_refuses_arguments_it_cannot_answer_for() -> None:
+    from tiered_cache._hitcall import HitCall
+    from tiered_cache.hit import NOT_FRESH
+
+    def good(**changes: Any) -> dict[str, Any]:
+        arguments: dict[str, Any] = {
+            "fallback": print,
+            "rest": print,
+            "not_fresh": NOT_FRESH,
+            "escape": "\\",
+            "literals": ("a:", ""),
+            "indexes": (0,),
+            "enders": (None,),
+            "min_args": 1,
+            "max_args": 1,
+        }
+        return {**arguments, **changes}
+
+    HitCall(**good())
+    for changes in (
+        {"escape": "ab"},
+        {"literals": ("a:",)},
+        {"indexes": ()},
+        {"indexes": (1,)},  # a field beyond the arguments every fast call has
+        {"enders": ("ab",)},
+        {"min_args": 2},
+        {"max_args": 9},
+        {"literals": ("a:", b"")},
+    ):
+        with pytest.raises(ValueError):
+            HitCall(**good(**changes))

@@ -134,17 +134,26 @@ done:
     return key;
 }
 
+/* A call while the garbage collector clears this object (from a finalizer it set off). */
+static PyObject *
+being_collected(void)
+{
+    PyErr_SetString(PyExc_RuntimeError, "a cached function called while being collected");
+    return NULL;
+}
+
 static PyObject *
 HitCall_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
     HitCall *self = (HitCall *)callable;
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    if (kwnames == NULL && nargs >= self->min_args && nargs <= self->max_args) {
+    if (kwnames == NULL && nargs >= self->min_args && nargs <= self->max_args
+        && self->reader != NULL) {
+        /* Held for the call: the chain may set another reader meanwhile (another thread). */
         PyObject *reader = self->reader;
-        PyObject *key = reader != NULL ? build_key(self, args) : NULL;
+        Py_INCREF(reader);
+        PyObject *key = build_key(self, args);
         if (key != NULL) {
-            /* Held for the call: the chain may swap the reader meanwhile (another thread). */
-            Py_INCREF(reader);
             PyObject *call[MAX_ARGS + 2];
             call[1] = key;
             PyObject *value = PyObject_Vectorcall(
@@ -152,9 +161,13 @@ HitCall_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyO
             Py_DECREF(reader);
             if (value != self->not_fresh) {
                 Py_DECREF(key);
-                return value;  /* the hit, or NULL with the reader's exception */
+                return value; /* the hit, or NULL with the reader's exception */
             }
             Py_DECREF(value);
+            if (self->rest == NULL) {
+                Py_DECREF(key);
+                return being_collected();
+            }
             for (Py_ssize_t i = 0; i < nargs; i++) {
                 call[i + 2] = args[i];
             }
@@ -163,6 +176,10 @@ HitCall_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyO
             Py_DECREF(key);
             return value;
         }
+        Py_DECREF(reader);
+    }
+    if (self->fallback == NULL) {
+        return being_collected();
     }
     return PyObject_Vectorcall(self->fallback, args, nargsf, kwnames);
 }
@@ -257,9 +274,10 @@ HitCall_traverse(HitCall *self, visitproc visit, void *arg)
 static int
 HitCall_clear(HitCall *self)
 {
+    /* The reader first: a call made from a finalizer while this clears takes the fallback. */
+    Py_CLEAR(self->reader);
     Py_CLEAR(self->fallback);
     Py_CLEAR(self->rest);
-    Py_CLEAR(self->reader);
     Py_CLEAR(self->not_fresh);
     Py_CLEAR(self->literals);
     Py_CLEAR(self->enders);

@@ -258,3 +258,45 @@ def test_a_child_forked_while_a_thread_holds_a_breakers_lock_reads_the_tier() ->
         hits_before + 1,
     ]
     cache.close()
+
+
+class HeldReader(MemoryTier):
+    """A memory tier whose ``hit_reader`` waits once armed: the chain asks for it while it
+    changes its ``l1_hit`` (the bus went down or came back), with the followers' lock held."""
+
+    def __init__(self, held: Held, **kwargs: Any) -> None:
+        self.held = held
+        super().__init__(**kwargs)
+
+    def hit_reader(self, clock: Callable[[], float], margin: float, hits: Any) -> Any:
+        self.held.hold()
+        return super().hit_reader(clock, margin, hits)
+
+
+def test_a_child_forked_while_the_chain_changes_its_reader_decorates_and_reads() -> None:
+    """The chain tells the decorated functions of a new plain-hit reader under a lock
+    (``L1Reader.follow_l1_hit``): held by the parent's thread at the fork, the child's first
+    decoration waited for ever."""
+    clock = FakeClock()
+    held = Held()
+    cache = TieredCache([HeldReader(held, max_entries=100, clock=clock)], ttl=60, clock=clock)
+
+    def child(report: Callable[[Any], None]) -> None:
+        loads: list[str] = []
+
+        @cache.cached(key="k:{k}")
+        def read(k: str) -> str:
+            loads.append(k)
+            return f"v-{k}"
+
+        seen = [read("1"), read("1")]  # loaded, then a hit
+        cache._set_bus_connected(True)  # the chain's reader again, not held this time
+        seen += [read("2"), read("2")]
+        report([seen, loads, cache.stats()["tiers"][0]["hits"]])
+
+    assert fork_while_doing(held, lambda: cache._set_bus_connected(True), child) == [
+        ["v-1", "v-1", "v-2", "v-2"],
+        ["1", "2"],
+        2,
+    ]
+    cache.close()

@@ -25,6 +25,7 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+from .forking import restart_after_fork
 from .hit import NOT_FRESH, HitCount
 from .keys import check_keys
 from .metrics import CacheMetrics, LocalCounter
@@ -51,6 +52,41 @@ class HitFollower(Protocol):
     reader: Callable[[Any], Any]
 
 
+class HitFollowers:
+    """The decorator's functions following a chain's ``l1_hit`` (:meth:`L1Reader.follow_l1_hit`),
+    held weakly (a decorated function may be dropped), and the lock that keeps them current:
+    held while ``l1_hit`` changes and while one registers, so that none misses a change.
+
+    Args:
+        current: the chain's ``l1_hit`` as it is now.
+    """
+
+    def __init__(self, current: Callable[[], Callable[[Any], Any]]) -> None:
+        self._current = current
+        self.lock = threading.Lock()
+        self._followers: weakref.WeakSet[HitFollower] = weakref.WeakSet()
+        restart_after_fork(self)
+
+    def follow(self, follower: HitFollower) -> None:
+        with self.lock:
+            follower.reader = self._current()
+            self._followers.add(follower)
+
+    def tell(self) -> None:
+        """Give every follower the current ``l1_hit`` (with :attr:`lock` held)."""
+        reader = self._current()
+        for follower in list(self._followers):
+            follower.reader = reader
+
+    def after_fork_in_child(self) -> None:
+        """A new lock, and every follower told again: a thread of the parent changing
+        ``l1_hit`` at the fork (the bus listener) held the lock, which would stay held in the
+        child (its first decoration, or bus change, would wait for ever), and may have left
+        the followers one reader behind."""
+        self.lock = threading.Lock()
+        self.tell()
+
+
 class L1Reader:
     """The chain's lookup in tier 0 (a base of both chains; it holds no state of its own)."""
 
@@ -69,10 +105,8 @@ class L1Reader:
     #: every call; ``cache.get`` (``PlainGet``) and the decorator's functions are told
     #: (:meth:`follow_l1_hit`).
     l1_hit: Callable[[Any], Any]
-    #: Told of every new :attr:`l1_hit` (weakly: a decorated function may be dropped).
-    _hit_followers: weakref.WeakSet[HitFollower]
-    #: Held while :attr:`l1_hit` changes or a follower registers: no follower misses a change.
-    _follow_lock: threading.Lock
+    #: Told of every new :attr:`l1_hit`.
+    _hit_followers: HitFollowers
 
     def _setup_l1(
         self,
@@ -88,16 +122,13 @@ class L1Reader:
         self._l1_hits = metrics.l1_hits
         self._l1_hit_cells = self._l1_hits.cells
         self._plain_hits = metrics.plain_l1_hits
-        self._hit_followers = weakref.WeakSet()
-        self._follow_lock = threading.Lock()
+        self._hit_followers = HitFollowers(lambda: self.l1_hit)
         self._use_l1(tiers, True)
 
     def follow_l1_hit(self, follower: HitFollower) -> None:
         """Set ``follower.reader`` to :attr:`l1_hit` now and whenever it changes, for as long
         as ``follower`` lives (held weakly)."""
-        with self._follow_lock:
-            follower.reader = self.l1_hit
-            self._hit_followers.add(follower)
+        self._hit_followers.follow(follower)
 
     def lookup_l1(self, key: str) -> Any:
         """The fresh value in tier 0, ``MISSING``, or :data:`REFRESH_DUE` (for the decorator,
@@ -143,7 +174,7 @@ class L1Reader:
     def _use_l1(self, tiers: Sequence[L1Tier], enabled: bool) -> None:
         """Let :meth:`lookup_l1` and :attr:`l1_hit` read ``tiers[0]`` (or, ``enabled=False``,
         skip it)."""
-        with self._follow_lock:
+        with self._hit_followers.lock:
             self._l1_get_at = None
             self.l1_hit = self._no_l1_hit
             if enabled and tiers:
@@ -152,5 +183,4 @@ class L1Reader:
                 reader = tiers[0].hit_reader(self._xfetch_window, self._plain_hits)
                 if reader is not None:
                     self.l1_hit = reader
-            for follower in list(self._hit_followers):
-                follower.reader = self.l1_hit
+            self._hit_followers.tell()

@@ -114,7 +114,11 @@ class AsyncTieredCache(L1Reader):
             AsyncTierAccessor(index, tier, self._metrics, clock) for index, tier in enumerate(tiers)
         ]
         # The fence drops in-process copies itself: those are sync tiers (memory), no I/O.
-        self._fence = Fence([tier.sync for tier in self._tiers], self._metrics)
+        self._fence = Fence(
+            [tier.sync for tier in self._tiers],
+            self._metrics,
+            leases=self._protection.lease != "off",
+        )
         self._entry = EntryMaker(ttl, negative_ttl, self._protection.max_stale)
         self._loader = AsyncSourceLoader(
             self._tiers,

@@ -104,7 +104,7 @@ class TieredCache(L1Reader):
         self._tiers = [
             TierAccessor(index, tier, self._metrics, clock) for index, tier in enumerate(tiers)
         ]
-        self._fence = Fence(self._tiers, self._metrics)
+        self._fence = Fence(self._tiers, self._metrics, leases=self._protection.lease != "off")
         self._entry = EntryMaker(ttl, negative_ttl, self._protection.max_stale)
         self._loader = SourceLoader(
             self._tiers,

@@ -45,15 +45,25 @@ class Fence:
         tiers: the chain's tiers (accessors), fastest first.
         metrics: the chain's counters (``lease_lost``, ``fills_refused``).
         log_size: invalidations remembered; a fill older than that many is refused.
+        leases: the chain takes leases (its protection's ``lease`` is not ``"off"``) on the
+            first tier that offers them, as its loader does.
     """
 
     def __init__(
-        self, tiers: Sequence[TierAccessor], metrics: CacheMetrics, *, log_size: int = 4096
+        self,
+        tiers: Sequence[TierAccessor],
+        metrics: CacheMetrics,
+        *,
+        log_size: int = 4096,
+        leases: bool = True,
     ) -> None:
         self._tiers = list(tiers)
         self._local = [tier for tier in self._tiers if tier.local]
         self._metrics = metrics
         self._log = InvalidationLog(log_size)
+        #: Whether the first tier of a fill that offers leases is the one the chain leases
+        #: on: a key it can lease is written there only under its lease (_fill_leased).
+        self._leases = leases
 
     # -- invalidations: the one entry point
 
@@ -150,25 +160,25 @@ class Fence:
         """The fill, as steps (:mod:`tiered_cache.steps`), for the sync and the asyncio
         chains; :meth:`fill_one` is its one-key, lease-less form in plain calls."""
         tokens = dict(tokens) if tokens else {}
-        leasing = next((tier for tier in tiers if tier.leases), None) if tokens else None
+        leasing = next((tier for tier in tiers if tier.leases), None) if self._leases else None
         refused = self.overtaken(mark, entries, own=own)
         if refused:
             self._refuse(refused)
-            if leasing is not None:
-                given_back = {key: tokens.pop(key) for key in refused if key in tokens}
+            given_back = {key: tokens.pop(key) for key in refused if key in tokens}
+            if leasing is not None and given_back:
                 yield leasing.release_leases, (given_back,)
             entries = {key: entry for key, entry in entries.items() if key not in refused}
             if not entries:
                 return set()
         # A copy only when the leased fill may drop keys from it (a fill after every miss
-        # or set has no tokens: no copy).
-        landing: Mapping[str, Entry] = dict(entries) if tokens else entries
+        # or set with no leasing tier: no copy).
+        landing: Mapping[str, Entry] = dict(entries) if leasing is not None else entries
         written: list[FillTarget] = []
         try:
             for tier in reversed(tiers):
                 if tier.bypassed:
                     continue
-                if tier is leasing and tokens:
+                if tier is leasing:
                     assert isinstance(landing, dict)
                     yield from self._fill_leased(tier, landing, tokens)
                     tokens = {}
@@ -207,8 +217,8 @@ class Fence:
             self._refuse(keys)
             return False
         for tier in reversed(tiers):
-            if not tier.bypassed:
-                tier.set_one(key, entry)
+            if not tier.bypassed and not (self._leases and tier.leases and tier.can_lease(key)):
+                tier.set_one(key, entry)  # not the leasing tier without a lease: _fill_leased
         if not log.overtaken(mark, keys, ignore=own):
             return True
         # Invalidated between the check and the write: undo, deleting is always safe (from
@@ -232,12 +242,24 @@ class Fence:
     def _fill_leased(
         self, tier: FillTarget, landing: dict[str, Entry], tokens: Mapping[str, str]
     ) -> Steps[None]:
-        """Fill the leasing tier: keys with a token under their lease, the others plainly;
-        drop from ``landing`` the keys whose lease was lost or whose fill failed."""
-        plain = {key: entry for key, entry in landing.items() if key not in tokens}
+        """Fill the leasing tier: keys with a token under their lease, keys it cannot lease
+        plainly; drop from ``landing`` the keys whose lease was lost or whose fill failed.
+
+        A key it can lease but has no token for (a load whose lease could not be taken: the
+        tier timed out, or the holder took longer than ``lease_wait``) is not written here,
+        only into the faster tiers: without the lease, a write of another process that came
+        after this load read the source, and filled under its lease, would be overwritten
+        with this older value, which every process would then read until the tier's TTL."""
+        plain = {
+            key: entry
+            for key, entry in landing.items()
+            if key not in tokens and not tier.can_lease(key)
+        }
         leased = {key: (entry, tokens[key]) for key, entry in landing.items() if key in tokens}
         if plain:
             yield tier.set_many, (plain,)
+        if not leased:
+            return
         try:
             kept: set[str] = yield tier.fill_with_leases, (leased,)
         except CodecError:
@@ -279,6 +301,8 @@ class FillTarget(Protocol):
 
     def release_leases(self, tokens: Mapping[str, str]) -> Any: ...
 
+    def can_lease(self, key: str) -> bool: ...
+
 
 class ChainTier(FillTarget, Protocol):
     """Everything the shared steps (:mod:`tiered_cache.paths`, :mod:`tiered_cache.lease_wait`)
@@ -296,8 +320,6 @@ class ChainTier(FillTarget, Protocol):
     def delete_prefix(self, prefix: str) -> Any: ...
 
     def clear(self) -> Any: ...
-
-    def can_lease(self, key: str) -> bool: ...
 
     def hit(self, n: int = 1) -> None: ...
 

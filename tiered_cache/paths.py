@@ -216,7 +216,9 @@ class ChainPaths:
         entry = self.make_entry(value, self.clock(), 0.0, ttl)
         # Loads in flight read the source before this write: none of them may fill now.
         own = self.fence.invalidate([key])
-        if token is None and self.fill_one is not None:
+        if token is None and self.leased(key):
+            landed = False  # no lease to order this write against another: see leased()
+        elif token is None and self.fill_one is not None:
             landed = self.fill_one(mark, key, entry, self.tiers, own)
         else:
             tokens = {key: token} if token is not None else None
@@ -268,7 +270,11 @@ class ChainPaths:
             yield from self.invalidate_many(stored)
             raise
         now = self.clock()
-        entries = {key: self.make_entry(value, now, 0.0, ttl) for key, value in items.items()}
+        entries = {
+            key: self.make_entry(value, now, 0.0, ttl)
+            for key, value in items.items()
+            if key in tokens or not self.leased(key)  # see leased()
+        }
         # Loads in flight read the source before this write: none of them may fill now.
         own = self.fence.invalidate(keys)
         landed = yield from self.fence.fill_steps(
@@ -279,6 +285,14 @@ class ChainPaths:
         written = [key for key in keys if key in landed]
         if written and self.announce is not None:
             yield self.announce, (written, (), False, 0.0)
+
+    def leased(self, key: str) -> bool:
+        """Whether a write of ``key`` takes its lease on the leasing tier. One that could
+        not (the steal failed: Redis timed out, or its breaker is open) does not fill any
+        tier but invalidates the key: it cannot be ordered against a write of another
+        process that took the lease meanwhile, whose value a lease-less fill would overwrite
+        in Redis with this older one (served to everyone until Redis's TTL)."""
+        return self.leasing is not None and self.leasing.can_lease(key)
 
     def steal_lease(self, key: str) -> Steps[str | None]:
         """The key's lease for a write, or None (no leasing tier, or it failed)."""

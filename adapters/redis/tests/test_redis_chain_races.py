@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from tiered_cache.policy import TinyLfuPolicy
 from tiered_cache.testing.clock import FakeClock
 from tiered_cache.testing.servers import RedisServer
 from tiered_cache.testing.sources import DictSource
+from tiered_cache.tier import Entry, MissingType
 
 #: Generous bound for "the bus has delivered" (measured by benchmarks/bench_bus_delay.py).
 BUS_DELAY_BOUND = 2.0
@@ -423,3 +424,113 @@ def test_a_breaker_on_redis_keeps_leases_and_prefix_deletes(
     assert raw.exists(f"{namespace}:user:1:a") == 0
     raw.close()
     cache.close()
+
+
+def two_processes(
+    first: type[RedisTier], url: str, namespace: str, clock: FakeClock, source: Any
+) -> tuple[TieredCache, TieredCache]:
+    """Two chains (memory + Redis) of two processes writing ``source``, the first on a Redis
+    tier of type ``first``; no bus (the Redis lease alone orders their fills in Redis)."""
+    first_chain, second_chain = (
+        TieredCache(
+            [
+                MemoryTier(ttl=600, clock=clock),
+                tier(redis.Redis.from_url(url), namespace=namespace, clock=clock),
+            ],
+            source,
+            ttl=600,
+            clock=clock,
+        )
+        for tier in (first, RedisTier)
+    )
+    return first_chain, second_chain
+
+
+class StealTimesOut(RedisTier):
+    """A Redis tier whose next lease steal times out (a latency spike on that one command;
+    Redis answers the commands after it)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.times_out = True
+
+    def steal_lease(self, key: str, ttl: float) -> str:
+        if self.times_out:
+            self.times_out = False
+            raise redis.TimeoutError("Timeout reading from socket")
+        return super().steal_lease(key, ttl)
+
+
+@pytest.mark.parametrize("how", ["set", "set_many"])
+def test_a_write_whose_lease_steal_timed_out_does_not_fill_redis_over_a_later_write(
+    redis_server: RedisServer, namespace: str, clock: FakeClock, how: str
+) -> None:
+    """A write that could not take the key's lease (the steal timed out, Redis answered
+    again right after) wrote Redis without one: a write of another process that came in
+    between, and filled under its own lease, was overwritten by the older value, which Redis
+    then served to everyone until its TTL. Without the lease the order of the two writes
+    cannot be told, so the write invalidates Redis instead of filling it."""
+    source = WriterInBetween("k")
+    first, second = two_processes(StealTimesOut, redis_server.url, namespace, clock, source)
+    source.then = lambda: second.set("k", "second")
+    if how == "set_many":
+        first.set_many({"k": "first"})
+    else:
+        first.set("k", "first")
+    assert source.items == {"k": "second"}
+    assert in_redis(first, "k") in (MISSING, "second")
+    assert in_memory(first, "k") in (MISSING, "second")
+    assert (first.get("k"), second.get("k")) == ("second", "second")
+    first.close()
+    second.close()
+
+
+class LeaseTimesOut(RedisTier):
+    """A Redis tier whose next lease acquisition (one key's or a batch's) times out."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.times_out = True
+
+    def _spike(self) -> None:
+        if self.times_out:
+            self.times_out = False
+            raise redis.TimeoutError("Timeout reading from socket")
+
+    def acquire_lease(self, key: str, ttl: float) -> tuple[str | None, Entry | MissingType]:
+        self._spike()
+        return super().acquire_lease(key, ttl)
+
+    def acquire_leases(
+        self, keys: Sequence[str], ttl: float
+    ) -> dict[str, tuple[str | None, Entry | MissingType]]:
+        self._spike()
+        return super().acquire_leases(keys, ttl)
+
+
+@pytest.mark.parametrize("how", ["get", "get_many"])
+def test_a_load_without_its_lease_does_not_fill_redis_over_a_write_made_meanwhile(
+    redis_server: RedisServer, namespace: str, clock: FakeClock, how: str
+) -> None:
+    """A miss whose lease could not be taken (the acquisition timed out; or the holder took
+    longer than lease_wait) loads without one. Its fill wrote Redis plainly: a write of
+    another process made while it loaded, filled under the write's lease, was overwritten
+    with the value read before it, and every process read that from Redis until its TTL.
+    Such a load now fills only the faster tiers."""
+    source = DictSource({"k": "old"})
+    reader, writer = two_processes(LeaseTimesOut, redis_server.url, namespace, clock, source)
+
+    def load() -> str:
+        read = source.items["k"]
+        writer.set("k", "new")  # another process writes while this load is in flight
+        return read
+
+    if how == "get":
+        assert reader.get("k", load) == "old"  # its caller is served what it read
+    else:
+        assert reader.get_many(["k"], lambda keys: {"k": load()}) == {"k": "old"}
+    assert in_redis(writer, "k") in (MISSING, "new")
+    writer.tiers[0].clear()
+    assert writer.get("k") == "new"
+    reader.close()
+    writer.close()

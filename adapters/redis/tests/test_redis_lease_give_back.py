@@ -17,7 +17,7 @@ import pytest
 import redis
 from tiered_cache_redis import RedisTier
 
-from tiered_cache import Entry, LoadTimeout, MemoryTier, PartialBatchError, TieredCache
+from tiered_cache import MISSING, Entry, LoadTimeout, MemoryTier, PartialBatchError, TieredCache
 from tiered_cache.protection import Protection
 from tiered_cache.testing.clock import FakeClock
 from tiered_cache.testing.servers import RedisServer
@@ -187,7 +187,8 @@ def test_a_batch_gives_up_on_a_silent_holder_when_lease_wait_is_over(
     redis_server: RedisServer, namespace: str
 ) -> None:
     """It looks every lease_poll until lease_wait has passed, not one look more, then loads
-    the keys itself in one read, with the ttl it was asked for."""
+    the keys itself in one read, with the ttl it was asked for: into memory, not into Redis,
+    where a value loaded without the lease could overwrite a later write's."""
     held = Held(redis_server.url, namespace, ["a", "b"], max_stale=0.0)
     reads: list[list[str]] = []
 
@@ -200,8 +201,9 @@ def test_a_batch_gives_up_on_a_silent_holder_when_lease_wait_is_over(
     assert reads == [["a", "b"]]
     stats = held.cache.stats()
     assert (stats["lease_waits"], stats["lease_wait_expired"]) == (2, 2)
-    entry = held.shared.get("a")
+    entry = held.cache.tiers[0].get("a")
     assert isinstance(entry, Entry) and entry.soft_expiry == held.clock() + 5
+    assert held.shared.get("a") is MISSING  # the holder's lease still stands
     held.cache.close()
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tiered_cache import MemoryTier, TieredCache
+from tiered_cache import MemoryTier, PartialBatchError, TieredCache
 from tiered_cache.bus import LocalBus
 from tiered_cache.protection import Protection
 from tiered_cache.testing import FakeClock
@@ -350,3 +350,41 @@ def test_a_loader_raising_stop_iteration_does_not_end_the_callers_iteration(
     assert isinstance(raised.value.__cause__, StopIteration)
     assert cache.get("a", lambda: "v") == "v"
     assert cache.stats()["load_failures"] == 1
+
+
+def stop_iteration_error(read: Callable[[], object]) -> str:
+    with pytest.raises(RuntimeError) as raised:
+        read()
+    assert isinstance(raised.value.__cause__, StopIteration)
+    return str(raised.value)
+
+
+def test_a_loader_raising_stop_iteration_is_the_same_error_on_every_path(
+    clock: FakeClock,
+) -> None:
+    """One home for the rule (the loader, where the source is called): the fast read, the
+    general path's steps, a timed load on a worker thread, a batch load and a background
+    refresh all give the same RuntimeError. (Before, the steps' driver made PEP 479's
+    "generator raised StopIteration" and the fast read its own message.)"""
+
+    def empty() -> Any:
+        return next(iter([]))
+
+    def empty_batch(keys: Any) -> Any:
+        return next(iter([]))
+
+    alone, bus = build("alone", clock), build("bus", clock)
+    timed = build("alone", clock, protection=Protection(hard_timeout=5.0))
+    messages = {
+        stop_iteration_error(lambda: alone.get("a", empty)),
+        stop_iteration_error(lambda: bus.get("a", empty)),
+        stop_iteration_error(lambda: timed.get("a", empty)),
+        stop_iteration_error(
+            lambda: alone._loader.load("a", alone._fence.mark(), empty, None, None)
+        ),
+    }
+    with pytest.raises(PartialBatchError) as batch:
+        alone.get_many(["x", "y"], empty_batch)
+    assert isinstance(batch.value.__cause__, RuntimeError)
+    messages.add(str(batch.value.__cause__))
+    assert messages == {"the loader raised StopIteration"}

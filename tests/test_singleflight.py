@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pytest
 
@@ -23,6 +23,19 @@ def start_together(count: int, target: object) -> list[threading.Thread]:
     for thread in threads:
         thread.start()
     return threads
+
+
+def held_open(result: str) -> tuple[threading.Event, threading.Event, Callable[[object], str]]:
+    """``(release, inside, work)``: a flight's work that sets ``inside`` when it starts and
+    returns ``result`` once ``release`` is set."""
+    release, inside = threading.Event(), threading.Event()
+
+    def work(flight: object) -> str:
+        inside.set()
+        release.wait(timeout=10)
+        return result
+
+    return release, inside, work
 
 
 def test_200_threads_missing_one_key_run_the_loader_exactly_once() -> None:
@@ -223,14 +236,7 @@ def test_a_flight_counts_each_caller_that_joined_it() -> None:
     flights.claim(["a"])
     assert led["a"].waiters == 2  # two batches wait for "a"
     assert led["b"].waiters == 0
-    release = threading.Event()
-    inside = threading.Event()
-
-    def slow(flight: object) -> str:
-        inside.set()
-        release.wait(timeout=10)
-        return "x"
-
+    release, inside, slow = held_open("x")
     leader = threading.Thread(target=lambda: flights.run("k", slow))
     leader.start()
     assert inside.wait(timeout=10)
@@ -282,3 +288,46 @@ def test_an_interrupted_leader_hands_its_flight_to_its_waiter() -> None:
     for thread in threads:
         thread.join(timeout=10)
     assert sorted(map(str, outcome)) == ["('reloaded', False)", "leader interrupted"]
+
+
+class OwnHash(str):
+    """A str subclass with a hash of its own (Python code inside the flight table's dict)."""
+
+    def __hash__(self) -> int:
+        return hash(str(self))
+
+
+@pytest.mark.parametrize("key", ["k", OwnHash("k")], ids=["str", "str subclass"])
+def test_a_leader_alone_makes_no_latch_and_a_waiter_is_woken_by_its_landing(key: str) -> None:
+    # A miss leads its flight without the table's lock (str keys) and without a latch; the
+    # first caller that joins makes the latch, and the leader's landing releases it.
+    flights = SingleFlight()
+    seen: list[Flight] = []
+    assert flights.run(key, lambda flight: seen.append(flight) or "alone") == ("alone", False)
+    assert seen[0]._done is None and seen[0].waiters == 0
+    assert flights.in_flight(key) is None
+    release, inside, slow = held_open("shared")
+    results: list[tuple[object, bool]] = []
+    leader = threading.Thread(target=lambda: results.append(flights.run(key, slow)))
+    leader.start()
+    assert inside.wait(timeout=10)
+    flight = flights.in_flight(key)
+    assert flight is not None and flight._done is None  # nobody waits yet
+    followers = [
+        threading.Thread(target=lambda: results.append(flights.run(key, slow))) for _ in range(3)
+    ]
+    for follower in followers:
+        follower.start()
+    deadline = time.monotonic() + 10
+    while flight.waiters < 3:
+        assert time.monotonic() < deadline, "the callers never joined"
+        time.sleep(0.005)
+    assert flight._done is not None  # one latch for the three
+    release.set()
+    for thread in (leader, *followers):
+        thread.join(timeout=10)
+    assert (
+        sorted(results, key=lambda result: result[1])
+        == [("shared", False)] + [("shared", True)] * 3
+    )
+    assert flights.in_flight(key) is None

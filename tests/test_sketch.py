@@ -245,3 +245,35 @@ def test_each_counter_takes_the_bits_its_ceiling_needs(max_count: int, bits: int
 def test_counters_of_the_default_sample_are_five_bits() -> None:
     sketch = FrequencySketch(1_000, sample_factor=20)  # the policy's default sample factor
     assert (sketch.max_count, sketch.nbytes) == (31, 4 * sketch.width * 5 // 8 + 1)
+
+
+def _reference_rows(hashed: int, width: int) -> list[int]:
+    """The counters a key hashed to ``hashed`` takes, as the sketch has always chosen them:
+    bits 0, 16, 32 and 48 (wrapping around) of the unsigned 64-bit hash, one slice per row."""
+    h = hashed & ((1 << 64) - 1)
+    mask = width - 1
+    slices = (h, h >> 16, h >> 32, (h >> 48) | (h << 16))
+    return [row * width + (part & mask) for row, part in enumerate(slices)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    hashed=st.integers(min_value=-(1 << 63), max_value=(1 << 63) - 1),
+    log_width=st.integers(min_value=6, max_value=20),
+)
+def test_a_key_takes_the_counters_its_hash_slices_name(hashed: int, log_width: int) -> None:
+    # The rows are indexed from the hash's two 32-bit halves (machine words to the compiled
+    # core): the same counters as from the 64-bit hash, so the policy decides as before.
+    width = 1 << log_width
+    sketch = FrequencySketch(16, width=width, sample_factor=1_000)
+    key = HashedAs("key", hashed)
+    assert sketch.increment(key, 1) == 1
+    expected = _reference_rows(hashed, width)
+    assert [sketch.counter(index) for index in expected] == [1, 1, 1, 1]
+    assert sum(1 for byte in sketch._table if byte) <= 8  # nothing else was touched
+    assert sketch.frequency(key) == 1
+
+
+def test_a_row_wider_than_two_to_the_thirty_two_is_refused() -> None:
+    with pytest.raises(ValueError, match="at most"):
+        FrequencySketch(16, width=1 << 33)

@@ -44,6 +44,10 @@ class AsyncFlight:
         #: What the leader passed in (the chain: its fence mark, taken before the flight).
         self.tag = tag
 
+    def join(self) -> None:
+        """A coroutine will :meth:`wait` for this flight (its futures are made by ``wait``)."""
+        self.waiters += 1
+
     async def wait(self) -> Any:
         """The flight's result (or its error raised). Cancelling a waiter cancels nothing
         else: the others, and the execution itself, go on."""
@@ -99,7 +103,7 @@ class AsyncSingleFlight(FlightTable[AsyncFlight]):
         with self._lock:
             flight = self._flights.get(key)
             if flight is not None and (joinable is None or joinable(flight)):
-                flight.waiters += 1
+                flight.join()
                 return flight, False
             flight = self._flights[key] = AsyncFlight(tag)
             return flight, True

@@ -20,7 +20,6 @@ from .bus import Bus
 from .coherence import DEFAULT_BUS_BREAKER, BusLink, publish_breaker
 from .fence import Fence
 from .hit import NOT_FRESH, PlainGet
-from .keys import check_keys
 from .l1 import L1Reader, L1Tier
 from .loader import BatchLoader, EntryMaker, Loader, SourceLoader
 from .logs import logger_for
@@ -131,9 +130,10 @@ class TieredCache(L1Reader):
             write_policy=write_policy,
             fill_one=self._fence.fill_one,
         )
-        #: What a miss runs inside its flight, decided once from what the chain holds.
+        #: What a miss runs inside its flight, decided once from what the chain holds: a
+        #: chain of one in-process tier and no bus reads in plain calls.
         self._read: Callable[[Flight, str, Loader | None, float | str | None], Any] = (
-            self._read_through_alone
+            self._paths.read_through_alone
             if bus is None and len(self._tiers) == 1 and self._tiers[0].local
             else self._read_through
         )
@@ -253,24 +253,6 @@ class TieredCache(L1Reader):
         """Inside the key's flight (:meth:`ChainPaths.read_through`); ``flight.tag`` is the
         fence's mark."""
         return run(self._paths.read_through(key, flight.tag, loader, ttl))
-
-    def _read_through_alone(
-        self, flight: Flight, key: str, loader: Loader | None, ttl: float | str | None
-    ) -> Any:
-        """:meth:`_read_through` for a chain of one in-process tier and no bus (chosen when
-        the chain is built): the same decisions without the steps' driver. The second,
-        quiet look at the tier finds nothing in the common case, and the source is asked;
-        anything found there (another flight's fill, a stale entry) takes the general path."""
-        check_keys((key,))
-        if self._tiers[0].get(key, False) is not MISSING:
-            return run(self._paths.read_through(key, flight.tag, loader, ttl))
-        try:
-            return self._loader.load(key, flight.tag, loader, ttl, None).value
-        except StopIteration as exc:
-            # What the general path's driver makes of it (PEP 479): let out as it is, a
-            # loader's StopIteration would end the caller's own iteration (a map over keys)
-            # as if silently exhausted.
-            raise RuntimeError("the loader raised StopIteration") from exc
 
     def get_many(
         self,

@@ -152,8 +152,35 @@ def _refuse(entry: Entry, name: str, value: object = None) -> None:
     raise FrozenInstanceError(f"cannot assign or delete field {name!r}: an Entry is immutable")
 
 
+def _pure_init(  # noqa: PLR0917 - Entry.__init__'s parameters
+    self: Entry,
+    value: Any,
+    loaded_at: float,
+    soft_expiry: float = NEVER,
+    hard_expiry: float = NEVER,
+    load_duration: float = 0.0,
+    version: int = 0,
+) -> None:
+    """``Entry.__init__`` of the pure-Python class, with the same parameters: each field
+    written through its slot's own setter (one C call each), where ``object.__setattr__``
+    looks the field up by name first (twice the cost; six per entry, one entry or more per
+    miss). The source's ``__init__`` stays what mypyc compiles into six stores;
+    ``tests/test_compiled_core.py`` compares the entries the two build."""
+    _SET_VALUE(self, value)
+    _SET_LOADED_AT(self, loaded_at)
+    _SET_SOFT_EXPIRY(self, soft_expiry)
+    _SET_HARD_EXPIRY(self, hard_expiry)
+    _SET_LOAD_DURATION(self, load_duration)
+    _SET_VERSION(self, version)
+
+
 if not COMPILED:
     # mypyc gives the compiled class's Final fields no setter; a pure-Python class has no such
-    # thing, so it refuses through its own __setattr__ (its constructor writes around it).
+    # thing, so it refuses through its own __setattr__ (its constructor writes around it,
+    # through the slots' setters).
+    _SETTERS = [vars(Entry)[name].__set__ for name in ENTRY_FIELDS]
+    _SET_VALUE, _SET_LOADED_AT, _SET_SOFT_EXPIRY = _SETTERS[:3]
+    _SET_HARD_EXPIRY, _SET_LOAD_DURATION, _SET_VERSION = _SETTERS[3:]
+    type.__setattr__(Entry, "__init__", _pure_init)
     type.__setattr__(Entry, "__setattr__", _refuse)
     type.__setattr__(Entry, "__delattr__", _refuse)

@@ -21,7 +21,7 @@ is always safe.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from .accessor import TierAccessor
@@ -64,6 +64,10 @@ class Fence:
         #: Whether the first tier of a fill that offers leases is the one the chain leases
         #: on: a key it can lease is written there only under its lease (_fill_leased).
         self._leases = leases
+        # Taken before every read that may fill (once per miss): the log's own method, with no
+        # frame of the fence's around it.
+        self.mark: Callable[[], int] = self._log.mark
+        """Take before reading anything a fill will write; pass to :meth:`fill`."""
 
     # -- invalidations: the one entry point
 
@@ -100,10 +104,6 @@ class Fence:
         return number
 
     # -- fills
-
-    def mark(self) -> int:
-        """Take before reading anything a fill will write; pass to :meth:`fill`."""
-        return self._log.mark()
 
     def overtaken(self, mark: int, keys: Collection[str], *, own: int | None = None) -> list[str]:
         """Those of ``keys`` an invalidation since ``mark`` (other than ``own``) concerns."""

@@ -37,6 +37,14 @@ BatchLoader = Callable[[Sequence[str]], Mapping[str, Any]]
 T = TypeVar("T")
 
 
+def _stop_iteration_escaped(exc: StopIteration) -> RuntimeError:
+    """What a loader's (or the source's) ``StopIteration`` leaves the cache as: let out as it
+    is, it would end the caller's own iteration (``map`` over keys) as if there were no more
+    keys (PEP 479's reason). Made here, where the source is called, for every read path alike
+    (plain calls, steps, a worker thread's timed load)."""
+    return RuntimeError("the loader raised StopIteration")
+
+
 class _ServeStale(Exception):
     """A timed load gave up on its soft timeout: serve the stale value instead."""
 
@@ -189,10 +197,19 @@ class SourceLoader:
             token, filled = self._lease_or_wait(key, mark)
             if filled is not None:
                 return filled
+        # Timed by the soft timeout when a stale value can stand in, and by the hard timeout;
+        # neither applies to a background refresh. Untimed (the common miss), the load runs
+        # here, without _timed_load's frame.
+        protection = self._protection
+        soft = protection.soft_timeout if stale is not None else None
+        hard = protection.hard_timeout
         try:
-            entry, mark = self._timed_load(
-                key, mark, loader, ttl, stale=stale, token=token, background=background
-            )
+            if background or (soft is None and hard is None):
+                entry = self._load(key, loader, ttl)
+            else:
+                entry, mark = self._timed_load(
+                    key, mark, loader, ttl, soft=soft, hard=hard, token=token
+                )
         except _ServeStale:
             assert stale is not None
             self._metrics.count("stale_served_on_slow_load")
@@ -227,20 +244,17 @@ class SourceLoader:
         loader: Loader | None,
         ttl: float | str | None,
         *,
-        stale: Entry | None,
+        soft: float | None,
+        hard: float | None,
         token: str | None,
-        background: bool,
     ) -> tuple[Entry, int]:
-        """:meth:`_load`, bounded by the soft timeout (when a stale value can stand in) and
-        the hard timeout; returns the entry and the fence mark its fill is judged by. A load
-        that outlives its caller keeps running on a thread of its own and fills when done
-        (through the fence, with the caller's mark: an invalidation meanwhile refuses it);
-        the key's next miss waits for it rather than start another."""
+        """:meth:`_load`, bounded by ``soft`` (given when a stale value can stand in) and
+        ``hard`` (one of them given: :meth:`load` decides); returns the entry and the fence
+        mark its fill is judged by. A load that outlives its caller keeps running on a thread
+        of its own and fills when done (through the fence, with the caller's mark: an
+        invalidation meanwhile refuses it); the key's next miss waits for it rather than start
+        another."""
         protection = self._protection
-        soft = protection.soft_timeout if stale is not None else None
-        hard = protection.hard_timeout
-        if background or (soft is None and hard is None):
-            return self._load(key, loader, ttl), mark
         timeout = soft if soft is not None else hard
         with self._lock:
             running = self._abandoned.get(key)
@@ -487,6 +501,9 @@ class SourceLoader:
                 raise TieredCacheError(
                     f"cannot load {key!r}: the cache has no source and no loader was given"
                 )
+        except StopIteration as exc:
+            self._metrics.load_failure()
+            raise _stop_iteration_escaped(exc) from exc
         except BaseException:
             self._metrics.load_failure()
             raise
@@ -507,6 +524,9 @@ class SourceLoader:
                 raise TieredCacheError(
                     "cannot load keys: the cache has no source and no loader was given"
                 )
+        except StopIteration as exc:
+            self._metrics.load_failure()
+            raise _stop_iteration_escaped(exc) from exc
         except BaseException:
             self._metrics.load_failure()
             raise

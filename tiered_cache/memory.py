@@ -250,6 +250,9 @@ class MemoryTier(TierBase):
         self._jitter = ttl_jitter
         self._clock = clock
         self._sizeof = sizeof if max_bytes is not None else _zero_size
+        #: Values are weighed (``max_bytes``); otherwise every slot weighs 0, and a fill calls
+        #: nothing to say so.
+        self._weighs = max_bytes is not None
         self._rng = rng or random.Random()
         self._copy_on_read = copy_on_read
         self._lock = threading.Lock()
@@ -330,20 +333,21 @@ class MemoryTier(TierBase):
         if not reads:
             return
         policy = self._policy
-        hits: dict[str, int] = {}
-        last = hits.pop
+        hits: dict[str, int] | None = None  # made at the first hit: a fill after a lone miss
         while reads:
             try:
                 read = reads.popleft()
             except IndexError:
                 break
             if isinstance(read, str):
-                hits[read] = last(read, 0) + 1  # pop and re-insert: the key moves to the end
+                if hits is None:
+                    hits = {read: 1}
+                else:  # pop and re-insert: the key moves to the end
+                    hits[read] = hits.pop(read, 0) + 1
                 continue
             if hits:
                 policy.record_hits(hits)
-                hits = {}
-                last = hits.pop
+                hits = None
             policy.get(read[0])
         if hits:
             policy.record_hits(hits)
@@ -371,17 +375,27 @@ class MemoryTier(TierBase):
         return found
 
     def set(self, key: str, entry: Entry) -> None:
-        # set_many for one key, without the dict and the lists (a fill after every miss).
+        # set_many for one key, without the dict and the lists (a fill after every miss). The
+        # slot is made before the lock is taken: the lock is held for the policy alone.
         now = self._clock()
         if self._copy_on_read:
             entry = _copied(entry)
         expire_at = self._expire_at(entry, now)
-        with self._lock:
+        slot = None
+        if expire_at > now:
+            slot = Slot(entry, expire_at, self._sizeof(entry.value) if self._weighs else 0)
+        lock = self._lock
+        # acquire/release rather than ``with``: on CPython 3.11 the with statement costs twice
+        # as much as the two calls (its __exit__ takes a tuple of three Nones), once per fill.
+        lock.acquire()
+        try:
             self._replay_reads()  # eviction decisions see the latest reads
-            if expire_at > now:
-                self._policy.put(key, Slot(entry, expire_at, self._sizeof(entry.value)))
+            if slot is not None:
+                self._policy.put(key, slot)
             else:
                 self._policy.pop(key)  # nothing to keep, and an older copy must go too
+        finally:
+            lock.release()
 
     def set_many(self, entries: Mapping[str, Entry]) -> None:
         """Expiries and sizes are worked out first; the lock is taken once for the batch."""
@@ -408,9 +422,15 @@ class MemoryTier(TierBase):
             self._policy.pop(key)
 
     def delete_many(self, keys: Sequence[str]) -> None:
-        with self._lock:
+        # Every set drops the key here first (the fence's invalidation): acquire/release, as
+        # in set.
+        lock = self._lock
+        lock.acquire()
+        try:
             for key in keys:
                 self._policy.pop(key)
+        finally:
+            lock.release()
 
     def hot_keys(self, n: int) -> list[tuple[str, float]]:
         """The policy's ``n`` hottest keys with their rates (empty if it does not track them);

@@ -142,20 +142,39 @@ class CacheMetrics:
         try:
             cell: _Cell = self._local.cell
         except AttributeError:
-            cell = _Cell(self._size)
-            with self._lock:
-                self._cells.append(cell)
-            self._local.cell = cell
+            cell = self._new_cell()
         return cell
 
+    def _new_cell(self) -> _Cell:
+        cell = _Cell(self._size)
+        with self._lock:
+            self._cells.append(cell)
+        self._local.cell = cell
+        return cell
+
+    # A miss counts three times (miss, load, fill): each count finds its cell inline rather
+    # than through _cell, one Python call fewer each.
+
     def hit(self, tier: int, count: int = 1) -> None:
-        self._cell().counts[tier] += count
+        try:
+            cell: _Cell = self._local.cell
+        except AttributeError:
+            cell = self._new_cell()
+        cell.counts[tier] += count
 
     def miss(self, tier: int, count: int = 1) -> None:
-        self._cell().counts[self._misses + tier] += count
+        try:
+            cell: _Cell = self._local.cell
+        except AttributeError:
+            cell = self._new_cell()
+        cell.counts[self._misses + tier] += count
 
     def fill(self, tier: int, count: int = 1) -> None:
-        self._cell().counts[self._fills + tier] += count
+        try:
+            cell: _Cell = self._local.cell
+        except AttributeError:
+            cell = self._new_cell()
+        cell.counts[self._fills + tier] += count
 
     def error(self, tier: int) -> None:
         self._cell().counts[self._errors + tier] += 1
@@ -164,7 +183,10 @@ class CacheMetrics:
         self._cell().counts[self._skips + tier] += 1
 
     def load(self, keys: int, seconds: float) -> None:
-        cell = self._cell()
+        try:
+            cell: _Cell = self._local.cell
+        except AttributeError:
+            cell = self._new_cell()
         counts = cell.counts
         at = self._loads
         counts[at] += 1

@@ -20,8 +20,8 @@ from .keys import check_keys
 from .loader import EntryMaker
 from .metrics import CacheMetrics
 from .protection import Protection
-from .singleflight import LeaderGone
-from .steps import Steps
+from .singleflight import Landing, LeaderGone
+from .steps import Steps, run
 from .tier import MISSING, Entry
 
 #: ``announce(keys, prefixes, clear, at)``: publish an invalidation; True if it went out.
@@ -119,6 +119,19 @@ class ChainPaths:
             return stale.value
         loaded: Entry = yield self.loader.load, (key, mark, loader, ttl, stale)
         return loaded.value
+
+    def read_through_alone(
+        self, flight: Landing, key: str, loader: Any, ttl: float | str | None
+    ) -> Any:
+        """:meth:`read_through` for a chain of one in-process tier and no bus, in plain calls
+        (the threaded chain chooses it when it is built; ``flight.tag`` is the fence's mark):
+        the same decisions without the steps' driver. The second, quiet look at the tier
+        finds nothing in the common case, and the source is asked; anything it finds
+        (another flight's fill, a stale entry) goes the general way, as steps."""
+        check_keys((key,))
+        if self.tiers[0].get(key, False) is not MISSING:
+            return run(self.read_through(key, flight.tag, loader, ttl))
+        return self.loader.load(key, flight.tag, loader, ttl, None).value
 
     def get_many(
         self, keys: list[str], loader: Any, ttl: float | str | None

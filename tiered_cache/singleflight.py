@@ -26,27 +26,43 @@ class Flight:
     __slots__ = ("_done", "error", "result", "tag", "waiters")
 
     def __init__(self, tag: int = 0) -> None:
-        # A lock held until the flight lands, used as a latch: far cheaper to make than an
-        # Event (which builds a Condition), and one is made on every miss.
-        self._done = threading.Lock()
-        self._done.acquire()
+        # The latch (a lock held until the flight lands: far cheaper to make than an Event,
+        # which builds a Condition) is made by the first waiter (join): most flights, one per
+        # miss, never have one.
+        self._done: threading.Lock | None = None
         self.result: Any = None
         self.error: BaseException | None = None
         self.waiters = 0
         #: What the leader passed in (the chain: its fence mark, taken before the flight).
         self.tag = tag
 
+    def join(self) -> None:
+        """A caller will :meth:`wait` for this flight. Called under the table's lock while the
+        flight is in the table: the leader takes it out under the same lock before it lands,
+        so it sees the latch of every waiter."""
+        if self._done is None:
+            done = threading.Lock()
+            done.acquire()
+            self._done = done
+        self.waiters += 1
+
     def land(self, result: Any, error: BaseException | None) -> None:
-        """Deliver the outcome: every waiter wakes up."""
+        """Deliver the outcome: every waiter wakes up. Called once the flight is out of the
+        table (no caller can join it any more)."""
         if error is not None:
             self.error = error
         else:
             self.result = result
-        self._done.release()
+        done = self._done
+        if done is not None:
+            done.release()
 
     def wait(self) -> Any:
-        self._done.acquire()
-        self._done.release()  # let the next waiter through
+        """The outcome, once the flight lands (after :meth:`join`)."""
+        done = self._done
+        assert done is not None, "wait() without join()"
+        done.acquire()
+        done.release()  # let the next waiter through
         if self.error is not None:
             raise self.error
         return self.result
@@ -57,6 +73,10 @@ class Landing(Protocol):
 
     tag: int
     waiters: int
+
+    def join(self) -> None:
+        """A caller will wait for this flight (called under the table's lock)."""
+        ...
 
     def land(self, result: Any, error: BaseException | None) -> None: ...
 
@@ -89,7 +109,7 @@ class FlightTable(Generic[F]):
             for key in keys:
                 flight = self._flights.get(key)
                 if flight is not None and (joinable is None or joinable(key, flight)):
-                    flight.waiters += 1
+                    flight.join()
                     joined[key] = flight
                 else:
                     led[key] = self._flights[key] = self._new(tag)
@@ -112,9 +132,15 @@ class FlightTable(Generic[F]):
         """:meth:`land` for one flight (a miss's path: no dicts to build)."""
         if error is not None:
             error = _for_waiters(error)
-        with self._lock:
+        # acquire/release rather than ``with`` (once per miss): on CPython 3.11 the with
+        # statement costs twice as much as the two calls.
+        lock = self._lock
+        lock.acquire()
+        try:
             if self._flights.get(key) is flight:
                 del self._flights[key]
+        finally:
+            lock.release()
         flight.land(result, error)
 
     def in_flight(self, key: str) -> F | None:
@@ -150,17 +176,22 @@ class SingleFlight(FlightTable[Flight]):
         starts a new one.
         """
         flights = self._flights
-        while True:
+        flight = Flight(tag)
+        # Leading takes no lock (a miss leads its flight, nearly always): setdefault is one step
+        # under the GIL for a str key (its hash and compare run no Python code). Joining, and
+        # replacing a flight that may not be joined, happen under the lock, as landing does.
+        current = flights.setdefault(key, flight) if type(key) is str else None
+        while current is not flight:
             with self._lock:
-                flight = flights.get(key)
-                if flight is None or (may_join is not None and not may_join(key, flight.tag)):
-                    flight = flights[key] = Flight(tag)
+                current = flights.get(key)
+                if current is None or (may_join is not None and not may_join(key, current.tag)):
+                    flights[key] = current = flight
                     break
-                flight.waiters += 1
+                current.join()
             try:
-                return flight.wait(), True
+                return current.wait(), True
             except LeaderGone:
-                continue
+                current = None  # its leader was interrupted: lead, or join the next leader
         try:
             result = fn(flight, *args)
         except BaseException as exc:

@@ -29,16 +29,21 @@ Papers and designs followed:
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Final
 
-__all__ = ["MAX_CEILING", "MIN_CEILING", "FrequencySketch", "counter_ceiling"]
+__all__ = ["MAX_CEILING", "MAX_WIDTH", "MIN_CEILING", "FrequencySketch", "counter_ceiling"]
 
 #: The lowest counter ceiling: 15, the largest 4-bit value (TinyLFU's sample of 10 x capacity).
 MIN_CEILING = 15
 #: The highest: a counter is one byte.
 MAX_CEILING = 255
 
-#: ``hash()`` is a signed 64-bit number (on 64-bit builds); its unsigned bits index the rows.
-_MASK64 = (1 << 64) - 1
+#: ``hash()`` is a signed 64-bit number (on 64-bit builds); its unsigned bits index the rows,
+#: taken as two 32-bit halves: a 64-bit number is a boxed integer to mypyc (the compiled core),
+#: and every operation on it made a new object, where a half is a machine word.
+_LOW32: Final = (1 << 32) - 1
+#: The widest row the halves can index (a wider sketch would take over 10 GiB).
+MAX_WIDTH: Final = 1 << 32
 #: Aging works on the table this many counters at a time, as one Python integer each: a
 #: shift and a mask halve them all, a mask and ``bit_count`` count the odd ones (C code).
 _AGING_CHUNK = 1 << 16
@@ -130,6 +135,8 @@ class FrequencySketch:
             width = max(64, _power_of_two_at_least(max(4 * capacity, sample_size // 2)))
         elif width < 1 or width & (width - 1):
             raise ValueError("width must be a power of two")
+        if width > MAX_WIDTH:
+            raise ValueError(f"width must be at most {MAX_WIDTH}")
         if max_count is None:
             max_count = counter_ceiling(sample_size, capacity)
         elif not 1 <= max_count <= MAX_CEILING:
@@ -178,7 +185,9 @@ class FrequencySketch:
 
     def _increment(self, key: str, count: int = 1) -> int:
         """Count ``count`` sightings of ``key``; return its estimated frequency afterwards."""
-        h = hash(key) & _MASK64
+        h = hash(key)
+        low32 = h & _LOW32
+        high32 = (h >> 32) & _LOW32
         mask = self._mask
         width = self.width
         table = self._table
@@ -186,10 +195,12 @@ class FrequencySketch:
         bits = self._bits
         field = self._field
         # Each counter's bit offset, then its byte and the shift within the two bytes read.
-        a = (h & mask) * bits
-        b = (width + ((h >> 16) & mask)) * bits
-        c = (2 * width + ((h >> 32) & mask)) * bits
-        d = (3 * width + (((h >> 48) | (h << 16)) & mask)) * bits
+        # The rows' indexes are bits 0, 16, 32 and 48 (wrapping around) of the unsigned hash,
+        # made from its halves (the mask is narrower than 32 bits: MAX_WIDTH).
+        a = (low32 & mask) * bits
+        b = (width + (((low32 >> 16) | (high32 << 16)) & mask)) * bits
+        c = (2 * width + (high32 & mask)) * bits
+        d = (3 * width + (((high32 >> 16) | (low32 << 16)) & mask)) * bits
         ia, sa = a >> 3, a & 7
         ib, sb = b >> 3, b & 7
         ic, sc = c >> 3, c & 7
@@ -246,28 +257,32 @@ class FrequencySketch:
         return 1 + self._increment(key, count)
 
     def _estimate(self, h: int) -> int:
-        return self._frequency_of_hash(h & _MASK64)
+        return self._frequency_of_hash(h)
 
     def _frequency(self, key: str) -> int:
-        return self._frequency_of_hash(hash(key) & _MASK64)
+        return self._frequency_of_hash(hash(key))
 
     def _frequency_of_hash(self, h: int) -> int:
+        """The estimate for the key hashed to ``h``: the rows' counters as
+        :meth:`_increment` finds them."""
+        low32 = h & _LOW32
+        high32 = (h >> 32) & _LOW32
         mask = self._mask
         width = self.width
         table = self._table
         bits = self._bits
         field = self._field
-        at = (h & mask) * bits
+        at = (low32 & mask) * bits
         low = ((table[at >> 3] | table[(at >> 3) + 1] << 8) >> (at & 7)) & field
-        at = (width + ((h >> 16) & mask)) * bits
+        at = (width + (((low32 >> 16) | (high32 << 16)) & mask)) * bits
         value = ((table[at >> 3] | table[(at >> 3) + 1] << 8) >> (at & 7)) & field
         if value < low:  # noqa: PLR1730
             low = value
-        at = (2 * width + ((h >> 32) & mask)) * bits
+        at = (2 * width + (high32 & mask)) * bits
         value = ((table[at >> 3] | table[(at >> 3) + 1] << 8) >> (at & 7)) & field
         if value < low:  # noqa: PLR1730
             low = value
-        at = (3 * width + (((h >> 48) | (h << 16)) & mask)) * bits
+        at = (3 * width + (((high32 >> 16) | (low32 << 16)) & mask)) * bits
         value = ((table[at >> 3] | table[(at >> 3) + 1] << 8) >> (at & 7)) & field
         if value < low:  # noqa: PLR1730
             low = value

@@ -3,7 +3,7 @@ own module so that the compiled core shares it)."""
 
 from __future__ import annotations
 
-from typing import final
+from typing import Any, final
 
 from .entry import COMPILED, Entry
 
@@ -60,15 +60,35 @@ _SLOT_FIELDS = frozenset(("expire_at", "key", "next", "prev", "segment", "weight
 
 
 def _set_slot_field(slot: Slot, name: str, value: object) -> None:
-    """``__setattr__`` of the pure-Python :class:`Slot`: its own fields, not the entry's."""
-    if name not in _SLOT_FIELDS:
-        Entry.__setattr__(slot, name, value)  # refused
-    object.__setattr__(slot, name, value)
+    """``__setattr__`` of the pure-Python :class:`Slot`: its own fields (through their
+    slots' setters), not the entry's."""
+    setter = _SETTERS.get(name)
+    if setter is None:
+        Entry.__setattr__(slot, name, value)  # refused: raises
+    else:
+        setter(slot, value)
+
+
+def _pure_init(self: Slot, entry: Entry, expire_at: float, weight: int = 0) -> None:
+    """``Slot.__init__`` of the pure-Python class: the entry's fields through
+    ``Entry.__init__`` (its slots' setters), the bookkeeping through its slots' setters too,
+    rather than six calls of the Python ``__setattr__`` above."""
+    _ENTRY_INIT(self, *entry._fields())
+    setters = _SETTERS
+    setters["expire_at"](self, expire_at)
+    setters["weight"](self, weight)
+    setters["key"](self, "")
+    setters["prev"](self, None)
+    setters["next"](self, None)
+    setters["segment"](self, DETACHED)
 
 
 if not COMPILED:
     # The pure-Python Entry refuses assignment through its __setattr__; a slot's bookkeeping
     # must still be assignable (compiled, only the entry's Final fields lack a setter).
+    _SETTERS: dict[str, Any] = {name: vars(Slot)[name].__set__ for name in _SLOT_FIELDS}
+    _ENTRY_INIT = Entry.__init__
+    type.__setattr__(Slot, "__init__", _pure_init)
     type.__setattr__(Slot, "__setattr__", _set_slot_field)
 
 

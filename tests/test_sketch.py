@@ -268,7 +268,7 @@ def test_a_key_takes_the_counters_its_hash_slices_name(hashed: int, log_width: i
     sketch = FrequencySketch(16, width=width, sample_factor=1_000)
     key = HashedAs("key", hashed)
     assert sketch.increment(key, 1) == 1
-    expected = _reference_rows(hashed, width)
+    expected = _reference_rows(hash(key), width)  # hash() never returns -1 (it gives -2)
     assert [sketch.counter(index) for index in expected] == [1, 1, 1, 1]
     assert sum(1 for byte in sketch._table if byte) <= 8  # nothing else was touched
     assert sketch.frequency(key) == 1

@@ -13,7 +13,9 @@ below it, and ``BELOW LRU`` when under plain LRU):
 - Zipf 0.6 / 0.8 / 1.0 / 1.2 over 100,000 keys, at 0.1 / 1 / 10% of them;
 - the tweet timeline of :mod:`tiered_cache.workloads` at 0.1 / 1 / 10% of its distinct keys;
 - a loop slightly larger than the cache, a hot set under a long scan, a popularity shift halfway
-  and a recency-biased trace, at 500 / 1,000 / 2,000 entries.
+  and a recency-biased trace, at 500 / 1,000 / 2,000 entries;
+- held out (not tuned on, see :func:`held_out`): two more recency-biased traces, a shift at a
+  third, a trace of three phases (Zipf, recency, Zipf) and a loop of 2,150.
 
 Then how fast a viral key is admitted, whether a scan evicts a top-100 key, and the cost of a hit
 and of a miss (contenders interleaved, repeated; min and median printed).
@@ -202,6 +204,32 @@ def traces(n_requests: int, oltp: Path | None) -> Iterable[Trace]:
     ]
     for name, sequence in synthetic:
         yield Trace(name, sequence, list(SYNTHETIC_SIZES), tuned=True)
+    yield from held_out(n_requests)
+
+
+def held_out(n_requests: int) -> Iterable[Trace]:
+    """Synthetic traces the policy was not tuned on (issue 12, second round).
+
+    Written down (this function, its seeds and sizes) before any tuning of that round, and
+    not replayed while choosing a rule: other parameters than the tuned rows' (a loop 1.075
+    times the cache, a shift at a third of a flatter law, recency traces with other reuse and
+    distance, and a trace whose character changes twice).
+    """
+    third = n_requests // 3
+    phases = [
+        *zipf_keys(50_000, 1.0, third, seed=31),
+        *recency_biased(third, reuse=0.8, mean_distance=400.0, seed=32),
+        *zipf_keys(50_000, 1.0, n_requests - 2 * third, seed=33),
+    ]
+    rows = [
+        ("recency 0.75 / 800", list(recency_biased(n_requests, 0.75, 800.0, seed=11))),
+        ("recency 0.6 / 200", list(recency_biased(n_requests, 0.6, 200.0, seed=12))),
+        ("shift at a third", list(shifting_zipf(50_000, 0.9, n_requests, 21, shift_at=1 / 3))),
+        ("Zipf, recency, Zipf", phases),
+    ]
+    for name, sequence in rows:
+        yield Trace(name, sequence, list(SYNTHETIC_SIZES), tuned=False)
+    yield Trace("loop of 2,150", list(loop_keys(2_150, n_requests)), [1_000, 2_000, 4_000], False)
 
 
 def hit_ratio_table(n_requests: int, oltp: Path | None) -> list[list[Any]]:

@@ -90,10 +90,12 @@ def hot_set_under_scan(
         yield next(scanned) if draw() < scan_share else next(hot)
 
 
-def shifting_zipf(n_keys: int, alpha: float, n_requests: int, seed: int = 0) -> Iterator[str]:
-    """A Zipf law over ``n_keys`` keys for the first half; the second half follows the same law
-    over a shuffled key space, so the hot set changes at once halfway through."""
-    first = n_requests // 2
+def shifting_zipf(
+    n_keys: int, alpha: float, n_requests: int, seed: int = 0, *, shift_at: float = 0.5
+) -> Iterator[str]:
+    """A Zipf law over ``n_keys`` keys for the first ``shift_at`` of the reads (half by default);
+    the rest follows the same law over a shuffled key space, so the hot set changes at once."""
+    first = int(n_requests * shift_at)
     yield from zipf_keys(n_keys, alpha, first, seed=seed)
     names = [f"key:{rank}" for rank in range(n_keys)]
     random.Random(seed + 1).shuffle(names)

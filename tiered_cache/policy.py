@@ -197,6 +197,19 @@ class TinyLfuPolicy:
         # other keys' collisions; an estimate leaves with its key.
         self._probation_estimates: dict[str, int] = {}
         self._estimates_epoch = self.sketch.epoch
+        # The LRU guard (_guard): plain LRU simulated on a sample of the keys, its lead over
+        # this policy on the same reads and the reads where the two differed, both halved
+        # after each period of sampled reads.
+        rate = _power_of_two_at_least(max(1, max_entries // _GUARD_ENTRIES))
+        self._guard_mask = rate - 1
+        self._guard_size = max(1, max_entries // rate)
+        self._guard_lru: OrderedDict[str, None] = OrderedDict()
+        self._guard_period = self._guard_size
+        self._guard_reads = 0
+        self._lru_lead = 0.0
+        self._guard_differed = 0.0
+        self._lru_ahead = False
+        self._guarding = False
         self._window_target = max_entries * window_fraction
         self._set_window(self._window_target)
         # Keys that recently left, each with the side that let it go (+1: refused from the
@@ -215,18 +228,6 @@ class TinyLfuPolicy:
         self._one_sided_fed = _ONE_SIDED_FED * self._ghost_limit
         self._boost = 1.0
         self._boost_side = 0
-        # The LRU guard (_guard): plain LRU simulated on a sample of the keys, its lead over
-        # this policy on the same reads and the reads where the two differed, both halved
-        # after each period of sampled reads.
-        rate = _power_of_two_at_least(max(1, max_entries // _GUARD_ENTRIES))
-        self._guard_mask = rate - 1
-        self._guard_size = max(1, max_entries // rate)
-        self._guard_lru: OrderedDict[str, None] = OrderedDict()
-        self._guard_period = self._guard_size
-        self._guard_reads = 0
-        self._lru_lead = 0.0
-        self._guard_differed = 0.0
-        self._lru_ahead = False
         # A key enters the hot-key list once the sketch has seen it this often: one-off keys
         # would only churn the list (Filtered Space-Saving).
         self._top_gate = 3
@@ -246,6 +247,16 @@ class TinyLfuPolicy:
         main = n - self._window_max
         self._protected_max = int(main * self._protected_fraction)
         self._small_window = _SMALL_WINDOW * n
+        # The LRU guard is fed only while the window holds half the cache or more, the only
+        # time it acts (see _guard): no cost on a miss otherwise. It starts afresh each time,
+        # since the reads in between went unseen.
+        guarding = self._adaptive and 2 * self._window_max >= n
+        if guarding != self._guarding:
+            self._guarding = guarding
+            self._guard_lru.clear()
+            self._guard_reads = 0
+            self._lru_lead = self._guard_differed = 0.0
+            self._lru_ahead = False
 
     @property
     def window_max(self) -> int:
@@ -267,7 +278,7 @@ class TinyLfuPolicy:
                 side = self._ghost_pop(key, 0)
                 if side:
                     self._ghost_hit(key, side)
-                if not hash(key) & self._guard_mask:
+                if self._guarding and not hash(key) & self._guard_mask:
                     self._guard(key, 0)
             if self._increment(key, 1) >= self._top_gate:
                 self._top_add(key, 1)
@@ -299,10 +310,10 @@ class TinyLfuPolicy:
         increment, gate, random = self._increment, self._top_gate, self._random
         window, probation, protected = self._window, self._probation, self._protected
         frequent = []  # one update of the hot-key list for the whole replay
-        guard_mask = self._guard_mask if self._adaptive else -1
+        guarding, guard_mask = self._guarding, self._guard_mask
         for key, hit_count in hits.items():
             counted = hit_count
-            if not hash(key) & guard_mask:
+            if guarding and not hash(key) & guard_mask:
                 self._guard(key, hit_count)
             slot = slots.get(key)
             if slot is not None:
@@ -613,14 +624,16 @@ class TinyLfuPolicy:
         (``_GUARD_SIGMAS`` on the reads where the two differed), a miss on an evicted main key
         does not shrink the window, and after each period of sampled reads the window takes a
         quarter of what the main area holds. Only while the window holds half the cache or
-        more: on a workload where frequency pays LRU is far behind anyway, and in a loop the
-        main area holds, the read buffer drops hits (990 in a row) and the simulation, shown a
-        part of them, found keys a real LRU would not (loop of 1,100 at 1,000 entries: 88.83%
-        -> 85.70% with the guard acting at any window).
+        more (``_guarding``, see ``_set_window``): on a workload where frequency pays LRU is
+        far behind anyway, and in a loop the main area holds, a read buffer that drops hits
+        (990 in a row) showed the simulation a part of them, and it found keys a real LRU
+        would not (loop of 1,100 at 1,000 entries, 128 reads buffered: 88.83% -> 85.70% with
+        the guard acting at any window).
 
-        Costs a hash and a mask per read the policy is shown; a sampled read (one in
-        ``max_entries // 256`` rounded to a power of two, every read below 512 entries) an
-        ``OrderedDict`` move; a period's end, with the window large, one pass over the keys.
+        Costs, while guarding, a hash and a mask per read the policy is shown; a sampled read
+        (one in ``max_entries // 256`` rounded to a power of two, every read below 512
+        entries) an ``OrderedDict`` move; a period's end one pass over the keys. Otherwise one
+        attribute test per miss and per replayed key.
         """
         guard_lru = self._guard_lru
         found = key in guard_lru
@@ -639,20 +652,15 @@ class TinyLfuPolicy:
         if self._guard_reads < self._guard_period:
             return
         self._guard_reads = 0
-        # Only where the ghosts already gave recency most of the cache: elsewhere LRU is far
-        # behind, and the read buffer, which drops hits in a long run of them (a loop the
-        # main area holds), would show the simulation an order of reads that LRU never sees.
-        ahead = False
-        if self._window_max * 2 >= self.max_entries:
-            mask = self._guard_mask
-            if mask:
-                # As many sampled keys as this cache holds now: a fixed share of the entries
-                # would be off by the sample's luck.
-                size = sum(1 for kept in self._slots if not hash(kept) & mask)
-                self._guard_size = max(1, size)
-                while len(guard_lru) > self._guard_size:
-                    guard_lru.popitem(last=False)
-            ahead = self._lru_lead > _GUARD_SIGMAS * self._guard_differed**0.5
+        mask = self._guard_mask
+        if mask:
+            # As many sampled keys as this cache holds now: a fixed share of the entries
+            # would be off by the sample's luck.
+            size = sum(1 for kept in self._slots if not hash(kept) & mask)
+            self._guard_size = max(1, size)
+            while len(guard_lru) > self._guard_size:
+                guard_lru.popitem(last=False)
+        ahead = self._lru_lead > _GUARD_SIGMAS * self._guard_differed**0.5
         self._lru_ahead = ahead
         if ahead:
             target = self._window_target

@@ -15,6 +15,8 @@ import pytest
 
 from tiered_cache import MISSING, Entry, InvalidationIncomplete, MemoryTier, TieredCache
 from tiered_cache.bus import Invalidation, LocalBus
+from tiered_cache.fence import Fence
+from tiered_cache.metrics import CacheMetrics
 from tiered_cache.protection import Protection
 from tiered_cache.testing import FakeClock
 from tiered_cache.testing.sources import DictSource
@@ -473,9 +475,13 @@ def test_clear_during_a_load_keeps_what_it_read_out_of_every_tier(clock: FakeClo
     assert cache.get("k", lambda: "new") == "new"
 
 
-def test_a_batch_refused_by_a_clear_counts_each_key(clock: FakeClock) -> None:
+def test_a_batch_refused_by_a_clear_counts_each_key_and_writes_no_tier(clock: FakeClock) -> None:
+    """Checked before the write, not only undone after it: no other reader of the shared
+    tier can see the refused values, even for a moment."""
     cache = TieredCache(
-        [MemoryTier(name="l1", clock=clock)], clock=clock, protection=Protection.never_stale()
+        [MemoryTier(name="l1", clock=clock), SharedTier(clock)],
+        clock=clock,
+        protection=Protection.never_stale(),
     )
     loading = threading.Event()
     release = threading.Event()
@@ -491,7 +497,9 @@ def test_a_batch_refused_by_a_clear_counts_each_key(clock: FakeClock) -> None:
     cache.clear()
     release.set()
     reader.join(10)
-    assert cache.stats()["fills_refused"] == 2
+    stats = cache.stats()
+    assert stats["fills_refused"] == 2
+    assert [tier["fills"] for tier in stats["tiers"]] == [0, 0]  # refused before writing
 
 
 def test_an_invalidation_of_another_key_lets_a_load_fill(clock: FakeClock) -> None:
@@ -655,4 +663,131 @@ def test_a_set_overtaken_by_another_invalidation_keeps_no_value_in_memory(
     memory.invalidate = cache.invalidate
     cache.set("k", "new")
     assert memory.get("k") is MISSING
+    assert cache.stats()["fills_refused"] == 1
+
+
+def test_a_set_overtaken_by_another_processes_write_keeps_neither_value_in_the_shared_tier(
+    clock: FakeClock,
+) -> None:
+    """Another process's write of "k" (its value in the shared tier, its bus message here)
+    comes while this process's set of "k" drops its own copies: the set's fill is refused
+    before it writes, and since which write came last at the source cannot be told here, the
+    shared tier must not keep the other's value either."""
+    bus = LocalBus()
+    shared = SharedTier(clock)
+    memory = InvalidatedDuringTheDrop(clock)
+    cache = TieredCache([memory, shared], clock=clock, ttl=60, bus=bus)
+    other = TieredCache([MemoryTier(name="l1", clock=clock), shared], clock=clock, ttl=60, bus=bus)
+    memory.invalidate = lambda key: other.set(key, "other's")
+    cache.set("k", "mine")
+    assert memory.get("k") is MISSING and shared.get("k") is MISSING
+    assert cache.stats()["fills_refused"] == 1
+
+
+class InvalidatedWhileWritingTwo(SharedTier):
+    """A shared tier during whose batch write a writer invalidates "k" and "j" (after the
+    fence's first check, before its second)."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__(clock)
+        self.invalidate_many: Callable[[Sequence[str]], None] | None = None
+
+    def set_many(self, entries: Mapping[str, Entry]) -> None:
+        super().set_many(entries)
+        if self.invalidate_many is not None:
+            invalidate_many, self.invalidate_many = self.invalidate_many, None
+            invalidate_many(["k", "j"])
+
+
+def test_an_invalidation_of_two_keys_during_a_batch_fill_counts_both(clock: FakeClock) -> None:
+    shared = InvalidatedWhileWritingTwo(clock)
+    memory = MemoryTier(name="l1", clock=clock)
+    cache = TieredCache(
+        [memory, shared],
+        DictSource({"k": "old", "j": "old", "i": "other"}),
+        clock=clock,
+        protection=Protection.never_stale(),
+    )
+    shared.invalidate_many = cache.invalidate_many
+    assert cache.get_many(["k", "j", "i"]) == {"k": "old", "j": "old", "i": "other"}
+    assert [key in memory for key in ("k", "j", "i")] == [False, False, True]
+    assert [shared.get(key) is MISSING for key in ("k", "j", "i")] == [True, True, False]
+    assert cache.stats()["fills_refused"] == 2
+
+
+def test_a_fence_refuses_a_fill_older_than_its_log() -> None:
+    """``log_size``: a mark more invalidations ago than the fence remembers overtakes every
+    key, even one no invalidation named (an unbounded log would remember, and grow)."""
+    fence = Fence([], CacheMetrics([]), log_size=2)
+    mark = fence.mark()
+    fence.invalidate(["x"])
+    fence.invalidate(["y"])
+    assert fence.overtaken(mark, ["k", "x"]) == ["x"]
+    fence.invalidate(["z"])
+    assert fence.overtaken(mark, ["k", "x"]) == ["k", "x"]
+
+
+def test_while_the_bus_is_down_a_batch_fills_the_shared_tier_above_a_bypassed_one(
+    clock: FakeClock,
+) -> None:
+    """An in-process tier below the shared one (a local disk cache, say) is bypassed while
+    the bus is down, as every in-process tier is; the fill skips it and still writes the
+    shared tier above it."""
+    bus = CuttableBus()
+    shared = SharedTier(clock)
+    disk = MemoryTier(name="disk", clock=clock)
+    cache = TieredCache(
+        [MemoryTier(name="l1", clock=clock), shared, disk],
+        DictSource({"x": 1, "y": 2}),
+        clock=clock,
+        protection=Protection.never_stale(),
+        bus=bus,
+        max_stale_when_disconnected=0,
+    )
+    bus.cut()
+    assert cache.get_many(["x", "y"]) == {"x": 1, "y": 2}
+    assert shared.get("x") is not MISSING and shared.get("y") is not MISSING
+    assert disk.get("x") is MISSING
+
+
+class WrittenAndReadDuringTheSet(SharedTier):
+    """A shared tier during whose write of "k" ``on_write`` runs (another process writes "k"),
+    and during whose undo of "k" ``on_delete`` runs (before this tier drops it)."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__(clock)
+        self.on_write: Callable[[], object] | None = None
+        self.on_delete: Callable[[], object] | None = None
+
+    def set(self, key: str, entry: Entry) -> None:
+        super().set(key, entry)
+        if key == "k" and self.on_write is not None:
+            on_write, self.on_write = self.on_write, None
+            on_write()
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        if "k" in keys and self.on_delete is not None:
+            on_delete, self.on_delete = self.on_delete, None
+            on_delete()
+        super().delete_many(keys)
+
+
+def test_a_set_undone_by_another_processes_write_leaves_no_value_in_memory(
+    clock: FakeClock,
+) -> None:
+    """Another process writes "k" while this one's set writes the shared tier: the set's fill
+    is undone (memory first, then the shared tier). A read of "k" in between copies the other
+    value from the shared tier into memory; the set's invalidation, after its undo, must drop
+    that copy too, since which write came last at the source cannot be told."""
+    bus = LocalBus()
+    shared = WrittenAndReadDuringTheSet(clock)
+    memory = MemoryTier(name="l1", clock=clock)
+    cache = TieredCache([memory, shared], clock=clock, ttl=60, bus=bus)
+    other = TieredCache([MemoryTier(name="l1", clock=clock), shared], clock=clock, ttl=60, bus=bus)
+    read: list[object] = []
+    shared.on_write = lambda: other.set("k", "other's")
+    shared.on_delete = lambda: read.append(cache.get("k"))
+    cache.set("k", "mine")
+    assert read == ["other's"]  # the read between the two drops of the undo
+    assert memory.get("k") is MISSING and shared.get("k") is MISSING
     assert cache.stats()["fills_refused"] == 1

@@ -24,7 +24,7 @@ TraceFunction = Callable[[FrameType, str, Any], Any]
 
 
 class HeldDrop(MemoryTier):
-    """A memory tier whose ``delete_many`` waits, once armed, until ``go``."""
+    """A memory tier whose drops (``delete_many``, ``clear``) wait, once armed, until ``go``."""
 
     def __init__(self, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
@@ -32,12 +32,19 @@ class HeldDrop(MemoryTier):
         self.entered = threading.Event()
         self.go = threading.Event()
 
-    def delete_many(self, keys: Sequence[str]) -> None:
+    def _hold(self) -> None:
         if self.armed:
             self.armed = False
             self.entered.set()
             assert self.go.wait(10)
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        self._hold()
         super().delete_many(keys)
+
+    def clear(self) -> None:
+        self._hold()
+        super().clear()
 
 
 def old_in_l2_only(l2: MemoryTier, clock: FakeClock) -> TieredCache:
@@ -62,6 +69,24 @@ def test_a_read_during_the_drop_does_not_copy_the_old_value_up_for_good(clock: F
     cache.get("k")  # concurrent with the invalidation: either value is fine
     l2.go.set()
     invalidation.join(10)
+    assert cache.get("k") == "new"  # after it returned: never the old value
+
+
+def test_a_read_during_a_clears_drop_does_not_copy_the_old_value_up_for_good(
+    clock: FakeClock,
+) -> None:
+    """As for a key's invalidation: a clear drops l1, then l2; a read in between finds the
+    old value in l2, and its copy into l1 must not outlive the clear."""
+    l2 = HeldDrop(name="l2", max_entries=100, ttl=600, clock=clock)
+    cache = old_in_l2_only(l2, clock)
+    l2.armed = True
+    clearing = threading.Thread(target=cache.clear)
+    clearing.start()
+    assert l2.entered.wait(10)  # logged, l1 cleared, l2 not yet
+    cache.get("k")  # concurrent with the clear: either value is fine
+    l2.go.set()
+    clearing.join(10)
+    assert not clearing.is_alive()
     assert cache.get("k") == "new"  # after it returned: never the old value
 
 

@@ -115,3 +115,63 @@ def test_a_mark_taken_while_an_invalidation_drops_its_copies_is_from_before_it()
     log.done(second)
     assert log.mark() == second
     assert log.overtaken(log.mark(), ["a", "b"]) == []
+
+
+def test_an_invalidation_recorded_without_pending_lets_marks_pass_it_at_once() -> None:
+    """``pending`` is the fence's (its copies are dropped after the record): any other
+    recorder's invalidation is over when recorded, and a mark taken after it is after it."""
+    log = InvalidationLog()
+    number = log.record(["a"], ["p:"])
+    assert log.mark() == number
+    everything = log.record_everything()
+    assert log.mark() == everything == number + 1
+
+
+def test_a_clear_still_dropping_its_copies_keeps_marks_before_it() -> None:
+    log = InvalidationLog()
+    log.record_keys(["x"])
+    number = log.record_everything(pending=True)
+    mark = log.mark()
+    assert mark == number - 1
+    assert log.overtaken(mark, ["a", "b"]) == ["a", "b"]
+    log.done(number)
+    assert log.mark() == number
+
+
+class ClosedAsMarkLooks(set[int]):
+    """The open invalidations, whose last one its thread closes (``done``) in the instant
+    between mark()'s look at the set and its read of the set's least number."""
+
+    def __bool__(self) -> bool:
+        was_open = len(self) > 0
+        self.clear()
+        return was_open
+
+
+def test_a_mark_taken_as_the_last_open_invalidation_closes_is_after_it() -> None:
+    log = InvalidationLog()
+    log.record_keys(["x"])
+    number = log.record(["a"], (), pending=True)
+    log._open = ClosedAsMarkLooks(log._open)
+    assert log.mark() == number  # it closed: nothing is still dropping
+
+
+def test_the_default_log_reaches_back_1024_invalidations() -> None:
+    log = InvalidationLog()
+    mark = log.mark()
+    for _ in range(1024):
+        log.record_keys(["x"])
+    assert log.overtaken(mark, ["a", "x"]) == ["x"]
+    log.record_keys(["x"])  # the first of them fell out of the log
+    assert log.overtaken(mark, ["a", "x"]) == ["a", "x"]
+
+
+def test_a_log_that_remembers_nothing_overtakes_every_key_but_for_a_writers_own() -> None:
+    log = InvalidationLog(size=0)
+    mark = log.mark()
+    own = log.record_keys(["a"])
+    assert log.overtaken(mark, ["a", "b"], ignore=own) == []  # nothing came but the own one
+    assert log.overtaken(mark, ["b"]) == ["b"]  # not the writer's: it cannot tell the keys
+    log.record_keys(["x"])
+    assert log.overtaken(mark, ["b"], ignore=own) == ["b"]
+    assert log.overtaken(log.mark(), ["b"]) == []

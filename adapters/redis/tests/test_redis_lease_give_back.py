@@ -18,6 +18,8 @@ import redis
 from tiered_cache_redis import RedisTier
 
 from tiered_cache import MISSING, Entry, LoadTimeout, MemoryTier, PartialBatchError, TieredCache
+from tiered_cache.errors import TierUnavailable
+from tiered_cache.leases import PartialFill
 from tiered_cache.protection import Protection
 from tiered_cache.testing.clock import FakeClock
 from tiered_cache.testing.servers import RedisServer
@@ -360,4 +362,92 @@ def test_a_batch_that_finds_the_holders_value_gives_back_the_lease_it_got_with_i
     reader.join(10)
     assert results == [{"k": "holder's"}]
     assert tier.acquire_lease("k", ttl=1)[0] is not None  # nobody keeps the lease
+    cache.close()
+
+
+def test_a_leased_batch_counts_every_key_it_filled_and_every_lease_it_lost(
+    redis_server: RedisServer, namespace: str, tier: RedisTier
+) -> None:
+    cache = chain(redis_server.url, namespace)
+    cache.get_many(["a", "b"], lambda keys: dict.fromkeys(keys, "v"))
+    assert [entry["fills"] for entry in cache.stats()["tiers"]] == [2, 2]
+    other = chain(redis_server.url, namespace)  # another process: no bus between the two
+
+    def load_while_the_other_invalidates(keys: Sequence[str]) -> dict[str, str]:
+        other.invalidate_many(["c", "d"])  # deletes the keys' leases in Redis
+        return dict.fromkeys(keys, "old")
+
+    got = cache.get_many(["c", "d"], load_while_the_other_invalidates)
+    assert got == {"c": "old", "d": "old"}  # its caller is served what it read
+    assert cache.stats()["lease_lost"] == 2
+    assert tier.get_many(["c", "d"]) == {}
+    assert cache.get_many(["c", "d"], lambda keys: dict.fromkeys(keys, "new")) == {
+        "c": "new",
+        "d": "new",
+    }
+    cache.close()
+    other.close()
+
+
+class FillsFail(RedisTier):
+    """A Redis that answers the lease look, then fails the fill under the leases with
+    ``error``."""
+
+    error: Exception = redis.ConnectionError("Redis went away")
+
+    def fill_with_lease(self, key: str, entry: Entry, token: str) -> bool:
+        raise self.error
+
+    def fill_with_leases(self, leased: Any) -> set[str]:
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    ("error", "in_memory", "errors_and_skips"),
+    [
+        # Redis is down: nothing there to protect, so the values read go into memory.
+        (redis.ConnectionError("Redis went away"), [True, True], (1, 0)),
+        # The breaker opened meanwhile: counted as a skip, as every call it turns away.
+        (TierUnavailable("circuit open"), [True, True], (0, 1)),
+        # Redis answered, but the fill of "b" failed: a writer may have come for it.
+        (PartialFill("the fill of b failed", kept={"a"}), [True, False], (0, 1)),
+    ],
+)
+def test_a_leased_batch_whose_fill_fails_on_redis_fills_memory_with_what_it_may(
+    redis_server: RedisServer,
+    namespace: str,
+    error: Exception,
+    in_memory: list[bool],
+    errors_and_skips: tuple[int, int],
+) -> None:
+    memory = MemoryTier(name="memory", max_entries=100)
+    shared = FillsFail(redis.Redis.from_url(redis_server.url), namespace=namespace)
+    shared.error = error
+    cache = TieredCache([memory, shared], protection=Protection.never_stale())
+    got = cache.get_many(["a", "b"], lambda keys: dict.fromkeys(keys, "v"))
+    assert got == {"a": "v", "b": "v"}  # its caller is served what it read
+    assert [key in memory for key in ("a", "b")] == in_memory
+    redis_stats = cache.stats()["tiers"][1]
+    assert (redis_stats["errors"], redis_stats["skips"]) == errors_and_skips
+    assert redis_stats["fills"] == 0
+    cache.close()
+
+
+def test_a_leased_batch_writes_a_tier_below_redis_plainly(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """Only Redis is filled under the leases; a tier below it (a local disk cache, say) is
+    written as the tiers above it are."""
+    disk = MemoryTier(name="disk", max_entries=100)
+    shared = RedisTier(redis.Redis.from_url(redis_server.url), namespace=namespace)
+    cache = TieredCache(
+        [MemoryTier(name="memory", max_entries=100), shared, disk],
+        protection=Protection.never_stale(),
+    )
+    got = cache.get_many(["a", "b"], lambda keys: dict.fromkeys(keys, "v"))
+    assert got == {"a": "v", "b": "v"}
+    assert "a" in disk and "b" in disk
+    stats = cache.stats()["tiers"]
+    assert [entry["fills"] for entry in stats] == [2, 2, 2]
+    assert [entry["errors"] for entry in stats] == [0, 0, 0]
     cache.close()

@@ -73,6 +73,13 @@ TESTS = [
     "adapters/redis/tests/test_redis_two_chain_model.py",
     "adapters/redis/tests/test_redis_async.py",
     "adapters/dynamodb/tests/test_dynamodb_protection.py",
+    # The fence's one-key fills and the drop window (the window's second test pauses a thread
+    # with a trace function, which mutmut's trampolines defeat: left out), and the locks a
+    # forked child makes anew (after_fork_in_child).
+    "tests/test_fast_paths.py",
+    "tests/test_drop_window.py::test_a_read_during_the_drop_does_not_copy_the_old_value_up_for_good",
+    "tests/test_drop_window.py::test_a_read_during_a_clears_drop_does_not_copy_the_old_value_up_for_good",
+    "tests/test_fork_held.py",
 ]
 EQUIVALENTS = ROOT / "benchmarks" / "mutation_equivalents.txt"
 KILLED = {1, 3, 24, -24, 36, 152, 255}  # a failing test, or a timeout (a hang is caught too)

@@ -8,6 +8,7 @@ the eviction policy's whole state must stay identical.
 
 from __future__ import annotations
 
+import inspect
 import random
 import sys
 import threading
@@ -211,6 +212,17 @@ def test_plain_hits_from_many_threads_are_counted_exactly() -> None:
     for worker in workers:
         worker.join()
     assert cache.stats()["tiers"][0]["hits"] == threads * reads
+
+
+def test_cache_get_reports_the_methods_signature() -> None:
+    # Compiled, PlainGet is a C callable: inspect.signature(cache.get) raised ValueError
+    # (help()) while TieredCache.get had a signature.
+    cache = Side(MemoryTier, 10).cache
+    expected = inspect.signature(TieredCache.get)
+    signature = inspect.signature(cache.get)
+    assert list(signature.parameters) == ["key", "loader", "ttl"]
+    assert signature.parameters["ttl"].kind is inspect.Parameter.KEYWORD_ONLY
+    assert signature.return_annotation == expected.return_annotation
 
 
 def test_cache_get_is_the_frameless_plain_get_unless_a_subclass_has_its_own() -> None:

@@ -9,6 +9,7 @@ processes). Calls go one way: chain -> bus link or loader -> fence -> accessor -
 
 from __future__ import annotations
 
+import inspect
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -430,3 +431,11 @@ class TieredCache(L1Reader):
         names = " -> ".join(tier.name for tier in self._tiers) or "no tiers"
         source = self._source.name if self._source is not None else "loader"
         return f"<TieredCache {self.namespace!r}: {names} -> {source}>"
+
+
+# ``cache.get`` is a PlainGet (see TieredCache.__init__); compiled, it is a C callable that
+# inspect cannot read, so ``inspect.signature(cache.get)`` (help(), introspecting frameworks)
+# raised. It stands for the bound method: it reports that method's signature, without self.
+_GET = inspect.signature(TieredCache.get)
+_GET_PARAMETERS = list(_GET.parameters.values())[1:]
+PlainGet.__signature__ = _GET.replace(parameters=_GET_PARAMETERS)  # type: ignore[attr-defined]

@@ -19,6 +19,7 @@ from tiered_cache.fence import Fence
 from tiered_cache.metrics import CacheMetrics
 from tiered_cache.protection import Protection
 from tiered_cache.testing import FakeClock
+from tiered_cache.testing.buses import CuttableBus
 from tiered_cache.testing.sources import DictSource
 
 
@@ -65,32 +66,6 @@ class InvalidatedWhileWriting(SharedTier):
         if key == "k" and self.invalidate is not None:
             invalidate, self.invalidate = self.invalidate, None
             invalidate("k")
-
-
-class CuttableBus(LocalBus):
-    """A LocalBus that can be cut and restored (its listeners are told, as a transport tells
-    them), and whose publishing can fail."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.failing = False
-        self.heard: list[Invalidation] = []
-        self.attempts = 0
-
-    def publish(self, message: Invalidation) -> None:
-        self.attempts += 1
-        if self.failing:
-            raise ConnectionError("bus unreachable")
-        self.heard.append(message)
-        super().publish(message)
-
-    def cut(self) -> None:
-        for listener in list(self._listeners):
-            listener.on_disconnect()
-
-    def restore(self) -> None:
-        for listener in list(self._listeners):
-            listener.on_reconnect()
 
 
 class Fleet:

@@ -21,6 +21,7 @@ from tiered_cache import MISSING, Entry, LoadTimeout, MemoryTier, PartialBatchEr
 from tiered_cache.errors import TierUnavailable
 from tiered_cache.leases import PartialFill
 from tiered_cache.protection import Protection
+from tiered_cache.testing.buses import CuttableBus
 from tiered_cache.testing.clock import FakeClock
 from tiered_cache.testing.servers import RedisServer
 from tiered_cache.testing.sources import DictSource
@@ -123,6 +124,37 @@ def test_a_batch_interrupted_by_a_base_exception_gives_its_leases_back(
     with pytest.raises(Abort):
         first.get_many(["a", "b"], interrupted)
     loads_without_waiting(second, ["a", "b"])
+    first.close()
+    second.close()
+
+
+@pytest.mark.parametrize("how", ["get", "get_many"])
+def test_a_load_whose_fill_is_refused_gives_its_lease_back(
+    redis_server: RedisServer, namespace: str, how: str
+) -> None:
+    """The bus drops and comes back while the load reads the source: the fence refuses its
+    fill (an invalidation may have been missed meanwhile), and nothing deleted the lease in
+    Redis (no key was invalidated there), so the load itself gives it back; left behind, the
+    other process would wait its ``lease_wait`` for a fill that never comes."""
+    bus = CuttableBus()
+    first = TieredCache(
+        [MemoryTier(), RedisTier(redis.Redis.from_url(redis_server.url), namespace=namespace)],
+        bus=bus,
+        protection=Protection(lease_ttl=30.0, lease_wait=0.3, soft_timeout=None),
+    )
+    second = chain(redis_server.url, namespace, lease_wait="300ms")
+
+    def read_during_an_outage(keys: Sequence[str]) -> dict[str, str]:
+        bus.cut()
+        bus.restore()
+        return {key: "read before the outage" for key in keys}
+
+    if how == "get":
+        assert first.get("a", lambda: read_during_an_outage(["a"])["a"]) == "read before the outage"
+    else:
+        assert first.get_many(["a"], read_during_an_outage) == {"a": "read before the outage"}
+    assert first.stats()["fills_refused"] == 1
+    loads_without_waiting(second, ["a"])
     first.close()
     second.close()
 

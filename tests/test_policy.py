@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import random
+from collections.abc import Iterable
 
 import pytest
 from hypothesis import given, settings
@@ -568,3 +569,24 @@ def test_a_run_of_hits_longer_than_128_reads_is_counted_whole(clock: FakeClock) 
     tier.get("absent")  # a miss replays the buffered hits
     sketch = policy_of(tier).sketch
     assert all(sketch.frequency(key) >= 1 for key in keys)
+
+
+def test_lru_mode_takes_the_whole_cache_on_recency_and_gives_it_back_on_a_zipf_law(
+    clock: FakeClock,
+) -> None:
+    # Reuse 0.7 at a mean distance of 1,000, 500 entries: plain LRU is the best split, and
+    # the policy kept at least one main slot (window 300 to 420 of 500 in a replay, 0.46% of
+    # the reads below LRU). Under 17 salts LRU mode took the whole cache by the 30,000th
+    # read, and left it within 15,000 reads of a Zipf law (window 100 to 250 after 20,000).
+    tier = MemoryTier(policy=TinyLfuPolicy(500, clock=clock), max_entries=500, clock=clock)
+    policy = policy_of(tier)
+
+    def drive(keys: Iterable[str]) -> None:
+        for key in keys:
+            if not tier.get(key):
+                tier.set(key, Entry(value=True, loaded_at=clock()))
+
+    drive(recency_biased(40_000, reuse=0.7, mean_distance=1_000.0, seed=5))
+    assert policy.window_max == 500
+    drive(zipf_keys(10_000, 1.0, 20_000, seed=6))
+    assert policy.window_max <= 250

@@ -159,6 +159,35 @@ def test_compiled_and_pure_core_answer_and_decide_alike(
     assert compiled.state(KEYS) == reference.state(KEYS)
 
 
+@needs_build
+def test_compiled_and_pure_core_decide_alike_in_and_out_of_lru_mode() -> None:
+    # The LRU guard's mode and its miniature W-TinyLFU (policy._guard) only act on caches of
+    # hundreds of entries after thousands of reads: a recency trace takes the window to the
+    # whole cache, a Zipf law after it takes it back.
+    import tiered_cache.memory
+    import tiered_cache.tier
+    from tiered_cache.workloads import recency_biased, zipf_keys
+
+    compiled = World(tiered_cache.memory, policy, tiered_cache.tier, 500)
+    reference = World(pure("memory"), pure("policy"), pure("tier"), 500)
+    keys = [
+        *recency_biased(40_000, reuse=0.7, mean_distance=1_000.0, seed=5),
+        *zipf_keys(10_000, 1.0, 20_000, seed=6),
+    ]
+    windows: list[list[int]] = [[], []]
+    for index, key in enumerate(keys):
+        for world, seen in zip((compiled, reference), windows, strict=True):
+            world.clock.advance(0.001)
+            if world.apply(("get", key)) is None:
+                world.apply(("set", (key, 100.0)))
+            if index % 1_000 == 0:
+                seen.append(world.policy.window_max)
+    assert windows[0] == windows[1]
+    assert max(windows[0]) == 500  # it did enter LRU mode
+    assert windows[0][-1] < 500  # and left it
+    assert compiled.state(keys[-60:]) == reference.state(keys[-60:])
+
+
 times = st.floats(allow_nan=False, width=64)
 values = st.one_of(st.none(), st.integers(), st.text(max_size=5), st.tuples(st.integers()))
 fields = st.tuples(

@@ -651,17 +651,17 @@ class TinyLfuPolicy:
         entries) an ``OrderedDict`` move; a period's end one pass over the keys. Otherwise one
         attribute test per miss and per replayed key.
         """
-        if self._lru_mode:
-            self._guard_alternative(key, hits)
-            return
         guard_lru = self._guard_lru
-        found = key in guard_lru
-        if found:
-            guard_lru.move_to_end(key)
+        if self._lru_mode:
+            found = self._alternative_read(key)
         else:
-            guard_lru[key] = None
-            if len(guard_lru) > self._guard_size:
-                guard_lru.popitem(last=False)
+            found = key in guard_lru
+            if found:
+                guard_lru.move_to_end(key)
+            else:
+                guard_lru[key] = None
+                if len(guard_lru) > self._guard_size:
+                    guard_lru.popitem(last=False)
         # Only the first read of a replayed key can differ: the later ones hit in both.
         lead = found - (hits > 0)
         if lead:
@@ -672,7 +672,7 @@ class TinyLfuPolicy:
             return
         self._guard_reads = 0
         mask = self._guard_mask
-        if mask:
+        if mask and not self._lru_mode:
             # As many sampled keys as this cache holds now: a fixed share of the entries
             # would be off by the sample's luck.
             size = sum(1 for kept in self._slots if not hash(kept) & mask)
@@ -680,62 +680,46 @@ class TinyLfuPolicy:
             while len(guard_lru) > self._guard_size:
                 guard_lru.popitem(last=False)
         if self._lru_lead > _GUARD_SIGMAS * self._guard_differed**0.5:
-            self._switch(lru_mode=True)
+            # Enter LRU mode (the window takes the whole cache), or leave it (back to
+            # _ALT_WINDOW); the evidence starts afresh either way.
+            lru_mode = not self._lru_mode
+            self._lru_mode = lru_mode
+            guard_lru.clear()
+            self._alt_window.clear()
+            self._alt_main.clear()
+            self._lru_lead = self._guard_differed = 0.0
+            self._set_window(self.max_entries * (1.0 if lru_mode else _ALT_WINDOW))
             return
         self._lru_lead *= 0.5
         self._guard_differed *= 0.5
 
-    def _switch(self, *, lru_mode: bool) -> None:
-        """Enter LRU mode (the window takes the whole cache) or leave it (back to
-        ``_ALT_WINDOW``); the evidence starts afresh either way."""
-        self._lru_mode = lru_mode
-        self._guard_lru.clear()
-        self._alt_window.clear()
-        self._alt_main.clear()
-        self._guard_reads = 0
-        self._lru_lead = self._guard_differed = 0.0
-        self._set_window(self.max_entries * (1.0 if lru_mode else _ALT_WINDOW))
-
-    def _guard_alternative(self, key: str, hits: int) -> None:
+    def _alternative_read(self, key: str) -> bool:
         """In LRU mode, the guard's sampled read through a miniature W-TinyLFU of the
-        sample's share: a window of ``_ALT_WINDOW`` of it (LRU) and a main area (LRU) that a
-        candidate enters only when the sketch counts it more often than the main area's oldest
-        key. When that leads this policy, now plain LRU, by more than chance after a period,
-        LRU mode ends (``_lru_lead`` is, here, the alternative's lead)."""
+        sample's share (whether it hit): a window of ``_ALT_WINDOW`` of it (LRU) and a main
+        area (LRU) that a candidate enters only when the sketch counts it more often than the
+        main area's oldest key. ``_guard`` weighs it against this policy, now plain LRU
+        (``_lru_lead`` is then the alternative's lead)."""
         window, main = self._alt_window, self._alt_main
-        found = True
         if key in window:
             window.move_to_end(key)
-        elif key in main:
+            return True
+        if key in main:
             main.move_to_end(key)
-        else:
-            found = False
-            window[key] = None
-            size = self._guard_size
-            window_size = max(1, int(size * _ALT_WINDOW))
-            if len(window) > window_size:
-                candidate = window.popitem(last=False)[0]
-                if len(main) < size - window_size:
+            return True
+        window[key] = None
+        size = self._guard_size
+        window_size = max(1, int(size * _ALT_WINDOW))
+        if len(window) > window_size:
+            candidate = window.popitem(last=False)[0]
+            if len(main) < size - window_size:
+                main[candidate] = None
+            else:
+                victim = next(iter(main))
+                frequency = self.sketch.frequency
+                if frequency(candidate) > frequency(victim):
+                    del main[victim]
                     main[candidate] = None
-                else:
-                    victim = next(iter(main))
-                    frequency = self.sketch.frequency
-                    if frequency(candidate) > frequency(victim):
-                        del main[victim]
-                        main[candidate] = None
-        lead = found - (hits > 0)
-        if lead:
-            self._lru_lead += lead
-            self._guard_differed += 1.0
-        self._guard_reads += 1
-        if self._guard_reads < self._guard_period:
-            return
-        self._guard_reads = 0
-        if self._lru_lead > _GUARD_SIGMAS * self._guard_differed**0.5:
-            self._switch(lru_mode=False)
-            return
-        self._lru_lead *= 0.5
-        self._guard_differed *= 0.5
+        return False
 
 
 def _power_of_two_at_least(value: int) -> int:

@@ -622,7 +622,8 @@ class TinyLfuPolicy:
 
     def _guard(self, key: str, hits: int) -> None:
         """A sampled key was read ``hits`` times since the last replay and found each time
-        (0: once, a miss): the same reads through a plain LRU cache of the sample's share.
+        (0: once, a miss): the same reads through a plain LRU cache of the sample's share (in
+        LRU mode, through the miniature W-TinyLFU of ``_alternative_read``).
 
         Keeps this policy from settling below plain LRU where recency is all there is. The
         ghosts weigh the two sides by the misses a different split would have saved, and on a
@@ -633,7 +634,7 @@ class TinyLfuPolicy:
         period of sampled reads, the simulated LRU is ahead by more than chance
         (``_GUARD_SIGMAS`` on the reads where the two differed), the policy enters LRU mode:
         the window takes the whole cache and the ghosts move nothing, until the sample's
-        miniature W-TinyLFU beats it (``_guard_alternative``), which puts the window back at
+        miniature W-TinyLFU beats it (``_alternative_read``), which puts the window back at
         half the cache. Before LRU mode, the window took a quarter of the main area per period
         and evicted main keys' ghosts did not shrink it while LRU was ahead: the evidence, two
         sigma over a period and a half-weighted past, came and went, and those ghost hits

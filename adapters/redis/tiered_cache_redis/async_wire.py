@@ -10,8 +10,9 @@ and MGET once by hand, and lets the connection send, read and parse (with hiredi
 installed) under its own :class:`~redis.asyncio.retry.Retry`, as ``redis.asyncio`` does.
 
 A read that fails or is cancelled half-way leaves its connection disconnected
-(``redis.asyncio`` disconnects on any error in a send or a read), so a parked connection
-never holds a reply meant for another read: the next read reconnects it.
+(``redis.asyncio`` disconnects on any error in a send or a read, and the reader on any
+exception between the two but an error reply), so a parked connection never holds a reply
+meant for another read: the next read reconnects it.
 
 Used only for a plain ``redis.asyncio.Redis`` on its own pool (not a cluster, not a
 single-connection client); anything else reads through ``redis.asyncio`` as before.
@@ -22,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol, cast
 
+import redis
 import redis.asyncio as aioredis
 
 from .wire import GET_HEAD, bulk, mget_command, parked_limit
@@ -96,17 +98,32 @@ class AsyncWireReader:
         except IndexError:
             conn = await self._pool.get_connection()  # type: ignore[no-untyped-call]
         try:
-            return await conn.retry.call_with_retry(
+            reply = await conn.retry.call_with_retry(
                 lambda: _send_and_read(conn, packed), lambda _error: conn.disconnect()
             )
-        finally:
-            # A connection asked to reconnect (a server's maintenance notice) goes back to
-            # the pool, which reconnects it; so do the ones beyond the limit, and all of
-            # them once closed.
-            if self._closed or len(self._parked) >= self._limit or conn.should_reconnect():
-                await self._pool.release(conn)
-            else:
-                self._parked.append(conn)
+        except redis.ResponseError:
+            await self._give_back(conn)  # an error reply, read whole: the connection is in step
+            raise
+        except BaseException:
+            # redis.asyncio disconnects when its send or its read fails or is cancelled, but
+            # an exception landing between the two (a signal handler's: a soft time limit,
+            # an alarm, KeyboardInterrupt) is seen by neither, and a parked connection skips
+            # the pool's check for unread data: the next read on it got this one's reply.
+            # Disconnect (it reconnects on its next send; a second disconnect is a no-op).
+            await conn.disconnect(nowait=True)
+            await self._give_back(conn)
+            raise
+        await self._give_back(conn)
+        return reply
+
+    async def _give_back(self, conn: Any) -> None:
+        # A connection asked to reconnect (a server's maintenance notice) goes back to the
+        # pool, which reconnects it; so do the ones beyond the limit, and all of them once
+        # closed.
+        if self._closed or len(self._parked) >= self._limit or conn.should_reconnect():
+            await self._pool.release(conn)
+        else:
+            self._parked.append(conn)
 
     async def aclose(self) -> None:
         """Give the parked connections back to the pool (the pool stays the client's)."""

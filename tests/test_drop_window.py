@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
@@ -17,34 +17,11 @@ from tiered_cache import MemoryTier, TieredCache
 from tiered_cache.invalidation_log import InvalidationLog
 from tiered_cache.protection import Protection
 from tiered_cache.testing import FakeClock
+from tiered_cache.testing.gates import Held, HeldDrop
 from tiered_cache.testing.sources import DictSource
 from tiered_cache.tier import Entry, MissingType
 
 TraceFunction = Callable[[FrameType, str, Any], Any]
-
-
-class HeldDrop(MemoryTier):
-    """A memory tier whose drops (``delete_many``, ``clear``) wait, once armed, until ``go``."""
-
-    def __init__(self, **kwargs: object) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
-        self.armed = False
-        self.entered = threading.Event()
-        self.go = threading.Event()
-
-    def _hold(self) -> None:
-        if self.armed:
-            self.armed = False
-            self.entered.set()
-            assert self.go.wait(10)
-
-    def delete_many(self, keys: Sequence[str]) -> None:
-        self._hold()
-        super().delete_many(keys)
-
-    def clear(self) -> None:
-        self._hold()
-        super().clear()
 
 
 def old_in_l2_only(l2: MemoryTier, clock: FakeClock) -> TieredCache:
@@ -60,14 +37,15 @@ def old_in_l2_only(l2: MemoryTier, clock: FakeClock) -> TieredCache:
 
 
 def test_a_read_during_the_drop_does_not_copy_the_old_value_up_for_good(clock: FakeClock) -> None:
-    l2 = HeldDrop(name="l2", max_entries=100, ttl=600, clock=clock)
+    held = Held()
+    l2 = HeldDrop(held, name="l2", max_entries=100, ttl=600, clock=clock)
     cache = old_in_l2_only(l2, clock)
-    l2.armed = True
+    held.armed = True
     invalidation = threading.Thread(target=lambda: cache.invalidate("k"))
     invalidation.start()
-    assert l2.entered.wait(10)  # logged, l1 dropped, l2 not yet
+    assert held.inside.wait(10)  # logged, l1 dropped, l2 not yet
     cache.get("k")  # concurrent with the invalidation: either value is fine
-    l2.go.set()
+    held.go.set()
     invalidation.join(10)
     assert cache.get("k") == "new"  # after it returned: never the old value
 
@@ -77,35 +55,31 @@ def test_a_read_during_a_clears_drop_does_not_copy_the_old_value_up_for_good(
 ) -> None:
     """As for a key's invalidation: a clear drops l1, then l2; a read in between finds the
     old value in l2, and its copy into l1 must not outlive the clear."""
-    l2 = HeldDrop(name="l2", max_entries=100, ttl=600, clock=clock)
+    held = Held()
+    l2 = HeldDrop(held, name="l2", max_entries=100, ttl=600, clock=clock)
     cache = old_in_l2_only(l2, clock)
-    l2.armed = True
+    held.armed = True
     clearing = threading.Thread(target=cache.clear)
     clearing.start()
-    assert l2.entered.wait(10)  # logged, l1 cleared, l2 not yet
+    assert held.inside.wait(10)  # logged, l1 cleared, l2 not yet
     cache.get("k")  # concurrent with the clear: either value is fine
-    l2.go.set()
+    held.go.set()
     clearing.join(10)
     assert not clearing.is_alive()
     assert cache.get("k") == "new"  # after it returned: never the old value
 
 
 class HeldRead(MemoryTier):
-    """A memory tier whose ``get``, once armed, has read its entry and waits before
-    returning it (the reader is then between its read of this tier and its fill above)."""
+    """A memory tier whose ``get`` has read its entry and waits at ``held`` before returning
+    it (the reader is then between its read of this tier and its fill above)."""
 
-    def __init__(self, **kwargs: object) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
-        self.armed = False
-        self.entered = threading.Event()
-        self.go = threading.Event()
+    def __init__(self, held: Held, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.held = held
 
     def get(self, key: str) -> Entry | MissingType:
         entry = super().get(key)
-        if self.armed:
-            self.armed = False
-            self.entered.set()
-            assert self.go.wait(30)
+        self.held.hold()
         return entry
 
 
@@ -136,7 +110,8 @@ def test_a_mark_taken_as_an_invalidation_is_numbered_is_from_before_it(clock: Fa
     dropping; a mark taken in that moment was the new number, from after it. The read that
     took it found the old value in l2 (not dropped yet), waited, and filled it into l1 after
     the drop: kept, and served after invalidate() returned."""
-    l2 = HeldRead(name="l2", max_entries=100, ttl=600, clock=clock)
+    held = Held()
+    l2 = HeldRead(held, name="l2", max_entries=100, ttl=600, clock=clock)
     cache = old_in_l2_only(l2, clock)
     numbered, go = threading.Event(), threading.Event()
 
@@ -150,13 +125,13 @@ def test_a_mark_taken_as_an_invalidation_is_numbered_is_from_before_it(clock: Fa
     invalidation = threading.Thread(target=invalidate)
     invalidation.start()
     assert numbered.wait(30)  # the invalidation has its number; its recording is not done
-    l2.armed = True
+    held.armed = True
     read = threading.Thread(target=lambda: cache.get("k"))
     read.start()  # marks now, reads "old" from l2, and waits there
-    assert l2.entered.wait(30)
+    assert held.inside.wait(30)
     go.set()
     invalidation.join(30)  # l1 and l2 dropped: invalidate() returned
     assert not invalidation.is_alive()
-    l2.go.set()
+    held.go.set()
     read.join(30)  # its fill of "old" into l1 comes after the drop
     assert cache.get("k") == "new"  # never the old value after invalidate() returned

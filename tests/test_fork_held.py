@@ -13,7 +13,7 @@ was).
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from tiered_cache import MemoryTier, TieredCache
@@ -22,25 +22,11 @@ from tiered_cache.bus import Invalidation, LocalBus
 from tiered_cache.protection import Protection
 from tiered_cache.testing import FakeClock
 from tiered_cache.testing.forked import ForkedChild
+from tiered_cache.testing.gates import Held, HeldDrop
 from tiered_cache.tier import Entry, MissingType
 
 #: Generous: a child that has not reported by then is hung, not slow.
 HUNG = 30.0
-
-
-class Held:
-    """Once armed, the next call waits (``inside`` set) until ``go``."""
-
-    def __init__(self) -> None:
-        self.armed = False
-        self.inside = threading.Event()
-        self.go = threading.Event()
-
-    def hold(self) -> None:
-        if self.armed:
-            self.armed = False
-            self.inside.set()
-            assert self.go.wait(2 * HUNG)
 
 
 class HeldSize(Held):
@@ -49,18 +35,6 @@ class HeldSize(Held):
     def __call__(self, value: object) -> int:
         self.hold()
         return 1
-
-
-class HeldDrop(MemoryTier):
-    """A memory tier whose ``delete_many`` (an invalidation's drop) waits once armed."""
-
-    def __init__(self, held: Held, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.held = held
-
-    def delete_many(self, keys: Sequence[str]) -> None:
-        self.held.hold()
-        super().delete_many(keys)
 
 
 class HeldPublish(LocalBus):

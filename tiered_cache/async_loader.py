@@ -23,6 +23,7 @@ from .async_tier import AsyncSource
 from .batch_load import BatchLoad
 from .errors import LoadTimeout, TieredCacheError
 from .fence import Fence
+from .forking import restart_after_fork
 from .lease_wait import LeaseWait
 from .loader import EntryMaker
 from .logs import fields, key_hash, logger_for
@@ -104,6 +105,18 @@ class AsyncSourceLoader:
         #: The running load of each key whose caller gave up on it, with its fence mark.
         self._abandoned: dict[str, tuple[asyncio.Task[Entry], int]] = {}
         self._closed = False
+        restart_after_fork(self)
+
+    def after_fork_in_child(self) -> None:
+        """A forked child runs none of the parent's coroutines or tasks: a flight one of them
+        led has no leader here (a read of its key joined it, and waited for ever), and a
+        thread of the parent may have held a flight table's lock. New tables, and no tasks,
+        refreshes or abandoned loads to wait for (as the threaded loader's restart)."""
+        self.flights = AsyncSingleFlight()
+        self._refresh_flights = AsyncSingleFlight()
+        self._tasks = set()
+        self._refreshing = set()
+        self._abandoned = {}
 
     # -- one key
 

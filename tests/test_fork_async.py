@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tiered_cache import AsyncTieredCache, MemoryTier
+from tiered_cache.bus import LocalBus
 from tiered_cache.testing import FakeClock
 from tiered_cache.testing.async_conformance import LoopThread
 from tiered_cache.testing.forked import ForkedChild
@@ -112,5 +113,38 @@ def test_a_child_forked_while_a_parent_coroutine_loads_a_key_loads_it_itself() -
     finally:
         loop.loop.call_soon_threadsafe(release.set)
         assert parent.result(HUNG) == "parent's k"
+        loop.run(cache.aclose())
+        loop.close()
+
+
+def test_a_child_forked_while_a_parent_coroutine_writes_closes_its_chain() -> None:
+    """A write runs to its end in a task of the parent's loop, which ``aclose`` waits for:
+    in the child that task never runs, and ``aclose`` (and ``wait_background``) waited for
+    ever."""
+    loop = LoopThread()
+    started, release = threading.Event(), asyncio.Event()
+
+    class SlowBus(LocalBus):
+        """A bus whose publish (run in a thread by the async chain) waits once armed."""
+
+        held = False
+
+        def publish(self, message: Any) -> None:
+            if self.held:
+                self.held = False
+                started.set()
+                asyncio.run_coroutine_threadsafe(release.wait(), loop.loop).result(HUNG)
+            super().publish(message)
+
+    bus = SlowBus()
+    cache = memory_chain(bus=bus)
+    bus.held = True
+    parent = asyncio.run_coroutine_threadsafe(cache.set("x", "parent"), loop.loop)
+    try:
+        assert started.wait(HUNG)
+        assert fork_and_read(the_child_reads(cache)) == EXPECTED
+    finally:
+        loop.loop.call_soon_threadsafe(release.set)
+        parent.result(HUNG)
         loop.run(cache.aclose())
         loop.close()

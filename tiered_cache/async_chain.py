@@ -25,6 +25,7 @@ from .async_tier import AsyncSource, AsyncTier
 from .bus import AsyncBus, Bus
 from .coherence import DEFAULT_BUS_BREAKER, BusLink, publish_breaker
 from .fence import Fence
+from .forking import restart_after_fork
 from .hit import NOT_FRESH
 from .l1 import L1Reader
 from .loader import EntryMaker
@@ -164,6 +165,13 @@ class AsyncTieredCache(L1Reader):
         if isinstance(bus, AsyncBus):
             self._async_bus = bus
             self._listen_here()
+        restart_after_fork(self)
+
+    def after_fork_in_child(self) -> None:
+        """The writes running to their end at the fork are tasks of the parent's loop, which
+        never runs in a forked child: :meth:`aclose` and :meth:`wait_background` waited for
+        them for ever there."""
+        self._writes = set()
 
     # -- construction -------------------------------------------------------------------------
 

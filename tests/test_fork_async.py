@@ -148,3 +148,18 @@ def test_a_child_forked_while_a_parent_coroutine_writes_closes_its_chain() -> No
         parent.result(HUNG)
         loop.run(cache.aclose())
         loop.close()
+
+
+def test_a_child_forked_while_a_thread_holds_a_local_bus_lock_writes() -> None:
+    """A :class:`LocalBus` copies its listeners under a lock to publish; held by another
+    thread at the fork, the child's first write waited for ever."""
+    bus = LocalBus()
+    cache = memory_chain(bus=bus)
+    held = Held()
+
+    def publishing() -> None:
+        with bus._lock:
+            held.hold()
+
+    assert fork_while_held(held, publishing, the_child_reads(cache)) == EXPECTED
+    asyncio.run(cache.aclose())

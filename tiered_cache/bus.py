@@ -13,6 +13,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from .forking import restart_after_fork
+
 
 @dataclass(frozen=True)
 class Invalidation:
@@ -125,12 +127,20 @@ class AsyncBus(Protocol):
         ...
 
 
-@dataclass
+@dataclass(eq=False)  # hashable (by identity): the fork restart holds it weakly
 class LocalBus:
     """A bus inside one process: several chains over the same shared tiers, or tests."""
 
     _listeners: list[BusListener] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        restart_after_fork(self)
+
+    def after_fork_in_child(self) -> None:
+        """A new lock: another thread of the parent (a writer publishing) may have held it
+        at the fork, and the child's first write would wait for ever."""
+        self._lock = threading.Lock()
 
     def publish(self, message: Invalidation) -> None:
         with self._lock:

@@ -18,6 +18,7 @@ from typing import Any, cast
 from redis.cluster import RedisCluster
 
 from tiered_cache.codecs import Codec
+from tiered_cache.forking import restart_after_fork
 from tiered_cache.steps import run
 from tiered_cache.tier import MISSING, Entry, MissingType, TierBase
 
@@ -88,6 +89,14 @@ class RedisTier(TierBase):
         self._closed = False
         self._reads: Reads | None = None
         self._commands = TierCommands(self._stored, ClientIO(self), clock)
+        restart_after_fork(self)
+
+    def after_fork_in_child(self) -> None:
+        """A new lock: another thread of the parent may have held it at the fork (making the
+        client with ``connect``: a cluster client's discovery is round trips), and the
+        child's first read would wait for ever. (The connections restart by themselves:
+        redis-py's pool checks its pid, the wire reader forgets its parked ones.)"""
+        self._lock = threading.Lock()
 
     # -- properties
 

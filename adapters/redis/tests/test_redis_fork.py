@@ -8,13 +8,15 @@ check: its connections in a child are the parent's sockets, bound to the parent'
 
 from __future__ import annotations
 
+import asyncio
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis
-from tiered_cache_redis import RedisTier, make_client
+from tiered_cache_redis import AsyncRedisTier, RedisTier, make_async_client, make_client
 
+from tiered_cache.testing.async_conformance import LoopThread
 from tiered_cache.testing.forked import ForkedChild
 from tiered_cache.testing.gates import Held
 from tiered_cache.testing.servers import RedisServer
@@ -64,3 +66,72 @@ def test_a_child_forked_while_a_thread_connects_the_tier_reads_it(
     assert value(tier.get("c")) == "child"
     tier.clear()
     tier.close()
+
+
+async def outcome(call: Awaitable[Any]) -> Any:
+    """What ``call`` returned (an entry's value), or the name of what it raised."""
+    try:
+        got = await call
+    except Exception as exc:
+        return type(exc).__name__
+    return value(got) if isinstance(got, Entry) or got is MISSING else got
+
+
+def async_tier(url: str, namespace: str, *, given: bool) -> AsyncRedisTier:
+    """An async tier that makes its client (as ``from_config`` builds it), or is given one."""
+    if given:
+        return AsyncRedisTier(make_async_client(url, timeout=2.0), namespace=namespace)
+    return AsyncRedisTier(connect=lambda: make_async_client(url, timeout=2.0), namespace=namespace)
+
+
+def reads_both_sides(redis_server: RedisServer, namespace: str, *, given: bool) -> None:
+    """The parent reads on its loop (a connection parked) and runs a lease script, forks;
+    the child reads, writes, reads and runs the script on a loop of its own, then the parent
+    reads again: each gets its own keys' values."""
+    tier = async_tier(redis_server.url, namespace, given=given)
+    loop = LoopThread()
+    keys = [f"k{i}" for i in range(10)]
+    loop.run(tier.set_many({key: Entry(key.upper(), 0.0) for key in keys}))
+    assert value(loop.run(tier.get("k0"))) == "K0"  # a connection is parked now
+    token, _ = loop.run(tier.acquire_lease("parent", 5.0))
+    assert token is not None
+    loop.run(tier.release_lease("parent", token))  # a script registered on the client
+
+    def child(report: Callable[[Any], None]) -> None:
+        async def main() -> list[Any]:
+            seen = [await outcome(tier.get(key)) for key in keys]
+            await outcome(tier.set("c", Entry("child", 0.0)))
+            seen += [await outcome(tier.get("c"))]
+            token, _ = await tier.acquire_lease("child", 5.0)
+            assert token is not None
+            seen += [await outcome(tier.release_lease("child", token))]
+            await tier.aclose()
+            return seen
+
+        report(asyncio.run(main()))
+
+    forked = ForkedChild(child)
+    seen = forked.read(timeout=HUNG)
+    assert forked.wait() == 0
+    in_the_parent = [loop.run(outcome(tier.get(key))) for key in reversed(keys)]
+    assert in_the_parent == [key.upper() for key in reversed(keys)]
+    assert seen == [key.upper() for key in keys] + ["child", None]
+    loop.run(tier.clear())
+    loop.run(tier.aclose())
+    loop.close()
+
+
+def test_a_forked_childs_async_reads_are_its_own_with_a_tier_that_connects(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """The child wrote its GET on the parent's parked socket (and failed reading it on a
+    loop that is not the parent's); the parent's next read on that socket got the child's
+    reply: ``get("k0")`` returned K1's value in the parent."""
+    reads_both_sides(redis_server, namespace, given=False)
+
+
+def test_a_forked_childs_async_reads_are_its_own_with_a_given_client(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """As above for a tier given its client: the child's pool forgets the parent's sockets."""
+    reads_both_sides(redis_server, namespace, given=True)

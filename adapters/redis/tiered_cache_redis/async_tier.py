@@ -22,10 +22,12 @@ from redis.backoff import NoBackoff
 
 from tiered_cache.async_tier import AsyncTierBase
 from tiered_cache.codecs import Codec
+from tiered_cache.forking import restart_after_fork
 from tiered_cache.steps import arun
 from tiered_cache.tier import MISSING, Entry, MissingType
 
 from .async_coalesce import CoalescedReads
+from .async_fork import forget_the_parents_connections, keep_from_the_parent
 from .async_leases import CoalescedLeases
 from .async_wire import AsyncReads, async_reads_for
 from .client import client_options, parse_url
@@ -91,9 +93,25 @@ class AsyncRedisTier(AsyncTierBase):
         self._owns_client = owns_client
         self._closed = False
         self._reads: AsyncReads | None = None
-        self._commands = TierCommands(self._stored, AsyncClientIO(self), clock)
+        self._io = AsyncClientIO(self)
+        self._commands = TierCommands(self._stored, self._io, clock)
         # The lease calls of one loop tick leave as one batch (async_leases.py).
         self._leases = CoalescedLeases(self._commands)
+        restart_after_fork(self)
+
+    def after_fork_in_child(self) -> None:
+        """In a forked child the parent's connections (the pool's, and the ones the reads
+        keep parked) are let go of (:mod:`tiered_cache_redis.async_fork`): a client this
+        tier made is made anew on first use, a given one has its pool emptied."""
+        keep_from_the_parent(self._reads)
+        self._reads = None
+        self._leases = CoalescedLeases(self._commands)
+        self._io.forget_scripts()  # registered on the parent's client
+        if self._connect is not None:
+            keep_from_the_parent(self._client)
+            self._client = None
+        else:
+            forget_the_parents_connections(self._client)
 
     @property
     def client(self) -> AsyncRedisClient:
@@ -231,6 +249,10 @@ class AsyncClientIO:
         if script is None:
             script = self._scripts[source] = self._tier.client.register_script(source)
         return script
+
+    def forget_scripts(self) -> None:
+        """Drop the scripts registered on the client (it is being replaced)."""
+        self._scripts = {}
 
     async def script(self, source: str, keys: list[str], args: list[Any]) -> Any:
         return await self._script(source)(keys=keys, args=args)

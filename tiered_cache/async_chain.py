@@ -170,8 +170,13 @@ class AsyncTieredCache(L1Reader):
     def after_fork_in_child(self) -> None:
         """The writes running to their end at the fork are tasks of the parent's loop, which
         never runs in a forked child: :meth:`aclose` and :meth:`wait_background` waited for
-        them for ever there."""
+        them for ever there. An async bus listened in a task of that loop too: until the
+        child listens on a loop of its own (from its next miss) and is subscribed, the bus
+        is down for it, and the memory it inherited is not trusted (its parts restarted
+        before it: their locks are the child's)."""
         self._writes = set()
+        if self._async_bus is not None and self._bus_link is not None:
+            self._bus_link.on_disconnect()  # and again when the child's listener starts
 
     # -- construction -------------------------------------------------------------------------
 

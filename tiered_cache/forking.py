@@ -8,6 +8,7 @@ what belonged to the parent's threads and to start its own.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import weakref
@@ -25,16 +26,24 @@ class ForkAware(Protocol):
         ...
 
 
-_PARTS: weakref.WeakSet[ForkAware] = weakref.WeakSet()
+#: The parts, in the order they registered (held weakly). A part registers when it is built,
+#: after the parts it is built from: they restart before it, so a part's restart may use them
+#: (a chain's tells its memory tier and its fence, whose locks are new by then).
+_PARTS: dict[int, weakref.ref[ForkAware]] = {}
+_numbers = itertools.count()
 
 
 def restart_after_fork(part: ForkAware) -> None:
     """Tell ``part`` when this process forks (as long as ``part`` is alive)."""
-    _PARTS.add(part)
+    number = next(_numbers)
+    _PARTS[number] = weakref.ref(part, lambda _gone: _PARTS.pop(number, None))
 
 
 def _in_child() -> None:
-    for part in list(_PARTS):
+    for ref in list(_PARTS.values()):
+        part = ref()
+        if part is None:
+            continue
         try:
             part.after_fork_in_child()
         except Exception:

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis
 from tiered_cache_redis import AsyncRedisTier, RedisTier, make_async_client, make_client
 
+from tiered_cache import AsyncTieredCache, TieredCache
 from tiered_cache.testing.async_conformance import LoopThread
 from tiered_cache.testing.forked import ForkedChild
 from tiered_cache.testing.gates import Held
@@ -135,3 +137,87 @@ def test_a_forked_childs_async_reads_are_its_own_with_a_given_client(
 ) -> None:
     """As above for a tier given its client: the child's pool forgets the parent's sockets."""
     reads_both_sides(redis_server, namespace, given=True)
+
+
+def chain_settings(url: str, namespace: str) -> dict[str, Any]:
+    """Memory over Redis, and the bus on the same server, checked every 500 ms."""
+    memory = {"kind": "memory", "admission": "always", "ttl": "10m"}
+    bus = {"kind": "redis", "health_check_interval": "500ms", "timeout": "500ms"}
+    redis = {"kind": "redis", "url": url, "timeout": "1s"}
+    return {"namespace": namespace, "tiers": [memory, redis], "ttl": "10m", "bus": bus}
+
+
+def test_a_child_forked_from_a_running_async_chain_hears_another_process_write(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """The parent's chain listens on the bus in a task of its loop, which does not run in a
+    forked child: the child must not trust the memory it inherited until it listens on a
+    loop of its own, and then hear the other processes' writes. It went on serving its
+    memory copy after another process's write, for good (its bus looked connected, and its
+    listener looked alive: a task of the parent's loop)."""
+    settings = chain_settings(redis_server.url, namespace)
+    cache = AsyncTieredCache.from_config(**settings)
+    loop = LoopThread()
+
+    async def warm() -> None:
+        assert await cache.get("k", constant("v0")) == "v0"  # in memory (and Redis)
+        bus = cache._bus_link.bus  # type: ignore[union-attr]
+        assert await bus.wait_subscribed(10)  # type: ignore[union-attr]
+
+    loop.run(warm())
+    writer = TieredCache.from_config(**settings)
+    assert writer._bus_link.bus.wait_subscribed(10)  # type: ignore[union-attr]
+
+    marker = make_client(redis_server.url)
+
+    def child(report: Callable[[Any], None]) -> None:
+        async def main() -> None:
+            report(await cache.get("k", constant("not v0")))
+            assert await async_eventually(lambda: marker.exists(f"{namespace}:wrote v1"))
+            assert await async_eventually(lambda: cache.stats()["bus"] == "connected")
+            read = [await cache.get("k", constant("never")) for _ in range(2)]
+            report(read)
+
+            async def heard() -> bool:
+                return await cache.get("k", constant("never")) == "v2"
+
+            report([await async_eventually(heard), cache.stats()["bus_received"] >= 1])
+            await cache.aclose()
+
+        asyncio.run(main())
+
+    forked = ForkedChild(child)
+    try:
+        assert forked.read(timeout=HUNG) == "v0"
+        writer.set("k", "v1")  # the child may not listen yet
+        marker.set(f"{namespace}:wrote v1", b"")
+        assert forked.read(timeout=HUNG) == ["v1", "v1"]
+        writer.set("k", "v2")  # it listens: heard (its memory copy dropped)
+        assert forked.read(timeout=HUNG) == [True, True]  # heard on its own subscription
+    finally:
+        assert forked.wait() == 0
+    marker.close()
+    loop.run(cache.aclose())
+    loop.close()
+    writer.close()
+
+
+def constant(value: str) -> Callable[[], Any]:
+    async def load() -> str:
+        return value
+
+    return load
+
+
+async def async_eventually(check: Callable[[], Any], within: float = 10.0) -> bool:
+    """``check()`` (or its awaited result) turned true within ``within`` seconds (a bound
+    against hanging, not a measure)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return True
+        await asyncio.sleep(0.01)
+    return False

@@ -23,8 +23,10 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from tiered_cache.bus import BusListener, Invalidation
+from tiered_cache.forking import restart_after_fork
 from tiered_cache.steps import arun
 
+from .async_fork import forget_the_parents_connections, keep_from_the_parent
 from .listening import (
     DEFAULT_HEALTH,
     PING_PAYLOAD,
@@ -73,6 +75,24 @@ class AsyncRedisBus:
         )
         self._client = publisher if publisher is not None else connect()
         self._task: asyncio.Task[None] | None = None
+        #: The next listener starts as after an outage (a forked child's: it missed what
+        #: changed since the fork).
+        self._listened_before = False
+        restart_after_fork(self)
+
+    def after_fork_in_child(self) -> None:
+        """The parent's listener task (a task of the parent's loop, never run here) and
+        connections are let go of (:mod:`tiered_cache_redis.async_fork`); the chain treats
+        the bus as down (its own restart says so) until the child listens from its next
+        miss, on a loop of its own, and is subscribed. Kept, the task looked alive: the
+        child never listened, and served its memory after other processes' writes."""
+        self._listeners.after_fork_in_child()
+        self._listening.connected = False
+        forget_the_parents_connections(self._client)
+        task, self._task = self._task, None
+        if task is not None:
+            keep_from_the_parent(task)
+            self._listened_before = True
 
     @property
     def connected(self) -> bool:
@@ -93,7 +113,8 @@ class AsyncRedisBus:
         task = self._task
         if self._closed or (task is not None and not _ended(task)):
             return
-        again = task is not None
+        again = task is not None or self._listened_before
+        self._listened_before = False
         self._subscribed = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(
             self._listen(again), name=f"tiered-cache-bus:{self.channel}"

@@ -124,6 +124,31 @@ def test_a_tier_whose_breaker_is_open_counts_skips_not_errors(clock: FakeClock) 
     assert after["skips"] > before["skips"]
 
 
+@pytest.mark.parametrize("guarded", [False, True], ids=["bare", "behind a breaker"])
+def test_a_failed_call_counts_an_error_with_or_without_a_breaker(
+    clock: FakeClock, guarded: bool
+) -> None:
+    """A call made that failed is an error; a call the open breaker turned away is a skip.
+    Behind a breaker (every tier from_config builds but memory), each failure reached the
+    chain as the breaker's TierUnavailable and counted as a skip, "a call not made": the
+    tier's errors stayed 0 while Redis refused every connection."""
+    inner = RecordingTier(MemoryTier(name="l2", clock=clock))
+    l2: Any = inner
+    if guarded:
+        l2 = CircuitBreakerTier(inner, failure_threshold=2, cool_down=60.0, clock=clock)
+    cache = TieredCache(
+        [MemoryTier(name="l1", clock=clock), l2],
+        DictSource({"a": 1, "b": 2, "c": 3}),
+        clock=clock,
+        protection=Protection.never_stale(),
+    )
+    inner.failure = ConnectionError("redis went away")
+    cache.get("a")  # its read and its fill fail: the breaker opens at the second failure
+    cache.get("b")  # turned away twice (or fails twice, bare)
+    stats = cache.stats()["tiers"][1]
+    assert (stats["errors"], stats["skips"]) == ((2, 2) if guarded else (4, 0))
+
+
 class _HotKeysFail(TierBase):
     """A tier that tracks hot keys, and fails to report them."""
 

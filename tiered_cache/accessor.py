@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar, cast
 
 from .breaker import CircuitBreaker, CircuitBreakerTier
-from .errors import CodecError, TierUnavailable
+from .errors import CodecError, TierCallFailed, TierUnavailable
 from .hit import HitCount
 from .leases import LeasingTier
 from .logs import fields, tier_logger
@@ -314,9 +314,10 @@ class TierAccessor:
     # -- failures and lifecycle
 
     def failed(self, exc: Exception) -> None:
-        """Count a failure of this tier (a skip if its breaker is open) and log it, at most
-        every ``WARNING_INTERVAL`` seconds."""
-        if isinstance(exc, TierUnavailable):
+        """Count a failure of this tier (a skip if the call was not made: its breaker is open,
+        or the tier said it is unavailable; an error if it was made and failed, behind a
+        breaker too) and log it, at most every ``WARNING_INTERVAL`` seconds."""
+        if isinstance(exc, TierUnavailable) and not isinstance(exc, TierCallFailed):
             self._metrics.skip(self.index)
         else:
             self._metrics.error(self.index)

@@ -22,7 +22,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Literal, TypeVar, cast
 
-from .errors import CircuitOpen, CodecError, TierUnavailable
+from .errors import CircuitOpen, CodecError, TierCallFailed, TierUnavailable
 from .forking import restart_after_fork
 from .leases import LeasingTier
 from .settings import BreakerSettings
@@ -161,7 +161,7 @@ class CircuitBreaker:
         self._record_failure(probe)
         if isinstance(exc, TierUnavailable):
             return exc
-        wrapped = TierUnavailable(f"{self._what} {self.name!r}: {type(exc).__name__}: {exc}")
+        wrapped = TierCallFailed(f"{self._what} {self.name!r}: {type(exc).__name__}: {exc}")
         wrapped.__cause__ = exc
         return wrapped
 

@@ -22,6 +22,11 @@ class TierUnavailable(TieredCacheError):
     """A tier cannot be used right now (connection lost, timeout, circuit open)."""
 
 
+class TierCallFailed(TierUnavailable):
+    """A call a circuit breaker let through failed (the tier's error is its ``__cause__``):
+    counted as the tier's error, where a refused call (:class:`CircuitOpen`) is a skip."""
+
+
 class CircuitOpen(TierUnavailable):
     """A circuit breaker refused a call without making it (its circuit is open, or its one
     probe is in flight): nothing was attempted, unlike a call that failed."""

@@ -96,7 +96,7 @@ CATALOGUE: tuple[Spec, ...] = (
     Spec("tier_misses", "counter", _TIER, "Reads a tier could not answer."),
     Spec("tier_fills", "counter", _TIER, "Entries written into a tier (read-through and writes)."),
     Spec("tier_errors", "counter", _TIER, "Tier calls that failed; the tier was skipped."),
-    Spec("tier_skips", "counter", _TIER, "Tier calls not made: breaker open or timeout."),
+    Spec("tier_skips", "counter", _TIER, "Tier calls not made: breaker open, tier unavailable."),
     Spec("tier_evictions", "counter", _TIER, "Entries a tier pushed out to make room."),
     Spec("tier_entries", "gauge", _TIER, "Entries a tier holds now."),
     Spec(

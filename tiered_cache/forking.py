@@ -39,6 +39,21 @@ def restart_after_fork(part: ForkAware) -> None:
     _PARTS[number] = weakref.ref(part, lambda _gone: _PARTS.pop(number, None))
 
 
+#: What forked children let go of, kept for their life (:func:`keep_from_the_parent`).
+_KEPT: list[object] = []
+
+
+def keep_from_the_parent(*parts: object) -> None:
+    """In a forked child, keep ``parts`` (the parent's asyncio clients, connections, tasks)
+    referenced for the life of this process, never closed: closed or collected while a loop
+    runs, a connection of the parent's loop closes its transport, which takes the socket out
+    of that loop's epoll set -- shared with the parent across ``fork()`` -- and the parent's
+    reads on it then time out. A part that lets go of the parent's connections (rather than
+    use them: a command written on a shared socket is answered to whichever process reads
+    first) keeps them here."""
+    _KEPT.extend(part for part in parts if part is not None)
+
+
 def _in_child() -> None:
     for ref in list(_PARTS.values()):
         part = ref()

@@ -21,6 +21,7 @@ from typing import Any
 from botocore.exceptions import ProfileNotFound
 
 from tiered_cache.errors import ConfigError
+from tiered_cache.forking import keep_from_the_parent, restart_after_fork
 from tiered_cache.steps import arun
 from tiered_cache.tier import MissingType
 
@@ -120,6 +121,20 @@ class AsyncDynamoDBSource:
         # Made in the loop on first use (a lock binds to the loop that first waits on it).
         self._connect_lock = asyncio.Lock()
         self._check_lock = asyncio.Lock()
+        restart_after_fork(self)
+
+    def after_fork_in_child(self) -> None:
+        """An aiobotocore client belongs to the loop it was made on, and its pool holds the
+        parent's sockets: in a forked child, on a loop of its own, each request failed (a
+        Future of another loop), and the child could load nothing. A client this source
+        made is let go of (kept, never closed: :func:`~tiered_cache.forking.keep_from_the_parent`)
+        and made anew on the next call; so are the locks, which may be bound to the parent's
+        loop. A client given to the source stays: give it a ``connect`` instead to fork it."""
+        self._connect_lock = asyncio.Lock()
+        self._check_lock = asyncio.Lock()
+        if self._connect is not None and self._owns_client:
+            keep_from_the_parent(self._client)
+            self._client = None
 
     @classmethod
     def from_settings(

@@ -23,10 +23,10 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from tiered_cache.bus import BusListener, Invalidation
-from tiered_cache.forking import restart_after_fork
+from tiered_cache.forking import keep_from_the_parent, restart_after_fork
 from tiered_cache.steps import arun
 
-from .async_fork import forget_the_parents_connections, keep_from_the_parent
+from .async_fork import forget_the_parents_connections
 from .listening import (
     DEFAULT_HEALTH,
     PING_PAYLOAD,

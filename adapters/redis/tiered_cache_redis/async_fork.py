@@ -6,7 +6,8 @@ writes on one is answered to whichever process reads first (the parent's next re
 child's reply: another key's value), so the child lets go of them. It must not close them,
 nor let them be collected: a connection collected while a loop runs closes its transport,
 which takes the socket out of the parent loop's epoll set (shared across ``fork()``), and the
-parent's reads on that socket then time out. They are kept here for the child's life.
+parent's reads on that socket then time out. They are kept for the child's life
+(:func:`tiered_cache.forking.keep_from_the_parent`).
 """
 
 from __future__ import annotations
@@ -15,13 +16,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-_KEPT: list[Any] = []
-
-
-def keep_from_the_parent(*parts: Any) -> None:
-    """Keep ``parts`` (clients, readers with parked connections, tasks) referenced for the
-    life of this process, never closed."""
-    _KEPT.extend(part for part in parts if part is not None)
+from tiered_cache.forking import keep_from_the_parent
 
 
 def forget_the_parents_connections(client: Any) -> None:

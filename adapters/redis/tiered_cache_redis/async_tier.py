@@ -22,12 +22,12 @@ from redis.backoff import NoBackoff
 
 from tiered_cache.async_tier import AsyncTierBase
 from tiered_cache.codecs import Codec
-from tiered_cache.forking import restart_after_fork
+from tiered_cache.forking import keep_from_the_parent, restart_after_fork
 from tiered_cache.steps import arun
 from tiered_cache.tier import MISSING, Entry, MissingType
 
 from .async_coalesce import CoalescedReads
-from .async_fork import forget_the_parents_connections, keep_from_the_parent
+from .async_fork import forget_the_parents_connections
 from .async_leases import CoalescedLeases
 from .async_wire import AsyncReads, async_reads_for
 from .client import client_options, parse_url

@@ -50,3 +50,15 @@ class ForkedChild:
         self._reports.close()
         _, status = os.waitpid(self.pid, 0)
         return os.waitstatus_to_exitcode(status)
+
+
+def in_a_child(body: Callable[[], Any], timeout: float | None = None) -> Any:
+    """Fork, run ``body()`` in the child and return what it returned (as JSON carries it),
+    once the child exited; :class:`RuntimeError` if it failed, :class:`TimeoutError` if it
+    returned nothing within ``timeout`` (see :meth:`ForkedChild.read`)."""
+    forked = ForkedChild(lambda report: report(body()))
+    value = forked.read(timeout=timeout)
+    status = forked.wait()
+    if status != 0:
+        raise RuntimeError(f"the forked child failed (exit status {status})")
+    return value

@@ -17,7 +17,7 @@ from tiered_cache_dynamodb.testing import MotoDynamoDB, seed_items
 
 from tiered_cache import AsyncTieredCache, MemoryTier
 from tiered_cache.testing.async_conformance import LoopThread
-from tiered_cache.testing.forked import ForkedChild
+from tiered_cache.testing.forked import in_a_child
 
 #: Generous: a child that has not reported by then is hung, not slow.
 HUNG = 30.0
@@ -34,27 +34,22 @@ def test_a_forked_child_loads_on_a_client_of_its_own(
     loop = LoopThread()
     assert loop.run(cache.get("k0"))["n"] == 0  # the parent's client, on the parent's loop
 
-    def child(report: Callable[[Any], None]) -> None:
-        async def main() -> list[Any]:
-            seen: list[Any] = []
-            for key in keys[1:4]:
-                try:
-                    seen.append(int((await cache.get(key))["n"]))
-                except Exception as exc:
-                    seen.append(type(exc).__name__)
+    async def main() -> list[Any]:
+        seen: list[Any] = []
+        for key in keys[1:4]:
             try:
-                many = await cache.get_many(keys[4:7])
-                seen.append(sorted(int(item["n"]) for item in many.values()))
+                seen.append(int((await cache.get(key))["n"]))
             except Exception as exc:
                 seen.append(type(exc).__name__)
-            await cache.aclose()
-            return seen
+        try:
+            many = await cache.get_many(keys[4:7])
+            seen.append(sorted(int(item["n"]) for item in many.values()))
+        except Exception as exc:
+            seen.append(type(exc).__name__)
+        await cache.aclose()
+        return seen
 
-        report(asyncio.run(main()))
-
-    forked = ForkedChild(child)
-    seen = forked.read(timeout=HUNG)
-    assert forked.wait() == 0
+    seen = in_a_child(lambda: asyncio.run(main()), HUNG)
     assert [loop.run(cache.get(key))["n"] for key in keys[7:]] == [7, 8, 9]  # the parent's
     assert seen == [1, 2, 3, [4, 5, 6]]
     loop.run(cache.aclose())

@@ -19,7 +19,7 @@ from tiered_cache_redis import AsyncRedisTier, RedisTier, make_async_client, mak
 
 from tiered_cache import AsyncTieredCache, TieredCache
 from tiered_cache.testing.async_conformance import LoopThread
-from tiered_cache.testing.forked import ForkedChild
+from tiered_cache.testing.forked import ForkedChild, in_a_child
 from tiered_cache.testing.gates import Held
 from tiered_cache.testing.servers import RedisServer
 from tiered_cache.tier import MISSING, Entry, MissingType
@@ -99,22 +99,17 @@ def reads_both_sides(redis_server: RedisServer, namespace: str, *, given: bool) 
     assert token is not None
     loop.run(tier.release_lease("parent", token))  # a script registered on the client
 
-    def child(report: Callable[[Any], None]) -> None:
-        async def main() -> list[Any]:
-            seen = [await outcome(tier.get(key)) for key in keys]
-            await outcome(tier.set("c", Entry("child", 0.0)))
-            seen += [await outcome(tier.get("c"))]
-            token, _ = await tier.acquire_lease("child", 5.0)
-            assert token is not None
-            seen += [await outcome(tier.release_lease("child", token))]
-            await tier.aclose()
-            return seen
+    async def main() -> list[Any]:
+        seen = [await outcome(tier.get(key)) for key in keys]
+        await outcome(tier.set("c", Entry("child", 0.0)))
+        seen += [await outcome(tier.get("c"))]
+        token, _ = await tier.acquire_lease("child", 5.0)
+        assert token is not None
+        seen += [await outcome(tier.release_lease("child", token))]
+        await tier.aclose()
+        return seen
 
-        report(asyncio.run(main()))
-
-    forked = ForkedChild(child)
-    seen = forked.read(timeout=HUNG)
-    assert forked.wait() == 0
+    seen = in_a_child(lambda: asyncio.run(main()), HUNG)
     in_the_parent = [loop.run(outcome(tier.get(key))) for key in reversed(keys)]
     assert in_the_parent == [key.upper() for key in reversed(keys)]
     assert seen == [key.upper() for key in keys] + ["child", None]

@@ -615,7 +615,8 @@ def test_a_writer_does_not_wait_for_the_publish_breakers_probe(clock: FakeClock)
 
 class InvalidatedDuringTheDrop(MemoryTier):
     """A memory tier during whose drop of "k" (a writer's own invalidation, before its fill)
-    another writer invalidates "k"."""
+    another writer invalidates "k". A chain of this tier alone drops and fills in one step
+    (``replace``, ChainPaths.set_alone): the other writer comes in that step."""
 
     def __init__(self, clock: FakeClock) -> None:
         super().__init__(name="l1", clock=clock)
@@ -623,6 +624,13 @@ class InvalidatedDuringTheDrop(MemoryTier):
 
     def delete_many(self, keys: Sequence[str]) -> None:
         super().delete_many(keys)
+        self._other_writer(keys)
+
+    def replace(self, key: str, entry: Entry) -> None:
+        super().replace(key, entry)
+        self._other_writer((key,))
+
+    def _other_writer(self, keys: Sequence[str]) -> None:
         if "k" in keys and self.invalidate is not None:
             invalidate, self.invalidate = self.invalidate, None
             invalidate("k")

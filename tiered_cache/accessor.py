@@ -33,6 +33,11 @@ def _direct(operation: Callable[[], T]) -> T:
     return operation()
 
 
+def _replace(tier: Tier, key: str, entry: Entry) -> None:
+    """``TierBase.replace`` for a tier that does not subclass it."""
+    TierBase.replace(cast(TierBase, tier), key, entry)
+
+
 class TierAccessor:
     """One tier of a chain, as the chain uses it.
 
@@ -81,6 +86,11 @@ class TierAccessor:
         self._hit_reader = declared.hit_reader if declared is not None else None
         self._delete_prefix: Callable[[str], None] = (
             declared.delete_prefix if declared is not None else (lambda prefix: tier.clear())
+        )
+        self._replace: Callable[[str, Entry], None] = (
+            declared.replace
+            if declared is not None
+            else (lambda key, entry: _replace(tier, key, entry))
         )
         self._hot_keys: Callable[[int], list[tuple[str, float]]] = (
             declared.hot_keys if declared is not None else (lambda n: [])
@@ -187,16 +197,19 @@ class TierAccessor:
         self._metrics.fill(self.index, len(entries))
         return True
 
-    def set_one(self, key: str, entry: Entry) -> bool:
+    def set_one(self, key: str, entry: Entry, replace: bool = False) -> bool:
         """:meth:`set_many` of one entry (the fill after every miss): no dict, and no closure
-        or guard when the tier has no breaker."""
+        or guard when the tier has no breaker. ``replace``: the key's old copy is dropped in
+        the same step (``TierBase.replace``: a write into a chain of this tier alone,
+        ``Fence.write_alone``)."""
         if self.bounded_for > 0:
             entry = self._capped(entry)
+        write = self._replace if replace else self.tier.set
         try:
             if self.breaker is None:
-                self.tier.set(key, entry)
+                write(key, entry)
             else:
-                self._guard(lambda: self.tier.set(key, entry))
+                self._guard(lambda: write(key, entry))
         except CodecError:
             raise
         except Exception as exc:

@@ -131,13 +131,18 @@ class TieredCache(L1Reader):
             write_policy=write_policy,
             fill_one=self._fence.fill_one,
         )
-        #: What a miss runs inside its flight, decided once from what the chain holds: a
-        #: chain of one in-process tier and no bus reads in plain calls.
+        #: A chain of one in-process tier and no bus: a miss and a set run in plain calls.
+        alone = bus is None and len(self._tiers) == 1 and self._tiers[0].local
+        #: What a miss runs inside its flight, decided once from what the chain holds.
         self._read: Callable[[Flight, str, Loader | None, float | str | None], Any] = (
-            self._paths.read_through_alone
-            if bus is None and len(self._tiers) == 1 and self._tiers[0].local
-            else self._read_through
+            self._paths.read_through_alone if alone else self._read_through
         )
+        # ``cache.set`` likewise, when the source (if any) is written through: an instance
+        # attribute shadows the method, as for ``get`` below (a subclass that defines its own
+        # ``set`` keeps it).
+        writes_alone = alone and (source is None or write_policy == "through")
+        if writes_alone and type(self).set is TieredCache.set:
+            vars(self)["set"] = self._paths.set_alone
         # ``cache.get`` is answered without a Python frame on a plain hit: an instance
         # attribute shadows the method (a function is a non-data descriptor). A subclass that
         # defines its own ``get`` keeps it.
@@ -302,6 +307,8 @@ class TieredCache(L1Reader):
         processes drop their in-process copy (the bus). A value a tier cannot encode raises
         :class:`~tiered_cache.CodecError` before that tier is written.
         """
+        # A chain of one in-process tier alone answers through ChainPaths.set_alone (see
+        # __init__), which makes the same decisions in plain calls.
         run(self._paths.set(key, value, ttl))
 
     def set_many(self, items: Mapping[str, Any], *, ttl: float | str | None = None) -> None:

@@ -213,19 +213,54 @@ class Fence:
         and after it, with nothing to give back. True if it landed."""
         keys = (key,)
         log = self._log
-        if log.overtaken(mark, keys, ignore=own):
+        if log.overtaken(mark, keys, own):  # positional: a call with keywords costs more
             self._refuse(keys)
             return False
         for tier in reversed(tiers):
             if not tier.bypassed and not (self._leases and tier.leases and tier.can_lease(key)):
                 tier.set_one(key, entry)  # not the leasing tier without a lease: _fill_leased
-        if not log.overtaken(mark, keys, ignore=own):
+        if not log.overtaken(mark, keys, own):
             return True
         # Invalidated between the check and the write: undo, deleting is always safe (from
         # every tier given: no list of the written ones is kept on the common path).
         self._metrics.count("fills_refused")
         for tier in tiers:
             tier.delete_many(keys)
+        return False
+
+    def write_alone(self, mark: int, key: str, entry: Entry) -> bool:
+        """A write of one key into a chain of one in-process tier
+        (:meth:`~tiered_cache.paths.ChainPaths.set_alone`), in plain calls: what
+        :meth:`invalidate` of the key and then :meth:`fill_one` of ``entry`` do (that
+        invalidation does not refuse it), with the tier's drop and fill made one step
+        (``TierBase.replace``). Logged first: marks stay before the invalidation until the
+        tier has dropped the old copy and taken the new one. The fill is checked against the
+        invalidations since ``mark`` before the write (refused: the old copy is only dropped)
+        and after it (undone). True if it landed."""
+        tier = self._tiers[0]
+        keys = (key,)
+        log = self._log
+        own = log.record_key(key)
+        try:
+            refused = log.overtaken(mark, keys, own)
+            if (
+                refused
+                or tier.bypassed
+                or (self._leases and tier.leases and tier.can_lease(key))  # as fill_one
+            ):
+                tier.delete_many(keys)
+            else:
+                tier.set_one(key, entry, True)  # replace: the drop and the fill in one step
+        finally:
+            log.done(own)
+        if refused:
+            self._refuse(keys)
+            return False
+        if not log.overtaken(mark, keys, own):
+            return True
+        # Invalidated between the check and the write: undo, as fill_one does.
+        self._metrics.count("fills_refused")
+        tier.delete_many(keys)
         return False
 
     def _refuse(self, keys: Sequence[str]) -> None:

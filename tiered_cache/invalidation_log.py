@@ -18,7 +18,7 @@ from .forking import restart_after_fork
 __all__ = ["InvalidationLog"]
 
 #: One invalidation: the keys it named, the prefixes it named, or ``None`` for everything.
-_Event = tuple[int, frozenset[str] | None, tuple[str, ...]]
+_Event = tuple[int, Collection[str] | None, tuple[str, ...]]
 
 
 class InvalidationLog:
@@ -54,6 +54,11 @@ class InvalidationLog:
         """``keys`` were invalidated; returns the invalidation's number."""
         return self._record(frozenset(keys), ())
 
+    def record_key(self, key: str) -> int:
+        """``key`` was invalidated, its copies still to be dropped (``record`` of one key,
+        pending)."""
+        return self._record((key,), (), True)  # a tuple: one key needs no set made
+
     def record_prefixes(self, prefixes: Iterable[str]) -> int:
         """Every key starting with one of ``prefixes`` was invalidated."""
         return self._record(frozenset(), tuple(prefixes))
@@ -69,7 +74,7 @@ class InvalidationLog:
         return self._record(None, (), pending)
 
     def _record(
-        self, keys: frozenset[str] | None, prefixes: tuple[str, ...], pending: bool = False
+        self, keys: Collection[str] | None, prefixes: tuple[str, ...], pending: bool = False
     ) -> int:
         # acquire/release rather than ``with``: every set records an invalidation, and on
         # CPython 3.11 the with statement costs twice as much as the two calls.
@@ -93,9 +98,7 @@ class InvalidationLog:
         # set are (every set closes an invalidation).
         self._open.discard(number)
 
-    def overtaken(
-        self, mark: int, keys: Collection[str], *, ignore: int | None = None
-    ) -> list[str]:
+    def overtaken(self, mark: int, keys: Collection[str], ignore: int | None = None) -> list[str]:
         """Those of ``keys`` that an invalidation recorded after ``mark`` (other than number
         ``ignore``: a writer's own) may have overtaken."""
         sequence = self._sequence
@@ -120,7 +123,7 @@ class InvalidationLog:
                 continue
             if invalidated is None:
                 return list(keys)
-            named |= invalidated
+            named.update(invalidated)
             prefixes.extend(invalidated_prefixes)
         starts = tuple(prefixes)
         return [key for key in keys if key in named or (starts and key.startswith(starts))]

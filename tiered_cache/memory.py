@@ -385,25 +385,53 @@ class MemoryTier(TierBase):
     def set(self, key: str, entry: Entry) -> None:
         # set_many for one key, without the dict and the lists (a fill after every miss). The
         # slot is made before the lock is taken: the lock is held for the policy alone.
-        now = self._clock()
-        if self._copy_on_read:
-            entry = _copied(entry)
-        expire_at = self._expire_at(entry, now)
-        slot = None
-        if expire_at > now:
-            slot = Slot(entry, expire_at, self._sizeof(entry.value) if self._weighs else 0)
+        slot = self._slot(entry)
         lock = self._lock
         # acquire/release rather than ``with``: on CPython 3.11 the with statement costs twice
         # as much as the two calls (its __exit__ takes a tuple of three Nones), once per fill.
         lock.acquire()
         try:
-            self._replay_reads()  # eviction decisions see the latest reads
+            if self._reads:  # eviction decisions see the latest reads
+                self._replay_reads()
             if slot is not None:
                 self._policy.put(key, slot)
             else:
                 self._policy.pop(key)  # nothing to keep, and an older copy must go too
         finally:
             lock.release()
+
+    def replace(self, key: str, entry: Entry) -> None:
+        """:meth:`delete_many` of ``key`` then :meth:`set` of ``entry`` under one lock (the
+        chain's write, ``Fence.write_alone``): the policy sees the drop and then a new key,
+        as it sees the two calls. The old copy goes even if the new one cannot be made (its
+        weight)."""
+        try:
+            slot = self._slot(entry)
+        except BaseException:
+            self.delete_many((key,))
+            raise
+        lock = self._lock
+        lock.acquire()
+        try:
+            policy = self._policy
+            policy.pop(key)  # the drop: the new entry enters as a new key
+            if self._reads:  # eviction decisions see the latest reads
+                self._replay_reads()
+            if slot is not None:
+                policy.put(key, slot)
+        finally:
+            lock.release()
+
+    def _slot(self, entry: Entry) -> Slot | None:
+        """The slot to keep ``entry`` in (a copy of it with ``copy_on_read``), or None when
+        it expires here at once."""
+        now = self._clock()
+        if self._copy_on_read:
+            entry = _copied(entry)
+        expire_at = self._expire_at(entry, now)
+        if expire_at > now:
+            return Slot(entry, expire_at, self._sizeof(entry.value) if self._weighs else 0)
+        return None
 
     def set_many(self, entries: Mapping[str, Entry]) -> None:
         """Expiries and sizes are worked out first; the lock is taken once for the batch."""

@@ -248,6 +248,22 @@ class ChainPaths:
         if self.announce is not None:
             yield self.announce, ([key], (), False, 0.0)
 
+    def set_alone(self, key: str, value: Any, *, ttl: float | str | None = None) -> None:
+        """:meth:`set` for a chain of one in-process tier and no bus, in plain calls (the
+        threaded chain chooses it when it is built, with the ``"through"`` write policy or no
+        source): no lease to take and nothing to announce, so the same order (the mark, the
+        source, the entry, the fence's invalidation and fill) without the steps' driver."""
+        if type(key) is not str:  # the check's call only for a key it may refuse
+            check_keys((key,))
+        fence = self.fence
+        mark = fence.mark()  # before the source is written: later invalidations count
+        if self.store is not None:
+            self.store(key, value)
+        entry = self.make_entry(value, self.clock(), 0.0, ttl)
+        if not fence.write_alone(mark, key, entry):
+            # Overlapped by another write or an invalidation: no tier keeps either value.
+            run(self.invalidate_many([key]))
+
     def set_many(self, items: Mapping[str, Any], ttl: float | str | None) -> Steps[None]:
         """See :meth:`TieredCache.set_many`: :meth:`set`'s order for several keys at once."""
         check_keys(items)

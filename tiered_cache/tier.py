@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, TypeAlias, runtime_checkable
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Final,
+    Literal,
+    Protocol,
+    TypeAlias,
+    cast,
+    runtime_checkable,
+)
 
 # The entry lives in a module of its own, compiled with the memory tier's core.
 from .entry import ENTRY_FIELDS, NEVER, Entry
@@ -133,6 +142,15 @@ class TierBase:
         :meth:`get_at`, which decides.
         """
         return None
+
+    def replace(self, key: str, entry: Entry) -> None:
+        """Drop ``key``'s copy, then store ``entry``: what an invalidation of ``key`` and a
+        fill after it leave (a chain's write). By default :meth:`Tier.delete_many` then
+        :meth:`Tier.set`; a tier may do both in one step (the memory tier: under one lock).
+        If the store fails, the old copy is gone all the same."""
+        tier = cast("Tier", self)
+        tier.delete_many((key,))
+        tier.set(key, entry)
 
     def delete_prefix(self, prefix: str) -> None:
         """Remove every key that starts with ``prefix``; by default everything (always safe)."""

@@ -247,6 +247,22 @@ class TierConformance:
         assert reader("conformance:hit") is NOT_FRESH
         assert hits.value == 1
 
+    def test_capability_replace_drops_the_old_copy_and_stores_the_new(
+        self, tier: Tier, clock: FakeClock
+    ) -> None:
+        declared = self.declared(tier)
+        tier.set("conformance:replace", self.entry(clock, "old"))
+        declared.replace("conformance:replace", self.entry(clock, "new", version=1))
+        got = tier.get("conformance:replace")
+        assert got is not MISSING
+        assert (got.value, got.version) == ("new", 1)
+        declared.replace("conformance:replace:absent", self.entry(clock, "v"))
+        assert tier.get("conformance:replace:absent") is not MISSING
+        # An entry already past its hard expiry is not kept, and the old copy goes anyway.
+        past = Entry("past", clock() - 20, clock() - 10, clock() - 5)
+        declared.replace("conformance:replace", past)
+        assert tier.get("conformance:replace") is MISSING
+
     def test_capability_delete_prefix_removes_every_key_with_the_prefix(
         self, tier: Tier, clock: FakeClock
     ) -> None:

@@ -1,0 +1,183 @@
+"""A set on a chain of one in-process tier and no bus (``ChainPaths.set_alone``: plain calls,
+the fence's ``write_alone``, the tier's drop and fill in one step) decides as the general set.
+
+Two chains run the same reads, writes, invalidations and clock moves: one answers ``set``
+through ``set_alone`` (what such a chain uses), the other through the steps
+(``ChainPaths.set``, which a subclass defining its own ``set`` keeps). Their answers,
+counters and the eviction policy's whole state must stay identical.
+"""
+
+from __future__ import annotations
+
+import inspect
+import random
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tiered_cache import MISSING, TieredCache
+from tiered_cache.clocks import ManualClock
+from tiered_cache.memory import MemoryTier
+from tiered_cache.policy import TinyLfuPolicy
+from tiered_cache.protection import Protection
+from tiered_cache.tier import Entry
+
+TTL = 30.0
+
+
+class StepsSet(TieredCache):
+    """A chain that defines its own ``set``: it keeps it, and writes through the steps."""
+
+    def set(self, key: str, value: Any, *, ttl: float | str | None = None) -> None:
+        super().set(key, value, ttl=ttl)
+
+
+class Side:
+    """One chain over a hot-key memory tier and a manual clock."""
+
+    def __init__(self, chain_class: type[TieredCache], max_entries: int) -> None:
+        self.clock = ManualClock(1_000_000.0)
+        self.policy = TinyLfuPolicy(max_entries, clock=self.clock, top_k=5)
+        self.tier = MemoryTier(policy=self.policy, clock=self.clock, ttl=100.0)
+        self.versions: dict[str, int] = {}
+        self.refreshes: list[Callable[[], None]] = []
+        # No soft timeout, a seeded draw, refreshes queued: both sides run alike.
+        self.cache = chain_class(
+            [self.tier],
+            clock=self.clock,
+            ttl=TTL,
+            rng=random.Random(7).random,
+            background=self.refreshes.append,
+            protection=Protection(soft_timeout=None),
+        )
+
+    def apply(self, step: tuple[str, Any]) -> Any:
+        """Run one step; its answer (a read's value, a refresh's count of jobs)."""
+        name, key = step
+        return getattr(self, f"do_{name}")(key)
+
+    def do_get(self, key: str) -> Any:
+        return self.cache.get(key, lambda: f"{key}@{self.versions.get(key)}")
+
+    def do_set(self, key: str) -> None:
+        version = self.versions[key] = self.versions.get(key, 0) + 1
+        self.cache.set(key, f"{key}@{version}")
+
+    def do_set_short(self, key: str) -> None:
+        self.cache.set(key, "short", ttl=1.0)
+
+    def do_invalidate(self, key: str) -> None:
+        self.cache.invalidate(key)
+
+    def do_refresh(self, _: None) -> int:
+        jobs = list(self.refreshes)
+        self.refreshes.clear()
+        for job in jobs:
+            job()
+        return len(jobs)
+
+    def do_advance(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+
+    def state(self, keys: list[str]) -> Any:
+        """Counters, the policy's view of every key, and what the tier holds."""
+        policy, stats = self.policy, self.cache.stats()
+        kept = {key: self.tier.peek(key) for key in keys}
+        segments = {key: (policy.segment_of(key), policy.sketch.frequency(key)) for key in keys}
+        return (
+            stats["tiers"],
+            stats["loads"],
+            stats["fills_refused"],
+            policy.evictions,
+            segments,
+            kept,
+        )
+
+
+KEYS = [f"k{index}" for index in range(24)]
+#: One step: an operation and its argument (hot keys, the first four, come up more often).
+steps = st.lists(
+    st.tuples(
+        st.sampled_from(["get", "set", "set_short", "invalidate"]),
+        st.one_of(st.sampled_from(KEYS), st.sampled_from(KEYS[:4])),
+    )
+    | st.tuples(st.just("refresh"), st.none())
+    | st.tuples(st.just("advance"), st.sampled_from([0.5, 3.0, 40.0])),
+    min_size=40,
+    max_size=250,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(max_entries=st.sampled_from([2, 8, 100]), script=steps)
+def test_a_set_alone_answers_counts_and_feeds_the_policy_as_the_steps(
+    max_entries: int, script: list[tuple[str, Any]]
+) -> None:
+    sides = [Side(chain_class, max_entries) for chain_class in (TieredCache, StepsSet)]
+    assert sides[0].cache.set == sides[0].cache._paths.set_alone  # the plain calls
+    assert "set" not in vars(sides[1].cache)  # the steps
+    for step in script:
+        answers = [side.apply(step) for side in sides]
+        assert answers[0] == answers[1], step
+    states = [side.state(KEYS) for side in sides]
+    assert states[0] == states[1]
+
+
+def test_a_kept_key_written_again_enters_as_a_new_key() -> None:
+    """The write drops the key first (its invalidation), then fills it: a key the policy
+    had promoted starts again in the window, in one step as in two."""
+    for chain_class in (TieredCache, StepsSet):
+        side = Side(chain_class, 100)
+        for _ in range(5):
+            side.apply(("get", "k0"))
+        side.apply(("get", "k1"))  # moves k0 out of the window
+        assert side.policy.segment_of("k0") != "window"
+        side.apply(("set", "k0"))
+        assert side.policy.segment_of("k0") == "window", chain_class
+
+
+def test_the_old_copy_goes_when_the_new_one_cannot_be_weighed() -> None:
+    """A value the tier cannot weigh (``max_bytes``): the failure is the tier's (counted),
+    the set returns, and no tier keeps the old value."""
+
+    def sizeof(value: Any) -> int:
+        if value == "unweighable":
+            raise ValueError("cannot weigh it")
+        return 1
+
+    answers = []
+    for chain_class in (TieredCache, StepsSet):
+        clock = ManualClock(1_000_000.0)
+        tier = MemoryTier(clock=clock, max_bytes=1000, sizeof=sizeof)
+        cache = chain_class([tier], clock=clock, ttl=TTL)
+        cache.set("k", "old")
+        cache.set("k", "unweighable")
+        answers.append((tier.peek("k"), cache.stats()["tiers"][0]["errors"]))
+    assert answers == [(MISSING, 1), (MISSING, 1)]
+
+
+def test_set_keeps_its_signature_key_check_and_ttl() -> None:
+    clock = ManualClock(1_000_000.0)
+    cache = TieredCache([MemoryTier(clock=clock)], clock=clock, ttl=TTL)
+    assert inspect.signature(cache.set) == inspect.signature(StepsSet([]).set)
+    with pytest.raises(TypeError, match="cache keys are str, not int"):
+        cache.set(42, "v")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        cache.set("k", "v", 5)  # type: ignore[misc]
+    cache.set("k", "v", ttl="2s")
+    entry = cache.tiers[0].get("k")
+    assert isinstance(entry, Entry)
+    assert entry.soft_expiry == clock() + 2
+
+
+def test_the_general_set_stays_for_other_chains() -> None:
+    """A bus, a second tier, or a source written around: the steps (leases, announcements,
+    the invalidation of every tier)."""
+    clock = ManualClock(1_000_000.0)
+    two = TieredCache([MemoryTier(clock=clock), MemoryTier(name="l2", clock=clock)], clock=clock)
+    assert "set" not in vars(two)
+    subclass = StepsSet([MemoryTier(clock=clock)], clock=clock)
+    assert "set" not in vars(subclass)

@@ -12,6 +12,7 @@ calls raise, because what a failure means depends on the step (the loader decide
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any, TypeVar, cast
 
 from .breaker import CircuitBreaker, CircuitBreakerTier
@@ -96,6 +97,9 @@ class TierAccessor:
             declared.hot_keys if declared is not None else (lambda n: [])
         )
         self._leasing = cast(LeasingTier, tier) if self.leases else None
+        # The metrics' own count, bound to this tier (once per miss: no frame of ours around it).
+        self.miss: Callable[[], None] = partial(metrics.miss, index)
+        """Count a miss found by the chain's own L1 lookup."""
 
     # -- reads
 
@@ -161,10 +165,6 @@ class TierAccessor:
     def hit(self, n: int = 1) -> None:
         """Count ``n`` hits found by a lookup other than :meth:`get_many`."""
         self._metrics.hit(self.index, n)
-
-    def miss(self) -> None:
-        """Count a miss found by the chain's own L1 lookup."""
-        self._metrics.miss(self.index)
 
     def hot_keys(self, n: int) -> list[tuple[str, float]]:
         """The tier's hottest keys (none if it does not track them, fails, or its circuit is

@@ -4,7 +4,7 @@ Its decisions are not a second copy: the L1 hit is :class:`~tiered_cache.l1.L1Re
 path after it is a :class:`~tiered_cache.paths.ChainPaths` step sequence, fills and
 invalidations go through the same :class:`~tiered_cache.fence.Fence`, loads through the
 shared lease-wait and batch steps, entries are stamped by the same
-:class:`~tiered_cache.loader.EntryMaker`. This module holds what only asyncio has: coroutine
+:class:`~tiered_cache.stamp.EntryMaker`. This module holds what only asyncio has: coroutine
 single-flight (a cancelled leader hands its flight over), tasks for background work, and the
 ``async`` face. See docs/async.md.
 """
@@ -28,13 +28,13 @@ from .fence import Fence
 from .forking import restart_after_fork
 from .hit import NOT_FRESH
 from .l1 import L1Reader
-from .loader import EntryMaker
 from .logs import logger_for
 from .metrics import CacheMetrics
 from .paths import ChainPaths
 from .protection import REFRESH_DUE, Protection
 from .reporting import chain_stats, first_hot_keys
 from .singleflight import LeaderGone
+from .stamp import EntryMaker
 from .steps import Steps, arun, run
 from .tier import MISSING, Entry, Source, Tier
 

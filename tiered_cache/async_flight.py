@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Callable
 from typing import Any
 
 from .singleflight import FlightTable
@@ -87,23 +86,10 @@ class AsyncFlight:
                 loop.call_soon_threadsafe(_settle, future, result, error)
 
 
-class AsyncSingleFlight(FlightTable[AsyncFlight]):
+def async_flights() -> FlightTable[AsyncFlight]:
     """Flights by key for coroutines: :class:`~tiered_cache.singleflight.FlightTable`'s
-    ``claim``/``land`` for batches, and :meth:`join_or_lead` for one key. The caller that leads
-    a key runs the work and must ``land`` the flight; the others :meth:`AsyncFlight.wait`."""
-
-    def __init__(self) -> None:
-        super().__init__(AsyncFlight)
-
-    def join_or_lead(
-        self, key: str, *, tag: int, joinable: Callable[[AsyncFlight], bool] | None = None
-    ) -> tuple[AsyncFlight, bool]:
-        """``(flight, leader)``: the key's flight in progress (if ``joinable(flight)``), or a
-        new one this caller leads."""
-        with self._lock:
-            flight = self._flights.get(key)
-            if flight is not None and (joinable is None or joinable(flight)):
-                flight.join()
-                return flight, False
-            flight = self._flights[key] = AsyncFlight(tag)
-            return flight, True
+    ``claim``/``land`` for batches, and ``join_or_lead`` for one key. The caller that leads a
+    key runs the work and must ``land`` the flight; the others :meth:`AsyncFlight.wait`. (A
+    table of its own, not a subclass: the table is compiled with the core, and a compiled
+    class takes no interpreted subclass.)"""
+    return FlightTable(AsyncFlight)

@@ -3,7 +3,7 @@
 The decisions are the threaded loader's own -- the lease wait
 (:class:`~tiered_cache.lease_wait.LeaseWait`), batches and fail-safe
 (:class:`~tiered_cache.batch_load.BatchLoad`), the fence's fills, entry stamping
-(:class:`~tiered_cache.loader.EntryMaker`) -- run by the async driver. What is asyncio's own
+(:class:`~tiered_cache.stamp.EntryMaker`) -- run by the async driver. What is asyncio's own
 lives here: single-flight across coroutines (and loops), background refreshes as tasks, and
 timeouts: a timed load runs as a task of its own, which fills the tiers itself when it
 finishes, so a caller that stops waiting (soft timeout: it serves the stale value; hard
@@ -18,17 +18,17 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, cast
 
 from .async_accessor import AsyncTierAccessor, BlockingTierWarning, is_async_part
-from .async_flight import AsyncFlight, AsyncSingleFlight
+from .async_flight import AsyncFlight, async_flights
 from .async_tier import AsyncSource
 from .batch_load import BatchLoad
 from .errors import LoadTimeout, TieredCacheError
 from .fence import Fence
 from .forking import restart_after_fork
 from .lease_wait import LeaseWait
-from .loader import EntryMaker
 from .logs import fields, key_hash, logger_for
 from .metrics import CacheMetrics
 from .protection import Protection
+from .stamp import EntryMaker
 from .steps import arun
 from .tier import Entry, Source
 
@@ -78,9 +78,9 @@ class AsyncSourceLoader:
         self._clock = clock
         self._protection = protection
         #: One flight per key being read through the chain.
-        self.flights = AsyncSingleFlight()
+        self.flights = async_flights()
         #: Refreshes have flights of their own (as in the threaded loader).
-        self._refresh_flights = AsyncSingleFlight()
+        self._refresh_flights = async_flights()
         leasing = None
         if protection.lease != "off":
             leasing = next((tier for tier in self._tiers if tier.leases), None)

@@ -27,7 +27,7 @@ logger = logger_for("chain")
 
 #: Called as each part of a batch is ready: ``(entries to serve, errors)``.
 Ready = Callable[[Mapping[str, Entry], Mapping[str, BaseException]], None]
-#: Makes an entry: ``(value, now, load duration, ttl)`` (:class:`~tiered_cache.loader.EntryMaker`).
+#: Makes an entry: ``(value, now, load duration, ttl)`` (:class:`~tiered_cache.stamp.EntryMaker`).
 MakeEntry = Callable[[Any, float, float, "float | str | None"], Entry]
 
 

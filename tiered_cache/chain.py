@@ -22,13 +22,14 @@ from .coherence import DEFAULT_BUS_BREAKER, BusLink, publish_breaker
 from .fence import Fence
 from .hit import NOT_FRESH, PlainGet
 from .l1 import L1Reader, L1Tier
-from .loader import BatchLoader, EntryMaker, Loader, SourceLoader
+from .loader import BatchLoader, Loader, SourceLoader
 from .logs import logger_for
 from .metrics import CacheMetrics
 from .paths import ChainPaths
 from .protection import REFRESH_DUE, Protection
 from .reporting import chain_stats, first_hot_keys
 from .singleflight import Flight
+from .stamp import EntryMaker
 from .steps import run
 from .tier import MISSING, Entry, Source, Tier
 

@@ -54,6 +54,28 @@ def keep_from_the_parent(*parts: object) -> None:
     _KEPT.extend(part for part in parts if part is not None)
 
 
+class _Anchor:
+    """Stands in the registry for a part that cannot be weakly referenced (a class compiled
+    by mypyc: its instances have no weak reference slot). The part keeps its anchor, the
+    anchor keeps the part: both go together, when the garbage collector finds them unused."""
+
+    __slots__ = ("__weakref__", "part")
+
+    def __init__(self, part: ForkAware) -> None:
+        self.part = part
+
+    def after_fork_in_child(self) -> None:
+        self.part.after_fork_in_child()
+
+
+def restart_compiled_after_fork(part: ForkAware) -> object:
+    """:func:`restart_after_fork` for a part compiled with the core; returns what the part
+    must keep (it is told for as long as it keeps it)."""
+    anchor = _Anchor(part)
+    _PARTS.add(anchor)
+    return anchor
+
+
 def _in_child() -> None:
     for ref in list(_PARTS.values()):
         part = ref()

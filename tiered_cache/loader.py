@@ -26,9 +26,9 @@ from .logs import fields, key_hash, logger_for
 from .metrics import CacheMetrics
 from .protection import Protection
 from .singleflight import Flight, SingleFlight
+from .stamp import EntryMaker
 from .steps import run
-from .tier import MISSING, NEVER, Entry, Source
-from .units import parse_duration
+from .tier import Entry, Source
 
 logger = logger_for("chain")
 
@@ -64,31 +64,6 @@ class _Handoff:
         self.lock = threading.Lock()
         self.orphaned = False
         self.delivered = False
-
-
-class EntryMaker:
-    """Stamps values into entries: freshness from the TTLs, staleness from ``max_stale``."""
-
-    def __init__(self, ttl: float | None, negative_ttl: float, max_stale: float) -> None:
-        self._ttl = ttl
-        self._negative_ttl = negative_ttl
-        self._max_stale = max_stale
-
-    def __call__(self, value: Any, now: float, duration: float, ttl: float | str | None) -> Entry:
-        if value is MISSING or value is None:
-            lifetime: float | None = self._negative_ttl
-            value = None
-        elif ttl is not None:
-            lifetime = parse_duration(ttl)
-        else:
-            lifetime = self._ttl
-        if lifetime is None:
-            soft = hard = NEVER
-        else:
-            soft = now + lifetime
-            hard = soft + self._max_stale
-        # Positional: value, loaded_at, soft_expiry, hard_expiry, load_duration (one per miss).
-        return Entry(value, now, soft, hard, duration)
 
 
 class SourceLoader:
@@ -220,7 +195,10 @@ class SourceLoader:
             if stale is None or not self._protection.fail_safe:
                 raise
             return self._fail_safe(key, mark, stale, exc)
-        self._fill(key, mark, entry, token)
+        if token is None:  # _fill without its frame: the fill after every plain miss
+            self._fence.fill_one(mark, key, entry, self._tiers)
+        else:
+            self._fill(key, mark, entry, token)
         return entry
 
     def _fill(self, key: str, mark: int, entry: Entry, token: str | None) -> None:

@@ -6,9 +6,9 @@ import threading
 from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Final
 
-from .forking import restart_after_fork
+from .forking import restart_compiled_after_fork
 from .hit import HitCount
 
 #: Events counted by name, listed so that a snapshot always has every one of them.
@@ -37,8 +37,24 @@ EVENTS = (
 
 #: Upper bounds, in seconds, of the load latency histogram's buckets (a last one, ``+Inf``, is
 #: implied). Loads are calls to a source -- a millisecond to seconds -- so the buckets start at a
-#: millisecond. Fixed so that recording is one bisect under the lock the load already takes.
-LOAD_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+#: millisecond. Fixed so that recording is one bisect. Typed as a tuple of any length: compiled,
+#: a fixed-length tuple type made every load check and rebuild it before the bisect (710 ns a
+#: count, against 490 ns interpreted).
+LOAD_BUCKETS: Final[tuple[float, ...]] = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
 
 
 @dataclass
@@ -66,7 +82,7 @@ class LocalCounter:
         self.cells = threading.local()
         self._cells: list[list[int]] = []
         self._lock = threading.Lock()
-        restart_after_fork(self)
+        self._fork = restart_compiled_after_fork(self)  # compiled: no weak reference to it
 
     def after_fork_in_child(self) -> None:
         """A new lock: one the parent's thread held at the fork (adding up, or starting to
@@ -128,7 +144,7 @@ class CacheMetrics:
         self.l1_hits = LocalCounter()
         #: Hits in tier 0 answered by its plain-hit reader (:mod:`tiered_cache.hit`).
         self.plain_l1_hits = HitCount()
-        restart_after_fork(self)
+        self._fork = restart_compiled_after_fork(self)  # compiled: no weak reference to it
 
     def after_fork_in_child(self) -> None:
         """A new lock: ``stats()`` adds the cells up under it (a metrics scrape's thread may

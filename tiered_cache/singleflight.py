@@ -115,6 +115,19 @@ class FlightTable(Generic[F]):
                     led[key] = self._flights[key] = self._new(tag)
         return led, joined
 
+    def join_or_lead(
+        self, key: str, *, tag: int, joinable: Callable[[F], bool] | None = None
+    ) -> tuple[F, bool]:
+        """``(flight, leader)``: the key's flight in progress (if ``joinable(flight)``), or a
+        new one this caller leads (the asyncio chain's one key)."""
+        with self._lock:
+            flight = self._flights.get(key)
+            if flight is not None and (joinable is None or joinable(flight)):
+                flight.join()
+                return flight, False
+            flight = self._flights[key] = self._new(tag)
+            return flight, True
+
     def land(
         self, flights: Mapping[str, F], results: Mapping[str, Any], error: BaseException | None
     ) -> None:
@@ -182,16 +195,19 @@ class SingleFlight(FlightTable[Flight]):
         # replacing a flight that may not be joined, happen under the lock, as landing does.
         current = flights.setdefault(key, flight) if type(key) is str else None
         while current is not flight:
+            joined: Flight | None = None  # no ``break`` inside ``with``: mypyc has none
             with self._lock:
                 current = flights.get(key)
                 if current is None or (may_join is not None and not may_join(key, current.tag)):
                     flights[key] = current = flight
-                    break
-                current.join()
-            try:
-                return current.wait(), True
-            except LeaderGone:
-                current = None  # its leader was interrupted: lead, or join the next leader
+                else:
+                    current.join()
+                    joined = current
+            if joined is not None:
+                try:
+                    return joined.wait(), True
+                except LeaderGone:
+                    current = None  # its leader was interrupted: lead, or join the next leader
         try:
             result = fn(flight, *args)
         except BaseException as exc:

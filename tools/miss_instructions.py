@@ -1,0 +1,95 @@
+"""Instructions per miss, counted by valgrind: a figure the shared machine's load cannot move.
+
+A miss here is ``cache.get(new_key, loader)`` on a full one-tier chain (the default policy,
+20,000 entries) or theine's ``get`` + ``set`` of a new key on a full ``theine.Cache``. Each
+contender runs under ``valgrind --tool=callgrind`` twice, with 1,000 and 3,000 misses after
+the same warm-up, and the difference of the two totals over 2,000 is printed: start-up and
+warm-up cancel out. ``PYTHONHASHSEED=0`` makes the runs repeatable (the policy's sketch and
+admission depend on the keys' hashes). Instructions are not time (a cache miss costs more
+than an add), but they follow the interpreted frames and the allocations a miss pays, and a
+change of a few percent shows where timings on a loaded machine drift by twenty.
+
+Run: ``.venv/bin/python tools/miss_instructions.py`` (valgrind installed; about 2 minutes).
+``TIERED_CORE_PURE=1`` counts the pure-Python core.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ENTRIES = 20_000
+#: Misses of the short and the long run; their difference is what is counted.
+SHORT, LONG = 1_000, 3_000
+
+CHAIN = """
+import sys
+sys.path.insert(0, {benchmarks!r})
+from bench_memory_tier import memory_cache
+def loader(): return 1
+cache = memory_cache({entries})
+for i in range({entries}): cache.get(f"w{{i}}", loader)
+get = cache.get
+for key in [f"new:{{i}}" for i in range(int(sys.argv[1]))]: get(key, loader)
+"""
+
+THEINE = """
+import sys, theine
+cache = theine.Cache({entries})
+for i in range({entries}): cache.set(f"w{{i}}", 1)
+def loader(): return 1
+get, put = cache.get, cache.set
+for key in [f"new:{{i}}" for i in range(int(sys.argv[1]))]:
+    _, found = get(key)
+    if not found: put(key, loader())
+"""
+
+
+def instructions(program: str, misses: int) -> int:
+    """Every instruction the program ran (valgrind's total), with ``misses`` misses."""
+    done = subprocess.run(
+        [
+            "valgrind",
+            "--tool=callgrind",
+            "--callgrind-out-file=/dev/null",
+            sys.executable,
+            "-c",
+            program,
+            str(misses),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONHASHSEED": "0"},
+    )
+    found = re.search(r"Collected : (\d+)", done.stderr)
+    if found is None:
+        raise SystemExit(f"valgrind printed no total:\n{done.stderr[-2000:]}")
+    return int(found.group(1))
+
+
+def per_miss(program: str) -> float:
+    return (instructions(program, LONG) - instructions(program, SHORT)) / (LONG - SHORT)
+
+
+def main() -> None:
+    head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    pure = os.environ.get("TIERED_CORE_PURE", "") not in ("", "0")
+    core = "pure-Python core" if pure else "compiled core if built"
+    print(f"run: .venv/bin/python tools/miss_instructions.py | commit {head} | {core}")
+    benchmarks = str(ROOT / "benchmarks")
+    ours = per_miss(CHAIN.format(benchmarks=benchmarks, entries=ENTRIES))
+    peer = per_miss(THEINE.format(entries=ENTRIES))
+    print(f"cache.get(key, loader) miss, full {ENTRIES:,}: {ours:,.0f} instructions")
+    print(f"theine get + set miss, full {ENTRIES:,}:     {peer:,.0f} instructions")
+    print(f"ratio: {ours / peer:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -112,8 +112,8 @@ class AsyncSourceLoader:
         led has no leader here (a read of its key joined it, and waited for ever), and a
         thread of the parent may have held a flight table's lock. New tables, and no tasks,
         refreshes or abandoned loads to wait for (as the threaded loader's restart)."""
-        self.flights = AsyncSingleFlight()
-        self._refresh_flights = AsyncSingleFlight()
+        self.flights = async_flights()
+        self._refresh_flights = async_flights()
         self._tasks = set()
         self._refreshing = set()
         self._abandoned = {}

@@ -72,7 +72,7 @@ def restart_compiled_after_fork(part: ForkAware) -> object:
     """:func:`restart_after_fork` for a part compiled with the core; returns what the part
     must keep (it is told for as long as it keeps it)."""
     anchor = _Anchor(part)
-    _PARTS.add(anchor)
+    restart_after_fork(anchor)
     return anchor
 
 

@@ -69,7 +69,9 @@ class Fence:
         self.mark: Callable[[], int] = self._log.mark
         """Take before reading anything a fill will write; pass to :meth:`fill`."""
 
-    # -- invalidations: the one entry point
+    # -- invalidations: the entry point (and write_alone, below, which records a one-key
+    # invalidation itself so that a lone in-process tier drops and fills in one call; both
+    # follow the log's order: recorded pending, dropped, then done)
 
     def invalidate(
         self, keys: Iterable[str] = (), prefixes: Iterable[str] = (), *, everything: bool = False

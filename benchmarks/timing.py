@@ -67,6 +67,15 @@ def interleaved(
 ) -> dict[str, Spread]:
     """Seconds per call of each contender: ``rounds`` rounds in which each runs ``number``
     times in turn; the order rotates by one each round."""
+    samples = interleaved_samples(contenders, rounds=rounds, number=number)
+    return {name: Spread.of(values) for name, values in samples.items()}
+
+
+def interleaved_samples(
+    contenders: Mapping[str, Callable[[], object]], *, rounds: int, number: int = 1
+) -> dict[str, list[float]]:
+    """:func:`interleaved`'s samples, round by round (the ``i``-th of every contender were
+    taken in the same round, next to each other: see :func:`paired`)."""
     names = list(contenders)
     samples: dict[str, list[float]] = {name: [] for name in names}
     clock = time.perf_counter
@@ -78,7 +87,13 @@ def interleaved(
             for _ in range(number):
                 run()
             samples[name].append((clock() - started) / number)
-    return {name: Spread.of(values) for name, values in samples.items()}
+    return samples
+
+
+def paired(ours: Sequence[float], peer: Sequence[float]) -> Spread:
+    """Ours over the peer's round by round (samples taken next to each other, so a slow
+    spell of the machine that spans a round slows both): the least and the median ratio."""
+    return Spread.of([mine / theirs for mine, theirs in zip(ours, peer, strict=True)])
 
 
 def ratio(ours: Spread, peer: Spread) -> Spread:

@@ -1,0 +1,167 @@
+"""Instructions per L2 hit, counted by valgrind: the client's work, which load cannot move.
+
+An L2 hit is ``chain.get(key)`` on the chain of ``benchmarks/bench_redis.py`` (a 10-entry
+memory tier, the default policy, in front of the Redis tier: cycling 1,000 keys makes every read
+an L1 miss, an L2 hit and a copy-up into the full L1); the peer is redis-py ``GET`` +
+``json.loads`` of the same tweet, on a client with the same socket options. Both are built by
+``bench_redis.connect``, so this counts exactly what the bench times. ``redis-server`` runs
+outside valgrind (started here, filled once); each contender runs under ``valgrind
+--tool=callgrind`` twice, with 1 and 3 passes over the 1,000 keys after one warm-up pass
+(valgrind instruments it only from the end of the warm-up on: ``callgrind_control``), and the
+difference of the two totals over 2,000 is printed: the exit cancels out too.
+``PYTHONHASHSEED=0`` makes the runs repeatable.
+
+Instructions are the client's user-space work only: the kernel's side of a round trip (two
+``poll`` and a ``sendto``/``recvfrom`` each way, the same for both contenders) and the wait
+for the server are not in them, so the ratio here is larger than the timed one, whose
+denominator carries the round trip.
+
+``--parts`` also counts the steps in between (the raw ``GET`` alone, the tier's read alone,
+the tier's ``get``), so that the chain's cost splits into the wire, the decode and the chain.
+``--annotate FILE`` keeps the chain's long run's callgrind profile in ``FILE`` and prints its
+top functions by inclusive count (``callgrind_annotate``: C functions; the interpreter's
+frames show as ``_PyEval_EvalFrameDefault``).
+
+Run: ``.venv/bin/python tools/l2_instructions.py [--parts] [--annotate FILE]`` (valgrind
+installed; about 2 minutes, 5 with ``--parts``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCHMARKS = ROOT / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+from bench_redis import connect, fill  # noqa: E402
+
+from tiered_cache.testing.servers import RedisServer  # noqa: E402
+
+#: Passes over the 1,000 keys of the short and the long run; their difference is counted.
+SHORT, LONG = 1, 3
+READS_PER_PASS = 1_000
+
+#: What each contender does per key (``bench`` is ``bench_redis.connect``'s).
+READS = {
+    "chain get": "bench.chain.get",
+    "raw GET + json.loads": "lambda key, get=bench.raw.get, loads=json.loads: "
+    "loads(get(RAW_PREFIX + key))",
+    # The steps in between (--parts).
+    "raw GET": "lambda key, get=bench.raw.get: get(RAW_PREFIX + key)",
+    "tier wire GET": "lambda key, read=bench.tier._read_path().get, "
+    "name=bench.tier.redis_key: read(name(key))",
+    "tier get": "bench.tier.get",
+}
+PARTS = ("raw GET", "tier wire GET", "tier get")
+
+PROGRAM = """
+import json, sys
+sys.path.insert(0, {benchmarks!r})
+from bench_redis import KEYS, RAW_PREFIX, connect
+bench = connect({url!r})
+read = {read}
+def one_pass():
+    for key in KEYS:
+        read(key)
+one_pass()
+print("ready", flush=True)  # the tool turns valgrind's instrumentation on, then says go
+sys.stdin.readline()
+for _ in range(int(sys.argv[1])):
+    one_pass()
+assert bench.chain.stats()["loads"] == 0, "every chain read must have been a hit"
+bench.close()
+"""
+
+
+def instructions(program: str, passes: int, out: str = "/dev/null") -> int:
+    """The instructions the program ran in ``passes`` passes and its exit (valgrind's total):
+    valgrind starts it uninstrumented (start-up and the warm-up pass run several times
+    faster) and instruments it from the moment the program says it is ready."""
+    child = subprocess.Popen(
+        [
+            "valgrind",
+            "--tool=callgrind",
+            "--instr-atstart=no",
+            f"--callgrind-out-file={out}",
+            sys.executable,
+            "-c",
+            program,
+            str(passes),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONHASHSEED": "0"},
+    )
+    assert child.stdin is not None and child.stdout is not None
+    if child.stdout.readline().strip() == "ready":
+        subprocess.run(
+            ["callgrind_control", "--instr=on", str(child.pid)], capture_output=True, check=True
+        )
+        child.stdin.write("go\n")
+        child.stdin.flush()
+    _, errors = child.communicate()
+    found = re.search(r"Collected : (\d+)", errors)
+    if child.returncode != 0 or found is None:
+        raise SystemExit(f"valgrind run failed:\n{errors[-3000:]}")
+    return int(found.group(1))
+
+
+def per_read(program: str, annotate: str | None = None) -> float:
+    long = instructions(program, LONG, annotate or "/dev/null")
+    short = instructions(program, SHORT)
+    return (long - short) / ((LONG - SHORT) * READS_PER_PASS)
+
+
+def top_functions(profile: str, lines: int = 40) -> str:
+    """``callgrind_annotate``'s inclusive top functions of ``profile``."""
+    done = subprocess.run(
+        ["callgrind_annotate", "--inclusive=yes", "--threshold=99", profile],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return "\n".join(done.stdout.splitlines()[: lines + 20])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--parts", action="store_true", help="count the steps in between too")
+    parser.add_argument("--annotate", metavar="FILE", help="keep the chain's callgrind profile")
+    args = parser.parse_args()
+    head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    pure = os.environ.get("TIERED_CORE_PURE", "") not in ("", "0")
+    core = "pure-Python core" if pure else "compiled core if built"
+    print(f"run: .venv/bin/python tools/l2_instructions.py | commit {head} | {core}")
+    names = ["chain get", "raw GET + json.loads", *(PARTS if args.parts else ())]
+    counts: dict[str, float] = {}
+    with RedisServer() as server:
+        bench = connect(server.url)
+        fill(bench)
+        bench.close()
+        for name in names:
+            program = PROGRAM.format(benchmarks=str(BENCHMARKS), url=server.url, read=READS[name])
+            counts[name] = per_read(program, args.annotate if name == "chain get" else None)
+    for name in names:
+        print(f"{name:<24}{counts[name]:>10,.0f} instructions per read")
+    ours, peer = counts["chain get"], counts["raw GET + json.loads"]
+    print(f"ratio chain get / raw GET + json.loads: {ours / peer:.2f}x")
+    if args.annotate:
+        print(top_functions(args.annotate))
+
+
+if __name__ == "__main__":
+    main()

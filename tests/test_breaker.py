@@ -540,3 +540,37 @@ def test_stats_never_probe_a_tier_whose_circuit_is_open(
         breaker.get("k")  # the real probe reaches the tier, which is still down
     assert flaky.calls == 4
     assert breaker.breaker.state == "open"
+
+
+class CountingLock:
+    """A lock that counts how often it was taken."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.taken = 0
+
+    def __enter__(self) -> bool:
+        self.taken += 1
+        return self._lock.__enter__()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._lock.__exit__(*exc_info)
+
+
+def test_a_closed_circuit_takes_its_lock_only_to_count_failures_and_their_reset(
+    breaker: CircuitBreakerTier, flaky: FlakyTier
+) -> None:
+    """Every L2 hit goes through the breaker: while all is well it decides without its lock
+    (a flag and a count read); failures, and the success after them, still count under it."""
+    lock = CountingLock()
+    breaker.breaker._lock = lock  # type: ignore[assignment]
+    for _ in range(3):
+        breaker.get("k")
+    assert lock.taken == 0
+    trip(breaker, flaky, times=2)
+    assert lock.taken == 2 and breaker.failures == 2
+    flaky.error = None
+    breaker.get("k")
+    assert lock.taken == 3 and breaker.failures == 0
+    breaker.get("k")
+    assert lock.taken == 3

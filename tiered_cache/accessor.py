@@ -30,8 +30,8 @@ WARNING_INTERVAL = 10.0
 T = TypeVar("T")
 
 
-def _direct(operation: Callable[[], T]) -> T:
-    return operation()
+def _direct(operation: Callable[..., T], *arguments: Any) -> T:
+    return operation(*arguments)
 
 
 def _replace(tier: Tier, key: str, entry: Entry) -> None:
@@ -60,9 +60,8 @@ class TierAccessor:
         self.tier = tier
         self.name = tier.name
         self.breaker = breaker
-        self._guard: Callable[[Callable[[], object]], object] = (
-            breaker.call if breaker is not None else _direct
-        )
+        #: ``guard(function, *arguments)``: the call through the breaker (no closure needed).
+        self._guard: Callable[..., object] = breaker.call if breaker is not None else _direct
         self._metrics = metrics
         self._clock = clock
         self._last_warning: float | None = None
@@ -124,11 +123,9 @@ class TierAccessor:
         a key the caller just counted, which neither the chain's metrics nor the tier's
         eviction policy (through ``peek``) see as a read."""
         read = self.tier.get if count else self._peek
-        try:
-            if self.breaker is None:  # the second look of every miss: no closure, no guard
-                entry = read(key)
-            else:
-                entry = cast("Entry | MissingType", self._guard(lambda: read(key)))
+        breaker = self.breaker
+        try:  # the breaker's call with arguments: no closure (every L2 hit)
+            entry = read(key) if breaker is None else breaker.call(read, key)
         except Exception as exc:
             self.failed(exc)
             return MISSING
@@ -141,7 +138,7 @@ class TierAccessor:
     ) -> dict[str, Entry]:
         """The fresh entries among ``keys``; stale ones still servable go into ``stale``."""
         try:
-            entries = cast("dict[str, Entry]", self._guard(lambda: self.tier.get_many(keys)))
+            entries = cast("dict[str, Entry]", self._guard(self.tier.get_many, keys))
         except Exception as exc:
             self.failed(exc)
             return {}
@@ -188,7 +185,7 @@ class TierAccessor:
             return self.set_one(key, entry)
         entries = self.capped(entries)
         try:
-            self._guard(lambda: self.tier.set_many(entries))
+            self._guard(self.tier.set_many, entries)
         except CodecError:
             raise
         except Exception as exc:
@@ -198,8 +195,8 @@ class TierAccessor:
         return True
 
     def set_one(self, key: str, entry: Entry, replace: bool = False) -> bool:
-        """:meth:`set_many` of one entry (the fill after every miss): no dict, and no closure
-        or guard when the tier has no breaker. ``replace``: the key's old copy is dropped in
+        """:meth:`set_many` of one entry (the fill after every miss): no dict, no closure, and
+        no guard when the tier has no breaker. ``replace``: the key's old copy is dropped in
         the same step (``TierBase.replace``: a write into a chain of this tier alone,
         ``Fence.write_alone``)."""
         if self.bounded_for > 0:
@@ -209,7 +206,7 @@ class TierAccessor:
             if self.breaker is None:
                 write(key, entry)
             else:
-                self._guard(lambda: write(key, entry))
+                self.breaker.call(write, key, entry)
         except CodecError:
             raise
         except Exception as exc:

@@ -132,12 +132,12 @@ class TieredCache(L1Reader):
             write_policy=write_policy,
             fill_one=self._fence.fill_one,
         )
-        #: A chain of one in-process tier and no bus: a miss and a set run in plain calls.
-        alone = bus is None and len(self._tiers) == 1 and self._tiers[0].local
-        #: What a miss runs inside its flight, decided once from what the chain holds.
+        #: What a miss runs inside its flight: the read down the tiers in plain calls.
         self._read: Callable[[Flight, str, Loader | None, float | str | None], Any] = (
-            self._paths.read_through_alone if alone else self._read_through
+            self._paths.read_through_plain
         )
+        #: A chain of one in-process tier and no bus: a set runs in plain calls.
+        alone = bus is None and len(self._tiers) == 1 and self._tiers[0].local
         # ``cache.set`` likewise, when the source (if any) is written through: an instance
         # attribute shadows the method, as for ``get`` below (a subclass that defines its own
         # ``set`` keeps it).
@@ -253,13 +253,6 @@ class TieredCache(L1Reader):
         if shared:
             self._metrics.waited()
         return value
-
-    def _read_through(
-        self, flight: Flight, key: str, loader: Loader | None, ttl: float | str | None
-    ) -> Any:
-        """Inside the key's flight (:meth:`ChainPaths.read_through`); ``flight.tag`` is the
-        fence's mark."""
-        return run(self._paths.read_through(key, flight.tag, loader, ttl))
 
     def get_many(
         self,

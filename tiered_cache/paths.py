@@ -85,11 +85,30 @@ class ChainPaths:
     def read_through(self, key: str, mark: int, loader: Any, ttl: float | str | None) -> Steps[Any]:
         """Inside the key's flight: the first fresh copy (copied up into the faster tiers),
         else a stale one while a refresh runs, else a load. ``mark``: the fence's, taken
-        before anything was read; every fill below is judged by it."""
+        before anything was read; every fill below is judged by it. (The threaded chain
+        reads with :meth:`read_through_plain`.)"""
         check_keys((key,))
-        now = self.clock()
-        stale: Entry | None = None
-        for tier in self.tiers:
+        return (
+            yield from self.read_on(
+                key, mark, loader, ttl, now=self.clock(), tiers=self.tiers, stale=None
+            )
+        )
+
+    def read_on(
+        self,
+        key: str,
+        mark: int,
+        loader: Any,
+        ttl: float | str | None,
+        *,
+        now: float,
+        tiers: Sequence[ChainTier],
+        stale: Entry | None,
+    ) -> Steps[Any]:
+        """:meth:`read_through` from ``tiers`` on (all of the chain's, or those below the one
+        where :meth:`read_through_plain` found a stale copy, ``stale`` if still servable),
+        the read's time being ``now``."""
+        for tier in tiers:
             if tier.bypassed:
                 continue
             # Tier 0 was just missed by the caller; look again, quietly, because another
@@ -120,19 +139,41 @@ class ChainPaths:
         loaded: Entry = yield self.loader.load, (key, mark, loader, ttl, stale)
         return loaded.value
 
-    def read_through_alone(
+    def read_through_plain(
         self, flight: Landing, key: str, loader: Any, ttl: float | str | None
     ) -> Any:
-        """:meth:`read_through` for a chain of one in-process tier and no bus, in plain calls
-        (the threaded chain chooses it when it is built; ``flight.tag`` is the fence's mark):
-        the same decisions without the steps' driver. The second, quiet look at the tier
-        finds nothing in the common case, and the source is asked; anything it finds
-        (another flight's fill, a stale entry) goes the general way, as steps."""
+        """:meth:`read_through` for the threaded chain, in plain calls (its tiers' and
+        loader's calls are plain calls; ``flight.tag`` is the fence's mark): the same walk
+        without the steps' driver, which cost as much as the rest of the chain's part of an
+        L2 hit. A fresh copy is copied up (:meth:`Fence.fill_one`) and served, a miss in
+        every tier is loaded; what is rarer goes on as steps: a stale copy, from the tier
+        below it (:meth:`read_on`), and a read while the bus is down (it is counted), whole."""
         if type(key) is not str:  # a str passes check_keys: no call for it (once per miss)
             check_keys((key,))
-        if self.tiers[0].get(key, False) is not MISSING:
-            return run(self.read_through(key, flight.tag, loader, ttl))
-        return self.loader.load(key, flight.tag, loader, ttl, None).value
+        mark = flight.tag
+        if self.bounded:
+            return run(self.read_through(key, mark, loader, ttl))
+        now = self.clock()
+        tiers = self.tiers
+        for tier in tiers:
+            if tier.bypassed:
+                continue
+            # Tier 0 is looked at again, quietly, as in read_on.
+            entry = tier.get(key, tier.index > 0)
+            if entry is MISSING:
+                continue
+            if now >= entry.soft_expiry:
+                servable = entry if now < entry.hard_expiry else None
+                below = tiers[tier.index + 1 :]
+                steps = self.read_on(key, mark, loader, ttl, now=now, tiers=below, stale=servable)
+                return run(steps)
+            if tier.index > 0:
+                tier.hit()
+                fill_one = self.fill_one
+                assert fill_one is not None, "the threaded chain passes its fence's fill_one"
+                fill_one(mark, key, entry, tiers[: tier.index], None)
+            return entry.value
+        return self.loader.load(key, mark, loader, ttl, None).value
 
     def get_many(
         self, keys: list[str], loader: Any, ttl: float | str | None

@@ -15,8 +15,14 @@ from typing import Any
 MASK = "***"
 
 # scheme://[user][:password]@rest -- the password is whatever lies between the first ':' after
-# the scheme and the last '@' of the authority (a password may itself contain '@' or ':').
-_AUTHORITY = re.compile(r"^(?P<scheme>[^:/?#]+://)(?P<authority>[^/?#]*)(?P<rest>.*)$", re.S)
+# the scheme and the last '@' of the URL. Not of the authority as a URL parser reads it: a
+# generated password (base64, an ElastiCache AUTH token) holds '/', '#' or '?', and written
+# unencoded it ends the authority early, so the password's tail looked like a path or a query
+# and was shown. An '@' that is not the credentials' (in a query) then hides the host too: a
+# display may hide too much, never a password.
+_AUTHORITY = re.compile(
+    r"^(?P<scheme>[^:/?#]+://)(?P<authority>.*@[^/?#]*|[^/?#]*)(?P<rest>.*)$", re.S
+)
 _QUERY_SECRET = re.compile(r"(?P<name>[?&;](?:password|passwd|pass|secret|token)=)[^&;#]*", re.I)
 
 

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from tiered_cache_redis import RedisTierSettings
 
 from tiered_cache import ConfigError, TieredCache, load_settings
+from tiered_cache.redaction import redact_url
 from tiered_cache.testing.servers import RedisServer, free_port
 
 SECRET = "s3cr3t-Pa55-do-not-leak"
@@ -152,6 +153,43 @@ def test_errors_about_a_malformed_url_hide_the_password(url: str) -> None:
     with pytest.raises(ValidationError) as direct:
         RedisTierSettings(url=url)
     assert SECRET not in str(direct.value)
+
+
+# Generated passwords (base64, ElastiCache AUTH tokens) hold '/', '+', '#' or '?'. Written into
+# the URL without percent-encoding, they end the URL's authority early: the part after them
+# looked like a path, a query or a fragment, and was shown as it was.
+@pytest.mark.parametrize("cut", ["/", "#", "?", "/+/="])
+@pytest.mark.parametrize(
+    "template",
+    [
+        "redis://:{pw}@localhost:6379/0",
+        "redis://user:{pw}@localhost:6379/0",
+        "rediss://{pw}@localhost:6379/0",
+        "redis+cluster://user:{pw}@localhost:7000",
+    ],
+)
+def test_a_password_with_a_url_delimiter_is_hidden_everywhere_it_is_shown(
+    template: str, cut: str
+) -> None:
+    secret = SECRET[:6] + cut + SECRET[6:]
+    url = template.format(pw=secret)
+    shown = redact_url(url)
+    assert SECRET[6:] not in shown and SECRET[:6] not in shown, shown
+    assert shown.endswith("@localhost:6379/0") or shown.endswith("@localhost:7000"), shown
+    try:
+        settings = load_settings(tiers=_tiers(url))
+    except ConfigError as exc:  # most such URLs are malformed: the error must not show it
+        assert SECRET[6:] not in str(exc) and SECRET[:6] not in str(exc), str(exc)
+    else:
+        assert SECRET[6:] not in repr(settings) and SECRET[:6] not in repr(settings)
+
+
+def test_an_at_sign_outside_the_credentials_hides_too_much_rather_than_too_little() -> None:
+    # Without a password an '@' in the query is not a secret; hiding up to it is the safe side.
+    assert SECRET not in redact_url(f"redis://localhost:6379/0?client_name={SECRET}@x")
+    assert redact_url("redis://localhost:6379/0") == "redis://localhost:6379/0"
+    # ... and such a URL is still accepted.
+    load_settings(tiers=_tiers("redis://localhost:6379/0?client_name=me@there"))
 
 
 def test_no_log_line_of_a_working_or_failing_chain_shows_the_password(

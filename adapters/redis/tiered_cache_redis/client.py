@@ -61,6 +61,14 @@ def parse_url(url: str, *, cluster: bool = False) -> RedisTarget:
 def _check_address(url: str, shown: str) -> None:
     """The port and database of a ``redis://`` URL make sense; :class:`ConfigError` if not."""
     parts = urlsplit(url)
+    query_before_at, at, _ = parts.query.partition("@")
+    if "@" in parts.path + parts.fragment or (at and "=" not in query_before_at):
+        # A password holding '/', '?' or '#' unencoded ends the authority early; the rest of it
+        # would be read (and shown, in the messages below) as the port or the database.
+        raise ConfigError(
+            f"{shown}: the credentials hold '/', '?' or '#', which end a URL's host part; "
+            "percent-encode them ('%2F', '%3F', '%23')"
+        )
     try:
         parts.port  # noqa: B018 -- urllib checks the range when the port is read
     except ValueError:

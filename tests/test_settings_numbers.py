@@ -10,7 +10,7 @@ import pytest
 
 from tiered_cache import ConfigError, load_settings
 from tiered_cache.settings import MemoryTierSettings
-from tiered_cache.units import parse_duration
+from tiered_cache.units import MAX_DURATION, parse_duration
 
 
 @pytest.fixture(autouse=True)
@@ -98,3 +98,30 @@ def test_a_nan_in_a_config_file_names_its_path(tmp_path: Any) -> None:
     path.write_text("[tiered_cache]\n[[tiered_cache.tiers]]\nkind = 'memory'\nttl = nan\n")
     with pytest.raises(ConfigError, match=r"^tiered_cache\.tiers\[0\]\.ttl: .*finite"):
         load_settings(path)
+
+
+# A duration past what the machinery under it can count (CPython's timeouts stop at about 292
+# years, Redis's expiries in milliseconds somewhat later) was accepted and then failed every
+# call: a Redis ttl or lease_ttl of 1e300 made every fill a ResponseError, a Redis timeout of
+# 1e12 every command an OverflowError, each counted and logged as a failing tier, never refused.
+@pytest.mark.parametrize("too_long", [1e300, 1e12, "36501d", timedelta(days=36501)])
+@pytest.mark.parametrize(
+    ("path", "overrides"),
+    [
+        ("tiered_cache.ttl", lambda d: {"ttl": d}),
+        ("tiered_cache.negative_ttl", lambda d: {"negative_ttl": d}),
+        ("tiered_cache.protection.lease_ttl", lambda d: {"protection": {"lease_ttl": d}}),
+        ("tiered_cache.protection.hard_timeout", lambda d: {"protection": {"hard_timeout": d}}),
+        ("tiered_cache.tiers[0].ttl", lambda d: {"tiers": [{"kind": "memory", "ttl": d}]}),
+    ],
+)
+def test_a_duration_of_more_than_a_hundred_years_is_refused(
+    path: str, overrides: Any, too_long: Any
+) -> None:
+    message = _refused(path, **overrides(too_long))
+    assert "100 years" in message, message
+
+
+def test_a_hundred_years_is_still_a_duration() -> None:
+    assert parse_duration("36500d") == MAX_DURATION == 100 * 365 * 86400.0
+    assert load_settings(ttl="36500d").ttl == MAX_DURATION

@@ -28,6 +28,12 @@ _SIZE_UNITS = {
 }
 
 
+#: The longest duration a setting may give: a hundred years (of 365 days). Past it the
+#: machinery under a duration fails on every call instead of refusing the setting once
+#: (CPython's timeouts stop at about 292 years; Redis's expiries, in milliseconds, later).
+MAX_DURATION = 100 * 365 * 86400.0
+
+
 def parse_duration(value: object) -> float:
     """Seconds from a number (seconds), a :class:`~datetime.timedelta`, or a string such as
     ``"250ms"``, ``"5m"``, ``"1h30m"``; never negative, never NaN or infinite."""
@@ -47,6 +53,8 @@ def parse_duration(value: object) -> float:
         raise ValueError(f"a duration must be a finite number of seconds, got {value!r}")
     if seconds < 0:
         raise ValueError(f"a duration cannot be negative, got {value!r}")
+    if seconds > MAX_DURATION:
+        raise ValueError(f"a duration can be at most 100 years ('36500d'), got {value!r}")
     return seconds
 
 

@@ -285,6 +285,16 @@ def test_long_timeout(cache: Any) -> None:
     assert cache.get("key4") == "lobster bisque"
 
 
+def test_a_timeout_past_a_hundred_years_keeps_the_value_as_none_does(
+    cache: Any, django_clock: FakeClock
+) -> None:
+    # tiered-cache's durations stop at a hundred years; Django's take any number.
+    cache.set("key1", "eggs", 10**12)
+    assert cache.add("key2", "ham", 1e300) is True
+    django_clock.advance(10 * 365 * 86400)
+    assert (cache.get("key1"), cache.get("key2")) == ("eggs", "ham")
+
+
 def test_forever_timeout(cache: Any, django_clock: FakeClock) -> None:
     cache.set("key1", "eggs", None)
     assert cache.get("key1") == "eggs"

@@ -39,6 +39,7 @@ from ..chain import TieredCache
 from ..errors import ConfigError
 from ..settings import load_settings
 from ..tier import MISSING, Entry, MissingType
+from ..units import MAX_DURATION
 
 __all__ = ["TieredCacheBackend", "close_chains"]
 
@@ -55,7 +56,7 @@ _DJANGO_PROTECTION: dict[str, Any] = {
 }
 
 #: What ``timeout=None`` ("forever") becomes: durations are finite in tiered-cache.
-FOREVER = 100 * 365 * 86400.0
+FOREVER = MAX_DURATION
 
 _chains: dict[str, TieredCache] = {}
 _chains_lock = threading.Lock()
@@ -126,7 +127,8 @@ class TieredCacheBackend(BaseCache):
         if timeout is None:
             return FOREVER
         assert isinstance(timeout, int | float)
-        return float(timeout)
+        # Django takes any number; tiered-cache's durations stop at a hundred years.
+        return min(float(timeout), FOREVER)
 
     def _lookup(self, key: str) -> Entry | MissingType:
         return self.chain.lookup_many([key]).get(key, MISSING)

@@ -114,6 +114,34 @@ def test_a_bad_bus_url_names_its_path() -> None:
         load_settings(bus={"kind": "redis", "url": "redis://localhost:70000/0"})
 
 
+def test_a_pool_larger_than_a_redis_server_takes_is_refused() -> None:
+    # redis-py's blocking pool puts one placeholder per connection in a queue when it is made:
+    # a pool_size of 10**12 hung the build (and grew without bound) instead of failing it.
+    with pytest.raises(ConfigError, match=r"^tiered_cache\.tiers\[1\]\.pool_size: "):
+        load_settings(tiers=_tiers("redis://localhost:6379/0", pool_size=10**12))
+    load_settings(tiers=_tiers("redis://localhost:6379/0", pool_size=10_000))
+
+
+def test_the_longest_durations_accepted_are_ones_redis_and_its_client_take(
+    locked_redis: RedisServer,
+) -> None:
+    # 1e300 passed the settings and then failed every fill (PX out of range) or every command
+    # (a socket timeout that does not fit): the cap of parse_duration is under both limits.
+    longest = "36500d"
+    settings = load_settings(
+        namespace="longest",
+        protection={"lease_ttl": longest, "lease_wait": longest, "max_stale": longest},
+        tiers=_tiers(locked_redis.url, ttl=longest, timeout=longest, connect_timeout=longest),
+    )
+    with TieredCache.from_settings(settings) as cache:
+        cache.set("k", {"v": 1})
+        assert cache.get("loaded", loader=lambda: 2) == 2
+        assert cache.stats()["tiers"][1]["errors"] == 0
+    for field in ("ttl", "timeout", "connect_timeout"):
+        with pytest.raises(ConfigError, match=rf"^tiered_cache\.tiers\[1\]\.{field}: .*100 years"):
+            load_settings(tiers=_tiers(locked_redis.url, **{field: 1e300}))
+
+
 # -- secrets ---------------------------------------------------------------------------------
 
 

@@ -59,6 +59,10 @@ class RedisTierSettings(TierSettings):
     pool_size: int = Field(
         default=50,
         ge=1,
+        # A Redis server accepts 10,000 clients by default (maxclients); and redis-py's
+        # blocking pool queues a placeholder per connection when it is made, so a pool of
+        # 10**12 hung the build rather than failing it.
+        le=10_000,
         description="Most connections kept open to Redis (per node for a cluster); a call "
         "waits up to 'timeout' for a free one.",
     )

@@ -23,6 +23,7 @@ from tiered_cache.clocks import ManualClock
 from tiered_cache.memory import MemoryTier
 from tiered_cache.policy import TinyLfuPolicy
 from tiered_cache.protection import Protection
+from tiered_cache.testing.sources import DictSource
 from tiered_cache.tier import Entry
 
 TTL = 30.0
@@ -181,3 +182,22 @@ def test_the_general_set_stays_for_other_chains() -> None:
     assert "set" not in vars(two)
     subclass = StepsSet([MemoryTier(clock=clock)], clock=clock)
     assert "set" not in vars(subclass)
+
+
+@pytest.mark.parametrize("chain_class", [TieredCache, StepsSet])
+@pytest.mark.parametrize("tiers", [1, 2])
+def test_a_bad_ttl_after_the_source_took_the_value_leaves_no_old_copy(
+    chain_class: type[TieredCache], tiers: int
+) -> None:
+    """The ttl is read after the source is written (as the entry is stamped): a bad one
+    raised there and left every tier holding the old value, which the source no longer had."""
+    clock = ManualClock(1_000_000.0)
+    source = DictSource({"k": "old"})
+    layers = [MemoryTier(name=f"m{i}", clock=clock) for i in range(tiers)]
+    cache = chain_class(layers, source, clock=clock, ttl=TTL)
+    assert cache.get("k") == "old"
+    with pytest.raises(ValueError, match="duration"):
+        cache.set("k", "new", ttl="soon")
+    assert source.items["k"] == "new"
+    assert [layer.peek("k") for layer in layers] == [MISSING] * tiers
+    assert cache.get("k") == "new"

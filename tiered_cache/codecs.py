@@ -323,7 +323,10 @@ class JsonCodec(CodecBase):
                 return fast_dumps(form)
             except (TypeError, ValueError):
                 pass  # an int beyond 64 bits, a lone surrogate, deep nesting: the exact path
-        text = self._dumps(form)
+        try:
+            text = self._dumps(form)
+        except ValueError as exc:  # an int past sys.get_int_max_str_digits() (4,300 digits)
+            raise CodecError(f"value: codec {self.name!r} cannot encode it: {exc}") from None
         try:
             return text.encode("utf-8")
         except UnicodeEncodeError:

@@ -268,20 +268,27 @@ class ChainPaths:
             if token is not None and self.leasing is not None:
                 yield self.leasing.release_leases, ({key: token},)
             raise
-        entry = self.make_entry(value, self.clock(), 0.0, ttl)
-        # Loads in flight read the source before this write: none of them may fill now.
-        own = self.fence.invalidate([key])
-        if token is None and self.leased(key):
-            landed = False  # no lease to order this write against another: see leased()
-        elif token is None and self.fill_one is not None:
-            landed = self.fill_one(mark, key, entry, self.tiers, own)
-        else:
-            tokens = {key: token} if token is not None else None
-            landed = key in (
-                yield from self.fence.fill_steps(
-                    mark, {key: entry}, self.tiers, tokens=tokens, own=own
+        try:
+            entry = self.make_entry(value, self.clock(), 0.0, ttl)
+            # Loads in flight read the source before this write: none of them may fill now.
+            own = self.fence.invalidate([key])
+            if token is None and self.leased(key):
+                landed = False  # no lease to order this write against another: see leased()
+            elif token is None and self.fill_one is not None:
+                landed = self.fill_one(mark, key, entry, self.tiers, own)
+            else:
+                tokens = {key: token} if token is not None else None
+                landed = key in (
+                    yield from self.fence.fill_steps(
+                        mark, {key: entry}, self.tiers, tokens=tokens, own=own
+                    )
                 )
-            )
+        except Exception:
+            # The source took the value but a tier refused it (CodecError) or its ttl was bad:
+            # left alone, the tiers kept the old value (Redis for its ttl, read by every
+            # process) and the stolen lease. Invalidated as an overlapped write is.
+            yield from self.invalidate_many([key])
+            raise
         if not landed:
             # Another write (or an invalidation) overlapped this one: which came last at the
             # source cannot be told here, so no tier keeps either value.
@@ -301,8 +308,13 @@ class ChainPaths:
         mark = fence.mark()  # before the source is written: later invalidations count
         if self.store is not None:
             self.store(key, value)
-        entry = self.make_entry(value, self.clock(), 0.0, ttl)
-        if not fence.write_alone(mark, key, entry):
+        try:
+            entry = self.make_entry(value, self.clock(), 0.0, ttl)
+            written = fence.write_alone(mark, key, entry)
+        except Exception:
+            run(self.invalidate_many([key]))  # the source took the value: see set
+            raise
+        if not written:
             # Overlapped by another write or an invalidation: no tier keeps either value.
             run(self.invalidate_many([key]))
 
@@ -340,17 +352,21 @@ class ChainPaths:
                 yield self.leasing.release_leases, (unchanged,)
             yield from self.invalidate_many(stored)
             raise
-        now = self.clock()
-        entries = {
-            key: self.make_entry(value, now, 0.0, ttl)
-            for key, value in items.items()
-            if key in tokens or not self.leased(key)  # see leased()
-        }
-        # Loads in flight read the source before this write: none of them may fill now.
-        own = self.fence.invalidate(keys)
-        landed = yield from self.fence.fill_steps(
-            mark, entries, self.tiers, tokens=tokens or None, own=own
-        )
+        try:
+            now = self.clock()
+            entries = {
+                key: self.make_entry(value, now, 0.0, ttl)
+                for key, value in items.items()
+                if key in tokens or not self.leased(key)  # see leased()
+            }
+            # Loads in flight read the source before this write: none of them may fill now.
+            own = self.fence.invalidate(keys)
+            landed = yield from self.fence.fill_steps(
+                mark, entries, self.tiers, tokens=tokens or None, own=own
+            )
+        except Exception:
+            yield from self.invalidate_many(keys)  # the source took them: see set
+            raise
         # Overlapped by another write or an invalidation: no tier keeps either value.
         yield from self.invalidate_many([key for key in keys if key not in landed])
         written = [key for key in keys if key in landed]

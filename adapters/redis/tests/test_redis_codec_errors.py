@@ -8,9 +8,11 @@ from typing import Any
 
 import pytest
 import redis
+from tiered_cache_redis import RedisTier
 
-from tiered_cache import CodecError, TieredCache, load_settings
+from tiered_cache import CodecError, MemoryTier, TieredCache, load_settings
 from tiered_cache.testing.servers import RedisServer
+from tiered_cache.testing.sources import DictSource
 
 
 def _lone_surrogate() -> Any:
@@ -69,3 +71,34 @@ def test_the_error_names_where_the_lone_surrogate_sits(
         pytest.raises(CodecError, match=r"^value\['t'\]: .*lone surrogate"),
     ):
         cache.set("k", _lone_surrogate())
+
+
+BAD_AFTER_THE_SOURCE = {**BAD_VALUES, "int-past-4300-digits": lambda: {"n": 10**5000}}
+
+
+@pytest.mark.parametrize("bad", sorted(BAD_AFTER_THE_SOURCE))
+def test_a_value_the_source_took_but_redis_cannot_hold_leaves_no_old_copy(
+    redis_server: RedisServer, namespace: str, bad: str
+) -> None:
+    # The source is written before the tiers encode; a source that takes any value (a
+    # decorated function's, a custom one) then held the new value while Redis kept the old
+    # one for its ttl, read by every other process, and the lease was left behind (an int
+    # past 4,300 digits even passed as "stored"). The write now drops the key everywhere.
+    source = DictSource({"k": "old"})
+    settings = load_settings(
+        namespace=namespace, tiers=[{"kind": "memory"}, {"kind": "redis", "url": redis_server.url}]
+    )
+    raw = redis.Redis.from_url(redis_server.url)
+    tiers = [MemoryTier(), RedisTier(redis.Redis.from_url(redis_server.url), namespace=namespace)]
+    with TieredCache(tiers, source) as writer, TieredCache.from_settings(settings) as other:
+        assert writer.get("k") == "old" and other.get("k", loader=lambda: "?") == "old"
+        value = BAD_AFTER_THE_SOURCE[bad]()
+        with pytest.raises(CodecError):
+            writer.set("k", value)
+        assert source.items["k"] is value  # the source took it
+        assert raw.keys(f"*{namespace}*") == []  # neither the old copy nor the lease is left
+        other.invalidate("k")  # the bus is not part of this test: its own memory copy goes
+        assert other.get("k", loader=lambda: "from the source") == "from the source"
+        stats = writer.stats()["tiers"][1]
+        assert (stats["errors"], stats["skips"]) == (0, 0)
+    raw.close()

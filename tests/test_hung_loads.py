@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
-from tiered_cache import LoadTimeout, MemoryTier, TieredCache
+from tiered_cache import AsyncTieredCache, LoadTimeout, MemoryTier, TieredCache
 from tiered_cache.protection import Protection
 
 
@@ -72,3 +74,63 @@ def test_past_the_bound_of_abandoned_loads_a_miss_fails_at_once(release: threadi
     assert cache.wait_background(10)
     assert cache.get("other", lambda: "instant") == "instant"
     cache.close()
+
+
+def _hung_batch(release: threading.Event) -> tuple[dict[str, int], threading.Event, Any]:
+    """A loader of many keys that hangs until ``release``; ``entered`` is set once it runs."""
+    entered = threading.Event()
+    calls = {"batches": 0}
+
+    def load_many(keys: list[str]) -> dict[str, str]:
+        calls["batches"] += 1
+        entered.set()
+        release.wait(30)
+        return {key: f"value of {key}" for key in keys}
+
+    return calls, entered, load_many
+
+
+def test_a_get_that_joins_a_hung_get_many_keeps_its_hard_timeout(
+    release: threading.Event,
+) -> None:
+    # A get_many's batch load is not timed; a get of one of its keys joined it and waited as
+    # long as the source hung, past its own hard timeout.
+    cache = TieredCache([MemoryTier()], protection=Protection.never_stale(hard_timeout=0.2))
+    calls, entered, load_many = _hung_batch(release)
+    batch = threading.Thread(target=lambda: cache.get_many(["a", "b"], load_many))
+    batch.start()
+    assert entered.wait(10)
+    with pytest.raises(LoadTimeout, match="another caller's load of 'a'"):
+        cache.get("a", lambda: "loaded alone")
+    release.set()
+    batch.join(10)
+    assert cache.get("a", lambda: "loaded alone") == "value of a"  # the batch filled it
+    assert calls["batches"] == 1
+    cache.close()
+
+
+def test_an_async_get_that_joins_a_hung_get_many_keeps_its_hard_timeout() -> None:
+    async def scenario() -> None:
+        cache = AsyncTieredCache(
+            [MemoryTier()], protection=Protection.never_stale(hard_timeout=0.2)
+        )
+        gate, entered = asyncio.Event(), asyncio.Event()
+
+        async def load_many(keys: list[str]) -> dict[str, str]:
+            entered.set()
+            await gate.wait()
+            return {key: f"value of {key}" for key in keys}
+
+        async def loaded_alone() -> str:
+            return "loaded alone"
+
+        batch = asyncio.create_task(cache.get_many(["a", "b"], load_many))
+        await entered.wait()
+        with pytest.raises(LoadTimeout, match="another caller's load of 'a'"):
+            await asyncio.wait_for(cache.get("a", loaded_alone), 10)  # 10 s: a failure, no hang
+        gate.set()
+        await batch
+        assert await cache.get("a", loaded_alone) == "value of a"
+        await cache.aclose()
+
+    asyncio.run(scenario())

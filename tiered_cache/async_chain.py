@@ -24,6 +24,7 @@ from .async_loader import AsyncBatchLoader, AsyncLoader, AsyncSourceLoader
 from .async_tier import AsyncSource, AsyncTier
 from .bus import AsyncBus, Bus
 from .coherence import DEFAULT_BUS_BREAKER, BusLink, publish_breaker
+from .errors import LoadTimeout
 from .fence import Fence
 from .forking import restart_after_fork
 from .hit import NOT_FRESH
@@ -33,7 +34,7 @@ from .metrics import CacheMetrics
 from .paths import ChainPaths
 from .protection import REFRESH_DUE, Protection
 from .reporting import chain_stats, first_hot_keys
-from .singleflight import LeaderGone
+from .singleflight import LeaderGone, waited_too_long
 from .stamp import EntryMaker
 from .steps import Steps, arun, run
 from .tier import MISSING, Entry, Source, Tier
@@ -265,10 +266,17 @@ class AsyncTieredCache(L1Reader):
                 flights.land_one(key, flight, value, None)
                 return value
             self._metrics.waited()
+            wait = self._loader.join_timeout
             try:
-                return await flight.wait()
+                if wait is None:
+                    return await flight.wait()
+                # flight.wait shields the outcome: giving up cancels nothing of the load.
+                return await asyncio.wait_for(flight.wait(), wait)
             except LeaderGone:
                 continue
+            except TimeoutError:
+                assert wait is not None
+                raise LoadTimeout(waited_too_long(key, wait)) from None
 
     async def get_many(
         self,

@@ -89,6 +89,8 @@ class AsyncSourceLoader:
             if leasing is None
             else LeaseWait(leasing, self._tiers, fence, metrics, protection, clock, sleep)
         )
+        #: How long a reader waits for another caller's load of its key.
+        self.join_timeout = protection.join_timeout(leasing is not None)
         self._batching = BatchLoad(
             self._tiers,
             fence,

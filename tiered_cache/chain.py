@@ -248,7 +248,14 @@ class TieredCache(L1Reader):
         # with the fence's mark, taken before anything is read.
         fence = self._fence
         value, shared = self._loader.flights.run(
-            key, self._read, key, loader, ttl, tag=fence.mark(), may_join=fence.may_join
+            key,
+            self._read,
+            key,
+            loader,
+            ttl,
+            tag=fence.mark(),
+            may_join=fence.may_join,
+            wait=self._loader.join_timeout,
         )
         if shared:
             self._metrics.waited()

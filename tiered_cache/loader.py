@@ -115,6 +115,8 @@ class SourceLoader:
             if self._leasing is None
             else LeaseWait(self._leasing, self._tiers, fence, metrics, protection, clock, sleep)
         )
+        #: How long a reader waits for another caller's load of its key.
+        self.join_timeout = protection.join_timeout(self._leasing is not None)
         self._batching = BatchLoad(
             self._tiers,
             fence,

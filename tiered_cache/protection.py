@@ -30,7 +30,8 @@ class Protection:
         soft_timeout: when a stale value exists, a load slower than this returns the stale
             value while the load finishes in the background.
         hard_timeout: a load slower than this raises :class:`~tiered_cache.LoadTimeout` to the
-            caller (the load still finishes in the background and fills the tiers).
+            caller (the load still finishes in the background and fills the tiers); a reader
+            waiting for another caller's load gives up after :meth:`join_timeout`.
         lease: ``"auto"`` uses a lease on the first tier that offers them (Redis), so a fleet
             loads a missing key about once, through ``get`` or ``get_many``; ``"off"`` never
             does.
@@ -72,6 +73,15 @@ class Protection:
         }
         options.update(overrides)
         return cls(**options)  # type: ignore[arg-type]
+
+    def join_timeout(self, leasing: bool) -> float | None:
+        """How long a reader waits for another caller's load of its key (single-flight):
+        the longest a timed leader takes, its lease wait and then its hard timeout. A
+        leader that is not timed (a ``get_many``'s batch) held a joined ``get`` past its
+        hard timeout, for as long as the source hung. ``None``: no hard timeout."""
+        if self.hard_timeout is None:
+            return None
+        return self.hard_timeout + (self.lease_wait if leasing else 0.0)
 
     @property
     def xfetch_window_factor(self) -> float:

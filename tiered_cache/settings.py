@@ -284,7 +284,9 @@ class ProtectionSettings(BaseModel):
         default=_PROTECTION.hard_timeout,
         gt=0,
         description="A load slower than this fails the call with LoadTimeout (it finishes in "
-        "the background); none: wait for the source's own timeouts.",
+        "the background); a get that joined another caller's load (a get_many's, whose "
+        "batch is not timed) waits at most this, plus lease_wait with leases; none: wait "
+        "for the source's own timeouts.",
     )
     lease: Literal["auto", "off"] = Field(
         default=_PROTECTION.lease,

@@ -6,6 +6,8 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
+from .errors import LoadTimeout
+
 
 class LeaderGone(Exception):
     """The caller leading a flight was interrupted (its asyncio task cancelled, a
@@ -18,6 +20,14 @@ def _for_waiters(error: BaseException | None) -> BaseException | None:
     if error is None or isinstance(error, Exception):
         return error
     return LeaderGone(f"the caller leading this flight was interrupted ({type(error).__name__})")
+
+
+def waited_too_long(key: str, wait: float) -> str:
+    """The message of a reader that stopped waiting for another caller's load of ``key``."""
+    return (
+        f"waited {wait}s for another caller's load of {key!r} (the hard timeout, and the "
+        "lease wait with leases); that load goes on"
+    )
 
 
 class Flight:
@@ -57,11 +67,15 @@ class Flight:
         if done is not None:
             done.release()
 
-    def wait(self) -> Any:
-        """The outcome, once the flight lands (after :meth:`join`)."""
+    def wait(self, timeout: float | None = None) -> Any:
+        """The outcome, once the flight lands (after :meth:`join`); :class:`TimeoutError`
+        if it has not landed within ``timeout`` seconds (None: no limit)."""
         done = self._done
         assert done is not None, "wait() without join()"
-        done.acquire()
+        if timeout is None:
+            done.acquire()
+        elif not done.acquire(timeout=timeout):
+            raise TimeoutError
         done.release()  # let the next waiter through
         if self.error is not None:
             raise self.error
@@ -179,6 +193,7 @@ class SingleFlight(FlightTable[Flight]):
         *args: Any,
         tag: int = 0,
         may_join: Callable[[str, int], bool] | None = None,
+        wait: float | None = None,
     ) -> tuple[Any, bool]:
         """``(result, shared)``: ``fn(flight, *args)`` run once for every caller that comes
         while it runs; shared is True when this caller waited for another's call. (Arguments,
@@ -186,7 +201,8 @@ class SingleFlight(FlightTable[Flight]):
 
         ``may_join(key, tag)``: whether a flight in progress, led with ``tag``, may still be
         joined (the chain: no invalidation of the key since it started); if not, this caller
-        starts a new one.
+        starts a new one. ``wait``: the longest a caller waits for another's call, then
+        :class:`~tiered_cache.LoadTimeout` (None: no limit).
         """
         flights = self._flights
         flight = Flight(tag)
@@ -205,9 +221,12 @@ class SingleFlight(FlightTable[Flight]):
                     joined = current
             if joined is not None:
                 try:
-                    return joined.wait(), True
+                    return joined.wait(wait), True
                 except LeaderGone:
                     current = None  # its leader was interrupted: lead, or join the next leader
+                except TimeoutError:
+                    assert wait is not None
+                    raise LoadTimeout(waited_too_long(key, wait)) from None
         try:
             result = fn(flight, *args)
         except BaseException as exc:

@@ -113,3 +113,24 @@ def test_two_chains_share_one_collector_and_one_family_per_metric(
     assert samples[(hits, other_labels)] == 0
     loads = "tiered_cache_load_duration_seconds_count"
     assert samples[(loads, frozenset({("namespace", f"{namespace}-other")}))] == 1
+
+
+@pytest.mark.parametrize("clash", ["one namespace", "one tier name"])
+def test_chains_whose_series_would_collide_are_refused_when_registered(
+    namespace: str, clash: str
+) -> None:
+    # Two chains of one namespace, or two tiers of one name in a chain, gave a scrape the same
+    # series twice (tiered_cache_tier_hits_total{namespace, tier} with two values), of which
+    # Prometheus keeps one: each scrape showed one chain's or tier's figures as the other's.
+    if clash == "one namespace":
+        caches = [TieredCache([MemoryTier()], namespace=namespace) for _ in range(2)]
+    else:
+        caches = [TieredCache([MemoryTier(), MemoryTier(max_entries=5)], namespace=namespace)]
+    registry = CollectorRegistry()
+    with pytest.raises(ValueError, match=f"namespace {namespace!r}"):
+        register(*caches, registry=registry)
+    assert list(registry.collect()) == []  # nothing was registered
+    # Named apart, they register.
+    named = TieredCache([MemoryTier(), MemoryTier(name="l1b")], namespace=f"{namespace}-b")
+    register(named, registry=registry)
+    assert list(registry.collect())

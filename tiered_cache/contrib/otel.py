@@ -28,7 +28,7 @@ from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Meter, MeterProvider, Observation
 
 from ..chain import TieredCache
-from .series import CATALOGUE, Series, Spec, series
+from .series import CATALOGUE, Series, Spec, check_apart, series
 
 __all__ = ["PREFIX", "TieredCacheInstruments", "instrument"]
 
@@ -60,6 +60,7 @@ class TieredCacheInstruments:
         max_age: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        check_apart(caches)
         self._caches = tuple(caches)
         self._raw_hot_keys = raw_hot_keys
         self._max_age = max_age

@@ -29,7 +29,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from ..chain import TieredCache
-from .series import Series, series
+from .series import Series, check_apart, series
 
 __all__ = ["PREFIX", "TieredCacheCollector", "register"]
 
@@ -47,6 +47,7 @@ class TieredCacheCollector(Collector):
     """
 
     def __init__(self, *caches: TieredCache, raw_hot_keys: bool = False) -> None:
+        check_apart(caches)
         self._caches = caches
         self._raw_hot_keys = raw_hot_keys
 

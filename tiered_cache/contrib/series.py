@@ -13,12 +13,16 @@ It imports nothing outside the standard library and the core.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from ..logs import key_hash
 from ..metrics import EVENTS
+
+if TYPE_CHECKING:
+    from ..async_chain import AsyncTieredCache
+    from ..chain import TieredCache
 
 Kind = Literal["counter", "gauge", "histogram"]
 Labels = dict[str, str]
@@ -163,6 +167,27 @@ _TIER_FIELDS = {
     "tier_entries": "entries",
     "tier_breaker_opened": "breaker_opened",
 }
+
+
+def check_apart(caches: Iterable[TieredCache | AsyncTieredCache]) -> None:
+    """:class:`ValueError` unless every series of ``caches`` has labels of its own: one
+    namespace per chain, one name per tier of a chain. Two alike made one scrape show a series
+    twice, with two values, of which Prometheus keeps one (the other chain's or tier's)."""
+    namespaces: set[str] = set()
+    for cache in caches:
+        if cache.namespace in namespaces:
+            raise ValueError(
+                f"two chains of namespace {cache.namespace!r}: their series would be one; "
+                "give each chain a namespace of its own"
+            )
+        namespaces.add(cache.namespace)
+        names = [tier.name for tier in cache.tiers]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(
+                    f"the chain of namespace {cache.namespace!r} has {names.count(name)} tiers "
+                    f"named {name!r}: their series would be one; give each tier a name"
+                )
 
 
 def series(*snapshots: Mapping[str, Any], raw_hot_keys: bool = False) -> list[Series]:

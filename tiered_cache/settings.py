@@ -386,7 +386,9 @@ class CacheSettings(BaseSettings):
     ``TIERED_CACHE_TIERS='[{"kind": "memory"}]'``; nested fields use ``__``.
     """
 
-    model_config = SettingsConfigDict(extra="forbid")
+    # hide_input_in_errors: built directly (not through load_settings), a ValidationError
+    # echoed its input, credentials in a Redis URL or the DynamoDB settings among it.
+    model_config = SettingsConfigDict(extra="forbid", hide_input_in_errors=True)
 
     namespace: str = Field(
         default="default",

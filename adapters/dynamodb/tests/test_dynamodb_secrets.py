@@ -45,3 +45,29 @@ def test_a_config_error_next_to_the_keys_hides_them() -> None:
     settings = load_settings(source=source)
     _assert_hidden(repr(settings))
     _assert_hidden(str(settings))
+
+
+SHORT = "s3k-42"  # pydantic cuts the middle out of a long input's text, not a short one's
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"source": {"kind": "dynamodb", "table": "t", "key": "k", "aws_secret_access_key": SHORT}},
+        {"tiers": [f"redis://:{SHORT}@h/0"]},
+    ],
+    ids=["short-table-name", "tier-not-a-table"],
+)
+def test_a_settings_object_built_directly_does_not_echo_its_input_in_errors(
+    fields: dict[str, object],
+) -> None:
+    # load_settings describes errors without their input; CacheSettings built directly (for
+    # TieredCache.from_settings) raised pydantic's own ValidationError, whose text held the
+    # input: the whole table of a failing validator, the secret among it.
+    from pydantic import ValidationError
+
+    from tiered_cache.settings import CacheSettings
+
+    with pytest.raises(ValidationError) as caught:
+        CacheSettings(**fields)  # type: ignore[arg-type]
+    assert SHORT not in str(caught.value)

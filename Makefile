@@ -20,7 +20,7 @@ $(STAMP): $(BIN)/python pyproject.toml $(wildcard adapters/*/pyproject.toml)
 # (or with TIERED_CORE_PURE=1, or for a source changed since the build) the library runs on
 # the pure-Python sources (tiered_cache/compiled.py). `make pure` removes the build.
 CORE := $(VENV)/.core
-$(CORE): $(STAMP) tools/build_core.py $(addprefix tiered_cache/,entry.py slot.py sketch.py topk.py policy.py hit.py singleflight.py metrics.py stamp.py policy_defaults.py _hitcall.c)
+$(CORE): $(STAMP) tools/build_core.py $(addprefix tiered_cache/,entry.py slot.py sketch.py topk.py policy.py hit.py singleflight.py metrics.py stamp.py memory_core.py invalidation_log.py policy_defaults.py _hitcall.c)
 	$(BIN)/python tools/build_core.py
 	touch $(CORE)
 

@@ -26,14 +26,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tiered_cache
-from tiered_cache import entry, hit, policy, sketch, slot, topk
+from tiered_cache import entry, hit, invalidation_log, memory_core, policy, sketch, slot, topk
 from tiered_cache.clocks import ManualClock
 from tiered_cache.compiled import compiled_core
 
 PURE = "_tiered_cache_pure"
 SOURCES = Path(tiered_cache.__file__).parent
 IS_COMPILED = compiled_core() and all(
-    not str(module.__file__).endswith(".py") for module in (entry, policy, sketch, slot, topk, hit)
+    not str(module.__file__).endswith(".py")
+    for module in (entry, policy, sketch, slot, topk, hit, memory_core, invalidation_log)
 )
 
 needs_build = pytest.mark.skipif(
@@ -94,6 +95,13 @@ class World:
             # window, then stale, then expired.
             tier.set(key, self.entry(key, now, now + lifetime / 2, now + lifetime, 0.5))
             return None
+        if name == "peek":  # the chain's second look: no read recorded
+            found = tier.peek(argument)
+            return found.value if found else None
+        if name == "replace":  # a write into a chain of this tier alone (the drop and the fill)
+            now = clock()
+            tier.replace(argument, self.entry(argument, now, now + 5.0, now + 10.0, 0.5))
+            return None
         if name == "get_many":
             return {key: entry.value for key, entry in tier.get_many(argument).items()}
         if name == "set_many":
@@ -132,6 +140,8 @@ operations = st.lists(
         st.tuples(st.just("hit"), key),
         st.tuples(st.just("hit"), key),
         st.tuples(st.just("set"), st.tuples(key, st.sampled_from([0.5, 5.0, 100.0]))),
+        st.tuples(st.just("peek"), key),
+        st.tuples(st.just("replace"), key),
         st.tuples(st.just("get_many"), st.lists(key, max_size=6)),
         st.tuples(st.just("set_many"), st.lists(key, max_size=6, unique=True)),
         st.tuples(st.just("delete"), key),
@@ -348,3 +358,62 @@ def test_turned_off_the_sources_are_imported() -> None:
         [sys.executable, "-c", code], env=environment, capture_output=True, text=True, check=True
     )
     assert result.stdout.split() == ["False", "True"]
+
+
+log_keys = st.sampled_from(["a", "b", "ab", "c"])
+log_operations = st.lists(
+    st.one_of(
+        st.tuples(st.just("mark"), st.none()),
+        st.tuples(st.just("keys"), st.lists(log_keys, max_size=3)),
+        st.tuples(st.just("key"), log_keys),
+        st.tuples(st.just("prefixes"), st.lists(st.sampled_from(["a", "x"]), max_size=2)),
+        st.tuples(st.just("everything"), st.booleans()),
+        st.tuples(st.just("pending"), st.lists(log_keys, max_size=3)),
+        st.tuples(st.just("done"), st.integers(min_value=0, max_value=8)),
+        st.tuples(st.just("overtaken"), st.tuples(st.integers(0, 8), st.lists(log_keys))),
+        st.tuples(st.just("own"), st.tuples(st.integers(0, 8), st.lists(log_keys))),
+    ),
+    max_size=60,
+)
+
+
+def log_answers(module: Any, size: int, steps: list[tuple[str, Any]]) -> list[Any]:
+    """What an invalidation log of ``module`` answers to ``steps`` (marks and numbers are
+    looked back at by position: the n-th mark or number taken so far)."""
+    log = module.InvalidationLog(size)
+    marks: list[int] = [log.mark()]
+    numbers: list[int] = [0]
+    answers: list[Any] = []
+    for name, argument in steps:
+        if name == "mark":
+            marks.append(log.mark())
+            answers.append(marks[-1])
+        elif name == "keys":
+            numbers.append(log.record_keys(argument))
+        elif name == "key":
+            numbers.append(log.record_key(argument))
+        elif name == "prefixes":
+            numbers.append(log.record_prefixes(argument))
+        elif name == "everything":
+            numbers.append(log.record_everything(pending=argument))
+        elif name == "pending":
+            numbers.append(log.record(argument, (), pending=True))
+        elif name == "done":
+            log.done(numbers[argument % len(numbers)])
+        else:
+            at, keys = argument
+            ignore = numbers[-1] if name == "own" else None
+            answers.append(log.overtaken(marks[at % len(marks)], keys, ignore))
+    answers.append(numbers)
+    return answers
+
+
+@needs_build
+@settings(max_examples=60, deadline=None)
+@given(size=st.sampled_from([0, 1, 3, 1024]), steps=log_operations)
+def test_compiled_and_pure_invalidation_logs_answer_alike(
+    size: int, steps: list[tuple[str, Any]]
+) -> None:
+    assert log_answers(invalidation_log, size, steps) == log_answers(
+        pure("invalidation_log"), size, steps
+    )

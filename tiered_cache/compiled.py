@@ -25,7 +25,19 @@ from types import ModuleType
 __all__ = ["DEPENDENCIES", "EXTENSIONS", "MANIFEST", "MODULES", "compiled_core", "source_hash"]
 
 #: The modules the build compiles, by their short names (``tiered_cache.<name>``).
-MODULES = ("entry", "slot", "sketch", "topk", "policy", "hit", "singleflight", "metrics", "stamp")
+MODULES = (
+    "entry",
+    "slot",
+    "sketch",
+    "topk",
+    "policy",
+    "hit",
+    "singleflight",
+    "metrics",
+    "stamp",
+    "memory_core",
+    "invalidation_log",
+)
 #: Extensions written in C (``tiered_cache/<name>.c``), built with them; without the build the
 #: code that uses one runs its Python reference instead (the decorator: its generated wrapper).
 EXTENSIONS = ("_hitcall",)

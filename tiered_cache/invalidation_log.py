@@ -5,6 +5,10 @@ a flight per key. An invalidation that lands between its read and its copy would
 copy in memory; so the batch notes where the log stood when it started and, once its copies
 are made, drops those of the keys invalidated since. Only when the log no longer reaches back
 that far (or a prefix or a clear came, which name no keys) are all its copies dropped.
+
+Compiled with the core (``tools/build_core.py``): every miss takes a mark and asks twice
+whether it was overtaken, and as C calls those are no Python frames. This source is the
+reference (``TIERED_CORE_PURE=1``, or no compiler).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import threading
 from collections import deque
 from collections.abc import Collection, Iterable
 
-from .forking import restart_after_fork
+from .forking import restart_compiled_after_fork
 
 __all__ = ["InvalidationLog"]
 
@@ -30,7 +34,7 @@ class InvalidationLog:
         self._events: deque[_Event] = deque(maxlen=size)
         #: Invalidations recorded whose copies are still being dropped (see :meth:`done`).
         self._open: set[int] = set()
-        restart_after_fork(self)
+        self._fork = restart_compiled_after_fork(self)  # compiled: no weak reference to it
 
     def after_fork_in_child(self) -> None:
         """The parent's threads do not exist in a forked child: an invalidation one of them

@@ -7,11 +7,8 @@ What stays in memory is decided by an :class:`EvictionPolicy`. ``"always"`` is a
 
 from __future__ import annotations
 
-import copy
 import random
-import threading
 import time
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -19,30 +16,22 @@ import cachetools
 
 from .forking import restart_after_fork
 from .hit import HitCount, HitReader
+from .memory_core import MISS_BUFFER_ROOM, READ_BUFFER_MAX, READ_BUFFER_SIZE, MemoryCore
 from .policy import TinyLfuPolicy
 from .slot import Slot
-from .tier import MISSING, Entry, MissingType, TierBase
+from .tier import Entry, MissingType, TierBase
 from .weighing import deep_size
 
+__all__ = [
+    "MISS_BUFFER_ROOM",
+    "READ_BUFFER_MAX",
+    "READ_BUFFER_SIZE",
+    "EvictionPolicy",
+    "LruPolicy",
+    "MemoryTier",
+]
+
 Clock = Callable[[], float]
-
-
-#: Most recent reads kept for the eviction policy until the next write or miss replays them:
-#: at least this many ...
-READ_BUFFER_SIZE = 128
-#: ... and up to one per entry, at most this many. A run of hits longer than the buffer loses
-#: its oldest hits, and a policy that does not see a kept key's hits takes it for cold: in a
-#: loop of 1,100 keys at 1,000 entries (990 hits in a row) the main area's keys were counted
-#: for their last 128 hits only, lost to candidates counted at every miss, and the churn cost
-#: 1.1 points (88.83% with 128 reads kept, 89.94% with 1,024; PYTHONHASHSEED=0).
-READ_BUFFER_MAX = 4096
-#: A miss is buffered (not replayed at once, under the lock) while the buffer holds fewer
-#: reads than this: the rest of the buffer is room for the hits that may follow it before the
-#: next write, so that it is not pushed out of the buffer before it is replayed.
-MISS_BUFFER_ROOM = READ_BUFFER_SIZE // 2
-
-#: A buffered read: a hit is its key; a miss is its key in a 1-tuple.
-_Read = str | tuple[str]
 
 
 class EvictionPolicy(Protocol):
@@ -210,6 +199,13 @@ class MemoryTier(TierBase):
     ``hit_reader`` (not with ``copy_on_read``), ``delete_prefix`` and ``hot_keys`` (when its
     policy tracks them).
 
+    The entries, the read buffer and the lock are held by a
+    :class:`~tiered_cache.memory_core.MemoryCore` (compiled with the core); this class is the
+    tier's face. An instance answers ``get_at``, ``get``, ``peek``, ``set`` and ``replace``
+    with the core's own methods (instance attributes that shadow the methods below, as
+    ``TieredCache.get`` is shadowed): a miss and its fill run no Python frame of the tier's.
+    A subclass that defines one of them keeps its own.
+
     Args:
         policy: what to keep; when not given, the adaptive hot-key policy with its defaults
             (:class:`~tiered_cache.policy.TinyLfuPolicy`, the same as ``from_config``'s
@@ -249,29 +245,34 @@ class MemoryTier(TierBase):
         if not 0.0 <= ttl_jitter < 1.0:
             raise ValueError("ttl_jitter must be in [0, 1)")
         self.name = name
-        # "is not None": an empty policy may be falsy (it has a length).
-        self._policy: EvictionPolicy = (
-            policy if policy is not None else TinyLfuPolicy(max_entries, max_bytes, clock=clock)
-        )
-        self._ttl = ttl
-        self._jitter = ttl_jitter
         self._clock = clock
-        self._sizeof = sizeof if max_bytes is not None else _zero_size
-        #: Values are weighed (``max_bytes``); otherwise every slot weighs 0, and a fill calls
-        #: nothing to say so.
-        self._weighs = max_bytes is not None
-        self._rng = rng or random.Random()
-        self._copy_on_read = copy_on_read
-        self._lock = threading.Lock()
-        self._peek = self._policy.peek
-        # Hits are recorded here without the lock and replayed into the policy before the
-        # next write or miss (Caffeine's read buffer): the hit path never waits for another
-        # thread. The buffer is bounded: under a burst of hits the oldest are dropped, which
-        # makes hit observation a sample of the most recent reads, never a growing cost.
-        # Misses go through the same buffer (see get_at), in order with the hits.
-        room = min(max(READ_BUFFER_SIZE, max_entries), READ_BUFFER_MAX)
-        self._reads: deque[_Read] = deque(maxlen=room)
-        self._record_read = self._reads.append
+        self._core = core = MemoryCore(
+            # "is not None": an empty policy may be falsy (it has a length).
+            policy if policy is not None else TinyLfuPolicy(max_entries, max_bytes, clock=clock),
+            max_entries=max_entries,
+            ttl=ttl,
+            ttl_jitter=ttl_jitter,
+            clock=clock,
+            # Values are weighed (``max_bytes``); otherwise every slot weighs 0, and a fill
+            # calls nothing to say so.
+            sizeof=sizeof if max_bytes is not None else None,
+            rng=rng or random.Random(),
+            copy_on_read=copy_on_read,
+        )
+        # The core's methods on the instance, unless a subclass defines its own ("get"
+        # reads through "get_at": a subclass's get_at must see it).
+        own = type(self)
+        shadowed = vars(self)
+        if own.get_at is MemoryTier.get_at:
+            shadowed["get_at"] = core.get_at
+            if own.get is MemoryTier.get:
+                shadowed["get"] = core.get
+        if own.peek is MemoryTier.peek:
+            shadowed["peek"] = core.peek
+        if own.set is MemoryTier.set:
+            shadowed["set"] = core.set
+        if own.replace is MemoryTier.replace:
+            shadowed["replace"] = core.replace
         restart_after_fork(self)
 
     def after_fork_in_child(self) -> None:
@@ -280,248 +281,87 @@ class MemoryTier(TierBase):
         would stay held, and the child's first write wait for ever. The child takes a new
         lock and starts empty, since the policy may be half-way through that thread's
         change. A lock nobody held leaves the tier as it was (a preloaded parent's copies)."""
-        if self._lock.locked():
-            self._lock = threading.Lock()
-            self._reads.clear()  # in place: the chain's hit reader appends to this deque
-            self._policy.clear()
+        self._core.after_fork_in_child()
 
     @property
     def policy(self) -> EvictionPolicy:
         """The eviction policy (for stats and hot-key reports)."""
-        return self._policy
+        return self._core.policy
 
     def get(self, key: str) -> Entry | MissingType:
         return self.get_at(key, self._clock())
 
     def get_at(self, key: str, now: float) -> Entry | MissingType:
         """:meth:`get`, judging expiry at ``now``: the chain reads its clock once per L1 hit
-        and passes it here, instead of the tier and the chain reading it each."""
-        slot = self._peek(key)
-        if slot is not None and now < slot.expire_at:
-            self._record_read(key)
-            return _copied(slot.entry) if self._copy_on_read else slot.entry
-        if slot is None:
-            # The policy observes the miss (hot-key detection) when the buffer is replayed,
-            # at the next write (the fill that usually follows) or locked miss: in the same
-            # order with the hits as if it were counted now, without taking the lock now.
-            if len(self._reads) < MISS_BUFFER_ROOM:
-                self._record_read((key,))
-                return MISSING
-            with self._lock:
-                self._replay_reads()
-                self._policy.get(key)
-            return MISSING
-        with self._lock:
-            self._replay_reads()
-            if self._policy.peek(key) is slot:
-                self._policy.pop(key)  # expired
-        return MISSING
+        and passes it here, instead of the tier and the chain reading it each.
+
+        A miss is observed by the policy (hot-key detection) when the read buffer is
+        replayed, at the next write (the fill that usually follows) or locked miss: in the
+        same order with the hits as if it were counted now, without taking the lock now."""
+        return self._core.get_at(key, now)
 
     def hit_reader(self, clock: Clock, margin: float, hits: HitCount) -> HitReader | None:
         """The chain's plain L1 hit in one (compiled) call: a fresh slot's value, its read
         buffered as :meth:`get_at` buffers it (:mod:`tiered_cache.hit`). None with
         ``copy_on_read``: every read must copy, which :meth:`get_at` does."""
-        if self._copy_on_read:
+        core = self._core
+        if core.copy_on_read:
             return None
-        return HitReader(self._peek, self._record_read, clock, margin, hits)
+        return HitReader(core.peek_slot, core.record_read, clock, margin, hits)
 
     def peek(self, key: str) -> Entry | MissingType:
         """The live entry for ``key`` without counting a read (for the chain's second look)."""
-        slot = self._peek(key)
-        if slot is not None and self._clock() < slot.expire_at:
-            return _copied(slot.entry) if self._copy_on_read else slot.entry
-        return MISSING
-
-    def _replay_reads(self) -> None:
-        # Called with the lock held; deque.popleft is atomic against concurrent appends.
-        # Hits are handed over as counts per key, in the order of each key's last hit: a hot
-        # key hit fifty times since the last replay costs the policy one update, not fifty.
-        # A miss hands over the hits before it, then is observed itself.
-        reads = self._reads
-        if not reads:
-            return
-        policy = self._policy
-        hits: dict[str, int] | None = None  # made at the first hit: a fill after a lone miss
-        while reads:
-            try:
-                read = reads.popleft()
-            except IndexError:
-                break
-            if isinstance(read, str):
-                if hits is None:
-                    hits = {read: 1}
-                else:  # pop and re-insert: the key moves to the end
-                    hits[read] = hits.pop(read, 0) + 1
-                continue
-            if hits:
-                policy.record_hits(hits)
-                hits = None
-            policy.get(read[0])
-        if hits:
-            policy.record_hits(hits)
+        return self._core.peek(key)
 
     def get_many(self, keys: Sequence[str]) -> dict[str, Entry]:
         """Hits are looked up without the lock; the misses take it once for the batch."""
-        found: dict[str, Entry] = {}
-        missed: list[tuple[str, Slot | None]] = []
-        now = self._clock()
-        for key in keys:
-            slot = self._peek(key)
-            if slot is not None and now < slot.expire_at:
-                self._record_read(key)
-                found[key] = _copied(slot.entry) if self._copy_on_read else slot.entry
-            else:
-                missed.append((key, slot))
-        if missed:
-            with self._lock:
-                self._replay_reads()
-                for key, slot in missed:
-                    if slot is None:
-                        self._policy.get(key)
-                    elif self._policy.peek(key) is slot:
-                        self._policy.pop(key)
-        return found
+        return self._core.get_many(keys)
 
     def set(self, key: str, entry: Entry) -> None:
-        # set_many for one key, without the dict and the lists (a fill after every miss). The
-        # slot is made before the lock is taken: the lock is held for the policy alone.
-        slot = self._slot(entry)
-        lock = self._lock
-        # acquire/release rather than ``with``: on CPython 3.11 the with statement costs twice
-        # as much as the two calls (its __exit__ takes a tuple of three Nones), once per fill.
-        lock.acquire()
-        try:
-            if self._reads:  # eviction decisions see the latest reads
-                self._replay_reads()
-            if slot is not None:
-                self._policy.put(key, slot)
-            else:
-                self._policy.pop(key)  # nothing to keep, and an older copy must go too
-        finally:
-            lock.release()
+        self._core.set(key, entry)
 
     def replace(self, key: str, entry: Entry) -> None:
         """:meth:`delete_many` of ``key`` then :meth:`set` of ``entry`` under one lock (the
         chain's write, ``Fence.write_alone``): the policy sees the drop and then a new key,
         as it sees the two calls. The old copy goes even if the new one cannot be made (its
         weight)."""
-        try:
-            slot = self._slot(entry)
-        except BaseException:
-            self.delete_many((key,))
-            raise
-        lock = self._lock
-        lock.acquire()
-        try:
-            policy = self._policy
-            policy.pop(key)  # the drop: the new entry enters as a new key
-            if self._reads:  # eviction decisions see the latest reads
-                self._replay_reads()
-            if slot is not None:
-                policy.put(key, slot)
-        finally:
-            lock.release()
-
-    def _slot(self, entry: Entry) -> Slot | None:
-        """The slot to keep ``entry`` in (a copy of it with ``copy_on_read``), or None when
-        it expires here at once."""
-        now = self._clock()
-        if self._copy_on_read:
-            entry = _copied(entry)
-        expire_at = self._expire_at(entry, now)
-        if expire_at > now:
-            return Slot(entry, expire_at, self._sizeof(entry.value) if self._weighs else 0)
-        return None
+        self._core.replace(key, entry)
 
     def set_many(self, entries: Mapping[str, Entry]) -> None:
         """Expiries and sizes are worked out first; the lock is taken once for the batch."""
-        now = self._clock()
-        offered: list[tuple[str, Slot]] = []
-        expired: list[str] = []
-        for key, given in entries.items():
-            # With copy_on_read the caller keeps the loaded object and this tier its own.
-            entry = _copied(given) if self._copy_on_read else given
-            expire_at = self._expire_at(entry, now)
-            if expire_at > now:
-                offered.append((key, Slot(entry, expire_at, self._sizeof(entry.value))))
-            else:
-                expired.append(key)  # nothing to keep, and an older copy must go too
-        with self._lock:
-            self._replay_reads()  # eviction decisions see the latest reads
-            for key in expired:
-                self._policy.pop(key)
-            if offered:
-                self._policy.put_many(offered)
+        self._core.set_many(entries)
 
     def delete(self, key: str) -> None:
-        with self._lock:
-            self._policy.pop(key)
+        self._core.delete_many((key,))
 
     def delete_many(self, keys: Sequence[str]) -> None:
-        # Every set drops the key here first (the fence's invalidation): acquire/release, as
-        # in set.
-        lock = self._lock
-        lock.acquire()
-        try:
-            for key in keys:
-                self._policy.pop(key)
-        finally:
-            lock.release()
+        self._core.delete_many(keys)
 
     def hot_keys(self, n: int) -> list[tuple[str, float]]:
         """The policy's ``n`` hottest keys with their rates (empty if it does not track them);
         read under the lock, since the policy's structures change on every miss."""
-        with self._lock:
-            return self._policy.hot_keys(n)
+        return self._core.hot_keys(n)
 
     def report(self) -> dict[str, int]:
         """Entries held and evictions so far, for ``stats()`` (:mod:`tiered_cache.reporting`)."""
-        return {"entries": len(self._policy), "evictions": self._policy.evictions}
+        policy = self._core.policy
+        return {"entries": len(policy), "evictions": policy.evictions}
 
     def delete_prefix(self, prefix: str) -> None:
         """Remove every key that starts with ``prefix`` (a scan of this tier's keys)."""
-        with self._lock:
-            self._replay_reads()
-            kept = self._policy.keys()  # a list: safe to pop from the policy while looping
-            for key in kept:
-                if key.startswith(prefix):
-                    self._policy.pop(key)
+        self._core.delete_prefix(prefix)
 
     def clear(self) -> None:
-        with self._lock:
-            self._reads.clear()
-            self._policy.clear()
+        self._core.clear()
 
     def close(self) -> None:
         self.clear()
 
     def __len__(self) -> int:
-        return len(self._policy)
+        return len(self._core.policy)
 
     def __contains__(self, key: object) -> bool:
         """True if ``key`` is held and not expired (does not count as an access)."""
         if not isinstance(key, str):
             return False
-        with self._lock:
-            slot = self._policy.peek(key)
-        return slot is not None and self._clock() < slot.expire_at
-
-    def _expire_at(self, entry: Entry, now: float) -> float:
-        if self._ttl is None:
-            return entry.hard_expiry
-        ttl = self._ttl
-        if self._jitter:
-            ttl *= 1.0 - self._jitter * self._rng.random()
-        # The entry's own float when it is the earlier (no new float object per slot).
-        until = now + ttl
-        hard = entry.hard_expiry
-        return hard if hard <= until else until
-
-
-def _copied(entry: Entry) -> Entry:
-    """``entry`` with a deep copy of its value (``copy_on_read``)."""
-    return entry.with_value(copy.deepcopy(entry.value))
-
-
-def _zero_size(value: Any) -> int:
-    return 0
+        return self._core.contains(key)

@@ -27,7 +27,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 #: The modules compiled: what a miss and an eviction of the memory tier run (the list
 #: tiered_cache/compiled.py guards; this script does not import the package it builds).
-MODULES = ("entry", "slot", "sketch", "topk", "policy", "hit", "singleflight", "metrics", "stamp")
+MODULES = (
+    "entry",
+    "slot",
+    "sketch",
+    "topk",
+    "policy",
+    "hit",
+    "singleflight",
+    "metrics",
+    "stamp",
+    "memory_core",
+    "invalidation_log",
+)
 #: The extensions written in C (``tiered_cache/<name>.c``; tiered_cache/compiled.py's list too).
 EXTENSIONS = ("_hitcall",)
 #: Their imports: a change there makes the build stale too.

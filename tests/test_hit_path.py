@@ -25,6 +25,7 @@ from tiered_cache.hit import NOT_FRESH, HitCount, HitReader, PlainGet
 from tiered_cache.memory import MemoryTier
 from tiered_cache.policy import TinyLfuPolicy
 from tiered_cache.protection import Protection
+from tiered_cache.testing.scripts import KEYS, chain_scripts
 
 #: How long a value is fresh; then it is stale (served while refreshed) for max_stale.
 TTL = 30.0
@@ -107,19 +108,8 @@ class Side:
         )
 
 
-KEYS = [f"k{index}" for index in range(24)]
-key = st.sampled_from(KEYS)
-steps = st.lists(
-    st.one_of(
-        st.tuples(st.just("get"), key),
-        st.tuples(st.just("get"), st.sampled_from(KEYS[:4])),  # a few hot keys
-        st.tuples(st.just("set"), key),
-        st.tuples(st.just("invalidate"), key),
-        st.tuples(st.just("refresh"), st.none()),
-        st.tuples(st.just("advance"), st.sampled_from([0.1, 3.0, 12.0, 40.0])),
-    ),
-    min_size=50,
-    max_size=300,
+steps = chain_scripts(
+    ["get", "get", "set", "invalidate"], [0.1, 3.0, 12.0, 40.0], min_size=50, max_size=300
 )
 
 

@@ -23,6 +23,7 @@ from tiered_cache.clocks import ManualClock
 from tiered_cache.memory import MemoryTier
 from tiered_cache.policy import TinyLfuPolicy
 from tiered_cache.protection import Protection
+from tiered_cache.testing.scripts import KEYS, chain_scripts
 from tiered_cache.testing.sources import DictSource
 from tiered_cache.tier import Entry
 
@@ -98,17 +99,8 @@ class Side:
         )
 
 
-KEYS = [f"k{index}" for index in range(24)]
-#: One step: an operation and its argument (hot keys, the first four, come up more often).
-steps = st.lists(
-    st.tuples(
-        st.sampled_from(["get", "set", "set_short", "invalidate"]),
-        st.one_of(st.sampled_from(KEYS), st.sampled_from(KEYS[:4])),
-    )
-    | st.tuples(st.just("refresh"), st.none())
-    | st.tuples(st.just("advance"), st.sampled_from([0.5, 3.0, 40.0])),
-    min_size=40,
-    max_size=250,
+steps = chain_scripts(
+    ["get", "set", "set_short", "invalidate"], [0.5, 3.0, 40.0], min_size=40, max_size=250
 )
 
 

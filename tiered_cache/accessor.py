@@ -291,6 +291,10 @@ class TierAccessor:
         """Take ``key``'s lease whoever holds it, for a write (through the breaker; raises)."""
         return self.lease(lambda tier: tier.steal_lease(key, ttl))
 
+    def steal_leases(self, keys: Sequence[str], ttl: float) -> dict[str, str]:
+        """:meth:`steal_lease` for a batch, in one round trip (through the breaker; raises)."""
+        return self.lease(lambda tier: tier.steal_leases(keys, ttl))
+
     def fill_with_leases(self, leased: Mapping[str, tuple[Entry, str]]) -> set[str]:
         """Fill under the leases; the keys written. Raises CodecError and PartialFill."""
         if len(leased) == 1:

@@ -257,6 +257,12 @@ class AsyncTierAccessor:
         leasing = self._leasing
         return await self._guarded(lambda: leasing.steal_lease(key, ttl))
 
+    async def steal_leases(self, keys: Sequence[str], ttl: float) -> dict[str, str]:
+        if self._native is None:
+            return await self._sync(self.sync.steal_leases, keys, ttl)
+        leasing = self._leasing
+        return await self._guarded(lambda: leasing.steal_leases(keys, ttl))
+
     async def fill_with_leases(self, leased: Mapping[str, tuple[Entry, str]]) -> set[str]:
         if self._native is None:
             return await self._sync(self.sync.fill_with_leases, leased)

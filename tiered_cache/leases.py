@@ -60,6 +60,12 @@ class LeasingTier(Tier, Protocol):
         """
         ...
 
+    def steal_leases(self, keys: Sequence[str], ttl: float) -> dict[str, str]:
+        """:meth:`steal_lease` for each of ``keys``, in one round trip where the tier can (a
+        write of many keys: taken one by one, the first leases could expire before the
+        write fills under them). All or nothing: raises if any could not be taken."""
+        ...
+
     def fill_with_lease(self, key: str, entry: Entry, token: str) -> bool:
         """Store ``entry`` and release the lease, only if ``token`` still holds it.
 

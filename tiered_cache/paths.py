@@ -333,11 +333,7 @@ class ChainPaths:
                 yield from self.invalidate_many(keys)
             return
         mark = self.fence.mark()  # before the source is written: later invalidations count
-        tokens: dict[str, str] = {}
-        for key in keys:
-            token = yield from self.steal_lease(key)
-            if token is not None:
-                tokens[key] = token
+        tokens = yield from self.steal_leases(keys)
         stored: list[str] = []
         try:
             if self.store is not None:
@@ -392,6 +388,25 @@ class ChainPaths:
             tier.failed(exc)
             return None
         return token
+
+    def steal_leases(self, keys: Sequence[str]) -> Steps[dict[str, str]]:
+        """The leases of ``keys`` for a write of them all, taken in one round trip; none if
+        that failed. Taken one by one, a batch's first leases expired before its fill under
+        a slow Redis (2,000 keys at load 16: 6 s against a lease_ttl of 3 s) and the write
+        was lost from every tier."""
+        tier = self.leasing
+        wanted = [key for key in keys if self.leased(key)]
+        if tier is None or not wanted:
+            return {}
+        if len(wanted) == 1:
+            token = yield from self.steal_lease(wanted[0])
+            return {} if token is None else {wanted[0]: token}
+        try:
+            tokens: dict[str, str] = yield tier.steal_leases, (wanted, self.protection.lease_ttl)
+        except Exception as exc:
+            tier.failed(exc)
+            return {}
+        return tokens
 
     def invalidate_many(self, keys: Sequence[str], *, strict: bool = False) -> Steps[None]:
         """See :meth:`TieredCache.invalidate_many`."""

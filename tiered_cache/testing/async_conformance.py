@@ -106,6 +106,9 @@ class OnLoopTier(TierBase):
     def steal_lease(self, key: str, ttl: float) -> str:
         return self._run(self._leasing().steal_lease(key, ttl))
 
+    def steal_leases(self, keys: Sequence[str], ttl: float) -> dict[str, str]:
+        return self._run(self._leasing().steal_leases(keys, ttl))
+
     def fill_with_lease(self, key: str, entry: Entry, token: str) -> bool:
         return self._run(self._leasing().fill_with_lease(key, entry, token))
 

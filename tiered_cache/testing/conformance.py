@@ -340,6 +340,26 @@ class TierConformance:
         assert got is not MISSING
         assert got.value == "w2"
 
+    def test_capability_steal_leases_takes_a_batch_from_its_holders(
+        self, tier: Tier, clock: FakeClock
+    ) -> None:
+        leasing = self.leasing(tier)
+        keys = [f"conformance:steals:{i}" for i in range(3)]
+        held, _ = leasing.acquire_lease(keys[0], 5.0)
+        assert held is not None
+        stolen = leasing.steal_leases(keys, 5.0)
+        assert set(stolen) == set(keys)
+        assert len(set(stolen.values())) == len(keys)  # a token of its own for each key
+        assert not leasing.fill_with_lease(keys[0], self.entry(clock, "old"), held)
+        kept = leasing.fill_with_leases(
+            {key: (self.entry(clock, key), stolen[key]) for key in keys}
+        )
+        assert kept == set(keys)
+        for key in keys:
+            got = tier.get(key)
+            assert got is not MISSING
+            assert got.value == key
+
     def test_capability_leases_in_batches(self, tier: Tier, clock: FakeClock) -> None:
         leasing = self.leasing(tier)
         keys = [f"conformance:batch:{i}" for i in range(4)]

@@ -460,6 +460,12 @@ class StealTimesOut(RedisTier):
             raise redis.TimeoutError("Timeout reading from socket")
         return super().steal_lease(key, ttl)
 
+    def steal_leases(self, keys: Sequence[str], ttl: float) -> dict[str, str]:
+        if self.times_out:
+            self.times_out = False
+            raise redis.TimeoutError("Timeout reading from socket")
+        return super().steal_leases(keys, ttl)
+
 
 @pytest.mark.parametrize("how", ["set", "set_many"])
 def test_a_write_whose_lease_steal_timed_out_does_not_fill_redis_over_a_later_write(

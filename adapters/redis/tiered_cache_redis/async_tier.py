@@ -190,6 +190,9 @@ class AsyncRedisTier(AsyncTierBase):
     async def steal_lease(self, key: str, ttl: float) -> str:
         return await arun(self._commands.steal_lease(key, ttl))
 
+    async def steal_leases(self, keys: Sequence[str], ttl: float) -> dict[str, str]:
+        return await arun(self._commands.steal_leases(keys, ttl))
+
     async def fill_with_lease(self, key: str, entry: Entry, token: str) -> bool:
         return await self._leases.fill_with_lease(key, entry, token)
 

@@ -182,6 +182,26 @@ class TierCommands:
         yield self.io.command, ("SET", lease_key(name), token, "PX", max(1, int(ttl * 1000)))
         return token
 
+    def steal_leases(self, keys: Sequence[str], ttl: float) -> Steps[dict[str, str]]:
+        """:meth:`steal_lease` for each key: the ``SET PX`` commands in one pipeline (on a
+        cluster, one per node). All or nothing: on a failure the leases taken are given
+        back (best effort; else they expire) and the error is raised."""
+        names = [self.stored.prefix + key for key in keys]
+        for name in names:
+            self._check_lease_possible(name)
+        px = max(1, int(ttl * 1000))
+        tokens = {key: uuid.uuid4().hex for key in keys}
+        commands = [
+            ("SET", lease_key(name), token, "PX", px)
+            for name, token in zip(names, tokens.values(), strict=True)
+        ]
+        try:
+            yield self.io.send, (commands,)
+        except Exception:
+            yield from self._release_quietly(tokens)
+            raise
+        return tokens
+
     def fill_with_lease(self, key: str, entry: Entry, token: str) -> Steps[bool]:
         """Store ``entry`` and drop the lease, only while ``token`` holds it (atomically)."""
         name, data, px = self.stored.encode(key, entry, self._clock())

@@ -199,6 +199,11 @@ class RedisTier(TierBase):
         """Take ``key``'s lease whoever holds it (for a write): one ``SET PX``."""
         return run(self._commands.steal_lease(key, ttl))
 
+    def steal_leases(self, keys: Sequence[str], ttl: float) -> dict[str, str]:
+        """:meth:`steal_lease` for each key: one pipelined round trip (one per node on a
+        cluster)."""
+        return run(self._commands.steal_leases(keys, ttl))
+
     def release_lease(self, key: str, token: str) -> None:
         """Drop the lease if ``token`` still holds it."""
         run(self._commands.release_lease(key, token))

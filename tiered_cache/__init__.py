@@ -24,6 +24,7 @@ from .errors import (
     SourceThrottled,
     TieredCacheError,
     TierUnavailable,
+    UnencodableKey,
 )
 from .memory import MemoryTier
 from .registry import BuildContext, Plugin
@@ -66,5 +67,6 @@ __all__ = [
     "TierUnavailable",
     "TieredCache",
     "TieredCacheError",
+    "UnencodableKey",
     "load_settings",
 ]

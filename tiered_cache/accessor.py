@@ -70,6 +70,8 @@ class TierAccessor:
         self.local = bool(declared.local) if declared is not None else False
         #: Offers leases (:class:`~tiered_cache.leases.LeasingTier`).
         self.leases = bool(declared.leases) if declared is not None else False
+        #: Stores keys as UTF-8: the chain refuses keys UTF-8 cannot encode.
+        self.utf8_keys = bool(declared.utf8_keys) if declared is not None else False
         #: Not used right now (an in-process tier while the bus is down and no staleness is
         #: allowed).
         self.bypassed = False

@@ -67,9 +67,11 @@ class AsyncTierAccessor:
         if self._native is not None:
             self.local = False
             self.leases = bool(declared.leases) if declared is not None else False
+            self.utf8_keys = bool(declared.utf8_keys) if declared is not None else False
         else:
             self.local = self.sync.local
             self.leases = self.sync.leases
+            self.utf8_keys = self.sync.utf8_keys
         #: A sync tier's calls go to a thread (it may block on I/O).
         self.threaded = self._native is None and not self.local
         if self.threaded:

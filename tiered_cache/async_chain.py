@@ -293,8 +293,7 @@ class AsyncTieredCache(L1Reader):
 
     async def lookup_many(self, keys: Iterable[str]) -> dict[str, Entry]:
         """The fresh entries the tiers hold for ``keys``, without loading anything."""
-        wanted = list(dict.fromkeys(keys))
-        return await arun(self._paths.read_tiers(wanted, self._fence.mark(), {}))
+        return await arun(self._paths.lookup_many(list(keys)))
 
     # -- writes -------------------------------------------------------------------------------
 

@@ -58,9 +58,11 @@ class AsyncTierBase:
     Attributes:
         leases: offers the coroutine forms of :class:`~tiered_cache.leases.LeasingTier`'s
             operations (:class:`AsyncLeasingTier`).
+        utf8_keys: stores keys as UTF-8 (see :class:`~tiered_cache.tier.TierBase`).
     """
 
     leases: bool = False
+    utf8_keys: bool = False
 
     async def clear(self) -> None:  # pragma: no cover - a subclass overrides
         raise NotImplementedError

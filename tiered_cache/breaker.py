@@ -156,11 +156,10 @@ class CircuitBreaker:
 
     def _judge(self, probe: bool, exc: BaseException) -> BaseException:
         """Count a call that raised ``exc``; what to raise instead. A CodecError (the caller's
-        value), a UnicodeEncodeError (the caller's key or value holds a lone surrogate, which
-        UTF-8 cannot encode: counted as Redis failing, one such request opened the breaker for
-        every key) and an interrupt are neither success nor failure; any other error is the
-        tier's, raised as :class:`TierUnavailable`."""
-        if isinstance(exc, CodecError | UnicodeEncodeError) or not isinstance(exc, Exception):
+        value) and an interrupt are neither success nor failure; any other error is the
+        tier's, raised as :class:`TierUnavailable`. (A key a tier cannot encode never gets
+        here: the chain refuses it at its face, :func:`tiered_cache.keys.check_keys`.)"""
+        if isinstance(exc, CodecError) or not isinstance(exc, Exception):
             self._release(probe)
             return exc
         self._record_failure(probe)

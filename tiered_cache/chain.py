@@ -136,8 +136,14 @@ class TieredCache(L1Reader):
         self._read: Callable[[Flight, str, Loader | None, float | str | None], Any] = (
             self._paths.read_through_plain
         )
-        #: A chain of one in-process tier and no bus: a set runs in plain calls.
-        alone = bus is None and len(self._tiers) == 1 and self._tiers[0].local
+        #: A chain of one in-process tier (holding any str key: set_alone checks only a key's
+        #: type) and no bus: a set runs in plain calls.
+        alone = (
+            bus is None
+            and len(self._tiers) == 1
+            and self._tiers[0].local
+            and not self._tiers[0].utf8_keys
+        )
         # ``cache.set`` likewise, when the source (if any) is written through: an instance
         # attribute shadows the method, as for ``get`` below (a subclass that defines its own
         # ``set`` keeps it).
@@ -293,7 +299,7 @@ class TieredCache(L1Reader):
         For callers that own the values themselves (Django's cache API): nothing is loaded,
         refreshed or served stale.
         """
-        return run(self._paths.read_tiers(list(dict.fromkeys(keys)), self._fence.mark(), {}))
+        return run(self._paths.lookup_many(list(keys)))
 
     # -- writes -------------------------------------------------------------------------------
 

@@ -18,6 +18,12 @@ class CodecError(TieredCacheError, TypeError):
     """A value cannot be encoded for (or decoded from) a tier; nothing was written."""
 
 
+class UnencodableKey(CodecError):
+    """A key a tier of the chain cannot encode (a lone surrogate, which UTF-8 cannot encode,
+    for a tier that stores keys as UTF-8): refused at the chain's face, before anything is
+    sent. The message names the problem and the key's hash, never the key."""
+
+
 class TierUnavailable(TieredCacheError):
     """A tier cannot be used right now (connection lost, timeout, circuit open)."""
 

@@ -348,6 +348,7 @@ class ChainTier(FillTarget, Protocol):
 
     name: str
     local: bool
+    utf8_keys: bool
     bounded_for: float
 
     def get(self, key: str, count: bool = True) -> Any: ...

@@ -13,6 +13,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from .errors import UnencodableKey
+from .logs import key_hash
+
 #: The escape character (escaped itself first).
 ESCAPE = "\\"
 #: What separates a shared tier's namespace from the key.
@@ -34,13 +37,33 @@ def namespace_prefix(namespace: str) -> str:
     return escape_part(namespace, NAMESPACE_SEPARATOR) + NAMESPACE_SEPARATOR
 
 
-def check_keys(keys: Iterable[Any]) -> None:
-    """Raise ``TypeError`` for a key that is not a ``str`` (an int id passed as it is): a
-    caller's mistake, refused before any tier is asked -- a tier would fail on it, and count
-    that as its own failure (enough of them open its circuit breaker for every key)."""
+def check_keys(keys: Iterable[Any], utf8_for: str | None = None) -> None:
+    """Refuse a caller's key before any tier is asked: ``TypeError`` for a key that is not a
+    ``str`` (an int id passed as it is), and with ``utf8_for`` (the chain's tiers that store
+    keys as UTF-8, ``TierBase.utf8_keys``, named for the message)
+    :class:`~tiered_cache.UnencodableKey` for one UTF-8 cannot encode (a lone surrogate: a
+    path decoded with ``surrogateescape``). A tier would fail on either and count that as its
+    own failure (enough of them open its circuit breaker for every key); the caller's mistake
+    is the caller's error, the same on every face and every call."""
     for key in keys:
         if not isinstance(key, str):
             raise TypeError(
                 f"cache keys are str, not {type(key).__name__} ({key!r}): "
                 f"format it into the key, e.g. f'tweet:{{tweet_id}}'"
             )
+        if utf8_for is not None and not key.isascii():  # a flag of the str: ASCII costs nothing
+            try:
+                key.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise _unencodable(key, exc, utf8_for) from None
+
+
+def _unencodable(key: str, exc: UnicodeEncodeError, tiers: str) -> UnencodableKey:
+    """The error for ``key``: where the surrogate sits and the key's hash (as logs show it),
+    never the key itself (a key may hold what should not reach an error report)."""
+    return UnencodableKey(
+        f"cache key {key_hash(key)} (key_hash; {len(key)} characters) holds a lone surrogate "
+        f"(U+{ord(key[exc.start]):04X} at index {exc.start}), which UTF-8 cannot encode, and "
+        f"tier {tiers} stores keys as UTF-8: decode the key's bytes with "
+        "errors='replace' or 'backslashreplace', not 'surrogateescape'"
+    )

@@ -67,6 +67,9 @@ class ChainPaths:
         self.tiers = list(tiers)
         self.shared = [tier for tier in self.tiers if not tier.local]
         self.leasing = next((tier for tier in self.shared if tier.leases), None)
+        #: The tiers that store keys as UTF-8, named for check_keys' message; None: no such
+        #: tier, any str is a key.
+        self.utf8_for = ", ".join(repr(tier.name) for tier in self.tiers if tier.utf8_keys) or None
         self.fence = fence
         self.metrics = metrics
         self.protection = protection
@@ -87,7 +90,7 @@ class ChainPaths:
         else a stale one while a refresh runs, else a load. ``mark``: the fence's, taken
         before anything was read; every fill below is judged by it. (The threaded chain
         reads with :meth:`read_through_plain`.)"""
-        check_keys((key,))
+        check_keys((key,), self.utf8_for)
         return (
             yield from self.read_on(
                 key, mark, loader, ttl, now=self.clock(), tiers=self.tiers, stale=None
@@ -148,8 +151,9 @@ class ChainPaths:
         L2 hit. A fresh copy is copied up (:meth:`Fence.fill_one`) and served, a miss in
         every tier is loaded; what is rarer goes on as steps: a stale copy, from the tier
         below it (:meth:`read_on`), and a read while the bus is down (it is counted), whole."""
-        if type(key) is not str:  # a str passes check_keys: no call for it (once per miss)
-            check_keys((key,))
+        utf8_for = self.utf8_for
+        if type(key) is not str or (utf8_for is not None and not key.isascii()):
+            check_keys((key,), utf8_for)  # no call for a key it cannot refuse (once per miss)
         mark = flight.tag
         if self.bounded:
             return run(self.read_through(key, mark, loader, ttl))
@@ -179,7 +183,7 @@ class ChainPaths:
         self, keys: list[str], loader: Any, ttl: float | str | None
     ) -> Steps[dict[str, Any]]:
         """See :meth:`TieredCache.get_many`."""
-        check_keys(keys)
+        check_keys(keys, self.utf8_for)
         wanted = list(dict.fromkeys(keys))
         stale: dict[str, Entry] = {}
         mark = self.fence.mark()
@@ -223,6 +227,11 @@ class ChainPaths:
             ) from next(iter(failed.values()))
         return {key: values[key] for key in wanted}
 
+    def lookup_many(self, keys: list[str]) -> Steps[dict[str, Entry]]:
+        """See :meth:`TieredCache.lookup_many`."""
+        check_keys(keys, self.utf8_for)
+        return (yield from self.read_tiers(list(dict.fromkeys(keys)), self.fence.mark(), {}))
+
     def read_tiers(
         self, keys: list[str], mark: int, stale: dict[str, Entry]
     ) -> Steps[dict[str, Entry]]:
@@ -254,7 +263,7 @@ class ChainPaths:
 
     def set(self, key: str, value: Any, ttl: float | str | None) -> Steps[None]:
         """See :meth:`TieredCache.set`."""
-        check_keys((key,))
+        check_keys((key,), self.utf8_for)
         if self.write_policy == "around" and self.store is not None:
             yield self.store, (key, value)
             yield from self.invalidate_many([key])
@@ -320,7 +329,7 @@ class ChainPaths:
 
     def set_many(self, items: Mapping[str, Any], ttl: float | str | None) -> Steps[None]:
         """See :meth:`TieredCache.set_many`: :meth:`set`'s order for several keys at once."""
-        check_keys(items)
+        check_keys(items, self.utf8_for)
         items = dict(items)
         if not items:
             return
@@ -410,7 +419,7 @@ class ChainPaths:
 
     def invalidate_many(self, keys: Sequence[str], *, strict: bool = False) -> Steps[None]:
         """See :meth:`TieredCache.invalidate_many`."""
-        check_keys(keys)
+        check_keys(keys, self.utf8_for)
         keys = list(dict.fromkeys(keys))
         if not keys:
             return
@@ -429,7 +438,7 @@ class ChainPaths:
 
     def invalidate_prefix(self, prefix: str) -> Steps[None]:
         """See :meth:`TieredCache.invalidate_prefix`."""
-        check_keys((prefix,))
+        check_keys((prefix,), self.utf8_for)
         if not prefix:
             raise ValueError("an empty prefix would drop everything: use clear()")
         for tier in reversed(self.shared):

@@ -110,10 +110,14 @@ class TierBase:
             processes, and the chain bypasses it while the bus is down.
         leases: offers the lease operations of :class:`tiered_cache.leases.LeasingTier`; the
             chain then loads a missing key once per fleet and orders writes through it.
+        utf8_keys: stores keys as UTF-8 (Redis): the chain refuses a key UTF-8 cannot encode
+            (a lone surrogate) at its face, before anything is sent
+            (:func:`tiered_cache.keys.check_keys`); a tier without it holds any ``str``.
     """
 
     local: bool = False
     leases: bool = False
+    utf8_keys: bool = False
 
     def get(self, key: str) -> Entry | MissingType:  # pragma: no cover - a subclass overrides
         raise NotImplementedError

@@ -60,6 +60,7 @@ class OnLoopTier(TierBase):
         self.inner = tier
         self.name = tier.name
         self.leases = isinstance(tier, AsyncTierBase) and tier.leases
+        self.utf8_keys = isinstance(tier, AsyncTierBase) and tier.utf8_keys
         self._run = loop.run
 
     def _leasing(self) -> AsyncLeasingTier:

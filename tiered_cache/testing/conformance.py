@@ -14,7 +14,8 @@ server, but must not return an entry the clock says has expired).
 
 A tier that subclasses :class:`~tiered_cache.tier.TierBase` also runs one test per optional
 capability it declares (``peek``, ``get_at``, ``hit_reader``, ``delete_prefix``, ``hot_keys``,
-and with ``leases = True`` the lease operations and their batch forms); the others are skipped.
+and with ``leases = True`` the lease operations and their batch forms; without ``utf8_keys``,
+keys UTF-8 cannot encode); the others are skipped.
 """
 
 from __future__ import annotations
@@ -205,6 +206,24 @@ class TierConformance:
         declared = self.declared(tier)
         assert isinstance(declared.local, bool)
         assert isinstance(declared.leases, bool)
+        assert isinstance(declared.utf8_keys, bool)
+
+    def test_capability_a_tier_without_utf8_keys_holds_any_str_key(
+        self, tier: Tier, clock: FakeClock
+    ) -> None:
+        """A tier that does not declare ``utf8_keys`` is given keys UTF-8 cannot encode (a lone
+        surrogate): the chain refuses them only in front of a tier that declares it."""
+        if self.declared(tier).utf8_keys:
+            pytest.skip("the tier stores keys as UTF-8: the chain refuses such keys")
+        keys = ["conformance:\udcff", "\ud800"]
+        tier.set_many({key: self.entry(clock, i) for i, key in enumerate(keys)})
+        assert {key: entry.value for key, entry in tier.get_many(keys).items()} == {
+            keys[0]: 0,
+            keys[1]: 1,
+        }
+        tier.delete(keys[0])
+        assert tier.get(keys[0]) is MISSING
+        assert tier.get(keys[1]) is not MISSING
 
     def test_capability_peek_sees_what_get_sees(self, tier: Tier, clock: FakeClock) -> None:
         declared = self.declared(tier)

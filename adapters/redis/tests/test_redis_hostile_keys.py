@@ -1,26 +1,29 @@
 """A key UTF-8 cannot encode (a lone surrogate: a path decoded with ``surrogateescape``,
-``os.fsdecode`` of bytes that are not UTF-8) is the caller's data, which Redis cannot hold:
-it skips Redis (an error counted for that call) and is served through memory and the
-loader, and the Redis tier's circuit breaker does not count it.
+``os.fsdecode`` of bytes that are not UTF-8) is the caller's data, which Redis cannot hold.
+A chain with a tier that stores keys as UTF-8 (``utf8_keys``: the Redis tiers) refuses it at
+its face, on every call and both faces, before anything is sent: no tier, source, loader or
+breaker sees it, and the error names the problem, not the key.
 
-Before, the breaker counted the failed encoding as Redis failing: one request with such a
-key opened it, and every process read past Redis for every key until the cool-down ended (a
-client able to send such keys kept it open). (A memory-only chain holds such keys as any
-other: tests/test_fast_paths.py.)
+Before, the Redis tier failed encoding its command: the circuit breaker counted that as Redis
+failing (one request with such a key opened it for every key of the process), then a special
+case in the breaker and another in the async tier's read coalescing let it pass as an error of
+that call only. (A memory-only chain holds such keys as any other: tests/test_fast_paths.py.)
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
-from tiered_cache import AsyncTieredCache, TieredCache
+from tiered_cache import AsyncTieredCache, BlockingTierWarning, TieredCache, UnencodableKey
 from tiered_cache.testing.servers import RedisServer
+from tiered_cache.testing.sources import DictSource
 
 HOSTILE = ["\udcff", "tweet:\udc80"]
+SOURCE = {"fine": "at the source"}
 
 
 def settings(url: str, namespace: str) -> dict[str, Any]:
@@ -31,86 +34,144 @@ def settings(url: str, namespace: str) -> dict[str, Any]:
             {"kind": "redis", "url": url, "timeout": "1s"},
         ],
         "ttl": "10m",
+        "bus": {"kind": "off"},  # the chains below are built again around a source
     }
 
 
-SYNC_CALLS: list[Callable[[TieredCache, str], object]] = [
-    lambda cache, key: cache.get(key, lambda: "loaded"),
-    lambda cache, key: cache.get_many([key], lambda keys: dict.fromkeys(keys, "loaded")),
-    lambda cache, key: cache.set(key, "written"),
-    lambda cache, key: cache.invalidate(key),
-    lambda cache, key: cache.invalidate_prefix(key),
-]
+def decorated(cache: TieredCache, key: str) -> object:
+    @cache.cached(key="{name}")
+    def read(name: str) -> str:
+        return "loaded"
+
+    return read(key)
 
 
-def breaker_of_redis(stats: dict[str, Any]) -> tuple[Any, ...]:
+def decorated_invalidate(cache: TieredCache, key: str) -> object:
+    @cache.cached(key="{name}")
+    def read(name: str) -> str:
+        return "loaded"
+
+    read.invalidate(name=key)
+    return None
+
+
+SYNC_CALLS: dict[str, Callable[[TieredCache, str], object]] = {
+    "get": lambda cache, key: cache.get(key, lambda: "loaded"),
+    "get from the source": lambda cache, key: cache.get(key),
+    "get_many": lambda cache, key: cache.get_many(["fine", key]),
+    "lookup_many": lambda cache, key: cache.lookup_many(["fine", key]),
+    "set": lambda cache, key: cache.set(key, "written"),
+    "set_many": lambda cache, key: cache.set_many({"fine": 1, key: 2}),
+    "invalidate": lambda cache, key: cache.invalidate(key),
+    "invalidate_many": lambda cache, key: cache.invalidate_many(["fine", key]),
+    "invalidate_prefix": lambda cache, key: cache.invalidate_prefix(key),
+    "decorated": decorated,
+    "decorated invalidate": decorated_invalidate,
+}
+
+
+def redis_counts(stats: dict[str, Any]) -> dict[str, Any]:
     redis = stats["tiers"][1]
-    return redis["breaker"], redis["breaker_opened"]
+    return {name: redis[name] for name in ("hits", "misses", "fills", "errors", "skips")} | {
+        "breaker": redis["breaker"]
+    }
+
+
+def assert_refused(raised: pytest.ExceptionInfo[UnencodableKey], key: str) -> None:
+    message = str(raised.value)
+    assert "lone surrogate" in message
+    assert "UTF-8" in message and "'redis'" in message
+    assert key not in message and repr(key)[1:-1] not in message  # names the problem only
 
 
 @pytest.mark.parametrize("key", HOSTILE)
-def test_a_key_utf8_cannot_encode_skips_redis_without_opening_its_breaker(
-    redis_server: RedisServer, namespace: str, key: str
+@pytest.mark.parametrize("call", sorted(SYNC_CALLS))
+def test_a_key_utf8_cannot_encode_is_refused_before_anything_is_sent(
+    redis_server: RedisServer, namespace: str, key: str, call: str
 ) -> None:
-    cache = TieredCache.from_config(**settings(redis_server.url, namespace))
+    built = TieredCache.from_config(**settings(redis_server.url, namespace))
+    source = DictSource(SOURCE)
+    cache = TieredCache(list(built.tiers), source, namespace=namespace, ttl=600)
     cache.set("other", "in redis")
-    assert [call(cache, key) for call in SYNC_CALLS] == [
-        "loaded",
-        {key: "loaded"},
-        None,
-        None,
-        None,
-    ]
-    assert cache.get(key, lambda: "again") == "again"  # invalidated, from memory too
-    assert cache.get(key, lambda: "never") == "again"  # then from memory
+    before = redis_counts(cache.stats())
+    with pytest.raises(UnencodableKey) as raised:
+        SYNC_CALLS[call](cache, key)
+    assert_refused(raised, key)
+    # Nothing was sent or loaded: no tier, no source, and the breaker counted nothing.
+    assert redis_counts(cache.stats()) == before
+    assert (source.loads, source.batches, source.items) == ([], [], SOURCE | {"other": "in redis"})
+    assert cache.tiers[0].get(key) is not None and not cache.tiers[0].get(key)
+    # Redis still serves the other keys.
     cache.tiers[0].clear()  # type: ignore[union-attr]
-    hits = cache.stats()["tiers"][1]["hits"]
-    assert cache.get("other", lambda: "loaded") == "in redis"
-    assert cache.stats()["tiers"][1]["hits"] == hits + 1
-    assert breaker_of_redis(cache.stats()) == ("closed", 0)
+    assert cache.get("other") == "in redis"
+    after = redis_counts(cache.stats())
+    assert (after["hits"], after["errors"], after["skips"], after["breaker"]) == (
+        before["hits"] + 1,
+        0,
+        0,
+        "closed",
+    )
     cache.close()
 
 
+async def async_decorated(cache: AsyncTieredCache, key: str) -> object:
+    @cache.cached(key="{name}")
+    async def read(name: str) -> str:
+        return "loaded"
+
+    return await read(key)
+
+
+async def async_loaded() -> str:
+    return "loaded"
+
+
+ASYNC_CALLS: dict[str, Callable[[AsyncTieredCache, str], Awaitable[object]]] = {
+    "get": lambda cache, key: cache.get(key, async_loaded),
+    "get_many": lambda cache, key: cache.get_many(["fine", key]),
+    "lookup_many": lambda cache, key: cache.lookup_many(["fine", key]),
+    "set": lambda cache, key: cache.set(key, "written"),
+    "set_many": lambda cache, key: cache.set_many({"fine": 1, key: 2}),
+    "invalidate": lambda cache, key: cache.invalidate(key),
+    "invalidate_prefix": lambda cache, key: cache.invalidate_prefix(key),
+    "decorated": async_decorated,
+}
+
+
 @pytest.mark.parametrize("key", HOSTILE)
-def test_the_async_chain_skips_redis_for_it_and_only_for_it(
+def test_the_async_chain_refuses_it_on_every_call_and_only_it(
     redis_server: RedisServer, namespace: str, key: str
 ) -> None:
     """The async tier sends the GETs of one loop tick as one MGET: a key that cannot be
     encoded must not fail the other callers' reads gathered with it."""
 
-    def constant(value: str) -> Callable[[], Any]:
-        async def load() -> str:
-            return value
-
-        return load
-
-    async def load_many(keys: Any) -> dict[str, str]:
-        return dict.fromkeys(keys, "loaded")
-
-    async def main() -> list[Any]:
-        cache = AsyncTieredCache.from_config(**settings(redis_server.url, namespace))
+    async def main() -> None:
+        built = AsyncTieredCache.from_config(**settings(redis_server.url, namespace))
+        source = DictSource(SOURCE)
+        with pytest.warns(BlockingTierWarning):  # the dict source is read in threads
+            cache = AsyncTieredCache(list(built.tiers), source, namespace=namespace, ttl=600)
         await cache.set("other", "in redis")
-        seen = [
-            await cache.get(key, constant("loaded")),
-            await cache.get_many([key], load_many),
-            await cache.set(key, "written"),
-            await cache.invalidate(key),
-            await cache.invalidate_prefix(key),
-        ]
+        before = redis_counts(cache.stats())
+        for call in ASYNC_CALLS.values():
+            with pytest.raises(UnencodableKey) as raised:
+                await call(cache, key)
+            assert_refused(raised, key)
+        assert redis_counts(cache.stats()) == before
+        assert (source.loads, source.batches) == ([], [])
+        assert source.items == SOURCE | {"other": "in redis"}
         cache.tiers[0].clear()  # type: ignore[union-attr]
         together = await asyncio.gather(
-            cache.get(key, constant("loaded")), cache.get("other", constant("not from redis"))
+            cache.get(key, async_loaded), cache.get("other"), return_exceptions=True
         )
-        seen += [together, breaker_of_redis(cache.stats())]
+        assert isinstance(together[0], UnencodableKey)
+        assert together[1] == "in redis"
+        after = redis_counts(cache.stats())
+        assert (after["hits"], after["errors"], after["skips"], after["breaker"]) == (
+            before["hits"] + 1,
+            0,
+            0,
+            "closed",
+        )
         await cache.aclose()
-        return seen
 
-    assert asyncio.run(main()) == [
-        "loaded",
-        {key: "loaded"},
-        None,
-        None,
-        None,
-        ["loaded", "in redis"],
-        ("closed", 0),
-    ]
+    asyncio.run(main())

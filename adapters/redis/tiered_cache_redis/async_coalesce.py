@@ -35,10 +35,6 @@ class CoalescedReads:
 
     async def get(self, name: str) -> bytes | None:
         """``GET name``, sent with the other GETs of this tick (each name once)."""
-        if not name.isascii():  # a flag of the str: the usual name costs nothing more
-            # A name UTF-8 cannot encode (a lone surrogate) fails its own read here; in the
-            # tick's MGET it failed every read gathered with it.
-            name.encode("utf-8")
         return await self._gets.call(name)
 
     async def _send_gets(self, names: Sequence[str]) -> list[bytes | Exception | None]:

@@ -64,6 +64,8 @@ class AsyncRedisTier(AsyncTierBase):
     :class:`~tiered_cache_redis.RedisTier`, with a ``redis.asyncio`` client."""
 
     leases = True
+    #: Redis keys are bytes: a key UTF-8 cannot encode is refused at the chain's face.
+    utf8_keys = True
 
     def __init__(
         self,

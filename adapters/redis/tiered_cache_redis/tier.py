@@ -57,6 +57,8 @@ class RedisTier(TierBase):
     """
 
     leases = True
+    #: Redis keys are bytes: a key UTF-8 cannot encode is refused at the chain's face.
+    utf8_keys = True
 
     def __init__(
         self,

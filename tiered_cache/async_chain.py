@@ -120,6 +120,7 @@ class AsyncTieredCache(L1Reader):
             [tier.sync for tier in self._tiers],
             self._metrics,
             leases=self._protection.lease != "off",
+            fill_targets=self._tiers,
         )
         self._entry = EntryMaker(ttl, negative_ttl, self._protection.max_stale)
         self._loader = AsyncSourceLoader(

@@ -81,9 +81,7 @@ class AsyncSourceLoader:
         self.flights = async_flights()
         #: Refreshes have flights of their own (as in the threaded loader).
         self._refresh_flights = async_flights()
-        leasing = None
-        if protection.lease != "off":
-            leasing = next((tier for tier in self._tiers if tier.leases), None)
+        leasing = fence.leasing(self._tiers)
         self._lease_wait = (
             None
             if leasing is None

@@ -22,7 +22,7 @@ is always safe.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from .accessor import TierAccessor
 from .errors import CodecError
@@ -37,6 +37,8 @@ __all__ = ["ChainTier", "Fence", "FillTarget"]
 
 logger = logger_for("chain")
 
+T = TypeVar("T", bound="FillTarget")
+
 
 class Fence:
     """Decides which fills may land, and applies every invalidation to the in-process tiers.
@@ -46,7 +48,9 @@ class Fence:
         metrics: the chain's counters (``lease_lost``, ``fills_refused``).
         log_size: invalidations remembered; a fill older than that many is refused.
         leases: the chain takes leases (its protection's ``lease`` is not ``"off"``) on the
-            first tier that offers them, as its loader does.
+            first tier that offers them (:meth:`leasing`).
+        fill_targets: the accessors fills are given, when they are not ``tiers`` (the asyncio
+            chain's, which declare the async tiers' leases): they decide the leasing tier.
     """
 
     def __init__(
@@ -56,14 +60,18 @@ class Fence:
         *,
         log_size: int = 4096,
         leases: bool = True,
+        fill_targets: Sequence[FillTarget] | None = None,
     ) -> None:
         self._tiers = list(tiers)
         self._local = [tier for tier in self._tiers if tier.local]
         self._metrics = metrics
         self._log = InvalidationLog(log_size)
-        #: Whether the first tier of a fill that offers leases is the one the chain leases
-        #: on: a key it can lease is written there only under its lease (_fill_leased).
-        self._leases = leases
+        #: The place of the tier the chain leases on (the first that offers leases, unless
+        #: the chain takes none), or None: see :meth:`needs_lease`.
+        targets = self._tiers if fill_targets is None else fill_targets
+        self._lease_index = (
+            next((tier.index for tier in targets if tier.leases), None) if leases else None
+        )
         # Taken before every read that may fill (once per miss): the log's own method, with no
         # frame of the fence's around it.
         self.mark: Callable[[], int] = self._log.mark
@@ -104,6 +112,25 @@ class Fence:
         finally:
             log.done(number)
         return number
+
+    # -- the lease rule
+
+    def leasing(self, tiers: Sequence[T]) -> T | None:
+        """The tier of ``tiers`` (the chain's, or the first of them: a copy-up's) the chain
+        leases on, or None: the one answer every path uses (loads, writes, fills)."""
+        index = self._lease_index  # ``tiers`` is the chain's or a prefix: the tier's place
+        return tiers[index] if index is not None and index < len(tiers) else None
+
+    def needs_lease(self, tier: FillTarget, key: str) -> bool:
+        """Whether ``key`` may be written into ``tier`` only under its lease: the rule's one
+        home, which every fill (:meth:`fill_steps`, :meth:`fill_one`, :meth:`write_alone`)
+        and write (``ChainPaths.leased``) asks. A key the chain's leasing tier can lease is
+        written there only with its token: a load or write without it (the lease could not be
+        taken: the tier timed out, or the holder took longer than ``lease_wait``) fills the
+        faster tiers only, since a write of another process that took the lease meanwhile
+        would be overwritten with this older value, served to every process until the tier's
+        TTL."""
+        return tier.index == self._lease_index and tier.can_lease(key)
 
     # -- fills
 
@@ -162,7 +189,7 @@ class Fence:
         """The fill, as steps (:mod:`tiered_cache.steps`), for the sync and the asyncio
         chains; :meth:`fill_one` is its one-key, lease-less form in plain calls."""
         tokens = dict(tokens) if tokens else {}
-        leasing = next((tier for tier in tiers if tier.leases), None) if self._leases else None
+        leasing = self.leasing(tiers)
         refused = self.overtaken(mark, entries, own=own)
         if refused:
             self._refuse(refused)
@@ -218,9 +245,11 @@ class Fence:
         if log.overtaken(mark, keys, own):  # positional: a call with keywords costs more
             self._refuse(keys)
             return False
+        # The rule's call only in a chain that leases: a memory-only chain's miss pays nothing.
+        leases = self._lease_index is not None
         for tier in reversed(tiers):
-            if not tier.bypassed and not (self._leases and tier.leases and tier.can_lease(key)):
-                tier.set_one(key, entry)  # not the leasing tier without a lease: _fill_leased
+            if not tier.bypassed and not (leases and self.needs_lease(tier, key)):
+                tier.set_one(key, entry)
         if not log.overtaken(mark, keys, own):
             return True
         # Invalidated between the check and the write: undo, deleting is always safe (from
@@ -242,14 +271,11 @@ class Fence:
         tier = self._tiers[0]
         keys = (key,)
         log = self._log
+        leases = self._lease_index is not None  # as in fill_one: no call without leases
         own = log.record_key(key)
         try:
             refused = log.overtaken(mark, keys, own)
-            if (
-                refused
-                or tier.bypassed
-                or (self._leases and tier.leases and tier.can_lease(key))  # as fill_one
-            ):
+            if refused or tier.bypassed or (leases and self.needs_lease(tier, key)):
                 tier.delete_many(keys)
             else:
                 tier.set_one(key, entry, True)  # replace: the drop and the fill in one step
@@ -279,18 +305,13 @@ class Fence:
     def _fill_leased(
         self, tier: FillTarget, landing: dict[str, Entry], tokens: Mapping[str, str]
     ) -> Steps[None]:
-        """Fill the leasing tier: keys with a token under their lease, keys it cannot lease
-        plainly; drop from ``landing`` the keys whose lease was lost or whose fill failed.
-
-        A key it can lease but has no token for (a load whose lease could not be taken: the
-        tier timed out, or the holder took longer than ``lease_wait``) is not written here,
-        only into the faster tiers: without the lease, a write of another process that came
-        after this load read the source, and filled under its lease, would be overwritten
-        with this older value, which every process would then read until the tier's TTL."""
+        """Fill the leasing tier: keys with a token under their lease, the others only if
+        they need none (:meth:`needs_lease`); drop from ``landing`` the keys whose lease was
+        lost or whose fill failed."""
         plain = {
             key: entry
             for key, entry in landing.items()
-            if key not in tokens and not tier.can_lease(key)
+            if key not in tokens and not self.needs_lease(tier, key)
         }
         leased = {key: (entry, tokens[key]) for key, entry in landing.items() if key in tokens}
         if plain:

@@ -38,7 +38,7 @@ class LeaseWait:
         holder filled the key meanwhile; ``(None, None)`` to load without a lease (the shared
         tier is down, or the holder took longer than ``lease_wait``)."""
         tier = self.tier
-        if not tier.can_lease(key):
+        if not self.fence.needs_lease(tier, key):
             return None, None
         protection = self.protection
         deadline: float | None = None
@@ -74,7 +74,8 @@ class LeaseWait:
         """One look at the leasing tier for ``keys``: ``(to load, with the token or None for
         no lease; filled meanwhile by a holder; held by another process)``."""
         tier = self.tier
-        tokens: dict[str, str | None] = {key: None for key in keys if not tier.can_lease(key)}
+        needs_lease = self.fence.needs_lease
+        tokens: dict[str, str | None] = {key: None for key in keys if not needs_lease(tier, key)}
         if tokens:
             keys = [key for key in keys if key not in tokens]
             if not keys:

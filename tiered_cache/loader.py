@@ -107,9 +107,7 @@ class SourceLoader:
         #: get the refresh's error instead of the stale value), and a refresh never joins a
         #: reader's flight (it would get the stale value back and load nothing).
         self._refresh_flights = SingleFlight()
-        self._leasing: TierAccessor | None = None
-        if protection.lease != "off":
-            self._leasing = next((tier for tier in self._tiers if tier.leases), None)
+        self._leasing: TierAccessor | None = fence.leasing(self._tiers)
         self._lease_wait = (
             None
             if self._leasing is None

@@ -66,7 +66,7 @@ class ChainPaths:
     ) -> None:
         self.tiers = list(tiers)
         self.shared = [tier for tier in self.tiers if not tier.local]
-        self.leasing = next((tier for tier in self.shared if tier.leases), None)
+        self.leasing = fence.leasing(self.tiers)
         #: The tiers that store keys as UTF-8, named for check_keys' message; None: no such
         #: tier, any str is a key.
         self.utf8_for = ", ".join(repr(tier.name) for tier in self.tiers if tier.utf8_keys) or None
@@ -384,12 +384,12 @@ class ChainPaths:
         tier but invalidates the key: it cannot be ordered against a write of another
         process that took the lease meanwhile, whose value a lease-less fill would overwrite
         in Redis with this older one (served to everyone until Redis's TTL)."""
-        return self.leasing is not None and self.leasing.can_lease(key)
+        return self.leasing is not None and self.fence.needs_lease(self.leasing, key)
 
     def steal_lease(self, key: str) -> Steps[str | None]:
         """The key's lease for a write, or None (no leasing tier, or it failed)."""
         tier = self.leasing
-        if tier is None or not tier.can_lease(key):
+        if tier is None or not self.leased(key):
             return None
         try:
             token: str = yield tier.steal_lease, (key, self.protection.lease_ttl)

@@ -26,6 +26,7 @@ from tiered_cache.testing.clock import FakeClock
 from tiered_cache.testing.fleet import run_fleet
 from tiered_cache.testing.servers import RedisCluster, RedisServer
 from tiered_cache.testing.sources import DictSource
+from tiered_cache.tier import MissingType
 
 
 @pytest.fixture
@@ -651,11 +652,34 @@ def test_redis_stopped_in_the_middle_of_a_read_loop(namespace: str) -> None:
         cache.close()
 
 
+class LeaseCallsTier(RedisTier):
+    """A Redis tier that records which of its lease operations were called."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.lease_calls: list[str] = []
+
+    def acquire_lease(self, key: str, ttl: float) -> tuple[str | None, Entry | MissingType]:
+        self.lease_calls.append("acquire_lease")
+        return super().acquire_lease(key, ttl)
+
+    def acquire_leases(
+        self, keys: Sequence[str], ttl: float
+    ) -> dict[str, tuple[str | None, Entry | MissingType]]:
+        self.lease_calls.append("acquire_leases")
+        return super().acquire_leases(keys, ttl)
+
+    def steal_lease(self, key: str, ttl: float) -> str:
+        self.lease_calls.append("steal_lease")
+        return super().steal_lease(key, ttl)
+
+
 def test_lease_off_means_no_lease_calls(redis_server: RedisServer, namespace: str) -> None:
-    cache = TieredCache(
-        [RedisTier(redis.Redis.from_url(redis_server.url), namespace=namespace)],
-        protection=Protection(lease="off"),
-    )
+    """Not for loads, nor for writes: before, a write with ``lease="off"`` still stole the
+    key's lease (a round trip per write; when it failed, the write invalidated instead of
+    filling), as the write path named its leasing tier without asking the protection."""
+    tier = LeaseCallsTier(redis.Redis.from_url(redis_server.url), namespace=namespace)
+    cache = TieredCache([tier], protection=Protection(lease="off"))
     assert cache.get("k", lambda: 1) == 1
     raw = redis.Redis.from_url(redis_server.url)
     assert raw.exists(f"{{{namespace}:k}}:lease") == 0
@@ -663,5 +687,10 @@ def test_lease_off_means_no_lease_calls(redis_server: RedisServer, namespace: st
     # Without leases Redis is filled plainly: the next read finds the value there.
     assert cache.get("k", lambda: 2) == 1
     assert cache.stats()["tiers"][0]["hits"] == 1
+    assert cache.get_many(["m1", "m2"], lambda keys: dict.fromkeys(keys, 3)) == {"m1": 3, "m2": 3}
+    cache.set("w", 4)
+    cache.set_many({"w1": 5, "w2": 6})
+    assert cache.get_many(["w", "w1", "w2"]) == {"w": 4, "w1": 5, "w2": 6}
+    assert tier.lease_calls == []
     raw.close()
     cache.close()

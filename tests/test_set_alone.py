@@ -10,6 +10,7 @@ counters and the eviction policy's whole state must stay identical.
 from __future__ import annotations
 
 import inspect
+import pydoc
 import random
 from collections.abc import Callable
 from typing import Any
@@ -21,6 +22,7 @@ from hypothesis import strategies as st
 from tiered_cache import MISSING, TieredCache
 from tiered_cache.clocks import ManualClock
 from tiered_cache.memory import MemoryTier
+from tiered_cache.paths import ChainPaths
 from tiered_cache.policy import TinyLfuPolicy
 from tiered_cache.protection import Protection
 from tiered_cache.testing.scripts import KEYS, chain_scripts
@@ -110,7 +112,9 @@ def test_a_set_alone_answers_counts_and_feeds_the_policy_as_the_steps(
     max_entries: int, script: list[tuple[str, Any]]
 ) -> None:
     sides = [Side(chain_class, max_entries) for chain_class in (TieredCache, StepsSet)]
-    assert sides[0].cache.set == sides[0].cache._paths.set_alone  # the plain calls
+    plain = sides[0].cache.set  # the plain calls: set_alone, under the public name
+    assert plain.__self__ is sides[0].cache._paths  # type: ignore[attr-defined]
+    assert plain.__func__.__code__ is ChainPaths.set_alone.__code__  # type: ignore[attr-defined]
     assert "set" not in vars(sides[1].cache)  # the steps
     for step in script:
         answers = [side.apply(step) for side in sides]
@@ -164,6 +168,19 @@ def test_set_keeps_its_signature_key_check_and_ttl() -> None:
     entry = cache.tiers[0].get("k")
     assert isinstance(entry, Entry)
     assert entry.soft_expiry == clock() + 2
+
+
+def test_help_and_signature_show_the_public_set() -> None:
+    """``cache.set`` of such a chain is ``ChainPaths.set_alone`` underneath; ``help()`` and
+    introspecting frameworks must see ``TieredCache.set``: its name, doc and parameters."""
+    cache = TieredCache([MemoryTier()])
+    assert "set" in vars(cache)  # the lone chain's set, not the method
+    assert cache.set.__name__ == "set"
+    assert cache.set.__doc__ == TieredCache.set.__doc__
+    assert inspect.signature(cache.set) == inspect.signature(StepsSet([]).set)
+    shown = pydoc.render_doc(cache.set, renderer=pydoc.plaintext)
+    assert "set_alone" not in shown and "set(key" in shown
+    assert "Write ``value`` for ``key`` and make every process see it." in shown
 
 
 def test_the_general_set_stays_for_other_chains() -> None:

@@ -14,6 +14,7 @@ import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from types import FunctionType, MethodType
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, cast
 
 from .accessor import TierAccessor
@@ -149,7 +150,7 @@ class TieredCache(L1Reader):
         # ``set`` keeps it).
         writes_alone = alone and (source is None or write_policy == "through")
         if writes_alone and type(self).set is TieredCache.set:
-            vars(self)["set"] = self._paths.set_alone
+            vars(self)["set"] = MethodType(_SET_ALONE, self._paths)
         # ``cache.get`` is answered without a Python frame on a plain hit: an instance
         # attribute shadows the method (a function is a non-data descriptor). A subclass that
         # defines its own ``get`` keeps it.
@@ -448,6 +449,22 @@ class TieredCache(L1Reader):
         source = self._source.name if self._source is not None else "loader"
         return f"<TieredCache {self.namespace!r}: {names} -> {source}>"
 
+
+# ``cache.set`` of a lone in-process chain is ChainPaths.set_alone (see TieredCache.__init__),
+# bound as it is (a wrapper would add a frame to every set), but under the public method's
+# name, doc and annotations: help(cache.set) and inspect showed set_alone's, an internal.
+_SET_ALONE = FunctionType(
+    ChainPaths.set_alone.__code__,
+    ChainPaths.set_alone.__globals__,
+    "set",
+    ChainPaths.set_alone.__defaults__,
+    ChainPaths.set_alone.__closure__,
+)
+_SET_ALONE.__kwdefaults__ = ChainPaths.set_alone.__kwdefaults__
+_SET_ALONE.__qualname__ = TieredCache.set.__qualname__
+_SET_ALONE.__module__ = TieredCache.set.__module__
+_SET_ALONE.__doc__ = TieredCache.set.__doc__
+_SET_ALONE.__annotations__ = TieredCache.set.__annotations__
 
 # ``cache.get`` is a PlainGet (see TieredCache.__init__); compiled, it is a C callable that
 # inspect cannot read, so ``inspect.signature(cache.get)`` (help(), introspecting frameworks)

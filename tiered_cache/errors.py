@@ -29,8 +29,10 @@ class TierUnavailable(TieredCacheError):
 
 
 class TierCallFailed(TierUnavailable):
-    """A call a circuit breaker let through failed (the tier's error is its ``__cause__``):
-    counted as the tier's error, where a refused call (:class:`CircuitOpen`) is a skip."""
+    """A call made that failed (the tier's error is its ``__cause__``): raised by a circuit
+    breaker that let the call through, or by a tier for a batch that failed in part.
+    Counted as the tier's error, where a refused call (:class:`CircuitOpen`) or a tier's
+    own :class:`TierUnavailable` (a call it did not make) is a skip."""
 
 
 class CircuitOpen(TierUnavailable):

@@ -415,7 +415,8 @@ def test_a_batch_whose_lease_look_fails_loads_every_key_without_a_lease(
     redis_server: RedisServer, namespace: str
 ) -> None:
     """Redis answers the batch's read but refuses its lease look: the batch loads every key
-    in one read without leases, and the refusal is counted as a skip of the tier."""
+    in one read without leases, and the refusal is counted as an error of the tier: a call
+    made that failed (a skip until the batch's failure became a TierCallFailed)."""
     raw = redis.Redis.from_url(redis_server.url)
     raw.hset(f"{namespace}:bad", "not", "a cache entry")  # the lease script's GET fails on it
     cache = chain(redis_server.url, namespace, bus="off")
@@ -428,7 +429,7 @@ def test_a_batch_whose_lease_look_fails_loads_every_key_without_a_lease(
     assert cache.get_many(["a", "bad", "c"], load_many) == {"a": "A", "bad": "BAD", "c": "C"}
     assert reads == [["a", "bad", "c"]]
     stats = cache.stats()
-    assert (stats["tiers"][1]["skips"], stats["tiers"][1]["errors"]) == (1, 0)
+    assert (stats["tiers"][1]["skips"], stats["tiers"][1]["errors"]) == (0, 1)
     assert stats["lease_waits"] == 0
     cache.close()
     raw.close()
@@ -650,6 +651,29 @@ def test_redis_stopped_in_the_middle_of_a_read_loop(namespace: str) -> None:
         assert stats["skips"] > 0  # the breaker skipped Redis while it was down
         assert stats["hits"] > 0
         cache.close()
+
+
+@pytest.mark.parametrize("breaker", [True, False])
+def test_a_lease_batch_that_failed_in_redis_counts_an_error_not_a_skip(
+    redis_server: RedisServer, namespace: str, breaker: bool
+) -> None:
+    """A batch of lease calls Redis answered with an error for one key (here WRONGTYPE: the
+    key holds a list) was made and failed: the tier's error, as any failed call (e813b31),
+    where a skip is a call not made. It was counted as a skip: the tier raised its own
+    TierUnavailable for it."""
+    raw = redis.Redis.from_url(redis_server.url)
+    raw.rpush(f"{namespace}:k2", "not an entry")
+    cache = TieredCache.from_config(
+        namespace=namespace,
+        tiers=[{"kind": "redis", "url": redis_server.url, "breaker": {"enabled": breaker}}],
+        bus={"kind": "off"},
+    )
+    loaded = cache.get_many(["k1", "k2"], lambda keys: dict.fromkeys(keys, "loaded"))
+    assert loaded == {"k1": "loaded", "k2": "loaded"}
+    redis_stats = cache.stats()["tiers"][0]
+    assert (redis_stats["errors"], redis_stats["skips"]) == (1, 0)
+    raw.close()
+    cache.close()
 
 
 class LeaseCallsTier(RedisTier):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from tiered_cache.errors import TierUnavailable
+from tiered_cache.errors import TierCallFailed
 from tiered_cache.leases import PartialFill
 from tiered_cache.tier import MISSING, Entry, MissingType
 
@@ -47,9 +47,11 @@ def taken_on_failure(
     return taken, failed
 
 
-def batch_failure(name: str, failed: BaseException | None) -> TierUnavailable:
-    """The error of a batch of leases that could not all be asked for."""
-    error = TierUnavailable(f"tier {name!r}: could not take the leases of a batch: {failed}")
+def batch_failure(name: str, failed: BaseException | None) -> TierCallFailed:
+    """The error of a batch of leases that could not all be asked for: calls made that
+    failed in Redis, so the tier's error (a TierCallFailed), not a skip ("a call not
+    made", which a plain TierUnavailable counts as)."""
+    error = TierCallFailed(f"tier {name!r}: could not take the leases of a batch: {failed}")
     error.__cause__ = failed
     return error
 

@@ -208,11 +208,16 @@ class BusLink:
             self._fence.invalidate(message.keys, message.prefixes)
 
     def on_disconnect(self) -> None:
-        self._metrics.count("bus_disconnects")
-        logger.warning(
-            "invalidation bus disconnected: memory serves only fresh fills until it is back",
-            extra=fields("bus_disconnected"),
-        )
+        """The bus is down for this chain: its in-process tiers stop being trusted (every
+        time it is told). Counted and logged once per period down: a forked asyncio child,
+        or a chain whose loop ended, is told at once and again when its listener starts on
+        its new loop (``bus_disconnects`` counted 2 for one period; docs/metrics.md)."""
+        if self._connected:
+            self._metrics.count("bus_disconnects")
+            logger.warning(
+                "invalidation bus disconnected: memory serves only fresh fills until it is back",
+                extra=fields("bus_disconnected"),
+            )
         self._connected = False
         self._set_connected(False)
 

@@ -82,7 +82,7 @@ EVENT_HELP: Mapping[str, str] = {
     "bus_sent": "Invalidation messages published on the bus.",
     "bus_received": "Invalidation messages received from the bus.",
     "bus_gaps": "Gaps detected in the bus's message sequence (in-process tiers were cleared).",
-    "bus_disconnects": "Times the bus connection was lost.",
+    "bus_disconnects": "Periods the bus was down for this chain (a fork counts one).",
     "bus_publish_errors": "Invalidation messages the bus failed to publish.",
 }
 

@@ -339,6 +339,7 @@ def test_a_chain_whose_listening_loop_ended_serves_no_copy_it_did_not_hear_about
             return cache.stats()["bus"] == "connected" and bus.connected
 
         assert await eventually(listening_again, within=10)
+        assert cache.stats()["bus_disconnects"] == 1  # one period down, from the loop's end
         assert await cache.get("k", source) == "v1"
         await cache.invalidate("other")  # its publisher works on this loop
         assert cache.stats().get("bus_publish_errors", 0) == 0

@@ -12,6 +12,7 @@ import itertools
 import logging
 import os
 import weakref
+from collections.abc import Callable
 from typing import Protocol
 
 logger = logging.getLogger(__name__)
@@ -22,7 +23,8 @@ class ForkAware(Protocol):
 
     def after_fork_in_child(self) -> None:
         """Runs in the child right after ``fork()``, before anything else: only this thread
-        exists, and locks the parent's other threads held are held forever here."""
+        exists, and locks the parent's other threads held are held forever here. Start no
+        thread here: :func:`start_when_restarted`."""
         ...
 
 
@@ -37,6 +39,20 @@ def restart_after_fork(part: ForkAware) -> None:
     """Tell ``part`` when this process forks (as long as ``part`` is alive)."""
     number = next(_numbers)
     _PARTS[number] = weakref.ref(part, lambda _gone: _PARTS.pop(number, None))
+
+
+#: What the restarts asked to start once every part has restarted (:func:`start_when_restarted`).
+_STARTS: list[Callable[[], object]] = []
+
+
+def start_when_restarted(start: Callable[[], object]) -> None:
+    """From a part's ``after_fork_in_child``: call ``start`` (which starts a thread: the bus's
+    listener) once every part has restarted. A thread started during the restarts runs beside
+    them, and may reach a part that has not restarted yet -- its lock still the one a thread
+    of the parent held at the fork -- and wait there for ever (the bus's listener, telling
+    the chain the bus is down, waited in the fence's log: the child never subscribed and
+    served its memory for good)."""
+    _STARTS.append(start)
 
 
 #: What forked children let go of, kept for their life (:func:`keep_from_the_parent`).
@@ -85,6 +101,13 @@ def _in_child() -> None:
             part.after_fork_in_child()
         except Exception:
             logger.exception("restarting %r after fork failed", part)
+    starts = list(_STARTS)
+    _STARTS.clear()
+    for start in starts:
+        try:
+            start()
+        except Exception:
+            logger.exception("starting %r after fork failed", start)
 
 
 os.register_at_fork(after_in_child=_in_child)

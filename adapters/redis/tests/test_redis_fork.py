@@ -16,8 +16,11 @@ from typing import Any
 
 import redis
 from tiered_cache_redis import AsyncRedisTier, RedisTier, make_async_client, make_client
+from tiered_cache_redis.bus import RedisBus
+from tiered_cache_redis.listening import Health
 
-from tiered_cache import AsyncTieredCache, TieredCache
+from tiered_cache import AsyncTieredCache, MemoryTier, TieredCache
+from tiered_cache.forking import restart_after_fork
 from tiered_cache.testing.async_conformance import LoopThread
 from tiered_cache.testing.forked import ForkedChild, in_a_child
 from tiered_cache.testing.gates import Held
@@ -225,3 +228,76 @@ async def async_eventually(check: Callable[[], Any], within: float = 10.0) -> bo
             return True
         await asyncio.sleep(0.01)
     return False
+
+
+class SlowToRestart:
+    """A part registered between the bus and the chain (:func:`restart_after_fork`) whose
+    restart takes a while: it gives the bus's new listener thread the time a scheduler may
+    give it, before the chain's parts have restarted."""
+
+    def __init__(self) -> None:
+        restart_after_fork(self)
+
+    def after_fork_in_child(self) -> None:
+        time.sleep(0.2)
+
+
+def test_a_child_forked_while_a_lock_of_the_fence_is_held_listens_on_its_bus(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """The threaded bus starts its listener again in a forked child, and the listener's first
+    act is to tell the chain the bus is down (the fence's invalidation of everything). It was
+    started while the child was still restarting the parts built after the bus (the chain's
+    fence, its log, memory and metrics): a lock of theirs that a thread of the parent held at
+    the fork (the bus's listener applying another process's invalidation; here a thread
+    holding the fence log's lock) was still the parent's, and the child's listener waited on
+    it for ever, before it told the chain anything: the child never subscribed, and served
+    its memory copy after another process's write, for good."""
+    settings = chain_settings(redis_server.url, namespace)
+    bus = RedisBus(
+        lambda: make_client(redis_server.url, timeout=1.0),
+        f"{namespace}:invalidations",
+        health=Health(interval=0.5, timeout=0.5),
+    )
+    slow = SlowToRestart()
+    cache = TieredCache(
+        [
+            MemoryTier(max_entries=100),
+            RedisTier(connect=lambda: make_client(redis_server.url), namespace=namespace),
+        ],
+        namespace=namespace,
+        ttl=600,
+        bus=bus,
+    )
+    assert bus.wait_subscribed(10)
+    assert cache.get("k", lambda: "v0") == "v0"
+    held = Held()
+    log_lock = cache._fence._log._lock
+
+    def inside_the_log() -> None:
+        with log_lock:
+            held.hold()
+
+    def child() -> list[Any]:
+        subscribed = bus.wait_subscribed(HUNG / 3)
+        writer = TieredCache.from_config(**settings)  # another process's write
+        assert writer._bus_link.bus.wait_subscribed(10)  # type: ignore[union-attr]
+        writer.set("k", "v1")
+        deadline = time.monotonic() + HUNG / 3
+        while cache.get("k", lambda: "loaded") != "v1" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        seen = [subscribed, cache.stats()["bus"], cache.get("k", lambda: "loaded")]
+        writer.close()
+        return seen
+
+    thread = threading.Thread(target=inside_the_log)
+    held.armed = True
+    thread.start()
+    try:
+        assert held.inside.wait(HUNG)
+        assert in_a_child(child, timeout=HUNG) == [True, "connected", "v1"]
+    finally:
+        held.go.set()
+        thread.join(HUNG)
+    cache.close()
+    del slow

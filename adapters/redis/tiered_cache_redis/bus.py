@@ -27,7 +27,7 @@ from typing import Any
 import redis
 
 from tiered_cache.bus import BusListener, Invalidation
-from tiered_cache.forking import restart_after_fork
+from tiered_cache.forking import restart_after_fork, start_when_restarted
 from tiered_cache.steps import run
 
 from .listening import DEFAULT_HEALTH, PING_PAYLOAD, Health, Listeners, Listening, Subscription, log
@@ -100,7 +100,8 @@ class RedisBus:
     def after_fork_in_child(self) -> None:
         """In a forked child: the parent's listening thread does not exist here. Locks and
         events are made anew (another thread may have held them at the fork), and a listener
-        of the child's own starts, as disconnected until it is subscribed."""
+        of the child's own starts, as disconnected until it is subscribed: once every part
+        has restarted (its first act reaches the chain's fence, built after this bus)."""
         self._lock = threading.Lock()
         self._listeners.after_fork_in_child()
         self._subscribed = threading.Event()
@@ -109,7 +110,7 @@ class RedisBus:
             return  # never listened, or closed
         self._stop = threading.Event()
         self._listening.stopped = self._stop.is_set
-        self._start_listening(after_fork=True)
+        start_when_restarted(lambda: self._start_listening(after_fork=True))
 
     def wait_subscribed(self, timeout: float | None = None) -> bool:
         """True once the listener is subscribed (for tests and orderly start-ups)."""

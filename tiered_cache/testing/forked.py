@@ -6,7 +6,7 @@ import json
 import os
 import select
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import IO, Any
 
 
@@ -62,3 +62,21 @@ def in_a_child(body: Callable[[], Any], timeout: float | None = None) -> Any:
     if status != 0:
         raise RuntimeError(f"the forked child failed (exit status {status})")
     return value
+
+
+async def refusals(
+    calls: Iterable[Awaitable[Any]], refused: type[Exception], says: str
+) -> list[Any]:
+    """Each call awaited in turn, for a part that must refuse its calls in a forked child:
+    ``"sent"`` if it returned, whether its ``refused`` error's message holds ``says``, or the
+    name of any other error's type."""
+    seen: list[Any] = []
+    for call in calls:
+        try:
+            await call
+            seen.append("sent")
+        except refused as exc:
+            seen.append(says in str(exc))
+        except Exception as exc:
+            seen.append(type(exc).__name__)
+    return seen

@@ -15,16 +15,17 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from tiered_cache_redis import AsyncRedisTier, RedisTier, make_async_client, make_client
 from tiered_cache_redis.bus import RedisBus
 from tiered_cache_redis.listening import Health
 
-from tiered_cache import AsyncTieredCache, MemoryTier, TieredCache
+from tiered_cache import AsyncTieredCache, MemoryTier, TieredCache, TierUnavailable
 from tiered_cache.forking import restart_after_fork
 from tiered_cache.testing.async_conformance import LoopThread
-from tiered_cache.testing.forked import ForkedChild, in_a_child
+from tiered_cache.testing.forked import ForkedChild, in_a_child, refusals
 from tiered_cache.testing.gates import Held
-from tiered_cache.testing.servers import RedisServer
+from tiered_cache.testing.servers import RedisCluster, RedisServer
 from tiered_cache.tier import MISSING, Entry, MissingType
 
 #: Generous: a child that has not reported by then is hung, not slow.
@@ -301,3 +302,34 @@ def test_a_child_forked_while_a_lock_of_the_fence_is_held_listens_on_its_bus(
         thread.join(HUNG)
     cache.close()
     del slow
+
+
+def test_a_forked_child_refuses_the_connections_of_a_given_cluster_client(
+    redis_cluster: RedisCluster, namespace: str
+) -> None:
+    """A tier given a ``redis.asyncio`` Cluster client cannot let go of its nodes'
+    connections in a forked child (it can empty a plain client's pool, not a cluster
+    client's): they are the parent's sockets, on which a command is answered to whichever
+    process reads first. The child's tier refuses every call, before anything is sent, with
+    a TierUnavailable that says to build the tier with ``connect`` (a skip of the tier in a
+    chain), and its ``aclose`` closes nothing of the parent's; the parent reads its own."""
+    client = AsyncRedisCluster.from_url(redis_cluster.redis_url)
+    tier = AsyncRedisTier(client, namespace=namespace)
+    loop = LoopThread()
+    keys = [f"k{i}" for i in range(10)]
+    loop.run(tier.set_many({key: Entry(key.upper(), 0.0) for key in keys}))
+    assert value(loop.run(tier.get("k0"))) == "K0"  # the nodes' connections are open now
+
+    async def main() -> list[Any]:
+        calls = [tier.get("k1"), tier.set("c", Entry("child", 0.0)), tier.acquire_lease("c", 5)]
+        seen = await refusals(calls, TierUnavailable, "connect=")
+        await tier.aclose()
+        return seen
+
+    seen = in_a_child(lambda: asyncio.run(main()), HUNG)
+    in_the_parent = [loop.run(outcome(tier.get(key))) for key in reversed(keys)]
+    assert in_the_parent == [key.upper() for key in reversed(keys)]
+    assert seen == [True, True, True]
+    loop.run(tier.clear())
+    loop.run(tier.aclose())
+    loop.close()

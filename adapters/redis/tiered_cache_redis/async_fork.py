@@ -16,14 +16,30 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from tiered_cache.errors import TierUnavailable
 from tiered_cache.forking import keep_from_the_parent
 
 
-def forget_the_parents_connections(client: Any) -> None:
+def forget_the_parents_connections(client: Any) -> bool:
     """Empty the pool of a plain ``redis.asyncio`` client, keeping the parent's connections
-    (the next command connects anew). A cluster client's nodes are not emptied: a tier
-    made with ``connect`` makes a new client instead."""
-    if isinstance(client, aioredis.Redis):
-        pool = client.connection_pool
-        keep_from_the_parent(list(pool._available_connections), list(pool._in_use_connections))
-        pool.reset()  # type: ignore[no-untyped-call]
+    (the next command connects anew); True if done. A cluster client's nodes are not emptied
+    (False): a tier made with ``connect`` makes a new client instead, and one given a cluster
+    client refuses its calls in the child (:func:`parents_client_error`)."""
+    if not isinstance(client, aioredis.Redis):
+        return False
+    pool = client.connection_pool
+    keep_from_the_parent(list(pool._available_connections), list(pool._in_use_connections))
+    pool.reset()  # type: ignore[no-untyped-call]
+    return True
+
+
+def parents_client_error(name: str) -> TierUnavailable:
+    """What a tier given a Redis Cluster client raises for each call in a forked child: its
+    nodes' connections are the parent's sockets, which it cannot let go of, and a command
+    written on one is answered to whichever process reads first. Refused before anything is
+    sent (a skip of the tier: the chain reads past it)."""
+    return TierUnavailable(
+        f"tier {name!r}: this process was forked from the one that gave the tier its Redis "
+        "Cluster client, whose connections are the parent's sockets; it sends nothing on "
+        "them. Build the tier with connect= (as from_config does) to use it after a fork"
+    )

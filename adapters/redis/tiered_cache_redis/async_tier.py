@@ -23,11 +23,12 @@ from redis.backoff import NoBackoff
 from tiered_cache.async_tier import AsyncTierBase
 from tiered_cache.codecs import Codec
 from tiered_cache.forking import keep_from_the_parent, restart_after_fork
+from tiered_cache.logs import tier_logger
 from tiered_cache.steps import arun
 from tiered_cache.tier import MISSING, Entry, MissingType
 
 from .async_coalesce import CoalescedReads
-from .async_fork import forget_the_parents_connections
+from .async_fork import forget_the_parents_connections, parents_client_error
 from .async_leases import CoalescedLeases
 from .async_wire import AsyncReads, async_reads_for
 from .client import client_options, parse_url
@@ -94,6 +95,9 @@ class AsyncRedisTier(AsyncTierBase):
         self._connect = connect
         self._owns_client = owns_client
         self._closed = False
+        #: A forked child's tier whose given cluster client it cannot let go of: it refuses
+        #: every call (async_fork.parents_client_error).
+        self._forked_from_client = False
         self._reads: AsyncReads | None = None
         self._io = AsyncClientIO(self)
         self._commands = TierCommands(self._stored, self._io, clock)
@@ -112,12 +116,15 @@ class AsyncRedisTier(AsyncTierBase):
         if self._connect is not None:
             keep_from_the_parent(self._client)
             self._client = None
-        else:
-            forget_the_parents_connections(self._client)
+        elif not forget_the_parents_connections(self._client):
+            self._forked_from_client = True
+            tier_logger(self.name).warning("%s", parents_client_error(self.name))
 
     @property
     def client(self) -> AsyncRedisClient:
         """The ``redis.asyncio`` client; made on first use."""
+        if self._forked_from_client:
+            raise parents_client_error(self.name)
         if self._client is None:
             if self._closed:
                 raise RuntimeError(f"tier {self.name!r} is closed")
@@ -220,7 +227,9 @@ class AsyncRedisTier(AsyncTierBase):
         await self._leases.drain()
         if reads is not None:
             await reads.aclose()
-        if client is not None and self._owns_client:
+        if self._forked_from_client:
+            keep_from_the_parent(client)  # the parent's sockets: never closed here
+        elif client is not None and self._owns_client:
             await client.aclose()
 
     def __repr__(self) -> str:

@@ -13,11 +13,12 @@ from collections.abc import Callable
 from typing import Any
 
 from tiered_cache_dynamodb import AsyncDynamoDBSource
+from tiered_cache_dynamodb.async_source import connect_client
 from tiered_cache_dynamodb.testing import MotoDynamoDB, seed_items
 
-from tiered_cache import AsyncTieredCache, MemoryTier
+from tiered_cache import AsyncTieredCache, MemoryTier, SourceError
 from tiered_cache.testing.async_conformance import LoopThread
-from tiered_cache.testing.forked import in_a_child
+from tiered_cache.testing.forked import in_a_child, refusals
 
 #: Generous: a child that has not reported by then is hung, not slow.
 HUNG = 30.0
@@ -53,4 +54,36 @@ def test_a_forked_child_loads_on_a_client_of_its_own(
     assert [loop.run(cache.get(key))["n"] for key in keys[7:]] == [7, 8, 9]  # the parent's
     assert seen == [1, 2, 3, [4, 5, 6]]
     loop.run(cache.aclose())
+    loop.close()
+
+
+def test_a_forked_child_refuses_the_connections_of_a_given_client(
+    moto_server: MotoDynamoDB, admin_client: Any, make_table: Callable[..., str]
+) -> None:
+    """A client given to the source (``from_settings(client=...)``) cannot be made anew in
+    the child: its connections are the parent's sockets, on the parent's loop. The child's
+    source refuses every call, before anything is sent, with a SourceError that says to give
+    the source ``connect`` instead, and its ``aclose`` closes nothing of the parent's; the
+    parent loads on its client as before."""
+    table = make_table()
+    keys = [f"k{i}" for i in range(10)]
+    seed_items(admin_client, table, keys)
+    settings = moto_server.settings(table=table, key="id")
+    loop = LoopThread()
+    client = loop.run(connect_client(settings))
+    source = AsyncDynamoDBSource.from_settings(settings, client=client)
+    assert loop.run(source.load("k0"))["n"] == 0  # the parent's client, on the parent's loop
+
+    async def main() -> list[Any]:
+        item = {"id": "k1", "n": 1}
+        calls = [source.load("k1"), source.load_many(keys[2:4]), source.store("k1", item)]
+        seen = await refusals(calls, SourceError, "connect=")
+        await source.aclose()
+        return seen
+
+    seen = in_a_child(lambda: asyncio.run(main()), HUNG)
+    assert [loop.run(source.load(key))["n"] for key in keys[7:]] == [7, 8, 9]  # the parent's
+    assert seen == [True, True, True]
+    loop.run(source.aclose())
+    loop.run(client.close())
     loop.close()

@@ -20,8 +20,9 @@ from typing import Any
 
 from botocore.exceptions import ProfileNotFound
 
-from tiered_cache.errors import ConfigError
+from tiered_cache.errors import ConfigError, SourceError
 from tiered_cache.forking import keep_from_the_parent, restart_after_fork
+from tiered_cache.logs import logger_for
 from tiered_cache.steps import arun
 from tiered_cache.tier import MissingType
 
@@ -121,6 +122,8 @@ class AsyncDynamoDBSource:
         # Made in the loop on first use (a lock binds to the loop that first waits on it).
         self._connect_lock = asyncio.Lock()
         self._check_lock = asyncio.Lock()
+        #: A forked child's source whose client was given: it refuses every call.
+        self._forked_from_client = False
         restart_after_fork(self)
 
     def after_fork_in_child(self) -> None:
@@ -129,12 +132,18 @@ class AsyncDynamoDBSource:
         Future of another loop), and the child could load nothing. A client this source
         made is let go of (kept, never closed: :func:`~tiered_cache.forking.keep_from_the_parent`)
         and made anew on the next call; so are the locks, which may be bound to the parent's
-        loop. A client given to the source stays: give it a ``connect`` instead to fork it."""
+        loop. A client given to the source cannot be: its sockets are the parent's (a request
+        written on one is answered to whichever process reads first), so the child's source
+        refuses every call with a :class:`SourceError` that says so (and logs it once): give
+        the source ``connect`` instead (``from_settings`` without ``client``) to fork it."""
         self._connect_lock = asyncio.Lock()
         self._check_lock = asyncio.Lock()
         if self._connect is not None and self._owns_client:
             keep_from_the_parent(self._client)
             self._client = None
+        elif self._client is not None:
+            self._forked_from_client = True
+            logger_for("source").warning("%s", self._parents_client_error())
 
     @classmethod
     def from_settings(
@@ -166,6 +175,8 @@ class AsyncDynamoDBSource:
 
     async def get_client(self) -> AioDynamoDBClient:
         """The aiobotocore client, made now if it was not yet (to register event hooks on)."""
+        if self._forked_from_client:
+            raise self._parents_client_error()
         if self._client is not None:
             return self._client
         async with self._connect_lock:
@@ -173,6 +184,14 @@ class AsyncDynamoDBSource:
                 assert self._connect is not None
                 self._client = await self._connect()
         return self._client
+
+    def _parents_client_error(self) -> SourceError:
+        return SourceError(
+            f"source {self.name!r}: this process was forked from the one that gave the source "
+            "its aiobotocore client, whose connections are the parent's sockets on the "
+            "parent's event loop; it sends nothing on them. Give the source connect= "
+            "(from_settings without client=) to use it after a fork"
+        )
 
     def __repr__(self) -> str:
         return f"AsyncDynamoDBSource({self._steps.where})"
@@ -211,7 +230,9 @@ class AsyncDynamoDBSource:
             return
         self._steps.closed = True
         client, self._client = self._client, None
-        if self._owns_client and client is not None:
+        if self._forked_from_client:
+            keep_from_the_parent(client)  # the parent's sockets: never closed here
+        elif self._owns_client and client is not None:
             await client.close()
 
     async def __aenter__(self) -> AsyncDynamoDBSource:

@@ -590,3 +590,28 @@ def test_lru_mode_takes_the_whole_cache_on_recency_and_gives_it_back_on_a_zipf_l
     assert policy.window_max == 500
     drive(zipf_keys(10_000, 1.0, 20_000, seed=6))
     assert policy.window_max <= 250
+
+
+def test_in_the_warm_up_lru_ahead_takes_the_window_to_half_the_cache(clock: FakeClock) -> None:
+    # Reuse 0.65 at a mean distance of 1,200, 500 entries: refused candidates come back later
+    # than the ghosts remember (a quarter of the cache's departures), and the window was 67
+    # of 500 after 4,000 reads (67 to 215 under seeds 1 to 8), LRU ahead all the while. The
+    # warm-up's guard finds LRU ahead and the window jumps to half (252 to 299 under the
+    # same seeds, 94 under one: the jump came later).
+    tier = hot_tier(clock, 500)
+    for key in recency_biased(4_000, reuse=0.65, mean_distance=1_200.0, seed=6):
+        read(tier, clock, key)
+    assert policy_of(tier).window_max >= 200
+
+
+def test_in_the_warm_up_the_window_jumps_back_when_the_policy_leads(clock: FakeClock) -> None:
+    # The jump above, then a Zipf law before the sketch first ages (10,000 reads): the guard
+    # finds the policy ahead of LRU and the window goes back to where the ghosts had it
+    # (35 of 500). Left to the ghosts, it was still 245 (262 to 275 with other seeds).
+    tier = hot_tier(clock, 500)
+    for key in recency_biased(4_000, reuse=0.65, mean_distance=1_200.0, seed=6):
+        read(tier, clock, key)
+    assert policy_of(tier).window_max >= 200
+    for key in zipf_keys(100_000, 0.9, 5_000, seed=9):
+        read(tier, clock, key)
+    assert policy_of(tier).window_max <= 100

@@ -125,3 +125,23 @@ def test_generator_functions_are_refused_with_a_clear_message(clock: FakeClock, 
         cache.cached(key="n:{n}")(numbers)
     with pytest.raises(TypeError, match=r"it is an async generator function.*return a list"):
         cache.cached(key="n:{n}")(stream)
+
+
+async def test_an_argument_whose_text_is_its_memory_address_is_refused(clock: FakeClock) -> None:
+    cache = memory_chain(clock)
+    loads: list[object] = []
+
+    class Request:  # the default repr: <...Request object at 0x7f...>
+        pass
+
+    @cache.cached(key="profile:{req}")
+    async def profile(req: Request) -> str:
+        loads.append(req)
+        return "value"
+
+    for _ in range(20):
+        with pytest.raises(TypeError, match=r"req.*memory address"):
+            await profile(Request())
+    assert loads == []
+    assert cache.stats()["tiers"][0]["misses"] == 0  # no tier was asked
+    await cache.aclose()

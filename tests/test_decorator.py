@@ -136,3 +136,79 @@ def test_function_errors_propagate_and_are_not_cached(cache: TieredCache) -> Non
     assert flaky(1) == 1
     assert flaky(1) == 1
     assert attempts == [1, 1]
+
+
+class _Request:
+    """A class with Python's default repr: ``<..._Request object at 0x7f...>``."""
+
+    def __init__(self, user: str) -> None:
+        self.user = user
+
+
+def test_an_argument_whose_text_is_its_memory_address_is_refused(cache: TieredCache) -> None:
+    # CPython reuses a freed object's address: a key built from the default repr served
+    # another object's cached value on 199 of 200 calls.
+    loads: list[str] = []
+
+    @cache.cached(key="profile:{req}")
+    def profile(req: _Request) -> dict[str, str]:
+        loads.append(req.user)
+        return {"user": req.user}
+
+    @cache.cached(key="profile:{req}:{n}")
+    def profile_n(req: object, n: int) -> str:
+        loads.append("n")
+        return "value"
+
+    served: list[tuple[str, dict[str, str]]] = []
+    for i in range(50):
+        request = _Request(f"user{i}")
+        with pytest.raises(TypeError, match=r"req.*memory address.*__str__"):
+            served.append((request.user, profile(request)))
+        with pytest.raises(TypeError, match="req"):
+            profile_n(request, 1)
+        with pytest.raises(TypeError, match="req"):
+            profile_n((request.user, request), 1)  # inside a tuple too
+        with pytest.raises(TypeError, match="req"):
+            profile.key_for(req=request)
+        with pytest.raises(TypeError, match="req"):
+            profile.invalidate(req=request)
+        del request
+    assert served == [] and loads == []  # refused before the function ran
+
+
+def test_values_that_identify_themselves_still_make_keys(cache: TieredCache) -> None:
+    class Named(_Request):
+        def __str__(self) -> str:
+            return f"req-{self.user}"
+
+    @cache.cached(key="profile:{req}:{n}")
+    def profile(req: object, n: object) -> str:
+        return str(req)
+
+    assert profile(Named("a"), 1) == "req-a"
+    assert profile.key_for(req=Named("a"), n=(1, "x")) == "profile:req-a:(1, 'x')"
+    assert profile("a", 1.5) == "a"
+    assert profile(None, b"x") == "None"
+
+
+def test_conversions_and_specs_are_checked_too(cache: TieredCache) -> None:
+    class ReprOnlyDefault(_Request):
+        def __str__(self) -> str:
+            return self.user
+
+    @cache.cached(key="a:{req!r}:{n:>3}")
+    def first(req: object, n: object) -> str:
+        return "value"
+
+    @cache.cached(key="b:{n:>3}:{req!r}")
+    def last(req: object, n: object) -> str:
+        return "value"
+
+    for fn in (first, last):
+        with pytest.raises(TypeError, match="req"):
+            fn(ReprOnlyDefault("a"), 1)
+        with pytest.raises(TypeError, match="n"):
+            fn("a", _Request("b"))
+        assert fn("a", 1) == "value"
+    assert first.key_for(req="a", n=1) == "a:'a':  1"

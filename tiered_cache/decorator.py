@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import re
 import string
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, cast, overload
@@ -505,6 +506,36 @@ def _parts(template: str) -> list[tuple[str, str | None, str, str | None, str | 
 
 _CONVERSIONS: dict[str, Callable[[Any], str]] = {"r": repr, "s": str, "a": ascii}
 
+#: Types whose text is their value: a key part of theirs is taken without a check.
+_PLAIN = frozenset({str, int, float, bool, bytes, type(None)})
+
+#: A memory address as Python's default repr shows it (``<Req object at 0x7f3a...>``; also
+#: functions and bound methods). CPython reuses an address once its object is freed, so a key
+#: holding one would give another object the cached value of a dead one.
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+>")
+
+
+def _key_part_check(
+    template: str, field: str, conversion: str | None, spec: str
+) -> Callable[[Any], Any]:
+    """A function that returns a value of ``field`` unchanged if its text in the key
+    identifies it, and raises ``TypeError`` if that text holds a memory address. The key
+    builders call it only for a value whose type is not in ``_PLAIN``."""
+
+    def check(value: Any) -> Any:
+        text = format(_CONVERSIONS[conversion](value) if conversion else value, spec)
+        if _ADDRESS.search(text):
+            raise TypeError(
+                f"key template {template!r}: {field}={text!r} ({type(value).__name__}) shows "
+                "a memory address, which Python reuses once the object is freed, so another "
+                "object could be given its cached value; give the class a __str__ that "
+                "identifies the object (e.g. its id), or pass the identifying value itself as "
+                "a parameter (templates name parameters, not attributes)"
+            )
+        return value
+
+    return check
+
 
 def _as_fstring(template: str, namespace: dict[str, Any]) -> str:
     """The template as f-string source (several times faster than ``str.format``).
@@ -515,6 +546,7 @@ def _as_fstring(template: str, namespace: dict[str, Any]) -> str:
     on every cache hit).
     """
     namespace["__tc_str"] = str
+    namespace["__tc_plain"] = _PLAIN
     namespace["__tc_escape"] = ESCAPE
     namespace["__tc_escaped_escape"] = ESCAPE + ESCAPE
     parts: list[str] = []
@@ -526,20 +558,24 @@ def _as_fstring(template: str, namespace: dict[str, Any]) -> str:
             continue
         if "{" in spec or "}" in spec:
             raise KeyTemplateError(f"key template {template!r}: nested fields are not supported")
+        # The value itself when its type is plain (one membership test on a hit), else after
+        # the check that its text is no memory address.
+        namespace[f"__tc_check{index}"] = _key_part_check(template, field, conversion, spec)
+        value = f"({field} if {field}.__class__ in __tc_plain else __tc_check{index}({field}))"
         if ender is None:  # formatted as str.format would: nothing to escape
-            piece = field + (f"!{conversion}" if conversion else "")
+            piece = value + (f"!{conversion}" if conversion else "")
             if spec:
                 namespace[f"__tc_spec{index}"] = spec
                 piece += f":{{__tc_spec{index}}}"
             parts.append(f"{{{piece}}}")
             continue
         if conversion or spec:
-            value = f"{_CONVERSIONS[conversion].__name__}({field})" if conversion else field
+            value = f"{_CONVERSIONS[conversion].__name__}({value})" if conversion else value
             namespace[f"__tc_spec{index}"] = spec
             text = f"format({value}, __tc_spec{index})"
         else:
             # A str (the usual key part) skips the format() call: ~50 ns on every hit.
-            text = f"({field} if {field}.__class__ is __tc_str else format({field}, ''))"
+            text = f"({field} if {field}.__class__ is __tc_str else format({value}, ''))"
         namespace[f"__tc_ender{index}"] = ender
         namespace[f"__tc_escaped{index}"] = ESCAPE + ender
         text += (
@@ -559,6 +595,8 @@ def render_key(template: str, names: dict[str, Any]) -> str:
         if field is None:
             continue
         value = names[field]
+        if value.__class__ not in _PLAIN:
+            _key_part_check(template, field, conversion, spec)(value)
         if conversion:
             value = _CONVERSIONS[conversion](value)
         text = format(value, spec)

@@ -17,33 +17,36 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
 import sys
 import sysconfig
 from pathlib import Path
+from types import ModuleType
 
 ROOT = Path(__file__).resolve().parent.parent
-#: The modules compiled: what a miss and an eviction of the memory tier run (the list
-#: tiered_cache/compiled.py guards; this script does not import the package it builds).
-MODULES = (
-    "entry",
-    "slot",
-    "sketch",
-    "topk",
-    "policy",
-    "hit",
-    "singleflight",
-    "metrics",
-    "stamp",
-    "memory_core",
-    "invalidation_log",
-)
-#: The extensions written in C (``tiered_cache/<name>.c``; tiered_cache/compiled.py's list too).
-EXTENSIONS = ("_hitcall",)
-#: Their imports: a change there makes the build stale too.
-DEPENDENCIES = ("policy_defaults",)
+
+
+def _lists() -> ModuleType:
+    """tiered_cache/compiled.py, the one owner of what is compiled, loaded by its path: it
+    imports only the standard library, and this script does not import the package it builds
+    (the package would import the stale extensions it is about to replace)."""
+    spec = importlib.util.spec_from_file_location(
+        "_compiled_lists", ROOT / "tiered_cache" / "compiled.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_COMPILED = _lists()
+#: The modules compiled, the extensions written in C and the sources they were checked against.
+MODULES: tuple[str, ...] = _COMPILED.MODULES
+EXTENSIONS: tuple[str, ...] = _COMPILED.EXTENSIONS
+DEPENDENCIES: tuple[str, ...] = _COMPILED.DEPENDENCIES
 #: The compiled modules share one runtime library, kept inside the package.
 GROUP = "tiered_cache._core"
 

@@ -563,3 +563,30 @@ def test_async_methods_run_the_same_operations(cache: Any) -> None:
         return [added, value, total, many, deleted, await cache.ahas_key("async")]
 
     assert asyncio.run(scenario()) == [False, 1, 6, {"async": 6}, True, False]
+
+
+@pytest.mark.parametrize(
+    ("timeout", "error"),
+    [
+        ("5", TypeError),
+        (b"5", TypeError),
+        ([5], TypeError),
+        (object(), TypeError),
+        (float("nan"), ValueError),
+    ],
+)
+def test_a_timeout_that_is_not_a_number_raises_type_error_naming_it(
+    cache: Any, timeout: Any, error: type[Exception]
+) -> None:
+    """Django's own backends add the timeout to the time (locmem, file, database): a string
+    is a TypeError there too. Here the error names the argument, for every method taking one."""
+    for call in (
+        lambda: cache.set("key", "value", timeout),
+        lambda: cache.add("key", "value", timeout),
+        lambda: cache.set_many({"key": "value"}, timeout),
+        lambda: cache.touch("key", timeout),
+    ):
+        with pytest.raises(error, match="timeout"):
+            call()
+    assert cache.get("key") is None
+

@@ -25,6 +25,7 @@ processes. docs/django.md says why and what it means.
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -126,7 +127,14 @@ class TieredCacheBackend(BaseCache):
             timeout = self.default_timeout
         if timeout is None:
             return FOREVER
-        assert isinstance(timeout, int | float)
+        # Django's own backends add the timeout to the time (locmem, file, database): anything
+        # but a number is a TypeError there too; here it says which argument was wrong.
+        if not isinstance(timeout, int | float):
+            raise TypeError(
+                f"timeout must be a number of seconds or None, not {type(timeout).__name__}"
+            )
+        if math.isnan(timeout):
+            raise ValueError("timeout must be a number of seconds or None, not nan")
         # Django takes any number; tiered-cache's durations stop at a hundred years.
         return min(float(timeout), FOREVER)
 
@@ -194,11 +202,12 @@ class TieredCacheBackend(BaseCache):
         self, key: Any, timeout: float | object | None = DEFAULT_TIMEOUT, version: int | None = None
     ) -> bool:
         """Give ``key`` a new timeout; False if it holds nothing. Read then write."""
+        ttl = self._ttl(timeout)  # a wrong timeout is refused whether or not the key exists
         made = self.make_and_validate_key(key, version=version)
         entry = self._lookup(made)
         if entry is MISSING:
             return False
-        self._store(made, entry.value, self._ttl(timeout))
+        self._store(made, entry.value, ttl)
         return True
 
     def incr(self, key: Any, delta: int = 1, version: int | None = None) -> Any:

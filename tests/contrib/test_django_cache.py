@@ -590,3 +590,15 @@ def test_a_timeout_that_is_not_a_number_raises_type_error_naming_it(
             call()
     assert cache.get("key") is None
 
+
+def test_set_many_stores_all_or_nothing(cache: Any) -> None:
+    """A value the codec cannot hold in the middle of the batch: no key of the batch is
+    stored (not the ones before it; "kept" is dropped, as set drops a key it could not
+    store), and the error names the value."""
+    cache.set("kept", "old")
+    batch = {"first": 1, "kept": "new", "function": test_simple, "last": 2}
+    with pytest.raises(CodecError, match="function"):
+        cache.set_many(batch)
+    assert cache.get_many(["first", "kept", "function", "last"]) == {}
+    cache.chain.tiers[0].clear()  # and not in Redis either
+    assert cache.get_many(["first", "kept", "function", "last"]) == {}

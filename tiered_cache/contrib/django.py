@@ -193,9 +193,18 @@ class TieredCacheBackend(BaseCache):
         timeout: float | object | None = DEFAULT_TIMEOUT,
         version: int | None = None,
     ) -> list[Any]:
+        """Store every value, or none: one write of the whole batch (the chain's ``set_many``);
+        returns ``[]``. A value a tier cannot hold raises (Django lets a backend raise or
+        return the keys that failed) with no key of the batch stored: each is dropped, as
+        ``set`` drops a key whose value it could not store."""
         ttl = self._ttl(timeout)
-        for key, value in data.items():
-            self._store(self.make_and_validate_key(key, version=version), value, ttl)
+        made = {
+            self.make_and_validate_key(key, version=version): value for key, value in data.items()
+        }
+        if ttl <= 0:
+            self.chain.invalidate_many(made)  # Django: a timeout of zero or less expires at once
+        else:
+            self.chain.set_many(made, ttl=ttl)
         return []
 
     def touch(

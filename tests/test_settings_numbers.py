@@ -125,3 +125,31 @@ def test_a_duration_of_more_than_a_hundred_years_is_refused(
 def test_a_hundred_years_is_still_a_duration() -> None:
     assert parse_duration("36500d") == MAX_DURATION == 100 * 365 * 86400.0
     assert load_settings(ttl="36500d").ttl == MAX_DURATION
+
+
+@pytest.mark.parametrize(
+    ("path", "tier"),
+    [
+        ("tiered_cache.tiers[0].max_entries", {"max_entries": 10**15}),
+        ("tiered_cache.tiers[0].max_entries", {"max_entries": 2**31}),
+        ("tiered_cache.tiers[0].sample_factor", {"max_entries": 2**20, "sample_factor": 2**14}),
+        ("tiered_cache.tiers[0].sketch_width", {"sketch_width": 2**33}),
+    ],
+)
+def test_a_memory_tier_too_large_for_its_frequency_sketch_is_refused(
+    path: str, tier: dict[str, Any]
+) -> None:
+    """Hot-key admission counts reads in a sketch of at most 2**32 counters a row: a bound
+    past it was accepted and then failed the build with a bare ValueError (width must be at
+    most 4294967296), naming no field."""
+    message = _refused(path, tiers=[{"kind": "memory", **tier}])
+    assert "4294967296" in message
+    if "sketch_width" not in tier:  # plain LRU has no sketch
+        load_settings(tiers=[{"kind": "memory", "admission": "always", **tier}])
+
+
+def test_the_largest_memory_tier_the_sketch_holds_is_accepted() -> None:
+    from tiered_cache.sketch import MAX_WIDTH, sketch_width
+
+    load_settings(tiers=[{"kind": "memory", "max_entries": 2**29, "sample_factor": 16}])
+    assert sketch_width(2**29, sample_factor=16) == MAX_WIDTH

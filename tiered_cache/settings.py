@@ -24,9 +24,18 @@ from . import policy_defaults
 from .errors import ConfigError
 from .protection import Protection
 from .registry import BUSES_GROUP, SOURCES_GROUP, TIERS_GROUP, find_plugin
+from .sketch import MAX_WIDTH, sketch_width
 from .units import ByteSize, Duration
 
 ROOT = "tiered_cache"
+
+
+class FieldProblem(ValueError):
+    """A model validator's complaint about one field of its model: the error names the field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class BreakerSettings(BaseModel):
@@ -134,6 +143,7 @@ class MemoryTierSettings(TierSettings):
     sketch_width: int | None = Field(
         default=policy_defaults.SKETCH_WIDTH,
         ge=16,
+        le=MAX_WIDTH,
         description="hot-keys: counters per sketch row, a power of two; none: sized from "
         "max_entries and the sample (at least 4 * max_entries).",
     )
@@ -163,7 +173,23 @@ class MemoryTierSettings(TierSettings):
     def _check_sketch_width(self) -> MemoryTierSettings:
         width = self.sketch_width
         if width is not None and width & (width - 1):
-            raise ValueError(f"sketch_width must be a power of two, not {width}")
+            raise FieldProblem("sketch_width", f"must be a power of two, not {width}")
+        if self.admission != "hot-keys" or width is not None:
+            return self
+        try:  # the width the sketch would take: refused here, not by the build
+            sketch_width(
+                self.max_entries,
+                sample_factor=self.sample_factor,
+                min_sample=policy_defaults.MIN_SAMPLE,
+            )
+        except ValueError:
+            field = "sample_factor" if "sample_factor" in self.model_fields_set else "max_entries"
+            raise FieldProblem(
+                field,
+                f"max_entries {self.max_entries} with sample_factor {self.sample_factor} needs "
+                f"a hot-key sketch wider than its most, {MAX_WIDTH} counters a row; lower "
+                "max_entries or sample_factor, or set admission = 'always'",
+            ) from None
         return self
 
 
@@ -482,6 +508,8 @@ def _describe(exc: ValidationError, prefix: str) -> str:
         for part in error["loc"]:
             path += f"[{part}]" if isinstance(part, int) else f".{part}"
         message = error["msg"].removeprefix("Value error, ")
+        if isinstance(cause, FieldProblem):
+            path += f".{cause.field}"
         lines.append(f"{path}: {message}")
     return "; ".join(lines)
 

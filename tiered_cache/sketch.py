@@ -31,7 +31,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Final
 
-__all__ = ["MAX_CEILING", "MAX_WIDTH", "MIN_CEILING", "FrequencySketch", "counter_ceiling"]
+__all__ = [
+    "MAX_CEILING",
+    "MAX_WIDTH",
+    "MIN_CEILING",
+    "FrequencySketch",
+    "counter_ceiling",
+    "sketch_width",
+]
 
 #: The lowest counter ceiling: 15, the largest 4-bit value (TinyLFU's sample of 10 x capacity).
 MIN_CEILING = 15
@@ -66,6 +73,24 @@ def _store(table: bytearray, index: int, shift: int, old: int, new: int) -> None
 
 def _power_of_two_at_least(value: int) -> int:
     return 1 << max(0, value - 1).bit_length()
+
+
+def sketch_width(
+    capacity: int, *, width: int | None = None, sample_factor: int = 10, min_sample: int = 0
+) -> int:
+    """Counters per row of a sketch for ``capacity`` entries (see :class:`FrequencySketch`'s
+    arguments); ValueError when it would be wider than :data:`MAX_WIDTH`. The settings ask it
+    too, so that a bound too large is refused naming its field, not at the build."""
+    if width is None:
+        # Count-min's overcount is about e * additions / width: keep the width in step with
+        # the additions between two agings, so a longer memory does not mean more noise.
+        sample_size = max(sample_factor * capacity, min_sample)
+        width = max(64, _power_of_two_at_least(max(4 * capacity, sample_size // 2)))
+    elif width < 1 or width & (width - 1):
+        raise ValueError("width must be a power of two")
+    if width > MAX_WIDTH:
+        raise ValueError(f"width must be at most {MAX_WIDTH}, not {width}")
+    return width
 
 
 def counter_ceiling(sample_size: int, capacity: int) -> int:
@@ -129,14 +154,9 @@ class FrequencySketch:
         if sample_factor < 1:
             raise ValueError("sample_factor must be at least 1")
         sample_size = max(sample_factor * capacity, min_sample)
-        if width is None:
-            # Count-min's overcount is about e * additions / width: keep the width in step with
-            # the additions between two agings, so a longer memory does not mean more noise.
-            width = max(64, _power_of_two_at_least(max(4 * capacity, sample_size // 2)))
-        elif width < 1 or width & (width - 1):
-            raise ValueError("width must be a power of two")
-        if width > MAX_WIDTH:
-            raise ValueError(f"width must be at most {MAX_WIDTH}")
+        width = sketch_width(
+            capacity, width=width, sample_factor=sample_factor, min_sample=min_sample
+        )
         if max_count is None:
             max_count = counter_ceiling(sample_size, capacity)
         elif not 1 <= max_count <= MAX_CEILING:

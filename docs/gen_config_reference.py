@@ -141,7 +141,8 @@ def render() -> str:
         "(`TIERED_CACHE_TIERS='[{\"kind\": \"memory\"}]'`). Durations are written `'50ms'`, "
         "`'5m'`, `'1h'`, compound as `'1h30m'` or `'1m30s'`, as seconds, or (from Python) as a "
         "`timedelta`; never negative, NaN or infinite, nor longer than 100 years (`'36500d'`; "
-        "no limit is written as none, where a field allows it). Sizes are written `'64MiB'` or "
+        "no limit is written `'none'`, where a field allows it: TOML has no null, and the word, "
+        "in any case, is how a file or a variable says None). Sizes are written `'64MiB'` or "
         "as bytes. A password in a Redis URL is shown as `***` wherever settings are shown "
         "(repr, errors, logs); one holding `/`, `?` or `#` must be percent-encoded.",
         "",

@@ -202,3 +202,35 @@ def test_a_registered_plugin_is_a_kind(clock: object) -> None:
         assert "echo" in available_kinds()
     finally:
         unregister("echo")
+
+
+@pytest.mark.parametrize("spelling", ["none", "None", "NONE", " none "])
+def test_none_is_spelt_none_in_the_environment_and_the_file(
+    config_file: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, spelling: str
+) -> None:
+    """TOML has no null and an environment variable is text: a field that allows none takes
+    the word (the file's ttl = "10m" and the tier's "5m" turned off from the environment)."""
+    monkeypatch.setenv("TIERED_CACHE_TTL", spelling)
+    monkeypatch.setenv("TIERED_CACHE_TIERS__0__TTL", spelling)
+    monkeypatch.setenv("TIERED_CACHE_PROTECTION__HARD_TIMEOUT", spelling)
+    settings = load_settings(config_file)
+    tier = settings.tiers[0]
+    assert isinstance(tier, MemoryTierSettings)
+    assert (settings.ttl, tier.ttl, settings.protection.hard_timeout) == (None, None, None)
+    path = tmp_path / "none.toml"
+    path.write_text(
+        '[tiered_cache]\nsource = "none"\n[[tiered_cache.tiers]]\nkind = "memory"\n'
+        f'hot_ttl = "{spelling}"\nsketch_width = "{spelling}"\n'
+    )
+    monkeypatch.delenv("TIERED_CACHE_TIERS__0__TTL")
+    tier = load_settings(path).tiers[0]
+    assert isinstance(tier, MemoryTierSettings)
+    assert (tier.hot_ttl, tier.sketch_width) == (None, None)
+
+
+def test_none_stays_a_word_in_a_text_field(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TIERED_CACHE_NAMESPACE", "none")
+    monkeypatch.setenv("TIERED_CACHE_TIERS", '[{"kind": "memory", "name": "none"}]')
+    settings = load_settings()
+    assert (settings.namespace, settings.tiers[0].name) == ("none", "none")
+

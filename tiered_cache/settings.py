@@ -14,9 +14,10 @@ import json
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from types import NoneType
+from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -29,6 +30,11 @@ from .units import ByteSize, Duration
 
 ROOT = "tiered_cache"
 
+#: How a config file or an environment variable says None: TOML has no null, and a variable is
+#: text. Taken (in any case) by a field that allows None and is not text, where a string
+#: "none" could not mean anything else; a text field keeps the word.
+NONE_WORD = "none"
+
 
 class FieldProblem(ValueError):
     """A model validator's complaint about one field of its model: the error names the field."""
@@ -38,7 +44,39 @@ class FieldProblem(ValueError):
         self.field = field
 
 
-class BreakerSettings(BaseModel):
+def _is_text(annotation: Any) -> bool:
+    if get_origin(annotation) is Annotated:
+        return _is_text(get_args(annotation)[0])
+    return isinstance(annotation, type) and issubclass(annotation, str | SecretStr)
+
+
+def _none_words(model: type[BaseModel], data: Any) -> Any:
+    """``data`` with each ``"none"`` of a field that takes None (and is not text) made None."""
+    if not isinstance(data, dict):
+        return data
+    fields = model.model_fields
+    words = [
+        name
+        for name, value in data.items()
+        if isinstance(value, str)
+        and value.strip().lower() == NONE_WORD
+        and name in fields
+        and NoneType in get_args(fields[name].annotation)
+        and not any(_is_text(arg) for arg in get_args(fields[name].annotation))
+    ]
+    return {**data, **dict.fromkeys(words)} if words else data
+
+
+class _Model(BaseModel):
+    """A settings table: takes the word ``none`` for None (see :data:`NONE_WORD`)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _none_words(cls, data: Any) -> Any:
+        return _none_words(cls, data)
+
+
+class BreakerSettings(_Model):
     """The circuit breaker that the chain puts around a tier (see :mod:`tiered_cache.breaker`)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -54,7 +92,7 @@ class BreakerSettings(BaseModel):
     )
 
 
-class TierSettings(BaseModel):
+class TierSettings(_Model):
     """Fields every tier kind understands. A kind's own model extends this one."""
 
     model_config = ConfigDict(extra="allow")
@@ -82,7 +120,7 @@ class TierSettings(BaseModel):
     )
 
 
-class SourceSettings(BaseModel):
+class SourceSettings(_Model):
     """Fields every source kind understands. A kind's own model extends this one."""
 
     model_config = ConfigDict(extra="allow")
@@ -270,7 +308,7 @@ def _assign(target: Any, path: list[str], value: Any, variable: str) -> None:
 _PROTECTION = Protection()
 
 
-class ProtectionSettings(BaseModel):
+class ProtectionSettings(_Model):
     """How the chain protects the source (see :class:`tiered_cache.protection.Protection`,
     whose defaults these are)."""
 
@@ -375,7 +413,7 @@ class BusBreakerSettings(BreakerSettings):
     )
 
 
-class BusSettings(BaseModel):
+class BusSettings(_Model):
     """The invalidation bus. A kind's own model (``redis``) extends this one."""
 
     model_config = ConfigDict(extra="allow")
@@ -451,6 +489,11 @@ class CacheSettings(BaseSettings):
         description="The system of record; none when every read passes a loader "
         "(get(key, loader=...) or the decorator).",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _none_words(cls, data: Any) -> Any:
+        return _none_words(cls, data)
 
     @model_validator(mode="after")
     def _resolve_kinds(self) -> CacheSettings:

@@ -234,3 +234,34 @@ def test_none_stays_a_word_in_a_text_field(monkeypatch: pytest.MonkeyPatch) -> N
     settings = load_settings()
     assert (settings.namespace, settings.tiers[0].name) == ("none", "none")
 
+
+@pytest.mark.parametrize(
+    ("variable", "value", "field"),
+    [
+        ("TIERED_CACHE_BOGUS", "1", "tiered_cache.bogus"),
+        ("tiered_cache_Bogus", "1", "tiered_cache.bogus"),
+        ("TIERED_CACHE_PROTECTION__HARD_TIMOUT", "1s", "tiered_cache.protection.hard_timout"),
+        ("TIERED_CACHE_TTL", "soon", "tiered_cache.ttl"),
+        ("TIERED_CACHE_TIERS", '[{"kind": "memory", "max_entrys": 5}]', "tiered_cache.tiers[0]"),
+    ],
+)
+def test_an_error_from_the_environment_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, field: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    message = str(info.value)
+    assert message.startswith(f"{variable} ({field}"), message
+
+
+def test_an_error_of_the_file_is_not_blamed_on_a_variable(
+    config_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TIERED_CACHE_NAMESPACE", "fine")
+    config_file.write_text(CONFIG.replace('ttl = "10m"', 'ttl = "soon"'))
+    with pytest.raises(ConfigError, match=r"^tiered_cache\.ttl: expected a duration"):
+        load_settings(config_file)
+    monkeypatch.setenv("TIERED_CACHE_TTL", "1h")
+    with pytest.raises(ConfigError, match=r"^tiered_cache\.ttl: expected a duration"):
+        load_settings(ttl="later")  # the override's value, not the variable's, was wrong

@@ -240,6 +240,51 @@ ENV_PREFIX = "TIERED_CACHE_"
 _file_table: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
     "tiered_cache_file_table", default=None
 )
+#: Which variable set which field (``"tiered_cache.tiers[1].url"``), and the fields the
+#: overrides set, so that an error names what the user set (see :func:`_origin`).
+_origins: contextvars.ContextVar[_Origins | None] = contextvars.ContextVar(
+    "tiered_cache_origins", default=None
+)
+
+
+class _Origins:
+    """Where the fields of one :func:`load_settings` came from, for its errors."""
+
+    def __init__(self, overrides: dict[str, Any]) -> None:
+        self.variables: dict[str, str] = {}
+        self.overridden = [_path_text([*path]) for path in _leaf_paths(overrides)]
+
+    def label(self, path: str) -> str:
+        """``path``, or ``VARIABLE (path)`` when an environment variable set it (or a table
+        holding it) and no override replaced it."""
+        if any(_within(path, given) for given in self.overridden):
+            return path
+        around = [field for field in self.variables if _within(path, field)]
+        if not around:
+            return path
+        return f"{self.variables[max(around, key=len)]} ({path})"
+
+
+def _leaf_paths(table: dict[str, Any]) -> list[list[str]]:
+    """The paths of the values of ``table`` (a list is one value: it is replaced whole)."""
+    paths: list[list[str]] = []
+    for name, value in table.items():
+        if isinstance(value, dict) and value:
+            paths += [[name, *rest] for rest in _leaf_paths(value)]
+        else:
+            paths.append([name])
+    return paths
+
+
+def _path_text(parts: list[str]) -> str:
+    text = ROOT
+    for part in parts:
+        text += f"[{part}]" if part.isdigit() else f".{part}"
+    return text
+
+
+def _within(path: str, field: str) -> bool:
+    return path == field or path.startswith((f"{field}.", f"{field}["))
 
 
 class _FileAndEnvSource(PydanticBaseSettingsSource):
@@ -260,6 +305,9 @@ class _FileAndEnvSource(PydanticBaseSettingsSource):
                 continue
             path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__")]
             _assign(merged, path, _parse_env_value(raw), name)
+            origins = _origins.get()
+            if origins is not None:
+                origins.variables[_path_text(path)] = name
         return merged
 
 
@@ -553,7 +601,8 @@ def _describe(exc: ValidationError, prefix: str) -> str:
         message = error["msg"].removeprefix("Value error, ")
         if isinstance(cause, FieldProblem):
             path += f".{cause.field}"
-        lines.append(f"{path}: {message}")
+        origins = _origins.get()
+        lines.append(f"{path if origins is None else origins.label(path)}: {message}")
     return "; ".join(lines)
 
 
@@ -578,9 +627,11 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> CacheSett
             raise ConfigError(f"config file {str(file)!r} has no [{ROOT}] table")
         table = section
     token = _file_table.set(table)
+    origins = _origins.set(_Origins(overrides))
     try:
         return CacheSettings(**overrides)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, ROOT)) from None
     finally:
+        _origins.reset(origins)
         _file_table.reset(token)

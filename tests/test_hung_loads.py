@@ -134,3 +134,100 @@ def test_an_async_get_that_joins_a_hung_get_many_keeps_its_hard_timeout() -> Non
         await cache.aclose()
 
     asyncio.run(scenario())
+
+
+def _timed_load_threads() -> int:
+    return sum(t.name == "tiered-cache-timed-load" for t in threading.enumerate())
+
+
+def test_the_bound_holds_when_many_loads_hang_at_once(release: threading.Event) -> None:
+    """Eight misses of eight keys at once, each load hanging: each caller checked the bound
+    before any load was abandoned, so all eight were started and left running (bound 2)."""
+    cache = TieredCache(
+        [MemoryTier()],
+        protection=Protection.never_stale(hard_timeout=0.3, max_abandoned_loads=2),
+    )
+    before = _timed_load_threads()
+    started = threading.Barrier(8)
+    entered: list[str] = []
+    errors: list[BaseException] = []
+
+    def read(key: str) -> None:
+        def hang() -> bool:
+            entered.append(key)
+            return release.wait(30)
+
+        started.wait(10)
+        try:
+            cache.get(key, hang)
+        except BaseException as exc:
+            errors.append(exc)
+
+    readers = [threading.Thread(target=read, args=(f"hung:{n}",)) for n in range(8)]
+    for reader in readers:
+        reader.start()
+    for reader in readers:
+        reader.join(10)
+    assert len(errors) == 8 and all(isinstance(exc, LoadTimeout) for exc in errors)
+    assert len(entered) <= 2, entered
+    assert _timed_load_threads() - before <= 2
+    release.set()
+    assert cache.wait_background(10)
+    assert cache.get("other", lambda: "instant") == "instant"
+    cache.close()
+
+
+def test_hung_loads_of_one_key_count_each(release: threading.Event) -> None:
+    """An invalidation lets the next miss start a new load of a key whose load hangs; the
+    newer one took the older's place in the count, so one key could hang any number."""
+    cache = TieredCache(
+        [MemoryTier()],
+        protection=Protection.never_stale(hard_timeout=0.1, max_abandoned_loads=2),
+    )
+    before = _timed_load_threads()
+    loads = 0
+
+    def hang() -> bool:
+        nonlocal loads
+        loads += 1
+        return release.wait(30)
+
+    for _ in range(5):
+        with pytest.raises(LoadTimeout):
+            cache.get("k", hang)
+        cache.invalidate("k")
+    assert loads == 2
+    assert _timed_load_threads() - before <= 2
+    with pytest.raises(LoadTimeout, match="2 loads"):
+        cache.get("other", lambda: "instant")
+    release.set()
+    assert cache.wait_background(10)
+    cache.close()
+
+
+def test_concurrent_timed_loads_past_the_bound_wait_for_a_free_one() -> None:
+    """Loads that do not hang are not refused for being many at once: a miss past the bound
+    waits (within its own timeout) for a running load to end."""
+    cache = TieredCache(
+        [MemoryTier()],
+        protection=Protection.never_stale(hard_timeout=5.0, max_abandoned_loads=2),
+    )
+    started = threading.Barrier(8)
+    results: list[Any] = []
+
+    def read(n: int) -> None:
+        def load() -> int:
+            threading.Event().wait(0.05)
+            return n
+
+        started.wait(10)
+        results.append(cache.get(f"k{n}", load))
+
+    readers = [threading.Thread(target=read, args=(n,)) for n in range(8)]
+    for reader in readers:
+        reader.start()
+    for reader in readers:
+        reader.join(20)
+    assert sorted(results) == list(range(8))
+    cache.close()
+

@@ -10,6 +10,7 @@ loaded to the :class:`~tiered_cache.fence.Fence`, which decides whether it may b
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -134,9 +135,20 @@ class SourceLoader:
         #: Keys with a background refresh queued or running (one at a time per key).
         self._refreshing: set[str] = set()
         #: The running load of each key whose caller gave up on it, with the fence mark it
-        #: read under (bounded in number: ``protection.max_abandoned_loads``).
+        #: read under: the key's next miss may join it.
         self._abandoned: dict[str, tuple[Future[Entry], int]] = {}
+        self._timed_slots()
         restart_after_fork(self)
+
+    def _timed_slots(self) -> None:
+        #: Timed loads running on threads of their own, and how many of them their callers
+        #: gave up on (a key may have several: an invalidation lets its next miss start
+        #: another). At most ``protection.max_abandoned_loads`` run at once: a slot is taken
+        #: before a load starts, since once started none can be stopped, and many callers
+        #: that checked a count at once and then timed out together left more hanging.
+        self._slots = threading.Condition(self._lock)
+        self._timed_running = 0
+        self._hung = 0
 
     def after_fork_in_child(self) -> None:
         """In a forked child the parent's workers and in-flight loads do not exist: start with
@@ -146,6 +158,7 @@ class SourceLoader:
         self._pending = set()
         self._refreshing = set()
         self._abandoned = {}
+        self._timed_slots()
         self.flights = SingleFlight()
         self._refresh_flights = SingleFlight()
 
@@ -232,22 +245,20 @@ class SourceLoader:
         of its own and fills when done (through the fence, with the caller's mark: an
         invalidation meanwhile refuses it); the key's next miss waits for it rather than start
         another."""
-        protection = self._protection
         timeout = soft if soft is not None else hard
         with self._lock:
             running = self._abandoned.get(key)
-            hung = len(self._abandoned)
         if running is not None and self._fence.may_join(key, running[1]):
             # This key's earlier load still runs and the fence lets a miss join it: wait for
             # it. Its fill is judged by its own (older) mark.
             future, older = running
             return self._await_abandoned(key, future, timeout, serve_stale=soft is not None), older
-        if hung >= protection.max_abandoned_loads:
-            self._metrics.count("loads_refused")
-            raise LoadTimeout(
-                f"{hung} loads are still running after their callers stopped waiting "
-                f"(max_abandoned_loads); {key!r} was not loaded"
-            )
+        assert timeout is not None  # load() times a load only with a timeout
+        waited = self._take_slot(key, timeout, serve_stale=soft is not None)
+        if soft is not None:  # the wait for a slot is part of the caller's timeout
+            soft = max(0.0, soft - waited)
+        elif hard is not None:
+            hard = max(0.0, hard - waited)
         handoff = _Handoff()
         future = self._start_timed(
             lambda: self._load_handing_off(key, mark, loader, ttl, token=token, handoff=handoff)
@@ -270,6 +281,46 @@ class SourceLoader:
                 f"loading {key!r} took longer than the hard timeout of {hard}s; "
                 "it goes on in the background and fills the cache when it finishes"
             ) from None
+
+    def _take_slot(self, key: str, timeout: float, *, serve_stale: bool) -> float:
+        """A slot for a timed load of ``key``; returns the seconds waited for it (within
+        ``timeout``). Refused at once when every slot is held by a load its caller gave up
+        on; past ``timeout`` of waiting, the stale value is served or LoadTimeout raised."""
+        limit = self._protection.max_abandoned_loads
+        start = time.monotonic()  # a real wait, as a future's result(timeout) is
+        with self._slots:
+            while self._timed_running >= limit:
+                waited = time.monotonic() - start
+                if self._hung >= limit:
+                    hung = self._hung
+                elif waited < timeout:
+                    self._slots.wait(timeout - waited)
+                    continue
+                else:
+                    hung = -1
+                break
+            else:
+                self._timed_running += 1
+                return time.monotonic() - start
+        self._metrics.count("loads_refused")
+        if hung >= 0:
+            raise LoadTimeout(
+                f"{hung} loads are still running after their callers stopped waiting "
+                f"(max_abandoned_loads); {key!r} was not loaded"
+            )
+        if serve_stale:
+            self._metrics.count("soft_timeouts")
+            raise _ServeStale()
+        self._metrics.count("hard_timeouts")
+        raise LoadTimeout(
+            f"{limit} loads were running (max_abandoned_loads) for all of the timeout of "
+            f"{timeout}s; {key!r} was not loaded"
+        )
+
+    def _slot_done(self, _: Future[Entry]) -> None:
+        with self._slots:
+            self._timed_running -= 1
+            self._slots.notify()
 
     def _await_abandoned(
         self, key: str, running: Future[Entry], timeout: float | None, *, serve_stale: bool
@@ -303,6 +354,7 @@ class SourceLoader:
         with self._lock:
             self._pending.add(future)
         future.add_done_callback(self._pending_done)
+        future.add_done_callback(self._slot_done)  # _take_slot took it
         threading.Thread(target=run, name="tiered-cache-timed-load", daemon=True).start()
         return future
 
@@ -312,14 +364,17 @@ class SourceLoader:
             if handoff.delivered:
                 return False
             handoff.orphaned = True
-        with self._lock:
+        with self._slots:
             self._abandoned[key] = (future, mark)
+            self._hung += 1
+            self._slots.notify_all()  # a miss waiting for a slot may now be refused at once
         self._metrics.count("abandoned_loads")
         future.add_done_callback(lambda done: self._abandoned_done(key, done))
         return True
 
     def _abandoned_done(self, key: str, future: Future[Entry]) -> None:
         with self._lock:
+            self._hung -= 1
             running = self._abandoned.get(key)
             if running is not None and running[0] is future:
                 del self._abandoned[key]

@@ -42,8 +42,10 @@ class Protection:
         refresh_workers: threads for background refreshes.
         max_abandoned_loads: most loads kept running after their caller gave up waiting
             (soft or hard timeout). Each timed load runs on a thread of its own, so hung loads
-            never hold up the others; past this many, a miss on another key fails at once
-            with :class:`~tiered_cache.LoadTimeout` instead of starting one more thread.
+            never hold up the others; as none can be stopped once started, this is also the
+            most timed loads running at once: a miss past it waits for one to end (within its
+            own timeout), and when this many hang, a miss on another key fails at once with
+            :class:`~tiered_cache.LoadTimeout` instead of starting one more thread.
     """
 
     max_stale: float = 300.0

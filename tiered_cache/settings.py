@@ -430,7 +430,9 @@ class ProtectionSettings(_Model):
         ge=1,
         description="Most loads left running after their caller stopped waiting (soft or hard "
         "timeout); a hung load costs its own key only, until this many hang, when a miss on "
-        "another key fails at once with LoadTimeout.",
+        "another key fails at once with LoadTimeout. Also the most timed loads running at "
+        "once (none can be stopped once started): a miss past it waits for one to end, "
+        "within its own timeout.",
     )
 
 

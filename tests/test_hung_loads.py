@@ -231,3 +231,15 @@ def test_concurrent_timed_loads_past_the_bound_wait_for_a_free_one() -> None:
     assert sorted(results) == list(range(8))
     cache.close()
 
+
+def test_a_hard_timeout_raises_the_public_load_timeout(release: threading.Event) -> None:
+    """The caller got the loader's private subclass (tiered_cache.loader._LoadGoesOn), in
+    its type and in every traceback; it marks, inside, a load that keeps the key's lease."""
+    cache = TieredCache([MemoryTier()], protection=Protection.never_stale(hard_timeout=0.1))
+    with pytest.raises(LoadTimeout) as caught:
+        cache.get("k", lambda: release.wait(30))
+    assert type(caught.value) is LoadTimeout
+    assert "goes on in the background" in str(caught.value)
+    release.set()
+    assert cache.wait_background(10)
+    cache.close()

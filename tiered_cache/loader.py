@@ -52,7 +52,8 @@ class _ServeStale(Exception):
 
 class _LoadGoesOn(LoadTimeout):
     """A hard timeout whose load was handed to its worker: the load, not its caller, holds
-    the key's lease from now on (it fills under it, or gives it back if it fails)."""
+    the key's lease from now on (it fills under it, or gives it back if it fails). Never
+    leaves the loader: callers get a plain :class:`LoadTimeout` (see :meth:`SourceLoader.load`)."""
 
 
 class _Handoff:
@@ -202,11 +203,16 @@ class SourceLoader:
             assert stale is not None
             self._metrics.count("stale_served_on_slow_load")
             return stale
-        except Exception as exc:
-            if not isinstance(exc, _LoadGoesOn):
+        except Exception as caught:
+            exc = caught
+            if isinstance(caught, _LoadGoesOn):  # the load keeps the lease; callers see
+                exc = LoadTimeout(*caught.args)  # the public type
+            else:
                 self._give_back({key: token} if token is not None else {})
             if stale is None or not self._protection.fail_safe:
-                raise
+                if exc is caught:
+                    raise
+                raise exc from None
             return self._fail_safe(key, mark, stale, exc)
         if token is None:  # _fill without its frame: the fill after every plain miss
             self._fence.fill_one(mark, key, entry, self._tiers)

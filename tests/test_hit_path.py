@@ -233,3 +233,18 @@ def test_cache_get_is_the_frameless_plain_get_unless_a_subclass_has_its_own() ->
     counting = Counting([MemoryTier()])
     assert counting.get("k", lambda: "v") == counting.get("k") == "v"
     assert Counting.reads == 2
+
+
+def test_help_and_signature_show_the_public_get() -> None:
+    """``cache.get`` is a PlainGet underneath (see test_set_alone for ``cache.set``):
+    ``help()`` showed the internal class, its name and doc; it must show ``TieredCache.get``."""
+    import pydoc
+
+    cache = Side(MemoryTier, 10).cache
+    assert cache.get.__name__ == "get"
+    assert cache.get.__doc__ == TieredCache.get.__doc__
+    shown = pydoc.render_doc(cache.get, renderer=pydoc.plaintext).partition("\n")[2]
+    # pydoc's title names an object's class (as "method of ChainPaths instance" for set)
+    assert "PlainGet" not in shown and shown.lstrip().startswith("get(key"), shown
+    assert "The value for ``key``, read through the tiers down to the source." in shown
+    assert inspect.isroutine(cache.get)

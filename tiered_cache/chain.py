@@ -472,3 +472,6 @@ _SET_ALONE.__annotations__ = TieredCache.set.__annotations__
 _GET = inspect.signature(TieredCache.get)
 _GET_PARAMETERS = list(_GET.parameters.values())[1:]
 PlainGet.__signature__ = _GET.replace(parameters=_GET_PARAMETERS)  # type: ignore[attr-defined]
+# And its doc: help() shows an object's own doc, never one it shares with its class, so the
+# instance's doc is a property (the class's own, PlainGet's, stays in hit.py).
+PlainGet.__doc__ = property(lambda _: TieredCache.get.__doc__)  # type: ignore[assignment]

@@ -119,10 +119,18 @@ class PlainGet:
     """
 
     __slots__ = ("_rest", "reader")
+    # help(cache.get) and introspecting tools must see the public method, not this class (as
+    # for cache.set): a PlainGet is named "get" and is a routine to ``inspect`` (``__get__``:
+    # a method descriptor; it is never looked up on a class, so it only hands itself back);
+    # TieredCache.get's doc and signature are set on the class by the chain, which owns them.
+    __name__ = "get"
 
     def __init__(self, reader: Callable[[Any], Any], rest: Callable[[Any, Any, Any], Any]) -> None:
         self.reader = reader
         self._rest = rest
+
+    def __get__(self, instance: object, owner: type | None = None) -> PlainGet:
+        return self
 
     def __call__(self, key: Any, loader: Any = None, *, ttl: Any = None) -> Any:
         value = self.reader(key)

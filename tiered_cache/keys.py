@@ -62,8 +62,28 @@ def _unencodable(key: str, exc: UnicodeEncodeError, tiers: str) -> UnencodableKe
     """The error for ``key``: where the surrogate sits and the key's hash (as logs show it),
     never the key itself (a key may hold what should not reach an error report)."""
     return UnencodableKey(
-        f"cache key {key_hash(key)} (key_hash; {len(key)} characters) holds a lone surrogate "
-        f"(U+{ord(key[exc.start]):04X} at index {exc.start}), which UTF-8 cannot encode, and "
-        f"tier {tiers} stores keys as UTF-8: decode the key's bytes with "
-        "errors='replace' or 'backslashreplace', not 'surrogateescape'"
+        f"cache key {key_hash(key)} (key_hash; {len(key)} characters) holds "
+        f"{_surrogate(key, exc)}, and tier {tiers} stores keys as UTF-8: {_DECODE_HINT}"
     )
+
+
+_DECODE_HINT = "decode the bytes with errors='replace' or 'backslashreplace', not 'surrogateescape'"
+
+
+def _surrogate(text: str, exc: UnicodeEncodeError) -> str:
+    return (
+        f"a lone surrogate (U+{ord(text[exc.start]):04X} at index {exc.start}), which UTF-8 "
+        "cannot encode"
+    )
+
+
+def check_namespace(namespace: str) -> str:
+    """``namespace``, or ValueError if UTF-8 cannot encode it: every key of a tier that stores
+    keys as UTF-8 would fail in it (a settings check; the message never shows the text)."""
+    try:
+        namespace.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"the namespace holds {_surrogate(namespace, exc)}: {_DECODE_HINT}"
+        ) from None
+    return namespace

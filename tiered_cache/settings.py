@@ -17,12 +17,21 @@ from pathlib import Path
 from types import NoneType
 from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from . import policy_defaults
 from .errors import ConfigError
+from .keys import check_namespace
 from .protection import Protection
 from .registry import BUSES_GROUP, SOURCES_GROUP, TIERS_GROUP, find_plugin
 from .sketch import MAX_WIDTH, sketch_width
@@ -34,6 +43,15 @@ ROOT = "tiered_cache"
 #: text. Taken (in any case) by a field that allows None and is not text, where a string
 #: "none" could not mean anything else; a text field keeps the word.
 NONE_WORD = "none"
+
+
+def _namespace(value: Any) -> Any:
+    return check_namespace(value) if isinstance(value, str) else value
+
+
+#: A namespace: text, not empty, that UTF-8 can encode (shared tiers store it before every
+#: key, as UTF-8).
+Namespace = Annotated[str, Field(min_length=1), BeforeValidator(_namespace)]
 
 
 class FieldProblem(ValueError):
@@ -504,9 +522,8 @@ class CacheSettings(BaseSettings):
     # echoed its input, credentials in a Redis URL or the DynamoDB settings among it.
     model_config = SettingsConfigDict(extra="forbid", hide_input_in_errors=True)
 
-    namespace: str = Field(
+    namespace: Namespace = Field(
         default="default",
-        min_length=1,
         description="Prefix that keeps this cache's keys apart in shared tiers.",
     )
     ttl: Duration | None = Field(

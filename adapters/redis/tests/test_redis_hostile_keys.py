@@ -175,3 +175,37 @@ def test_the_async_chain_refuses_it_on_every_call_and_only_it(
         await cache.aclose()
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    ("field", "overrides"),
+    [
+        ("tiered_cache.namespace", {"namespace": "tweets\udcff"}),
+        ("tiered_cache.tiers[1].namespace", {"tiers_namespace": "\udc80"}),
+    ],
+)
+def test_a_namespace_utf8_cannot_encode_is_refused_naming_its_field(
+    redis_server: RedisServer, field: str, overrides: dict[str, str]
+) -> None:
+    """Every key of such a namespace would fail in Redis (counted as Redis failing)."""
+    from tiered_cache import ConfigError
+
+    given = settings(redis_server.url, "fine")
+    if "namespace" in overrides:
+        given["namespace"] = overrides["namespace"]
+    else:
+        given["tiers"][1]["namespace"] = overrides["tiers_namespace"]
+    with pytest.raises(ConfigError) as raised:
+        TieredCache.from_config(**given)
+    message = str(raised.value)
+    assert message.startswith(f"{field}: "), message
+    assert "lone surrogate" in message and "\udcff" not in message and "\udc80" not in message
+
+
+def test_a_redis_tier_made_in_code_refuses_such_a_namespace() -> None:
+    from tiered_cache_redis import AsyncRedisTier, RedisTier
+
+    for tier in (RedisTier, AsyncRedisTier):
+        with pytest.raises(ValueError, match="namespace holds a lone surrogate") as raised:
+            tier(connect=lambda: None, namespace="app\udcff")  # type: ignore[arg-type]
+        assert "\udcff" not in str(raised.value)

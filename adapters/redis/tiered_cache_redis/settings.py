@@ -10,7 +10,7 @@ from pydantic import ConfigDict, Field, field_validator
 from tiered_cache.codecs import get_codec
 from tiered_cache.errors import ConfigError
 from tiered_cache.redaction import redacted_repr_args
-from tiered_cache.settings import TierSettings
+from tiered_cache.settings import Namespace, TierSettings
 from tiered_cache.units import Duration
 
 from .client import parse_url
@@ -33,9 +33,8 @@ class RedisTierSettings(TierSettings):
         default=False,
         description="Use the Redis Cluster client even though the URL is a plain redis:// one.",
     )
-    namespace: str | None = Field(
+    namespace: Namespace | None = Field(
         default=None,
-        min_length=1,
         description="Key prefix in Redis ('<namespace>:<key>'); defaults to the cache's namespace.",
     )
     ttl: Duration | None = Field(

@@ -17,7 +17,7 @@ from typing import Any
 
 from tiered_cache.codecs import Codec, batch_decoder, get_codec
 from tiered_cache.errors import CodecError
-from tiered_cache.keys import namespace_prefix
+from tiered_cache.keys import check_namespace, namespace_prefix
 from tiered_cache.logs import fields, key_hash
 from tiered_cache.tier import MISSING, Entry, MissingType
 
@@ -64,7 +64,7 @@ class StoredFormat:
         if ttl is not None and ttl <= 0:
             raise ValueError("ttl must be positive (or None)")
         self.name = name
-        self.namespace = namespace
+        self.namespace = check_namespace(namespace)  # else every key of it would fail
         #: Prepended to every key (``redis_key(key) == prefix + key``).
         self.prefix = namespace_prefix(namespace)
         self.codec = get_codec(codec) if isinstance(codec, str) else codec

@@ -177,6 +177,49 @@ def test_the_async_chain_refuses_it_on_every_call_and_only_it(
     asyncio.run(main())
 
 
+def bare_calls(entry: Any) -> dict[str, Callable[[Any, str], object]]:
+    """Every call of the Redis tier that takes a key, used without a chain."""
+    return {
+        "get": lambda tier, key: tier.get(key),
+        "get_many": lambda tier, key: tier.get_many(["fine", key]),
+        "set": lambda tier, key: tier.set(key, entry),
+        "set_many": lambda tier, key: tier.set_many({"fine": entry, key: entry}),
+        "delete": lambda tier, key: tier.delete(key),
+        "delete_many": lambda tier, key: tier.delete_many(["fine", key]),
+        "delete_prefix": lambda tier, key: tier.delete_prefix(key),
+        "acquire_lease": lambda tier, key: tier.acquire_lease(key, 1.0),
+        "acquire_leases": lambda tier, key: tier.acquire_leases(["fine", key], 1.0),
+        "steal_lease": lambda tier, key: tier.steal_lease(key, 1.0),
+        "steal_leases": lambda tier, key: tier.steal_leases(["fine", key], 1.0),
+        "fill_with_lease": lambda tier, key: tier.fill_with_lease(key, entry, "t"),
+        "fill_with_leases": lambda tier, key: tier.fill_with_leases({key: (entry, "t")}),
+        "release_lease": lambda tier, key: tier.release_lease(key, "t"),
+        "release_leases": lambda tier, key: tier.release_leases({"fine": "t", key: "t"}),
+    }
+
+
+@pytest.mark.parametrize("key", HOSTILE)
+def test_the_redis_tier_alone_refuses_it_as_the_chain_does(
+    redis_server: RedisServer, namespace: str, key: str
+) -> None:
+    """Without a chain in front, the tier raised UnicodeEncodeError (redis-py encoding the
+    command) instead of the library's UnencodableKey."""
+    import redis
+    from tiered_cache_redis import RedisTier
+
+    from tiered_cache.tier import Entry
+
+    tier = RedisTier(redis.Redis.from_url(redis_server.url), namespace=namespace)
+    entry = Entry(value=1, loaded_at=0.0, soft_expiry=4e9, hard_expiry=4e9)
+    for name, call in bare_calls(entry).items():
+        with pytest.raises(UnencodableKey) as raised:
+            call(tier, key)
+        assert_refused(raised, key), name
+    tier.set("fine", entry)
+    assert tier.get("fine")  # the tier goes on
+    tier.close()
+
+
 @pytest.mark.parametrize(
     ("field", "overrides"),
     [
@@ -200,6 +243,36 @@ def test_a_namespace_utf8_cannot_encode_is_refused_naming_its_field(
     message = str(raised.value)
     assert message.startswith(f"{field}: "), message
     assert "lone surrogate" in message and "\udcff" not in message and "\udc80" not in message
+
+
+@pytest.mark.parametrize("key", HOSTILE)
+def test_the_async_redis_tier_alone_refuses_it_and_only_it(
+    redis_server: RedisServer, namespace: str, key: str
+) -> None:
+    """The async tier alone, likewise; and its GETs of one loop tick leave as one MGET, so a
+    key that cannot be encoded must not fail the other reads gathered with it."""
+    import redis.asyncio as aioredis
+    from tiered_cache_redis import AsyncRedisTier
+
+    from tiered_cache.tier import Entry
+
+    async def main() -> None:
+        tier: Any = AsyncRedisTier(aioredis.Redis.from_url(redis_server.url), namespace=namespace)
+        entry = Entry(value=1, loaded_at=0.0, soft_expiry=4e9, hard_expiry=4e9)
+        await tier.set("fine", entry)
+        calls = bare_calls(entry)
+        del calls["delete"]  # the async tier deletes through delete_many
+        for name, call in calls.items():
+            with pytest.raises(UnencodableKey) as raised:
+                result = call(tier, key)
+                await result  # type: ignore[misc]
+            assert_refused(raised, key), name
+        together = await asyncio.gather(tier.get(key), tier.get("fine"), return_exceptions=True)
+        assert isinstance(together[0], UnencodableKey)
+        assert together[1]
+        await tier.aclose()
+
+    asyncio.run(main())
 
 
 def test_a_redis_tier_made_in_code_refuses_such_a_namespace() -> None:

@@ -156,6 +156,8 @@ class AsyncRedisTier(AsyncTierBase):
         return self._reads
 
     async def get(self, key: str) -> Entry | MissingType:
+        if not key.isascii():  # a flag of the str: ASCII keys pay nothing
+            self._stored.check((key,))
         data = await (self._reads or self._read_path()).get(self._prefix + key)
         if data is None:
             return MISSING
@@ -164,6 +166,7 @@ class AsyncRedisTier(AsyncTierBase):
     async def get_many(self, keys: Sequence[str]) -> dict[str, Entry]:
         if not keys:
             return {}
+        self._stored.check(keys)
         prefix = self._prefix
         values = await (self._reads or self._read_path()).mget([prefix + key for key in keys])
         return self._stored.decode_many(keys, values, self._clock())
@@ -171,16 +174,20 @@ class AsyncRedisTier(AsyncTierBase):
     # -- writes, deletes and leases: TierCommands' steps, awaited
 
     async def set(self, key: str, entry: Entry) -> None:
+        self._stored.check((key,))
         await arun(self._commands.set_many({key: entry}))
 
     async def set_many(self, entries: Mapping[str, Entry]) -> None:
+        self._stored.check(entries)
         await arun(self._commands.set_many(entries))
 
     async def delete_many(self, keys: Sequence[str]) -> None:
+        self._stored.check(keys)
         await arun(self._commands.delete_many(keys))
 
     async def delete_prefix(self, prefix: str) -> None:
         """Delete the keys starting with ``prefix`` and their leases: SCAN + UNLINK."""
+        self._stored.check((prefix,))
         await arun(self._commands.delete_matching(self._prefix + prefix))
 
     async def clear(self) -> None:
@@ -192,31 +199,39 @@ class AsyncRedisTier(AsyncTierBase):
         return self._commands.can_lease(key)
 
     async def acquire_lease(self, key: str, ttl: float) -> tuple[str | None, Entry | MissingType]:
+        self._stored.check((key,))
         if not self.can_lease(key):
             return await arun(self._commands.acquire_lease(key, ttl))  # raises, for this key
         return await self._leases.acquire_lease(key, ttl)
 
     async def steal_lease(self, key: str, ttl: float) -> str:
+        self._stored.check((key,))
         return await arun(self._commands.steal_lease(key, ttl))
 
     async def steal_leases(self, keys: Sequence[str], ttl: float) -> dict[str, str]:
+        self._stored.check(keys)
         return await arun(self._commands.steal_leases(keys, ttl))
 
     async def fill_with_lease(self, key: str, entry: Entry, token: str) -> bool:
+        self._stored.check((key,))
         return await self._leases.fill_with_lease(key, entry, token)
 
     async def release_lease(self, key: str, token: str) -> None:
+        self._stored.check((key,))
         await arun(self._commands.release_lease(key, token))
 
     async def acquire_leases(
         self, keys: Sequence[str], ttl: float
     ) -> dict[str, tuple[str | None, Entry | MissingType]]:
+        self._stored.check(keys)
         return await arun(self._commands.acquire_leases(keys, ttl))
 
     async def fill_with_leases(self, entries: Mapping[str, tuple[Entry, str]]) -> builtins.set[str]:
+        self._stored.check(entries)
         return await arun(self._commands.fill_with_leases(entries))
 
     async def release_leases(self, tokens: Mapping[str, str]) -> None:
+        self._stored.check(tokens)
         await arun(self._commands.release_leases(tokens))
 
     async def aclose(self) -> None:

@@ -12,12 +12,12 @@ import logging
 import math
 import random
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from tiered_cache.codecs import Codec, batch_decoder, get_codec
-from tiered_cache.errors import CodecError
-from tiered_cache.keys import check_namespace, namespace_prefix
+from tiered_cache.errors import CodecError, UnencodableKey
+from tiered_cache.keys import check_keys, check_namespace, namespace_prefix
 from tiered_cache.logs import fields, key_hash
 from tiered_cache.tier import MISSING, Entry, MissingType
 
@@ -73,6 +73,22 @@ class StoredFormat:
         self._ttl = ttl
         self._jitter = ttl_jitter
         self._rng = rng or random.Random()
+
+    def check(self, keys: Iterable[str]) -> None:
+        """Refuse a key UTF-8 cannot encode before it is sent, as a chain's face does (the
+        asyncio tier: its reads and leases of one loop tick leave together, and one such key
+        would fail them all)."""
+        check_keys(keys, repr(self.name))
+
+    def refused(self, keys: Iterable[str], exc: UnicodeEncodeError) -> Exception:
+        """The error for a call whose keys redis-py could not encode: a chain refuses a key
+        UTF-8 cannot encode before any tier sees it (UnencodableKey, naming the problem, not
+        the key), and a tier used alone refuses it the same way; ``exc`` if no key is one."""
+        try:
+            check_keys(keys, repr(self.name))
+        except UnencodableKey as refused:
+            return refused
+        return exc
 
     def decode(self, key: str, data: bytes, now: float) -> Entry | MissingType:
         """The entry in ``data``; ``MISSING`` for one expired by ``now`` or that this tier

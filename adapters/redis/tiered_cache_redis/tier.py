@@ -12,14 +12,14 @@ import builtins
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, cast
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar, cast
 
 from redis.cluster import RedisCluster
 
 from tiered_cache.codecs import Codec
 from tiered_cache.forking import restart_after_fork
-from tiered_cache.steps import run
+from tiered_cache.steps import Steps, run
 from tiered_cache.tier import MISSING, Entry, MissingType, TierBase
 
 from .client import RedisClient, close_client
@@ -29,6 +29,7 @@ from .stored import StoredFormat
 from .wire import Reads, reads_for
 
 Clock = Callable[[], float]
+T = TypeVar("T")
 
 
 class RedisTier(TierBase):
@@ -146,7 +147,10 @@ class RedisTier(TierBase):
     # -- reads
 
     def get(self, key: str) -> Entry | MissingType:
-        data = (self._reads or self._read_path()).get(self._prefix + key)
+        try:
+            data = (self._reads or self._read_path()).get(self._prefix + key)
+        except UnicodeEncodeError as exc:
+            raise self._stored.refused([key], exc) from None
         if data is None:
             return MISSING
         return self._decode(key, data, self._clock())
@@ -156,26 +160,29 @@ class RedisTier(TierBase):
             return {}
         prefix = self._prefix
         # One MGET (on a cluster: one per hash slot, pipelined per node).
-        values = (self._reads or self._read_path()).mget([prefix + key for key in keys])
+        try:
+            values = (self._reads or self._read_path()).mget([prefix + key for key in keys])
+        except UnicodeEncodeError as exc:
+            raise self._stored.refused(keys, exc) from None
         return self._stored.decode_many(keys, values, self._clock())
 
     # -- writes, deletes and leases: TierCommands' steps, run on this thread
 
     def set(self, key: str, entry: Entry) -> None:
-        run(self._commands.set_many({key: entry}))
+        self._run(self._commands.set_many({key: entry}), [key])
 
     def set_many(self, entries: Mapping[str, Entry]) -> None:
-        run(self._commands.set_many(entries))
+        self._run(self._commands.set_many(entries), entries)
 
     def delete(self, key: str) -> None:
-        run(self._commands.delete_many([key]))
+        self._run(self._commands.delete_many([key]), [key])
 
     def delete_many(self, keys: Sequence[str]) -> None:
-        run(self._commands.delete_many(keys))
+        self._run(self._commands.delete_many(keys), keys)
 
     def delete_prefix(self, prefix: str) -> None:
         """Delete the keys starting with ``prefix`` and their leases: SCAN + UNLINK."""
-        run(self._commands.delete_matching(self._prefix + prefix))
+        self._run(self._commands.delete_matching(self._prefix + prefix), [prefix])
 
     def clear(self) -> None:
         """Delete this namespace's keys and leases (SCAN + UNLINK, every node of a cluster);
@@ -191,39 +198,47 @@ class RedisTier(TierBase):
 
         Returns ``(token or None, the entry or MISSING)``.
         """
-        return run(self._commands.acquire_lease(key, ttl))
+        return self._run(self._commands.acquire_lease(key, ttl), [key])
 
     def fill_with_lease(self, key: str, entry: Entry, token: str) -> bool:
         """Store ``entry`` and drop the lease, only while ``token`` holds it (atomically)."""
-        return run(self._commands.fill_with_lease(key, entry, token))
+        return self._run(self._commands.fill_with_lease(key, entry, token), [key])
 
     def steal_lease(self, key: str, ttl: float) -> str:
         """Take ``key``'s lease whoever holds it (for a write): one ``SET PX``."""
-        return run(self._commands.steal_lease(key, ttl))
+        return self._run(self._commands.steal_lease(key, ttl), [key])
 
     def steal_leases(self, keys: Sequence[str], ttl: float) -> dict[str, str]:
         """:meth:`steal_lease` for each key: one pipelined round trip (one per node on a
         cluster)."""
-        return run(self._commands.steal_leases(keys, ttl))
+        return self._run(self._commands.steal_leases(keys, ttl), keys)
 
     def release_lease(self, key: str, token: str) -> None:
         """Drop the lease if ``token`` still holds it."""
-        run(self._commands.release_lease(key, token))
+        self._run(self._commands.release_lease(key, token), [key])
 
     def acquire_leases(
         self, keys: Sequence[str], ttl: float
     ) -> dict[str, tuple[str | None, Entry | MissingType]]:
         """:meth:`acquire_lease` for each key: one pipelined round trip (one per key on a
         cluster, where a pipeline of scripts would have to be split by node)."""
-        return run(self._commands.acquire_leases(keys, ttl))
+        return self._run(self._commands.acquire_leases(keys, ttl), keys)
 
     def fill_with_leases(self, entries: Mapping[str, tuple[Entry, str]]) -> builtins.set[str]:
         """:meth:`fill_with_lease` for each key (see :meth:`TierCommands.fill_with_leases`)."""
-        return run(self._commands.fill_with_leases(entries))
+        return self._run(self._commands.fill_with_leases(entries), entries)
 
     def release_leases(self, tokens: Mapping[str, str]) -> None:
         """:meth:`release_lease` for each key."""
-        run(self._commands.release_leases(tokens))
+        self._run(self._commands.release_leases(tokens), tokens)
+
+    def _run(self, steps: Steps[T], keys: Iterable[str]) -> T:
+        """``run(steps)``; a key UTF-8 cannot encode raises UnencodableKey, as a chain's
+        face does (:meth:`StoredFormat.refused`; nothing is paid on good keys)."""
+        try:
+            return run(steps)
+        except UnicodeEncodeError as exc:
+            raise self._stored.refused(keys, exc) from None
 
     def close(self) -> None:
         """Close the connection pool (if this tier owns the client); idempotent."""

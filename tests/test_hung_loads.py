@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -18,6 +18,15 @@ def release() -> Iterator[threading.Event]:
     event = threading.Event()
     yield event
     event.set()  # let the hung loads end with the test
+
+
+def in_threads(read: Callable[[str], None], keys: list[str]) -> None:
+    """``read(key)`` for every key, each on a thread of its own, all at once; joined."""
+    readers = [threading.Thread(target=read, args=(key,)) for key in keys]
+    for reader in readers:
+        reader.start()
+    for reader in readers:
+        reader.join(10)
 
 
 def test_six_hung_loads_leave_other_misses_working(release: threading.Event) -> None:
@@ -40,11 +49,7 @@ def test_six_hung_loads_leave_other_misses_working(release: threading.Event) -> 
         except BaseException as exc:
             errors.append(exc)
 
-    readers = [threading.Thread(target=read_hung, args=(f"hung:{n}",)) for n in range(6)]
-    for reader in readers:
-        reader.start()
-    for reader in readers:
-        reader.join(10)
+    in_threads(read_hung, [f"hung:{n}" for n in range(6)])
     assert len(errors) == 6 and all(isinstance(exc, LoadTimeout) for exc in errors)
     assert "goes on in the background" in str(errors[0])
     # the pool the hung loads sit on is not the one new loads need
@@ -163,11 +168,7 @@ def test_the_bound_holds_when_many_loads_hang_at_once(release: threading.Event) 
         except BaseException as exc:
             errors.append(exc)
 
-    readers = [threading.Thread(target=read, args=(f"hung:{n}",)) for n in range(8)]
-    for reader in readers:
-        reader.start()
-    for reader in readers:
-        reader.join(10)
+    in_threads(read, [f"hung:{n}" for n in range(8)])
     assert len(errors) == 8 and all(isinstance(exc, LoadTimeout) for exc in errors)
     assert len(entered) <= 2, entered
     assert _timed_load_threads() - before <= 2
@@ -215,20 +216,17 @@ def test_concurrent_timed_loads_past_the_bound_wait_for_a_free_one() -> None:
     started = threading.Barrier(8)
     results: list[Any] = []
 
-    def read(n: int) -> None:
-        def load() -> int:
+    def read(key: str) -> None:
+        def load() -> str:
             threading.Event().wait(0.05)
-            return n
+            return key
 
         started.wait(10)
-        results.append(cache.get(f"k{n}", load))
+        results.append(cache.get(key, load))
 
-    readers = [threading.Thread(target=read, args=(n,)) for n in range(8)]
-    for reader in readers:
-        reader.start()
-    for reader in readers:
-        reader.join(20)
-    assert sorted(results) == list(range(8))
+    keys = [f"k{n}" for n in range(8)]
+    in_threads(read, keys)
+    assert sorted(results) == keys
     cache.close()
 
 

@@ -91,6 +91,14 @@ async def test_a_thousand_misses_in_one_loop_load_once_and_fill_redis(
     await cache.aclose()
 
 
+async def until(condition: Callable[[], bool], within: float = 10.0) -> None:
+    """Wait for ``condition`` (fixed sleeps were too short on a loaded machine)."""
+    deadline = asyncio.get_running_loop().time() + within
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "the condition never held"
+        await asyncio.sleep(0.005)
+
+
 @pytest.mark.anyio
 async def test_two_chains_share_one_load_through_the_redis_lease(
     redis_server: RedisServer, namespace: str
@@ -107,9 +115,10 @@ async def test_two_chains_share_one_load_through_the_redis_lease(
         return "value"
 
     one = asyncio.create_task(first.get("k", lambda: load("first")))
-    await asyncio.sleep(0.05)  # the first chain holds the lease and loads
+    await until(lambda: loads == ["first"])  # the first chain holds the lease and loads
     two = asyncio.create_task(second.get("k", lambda: load("second")))
-    await asyncio.sleep(0.05)  # the second looks, finds the lease held, and waits
+    # the second looks, finds the lease held, and waits (counted as it starts waiting)
+    await until(lambda: second.stats()["lease_waits"] == 1)
     gate.set()
     assert await asyncio.gather(one, two) == ["value", "value"]
     assert loads == ["first"]

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
 from tiered_cache import AsyncTieredCache, LoadTimeout, MemoryTier, TieredCache
 from tiered_cache.protection import Protection
+
+T = TypeVar("T", TieredCache, AsyncTieredCache)
 
 
 @pytest.fixture
@@ -18,6 +20,14 @@ def release() -> Iterator[threading.Event]:
     event = threading.Event()
     yield event
     event.set()  # let the hung loads end with the test
+
+
+def bounded(chain: type[T], *, hard_timeout: float) -> T:
+    """A memory chain whose loads time out at ``hard_timeout``, at most 2 left running."""
+    return chain(
+        [MemoryTier()],
+        protection=Protection.never_stale(hard_timeout=hard_timeout, max_abandoned_loads=2),
+    )
 
 
 def in_threads(read: Callable[[str], None], keys: list[str]) -> None:
@@ -66,10 +76,7 @@ def test_six_hung_loads_leave_other_misses_working(release: threading.Event) -> 
 
 
 def test_past_the_bound_of_abandoned_loads_a_miss_fails_at_once(release: threading.Event) -> None:
-    cache = TieredCache(
-        [MemoryTier()],
-        protection=Protection.never_stale(hard_timeout=0.2, max_abandoned_loads=2),
-    )
+    cache = bounded(TieredCache, hard_timeout=0.2)
     for n in range(2):
         with pytest.raises(LoadTimeout):
             cache.get(f"hung:{n}", lambda: release.wait(30))
@@ -148,10 +155,7 @@ def _timed_load_threads() -> int:
 def test_the_bound_holds_when_many_loads_hang_at_once(release: threading.Event) -> None:
     """Eight misses of eight keys at once, each load hanging: each caller checked the bound
     before any load was abandoned, so all eight were started and left running (bound 2)."""
-    cache = TieredCache(
-        [MemoryTier()],
-        protection=Protection.never_stale(hard_timeout=0.3, max_abandoned_loads=2),
-    )
+    cache = bounded(TieredCache, hard_timeout=0.3)
     before = _timed_load_threads()
     started = threading.Barrier(8)
     entered: list[str] = []
@@ -181,10 +185,7 @@ def test_the_bound_holds_when_many_loads_hang_at_once(release: threading.Event) 
 def test_hung_loads_of_one_key_count_each(release: threading.Event) -> None:
     """An invalidation lets the next miss start a new load of a key whose load hangs; the
     newer one took the older's place in the count, so one key could hang any number."""
-    cache = TieredCache(
-        [MemoryTier()],
-        protection=Protection.never_stale(hard_timeout=0.1, max_abandoned_loads=2),
-    )
+    cache = bounded(TieredCache, hard_timeout=0.1)
     before = _timed_load_threads()
     loads = 0
 
@@ -209,10 +210,7 @@ def test_hung_loads_of_one_key_count_each(release: threading.Event) -> None:
 def test_concurrent_timed_loads_past_the_bound_wait_for_a_free_one() -> None:
     """Loads that do not hang are not refused for being many at once: a miss past the bound
     waits (within its own timeout) for a running load to end."""
-    cache = TieredCache(
-        [MemoryTier()],
-        protection=Protection.never_stale(hard_timeout=5.0, max_abandoned_loads=2),
-    )
+    cache = bounded(TieredCache, hard_timeout=5.0)
     started = threading.Barrier(8)
     results: list[Any] = []
 
@@ -241,3 +239,75 @@ def test_a_hard_timeout_raises_the_public_load_timeout(release: threading.Event)
     release.set()
     assert cache.wait_background(10)
     cache.close()
+
+
+def test_the_async_bound_holds_when_many_loads_hang_at_once() -> None:
+    """As test_the_bound_holds_when_many_loads_hang_at_once, on the asyncio chain: each task
+    checked the bound before any load was abandoned, so all eight loads were left running."""
+
+    async def scenario() -> None:
+        cache = bounded(AsyncTieredCache, hard_timeout=0.3)
+        gate = asyncio.Event()
+        entered: list[str] = []
+
+        def hang(key: str) -> Callable[[], Any]:
+            async def load() -> str:
+                entered.append(key)
+                await gate.wait()
+                return "late"
+
+            return load
+
+        keys = [f"hung:{n}" for n in range(8)]
+        results = await asyncio.gather(
+            *(cache.get(key, hang(key)) for key in keys), return_exceptions=True
+        )
+        assert all(isinstance(result, LoadTimeout) for result in results), results
+        assert len(entered) <= 2, entered
+        with pytest.raises(LoadTimeout, match="2 loads"):
+            await cache.get("other", hang("other"))
+        gate.set()
+        await cache.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_async_hung_loads_of_one_key_count_each() -> None:
+    async def scenario() -> None:
+        cache = bounded(AsyncTieredCache, hard_timeout=0.1)
+        gate = asyncio.Event()
+        loads = 0
+
+        async def hang() -> str:
+            nonlocal loads
+            loads += 1
+            await gate.wait()
+            return "late"
+
+        for _ in range(5):
+            with pytest.raises(LoadTimeout):
+                await cache.get("k", hang)
+            await cache.invalidate("k")
+        assert loads == 2
+        gate.set()
+        await cache.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_concurrent_async_timed_loads_past_the_bound_wait_for_a_free_one() -> None:
+    async def scenario() -> None:
+        cache = bounded(AsyncTieredCache, hard_timeout=5.0)
+
+        def load(key: str) -> Callable[[], Any]:
+            async def slow() -> str:
+                await asyncio.sleep(0.05)
+                return key
+
+            return slow
+
+        keys = [f"k{n}" for n in range(8)]
+        assert await asyncio.gather(*(cache.get(key, load(key)) for key in keys)) == keys
+        await cache.aclose()
+
+    asyncio.run(scenario())

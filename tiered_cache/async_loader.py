@@ -104,8 +104,16 @@ class AsyncSourceLoader:
         self._refreshing: set[str] = set()
         #: The running load of each key whose caller gave up on it, with its fence mark.
         self._abandoned: dict[str, tuple[asyncio.Task[Entry], int]] = {}
+        self._timed_slots()
         self._closed = False
         restart_after_fork(self)
+
+    def _timed_slots(self) -> None:
+        #: Timed loads running, and how many of them their callers gave up on: at most
+        #: ``protection.max_abandoned_loads`` run at once, as in the threaded loader
+        #: (SourceLoader._timed_slots says why the bound is on loads started).
+        self._timed: set[asyncio.Task[Entry]] = set()
+        self._hung = 0
 
     def after_fork_in_child(self) -> None:
         """A forked child runs none of the parent's coroutines or tasks: a flight one of them
@@ -117,6 +125,7 @@ class AsyncSourceLoader:
         self._tasks = set()
         self._refreshing = set()
         self._abandoned = {}
+        self._timed_slots()
 
     # -- one key
 
@@ -144,8 +153,14 @@ class AsyncSourceLoader:
             if soft is None and hard is None:
                 entry = await self._load(key, loader, ttl)
             else:
-                task, mark = self._timed_task(key, mark, loader, ttl, token)
+                task, mark, waited = await self._timed_task(
+                    key, mark, loader, ttl, token, timeout=soft if soft is not None else hard
+                )
                 token = None  # the task gives it back or fills under it
+                if soft is not None:  # the wait for a slot is part of the caller's timeout
+                    soft = max(0.0, soft - waited)
+                elif hard is not None:
+                    hard = max(0.0, hard - waited)
                 entry = await self._await_timed(key, task, mark, soft, hard)
                 return entry
         except _ServeStale:
@@ -181,31 +196,65 @@ class AsyncSourceLoader:
         tokens = {key: token} if token is not None else None
         await self._fence.afill(mark, {key: entry}, self._tiers, tokens=tokens)
 
-    def _timed_task(
+    async def _timed_task(
         self,
         key: str,
         mark: int,
         loader: AsyncLoader | None,
         ttl: float | str | None,
         token: str | None,
-    ) -> tuple[asyncio.Task[Entry], int]:
+        *,
+        timeout: float | None,
+    ) -> tuple[asyncio.Task[Entry], int, float]:
         """The task loading ``key`` (and filling when done): an earlier one its caller gave
-        up on, if the fence lets a miss join it (:meth:`Fence.may_join`), else a new one.
-        Returns it with the fence mark its fill is judged by."""
+        up on, if the fence lets a miss join it (:meth:`Fence.may_join`), else a new one,
+        once a slot is free (:meth:`_take_slot`). Returns it with the fence mark its fill is
+        judged by and the seconds waited for the slot."""
         running = self._abandoned.get(key)
         if running is not None and self._fence.may_join(key, running[1]):
             if token is not None:
                 self.spawn(self._release(key, token))
-            return running
-        if len(self._abandoned) >= self._protection.max_abandoned_loads:
-            self._metrics.count("loads_refused")
+            return (*running, 0.0)
+        assert timeout is not None  # load() times a load only with a timeout
+        try:
+            waited = await self._take_slot(key, timeout)
+        except (LoadTimeout, _ServeStale):
             if token is not None:
                 self.spawn(self._release(key, token))
-            raise LoadTimeout(
-                f"{len(self._abandoned)} loads are still running after their callers stopped "
-                f"waiting (max_abandoned_loads); {key!r} was not loaded"
-            )
-        return self.spawn(self._load_and_fill(key, mark, loader, ttl, token)), mark
+            raise
+        task = self.spawn(self._load_and_fill(key, mark, loader, ttl, token))
+        self._timed.add(task)
+        task.add_done_callback(self._timed.discard)
+        return task, mark, waited
+
+    async def _take_slot(self, key: str, timeout: float) -> float:
+        """Wait (within ``timeout``) until fewer than ``max_abandoned_loads`` timed loads run;
+        returns the seconds waited. Refused at once when that many hang; past ``timeout``,
+        LoadTimeout (:meth:`load` serves the stale value under fail-safe)."""
+        limit = self._protection.max_abandoned_loads
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        while len(self._timed) >= limit:
+            if self._hung >= limit:
+                self._metrics.count("loads_refused")
+                raise LoadTimeout(
+                    f"{self._hung} loads are still running after their callers stopped "
+                    f"waiting (max_abandoned_loads); {key!r} was not loaded"
+                )
+            remaining = timeout - (loop.time() - start)
+            if remaining <= 0:
+                self._metrics.count("loads_refused")
+                raise LoadTimeout(
+                    f"{limit} loads were running (max_abandoned_loads) for all of the timeout "
+                    f"of {timeout}s; {key!r} was not loaded"
+                )
+            # Tasks of another event loop cannot be awaited here: look again shortly.
+            here = {task for task in self._timed if task.get_loop() is loop}
+            if here:
+                await asyncio.wait(here, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+            else:
+                await asyncio.sleep(min(remaining, 0.01))
+        return loop.time() - start
 
     async def _release(self, key: str, token: str) -> None:
         if self._lease_wait is not None:
@@ -261,10 +310,12 @@ class AsyncSourceLoader:
         cancelled), for the next miss to join (:meth:`_timed_task`)."""
         if self._abandoned.get(key, (None, 0))[0] is not task:
             self._abandoned[key] = (task, mark)
+            self._hung += 1
             self._metrics.count("abandoned_loads")
             task.add_done_callback(lambda _: self._abandoned_done(key, task))
 
     def _abandoned_done(self, key: str, task: asyncio.Task[Entry]) -> None:
+        self._hung -= 1
         running = self._abandoned.get(key)
         if running is not None and running[0] is task:
             del self._abandoned[key]

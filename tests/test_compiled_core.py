@@ -64,6 +64,17 @@ def pure(name: str) -> Any:
         package.__path__ = []  # submodules come from _SourcesOnly alone
         sys.modules[PURE] = package
         sys.meta_path.insert(0, _SourcesOnly())
+        # The reference is what TIERED_CORE_PURE=1 runs: its copy of compiled.py says so, and
+        # its sketch counts with sketch.Counters, not the C extension (_sketch.c).
+        saved = os.environ.get("TIERED_CORE_PURE")
+        os.environ["TIERED_CORE_PURE"] = "1"
+        try:
+            assert not importlib.import_module(f"{PURE}.compiled").compiled_core()
+        finally:
+            if saved is None:
+                del os.environ["TIERED_CORE_PURE"]
+            else:
+                os.environ["TIERED_CORE_PURE"] = saved
     return importlib.import_module(f"{PURE}.{name}")
 
 
@@ -309,6 +320,9 @@ def test_the_reference_is_the_source_and_the_core_is_compiled() -> None:
     assert str(pure("sketch").__file__).endswith("sketch.py")
     assert pure("policy").TinyLfuPolicy is not policy.TinyLfuPolicy
     assert IS_COMPILED
+    # The sketch's counters: C (_sketch.c) in the compiled core, sketch.Counters in the reference.
+    assert pure("sketch").COUNTERS is pure("sketch").Counters
+    assert sketch.COUNTERS is not sketch.Counters
 
 
 def test_a_stale_or_missing_build_is_not_used(

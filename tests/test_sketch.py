@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import collections
 import math
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tiered_cache.sketch import MAX_CEILING, MIN_CEILING, FrequencySketch, counter_ceiling
+from tiered_cache import sketch as sketch_module
+from tiered_cache.sketch import (
+    MAX_CEILING,
+    MIN_CEILING,
+    Counters,
+    CounterTable,
+    FrequencySketch,
+    counter_ceiling,
+)
 from tiered_cache.workloads import zipf_keys
 
 
@@ -277,3 +286,100 @@ def test_a_key_takes_the_counters_its_hash_slices_name(hashed: int, log_width: i
 def test_a_row_wider_than_two_to_the_thirty_two_is_refused() -> None:
     with pytest.raises(ValueError, match="at most"):
         FrequencySketch(16, width=1 << 33)
+
+
+# -- the C counters (tiered_cache/_sketch.c) against their reference, sketch.Counters
+
+needs_c_counters = pytest.mark.skipif(
+    sketch_module.COUNTERS is Counters,
+    reason="the C counters are not in use (not built, stale, or TIERED_CORE_PURE=1): the "
+    "sketch counts with sketch.Counters, which the other tests cover",
+)
+
+#: Hashes drawn whole (any 64-bit value, every row's slice) or from a few, so keys share
+#: counters and saturate them.
+_HASHES = st.one_of(
+    st.integers(min_value=-(1 << 63), max_value=(1 << 63) - 1),
+    st.sampled_from([0, 1, -2, 1 << 16, (1 << 32) + 5, -(1 << 63), (1 << 63) - 1]),
+)
+_SKETCH_STEPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("increment"), _HASHES, st.integers(min_value=0, max_value=300)),
+        st.tuples(st.just("frequency"), _HASHES, st.just(0)),
+        st.tuples(st.sampled_from(["reset", "clear"]), st.just(0), st.just(0)),
+    ),
+    max_size=150,
+)
+
+
+@needs_c_counters
+@settings(max_examples=300, deadline=None)
+@given(
+    capacity=st.integers(min_value=1, max_value=64),
+    log_width=st.one_of(st.none(), st.integers(min_value=0, max_value=18)),
+    max_count=st.one_of(st.none(), st.integers(min_value=1, max_value=MAX_CEILING)),
+    doorkeeper=st.booleans(),
+    steps=_SKETCH_STEPS,
+)
+def test_the_c_counters_count_as_their_reference(
+    capacity: int,
+    log_width: int | None,
+    max_count: int | None,
+    doorkeeper: bool,
+    steps: list[tuple[str, int, int]],
+) -> None:
+    # A sketch on the C counters and one on sketch.Counters take the same steps (short
+    # samples: aging runs too); every answer, the sample's count and the tables themselves
+    # must stay identical.
+    made = [
+        FrequencySketch(
+            capacity,
+            width=None if log_width is None else 1 << log_width,
+            sample_factor=2,
+            doorkeeper=doorkeeper,
+            max_count=max_count,
+            counters=counters,
+        )
+        for counters in (sketch_module.COUNTERS, Counters)
+    ]
+    for step, hashed, count in steps:
+        key = HashedAs(f"k{hashed}", hashed)
+        answers = []
+        for sketch in made:
+            if step == "increment":
+                answers.append(sketch.increment(key, count))
+            elif step == "frequency":
+                answers.append(sketch.frequency(key))
+            elif step == "reset":
+                answers.append(sketch.reset())
+            else:
+                answers.append(sketch.clear())
+        assert answers[0] == answers[1], (step, hashed, count)
+    c_side, reference = made
+    assert (c_side.size, c_side.resets, c_side.epoch) == (
+        reference.size,
+        reference.resets,
+        reference.epoch,
+    )
+    assert c_side._table == reference._table
+
+
+@needs_c_counters
+@pytest.mark.parametrize("counters", [sketch_module.COUNTERS, Counters])
+def test_counters_refuse_what_they_cannot_count(
+    counters: Callable[[bytearray, int, int, int], CounterTable],
+) -> None:
+    table = bytearray(4 * 64 * 5 // 8 + 1)
+    with pytest.raises(ValueError, match="power of two"):
+        counters(table, 48, 5, 31)
+    with pytest.raises(ValueError, match="bits"):
+        counters(table, 64, 9, 31)
+    with pytest.raises(ValueError, match="ceiling"):
+        counters(table, 64, 5, 32)
+    with pytest.raises(ValueError, match="too small"):
+        counters(table[:-1], 64, 5, 31)
+    made = counters(table, 64, 5, 31)
+    with pytest.raises(ValueError, match="negative"):
+        made.add("key", -1)
+    assert (made.add("key", 10**30), made.add("key", 1), made.frequency("key")) == (31, -1, 31)
+    assert table.count(0) < len(table)  # the counters write the table they were given

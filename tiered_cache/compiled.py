@@ -39,8 +39,9 @@ MODULES = (
     "invalidation_log",
 )
 #: Extensions written in C (``tiered_cache/<name>.c``), built with them; without the build the
-#: code that uses one runs its Python reference instead (the decorator: its generated wrapper).
-EXTENSIONS = ("_hitcall",)
+#: code that uses one runs its Python reference instead (the decorator: its generated wrapper;
+#: the frequency sketch: ``sketch.Counters``).
+EXTENSIONS = ("_hitcall", "_sketch")
 #: Sources the compiled modules were checked against (their imports); a change there makes the
 #: build stale too.
 DEPENDENCIES = ("policy_defaults",)

@@ -24,17 +24,25 @@ Papers and designs followed:
   ``k`` bits its ceiling needs (5 by default: the table is 5/8 of a byte per counter).
 - Caffeine's ``FrequencySketch`` (B. Manes): the table sized from the cache's maximum (a power of
   two, so that a mask replaces a modulo) and the sample size of ten times the maximum.
+
+The counters' updates and estimates (:class:`Counters`) have a C twin, ``_sketch.c``, which the
+compiled core uses (:data:`COUNTERS`); aging stays here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Final
+from typing import Final, Protocol
+
+from .compiled import compiled_core
 
 __all__ = [
+    "COUNTERS",
     "MAX_CEILING",
     "MAX_WIDTH",
     "MIN_CEILING",
+    "CounterTable",
+    "Counters",
     "FrequencySketch",
     "counter_ceiling",
     "sketch_width",
@@ -105,6 +113,108 @@ def counter_ceiling(sample_size: int, capacity: int) -> int:
     return min(MAX_CEILING, max(MIN_CEILING, (1 << per_slot.bit_length()) - 1))
 
 
+class CounterTable(Protocol):
+    """The operations on the counters of every read and admission contest: :class:`Counters`
+    (the reference) or its C twin, ``tiered_cache/_sketch.c``."""
+
+    def add(self, key: str, count: int) -> int:
+        """Raise ``key``'s counters by ``count`` (0 or more), conservatively; the new estimate,
+        or -1 when they were all saturated already and nothing was added."""
+        ...
+
+    def frequency(self, key: str) -> int:
+        """``key``'s estimate: the least of its four counters."""
+        ...
+
+
+class Counters:
+    """The counters of a :class:`FrequencySketch`: four rows of ``width`` counters of ``bits``
+    bits each, packed end to end in ``table`` (shared with the sketch, which ages it in place).
+
+    The reference for ``tiered_cache/_sketch.c``, which the compiled core uses instead: the
+    compiled core (mypyc) has no fast path for ``bytearray`` items, each byte read or written
+    was a generic call and an int object (about 9,000 instructions an update). Written to be
+    read beside the C (a row at a time), not for speed: without a compiler a miss runs a few
+    more Python calls. ``tests/test_sketch.py`` runs the same operations on both and demands
+    identical answers and tables.
+    """
+
+    def __init__(self, table: bytearray, width: int, bits: int, ceiling: int) -> None:
+        if width < 1 or width > MAX_WIDTH or width & (width - 1):
+            raise ValueError("width must be a power of two, at most 2**32")
+        if not 1 <= bits <= 8:  # a counter lies within two bytes
+            raise ValueError("bits must be between 1 and 8")
+        if not 1 <= ceiling <= (1 << bits) - 1:
+            raise ValueError("ceiling must be between 1 and the largest counter")
+        if len(table) < (4 * width * bits + 7) // 8 + 1:
+            raise ValueError("the table is too small for 4 rows of width counters")
+        self._table = table
+        self._width = width
+        self._mask = width - 1
+        self._bits = bits
+        self._field = (1 << bits) - 1
+        self._ceiling = ceiling
+
+    def _rows(self, key: str) -> list[tuple[int, int, int]]:
+        """``key``'s counter in each row, as (byte, shift within the two bytes read, value).
+
+        The rows' indexes are bits 0, 16, 32 and 48 (wrapping around) of the unsigned hash,
+        made from its halves (the mask is narrower than 32 bits: MAX_WIDTH).
+        """
+        h = hash(key)
+        low32 = h & _LOW32
+        high32 = (h >> 32) & _LOW32
+        mask, width, bits, field, table = (
+            self._mask,
+            self._width,
+            self._bits,
+            self._field,
+            self._table,
+        )
+        rows = []
+        for row, sliced in enumerate(
+            (low32, (low32 >> 16) | (high32 << 16), high32, (high32 >> 16) | (low32 << 16))
+        ):
+            at = (row * width + (sliced & mask)) * bits  # the counter's bit offset
+            index, shift = at >> 3, at & 7
+            rows.append((index, shift, ((table[index] | table[index + 1] << 8) >> shift) & field))
+        return rows
+
+    def add(self, key: str, count: int) -> int:
+        """See :meth:`CounterTable.add`."""
+        if count < 0:
+            raise ValueError("count must not be negative")
+        rows = self._rows(key)
+        low = min(value for _, _, value in rows)
+        if low >= self._ceiling:
+            return -1
+        high = min(low + count, self._ceiling)
+        # Conservative update: raise each counter only up to the new minimum; that is enough
+        # for the estimate and keeps other keys sharing a counter from being overcounted
+        # (Estan & Varghese).
+        for index, shift, value in rows:
+            if value < high:
+                _store(self._table, index, shift, value, high)
+        return high
+
+    def frequency(self, key: str) -> int:
+        """See :meth:`CounterTable.frequency`."""
+        return min(value for _, _, value in self._rows(key))
+
+
+def _counter_table() -> Callable[[bytearray, int, int, int], CounterTable]:
+    """The C counters with the compiled core (built with it), the reference otherwise."""
+    if compiled_core():
+        from ._sketch import Counters as CCounters
+
+        return CCounters
+    return Counters
+
+
+#: The counters a sketch uses unless told otherwise (chosen once, like the core itself).
+COUNTERS: Final = _counter_table()
+
+
 class FrequencySketch:
     """A count-min sketch of small saturating counters with periodic aging (TinyLFU).
 
@@ -137,6 +247,8 @@ class FrequencySketch:
             first sighting since the last aging costs no counter (TinyLFU section 3.4.2).
         max_count: where a counter saturates (at most 255); by default
             :func:`counter_ceiling` of the sample size and the capacity.
+        counters: makes the counter table, ``(table, width, bits, max_count)``; by default
+            :data:`COUNTERS` (the C one with the compiled core, :class:`Counters` without).
     """
 
     def __init__(
@@ -148,6 +260,7 @@ class FrequencySketch:
         min_sample: int = 0,
         doorkeeper: bool = False,
         max_count: int | None = None,
+        counters: Callable[[bytearray, int, int, int], CounterTable] | None = None,
     ) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
@@ -188,6 +301,9 @@ class FrequencySketch:
         #: with ``size`` it tells a caller that an estimate it kept is still current.
         self.epoch = 0
         self._doorkeeper: bytearray | None = bytearray(width) if doorkeeper else None
+        made = counters if counters is not None else COUNTERS
+        self._counters: CounterTable = made(self._table, width, bits, max_count)
+        self._add = self._counters.add
         #: ``increment(key, count=1) -> int``: count sightings, return the new estimate.
         self.increment: Callable[[str, int], int] = (
             self._increment_with_doorkeeper if doorkeeper else self._increment
@@ -195,7 +311,7 @@ class FrequencySketch:
         #: ``frequency(key) -> int``: the estimated number of sightings of ``key`` since
         #: aging, at most ``max_count`` (one more with the doorkeeper).
         self.frequency: Callable[[str], int] = (
-            self._frequency_with_doorkeeper if doorkeeper else self._frequency
+            self._frequency_with_doorkeeper if doorkeeper else self._counters.frequency
         )
 
     @property
@@ -205,61 +321,20 @@ class FrequencySketch:
 
     def _increment(self, key: str, count: int = 1) -> int:
         """Count ``count`` sightings of ``key``; return its estimated frequency afterwards."""
-        h = hash(key)
-        low32 = h & _LOW32
-        high32 = (h >> 32) & _LOW32
-        mask = self._mask
-        width = self.width
-        table = self._table
-        ceiling = self.max_count
-        bits = self._bits
-        field = self._field
-        # Each counter's bit offset, then its byte and the shift within the two bytes read.
-        # The rows' indexes are bits 0, 16, 32 and 48 (wrapping around) of the unsigned hash,
-        # made from its halves (the mask is narrower than 32 bits: MAX_WIDTH).
-        a = (low32 & mask) * bits
-        b = (width + (((low32 >> 16) | (high32 << 16)) & mask)) * bits
-        c = (2 * width + (high32 & mask)) * bits
-        d = (3 * width + (((high32 >> 16) | (low32 << 16)) & mask)) * bits
-        ia, sa = a >> 3, a & 7
-        ib, sb = b >> 3, b & 7
-        ic, sc = c >> 3, c & 7
-        id_, sd = d >> 3, d & 7
-        va = ((table[ia] | table[ia + 1] << 8) >> sa) & field
-        vb = ((table[ib] | table[ib + 1] << 8) >> sb) & field
-        vc = ((table[ic] | table[ic + 1] << 8) >> sc) & field
-        vd = ((table[id_] | table[id_ + 1] << 8) >> sd) & field
-        # Plain comparisons rather than min(): this runs on every read, and a builtin call
-        # costs more than the three tests.
-        low = va
-        if vb < low:  # noqa: PLR1730
-            low = vb
-        if vc < low:  # noqa: PLR1730
-            low = vc
-        if vd < low:  # noqa: PLR1730
-            low = vd
-        if low >= ceiling:
-            return ceiling
-        high = low + count
-        if high > ceiling:  # noqa: PLR1730
-            high = ceiling
-        # Conservative update: raise each counter only up to the new minimum; that is enough
-        # for the estimate and keeps other keys sharing a counter from being overcounted
-        # (Estan & Varghese).
-        if va < high:
-            _store(table, ia, sa, va, high)
-        if vb < high:
-            _store(table, ib, sb, vb, high)
-        if vc < high:
-            _store(table, ic, sc, vc, high)
-        if vd < high:
-            _store(table, id_, sd, vd, high)
+        high = self._add(key, count)
+        if high < 0:  # saturated: nothing was added, the sample does not grow
+            return self.max_count
         self.size += count
         if self.size >= self.sample_size:
             self.reset()
         return high
 
     def _increment_with_doorkeeper(self, key: str, count: int = 1) -> int:
+        # No sighting leaves the doorkeeper alone (the count past it would be -1).
+        if count < 1:
+            if count < 0:
+                raise ValueError("count must not be negative")
+            return self._frequency_with_doorkeeper(key)
         doorkeeper = self._doorkeeper
         assert doorkeeper is not None
         h = hash(key)
@@ -272,41 +347,9 @@ class FrequencySketch:
             if count == 1:
                 if self.size >= self.sample_size:
                     self.reset()
-                return 1 + self._estimate(h)
+                return 1 + self._counters.frequency(key)
             count -= 1
         return 1 + self._increment(key, count)
-
-    def _estimate(self, h: int) -> int:
-        return self._frequency_of_hash(h)
-
-    def _frequency(self, key: str) -> int:
-        return self._frequency_of_hash(hash(key))
-
-    def _frequency_of_hash(self, h: int) -> int:
-        """The estimate for the key hashed to ``h``: the rows' counters as
-        :meth:`_increment` finds them."""
-        low32 = h & _LOW32
-        high32 = (h >> 32) & _LOW32
-        mask = self._mask
-        width = self.width
-        table = self._table
-        bits = self._bits
-        field = self._field
-        at = (low32 & mask) * bits
-        low = ((table[at >> 3] | table[(at >> 3) + 1] << 8) >> (at & 7)) & field
-        at = (width + (((low32 >> 16) | (high32 << 16)) & mask)) * bits
-        value = ((table[at >> 3] | table[(at >> 3) + 1] << 8) >> (at & 7)) & field
-        if value < low:  # noqa: PLR1730
-            low = value
-        at = (2 * width + (high32 & mask)) * bits
-        value = ((table[at >> 3] | table[(at >> 3) + 1] << 8) >> (at & 7)) & field
-        if value < low:  # noqa: PLR1730
-            low = value
-        at = (3 * width + (((high32 >> 16) | (low32 << 16)) & mask)) * bits
-        value = ((table[at >> 3] | table[(at >> 3) + 1] << 8) >> (at & 7)) & field
-        if value < low:  # noqa: PLR1730
-            low = value
-        return low
 
     def counter(self, index: int) -> int:
         """Counter ``index`` of the table (row ``index // width``), for tests and diagnostics."""
@@ -316,7 +359,7 @@ class FrequencySketch:
 
     def _frequency_with_doorkeeper(self, key: str) -> int:
         h = hash(key)
-        estimate = self._estimate(h)
+        estimate = self._counters.frequency(key)
         doorkeeper = self._doorkeeper
         assert doorkeeper is not None
         mask = self._mask
@@ -347,7 +390,8 @@ class FrequencySketch:
 
     def clear(self) -> None:
         """Forget everything."""
-        self._table = bytearray(len(self._table))
+        # In place: the counters (maybe C) keep this table.
+        self._table[:] = bytes(len(self._table))
         if self._doorkeeper is not None:
             self._doorkeeper = bytearray(self.width)
         self.size = 0

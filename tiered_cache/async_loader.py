@@ -237,17 +237,11 @@ class AsyncSourceLoader:
         while len(self._timed) >= limit:
             if self._hung >= limit:
                 self._metrics.count("loads_refused")
-                raise LoadTimeout(
-                    f"{self._hung} loads are still running after their callers stopped "
-                    f"waiting (max_abandoned_loads); {key!r} was not loaded"
-                )
+                raise LoadTimeout.no_slot(key, self._hung, hung=True, timeout=timeout)
             remaining = timeout - (loop.time() - start)
             if remaining <= 0:
                 self._metrics.count("loads_refused")
-                raise LoadTimeout(
-                    f"{limit} loads were running (max_abandoned_loads) for all of the timeout "
-                    f"of {timeout}s; {key!r} was not loaded"
-                )
+                raise LoadTimeout.no_slot(key, limit, hung=False, timeout=timeout)
             # Tasks of another event loop cannot be awaited here: look again shortly.
             here = {task for task in self._timed if task.get_loop() is loop}
             if here:

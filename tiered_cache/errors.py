@@ -56,6 +56,21 @@ class SourceThrottled(SourceError):
 class LoadTimeout(SourceError):
     """A load took longer than the hard timeout (it goes on in the background)."""
 
+    @classmethod
+    def no_slot(cls, key: str, count: int, *, hung: bool, timeout: float) -> LoadTimeout:
+        """A timed load of ``key`` refused for want of a slot (``max_abandoned_loads``):
+        ``count`` loads hang, or ``count`` ran for all of ``timeout`` (one text for the
+        threaded and the asyncio loader)."""
+        if hung:
+            return cls(
+                f"{count} loads are still running after their callers stopped waiting "
+                f"(max_abandoned_loads); {key!r} was not loaded"
+            )
+        return cls(
+            f"{count} loads were running (max_abandoned_loads) for all of the timeout of "
+            f"{timeout}s; {key!r} was not loaded"
+        )
+
 
 class KeyTemplateError(TieredCacheError, ValueError):
     """A cache key does not fit a key template, or a template does not fit a function."""

@@ -310,18 +310,12 @@ class SourceLoader:
                 return time.monotonic() - start
         self._metrics.count("loads_refused")
         if hung >= 0:
-            raise LoadTimeout(
-                f"{hung} loads are still running after their callers stopped waiting "
-                f"(max_abandoned_loads); {key!r} was not loaded"
-            )
+            raise LoadTimeout.no_slot(key, hung, hung=True, timeout=timeout)
         if serve_stale:
             self._metrics.count("soft_timeouts")
             raise _ServeStale()
         self._metrics.count("hard_timeouts")
-        raise LoadTimeout(
-            f"{limit} loads were running (max_abandoned_loads) for all of the timeout of "
-            f"{timeout}s; {key!r} was not loaded"
-        )
+        raise LoadTimeout.no_slot(key, limit, hung=False, timeout=timeout)
 
     def _slot_done(self, _: Future[Entry]) -> None:
         with self._slots:

@@ -192,6 +192,50 @@ def test_values_that_identify_themselves_still_make_keys(cache: TieredCache) -> 
     assert profile(None, b"x") == "None"
 
 
+class _Counted:
+    """A key part whose text is computed anew on every call, counted: formatting it twice
+    for one key could check one text and store under another."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.texts = 0
+
+    def __format__(self, spec: str) -> str:
+        self.texts += 1
+        return format(f"{self.name}-{self.texts}", spec)
+
+    def __repr__(self) -> str:
+        self.texts += 1
+        return f"{self.name}-{self.texts}"
+
+
+@pytest.mark.parametrize(
+    ("template", "key"),
+    [
+        ("a:{req}", "a:r-1"),  # last field, nothing to escape
+        ("a:{req}:{n}", "a:r-1:1"),  # escaped before the next literal
+        ("a:{req:>5}", "a:  r-1"),  # a spec
+        ("a:{req!r}:{n}", "a:r-1:1"),  # a conversion, escaped
+        ("a:{n}:{req!r:>4}", "a:1: r-1"),  # both, last
+    ],
+)
+def test_a_key_part_that_is_not_plain_is_turned_into_text_once(
+    cache: TieredCache, template: str, key: str
+) -> None:
+    @cache.cached(key=template)
+    def fn(req: object, n: int = 1) -> str:
+        return "value"
+
+    part = _Counted("r")
+    assert fn(part) == "value"
+    assert part.texts == 1  # checked and keyed with one text
+    assert cache.get(key) == "value"  # and that text is the key stored
+    part = _Counted("r")
+    names = {"req": part, "n": 1} if "{n}" in template else {"req": part}
+    assert fn.key_for(**names) == key
+    assert part.texts == 1
+
+
 def test_conversions_and_specs_are_checked_too(cache: TieredCache) -> None:
     class ReprOnlyDefault(_Request):
         def __str__(self) -> str:

@@ -515,14 +515,16 @@ _PLAIN = frozenset({str, int, float, bool, bytes, type(None)})
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+>")
 
 
-def _key_part_check(
+def _key_part_text(
     template: str, field: str, conversion: str | None, spec: str
-) -> Callable[[Any], Any]:
-    """A function that returns a value of ``field`` unchanged if its text in the key
-    identifies it, and raises ``TypeError`` if that text holds a memory address. The key
-    builders call it only for a value whose type is not in ``_PLAIN``."""
+) -> Callable[[Any], str]:
+    """A function that returns the text of a value of ``field`` in the key, converted and
+    formatted as ``str.format`` would, and raises ``TypeError`` if that text holds a memory
+    address. The key builders call it only for a value whose type is not in ``_PLAIN``, and
+    use the text it returns: a value is turned into text once, so the text checked is the text
+    keyed (a ``__format__`` or ``__repr__`` need not give the same text twice)."""
 
-    def check(value: Any) -> Any:
+    def text_of(value: Any) -> str:
         text = format(_CONVERSIONS[conversion](value) if conversion else value, spec)
         if _ADDRESS.search(text):
             raise TypeError(
@@ -532,9 +534,9 @@ def _key_part_check(
                 "identifies the object (e.g. its id), or pass the identifying value itself as "
                 "a parameter (templates name parameters, not attributes)"
             )
-        return value
+        return text
 
-    return check
+    return text_of
 
 
 def _as_fstring(template: str, namespace: dict[str, Any]) -> str:
@@ -558,24 +560,26 @@ def _as_fstring(template: str, namespace: dict[str, Any]) -> str:
             continue
         if "{" in spec or "}" in spec:
             raise KeyTemplateError(f"key template {template!r}: nested fields are not supported")
-        # The value itself when its type is plain (one membership test on a hit), else after
-        # the check that its text is no memory address.
-        namespace[f"__tc_check{index}"] = _key_part_check(template, field, conversion, spec)
-        value = f"({field} if {field}.__class__ in __tc_plain else __tc_check{index}({field}))"
-        if ender is None:  # formatted as str.format would: nothing to escape
-            piece = value + (f"!{conversion}" if conversion else "")
-            if spec:
-                namespace[f"__tc_spec{index}"] = spec
-                piece += f":{{__tc_spec{index}}}"
-            parts.append(f"{{{piece}}}")
-            continue
+        # A plain value is formatted by the f-string itself (one membership test on a hit);
+        # any other is turned into its checked text by __tc_part (once: see _key_part_text).
+        namespace[f"__tc_part{index}"] = _key_part_text(template, field, conversion, spec)
+        other = f"__tc_part{index}({field})"
+        plain = f"{field}.__class__ in __tc_plain"
         if conversion or spec:
-            value = f"{_CONVERSIONS[conversion].__name__}({value})" if conversion else value
             namespace[f"__tc_spec{index}"] = spec
-            text = f"format({value}, __tc_spec{index})"
+            converted = f"{_CONVERSIONS[conversion].__name__}({field})" if conversion else field
+            text = f"(format({converted}, __tc_spec{index}) if {plain} else {other})"
+        elif ender is None:
+            text = f"({field} if {plain} else {other})"  # a text formats as itself
         else:
             # A str (the usual key part) skips the format() call: ~50 ns on every hit.
-            text = f"({field} if {field}.__class__ is __tc_str else format({value}, ''))"
+            text = (
+                f"({field} if {field}.__class__ is __tc_str else "
+                f"format({field}, '') if {plain} else {other})"
+            )
+        if ender is None:  # formatted as str.format would: nothing to escape
+            parts.append(f"{{{text}}}")
+            continue
         namespace[f"__tc_ender{index}"] = ender
         namespace[f"__tc_escaped{index}"] = ESCAPE + ender
         text += (
@@ -595,11 +599,10 @@ def render_key(template: str, names: dict[str, Any]) -> str:
         if field is None:
             continue
         value = names[field]
-        if value.__class__ not in _PLAIN:
-            _key_part_check(template, field, conversion, spec)(value)
-        if conversion:
-            value = _CONVERSIONS[conversion](value)
-        text = format(value, spec)
+        if value.__class__ in _PLAIN:
+            text = format(_CONVERSIONS[conversion](value) if conversion else value, spec)
+        else:
+            text = _key_part_text(template, field, conversion, spec)(value)
         rendered.append(text if ender is None else escape_part(text, ender))
     return "".join(rendered)
 

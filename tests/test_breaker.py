@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import threading
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 
 from tiered_cache import TieredCache
+from tiered_cache.async_breaker import guard_async
 from tiered_cache.breaker import CircuitBreakerTier, guard
 from tiered_cache.errors import CodecError, TierUnavailable
 from tiered_cache.memory import MemoryTier
@@ -574,3 +576,62 @@ def test_a_closed_circuit_takes_its_lock_only_to_count_failures_and_their_reset(
     assert lock.taken == 3 and breaker.failures == 0
     breaker.get("k")
     assert lock.taken == 3
+
+
+class AsyncFlaky:
+    """An async face over :class:`FlakyTier` (its failures and its count of calls)."""
+
+    def __init__(self, flaky: FlakyTier) -> None:
+        self.name = flaky.name
+        self.flaky = flaky
+
+    async def get(self, key: str) -> Entry | MissingType:
+        return self.flaky.get(key)
+
+    async def get_many(self, keys: Sequence[str]) -> dict[str, Entry]:
+        return self.flaky.get_many(keys)
+
+    async def set(self, key: str, entry: Entry) -> None:
+        self.flaky.set(key, entry)
+
+    async def set_many(self, entries: Mapping[str, Entry]) -> None:
+        self.flaky.set_many(entries)
+
+    async def delete_many(self, keys: Sequence[str]) -> None:
+        self.flaky.delete_many(keys)
+
+    async def clear(self) -> None:
+        self.flaky.clear()
+
+    async def aclose(self) -> None:
+        self.flaky.close()
+
+
+def test_the_async_wrapper_is_the_same_breaker_awaited(flaky: FlakyTier, clock: FakeClock) -> None:
+    """guard_async: every verb a coroutine, through the breaker's own state machine (opens
+    after the threshold, then stops touching the tier; probes after the cool-down)."""
+
+    async def scenario() -> None:
+        guarded = guard_async(
+            AsyncFlaky(flaky), BreakerSettings(failure_threshold=2, cool_down=10.0), clock=clock
+        )
+        assert guarded.name == "flaky"
+        await guarded.set("k", Entry("v", 0.0))
+        assert (await guarded.get("k")).value == "v"  # type: ignore[union-attr]
+        flaky.error = ConnectionError("down")
+        for _ in range(2):
+            with pytest.raises(TierUnavailable):
+                await guarded.get_many(["k"])
+        assert guarded.state == "open" and guarded.opened_count == 1
+        calls = flaky.calls
+        with pytest.raises(TierUnavailable):
+            await guarded.set_many({"k": Entry("w", 0.0)})
+        assert flaky.calls == calls  # refused without touching the tier
+        flaky.error = None
+        clock.advance(10)
+        await guarded.delete_many(["k"])  # the probe
+        assert guarded.state == "closed"
+        await guarded.aclose()
+        assert flaky.closed
+
+    asyncio.run(scenario())

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any, TypeVar, cast
 
-from .breaker import CircuitBreaker, CircuitBreakerTier
+from .breaker import CircuitBreaker, GuardedTier
 from .errors import CodecError, TierCallFailed, TierUnavailable
 from .hit import HitCount
 from .leases import LeasingTier
@@ -44,7 +44,7 @@ class TierAccessor:
 
     Args:
         index: the tier's place in the chain (0 is the fastest).
-        tier: the tier; a :class:`~tiered_cache.breaker.CircuitBreakerTier` is taken apart into
+        tier: the tier; a :class:`~tiered_cache.breaker.GuardedTier` is taken apart into
             the tier and the breaker this accessor consults.
         metrics: the chain's counters.
         clock: the chain's clock (for rate-limiting warnings).
@@ -54,8 +54,8 @@ class TierAccessor:
         self, index: int, tier: Tier, metrics: CacheMetrics, clock: Callable[[], float]
     ) -> None:
         breaker: CircuitBreaker | None = None
-        if isinstance(tier, CircuitBreakerTier):
-            breaker, tier = tier.breaker, tier.tier
+        if isinstance(tier, GuardedTier):  # an async chain's bookkeeping holds its async tiers
+            breaker, tier = tier.breaker, cast(Tier, tier.tier)
         self.index = index
         self.tier = tier
         self.name = tier.name

@@ -25,7 +25,7 @@ from typing import Any, TypeVar, cast
 
 from .accessor import TierAccessor
 from .async_tier import AsyncLeasingTier, AsyncSource, AsyncTier, AsyncTierBase
-from .breaker import CircuitBreaker, CircuitBreakerTier
+from .breaker import CircuitBreaker, GuardedTier
 from .errors import CodecError
 from .hit import HitCount
 from .metrics import CacheMetrics
@@ -41,7 +41,7 @@ class BlockingTierWarning(UserWarning):
 
 def is_async_part(part: object) -> bool:
     """True for a tier or source with coroutine methods (it has ``aclose``)."""
-    if isinstance(part, CircuitBreakerTier):
+    if isinstance(part, GuardedTier):
         part = part.tier
     return isinstance(part, AsyncTier | AsyncTierBase | AsyncSource)
 
@@ -54,7 +54,7 @@ class AsyncTierAccessor:
     ) -> None:
         breaker: CircuitBreaker | None = None
         inner: object = tier
-        if isinstance(tier, CircuitBreakerTier):
+        if isinstance(tier, GuardedTier):
             breaker, inner = tier.breaker, tier.tier
         self._native: AsyncTier | None = cast(AsyncTier, inner) if is_async_part(inner) else None
         #: The bookkeeping (counters, failures, breaker, flags); for a sync tier, its I/O too.

@@ -7,8 +7,11 @@ circuit, its failure opens it again for another ``cool_down``. This is the break
 around its distributed tier; it lives in the chain rather than in each adapter.
 
 :class:`CircuitBreaker` is the policy: the chain's accessor of a tier consults it on every call,
-so the tier's capabilities stay the tier's own. :class:`CircuitBreakerTier` puts a tier and its
-breaker together (as ``build`` does from the settings); the chain takes the two apart again.
+so the tier's capabilities stay the tier's own. :class:`GuardedTier` puts a tier and its breaker
+together (as ``build`` does from the settings), with the tier's own face:
+:class:`CircuitBreakerTier` for a sync tier, and
+:class:`~tiered_cache.async_breaker.AsyncCircuitBreakerTier` (coroutines, the same breaker
+awaited) for an async one; the chain takes the two apart again.
 
 A :class:`~tiered_cache.errors.CodecError` is the caller's fault (a value the tier cannot hold),
 not the tier's, so it passes through unchanged and is not counted.
@@ -20,8 +23,9 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, Generic, Literal, TypeVar, cast
 
+from .async_tier import AsyncTier
 from .errors import CircuitOpen, CodecError, TierCallFailed, TierUnavailable
 from .forking import restart_after_fork
 from .leases import LeasingTier
@@ -33,6 +37,8 @@ log = logging.getLogger(__name__)
 
 State = Literal["closed", "open", "half-open"]
 T = TypeVar("T")
+#: A sync or an async tier (:class:`GuardedTier` wraps either).
+TierT = TypeVar("TierT", bound=Tier | AsyncTier)
 
 
 class CircuitBreaker:
@@ -238,12 +244,11 @@ class CircuitBreaker:
         )
 
 
-class CircuitBreakerTier:
-    """A tier and the :class:`CircuitBreaker` guarding it (same protocol and name).
-
-    Used on its own, every call of the :class:`~tiered_cache.Tier` protocol goes through the
-    breaker. In a chain, the tier's accessor takes the two apart (the tier, and the breaker it
-    consults), so none of the tier's optional capabilities is hidden by this wrapper.
+class GuardedTier(Generic[TierT]):
+    """A tier and the :class:`CircuitBreaker` guarding it, whatever the face of its calls:
+    what :class:`CircuitBreakerTier` (sync) and
+    :class:`~tiered_cache.async_breaker.AsyncCircuitBreakerTier` (coroutines) share. A chain's
+    accessor takes any of them apart into the tier and the breaker it consults.
 
     Args:
         tier: the tier to protect.
@@ -252,7 +257,7 @@ class CircuitBreakerTier:
 
     def __init__(
         self,
-        tier: Tier,
+        tier: TierT,
         settings: BreakerSettings | None = None,
         *,
         failure_threshold: int | None = None,
@@ -270,10 +275,9 @@ class CircuitBreakerTier:
         )
         self.failure_threshold = self.breaker.failure_threshold
         self.cool_down = self.breaker.cool_down
-        self._call = self.breaker.call
 
     @property
-    def tier(self) -> Tier:
+    def tier(self) -> TierT:
         """The wrapped tier."""
         return self._tier
 
@@ -291,6 +295,34 @@ class CircuitBreakerTier:
     def failures(self) -> int:
         """Consecutive failures counted so far (reset by a success)."""
         return self.breaker.failures
+
+
+class CircuitBreakerTier(GuardedTier[Tier]):
+    """A sync tier and the :class:`CircuitBreaker` guarding it (same protocol and name).
+
+    Used on its own, every call of the :class:`~tiered_cache.Tier` protocol goes through the
+    breaker. In a chain, the tier's accessor takes the two apart (the tier, and the breaker it
+    consults), so none of the tier's optional capabilities is hidden by this wrapper. (An
+    async tier's wrapper is :class:`~tiered_cache.async_breaker.AsyncCircuitBreakerTier`.)
+
+    Args:
+        tier: the tier to protect.
+        settings, failure_threshold, cool_down, clock: as for :class:`CircuitBreaker`.
+    """
+
+    def __init__(
+        self,
+        tier: Tier,
+        settings: BreakerSettings | None = None,
+        *,
+        failure_threshold: int | None = None,
+        cool_down: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(
+            tier, settings, failure_threshold=failure_threshold, cool_down=cool_down, clock=clock
+        )
+        self._call = self.breaker.call
 
     # -- the Tier protocol
 

@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .async_breaker import guard_async
 from .async_chain import AsyncTieredCache
 from .async_tier import AsyncSource, AsyncTier
 from .breaker import guard
@@ -94,8 +95,8 @@ def build_async_cache(
             tiers.append(build_tier(tier_settings, context))
             continue
         tier = plugin.build(tier_settings, context)
-        if tier_settings.breaker.enabled:
-            tier = guard(tier, tier_settings.breaker, clock=context.clock)
+        if tier_settings.breaker.enabled:  # the breaker awaited: the tier stays async
+            tier = guard_async(tier, tier_settings.breaker, clock=context.clock)
         tiers.append(tier)
     source: Source | AsyncSource | None = None
     if settings.source is not None:

@@ -15,13 +15,14 @@ from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from tiered_cache_redis import AsyncRedisTier, RedisTier
 
 from tiered_cache import AsyncTieredCache, MemoryTier, TieredCache
-from tiered_cache.breaker import CircuitBreakerTier
+from tiered_cache.async_breaker import AsyncCircuitBreakerTier, guard_async
+from tiered_cache.async_tier import AsyncTier
 from tiered_cache.protection import Protection
 from tiered_cache.testing import FakeClock
 from tiered_cache.testing.async_conformance import AsyncTierConformance
 from tiered_cache.testing.fleet import run_fleet
 from tiered_cache.testing.servers import RedisCluster, RedisServer
-from tiered_cache.tier import MISSING
+from tiered_cache.tier import MISSING, Entry
 
 # A lease wait long enough that a second chain always waits for the first one's load.
 LEASED = Protection.never_stale(lease="auto", lease_wait=10.0, lease_poll=0.005)
@@ -44,6 +45,17 @@ class TestAsyncRedisClusterConformance(AsyncTierConformance):
     ) -> AsyncRedisTier:
         client = AsyncRedisCluster.from_url(redis_cluster.redis_url)
         return AsyncRedisTier(client, namespace=namespace, clock=clock)
+
+
+class TestAsyncRedisTierBehindItsBreakerConformance(AsyncTierConformance):
+    """The wrapper from_config puts around an async tier keeps every verb (leases included)."""
+
+    @pytest.fixture
+    def async_tier(self, redis_server: RedisServer, clock: FakeClock, namespace: str) -> AsyncTier:
+        tier = AsyncRedisTier(
+            aioredis.Redis.from_url(redis_server.url), namespace=namespace, clock=clock
+        )
+        return guard_async(tier, clock=clock)
 
 
 @pytest.fixture
@@ -192,9 +204,8 @@ async def test_from_config_builds_the_async_redis_tier_from_the_sync_settings(
         warnings.simplefilter("error")
         cache = AsyncTieredCache.from_config(config)
     built = cache.tiers[1]
-    assert isinstance(
-        built.tier if isinstance(built, CircuitBreakerTier) else built, AsyncRedisTier
-    )
+    assert isinstance(built, AsyncCircuitBreakerTier)
+    assert isinstance(built.tier, AsyncRedisTier)
 
     async def load() -> str:
         return "v"
@@ -203,6 +214,37 @@ async def test_from_config_builds_the_async_redis_tier_from_the_sync_settings(
     stats = cache.stats()
     assert [tier["name"] for tier in stats["tiers"]] == ["memory", "redis"]
     assert stats["tiers"][1]["breaker"] == "closed"
+    await cache.aclose()
+
+
+@pytest.mark.anyio
+async def test_the_tiers_of_an_async_cache_from_config_are_async_all_the_way(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """Each async tier from_config built was wrapped in the sync breaker: ``await
+    cache.tiers[1].set(...)`` failed (the coroutine inside was never awaited, nothing was
+    written), while the chain, which unwraps the breaker, worked. The wrapper is now async
+    (the same breaker, awaited) and still guards every verb."""
+    cache = AsyncTieredCache.from_config(
+        namespace=namespace,
+        tiers=[
+            {"kind": "memory", "max_entries": 100},
+            {"kind": "redis", "url": redis_server.url, "breaker": {"failure_threshold": 2}},
+        ],
+    )
+    tier = cache.tiers[1]
+    entry = Entry("v", 1.0)
+    await tier.set("k", entry)
+    await tier.set_many({"a": Entry("a", 1.0), "b": Entry("b", 1.0)})
+    written = RedisTier(redis.Redis.from_url(redis_server.url), namespace=namespace)
+    assert written.get("k") == entry  # it reached Redis
+    assert (await tier.get("k")) == entry
+    assert set(await tier.get_many(["a", "b", "c"])) == {"a", "b"}
+    await tier.delete_many(["a"])
+    assert written.get_many(["a", "b"]).keys() == {"b"}
+    await tier.clear()
+    assert written.get("b") is MISSING
+    written.close()
     await cache.aclose()
 
 

@@ -88,19 +88,9 @@ class AsyncLeasingCircuitBreakerTier(AsyncCircuitBreakerTier):
 
     leases = True
 
-    def __init__(
-        self,
-        tier: AsyncLeasingTier,
-        settings: BreakerSettings | None = None,
-        *,
-        failure_threshold: int | None = None,
-        cool_down: float | None = None,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        super().__init__(
-            tier, settings, failure_threshold=failure_threshold, cool_down=cool_down, clock=clock
-        )
-        self._leasing = tier
+    @property
+    def _leasing(self) -> AsyncLeasingTier:
+        return cast(AsyncLeasingTier, self._tier)  # guard_async wraps only a leasing tier here
 
     def can_lease(self, key: str) -> bool:
         return self._leasing.can_lease(key)  # no round trip: nothing to guard
@@ -141,5 +131,5 @@ def guard_async(
     """:func:`~tiered_cache.breaker.guard` for an async tier: the same breaker, awaited; a
     tier that declares leases keeps them (:class:`AsyncLeasingCircuitBreakerTier`)."""
     if isinstance(tier, AsyncTierBase) and tier.leases:
-        return AsyncLeasingCircuitBreakerTier(cast(AsyncLeasingTier, tier), settings, clock=clock)
+        return AsyncLeasingCircuitBreakerTier(tier, settings, clock=clock)
     return AsyncCircuitBreakerTier(tier, settings, clock=clock)

@@ -310,19 +310,8 @@ class CircuitBreakerTier(GuardedTier[Tier]):
         settings, failure_threshold, cool_down, clock: as for :class:`CircuitBreaker`.
     """
 
-    def __init__(
-        self,
-        tier: Tier,
-        settings: BreakerSettings | None = None,
-        *,
-        failure_threshold: int | None = None,
-        cool_down: float | None = None,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        super().__init__(
-            tier, settings, failure_threshold=failure_threshold, cool_down=cool_down, clock=clock
-        )
-        self._call = self.breaker.call
+    def _call(self, operation: Callable[[], T]) -> T:
+        return self.breaker.call(operation)
 
     # -- the Tier protocol
 
@@ -367,19 +356,9 @@ class LeasingCircuitBreakerTier(CircuitBreakerTier):
 
     leases = True
 
-    def __init__(
-        self,
-        tier: LeasingTier,
-        settings: BreakerSettings | None = None,
-        *,
-        failure_threshold: int | None = None,
-        cool_down: float | None = None,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        super().__init__(
-            tier, settings, failure_threshold=failure_threshold, cool_down=cool_down, clock=clock
-        )
-        self._leasing = tier
+    @property
+    def _leasing(self) -> LeasingTier:
+        return cast(LeasingTier, self._tier)  # guard wraps only a leasing tier here
 
     def can_lease(self, key: str) -> bool:
         return self._leasing.can_lease(key)  # no round trip: nothing to guard
@@ -420,5 +399,5 @@ def guard(
     """``tier`` with a circuit breaker (the chain consults it around every call to the tier);
     a tier that declares leases keeps them (:class:`LeasingCircuitBreakerTier`)."""
     if isinstance(tier, TierBase) and tier.leases:
-        return LeasingCircuitBreakerTier(cast(LeasingTier, tier), settings, clock=clock)
+        return LeasingCircuitBreakerTier(tier, settings, clock=clock)
     return CircuitBreakerTier(tier, settings, clock=clock)

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import pytest
 
 from tiered_cache import AsyncTieredCache, LoadTimeout, MemoryTier, TieredCache
 from tiered_cache.protection import Protection
+from tiered_cache.testing import FakeClock
 
 T = TypeVar("T", TieredCache, AsyncTieredCache)
 
@@ -23,10 +25,13 @@ def release() -> Iterator[threading.Event]:
 
 
 def bounded(chain: type[T], *, hard_timeout: float) -> T:
-    """A memory chain whose loads time out at ``hard_timeout``, at most 2 left running."""
+    """A memory chain whose loads time out at ``hard_timeout``, at most 2 running (and so
+    left running), a miss refused at once when 2 hang."""
     return chain(
         [MemoryTier()],
-        protection=Protection.never_stale(hard_timeout=hard_timeout, max_abandoned_loads=2),
+        protection=Protection.never_stale(
+            hard_timeout=hard_timeout, max_abandoned_loads=2, max_timed_loads=2
+        ),
     )
 
 
@@ -308,6 +313,262 @@ def test_concurrent_async_timed_loads_past_the_bound_wait_for_a_free_one() -> No
 
         keys = [f"k{n}" for n in range(8)]
         assert await asyncio.gather(*(cache.get(key, load(key)) for key in keys)) == keys
+        await cache.aclose()
+
+    asyncio.run(scenario())
+
+
+# -- the slot rule, the same in both loaders (tiered_cache.timed_slots)
+
+#: The counts the slot rule touches, by name.
+COUNTED = (
+    "loads_refused",
+    "soft_timeouts",
+    "hard_timeouts",
+    "stale_served_on_slow_load",
+    "stale_served_on_error",
+    "abandoned_loads",
+)
+
+
+def counts(cache: TieredCache | AsyncTieredCache) -> dict[str, int]:
+    stats = cache.stats()
+    return {name: int(stats.get(name, 0)) for name in COUNTED}
+
+
+def one_slot(**options: Any) -> Protection:
+    """One timed load at a time; ``b``'s stale value stands in after a soft timeout of 0.1 s
+    (fail-safe off: only the timeout may serve it)."""
+    return Protection(
+        **{
+            "max_stale": 100.0,
+            "stale_while_revalidate": False,
+            "fail_safe": False,
+            "early_refresh_beta": 0.0,
+            "soft_timeout": 0.1,
+            "hard_timeout": 30.0,
+            "max_timed_loads": 1,
+            **options,
+        }
+    )
+
+
+@contextlib.contextmanager
+def holding(cache: TieredCache, key: str) -> Iterator[list[BaseException]]:
+    """A read of ``key`` whose load holds its slot until the block ends; the read's
+    LoadTimeout, if it gets one, lands in the list (complete once the block ended)."""
+    entered, release = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def hold() -> str:
+        entered.set()
+        release.wait(30)
+        return key
+
+    def read() -> None:
+        try:
+            cache.get(key, hold)
+        except LoadTimeout as exc:
+            errors.append(exc)
+
+    holder = threading.Thread(target=read)
+    holder.start()
+    try:
+        assert entered.wait(10)
+        yield errors
+    finally:
+        release.set()
+        holder.join(10)
+
+
+@contextlib.asynccontextmanager
+async def holding_async(cache: AsyncTieredCache, key: str) -> AsyncIterator[asyncio.Task[Any]]:
+    """:func:`holding` on the asyncio chain: the read's task (done once the block ended)."""
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def hold() -> str:
+        entered.set()
+        await release.wait()
+        return key
+
+    holder = asyncio.create_task(cache.get(key, hold))
+    try:
+        await asyncio.wait_for(entered.wait(), 10)
+        yield holder
+    finally:
+        release.set()
+        await asyncio.gather(holder, return_exceptions=True)
+
+
+def outcome(read: Callable[[], Any]) -> Any:
+    """What ``read()`` returned, or the LoadTimeout it raised."""
+    try:
+        return read()
+    except LoadTimeout as exc:
+        return exc
+
+
+async def async_outcome(read: Awaitable[Any]) -> Any:
+    try:
+        return await read
+    except LoadTimeout as exc:
+        return exc
+
+
+def value(text: str) -> Callable[[], Awaitable[str]]:
+    """An async loader of ``text``."""
+
+    async def load() -> str:
+        return text
+
+    return load
+
+
+def soft_wait_for_a_slot_threaded(clock: FakeClock, protection: Protection) -> tuple[Any, Any]:
+    """``a``'s load holds the only slot; ``b``, stale, misses: what it got, and the counts."""
+    cache = TieredCache([MemoryTier(clock=clock)], ttl=10, clock=clock, protection=protection)
+    assert cache.get("b", lambda: "old") == "old"
+    clock.advance(11)
+    with holding(cache, "a"):
+        served = outcome(lambda: cache.get("b", lambda: "new"))
+    result = served, counts(cache)
+    cache.close()
+    return result
+
+
+def soft_wait_for_a_slot_async(clock: FakeClock, protection: Protection) -> tuple[Any, Any]:
+    async def scenario() -> tuple[Any, Any]:
+        cache = AsyncTieredCache(
+            [MemoryTier(clock=clock)], ttl=10, clock=clock, protection=protection
+        )
+        assert await cache.get("b", value("old")) == "old"
+        clock.advance(11)
+        async with holding_async(cache, "a"):
+            served = await async_outcome(cache.get("b", value("new")))
+        result = served, counts(cache)
+        await cache.aclose()
+        return result
+
+    return asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    "wait", [soft_wait_for_a_slot_threaded, soft_wait_for_a_slot_async], ids=["threaded", "async"]
+)
+def test_past_its_soft_timeout_waiting_for_a_slot_a_miss_serves_stale_in_both_loaders(
+    wait: Callable[[FakeClock, Protection], tuple[Any, Any]], clock: FakeClock
+) -> None:
+    """The wait for a slot is part of the caller's timeout: running out of the soft one
+    while waiting serves the stale value, as running out of it while loading does. The
+    asyncio loader raised LoadTimeout instead (fail-safe off) and counted only
+    loads_refused; the threaded one served the stale value."""
+    served, counted = wait(clock, one_slot())
+    assert served == "old"
+    assert counted == {
+        "loads_refused": 1,
+        "soft_timeouts": 1,
+        "hard_timeouts": 0,
+        "stale_served_on_slow_load": 1,
+        "stale_served_on_error": 0,
+        "abandoned_loads": 0,
+    }
+
+
+def hard_wait_for_a_slot_threaded(protection: Protection) -> tuple[Any, Any]:
+    """``a``'s load holds the only slot past its hard timeout (abandoned, below the bound
+    that refuses at once); ``c`` misses after it and waits its own hard timeout for the slot."""
+    cache = TieredCache([MemoryTier()], protection=protection)
+    with holding(cache, "a") as first:
+        got = outcome(lambda: cache.get("c", lambda: "c"))
+    assert len(first) == 1  # a's caller gave up at its hard timeout
+    assert cache.wait_background(10)
+    result = got, counts(cache)
+    cache.close()
+    return result
+
+
+def hard_wait_for_a_slot_async(protection: Protection) -> tuple[Any, Any]:
+    async def scenario() -> tuple[Any, Any]:
+        cache = AsyncTieredCache([MemoryTier()], protection=protection)
+        async with holding_async(cache, "a") as first:
+            got = await async_outcome(cache.get("c", value("c")))
+        assert isinstance(first.exception(), LoadTimeout)
+        result = got, counts(cache)
+        await cache.aclose()
+        return result
+
+    return asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    "wait", [hard_wait_for_a_slot_threaded, hard_wait_for_a_slot_async], ids=["threaded", "async"]
+)
+def test_past_its_hard_timeout_waiting_for_a_slot_a_miss_times_out_in_both_loaders(
+    wait: Callable[[Protection], tuple[Any, Any]],
+) -> None:
+    """Running out of the hard timeout while waiting for a slot: LoadTimeout, counted as a
+    hard timeout (as running out of it while loading) and as a refused load. The asyncio
+    loader counted no hard timeout."""
+    got, counted = wait(
+        Protection.never_stale(hard_timeout=0.2, max_timed_loads=1, max_abandoned_loads=2)
+    )
+    assert isinstance(got, LoadTimeout)
+    assert "max_timed_loads" in str(got)
+    assert counted == {
+        "loads_refused": 1,
+        "soft_timeouts": 0,
+        "hard_timeouts": 2,  # a's, then c's
+        "stale_served_on_slow_load": 0,
+        "stale_served_on_error": 0,
+        "abandoned_loads": 1,
+    }
+
+
+def test_a_burst_of_healthy_timed_misses_past_max_abandoned_loads_runs_at_once() -> None:
+    """24 misses at once, each load waiting for all 24 to have started: with the default
+    bounds they all run together. The bound on hung loads (16) capped the running ones too,
+    so 8 healthy misses queued (and here, timed out)."""
+    cache = TieredCache([MemoryTier()], protection=Protection.never_stale(hard_timeout=10.0))
+    together = threading.Barrier(24)
+    results: list[Any] = []
+
+    def read(key: str) -> None:
+        def load() -> str:
+            together.wait(10)
+            return key
+
+        try:
+            results.append(cache.get(key, load))
+        except Exception as exc:
+            results.append(exc)
+
+    keys = [f"k{n}" for n in range(24)]
+    in_threads(read, keys)
+    assert sorted(results) == sorted(keys)
+    assert counts(cache)["loads_refused"] == 0
+    cache.close()
+
+
+def test_a_burst_of_healthy_async_timed_misses_past_max_abandoned_loads_runs_at_once() -> None:
+    async def scenario() -> None:
+        cache = AsyncTieredCache(
+            [MemoryTier()], protection=Protection.never_stale(hard_timeout=10.0)
+        )
+        together = asyncio.Barrier(24)
+
+        def load(key: str) -> Callable[[], Any]:
+            async def wait_for_all() -> str:
+                await together.wait()
+                return key
+
+            return wait_for_all
+
+        keys = [f"k{n}" for n in range(24)]
+        results = await asyncio.gather(
+            *(cache.get(key, load(key)) for key in keys), return_exceptions=True
+        )
+        assert list(results) == keys
+        assert counts(cache)["loads_refused"] == 0
         await cache.aclose()
 
     asyncio.run(scenario())

@@ -31,6 +31,7 @@ from .protection import Protection
 from .stamp import EntryMaker
 from .steps import arun
 from .tier import Entry, Source
+from .timed_slots import ServeStale, TimedSlots, after_wait
 
 logger = logger_for("chain")
 
@@ -109,11 +110,10 @@ class AsyncSourceLoader:
         restart_after_fork(self)
 
     def _timed_slots(self) -> None:
-        #: Timed loads running, and how many of them their callers gave up on: at most
-        #: ``protection.max_abandoned_loads`` run at once, as in the threaded loader
-        #: (SourceLoader._timed_slots says why the bound is on loads started).
+        #: Timed loads running (to wait for one to end), and their slots: the threaded
+        #: loader's rule (:mod:`tiered_cache.timed_slots`).
         self._timed: set[asyncio.Task[Entry]] = set()
-        self._hung = 0
+        self._slots = TimedSlots(self._protection, self._metrics)
 
     def after_fork_in_child(self) -> None:
         """A forked child runs none of the parent's coroutines or tasks: a flight one of them
@@ -154,16 +154,13 @@ class AsyncSourceLoader:
                 entry = await self._load(key, loader, ttl)
             else:
                 task, mark, waited = await self._timed_task(
-                    key, mark, loader, ttl, token, timeout=soft if soft is not None else hard
+                    key, mark, loader, ttl, token, soft=soft, hard=hard
                 )
                 token = None  # the task gives it back or fills under it
-                if soft is not None:  # the wait for a slot is part of the caller's timeout
-                    soft = max(0.0, soft - waited)
-                elif hard is not None:
-                    hard = max(0.0, hard - waited)
+                soft, hard = after_wait(soft, hard, waited)
                 entry = await self._await_timed(key, task, mark, soft, hard)
                 return entry
-        except _ServeStale:
+        except ServeStale:
             assert stale is not None
             self._metrics.count("stale_served_on_slow_load")
             return stale
@@ -204,7 +201,8 @@ class AsyncSourceLoader:
         ttl: float | str | None,
         token: str | None,
         *,
-        timeout: float | None,
+        soft: float | None,
+        hard: float | None,
     ) -> tuple[asyncio.Task[Entry], int, float]:
         """The task loading ``key`` (and filling when done): an earlier one its caller gave
         up on, if the fence lets a miss join it (:meth:`Fence.may_join`), else a new one,
@@ -215,33 +213,30 @@ class AsyncSourceLoader:
             if token is not None:
                 self.spawn(self._release(key, token))
             return (*running, 0.0)
+        timeout = soft if soft is not None else hard
         assert timeout is not None  # load() times a load only with a timeout
         try:
-            waited = await self._take_slot(key, timeout)
-        except (LoadTimeout, _ServeStale):
+            waited = await self._take_slot(key, timeout, serve_stale=soft is not None)
+        except (LoadTimeout, ServeStale):
             if token is not None:
                 self.spawn(self._release(key, token))
             raise
         task = self.spawn(self._load_and_fill(key, mark, loader, ttl, token))
         self._timed.add(task)
-        task.add_done_callback(self._timed.discard)
+        task.add_done_callback(self._timed_done)
         return task, mark, waited
 
-    async def _take_slot(self, key: str, timeout: float) -> float:
-        """Wait (within ``timeout``) until fewer than ``max_abandoned_loads`` timed loads run;
-        returns the seconds waited. Refused at once when that many hang; past ``timeout``,
-        LoadTimeout (:meth:`load` serves the stale value under fail-safe)."""
-        limit = self._protection.max_abandoned_loads
+    def _timed_done(self, task: asyncio.Task[Entry]) -> None:
+        self._timed.discard(task)
+        self._slots.done()
+
+    async def _take_slot(self, key: str, timeout: float, *, serve_stale: bool) -> float:
+        """Wait (within ``timeout``) for a slot (:meth:`TimedSlots.try_take`, which raises
+        when refused); returns the seconds waited."""
         loop = asyncio.get_running_loop()
         start = loop.time()
-        while len(self._timed) >= limit:
-            if self._hung >= limit:
-                self._metrics.count("loads_refused")
-                raise LoadTimeout.no_slot(key, self._hung, hung=True, timeout=timeout)
+        while not self._slots.try_take(key, timeout, loop.time() - start, serve_stale=serve_stale):
             remaining = timeout - (loop.time() - start)
-            if remaining <= 0:
-                self._metrics.count("loads_refused")
-                raise LoadTimeout.no_slot(key, limit, hung=False, timeout=timeout)
             # Tasks of another event loop cannot be awaited here: look again shortly.
             here = {task for task in self._timed if task.get_loop() is loop}
             if here:
@@ -292,7 +287,7 @@ class AsyncSourceLoader:
         self._abandon(key, task, mark)
         if soft is not None:
             self._metrics.count("soft_timeouts")
-            raise _ServeStale()
+            raise ServeStale()
         self._metrics.count("hard_timeouts")
         raise LoadTimeout(
             f"loading {key!r} took longer than the hard timeout of {hard}s; "
@@ -304,12 +299,12 @@ class AsyncSourceLoader:
         cancelled), for the next miss to join (:meth:`_timed_task`)."""
         if self._abandoned.get(key, (None, 0))[0] is not task:
             self._abandoned[key] = (task, mark)
-            self._hung += 1
+            self._slots.abandoned()
             self._metrics.count("abandoned_loads")
             task.add_done_callback(lambda _: self._abandoned_done(key, task))
 
     def _abandoned_done(self, key: str, task: asyncio.Task[Entry]) -> None:
-        self._hung -= 1
+        self._slots.abandoned_done()
         running = self._abandoned.get(key)
         if running is not None and running[0] is task:
             del self._abandoned[key]
@@ -462,7 +457,3 @@ class AsyncSourceLoader:
                 await asyncio.to_thread(self._sync_source.close)
         except Exception:
             logger.exception("closing the source failed")
-
-
-class _ServeStale(Exception):
-    """A timed load gave up on its soft timeout: serve the stale value instead."""

@@ -58,16 +58,16 @@ class LoadTimeout(SourceError):
 
     @classmethod
     def no_slot(cls, key: str, count: int, *, hung: bool, timeout: float) -> LoadTimeout:
-        """A timed load of ``key`` refused for want of a slot (``max_abandoned_loads``):
-        ``count`` loads hang, or ``count`` ran for all of ``timeout`` (one text for the
-        threaded and the asyncio loader)."""
+        """A timed load of ``key`` refused for want of a slot: ``count`` loads hang
+        (``max_abandoned_loads``), or ``count`` ran for all of ``timeout``
+        (``max_timed_loads``) (:mod:`tiered_cache.timed_slots`)."""
         if hung:
             return cls(
                 f"{count} loads are still running after their callers stopped waiting "
                 f"(max_abandoned_loads); {key!r} was not loaded"
             )
         return cls(
-            f"{count} loads were running (max_abandoned_loads) for all of the timeout of "
+            f"{count} loads were running (max_timed_loads) for all of the timeout of "
             f"{timeout}s; {key!r} was not loaded"
         )
 

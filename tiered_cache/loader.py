@@ -10,7 +10,6 @@ loaded to the :class:`~tiered_cache.fence.Fence`, which decides whether it may b
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -30,6 +29,7 @@ from .singleflight import Flight, SingleFlight
 from .stamp import EntryMaker
 from .steps import run
 from .tier import Entry, Source
+from .timed_slots import ServeStale, TimedSlots, after_wait
 
 logger = logger_for("chain")
 
@@ -44,10 +44,6 @@ def _stop_iteration_escaped(exc: StopIteration) -> RuntimeError:
     keys (PEP 479's reason). Made here, where the source is called, for every read path alike
     (plain calls, steps, a worker thread's timed load)."""
     return RuntimeError("the loader raised StopIteration")
-
-
-class _ServeStale(Exception):
-    """A timed load gave up on its soft timeout: serve the stale value instead."""
 
 
 class _LoadGoesOn(LoadTimeout):
@@ -144,12 +140,8 @@ class SourceLoader:
     def _timed_slots(self) -> None:
         #: Timed loads running on threads of their own, and how many of them their callers
         #: gave up on (a key may have several: an invalidation lets its next miss start
-        #: another). At most ``protection.max_abandoned_loads`` run at once: a slot is taken
-        #: before a load starts, since once started none can be stopped, and many callers
-        #: that checked a count at once and then timed out together left more hanging.
-        self._slots = threading.Condition(self._lock)
-        self._timed_running = 0
-        self._hung = 0
+        #: another); a slot is taken before a load starts (:mod:`tiered_cache.timed_slots`).
+        self._slots = TimedSlots(self._protection, self._metrics)
 
     def after_fork_in_child(self) -> None:
         """In a forked child the parent's workers and in-flight loads do not exist: start with
@@ -199,7 +191,7 @@ class SourceLoader:
                 entry, mark = self._timed_load(
                     key, mark, loader, ttl, soft=soft, hard=hard, token=token
                 )
-        except _ServeStale:
+        except ServeStale:
             assert stale is not None
             self._metrics.count("stale_served_on_slow_load")
             return stale
@@ -260,11 +252,8 @@ class SourceLoader:
             future, older = running
             return self._await_abandoned(key, future, timeout, serve_stale=soft is not None), older
         assert timeout is not None  # load() times a load only with a timeout
-        waited = self._take_slot(key, timeout, serve_stale=soft is not None)
-        if soft is not None:  # the wait for a slot is part of the caller's timeout
-            soft = max(0.0, soft - waited)
-        elif hard is not None:
-            hard = max(0.0, hard - waited)
+        waited = self._slots.take(key, timeout, serve_stale=soft is not None)
+        soft, hard = after_wait(soft, hard, waited)
         handoff = _Handoff()
         future = self._start_timed(
             lambda: self._load_handing_off(key, mark, loader, ttl, token=token, handoff=handoff)
@@ -275,7 +264,7 @@ class SourceLoader:
             except FutureTimeout:
                 if self._orphan(key, mark, handoff, future):
                     self._metrics.count("soft_timeouts")
-                    raise _ServeStale() from None
+                    raise ServeStale() from None
                 return future.result(), mark  # it finished just now
         try:
             return future.result(timeout=hard), mark
@@ -288,40 +277,6 @@ class SourceLoader:
                 "it goes on in the background and fills the cache when it finishes"
             ) from None
 
-    def _take_slot(self, key: str, timeout: float, *, serve_stale: bool) -> float:
-        """A slot for a timed load of ``key``; returns the seconds waited for it (within
-        ``timeout``). Refused at once when every slot is held by a load its caller gave up
-        on; past ``timeout`` of waiting, the stale value is served or LoadTimeout raised."""
-        limit = self._protection.max_abandoned_loads
-        start = time.monotonic()  # a real wait, as a future's result(timeout) is
-        with self._slots:
-            while self._timed_running >= limit:
-                waited = time.monotonic() - start
-                if self._hung >= limit:
-                    hung = self._hung
-                elif waited < timeout:
-                    self._slots.wait(timeout - waited)
-                    continue
-                else:
-                    hung = -1
-                break
-            else:
-                self._timed_running += 1
-                return time.monotonic() - start
-        self._metrics.count("loads_refused")
-        if hung >= 0:
-            raise LoadTimeout.no_slot(key, hung, hung=True, timeout=timeout)
-        if serve_stale:
-            self._metrics.count("soft_timeouts")
-            raise _ServeStale()
-        self._metrics.count("hard_timeouts")
-        raise LoadTimeout.no_slot(key, limit, hung=False, timeout=timeout)
-
-    def _slot_done(self, _: Future[Entry]) -> None:
-        with self._slots:
-            self._timed_running -= 1
-            self._slots.notify()
-
     def _await_abandoned(
         self, key: str, running: Future[Entry], timeout: float | None, *, serve_stale: bool
     ) -> Entry:
@@ -331,7 +286,7 @@ class SourceLoader:
         except FutureTimeout:
             if serve_stale:
                 self._metrics.count("soft_timeouts")
-                raise _ServeStale() from None
+                raise ServeStale() from None
             self._metrics.count("hard_timeouts")
             raise LoadTimeout(
                 f"an earlier load of {key!r} is still running past the hard timeout; it goes "
@@ -354,7 +309,7 @@ class SourceLoader:
         with self._lock:
             self._pending.add(future)
         future.add_done_callback(self._pending_done)
-        future.add_done_callback(self._slot_done)  # _take_slot took it
+        future.add_done_callback(lambda _: self._slots.done())  # _timed_load took it
         threading.Thread(target=run, name="tiered-cache-timed-load", daemon=True).start()
         return future
 
@@ -364,17 +319,16 @@ class SourceLoader:
             if handoff.delivered:
                 return False
             handoff.orphaned = True
-        with self._slots:
+        with self._lock:
             self._abandoned[key] = (future, mark)
-            self._hung += 1
-            self._slots.notify_all()  # a miss waiting for a slot may now be refused at once
+        self._slots.abandoned()
         self._metrics.count("abandoned_loads")
         future.add_done_callback(lambda done: self._abandoned_done(key, done))
         return True
 
     def _abandoned_done(self, key: str, future: Future[Entry]) -> None:
+        self._slots.abandoned_done()
         with self._lock:
-            self._hung -= 1
             running = self._abandoned.get(key)
             if running is not None and running[0] is future:
                 del self._abandoned[key]

@@ -40,12 +40,17 @@ class Protection:
             before loading itself.
         lease_poll: pause between looks at the shared tier while waiting.
         refresh_workers: threads for background refreshes.
-        max_abandoned_loads: most loads kept running after their caller gave up waiting
-            (soft or hard timeout). Each timed load runs on a thread of its own, so hung loads
-            never hold up the others; as none can be stopped once started, this is also the
-            most timed loads running at once: a miss past it waits for one to end (within its
-            own timeout), and when this many hang, a miss on another key fails at once with
-            :class:`~tiered_cache.LoadTimeout` instead of starting one more thread.
+        max_abandoned_loads: how many loads left running after their caller gave up waiting
+            (soft or hard timeout) make a miss on another key fail at once with
+            :class:`~tiered_cache.LoadTimeout` instead of starting one more load: the source
+            is in trouble, and the new load would likely hang too.
+        max_timed_loads: most timed loads (with a soft or a hard timeout) running at once,
+            hung ones included. Each runs on a thread (a task) of its own, so hung loads never
+            hold up the others; as none can be stopped once started, a slot is taken before
+            one starts, and a miss past this bound waits for a slot within its own timeout
+            (:mod:`tiered_cache.timed_slots`). So at most this many hang, whatever
+            ``max_abandoned_loads`` says; kept apart from it so that a burst of healthy timed
+            misses is not queued behind the bound meant for hung ones.
     """
 
     max_stale: float = 300.0
@@ -61,6 +66,7 @@ class Protection:
     lease_poll: float = 0.02
     refresh_workers: int = 4
     max_abandoned_loads: int = 16
+    max_timed_loads: int = 64
 
     @classmethod
     def never_stale(cls, **overrides: object) -> Protection:

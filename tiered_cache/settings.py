@@ -446,11 +446,16 @@ class ProtectionSettings(_Model):
     max_abandoned_loads: int = Field(
         default=_PROTECTION.max_abandoned_loads,
         ge=1,
-        description="Most loads left running after their caller stopped waiting (soft or hard "
-        "timeout); a hung load costs its own key only, until this many hang, when a miss on "
-        "another key fails at once with LoadTimeout. Also the most timed loads running at "
-        "once (none can be stopped once started): a miss past it waits for one to end, "
-        "within its own timeout.",
+        description="How many loads left running after their caller stopped waiting (soft or "
+        "hard timeout) make a miss on another key fail at once with LoadTimeout: a hung load "
+        "costs its own key only, until this many hang.",
+    )
+    max_timed_loads: int = Field(
+        default=_PROTECTION.max_timed_loads,
+        ge=1,
+        description="Most timed loads (soft or hard timeout) running at once, hung ones "
+        "included: none can be stopped once started, so a miss past this bound waits for one "
+        "to end, within its own timeout. Also the most loads that can hang at once.",
     )
 
 

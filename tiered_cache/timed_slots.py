@@ -1,0 +1,143 @@
+"""The slots of timed loads: one rule for the threaded and the asyncio loader.
+
+A timed load (one with a soft or a hard timeout) runs on a thread (or a task) of its own, and
+once started it cannot be stopped: a caller that stops waiting leaves it running (abandoned,
+"hung" until it ends). So a slot is taken *before* a load starts:
+
+- at most ``protection.max_timed_loads`` timed loads run at once, hung or not (the most
+  threads the loaders start for them); a miss past it waits for a slot;
+- once ``protection.max_abandoned_loads`` of them hang, a miss on another key is refused at
+  once (:class:`~tiered_cache.LoadTimeout`, counted ``loads_refused``): the source is in
+  trouble, and each new load would likely hang too. Fail-safe may then serve a stale value,
+  as for any failed load;
+- the wait for a slot is part of the caller's timeout (:func:`after_wait`), so a miss that
+  waits its whole timeout for a slot ran out of that timeout like a slow load: past the soft
+  timeout it serves the stale value (:class:`ServeStale`, counted ``soft_timeouts``), past
+  the hard one it raises :class:`~tiered_cache.LoadTimeout` (counted ``hard_timeouts``); and
+  ``loads_refused`` says no load was started. (The asyncio loader raised LoadTimeout past a
+  soft timeout, so with ``fail_safe`` off it failed where the threaded loader served the
+  stale value, and neither counted the same.)
+
+The threaded loader waits with :meth:`TimedSlots.take`; the asyncio loader asks
+:meth:`TimedSlots.try_take` between its own awaits.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from .errors import LoadTimeout
+from .metrics import CacheMetrics
+from .protection import Protection
+
+
+class ServeStale(Exception):
+    """A timed load gave up on its soft timeout: serve the stale value instead."""
+
+
+def after_wait(
+    soft: float | None, hard: float | None, waited: float
+) -> tuple[float | None, float | None]:
+    """The timeout left to a load that waited ``waited`` seconds for its slot (the soft one
+    when given, else the hard one): the wait is part of the caller's timeout."""
+    if soft is not None:
+        return max(0.0, soft - waited), hard
+    if hard is not None:
+        return None, max(0.0, hard - waited)
+    return None, None
+
+
+class TimedSlots:
+    """The timed loads running and hung, and the rule for starting one more (see the
+    module's docstring). Thread-safe: a chain's loads may come from many threads or loops.
+
+    Args:
+        protection: ``max_timed_loads`` and ``max_abandoned_loads``.
+        metrics: the chain's counters (refusals and timeouts).
+        monotonic: the clock of the waits (real time, as a future's ``result(timeout)``).
+    """
+
+    def __init__(
+        self,
+        protection: Protection,
+        metrics: CacheMetrics,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._max_running = protection.max_timed_loads
+        self._max_hung = protection.max_abandoned_loads
+        self._metrics = metrics
+        self._monotonic = monotonic
+        self._changed = threading.Condition()
+        #: Timed loads running (hung ones included).
+        self.running = 0
+        #: Of those, the ones their callers stopped waiting for.
+        self.hung = 0
+
+    def take(self, key: str, timeout: float, *, serve_stale: bool) -> float:
+        """Wait (within ``timeout``) for a slot to load ``key``; the seconds waited. Raises
+        as :meth:`try_take` when refused."""
+        start = self._monotonic()
+        with self._changed:
+            while True:
+                waited = self._monotonic() - start
+                verdict = self._verdict()
+                if verdict is None and waited < timeout:
+                    self._changed.wait(timeout - waited)
+                    continue
+                break
+        if verdict:
+            return waited
+        raise self._refusal(key, timeout, hung=verdict is False, serve_stale=serve_stale)
+
+    def try_take(self, key: str, timeout: float, waited: float, *, serve_stale: bool) -> bool:
+        """Take a slot to load ``key`` if one is free (True); False to wait and ask again.
+        Raises :class:`~tiered_cache.LoadTimeout` when ``max_abandoned_loads`` hang, and once
+        ``waited`` reaches ``timeout``: :class:`ServeStale` (``serve_stale``: the timeout was
+        the soft one) or LoadTimeout."""
+        with self._changed:
+            verdict = self._verdict()
+        if verdict:
+            return True
+        if verdict is None and waited < timeout:
+            return False
+        raise self._refusal(key, timeout, hung=verdict is False, serve_stale=serve_stale)
+
+    def _verdict(self) -> bool | None:
+        """Under the lock: True (a slot taken), None (wait for one), False (refused: too
+        many hang)."""
+        if self.hung >= self._max_hung:
+            return False
+        if self.running >= self._max_running:
+            return None
+        self.running += 1
+        return True
+
+    def _refusal(self, key: str, timeout: float, *, hung: bool, serve_stale: bool) -> Exception:
+        """What a miss refused a slot raises (and its counts)."""
+        self._metrics.count("loads_refused")
+        if hung:
+            return LoadTimeout.no_slot(key, self.hung, hung=True, timeout=timeout)
+        if serve_stale:
+            self._metrics.count("soft_timeouts")
+            return ServeStale()
+        self._metrics.count("hard_timeouts")
+        return LoadTimeout.no_slot(key, self._max_running, hung=False, timeout=timeout)
+
+    def done(self) -> None:
+        """A timed load ended (its slot is free)."""
+        with self._changed:
+            self.running -= 1
+            self._changed.notify()
+
+    def abandoned(self) -> None:
+        """A timed load's caller stopped waiting for it."""
+        with self._changed:
+            self.hung += 1
+            self._changed.notify_all()  # a miss waiting for a slot may now be refused at once
+
+    def abandoned_done(self) -> None:
+        """An abandoned load ended."""
+        with self._changed:
+            self.hung -= 1

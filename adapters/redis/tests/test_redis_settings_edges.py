@@ -74,6 +74,38 @@ def test_good_urls_are_still_accepted() -> None:
         load_settings(tiers=_tiers(url))
 
 
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("redis://localhost:6379/0?socket_timout=1", "socket_timout"),
+        ("redis://localhost:6379/0?bogus=1", "bogus"),
+        ("redis://localhost:6379/0?ssl_cert_reqs=none", "ssl_cert_reqs"),  # not rediss://
+        ("redis://localhost:6379/0?health_check_interval=soon", "health_check_interval"),
+        ("redis://localhost:6379/0?socket_timeout=x", "socket_timeout"),
+    ],
+)
+def test_a_url_option_the_client_cannot_take_is_refused(url: str, problem: str) -> None:
+    """redis-py keeps any option of a URL's query: a misspelt one (or one the connection kind
+    has not, as TLS options on redis://) failed every command and every bus
+    subscription with TypeError for the life of the process, the tier skipped and memory
+    bypassed; a value it cannot read raised a bare ValueError from the build. (A cluster
+    URL's options go to the cluster client, which connects at build.)"""
+    with pytest.raises(ConfigError, match=rf"^tiered_cache\.tiers\[1\]\.url: .*{problem}"):
+        load_settings(tiers=_tiers(url))
+    with pytest.raises(ConfigError, match=rf"^tiered_cache\.bus\.url: .*{problem}"):
+        load_settings(bus={"kind": "redis", "url": url})
+
+
+def test_url_options_the_client_takes_are_accepted() -> None:
+    for url in (
+        "redis://localhost:6379/0?socket_keepalive=true&health_check_interval=5",
+        f"rediss://:{SECRET}@example.com:6380/0?ssl_cert_reqs=none",
+        "unix:///tmp/redis.sock?db=2&client_name=app",
+        "redis+cluster://node:7000?read_from_replicas=true",
+    ):
+        load_settings(tiers=_tiers(url))
+
+
 @pytest.mark.parametrize("field", ["timeout", "health_check_interval"])
 def test_bus_durations_must_be_positive(field: str) -> None:
     with pytest.raises(ConfigError, match=rf"^tiered_cache\.bus\.{field}: "):

@@ -55,7 +55,22 @@ def parse_url(url: str, *, cluster: bool = False) -> RedisTarget:
         raise ConfigError(f"unsupported URL scheme {scheme!r} in {shown}; use one of {schemes}")
     if scheme != "unix":
         _check_address(target.url, shown)
+    if not target.cluster:
+        _check_options(target.url, shown)
     return target
+
+
+def _check_options(url: str, shown: str) -> None:
+    """The options in the query of a single-server URL are ones redis-py's connection takes;
+    :class:`ConfigError` if not. redis-py keeps any option it does not know and passes it to
+    every connection it makes: a misspelt one failed each command (and each bus subscription)
+    with ``TypeError`` for the life of the process. Making a connection opens no socket."""
+    try:
+        redis.ConnectionPool.from_url(url).make_connection()
+    except (TypeError, ValueError) as exc:
+        # Texts such as "unexpected keyword argument 'x'" or "Invalid value for 'x' in
+        # connection URL.": option names, never their values.
+        raise ConfigError(f"{shown}: an option of its query cannot be used ({exc})") from None
 
 
 def _check_address(url: str, shown: str) -> None:

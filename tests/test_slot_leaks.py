@@ -16,21 +16,25 @@ from tiered_cache.protection import Protection
 
 
 def one_slot(hard_timeout: float) -> Protection:
-    """Loads time out at ``hard_timeout``; one runs at a time."""
-    return Protection.never_stale(hard_timeout=hard_timeout, max_abandoned_loads=1)
+    """Loads time out at ``hard_timeout``; one runs at a time (``max_timed_loads``), and one
+    hung load refuses the others (``max_abandoned_loads``)."""
+    return Protection.never_stale(
+        hard_timeout=hard_timeout, max_abandoned_loads=1, max_timed_loads=1
+    )
 
 
 @pytest.mark.xfail(
     strict=True,
-    reason="loader.py (helper-50's): _take_slot counts the slot, then _start_timed's "
-    "Thread.start() raises; the future never completes, so _slot_done never gives it back",
+    reason="loader.py (helper-50's): TimedSlots.take counts the slot, then _start_timed's "
+    "Thread.start() raises; the future never completes, so slots.done() never gives it back",
 )
 def test_a_timed_load_whose_thread_cannot_start_gives_its_slot_back(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A process at its thread limit (a container's pids.max): Thread.start raises
     RuntimeError("can't start new thread"). The caller sees it, but the slot it took was
-    never given back: with a bound of 1, every later timed miss was refused."""
+    never given back: with a bound of 1, every later timed miss waited its whole timeout
+    and was refused (with the default max_timed_loads of 64, after 64 such failures)."""
     cache = TieredCache([MemoryTier()], protection=one_slot(0.2))
     real_start = threading.Thread.start
 

@@ -22,8 +22,8 @@ from tiered_cache.testing.servers import RedisServer
 
 @pytest.mark.xfail(
     strict=True,
-    reason="loader.py (helper-50's): SourceLoader.load's `except _ServeStale` returns the "
-    "stale value without _give_back of the caller's lease token when _take_slot (or "
+    reason="loader.py (helper-50's): SourceLoader.load's `except ServeStale` returns the "
+    "stale value without _give_back of the caller's lease token when TimedSlots.take (or "
     "_await_abandoned) raised it; only the orphaned worker owns the token (async_loader "
     "releases it in _timed_task)",
 )
@@ -44,6 +44,7 @@ def test_stale_served_for_want_of_a_slot_gives_the_lease_back(
             soft_timeout=0.2,
             hard_timeout=30.0,
             max_abandoned_loads=1,
+            max_timed_loads=1,
             lease_ttl=30.0,
             lease_wait=0.3,
             lease_poll=0.01,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import bisect
+import math
 import threading
 
 from tiered_cache.metrics import EVENTS, LOAD_BUCKETS, CacheMetrics
@@ -76,3 +78,17 @@ def test_a_snapshot_lists_every_event_and_cumulative_buckets() -> None:
     assert buckets["0.005"] == 2
     assert buckets["10.0"] == 2
     assert buckets["+Inf"] == 3
+
+
+def test_a_load_lands_in_the_bucket_bisect_would_pick() -> None:
+    # The histogram's walk (metrics._bucket) against bisect_left, the rule it stands for: on
+    # every bound, either side of it, beyond the last, zero, negative, infinite and NaN.
+    durations = [0.0, -1.0, 1e-9, 60.0, math.inf, -math.inf, math.nan]
+    for bound in LOAD_BUCKETS:
+        durations += [bound, math.nextafter(bound, 0.0), math.nextafter(bound, math.inf)]
+    for seconds in durations:
+        metrics = CacheMetrics(["memory"])
+        metrics.load(1, seconds)
+        buckets = list(metrics.snapshot()["load_seconds_buckets"].values())
+        first = next(index for index, total in enumerate(buckets) if total)
+        assert first == bisect.bisect_left(LOAD_BUCKETS, seconds), seconds

@@ -21,7 +21,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Final, final
 
+from .protection import REFRESH_DUE
 from .slot import Slot
+from .tier import MISSING
 
 __all__ = ["NOT_FRESH", "HitCount", "HitReader", "NotFresh", "PlainGet"]
 
@@ -36,6 +38,11 @@ class NotFresh:
 
 #: The reader has no plain hit for the key: ask the general lookup (it may still find one).
 NOT_FRESH: Final = NotFresh()
+
+#: The general lookup's answers that send a read on (statics of this module, compiled: no
+#: lookup in another module's globals per miss).
+_MISSING: Final = MISSING
+_REFRESH_DUE: Final = REFRESH_DUE
 
 
 @final
@@ -111,23 +118,33 @@ class HitReader:
 @final
 class PlainGet:
     """``cache.get`` of a :class:`~tiered_cache.TieredCache` instance: ``TieredCache.get``
-    without its Python frame, which cost as much as the compiled hit itself.
+    without its Python frames, which cost as much as the compiled hit itself.
 
     A plain hit comes from ``reader`` (the chain's :attr:`~tiered_cache.l1.L1Reader.l1_hit`,
-    kept current by the chain); anything else goes to ``rest(key, loader, ttl)``, the rest of
-    ``TieredCache.get``. Same parameters as the method (``ttl`` keyword-only).
+    kept current by the chain); anything else goes to ``lookup(key)``, the chain's general L1
+    lookup (:meth:`~tiered_cache.l1.L1Reader.lookup_l1`), and what that does not answer
+    (``MISSING``, or ``REFRESH_DUE``) to ``after(key, loader, ttl, early)``, the chain's
+    ``get_after_l1``: the rest of ``TieredCache.get``, called from here rather than through
+    a method of the chain that would add a Python frame to every miss. Same parameters as
+    the method (``ttl`` keyword-only).
     """
 
-    __slots__ = ("_rest", "reader")
+    __slots__ = ("_after", "_lookup", "reader")
     # help(cache.get) and introspecting tools must see the public method, not this class (as
     # for cache.set): a PlainGet is named "get" and is a routine to ``inspect`` (``__get__``:
     # a method descriptor; it is never looked up on a class, so it only hands itself back);
     # TieredCache.get's doc and signature are set on the class by the chain, which owns them.
     __name__ = "get"
 
-    def __init__(self, reader: Callable[[Any], Any], rest: Callable[[Any, Any, Any], Any]) -> None:
+    def __init__(
+        self,
+        reader: Callable[[Any], Any],
+        lookup: Callable[[Any], Any],
+        after: Callable[[Any, Any, Any, bool], Any],
+    ) -> None:
         self.reader = reader
-        self._rest = rest
+        self._lookup = lookup
+        self._after = after
 
     def __get__(self, instance: object, owner: type | None = None) -> PlainGet:
         return self
@@ -135,5 +152,7 @@ class PlainGet:
     def __call__(self, key: Any, loader: Any = None, *, ttl: Any = None) -> Any:
         value = self.reader(key)
         if value is NOT_FRESH:
-            return self._rest(key, loader, ttl)
+            value = self._lookup(key)
+            if value is _MISSING or value is _REFRESH_DUE:
+                return self._after(key, loader, ttl, value is _REFRESH_DUE)
         return value

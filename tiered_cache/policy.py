@@ -233,12 +233,15 @@ class TinyLfuPolicy:
         self._ghosts: OrderedDict[str, int] = OrderedDict()
         self._ghost_limit = _GHOST_SHARE * max_entries
         self._ghost_pop = self._ghosts.pop
-        self._ghost_sizes = {1: 0, -1: 0}
+        # Per side, in attributes of their own rather than dicts keyed by side (compiled: no
+        # boxed int or float per eviction): the ghosts held, refused (+1) and evicted (-1).
+        self._refused_ghosts = 0
+        self._evicted_ghosts = 0
         # For the slow start on one-sided evidence (_ghost_hit): per side, the keys remembered
         # and the ghost hits, both halved after each ghost list's worth of departures; the
         # step's multiplier and the side it favours.
-        self._fed = {1: 0.0, -1: 0.0}
-        self._ghost_reads = {1: 0.0, -1: 0.0}
+        self._refused_fed = self._evicted_fed = 0.0
+        self._refused_reads = self._evicted_reads = 0.0
         self._departures = 0
         self._one_sided_fed = _ONE_SIDED_FED * self._ghost_limit
         self._boost = 1.0
@@ -486,36 +489,46 @@ class TinyLfuPolicy:
         self._probation_estimates.pop(key, None)
         self._evictions += 1
 
-    def _victim(self, victims: SlotList) -> tuple[str, int]:
-        """The least frequently read of the ``_VICTIM_SAMPLE`` keys at the cold end of
+    def _victim(self, victims: SlotList) -> tuple[Slot, int]:
+        """The least frequently read of the ``_VICTIM_SAMPLE`` slots at the cold end of
         ``victims`` (the oldest of them on a tie), with its estimate.
 
         Taking the LRU key alone lets a key that was read a lot, but not lately, block every
         candidate until aging; taking the coldest of a few old keys costs one dict lookup
-        each, since probation keys' estimates are kept (see ``_probation_estimates``).
+        each, since probation keys' estimates are kept (see ``_probation_estimates``). The
+        slots are walked in place (``victims`` must not be empty), and the victim's is handed
+        back: no list of keys, and no lookup of the slot to unlink.
         """
         sketch = self.sketch
         frequency = sketch.frequency
-        cold_end = victims.oldest_keys(_VICTIM_SAMPLE)
-        victim = ""
+        slot = victims.oldest()
+        victim = slot
         lowest = -1
+        sample = min(_VICTIM_SAMPLE, victims.size)
         if victims is not self._probation:
             # Protected keys are read in place: a kept estimate would go stale.
-            for key in cold_end:
-                count = frequency(key)
+            for _ in range(sample):
+                count = frequency(slot.key)
                 if lowest < 0 or count < lowest:
-                    victim, lowest = key, count
+                    victim, lowest = slot, count
+                after = slot.next
+                assert after is not None
+                slot = after
             return victim, lowest
         estimates = self._probation_estimates
         if sketch.epoch != self._estimates_epoch:
             estimates.clear()
             self._estimates_epoch = sketch.epoch
-        for key in cold_end:
+        for _ in range(sample):
+            key = slot.key
             estimate = estimates.get(key)
             if estimate is None:
                 estimate = estimates[key] = frequency(key)
             if lowest < 0 or estimate < lowest:
-                victim, lowest = key, estimate
+                victim, lowest = slot, estimate
+            after = slot.next
+            assert after is not None
+            slot = after
         return victim, lowest
 
     def _admit(self, candidate: str, victim_frequency: int) -> bool:
@@ -534,7 +547,8 @@ class TinyLfuPolicy:
         limit = self.max_entries
         window_max = self._window_max
         main_max = limit - window_max
-        remember = self._remember if self._adaptive else _ignore
+        # A native call, when compiled (a bound method picked here was a Python call each).
+        adaptive = self._adaptive
         while window.size > window_max:
             candidate_slot = window.pop_oldest()
             candidate = candidate_slot.key
@@ -545,21 +559,25 @@ class TinyLfuPolicy:
             if not victims:
                 self._drop(candidate)
                 continue
-            victim, victim_frequency = self._victim(victims)
+            victim_slot, victim_frequency = self._victim(victims)
             if self._admit(candidate, victim_frequency):
-                victims.remove(slots[victim])
+                victim = victim_slot.key
+                victims.remove(victim_slot)
                 self._drop(victim)
-                remember(victim, -1)
+                if adaptive:
+                    self._remember(victim, -1)
                 probation.append(candidate, candidate_slot)
             else:
                 self._drop(candidate)
-                remember(candidate, 1)
+                if adaptive:
+                    self._remember(candidate, 1)
         # After the window grew the main area may hold more than its share.
         while len(slots) > limit:
             segment = probation or protected or window
             dropped = segment.pop_oldest().key
             self._drop(dropped)
-            remember(dropped, -1 if segment is not window else 1)
+            if adaptive:
+                self._remember(dropped, -1 if segment is not window else 1)
         if self._max_weight is not None:
             while self._weight > self._max_weight:
                 segment = probation or window or protected
@@ -567,24 +585,31 @@ class TinyLfuPolicy:
 
     def _remember(self, key: str, side: int) -> None:
         """Keep ``key`` in the ghost of ``side``; past the bound the oldest ghost goes."""
-        ghosts, sizes = self._ghosts, self._ghost_sizes
-        previous = ghosts.pop(key, 0)
-        if previous:
-            sizes[previous] -= 1
+        ghosts = self._ghosts
+        previous = self._ghost_pop(key, 0)
+        if previous > 0:
+            self._refused_ghosts -= 1
+        elif previous < 0:
+            self._evicted_ghosts -= 1
         ghosts[key] = side
-        sizes[side] += 1
-        fed = self._fed
-        fed[side] += 1.0
+        if side > 0:
+            self._refused_ghosts += 1
+            self._refused_fed += 1.0
+        else:
+            self._evicted_ghosts += 1
+            self._evicted_fed += 1.0
         self._departures += 1
         if self._departures >= self._ghost_limit:  # recent departures weigh more
             self._departures = 0
-            reads = self._ghost_reads
-            fed[1] *= 0.5
-            fed[-1] *= 0.5
-            reads[1] *= 0.5
-            reads[-1] *= 0.5
+            self._refused_fed *= 0.5
+            self._evicted_fed *= 0.5
+            self._refused_reads *= 0.5
+            self._evicted_reads *= 0.5
         if len(ghosts) > self._ghost_limit:
-            sizes[ghosts.popitem(last=False)[1]] -= 1
+            if ghosts.popitem(last=False)[1] > 0:
+                self._refused_ghosts -= 1
+            else:
+                self._evicted_ghosts -= 1
 
     def _ghost_hit(self, key: str, side: int) -> None:
         """A miss on ``key``, a ghost of ``side``: move the split toward it (ARC's step).
@@ -597,13 +622,17 @@ class TinyLfuPolicy:
         reach); counted, it grew the window, which in a loop only trades main-area hits for
         window hits (loop of 1,100 at 1,000 entries: 84.8% counted, 89.0% not).
         """
-        sizes = self._ghost_sizes
-        sizes[side] -= 1
+        if side > 0:
+            self._refused_ghosts -= 1
+            ghosts, other_ghosts = self._refused_ghosts, self._evicted_ghosts
+        else:
+            self._evicted_ghosts -= 1
+            ghosts, other_ghosts = self._evicted_ghosts, self._refused_ghosts
         if side > 0 and self.sketch.frequency(key) >= _FREQUENT_GHOST:
             return
         if self._lru_mode:
             return  # the guard owns the split (see _guard)
-        step = max(1.0, sizes[-side] / max(sizes[side], 1))
+        step = max(1.0, other_ghosts / max(ghosts, 1))
         # Slow start on one-sided evidence: this side's ghosts are read, per key remembered, over
         # a thousand times as often as the other side's, which took in keys that could have
         # been read: each further hit on this side in a row doubles the step. ARC's step is
@@ -613,12 +642,15 @@ class TinyLfuPolicy:
         # conditions matter: doubling on any run of hits on one side (Zipf's refused
         # candidates far outnumber its evicted main keys, so their ghosts are hit in long runs)
         # took the window of Zipf 1.0 at 10,000 entries to the whole cache (76.25% -> 73.97%).
-        reads, fed = self._ghost_reads, self._fed
-        reads[side] += 1.0
-        if (
-            fed[-side] >= self._one_sided_fed
-            and reads[side] * fed[-side] > _ONE_SIDED * reads[-side] * fed[side]
-        ):
+        if side > 0:
+            self._refused_reads += 1.0
+            reads, other_reads = self._refused_reads, self._evicted_reads
+            fed, other_fed = self._refused_fed, self._evicted_fed
+        else:
+            self._evicted_reads += 1.0
+            reads, other_reads = self._evicted_reads, self._refused_reads
+            fed, other_fed = self._evicted_fed, self._refused_fed
+        if other_fed >= self._one_sided_fed and reads * other_fed > _ONE_SIDED * other_reads * fed:
             if self._boost_side == side:
                 self._boost = min(self._boost * 2.0, _MAX_BOOST)
             else:
@@ -802,7 +834,3 @@ class TinyLfuPolicy:
 
 def _power_of_two_at_least(value: int) -> int:
     return 1 << max(0, value - 1).bit_length()
-
-
-def _ignore(key: str, side: int) -> None:
-    """Stands in for ``_remember`` when the window does not adapt."""

@@ -107,6 +107,8 @@ class TieredCache(L1Reader):
             TierAccessor(index, tier, self._metrics, clock) for index, tier in enumerate(tiers)
         ]
         self._fence = Fence(self._tiers, self._metrics, leases=self._protection.lease != "off")
+        #: The fence's rule for joining a flight, bound once (every miss passes it).
+        self._may_join = self._fence.may_join
         self._entry = EntryMaker(ttl, negative_ttl, self._protection.max_stale)
         self._loader = SourceLoader(
             self._tiers,
@@ -253,15 +255,14 @@ class TieredCache(L1Reader):
                 return entry.value
         # Join the key's flight only if the fence allows (Fence.may_join), else lead a new one
         # with the fence's mark, taken before anything is read.
-        fence = self._fence
         value, shared = self._loader.flights.run(
             key,
             self._read,
             key,
             loader,
             ttl,
-            tag=fence.mark(),
-            may_join=fence.may_join,
+            tag=self._fence.mark(),
+            may_join=self._may_join,
             wait=self._loader.join_timeout,
         )
         if shared:

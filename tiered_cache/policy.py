@@ -233,6 +233,8 @@ class TinyLfuPolicy:
         self._ghosts: OrderedDict[str, int] = OrderedDict()
         self._ghost_limit = _GHOST_SHARE * max_entries
         self._ghost_pop = self._ghosts.pop
+        # Bound once, called positionally (``last=False``): no method lookup, no keyword.
+        self._ghost_popitem: Callable[[bool], tuple[str, int]] = self._ghosts.popitem
         # Per side, in attributes of their own rather than dicts keyed by side (compiled: no
         # boxed int or float per eviction): the ghosts held, refused (+1) and evicted (-1).
         self._refused_ghosts = 0
@@ -606,7 +608,7 @@ class TinyLfuPolicy:
             self._refused_reads *= 0.5
             self._evicted_reads *= 0.5
         if len(ghosts) > self._ghost_limit:
-            if ghosts.popitem(last=False)[1] > 0:
+            if self._ghost_popitem(False)[1] > 0:  # the oldest ghost
                 self._refused_ghosts -= 1
             else:
                 self._evicted_ghosts -= 1

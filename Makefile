@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 ADAPTERS := $(sort $(dir $(wildcard adapters/*/pyproject.toml)))
 STAMP := $(VENV)/.installed
 
-.PHONY: install pure test demo docs check bench clean
+.PHONY: install pure test demo docs check wheel-check bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,11 @@ check: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/mypy tests/typing
+
+# A wheel of the core carries the compiled core when a C compiler is present (setup.py): built,
+# its files checked, installed into a fresh venv and asked (tools/check_wheel.py; a few minutes).
+wheel-check: install
+	cd tools && ../$(BIN)/python check_wheel.py
 
 # Every benchmark in quick mode, one after another (about 5 minutes on an idle 2-core machine).
 # Each prints a "run:" line (command, commit, date) first: paste the output into docs/ as is.

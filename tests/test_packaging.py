@@ -90,3 +90,16 @@ def test_version_names_the_core_and_the_installed_adapters(
     assert printed.startswith(f"tiered-cache {VERSION} (")
     for name in ADAPTERS.values():  # both are installed (editable) in the test environment
         assert f"{name} {VERSION}" in printed
+
+
+def test_the_wheel_build_has_what_mypyc_needs_to_compile_the_core() -> None:
+    """setup.py compiles the core into the wheel with mypyc, which type-checks what the
+    compiled modules import: in a clean build environment (``python -m build``) a runtime
+    dependency without its types there failed the compile, and the wheel was pure Python."""
+    with (ROOT / "pyproject.toml").open("rb") as file:
+        requires = tomllib.load(file)["build-system"]["requires"]
+    names = {re.split(r"[<>=!~\[ ]", requirement)[0].lower() for requirement in requires}
+    assert "mypy" in names
+    for dependency in CORE["dependencies"]:
+        name = re.split(r"[<>=!~\[ ]", dependency)[0].lower()
+        assert name in names or f"types-{name}" in names, name

@@ -10,7 +10,9 @@ files. The pure-Python modules stay the reference: without a compiler nothing is
 library runs on them, and ``tests/test_compiled_core.py`` runs the same operations on both and
 demands identical results. ``--remove`` deletes the compiled modules again.
 
-Run by ``make install`` (``make compiled`` / ``make pure`` by hand).
+Run by ``make install`` (``make compiled`` / ``make pure`` by hand). A wheel's build
+(``setup.py``) compiles the same modules with :func:`extensions` and writes the same
+:func:`manifest` into the wheel.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import sys
 import sysconfig
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -64,24 +67,58 @@ def compiler() -> str | None:
     return shutil.which(command)
 
 
-def build() -> int:
+def unavailable() -> str | None:
+    """Why the core cannot be compiled here, or None when it can."""
     if compiler() is None:
-        print("build_core: no C compiler found; tiered-cache runs its pure-Python core")
-        return 0
+        return "no C compiler found"
     if not (Path(sysconfig.get_paths()["include"]) / "Python.h").exists():
-        print("build_core: no Python headers (python3-dev); tiered-cache runs its pure-Python core")
-        return 0
-    try:
-        from mypyc.build import mypycify
-        from setuptools import Extension, setup
-    except ImportError:
-        print("build_core: mypyc is not installed; tiered-cache runs its pure-Python core")
-        return 0
-    sources = [str(ROOT / "tiered_cache" / f"{name}.py") for name in MODULES]
-    extensions = [
-        Extension(f"tiered_cache.{name}", [str(ROOT / "tiered_cache" / f"{name}.c")])
-        for name in EXTENSIONS
+        return "no Python headers (python3-dev)"
+    if importlib.util.find_spec("mypyc") is None:
+        return "mypyc is not installed"
+    return None
+
+
+def extensions(base: Path) -> list[Any]:
+    """The core's extension modules (setuptools Extensions): :data:`MODULES` through
+    mypyc (which writes their C now, into ``build/`` under the working directory), and the C
+    :data:`EXTENSIONS`; their sources named under ``base`` (the project's root, or ``.`` for
+    a ``setup.py`` run from it)."""
+    from mypyc.build import mypycify
+    from setuptools import Extension
+
+    package = base / "tiered_cache"
+    sources = [str(package / f"{name}.py") for name in MODULES]
+    written_in_c = [
+        Extension(f"tiered_cache.{name}", [str(package / f"{name}.c")]) for name in EXTENSIONS
     ]
+    return [*mypycify(sources, group_name=GROUP, opt_level="3"), *written_in_c]
+
+
+def manifest() -> str:
+    """What was compiled, so that a changed source is imported instead of its stale build
+    (tiered_cache/compiled.py): the text of ``tiered_cache/compiled.json``."""
+    hashed = (*MODULES, *DEPENDENCIES)
+    return (
+        json.dumps(
+            {
+                "modules": {name: _sha256(ROOT / "tiered_cache" / f"{name}.py") for name in hashed},
+                "extensions": {
+                    name: _sha256(ROOT / "tiered_cache" / f"{name}.c") for name in EXTENSIONS
+                },
+            },
+            indent=1,
+        )
+        + "\n"
+    )
+
+
+def build() -> int:
+    why = unavailable()
+    if why is not None:
+        print(f"build_core: {why}; tiered-cache runs its pure-Python core")
+        return 0
+    from setuptools import setup
+
     # Built in a folder of its own (setuptools would read the project's pyproject.toml), then
     # copied beside the sources.
     work = ROOT / "build" / "core"
@@ -90,7 +127,7 @@ def build() -> int:
     try:
         setup(
             name="tiered-cache-core",
-            ext_modules=[*mypycify(sources, group_name=GROUP, opt_level="3"), *extensions],
+            ext_modules=extensions(ROOT),
             script_args=["--quiet", "build_ext", "--inplace"],
         )
     except (Exception, SystemExit) as exc:  # the build is optional: never fail the install
@@ -103,14 +140,7 @@ def build() -> int:
         partial = target.with_name(target.name + ".partial")
         shutil.copy2(built, partial)
         os.replace(partial, target)
-    # What was compiled, so that a changed source is imported instead of its stale build
-    # (tiered_cache/compiled.py).
-    hashed = (*MODULES, *DEPENDENCIES)
-    manifest = {
-        "modules": {name: _sha256(ROOT / "tiered_cache" / f"{name}.py") for name in hashed},
-        "extensions": {name: _sha256(ROOT / "tiered_cache" / f"{name}.c") for name in EXTENSIONS},
-    }
-    (ROOT / "tiered_cache" / "compiled.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    (ROOT / "tiered_cache" / "compiled.json").write_text(manifest())
     names = ", ".join(path.name.split(".")[0] for path in compiled_files())
     print(f"build_core: compiled with mypyc and the C compiler: {names}")
     return 0

@@ -20,6 +20,8 @@ EVENTS = (
     "refresh_failures",
     "soft_timeouts",
     "hard_timeouts",
+    "abandoned_loads",
+    "loads_refused",
     "lease_waits",
     "lease_takeovers",
     "lease_wait_expired",

@@ -108,3 +108,12 @@ def test_a_tiers_breaker_state_is_published(clock: FakeClock) -> None:
     assert states() == {"closed": 0.0, "half-open": 0.0, "open": 1.0}
     clock.advance(31)
     assert states() == {"closed": 0.0, "half-open": 1.0, "open": 0.0}
+
+
+def test_the_counts_of_timed_loads_left_running_or_refused_are_published() -> None:
+    """``abandoned_loads`` and ``loads_refused`` (tiered_cache.timed_slots) were counted but
+    not in the events every snapshot lists, so no exporter published them: a source whose
+    loads hang was invisible on a dashboard."""
+    published = by_name(series(TieredCache([MemoryTier()], namespace="ns").stats()))
+    for name in ("abandoned_loads", "loads_refused"):
+        assert published[name].samples == [({"namespace": "ns"}, 0.0)], name

@@ -75,6 +75,8 @@ EVENT_HELP: Mapping[str, str] = {
     "refresh_failures": "Background refreshes that failed.",
     "soft_timeouts": "Loads that passed their soft timeout.",
     "hard_timeouts": "Loads abandoned at their hard timeout.",
+    "abandoned_loads": "Timed loads left running after their caller stopped waiting.",
+    "loads_refused": "Timed loads not started for want of a slot (too many running or hung).",
     "lease_waits": "Reads that waited for another process's lease on the key.",
     "lease_takeovers": "Leases taken over after their holder's lease expired.",
     "lease_wait_expired": "Lease waits that ended without the holder's value.",

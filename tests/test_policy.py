@@ -23,7 +23,14 @@ from tiered_cache.testing import FakeClock
 from tiered_cache.testing.conformance import TierConformance
 from tiered_cache.testing.hash_seeds import under_hash_seeds
 from tiered_cache.tier import Entry
-from tiered_cache.workloads import loop_keys, recency_biased, scan, zipf_cdf, zipf_keys
+from tiered_cache.workloads import (
+    loop_keys,
+    recency_biased,
+    scan,
+    shifting_zipf,
+    zipf_cdf,
+    zipf_keys,
+)
 
 
 def hot_tier(clock: FakeClock, max_entries: int, **options: object) -> MemoryTier:
@@ -657,3 +664,39 @@ def test_in_the_warm_up_lru_ahead_of_a_window_that_jumped_takes_the_whole_cache(
     # 5,065 hits of 10,000 under salts 0 to 5; 5,146 with LRU mode from the 4,361st read).
     windows = under_hash_seeds(warm_up_lru_mode, range(12))
     assert all(window == 500 and not epoch for window, epoch in windows.values()), windows
+
+
+def first_agings(keys: Iterable[str]) -> float:
+    """The read after the 20,000th at which a 1,000-entry policy's sketch first aged (-1:
+    never)."""
+    clock = FakeClock()
+    tier = hot_tier(clock, 1_000)
+    sketch = policy_of(tier).sketch
+    resets = -1
+    for index, key in enumerate(keys):
+        read(tier, clock, key)
+        if index == 20_000:
+            resets = sketch.resets
+        elif resets >= 0 and sketch.resets > resets:
+            return index
+    return -1
+
+
+def agings_after_a_shift() -> list[float]:
+    """``first_agings`` of a Zipf law whose hot set changes at the 20,000th read, and of the
+    same law without the change."""
+    return [
+        first_agings(shifting_zipf(50_000, 1.0, 40_000, seed=3)),
+        first_agings(zipf_keys(50_000, 1.0, 40_000, seed=3)),
+    ]
+
+
+def test_a_sharp_drop_of_the_hit_ratio_ages_the_sketch() -> None:
+    # A new hot set at the 20,000th read: the old hot keys' counts, aged only every
+    # sample's worth of reads, kept the new ones out of the main area (shift halfway at 2,000
+    # entries: 0.24 points below ARC). The drop of the hit ratio ages the sketch within two
+    # periods (2,000 reads each); on main it aged after 28,511 reads under salt 1. The same law
+    # without the change (the first 20,000 reads the same) does not age early.
+    agings = under_hash_seeds(agings_after_a_shift, range(12))
+    assert all(0 < shifted <= 24_000 for shifted, _ in agings.values()), agings
+    assert all(unshifted > 24_000 or unshifted < 0 for _, unshifted in agings.values()), agings

@@ -77,16 +77,26 @@ class TimedSlots:
 
     def take(self, key: str, timeout: float, *, serve_stale: bool) -> float:
         """Wait (within ``timeout``) for a slot to load ``key``; the seconds waited. Raises
-        as :meth:`try_take` when refused."""
+        as :meth:`try_take` when refused.
+
+        A waiter whose timeout ran out is refused even if a slot is free (it has no time
+        left to load), and passes on the wakeup it may have taken: ``done()`` wakes one
+        waiter, and that one may be a waiter whose wait was timing out, while another
+        that still has time would sleep on."""
         start = self._monotonic()
+        verdict: bool | None = None
         with self._changed:
-            while True:
-                waited = self._monotonic() - start
-                verdict = self._verdict()
-                if verdict is None and waited < timeout:
-                    self._changed.wait(timeout - waited)
-                    continue
-                break
+            try:
+                while True:
+                    waited = self._monotonic() - start
+                    verdict = self._verdict(in_time=waited < timeout)
+                    if verdict is None and waited < timeout:
+                        self._changed.wait(timeout - waited)
+                        continue
+                    break
+            finally:
+                if self.running < self._max_running and verdict is not True:
+                    self._changed.notify()  # the wakeup, for a waiter that can use it
         if verdict:
             return waited
         raise self._refusal(key, timeout, hung=verdict is False, serve_stale=serve_stale)
@@ -94,22 +104,23 @@ class TimedSlots:
     def try_take(self, key: str, timeout: float, waited: float, *, serve_stale: bool) -> bool:
         """Take a slot to load ``key`` if one is free (True); False to wait and ask again.
         Raises :class:`~tiered_cache.LoadTimeout` when ``max_abandoned_loads`` hang, and once
-        ``waited`` reaches ``timeout``: :class:`ServeStale` (``serve_stale``: the timeout was
-        the soft one) or LoadTimeout."""
+        ``waited`` reaches ``timeout`` (a slot free then is left to a caller with time to
+        load): :class:`ServeStale` (``serve_stale``: the timeout was the soft one) or
+        LoadTimeout."""
         with self._changed:
-            verdict = self._verdict()
+            verdict = self._verdict(in_time=waited < timeout)
         if verdict:
             return True
         if verdict is None and waited < timeout:
             return False
         raise self._refusal(key, timeout, hung=verdict is False, serve_stale=serve_stale)
 
-    def _verdict(self) -> bool | None:
-        """Under the lock: True (a slot taken), None (wait for one), False (refused: too
-        many hang)."""
+    def _verdict(self, *, in_time: bool = True) -> bool | None:
+        """Under the lock: True (a slot taken), None (wait for one, or none taken: not
+        ``in_time``), False (refused: too many hang)."""
         if self.hung >= self._max_hung:
             return False
-        if self.running >= self._max_running:
+        if self.running >= self._max_running or not in_time:
             return None
         self.running += 1
         return True

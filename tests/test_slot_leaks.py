@@ -13,6 +13,7 @@ import pytest
 
 from tiered_cache import AsyncTieredCache, LoadTimeout, MemoryTier, TieredCache
 from tiered_cache.protection import Protection
+from tiered_cache.testing.interrupts import Interrupted, interrupting
 
 
 def one_slot(hard_timeout: float) -> Protection:
@@ -23,11 +24,6 @@ def one_slot(hard_timeout: float) -> Protection:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="loader.py (helper-50's): TimedSlots.take counts the slot, then _start_timed's "
-    "Thread.start() raises; the future never completes, so slots.done() never gives it back",
-)
 def test_a_timed_load_whose_thread_cannot_start_gives_its_slot_back(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -121,3 +117,28 @@ def test_a_hung_async_load_on_a_loop_closed_under_it_does_not_hold_its_slot_for_
         return str(await cache.get("other", instant))
 
     assert asyncio.run(elsewhere()) == "now"  # failed: LoadTimeout, 1 loads are still running
+
+
+def test_a_caller_interrupted_while_its_timed_load_runs_hands_the_load_over() -> None:
+    """The caller gets the interrupt; its load, which goes on, fills the cache when it ends
+    (as after a timeout), and the key's next miss takes that value. The load ended with
+    nobody to fill its value: the next miss loaded the key again."""
+    cache = TieredCache([MemoryTier()], protection=Protection.never_stale(hard_timeout=30.0))
+    release = threading.Event()
+    loads: list[str] = []
+    with interrupting() as interrupt:
+
+        def load() -> str:
+            loads.append("late")
+            interrupt()  # the caller is waiting for this load
+            release.wait(30)
+            return "late"
+
+        with pytest.raises(Interrupted):
+            cache.get("k", load)
+    release.set()
+    assert cache.wait_background(10)
+    assert cache.get("k", lambda: "again") == "late"
+    assert loads == ["late"]
+    assert cache.stats()["abandoned_loads"] == 1
+    cache.close()

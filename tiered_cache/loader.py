@@ -46,15 +46,11 @@ def _stop_iteration_escaped(exc: StopIteration) -> RuntimeError:
     return RuntimeError("the loader raised StopIteration")
 
 
-class _LoadGoesOn(LoadTimeout):
-    """A hard timeout whose load was handed to its worker: the load, not its caller, holds
-    the key's lease from now on (it fills under it, or gives it back if it fails). Never
-    leaves the loader: callers get a plain :class:`LoadTimeout` (see :meth:`SourceLoader.load`)."""
-
-
 class _Handoff:
     """Between a caller waiting for a timed load and the worker running it: whoever comes
-    second (the caller giving up, or the worker finishing) decides who fills the tiers."""
+    second (the caller giving up, or the worker finishing) decides who fills the tiers, and
+    so who holds the key's lease: the worker once ``orphaned`` (it fills under the lease, or
+    gives it back if the load fails), else the caller."""
 
     __slots__ = ("delivered", "lock", "orphaned")
 
@@ -184,32 +180,36 @@ class SourceLoader:
         protection = self._protection
         soft = protection.soft_timeout if stale is not None else None
         hard = protection.hard_timeout
+        handoff: _Handoff | None = None
         try:
             if background or (soft is None and hard is None):
                 entry = self._load(key, loader, ttl)
             else:
+                handoff = _Handoff()
                 entry, mark = self._timed_load(
-                    key, mark, loader, ttl, soft=soft, hard=hard, token=token
+                    key, mark, loader, ttl, soft=soft, hard=hard, token=token, handoff=handoff
                 )
-        except ServeStale:
-            assert stale is not None
-            self._metrics.count("stale_served_on_slow_load")
-            return stale
-        except Exception as caught:
-            exc = caught
-            if isinstance(caught, _LoadGoesOn):  # the load keeps the lease; callers see
-                exc = LoadTimeout(*caught.args)  # the public type
-            else:
-                self._give_back({key: token} if token is not None else {})
-            if stale is None or not self._protection.fail_safe:
-                if exc is caught:
-                    raise
-                raise exc from None
-            return self._fail_safe(key, mark, stale, exc)
+        except BaseException as caught:
+            # The rule of the caller's lease, whatever stopped the load (it failed, timed out,
+            # was refused a slot, or the caller was interrupted): given back here, unless the
+            # load was handed to its worker, which fills under it or gives it back.
+            if token is not None and (handoff is None or not handoff.orphaned):
+                self._give_back({key: token})
+            if isinstance(caught, ServeStale):
+                assert stale is not None
+                self._metrics.count("stale_served_on_slow_load")
+                return stale
+            if not isinstance(caught, Exception) or stale is None or not protection.fail_safe:
+                raise
+            return self._fail_safe(key, mark, stale, caught)
         if token is None:  # _fill without its frame: the fill after every plain miss
             self._fence.fill_one(mark, key, entry, self._tiers)
-        else:
+            return entry
+        try:
             self._fill(key, mark, entry, token)
+        except BaseException:  # interrupted: a lease the fill did not use goes back
+            self._give_back({key: token})
+            raise
         return entry
 
     def _fill(self, key: str, mark: int, entry: Entry, token: str | None) -> None:
@@ -236,6 +236,7 @@ class SourceLoader:
         soft: float | None,
         hard: float | None,
         token: str | None,
+        handoff: _Handoff,
     ) -> tuple[Entry, int]:
         """:meth:`_load`, bounded by ``soft`` (given when a stale value can stand in) and
         ``hard`` (one of them given: :meth:`load` decides); returns the entry and the fence
@@ -249,33 +250,56 @@ class SourceLoader:
         if running is not None and self._fence.may_join(key, running[1]):
             # This key's earlier load still runs and the fence lets a miss join it: wait for
             # it. Its fill is judged by its own (older) mark.
-            future, older = running
-            return self._await_abandoned(key, future, timeout, serve_stale=soft is not None), older
+            joined, older = running
+            return self._await_abandoned(key, joined, timeout, serve_stale=soft is not None), older
         assert timeout is not None  # load() times a load only with a timeout
         waited = self._slots.take(key, timeout, serve_stale=soft is not None)
-        soft, hard = after_wait(soft, hard, waited)
-        handoff = _Handoff()
-        future = self._start_timed(
-            lambda: self._load_handing_off(key, mark, loader, ttl, token=token, handoff=handoff)
-        )
-        if soft is not None:
-            try:
-                return future.result(timeout=soft), mark
-            except FutureTimeout:
-                if self._orphan(key, mark, handoff, future):
-                    self._metrics.count("soft_timeouts")
-                    raise ServeStale() from None
-                return future.result(), mark  # it finished just now
+        # From here the slot is the future's: given back when it is done or cancelled.
+        future: Future[Entry] = Future()
+        future.add_done_callback(lambda _: self._slots.done())
         try:
-            return future.result(timeout=hard), mark
+            self._start_timed(
+                future,
+                lambda: self._load_handing_off(
+                    key, mark, loader, ttl, token=token, handoff=handoff
+                ),
+            )
+            soft, hard = after_wait(soft, hard, waited)
+            return self._await_timed(key, mark, future, handoff, soft=soft, hard=hard), mark
+        except BaseException:
+            # Whatever stops the caller (its thread could not start, the load failed, timed
+            # out, or the caller was interrupted): a load not started yet never will be (its
+            # slot comes back); one running is handed to its worker, if not done already.
+            if not future.cancel():
+                self._orphan(key, mark, handoff, future)
+            raise
+
+    def _await_timed(
+        self,
+        key: str,
+        mark: int,
+        future: Future[Entry],
+        handoff: _Handoff,
+        *,
+        soft: float | None,
+        hard: float | None,
+    ) -> Entry:
+        """The entry of the timed load ``future``, if it comes within the timeout (``soft``
+        when given, else ``hard``); else the load is handed to its worker and ServeStale or
+        :class:`~tiered_cache.LoadTimeout` raised."""
+        try:
+            return future.result(timeout=soft if soft is not None else hard)
         except FutureTimeout:
             if not self._orphan(key, mark, handoff, future):
-                return future.result(), mark
-            self._metrics.count("hard_timeouts")
-            raise _LoadGoesOn(
-                f"loading {key!r} took longer than the hard timeout of {hard}s; "
-                "it goes on in the background and fills the cache when it finishes"
-            ) from None
+                return future.result()  # it finished just now
+        if soft is not None:
+            self._metrics.count("soft_timeouts")
+            raise ServeStale()
+        self._metrics.count("hard_timeouts")
+        raise LoadTimeout(
+            f"loading {key!r} took longer than the hard timeout of {hard}s; "
+            "it goes on in the background and fills the cache when it finishes"
+        )
 
     def _await_abandoned(
         self, key: str, running: Future[Entry], timeout: float | None, *, serve_stale: bool
@@ -293,10 +317,10 @@ class SourceLoader:
                 "on in the background and fills the cache when it finishes"
             ) from None
 
-    def _start_timed(self, fn: Callable[[], Entry]) -> Future[Entry]:
+    def _start_timed(self, future: Future[Entry], fn: Callable[[], Entry]) -> None:
         """Run a timed load on a thread of its own: loads that hang hold up no other load
-        (a shared pool would be full of them); their number is bounded apart."""
-        future: Future[Entry] = Future()
+        (a shared pool would be full of them); their number is bounded apart. If the thread
+        cannot start, the caller cancels ``future`` (:meth:`_timed_load`)."""
 
         def run() -> None:
             if not future.set_running_or_notify_cancel():
@@ -309,15 +333,15 @@ class SourceLoader:
         with self._lock:
             self._pending.add(future)
         future.add_done_callback(self._pending_done)
-        future.add_done_callback(lambda _: self._slots.done())  # _timed_load took it
         threading.Thread(target=run, name="tiered-cache-timed-load", daemon=True).start()
-        return future
 
     def _orphan(self, key: str, mark: int, handoff: _Handoff, future: Future[Entry]) -> bool:
-        """Hand a running load over to its worker; False if it already delivered."""
+        """Hand a running load over to its worker (once); False if it already delivered."""
         with handoff.lock:
             if handoff.delivered:
                 return False
+            if handoff.orphaned:
+                return True
             handoff.orphaned = True
         with self._lock:
             self._abandoned[key] = (future, mark)

@@ -1,4 +1,5 @@
-"""A timed load refused a slot (``max_abandoned_loads``) gives back the Redis lease it took.
+"""A caller that stops without loading gives back the Redis lease it took, or hands it to
+the load that goes on: refused a slot (``max_abandoned_loads``), or interrupted.
 
 The lease is taken before the wait for a slot; a caller that then serves its stale value
 without loading must give it back, or every process waits ``lease_wait`` on the key for a
@@ -17,16 +18,10 @@ from tiered_cache_redis import RedisTier
 from tiered_cache import MemoryTier, TieredCache
 from tiered_cache.protection import Protection
 from tiered_cache.testing.clock import FakeClock
+from tiered_cache.testing.interrupts import Interrupted, interrupting
 from tiered_cache.testing.servers import RedisServer
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="loader.py (helper-50's): SourceLoader.load's `except ServeStale` returns the "
-    "stale value without _give_back of the caller's lease token when TimedSlots.take (or "
-    "_await_abandoned) raised it; only the orphaned worker owns the token (async_loader "
-    "releases it in _timed_task)",
-)
 def test_stale_served_for_want_of_a_slot_gives_the_lease_back(
     redis_server: RedisServer, namespace: str
 ) -> None:
@@ -68,4 +63,63 @@ def test_stale_served_for_want_of_a_slot_gives_the_lease_back(
     holder.join(10)
     assert cache.get("b", lambda: "new") == "new"
     assert cache.stats()["lease_waits"] == 0  # failed: 1 (its own lease, never given back)
+    cache.close()
+
+
+def leasing_cache(
+    redis_server: RedisServer, namespace: str, **protection: float | None
+) -> TieredCache:
+    clock = FakeClock(time.time())  # near the real time: Redis's PX uses it
+    return TieredCache(
+        [
+            MemoryTier(clock=clock),
+            RedisTier(redis.Redis.from_url(redis_server.url), namespace=namespace, clock=clock),
+        ],
+        clock=clock,
+        sleep=clock.advance,  # a lease wait takes no real time
+        protection=Protection.never_stale(
+            lease_ttl=30.0, lease_wait=0.3, lease_poll=0.01, **protection
+        ),
+    )
+
+
+@pytest.mark.parametrize("hard_timeout", [None, 30.0], ids=["untimed", "timed"])
+def test_a_load_interrupted_gives_the_lease_back(
+    redis_server: RedisServer, namespace: str, hard_timeout: float | None
+) -> None:
+    """The loader itself is interrupted (a BaseException, not an Exception): the caller
+    held the lease until lease_ttl, and the next read waited lease_wait for it."""
+    cache = leasing_cache(redis_server, namespace, hard_timeout=hard_timeout)
+
+    def load() -> str:
+        raise Interrupted
+
+    with pytest.raises(Interrupted):
+        cache.get("k", load)
+    assert cache.get("k", lambda: "new") == "new"
+    assert cache.stats()["lease_waits"] == 0
+    cache.close()
+
+
+def test_a_caller_interrupted_while_its_load_runs_leaves_the_lease_to_the_load(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """The interrupt comes to the caller while its timed load runs: the load goes on and
+    holds the lease from then on (here it fails, and gives it back). The interrupted caller
+    kept it, and the load had no one to give it back: the next read waited lease_wait."""
+    cache = leasing_cache(redis_server, namespace, hard_timeout=30.0)
+    release = threading.Event()
+    with interrupting() as interrupt:
+
+        def load() -> str:
+            interrupt()  # the caller is waiting for this load
+            release.wait(30)
+            raise ConnectionError("the source went away")
+
+        with pytest.raises(Interrupted):
+            cache.get("k", load)
+    release.set()
+    assert cache.wait_background(10)
+    assert cache.get("k", lambda: "new") == "new"
+    assert cache.stats()["lease_waits"] == 0
     cache.close()

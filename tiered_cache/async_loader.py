@@ -160,31 +160,34 @@ class AsyncSourceLoader:
                 soft, hard = after_wait(soft, hard, waited)
                 entry = await self._await_timed(key, task, mark, soft, hard)
                 return entry
-        except ServeStale:
-            assert stale is not None
-            self._metrics.count("stale_served_on_slow_load")
-            return stale
-        except Exception as exc:
-            if token is not None and self._lease_wait is not None:
-                await self._lease_wait.tier.release_leases({key: token})
-            if stale is None or not protection.fail_safe:
+        except BaseException as caught:
+            # The rule of the caller's lease (as the threaded loader's): whatever stopped the
+            # load (it failed, was refused a slot, the caller was cancelled or interrupted),
+            # given back here unless the load's task holds it (token None).
+            if token is not None:
+                if isinstance(caught, Exception):
+                    await self._release(key, token)
+                else:
+                    self._give_back_when_cancelled(key, token)
+            if isinstance(caught, ServeStale):
+                assert stale is not None
+                self._metrics.count("stale_served_on_slow_load")
+                return stale
+            if not isinstance(caught, Exception) or stale is None or not protection.fail_safe:
                 raise
-            return await arun(self._batching.fail_safe(key, mark, stale, exc))
-        except asyncio.CancelledError:
-            self._give_back_when_cancelled(key, token)
-            raise
+            return await arun(self._batching.fail_safe(key, mark, stale, caught))
         try:
             await self._fill(key, mark, entry, token)
-        except asyncio.CancelledError:
+        except BaseException:
             self._give_back_when_cancelled(key, token)
             raise
         return entry
 
     def _give_back_when_cancelled(self, key: str, token: str | None) -> None:
-        """A caller cancelled while it holds the key's lease (its client went away) gives
-        the lease back, or every process would wait ``lease_wait`` for a value nobody loads.
-        In a task of its own: the cancelled caller may be cancelled again before it could
-        finish an ``await``. (Given back after a fill used it: the token no longer matches,
+        """A caller cancelled (its client went away) or interrupted while it holds the key's
+        lease gives the lease back, or every process would wait ``lease_wait`` for a value
+        nobody loads. In a task of its own: the cancelled caller may be cancelled again before
+        it could finish an ``await``. (Given back after a fill used it: the token no longer matches,
         nothing happens.)"""
         if token is not None:
             self.spawn(self._release(key, token))
@@ -215,12 +218,7 @@ class AsyncSourceLoader:
             return (*running, 0.0)
         timeout = soft if soft is not None else hard
         assert timeout is not None  # load() times a load only with a timeout
-        try:
-            waited = await self._take_slot(key, timeout, serve_stale=soft is not None)
-        except (LoadTimeout, ServeStale):
-            if token is not None:
-                self.spawn(self._release(key, token))
-            raise
+        waited = await self._take_slot(key, timeout, serve_stale=soft is not None)  # or raises
         task = self.spawn(self._load_and_fill(key, mark, loader, ttl, token))
         self._timed.add(task)
         task.add_done_callback(self._timed_done)

@@ -21,6 +21,7 @@ from tiered_cache.protection import Protection
 from tiered_cache.testing import FakeClock
 from tiered_cache.testing.async_conformance import AsyncTierConformance
 from tiered_cache.testing.fleet import run_fleet
+from tiered_cache.testing.interrupts import Interrupted
 from tiered_cache.testing.servers import RedisCluster, RedisServer
 from tiered_cache.tier import MISSING, Entry
 
@@ -509,3 +510,29 @@ async def test_a_burst_of_readers_of_keys_redis_lacks_loads_each_once_and_keeps_
     await cache.aclose()
     assert loads == 2000
     assert stats["tiers"][1]["breaker"] == "closed"
+
+
+@pytest.mark.anyio
+async def test_an_interrupted_load_gives_its_redis_lease_back(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """A load interrupted by a BaseException that is not a cancellation (KeyboardInterrupt
+    raised into the loop, a task queue's time limit) gives the lease back too: the next
+    reader in the fleet waited lease_wait for it."""
+    patient = Protection.never_stale(lease="auto", lease_ttl=30.0, lease_wait=0.2, lease_poll=0.01)
+    first = chain(redis_server.url, namespace, protection=patient)
+    other = chain(redis_server.url, namespace, protection=patient)  # another process
+
+    async def interrupted() -> str:
+        raise Interrupted
+
+    async def load() -> str:
+        return "v"
+
+    with pytest.raises(Interrupted):
+        await first.get("k", interrupted)
+    assert await first.wait_background(5.0)
+    assert await other.get("k", load) == "v"
+    assert other.stats()["lease_waits"] == 0
+    await first.aclose()
+    await other.aclose()

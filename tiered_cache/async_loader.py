@@ -113,6 +113,8 @@ class AsyncSourceLoader:
         #: Timed loads running (to wait for one to end), and their slots: the threaded
         #: loader's rule (:mod:`tiered_cache.timed_slots`).
         self._timed: set[asyncio.Task[Entry]] = set()
+        #: Of those, the ones their callers stopped waiting for (with their keys).
+        self._hung: dict[asyncio.Task[Entry], str] = {}
         self._slots = TimedSlots(self._protection, self._metrics)
 
     def after_fork_in_child(self) -> None:
@@ -212,6 +214,9 @@ class AsyncSourceLoader:
         once a slot is free (:meth:`_take_slot`). Returns it with the fence mark its fill is
         judged by and the seconds waited for the slot."""
         running = self._abandoned.get(key)
+        if running is not None and running[0].get_loop().is_closed():
+            self._give_back_closed()  # it will never end: load anew
+            running = None
         if running is not None and self._fence.may_join(key, running[1]):
             if token is not None:
                 self.spawn(self._release(key, token))
@@ -225,23 +230,37 @@ class AsyncSourceLoader:
         return task, mark, waited
 
     def _timed_done(self, task: asyncio.Task[Entry]) -> None:
-        self._timed.discard(task)
+        try:
+            self._timed.remove(task)
+        except KeyError:  # given back already (its loop was found closed)
+            return
         self._slots.done()
+
+    def _give_back_closed(self) -> None:
+        """Give back the slots of timed loads whose event loops were closed under them (a
+        loop run by hand, then closed): they never run again, nor their done callbacks."""
+        for task in list(self._timed):  # a copy: other loops' callbacks change the set
+            if task.get_loop().is_closed():
+                self._abandoned_done(task)
+                self._timed_done(task)
 
     async def _take_slot(self, key: str, timeout: float, *, serve_stale: bool) -> float:
         """Wait (within ``timeout``) for a slot (:meth:`TimedSlots.try_take`, which raises
         when refused); returns the seconds waited."""
         loop = asyncio.get_running_loop()
         start = loop.time()
-        while not self._slots.try_take(key, timeout, loop.time() - start, serve_stale=serve_stale):
+        while True:
+            if self._slots.crowded():
+                self._give_back_closed()
+            if self._slots.try_take(key, timeout, loop.time() - start, serve_stale=serve_stale):
+                return loop.time() - start
             remaining = timeout - (loop.time() - start)
             # Tasks of another event loop cannot be awaited here: look again shortly.
-            here = {task for task in self._timed if task.get_loop() is loop}
+            here = {task for task in list(self._timed) if task.get_loop() is loop}
             if here:
                 await asyncio.wait(here, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
             else:
                 await asyncio.sleep(min(remaining, 0.01))
-        return loop.time() - start
 
     async def _release(self, key: str, token: str) -> None:
         if self._lease_wait is not None:
@@ -294,14 +313,19 @@ class AsyncSourceLoader:
 
     def _abandon(self, key: str, task: asyncio.Task[Entry], mark: int) -> None:
         """Keep ``task`` as the key's load whose caller stopped waiting (timed out or was
-        cancelled), for the next miss to join (:meth:`_timed_task`)."""
-        if self._abandoned.get(key, (None, 0))[0] is not task:
+        cancelled), for the next miss to join (:meth:`_timed_task`); counted once, however
+        many of its callers stop waiting."""
+        if task not in self._hung:
+            self._hung[task] = key
             self._abandoned[key] = (task, mark)
             self._slots.abandoned()
             self._metrics.count("abandoned_loads")
-            task.add_done_callback(lambda _: self._abandoned_done(key, task))
+            task.add_done_callback(self._abandoned_done)
 
-    def _abandoned_done(self, key: str, task: asyncio.Task[Entry]) -> None:
+    def _abandoned_done(self, task: asyncio.Task[Entry]) -> None:
+        key = self._hung.pop(task, None)
+        if key is None:  # not abandoned, or given back already (its loop was found closed)
+            return
         self._slots.abandoned_done()
         running = self._abandoned.get(key)
         if running is not None and running[0] is task:

@@ -115,6 +115,11 @@ class TimedSlots:
             return False
         raise self._refusal(key, timeout, hung=verdict is False, serve_stale=serve_stale)
 
+    def crowded(self) -> bool:
+        """Whether a load asked for now would wait or be refused (read without the lock: a
+        hint, for the asyncio loader to look for slots to give back first)."""
+        return self.running >= self._max_running or self.hung >= self._max_hung
+
     def _verdict(self, *, in_time: bool = True) -> bool | None:
         """Under the lock: True (a slot taken), None (wait for one, or none taken: not
         ``in_time``), False (refused: too many hang)."""

@@ -142,7 +142,7 @@ class RedisBus:
 
     def _open(self) -> tuple[redis.Redis, Any]:
         client = self._connect()
-        return client, client.pubsub()  # type: ignore[no-untyped-call]
+        return client, client.pubsub()  # type: ignore[no-untyped-call,unused-ignore]  # typed from redis 8
 
 
 def _subscribe_to(channel: str) -> Callable[[tuple[redis.Redis, Any]], None]:

@@ -70,11 +70,11 @@ def slots(clock: Clock, metrics: CacheMetrics) -> Iterator[TimedSlots]:
 
 
 def waiting(slots: TimedSlots, clock: Clock, name: str, timeout: float) -> Waiter:
-    """A waiter started and asleep in ``slots.take``: it read the clock under the lock
-    (start, then the time waited), and the lock is free again only once it sleeps."""
+    """A waiter started and asleep in ``slots.take``: it read the clock (its start) under
+    the lock, and the lock is free again only once it sleeps."""
     waiter = Waiter(slots, name, timeout)
     waiter.start()
-    clock.wait_reads(name, 2)
+    clock.wait_reads(name, 1)
     assert slots.try_take("probe", 1.0, 0.0, serve_stale=False) is False  # takes the lock
     return waiter
 

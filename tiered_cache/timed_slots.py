@@ -83,17 +83,16 @@ class TimedSlots:
         left to load), and passes on the wakeup it may have taken: ``done()`` wakes one
         waiter, and that one may be a waiter whose wait was timing out, while another
         that still has time would sleep on."""
-        start = self._monotonic()
-        verdict: bool | None = None
         with self._changed:
+            start = self._monotonic()
+            waited = 0.0
+            verdict: bool | None = None
             try:
-                while True:
+                verdict = self._verdict()
+                while verdict is None and waited < timeout:
+                    self._changed.wait(timeout - waited)
                     waited = self._monotonic() - start
                     verdict = self._verdict(in_time=waited < timeout)
-                    if verdict is None and waited < timeout:
-                        self._changed.wait(timeout - waited)
-                        continue
-                    break
             finally:
                 if self.running < self._max_running and verdict is not True:
                     self._changed.notify()  # the wakeup, for a waiter that can use it
@@ -108,7 +107,7 @@ class TimedSlots:
         load): :class:`ServeStale` (``serve_stale``: the timeout was the soft one) or
         LoadTimeout."""
         with self._changed:
-            verdict = self._verdict(in_time=waited < timeout)
+            verdict = self._verdict(in_time=not waited or waited < timeout)
         if verdict:
             return True
         if verdict is None and waited < timeout:

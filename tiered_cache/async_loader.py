@@ -21,7 +21,7 @@ from .async_accessor import AsyncTierAccessor, BlockingTierWarning, is_async_par
 from .async_flight import AsyncFlight, async_flights
 from .async_tier import AsyncSource
 from .batch_load import BatchLoad
-from .errors import LoadTimeout, TieredCacheError
+from .errors import TieredCacheError
 from .fence import Fence
 from .forking import restart_after_fork
 from .lease_wait import LeaseWait
@@ -302,14 +302,7 @@ class AsyncSourceLoader:
         if done:
             return task.result()
         self._abandon(key, task, mark)
-        if soft is not None:
-            self._metrics.count("soft_timeouts")
-            raise ServeStale()
-        self._metrics.count("hard_timeouts")
-        raise LoadTimeout(
-            f"loading {key!r} took longer than the hard timeout of {hard}s; "
-            "it goes on in the background and fills the cache when it finishes"
-        )
+        raise self._slots.timed_out(key, hard, serve_stale=soft is not None)
 
     def _abandon(self, key: str, task: asyncio.Task[Entry], mark: int) -> None:
         """Keep ``task`` as the key's load whose caller stopped waiting (timed out or was
@@ -319,7 +312,6 @@ class AsyncSourceLoader:
             self._hung[task] = key
             self._abandoned[key] = (task, mark)
             self._slots.abandoned()
-            self._metrics.count("abandoned_loads")
             task.add_done_callback(self._abandoned_done)
 
     def _abandoned_done(self, task: asyncio.Task[Entry]) -> None:

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from .accessor import TierAccessor
 from .batch_load import BatchLoad
-from .errors import LoadTimeout, TieredCacheError
+from .errors import TieredCacheError
 from .fence import Fence
 from .forking import restart_after_fork
 from .lease_wait import LeaseWait
@@ -292,14 +292,7 @@ class SourceLoader:
         except FutureTimeout:
             if not self._orphan(key, mark, handoff, future):
                 return future.result()  # it finished just now
-        if soft is not None:
-            self._metrics.count("soft_timeouts")
-            raise ServeStale()
-        self._metrics.count("hard_timeouts")
-        raise LoadTimeout(
-            f"loading {key!r} took longer than the hard timeout of {hard}s; "
-            "it goes on in the background and fills the cache when it finishes"
-        )
+        raise self._slots.timed_out(key, hard, serve_stale=soft is not None)
 
     def _await_abandoned(
         self, key: str, running: Future[Entry], timeout: float | None, *, serve_stale: bool
@@ -308,13 +301,8 @@ class SourceLoader:
         try:
             return running.result(timeout=timeout)
         except FutureTimeout:
-            if serve_stale:
-                self._metrics.count("soft_timeouts")
-                raise ServeStale() from None
-            self._metrics.count("hard_timeouts")
-            raise LoadTimeout(
-                f"an earlier load of {key!r} is still running past the hard timeout; it goes "
-                "on in the background and fills the cache when it finishes"
+            raise self._slots.timed_out(
+                key, timeout, serve_stale=serve_stale, earlier=True
             ) from None
 
     def _start_timed(self, future: Future[Entry], fn: Callable[[], Entry]) -> None:
@@ -346,7 +334,6 @@ class SourceLoader:
         with self._lock:
             self._abandoned[key] = (future, mark)
         self._slots.abandoned()
-        self._metrics.count("abandoned_loads")
         future.add_done_callback(lambda done: self._abandoned_done(key, done))
         return True
 

@@ -19,7 +19,8 @@ once started it cannot be stopped: a caller that stops waiting leaves it running
   stale value, and neither counted the same.)
 
 The threaded loader waits with :meth:`TimedSlots.take`; the asyncio loader asks
-:meth:`TimedSlots.try_take` between its own awaits.
+:meth:`TimedSlots.try_take` between its own awaits. A caller that stops waiting for a load
+once it runs raises and counts as both loaders do (:meth:`TimedSlots.timed_out`).
 """
 
 from __future__ import annotations
@@ -140,6 +141,25 @@ class TimedSlots:
         self._metrics.count("hard_timeouts")
         return LoadTimeout.no_slot(key, self._max_running, hung=False, timeout=timeout)
 
+    def timed_out(
+        self, key: str, timeout: float | None, *, serve_stale: bool, earlier: bool = False
+    ) -> Exception:
+        """What a caller that stopped waiting for a running load of ``key`` raises (and its
+        count): :class:`ServeStale` past the soft timeout (``serve_stale``), else
+        :class:`~tiered_cache.LoadTimeout` past the hard ``timeout``; the load goes on
+        (``earlier``: an earlier caller's load, which this one joined)."""
+        if serve_stale:
+            self._metrics.count("soft_timeouts")
+            return ServeStale()
+        self._metrics.count("hard_timeouts")
+        if earlier:
+            waited = f"an earlier load of {key!r} is still running past the hard timeout"
+        else:
+            waited = f"loading {key!r} took longer than the hard timeout of {timeout}s"
+        return LoadTimeout(
+            f"{waited}; it goes on in the background and fills the cache when it finishes"
+        )
+
     def done(self) -> None:
         """A timed load ended (its slot is free)."""
         with self._changed:
@@ -147,7 +167,8 @@ class TimedSlots:
             self._changed.notify()
 
     def abandoned(self) -> None:
-        """A timed load's caller stopped waiting for it."""
+        """A timed load's caller stopped waiting for it (counted ``abandoned_loads``)."""
+        self._metrics.count("abandoned_loads")
         with self._changed:
             self.hung += 1
             self._changed.notify_all()  # a miss waiting for a slot may now be refused at once

@@ -382,10 +382,12 @@ log_operations = st.lists(
         st.tuples(st.just("key"), log_keys),
         st.tuples(st.just("prefixes"), st.lists(st.sampled_from(["a", "x"]), max_size=2)),
         st.tuples(st.just("everything"), st.booleans()),
+        st.tuples(st.just("gap"), st.booleans()),
         st.tuples(st.just("pending"), st.lists(log_keys, max_size=3)),
         st.tuples(st.just("done"), st.integers(min_value=0, max_value=8)),
         st.tuples(st.just("overtaken"), st.tuples(st.integers(0, 8), st.lists(log_keys))),
         st.tuples(st.just("own"), st.tuples(st.integers(0, 8), st.lists(log_keys))),
+        st.tuples(st.just("shared"), st.tuples(st.integers(0, 8), st.lists(log_keys))),
     ),
     max_size=60,
 )
@@ -410,6 +412,8 @@ def log_answers(module: Any, size: int, steps: list[tuple[str, Any]]) -> list[An
             numbers.append(log.record_prefixes(argument))
         elif name == "everything":
             numbers.append(log.record_everything(pending=argument))
+        elif name == "gap":
+            numbers.append(log.record_gap(pending=argument))
         elif name == "pending":
             numbers.append(log.record(argument, (), pending=True))
         elif name == "done":
@@ -417,7 +421,7 @@ def log_answers(module: Any, size: int, steps: list[tuple[str, Any]]) -> list[An
         else:
             at, keys = argument
             ignore = numbers[-1] if name == "own" else None
-            answers.append(log.overtaken(marks[at % len(marks)], keys, ignore))
+            answers.append(log.overtaken(marks[at % len(marks)], keys, ignore, name == "shared"))
     answers.append(numbers)
     return answers
 

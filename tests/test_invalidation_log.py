@@ -35,6 +35,29 @@ def test_a_clear_overtakes_every_key() -> None:
     assert log.overtaken(mark, ["a", "b"]) == ["a", "b"]
 
 
+def test_a_gap_overtakes_every_key_in_memory_but_none_in_the_shared_tiers() -> None:
+    """A gap (the bus dropped or came back) says this process may have missed messages about
+    its own copies, nothing of Redis: asked about the shared tiers only, it overtakes nothing,
+    while the keys and clears logged beside it still count."""
+    log = InvalidationLog()
+    mark = log.mark()
+    log.record_gap()
+    assert log.overtaken(mark, ["a", "b"]) == ["a", "b"]
+    assert log.overtaken(mark, ["a", "b"], shared=True) == []
+    log.record_keys(["b"])
+    assert log.overtaken(mark, ["a", "b"], shared=True) == ["b"]
+    log.record_everything()
+    assert log.overtaken(mark, ["a", "b"], shared=True) == ["a", "b"]
+
+
+def test_a_log_that_no_longer_reaches_back_overtakes_every_key_even_in_the_shared_tiers() -> None:
+    log = InvalidationLog(size=1)
+    mark = log.mark()
+    log.record_gap()
+    log.record_gap()  # the first fell out of the log: what came before it is unknown
+    assert log.overtaken(mark, ["a"], shared=True) == ["a"]
+
+
 def test_a_log_that_no_longer_reaches_back_overtakes_every_key() -> None:
     log = InvalidationLog(size=2)
     mark = log.mark()

@@ -201,7 +201,7 @@ class BusLink:
                 message.sender,
                 extra=fields("bus_gap", missed=message.seq - last - 1),
             )
-            self._fence.invalidate(everything=True)
+            self._fence.invalidate(gap=True)
         if message.clear:
             self._fence.invalidate(everything=True)
         elif message.keys or message.prefixes:

@@ -17,6 +17,15 @@ invalidation deletes the lease, and the fill under it fails.
 In-flight work needs no registry: a mark is all a fill needs to be judged. If the log no longer
 reaches back to a mark (more than ``log_size`` invalidations since), the fill is refused, which
 is always safe.
+
+A gap (the bus dropped or came back, a sender's number skipped) is an invalidation of memory
+alone: this process may have missed messages about its own copies; it says nothing of Redis. So
+it refuses what a fill writes into the in-process tiers, but a key filled under its lease is
+judged differently: the lease orders it in the shared tier (a writer or an invalidation of the
+key meanwhile would have taken or deleted the lease, and the leased write fails), so for it a
+gap counts only once its leased write is sent (a message missed after that may be of a later
+write), and then only for the in-process tiers. Any other fill -- a copy up from Redis, a fill
+without a lease or whose leased write failed -- is refused everywhere by a gap since its mark.
 """
 
 from __future__ import annotations
@@ -82,21 +91,31 @@ class Fence:
     # follow the log's order: recorded pending, dropped, then done)
 
     def invalidate(
-        self, keys: Iterable[str] = (), prefixes: Iterable[str] = (), *, everything: bool = False
+        self,
+        keys: Iterable[str] = (),
+        prefixes: Iterable[str] = (),
+        *,
+        everything: bool = False,
+        gap: bool = False,
     ) -> int:
         """``keys``, every key starting with one of ``prefixes``, or ``everything`` changed:
-        no fill that read before now may land, and the in-process copies go.
+        no fill that read before now may land, and the in-process copies go. ``gap``: this
+        process may have missed invalidations (its bus dropped or came back, a sender's number
+        skipped): every in-process copy goes, and no fill that read before now may land in
+        memory; a leased fill may still land in the shared tier (see the module's notes).
 
         Returns the invalidation's number, for a writer to pass to :meth:`fill` as ``own``.
         """
         keys = list(keys)
         prefixes = list(prefixes)
+        everything = everything or gap
         log = self._log
-        number = (
-            log.record_everything(pending=True)
-            if everything
-            else log.record(keys, prefixes, pending=True)
-        )
+        if gap:
+            number = log.record_gap(pending=True)
+        elif everything:
+            number = log.record_everything(pending=True)
+        else:
+            number = log.record(keys, prefixes, pending=True)
         # Logged first, dropped second: a fill that checks after the drop sees the log entry.
         # Until the drop is done, marks are taken from before it (InvalidationLog.mark): a
         # read meanwhile may find the old value in a slower tier not dropped yet and copy it
@@ -190,7 +209,10 @@ class Fence:
         chains; :meth:`fill_one` is its one-key, lease-less form in plain calls."""
         tokens = dict(tokens) if tokens else {}
         leasing = self.leasing(tiers)
-        refused = self.overtaken(mark, entries, own=own)
+        # Until their leased write is sent, the keys with a lease are judged by the
+        # invalidations of the shared tiers only (see _judge).
+        leased = set(tokens) if leasing is not None else set()
+        refused, _ = self._judge(mark, entries, own, leased, None)
         if refused:
             self._refuse(refused)
             given_back = {key: tokens.pop(key) for key in refused if key in tokens}
@@ -203,31 +225,100 @@ class Fence:
         # or set with no leasing tier: no copy).
         landing: Mapping[str, Entry] = dict(entries) if leasing is not None else entries
         written: list[FillTarget] = []
+        # Set at the leased write: the keys it confirmed under their leases, where the log
+        # stood when it was sent, and those of them a gap since keeps out of memory.
+        confirmed: set[str] = set()
+        ordered: int | None = None
+        kept_out: set[str] = set()
         try:
             for tier in reversed(tiers):
                 if tier.bypassed:
                     continue
                 if tier is leasing:
                     assert isinstance(landing, dict)
-                    yield from self._fill_leased(tier, landing, tokens)
+                    ordered = self.mark()
+                    confirmed = yield from self._fill_leased(tier, landing, tokens)
                     tokens = {}
+                    written.append(tier)
+                    # Before the faster tiers are written: what came since, gaps included.
+                    refused = yield from self._undo(
+                        mark, landing, own, (confirmed, ordered), written=written, out=kept_out
+                    )
+                    for key in refused:
+                        del landing[key]
+                elif kept_out and tier.local:
+                    yield tier.set_many, ({k: e for k, e in landing.items() if k not in kept_out},)
+                    written.append(tier)
                 else:
                     yield tier.set_many, (landing,)
-                written.append(tier)
+                    written.append(tier)
                 if not landing:
                     break
         except CodecError:
             if leasing is not None and tokens:
                 yield leasing.release_leases, (tokens,)
             raise
-        late = self.overtaken(mark, landing, own=own)
-        if not late:
-            return set(landing)
         # Invalidated between the check and the write: undo, deleting is always safe.
-        self._metrics.count("fills_refused", len(late))
+        late = yield from self._undo(
+            mark, landing, own, (confirmed, ordered), written=written, out=kept_out
+        )
+        return set(landing).difference(late)
+
+    def _undo(
+        self,
+        mark: int,
+        landing: Mapping[str, Entry],
+        own: int | None,
+        lease: tuple[Collection[str], int | None],
+        *,
+        written: Sequence[FillTarget],
+        out: set[str],
+    ) -> Steps[list[str]]:
+        """Delete from the ``written`` tiers what an invalidation came for (:meth:`_judge`;
+        ``lease``: the keys the leased write confirmed, and where the log stood when it was
+        sent): returns the keys of ``landing`` no tier may keep; those only memory may not
+        keep join ``out`` (kept out of memory), and only the in-process tiers drop them."""
+        refused, memory = self._judge(mark, landing, own, *lease)
+        memory = [key for key in memory if key not in out]
+        if not refused and not memory:
+            return refused
+        self._metrics.count("fills_refused", len(refused) + len(memory))
         for tier in written:
-            yield tier.delete_many, (late,)
-        return set(landing) - set(late)
+            gone = refused + memory if tier.local else refused
+            if gone:
+                yield tier.delete_many, (gone,)
+        out.update(memory)
+        return refused
+
+    def _judge(
+        self,
+        mark: int,
+        keys: Collection[str],
+        own: int | None,
+        leased: Collection[str],
+        ordered: int | None,
+    ) -> tuple[list[str], list[str]]:
+        """Of ``keys``, ``(those no tier may keep, those only memory may not keep)``.
+
+        A key not in ``leased`` is refused by any invalidation since ``mark`` (a gap too: a
+        copy from Redis read before it may be older than a write whose message it hid). A key
+        in ``leased`` (its lease held, or its leased write confirmed) is refused by those of
+        the shared tiers since ``mark`` only: its lease ordered it there. A gap since
+        ``ordered`` (its leased write sent; None: not yet) keeps it out of memory alone, for
+        a message missed after the leased write may be of a later write by another process.
+        """
+        log = self._log
+        if not leased:
+            return log.overtaken(mark, keys, own), []
+        plain = [key for key in keys if key not in leased]
+        held = [key for key in keys if key in leased]
+        refused = log.overtaken(mark, plain, own) if plain else []
+        if held:
+            refused += log.overtaken(mark, held, own, True)
+        if ordered is None or not held:
+            return refused, []
+        gone = set(refused)
+        return refused, [key for key in log.overtaken(ordered, held, own) if key not in gone]
 
     def fill_one(
         self,
@@ -304,10 +395,11 @@ class Fence:
 
     def _fill_leased(
         self, tier: FillTarget, landing: dict[str, Entry], tokens: Mapping[str, str]
-    ) -> Steps[None]:
+    ) -> Steps[set[str]]:
         """Fill the leasing tier: keys with a token under their lease, the others only if
         they need none (:meth:`needs_lease`); drop from ``landing`` the keys whose lease was
-        lost or whose fill failed."""
+        lost or whose fill failed. Returns the keys the tier took under their leases (not
+        those kept because it failed: nothing confirmed their order)."""
         plain = {
             key: entry
             for key, entry in landing.items()
@@ -317,7 +409,8 @@ class Fence:
         if plain:
             yield tier.set_many, (plain,)
         if not leased:
-            return
+            return set()
+        confirmed: set[str] = set()
         try:
             kept: set[str] = yield tier.fill_with_leases, (leased,)
         except CodecError:
@@ -326,11 +419,12 @@ class Fence:
             # Redis answered, so a writer may have come for the keys whose fill failed: keep
             # those out of the faster tiers too.
             tier.failed(exc)
-            kept = exc.kept
+            kept = confirmed = exc.kept
         except Exception as exc:
             tier.failed(exc)
             kept = set(leased)  # the shared tier is down: nothing there to protect
         else:
+            confirmed = kept
             self._metrics.fill(tier.index, len(kept))
             if len(kept) < len(leased):
                 # Their leases were deleted by invalidations, or taken by writers, after our
@@ -339,6 +433,7 @@ class Fence:
         for key in leased:
             if key not in kept:
                 del landing[key]
+        return confirmed
 
 
 class FillTarget(Protocol):
@@ -347,6 +442,7 @@ class FillTarget(Protocol):
 
     index: int
     leases: bool
+    local: bool
     bypassed: bool
 
     def failed(self, exc: Exception) -> None: ...
@@ -368,7 +464,6 @@ class ChainTier(FillTarget, Protocol):
     coroutine in the asyncio chain's."""
 
     name: str
-    local: bool
     utf8_keys: bool
     bounded_for: float
 

@@ -6,6 +6,11 @@ copy in memory; so the batch notes where the log stood when it started and, once
 are made, drops those of the keys invalidated since. Only when the log no longer reaches back
 that far (or a prefix or a clear came, which name no keys) are all its copies dropped.
 
+A gap (this process's bus dropped, or a sender's number skipped) is logged as a clear of
+memory alone: this process may have missed invalidations of its own copies, but a gap says
+nothing of the shared tiers. :meth:`InvalidationLog.overtaken` counts it unless asked about
+the shared tiers only (a fill that a lease ordered there: see ``Fence.fill_steps``).
+
 Compiled with the core (``tools/build_core.py``): every miss takes a mark and asks twice
 whether it was overtaken, and as C calls those are no Python frames. This source is the
 reference (``TIERED_CORE_PURE=1``, or no compiler).
@@ -21,8 +26,9 @@ from .forking import restart_compiled_after_fork
 
 __all__ = ["InvalidationLog"]
 
-#: One invalidation: the keys it named, the prefixes it named, or ``None`` for everything.
-_Event = tuple[int, Collection[str] | None, tuple[str, ...]]
+#: One invalidation: its number, the keys it named (``None``: everything), the prefixes it
+#: named, and whether it concerns memory alone (a gap).
+_Event = tuple[int, Collection[str] | None, tuple[str, ...], bool]
 
 
 class InvalidationLog:
@@ -74,11 +80,21 @@ class InvalidationLog:
         return self._record(frozenset(keys), tuple(prefixes), pending)
 
     def record_everything(self, *, pending: bool = False) -> int:
-        """Every key was invalidated (a clear, or the bus reconnecting)."""
+        """Every key was invalidated (a clear)."""
         return self._record(None, (), pending)
 
+    def record_gap(self, *, pending: bool = False) -> int:
+        """This process may have missed invalidations (its bus dropped or came back, or a
+        sender's number skipped): every copy in memory is suspect, but nothing is said of the
+        shared tiers (see :meth:`overtaken`'s ``shared``)."""
+        return self._record(None, (), pending, True)
+
     def _record(
-        self, keys: Collection[str] | None, prefixes: tuple[str, ...], pending: bool = False
+        self,
+        keys: Collection[str] | None,
+        prefixes: tuple[str, ...],
+        pending: bool = False,
+        gap: bool = False,
     ) -> int:
         # acquire/release rather than ``with``: every set records an invalidation, and on
         # CPython 3.11 the with statement costs twice as much as the two calls.
@@ -90,7 +106,7 @@ class InvalidationLog:
             number = self._sequence + 1
             if pending:
                 self._open.add(number)
-            self._events.append((number, keys, prefixes))
+            self._events.append((number, keys, prefixes, gap))
             self._sequence = number
             return number
         finally:
@@ -102,9 +118,13 @@ class InvalidationLog:
         # set are (every set closes an invalidation).
         self._open.discard(number)
 
-    def overtaken(self, mark: int, keys: Collection[str], ignore: int | None = None) -> list[str]:
+    def overtaken(
+        self, mark: int, keys: Collection[str], ignore: int | None = None, shared: bool = False
+    ) -> list[str]:
         """Those of ``keys`` that an invalidation recorded after ``mark`` (other than number
-        ``ignore``: a writer's own) may have overtaken."""
+        ``ignore``: a writer's own) may have overtaken. ``shared``: only the invalidations
+        that concern the shared tiers count, not a gap (:meth:`record_gap`), which concerns
+        memory alone."""
         sequence = self._sequence
         if sequence == mark or (ignore is not None and sequence == ignore == mark + 1):
             # One int read: nothing came since the mark, or only the writer's own
@@ -122,8 +142,8 @@ class InvalidationLog:
                 events.append(event)
         named: set[str] = set()
         prefixes: list[str] = []
-        for number, invalidated, invalidated_prefixes in events:
-            if number == ignore:
+        for number, invalidated, invalidated_prefixes, gap in events:
+            if number == ignore or (gap and shared):
                 continue
             if invalidated is None:
                 return list(keys)

@@ -472,11 +472,13 @@ class ChainPaths:
         if connected:
             bound = 0.0
         self.bounded = bound > 0
+        # A gap, not a clear: what this process may have missed concerns its memory only,
+        # and a write whose lease ordered it in Redis stays there (Fence.fill_steps).
         if connected:
-            self.fence.invalidate(everything=True)
+            self.fence.invalidate(gap=True)
         for tier in self.tiers:
             if tier.local:
                 tier.bypassed = not connected and bound <= 0
                 tier.bounded_for = bound
         if not connected:
-            self.fence.invalidate(everything=True)
+            self.fence.invalidate(gap=True)

@@ -2,26 +2,47 @@
 subscription, a reconnect) is still the value in Redis afterwards.
 
 The bus coming back clears this process's memory through the fence (it may have missed
-messages about its own copies), and the fence counts that as an invalidation of every key
-since any mark: the write's fill is refused, and the write then invalidates its key in Redis
-and in every process. The write held the key's Redis lease, so nothing there could have
-overtaken it. Seen in a forked child (gunicorn --preload): its first ``set`` lost its value
-from Redis in 20 of 20 forks, while the child's bus subscribed.
+messages about its own copies): a gap, which says nothing of Redis. The write held the key's
+Redis lease, so nothing there could have overtaken it. The fence once counted the gap as an
+invalidation of every key since any mark: the write's fill was refused, and the write then
+invalidated its key in Redis and in every process. Seen in a forked child (gunicorn
+``--preload``): its first ``set`` lost its value from Redis in 20 of 20 forks, while the
+child's bus subscribed.
+
+The other tests here hold the rule's other side: a gap still keeps out of memory what may be
+stale there (a copy from Redis read before it, a leased write's value after its leased fill,
+a leased fill Redis did not confirm).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pytest
 import redis
-from tiered_cache_redis import RedisTier
+import redis.asyncio as aioredis
+from tiered_cache_redis import AsyncRedisTier, RedisTier
 
-from tiered_cache import MemoryTier, TieredCache
+from tiered_cache import MISSING, AsyncTieredCache, Entry, MemoryTier, TieredCache
 from tiered_cache.protection import Protection
 from tiered_cache.testing.buses import CuttableBus
 from tiered_cache.testing.servers import RedisServer
 from tiered_cache.testing.sources import DictSource
+from tiered_cache.tier import MissingType
+
+
+def on_redis(server: RedisServer, namespace: str) -> RedisTier:
+    return RedisTier(redis.Redis.from_url(server.url), namespace=namespace)
+
+
+def chain(
+    tier: RedisTier, source: DictSource, bus: CuttableBus, memory: MemoryTier | None = None
+) -> TieredCache:
+    """Memory over ``tier``, on ``bus``: one process."""
+    return TieredCache(
+        [memory or MemoryTier(), tier], source, bus=bus, protection=Protection(soft_timeout=None)
+    )
 
 
 class FlipsTheBus(DictSource):
@@ -37,29 +58,204 @@ class FlipsTheBus(DictSource):
         self.bus.restore()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fence/paths: a bus down/up (a clear of this process's memory) overtakes every "
-    "mark, so ChainPaths.set finds its leased fill refused and invalidates the key in Redis "
-    "and every process, though its Redis lease ordered it; the value the table took is "
-    "then read from the table by every process (a sourceless chain loses it)",
-)
 def test_a_write_while_the_bus_flips_stays_in_redis(
     redis_server: RedisServer, namespace: str
 ) -> None:
     bus = CuttableBus()
     source = FlipsTheBus(bus)
-    writer = TieredCache(
-        [MemoryTier(), RedisTier(redis.Redis.from_url(redis_server.url), namespace=namespace)],
-        source,
-        bus=bus,
-        protection=Protection(soft_timeout=None),
-    )
+    writer = chain(on_redis(redis_server, namespace), source, bus)
     writer.set("k", "new")
-    reader = RedisTier(redis.Redis.from_url(redis_server.url), namespace=namespace)
+    reader = on_redis(redis_server, namespace)
     entry = reader.get("k")
     assert entry and entry.value == "new"  # failed: MISSING (the write invalidated it)
     assert writer.get("k") == "new"
     assert source.loads == []
     reader.close()
     writer.close()
+
+
+def test_a_write_of_several_keys_while_the_bus_flips_stays_in_redis(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """``set_many`` takes the keys' leases in one round trip and fills them in one: the same
+    gap must not undo them either."""
+    bus = CuttableBus()
+    source = FlipsTheBus(bus)
+    writer = chain(on_redis(redis_server, namespace), source, bus)
+    writer.set_many({"a": "new a", "b": "new b"})
+    reader = on_redis(redis_server, namespace)
+    assert {key: value(reader.get(key)) for key in ("a", "b")} == {"a": "new a", "b": "new b"}
+    assert writer.get_many(["a", "b"]) == {"a": "new a", "b": "new b"}
+    assert source.loads == []
+    reader.close()
+    writer.close()
+
+
+def value(entry: Entry | MissingType) -> Any:
+    return MISSING if entry is MISSING else entry.value
+
+
+class GapsAfter(RedisTier):
+    """A Redis tier that, once given ``meanwhile``, runs it after one of its calls (which the
+    subclass names) while this process's bus is down, what is published then being lost,
+    and brings the bus back: a gap that hides another process's write."""
+
+    def __init__(self, client: redis.Redis, namespace: str, bus: CuttableBus) -> None:
+        super().__init__(client, namespace=namespace)
+        self.bus = bus
+        self.meanwhile: Callable[[], None] | None = None
+
+    def gap(self) -> None:
+        meanwhile, self.meanwhile = self.meanwhile, None
+        if meanwhile is not None:
+            self.bus.cut()
+            self.bus.failing = True
+            meanwhile()
+            self.bus.failing = False
+            self.bus.restore()
+
+
+class GapAfterTheLeasedWrite(GapsAfter):
+    """The gap comes right after the leased fill landed, before the chain writes memory."""
+
+    def fill_with_lease(self, key: str, entry: Entry, token: str) -> bool:
+        kept = super().fill_with_lease(key, entry, token)
+        self.gap()
+        return kept
+
+    def fill_with_leases(self, entries: Mapping[str, tuple[Entry, str]]) -> set[str]:
+        kept = super().fill_with_leases(entries)
+        self.gap()
+        return kept
+
+
+def test_a_gap_after_a_writes_leased_fill_keeps_it_out_of_memory_but_in_redis(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """The lease orders the write in Redis up to its leased fill, not after: a message
+    missed after it may be of a later write (here another process's, straight after), so
+    the gap keeps the write out of this process's memory (where nothing would ever drop it)
+    but not out of Redis, and the write is not undone (it would delete the later value)."""
+    bus = CuttableBus()
+    source = DictSource()
+    memory = MemoryTier()
+    tier = GapAfterTheLeasedWrite(redis.Redis.from_url(redis_server.url), namespace, bus)
+    writer = chain(tier, source, bus, memory)
+    other = chain(on_redis(redis_server, namespace), source, bus)
+    tier.meanwhile = lambda: other.set("k", "later")
+    writer.set("k", "new")
+    reader = on_redis(redis_server, namespace)
+    assert value(reader.get("k")) == "later"  # failed: MISSING (the write undid the later one)
+    assert "k" not in memory
+    assert writer.get("k") == "later"
+    assert writer.stats()["fills_refused"] == 1
+    assert source.loads == []
+    reader.close()
+    writer.close()
+    other.close()
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class FlipsAtTheLease(AsyncRedisTier):
+    """An asyncio Redis tier whose lease for a write takes as long as this process's bus
+    needs to drop and return (a chain without a source writes nothing else meanwhile)."""
+
+    def __init__(self, client: aioredis.Redis, namespace: str, bus: CuttableBus) -> None:
+        super().__init__(client, namespace=namespace)
+        self.bus = bus
+
+    async def steal_lease(self, key: str, ttl: float) -> str:
+        token = await super().steal_lease(key, ttl)
+        self.bus.cut()
+        self.bus.restore()
+        return token
+
+
+@pytest.mark.anyio
+async def test_an_async_write_while_the_bus_flips_stays_in_redis(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """The asyncio chain's write goes through the same fence's fill (as steps); without a
+    source, the gap here (during the lease) is all the write waits for."""
+    bus = CuttableBus()
+    tier = FlipsAtTheLease(aioredis.Redis.from_url(redis_server.url), namespace, bus)
+    writer = AsyncTieredCache([MemoryTier(), tier], bus=bus)
+    await writer.set("k", "new")
+    reader = on_redis(redis_server, namespace)
+    assert value(reader.get("k")) == "new"  # failed: MISSING (a sourceless chain lost it)
+    assert await writer.get("k") == "new"
+    reader.close()
+    await writer.aclose()
+
+
+class ReadThenGap(GapsAfter):
+    """The gap comes right after a read, before the chain copies what it read into memory."""
+
+    def get(self, key: str) -> Entry | MissingType:
+        entry = super().get(key)
+        self.gap()
+        return entry
+
+
+def test_a_copy_from_redis_read_before_a_gap_is_kept_out_of_memory(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """No lease orders a copy up from Redis: a gap after its read may have hidden a later
+    write's message, so the copy is refused (it would stay in memory for its ttl)."""
+    bus = CuttableBus()
+    source = DictSource({"k": "old"})
+    memory = MemoryTier()
+    tier = ReadThenGap(redis.Redis.from_url(redis_server.url), namespace, bus)
+    reader = chain(tier, source, bus, memory)
+    other = chain(on_redis(redis_server, namespace), source, bus)
+    assert other.get("k") == "old"  # in Redis now
+    tier.meanwhile = lambda: other.set("k", "later")
+    assert reader.get("k") == "old"  # served: it was current when read
+    assert "k" not in memory
+    assert reader.stats()["fills_refused"] == 1
+    assert reader.get("k") == "later"
+    reader.close()
+    other.close()
+
+
+class FillFailsAfterAGap(RedisTier):
+    """A Redis tier that answers the lease look and then fails the fill under the lease."""
+
+    def fill_with_lease(self, key: str, entry: Entry, token: str) -> bool:
+        raise redis.ConnectionError("Redis went away")
+
+    def fill_with_leases(self, entries: Mapping[str, tuple[Entry, str]]) -> set[str]:
+        raise redis.ConnectionError("Redis went away")
+
+
+@pytest.mark.parametrize("how", ["get", "get_many"])
+def test_a_leased_load_whose_fill_fails_across_a_gap_keeps_out_of_memory(
+    redis_server: RedisServer, namespace: str, how: str
+) -> None:
+    """A leased fill that Redis did not confirm (it failed) is ordered by nothing: a gap
+    during its load refuses it as it refuses any fill (without the gap its values go into
+    memory: test_redis_lease_give_back)."""
+    bus = CuttableBus()
+    memory = MemoryTier()
+    cache = TieredCache(
+        [memory, FillFailsAfterAGap(redis.Redis.from_url(redis_server.url), namespace=namespace)],
+        bus=bus,
+        protection=Protection(soft_timeout=None),
+    )
+
+    def read_during_an_outage(keys: Sequence[str]) -> dict[str, str]:
+        bus.cut()
+        bus.restore()
+        return dict.fromkeys(keys, "read")
+
+    if how == "get":
+        assert cache.get("a", lambda: read_during_an_outage(["a"])["a"]) == "read"
+    else:
+        assert cache.get_many(["a"], read_during_an_outage) == {"a": "read"}
+    assert "a" not in memory
+    assert cache.stats()["fills_refused"] == 1
+    cache.close()

@@ -8,18 +8,40 @@ fill nobody makes (until ``lease_ttl``).
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 
 import pytest
 import redis
-from tiered_cache_redis import RedisTier
+import redis.asyncio as aioredis
+from tiered_cache_redis import AsyncRedisTier, RedisTier
 
-from tiered_cache import MemoryTier, TieredCache
+from tiered_cache import AsyncTieredCache, MemoryTier, TieredCache
 from tiered_cache.protection import Protection
 from tiered_cache.testing.clock import FakeClock
 from tiered_cache.testing.interrupts import Interrupted, interrupting
 from tiered_cache.testing.servers import RedisServer
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def slot_protection() -> Protection:
+    """A soft timeout of 0.2 s, one timed load at a time, leases waited for 0.3 s."""
+    return Protection(
+        stale_while_revalidate=False,
+        early_refresh_beta=0.0,
+        soft_timeout=0.2,
+        hard_timeout=30.0,
+        max_abandoned_loads=1,
+        max_timed_loads=1,
+        lease_ttl=30.0,
+        lease_wait=0.3,
+        lease_poll=0.01,
+    )
 
 
 def test_stale_served_for_want_of_a_slot_gives_the_lease_back(
@@ -33,17 +55,7 @@ def test_stale_served_for_want_of_a_slot_gives_the_lease_back(
         ],
         clock=clock,
         sleep=clock.advance,  # a lease wait takes no real time
-        protection=Protection(
-            stale_while_revalidate=False,
-            early_refresh_beta=0.0,
-            soft_timeout=0.2,
-            hard_timeout=30.0,
-            max_abandoned_loads=1,
-            max_timed_loads=1,
-            lease_ttl=30.0,
-            lease_wait=0.3,
-            lease_poll=0.01,
-        ),
+        protection=slot_protection(),
     )
     cache.set("b", "old", ttl=1.0)
     clock.advance(2.0)  # "b" is stale
@@ -64,6 +76,50 @@ def test_stale_served_for_want_of_a_slot_gives_the_lease_back(
     assert cache.get("b", lambda: "new") == "new"
     assert cache.stats()["lease_waits"] == 0  # failed: 1 (its own lease, never given back)
     cache.close()
+
+
+@pytest.mark.anyio
+async def test_async_stale_served_for_want_of_a_slot_gives_the_lease_back(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """As the threaded test: the asyncio loader's refusal gives the lease back through the
+    same rule as its other exits (load()'s)."""
+    clock = FakeClock(time.time())
+
+    async def no_wait(seconds: float) -> None:
+        clock.advance(seconds)
+
+    cache = AsyncTieredCache(
+        [
+            MemoryTier(clock=clock),
+            AsyncRedisTier(
+                aioredis.Redis.from_url(redis_server.url), namespace=namespace, clock=clock
+            ),
+        ],
+        clock=clock,
+        sleep=no_wait,
+        protection=slot_protection(),
+    )
+    await cache.set("b", "old", ttl=1.0)
+    clock.advance(2.0)
+    release, entered = asyncio.Event(), asyncio.Event()
+
+    async def hang() -> str:
+        entered.set()
+        await release.wait()
+        return "a"
+
+    async def new() -> str:
+        return "new"
+
+    holder = asyncio.create_task(cache.get("a", hang))
+    await entered.wait()
+    assert await cache.get("b", new) == "old"  # no slot within the soft timeout
+    release.set()
+    assert await holder == "a"
+    assert await cache.get("b", new) == "new"
+    assert cache.stats()["lease_waits"] == 0
+    await cache.aclose()
 
 
 def leasing_cache(

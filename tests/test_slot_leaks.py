@@ -97,7 +97,8 @@ def test_a_hung_async_load_on_a_loop_closed_under_it_does_not_hold_its_slot_for_
     the asyncio chain does) and closed while a load hung: its task will never run again, so
     its done callbacks never come; the bound of 1 then refused every other loop's timed miss
     at once, for the life of the cache. A miss of the hung load's own key joined that load
-    (which would never end) rather than load."""
+    (which would never end) rather than load; wait_background waited for it, and aclose
+    cancelled it (on its closed loop: RuntimeError)."""
     cache = AsyncTieredCache([MemoryTier()], protection=one_slot(0.1))
 
     async def hang() -> str:
@@ -112,10 +113,15 @@ def test_a_hung_async_load_on_a_loop_closed_under_it_does_not_hold_its_slot_for_
         loop.run_until_complete(cache.get("k", hang))
     loop.close()
 
-    async def elsewhere() -> str:
-        return str(await cache.get(key, instant))
+    async def elsewhere() -> tuple[str, bool]:
+        got = str(await cache.get(key, instant))
+        waited = await cache.wait_background(1.0)
+        await cache.aclose()
+        return got, waited
 
-    assert asyncio.run(elsewhere()) == "now"  # failed: LoadTimeout, 1 loads are still running
+    # failed: LoadTimeout, 1 loads are still running; then wait_background False (it waited
+    # for the dead task), and aclose raised RuntimeError (it cancelled the dead task)
+    assert asyncio.run(elsewhere()) == ("now", True)
 
 
 def test_a_caller_interrupted_while_its_timed_load_runs_hands_the_load_over() -> None:

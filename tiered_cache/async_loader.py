@@ -393,17 +393,30 @@ class AsyncSourceLoader:
     async def wait_background(self, timeout: float | None = None) -> bool:
         """Wait until background refreshes and late loads have finished (and filled);
         False if some were still running after ``timeout`` seconds."""
-        if not self._tasks:
+        tasks = self._live_tasks()
+        if not tasks:
             return True
-        _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
+        _, pending = await asyncio.wait(tasks, timeout=timeout)
         return not pending
+
+    def _live_tasks(self) -> list[asyncio.Task[Any]]:
+        """The loader's tasks, less those of event loops closed under them: they never run
+        again (nothing to wait for or cancel), and their slots are given back."""
+        self._give_back_closed()
+        live: list[asyncio.Task[Any]] = []
+        for task in list(self._tasks):  # a copy: other loops' callbacks change the set
+            if task.get_loop().is_closed():
+                self._tasks.discard(task)
+            else:
+                live.append(task)
+        return live
 
     async def aclose(self) -> bool:
         """Stop taking background work and cancel what runs; False if closed already."""
         if self._closed:
             return False
         self._closed = True
-        tasks = list(self._tasks)
+        tasks = self._live_tasks()
         for task in tasks:
             task.cancel()
         if tasks:

@@ -147,3 +147,33 @@ def test_a_caller_interrupted_while_its_timed_load_runs_hands_the_load_over() ->
     assert loads == ["late"]
     assert cache.stats()["abandoned_loads"] == 1
     cache.close()
+
+
+def test_a_reader_waiting_on_an_interrupted_caller_gets_the_handed_over_load() -> None:
+    """A reader that joined the interrupted caller's flight is told its leader is gone and
+    starts over: it joins the load that goes on rather than start another. It loaded the
+    key again (the interrupted caller's load was nobody's to join)."""
+    cache = TieredCache([MemoryTier()], protection=Protection.never_stale(hard_timeout=30.0))
+    release = threading.Event()
+    got: list[object] = []
+    reader = threading.Thread(target=lambda: got.append(cache.get("k", lambda: "again")))
+    with interrupting() as interrupt:
+
+        def load() -> str:
+            reader.start()
+            flight = cache._loader.flights.in_flight("k")
+            assert flight is not None
+            for _ in range(10_000):  # a guard, not a measure
+                if flight.waiters:
+                    break
+                threading.Event().wait(0.001)
+            interrupt()  # the caller, and now a reader, wait for this load
+            release.wait(30)
+            return "late"
+
+        with pytest.raises(Interrupted):
+            cache.get("k", load)
+    release.set()
+    reader.join(10)
+    assert got == ["late"]
+    cache.close()

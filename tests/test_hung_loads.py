@@ -579,3 +579,45 @@ def test_a_burst_of_healthy_async_timed_misses_past_max_abandoned_loads_runs_at_
         await cache.aclose()
 
     asyncio.run(scenario())
+
+
+def test_a_miss_joining_a_load_left_running_on_another_loop_wakes_when_it_ends() -> None:
+    """Event loops in two threads: loop a's caller is cancelled while its timed load runs
+    (the load goes on, and the key's next miss joins it); a miss of the key on loop b joins
+    it and gets its value once it ends. The load's end was told to loop b from loop a's
+    thread without waking it: b slept until its hard timeout (60 s here)."""
+    cache = AsyncTieredCache([MemoryTier()], protection=Protection.never_stale(hard_timeout=60.0))
+    release, abandoned = threading.Event(), threading.Event()
+    got: list[Any] = []
+
+    async def hang() -> str:
+        while not release.is_set():
+            await asyncio.sleep(0.005)
+        return "late"
+
+    async def on_a() -> None:
+        caller = asyncio.create_task(cache.get("k", hang))
+        while cache._loader.flights.in_flight("k") is None or not cache._loader._timed:
+            await asyncio.sleep(0)
+        caller.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await caller
+        abandoned.set()
+        await cache.wait_background(30)  # loop a runs the load to its end
+
+    async def on_b() -> None:
+        got.append(await cache.get("k", hang))
+
+    a = threading.Thread(target=lambda: asyncio.run(on_a()), daemon=True)
+    a.start()
+    assert abandoned.wait(10)
+    b = threading.Thread(target=lambda: asyncio.run(on_b()), daemon=True)
+    b.start()
+    for _ in range(10_000):  # a guard, not a measure: b's miss leads its flight (and joins)
+        if cache._loader.flights.in_flight("k") is not None:
+            break
+        time.sleep(0.001)
+    release.set()
+    a.join(10)
+    b.join(10)
+    assert got == ["late"]

@@ -13,6 +13,7 @@ timeout: :class:`~tiered_cache.LoadTimeout`) leaves nothing undone.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import warnings
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, cast
@@ -34,6 +35,34 @@ from .tier import Entry, Source
 from .timed_slots import ServeStale, TimedSlots, after_wait
 
 logger = logger_for("chain")
+
+
+async def _ends_within(task: asyncio.Task[Any], timeout: float | None) -> bool:
+    """Whether ``task`` ends within ``timeout`` seconds. A task of another event loop (a load
+    left running by a caller in another thread) runs its done callbacks on its own loop, so
+    its end is told to this one through ``call_soon_threadsafe``: ``asyncio.wait`` set this
+    loop's future from that thread without waking it, and the wait ran to its timeout."""
+    loop = asyncio.get_running_loop()
+    if task.get_loop() is loop:
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+        return bool(done)
+    ended: asyncio.Future[None] = loop.create_future()
+
+    def settle() -> None:
+        if not ended.done():
+            ended.set_result(None)
+
+    def on_end(_: object) -> None:  # on the task's loop
+        with contextlib.suppress(RuntimeError):  # this loop was closed meanwhile
+            loop.call_soon_threadsafe(settle)
+
+    try:
+        task.get_loop().call_soon_threadsafe(task.add_done_callback, on_end)
+    except RuntimeError:  # its loop is closed: it never ends
+        return False
+    told, _ = await asyncio.wait({ended}, timeout=timeout)
+    return bool(told)
+
 
 #: A loader for one key: a coroutine function of no arguments.
 AsyncLoader = Callable[[], Awaitable[Any]]
@@ -293,7 +322,7 @@ class AsyncSourceLoader:
     ) -> Entry:
         timeout = soft if soft is not None else hard
         try:
-            done, _ = await asyncio.wait({task}, timeout=timeout)
+            done = await _ends_within(task, timeout)
         except asyncio.CancelledError:
             # The caller went away: its load goes on, and the next miss joins it rather than
             # start another (impatient clients would otherwise each add a load of the key).

@@ -331,3 +331,23 @@ def test_a_leader_alone_makes_no_latch_and_a_waiter_is_woken_by_its_landing(key:
         == [("shared", False)] + [("shared", True)] * 3
     )
     assert flights.in_flight(key) is None
+
+
+def test_a_waiter_that_gives_up_raises_load_timeout_without_the_wait_as_its_context() -> None:
+    # ``raise LoadTimeout(...) from None``: the internal TimeoutError of the wait is not shown
+    # as "during handling of the above exception". Compiled with mypyc (the core), ``raise
+    # ... from`` lost its clause: the LoadTimeout came out chained to that TimeoutError.
+    from tiered_cache import LoadTimeout
+
+    flights = SingleFlight()
+    release, inside, slow = held_open("late")
+    leader = threading.Thread(target=lambda: flights.run("k", slow))
+    leader.start()
+    assert inside.wait(timeout=10)
+    try:
+        with pytest.raises(LoadTimeout) as raised:
+            flights.run("k", slow, wait=0.01)
+    finally:
+        release.set()
+        leader.join(timeout=10)
+    assert raised.value.__suppress_context__ and raised.value.__cause__ is None

@@ -3,7 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
+
+E = TypeVar("E", bound=BaseException)
+
+
+def caused(error: E, cause: BaseException | None) -> E:
+    """``raise caused(error, cause)`` is ``raise error from cause`` (``None``: the context is
+    not shown), in the modules compiled with mypyc too (:mod:`tiered_cache.compiled`): their
+    compiled ``raise ... from`` drops its clause (mypyc 2.4), chaining the error to the one
+    being handled instead."""
+    error.__cause__ = cause  # sets __suppress_context__ as well, as ``from`` does
+    return error
 
 
 class TieredCacheError(Exception):

@@ -6,7 +6,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
-from .errors import LoadTimeout
+from .errors import LoadTimeout, caused
 
 
 class LeaderGone(Exception):
@@ -226,7 +226,7 @@ class SingleFlight(FlightTable[Flight]):
                     current = None  # its leader was interrupted: lead, or join the next leader
                 except TimeoutError:
                     assert wait is not None
-                    raise LoadTimeout(waited_too_long(key, wait)) from None
+                    raise caused(LoadTimeout(waited_too_long(key, wait)), None) from None
         try:
             result = fn(flight, *args)
         except BaseException as exc:

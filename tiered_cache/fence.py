@@ -254,10 +254,13 @@ class Fence:
                     written.append(tier)
                 if not landing:
                     break
-        except CodecError:
+        except CodecError as exc:
             if leasing is not None and tokens:
                 yield leasing.release_leases, (tokens,)
-            raise
+            # Named, not a bare ``raise``: compiled (mypyc 2.4), a bare raise after a yield
+            # in an except block raised a broken exception (its value None: the interpreter
+            # crashed formatting it) once the steps' driver had resumed the generator.
+            raise exc
         # Invalidated between the check and the write: undo, deleting is always safe.
         late = yield from self._undo(
             mark, landing, own, (confirmed, ordered), written=written, out=kept_out

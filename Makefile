@@ -15,12 +15,13 @@ $(STAMP): $(BIN)/python pyproject.toml $(wildcard adapters/*/pyproject.toml)
 	$(BIN)/python -m pip install --quiet -e '.[dev,examples,docs]' $(foreach a,$(ADAPTERS),-e $(a))
 	touch $(STAMP)
 
-# The memory tier's hot modules compiled with mypyc, the decorator's C hit (_hitcall.c) and the
-# sketch's counters (_sketch.c), when a C compiler is present; without one (or with
-# TIERED_CORE_PURE=1, or for a source changed since the build) the library runs on the
-# pure-Python sources (tiered_cache/compiled.py). `make pure` removes the build.
+# The memory tier's hot modules and the miss path's (accessor, fence, loader) compiled with
+# mypyc, the decorator's C hit (_hitcall.c) and the sketch's counters (_sketch.c), when a C
+# compiler is present; without one (or with TIERED_CORE_PURE=1, or for a source changed since
+# the build) the library runs on the pure-Python sources (tiered_cache/compiled.py).
+# `make pure` removes the build.
 CORE := $(VENV)/.core
-$(CORE): $(STAMP) tools/build_core.py $(addprefix tiered_cache/,entry.py slot.py sketch.py topk.py policy.py hit.py singleflight.py metrics.py stamp.py memory_core.py invalidation_log.py policy_defaults.py _hitcall.c _sketch.c)
+$(CORE): $(STAMP) tools/build_core.py $(addprefix tiered_cache/,entry.py slot.py sketch.py topk.py policy.py hit.py singleflight.py metrics.py stamp.py memory_core.py invalidation_log.py accessor.py fence.py loader.py policy_defaults.py _hitcall.c _sketch.c)
 	$(BIN)/python tools/build_core.py
 	touch $(CORE)
 

@@ -26,7 +26,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tiered_cache
-from tiered_cache import entry, hit, invalidation_log, memory_core, policy, sketch, slot, topk
+from tiered_cache import (
+    accessor,
+    entry,
+    fence,
+    hit,
+    invalidation_log,
+    loader,
+    memory_core,
+    policy,
+    sketch,
+    slot,
+    topk,
+)
 from tiered_cache.clocks import ManualClock
 from tiered_cache.compiled import compiled_core
 
@@ -34,7 +46,10 @@ PURE = "_tiered_cache_pure"
 SOURCES = Path(tiered_cache.__file__).parent
 IS_COMPILED = compiled_core() and all(
     not str(module.__file__).endswith(".py")
-    for module in (entry, policy, sketch, slot, topk, hit, memory_core, invalidation_log)
+    for module in (
+        *(entry, policy, sketch, slot, topk, hit, memory_core, invalidation_log),
+        *(accessor, fence, loader),
+    )
 )
 
 needs_build = pytest.mark.skipif(

@@ -24,7 +24,11 @@ from types import ModuleType
 
 __all__ = ["DEPENDENCIES", "EXTENSIONS", "MANIFEST", "MODULES", "compiled_core", "source_hash"]
 
-#: The modules the build compiles, by their short names (``tiered_cache.<name>``).
+#: The modules the build compiles, by their short names (``tiered_cache.<name>``): the memory
+#: tier's, then the calls of every miss after the L1 lookup (tier accessor, fence, loader).
+#: Compiled (mypyc 2.4), ``raise ... from`` loses its clause (these raise through
+#: ``errors.caused``), and a bare ``raise`` after a ``yield`` in an except block raises a
+#: broken exception (the fence's steps name theirs).
 MODULES = (
     "entry",
     "slot",
@@ -37,6 +41,9 @@ MODULES = (
     "stamp",
     "memory_core",
     "invalidation_log",
+    "accessor",
+    "fence",
+    "loader",
 )
 #: Extensions written in C (``tiered_cache/<name>.c``), built with them; without the build the
 #: code that uses one runs its Python reference instead (the decorator: its generated wrapper;

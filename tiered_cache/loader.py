@@ -18,9 +18,9 @@ from typing import Any, TypeVar
 
 from .accessor import TierAccessor
 from .batch_load import BatchLoad
-from .errors import TieredCacheError
+from .errors import TieredCacheError, caused
 from .fence import Fence
-from .forking import restart_after_fork
+from .forking import restart_compiled_after_fork
 from .lease_wait import LeaseWait
 from .logs import fields, key_hash, logger_for
 from .metrics import CacheMetrics
@@ -131,7 +131,7 @@ class SourceLoader:
         #: read under: the key's next miss may join it.
         self._abandoned: dict[str, tuple[Future[Entry], int]] = {}
         self._timed_slots()
-        restart_after_fork(self)
+        self._fork = restart_compiled_after_fork(self)  # compiled: no weak reference to it
 
     def _timed_slots(self) -> None:
         #: Timed loads running on threads of their own, and how many of them their callers
@@ -301,8 +301,8 @@ class SourceLoader:
         try:
             return running.result(timeout=timeout)
         except FutureTimeout:
-            raise self._slots.timed_out(
-                key, timeout, serve_stale=serve_stale, earlier=True
+            raise caused(
+                self._slots.timed_out(key, timeout, serve_stale=serve_stale, earlier=True), None
             ) from None
 
     def _start_timed(self, future: Future[Entry], fn: Callable[[], Entry]) -> None:
@@ -501,7 +501,7 @@ class SourceLoader:
                 )
         except StopIteration as exc:
             self._metrics.load_failure()
-            raise _stop_iteration_escaped(exc) from exc
+            raise caused(_stop_iteration_escaped(exc), exc) from exc
         except BaseException:
             self._metrics.load_failure()
             raise
@@ -524,7 +524,7 @@ class SourceLoader:
                 )
         except StopIteration as exc:
             self._metrics.load_failure()
-            raise _stop_iteration_escaped(exc) from exc
+            raise caused(_stop_iteration_escaped(exc), exc) from exc
         except BaseException:
             self._metrics.load_failure()
             raise

@@ -450,3 +450,66 @@ def test_compiled_and_pure_invalidation_logs_answer_alike(
     assert log_answers(invalidation_log, size, steps) == log_answers(
         pure("invalidation_log"), size, steps
     )
+
+
+#: One read of the general L1 lookup: the key, the time, and what tier 0's ``get_at`` does
+#: (no entry, an entry of a soft expiry at 10 and a load of ``took`` seconds, or a failure).
+lookup_reads = st.lists(
+    st.tuples(
+        st.sampled_from(["k", "j", 7]),
+        st.floats(0, 20, allow_nan=False),
+        st.sampled_from(["missing", "entry", "fails"]),
+        st.floats(0, 5, allow_nan=False),
+    ),
+    max_size=30,
+)
+
+
+def lookup_answers(hit_module: Any, entry_module: Any, tier_module: Any, reads: Any) -> list[Any]:
+    """What an ``L1Lookup`` of ``hit_module`` answers for ``reads``, and what it told its
+    tier and its hit counter, sentinels by name."""
+    told: list[str] = []
+
+    class Hits:
+        def add(self, amount: int = 1) -> None:
+            told.append(f"hit {amount}")
+
+    class Tier:
+        def failed(self, exc: Exception) -> None:
+            told.append(f"failed {exc}")
+
+        def miss(self) -> None:
+            told.append("miss")
+
+    read: dict[str, Any] = {}
+
+    def get_at(key: str, now: float) -> Any:
+        if read["what"] == "fails":
+            raise RuntimeError("down")
+        if read["what"] == "missing":
+            return tier_module.MISSING
+        return entry_module.Entry(f"{key}@{now}", 0.0, 10.0, 30.0, read["took"])
+
+    lookup = hit_module.L1Lookup(lambda: read["now"], Hits(), 1.0, 1.0, lambda: 0.5)
+    lookup.get_at, lookup.tier = get_at, Tier()
+    names = {id(tier_module.MISSING): "MISSING", id(hit_module.REFRESH_DUE): "REFRESH_DUE"}
+    answers: list[Any] = []
+    for key, read["now"], read["what"], read["took"] in reads:
+        try:
+            value = lookup(key)
+        except TypeError as exc:
+            answers.append(f"TypeError {exc}")
+            continue
+        answers.append(names.get(id(value), value))
+    return [answers, told]
+
+
+@needs_build
+@settings(max_examples=60, deadline=None)
+@given(reads=lookup_reads)
+def test_compiled_and_pure_l1_lookups_answer_alike(reads: Any) -> None:
+    from tiered_cache import tier
+
+    assert lookup_answers(hit, entry, tier, reads) == lookup_answers(
+        pure("hit"), pure("entry"), pure("tier"), reads
+    )

@@ -146,7 +146,8 @@ class AsyncTieredCache(L1Reader):
             announce=self._announce if bus is not None else None,
             write_policy=write_policy,
         )
-        self._setup_l1(self._tiers, self._metrics, self._protection, rng)
+        self._setup_l1(self._metrics, self._protection, rng)
+        self._use_l1(self._tiers, True)
         self._disconnected_bound = max_stale_when_disconnected
         #: Writes running to their end (:meth:`_to_the_end`).
         self._writes: set[asyncio.Task[None]] = set()

@@ -156,10 +156,11 @@ class TieredCache(L1Reader):
         # ``cache.get`` is answered without a Python frame on a plain hit: an instance
         # attribute shadows the method (a function is a non-data descriptor). A subclass that
         # defines its own ``get`` keeps it.
+        self._setup_l1(self._metrics, self._protection, rng)
         self._plain_get = PlainGet(self._no_l1_hit, self.lookup_l1, self.get_after_l1)
         if type(self).get is TieredCache.get:
             vars(self)["get"] = self._plain_get
-        self._setup_l1(self._tiers, self._metrics, self._protection, rng)
+        self._use_l1(self._tiers, True)
         self._disconnected_bound = max_stale_when_disconnected
         #: The bus is down (in-process tiers are bypassed or bounded).
         if bus is not None:

@@ -8,7 +8,7 @@ the soft expiry by more than the XFetch window -- and answers it in full: the re
 the policy, the hit counted, the value returned. Anything else (a miss, an expired slot, a
 stale entry, a read close enough to the expiry for an early refresh, a key that is not a
 ``str``) gets :data:`NOT_FRESH` with nothing recorded, and the chain takes its general L1
-lookup (:mod:`tiered_cache.l1`), which decides exactly as it always has.
+lookup (:class:`L1Lookup`, compiled here too), which decides exactly as it always has.
 
 Compiled by ``tools/build_core.py`` (mypyc): one C call and no Python frame per hit, and a
 compiled :class:`~tiered_cache.slot.Slot`'s ``expire_at`` is read as a C double. This source is
@@ -19,13 +19,14 @@ compares the two.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Final, final
+from typing import Any, Final, Protocol, final
 
-from .protection import REFRESH_DUE
+from .keys import check_keys
+from .protection import REFRESH_DUE, xfetch_due
 from .slot import Slot
-from .tier import MISSING
+from .tier import MISSING, Entry, MissingType
 
-__all__ = ["NOT_FRESH", "HitCount", "HitReader", "NotFresh", "PlainGet"]
+__all__ = ["NOT_FRESH", "HitCount", "HitReader", "L1Lookup", "NotFresh", "PlainGet"]
 
 
 @final
@@ -115,6 +116,89 @@ class HitReader:
         return entry.value
 
 
+class Counter(Protocol):
+    """A counter of hits (``metrics.LocalCounter``: per-thread cells)."""
+
+    def add(self, amount: int = 1) -> None: ...
+
+
+class Tier0(Protocol):
+    """What :class:`L1Lookup` tells tier 0's accessor."""
+
+    def failed(self, exc: Exception) -> None: ...
+
+    def miss(self) -> None: ...
+
+
+@final
+class L1Lookup:
+    """``lookup(key)``: the chain's general L1 lookup (:attr:`L1Reader.lookup_l1
+    <tiered_cache.l1.L1Reader.lookup_l1>`), after :class:`HitReader` said :data:`NOT_FRESH`:
+    the fresh value in tier 0, ``MISSING``, or :data:`REFRESH_DUE` (for the decorator, which
+    inlines ``get``).
+
+    One clock read, one tier call, a lock-free hit counter; no flight, no fence, no
+    allocation. The XFetch draw is only made near the expiry. Compiled with the core, it
+    runs no Python frame on a miss. The chain sets :attr:`get_at` and :attr:`tier` (tier 0's
+    ``get_at`` and accessor; ``get_at`` None: tier 0 is not read) whenever it changes.
+
+    Args:
+        clock: the chain's clock.
+        hits: counts each hit answered here.
+        window: the chain's XFetch window factor (a read later than ``soft_expiry -
+            load_duration * window`` makes the draw).
+        beta: the XFetch beta.
+        rng: uniform numbers in [0, 1) for the draw.
+    """
+
+    __slots__ = ("_beta", "_clock", "_hits", "_random", "_window", "get_at", "tier")
+
+    def __init__(
+        self,
+        clock: Callable[[], float],
+        hits: Counter,
+        window: float,
+        beta: float,
+        rng: Callable[[], float],
+    ) -> None:
+        self._clock = clock
+        self._hits = hits
+        self._window = window
+        self._beta = beta
+        self._random = rng
+        self.get_at: Callable[[str, float], Entry | MissingType] | None = None
+        self.tier: Tier0 | None = None
+
+    def __call__(self, key: Any) -> Any:
+        if type(key) is not str:
+            # Refused before the tier is asked: an object that hashes and compares like a
+            # stored key would be answered by the tier's dict (a str subclass passes).
+            check_keys((key,))
+        get_at = self.get_at
+        tier = self.tier
+        if get_at is None or tier is None:
+            return _MISSING
+        now = self._clock()
+        try:
+            entry = get_at(key, now)
+        except Exception as exc:
+            check_keys((key,))  # a caller's mistake is not the tier's failure
+            tier.failed(exc)
+            return _MISSING
+        if entry is not _MISSING:
+            soft = entry.soft_expiry
+            if now < soft:
+                self._hits.add()
+                took = entry.load_duration
+                if now >= soft - took * self._window and xfetch_due(
+                    now, soft, took, self._beta, self._random()
+                ):
+                    return _REFRESH_DUE
+                return entry.value
+        tier.miss()
+        return _MISSING
+
+
 @final
 class PlainGet:
     """``cache.get`` of a :class:`~tiered_cache.TieredCache` instance: ``TieredCache.get``
@@ -122,11 +206,11 @@ class PlainGet:
 
     A plain hit comes from ``reader`` (the chain's :attr:`~tiered_cache.l1.L1Reader.l1_hit`,
     kept current by the chain); anything else goes to ``lookup(key)``, the chain's general L1
-    lookup (:meth:`~tiered_cache.l1.L1Reader.lookup_l1`), and what that does not answer
-    (``MISSING``, or ``REFRESH_DUE``) to ``after(key, loader, ttl, early)``, the chain's
-    ``get_after_l1``: the rest of ``TieredCache.get``, called from here rather than through
-    a method of the chain that would add a Python frame to every miss. Same parameters as
-    the method (``ttl`` keyword-only).
+    lookup (:attr:`~tiered_cache.l1.L1Reader.lookup_l1`, an :class:`L1Lookup`), and what that
+    does not answer (``MISSING``, or ``REFRESH_DUE``) to ``after(key, loader, ttl, early)``,
+    the chain's ``get_after_l1``: the rest of ``TieredCache.get``, called from here rather
+    than through a method of the chain that would add a Python frame to every miss. Same
+    parameters as the method (``ttl`` keyword-only).
     """
 
     __slots__ = ("_after", "_lookup", "reader")

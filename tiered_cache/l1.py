@@ -7,7 +7,7 @@ their in-process tier with this same code -- a plain call even under asyncio, si
 
 A read first asks :attr:`L1Reader.l1_hit`, tier 0's plain-hit reader (:mod:`tiered_cache.hit`,
 compiled with the core): a fresh value far enough from its expiry comes back from that one
-call. Anything else, and a tier that offers no reader, goes through :meth:`L1Reader.lookup_l1`,
+call. Anything else, and a tier that offers no reader, goes through :attr:`L1Reader.lookup_l1`,
 which decides as it always has (expiry, the XFetch draw, the miss). Neither takes the fence:
 an invalidation removes the key from tier 0 before it returns, and a fill the fence refuses
 never lands there or is removed again, so what tier 0 holds is a copy the rules allow.
@@ -26,11 +26,10 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from .forking import restart_after_fork
-from .hit import NOT_FRESH, HitCount
-from .keys import check_keys
-from .metrics import CacheMetrics, LocalCounter
-from .protection import REFRESH_DUE, Protection, xfetch_due
-from .tier import MISSING, Entry, MissingType
+from .hit import NOT_FRESH, HitCount, L1Lookup
+from .metrics import CacheMetrics
+from .protection import Protection
+from .tier import Entry, MissingType
 
 
 class L1Tier(Protocol):
@@ -91,15 +90,12 @@ class L1Reader:
     """The chain's lookup in tier 0 (a base of both chains; it holds no state of its own)."""
 
     _clock: Callable[[], float]
-    #: Tier 0's accessor (set by the chain when it has tiers; only read after a lookup).
-    _l1_tier: L1Tier
-    _l1_hits: LocalCounter
-    _l1_hit_cells: Any
     _plain_hits: HitCount
     _xfetch_window: float
-    _beta: float
-    _random: Callable[[], float]
-    _l1_get_at: Callable[[str, float], Entry | MissingType] | None
+    #: ``lookup_l1(key)``: the fresh value in tier 0, ``MISSING``, or :data:`REFRESH_DUE`
+    #: (for the decorator, which inlines ``get``), after :attr:`l1_hit` said ``NOT_FRESH``
+    #: (:class:`~tiered_cache.hit.L1Lookup`, compiled with the core: no Python frame).
+    lookup_l1: L1Lookup
     #: ``l1_hit(key)``: the value of a plain hit in tier 0, or ``NOT_FRESH`` (then ask
     #: :meth:`lookup_l1`). It changes while the bus is down: ``TieredCache.get`` reads it on
     #: every call; ``cache.get`` (``PlainGet``) and the decorator's functions are told
@@ -109,62 +105,25 @@ class L1Reader:
     _hit_followers: HitFollowers
 
     def _setup_l1(
-        self,
-        tiers: Sequence[L1Tier],
-        metrics: CacheMetrics,
-        protection: Protection,
-        rng: Callable[[], float],
+        self, metrics: CacheMetrics, protection: Protection, rng: Callable[[], float]
     ) -> None:
-        """Take what the hit path reads into attributes of the chain (one lookup each)."""
-        self._random = rng
-        self._beta = protection.early_refresh_beta
+        """Take what the hit path reads into attributes of the chain (one lookup each); the
+        chain then lets it read tier 0 (:meth:`_use_l1`)."""
         self._xfetch_window = protection.xfetch_window_factor
-        self._l1_hits = metrics.l1_hits
-        self._l1_hit_cells = self._l1_hits.cells
         self._plain_hits = metrics.plain_l1_hits
+        self.lookup_l1 = L1Lookup(
+            self._clock,
+            metrics.l1_hits,
+            self._xfetch_window,
+            protection.early_refresh_beta,
+            rng,
+        )
         self._hit_followers = HitFollowers(lambda: self.l1_hit)
-        self._use_l1(tiers, True)
 
     def follow_l1_hit(self, follower: HitFollower) -> None:
         """Set ``follower.reader`` to :attr:`l1_hit` now and whenever it changes, for as long
         as ``follower`` lives (held weakly)."""
         self._hit_followers.follow(follower)
-
-    def lookup_l1(self, key: str) -> Any:
-        """The fresh value in tier 0, ``MISSING``, or :data:`REFRESH_DUE` (for the decorator,
-        which inlines ``get``), after :attr:`l1_hit` said ``NOT_FRESH``.
-
-        One clock read, one tier call, a lock-free hit counter; no flight, no fence, no
-        allocation. The XFetch draw is only made near the expiry.
-        """
-        if type(key) is not str:
-            # Refused before the tier is asked: an object that hashes and compares like a
-            # stored key would be answered by the tier's dict (a str subclass passes).
-            check_keys((key,))
-        get_at = self._l1_get_at
-        if get_at is None:
-            return MISSING
-        now = self._clock()
-        try:
-            entry = get_at(key, now)
-        except Exception as exc:
-            check_keys((key,))  # a caller's mistake is not the tier's failure
-            self._l1_tier.failed(exc)
-            return MISSING
-        if entry is not MISSING:
-            soft = entry.soft_expiry
-            if now < soft:
-                try:  # LocalCounter.add, inlined
-                    self._l1_hit_cells.cell[0] += 1
-                except AttributeError:
-                    self._l1_hits.add()
-                if now >= soft - entry.load_duration * self._xfetch_window and xfetch_due(
-                    now, soft, entry.load_duration, self._beta, self._random()
-                ):
-                    return REFRESH_DUE
-                return entry.value
-        self._l1_tier.miss()
-        return MISSING
 
     @staticmethod
     def _no_l1_hit(key: Any) -> Any:
@@ -172,14 +131,15 @@ class L1Reader:
         return NOT_FRESH
 
     def _use_l1(self, tiers: Sequence[L1Tier], enabled: bool) -> None:
-        """Let :meth:`lookup_l1` and :attr:`l1_hit` read ``tiers[0]`` (or, ``enabled=False``,
+        """Let :attr:`lookup_l1` and :attr:`l1_hit` read ``tiers[0]`` (or, ``enabled=False``,
         skip it)."""
+        lookup = self.lookup_l1
         with self._hit_followers.lock:
-            self._l1_get_at = None
+            lookup.get_at = None
             self.l1_hit = self._no_l1_hit
             if enabled and tiers:
-                self._l1_tier = tiers[0]
-                self._l1_get_at = tiers[0].get_at_function()
+                lookup.tier = tiers[0]
+                lookup.get_at = tiers[0].get_at_function()
                 reader = tiers[0].hit_reader(self._xfetch_window, self._plain_hits)
                 if reader is not None:
                     self.l1_hit = reader

@@ -154,7 +154,7 @@ class CacheMetrics:
         self._cells: list[_Cell] = []
         self._lock = threading.Lock()
         #: Hits in tier 0, counted apart from the other hits: the hit path adds to its cell
-        #: inline (:meth:`~tiered_cache.chain.TieredCache.lookup_l1`).
+        #: (:class:`~tiered_cache.hit.L1Lookup`).
         self.l1_hits = LocalCounter()
         #: Hits in tier 0 answered by its plain-hit reader (:mod:`tiered_cache.hit`).
         self.plain_l1_hits = HitCount()

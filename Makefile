@@ -21,7 +21,9 @@ $(STAMP): $(BIN)/python pyproject.toml $(wildcard adapters/*/pyproject.toml)
 # the build) the library runs on the pure-Python sources (tiered_cache/compiled.py).
 # `make pure` removes the build.
 CORE := $(VENV)/.core
-$(CORE): $(STAMP) tools/build_core.py $(addprefix tiered_cache/,entry.py slot.py sketch.py topk.py policy.py hit.py singleflight.py metrics.py stamp.py memory_core.py invalidation_log.py accessor.py fence.py loader.py policy_defaults.py _hitcall.c _sketch.c)
+# Its prerequisites are the sources tiered_cache/compiled.py lists (the one owner of that list).
+CORE_SOURCES := $(shell $(PYTHON) tools/build_core.py --sources)
+$(CORE): $(STAMP) tools/build_core.py tiered_cache/compiled.py $(CORE_SOURCES)
 	$(BIN)/python tools/build_core.py
 	touch $(CORE)
 

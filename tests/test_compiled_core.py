@@ -513,3 +513,23 @@ def test_compiled_and_pure_l1_lookups_answer_alike(reads: Any) -> None:
     assert lookup_answers(hit, entry, tier, reads) == lookup_answers(
         pure("hit"), pure("entry"), pure("tier"), reads
     )
+
+
+def test_the_makefile_rebuilds_after_a_change_to_any_source_the_build_reads() -> None:
+    """The Makefile's prerequisites for the build come from ``build_core.py --sources``, which
+    reads compiled.py's lists: a module added there is a prerequisite at once (they were written
+    out by hand in the Makefile and had to be kept in step)."""
+    root = Path(__file__).resolve().parent.parent
+    printed = subprocess.run(
+        [sys.executable, str(root / "tools" / "build_core.py"), "--sources"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    from tiered_cache import compiled
+
+    expected = {f"tiered_cache/{name}.py" for name in (*compiled.MODULES, *compiled.DEPENDENCIES)}
+    expected |= {f"tiered_cache/{name}.c" for name in compiled.EXTENSIONS}
+    assert set(printed) == expected
+    assert all((root / path).is_file() for path in printed)
+    assert "$(shell $(PYTHON) tools/build_core.py --sources)" in (root / "Makefile").read_text()

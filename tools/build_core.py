@@ -54,6 +54,15 @@ DEPENDENCIES: tuple[str, ...] = _COMPILED.DEPENDENCIES
 GROUP = "tiered_cache._core"
 
 
+def sources() -> list[Path]:
+    """Every source the build reads: a change to one makes the build stale."""
+    package = ROOT / "tiered_cache"
+    return [
+        *(package / f"{name}.py" for name in (*MODULES, *DEPENDENCIES)),
+        *(package / f"{name}.c" for name in EXTENSIONS),
+    ]
+
+
 def compiled_files() -> list[Path]:
     """The extension modules a build left in the package."""
     package = ROOT / "tiered_cache"
@@ -161,7 +170,15 @@ def remove() -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--remove", action="store_true", help="delete the compiled modules")
+    parser.add_argument(
+        "--sources",
+        action="store_true",
+        help="print the sources the build reads, one a line (the Makefile's prerequisites)",
+    )
     args = parser.parse_args()
+    if args.sources:
+        print("\n".join(str(path.relative_to(ROOT)) for path in sources()))
+        return 0
     return remove() if args.remove else build()
 
 

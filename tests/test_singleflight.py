@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import pytest
 
 from tiered_cache import MemoryTier, PartialBatchError, TieredCache
+from tiered_cache.compiled import compiled_core
 from tiered_cache.singleflight import Flight, SingleFlight
+from tiered_cache.testing.interrupts import Interrupted, interrupting
 
 
 def start_together(count: int, target: object) -> list[threading.Thread]:
@@ -351,3 +357,62 @@ def test_a_waiter_that_gives_up_raises_load_timeout_without_the_wait_as_its_cont
         release.set()
         leader.join(timeout=10)
     assert raised.value.__suppress_context__ and raised.value.__cause__ is None
+
+
+def test_a_waiter_interrupted_as_the_flight_lands_leaves_it_open_for_the_others() -> None:
+    """A waiter interrupted (Ctrl-C's KeyboardInterrupt, a task queue's signal-raised time
+    limit) just as the flight it waits for lands must not keep the others from its outcome.
+    The latch was a lock each waiter took and passed on; on the pure-Python core the
+    interrupt is raised as the lock's acquire returns -- taken, never passed on -- and every
+    other waiter of the flight waited for ever (no hard timeout, the default) or timed out.
+    Compiled, no signal handler runs between the two calls: run on the sources too."""
+    if compiled_core():
+        on_the_sources(test_a_waiter_interrupted_as_the_flight_lands_leaves_it_open_for_the_others)
+    flights = SingleFlight()
+    release, inside, slow = held_open("shared")
+    sent = threading.Event()
+    outcome: list[object] = []
+    with interrupting() as interrupt:
+
+        def lead() -> None:
+            flights.run("k", slow)
+            interrupt()  # as the flight lands: its latch is being passed to the waiter
+            sent.set()
+
+        leader = threading.Thread(target=lead)
+        leader.start()
+        assert inside.wait(timeout=10)
+        flight = flights.in_flight("k")
+        assert flight is not None
+        flight.join()  # another waiter, which waits once the first was interrupted
+
+        def land_once_both_joined() -> None:
+            while flight.waiters < 2:
+                time.sleep(0.001)
+            release.set()
+
+        releaser = threading.Thread(target=land_once_both_joined)
+        releaser.start()
+        try:
+            outcome.append(flights.run("k", slow))
+            sent.wait(timeout=10)  # the interrupt is raised here at the latest
+        except Interrupted:
+            outcome.append("interrupted")
+        leader.join(timeout=10)
+        releaser.join(timeout=10)
+    assert outcome[-1] == "interrupted"
+    assert flight.wait(timeout=10) == "shared"  # TimeoutError: the latch was kept
+
+
+def on_the_sources(test: Callable[[], None]) -> None:
+    """Run ``test`` of this module in a child process on the pure-Python core."""
+    test_id = f"{Path(__file__).resolve()}::{test.__name__}"
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test_id],
+        env={**os.environ, "TIERED_CORE_PURE": "1"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "1 passed" in done.stdout

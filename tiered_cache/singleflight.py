@@ -36,10 +36,12 @@ class Flight:
     __slots__ = ("_done", "error", "result", "tag", "waiters")
 
     def __init__(self, tag: int = 0) -> None:
-        # The latch (a lock held until the flight lands: far cheaper to make than an Event,
-        # which builds a Condition) is made by the first waiter (join): most flights, one per
-        # miss, never have one.
-        self._done: threading.Lock | None = None
+        # The latch is made by the first waiter (join): most flights, one per miss, never
+        # have one. An Event, not a lock each waiter takes and passes on (cheaper to make):
+        # a waiter interrupted (KeyboardInterrupt, a signal-raised time limit) as its
+        # acquire returned kept the lock, and every other waiter of the flight waited for
+        # ever. An Event stays set; nothing a waiter does can close it.
+        self._done: threading.Event | None = None
         self.result: Any = None
         self.error: BaseException | None = None
         self.waiters = 0
@@ -51,9 +53,7 @@ class Flight:
         flight is in the table: the leader takes it out under the same lock before it lands,
         so it sees the latch of every waiter."""
         if self._done is None:
-            done = threading.Lock()
-            done.acquire()
-            self._done = done
+            self._done = threading.Event()
         self.waiters += 1
 
     def land(self, result: Any, error: BaseException | None) -> None:
@@ -65,18 +65,15 @@ class Flight:
             self.result = result
         done = self._done
         if done is not None:
-            done.release()
+            done.set()
 
     def wait(self, timeout: float | None = None) -> Any:
         """The outcome, once the flight lands (after :meth:`join`); :class:`TimeoutError`
         if it has not landed within ``timeout`` seconds (None: no limit)."""
         done = self._done
         assert done is not None, "wait() without join()"
-        if timeout is None:
-            done.acquire()
-        elif not done.acquire(timeout=timeout):
+        if not done.wait(timeout):
             raise TimeoutError
-        done.release()  # let the next waiter through
         if self.error is not None:
             raise self.error
         return self.result

@@ -19,6 +19,8 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
+from redis.exceptions import RedisError
+
 from tiered_cache.errors import TierUnavailable
 from tiered_cache.steps import Steps
 from tiered_cache.tier import MISSING, Entry, MissingType
@@ -167,10 +169,14 @@ class TierCommands:
         name = self.stored.prefix + key
         self._check_lease_possible(name)
         token = uuid.uuid4().hex
-        taken, data = yield (
-            self.io.script,
-            (ACQUIRE_AND_GET, [name, lease_key(name)], [token, max(1, int(ttl * 1000))]),
-        )
+        try:
+            taken, data = yield (
+                self.io.script,
+                (ACQUIRE_AND_GET, [name, lease_key(name)], [token, max(1, int(ttl * 1000))]),
+            )
+        except BaseException as exc:
+            yield from self._give_back_stopped(exc, {key: token})
+            raise
         entry = MISSING if not data else self.stored.decode(key, data, self._clock())
         return (token if taken else None), entry
 
@@ -232,9 +238,13 @@ class TierCommands:
             self._check_lease_possible(name)
         px = max(1, int(ttl * 1000))
         tokens = [uuid.uuid4().hex for _ in keys]
-        replies = yield from self._run_scripts(
-            ACQUIRE_AND_GET, acquire_calls(names, tokens, px), False
-        )
+        try:
+            replies = yield from self._run_scripts(
+                ACQUIRE_AND_GET, acquire_calls(names, tokens, px), False
+            )
+        except BaseException as exc:
+            yield from self._give_back_stopped(exc, dict(zip(keys, tokens, strict=True)))
+            raise
         failure = taken_on_failure(keys, tokens, replies)
         if failure is not None:
             yield from self._release_quietly(failure[0])
@@ -273,6 +283,18 @@ class TierCommands:
         prefix = self.stored.prefix
         calls = [([lease_key(prefix + key)], [token]) for key, token in tokens.items()]
         yield from self._run_scripts(RELEASE_IF_HOLDING, calls, True)
+
+    def _give_back_stopped(self, stopped: BaseException, tokens: Mapping[str, str]) -> Steps[None]:
+        """A call that takes leases under ``tokens`` was stopped between its send and its reply
+        by something other than Redis (a ``KeyboardInterrupt``, a signal-raised time limit, a
+        cancelled task): Redis may hold the leases, and only these tokens, which its caller
+        never saw, can give them back (a token that holds nothing releases nothing). Left,
+        they held until ``lease_ttl``, and every process reading their keys waited
+        ``lease_wait`` for a holder that was gone. When Redis failed the call (or the tier
+        refused it), a release would fail as well, after its own timeout: those expire as a
+        dead holder's."""
+        if not isinstance(stopped, RedisError | TierUnavailable):
+            yield from self._release_quietly(tokens)
 
     def _release_quietly(self, tokens: Mapping[str, str]) -> Steps[None]:
         """Best-effort release on a path that is already failing: its own error is logged."""

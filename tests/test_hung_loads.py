@@ -581,6 +581,138 @@ def test_a_burst_of_healthy_async_timed_misses_past_max_abandoned_loads_runs_at_
     asyncio.run(scenario())
 
 
+def _leave_a_load_running_on_a_loop_of_its_own(
+    cache: AsyncTieredCache, release: threading.Event
+) -> threading.Thread:
+    """A thread whose event loop leaves a timed load of "k" running (its caller cancelled)
+    and keeps running until the load ends: returned once the load is left behind."""
+    abandoned = threading.Event()
+
+    async def hang() -> str:
+        while not release.is_set():
+            await asyncio.sleep(0.005)
+        return "late"
+
+    async def on_a() -> None:
+        caller = asyncio.create_task(cache.get("k", hang))
+        while cache._loader.flights.in_flight("k") is None or not cache._loader._timed:
+            await asyncio.sleep(0)
+        caller.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await caller
+        abandoned.set()
+        while not release.is_set():  # the loop runs on, and with it the load
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(0.05)
+
+    a = threading.Thread(target=lambda: asyncio.run(on_a()), daemon=True)
+    a.start()
+    assert abandoned.wait(10)
+    return a
+
+
+@pytest.mark.parametrize("verb", ["wait_background", "aclose"])
+def test_waiting_on_another_loops_load_wakes_when_it_ends(verb: str) -> None:
+    """A load left running on loop a; on loop b, wait_background (and aclose, which cancels
+    it) waits for it. Its end was told to loop b from loop a's thread without waking b:
+    wait_background slept to its timeout (60 s here) and returned False, and aclose, which
+    waits with no timeout, never returned."""
+    cache = AsyncTieredCache([MemoryTier()], protection=Protection.never_stale(hard_timeout=60.0))
+    release = threading.Event()
+    a = _leave_a_load_running_on_a_loop_of_its_own(cache, release)
+    said: list[bool] = []
+    waiting = threading.Event()
+
+    async def on_b() -> None:
+        waiting.set()
+        if verb == "wait_background":
+            said.append(await cache.wait_background(60))
+        else:
+            await cache.aclose()
+            said.append(True)
+
+    b = threading.Thread(target=lambda: asyncio.run(on_b()), daemon=True)
+    b.start()
+    assert waiting.wait(10)
+    if verb == "wait_background":
+        release.set()
+    b.join(10)  # a guard, not a measure: the load ends at once
+    release.set()
+    a.join(10)
+    assert said == [True]
+    assert not cache._loader._timed  # the load ended (or was cancelled): its slot is back
+
+
+class _StoreHangs:
+    """An async source whose store waits for ``release`` (a write the caller gave up on)."""
+
+    name = "hangs"
+
+    def __init__(self, release: threading.Event, storing: threading.Event) -> None:
+        self._release, self._storing = release, storing
+
+    async def load(self, key: str) -> Any:
+        return "loaded"
+
+    async def load_many(self, keys: Any) -> dict[str, Any]:
+        return {}
+
+    async def store(self, key: str, value: Any) -> None:
+        self._storing.set()
+        while not self._release.is_set():
+            await asyncio.sleep(0.005)
+
+    async def remove(self, key: str) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("verb", ["wait_background", "aclose"])
+def test_waiting_on_another_loops_write_wakes_when_it_ends(verb: str) -> None:
+    """A write on loop a whose caller was cancelled goes on (to its end, as it must); on loop
+    b, wait_background and aclose wait for it. Its end was told to b from a's thread without
+    waking b: wait_background slept to its timeout (60 s) and aclose never returned."""
+    release, storing, left = threading.Event(), threading.Event(), threading.Event()
+    cache = AsyncTieredCache([MemoryTier()], _StoreHangs(release, storing))
+
+    async def on_a() -> None:
+        caller = asyncio.create_task(cache.set("k", "v"))
+        while not storing.is_set():
+            await asyncio.sleep(0.001)
+        caller.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await caller
+        left.set()
+        while not release.is_set():  # the loop runs on, and with it the write
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(0.05)
+
+    a = threading.Thread(target=lambda: asyncio.run(on_a()), daemon=True)
+    a.start()
+    assert left.wait(10)
+    said: list[bool] = []
+    waiting = threading.Event()
+
+    async def on_b() -> None:
+        waiting.set()
+        if verb == "wait_background":
+            said.append(await cache.wait_background(60))
+        else:
+            await cache.aclose()
+            said.append(True)
+
+    b = threading.Thread(target=lambda: asyncio.run(on_b()), daemon=True)
+    b.start()
+    assert waiting.wait(10)
+    release.set()
+    b.join(10)  # a guard, not a measure: the write ends at once
+    a.join(10)
+    assert said == [True]
+    assert not cache._writes
+
+
 def test_a_miss_joining_a_load_left_running_on_another_loop_wakes_when_it_ends() -> None:
     """Event loops in two threads: loop a's caller is cancelled while its timed load runs
     (the load goes on, and the key's next miss joins it); a miss of the key on loop b joins

@@ -30,6 +30,7 @@ from .forking import restart_after_fork
 from .hit import NOT_FRESH
 from .l1 import L1Reader
 from .logs import logger_for
+from .loops import all_end_within
 from .metrics import CacheMetrics
 from .paths import ChainPaths
 from .protection import REFRESH_DUE, Protection
@@ -406,17 +407,14 @@ class AsyncTieredCache(L1Reader):
     async def wait_background(self, timeout: float | None = None) -> bool:
         """Wait until background refreshes, late loads (filled) and writes whose callers
         were cancelled have finished."""
-        if self._writes:
-            _, pending = await asyncio.wait(set(self._writes), timeout=timeout)
-            if pending:
-                return False
+        if not await all_end_within(set(self._writes), timeout):
+            return False
         return await self._loader.wait_background(timeout)
 
     async def aclose(self) -> None:
         """Let writes in flight finish, cancel background work, close the bus, every tier
         and the source. Idempotent."""
-        if self._writes:
-            await asyncio.wait(set(self._writes))
+        await all_end_within(set(self._writes), None)
         if not await self._loader.aclose():
             return
         if self._bus_link is not None:

@@ -13,7 +13,6 @@ timeout: :class:`~tiered_cache.LoadTimeout`) leaves nothing undone.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import warnings
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, cast
@@ -27,6 +26,7 @@ from .fence import Fence
 from .forking import restart_after_fork
 from .lease_wait import LeaseWait
 from .logs import fields, key_hash, logger_for
+from .loops import all_end_within, cancel, ends_within
 from .metrics import CacheMetrics
 from .protection import Protection
 from .stamp import EntryMaker
@@ -35,33 +35,6 @@ from .tier import Entry, Source
 from .timed_slots import ServeStale, TimedSlots, after_wait
 
 logger = logger_for("chain")
-
-
-async def _ends_within(task: asyncio.Task[Any], timeout: float | None) -> bool:
-    """Whether ``task`` ends within ``timeout`` seconds. A task of another event loop (a load
-    left running by a caller in another thread) runs its done callbacks on its own loop, so
-    its end is told to this one through ``call_soon_threadsafe``: ``asyncio.wait`` set this
-    loop's future from that thread without waking it, and the wait ran to its timeout."""
-    loop = asyncio.get_running_loop()
-    if task.get_loop() is loop:
-        done, _ = await asyncio.wait({task}, timeout=timeout)
-        return bool(done)
-    ended: asyncio.Future[None] = loop.create_future()
-
-    def settle() -> None:
-        if not ended.done():
-            ended.set_result(None)
-
-    def on_end(_: object) -> None:  # on the task's loop
-        with contextlib.suppress(RuntimeError):  # this loop was closed meanwhile
-            loop.call_soon_threadsafe(settle)
-
-    try:
-        task.get_loop().call_soon_threadsafe(task.add_done_callback, on_end)
-    except RuntimeError:  # its loop is closed: it never ends
-        return False
-    told, _ = await asyncio.wait({ended}, timeout=timeout)
-    return bool(told)
 
 
 #: A loader for one key: a coroutine function of no arguments.
@@ -322,7 +295,7 @@ class AsyncSourceLoader:
     ) -> Entry:
         timeout = soft if soft is not None else hard
         try:
-            done = await _ends_within(task, timeout)
+            done = await ends_within(task, timeout)
         except asyncio.CancelledError:
             # The caller went away: its load goes on, and the next miss joins it rather than
             # start another (impatient clients would otherwise each add a load of the key).
@@ -425,8 +398,7 @@ class AsyncSourceLoader:
         tasks = self._live_tasks()
         if not tasks:
             return True
-        _, pending = await asyncio.wait(tasks, timeout=timeout)
-        return not pending
+        return await all_end_within(tasks, timeout)
 
     def _live_tasks(self) -> list[asyncio.Task[Any]]:
         """The loader's tasks, less those of event loops closed under them: they never run
@@ -447,9 +419,8 @@ class AsyncSourceLoader:
         self._closed = True
         tasks = self._live_tasks()
         for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks)
+            cancel(task)
+        await all_end_within(tasks, None)
         return True
 
     # -- the source itself

@@ -1,0 +1,70 @@
+"""Waiting for and cancelling asyncio tasks whatever event loop runs them.
+
+An asyncio chain may be used from several event loops (one per thread): a load left running
+by a cancelled caller, or a write whose caller went away, runs on the loop that started it,
+and another loop may wait for it (the next miss of the key, ``wait_background``, ``aclose``).
+``asyncio.wait`` cannot do that: the task's done callbacks run on the task's own loop, which
+would set this loop's future from that thread without waking it (the wait slept to its
+timeout, or for ever), and ``Task.cancel`` is not thread-safe. Every such wait goes through
+here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Collection
+from typing import Any
+
+__all__ = ["all_end_within", "cancel", "ends_within"]
+
+
+async def ends_within(task: asyncio.Task[Any], timeout: float | None) -> bool:
+    """Whether ``task`` ends within ``timeout`` seconds (None: however long it takes). A task
+    of another event loop tells its end to this one through ``call_soon_threadsafe``; one
+    whose loop is closed never ends (False at once)."""
+    if task.done():
+        return True
+    loop = asyncio.get_running_loop()
+    if task.get_loop() is loop:
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+        return bool(done)
+    ended: asyncio.Future[None] = loop.create_future()
+
+    def settle() -> None:
+        if not ended.done():
+            ended.set_result(None)
+
+    def on_end(_: object) -> None:  # on the task's loop
+        with contextlib.suppress(RuntimeError):  # this loop was closed meanwhile
+            loop.call_soon_threadsafe(settle)
+
+    try:
+        task.get_loop().call_soon_threadsafe(task.add_done_callback, on_end)
+    except RuntimeError:  # its loop is closed: it never ends
+        return False
+    told, _ = await asyncio.wait({ended}, timeout=timeout)
+    return bool(told)
+
+
+async def all_end_within(tasks: Collection[asyncio.Task[Any]], timeout: float | None) -> bool:
+    """Whether every one of ``tasks`` ends within ``timeout`` seconds (waited for at once)."""
+    if not tasks:
+        return True
+    ended = await asyncio.gather(*(ends_within(task, timeout) for task in tasks))
+    return all(ended)
+
+
+def cancel(task: asyncio.Task[Any]) -> None:
+    """Cancel ``task`` from this thread: through its own loop when that is another thread's
+    (``Task.cancel`` is not thread-safe, and that loop might not wake to run it)."""
+    loop = task.get_loop()
+    try:
+        running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if loop is running:
+        task.cancel()
+        return
+    with contextlib.suppress(RuntimeError):  # its loop is closed: it never runs again
+        loop.call_soon_threadsafe(task.cancel)

@@ -611,15 +611,9 @@ def _leave_a_load_running_on_a_loop_of_its_own(
     return a
 
 
-@pytest.mark.parametrize("verb", ["wait_background", "aclose"])
-def test_waiting_on_another_loops_load_wakes_when_it_ends(verb: str) -> None:
-    """A load left running on loop a; on loop b, wait_background (and aclose, which cancels
-    it) waits for it. Its end was told to loop b from loop a's thread without waking b:
-    wait_background slept to its timeout (60 s here) and returned False, and aclose, which
-    waits with no timeout, never returned."""
-    cache = AsyncTieredCache([MemoryTier()], protection=Protection.never_stale(hard_timeout=60.0))
-    release = threading.Event()
-    a = _leave_a_load_running_on_a_loop_of_its_own(cache, release)
+def _wait_on_loop_b(cache: AsyncTieredCache, verb: str) -> tuple[threading.Thread, list[bool]]:
+    """A thread whose event loop calls ``cache.wait_background(60)`` or ``cache.aclose()``:
+    returned once it is about to, with the list its answer goes to (True for aclose)."""
     said: list[bool] = []
     waiting = threading.Event()
 
@@ -634,6 +628,19 @@ def test_waiting_on_another_loops_load_wakes_when_it_ends(verb: str) -> None:
     b = threading.Thread(target=lambda: asyncio.run(on_b()), daemon=True)
     b.start()
     assert waiting.wait(10)
+    return b, said
+
+
+@pytest.mark.parametrize("verb", ["wait_background", "aclose"])
+def test_waiting_on_another_loops_load_wakes_when_it_ends(verb: str) -> None:
+    """A load left running on loop a; on loop b, wait_background (and aclose, which cancels
+    it) waits for it. Its end was told to loop b from loop a's thread without waking b:
+    wait_background slept to its timeout (60 s here) and returned False, and aclose, which
+    waits with no timeout, never returned."""
+    cache = AsyncTieredCache([MemoryTier()], protection=Protection.never_stale(hard_timeout=60.0))
+    release = threading.Event()
+    a = _leave_a_load_running_on_a_loop_of_its_own(cache, release)
+    b, said = _wait_on_loop_b(cache, verb)
     if verb == "wait_background":
         release.set()
     b.join(10)  # a guard, not a measure: the load ends at once
@@ -692,20 +699,7 @@ def test_waiting_on_another_loops_write_wakes_when_it_ends(verb: str) -> None:
     a = threading.Thread(target=lambda: asyncio.run(on_a()), daemon=True)
     a.start()
     assert left.wait(10)
-    said: list[bool] = []
-    waiting = threading.Event()
-
-    async def on_b() -> None:
-        waiting.set()
-        if verb == "wait_background":
-            said.append(await cache.wait_background(60))
-        else:
-            await cache.aclose()
-            said.append(True)
-
-    b = threading.Thread(target=lambda: asyncio.run(on_b()), daemon=True)
-    b.start()
-    assert waiting.wait(10)
+    b, said = _wait_on_loop_b(cache, verb)
     release.set()
     b.join(10)  # a guard, not a measure: the write ends at once
     a.join(10)
@@ -719,30 +713,16 @@ def test_a_miss_joining_a_load_left_running_on_another_loop_wakes_when_it_ends()
     it and gets its value once it ends. The load's end was told to loop b from loop a's
     thread without waking it: b slept until its hard timeout (60 s here)."""
     cache = AsyncTieredCache([MemoryTier()], protection=Protection.never_stale(hard_timeout=60.0))
-    release, abandoned = threading.Event(), threading.Event()
+    release = threading.Event()
     got: list[Any] = []
+    a = _leave_a_load_running_on_a_loop_of_its_own(cache, release)
 
-    async def hang() -> str:
-        while not release.is_set():
-            await asyncio.sleep(0.005)
-        return "late"
-
-    async def on_a() -> None:
-        caller = asyncio.create_task(cache.get("k", hang))
-        while cache._loader.flights.in_flight("k") is None or not cache._loader._timed:
-            await asyncio.sleep(0)
-        caller.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await caller
-        abandoned.set()
-        await cache.wait_background(30)  # loop a runs the load to its end
+    async def never() -> str:
+        raise AssertionError("b's miss joins the load left running: it loads nothing")
 
     async def on_b() -> None:
-        got.append(await cache.get("k", hang))
+        got.append(await cache.get("k", never))
 
-    a = threading.Thread(target=lambda: asyncio.run(on_a()), daemon=True)
-    a.start()
-    assert abandoned.wait(10)
     b = threading.Thread(target=lambda: asyncio.run(on_b()), daemon=True)
     b.start()
     for _ in range(10_000):  # a guard, not a measure: b's miss leads its flight (and joins)

@@ -76,17 +76,24 @@ def test_close_gives_the_parked_connections_back(redis_server: RedisServer) -> N
     pool = client.connection_pool
     reader = WireReader(client)
     held = [pool.get_connection() for _ in range(PARKED)]  # the readers below each take a new one
-    barrier = threading.Barrier(PARKED)
+    # Each reader holds the connection it took until all have taken theirs: a reader that
+    # began after another had parked its connection would read on that one (seen under load:
+    # fewer parked, and the pool not exhausted below).
+    checkout = pool.get_connection
+    all_taken = threading.Barrier(PARKED)
 
-    def read() -> None:
-        barrier.wait()
-        reader.get("nothing")
+    def taken_together(*args: Any, **kwargs: Any) -> Any:
+        conn = checkout(*args, **kwargs)
+        all_taken.wait(10)
+        return conn
 
-    threads = [threading.Thread(target=read) for _ in range(PARKED)]
+    pool.get_connection = taken_together  # type: ignore[method-assign]
+    threads = [threading.Thread(target=reader.get, args=("nothing",)) for _ in range(PARKED)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    del pool.get_connection  # the pool's own again
     for conn in held:
         pool.release(conn)
     # 2 * PARKED + 1 connections, at most PARKED of them parked: the others can be taken.

@@ -166,3 +166,35 @@ async def test_the_lease_calls_gathered_by_a_cancelled_caller_are_still_answered
     assert (await tier.acquire_lease("a", 5.0))[0] is not None  # the cancelled one took none
     await tier.clear()
     await tier.aclose()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("cancelled", ["a", "b"], ids=["the tick's first caller", "a gathered one"])
+async def test_a_caller_cancelled_while_its_lease_is_taken_leaves_no_lease(
+    redis_server: RedisServer, namespace: str, cancelled: str
+) -> None:
+    """Two callers of one tick take leases in one batch (``a`` sends it, ``b``'s call is
+    gathered into it); one is cancelled (its client went away) once Redis took both leases,
+    before the reply came. A gathered caller's token came back after it stopped waiting and
+    was dropped: its lease held until ``lease_ttl``, every process reading ``b`` waited
+    ``lease_wait`` for nobody (seen failing: ``[b'{...:b}:lease']`` left). The replies are
+    held back by the fault proxy until the cancellation landed."""
+    with FaultProxy(redis_server.host, redis_server.port) as proxy:
+        tier = AsyncRedisTier(make_async_client(proxy.url(), timeout=30.0), namespace=namespace)
+        assert (await tier.acquire_lease("warm", 5.0))[0] is not None  # connected, scripts loaded
+        watch = redis.Redis.from_url(redis_server.url)
+        proxy.trickle(1, 0.2)  # the batch's reply comes a byte at a time: in seconds
+        calls = {key: asyncio.ensure_future(tier.acquire_lease(key, 30.0)) for key in "ab"}
+        while len(watch.keys(f"*{namespace}:[ab]}}:lease")) < 2:
+            await asyncio.sleep(0.005)
+        calls[cancelled].cancel()
+        proxy.restore()
+        kept = "b" if cancelled == "a" else "a"
+        token, _ = await calls[kept]
+        with pytest.raises(asyncio.CancelledError):
+            await calls[cancelled]
+        assert watch.keys(f"*{namespace}:{cancelled}}}:lease") == []
+        assert watch.get(f"{{{namespace}:{kept}}}:lease") == (token or "").encode()
+        watch.close()
+        await tier.clear()
+        await tier.aclose()

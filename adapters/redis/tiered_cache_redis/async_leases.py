@@ -37,7 +37,7 @@ class CoalescedLeases:
 
     def __init__(self, commands: TierCommands) -> None:
         self._commands = commands
-        self._acquires: TickBatch[_Acquire, Look] = TickBatch(self._send_acquires)
+        self._acquires: TickBatch[_Acquire, Look] = TickBatch(self._send_acquires, self._give_back)
         self._fills: TickBatch[_Fill, bool] = TickBatch(self._send_fills)
 
     async def acquire_lease(self, key: str, ttl: float) -> Look:
@@ -70,6 +70,13 @@ class CoalescedLeases:
             for index, key in zip(batch, keys, strict=True):
                 outcomes[index] = looks[key]
         return outcomes
+
+    async def _give_back(self, unclaimed: list[tuple[_Acquire, Look]]) -> None:
+        """The leases taken for callers that were cancelled before their tokens came back:
+        nobody else knows those tokens, and nobody will fill under them."""
+        tokens = {key: token for (key, _), (token, _) in unclaimed if token is not None}
+        if tokens:
+            await arun(self._commands.release_quietly(tokens))
 
     async def _send_fills(self, calls: Sequence[_Fill]) -> list[bool | Exception]:
         outcomes: list[bool | Exception] = [ValueError("not sent")] * len(calls)

@@ -30,9 +30,14 @@ class TickBatch(Generic[Call, Result]):
     them with ``send``, which returns one result or one exception per call, in order."""
 
     def __init__(
-        self, send: Callable[[Sequence[Call]], Awaitable[Sequence[Result | Exception]]]
+        self,
+        send: Callable[[Sequence[Call]], Awaitable[Sequence[Result | Exception]]],
+        unclaimed: Callable[[list[tuple[Call, Result]]], Awaitable[None]] | None = None,
     ) -> None:
         self._send = send
+        #: Given the results of callers that stopped waiting (cancelled) before theirs came:
+        #: what they would have had to undo (a lease taken for them) is undone there.
+        self._unclaimed = unclaimed
         self._pending: dict[asyncio.AbstractEventLoop, list[tuple[Call, asyncio.Future[Result]]]]
         self._pending = {}
         self._sending: set[asyncio.Task[None]] = set()
@@ -58,7 +63,7 @@ class TickBatch(Generic[Call, Result]):
         except BaseException as exc:
             self._hand_over(loop, waiting, exc)
             raise
-        _settle(waiting, outcomes[1:])
+        await self._settle(waiting, outcomes[1:])
         outcome = outcomes[0]
         if isinstance(outcome, Exception):
             raise outcome
@@ -95,25 +100,32 @@ class TickBatch(Generic[Call, Result]):
             for _, future in waiting:
                 future.cancel()
             raise
-        _settle(waiting, outcomes)
+        await self._settle(waiting, outcomes)
+
+    async def _settle(
+        self,
+        waiting: Sequence[tuple[Call, asyncio.Future[Result]]],
+        outcomes: Sequence[Result | Exception],
+    ) -> None:
+        """Hand each waiter its outcome; the results of those that stopped waiting go to
+        ``unclaimed`` (a lease's token dropped here held the lease until its TTL)."""
+        dropped: list[tuple[Call, Result]] = []
+        for (call, future), outcome in zip(waiting, outcomes, strict=True):
+            if future.done():
+                if not isinstance(outcome, Exception):
+                    dropped.append((call, outcome))
+                continue
+            if isinstance(outcome, Exception):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
+        if dropped and self._unclaimed is not None:
+            await self._unclaimed(dropped)
 
     async def drain(self) -> None:
         """Let the batches sent for a cancelled leader end."""
         if self._sending:
             await asyncio.gather(*self._sending, return_exceptions=True)
-
-
-def _settle(
-    waiting: Sequence[tuple[object, asyncio.Future[Result]]],
-    outcomes: Sequence[Result | Exception],
-) -> None:
-    for (_, future), outcome in zip(waiting, outcomes, strict=True):
-        if future.done():
-            continue
-        if isinstance(outcome, Exception):
-            future.set_exception(outcome)
-        else:
-            future.set_result(outcome)
 
 
 def rounds(keys: Sequence[str]) -> list[list[int]]:

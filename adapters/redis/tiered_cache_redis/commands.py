@@ -204,7 +204,7 @@ class TierCommands:
         try:
             yield self.io.send, (commands,)
         except Exception:
-            yield from self._release_quietly(tokens)
+            yield from self.release_quietly(tokens)
             raise
         return tokens
 
@@ -247,7 +247,7 @@ class TierCommands:
             raise
         failure = taken_on_failure(keys, tokens, replies)
         if failure is not None:
-            yield from self._release_quietly(failure[0])
+            yield from self.release_quietly(failure[0])
             raise batch_failure(self.stored.name, failure[1])
         now = self._clock()
         decode = self.stored.decode
@@ -268,13 +268,13 @@ class TierCommands:
             # Nothing to keep; an older copy must not outlive this fill either.
             prefix = self.stored.prefix
             yield self.io.send, (self._unlinks([prefix + key for key in expired]),)
-            yield from self._release_quietly(expired)
+            yield from self.release_quietly(expired)
         if not fills:
             return kept
         replies = yield from self._run_scripts(FILL_IF_HOLDING, fill_calls(fills), False)
         kept, failed, error = fill_outcome(self.stored.name, fills, replies, kept)
         if error is not None:
-            yield from self._release_quietly(failed)
+            yield from self.release_quietly(failed)
             raise error
         return kept
 
@@ -294,9 +294,9 @@ class TierCommands:
         refused it), a release would fail as well, after its own timeout: those expire as a
         dead holder's."""
         if not isinstance(stopped, RedisError | TierUnavailable):
-            yield from self._release_quietly(tokens)
+            yield from self.release_quietly(tokens)
 
-    def _release_quietly(self, tokens: Mapping[str, str]) -> Steps[None]:
+    def release_quietly(self, tokens: Mapping[str, str]) -> Steps[None]:
         """Best-effort release on a path that is already failing: its own error is logged."""
         if not tokens:
             return

@@ -292,19 +292,23 @@ class ChainPaths:
                         mark, {key: entry}, self.tiers, tokens=tokens, own=own
                     )
                 )
-        except Exception:
-            # The source took the value but a tier refused it (CodecError) or its ttl was bad:
-            # left alone, the tiers kept the old value (Redis for its ttl, read by every
-            # process) and the stolen lease. Invalidated as an overlapped write is.
+            if not landed:
+                # Another write (or an invalidation) overlapped this one: which came last at
+                # the source cannot be told here, so no tier keeps either value.
+                yield from self.invalidate_many([key])
+                return
+            if self.announce is not None:
+                yield self.announce, ([key], (), False, 0.0)
+        except GeneratorExit:  # the steps were closed, not run: nothing more may be yielded
+            raise
+        except BaseException:
+            # The source took the value but a tier refused it (CodecError), its ttl was bad,
+            # or the writer was interrupted (Ctrl-C, a signal-raised time limit) before the
+            # tiers and the other processes had it: left alone, the tiers kept the old value
+            # (Redis for its ttl, read by every process; the other processes' memory, never
+            # told) and the stolen lease. Invalidated as an overlapped write is.
             yield from self.invalidate_many([key])
             raise
-        if not landed:
-            # Another write (or an invalidation) overlapped this one: which came last at the
-            # source cannot be told here, so no tier keeps either value.
-            yield from self.invalidate_many([key])
-            return
-        if self.announce is not None:
-            yield self.announce, ([key], (), False, 0.0)
 
     def set_alone(self, key: str, value: Any, *, ttl: float | str | None = None) -> None:
         """:meth:`set` for a chain of one in-process tier and no bus, in plain calls (the
@@ -369,14 +373,16 @@ class ChainPaths:
             landed = yield from self.fence.fill_steps(
                 mark, entries, self.tiers, tokens=tokens or None, own=own
             )
-        except Exception:
+            # Overlapped by another write or an invalidation: no tier keeps either value.
+            yield from self.invalidate_many([key for key in keys if key not in landed])
+            written = [key for key in keys if key in landed]
+            if written and self.announce is not None:
+                yield self.announce, (written, (), False, 0.0)
+        except GeneratorExit:  # as in set
+            raise
+        except BaseException:
             yield from self.invalidate_many(keys)  # the source took them: see set
             raise
-        # Overlapped by another write or an invalidation: no tier keeps either value.
-        yield from self.invalidate_many([key for key in keys if key not in landed])
-        written = [key for key in keys if key in landed]
-        if written and self.announce is not None:
-            yield self.announce, (written, (), False, 0.0)
 
     def leased(self, key: str) -> bool:
         """Whether a write of ``key`` takes its lease on the leasing tier. One that could

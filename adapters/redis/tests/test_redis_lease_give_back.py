@@ -571,3 +571,53 @@ def test_a_miss_interrupted_while_its_lease_is_taken_gives_it_back(
         watch.close()
         first.close()
         second.close()
+
+
+@pytest.mark.parametrize("how", ["set", "set_many"])
+def test_a_write_interrupted_while_it_takes_its_leases_gives_them_back(
+    redis_server: RedisServer, namespace: str, how: str
+) -> None:
+    """A write takes its keys' leases (one ``SET PX`` each, tokens made here) before it
+    writes the source; interrupted while Redis's reply was on its way, the leases stayed until
+    ``lease_ttl`` and every reader of the keys waited ``lease_wait`` (seen failing: the lease
+    keys still in Redis). ``set_many`` gave its leases back on an Exception only."""
+    from tiered_cache.testing.interrupts import Interrupted, interrupting
+    from tiered_cache.testing.servers import FaultProxy
+
+    keys = ["k"] if how == "set" else ["k", "j"]
+    with FaultProxy(redis_server.host, redis_server.port) as proxy:
+        writer = TieredCache.from_config(
+            namespace=namespace,
+            bus={"kind": "off"},
+            tiers=[{"kind": "memory"}, {"kind": "redis", "url": proxy.url(), "timeout": "30s"}],
+            protection={"lease_ttl": "30s", "soft_timeout": None},
+        )
+        writer.set("warm", "up")  # connected, scripts loaded
+        watch = redis.Redis.from_url(redis_server.url)
+        leases = f"*{namespace}:[kj]}}:lease"
+        proxy.trickle(1, 0.2)  # every reply comes a byte at a time
+        with interrupting() as interrupt:
+
+            def once_the_leases_are_taken() -> None:
+                while len(watch.keys(leases)) < len(keys):
+                    time.sleep(0.005)
+                interrupt()
+                proxy.restore()  # a give-back is answered at once
+
+            interrupter = threading.Thread(target=once_the_leases_are_taken)
+            interrupter.start()
+            with pytest.raises(Interrupted):
+                if how == "set":
+                    writer.set("k", "new")
+                else:
+                    writer.set_many(dict.fromkeys(keys, "new"))
+            interrupter.join(timeout=10)
+        assert watch.keys(leases) == []
+        reader = chain(redis_server.url, namespace, lease_wait="300ms")
+        assert reader.get_many(keys, lambda wanted: dict.fromkeys(wanted, "read")) == dict.fromkeys(
+            keys, "read"
+        )
+        assert reader.stats()["lease_waits"] == 0
+        watch.close()
+        writer.close()
+        reader.close()

@@ -185,7 +185,11 @@ class TierCommands:
         name = self.stored.prefix + key
         self._check_lease_possible(name)
         token = uuid.uuid4().hex
-        yield self.io.command, ("SET", lease_key(name), token, "PX", max(1, int(ttl * 1000)))
+        try:
+            yield self.io.command, ("SET", lease_key(name), token, "PX", max(1, int(ttl * 1000)))
+        except BaseException as exc:
+            yield from self._give_back_stopped(exc, {key: token})
+            raise
         return token
 
     def steal_leases(self, keys: Sequence[str], ttl: float) -> Steps[dict[str, str]]:
@@ -203,7 +207,7 @@ class TierCommands:
         ]
         try:
             yield self.io.send, (commands,)
-        except Exception:
+        except BaseException:  # an interrupt too: see _give_back_stopped
             yield from self.release_quietly(tokens)
             raise
         return tokens
@@ -285,14 +289,14 @@ class TierCommands:
         yield from self._run_scripts(RELEASE_IF_HOLDING, calls, True)
 
     def _give_back_stopped(self, stopped: BaseException, tokens: Mapping[str, str]) -> Steps[None]:
-        """A call that takes leases under ``tokens`` was stopped between its send and its reply
-        by something other than Redis (a ``KeyboardInterrupt``, a signal-raised time limit, a
-        cancelled task): Redis may hold the leases, and only these tokens, which its caller
-        never saw, can give them back (a token that holds nothing releases nothing). Left,
-        they held until ``lease_ttl``, and every process reading their keys waited
-        ``lease_wait`` for a holder that was gone. When Redis failed the call (or the tier
-        refused it), a release would fail as well, after its own timeout: those expire as a
-        dead holder's."""
+        """A call that takes leases under ``tokens`` (a read's, or a write's steal) was stopped
+        between its send and its reply by something other than Redis (a ``KeyboardInterrupt``,
+        a signal-raised time limit, a cancelled task): Redis may hold the leases, and only
+        these tokens, which its caller never saw, can give them back (a token that holds
+        nothing releases nothing). Left, they held until ``lease_ttl``, and every process
+        reading their keys waited ``lease_wait`` for a holder that was gone. When Redis failed
+        the call (or the tier refused it), a release would fail as well, after its own
+        timeout: those expire as a dead holder's."""
         if not isinstance(stopped, RedisError | TierUnavailable):
             yield from self.release_quietly(tokens)
 

@@ -82,6 +82,8 @@ def test_good_urls_are_still_accepted() -> None:
         ("redis://localhost:6379/0?ssl_cert_reqs=none", "ssl_cert_reqs"),  # not rediss://
         ("redis://localhost:6379/0?health_check_interval=soon", "health_check_interval"),
         ("redis://localhost:6379/0?socket_timeout=x", "socket_timeout"),
+        # redis-py's own error, not a ValueError: it escaped the check as a bare RedisError
+        ("rediss://localhost:6379/0?ssl_cert_reqs=sometimes", "ssl_cert_reqs"),
     ],
 )
 def test_a_url_option_the_client_cannot_take_is_refused(url: str, problem: str) -> None:

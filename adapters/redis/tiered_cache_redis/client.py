@@ -67,9 +67,11 @@ def _check_options(url: str, shown: str) -> None:
     with ``TypeError`` for the life of the process. Making a connection opens no socket."""
     try:
         redis.ConnectionPool.from_url(url).make_connection()
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, redis.RedisError) as exc:
         # Texts such as "unexpected keyword argument 'x'" or "Invalid value for 'x' in
-        # connection URL.": option names, never their values.
+        # connection URL.": option names, never their values (redis-py raises its own
+        # RedisError for a TLS option it cannot read: "Invalid SSL Certificate Requirements
+        # Flag: <value>", a flag, not a secret).
         raise ConfigError(f"{shown}: an option of its query cannot be used ({exc})") from None
 
 

@@ -26,7 +26,7 @@ from .fence import Fence
 from .forking import restart_after_fork
 from .lease_wait import LeaseWait
 from .logs import fields, key_hash, logger_for
-from .loops import all_end_within, cancel, ends_within
+from .loops import all_end_within, cancel, ends_within, stalled
 from .metrics import CacheMetrics
 from .protection import Protection
 from .stamp import EntryMaker
@@ -216,8 +216,8 @@ class AsyncSourceLoader:
         once a slot is free (:meth:`_take_slot`). Returns it with the fence mark its fill is
         judged by and the seconds waited for the slot."""
         running = self._abandoned.get(key)
-        if running is not None and running[0].get_loop().is_closed():
-            self._give_back_closed()  # it will never end: load anew
+        if running is not None and stalled(running[0]):
+            self._give_back_stalled()  # it may never end: load anew
             running = None
         if running is not None and self._fence.may_join(key, running[1]):
             if token is not None:
@@ -234,15 +234,17 @@ class AsyncSourceLoader:
     def _timed_done(self, task: asyncio.Task[Entry]) -> None:
         try:
             self._timed.remove(task)
-        except KeyError:  # given back already (its loop was found closed)
+        except KeyError:  # given back already (its loop was found stalled)
             return
         self._slots.done()
 
-    def _give_back_closed(self) -> None:
-        """Give back the slots of timed loads whose event loops were closed under them (a
-        loop run by hand, then closed): they never run again, nor their done callbacks."""
+    def _give_back_stalled(self) -> None:
+        """Give back the slots of timed loads whose event loops were closed under them, or
+        left not running (a loop run by hand, then closed or left): they run again only if
+        someone runs that loop, nor do their done callbacks, which would give the slots back.
+        One that does run again ends without its slot (its callbacks find it given back)."""
         for task in list(self._timed):  # a copy: other loops' callbacks change the set
-            if task.get_loop().is_closed():
+            if stalled(task):
                 self._abandoned_done(task)
                 self._timed_done(task)
 
@@ -253,7 +255,7 @@ class AsyncSourceLoader:
         start = loop.time()
         while True:
             if self._slots.crowded():
-                self._give_back_closed()
+                self._give_back_stalled()
             if self._slots.try_take(key, timeout, loop.time() - start, serve_stale=serve_stale):
                 return loop.time() - start
             remaining = timeout - (loop.time() - start)
@@ -401,24 +403,27 @@ class AsyncSourceLoader:
         return await all_end_within(tasks, timeout)
 
     def _live_tasks(self) -> list[asyncio.Task[Any]]:
-        """The loader's tasks, less those of event loops closed under them: they never run
-        again (nothing to wait for or cancel), and their slots are given back."""
-        self._give_back_closed()
+        """The loader's tasks, less the stalled ones (:func:`~tiered_cache.loops.stalled`:
+        their loops closed, or left not running): nothing to wait for, and their slots are
+        given back; those of closed loops are dropped (they never run again)."""
+        self._give_back_stalled()
         live: list[asyncio.Task[Any]] = []
         for task in list(self._tasks):  # a copy: other loops' callbacks change the set
             if task.get_loop().is_closed():
                 self._tasks.discard(task)
-            else:
+            elif not stalled(task):
                 live.append(task)
         return live
 
     async def aclose(self) -> bool:
-        """Stop taking background work and cancel what runs; False if closed already."""
+        """Stop taking background work and cancel what runs; False if closed already. A
+        task of a loop left not running is cancelled (if that loop ever runs again), not
+        waited for: aclose waited for it for ever."""
         if self._closed:
             return False
         self._closed = True
         tasks = self._live_tasks()
-        for task in tasks:
+        for task in list(self._tasks):
             cancel(task)
         await all_end_within(tasks, None)
         return True

@@ -16,7 +16,7 @@ import contextlib
 from collections.abc import Collection
 from typing import Any
 
-__all__ = ["all_end_within", "cancel", "ends_within"]
+__all__ = ["all_end_within", "cancel", "ends_within", "stalled"]
 
 
 async def ends_within(task: asyncio.Task[Any], timeout: float | None) -> bool:
@@ -68,3 +68,12 @@ def cancel(task: asyncio.Task[Any]) -> None:
         return
     with contextlib.suppress(RuntimeError):  # its loop is closed: it never runs again
         loop.call_soon_threadsafe(task.cancel)
+
+
+def stalled(task: asyncio.Task[Any]) -> bool:
+    """Whether ``task`` can make no progress now: its loop is closed, or not running (a loop
+    run by hand, ``run_until_complete``, and then left: only ``asyncio.run`` closes its
+    loop). It runs again only if someone runs that loop, which may be never: nobody should
+    wait for it. (The running loop of the caller is running: its tasks never stall.)"""
+    loop = task.get_loop()
+    return loop.is_closed() or not loop.is_running()

@@ -193,8 +193,7 @@ async def test_a_caller_cancelled_while_its_lease_is_taken_leaves_no_lease(
         token, _ = await calls[kept]
         with pytest.raises(asyncio.CancelledError):
             await calls[cancelled]
+        await tier.aclose()  # waits for the give-backs (a task: the sender's flow has none)
         assert watch.keys(f"*{namespace}:{cancelled}}}:lease") == []
         assert watch.get(f"{{{namespace}:{kept}}}:lease") == (token or "").encode()
         watch.close()
-        await tier.clear()
-        await tier.aclose()

@@ -16,8 +16,8 @@ it once per caller, as it counted the calls the batch replaces). A cancelled fir
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Generic, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any, Generic, TypeVar
 
 Call = TypeVar("Call")
 Result = TypeVar("Result")
@@ -32,7 +32,7 @@ class TickBatch(Generic[Call, Result]):
     def __init__(
         self,
         send: Callable[[Sequence[Call]], Awaitable[Sequence[Result | Exception]]],
-        unclaimed: Callable[[list[tuple[Call, Result]]], Awaitable[None]] | None = None,
+        unclaimed: Callable[[list[tuple[Call, Result]]], Coroutine[Any, Any, None]] | None = None,
     ) -> None:
         self._send = send
         #: Given the results of callers that stopped waiting (cancelled) before theirs came:
@@ -63,7 +63,7 @@ class TickBatch(Generic[Call, Result]):
         except BaseException as exc:
             self._hand_over(loop, waiting, exc)
             raise
-        await self._settle(waiting, outcomes[1:])
+        self._settle(loop, waiting, outcomes[1:])
         outcome = outcomes[0]
         if isinstance(outcome, Exception):
             raise outcome
@@ -84,9 +84,7 @@ class TickBatch(Generic[Call, Result]):
             return
         rest = [(call, future) for call, future in waiting if not future.done()]
         if rest and not loop.is_closed():
-            task = loop.create_task(self._resend(rest))
-            self._sending.add(task)
-            task.add_done_callback(self._sending.discard)
+            self._track(loop.create_task(self._resend(rest)))
 
     async def _resend(self, waiting: list[tuple[Call, asyncio.Future[Result]]]) -> None:
         try:
@@ -100,15 +98,18 @@ class TickBatch(Generic[Call, Result]):
             for _, future in waiting:
                 future.cancel()
             raise
-        await self._settle(waiting, outcomes)
+        self._settle(asyncio.get_running_loop(), waiting, outcomes)
 
-    async def _settle(
+    def _settle(
         self,
+        loop: asyncio.AbstractEventLoop,
         waiting: Sequence[tuple[Call, asyncio.Future[Result]]],
         outcomes: Sequence[Result | Exception],
     ) -> None:
         """Hand each waiter its outcome; the results of those that stopped waiting go to
-        ``unclaimed`` (a lease's token dropped here held the lease until its TTL)."""
+        ``unclaimed`` (a lease's token dropped here held the lease until its TTL), in a task
+        :meth:`drain` waits for: awaited here, the sender's own result would be lost if it
+        were cancelled meanwhile."""
         dropped: list[tuple[Call, Result]] = []
         for (call, future), outcome in zip(waiting, outcomes, strict=True):
             if future.done():
@@ -120,10 +121,15 @@ class TickBatch(Generic[Call, Result]):
             else:
                 future.set_result(outcome)
         if dropped and self._unclaimed is not None:
-            await self._unclaimed(dropped)
+            self._track(loop.create_task(self._unclaimed(dropped)))
+
+    def _track(self, task: asyncio.Task[None]) -> None:
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
 
     async def drain(self) -> None:
-        """Let the batches sent for a cancelled leader end."""
+        """Let the batches sent for a cancelled leader, and the give-backs of callers that
+        stopped waiting, end."""
         if self._sending:
             await asyncio.gather(*self._sending, return_exceptions=True)
 

@@ -610,6 +610,36 @@ def test_lru_mode_takes_the_whole_cache_on_recency_and_gives_it_back_on_a_zipf_l
     assert policy.window_max <= 250
 
 
+def main_key_read_after_the_switch() -> list[float]:
+    """Into LRU mode on a recency trace; then one key still in the main area is read, and
+    499 new keys follow: 1 if the key is still kept (LRU keeps it: the 500th most recent),
+    0 if not, and how many main-area keys were left at the switch."""
+    clock = FakeClock()
+    tier = hot_tier(clock, 500)
+    policy = policy_of(tier)
+    for key in recency_biased(60_000, reuse=0.7, mean_distance=1_000.0, seed=5):
+        read(tier, clock, key)
+        if policy.window_max == 500:
+            break
+    kept = policy.keys()
+    main = [key for key in kept if policy.segment_of(key) != "window"]
+    read(tier, clock, main[-1])
+    for index in range(499):
+        read(tier, clock, f"new:{index}")
+    return [float(policy.segment_of(main[-1]) is not None), float(len(main))]
+
+
+def test_in_lru_mode_a_main_key_read_is_kept_as_lru_keeps_it() -> None:
+    # LRU mode evicts the main area first (older in LRU's order, or let in by frequency),
+    # but a main key read after the switch stayed there and went before window keys not read
+    # since (recency-biased, 500 entries: 17 hits fewer than LRU in the 2,000 reads after the
+    # switch). Now it joins the window's recent end, as LRU would have it. Seen failing on
+    # main: the key was gone under every salt.
+    outcomes = under_hash_seeds(main_key_read_after_the_switch, range(6))
+    assert all(main >= 1 for _, main in outcomes.values()), outcomes
+    assert all(kept == 1 for kept, _ in outcomes.values()), outcomes
+
+
 def test_in_the_warm_up_lru_ahead_takes_the_window_to_half_the_cache(clock: FakeClock) -> None:
     # Reuse 0.65 at a mean distance of 1,200, 500 entries: refused candidates come back later
     # than the ghosts remember (a quarter of the cache's departures), and the window was 67

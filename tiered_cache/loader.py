@@ -253,11 +253,14 @@ class SourceLoader:
             joined, older = running
             return self._await_abandoned(key, joined, timeout, serve_stale=soft is not None), older
         assert timeout is not None  # load() times a load only with a timeout
-        waited = self._slots.take(key, timeout, serve_stale=soft is not None)
-        # From here the slot is the future's: given back when it is done or cancelled.
+        # The slot is the future's from the step it is taken (the claim is marked in that
+        # step): given back when the future is done or cancelled, whatever stops the caller
+        # from then on, an interrupt as the slot is granted included.
+        claim = self._slots.claim()
         future: Future[Entry] = Future()
-        future.add_done_callback(lambda _: self._slots.done())
+        future.add_done_callback(lambda _: claim.give_back())
         try:
+            waited = self._slots.take(key, timeout, serve_stale=soft is not None, claim=claim)
             self._start_timed(
                 future,
                 lambda: self._load_handing_off(
@@ -267,9 +270,10 @@ class SourceLoader:
             soft, hard = after_wait(soft, hard, waited)
             return self._await_timed(key, mark, future, handoff, soft=soft, hard=hard), mark
         except BaseException:
-            # Whatever stops the caller (its thread could not start, the load failed, timed
-            # out, or the caller was interrupted): a load not started yet never will be (its
-            # slot comes back); one running is handed to its worker, if not done already.
+            # Whatever stops the caller (refused a slot, its thread could not start, the load
+            # failed, timed out, or the caller was interrupted): a load not started yet never
+            # will be (its slot, if taken, comes back); one running is handed to its worker,
+            # if not done already.
             if not future.cancel():
                 self._orphan(key, mark, handoff, future)
             raise

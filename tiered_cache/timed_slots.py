@@ -50,6 +50,23 @@ def after_wait(
     return None, None
 
 
+class Claim:
+    """One load's claim on a slot: marked taken in the very step the slot is counted (no
+    interrupt can land between the two), and given back once, by whoever ends the load
+    (:meth:`give_back`: a no-op if no slot was taken, or if it was given back already)."""
+
+    __slots__ = ("_slots", "taken")
+
+    def __init__(self, slots: TimedSlots) -> None:
+        self._slots = slots
+        self.taken = False
+
+    def give_back(self) -> None:
+        if self.taken:
+            self.taken = False
+            self._slots.done()
+
+
 class TimedSlots:
     """The timed loads running and hung, and the rule for starting one more (see the
     module's docstring). Thread-safe: a chain's loads may come from many threads or loops.
@@ -76,9 +93,14 @@ class TimedSlots:
         #: Of those, the ones their callers stopped waiting for.
         self.hung = 0
 
-    def take(self, key: str, timeout: float, *, serve_stale: bool) -> float:
+    def take(
+        self, key: str, timeout: float, *, serve_stale: bool, claim: Claim | None = None
+    ) -> float:
         """Wait (within ``timeout``) for a slot to load ``key``; the seconds waited. Raises
-        as :meth:`try_take` when refused.
+        as :meth:`try_take` when refused. ``claim`` is marked taken with the slot: a caller
+        interrupted once the slot was counted (before this returned, or before it tied the
+        slot to its load) gives it back through its claim; else the slot stayed taken for
+        the life of the cache.
 
         A waiter whose timeout ran out is refused even if a slot is free (it has no time
         left to load), and passes on the wakeup it may have taken: ``done()`` wakes one
@@ -89,11 +111,11 @@ class TimedSlots:
             waited = 0.0
             verdict: bool | None = None
             try:
-                verdict = self._verdict()
+                verdict = self._verdict(claim=claim)
                 while verdict is None and waited < timeout:
                     self._changed.wait(timeout - waited)
                     waited = self._monotonic() - start
-                    verdict = self._verdict(in_time=waited < timeout)
+                    verdict = self._verdict(in_time=waited < timeout, claim=claim)
             finally:
                 if self.running < self._max_running and verdict is not True:
                     self._changed.notify()  # the wakeup, for a waiter that can use it
@@ -120,14 +142,20 @@ class TimedSlots:
         hint, for the asyncio loader to look for slots to give back first)."""
         return self.running >= self._max_running or self.hung >= self._max_hung
 
-    def _verdict(self, *, in_time: bool = True) -> bool | None:
-        """Under the lock: True (a slot taken), None (wait for one, or none taken: not
-        ``in_time``), False (refused: too many hang)."""
+    def claim(self) -> Claim:
+        """A claim for :meth:`take` (see there)."""
+        return Claim(self)
+
+    def _verdict(self, *, in_time: bool = True, claim: Claim | None = None) -> bool | None:
+        """Under the lock: True (a slot taken, and ``claim`` marked in the same step), None
+        (wait for one, or none taken: not ``in_time``), False (refused: too many hang)."""
         if self.hung >= self._max_hung:
             return False
         if self.running >= self._max_running or not in_time:
             return None
         self.running += 1
+        if claim is not None:
+            claim.taken = True
         return True
 
     def _refusal(self, key: str, timeout: float, *, hung: bool, serve_stale: bool) -> Exception:

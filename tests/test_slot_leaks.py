@@ -227,3 +227,47 @@ def test_a_caller_interrupted_as_its_slot_is_granted_gives_the_slot_back() -> No
     assert cache.get("other", lambda: "loaded") == "loaded"
     assert cache.get("k", lambda: "loaded") == "loaded"
     cache.close()
+
+
+def test_an_async_caller_interrupted_as_its_slot_is_granted_gives_the_slot_back() -> None:
+    """:func:`test_a_caller_interrupted_as_its_slot_is_granted_gives_the_slot_back` for the
+    asyncio loader: an interrupt raised into the loop once ``TimedSlots.try_take`` counted
+    the slot, before the load's task was tied to it, left the slot taken for the life of the
+    cache (seen failing: LoadTimeout, 1 loads were running for all of 0.2s)."""
+    from tiered_cache.timed_slots import TimedSlots
+
+    cache = AsyncTieredCache([MemoryTier()], protection=one_slot(0.2))
+
+    async def value() -> str:
+        return "loaded"
+
+    with interrupting() as interrupt:
+
+        def tracer(frame: FrameType, event: str, arg: object) -> TraceFunction | None:
+            if event != "call" or frame.f_code is not TimedSlots.try_take.__code__:
+                return None
+
+            def lines(frame: FrameType, event: str, arg: object) -> TraceFunction | None:
+                if event == "line" and frame.f_locals.get("verdict") is True:
+                    sys.settrace(None)
+                    interrupt()  # raised here, as the handler runs
+                return lines
+
+            return lines
+
+        async def interrupted() -> None:
+            sys.settrace(tracer)
+            try:
+                await cache.get("k", value)
+            finally:
+                sys.settrace(None)
+
+        with pytest.raises(Interrupted):
+            asyncio.run(interrupted())
+
+    async def later() -> tuple[str, str]:
+        got = (str(await cache.get("other", value)), str(await cache.get("k", value)))
+        await cache.aclose()
+        return got
+
+    assert asyncio.run(later()) == ("loaded", "loaded")

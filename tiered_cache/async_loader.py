@@ -32,7 +32,7 @@ from .protection import Protection
 from .stamp import EntryMaker
 from .steps import arun
 from .tier import Entry, Source
-from .timed_slots import ServeStale, TimedSlots, after_wait
+from .timed_slots import Claim, ServeStale, TimedSlots, after_wait
 
 logger = logger_for("chain")
 
@@ -114,7 +114,7 @@ class AsyncSourceLoader:
     def _timed_slots(self) -> None:
         #: Timed loads running (to wait for one to end), and their slots: the threaded
         #: loader's rule (:mod:`tiered_cache.timed_slots`).
-        self._timed: set[asyncio.Task[Entry]] = set()
+        self._timed: dict[asyncio.Task[Entry], Claim] = {}
         #: Of those, the ones their callers stopped waiting for (with their keys).
         self._hung: dict[asyncio.Task[Entry], str] = {}
         self._slots = TimedSlots(self._protection, self._metrics)
@@ -225,38 +225,46 @@ class AsyncSourceLoader:
             return (*running, 0.0)
         timeout = soft if soft is not None else hard
         assert timeout is not None  # load() times a load only with a timeout
-        waited = await self._take_slot(key, timeout, serve_stale=soft is not None)  # or raises
-        task = self.spawn(self._load_and_fill(key, mark, loader, ttl, token))
-        self._timed.add(task)
-        task.add_done_callback(self._timed_done)
+        # The slot is the claim's from the step it is counted (TimedSlots.try_take), and the
+        # claim the task's once it runs: an interrupt raised into the loop in between gives
+        # it back (the slot stayed taken for the life of the cache). A task already spawned
+        # then runs without it; its end gives back nothing more (a claim gives back once).
+        claim = self._slots.claim()
+        try:
+            waited = await self._take_slot(key, timeout, soft is not None, claim)  # or raises
+            task = self.spawn(self._load_and_fill(key, mark, loader, ttl, token))
+            self._timed[task] = claim
+            task.add_done_callback(self._timed_done)
+        except BaseException:
+            claim.give_back()
+            raise
         return task, mark, waited
 
     def _timed_done(self, task: asyncio.Task[Entry]) -> None:
-        try:
-            self._timed.remove(task)
-        except KeyError:  # given back already (its loop was found stalled)
-            return
-        self._slots.done()
+        claim = self._timed.pop(task, None)
+        if claim is not None:  # else given back already (its loop was found stalled)
+            claim.give_back()
 
     def _give_back_stalled(self) -> None:
         """Give back the slots of timed loads whose event loops were closed under them, or
         left not running (a loop run by hand, then closed or left): they run again only if
         someone runs that loop, nor do their done callbacks, which would give the slots back.
         One that does run again ends without its slot (its callbacks find it given back)."""
-        for task in list(self._timed):  # a copy: other loops' callbacks change the set
+        for task in list(self._timed):  # a copy: other loops' callbacks change it
             if stalled(task):
                 self._abandoned_done(task)
                 self._timed_done(task)
 
-    async def _take_slot(self, key: str, timeout: float, *, serve_stale: bool) -> float:
-        """Wait (within ``timeout``) for a slot (:meth:`TimedSlots.try_take`, which raises
-        when refused); returns the seconds waited."""
+    async def _take_slot(self, key: str, timeout: float, serve_stale: bool, claim: Claim) -> float:
+        """Wait (within ``timeout``) for a slot for ``claim`` (:meth:`TimedSlots.try_take`,
+        which raises when refused); returns the seconds waited."""
         loop = asyncio.get_running_loop()
         start = loop.time()
         while True:
             if self._slots.crowded():
                 self._give_back_stalled()
-            if self._slots.try_take(key, timeout, loop.time() - start, serve_stale=serve_stale):
+            waited = loop.time() - start
+            if self._slots.try_take(key, timeout, waited, serve_stale=serve_stale, claim=claim):
                 return loop.time() - start
             remaining = timeout - (loop.time() - start)
             # Tasks of another event loop cannot be awaited here: look again shortly.

@@ -123,14 +123,22 @@ class TimedSlots:
             return waited
         raise self._refusal(key, timeout, hung=verdict is False, serve_stale=serve_stale)
 
-    def try_take(self, key: str, timeout: float, waited: float, *, serve_stale: bool) -> bool:
+    def try_take(
+        self,
+        key: str,
+        timeout: float,
+        waited: float,
+        *,
+        serve_stale: bool,
+        claim: Claim | None = None,
+    ) -> bool:
         """Take a slot to load ``key`` if one is free (True); False to wait and ask again.
         Raises :class:`~tiered_cache.LoadTimeout` when ``max_abandoned_loads`` hang, and once
         ``waited`` reaches ``timeout`` (a slot free then is left to a caller with time to
         load): :class:`ServeStale` (``serve_stale``: the timeout was the soft one) or
-        LoadTimeout."""
+        LoadTimeout. ``claim``: as for :meth:`take`."""
         with self._changed:
-            verdict = self._verdict(in_time=not waited or waited < timeout)
+            verdict = self._verdict(in_time=not waited or waited < timeout, claim=claim)
         if verdict:
             return True
         if verdict is None and waited < timeout:

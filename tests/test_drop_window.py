@@ -7,12 +7,9 @@ taken the moment it is numbered."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 import threading
 from collections.abc import Callable
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -22,6 +19,7 @@ from tiered_cache.invalidation_log import InvalidationLog
 from tiered_cache.protection import Protection
 from tiered_cache.testing import FakeClock
 from tiered_cache.testing.gates import Held, HeldDrop
+from tiered_cache.testing.pure_core import on_the_pure_core
 from tiered_cache.testing.sources import DictSource
 from tiered_cache.tier import Entry, MissingType
 
@@ -109,28 +107,13 @@ def paused_once_numbered(numbered: threading.Event, go: threading.Event) -> Trac
     return tracer
 
 
-def on_the_sources(test: Callable[..., None]) -> None:
-    """Run ``test`` of this module in a child process on the pure-Python core: compiled with
-    the core, ``InvalidationLog._record`` has no frame a trace function could pause in."""
-    test_id = f"{Path(__file__).resolve()}::{test.__name__}"
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test_id],
-        env={**os.environ, "TIERED_CORE_PURE": "1"},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "1 passed" in done.stdout
-
-
 def test_a_mark_taken_as_an_invalidation_is_numbered_is_from_before_it(clock: FakeClock) -> None:
     """The log's number moved on a moment before the invalidation was noted as still
     dropping; a mark taken in that moment was the new number, from after it. The read that
     took it found the old value in l2 (not dropped yet), waited, and filled it into l1 after
     the drop: kept, and served after invalidate() returned."""
     if compiled_core():
-        on_the_sources(test_a_mark_taken_as_an_invalidation_is_numbered_is_from_before_it)
+        on_the_pure_core(test_a_mark_taken_as_an_invalidation_is_numbered_is_from_before_it)
         return
     held = Held()
     l2 = HeldRead(held, name="l2", max_entries=100, ttl=600, clock=clock)

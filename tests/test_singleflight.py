@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import pytest
 
@@ -16,6 +12,7 @@ from tiered_cache import MemoryTier, PartialBatchError, TieredCache
 from tiered_cache.compiled import compiled_core
 from tiered_cache.singleflight import Flight, SingleFlight
 from tiered_cache.testing.interrupts import Interrupted, interrupting
+from tiered_cache.testing.pure_core import on_the_pure_core
 
 
 def start_together(count: int, target: object) -> list[threading.Thread]:
@@ -367,7 +364,9 @@ def test_a_waiter_interrupted_as_the_flight_lands_leaves_it_open_for_the_others(
     other waiter of the flight waited for ever (no hard timeout, the default) or timed out.
     Compiled, no signal handler runs between the two calls: run on the sources too."""
     if compiled_core():
-        on_the_sources(test_a_waiter_interrupted_as_the_flight_lands_leaves_it_open_for_the_others)
+        on_the_pure_core(
+            test_a_waiter_interrupted_as_the_flight_lands_leaves_it_open_for_the_others
+        )
     flights = SingleFlight()
     release, inside, slow = held_open("shared")
     sent = threading.Event()
@@ -402,17 +401,3 @@ def test_a_waiter_interrupted_as_the_flight_lands_leaves_it_open_for_the_others(
         releaser.join(timeout=10)
     assert outcome[-1] == "interrupted"
     assert flight.wait(timeout=10) == "shared"  # TimeoutError: the latch was kept
-
-
-def on_the_sources(test: Callable[[], None]) -> None:
-    """Run ``test`` of this module in a child process on the pure-Python core."""
-    test_id = f"{Path(__file__).resolve()}::{test.__name__}"
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test_id],
-        env={**os.environ, "TIERED_CORE_PURE": "1"},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "1 passed" in done.stdout

@@ -9,16 +9,18 @@ from __future__ import annotations
 import asyncio
 import sys
 import threading
-from collections.abc import Callable
 from types import FrameType
 
 import pytest
 
 from tiered_cache import AsyncTieredCache, LoadTimeout, MemoryTier, TieredCache
 from tiered_cache.protection import Protection
-from tiered_cache.testing.interrupts import Interrupted, interrupting
+from tiered_cache.testing.interrupts import Interrupted, interrupt_once, interrupting
 
-TraceFunction = Callable[[FrameType, str, object], object]
+
+def _slot_granted(frame: FrameType) -> bool:
+    """At a line of ``TimedSlots.take``/``try_take`` run once it granted the slot."""
+    return frame.f_locals.get("verdict") is True
 
 
 def one_slot(hard_timeout: float) -> Protection:
@@ -205,19 +207,7 @@ def test_a_caller_interrupted_as_its_slot_is_granted_gives_the_slot_back() -> No
 
     cache = TieredCache([MemoryTier()], protection=one_slot(0.2))
     with interrupting() as interrupt:
-
-        def tracer(frame: FrameType, event: str, arg: object) -> TraceFunction | None:
-            if event != "call" or frame.f_code is not TimedSlots.take.__code__:
-                return None
-
-            def lines(frame: FrameType, event: str, arg: object) -> TraceFunction | None:
-                if event == "line" and frame.f_locals.get("verdict") is True:
-                    sys.settrace(None)
-                    interrupt()  # raised here, as the handler runs
-                return lines
-
-            return lines
-
+        tracer = interrupt_once(TimedSlots.take.__code__, _slot_granted, interrupt)
         sys.settrace(tracer)
         try:
             with pytest.raises(Interrupted):
@@ -242,18 +232,7 @@ def test_an_async_caller_interrupted_as_its_slot_is_granted_gives_the_slot_back(
         return "loaded"
 
     with interrupting() as interrupt:
-
-        def tracer(frame: FrameType, event: str, arg: object) -> TraceFunction | None:
-            if event != "call" or frame.f_code is not TimedSlots.try_take.__code__:
-                return None
-
-            def lines(frame: FrameType, event: str, arg: object) -> TraceFunction | None:
-                if event == "line" and frame.f_locals.get("verdict") is True:
-                    sys.settrace(None)
-                    interrupt()  # raised here, as the handler runs
-                return lines
-
-            return lines
+        tracer = interrupt_once(TimedSlots.try_take.__code__, _slot_granted, interrupt)
 
         async def interrupted() -> None:
             sys.settrace(tracer)

@@ -20,16 +20,41 @@ class Interrupted(BaseException):
 def interrupting() -> Iterator[Callable[[], None]]:
     """``interrupt()``, called from any thread (a loader's), raises :class:`Interrupted` in
     the main thread wherever it is, blocked in a wait included: a signal handler (SIGUSR1),
-    as Ctrl-C's. Enter it in the main thread."""
+    as Ctrl-C's. Enter it in the main thread.
+
+    Called from another thread, ``interrupt()`` returns once the main thread has raised it,
+    sending the signal again until then: CPython runs a handler when the main thread next
+    checks for signals, or when the signal breaks its wait (EINTR); a signal that arrives
+    after its last check and before it blocks (a lock's wait: ``Future.result``,
+    ``Event.wait``) breaks nothing, and is raised only when that wait ends, a timeout later.
+    Each ``interrupt()`` raises once: a signal sent again after it was raised does nothing."""
+    asked = 0  # interrupt() calls
+    raised = 0  # Interrupted raised by the handler (in the main thread, under the GIL)
 
     def handler(signum: int, frame: object) -> None:
-        raise Interrupted
+        nonlocal raised
+        if raised < asked:
+            raised += 1
+            raise Interrupted
 
     previous = signal.signal(signal.SIGUSR1, handler)
     main = threading.main_thread().ident
     assert main is not None
+
+    def interrupt() -> None:
+        nonlocal asked
+        asked += 1
+        wanted = asked
+        signal.pthread_kill(main, signal.SIGUSR1)  # in the main thread, raised right here
+        for _ in range(1_000):  # a guard (10 s), not a measure
+            if raised >= wanted or threading.get_ident() == main:
+                return
+            threading.Event().wait(0.01)
+            if raised < wanted:
+                signal.pthread_kill(main, signal.SIGUSR1)
+
     try:
-        yield lambda: signal.pthread_kill(main, signal.SIGUSR1)
+        yield interrupt
     finally:
         signal.signal(signal.SIGUSR1, previous)
 

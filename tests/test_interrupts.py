@@ -1,0 +1,86 @@
+"""The tests' interrupt (tiered_cache.testing.interrupts) lands when it is sent."""
+
+from __future__ import annotations
+
+import _thread
+import signal
+import sys
+import threading
+import time
+
+import pytest
+
+from tiered_cache.testing.interrupts import Interrupted, interrupting
+
+
+def test_an_interrupt_sent_as_the_main_thread_blocks_is_raised_in_its_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A SIGUSR1 that reaches the main thread after its last check for signals and before it
+    blocks in a lock's wait breaks nothing: CPython runs the handler only when the wait ends.
+    test_a_reader_waiting_on_an_interrupted_caller_gets_the_handed_over_load failed so, about
+    1 run in 8 on a loaded machine: the caller, blocked in its timed load's Future.result,
+    raised the interrupt only at its hard timeout (30 s), after the reader's own 30 s wait
+    for its flight had ended (LoadTimeout, got == []). The first signal here is sent that
+    way (``_thread.interrupt_main`` trips it as the signal handler does, with nothing to
+    break the wait); seen failing: raised after 5.0s, when the wait ended."""
+    real_kill = signal.pthread_kill
+    sends: list[int] = []
+
+    def first_one_lost(thread_id: int, signum: signal.Signals) -> None:
+        sends.append(signum)
+        if len(sends) == 1:
+            _thread.interrupt_main(signum)  # pending, but the wait goes on
+        else:
+            real_kill(thread_id, signum)
+
+    held = threading.Lock()
+    held.acquire()
+
+    def blocked() -> None:
+        held.acquire(timeout=5.0)
+
+    main = threading.main_thread().ident
+    assert main is not None
+    with interrupting() as interrupt:
+        monkeypatch.setattr(signal, "pthread_kill", first_one_lost)
+
+        def interrupter() -> None:
+            # The main thread runs blocked() without the GIL only inside the acquire.
+            while sys._current_frames()[main].f_code is not blocked.__code__:
+                time.sleep(0.001)
+            interrupt()
+
+        thread = threading.Thread(target=interrupter)
+        thread.start()
+        started = time.monotonic()
+        try:
+            with pytest.raises(Interrupted):
+                blocked()
+        finally:
+            thread.join(10)
+        took = time.monotonic() - started
+    assert took < 2.5, f"raised after {took:.1f}s, when the wait ended"
+    assert len(sends) >= 2
+
+
+def test_each_interrupt_is_raised_once() -> None:
+    """The signal sent again (the first may not have broken the wait) raises nothing once
+    the interrupt was raised: two interrupts, two Interrupted, and a wait after them that is
+    not broken."""
+    main = threading.main_thread().ident
+    assert main is not None
+    raised = 0
+    with interrupting() as interrupt:
+        for _ in range(2):
+            thread = threading.Thread(target=interrupt)
+            try:
+                thread.start()
+                threading.Event().wait(5.0)
+            except Interrupted:
+                raised += 1
+            thread.join(10)
+            # Resends that land now do nothing.
+            signal.pthread_kill(main, signal.SIGUSR1)
+            threading.Event().wait(0.05)
+    assert raised == 2

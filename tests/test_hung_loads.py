@@ -733,3 +733,48 @@ def test_a_miss_joining_a_load_left_running_on_another_loop_wakes_when_it_ends()
     a.join(10)
     b.join(10)
     assert got == ["late"]
+
+
+@pytest.mark.parametrize("chain", ["threaded", "asyncio"])
+def test_a_miss_that_joined_an_earlier_load_says_so_when_it_times_out(chain: str) -> None:
+    """The first miss of "k" times out (its load hangs and goes on); the second joins that
+    load and times out too: it says the earlier load is still running, not that its own load
+    took too long (the asyncio chain said the latter: it had no load of its own)."""
+    release = threading.Event()
+    protection = Protection.never_stale(hard_timeout=0.05)
+    messages: list[str] = []
+    if chain == "threaded":
+        cache = TieredCache([MemoryTier()], protection=protection)
+
+        def hang() -> str:
+            release.wait(30)
+            return "late"
+
+        for _ in range(2):
+            with pytest.raises(LoadTimeout) as raised:
+                cache.get("k", hang)
+            messages.append(str(raised.value))
+        release.set()
+        assert cache.wait_background(10)
+        cache.close()
+    else:
+
+        async def scenario() -> None:
+            acache = AsyncTieredCache([MemoryTier()], protection=protection)
+
+            async def ahang() -> str:
+                while not release.is_set():
+                    await asyncio.sleep(0.005)
+                return "late"
+
+            for _ in range(2):
+                with pytest.raises(LoadTimeout) as raised:
+                    await acache.get("k", ahang)
+                messages.append(str(raised.value))
+            release.set()
+            assert await acache.wait_background(10)
+            await acache.aclose()
+
+        asyncio.run(scenario())
+    assert "took longer than the hard timeout" in messages[0]
+    assert "an earlier load of 'k' is still running" in messages[1]

@@ -157,12 +157,12 @@ class AsyncSourceLoader:
             if soft is None and hard is None:
                 entry = await self._load(key, loader, ttl)
             else:
-                task, mark, waited = await self._timed_task(
+                task, mark, waited, earlier = await self._timed_task(
                     key, mark, loader, ttl, token, soft=soft, hard=hard
                 )
                 token = None  # the task gives it back or fills under it
                 soft, hard = after_wait(soft, hard, waited)
-                entry = await self._await_timed(key, task, mark, soft, hard)
+                entry = await self._await_timed(key, task, mark, soft, hard, earlier=earlier)
                 return entry
         except BaseException as caught:
             # The rule of the caller's lease (as the threaded loader's): whatever stopped the
@@ -210,11 +210,11 @@ class AsyncSourceLoader:
         *,
         soft: float | None,
         hard: float | None,
-    ) -> tuple[asyncio.Task[Entry], int, float]:
+    ) -> tuple[asyncio.Task[Entry], int, float, bool]:
         """The task loading ``key`` (and filling when done): an earlier one its caller gave
         up on, if the fence lets a miss join it (:meth:`Fence.may_join`), else a new one,
         once a slot is free (:meth:`_take_slot`). Returns it with the fence mark its fill is
-        judged by and the seconds waited for the slot."""
+        judged by, the seconds waited for the slot and whether it is an earlier load."""
         running = self._abandoned.get(key)
         if running is not None and stalled(running[0]):
             self._give_back_stalled()  # it may never end: load anew
@@ -222,7 +222,7 @@ class AsyncSourceLoader:
         if running is not None and self._fence.may_join(key, running[1]):
             if token is not None:
                 self.spawn(self._release(key, token))
-            return (*running, 0.0)
+            return (*running, 0.0, True)
         timeout = soft if soft is not None else hard
         assert timeout is not None  # load() times a load only with a timeout
         # The slot is the claim's from the step it is counted (TimedSlots.try_take), and the
@@ -238,7 +238,7 @@ class AsyncSourceLoader:
         except BaseException:
             claim.give_back()
             raise
-        return task, mark, waited
+        return task, mark, waited, False
 
     def _timed_done(self, task: asyncio.Task[Entry]) -> None:
         claim = self._timed.pop(task, None)
@@ -302,7 +302,11 @@ class AsyncSourceLoader:
         mark: int,
         soft: float | None,
         hard: float | None,
+        *,
+        earlier: bool = False,
     ) -> Entry:
+        """The entry of the timed load ``task`` (``earlier``: an earlier caller's, which this
+        miss joined), if it comes within the timeout; else ServeStale or LoadTimeout."""
         timeout = soft if soft is not None else hard
         try:
             done = await ends_within(task, timeout)
@@ -314,7 +318,7 @@ class AsyncSourceLoader:
         if done:
             return task.result()
         self._abandon(key, task, mark)
-        raise self._slots.timed_out(key, hard, serve_stale=soft is not None)
+        raise self._slots.timed_out(key, hard, serve_stale=soft is not None, earlier=earlier)
 
     def _abandon(self, key: str, task: asyncio.Task[Entry], mark: int) -> None:
         """Keep ``task`` as the key's load whose caller stopped waiting (timed out or was

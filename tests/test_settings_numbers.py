@@ -153,3 +153,38 @@ def test_the_largest_memory_tier_the_sketch_holds_is_accepted() -> None:
 
     load_settings(tiers=[{"kind": "memory", "max_entries": 2**29, "sample_factor": 16}])
     assert sketch_width(2**29, sample_factor=16) == MAX_WIDTH
+
+
+# An int past a float's range (10**400: a config file's integer, an environment variable's
+# JSON) made parse_duration's float() raise OverflowError, which pydantic does not turn into a
+# validation error: load_settings raised it bare, naming no field. A size of 400 nines
+# overflowed its float to infinity, and int(inf) raised the same. The field is named, and the
+# value is refused for what it is (more than a hundred years, negative, or too large).
+@pytest.mark.parametrize(
+    ("path", "overrides", "words"),
+    [
+        ("tiered_cache.ttl", {"ttl": 10**400}, "100 years"),
+        ("tiered_cache.negative_ttl", {"negative_ttl": -(10**400)}, "negative"),
+        ("tiered_cache.protection.lease_wait", {"protection": {"lease_wait": 10**400}}, "100"),
+        (
+            "tiered_cache.tiers[0].max_bytes",
+            {"tiers": [{"kind": "memory", "max_bytes": "9" * 400 + "GiB"}]},
+            "finite",
+        ),
+    ],
+)
+def test_a_number_past_a_floats_range_is_refused_naming_its_field(
+    path: str, overrides: dict[str, Any], words: str
+) -> None:
+    message = _refused(path, **overrides)
+    assert words in message, message
+
+
+def test_a_ttl_past_a_floats_range_is_a_value_error_for_the_decorator_too() -> None:
+    from tiered_cache import TieredCache
+
+    with TieredCache.from_config(bus={"kind": "off"}) as cache:
+        with pytest.raises(ValueError, match="100 years"):
+            cache.cached(key="t:{n}", ttl=10**400)
+        with pytest.raises(ValueError, match="100 years"):
+            cache.get("k", lambda: 1, ttl=10**400)

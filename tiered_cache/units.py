@@ -41,6 +41,14 @@ def parse_duration(value: object) -> float:
         raise ValueError(f"expected {_DURATION_HINT}, got {value!r}")
     if isinstance(value, timedelta):
         seconds = value.total_seconds()
+    elif isinstance(value, int) and abs(value) > MAX_DURATION:
+        # Compared as an int: past a float's range (10**400) float() raises OverflowError,
+        # which pydantic passes on bare, naming no field; and its repr may be refused too.
+        raise ValueError(
+            f"a duration cannot be negative, got {_shown(value)}"
+            if value < 0
+            else f"a duration can be at most 100 years ('36500d'), got {_shown(value)}"
+        )
     elif isinstance(value, int | float):
         seconds = float(value)
     elif isinstance(value, str):
@@ -56,6 +64,14 @@ def parse_duration(value: object) -> float:
     if seconds > MAX_DURATION:
         raise ValueError(f"a duration can be at most 100 years ('36500d'), got {value!r}")
     return seconds
+
+
+def _shown(number: int) -> str:
+    """``number`` for a message: its digits, or how many bits it has when that is long (an
+    int of more than 4,300 digits has no repr)."""
+    return (
+        repr(number) if number.bit_length() <= 64 else f"an integer of {number.bit_length()} bits"
+    )
 
 
 def _parse_duration_text(text: str) -> float:
@@ -79,7 +95,10 @@ def parse_size(value: object) -> int:
         match = _SIZE.match(value)
         if match is None:
             raise ValueError(f"expected a size such as '512KiB', '64MiB' or '1GB', got {value!r}")
-        size = int(float(match.group(1)) * _SIZE_UNITS[match.group(2) or "B"])
+        number = float(match.group(1)) * _SIZE_UNITS[match.group(2) or "B"]
+        if not math.isfinite(number):  # 400 digits: int(inf) would raise OverflowError
+            raise ValueError(f"a size must be a finite number of bytes, got {value[:40]!r}...")
+        size = int(number)
     else:
         raise ValueError(f"expected a size such as '64MiB', got {value!r}")
     if size < 0:

@@ -295,6 +295,30 @@ def test_a_timeout_past_a_hundred_years_keeps_the_value_as_none_does(
     assert (cache.get("key1"), cache.get("key2")) == ("eggs", "ham")
 
 
+def test_a_timeout_past_a_floats_range_is_still_a_number_of_seconds(
+    cache: Any, django_clock: FakeClock
+) -> None:
+    """An int too large for a float (10**400) is a number Django takes: forever, or at once
+    when negative. It raised OverflowError (int too large to convert to float) from every
+    method taking a timeout."""
+    cache.set("key1", "eggs", 10**400)
+    assert cache.add("key2", "ham", 10**400) is True
+    cache.set_many({"key3": "sausage"}, 10**400)
+    cache.set("key4", "spam", 5)
+    assert cache.touch("key4", 10**400) is True
+    django_clock.advance(10 * 365 * 86400)
+    assert cache.get_many(["key1", "key2", "key3", "key4"]) == {
+        "key1": "eggs",
+        "key2": "ham",
+        "key3": "sausage",
+        "key4": "spam",
+    }
+    cache.set("key1", "eggs", -(10**400))
+    assert cache.add("key5", "ham", -(10**400)) is True
+    assert cache.touch("key2", -(10**400)) is True
+    assert cache.get_many(["key1", "key2", "key5"]) == {}
+
+
 def test_forever_timeout(cache: Any, django_clock: FakeClock) -> None:
     cache.set("key1", "eggs", None)
     assert cache.get("key1") == "eggs"

@@ -133,10 +133,12 @@ class TieredCacheBackend(BaseCache):
             raise TypeError(
                 f"timeout must be a number of seconds or None, not {type(timeout).__name__}"
             )
-        if math.isnan(timeout):
+        # Only a float can be NaN; isnan(10**400) would raise OverflowError.
+        if isinstance(timeout, float) and math.isnan(timeout):
             raise ValueError("timeout must be a number of seconds or None, not nan")
-        # Django takes any number; tiered-cache's durations stop at a hundred years.
-        return min(float(timeout), FOREVER)
+        # Django takes any number; tiered-cache's durations stop at a hundred years. Bounded
+        # before float(): an int past a float's range (10**400) would raise OverflowError.
+        return float(min(max(timeout, -1), FOREVER))
 
     def _lookup(self, key: str) -> Entry | MissingType:
         return self.chain.lookup_many([key]).get(key, MISSING)

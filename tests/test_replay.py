@@ -176,3 +176,23 @@ def test_cli_text_output_and_always_admission(
 def test_cli_missing_trace(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["replay", str(tmp_path / "absent"), "--l1-size", "5"]) == 1
     assert "cannot read trace" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flags", "field"),
+    [
+        (["--l1-size", str(10**13)], "max_entries"),  # past the hot-key sketch's widest
+        (["--l1-size", str(2**40), "--admission", "hot-keys"], "max_entries"),
+    ],
+)
+def test_cli_a_memory_tier_the_settings_refuse_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], field: str
+) -> None:
+    """An --l1-size the memory tier's settings refuse ended the command with pydantic's
+    ValidationError and its traceback; it is a usage error (exit 2) naming the flag."""
+    trace = tmp_path / "t.keys"
+    trace.write_text("a\nb\n")
+    assert main(["replay", str(trace), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tiered-cache: --l1-size"), err
+    assert field in err and "Traceback" not in err

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, entry_points, version
 from typing import Any, TypeVar
 
+from .errors import ConfigError
 from .registry import BUSES_GROUP, SOURCES_GROUP, TIERS_GROUP
 
 __all__ = ["COMMANDS_GROUP", "SUBCOMMANDS", "Subcommand", "main", "register", "version_text"]
@@ -119,7 +120,13 @@ def _replay_run(args: argparse.Namespace) -> int:
         return 1
     bar = _progress(args)
     total = len(requests)
-    result = replay(bar(requests, total, args.admission), args.l1_size, admission=args.admission)
+    try:
+        result = replay(
+            bar(requests, total, args.admission), args.l1_size, admission=args.admission
+        )
+    except ConfigError as exc:  # the memory tier's settings refuse the flags
+        _error(f"--l1-size {args.l1_size} --admission {args.admission}: {exc}")
+        return 2
     report: dict[str, Any] = {
         "trace": args.trace,
         "format": args.format,

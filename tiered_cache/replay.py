@@ -28,7 +28,7 @@ from typing import Any, Literal, get_args
 from .clocks import ManualClock
 from .memory_plugin import build_memory_tier
 from .registry import BuildContext
-from .settings import MemoryTierSettings
+from .settings import MemoryTierSettings, validate_at
 from .tier import Entry
 
 __all__ = [
@@ -136,13 +136,14 @@ def replay(
         admission: the tier's ``admission`` setting.
         tick: seconds the clock advances per read that has no timestamp.
         settings: further fields of :class:`MemoryTierSettings` (``window_fraction``, ...).
+
+    Raises :class:`~tiered_cache.ConfigError` naming each field the settings refuse.
     """
     clock = ManualClock(0.0)
     fields: dict[str, Any] = {"ttl": None, **(settings or {})}
     fields.update(max_entries=l1_size, admission=admission)
-    tier = build_memory_tier(
-        MemoryTierSettings(**fields), BuildContext(namespace="replay", clock=clock, index=0)
-    )
+    tier_settings = validate_at(MemoryTierSettings, fields, "replay")
+    tier = build_memory_tier(tier_settings, BuildContext(namespace="replay", clock=clock, index=0))
     get, put = tier.get, tier.set
     hits = count = 0
     for timestamp, key in requests:

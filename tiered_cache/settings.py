@@ -13,6 +13,7 @@ import copy
 import json
 import os
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from types import NoneType
 from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
@@ -600,15 +601,24 @@ def _validate_kind(model: M, group: str, path: str) -> M:
     plugin = find_plugin(model.kind, group=group, field_path=f"{path}.kind")
     if isinstance(model, plugin.settings_model):
         return model
-    try:
-        validated = plugin.settings_model.model_validate(model.model_dump(exclude_unset=True))
-    except ValidationError as exc:
-        raise ConfigError(_describe(exc, path)) from None
+    validated = validate_at(plugin.settings_model, model.model_dump(exclude_unset=True), path)
     if not isinstance(validated, type(model)):
         raise ConfigError(
             f"{path}: the settings model of kind {model.kind!r} is not a {type(model).__name__}"
         )
     return validated
+
+
+T = TypeVar("T", bound=BaseModel)
+
+
+def validate_at(model: type[T], fields: Mapping[str, Any], path: str) -> T:
+    """``model`` validated from ``fields``, or :class:`ConfigError` naming each bad field
+    under ``path`` (``tiered_cache.tiers[1]``): pydantic's own error is no caller's."""
+    try:
+        return model.model_validate(fields)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, path)) from None
 
 
 def _describe(exc: ValidationError, prefix: str) -> str:

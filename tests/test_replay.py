@@ -196,3 +196,23 @@ def test_cli_a_memory_tier_the_settings_refuse_is_a_usage_error(
     err = capsys.readouterr().err
     assert err.startswith("tiered-cache: --l1-size"), err
     assert field in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("fmt", "text", "line"),
+    [
+        ("arc", "1 2 0 1\nfoo 3 0 2\n", 2),
+        ("arc", "1 2 0 1\n\n5 x 0 3\n", 3),
+        ("twitter", "0,k1,10,100,1,get,0\nsoon,k2,10,100,1,get,0\n", 2),
+    ],
+)
+def test_a_number_a_trace_line_cannot_hold_is_reported_with_its_line(
+    tmp_path: Path, fmt: str, text: str, line: int
+) -> None:
+    """A line too short named its line; a field that is not a number raised int()'s or
+    float()'s own message (invalid literal for int() with base 10: 'foo'), naming none: the
+    CLI printed that, and the user had to search a trace of millions of lines for it."""
+    trace = tmp_path / "bad"
+    trace.write_text(text)
+    with pytest.raises(ValueError, match=f"^line {line}: "):
+        list(read_trace(trace, fmt))  # type: ignore[arg-type]

@@ -20,10 +20,10 @@ from __future__ import annotations
 import heapq
 import logging
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, TypeVar, get_args
 
 from .clocks import ManualClock
 from .memory_plugin import build_memory_tier
@@ -48,6 +48,8 @@ logger = logging.getLogger(__name__)
 
 TraceFormat = Literal["keys", "arc", "twitter"]
 FORMATS: tuple[str, ...] = get_args(TraceFormat)
+
+N = TypeVar("N", int, float)
 
 #: A read: its timestamp in seconds (``None`` when the trace has none) and its key.
 Request = tuple[float | None, str]
@@ -87,7 +89,7 @@ def _read_arc(lines: Iterable[str]) -> Iterator[Request]:
             continue
         if len(fields) < 2:
             raise ValueError(f"line {number}: expected 'start_block block_count ...'")
-        start, count = int(fields[0]), int(fields[1])
+        start, count = _number(int, fields[0], number), _number(int, fields[1], number)
         for block in range(start, start + count):
             yield None, str(block)
 
@@ -104,7 +106,15 @@ def _read_twitter(lines: Iterable[str]) -> Iterator[Request]:
                 "operation,ttl'"
             )
         if fields[5].strip().lower() in _TWITTER_READS:
-            yield float(fields[0]), fields[1]
+            yield _number(float, fields[0], number), fields[1]
+
+
+def _number(kind: Callable[[str], N], text: str, line: int) -> N:
+    """``kind(text)``, or ValueError naming the trace's ``line`` (int()'s own names none)."""
+    try:
+        return kind(text)
+    except ValueError as exc:
+        raise ValueError(f"line {line}: {exc}") from None
 
 
 @dataclass(frozen=True)

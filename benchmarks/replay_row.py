@@ -29,7 +29,7 @@ from tiered_cache.replay import replay
 def find_trace(name: str, n_requests: int, oltp: Path | None) -> Trace:
     """The table's trace called ``name`` (OLTP is read only when asked for)."""
     source = oltp if name.startswith("OLTP") else None
-    for trace in traces(n_requests, source):
+    for trace in traces(n_requests, source, real=name.endswith("(real)")):
         if trace.name == name:
             return trace
     raise SystemExit(f"no trace named {name!r} in bench_hit_ratio.py's table")

@@ -425,7 +425,11 @@ class Fence:
             kept = confirmed = exc.kept
         except Exception as exc:
             tier.failed(exc)
-            kept = set(leased)  # the shared tier is down: nothing there to protect
+            kept = set(leased)  # the shared tier failed: nothing there to protect
+            # Yet it may be up (a value too large for it resets the connection alone): the
+            # leases go back, or every other process waits lease_wait for a fill that never
+            # comes. The give-back is token-checked: a fill that landed took its lease already.
+            yield tier.release_leases, ({key: token for key, (_, token) in leased.items()},)
         else:
             confirmed = kept
             self._metrics.fill(tier.index, len(kept))

@@ -621,3 +621,49 @@ def test_a_write_interrupted_while_it_takes_its_leases_gives_them_back(
         watch.close()
         writer.close()
         reader.close()
+
+
+@pytest.fixture(scope="module")
+def small_bulk_redis() -> Iterator[RedisServer]:
+    """A redis-server that takes no bulk string over 1 MiB (``proto-max-bulk-len``, 512 MB by
+    default): a value it cannot take resets the connection, while it answers every other call."""
+    with RedisServer(extra_args=["--proto-max-bulk-len", "1mb"]) as server:
+        yield server
+
+
+TOO_BIG = "x" * (2 * 1024 * 1024)
+
+
+def leases_in(server: RedisServer, namespace: str) -> list[bytes]:
+    client = redis.Redis.from_url(server.url)
+    try:
+        return sorted(key for key in client.keys(f"*{namespace}*") if key.endswith(b":lease"))
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("write", ["get", "get_many", "set", "set_many"])
+def test_a_fill_that_fails_in_redis_gives_its_leases_back(
+    small_bulk_redis: RedisServer, namespace: str, write: str
+) -> None:
+    """A leased fill that failed (any error but a partial fill) was taken for Redis being
+    down, "nothing there to protect", and its leases were kept: with Redis up (a value too
+    large for it) every other process waited lease_wait for a fill that never came."""
+    first = chain(small_bulk_redis.url, namespace)
+    second = chain(small_bulk_redis.url, namespace)
+    if write == "get":
+        assert first.get("a", lambda: TOO_BIG) == TOO_BIG
+    elif write == "get_many":
+        assert first.get_many(["a", "b"], lambda keys: dict.fromkeys(keys, TOO_BIG)) == {
+            "a": TOO_BIG,
+            "b": TOO_BIG,
+        }
+    elif write == "set":
+        first.set("a", TOO_BIG)
+    else:
+        first.set_many({"a": TOO_BIG, "b": TOO_BIG})
+    assert first.stats()["tiers"][1]["errors"] >= 1  # the fill did fail in Redis
+    assert leases_in(small_bulk_redis, namespace) == []
+    loads_without_waiting(second, ["a", "b"])
+    first.close()
+    second.close()

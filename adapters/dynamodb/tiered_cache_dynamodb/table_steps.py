@@ -149,8 +149,13 @@ class TableSteps:
         if item is None:
             self.meter.not_found()
             return MISSING
+        try:
+            value = self._decode(item, "GetItem")  # first: the meter reads the item's form too
+        except SourceError:
+            self.meter.not_found()  # read and billed; its size cannot be told
+            raise
         self.meter.found(item)
-        return self._decode(item)
+        return value
 
     def load_many(self, keys: Sequence[str]) -> Steps[dict[str, Any]]:
         """Items for the keys the table has, with one BatchGetItem per 100 distinct keys;
@@ -168,13 +173,24 @@ class TableSteps:
             return {}
         yield from self.ready()
         found: dict[str, Any] = {}
+        unreadable: list[SourceError] = []
         identities = list(typed)
         for start in range(0, len(identities), BATCH_GET_LIMIT):
             chunk = [typed[i] for i in identities[start : start + BATCH_GET_LIMIT]]
             later = max(0, len(identities) - start - BATCH_GET_LIMIT)
-            yield from self._batch_get(chunk, owners, found, later, len(identities))
-        # Keys the table has no item for were read too, at the minimum cost each.
+            yield from self._batch_get(
+                chunk, owners, found, later, len(identities), unreadable=unreadable
+            )
+        # Keys the table has no item for were read too, at the minimum cost each (and those
+        # whose item could not be read, whose size cannot be told).
         self.meter.not_found(sum(1 for i in identities if owners[i][0] not in found))
+        if unreadable:  # after every other key was read: the chain keeps what was found
+            raise BatchLoadError(
+                f"{unreadable[0]} ({len(unreadable)} of {len(identities)} keys left "
+                "unprocessed: their items could not be read)",
+                found,
+                len(unreadable),
+            ) from unreadable[0]
         return found
 
     def store(self, key: str, value: Any) -> Steps[None]:
@@ -266,7 +282,10 @@ class TableSteps:
         found: dict[str, Any],
         later: int,
         total: int,
+        *,
+        unreadable: list[SourceError],
     ) -> Steps[None]:
+        """Read ``keys`` into ``found``; an item that cannot be read joins ``unreadable``."""
         retries = 0
         while True:
             request = {self.table: {"Keys": keys, **self._read_params}}
@@ -290,9 +309,17 @@ class TableSteps:
                     left,
                 ) from exc
             for item in response.get("Responses", {}).get(self.table, []):
+                try:
+                    value = self._decode(item, "BatchGetItem")
+                    identity = self.codec.identity(item)
+                except InvalidKeyError as exc:  # the table's answer, not the caller's key
+                    unreadable.append(self._unreadable("BatchGetItem", "key", exc))
+                    continue
+                except SourceError as exc:
+                    unreadable.append(exc)
+                    continue
                 self.meter.found(item)
-                value = self._decode(item)
-                for cache_key in owners.get(self.codec.identity(item), ()):
+                for cache_key in owners.get(identity, ()):
                     found[cache_key] = value
             unprocessed = response.get("UnprocessedKeys", {}).get(self.table)
             keys = unprocessed["Keys"] if unprocessed else []
@@ -324,10 +351,26 @@ class TableSteps:
 
     # -- values and errors --------------------------------------------------------------------
 
-    def _decode(self, item: Mapping[str, Any]) -> Any:
+    def _decode(self, item: Mapping[str, Any], operation: str) -> Any:
+        """``item`` as the caller gets it; :class:`SourceError` naming the attribute if
+        DynamoDB's answer cannot be read (the deserializer's own errors name no table)."""
         if self._typed:
             return dict(item)
-        return {name: self._deserializer.deserialize(value) for name, value in item.items()}
+        decoded = {}
+        for name, value in item.items():
+            try:
+                decoded[name] = self._deserializer.deserialize(value)
+            except (TypeError, ValueError, ArithmeticError, AttributeError) as exc:
+                raise self._unreadable(operation, f"attribute {name!r}", exc) from exc
+        return decoded
+
+    def _unreadable(self, operation: str, part: str, exc: Exception) -> SourceError:
+        # The message names the part, never its value (an item may hold what should not
+        # reach an error report).
+        return SourceError(
+            f"DynamoDB {operation} on {self.where} returned an item whose {part} cannot be "
+            f"read ({type(exc).__name__}: {exc})"
+        )
 
     def _encode(self, key: str, value: Any) -> dict[str, AttributeValue]:
         if not isinstance(value, Mapping):

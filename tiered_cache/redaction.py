@@ -2,7 +2,8 @@
 
 A URL such as ``redis://user:secret@host:6379/0`` is shown as ``redis://user:***@host:6379/0``
 wherever a setting is shown (``repr``, ``str``, errors, logs, start-up lines). Passwords given
-as a query parameter (``?password=secret``) are hidden the same way.
+as a query parameter (``?password=secret``, ``?ssl_password=``, ``?auth_token=``) are hidden the
+same way.
 """
 
 from __future__ import annotations
@@ -23,7 +24,11 @@ MASK = "***"
 _AUTHORITY = re.compile(
     r"^(?P<scheme>[^:/?#]+://)(?P<authority>.*@[^/?#]*|[^/?#]*)(?P<rest>.*)$", re.S
 )
-_QUERY_SECRET = re.compile(r"(?P<name>[?&;](?:password|passwd|pass|secret|token)=)[^&;#]*", re.I)
+# A query parameter whose name holds one of these words, not only is one: redis-py takes the
+# TLS key's passphrase as ?ssl_password=, and a token may come as ?auth_token=.
+_QUERY_SECRET = re.compile(
+    r"(?P<name>[?&;][^=&;#]*(?:pass|secret|token|credential)[^=&;#]*=)[^&;#]*", re.I
+)
 
 
 def redact_url(url: str) -> str:

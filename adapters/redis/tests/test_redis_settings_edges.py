@@ -205,6 +205,10 @@ def test_repr_and_str_of_the_settings_hide_the_password() -> None:
         f"http://:{SECRET}@localhost:6379/0",
         f"redis://u:{SECRET}@localhost:6379/0?db=x",
         f"redis://localhost:6379/0?password={SECRET}&db=x",
+        # Secrets under other names: the TLS key's passphrase (a redis-py connection option)
+        # and a token, both shown as given.
+        f"rediss://localhost:6379/0?ssl_password={SECRET}&db=x",
+        f"redis://localhost:6379/0?auth_token={SECRET}&db=x",
     ],
 )
 def test_errors_about_a_malformed_url_hide_the_password(url: str) -> None:

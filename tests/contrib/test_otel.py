@@ -82,3 +82,30 @@ def test_each_collection_reads_the_counters_afresh(
     assert collect(reader)[key] == 0
     cache.get("k")
     assert collect(reader)[key] == 1
+
+
+def test_chains_instrumented_in_two_calls_on_one_provider_are_both_collected() -> None:
+    """A meter keeps one instrument per name: a second instrument() on the same provider made
+    instruments the SDK ignored, and the second chain was never collected (nor was a chain
+    rebuilt after a close and instrumented again), with no error and no warning."""
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    with (
+        TieredCache.from_config(namespace="first", bus={"kind": "off"}) as first,
+        TieredCache.from_config(namespace="second", bus={"kind": "off"}) as second,
+    ):
+        first.get("a", lambda: 1)
+        second.get("b", lambda: 2)
+        second.get("b")
+        instrument(first, meter_provider=provider)
+        instrument(second, meter_provider=provider)
+        points = collect(reader)
+
+        def hits(namespace: str) -> float:
+            labels = frozenset({("namespace", namespace), ("tier", "memory")})
+            return points[("tiered_cache.tier_hits", labels)]
+
+        assert (hits("first"), hits("second")) == (0, 1)
+        again = TieredCache.from_config(namespace="second", bus={"kind": "off"})
+        with again, pytest.raises(ValueError, match="second"):
+            instrument(again, meter_provider=provider)  # its series would be the other's

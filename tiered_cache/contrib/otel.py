@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 
 from opentelemetry import metrics
@@ -86,6 +87,18 @@ class TieredCacheInstruments:
                 )
             first = False
 
+    def add(self, caches: Sequence[TieredCache], *, raw_hot_keys: bool) -> None:
+        """Report on ``caches`` too, from the next collection on."""
+        if raw_hot_keys != self._raw_hot_keys:
+            raise ValueError(
+                f"these instruments label hot keys {'raw' if self._raw_hot_keys else 'hashed'}: "
+                "instrument every chain of one meter provider with the same raw_hot_keys"
+            )
+        with self._lock:
+            check_apart([*self._caches, *caches])
+            self._caches = (*self._caches, *caches)
+            self._taken_at = -float("inf")  # the next collection takes every chain
+
     def _current(self, name: str, fresh: bool) -> Series:
         with self._lock:
             now = self._clock()
@@ -144,12 +157,26 @@ def _bound(bound: float) -> str:
     return "+Inf" if bound == float("inf") else repr(bound)
 
 
+#: The instruments made on each meter. A meter keeps one instrument per name: instruments made
+#: again under the same names are ignored by the SDK (their callbacks never called), so a second
+#: instrument() adds its chains to the first one's instruments instead.
+_made: weakref.WeakKeyDictionary[Meter, TieredCacheInstruments] = weakref.WeakKeyDictionary()
+_made_lock = threading.Lock()
+
+
 def instrument(
     *caches: TieredCache,
     meter_provider: MeterProvider | None = None,
     raw_hot_keys: bool = False,
 ) -> TieredCacheInstruments:
     """Create the instruments of ``caches`` on a meter named ``tiered_cache`` of
-    ``meter_provider`` (default: the global one). Call it once per meter provider."""
+    ``meter_provider`` (default: the global one); a later call for the same provider adds
+    its ``caches`` to them (ValueError if a chain's series would be another's)."""
     meter = metrics.get_meter("tiered_cache", meter_provider=meter_provider)
-    return TieredCacheInstruments(caches, meter, raw_hot_keys=raw_hot_keys)
+    with _made_lock:
+        made = _made.get(meter)
+        if made is None:
+            made = _made[meter] = TieredCacheInstruments(caches, meter, raw_hot_keys=raw_hot_keys)
+        else:
+            made.add(caches, raw_hot_keys=raw_hot_keys)
+        return made

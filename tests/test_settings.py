@@ -265,3 +265,26 @@ def test_an_error_of_the_file_is_not_blamed_on_a_variable(
     monkeypatch.setenv("TIERED_CACHE_TTL", "1h")
     with pytest.raises(ConfigError, match=r"^tiered_cache\.ttl: expected a duration"):
         load_settings(ttl="later")  # the override's value, not the variable's, was wrong
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b"\xe3\x81\x28\xff\xfe garbage", "is not UTF-8 text"),
+        ('[tiered_cache]\nnamespace = "caf\xe9"\n'.encode("latin-1"), "is not UTF-8 text"),
+        (None, "cannot be read"),  # a directory
+    ],
+)
+def test_a_config_file_that_cannot_be_read_as_text_is_a_config_error(
+    tmp_path: Path, content: bytes | None, problem: str
+) -> None:
+    """Only a missing file and bad TOML were ConfigErrors: a file that is not UTF-8 (binary
+    garbage, a Latin-1 file) raised a bare UnicodeDecodeError naming no file, and a directory
+    (or an empty path, which is '.') a bare IsADirectoryError."""
+    path = tmp_path / "tiered_cache.toml"
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ConfigError, match=f"config file '{path}' {problem}"):
+        load_settings(path)

@@ -656,6 +656,15 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> CacheSett
             raise ConfigError(f"config file {str(file)!r} does not exist") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {str(file)!r} is not valid TOML: {exc}") from None
+        except UnicodeDecodeError as exc:  # the offset only: the bytes may be a secret's
+            raise ConfigError(
+                f"config file {str(file)!r} is not UTF-8 text, as TOML is "
+                f"(byte {exc.start} cannot be decoded)"
+            ) from None
+        except OSError as exc:  # a directory, no permission
+            raise ConfigError(
+                f"config file {str(file)!r} cannot be read: {exc.strerror or exc}"
+            ) from None
         section = document.get(ROOT)
         if not isinstance(section, dict):
             raise ConfigError(f"config file {str(file)!r} has no [{ROOT}] table")

@@ -256,3 +256,33 @@ def test_conversions_and_specs_are_checked_too(cache: TieredCache) -> None:
             fn("a", _Request("b"))
         assert fn("a", 1) == "value"
     assert first.key_for(req="a", n=1) == "a:'a':  1"
+
+
+def test_a_parameter_named_like_a_builtin_the_key_calls_leaves_the_key_alone(
+    cache: TieredCache,
+) -> None:
+    """The generated key called format(), repr(), str() and ascii() by their builtin names,
+    so a parameter of the same name took their place: ``def export(self, id, format="csv")``
+    failed every call whose id was an int with TypeError: 'str' object is not callable."""
+    loads: list[object] = []
+
+    @cache.cached(key="e:{id}:{lang}")
+    def export(id: int, lang: str = "en", format: str = "csv") -> str:
+        loads.append(id)
+        return f"{id}.{format}"
+
+    @cache.cached(key="r:{id!r}:{a!s}:{b!a}:{n:>4}")
+    def shown(
+        id: int, a: int, b: int, n: int, *, repr: int = 0, str: int = 0, ascii: int = 0
+    ) -> int:
+        loads.append(n)
+        return n
+
+    assert export(42) == export(42, "en") == "42.csv"
+    assert export.key_for(id=42, lang="en") == "e:42:en"
+    assert shown(1, 2, 3, 4) == shown(1, 2, 3, 4) == 4
+    assert shown.key_for(id=1, a=2, b=3, n=4) == "r:1:2:3:   4"
+    assert loads == [42, 4]
+    export.invalidate(id=42, lang="en")
+    assert export(42) == "42.csv"
+    assert loads == [42, 4, 42]

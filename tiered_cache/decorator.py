@@ -548,6 +548,11 @@ def _as_fstring(template: str, namespace: dict[str, Any]) -> str:
     on every cache hit).
     """
     namespace["__tc_str"] = str
+    # The builtins the key calls, under names of the namespace: a parameter of the function
+    # named format, repr, str or ascii (``def export(self, id, format="csv")``) is a local of
+    # the generated code and would be called in their place.
+    namespace["__tc_format"] = format
+    namespace.update({f"__tc_{call.__name__}": call for call in _CONVERSIONS.values()})
     namespace["__tc_plain"] = _PLAIN
     namespace["__tc_escape"] = ESCAPE
     namespace["__tc_escaped_escape"] = ESCAPE + ESCAPE
@@ -567,15 +572,17 @@ def _as_fstring(template: str, namespace: dict[str, Any]) -> str:
         plain = f"{field}.__class__ in __tc_plain"
         if conversion or spec:
             namespace[f"__tc_spec{index}"] = spec
-            converted = f"{_CONVERSIONS[conversion].__name__}({field})" if conversion else field
-            text = f"(format({converted}, __tc_spec{index}) if {plain} else {other})"
+            converted = (
+                f"__tc_{_CONVERSIONS[conversion].__name__}({field})" if conversion else field
+            )
+            text = f"(__tc_format({converted}, __tc_spec{index}) if {plain} else {other})"
         elif ender is None:
             text = f"({field} if {plain} else {other})"  # a text formats as itself
         else:
             # A str (the usual key part) skips the format() call: ~50 ns on every hit.
             text = (
                 f"({field} if {field}.__class__ is __tc_str else "
-                f"format({field}, '') if {plain} else {other})"
+                f"__tc_format({field}, '') if {plain} else {other})"
             )
         if ender is None:  # formatted as str.format would: nothing to escape
             parts.append(f"{{{text}}}")

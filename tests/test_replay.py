@@ -216,3 +216,17 @@ def test_a_number_a_trace_line_cannot_hold_is_reported_with_its_line(
     trace.write_text(text)
     with pytest.raises(ValueError, match=f"^line {line}: "):
         list(read_trace(trace, fmt))  # type: ignore[arg-type]
+
+
+@pytest.mark.usefixtures("broken_distribution")
+def test_a_subcommand_that_cannot_be_loaded_is_skipped_with_a_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Another package's subcommand whose module cannot be imported took the whole command
+    line down (a ModuleNotFoundError traceback for tiered-cache replay, even --version)."""
+    trace = tmp_path / "t.keys"
+    trace.write_text("a\na\n")
+    assert main(["replay", str(trace), "--l1-size", "5"]) == 0
+    out, err = capsys.readouterr()
+    assert "hits       1" in out
+    assert "'broken'" in err and "tiered_cache_no_such_module" in err

@@ -288,3 +288,23 @@ def test_a_config_file_that_cannot_be_read_as_text_is_a_config_error(
         path.write_bytes(content)
     with pytest.raises(ConfigError, match=f"config file '{path}' {problem}"):
         load_settings(path)
+
+
+@pytest.mark.usefixtures("broken_distribution")
+@pytest.mark.parametrize(
+    ("path", "overrides"),
+    [
+        ("tiered_cache.tiers[1].kind", {"tiers": [{"kind": "memory"}, {"kind": "broken"}]}),
+        ("tiered_cache.source.kind", {"source": {"kind": "broken"}}),
+    ],
+)
+def test_a_kind_whose_plugin_cannot_be_imported_is_a_config_error_naming_the_field(
+    path: str, overrides: dict[str, object]
+) -> None:
+    """Its ModuleNotFoundError escaped load_settings and from_config bare, naming neither the
+    field nor the kind."""
+    with pytest.raises(ConfigError) as caught:
+        load_settings(**overrides)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: kind 'broken'"), message
+    assert "tiered_cache_no_such_module" in message

@@ -16,7 +16,7 @@ from importlib.metadata import PackageNotFoundError, entry_points, version
 from typing import Any, TypeVar
 
 from .errors import ConfigError
-from .registry import BUSES_GROUP, SOURCES_GROUP, TIERS_GROUP
+from .registry import BUSES_GROUP, SOURCES_GROUP, TIERS_GROUP, load_entry_point
 
 __all__ = ["COMMANDS_GROUP", "SUBCOMMANDS", "Subcommand", "main", "register", "version_text"]
 
@@ -179,7 +179,11 @@ def _discover_commands() -> None:
     """Add the subcommands that installed packages declare under ``tiered_cache.commands``
     (``follow-stream`` comes from tiered-cache-dynamodb); the core imports no adapter."""
     for entry in entry_points(group=COMMANDS_GROUP):
-        command = entry.load()
+        try:
+            command = load_entry_point(entry)
+        except ConfigError as exc:  # one broken package must not take the others' commands
+            _error(f"warning: subcommand {entry.name!r} {exc}; skipped")
+            continue
         if isinstance(command, Subcommand):
             SUBCOMMANDS.setdefault(command.name, command)  # never replaces a core command
 

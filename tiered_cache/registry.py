@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
@@ -97,6 +97,21 @@ def async_plugin(kind: str, group: str) -> Plugin[Any] | None:
     return find_plugin(kind, group=group)
 
 
+def load_entry_point(ep: EntryPoint) -> Any:
+    """What ``ep`` names; :class:`ConfigError` saying what it is and why it cannot be loaded
+    (an adapter installed without its client library, or broken by an upgrade), with the
+    import's error as its cause: the import's own error names neither the entry point nor
+    what asked for it."""
+    try:
+        return ep.load()
+    except Exception as exc:
+        where = f" of {ep.dist.name}" if ep.dist is not None else ""
+        raise ConfigError(
+            f"comes from entry point {ep.value!r}{where}, which cannot be loaded "
+            f"({type(exc).__name__}: {exc})"
+        ) from exc
+
+
 def find_plugin(kind: str, *, group: str = TIERS_GROUP, field_path: str = "kind") -> Plugin[Any]:
     """The plugin for ``kind``; a :class:`ConfigError` listing the installed kinds otherwise."""
     with _lock:
@@ -104,7 +119,10 @@ def find_plugin(kind: str, *, group: str = TIERS_GROUP, field_path: str = "kind"
     if plugin is not None:
         return plugin
     for ep in entry_points(group=group, name=kind):
-        loaded = ep.load()
+        try:
+            loaded = load_entry_point(ep)
+        except ConfigError as exc:
+            raise ConfigError(f"{field_path}: kind {kind!r} {exc}") from exc.__cause__
         if not isinstance(loaded, Plugin):
             raise ConfigError(
                 f"{field_path}: entry point {ep.value!r} for kind {kind!r} is not a Plugin"

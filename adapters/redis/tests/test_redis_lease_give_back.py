@@ -667,3 +667,33 @@ def test_a_fill_that_fails_in_redis_gives_its_leases_back(
     loads_without_waiting(second, ["a", "b"])
     first.close()
     second.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("write", ["get", "set"])
+async def test_an_async_fill_that_fails_in_redis_gives_its_leases_back(
+    small_bulk_redis: RedisServer, namespace: str, write: str
+) -> None:
+    """The asyncio chain runs the same fill steps (Fence.afill): the same give-back."""
+    from tiered_cache import AsyncTieredCache
+
+    cache = AsyncTieredCache.from_config(
+        namespace=namespace,
+        bus={"kind": "off"},
+        tiers=[
+            {"kind": "memory", "admission": "always"},
+            {"kind": "redis", "url": small_bulk_redis.url, "timeout": "2s"},
+        ],
+        protection={"lease_ttl": "30s", "lease_wait": "30s", "max_stale": "0s"},
+    )
+
+    async def load() -> str:
+        return TOO_BIG
+
+    if write == "get":
+        assert await cache.get("a", load) == TOO_BIG
+    else:
+        await cache.set("a", TOO_BIG)
+    assert cache.stats()["tiers"][1]["errors"] >= 1  # the fill did fail in Redis
+    assert leases_in(small_bulk_redis, namespace) == []
+    await cache.aclose()

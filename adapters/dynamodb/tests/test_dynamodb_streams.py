@@ -916,3 +916,16 @@ def test_cli_catch_up_shows_progress_on_a_terminal_and_nothing_when_piped(
     assert "1/1 records" not in piped.stderr
     assert "following the stream" in piped.stderr  # the log is there: only the line is not
     assert json.loads(piped.stdout)["records"] == 1
+
+
+def test_cli_refuses_a_log_level_logging_does_not_know_as_a_usage_error(
+    moto_server: MotoDynamoDB, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--log-level took any text, and logging.basicConfig raised ValueError (Unknown level:
+    'BOGUS') out of the command, a traceback."""
+    config = _config(moto_server, "tbl", tmp_path / "c.toml")
+    with pytest.raises(SystemExit) as caught:
+        run_follow_stream(_parse("--config", str(config), "--log-level", "BOGUS"))
+    assert caught.value.code == 2
+    assert "--log-level" in capsys.readouterr().err
+    assert _parse("--config", str(config), "--log-level", "debug").log_level == "DEBUG"

@@ -77,7 +77,11 @@ def add_follow_stream_arguments(parser: argparse.ArgumentParser) -> None:
         "backoff until stopped",
     )
     parser.add_argument(
-        "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)"
+        "--log-level",
+        default="INFO",
+        type=str.upper,  # any case; argparse refuses the others (logging raised a traceback)
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        help="DEBUG, INFO, WARNING or ERROR (default INFO)",
     )
 
 
@@ -124,7 +128,7 @@ def run_follow_stream(args: argparse.Namespace) -> int:
     during the retries, or ``--max-failures``), or on a stream that cannot be read; 2 on a bad
     configuration. The counters are printed as one JSON line in every case but 2."""
     logging.basicConfig(
-        level=str(args.log_level).upper(),
+        level=args.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     overrides: dict[str, Any] = {}

@@ -918,6 +918,30 @@ def test_cli_catch_up_shows_progress_on_a_terminal_and_nothing_when_piped(
     assert json.loads(piped.stdout)["records"] == 1
 
 
+def test_cli_reports_a_dynamodb_it_cannot_reach_without_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """connect() let botocore's own errors through (EndpointConnectionError here; with no
+    credentials NoCredentialsError, with a role lacking DescribeTable a ClientError): the
+    command ended with a traceback instead of saying which table it could not reach."""
+    import socket
+
+    with socket.socket() as sock:  # a loopback port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = tmp_path / "unreachable.toml"
+    config.write_text(
+        '[tiered_cache]\nnamespace = "cli"\n[[tiered_cache.tiers]]\nkind = "memory"\n'
+        '[tiered_cache.source]\nkind = "dynamodb"\ntable = "tweet"\nkey = "id"\n'
+        f'region = "eu-west-1"\nendpoint_url = "http://127.0.0.1:{port}"\n'
+        'aws_access_key_id = "testing"\naws_secret_access_key = "testing"\n'
+        'connect_timeout = "200ms"\nmax_attempts = 1\n'
+    )
+    assert run_follow_stream(_parse("--config", str(config), "--max-records", "1")) == 1
+    err = capsys.readouterr().err
+    assert "table 'tweet'" in err and "EndpointConnectionError" in err, err
+
+
 def test_cli_refuses_a_log_level_logging_does_not_know_as_a_usage_error(
     moto_server: MotoDynamoDB, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

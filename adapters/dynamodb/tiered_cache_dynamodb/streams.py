@@ -726,7 +726,11 @@ class StreamFollower:
         except ClientError as exc:
             if _error_code(exc) == "ResourceNotFoundException":
                 raise StreamError(f"table {self.table!r} does not exist") from exc
-            raise
+            raise StreamError(f"cannot describe table {self.table!r}: {exc}") from exc
+        except BotoCoreError as exc:  # no credentials, an endpoint that does not answer
+            raise StreamError(
+                f"cannot describe table {self.table!r}: {type(exc).__name__}: {exc}"
+            ) from exc
         arn = table.get("LatestStreamArn")
         enabled = table.get("StreamSpecification", {}).get("StreamEnabled", False)
         if not arn or not enabled:
@@ -989,6 +993,9 @@ class StreamFollower:
 
 
 def _error_code(exc: BaseException) -> str:
-    if isinstance(exc, ClientError):
-        return str(exc.response.get("Error", {}).get("Code", ""))
+    # A StreamError made of DynamoDB's refusal keeps its code: a throttled DescribeTable
+    # is still counted as a throttle.
+    refusal = exc.__cause__ if isinstance(exc, StreamError) else exc
+    if isinstance(refusal, ClientError):
+        return str(refusal.response.get("Error", {}).get("Code", ""))
     return ""

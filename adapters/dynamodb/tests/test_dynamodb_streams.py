@@ -713,6 +713,16 @@ def test_json_checkpoint_store(tmp_path: Path) -> None:
         store.load()
 
 
+def test_a_checkpoint_that_is_not_utf8_is_refused_as_one_that_is_not_json(tmp_path: Path) -> None:
+    """A damaged checkpoint (bytes UTF-8 cannot decode) raised UnicodeDecodeError from
+    read_text, neither an OSError nor inside the check of its contents: connect() let it
+    through and follow-stream ended with a traceback instead of saying to delete it."""
+    path = tmp_path / "position.json"
+    path.write_bytes(b'{"version": 1, "shards": {"s": "\xff\xfe"}}')
+    with pytest.raises(CheckpointError, match="delete it"):
+        JSONFileCheckpointStore(path).load()
+
+
 def test_settings_need_a_table_and_key() -> None:
     with pytest.raises(ConfigError, match="'table' and 'key'"):
         StreamSettings().resolve()

@@ -347,13 +347,13 @@ class JSONFileCheckpointStore:
 
     def load(self) -> Checkpoint | None:
         try:
-            text = self.path.read_text(encoding="utf-8")
+            raw = self.path.read_bytes()  # decoded by json.loads, under the check below
         except FileNotFoundError:
             return None
         except OSError as exc:
             raise CheckpointError(f"cannot read checkpoint {str(self.path)!r}: {exc}") from exc
         try:
-            data = json.loads(text)
+            data = json.loads(raw)
             if data.get("version") != _CHECKPOINT_VERSION:
                 raise ValueError(f"unknown version {data.get('version')!r}")
             arn = data.get("stream_arn")

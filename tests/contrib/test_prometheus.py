@@ -13,6 +13,7 @@ from tiered_cache import TieredCache
 from tiered_cache.contrib.prometheus import register
 from tiered_cache.contrib.series import CATALOGUE
 from tiered_cache.memory import MemoryTier
+from tiered_cache.testing import FakeClock
 from tiered_cache.testing.servers import free_port
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -134,3 +135,30 @@ def test_chains_whose_series_would_collide_are_refused_when_registered(
     named = TieredCache([MemoryTier(), MemoryTier(name="l1b")], namespace=f"{namespace}-b")
     register(named, registry=registry)
     assert list(registry.collect())
+
+
+def test_a_raw_hot_key_utf8_cannot_encode_does_not_break_the_scrape(
+    clock: FakeClock, namespace: str
+) -> None:
+    """raw_hot_keys labels hot keys with the keys themselves: one holding a lone surrogate (a
+    path decoded with surrogateescape, which a chain without a UTF-8 tier takes) made every
+    scrape of the registry fail (UnicodeEncodeError: surrogates not allowed), so /metrics
+    answered nothing for any collector. Its label shows the surrogate escaped."""
+    hostile = "path:caf\udce9"
+    cache = TieredCache.from_config(
+        namespace=namespace,
+        tiers=[{"kind": "memory", "max_entries": 100}],
+        bus={"kind": "off"},
+        clock=clock,
+    )
+    with cache:
+        for i in range(300):
+            cache.get(hostile, lambda: "v")
+            cache.get(f"path:{i}", lambda: "cold")  # one-off keys: misses the sketch counts
+            clock.advance(0.01)
+        assert cache.hot_keys(1)[0][0] == hostile
+        registry = CollectorRegistry()
+        register(cache, registry=registry, raw_hot_keys=True)
+        _, samples = scrape(registry)
+    labels = frozenset({("namespace", namespace), ("rank", "1"), ("key", "path:caf\\udce9")})
+    assert samples[("tiered_cache_hot_key_reads_per_second", labels)] > 0

@@ -224,7 +224,9 @@ def _add(out: dict[str, Series], snapshot: Mapping[str, Any], raw_hot_keys: bool
         out["bus_connected"].samples.append((namespace, 1.0 if bus == "connected" else 0.0))
     _states(out["bus_publish_breaker_state"], namespace, snapshot.get("bus_publish_breaker"))
     for rank, (key, rate) in enumerate(snapshot.get("hot_keys", ()), start=1):
-        label = key if raw_hot_keys else key_hash(key)
+        # A key may hold a lone surrogate (a path decoded with surrogateescape): no exporter
+        # can encode it, and one such label failed the whole scrape. Shown escaped.
+        label = key.encode("utf-8", "backslashreplace").decode() if raw_hot_keys else key_hash(key)
         out["hot_key_reads_per_second"].samples.append(
             ({**namespace, "rank": str(rank), "key": label}, float(rate))
         )

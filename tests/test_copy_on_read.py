@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pytest
 
-from tiered_cache import TieredCache
+from tiered_cache import CodecError, TieredCache
 
 
 def cache(**memory: Any) -> TieredCache:
@@ -33,4 +34,30 @@ def test_without_it_readers_in_this_process_share_one_object() -> None:
     loaded = chain.get("user:1", lambda: {"roles": ["admin"]})
     loaded["roles"].append("root")
     assert chain.get("user:1", lambda: None) == {"roles": ["admin", "root"]}
+    chain.close()
+
+
+class Uncopyable:
+    def __deepcopy__(self, memo: object) -> Uncopyable:
+        raise TypeError("this object cannot be copied")
+
+
+@pytest.mark.parametrize("value", [threading.Lock(), Uncopyable()], ids=["lock", "custom"])
+def test_a_value_copy_on_read_cannot_copy_is_a_codec_error_not_a_tier_failure(
+    value: object,
+) -> None:
+    """A value the tier cannot deep-copy is one it cannot hold, as one a codec cannot encode:
+    set() returned as if stored (nothing was), each attempt was counted and logged as the
+    memory tier failing, and with a breaker on the tier a few such values opened it for every
+    key. CodecError now, to the caller of set and of a read-through get, as a Redis tier's
+    codec refuses a value."""
+    chain = cache(copy_on_read=True, breaker={"enabled": True, "failure_threshold": 1})
+    with pytest.raises(CodecError, match="copy_on_read"):
+        chain.set("bad", value)
+    with pytest.raises(CodecError, match="copy_on_read"):
+        chain.get("bad", lambda: value)
+    assert chain.get("good", lambda: {"n": 1}) == {"n": 1}
+    assert chain.get("good", lambda: pytest.fail("served from memory")) == {"n": 1}
+    tier = chain.stats()["tiers"][0]
+    assert (tier["errors"], tier["skips"], tier["breaker"]) == (0, 0, "closed")
     chain.close()

@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, final
 
+from .errors import CodecError, caused
 from .slot import Slot
 from .tier import MISSING, Entry, MissingType
 
@@ -309,5 +310,17 @@ class MemoryCore:
 
 
 def _copied(entry: Entry) -> Entry:
-    """``entry`` with a deep copy of its value (``copy_on_read``)."""
-    return entry.with_value(copy.deepcopy(entry.value))
+    """``entry`` with a deep copy of its value (``copy_on_read``); :class:`CodecError` for a
+    value that cannot be copied (a lock, a generator): one this tier cannot hold, the caller's
+    error as a value a codec cannot encode is, not the tier failing."""
+    try:
+        value = copy.deepcopy(entry.value)
+    except Exception as exc:
+        raise caused(
+            CodecError(
+                f"copy_on_read: a value of type {type(entry.value).__name__} cannot be "
+                f"deep-copied ({type(exc).__name__}: {exc})"
+            ),
+            exc,
+        ) from exc
+    return entry.with_value(value)

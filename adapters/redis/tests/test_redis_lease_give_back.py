@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import redis
 from tiered_cache_redis import RedisTier
+from tiered_cache_redis.leases import lease_key
 
 from tiered_cache import MISSING, Entry, LoadTimeout, MemoryTier, PartialBatchError, TieredCache
 from tiered_cache.errors import TierUnavailable
@@ -23,7 +24,7 @@ from tiered_cache.leases import PartialFill
 from tiered_cache.protection import Protection
 from tiered_cache.testing.buses import CuttableBus
 from tiered_cache.testing.clock import FakeClock
-from tiered_cache.testing.servers import RedisServer
+from tiered_cache.testing.servers import RedisCluster, RedisServer
 from tiered_cache.testing.sources import DictSource
 
 
@@ -696,4 +697,108 @@ async def test_an_async_fill_that_fails_in_redis_gives_its_leases_back(
         await cache.set("a", TOO_BIG)
     assert cache.stats()["tiers"][1]["errors"] >= 1  # the fill did fail in Redis
     assert leases_in(small_bulk_redis, namespace) == []
+    await cache.aclose()
+
+
+def keys_on_two_nodes(cluster: RedisCluster, namespace: str) -> tuple[list[str], str]:
+    """``([two keys held by one node, a key held by another], that node's address)``."""
+    client = redis.RedisCluster.from_url(cluster.redis_url)
+    try:
+        node = {key: client.get_node_from_key(f"{namespace}:{key}").name for key in KEYS}
+    finally:
+        client.close()
+    paused = node[KEYS[0]]
+    alike = [key for key in KEYS if node[key] == paused]
+    other = next(key for key in KEYS if node[key] != paused)
+    return [*alike[:2], other], paused
+
+
+KEYS = [f"k{i}" for i in range(64)]
+
+
+def partial_fill_chain(cluster: RedisCluster, namespace: str, face: type[Any]) -> Any:
+    return face.from_config(
+        namespace=namespace,
+        bus={"kind": "off"},
+        tiers=[
+            {"kind": "memory", "admission": "always"},
+            {"kind": "redis", "url": cluster.url, "timeout": "200ms"},
+        ],
+        protection={"lease_ttl": "30s", "lease_wait": "30s", "max_stale": "0s"},
+    )
+
+
+class PausedWrites:
+    """The cluster node at ``address`` refuses no call but answers no write (``CLIENT PAUSE
+    WRITE``: every lease script waits) until :meth:`end`, or 20 s: a node that hangs."""
+
+    def __init__(self, address: str) -> None:
+        host, port = address.rsplit(":", 1)
+        self._client = redis.Redis(host=host, port=int(port))
+
+    def begin(self) -> None:
+        self._client.execute_command("CLIENT", "PAUSE", "20000", "WRITE")
+
+    def end(self) -> None:
+        self._client.execute_command("CLIENT", "UNPAUSE")
+        self._client.close()
+
+
+def lease_held(cluster: RedisCluster, namespace: str, key: str) -> bool:
+    client = redis.RedisCluster.from_url(cluster.redis_url)
+    try:
+        return bool(client.exists(lease_key(f"{namespace}:{key}")))
+    finally:
+        client.close()
+
+
+def test_a_partial_fill_on_a_cluster_gives_back_the_leases_a_node_that_fails_does_not_hold(
+    redis_cluster: RedisCluster, namespace: str
+) -> None:
+    """On a cluster a batch fills one key at a time and stops at the first failure (a node
+    that hangs): the tier gives the leases of the keys not filled back (PartialFill), one at a
+    time too, and that give-back stopped at the first lease it could not release -- on the
+    node that hangs -- so the key of a node that answers kept its lease until lease_ttl, and
+    every other process reading it waited lease_wait for a fill that never came."""
+    keys, address = keys_on_two_nodes(redis_cluster, namespace)
+    paused = PausedWrites(address)
+    first = partial_fill_chain(redis_cluster, namespace, TieredCache)
+
+    def load(wanted: Sequence[str]) -> dict[str, str]:
+        paused.begin()  # after the leases were taken: the fill of the first key hangs
+        return {key: "v" for key in wanted}
+
+    try:
+        assert first.get_many(keys, load) == dict.fromkeys(keys, "v")
+        assert first.stats()["tiers"][1]["skips"] == 1  # the PartialFill
+        assert not lease_held(redis_cluster, namespace, keys[2])  # on the node that answers
+    finally:
+        paused.end()
+    second = chain(redis_cluster.url, namespace)
+    loads_without_waiting(second, keys[2:])
+    first.close()
+    second.close()
+
+
+@pytest.mark.anyio
+async def test_an_async_partial_fill_on_a_cluster_gives_back_the_leases_it_can(
+    redis_cluster: RedisCluster, namespace: str
+) -> None:
+    """The asyncio tier sends the same steps (TierCommands): the same give-back."""
+    from tiered_cache import AsyncTieredCache
+
+    keys, address = keys_on_two_nodes(redis_cluster, namespace)
+    paused = PausedWrites(address)
+    cache = partial_fill_chain(redis_cluster, namespace, AsyncTieredCache)
+
+    async def load(wanted: Sequence[str]) -> dict[str, str]:
+        paused.begin()
+        return {key: "v" for key in wanted}
+
+    try:
+        assert await cache.get_many(keys, load) == dict.fromkeys(keys, "v")
+        assert cache.stats()["tiers"][1]["skips"] == 1
+        assert not lease_held(redis_cluster, namespace, keys[2])
+    finally:
+        paused.end()
     await cache.aclose()

@@ -12,7 +12,7 @@ import builtins
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, cast
 
 import redis
 import redis.asyncio as aioredis
@@ -261,6 +261,10 @@ class AsyncClientIO:
 
     def is_cluster(self) -> bool:
         return self._tier.is_cluster
+
+    def node(self, name: str) -> str:
+        node = cast(AsyncRedisCluster, self._tier.client).get_node_from_key(name)
+        return name if node is None else str(node.name)  # slots unknown: a node of its own
 
     async def send(self, commands: Sequence[Command]) -> list[Any]:
         # Queued through execute_command: a cluster pipeline's own unlink() is a coroutine

@@ -57,6 +57,10 @@ class RedisIO(Protocol):
         """The client is a Redis Cluster client."""
         ...
 
+    def node(self, name: str) -> str:
+        """The address of the cluster node that holds ``name`` (a cluster client only)."""
+        ...
+
     def send(self, commands: Sequence[Command]) -> Any:
         """The commands in one pipeline (not a transaction; on a cluster, split by node);
         raises the first error."""
@@ -283,10 +287,29 @@ class TierCommands:
         return kept
 
     def release_leases(self, tokens: Mapping[str, str]) -> Steps[None]:
-        """:meth:`release_lease` for each key; raises the first failure."""
+        """:meth:`release_lease` for each key; raises the first failure. On a cluster (a call
+        per key) a failure skips the other leases of its node (each would wait its timeout)
+        but not those of the nodes that answer: left there, they held until ``lease_ttl``,
+        and every process reading their keys waited ``lease_wait`` (a partial fill's
+        give-back stopped at the first lease of a node that hangs)."""
         prefix = self.stored.prefix
         calls = [([lease_key(prefix + key)], [token]) for key, token in tokens.items()]
-        yield from self._run_scripts(RELEASE_IF_HOLDING, calls, True)
+        if not self.io.is_cluster():
+            yield from self._run_scripts(RELEASE_IF_HOLDING, calls, True)
+            return
+        first: Exception | None = None
+        failing: set[str] = set()
+        for keys, args in calls:
+            node = self.io.node(keys[0])
+            if node in failing:
+                continue
+            try:
+                yield self.io.script, (RELEASE_IF_HOLDING, keys, args)
+            except Exception as exc:
+                first = exc if first is None else first
+                failing.add(node)
+        if first is not None:
+            raise first
 
     def _give_back_stopped(self, stopped: BaseException, tokens: Mapping[str, str]) -> Steps[None]:
         """A call that takes leases under ``tokens`` (a read's, or a write's steal) was stopped

@@ -265,6 +265,10 @@ class ClientIO:
     def is_cluster(self) -> bool:
         return self._tier.is_cluster
 
+    def node(self, name: str) -> str:
+        node = cast(RedisCluster, self._tier.client).get_node_from_key(name)  # type: ignore[no-untyped-call]
+        return name if node is None else str(node.name)  # slots unknown: a node of its own
+
     def send(self, commands: Sequence[Command]) -> list[Any]:
         pipe = self._tier.client.pipeline(transaction=False)
         for command in commands:

@@ -18,7 +18,8 @@ below it, and ``BELOW LRU`` when under plain LRU):
   third, a trace of three phases (Zipf, recency, Zipf) and a loop of 2,150;
 - real (see :mod:`real_traces`, fetched from PyPI; ``--no-real`` skips them): a CloudPhysics
   block I/O trace, its first half tuned and its second half held out, and Twitter's cache
-  cluster 52, held out, at 0.1 / 1 / 10% of their distinct keys (:func:`real_traces_rows`).
+  cluster 52 (its first million requests and its sixth), held out, at 0.1 / 1 / 10% of their
+  distinct keys (:func:`real_traces_rows`).
 
 Then how fast a viral key is admitted, whether a scan evicts a top-100 key, and the cost of a hit
 and of a miss (contenders interleaved, repeated; min and median printed).
@@ -260,6 +261,12 @@ def real_traces_rows() -> Iterable[Trace]:
     distinct = len(set(tweets))
     sizes = [max(1, round(distinct * share)) for share in SHARES]
     yield Trace("Twitter cluster 52 (real)", tweets, sizes, tuned=False)
+    # A later stretch of the same cluster (added 2026-12-04 16:00 UTC, before its first
+    # replay): requests 5,000,000 to 5,999,999, from a cold cache, at the same shares.
+    later = real_traces.twitter_cluster52_slice(folder, 5_000_000, 6_000_000)
+    if later is not None:
+        sizes = [max(1, round(len(set(later)) * share)) for share in SHARES]
+        yield Trace("Twitter cluster 52, 6th million (real)", later, sizes, tuned=False)
 
 
 def hit_ratio_table(

@@ -9,12 +9,17 @@ traces as test data; the package index is reachable from a fresh machine, so
 - ``twitter_cluster52.csv``: the first 1,000,000 requests of Twitter's in-memory cache
   cluster 52 (Yang et al., OSDI 2020), ``time, object, size, next_access_vtime``: 143,542
   objects. The sizes are ignored (the memory tier counts entries).
+- ``twitter_cluster52_10m.csv.zst``: the same cluster's first 10,000,000 requests (the file
+  above is its first million), zstd-compressed; :func:`twitter_cluster52_slice` reads a later
+  stretch of it (decompressed with the ``zstd`` command).
 
-The sdist is downloaded once (81 MB) into ``build/traces`` and the two files extracted there.
+The sdist is downloaded once (81 MB) into ``build/traces`` and the three files extracted there.
 """
 
 from __future__ import annotations
 
+import itertools
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -25,6 +30,9 @@ SDIST = "libcachesim==0.3.5"
 MEMBERS = {
     "libcachesim-0.3.5/src/libCacheSim/data/cloudPhysicsIO.txt": "cloudPhysicsIO.txt",
     "libcachesim-0.3.5/src/libCacheSim/data/twitter_cluster52.csv": "twitter_cluster52.csv",
+    "libcachesim-0.3.5/src/libCacheSim/data/twitter_cluster52_10m.csv.zst": (
+        "twitter_cluster52_10m.csv.zst"
+    ),
 }
 DEFAULT_FOLDER = Path(__file__).resolve().parent.parent / "build" / "traces"
 
@@ -63,4 +71,19 @@ def twitter_cluster52_keys(folder: Path) -> list[str]:
         for line in lines:
             if not line.startswith("#"):
                 keys.append(line.split(",", 2)[1].strip())
+    return keys
+
+
+def twitter_cluster52_slice(folder: Path, start: int, stop: int) -> list[str] | None:
+    """The object ids of requests ``start`` to ``stop`` (0-based, end excluded) of cluster
+    52's ten million, or None without the ``zstd`` command."""
+    zstd = shutil.which("zstd")
+    if zstd is None:
+        return None
+    command = [zstd, "-dc", str(folder / "twitter_cluster52_10m.csv.zst")]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as process:
+        assert process.stdout is not None
+        requests = (line for line in process.stdout if not line.startswith("#"))
+        keys = [line.split(",", 2)[1].strip() for line in itertools.islice(requests, start, stop)]
+        process.kill()
     return keys

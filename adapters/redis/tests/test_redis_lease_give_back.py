@@ -643,6 +643,20 @@ def leases_in(server: RedisServer, namespace: str) -> list[bytes]:
         client.close()
 
 
+def leased_chain(face: type[Any], url: str, namespace: str, timeout: str) -> Any:
+    """A chain of either face (``TieredCache``, ``AsyncTieredCache``): memory over the Redis at
+    ``url``, no bus, leases that outlast the test (a lease left behind stays to be seen)."""
+    return face.from_config(
+        namespace=namespace,
+        bus={"kind": "off"},
+        tiers=[
+            {"kind": "memory", "admission": "always"},
+            {"kind": "redis", "url": url, "timeout": timeout},
+        ],
+        protection={"lease_ttl": "30s", "lease_wait": "30s", "max_stale": "0s"},
+    )
+
+
 @pytest.mark.parametrize("write", ["get", "get_many", "set", "set_many"])
 def test_a_fill_that_fails_in_redis_gives_its_leases_back(
     small_bulk_redis: RedisServer, namespace: str, write: str
@@ -678,15 +692,7 @@ async def test_an_async_fill_that_fails_in_redis_gives_its_leases_back(
     """The asyncio chain runs the same fill steps (Fence.afill): the same give-back."""
     from tiered_cache import AsyncTieredCache
 
-    cache = AsyncTieredCache.from_config(
-        namespace=namespace,
-        bus={"kind": "off"},
-        tiers=[
-            {"kind": "memory", "admission": "always"},
-            {"kind": "redis", "url": small_bulk_redis.url, "timeout": "2s"},
-        ],
-        protection={"lease_ttl": "30s", "lease_wait": "30s", "max_stale": "0s"},
-    )
+    cache = leased_chain(AsyncTieredCache, small_bulk_redis.url, namespace, "2s")
 
     async def load() -> str:
         return TOO_BIG
@@ -714,18 +720,6 @@ def keys_on_two_nodes(cluster: RedisCluster, namespace: str) -> tuple[list[str],
 
 
 KEYS = [f"k{i}" for i in range(64)]
-
-
-def partial_fill_chain(cluster: RedisCluster, namespace: str, face: type[Any]) -> Any:
-    return face.from_config(
-        namespace=namespace,
-        bus={"kind": "off"},
-        tiers=[
-            {"kind": "memory", "admission": "always"},
-            {"kind": "redis", "url": cluster.url, "timeout": "200ms"},
-        ],
-        protection={"lease_ttl": "30s", "lease_wait": "30s", "max_stale": "0s"},
-    )
 
 
 class PausedWrites:
@@ -762,7 +756,7 @@ def test_a_partial_fill_on_a_cluster_gives_back_the_leases_a_node_that_fails_doe
     every other process reading it waited lease_wait for a fill that never came."""
     keys, address = keys_on_two_nodes(redis_cluster, namespace)
     paused = PausedWrites(address)
-    first = partial_fill_chain(redis_cluster, namespace, TieredCache)
+    first = leased_chain(TieredCache, redis_cluster.url, namespace, "200ms")
 
     def load(wanted: Sequence[str]) -> dict[str, str]:
         paused.begin()  # after the leases were taken: the fill of the first key hangs
@@ -789,7 +783,7 @@ async def test_an_async_partial_fill_on_a_cluster_gives_back_the_leases_it_can(
 
     keys, address = keys_on_two_nodes(redis_cluster, namespace)
     paused = PausedWrites(address)
-    cache = partial_fill_chain(redis_cluster, namespace, AsyncTieredCache)
+    cache = leased_chain(AsyncTieredCache, redis_cluster.url, namespace, "200ms")
 
     async def load(wanted: Sequence[str]) -> dict[str, str]:
         paused.begin()

@@ -796,3 +796,56 @@ async def test_an_async_partial_fill_on_a_cluster_gives_back_the_leases_it_can(
     finally:
         paused.end()
     await cache.aclose()
+
+
+def failing_node_lookup(client: Any, name: str) -> None:
+    """Make ``client.get_node_from_key`` fail for ``name`` (a slot-map refresh that fails
+    right there: a node that moved, a cluster going down), as redis-py raises it."""
+    lookup = client.get_node_from_key
+
+    def get_node_from_key(key: str, *args: Any, **kwargs: Any) -> Any:
+        if key == name:
+            raise redis.exceptions.ClusterDownError("the slot map could not be refreshed")
+        return lookup(key, *args, **kwargs)
+
+    client.get_node_from_key = get_node_from_key
+
+
+def test_a_cluster_give_back_goes_on_past_a_key_whose_node_cannot_be_found(
+    redis_cluster: RedisCluster, namespace: str
+) -> None:
+    """The give-back asked the client which node holds each lease outside its try (ea0e5c5):
+    a lookup that failed (the slot map refreshed under it, and that failed) stopped the
+    give-back of the keys after it, on nodes that answer, and they held until lease_ttl."""
+    keys, _ = keys_on_two_nodes(redis_cluster, namespace)
+    client = redis.RedisCluster.from_url(redis_cluster.redis_url)
+    tier = RedisTier(client, namespace=namespace)
+    try:
+        tokens = {key: tier.acquire_lease(key, 30.0)[0] for key in keys}
+        failing_node_lookup(client, lease_key(f"{namespace}:{keys[0]}"))
+        with pytest.raises(redis.exceptions.ClusterDownError):
+            tier.release_leases({key: token for key, token in tokens.items() if token})
+        assert [lease_held(redis_cluster, namespace, key) for key in keys] == [True, False, False]
+    finally:
+        tier.close()
+
+
+@pytest.mark.anyio
+async def test_an_async_cluster_give_back_goes_on_past_a_key_whose_node_cannot_be_found(
+    redis_cluster: RedisCluster, namespace: str
+) -> None:
+    """The asyncio tier sends the same steps (TierCommands): the same give-back."""
+    from redis.asyncio.cluster import RedisCluster as AsyncCluster
+    from tiered_cache_redis import AsyncRedisTier
+
+    keys, _ = keys_on_two_nodes(redis_cluster, namespace)
+    client = AsyncCluster.from_url(redis_cluster.redis_url)
+    tier = AsyncRedisTier(client, namespace=namespace)
+    try:
+        tokens = {key: (await tier.acquire_lease(key, 30.0))[0] for key in keys}
+        failing_node_lookup(client, lease_key(f"{namespace}:{keys[0]}"))
+        with pytest.raises(redis.exceptions.ClusterDownError):
+            await tier.release_leases({key: token for key, token in tokens.items() if token})
+        assert [lease_held(redis_cluster, namespace, key) for key in keys] == [True, False, False]
+    finally:
+        await tier.aclose()

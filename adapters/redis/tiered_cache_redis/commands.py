@@ -291,7 +291,9 @@ class TierCommands:
         per key) a failure skips the other leases of its node (each would wait its timeout)
         but not those of the nodes that answer: left there, they held until ``lease_ttl``,
         and every process reading their keys waited ``lease_wait`` (a partial fill's
-        give-back stopped at the first lease of a node that hangs)."""
+        give-back stopped at the first lease of a node that hangs). Asking the client for a
+        key's node may fail too (its slot map refreshed, and that failed): that key is
+        skipped, not the give-back of the others."""
         prefix = self.stored.prefix
         calls = [([lease_key(prefix + key)], [token]) for key, token in tokens.items()]
         if not self.io.is_cluster():
@@ -300,14 +302,16 @@ class TierCommands:
         first: Exception | None = None
         failing: set[str] = set()
         for keys, args in calls:
-            node = self.io.node(keys[0])
-            if node in failing:
-                continue
+            node: str | None = None
             try:
+                node = self.io.node(keys[0])
+                if node in failing:
+                    continue
                 yield self.io.script, (RELEASE_IF_HOLDING, keys, args)
             except Exception as exc:
                 first = exc if first is None else first
-                failing.add(node)
+                if node is not None:
+                    failing.add(node)
         if first is not None:
             raise first
 

@@ -21,44 +21,12 @@ from tiered_cache import (
 from tiered_cache.protection import Protection
 from tiered_cache.testing import FakeClock
 from tiered_cache.testing.recording import RecordingTier
-from tiered_cache.testing.sources import DictSource
-from tiered_cache.tier import MISSING, Entry, MissingType
+from tiered_cache.testing.sources import AsyncDictSource
+from tiered_cache.tier import MISSING, Entry
 
 pytestmark = pytest.mark.anyio
 
 STRICT = Protection.never_stale(lease="off")
-
-
-class AsyncDictSource:
-    """An async source over a :class:`DictSource` (which counts the reads)."""
-
-    name = "async-dict"
-
-    def __init__(self, items: dict[str, Any]) -> None:
-        self.inner = DictSource(items)
-        self.gate: asyncio.Event | None = None
-        self.failure: Exception | None = None
-
-    async def load(self, key: str) -> Any | MissingType:
-        if self.gate is not None:
-            await self.gate.wait()
-        if self.failure is not None:
-            raise self.failure
-        return self.inner.load(key)
-
-    async def load_many(self, keys: Sequence[str]) -> dict[str, Any]:
-        if self.failure is not None:
-            raise self.failure
-        return self.inner.load_many(keys)
-
-    async def store(self, key: str, value: Any) -> None:
-        self.inner.store(key, value)
-
-    async def remove(self, key: str) -> None:
-        self.inner.remove(key)
-
-    async def aclose(self) -> None:
-        pass
 
 
 def two_tiers(clock: FakeClock) -> list[MemoryTier]:

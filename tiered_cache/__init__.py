@@ -13,6 +13,7 @@ from .decorator import (
     CachedFunction,
 )
 from .errors import (
+    ChainClosedError,
     CodecError,
     ConfigError,
     InvalidationIncomplete,
@@ -45,6 +46,7 @@ __all__ = [
     "BuildContext",
     "CacheSettings",
     "CachedFunction",
+    "ChainClosedError",
     "CodecError",
     "ConfigError",
     "Entry",

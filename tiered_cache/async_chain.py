@@ -23,6 +23,7 @@ from .async_accessor import AsyncTierAccessor
 from .async_loader import AsyncBatchLoader, AsyncLoader, AsyncSourceLoader
 from .async_tier import AsyncSource, AsyncTier
 from .bus import AsyncBus, Bus
+from .closed import ClosedPaths
 from .coherence import DEFAULT_BUS_BREAKER, BusLink, publish_breaker
 from .errors import LoadTimeout
 from .fence import Fence
@@ -135,7 +136,8 @@ class AsyncTieredCache(L1Reader):
             sleep=sleep,
         )
         self._bus_link: BusLink | None = None
-        self._paths = ChainPaths(
+        #: Every path after the L1 lookup; a :class:`ClosedPaths` once the chain is closed.
+        self._paths: ChainPaths | ClosedPaths = ChainPaths(
             self._tiers,
             fence=self._fence,
             metrics=self._metrics,
@@ -152,7 +154,6 @@ class AsyncTieredCache(L1Reader):
         self._disconnected_bound = max_stale_when_disconnected
         #: Writes running to their end (:meth:`_to_the_end`).
         self._writes: set[asyncio.Task[None]] = set()
-        self._closed = False
         #: The async bus, whose listener runs on the chain's loop (see :meth:`_listen_here`).
         self._async_bus: AsyncBus | None = None
         #: The bus publishes natively (an :class:`AsyncBus`), not in a thread.
@@ -371,8 +372,9 @@ class AsyncTieredCache(L1Reader):
     def _set_bus_connected(self, connected: bool) -> None:
         """Called on the bus's thread, or on the loop for an async bus (see
         :meth:`ChainPaths.set_bus_connected`)."""
-        self._paths.set_bus_connected(connected, self._disconnected_bound)
-        self._use_l1(self._tiers, connected or not (self._tiers and self._tiers[0].local))
+        self._use_l1(
+            self._tiers, self._paths.set_bus_connected(connected, self._disconnected_bound)
+        )
 
     # -- the decorator ------------------------------------------------------------------------
 
@@ -413,10 +415,15 @@ class AsyncTieredCache(L1Reader):
 
     async def aclose(self) -> None:
         """Let writes in flight finish, cancel background work, close the bus, every tier
-        and the source. Idempotent."""
+        and the source. Idempotent. From then on every read, write and invalidation (and
+        every call of a decorated function) raises :class:`~tiered_cache.ChainClosedError`;
+        :meth:`stats` still answers."""
         await all_end_within(set(self._writes), None)
         if not await self._loader.aclose():
             return
+        # First, so that no call reaches a tier or the source being closed (tiered_cache.closed).
+        self._paths = ClosedPaths(repr(self))
+        self._use_l1(self._tiers, False)
         if self._bus_link is not None:
             try:
                 await self._bus_link.aclose()

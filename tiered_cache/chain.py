@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, cast
 
 from .accessor import TierAccessor
 from .bus import Bus
+from .closed import ClosedPaths
 from .coherence import DEFAULT_BUS_BREAKER, BusLink, publish_breaker
 from .fence import Fence
 from .hit import NOT_FRESH, PlainGet
@@ -122,7 +123,8 @@ class TieredCache(L1Reader):
             background=background,
         )
         self._bus_link: BusLink | None = None
-        self._paths = ChainPaths(
+        #: Every path after the L1 lookup; a :class:`ClosedPaths` once the chain is closed.
+        self._paths: ChainPaths | ClosedPaths = ChainPaths(
             self._tiers,
             fence=self._fence,
             metrics=self._metrics,
@@ -363,9 +365,9 @@ class TieredCache(L1Reader):
 
     def _set_bus_connected(self, connected: bool) -> None:
         """The bus went down or came back (:meth:`ChainPaths.set_bus_connected`)."""
-        self._paths.set_bus_connected(connected, self._disconnected_bound)
-        # While the bus is down reads take the slow path, which counts bounded serves.
-        self._use_l1(self._tiers, connected or not (self._tiers and self._tiers[0].local))
+        self._use_l1(
+            self._tiers, self._paths.set_bus_connected(connected, self._disconnected_bound)
+        )
 
     def _use_l1(self, tiers: Sequence[L1Tier], enabled: bool) -> None:
         """:meth:`L1Reader._use_l1`, and ``cache.get`` (:class:`~tiered_cache.hit.PlainGet`)
@@ -424,9 +426,16 @@ class TieredCache(L1Reader):
         return self._loader.wait_background(timeout)
 
     def close(self) -> None:
-        """Close every tier and the source. Idempotent."""
+        """Close every tier and the source. Idempotent. From then on every read, write and
+        invalidation (and every call of a decorated function) raises
+        :class:`~tiered_cache.ChainClosedError`; :meth:`stats` still answers."""
         if not self._loader.close():
             return
+        # First, so that no call reaches a tier or the source being closed (tiered_cache.closed).
+        self._paths = ClosedPaths(repr(self))
+        self._read = self._paths.read_through_plain
+        vars(self).pop("set", None)  # the lone tier's set, bound to the open paths
+        self._use_l1(self._tiers, False)
         if self._bus_link is not None:
             try:
                 self._bus_link.close()

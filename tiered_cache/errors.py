@@ -35,6 +35,12 @@ class UnencodableKey(CodecError):
     sent. The message names the problem and the key's hash, never the key."""
 
 
+class ChainClosedError(TieredCacheError, RuntimeError):
+    """A call on a chain after its ``close()`` (``aclose()``): every read, write and
+    invalidation is refused, of the chain and of its decorated functions. Nothing was
+    asked of a tier or the source, and no tier's failure is counted. Build a new chain."""
+
+
 class TierUnavailable(TieredCacheError):
     """A tier cannot be used right now (connection lost, timeout, circuit open)."""
 

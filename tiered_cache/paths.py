@@ -468,13 +468,14 @@ class ChainPaths:
 
     # -- the bus going down and coming back
 
-    def set_bus_connected(self, connected: bool, bound: float) -> None:
+    def set_bus_connected(self, connected: bool, bound: float) -> bool:
         """While the bus is down in-process tiers would miss invalidations: they serve only
         copies filled during the outage, each for at most ``bound`` seconds
         (``max_stale_when_disconnected``; bypassed when that is 0), so the source sees about
         one load per key per bound instead of one per read. They are cleared both ways: on
         the way down nothing stale stays for later, on the way up nothing from the outage is
-        trusted. (The chain also stops its L1 fast path while the bus is down.)"""
+        trusted. Returns whether the chain's L1 lookup may read tier 0: not while the bus is
+        down and tier 0 is in-process (reads take these paths, which count bounded serves)."""
         if connected:
             bound = 0.0
         self.bounded = bound > 0
@@ -488,3 +489,4 @@ class ChainPaths:
                 tier.bounded_for = bound
         if not connected:
             self.fence.invalidate(gap=True)
+        return connected or not (self.tiers and self.tiers[0].local)

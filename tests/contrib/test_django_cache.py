@@ -626,3 +626,19 @@ def test_set_many_stores_all_or_nothing(cache: Any) -> None:
     assert cache.get_many(["first", "kept", "function", "last"]) == {}
     cache.chain.tiers[0].clear()  # and not in Redis either
     assert cache.get_many(["first", "kept", "function", "last"]) == {}
+
+
+def test_a_backend_object_kept_across_close_chains_reads_through_a_new_chain(caches: Any) -> None:
+    """``close_chains()`` between tests: Django keeps its backend objects (one per thread),
+    and each held on to the closed chain (``ChainClosedError``; before that, the Redis
+    tier's bare ``RuntimeError``) for the rest of the process."""
+    from tiered_cache.contrib.django import close_chains
+
+    cache = caches["default"]
+    cache.set("kept", "v")
+    closed = cache.chain
+    close_chains()
+    assert cache.get("kept") == "v"  # from Redis, through a chain built again
+    cache.set("kept", "w")
+    assert caches["prefix"].chain is cache.chain is not closed
+    assert cache.get("kept") == "w"

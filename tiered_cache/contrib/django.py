@@ -59,8 +59,19 @@ _DJANGO_PROTECTION: dict[str, Any] = {
 #: What ``timeout=None`` ("forever") becomes: durations are finite in tiered-cache.
 FOREVER = MAX_DURATION
 
-_chains: dict[str, TieredCache] = {}
-_chains_lock = threading.Lock()
+
+class _Chains:
+    """The process's chains, one per backend options, and how many times
+    :func:`close_chains` closed them: a backend object holding a chain of an earlier
+    generation (Django keeps them, one per thread) takes the chain of this one."""
+
+    def __init__(self) -> None:
+        self.built: dict[str, TieredCache] = {}
+        self.lock = threading.Lock()
+        self.generation = 0
+
+
+_chains = _Chains()
 
 
 def _chain_for(options: Mapping[str, Any]) -> TieredCache:
@@ -73,18 +84,20 @@ def _chain_for(options: Mapping[str, Any]) -> TieredCache:
         sort_keys=True,
         default=str,
     )
-    with _chains_lock:
-        chain = _chains.get(identity)
+    with _chains.lock:
+        chain = _chains.built.get(identity)
         if chain is None:
-            chain = _chains[identity] = _build(config, table, clock)
+            chain = _chains.built[identity] = _build(config, table, clock)
         return chain
 
 
 def close_chains() -> None:
-    """Close every chain the backend built (at shutdown, or between tests)."""
-    with _chains_lock:
-        chains = list(_chains.values())
-        _chains.clear()
+    """Close every chain the backend built (at shutdown, or between tests: a backend object
+    used after this reads through a chain built again)."""
+    with _chains.lock:
+        chains = list(_chains.built.values())
+        _chains.built.clear()
+        _chains.generation += 1
     for chain in chains:
         chain.close()
 
@@ -112,11 +125,13 @@ class TieredCacheBackend(BaseCache):
         self._options: Mapping[str, Any] = params.get("OPTIONS", {})
         self._clock: Callable[[], float] = self._options.get("CLOCK") or time.time
         self._chain: TieredCache | None = None
+        self._generation = _chains.generation
 
     @property
     def chain(self) -> TieredCache:
         """The chain this backend reads and writes (shared by the backend's objects)."""
-        if self._chain is None:
+        if self._chain is None or self._generation != _chains.generation:
+            self._generation = _chains.generation  # read first: a later close_chains() is seen
             self._chain = _chain_for(self._options)
         return self._chain
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -68,4 +69,42 @@ class DictSource:
         self.history.setdefault(key, [(0.0, None)]).append((self._clock(), None))
 
     def close(self) -> None:
+        pass
+
+
+class AsyncDictSource:
+    """An :class:`~tiered_cache.AsyncSource` over a :class:`DictSource` (``inner``, which
+    counts the reads and holds the items).
+
+    Attributes:
+        gate: while set and not yet set free, :meth:`load` waits for it (a slow source).
+        failure: raised by :meth:`load` and :meth:`load_many` while set (a failing source).
+    """
+
+    name = "async-dict"
+
+    def __init__(self, items: Mapping[str, Any] | None = None) -> None:
+        self.inner = DictSource(items)
+        self.gate: asyncio.Event | None = None
+        self.failure: Exception | None = None
+
+    async def load(self, key: str) -> Any | MissingType:
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.failure is not None:
+            raise self.failure
+        return self.inner.load(key)
+
+    async def load_many(self, keys: Sequence[str]) -> dict[str, Any]:
+        if self.failure is not None:
+            raise self.failure
+        return self.inner.load_many(keys)
+
+    async def store(self, key: str, value: Any) -> None:
+        self.inner.store(key, value)
+
+    async def remove(self, key: str) -> None:
+        self.inner.remove(key)
+
+    async def aclose(self) -> None:
         pass

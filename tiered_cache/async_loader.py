@@ -32,7 +32,7 @@ from .protection import Protection
 from .stamp import EntryMaker
 from .steps import arun
 from .tier import Entry, Source
-from .timed_slots import Claim, ServeStale, TimedSlots, after_wait
+from .timed_slots import Claim, TimedSlots, after_wait
 
 logger = logger_for("chain")
 
@@ -173,13 +173,7 @@ class AsyncSourceLoader:
                     await self._release(key, token)
                 else:
                     self._give_back_when_cancelled(key, token)
-            if isinstance(caught, ServeStale):
-                assert stale is not None
-                self._metrics.count("stale_served_on_slow_load")
-                return stale
-            if not isinstance(caught, Exception) or stale is None or not protection.fail_safe:
-                raise
-            return await arun(self._batching.fail_safe(key, mark, stale, caught))
+            return await arun(self._batching.load_failed(key, mark, stale, caught))
         try:
             await self._fill(key, mark, entry, token)
         except BaseException:

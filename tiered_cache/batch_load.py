@@ -22,6 +22,7 @@ from .metrics import CacheMetrics
 from .protection import Protection
 from .steps import Steps
 from .tier import MISSING, Entry
+from .timed_slots import ServeStale
 
 logger = logger_for("chain")
 
@@ -192,6 +193,22 @@ class BatchLoad:
                 yield leasing.release_leases, (filling,)
             raise
         return served, errors
+
+    def load_failed(
+        self, key: str, mark: int, stale: Entry | None, caught: BaseException
+    ) -> Steps[Entry]:
+        """What a caller whose load of one key stopped with ``caught`` gets (both loaders
+        decide it here, once they gave the key's lease back): ``stale`` when the load was
+        slower than the soft timeout (:class:`~tiered_cache.timed_slots.ServeStale`), or when
+        the source failed and fail-safe is on; else ``caught`` raised (an interrupt or a
+        cancellation always)."""
+        if isinstance(caught, ServeStale):
+            assert stale is not None
+            self.metrics.count("stale_served_on_slow_load")
+            return stale
+        if not isinstance(caught, Exception) or stale is None or not self.protection.fail_safe:
+            raise caught
+        return (yield from self.fail_safe(key, mark, stale, caught))
 
     def fail_safe(self, key: str, mark: int, stale: Entry, exc: Exception) -> Steps[Entry]:
         """Serve ``stale`` for a failed load, and rest the source (see :func:`calmed`)."""

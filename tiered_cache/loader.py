@@ -29,7 +29,7 @@ from .singleflight import Flight, SingleFlight
 from .stamp import EntryMaker
 from .steps import run
 from .tier import Entry, Source
-from .timed_slots import ServeStale, TimedSlots, after_wait
+from .timed_slots import TimedSlots, after_wait
 
 logger = logger_for("chain")
 
@@ -195,13 +195,7 @@ class SourceLoader:
             # load was handed to its worker, which fills under it or gives it back.
             if token is not None and (handoff is None or not handoff.orphaned):
                 self._give_back({key: token})
-            if isinstance(caught, ServeStale):
-                assert stale is not None
-                self._metrics.count("stale_served_on_slow_load")
-                return stale
-            if not isinstance(caught, Exception) or stale is None or not protection.fail_safe:
-                raise
-            return self._fail_safe(key, mark, stale, caught)
+            return run(self._batching.load_failed(key, mark, stale, caught))
         if token is None:  # _fill without its frame: the fill after every plain miss
             self._fence.fill_one(mark, key, entry, self._tiers)
             return entry
@@ -221,10 +215,6 @@ class SourceLoader:
     def _give_back(self, tokens: Mapping[str, str]) -> None:
         if tokens and self._leasing is not None:
             self._leasing.release_leases(tokens)
-
-    def _fail_safe(self, key: str, mark: int, stale: Entry, exc: Exception) -> Entry:
-        """Serve ``stale`` for a failed load (:meth:`BatchLoad.fail_safe`)."""
-        return run(self._batching.fail_safe(key, mark, stale, exc))
 
     def _timed_load(
         self,

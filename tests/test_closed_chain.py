@@ -158,8 +158,10 @@ async def test_every_call_on_a_closed_async_chain_is_refused(clock: FakeClock, c
     )
     await cache.set("held", "cached")
     assert await cache.get("held") == "cached"
+    assert not cache.closed
     await cache.aclose()
     await cache.aclose()
+    assert cache.closed
     held = [tier.get("held") for tier in cache.tiers]  # memory tiers: plain calls
     reads, writes = source.reads, dict(source.items)
     with pytest.raises(ChainClosedError, match="closed"):

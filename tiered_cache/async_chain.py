@@ -216,6 +216,12 @@ class AsyncTieredCache(L1Reader):
         return self._given
 
     @property
+    def closed(self) -> bool:
+        """Whether the chain was closed (every call but reporting then raises
+        :class:`~tiered_cache.ChainClosedError`)."""
+        return isinstance(self._paths, ClosedPaths)
+
+    @property
     def source(self) -> Source | AsyncSource | None:
         """The source of truth, if the chain has one."""
         return self._source

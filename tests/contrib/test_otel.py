@@ -109,3 +109,46 @@ def test_chains_instrumented_in_two_calls_on_one_provider_are_both_collected() -
         again = TieredCache.from_config(namespace="second", bus={"kind": "off"})
         with again, pytest.raises(ValueError, match="second"):
             instrument(again, meter_provider=provider)  # its series would be the other's
+
+
+def test_a_closed_chain_lets_go_of_its_instruments_and_a_rebuilt_one_takes_its_place() -> None:
+    """OpenTelemetry has no way to unregister: a chain rebuilt with the namespace of one
+    that was closed was refused with ValueError (its series would be the closed one's).
+    Closed chains are dropped; two open chains of one namespace are still refused."""
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    old = TieredCache.from_config(namespace="rebuilt", bus={"kind": "off"})
+    old.get("a", lambda: 1)
+    old.get("a")
+    instrument(old, meter_provider=provider)
+    hits = ("tiered_cache.tier_hits", frozenset({("namespace", "rebuilt"), ("tier", "memory")}))
+    assert collect(reader)[hits] == 1
+    old.close()
+    assert old.closed
+    with TieredCache.from_config(namespace="rebuilt", bus={"kind": "off"}) as new:
+        assert not new.closed
+        instrument(new, meter_provider=provider)
+        assert collect(reader)[hits] == 0  # the new chain's, alone
+        new.get("b", lambda: 2)
+        new.get("b")
+        new.get("b")
+        assert collect(reader)[hits] == 2
+        twin = TieredCache.from_config(namespace="rebuilt", bus={"kind": "off"})
+        with twin, pytest.raises(ValueError, match="rebuilt"):
+            instrument(twin, meter_provider=provider)
+
+
+def test_a_closed_chain_drops_out_of_the_collection() -> None:
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    kept = TieredCache.from_config(namespace="kept", bus={"kind": "off"})
+    gone = TieredCache.from_config(namespace="gone", bus={"kind": "off"})
+    instrument(kept, gone, meter_provider=provider)
+    assert {"kept", "gone"} <= namespaces(collect(reader))
+    gone.close()
+    assert namespaces(collect(reader)) == {"kept"}
+    kept.close()
+
+
+def namespaces(points: Points) -> set[str]:
+    return {dict(labels)["namespace"] for _, labels in points if "namespace" in dict(labels)}

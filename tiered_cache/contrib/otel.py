@@ -95,14 +95,22 @@ class TieredCacheInstruments:
                 "instrument every chain of one meter provider with the same raw_hot_keys"
             )
         with self._lock:
-            check_apart([*self._caches, *caches])
-            self._caches = (*self._caches, *caches)
+            kept = self._open()
+            check_apart([*kept, *caches])
+            self._caches = (*kept, *caches)
             self._taken_at = -float("inf")  # the next collection takes every chain
+
+    def _open(self) -> tuple[TieredCache, ...]:
+        """The chains not closed yet (with the lock held). OpenTelemetry has no way to
+        unregister: a closed chain is let go here, so that one rebuilt with its namespace
+        can be added (and the closed one is no longer reported, nor kept alive)."""
+        return tuple(cache for cache in self._caches if not cache.closed)
 
     def _current(self, name: str, fresh: bool) -> Series:
         with self._lock:
             now = self._clock()
             if fresh or now - self._taken_at > self._max_age or name not in self._series:
+                self._caches = self._open()
                 snapshots = [cache.stats() for cache in self._caches]
                 taken = series(*snapshots, raw_hot_keys=self._raw_hot_keys)
                 self._series = {item.spec.name: item for item in taken}

@@ -24,6 +24,7 @@ from .batch_load import BatchLoad
 from .errors import TieredCacheError
 from .fence import Fence
 from .forking import restart_after_fork
+from .held_leases import HeldLeases
 from .lease_wait import LeaseWait
 from .logs import fields, key_hash, logger_for
 from .loops import all_end_within, cancel, ends_within, stalled
@@ -145,50 +146,60 @@ class AsyncSourceLoader:
     ) -> Entry:
         """As :meth:`SourceLoader.load`: under the key's lease, with timeouts and fail-safe;
         the entry to serve."""
-        token: str | None = None
-        if self._lease_wait is not None:
-            token, filled = await arun(self._lease_wait.one(key, mark))
-            if filled is not None:
-                return filled
-        protection = self._protection
-        soft = None if background or stale is None else protection.soft_timeout
-        hard = None if background else protection.hard_timeout
+        lease_wait = self._lease_wait
+        held = None if lease_wait is None else HeldLeases()
         try:
-            if soft is None and hard is None:
-                entry = await self._load(key, loader, ttl)
-            else:
-                task, mark, waited, earlier = await self._timed_task(
-                    key, mark, loader, ttl, token, soft=soft, hard=hard
-                )
-                token = None  # the task gives it back or fills under it
-                soft, hard = after_wait(soft, hard, waited)
-                entry = await self._await_timed(key, task, mark, soft, hard, earlier=earlier)
-                return entry
-        except BaseException as caught:
-            # The rule of the caller's lease (as the threaded loader's): whatever stopped the
-            # load (it failed, was refused a slot, the caller was cancelled or interrupted),
-            # given back here unless the load's task holds it (token None).
-            if token is not None:
-                if isinstance(caught, Exception):
-                    await self._release(key, token)
+            token: str | None = None
+            if lease_wait is not None and held is not None:
+                token, filled = await arun(lease_wait.one(key, mark, held))
+                if filled is not None:
+                    return filled
+            protection = self._protection
+            soft = None if background or stale is None else protection.soft_timeout
+            hard = None if background else protection.hard_timeout
+            try:
+                if soft is None and hard is None:
+                    entry = await self._load(key, loader, ttl)
                 else:
-                    self._give_back_when_cancelled(key, token)
-            return await arun(self._batching.load_failed(key, mark, stale, caught))
-        try:
+                    task, mark, waited, earlier = await self._timed_task(
+                        key, mark, loader, ttl, token, soft=soft, hard=hard
+                    )
+                    if held is not None:
+                        held.hand_on((key,))  # the task gives it back or fills under it
+                    soft, hard = after_wait(soft, hard, waited)
+                    return await self._await_timed(key, task, mark, soft, hard, earlier=earlier)
+            except BaseException as caught:
+                # As the threaded loader's: whatever stopped the load (it failed, was refused
+                # a slot, the caller was cancelled or interrupted), its lease goes back before
+                # the caller is served, unless the load's task took it.
+                if held is not None:
+                    await self._give_back(held, caught)
+                return await arun(self._batching.load_failed(key, mark, stale, caught))
             await self._fill(key, mark, entry, token)
-        except BaseException:
-            self._give_back_when_cancelled(key, token)
+            return entry
+        except BaseException as stopped:
+            # From the step the lease's answer came back in (an interrupt raised into the
+            # loop in the instant after it, a cancelled fill): what is still held goes back.
+            if held is not None:
+                await self._give_back(held, stopped)
             raise
-        return entry
 
-    def _give_back_when_cancelled(self, key: str, token: str | None) -> None:
-        """A caller cancelled (its client went away) or interrupted while it holds the key's
-        lease gives the lease back, or every process would wait ``lease_wait`` for a value
-        nobody loads. In a task of its own: the cancelled caller may be cancelled again before
-        it could finish an ``await``. (Given back after a fill used it: the token no longer matches,
-        nothing happens.)"""
-        if token is not None:
-            self.spawn(self._release(key, token))
+    async def _give_back(self, held: HeldLeases, stopped: BaseException) -> None:
+        """Give back what ``held`` still holds (:mod:`tiered_cache.held_leases`), in a task
+        of its own that the caller waits for. Its own task: a caller cancelled again meanwhile
+        stops waiting, not the give-back. Waited for: an interrupt raised into the loop (or
+        asyncio.run's Ctrl-C, a cancellation) ends the loop once this caller ends, and a task
+        not begun by then was cancelled before its first step (the lease stayed until
+        ``lease_ttl``)."""
+        if self._lease_wait is None or not held.tokens():
+            return
+        give_back = self.spawn(arun(held.give_back(self._lease_wait.tier)))
+        try:
+            await asyncio.shield(give_back)
+        except asyncio.CancelledError:
+            if isinstance(stopped, Exception):
+                raise  # cancelled while it gave back after a failure: the cancel wins
+            # else stopped already: the caller raises that; the give-back goes on
 
     async def _fill(self, key: str, mark: int, entry: Entry, token: str | None) -> None:
         tokens = {key: token} if token is not None else None

@@ -16,6 +16,7 @@ from typing import Any
 
 from .errors import PartialLoadError
 from .fence import ChainTier, Fence
+from .held_leases import HeldLeases
 from .lease_wait import LeaseWait
 from .logs import fields, key_hash, logger_for
 from .metrics import CacheMetrics
@@ -84,9 +85,16 @@ class BatchLoad:
             values.update(landed)
             errors.update(failed)
 
+        held = HeldLeases()
         try:
-            yield from self.run(list(flights), mark, loader, ttl, stale=stale, ready=ready)
+            yield from self.run(
+                list(flights), mark, loader, ttl, stale=stale, ready=ready, held=held
+            )
         except BaseException as exc:
+            # Whatever stopped the batch from the step its leases' answer came back in (an
+            # interrupt in the instant after it included): the leases it still holds go back.
+            if self.lease_wait is not None:
+                yield from held.give_back(self.lease_wait.tier)
             done = values.keys() | errors.keys()
             table.land({k: f for k, f in flights.items() if k not in done}, {}, exc)
             raise
@@ -101,16 +109,18 @@ class BatchLoad:
         *,
         stale: Mapping[str, Entry],
         ready: Ready,
+        held: HeldLeases,
     ) -> Steps[None]:
-        """Get every key of ``keys`` a value or an error, handing each part to ``ready``."""
+        """Get every key of ``keys`` a value or an error, handing each part to ``ready``;
+        the leases taken are in ``held`` until handed on (the caller gives back the rest)."""
         if self.lease_wait is None:
-            ready(*(yield from self.load_and_fill(keys, mark, loader, ttl, stale, tokens={})))
+            ready(*(yield from self.load_and_fill(keys, mark, loader, ttl, stale, held=held)))
             return
         protection = self.protection
         pending = keys
         deadline: float | None = None
         while pending:
-            tokens, filled, waiting = yield from self.lease_wait.batch(pending, mark)
+            tokens, filled, waiting = yield from self.lease_wait.batch(pending, mark, held)
             if filled:
                 ready(filled, {})
             if tokens:
@@ -119,7 +129,7 @@ class BatchLoad:
                 ready(
                     *(
                         yield from self.load_and_fill(
-                            list(tokens), mark, loader, ttl, stale, tokens=tokens
+                            list(tokens), mark, loader, ttl, stale, held=held
                         )
                     )
                 )
@@ -132,7 +142,7 @@ class BatchLoad:
             elif now >= deadline:
                 self.metrics.count("lease_wait_expired", len(waiting))
                 ready(
-                    *(yield from self.load_and_fill(waiting, mark, loader, ttl, stale, tokens={}))
+                    *(yield from self.load_and_fill(waiting, mark, loader, ttl, stale, held=held))
                 )
                 return
             pending = waiting
@@ -146,15 +156,18 @@ class BatchLoad:
         ttl: float | str | None,
         stale: Mapping[str, Entry],
         *,
-        tokens: Mapping[str, str | None],
+        held: HeldLeases,
     ) -> Steps[tuple[dict[str, Entry], dict[str, BaseException]]]:
-        """Load ``keys`` in one batch and fill them into the tiers (under their leases).
+        """Load ``keys`` in one batch and fill them into the tiers (under the leases of
+        ``held`` among them; an interrupt leaves the ones not handed on to the caller's
+        give-back).
 
         Returns ``(entries to serve, errors)``: what the source read (all of it, or what a
         :class:`~tiered_cache.PartialLoadError` carries), stale entries under fail-safe for
         the keys it failed, and the error of each key left.
         """
-        held = {key: token for key, token in tokens.items() if token is not None}
+        holding = held.tokens()
+        leases = {key: holding[key] for key in keys if key in holding}
         leasing = self.lease_wait.tier if self.lease_wait is not None else None
         failure: Exception | None = None
         try:
@@ -165,33 +178,28 @@ class BatchLoad:
         except Exception as exc:
             failure = exc
             loaded = {}
-        except BaseException:
-            if held and leasing is not None:
-                yield leasing.release_leases, (held,)
-            raise
         errors: dict[str, BaseException] = {}
         served: dict[str, Entry] = dict(loaded)
         if failure is not None:
             unread = [key for key in keys if key not in loaded]
-            given_back = {key: held.pop(key) for key in unread if key in held}
+            given_back = {key: leases.pop(key) for key in unread if key in leases}
             if given_back and leasing is not None:
                 yield leasing.release_leases, (given_back,)
+                held.hand_on(given_back)
             for key in unread:
                 if key in stale and self.protection.fail_safe:
                     served[key] = yield from self.fail_safe(key, mark, stale[key], failure)
                 else:
                     errors[key] = failure
-        filling = {k: t for k, t in held.items() if k in loaded}
+        filling = {k: t for k, t in leases.items() if k in loaded}
         try:
             yield from self.fence.fill_steps(mark, loaded, self.tiers, tokens=filling)
         except Exception:
+            held.hand_on(filling)
             raise  # the fence gave back the leases it did not use
-        except BaseException:
-            # Interrupted (a cancelled task) before the fill may have gone out: its leases
-            # must not outlive it (a lease a fill used no longer matches: nothing happens).
-            if filling and leasing is not None:
-                yield leasing.release_leases, (filling,)
-            raise
+        # (Interrupted, a cancelled task included, before the fill may have gone out: the
+        # caller gives back what is held; a lease a fill used no longer matches.)
+        held.hand_on(filling)
         return served, errors
 
     def load_failed(

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .fence import ChainTier, Fence
+from .held_leases import HeldLeases
 from .metrics import CacheMetrics
 from .protection import Protection
 from .steps import Steps
@@ -33,22 +34,27 @@ class LeaseWait:
     clock: Callable[[], float]
     sleep: Callable[[float], Any]
 
-    def one(self, key: str, mark: int) -> Steps[tuple[str | None, Entry | None]]:
-        """``(token, None)`` when this process should load; ``(None, entry)`` when the lease
-        holder filled the key meanwhile; ``(None, None)`` to load without a lease (the shared
-        tier is down, or the holder took longer than ``lease_wait``)."""
+    def one(self, key: str, mark: int, held: HeldLeases) -> Steps[tuple[str | None, Entry | None]]:
+        """``(token, None)`` when this process should load (the lease is in ``held`` from
+        the step its answer came back in: see :mod:`tiered_cache.held_leases`); ``(None,
+        entry)`` when the lease holder filled the key meanwhile; ``(None, None)`` to load
+        without a lease (the shared tier is down, or the holder took longer than
+        ``lease_wait``)."""
         tier = self.tier
         if not self.fence.needs_lease(tier, key):
             return None, None
         protection = self.protection
         deadline: float | None = None
+        looks = held.looks
         try:
             while True:
-                token, current = yield tier.acquire_lease, (key, protection.lease_ttl)
+                # Stored as the answer comes back, before any line that an interrupt could
+                # land on: from here, the load's give-back covers the lease.
+                looks[key] = look = yield tier.acquire_lease, (key, protection.lease_ttl)
+                token, current = look
                 if current is not MISSING and self.clock() < current.soft_expiry:
                     # The previous holder filled it since our last look: no load needed.
-                    if token is not None:
-                        yield tier.release_leases, ({key: token},)
+                    yield from held.give_back(tier)
                     tier.hit()
                     yield from self.fence.fill_steps(mark, {key: current}, self.tiers[: tier.index])
                     return None, current
@@ -69,10 +75,11 @@ class LeaseWait:
             return None, None
 
     def batch(
-        self, keys: Sequence[str], mark: int
+        self, keys: Sequence[str], mark: int, held: HeldLeases
     ) -> Steps[tuple[dict[str, str | None], dict[str, Entry], list[str]]]:
         """One look at the leasing tier for ``keys``: ``(to load, with the token or None for
-        no lease; filled meanwhile by a holder; held by another process)``."""
+        no lease; filled meanwhile by a holder; held by another process)``. The leases taken
+        are in ``held`` from the step the answer came back in (as :meth:`one`)."""
         tier = self.tier
         needs_lease = self.fence.needs_lease
         tokens: dict[str, str | None] = {key: None for key in keys if not needs_lease(tier, key)}
@@ -81,7 +88,10 @@ class LeaseWait:
             if not keys:
                 return tokens, {}, []
         try:
-            looks = yield tier.acquire_leases, (keys, self.protection.lease_ttl)
+            # Stored as the answer comes back (see one()): a method of a dict, no frame.
+            held.looks.update(
+                looks := (yield tier.acquire_leases, (keys, self.protection.lease_ttl))
+            )
         except Exception as exc:
             tier.failed(exc)
             tokens.update(dict.fromkeys(keys))  # load them all without leases
@@ -102,6 +112,7 @@ class LeaseWait:
                 waiting.append(key)
         if unneeded:
             yield tier.release_leases, (unneeded,)
+            held.hand_on(unneeded)
         if filled:
             tier.hit(len(filled))
             yield from self.fence.fill_steps(mark, filled, self.tiers[: tier.index])

@@ -21,6 +21,7 @@ from .batch_load import BatchLoad
 from .errors import TieredCacheError, caused
 from .fence import Fence
 from .forking import restart_compiled_after_fork
+from .held_leases import HeldLeases
 from .lease_wait import LeaseWait
 from .logs import fields, key_hash, logger_for
 from .metrics import CacheMetrics
@@ -169,42 +170,50 @@ class SourceLoader:
         Returns the entry to serve: the loaded one, one another process filled while this one
         waited for the lease, or ``stale`` when the source failed or was too slow.
         """
-        token: str | None = None
-        if self._leasing is not None:
-            token, filled = self._lease_or_wait(key, mark)
-            if filled is not None:
-                return filled
-        # Timed by the soft timeout when a stale value can stand in, and by the hard timeout;
-        # neither applies to a background refresh. Untimed (the common miss), the load runs
-        # here, without _timed_load's frame.
-        protection = self._protection
-        soft = protection.soft_timeout if stale is not None else None
-        hard = protection.hard_timeout
-        handoff: _Handoff | None = None
+        held = None if self._lease_wait is None else HeldLeases()
         try:
-            if background or (soft is None and hard is None):
-                entry = self._load(key, loader, ttl)
-            else:
-                handoff = _Handoff()
-                entry, mark = self._timed_load(
-                    key, mark, loader, ttl, soft=soft, hard=hard, token=token, handoff=handoff
-                )
-        except BaseException as caught:
-            # The rule of the caller's lease, whatever stopped the load (it failed, timed out,
-            # was refused a slot, or the caller was interrupted): given back here, unless the
-            # load was handed to its worker, which fills under it or gives it back.
-            if token is not None and (handoff is None or not handoff.orphaned):
-                self._give_back({key: token})
-            return run(self._batching.load_failed(key, mark, stale, caught))
-        if token is None:  # _fill without its frame: the fill after every plain miss
-            self._fence.fill_one(mark, key, entry, self._tiers)
-            return entry
-        try:
+            token: str | None = None
+            if held is not None:
+                token, filled = self._lease_or_wait(key, mark, held)
+                if filled is not None:
+                    return filled
+            # Timed by the soft timeout when a stale value can stand in, and by the hard
+            # timeout; neither applies to a background refresh. Untimed (the common miss), the
+            # load runs here, without _timed_load's frame.
+            protection = self._protection
+            soft = protection.soft_timeout if stale is not None else None
+            hard = protection.hard_timeout
+            handoff: _Handoff | None = None
+            try:
+                if background or (soft is None and hard is None):
+                    entry = self._load(key, loader, ttl)
+                else:
+                    handoff = _Handoff()
+                    entry, mark = self._timed_load(
+                        key, mark, loader, ttl, soft=soft, hard=hard, token=token, handoff=handoff
+                    )
+            except BaseException as caught:
+                # Whatever stopped the load (it failed, timed out, was refused a slot, or the
+                # caller was interrupted), its lease goes back before the caller is served,
+                # unless the load was handed to its worker, which fills under it or gives it
+                # back.
+                if held is not None:
+                    if handoff is not None and handoff.orphaned:
+                        held.hand_on((key,))
+                    self._give_back(held)
+                return run(self._batching.load_failed(key, mark, stale, caught))
+            if token is None:  # _fill without its frame: the fill after every plain miss
+                self._fence.fill_one(mark, key, entry, self._tiers)
+                return entry
             self._fill(key, mark, entry, token)
-        except BaseException:  # interrupted: a lease the fill did not use goes back
-            self._give_back({key: token})
+            return entry
+        except BaseException:
+            # Whatever stopped this call from the step its lease's answer came back in (an
+            # interrupt in the instant after it, or during the fill): the lease it still holds
+            # goes back (held_leases.py; one the fill used releases nothing).
+            if held is not None:
+                self._give_back(held)
             raise
-        return entry
 
     def _fill(self, key: str, mark: int, entry: Entry, token: str | None) -> None:
         if token is None:
@@ -212,9 +221,9 @@ class SourceLoader:
         else:
             self._fence.fill(mark, {key: entry}, self._tiers, tokens={key: token})
 
-    def _give_back(self, tokens: Mapping[str, str]) -> None:
-        if tokens and self._leasing is not None:
-            self._leasing.release_leases(tokens)
+    def _give_back(self, held: HeldLeases) -> None:
+        if self._leasing is not None:
+            run(held.give_back(self._leasing))
 
     def _timed_load(
         self,
@@ -356,8 +365,8 @@ class SourceLoader:
             with handoff.lock:
                 orphaned = handoff.orphaned
                 handoff.delivered = True
-            if orphaned:
-                self._give_back({key: token} if token is not None else {})
+            if orphaned and token is not None and self._leasing is not None:
+                self._leasing.release_leases({key: token})
             raise
         with handoff.lock:
             orphaned = handoff.orphaned
@@ -366,10 +375,12 @@ class SourceLoader:
             self._fill(key, mark, entry, token)
         return entry
 
-    def _lease_or_wait(self, key: str, mark: int) -> tuple[str | None, Entry | None]:
+    def _lease_or_wait(
+        self, key: str, mark: int, held: HeldLeases
+    ) -> tuple[str | None, Entry | None]:
         """See :meth:`~tiered_cache.lease_wait.LeaseWait.one`."""
         assert self._lease_wait is not None
-        return run(self._lease_wait.one(key, mark))
+        return run(self._lease_wait.one(key, mark, held))
 
     # -- batches (get_many)
 

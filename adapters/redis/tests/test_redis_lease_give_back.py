@@ -8,6 +8,8 @@ that a write made meanwhile by another process is never overwritten with what it
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -19,11 +21,13 @@ from tiered_cache_redis import RedisTier
 from tiered_cache_redis.leases import lease_key
 
 from tiered_cache import MISSING, Entry, LoadTimeout, MemoryTier, PartialBatchError, TieredCache
+from tiered_cache.compiled import compiled_core
 from tiered_cache.errors import TierUnavailable
 from tiered_cache.leases import PartialFill
 from tiered_cache.protection import Protection
 from tiered_cache.testing.buses import CuttableBus
 from tiered_cache.testing.clock import FakeClock
+from tiered_cache.testing.pure_core import on_the_pure_core
 from tiered_cache.testing.servers import RedisCluster, RedisServer
 from tiered_cache.testing.sources import DictSource
 
@@ -849,3 +853,145 @@ async def test_an_async_cluster_give_back_goes_on_past_a_key_whose_node_cannot_b
         assert [lease_held(redis_cluster, namespace, key) for key in keys] == [True, False, False]
     finally:
         await tier.aclose()
+
+
+# -- an interrupt in the instant a lease call has returned
+#
+# Redis gave the lease and the caller has the token; an interrupt (Ctrl-C's
+# KeyboardInterrupt, a signal-raised time limit, an interrupt raised into an event loop)
+# lands before the load's give-back covers it. Each test interrupts at a chosen line with a
+# real signal (a trace function stops there: the loaders' modules must run as Python, so on
+# a compiled core the test runs itself on the pure one, in a child).
+
+
+def holding_a_lease(frame: Any) -> bool:
+    """At a line run once the frame's ``token`` is a lease's."""
+    return frame.f_locals.get("token") is not None
+
+
+def holding_leases(frame: Any) -> bool:
+    """At a line run once the frame's ``tokens`` hold a lease."""
+    return any(frame.f_locals.get("tokens") or {})
+
+
+@contextlib.contextmanager
+def interrupted_at(code: Any, when: Any) -> Iterator[None]:
+    """The body is interrupted at the first line of ``code`` where ``when(frame)`` holds."""
+    from tiered_cache.testing.interrupts import Interrupted, interrupt_once, interrupting
+
+    with interrupting() as interrupt:
+        sys.settrace(interrupt_once(code, when, interrupt))
+        try:
+            with pytest.raises(Interrupted):
+                yield
+        finally:
+            sys.settrace(None)
+
+
+def no_lease_left(server: RedisServer, namespace: str, keys: list[str]) -> None:
+    """Nothing holds the keys' leases: another process loads them without waiting."""
+    assert leases_in(server, namespace) == []  # else they stay until lease_ttl
+    other = chain(server.url, namespace, lease_wait="300ms")
+    loads_without_waiting(other, keys)
+    other.close()
+
+
+def test_a_miss_interrupted_as_its_lease_call_returns_gives_it_back(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """Interrupted in ``LeaseWait.one`` at the line after the look that took the lease, and
+    at the first line of ``SourceLoader.load`` run with the token in hand: both before the
+    try whose give-back covered the load."""
+    if compiled_core():
+        on_the_pure_core(test_a_miss_interrupted_as_its_lease_call_returns_gives_it_back)
+        return
+    from tiered_cache.lease_wait import LeaseWait
+    from tiered_cache.loader import SourceLoader
+
+    cache = chain(redis_server.url, namespace)
+    for key, code in [("k", LeaseWait.one.__code__), ("j", SourceLoader.load.__code__)]:
+        with interrupted_at(code, holding_a_lease):
+            cache.get(key, lambda: "v")
+        no_lease_left(redis_server, namespace, [key])
+    cache.close()
+
+
+def test_a_batch_interrupted_as_its_lease_call_returns_gives_them_back(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """Interrupted in ``BatchLoad.run`` at the line after the look that took the leases,
+    before ``load_and_fill``'s give-back covers them."""
+    if compiled_core():
+        on_the_pure_core(test_a_batch_interrupted_as_its_lease_call_returns_gives_them_back)
+        return
+    from tiered_cache.batch_load import BatchLoad
+
+    cache = chain(redis_server.url, namespace)
+    with interrupted_at(BatchLoad.run.__code__, holding_leases):
+        cache.get_many(["a", "b"], lambda keys: dict.fromkeys(keys, "v"))
+    no_lease_left(redis_server, namespace, ["a", "b"])
+    cache.close()
+
+
+def test_an_async_miss_interrupted_as_its_lease_call_returns_gives_it_back(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """Interrupted at the first line of ``AsyncSourceLoader.load`` run with the token in
+    hand (an interrupt raised into the event loop), before the try that gives it back."""
+    if compiled_core():
+        on_the_pure_core(test_an_async_miss_interrupted_as_its_lease_call_returns_gives_it_back)
+        return
+    import asyncio
+
+    from tiered_cache import AsyncTieredCache
+    from tiered_cache.async_loader import AsyncSourceLoader
+
+    cache = leased_chain(AsyncTieredCache, redis_server.url, namespace, "2s")
+
+    async def value() -> str:
+        return "v"
+
+    async def read() -> None:
+        with interrupted_at(AsyncSourceLoader.load.__code__, holding_a_lease):
+            await cache.get("k", value)
+        await cache.aclose()
+
+    asyncio.run(read())
+    no_lease_left(redis_server, namespace, ["k"])
+
+
+def test_an_async_caller_cancelled_as_its_loop_ends_gives_its_lease_back(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """Ctrl-C under ``asyncio.run`` cancels the main task, and the run then cancels every
+    task left: a give-back the cancelled caller spawned and did not wait for was cancelled
+    before its first step, and the lease stayed until lease_ttl. The run is a forked child's
+    (a process that ends after Ctrl-C); the main task is cancelled as asyncio.run's handler
+    does, while it loads under the lease."""
+    import asyncio
+
+    from tiered_cache import AsyncTieredCache
+    from tiered_cache.testing.forked import in_a_child
+
+    def interrupted_run() -> str:
+        cache = leased_chain(AsyncTieredCache, redis_server.url, namespace, "2s")
+
+        async def main() -> None:
+            me = asyncio.current_task()
+            assert me is not None
+
+            async def load() -> str:
+                me.cancel()  # asyncio.run's SIGINT handler: the main task is cancelled
+                await asyncio.Event().wait()
+                return "never"
+
+            await cache.get("k", load)
+
+        try:
+            asyncio.run(main())
+        except asyncio.CancelledError:
+            return "cancelled"
+        return "not cancelled"
+
+    assert in_a_child(interrupted_run, timeout=30) == "cancelled"
+    no_lease_left(redis_server, namespace, ["k"])

@@ -24,7 +24,7 @@ from .batch_load import BatchLoad
 from .errors import TieredCacheError
 from .fence import Fence
 from .forking import restart_after_fork
-from .held_leases import HeldLeases
+from .held_leases import HeldLeases, give_back_all
 from .lease_wait import LeaseWait
 from .logs import fields, key_hash, logger_for
 from .loops import all_end_within, cancel, ends_within, stalled
@@ -105,6 +105,8 @@ class AsyncSourceLoader:
             self._lease_wait,
         )
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: The leases of the callers' loads in flight (:meth:`_hold`), for :meth:`aclose`.
+        self._holding: set[HeldLeases] = set()
         self._refreshing: set[str] = set()
         #: The running load of each key whose caller gave up on it, with its fence mark.
         self._abandoned: dict[str, tuple[asyncio.Task[Entry], int]] = {}
@@ -128,6 +130,7 @@ class AsyncSourceLoader:
         self.flights = async_flights()
         self._refresh_flights = async_flights()
         self._tasks = set()
+        self._holding = set()  # the parent's coroutines hold them, not the child's
         self._refreshing = set()
         self._abandoned = {}
         self._timed_slots()
@@ -147,7 +150,7 @@ class AsyncSourceLoader:
         """As :meth:`SourceLoader.load`: under the key's lease, with timeouts and fail-safe;
         the entry to serve."""
         lease_wait = self._lease_wait
-        held = None if lease_wait is None else HeldLeases()
+        held = None if lease_wait is None else self._hold()
         try:
             token: str | None = None
             if lease_wait is not None and held is not None:
@@ -183,6 +186,15 @@ class AsyncSourceLoader:
             if held is not None:
                 await self._give_back(held, stopped)
             raise
+        finally:
+            if held is not None:
+                self._holding.discard(held)
+
+    def _hold(self) -> HeldLeases:
+        """A new load's :class:`HeldLeases`, known to :meth:`aclose` until the load ends."""
+        held = HeldLeases()
+        self._holding.add(held)
+        return held
 
     async def _give_back(self, held: HeldLeases, stopped: BaseException) -> None:
         """Give back what ``held`` still holds (:mod:`tiered_cache.held_leases`), in a task
@@ -355,8 +367,14 @@ class AsyncSourceLoader:
         stale: Mapping[str, Entry],
     ) -> tuple[dict[str, Any], dict[str, BaseException]]:
         """As :meth:`SourceLoader.load_batch`."""
-        batch = self._batching.for_flights(flights, self.flights, mark, loader, ttl, stale=stale)
-        return await arun(batch)
+        held = self._hold()
+        try:
+            batch = self._batching.for_flights(
+                flights, self.flights, mark, loader, ttl, stale=stale, held=held
+            )
+            return await arun(batch)
+        finally:
+            self._holding.discard(held)
 
     # -- background work
 
@@ -435,7 +453,9 @@ class AsyncSourceLoader:
     async def aclose(self) -> bool:
         """Stop taking background work and cancel what runs; False if closed already. A
         task of a loop left not running is cancelled (if that loop ever runs again), not
-        waited for: aclose waited for it for ever."""
+        waited for: aclose waited for it for ever. Then the leases of the callers' loads
+        still in flight are given back, as :meth:`SourceLoader.close` does (the tiers close
+        next)."""
         if self._closed:
             return False
         self._closed = True
@@ -443,6 +463,8 @@ class AsyncSourceLoader:
         for task in list(self._tasks):
             cancel(task)
         await all_end_within(tasks, None)
+        if self._lease_wait is not None:
+            await arun(give_back_all(list(self._holding), self._lease_wait.tier))
         return True
 
     # -- the source itself

@@ -66,10 +66,12 @@ class BatchLoad:
         ttl: float | str | None,
         *,
         stale: Mapping[str, Entry],
+        held: HeldLeases,
     ) -> Steps[tuple[dict[str, Any], dict[str, BaseException]]]:
         """Get a value for every key of ``flights`` (which the caller leads in ``table``):
         filled by another process's lease holder, or loaded here in batches and filled into
-        the tiers. Each key's flight lands as soon as its value (or its error) is there.
+        the tiers. Each key's flight lands as soon as its value (or its error) is there. The
+        leases it takes are in ``held`` (the loader's, which its close() gives back).
 
         Returns ``(values, errors)``: a key the source failed for gets its stale value under
         fail-safe, else its error.
@@ -85,7 +87,6 @@ class BatchLoad:
             values.update(landed)
             errors.update(failed)
 
-        held = HeldLeases()
         try:
             yield from self.run(
                 list(flights), mark, loader, ttl, stale=stale, ready=ready, held=held

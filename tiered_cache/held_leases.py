@@ -34,7 +34,9 @@ class HeldLeases:
 
     def tokens(self) -> dict[str, str]:
         """The leases held: ``key: token``."""
-        return {key: token for key, (token, _) in self.looks.items() if token is not None}
+        # A copy first (one call, atomic under the GIL): close() reads a load's from another
+        # thread while that load goes on.
+        return {key: token for key, (token, _) in list(self.looks.items()) if token is not None}
 
     def hand_on(self, keys: Iterable[str]) -> None:
         """Stop holding the leases of ``keys``: a fill used them, a give-back returned them,
@@ -51,3 +53,17 @@ class HeldLeases:
         if tokens:
             yield tier.release_leases, (tokens,)
             self.hand_on(tokens)
+
+
+def give_back_all(helds: Iterable[HeldLeases], tier: ChainTier) -> Steps[None]:
+    """Give back in one call every lease the loads ``helds`` hold (a loader's loads in
+    flight as it closes: the tier closes next, and their own give-back or fill could not
+    reach it any more)."""
+    helds = list(helds)
+    tokens: dict[str, str] = {}
+    for held in helds:
+        tokens.update(held.tokens())
+    if tokens:
+        yield tier.release_leases, (tokens,)
+        for held in helds:
+            held.hand_on(tokens)

@@ -21,7 +21,7 @@ from .batch_load import BatchLoad
 from .errors import TieredCacheError, caused
 from .fence import Fence
 from .forking import restart_compiled_after_fork
-from .held_leases import HeldLeases
+from .held_leases import HeldLeases, give_back_all
 from .lease_wait import LeaseWait
 from .logs import fields, key_hash, logger_for
 from .metrics import CacheMetrics
@@ -53,12 +53,14 @@ class _Handoff:
     so who holds the key's lease: the worker once ``orphaned`` (it fills under the lease, or
     gives it back if the load fails), else the caller."""
 
-    __slots__ = ("delivered", "lock", "orphaned")
+    __slots__ = ("delivered", "held", "lock", "orphaned")
 
-    def __init__(self) -> None:
+    def __init__(self, held: HeldLeases | None) -> None:
         self.lock = threading.Lock()
         self.orphaned = False
         self.delivered = False
+        #: The caller's lease, the worker's once orphaned (it then lets go of it when done).
+        self.held = held
 
 
 class SourceLoader:
@@ -123,6 +125,8 @@ class SourceLoader:
         )
         self._executor: ThreadPoolExecutor | None = None
         self._pending: set[Future[Any]] = set()
+        #: The leases of the loads in flight (:meth:`_hold`), for :meth:`close` to give back.
+        self._holding: set[HeldLeases] = set()
         self._background = background or self._submit
         self._lock = threading.Lock()
         self._closed = False
@@ -146,6 +150,7 @@ class SourceLoader:
         self._lock = threading.Lock()
         self._executor = None
         self._pending = set()
+        self._holding = set()  # the parent's loads hold them, not the child's
         self._refreshing = set()
         self._abandoned = {}
         self._timed_slots()
@@ -170,7 +175,8 @@ class SourceLoader:
         Returns the entry to serve: the loaded one, one another process filled while this one
         waited for the lease, or ``stale`` when the source failed or was too slow.
         """
-        held = None if self._lease_wait is None else HeldLeases()
+        held = None if self._lease_wait is None else self._hold()
+        handoff: _Handoff | None = None
         try:
             token: str | None = None
             if held is not None:
@@ -183,12 +189,11 @@ class SourceLoader:
             protection = self._protection
             soft = protection.soft_timeout if stale is not None else None
             hard = protection.hard_timeout
-            handoff: _Handoff | None = None
             try:
                 if background or (soft is None and hard is None):
                     entry = self._load(key, loader, ttl)
                 else:
-                    handoff = _Handoff()
+                    handoff = _Handoff(held)
                     entry, mark = self._timed_load(
                         key, mark, loader, ttl, soft=soft, hard=hard, token=token, handoff=handoff
                     )
@@ -197,10 +202,7 @@ class SourceLoader:
                 # caller was interrupted), its lease goes back before the caller is served,
                 # unless the load was handed to its worker, which fills under it or gives it
                 # back.
-                if held is not None:
-                    if handoff is not None and handoff.orphaned:
-                        held.hand_on((key,))
-                    self._give_back(held)
+                self._give_back(self._callers(held, handoff))
                 return run(self._batching.load_failed(key, mark, stale, caught))
             if token is None:  # _fill without its frame: the fill after every plain miss
                 self._fence.fill_one(mark, key, entry, self._tiers)
@@ -211,9 +213,12 @@ class SourceLoader:
             # Whatever stopped this call from the step its lease's answer came back in (an
             # interrupt in the instant after it, or during the fill): the lease it still holds
             # goes back (held_leases.py; one the fill used releases nothing).
-            if held is not None:
-                self._give_back(held)
+            self._give_back(self._callers(held, handoff))
             raise
+        finally:
+            mine = self._callers(held, handoff)
+            if mine is not None:
+                self._holding.discard(mine)
 
     def _fill(self, key: str, mark: int, entry: Entry, token: str | None) -> None:
         if token is None:
@@ -221,8 +226,20 @@ class SourceLoader:
         else:
             self._fence.fill(mark, {key: entry}, self._tiers, tokens={key: token})
 
-    def _give_back(self, held: HeldLeases) -> None:
-        if self._leasing is not None:
+    def _hold(self) -> HeldLeases:
+        """A new load's :class:`HeldLeases`, known to :meth:`close` until the load ends."""
+        held = HeldLeases()
+        self._holding.add(held)
+        return held
+
+    @staticmethod
+    def _callers(held: HeldLeases | None, handoff: _Handoff | None) -> HeldLeases | None:
+        """``held``, unless the load was handed to its worker, which fills under its lease
+        or gives it back (and lets go of it)."""
+        return None if handoff is not None and handoff.orphaned else held
+
+    def _give_back(self, held: HeldLeases | None) -> None:
+        if held is not None and self._leasing is not None:
             run(held.give_back(self._leasing))
 
     def _timed_load(
@@ -365,15 +382,23 @@ class SourceLoader:
             with handoff.lock:
                 orphaned = handoff.orphaned
                 handoff.delivered = True
-            if orphaned and token is not None and self._leasing is not None:
-                self._leasing.release_leases({key: token})
+            if orphaned:
+                self._give_back(handoff.held)
+                self._let_go(handoff.held)
             raise
         with handoff.lock:
             orphaned = handoff.orphaned
             handoff.delivered = True
         if orphaned:
-            self._fill(key, mark, entry, token)
+            try:
+                self._fill(key, mark, entry, token)
+            finally:
+                self._let_go(handoff.held)
         return entry
+
+    def _let_go(self, held: HeldLeases | None) -> None:
+        if held is not None:
+            self._holding.discard(held)
 
     def _lease_or_wait(
         self, key: str, mark: int, held: HeldLeases
@@ -404,9 +429,15 @@ class SourceLoader:
         holding each other's keys never wait on each other). Keys whose holder takes longer
         than ``lease_wait`` are loaded without a lease, in one more batch.
         """
-        return run(
-            self._batching.for_flights(flights, self.flights, mark, loader, ttl, stale=stale)
-        )
+        held = self._hold()
+        try:
+            return run(
+                self._batching.for_flights(
+                    flights, self.flights, mark, loader, ttl, stale=stale, held=held
+                )
+            )
+        finally:
+            self._holding.discard(held)
 
     # -- background work
 
@@ -481,7 +512,12 @@ class SourceLoader:
 
     def close(self) -> bool:
         """Stop taking background work; False if it was closed already. Queued refreshes are
-        dropped; running ones finish against still-open tiers."""
+        dropped; running ones finish against still-open tiers. Then the leases of the loads
+        still in flight (callers' loads, timed loads left to their workers) are given back:
+        the tiers close next, and those loads' fills and give-backs could not reach them,
+        so their leases held until ``lease_ttl`` and every other process reading the keys
+        waited ``lease_wait``. Their sources are not waited for (a hung one would hang the
+        shutdown); their fills, if they come, find the lease gone."""
         with self._lock:
             if self._closed:
                 return False
@@ -489,6 +525,8 @@ class SourceLoader:
             executor, self._executor = self._executor, None
         if executor is not None:
             executor.shutdown(wait=True, cancel_futures=True)
+        if self._leasing is not None:
+            run(give_back_all(list(self._holding), self._leasing))
         return True
 
     # -- the source itself

@@ -995,3 +995,129 @@ def test_an_async_caller_cancelled_as_its_loop_ends_gives_its_lease_back(
 
     assert in_a_child(interrupted_run, timeout=30) == "cancelled"
     no_lease_left(redis_server, namespace, ["k"])
+
+
+def in_flight_outcome(read: Any) -> list[str]:
+    """What ``read()`` ended with, for a reader thread: its value, or its error's type."""
+    outcome: list[str] = []
+    try:
+        outcome.append(repr(read()))
+    except Exception as exc:
+        outcome.append(type(exc).__name__)
+    return outcome
+
+
+@pytest.mark.parametrize("how", ["get", "get_many"])
+def test_close_while_a_load_is_in_flight_gives_its_lease_back(
+    redis_server: RedisServer, namespace: str, how: str
+) -> None:
+    """A process shutting down cleanly (``close()``) while a reader loads a key under its
+    lease: the tier closed under the load, whose fill and give-back then could not reach
+    Redis, and the lease stayed until lease_ttl (every other process waited lease_wait).
+    close() gives the leases of the loads in flight back before the tiers close; it does not
+    wait for the source (a hung one would hang the shutdown)."""
+    cache = chain(redis_server.url, namespace)
+    started, release = threading.Event(), threading.Event()
+
+    def load(keys: Sequence[str]) -> dict[str, str]:
+        started.set()
+        release.wait(10)
+        return dict.fromkeys(keys, "v")
+
+    def read() -> object:
+        if how == "get":
+            return cache.get("k", lambda: load(["k"])["k"])
+        return cache.get_many(["k"], load)
+
+    ended: list[list[str]] = []
+    reader = threading.Thread(target=lambda: ended.append(in_flight_outcome(read)))
+    reader.start()
+    try:
+        assert started.wait(10)
+        assert len(leases_in(redis_server, namespace)) == 1  # the reader's
+        cache.close()
+        assert leases_in(redis_server, namespace) == []  # at once, the load still running
+    finally:
+        release.set()
+        reader.join(10)
+    assert len(ended) == 1  # the reader ended (what it got is the closed chain's answer)
+    no_lease_left(redis_server, namespace, ["k"])
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("how", ["get", "get_many"])
+async def test_aclose_while_a_load_is_in_flight_gives_its_lease_back(
+    redis_server: RedisServer, namespace: str, how: str
+) -> None:
+    """:func:`test_close_while_a_load_is_in_flight_gives_its_lease_back` for the asyncio
+    chain: ``aclose()`` while a coroutine loads under the lease."""
+    import asyncio
+
+    from tiered_cache import AsyncTieredCache
+
+    cache = leased_chain(AsyncTieredCache, redis_server.url, namespace, "2s")
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def load(keys: Sequence[str]) -> dict[str, str]:
+        started.set()
+        await release.wait()
+        return dict.fromkeys(keys, "v")
+
+    async def read() -> object:
+        async def one() -> str:
+            return (await load(["k"]))["k"]
+
+        try:
+            if how == "get":
+                return await cache.get("k", one)
+            return await cache.get_many(["k"], load)
+        except Exception as exc:
+            return type(exc).__name__
+
+    reader = asyncio.ensure_future(read())
+    try:
+        await asyncio.wait_for(started.wait(), 10)
+        assert len(leases_in(redis_server, namespace)) == 1  # the reader's
+        await cache.aclose()
+        assert leases_in(redis_server, namespace) == []  # at once, the load still running
+    finally:
+        release.set()
+        await asyncio.wait_for(reader, 10)
+    no_lease_left(redis_server, namespace, ["k"])
+
+
+def test_a_closed_tier_sends_no_lease_script(redis_server: RedisServer, namespace: str) -> None:
+    """A Lua script the tier had registered went on reaching Redis after close() (it was
+    bound to the client, and did not ask the tier for it): a load's give-back or fill that
+    came after close reconnected the closed client's pool, a connection nobody closed."""
+    tier = RedisTier(redis.Redis.from_url(redis_server.url), namespace=namespace)
+    for _ in range(2):  # the second time, the scripts are registered
+        token, _ = tier.acquire_lease("k", 30.0)
+        assert token is not None
+        tier.release_lease("k", token)
+    token, _ = tier.acquire_lease("k", 30.0)
+    assert token is not None
+    tier.close()
+    with pytest.raises(RuntimeError, match="is closed"):
+        tier.release_lease("k", token)
+    assert leases_in(redis_server, namespace) != []  # it never reached Redis
+
+
+@pytest.mark.anyio
+async def test_a_closed_async_tier_sends_no_lease_script(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """The asyncio tier's twin of :func:`test_a_closed_tier_sends_no_lease_script`."""
+    from tiered_cache_redis import AsyncRedisTier, make_async_client
+
+    tier = AsyncRedisTier(make_async_client(redis_server.url), namespace=namespace)
+    for _ in range(2):  # the second time, the scripts are registered
+        token, _ = await tier.acquire_lease("k", 30.0)
+        assert token is not None
+        await tier.release_lease("k", token)
+    token, _ = await tier.acquire_lease("k", 30.0)
+    assert token is not None
+    await tier.aclose()
+    with pytest.raises(RuntimeError, match="is closed"):
+        await tier.release_lease("k", token)
+    assert leases_in(redis_server, namespace) != []

@@ -278,9 +278,13 @@ class AsyncClientIO:
         return await self._tier.client.execute_command(*args)
 
     def _script(self, source: str) -> Any:
+        # The client first, each time: it raises once the tier is closed. A script kept from
+        # before (bound to the client) went on reaching Redis after close, and reconnected
+        # the closed client's pool (a connection nobody closed).
+        client = self._tier.client
         script = self._scripts.get(source)
         if script is None:
-            script = self._scripts[source] = self._tier.client.register_script(source)
+            script = self._scripts[source] = client.register_script(source)
         return script
 
     def forget_scripts(self) -> None:

@@ -279,9 +279,13 @@ class ClientIO:
         return self._tier.client.execute_command(*args)  # type: ignore[no-untyped-call]
 
     def _script(self, source: str) -> Any:
+        # The client first, each time: it raises once the tier is closed. A script kept from
+        # before (bound to the client) went on reaching Redis after close, and reconnected
+        # the closed client's pool (a connection nobody closed).
+        client = self._tier.client
         script = self._scripts.get(source)
         if script is None:
-            script = self._scripts[source] = self._tier.client.register_script(source)
+            script = self._scripts[source] = client.register_script(source)
         return script
 
     def script(self, source: str, keys: list[str], args: list[Any]) -> Any:

@@ -32,6 +32,7 @@ __all__ = ["DEPENDENCIES", "EXTENSIONS", "MANIFEST", "MODULES", "compiled_core",
 MODULES = (
     "entry",
     "slot",
+    "ghosts",
     "sketch",
     "topk",
     "policy",

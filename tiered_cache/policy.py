@@ -75,8 +75,10 @@ import random
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
+from typing import Final
 
 from . import policy_defaults as defaults
+from .ghosts import GhostList
 from .sketch import FrequencySketch
 from .slot import DETACHED, Slot, SlotList
 from .topk import TopK
@@ -87,79 +89,79 @@ logger = logging.getLogger(__name__)
 
 #: A candidate this frequent that loses to its victim is still admitted with probability 1/128,
 #: so that an attacker cannot pin a victim by flooding its hash collisions (Caffeine).
-_HASH_DOS_THRESHOLD = 6
+_HASH_DOS_THRESHOLD: Final = 6
 #: Fewer hits than this to a protected key since the last replay are counted as a sample.
-_HIT_SAMPLE = 4
+_HIT_SAMPLE: Final = 4
 #: The victim is the least frequently read of this many keys at the cold end of probation.
-_VICTIM_SAMPLE = 8
+_VICTIM_SAMPLE: Final = 8
 #: Below this share of the entries the window is small (frequency rules) ...
-_SMALL_WINDOW = 0.05
+_SMALL_WINDOW: Final = 0.05
 #: ... and a victim read this often since the last aging is only displaced by a lead of two.
-_ESTABLISHED = 4
+_ESTABLISHED: Final = 4
 #: A refused candidate read this often since the last aging is frequency's business: a miss on
 #: its ghost does not grow the window (see ``_ghost_hit``).
-_FREQUENT_GHOST = 2 * _ESTABLISHED
+_FREQUENT_GHOST: Final = 2 * _ESTABLISHED
 #: The ghosts remember this share of ``max_entries`` keys, both sides together. ARC keeps a
 #: whole cache's worth; a quarter followed OLTP's first half better (0.125 to 1 were tried,
 #: docs/benchmarks/hit-ratio.md): only a miss soon after its key left says much about the split.
-_GHOST_SHARE = 0.25
+_GHOST_SHARE: Final = 0.25
 #: The ghosts remember at least this many keys: a quarter of a cache under 100 entries is too
 #: few misses to weigh one side against the other (on the tweet timeline at 20 entries, with 5
 #: ghosts, the split swung between 1 and 19 and the hit ratio fell from 34.8% to 29.4%).
-_MIN_GHOSTS = 25.0
+_MIN_GHOSTS: Final = 25.0
 #: A step of the split is ARC's, in entries, from this many entries on; a smaller cache steps by
 #: the same share of its entries (a hundredth) instead, see ``_ghost_hit``.
-_STEP_ENTRIES = 100.0
+_STEP_ENTRIES: Final = 100.0
 #: One-sided evidence (see ``_ghost_hit``): a side's ghosts are read this many times more often
 #: per key remembered than the other side's (2, 4, 8 and 32 let OLTP's phases swing the window
 #: from end to end: 41.68% at 1,000 entries fell to 38.3 to 41.1) ...
-_ONE_SIDED = 1000.0
+_ONE_SIDED: Final = 1000.0
 #: ... and the other side took in at least this share of the ghosts' bound lately (it could
 #: have been read).
-_ONE_SIDED_FED = 0.1
+_ONE_SIDED_FED: Final = 0.1
 #: The doubled step stops growing at this multiple of ARC's: unbounded, OLTP's phases swung a
 #: 15,000-entry window from end to end (66.70% -> 66.22%, 2,000 entries 47.35 -> 47.22, Zipf 0.6
 #: at 1,000 entries 12.79 -> 12.48; with 16: 66.71, 47.34, 12.72).
-_MAX_BOOST = 16.0
+_MAX_BOOST: Final = 16.0
 
 #: The LRU guard (see ``_guard``) simulates plain LRU on the keys whose hash is 0 modulo a
 #: power of two, chosen so that the simulated cache holds about this many entries (all of
 #: them below twice this size): a miniature simulation (Waldspurger et al., "Cache Modeling
 #: and Optimization using Miniature Simulations", USENIX ATC 2017).
-_GUARD_ENTRIES = 256
+_GUARD_ENTRIES: Final = 256
 #: LRU is ahead when its lead over this policy, on the sampled reads where the two differ,
 #: exceeds this many standard deviations of a fair coin's (a sign test).
-_GUARD_SIGMAS = 2.0
+_GUARD_SIGMAS: Final = 2.0
 #: In LRU mode the guard's sample is shown a miniature W-TinyLFU whose window holds this share
 #: of the sampled entries: the split at which the guard starts (see ``_set_window``), and the
 #: one the warm-up's jump takes (see ``_warm_up``).
-_ALT_WINDOW = 0.5
+_ALT_WINDOW: Final = 0.5
 
 #: A popularity shift (see ``_period_end``): the hit ratio is taken over periods of this many
 #: reads per entry (at least ``_SHIFT_MIN_READS``) ...
-_SHIFT_PERIOD = 2
-_SHIFT_MIN_READS = 1_000
+_SHIFT_PERIOD: Final = 2
+_SHIFT_MIN_READS: Final = 1_000
 #: ... and a period whose hits fall below this share of the recent periods' ratio ...
-_SHIFT_DROP = 0.8
+_SHIFT_DROP: Final = 0.8
 #: ... by more than this many standard deviations (Poisson: the square root of the hits
 #: expected) ages the sketch at once.
-_SHIFT_SIGMAS = 3.0
+_SHIFT_SIGMAS: Final = 3.0
 #: ... when at least this share of the period's misses were refused candidates coming back
 #: (their ghosts hit): the new hot keys, read again and kept out by the old ones' counts. A
 #: scan or a phase of one-off keys also lowers the hit ratio, but its keys do not come back
 #: (OLTP at 1,000 entries: 0.5% to 4% of the misses of most of its sharp drops, 7.7% of one;
 #: shift halfway at 1,000 and 2,000: 8.4% and 8.9%).
-_SHIFT_COMEBACKS = 0.06
+_SHIFT_COMEBACKS: Final = 0.06
 #: ... and only while the window holds less than this share of the cache (frequency rules the
 #: main area): OLTP's phases drop as sharply with as many keys coming back, with the window at
 #: 392 of 1,000 entries (shift halfway at 1,000 and 2,000: 109 and 175).
-_SHIFT_WINDOW = 0.25
+_SHIFT_WINDOW: Final = 0.25
 
 # The segments' tags (Slot.segment): a kept slot names the list that holds it.
-_WINDOW = 0
-_PROBATION = 1
-_PROTECTED = 2
-_SEGMENT_NAMES = ("window", "probation", "protected")
+_WINDOW: Final = 0
+_PROBATION: Final = 1
+_PROTECTED: Final = 2
+_SEGMENT_NAMES: Final = ("window", "probation", "protected")
 
 
 class TinyLfuPolicy:
@@ -267,13 +269,10 @@ class TinyLfuPolicy:
         # Keys that recently left, each with the side that let it go (+1: refused from the
         # window, -1: evicted from the main area), ARC's two ghost lists in one (bounded by
         # _GHOST_SHARE), counted per side for the size of a step.
-        self._ghosts: OrderedDict[str, int] = OrderedDict()
+        self._ghosts = GhostList()
         self._ghost_limit = max(_GHOST_SHARE * max_entries, _MIN_GHOSTS)
         # ARC's step is one entry; under _STEP_ENTRIES, that share of the cache (_ghost_hit).
         self._step_unit = min(1.0, max_entries / _STEP_ENTRIES)
-        self._ghost_pop = self._ghosts.pop
-        # Bound once, called positionally (``last=False``): no method lookup, no keyword.
-        self._ghost_popitem: Callable[[bool], tuple[str, int]] = self._ghosts.popitem
         # Per side, in attributes of their own rather than dicts keyed by side (compiled: no
         # boxed int or float per eviction): the ghosts held, refused (+1) and evicted (-1).
         self._refused_ghosts = 0
@@ -296,9 +295,8 @@ class TinyLfuPolicy:
         # A key enters the hot-key list once the sketch has seen it this often: one-off keys
         # would only churn the list (Filtered Space-Saving).
         self._top_gate = 3
-        # Bound once: these run on every read.
+        # Bound once: it runs on every read (the sketch picks it: with a doorkeeper or not).
         self._increment = self.sketch.increment
-        self._top_add = self.top.add
 
     # -- sizes ------------------------------------------------------------------------------
 
@@ -345,7 +343,7 @@ class TinyLfuPolicy:
         slot = self._slots.get(key)
         if slot is None:
             if self._adaptive:
-                side = self._ghost_pop(key, 0)
+                side = self._ghosts.pop(key)
                 if side:
                     self._ghost_hit(key, side)
                 if self._guarding and not hash(key) & self._guard_mask:
@@ -354,7 +352,7 @@ class TinyLfuPolicy:
                 if self._period_left <= 0:
                     self._period_end()
             if self._increment(key, 1) >= self._top_gate:
-                self._top_add(key, 1)
+                self.top.add(key, 1)
             return None
         segment = slot.segment
         if segment == _PROTECTED and not self._lru_mode:
@@ -367,7 +365,7 @@ class TinyLfuPolicy:
             self._probation.remove(slot)
             self._promote(key, slot)
         if self._increment(key, 1) >= self._top_gate:
-            self._top_add(key, 1)
+            self.top.add(key, 1)
         return slot
 
     def record_hits(self, hits: Mapping[str, int]) -> None:
@@ -560,10 +558,17 @@ class TinyLfuPolicy:
     # -- eviction ---------------------------------------------------------------------------
 
     def _drop(self, key: str) -> None:
-        slot = self._slots.pop(key, None)
+        # A lookup and a del, not pop(key, None): compiled, a dict's get, ``in`` and del are
+        # direct calls, its pop a method found by name (about 400 instructions a call, twice
+        # per eviction).
+        slots = self._slots
+        slot = slots.get(key)
         if slot is not None:
+            del slots[key]
             self._weight -= slot.weight
-        self._probation_estimates.pop(key, None)
+        estimates = self._probation_estimates
+        if key in estimates:
+            del estimates[key]
         self._evictions += 1
 
     def _victim(self, victims: SlotList) -> tuple[Slot, int]:
@@ -663,12 +668,12 @@ class TinyLfuPolicy:
     def _remember(self, key: str, side: int) -> None:
         """Keep ``key`` in the ghost of ``side``; past the bound the oldest ghost goes."""
         ghosts = self._ghosts
-        previous = self._ghost_pop(key, 0)
+        previous = ghosts.pop(key)
         if previous > 0:
             self._refused_ghosts -= 1
         elif previous < 0:
             self._evicted_ghosts -= 1
-        ghosts[key] = side
+        ghosts.append(key, side)
         if side > 0:
             self._refused_ghosts += 1
             self._refused_fed += 1.0
@@ -682,8 +687,8 @@ class TinyLfuPolicy:
             self._evicted_fed *= 0.5
             self._refused_reads *= 0.5
             self._evicted_reads *= 0.5
-        if len(ghosts) > self._ghost_limit:
-            if self._ghost_popitem(False)[1] > 0:  # the oldest ghost
+        if ghosts.size > self._ghost_limit:
+            if ghosts.pop_oldest() > 0:
                 self._refused_ghosts -= 1
             else:
                 self._evicted_ghosts -= 1

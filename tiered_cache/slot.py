@@ -3,14 +3,14 @@ own module so that the compiled core shares it)."""
 
 from __future__ import annotations
 
-from typing import Any, final
+from typing import Any, Final, final
 
 from .entry import COMPILED, Entry
 
 __all__ = ["DETACHED", "Slot", "SlotList"]
 
 #: :attr:`Slot.segment` of a slot that is in no :class:`SlotList`.
-DETACHED = -1
+DETACHED: Final = -1
 
 
 @final

@@ -21,8 +21,14 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterable
+from typing import Final
 
 __all__ = ["TopK"]
+
+#: heapq's functions as statics of this module (compiled: no lookup of a module attribute per
+#: call; a newcomer's admission calls the second a few times).
+_heappush: Final = heapq.heappush
+_heapreplace: Final = heapq.heapreplace
 
 
 class TopK:
@@ -89,25 +95,33 @@ class TopK:
 
     def add(self, key: str, count: int = 1) -> None:
         """Count ``count`` sightings of ``key``."""
-        self.add_many(((key, count),))
+        # add_many's steps for one key, without its tuple of pairs and their iteration (the
+        # policy calls this on a miss of a key the sketch has seen a few times).
+        now = self._clock()
+        self._count(key, self._weight(now) * count, now)
+        self._adds_since_threshold += 1
+        if self._adds_since_threshold >= self.capacity:
+            self._hot = None  # recomputed on the next is_hot
 
     def add_many(self, sightings: Iterable[tuple[str, int]]) -> None:
         """Count sightings of several keys made at the same moment (``(key, count)`` pairs)."""
         now = self._clock()
         unit = self._weight(now)
-        counts = self._counts
         added = 0
         for key, count in sightings:
-            weight = unit * count
-            current = counts.get(key)
-            if current is not None:
-                counts[key] = current + weight
-            else:
-                self._insert(key, weight, now)
+            self._count(key, unit * count, now)
             added += 1
         self._adds_since_threshold += added
         if self._adds_since_threshold >= self.capacity:
             self._hot = None  # recomputed on the next is_hot
+
+    def _count(self, key: str, weight: float, now: float) -> None:
+        counts = self._counts
+        current = counts.get(key)
+        if current is not None:
+            counts[key] = current + weight
+        else:
+            self._insert(key, weight, now)
 
     def _insert(self, key: str, weight: float, now: float) -> None:
         counts = self._counts
@@ -116,7 +130,7 @@ class TopK:
             counts[key] = weight
             self._errors[key] = 0.0
             self._since[key] = now
-            heapq.heappush(heap, (weight, key))
+            _heappush(heap, (weight, key))
             return
         # RAP (Ben Basat, Einziger, Friedman, Kassner, "Randomized Admission Policy for
         # Efficient Top-k and Frequency Estimation", INFOCOM 2017): a newcomer takes the
@@ -131,12 +145,12 @@ class TopK:
             current = counts[victim]
             if current == low:
                 break
-            heapq.heapreplace(heap, (current, victim))
+            _heapreplace(heap, (current, victim))
         del counts[victim], self._errors[victim], self._since[victim]
         counts[key] = low + weight
         self._errors[key] = low
         self._since[key] = now
-        heapq.heapreplace(heap, (low + weight, key))
+        _heapreplace(heap, (low + weight, key))
 
     def _rescale(self, now: float) -> None:
         factor = 2.0 ** ((now - self._landmark) / self.half_life)

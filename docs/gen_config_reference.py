@@ -143,7 +143,9 @@ def render() -> str:
         "`timedelta`; never negative, NaN or infinite, nor longer than 100 years (`'36500d'`; "
         "no limit is written `'none'`, where a field allows it: TOML has no null, and the word, "
         "in any case, is how a file or a variable says None). Sizes are written `'64MiB'` or "
-        "as bytes. A password in a Redis URL is shown as `***` wherever settings are shown "
+        "as bytes. A number, size or duration is never `true` or `false` (refused, naming the "
+        "field, where pydantic alone would read `true` as 1). A password in a Redis URL is "
+        "shown as `***` wherever settings are shown "
         "(repr, errors, logs); one holding `/`, `?` or `#` must be percent-encoded.",
         "",
     ]

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
 from tiered_cache import ConfigError, load_settings
-from tiered_cache.settings import MemoryTierSettings
+from tiered_cache.settings import (
+    BreakerSettings,
+    BusBreakerSettings,
+    BusSettings,
+    CacheSettings,
+    MemoryTierSettings,
+    ProtectionSettings,
+)
+from tiered_cache.testing.settings_checks import bools_taken_as_something_else
 from tiered_cache.units import MAX_DURATION, parse_duration
 
 
@@ -188,3 +198,53 @@ def test_a_ttl_past_a_floats_range_is_a_value_error_for_the_decorator_too() -> N
             cache.cached(key="t:{n}", ttl=10**400)
         with pytest.raises(ValueError, match="100 years"):
             cache.get("k", lambda: 1, ttl=10**400)
+
+
+#: Each settings table of the core: its path, and the table read back from settings loaded
+#: with ``value`` in its field ``name``.
+TABLES: dict[str, tuple[type[BaseModel], Callable[[str, Any], Any]]] = {
+    "tiered_cache": (CacheSettings, lambda name, value: load_settings(**{name: value})),
+    "tiered_cache.tiers[0]": (
+        MemoryTierSettings,
+        lambda name, value: load_settings(tiers=[{"kind": "memory", name: value}]).tiers[0],
+    ),
+    "tiered_cache.tiers[0].breaker": (
+        BreakerSettings,
+        lambda name, value: (
+            load_settings(tiers=[{"kind": "memory", "breaker": {name: value}}]).tiers[0].breaker
+        ),
+    ),
+    "tiered_cache.protection": (
+        ProtectionSettings,
+        lambda name, value: load_settings(protection={name: value}).protection,
+    ),
+    "tiered_cache.bus": (
+        BusSettings,
+        lambda name, value: load_settings(bus={"kind": "off", name: value}).bus,
+    ),
+    "tiered_cache.bus.breaker": (
+        BusBreakerSettings,
+        lambda name, value: (
+            load_settings(bus={"kind": "off", "breaker": {name: value}}).bus.breaker
+        ),
+    ),
+}
+
+
+@pytest.mark.parametrize("path", list(TABLES))
+def test_true_for_a_number_is_refused_naming_its_field(path: str) -> None:
+    """pydantic's lax mode read ``max_entries = true`` as 1 (and ``false`` as 0): a memory
+    tier of one entry, from a typo in a config file."""
+    model, table_with = TABLES[path]
+    assert bools_taken_as_something_else(model, path, table_with) == []
+
+
+def test_a_bool_for_a_number_in_a_config_file_is_refused(tmp_path: Any) -> None:
+    config = tmp_path / "tiered_cache.toml"
+    config.write_text(
+        '[tiered_cache]\n[[tiered_cache.tiers]]\nkind = "memory"\nmax_entries = true\n'
+    )
+    with pytest.raises(ConfigError, match=r"^tiered_cache\.tiers\[0\]\.max_entries: .*number"):
+        load_settings(config)
+    with pytest.raises(ConfigError, match=r"^tiered_cache\.protection\.early_refresh_beta: "):
+        load_settings(protection={"early_refresh_beta": False})

@@ -15,8 +15,8 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from types import NoneType
-from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
+from types import NoneType, UnionType
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 from pydantic import (
     BaseModel,
@@ -86,16 +86,48 @@ def _none_words(model: type[BaseModel], data: Any) -> Any:
     return {**data, **dict.fromkeys(words)} if words else data
 
 
-class _Model(BaseModel):
-    """A settings table: takes the word ``none`` for None (see :data:`NONE_WORD`)."""
+def _takes_number(annotation: Any) -> bool:
+    """Whether a field of this type takes a number (an int or a float: sizes and durations
+    too), and not a bool."""
+    if get_origin(annotation) is Annotated:
+        return _takes_number(get_args(annotation)[0])
+    if annotation is int or annotation is float:
+        return True
+    if get_origin(annotation) not in (Union, UnionType):
+        return False
+    arms = get_args(annotation)
+    return bool not in arms and any(_takes_number(arm) for arm in arms)
+
+
+def _read(model: type[BaseModel], data: Any) -> Any:
+    """``data`` for ``model`` as a settings table reads it: the word ``none``
+    (:func:`_none_words`), and no bool for a number. pydantic's lax mode took ``true`` for 1
+    and ``false`` for 0: ``max_entries = true`` made a memory tier of one entry."""
+    data = _none_words(model, data)
+    if isinstance(data, dict):
+        fields = model.model_fields
+        for name, value in data.items():
+            if (
+                isinstance(value, bool)
+                and name in fields
+                and _takes_number(fields[name].annotation)
+            ):
+                raise FieldProblem(name, f"expected a number, got {str(value).lower()}")
+    return data
+
+
+class SettingsTable(BaseModel):
+    """A table of settings (the core's and adapters' models derive from it): takes the word
+    ``none`` for None (see :data:`NONE_WORD`) and refuses a bool for a number (:func:`_read`).
+    Validate one with :func:`validate_at`, whose errors name each field's path."""
 
     @model_validator(mode="before")
     @classmethod
-    def _none_words(cls, data: Any) -> Any:
-        return _none_words(cls, data)
+    def _read(cls, data: Any) -> Any:
+        return _read(cls, data)
 
 
-class BreakerSettings(_Model):
+class BreakerSettings(SettingsTable):
     """The circuit breaker that the chain puts around a tier (see :mod:`tiered_cache.breaker`)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -111,7 +143,7 @@ class BreakerSettings(_Model):
     )
 
 
-class TierSettings(_Model):
+class TierSettings(SettingsTable):
     """Fields every tier kind understands. A kind's own model extends this one."""
 
     model_config = ConfigDict(extra="allow")
@@ -139,7 +171,7 @@ class TierSettings(_Model):
     )
 
 
-class SourceSettings(_Model):
+class SourceSettings(SettingsTable):
     """Fields every source kind understands. A kind's own model extends this one."""
 
     model_config = ConfigDict(extra="allow")
@@ -375,7 +407,7 @@ def _assign(target: Any, path: list[str], value: Any, variable: str) -> None:
 _PROTECTION = Protection()
 
 
-class ProtectionSettings(_Model):
+class ProtectionSettings(SettingsTable):
     """How the chain protects the source (see :class:`tiered_cache.protection.Protection`,
     whose defaults these are)."""
 
@@ -487,7 +519,7 @@ class BusBreakerSettings(BreakerSettings):
     )
 
 
-class BusSettings(_Model):
+class BusSettings(SettingsTable):
     """The invalidation bus. A kind's own model (``redis``) extends this one."""
 
     model_config = ConfigDict(extra="allow")
@@ -565,8 +597,8 @@ class CacheSettings(BaseSettings):
 
     @model_validator(mode="before")
     @classmethod
-    def _none_words(cls, data: Any) -> Any:
-        return _none_words(cls, data)
+    def _read(cls, data: Any) -> Any:
+        return _read(cls, data)
 
     @model_validator(mode="after")
     def _resolve_kinds(self) -> CacheSettings:

@@ -5,14 +5,18 @@ from __future__ import annotations
 import base64
 from collections.abc import Callable
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 from tiered_cache_dynamodb import DynamoDBSource, DynamoDBSourceSettings, InvalidKeyError, KeyCodec
+from tiered_cache_dynamodb.cli import STREAM_TABLE, load_follow_stream_config
+from tiered_cache_dynamodb.streams import StreamSettings
 
 from tiered_cache.errors import CodecError, ConfigError, KeyTemplateError
 from tiered_cache.settings import load_settings
+from tiered_cache.testing.settings_checks import bools_taken_as_something_else
 
 # -- the codec, without a server -----------------------------------------------------------
 
@@ -305,3 +309,26 @@ def test_a_typed_number_key_that_is_not_a_number_is_refused(
     with pytest.raises(InvalidKeyError, match="not a number"):
         source.store("1", {"id": {"N": "one"}})
     assert requests.sent == []
+
+
+def test_true_for_a_number_is_refused_naming_its_field(tmp_path: Path) -> None:
+    """``max_attempts = true`` was one attempt, ``batch_size = true`` a stream batch of one
+    record (pydantic's lax mode); in the source's table and the stream follower's."""
+
+    def source_with(name: str, value: Any) -> Any:
+        fields = {"kind": "dynamodb", "table": "tweets", "key": "id", name: value}
+        return load_settings(source=fields).source
+
+    path = "tiered_cache.source"
+    assert bools_taken_as_something_else(DynamoDBSourceSettings, path, source_with) == []
+    config = tmp_path / "tiered_cache.toml"
+    config.write_text("[tiered_cache]\n")
+
+    def stream_with(name: str, value: Any) -> Any:
+        _, stream = load_follow_stream_config(
+            config, **{"table": "tweets", "key": "id", name: value}
+        )
+        return stream
+
+    stream = STREAM_TABLE
+    assert bools_taken_as_something_else(StreamSettings, stream, stream_with) == []

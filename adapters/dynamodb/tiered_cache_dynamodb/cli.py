@@ -27,13 +27,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from pydantic import ValidationError
-
 from tiered_cache.chain import TieredCache
 from tiered_cache.cli import Subcommand
 from tiered_cache.errors import ConfigError, TieredCacheError
 from tiered_cache.progress import ProgressLine
-from tiered_cache.settings import CacheSettings, load_settings
+from tiered_cache.settings import CacheSettings, load_settings, validate_at
 
 from .settings import DynamoDBSourceSettings
 from .streams import StreamFollower, StreamSettings
@@ -109,14 +107,7 @@ def load_follow_stream_config(
     table = document.get(STREAM_TABLE, {})
     if not isinstance(table, dict):
         raise ConfigError(f"config file {str(path)!r}: [{STREAM_TABLE}] must be a table")
-    try:
-        stream = StreamSettings(**{**table, **overrides})
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{STREAM_TABLE}.{'.'.join(map(str, error['loc']))}: {error['msg']}"
-            for error in exc.errors(include_url=False)
-        )
-        raise ConfigError(problems) from None
+    stream = validate_at(StreamSettings, {**table, **overrides}, STREAM_TABLE)
     source = cache_settings.source
     dynamodb = source if isinstance(source, DynamoDBSourceSettings) else None
     return cache_settings, stream.resolve(dynamodb)

@@ -35,9 +35,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import ConfigDict, Field, SecretStr, field_validator
 
 from tiered_cache.errors import ConfigError, KeyTemplateError, TieredCacheError
+from tiered_cache.settings import SettingsTable
 from tiered_cache.units import Duration
 
 from .aws import client_config, session_for
@@ -93,7 +94,7 @@ class CheckpointError(TieredCacheError):
 # -- settings -------------------------------------------------------------------------------
 
 
-class StreamSettings(BaseModel):
+class StreamSettings(SettingsTable):
     """What the stream follower reads, where it keeps its position, and how often it polls.
 
     Fields left unset (``None``) are taken from the cache's ``dynamodb`` source settings when

@@ -15,6 +15,7 @@ from tiered_cache_redis import RedisTierSettings
 from tiered_cache import ConfigError, TieredCache, load_settings
 from tiered_cache.redaction import redact_url
 from tiered_cache.testing.servers import RedisServer, free_port
+from tiered_cache.testing.settings_checks import bools_taken_as_something_else
 
 SECRET = "s3cr3t-Pa55-do-not-leak"
 
@@ -45,6 +46,17 @@ def _tiers(url: str, **fields: Any) -> list[dict[str, Any]]:
 def test_a_redis_ttl_of_zero_or_nan_names_its_path(bad: Any) -> None:
     with pytest.raises(ConfigError, match=r"^tiered_cache\.tiers\[1\]\.ttl: "):
         load_settings(tiers=_tiers("redis://localhost:6379/0", ttl=bad))
+
+
+def test_true_for_a_number_is_refused_naming_its_field() -> None:
+    """``pool_size = true`` was a pool of one connection (pydantic's lax mode)."""
+
+    def table_with(name: str, value: Any) -> Any:
+        fields = {"url": "redis://localhost:6379/0", name: value}
+        return load_settings(tiers=[{"kind": "memory"}, {"kind": "redis", **fields}]).tiers[1]
+
+    path = "tiered_cache.tiers[1]"
+    assert bools_taken_as_something_else(RedisTierSettings, path, table_with) == []
 
 
 @pytest.mark.parametrize(

@@ -135,7 +135,8 @@ def render() -> str:
         "# Configuration reference",
         "",
         "Generated from the settings models by `docs/gen_config_reference.py` at every docs "
-        "build. A config file holds a `[tiered_cache]` table; every value can be overridden "
+        "build. A config file (UTF-8, with or without a byte order mark) holds a "
+        "`[tiered_cache]` table; every value can be overridden "
         "from the environment: `TIERED_CACHE_NAMESPACE=tweets`, `TIERED_CACHE_TIERS__1__URL=...` "
         "(the second tier of the file), or a whole list as JSON "
         "(`TIERED_CACHE_TIERS='[{\"kind\": \"memory\"}]'`). Durations are written `'50ms'`, "

@@ -290,6 +290,17 @@ def test_a_config_file_that_cannot_be_read_as_text_is_a_config_error(
         load_settings(path)
 
 
+def test_a_config_file_saved_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
+    """Notepad (and other Windows editors) save UTF-8 with a BOM: tomllib refused the file
+    with "Invalid statement (at line 1, column 1)"."""
+    path = tmp_path / "tiered_cache.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + b'[tiered_cache]\nnamespace = "bom"\n')
+    assert load_settings(path).namespace == "bom"
+    path.write_bytes(b"\xef\xbb\xbf\xef\xbb\xbf" + b"[tiered_cache]\n")  # one BOM only
+    with pytest.raises(ConfigError, match="is not valid TOML"):
+        load_settings(path)
+
+
 @pytest.mark.usefixtures("broken_distribution")
 @pytest.mark.parametrize(
     ("path", "overrides"),

@@ -672,6 +672,30 @@ def _describe(exc: ValidationError, prefix: str) -> str:
     return "; ".join(lines)
 
 
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The TOML document of a config file (every table of it), or :class:`ConfigError`
+    naming the file: missing, unreadable, not UTF-8, or not TOML. A byte order mark at the
+    start is skipped: Windows editors (Notepad) save UTF-8 with one, and tomllib refused it
+    as "Invalid statement (at line 1, column 1)"."""
+    file = Path(path)
+    try:
+        with file.open("rb") as handle:
+            return tomllib.loads(handle.read().decode("utf-8-sig"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(file)!r} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {str(file)!r} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:  # the offset only: the bytes may be a secret's
+        raise ConfigError(
+            f"config file {str(file)!r} is not UTF-8 text, as TOML is "
+            f"(byte {exc.start} cannot be decoded)"
+        ) from None
+    except OSError as exc:  # a directory, no permission
+        raise ConfigError(
+            f"config file {str(file)!r} cannot be read: {exc.strerror or exc}"
+        ) from None
+
+
 def load_settings(path: str | Path | None = None, **overrides: Any) -> CacheSettings:
     """Settings from the ``[tiered_cache]`` table of a TOML file, the environment and overrides.
 
@@ -680,26 +704,9 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> CacheSett
     """
     table: dict[str, Any] = {}
     if path is not None:
-        file = Path(path)
-        try:
-            with file.open("rb") as handle:
-                document = tomllib.load(handle)
-        except FileNotFoundError:
-            raise ConfigError(f"config file {str(file)!r} does not exist") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {str(file)!r} is not valid TOML: {exc}") from None
-        except UnicodeDecodeError as exc:  # the offset only: the bytes may be a secret's
-            raise ConfigError(
-                f"config file {str(file)!r} is not UTF-8 text, as TOML is "
-                f"(byte {exc.start} cannot be decoded)"
-            ) from None
-        except OSError as exc:  # a directory, no permission
-            raise ConfigError(
-                f"config file {str(file)!r} cannot be read: {exc.strerror or exc}"
-            ) from None
-        section = document.get(ROOT)
+        section = read_config_file(path).get(ROOT)
         if not isinstance(section, dict):
-            raise ConfigError(f"config file {str(file)!r} has no [{ROOT}] table")
+            raise ConfigError(f"config file {str(path)!r} has no [{ROOT}] table")
         table = section
     token = _file_table.set(table)
     origins = _origins.set(_Origins(overrides))

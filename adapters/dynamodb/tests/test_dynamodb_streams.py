@@ -848,6 +848,15 @@ def test_config_file_inherits_from_the_source(moto_server: MotoDynamoDB, tmp_pat
     assert stream.start_position == "LATEST"
 
 
+def test_a_config_file_with_a_byte_order_mark_is_read_by_the_follower_too(
+    moto_server: MotoDynamoDB, tmp_path: Path
+) -> None:
+    config = _config(moto_server, "tbl", tmp_path / "c.toml", "[tiered_cache_stream]\n")
+    config.write_bytes(b"\xef\xbb\xbf" + config.read_bytes())
+    _, stream = load_follow_stream_config(config, batch_size=7)
+    assert (stream.table, stream.batch_size) == ("tbl", 7)
+
+
 def test_entry_point_declares_the_command() -> None:
     # Read the declaration itself: the installed metadata may predate it (editable install).
     pyproject = Path(__file__).parents[1] / "pyproject.toml"

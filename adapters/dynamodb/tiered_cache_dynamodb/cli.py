@@ -20,7 +20,6 @@ import logging
 import signal
 import sys
 import threading
-import tomllib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,7 +30,7 @@ from tiered_cache.chain import TieredCache
 from tiered_cache.cli import Subcommand
 from tiered_cache.errors import ConfigError, TieredCacheError
 from tiered_cache.progress import ProgressLine
-from tiered_cache.settings import CacheSettings, load_settings, validate_at
+from tiered_cache.settings import CacheSettings, load_settings, read_config_file, validate_at
 
 from .settings import DynamoDBSourceSettings
 from .streams import StreamFollower, StreamSettings
@@ -102,9 +101,7 @@ def load_follow_stream_config(
     :class:`ConfigError` naming the problem.
     """
     cache_settings = load_settings(path)
-    with Path(path).open("rb") as handle:
-        document = tomllib.load(handle)
-    table = document.get(STREAM_TABLE, {})
+    table = read_config_file(path).get(STREAM_TABLE, {})
     if not isinstance(table, dict):
         raise ConfigError(f"config file {str(path)!r}: [{STREAM_TABLE}] must be a table")
     stream = validate_at(StreamSettings, {**table, **overrides}, STREAM_TABLE)

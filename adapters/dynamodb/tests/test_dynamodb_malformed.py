@@ -79,3 +79,58 @@ def test_a_batch_with_an_item_that_cannot_be_read_keeps_the_others(
     read = {key: {"id": key, "n": int(key[1:])} for key in KEYS if key != "k3"}
     assert caught.value.found == read
     assert caught.value.unprocessed == 1
+
+
+#: Typed items are passed on as DynamoDB gave them, but the read meter sizes their form.
+TYPED_MANGLES: dict[str, Callable[[dict[str, Any]], None]] = {
+    "an unknown type tag": MANGLES["an unknown type tag"],
+    "a value that is not a typed map": MANGLES["a value that is not a typed map"],
+    "a map of two type tags": lambda item: item.update(n={"S": "x", "N": "1"}),
+}
+
+
+@pytest.mark.parametrize("mangle", TYPED_MANGLES.values(), ids=TYPED_MANGLES)
+def test_a_typed_item_that_cannot_be_read_is_a_source_error_too(
+    table: str, make_source: Callable[..., DynamoDBSource], mangle: Callable[[Any], None]
+) -> None:
+    """With ``typed_items`` the item was returned unchecked, and the read meter then failed
+    on it with a bare ValueError (or AttributeError), naming nothing; a batch lost every
+    item read."""
+    source = make_source(table=table, key="id", typed_items=True)
+    MangleItem(source.client, table, "k3", mangle)
+    with pytest.raises(SourceError, match=f"GetItem on table '{table}'.*attribute 'n'"):
+        source.load("k3")
+    assert source.load("k2") == {"id": {"S": "k2"}, "n": {"N": "2"}}
+    with pytest.raises(BatchLoadError, match=f"BatchGetItem on table '{table}'") as caught:
+        source.load_many(KEYS)
+    read = {key: {"id": {"S": key}, "n": {"N": key[1:]}} for key in KEYS if key != "k3"}
+    assert caught.value.found == read
+    assert caught.value.unprocessed == 1
+    # Every read is counted, the unreadable ones at the minimum: 2 GetItem, 6 batch keys.
+    assert source.report()["reads"] == 8
+
+
+@pytest.mark.parametrize("typed_items", [False, True])
+@pytest.mark.parametrize(
+    ("mangle", "problem"),
+    [
+        (lambda item: item.pop("id"), "has no 'S' attribute 'id'"),
+        (lambda item: item.update(id={"N": "3"}), "key attribute 'id' is"),
+        (lambda item: item.update(id={"S": "k4"}), "another key's item"),
+    ],
+    ids=["without its key", "its key of another type", "another key's item"],
+)
+def test_get_item_refuses_an_item_that_is_not_the_keys(
+    table: str,
+    make_source: Callable[..., DynamoDBSource],
+    typed_items: bool,
+    mangle: Callable[[Any], None],
+    problem: str,
+) -> None:
+    """GetItem passed on any item it was given, where BatchGetItem matched each item to its
+    key (a proxy's or a hook's mistake would be cached under the key asked for)."""
+    source = make_source(table=table, key="id", typed_items=typed_items)
+    MangleItem(source.client, table, "k3", mangle)
+    with pytest.raises(SourceError, match=f"GetItem on table '{table}'.*{problem}"):
+        source.load("k3")
+    assert source.report()["reads"] == 1

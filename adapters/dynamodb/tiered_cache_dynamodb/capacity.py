@@ -26,7 +26,14 @@ READ_UNIT_BYTES = 4096
 def item_size(item: Mapping[str, Any]) -> int:
     """The size in bytes DynamoDB bills for ``item``, given in its typed form
     (``{"tweet_id": {"S": "42"}, "likes": {"N": "7"}}``)."""
-    return sum(_text_size(name) + _value_size(value) for name, value in item.items())
+    return sum(attribute_size(name, value) for name, value in item.items())
+
+
+def attribute_size(name: str, value: Any) -> int:
+    """The bytes one attribute of an item counts, its name's and its typed value's; a
+    ``ValueError``, ``TypeError`` or ``AttributeError`` for a value not of DynamoDB's typed
+    form (not a map of one known type tag)."""
+    return _text_size(name) + _value_size(value)
 
 
 def read_units(size: int, *, consistent: bool) -> float:
@@ -83,9 +90,9 @@ class ReadMeter:
         self._reads = 0
         self._units = 0.0
 
-    def found(self, item: Mapping[str, Any]) -> None:
-        """Count a read that returned ``item`` (typed form)."""
-        units = read_units(item_size(item), consistent=self._consistent)
+    def found(self, size: int) -> None:
+        """Count a read that returned an item of ``size`` bytes (:func:`item_size`)."""
+        units = read_units(size, consistent=self._consistent)
         with self._lock:
             self._reads += 1
             self._units += units

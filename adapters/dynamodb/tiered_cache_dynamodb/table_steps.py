@@ -23,7 +23,7 @@ from tiered_cache.errors import CodecError, SourceError, SourceThrottled
 from tiered_cache.steps import Steps
 from tiered_cache.tier import MISSING, MissingType
 
-from .capacity import ReadMeter
+from .capacity import ReadMeter, attribute_size
 from .errors import (
     BatchLoadError,
     BatchThrottledError,
@@ -150,11 +150,13 @@ class TableSteps:
             self.meter.not_found()
             return MISSING
         try:
-            value = self._decode(item, "GetItem")  # first: the meter reads the item's form too
+            value, identity = self._take(item, "GetItem")
         except SourceError:
             self.meter.not_found()  # read and billed; its size cannot be told
             raise
-        self.meter.found(item)
+        if identity != self.codec.identity(typed_key):
+            # BatchGetItem matches each item to its keys; GetItem's must be the key's own.
+            raise SourceError(f"DynamoDB GetItem on {self.where} returned another key's item")
         return value
 
     def load_many(self, keys: Sequence[str]) -> Steps[dict[str, Any]]:
@@ -310,15 +312,10 @@ class TableSteps:
                 ) from exc
             for item in response.get("Responses", {}).get(self.table, []):
                 try:
-                    value = self._decode(item, "BatchGetItem")
-                    identity = self.codec.identity(item)
-                except InvalidKeyError as exc:  # the table's answer, not the caller's key
-                    unreadable.append(self._unreadable("BatchGetItem", "key", exc))
-                    continue
+                    value, identity = self._take(item, "BatchGetItem")
                 except SourceError as exc:
                     unreadable.append(exc)
                     continue
-                self.meter.found(item)
                 for cache_key in owners.get(identity, ()):
                     found[cache_key] = value
             unprocessed = response.get("UnprocessedKeys", {}).get(self.table)
@@ -351,18 +348,27 @@ class TableSteps:
 
     # -- values and errors --------------------------------------------------------------------
 
-    def _decode(self, item: Mapping[str, Any], operation: str) -> Any:
-        """``item`` as the caller gets it; :class:`SourceError` naming the attribute if
-        DynamoDB's answer cannot be read (the deserializer's own errors name no table)."""
-        if self._typed:
-            return dict(item)
+    def _take(self, item: Mapping[str, Any], operation: str) -> tuple[Any, Identity]:
+        """An item DynamoDB returned (GetItem's and BatchGetItem's alike): the value the
+        caller gets and the key it is the item of, its read counted. A
+        :class:`SourceError` naming the attribute if it cannot be read (the deserializer's
+        and the meter's own errors name no table), or the key if the item has none of the
+        table's; the caller counts such a read (at the minimum: its size cannot be told)."""
+        try:
+            identity = self.codec.identity(item)
+        except InvalidKeyError as exc:  # the table's answer, not the caller's key
+            raise self._unreadable(operation, "key", exc) from exc
+        size = 0
         decoded = {}
         for name, value in item.items():
             try:
-                decoded[name] = self._deserializer.deserialize(value)
+                size += attribute_size(name, value)
+                if not self._typed:
+                    decoded[name] = self._deserializer.deserialize(value)
             except (TypeError, ValueError, ArithmeticError, AttributeError) as exc:
                 raise self._unreadable(operation, f"attribute {name!r}", exc) from exc
-        return decoded
+        self.meter.found(size)
+        return (dict(item) if self._typed else decoded), identity
 
     def _unreadable(self, operation: str, part: str, exc: Exception) -> SourceError:
         # The message names the part, never its value (an item may hold what should not

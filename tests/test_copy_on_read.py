@@ -52,8 +52,10 @@ def test_a_value_copy_on_read_cannot_copy_is_a_codec_error_not_a_tier_failure(
     key. CodecError now, to the caller of set and of a read-through get, as a Redis tier's
     codec refuses a value."""
     chain = cache(copy_on_read=True, breaker={"enabled": True, "failure_threshold": 1})
-    with pytest.raises(CodecError, match="copy_on_read"):
+    with pytest.raises(CodecError, match="copy_on_read") as caught:
         chain.set("bad", value)
+    # The copy's own error is the cause, in the compiled memory core too (errors.caused).
+    assert isinstance(caught.value.__cause__, TypeError)
     with pytest.raises(CodecError, match="copy_on_read"):
         chain.get("bad", lambda: value)
     assert chain.get("good", lambda: {"n": 1}) == {"n": 1}

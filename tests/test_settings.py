@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 
 from tiered_cache import ConfigError, MemoryTier, TieredCache, load_settings
-from tiered_cache.registry import Plugin, available_kinds, register, unregister
+from tiered_cache.registry import (
+    TIERS_GROUP,
+    Plugin,
+    available_kinds,
+    find_plugin,
+    register,
+    unregister,
+)
 from tiered_cache.settings import MemoryTierSettings, TierSettings
 from tiered_cache.units import parse_duration, parse_size
 
@@ -319,3 +326,17 @@ def test_a_kind_whose_plugin_cannot_be_imported_is_a_config_error_naming_the_fie
     message = str(caught.value)
     assert message.startswith(f"{path}: kind 'broken'"), message
     assert "tiered_cache_no_such_module" in message
+
+
+@pytest.mark.usefixtures("broken_distribution")
+def test_a_plugin_that_cannot_be_imported_is_one_config_error_naming_its_kind_once() -> None:
+    """find_plugin wrapped the entry point's ConfigError in a second one, and without a
+    field's path (the chain built from a settings object) the message read "kind: kind
+    'broken' comes from ..."."""
+    with pytest.raises(ConfigError) as caught:
+        find_plugin("broken", group=TIERS_GROUP)
+    message = str(caught.value)
+    assert message.startswith("kind 'broken' comes from entry point"), message
+    assert message.count("broken'") == 1, message
+    assert isinstance(caught.value.__cause__, ModuleNotFoundError)
+    assert not isinstance(caught.value.__context__, ConfigError)

@@ -180,9 +180,9 @@ def _discover_commands() -> None:
     (``follow-stream`` comes from tiered-cache-dynamodb); the core imports no adapter."""
     for entry in entry_points(group=COMMANDS_GROUP):
         try:
-            command = load_entry_point(entry)
+            command = load_entry_point(entry, f"subcommand {entry.name!r}")
         except ConfigError as exc:  # one broken package must not take the others' commands
-            _error(f"warning: subcommand {entry.name!r} {exc}; skipped")
+            _error(f"warning: {exc}; skipped")
             continue
         if isinstance(command, Subcommand):
             SUBCOMMANDS.setdefault(command.name, command)  # never replaces a core command

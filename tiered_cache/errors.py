@@ -12,7 +12,9 @@ def caused(error: E, cause: BaseException | None) -> E:
     """``raise caused(error, cause)`` is ``raise error from cause`` (``None``: the context is
     not shown), in the modules compiled with mypyc too (:mod:`tiered_cache.compiled`): their
     compiled ``raise ... from`` drops its clause (mypyc 2.4), chaining the error to the one
-    being handled instead."""
+    being handled instead. Inside an ``except`` it is written ``raise caused(error, exc) from
+    exc``: the clause repeats what this sets (for the pure sources and the linter's B904);
+    compiled, only this holds."""
     error.__cause__ = cause  # sets __suppress_context__ as well, as ``from`` does
     return error
 

@@ -97,40 +97,39 @@ def async_plugin(kind: str, group: str) -> Plugin[Any] | None:
     return find_plugin(kind, group=group)
 
 
-def load_entry_point(ep: EntryPoint) -> Any:
-    """What ``ep`` names; :class:`ConfigError` saying what it is and why it cannot be loaded
-    (an adapter installed without its client library, or broken by an upgrade), with the
-    import's error as its cause: the import's own error names neither the entry point nor
-    what asked for it."""
+def load_entry_point(ep: EntryPoint, what: str) -> Any:
+    """What ``ep`` names; :class:`ConfigError` saying that ``what`` (``"kind 'redis'"``)
+    comes from it and why it cannot be loaded (an adapter installed without its client
+    library, or broken by an upgrade), with the import's error as its cause: the import's
+    own error names neither the entry point nor what asked for it."""
     try:
         return ep.load()
     except Exception as exc:
         where = f" of {ep.dist.name}" if ep.dist is not None else ""
         raise ConfigError(
-            f"comes from entry point {ep.value!r}{where}, which cannot be loaded "
+            f"{what} comes from entry point {ep.value!r}{where}, which cannot be loaded "
             f"({type(exc).__name__}: {exc})"
         ) from exc
 
 
-def find_plugin(kind: str, *, group: str = TIERS_GROUP, field_path: str = "kind") -> Plugin[Any]:
-    """The plugin for ``kind``; a :class:`ConfigError` listing the installed kinds otherwise."""
+def find_plugin(
+    kind: str, *, group: str = TIERS_GROUP, field_path: str | None = None
+) -> Plugin[Any]:
+    """The plugin for ``kind``; a :class:`ConfigError` listing the installed kinds otherwise,
+    its message starting with ``field_path`` when given (``tiered_cache.tiers[1].kind``)."""
     with _lock:
         plugin = _registered[group].get(kind)
     if plugin is not None:
         return plugin
+    at = f"{field_path}: " if field_path else ""
     for ep in entry_points(group=group, name=kind):
-        try:
-            loaded = load_entry_point(ep)
-        except ConfigError as exc:
-            raise ConfigError(f"{field_path}: kind {kind!r} {exc}") from exc.__cause__
+        loaded = load_entry_point(ep, f"{at}kind {kind!r}")
         if not isinstance(loaded, Plugin):
-            raise ConfigError(
-                f"{field_path}: entry point {ep.value!r} for kind {kind!r} is not a Plugin"
-            )
+            raise ConfigError(f"{at}entry point {ep.value!r} for kind {kind!r} is not a Plugin")
         return loaded
     what = {TIERS_GROUP: "tier", SOURCES_GROUP: "source", BUSES_GROUP: "bus"}.get(group, group)
     installed = ", ".join(repr(k) for k in available_kinds(group)) or "none"
     raise ConfigError(
-        f"{field_path}: unknown {what} kind {kind!r}; installed kinds: {installed}. "
+        f"{at}unknown {what} kind {kind!r}; installed kinds: {installed}. "
         f"Kinds come from packages such as tiered-cache-redis and tiered-cache-dynamodb."
     )

@@ -121,6 +121,27 @@ def test_invalidate_needs_exactly_the_template_names(cache: TieredCache) -> None
         f.invalidate(user="a", tweet="b", other=1)
 
 
+def test_invalidate_and_key_for_take_the_functions_defaults(cache: TieredCache) -> None:
+    """``invalidate(**names)`` needed every template name, even one the function has a
+    default for, where the call it undoes left it out: ``export(42)`` was invalidated only
+    by ``export.invalidate(tweet_id=42, format="csv")``."""
+    calls: list[tuple[object, ...]] = []
+
+    @cache.cached(key="export:{tweet_id}:{format}:{v}")
+    def export(tweet_id: int, format: str = "csv", *, v: int = 1) -> str:
+        calls.append((tweet_id, format, v))
+        return f"{tweet_id}.{format}"
+
+    assert export(42) == "42.csv"
+    assert export.key_for(tweet_id=42) == "export:42:csv:1"
+    assert export.key_for(tweet_id=42, format="json", v=2) == "export:42:json:2"
+    export.invalidate(tweet_id=42)
+    assert export(42) == "42.csv"
+    assert calls == [(42, "csv", 1), (42, "csv", 1)]
+    with pytest.raises(KeyTemplateError, match="missing tweet_id"):
+        export.invalidate(format="csv")  # no default: still needed
+
+
 def test_function_errors_propagate_and_are_not_cached(cache: TieredCache) -> None:
     attempts: list[int] = []
 
@@ -286,3 +307,22 @@ def test_a_parameter_named_like_a_builtin_the_key_calls_leaves_the_key_alone(
     export.invalidate(id=42, lang="en")
     assert export(42) == "42.csv"
     assert loads == [42, 4, 42]
+
+
+def test_values_written_alike_share_a_key_and_unnormalized_text_does_not(
+    cache: TieredCache,
+) -> None:
+    """What docs/keys.md says: a key is the values' text, never normalized."""
+    import unicodedata
+
+    calls: list[object] = []
+
+    @cache.cached(key="t:{x}")
+    def f(x: object) -> object:
+        calls.append(x)
+        return x
+
+    composed, decomposed = (unicodedata.normalize(form, "café") for form in ("NFC", "NFD"))
+    for value in ("1", 1, True, "True", composed, decomposed):
+        f(value)
+    assert calls == ["1", True, composed, decomposed]

@@ -9,7 +9,9 @@ same types all the way down (a ``Decimal`` stays a ``Decimal``, a tuple stays a 
 * ``json`` (default): readable, no dependency. Types JSON lacks are tagged objects such as
   ``{"$d": "1.50"}``; a user dict that could be mistaken for a tag is escaped. With ``orjson``
   installed (a dependency of tiered-cache-redis) the same bytes are written and read faster.
-* ``msgpack``: smaller and faster; needs ``pip install msgpack``.
+* ``msgpack``: smaller and faster; needs ``pip install msgpack``. A ``bytearray`` or a
+  ``memoryview`` comes back as ``bytes`` (msgpack packs them as its binary type, the one
+  ``bytes`` has), where ``json`` refuses them: convert before caching if the type matters.
 * ``pickle``: any picklable value, but only for trusted tiers; never chosen by default.
 
 A value a codec cannot encode raises :class:`~tiered_cache.errors.CodecError` naming the type

@@ -105,7 +105,8 @@ class BoundCachedFunction(Protocol[R_co]):
         ...
 
     def invalidate(self, **names: Any) -> None:
-        """Remove the entry for these template names from every tier."""
+        """Remove the entry for these template names from every tier (a name the function
+        has a default for may be left out)."""
         ...
 
 
@@ -125,11 +126,13 @@ class CachedFunction(Protocol[P, R_co]):
         ...
 
     def key_for(self, **names: Any) -> str:
-        """The cache key for these template names: ``key_for(tweet_id="42")``."""
+        """The cache key for these template names: ``key_for(tweet_id="42")``; a name the
+        function has a default for may be left out."""
         ...
 
     def invalidate(self, **names: Any) -> None:
-        """Remove the entry for these template names from every tier."""
+        """Remove the entry for these template names from every tier (a name the function
+        has a default for may be left out)."""
         ...
 
     # A plain function is a descriptor: read on a class it stays itself, read on an instance it
@@ -640,8 +643,16 @@ def cached(
             None if rest is None else _hit_call(fn, key, generated, rest, cast(CachedReads, cache))
         )
         wrapper = generated if answered is None else functools.update_wrapper(answered, fn)
+        # A template name the function has a default for may be left out, as in a call.
+        parameters = inspect.signature(fn).parameters
+        defaults = {
+            name: parameters[name].default
+            for name in fields
+            if parameters[name].default is not inspect.Parameter.empty
+        }
 
         def key_for(**names: Any) -> str:
+            names = {**defaults, **names}
             missing = [name for name in fields if name not in names]
             extra = [name for name in names if name not in fields]
             if missing or extra:

@@ -997,14 +997,35 @@ def test_an_async_caller_cancelled_as_its_loop_ends_gives_its_lease_back(
     no_lease_left(redis_server, namespace, ["k"])
 
 
-def in_flight_outcome(read: Any) -> list[str]:
-    """What ``read()`` ended with, for a reader thread: its value, or its error's type."""
-    outcome: list[str] = []
-    try:
-        outcome.append(repr(read()))
-    except Exception as exc:
-        outcome.append(type(exc).__name__)
-    return outcome
+class HeldLoad:
+    """A reader thread whose load runs until the block ends: ``read(load)`` reads through
+    ``load(keys)``; the block is entered once the load runs. ``ended`` holds what the read
+    ended with (its value, or its error's type)."""
+
+    def __init__(self, read: Any) -> None:
+        self._started, self._release = threading.Event(), threading.Event()
+        self.ended: list[str] = []
+        self._thread = threading.Thread(target=lambda: self._end(read))
+
+    def _load(self, keys: Sequence[str]) -> dict[str, str]:
+        self._started.set()
+        self._release.wait(10)
+        return dict.fromkeys(keys, "v")
+
+    def _end(self, read: Any) -> None:
+        try:
+            self.ended.append(repr(read(self._load)))
+        except Exception as exc:
+            self.ended.append(type(exc).__name__)
+
+    def __enter__(self) -> HeldLoad:
+        self._thread.start()
+        assert self._started.wait(10)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._release.set()
+        self._thread.join(10)
 
 
 @pytest.mark.parametrize("how", ["get", "get_many"])
@@ -1017,30 +1038,17 @@ def test_close_while_a_load_is_in_flight_gives_its_lease_back(
     close() gives the leases of the loads in flight back before the tiers close; it does not
     wait for the source (a hung one would hang the shutdown)."""
     cache = chain(redis_server.url, namespace)
-    started, release = threading.Event(), threading.Event()
 
-    def load(keys: Sequence[str]) -> dict[str, str]:
-        started.set()
-        release.wait(10)
-        return dict.fromkeys(keys, "v")
-
-    def read() -> object:
+    def read(load: Any) -> object:
         if how == "get":
             return cache.get("k", lambda: load(["k"])["k"])
         return cache.get_many(["k"], load)
 
-    ended: list[list[str]] = []
-    reader = threading.Thread(target=lambda: ended.append(in_flight_outcome(read)))
-    reader.start()
-    try:
-        assert started.wait(10)
+    with HeldLoad(read) as reader:
         assert len(leases_in(redis_server, namespace)) == 1  # the reader's
         cache.close()
         assert leases_in(redis_server, namespace) == []  # at once, the load still running
-    finally:
-        release.set()
-        reader.join(10)
-    assert len(ended) == 1  # the reader ended (what it got is the closed chain's answer)
+    assert len(reader.ended) == 1  # the reader ended (what it got is the closed chain's answer)
     no_lease_left(redis_server, namespace, ["k"])
 
 
@@ -1121,3 +1129,106 @@ async def test_a_closed_async_tier_sends_no_lease_script(
     with pytest.raises(RuntimeError, match="is closed"):
         await tier.release_lease("k", token)
     assert leases_in(redis_server, namespace) != []
+
+
+def test_a_forked_child_closing_its_chain_leaves_the_parents_leases_alone(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """close() gives back the leases of the loads in flight: in a child forked while a
+    parent thread loads under a lease, those are the parent's (the child inherits the
+    loader's memory, not its threads). A child that closed its chain (a worker exiting)
+    gave them back and the parent's fill was refused: the key never reached Redis."""
+    from tiered_cache.testing.forked import in_a_child
+
+    cache = chain(redis_server.url, namespace)
+
+    def child_closes() -> int:
+        cache.close()
+        return len(leases_in(redis_server, namespace))
+
+    with HeldLoad(lambda load: cache.get("k", lambda: load(["k"])["k"])):
+        assert in_a_child(child_closes, timeout=30) == 1  # still the parent's
+    assert cache.stats()["lease_lost"] == 0
+    stored = RedisTier(redis.Redis.from_url(redis_server.url), namespace=namespace)
+    assert value_of(stored.get("k")) == "v"  # filled under the lease
+    stored.close()
+    cache.close()
+
+
+def value_of(entry: Any) -> Any:
+    return MISSING if entry is MISSING else entry.value
+
+
+def stalled_chain(url: str, namespace: str) -> TieredCache:
+    """A chain whose Redis calls time out after 100 ms (no breaker: one timeout is enough)."""
+    return TieredCache.from_config(
+        namespace=namespace,
+        bus={"kind": "off"},
+        tiers=[
+            {"kind": "memory", "admission": "always"},
+            {"kind": "redis", "url": url, "timeout": "100ms", "breaker": {"enabled": False}},
+        ],
+        protection={"lease_ttl": "30s", "lease_wait": "30s", "soft_timeout": None},
+    )
+
+
+def test_a_lease_call_that_timed_out_is_given_back_once_redis_answers(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """Redis stalls (SIGSTOP: a fork for a save, a swap storm, a paused VM) while a miss asks
+    for its lease: the call times out and the miss loads without a lease, but the call sat in
+    Redis's socket and ran when Redis woke up, taking the lease under a token nobody held.
+    It held until lease_ttl and every process reading the key waited lease_wait (seen failing:
+    the lease key still in Redis after the chain's next call). The tier now keeps the tokens
+    of lease calls that timed out and gives them back after its next call Redis answers."""
+    import os
+    import signal
+
+    assert redis_server.pid is not None
+    first = stalled_chain(redis_server.url, namespace)
+    assert first.get("warm", lambda: "up") == "up"  # connected, scripts loaded
+    os.kill(redis_server.pid, signal.SIGSTOP)
+    try:
+        assert first.get("k", lambda: "loaded alone") == "loaded alone"
+    finally:
+        os.kill(redis_server.pid, signal.SIGCONT)
+    deadline = time.monotonic() + 10
+    while not leases_in(redis_server, namespace):  # the stalled call runs as Redis wakes up
+        assert time.monotonic() < deadline, "the stalled lease call never ran"
+        time.sleep(0.01)
+    assert first.get("j", lambda: "v") == "v"  # a miss Redis answers
+    no_lease_left(redis_server, namespace, ["k"])
+    first.close()
+
+
+def test_a_fill_and_give_back_that_timed_out_are_given_back_once_redis_answers(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """Redis stalls (SIGSTOP) while a miss loads under its lease: its fill and then its
+    give-back time out, and neither ever ran (each went out on a connection made during the
+    stall, whose handshake timed out first). The lease held until lease_ttl: every process
+    reading the key waited lease_wait (seen failing: the lease key still in Redis after the
+    chain's next call). The tier keeps the tokens of fills and give-backs that timed out and
+    gives them back after its next lease call Redis answers."""
+    import os
+    import signal
+
+    assert redis_server.pid is not None
+    pid = redis_server.pid
+    first = stalled_chain(redis_server.url, namespace)
+    assert first.get("warm", lambda: "up") == "up"  # connected, scripts loaded
+    shared = first.tiers[1]
+
+    def load() -> str:
+        os.kill(pid, signal.SIGSTOP)
+        with pytest.raises(redis.TimeoutError):  # its connection is dropped: the next is new
+            shared.release_lease("another", "token")
+        return "loaded"
+
+    try:
+        assert first.get("k", load) == "loaded"
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert first.get("j", lambda: "v") == "v"  # a miss Redis answers
+    no_lease_left(redis_server, namespace, ["k"])
+    first.close()

@@ -19,12 +19,13 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from tiered_cache.errors import TierUnavailable
 from tiered_cache.steps import Steps
 from tiered_cache.tier import MISSING, Entry, MissingType
 
+from .doubted import Doubted
 from .lease_batches import (
     Call,
     acquire_calls,
@@ -43,6 +44,9 @@ log = logging.getLogger("tiered_cache_redis.tier")
 #: One command: ``("SET", name, data, "PX", 1000)``.
 Command = tuple[Any, ...]
 
+#: How long the token of a fill or give-back that timed out is kept to give back (its lease's
+#: ttl is not known there): past its lease's ttl, a give-back finds nothing and costs a call.
+LATER = 600.0
 #: Keys deleted per UNLINK by clear().
 CLEAR_BATCH = 500
 # Characters that SCAN MATCH treats as a pattern.
@@ -92,6 +96,8 @@ class TierCommands:
         self.stored = stored
         self.io = io
         self._clock = clock
+        #: Tokens of lease calls that timed out, to give back once Redis answers again.
+        self._doubted = Doubted()
 
     def _run_scripts(
         self, source: str, calls: Sequence[Call], raise_first: bool
@@ -179,8 +185,10 @@ class TierCommands:
                 (ACQUIRE_AND_GET, [name, lease_key(name)], [token, max(1, int(ttl * 1000))]),
             )
         except BaseException as exc:
-            yield from self._give_back_stopped(exc, {key: token})
+            yield from self._give_back_stopped(exc, {key: token}, ttl)
             raise
+        if self._doubted:
+            yield from self._give_back_doubted()
         entry = MISSING if not data else self.stored.decode(key, data, self._clock())
         return (token if taken else None), entry
 
@@ -192,8 +200,10 @@ class TierCommands:
         try:
             yield self.io.command, ("SET", lease_key(name), token, "PX", max(1, int(ttl * 1000)))
         except BaseException as exc:
-            yield from self._give_back_stopped(exc, {key: token})
+            yield from self._give_back_stopped(exc, {key: token}, ttl)
             raise
+        if self._doubted:
+            yield from self._give_back_doubted()
         return token
 
     def steal_leases(self, keys: Sequence[str], ttl: float) -> Steps[dict[str, str]]:
@@ -211,9 +221,15 @@ class TierCommands:
         ]
         try:
             yield self.io.send, (commands,)
+        except RedisError as exc:  # some may have run: see _give_back_stopped
+            self._doubt(exc, tokens, ttl)
+            yield from self.release_quietly(tokens)
+            raise
         except BaseException:  # an interrupt too: see _give_back_stopped
             yield from self.release_quietly(tokens)
             raise
+        if self._doubted:
+            yield from self._give_back_doubted()
         return tokens
 
     def fill_with_lease(self, key: str, entry: Entry, token: str) -> Steps[bool]:
@@ -224,16 +240,24 @@ class TierCommands:
             yield self.io.command, ("UNLINK", name)
             yield from self.release_lease(key, token)
             return True
-        filled = yield (
-            self.io.script,
-            (FILL_IF_HOLDING, [name, lease_key(name)], [token, data, px or 0]),
-        )
+        try:
+            filled = yield (
+                self.io.script,
+                (FILL_IF_HOLDING, [name, lease_key(name)], [token, data, px or 0]),
+            )
+        except RedisError as exc:
+            self._doubt(exc, {key: token}, LATER)
+            raise
         return bool(filled)
 
     def release_lease(self, key: str, token: str) -> Steps[None]:
         """Drop the lease if ``token`` still holds it."""
         name = self.stored.prefix + key
-        yield self.io.script, (RELEASE_IF_HOLDING, [lease_key(name)], [token])
+        try:
+            yield self.io.script, (RELEASE_IF_HOLDING, [lease_key(name)], [token])
+        except RedisError as exc:
+            self._doubt(exc, {key: token}, LATER)
+            raise
 
     # -- leases, a batch (one pipelined round trip; one per key on a cluster)
 
@@ -251,8 +275,10 @@ class TierCommands:
                 ACQUIRE_AND_GET, acquire_calls(names, tokens, px), False
             )
         except BaseException as exc:
-            yield from self._give_back_stopped(exc, dict(zip(keys, tokens, strict=True)))
+            yield from self._give_back_stopped(exc, dict(zip(keys, tokens, strict=True)), ttl)
             raise
+        if self._doubted:
+            yield from self._give_back_doubted()
         failure = taken_on_failure(keys, tokens, replies)
         if failure is not None:
             yield from self.release_quietly(failure[0])
@@ -279,7 +305,11 @@ class TierCommands:
             yield from self.release_quietly(expired)
         if not fills:
             return kept
-        replies = yield from self._run_scripts(FILL_IF_HOLDING, fill_calls(fills), False)
+        try:
+            replies = yield from self._run_scripts(FILL_IF_HOLDING, fill_calls(fills), False)
+        except RedisError as exc:
+            self._doubt(exc, {key: token for key, _, token, _, _ in fills}, LATER)
+            raise
         kept, failed, error = fill_outcome(self.stored.name, fills, replies, kept)
         if error is not None:
             yield from self.release_quietly(failed)
@@ -297,7 +327,11 @@ class TierCommands:
         prefix = self.stored.prefix
         calls = [([lease_key(prefix + key)], [token]) for key, token in tokens.items()]
         if not self.io.is_cluster():
-            yield from self._run_scripts(RELEASE_IF_HOLDING, calls, True)
+            try:
+                yield from self._run_scripts(RELEASE_IF_HOLDING, calls, True)
+            except RedisError as exc:
+                self._doubt(exc, tokens, LATER)
+                raise
             return
         first: Exception | None = None
         failing: set[str] = set()
@@ -313,19 +347,54 @@ class TierCommands:
                 if node is not None:
                     failing.add(node)
         if first is not None:
+            self._doubt(first, tokens, LATER)
             raise first
 
-    def _give_back_stopped(self, stopped: BaseException, tokens: Mapping[str, str]) -> Steps[None]:
+    def _give_back_stopped(
+        self, stopped: BaseException, tokens: Mapping[str, str], ttl: float
+    ) -> Steps[None]:
         """A call that takes leases under ``tokens`` (a read's, or a write's steal) was stopped
         between its send and its reply by something other than Redis (a ``KeyboardInterrupt``,
         a signal-raised time limit, a cancelled task): Redis may hold the leases, and only
         these tokens, which its caller never saw, can give them back (a token that holds
         nothing releases nothing). Left, they held until ``lease_ttl``, and every process
-        reading their keys waited ``lease_wait`` for a holder that was gone. When Redis failed
-        the call (or the tier refused it), a release would fail as well, after its own
-        timeout: those expire as a dead holder's."""
+        reading their keys waited ``lease_wait`` for a holder that was gone. When Redis
+        timed out (or the connection failed) the call may still run, later: the tokens are
+        given back once Redis answers again (doubted.py). When the tier refused the call, or
+        Redis answered with an error, nothing was taken."""
+        if self._doubt(stopped, tokens, ttl):
+            return
         if not isinstance(stopped, RedisError | TierUnavailable):
             yield from self.release_quietly(tokens)
+
+    def _doubt(self, stopped: BaseException, tokens: Mapping[str, str], ttl: float) -> bool:
+        """Keep ``tokens`` to give back later if ``stopped`` leaves their call's outcome
+        unknown (Redis did not answer: a timeout, a connection that failed). For a fill or
+        a give-back too: it may never have gone out (a connection made during a stall times
+        out in its handshake), and its lease would then hold until ``lease_ttl``."""
+        if isinstance(stopped, RedisError) and not isinstance(stopped, ResponseError):
+            self._doubted.add(tokens, self._clock() + ttl)
+            return True
+        return False
+
+    def _give_back_doubted(self) -> Steps[None]:
+        """Give back the tokens of lease calls that timed out (best effort), now that Redis
+        answered a call sent after theirs."""
+        prefix = self.stored.prefix
+        now = self._clock()
+        doubted = self._doubted.take(now)
+        calls = [([lease_key(prefix + key)], [token]) for key, token in doubted]
+        try:
+            yield from self._run_scripts(RELEASE_IF_HOLDING, calls, False)
+        except RedisError as exc:  # Redis stalled again: kept for its next answer
+            self._doubted.add_pairs(doubted, now + LATER)
+            log.debug(
+                "tier %r: giving back %d leases failed: %s", self.stored.name, len(calls), exc
+            )
+        except Exception as exc:  # they expire
+            log.debug(
+                "tier %r: giving back %d leases failed: %s", self.stored.name, len(calls), exc
+            )
 
     def release_quietly(self, tokens: Mapping[str, str]) -> Steps[None]:
         """Best-effort release on a path that is already failing: its own error is logged."""

@@ -44,10 +44,14 @@ the policy is plain LRU: the main area's keys go first, and one read since joins
 and the ghosts move nothing. The same sample then replays a miniature
 W-TinyLFU (half window, half main area, the real sketch's counts); when that is ahead by more
 than chance, the window goes back to half the cache and the ghosts take over again (see
-``TinyLfuPolicy._guard``). Until the sketch first ages (the warm-up) the guard runs at any
-window, and LRU ahead of a window under half the cache at the end of two periods in a row
-takes the window to half at once, where the ghosts take tens of thousands of reads when keys
-come back later than they remember (see ``TinyLfuPolicy._warm_up``).
+``TinyLfuPolicy._guard``). The ghosts alone can also take the window to the top (nine tenths
+of the cache or more) on a burst of keys read again soon, where the policy is LRU or nearly and
+the guard cannot tell the two apart; there it weighs the miniature too, whose lead takes the
+window back to half the cache (see ``TinyLfuPolicy._top_period``). Until the sketch first ages
+(the warm-up) the guard runs at any window, and LRU ahead of a window under half the cache at
+the end of two periods in a row takes the window to half at once, where the ghosts take tens of
+thousands of reads when keys come back later than they remember (see
+``TinyLfuPolicy._warm_up``).
 
 A popularity shift (a new hot set) leaves the main area full of keys the sketch still counts
 as frequent until it next ages. When a period's hit ratio falls sharply below the recent
@@ -136,6 +140,14 @@ _GUARD_SIGMAS: Final = 2.0
 #: of the sampled entries: the split at which the guard starts (see ``_set_window``), and the
 #: one the warm-up's jump takes (see ``_warm_up``).
 _ALT_WINDOW: Final = 0.5
+#: The window is at the top when the main area holds this share of the entries or less: the
+#: guard then weighs the miniature W-TinyLFU too (see ``_top_period``) ...
+_TOP_MAIN: Final = 0.1
+#: ... in a cache of this many entries or more. Under it the guard's periods are a few dozen
+#: reads, and a recency trace whose LRU mode waited for the window to reach the top lost it
+#: to a brief lead of the miniature (reuse 0.6 / mean 100, 20 entries: LRU mode at the 80,000th
+#: read instead of the 30,000th, 340 hits fewer under salt 0, 81 under salt 3).
+_TOP_ENTRIES: Final = 100
 
 #: A popularity shift (see ``_period_end``): the hit ratio is taken over periods of this many
 #: reads per entry (at least ``_SHIFT_MIN_READS``) ...
@@ -262,6 +274,10 @@ class TinyLfuPolicy:
         # whether LRU led at the end of the last period, and the window a jump left (-1: none).
         self._guarding = self._lru_mode = self._lru_was_ahead = self._half_or_more = False
         self._warming, self._jumped_from = self._adaptive, -1.0
+        # At the top (_set_window: a main area of _TOP_MAIN or less, outside LRU mode) the
+        # guard also shows its sample to the miniature W-TinyLFU: its lead over this policy.
+        self._at_top = False
+        self._top_lead = self._top_differed = 0.0
         self._alt_window: OrderedDict[str, None] = OrderedDict()
         self._alt_main: OrderedDict[str, None] = OrderedDict()
         self._window_target = max_entries * window_fraction
@@ -318,6 +334,14 @@ class TinyLfuPolicy:
         # evidence also when the window crosses half the cache: LRU's lead over a smaller
         # window is no evidence for LRU mode (see _warm_up).
         half_or_more = 2 * self._window_max >= n
+        # The top: a main area of a tenth of the cache or less, outside LRU mode (see
+        # _top_period). The miniature starts afresh each time the window gets there.
+        at_top = n >= _TOP_ENTRIES and not self._lru_mode and n - self._window_max <= _TOP_MAIN * n
+        if at_top != self._at_top:
+            self._at_top = at_top
+            self._alt_window.clear()
+            self._alt_main.clear()
+            self._top_lead = self._top_differed = 0.0
         guarding = self._adaptive and (self._warming or half_or_more)
         if guarding != self._guarding:
             self._guard_lru.clear()
@@ -779,8 +803,9 @@ class TinyLfuPolicy:
 
         Costs, while guarding, a hash and a mask per read the policy is shown; a sampled read
         (one in ``max_entries // 256`` rounded to a power of two, every read below 512
-        entries) an ``OrderedDict`` move; a period's end one pass over the keys. Otherwise one
-        attribute test per miss and per replayed key.
+        entries) an ``OrderedDict`` move, and at the top (``_top_period``) a read of the
+        miniature too; a period's end one pass over the keys. Otherwise one attribute test per
+        miss and per replayed key.
         """
         guard_lru = self._guard_lru
         if self._lru_mode:
@@ -793,6 +818,11 @@ class TinyLfuPolicy:
                 guard_lru[key] = None
                 if len(guard_lru) > self._guard_size:
                     guard_lru.popitem(last=False)
+            if self._at_top:
+                top_lead = self._alternative_read(key) - (hits > 0)
+                if top_lead:
+                    self._top_lead += top_lead
+                    self._top_differed += 1.0
         # Only the first read of a replayed key can differ: the later ones hit in both.
         lead = found - (hits > 0)
         if lead:
@@ -811,6 +841,8 @@ class TinyLfuPolicy:
             while len(guard_lru) > self._guard_size:
                 guard_lru.popitem(last=False)
         if self._warming and self._warm_up():
+            return
+        if self._at_top and self._top_period():
             return
         if self._lru_lead > _GUARD_SIGMAS * self._guard_differed**0.5:
             # Enter LRU mode (the window takes the whole cache), or leave it (back to
@@ -889,6 +921,38 @@ class TinyLfuPolicy:
         self._set_window(target)
         self._lru_lead = self._guard_differed = 0.0
         return True
+
+    def _top_period(self) -> bool:
+        """The end of a period of the guard while the window is at the top (a main area of
+        ``_TOP_MAIN`` of the cache or less, outside LRU mode, from ``_TOP_ENTRIES`` entries on):
+        True when the miniature W-TinyLFU's lead took the window back to half the cache.
+
+        The ghosts can take the window to the top on a burst of keys read again soon (a block
+        device's strided streams: CloudPhysics' first half at 490 entries, reads 22,000 to
+        23,000), and nothing brought it back: a main area of one slot (or a few) evicts too
+        few keys for their ghosts to shrink the window, and the guard weighs LRU against a
+        policy that is LRU by then, or nearly, so LRU mode, whose miniature gives the cache
+        back, is never entered. That trace then read 24,000 more blocks with the window at 489
+        of 490, 168 hits where ARC, whose frequency list kept the blocks read four times or
+        more, hit 402 (under other hash salts the window sat at 460 to 489). So at the top the
+        guard also replays the miniature of LRU mode (``_alternative_read``) and weighs it
+        against this policy by the same sign test; when the miniature leads, the window goes
+        to half the cache, where LRU mode leaves it too. LRU ahead still enters LRU mode first
+        (``_guard``): weighing only the miniature at the top, two recency traces that reach the
+        top before LRU mode lost 46 and 19 hits (docs/benchmarks/hit-ratio.md, seventh round).
+        A floor of a tenth of the cache under the main area instead (no top at all) cost a
+        recency trace whose best split outside LRU mode is a main area of a few percent
+        (eighth round).
+        """
+        if self._lru_lead > _GUARD_SIGMAS * self._guard_differed**0.5:
+            return False  # LRU mode (_guard)
+        if self._top_lead > _GUARD_SIGMAS * self._top_differed**0.5:
+            self._set_window(self.max_entries * _ALT_WINDOW)  # the miniature starts afresh
+            self._lru_lead = self._guard_differed = 0.0
+            return True
+        self._top_lead *= 0.5
+        self._top_differed *= 0.5
+        return False
 
     def _period_end(self) -> None:
         """The end of a period of reads (hits replayed so far and misses): age the sketch at

@@ -9,12 +9,20 @@ admission depend on the keys' hashes). Instructions are not time (a cache miss c
 than an add), but they follow the interpreted frames and the allocations a miss pays, and a
 change of a few percent shows where timings on a loaded machine drift by twenty.
 
-Run: ``.venv/bin/python tools/miss_instructions.py`` (valgrind installed; about 2 minutes).
-``TIERED_CORE_PURE=1`` counts the pure-Python core.
+``--entries 10 50`` also counts a small memory tier's own miss at each size, the way the
+seventh round of issue 12 measured it (docs/benchmarks/hit-ratio.md): ``get`` of a new key and
+its ``set``, after 20,000 reads of other new keys; and, per key, a ``get_many`` of 100 keys and
+the ``set_many`` of them, 1,000 keys cycled (what ``bench_redis.py``'s chain asks of its 10-entry
+memory tier). Each beside the same with ``adaptive_window=false`` (the policy of every cache
+under 100 entries before 8d1b006).
+
+Run: ``.venv/bin/python tools/miss_instructions.py [--entries N ...]`` (valgrind installed;
+about 2 minutes, and 2 more per size). ``TIERED_CORE_PURE=1`` counts the pure-Python core.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import subprocess
@@ -49,6 +57,44 @@ for key in [f"new:{{i}}" for i in range(int(sys.argv[1]))]:
 """
 
 
+#: A small tier's miss: its own ``get`` and ``set`` (no chain), after 20,000 reads.
+TIER = """
+import sys, time
+from tiered_cache import MemoryTier
+from tiered_cache.policy import TinyLfuPolicy
+from tiered_cache.tier import Entry
+policy = TinyLfuPolicy({entries}, adaptive={adaptive})
+tier = MemoryTier(policy=policy, max_entries={entries}, ttl=300)
+now = time.time()
+entry = Entry(1, now, now + 3600)
+get, put = tier.get, tier.set
+for i in range(20_000):
+    key = f"w{{i}}"
+    get(key); put(key, entry)
+for key in [f"new:{{i}}" for i in range(int(sys.argv[1]))]:
+    get(key); put(key, entry)
+"""
+
+#: The same tier's batches: ``sys.argv[1]`` counts the misses of both runs, as above, and a
+#: batch is 100 of them (the per-miss figure is per key).
+BATCHES = """
+import sys, time
+from tiered_cache import MemoryTier
+from tiered_cache.policy import TinyLfuPolicy
+from tiered_cache.tier import Entry
+policy = TinyLfuPolicy({entries}, adaptive={adaptive})
+tier = MemoryTier(policy=policy, max_entries={entries}, ttl=300)
+now = time.time()
+entry = Entry(1, now, now + 3600)
+keys = [f"tweet:{{i}}" for i in range(1000)]
+chunks = [keys[i : i + 100] for i in range(0, 1000, 100)]
+fills = [dict.fromkeys(chunk, entry) for chunk in chunks]
+get_many, set_many = tier.get_many, tier.set_many
+for r in range(300 + int(sys.argv[1]) // 100):  # 30,000 reads first: past the first aging
+    get_many(chunks[r % 10]); set_many(fills[r % 10])
+"""
+
+
 def instructions(program: str, misses: int) -> int:
     """Every instruction the program ran (valgrind's total), with ``misses`` misses."""
     done = subprocess.run(
@@ -77,6 +123,9 @@ def per_miss(program: str) -> float:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--entries", type=int, nargs="*", default=[], help="small tier sizes")
+    args = parser.parse_args()
     head = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
     ).stdout.strip()
@@ -89,6 +138,16 @@ def main() -> None:
     print(f"cache.get(key, loader) miss, full {ENTRIES:,}: {ours:,.0f} instructions")
     print(f"theine get + set miss, full {ENTRIES:,}:     {peer:,.0f} instructions")
     print(f"ratio: {ours / peer:.2f}x")
+    for entries in args.entries:
+        for label, program in (("get + set of a new key", TIER), ("get_many + set_many", BATCHES)):
+            adaptive, fixed = (
+                per_miss(program.format(entries=entries, adaptive=adaptive))
+                for adaptive in (True, False)
+            )
+            print(
+                f"tier {label}, {entries} entries: {adaptive:,.0f} instructions "
+                f"(adaptive_window=false: {fixed:,.0f})"
+            )
 
 
 if __name__ == "__main__":

@@ -84,6 +84,10 @@ class MemoryCore:
         self.lock = threading.Lock()
         #: The policy's slot for a key without recording a read (its dict's ``get``).
         self.peek_slot: Callable[[str], Slot | None] = policy.peek
+        # The policy's calls of every miss and fill, bound once: compiled, a call of a method
+        # of the EvictionPolicy protocol looks the method up by name each time.
+        self._observe: Callable[[str], Slot | None] = policy.get
+        self._put: Callable[[str, Slot], bool] = policy.put
         room = min(max(READ_BUFFER_SIZE, max_entries), READ_BUFFER_MAX)
         self.reads: deque[str | tuple[str]] = deque(maxlen=room)
         #: Buffers a hit (the chain's plain-hit reader calls it too).
@@ -120,7 +124,7 @@ class MemoryCore:
             lock.acquire()
             try:
                 self._replay_reads()
-                self.policy.get(key)
+                self._observe(key)
             finally:
                 lock.release()
             return _MISSING
@@ -156,10 +160,10 @@ class MemoryCore:
         if missed:
             with self.lock:
                 self._replay_reads()
-                policy = self.policy
+                policy, observe = self.policy, self._observe
                 for key, kept in missed:
                     if kept is None:
-                        policy.get(key)
+                        observe(key)
                     elif policy.peek(key) is kept:
                         policy.pop(key)
         return found
@@ -194,7 +198,7 @@ class MemoryCore:
             if hits:
                 policy.record_hits(hits)
                 hits = None
-            policy.get(read[0])
+            self._observe(read[0])
         if hits:
             policy.record_hits(hits)
 
@@ -212,7 +216,7 @@ class MemoryCore:
             if self.reads:  # eviction decisions see the latest reads
                 self._replay_reads()
             if slot is not None:
-                self.policy.put(key, slot)
+                self._put(key, slot)
             else:
                 self.policy.pop(key)  # nothing to keep, and an older copy must go too
         finally:

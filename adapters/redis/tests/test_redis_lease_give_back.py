@@ -8,16 +8,18 @@ that a write made meanwhile by another process is never overwritten with what it
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
 import redis
-from tiered_cache_redis import RedisTier
+import redis.asyncio as aioredis
+from tiered_cache_redis import AsyncRedisTier, RedisTier
 from tiered_cache_redis.leases import lease_key
 
 from tiered_cache import MISSING, Entry, LoadTimeout, MemoryTier, PartialBatchError, TieredCache
@@ -27,9 +29,11 @@ from tiered_cache.leases import PartialFill
 from tiered_cache.protection import Protection
 from tiered_cache.testing.buses import CuttableBus
 from tiered_cache.testing.clock import FakeClock
+from tiered_cache.testing.gates import Held as Gate
 from tiered_cache.testing.pure_core import on_the_pure_core
 from tiered_cache.testing.servers import RedisCluster, RedisServer
 from tiered_cache.testing.sources import DictSource
+from tiered_cache.tier import MissingType
 
 
 class Abort(BaseException):
@@ -1048,8 +1052,27 @@ def test_close_while_a_load_is_in_flight_gives_its_lease_back(
         assert len(leases_in(redis_server, namespace)) == 1  # the reader's
         cache.close()
         assert leases_in(redis_server, namespace) == []  # at once, the load still running
-    assert len(reader.ended) == 1  # the reader ended (what it got is the closed chain's answer)
+    # The reader gets what it loaded: its fill of Redis, refused, is the tier's failure (the
+    # closed tier's RuntimeError came out of get bare, asking whether the key can be leased).
+    assert reader.ended == [repr("v" if how == "get" else {"k": "v"})]
     no_lease_left(redis_server, namespace, ["k"])
+
+
+async def aread_k(
+    cache: Any, how: str, load: Callable[[Sequence[str]], Awaitable[dict[str, str]]]
+) -> object:
+    """The asyncio ``cache`` reads ``k`` through ``load`` (``get`` or ``get_many``, as
+    ``how`` says): what it served, or its error's type."""
+
+    async def one() -> str:
+        return (await load(["k"]))["k"]
+
+    try:
+        if how == "get":
+            return await cache.get("k", one)
+        return await cache.get_many(["k"], load)
+    except Exception as exc:
+        return type(exc).__name__
 
 
 @pytest.mark.anyio
@@ -1071,18 +1094,7 @@ async def test_aclose_while_a_load_is_in_flight_gives_its_lease_back(
         await release.wait()
         return dict.fromkeys(keys, "v")
 
-    async def read() -> object:
-        async def one() -> str:
-            return (await load(["k"]))["k"]
-
-        try:
-            if how == "get":
-                return await cache.get("k", one)
-            return await cache.get_many(["k"], load)
-        except Exception as exc:
-            return type(exc).__name__
-
-    reader = asyncio.ensure_future(read())
+    reader = asyncio.ensure_future(aread_k(cache, how, load))
     try:
         await asyncio.wait_for(started.wait(), 10)
         assert len(leases_in(redis_server, namespace)) == 1  # the reader's
@@ -1090,7 +1102,8 @@ async def test_aclose_while_a_load_is_in_flight_gives_its_lease_back(
         assert leases_in(redis_server, namespace) == []  # at once, the load still running
     finally:
         release.set()
-        await asyncio.wait_for(reader, 10)
+        ended = await asyncio.wait_for(reader, 10)
+    assert ended == ("v" if how == "get" else {"k": "v"})  # see the sync test
     no_lease_left(redis_server, namespace, ["k"])
 
 
@@ -1232,3 +1245,132 @@ def test_a_fill_and_give_back_that_timed_out_are_given_back_once_redis_answers(
     assert first.get("j", lambda: "v") == "v"  # a miss Redis answers
     no_lease_left(redis_server, namespace, ["k"])
     first.close()
+
+
+def nothing_of_k_in_redis(server: RedisServer, namespace: str) -> None:
+    """Neither a lease nor a value of the key ``k``: filled nowhere shared, nothing held."""
+    client = redis.Redis.from_url(server.url)
+    try:
+        assert client.keys(f"*{namespace}*k*") == []
+    finally:
+        client.close()
+
+
+class HeldRead(RedisTier):
+    """A Redis tier whose next read, once :attr:`held` is armed, waits at the gate (after
+    Redis answered it): the instant a chain closes under a read in flight."""
+
+    def __init__(self, url: str, namespace: str, held: Gate) -> None:
+        super().__init__(redis.Redis.from_url(url), namespace=namespace, owns_client=True)
+        self.held = held
+
+    def get(self, key: str) -> Entry | MissingType:
+        entry = super().get(key)
+        self.held.hold()
+        return entry
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, Entry]:
+        entries = super().get_many(keys)
+        self.held.hold()
+        return entries
+
+
+@pytest.mark.parametrize("how", ["get", "get_many"])
+def test_a_read_that_missed_redis_as_the_chain_closed_ends_without_a_bare_error(
+    redis_server: RedisServer, namespace: str, how: str
+) -> None:
+    """close() while a read's Redis read is in flight (it misses): the read goes on to its
+    lease and its load, and asked the closed tier whether the key can be leased, which asked
+    for the client: ``RuntimeError: tier 'redis' is closed`` came out of ``get`` bare (seen
+    failing; the same after a lease call that failed on the closing tier, and in the fill).
+    The read ends with what it loaded, nothing taken or written in Redis."""
+    held = Gate(timeout=10)
+    cache = TieredCache(
+        [MemoryTier(), HeldRead(redis_server.url, namespace, held)],
+        protection=Protection.never_stale(lease_ttl=30.0),
+    )
+    assert cache.get("warm", lambda: "up") == "up"  # connected
+    held.armed = True
+
+    def read(load: Any) -> object:
+        if how == "get":
+            return cache.get("k", lambda: load(["k"])["k"])
+        return cache.get_many(["k"], load)
+
+    ended: list[str] = []
+
+    def end() -> None:
+        try:
+            ended.append(repr(read(lambda keys: dict.fromkeys(keys, "v"))))
+        except Exception as exc:
+            ended.append(type(exc).__name__)
+
+    reader = threading.Thread(target=end)
+    reader.start()
+    try:
+        assert held.inside.wait(10)
+        cache.close()
+    finally:
+        held.go.set()
+        reader.join(10)
+    assert ended == [repr("v" if how == "get" else {"k": "v"})]
+    nothing_of_k_in_redis(redis_server, namespace)
+
+
+class AsyncHeldRead(AsyncRedisTier):
+    """:class:`HeldRead` for the asyncio tier: its next read, once armed, waits for ``go``
+    after Redis answered it."""
+
+    def __init__(self, url: str, namespace: str) -> None:
+        super().__init__(aioredis.Redis.from_url(url), namespace=namespace)
+        self.armed = False
+        self.inside, self.go = asyncio.Event(), asyncio.Event()
+
+    async def _hold(self) -> None:
+        if self.armed:
+            self.armed = False
+            self.inside.set()
+            await self.go.wait()
+
+    async def get(self, key: str) -> Entry | MissingType:
+        entry = await super().get(key)
+        await self._hold()
+        return entry
+
+    async def get_many(self, keys: Sequence[str]) -> dict[str, Entry]:
+        entries = await super().get_many(keys)
+        await self._hold()
+        return entries
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("how", ["get", "get_many"])
+async def test_an_async_read_that_missed_redis_as_the_chain_closed_ends_without_a_bare_error(
+    redis_server: RedisServer, namespace: str, how: str
+) -> None:
+    """:func:`test_a_read_that_missed_redis_as_the_chain_closed_ends_without_a_bare_error`
+    for the asyncio chain: ``aclose()`` while a coroutine's Redis read is in flight."""
+    from tiered_cache import AsyncTieredCache
+
+    tier = AsyncHeldRead(redis_server.url, namespace)
+    cache = AsyncTieredCache(
+        [MemoryTier(), tier], protection=Protection.never_stale(lease_ttl=30.0)
+    )
+
+    async def up() -> str:
+        return "up"
+
+    async def load(keys: Sequence[str]) -> dict[str, str]:
+        return dict.fromkeys(keys, "v")
+
+    assert await cache.get("warm", up) == "up"  # connected
+    tier.armed = True
+    reader = asyncio.ensure_future(aread_k(cache, how, load))
+    try:
+        await asyncio.wait_for(tier.inside.wait(), 10)
+        await cache.aclose()
+    finally:
+        tier.go.set()
+        ended = await asyncio.wait_for(reader, 10)
+    assert ended == ("v" if how == "get" else {"k": "v"})
+    nothing_of_k_in_redis(redis_server, namespace)

@@ -95,6 +95,7 @@ class AsyncRedisTier(AsyncTierBase):
         self._connect = connect
         self._owns_client = owns_client
         self._closed = False
+        self._cluster: bool | None = None  # the client's kind, once known
         #: A forked child's tier whose given cluster client it cannot let go of: it refuses
         #: every call (async_fork.parents_client_error).
         self._forked_from_client = False
@@ -135,7 +136,12 @@ class AsyncRedisTier(AsyncTierBase):
     @property
     def is_cluster(self) -> bool:
         """True when the client is a Redis Cluster client."""
-        return isinstance(self.client, AsyncRedisCluster)
+        # Kept once known: a closed tier still answers (it asked for the closed client, and
+        # a read in flight as its chain closed raised the tier's RuntimeError bare from get).
+        cluster = self._cluster
+        if cluster is None:
+            cluster = self._cluster = isinstance(self.client, AsyncRedisCluster)
+        return cluster
 
     @property
     def namespace(self) -> str:

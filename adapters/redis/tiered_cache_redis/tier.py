@@ -90,6 +90,7 @@ class RedisTier(TierBase):
         self._client = client
         self._connect = connect
         self._closed = False
+        self._cluster: bool | None = None  # the client's kind, once known
         self._reads: Reads | None = None
         self._commands = TierCommands(self._stored, ClientIO(self), clock)
         restart_after_fork(self)
@@ -130,7 +131,12 @@ class RedisTier(TierBase):
     @property
     def is_cluster(self) -> bool:
         """True when the client is a Redis Cluster client."""
-        return isinstance(self.client, RedisCluster)
+        # Kept once known: a closed tier still answers (it asked for the closed client, and
+        # a read in flight as its chain closed raised the tier's RuntimeError bare from get).
+        cluster = self._cluster
+        if cluster is None:
+            cluster = self._cluster = isinstance(self.client, RedisCluster)
+        return cluster
 
     def _read_path(self) -> Reads:
         """How reads reach Redis (:mod:`tiered_cache_redis.wire`), chosen on the first read."""

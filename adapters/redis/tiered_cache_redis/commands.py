@@ -281,6 +281,11 @@ class TierCommands:
             yield from self._give_back_doubted()
         failure = taken_on_failure(keys, tokens, replies)
         if failure is not None:
+            # A call that timed out in its place (a cluster's, one key at a time) may run
+            # when its node wakes, as a batch that timed out whole may (_give_back_stopped).
+            for key, token, reply in zip(keys, tokens, replies, strict=False):
+                if isinstance(reply, Exception):
+                    self._doubt(reply, {key: token}, ttl)
             yield from self.release_quietly(failure[0])
             raise batch_failure(self.stored.name, failure[1])
         now = self._clock()

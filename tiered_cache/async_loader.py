@@ -150,7 +150,7 @@ class AsyncSourceLoader:
         """As :meth:`SourceLoader.load`: under the key's lease, with timeouts and fail-safe;
         the entry to serve."""
         lease_wait = self._lease_wait
-        held = None if lease_wait is None else self._hold()
+        held = None if lease_wait is None else self.hold()
         try:
             token: str | None = None
             if lease_wait is not None and held is not None:
@@ -190,11 +190,16 @@ class AsyncSourceLoader:
             if held is not None:
                 self._holding.discard(held)
 
-    def _hold(self) -> HeldLeases:
-        """A new load's :class:`HeldLeases`, known to :meth:`aclose` until the load ends."""
+    def hold(self) -> HeldLeases:
+        """A new :class:`HeldLeases` for a load (or a write: :class:`~tiered_cache.paths.
+        ChainPaths`), known to :meth:`aclose` until :meth:`let_go`."""
         held = HeldLeases()
         self._holding.add(held)
         return held
+
+    def let_go(self, held: HeldLeases) -> None:
+        """Forget ``held``: its load or write ended (whatever it held is used or given back)."""
+        self._holding.discard(held)
 
     async def _give_back(self, held: HeldLeases, stopped: BaseException) -> None:
         """Give back what ``held`` still holds (:mod:`tiered_cache.held_leases`), in a task
@@ -367,7 +372,7 @@ class AsyncSourceLoader:
         stale: Mapping[str, Entry],
     ) -> tuple[dict[str, Any], dict[str, BaseException]]:
         """As :meth:`SourceLoader.load_batch`."""
-        held = self._hold()
+        held = self.hold()
         try:
             batch = self._batching.for_flights(
                 flights, self.flights, mark, loader, ttl, stale=stale, held=held

@@ -12,7 +12,7 @@ holds nothing and releases nothing, so the rule errs on the side of giving back.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .fence import ChainTier
@@ -37,6 +37,10 @@ class HeldLeases:
         # A copy first (one call, atomic under the GIL): close() reads a load's from another
         # thread while that load goes on.
         return {key: token for key, (token, _) in list(self.looks.items()) if token is not None}
+
+    def took(self, tokens: Mapping[str, str]) -> None:
+        """Hold the leases a write stole (``key: token``; no entry comes with a steal)."""
+        self.looks.update({key: (token, None) for key, token in tokens.items()})
 
     def hand_on(self, keys: Iterable[str]) -> None:
         """Stop holding the leases of ``keys``: a fill used them, a give-back returned them,

@@ -175,7 +175,7 @@ class SourceLoader:
         Returns the entry to serve: the loaded one, one another process filled while this one
         waited for the lease, or ``stale`` when the source failed or was too slow.
         """
-        held = None if self._lease_wait is None else self._hold()
+        held = None if self._lease_wait is None else self.hold()
         handoff: _Handoff | None = None
         try:
             token: str | None = None
@@ -226,8 +226,9 @@ class SourceLoader:
         else:
             self._fence.fill(mark, {key: entry}, self._tiers, tokens={key: token})
 
-    def _hold(self) -> HeldLeases:
-        """A new load's :class:`HeldLeases`, known to :meth:`close` until the load ends."""
+    def hold(self) -> HeldLeases:
+        """A new :class:`HeldLeases` for a load (or a write: :class:`~tiered_cache.paths.
+        ChainPaths`), known to :meth:`close` until :meth:`let_go`."""
         held = HeldLeases()
         self._holding.add(held)
         return held
@@ -384,7 +385,7 @@ class SourceLoader:
                 handoff.delivered = True
             if orphaned:
                 self._give_back(handoff.held)
-                self._let_go(handoff.held)
+                self.let_go(handoff.held)
             raise
         with handoff.lock:
             orphaned = handoff.orphaned
@@ -393,10 +394,11 @@ class SourceLoader:
             try:
                 self._fill(key, mark, entry, token)
             finally:
-                self._let_go(handoff.held)
+                self.let_go(handoff.held)
         return entry
 
-    def _let_go(self, held: HeldLeases | None) -> None:
+    def let_go(self, held: HeldLeases | None) -> None:
+        """Forget ``held``: its load or write ended (whatever it held is used or given back)."""
         if held is not None:
             self._holding.discard(held)
 
@@ -429,7 +431,7 @@ class SourceLoader:
         holding each other's keys never wait on each other). Keys whose holder takes longer
         than ``lease_wait`` are loaded without a lease, in one more batch.
         """
-        held = self._hold()
+        held = self.hold()
         try:
             return run(
                 self._batching.for_flights(

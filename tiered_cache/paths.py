@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from .errors import InvalidationIncomplete, PartialBatchError
 from .fence import ChainTier, Fence
+from .held_leases import HeldLeases
 from .keys import check_keys
 from .metrics import CacheMetrics
 from .protection import Protection
@@ -268,8 +269,32 @@ class ChainPaths:
             yield self.store, (key, value)
             yield from self.invalidate_many([key])
             return
+        held = self.hold()
+        try:
+            yield from self.write_one(key, value, ttl, held)
+        finally:
+            self.let_go(held)
+
+    def hold(self) -> HeldLeases | None:
+        """A write's :class:`HeldLeases`, known to the loader's ``close`` for the length of the
+        write, or None (no leasing tier). A write in flight as the chain closed stole its
+        leases, then found the tier closed at its fill (or invalidation): they held until
+        ``lease_ttl`` (2 to 5 of them in each of 15 rounds of 6 writer threads). The loader's
+        close gives them back with its loads' (:mod:`tiered_cache.held_leases`); a fill that
+        used them first makes that give-back release nothing."""
+        return None if self.leasing is None else self.loader.hold()
+
+    def let_go(self, held: HeldLeases | None) -> None:
+        """The write ended: whatever it held was used, given back or invalidated."""
+        if held is not None:
+            self.loader.let_go(held)
+
+    def write_one(
+        self, key: str, value: Any, ttl: float | str | None, held: HeldLeases | None
+    ) -> Steps[None]:
+        """:meth:`set`'s write through the tiers, its leases in ``held``."""
         mark = self.fence.mark()  # before the source is written: later invalidations count
-        token = None if self.leasing is None else (yield from self.steal_lease(key))
+        token = None if held is None else (yield from self.steal_lease(key, held))
         try:
             if self.store is not None:
                 yield self.store, (key, value)
@@ -345,8 +370,19 @@ class ChainPaths:
             finally:  # what reached the source must not be served old from any tier
                 yield from self.invalidate_many(keys)
             return
+        held = self.hold()
+        try:
+            yield from self.write_many(items, ttl, held)
+        finally:
+            self.let_go(held)
+
+    def write_many(
+        self, items: dict[str, Any], ttl: float | str | None, held: HeldLeases | None
+    ) -> Steps[None]:
+        """:meth:`set_many`'s write through the tiers, its leases in ``held``."""
+        keys = list(items)
         mark = self.fence.mark()  # before the source is written: later invalidations count
-        tokens = yield from self.steal_leases(keys)
+        tokens = {} if held is None else (yield from self.steal_leases(keys, held))
         stored: list[str] = []
         try:
             if self.store is not None:
@@ -392,8 +428,9 @@ class ChainPaths:
         in Redis with this older one (served to everyone until Redis's TTL)."""
         return self.leasing is not None and self.fence.needs_lease(self.leasing, key)
 
-    def steal_lease(self, key: str) -> Steps[str | None]:
-        """The key's lease for a write, or None (no leasing tier, or it failed)."""
+    def steal_lease(self, key: str, held: HeldLeases) -> Steps[str | None]:
+        """The key's lease for a write, or None (no leasing tier, or it failed); taken, it is
+        in ``held``."""
         tier = self.leasing
         if tier is None or not self.leased(key):
             return None
@@ -402,9 +439,10 @@ class ChainPaths:
         except Exception as exc:
             tier.failed(exc)
             return None
+        held.took({key: token})
         return token
 
-    def steal_leases(self, keys: Sequence[str]) -> Steps[dict[str, str]]:
+    def steal_leases(self, keys: Sequence[str], held: HeldLeases) -> Steps[dict[str, str]]:
         """The leases of ``keys`` for a write of them all, taken in one round trip; none if
         that failed. Taken one by one, a batch's first leases expired before its fill under
         a slow Redis (2,000 keys at load 16: 6 s against a lease_ttl of 3 s) and the write
@@ -414,13 +452,14 @@ class ChainPaths:
         if tier is None or not wanted:
             return {}
         if len(wanted) == 1:
-            token = yield from self.steal_lease(wanted[0])
+            token = yield from self.steal_lease(wanted[0], held)
             return {} if token is None else {wanted[0]: token}
         try:
             tokens: dict[str, str] = yield tier.steal_leases, (wanted, self.protection.lease_ttl)
         except Exception as exc:
             tier.failed(exc)
             return {}
+        held.took(tokens)
         return tokens
 
     def invalidate_many(self, keys: Sequence[str], *, strict: bool = False) -> Steps[None]:

@@ -435,12 +435,15 @@ class TieredCache(L1Reader):
         """Close every tier and the source. Idempotent. From then on every read, write and
         invalidation (and every call of a decorated function) raises
         :class:`~tiered_cache.ChainClosedError`; :meth:`stats` still answers."""
-        if not self._loader.close():
-            return
-        # First, so that no call reaches a tier or the source being closed (tiered_cache.closed).
+        # First, so that no call reaches a tier or the source being closed (tiered_cache.closed),
+        # and before the loader gives back the leases of the calls in flight: a write begun
+        # after that give-back stole a lease nothing gave back (its fill found the tier closed;
+        # leases left in 15 of 15 rounds of 6 writer threads closed at a random instant).
         self._paths = ClosedPaths(repr(self))
         self._read = self._paths.read_through_plain
         vars(self).pop("set", None)  # the lone tier's set, bound to the open paths
+        if not self._loader.close():
+            return
         self._use_l1(self._tiers, False)
         if self._bus_link is not None:
             try:

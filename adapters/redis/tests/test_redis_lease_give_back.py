@@ -1437,16 +1437,16 @@ def test_a_cluster_batch_lease_call_that_timed_out_is_given_back_once_redis_answ
 # -- a write in flight as the chain closes
 
 
-class HeldStore(DictSource):
-    """A source whose ``store`` waits at ``gate``: a write held between its leases and its
-    fill (it takes the leases before it writes the source)."""
+class HeldStores(DictSource):
+    """A source whose ``store`` of each key waits at that key's gate: a write held between
+    its leases and its fill (it takes the leases before it writes the source)."""
 
-    def __init__(self, gate: Gate) -> None:
+    def __init__(self, gates: dict[str, Gate]) -> None:
         super().__init__()
-        self.gate = gate
+        self.gates = gates
 
     def store(self, key: str, value: Any) -> None:
-        self.gate.hold()
+        self.gates[key].hold()
         super().store(key, value)
 
 
@@ -1469,7 +1469,7 @@ def test_close_while_a_write_is_in_flight_gives_its_leases_back(
     gate.armed = True
     cache = TieredCache(
         [MemoryTier(), RedisTier(redis.Redis.from_url(redis_server.url), namespace=namespace)],
-        HeldStore(gate),
+        HeldStores({"k": gate, "j": gate}),  # one gate: the first store waits
         namespace=namespace,
         protection=Protection.never_stale(lease_ttl=30.0, lease_wait=30.0),
     )
@@ -1484,3 +1484,54 @@ def test_close_while_a_write_is_in_flight_gives_its_leases_back(
         writer.join(10)
     assert not writer.is_alive() and len(ended) == 1
     no_lease_left(redis_server, namespace, ["k"] if how == "set" else ["k", "j"])
+
+
+class HeldGiveBack(RedisTier):
+    """A Redis tier whose give-backs of one lease (``release_lease``) wait at ``gate`` once
+    they went out: a close held between its give-back and the closing of its tiers."""
+
+    def __init__(self, gate: Gate, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.gate = gate
+
+    def release_lease(self, key: str, token: str) -> None:
+        super().release_lease(key, token)
+        self.gate.hold()
+
+
+def test_a_write_begun_as_close_gives_leases_back_takes_none(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """A write that began once close() had given the leases back, before it closed the
+    chain's paths, stole a lease that nothing gave back (its fill then found the tier
+    closed): it held until lease_ttl. Such a write is refused (ChainClosedError)."""
+    stores = {key: Gate(timeout=10.0) for key in ("k", "j")}
+    for gate in stores.values():
+        gate.armed = True
+    give_back = Gate(timeout=10.0)
+    give_back.armed = True
+    tier = HeldGiveBack(give_back, redis.Redis.from_url(redis_server.url), namespace=namespace)
+    cache = TieredCache(
+        [MemoryTier(), tier],
+        HeldStores(stores),
+        namespace=namespace,
+        protection=Protection.never_stale(lease_ttl=30.0, lease_wait=30.0),
+    )
+    first, _ = started_thread(lambda: cache.set("k", "w"))  # a lease for close to give back
+    assert stores["k"].inside.wait(10)
+    closer, _ = started_thread(cache.close)
+    try:
+        assert give_back.inside.wait(10)
+        second, ended = started_thread(lambda: cache.set("j", "w"))
+        while second.is_alive() and not stores["j"].inside.is_set():
+            second.join(0.01)  # it ends (refused) or is held in its store, its lease taken
+    finally:
+        give_back.go.set()
+        closer.join(10)
+        for gate in stores.values():
+            gate.go.set()
+        first.join(10)
+        second.join(10)
+    assert leases_in(redis_server, namespace) == []  # else j's stays until lease_ttl
+    assert ended == ["ChainClosedError"]
+    no_lease_left(redis_server, namespace, ["k", "j"])

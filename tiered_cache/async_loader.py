@@ -24,7 +24,7 @@ from .batch_load import BatchLoad
 from .errors import TieredCacheError
 from .fence import Fence
 from .forking import restart_after_fork
-from .held_leases import HeldLeases, give_back_all
+from .held_leases import HeldLeases, Holdings
 from .lease_wait import LeaseWait
 from .logs import fields, key_hash, logger_for
 from .loops import all_end_within, cancel, ends_within, stalled
@@ -105,8 +105,8 @@ class AsyncSourceLoader:
             self._lease_wait,
         )
         self._tasks: set[asyncio.Task[Any]] = set()
-        #: The leases of the callers' loads in flight (:meth:`_hold`), for :meth:`aclose`.
-        self._holding: set[HeldLeases] = set()
+        #: The leases of the loads and writes in flight, for :meth:`aclose` to give back.
+        self.holdings = Holdings(leasing)
         self._refreshing: set[str] = set()
         #: The running load of each key whose caller gave up on it, with its fence mark.
         self._abandoned: dict[str, tuple[asyncio.Task[Entry], int]] = {}
@@ -130,7 +130,7 @@ class AsyncSourceLoader:
         self.flights = async_flights()
         self._refresh_flights = async_flights()
         self._tasks = set()
-        self._holding = set()  # the parent's coroutines hold them, not the child's
+        self.holdings.forget_all()
         self._refreshing = set()
         self._abandoned = {}
         self._timed_slots()
@@ -150,7 +150,7 @@ class AsyncSourceLoader:
         """As :meth:`SourceLoader.load`: under the key's lease, with timeouts and fail-safe;
         the entry to serve."""
         lease_wait = self._lease_wait
-        held = None if lease_wait is None else self.hold()
+        held = None if lease_wait is None else self.holdings.hold()
         try:
             token: str | None = None
             if lease_wait is not None and held is not None:
@@ -187,19 +187,7 @@ class AsyncSourceLoader:
                 await self._give_back(held, stopped)
             raise
         finally:
-            if held is not None:
-                self._holding.discard(held)
-
-    def hold(self) -> HeldLeases:
-        """A new :class:`HeldLeases` for a load (or a write: :class:`~tiered_cache.paths.
-        ChainPaths`), known to :meth:`aclose` until :meth:`let_go`."""
-        held = HeldLeases()
-        self._holding.add(held)
-        return held
-
-    def let_go(self, held: HeldLeases) -> None:
-        """Forget ``held``: its load or write ended (whatever it held is used or given back)."""
-        self._holding.discard(held)
+            self.holdings.let_go(held)
 
     async def _give_back(self, held: HeldLeases, stopped: BaseException) -> None:
         """Give back what ``held`` still holds (:mod:`tiered_cache.held_leases`), in a task
@@ -208,9 +196,9 @@ class AsyncSourceLoader:
         asyncio.run's Ctrl-C, a cancellation) ends the loop once this caller ends, and a task
         not begun by then was cancelled before its first step (the lease stayed until
         ``lease_ttl``)."""
-        if self._lease_wait is None or not held.tokens():
+        if not held.tokens():
             return
-        give_back = self.spawn(arun(held.give_back(self._lease_wait.tier)))
+        give_back = self.spawn(arun(self.holdings.give_back(held)))
         try:
             await asyncio.shield(give_back)
         except asyncio.CancelledError:
@@ -372,14 +360,14 @@ class AsyncSourceLoader:
         stale: Mapping[str, Entry],
     ) -> tuple[dict[str, Any], dict[str, BaseException]]:
         """As :meth:`SourceLoader.load_batch`."""
-        held = self.hold()
+        held = self.holdings.hold()
         try:
             batch = self._batching.for_flights(
                 flights, self.flights, mark, loader, ttl, stale=stale, held=held
             )
             return await arun(batch)
         finally:
-            self._holding.discard(held)
+            self.holdings.let_go(held)
 
     # -- background work
 
@@ -468,8 +456,7 @@ class AsyncSourceLoader:
         for task in list(self._tasks):
             cancel(task)
         await all_end_within(tasks, None)
-        if self._lease_wait is not None:
-            await arun(give_back_all(list(self._holding), self._lease_wait.tier))
+        await arun(self.holdings.give_back_all())
         return True
 
     # -- the source itself

@@ -16,7 +16,7 @@ from typing import Any
 
 from .errors import PartialLoadError
 from .fence import ChainTier, Fence
-from .held_leases import HeldLeases
+from .held_leases import HeldLeases, give_back_all
 from .lease_wait import LeaseWait
 from .logs import fields, key_hash, logger_for
 from .metrics import CacheMetrics
@@ -95,7 +95,7 @@ class BatchLoad:
             # Whatever stopped the batch from the step its leases' answer came back in (an
             # interrupt in the instant after it included): the leases it still holds go back.
             if self.lease_wait is not None:
-                yield from held.give_back(self.lease_wait.tier)
+                yield from give_back_all((held,), self.lease_wait.tier)
             done = values.keys() | errors.keys()
             table.land({k: f for k, f in flights.items() if k not in done}, {}, exc)
             raise

@@ -49,20 +49,12 @@ class HeldLeases:
         for key in keys:
             looks.pop(key, None)
 
-    def give_back(self, tier: ChainTier) -> Steps[None]:
-        """Give back every lease still held, to the leasing ``tier``'s accessor (whose
-        ``release_leases`` never raises); they are let go of once that call returned, so an
-        interrupt during it leaves them to the next give-back."""
-        tokens = self.tokens()
-        if tokens:
-            yield tier.release_leases, (tokens,)
-            self.hand_on(tokens)
-
 
 def give_back_all(helds: Iterable[HeldLeases], tier: ChainTier) -> Steps[None]:
-    """Give back in one call every lease the loads ``helds`` hold (a loader's loads in
-    flight as it closes: the tier closes next, and their own give-back or fill could not
-    reach it any more)."""
+    """Give back, in one call to the leasing ``tier``'s accessor (whose ``release_leases``
+    never raises), every lease the loads or writes ``helds`` still hold (one load's as it
+    stops, or all those in flight as their loader closes); they are let go of once that
+    call returned, so an interrupt during it leaves them to the next give-back."""
     helds = list(helds)
     tokens: dict[str, str] = {}
     for held in helds:
@@ -71,3 +63,50 @@ def give_back_all(helds: Iterable[HeldLeases], tier: ChainTier) -> Steps[None]:
         yield tier.release_leases, (tokens,)
         for held in helds:
             held.hand_on(tokens)
+
+
+class Holdings:
+    """The :class:`HeldLeases` of every load and write in flight on one chain, kept by its
+    loader (either face's) for its close: the one home of the rule "close gives back every
+    lease held by a load or a write in flight". The tiers close next, and those calls' own
+    fills and give-backs could not reach them any more: their leases held until
+    ``lease_ttl``, and every process reading the keys waited ``lease_wait``.
+
+    Args:
+        tier: the chain's leasing tier, or None (nothing is ever given back).
+    """
+
+    __slots__ = ("_helds", "tier")
+
+    def __init__(self, tier: ChainTier | None) -> None:
+        self.tier = tier
+        self._helds: set[HeldLeases] = set()
+
+    def hold(self) -> HeldLeases:
+        """A new :class:`HeldLeases` for a load or a write, known to :meth:`give_back_all`
+        until :meth:`let_go`."""
+        held = HeldLeases()
+        self._helds.add(held)
+        return held
+
+    def let_go(self, held: HeldLeases | None) -> None:
+        """Forget ``held`` (None: the call held nothing): its load or write ended, whatever
+        it held is used or given back, or another owner took it on."""
+        if held is not None:
+            self._helds.discard(held)
+
+    def give_back(self, held: HeldLeases) -> Steps[None]:
+        """Give back what the one load or write ``held`` still holds."""
+        if self.tier is not None:
+            yield from give_back_all((held,), self.tier)
+
+    def give_back_all(self) -> Steps[None]:
+        """Give back every lease held by the loads and writes in flight (their loader is
+        closing)."""
+        if self.tier is not None:
+            # A copy first (one call, atomic under the GIL): loads on other threads go on.
+            yield from give_back_all(list(self._helds), self.tier)
+
+    def forget_all(self) -> None:
+        """In a forked child: the parent's loads and writes hold them, not the child's."""
+        self._helds = set()

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .fence import ChainTier, Fence
-from .held_leases import HeldLeases
+from .held_leases import HeldLeases, give_back_all
 from .metrics import CacheMetrics
 from .protection import Protection
 from .steps import Steps
@@ -54,7 +54,7 @@ class LeaseWait:
                 token, current = look
                 if current is not MISSING and self.clock() < current.soft_expiry:
                     # The previous holder filled it since our last look: no load needed.
-                    yield from held.give_back(tier)
+                    yield from give_back_all((held,), tier)
                     tier.hit()
                     yield from self.fence.fill_steps(mark, {key: current}, self.tiers[: tier.index])
                     return None, current

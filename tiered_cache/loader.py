@@ -21,7 +21,7 @@ from .batch_load import BatchLoad
 from .errors import TieredCacheError, caused
 from .fence import Fence
 from .forking import restart_compiled_after_fork
-from .held_leases import HeldLeases, give_back_all
+from .held_leases import HeldLeases, Holdings
 from .lease_wait import LeaseWait
 from .logs import fields, key_hash, logger_for
 from .metrics import CacheMetrics
@@ -125,8 +125,8 @@ class SourceLoader:
         )
         self._executor: ThreadPoolExecutor | None = None
         self._pending: set[Future[Any]] = set()
-        #: The leases of the loads in flight (:meth:`_hold`), for :meth:`close` to give back.
-        self._holding: set[HeldLeases] = set()
+        #: The leases of the loads and writes in flight, for :meth:`close` to give back.
+        self.holdings = Holdings(self._leasing)
         self._background = background or self._submit
         self._lock = threading.Lock()
         self._closed = False
@@ -150,7 +150,7 @@ class SourceLoader:
         self._lock = threading.Lock()
         self._executor = None
         self._pending = set()
-        self._holding = set()  # the parent's loads hold them, not the child's
+        self.holdings.forget_all()
         self._refreshing = set()
         self._abandoned = {}
         self._timed_slots()
@@ -175,7 +175,7 @@ class SourceLoader:
         Returns the entry to serve: the loaded one, one another process filled while this one
         waited for the lease, or ``stale`` when the source failed or was too slow.
         """
-        held = None if self._lease_wait is None else self.hold()
+        held = None if self._lease_wait is None else self.holdings.hold()
         handoff: _Handoff | None = None
         try:
             token: str | None = None
@@ -216,22 +216,13 @@ class SourceLoader:
             self._give_back(self._callers(held, handoff))
             raise
         finally:
-            mine = self._callers(held, handoff)
-            if mine is not None:
-                self._holding.discard(mine)
+            self.holdings.let_go(self._callers(held, handoff))
 
     def _fill(self, key: str, mark: int, entry: Entry, token: str | None) -> None:
         if token is None:
             self._fence.fill_one(mark, key, entry, self._tiers)
         else:
             self._fence.fill(mark, {key: entry}, self._tiers, tokens={key: token})
-
-    def hold(self) -> HeldLeases:
-        """A new :class:`HeldLeases` for a load (or a write: :class:`~tiered_cache.paths.
-        ChainPaths`), known to :meth:`close` until :meth:`let_go`."""
-        held = HeldLeases()
-        self._holding.add(held)
-        return held
 
     @staticmethod
     def _callers(held: HeldLeases | None, handoff: _Handoff | None) -> HeldLeases | None:
@@ -240,8 +231,8 @@ class SourceLoader:
         return None if handoff is not None and handoff.orphaned else held
 
     def _give_back(self, held: HeldLeases | None) -> None:
-        if held is not None and self._leasing is not None:
-            run(held.give_back(self._leasing))
+        if held is not None:
+            run(self.holdings.give_back(held))
 
     def _timed_load(
         self,
@@ -385,7 +376,7 @@ class SourceLoader:
                 handoff.delivered = True
             if orphaned:
                 self._give_back(handoff.held)
-                self.let_go(handoff.held)
+                self.holdings.let_go(handoff.held)
             raise
         with handoff.lock:
             orphaned = handoff.orphaned
@@ -394,13 +385,8 @@ class SourceLoader:
             try:
                 self._fill(key, mark, entry, token)
             finally:
-                self.let_go(handoff.held)
+                self.holdings.let_go(handoff.held)
         return entry
-
-    def let_go(self, held: HeldLeases | None) -> None:
-        """Forget ``held``: its load or write ended (whatever it held is used or given back)."""
-        if held is not None:
-            self._holding.discard(held)
 
     def _lease_or_wait(
         self, key: str, mark: int, held: HeldLeases
@@ -431,7 +417,7 @@ class SourceLoader:
         holding each other's keys never wait on each other). Keys whose holder takes longer
         than ``lease_wait`` are loaded without a lease, in one more batch.
         """
-        held = self.hold()
+        held = self.holdings.hold()
         try:
             return run(
                 self._batching.for_flights(
@@ -439,7 +425,7 @@ class SourceLoader:
                 )
             )
         finally:
-            self._holding.discard(held)
+            self.holdings.let_go(held)
 
     # -- background work
 
@@ -527,8 +513,7 @@ class SourceLoader:
             executor, self._executor = self._executor, None
         if executor is not None:
             executor.shutdown(wait=True, cancel_futures=True)
-        if self._leasing is not None:
-            run(give_back_all(list(self._holding), self._leasing))
+        run(self.holdings.give_back_all())
         return True
 
     # -- the source itself

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from .errors import InvalidationIncomplete, PartialBatchError
 from .fence import ChainTier, Fence
-from .held_leases import HeldLeases
+from .held_leases import HeldLeases, Holdings
 from .keys import check_keys
 from .metrics import CacheMetrics
 from .protection import Protection
@@ -41,8 +41,9 @@ class ChainPaths:
         protection: the source-protection options.
         make_entry: stamps values into entries.
         clock: the chain's clock.
-        loader: the chain's loader: ``load(key, mark, loader, ttl, stale)`` (a step) and
-            ``refresh_in_background(key, loader, ttl, stale)`` (a plain call).
+        loader: the chain's loader: ``load(key, mark, loader, ttl, stale)`` (a step),
+            ``refresh_in_background(key, loader, ttl, stale)`` (a plain call) and
+            ``holdings`` (:class:`~tiered_cache.held_leases.Holdings`).
         store: writes the source (a step), or None when the chain has no source.
         announce: tells the other processes (a step), or None without a bus.
         write_policy: ``"through"`` or ``"around"`` (see :meth:`TieredCache.set`).
@@ -77,6 +78,12 @@ class ChainPaths:
         self.make_entry = make_entry
         self.clock = clock
         self.loader = loader
+        #: The leases of the loads and writes in flight, which the loader's close gives back.
+        #: A write in flight as the chain closed stole its leases, then found the tier closed
+        #: at its fill (or invalidation): they held until ``lease_ttl`` (2 to 5 of them in
+        #: each of 15 rounds of 6 writer threads). A fill that used them first makes that
+        #: give-back release nothing.
+        self.holdings: Holdings = loader.holdings
         self.store = store
         self.announce = announce
         self.write_policy = write_policy
@@ -269,25 +276,11 @@ class ChainPaths:
             yield self.store, (key, value)
             yield from self.invalidate_many([key])
             return
-        held = self.hold()
+        held = None if self.leasing is None else self.holdings.hold()
         try:
             yield from self.write_one(key, value, ttl, held)
         finally:
-            self.let_go(held)
-
-    def hold(self) -> HeldLeases | None:
-        """A write's :class:`HeldLeases`, known to the loader's ``close`` for the length of the
-        write, or None (no leasing tier). A write in flight as the chain closed stole its
-        leases, then found the tier closed at its fill (or invalidation): they held until
-        ``lease_ttl`` (2 to 5 of them in each of 15 rounds of 6 writer threads). The loader's
-        close gives them back with its loads' (:mod:`tiered_cache.held_leases`); a fill that
-        used them first makes that give-back release nothing."""
-        return None if self.leasing is None else self.loader.hold()
-
-    def let_go(self, held: HeldLeases | None) -> None:
-        """The write ended: whatever it held was used, given back or invalidated."""
-        if held is not None:
-            self.loader.let_go(held)
+            self.holdings.let_go(held)
 
     def write_one(
         self, key: str, value: Any, ttl: float | str | None, held: HeldLeases | None
@@ -370,11 +363,11 @@ class ChainPaths:
             finally:  # what reached the source must not be served old from any tier
                 yield from self.invalidate_many(keys)
             return
-        held = self.hold()
+        held = None if self.leasing is None else self.holdings.hold()
         try:
             yield from self.write_many(items, ttl, held)
         finally:
-            self.let_go(held)
+            self.holdings.let_go(held)
 
     def write_many(
         self, items: dict[str, Any], ttl: float | str | None, held: HeldLeases | None

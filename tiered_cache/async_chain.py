@@ -23,7 +23,7 @@ from .async_accessor import AsyncTierAccessor
 from .async_loader import AsyncBatchLoader, AsyncLoader, AsyncSourceLoader
 from .async_tier import AsyncSource, AsyncTier
 from .bus import AsyncBus, Bus
-from .closed import ClosedPaths
+from .closed import ClosedPaths, Paths
 from .coherence import DEFAULT_BUS_BREAKER, BusLink, publish_breaker
 from .errors import LoadTimeout
 from .fence import Fence
@@ -137,7 +137,7 @@ class AsyncTieredCache(L1Reader):
         )
         self._bus_link: BusLink | None = None
         #: Every path after the L1 lookup; a :class:`ClosedPaths` once the chain is closed.
-        self._paths: ChainPaths | ClosedPaths = ChainPaths(
+        self._paths: Paths = ChainPaths(
             self._tiers,
             fence=self._fence,
             metrics=self._metrics,
@@ -424,9 +424,11 @@ class AsyncTieredCache(L1Reader):
         and the source. Idempotent. From then on every read, write and invalidation (and
         every call of a decorated function) raises :class:`~tiered_cache.ChainClosedError`;
         :meth:`stats` still answers."""
+        if self.closed:
+            return
         await all_end_within(set(self._writes), None)
         if not await self._loader.aclose():
-            return
+            return  # another aclose() runs
         # First, so that no call reaches a tier or the source being closed (tiered_cache.closed).
         self._paths = ClosedPaths(repr(self))
         self._use_l1(self._tiers, False)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, cast
 
 from .accessor import TierAccessor
 from .bus import Bus
-from .closed import ClosedPaths
+from .closed import ClosedPaths, Paths
 from .coherence import DEFAULT_BUS_BREAKER, BusLink, publish_breaker
 from .fence import Fence
 from .hit import NOT_FRESH, PlainGet
@@ -124,7 +124,7 @@ class TieredCache(L1Reader):
         )
         self._bus_link: BusLink | None = None
         #: Every path after the L1 lookup; a :class:`ClosedPaths` once the chain is closed.
-        self._paths: ChainPaths | ClosedPaths = ChainPaths(
+        self._paths: Paths = ChainPaths(
             self._tiers,
             fence=self._fence,
             metrics=self._metrics,
@@ -435,6 +435,8 @@ class TieredCache(L1Reader):
         """Close every tier and the source. Idempotent. From then on every read, write and
         invalidation (and every call of a decorated function) raises
         :class:`~tiered_cache.ChainClosedError`; :meth:`stats` still answers."""
+        if self.closed:
+            return
         # First, so that no call reaches a tier or the source being closed (tiered_cache.closed),
         # and before the loader gives back the leases of the calls in flight: a write begun
         # after that give-back stole a lease nothing gave back (its fill found the tier closed;
@@ -443,7 +445,7 @@ class TieredCache(L1Reader):
         self._read = self._paths.read_through_plain
         vars(self).pop("set", None)  # the lone tier's set, bound to the open paths
         if not self._loader.close():
-            return
+            return  # another thread's close() runs
         self._use_l1(self._tiers, False)
         if self._bus_link is not None:
             try:

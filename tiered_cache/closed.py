@@ -6,14 +6,52 @@ invalidation, a batch at once), so ``close()`` turns the L1 lookup off and puts 
 :class:`ClosedPaths` in the place of the paths: no public method checks a flag of its own,
 and nothing reaches a tier or the source, so nothing is counted as a tier's failure (a closed
 Redis tier raised a bare ``RuntimeError``, and a memory-only chain went on serving).
+
+Both stand behind :class:`Paths`, the calls a chain makes on its paths: a path added to the
+chains and :class:`ChainPaths` but not to :class:`ClosedPaths` fails the type check (mypy
+strict), where a stand-in answering any name (``__getattr__``) would have hidden it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, NoReturn
+from collections.abc import Mapping, Sequence
+from typing import Any, NoReturn, Protocol
 
 from .errors import ChainClosedError
+from .singleflight import Landing
+from .steps import Steps
+from .tier import Entry
+
+
+class Paths(Protocol):
+    """What a chain calls on its paths: :class:`~tiered_cache.paths.ChainPaths` while open,
+    :class:`ClosedPaths` once closed (see :class:`~tiered_cache.paths.ChainPaths` for each)."""
+
+    def read_through_plain(
+        self, flight: Landing, key: str, loader: Any, ttl: float | str | None
+    ) -> Any: ...
+
+    def read_through(
+        self, key: str, mark: int, loader: Any, ttl: float | str | None
+    ) -> Steps[Any]: ...
+
+    def get_many(
+        self, keys: list[str], loader: Any, ttl: float | str | None
+    ) -> Steps[dict[str, Any]]: ...
+
+    def lookup_many(self, keys: list[str]) -> Steps[dict[str, Entry]]: ...
+
+    def set(self, key: str, value: Any, ttl: float | str | None) -> Steps[None]: ...
+
+    def set_many(self, items: Mapping[str, Any], ttl: float | str | None) -> Steps[None]: ...
+
+    def invalidate_many(self, keys: Sequence[str], *, strict: bool = False) -> Steps[None]: ...
+
+    def invalidate_prefix(self, prefix: str) -> Steps[None]: ...
+
+    def clear(self, *, strict: bool = False) -> Steps[None]: ...
+
+    def set_bus_connected(self, connected: bool, bound: float) -> bool: ...
 
 
 class ClosedPaths:
@@ -23,12 +61,38 @@ class ClosedPaths:
     def __init__(self, chain: str) -> None:
         self._message = f"{chain} is closed: build a new chain to use the cache again"
 
-    def __getattr__(self, name: str) -> Callable[..., NoReturn]:
-        return self.refuse
-
-    def refuse(self, *args: Any, **kwargs: Any) -> NoReturn:
+    def refuse(self) -> NoReturn:
         """Any call of the paths, on a closed chain."""
         raise ChainClosedError(self._message)
+
+    def read_through_plain(
+        self, flight: Landing, key: str, loader: Any, ttl: float | str | None
+    ) -> NoReturn:
+        self.refuse()
+
+    def read_through(self, key: str, mark: int, loader: Any, ttl: float | str | None) -> NoReturn:
+        self.refuse()
+
+    def get_many(self, keys: list[str], loader: Any, ttl: float | str | None) -> NoReturn:
+        self.refuse()
+
+    def lookup_many(self, keys: list[str]) -> NoReturn:
+        self.refuse()
+
+    def set(self, key: str, value: Any, ttl: float | str | None) -> NoReturn:
+        self.refuse()
+
+    def set_many(self, items: Mapping[str, Any], ttl: float | str | None) -> NoReturn:
+        self.refuse()
+
+    def invalidate_many(self, keys: Sequence[str], *, strict: bool = False) -> NoReturn:
+        self.refuse()
+
+    def invalidate_prefix(self, prefix: str) -> NoReturn:
+        self.refuse()
+
+    def clear(self, *, strict: bool = False) -> NoReturn:
+        self.refuse()
 
     def set_bus_connected(self, connected: bool, bound: float) -> bool:
         """The bus of a closed chain is closing: what it reports on its way out is moot, and

@@ -773,4 +773,88 @@ def test_a_set_undone_by_another_processes_write_leaves_no_value_in_memory(
     cache.set("k", "mine")
     assert read == ["other's"]  # the read between the two drops of the undo
     assert memory.get("k") is MISSING and shared.get("k") is MISSING
+    # The set's fill, undone; and the read's copy, refused: it read while the set was still
+    # filling (the set's invalidation open: Fence.written).
+    assert cache.stats()["fills_refused"] == 2
+
+
+class ReadBeforeItsFill(SharedTier):
+    """A shared tier whose next write (a ``set``'s fill, after the set dropped memory) first
+    lets a read of this process find the old value here; that read then waits, between its
+    read and its copy into memory, until ``write_returned``."""
+
+    def __init__(self, clock: FakeClock, read: Callable[[], object]) -> None:
+        super().__init__(clock)
+        self.read = read
+        self.armed = False
+        self.reading = False
+        self.read_answered = threading.Event()
+        self.write_returned = threading.Event()
+        self.reader: threading.Thread | None = None
+
+    def _before_write(self) -> None:
+        if self.armed:
+            self.armed = False
+            self.reading = True
+            self.reader = threading.Thread(target=self.read)
+            self.reader.start()
+            assert self.read_answered.wait(10)
+
+    def _after_read(self) -> None:
+        if self.reading:
+            self.reading = False
+            self.read_answered.set()
+            assert self.write_returned.wait(10)
+
+    def set(self, key: str, entry: Entry) -> None:
+        self._before_write()
+        super().set(key, entry)
+
+    def set_many(self, entries: Mapping[str, Entry]) -> None:
+        self._before_write()
+        super().set_many(entries)
+
+    def get(self, key: str) -> object:
+        entry = super().get(key)
+        self._after_read()
+        return entry
+
+    def get_many(self, keys: Sequence[str]) -> object:
+        found = super().get_many(keys)
+        self._after_read()
+        return found
+
+
+@pytest.mark.parametrize("write", ["set", "set_many"])
+@pytest.mark.parametrize("read", ["get", "get_many"])
+def test_a_read_during_the_processs_own_set_does_not_copy_the_old_value_up_after_it(
+    clock: FakeClock, write: str, read: str
+) -> None:
+    """A read that missed memory after this process's set dropped it, and found the old
+    value in the shared tier before the set's fill reached it, copied that value into memory
+    after the set's own memory fill: this process then read its previous value after its set
+    returned, until the memory ttl (the history checker, seed 2033, schedule 548). The set's
+    invalidation is open until its fill is done, so that read's copy is refused."""
+    got: list[object] = []
+    memory = MemoryTier(name="l1", clock=clock)
+    cache: TieredCache
+
+    def reading() -> None:
+        got.append(cache.get("k") if read == "get" else cache.get_many(["k"])["k"])
+
+    shared = ReadBeforeItsFill(clock, reading)
+    cache = TieredCache([memory, shared], DictSource(), clock=clock, ttl=60)
+    cache.set("k", "old")
+    shared.armed = True
+    if write == "set":
+        cache.set("k", "new")
+    else:
+        cache.set_many({"k": "new"})
+    shared.write_returned.set()
+    assert shared.reader is not None
+    shared.reader.join(10)
+    assert got == ["old"]  # it overlapped the set: either value may be served to it
+    kept = memory.get("k")
+    assert kept is MISSING or kept.value == "new"
+    assert cache.get("k") == "new"
     assert cache.stats()["fills_refused"] == 1

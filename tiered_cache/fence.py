@@ -18,6 +18,16 @@ In-flight work needs no registry: a mark is all a fill needs to be judged. If th
 reaches back to a mark (more than ``log_size`` invalidations since), the fill is refused, which
 is always safe.
 
+A write-through ``set`` invalidates its keys (its loads in flight read the source before it)
+and then fills the tiers, slowest first. Its invalidation stays open until that fill is done
+(``invalidate(..., writing=True)``, then :meth:`Fence.written`), so marks taken meanwhile are
+dated before it: a read of this process that missed memory after the write dropped it may find
+the old value still in Redis (the write's fill has not reached it yet) and copy it up into
+memory after the write's own memory fill; judged from a mark after the invalidation, nothing
+refused that copy and this process served its previous value after its ``set`` returned, until
+the memory ``ttl`` (the history checker's seed 2033, schedule 548). A read whose mark comes after
+the write is done reads Redis after the write's fill.
+
 A gap (the bus dropped or came back, a sender's number skipped) is an invalidation of memory
 alone: this process may have missed messages about its own copies; it says nothing of Redis. So
 it refuses what a fill writes into the in-process tiers, but a key filled under its lease is
@@ -97,12 +107,15 @@ class Fence:
         *,
         everything: bool = False,
         gap: bool = False,
+        writing: bool = False,
     ) -> int:
         """``keys``, every key starting with one of ``prefixes``, or ``everything`` changed:
         no fill that read before now may land, and the in-process copies go. ``gap``: this
         process may have missed invalidations (its bus dropped or came back, a sender's number
         skipped): every in-process copy goes, and no fill that read before now may land in
         memory; a leased fill may still land in the shared tier (see the module's notes).
+        ``writing``: the invalidation of a write-through ``set``, which stays open after the
+        drop until the write's fill is done (:meth:`written`; see the module's notes).
 
         Returns the invalidation's number, for a writer to pass to :meth:`fill` as ``own``.
         """
@@ -128,9 +141,19 @@ class Fence:
                 tier.delete_many(keys)
                 for prefix in prefixes:
                     tier.delete_prefix(prefix)
-        finally:
+        except BaseException:
+            log.done(number)
+            raise
+        if not writing:
             log.done(number)
         return number
+
+    def written(self, number: int) -> None:
+        """The write whose invalidation is ``number`` (``invalidate(..., writing=True)``)
+        filled what it fills, or gave up: marks may pass its invalidation. Every such write
+        calls this once, whatever happened (a ``finally``): left open, its invalidation would
+        keep every later mark before it and refuse the fills of every key invalidated since."""
+        self._log.done(number)
 
     # -- the lease rule
 

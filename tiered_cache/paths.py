@@ -297,19 +297,24 @@ class ChainPaths:
             raise
         try:
             entry = self.make_entry(value, self.clock(), 0.0, ttl)
-            # Loads in flight read the source before this write: none of them may fill now.
-            own = self.fence.invalidate([key])
-            if token is None and self.leased(key):
-                landed = False  # no lease to order this write against another: see leased()
-            elif token is None and self.fill_one is not None:
-                landed = self.fill_one(mark, key, entry, self.tiers, own)
-            else:
-                tokens = {key: token} if token is not None else None
-                landed = key in (
-                    yield from self.fence.fill_steps(
-                        mark, {key: entry}, self.tiers, tokens=tokens, own=own
+            # Loads in flight read the source before this write: none of them may fill now;
+            # nor may a read of this process that finds the old value in a tier this fill
+            # has not reached yet (the invalidation stays open until the fill is done).
+            own = self.fence.invalidate([key], writing=True)
+            try:
+                if token is None and self.leased(key):
+                    landed = False  # no lease to order it against another: see leased()
+                elif token is None and self.fill_one is not None:
+                    landed = self.fill_one(mark, key, entry, self.tiers, own)
+                else:
+                    tokens = {key: token} if token is not None else None
+                    landed = key in (
+                        yield from self.fence.fill_steps(
+                            mark, {key: entry}, self.tiers, tokens=tokens, own=own
+                        )
                     )
-                )
+            finally:
+                self.fence.written(own)
             if not landed:
                 # Another write (or an invalidation) overlapped this one: which came last at
                 # the source cannot be told here, so no tier keeps either value.
@@ -397,11 +402,15 @@ class ChainPaths:
                 for key, value in items.items()
                 if key in tokens or not self.leased(key)  # see leased()
             }
-            # Loads in flight read the source before this write: none of them may fill now.
-            own = self.fence.invalidate(keys)
-            landed = yield from self.fence.fill_steps(
-                mark, entries, self.tiers, tokens=tokens or None, own=own
-            )
+            # Loads in flight read the source before this write: none of them may fill now
+            # (nor a read of this process meanwhile: see write_one).
+            own = self.fence.invalidate(keys, writing=True)
+            try:
+                landed = yield from self.fence.fill_steps(
+                    mark, entries, self.tiers, tokens=tokens or None, own=own
+                )
+            finally:
+                self.fence.written(own)
             # Overlapped by another write or an invalidation: no tier keeps either value.
             yield from self.invalidate_many([key for key in keys if key not in landed])
             written = [key for key in keys if key in landed]

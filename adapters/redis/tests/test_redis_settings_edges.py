@@ -68,11 +68,23 @@ def test_true_for_a_number_is_refused_naming_its_field() -> None:
         ("redis://localhost:6379/abc", "database"),
         ("redis://localhost:6379/-1", "database"),
         ("redis://localhost:6379?db=x", "database"),
+        # redis-py sends SELECT with it at the first connect: the server refused it there
+        ("redis://localhost:6379/99999999999999999999", "database"),
+        ("redis://localhost:6379/2147483647", "database"),
+        # str.isdigit() takes these; int() reads the first as 3 and refuses the second
+        ("redis://localhost:6379/\u0663", "database"),
+        ("redis://localhost:6379/\u00b2", "database"),
+        # a NUL, a space or another control character in the host failed at connect
+        ("redis://loc\x00alhost:6379/0", "host"),
+        ("redis://a b:6379/0", "host"),
+        ("redis://:secret@h\x7f:6379/0", "host"),
     ],
 )
 def test_a_url_with_a_bad_port_or_database_is_refused(url: str, problem: str) -> None:
-    with pytest.raises(ConfigError, match=rf"^tiered_cache\.tiers\[1\]\.url: .*{problem}"):
+    path = r"^tiered_cache\.tiers\[1\]\.url: "
+    with pytest.raises(ConfigError, match=rf"{path}.*{problem}") as caught:
         load_settings(tiers=_tiers(url))
+    assert "secret" not in str(caught.value)
 
 
 def test_good_urls_are_still_accepted() -> None:
@@ -80,6 +92,8 @@ def test_good_urls_are_still_accepted() -> None:
         "redis://localhost:6379/0",
         "redis://localhost",
         "rediss://user:pw@example.com:6380/15",
+        "redis://localhost:6379/2147483646",
+        "redis://[::1]:6379/0",
         "redis+cluster://node:7000",
         "unix:///tmp/redis.sock?db=2",
     ):

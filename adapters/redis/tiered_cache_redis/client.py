@@ -75,6 +75,10 @@ def _check_options(url: str, shown: str) -> None:
         raise ConfigError(f"{shown}: an option of its query cannot be used ({exc})") from None
 
 
+#: The highest database index a server can have (its ``databases`` setting is a C int).
+_LAST_DATABASE = 2**31 - 2
+
+
 def _check_address(url: str, shown: str) -> None:
     """The port and database of a ``redis://`` URL make sense; :class:`ConfigError` if not."""
     parts = urlsplit(url)
@@ -92,11 +96,20 @@ def _check_address(url: str, shown: str) -> None:
         raise ConfigError(f"{shown}: the port must be a number from 1 to 65535") from None
     if parts.port == 0:
         raise ConfigError(f"{shown}: the port must be a number from 1 to 65535")
+    host = parts.hostname or ""
+    if not host.isprintable() or " " in host:
+        # A NUL, a space or a control character reached the resolver only at the first connect.
+        raise ConfigError(f"{shown}: the host holds a space or a control character")
     database = parts.path.strip("/")
     queried = parse_qs(parts.query).get("db")
     for given in ([database] if database else []) + (queried or []):
-        if not given.isdigit():
-            raise ConfigError(f"{shown}: the database must be a number such as /0, not {given!r}")
+        # ASCII digits only (str.isdigit() also takes '\u0663' and '\u00b2'), and a number the
+        # server's SELECT takes: its `databases` setting is at most 2**31 - 1.
+        if not (given.isascii() and given.isdigit()) or int(given) > _LAST_DATABASE:
+            raise ConfigError(
+                f"{shown}: the database must be a number from 0 to {_LAST_DATABASE} "
+                f"such as /0, not {given!r}"
+            )
 
 
 def client_options(

@@ -63,6 +63,34 @@ async def test_async_methods_of_a_repository_class_and_their_invalidate(clock: F
     await cache.aclose()
 
 
+async def test_async_cached_written_above_classmethod_or_staticmethod(clock: FakeClock) -> None:
+    cache = memory_chain(clock)
+    loads: list[str] = []
+
+    class Repository:
+        @cache.cached(key="c:{tweet_id}")
+        @classmethod
+        async def by_class(cls, tweet_id: str) -> str:
+            loads.append(f"{cls.__name__}:{tweet_id}")
+            return f"c{tweet_id}"
+
+        @cache.cached(key="s:{tweet_id}")
+        @staticmethod
+        async def alone(tweet_id: str) -> str:
+            loads.append(f"static:{tweet_id}")
+            return f"s{tweet_id}"
+
+    assert await Repository.by_class("1") == "c1"
+    assert await Repository().by_class("1") == "c1"
+    assert await Repository().alone("2") == "s2"
+    assert await Repository.alone("2") == "s2"
+    assert loads == ["Repository:1", "static:2"]
+    await Repository.by_class.invalidate(tweet_id="1")
+    assert await Repository.by_class("1") == "c1"
+    assert loads == ["Repository:1", "static:2", "Repository:1"]
+    await cache.aclose()
+
+
 async def test_an_async_loader_that_fails_is_not_cached(clock: FakeClock) -> None:
     cache = memory_chain(clock)
     attempts = 0

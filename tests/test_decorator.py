@@ -326,3 +326,34 @@ def test_values_written_alike_share_a_key_and_unnormalized_text_does_not(
     for value in ("1", 1, True, "True", composed, decomposed):
         f(value)
     assert calls == ["1", True, composed, decomposed]
+
+
+def test_cached_written_above_classmethod_or_staticmethod(cache: TieredCache) -> None:
+    """Either order of the two decorators caches: ``@cached`` above ``@classmethod`` failed
+    with inspect's "is not a callable object", and above ``@staticmethod`` the wrapper became
+    a plain function, which an instance then passed itself to as the first argument."""
+    loads: list[tuple[str, str]] = []
+
+    class TweetRepository:
+        @cache.cached(key="c:{tweet_id}")
+        @classmethod
+        def by_class(cls, tweet_id: str) -> str:
+            loads.append((cls.__name__, tweet_id))
+            return f"c{tweet_id}"
+
+        @cache.cached(key="s:{tweet_id}")
+        @staticmethod
+        def alone(tweet_id: str) -> str:
+            loads.append(("static", tweet_id))
+            return f"s{tweet_id}"
+
+    repo = TweetRepository()
+    assert TweetRepository.by_class("1") == "c1"
+    assert repo.by_class("1") == "c1"
+    assert repo.alone("2") == "s2"
+    assert TweetRepository.alone(tweet_id="2") == "s2"
+    assert loads == [("TweetRepository", "1"), ("static", "2")]
+    assert TweetRepository.by_class.key_for(tweet_id="1") == "c:1"
+    TweetRepository.alone.invalidate(tweet_id="2")
+    assert repo.alone("2") == "s2"
+    assert loads[-1] == ("static", "2") and len(loads) == 3

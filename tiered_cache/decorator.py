@@ -627,7 +627,8 @@ def cached(
     (which caches the awaited result), a plain function a :class:`~tiered_cache.TieredCache`;
     generator functions are refused. The wrapper gains ``invalidate(**names)`` (remove the
     entry from every tier; awaited on an async chain), ``key_for(**names)`` and
-    ``__wrapped__``.
+    ``__wrapped__``. It may be written above ``@classmethod`` or ``@staticmethod`` as well as
+    below.
     """
     from .async_chain import AsyncTieredCache
 
@@ -636,6 +637,10 @@ def cached(
     asynchronous = isinstance(cache, AsyncTieredCache)
 
     def decorate(fn: Callable[P, R]) -> Any:
+        if isinstance(fn, (classmethod, staticmethod)):
+            # Written above @classmethod or @staticmethod: cache the function inside and wrap
+            # the result again, so either order of the two decorators means the same.
+            return type(fn)(decorate(fn.__func__))
         check_cacheable(fn, asynchronous=asynchronous)
         generated, rest = _compile_wrapper(fn, key, cache, lifetime, asynchronous=asynchronous)
         functools.update_wrapper(generated, fn)  # its repr and tracebacks name fn

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import sys
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tiered_cache.cli import main
-from tiered_cache.replay import belady_hits, libcachesim_hits, lru_hits, read_trace, replay
+from tiered_cache.replay import (
+    belady_hits,
+    count_reads,
+    libcachesim_hits,
+    lru_hits,
+    read_trace,
+    replay,
+)
 from tiered_cache.workloads import tweet_requests, zipf_keys
 
 
@@ -230,3 +238,31 @@ def test_a_subcommand_that_cannot_be_loaded_is_skipped_with_a_warning(
     out, err = capsys.readouterr()
     assert "hits       1" in out
     assert "'broken'" in err and "tiered_cache_no_such_module" in err
+
+
+def test_the_cli_streams_a_trace_it_does_not_compare(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The CLI read the whole trace into a list before replaying it: an ARC line standing for
+    10**14 blocks exhausted the machine's memory. 200,000 reads held as a list take about
+    15 MB; streamed, the replay holds its 10-entry tier."""
+    trace = tmp_path / "long.arc"
+    trace.write_text("0 200000 0 1\n")
+    tracemalloc.start()
+    try:
+        assert main(["replay", str(trace), "--format", "arc", "--l1-size", "10", "--json"]) == 0
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    report = json.loads(capsys.readouterr().out)
+    assert report["requests"] == 200_000 and report["hits"] == 0
+    assert peak < 2_000_000, peak
+
+
+def test_count_reads_adds_an_arc_lines_blocks_without_expanding_them(tmp_path: Path) -> None:
+    trace = tmp_path / "t.arc"
+    trace.write_text("0 99999999999999 0 1\n\n5 3 0 2\n")
+    assert count_reads(trace, "arc") == 99_999_999_999_999 + 3
+    keys = tmp_path / "t.keys"
+    keys.write_text("a\n\nb\na\n")
+    assert count_reads(keys, "keys") == 3

@@ -81,20 +81,19 @@ def _replay_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _progress(args: argparse.Namespace) -> Callable[[Iterable[T], int, str], Iterable[T]]:
-    """Wraps an iterable in a tqdm bar on stderr, or leaves it alone.
+def _progress(args: argparse.Namespace) -> Callable[[Iterable[T], int, str], Iterable[T]] | None:
+    """Wraps an iterable in a tqdm bar on stderr; ``None`` when there is to be no bar.
 
     tqdm comes with the ``examples`` extra, not the core: without it there is no bar. A pipe or
     a file gets no bar either, unless asked for (``--progress always``).
     """
     wanted = args.progress == "always" or (args.progress == "auto" and sys.stderr.isatty())
-    if wanted:
-        try:
-            from tqdm import tqdm  # type: ignore[import-untyped]  # no stubs; optional
-        except ImportError:
-            wanted = False
     if not wanted:
-        return lambda items, total, label: items
+        return None
+    try:
+        from tqdm import tqdm  # type: ignore[import-untyped]  # no stubs; optional
+    except ImportError:
+        return None
     return lambda items, total, label: tqdm(
         items, total=total, desc=label, unit=" reads", unit_scale=True, leave=False
     )
@@ -104,6 +103,7 @@ def _replay_run(args: argparse.Namespace) -> int:
     from .replay import (
         LIBCACHESIM_POLICIES,
         belady_hits,
+        count_reads,
         libcachesim_hits,
         lru_hits,
         read_trace,
@@ -113,20 +113,26 @@ def _replay_run(args: argparse.Namespace) -> int:
     if args.l1_size < 1:
         _error("--l1-size must be at least 1")
         return 2
+    progress = _progress(args)
+    # The reads stream from the file through the tier: a trace larger than memory (or an ARC
+    # line standing for 10**14 blocks) replays in the tier's own memory. Only --compare holds
+    # the keys, since Belady's optimum looks ahead over the whole trace.
     try:
-        requests = list(read_trace(args.trace, args.format))
-    except (OSError, ValueError) as exc:
-        _error(f"cannot read trace {args.trace!r}: {exc}")
-        return 1
-    bar = _progress(args)
-    total = len(requests)
-    try:
-        result = replay(
-            bar(requests, total, args.admission), args.l1_size, admission=args.admission
-        )
+        requests: Iterable[tuple[float | None, str]]
+        if args.compare:
+            requests = list(read_trace(args.trace, args.format))
+            total = len(requests)
+        else:
+            requests = read_trace(args.trace, args.format)
+            total = 0 if progress is None else count_reads(args.trace, args.format)
+        shown = requests if progress is None else progress(requests, total, args.admission)
+        result = replay(shown, args.l1_size, admission=args.admission)
     except ConfigError as exc:  # the memory tier's settings refuse the flags
         _error(f"--l1-size {args.l1_size} --admission {args.admission}: {exc}")
         return 2
+    except (OSError, ValueError) as exc:
+        _error(f"cannot read trace {args.trace!r}: {exc}")
+        return 1
     report: dict[str, Any] = {
         "trace": args.trace,
         "format": args.format,
@@ -138,9 +144,13 @@ def _replay_run(args: argparse.Namespace) -> int:
     }
     if args.compare:
         keys = [key for _, key in requests]
-        peers: dict[str, int] = {"lru": lru_hits(bar(keys, total, "lru"), args.l1_size)}
+
+        def bar(items: list[str], label: str) -> Iterable[str]:
+            return items if progress is None else progress(items, total, label)
+
+        peers: dict[str, int] = {"lru": lru_hits(bar(keys, "lru"), args.l1_size)}
         for policy in LIBCACHESIM_POLICIES:
-            hits = libcachesim_hits(policy, bar(keys, total, policy), args.l1_size)
+            hits = libcachesim_hits(policy, bar(keys, policy), args.l1_size)
             if hits is not None:
                 peers[policy.lower()] = hits
         peers["belady"] = belady_hits(keys, args.l1_size)

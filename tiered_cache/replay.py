@@ -38,6 +38,7 @@ __all__ = [
     "ReplayResult",
     "TraceFormat",
     "belady_hits",
+    "count_reads",
     "libcachesim_hits",
     "lru_hits",
     "read_trace",
@@ -83,15 +84,29 @@ def _read_keys(lines: Iterable[str]) -> Iterator[Request]:
 
 
 def _read_arc(lines: Iterable[str]) -> Iterator[Request]:
+    for start, count in _arc_runs(lines):
+        for block in range(start, start + count):
+            yield None, str(block)
+
+
+def _arc_runs(lines: Iterable[str]) -> Iterator[tuple[int, int]]:
+    """Each line's ``(start_block, block_count)``: one line may stand for millions of reads."""
     for number, line in enumerate(lines, 1):
         fields = line.split()
         if not fields:
             continue
         if len(fields) < 2:
             raise ValueError(f"line {number}: expected 'start_block block_count ...'")
-        start, count = _number(int, fields[0], number), _number(int, fields[1], number)
-        for block in range(start, start + count):
-            yield None, str(block)
+        yield _number(int, fields[0], number), _number(int, fields[1], number)
+
+
+def count_reads(path: str | Path, fmt: TraceFormat) -> int:
+    """How many reads :func:`read_trace` yields for the trace, without holding them (an ARC
+    line's block count is added, not expanded), for a progress bar's total."""
+    if fmt != "arc":
+        return sum(1 for _ in read_trace(path, fmt))
+    with Path(path).open(encoding="utf-8", errors="replace") as lines:
+        return sum(max(count, 0) for _, count in _arc_runs(lines))
 
 
 def _read_twitter(lines: Iterable[str]) -> Iterator[Request]:

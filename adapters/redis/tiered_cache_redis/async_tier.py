@@ -9,9 +9,10 @@ the other, so sync and async services share one Redis. This module only does the
 from __future__ import annotations
 
 import builtins
+import contextlib
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, TypeAlias, cast
 
 import redis
@@ -272,13 +273,26 @@ class AsyncClientIO:
         node = cast(AsyncRedisCluster, self._tier.client).get_node_from_key(name)
         return name if node is None else str(node.name)  # slots unknown: a node of its own
 
+    @contextlib.asynccontextmanager
+    async def _pipeline(self) -> AsyncIterator[Any]:
+        """A pipeline of the client, reset however its block ends. ``execute`` resets it in
+        its own ``finally``, but a pipeline of scripts first checks they are loaded (``SCRIPT
+        EXISTS``, on a connection of the pool) outside it: cancelled there (its caller went
+        away), the pipeline kept the connection, which never went back to the pool -- once
+        per cancellation, until every call waited for a connection and failed."""
+        pipe = self._tier.client.pipeline(transaction=False)
+        try:
+            yield pipe
+        finally:
+            await pipe.reset()  # type: ignore[no-untyped-call]
+
     async def send(self, commands: Sequence[Command]) -> list[Any]:
         # Queued through execute_command: a cluster pipeline's own unlink() is a coroutine
         # (it would run at once); the command queues like the others.
-        pipe = self._tier.client.pipeline(transaction=False)
-        for command in commands:
-            pipe.execute_command(*command)
-        return await pipe.execute()
+        async with self._pipeline() as pipe:
+            for command in commands:
+                pipe.execute_command(*command)
+            return cast(list[Any], await pipe.execute())
 
     async def command(self, *args: Any) -> Any:
         return await self._tier.client.execute_command(*args)
@@ -302,10 +316,10 @@ class AsyncClientIO:
 
     async def scripts(self, source: str, calls: Sequence[Call], raise_first: bool) -> list[Any]:
         script = self._script(source)
-        pipe = self._tier.client.pipeline(transaction=False)
-        for keys, args in calls:
-            await script(keys=keys, args=args, client=pipe)
-        return await pipe.execute(raise_on_error=raise_first)
+        async with self._pipeline() as pipe:
+            for keys, args in calls:
+                await script(keys=keys, args=args, client=pipe)
+            return cast(list[Any], await pipe.execute(raise_on_error=raise_first))
 
     async def scan(self, pattern: str) -> list[str]:
         return [

@@ -13,7 +13,7 @@ import contextlib
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from typing import Any, TypeAlias, cast
+from typing import Any, TypeAlias, TypeVar, cast
 
 import redis
 import redis.asyncio as aioredis
@@ -25,7 +25,7 @@ from tiered_cache.async_tier import AsyncTierBase
 from tiered_cache.codecs import Codec
 from tiered_cache.forking import keep_from_the_parent, restart_after_fork
 from tiered_cache.logs import tier_logger
-from tiered_cache.steps import arun
+from tiered_cache.steps import Steps, arun
 from tiered_cache.tier import MISSING, Entry, MissingType
 
 from .async_coalesce import CoalescedReads
@@ -34,8 +34,11 @@ from .async_leases import CoalescedLeases
 from .async_wire import AsyncReads, async_reads_for
 from .client import client_options, parse_url
 from .commands import Command, TierCommands
+from .in_flight import AsyncCallsInFlight, closed_error
 from .lease_batches import Call
 from .stored import StoredFormat
+
+T = TypeVar("T")
 
 #: A client the async Redis tier can use.
 AsyncRedisClient: TypeAlias = "aioredis.Redis | AsyncRedisCluster"
@@ -96,6 +99,8 @@ class AsyncRedisTier(AsyncTierBase):
         self._connect = connect
         self._owns_client = owns_client
         self._closed = False
+        #: The calls running, which aclose waits for before it closes the client.
+        self._calls = AsyncCallsInFlight(name)
         self._cluster: bool | None = None  # the client's kind, once known
         #: A forked child's tier whose given cluster client it cannot let go of: it refuses
         #: every call (async_fork.parents_client_error).
@@ -113,6 +118,7 @@ class AsyncRedisTier(AsyncTierBase):
         tier made is made anew on first use, a given one has its pool emptied."""
         keep_from_the_parent(self._reads)
         self._reads = None
+        self._calls = AsyncCallsInFlight(self.name)  # the parent's tasks never run here
         self._leases = CoalescedLeases(self._commands)
         self._io.forget_scripts()  # registered on the parent's client
         if self._connect is not None:
@@ -129,7 +135,7 @@ class AsyncRedisTier(AsyncTierBase):
             raise parents_client_error(self.name)
         if self._client is None:
             if self._closed:
-                raise RuntimeError(f"tier {self.name!r} is closed")
+                raise closed_error(self.name)
             assert self._connect is not None
             self._client = self._connect()
         return self._client
@@ -165,7 +171,8 @@ class AsyncRedisTier(AsyncTierBase):
     async def get(self, key: str) -> Entry | MissingType:
         if not key.isascii():  # a flag of the str: ASCII keys pay nothing
             self._stored.check((key,))
-        data = await (self._reads or self._read_path()).get(self._prefix + key)
+        with self._calls:
+            data = await (self._reads or self._read_path()).get(self._prefix + key)
         if data is None:
             return MISSING
         return self._decode(key, data, self._clock())
@@ -175,31 +182,36 @@ class AsyncRedisTier(AsyncTierBase):
             return {}
         self._stored.check(keys)
         prefix = self._prefix
-        values = await (self._reads or self._read_path()).mget([prefix + key for key in keys])
+        with self._calls:
+            values = await (self._reads or self._read_path()).mget([prefix + key for key in keys])
         return self._stored.decode_many(keys, values, self._clock())
 
     # -- writes, deletes and leases: TierCommands' steps, awaited
 
+    async def _run(self, steps: Steps[T]) -> T:
+        with self._calls:
+            return await arun(steps)
+
     async def set(self, key: str, entry: Entry) -> None:
         self._stored.check((key,))
-        await arun(self._commands.set_many({key: entry}))
+        await self._run(self._commands.set_many({key: entry}))
 
     async def set_many(self, entries: Mapping[str, Entry]) -> None:
         self._stored.check(entries)
-        await arun(self._commands.set_many(entries))
+        await self._run(self._commands.set_many(entries))
 
     async def delete_many(self, keys: Sequence[str]) -> None:
         self._stored.check(keys)
-        await arun(self._commands.delete_many(keys))
+        await self._run(self._commands.delete_many(keys))
 
     async def delete_prefix(self, prefix: str) -> None:
         """Delete the keys starting with ``prefix`` and their leases: SCAN + UNLINK."""
         self._stored.check((prefix,))
-        await arun(self._commands.delete_matching(self._prefix + prefix))
+        await self._run(self._commands.delete_matching(self._prefix + prefix))
 
     async def clear(self) -> None:
         """Delete this namespace's keys and leases (never FLUSHDB)."""
-        await arun(self._commands.delete_matching(self._prefix))
+        await self._run(self._commands.delete_matching(self._prefix))
 
     def can_lease(self, key: str) -> bool:
         """False for a key with braces of its own on a cluster (see the sync tier)."""
@@ -208,42 +220,46 @@ class AsyncRedisTier(AsyncTierBase):
     async def acquire_lease(self, key: str, ttl: float) -> tuple[str | None, Entry | MissingType]:
         self._stored.check((key,))
         if not self.can_lease(key):
-            return await arun(self._commands.acquire_lease(key, ttl))  # raises, for this key
-        return await self._leases.acquire_lease(key, ttl)
+            return await self._run(self._commands.acquire_lease(key, ttl))  # raises, for this key
+        with self._calls:
+            return await self._leases.acquire_lease(key, ttl)
 
     async def steal_lease(self, key: str, ttl: float) -> str:
         self._stored.check((key,))
-        return await arun(self._commands.steal_lease(key, ttl))
+        return await self._run(self._commands.steal_lease(key, ttl))
 
     async def steal_leases(self, keys: Sequence[str], ttl: float) -> dict[str, str]:
         self._stored.check(keys)
-        return await arun(self._commands.steal_leases(keys, ttl))
+        return await self._run(self._commands.steal_leases(keys, ttl))
 
     async def fill_with_lease(self, key: str, entry: Entry, token: str) -> bool:
         self._stored.check((key,))
-        return await self._leases.fill_with_lease(key, entry, token)
+        with self._calls:
+            return await self._leases.fill_with_lease(key, entry, token)
 
     async def release_lease(self, key: str, token: str) -> None:
         self._stored.check((key,))
-        await arun(self._commands.release_lease(key, token))
+        await self._run(self._commands.release_lease(key, token))
 
     async def acquire_leases(
         self, keys: Sequence[str], ttl: float
     ) -> dict[str, tuple[str | None, Entry | MissingType]]:
         self._stored.check(keys)
-        return await arun(self._commands.acquire_leases(keys, ttl))
+        return await self._run(self._commands.acquire_leases(keys, ttl))
 
     async def fill_with_leases(self, entries: Mapping[str, tuple[Entry, str]]) -> builtins.set[str]:
         self._stored.check(entries)
-        return await arun(self._commands.fill_with_leases(entries))
+        return await self._run(self._commands.fill_with_leases(entries))
 
     async def release_leases(self, tokens: Mapping[str, str]) -> None:
         self._stored.check(tokens)
-        await arun(self._commands.release_leases(tokens))
+        await self._run(self._commands.release_leases(tokens))
 
     async def aclose(self) -> None:
-        """Close the connections (if this tier owns the client); idempotent."""
+        """Close the connections (if this tier owns the client), once the calls running
+        have ended (:mod:`tiered_cache_redis.in_flight`); idempotent."""
         self._closed = True
+        await self._calls.close()
         client, self._client = self._client, None
         reads, self._reads = self._reads, None
         await self._leases.drain()

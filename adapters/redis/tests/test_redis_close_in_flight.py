@@ -1,5 +1,6 @@
-"""Closing a chain while its calls are on the wire to Redis: once ``aclose()`` has returned
-and those calls have ended, no connection of the chain is left open on the server.
+"""Closing a chain while its calls are on the wire to Redis: once ``aclose()`` (or
+``close()``) has returned and those calls have ended, no connection of the chain is left open
+on the server.
 
 The connections are counted on a real redis-server (``CLIENT LIST``), without a
 ``gc.collect()``: a connection that only the collector closes stays open for as long as
@@ -10,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
+import time
 from typing import Any
 
 import pytest
 import redis
 
-from tiered_cache import AsyncTieredCache, ChainClosedError
+from tiered_cache import AsyncTieredCache, ChainClosedError, TieredCache
 from tiered_cache.testing.servers import RedisServer
 
 
@@ -56,6 +59,31 @@ ROUNDS = 5
 WORKERS = 8
 
 
+async def load() -> str:
+    return "v"
+
+
+async def load_many(keys: list[str]) -> dict[str, str]:
+    return dict.fromkeys(keys, "v")
+
+
+async def call_until_closed(cache: AsyncTieredCache, call: str, seed: int, done: list[int]) -> None:
+    """Make ``call`` on random keys until the chain refuses it; ``done[0]`` counts the calls."""
+    rng = random.Random(seed)
+    while True:
+        key = f"k{rng.randrange(50)}"
+        try:
+            if call == "get":
+                await cache.get(key, load)
+            elif call == "get_many":
+                await cache.get_many([key, f"k{rng.randrange(50)}"], load_many)
+            else:
+                await cache.set(key, rng.random())
+        except ChainClosedError:
+            return
+        done[0] += 1
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize("call", ["get", "get_many", "set"])
 async def test_aclose_with_calls_in_flight_leaves_no_connection_open(
@@ -67,37 +95,61 @@ async def test_aclose_with_calls_in_flight_leaves_no_connection_open(
     and gave it back to the closed pool still connected."""
     watch = redis.Redis.from_url(redis_server.url)
     before = {int(client["id"]) for client in watch.client_list()}
-
-    async def load() -> str:
-        return "v"
-
-    async def load_many(keys: list[str]) -> dict[str, str]:
-        return dict.fromkeys(keys, "v")
-
     for round_ in range(ROUNDS):
         cache = AsyncTieredCache.from_config(**settings(redis_server.url, f"{namespace}-{round_}"))
-        done = 0
-
-        async def work(seed: int) -> None:
-            nonlocal done
-            rng = random.Random(seed)
-            while True:
-                key = f"k{rng.randrange(50)}"
-                try:
-                    if call == "get":
-                        await cache.get(key, load)
-                    elif call == "get_many":
-                        await cache.get_many([key, f"k{rng.randrange(50)}"], load_many)
-                    else:
-                        await cache.set(key, rng.random())
-                except ChainClosedError:
-                    return
-                done += 1
-
-        workers = [asyncio.create_task(work(round_ * WORKERS + i)) for i in range(WORKERS)]
-        while done < 20 * (round_ + 1):  # a different instant each round, counted in calls
+        done = [0]
+        workers = [
+            asyncio.create_task(call_until_closed(cache, call, round_ * WORKERS + i, done))
+            for i in range(WORKERS)
+        ]
+        while done[0] < 20 * (round_ + 1):  # a different instant each round, counted in calls
             await asyncio.sleep(0)
         await cache.aclose()
         await asyncio.gather(*workers)
     assert await no_connection_opened_since(watch, before) == []
+    watch.close()
+
+
+def sync_call_until_closed(cache: TieredCache, call: str, seed: int, done: list[int]) -> None:
+    """:func:`call_until_closed` for the threaded chain."""
+    rng = random.Random(seed)
+    while True:
+        key = f"k{rng.randrange(50)}"
+        try:
+            if call == "get":
+                cache.get(key, lambda: "v")
+            elif call == "get_many":
+                other = f"k{rng.randrange(50)}"
+                cache.get_many([key, other], lambda keys: dict.fromkeys(keys, "v"))
+            else:
+                cache.set(key, rng.random())
+        except ChainClosedError:
+            return
+        done[0] += 1  # a race between threads at worst counts fewer calls: a later close
+
+
+@pytest.mark.parametrize("call", ["get", "get_many", "set"])
+def test_close_with_calls_in_flight_leaves_no_connection_open(
+    redis_server: RedisServer, namespace: str, call: str
+) -> None:
+    """The threaded tier's twin: ``close()`` while 8 threads' calls are on the wire."""
+    watch = redis.Redis.from_url(redis_server.url)
+    before = {int(client["id"]) for client in watch.client_list()}
+    for round_ in range(ROUNDS):
+        cache = TieredCache.from_config(**settings(redis_server.url, f"{namespace}-{round_}"))
+        done = [0]
+        workers = [
+            threading.Thread(
+                target=sync_call_until_closed, args=(cache, call, round_ * WORKERS + i, done)
+            )
+            for i in range(WORKERS)
+        ]
+        for worker in workers:
+            worker.start()
+        while done[0] < 20 * (round_ + 1):
+            time.sleep(0.001)
+        cache.close()
+        for worker in workers:
+            worker.join()
+    assert asyncio.run(no_connection_opened_since(watch, before)) == []
     watch.close()

@@ -23,6 +23,39 @@ def closed_error(name: str) -> RuntimeError:
     return RuntimeError(f"tier {name!r} is closed")
 
 
+class CallsInFlight:
+    """The calls of a threaded tier running (``with calls: ...`` around each call)."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._idle = threading.Condition(threading.Lock())
+        self._running = 0
+        self._closing = False
+
+    def __enter__(self) -> None:
+        with self._idle:
+            if self._closing:
+                raise closed_error(self._name)
+            self._running += 1
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        with self._idle:
+            self._running -= 1
+            if not self._running:
+                self._idle.notify_all()
+
+    def close(self) -> None:
+        """Refuse new calls, then wait for the ones running to end."""
+        with self._idle:
+            self._closing = True
+            self._idle.wait_for(lambda: not self._running)
+
+
 class AsyncCallsInFlight:
     """The tasks running a call of an asyncio tier (``with calls: ...`` around each call), of
     any event loop."""

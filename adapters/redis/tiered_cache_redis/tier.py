@@ -24,6 +24,7 @@ from tiered_cache.tier import MISSING, Entry, MissingType, TierBase
 
 from .client import RedisClient, close_client
 from .commands import Command, TierCommands
+from .in_flight import CallsInFlight, closed_error
 from .lease_batches import Call
 from .stored import StoredFormat
 from .wire import Reads, reads_for
@@ -90,6 +91,8 @@ class RedisTier(TierBase):
         self._client = client
         self._connect = connect
         self._closed = False
+        #: The calls running, which close waits for before it closes the client.
+        self._calls = CallsInFlight(name)
         self._cluster: bool | None = None  # the client's kind, once known
         self._reads: Reads | None = None
         self._commands = TierCommands(self._stored, ClientIO(self), clock)
@@ -101,6 +104,7 @@ class RedisTier(TierBase):
         child's first read would wait for ever. (The connections restart by themselves:
         redis-py's pool checks its pid, the wire reader forgets its parked ones.)"""
         self._lock = threading.Lock()
+        self._calls = CallsInFlight(self.name)  # the parent's threads are not the child's
 
     # -- properties
 
@@ -111,7 +115,7 @@ class RedisTier(TierBase):
         if client is None:
             with self._lock:
                 if self._closed:
-                    raise RuntimeError(f"tier {self.name!r} is closed")
+                    raise closed_error(self.name)
                 if self._client is None:
                     assert self._connect is not None
                     self._client = self._connect()
@@ -154,7 +158,8 @@ class RedisTier(TierBase):
 
     def get(self, key: str) -> Entry | MissingType:
         try:
-            data = (self._reads or self._read_path()).get(self._prefix + key)
+            with self._calls:
+                data = (self._reads or self._read_path()).get(self._prefix + key)
         except UnicodeEncodeError as exc:
             raise self._stored.refused([key], exc) from None
         if data is None:
@@ -167,7 +172,8 @@ class RedisTier(TierBase):
         prefix = self._prefix
         # One MGET (on a cluster: one per hash slot, pipelined per node).
         try:
-            values = (self._reads or self._read_path()).mget([prefix + key for key in keys])
+            with self._calls:
+                values = (self._reads or self._read_path()).mget([prefix + key for key in keys])
         except UnicodeEncodeError as exc:
             raise self._stored.refused(keys, exc) from None
         return self._stored.decode_many(keys, values, self._clock())
@@ -193,7 +199,8 @@ class RedisTier(TierBase):
     def clear(self) -> None:
         """Delete this namespace's keys and leases (SCAN + UNLINK, every node of a cluster);
         never FLUSHDB."""
-        run(self._commands.delete_matching(self._prefix))
+        with self._calls:
+            run(self._commands.delete_matching(self._prefix))
 
     def can_lease(self, key: str) -> bool:
         """False for a key with braces of its own on a cluster (see :mod:`.leases`)."""
@@ -242,12 +249,15 @@ class RedisTier(TierBase):
         """``run(steps)``; a key UTF-8 cannot encode raises UnencodableKey, as a chain's
         face does (:meth:`StoredFormat.refused`; nothing is paid on good keys)."""
         try:
-            return run(steps)
+            with self._calls:
+                return run(steps)
         except UnicodeEncodeError as exc:
             raise self._stored.refused(keys, exc) from None
 
     def close(self) -> None:
-        """Close the connection pool (if this tier owns the client); idempotent."""
+        """Close the connection pool (if this tier owns the client), once the calls running
+        have ended (:mod:`tiered_cache_redis.in_flight`); idempotent."""
+        self._calls.close()
         with self._lock:
             self._closed = True
             client, self._client = self._client, None

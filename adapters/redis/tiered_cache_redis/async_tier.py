@@ -36,6 +36,7 @@ from .client import client_options, parse_url
 from .commands import Command, TierCommands
 from .in_flight import AsyncCallsInFlight, closed_error
 from .lease_batches import Call
+from .loop_end import LoopEnd
 from .stored import StoredFormat
 
 T = TypeVar("T")
@@ -101,6 +102,8 @@ class AsyncRedisTier(AsyncTierBase):
         self._closed = False
         #: The calls running, which aclose waits for before it closes the client.
         self._calls = AsyncCallsInFlight(name)
+        #: The loop the connections belong to; they are let go of when it ends.
+        self._loop_end = LoopEnd(name, self._let_go_of_connections)
         self._cluster: bool | None = None  # the client's kind, once known
         #: A forked child's tier whose given cluster client it cannot let go of: it refuses
         #: every call (async_fork.parents_client_error).
@@ -119,6 +122,7 @@ class AsyncRedisTier(AsyncTierBase):
         keep_from_the_parent(self._reads)
         self._reads = None
         self._calls = AsyncCallsInFlight(self.name)  # the parent's tasks never run here
+        self._loop_end.forget()
         self._leases = CoalescedLeases(self._commands)
         self._io.forget_scripts()  # registered on the parent's client
         if self._connect is not None:
@@ -159,6 +163,22 @@ class AsyncRedisTier(AsyncTierBase):
         """The Redis key that holds ``key`` (the sync tier's)."""
         return self._prefix + key
 
+    @property
+    def _call(self) -> AsyncCallsInFlight:
+        """What each call enters: on the loop of the tier's connections (:mod:`.loop_end`),
+        counted while it runs (:mod:`.in_flight`)."""
+        self._loop_end.here()
+        return self._calls
+
+    async def _let_go_of_connections(self) -> None:
+        """The loop ends: its connections are of no use to the next one."""
+        reads, self._reads = self._reads, None
+        if reads is not None:
+            await reads.aclose()  # the parked ones back to the pool
+        client = self._client
+        if isinstance(client, aioredis.Redis):
+            await client.connection_pool.disconnect()
+
     # -- reads
 
     def _read_path(self) -> AsyncReads:
@@ -171,7 +191,7 @@ class AsyncRedisTier(AsyncTierBase):
     async def get(self, key: str) -> Entry | MissingType:
         if not key.isascii():  # a flag of the str: ASCII keys pay nothing
             self._stored.check((key,))
-        with self._calls:
+        with self._call:
             data = await (self._reads or self._read_path()).get(self._prefix + key)
         if data is None:
             return MISSING
@@ -182,14 +202,14 @@ class AsyncRedisTier(AsyncTierBase):
             return {}
         self._stored.check(keys)
         prefix = self._prefix
-        with self._calls:
+        with self._call:
             values = await (self._reads or self._read_path()).mget([prefix + key for key in keys])
         return self._stored.decode_many(keys, values, self._clock())
 
     # -- writes, deletes and leases: TierCommands' steps, awaited
 
     async def _run(self, steps: Steps[T]) -> T:
-        with self._calls:
+        with self._call:
             return await arun(steps)
 
     async def set(self, key: str, entry: Entry) -> None:
@@ -221,7 +241,7 @@ class AsyncRedisTier(AsyncTierBase):
         self._stored.check((key,))
         if not self.can_lease(key):
             return await self._run(self._commands.acquire_lease(key, ttl))  # raises, for this key
-        with self._calls:
+        with self._call:
             return await self._leases.acquire_lease(key, ttl)
 
     async def steal_lease(self, key: str, ttl: float) -> str:
@@ -234,7 +254,7 @@ class AsyncRedisTier(AsyncTierBase):
 
     async def fill_with_lease(self, key: str, entry: Entry, token: str) -> bool:
         self._stored.check((key,))
-        with self._calls:
+        with self._call:
             return await self._leases.fill_with_lease(key, entry, token)
 
     async def release_lease(self, key: str, token: str) -> None:
@@ -259,6 +279,7 @@ class AsyncRedisTier(AsyncTierBase):
         """Close the connections (if this tier owns the client), once the calls running
         have ended (:mod:`tiered_cache_redis.in_flight`); idempotent."""
         self._closed = True
+        self._loop_end.stop()
         await self._calls.close()
         client, self._client = self._client, None
         reads, self._reads = self._reads, None

@@ -245,7 +245,9 @@ class Held:
         holder = RedisTier(redis.Redis.from_url(url), namespace=namespace, clock=self.clock)
         for key in keys:
             assert holder.acquire_lease(key, 30.0)[0] is not None
-        holder.close()
+        # A holder that died: its client gone, its tier never closed (a closing tier gives
+        # back the leases it took).
+        holder.client.close()
         self.shared = RedisTier(redis.Redis.from_url(url), namespace=namespace, clock=self.clock)
         self.cache = TieredCache(
             [MemoryTier(clock=self.clock), self.shared],
@@ -1134,12 +1136,16 @@ def test_a_closed_tier_sends_no_lease_script(redis_server: RedisServer, namespac
         token, _ = tier.acquire_lease("k", 30.0)
         assert token is not None
         tier.release_lease("k", token)
-    token, _ = tier.acquire_lease("k", 30.0)
+    # Another holder's lease, which the closing tier does not give back: a release of it
+    # that reached Redis would drop it.
+    holder = RedisTier(redis.Redis.from_url(redis_server.url), namespace=namespace)
+    token, _ = holder.acquire_lease("k", 30.0)
     assert token is not None
     tier.close()
     with pytest.raises(RuntimeError, match="is closed"):
         tier.release_lease("k", token)
     assert leases_in(redis_server, namespace) != []  # it never reached Redis
+    holder.close()
 
 
 @pytest.mark.anyio
@@ -1154,12 +1160,14 @@ async def test_a_closed_async_tier_sends_no_lease_script(
         token, _ = await tier.acquire_lease("k", 30.0)
         assert token is not None
         await tier.release_lease("k", token)
-    token, _ = await tier.acquire_lease("k", 30.0)
+    holder = AsyncRedisTier(make_async_client(redis_server.url), namespace=namespace)
+    token, _ = await holder.acquire_lease("k", 30.0)  # see the sync test
     assert token is not None
     await tier.aclose()
     with pytest.raises(RuntimeError, match="is closed"):
         await tier.release_lease("k", token)
     assert leases_in(redis_server, namespace) != []
+    await holder.aclose()
 
 
 def test_a_forked_child_closing_its_chain_leaves_the_parents_leases_alone(

@@ -8,6 +8,7 @@ the other, so sync and async services share one Redis. This module only does the
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import contextlib
 import random
@@ -38,6 +39,7 @@ from .in_flight import AsyncCallsInFlight, closed_error
 from .lease_batches import Call
 from .loop_end import LoopEnd
 from .stored import StoredFormat
+from .unanswered import send_unanswered
 
 T = TypeVar("T")
 
@@ -104,7 +106,6 @@ class AsyncRedisTier(AsyncTierBase):
         self._calls = AsyncCallsInFlight(name)
         #: The loop the connections belong to; they are let go of when it ends.
         self._loop_end = LoopEnd(name, self._let_go_of_connections)
-        self._cluster: bool | None = None  # the client's kind, once known
         #: A forked child's tier whose given cluster client it cannot let go of: it refuses
         #: every call (async_fork.parents_client_error).
         self._forked_from_client = False
@@ -124,6 +125,7 @@ class AsyncRedisTier(AsyncTierBase):
         self._calls = AsyncCallsInFlight(self.name)  # the parent's tasks never run here
         self._loop_end.forget()
         self._leases = CoalescedLeases(self._commands)
+        self._commands.after_fork_in_child()
         self._io.forget_scripts()  # registered on the parent's client
         if self._connect is not None:
             keep_from_the_parent(self._client)
@@ -146,13 +148,9 @@ class AsyncRedisTier(AsyncTierBase):
 
     @property
     def is_cluster(self) -> bool:
-        """True when the client is a Redis Cluster client."""
-        # Kept once known: a closed tier still answers (it asked for the closed client, and
-        # a read in flight as its chain closed raised the tier's RuntimeError bare from get).
-        cluster = self._cluster
-        if cluster is None:
-            cluster = self._cluster = isinstance(self.client, AsyncRedisCluster)
-        return cluster
+        """True when the client is a Redis Cluster client (kept once known: a closed tier
+        still answers)."""
+        return self._commands.is_cluster()
 
     @property
     def namespace(self) -> str:
@@ -277,13 +275,17 @@ class AsyncRedisTier(AsyncTierBase):
 
     async def aclose(self) -> None:
         """Close the connections (if this tier owns the client), once the calls running
-        have ended (:mod:`tiered_cache_redis.in_flight`); idempotent."""
+        have ended (:mod:`tiered_cache_redis.in_flight`) and the leases the tier took and did
+        not see used or given back were given back (:meth:`TierCommands.farewell`);
+        idempotent."""
         self._closed = True
         self._loop_end.stop()
         await self._calls.close()
         client, self._client = self._client, None
         reads, self._reads = self._reads, None
         await self._leases.drain()
+        if client is not None and not self._forked_from_client:
+            await arun(self._commands.farewell(AsyncClientIO(self, client)))
         if reads is not None:
             await reads.aclose()
         if self._forked_from_client:
@@ -299,15 +301,20 @@ class AsyncClientIO:
     """:class:`~tiered_cache_redis.commands.RedisIO` on the tier's ``redis.asyncio`` client
     (every call but ``is_cluster`` is a coroutine)."""
 
-    def __init__(self, tier: AsyncRedisTier) -> None:
+    def __init__(self, tier: AsyncRedisTier, client: AsyncRedisClient | None = None) -> None:
         self._tier = tier
+        self._kept = client  # a closing tier's client (see the sync tier's ClientIO)
         self._scripts: dict[str, Any] = {}
 
+    def _client(self) -> AsyncRedisClient:
+        kept = self._kept
+        return self._tier.client if kept is None else kept
+
     def is_cluster(self) -> bool:
-        return self._tier.is_cluster
+        return isinstance(self._client(), AsyncRedisCluster)
 
     def node(self, name: str) -> str:
-        node = cast(AsyncRedisCluster, self._tier.client).get_node_from_key(name)
+        node = cast(AsyncRedisCluster, self._client()).get_node_from_key(name)
         return name if node is None else str(node.name)  # slots unknown: a node of its own
 
     @contextlib.asynccontextmanager
@@ -317,7 +324,7 @@ class AsyncClientIO:
         EXISTS``, on a connection of the pool) outside it: cancelled there (its caller went
         away), the pipeline kept the connection, which never went back to the pool -- once
         per cancellation, until every call waited for a connection and failed."""
-        pipe = self._tier.client.pipeline(transaction=False)
+        pipe = self._client().pipeline(transaction=False)
         try:
             yield pipe
         finally:
@@ -332,13 +339,25 @@ class AsyncClientIO:
             return cast(list[Any], await pipe.execute())
 
     async def command(self, *args: Any) -> Any:
-        return await self._tier.client.execute_command(*args)
+        return await self._client().execute_command(*args)
+
+    async def send_unanswered(self, commands: Sequence[Command]) -> bool:
+        client = self._client()
+        if isinstance(client, AsyncRedisCluster):
+            return False
+        pool = client.connection_pool
+        plain = (aioredis.Connection, aioredis.UnixDomainSocketConnection)
+        if pool.connection_class not in plain:
+            return False  # TLS, or a connection of the application's own making
+        # A blocking connect and write (bounded by the connect timeout): off the loop.
+        await asyncio.to_thread(send_unanswered, pool.connection_kwargs, commands)
+        return True
 
     def _script(self, source: str) -> Any:
         # The client first, each time: it raises once the tier is closed. A script kept from
         # before (bound to the client) went on reaching Redis after close, and reconnected
         # the closed client's pool (a connection nobody closed).
-        client = self._tier.client
+        client = self._client()
         script = self._scripts.get(source)
         if script is None:
             script = self._scripts[source] = client.register_script(source)
@@ -361,5 +380,5 @@ class AsyncClientIO:
     async def scan(self, pattern: str) -> list[str]:
         return [
             name.decode() if isinstance(name, bytes) else str(name)
-            async for name in self._tier.client.scan_iter(match=pattern, count=1000)
+            async for name in self._client().scan_iter(match=pattern, count=1000)
         ]

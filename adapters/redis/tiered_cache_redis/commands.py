@@ -17,7 +17,7 @@ import builtins
 import logging
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from redis.exceptions import RedisError, ResponseError
 
@@ -25,7 +25,7 @@ from tiered_cache.errors import TierUnavailable
 from tiered_cache.steps import Steps
 from tiered_cache.tier import MISSING, Entry, MissingType
 
-from .doubted import Doubted
+from .doubted import Doubted, Taken
 from .lease_batches import (
     Call,
     acquire_calls,
@@ -40,6 +40,8 @@ from .leases import ACQUIRE_AND_GET, FILL_IF_HOLDING, RELEASE_IF_HOLDING, cluste
 from .stored import StoredFormat
 
 log = logging.getLogger("tiered_cache_redis.tier")
+
+T = TypeVar("T")
 
 #: One command: ``("SET", name, data, "PX", 1000)``.
 Command = tuple[Any, ...]
@@ -88,6 +90,12 @@ class RedisIO(Protocol):
         """Every key matching ``pattern`` (SCAN MATCH, every node of a cluster), as text."""
         ...
 
+    def send_unanswered(self, commands: Sequence[Command]) -> Any:
+        """The commands on a connection of their own, without waiting for an answer to
+        anything (its handshake's included): what a closing tier can still send to a Redis
+        that does not answer (:mod:`tiered_cache_redis.unanswered`); True if they went out."""
+        ...
+
 
 class TierCommands:
     """The writes, deletes and leases of one Redis tier, as steps on its :class:`RedisIO`."""
@@ -98,6 +106,24 @@ class TierCommands:
         self._clock = clock
         #: Tokens of lease calls that timed out, to give back once Redis answers again.
         self._doubted = Doubted()
+        #: The leases taken and not seen used or given back: what a closing tier gives back
+        #: (:meth:`farewell`).
+        self._taken = Taken()
+        self._cluster: bool | None = None  # the client's kind, once known
+
+    def is_cluster(self) -> bool:
+        """The client is a Redis Cluster client. Kept once known: a closing or closed tier
+        still answers (it would ask for the closed client, and a read in flight as its chain
+        closed raised the tier's RuntimeError bare from get)."""
+        cluster = self._cluster
+        if cluster is None:
+            cluster = self._cluster = self.io.is_cluster()
+        return cluster
+
+    def after_fork_in_child(self) -> None:
+        """The parent's leases are not the child's: its close would give back the leases the
+        parent's loads hold."""
+        self._taken = Taken()
 
     def _run_scripts(
         self, source: str, calls: Sequence[Call], raise_first: bool
@@ -108,7 +134,7 @@ class TierCommands:
         exception in its place; with ``raise_first`` the first failure is raised instead."""
         if not calls:
             return []
-        if not self.io.is_cluster():
+        if not self.is_cluster():
             replies: list[Any] = yield self.io.scripts, (source, calls, raise_first)
             return replies
         replies = []
@@ -125,7 +151,7 @@ class TierCommands:
     def _unlinks(self, names: Sequence[str]) -> list[Command]:
         # A multi-key UNLINK must stay within one slot; on a cluster, one UNLINK per key
         # (pipelined: one round trip per node).
-        if self.io.is_cluster():
+        if self.is_cluster():
             return [("UNLINK", name) for name in names]
         return [("UNLINK", *names)] if names else []
 
@@ -179,16 +205,13 @@ class TierCommands:
         name = self.stored.prefix + key
         self._check_lease_possible(name)
         token = uuid.uuid4().hex
-        try:
-            taken, data = yield (
-                self.io.script,
-                (ACQUIRE_AND_GET, [name, lease_key(name)], [token, max(1, int(ttl * 1000))]),
-            )
-        except BaseException as exc:
-            yield from self._give_back_stopped(exc, {key: token}, ttl)
-            raise
-        if self._doubted:
-            yield from self._give_back_doubted()
+        call = self._call(
+            self.io.script,
+            (ACQUIRE_AND_GET, [name, lease_key(name)], [token, max(1, int(ttl * 1000))]),
+        )
+        taken, data = yield from self._taking(call, {key: token}, ttl)
+        if not taken:
+            self._taken.settle((token,))
         entry = MISSING if not data else self.stored.decode(key, data, self._clock())
         return (token if taken else None), entry
 
@@ -197,13 +220,8 @@ class TierCommands:
         name = self.stored.prefix + key
         self._check_lease_possible(name)
         token = uuid.uuid4().hex
-        try:
-            yield self.io.command, ("SET", lease_key(name), token, "PX", max(1, int(ttl * 1000)))
-        except BaseException as exc:
-            yield from self._give_back_stopped(exc, {key: token}, ttl)
-            raise
-        if self._doubted:
-            yield from self._give_back_doubted()
+        command = ("SET", lease_key(name), token, "PX", max(1, int(ttl * 1000)))
+        yield from self._taking(self._call(self.io.command, command), {key: token}, ttl)
         return token
 
     def steal_leases(self, keys: Sequence[str], ttl: float) -> Steps[dict[str, str]]:
@@ -219,17 +237,9 @@ class TierCommands:
             ("SET", lease_key(name), token, "PX", px)
             for name, token in zip(names, tokens.values(), strict=True)
         ]
-        try:
-            yield self.io.send, (commands,)
-        except RedisError as exc:  # some may have run: see _give_back_stopped
-            self._doubt(exc, tokens, ttl)
-            yield from self.release_quietly(tokens)
-            raise
-        except BaseException:  # an interrupt too: see _give_back_stopped
-            yield from self.release_quietly(tokens)
-            raise
-        if self._doubted:
-            yield from self._give_back_doubted()
+        yield from self._taking(
+            self._call(self.io.send, (commands,)), tokens, ttl, some_may_run=True
+        )
         return tokens
 
     def fill_with_lease(self, key: str, entry: Entry, token: str) -> Steps[bool]:
@@ -248,6 +258,7 @@ class TierCommands:
         except RedisError as exc:
             self._doubt(exc, {key: token}, LATER)
             raise
+        self._taken.settle((token,))
         return bool(filled)
 
     def release_lease(self, key: str, token: str) -> Steps[None]:
@@ -258,6 +269,7 @@ class TierCommands:
         except RedisError as exc:
             self._doubt(exc, {key: token}, LATER)
             raise
+        self._taken.settle((token,))
 
     # -- leases, a batch (one pipelined round trip; one per key on a cluster)
 
@@ -270,15 +282,15 @@ class TierCommands:
             self._check_lease_possible(name)
         px = max(1, int(ttl * 1000))
         tokens = [uuid.uuid4().hex for _ in keys]
-        try:
-            replies = yield from self._run_scripts(
-                ACQUIRE_AND_GET, acquire_calls(names, tokens, px), False
-            )
-        except BaseException as exc:
-            yield from self._give_back_stopped(exc, dict(zip(keys, tokens, strict=True)), ttl)
-            raise
-        if self._doubted:
-            yield from self._give_back_doubted()
+        calls = self._run_scripts(ACQUIRE_AND_GET, acquire_calls(names, tokens, px), False)
+        replies = yield from self._taking(calls, dict(zip(keys, tokens, strict=True)), ttl)
+        # Not taken, or not sent (a cluster stops at its first failure): nothing to give back.
+        self._taken.settle(
+            token
+            for index, token in enumerate(tokens)
+            if index >= len(replies)
+            or (not isinstance(replies[index], Exception) and not replies[index][0])
+        )
         failure = taken_on_failure(keys, tokens, replies)
         if failure is not None:
             # A call that timed out in its place (a cluster's, one key at a time) may run
@@ -315,6 +327,7 @@ class TierCommands:
         except RedisError as exc:
             self._doubt(exc, {key: token for key, _, token, _, _ in fills}, LATER)
             raise
+        self._taken.settle(token for _, _, token, _, _ in fills)  # a failed one: given back below
         kept, failed, error = fill_outcome(self.stored.name, fills, replies, kept)
         if error is not None:
             yield from self.release_quietly(failed)
@@ -331,12 +344,13 @@ class TierCommands:
         skipped, not the give-back of the others."""
         prefix = self.stored.prefix
         calls = [([lease_key(prefix + key)], [token]) for key, token in tokens.items()]
-        if not self.io.is_cluster():
+        if not self.is_cluster():
             try:
                 yield from self._run_scripts(RELEASE_IF_HOLDING, calls, True)
             except RedisError as exc:
                 self._doubt(exc, tokens, LATER)
                 raise
+            self._taken.settle(tokens.values())
             return
         first: Exception | None = None
         failing: set[str] = set()
@@ -347,6 +361,7 @@ class TierCommands:
                 if node in failing:
                     continue
                 yield self.io.script, (RELEASE_IF_HOLDING, keys, args)
+                self._taken.settle(args)
             except Exception as exc:
                 first = exc if first is None else first
                 if node is not None:
@@ -354,6 +369,39 @@ class TierCommands:
         if first is not None:
             self._doubt(first, tokens, LATER)
             raise first
+
+    @staticmethod
+    def _call(function: Callable[..., Any], arguments: tuple[Any, ...]) -> Steps[Any]:
+        """One round trip, as steps of its own (for :meth:`_taking`)."""
+        reply = yield function, arguments
+        return reply
+
+    def _taking(
+        self, call: Steps[T], tokens: Mapping[str, str], ttl: float, *, some_may_run: bool = False
+    ) -> Steps[T]:
+        """Run ``call``, which takes the leases ``tokens`` (``key: token``) for ``ttl``: a
+        read's acquire or a write's steal. The one home of what becomes of such a call's
+        tokens: kept from the start until Redis answered a fill or give-back under them, for
+        a closing tier to give back (:meth:`farewell`); stopped, given back now or kept
+        (:meth:`_give_back_stopped`); answered, it is the answer the tokens of earlier calls
+        that timed out waited for (:meth:`_give_back_doubted`). ``some_may_run``: a pipeline
+        of several commands (a write's steals), all or nothing: a failure gives back the
+        leases some of them may have taken, whatever the failure."""
+        now = self._clock()
+        self._taken.start(tokens, now + ttl, now)
+        try:
+            answer = yield from call
+        except BaseException as exc:
+            if some_may_run:
+                if isinstance(exc, RedisError):
+                    self._doubt(exc, tokens, ttl)
+                yield from self.release_quietly(tokens)
+            else:
+                yield from self._give_back_stopped(exc, tokens, ttl)
+            raise
+        if self._doubted:
+            yield from self._give_back_doubted()
+        return answer
 
     def _give_back_stopped(
         self, stopped: BaseException, tokens: Mapping[str, str], ttl: float
@@ -391,6 +439,7 @@ class TierCommands:
         calls = [([lease_key(prefix + key)], [token]) for key, token in doubted]
         try:
             yield from self._run_scripts(RELEASE_IF_HOLDING, calls, False)
+            self._taken.settle(token for _, token in doubted)
         except RedisError as exc:  # Redis stalled again: kept for its next answer
             self._doubted.add_pairs(doubted, now + LATER)
             log.debug(
@@ -410,13 +459,65 @@ class TierCommands:
         except Exception as exc:  # the caller raises the first failure; the leases expire
             log.debug("tier %r: releasing %d leases failed: %s", self.stored.name, len(tokens), exc)
 
+    # -- closing
+
+    def farewell(self, io: RedisIO) -> Steps[None]:
+        """Give back, as the tier closes (its calls ended: :mod:`.in_flight`), every
+        lease it took that Redis has not seen used or given back, and every one kept in
+        doubt, on ``io`` (the tier's client, which calls no longer reach), before its pool
+        closes. A chain closing gives back what its loads and writes hold, but a lease call
+        still waiting for Redis was in none: its answer came back after that give-back, to a
+        load whose fill and give-back then found the tier closed, or (Redis stalled past the
+        timeout) it ran when Redis woke, its token dropped with the tier. The lease held
+        until ``lease_ttl``, and every process reading the key waited ``lease_wait``. A
+        lease given back or used meanwhile makes this give-back release nothing. Redis not
+        answering (stalled), the give-back goes out unanswered (:mod:`.unanswered`), to run
+        after the stalled calls as Redis wakes. Never raises (logged)."""
+        now = self._clock()
+        pairs = list(dict.fromkeys(self._taken.pairs(now) + self._doubted.take(now)))
+        if not pairs:
+            return
+        prefix = self.stored.prefix
+        calls = [([lease_key(prefix + key)], [token]) for key, token in pairs]
+        try:
+            if not self.is_cluster():
+                yield io.scripts, (RELEASE_IF_HOLDING, calls, True)
+                return
+            for keys, args in calls:
+                yield io.script, (RELEASE_IF_HOLDING, keys, args)
+            return
+        except Exception as exc:
+            log.debug(
+                "tier %r: giving back %d leases as it closes failed: %s",
+                self.stored.name,
+                len(calls),
+                exc,
+            )
+        try:
+            commands = [("EVAL", RELEASE_IF_HOLDING, 1, *keys, *args) for keys, args in calls]
+            if not (yield io.send_unanswered, (commands,)):
+                log.warning(
+                    "tier %r: %d leases taken by calls Redis did not answer may hold until "
+                    "lease_ttl (no unanswered give-back on a cluster or over TLS)",
+                    self.stored.name,
+                    len(calls),
+                )
+        except Exception as exc:
+            log.warning(
+                "tier %r: %d leases taken by calls Redis did not answer may hold until "
+                "lease_ttl: giving them back failed: %s",
+                self.stored.name,
+                len(calls),
+                exc,
+            )
+
     def can_lease(self, key: str) -> bool:
         """False for a key with braces of its own on a cluster: its lease (a hash-tagged key)
         could not share its slot."""
-        return not self.io.is_cluster() or cluster_safe(self.stored.prefix + key)
+        return not self.is_cluster() or cluster_safe(self.stored.prefix + key)
 
     def _check_lease_possible(self, name: str) -> None:
-        if not cluster_safe(name) and self.io.is_cluster():
+        if not cluster_safe(name) and self.is_cluster():
             raise TierUnavailable(
                 f"tier {self.stored.name!r}: key {name!r} has braces of its own, so its lease "
                 "cannot share its cluster slot; loading it without a lease"

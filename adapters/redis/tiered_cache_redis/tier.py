@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar, cast
 
+import redis
 from redis.cluster import RedisCluster
 
 from tiered_cache.codecs import Codec
@@ -27,6 +28,7 @@ from .commands import Command, TierCommands
 from .in_flight import CallsInFlight, closed_error
 from .lease_batches import Call
 from .stored import StoredFormat
+from .unanswered import send_unanswered
 from .wire import Reads, reads_for
 
 Clock = Callable[[], float]
@@ -93,7 +95,6 @@ class RedisTier(TierBase):
         self._closed = False
         #: The calls running, which close waits for before it closes the client.
         self._calls = CallsInFlight(name)
-        self._cluster: bool | None = None  # the client's kind, once known
         self._reads: Reads | None = None
         self._commands = TierCommands(self._stored, ClientIO(self), clock)
         restart_after_fork(self)
@@ -105,6 +106,7 @@ class RedisTier(TierBase):
         redis-py's pool checks its pid, the wire reader forgets its parked ones.)"""
         self._lock = threading.Lock()
         self._calls = CallsInFlight(self.name)  # the parent's threads are not the child's
+        self._commands.after_fork_in_child()
 
     # -- properties
 
@@ -134,13 +136,9 @@ class RedisTier(TierBase):
 
     @property
     def is_cluster(self) -> bool:
-        """True when the client is a Redis Cluster client."""
-        # Kept once known: a closed tier still answers (it asked for the closed client, and
-        # a read in flight as its chain closed raised the tier's RuntimeError bare from get).
-        cluster = self._cluster
-        if cluster is None:
-            cluster = self._cluster = isinstance(self.client, RedisCluster)
-        return cluster
+        """True when the client is a Redis Cluster client (kept once known: a closed tier
+        still answers)."""
+        return self._commands.is_cluster()
 
     def _read_path(self) -> Reads:
         """How reads reach Redis (:mod:`tiered_cache_redis.wire`), chosen on the first read."""
@@ -256,7 +254,8 @@ class RedisTier(TierBase):
 
     def close(self) -> None:
         """Close the connection pool (if this tier owns the client), once the calls running
-        have ended (:mod:`tiered_cache_redis.in_flight`); idempotent."""
+        have ended (:mod:`tiered_cache_redis.in_flight`) and the leases the tier took and did
+        not see used or given back were given back (:meth:`TierCommands.farewell`); idempotent."""
         self._calls.close()
         with self._lock:
             self._closed = True
@@ -264,7 +263,10 @@ class RedisTier(TierBase):
             reads, self._reads = self._reads, None
         if reads is not None:
             reads.close()
-        if client is not None and self._owns_client:
+        if client is None:
+            return
+        run(self._commands.farewell(ClientIO(self, client)))
+        if self._owns_client:
             close_client(client)
 
     def __repr__(self) -> str:
@@ -272,33 +274,49 @@ class RedisTier(TierBase):
 
 
 class ClientIO:
-    """:class:`~tiered_cache_redis.commands.RedisIO` on the tier's redis-py client."""
+    """:class:`~tiered_cache_redis.commands.RedisIO` on the tier's redis-py client, or on
+    ``client``: the client of a closing tier, which calls can no longer reach."""
 
-    def __init__(self, tier: RedisTier) -> None:
+    def __init__(self, tier: RedisTier, client: RedisClient | None = None) -> None:
         self._tier = tier
+        self._kept = client
         self._scripts: dict[str, Any] = {}
 
+    def _client(self) -> RedisClient:
+        kept = self._kept
+        return self._tier.client if kept is None else kept
+
     def is_cluster(self) -> bool:
-        return self._tier.is_cluster
+        return isinstance(self._client(), RedisCluster)
 
     def node(self, name: str) -> str:
-        node = cast(RedisCluster, self._tier.client).get_node_from_key(name)  # type: ignore[no-untyped-call]
+        node = cast(RedisCluster, self._client()).get_node_from_key(name)  # type: ignore[no-untyped-call]
         return name if node is None else str(node.name)  # slots unknown: a node of its own
 
     def send(self, commands: Sequence[Command]) -> list[Any]:
-        pipe = self._tier.client.pipeline(transaction=False)
+        pipe = self._client().pipeline(transaction=False)
         for command in commands:
             pipe.execute_command(*command)
         return cast(list[Any], pipe.execute())
 
     def command(self, *args: Any) -> Any:
-        return self._tier.client.execute_command(*args)  # type: ignore[no-untyped-call]
+        return self._client().execute_command(*args)  # type: ignore[no-untyped-call]
+
+    def send_unanswered(self, commands: Sequence[Command]) -> bool:
+        client = self._client()
+        if isinstance(client, RedisCluster):
+            return False
+        pool = client.connection_pool
+        if pool.connection_class not in (redis.Connection, redis.UnixDomainSocketConnection):
+            return False  # TLS, or a connection of the application's own making
+        send_unanswered(pool.connection_kwargs, commands)
+        return True
 
     def _script(self, source: str) -> Any:
         # The client first, each time: it raises once the tier is closed. A script kept from
         # before (bound to the client) went on reaching Redis after close, and reconnected
         # the closed client's pool (a connection nobody closed).
-        client = self._tier.client
+        client = self._client()
         script = self._scripts.get(source)
         if script is None:
             script = self._scripts[source] = client.register_script(source)
@@ -309,7 +327,7 @@ class ClientIO:
 
     def scripts(self, source: str, calls: Sequence[Call], raise_first: bool) -> list[Any]:
         script = self._script(source)
-        pipe = self._tier.client.pipeline(transaction=False)
+        pipe = self._client().pipeline(transaction=False)
         for keys, args in calls:
             script(keys=keys, args=args, client=pipe)
         return cast(list[Any], pipe.execute(raise_on_error=raise_first))
@@ -317,5 +335,5 @@ class ClientIO:
     def scan(self, pattern: str) -> list[str]:
         return [
             name.decode() if isinstance(name, bytes) else str(name)
-            for name in self._tier.client.scan_iter(match=pattern, count=1000)
+            for name in self._client().scan_iter(match=pattern, count=1000)
         ]

@@ -426,11 +426,14 @@ class AsyncTieredCache(L1Reader):
         :meth:`stats` still answers."""
         if self.closed:
             return
+        # First, so that no call reaches a tier or the source being closed (tiered_cache.closed),
+        # and before the writes in flight are waited for and the loader gives back the leases
+        # of the calls in flight: a write begun after that wait stole a lease nothing gave
+        # back (its fill found the tier closed). The calls begun before go on to their end.
+        self._paths = ClosedPaths(repr(self))
         await all_end_within(set(self._writes), None)
         if not await self._loader.aclose():
             return  # another aclose() runs
-        # First, so that no call reaches a tier or the source being closed (tiered_cache.closed).
-        self._paths = ClosedPaths(repr(self))
         self._use_l1(self._tiers, False)
         if self._bus_link is not None:
             try:

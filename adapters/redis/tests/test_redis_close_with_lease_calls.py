@@ -19,6 +19,7 @@ import os
 import signal
 import threading
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import pytest
 import redis
@@ -29,6 +30,7 @@ from tiered_cache_redis.client import client_options
 from tiered_cache import AsyncTieredCache, MemoryTier, TieredCache
 from tiered_cache.protection import Protection
 from tiered_cache.testing.servers import RedisServer
+from tiered_cache.testing.sources import AsyncDictSource
 from tiered_cache.tier import Entry, MissingType
 
 #: Leases that outlast the test: one left behind stays to be seen.
@@ -219,3 +221,79 @@ async def test_aclose_while_a_lease_call_waits_for_redis_leaves_no_lease(
     assert ended == ("v" if how == "get" else {"k": "v", "j": "v"})
     assert leases_in(server) == []  # else they stay until lease_ttl
     assert leases_in(server) == []
+
+
+class HeldStores(AsyncDictSource):
+    """An asyncio source whose ``store`` waits for ``go`` (once ``inside`` is set): a write
+    held between its lease and its fill (it takes the lease before it writes the source)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inside, self.go = asyncio.Event(), asyncio.Event()
+
+    async def store(self, key: str, value: Any) -> None:
+        self.inside.set()
+        await self.go.wait()
+        await super().store(key, value)
+
+
+class AsyncHeldGiveBack(AsyncRedisTier):
+    """An asyncio Redis tier whose next give-back waits for ``go`` once it went out:
+    ``aclose()`` held between its give-back and the closing of its tiers."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(aioredis.Redis.from_url(url), namespace="n", owns_client=True)
+        self.armed = True
+        self.inside, self.go = asyncio.Event(), asyncio.Event()
+
+    async def release_lease(self, key: str, token: str) -> None:
+        await super().release_lease(key, token)
+        await self._hold()
+
+    async def release_leases(self, tokens: Any) -> None:
+        await super().release_leases(tokens)
+        await self._hold()
+
+    async def _hold(self) -> None:
+        if self.armed:
+            self.armed = False
+            self.inside.set()
+            await self.go.wait()
+
+
+@pytest.mark.anyio
+async def test_a_write_begun_as_aclose_gives_leases_back_takes_none(server: RedisServer) -> None:
+    """``aclose()`` waited for the writes in flight, then gave back the loads' leases, and
+    only then closed the chain's paths: a write begun in between stole a lease that nothing
+    gave back (its fill then found the tier closed), held until lease_ttl. Seen failing
+    before the fix (one lease left, aclose held at its give-back while a ``set`` began).
+    Such a write is refused now (ChainClosedError): aclose closes the paths first, as close
+    does."""
+    tier = AsyncHeldGiveBack(server.url)
+    store = HeldStores()
+    cache = AsyncTieredCache([MemoryTier(), tier], store, namespace="n", protection=LEASES)
+    loading, release = asyncio.Event(), asyncio.Event()
+
+    async def load() -> str:
+        loading.set()
+        await release.wait()
+        return "v"
+
+    reader = asyncio.ensure_future(cache.get("held", load))  # a lease for aclose to give back
+    writer: asyncio.Future[None] | None = None
+    await asyncio.wait_for(loading.wait(), 10)
+    closer = asyncio.ensure_future(cache.aclose())
+    try:
+        await asyncio.wait_for(tier.inside.wait(), 10)
+        writer = asyncio.ensure_future(cache.set("j", "w"))
+        while not writer.done() and not store.inside.is_set():
+            await asyncio.sleep(0.001)  # it ends (refused) or is held in its store, its lease taken
+    finally:
+        tier.go.set()
+        await asyncio.wait_for(closer, 10)
+        store.go.set()
+        release.set()
+        ended = [reader] if writer is None else [reader, writer]
+        await asyncio.wait_for(asyncio.gather(*ended, return_exceptions=True), 10)
+    assert leases_in(server) == []  # else j's stays until lease_ttl
+    assert writer is not None and type(writer.exception()).__name__ == "ChainClosedError"

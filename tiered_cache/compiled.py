@@ -44,6 +44,7 @@ MODULES = (
     "invalidation_log",
     "accessor",
     "fence",
+    "held_leases",
     "loader",
 )
 #: Extensions written in C (``tiered_cache/<name>.c``), built with them; without the build the

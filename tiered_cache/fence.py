@@ -20,8 +20,8 @@ is always safe.
 
 A write-through ``set`` invalidates its keys (its loads in flight read the source before it)
 and then fills the tiers, slowest first. Its invalidation stays open until that fill is done
-(``invalidate(..., writing=True)``, then :meth:`Fence.written`), so marks taken meanwhile are
-dated before it: a read of this process that missed memory after the write dropped it may find
+(:meth:`Fence.write_steps`, which opens it and closes it in one frame), so marks taken meanwhile
+are dated before it: a read of this process that missed memory after the write dropped it may find
 the old value still in Redis (the write's fill has not reached it yet) and copy it up into
 memory after the write's own memory fill; judged from a mark after the invalidation, nothing
 refused that copy and this process served its previous value after its ``set`` returned, until
@@ -41,7 +41,7 @@ without a lease or whose leased write failed -- is refused everywhere by a gap s
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 from .accessor import TierAccessor
 from .errors import CodecError
@@ -107,17 +107,14 @@ class Fence:
         *,
         everything: bool = False,
         gap: bool = False,
-        writing: bool = False,
     ) -> int:
         """``keys``, every key starting with one of ``prefixes``, or ``everything`` changed:
         no fill that read before now may land, and the in-process copies go. ``gap``: this
         process may have missed invalidations (its bus dropped or came back, a sender's number
         skipped): every in-process copy goes, and no fill that read before now may land in
         memory; a leased fill may still land in the shared tier (see the module's notes).
-        ``writing``: the invalidation of a write-through ``set``, which stays open after the
-        drop until the write's fill is done (:meth:`written`; see the module's notes).
 
-        Returns the invalidation's number, for a writer to pass to :meth:`fill` as ``own``.
+        Returns the invalidation's number.
         """
         keys = list(keys)
         prefixes = list(prefixes)
@@ -134,26 +131,56 @@ class Fence:
         # read meanwhile may find the old value in a slower tier not dropped yet and copy it
         # into a faster one already dropped.
         try:
-            for tier in self._local:
-                if everything:
-                    tier.clear()
-                    continue
-                tier.delete_many(keys)
-                for prefix in prefixes:
-                    tier.delete_prefix(prefix)
-        except BaseException:
-            log.done(number)
-            raise
-        if not writing:
+            self._drop(keys, prefixes, everything)
+        finally:
             log.done(number)
         return number
 
-    def written(self, number: int) -> None:
-        """The write whose invalidation is ``number`` (``invalidate(..., writing=True)``)
-        filled what it fills, or gave up: marks may pass its invalidation. Every such write
-        calls this once, whatever happened (a ``finally``): left open, its invalidation would
-        keep every later mark before it and refuse the fills of every key invalidated since."""
-        self._log.done(number)
+    def _drop(self, keys: Sequence[str], prefixes: Sequence[str], everything: bool) -> None:
+        """An invalidation's drop of the in-process copies."""
+        for tier in self._local:
+            if everything:
+                tier.clear()
+                continue
+            tier.delete_many(keys)
+            for prefix in prefixes:
+                tier.delete_prefix(prefix)
+
+    def write_steps(
+        self,
+        mark: int,
+        keys: Sequence[str],
+        entries: Mapping[str, Entry],
+        tiers: Sequence[FillTarget],
+        *,
+        tokens: Mapping[str, str] | None = None,
+        plain: bool = False,
+    ) -> Steps[set[str]]:
+        """A write-through ``set`` of ``keys``: their invalidation (loads in flight read the
+        source before the write: none of them may fill now), then the fill of ``entries``
+        (those of ``keys`` it may write; ``tokens``: their leases), which that invalidation
+        does not refuse. Returns the keys that landed. ``plain``: a one-key fill without a
+        lease goes as :meth:`fill_one`'s plain calls (the threaded chain).
+
+        The invalidation stays open until the fill is done (see the module's notes), and is
+        closed here whatever happens: opened and closed in this one frame, the ``try`` right
+        after the record. Opened by one call and closed in the caller's ``finally``, an
+        interrupt (Ctrl-C) raised as that call returned, before the caller's ``try``, left it
+        open for good: every later mark dated before it, every fill of a key invalidated
+        since refused."""
+        log = self._log
+        own = log.record(keys, (), pending=True)
+        try:
+            self._drop(keys, (), False)
+            if plain and not tokens and len(entries) == 1:
+                ((key, entry),) = entries.items()
+                landed = self.fill_one(mark, key, entry, cast(Sequence[TierAccessor], tiers), own)
+                return {key} if landed else set()
+            if not entries:
+                return set()
+            return (yield from self.fill_steps(mark, entries, tiers, tokens=tokens, own=own))
+        finally:
+            log.done(own)
 
     # -- the lease rule
 

@@ -316,21 +316,18 @@ class ChainPaths:
             # Loads in flight read the source before this write: none of them may fill now;
             # nor may a read of this process that finds the old value in a tier this fill
             # has not reached yet (the invalidation stays open until the fill is done).
-            own = self.fence.invalidate([key], writing=True)
-            try:
-                if token is None and self.leased(key):
-                    landed = False  # no lease to order it against another: see leased()
-                elif token is None and self.fill_one is not None:
-                    landed = self.fill_one(mark, key, entry, self.tiers, own)
-                else:
-                    tokens = {key: token} if token is not None else None
-                    landed = key in (
-                        yield from self.fence.fill_steps(
-                            mark, {key: entry}, self.tiers, tokens=tokens, own=own
-                        )
-                    )
-            finally:
-                self.fence.written(own)
+            # Without a lease to order it against another write, nothing is filled: see leased().
+            entries = {} if token is None and self.leased(key) else {key: entry}
+            landed = key in (
+                yield from self.fence.write_steps(
+                    mark,
+                    [key],
+                    entries,
+                    self.tiers,
+                    tokens={key: token} if token is not None else None,
+                    plain=self.fill_one is not None,
+                )
+            )
             if not landed:
                 # Another write (or an invalidation) overlapped this one: which came last at
                 # the source cannot be told here, so no tier keeps either value.
@@ -420,13 +417,9 @@ class ChainPaths:
             }
             # Loads in flight read the source before this write: none of them may fill now
             # (nor a read of this process meanwhile: see write_one).
-            own = self.fence.invalidate(keys, writing=True)
-            try:
-                landed = yield from self.fence.fill_steps(
-                    mark, entries, self.tiers, tokens=tokens or None, own=own
-                )
-            finally:
-                self.fence.written(own)
+            landed = yield from self.fence.write_steps(
+                mark, keys, entries, self.tiers, tokens=tokens or None
+            )
             # Overlapped by another write or an invalidation: no tier keeps either value.
             yield from self.invalidate_many([key for key in keys if key not in landed])
             written = [key for key in keys if key in landed]

@@ -3,6 +3,8 @@ and a real Redis."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable
 
 import pytest
@@ -152,3 +154,52 @@ def test_a_closed_chain_drops_out_of_the_collection() -> None:
 
 def namespaces(points: Points) -> set[str]:
     return {dict(labels)["namespace"] for _, labels in points if "namespace" in dict(labels)}
+
+
+#: Run in a child: the global MeterProvider can be set once per process.
+_GLOBAL_PROVIDER_SCRIPT = """
+import sys
+from opentelemetry import metrics
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from tiered_cache import TieredCache
+from tiered_cache.contrib.otel import instrument
+
+early = [TieredCache.from_config(namespace=n, bus={"kind": "off"}) for n in ("e1", "e2")]
+for chain in early:
+    instrument(chain)  # before the SDK is set: the API's proxy meter
+reader = InMemoryMetricReader()
+provider = MeterProvider(metric_readers=[reader])
+metrics.set_meter_provider(provider)
+late = TieredCache.from_config(namespace="late", bus={"kind": "off"})
+instrument(late)  # after it: the SDK's meter
+named = TieredCache.from_config(namespace="named", bus={"kind": "off"})
+instrument(named, meter_provider=provider)  # the global one, named
+for chain in (*early, late, named):
+    chain.get("k", lambda: 1)
+    chain.get("k")
+seen = set()
+for resource in reader.get_metrics_data().resource_metrics:
+    for scope in resource.scope_metrics:
+        for metric in scope.metrics:
+            if metric.name == "tiered_cache.tier_hits":
+                for point in metric.data.data_points:
+                    if point.value == 1:
+                        seen.add(point.attributes["namespace"])
+print(",".join(sorted(seen)))
+"""
+
+
+def test_chains_instrumented_on_the_global_provider_are_all_collected() -> None:
+    """Before an SDK is set, the API hands out a new proxy meter on every get_meter call: the
+    instruments were kept per meter, so each instrument() made a second set under the same
+    names, which the SDK ignores once set (and so for a call after it is set): only the first
+    chain was collected, with no error and no warning."""
+    done = subprocess.run(
+        [sys.executable, "-c", _GLOBAL_PROVIDER_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert done.stdout.strip() == "e1,e2,late,named"

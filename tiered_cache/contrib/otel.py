@@ -165,10 +165,20 @@ def _bound(bound: float) -> str:
     return "+Inf" if bound == float("inf") else repr(bound)
 
 
-#: The instruments made on each meter. A meter keeps one instrument per name: instruments made
-#: again under the same names are ignored by the SDK (their callbacks never called), so a second
-#: instrument() adds its chains to the first one's instruments instead.
-_made: weakref.WeakKeyDictionary[Meter, TieredCacheInstruments] = weakref.WeakKeyDictionary()
+class _GlobalProvider:
+    """The key of the instruments made on the global provider, whichever it is at the time."""
+
+
+_GLOBAL = _GlobalProvider()
+
+#: The instruments made for each provider. A meter keeps one instrument per name: instruments
+#: made again under the same names are ignored by the SDK (their callbacks never called), so a
+#: second instrument() adds its chains to the first one's instruments instead. Kept per
+#: provider, not per meter: before an SDK is set, the API hands out a new proxy meter on every
+#: get_meter call, and the proxies' instruments all land on the SDK's one meter once it is set.
+_made: weakref.WeakKeyDictionary[MeterProvider | _GlobalProvider, TieredCacheInstruments] = (
+    weakref.WeakKeyDictionary()
+)
 _made_lock = threading.Lock()
 
 
@@ -178,13 +188,16 @@ def instrument(
     raw_hot_keys: bool = False,
 ) -> TieredCacheInstruments:
     """Create the instruments of ``caches`` on a meter named ``tiered_cache`` of
-    ``meter_provider`` (default: the global one); a later call for the same provider adds
-    its ``caches`` to them (ValueError if a chain's series would be another's)."""
-    meter = metrics.get_meter("tiered_cache", meter_provider=meter_provider)
+    ``meter_provider`` (default: the global one, set before or after this call); a later call
+    for the same provider adds its ``caches`` to them (ValueError if a chain's series would be
+    another's)."""
+    named_global = meter_provider is not None and meter_provider is metrics.get_meter_provider()
+    key = _GLOBAL if meter_provider is None or named_global else meter_provider
     with _made_lock:
-        made = _made.get(meter)
+        made = _made.get(key)
         if made is None:
-            made = _made[meter] = TieredCacheInstruments(caches, meter, raw_hot_keys=raw_hot_keys)
+            meter = metrics.get_meter("tiered_cache", meter_provider=meter_provider)
+            made = _made[key] = TieredCacheInstruments(caches, meter, raw_hot_keys=raw_hot_keys)
         else:
             made.add(caches, raw_hot_keys=raw_hot_keys)
         return made

@@ -41,7 +41,7 @@ without a lease or whose leased write failed -- is refused everywhere by a gap s
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from typing import Any, Protocol, TypeVar, cast
+from typing import Any, Protocol, TypeVar
 
 from .accessor import TierAccessor
 from .errors import CodecError
@@ -87,10 +87,16 @@ class Fence:
         self._log = InvalidationLog(log_size)
         #: The place of the tier the chain leases on (the first that offers leases, unless
         #: the chain takes none), or None: see :meth:`needs_lease`.
-        targets = self._tiers if fill_targets is None else fill_targets
+        targets: Sequence[FillTarget] = self._tiers if fill_targets is None else fill_targets
         self._lease_index = (
             next((tier.index for tier in targets if tier.leases), None) if leases else None
         )
+        #: What a write fills (:meth:`write_steps`): the chain's tiers, whichever face's.
+        self._targets = list(targets)
+        #: The fills go to ``tiers`` themselves, whose calls are plain calls (the threaded
+        #: chain): a write's one-key fill without a lease then runs as :meth:`fill_one`'s
+        #: plain calls, not as steps. Known from how the fence was built, once.
+        self._plain = fill_targets is None
         # Taken before every read that may fill (once per miss): the log's own method, with no
         # frame of the fence's around it.
         self.mark: Callable[[], int] = self._log.mark
@@ -151,16 +157,14 @@ class Fence:
         mark: int,
         keys: Sequence[str],
         entries: Mapping[str, Entry],
-        tiers: Sequence[FillTarget],
         *,
         tokens: Mapping[str, str] | None = None,
-        plain: bool = False,
     ) -> Steps[set[str]]:
         """A write-through ``set`` of ``keys``: their invalidation (loads in flight read the
         source before the write: none of them may fill now), then the fill of ``entries``
-        (those of ``keys`` it may write; ``tokens``: their leases), which that invalidation
-        does not refuse. Returns the keys that landed. ``plain``: a one-key fill without a
-        lease goes as :meth:`fill_one`'s plain calls (the threaded chain).
+        (those of ``keys`` it may write; ``tokens``: their leases) into the chain's tiers,
+        which that invalidation does not refuse. Returns the keys that landed. In the threaded
+        chain a one-key fill without a lease goes as :meth:`fill_one`'s plain calls.
 
         The invalidation stays open until the fill is done (see the module's notes), and is
         closed here whatever happens: opened and closed in this one frame, the ``try`` right
@@ -172,13 +176,14 @@ class Fence:
         own = log.record(keys, (), pending=True)
         try:
             self._drop(keys, (), False)
-            if plain and not tokens and len(entries) == 1:
+            if self._plain and not tokens and len(entries) == 1:
                 ((key, entry),) = entries.items()
-                landed = self.fill_one(mark, key, entry, cast(Sequence[TierAccessor], tiers), own)
-                return {key} if landed else set()
+                return {key} if self.fill_one(mark, key, entry, self._tiers, own) else set()
             if not entries:
                 return set()
-            return (yield from self.fill_steps(mark, entries, tiers, tokens=tokens, own=own))
+            return (
+                yield from self.fill_steps(mark, entries, self._targets, tokens=tokens, own=own)
+            )
         finally:
             log.done(own)
 

@@ -320,12 +320,7 @@ class ChainPaths:
             entries = {} if token is None and self.leased(key) else {key: entry}
             landed = key in (
                 yield from self.fence.write_steps(
-                    mark,
-                    [key],
-                    entries,
-                    self.tiers,
-                    tokens={key: token} if token is not None else None,
-                    plain=self.fill_one is not None,
+                    mark, [key], entries, tokens={key: token} if token is not None else None
                 )
             )
             if not landed:
@@ -417,9 +412,7 @@ class ChainPaths:
             }
             # Loads in flight read the source before this write: none of them may fill now
             # (nor a read of this process meanwhile: see write_one).
-            landed = yield from self.fence.write_steps(
-                mark, keys, entries, self.tiers, tokens=tokens or None
-            )
+            landed = yield from self.fence.write_steps(mark, keys, entries, tokens=tokens or None)
             # Overlapped by another write or an invalidation: no tier keeps either value.
             yield from self.invalidate_many([key for key in keys if key not in landed])
             written = [key for key in keys if key in landed]

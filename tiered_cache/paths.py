@@ -289,8 +289,14 @@ class ChainPaths:
         yield from self.invalidate_many([key])
 
     def write_leased(self, key: str, value: Any, ttl: float | str | None) -> Steps[None]:
-        """:meth:`write_one`, its leases in a :class:`HeldLeases` of the loader's
-        :attr:`holdings` for the length of the write: the loader's close gives them back."""
+        """:meth:`write_one` on a chain with a leasing tier. Whether the write takes the key's
+        lease is decided here, once (:meth:`leased`; after the key's check: it reads the key);
+        one that does holds it in a :class:`HeldLeases` of the loader's :attr:`holdings` for
+        the length of the write (the loader's close gives it back). A key the tier cannot
+        lease is written as on a chain without one, with no :class:`HeldLeases`."""
+        check_keys((key,), self.utf8_for)
+        if not self.leased(key):
+            return (yield from self.write_one(key, value, ttl, None))
         held = self.holdings.hold()
         try:
             yield from self.write_one(key, value, ttl, held)
@@ -300,7 +306,8 @@ class ChainPaths:
     def write_one(
         self, key: str, value: Any, ttl: float | str | None, held: HeldLeases | None
     ) -> Steps[None]:
-        """:meth:`set`'s write through the tiers, its leases in ``held``."""
+        """:meth:`set`'s write through the tiers; ``held``: the write takes the key's lease
+        and holds it there (None: it takes none, see :meth:`write_leased`)."""
         check_keys((key,), self.utf8_for)
         mark = self.fence.mark()  # before the source is written: later invalidations count
         token = None if held is None else (yield from self.steal_lease(key, held))
@@ -316,8 +323,9 @@ class ChainPaths:
             # Loads in flight read the source before this write: none of them may fill now;
             # nor may a read of this process that finds the old value in a tier this fill
             # has not reached yet (the invalidation stays open until the fill is done).
-            # Without a lease to order it against another write, nothing is filled: see leased().
-            entries = {} if token is None and self.leased(key) else {key: entry}
+            # Without the lease it needed to order it against another write (the steal
+            # failed), nothing is filled: see leased().
+            entries = {} if held is not None and token is None else {key: entry}
             landed = key in (
                 yield from self.fence.write_steps(
                     mark, [key], entries, tokens={key: token} if token is not None else None
@@ -376,19 +384,26 @@ class ChainPaths:
             finally:  # what reached the source must not be served old from any tier
                 yield from self.invalidate_many(keys)
             return
-        held = None if self.leasing is None else self.holdings.hold()
+        # Which keys the write takes the leases of is decided here, once (leased()).
+        leased = [key for key in keys if self.leased(key)]
+        held = self.holdings.hold() if leased else None
         try:
-            yield from self.write_many(items, ttl, held)
+            yield from self.write_many(items, ttl, held, leased)
         finally:
             self.holdings.let_go(held)
 
     def write_many(
-        self, items: dict[str, Any], ttl: float | str | None, held: HeldLeases | None
+        self,
+        items: dict[str, Any],
+        ttl: float | str | None,
+        held: HeldLeases | None,
+        leased: list[str],
     ) -> Steps[None]:
-        """:meth:`set_many`'s write through the tiers, its leases in ``held``."""
+        """:meth:`set_many`'s write through the tiers: the leases of the keys ``leased``
+        (:meth:`leased`) taken and held in ``held``."""
         keys = list(items)
         mark = self.fence.mark()  # before the source is written: later invalidations count
-        tokens = {} if held is None else (yield from self.steal_leases(keys, held))
+        tokens = {} if held is None else (yield from self.steal_leases(leased, held))
         stored: list[str] = []
         try:
             if self.store is not None:
@@ -405,10 +420,11 @@ class ChainPaths:
             raise
         try:
             now = self.clock()
+            needs_lease = set(leased)
             entries = {
                 key: self.make_entry(value, now, 0.0, ttl)
                 for key, value in items.items()
-                if key in tokens or not self.leased(key)  # see leased()
+                if key in tokens or key not in needs_lease  # see leased()
             }
             # Loads in flight read the source before this write: none of them may fill now
             # (nor a read of this process meanwhile: see write_one).
@@ -433,11 +449,10 @@ class ChainPaths:
         return self.leasing is not None and self.fence.needs_lease(self.leasing, key)
 
     def steal_lease(self, key: str, held: HeldLeases) -> Steps[str | None]:
-        """The key's lease for a write, or None (no leasing tier, or it failed); taken, it is
-        in ``held``."""
+        """The lease of ``key`` (one the write takes: :meth:`leased`) for a write, or None
+        (the steal failed); taken, it is in ``held``."""
         tier = self.leasing
-        if tier is None or not self.leased(key):
-            return None
+        assert tier is not None, "a write takes a lease only on a chain with a leasing tier"
         try:
             token: str = yield tier.steal_lease, (key, self.protection.lease_ttl)
         except Exception as exc:
@@ -446,15 +461,13 @@ class ChainPaths:
         held.took({key: token})
         return token
 
-    def steal_leases(self, keys: Sequence[str], held: HeldLeases) -> Steps[dict[str, str]]:
-        """The leases of ``keys`` for a write of them all, taken in one round trip; none if
-        that failed. Taken one by one, a batch's first leases expired before its fill under
-        a slow Redis (2,000 keys at load 16: 6 s against a lease_ttl of 3 s) and the write
-        was lost from every tier."""
+    def steal_leases(self, wanted: Sequence[str], held: HeldLeases) -> Steps[dict[str, str]]:
+        """The leases of ``wanted`` (keys a write takes them of: :meth:`leased`) for a write
+        of them all, taken in one round trip; none if that failed. Taken one by one, a batch's
+        first leases expired before its fill under a slow Redis (2,000 keys at load 16: 6 s
+        against a lease_ttl of 3 s) and the write was lost from every tier."""
         tier = self.leasing
-        wanted = [key for key in keys if self.leased(key)]
-        if tier is None or not wanted:
-            return {}
+        assert tier is not None, "a write takes leases only on a chain with a leasing tier"
         if len(wanted) == 1:
             token = yield from self.steal_lease(wanted[0], held)
             return {} if token is None else {wanted[0]: token}

@@ -35,7 +35,7 @@ from .async_leases import CoalescedLeases
 from .async_wire import AsyncReads, async_reads_for
 from .client import client_options, parse_url
 from .commands import Command, TierCommands
-from .in_flight import AsyncCallsInFlight, closed_error
+from .in_flight import CallsInFlight, closed_error, current_task
 from .lease_batches import Call
 from .loop_end import LoopEnd
 from .stored import StoredFormat
@@ -103,7 +103,7 @@ class AsyncRedisTier(AsyncTierBase):
         self._owns_client = owns_client
         self._closed = False
         #: The calls running, which aclose waits for before it closes the client.
-        self._calls = AsyncCallsInFlight(name)
+        self._calls = CallsInFlight(name, current_task)
         #: The loop the connections belong to; they are let go of when it ends.
         self._loop_end = LoopEnd(name, self._let_go_of_connections)
         #: A forked child's tier whose given cluster client it cannot let go of: it refuses
@@ -122,7 +122,7 @@ class AsyncRedisTier(AsyncTierBase):
         tier made is made anew on first use, a given one has its pool emptied."""
         keep_from_the_parent(self._reads)
         self._reads = None
-        self._calls = AsyncCallsInFlight(self.name)  # the parent's tasks never run here
+        self._calls = CallsInFlight(self.name, current_task)  # the parent's tasks never run here
         self._loop_end.forget()
         self._leases = CoalescedLeases(self._commands)
         self._commands.after_fork_in_child()
@@ -162,7 +162,7 @@ class AsyncRedisTier(AsyncTierBase):
         return self._prefix + key
 
     @property
-    def _call(self) -> AsyncCallsInFlight:
+    def _call(self) -> CallsInFlight:
         """What each call enters: on the loop of the tier's connections (:mod:`.loop_end`),
         counted while it runs (:mod:`.in_flight`)."""
         self._loop_end.here()
@@ -280,7 +280,7 @@ class AsyncRedisTier(AsyncTierBase):
         idempotent."""
         self._closed = True
         self._loop_end.stop()
-        await self._calls.close()
+        await self._calls.aclose()
         client, self._client = self._client, None
         reads, self._reads = self._reads, None
         await self._leases.drain()

@@ -7,13 +7,21 @@ back to the closed pool still connected: a socket nobody closed, until the colle
 the pool (1 to 8 per close of a chain under load). Once closing, the tier refuses new calls
 (``RuntimeError: tier ... is closed``, as after close); the calls already running end as
 they would have -- each is bounded by the client's own timeouts.
+
+One counter for both tiers: calls are counted by what runs them -- the thread, or the task
+(an asyncio tier's calls may come from several loops, and a task of a loop closed or left
+not running never ends: its calls are not waited for). Only closing waits on the counter's
+condition: a call takes its plain lock as it starts and as it ends, and wakes a waiter only
+when the tier is closing and it was the last call running.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable, Hashable
 from types import TracebackType
+from typing import Any, cast
 
 from tiered_cache.loops import all_end_within, stalled
 
@@ -24,19 +32,28 @@ def closed_error(name: str) -> RuntimeError:
 
 
 class CallsInFlight:
-    """The calls of a threaded tier running (``with calls: ...`` around each call)."""
+    """The calls of a tier running (``with calls: ...`` around each call), counted by their
+    ``owner`` (``threading.get_ident`` for the threaded tier, :func:`current_task` for the
+    asyncio tier's: called as each call starts and ends, on the call's own thread)."""
 
-    def __init__(self, name: str) -> None:
+    __slots__ = ("_closing", "_idle", "_lock", "_name", "_owner", "_running")
+
+    def __init__(self, name: str, owner: Callable[[], Hashable]) -> None:
         self._name = name
-        self._idle = threading.Condition(threading.Lock())
-        self._running = 0
+        self._owner = owner
+        self._lock = threading.Lock()  # the threaded tier's threads, or loops of several
+        self._idle = threading.Condition(self._lock)  # what close waits on
+        #: ``owner: calls of it running``.
+        self._running: dict[Hashable, int] = {}
         self._closing = False
 
     def __enter__(self) -> None:
-        with self._idle:
+        owner = self._owner()
+        with self._lock:
             if self._closing:
                 raise closed_error(self._name)
-            self._running += 1
+            running = self._running
+            running[owner] = running.get(owner, 0) + 1
 
     def __exit__(
         self,
@@ -44,54 +61,36 @@ class CallsInFlight:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        with self._idle:
-            self._running -= 1
-            if not self._running:
+        owner = self._owner()
+        with self._lock:
+            running = self._running
+            left = running.pop(owner) - 1
+            if left:
+                running[owner] = left
+            elif self._closing and not running:
                 self._idle.notify_all()
 
     def close(self) -> None:
-        """Refuse new calls, then wait for the ones running to end."""
-        with self._idle:
+        """Refuse new calls, then wait for the ones running to end (the threaded tier)."""
+        with self._lock:
             self._closing = True
             self._idle.wait_for(lambda: not self._running)
 
-
-class AsyncCallsInFlight:
-    """The tasks running a call of an asyncio tier (``with calls: ...`` around each call), of
-    any event loop."""
-
-    def __init__(self, name: str) -> None:
-        self._name = name
-        self._lock = threading.Lock()  # loops of several threads may share the tier
-        self._tasks: dict[asyncio.Task[object], int] = {}
-        self._closing = False
-
-    def __enter__(self) -> None:
-        task = asyncio.current_task()
-        assert task is not None  # a coroutine of the tier runs in a task
-        with self._lock:
-            if self._closing:
-                raise closed_error(self._name)
-            self._tasks[task] = self._tasks.get(task, 0) + 1
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        with self._lock:
-            left = self._tasks.pop(task) - 1
-            if left:
-                self._tasks[task] = left
-
-    async def close(self) -> None:
-        """Refuse new calls, then wait for the ones running to end (those of a loop closed or
-        left not running never do: not waited for)."""
+    async def aclose(self) -> None:
+        """Refuse new calls, then wait for the tasks running them to end (the asyncio tier's;
+        the task closing, and those of a loop closed or left not running, never do: not
+        waited for)."""
         here = asyncio.current_task()
         with self._lock:
             self._closing = True
-            running = [task for task in self._tasks if task is not here and not stalled(task)]
-        await all_end_within(running, None)
+            tasks = cast(list[asyncio.Task[Any]], list(self._running))
+        await all_end_within(
+            [task for task in tasks if task is not here and not stalled(task)], None
+        )
+
+
+def current_task() -> asyncio.Task[Any]:
+    """The task running an asyncio tier's call: what :class:`CallsInFlight` counts it under."""
+    task = asyncio.current_task()
+    assert task is not None  # a coroutine of the tier runs in a task
+    return task

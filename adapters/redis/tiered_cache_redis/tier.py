@@ -94,7 +94,7 @@ class RedisTier(TierBase):
         self._connect = connect
         self._closed = False
         #: The calls running, which close waits for before it closes the client.
-        self._calls = CallsInFlight(name)
+        self._calls = CallsInFlight(name, threading.get_ident)
         self._reads: Reads | None = None
         self._commands = TierCommands(self._stored, ClientIO(self), clock)
         restart_after_fork(self)
@@ -105,7 +105,9 @@ class RedisTier(TierBase):
         child's first read would wait for ever. (The connections restart by themselves:
         redis-py's pool checks its pid, the wire reader forgets its parked ones.)"""
         self._lock = threading.Lock()
-        self._calls = CallsInFlight(self.name)  # the parent's threads are not the child's
+        self._calls = CallsInFlight(
+            self.name, threading.get_ident
+        )  # the parent's threads are not the child's
         self._commands.after_fork_in_child()
 
     # -- properties

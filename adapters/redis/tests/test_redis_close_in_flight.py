@@ -13,6 +13,7 @@ import asyncio
 import random
 import threading
 import time
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -55,6 +56,20 @@ async def no_connection_opened_since(watch: redis.Redis, before: set[int]) -> li
     return left
 
 
+#: What a test asks at its end: the commands last run by the connections opened since it
+#: began that are still open (polled: see :func:`no_connection_opened_since`).
+LeftOpen = Callable[[], Awaitable[list[str]]]
+
+
+@pytest.fixture
+def left_open(redis_server: RedisServer) -> Iterator[LeftOpen]:
+    """The server's connections counted as the test begins, before any chain is built."""
+    watch = redis.Redis.from_url(redis_server.url)
+    before = {int(client["id"]) for client in watch.client_list()}
+    yield lambda: no_connection_opened_since(watch, before)
+    watch.close()
+
+
 ROUNDS = 5
 WORKERS = 8
 
@@ -87,14 +102,12 @@ async def call_until_closed(cache: AsyncTieredCache, call: str, seed: int, done:
 @pytest.mark.anyio
 @pytest.mark.parametrize("call", ["get", "get_many", "set"])
 async def test_aclose_with_calls_in_flight_leaves_no_connection_open(
-    redis_server: RedisServer, namespace: str, call: str
+    redis_server: RedisServer, namespace: str, call: str, left_open: LeftOpen
 ) -> None:
     """Seen failing before the tier waited for its calls in flight: 1 to 8 connections left
     open per round. ``aclose`` disconnected the pool under calls on the wire; each one's
     retry reconnected its connection (or a call took a new one from the emptied pool),
     and gave it back to the closed pool still connected."""
-    watch = redis.Redis.from_url(redis_server.url)
-    before = {int(client["id"]) for client in watch.client_list()}
     for round_ in range(ROUNDS):
         cache = AsyncTieredCache.from_config(**settings(redis_server.url, f"{namespace}-{round_}"))
         done = [0]
@@ -106,8 +119,7 @@ async def test_aclose_with_calls_in_flight_leaves_no_connection_open(
             await asyncio.sleep(0)
         await cache.aclose()
         await asyncio.gather(*workers)
-    assert await no_connection_opened_since(watch, before) == []
-    watch.close()
+    assert await left_open() == []
 
 
 def sync_call_until_closed(cache: TieredCache, call: str, seed: int, done: list[int]) -> None:
@@ -130,11 +142,9 @@ def sync_call_until_closed(cache: TieredCache, call: str, seed: int, done: list[
 
 @pytest.mark.parametrize("call", ["get", "get_many", "set"])
 def test_close_with_calls_in_flight_leaves_no_connection_open(
-    redis_server: RedisServer, namespace: str, call: str
+    redis_server: RedisServer, namespace: str, call: str, left_open: LeftOpen
 ) -> None:
     """The threaded tier's twin: ``close()`` while 8 threads' calls are on the wire."""
-    watch = redis.Redis.from_url(redis_server.url)
-    before = {int(client["id"]) for client in watch.client_list()}
     for round_ in range(ROUNDS):
         cache = TieredCache.from_config(**settings(redis_server.url, f"{namespace}-{round_}"))
         done = [0]
@@ -151,5 +161,4 @@ def test_close_with_calls_in_flight_leaves_no_connection_open(
         cache.close()
         for worker in workers:
             worker.join()
-    assert asyncio.run(no_connection_opened_since(watch, before)) == []
-    watch.close()
+    assert asyncio.run(left_open()) == []

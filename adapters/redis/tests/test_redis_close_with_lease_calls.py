@@ -65,11 +65,12 @@ class Stopper:
     """Stops ``server`` (SIGSTOP) at the next lease call once :attr:`armed` (once):
     :attr:`asking` is set then, the call on its way to a Redis that does not read it. With
     ``wake_after``, a timer wakes Redis that many seconds later (Redis slow); else the test
-    does (Redis stalled)."""
+    does (Redis stalled). ``timeout``: the tier's."""
 
-    def __init__(self, server: RedisServer, wake_after: float | None) -> None:
+    def __init__(self, server: RedisServer, wake_after: float | None, timeout: float) -> None:
         self.server = server
         self.wake_after = wake_after
+        self.timeout = timeout
         self.armed = False
         self.asking = threading.Event()
         self.timer: threading.Timer | None = None
@@ -92,12 +93,18 @@ class Stopper:
         wake(self.server)
 
 
-def stopper_for(server: RedisServer, redis_is: str) -> tuple[Stopper, float]:
-    """A :class:`Stopper` for ``server`` and the tier's timeout: Redis woken within it
-    (``"slow"``), or by the test once the chain closed (``"stalled"``)."""
-    if redis_is == "slow":
-        return Stopper(server, wake_after=SLOW), 5.0
-    return Stopper(server, wake_after=None), 0.1
+@pytest.fixture(params=["slow", "stalled"])
+def stopper(request: pytest.FixtureRequest, server: RedisServer) -> Stopper:
+    """A :class:`Stopper` for ``server``: Redis woken within the tier's timeout (``"slow"``),
+    or by the test once the chain closed (``"stalled"``)."""
+    if request.param == "slow":
+        return Stopper(server, wake_after=SLOW, timeout=5.0)
+    return Stopper(server, wake_after=None, timeout=0.1)
+
+
+#: What a read (``how``) of a close's test is served: a lease call that waited for Redis
+#: still ends with the value loaded.
+SERVED = {"get": "v", "get_many": {"k": "v", "j": "v"}}
 
 
 class StopsAtLease(RedisTier):
@@ -126,10 +133,9 @@ def read(cache: TieredCache, how: str) -> object:
     return cache.get_many(["k", "j"], lambda keys: dict.fromkeys(keys, "v"))
 
 
-@pytest.mark.parametrize("how", ["get", "get_many"])
-@pytest.mark.parametrize("redis_is", ["slow", "stalled"])
+@pytest.mark.parametrize("how", SERVED)
 def test_close_while_a_lease_call_waits_for_redis_leaves_no_lease(
-    server: RedisServer, how: str, redis_is: str
+    server: RedisServer, stopper: Stopper, how: str
 ) -> None:
     """A miss's lease call waits for Redis as ``close()`` runs. Slow (Redis answers within
     the tier's timeout, as the chain closes): the answer came back after close's give-back,
@@ -138,10 +144,8 @@ def test_close_while_a_lease_call_waits_for_redis_leaves_no_lease(
     failing before the fix: a lease left in each case (docs/testing.md). The closing tier
     now waits for its calls on the wire, then gives back the leases it took and did not see
     used or given back, before its pool closes (on a connection that needs no answer)."""
-    stopper, timeout = stopper_for(server, redis_is)
-    cache = TieredCache(
-        [MemoryTier(), StopsAtLease(stopper, timeout)], namespace="n", protection=LEASES
-    )
+    tier = StopsAtLease(stopper, stopper.timeout)
+    cache = TieredCache([MemoryTier(), tier], namespace="n", protection=LEASES)
     assert cache.get("warm", lambda: "up") == "up"  # connections in the pool, scripts loaded
     stopper.armed = True
     ended: list[object] = []
@@ -154,7 +158,7 @@ def test_close_while_a_lease_call_waits_for_redis_leaves_no_lease(
         stopper.end()
         reader.join(30)
     assert not reader.is_alive()
-    assert ended == ["v" if how == "get" else {"k": "v", "j": "v"}]
+    assert ended == [SERVED[how]]
     assert leases_in(server) == []  # else they stay until lease_ttl
     assert leases_in(server) == []  # and nothing sent before it takes one after
 
@@ -197,17 +201,14 @@ async def aread(cache: AsyncTieredCache, how: str) -> object:
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("how", ["get", "get_many"])
-@pytest.mark.parametrize("redis_is", ["slow", "stalled"])
+@pytest.mark.parametrize("how", SERVED)
 async def test_aclose_while_a_lease_call_waits_for_redis_leaves_no_lease(
-    server: RedisServer, how: str, redis_is: str
+    server: RedisServer, stopper: Stopper, how: str
 ) -> None:
     """:func:`test_close_while_a_lease_call_waits_for_redis_leaves_no_lease` for the
     asyncio chain: ``aclose()`` while a coroutine's lease call waits for Redis."""
-    stopper, timeout = stopper_for(server, redis_is)
-    cache = AsyncTieredCache(
-        [MemoryTier(), AsyncStopsAtLease(stopper, timeout)], namespace="n", protection=LEASES
-    )
+    tier = AsyncStopsAtLease(stopper, stopper.timeout)
+    cache = AsyncTieredCache([MemoryTier(), tier], namespace="n", protection=LEASES)
     assert await cache.get("warm", warm) == "up"  # connections in the pool, scripts loaded
     stopper.armed = True
     reader = asyncio.ensure_future(aread(cache, how))
@@ -218,7 +219,7 @@ async def test_aclose_while_a_lease_call_waits_for_redis_leaves_no_lease(
     finally:
         stopper.end()
         ended = await asyncio.wait_for(reader, 30)
-    assert ended == ("v" if how == "get" else {"k": "v", "j": "v"})
+    assert ended == SERVED[how]
     assert leases_in(server) == []  # else they stay until lease_ttl
     assert leases_in(server) == []
 

@@ -105,7 +105,15 @@ class BusLink:
         the fork: a writer publishing (the numbers lock is held across the publish, up to
         the bus's timeout) or the listener noting a sender. Held for ever in the child, the
         first write there would wait for ever: the child takes new ones. (A lock given in,
-        the asyncio link's, is the loop's: no thread holds it.)"""
+        the asyncio link's, is the loop's: no thread holds it.)
+
+        The child is another process of the fleet: it takes a sender id of its own, its
+        numbers from 1. With the parent's, each skipped the other's messages as its own
+        (gunicorn ``--preload``: every worker and the master one sender, none hearing the
+        others' writes), and others saw two processes' numbers as one sender's, out of
+        order."""
+        self.sender = uuid.uuid4().hex
+        self._numbers = itertools.count(1)
         self._taking = threading.Lock()
         self._seen_lock = threading.Lock()
         if self._own_numbers_lock:

@@ -26,6 +26,7 @@ from tiered_cache.errors import ConfigError
 from tiered_cache.testing import FakeClock
 from tiered_cache.testing.forked import ForkedChild
 from tiered_cache.testing.servers import FaultProxy, RedisServer, resp_command
+from tiered_cache.tier import Entry
 
 #: Generous bound for "the bus has delivered": asserted here; measured by the benchmark.
 BUS_DELAY_BOUND = 2.0
@@ -343,6 +344,40 @@ def test_a_forked_child_hears_another_process_write(
     assert second[1] >= 1  # heard on the child's own subscription
     parent.close()
     writer.close()
+
+
+def test_a_forked_child_and_its_parent_hear_each_others_writes(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """gunicorn ``--preload`` builds the cache in the master and forks every worker from it:
+    the workers and the master are processes of one fleet, each hearing the others' writes.
+    The child kept its parent's sender id, so each took the other's messages for its own and
+    skipped them: the child served ``v0`` from its memory after the parent wrote ``v1``, and
+    the parent ``w0`` after the child wrote ``w1`` (0 messages received either way)."""
+    parent = chain(redis_server.url, namespace)
+    assert parent.get("k", lambda: "v0") == "v0"  # in memory, inherited by the child
+    assert parent.get("j", lambda: "w0") == "w0"
+
+    def child(report: Callable[[Any], None]) -> None:
+        connected = eventually(lambda: parent.stats()["bus"] == "connected", 10)
+        parent.get("k", lambda: "loaded")
+        held = parent.tiers[0].get("k")  # the child's memory holds it now
+        kept = held.value if isinstance(held, Entry) else None
+        report([connected, parent.get("k", lambda: "loaded"), kept])
+        heard = eventually(lambda: parent.get("k", lambda: "never") == "v1", 10)
+        parent.set("j", "w1")
+        report([heard, parent.stats()["bus_received"]])
+
+    forked = ForkedChild(child)
+    assert forked.read(timeout=30) == [True, "v0", "v0"]
+    parent.set("k", "v1")
+    second = forked.read(timeout=30)
+    assert forked.wait() == 0
+    assert second == [True, 1]  # the parent's write, heard on the child's subscription
+    # The child's write, heard by the parent: its memory copy of "j" dropped.
+    assert eventually(lambda: parent.get("j", lambda: "never") == "w1", 10)
+    assert parent.stats()["bus_received"] == 1
+    parent.close()
 
 
 # -- Redis down: memory keeps serving within a short bound, so the source is not stampeded

@@ -10,7 +10,10 @@ chain under traffic pays for each one."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import random
+import signal
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -20,6 +23,7 @@ import pytest
 import redis
 
 from tiered_cache import AsyncTieredCache, ChainClosedError, TieredCache
+from tiered_cache.testing.forked import ForkedChild
 from tiered_cache.testing.servers import RedisServer
 
 
@@ -162,3 +166,36 @@ def test_close_with_calls_in_flight_leaves_no_connection_open(
         for worker in workers:
             worker.join()
     assert asyncio.run(left_open()) == []
+
+
+def test_close_from_a_signal_handler_of_a_thread_inside_a_call_returns() -> None:
+    """A service's SIGTERM handler closes the chain: Python runs the handler on the main
+    thread, in the middle of whatever that thread was doing -- here a call of the Redis tier
+    waiting for its reply. The tier's close waited for its calls in flight to end, that one
+    among them, which could not end before the handler returned: the process hung there for
+    ever (seen: the child below reported nothing). Close waits for the other threads'
+    calls, not for those of the thread closing."""
+    with RedisServer() as server:
+        pid = server.pid  # the server is the parent's child: not known as such in the child
+        assert pid is not None
+
+        def child(report: Any) -> None:
+            cache = TieredCache.from_config(**settings(server.url, "sigterm"))
+            assert cache.get("warm", lambda: "up") == "up"  # connected: the call below waits
+
+            def on_signal(signum: int, frame: Any) -> None:
+                cache.close()
+                report("closed")
+
+            signal.signal(signal.SIGUSR1, on_signal)
+            os.kill(pid, signal.SIGSTOP)  # the next call waits for Redis's reply
+            threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGUSR1)).start()
+            with contextlib.suppress(ChainClosedError):  # its chain closed under it
+                cache.get("k", lambda: "loaded")
+
+        forked = ForkedChild(child)
+        try:
+            assert forked.read(timeout=30) == "closed"
+            assert forked.wait() == 0
+        finally:
+            os.kill(pid, signal.SIGCONT)

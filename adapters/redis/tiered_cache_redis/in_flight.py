@@ -12,7 +12,7 @@ One counter for both tiers: calls are counted by what runs them -- the thread, o
 (an asyncio tier's calls may come from several loops, and a task of a loop closed or left
 not running never ends: its calls are not waited for). Only closing waits on the counter's
 condition: a call takes its plain lock as it starts and as it ends, and wakes a waiter only
-when the tier is closing and it was the last call running.
+when the tier is closing and it was the last call of its thread or task running.
 """
 
 from __future__ import annotations
@@ -67,14 +67,19 @@ class CallsInFlight:
             left = running.pop(owner) - 1
             if left:
                 running[owner] = left
-            elif self._closing and not running:
+            elif self._closing:
                 self._idle.notify_all()
 
     def close(self) -> None:
-        """Refuse new calls, then wait for the ones running to end (the threaded tier)."""
+        """Refuse new calls, then wait for the ones running on other threads to end (the
+        threaded tier). Not for those of the thread closing: a signal handler that closes the
+        chain (a service's SIGTERM handler) runs on the main thread in the middle of whatever
+        it was doing, a call of this tier among others, which cannot end before the handler
+        returns -- waited for, the process hung there for ever."""
+        here = self._owner()
         with self._lock:
             self._closing = True
-            self._idle.wait_for(lambda: not self._running)
+            self._idle.wait_for(lambda: not self._running.keys() - {here})
 
     async def aclose(self) -> None:
         """Refuse new calls, then wait for the tasks running them to end (the asyncio tier's;

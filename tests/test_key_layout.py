@@ -12,10 +12,14 @@ from tiered_cache.keys import escape_part, namespace_prefix
 
 def test_no_namespace_prefix_starts_another_one() -> None:
     names = ["app", "app:v2", "app\\", "app\\:v2", "a:b:c", "a", ":", "\\", "app:"]
+    names += ["{app", "\\{app", "{app}", "{", "{{", "\\{", "a{"]
     prefixes = {name: namespace_prefix(name) for name in names}
     assert prefixes["app"] == "app:"  # namespaces without ':' or '\' keep their layout
+    assert prefixes["a{"] == "a{:"  # a brace past the start is no lease's
     for one, other in itertools.permutations(names, 2):
         assert not prefixes[other].startswith(prefixes[one]), (one, other)
+    # A lease's key starts with "{" (``{<Redis key>}:lease``): no data key does.
+    assert not [name for name, prefix in prefixes.items() if prefix.startswith("{")]
 
 
 def test_escaping_is_reversible_per_part() -> None:

@@ -31,10 +31,20 @@ def escape_part(text: str, separators: Iterable[str]) -> str:
     return text
 
 
+#: What starts a lease's key (``{<Redis key>}:lease``, a Redis Cluster hash tag), and so no
+#: namespace's prefix.
+LEASE_OPENER = "{"
+
+
 def namespace_prefix(namespace: str) -> str:
     """What a shared tier puts before each key of ``namespace``: ``"tweets:"``,
-    ``"app\\:v2:"``; no namespace's prefix is the start of another's."""
-    return escape_part(namespace, NAMESPACE_SEPARATOR) + NAMESPACE_SEPARATOR
+    ``"app\\:v2:"``; no namespace's prefix is the start of another's, nor starts as a lease's
+    key does: a namespace's leading ``{`` is escaped too (unescaped, ``{tweets``'s key
+    ``42}:lease`` was ``tweets``'s lease of ``42``)."""
+    escaped = escape_part(namespace, NAMESPACE_SEPARATOR)
+    if escaped.startswith(LEASE_OPENER):
+        escaped = ESCAPE + escaped
+    return escaped + NAMESPACE_SEPARATOR
 
 
 def check_keys(keys: Iterable[Any], utf8_for: str | None = None) -> None:

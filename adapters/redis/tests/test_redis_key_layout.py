@@ -79,3 +79,27 @@ def test_decorator_keys_of_different_arguments_differ(
         assert document("alice:secret", "plan") == "alice:secret/plan"
         assert len(calls) == 2
         assert cache.get(second) == "alice:secret/plan"
+
+
+def test_a_namespace_starting_with_a_brace_holds_no_other_namespaces_lease(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """A lease lives at ``{<Redis key>}:lease``. Unescaped, the namespace ``{tweets`` put
+    its key ``42}:lease`` at ``{tweets:42}:lease``: the lease of ``tweets``'s key ``42``.
+    Every read of that key then waited ``lease_wait`` for a holder that never filled it
+    (seen: 1 lease wait, 2 s, on each read), and its loads never reached Redis."""
+    settings = load_settings(
+        namespace=namespace,
+        tiers=[{"kind": "redis", "url": redis_server.url}],
+        bus={"kind": "off"},
+        protection={"lease_wait": "2s"},
+    )
+    with (
+        TieredCache.from_settings(settings) as tweets,
+        _cache(redis_server, "{" + namespace) as braced,
+    ):
+        braced.set("42}:lease", "braced's own")
+        assert tweets.get("42", loader=lambda: "tweet 42") == "tweet 42"
+        assert tweets.stats()["lease_waits"] == 0
+        assert tweets.get("42", loader=lambda: "loaded again") == "tweet 42"  # from Redis
+        assert braced.get("42}:lease") == "braced's own"

@@ -38,8 +38,9 @@ from .protection import REFRESH_DUE, Protection
 from .reporting import chain_stats, first_hot_keys
 from .singleflight import LeaderGone, waited_too_long
 from .stamp import EntryMaker
-from .steps import Steps, arun, run
+from .steps import arun, run
 from .tier import MISSING, Entry, Source, Tier
+from .write_tasks import WriteTasks
 
 if TYPE_CHECKING:
     from .decorator import AsyncCachedFunction
@@ -152,8 +153,8 @@ class AsyncTieredCache(L1Reader):
         self._setup_l1(self._metrics, self._protection, rng)
         self._use_l1(self._tiers, True)
         self._disconnected_bound = max_stale_when_disconnected
-        #: Writes running to their end (:meth:`_to_the_end`).
-        self._writes: set[asyncio.Task[None]] = set()
+        #: Writes running to their end, finished should their loop end first.
+        self._writes = WriteTasks()
         #: The async bus, whose listener runs on the chain's loop (see :meth:`_listen_here`).
         self._async_bus: AsyncBus | None = None
         #: The bus publishes natively (an :class:`AsyncBus`), not in a thread.
@@ -179,7 +180,7 @@ class AsyncTieredCache(L1Reader):
         child listens on a loop of its own (from its next miss) and is subscribed, the bus
         is down for it, and the memory it inherited is not trusted (its parts restarted
         before it: their locks are the child's)."""
-        self._writes = set()
+        self._writes.forget()
         if self._async_bus is not None and self._bus_link is not None:
             self._bus_link.on_disconnect()  # and again when the child's listener starts
 
@@ -309,42 +310,39 @@ class AsyncTieredCache(L1Reader):
 
     async def set(self, key: str, value: Any, *, ttl: float | str | None = None) -> None:
         """Write ``value`` for ``key`` (see :meth:`TieredCache.set`: the same order)."""
-        await self._to_the_end(self._paths.set(key, value, ttl))
+        paths = self._paths
+        await self._writes.run(paths.set(key, value, ttl), lambda: paths.invalidate_many([key]))
 
     async def set_many(self, items: Mapping[str, Any], *, ttl: float | str | None = None) -> None:
         """Write several values (see :meth:`TieredCache.set_many`: the same order)."""
-        await self._to_the_end(self._paths.set_many(items, ttl))
+        paths = self._paths
+        await self._writes.run(
+            paths.set_many(items, ttl), lambda: paths.invalidate_many(list(items))
+        )
 
     async def invalidate(self, key: str) -> None:
         """Remove ``key`` from every tier and every process's memory (not from the source)."""
-        await self._to_the_end(self._paths.invalidate_many([key]))
+        paths = self._paths
+        await self._writes.run(paths.invalidate_many([key]), lambda: paths.invalidate_many([key]))
 
     async def invalidate_many(self, keys: Iterable[str], *, strict: bool = False) -> None:
         """See :meth:`TieredCache.invalidate_many`."""
-        await self._to_the_end(self._paths.invalidate_many(list(keys), strict=strict))
+        paths, keys = self._paths, list(keys)
+        await self._writes.run(
+            paths.invalidate_many(keys, strict=strict), lambda: paths.invalidate_many(keys)
+        )
 
     async def invalidate_prefix(self, prefix: str) -> None:
         """See :meth:`TieredCache.invalidate_prefix`."""
-        await self._to_the_end(self._paths.invalidate_prefix(prefix))
+        paths = self._paths
+        await self._writes.run(
+            paths.invalidate_prefix(prefix), lambda: paths.invalidate_prefix(prefix)
+        )
 
     async def clear(self, *, strict: bool = False) -> None:
         """See :meth:`TieredCache.clear`."""
-        await self._to_the_end(self._paths.clear(strict=strict))
-
-    async def _to_the_end(self, steps: Steps[None]) -> None:
-        """Run a write or an invalidation to its end even if its caller is cancelled (a
-        client timeout): the source may already hold the new value, and one stopped half-way
-        would leave older copies in the tiers and in the other processes, which the bus was
-        not told about. It runs as a task that :meth:`aclose` waits for (not cancels)."""
-        task = asyncio.ensure_future(arun(steps))
-        self._writes.add(task)
-        task.add_done_callback(self._write_done)
-        await asyncio.shield(task)
-
-    def _write_done(self, task: asyncio.Task[None]) -> None:
-        self._writes.discard(task)
-        if not task.cancelled():
-            task.exception()  # retrieved: its caller has seen it, or was cancelled
+        paths = self._paths
+        await self._writes.run(paths.clear(strict=strict), paths.clear)
 
     # -- the bus ------------------------------------------------------------------------------
 
@@ -415,7 +413,7 @@ class AsyncTieredCache(L1Reader):
     async def wait_background(self, timeout: float | None = None) -> bool:
         """Wait until background refreshes, late loads (filled) and writes whose callers
         were cancelled have finished."""
-        if not await all_end_within(set(self._writes), timeout):
+        if not await all_end_within(self._writes.running(), timeout):
             return False
         return await self._loader.wait_background(timeout)
 
@@ -431,7 +429,7 @@ class AsyncTieredCache(L1Reader):
         # of the calls in flight: a write begun after that wait stole a lease nothing gave
         # back (its fill found the tier closed). The calls begun before go on to their end.
         self._paths = ClosedPaths(repr(self))
-        await all_end_within(set(self._writes), None)
+        await all_end_within(self._writes.running(), None)
         if not await self._loader.aclose():
             return  # another aclose() runs
         self._use_l1(self._tiers, False)

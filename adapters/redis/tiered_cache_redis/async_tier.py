@@ -169,7 +169,11 @@ class AsyncRedisTier(AsyncTierBase):
         return self._calls
 
     async def _let_go_of_connections(self) -> None:
-        """The loop ends: its connections are of no use to the next one."""
+        """The loop ends (:mod:`.loop_end`): its connections are of no use to the next one.
+        The calls still on the wire end first (an async generator closed with this one may
+        have made them): disconnected under them, they reconnected and left their
+        connections in the pool for the next loop."""
+        await self._calls.settled()
         reads, self._reads = self._reads, None
         if reads is not None:
             await reads.aclose()  # the parked ones back to the pool

@@ -81,6 +81,20 @@ class CallsInFlight:
             self._closing = True
             self._idle.wait_for(lambda: not self._running.keys() - {here})
 
+    async def settled(self) -> None:
+        """Wait until the tasks with a call of the running loop in flight have ended, those
+        that made one meanwhile too (the asyncio tier's, as its loop ends; each call is
+        bounded by the client's timeouts)."""
+        loop = asyncio.get_running_loop()
+        here = asyncio.current_task()
+        while True:
+            with self._lock:
+                tasks = cast(list[asyncio.Task[Any]], list(self._running))
+            running = [task for task in tasks if task is not here and task.get_loop() is loop]
+            if not running:
+                return
+            await all_end_within(running, None)
+
     async def aclose(self) -> None:
         """Refuse new calls, then wait for the tasks running them to end (the asyncio tier's;
         the task closing, and those of a loop closed or left not running, never do: not

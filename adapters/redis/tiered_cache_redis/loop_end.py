@@ -6,19 +6,27 @@ A ``redis.asyncio`` connection belongs to the loop it was opened on. A chain kep
 connections of the first loop, parked by the reader and pooled by the client: the next loop's
 calls tried them, and each failed (``RuntimeError: Event loop is closed``, an error of the
 tier for its breaker) until none was left -- 9 errors over 5 jobs. Once used on a loop, the
-tier keeps a task there that ``asyncio.run``'s end cancels (it cancels every task left, then
-runs them to their end, the loop still running): it disconnects the tier's connections then,
-and the next loop opens its own. (A loop run by hand and left without ``asyncio.run``'s end
-never runs that task: its connections are tried by the next loop, as before.)
+tier keeps an async generator begun there: the loop's ``shutdown_asyncgens`` closes it, which
+``asyncio.run`` calls (as ``asyncio.Runner`` and ``IsolatedAsyncioTestCase`` do) once the
+tasks it cancelled at its end have ended, the loop still running; its ``finally`` disconnects
+the tier's connections then, and the next loop opens its own.
+
+After those tasks, not among them: the writes that end cancelled finish with an invalidation
+then (:mod:`tiered_cache.write_tasks`), on the tier. A task cancelled with them (the hook this
+was until then) disconnected the pool under their calls, which reconnected and left their
+connections to the next loop; and a write that was the loop's first call of the tier made its
+task after the cancelling, so that nothing ever let go of them (2 errors of the next loop, 40
+connections left). (A loop run by hand and closed without ``shutdown_asyncgens`` never closes
+the generator: its connections are tried by the next loop, as before.)
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncGenerator, Awaitable, Callable
 
 from tiered_cache.logs import tier_logger
-from tiered_cache.loops import cancel
 
 
 class LoopEnd:
@@ -29,7 +37,8 @@ class LoopEnd:
         self._name = name
         self._let_go = let_go
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._watch: asyncio.Task[None] | None = None
+        #: The generator begun on ``_loop`` (kept: the loop only holds it weakly).
+        self._hook: AsyncGenerator[None, None] | None = None
 
     def here(self) -> None:
         """Called by each call of the tier, on its loop: one look when nothing changed."""
@@ -38,23 +47,28 @@ class LoopEnd:
             self._move_to(loop)
 
     def _move_to(self, loop: asyncio.AbstractEventLoop) -> None:
-        previous, watch = self._loop, self._watch
-        if previous is not None and watch is not None and not watch.done():
-            if previous.is_running():
-                # Two loops at once (threads): not supported, the connections are the first
-                # loop's (redis-py fails the other's calls). Refusing the second loop's calls
-                # outright was worse: its invalidations never reached Redis, and the first
-                # loop read the old values there.
-                return
-            cancel(watch)  # a loop left not running: ended, should it ever run again
+        previous = self._loop
+        if previous is not None and self._hook is not None and previous.is_running():
+            # Two loops at once (threads): not supported, the connections are the first
+            # loop's (redis-py fails the other's calls). Refusing the second loop's calls
+            # outright was worse: its invalidations never reached Redis, and the first
+            # loop read the old values there.
+            return
+        # A loop left not running keeps its generator, should it ever end: told it is no
+        # longer the tier's loop, it lets go of nothing then.
         self._loop = loop
-        self._watch = loop.create_task(self._until_the_loop_ends())
+        hook = self._hook = self._until_the_loop_ends()
+        # Begun here, at once (no task): the loop's first-iteration hook registers it; it
+        # stops at its yield (StopIteration), where it waits to be closed.
+        with contextlib.suppress(StopIteration):
+            hook.asend(None).send(None)
 
-    async def _until_the_loop_ends(self) -> None:
+    async def _until_the_loop_ends(self) -> AsyncGenerator[None, None]:
         try:
-            await asyncio.get_running_loop().create_future()  # never set: only cancelled
+            yield
         finally:
-            if self._watch is asyncio.current_task():  # not stopped, nor moved on
+            if self._hook is not None and self._loop is asyncio.get_running_loop():
+                self._hook = None  # not stopped, nor moved on
                 try:
                     await self._let_go()
                 except Exception:
@@ -64,10 +78,8 @@ class LoopEnd:
 
     def stop(self) -> None:
         """The tier is closing: nothing to watch any more (its close disconnects)."""
-        watch, self._watch, self._loop = self._watch, None, None
-        if watch is not None and not watch.done():
-            cancel(watch)
+        self._hook, self._loop = None, None
 
     def forget(self) -> None:
         """In a forked child: the parent's loop never runs here."""
-        self._watch, self._loop = None, None
+        self._hook, self._loop = None, None

@@ -1,0 +1,122 @@
+"""Writes and invalidations still in flight when their event loop ends: ``asyncio.run``'s end
+(a server's shutdown likewise) cancels every task left, the chain's write tasks included. What
+they were to drop from Redis must be gone from it all the same, or every process reads the old
+value there until its TTL."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import pytest
+import redis
+from tiered_cache_redis import AsyncRedisTier, make_async_client
+
+from tiered_cache import AsyncTieredCache, MemoryTier
+from tiered_cache.testing.servers import RedisServer
+from tiered_cache.testing.sources import AsyncDictSource
+
+KEYS = [f"k{i}" for i in range(40)]
+
+#: How a service leaves its writes behind: fire-and-forget tasks it never awaits, begun
+#: (``yields``: how many times the service's coroutine gives the loop a turn before it
+#: returns: 1, the write tasks are spawned but not begun; more, they are on the wire), or
+#: awaited under a client timeout that gives up first (the write goes on in the chain).
+Write = Callable[[AsyncTieredCache, str], Coroutine[Any, Any, None]]
+WRITES: dict[str, Write] = {
+    "invalidate": lambda cache, key: cache.invalidate(key),
+    "invalidate_many": lambda cache, key: cache.invalidate_many([key]),
+    "set": lambda cache, key: cache.set(key, "new"),
+    "set_many": lambda cache, key: cache.set_many({key: "new"}),
+}
+
+
+def chain(server: RedisServer, namespace: str, source: AsyncDictSource) -> AsyncTieredCache:
+    return AsyncTieredCache(
+        [
+            MemoryTier(max_entries=100),
+            AsyncRedisTier(make_async_client(server.url, timeout=2.0), namespace=namespace),
+        ],
+        source,
+        namespace=namespace,
+    )
+
+
+def old_in_redis(server: RedisServer, namespace: str) -> list[str]:
+    """The keys whose Redis copy still holds the value from before the writes."""
+    tier = AsyncRedisTier(make_async_client(server.url), namespace=namespace)
+    client = redis.Redis.from_url(server.url)
+    try:
+        return [
+            key
+            for key in KEYS
+            if (data := client.get(tier.redis_key(key))) is not None and b"old" in data
+        ]
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("yields", [1, 2, 3, 6])
+@pytest.mark.parametrize("write", sorted(WRITES))
+def test_writes_left_in_flight_as_asyncio_run_ends_leave_no_old_copy_in_redis(
+    redis_server: RedisServer, namespace: str, write: str, yields: int
+) -> None:
+    """Seen failing (invalidate, 1 yield): 40 of 40 keys kept the old value in Redis."""
+    source = AsyncDictSource({key: f"old {key}" for key in KEYS})
+    cache = chain(redis_server, namespace, source)
+
+    async def warm() -> None:
+        for key in KEYS:
+            assert await cache.get(key) == f"old {key}"
+
+    asyncio.run(warm())
+    assert len(old_in_redis(redis_server, namespace)) == len(KEYS)
+
+    async def service() -> None:
+        for key in KEYS:
+            source.inner.write(key, "new")  # the service wrote its database itself
+        left = [asyncio.create_task(WRITES[write](cache, key)) for key in KEYS]
+        for _ in range(yields):
+            await asyncio.sleep(0)
+        assert left  # never awaited: the loop ends with them
+
+    asyncio.run(service())
+    assert old_in_redis(redis_server, namespace) == []
+
+    async def read() -> list[Any]:
+        return [await cache.get(key) for key in KEYS]
+
+    assert asyncio.run(read()) == ["new"] * len(KEYS)
+    asyncio.run(cache.aclose())
+    assert cache.stats()["tiers"][1]["errors"] == 0
+
+
+@pytest.mark.parametrize("write", sorted(WRITES))
+def test_writes_whose_callers_gave_up_leave_no_old_copy_in_redis_as_the_loop_ends(
+    redis_server: RedisServer, namespace: str, write: str
+) -> None:
+    """The callers' client timeouts end first; their writes, run on by the chain, are still
+    in flight when the loop ends."""
+    source = AsyncDictSource({key: f"old {key}" for key in KEYS})
+    cache = chain(redis_server, namespace, source)
+
+    async def warm() -> None:
+        for key in KEYS:
+            await cache.get(key)
+
+    asyncio.run(warm())
+
+    async def service() -> None:
+        for key in KEYS:
+            source.inner.write(key, "new")
+        calls = [asyncio.create_task(WRITES[write](cache, key)) for key in KEYS]
+        await asyncio.sleep(0)  # each spawned its write
+        for call in calls:
+            call.cancel()  # the client went away
+        await asyncio.gather(*calls, return_exceptions=True)
+
+    asyncio.run(service())
+    assert old_in_redis(redis_server, namespace) == []
+    asyncio.run(cache.aclose())
+    assert cache.stats()["tiers"][1]["errors"] == 0

@@ -6,14 +6,15 @@ value there until its TTL."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
 import redis
-from tiered_cache_redis import AsyncRedisTier, make_async_client
+from tiered_cache_redis import AsyncRedisBus, AsyncRedisTier, make_async_client
 
-from tiered_cache import AsyncTieredCache, MemoryTier
+from tiered_cache import AsyncTieredCache, MemoryTier, TieredCache
 from tiered_cache.testing.servers import RedisServer
 from tiered_cache.testing.sources import AsyncDictSource
 
@@ -120,3 +121,52 @@ def test_writes_whose_callers_gave_up_leave_no_old_copy_in_redis_as_the_loop_end
     assert old_in_redis(redis_server, namespace) == []
     asyncio.run(cache.aclose())
     assert cache.stats()["tiers"][1]["errors"] == 0
+
+
+def test_invalidations_left_in_flight_reach_the_other_processes_as_the_loop_ends(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """With the bus: another process's memory drops the keys too, and the next loop's
+    announcements find no connection of the ended loop in the publisher's pool."""
+    settings: dict[str, Any] = {
+        "namespace": namespace,
+        "tiers": [
+            {"kind": "memory", "admission": "always", "ttl": "10m"},
+            {"kind": "redis", "url": redis_server.url, "timeout": "2s"},
+        ],
+        "ttl": "10m",
+        "bus": {"kind": "redis", "url": redis_server.url},
+    }
+    truth = {key: f"old {key}" for key in KEYS}
+    other = TieredCache.from_config(**settings)  # another process's chain
+    link = other._bus_link
+    assert link is not None and link.bus.wait_subscribed(10)  # type: ignore[attr-defined]
+    assert [other.get(key, lambda key=key: truth[key]) for key in KEYS] == list(truth.values())
+    cache = AsyncTieredCache.from_config(**settings)
+    bus = cache._bus_link.bus if cache._bus_link is not None else None
+    assert isinstance(bus, AsyncRedisBus)
+
+    async def service() -> None:
+        assert await bus.wait_subscribed(10)
+        for key in KEYS:
+            truth[key] = "new"
+        left = [asyncio.create_task(cache.invalidate(key)) for key in KEYS]
+        await asyncio.sleep(0)
+        assert left
+
+    asyncio.run(service())
+    assert old_in_redis(redis_server, namespace) == []
+    deadline = time.monotonic() + 10  # the other process hears the bus on its thread
+    while time.monotonic() < deadline and other.stats().get("bus_received", 0) < len(KEYS):
+        time.sleep(0.05)
+    assert [other.get(key, lambda key=key: truth[key]) for key in KEYS] == ["new"] * len(KEYS)
+
+    async def next_job() -> None:
+        await cache.invalidate("another")
+
+    asyncio.run(next_job())
+    stats = cache.stats()
+    assert stats.get("bus_publish_errors", 0) == 0
+    assert stats["tiers"][1]["errors"] == 0
+    asyncio.run(cache.aclose())
+    other.close()

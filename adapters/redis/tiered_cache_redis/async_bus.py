@@ -36,6 +36,7 @@ from .listening import (
     Subscription,
     log,
 )
+from .loop_end import LoopEnd
 
 __all__ = ["AsyncRedisBus"]
 
@@ -74,6 +75,9 @@ class AsyncRedisBus:
             subscribed=self._set_subscribed,
         )
         self._client = publisher if publisher is not None else connect()
+        #: The publisher's connections belong to the loop it publishes on: let go of as it
+        #: ends, after the writes its end stopped have finished theirs (:mod:`.loop_end`).
+        self._loop_end = LoopEnd(f"bus {channel}", self._let_go_of_publisher)
         self._task: asyncio.Task[None] | None = None
         #: The next listener starts as after an outage (a forked child's: it missed what
         #: changed since the fork).
@@ -88,6 +92,7 @@ class AsyncRedisBus:
         child never listened, and served its memory after other processes' writes."""
         self._listeners.after_fork_in_child()
         self._listening.connected = False
+        self._loop_end.forget()
         forget_the_parents_connections(self._client)
         task, self._task = self._task, None
         if task is not None:
@@ -100,7 +105,11 @@ class AsyncRedisBus:
         return self._listening.connected
 
     async def publish(self, message: Invalidation) -> None:
+        self._loop_end.here()
         await self._client.publish(self.channel, message.encode())
+
+    async def _let_go_of_publisher(self) -> None:
+        await self._client.connection_pool.disconnect()
 
     def subscribe(self, listener: BusListener) -> None:
         """Deliver to ``listener`` (on the event loop) once :meth:`listen` has started."""
@@ -112,6 +121,12 @@ class AsyncRedisBus:
         the running one, telling the chain first that the bus was down meanwhile."""
         task = self._task
         if self._closed or (task is not None and not _ended(task)):
+            return
+        if task is not None and task.cancelled() and task.get_loop() is asyncio.get_running_loop():
+            # Cancelled on this very loop, not by aclose: the loop is ending (asyncio.run's
+            # end cancels every task), and the writes it stopped finish theirs, announcing.
+            # A listener started now was never cancelled: destroyed pending as the loop
+            # closed, its connection left open. It listens again on the next loop.
             return
         again = task is not None or self._listened_before
         self._listened_before = False
@@ -135,10 +150,6 @@ class AsyncRedisBus:
                 self._listening.connected = False
                 self._set_subscribed(False)
                 self._listeners.tell("on_disconnect")
-                # The publisher's connections belong to this loop: closed while it still
-                # runs (they connect again on the next one).
-                with contextlib.suppress(Exception):
-                    await self._client.connection_pool.disconnect()
             raise
 
     async def wait_subscribed(self, timeout: float | None = None) -> bool:
@@ -153,6 +164,7 @@ class AsyncRedisBus:
         """Stop listening (the task is cancelled and its subscription closed) and close the
         publisher. Idempotent."""
         self._closed = True
+        self._loop_end.stop()
         task, self._task = self._task, None
         if task is not None:
             task.cancel()

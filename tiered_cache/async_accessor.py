@@ -68,7 +68,9 @@ class AsyncTierAccessor:
             self.local = False
             self.leases = bool(declared.leases) if declared is not None else False
             self.utf8_keys = bool(declared.utf8_keys) if declared is not None else False
+            self.one_loop = bool(declared.one_loop) if declared is not None else False
         else:
+            self.one_loop = False
             self.local = self.sync.local
             self.leases = self.sync.leases
             self.utf8_keys = self.sync.utf8_keys

@@ -23,7 +23,8 @@ T = TypeVar("T")
 
 
 class AsyncCircuitBreakerTier(GuardedTier[AsyncTier], AsyncTierBase):
-    """An async tier and the breaker guarding it (same protocol, name and ``utf8_keys``).
+    """An async tier and the breaker guarding it (same protocol, name, ``utf8_keys`` and
+    ``one_loop``).
 
     Args:
         tier: the async tier to protect.
@@ -44,6 +45,7 @@ class AsyncCircuitBreakerTier(GuardedTier[AsyncTier], AsyncTierBase):
             tier, settings, failure_threshold=failure_threshold, cool_down=cool_down, clock=clock
         )
         self.utf8_keys = isinstance(tier, AsyncTierBase) and tier.utf8_keys
+        self.one_loop = isinstance(tier, AsyncTierBase) and tier.one_loop
 
     def _call(self, operation: Callable[[], Awaitable[T]]) -> Awaitable[T]:
         return self.breaker.acall(operation)

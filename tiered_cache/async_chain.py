@@ -31,6 +31,7 @@ from .forking import restart_after_fork
 from .hit import NOT_FRESH
 from .l1 import L1Reader
 from .logs import logger_for
+from .loop_owner import LoopOwner
 from .loops import all_end_within
 from .metrics import CacheMetrics
 from .paths import ChainPaths
@@ -38,7 +39,7 @@ from .protection import REFRESH_DUE, Protection
 from .reporting import chain_stats, first_hot_keys
 from .singleflight import LeaderGone, waited_too_long
 from .stamp import EntryMaker
-from .steps import arun, run
+from .steps import Steps, arun, run
 from .tier import MISSING, Entry, Source, Tier
 from .write_tasks import WriteTasks
 
@@ -155,6 +156,9 @@ class AsyncTieredCache(L1Reader):
         self._disconnected_bound = max_stale_when_disconnected
         #: Writes running to their end, finished should their loop end first.
         self._writes = WriteTasks()
+        bound = [tier.name for tier in self._tiers if tier.one_loop]
+        #: One running event loop at a time, for a chain with loop-bound tiers.
+        self._loop_owner = LoopOwner(bound) if bound else None
         #: The async bus, whose listener runs on the chain's loop (see :meth:`_listen_here`).
         self._async_bus: AsyncBus | None = None
         #: The bus publishes natively (an :class:`AsyncBus`), not in a thread.
@@ -179,8 +183,12 @@ class AsyncTieredCache(L1Reader):
         them for ever there. An async bus listened in a task of that loop too: until the
         child listens on a loop of its own (from its next miss) and is subscribed, the bus
         is down for it, and the memory it inherited is not trusted (its parts restarted
-        before it: their locks are the child's)."""
+        before it: their locks are the child's). The loop that held a chain with loop-bound
+        tiers looks running in the child (it runs in the parent): forgotten, or the child's
+        every call was refused."""
         self._writes.forget()
+        if self._loop_owner is not None:
+            self._loop_owner.forget()
         if self._async_bus is not None and self._bus_link is not None:
             self._bus_link.on_disconnect()  # and again when the child's listener starts
 
@@ -245,12 +253,14 @@ class AsyncTieredCache(L1Reader):
         self, key: str, loader: AsyncLoader | None, ttl: float | str | None, early: bool = False
     ) -> Any:
         """Everything after an L1 miss (for the decorator): one flight per key, shared by the
-        coroutines of every event loop of this process.
+        coroutines of every event loop of this process (of one loop at a time, for a chain
+        with loop-bound tiers: :mod:`tiered_cache.loop_owner`).
 
         The first caller leads the flight in its own task (no task is spawned: a miss costs
         no extra hop); if it is cancelled (its client went away), the waiters do not inherit
         its cancellation: the next one leads a new flight.
         """
+        self._admit()
         if early and self._tiers:
             self._metrics.count("early_refreshes")
             self._loader.refresh_in_background(key, loader, ttl, None)
@@ -298,12 +308,14 @@ class AsyncTieredCache(L1Reader):
     ) -> dict[str, Any]:
         """Values for ``keys`` (see :meth:`TieredCache.get_many`); ``loader`` is a coroutine
         function taking the list of keys no tier had."""
+        self._admit()
         if self._async_bus is not None:
             self._listen_here()
         return await arun(self._paths.get_many(list(keys), loader, ttl))
 
     async def lookup_many(self, keys: Iterable[str]) -> dict[str, Entry]:
         """The fresh entries the tiers hold for ``keys``, without loading anything."""
+        self._admit()
         return await arun(self._paths.lookup_many(list(keys)))
 
     # -- writes -------------------------------------------------------------------------------
@@ -311,38 +323,44 @@ class AsyncTieredCache(L1Reader):
     async def set(self, key: str, value: Any, *, ttl: float | str | None = None) -> None:
         """Write ``value`` for ``key`` (see :meth:`TieredCache.set`: the same order)."""
         paths = self._paths
-        await self._writes.run(paths.set(key, value, ttl), lambda: paths.invalidate_many([key]))
+        await self._write(paths.set(key, value, ttl), lambda: paths.invalidate_many([key]))
 
     async def set_many(self, items: Mapping[str, Any], *, ttl: float | str | None = None) -> None:
         """Write several values (see :meth:`TieredCache.set_many`: the same order)."""
         paths = self._paths
-        await self._writes.run(
-            paths.set_many(items, ttl), lambda: paths.invalidate_many(list(items))
-        )
+        await self._write(paths.set_many(items, ttl), lambda: paths.invalidate_many(list(items)))
 
     async def invalidate(self, key: str) -> None:
         """Remove ``key`` from every tier and every process's memory (not from the source)."""
         paths = self._paths
-        await self._writes.run(paths.invalidate_many([key]), lambda: paths.invalidate_many([key]))
+        await self._write(paths.invalidate_many([key]), lambda: paths.invalidate_many([key]))
 
     async def invalidate_many(self, keys: Iterable[str], *, strict: bool = False) -> None:
         """See :meth:`TieredCache.invalidate_many`."""
         paths, keys = self._paths, list(keys)
-        await self._writes.run(
+        await self._write(
             paths.invalidate_many(keys, strict=strict), lambda: paths.invalidate_many(keys)
         )
 
     async def invalidate_prefix(self, prefix: str) -> None:
         """See :meth:`TieredCache.invalidate_prefix`."""
         paths = self._paths
-        await self._writes.run(
-            paths.invalidate_prefix(prefix), lambda: paths.invalidate_prefix(prefix)
-        )
+        await self._write(paths.invalidate_prefix(prefix), lambda: paths.invalidate_prefix(prefix))
 
     async def clear(self, *, strict: bool = False) -> None:
         """See :meth:`TieredCache.clear`."""
         paths = self._paths
-        await self._writes.run(paths.clear(strict=strict), paths.clear)
+        await self._write(paths.clear(strict=strict), paths.clear)
+
+    async def _write(self, steps: Steps[None], undo: Callable[[], Steps[None]]) -> None:
+        self._admit()
+        await self._writes.run(steps, undo)
+
+    def _admit(self) -> None:
+        """Refuse a call from a second running event loop if a tier is bound to one."""
+        owner = self._loop_owner
+        if owner is not None:
+            owner.here()
 
     # -- the bus ------------------------------------------------------------------------------
 

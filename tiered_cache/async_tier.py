@@ -59,10 +59,14 @@ class AsyncTierBase:
         leases: offers the coroutine forms of :class:`~tiered_cache.leases.LeasingTier`'s
             operations (:class:`AsyncLeasingTier`).
         utf8_keys: stores keys as UTF-8 (see :class:`~tiered_cache.tier.TierBase`).
+        one_loop: its connections belong to the event loop they were opened on, and it
+            serves one running loop at a time: the chain refuses calls from a second loop
+            while the first runs (:class:`~tiered_cache.EventLoopConflict`).
     """
 
     leases: bool = False
     utf8_keys: bool = False
+    one_loop: bool = False
 
     async def clear(self) -> None:  # pragma: no cover - a subclass overrides
         raise NotImplementedError

@@ -43,6 +43,13 @@ class ChainClosedError(TieredCacheError, RuntimeError):
     asked of a tier or the source, and no tier's failure is counted. Build a new chain."""
 
 
+class EventLoopConflict(TieredCacheError, RuntimeError):
+    """An asyncio chain with a tier whose connections belong to one event loop at a time (the
+    Redis tier on ``redis.asyncio``) was called from a second loop while the first still
+    runs (two threads, each with its loop). Nothing was asked of a tier or the source. Build
+    one chain per event loop; one loop after another (``asyncio.run`` per job) is fine."""
+
+
 class TierUnavailable(TieredCacheError):
     """A tier cannot be used right now (connection lost, timeout, circuit open)."""
 

@@ -72,6 +72,9 @@ class AsyncRedisTier(AsyncTierBase):
     :class:`~tiered_cache_redis.RedisTier`, with a ``redis.asyncio`` client."""
 
     leases = True
+    #: A ``redis.asyncio`` connection belongs to its loop: one running loop at a time
+    #: (:mod:`.loop_end` for one loop after another).
+    one_loop = True
     #: Redis keys are bytes: a key UTF-8 cannot encode is refused at the chain's face.
     utf8_keys = True
 

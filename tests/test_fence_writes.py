@@ -30,6 +30,7 @@ def entry(clock: FakeClock, value: str) -> Entry:
 def test_the_threaded_fence_fills_a_one_key_write_in_plain_calls(clock: FakeClock) -> None:
     tiers, metrics = two_tiers(clock)
     fence = Fence([TierAccessor(i, tier, metrics, clock) for i, tier in enumerate(tiers)], metrics)
+    assert fence.plain
     steps = fence.write_steps(fence.mark(), ["k"], {"k": entry(clock, "new")})
     with pytest.raises(StopIteration) as done:
         next(steps)  # no step yielded: the tiers were written by plain calls
@@ -51,6 +52,7 @@ def test_the_asyncio_fence_fills_a_one_key_write_as_steps(clock: FakeClock) -> N
     tiers, metrics = two_tiers(clock)
     targets = [AsyncTierAccessor(i, tier, metrics, clock) for i, tier in enumerate(tiers)]
     fence = Fence([target.sync for target in targets], metrics, fill_targets=targets)
+    assert not fence.plain
     steps = fence.write_steps(fence.mark(), ["k"], {"k": entry(clock, "new")})
     call, _ = next(steps)  # a step the asyncio chain awaits: its tiers' writes are coroutines
     assert call == targets[1].set_many

@@ -135,7 +135,6 @@ class TieredCache(L1Reader):
             store=self._store if source is not None else None,
             announce=self._announce if bus is not None else None,
             write_policy=write_policy,
-            fill_one=self._fence.fill_one,
         )
         #: What a miss runs inside its flight: the read down the tiers in plain calls.
         self._read: Callable[[Flight, str, Loader | None, float | str | None], Any] = (

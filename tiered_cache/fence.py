@@ -94,9 +94,10 @@ class Fence:
         #: What a write fills (:meth:`write_steps`): the chain's tiers, whichever face's.
         self._targets = list(targets)
         #: The fills go to ``tiers`` themselves, whose calls are plain calls (the threaded
-        #: chain): a write's one-key fill without a lease then runs as :meth:`fill_one`'s
-        #: plain calls, not as steps. Known from how the fence was built, once.
-        self._plain = fill_targets is None
+        #: chain): a one-key fill without a lease (a write's, a copy-up's) then runs as
+        #: :meth:`fill_one`'s plain calls, not as steps. Known from how the fence was built,
+        #: once; the chain's paths read it here.
+        self.plain = fill_targets is None
         # Taken before every read that may fill (once per miss): the log's own method, with no
         # frame of the fence's around it.
         self.mark: Callable[[], int] = self._log.mark
@@ -176,7 +177,7 @@ class Fence:
         own = log.record(keys, (), pending=True)
         try:
             self._drop(keys, (), False)
-            if self._plain and not tokens and len(entries) == 1:
+            if self.plain and not tokens and len(entries) == 1:
                 ((key, entry),) = entries.items()
                 return {key} if self.fill_one(mark, key, entry, self._tiers, own) else set()
             if not entries:

@@ -47,8 +47,6 @@ class ChainPaths:
         store: writes the source (a step), or None when the chain has no source.
         announce: tells the other processes (a step), or None without a bus.
         write_policy: ``"through"`` or ``"around"`` (see :meth:`TieredCache.set`).
-        fill_one: the fence's one-key, lease-less fill in plain calls, when the tiers' calls
-            are plain calls (the threaded chain); None: every fill goes as steps.
     """
 
     def __init__(
@@ -64,7 +62,6 @@ class ChainPaths:
         store: Callable[[str, Any], Any] | None,
         announce: Announce | None,
         write_policy: Literal["through", "around"],
-        fill_one: FillOne | None = None,
     ) -> None:
         self.tiers = list(tiers)
         self.shared = [tier for tier in self.tiers if not tier.local]
@@ -87,7 +84,9 @@ class ChainPaths:
         self.store = store
         self.announce = announce
         self.write_policy = write_policy
-        self.fill_one = fill_one
+        #: The fence's one-key, lease-less fill in plain calls, when the tiers' calls are
+        #: plain calls (:attr:`Fence.plain`: the threaded chain); None: fills go as steps.
+        self.fill_one: FillOne | None = fence.fill_one if fence.plain else None
         #: The bus is down and in-process tiers keep fills for a bound (reads are counted).
         self.bounded = False
 
@@ -182,7 +181,7 @@ class ChainPaths:
             if tier.index > 0:
                 tier.hit()
                 fill_one = self.fill_one
-                assert fill_one is not None, "the threaded chain passes its fence's fill_one"
+                assert fill_one is not None, "the threaded chain's fence fills in plain calls"
                 fill_one(mark, key, entry, tiers[: tier.index], None)
             return entry.value
         return self.loader.load(key, mark, loader, ttl, None).value

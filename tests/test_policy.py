@@ -747,6 +747,31 @@ def test_in_the_warm_up_lru_ahead_of_a_window_that_jumped_takes_the_whole_cache(
     assert all(window == 500 and not epoch for window, epoch in windows.values()), windows
 
 
+def test_the_tier_tells_its_policy_when_its_read_buffer_may_have_dropped_reads(
+    clock: FakeClock,
+) -> None:
+    # The buffer keeps the most recent reads (128 here) and drops the oldest without a count,
+    # so that a hit stays one append. A full buffer at its replay may have dropped some: the
+    # policy is told.
+    class Told(LruPolicy):
+        dropped = 0
+
+        def reads_dropped(self) -> None:
+            self.dropped += 1
+
+    policy = Told(100)
+    tier = MemoryTier(policy=policy, max_entries=100, clock=clock)
+    tier.set("kept", Entry(value=1, loaded_at=clock()))
+    for _ in range(100):
+        assert tier.get("kept")
+    assert tier.get("absent") is MISSING  # a miss replays the buffer: 100 reads, room for 128
+    assert policy.dropped == 0
+    for _ in range(200):
+        assert tier.get("kept")
+    assert tier.get("absent") is MISSING
+    assert policy.dropped == 1
+
+
 def first_agings(keys: Iterable[str]) -> float:
     """The read after the 20,000th at which a 1,000-entry policy's sketch first aged (-1:
     never)."""

@@ -274,6 +274,8 @@ class TinyLfuPolicy:
         # whether LRU led at the end of the last period, and the window a jump left (-1: none).
         self._guarding = self._lru_mode = self._lru_was_ahead = self._half_or_more = False
         self._warming, self._jumped_from = self._adaptive, -1.0
+        # Whether the tier's read buffer has dropped reads (see reads_dropped).
+        self._reads_dropped = False
         # At the top (_set_window: a main area of _TOP_MAIN or less, outside LRU mode) the
         # guard also shows its sample to the miniature W-TinyLFU: its lead over this policy.
         self._at_top = False
@@ -857,6 +859,11 @@ class TinyLfuPolicy:
             return
         self._lru_lead *= 0.5
         self._guard_differed *= 0.5
+
+    def reads_dropped(self) -> None:
+        """The tier's read buffer was full when it was replayed: it may have dropped reads
+        (the oldest) since the last replay, which neither the guard nor the sketch saw."""
+        self._reads_dropped = True
 
     def _warm_up(self) -> bool:
         """The end of a period of the guard in the warm-up (until the sketch first ages):

@@ -7,10 +7,15 @@ counter itself, with no server and no timing (events order the threads)."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import threading
+from collections.abc import Hashable
+from typing import Any
 
 import pytest
 from tiered_cache_redis.in_flight import CallsInFlight, current_task
+
+from tiered_cache.testing.forked import in_a_child
 
 
 @pytest.fixture
@@ -52,6 +57,48 @@ def test_calls_of_one_thread_nest_and_a_call_that_raised_is_counted_out() -> Non
         raise KeyError("the call failed")
     assert calls._running == {}
     calls.close()  # nothing running: returns at once
+
+
+@pytest.mark.parametrize("nth", [1, 3], ids=["a call starting", "a nested call ending"])
+def test_close_from_a_signal_handler_landing_while_the_count_is_updated_returns(nth: int) -> None:
+    """A SIGTERM handler that closes the chain runs on the main thread between two of its
+    steps -- possibly while that thread holds the count's own lock, as a call starts or ends.
+    With a plain lock the handler's close waited for that lock, held by the frame it
+    interrupted, for ever (seen: the child reported nothing). The signal is raised from the
+    count's ``nth`` update, which runs under the lock; the handler runs before it returns."""
+
+    def body() -> list[str]:
+        calls = CallsInFlight("redis", threading.get_ident)
+        seen: list[str] = []
+
+        class SignalOnUpdate(dict[Hashable, int]):
+            updates = 0
+
+            def __setitem__(self, key: Hashable, value: int) -> None:
+                SignalOnUpdate.updates += 1
+                if SignalOnUpdate.updates == nth:
+                    signal.raise_signal(signal.SIGUSR1)
+                super().__setitem__(key, value)
+
+        def on_signal(signum: int, frame: Any) -> None:
+            calls.close()
+            seen.append("closed")
+
+        signal.signal(signal.SIGUSR1, on_signal)
+        calls._running = SignalOnUpdate()
+        with calls:  # updates: this call's start (1)
+            if nth == 3:
+                with calls:  # the nested call's start (2) and end (3)
+                    pass
+        seen.append(f"running {len(calls._running)}")
+        try:
+            with calls:
+                pass
+        except RuntimeError:
+            seen.append("refused")
+        return seen
+
+    assert in_a_child(body, timeout=20) == ["closed", "running 0", "refused"]
 
 
 @pytest.mark.anyio

@@ -41,7 +41,11 @@ class CallsInFlight:
     def __init__(self, name: str, owner: Callable[[], Hashable]) -> None:
         self._name = name
         self._owner = owner
-        self._lock = threading.Lock()  # the threaded tier's threads, or loops of several
+        # The threaded tier's threads, or loops of several. Reentrant: a signal handler that
+        # closes the chain (SIGTERM) runs on the main thread between two of its steps, maybe
+        # while that thread holds this lock as a call starts or ends; with a plain lock the
+        # handler's close waited for the frame it interrupted, for ever.
+        self._lock = threading.RLock()
         self._idle = threading.Condition(self._lock)  # what close waits on
         #: ``owner: calls of it running``.
         self._running: dict[Hashable, int] = {}

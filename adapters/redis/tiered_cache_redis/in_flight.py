@@ -11,8 +11,9 @@ they would have -- each is bounded by the client's own timeouts.
 One counter for both tiers: calls are counted by what runs them -- the thread, or the task
 (an asyncio tier's calls may come from several loops, and a task of a loop closed or left
 not running never ends: its calls are not waited for). Only closing waits on the counter's
-condition: a call takes its plain lock as it starts and as it ends, and wakes a waiter only
-when the tier is closing and it was the last call of its thread or task running.
+condition: a call takes its lock (reentrant: see ``__init__``) as it starts and as it ends,
+and wakes a waiter only when the tier is closing and it was the last call of its thread or
+task running.
 """
 
 from __future__ import annotations

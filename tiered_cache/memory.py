@@ -49,11 +49,6 @@ class EvictionPolicy(Protocol):
         """
         ...
 
-    def reads_dropped(self) -> None:
-        """The read buffer was full when it was replayed: it may have dropped its oldest reads
-        since the last replay, so the hits handed to :meth:`record_hits` are a part of them."""
-        ...
-
     def put(self, key: str, slot: Slot) -> bool:
         """Offer ``slot`` (weighing ``slot.weight``); False if the policy refused it. May evict
         other keys."""
@@ -145,9 +140,6 @@ class LruPolicy:
         for key in hits:
             if key in slots:
                 touch(key)
-
-    def reads_dropped(self) -> None:
-        """Nothing to do: recency is kept for the hits replayed; dropped ones are older."""
 
     def put(self, key: str, slot: Slot) -> bool:
         weight = slot.weight

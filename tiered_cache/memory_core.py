@@ -89,8 +89,6 @@ class MemoryCore:
         self._observe: Callable[[str], Slot | None] = policy.get
         self._put: Callable[[str, Slot], bool] = policy.put
         room = min(max(READ_BUFFER_SIZE, max_entries), READ_BUFFER_MAX)
-        self._room = room
-        self._reads_dropped: Callable[[], None] = policy.reads_dropped
         self.reads: deque[str | tuple[str]] = deque(maxlen=room)
         #: Buffers a hit (the chain's plain-hit reader calls it too).
         self.record_read: Callable[[str], None] = self.reads.append
@@ -119,15 +117,12 @@ class MemoryCore:
             # The policy observes the miss (hot-key detection) when the buffer is replayed,
             # at the next write (the fill that usually follows) or locked miss: in the same
             # order with the hits as if it were counted now, without taking the lock now.
-            reads = self.reads
-            buffered = len(reads)
-            if buffered < MISS_BUFFER_ROOM:
-                reads.append((key,))
+            if len(self.reads) < MISS_BUFFER_ROOM:
+                self.reads.append((key,))
                 return _MISSING
             lock = self.lock
             lock.acquire()
             try:
-                self._tell_if_full(buffered)
                 self._replay_reads()
                 self._observe(key)
             finally:
@@ -164,7 +159,6 @@ class MemoryCore:
                 missed.append((key, slot))
         if missed:
             with self.lock:
-                self._tell_if_full(len(self.reads))
                 self._replay_reads()
                 policy, observe = self.policy, self._observe
                 for key, kept in missed:
@@ -179,17 +173,6 @@ class MemoryCore:
         with self.lock:
             slot = self.policy.peek(key)
         return slot is not None and self._clock() < slot.expire_at
-
-    def _tell_if_full(self, buffered: int) -> None:
-        """Tell the policy when the read buffer holding ``buffered`` reads is full: its oldest
-        reads may have been dropped (the deque counts none, so that a hit stays one append),
-        and what the policy is shown is then a part of the reads (a simulation fed with it can
-        be fooled: TinyLfuPolicy's guard). Asked where a run of hits ends, at a miss that
-        replays the buffer (``get_at``'s locked miss, ``get_many``), not at every replay: one
-        ``len`` per replay cost a miss about 100 instructions (valgrind), and a miss that
-        replays a full buffer is the locked one, whose length is known already."""
-        if buffered >= self._room:
-            self._reads_dropped()
 
     def _replay_reads(self) -> None:
         # Called with the lock held; deque.popleft is atomic against concurrent appends.

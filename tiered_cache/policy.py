@@ -51,8 +51,7 @@ window back to half the cache (see ``TinyLfuPolicy._top_period``). Until the ske
 (the warm-up) the guard runs at any window, and LRU ahead of a window under half the cache at
 the end of two periods in a row takes the window to half at once, where the ghosts take tens of
 thousands of reads when keys come back later than they remember (see
-``TinyLfuPolicy._warm_up``); a lead of LRU with no read the other way acts at once, unless the
-tier's read buffer has dropped reads (see ``TinyLfuPolicy._unanimous``).
+``TinyLfuPolicy._warm_up``).
 
 A popularity shift (a new hot set) leaves the main area full of keys the sketch still counts
 as frequent until it next ages. When a period's hit ratio falls sharply below the recent
@@ -275,10 +274,6 @@ class TinyLfuPolicy:
         # whether LRU led at the end of the last period, and the window a jump left (-1: none).
         self._guarding = self._lru_mode = self._lru_was_ahead = self._half_or_more = False
         self._warming, self._jumped_from = self._adaptive, -1.0
-        # The unanimous lead (_unanimous): whether LRU mode was entered on it (kept at the
-        # warm-up's end only if LRU still leads), and whether the tier's read buffer has
-        # dropped reads (then the guard's view is partial, see reads_dropped).
-        self._provisional = self._reads_dropped = False
         # At the top (_set_window: a main area of _TOP_MAIN or less, outside LRU mode) the
         # guard also shows its sample to the miniature W-TinyLFU: its lead over this policy.
         self._at_top = False
@@ -833,8 +828,6 @@ class TinyLfuPolicy:
         if lead:
             self._lru_lead += lead
             self._guard_differed += 1.0
-            if lead > 0 and self._warming:
-                self._unanimous()
         self._guard_reads += 1
         if self._guard_reads < self._guard_period:
             return
@@ -852,76 +845,18 @@ class TinyLfuPolicy:
         if self._at_top and self._top_period():
             return
         if self._lru_lead > _GUARD_SIGMAS * self._guard_differed**0.5:
-            self._switch_lru_mode(not self._lru_mode)
+            # Enter LRU mode (the window takes the whole cache), or leave it (back to
+            # _ALT_WINDOW); the evidence starts afresh either way.
+            lru_mode = not self._lru_mode
+            self._lru_mode = lru_mode
+            guard_lru.clear()
+            self._alt_window.clear()
+            self._alt_main.clear()
+            self._lru_lead = self._guard_differed = 0.0
+            self._set_window(self.max_entries * (1.0 if lru_mode else _ALT_WINDOW))
             return
         self._lru_lead *= 0.5
         self._guard_differed *= 0.5
-
-    def _switch_lru_mode(self, lru_mode: bool) -> None:
-        """Enter LRU mode (the window takes the whole cache), or leave it (back to
-        ``_ALT_WINDOW``); the evidence starts afresh either way."""
-        self._lru_mode = lru_mode
-        self._provisional = False
-        self._guard_lru.clear()
-        self._alt_window.clear()
-        self._alt_main.clear()
-        self._lru_lead = self._guard_differed = 0.0
-        self._set_window(self.max_entries * (1.0 if lru_mode else _ALT_WINDOW))
-
-    def reads_dropped(self) -> None:
-        """The tier's read buffer was full when it was replayed: it may have dropped reads
-        (the oldest) since the last replay, which neither the guard nor the sketch saw. The
-        guard's unanimous lead is not acted on from then on (``_unanimous``)."""
-        self._reads_dropped = True
-
-    def _unanimous(self) -> None:
-        """In the warm-up, a sampled read that LRU won: act at once when LRU has won every
-        read where the two differed since the guard's evidence last started afresh, and by
-        the guard's sign test (with no read the other way, from the fifth on).
-
-        On a recency-biased trace the cache first evicts at the 2,563rd read (reuse 0.8,
-        mean distance 300, 500 entries), and from then on LRU hits every read on which the two
-        differ; the warm-up's jump (``_warm_up``) waited for the end of two periods and LRU
-        mode for one more: 31 hits below LRU by the 3,724th read, 34 at the end (16 when the
-        lead acts at once). A lead that comes and goes while the sketch is cold is no verdict
-        (``_warm_up``'s two periods); a lead with no read the other way is, so: a window under
-        half the cache jumps to half (``_warm_up`` takes it back if the policy then leads), a
-        window at half or more enters LRU mode, provisionally: at the warm-up's end it is kept
-        only if the miniature is then behind LRU (on reuse 0.85 / mean 200 the miniature ties
-        with LRU and the main area beats LRU later).
-
-        Not once the tier's read buffer has dropped reads (``reads_dropped``): the guard is
-        then shown a part of the hits, and LRU, simulated on that part, finds keys a real LRU
-        would not. In a loop of 1,100 keys at 1,000 entries behind a 128-read buffer LRU then
-        won every read that differed, and the rule took the window into the loop (rounds 10
-        to 40: 80.2% hit under salt 0, 89.1% without the rule). Not only drops since the
-        evidence last started afresh: the simulated LRU's keys outlive that restart (a window
-        crossing half the cache), and on the same loop, with the restart forgetting the drops,
-        LRU won the first reads after it unanimously (still 80.2% and 80.2% under salts 0 and
-        3). Nor under ``_TOP_ENTRIES`` entries: periods of a few dozen sampled reads (reuse
-        0.8, mean 30, 20 entries: LRU mode entered early and left at the warm-up's end on too
-        little evidence, 251 hits fewer).
-        """
-        lead = self._lru_lead
-        if (
-            lead != self._guard_differed  # a read went the other way (the halving keeps ==)
-            or lead <= _GUARD_SIGMAS * lead**0.5
-            or self._reads_dropped
-            or self._lru_mode
-            or self.max_entries < _TOP_ENTRIES
-            or self.sketch.epoch
-        ):
-            return
-        half = self.max_entries * _ALT_WINDOW
-        if self._window_target < half:
-            if self._jumped_from < 0.0:
-                self._jumped_from = self._window_target
-            self._lru_was_ahead = False
-            self._set_window(half)
-            self._lru_lead = self._guard_differed = 0.0
-            return
-        self._switch_lru_mode(True)
-        self._provisional = True
 
     def _warm_up(self) -> bool:
         """The end of a period of the guard in the warm-up (until the sketch first ages):
@@ -962,11 +897,6 @@ class TinyLfuPolicy:
         if self.sketch.epoch:  # the warm-up is over
             self._warming = False
             self._jumped_from = -1.0
-            if self._provisional:  # entered on a unanimous lead (_unanimous)
-                self._provisional = False
-                if self._lru_mode and -self._lru_lead <= _GUARD_SIGMAS * self._guard_differed**0.5:
-                    self._switch_lru_mode(False)
-                    return True
             self._set_window(self._window_target)
             return not self._guarding
         if self._lru_mode:

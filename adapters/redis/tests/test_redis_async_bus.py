@@ -378,3 +378,41 @@ def test_a_chain_kept_across_loops_announces_from_each_of_them(
     assert stats.get("bus_publish_errors", 0) == 0
     assert stats["bus_sent"] == 40
     asyncio.run(cache.aclose())
+
+
+def test_a_cancellation_the_subscriptions_read_swallows_still_ends_the_listener(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read of the subscription that loses its task's cancellation (a library that catches
+    CancelledError in a timeout's race and carries on) left the listener polling every 0.2 s
+    for good: asyncio.run's end, which waits for every task it cancelled, hung (seen once in
+    a full run, inside asyncio.run, the loop waking at the poll interval)."""
+    import tiered_cache_redis.async_bus as async_bus_module
+
+    real_read = async_bus_module._read
+    swallowed: list[bool] = []
+
+    async def read_losing_one_cancel(handle: Any, timeout: float) -> Any:
+        try:
+            return await real_read(handle, timeout)
+        except asyncio.CancelledError:
+            if swallowed:
+                raise
+            swallowed.append(True)
+            return None
+
+    monkeypatch.setattr(async_bus_module, "_read", read_losing_one_cancel)
+
+    async def main() -> bool:
+        bus = AsyncRedisBus(lambda: redis.asyncio.Redis.from_url(redis_server.url), "t-lost-cancel")
+        assert await bus.wait_subscribed(10)
+        task = bus._task
+        assert task is not None
+        task.cancel()
+        await asyncio.wait({task}, timeout=5)
+        ended = task.done()
+        await bus.aclose()
+        return ended
+
+    assert asyncio.run(main())
+    assert swallowed == [True]

@@ -68,7 +68,7 @@ class AsyncRedisBus:
         self._closed = False
         self._subscribed: asyncio.Event | None = None
         self._listening = Listening(
-            Subscription(self._open, self._subscribe, _read, _ping, _close, sleep),
+            Subscription(self._open, self._subscribe, _reading, _ping, _close, sleep),
             self._listeners,
             health,
             stopped=lambda: self._closed,
@@ -196,6 +196,19 @@ def _ended(task: asyncio.Task[None]) -> bool:
 
 async def _read(handle: tuple[aioredis.Redis, Any], timeout: float) -> Any:
     return await handle[1].get_message(timeout=timeout)
+
+
+async def _reading(handle: tuple[aioredis.Redis, Any], timeout: float) -> Any:
+    """One read of the subscription that never loses its task's cancellation. A read that
+    catches CancelledError and carries on (a library's timeout racing the cancel) would leave
+    the listener polling for good, and asyncio.run's end, which waits for every task it
+    cancelled, hung behind it. A cancel still requested after the read ends the listener
+    at its next poll."""
+    message = await _read(handle, timeout)
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+    return message
 
 
 async def _ping(handle: tuple[aioredis.Redis, Any]) -> None:

@@ -51,7 +51,7 @@ def test_a_second_event_loop_running_at_once_is_refused_before_any_tier_is_asked
     redis_server: RedisServer, namespace: str
 ) -> None:
     """Two threads, each with its loop, one chain: the second loop's calls failed inside
-    redis-py (``attached to a different loop``), 60 to 112 errors of the tier in about 420
+    redis-py (``attached to a different loop``), 59 to 112 errors of the tier in about 420
     calls, each failed delete an old value left in Redis, and nothing said it was not
     supported. Seen failing: the second loop's get read through (no error raised)."""
     source = AsyncDictSource({"k": 1})

@@ -49,10 +49,10 @@ class LoopEnd:
     def _move_to(self, loop: asyncio.AbstractEventLoop) -> None:
         previous = self._loop
         if previous is not None and self._hook is not None and previous.is_running():
-            # Two loops at once (threads): not supported, the connections are the first
-            # loop's (redis-py fails the other's calls). Refusing the second loop's calls
-            # outright was worse: its invalidations never reached Redis, and the first
-            # loop read the old values there.
+            # Two loops at once (threads): the chain refuses the second loop's calls at its
+            # face, before any tier (tiered_cache/loop_owner.py; the tier declares
+            # one_loop). A tier used without a chain is not guarded: its connections stay
+            # the first loop's, and redis-py fails the other's calls.
             return
         # A loop left not running keeps its generator, should it ever end: told it is no
         # longer the tier's loop, it lets go of nothing then.

@@ -187,6 +187,22 @@ def test_garbage_is_a_codec_error_on_decode(name: str) -> None:
         get_codec(name).decode(b"\xc1\x00garbage{")
 
 
+@pytest.mark.parametrize("fast", [True, False])
+@pytest.mark.parametrize(
+    "data", [b"[" * 100_000 + b"]" * 100_000, b'{"a":' * 100_000 + b"1" + b"}" * 100_000]
+)
+def test_json_data_nested_too_deeply_is_a_codec_error_on_decode(fast: bool, data: bytes) -> None:
+    # Bytes another program wrote into Redis: a RecursionError escaping decode made the Redis
+    # tier count a failure (its breaker opening after five reads of the one key) and the read
+    # raise instead of being a logged miss.
+    codec = JsonCodec(fast=fast)
+    with pytest.raises(CodecError, match="cannot decode the data: nested too deeply"):
+        codec.decode(data)
+    values, errors = codec.decode_many([b"1", data])
+    assert values[0] == 1
+    assert list(errors) == [1]
+
+
 def test_get_codec_by_name() -> None:
     assert codec_names() == ["json", "msgpack", "pickle"]
     for name in codec_names():

@@ -352,6 +352,12 @@ class JsonCodec(CodecBase):
             return self._loads(text) if tagged else self._plain_loads(text)
         except (ValueError, TypeError, ArithmeticError) as exc:
             raise CodecError(f"codec {self.name!r} cannot decode the data: {exc}") from exc
+        except RecursionError:
+            # Bytes another program wrote (our encoder refuses such depth): a miss, not an
+            # error of the tier, whose breaker would open for every key.
+            raise CodecError(
+                f"codec {self.name!r} cannot decode the data: nested too deeply"
+            ) from None
 
     def decode_many(self, datas: Sequence[bytes]) -> Decoded:
         """:meth:`decode` of each of ``datas``, with the fast path's guards run once over the

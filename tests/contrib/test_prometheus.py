@@ -7,6 +7,10 @@ from collections.abc import Callable
 
 import pytest
 from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as openmetrics_families,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 from tiered_cache import TieredCache
@@ -162,3 +166,19 @@ def test_a_raw_hot_key_utf8_cannot_encode_does_not_break_the_scrape(
         _, samples = scrape(registry)
     labels = frozenset({("namespace", namespace), ("rank", "1"), ("key", "path:caf\\udce9")})
     assert samples[("tiered_cache_hot_key_reads_per_second", labels)] > 0
+
+
+def test_a_second_collector_on_one_registry_is_refused_when_registered(namespace: str) -> None:
+    # register(users) then register(tweets) on a CollectorRegistry() (no auto_describe, the
+    # default for a registry of one's own) was accepted: every scrape then described each
+    # metric twice, which the OpenMetrics format (what Prometheus asks for) refuses, so the
+    # whole /metrics, the application's own metrics too, could not be read.
+    first = TieredCache([MemoryTier()], namespace=namespace)
+    second = TieredCache([MemoryTier()], namespace=f"{namespace}-b")
+    registry = CollectorRegistry()
+    register(first, registry=registry)
+    with pytest.raises(ValueError, match="Duplicated timeseries"):
+        register(second, registry=registry)
+    text = openmetrics_latest(registry).decode()
+    families = list(openmetrics_families(text))
+    assert len(families) == len(CATALOGUE)

@@ -51,6 +51,14 @@ class TieredCacheCollector(Collector):
         self._caches = caches
         self._raw_hot_keys = raw_hot_keys
 
+    def describe(self) -> Iterator[Metric]:
+        """Every metric, without samples: a registry checks names with it when the collector
+        is registered, so a second collector of these names is refused there (a registry of
+        one's own does not call ``collect`` for that, and took it: each scrape then described
+        every metric twice, which the OpenMetrics format refuses)."""
+        for item in series():
+            yield _family(item)
+
     def collect(self) -> Iterator[Metric]:
         """Every metric, from one snapshot of each chain's counters."""
         snapshots = [cache.stats() for cache in self._caches]

@@ -226,6 +226,19 @@ def test_a_number_a_trace_line_cannot_hold_is_reported_with_its_line(
         list(read_trace(trace, fmt))  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("stamp", ["inf", "-inf", "nan", "Infinity", "1e309"])
+def test_a_timestamp_that_is_not_a_finite_number_is_reported_with_its_line(
+    tmp_path: Path, stamp: str
+) -> None:
+    """float() reads "inf" and "nan": a twitter trace with one such timestamp replayed without
+    a word, its clock at infinity from that line on, so that every entry had expired when it
+    was read (83 hits of 20,000 reads where the trace without that line gave 18,962)."""
+    trace = tmp_path / "bad.csv"
+    trace.write_text(f"0,k1,10,100,1,get,0\n{stamp},k1,10,100,1,get,0\n1,k1,10,100,1,get,0\n")
+    with pytest.raises(ValueError, match="^line 2: timestamp .* is not a finite number"):
+        list(read_trace(trace, "twitter"))
+
+
 @pytest.mark.usefixtures("broken_distribution")
 def test_a_subcommand_that_cannot_be_loaded_is_skipped_with_a_warning(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]

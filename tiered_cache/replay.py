@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import math
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -121,7 +122,16 @@ def _read_twitter(lines: Iterable[str]) -> Iterator[Request]:
                 "operation,ttl'"
             )
         if fields[5].strip().lower() in _TWITTER_READS:
-            yield _number(float, fields[0], number), fields[1]
+            yield _timestamp(fields[0], number), fields[1]
+
+
+def _timestamp(text: str, line: int) -> float:
+    """A read's time in seconds; float() also reads "inf" and "nan", which would stop (or
+    blank out) the replay's clock and give a hit ratio of nothing, so they are refused."""
+    seconds = _number(float, text, line)
+    if not math.isfinite(seconds):
+        raise ValueError(f"line {line}: timestamp {text.strip()!r} is not a finite number")
+    return seconds
 
 
 def _number(kind: Callable[[str], N], text: str, line: int) -> N:

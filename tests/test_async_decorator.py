@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tiered_cache import AsyncTieredCache, MemoryTier, TieredCache
+from tiered_cache import AsyncTieredCache, MemoryTier, RecursiveLoad, TieredCache
 from tiered_cache.testing import FakeClock
 
 pytestmark = pytest.mark.anyio
@@ -172,4 +172,27 @@ async def test_an_argument_whose_text_is_its_memory_address_is_refused(clock: Fa
             await profile(Request())
     assert loads == []
     assert cache.stats()["tiers"][0]["misses"] == 0  # no tier was asked
+    await cache.aclose()
+
+
+async def test_an_async_function_that_awaits_its_own_key_while_loading_it_raises(
+    clock: FakeClock,
+) -> None:
+    """The coroutine joined its own flight and awaited its own future: the task never ended."""
+    cache = memory_chain(clock)
+    calls: list[int] = []
+
+    @cache.cached(key="rec:{x}")
+    async def rec(x: int) -> str:
+        calls.append(x)
+        return await rec(x)
+
+    with pytest.raises(RecursiveLoad, match="rec:1"):
+        await rec(1)
+    assert calls == [1]
+
+    async def load() -> str:
+        return "loaded"
+
+    assert await cache.get("rec:1", load) == "loaded"  # nothing was left in flight
     await cache.aclose()

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from tiered_cache import KeyTemplateError, MemoryTier, TieredCache
+from tiered_cache import (
+    KeyTemplateError,
+    MemoryTier,
+    PartialBatchError,
+    RecursiveLoad,
+    TieredCache,
+)
 from tiered_cache.protection import Protection
 from tiered_cache.testing import FakeClock
 
@@ -357,3 +363,43 @@ def test_cached_written_above_classmethod_or_staticmethod(cache: TieredCache) ->
     TweetRepository.alone.invalidate(tweet_id="2")
     assert repo.alone("2") == "s2"
     assert loads[-1] == ("static", "2") and len(loads) == 3
+
+
+# A load that reads its own key joined its own flight and waited for itself for ever (the
+# thread hung in Event.wait, with no error and no log): Caffeine and Guava refuse a recursive
+# load the same way.
+def test_a_function_that_reads_its_own_key_while_loading_it_raises_recursive_load(
+    cache: TieredCache,
+) -> None:
+    calls: list[int] = []
+
+    @cache.cached(key="rec:{x}")
+    def rec(x: int) -> str:
+        calls.append(x)
+        return rec(x)
+
+    with pytest.raises(RecursiveLoad, match="rec:1"):
+        rec(1)
+    assert calls == [1]
+    assert cache.get("rec:1", lambda: "loaded") == "loaded"  # nothing was left in flight
+
+
+def test_a_loader_that_gets_its_own_key_raises_recursive_load(cache: TieredCache) -> None:
+    with pytest.raises(RecursiveLoad, match="'a'"):
+        cache.get("a", lambda: cache.get("a", lambda: "inner"))
+    assert cache.get("a", lambda: "outer") == "outer"
+
+
+def test_a_batch_loader_that_gets_a_key_of_its_batch_raises_recursive_load(
+    cache: TieredCache,
+) -> None:
+    def load(keys: list[str]) -> dict[str, str]:
+        return {key: cache.get(key, lambda: "inner") for key in keys}
+
+    with pytest.raises(PartialBatchError) as raised:
+        cache.get_many(["a", "b"], load)
+    assert {key: type(error) for key, error in raised.value.errors.items()} == {
+        "a": RecursiveLoad,
+        "b": RecursiveLoad,
+    }
+    assert cache.get_many(["a", "b"], lambda keys: dict.fromkeys(keys, "v")) == {"a": "v", "b": "v"}

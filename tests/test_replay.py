@@ -235,7 +235,7 @@ def test_a_timestamp_that_is_not_a_finite_number_is_reported_with_its_line(
     was read (83 hits of 20,000 reads where the trace without that line gave 18,962)."""
     trace = tmp_path / "bad.csv"
     trace.write_text(f"0,k1,10,100,1,get,0\n{stamp},k1,10,100,1,get,0\n1,k1,10,100,1,get,0\n")
-    with pytest.raises(ValueError, match="^line 2: timestamp .* is not a finite number"):
+    with pytest.raises(ValueError, match=r"^line 2: timestamp .* is not a finite number"):
         list(read_trace(trace, "twitter"))
 
 

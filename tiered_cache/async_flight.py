@@ -28,10 +28,18 @@ def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | Non
         future.set_result(result)
 
 
+def _current_task() -> asyncio.Task[Any] | None:
+    """The running task; None outside one (a thread without a running loop)."""
+    try:
+        return asyncio.current_task()
+    except RuntimeError:
+        return None
+
+
 class AsyncFlight:
     """One execution in progress; coroutines of any loop await its outcome."""
 
-    __slots__ = ("_done", "_error", "_futures", "_lock", "_result", "tag", "waiters")
+    __slots__ = ("_done", "_error", "_futures", "_leader", "_lock", "_result", "tag", "waiters")
 
     def __init__(self, tag: int = 0) -> None:
         self._lock = threading.Lock()
@@ -42,6 +50,14 @@ class AsyncFlight:
         self.waiters = 0
         #: What the leader passed in (the chain: its fence mark, taken before the flight).
         self.tag = tag
+        # Made by the task that leads it (FlightTable.join_or_lead, FlightTable.claim).
+        self._leader = _current_task()
+
+    def led_here(self) -> bool:
+        """Whether the calling task leads this flight (awaiting it, it would wait for
+        itself)."""
+        task = _current_task()
+        return task is not None and task is self._leader
 
     def join(self) -> None:
         """A coroutine will :meth:`wait` for this flight (its futures are made by ``wait``)."""

@@ -66,6 +66,12 @@ class CircuitOpen(TierUnavailable):
     probe is in flight): nothing was attempted, unlike a call that failed."""
 
 
+class RecursiveLoad(TieredCacheError, RuntimeError):
+    """A load of a key asked for that same key (its loader, or a function it calls, read it
+    through the cache): it would wait for its own result for ever. The loader must not read
+    the key it loads."""
+
+
 class InvalidationIncomplete(TieredCacheError):
     """A strict invalidation did not reach every shared tier or the bus; the message says
     which. The steps that could be taken were taken: retrying is safe."""

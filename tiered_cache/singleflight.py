@@ -6,7 +6,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
-from .errors import LoadTimeout, caused
+from .errors import LoadTimeout, RecursiveLoad, caused
 
 
 class LeaderGone(Exception):
@@ -22,6 +22,15 @@ def _for_waiters(error: BaseException | None) -> BaseException | None:
     return LeaderGone(f"the caller leading this flight was interrupted ({type(error).__name__})")
 
 
+def recursive_load(key: str) -> RecursiveLoad:
+    """The error of a caller that would join the flight it leads itself (its loader read the
+    key it loads): it would wait for its own result for ever."""
+    return RecursiveLoad(
+        f"the load of {key!r} read {key!r} again (its loader, or something it calls, reads "
+        "the key it loads): it would wait for itself for ever"
+    )
+
+
 def waited_too_long(key: str, wait: float) -> str:
     """The message of a reader that stopped waiting for another caller's load of ``key``."""
     return (
@@ -33,7 +42,7 @@ def waited_too_long(key: str, wait: float) -> str:
 class Flight:
     """One execution in progress; waiters block on it and get its outcome."""
 
-    __slots__ = ("_done", "error", "result", "tag", "waiters")
+    __slots__ = ("_done", "_leader", "error", "result", "tag", "waiters")
 
     def __init__(self, tag: int = 0) -> None:
         # The latch is made by the first waiter (join): most flights, one per miss, never
@@ -47,6 +56,13 @@ class Flight:
         self.waiters = 0
         #: What the leader passed in (the chain: its fence mark, taken before the flight).
         self.tag = tag
+        # Made by the caller that leads it (SingleFlight.run, FlightTable.claim).
+        self._leader = threading.get_ident()
+
+    def led_here(self) -> bool:
+        """Whether the calling thread leads this flight (joining it, it would wait for
+        itself)."""
+        return self._leader == threading.get_ident()
 
     def join(self) -> None:
         """A caller will :meth:`wait` for this flight. Called under the table's lock while the
@@ -89,6 +105,10 @@ class Landing(Protocol):
         """A caller will wait for this flight (called under the table's lock)."""
         ...
 
+    def led_here(self) -> bool:
+        """Whether the caller (its thread, or its asyncio task) leads this flight."""
+        ...
+
     def land(self, result: Any, error: BaseException | None) -> None: ...
 
 
@@ -120,6 +140,10 @@ class FlightTable(Generic[F]):
             for key in keys:
                 flight = self._flights.get(key)
                 if flight is not None and (joinable is None or joinable(key, flight)):
+                    if flight.led_here():
+                        for mine in led:  # nothing of this claim stays in the table
+                            del self._flights[mine]
+                        raise recursive_load(key)
                     flight.join()
                     joined[key] = flight
                 else:
@@ -134,6 +158,8 @@ class FlightTable(Generic[F]):
         with self._lock:
             flight = self._flights.get(key)
             if flight is not None and (joinable is None or joinable(flight)):
+                if flight.led_here():
+                    raise recursive_load(key)
                 flight.join()
                 return flight, False
             flight = self._flights[key] = self._new(tag)
@@ -213,6 +239,8 @@ class SingleFlight(FlightTable[Flight]):
                 current = flights.get(key)
                 if current is None or (may_join is not None and not may_join(key, current.tag)):
                     flights[key] = current = flight
+                elif current.led_here():
+                    raise recursive_load(key)
                 else:
                     current.join()
                     joined = current

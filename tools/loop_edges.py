@@ -10,24 +10,66 @@ each running its own loop: 210 calls each, a fifth of them a source write and an
 ``invalidate``, the rest a ``get``. Prints the calls, what they raised, the errors of the
 Redis tier, and the keys whose Redis copy is older than the source at the end.
 
-Run: ``.venv/bin/python tools/loop_edges.py loop-end|two-loops [RUNS]``
+``loop-end-bus``: ``loop-end`` with the Redis bus and another process's chain (a sync one,
+its memory filled): also how many keys that process still serves old once it heard the bus,
+the subscriptions of the ended loop left open, the tasks destroyed pending, and the publish
+errors of the next loop.
+
+``listener-cancel``: a chain of memory -> Redis with the bus reads 20 keys for 3 s while
+another process's chain writes them (a new version every 5 ms); 1 s in, every task but the
+reader is cancelled, the loop going on (a framework's shutdown that cancels tasks and keeps
+the loop): the listener with them. Run twice in a row (two ``asyncio.run``) on one chain.
+Prints the reads, those older than a write done more than 1 s before the read began (the
+bus's bound, ``max_stale_when_disconnected``), those served from memory, the bus's state at
+the loop's last read and its counters.
+
+Run: ``.venv/bin/python tools/loop_edges.py loop-end|loop-end-bus|two-loops|listener-cancel
+[RUNS] [--uvloop]`` (``--uvloop``: each loop a uvloop one, if uvloop is installed)
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import random
 import sys
 import threading
+import time
 from collections import Counter
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 import redis
 from tiered_cache_redis import AsyncRedisTier, make_async_client
 
-from tiered_cache import AsyncTieredCache, MemoryTier
+from tiered_cache import AsyncTieredCache, MemoryTier, TieredCache
 from tiered_cache.testing.servers import RedisServer
 from tiered_cache.testing.sources import AsyncDictSource
+
+T = TypeVar("T")
+
+
+def run_loop(main: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run``, or the same on a uvloop loop (``--uvloop``)."""
+    if "--uvloop" not in sys.argv:
+        return asyncio.run(main)
+    import uvloop
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
+
+
+class DestroyedPending(logging.Handler):
+    """Counts the tasks asyncio reports destroyed while pending."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "destroyed but it is pending" in record.getMessage():
+            self.count += 1
 
 
 def chain(
@@ -72,13 +114,171 @@ def loop_end(url: str, run: int) -> str:
         for key in keys:
             await cache.get(key)
 
-    asyncio.run(warm())
-    asyncio.run(service())
+    run_loop(warm())
+    run_loop(service())
     older = older_in_redis(url, tier, source)
-    asyncio.run(next_loop())
+    run_loop(next_loop())
     errors = cache.stats()["tiers"][1]["errors"]
-    asyncio.run(cache.aclose())
+    run_loop(cache.aclose())
     return f"old in Redis {older} of {len(keys)}; errors of the tier in the next loop {errors}"
+
+
+def bus_settings(url: str, namespace: str) -> dict[str, Any]:
+    return {
+        "namespace": namespace,
+        "tiers": [
+            {"kind": "memory", "admission": "always", "ttl": "10m"},
+            {"kind": "redis", "url": url, "timeout": "2s"},
+        ],
+        "ttl": "10m",
+        "bus": {"kind": "redis", "url": url},
+    }
+
+
+def other_process(settings: dict[str, Any]) -> TieredCache:
+    other = TieredCache.from_config(**settings)
+    link = other._bus_link
+    assert link is not None and link.bus.wait_subscribed(10)  # type: ignore[attr-defined]
+    return other
+
+
+def loop_end_bus(url: str, run: int) -> str:
+    keys = [f"k{i}" for i in range(40)]
+    settings = bus_settings(url, f"loop-end-bus-{run}")
+    truth = {key: f"old {key}" for key in keys}
+    other = other_process(settings)
+    for key in keys:
+        other.get(key, lambda key=key: truth[key])
+    cache = AsyncTieredCache.from_config(**settings)
+    assert cache._bus_link is not None
+    bus = cache._bus_link.bus
+    destroyed = DestroyedPending()
+    logging.getLogger("asyncio").addHandler(destroyed)
+
+    async def service() -> None:
+        assert await bus.wait_subscribed(10)  # type: ignore[attr-defined]
+        for key in keys:
+            truth[key] = "new"
+        left = [asyncio.create_task(cache.invalidate(key)) for key in keys]
+        await asyncio.sleep(0)
+        assert left  # never awaited
+
+    run_loop(service())
+    client = redis.Redis.from_url(url)
+    tier = AsyncRedisTier(make_async_client(url), namespace=settings["namespace"])
+    old = sum(1 for key in keys if b"old" in (client.get(tier.redis_key(key)) or b""))  # type: ignore[operator]
+    left_open = dict(client.pubsub_numsub(bus.channel))[bus.channel.encode()] - 1  # type: ignore[attr-defined]
+    client.close()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and other.stats().get("bus_received", 0) < len(keys):
+        time.sleep(0.05)
+    stale = sum(1 for key in keys if other.get(key, lambda key=key: truth[key]) != truth[key])
+
+    async def next_job() -> None:
+        await cache.invalidate("another")
+
+    run_loop(next_job())
+    gc.collect()
+    stats = cache.stats()
+    run_loop(cache.aclose())
+    other.close()
+    logging.getLogger("asyncio").removeHandler(destroyed)
+    return (
+        f"old in Redis {old} of {len(keys)}; old in the other process {stale}; subscriptions "
+        f"of the ended loop left {left_open}; tasks destroyed pending {destroyed.count}; next "
+        f"loop: publish errors {stats.get('bus_publish_errors', 0)}, errors of the tier "
+        f"{stats['tiers'][1]['errors']}"
+    )
+
+
+class OtherWriter:
+    """Another process's chain writing the keys (a new version every 5 ms, in a thread), and
+    when each version's write was done."""
+
+    def __init__(self, settings: dict[str, Any], keys: list[str], seed: int) -> None:
+        self.keys = keys
+        self.truth = dict.fromkeys(keys, 0)
+        self.done: dict[str, list[tuple[float, int]]] = {key: [] for key in keys}
+        self.lock = threading.Lock()
+        self._chain = other_process(settings)
+        self._rng = random.Random(seed)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._write)
+
+    def __enter__(self) -> OtherWriter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._chain.close()
+
+    def _write(self) -> None:
+        while not self._stop.is_set():
+            key = self._rng.choice(self.keys)
+            with self.lock:
+                self.truth[key] += 1
+                version = self.truth[key]
+            self._chain.set(key, version)
+            with self.lock:
+                self.done[key].append((time.monotonic(), version))
+            time.sleep(0.005)
+
+    async def load(self, key: str) -> int:
+        with self.lock:
+            return self.truth[key]
+
+    def stale_for(self, key: str, value: int, began: float) -> float:
+        """How long before ``began`` a newer version than ``value`` was written (0: none)."""
+        with self.lock:
+            newer = [at for at, version in self.done[key] if version > value]
+        return began - min(newer) if newer else 0.0
+
+
+def listener_cancel(url: str, run: int) -> str:
+    settings = bus_settings(url, f"listener-cancel-{run}")
+    cache = AsyncTieredCache.from_config(**settings)
+    bound = 1.0
+
+    async def job(other: OtherWriter, seed: int) -> str:
+        rng = random.Random(seed)
+        ages: list[float] = []
+
+        async def reader() -> str:
+            end = time.monotonic() + 3.0
+            while time.monotonic() < end:
+                key = rng.choice(other.keys)
+                began = time.monotonic()
+                value = await cache.get(key, lambda key=key: other.load(key))  # type: ignore[misc]
+                ages.append(other.stale_for(key, value, began))
+                await asyncio.sleep(0.002)
+            return str(cache.stats()["bus"])
+
+        hits = cache.stats()["tiers"][0]["hits"]
+        reading = asyncio.create_task(reader())
+        await asyncio.sleep(1.0)
+        for task in asyncio.all_tasks():  # every task but the service's reader
+            if task is not reading and task is not asyncio.current_task():
+                task.cancel()
+        state = await reading
+        stale = [age for age in ages if age > bound]
+        return (
+            f"reads {len(ages)}, stale beyond {bound} s {len(stale)} "
+            f"(oldest {max(stale, default=0.0):.2f} s), from memory "
+            f"{cache.stats()['tiers'][0]['hits'] - hits}, bus {state}"
+        )
+
+    with OtherWriter(settings, [f"k{i}" for i in range(20)], run) as other:
+        first = run_loop(job(other, run * 2))
+        second = run_loop(job(other, run * 2 + 1))
+    stats = cache.stats()
+    run_loop(cache.aclose())
+    counters = {
+        name: stats.get(name, 0)
+        for name in ("bus_disconnects", "bus_down_bypasses", "bus_received")
+    }
+    return f"first loop: {first}; second loop: {second}; {counters}"
 
 
 def two_loops(url: str, run: int) -> str:
@@ -106,21 +306,27 @@ def two_loops(url: str, run: int) -> str:
                 calls[0] += 1
             await asyncio.sleep(0)
 
-    threads = [threading.Thread(target=asyncio.run, args=(job(seed),)) for seed in (1, 2)]
+    threads = [threading.Thread(target=run_loop, args=(job(seed),)) for seed in (1, 2)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     errors = cache.stats()["tiers"][1]["errors"]
     older = older_in_redis(url, tier, source)
-    asyncio.run(cache.aclose())
+    run_loop(cache.aclose())
     return f"calls {calls[0]}; raised {dict(raised)}; errors of the tier {errors}; older {older}"
 
 
 def main() -> None:
     logging.disable(logging.WARNING)  # the tier's failures are counted, not printed
-    scenario = {"loop-end": loop_end, "two-loops": two_loops}[sys.argv[1]]
-    runs = int(sys.argv[2]) if len(sys.argv) > 2 else 3
+    scenario = {
+        "loop-end": loop_end,
+        "loop-end-bus": loop_end_bus,
+        "two-loops": two_loops,
+        "listener-cancel": listener_cancel,
+    }[sys.argv[1]]
+    numbers = [arg for arg in sys.argv[2:] if arg.isdigit()]
+    runs = int(numbers[0]) if numbers else 3
     with RedisServer() as server:
         for run in range(runs):
             print(f"run {run}: {scenario(server.url, run)}")

@@ -156,6 +156,11 @@ def test_invalidations_left_in_flight_reach_the_other_processes_as_the_loop_ends
 
     asyncio.run(service())
     assert old_in_redis(redis_server, namespace) == []
+    # No listener of the ended loop left subscribed (one started again by the finishing
+    # announcements is stopped by the loop's end): the other process's alone.
+    raw = redis.Redis.from_url(redis_server.url)
+    assert dict(raw.pubsub_numsub(bus.channel)) == {bus.channel.encode(): 1}
+    raw.close()
     deadline = time.monotonic() + 10  # the other process hears the bus on its thread
     while time.monotonic() < deadline and other.stats().get("bus_received", 0) < len(KEYS):
         time.sleep(0.05)

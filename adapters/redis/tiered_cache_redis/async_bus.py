@@ -8,9 +8,11 @@ natively. The messages are the same (:class:`~tiered_cache.bus.Invalidation`), s
 async services of one fleet hear each other.
 
 A ``redis.asyncio`` client belongs to the event loop it first ran on: the bus (like the
-async Redis tier) serves the chain on one loop at a time. When that loop ends (a chain kept
-across ``asyncio.run`` calls), the chain is told the bus is down, and the listener starts
-again on the next loop the chain misses on.
+async Redis tier) serves the chain on one loop at a time. A listener cancelled tells the
+chain the bus is down, and starts again from the chain's next miss, on the same loop if it
+goes on running (a framework's shutdown that cancels every task and keeps the loop) or on
+the next one (a chain kept across ``asyncio.run`` calls). The loop's end stops the listener,
+from its ``shutdown_asyncgens`` (:mod:`.loop_end`).
 """
 
 from __future__ import annotations
@@ -68,16 +70,17 @@ class AsyncRedisBus:
         self._closed = False
         self._subscribed: asyncio.Event | None = None
         self._listening = Listening(
-            Subscription(self._open, self._subscribe, _reading, _ping, _close, sleep),
+            Subscription(self._open, self._subscribe, _read, _ping, _close, sleep),
             self._listeners,
             health,
             stopped=lambda: self._closed,
             subscribed=self._set_subscribed,
         )
         self._client = publisher if publisher is not None else connect()
-        #: The publisher's connections belong to the loop it publishes on: let go of as it
-        #: ends, after the writes its end stopped have finished theirs (:mod:`.loop_end`).
-        self._loop_end = LoopEnd(f"bus {channel}", self._let_go_of_publisher)
+        #: The listener and the publisher's connections belong to the loop they run on:
+        #: stopped and let go of as it ends, after the writes its end stopped have finished
+        #: theirs, announcing (:mod:`.loop_end`).
+        self._loop_end = LoopEnd(f"bus {channel}", self._at_loop_end)
         self._task: asyncio.Task[None] | None = None
         #: The next listener starts as after an outage (a forked child's: it missed what
         #: changed since the fork).
@@ -108,7 +111,16 @@ class AsyncRedisBus:
         self._loop_end.here()
         await self._client.publish(self.channel, message.encode())
 
-    async def _let_go_of_publisher(self) -> None:
+    async def _at_loop_end(self) -> None:
+        """The loop the bus ran on is ending (its ``shutdown_asyncgens``): the listener,
+        cancelled by its end's sweep or started again since by a write the sweep stopped (its
+        finishing invalidation announces), ends here, its subscription closed; the publisher
+        lets go of its connections. A listener left running was destroyed pending as the
+        loop closed, its subscription open."""
+        task = self._task
+        if task is not None and task.get_loop() is asyncio.get_running_loop():
+            task.cancel()
+            await asyncio.wait({task})
         await self._client.connection_pool.disconnect()
 
     def subscribe(self, listener: BusListener) -> None:
@@ -117,16 +129,14 @@ class AsyncRedisBus:
 
     def listen(self) -> None:
         """Start the listener task on the running loop; later calls do nothing while it
-        runs. If the loop it ran on has ended (``asyncio.run`` returned), it starts again on
-        the running one, telling the chain first that the bus was down meanwhile."""
+        runs. If it ended (cancelled, or its loop ended), it starts again on the running loop,
+        telling the chain first that the bus was down meanwhile; but not on a loop whose end
+        has stopped it already (a task started then would never be stopped)."""
         task = self._task
         if self._closed or (task is not None and not _ended(task)):
             return
-        if task is not None and task.cancelled() and task.get_loop() is asyncio.get_running_loop():
-            # Cancelled on this very loop, not by aclose: the loop is ending (asyncio.run's
-            # end cancels every task), and the writes it stopped finish theirs, announcing.
-            # A listener started now was never cancelled: destroyed pending as the loop
-            # closed, its connection left open. It listens again on the next loop.
+        self._loop_end.here()
+        if self._loop_end.ended_here():
             return
         again = task is not None or self._listened_before
         self._listened_before = False
@@ -140,11 +150,13 @@ class AsyncRedisBus:
             await arun(self._listening.listen(as_disconnected=again))
         except asyncio.CancelledError:
             if not self._closed:
-                # Not aclose: the loop is shutting down. Nothing will tell the chain what it
-                # misses from now on, so it must stop trusting its memory now.
+                # Not aclose: the loop's end, or a cancel of every task on a loop that goes
+                # on. Nothing will tell the chain what it misses from now on, so it must stop
+                # trusting its memory now.
                 log.warning(
-                    "bus %r: the event loop it listened on is ending; in-process tiers are "
-                    "treated as disconnected until the chain listens again on a running loop",
+                    "bus %r: the listener was cancelled (its event loop ending, or every task "
+                    "cancelled); in-process tiers are treated as disconnected until the chain "
+                    "listens again from its next miss",
                     self.channel,
                 )
                 self._listening.connected = False
@@ -195,16 +207,12 @@ def _ended(task: asyncio.Task[None]) -> bool:
 
 
 async def _read(handle: tuple[aioredis.Redis, Any], timeout: float) -> Any:
-    return await handle[1].get_message(timeout=timeout)
-
-
-async def _reading(handle: tuple[aioredis.Redis, Any], timeout: float) -> Any:
     """One read of the subscription that never loses its task's cancellation. A read that
     catches CancelledError and carries on (a library's timeout racing the cancel) would leave
     the listener polling for good, and asyncio.run's end, which waits for every task it
-    cancelled, hung behind it. A cancel still requested after the read ends the listener
-    at its next poll."""
-    message = await _read(handle, timeout)
+    cancelled (and the loop's end, which waits for the listener it stops), hung behind it. A
+    cancel still requested after the read ends the listener at its next poll."""
+    message = await handle[1].get_message(timeout=timeout)
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError

@@ -30,8 +30,9 @@ from tiered_cache.logs import tier_logger
 
 
 class LoopEnd:
-    """Calls ``let_go`` (a coroutine function: disconnect the connections) on the loop the
-    tier is used on, when that loop ends."""
+    """Calls ``let_go`` (a coroutine function: disconnect the connections, stop a task of
+    the loop such as the bus's listener) on the loop the tier is used on, when that loop
+    ends."""
 
     def __init__(self, name: str, let_go: Callable[[], Awaitable[None]]) -> None:
         self._name = name
@@ -75,6 +76,11 @@ class LoopEnd:
                     # Connections another loop opened meanwhile (two loops at once, not
                     # supported) cannot be disconnected from this one: left as they are.
                     tier_logger(self._name).debug("could not let go of a loop's connections")
+
+    def ended_here(self) -> bool:
+        """The running loop's end has let go already (after :meth:`here` on it): something
+        begun on it now would outlive what its end stops."""
+        return self._hook is None and self._loop is asyncio.get_running_loop()
 
     def stop(self) -> None:
         """The tier is closing: nothing to watch any more (its close disconnects)."""

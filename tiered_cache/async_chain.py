@@ -41,7 +41,7 @@ from .singleflight import LeaderGone, waited_too_long
 from .stamp import EntryMaker
 from .steps import Steps, arun, run
 from .tier import MISSING, Entry, Source, Tier
-from .write_tasks import WriteTasks
+from .write_tasks import WriteTasks, undo_of
 
 if TYPE_CHECKING:
     from .decorator import AsyncCachedFunction
@@ -323,38 +323,46 @@ class AsyncTieredCache(L1Reader):
     async def set(self, key: str, value: Any, *, ttl: float | str | None = None) -> None:
         """Write ``value`` for ``key`` (see :meth:`TieredCache.set`: the same order)."""
         paths = self._paths
-        await self._write(paths.set(key, value, ttl), lambda: paths.invalidate_many([key]))
+        await self._write(paths, paths.set(key, value, ttl), keys=[key])
 
     async def set_many(self, items: Mapping[str, Any], *, ttl: float | str | None = None) -> None:
         """Write several values (see :meth:`TieredCache.set_many`: the same order)."""
         paths = self._paths
-        await self._write(paths.set_many(items, ttl), lambda: paths.invalidate_many(list(items)))
+        await self._write(paths, paths.set_many(items, ttl), keys=list(items))
 
     async def invalidate(self, key: str) -> None:
         """Remove ``key`` from every tier and every process's memory (not from the source)."""
         paths = self._paths
-        await self._write(paths.invalidate_many([key]), lambda: paths.invalidate_many([key]))
+        await self._write(paths, paths.invalidate_many([key]), keys=[key])
 
     async def invalidate_many(self, keys: Iterable[str], *, strict: bool = False) -> None:
         """See :meth:`TieredCache.invalidate_many`."""
         paths, keys = self._paths, list(keys)
-        await self._write(
-            paths.invalidate_many(keys, strict=strict), lambda: paths.invalidate_many(keys)
-        )
+        await self._write(paths, paths.invalidate_many(keys, strict=strict), keys=keys)
 
     async def invalidate_prefix(self, prefix: str) -> None:
         """See :meth:`TieredCache.invalidate_prefix`."""
         paths = self._paths
-        await self._write(paths.invalidate_prefix(prefix), lambda: paths.invalidate_prefix(prefix))
+        await self._write(paths, paths.invalidate_prefix(prefix), prefix=prefix)
 
     async def clear(self, *, strict: bool = False) -> None:
         """See :meth:`TieredCache.clear`."""
         paths = self._paths
-        await self._write(paths.clear(strict=strict), paths.clear)
+        await self._write(paths, paths.clear(strict=strict))
 
-    async def _write(self, steps: Steps[None], undo: Callable[[], Steps[None]]) -> None:
+    async def _write(
+        self,
+        paths: Paths,
+        steps: Steps[None],
+        *,
+        keys: Sequence[str] | None = None,
+        prefix: str | None = None,
+    ) -> None:
+        """Run a write to its end; what finishes it should its loop end first is derived
+        from what it names (its keys, its prefix, or neither: everything) on the paths it
+        began on (:func:`~tiered_cache.write_tasks.undo_of`)."""
         self._admit()
-        await self._writes.run(steps, undo)
+        await self._writes.run(steps, undo_of(paths, keys, prefix))
 
     def _admit(self) -> None:
         """Refuse a call from a second running event loop if a tier is bound to one."""

@@ -19,17 +19,33 @@ it instead.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from .logs import logger_for
 from .steps import Steps, arun
 
-__all__ = ["WriteTasks"]
+if TYPE_CHECKING:
+    from .closed import Paths
+
+__all__ = ["WriteTasks", "undo_of"]
 
 logger = logger_for("chain")
 
 #: What finishes a write stopped by a sweep: an invalidation of what it wrote.
 Undo = Callable[[], Steps[None]]
+
+
+def undo_of(paths: Paths, keys: Sequence[str] | None, prefix: str | None) -> Undo:
+    """The one rule for what finishes a write stopped by a sweep, from what the write names:
+    its keys (a ``set``, a ``set_many``, an invalidation of keys), its prefix, or neither
+    (a ``clear``: everything). Never strict: the finishing drops what it can, and says so
+    when a tier fails (:func:`_finish`)."""
+    if keys is not None:
+        return lambda: paths.invalidate_many(keys)
+    if prefix is not None:
+        return lambda: paths.invalidate_prefix(prefix)
+    return paths.clear
 
 
 class WriteTasks:

@@ -31,7 +31,7 @@ from .forking import restart_after_fork
 from .hit import NOT_FRESH
 from .l1 import L1Reader
 from .logs import logger_for
-from .loop_owner import LoopOwner
+from .loop_owner import LoopOwner, loop_bound
 from .loops import all_end_within
 from .metrics import CacheMetrics
 from .paths import ChainPaths
@@ -156,8 +156,8 @@ class AsyncTieredCache(L1Reader):
         self._disconnected_bound = max_stale_when_disconnected
         #: Writes running to their end, finished should their loop end first.
         self._writes = WriteTasks()
-        bound = [tier.name for tier in self._tiers if tier.one_loop]
-        #: One running event loop at a time, for a chain with loop-bound tiers.
+        bound = loop_bound([tier.name for tier in self._tiers if tier.one_loop], source, bus)
+        #: One running event loop at a time, for a chain with loop-bound parts.
         self._loop_owner = LoopOwner(bound) if bound else None
         #: The async bus, whose listener runs on the chain's loop (see :meth:`_listen_here`).
         self._async_bus: AsyncBus | None = None

@@ -103,6 +103,18 @@ class AsyncLeasingTier(AsyncTier, Protocol):
     async def release_leases(self, tokens: Mapping[str, str]) -> None: ...
 
 
+class AsyncSourceBase:
+    """The optional capabilities of an async source, declared with their defaults.
+
+    Attributes:
+        one_loop: its client belongs to the event loop it was made on (aiobotocore's aiohttp
+            session): the chain refuses calls from a second loop while the first runs
+            (:class:`~tiered_cache.EventLoopConflict`).
+    """
+
+    one_loop: bool = False
+
+
 @runtime_checkable
 class AsyncSource(Protocol):
     """:class:`~tiered_cache.tier.Source` with coroutine methods."""

@@ -127,6 +127,19 @@ class AsyncBus(Protocol):
         ...
 
 
+class AsyncBusBase:
+    """The optional capabilities of an async bus, declared with their defaults (as
+    :class:`~tiered_cache.async_tier.AsyncTierBase` does for async tiers).
+
+    Attributes:
+        one_loop: its listener and connections belong to the event loop they run on, and it
+            serves one running loop at a time: the chain refuses calls from a second loop
+            while the first runs (:class:`~tiered_cache.EventLoopConflict`).
+    """
+
+    one_loop: bool = False
+
+
 @dataclass(eq=False)  # hashable (by identity): the fork restart holds it weakly
 class LocalBus:
     """A bus inside one process: several chains over the same shared tiers, or tests."""

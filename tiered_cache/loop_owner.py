@@ -16,19 +16,37 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
+from .async_tier import AsyncSource, AsyncSourceBase
+from .bus import AsyncBus, AsyncBusBase, Bus
 from .errors import EventLoopConflict
+from .tier import Source
 
-__all__ = ["LoopOwner"]
+__all__ = ["LoopOwner", "loop_bound"]
+
+
+def loop_bound(
+    bound_tiers: Iterable[str], source: Source | AsyncSource | None, bus: Bus | AsyncBus | None
+) -> list[str]:
+    """The parts of a chain that declare ``one_loop`` (for :class:`LoopOwner`'s message):
+    the tiers named (their accessors resolved it, through a breaker), the source
+    (:class:`~tiered_cache.async_tier.AsyncSourceBase`), the bus
+    (:class:`~tiered_cache.bus.AsyncBusBase`)."""
+    parts = [f"tier {name!r}" for name in bound_tiers]
+    if isinstance(source, AsyncSourceBase) and source.one_loop:
+        parts.append(f"source {source.name!r}")
+    if isinstance(bus, AsyncBusBase) and bus.one_loop:
+        parts.append("the invalidation bus")
+    return parts
 
 
 class LoopOwner:
     """Admits the calls of one running event loop at a time (``names``: the loop-bound
-    tiers, for the message)."""
+    parts, for the message: :func:`loop_bound`)."""
 
     def __init__(self, names: Sequence[str]) -> None:
-        self._names = ", ".join(repr(name) for name in names)
+        self._names = ", ".join(names)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()  # two threads' loops may ask at once
 
@@ -41,9 +59,9 @@ class LoopOwner:
             holder = self._loop
             if holder is not None and holder is not loop and holder.is_running():
                 raise EventLoopConflict(
-                    f"tier(s) {self._names} of this chain are in use on another event loop "
-                    "that is still running (another thread's): their connections belong to "
-                    "one loop at a time. Build one chain per event loop."
+                    f"{self._names} of this chain are in use on another event loop that is "
+                    "still running (another thread's): their connections belong to one loop "
+                    "at a time. Build one chain per event loop."
                 )
             self._loop = loop
 

@@ -34,7 +34,7 @@ from tiered_cache_dynamodb.testing import (
     seed_items,
 )
 
-from tiered_cache import AsyncTieredCache, BlockingTierWarning
+from tiered_cache import AsyncTieredCache, BlockingTierWarning, EventLoopConflict
 from tiered_cache.errors import (
     CodecError,
     ConfigError,
@@ -45,6 +45,7 @@ from tiered_cache.errors import (
 from tiered_cache.registry import ASYNC_SOURCES_GROUP, BuildContext, async_plugin
 from tiered_cache.settings import CacheSettings
 from tiered_cache.testing.clock import FakeClock
+from tiered_cache.testing.loops import another_loop_running
 
 pytestmark = pytest.mark.anyio
 
@@ -395,3 +396,26 @@ async def test_without_aiobotocore_the_async_chain_reads_the_sync_source_in_thre
     async with cache:
         assert isinstance(cache.source, DynamoDBSource)
         assert await cache.get("k8") == {"id": "k8", "n": 8}
+
+
+def test_a_second_running_loop_is_refused_before_the_source_is_asked(
+    moto_server: MotoDynamoDB, table: str
+) -> None:
+    """The aiobotocore client belongs to the loop it was made on (its aiohttp session): a
+    chain with this source used from a second running loop (another thread's) is refused at
+    its face. Seen failing: the second loop's get reached the source (DID NOT RAISE
+    EventLoopConflict)."""
+    cache = AsyncTieredCache.from_settings(chain_settings(moto_server, table), clock=FakeClock())
+
+    async def first() -> None:
+        assert await cache.get("k1") == {"id": "k1", "n": 1}  # the client is made here
+
+    async def second() -> None:
+        with pytest.raises(EventLoopConflict, match="dynamodb"):
+            await cache.get("k2")
+        with pytest.raises(EventLoopConflict):
+            await cache.get_many(["k2", "k3"])
+
+    with another_loop_running(first, cache.aclose):
+        asyncio.run(second())
+    assert cache.stats()["source"]["reads"] == 1

@@ -8,7 +8,7 @@ adapter's ``async`` extra (``pip install 'tiered-cache-dynamodb[async]'``, which
 aiobotocore; aiobotocore pins the botocore it runs on, see docs/async.md).
 
 An aiobotocore client belongs to the event loop it was made on (its aiohttp session does):
-use a source from one loop.
+the source declares ``one_loop``, and a chain refuses a second running loop's calls.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any
 
 from botocore.exceptions import ProfileNotFound
 
+from tiered_cache.async_tier import AsyncSourceBase
 from tiered_cache.errors import ConfigError, SourceError
 from tiered_cache.forking import keep_from_the_parent, restart_after_fork
 from tiered_cache.logs import logger_for
@@ -65,9 +66,10 @@ async def connect_client(settings: DynamoDBSourceSettings) -> AioDynamoDBClient:
         raise ConfigError(f"dynamodb source: AWS profile {settings.profile!r} not found") from exc
 
 
-class AsyncDynamoDBSource:
+class AsyncDynamoDBSource(AsyncSourceBase):
     """:class:`~tiered_cache_dynamodb.DynamoDBSource` with coroutine methods (an
-    :class:`~tiered_cache.AsyncSource`).
+    :class:`~tiered_cache.AsyncSource`; ``one_loop``: its client belongs to the loop it was
+    made on, and the chain refuses a second running loop's calls).
 
     Args:
         client: an entered aiobotocore DynamoDB client, or ``None`` with ``connect``: then the
@@ -80,6 +82,8 @@ class AsyncDynamoDBSource:
         options: the table's options, as :class:`~tiered_cache_dynamodb.table_steps.TableSteps`
             takes them (the same as the sync source's).
     """
+
+    one_loop = True
 
     def __init__(
         self,

@@ -8,11 +8,11 @@ natively. The messages are the same (:class:`~tiered_cache.bus.Invalidation`), s
 async services of one fleet hear each other.
 
 A ``redis.asyncio`` client belongs to the event loop it first ran on: the bus (like the
-async Redis tier) serves the chain on one loop at a time. A listener cancelled tells the
-chain the bus is down, and starts again from the chain's next miss, on the same loop if it
-goes on running (a framework's shutdown that cancels every task and keeps the loop) or on
-the next one (a chain kept across ``asyncio.run`` calls). The loop's end stops the listener,
-from its ``shutdown_asyncgens`` (:mod:`.loop_end`).
+async Redis tier) serves the chain on one loop at a time (it declares ``one_loop``). A
+listener cancelled tells the chain the bus is down, and starts again from the chain's next
+miss, on the same loop if it goes on running (a framework's shutdown that cancels every task
+and keeps the loop) or on the next one (a chain kept across ``asyncio.run`` calls). The
+loop's end stops the listener, from its ``shutdown_asyncgens`` (:mod:`.loop_end`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from tiered_cache.bus import BusListener, Invalidation
+from tiered_cache.bus import AsyncBusBase, BusListener, Invalidation
 from tiered_cache.forking import keep_from_the_parent, restart_after_fork
 from tiered_cache.steps import arun
 
@@ -43,8 +43,9 @@ from .loop_end import LoopEnd
 __all__ = ["AsyncRedisBus"]
 
 
-class AsyncRedisBus:
-    """A :class:`tiered_cache.bus.AsyncBus` on a Redis channel.
+class AsyncRedisBus(AsyncBusBase):
+    """A :class:`tiered_cache.bus.AsyncBus` on a Redis channel (``one_loop``: its clients
+    belong to the loop they first ran on).
 
     Args:
         connect: makes a ``redis.asyncio`` client for the subscription (a dedicated one: a
@@ -54,6 +55,8 @@ class AsyncRedisBus:
         health: as for :class:`~tiered_cache_redis.bus.RedisBus`.
         sleep: how to pause (a coroutine function; injected for tests).
     """
+
+    one_loop = True
 
     def __init__(
         self,

@@ -4,7 +4,7 @@
 from . import compiled as _compiled  # noqa: F401  # isort: skip
 from .async_accessor import BlockingTierWarning
 from .async_chain import AsyncTieredCache
-from .async_tier import AsyncLeasingTier, AsyncSource, AsyncTier, AsyncTierBase
+from .async_tier import AsyncLeasingTier, AsyncSource, AsyncSourceBase, AsyncTier, AsyncTierBase
 from .chain import TieredCache
 from .decorator import (
     AsyncCachedFunction,
@@ -39,6 +39,7 @@ __all__ = [
     "AsyncCachedFunction",
     "AsyncLeasingTier",
     "AsyncSource",
+    "AsyncSourceBase",
     "AsyncTier",
     "AsyncTierBase",
     "AsyncTieredCache",

@@ -104,6 +104,13 @@ CATALOGUE: tuple[Spec, ...] = (
     Spec("tier_errors", "counter", _TIER, "Tier calls that failed; the tier was skipped."),
     Spec("tier_skips", "counter", _TIER, "Tier calls not made: breaker open, tier unavailable."),
     Spec("tier_evictions", "counter", _TIER, "Entries a tier pushed out to make room."),
+    Spec(
+        "tier_undecodable",
+        "counter",
+        _TIER,
+        "Entries a tier read but could not decode (another format or codec, corrupt bytes); "
+        "each was a miss.",
+    ),
     Spec("tier_entries", "gauge", _TIER, "Entries a tier holds now."),
     Spec(
         "tier_breaker_state",
@@ -166,6 +173,7 @@ _TIER_FIELDS = {
     "tier_errors": "errors",
     "tier_skips": "skips",
     "tier_evictions": "evictions",
+    "tier_undecodable": "undecodable",
     "tier_entries": "entries",
     "tier_breaker_opened": "breaker_opened",
 }

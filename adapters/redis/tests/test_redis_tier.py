@@ -231,6 +231,41 @@ def test_data_of_another_codec_or_format_is_a_logged_miss(
     reader.close()
 
 
+def test_entries_the_tier_cannot_read_are_counted_in_the_chains_stats_and_metrics(
+    redis_server: RedisServer, raw: redis.Redis, clock: FakeClock, namespace: str
+) -> None:
+    """Values another program (or another codec) wrote were logged misses only: stats() and
+    the exporters showed them as plain misses, so a Redis shared with a writer of another
+    format looked like a cold cache."""
+    from tiered_cache.contrib.series import series
+
+    cache = TieredCache.from_config(
+        namespace=namespace,
+        tiers=[
+            {"kind": "memory", "admission": "always"},
+            {"kind": "redis", "url": redis_server.url, "timeout": "2s"},
+        ],
+        bus={"kind": "off"},
+        protection={"lease": "off"},  # each key read once from Redis (a lease re-reads it)
+        clock=clock,
+    )
+    with cache:
+        for key in ("g1", "g2", "g3"):
+            raw.set(f"{namespace}:{key}", b"not a tiered-cache entry")
+        assert cache.get_many(["g1", "g2"], lambda keys: dict.fromkeys(keys, "v")) == {
+            "g1": "v",
+            "g2": "v",
+        }
+        assert cache.get("g3", lambda: "v") == "v"
+        cache.tiers[0].clear()
+        assert cache.get("g1") == "v"  # overwritten by the fill: read as it is
+        stats = cache.stats()
+        assert stats["tiers"][1]["undecodable"] == 3
+        assert "undecodable" not in stats["tiers"][0]
+        published = {item.spec.name: item.samples for item in series(stats)}
+        assert published["tier_undecodable"] == [({"namespace": namespace, "tier": "redis"}, 3.0)]
+
+
 def test_get_many_decodes_each_value_as_get_does_a_bad_one_failing_alone(
     tier: RedisTier,
     raw: redis.Redis,

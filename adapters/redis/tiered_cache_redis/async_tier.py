@@ -160,6 +160,11 @@ class AsyncRedisTier(AsyncTierBase):
         """The namespace (as given)."""
         return self._stored.namespace
 
+    def report(self) -> dict[str, int]:
+        """What the tier counts itself, for ``stats()`` (:mod:`tiered_cache.reporting`): the
+        values it read and could not decode (:meth:`StoredFormat.report`)."""
+        return self._stored.report()
+
     def redis_key(self, key: str) -> str:
         """The Redis key that holds ``key`` (the sync tier's)."""
         return self._prefix + key

@@ -12,6 +12,7 @@ import logging
 import math
 import random
 import struct
+import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -73,6 +74,16 @@ class StoredFormat:
         self._ttl = ttl
         self._jitter = ttl_jitter
         self._rng = rng or random.Random()
+        #: Entries read that could not be decoded (see :meth:`report`); a lock, since reads of
+        #: several threads count (a rare path: a miss already).
+        self._undecodable = 0
+        self._count_lock = threading.Lock()
+
+    def report(self) -> dict[str, int]:
+        """``{"undecodable": n}``: values read that this tier could not decode (another
+        program's or another codec's bytes, corrupt data), each served as a miss; for
+        ``stats()`` and the exporters (``tier_undecodable``), where they were plain misses."""
+        return {"undecodable": self._undecodable}
 
     def check(self, keys: Iterable[str]) -> None:
         """Refuse a key UTF-8 cannot encode before it is sent, as a chain's face does (the
@@ -111,6 +122,8 @@ class StoredFormat:
         return Entry(value, loaded_at, soft, hard, duration, version)
 
     def _unreadable(self, key: str, why: str) -> MissingType:
+        with self._count_lock:
+            self._undecodable += 1
         log.warning(
             "tier %r: key %s %s; a miss",
             self.name,

@@ -136,6 +136,11 @@ class RedisTier(TierBase):
         """The codec values are stored with."""
         return self._stored.codec
 
+    def report(self) -> dict[str, int]:
+        """What the tier counts itself, for ``stats()`` (:mod:`tiered_cache.reporting`): the
+        values it read and could not decode (:meth:`StoredFormat.report`)."""
+        return self._stored.report()
+
     @property
     def is_cluster(self) -> bool:
         """True when the client is a Redis Cluster client (kept once known: a closed tier

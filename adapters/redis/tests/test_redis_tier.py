@@ -51,6 +51,19 @@ def tier(redis_server: RedisServer, namespace: str, clock: FakeClock) -> Iterato
     tier.close()
 
 
+def memory_and_redis(url: str, namespace: str, **options: Any) -> TieredCache:
+    """A chain of memory (every key admitted) over the Redis at ``url``, without a bus."""
+    return TieredCache.from_config(
+        namespace=namespace,
+        tiers=[
+            {"kind": "memory", "admission": "always"},
+            {"kind": "redis", "url": url, "timeout": "2s"},
+        ],
+        bus={"kind": "off"},
+        **options,
+    )
+
+
 def command_calls(client: redis.Redis, command: str) -> int:
     stats = client.info("commandstats")
     return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
@@ -239,16 +252,8 @@ def test_entries_the_tier_cannot_read_are_counted_in_the_chains_stats_and_metric
     format looked like a cold cache."""
     from tiered_cache.contrib.series import series
 
-    cache = TieredCache.from_config(
-        namespace=namespace,
-        tiers=[
-            {"kind": "memory", "admission": "always"},
-            {"kind": "redis", "url": redis_server.url, "timeout": "2s"},
-        ],
-        bus={"kind": "off"},
-        protection={"lease": "off"},  # each key read once from Redis (a lease re-reads it)
-        clock=clock,
-    )
+    # Leases off: each key is read once from Redis (a lease re-reads it).
+    cache = memory_and_redis(redis_server.url, namespace, protection={"lease": "off"}, clock=clock)
     with cache:
         for key in ("g1", "g2", "g3"):
             raw.set(f"{namespace}:{key}", b"not a tiered-cache entry")
@@ -434,14 +439,7 @@ def test_cluster_leases_of_a_batch_over_every_node(
 def test_cluster_keys_that_cannot_be_leased_load_without_a_lease_and_without_an_error(
     redis_cluster: RedisCluster, namespace: str
 ) -> None:
-    cache = TieredCache.from_config(
-        namespace=namespace,
-        tiers=[
-            {"kind": "memory", "admission": "always"},
-            {"kind": "redis", "url": redis_cluster.url, "timeout": "2s"},
-        ],
-        bus={"kind": "off"},
-    )
+    cache = memory_and_redis(redis_cluster.url, namespace)
     loads: list[list[str]] = []
 
     def source(keys: Sequence[str]) -> dict[str, str]:

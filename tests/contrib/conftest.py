@@ -87,7 +87,8 @@ def django_caches(redis_server: RedisServer) -> Iterator[Any]:
     """Django configured once per session: four CACHES entries over one chain (memory and the
     private Redis, no tier TTL so that ``timeout=None`` means what Django says): ``default``,
     ``prefix`` (KEY_PREFIX), ``v2`` (VERSION 2) and ``custom_key`` (KEY_FUNCTION); and
-    ``pages``, Redis alone with the pickle codec, for Django's page cache."""
+    ``pages`` and ``template_fragments``, Redis alone with the pickle codec, for Django's page
+    cache and its ``{% cache %}`` tag."""
     import django
     from django.conf import settings
     from django.core.cache import caches
@@ -114,6 +115,8 @@ def django_caches(redis_server: RedisServer) -> Iterator[Any]:
                 ],
             }
         }
+        # The {% cache %} tag stores SafeString fragments, which the JSON codec refuses.
+        fragments = {"SETTINGS": {**pages["SETTINGS"], "namespace": f"djf-{uuid.uuid4().hex[:12]}"}}
         backend = "tiered_cache.contrib.django.TieredCacheBackend"
         settings.configure(
             SECRET_KEY="tests-only",
@@ -126,6 +129,7 @@ def django_caches(redis_server: RedisServer) -> Iterator[Any]:
                 "prefix": {"BACKEND": backend, "OPTIONS": options, "KEY_PREFIX": "cacheprefix"},
                 "v2": {"BACKEND": backend, "OPTIONS": options, "VERSION": 2},
                 "pages": {"BACKEND": backend, "OPTIONS": pages},
+                "template_fragments": {"BACKEND": backend, "OPTIONS": fragments},
                 "custom_key": {
                     "BACKEND": backend,
                     "OPTIONS": options,

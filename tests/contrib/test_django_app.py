@@ -63,3 +63,21 @@ def test_the_page_cache_serves_the_second_request_from_redis(
     stats = django_caches["pages"].chain.stats()
     assert stats["tiers"][0]["name"] == "redis"
     assert stats["tiers"][0]["hits"] >= 2  # the cached headers and the cached response
+
+
+def test_the_template_fragment_cache_serves_a_fragment_from_its_own_pickle_entry(
+    django_caches: Any,
+) -> None:
+    """Django's ``{% cache %}`` tag stores the rendered fragment, a ``SafeString``: the JSON
+    codec refuses a str subclass, so with the default entry alone every page using the tag
+    failed with CodecError. The tag's own entry, ``template_fragments``, takes the pickle
+    codec, as docs/django.md says."""
+    from django.template import Context, Engine
+
+    django_caches["template_fragments"].clear()
+    engine = Engine(libraries={"cache": "django.templatetags.cache"})
+    template = engine.from_string(
+        "{% load cache %}{% cache 60 sidebar %}<b>{{ n }}</b>{% endcache %}"
+    )
+    assert template.render(Context({"n": 1})) == "<b>1</b>"
+    assert template.render(Context({"n": 2})) == "<b>1</b>"  # the fragment, from the cache

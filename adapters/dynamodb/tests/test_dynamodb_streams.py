@@ -961,6 +961,41 @@ def test_cli_reports_a_dynamodb_it_cannot_reach_without_a_traceback(
     assert "table 'tweet'" in err and "EndpointConnectionError" in err, err
 
 
+def test_cli_debug_log_shows_the_commands_own_records_not_the_aws_credentials(
+    tmp_path: Path,
+) -> None:
+    """--log-level DEBUG set the root logger's level: botocore's DEBUG records came too, and
+    they print each request's headers and canonical request, the session token in clear
+    (X-Amz-Security-Token), three times per attempt. The level is the command's own loggers'
+    (tiered_cache*); other libraries keep to warnings."""
+    import socket
+
+    with socket.socket() as sock:  # a loopback port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    token = "SESSION-TOKEN-NOT-TO-BE-LOGGED"
+    config = tmp_path / "debug.toml"
+    config.write_text(
+        '[tiered_cache]\nnamespace = "cli"\n[[tiered_cache.tiers]]\nkind = "memory"\n'
+        '[tiered_cache.source]\nkind = "dynamodb"\ntable = "tweet"\nkey = "id"\n'
+        f'region = "eu-west-1"\nendpoint_url = "http://127.0.0.1:{port}"\n'
+        'aws_access_key_id = "testing"\naws_secret_access_key = "testing"\n'
+        f'aws_session_token = "{token}"\nconnect_timeout = "200ms"\nmax_attempts = 1\n'
+    )
+    command = [sys.executable, "-m", "tiered_cache_dynamodb.cli", "--config", str(config)]
+    done = subprocess.run(
+        [*command, "--max-records", "1", "--log-level", "DEBUG"],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "table 'tweet'" in done.stderr, done.stderr
+    assert token not in done.stderr + done.stdout
+    assert "DEBUG botocore" not in done.stderr
+
+
 def test_cli_refuses_a_log_level_logging_does_not_know_as_a_usage_error(
     moto_server: MotoDynamoDB, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

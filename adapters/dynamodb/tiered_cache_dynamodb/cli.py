@@ -78,7 +78,8 @@ def add_follow_stream_arguments(parser: argparse.ArgumentParser) -> None:
         default="INFO",
         type=str.upper,  # any case; argparse refuses the others (logging raised a traceback)
         choices=("DEBUG", "INFO", "WARNING", "ERROR"),
-        help="DEBUG, INFO, WARNING or ERROR (default INFO)",
+        help="DEBUG, INFO, WARNING or ERROR (default INFO): tiered-cache's own logs; other "
+        "libraries log warnings and above",
     )
 
 
@@ -110,15 +111,28 @@ def load_follow_stream_config(
     return cache_settings, stream.resolve(dynamodb)
 
 
+#: The loggers --log-level sets: the command's own (the core's and the adapters').
+OWN_LOGGERS = ("tiered_cache", "tiered_cache_redis", "tiered_cache_dynamodb")
+
+
+def _configure_logging(level: str) -> None:
+    """Log lines on stderr: ``level`` for the command's own loggers, warnings and above for
+    the other libraries. Not the root's level: botocore's DEBUG records print each request's
+    headers, an AWS session token among them."""
+    logging.basicConfig(
+        level=max(logging.WARNING, logging.getLevelName(level)),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for name in OWN_LOGGERS:
+        logging.getLogger(name).setLevel(level)
+
+
 def run_follow_stream(args: argparse.Namespace) -> int:
     """Run the command: 0 when stopped in good order (signal, ``--max-records``); 1 when it
     stopped while failing (records not invalidated everywhere, so not checkpointed: a signal
     during the retries, or ``--max-failures``), or on a stream that cannot be read; 2 on a bad
     configuration. The counters are printed as one JSON line in every case but 2."""
-    logging.basicConfig(
-        level=args.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    _configure_logging(args.log_level)
     overrides: dict[str, Any] = {}
     if args.checkpoint is not None:
         overrides["checkpoint"] = args.checkpoint

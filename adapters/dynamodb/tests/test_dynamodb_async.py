@@ -8,6 +8,7 @@ emits the same events); aiobotocore's retry waits are recorded instead of slept.
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 import sys
 import warnings
@@ -419,3 +420,32 @@ def test_a_second_running_loop_is_refused_before_the_source_is_asked(
     with another_loop_running(first, cache.aclose):
         asyncio.run(second())
     assert cache.stats()["source"]["reads"] == 1
+
+
+def test_a_chain_kept_across_asyncio_run_calls_reads_the_table_in_each(
+    moto_server: MotoDynamoDB, table: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A job runner that runs each job in ``asyncio.run`` over one chain: the source's
+    aiobotocore client belongs to the loop it was made on. Seen failing: every later loop's
+    read raised ``SourceError: ... Event loop is closed`` (the first loop's client), and that
+    client's session was never closed. It is closed as its loop ends, and the next loop's
+    first call makes its own."""
+    cache = AsyncTieredCache.from_settings(chain_settings(moto_server, table), clock=FakeClock())
+    source = cache.source
+    assert isinstance(source, AsyncDynamoDBSource)
+    clients: list[Any] = []
+
+    async def job(n: int) -> None:
+        assert await cache.get(f"k{n}") == {"id": f"k{n}", "n": n}
+        other = f"k{n + 10}"
+        assert await cache.get_many([other]) == {other: {"id": other, "n": n + 10}}
+        clients.append(await source.get_client())
+
+    for n in range(3):
+        asyncio.run(job(n))
+    assert len({id(client) for client in clients}) == 3  # one client per loop
+    assert cache.stats()["source"]["reads"] == 6
+    asyncio.run(cache.aclose())
+    clients.clear()
+    gc.collect()
+    assert "Unclosed client session" not in caplog.text  # each closed as its loop ended

@@ -8,7 +8,12 @@ adapter's ``async`` extra (``pip install 'tiered-cache-dynamodb[async]'``, which
 aiobotocore; aiobotocore pins the botocore it runs on, see docs/async.md).
 
 An aiobotocore client belongs to the event loop it was made on (its aiohttp session does):
-the source declares ``one_loop``, and a chain refuses a second running loop's calls.
+the source declares ``one_loop``, and a chain refuses a second running loop's calls. A client
+the source made is closed as its loop ends (``shutdown_asyncgens``,
+:mod:`tiered_cache.loop_end`), and the next loop's first call makes its own: a chain kept
+across ``asyncio.run`` calls failed every call after the first loop (``Event loop is
+closed``), the first loop's session never closed. A client given to the source stays the
+loop's it was made on.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from tiered_cache.async_tier import AsyncSourceBase
 from tiered_cache.errors import ConfigError, SourceError
 from tiered_cache.forking import keep_from_the_parent, restart_after_fork
 from tiered_cache.logs import logger_for
+from tiered_cache.loop_end import LoopEnd
 from tiered_cache.steps import arun
 from tiered_cache.tier import MissingType
 
@@ -126,6 +132,8 @@ class AsyncDynamoDBSource(AsyncSourceBase):
         # Made in the loop on first use (a lock binds to the loop that first waits on it).
         self._connect_lock = asyncio.Lock()
         self._check_lock = asyncio.Lock()
+        #: A client this source made is closed as the loop it was made on ends.
+        self._loop_end = LoopEnd(f"source {self.name}", self._let_go_of_client)
         #: A forked child's source whose client was given: it refuses every call.
         self._forked_from_client = False
         restart_after_fork(self)
@@ -142,6 +150,7 @@ class AsyncDynamoDBSource(AsyncSourceBase):
         the source ``connect`` instead (``from_settings`` without ``client``) to fork it."""
         self._connect_lock = asyncio.Lock()
         self._check_lock = asyncio.Lock()
+        self._loop_end.forget()
         if self._connect is not None and self._owns_client:
             keep_from_the_parent(self._client)
             self._client = None
@@ -181,6 +190,8 @@ class AsyncDynamoDBSource(AsyncSourceBase):
         """The aiobotocore client, made now if it was not yet (to register event hooks on)."""
         if self._forked_from_client:
             raise self._parents_client_error()
+        if self._connect is not None and self._owns_client:
+            self._loop_end.here()  # one look when the loop did not change
         if self._client is not None:
             return self._client
         async with self._connect_lock:
@@ -188,6 +199,15 @@ class AsyncDynamoDBSource(AsyncSourceBase):
                 assert self._connect is not None
                 self._client = await self._connect()
         return self._client
+
+    async def _let_go_of_client(self) -> None:
+        """The loop the client was made on is ending: closed now, on that loop (the next
+        loop's first call makes a new one); the locks, perhaps bound to this loop, anew."""
+        client, self._client = self._client, None
+        self._connect_lock = asyncio.Lock()
+        self._check_lock = asyncio.Lock()
+        if client is not None:
+            await client.close()
 
     def _parents_client_error(self) -> SourceError:
         return SourceError(
@@ -233,6 +253,7 @@ class AsyncDynamoDBSource(AsyncSourceBase):
         if self._steps.closed:
             return
         self._steps.closed = True
+        self._loop_end.stop()
         client, self._client = self._client, None
         if self._forked_from_client:
             keep_from_the_parent(client)  # the parent's sockets: never closed here

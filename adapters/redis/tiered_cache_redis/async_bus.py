@@ -12,7 +12,8 @@ async Redis tier) serves the chain on one loop at a time (it declares ``one_loop
 listener cancelled tells the chain the bus is down, and starts again from the chain's next
 miss, on the same loop if it goes on running (a framework's shutdown that cancels every task
 and keeps the loop) or on the next one (a chain kept across ``asyncio.run`` calls). The
-loop's end stops the listener, from its ``shutdown_asyncgens`` (:mod:`.loop_end`).
+loop's end stops the listener, from its ``shutdown_asyncgens``
+(:mod:`tiered_cache.loop_end`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import redis.asyncio as aioredis
 
 from tiered_cache.bus import AsyncBusBase, BusListener, Invalidation
 from tiered_cache.forking import keep_from_the_parent, restart_after_fork
+from tiered_cache.loop_end import LoopEnd
 from tiered_cache.steps import arun
 
 from .async_fork import forget_the_parents_connections
@@ -38,7 +40,6 @@ from .listening import (
     Subscription,
     log,
 )
-from .loop_end import LoopEnd
 
 __all__ = ["AsyncRedisBus"]
 
@@ -82,7 +83,7 @@ class AsyncRedisBus(AsyncBusBase):
         self._client = publisher if publisher is not None else connect()
         #: The listener and the publisher's connections belong to the loop they run on:
         #: stopped and let go of as it ends, after the writes its end stopped have finished
-        #: theirs, announcing (:mod:`.loop_end`).
+        #: theirs, announcing (:mod:`tiered_cache.loop_end`).
         self._loop_end = LoopEnd(f"bus {channel}", self._at_loop_end)
         self._task: asyncio.Task[None] | None = None
         #: The next listener starts as after an outage (a forked child's: it missed what

@@ -26,6 +26,7 @@ from tiered_cache.async_tier import AsyncTierBase
 from tiered_cache.codecs import Codec
 from tiered_cache.forking import keep_from_the_parent, restart_after_fork
 from tiered_cache.logs import tier_logger
+from tiered_cache.loop_end import LoopEnd
 from tiered_cache.steps import Steps, arun
 from tiered_cache.tier import MISSING, Entry, MissingType
 
@@ -37,7 +38,6 @@ from .client import client_options, parse_url
 from .commands import Command, TierCommands
 from .in_flight import CallsInFlight, closed_error, current_task
 from .lease_batches import Call
-from .loop_end import LoopEnd
 from .stored import StoredFormat
 from .unanswered import send_unanswered
 
@@ -73,7 +73,7 @@ class AsyncRedisTier(AsyncTierBase):
 
     leases = True
     #: A ``redis.asyncio`` connection belongs to its loop: one running loop at a time
-    #: (:mod:`.loop_end` for one loop after another).
+    #: (:mod:`tiered_cache.loop_end` for one loop after another).
     one_loop = True
     #: Redis keys are bytes: a key UTF-8 cannot encode is refused at the chain's face.
     utf8_keys = True
@@ -171,14 +171,14 @@ class AsyncRedisTier(AsyncTierBase):
 
     @property
     def _call(self) -> CallsInFlight:
-        """What each call enters: on the loop of the tier's connections (:mod:`.loop_end`),
-        counted while it runs (:mod:`.in_flight`)."""
+        """What each call enters: on the loop of the tier's connections
+        (:mod:`tiered_cache.loop_end`), counted while it runs (:mod:`.in_flight`)."""
         self._loop_end.here()
         return self._calls
 
     async def _let_go_of_connections(self) -> None:
-        """The loop ends (:mod:`.loop_end`): its connections are of no use to the next one.
-        The calls still on the wire end first (an async generator closed with this one may
+        """The loop ends (:mod:`tiered_cache.loop_end`): its connections are of no use to the
+        next one. The calls still on the wire end first (an async generator closed with this one may
         have made them): disconnected under them, they reconnected and left their
         connections in the pool for the next loop."""
         await self._calls.settled()

@@ -1,15 +1,16 @@
-"""The event loop an asyncio Redis tier's connections belong to, and what happens when it
-ends.
+"""The event loop an asyncio part's connections belong to, and what happens when it ends.
 
-A ``redis.asyncio`` connection belongs to the loop it was opened on. A chain kept across
-``asyncio.run`` calls (a job runner that runs each job in a loop of its own) kept the
-connections of the first loop, parked by the reader and pooled by the client: the next loop's
-calls tried them, and each failed (``RuntimeError: Event loop is closed``, an error of the
-tier for its breaker) until none was left -- 9 errors over 5 jobs. Once used on a loop, the
-tier keeps an async generator begun there: the loop's ``shutdown_asyncgens`` closes it, which
+A ``redis.asyncio`` connection, or an aiobotocore client's aiohttp session, belongs to the loop
+it was opened on. A chain kept across ``asyncio.run`` calls (a job runner that runs each job
+in a loop of its own) kept the connections of the first loop, parked by the reader and pooled
+by the client: the next loop's calls tried them, and each failed (``RuntimeError: Event loop
+is closed``, an error of the tier for its breaker) until none was left -- 9 errors over 5
+jobs; the aiobotocore source failed every call after the first loop. Once used on a loop, a
+part keeps an async generator begun there: the loop's ``shutdown_asyncgens`` closes it, which
 ``asyncio.run`` calls (as ``asyncio.Runner`` and ``IsolatedAsyncioTestCase`` do) once the
-tasks it cancelled at its end have ended, the loop still running; its ``finally`` disconnects
-the tier's connections then, and the next loop opens its own.
+tasks it cancelled at its end have ended, the loop still running; its ``finally`` lets go of
+the part's connections then (the Redis tier's pool, the async Redis bus's listener and
+publisher, the aiobotocore source's client), and the next loop opens its own.
 
 After those tasks, not among them: the writes that end cancelled finish with an invalidation
 then (:mod:`tiered_cache.write_tasks`), on the tier. A task cancelled with them (the hook this
@@ -26,12 +27,12 @@ import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, Awaitable, Callable
 
-from tiered_cache.logs import tier_logger
+from .logs import tier_logger
 
 
 class LoopEnd:
     """Calls ``let_go`` (a coroutine function: disconnect the connections, stop a task of
-    the loop such as the bus's listener) on the loop the tier is used on, when that loop
+    the loop such as the bus's listener) on the loop the part is used on, when that loop
     ends."""
 
     def __init__(self, name: str, let_go: Callable[[], Awaitable[None]]) -> None:
@@ -42,7 +43,7 @@ class LoopEnd:
         self._hook: AsyncGenerator[None, None] | None = None
 
     def here(self) -> None:
-        """Called by each call of the tier, on its loop: one look when nothing changed."""
+        """Called by each call of the part, on its loop: one look when nothing changed."""
         loop = asyncio.get_running_loop()
         if loop is not self._loop:
             self._move_to(loop)
@@ -51,12 +52,12 @@ class LoopEnd:
         previous = self._loop
         if previous is not None and self._hook is not None and previous.is_running():
             # Two loops at once (threads): the chain refuses the second loop's calls at its
-            # face, before any tier (tiered_cache/loop_owner.py; the tier declares
-            # one_loop). A tier used without a chain is not guarded: its connections stay
+            # face, before any tier (tiered_cache/loop_owner.py; the part declares
+            # one_loop). A part used without a chain is not guarded: its connections stay
             # the first loop's, and redis-py fails the other's calls.
             return
         # A loop left not running keeps its generator, should it ever end: told it is no
-        # longer the tier's loop, it lets go of nothing then.
+        # longer the part's loop, it lets go of nothing then.
         self._loop = loop
         hook = self._hook = self._until_the_loop_ends()
         # Begun here, at once (no task): the loop's first-iteration hook registers it; it
@@ -83,7 +84,7 @@ class LoopEnd:
         return self._hook is None and self._loop is asyncio.get_running_loop()
 
     def stop(self) -> None:
-        """The tier is closing: nothing to watch any more (its close disconnects)."""
+        """The part is closing: nothing to watch any more (its close disconnects)."""
         self._hook, self._loop = None, None
 
     def forget(self) -> None:

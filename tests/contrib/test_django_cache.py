@@ -573,6 +573,41 @@ def test_a_chain_with_a_source_is_refused() -> None:
         backend.get("k")
 
 
+@pytest.mark.parametrize(
+    ("location", "options", "named"),
+    [
+        ("", {"CONIFG": "tiered_cache.toml"}, "'CONIFG'"),
+        ("", {"config": "tiered_cache.toml"}, "'config'"),
+        ("", {"SETTINGS": {}, "TIMEOUT": 5}, "'TIMEOUT'"),
+        ("tiered_cache.toml", {}, "LOCATION"),
+        ("redis://:hunter2@localhost:6379/0", {"CONFIG": "tiered_cache.toml"}, "LOCATION"),
+    ],
+)
+def test_options_the_backend_does_not_read_are_refused(
+    django_caches: Any, location: str, options: dict[str, Any], named: str
+) -> None:
+    """A misspelt option (``CONIFG``, ``config``), or the settings file given as LOCATION
+    (where Django's own backends take their server), was ignored without a word: the backend
+    built a chain from the environment alone (namespace ``default``, process memory, no
+    Redis), so every process cached on its own and nothing said so."""
+    from django.core.exceptions import ImproperlyConfigured
+
+    from tiered_cache.contrib.django import TieredCacheBackend
+
+    with pytest.raises(ImproperlyConfigured, match=named) as refused:
+        TieredCacheBackend(location, {"OPTIONS": options})
+    assert "hunter2" not in str(refused.value)  # a URL's password is not shown
+
+
+def test_djangos_culling_options_are_taken_and_ignored(django_caches: Any) -> None:
+    from tiered_cache.contrib.django import TieredCacheBackend
+
+    options = {"SETTINGS": {"tiers": [{"kind": "memory"}]}, "MAX_ENTRIES": 30}
+    backend = TieredCacheBackend("", {"OPTIONS": {**options, "CULL_FREQUENCY": 0}})
+    backend.set("k", 1)
+    assert backend.get("k") == 1
+
+
 def test_async_methods_run_the_same_operations(cache: Any) -> None:
     """Django derives aget, aset, ... from the sync methods (sync_to_async)."""
     import asyncio

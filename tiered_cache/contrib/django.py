@@ -12,7 +12,9 @@
 
 ``OPTIONS``: ``CONFIG``, the path of a settings file (its ``[tiered_cache]`` table), and/or
 ``SETTINGS``, that table as a dict (it wins over the file, as ``from_config`` overrides do);
-``CLOCK``, a callable giving seconds (tests pass a fake clock). The chain must have no source:
+``CLOCK``, a callable giving seconds (tests pass a fake clock). Django's ``MAX_ENTRIES`` and
+``CULL_FREQUENCY`` are taken and ignored; any other option, and a ``LOCATION``, are refused
+(``ImproperlyConfigured``). The chain must have no source:
 Django's cache API stores what ``set()`` is given. Every backend object of one ``CACHES`` entry
 (Django makes one per thread) shares one chain, built on first use and kept for the process.
 
@@ -38,6 +40,7 @@ from django.core.exceptions import ImproperlyConfigured
 from ..build import build_cache
 from ..chain import TieredCache
 from ..errors import ConfigError
+from ..redaction import redact_url
 from ..settings import load_settings
 from ..tier import MISSING, Entry, MissingType
 from ..units import MAX_DURATION
@@ -58,6 +61,12 @@ _DJANGO_PROTECTION: dict[str, Any] = {
 
 #: What ``timeout=None`` ("forever") becomes: durations are finite in tiered-cache.
 FOREVER = MAX_DURATION
+
+#: The ``OPTIONS`` the backend reads; and Django's culling options, taken and ignored (the
+#: tiers bound themselves). Any other is refused: a misspelt ``CONFIG`` left the backend on a
+#: chain from the environment alone (process memory, no Redis), without a word.
+_OPTIONS = ("CONFIG", "SETTINGS", "CLOCK")
+_CULLING_OPTIONS = ("MAX_ENTRIES", "CULL_FREQUENCY")
 
 
 class _Chains:
@@ -102,6 +111,22 @@ def close_chains() -> None:
         chain.close()
 
 
+def _check_params(location: str, options: Mapping[str, Any]) -> None:
+    """ImproperlyConfigured for an option the backend does not read, or a LOCATION."""
+    unknown = [name for name in options if name not in _OPTIONS + _CULLING_OPTIONS]
+    if unknown:
+        raise ImproperlyConfigured(
+            f"tiered_cache Django backend: unknown OPTIONS {', '.join(map(repr, unknown))}; "
+            "it reads CONFIG (a settings file), SETTINGS (its [tiered_cache] table as a dict) "
+            "and CLOCK"
+        )
+    if location:
+        raise ImproperlyConfigured(
+            f"tiered_cache Django backend: LOCATION is not read ({redact_url(location)!r}); "
+            "give the settings file as OPTIONS['CONFIG'] (Redis URLs go in its tiers)"
+        )
+
+
 def _build(
     config: str | Path | None, table: dict[str, Any], clock: Callable[[], float] | None
 ) -> TieredCache:
@@ -123,6 +148,7 @@ class TieredCacheBackend(BaseCache):
     def __init__(self, location: str, params: dict[str, Any]) -> None:
         super().__init__(params)
         self._options: Mapping[str, Any] = params.get("OPTIONS", {})
+        _check_params(location, self._options)
         self._clock: Callable[[], float] = self._options.get("CLOCK") or time.time
         self._chain: TieredCache | None = None
         self._generation = _chains.generation

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from tiered_cache import (
@@ -403,3 +405,33 @@ def test_a_batch_loader_that_gets_a_key_of_its_batch_raises_recursive_load(
         "b": RecursiveLoad,
     }
     assert cache.get_many(["a", "b"], lambda keys: dict.fromkeys(keys, "v")) == {"a": "v", "b": "v"}
+
+
+@pytest.mark.parametrize("made", ["coroutine", "generator", "iterator"])
+def test_a_result_that_can_be_used_only_once_is_refused_not_cached(
+    cache: TieredCache, made: str
+) -> None:
+    """A plain function returning a coroutine (a sync wrapper around an async def, as a
+    tracing decorator that is not async-aware makes), a generator or an iterator passes the
+    check made when it is decorated: its result was cached, and the next call got the
+    coroutine already awaited ("cannot reuse already awaited coroutine") or the iterator used
+    up (an empty result)."""
+
+    async def fetch(x: int) -> int:
+        return x
+
+    calls: list[int] = []
+
+    @cache.cached(key="once:{x}")
+    def one_use(x: int) -> Any:
+        calls.append(x)
+        if made == "coroutine":
+            return fetch(x)
+        if made == "generator":
+            return (i for i in range(x))
+        return iter([x])
+
+    for _ in range(2):
+        with pytest.raises(TypeError, match="can be used only once"):
+            one_use(1)
+    assert calls == [1, 1]  # nothing was cached

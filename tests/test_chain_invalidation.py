@@ -399,7 +399,11 @@ def test_a_get_many_after_an_invalidation_does_not_join_a_batch_from_before_it(
         target=lambda: results.update(second=fleet.a.get_many(["k"], lambda keys: {"k": "new"}))
     )
     reader.start()
-    reader.join(5)
+    deadline = time.monotonic() + 10
+    while (flight := fleet.a._loader.flights.in_flight("k")) is None or flight.waiters < 1:
+        assert time.monotonic() < deadline, "the second batch never waited for the first"
+        time.sleep(0.001)
+    assert "second" not in results  # it waits for the first batch to end, then loads itself
     release.set()
     thread.join(10)
     reader.join(10)

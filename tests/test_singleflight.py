@@ -243,13 +243,14 @@ def test_a_get_many_that_joins_a_failing_batch_raises_its_error() -> None:
 
 def test_a_flight_counts_each_caller_that_joined_it() -> None:
     flights = SingleFlight()
-    led, joined = flights.claim(["a", "b"])
-    assert (list(led), joined) == (["a", "b"], {})
+    led, joined, behind = flights.claim(["a", "b"])
+    assert (list(led), joined, behind) == (["a", "b"], {}, {})
     assert led["a"].waiters == 0
     # Other callers (threads): the thread that leads "a" would be refused (RecursiveLoad).
-    again, joined = in_a_thread(lambda: flights.claim(["a", "c"]))
+    again, joined, _ = in_a_thread(lambda: flights.claim(["a", "c"]))
     assert (list(again), list(joined)) == (["c"], ["a"])
-    in_a_thread(lambda: flights.claim(["a"]))
+    _, _, behind = in_a_thread(lambda: flights.claim(["a"], joinable=lambda key, flight: False))
+    assert list(behind) == ["a"]  # may not be joined: waited for all the same
     assert led["a"].waiters == 2  # two batches wait for "a"
     assert led["b"].waiters == 0
     release, inside, slow = held_open("x")

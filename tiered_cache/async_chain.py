@@ -37,7 +37,7 @@ from .metrics import CacheMetrics
 from .paths import ChainPaths
 from .protection import REFRESH_DUE, Protection
 from .reporting import chain_stats, first_hot_keys
-from .singleflight import LeaderGone, waited_too_long
+from .singleflight import BEHIND, LEAD, LeaderGone, waited_too_long
 from .stamp import EntryMaker
 from .steps import Steps, arun, run
 from .tier import MISSING, Entry, Source, Tier
@@ -272,12 +272,12 @@ class AsyncTieredCache(L1Reader):
         fence = self._fence
         flights = self._loader.flights
         while True:
-            flight, leader = flights.join_or_lead(
+            flight, role = flights.join_or_lead(
                 key,
                 tag=fence.mark(),
                 joinable=lambda flight: fence.may_join(key, flight.tag),
             )
-            if leader:
+            if role == LEAD:
                 try:
                     value = await arun(self._paths.read_through(key, flight.tag, loader, ttl))
                 except BaseException as exc:
@@ -286,8 +286,17 @@ class AsyncTieredCache(L1Reader):
                     raise
                 flights.land_one(key, flight, value, None)
                 return value
-            self._metrics.waited()
             wait = self._loader.join_timeout
+            if role == BEHIND:
+                # A load that read before the key's invalidation: not ours to take, and no
+                # second load beside it (one per key at a time); ask again once it has ended.
+                try:
+                    await asyncio.wait_for(flight.settle(), wait)
+                except TimeoutError:
+                    assert wait is not None
+                    raise LoadTimeout(waited_too_long(key, wait)) from None
+                continue
+            self._metrics.waited()
             try:
                 if wait is None:
                     return await flight.wait()

@@ -79,6 +79,14 @@ class AsyncFlight:
             return self._result
         return await asyncio.shield(future)
 
+    async def settle(self) -> None:
+        """Wait until the flight lands, whatever its outcome: a coroutine that may not take it
+        (an invalidation came since it read) waits for it to end before loading the key."""
+        # Its error is the flight's, not this caller's (a cancellation of this caller is not
+        # an Exception: it goes through).
+        with contextlib.suppress(Exception):
+            await self.wait()
+
     def land(self, result: Any, error: BaseException | None) -> None:
         """Deliver the outcome to every waiting loop."""
         with self._lock:
@@ -105,7 +113,8 @@ class AsyncFlight:
 def async_flights() -> FlightTable[AsyncFlight]:
     """Flights by key for coroutines: :class:`~tiered_cache.singleflight.FlightTable`'s
     ``claim``/``land`` for batches, and ``join_or_lead`` for one key. The caller that leads a
-    key runs the work and must ``land`` the flight; the others :meth:`AsyncFlight.wait`. (A
+    key runs the work and must ``land`` the flight; the others :meth:`AsyncFlight.wait` (or
+    :meth:`AsyncFlight.settle`, behind a flight they may not join). (A
     table of its own, not a subclass: the table is compiled with the core, and a compiled
     class takes no interpreted subclass.)"""
     return FlightTable(AsyncFlight)

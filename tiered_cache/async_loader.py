@@ -30,6 +30,7 @@ from .logs import fields, key_hash, logger_for
 from .loops import all_end_within, cancel, ends_within, stalled
 from .metrics import CacheMetrics
 from .protection import Protection
+from .singleflight import LEAD
 from .stamp import EntryMaker
 from .steps import arun
 from .tier import Entry, Source
@@ -397,9 +398,10 @@ class AsyncSourceLoader:
         self, key: str, loader: AsyncLoader | None, ttl: float | str | None, stale: Entry | None
     ) -> None:
         mark = self._fence.mark()  # before the refresh reads anything
-        flight, leader = self._refresh_flights.join_or_lead(key, tag=mark)
+        # No ``joinable``: a refresh joins the key's refresh in progress (its role is JOIN).
+        flight, role = self._refresh_flights.join_or_lead(key, tag=mark)
         try:
-            if not leader:
+            if role != LEAD:
                 await flight.wait()
                 return
             try:

@@ -217,7 +217,10 @@ class Fence:
         """Whether a miss of ``key`` may wait for a load that read under ``mark`` (one in
         flight, or one its caller gave up on) instead of starting its own: only if no
         invalidation of ``key`` came since ``mark``. Otherwise that load may bring back what
-        the invalidation removed. The one copy of this rule: every path asks here."""
+        the invalidation removed: a miss waits for a flight in progress to end without taking
+        its value, then loads (:class:`~tiered_cache.singleflight.FlightTable`: one load of a
+        key at a time); a load its caller gave up on is not waited for (timed_slots.py).
+        The one copy of this rule: every path asks here."""
         return not self._log.overtaken(mark, [key])
 
     def fill(

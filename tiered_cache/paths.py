@@ -209,7 +209,7 @@ class ChainPaths:
         fence = self.fence
         while remaining:
             # One batch for the keys no other caller is loading; wait for the others' loads.
-            led, joined = self.loader.flights.claim(
+            led, joined, behind = self.loader.flights.claim(
                 remaining,
                 tag=mark,
                 joinable=lambda key, flight: fence.may_join(key, flight.tag),
@@ -227,6 +227,12 @@ class ChainPaths:
                 except Exception as exc:
                     errors[key] = exc
                 self.metrics.waited()
+            for key, flight in behind.items():
+                # A load that read before the key's invalidation: not this batch's to take,
+                # and no second load beside it (one per key at a time); claimed again once
+                # it has ended.
+                yield flight.settle, ()
+                remaining.append(key)
         if errors:
             failed = {key: errors[key] for key in wanted if key in errors}
             raise PartialBatchError(

@@ -83,6 +83,15 @@ class Flight:
         if done is not None:
             done.set()
 
+    def settle(self, timeout: float | None = None) -> None:
+        """Wait until the flight lands, whatever its outcome (after :meth:`join`): a caller
+        that may not take it (an invalidation came since it read) waits for it to end before
+        loading the key itself. :class:`TimeoutError` if it has not landed in ``timeout``."""
+        done = self._done
+        assert done is not None, "settle() without join()"
+        if not done.wait(timeout):
+            raise TimeoutError
+
     def wait(self, timeout: float | None = None) -> Any:
         """The outcome, once the flight lands (after :meth:`join`); :class:`TimeoutError`
         if it has not landed within ``timeout`` seconds (None: no limit)."""
@@ -114,6 +123,11 @@ class Landing(Protocol):
 
 F = TypeVar("F", bound=Landing)
 
+#: What :meth:`FlightTable.join_or_lead` tells its caller to do with the flight it returns.
+LEAD = 0
+JOIN = 1
+BEHIND = 2
+
 
 class FlightTable(Generic[F]):
     """The flights in progress, by key: claiming, landing and looking them up (shared by the
@@ -130,40 +144,48 @@ class FlightTable(Generic[F]):
         *,
         tag: int = 0,
         joinable: Callable[[str, F], bool] | None = None,
-    ) -> tuple[dict[str, F], dict[str, F]]:
-        """For a batch: ``(led, joined)``. The caller now leads a new flight for each key in
-        ``led`` and must :meth:`land` every one of them; ``joined`` are flights that others run,
-        to wait on. ``joinable``: whether a flight in progress may still be joined, per key."""
+    ) -> tuple[dict[str, F], dict[str, F], dict[str, F]]:
+        """For a batch: ``(led, joined, behind)``. The caller now leads a new flight for each
+        key in ``led`` and must :meth:`land` every one of them; ``joined`` are flights that
+        others run, to wait on and take the outcome of; ``behind`` are flights in progress that
+        ``joinable`` (per key) says may not be joined: the caller waits for each to land, not
+        taking its outcome, and claims its key again (one load of a key at a time)."""
         led: dict[str, F] = {}
         joined: dict[str, F] = {}
+        behind: dict[str, F] = {}
         with self._lock:
             for key in keys:
                 flight = self._flights.get(key)
-                if flight is not None and (joinable is None or joinable(key, flight)):
-                    if flight.led_here():
-                        for mine in led:  # nothing of this claim stays in the table
-                            del self._flights[mine]
-                        raise recursive_load(key)
-                    flight.join()
+                if flight is None:
+                    led[key] = self._flights[key] = self._new(tag)
+                    continue
+                if flight.led_here():
+                    for mine in led:  # nothing of this claim stays in the table
+                        del self._flights[mine]
+                    raise recursive_load(key)
+                flight.join()
+                if joinable is None or joinable(key, flight):
                     joined[key] = flight
                 else:
-                    led[key] = self._flights[key] = self._new(tag)
-        return led, joined
+                    behind[key] = flight
+        return led, joined, behind
 
     def join_or_lead(
         self, key: str, *, tag: int, joinable: Callable[[F], bool] | None = None
-    ) -> tuple[F, bool]:
-        """``(flight, leader)``: the key's flight in progress (if ``joinable(flight)``), or a
-        new one this caller leads (the asyncio chain's one key)."""
+    ) -> tuple[F, int]:
+        """``(flight, role)`` for the asyncio chain's one key: :data:`LEAD` (a new flight this
+        caller leads), :data:`JOIN` (the key's flight in progress, ``joinable``) or
+        :data:`BEHIND` (the key's flight in progress that may not be joined: wait for it to
+        land, not taking its outcome, and ask again)."""
         with self._lock:
             flight = self._flights.get(key)
-            if flight is not None and (joinable is None or joinable(flight)):
-                if flight.led_here():
-                    raise recursive_load(key)
-                flight.join()
-                return flight, False
-            flight = self._flights[key] = self._new(tag)
-            return flight, True
+            if flight is None:
+                flight = self._flights[key] = self._new(tag)
+                return flight, LEAD
+            if flight.led_here():
+                raise recursive_load(key)
+            flight.join()
+            return flight, JOIN if joinable is None or joinable(flight) else BEHIND
 
     def land(
         self, flights: Mapping[str, F], results: Mapping[str, Any], error: BaseException | None
@@ -224,34 +246,45 @@ class SingleFlight(FlightTable[Flight]):
 
         ``may_join(key, tag)``: whether a flight in progress, led with ``tag``, may still be
         joined (the chain: no invalidation of the key since it started); if not, this caller
-        starts a new one. ``wait``: the longest a caller waits for another's call, then
+        waits for it to land without taking its outcome, then leads a new flight or joins the
+        one another such caller leads: one call of ``fn`` per key at a time, always. ``wait``:
+        the longest a caller waits for another's call (to join it, or for it to end), then
         :class:`~tiered_cache.LoadTimeout` (None: no limit).
         """
         flights = self._flights
         flight = Flight(tag)
         # Leading takes no lock (a miss leads its flight, nearly always): setdefault is one step
         # under the GIL for a str key (its hash and compare run no Python code). Joining, and
-        # replacing a flight that may not be joined, happen under the lock, as landing does.
+        # waiting behind a flight that may not be joined, start under the lock, as landing does.
         current = flights.setdefault(key, flight) if type(key) is str else None
         while current is not flight:
             joined: Flight | None = None  # no ``break`` inside ``with``: mypyc has none
+            behind = False
             with self._lock:
                 current = flights.get(key)
-                if current is None or (may_join is not None and not may_join(key, current.tag)):
+                if current is None:
                     flights[key] = current = flight
                 elif current.led_here():
                     raise recursive_load(key)
                 else:
                     current.join()
                     joined = current
-            if joined is not None:
-                try:
-                    return joined.wait(wait), True
-                except LeaderGone:
-                    current = None  # its leader was interrupted: lead, or join the next leader
-                except TimeoutError:
-                    assert wait is not None
-                    raise caused(LoadTimeout(waited_too_long(key, wait)), None) from None
+                    behind = may_join is not None and not may_join(key, current.tag)
+            if joined is None:
+                continue
+            try:
+                if behind:
+                    # Its outcome may be what an invalidation since removed: not ours to
+                    # take, but a second load beside it would be a second read of the key.
+                    joined.settle(wait)
+                    current = None
+                    continue
+                return joined.wait(wait), True
+            except LeaderGone:
+                current = None  # its leader was interrupted: lead, or join the next leader
+            except TimeoutError:
+                assert wait is not None
+                raise caused(LoadTimeout(waited_too_long(key, wait)), None) from None
         try:
             result = fn(flight, *args)
         except BaseException as exc:

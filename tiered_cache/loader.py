@@ -130,6 +130,10 @@ class SourceLoader:
         self._background = background or self._submit
         self._lock = threading.Lock()
         self._closed = False
+        #: Late fills running: those of timed loads that outlived their callers
+        #: (:meth:`_late_fill`); :meth:`close` waits for them, as the tiers close next.
+        self._late_fills = 0
+        self._late_done = threading.Condition(self._lock)
         #: Keys with a background refresh queued or running (one at a time per key).
         self._refreshing: set[str] = set()
         #: The running load of each key whose caller gave up on it, with the fence mark it
@@ -148,6 +152,8 @@ class SourceLoader:
         """In a forked child the parent's workers and in-flight loads do not exist: start with
         no pool (a new one is made on the next background task) and no flights to wait for."""
         self._lock = threading.Lock()
+        self._late_fills = 0
+        self._late_done = threading.Condition(self._lock)
         self._executor = None
         self._pending = set()
         self.holdings.forget_all()
@@ -383,10 +389,27 @@ class SourceLoader:
             handoff.delivered = True
         if orphaned:
             try:
-                self._fill(key, mark, entry, token)
+                self._late_fill(key, mark, entry, token)
             finally:
                 self.holdings.let_go(handoff.held)
         return entry
+
+    def _late_fill(self, key: str, mark: int, entry: Entry, token: str | None) -> None:
+        """The fill of a load whose caller gave up on it, unless the loader is closed: its
+        tiers are closed then, or about to be (the memory tier kept the value, though closed;
+        the Redis tier refused the call, a tier failure logged and counted on a closed
+        chain). A fill begun before :meth:`close` is waited for by it."""
+        with self._lock:
+            if self._closed:
+                return
+            self._late_fills += 1
+        try:
+            self._fill(key, mark, entry, token)
+        finally:
+            with self._lock:
+                self._late_fills -= 1
+                if not self._late_fills:
+                    self._late_done.notify_all()
 
     def _lease_or_wait(
         self, key: str, mark: int, held: HeldLeases
@@ -505,12 +528,17 @@ class SourceLoader:
         the tiers close next, and those loads' fills and give-backs could not reach them,
         so their leases held until ``lease_ttl`` and every other process reading the keys
         waited ``lease_wait``. Their sources are not waited for (a hung one would hang the
-        shutdown); their fills, if they come, find the lease gone."""
+        shutdown); a caller's fill, if it comes, finds the lease gone, and a timed load left
+        to its worker fills nothing once closed (:meth:`_late_fill`)."""
         with self._lock:
             if self._closed:
                 return False
             self._closed = True
             executor, self._executor = self._executor, None
+            # A late fill begun before now writes tiers that close after this returns; one
+            # not begun will not (_late_fill). Each is bounded by its tiers' timeouts.
+            while self._late_fills:
+                self._late_done.wait()
         if executor is not None:
             executor.shutdown(wait=True, cancel_futures=True)
         run(self.holdings.give_back_all())

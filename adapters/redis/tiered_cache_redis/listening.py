@@ -167,8 +167,8 @@ class Listening:
             handle: Any = None
             try:
                 handle = yield self.calls.open, ()
-                yield self.calls.subscribe, (handle,)
-                yield from self._await_subscription(handle)
+                if not (yield from self._subscribe(handle)):
+                    return  # closed as it subscribed: the handle is closed below
                 if ever_connected:
                     self.listeners.tell("on_reconnect")
                 if logged:
@@ -211,6 +211,17 @@ class Listening:
                         yield self.calls.close, (handle,)
                     except Exception:
                         log.debug("closing a broken subscription failed", exc_info=True)
+
+    def _subscribe(self, handle: Any) -> Steps[bool]:
+        """Subscribe on ``handle`` and wait for the confirmation; False if the bus was closed
+        before or meanwhile (the threaded bus's close sets the flag and waits for the
+        listener): a closed bus tells the chain of no reconnection, nor shows itself
+        connected."""
+        if self.stopped():
+            return False
+        yield self.calls.subscribe, (handle,)
+        yield from self._await_subscription(handle)
+        return not self.stopped()
 
     def _await_subscription(self, handle: Any) -> Steps[None]:
         """Read replies until the server confirms the subscription; a stall is an error."""

@@ -328,10 +328,14 @@ def test_a_forked_child_hears_another_process_write(
     assert parent.get("k", lambda: "v0") == "v0"  # in the parent's memory, inherited
 
     def child(report: Callable[[Any], None]) -> None:
+        # The child's own subscription (its bus's event is made anew at the fork): the chain's
+        # state alone may still be the parent's "connected" before the child's listener has
+        # told it otherwise, and the write below then came before the child subscribed.
+        subscribed = parent._bus_link.bus.wait_subscribed(10)  # type: ignore[union-attr]
         connected = eventually(lambda: parent.stats()["bus"] == "connected", 10)
         before = parent.get("k", lambda: "v0")
         served = parent.get("k", lambda: "loaded")  # from the child's memory
-        report([connected, before, served])
+        report([subscribed and connected, before, served])
         heard = eventually(lambda: parent.get("k", lambda: "never") == "v1", 10)
         report([heard, parent.stats()["bus_received"]])
 

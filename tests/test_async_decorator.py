@@ -196,3 +196,32 @@ async def test_an_async_function_that_awaits_its_own_key_while_loading_it_raises
 
     assert await cache.get("rec:1", load) == "loaded"  # nothing was left in flight
     await cache.aclose()
+
+
+@pytest.mark.parametrize("made", ["generator", "iterator", "coroutine"])
+async def test_an_awaited_result_that_can_be_used_only_once_is_refused_not_cached(
+    clock: FakeClock, made: str
+) -> None:
+    """An async def returning a generator or an iterator (or a coroutine it forgot to await):
+    its awaited result was cached, and the next call got it used up (an empty list)."""
+    cache = memory_chain(clock)
+
+    async def inner(x: int) -> int:
+        return x
+
+    calls: list[int] = []
+
+    @cache.cached(key="once:{x}")
+    async def one_use(x: int) -> Any:
+        calls.append(x)
+        if made == "generator":
+            return (i for i in range(x))
+        if made == "iterator":
+            return iter([x])
+        return inner(x)
+
+    for _ in range(2):
+        with pytest.raises(TypeError, match="can be used only once"):
+            await one_use(1)
+    assert calls == [1, 1]  # nothing was cached
+    await cache.aclose()

@@ -257,6 +257,16 @@ def checked_result(fn: Callable[..., Any]) -> Callable[[Any], Any]:
     return checked
 
 
+def checked_awaited(fn: Callable[..., Any]) -> Callable[[Awaitable[Any]], Awaitable[Any]]:
+    """:func:`checked_result` for an ``async def``: its awaited result."""
+    checked = checked_result(fn)
+
+    async def awaited(call: Awaitable[Any]) -> Any:
+        return checked(await call)
+
+    return awaited
+
+
 def template_fields(template: str) -> list[str]:
     """The names a key template refers to: ``"tweet:{tweet_id}"`` -> ``["tweet_id"]``."""
     try:
@@ -398,6 +408,7 @@ def _compile_wrapper(
     namespace: dict[str, Any] = {
         "__tc_fn": fn,
         "__tc_checked": checked_result(fn),
+        "__tc_awaited": checked_awaited(fn),
         "__tc_hit": reader,
         "__tc_not_fresh": NOT_FRESH,
         "__tc_lookup": cache.lookup_l1,
@@ -421,7 +432,8 @@ def _compile_wrapper(
             "    if __tc_value is __tc_not_fresh:\n"
             "        __tc_value = __tc_lookup(__tc_key)\n"
             "        if __tc_value is __tc_missing or __tc_value is __tc_refresh:\n"
-            f"            return await __tc_slow(__tc_key, lambda: __tc_fn({arguments}),\n"
+            "            return await __tc_slow(__tc_key,\n"
+            f"                                   lambda: __tc_awaited(__tc_fn({arguments})),\n"
             "                                   __tc_ttl, __tc_value is __tc_refresh)\n"
             "    return __tc_value\n"
         )

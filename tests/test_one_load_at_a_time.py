@@ -202,12 +202,11 @@ async def test_an_async_miss_after_an_invalidation_waits_for_the_load_in_flight(
         await asyncio.sleep(0)
     await cache.invalidate("k")
     later = [asyncio.create_task(read("new")) for _ in range(2)]
-    for _ in range(20):  # every later miss has decided: joined, waited or loaded
-        await asyncio.sleep(0)
+    flights = cache._loader.flights
+    await eventually(lambda: len(started) > 1 or waiters(flights, "k") >= 2, "they decided")
     assert started == ["old"]
     gates["old"].set()
-    for _ in range(20):
-        await asyncio.sleep(0)
+    await eventually(lambda: len(started) > 1, "the later misses' load started")
     assert started == ["old", "new"]
     gates["new"].set()
     expected: object = {"k": "new"} if batch else "new"
@@ -215,6 +214,14 @@ async def test_an_async_miss_after_an_invalidation_waits_for_the_load_in_flight(
     assert await asyncio.gather(*later) == [expected, expected]
     assert most == 1
     await cache.aclose()
+
+
+async def eventually(condition: Callable[[], bool], what: str) -> None:
+    """Let the loop run until ``condition``; fail after 10 s of waiting."""
+    deadline = time.monotonic() + 10
+    while not condition():
+        assert time.monotonic() < deadline, f"never: {what}"
+        await asyncio.sleep(0.001)
 
 
 async def _batch(keys: Sequence[str], load: object) -> dict[str, str]:

@@ -85,8 +85,9 @@ def test_a_bus_closed_while_its_listener_reconnects_tells_no_reconnection(
         opens += 1
         handle = calls.open()
         if opens == 1:
-            closing.append(threading.Thread(target=bus.close))
-            closing[0].start()
+            closer = threading.Thread(target=bus.close)
+            closer.start()  # then shown to the test's thread, which joins it
+            closing.append(closer)
             assert bus._stop.wait(10)
         return handle
 

@@ -54,6 +54,8 @@ def main() -> int:
     def progress(outcome: Outcome, summary: Summary) -> None:
         for violation in outcome.violations:
             print(f"  VIOLATION in schedule {outcome.schedule.index}: {violation.detail}")
+        if outcome.troubled:
+            print(f"  troubled schedule {outcome.schedule.index}: {outcome.trouble}")
         if summary.schedules % 100 == 0:
             print(
                 f"{summary.schedules} schedules, {summary.reads} reads, "

@@ -218,6 +218,26 @@ def test_reads_under_every_fault_are_legal_when_nothing_is_written(rig: HistoryR
 
 
 @needs_redis
+def test_a_schedule_with_a_fault_leaves_every_breaker_closed(rig: HistoryRig) -> None:
+    """A publish during a bus cut opens that worker's publish breaker. Once the schedule is
+    over every breaker must be closed: one still open, or half-open (its next call the probe,
+    the calls beside it refused), would make the next schedule count skips nobody injected."""
+    keys = ["b:u0:k0"]
+    # Worker 2: the rig's own probes are sent by workers 0 and 1, which closes their breakers.
+    ops = [Op(f"b.{n}", 2, 0.05 + 0.05 * n, "invalidate", keys) for n in range(3)]
+    schedule = Schedule(
+        0, 0, [0, 1, 2], keys, {keys[0]: "b0"}, ops, [Fault("bus-cut", 0.0, 0.3, 2)]
+    )
+    outcome = rig.run(schedule)
+    assert outcome.trouble.get("bus_publish_errors", 0) >= 1  # the cut did reach a publish
+    states = [worker.ask("stats") for worker in rig.workers]
+    assert [stats["bus_publish_breaker"] for stats in states] == ["closed"] * len(rig.workers)
+    assert [tier.get("breaker", "closed") for stats in states for tier in stats["tiers"]] == [
+        "closed"
+    ] * sum(len(stats["tiers"]) for stats in states)
+
+
+@needs_redis
 def test_the_same_race_with_invalidate_is_fenced(rig: HistoryRig) -> None:
     """A slow load racing a direct write and invalidate/invalidate_many (fenced today)."""
     for schedule in load(FIXTURES / "controls.json"):

@@ -20,67 +20,18 @@ import asyncio
 import json
 import logging
 import os
-import random
 import signal
 import sys
 import threading
 import time
-from collections import Counter
-from collections.abc import Sequence
 from typing import Any
 
 from tiered_cache import AsyncTieredCache, TieredCache
+from tiered_cache.testing.overlaps import LoadCounts, async_readers, sync_reader
 from tiered_cache.testing.servers import RedisServer
 
-
-class Counts:
-    """One face's loads: per key, and how many of one key ran at once."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.loads: Counter[str] = Counter()
-        self.running: Counter[str] = Counter()
-        self.overlaps: Counter[str] = Counter()
-        self.most = 0
-        self.calls = 0
-        self.errors: Counter[str] = Counter()
-        self.wrong = 0
-
-    def begin(self, keys: Sequence[str]) -> None:
-        with self._lock:
-            for key in keys:
-                self.loads[key] += 1
-                if self.running[key]:
-                    self.overlaps[key] += 1
-                self.running[key] += 1
-                self.most = max(self.most, self.running[key])
-
-    def end(self, keys: Sequence[str]) -> None:
-        with self._lock:
-            for key in keys:
-                self.running[key] -= 1
-
-    def served(self, values: dict[str, Any]) -> None:
-        with self._lock:
-            self.calls += 1
-            self.wrong += sum(1 for key, value in values.items() if value != f"v:{key}")
-
-    def failed(self, exc: BaseException) -> None:
-        with self._lock:
-            self.calls += 1
-            self.errors[type(exc).__name__] += 1
-
-    def report(self, face: str) -> dict[str, Any]:
-        return {
-            "face": face,
-            "calls": self.calls,
-            "errors": dict(self.errors),
-            "wrong": self.wrong,
-            "loads": sum(self.loads.values()),
-            "most_loads_of_a_key": max(self.loads.values(), default=0),
-            "overlaps": sum(self.overlaps.values()),
-            "most_at_once": self.most,
-        }
+#: How long a load takes (uniform), in seconds.
+DELAY = (0.0, 0.004)
 
 
 def settings(url: str, memory: int) -> dict[str, Any]:
@@ -96,71 +47,12 @@ def settings(url: str, memory: int) -> dict[str, Any]:
     }
 
 
-def pick(rng: random.Random, keys: list[str]) -> str | list[str]:
-    """A request: one key (a ``get``, 70 %) or three (a ``get_many``)."""
-    return rng.choice(keys) if rng.random() < 0.7 else rng.sample(keys, 3)
-
-
-def sync_reader(cache: TieredCache, keys: list[str], counts: Counts, stop: threading.Event) -> None:
-    rng = random.Random()
-
-    def load(wanted: Sequence[str]) -> dict[str, str]:
-        counts.begin(wanted)
-        try:
-            time.sleep(rng.uniform(0, 0.004))
-            return {key: f"v:{key}" for key in wanted}
-        finally:
-            counts.end(wanted)
-
-    while not stop.is_set():
-        wanted = pick(rng, keys)
-        try:
-            if isinstance(wanted, str):
-                counts.served({wanted: cache.get(wanted, lambda k=wanted: load([k])[k])})
-            else:
-                counts.served(cache.get_many(wanted, load))
-        except Exception as exc:
-            counts.failed(exc)
-
-
-async def async_readers(
-    cache: AsyncTieredCache, keys: list[str], counts: Counts, stop: threading.Event, n: int
-) -> None:
-    async def reader() -> None:
-        rng = random.Random()
-
-        async def load(wanted: Sequence[str]) -> dict[str, str]:
-            counts.begin(wanted)
-            try:
-                await asyncio.sleep(rng.uniform(0, 0.004))
-                return {key: f"v:{key}" for key in wanted}
-            finally:
-                counts.end(wanted)
-
-        async def load_one(key: str) -> str:
-            return (await load([key]))[key]
-
-        while not stop.is_set():
-            wanted = pick(rng, keys)
-            try:
-                if isinstance(wanted, str):
-                    value = await cache.get(wanted, lambda k=wanted: load_one(k))
-                    counts.served({wanted: value})
-                else:
-                    counts.served(await cache.get_many(wanted, load))
-            except Exception as exc:
-                counts.failed(exc)
-            await asyncio.sleep(0)
-
-    await asyncio.gather(*(reader() for _ in range(n)))
-
-
 def one_round(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
     server = RedisServer().start()
     try:
         url = server.url
         keys = [f"k{n}" for n in range(args.keys)]
-        sync_counts, async_counts = Counts(), Counts()
+        sync_counts, async_counts = LoadCounts(), LoadCounts()
         stop = threading.Event()
         cache = TieredCache.from_config(**settings(url, args.memory))
         acache: AsyncTieredCache | None = None
@@ -171,13 +63,15 @@ def one_round(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]
             async def main() -> None:
                 nonlocal acache
                 acache = AsyncTieredCache.from_config(**settings(url, args.memory))
-                await async_readers(acache, keys, async_counts, stop, args.coroutines)
+                await async_readers(
+                    acache, keys, async_counts, stop, n=args.coroutines, delay=DELAY
+                )
                 await acache.aclose()
 
             asyncio.run(main())
 
         threads = [
-            threading.Thread(target=sync_reader, args=(cache, keys, sync_counts, stop))
+            threading.Thread(target=sync_reader, args=(cache, keys, sync_counts, stop, DELAY))
             for _ in range(args.threads)
         ]
         threads.append(threading.Thread(target=async_face))

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import pytest
 
@@ -27,60 +26,10 @@ from tiered_cache.protection import Protection
 from tiered_cache.singleflight import FlightTable, Landing
 from tiered_cache.testing import FakeClock
 from tiered_cache.testing.buses import CuttableBus
+from tiered_cache.testing.held_loads import HeldLoads as Loads
+from tiered_cache.testing.held_loads import eventually, until
 
 STRICT = Protection.never_stale(lease="off")
-
-
-class Loads:
-    """Loads of one key, each held open until released: how many ran, and at most at once."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.started: list[str] = []
-        self.running = 0
-        self.most = 0
-        self.gates: dict[str, threading.Event] = {}
-
-    def begin(self, value: str) -> threading.Event:
-        with self._lock:
-            self.started.append(value)
-            self.running += 1
-            self.most = max(self.most, self.running)
-            return self.gates.setdefault(value, threading.Event())
-
-    def end(self) -> None:
-        with self._lock:
-            self.running -= 1
-
-    def loader(self, value: str) -> Callable[[], str]:
-        def load() -> str:
-            gate = self.begin(value)
-            try:
-                gate.wait(10)
-                return value
-            finally:
-                self.end()
-
-        return load
-
-    def batch_loader(self, value: str) -> Callable[[Sequence[str]], dict[str, str]]:
-        def load(keys: Sequence[str]) -> dict[str, str]:
-            return dict.fromkeys(keys, self.loader(value)())
-
-        return load
-
-    def release(self, value: str) -> None:
-        with self._lock:
-            gate = self.gates.setdefault(value, threading.Event())
-        gate.set()
-
-
-def until(condition: Callable[[], bool], what: str) -> None:
-    """Poll ``condition`` (another thread's progress); fail after 10 s of waiting."""
-    deadline = time.monotonic() + 10
-    while not condition():
-        assert time.monotonic() < deadline, f"never: {what}"
-        time.sleep(0.001)
 
 
 def waiters(flights: FlightTable[Landing], key: str) -> int:
@@ -214,14 +163,6 @@ async def test_an_async_miss_after_an_invalidation_waits_for_the_load_in_flight(
     assert await asyncio.gather(*later) == [expected, expected]
     assert most == 1
     await cache.aclose()
-
-
-async def eventually(condition: Callable[[], bool], what: str) -> None:
-    """Let the loop run until ``condition``; fail after 10 s of waiting."""
-    deadline = time.monotonic() + 10
-    while not condition():
-        assert time.monotonic() < deadline, f"never: {what}"
-        await asyncio.sleep(0.001)
 
 
 async def _batch(keys: Sequence[str], load: object) -> dict[str, str]:

@@ -21,7 +21,7 @@ from .async_accessor import AsyncTierAccessor, BlockingTierWarning, is_async_par
 from .async_flight import AsyncFlight, async_flights
 from .async_tier import AsyncSource
 from .batch_load import BatchLoad
-from .errors import TieredCacheError
+from .errors import LoadTimeout, TieredCacheError
 from .fence import Fence
 from .forking import restart_after_fork
 from .held_leases import HeldLeases, Holdings
@@ -30,7 +30,7 @@ from .logs import fields, key_hash, logger_for
 from .loops import all_end_within, cancel, ends_within, stalled
 from .metrics import CacheMetrics
 from .protection import Protection
-from .singleflight import LEAD
+from .singleflight import BEHIND, LEAD, refresh_failed, waited_too_long
 from .stamp import EntryMaker
 from .steps import arun
 from .tier import Entry, Source
@@ -82,10 +82,9 @@ class AsyncSourceLoader:
         self._make_entry = make_entry
         self._clock = clock
         self._protection = protection
-        #: One flight per key being read through the chain.
+        #: One flight per key being loaded: by a read through the chain, or by a background
+        #: refresh (the threaded loader's rule).
         self.flights = async_flights()
-        #: Refreshes have flights of their own (as in the threaded loader).
-        self._refresh_flights = async_flights()
         leasing = fence.leasing(self._tiers)
         self._lease_wait = (
             None
@@ -129,7 +128,6 @@ class AsyncSourceLoader:
         thread of the parent may have held a flight table's lock. New tables, and no tasks,
         refreshes or abandoned loads to wait for (as the threaded loader's restart)."""
         self.flights = async_flights()
-        self._refresh_flights = async_flights()
         self._tasks = set()
         self.holdings.forget_all()
         self._refreshing = set()
@@ -397,19 +395,23 @@ class AsyncSourceLoader:
     async def _refresh(
         self, key: str, loader: AsyncLoader | None, ttl: float | str | None, stale: Entry | None
     ) -> None:
-        mark = self._fence.mark()  # before the refresh reads anything
-        # No ``joinable``: a refresh joins the key's refresh in progress (its role is JOIN).
-        flight, role = self._refresh_flights.join_or_lead(key, tag=mark)
+        mark = 0
         try:
-            if role != LEAD:
-                await flight.wait()
-                return
+            # A refresh is a load of its key: it leads a flight of the key in the readers'
+            # table, after any flight in progress (the threaded loader's rule).
+            while True:
+                mark = self._fence.mark()  # before the refresh reads anything
+                flight, role = self.flights.lead_after(key, tag=mark)
+                if role != BEHIND:
+                    break
+                await self._settle(key, flight)
+            assert role == LEAD  # a refresh is a task of its own: it led no flight before
             try:
                 entry = await self.load(key, mark, loader, ttl, None, background=True)
             except BaseException as exc:
-                self._refresh_flights.land({key: flight}, {}, exc)
+                self.flights.land_one(key, flight, None, refresh_failed(exc))
                 raise
-            self._refresh_flights.land({key: flight}, {key: entry.value}, None)
+            self.flights.land_one(key, flight, entry.value, None)
         except Exception as exc:
             self._metrics.count("refresh_failures")
             logger.warning(
@@ -423,6 +425,15 @@ class AsyncSourceLoader:
                 await arun(self._batching.rest_source(key, mark, stale))
         finally:
             self._refreshing.discard(key)
+
+    async def _settle(self, key: str, flight: AsyncFlight) -> None:
+        """Wait for the key's flight in progress to land, as a reader waits to join one."""
+        wait = self.join_timeout
+        try:
+            await asyncio.wait_for(flight.settle(), wait)
+        except TimeoutError:
+            assert wait is not None
+            raise LoadTimeout(waited_too_long(key, wait)) from None
 
     async def wait_background(self, timeout: float | None = None) -> bool:
         """Wait until background refreshes and late loads have finished (and filled);

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from .accessor import TierAccessor
 from .batch_load import BatchLoad
-from .errors import TieredCacheError, caused
+from .errors import LoadTimeout, TieredCacheError, caused
 from .fence import Fence
 from .forking import restart_compiled_after_fork
 from .held_leases import HeldLeases, Holdings
@@ -26,7 +26,7 @@ from .lease_wait import LeaseWait
 from .logs import fields, key_hash, logger_for
 from .metrics import CacheMetrics
 from .protection import Protection
-from .singleflight import Flight, SingleFlight
+from .singleflight import BEHIND, OWN, Flight, SingleFlight, refresh_failed, waited_too_long
 from .stamp import EntryMaker
 from .steps import run
 from .tier import Entry, Source
@@ -98,12 +98,9 @@ class SourceLoader:
         self._clock = clock
         self._sleep = sleep
         self._protection = protection
-        #: One flight per key being read through the chain.
+        #: One flight per key being loaded: by a read through the chain, or by a background
+        #: refresh (:meth:`FlightTable.lead_after`).
         self.flights = SingleFlight()
-        #: Background refreshes have flights of their own: a reader never joins one (it would
-        #: get the refresh's error instead of the stale value), and a refresh never joins a
-        #: reader's flight (it would get the stale value back and load nothing).
-        self._refresh_flights = SingleFlight()
         self._leasing: TierAccessor | None = fence.leasing(self._tiers)
         self._lease_wait = (
             None
@@ -161,7 +158,6 @@ class SourceLoader:
         self._abandoned = {}
         self._timed_slots()
         self.flights = SingleFlight()
-        self._refresh_flights = SingleFlight()
 
     # -- one key
 
@@ -500,12 +496,25 @@ class SourceLoader:
     def _refresh(
         self, key: str, loader: Loader | None, ttl: float | str | None, stale: Entry | None
     ) -> None:
-        mark = self._fence.mark()  # before the refresh reads anything
+        mark = 0
         try:
-            self._refresh_flights.run(
-                key,
-                lambda _: self.load(key, mark, loader, ttl, None, background=True).value,
-            )
+            # A refresh is a load of its key: it leads a flight of the key in the readers'
+            # table, after any flight in progress (one load of a key at a time).
+            while True:
+                mark = self._fence.mark()  # before the refresh reads anything
+                flight, role = self.flights.lead_after(key, tag=mark)
+                if role != BEHIND:
+                    break
+                self._settle(key, flight)
+            if role == OWN:  # run inline by the read leading the key's flight: inside it
+                self.load(key, mark, loader, ttl, None, background=True)
+                return
+            try:
+                entry = self.load(key, mark, loader, ttl, None, background=True)
+            except BaseException as exc:
+                self.flights.land_one(key, flight, None, refresh_failed(exc))
+                raise
+            self.flights.land_one(key, flight, entry.value, None)
         except Exception as exc:
             self._metrics.count("refresh_failures")
             logger.warning(
@@ -520,6 +529,15 @@ class SourceLoader:
         finally:
             with self._lock:
                 self._refreshing.discard(key)
+
+    def _settle(self, key: str, flight: Flight) -> None:
+        """Wait for the key's flight in progress to land, as a reader waits to join one."""
+        wait = self.join_timeout
+        try:
+            flight.settle(wait)
+        except TimeoutError:
+            assert wait is not None
+            raise caused(LoadTimeout(waited_too_long(key, wait)), None) from None
 
     def close(self) -> bool:
         """Stop taking background work; False if it was closed already. Queued refreshes are

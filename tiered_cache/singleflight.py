@@ -15,6 +15,18 @@ class LeaderGone(Exception):
     own: its waiters get this instead, and start over (one of them leads)."""
 
 
+class RefreshFailed(LeaderGone):
+    """The background refresh leading a flight failed. Its failure is the refresh's (the read
+    that started it was served the stale value; a failed refresh leaves the stale value, or
+    rests the source): the flight's waiters, reads that missed meanwhile, start over as after a
+    :class:`LeaderGone`, one of them loading with its own fail-safe."""
+
+
+def refresh_failed(error: BaseException) -> RefreshFailed:
+    """What the waiters of a refresh's flight are given when the refresh ends with ``error``."""
+    return RefreshFailed(f"the background refresh loading this key failed ({type(error).__name__})")
+
+
 def _for_waiters(error: BaseException | None) -> BaseException | None:
     """What the waiters of a flight that ended with ``error`` are given."""
     if error is None or isinstance(error, Exception):
@@ -123,10 +135,13 @@ class Landing(Protocol):
 
 F = TypeVar("F", bound=Landing)
 
-#: What :meth:`FlightTable.join_or_lead` tells its caller to do with the flight it returns.
+#: What :meth:`FlightTable.join_or_lead` and :meth:`FlightTable.lead_after` tell their caller
+#: to do with the flight they return.
 LEAD = 0
 JOIN = 1
 BEHIND = 2
+#: :meth:`FlightTable.lead_after`: the caller leads the key's flight already.
+OWN = 3
 
 
 class FlightTable(Generic[F]):
@@ -178,14 +193,37 @@ class FlightTable(Generic[F]):
         :data:`BEHIND` (the key's flight in progress that may not be joined: wait for it to
         land, not taking its outcome, and ask again)."""
         with self._lock:
-            flight = self._flights.get(key)
-            if flight is None:
-                flight = self._flights[key] = self._new(tag)
-                return flight, LEAD
-            if flight.led_here():
+            flight, role = self._take(key, tag)
+            if role == OWN:
                 raise recursive_load(key)
-            flight.join()
-            return flight, JOIN if joinable is None or joinable(flight) else BEHIND
+            if role == JOIN and joinable is not None and not joinable(flight):
+                role = BEHIND
+            return flight, role
+
+    def lead_after(self, key: str, *, tag: int) -> tuple[F, int]:
+        """``(flight, role)`` for a load of ``key`` that takes no other caller's outcome (a
+        background refresh: a reader's flight may end with the stale value it served, and the
+        refresh is what renews it), yet runs beside no other load of the key:
+        :data:`LEAD` (a new flight, which the caller lands; readers that miss meanwhile join
+        it if the fence lets them, or wait behind it), :data:`BEHIND` (the key's flight in
+        progress: wait for it to land, then ask again) or :data:`OWN` (the caller leads the
+        key's flight already: a refresh run inline by the read that started it loads inside
+        that read's flight)."""
+        with self._lock:
+            flight, role = self._take(key, tag)
+            return flight, BEHIND if role == JOIN else role
+
+    def _take(self, key: str, tag: int) -> tuple[F, int]:
+        """Under the lock: a new flight of ``key`` (:data:`LEAD`), the caller's own
+        (:data:`OWN`), or another's, joined (:data:`JOIN`)."""
+        flight = self._flights.get(key)
+        if flight is None:
+            flight = self._flights[key] = self._new(tag)
+            return flight, LEAD
+        if flight.led_here():
+            return flight, OWN
+        flight.join()
+        return flight, JOIN
 
     def land(
         self, flights: Mapping[str, F], results: Mapping[str, Any], error: BaseException | None

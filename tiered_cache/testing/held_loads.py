@@ -1,0 +1,88 @@
+"""Loads held open until a test releases them, to count loads of one key at once.
+
+Single-flight promises one load of a key at a time in a process: a test starts a load, holds
+it, makes another caller miss the key meanwhile, and reads :attr:`HeldLoads.started` (which
+loads began, in order) and :attr:`HeldLoads.most` (the most that ran at once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+
+class HeldLoads:
+    """Loads named by the value they return, each held until :meth:`release`; thread-safe
+    (the asyncio loaders poll their gate)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.started: list[str] = []
+        self.running = 0
+        self.most = 0
+        self.gates: dict[str, threading.Event] = {}
+        self.failing: set[str] = set()
+
+    def begin(self, value: str) -> threading.Event:
+        with self._lock:
+            self.started.append(value)
+            self.running += 1
+            self.most = max(self.most, self.running)
+            return self.gates.setdefault(value, threading.Event())
+
+    def end(self, value: str) -> str:
+        """The load of ``value`` ends: it returns ``value``, or raises if released failing."""
+        with self._lock:
+            self.running -= 1
+            if value in self.failing:
+                raise RuntimeError(f"the load of {value!r} failed")
+        return value
+
+    def loader(self, value: str) -> Callable[[], str]:
+        def load() -> str:
+            self.begin(value).wait(10)
+            return self.end(value)
+
+        return load
+
+    def batch_loader(self, value: str) -> Callable[[Sequence[str]], dict[str, str]]:
+        def load(keys: Sequence[str]) -> dict[str, str]:
+            return dict.fromkeys(keys, self.loader(value)())
+
+        return load
+
+    def async_loader(self, value: str) -> Callable[[], Awaitable[str]]:
+        async def load() -> str:
+            gate = self.begin(value)
+            deadline = time.monotonic() + 10
+            while not gate.is_set() and time.monotonic() < deadline:
+                await asyncio.sleep(0.001)
+            return self.end(value)
+
+        return load
+
+    def release(self, value: str, *, fail: bool = False) -> None:
+        """Let the load of ``value`` end (now, or at once when it starts); ``fail``: raising."""
+        with self._lock:
+            if fail:
+                self.failing.add(value)
+            gate = self.gates.setdefault(value, threading.Event())
+        gate.set()
+
+
+def until(condition: Callable[[], bool], what: str) -> None:
+    """Poll ``condition`` (another thread's progress); fail after 10 s of waiting."""
+    deadline = time.monotonic() + 10
+    while not condition():
+        assert time.monotonic() < deadline, f"never: {what}"
+        time.sleep(0.001)
+
+
+async def eventually(condition: Callable[[], bool], what: str) -> None:
+    """Let the loop run until ``condition``; fail after 10 s of waiting."""
+    deadline = time.monotonic() + 10
+    while not condition():
+        assert time.monotonic() < deadline, f"never: {what}"
+        await asyncio.sleep(0.001)

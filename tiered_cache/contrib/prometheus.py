@@ -13,12 +13,20 @@ The collector takes ``cache.stats()`` when Prometheus scrapes, and publishes eve
 ``_total``). Reads pay nothing for it. The names are listed in docs/metrics.md. Several chains
 go into one collector (their ``namespace`` label tells them apart): Prometheus refuses a
 scrape in which two collectors describe the same metric.
+
+In prometheus_client's multiprocess mode (gunicorn, uwsgi: ``PROMETHEUS_MULTIPROC_DIR``) a
+scrape reads only the files its metric objects write, never a collector: there
+:func:`register` copies the figures into such objects instead
+(:mod:`tiered_cache.contrib.prometheus_multiprocess`).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
+from prometheus_client import values
 from prometheus_client.core import (
     REGISTRY,
     CounterMetricFamily,
@@ -31,7 +39,10 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from ..chain import TieredCache
 from .series import Series, check_apart, series
 
-__all__ = ["PREFIX", "TieredCacheCollector", "register"]
+if TYPE_CHECKING:
+    from .prometheus_multiprocess import MultiprocessMirror
+
+__all__ = ["PREFIX", "TieredCacheCollector", "multiprocess_mode", "register"]
 
 #: What every metric name starts with.
 PREFIX = "tiered_cache_"
@@ -92,11 +103,40 @@ def _bound(bound: float) -> str:
     return "+Inf" if bound == float("inf") else repr(bound)
 
 
+def multiprocess_mode() -> bool:
+    """Whether prometheus_client keeps its metrics in ``PROMETHEUS_MULTIPROC_DIR`` (it decides
+    once, when first imported). :class:`ValueError` if the variable was set only after that:
+    every metric of the process, the application's own too, then stays in its memory, and a
+    ``MultiProcessCollector`` scrape shows none of them."""
+    in_files: bool = values.ValueClass is not values.MutexValue
+    if not in_files and "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        raise ValueError(
+            "PROMETHEUS_MULTIPROC_DIR is set, but prometheus_client was imported before it "
+            "was, so it keeps every metric in this process's memory: set the variable before "
+            "the process starts (gunicorn: in its environment, not in the application)"
+        )
+    return in_files
+
+
 def register(
-    *caches: TieredCache, registry: CollectorRegistry = REGISTRY, raw_hot_keys: bool = False
-) -> TieredCacheCollector:
+    *caches: TieredCache,
+    registry: CollectorRegistry = REGISTRY,
+    raw_hot_keys: bool = False,
+    refresh_every: float = 5.0,
+) -> TieredCacheCollector | MultiprocessMirror:
     """Register one :class:`TieredCacheCollector` for ``caches`` (default: on the global
-    registry); returns it, for ``registry.unregister`` when the caches close."""
+    registry); returns it, for ``registry.unregister`` when the caches close.
+
+    In multiprocess mode (:func:`multiprocess_mode`) returns a
+    :class:`~tiered_cache.contrib.prometheus_multiprocess.MultiprocessMirror` instead (its
+    ``close()`` stops it), which copies the figures to ``PROMETHEUS_MULTIPROC_DIR`` every
+    ``refresh_every`` seconds, before a fork and at exit; ``registry`` and ``raw_hot_keys`` are
+    not used there (the scrape's ``MultiProcessCollector`` reads the files; hot keys are not
+    copied)."""
+    if multiprocess_mode():
+        from .prometheus_multiprocess import MultiprocessMirror
+
+        return MultiprocessMirror(*caches, refresh_every=refresh_every)
     collector = TieredCacheCollector(*caches, raw_hot_keys=raw_hot_keys)
     registry.register(collector)
     return collector

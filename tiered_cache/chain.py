@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import random
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -30,6 +31,7 @@ from .metrics import CacheMetrics
 from .paths import ChainPaths
 from .protection import REFRESH_DUE, Protection
 from .reporting import chain_stats, first_hot_keys
+from .signal_frames import in_signal_handler
 from .singleflight import Flight
 from .stamp import EntryMaker
 from .steps import run
@@ -101,6 +103,9 @@ class TieredCache(L1Reader):
         self.namespace = namespace
         self._given = tuple(tiers)
         self._source = source
+        #: Set once a close begun in a signal handler has finished on its thread (see
+        #: :meth:`close`).
+        self._closed_aside: threading.Event | None = None
         self._clock = clock
         self._protection = protection or Protection()
         self._metrics = CacheMetrics([tier.name for tier in tiers])
@@ -433,9 +438,36 @@ class TieredCache(L1Reader):
     def close(self) -> None:
         """Close every tier and the source. Idempotent. From then on every read, write and
         invalidation (and every call of a decorated function) raises
-        :class:`~tiered_cache.ChainClosedError`; :meth:`stats` still answers."""
+        :class:`~tiered_cache.ChainClosedError`; :meth:`stats` still answers.
+
+        Called from a signal handler (a worker's SIGTERM handler), it marks the chain closed
+        and returns at once, and the rest of the close runs on a thread of its own
+        (``tiered-cache-close``, not a daemon: the interpreter's exit waits for it): the
+        handler may have interrupted a call of this chain on the main thread, holding a lock
+        the close needs, which it lets go only once the handler has returned. The
+        interrupted call then ends (its result or ``ChainClosedError``) and every later call
+        is refused. A ``close()`` outside a handler (the ``finally`` of a service's main)
+        waits for that thread."""
         if self.closed:
+            finished = self._closed_aside
+            if finished is not None and not in_signal_handler():
+                finished.wait()
             return
+        if in_signal_handler():
+            # Set before the chain shows itself closed: a close() that sees it closed waits.
+            finished = self._closed_aside = threading.Event()
+            self._refuse_calls()
+            threading.Thread(
+                target=self._finish_close,
+                args=(finished,),
+                name="tiered-cache-close",
+                daemon=False,
+            ).start()
+            return
+        self._refuse_calls()
+        self._finish_close(None)
+
+    def _refuse_calls(self) -> None:
         # First, so that no call reaches a tier or the source being closed (tiered_cache.closed),
         # and before the loader gives back the leases of the calls in flight: a write begun
         # after that give-back stole a lease nothing gave back (its fill found the tier closed;
@@ -443,6 +475,17 @@ class TieredCache(L1Reader):
         self._paths = ClosedPaths(repr(self))
         self._read = self._paths.read_through_plain
         vars(self).pop("set", None)  # the lone tier's set, bound to the open paths
+
+    def _finish_close(self, finished: threading.Event | None) -> None:
+        """What close() waits for: the loader's work, the bus, the tiers, the source;
+        ``finished`` set once done (a close finished aside)."""
+        try:
+            self._close_parts()
+        finally:
+            if finished is not None:
+                finished.set()
+
+    def _close_parts(self) -> None:
         if not self._loader.close():
             return  # another thread's close() runs
         self._use_l1(self._tiers, False)

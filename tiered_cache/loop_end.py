@@ -17,8 +17,15 @@ then (:mod:`tiered_cache.write_tasks`), on the tier. A task cancelled with them 
 was until then) disconnected the pool under their calls, which reconnected and left their
 connections to the next loop; and a write that was the loop's first call of the tier made its
 task after the cancelling, so that nothing ever let go of them (2 errors of the next loop, 40
-connections left). (A loop run by hand and closed without ``shutdown_asyncgens`` never closes
-the generator: its connections are tried by the next loop, as before.)
+connections left).
+
+A loop run by hand and closed without ``shutdown_asyncgens`` never closes the generator: its
+connections were tried by the next loop (the aiobotocore source failed every call with
+``Event loop is closed``). The next call of the part on another loop sees the first one
+closed with its end never seen, and tells the part (``abandon``): it drops what belonged to
+that loop, without closing it -- a connection of a closed loop cannot be closed from another
+(its transport needs its own loop), so its socket waits for the collector -- and the new loop
+opens its own. A warning says so once per part.
 """
 
 from __future__ import annotations
@@ -33,11 +40,19 @@ from .logs import tier_logger
 class LoopEnd:
     """Calls ``let_go`` (a coroutine function: disconnect the connections, stop a task of
     the loop such as the bus's listener) on the loop the part is used on, when that loop
-    ends."""
+    ends; or ``abandon`` (a plain function: drop them), on the next loop, when that loop was
+    closed without its end being seen."""
 
-    def __init__(self, name: str, let_go: Callable[[], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        name: str,
+        let_go: Callable[[], Awaitable[None]],
+        abandon: Callable[[], None],
+    ) -> None:
         self._name = name
         self._let_go = let_go
+        self._abandon = abandon
+        self._warned = False
         self._loop: asyncio.AbstractEventLoop | None = None
         #: The generator begun on ``_loop`` (kept: the loop only holds it weakly).
         self._hook: AsyncGenerator[None, None] | None = None
@@ -56,6 +71,8 @@ class LoopEnd:
             # one_loop). A part used without a chain is not guarded: its connections stay
             # the first loop's, and redis-py fails the other's calls.
             return
+        if previous is not None and self._hook is not None and previous.is_closed():
+            self._abandoned(previous)
         # A loop left not running keeps its generator, should it ever end: told it is no
         # longer the part's loop, it lets go of nothing then.
         self._loop = loop
@@ -77,6 +94,20 @@ class LoopEnd:
                     # Connections another loop opened meanwhile (two loops at once, not
                     # supported) cannot be disconnected from this one: left as they are.
                     tier_logger(self._name).debug("could not let go of a loop's connections")
+
+    def _abandoned(self, loop: asyncio.AbstractEventLoop) -> None:
+        """``loop`` was closed without ``shutdown_asyncgens``: its end never let go."""
+        self._hook = None
+        self._abandon()
+        if not self._warned:
+            self._warned = True
+            tier_logger(self._name).warning(
+                "%s: the event loop it was used on was closed without its shutdown_asyncgens "
+                "(run by hand); that loop's connections are dropped, not closed (they need "
+                "their loop), and this loop opens its own. End a loop with asyncio.run or "
+                "asyncio.Runner, or await loop.shutdown_asyncgens() before loop.close()",
+                self._name,
+            )
 
     def ended_here(self) -> bool:
         """The running loop's end has let go already (after :meth:`here` on it): something

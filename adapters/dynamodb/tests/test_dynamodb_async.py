@@ -27,6 +27,7 @@ from tiered_cache_dynamodb import (
     TableConfigError,
     TableNotFoundError,
 )
+from tiered_cache_dynamodb.async_source import connect_client
 from tiered_cache_dynamodb.testing import (
     MotoDynamoDB,
     ThrottleInjector,
@@ -449,3 +450,66 @@ def test_a_chain_kept_across_asyncio_run_calls_reads_the_table_in_each(
     clients.clear()
     gc.collect()
     assert "Unclosed client session" not in caplog.text  # each closed as its loop ended
+
+
+def test_a_loop_closed_by_hand_leaves_the_next_loop_a_client_of_its_own(
+    moto_server: MotoDynamoDB, table: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A loop run by hand and closed without ``shutdown_asyncgens``: its end is never seen,
+    and the client the source made on it cannot be closed without it. Seen failing: the next
+    loop's read raised ``SourceError: ... Event loop is closed`` (that client, tried again).
+    Now the next loop's first call drops it (a warning says why) and makes its own."""
+    cache = AsyncTieredCache.from_settings(chain_settings(moto_server, table), clock=FakeClock())
+    source = cache.source
+    assert isinstance(source, AsyncDynamoDBSource)
+    clients: list[Any] = []
+
+    async def job(key: str) -> Any:
+        value = await cache.get(key)
+        clients.append(await source.get_client())
+        return value
+
+    # The dropped client's session cannot be closed (its loop is closed): collected, its
+    # ResourceWarning is not this test's matter.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        loop = asyncio.new_event_loop()
+        assert loop.run_until_complete(job("k1")) == {"id": "k1", "n": 1}
+        loop.close()  # no shutdown_asyncgens
+        assert asyncio.run(job("k2")) == {"id": "k2", "n": 2}
+        assert asyncio.run(job("k3")) == {"id": "k3", "n": 3}
+        asyncio.run(cache.aclose())
+        assert len({id(client) for client in clients}) == 3
+        clients.clear()
+        gc.collect()
+    assert caplog.text.count("was closed without its shutdown_asyncgens") == 1
+
+
+def test_a_given_client_used_from_a_second_loop_is_refused_saying_why(
+    settings_for: Callable[..., DynamoDBSourceSettings], table: str
+) -> None:
+    """A client given to the source belongs to the loop it was made on, and the source cannot
+    make another. Seen failing: the second ``asyncio.run``'s read raised ``SourceError:
+    DynamoDB GetItem ... An HTTP Client raised an unhandled exception: Event loop is closed``,
+    which names neither the cause nor the cure; now :class:`EventLoopConflict`, before any
+    request, naming both. The first loop goes on being served."""
+    settings = settings_for(table=table, key="id")
+    made: dict[str, Any] = {}
+
+    async def first() -> Any:
+        made["client"] = await connect_client(settings)
+        made["source"] = AsyncDynamoDBSource(made["client"], table, "id")
+        return await made["source"].load("k1")
+
+    async def second() -> Any:
+        return await made["source"].load("k2")
+
+    with warnings.catch_warnings():  # the given client is never closed (the user's)
+        warnings.simplefilter("ignore", ResourceWarning)
+        assert asyncio.run(first()) == {"id": "k1", "n": 1}
+        with pytest.raises(EventLoopConflict, match="given to it belongs to the event loop") as e:
+            asyncio.run(second())
+        assert "connect=" in str(e.value)
+        del e  # its traceback holds the source
+        made.clear()
+        gc.collect()

@@ -12,8 +12,11 @@ the source declares ``one_loop``, and a chain refuses a second running loop's ca
 the source made is closed as its loop ends (``shutdown_asyncgens``,
 :mod:`tiered_cache.loop_end`), and the next loop's first call makes its own: a chain kept
 across ``asyncio.run`` calls failed every call after the first loop (``Event loop is
-closed``), the first loop's session never closed. A client given to the source stays the
-loop's it was made on.
+closed``), the first loop's session never closed. A loop closed by hand, without
+``shutdown_asyncgens``, is seen at the next loop's first call: its client is dropped (it
+cannot be closed without its loop) and a new one made. A client given to the source serves
+the first loop it is used on only: another loop's calls raise
+:class:`~tiered_cache.EventLoopConflict`.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from typing import Any
 from botocore.exceptions import ProfileNotFound
 
 from tiered_cache.async_tier import AsyncSourceBase
-from tiered_cache.errors import ConfigError, SourceError
+from tiered_cache.errors import ConfigError, EventLoopConflict, SourceError
 from tiered_cache.forking import keep_from_the_parent, restart_after_fork
 from tiered_cache.logs import logger_for
 from tiered_cache.loop_end import LoopEnd
@@ -133,7 +136,9 @@ class AsyncDynamoDBSource(AsyncSourceBase):
         self._connect_lock = asyncio.Lock()
         self._check_lock = asyncio.Lock()
         #: A client this source made is closed as the loop it was made on ends.
-        self._loop_end = LoopEnd(f"source {self.name}", self._let_go_of_client)
+        self._loop_end = LoopEnd(f"source {self.name}", self._let_go_of_client, self._drop_client)
+        #: The loop a client given to the source was first used on: the only one it serves.
+        self._given_loop: asyncio.AbstractEventLoop | None = None
         #: A forked child's source whose client was given: it refuses every call.
         self._forked_from_client = False
         restart_after_fork(self)
@@ -192,6 +197,8 @@ class AsyncDynamoDBSource(AsyncSourceBase):
             raise self._parents_client_error()
         if self._connect is not None and self._owns_client:
             self._loop_end.here()  # one look when the loop did not change
+        else:
+            self._on_the_given_clients_loop()
         if self._client is not None:
             return self._client
         async with self._connect_lock:
@@ -208,6 +215,32 @@ class AsyncDynamoDBSource(AsyncSourceBase):
         self._check_lock = asyncio.Lock()
         if client is not None:
             await client.close()
+
+    def _drop_client(self) -> None:
+        """The loop the client was made on was closed without its end being seen (run by
+        hand, :mod:`tiered_cache.loop_end`): the client cannot be closed without that loop;
+        dropped, and the next call makes one on its own loop."""
+        self._client = None
+        self._connect_lock = asyncio.Lock()
+        self._check_lock = asyncio.Lock()
+
+    def _on_the_given_clients_loop(self) -> None:
+        """A client given to the source belongs to the loop it was made on (its aiohttp
+        session does), and the source cannot make another: the first loop it serves is the
+        only one. Used from a later loop (a second ``asyncio.run``), every call failed deep in
+        aiohttp (``SourceError: ... Event loop is closed``); refused here, saying why."""
+        loop = asyncio.get_running_loop()
+        first = self._given_loop
+        if first is None:
+            self._given_loop = loop
+        elif first is not loop:
+            raise EventLoopConflict(
+                f"source {self.name!r}: the aiobotocore client given to it belongs to the "
+                "event loop it was first used on (its HTTP session does), not to this one; "
+                "the source cannot make another. Give the source connect= (from_settings "
+                "without client=) to serve one event loop after another, or one client per "
+                "loop"
+            )
 
     def _parents_client_error(self) -> SourceError:
         return SourceError(

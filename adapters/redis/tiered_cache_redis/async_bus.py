@@ -84,7 +84,7 @@ class AsyncRedisBus(AsyncBusBase):
         #: The listener and the publisher's connections belong to the loop they run on:
         #: stopped and let go of as it ends, after the writes its end stopped have finished
         #: theirs, announcing (:mod:`tiered_cache.loop_end`).
-        self._loop_end = LoopEnd(f"bus {channel}", self._at_loop_end)
+        self._loop_end = LoopEnd(f"bus {channel}", self._at_loop_end, self._drop_connections)
         self._task: asyncio.Task[None] | None = None
         #: The next listener starts as after an outage (a forked child's: it missed what
         #: changed since the fork).
@@ -126,6 +126,17 @@ class AsyncRedisBus(AsyncBusBase):
             task.cancel()
             await asyncio.wait({task})
         await self._client.connection_pool.disconnect()
+
+    def _drop_connections(self) -> None:
+        """The loop the bus ran on was closed without its end being seen (run by hand,
+        :mod:`tiered_cache.loop_end`): its listener, a task of that loop, never runs again,
+        and neither it nor the publisher's connections can be closed without it. Dropped:
+        the next listener starts as after an outage, and this loop publishes on its own
+        connections (the old ones were tried first)."""
+        if self._task is not None:
+            self._task = None
+            self._listened_before = True
+        self._client.connection_pool.reset()  # type: ignore[no-untyped-call]
 
     def subscribe(self, listener: BusListener) -> None:
         """Deliver to ``listener`` (on the event loop) once :meth:`listen` has started."""

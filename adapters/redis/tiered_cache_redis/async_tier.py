@@ -108,7 +108,7 @@ class AsyncRedisTier(AsyncTierBase):
         #: The calls running, which aclose waits for before it closes the client.
         self._calls = CallsInFlight(name, current_task)
         #: The loop the connections belong to; they are let go of when it ends.
-        self._loop_end = LoopEnd(name, self._let_go_of_connections)
+        self._loop_end = LoopEnd(name, self._let_go_of_connections, self._drop_connections)
         #: A forked child's tier whose given cluster client it cannot let go of: it refuses
         #: every call (async_fork.parents_client_error).
         self._forked_from_client = False
@@ -188,6 +188,18 @@ class AsyncRedisTier(AsyncTierBase):
         client = self._client
         if isinstance(client, aioredis.Redis):
             await client.connection_pool.disconnect()
+
+    def _drop_connections(self) -> None:
+        """The loop the connections belong to was closed without its end being seen (run by
+        hand, :mod:`tiered_cache.loop_end`): they cannot be closed without it. Dropped (the
+        parked ones, the pool's, the lease batches' of that loop), so that this loop's calls
+        open their own: they were tried first, an error of the tier each. A cluster client
+        given to the tier keeps its nodes' (not emptied, as after a fork)."""
+        self._reads = None
+        self._leases = CoalescedLeases(self._commands)
+        client = self._client
+        if isinstance(client, aioredis.Redis):
+            client.connection_pool.reset()  # type: ignore[no-untyped-call]
 
     # -- reads
 

@@ -61,6 +61,9 @@ TESTS = [
     "tests/test_decorator.py",
     "tests/test_settings.py",
     "tests/test_hung_loads.py",
+    # One load of a key at a time through the chain: the flights a caller may not join (an
+    # invalidation since they started) and the loads that wait behind them.
+    "tests/test_one_load_at_a_time.py",
     # The asyncio chain runs the same steps (paths, fence, lease wait, batch load).
     "tests/test_set_many.py",
     "tests/test_async_chain.py",

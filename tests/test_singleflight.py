@@ -351,6 +351,7 @@ def test_a_leader_alone_makes_no_latch_and_a_waiter_is_woken_by_its_landing(key:
 
 
 def test_a_waiter_that_gives_up_raises_load_timeout_without_the_wait_as_its_context() -> None:
+    # Its message names the key and the wait it gave up after.
     # ``raise LoadTimeout(...) from None``: the internal TimeoutError of the wait is not shown
     # as "during handling of the above exception". Compiled with mypyc (the core), ``raise
     # ... from`` lost its clause: the LoadTimeout came out chained to that TimeoutError.
@@ -368,6 +369,7 @@ def test_a_waiter_that_gives_up_raises_load_timeout_without_the_wait_as_its_cont
         release.set()
         leader.join(timeout=10)
     assert raised.value.__suppress_context__ and raised.value.__cause__ is None
+    assert str(raised.value).startswith("waited 0.01s for another caller's load of 'k' ")
 
 
 def test_a_waiter_interrupted_as_the_flight_lands_leaves_it_open_for_the_others() -> None:
@@ -415,3 +417,89 @@ def test_a_waiter_interrupted_as_the_flight_lands_leaves_it_open_for_the_others(
         releaser.join(timeout=10)
     assert outcome[-1] == "interrupted"
     assert flight.wait(timeout=10) == "shared"  # TimeoutError: the latch was kept
+
+
+# The messages below are what a caller reads in its traceback: each names what it is about
+# (the key, the wait, the interruption's type), so they are compared whole.
+
+
+def test_a_caller_behind_a_flight_it_may_not_join_gives_up_after_its_wait() -> None:
+    """A caller behind a flight it may not take (an invalidation came since it started) waits
+    for it to end no longer than its ``wait``, as a caller that joins does, and does not load
+    meanwhile. Waiting behind it without a limit, a hung load held every such caller for ever
+    (seen failing with ``settle(None)``: the test's thread waited until the leader ended)."""
+    from tiered_cache import LoadTimeout
+
+    flights = SingleFlight()
+    release, inside, slow = held_open("old")
+    leader = threading.Thread(target=lambda: flights.run("k", slow, tag=1))
+    leader.start()
+    assert inside.wait(timeout=10)
+    tags: list[int] = []
+
+    def may_join(key: str, tag: int) -> bool:
+        tags.append(tag)
+        return False
+
+    loads: list[str] = []
+    try:
+        with pytest.raises(LoadTimeout) as raised:
+            flights.run("k", lambda flight: loads.append("second"), may_join=may_join, wait=0.05)
+        ended_before = release.is_set()
+    finally:
+        release.set()
+        leader.join(timeout=10)
+    assert not ended_before and loads == [] and tags == [1]
+    assert str(raised.value) == (
+        "waited 0.05s for another caller's load of 'k' (the hard timeout, and the lease wait "
+        "with leases); that load goes on"
+    )
+
+
+@pytest.mark.parametrize("interruption", [KeyboardInterrupt, SystemExit])
+@pytest.mark.parametrize("one", [True, False], ids=["land_one", "land"])
+def test_the_waiters_of_an_interrupted_leader_are_told_which_interruption(
+    interruption: type[BaseException], one: bool
+) -> None:
+    """The waiters of a leader interrupted by a ``BaseException`` are given a
+    :class:`LeaderGone` (the interruption is the leader's own) that names it: the asyncio
+    chain's waiters and a batch's joiners read it from their flight."""
+    from tiered_cache.singleflight import LeaderGone
+
+    flights = SingleFlight()
+    led = in_a_thread(lambda: flights.claim(["k"])[0])
+    _, joined, _ = flights.claim(["k"])
+    if one:
+        flights.land_one("k", led["k"], None, interruption())
+    else:
+        flights.land(led, {"k": "never"}, interruption())
+    with pytest.raises(LeaderGone) as raised:
+        joined["k"].wait(timeout=10)
+    assert str(raised.value) == (
+        f"the caller leading this flight was interrupted ({interruption.__name__})"
+    )
+    assert flights.in_flight("k") is None
+
+
+def test_a_batch_that_claims_a_key_it_leads_names_that_key() -> None:
+    from tiered_cache import RecursiveLoad
+
+    flights = SingleFlight()
+    led, _, _ = flights.claim(["a", "b"])
+    with pytest.raises(RecursiveLoad) as raised:
+        flights.claim(["c", "b"])
+    assert str(raised.value) == (
+        "the load of 'b' read 'b' again (its loader, or something it calls, reads the key it "
+        "loads): it would wait for itself for ever"
+    )
+    assert flights.in_flight("c") is None  # nothing of the refused claim stays
+    flights.land(led, {}, None)
+
+
+def test_a_miss_leaves_nothing_in_the_flight_table() -> None:
+    """Every flight leaves the table when it lands: a table that kept one entry per miss
+    (its flight, under any key) would grow for as long as the process runs."""
+    flights = SingleFlight()
+    for number in range(3):
+        assert flights.run(f"k{number}", lambda flight, n: n, number) == (number, False)
+    assert flights._flights == {}

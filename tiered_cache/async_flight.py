@@ -15,7 +15,7 @@ import contextlib
 import threading
 from typing import Any
 
-from .singleflight import FlightTable
+from .singleflight import FlightTable, own_flight
 
 
 def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
@@ -54,10 +54,9 @@ class AsyncFlight:
         self._leader = _current_task()
 
     def led_here(self) -> bool:
-        """Whether the calling task leads this flight (awaiting it, it would wait for
-        itself)."""
-        task = _current_task()
-        return task is not None and task is self._leader
+        """Whether this flight is the calling task's own (:func:`own_flight`): awaiting
+        it, it would wait for itself."""
+        return own_flight(self._leader, _current_task())
 
     def join(self) -> None:
         """A coroutine will :meth:`wait` for this flight (its futures are made by ``wait``)."""

@@ -30,7 +30,7 @@ from .logs import fields, key_hash, logger_for
 from .loops import all_end_within, cancel, ends_within, stalled
 from .metrics import CacheMetrics
 from .protection import Protection
-from .singleflight import BEHIND, LEAD, refresh_failed, waited_too_long
+from .singleflight import BEHIND, LEAD, Behalf, act_for, hand_over, refresh_failed, waited_too_long
 from .stamp import EntryMaker
 from .steps import arun
 from .tier import Entry, Source
@@ -163,13 +163,13 @@ class AsyncSourceLoader:
                 if soft is None and hard is None:
                     entry = await self._load(key, loader, ttl)
                 else:
-                    task, mark, waited, earlier = await self._timed_task(
+                    task, mark, waited, behalf = await self._timed_task(
                         key, mark, loader, ttl, token, soft=soft, hard=hard
                     )
                     if held is not None:
                         held.hand_on((key,))  # the task gives it back or fills under it
                     soft, hard = after_wait(soft, hard, waited)
-                    return await self._await_timed(key, task, mark, soft, hard, earlier=earlier)
+                    return await self._await_timed(key, task, mark, soft, hard, behalf=behalf)
             except BaseException as caught:
                 # As the threaded loader's: whatever stopped the load (it failed, was refused
                 # a slot, the caller was cancelled or interrupted), its lease goes back before
@@ -219,11 +219,12 @@ class AsyncSourceLoader:
         *,
         soft: float | None,
         hard: float | None,
-    ) -> tuple[asyncio.Task[Entry], int, float, bool]:
+    ) -> tuple[asyncio.Task[Entry], int, float, Behalf | None]:
         """The task loading ``key`` (and filling when done): an earlier one its caller gave
         up on, if the fence lets a miss join it (:meth:`Fence.may_join`), else a new one,
         once a slot is free (:meth:`_take_slot`). Returns it with the fence mark its fill is
-        judged by, the seconds waited for the slot and whether it is an earlier load."""
+        judged by, the seconds waited for the slot and, for a new one, what it works for
+        (:class:`~tiered_cache.singleflight.Behalf`; None: an earlier load)."""
         running = self._abandoned.get(key)
         if running is not None and stalled(running[0]):
             self._give_back_stalled()  # it may never end: load anew
@@ -231,7 +232,7 @@ class AsyncSourceLoader:
         if running is not None and self._fence.may_join(key, running[1]):
             if token is not None:
                 self.spawn(self._release(key, token))
-            return (*running, 0.0, True)
+            return (*running, 0.0, None)
         timeout = soft if soft is not None else hard
         assert timeout is not None  # load() times a load only with a timeout
         # The slot is the claim's from the step it is counted (TimedSlots.try_take), and the
@@ -241,13 +242,18 @@ class AsyncSourceLoader:
         claim = self._slots.claim()
         try:
             waited = await self._take_slot(key, timeout, soft is not None, claim)  # or raises
-            task = self.spawn(self._load_and_fill(key, mark, loader, ttl, token))
+            # The task works for this caller (its loader reading the key this caller's
+            # flight loads is a recursive load) until the caller stops waiting for it.
+            behalf = hand_over(asyncio.current_task())
+            task = self.spawn(
+                self._load_and_fill(key, mark, loader, ttl, token=token, behalf=behalf)
+            )
             self._timed[task] = claim
             task.add_done_callback(self._timed_done)
         except BaseException:
             claim.give_back()
             raise
-        return task, mark, waited, False
+        return task, mark, waited, behalf
 
     def _timed_done(self, task: asyncio.Task[Entry]) -> None:
         claim = self._timed.pop(task, None)
@@ -293,8 +299,11 @@ class AsyncSourceLoader:
         mark: int,
         loader: AsyncLoader | None,
         ttl: float | str | None,
+        *,
         token: str | None,
+        behalf: Behalf,
     ) -> Entry:
+        act_for(behalf)  # a task runs in a copy of its spawner's context: nothing to restore
         try:
             entry = await self._load(key, loader, ttl)
         except BaseException:
@@ -312,27 +321,32 @@ class AsyncSourceLoader:
         soft: float | None,
         hard: float | None,
         *,
-        earlier: bool = False,
+        behalf: Behalf | None,
     ) -> Entry:
-        """The entry of the timed load ``task`` (``earlier``: an earlier caller's, which this
-        miss joined), if it comes within the timeout; else ServeStale or LoadTimeout."""
+        """The entry of the timed load ``task`` (``behalf`` None: an earlier caller's, which
+        this miss joined), if it comes within the timeout; else ServeStale or LoadTimeout."""
         timeout = soft if soft is not None else hard
         try:
             done = await ends_within(task, timeout)
         except asyncio.CancelledError:
             # The caller went away: its load goes on, and the next miss joins it rather than
             # start another (impatient clients would otherwise each add a load of the key).
-            self._abandon(key, task, mark)
+            self._abandon(key, task, mark, behalf)
             raise
         if done:
             return task.result()
-        self._abandon(key, task, mark)
+        self._abandon(key, task, mark, behalf)
+        earlier = behalf is None
         raise self._slots.timed_out(key, hard, serve_stale=soft is not None, earlier=earlier)
 
-    def _abandon(self, key: str, task: asyncio.Task[Entry], mark: int) -> None:
+    def _abandon(
+        self, key: str, task: asyncio.Task[Entry], mark: int, behalf: Behalf | None
+    ) -> None:
         """Keep ``task`` as the key's load whose caller stopped waiting (timed out or was
         cancelled), for the next miss to join (:meth:`_timed_task`); counted once, however
-        many of its callers stop waiting."""
+        many of its callers stop waiting. The task then works for nobody (``behalf``)."""
+        if behalf is not None:
+            behalf.ended()
         if task not in self._hung:
             self._hung[task] = key
             self._abandoned[key] = (task, mark)

@@ -26,7 +26,16 @@ from .lease_wait import LeaseWait
 from .logs import fields, key_hash, logger_for
 from .metrics import CacheMetrics
 from .protection import Protection
-from .singleflight import BEHIND, OWN, Flight, SingleFlight, refresh_failed, waited_too_long
+from .singleflight import (
+    BEHIND,
+    OWN,
+    Flight,
+    SingleFlight,
+    act_for,
+    hand_over,
+    refresh_failed,
+    waited_too_long,
+)
 from .stamp import EntryMaker
 from .steps import run
 from .tier import Entry, Source
@@ -53,7 +62,7 @@ class _Handoff:
     so who holds the key's lease: the worker once ``orphaned`` (it fills under the lease, or
     gives it back if the load fails), else the caller."""
 
-    __slots__ = ("delivered", "held", "lock", "orphaned")
+    __slots__ = ("behalf", "delivered", "held", "lock", "orphaned")
 
     def __init__(self, held: HeldLeases | None) -> None:
         self.lock = threading.Lock()
@@ -61,6 +70,9 @@ class _Handoff:
         self.delivered = False
         #: The caller's lease, the worker's once orphaned (it then lets go of it when done).
         self.held = held
+        #: Made on the caller's thread: the worker works for it (its loader reading the key
+        #: the caller's flight loads is a recursive load), until the caller gives up.
+        self.behalf = hand_over(threading.get_ident())
 
 
 class SourceLoader:
@@ -345,6 +357,7 @@ class SourceLoader:
             if handoff.orphaned:
                 return True
             handoff.orphaned = True
+        handoff.behalf.ended()
         with self._lock:
             self._abandoned[key] = (future, mark)
         self._slots.abandoned()
@@ -370,6 +383,7 @@ class SourceLoader:
     ) -> Entry:
         """Runs on a worker: load, then give the entry to the caller, or, if the caller gave
         up waiting, fill the tiers here."""
+        act_for(handoff.behalf)  # the worker's thread is its own: nothing to restore after
         try:
             entry = self._load(key, loader, ttl)
         except BaseException:

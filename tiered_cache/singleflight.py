@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar
 from typing import Any, Generic, Protocol, TypeVar
 
 from .errors import LoadTimeout, RecursiveLoad, caused
@@ -43,6 +44,62 @@ def recursive_load(key: str) -> RecursiveLoad:
     )
 
 
+class Behalf:
+    """Work a caller handed to a worker and waits for: a timed load runs its loader on a
+    thread (the threaded chain) or a task (asyncio) of its own, not on the caller that leads
+    the key's flight. While the caller waits, a flight it leads is the worker's own: joining
+    it, the worker would wait for the caller, which waits for the worker. Once the caller
+    stops waiting (it served the stale value, timed out, was interrupted), the worker works
+    for nobody: a flight that caller leads later is another load, to join as any caller
+    would."""
+
+    __slots__ = ("caller", "parent", "waiting")
+
+    def __init__(self, caller: object, parent: Behalf | None) -> None:
+        #: The caller's thread id (threads) or task (asyncio): what its flights' leader is.
+        self.caller = caller
+        #: What the caller itself works for, if it is a worker too (a timed load's loader
+        #: reading another key that is loaded timed in turn).
+        self.parent = parent
+        self.waiting = True
+
+    def ended(self) -> None:
+        """The caller stopped waiting for the worker."""
+        self.waiting = False
+
+
+#: The work the running code does for a waiting caller (:func:`act_for`); None: its own.
+_BEHALF: ContextVar[Behalf | None] = ContextVar("tiered_cache_behalf", default=None)
+
+
+def hand_over(caller: object) -> Behalf:
+    """The behalf of work that ``caller`` (the running thread's id, or task) hands to a
+    worker and waits for; the worker calls :func:`act_for` with it."""
+    return Behalf(caller, _BEHALF.get())
+
+
+def act_for(behalf: Behalf) -> None:
+    """The running worker (a thread or task of its own: its context is its own) does the
+    work of ``behalf``."""
+    _BEHALF.set(behalf)
+
+
+def own_flight(leader: object, here: object) -> bool:
+    """Whether a flight led by ``leader`` is the caller's own, which it may not join (it
+    would wait for itself for ever): the caller ``here`` (its thread's id, or its task;
+    None outside a task) leads it, or works for its leader while that leader waits for the
+    work (a timed load's worker, at any depth: :class:`Behalf`). The one rule of both
+    flights (threads and asyncio)."""
+    if here is not None and leader == here:
+        return True
+    behalf = _BEHALF.get()
+    while behalf is not None and behalf.waiting:
+        if behalf.caller == leader:
+            return True
+        behalf = behalf.parent
+    return False
+
+
 def waited_too_long(key: str, wait: float) -> str:
     """The message of a reader that stopped waiting for another caller's load of ``key``."""
     return (
@@ -72,9 +129,9 @@ class Flight:
         self._leader = threading.get_ident()
 
     def led_here(self) -> bool:
-        """Whether the calling thread leads this flight (joining it, it would wait for
-        itself)."""
-        return self._leader == threading.get_ident()
+        """Whether this flight is the calling thread's own (:func:`own_flight`): joining
+        it, it would wait for itself."""
+        return own_flight(self._leader, threading.get_ident())
 
     def join(self) -> None:
         """A caller will :meth:`wait` for this flight. Called under the table's lock while the
@@ -127,7 +184,8 @@ class Landing(Protocol):
         ...
 
     def led_here(self) -> bool:
-        """Whether the caller (its thread, or its asyncio task) leads this flight."""
+        """Whether this flight is the caller's own (:func:`own_flight`): its thread or
+        asyncio task leads it, or works for the caller that does."""
         ...
 
     def land(self, result: Any, error: BaseException | None) -> None: ...

@@ -1,0 +1,154 @@
+"""A loader that reads its own key raises RecursiveLoad at once, timed loads included.
+
+A timed load (a soft or hard timeout applies) runs its loader on a worker thread (the threaded
+chain) or a task of its own (asyncio), not on the caller that leads the key's flight. A loader
+there that read its own key joined that flight as any other caller would: it waited for the
+caller, which waited for it, until the hard timeout (LoadTimeout), and for ever with a soft
+timeout alone (the caller served the stale value; the worker stayed blocked).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from tiered_cache import AsyncTieredCache, MemoryTier, RecursiveLoad, TieredCache
+from tiered_cache.protection import Protection
+from tiered_cache.testing import FakeClock
+
+#: Timeouts far longer than a recursion needs to be seen: reaching one is the defect.
+HARD = Protection.never_stale(hard_timeout=10.0)
+SOFT = Protection.never_stale(soft_timeout=10.0, max_stale=3600.0)
+
+
+def counts(cache: TieredCache | AsyncTieredCache) -> dict[str, int]:
+    stats = cache.stats()
+    return {name: stats[name] for name in ("soft_timeouts", "hard_timeouts", "abandoned_loads")}
+
+
+NONE_TIMED_OUT = {"soft_timeouts": 0, "hard_timeouts": 0, "abandoned_loads": 0}
+
+
+def test_a_timed_loader_that_reads_its_own_key_raises_recursive_load(clock: FakeClock) -> None:
+    cache = TieredCache([MemoryTier(clock=clock)], clock=clock, protection=HARD)
+    with pytest.raises(RecursiveLoad, match="'a'"):
+        cache.get("a", lambda: cache.get("a", lambda: "inner"))
+    assert counts(cache) == NONE_TIMED_OUT
+    assert cache.wait_background(5)
+    assert cache.get("a", lambda: "outer") == "outer"  # nothing was left in flight
+    cache.close()
+
+
+def test_a_timed_loader_reading_its_key_through_another_key_raises_recursive_load(
+    clock: FakeClock,
+) -> None:
+    """``a``'s loader reads ``b``, whose loader (on a worker of its own) reads ``a``: the
+    worker of ``b`` works for the worker of ``a``, which works for the caller."""
+    cache = TieredCache([MemoryTier(clock=clock)], clock=clock, protection=HARD)
+
+    def load_b() -> str:
+        return str(cache.get("a", lambda: "inner"))
+
+    with pytest.raises(RecursiveLoad, match="'a'"):
+        cache.get("a", lambda: cache.get("b", load_b))
+    assert counts(cache) == NONE_TIMED_OUT
+    assert cache.wait_background(5)
+    cache.close()
+
+
+def test_a_soft_timed_loader_that_reads_its_own_key_raises_and_leaves_no_worker(
+    clock: FakeClock,
+) -> None:
+    """With a soft timeout alone the caller served the stale value after it, and the worker
+    waited for that caller's flight for ever."""
+    cache = TieredCache([MemoryTier(clock=clock)], ttl=10, clock=clock, protection=SOFT)
+    assert cache.get("a", lambda: "old") == "old"
+    clock.advance(11)  # stale: the next miss is timed by the soft timeout
+    with pytest.raises(RecursiveLoad, match="'a'"):
+        cache.get("a", lambda: cache.get("a", lambda: "inner"))
+    assert counts(cache) == NONE_TIMED_OUT
+    assert cache.wait_background(5)
+    cache.close()
+
+
+async def _inner() -> str:
+    return "inner"
+
+
+@pytest.mark.anyio
+async def test_an_async_timed_loader_that_awaits_its_own_key_raises_recursive_load(
+    clock: FakeClock,
+) -> None:
+    cache = AsyncTieredCache([MemoryTier(clock=clock)], clock=clock, protection=HARD)
+
+    async def load() -> str:
+        return str(await cache.get("a", _inner))
+
+    with pytest.raises(RecursiveLoad, match="'a'"):
+        await cache.get("a", load)
+    assert counts(cache) == NONE_TIMED_OUT
+    assert await cache.wait_background(5)
+    await cache.aclose()
+
+
+@pytest.mark.anyio
+async def test_an_async_soft_timed_loader_that_awaits_its_own_key_raises_recursive_load(
+    clock: FakeClock,
+) -> None:
+    cache = AsyncTieredCache([MemoryTier(clock=clock)], ttl=10, clock=clock, protection=SOFT)
+
+    async def old() -> str:
+        return "old"
+
+    async def load() -> str:
+        return str(await cache.get("a", _inner))
+
+    assert await cache.get("a", old) == "old"
+    clock.advance(11)
+    with pytest.raises(RecursiveLoad, match="'a'"):
+        await cache.get("a", load)
+    assert counts(cache) == NONE_TIMED_OUT
+    assert await cache.wait_background(5)
+    await cache.aclose()
+
+
+def test_a_worker_left_by_its_caller_may_wait_for_that_callers_next_load(
+    clock: FakeClock,
+) -> None:
+    """Not a recursion: once the caller stopped waiting for a timed load (soft timeout, the
+    stale value served), the worker it left works for nobody; a flight that caller leads
+    later may be joined by it as by any other thread."""
+    protection = Protection.never_stale(soft_timeout=0.05, max_stale=3600.0)
+    cache = TieredCache([MemoryTier(clock=clock)], ttl=10, clock=clock, protection=protection)
+    go_on = threading.Event()
+    joined = threading.Event()
+    outcome: list[object] = []
+
+    def slow_b() -> str:
+        go_on.wait(10)
+        try:
+            outcome.append(cache.get("c", lambda: "from the worker"))
+        except BaseException as exc:
+            outcome.append(exc)
+        return "new"
+
+    def load_c() -> str:
+        go_on.set()  # the left worker now reads "c", which this thread leads
+        flights = cache._loader.flights  # no public view of its waiters
+        for _ in range(1000):
+            flight = flights.in_flight("c")
+            if flight is not None and flight.waiters:
+                joined.set()
+                break
+            threading.Event().wait(0.005)
+        return "from the caller"
+
+    assert cache.get("b", lambda: "old") == "old"
+    clock.advance(11)
+    assert cache.get("b", slow_b) == "old"  # past the soft timeout: the stale value
+    assert cache.get("c", load_c) == "from the caller"
+    assert cache.wait_background(5)
+    assert joined.is_set()
+    assert outcome == ["from the caller"]
+    cache.close()

@@ -31,7 +31,7 @@ from .loops import all_end_within, cancel, ends_within, stalled
 from .metrics import CacheMetrics
 from .protection import Protection
 from .singleflight import BEHIND, LEAD, Behalf, act_for, hand_over, refresh_failed, waited_too_long
-from .stamp import EntryMaker
+from .stamp import EntryMaker, loaded, loaded_many
 from .steps import arun
 from .tier import Entry, Source
 from .timed_slots import Claim, TimedSlots, after_wait
@@ -501,6 +501,7 @@ class AsyncSourceLoader:
                 raise TieredCacheError(
                     f"cannot load {key!r}: the cache has no source and no loader was given"
                 )
+            value = loaded(value, key)
         except BaseException:
             self._metrics.load_failure()
             raise
@@ -523,6 +524,7 @@ class AsyncSourceLoader:
                 raise TieredCacheError(
                     "cannot load keys: the cache has no source and no loader was given"
                 )
+            loaded_many(values)
         except BaseException:
             self._metrics.load_failure()
             raise

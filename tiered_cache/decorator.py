@@ -14,7 +14,7 @@ import functools
 import inspect
 import re
 import string
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, cast, overload
 
 from .compiled import compiled_core
@@ -234,39 +234,6 @@ def check_cacheable(fn: Callable[..., Any], *, asynchronous: bool) -> None:
         )
 
 
-def checked_result(fn: Callable[..., Any]) -> Callable[[Any], Any]:
-    """What a sync cached function's loads return through: a result that can be used only
-    once (a coroutine, a generator or another iterator, an awaitable) is refused, and a
-    coroutine or generator closed unrun. :func:`check_cacheable` refuses such functions when
-    they are decorated; a sync wrapper around an ``async def`` (a tracing decorator that is
-    not async-aware) or a function returning ``iter(...)`` passes that check, and its result
-    was cached: the next call got the coroutine already awaited, or the iterator used up."""
-    name = getattr(fn, "__qualname__", repr(fn))
-
-    def checked(value: Any) -> Any:
-        if inspect.iscoroutine(value) or inspect.isgenerator(value):
-            value.close()  # never run: no "coroutine was never awaited" warning
-        elif not (isinstance(value, Iterator) or inspect.isawaitable(value)):
-            return value
-        raise TypeError(
-            f"cannot cache what {name} returned, a {type(value).__name__}: it can be used only "
-            "once; return a list (or a tuple) instead, and for an async def use an "
-            "AsyncTieredCache"
-        )
-
-    return checked
-
-
-def checked_awaited(fn: Callable[..., Any]) -> Callable[[Awaitable[Any]], Awaitable[Any]]:
-    """:func:`checked_result` for an ``async def``: its awaited result."""
-    checked = checked_result(fn)
-
-    async def awaited(call: Awaitable[Any]) -> Any:
-        return checked(await call)
-
-    return awaited
-
-
 def template_fields(template: str) -> list[str]:
     """The names a key template refers to: ``"tweet:{tweet_id}"`` -> ``["tweet_id"]``."""
     try:
@@ -407,8 +374,6 @@ def _compile_wrapper(
     cache.follow_l1_hit(reader)
     namespace: dict[str, Any] = {
         "__tc_fn": fn,
-        "__tc_checked": checked_result(fn),
-        "__tc_awaited": checked_awaited(fn),
         "__tc_hit": reader,
         "__tc_not_fresh": NOT_FRESH,
         "__tc_lookup": cache.lookup_l1,
@@ -433,7 +398,7 @@ def _compile_wrapper(
             "        __tc_value = __tc_lookup(__tc_key)\n"
             "        if __tc_value is __tc_missing or __tc_value is __tc_refresh:\n"
             "            return await __tc_slow(__tc_key,\n"
-            f"                                   lambda: __tc_awaited(__tc_fn({arguments})),\n"
+            f"                                   lambda: __tc_fn({arguments}),\n"
             "                                   __tc_ttl, __tc_value is __tc_refresh)\n"
             "    return __tc_value\n"
         )
@@ -443,7 +408,7 @@ def _compile_wrapper(
         f"def __tc_rest(__tc_key, {parameters}):\n"
         "    __tc_value = __tc_lookup(__tc_key)\n"
         "    if __tc_value is __tc_missing or __tc_value is __tc_refresh:\n"
-        f"        return __tc_slow(__tc_key, lambda: __tc_checked(__tc_fn({arguments})),\n"
+        f"        return __tc_slow(__tc_key, lambda: __tc_fn({arguments}),\n"
         "                         __tc_ttl, __tc_value is __tc_refresh)\n"
         "    return __tc_value\n"
         f"def wrapper({parameters}):\n"

@@ -36,7 +36,7 @@ from .singleflight import (
     refresh_failed,
     waited_too_long,
 )
-from .stamp import EntryMaker
+from .stamp import EntryMaker, loaded, loaded_many
 from .steps import run
 from .tier import Entry, Source
 from .timed_slots import TimedSlots, after_wait
@@ -589,6 +589,7 @@ class SourceLoader:
                 raise TieredCacheError(
                     f"cannot load {key!r}: the cache has no source and no loader was given"
                 )
+            value = loaded(value, key)
         except StopIteration as exc:
             self._metrics.load_failure()
             raise caused(_stop_iteration_escaped(exc), exc) from exc
@@ -612,6 +613,7 @@ class SourceLoader:
                 raise TieredCacheError(
                     "cannot load keys: the cache has no source and no loader was given"
                 )
+            loaded_many(values)
         except StopIteration as exc:
             self._metrics.load_failure()
             raise caused(_stop_iteration_escaped(exc), exc) from exc

@@ -5,17 +5,56 @@
 negative TTL for a value the source does not have. Compiled (``tools/build_core.py``), it is a
 C call that builds the compiled :class:`~tiered_cache.entry.Entry` directly; this source is the
 reference (``TIERED_CORE_PURE=1``).
+
+:func:`loaded` and :func:`loaded_many` are the one rule for what a load may return: both
+loaders (threads and asyncio) pass every loaded value through them, whoever loaded it (the
+source, a loader passed to ``get`` or ``get_many``, a decorated function).
 """
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from .entry import NEVER, Entry
 from .tier import MISSING
 from .units import parse_duration
 
-__all__ = ["EntryMaker"]
+__all__ = ["EntryMaker", "loaded", "loaded_many"]
+
+#: The types nearly every loaded value has, none of which can be used up: one set lookup
+#: spares them the general check (once per miss).
+_PLAIN = frozenset((type(None), bool, int, float, str, bytes, dict, list, tuple))
+
+
+def loaded(value: Any, key: str) -> Any:
+    """``value``, loaded for ``key``, unless it can be used only once: a coroutine, a
+    generator or another iterator, an awaitable. Cached, its first reader used it up and the
+    next got "cannot reuse already awaited coroutine", or an empty iteration; so it is
+    refused with :class:`TypeError` (a load failure), a coroutine or generator closed unrun
+    (no "never awaited" warning). A plain function wrapping an ``async def`` (a tracing
+    decorator that is not async-aware) returns a coroutine; the asyncio chain awaits its
+    loader, and checks what that gave."""
+    if type(value) in _PLAIN:
+        return value
+    if inspect.iscoroutine(value) or inspect.isgenerator(value):
+        value.close()
+    elif not (isinstance(value, Iterator) or inspect.isawaitable(value)):
+        return value
+    raise TypeError(
+        f"cannot cache what the load of {key!r} returned, a {type(value).__name__}: it can be "
+        "used only once; return a list (or a tuple) instead, and for an async def use an "
+        "AsyncTieredCache"
+    )
+
+
+def loaded_many(values: Mapping[str, Any]) -> None:
+    """:func:`loaded` for every value of a batch: the first that can be used only once
+    fails the batch (its loader is broken for every key, not for that one)."""
+    for key, value in values.items():
+        if type(value) not in _PLAIN:
+            loaded(value, key)
 
 
 class EntryMaker:

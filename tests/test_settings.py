@@ -262,6 +262,54 @@ def test_an_error_from_the_environment_names_the_variable(
     assert message.startswith(f"{variable} ({field}"), message
 
 
+#: A password in a variable whose JSON is broken: the error says where, never what.
+_PASSWORD = "hunter2-edges-never-shown"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "field", "where"),
+    [
+        ("TIERED_CACHE_TIERS", '[{"kind": "memory",}]', "tiered_cache.tiers", "column 20"),
+        (
+            "TIERED_CACHE_TIERS",
+            f'[{{"kind": "redis", "url": "redis://:{_PASSWORD}@h:6379/0"}}',
+            "tiered_cache.tiers",
+            "column 73",
+        ),
+        ("TIERED_CACHE_TIERS", "[" * 100_000, "tiered_cache.tiers", "nested too deeply"),
+        ("TIERED_CACHE_PROTECTION", "{soft_timeout: 1}", "tiered_cache.protection", "column 2"),
+        ("TIERED_CACHE_BUS", "{'kind': 'off'}", "tiered_cache.bus", "column 2"),
+    ],
+)
+def test_a_variable_holding_invalid_json_says_so_and_where(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, field: str, where: str
+) -> None:
+    """A list or table whose JSON did not parse was kept as text, and the error was
+    pydantic's about that text: "Input should be a valid list"."""
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    message = str(info.value)
+    assert message.startswith(f"{variable} ({field}): the variable holds invalid JSON"), message
+    assert where in message, message
+    assert _PASSWORD not in message and "valid list" not in message
+
+
+def test_text_that_starts_like_json_is_still_a_text_field(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not JSON, kept as text: a field of text may start with a bracket."""
+    monkeypatch.setenv("TIERED_CACHE_NAMESPACE", "[blue")
+    assert load_settings().namespace == "[blue"
+    monkeypatch.setenv("TIERED_CACHE_TTL", "{5s")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    message = str(info.value)
+    assert message.startswith("TIERED_CACHE_TTL (tiered_cache.ttl): expected a duration"), message
+    assert message.endswith(
+        "; the variable holds invalid JSON: Expecting property name "
+        "enclosed in double quotes at line 1, column 2"
+    ), message
+
+
 def test_an_error_of_the_file_is_not_blamed_on_a_variable(
     config_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

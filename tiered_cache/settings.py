@@ -303,17 +303,39 @@ class _Origins:
 
     def __init__(self, overrides: dict[str, Any]) -> None:
         self.variables: dict[str, str] = {}
+        #: What is wrong with the JSON of the variables that looked like JSON but were not
+        #: (by the path they set): their text was kept as a string (a field of text may
+        #: start with a bracket), and an error there is this, not the field's type.
+        self.not_json: dict[str, str] = {}
         self.overridden = [_path_text([*path]) for path in _leaf_paths(overrides)]
 
-    def label(self, path: str) -> str:
-        """``path``, or ``VARIABLE (path)`` when an environment variable set it (or a table
-        holding it) and no override replaced it."""
+    def _setter(self, path: str) -> str | None:
+        """The path of the variable that set ``path`` (or a table holding it), unless an
+        override replaced it."""
         if any(_within(path, given) for given in self.overridden):
-            return path
+            return None
         around = [field for field in self.variables if _within(path, field)]
-        if not around:
-            return path
-        return f"{self.variables[max(around, key=len)]} ({path})"
+        return max(around, key=len) if around else None
+
+    def describe(self, path: str, message: str, kind: str) -> str:
+        """``path: message``, or ``VARIABLE (path): message`` when an environment variable
+        set it. If that variable's text is not the JSON it looks like, that is said, and
+        where its JSON breaks (never the text: it may hold a password); it is the whole
+        message when the field wanted a list or a table (pydantic's error ``kind``), for
+        pydantic's ("Input should be a valid list") is about the text it was left as."""
+        setter = self._setter(path)
+        if setter is None:
+            return f"{path}: {message}"
+        variable = self.variables[setter]
+        problem = self.not_json.get(setter)
+        if problem is not None:
+            invalid = f"the variable holds invalid JSON: {problem}"
+            message = invalid if kind in _WANTS_JSON else f"{message}; {invalid}"
+        return f"{variable} ({path}): {message}"
+
+
+#: pydantic's error types of a field that wanted a list or a table and got other input.
+_WANTS_JSON = frozenset(("list_type", "dict_type", "model_type", "model_attributes_type"))
 
 
 def _leaf_paths(table: dict[str, Any]) -> list[list[str]]:
@@ -355,22 +377,33 @@ class _FileAndEnvSource(PydanticBaseSettingsSource):
             if not name.upper().startswith(ENV_PREFIX) or len(name) == len(ENV_PREFIX):
                 continue
             path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__")]
-            _assign(merged, path, _parse_env_value(raw), name)
+            value, problem = _parse_env_value(raw)
+            _assign(merged, path, value, name)
             origins = _origins.get()
             if origins is not None:
                 origins.variables[_path_text(path)] = name
+                if problem is not None:
+                    origins.not_json[_path_text(path)] = problem
         return merged
 
 
-def _parse_env_value(raw: str) -> Any:
-    # JSON for lists and tables; scalars stay strings and pydantic converts them per field
-    # (so TIERED_CACHE_NAMESPACE=123 stays the string "123").
-    if raw.lstrip().startswith(("[", "{")):
-        try:
-            return json.loads(raw)
-        except ValueError:
-            return raw
-    return raw
+def _parse_env_value(raw: str) -> tuple[Any, str | None]:
+    """A variable's value, and, for text that looks like JSON (a list or a table) but is
+    not, where its JSON breaks (None: it is JSON, or not meant as JSON).
+
+    JSON for lists and tables; scalars stay strings and pydantic converts them per field
+    (so TIERED_CACHE_NAMESPACE=123 stays the string "123"). Text that starts with a bracket
+    but is not JSON stays a string too: a field of text may hold it (a password)."""
+    if not raw.lstrip().startswith(("[", "{")):
+        return raw, None
+    try:
+        return json.loads(raw), None
+    except json.JSONDecodeError as exc:  # its message has the position, not the text
+        return raw, f"{exc.msg} at line {exc.lineno}, column {exc.colno}"
+    except RecursionError:
+        return raw, "nested too deeply"
+    except ValueError:  # a number longer than int() reads (sys.get_int_max_str_digits)
+        return raw, "a number in it has too many digits"
 
 
 def _assign(target: Any, path: list[str], value: Any, variable: str) -> None:
@@ -668,7 +701,10 @@ def _describe(exc: ValidationError, prefix: str) -> str:
         if isinstance(cause, FieldProblem):
             path += f".{cause.field}"
         origins = _origins.get()
-        lines.append(f"{path if origins is None else origins.label(path)}: {message}")
+        if origins is None:
+            lines.append(f"{path}: {message}")
+        else:
+            lines.append(origins.describe(path, message, error["type"]))
     return "; ".join(lines)
 
 

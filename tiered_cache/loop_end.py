@@ -115,9 +115,8 @@ class LoopEnd:
         return self._hook is None and self._loop is asyncio.get_running_loop()
 
     def stop(self) -> None:
-        """The part is closing: nothing to watch any more (its close disconnects)."""
-        self._hook, self._loop = None, None
-
-    def forget(self) -> None:
-        """In a forked child: the parent's loop never runs here."""
+        """Nothing to watch any more: the part is closing (its close disconnects), or it is
+        in a forked child (the parent's loop never runs there; the child's next call, on a
+        loop of its own, watches that one). The generator begun on the old loop, if that
+        loop ever ends, lets go of nothing (it is no longer the part's)."""
         self._hook, self._loop = None, None

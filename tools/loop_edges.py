@@ -43,7 +43,8 @@ from typing import Any, TypeVar
 import redis
 from tiered_cache_redis import AsyncRedisTier, make_async_client
 
-from tiered_cache import AsyncTieredCache, MemoryTier, TieredCache
+from tiered_cache import AsyncTieredCache, MemoryTier
+from tiered_cache.testing.bus_chains import bus_chain_settings, subscribed_chain
 from tiered_cache.testing.servers import RedisServer
 from tiered_cache.testing.sources import AsyncDictSource
 
@@ -123,30 +124,11 @@ def loop_end(url: str, run: int) -> str:
     return f"old in Redis {older} of {len(keys)}; errors of the tier in the next loop {errors}"
 
 
-def bus_settings(url: str, namespace: str) -> dict[str, Any]:
-    return {
-        "namespace": namespace,
-        "tiers": [
-            {"kind": "memory", "admission": "always", "ttl": "10m"},
-            {"kind": "redis", "url": url, "timeout": "2s"},
-        ],
-        "ttl": "10m",
-        "bus": {"kind": "redis", "url": url},
-    }
-
-
-def other_process(settings: dict[str, Any]) -> TieredCache:
-    other = TieredCache.from_config(**settings)
-    link = other._bus_link
-    assert link is not None and link.bus.wait_subscribed(10)  # type: ignore[attr-defined]
-    return other
-
-
 def loop_end_bus(url: str, run: int) -> str:
     keys = [f"k{i}" for i in range(40)]
-    settings = bus_settings(url, f"loop-end-bus-{run}")
+    settings = bus_chain_settings(url, f"loop-end-bus-{run}", bus={"url": url}, timeout="2s")
     truth = {key: f"old {key}" for key in keys}
-    other = other_process(settings)
+    other = subscribed_chain(settings)
     for key in keys:
         other.get(key, lambda key=key: truth[key])
     cache = AsyncTieredCache.from_config(**settings)
@@ -200,7 +182,7 @@ class OtherWriter:
         self.truth = dict.fromkeys(keys, 0)
         self.done: dict[str, list[tuple[float, int]]] = {key: [] for key in keys}
         self.lock = threading.Lock()
-        self._chain = other_process(settings)
+        self._chain = subscribed_chain(settings)
         self._rng = random.Random(seed)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._write)
@@ -237,7 +219,7 @@ class OtherWriter:
 
 
 def listener_cancel(url: str, run: int) -> str:
-    settings = bus_settings(url, f"listener-cancel-{run}")
+    settings = bus_chain_settings(url, f"listener-cancel-{run}", bus={"url": url}, timeout="2s")
     cache = AsyncTieredCache.from_config(**settings)
     bound = 1.0
 

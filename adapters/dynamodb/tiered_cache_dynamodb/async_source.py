@@ -155,7 +155,7 @@ class AsyncDynamoDBSource(AsyncSourceBase):
         the source ``connect`` instead (``from_settings`` without ``client``) to fork it."""
         self._connect_lock = asyncio.Lock()
         self._check_lock = asyncio.Lock()
-        self._loop_end.forget()
+        self._loop_end.stop()
         if self._connect is not None and self._owns_client:
             keep_from_the_parent(self._client)
             self._client = None

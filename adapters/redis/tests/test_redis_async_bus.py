@@ -19,6 +19,7 @@ from tiered_cache_redis import AsyncRedisBus
 
 from tiered_cache import AsyncTieredCache, TieredCache
 from tiered_cache.testing import FakeClock
+from tiered_cache.testing.bus_chains import bus_chain_settings, subscribed_chain
 from tiered_cache.testing.servers import FaultProxy, RedisServer
 
 #: Generous bound for "the bus has delivered" on a loaded test machine.
@@ -34,19 +35,10 @@ def anyio_backend() -> str:
 def settings(
     url: str, namespace: str, bus_url: str | None, bus_options: dict[str, Any] | None, **extra: Any
 ) -> dict[str, Any]:
-    bus: dict[str, Any] = {"kind": "redis", **FAST_CHECK, **(bus_options or {})}
+    bus: dict[str, Any] = {**FAST_CHECK, **(bus_options or {})}
     if bus_url is not None:
         bus["url"] = bus_url
-    return {
-        "namespace": namespace,
-        "tiers": [
-            {"kind": "memory", "admission": "always", "ttl": "10m"},
-            {"kind": "redis", "url": url, "timeout": "1s"},
-        ],
-        "ttl": "10m",
-        "bus": bus,
-        **extra,
-    }
+    return bus_chain_settings(url, namespace, bus=bus, **extra)
 
 
 def async_bus(cache: AsyncTieredCache) -> AsyncRedisBus:
@@ -74,11 +66,7 @@ async def async_chain(
 
 
 def sync_chain(url: str, namespace: str) -> TieredCache:
-    cache = TieredCache.from_config(**settings(url, namespace, None, None))
-    link = cache._bus_link
-    assert link is not None
-    assert link.bus.wait_subscribed(10)  # type: ignore[attr-defined]
-    return cache
+    return subscribed_chain(settings(url, namespace, None, None))
 
 
 async def eventually(check: Callable[[], Any], within: float = BUS_DELAY_BOUND) -> bool:

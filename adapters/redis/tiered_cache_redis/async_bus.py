@@ -99,7 +99,7 @@ class AsyncRedisBus(AsyncBusBase):
         child never listened, and served its memory after other processes' writes."""
         self._listeners.after_fork_in_child()
         self._listening.connected = False
-        self._loop_end.forget()
+        self._loop_end.stop()
         forget_the_parents_connections(self._client)
         task, self._task = self._task, None
         if task is not None:

@@ -126,7 +126,7 @@ class AsyncRedisTier(AsyncTierBase):
         keep_from_the_parent(self._reads)
         self._reads = None
         self._calls = CallsInFlight(self.name, current_task)  # the parent's tasks never run here
-        self._loop_end.forget()
+        self._loop_end.stop()
         self._leases = CoalescedLeases(self._commands)
         self._commands.after_fork_in_child()
         self._io.forget_scripts()  # registered on the parent's client

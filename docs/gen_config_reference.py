@@ -139,7 +139,10 @@ def render() -> str:
         "`[tiered_cache]` table; every value can be overridden "
         "from the environment: `TIERED_CACHE_NAMESPACE=tweets`, `TIERED_CACHE_TIERS__1__URL=...` "
         "(the second tier of the file), or a whole list as JSON "
-        "(`TIERED_CACHE_TIERS='[{\"kind\": \"memory\"}]'`). Durations are written `'50ms'`, "
+        '(`TIERED_CACHE_TIERS=\'[{"kind": "memory"}]\'`); a variable whose value starts '
+        "with `[` or `{` but is not valid JSON is refused, naming the variable, the field and "
+        "where the JSON breaks (never its text), when the field wants a list or a table. "
+        "Durations are written `'50ms'`, "
         "`'5m'`, `'1h'`, compound as `'1h30m'` or `'1m30s'`, as seconds, or (from Python) as a "
         "`timedelta`; never negative, NaN or infinite, nor longer than 100 years (`'36500d'`; "
         "no limit is written `'none'`, where a field allows it: TOML has no null, and the word, "

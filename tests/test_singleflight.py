@@ -503,3 +503,28 @@ def test_a_miss_leaves_nothing_in_the_flight_table() -> None:
     for number in range(3):
         assert flights.run(f"k{number}", lambda flight, n: n, number) == (number, False)
     assert flights._flights == {}
+
+
+def test_a_refresh_does_not_join_a_readers_flight_it_waits_behind_it() -> None:
+    """A background refresh takes no reader's outcome (a reader's flight may end with the
+    stale value the refresh is to renew): beside a reader's flight it is told to wait behind
+    it, then ask again, and leads once the reader's flight has landed."""
+    from tiered_cache.singleflight import BEHIND, LEAD
+
+    flights = SingleFlight()
+    led = in_a_thread(lambda: flights.claim(["k"])[0])
+    flight, role = flights.lead_after("k", tag=1)
+    assert (flight, role) == (led["k"], BEHIND)
+    flights.land(led, {"k": "read"}, None)
+    flight.settle(timeout=10)
+    again, role = flights.lead_after("k", tag=2)
+    assert role == LEAD and again.tag == 2
+    flights.land_one("k", again, "refreshed", None)
+
+
+def test_the_waiters_of_a_failed_refresh_are_told_what_it_failed_with() -> None:
+    from tiered_cache.singleflight import RefreshFailed, refresh_failed
+
+    failed = refresh_failed(ConnectionError("down"))
+    assert isinstance(failed, RefreshFailed)
+    assert str(failed) == "the background refresh loading this key failed (ConnectionError)"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import subprocess
 import sys
 import time
@@ -116,6 +117,17 @@ def test_the_counts_of_a_parent_and_its_forked_workers_are_summed_once_each(
     assert summed(samples) == SUMMED
 
 
+def scrape_while_written(directory: Path) -> Samples:
+    """A scrape while workers are still starting: prometheus_client creates a process's value
+    file empty and sizes it a moment later, and MultiProcessCollector fails on a file read in
+    between (``struct.error``; seen once in 2,082-test runs under load). That is the
+    library's race, not the mirror's: such a poll reads as "nothing yet"."""
+    try:
+        return scrape(directory)[1]
+    except struct.error:
+        return {}
+
+
 def test_live_workers_figures_reach_the_scrape_without_exiting(tmp_path: Path) -> None:
     """A gunicorn worker serves for days: its figures are copied every ``refresh_every``
     seconds by the mirror's thread (these workers never exit through ``sys.exit`` while read)."""
@@ -124,10 +136,10 @@ def test_live_workers_figures_reach_the_scrape_without_exiting(tmp_path: Path) -
         assert workers.stdout is not None
         json.loads(workers.stdout.readline())
         deadline = time.monotonic() + 60
-        seen = summed(scrape(tmp_path)[1])
+        seen = summed(scrape_while_written(tmp_path))
         while seen != SUMMED and time.monotonic() < deadline:
             time.sleep(0.05)
-            seen = summed(scrape(tmp_path)[1])
+            seen = summed(scrape_while_written(tmp_path))
         assert seen == SUMMED
     finally:
         workers.communicate("go\n", timeout=60)

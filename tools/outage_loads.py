@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import signal
@@ -27,7 +26,7 @@ import time
 from typing import Any
 
 from tiered_cache import AsyncTieredCache, TieredCache
-from tiered_cache.testing.overlaps import LoadCounts, async_readers, sync_reader
+from tiered_cache.testing.overlaps import LoadCounts, async_readers, print_rounds, sync_reader
 from tiered_cache.testing.servers import RedisServer
 
 #: How long a load takes (uniform), in seconds.
@@ -108,12 +107,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args()
     logging.disable(logging.WARNING)  # the outage's warnings are expected; counts are below
-    bad = False
-    for _ in range(args.rounds):
-        for report in one_round(args):
-            print(json.dumps(report), flush=True)
-            bad = bad or bool(report["overlaps"] or report["errors"] or report["wrong"])
-    return 1 if bad else 0
+    return print_rounds(args.rounds, lambda: one_round(args))
 
 
 if __name__ == "__main__":

@@ -10,11 +10,13 @@ such readers.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
+import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import Any
 
@@ -148,3 +150,15 @@ async def async_readers(
             await asyncio.sleep(0)
 
     await asyncio.gather(*(reader() for _ in range(n)))
+
+
+def print_rounds(rounds: int, one_round: Callable[[], Iterable[dict[str, Any]]]) -> int:
+    """Run ``one_round`` ``rounds`` times, print each report as a JSON line, and return the
+    rigs' exit status: 1 when any report counted overlaps, caller errors or wrong values."""
+    bad = False
+    for _ in range(rounds):
+        for report in one_round():
+            sys.stdout.write(json.dumps(report) + "\n")
+            sys.stdout.flush()
+            bad = bad or bool(report["overlaps"] or report["errors"] or report["wrong"])
+    return 1 if bad else 0

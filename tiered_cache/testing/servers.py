@@ -2,7 +2,10 @@
 
 Everything listens on ``127.0.0.1`` only. Servers run in their own process group with
 ``--save "" --appendonly no`` in a temporary directory, and are stopped on context exit and, as
-a last resort, at interpreter exit, so a failed test run leaves no ``redis-server`` behind.
+a last resort, at interpreter exit, so a failed test run leaves no ``redis-server`` behind. A
+test process killed outright (SIGKILL, or SIGTERM, which skips the interpreter's exit) leaves
+none either: a watchdog process kills them and removes their directories when it is gone
+(:mod:`tiered_cache.testing.reaper`).
 
     with RedisServer() as server:          # redis://127.0.0.1:<free port>/0
         ...
@@ -31,6 +34,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Self
+
+from .reaper import REAPER
 
 LOOPBACK = "127.0.0.1"
 
@@ -254,6 +259,7 @@ class RedisServer(_Service):
         """The server's working directory (its log is ``redis.log`` there)."""
         if self._dir is None:
             self._dir = Path(tempfile.mkdtemp(prefix="tiered-cache-redis-"))
+            REAPER.keep_clean(self._dir)
         return self._dir
 
     @property
@@ -321,9 +327,12 @@ class RedisServer(_Service):
             stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
+        # Killed with this process, however it dies (the atexit hook runs only at its exit).
+        REAPER.guard(self._process.pid)
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
+                REAPER.forget(self._process.pid)
                 self._process = None
                 raise ServerStartError(
                     f"redis-server on port {self.port} exited at start: {self._log_tail()}"
@@ -367,6 +376,7 @@ class RedisServer(_Service):
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGKILL)
                 process.wait(timeout)
+        REAPER.forget(process.pid)
         self._process = None
         with _live_lock:
             _live.discard(self)
@@ -375,6 +385,7 @@ class RedisServer(_Service):
         """Remove the temporary directory (after the server stopped)."""
         if self._dir is not None and not self.running:
             shutil.rmtree(self._dir, ignore_errors=True)
+            REAPER.cleaned(self._dir)
             self._dir = None
 
     def close(self) -> None:

@@ -310,6 +310,83 @@ def test_text_that_starts_like_json_is_still_a_text_field(monkeypatch: pytest.Mo
     ), message
 
 
+#: A password typed into a duration or a size field by mistake (a line off in a file, the
+#: wrong variable): the error names the field and what is wrong, never what was typed.
+_TYPED = "Tr0ub4dor-3-typed-in-the-wrong-field"
+
+
+def _assert_not_shown(message: str) -> None:
+    assert _TYPED not in message and _TYPED[:8] not in message, message
+
+
+@pytest.mark.parametrize(
+    ("variable", "field", "problem"),
+    [
+        ("TIERED_CACHE_TTL", "tiered_cache.ttl", "expected a duration"),
+        ("TIERED_CACHE_NEGATIVE_TTL", "tiered_cache.negative_ttl", "expected a duration"),
+        (
+            "TIERED_CACHE_PROTECTION__HARD_TIMEOUT",
+            "tiered_cache.protection.hard_timeout",
+            "expected a duration",
+        ),
+        ("TIERED_CACHE_TIERS__0__TTL", "tiered_cache.tiers[0].ttl", "expected a duration"),
+        ("TIERED_CACHE_TIERS__0__MAX_BYTES", "tiered_cache.tiers[0].max_bytes", "expected a size"),
+    ],
+)
+def test_a_secret_in_a_duration_or_size_variable_is_not_shown(
+    config_file: Path, monkeypatch: pytest.MonkeyPatch, variable: str, field: str, problem: str
+) -> None:
+    """The errors said ``got 'Tr0ub4dor-...'``: the text of the field, whatever it held."""
+    monkeypatch.setenv(variable, _TYPED)
+    with pytest.raises(ConfigError) as info:
+        load_settings(config_file)
+    message = str(info.value)
+    assert message.startswith(f"{variable} ({field}): {problem}"), message
+    _assert_not_shown(message)
+
+
+@pytest.mark.parametrize(
+    ("line", "field", "problem"),
+    [
+        ('ttl = "5m"', "tiered_cache.tiers[0].ttl", "expected a duration"),
+        ('max_bytes = "64MiB"', "tiered_cache.tiers[0].max_bytes", "expected a size"),
+    ],
+)
+@pytest.mark.parametrize(
+    "typed",
+    [f'"{_TYPED}"', f'["{_TYPED}"]', f'{{ word = "{_TYPED}" }}'],
+    ids=["text", "list", "table"],
+)
+def test_a_secret_in_a_duration_or_size_of_a_file_is_not_shown(
+    config_file: Path, line: str, field: str, problem: str, typed: str
+) -> None:
+    name = line.partition(" = ")[0]
+    config_file.write_text(CONFIG.replace(line, f"{name} = {typed}"))
+    with pytest.raises(ConfigError) as info:
+        load_settings(config_file)
+    message = str(info.value)
+    assert message.startswith(f"{field}: {problem}"), message
+    _assert_not_shown(message)
+
+
+def test_a_secret_in_a_duration_or_size_given_in_code_is_not_shown() -> None:
+    """Overrides, models built directly, and a ``ttl=`` argument (``@cache.cached``)."""
+    with pytest.raises(ConfigError) as info:
+        load_settings(ttl=_TYPED)
+    _assert_not_shown(str(info.value))
+    for build in (
+        lambda: MemoryTierSettings(ttl=_TYPED),
+        lambda: MemoryTierSettings(max_bytes=_TYPED),
+        lambda: parse_duration(_TYPED),
+        lambda: parse_size(_TYPED),
+        lambda: parse_duration(f"5m{_TYPED}"),
+        lambda: parse_size(f"64MiB{_TYPED}"),
+    ):
+        with pytest.raises(ValueError) as refused:
+            build()
+        _assert_not_shown(str(refused.value))
+
+
 def test_an_error_of_the_file_is_not_blamed_on_a_variable(
     config_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

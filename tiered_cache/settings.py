@@ -121,6 +121,10 @@ class SettingsTable(BaseModel):
     ``none`` for None (see :data:`NONE_WORD`) and refuses a bool for a number (:func:`_read`).
     Validate one with :func:`validate_at`, whose errors name each field's path."""
 
+    # Built directly, a ValidationError showed the input of each failing field: a secret
+    # typed into the wrong field among it. Every kind's table inherits this.
+    model_config = ConfigDict(hide_input_in_errors=True)
+
     @model_validator(mode="before")
     @classmethod
     def _read(cls, data: Any) -> Any:

@@ -34,44 +34,47 @@ _SIZE_UNITS = {
 MAX_DURATION = 100 * 365 * 86400.0
 
 
+def refused(value: object) -> str:
+    """What a refused value is, for an error: its kind, never its text. A secret typed into
+    the wrong field (a line off in a file, the wrong variable) would be shown in the error,
+    and in every log that keeps it; the error names the field and what is wrong."""
+    if isinstance(value, str):
+        return "text that is not one"
+    if isinstance(value, bool):
+        return "true or false"
+    return f"a {type(value).__name__}"
+
+
 def parse_duration(value: object) -> float:
     """Seconds from a number (seconds), a :class:`~datetime.timedelta`, or a string such as
     ``"250ms"``, ``"5m"``, ``"1h30m"``; never negative, never NaN or infinite."""
     if isinstance(value, bool):
-        raise ValueError(f"expected {_DURATION_HINT}, got {value!r}")
+        raise ValueError(f"expected {_DURATION_HINT}, got {refused(value)}")
     if isinstance(value, timedelta):
         seconds = value.total_seconds()
     elif isinstance(value, int) and abs(value) > MAX_DURATION:
         # Compared as an int: past a float's range (10**400) float() raises OverflowError,
-        # which pydantic passes on bare, naming no field; and its repr may be refused too.
-        raise ValueError(
-            f"a duration cannot be negative, got {_shown(value)}"
-            if value < 0
-            else f"a duration can be at most 100 years ('36500d'), got {_shown(value)}"
-        )
+        # which pydantic passes on bare, naming no field.
+        raise ValueError(_DURATION_NEGATIVE if value < 0 else _DURATION_TOO_LONG)
     elif isinstance(value, int | float):
         seconds = float(value)
     elif isinstance(value, str):
         seconds = _parse_duration_text(value)
     else:
-        raise ValueError(f"expected {_DURATION_HINT}, got {value!r}")
+        raise ValueError(f"expected {_DURATION_HINT}, got {refused(value)}")
     if not math.isfinite(seconds):
         # NaN compares false with every bound, so it would slip through gt/ge checks and
         # make every expiry computation meaningless; "no limit" is spelt none, not inf.
-        raise ValueError(f"a duration must be a finite number of seconds, got {value!r}")
+        raise ValueError("a duration must be a finite number of seconds")
     if seconds < 0:
-        raise ValueError(f"a duration cannot be negative, got {value!r}")
+        raise ValueError(_DURATION_NEGATIVE)
     if seconds > MAX_DURATION:
-        raise ValueError(f"a duration can be at most 100 years ('36500d'), got {value!r}")
+        raise ValueError(_DURATION_TOO_LONG)
     return seconds
 
 
-def _shown(number: int) -> str:
-    """``number`` for a message: its digits, or how many bits it has when that is long (an
-    int of more than 4,300 digits has no repr)."""
-    return (
-        repr(number) if number.bit_length() <= 64 else f"an integer of {number.bit_length()} bits"
-    )
+_DURATION_NEGATIVE = "a duration cannot be negative"
+_DURATION_TOO_LONG = "a duration can be at most 100 years ('36500d')"
 
 
 def _parse_duration_text(text: str) -> float:
@@ -79,30 +82,33 @@ def _parse_duration_text(text: str) -> float:
     if bare is not None:
         return float(bare.group(1))
     if _DURATION_PARTS.match(text) is None:
-        raise ValueError(f"expected {_DURATION_HINT}, got {text!r}")
+        raise ValueError(f"expected {_DURATION_HINT}, got {refused(text)}")
     return sum(
         float(number) * _DURATION_UNITS[unit] for number, unit in _DURATION_PART.findall(text)
     )
 
 
+_SIZE_HINT = "a size such as '512KiB', '64MiB' or '1GB'"
+
+
 def parse_size(value: object) -> int:
     """Bytes from a number or a string such as ``"64MiB"`` or ``"10MB"``."""
     if isinstance(value, bool):
-        raise ValueError(f"expected a size such as '64MiB', got {value!r}")
+        raise ValueError(f"expected {_SIZE_HINT}, got {refused(value)}")
     if isinstance(value, int):
         size = value
     elif isinstance(value, str):
         match = _SIZE.match(value)
         if match is None:
-            raise ValueError(f"expected a size such as '512KiB', '64MiB' or '1GB', got {value!r}")
+            raise ValueError(f"expected {_SIZE_HINT}, got {refused(value)}")
         number = float(match.group(1)) * _SIZE_UNITS[match.group(2) or "B"]
         if not math.isfinite(number):  # 400 digits: int(inf) would raise OverflowError
-            raise ValueError(f"a size must be a finite number of bytes, got {value[:40]!r}...")
+            raise ValueError("a size must be a finite number of bytes")
         size = int(number)
     else:
-        raise ValueError(f"expected a size such as '64MiB', got {value!r}")
+        raise ValueError(f"expected {_SIZE_HINT}, got {refused(value)}")
     if size < 0:
-        raise ValueError(f"a size cannot be negative, got {value!r}")
+        raise ValueError("a size cannot be negative")
     return size
 
 

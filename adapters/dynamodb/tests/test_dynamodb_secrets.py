@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from tiered_cache_dynamodb import DynamoDBSourceSettings
 from tiered_cache_dynamodb.streams import StreamSettings
@@ -71,3 +73,39 @@ def test_a_settings_object_built_directly_does_not_echo_its_input_in_errors(
     with pytest.raises(ValidationError) as caught:
         CacheSettings(**fields)  # type: ignore[arg-type]
     assert SHORT not in str(caught.value)
+
+
+#: A password typed into a duration field by mistake.
+TYPED = "Tr0ub4dor-3-typed-in-the-wrong-field"
+
+
+@pytest.mark.parametrize(
+    ("tables", "flags", "field"),
+    [
+        (f'[tiered_cache]\nttl = "{TYPED}"\n', [], "tiered_cache.ttl"),
+        (
+            f'[tiered_cache_stream]\npoll_interval = "{TYPED}"\n',
+            [],
+            "tiered_cache_stream.poll_interval",
+        ),
+        ("", ["--poll-interval", TYPED], "tiered_cache_stream.poll_interval"),
+    ],
+    ids=["cache-file", "stream-file", "flag"],
+)
+def test_the_follow_stream_command_does_not_show_a_secret_typed_into_a_duration(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    tables: str,
+    flags: list[str],
+    field: str,
+) -> None:
+    """Its config check said ``expected a duration ..., got 'Tr0ub4dor-...'`` on stderr."""
+    from tiered_cache.cli import main
+
+    config = tmp_path / "cache.toml"
+    source = '[tiered_cache.source]\nkind = "dynamodb"\ntable = "tweets"\nkey = "k"\n'
+    config.write_text(tables + source if tables.startswith("[tiered_cache]") else source + tables)
+    assert main(["follow-stream", "--config", str(config), *flags]) == 2
+    err = capsys.readouterr().err
+    assert f"{field}: expected a duration" in err, err
+    assert TYPED not in err and TYPED[:8] not in err, err

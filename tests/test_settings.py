@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from tiered_cache.registry import (
     register,
     unregister,
 )
-from tiered_cache.settings import MemoryTierSettings, TierSettings
+from tiered_cache.settings import CacheSettings, MemoryTierSettings, TierSettings
 from tiered_cache.units import parse_duration, parse_size
 
 CONFIG = """
@@ -281,14 +282,23 @@ _PASSWORD = "hunter2-edges-never-shown"
         ("TIERED_CACHE_BUS", "{'kind': 'off'}", "tiered_cache.bus", "column 2"),
     ],
 )
+@pytest.mark.parametrize("build", [load_settings, CacheSettings])
 def test_a_variable_holding_invalid_json_says_so_and_where(
-    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, field: str, where: str
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    variable: str,
+    value: str,
+    field: str,
+    where: str,
+    build: Callable[[], object],
 ) -> None:
     """A list or table whose JSON did not parse was kept as text, and the error was
-    pydantic's about that text: "Input should be a valid list"."""
+    pydantic's about that text: "Input should be a valid list". Built directly
+    (``CacheSettings()``, for ``TieredCache.from_settings``), it still was, in pydantic's
+    ValidationError."""
     monkeypatch.setenv(variable, value)
     with pytest.raises(ConfigError) as info:
-        load_settings()
+        build()
     message = str(info.value)
     assert message.startswith(f"{variable} ({field}): the variable holds invalid JSON"), message
     assert where in message, message

@@ -16,7 +16,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from types import NoneType, UnionType
-from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 from pydantic import (
     BaseModel,
@@ -296,14 +296,14 @@ _file_table: contextvars.ContextVar[dict[str, Any] | None] = contextvars.Context
     "tiered_cache_file_table", default=None
 )
 #: Which variable set which field (``"tiered_cache.tiers[1].url"``), and the fields the
-#: overrides set, so that an error names what the user set (see :func:`_origin`).
+#: overrides set, so that an error names what the user set (see :class:`_Origins`).
 _origins: contextvars.ContextVar[_Origins | None] = contextvars.ContextVar(
     "tiered_cache_origins", default=None
 )
 
 
 class _Origins:
-    """Where the fields of one :func:`load_settings` came from, for its errors."""
+    """Where the fields of one :class:`CacheSettings` came from, for its errors."""
 
     def __init__(self, overrides: dict[str, Any]) -> None:
         self.variables: dict[str, str] = {}
@@ -593,9 +593,25 @@ class CacheSettings(BaseSettings):
     ``TIERED_CACHE_TIERS='[{"kind": "memory"}]'``; nested fields use ``__``.
     """
 
-    # hide_input_in_errors: built directly (not through load_settings), a ValidationError
-    # echoed its input, credentials in a Redis URL or the DynamoDB settings among it.
+    # hide_input_in_errors: a ValidationError of a validator inside (model_validate, which
+    # takes no variables) echoed its input, credentials in a Redis URL among it.
     model_config = SettingsConfigDict(extra="forbid", hide_input_in_errors=True)
+
+    if not TYPE_CHECKING:  # type checkers keep the constructor made from the fields
+
+        def __init__(self, **values: Any) -> None:
+            """Built from ``values`` (highest priority), the ``TIERED_CACHE_*`` variables and
+            the file :func:`load_settings` reads, or :class:`ConfigError` naming each bad field
+            and the variable that set it: built directly (for ``TieredCache.from_settings``) as
+            through :func:`load_settings`. Built directly, pydantic's ValidationError said
+            "Input should be a valid list" of a variable holding invalid JSON."""
+            origins = _origins.set(_Origins(values))
+            try:
+                super().__init__(**values)
+            except ValidationError as exc:
+                raise ConfigError(_describe(exc, ROOT)) from None
+            finally:
+                _origins.reset(origins)
 
     namespace: Namespace = Field(
         default="default",
@@ -749,11 +765,7 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> CacheSett
             raise ConfigError(f"config file {str(path)!r} has no [{ROOT}] table")
         table = section
     token = _file_table.set(table)
-    origins = _origins.set(_Origins(overrides))
     try:
         return CacheSettings(**overrides)
-    except ValidationError as exc:
-        raise ConfigError(_describe(exc, ROOT)) from None
     finally:
-        _origins.reset(origins)
         _file_table.reset(token)

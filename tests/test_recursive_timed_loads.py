@@ -9,13 +9,19 @@ timeout alone (the caller served the stale value; the worker stayed blocked).
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
 import threading
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
 from tiered_cache import AsyncTieredCache, MemoryTier, RecursiveLoad, TieredCache
 from tiered_cache.protection import Protection
 from tiered_cache.testing import FakeClock
+from tiered_cache.testing.interrupts import Interrupted, interrupting
 
 #: Timeouts far longer than a recursion needs to be seen: reaching one is the defect.
 HARD = Protection.never_stale(hard_timeout=10.0)
@@ -152,3 +158,113 @@ def test_a_worker_left_by_its_caller_may_wait_for_that_callers_next_load(
     assert joined.is_set()
     assert outcome == ["from the caller"]
     cache.close()
+
+
+def waiting_for_a_future(thread: int) -> bool:
+    """Whether ``thread`` is blocked in ``Future.result`` (a caller waiting for a timed load)."""
+    frame = sys._current_frames().get(thread)
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "result" and code.co_filename.endswith(FUTURES):
+            return True
+        frame = frame.f_back
+    return False
+
+
+FUTURES = os.path.join("concurrent", "futures", "_base.py")
+
+
+#: A left load's loader reads its own key once the key's next miss waits for the load, or
+#: with nobody waiting for it.
+JOINED = pytest.mark.parametrize("joined", [True, False], ids=["joined", "not-joined"])
+
+
+@JOINED
+def test_a_left_load_that_reads_its_own_key_raises_recursive_load(
+    clock: FakeClock, joined: bool
+) -> None:
+    """A timed load its caller left (interrupted) goes on; the key's next miss joins it and
+    waits for it. Its loader reading its own key then joined that miss's flight, and each
+    waited for the other until the miss's hard timeout (LoadTimeout after 10 s here). Joined
+    by nobody, its loader led a new flight of the key, whose load joined the left one, its
+    own, and waited for itself as long."""
+    cache = TieredCache([MemoryTier(clock=clock)], clock=clock, protection=HARD)
+    main = threading.get_ident()
+    second_miss = threading.Event()
+    outcome: list[object] = []
+
+    def left(interrupt: Callable[[], None]) -> str:
+        interrupt()  # its caller stops waiting: the load goes on, left
+        if joined:
+            second_miss.wait(10)
+            for _ in range(2000):  # a guard, not a measure: until the next miss waits for it
+                if waiting_for_a_future(main):
+                    break
+                threading.Event().wait(0.005)
+        try:
+            return str(cache.get("a", lambda: "inner"))
+        except BaseException as exc:
+            outcome.append(type(exc))
+            raise
+
+    with interrupting() as interrupt:
+        with pytest.raises(Interrupted):
+            cache.get("a", lambda: left(interrupt))
+        if joined:
+            second_miss.set()
+            with pytest.raises(RecursiveLoad, match="'a'"):
+                cache.get("a", lambda: "not loaded: the left load is joined")
+    assert cache.wait_background(30)
+    assert outcome == [RecursiveLoad]
+    assert counts(cache) == {**NONE_TIMED_OUT, "abandoned_loads": 1}
+    assert cache.get("a", lambda: "fresh") == "fresh"  # nothing was left in flight
+    cache.close()
+
+
+def awaiting_in(task: asyncio.Task[Any], name: str) -> bool:
+    """Whether ``task`` is suspended inside a coroutine function called ``name``."""
+    awaited: Any = task.get_coro()
+    while awaited is not None:
+        code = getattr(awaited, "cr_code", None)
+        if code is not None and code.co_name == name:
+            return True
+        awaited = getattr(awaited, "cr_await", None)
+    return False
+
+
+@pytest.mark.anyio
+@JOINED
+async def test_an_async_left_load_that_awaits_its_own_key_raises_recursive_load(
+    clock: FakeClock, joined: bool
+) -> None:
+    """As the threaded chain's: the load's task, left by its cancelled caller, awaited the
+    flight of the key's next miss that joined it, or itself, until the hard timeout."""
+    cache = AsyncTieredCache([MemoryTier(clock=clock)], clock=clock, protection=HARD)
+    outcome: list[object] = []
+    tasks: dict[str, asyncio.Task[Any]] = {}
+
+    async def left() -> str:
+        tasks["first"].cancel()  # its caller stops waiting: the load goes on, left
+        await asyncio.sleep(0)
+        for _ in range(2000 if joined else 0):  # a guard, not a measure
+            second = tasks.get("second")
+            if second is not None and awaiting_in(second, "_await_timed"):
+                break  # the next miss waits for this load
+            await asyncio.sleep(0.005)
+        try:
+            return str(await cache.get("a", _inner))
+        except BaseException as exc:
+            outcome.append(type(exc))
+            raise
+
+    tasks["first"] = asyncio.ensure_future(cache.get("a", left))
+    with pytest.raises(asyncio.CancelledError):
+        await tasks["first"]
+    if joined:
+        tasks["second"] = asyncio.ensure_future(cache.get("a", _inner))
+        with pytest.raises(RecursiveLoad, match="'a'"):
+            await tasks["second"]
+    assert await cache.wait_background(30)
+    assert outcome == [RecursiveLoad]
+    assert counts(cache) == {**NONE_TIMED_OUT, "abandoned_loads": 1}
+    await cache.aclose()

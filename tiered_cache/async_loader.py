@@ -30,7 +30,18 @@ from .logs import fields, key_hash, logger_for
 from .loops import all_end_within, cancel, ends_within, stalled
 from .metrics import CacheMetrics
 from .protection import Protection
-from .singleflight import BEHIND, LEAD, Behalf, act_for, hand_over, refresh_failed, waited_too_long
+from .singleflight import (
+    BEHIND,
+    LEAD,
+    Behalf,
+    Wait,
+    act_for,
+    hand_over,
+    own_work,
+    recursive_load,
+    refresh_failed,
+    waited_too_long,
+)
 from .stamp import EntryMaker, loaded, loaded_many
 from .steps import arun
 from .tier import Entry, Source
@@ -109,7 +120,7 @@ class AsyncSourceLoader:
         self.holdings = Holdings(leasing)
         self._refreshing: set[str] = set()
         #: The running load of each key whose caller gave up on it, with its fence mark.
-        self._abandoned: dict[str, tuple[asyncio.Task[Entry], int]] = {}
+        self._abandoned: dict[str, tuple[asyncio.Task[Entry], int, Behalf]] = {}
         self._timed_slots()
         self._closed = False
         restart_after_fork(self)
@@ -163,13 +174,15 @@ class AsyncSourceLoader:
                 if soft is None and hard is None:
                     entry = await self._load(key, loader, ttl)
                 else:
-                    task, mark, waited, behalf = await self._timed_task(
+                    task, mark, waited, wait, earlier = await self._timed_task(
                         key, mark, loader, ttl, token, soft=soft, hard=hard
                     )
                     if held is not None:
                         held.hand_on((key,))  # the task gives it back or fills under it
                     soft, hard = after_wait(soft, hard, waited)
-                    return await self._await_timed(key, task, mark, soft, hard, behalf=behalf)
+                    return await self._await_timed(
+                        key, task, mark, soft, hard, wait=wait, earlier=earlier
+                    )
             except BaseException as caught:
                 # As the threaded loader's: whatever stopped the load (it failed, was refused
                 # a slot, the caller was cancelled or interrupted), its lease goes back before
@@ -219,20 +232,24 @@ class AsyncSourceLoader:
         *,
         soft: float | None,
         hard: float | None,
-    ) -> tuple[asyncio.Task[Entry], int, float, Behalf | None]:
+    ) -> tuple[asyncio.Task[Entry], int, float, Wait, bool]:
         """The task loading ``key`` (and filling when done): an earlier one its caller gave
         up on, if the fence lets a miss join it (:meth:`Fence.may_join`), else a new one,
         once a slot is free (:meth:`_take_slot`). Returns it with the fence mark its fill is
-        judged by, the seconds waited for the slot and, for a new one, what it works for
-        (:class:`~tiered_cache.singleflight.Behalf`; None: an earlier load)."""
+        judged by, the seconds waited for the slot, this caller's wait for it (the task works
+        for the callers waiting for it: :class:`~tiered_cache.singleflight.Behalf`) and
+        whether it is an earlier caller's."""
         running = self._abandoned.get(key)
         if running is not None and stalled(running[0]):
             self._give_back_stalled()  # it may never end: load anew
             running = None
         if running is not None and self._fence.may_join(key, running[1]):
+            joined, older, work = running
+            if own_work(work):  # its own loader awaits its key: it would wait for itself
+                raise recursive_load(key)
             if token is not None:
                 self.spawn(self._release(key, token))
-            return (*running, 0.0, None)
+            return joined, older, 0.0, work.waited_by(asyncio.current_task()), True
         timeout = soft if soft is not None else hard
         assert timeout is not None  # load() times a load only with a timeout
         # The slot is the claim's from the step it is counted (TimedSlots.try_take), and the
@@ -244,16 +261,16 @@ class AsyncSourceLoader:
             waited = await self._take_slot(key, timeout, soft is not None, claim)  # or raises
             # The task works for this caller (its loader reading the key this caller's
             # flight loads is a recursive load) until the caller stops waiting for it.
-            behalf = hand_over(asyncio.current_task())
+            wait = hand_over(asyncio.current_task())
             task = self.spawn(
-                self._load_and_fill(key, mark, loader, ttl, token=token, behalf=behalf)
+                self._load_and_fill(key, mark, loader, ttl, token=token, work=wait.work)
             )
             self._timed[task] = claim
             task.add_done_callback(self._timed_done)
         except BaseException:
             claim.give_back()
             raise
-        return task, mark, waited, behalf
+        return task, mark, waited, wait, False
 
     def _timed_done(self, task: asyncio.Task[Entry]) -> None:
         claim = self._timed.pop(task, None)
@@ -301,9 +318,9 @@ class AsyncSourceLoader:
         ttl: float | str | None,
         *,
         token: str | None,
-        behalf: Behalf,
+        work: Behalf,
     ) -> Entry:
-        act_for(behalf)  # a task runs in a copy of its spawner's context: nothing to restore
+        act_for(work)  # a task runs in a copy of its spawner's context: nothing to restore
         try:
             entry = await self._load(key, loader, ttl)
         except BaseException:
@@ -321,35 +338,36 @@ class AsyncSourceLoader:
         soft: float | None,
         hard: float | None,
         *,
-        behalf: Behalf | None,
+        wait: Wait,
+        earlier: bool,
     ) -> Entry:
-        """The entry of the timed load ``task`` (``behalf`` None: an earlier caller's, which
-        this miss joined), if it comes within the timeout; else ServeStale or LoadTimeout."""
+        """The entry of the timed load ``task`` (``earlier``: an earlier caller's, which this
+        miss joined), if it comes within the timeout; else ServeStale or LoadTimeout. The
+        task works for this caller while it waits (``wait``)."""
         timeout = soft if soft is not None else hard
         try:
-            done = await ends_within(task, timeout)
-        except asyncio.CancelledError:
-            # The caller went away: its load goes on, and the next miss joins it rather than
-            # start another (impatient clients would otherwise each add a load of the key).
-            self._abandon(key, task, mark, behalf)
-            raise
-        if done:
-            return task.result()
-        self._abandon(key, task, mark, behalf)
-        earlier = behalf is None
-        raise self._slots.timed_out(key, hard, serve_stale=soft is not None, earlier=earlier)
+            try:
+                done = await ends_within(task, timeout)
+            except asyncio.CancelledError:
+                # The caller went away: its load goes on, and the next miss joins it rather
+                # than start another (impatient clients would otherwise each add a load).
+                self._abandon(key, task, mark, wait)
+                raise
+            if done:
+                return task.result()
+            self._abandon(key, task, mark, wait)
+            raise self._slots.timed_out(key, hard, serve_stale=soft is not None, earlier=earlier)
+        finally:
+            wait.ended()
 
-    def _abandon(
-        self, key: str, task: asyncio.Task[Entry], mark: int, behalf: Behalf | None
-    ) -> None:
+    def _abandon(self, key: str, task: asyncio.Task[Entry], mark: int, wait: Wait) -> None:
         """Keep ``task`` as the key's load whose caller stopped waiting (timed out or was
         cancelled), for the next miss to join (:meth:`_timed_task`); counted once, however
-        many of its callers stop waiting. The task then works for nobody (``behalf``)."""
-        if behalf is not None:
-            behalf.ended()
+        many of its callers stop waiting. The task no longer works for this caller."""
+        wait.ended()
         if task not in self._hung:
             self._hung[task] = key
-            self._abandoned[key] = (task, mark)
+            self._abandoned[key] = (task, mark, wait.work)
             self._slots.abandoned()
             task.add_done_callback(self._abandoned_done)
 

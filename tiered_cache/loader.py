@@ -29,10 +29,13 @@ from .protection import Protection
 from .singleflight import (
     BEHIND,
     OWN,
+    Behalf,
     Flight,
     SingleFlight,
     act_for,
     hand_over,
+    own_work,
+    recursive_load,
     refresh_failed,
     waited_too_long,
 )
@@ -62,7 +65,7 @@ class _Handoff:
     so who holds the key's lease: the worker once ``orphaned`` (it fills under the lease, or
     gives it back if the load fails), else the caller."""
 
-    __slots__ = ("behalf", "delivered", "held", "lock", "orphaned")
+    __slots__ = ("delivered", "held", "lock", "orphaned", "wait")
 
     def __init__(self, held: HeldLeases | None) -> None:
         self.lock = threading.Lock()
@@ -72,7 +75,7 @@ class _Handoff:
         self.held = held
         #: Made on the caller's thread: the worker works for it (its loader reading the key
         #: the caller's flight loads is a recursive load), until the caller gives up.
-        self.behalf = hand_over(threading.get_ident())
+        self.wait = hand_over(threading.get_ident())
 
 
 class SourceLoader:
@@ -146,8 +149,8 @@ class SourceLoader:
         #: Keys with a background refresh queued or running (one at a time per key).
         self._refreshing: set[str] = set()
         #: The running load of each key whose caller gave up on it, with the fence mark it
-        #: read under: the key's next miss may join it.
-        self._abandoned: dict[str, tuple[Future[Entry], int]] = {}
+        #: read under and its work (for whoever waits for it): the key's next miss may join it.
+        self._abandoned: dict[str, tuple[Future[Entry], int, Behalf]] = {}
         self._timed_slots()
         self._fork = restart_compiled_after_fork(self)  # compiled: no weak reference to it
 
@@ -272,8 +275,11 @@ class SourceLoader:
         if running is not None and self._fence.may_join(key, running[1]):
             # This key's earlier load still runs and the fence lets a miss join it: wait for
             # it. Its fill is judged by its own (older) mark.
-            joined, older = running
-            return self._await_abandoned(key, joined, timeout, serve_stale=soft is not None), older
+            joined, older, work = running
+            if own_work(work):  # its own loader reads its key: it would wait for itself
+                raise recursive_load(key)
+            entry = self._await_abandoned(key, joined, work, timeout, serve_stale=soft is not None)
+            return entry, older
         assert timeout is not None  # load() times a load only with a timeout
         # The slot is the future's from the step it is taken (the claim is marked in that
         # step): given back when the future is done or cancelled, whatever stops the caller
@@ -321,15 +327,26 @@ class SourceLoader:
         raise self._slots.timed_out(key, hard, serve_stale=soft is not None)
 
     def _await_abandoned(
-        self, key: str, running: Future[Entry], timeout: float | None, *, serve_stale: bool
+        self,
+        key: str,
+        running: Future[Entry],
+        work: Behalf,
+        timeout: float | None,
+        *,
+        serve_stale: bool,
     ) -> Entry:
-        """Wait up to ``timeout`` for a load of ``key`` that an earlier caller gave up on."""
+        """Wait up to ``timeout`` for a load of ``key`` that an earlier caller gave up on;
+        meanwhile its worker works for this caller (its loader reading the key this caller's
+        flight loads is a recursive load)."""
+        wait = work.waited_by(threading.get_ident())
         try:
             return running.result(timeout=timeout)
         except FutureTimeout:
             raise caused(
                 self._slots.timed_out(key, timeout, serve_stale=serve_stale, earlier=True), None
             ) from None
+        finally:
+            wait.ended()
 
     def _start_timed(self, future: Future[Entry], fn: Callable[[], Entry]) -> None:
         """Run a timed load on a thread of its own: loads that hang hold up no other load
@@ -357,9 +374,9 @@ class SourceLoader:
             if handoff.orphaned:
                 return True
             handoff.orphaned = True
-        handoff.behalf.ended()
+        handoff.wait.ended()
         with self._lock:
-            self._abandoned[key] = (future, mark)
+            self._abandoned[key] = (future, mark, handoff.wait.work)
         self._slots.abandoned()
         future.add_done_callback(lambda done: self._abandoned_done(key, done))
         return True
@@ -383,7 +400,7 @@ class SourceLoader:
     ) -> Entry:
         """Runs on a worker: load, then give the entry to the caller, or, if the caller gave
         up waiting, fill the tiers here."""
-        act_for(handoff.behalf)  # the worker's thread is its own: nothing to restore after
+        act_for(handoff.wait.work)  # the worker's thread is its own: nothing to restore after
         try:
             entry = self._load(key, loader, ttl)
         except BaseException:

@@ -45,59 +45,104 @@ def recursive_load(key: str) -> RecursiveLoad:
 
 
 class Behalf:
-    """Work a caller handed to a worker and waits for: a timed load runs its loader on a
-    thread (the threaded chain) or a task (asyncio) of its own, not on the caller that leads
-    the key's flight. While the caller waits, a flight it leads is the worker's own: joining
-    it, the worker would wait for the caller, which waits for the worker. Once the caller
-    stops waiting (it served the stale value, timed out, was interrupted), the worker works
-    for nobody: a flight that caller leads later is another load, to join as any caller
-    would."""
+    """Work a caller handed to a worker, and the callers waiting for it now. A timed load
+    runs its loader on a thread (the threaded chain) or a task (asyncio) of its own, not on
+    the caller that leads the key's flight. While a caller waits for the work, a flight it
+    leads is the worker's own: joining it, the worker would wait for the caller, which waits
+    for the worker. The caller that handed the work over stops waiting when it serves the
+    stale value, times out or is interrupted; the work goes on, and the key's next miss may
+    join it and wait for it in turn (:meth:`waited_by`): the worker then works for that miss.
+    Between the two it works for nobody, and a flight its first caller leads later is another
+    load, to join as any caller would."""
 
-    __slots__ = ("caller", "parent", "waiting")
+    __slots__ = ("_lock", "waits")
 
-    def __init__(self, caller: object, parent: Behalf | None) -> None:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        #: The callers waiting for the work now (replaced whole, read without the lock).
+        self.waits: tuple[Wait, ...] = ()
+
+    def waited_by(self, caller: object) -> Wait:
+        """``caller`` (the running thread's id, or task) waits for this work until it calls
+        :meth:`Wait.ended`."""
+        wait = Wait(self, caller, _BEHALF.get())
+        with self._lock:
+            self.waits = (*self.waits, wait)
+        return wait
+
+    def _drop(self, wait: Wait) -> None:
+        with self._lock:
+            self.waits = tuple(other for other in self.waits if other is not wait)
+
+
+class Wait:
+    """One caller waiting for a :class:`Behalf`'s work."""
+
+    __slots__ = ("caller", "parent", "work")
+
+    def __init__(self, work: Behalf, caller: object, parent: Behalf | None) -> None:
+        self.work = work
         #: The caller's thread id (threads) or task (asyncio): what its flights' leader is.
         self.caller = caller
         #: What the caller itself works for, if it is a worker too (a timed load's loader
         #: reading another key that is loaded timed in turn).
         self.parent = parent
-        self.waiting = True
 
     def ended(self) -> None:
-        """The caller stopped waiting for the worker."""
-        self.waiting = False
+        """The caller stopped waiting for the work (once or more: the same)."""
+        self.work._drop(self)
 
 
-#: The work the running code does for a waiting caller (:func:`act_for`); None: its own.
+#: The work the running code does for waiting callers (:func:`act_for`); None: its own.
 _BEHALF: ContextVar[Behalf | None] = ContextVar("tiered_cache_behalf", default=None)
 
 
-def hand_over(caller: object) -> Behalf:
-    """The behalf of work that ``caller`` (the running thread's id, or task) hands to a
-    worker and waits for; the worker calls :func:`act_for` with it."""
-    return Behalf(caller, _BEHALF.get())
+def hand_over(caller: object) -> Wait:
+    """New work that ``caller`` (the running thread's id, or task) hands to a worker and
+    waits for: the worker calls :func:`act_for` with the wait's ``work``, the caller
+    :meth:`Wait.ended` when it stops waiting."""
+    return Behalf().waited_by(caller)
 
 
-def act_for(behalf: Behalf) -> None:
-    """The running worker (a thread or task of its own: its context is its own) does the
-    work of ``behalf``."""
-    _BEHALF.set(behalf)
+def act_for(work: Behalf) -> None:
+    """The running worker (a thread or task of its own: its context is its own) does
+    ``work``."""
+    _BEHALF.set(work)
+
+
+def _works_here() -> list[Behalf]:
+    """The work the running code does, and, at any depth, the work of each caller waiting
+    for it (a worker's caller may be a worker too): every work that waits for this code."""
+    mine = _BEHALF.get()
+    if mine is None:
+        return []
+    works = [mine]
+    walked = 0
+    while walked < len(works):  # grows as it goes; a work met twice is not walked twice
+        for wait in works[walked].waits:
+            parent = wait.parent
+            if parent is not None and not any(parent is seen for seen in works):
+                works.append(parent)
+        walked += 1
+    return works
 
 
 def own_flight(leader: object, here: object) -> bool:
     """Whether a flight led by ``leader`` is the caller's own, which it may not join (it
     would wait for itself for ever): the caller ``here`` (its thread's id, or its task;
-    None outside a task) leads it, or works for its leader while that leader waits for the
+    None outside a task) leads it, or works for a caller that leads it and waits for the
     work (a timed load's worker, at any depth: :class:`Behalf`). The one rule of both
     flights (threads and asyncio)."""
     if here is not None and leader == here:
         return True
-    behalf = _BEHALF.get()
-    while behalf is not None and behalf.waiting:
-        if behalf.caller == leader:
-            return True
-        behalf = behalf.parent
-    return False
+    return any(wait.caller == leader for work in _works_here() for wait in work.waits)
+
+
+def own_work(work: Behalf) -> bool:
+    """Whether ``work`` (a timed load its caller left, which a miss of its key would join)
+    is the running code's own, or the work of a caller waiting for it: joining it, the code
+    would wait for itself (its loader read its own key)."""
+    return any(mine is work for mine in _works_here())
 
 
 def waited_too_long(key: str, wait: float) -> str:

@@ -7,6 +7,9 @@ hits, misses, fills, errors and skips. Calls that read or write entries never ra
 tier is a miss, a skipped fill, a warning and a counter), but for
 :class:`~tiered_cache.CodecError`, which is the caller's value, not the tier's fault. The lease
 calls raise, because what a failure means depends on the step (the loader decides).
+
+A shared tier's deletes that failed are owed (:mod:`tiered_cache.owed`): every later call of
+the accessor to the tier pays them first, and is refused while they cannot be made.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ from .hit import HitCount
 from .leases import LeasingTier
 from .logs import fields, tier_logger
 from .metrics import CacheMetrics
+from .owed import Debt, OwedDeletes
 from .reporting import ReportValue, report_of
+from .steps import Steps, run
 from .tier import MISSING, Entry, MissingType, Tier, TierBase
 
 #: How often (seconds of the chain's clock) a failing tier is logged again.
@@ -68,6 +73,13 @@ class TierAccessor:
         declared = tier if isinstance(tier, TierBase) else None
         #: In-process: kept coherent by the bus, bypassed while it is down.
         self.local = bool(declared.local) if declared is not None else False
+        #: The deletes this tier failed to make (a shared tier's: an in-process tier's copies
+        #: are the fence's), paid before its next call (:meth:`settle`).
+        self.owed = OwedDeletes(self.name, metrics)
+        #: What the chain does once they are paid (announce them again:
+        #: ``ChainPaths.paid``); None: the accessor does not pay them itself (the asyncio
+        #: chain's bookkeeping accessor: its own accessor pays, before the thread hop).
+        self.when_paid: Callable[[Debt], Steps[None]] | None = None
         #: Offers leases (:class:`~tiered_cache.leases.LeasingTier`).
         self.leases = bool(declared.leases) if declared is not None else False
         #: Stores keys as UTF-8: the chain refuses keys UTF-8 cannot encode.
@@ -109,6 +121,8 @@ class TierAccessor:
         breaker (the hit path pays for nothing else). Raises like the tier does."""
         breaker = self.breaker
         get_at = self._get_at
+        if not self.local:  # a shared tier first in the chain: every read pays what is owed
+            return lambda key, now: self._call(get_at, key, now)
         if breaker is None:
             return get_at
         return lambda key, now: breaker.call(lambda: get_at(key, now))
@@ -127,6 +141,8 @@ class TierAccessor:
         read = self.tier.get if count else self._peek
         breaker = self.breaker
         try:  # the breaker's call with arguments: no closure (every L2 hit)
+            if self.owed.due:
+                self.settle()
             entry = read(key) if breaker is None else breaker.call(read, key)
         except Exception as exc:
             self.failed(exc)
@@ -140,7 +156,7 @@ class TierAccessor:
     ) -> dict[str, Entry]:
         """The fresh entries among ``keys``; stale ones still servable go into ``stale``."""
         try:
-            entries = cast("dict[str, Entry]", self._guard(self.tier.get_many, keys))
+            entries = self._call(self.tier.get_many, keys)
         except Exception as exc:
             self.failed(exc)
             return {}
@@ -168,7 +184,7 @@ class TierAccessor:
     def hot_keys(self, n: int) -> list[tuple[str, float]]:
         """The tier's hottest keys (none if it does not track them, fails, or its circuit is
         not closed: reporting is not traffic, and must not spend the breaker's probe)."""
-        if self.breaker is not None and self.breaker.state != "closed":
+        if self.owed.due or (self.breaker is not None and self.breaker.state != "closed"):
             return []
         try:
             return cast("list[tuple[str, float]]", self._guard(lambda: self._hot_keys(n)))
@@ -187,7 +203,7 @@ class TierAccessor:
             return self.set_one(key, entry)
         entries = self.capped(entries)
         try:
-            self._guard(self.tier.set_many, entries)
+            self._call(self.tier.set_many, entries)
         except CodecError:
             raise
         except Exception as exc:
@@ -205,6 +221,8 @@ class TierAccessor:
             entry = self._capped(entry)
         write = self._replace if replace else self.tier.set
         try:
+            if self.owed.due:
+                self.settle()
             if self.breaker is None:
                 write(key, entry)
             else:
@@ -234,28 +252,72 @@ class TierAccessor:
         """Remove ``keys``; a failure is counted, logged and described (else None)."""
         if not keys:
             return None
-        if self.breaker is None:  # every set drops the in-process copy: no closure, no guard
-            try:
+        if self.local and self.breaker is None:  # every set drops the in-process copy: no
+            try:  # closure, no guard
                 self.tier.delete_many(keys)
             except Exception as exc:
                 return self._failure(exc)
             return None
-        return self._quietly(lambda: self.tier.delete_many(keys))
+        return self._quietly(lambda: self.tier.delete_many(keys), keys=keys)
 
     def delete_prefix(self, prefix: str) -> str | None:
         """Remove the keys starting with ``prefix`` (a tier that cannot: everything)."""
-        return self._quietly(lambda: self._delete_prefix(prefix))
+        return self._quietly(lambda: self._delete_prefix(prefix), prefixes=(prefix,))
 
     def clear(self) -> str | None:
         """Remove everything this tier holds for the cache."""
-        return self._quietly(self.tier.clear)
+        return self._quietly(self.tier.clear, everything=True)
 
-    def _quietly(self, operation: Callable[[], None]) -> str | None:
+    def _quietly(
+        self,
+        operation: Callable[[], None],
+        keys: Sequence[str] = (),
+        prefixes: Sequence[str] = (),
+        everything: bool = False,
+    ) -> str | None:
+        """A delete; one that failed is owed by a shared tier (:meth:`owe`)."""
         try:
-            self._guard(operation)
+            self._call(operation)
         except Exception as exc:
+            self.owe(keys, prefixes, everything)
             return self._failure(exc)
         return None
+
+    # -- deletes owed (tiered_cache.owed)
+
+    def owe(
+        self, keys: Sequence[str] = (), prefixes: Sequence[str] = (), everything: bool = False
+    ) -> None:
+        """Deletes that failed: a shared tier makes them before its next call."""
+        if not self.local:
+            self.owed.owe(keys, prefixes, everything)
+
+    def settle(self) -> None:
+        """Pay the deletes owed, before any other call to the tier; raises
+        :class:`~tiered_cache.errors.TierUnavailable` (or the breaker's error) while they
+        cannot be made, so that call is not made either."""
+        paid = self.when_paid
+        if paid is None:
+            # The asyncio chain's bookkeeping accessor (its own accessor pays, before the
+            # thread hop): what is still owed refuses the call.
+            raise TierUnavailable(f"tier {self.name!r}: deletes owed since it failed not made yet")
+        run(self.owed.settling(self, paid))
+
+    def _call(self, operation: Callable[..., T], *arguments: Any) -> T:
+        """``operation(*arguments)`` through the breaker, after what is owed."""
+        if self.owed.due:
+            self.settle()
+        return cast(T, self._guard(operation, *arguments))
+
+    def delete_many_owed(self, keys: Sequence[str]) -> None:
+        """A payment's delete (:class:`~tiered_cache.owed.Payee`): through the breaker only."""
+        self._guard(self.tier.delete_many, keys)
+
+    def delete_prefix_owed(self, prefix: str) -> None:
+        self._guard(self._delete_prefix, prefix)
+
+    def clear_owed(self) -> None:
+        self._guard(self.tier.clear)
 
     def _failure(self, exc: Exception) -> str:
         """Count and log ``exc`` (:meth:`failed`); describe it for the caller."""
@@ -277,7 +339,7 @@ class TierAccessor:
     def lease(self, operation: Callable[[LeasingTier], T]) -> T:
         """Run a lease operation through the breaker; it raises (TierUnavailable) on failure."""
         leasing = self.leasing
-        return cast(T, self._guard(lambda: operation(leasing)))
+        return self._call(operation, leasing)
 
     def acquire_lease(self, key: str, ttl: float) -> tuple[str | None, Entry | MissingType]:
         """Take ``key``'s lease if free and read the key (through the breaker; raises)."""

@@ -19,6 +19,7 @@ The counting, failure logging, breaker state and capability flags are the sync a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import warnings
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar, cast
@@ -29,7 +30,9 @@ from .breaker import CircuitBreaker, GuardedTier
 from .errors import CodecError
 from .hit import HitCount
 from .metrics import CacheMetrics
+from .owed import Debt
 from .reporting import ReportValue
+from .steps import Steps, arun
 from .tier import MISSING, Entry, MissingType, Tier
 
 T = TypeVar("T")
@@ -76,6 +79,10 @@ class AsyncTierAccessor:
             self.utf8_keys = self.sync.utf8_keys
         #: A sync tier's calls go to a thread (it may block on I/O).
         self.threaded = self._native is None and not self.local
+        #: What the chain does once the deletes this tier owes are paid (see
+        #: :attr:`TierAccessor.when_paid`); paid here, before a call is awaited or sent to a
+        #: thread (the bookkeeping accessor's own stays None: it does not pay them).
+        self.when_paid: Callable[[Debt], Steps[None]] | None = None
         if self.threaded:
             warnings.warn(
                 f"tier {self.name!r} has no asyncio interface: the asyncio chain runs its "
@@ -106,15 +113,60 @@ class AsyncTierAccessor:
     # -- helpers
 
     async def _sync(self, function: Callable[..., T], *args: Any) -> T:
-        """A call of the sync accessor: inline for an in-process tier, else in a thread."""
+        """A call of the sync accessor: inline for an in-process tier, else in a thread
+        (after what the tier owes)."""
         if self.threaded:
+            if self.sync.owed.due:
+                # Not paid: the sync accessor refuses the call itself, as its method would
+                # any failure of the tier's (a miss, a skipped fill, a lease call's error).
+                with contextlib.suppress(Exception):
+                    await self._settle()
             return await asyncio.to_thread(function, *args)
         return function(*args)
 
     async def _guarded(self, operation: Callable[[], Awaitable[T]]) -> T:
+        """A native tier's call through its breaker, after what the tier owes."""
+        if self.sync.owed.due:
+            await self._settle()
+        return await self._through_breaker(operation)
+
+    async def _through_breaker(self, operation: Callable[[], Awaitable[T]]) -> T:
         if self._breaker is None:
             return await operation()
         return await self._breaker.acall(operation)
+
+    # -- deletes owed (tiered_cache.owed)
+
+    async def _settle(self) -> None:
+        """:meth:`TierAccessor.settle` for coroutines (raises while they cannot be paid)."""
+        paid = self.when_paid
+        if paid is not None:
+            await arun(self.sync.owed.settling(self, paid))
+
+    async def delete_many_owed(self, keys: Sequence[str]) -> None:
+        """A payment's delete (:class:`~tiered_cache.owed.Payee`): through the breaker only."""
+        native = self._native
+        if native is None:
+            await asyncio.to_thread(self.sync.delete_many_owed, keys)
+        else:
+            await self._through_breaker(lambda: native.delete_many(keys))
+
+    async def delete_prefix_owed(self, prefix: str) -> None:
+        native = self._native
+        if native is None:
+            await asyncio.to_thread(self.sync.delete_prefix_owed, prefix)
+        elif isinstance(native, AsyncTierBase):
+            declared = native
+            await self._through_breaker(lambda: declared.delete_prefix(prefix))
+        else:
+            await self._through_breaker(native.clear)
+
+    async def clear_owed(self) -> None:
+        native = self._native
+        if native is None:
+            await asyncio.to_thread(self.sync.clear_owed)
+        else:
+            await self._through_breaker(native.clear)
 
     @property
     def _leasing(self) -> AsyncLeasingTier:
@@ -214,7 +266,7 @@ class AsyncTierAccessor:
             return await self._sync(self.sync.delete_many, keys)
         if not keys:
             return None
-        return await self._quietly(lambda: native.delete_many(keys))
+        return await self._quietly(lambda: native.delete_many(keys), keys=keys)
 
     async def delete_prefix(self, prefix: str) -> str | None:
         native = self._native
@@ -222,19 +274,27 @@ class AsyncTierAccessor:
             return await self._sync(self.sync.delete_prefix, prefix)
         if isinstance(native, AsyncTierBase):
             declared = native
-            return await self._quietly(lambda: declared.delete_prefix(prefix))
-        return await self._quietly(native.clear)
+            return await self._quietly(lambda: declared.delete_prefix(prefix), prefixes=(prefix,))
+        return await self._quietly(native.clear, prefixes=(prefix,))
 
     async def clear(self) -> str | None:
         native = self._native
         if native is None:
             return await self._sync(self.sync.clear)
-        return await self._quietly(native.clear)
+        return await self._quietly(native.clear, everything=True)
 
-    async def _quietly(self, operation: Callable[[], Awaitable[None]]) -> str | None:
+    async def _quietly(
+        self,
+        operation: Callable[[], Awaitable[None]],
+        keys: Sequence[str] = (),
+        prefixes: Sequence[str] = (),
+        everything: bool = False,
+    ) -> str | None:
+        """A delete; one that failed is owed (:meth:`TierAccessor.owe`)."""
         try:
             await self._guarded(operation)
         except Exception as exc:
+            self.sync.owe(keys, prefixes, everything)
             self.failed(exc)
             return f"tier {self.name!r} ({type(exc).__name__}: {exc})"
         return None

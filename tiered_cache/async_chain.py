@@ -139,7 +139,7 @@ class AsyncTieredCache(L1Reader):
         )
         self._bus_link: BusLink | None = None
         #: Every path after the L1 lookup; a :class:`ClosedPaths` once the chain is closed.
-        self._paths: Paths = ChainPaths(
+        paths = ChainPaths(
             self._tiers,
             fence=self._fence,
             metrics=self._metrics,
@@ -151,6 +151,9 @@ class AsyncTieredCache(L1Reader):
             announce=self._announce if bus is not None else None,
             write_policy=write_policy,
         )
+        self._paths: Paths = paths
+        for tier in self._tiers:  # a delete a shared tier owes is announced again once made
+            tier.when_paid = paths.paid
         self._setup_l1(self._metrics, self._protection, rng)
         self._use_l1(self._tiers, True)
         self._disconnected_bound = max_stale_when_disconnected

@@ -129,7 +129,7 @@ class TieredCache(L1Reader):
         )
         self._bus_link: BusLink | None = None
         #: Every path after the L1 lookup; a :class:`ClosedPaths` once the chain is closed.
-        self._paths: Paths = ChainPaths(
+        paths = ChainPaths(
             self._tiers,
             fence=self._fence,
             metrics=self._metrics,
@@ -141,6 +141,9 @@ class TieredCache(L1Reader):
             announce=self._announce if bus is not None else None,
             write_policy=write_policy,
         )
+        self._paths: Paths = paths
+        for tier in self._tiers:  # a delete a shared tier owes is announced again once made
+            tier.when_paid = paths.paid
         #: What a miss runs inside its flight: the read down the tiers in plain calls.
         self._read: Callable[[Flight, str, Loader | None, float | str | None], Any] = (
             self._paths.read_through_plain

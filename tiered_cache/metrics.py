@@ -33,6 +33,8 @@ EVENTS = (
     "bus_disconnects",
     "bus_publish_errors",
     "bus_publish_skipped",
+    "deletes_owed",
+    "deletes_owed_overflows",
 )
 
 

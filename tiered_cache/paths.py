@@ -19,6 +19,7 @@ from .fence import ChainTier, Fence
 from .held_leases import HeldLeases, Holdings
 from .keys import check_keys
 from .metrics import CacheMetrics
+from .owed import Debt
 from .protection import Protection
 from .singleflight import Landing, LeaderGone
 from .stamp import EntryMaker
@@ -526,6 +527,23 @@ class ChainPaths:
             failed.append("the invalidation bus")
         if strict and failed:
             raise InvalidationIncomplete(f"clearing did not reach {', '.join(failed)}")
+
+    def paid(self, debt: Debt) -> Steps[None]:
+        """A shared tier made deletes it owed (:mod:`tiered_cache.owed`): announced again.
+        Since the first announcement, another process may have filled the old value into that
+        tier under a lease taken before the write, and copied it up into its memory; the
+        delete removed it from the tier, this drops the copies. (This process's own fence
+        logged the invalidation when it was made: its fills since were judged by it, and its
+        reads of the tier waited for the delete.)"""
+        if self.announce is None:
+            return
+        if debt.everything:
+            yield self.announce, ((), (), True, 0.0)
+            return
+        if debt.keys:
+            yield self.announce, (debt.keys, (), False, 0.0)
+        if debt.prefixes:
+            yield self.announce, ((), debt.prefixes, False, self.clock())
 
     # -- the bus going down and coming back
 

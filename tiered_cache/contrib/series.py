@@ -86,6 +86,8 @@ EVENT_HELP: Mapping[str, str] = {
     "bus_gaps": "Gaps detected in the bus's message sequence (in-process tiers were cleared).",
     "bus_disconnects": "Periods the bus was down for this chain (a fork counts one).",
     "bus_publish_errors": "Invalidation messages the bus failed to publish.",
+    "deletes_owed": "Deletes a shared tier failed (keys, prefixes, clears), made when it works.",
+    "deletes_owed_overflows": "Times owed deletes passed their bound: the tier will be cleared.",
 }
 
 

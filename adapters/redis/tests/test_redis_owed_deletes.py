@@ -1,0 +1,378 @@
+"""A write made while the writer's Redis circuit is open leaves no old copy in Redis once the
+writer's Redis works again.
+
+The write cannot take the key's lease nor delete Redis's copy. Another process, whose Redis
+works, loaded the key before the write (its lease still valid) and fills Redis with what it
+read; the writer's bus message reaches it after that fill and drops only its memory copy.
+Before the deletes were owed, Redis then served the old value to every process until its
+``ttl``. Now the writer keeps the delete it could not make and makes it before its next call
+to Redis, announcing it again (the other process may have copied the old value up from Redis
+into its memory meanwhile).
+
+Two chains on one real redis-server play the two processes: the writer's through a TCP proxy
+(cut: its breaker opens), the reader's direct; one table, one bus whose messages can be held.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+from tiered_cache_redis import AsyncRedisTier, RedisTier
+
+from tiered_cache import MISSING, AsyncTieredCache, Entry, MemoryTier, TieredCache, owed
+from tiered_cache.async_breaker import AsyncCircuitBreakerTier
+from tiered_cache.breaker import guard
+from tiered_cache.protection import Protection
+from tiered_cache.settings import BreakerSettings
+from tiered_cache.testing.buses import CuttableBus
+from tiered_cache.testing.clock import FakeClock
+from tiered_cache.testing.forked import in_a_child
+from tiered_cache.testing.servers import FaultProxy, RedisServer
+from tiered_cache.testing.sources import AsyncDictSource, DictSource
+from tiered_cache.tier import MissingType
+
+#: The writer's breaker: open after one failure, a probe after 5 s of its clock.
+BREAKER = BreakerSettings(failure_threshold=1, cool_down=5.0)
+PROTECTION = Protection(soft_timeout=None)
+
+
+def value(entry: Entry | MissingType) -> Any:
+    return MISSING if entry is MISSING else entry.value
+
+
+class Table(DictSource):
+    """The table of both processes; ``meanwhile`` runs once, inside the next load, after the
+    load read (a write that comes while the loader holds the key's lease)."""
+
+    def __init__(self, items: dict[str, Any]) -> None:
+        super().__init__(items)
+        self.meanwhile: Callable[[], None] | None = None
+
+    def load(self, key: str) -> Any:
+        read = super().load(key)
+        meanwhile, self.meanwhile = self.meanwhile, None
+        if meanwhile is not None:
+            meanwhile()
+        return read
+
+
+class AsyncTable(AsyncDictSource):
+    """:class:`Table` for the asyncio chains (``meanwhile`` is a coroutine function)."""
+
+    def __init__(self, items: dict[str, Any]) -> None:
+        super().__init__(items)
+        self.meanwhile: Callable[[], Awaitable[None]] | None = None
+
+    async def load(self, key: str) -> Any:
+        read = await super().load(key)
+        meanwhile, self.meanwhile = self.meanwhile, None
+        if meanwhile is not None:
+            await meanwhile()
+        return read
+
+
+#: The writes, each as the writer's call: the table holds "new" afterwards.
+WRITES: dict[str, Callable[[TieredCache, Table], None]] = {
+    "set": lambda cache, table: cache.set("k", "new"),
+    "set_many": lambda cache, table: cache.set_many({"k": "new", "j": "new j"}),
+    "invalidate": lambda cache, table: (table.write("k", "new"), cache.invalidate("k"))[1],
+    "invalidate_many": lambda cache, table: (
+        table.write("k", "new"),
+        cache.invalidate_many(["k", "j"]),
+    )[1],
+}
+
+
+@pytest.fixture
+def proxy(redis_server: RedisServer) -> Iterator[FaultProxy]:
+    with FaultProxy(redis_server.host, redis_server.port) as proxy:
+        yield proxy
+
+
+class Rig:
+    """The two processes: the writer (through ``proxy``, its breaker on ``clock``: open after
+    one failure) and the reader (direct), one table and one bus; and a raw look at Redis."""
+
+    def __init__(
+        self,
+        server: RedisServer,
+        proxy: FaultProxy,
+        namespace: str,
+        tier: RedisTier | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        self.clock = FakeClock()
+        self.bus = CuttableBus()
+        self.table = Table({"k": "old"})
+        self.tier = tier or RedisTier(
+            redis.Redis.from_url(proxy.url(), socket_timeout=timeout), namespace=namespace
+        )
+        self.writer = TieredCache(
+            [MemoryTier(), guard(self.tier, BREAKER, clock=self.clock)],
+            self.table,
+            bus=self.bus,
+            protection=PROTECTION,
+        )
+        self.direct = RedisTier(redis.Redis.from_url(server.url), namespace=namespace)
+        self.reader = TieredCache(
+            [MemoryTier(), self.direct], self.table, bus=self.bus, protection=PROTECTION
+        )
+        self.raw = RedisTier(redis.Redis.from_url(server.url), namespace=namespace)
+
+    def stale_fill(self, proxy: FaultProxy, write: Callable[[], None]) -> None:
+        """The writer's circuit opens, ``write`` comes during the reader's load of ``k``,
+        the reader fills the old value into Redis, then hears the write's message."""
+        proxy.cut()
+        self.writer.get("x")  # fails: the writer's circuit opens
+        assert self.writer.stats()["tiers"][1]["breaker"] == "open"
+        self.table.meanwhile = lambda: (self.bus.hold(), write())[1]
+        assert self.reader.get("k") == "old"  # read before the write: its caller gets it
+        assert value(self.raw.get("k")) == "old"  # filled under the reader's lease, still valid
+        self.bus.deliver()
+
+    def close(self) -> None:
+        for tier in (self.raw, self.direct):
+            tier.close()
+        self.reader.close()
+        self.writer.close()
+
+
+@pytest.mark.parametrize("write", list(WRITES))
+def test_a_write_while_the_writers_breaker_is_open_leaves_no_old_copy_in_redis(
+    redis_server: RedisServer, proxy: FaultProxy, namespace: str, write: str
+) -> None:
+    rig = Rig(redis_server, proxy, namespace)
+    rig.stale_fill(proxy, lambda: WRITES[write](rig.writer, rig.table))
+    assert rig.reader.get("k") == "old"  # the window: copied up again from Redis
+    proxy.restore()
+    rig.clock.advance(5.0)
+    # The writer's first call to Redis since it works again: the delete goes first, not a
+    # read of the old copy.
+    assert rig.writer.get("k") == "new"
+    assert value(rig.raw.get("k")) == "new"  # failed: 'old' (until Redis's ttl)
+    assert rig.reader.get("k") == "new"  # the reader's memory was told again
+    assert rig.writer.stats()["deletes_owed"] >= 1
+    rig.close()
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("write", ["set", "invalidate"])
+async def test_an_async_write_while_the_writers_breaker_is_open_leaves_no_old_copy_in_redis(
+    redis_server: RedisServer, proxy: FaultProxy, namespace: str, write: str
+) -> None:
+    clock = FakeClock()
+    bus = CuttableBus()
+    table = AsyncTable({"k": "old"})
+    tier = AsyncRedisTier(aioredis.Redis.from_url(proxy.url()), namespace=namespace)
+    writer = AsyncTieredCache(
+        [MemoryTier(), AsyncCircuitBreakerTier(tier, BREAKER, clock=clock)],
+        table,
+        bus=bus,
+        protection=PROTECTION,
+    )
+    direct = AsyncRedisTier(aioredis.Redis.from_url(redis_server.url), namespace=namespace)
+    reader = AsyncTieredCache([MemoryTier(), direct], table, bus=bus, protection=PROTECTION)
+    raw = RedisTier(redis.Redis.from_url(redis_server.url), namespace=namespace)
+    proxy.cut()
+    await writer.get("x")
+    assert writer.stats()["tiers"][1]["breaker"] == "open"
+
+    async def meanwhile() -> None:
+        bus.hold()
+        if write == "set":
+            await writer.set("k", "new")
+        else:
+            table.inner.write("k", "new")
+            await writer.invalidate("k")
+
+    table.meanwhile = meanwhile
+    assert await reader.get("k") == "old"
+    assert value(raw.get("k")) == "old"
+    bus.deliver()
+    assert await reader.get("k") == "old"
+    proxy.restore()
+    clock.advance(5.0)
+    assert await writer.get("k") == "new"
+    assert value(raw.get("k")) == "new"  # failed: 'old'
+    assert await reader.get("k") == "new"
+    raw.close()
+    await reader.aclose()
+    await writer.aclose()
+
+
+# -- trying to break it
+
+
+def test_a_payment_that_fails_keeps_the_debt(
+    redis_server: RedisServer, proxy: FaultProxy, namespace: str
+) -> None:
+    """The writer's first call after the cool-down (its breaker's probe) is the payment; the
+    link fails again under it: nothing was deleted, so the delete stays owed and that call
+    is not made (the writer reads past Redis), until a payment gets through."""
+    rig = Rig(redis_server, proxy, namespace)
+    rig.stale_fill(proxy, lambda: rig.writer.set("k", "new"))
+    rig.clock.advance(5.0)
+    assert rig.writer.get("k") == "new"  # the probe (the payment) fails: read past Redis
+    assert value(rig.raw.get("k")) == "old"
+    proxy.restore()
+    rig.clock.advance(5.0)
+    rig.writer.get("y")
+    assert value(rig.raw.get("k")) is MISSING
+    assert rig.reader.get("k") == "new"
+    rig.close()
+
+
+def test_a_payment_stalled_by_a_stopped_redis_is_made_again_and_no_read_goes_first(
+    proxy: FaultProxy, namespace: str
+) -> None:
+    """Redis SIGSTOPped under the payment: it times out (it may still run when Redis wakes:
+    deleting twice is harmless). Until a payment is confirmed, the writer reads past Redis
+    rather than find the old copy there."""
+    with RedisServer() as server, FaultProxy(server.host, server.port) as own_proxy:
+        rig = Rig(server, own_proxy, namespace, timeout=0.2)
+        rig.stale_fill(own_proxy, lambda: rig.writer.set("k", "new"))
+        own_proxy.restore()
+        rig.clock.advance(5.0)
+        pid = server.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            assert rig.writer.get("k") == "new"  # the payment timed out: not the old copy
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert rig.writer.stats()["tiers"][1]["breaker"] == "open"
+        rig.table.write("k", "newer")  # the old copy's place is taken by a write that
+        rig.reader.invalidate("k")  # went around this writer; its delete is still owed
+        assert rig.reader.get("k") == "newer"
+        rig.clock.advance(5.0)
+        rig.writer.get("y")  # pays again: deletes the reader's fill (harmless) and announces
+        assert value(rig.raw.get("k")) is MISSING
+        assert rig.reader.get("k") == "newer"
+        rig.close()
+
+
+def test_two_writers_with_open_breakers_both_pay(
+    redis_server: RedisServer, proxy: FaultProxy, namespace: str
+) -> None:
+    """Two writer processes, both breakers open, write the key in turn during the reader's
+    load: each owes the delete; the first to pay removes the old copy, the second what was
+    filled in between (a value read after both writes: harmless), and no old copy survives."""
+    with FaultProxy(redis_server.host, redis_server.port) as second_proxy:
+        rig = Rig(redis_server, proxy, namespace)
+        clock2 = FakeClock()
+        tier2 = RedisTier(redis.Redis.from_url(second_proxy.url()), namespace=namespace)
+        second = TieredCache(
+            [MemoryTier(), guard(tier2, BREAKER, clock=clock2)],
+            rig.table,
+            bus=rig.bus,
+            protection=PROTECTION,
+        )
+        second_proxy.cut()
+        second.get("x")
+
+        def both() -> None:
+            rig.writer.set("k", "new")
+            second.set("k", "newer")
+
+        rig.stale_fill(proxy, both)
+        proxy.restore()
+        second_proxy.restore()
+        rig.clock.advance(5.0)
+        rig.writer.get("y")
+        assert value(rig.raw.get("k")) is MISSING
+        assert rig.reader.get("k") == "newer"  # filled again, read after both writes
+        clock2.advance(5.0)
+        second.get("y")
+        assert value(rig.raw.get("k")) is MISSING
+        assert rig.reader.get("k") == "newer"
+        assert second.get("k") == "newer"
+        second.close()
+        rig.close()
+
+
+class HeldDeletes(RedisTier):
+    """A Redis tier whose deletes wait for ``go`` in the process that built it (a payment in
+    flight at a fork); a forked child's go through."""
+
+    def __init__(self, client: redis.Redis, namespace: str) -> None:
+        super().__init__(client, namespace=namespace)
+        self.parent = os.getpid()
+        self.holding = threading.Event()
+        self.go: threading.Event | None = None
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        if self.go is not None and os.getpid() == self.parent:
+            self.holding.set()
+            self.go.wait(10)
+        super().delete_many(keys)
+
+
+def test_a_child_forked_during_a_payment_pays_it_too(
+    redis_server: RedisServer, proxy: FaultProxy, namespace: str
+) -> None:
+    """A thread of the parent is paying (its delete not sent yet) when the process forks:
+    in the child the payment's lock would be held for ever (every call of the tier refused)
+    and, were the debt taken out of the record while paid, the child would owe nothing. The
+    child's first call pays it."""
+    tier = HeldDeletes(redis.Redis.from_url(proxy.url()), namespace)
+    rig = Rig(redis_server, proxy, namespace, tier=tier)
+    rig.stale_fill(proxy, lambda: rig.writer.set("k", "new"))
+    proxy.restore()
+    rig.clock.advance(5.0)
+    tier.go = threading.Event()
+    paying = threading.Thread(target=rig.writer.get, args=("y",))
+    paying.start()
+    assert tier.holding.wait(10)
+
+    def child() -> list[Any]:
+        rig.writer.get("z")
+        return [value(rig.raw.get("k")) is MISSING, rig.writer.stats()["tiers"][1]["breaker"]]
+
+    try:
+        assert in_a_child(child, timeout=30) == [True, "closed"]
+    finally:
+        tier.go.set()
+        paying.join(10)
+    rig.close()
+
+
+def test_past_the_bound_the_debt_becomes_a_clear(
+    redis_server: RedisServer,
+    proxy: FaultProxy,
+    namespace: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """More keys owed than the bound: the record keeps "everything" (bounded memory), warns,
+    counts it, and the payment clears the cache's keys in Redis: more than was asked, never
+    less."""
+    monkeypatch.setattr(owed, "LIMIT", 3)
+    rig = Rig(redis_server, proxy, namespace)
+    rig.stale_fill(proxy, lambda: rig.writer.invalidate_many(["k", "a", "b", "c"]))
+    rig.reader.set("other", "kept?")
+    with caplog.at_level(logging.WARNING, logger="tiered_cache.owed"):
+        rig.writer.invalidate("d")
+    assert "cleared when it works again" in caplog.text
+    stats = rig.writer.stats()
+    assert stats["deletes_owed"] == 5
+    assert stats["deletes_owed_overflows"] == 1
+    proxy.restore()
+    rig.clock.advance(5.0)
+    rig.writer.get("y")
+    assert value(rig.raw.get("k")) is MISSING
+    assert value(rig.raw.get("other")) is MISSING
+    assert rig.reader.get("k") == "old"  # the table was never written: reloaded
+    rig.close()

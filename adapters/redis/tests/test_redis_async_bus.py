@@ -241,7 +241,8 @@ async def test_writers_during_a_stall_try_the_bus_once_and_skip_it_during_the_co
 
         assert await eventually(connected)
         await cache.set("after", 1)
-        assert (cache.stats()["bus_sent"], cache.stats()["bus_publish_skipped"]) == (2, 7)
+        # The deletes the stall left owed are paid first and announced again: one message more.
+        assert (cache.stats()["bus_sent"], cache.stats()["bus_publish_skipped"]) == (3, 7)
         assert cache.stats()["bus_publish_breaker"] == "closed"
         await cache.aclose()
         assert cache.stats()["bus"] == "closed"  # it said "connected" after aclose before

@@ -221,6 +221,34 @@ def test_a_left_load_that_reads_its_own_key_raises_recursive_load(
     cache.close()
 
 
+def test_a_left_load_reading_its_key_through_another_key_raises_recursive_load(
+    clock: FakeClock,
+) -> None:
+    """``a``'s left load reads ``b``, whose timed loader (on a worker of its own) reads
+    ``a``: that load joined the left one, whose worker waited for it, until the hard
+    timeout."""
+    cache = TieredCache([MemoryTier(clock=clock)], clock=clock, protection=HARD)
+    outcome: list[object] = []
+
+    def load_b() -> str:
+        return str(cache.get("a", lambda: "inner"))
+
+    def left(interrupt: Callable[[], None]) -> str:
+        interrupt()  # its caller stops waiting: the load goes on, left
+        try:
+            return str(cache.get("b", load_b))
+        except BaseException as exc:
+            outcome.append(type(exc))
+            raise
+
+    with interrupting() as interrupt, pytest.raises(Interrupted):
+        cache.get("a", lambda: left(interrupt))
+    assert cache.wait_background(30)
+    assert outcome == [RecursiveLoad]
+    assert counts(cache) == {**NONE_TIMED_OUT, "abandoned_loads": 1}
+    cache.close()
+
+
 def awaiting_in(task: asyncio.Task[Any], name: str) -> bool:
     """Whether ``task`` is suspended inside a coroutine function called ``name``."""
     awaited: Any = task.get_coro()

@@ -150,7 +150,12 @@ def render() -> str:
         "as bytes. A number, size or duration is never `true` or `false` (refused, naming the "
         "field, where pydantic alone would read `true` as 1). A password in a Redis URL is "
         "shown as `***` wherever settings are shown "
-        "(repr, errors, logs); one holding `/`, `?` or `#` must be percent-encoded.",
+        "(repr, errors, logs); one holding `/`, `?` or `#` must be percent-encoded. "
+        "A bad value is a `ConfigError` naming the field (and the variable that set it) and "
+        "what is wrong with it, never the value: a secret typed into the wrong field is not "
+        "shown (`expected a duration such as '250ms', ..., got text that is not one`). "
+        "The same from `load_settings`, `TieredCache.from_config` and `CacheSettings(...)` "
+        "built in code.",
         "",
     ]
     for table, name in CORE_MODELS:

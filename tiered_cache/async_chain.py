@@ -32,7 +32,7 @@ from .hit import NOT_FRESH
 from .l1 import L1Reader
 from .logs import logger_for
 from .loop_owner import LoopOwner, loop_bound
-from .loops import all_end_within
+from .loops import all_end_within, ends_within, stalled
 from .metrics import CacheMetrics
 from .paths import ChainPaths
 from .protection import REFRESH_DUE, Protection
@@ -159,6 +159,8 @@ class AsyncTieredCache(L1Reader):
         self._disconnected_bound = max_stale_when_disconnected
         #: Writes running to their end, finished should their loop end first.
         self._writes = WriteTasks()
+        #: The close, once begun (:meth:`aclose`).
+        self._closing: asyncio.Task[None] | None = None
         bound = loop_bound([tier.name for tier in self._tiers if tier.one_loop], source, bus)
         #: One running event loop at a time, for a chain with loop-bound parts.
         self._loop_owner = LoopOwner(bound) if bound else None
@@ -459,17 +461,51 @@ class AsyncTieredCache(L1Reader):
         """Let writes in flight finish, cancel background work, close the bus, every tier
         and the source. Idempotent. From then on every read, write and invalidation (and
         every call of a decorated function) raises :class:`~tiered_cache.ChainClosedError`;
-        :meth:`stats` still answers."""
-        if self.closed:
-            return
-        # First, so that no call reaches a tier or the source being closed (tiered_cache.closed),
-        # and before the writes in flight are waited for and the loader gives back the leases
-        # of the calls in flight: a write begun after that wait stole a lease nothing gave
-        # back (its fill found the tier closed). The calls begun before go on to their end.
-        self._paths = ClosedPaths(repr(self))
+        :meth:`stats` still answers.
+
+        The close runs once, in a task of the chain, whoever asks: every ``aclose()`` returns
+        once it is done (a signal handler's task and the service's ``async with``), and a
+        caller that gives up (a shutdown timeout) stops waiting, not the close. Before, the
+        first one marked the chain closed and a second returned at once, before anything was
+        closed; one cancelled on its way left the tiers, the bus and the source open for
+        good, every later ``aclose()`` returning at once."""
+        if not self.closed:
+            # First, so that no call reaches a tier or the source being closed
+            # (tiered_cache.closed), and before the writes in flight are waited for and the
+            # loader gives back the leases of the calls in flight: a write begun after that
+            # wait stole a lease nothing gave back (its fill found the tier closed). The calls
+            # begun before go on to their end.
+            self._paths = ClosedPaths(repr(self))
+        closing = self._closing
+        if closing is None or closing.cancelled() or (not closing.done() and stalled(closing)):
+            # Not begun, or begun on a loop closed or left not running: it never ends there.
+            closing = self._closing = asyncio.get_running_loop().create_task(
+                self._close_parts(), name=f"tiered-cache-close:{self.namespace}"
+            )
+        await ends_within(closing, None)  # asyncio.wait: a caller cancelled cancels nothing
+        if closing.done() and not closing.cancelled():
+            closing.result()
+
+    async def _close_parts(self) -> None:
+        """The close, in its task. Cancelled, it is by a sweep of every task (the end of
+        ``asyncio.run``, a framework's shutdown), no caller's (they wait with
+        ``asyncio.wait``): it takes the cancellation back and runs its steps again from the
+        first, each one harmless twice, after the sweep (which does not cancel the calls
+        begun since, as for a write's finishing: :mod:`tiered_cache.write_tasks`). Once:
+        a second sweep (a second Ctrl-C) stops it."""
+        for attempt in (1, 2):
+            try:
+                await self._close_each_part()
+                return
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if attempt == 2 or task is None:
+                    raise
+                task.uncancel()
+
+    async def _close_each_part(self) -> None:
         await all_end_within(self._writes.running(), None)
-        if not await self._loader.aclose():
-            return  # another aclose() runs
+        await self._loader.aclose()
         self._use_l1(self._tiers, False)
         if self._bus_link is not None:
             try:

@@ -488,21 +488,19 @@ class AsyncSourceLoader:
                 live.append(task)
         return live
 
-    async def aclose(self) -> bool:
-        """Stop taking background work and cancel what runs; False if closed already. A
-        task of a loop left not running is cancelled (if that loop ever runs again), not
-        waited for: aclose waited for it for ever. Then the leases of the callers' loads
-        still in flight are given back, as :meth:`SourceLoader.close` does (the tiers close
-        next)."""
-        if self._closed:
-            return False
+    async def aclose(self) -> None:
+        """Stop taking background work and cancel what runs. A task of a loop left not
+        running is cancelled (if that loop ever runs again), not waited for: aclose waited
+        for it for ever. Then the leases of the callers' loads still in flight are given
+        back, as :meth:`SourceLoader.close` does (the tiers close next). Harmless twice: the
+        chain's close runs it again if a sweep of every task stopped it
+        (:meth:`AsyncTieredCache.aclose`)."""
         self._closed = True
         tasks = self._live_tasks()
         for task in list(self._tasks):
             cancel(task)
         await all_end_within(tasks, None)
         await arun(self.holdings.give_back_all())
-        return True
 
     # -- the source itself
 

@@ -26,6 +26,8 @@ from tiered_cache import AsyncTieredCache, ChainClosedError, TieredCache
 from tiered_cache.testing.forked import ForkedChild
 from tiered_cache.testing.servers import RedisServer
 
+from .server_connections import no_connection_opened_since
+
 
 @pytest.fixture
 def anyio_backend() -> str:
@@ -40,24 +42,6 @@ def settings(url: str, namespace: str) -> dict[str, Any]:
         "tiers": [{"kind": "redis", "url": url, "timeout": "2s"}],
         "protection": {"lease_ttl": "30s", "lease_wait": "30s", "max_stale": "0s"},
     }
-
-
-def opened_since(watch: redis.Redis, before: set[int]) -> list[str]:
-    """The commands last run by the connections opened since ``before`` (the ids then)."""
-    return sorted(
-        str(client["cmd"]) for client in watch.client_list() if int(client["id"]) not in before
-    )
-
-
-async def no_connection_opened_since(watch: redis.Redis, before: set[int]) -> list[str]:
-    """The connections opened since ``before`` still open once the server had time to see the
-    last ones close (it reads a closed socket on its next pass: polled, 10 s at most)."""
-    for _ in range(1000):
-        left = opened_since(watch, before)
-        if not left:
-            break
-        await asyncio.sleep(0.01)
-    return left
 
 
 #: What a test asks at its end: the commands last run by the connections opened since it

@@ -301,21 +301,25 @@ class AsyncRedisTier(AsyncTierBase):
         """Close the connections (if this tier owns the client), once the calls running
         have ended (:mod:`tiered_cache_redis.in_flight`) and the leases the tier took and did
         not see used or given back were given back (:meth:`TierCommands.farewell`);
-        idempotent."""
+        idempotent. Stopped on its way (a sweep of every task cancelled the chain's close),
+        it can be run again: the client and the parked reads are let go of only once closed
+        (else the client stayed open, nothing left to close it)."""
         self._closed = True
         self._loop_end.stop()
         await self._calls.aclose()
-        client, self._client = self._client, None
-        reads, self._reads = self._reads, None
         await self._leases.drain()
+        client = self._client
         if client is not None and not self._forked_from_client:
             await arun(self._commands.farewell(AsyncClientIO(self, client)))
+        reads = self._reads
         if reads is not None:
             await reads.aclose()
+            self._reads = None
         if self._forked_from_client:
             keep_from_the_parent(client)  # the parent's sockets: never closed here
         elif client is not None and self._owns_client:
             await client.aclose()
+        self._client = None
 
     def __repr__(self) -> str:
         return f"AsyncRedisTier(name={self.name!r}, namespace={self.namespace!r})"

@@ -20,7 +20,6 @@ Run: ``.venv/bin/python tools/signal_close.py [--rounds 200] [--timeout 10]``
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import json
 import logging
@@ -126,9 +125,7 @@ def main() -> int:
                 hung["in the handler"] += 1
                 continue
             finally:
-                with contextlib.suppress(ChildProcessError, OSError):
-                    os.kill(forked.pid, signal.SIGKILL)
-                    os.waitpid(forked.pid, 0)
+                forked.kill()
             leases += sum(1 for _ in watch.scan_iter(f"{{{namespace}:*}}:lease"))
         watch.close()
     print(

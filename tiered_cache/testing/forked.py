@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -44,6 +45,12 @@ class ForkedChild:
             raise TimeoutError(f"the forked child reported nothing within {timeout} s")
         line = self._reports.readline()
         return json.loads(line) if line else None
+
+    def kill(self) -> None:
+        """Kill the child if it still runs and reap it (a round's end, whatever happened)."""
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.kill(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
 
     def wait(self) -> int:
         """The child's exit code."""

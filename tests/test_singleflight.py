@@ -352,9 +352,9 @@ def test_a_leader_alone_makes_no_latch_and_a_waiter_is_woken_by_its_landing(key:
 
 def test_a_waiter_that_gives_up_raises_load_timeout_without_the_wait_as_its_context() -> None:
     # Its message names the key and the wait it gave up after.
-    # ``raise LoadTimeout(...) from None``: the internal TimeoutError of the wait is not shown
+    # ``raise LoadTimeout(...) from None``: the internal WaitExpired of the wait is not shown
     # as "during handling of the above exception". Compiled with mypyc (the core), ``raise
-    # ... from`` lost its clause: the LoadTimeout came out chained to that TimeoutError.
+    # ... from`` lost its clause: the LoadTimeout came out chained to that WaitExpired.
     from tiered_cache import LoadTimeout
 
     flights = SingleFlight()
@@ -416,7 +416,7 @@ def test_a_waiter_interrupted_as_the_flight_lands_leaves_it_open_for_the_others(
         leader.join(timeout=10)
         releaser.join(timeout=10)
     assert outcome[-1] == "interrupted"
-    assert flight.wait(timeout=10) == "shared"  # TimeoutError: the latch was kept
+    assert flight.wait(timeout=10) == "shared"  # WaitExpired: the latch was kept
 
 
 # The messages below are what a caller reads in its traceback: each names what it is about

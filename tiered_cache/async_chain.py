@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, cast
 
 from .async_accessor import AsyncTierAccessor
+from .async_flight import within_join_timeout
 from .async_loader import AsyncBatchLoader, AsyncLoader, AsyncSourceLoader
 from .async_tier import AsyncSource, AsyncTier
 from .bus import AsyncBus, Bus
 from .closed import ClosedPaths, Paths
 from .coherence import DEFAULT_BUS_BREAKER, BusLink, publish_breaker
-from .errors import LoadTimeout
 from .fence import Fence
 from .forking import restart_after_fork
 from .hit import NOT_FRESH
@@ -37,7 +37,7 @@ from .metrics import CacheMetrics
 from .paths import ChainPaths
 from .protection import REFRESH_DUE, Protection
 from .reporting import chain_stats, first_hot_keys
-from .singleflight import BEHIND, LEAD, LeaderGone, waited_too_long
+from .singleflight import BEHIND, LEAD, LeaderGone
 from .stamp import EntryMaker
 from .steps import Steps, arun, run
 from .tier import MISSING, Entry, Source, Tier
@@ -295,23 +295,14 @@ class AsyncTieredCache(L1Reader):
             if role == BEHIND:
                 # A load that read before the key's invalidation: not ours to take, and no
                 # second load beside it (one per key at a time); ask again once it has ended.
-                try:
-                    await asyncio.wait_for(flight.settle(), wait)
-                except TimeoutError:
-                    assert wait is not None
-                    raise LoadTimeout(waited_too_long(key, wait)) from None
+                await within_join_timeout(flight.settle(), key, wait)
                 continue
             self._metrics.waited()
             try:
-                if wait is None:
-                    return await flight.wait()
                 # flight.wait shields the outcome: giving up cancels nothing of the load.
-                return await asyncio.wait_for(flight.wait(), wait)
+                return await within_join_timeout(flight.wait(), key, wait)
             except LeaderGone:
                 continue
-            except TimeoutError:
-                assert wait is not None
-                raise LoadTimeout(waited_too_long(key, wait)) from None
 
     async def get_many(
         self,

@@ -13,9 +13,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
-from .singleflight import FlightTable, own_flight
+from .errors import LoadTimeout
+from .loops import running_task
+from .singleflight import FlightTable, own_flight, waited_too_long
+
+T = TypeVar("T")
 
 
 def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
@@ -26,14 +31,6 @@ def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | Non
         future.exception()  # waiters that gave up must not make asyncio log it as unretrieved
     else:
         future.set_result(result)
-
-
-def _current_task() -> asyncio.Task[Any] | None:
-    """The running task; None outside one (a thread without a running loop)."""
-    try:
-        return asyncio.current_task()
-    except RuntimeError:
-        return None
 
 
 class AsyncFlight:
@@ -51,12 +48,12 @@ class AsyncFlight:
         #: What the leader passed in (the chain: its fence mark, taken before the flight).
         self.tag = tag
         # Made by the task that leads it (FlightTable.join_or_lead, FlightTable.claim).
-        self._leader = _current_task()
+        self._leader = running_task()
 
     def led_here(self) -> bool:
         """Whether this flight is the calling task's own (:func:`own_flight`): awaiting
         it, it would wait for itself."""
-        return own_flight(self._leader, _current_task())
+        return own_flight(self._leader, running_task())
 
     def join(self) -> None:
         """A coroutine will :meth:`wait` for this flight (its futures are made by ``wait``)."""
@@ -117,3 +114,22 @@ def async_flights() -> FlightTable[AsyncFlight]:
     table of its own, not a subclass: the table is compiled with the core, and a compiled
     class takes no interpreted subclass.)"""
     return FlightTable(AsyncFlight)
+
+
+async def within_join_timeout(waited: Awaitable[T], key: str, wait: float | None) -> T:
+    """``waited`` (a wait for another caller's flight of ``key``) within ``wait`` seconds
+    (None: however long), else :class:`~tiered_cache.errors.LoadTimeout`.
+
+    ``asyncio.timeout``, not ``asyncio.wait_for``: on Python 3.11 ``wait_for`` returns the
+    result of an awaitable that ended in the tick its caller was cancelled in, and a waiter
+    cancelled as its flight landed went on with the value. Only the wait's own expiry is a
+    ``LoadTimeout``: a flight that failed with ``TimeoutError`` (a source's) hands that on
+    (its waiters got a bare ``AssertionError``, or a ``LoadTimeout`` naming the wait)."""
+    timeout = asyncio.timeout(wait)
+    try:
+        async with timeout:
+            return await waited
+    except TimeoutError:
+        if wait is None or not timeout.expired():
+            raise
+        raise LoadTimeout(waited_too_long(key, wait)) from None

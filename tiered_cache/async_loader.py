@@ -18,10 +18,10 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, cast
 
 from .async_accessor import AsyncTierAccessor, BlockingTierWarning, is_async_part
-from .async_flight import AsyncFlight, async_flights
+from .async_flight import AsyncFlight, async_flights, within_join_timeout
 from .async_tier import AsyncSource
 from .batch_load import BatchLoad
-from .errors import LoadTimeout, TieredCacheError
+from .errors import TieredCacheError
 from .fence import Fence
 from .forking import restart_after_fork
 from .held_leases import HeldLeases, Holdings
@@ -40,7 +40,6 @@ from .singleflight import (
     own_work,
     recursive_load,
     refresh_failed,
-    waited_too_long,
 )
 from .stamp import EntryMaker, loaded, loaded_many
 from .steps import arun
@@ -460,12 +459,7 @@ class AsyncSourceLoader:
 
     async def _settle(self, key: str, flight: AsyncFlight) -> None:
         """Wait for the key's flight in progress to land, as a reader waits to join one."""
-        wait = self.join_timeout
-        try:
-            await asyncio.wait_for(flight.settle(), wait)
-        except TimeoutError:
-            assert wait is not None
-            raise LoadTimeout(waited_too_long(key, wait)) from None
+        await within_join_timeout(flight.settle(), key, self.join_timeout)
 
     async def wait_background(self, timeout: float | None = None) -> bool:
         """Wait until background refreshes and late loads have finished (and filled);

@@ -32,6 +32,7 @@ from .singleflight import (
     Behalf,
     Flight,
     SingleFlight,
+    WaitExpired,
     act_for,
     hand_over,
     own_work,
@@ -566,7 +567,7 @@ class SourceLoader:
         wait = self.join_timeout
         try:
             flight.settle(wait)
-        except TimeoutError:
+        except WaitExpired:
             assert wait is not None
             raise caused(LoadTimeout(waited_too_long(key, wait)), None) from None
 

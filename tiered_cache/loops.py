@@ -16,7 +16,7 @@ import contextlib
 from collections.abc import Collection
 from typing import Any
 
-__all__ = ["all_end_within", "cancel", "ends_within", "stalled"]
+__all__ = ["all_end_within", "cancel", "ends_within", "running_task", "stalled"]
 
 
 async def ends_within(task: asyncio.Task[Any], timeout: float | None) -> bool:
@@ -77,3 +77,12 @@ def stalled(task: asyncio.Task[Any]) -> bool:
     wait for it. (The running loop of the caller is running: its tasks never stall.)"""
     loop = task.get_loop()
     return loop.is_closed() or not loop.is_running()
+
+
+def running_task() -> asyncio.Task[Any] | None:
+    """The running task; None outside one (a thread without a running loop, a coroutine
+    closed by the collector or driven by hand)."""
+    try:
+        return asyncio.current_task()
+    except RuntimeError:
+        return None

@@ -16,6 +16,14 @@ class LeaderGone(Exception):
     own: its waiters get this instead, and start over (one of them leads)."""
 
 
+class WaitExpired(Exception):
+    """A wait for a flight ran out (:meth:`Flight.wait`, :meth:`Flight.settle`): told apart
+    from the flight's own outcome, which may be a ``TimeoutError`` too (a source's). Taken
+    for the wait's expiry, a source's timeout reached the flight's waiters as a bare
+    ``AssertionError`` (no join timeout) or a ``LoadTimeout`` naming a wait that never
+    happened."""
+
+
 class RefreshFailed(LeaderGone):
     """The background refresh leading a flight failed. Its failure is the refresh's (the read
     that started it was served the stale value; a failed refresh leaves the stale value, or
@@ -200,19 +208,19 @@ class Flight:
     def settle(self, timeout: float | None = None) -> None:
         """Wait until the flight lands, whatever its outcome (after :meth:`join`): a caller
         that may not take it (an invalidation came since it read) waits for it to end before
-        loading the key itself. :class:`TimeoutError` if it has not landed in ``timeout``."""
+        loading the key itself. :class:`WaitExpired` if it has not landed in ``timeout``."""
         done = self._done
         assert done is not None, "settle() without join()"
         if not done.wait(timeout):
-            raise TimeoutError
+            raise WaitExpired
 
     def wait(self, timeout: float | None = None) -> Any:
-        """The outcome, once the flight lands (after :meth:`join`); :class:`TimeoutError`
+        """The outcome, once the flight lands (after :meth:`join`); :class:`WaitExpired`
         if it has not landed within ``timeout`` seconds (None: no limit)."""
         done = self._done
         assert done is not None, "wait() without join()"
         if not done.wait(timeout):
-            raise TimeoutError
+            raise WaitExpired
         if self.error is not None:
             raise self.error
         return self.result
@@ -423,7 +431,7 @@ class SingleFlight(FlightTable[Flight]):
                 return joined.wait(wait), True
             except LeaderGone:
                 current = None  # its leader was interrupted: lead, or join the next leader
-            except TimeoutError:
+            except WaitExpired:
                 assert wait is not None
                 raise caused(LoadTimeout(waited_too_long(key, wait)), None) from None
         try:

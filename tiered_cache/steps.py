@@ -14,6 +14,8 @@ import asyncio
 from collections.abc import Awaitable, Callable, Generator
 from typing import Any, TypeAlias, TypeVar, cast
 
+from .loops import running_task
+
 T = TypeVar("T")
 
 #: One call a decision asks its driver to make.
@@ -51,7 +53,7 @@ async def arun(steps: Steps[T]) -> T:
     The coroutine closed (its task destroyed pending with a loop closed by hand, collected),
     the steps are closed without awaiting the calls their clean-up asks for: awaiting there
     raised ``RuntimeError: coroutine ignored GeneratorExit``, an unraisable error."""
-    task = _running_task()
+    task = running_task()
     seen = task.cancelling() if task is not None else 0
     try:
         function, arguments = next(steps)
@@ -59,7 +61,7 @@ async def arun(steps: Steps[T]) -> T:
             try:
                 result = await cast(Awaitable[Any], function(*arguments))
             except BaseException as exc:
-                if isinstance(exc, GeneratorExit) and (task is None or _running_task() is not task):
+                if isinstance(exc, GeneratorExit) and (task is None or running_task() is not task):
                     # Closed, not run by its task (which ran it until now): the collector's,
                     # or close() by hand. A call that raised GeneratorExit (a hostile
                     # loader) is an error like any other: its task still runs it.
@@ -76,15 +78,6 @@ async def arun(steps: Steps[T]) -> T:
                     function, arguments = steps.send(result)
     except StopIteration as stop:
         return cast(T, stop.value)
-
-
-def _running_task() -> asyncio.Task[Any] | None:
-    """The task running now, or None (no loop running: a coroutine closed by the collector,
-    or driven by hand)."""
-    try:
-        return asyncio.current_task()
-    except RuntimeError:
-        return None
 
 
 def _close(steps: Steps[Any]) -> None:

@@ -15,7 +15,7 @@ few loaders cancel themselves or raise ``KeyboardInterrupt``. A timer thread sen
 - ``signal``: installed with ``signal.signal`` (Python runs it between two steps of the
   loop's thread), the same.
 - ``cancel``: ``signal.signal``, cancels the service's main task (as ``asyncio.run`` does on
-  Ctrl-C); its ``async with`` closes.
+  Ctrl-C), which cancels its workers; its ``async with`` closes.
 - ``twice``: as ``loop``, and a second SIGTERM 0-20 ms later starts a second ``aclose()``.
 
 With ``--stall``, the proxy holds every reply (``delay``) from 20 ms before the signal,
@@ -213,7 +213,15 @@ class Round:
         elif self.options.how == "signal":
             signal.signal(signal.SIGTERM, lambda *_: close_aside())
         else:
-            signal.signal(signal.SIGTERM, lambda *_: main.cancel())
+
+            def cancel_main() -> None:
+                main.cancel()
+                # And the workers stop at their next call: on Python 3.11 a TaskGroup whose
+                # child failed takes a cancellation of its parent for its own (the worker
+                # went on calling for good, the round hung), which is not the chain's.
+                stop.set()
+
+            signal.signal(signal.SIGTERM, lambda *_: cancel_main())
         return closes
 
     async def service(self, report: Any) -> None:

@@ -16,7 +16,14 @@ import contextlib
 from collections.abc import Collection
 from typing import Any
 
-__all__ = ["all_end_within", "cancel", "ends_within", "running_task", "stalled"]
+__all__ = [
+    "CancellationKept",
+    "all_end_within",
+    "cancel",
+    "ends_within",
+    "running_task",
+    "stalled",
+]
 
 
 async def ends_within(task: asyncio.Task[Any], timeout: float | None) -> bool:
@@ -86,3 +93,32 @@ def running_task() -> asyncio.Task[Any] | None:
         return asyncio.current_task()
     except RuntimeError:
         return None
+
+
+class CancellationKept:
+    """A block that ends by raising ``CancelledError`` when its task was cancelled inside it
+    and the block went on as though not: the cancellation was lost there.
+
+    Python 3.11's ``asyncio.wait_for`` returns the result of an awaitable that ended in the
+    tick its caller was cancelled in, and drops the cancellation; redis-py sends every
+    command under it. A read of the chain cancelled there returned its value: an
+    ``asyncio.timeout`` around it did not time out, and a task cancelled by a shutdown went
+    on running. Only for a call whose result may be dropped (a read, a write that is
+    finished either way), and never around a caller's code: Python 3.11's ``TaskGroup``
+    leaves its parent's count of cancellations up by one after a child failed, a
+    cancellation nobody asked for."""
+
+    __slots__ = ("_before", "_task")
+
+    def __enter__(self) -> None:
+        self._task = task = running_task()
+        self._before = task.cancelling() if task is not None else 0
+
+    def lost(self) -> bool:
+        """The task was cancelled since the block began (and nothing raised it yet)."""
+        task = self._task
+        return task is not None and task.cancelling() > self._before
+
+    def __exit__(self, *exc_info: object) -> None:
+        if exc_info[0] is None and self.lost():
+            raise asyncio.CancelledError

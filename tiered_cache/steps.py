@@ -10,7 +10,6 @@ coherent lives in one place, and only the I/O differs between the two faces.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, Generator
 from typing import Any, TypeAlias, TypeVar, cast
 
@@ -42,19 +41,10 @@ def run(steps: Steps[T]) -> T:
 async def arun(steps: Steps[T]) -> T:
     """Run ``steps`` with each call awaited (the asyncio chain: the calls are coroutines).
 
-    A call that returns although its task was cancelled meanwhile lost that cancellation:
-    Python 3.11's ``asyncio.wait_for`` returns the result of an awaitable that ended in the
-    tick its caller was cancelled in (redis-py sends every command under it). The steps get
-    the ``CancelledError`` in its place, as the call should have raised it: else a cancelled
-    caller went on and returned (an ``asyncio.timeout`` around it did not time out; a task
-    cancelled by a shutdown went on running). Only cancellations requested while the call
-    ran count (``Task.cancelling``), once each.
-
     The coroutine closed (its task destroyed pending with a loop closed by hand, collected),
     the steps are closed without awaiting the calls their clean-up asks for: awaiting there
     raised ``RuntimeError: coroutine ignored GeneratorExit``, an unraisable error."""
     task = running_task()
-    seen = task.cancelling() if task is not None else 0
     try:
         function, arguments = next(steps)
         while True:
@@ -67,15 +57,9 @@ async def arun(steps: Steps[T]) -> T:
                     # loader) is an error like any other: its task still runs it.
                     _close(steps)
                     raise
-                if task is not None and isinstance(exc, asyncio.CancelledError):
-                    seen = task.cancelling()
                 function, arguments = steps.throw(exc)
             else:
-                if task is not None and task.cancelling() > seen:
-                    seen = task.cancelling()
-                    function, arguments = steps.throw(asyncio.CancelledError())
-                else:
-                    function, arguments = steps.send(result)
+                function, arguments = steps.send(result)
     except StopIteration as stop:
         return cast(T, stop.value)
 

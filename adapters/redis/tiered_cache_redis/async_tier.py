@@ -27,6 +27,7 @@ from tiered_cache.codecs import Codec
 from tiered_cache.forking import keep_from_the_parent, restart_after_fork
 from tiered_cache.logs import tier_logger
 from tiered_cache.loop_end import LoopEnd
+from tiered_cache.loops import CancellationKept
 from tiered_cache.steps import Steps, arun
 from tiered_cache.tier import MISSING, Entry, MissingType
 
@@ -213,7 +214,7 @@ class AsyncRedisTier(AsyncTierBase):
     async def get(self, key: str) -> Entry | MissingType:
         if not key.isascii():  # a flag of the str: ASCII keys pay nothing
             self._stored.check((key,))
-        with self._call:
+        with self._call, CancellationKept():
             data = await (self._reads or self._read_path()).get(self._prefix + key)
         if data is None:
             return MISSING
@@ -224,7 +225,7 @@ class AsyncRedisTier(AsyncTierBase):
             return {}
         self._stored.check(keys)
         prefix = self._prefix
-        with self._call:
+        with self._call, CancellationKept():
             values = await (self._reads or self._read_path()).mget([prefix + key for key in keys])
         return self._stored.decode_many(keys, values, self._clock())
 
@@ -234,26 +235,34 @@ class AsyncRedisTier(AsyncTierBase):
         with self._call:
             return await arun(steps)
 
+    async def _run_kept(self, steps: Steps[T]) -> T:
+        """A call whose result may be dropped (a write, a delete, a fill or give-back under
+        a lease: done either way): a cancellation lost in it is raised
+        (:class:`~tiered_cache.loops.CancellationKept`). Not a call that takes a lease: its
+        token would be dropped with the result (:meth:`acquire_lease` gives it back)."""
+        with self._call, CancellationKept():
+            return await arun(steps)
+
     async def set(self, key: str, entry: Entry) -> None:
         self._stored.check((key,))
-        await self._run(self._commands.set_many({key: entry}))
+        await self._run_kept(self._commands.set_many({key: entry}))
 
     async def set_many(self, entries: Mapping[str, Entry]) -> None:
         self._stored.check(entries)
-        await self._run(self._commands.set_many(entries))
+        await self._run_kept(self._commands.set_many(entries))
 
     async def delete_many(self, keys: Sequence[str]) -> None:
         self._stored.check(keys)
-        await self._run(self._commands.delete_many(keys))
+        await self._run_kept(self._commands.delete_many(keys))
 
     async def delete_prefix(self, prefix: str) -> None:
         """Delete the keys starting with ``prefix`` and their leases: SCAN + UNLINK."""
         self._stored.check((prefix,))
-        await self._run(self._commands.delete_matching(self._prefix + prefix))
+        await self._run_kept(self._commands.delete_matching(self._prefix + prefix))
 
     async def clear(self) -> None:
         """Delete this namespace's keys and leases (never FLUSHDB)."""
-        await self._run(self._commands.delete_matching(self._prefix))
+        await self._run_kept(self._commands.delete_matching(self._prefix))
 
     def can_lease(self, key: str) -> bool:
         """False for a key with braces of its own on a cluster (see the sync tier)."""
@@ -263,8 +272,14 @@ class AsyncRedisTier(AsyncTierBase):
         self._stored.check((key,))
         if not self.can_lease(key):
             return await self._run(self._commands.acquire_lease(key, ttl))  # raises, for this key
-        with self._call:
-            return await self._leases.acquire_lease(key, ttl)
+        kept = CancellationKept()
+        with self._call, kept:
+            token, entry = await self._leases.acquire_lease(key, ttl)
+            if token is not None and kept.lost():
+                # The caller is cancelled (it raises as the block ends): nobody will use the
+                # lease, nor know its token to give it back.
+                await self._run(self._commands.release_lease(key, token))
+        return token, entry
 
     async def steal_lease(self, key: str, ttl: float) -> str:
         self._stored.check((key,))
@@ -276,26 +291,32 @@ class AsyncRedisTier(AsyncTierBase):
 
     async def fill_with_lease(self, key: str, entry: Entry, token: str) -> bool:
         self._stored.check((key,))
-        with self._call:
+        with self._call, CancellationKept():  # the lease is used or lost either way
             return await self._leases.fill_with_lease(key, entry, token)
 
     async def release_lease(self, key: str, token: str) -> None:
         self._stored.check((key,))
-        await self._run(self._commands.release_lease(key, token))
+        await self._run_kept(self._commands.release_lease(key, token))
 
     async def acquire_leases(
         self, keys: Sequence[str], ttl: float
     ) -> dict[str, tuple[str | None, Entry | MissingType]]:
         self._stored.check(keys)
-        return await self._run(self._commands.acquire_leases(keys, ttl))
+        kept = CancellationKept()
+        with kept:
+            looks = await self._run(self._commands.acquire_leases(keys, ttl))
+            tokens = {key: token for key, (token, _) in looks.items() if token is not None}
+            if tokens and kept.lost():
+                await self._run(self._commands.release_leases(tokens))  # as acquire_lease
+        return looks
 
     async def fill_with_leases(self, entries: Mapping[str, tuple[Entry, str]]) -> builtins.set[str]:
         self._stored.check(entries)
-        return await self._run(self._commands.fill_with_leases(entries))
+        return await self._run_kept(self._commands.fill_with_leases(entries))
 
     async def release_leases(self, tokens: Mapping[str, str]) -> None:
         self._stored.check(tokens)
-        await self._run(self._commands.release_leases(tokens))
+        await self._run_kept(self._commands.release_leases(tokens))
 
     async def aclose(self) -> None:
         """Close the connections (if this tier owns the client), once the calls running

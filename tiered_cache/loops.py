@@ -103,10 +103,10 @@ class CancellationKept:
     tick its caller was cancelled in, and drops the cancellation; redis-py sends every
     command under it. A read of the chain cancelled there returned its value: an
     ``asyncio.timeout`` around it did not time out, and a task cancelled by a shutdown went
-    on running. Only for a call whose result may be dropped (a read, a write that is
-    finished either way), and never around a caller's code: Python 3.11's ``TaskGroup``
-    leaves its parent's count of cancellations up by one after a child failed, a
-    cancellation nobody asked for."""
+    on running. Raised too when the block then failed (an ``Exception``). Only for a call
+    whose result may be dropped (a read, a write that is finished either way), and never
+    around a caller's code: Python 3.11's ``TaskGroup`` leaves its parent's count of
+    cancellations up by one after a child failed, a cancellation nobody asked for."""
 
     __slots__ = ("_before", "_task")
 
@@ -119,6 +119,10 @@ class CancellationKept:
         task = self._task
         return task is not None and task.cancelling() > self._before
 
-    def __exit__(self, *exc_info: object) -> None:
-        if exc_info[0] is None and self.lost():
-            raise asyncio.CancelledError
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, *_: object
+    ) -> None:
+        # An error after the lost cancellation (Redis stalled: the call then timed out) is
+        # no answer for a cancelled caller either: the chain read past the tier to the source.
+        if (exc is None or isinstance(exc, Exception)) and self.lost():
+            raise asyncio.CancelledError from exc

@@ -20,7 +20,7 @@ few loaders cancel themselves or raise ``KeyboardInterrupt``. A timer thread sen
 
 With ``--stall``, the proxy holds every reply (``delay``) from 20 ms before the signal,
 Redis is SIGSTOPped at the signal, and the parent SIGKILLs and restarts it 0.3 s later
-(the connections then counted are those opened since, -1 if the server did not answer).
+(the connections then counted are those opened since; none if the server did not answer).
 
 After the service's coroutine returned, the child reports: calls by outcome, errors that are
 neither ``ChainClosedError`` nor a cancellation nor the hostile loaders' own, the chain's
@@ -73,20 +73,21 @@ def chain(url: str, namespace: str) -> AsyncTieredCache:
     )
 
 
-def server_connections(url: str) -> int:
-    """The connections open on the server but this one (the round's child is the only other
-    client), once the server had time to see the closed ones go (polled, 2 s at most)."""
+def server_connections(url: str) -> list[str] | None:
+    """The commands last run by the connections open on the server but this one (the
+    round's child is the only other client), once the server had time to see the closed ones
+    go (polled, 2 s at most); None if the server did not answer (down or restarting)."""
     watch = redis.Redis.from_url(url, socket_timeout=2)
     try:
         mine = watch.client_id()
         for _ in range(200):
-            left = sum(1 for client in watch.client_list() if int(client["id"]) != mine)
+            left = [str(c["cmd"]) for c in watch.client_list() if int(c["id"]) != mine]
             if not left:
                 break
             time.sleep(0.01)
         return left
     except redis.RedisError:
-        return -1  # the server is down or restarting: not counted
+        return None
     finally:
         watch.close()
 
@@ -336,7 +337,7 @@ def main() -> int:
             totals.update(ended["outcomes"])
             found = {
                 "leases left": leases,
-                "connections left": closed["connections"],
+                "connections left": len(closed["connections"] or []),
                 "tasks left": len(closed["tasks_left"]),
                 "unraisable": len(ended["unraisable"]),
                 "warnings": len(ended["warnings"]),
@@ -353,6 +354,7 @@ def main() -> int:
                         {
                             "round": round_,
                             "tasks": closed["tasks_left"],
+                            "connections": closed["connections"],
                             "unraisable": ended["unraisable"][:3],
                             "warnings": ended["warnings"][:3],
                             "outcomes": ended["outcomes"],

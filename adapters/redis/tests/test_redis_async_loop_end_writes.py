@@ -6,6 +6,7 @@ value there until its TTL."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -22,7 +23,8 @@ KEYS = [f"k{i}" for i in range(40)]
 
 #: How a service leaves its writes behind: fire-and-forget tasks it never awaits, begun
 #: (``yields``: how many times the service's coroutine gives the loop a turn before it
-#: returns: 1, the write tasks are spawned but not begun; more, they are on the wire), or
+#: returns: 0, the callers spawn their write tasks in the loop's last turn, and the loop's
+#: end cancels them not begun; 1 or more, they have begun and are on the wire), or
 #: awaited under a client timeout that gives up first (the write goes on in the chain).
 Write = Callable[[AsyncTieredCache, str], Coroutine[Any, Any, None]]
 WRITES: dict[str, Write] = {
@@ -44,21 +46,36 @@ def chain(server: RedisServer, namespace: str, source: AsyncDictSource) -> Async
     )
 
 
-def old_in_redis(server: RedisServer, namespace: str) -> list[str]:
+def warmed(
+    server: RedisServer, namespace: str, keys: list[str]
+) -> tuple[AsyncTieredCache, AsyncDictSource]:
+    """A chain whose tiers hold the old value of every key, and its source."""
+    source = AsyncDictSource({key: f"old {key}" for key in keys})
+    cache = chain(server, namespace, source)
+
+    async def warm() -> None:
+        for key in keys:
+            await cache.get(key)
+
+    asyncio.run(warm())
+    return cache, source
+
+
+def old_in_redis(server: RedisServer, namespace: str, keys: list[str] = KEYS) -> list[str]:
     """The keys whose Redis copy still holds the value from before the writes."""
     tier = AsyncRedisTier(make_async_client(server.url), namespace=namespace)
     client = redis.Redis.from_url(server.url)
     try:
         return [
             key
-            for key in KEYS
+            for key in keys
             if (data := client.get(tier.redis_key(key))) is not None and b"old" in data
         ]
     finally:
         client.close()
 
 
-@pytest.mark.parametrize("yields", [1, 2, 3, 6])
+@pytest.mark.parametrize("yields", [0, 1, 2, 3, 6])
 @pytest.mark.parametrize("write", sorted(WRITES))
 def test_writes_left_in_flight_as_asyncio_run_ends_leave_no_old_copy_in_redis(
     redis_server: RedisServer, namespace: str, write: str, yields: int
@@ -99,14 +116,7 @@ def test_writes_whose_callers_gave_up_leave_no_old_copy_in_redis_as_the_loop_end
 ) -> None:
     """The callers' client timeouts end first; their writes, run on by the chain, are still
     in flight when the loop ends."""
-    source = AsyncDictSource({key: f"old {key}" for key in KEYS})
-    cache = chain(redis_server, namespace, source)
-
-    async def warm() -> None:
-        for key in KEYS:
-            await cache.get(key)
-
-    asyncio.run(warm())
+    cache, source = warmed(redis_server, namespace, KEYS)
 
     async def service() -> None:
         for key in KEYS:
@@ -171,7 +181,55 @@ def test_invalidations_left_in_flight_reach_the_other_processes_as_the_loop_ends
 
     asyncio.run(next_job())
     stats = cache.stats()
+    # Each invalidation announced once, and the next job's: a caller cancelled with its
+    # write task, once that had begun, leaves the finishing to the task.
+    assert stats["bus_sent"] == len(KEYS) + 1
     assert stats.get("bus_publish_errors", 0) == 0
     assert stats["tiers"][1]["errors"] == 0
     asyncio.run(cache.aclose())
     other.close()
+
+
+NAMED = [f"p:{i}" for i in range(10)]
+OTHERS = [f"q:{i}" for i in range(10)]
+#: A write of several keys, of a prefix, or of everything, and the keys it drops.
+SCOPED: dict[str, tuple[Callable[[AsyncTieredCache], Coroutine[Any, Any, None]], list[str]]] = {
+    "invalidate_many": (lambda cache: cache.invalidate_many(NAMED), NAMED),
+    "set_many": (lambda cache: cache.set_many(dict.fromkeys(NAMED, "new")), NAMED),
+    "invalidate_prefix": (lambda cache: cache.invalidate_prefix("p:"), NAMED),
+    "clear": (lambda cache: cache.clear(), NAMED + OTHERS),
+}
+
+
+@pytest.mark.parametrize("yields", [0, 3])
+@pytest.mark.parametrize("write", sorted(SCOPED))
+def test_a_write_stopped_as_the_loop_ends_drops_what_it_names_and_nothing_else(
+    redis_server: RedisServer,
+    namespace: str,
+    write: str,
+    yields: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """One write left in flight, not begun (0 yields: its caller finishes it) or on the wire
+    (3: its own task does): what finishes it is an invalidation of what it named -- its
+    keys, its prefix, or everything -- and the other keys keep their copies in Redis. The
+    write task ends cancelled, which nothing logs as an error of the loop."""
+    caplog.set_level(logging.WARNING)
+    both = NAMED + OTHERS
+    cache, source = warmed(redis_server, namespace, both)
+    assert old_in_redis(redis_server, namespace, both) == both
+    run, dropped = SCOPED[write]
+
+    async def service() -> None:
+        for key in dropped:
+            source.inner.write(key, "new")
+        left = asyncio.create_task(run(cache))
+        for _ in range(yields):
+            await asyncio.sleep(0)
+        assert not left.done()  # the loop ends with it
+
+    asyncio.run(service())
+    assert old_in_redis(redis_server, namespace, both) == [k for k in both if k not in dropped]
+    assert [(r.name, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING] == []
+    asyncio.run(cache.aclose())
+    assert cache.stats()["tiers"][1]["errors"] == 0

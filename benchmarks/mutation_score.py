@@ -83,6 +83,10 @@ TESTS = [
     "tests/test_drop_window.py::test_a_read_during_the_drop_does_not_copy_the_old_value_up_for_good",
     "tests/test_drop_window.py::test_a_read_during_a_clears_drop_does_not_copy_the_old_value_up_for_good",
     "tests/test_fork_held.py",
+    # The asyncio chain's flights (a late waiter, other threads' loops) and its writes
+    # stopped by the loop's end.
+    "tests/test_async_flight.py",
+    "adapters/redis/tests/test_redis_async_loop_end_writes.py",
 ]
 EQUIVALENTS = ROOT / "benchmarks" / "mutation_equivalents.txt"
 KILLED = {1, 3, 24, -24, 36, 152, 255}  # a failing test, or a timeout (a hang is caught too)

@@ -350,6 +350,52 @@ def test_a_forked_child_hears_another_process_write(
     writer.close()
 
 
+class _HeldLog(logging.Handler):
+    """Holds the forked child's listener at its first act (its log line) until the child's
+    main thread has looked: what the child serves before its listener has run at all."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "forked process" in record.getMessage():
+            self.release.wait(10)
+
+
+def test_a_forked_child_trusts_no_inherited_copy_before_its_listener_runs(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """The child is disconnected from the moment fork() returns, not from when its listener
+    thread first runs: until then it served its inherited memory, missing a write made after
+    the fork (the bus showed "connected", and ``k`` read ``v0`` after ``v1`` was written)."""
+    parent = chain(redis_server.url, namespace)
+    writer = chain(redis_server.url, namespace)
+    assert parent.get("k", lambda: "v0") == "v0"  # in memory, inherited by the child
+    held = _HeldLog()
+    bus_log = logging.getLogger("tiered_cache_redis.bus")
+    bus_log.addHandler(held)
+    level = bus_log.level
+    bus_log.setLevel(logging.INFO)
+
+    def child(report: Callable[[Any], None]) -> None:
+        state = parent.stats()["bus"]
+        writer.set("k", "v1")  # Redis holds v1; the child has not subscribed yet
+        served = parent.get("k", lambda: "loaded")
+        held.release.set()
+        report([state, served])
+
+    try:
+        forked = ForkedChild(child)
+    finally:
+        bus_log.removeHandler(held)
+        bus_log.setLevel(level)
+    assert forked.read(timeout=30) == ["down", "v1"]
+    assert forked.wait() == 0
+    parent.close()
+    writer.close()
+
+
 def test_a_forked_child_and_its_parent_hear_each_others_writes(
     redis_server: RedisServer, namespace: str
 ) -> None:

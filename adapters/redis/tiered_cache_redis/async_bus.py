@@ -162,7 +162,9 @@ class AsyncRedisBus(AsyncBusBase):
 
     async def _listen(self, again: bool) -> None:
         try:
-            await arun(self._listening.listen(as_disconnected=again))
+            if again:
+                self._listeners.tell("on_disconnect")
+            await arun(self._listening.listen(after_outage=again))
         except asyncio.CancelledError:
             if not self._closed:
                 # Not aclose: the loop's end, or a cancel of every task on a loop that goes

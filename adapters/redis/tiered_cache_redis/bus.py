@@ -110,7 +110,15 @@ class RedisBus:
             return  # never listened, or closed
         self._stop = threading.Event()
         self._listening.stopped = self._stop.is_set
-        start_when_restarted(lambda: self._start_listening(after_fork=True))
+        start_when_restarted(self._restart_in_child)
+
+    def _restart_in_child(self) -> None:
+        """The chain is told the bus is down here, in the thread that forked, before
+        ``fork()`` returns to it: told by the new listener thread instead, the child's
+        threads served the memory they inherited until that thread first ran (missing a
+        write made after the fork, which the child never heard)."""
+        self._listeners.tell("on_disconnect")
+        self._start_listening(after_fork=True)
 
     def wait_subscribed(self, timeout: float | None = None) -> bool:
         """True once the listener is subscribed (for tests and orderly start-ups)."""
@@ -128,11 +136,12 @@ class RedisBus:
     def _listen(self, after_fork: bool) -> None:
         if after_fork:
             # Whatever the parent's memory holds was current at the fork; what changed since is
-            # unheard until this child subscribes: the chain treats the bus as down until then.
+            # unheard until this child subscribes: the chain treats the bus as down until then
+            # (told so by _restart_in_child).
             log.info(
                 "bus %r: restarting the listener in forked process %d", self.channel, os.getpid()
             )
-        run(self._listening.listen(as_disconnected=after_fork))
+        run(self._listening.listen(after_outage=after_fork))
 
     def _set_subscribed(self, subscribed: bool) -> None:
         if subscribed:

@@ -150,16 +150,14 @@ class Listening:
     subscribed: Callable[[bool], None]
     connected: bool = False
 
-    def listen(self, *, as_disconnected: bool = False) -> Steps[None]:
+    def listen(self, *, after_outage: bool = False) -> Steps[None]:
         """Subscribe, serve, and on any failure tell the chain, back off and subscribe again,
-        until stopped. ``as_disconnected``: the chain is told the bus is down before the
-        first subscription (a forked child: what changed since the fork is unheard)."""
+        until stopped. ``after_outage``: the bus has told the chain it is down already (a
+        forked child: what changed since the fork is unheard), and the first subscription
+        tells it the bus is back."""
         channel = self.listeners.channel
         delay = self.health.backoff[0]
-        ever_connected = False
-        if as_disconnected:
-            self.listeners.tell("on_disconnect")
-            ever_connected = True
+        ever_connected = after_outage
         # What was logged during the current outage: one line per kind of failure, not one per
         # attempt (a missing ACL permission fails every attempt the same way).
         logged: set[str] = set()

@@ -99,3 +99,25 @@ def test_a_slot_freed_as_a_waiters_timeout_runs_out_goes_to_the_next_waiter(
     assert slots.running == 1
     counted = metrics.snapshot()
     assert (counted["loads_refused"], counted["soft_timeouts"]) == (1, 1)  # a's
+
+
+def test_a_waiter_woken_without_a_slot_sleeps_only_the_time_it_has_left(
+    clock: Clock, metrics: CacheMetrics
+) -> None:
+    """A hung load (``abandoned``) wakes every waiter, and this one finds no slot with 0.01 s
+    of its 1000 s left: it sleeps at most those 0.01 s, and is refused once the clock says
+    its timeout ran out (it slept for up to its whole timeout again, 1000 s, plus the time
+    it had waited)."""
+    slots = TimedSlots(Protection(max_timed_loads=1, max_abandoned_loads=5), metrics, clock)
+    assert slots.take("held", 30.0, serve_stale=False) == 0.0
+    waiter = waiting(slots, clock, "w", 1000.0)
+    clock.now = 999.99
+    slots.abandoned()  # the held load hangs: no slot, but a wakeup
+    clock.wait_reads("w", 2)  # it woke, and went back to sleep on the time it has left
+    clock.now = 1000.0
+    waiter.join(10)
+    alive = waiter.is_alive()
+    slots.done()  # a waiter asleep for good wakes up and goes
+    waiter.join(10)
+    assert not alive, "the waiter slept past its timeout"
+    assert isinstance(waiter.outcome, ServeStale)

@@ -90,8 +90,8 @@ def test_close_from_a_handler_interrupting_the_memory_tier_under_its_lock(on: st
 
 
 def test_a_close_outside_a_handler_is_done_when_it_returns() -> None:
-    """The usual close is untouched: done on the calling thread (no thread of its own), with a
-    handler installed for some signal or not."""
+    """The usual close is done when it returns, with a handler installed for some signal or
+    not: its thread (tiered_cache.closing) has ended too."""
     previous = signal.signal(signal.SIGUSR2, lambda signum, frame: None)
     try:
         memory = MemoryTier()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import inspect
 import random
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, cast
 from .accessor import TierAccessor
 from .bus import Bus
 from .closed import ClosedPaths, Paths
+from .closing import CloseOnce
 from .coherence import DEFAULT_BUS_BREAKER, BusLink, publish_breaker
 from .fence import Fence
 from .hit import NOT_FRESH, PlainGet
@@ -103,9 +103,8 @@ class TieredCache(L1Reader):
         self.namespace = namespace
         self._given = tuple(tiers)
         self._source = source
-        #: Set once a close begun in a signal handler has finished on its thread (see
-        #: :meth:`close`).
-        self._closed_aside: threading.Event | None = None
+        #: The close, run once on a thread of its own (:meth:`close`).
+        self._closing = CloseOnce(self._close_parts)
         self._clock = clock
         self._protection = protection or Protection()
         self._metrics = CacheMetrics([tier.name for tier in tiers])
@@ -443,32 +442,24 @@ class TieredCache(L1Reader):
         invalidation (and every call of a decorated function) raises
         :class:`~tiered_cache.ChainClosedError`; :meth:`stats` still answers.
 
+        The close runs once, on a thread of its own (``tiered-cache-close``, not a daemon:
+        the interpreter's exit waits for it), whoever asks (:mod:`tiered_cache.closing`):
+        every ``close()`` returns once it is done, and a caller stopped on its way (Ctrl-C,
+        a signal handler raising) stops waiting, not the close, which the next ``close()``
+        waits for. Two calls never return with the chain half closed.
+
         Called from a signal handler (a worker's SIGTERM handler), it marks the chain closed
-        and returns at once, and the rest of the close runs on a thread of its own
-        (``tiered-cache-close``, not a daemon: the interpreter's exit waits for it): the
-        handler may have interrupted a call of this chain on the main thread, holding a lock
-        the close needs, which it lets go only once the handler has returned. The
-        interrupted call then ends (its result or ``ChainClosedError``) and every later call
-        is refused. A ``close()`` outside a handler (the ``finally`` of a service's main)
-        waits for that thread."""
-        if self.closed:
-            finished = self._closed_aside
-            if finished is not None and not in_signal_handler():
-                finished.wait()
-            return
-        if in_signal_handler():
-            # Set before the chain shows itself closed: a close() that sees it closed waits.
-            finished = self._closed_aside = threading.Event()
+        and returns at once: the handler may have interrupted a call of this chain on the
+        main thread, holding a lock the close needs, which it lets go only once the handler
+        has returned. The interrupted call then ends (its result or ``ChainClosedError``)
+        and every later call is refused. Called from a background refresh's loader, it
+        returns at once too: the close waits for that refresh."""
+        # First: a signal handler raising after this stops the caller only, not the close.
+        self._closing.start()
+        if not self.closed:  # as the close's first step does, for a handler not waiting
             self._refuse_calls()
-            threading.Thread(
-                target=self._finish_close,
-                args=(finished,),
-                name="tiered-cache-close",
-                daemon=False,
-            ).start()
-            return
-        self._refuse_calls()
-        self._finish_close(None)
+        if not in_signal_handler() and not self._loader.on_a_worker():
+            self._closing.wait()
 
     def _refuse_calls(self) -> None:
         # First, so that no call reaches a tier or the source being closed (tiered_cache.closed),
@@ -479,18 +470,12 @@ class TieredCache(L1Reader):
         self._read = self._paths.read_through_plain
         vars(self).pop("set", None)  # the lone tier's set, bound to the open paths
 
-    def _finish_close(self, finished: threading.Event | None) -> None:
-        """What close() waits for: the loader's work, the bus, the tiers, the source;
-        ``finished`` set once done (a close finished aside)."""
-        try:
-            self._close_parts()
-        finally:
-            if finished is not None:
-                finished.set()
-
     def _close_parts(self) -> None:
-        if not self._loader.close():
-            return  # another thread's close() runs
+        """The close, on its thread (:meth:`close`): the loader's work, the bus, the tiers,
+        the source. Each step is harmless twice (a forked child runs them again when its
+        parent's close had not ended at the fork)."""
+        self._refuse_calls()
+        self._loader.close()
         self._use_l1(self._tiers, False)
         if self._bus_link is not None:
             try:

@@ -137,6 +137,8 @@ class SourceLoader:
             self._lease_wait,
         )
         self._executor: ThreadPoolExecutor | None = None
+        #: The pool's threads (their idents), for :meth:`on_a_worker`.
+        self._workers: set[int] = set()
         self._pending: set[Future[Any]] = set()
         #: The leases of the loads and writes in flight, for :meth:`close` to give back.
         self.holdings = Holdings(self._leasing)
@@ -168,6 +170,7 @@ class SourceLoader:
         self._late_fills = 0
         self._late_done = threading.Condition(self._lock)
         self._executor = None
+        self._workers = set()
         self._pending = set()
         self.holdings.forget_all()
         self._refreshing = set()
@@ -486,8 +489,18 @@ class SourceLoader:
                 self._executor = ThreadPoolExecutor(
                     max_workers=self._protection.refresh_workers,
                     thread_name_prefix="tiered-cache-load",
+                    initializer=self._worker_started,
                 )
             return self._executor
+
+    def _worker_started(self) -> None:
+        with self._lock:
+            self._workers.add(threading.get_ident())
+
+    def on_a_worker(self) -> bool:
+        """Whether the calling thread is one of the pool's workers, which :meth:`close` waits
+        for (a refresh's loader closing the chain must not wait for that close)."""
+        return threading.get_ident() in self._workers
 
     def refresh_in_background(
         self, key: str, loader: Loader | None, ttl: float | str | None, stale: Entry | None

@@ -1,0 +1,131 @@
+"""The threaded chain's close runs once, on a thread of its own, whoever asks
+(:mod:`tiered_cache.closing`): a ``close()`` called where it cannot wait (a background
+refresh's loader), a process forked while a close runs, a close interrupted as the process
+ends. The Redis side (two closes at once, a close interrupted then finished by the next) is
+in adapters/redis/tests/test_redis_close_interrupted.py."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+from typing import Any
+
+import pytest
+
+from tiered_cache import ChainClosedError, MemoryTier, TieredCache
+from tiered_cache.memory import LruPolicy
+from tiered_cache.testing.clock import FakeClock
+from tiered_cache.testing.forked import in_a_child
+from tiered_cache.testing.held_close import ClosesCounted, HeldRefresh, until_the_close_waits
+
+
+def held() -> tuple[HeldRefresh, MemoryTier, ClosesCounted]:
+    clock = FakeClock(1000.0)
+    memory, source = MemoryTier(policy=LruPolicy(100), clock=clock), ClosesCounted()
+    cache = TieredCache([memory], source, ttl=1.0, clock=clock)
+    return HeldRefresh(cache, clock), memory, source
+
+
+def test_a_close_from_a_refresh_loader_returns_and_the_chain_closes() -> None:
+    """The close waits for the refresh running, whose loader called it (a loader that
+    finds the service shutting down): it returns at once there. Seen failing:
+    ``RuntimeError('cannot join current thread')`` out of that close (the loader's pool shut
+    down from its own worker), the chain left half closed for good: the memory tier kept
+    its entry after the next close, the source open."""
+    clock = FakeClock(1000.0)
+    memory, source = MemoryTier(policy=LruPolicy(100), clock=clock), ClosesCounted()
+    cache = TieredCache([memory], source, ttl=1.0, clock=clock)
+    inside = threading.Event()
+    seen: list[str] = []
+
+    def closing_loader() -> str:
+        inside.set()
+        try:
+            cache.close()
+            seen.append("closed")
+        except Exception as exc:
+            seen.append(repr(exc))
+        return "new"
+
+    assert cache.get("a") == "old"
+    clock.advance(2.0)  # stale: served, and refreshed in the background
+    assert cache.get("a", closing_loader) == "old"
+    inside.wait()
+    cache.close()
+    assert seen == ["closed"]
+    assert (len(memory), source.closes, cache.closed) == (0, 1, True)
+
+
+def test_a_child_forked_while_its_parent_closes_closes_its_own_chain() -> None:
+    """The parent's close waits for a refresh as the child is forked: the child's
+    ``close()`` closes the child's chain (it cannot wait for the parent's close, whose
+    thread the child does not have). Seen failing: it returned at once, the child's memory
+    tier kept its entry (``1 == 0``) and its source open."""
+    refresh, memory, source = held()
+    closing = threading.Thread(target=refresh.cache.close)
+    closing.start()
+    until_the_close_waits()
+
+    def child() -> list[Any]:
+        refresh.cache.close()
+        with pytest.raises(ChainClosedError):
+            refresh.cache.get("a")
+        return [len(memory), source.closes]
+
+    try:
+        assert in_a_child(child, timeout=20) == [0, 1]
+    finally:
+        refresh.go.set()
+        closing.join()
+    assert (len(memory), source.closes) == (0, 1)
+
+
+SERVICE = """
+import os, signal, sys, threading
+sys.path[:0] = {path!r}
+from tiered_cache import MemoryTier, TieredCache
+from tiered_cache.memory import LruPolicy
+from tiered_cache.testing.clock import FakeClock
+from tiered_cache.testing.held_close import ClosesCounted, HeldRefresh, until_the_close_waits
+
+class Reported(ClosesCounted):
+    def close(self):
+        super().close()
+        print("source closed", flush=True)
+
+clock = FakeClock(1000.0)
+memory = MemoryTier(policy=LruPolicy(100), clock=clock)
+cache = TieredCache([memory], Reported(), ttl=1.0, clock=clock)
+refresh = HeldRefresh(cache, clock)
+
+def ctrl_c_then_let_go():
+    until_the_close_waits()
+    signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+    refresh.go.set()
+
+threading.Thread(target=ctrl_c_then_let_go, daemon=True).start()
+with cache:  # the service's main ends: Ctrl-C lands in its close
+    pass
+"""
+
+
+def test_a_close_interrupted_as_the_process_ends_finishes_before_it_exits() -> None:
+    """Ctrl-C lands in the ``close()`` of a service's ``with`` as it ends, while the close
+    waits for a refresh: the ``KeyboardInterrupt`` ends the process, whose exit waits for
+    the close. Seen failing: the source was never closed (no ``source closed``)."""
+    path = [p for p in sys.path if p]
+    script = textwrap.dedent(SERVICE).format(path=path)
+    env = {**os.environ, "PYTHONFAULTHANDLER": "1"}
+    ended = subprocess.run(
+        [sys.executable, "-c", script],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert "KeyboardInterrupt" in ended.stderr
+    assert ended.stdout.splitlines() == ["source closed"]

@@ -1,0 +1,106 @@
+"""The threaded chain's close: run once, on a thread of its own, and waited for by every
+``close()`` that may wait.
+
+Run on the caller's thread, the close could be left half done for good: a signal handler
+raising (Ctrl-C's ``KeyboardInterrupt``, a SIGTERM handler's ``sys.exit()``) runs on the main
+thread between two of its steps, and the chain, marked closed first, then had every later
+``close()`` return at once, its Redis tier, bus and source open; a ``close()`` on a second
+thread beside a running one (a shutdown hook beside the service's ``with``) returned before
+anything was closed. A handler raises on the main thread only, so a close on a thread of its
+own is never stopped on its way: the caller stops waiting, not the close, which the next
+``close()`` waits for, and the interpreter's exit too (the thread is not a daemon).
+
+Each ``close()`` starts the thread if none is running it (a thread made by a caller that a
+signal stopped before it started it never runs); two threads started by two callers at once
+are harmless: the steps run under a lock, once.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+from .forking import restart_after_fork
+
+
+class CloseOnce:
+    """Runs ``steps`` once, on a thread named ``tiered-cache-close`` (not a daemon), and lets
+    callers wait until they are done (the thread then ended): what ``TieredCache.close``
+    owns."""
+
+    def __init__(self, steps: Callable[[], None]) -> None:
+        self._steps = steps
+        #: Held by the thread running the steps: a second thread started meanwhile waits,
+        #: then finds them done. Never taken on a thread a signal handler can run on.
+        self._once = threading.Lock()
+        self._done = threading.Event()
+        #: Set by the close's thread as it begins (:meth:`_start`).
+        self._begun = threading.Event()
+        self._thread: threading.Thread | None = None
+        #: The thread that ran the steps (set before they begin), and what they raised.
+        self._runner: threading.Thread | None = None
+        self._failed: BaseException | None = None
+        restart_after_fork(self)
+
+    def start(self) -> None:
+        """Start the close unless it runs or is done (not on the thread running it: a
+        source's close that closes its chain)."""
+        if not self._done.is_set() and threading.current_thread() is not self._runner:
+            self._start()
+
+    def wait(self) -> None:
+        """Return once the close is done (its thread ended), raising what it raised. On the
+        thread running it, at once."""
+        here = threading.current_thread()
+        if here is self._runner and not self._done.is_set():
+            return
+        self._done.wait()  # a signal handler raising stops this wait only, not the close
+        runner = self._runner
+        if runner is not None and runner is not here:
+            runner.join()  # ended right after the steps: none left once close() returned
+        if self._failed is not None:
+            raise self._failed
+
+    def _start(self) -> None:
+        thread = self._thread
+        if thread is not None and (thread.is_alive() or self._done.is_set()):
+            return
+        thread = threading.Thread(target=self._run, name="tiered-cache-close", daemon=False)
+        self._thread = thread
+        try:
+            thread.start()
+        except RuntimeError:  # no thread can start (interpreter shutting down): run here
+            self._run()
+        except BaseException:
+            # Stopped (Ctrl-C) as it waited for the thread to begin: the thread runs, but the
+            # interpreter's exit waits only for threads that had begun (tools/signal_close.py
+            # --how ctrl-c: 1 round of 10 exited with the chain open). Wait for that; a
+            # second interrupt stops this wait too.
+            self._begun.wait()
+            raise
+
+    def _run(self) -> None:
+        self._begun.set()
+        with self._once:
+            if self._done.is_set():
+                return
+            self._runner = threading.current_thread()
+            try:
+                self._steps()
+            except BaseException as exc:
+                self._failed = exc
+            finally:
+                self._done.set()
+
+    def after_fork_in_child(self) -> None:
+        """In a forked child: a close the parent was running there never ends here (its
+        thread does not exist, its lock may be held for good). The child's next ``close()``
+        runs the steps again, on the child's parts (each harmless twice)."""
+        self._once = threading.Lock()
+        self._begun = threading.Event()
+        done = self._done.is_set()
+        self._done = threading.Event()
+        if done:
+            self._done.set()
+        else:
+            self._thread = self._runner = None

@@ -528,3 +528,76 @@ def test_the_waiters_of_a_failed_refresh_are_told_what_it_failed_with() -> None:
     failed = refresh_failed(ConnectionError("down"))
     assert isinstance(failed, RefreshFailed)
     assert str(failed) == "the background refresh loading this key failed (ConnectionError)"
+
+
+def test_a_refresh_marks_the_flight_it_leads_and_a_reader_does_not() -> None:
+    from tiered_cache.singleflight import LEAD
+
+    flights = SingleFlight()
+    flight, role = flights.lead_after("k", tag=1)
+    assert (role, flight.refresh) == (LEAD, True)
+    flights.land_one("k", flight, "refreshed", None)
+    led = flights.claim(["k"])[0]
+    assert led["k"].refresh is False
+    flights.land(led, {"k": "read"}, None)
+    assert Flight().refresh is False
+
+
+def test_a_reader_that_finds_a_refresh_reads_beside_it_and_joins_only_with_nothing_to_serve() -> (
+    None
+):
+    """``run(..., beside=...)``: a refresh's flight is not joined at first; the caller's
+    ``beside`` runs with the caller's own flight (its tag) and the same arguments, and its
+    value is served unshared; ``MISSING`` from it: the caller joins the refresh's flight."""
+    from tiered_cache.tier import MISSING
+
+    flights = SingleFlight()
+    refresh, _ = flights.lead_after("k", tag=1)  # the readers: threads of their own
+    called: list[tuple[int, str]] = []
+
+    def served(flight: Flight, arg: str) -> str:
+        called.append((flight.tag, arg))
+        return "stale"
+
+    def loaded(flight: Flight, arg: str) -> str:
+        raise AssertionError("a reader beside a refresh loads nothing")
+
+    assert in_a_thread(lambda: flights.run("k", loaded, "a", tag=5, beside=served)) == (
+        "stale",
+        False,
+    )
+    assert (called, refresh.waiters) == ([(5, "a")], 0)
+
+    def nothing(flight: Flight, arg: str) -> object:
+        called.append((flight.tag, arg))
+        return MISSING
+
+    results: list[tuple[object, bool]] = []
+    reader = threading.Thread(
+        target=lambda: results.append(flights.run("k", loaded, "b", tag=6, beside=nothing))
+    )
+    reader.start()
+    deadline = time.monotonic() + 10
+    while refresh.waiters < 1:
+        assert time.monotonic() < deadline, "the reader never joined the refresh"
+        time.sleep(0.001)
+    flights.land_one("k", refresh, "refreshed", None)
+    reader.join(10)
+    assert results == [("refreshed", True)]
+    assert called == [(5, "a"), (6, "b")]
+
+
+def test_a_readers_flight_is_joined_without_a_read_beside_it() -> None:
+    from tiered_cache.singleflight import BESIDE, JOIN
+
+    flights = SingleFlight()
+    led = in_a_thread(lambda: flights.claim(["k"])[0])
+    flight, role = flights.join_or_lead("k", tag=2, beside=True)
+    assert (flight, role) == (led["k"], JOIN)
+    flights.land(led, {"k": "read"}, None)
+    refresh, _ = in_a_thread(lambda: flights.lead_after("k", tag=3))
+    assert flights.join_or_lead("k", tag=4, beside=True) == (refresh, BESIDE)
+    assert refresh.waiters == 0  # not joined
+    assert flights.join_or_lead("k", tag=4) == (refresh, JOIN)
+    assert refresh.waiters == 1
+    flights.land_one("k", refresh, "refreshed", None)

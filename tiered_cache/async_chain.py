@@ -37,7 +37,7 @@ from .metrics import CacheMetrics
 from .paths import ChainPaths
 from .protection import REFRESH_DUE, Protection
 from .reporting import chain_stats, first_hot_keys
-from .singleflight import BEHIND, LEAD, LeaderGone
+from .singleflight import BEHIND, BESIDE, LEAD, LeaderGone
 from .stamp import EntryMaker
 from .steps import Steps, arun, run
 from .tier import MISSING, Entry, Source, Tier
@@ -276,12 +276,24 @@ class AsyncTieredCache(L1Reader):
             self._listen_here()
         fence = self._fence
         flights = self._loader.flights
+        beside = True
         while True:
+            mark = fence.mark()
             flight, role = flights.join_or_lead(
                 key,
-                tag=fence.mark(),
+                tag=mark,
                 joinable=lambda flight: fence.may_join(key, flight.tag),
+                beside=beside,
             )
+            if role == BESIDE:
+                # A background refresh leads the key's flight: the tiers read beside it,
+                # under this caller's mark, without loading; joined only if nothing is there
+                # to serve.
+                beside = False
+                value = await arun(self._paths.read_through(key, mark, loader, ttl, True))
+                if value is not MISSING:
+                    return value
+                continue
             if role == LEAD:
                 try:
                     value = await arun(self._paths.read_through(key, flight.tag, loader, ttl))

@@ -36,7 +36,17 @@ def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | Non
 class AsyncFlight:
     """One execution in progress; coroutines of any loop await its outcome."""
 
-    __slots__ = ("_done", "_error", "_futures", "_leader", "_lock", "_result", "tag", "waiters")
+    __slots__ = (
+        "_done",
+        "_error",
+        "_futures",
+        "_leader",
+        "_lock",
+        "_result",
+        "refresh",
+        "tag",
+        "waiters",
+    )
 
     def __init__(self, tag: int = 0) -> None:
         self._lock = threading.Lock()
@@ -47,6 +57,8 @@ class AsyncFlight:
         self.waiters = 0
         #: What the leader passed in (the chain: its fence mark, taken before the flight).
         self.tag = tag
+        #: Led by a background refresh (:meth:`FlightTable.lead_after`, under the table's lock).
+        self.refresh = False
         # Made by the task that leads it (FlightTable.join_or_lead, FlightTable.claim).
         self._leader = running_task()
 

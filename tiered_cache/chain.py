@@ -147,6 +147,9 @@ class TieredCache(L1Reader):
         self._read: Callable[[Flight, str, Loader | None, float | str | None], Any] = (
             self._paths.read_through_plain
         )
+        #: What a miss that finds a background refresh leading its key's flight runs first,
+        #: bound once (SingleFlight.run's ``beside``).
+        self._beside = self._read_beside
         #: A chain of one in-process tier (holding any str key: set_alone checks only a key's
         #: type) and no bus: a set runs in plain calls.
         alone = (
@@ -269,7 +272,8 @@ class TieredCache(L1Reader):
             if entry is not MISSING and not entry.is_expired(self._clock()):
                 return entry.value
         # Join the key's flight only if the fence allows (Fence.may_join), else lead a new one
-        # with the fence's mark, taken before anything is read.
+        # with the fence's mark, taken before anything is read. A background refresh's flight
+        # is read beside first (SingleFlight.run's ``beside``).
         value, shared = self._loader.flights.run(
             key,
             self._read,
@@ -279,10 +283,21 @@ class TieredCache(L1Reader):
             tag=self._fence.mark(),
             may_join=self._may_join,
             wait=self._loader.join_timeout,
+            beside=self._beside,
         )
         if shared:
             self._metrics.waited()
         return value
+
+    def _read_beside(
+        self, flight: Flight, key: str, loader: Loader | None, ttl: float | str | None
+    ) -> Any:
+        """The read of a miss that found a background refresh leading its key's flight
+        (:data:`~tiered_cache.singleflight.BESIDE`): the tiers read under the miss's own mark
+        (``flight.tag``; ``flight`` is not in the table), without loading: a fresh copy or a
+        stale one still servable, else ``MISSING`` (the miss then joins the refresh). Rare
+        (only while a refresh runs): the steps' walk, not the plain one."""
+        return run(self._paths.read_through(key, flight.tag, loader, ttl, True))
 
     def get_many(
         self,

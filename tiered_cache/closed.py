@@ -32,7 +32,7 @@ class Paths(Protocol):
     ) -> Any: ...
 
     def read_through(
-        self, key: str, mark: int, loader: Any, ttl: float | str | None
+        self, key: str, mark: int, loader: Any, ttl: float | str | None, beside: bool = False
     ) -> Steps[Any]: ...
 
     def get_many(
@@ -70,7 +70,9 @@ class ClosedPaths:
     ) -> NoReturn:
         self.refuse()
 
-    def read_through(self, key: str, mark: int, loader: Any, ttl: float | str | None) -> NoReturn:
+    def read_through(
+        self, key: str, mark: int, loader: Any, ttl: float | str | None, beside: bool = False
+    ) -> NoReturn:
         self.refuse()
 
     def get_many(self, keys: list[str], loader: Any, ttl: float | str | None) -> NoReturn:

@@ -93,15 +93,27 @@ class ChainPaths:
 
     # -- reads
 
-    def read_through(self, key: str, mark: int, loader: Any, ttl: float | str | None) -> Steps[Any]:
+    def read_through(
+        self, key: str, mark: int, loader: Any, ttl: float | str | None, beside: bool = False
+    ) -> Steps[Any]:
         """Inside the key's flight: the first fresh copy (copied up into the faster tiers),
         else a stale one while a refresh runs, else a load. ``mark``: the fence's, taken
         before anything was read; every fill below is judged by it. (The threaded chain
-        reads with :meth:`read_through_plain`.)"""
+        reads with :meth:`read_through_plain`.) ``beside``: the read of a caller that found
+        a background refresh leading the key's flight (:data:`~tiered_cache.singleflight.
+        BESIDE`), outside any flight: the same walk, but where it would load it returns
+        ``MISSING`` (nothing to serve: the caller joins the refresh)."""
         check_keys((key,), self.utf8_for)
         return (
             yield from self.read_on(
-                key, mark, loader, ttl, now=self.clock(), tiers=self.tiers, stale=None
+                key,
+                mark,
+                loader,
+                ttl,
+                now=self.clock(),
+                tiers=self.tiers,
+                stale=None,
+                beside=beside,
             )
         )
 
@@ -115,10 +127,11 @@ class ChainPaths:
         now: float,
         tiers: Sequence[ChainTier],
         stale: Entry | None,
+        beside: bool = False,
     ) -> Steps[Any]:
         """:meth:`read_through` from ``tiers`` on (all of the chain's, or those below the one
         where :meth:`read_through_plain` found a stale copy, ``stale`` if still servable),
-        the read's time being ``now``."""
+        the read's time being ``now``; ``beside`` as for :meth:`read_through`."""
         for tier in tiers:
             if tier.bypassed:
                 continue
@@ -141,12 +154,17 @@ class ChainPaths:
                 return entry.value
             if stale is None and now < entry.hard_expiry:
                 stale = entry
+        servable = stale if self.protection.stale_while_revalidate else None
+        if beside and servable is None:
+            # Not counted as a read while the bus is down: the caller's read goes on in the
+            # refresh's flight (joined, not counted) or in one it leads (counted there).
+            return MISSING
         if self.bounded:
             self.count_bus_down(None)
-        if stale is not None and self.protection.stale_while_revalidate:
+        if servable is not None:
             self.metrics.count("stale_served")
-            self.loader.refresh_in_background(key, loader, ttl, stale)
-            return stale.value
+            self.loader.refresh_in_background(key, loader, ttl, servable)
+            return servable.value
         loaded: Entry = yield self.loader.load, (key, mark, loader, ttl, stale)
         return loaded.value
 

@@ -8,6 +8,7 @@ from contextvars import ContextVar
 from typing import Any, Generic, Protocol, TypeVar
 
 from .errors import LoadTimeout, RecursiveLoad, caused
+from .tier import MISSING
 
 
 class LeaderGone(Exception):
@@ -164,7 +165,7 @@ def waited_too_long(key: str, wait: float) -> str:
 class Flight:
     """One execution in progress; waiters block on it and get its outcome."""
 
-    __slots__ = ("_done", "_leader", "error", "result", "tag", "waiters")
+    __slots__ = ("_done", "_leader", "error", "refresh", "result", "tag", "waiters")
 
     def __init__(self, tag: int = 0) -> None:
         # The latch is made by the first waiter (join): most flights, one per miss, never
@@ -178,6 +179,8 @@ class Flight:
         self.waiters = 0
         #: What the leader passed in (the chain: its fence mark, taken before the flight).
         self.tag = tag
+        #: Led by a background refresh (:meth:`FlightTable.lead_after`, under the table's lock).
+        self.refresh = False
         # Made by the caller that leads it (SingleFlight.run, FlightTable.claim).
         self._leader = threading.get_ident()
 
@@ -231,6 +234,9 @@ class Landing(Protocol):
 
     tag: int
     waiters: int
+    #: Led by a background refresh: a reader reads beside it before it joins it
+    #: (:data:`BESIDE`).
+    refresh: bool
 
     def join(self) -> None:
         """A caller will wait for this flight (called under the table's lock)."""
@@ -253,6 +259,13 @@ JOIN = 1
 BEHIND = 2
 #: :meth:`FlightTable.lead_after`: the caller leads the key's flight already.
 OWN = 3
+#: :meth:`FlightTable.join_or_lead` asked ``beside``: the key's flight is a background
+#: refresh's, not joined. The reader reads the tiers without loading (it may hold a copy it can
+#: serve: a stale one within ``max_stale``, or a fresh one in a slower tier, which a reader
+#: waiting for the refresh would not be served until its load ended); only if it finds nothing
+#: to serve does it ask again, not ``beside``, and join the refresh's flight or wait behind it
+#: (one load of a key at a time still holds).
+BESIDE = 4
 
 
 class FlightTable(Generic[F]):
@@ -275,7 +288,11 @@ class FlightTable(Generic[F]):
         key in ``led`` and must :meth:`land` every one of them; ``joined`` are flights that
         others run, to wait on and take the outcome of; ``behind`` are flights in progress that
         ``joinable`` (per key) says may not be joined: the caller waits for each to land, not
-        taking its outcome, and claims its key again (one load of a key at a time)."""
+        taking its outcome, and claims its key again (one load of a key at a time). A
+        background refresh's flight is joined as any other (never :data:`BESIDE`): a batch
+        claims only keys it read the tiers for and found nothing it serves (a stale copy is
+        served without a batch loader; with one, it is loaded, and the refresh's load is
+        that load)."""
         led: dict[str, F] = {}
         joined: dict[str, F] = {}
         behind: dict[str, F] = {}
@@ -297,14 +314,20 @@ class FlightTable(Generic[F]):
         return led, joined, behind
 
     def join_or_lead(
-        self, key: str, *, tag: int, joinable: Callable[[F], bool] | None = None
+        self,
+        key: str,
+        *,
+        tag: int,
+        joinable: Callable[[F], bool] | None = None,
+        beside: bool = False,
     ) -> tuple[F, int]:
         """``(flight, role)`` for the asyncio chain's one key: :data:`LEAD` (a new flight this
-        caller leads), :data:`JOIN` (the key's flight in progress, ``joinable``) or
+        caller leads), :data:`JOIN` (the key's flight in progress, ``joinable``),
         :data:`BEHIND` (the key's flight in progress that may not be joined: wait for it to
-        land, not taking its outcome, and ask again)."""
+        land, not taking its outcome, and ask again) or, asked ``beside``, :data:`BESIDE` (the
+        key's flight is a background refresh's, not joined: see :data:`BESIDE`)."""
         with self._lock:
-            flight, role = self._take(key, tag)
+            flight, role = self._take(key, tag, beside, None)
             if role == OWN:
                 raise recursive_load(key)
             if role == JOIN and joinable is not None and not joinable(flight):
@@ -315,24 +338,31 @@ class FlightTable(Generic[F]):
         """``(flight, role)`` for a load of ``key`` that takes no other caller's outcome (a
         background refresh: a reader's flight may end with the stale value it served, and the
         refresh is what renews it), yet runs beside no other load of the key:
-        :data:`LEAD` (a new flight, which the caller lands; readers that miss meanwhile join
+        :data:`LEAD` (a new flight, which the caller lands, marked :attr:`Landing.refresh`:
+        readers that find it read beside it first, and those that find nothing to serve join
         it if the fence lets them, or wait behind it), :data:`BEHIND` (the key's flight in
         progress: wait for it to land, then ask again) or :data:`OWN` (the caller leads the
         key's flight already: a refresh run inline by the read that started it loads inside
         that read's flight)."""
         with self._lock:
-            flight, role = self._take(key, tag)
+            flight, role = self._take(key, tag, False, None)
+            if role == LEAD:
+                flight.refresh = True
             return flight, BEHIND if role == JOIN else role
 
-    def _take(self, key: str, tag: int) -> tuple[F, int]:
-        """Under the lock: a new flight of ``key`` (:data:`LEAD`), the caller's own
-        (:data:`OWN`), or another's, joined (:data:`JOIN`)."""
+    def _take(self, key: str, tag: int, beside: bool, made: F | None) -> tuple[F, int]:
+        """Under the lock: a new flight of ``key`` (:data:`LEAD`; ``made``, if given, else
+        one made here), the caller's own (:data:`OWN`), a refresh's that a reader asking
+        ``beside`` reads beside (:data:`BESIDE`, not joined), or another's, joined
+        (:data:`JOIN`). The one place that decides whether a reader joins a refresh's flight."""
         flight = self._flights.get(key)
         if flight is None:
-            flight = self._flights[key] = self._new(tag)
+            flight = self._flights[key] = made if made is not None else self._new(tag)
             return flight, LEAD
         if flight.led_here():
             return flight, OWN
+        if beside and flight.refresh:
+            return flight, BESIDE
         flight.join()
         return flight, JOIN
 
@@ -388,6 +418,7 @@ class SingleFlight(FlightTable[Flight]):
         tag: int = 0,
         may_join: Callable[[str, int], bool] | None = None,
         wait: float | None = None,
+        beside: Callable[..., Any] | None = None,
     ) -> tuple[Any, bool]:
         """``(result, shared)``: ``fn(flight, *args)`` run once for every caller that comes
         while it runs; shared is True when this caller waited for another's call. (Arguments,
@@ -398,7 +429,11 @@ class SingleFlight(FlightTable[Flight]):
         waits for it to land without taking its outcome, then leads a new flight or joins the
         one another such caller leads: one call of ``fn`` per key at a time, always. ``wait``:
         the longest a caller waits for another's call (to join it, or for it to end), then
-        :class:`~tiered_cache.LoadTimeout` (None: no limit).
+        :class:`~tiered_cache.LoadTimeout` (None: no limit). ``beside(flight, *args)``: what
+        a caller that finds a background refresh's flight does first, instead of joining it
+        (:data:`BESIDE`; ``flight`` is this caller's own, not in the table: its ``tag``): its
+        result is this caller's (not shared), unless it is ``MISSING`` (nothing to serve):
+        then the caller joins the refresh's flight, or waits behind it, as any other.
         """
         flights = self._flights
         flight = Flight(tag)
@@ -407,28 +442,29 @@ class SingleFlight(FlightTable[Flight]):
         # waiting behind a flight that may not be joined, start under the lock, as landing does.
         current = flights.setdefault(key, flight) if type(key) is str else None
         while current is not flight:
-            joined: Flight | None = None  # no ``break`` inside ``with``: mypyc has none
-            behind = False
             with self._lock:
-                current = flights.get(key)
-                if current is None:
-                    flights[key] = current = flight
-                elif current.led_here():
-                    raise recursive_load(key)
-                else:
-                    current.join()
-                    joined = current
-                    behind = may_join is not None and not may_join(key, current.tag)
-            if joined is None:
+                current, role = self._take(key, tag, beside is not None, flight)
+                behind = role == JOIN and may_join is not None and not may_join(key, current.tag)
+            if role == LEAD:
+                continue  # ``current`` is this caller's flight now
+            if role == OWN:
+                raise recursive_load(key)
+            if role == BESIDE:
+                assert beside is not None
+                served = beside(flight, *args)
+                if served is not MISSING:
+                    return served, False
+                beside = None  # nothing to serve: join the refresh, or wait behind it
+                current = None
                 continue
             try:
                 if behind:
                     # Its outcome may be what an invalidation since removed: not ours to
                     # take, but a second load beside it would be a second read of the key.
-                    joined.settle(wait)
+                    current.settle(wait)
                     current = None
                     continue
-                return joined.wait(wait), True
+                return current.wait(wait), True
             except LeaderGone:
                 current = None  # its leader was interrupted: lead, or join the next leader
             except WaitExpired:

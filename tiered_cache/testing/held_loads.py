@@ -11,6 +11,11 @@ import asyncio
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tiered_cache import AsyncTieredCache, TieredCache
+    from tiered_cache.testing import FakeClock
 
 
 class HeldLoads:
@@ -86,3 +91,24 @@ async def eventually(condition: Callable[[], bool], what: str) -> None:
     while not condition():
         assert time.monotonic() < deadline, f"never: {what}"
         await asyncio.sleep(0.001)
+
+
+def start_refresh(cache: TieredCache, clock: FakeClock, loads: HeldLoads, stale_in: float) -> None:
+    """``k`` loaded (``v1``), stale ``stale_in`` seconds later: a read serves ``v1`` and
+    starts the key's background refresh, whose load (``refresh``) is held until released."""
+    loads.release("v1")
+    assert cache.get("k", loads.loader("v1")) == "v1"
+    clock.advance(stale_in)
+    assert cache.get("k", loads.loader("refresh")) == "v1"
+    until(lambda: loads.started == ["v1", "refresh"], "the refresh started")
+
+
+async def start_async_refresh(
+    cache: AsyncTieredCache, clock: FakeClock, loads: HeldLoads, stale_in: float
+) -> None:
+    """:func:`start_refresh` on the asyncio chain."""
+    loads.release("v1")
+    assert await cache.get("k", loads.async_loader("v1")) == "v1"
+    clock.advance(stale_in)
+    assert await cache.get("k", loads.async_loader("refresh")) == "v1"
+    await eventually(lambda: loads.started == ["v1", "refresh"], "the refresh started")

@@ -25,7 +25,7 @@ from tiered_cache.singleflight import FlightTable, Landing
 from tiered_cache.testing import FakeClock
 from tiered_cache.testing.held_loads import HeldLoads as Loads
 from tiered_cache.testing.held_loads import eventually as async_until
-from tiered_cache.testing.held_loads import until
+from tiered_cache.testing.held_loads import start_async_refresh, start_refresh, until
 from tiered_cache.testing.servers import RedisServer
 
 TTL = 60.0
@@ -81,15 +81,6 @@ EXPECTED = {
 }
 
 
-def start_refresh(cache: TieredCache, clock: FakeClock, loads: Loads) -> None:
-    """``k`` loaded (v1), then stale: a read serves v1 and starts its refresh, held."""
-    loads.release("v1")
-    assert cache.get("k", loads.loader("v1")) == "v1"
-    clock.advance(TTL + 1)
-    assert cache.get("k", loads.loader("refresh")) == "v1"  # stale, refreshing
-    until(lambda: loads.started == ["v1", "refresh"], "the refresh started")
-
-
 @pytest.mark.parametrize("case", CASES)
 def test_a_miss_while_its_key_refreshes_loads_nothing_beside_the_refresh(
     redis_server: RedisServer, namespace: str, case: str
@@ -98,7 +89,7 @@ def test_a_miss_while_its_key_refreshes_loads_nothing_beside_the_refresh(
     cache = TieredCache.from_config(clock=clock, **settings(redis_server, namespace))
     loads = Loads()
     try:
-        start_refresh(cache, clock, loads)
+        start_refresh(cache, clock, loads, TTL + 1)
         if case == "invalidated":
             cache.invalidate("k")
         else:
@@ -129,11 +120,7 @@ async def test_an_async_miss_while_its_key_refreshes_loads_nothing_beside_the_re
     cache = AsyncTieredCache.from_config(clock=clock, **settings(redis_server, namespace))
     loads = Loads()
     try:
-        loads.release("v1")
-        assert await cache.get("k", loads.async_loader("v1")) == "v1"
-        clock.advance(TTL + 1)
-        assert await cache.get("k", loads.async_loader("refresh")) == "v1"
-        await async_until(lambda: loads.started == ["v1", "refresh"], "the refresh started")
+        await start_async_refresh(cache, clock, loads, TTL + 1)
         if case == "invalidated":
             await cache.invalidate("k")
         else:
@@ -186,3 +173,61 @@ def test_a_refresh_run_inline_by_the_read_that_started_it_refreshes_the_key(
         assert cache.stats()["refresh_failures"] == 0
     finally:
         cache.close()
+
+
+def test_a_reader_beside_a_refresh_is_served_the_fresh_copy_redis_holds(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """Another process wrote the key to Redis (no bus: this one's memory keeps the stale
+    copy) while this one's refresh loads: a reader reads the tiers beside the refresh and is
+    served Redis's fresh copy, copied up, without waiting for the refresh's load."""
+    clock = FakeClock(1_000_000.0)
+    cache = TieredCache.from_config(clock=clock, **settings(redis_server, namespace))
+    other = TieredCache.from_config(clock=clock, **settings(redis_server, namespace))
+    loads = Loads()
+    try:
+        start_refresh(cache, clock, loads, TTL + 1)
+        other.set("k", "v2")
+        served: list[str] = []
+        reader = threading.Thread(target=lambda: served.append(cache.get("k", loads.loader("r"))))
+        reader.start()
+        try:
+            until(lambda: served == ["v2"], "the reader served while the refresh loads")
+        finally:
+            loads.release("refresh")
+            reader.join(10)
+        assert loads.started == ["v1", "refresh"]
+        stats = cache.stats()
+        assert stats["singleflight_waits"] == 0
+        assert stats["tiers"][1]["hits"] == 1  # the reader's, in Redis
+    finally:
+        loads.release("refresh")
+        other.close()
+        cache.close()
+
+
+@pytest.mark.anyio
+async def test_an_async_reader_beside_a_refresh_is_served_the_fresh_copy_redis_holds(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    clock = FakeClock(1_000_000.0)
+    cache = AsyncTieredCache.from_config(clock=clock, **settings(redis_server, namespace))
+    other = AsyncTieredCache.from_config(clock=clock, **settings(redis_server, namespace))
+    loads = Loads()
+    try:
+        await start_async_refresh(cache, clock, loads, TTL + 1)
+        await other.set("k", "v2")
+        reader = asyncio.create_task(cache.get("k", loads.async_loader("r")))
+        try:
+            await async_until(reader.done, "the reader served while the refresh loads")
+        finally:
+            loads.release("refresh")
+        assert await reader == "v2"
+        assert loads.started == ["v1", "refresh"]
+        stats = cache.stats()
+        assert stats["singleflight_waits"] == 0
+        assert stats["tiers"][1]["hits"] == 1
+    finally:
+        loads.release("refresh")
+        await other.aclose()
+        await cache.aclose()

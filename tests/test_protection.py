@@ -3,6 +3,7 @@ refresh, load timeouts, and late loads that must not resurrect invalidated value
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 
 from tiered_cache import (
+    AsyncTieredCache,
     LoadTimeout,
     MemoryTier,
     PartialBatchError,
@@ -102,17 +104,62 @@ def test_past_max_stale_a_failure_reaches_the_caller(clock: FakeClock) -> None:
         cache.get("k", loader)
 
 
-def test_failed_background_refresh_keeps_the_stale_value(clock: FakeClock) -> None:
+@pytest.mark.parametrize("written", [False, True], ids=["kept", "written before it ran"])
+def test_failed_background_refresh_keeps_the_stale_value(clock: FakeClock, written: bool) -> None:
+    """The source rests on the stale value (served as fresh for ``fail_safe_throttle``),
+    unless a write invalidated it between the read that served it and started the refresh,
+    and the refresh's run (on a pool thread, or a task): the rest was judged by the
+    refresh's own fence mark, taken when it ran, after the write, and put the written-over
+    value back. It is judged by the mark the stale value was read under."""
     background = Background()
     cache = make_cache(clock, background)
     loader = Loader()
     cache.get("k", loader)
     clock.advance(11)
     loader.error = ConnectionError("down")
-    assert cache.get("k", loader) == "v1"
+    assert cache.get("k", loader) == "v1"  # stale: the refresh is queued
+    if written:
+        cache.invalidate("k")
     background.run()
-    assert cache.get("k", loader) == "v1"
     assert cache.stats()["refresh_failures"] == 1
+    loader.error = None
+    assert cache.get("k", loader) == ("v3" if written else "v1")
+
+
+def test_an_async_failed_refresh_rests_on_no_stale_value_invalidated_before_it_ran(
+    clock: FakeClock,
+) -> None:
+    """The asyncio chain's refresh is a task, run after the read that spawned it: the
+    invalidation here comes before the task's first step (the fence's own, which cannot
+    yield to the loop in between)."""
+
+    async def main() -> None:
+        cache = AsyncTieredCache(
+            [MemoryTier(max_entries=100, ttl=1000, clock=clock)],
+            ttl=10,
+            clock=clock,
+            protection=Protection(max_stale=100.0, early_refresh_beta=0.0, soft_timeout=None),
+        )
+        calls: list[str] = []
+
+        async def load() -> str:
+            calls.append("load")
+            if len(calls) == 2:
+                raise ConnectionError("down")
+            return f"v{len(calls)}"
+
+        try:
+            assert await cache.get("k", load) == "v1"
+            clock.advance(11)
+            assert await cache.get("k", load) == "v1"  # stale: the refresh task spawned
+            cache._fence.invalidate(["k"])  # a write, before the task runs
+            assert await cache.wait_background(10)
+            assert cache.stats()["refresh_failures"] == 1
+            assert await cache.get("k", load) == "v3"  # not v1
+        finally:
+            await cache.aclose()
+
+    asyncio.run(main())
 
 
 def test_xfetch_rule() -> None:

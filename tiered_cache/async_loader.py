@@ -20,7 +20,7 @@ from typing import Any, cast
 from .async_accessor import AsyncTierAccessor, BlockingTierWarning, is_async_part
 from .async_flight import AsyncFlight, async_flights, within_join_timeout
 from .async_tier import AsyncSource
-from .batch_load import BatchLoad
+from .batch_load import BatchLoad, Stale
 from .errors import TieredCacheError
 from .fence import Fence
 from .forking import restart_after_fork
@@ -414,9 +414,10 @@ class AsyncSourceLoader:
             task.exception()  # retrieved: its caller (if any) has seen or dropped it
 
     def refresh_in_background(
-        self, key: str, loader: AsyncLoader | None, ttl: float | str | None, stale: Entry | None
+        self, key: str, loader: AsyncLoader | None, ttl: float | str | None, stale: Stale | None
     ) -> None:
-        """Reload ``key`` in a task, once at a time per key."""
+        """Reload ``key`` in a task, once at a time per key; ``stale`` as for
+        :meth:`SourceLoader.refresh_in_background`."""
         if key in self._refreshing or self._closed:
             return
         self._refreshing.add(key)
@@ -424,9 +425,8 @@ class AsyncSourceLoader:
         self.spawn(self._refresh(key, loader, ttl, stale))
 
     async def _refresh(
-        self, key: str, loader: AsyncLoader | None, ttl: float | str | None, stale: Entry | None
+        self, key: str, loader: AsyncLoader | None, ttl: float | str | None, stale: Stale | None
     ) -> None:
-        mark = 0
         try:
             # A refresh is a load of its key: it leads a flight of the key in the readers'
             # table, after any flight in progress (the threaded loader's rule).
@@ -453,7 +453,8 @@ class AsyncSourceLoader:
                 extra=fields("refresh_failed", key=key),
             )
             if stale is not None and self._protection.fail_safe:
-                await arun(self._batching.rest_source(key, mark, stale))
+                entry, read = stale
+                await arun(self._batching.rest_source(key, read, entry))
         finally:
             self._refreshing.discard(key)
 

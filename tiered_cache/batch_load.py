@@ -33,6 +33,11 @@ Ready = Callable[[Mapping[str, Entry], Mapping[str, BaseException]], None]
 MakeEntry = Callable[[Any, float, float, "float | str | None"], Entry]
 
 
+#: A stale copy a read served, and the fence mark it was read under: a failed background
+#: refresh rests the source on it (:meth:`BatchLoad.rest_source`) judged by that mark.
+Stale = tuple[Entry, int]
+
+
 def calmed(stale: Entry, now: float, throttle: float) -> Entry | None:
     """``stale`` served as fresh for ``throttle`` seconds (never past its hard expiry), so a
     failing source is not asked again by every read; None if there is nothing to rest on."""

@@ -17,7 +17,7 @@ from concurrent.futures import wait as futures_wait
 from typing import Any, TypeVar
 
 from .accessor import TierAccessor
-from .batch_load import BatchLoad
+from .batch_load import BatchLoad, Stale
 from .errors import LoadTimeout, TieredCacheError, caused
 from .fence import Fence
 from .forking import restart_compiled_after_fork
@@ -503,9 +503,13 @@ class SourceLoader:
         return threading.get_ident() in self._workers
 
     def refresh_in_background(
-        self, key: str, loader: Loader | None, ttl: float | str | None, stale: Entry | None
+        self, key: str, loader: Loader | None, ttl: float | str | None, stale: Stale | None
     ) -> None:
-        """Reload ``key`` on a worker thread, once at a time per key."""
+        """Reload ``key`` on a worker thread, once at a time per key. ``stale``: the copy
+        the read that asks served, with the fence mark it was read under (None: none): if
+        the refresh fails, the source rests on it (fail-safe) unless an invalidation came
+        since that mark. Not since the refresh's own, taken when it runs: a write in between
+        removed that copy, and the rest put it back."""
         with self._lock:
             if key in self._refreshing or self._closed:
                 return
@@ -539,9 +543,8 @@ class SourceLoader:
         return not not_done
 
     def _refresh(
-        self, key: str, loader: Loader | None, ttl: float | str | None, stale: Entry | None
+        self, key: str, loader: Loader | None, ttl: float | str | None, stale: Stale | None
     ) -> None:
-        mark = 0
         try:
             # A refresh is a load of its key: it leads a flight of the key in the readers'
             # table, after any flight in progress (one load of a key at a time).
@@ -570,7 +573,8 @@ class SourceLoader:
                 extra=fields("refresh_failed", key=key),
             )
             if stale is not None and self._protection.fail_safe:
-                run(self._batching.rest_source(key, mark, stale))
+                entry, read = stale
+                run(self._batching.rest_source(key, read, entry))
         finally:
             with self._lock:
                 self._refreshing.discard(key)

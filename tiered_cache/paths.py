@@ -43,7 +43,7 @@ class ChainPaths:
         make_entry: stamps values into entries.
         clock: the chain's clock.
         loader: the chain's loader: ``load(key, mark, loader, ttl, stale)`` (a step),
-            ``refresh_in_background(key, loader, ttl, stale)`` (a plain call) and
+            ``refresh_in_background(key, loader, ttl, (stale, mark))`` (a plain call) and
             ``holdings`` (:class:`~tiered_cache.held_leases.Holdings`).
         store: writes the source (a step), or None when the chain has no source.
         announce: tells the other processes (a step), or None without a bus.
@@ -163,7 +163,7 @@ class ChainPaths:
             self.count_bus_down(None)
         if servable is not None:
             self.metrics.count("stale_served")
-            self.loader.refresh_in_background(key, loader, ttl, servable)
+            self.loader.refresh_in_background(key, loader, ttl, (servable, mark))
             return servable.value
         loaded: Entry = yield self.loader.load, (key, mark, loader, ttl, stale)
         return loaded.value
@@ -221,7 +221,7 @@ class ChainPaths:
                 if key in stale:
                     found[key] = stale[key]
                     self.metrics.count("stale_served")
-                    self.loader.refresh_in_background(key, None, ttl, stale[key])
+                    self.loader.refresh_in_background(key, None, ttl, (stale[key], mark))
             remaining = [key for key in remaining if key not in stale]
         values = {key: entry.value for key, entry in found.items()}
         errors: dict[str, BaseException] = {}

@@ -96,6 +96,9 @@ class Reported(ClosesCounted):
         super().close()
         print("source closed", flush=True)
 
+# Python leaves SIGINT ignored when it starts with it ignored (a test run started in the
+# background by a shell without job control, nohup): Ctrl-C would then raise nothing here.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 clock = FakeClock(1000.0)
 memory = MemoryTier(policy=LruPolicy(100), clock=clock)
 cache = TieredCache([memory], Reported(), ttl=1.0, clock=clock)

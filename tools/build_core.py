@@ -128,6 +128,11 @@ def build() -> int:
         return 0
     from setuptools import setup
 
+    # The sources' hashes are taken before mypyc reads them: taken after the build, a source
+    # edited while it ran got a hash matching its new text beside a build of its old one, and
+    # compiled.py ran that stale build (a changed signature: "takes at most 4 arguments (5
+    # given)"). Taken first, such an edit only makes the build look stale: the source runs.
+    recorded = manifest()
     # Built in a folder of its own (setuptools would read the project's pyproject.toml), then
     # copied beside the sources.
     work = ROOT / "build" / "core"
@@ -149,7 +154,7 @@ def build() -> int:
         partial = target.with_name(target.name + ".partial")
         shutil.copy2(built, partial)
         os.replace(partial, target)
-    (ROOT / "tiered_cache" / "compiled.json").write_text(manifest())
+    (ROOT / "tiered_cache" / "compiled.json").write_text(recorded)
     names = ", ".join(path.name.split(".")[0] for path in compiled_files())
     print(f"build_core: compiled with mypyc and the C compiler: {names}")
     return 0

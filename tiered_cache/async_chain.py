@@ -280,10 +280,7 @@ class AsyncTieredCache(L1Reader):
         while True:
             mark = fence.mark()
             flight, role = flights.join_or_lead(
-                key,
-                tag=mark,
-                joinable=lambda flight: fence.may_join(key, flight.tag),
-                beside=beside,
+                key, tag=mark, may_join=fence.may_join, beside=beside
             )
             if role == BESIDE:
                 # A background refresh leads the key's flight: the tiers read beside it,

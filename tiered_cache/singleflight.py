@@ -318,19 +318,20 @@ class FlightTable(Generic[F]):
         key: str,
         *,
         tag: int,
-        joinable: Callable[[F], bool] | None = None,
+        may_join: Callable[[str, int], bool] | None = None,
         beside: bool = False,
     ) -> tuple[F, int]:
-        """``(flight, role)`` for the asyncio chain's one key: :data:`LEAD` (a new flight this
-        caller leads), :data:`JOIN` (the key's flight in progress, ``joinable``),
-        :data:`BEHIND` (the key's flight in progress that may not be joined: wait for it to
-        land, not taking its outcome, and ask again) or, asked ``beside``, :data:`BESIDE` (the
-        key's flight is a background refresh's, not joined: see :data:`BESIDE`)."""
+        """``(flight, role)`` for one key (either face's miss): :data:`LEAD` (a new flight
+        this caller leads), :data:`JOIN` (the key's flight in progress, which
+        ``may_join(key, its tag)`` allows), :data:`BEHIND` (the key's flight in progress that
+        may not be joined: wait for it to land, not taking its outcome, and ask again) or,
+        asked ``beside``, :data:`BESIDE` (the key's flight is a background refresh's, not
+        joined: see :data:`BESIDE`)."""
         with self._lock:
-            flight, role = self._take(key, tag, beside, None)
+            flight, role = self._take(key, tag, beside)
             if role == OWN:
                 raise recursive_load(key)
-            if role == JOIN and joinable is not None and not joinable(flight):
+            if role == JOIN and may_join is not None and not may_join(key, flight.tag):
                 role = BEHIND
             return flight, role
 
@@ -345,19 +346,19 @@ class FlightTable(Generic[F]):
         key's flight already: a refresh run inline by the read that started it loads inside
         that read's flight)."""
         with self._lock:
-            flight, role = self._take(key, tag, False, None)
+            flight, role = self._take(key, tag, False)
             if role == LEAD:
                 flight.refresh = True
             return flight, BEHIND if role == JOIN else role
 
-    def _take(self, key: str, tag: int, beside: bool, made: F | None) -> tuple[F, int]:
-        """Under the lock: a new flight of ``key`` (:data:`LEAD`; ``made``, if given, else
-        one made here), the caller's own (:data:`OWN`), a refresh's that a reader asking
-        ``beside`` reads beside (:data:`BESIDE`, not joined), or another's, joined
-        (:data:`JOIN`). The one place that decides whether a reader joins a refresh's flight."""
+    def _take(self, key: str, tag: int, beside: bool) -> tuple[F, int]:
+        """Under the lock: a new flight of ``key`` (:data:`LEAD`), the caller's own
+        (:data:`OWN`), a refresh's that a reader asking ``beside`` reads beside
+        (:data:`BESIDE`, not joined), or another's, joined (:data:`JOIN`). The one place that
+        decides whether a reader joins a refresh's flight."""
         flight = self._flights.get(key)
         if flight is None:
-            flight = self._flights[key] = made if made is not None else self._new(tag)
+            flight = self._flights[key] = self._new(tag)
             return flight, LEAD
         if flight.led_here():
             return flight, OWN
@@ -435,20 +436,19 @@ class SingleFlight(FlightTable[Flight]):
         result is this caller's (not shared), unless it is ``MISSING`` (nothing to serve):
         then the caller joins the refresh's flight, or waits behind it, as any other.
         """
-        flights = self._flights
         flight = Flight(tag)
         # Leading takes no lock (a miss leads its flight, nearly always): setdefault is one step
         # under the GIL for a str key (its hash and compare run no Python code). Joining, and
-        # waiting behind a flight that may not be joined, start under the lock, as landing does.
-        current = flights.setdefault(key, flight) if type(key) is str else None
+        # waiting behind a flight that may not be joined, start under the lock, as landing does
+        # (join_or_lead, the asyncio chain's too).
+        current = self._flights.setdefault(key, flight) if type(key) is str else None
         while current is not flight:
-            with self._lock:
-                current, role = self._take(key, tag, beside is not None, flight)
-                behind = role == JOIN and may_join is not None and not may_join(key, current.tag)
+            current, role = self.join_or_lead(
+                key, tag=tag, may_join=may_join, beside=beside is not None
+            )
             if role == LEAD:
-                continue  # ``current`` is this caller's flight now
-            if role == OWN:
-                raise recursive_load(key)
+                flight = current  # this caller leads the key's flight now
+                break
             if role == BESIDE:
                 assert beside is not None
                 served = beside(flight, *args)
@@ -458,7 +458,7 @@ class SingleFlight(FlightTable[Flight]):
                 current = None
                 continue
             try:
-                if behind:
+                if role == BEHIND:
                     # Its outcome may be what an invalidation since removed: not ours to
                     # take, but a second load beside it would be a second read of the key.
                     current.settle(wait)

@@ -72,11 +72,15 @@ class CloseOnce:
         except RuntimeError:  # no thread can start (interpreter shutting down): run here
             self._run()
         except BaseException:
-            # Stopped (Ctrl-C) as it waited for the thread to begin: the thread runs, but the
-            # interpreter's exit waits only for threads that had begun (tools/signal_close.py
-            # --how ctrl-c: 1 round of 10 exited with the chain open). Wait for that; a
-            # second interrupt stops this wait too.
-            self._begun.wait()
+            # Stopped (Ctrl-C) in Thread.start. Once it launched the thread, the thread runs,
+            # but the interpreter's exit waits only for threads that had begun
+            # (tools/signal_close.py --how ctrl-c: 1 round of 10 exited with the chain open):
+            # wait for that; a second interrupt stops this wait too. Stopped as start() began,
+            # it launched nothing, and threading lists no such thread: nothing will begin (the
+            # next close() starts one). (Stopped between start() listing the thread and
+            # launching it, this waits until a second interrupt.)
+            if thread in threading.enumerate():
+                self._begun.wait()
             raise
 
     def _run(self) -> None:

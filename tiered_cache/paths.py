@@ -98,11 +98,12 @@ class ChainPaths:
     ) -> Steps[Any]:
         """Inside the key's flight: the first fresh copy (copied up into the faster tiers),
         else a stale one while a refresh runs, else a load. ``mark``: the fence's, taken
-        before anything was read; every fill below is judged by it. (The threaded chain
-        reads with :meth:`read_through_plain`.) ``beside``: the read of a caller that found
-        a background refresh leading the key's flight (:data:`~tiered_cache.singleflight.
-        BESIDE`), outside any flight: the same walk, but where it would load it returns
-        ``MISSING`` (nothing to serve: the caller joins the refresh)."""
+        before anything was read; every fill below is judged by it. (The threaded chain's
+        misses read with :meth:`read_through_plain`, its reads beside a refresh with this.)
+        ``beside``: the read of a caller that found a background refresh leading the key's
+        flight (:data:`~tiered_cache.singleflight.BESIDE`), outside any flight: the same
+        walk, but where it would load it returns ``MISSING`` (nothing to serve: the caller
+        joins the refresh)."""
         check_keys((key,), self.utf8_for)
         return (
             yield from self.read_on(

@@ -75,6 +75,8 @@ class CircuitBreaker:
             raise ValueError("failure_threshold must be at least 1")
         if self.cool_down < 0:
             raise ValueError("cool_down cannot be negative")
+        #: The clock of its cool-down (a timer waiting for the next trial reads it).
+        self.clock = clock
         self._clock = clock
         self._lock = threading.Lock()
         self._failures = 0
@@ -110,6 +112,13 @@ class CircuitBreaker:
             if not self._open:
                 return False
             return self._probing or self._clock() - self._opened_at < self.cool_down
+
+    def trial_at(self) -> float | None:
+        """When (on :attr:`clock`) the circuit lets a call through again: the end of its
+        cool-down while it is open (already past while a probe is in flight: that probe's
+        outcome decides), None while it is closed (any call goes through)."""
+        with self._lock:
+            return self._opened_at + self.cool_down if self._open else None
 
     @property
     def opened_count(self) -> int:

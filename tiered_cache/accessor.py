@@ -9,7 +9,9 @@ tier is a miss, a skipped fill, a warning and a counter), but for
 calls raise, because what a failure means depends on the step (the loader decides).
 
 A shared tier's deletes that failed are owed (:mod:`tiered_cache.owed`): every later call of
-the accessor to the tier pays them first, and is refused while they cannot be made.
+the accessor to the tier pays them first, and is refused while they cannot be made; and a timer
+pays them when the tier lets calls through again, should no call come
+(:mod:`tiered_cache.owed_timer`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from .leases import LeasingTier
 from .logs import fields, tier_logger
 from .metrics import CacheMetrics
 from .owed import Debt, OwedDeletes
+from .owed_timer import PaymentThread, PaymentTimer
 from .reporting import ReportValue, report_of
 from .steps import Steps, run
 from .tier import MISSING, Entry, MissingType, Tier, TierBase
@@ -76,6 +79,10 @@ class TierAccessor:
         #: The deletes this tier failed to make (a shared tier's: an in-process tier's copies
         #: are the fence's), paid before its next call (:meth:`settle`).
         self.owed = OwedDeletes(self.name, metrics)
+        #: When they are paid without waiting for a call: at the end of the breaker's
+        #: cool-down (the asyncio chain's accessor drives it with a task of its own).
+        self.timer = PaymentTimer(self.owed, breaker, clock)
+        self._payments = PaymentThread(self.timer, self.settle, self.name)
         #: What the chain does once they are paid (announce them again:
         #: ``ChainPaths.paid``); None: the accessor does not pay them itself (the asyncio
         #: chain's bookkeeping accessor: its own accessor pays, before the thread hop).
@@ -288,9 +295,12 @@ class TierAccessor:
     def owe(
         self, keys: Sequence[str] = (), prefixes: Sequence[str] = (), everything: bool = False
     ) -> None:
-        """Deletes that failed: a shared tier makes them before its next call."""
+        """Deletes that failed: a shared tier makes them before its next call, or when its
+        breaker lets calls through again (the timer), whichever comes first."""
         if not self.local:
             self.owed.owe(keys, prefixes, everything)
+            if self.when_paid is not None:  # else the asyncio chain's accessor arms its own
+                self._payments.arm()
 
     def settle(self) -> None:
         """Pay the deletes owed, before any other call to the tier; raises
@@ -410,6 +420,11 @@ class TierAccessor:
                 exc,
                 extra=fields("tier_failed", tier=self.name),
             )
+
+    def stop_paying(self) -> None:
+        """The chain closes: the timer of owed deletes stops, once a payment in flight has
+        ended (no thread of it is left)."""
+        self._payments.stop()
 
     def close(self) -> None:
         """Close the tier, whatever the state of its breaker."""

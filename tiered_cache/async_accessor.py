@@ -31,6 +31,7 @@ from .errors import CodecError
 from .hit import HitCount
 from .metrics import CacheMetrics
 from .owed import Debt
+from .owed_timer import PaymentTask
 from .reporting import ReportValue
 from .steps import Steps, arun
 from .tier import MISSING, Entry, MissingType, Tier
@@ -83,6 +84,9 @@ class AsyncTierAccessor:
         #: :attr:`TierAccessor.when_paid`); paid here, before a call is awaited or sent to a
         #: thread (the bookkeeping accessor's own stays None: it does not pay them).
         self.when_paid: Callable[[Debt], Steps[None]] | None = None
+        #: Pays them when the breaker lets calls through again, should no call come: a task
+        #: of the loop the debt was recorded on (the bookkeeping accessor's timer, driven here).
+        self._payments = PaymentTask(self.sync.timer, self._settle, self.name)
         if self.threaded:
             warnings.warn(
                 f"tier {self.name!r} has no asyncio interface: the asyncio chain runs its "
@@ -121,7 +125,11 @@ class AsyncTierAccessor:
                 # any failure of the tier's (a miss, a skipped fill, a lease call's error).
                 with contextlib.suppress(Exception):
                     await self._settle()
-            return await asyncio.to_thread(function, *args)
+            try:
+                return await asyncio.to_thread(function, *args)
+            finally:
+                if self.sync.owed.due:  # a delete it failed, owed in that thread
+                    self._arm()
         return function(*args)
 
     async def _guarded(self, operation: Callable[[], Awaitable[T]]) -> T:
@@ -136,6 +144,17 @@ class AsyncTierAccessor:
         return await self._breaker.acall(operation)
 
     # -- deletes owed (tiered_cache.owed)
+
+    def _arm(self) -> None:
+        """A debt was recorded: the timer pays it at the end of the breaker's cool-down,
+        should no call come first (on this loop; not if this accessor does not pay)."""
+        if self.when_paid is not None:
+            self._payments.arm()
+
+    async def stop_paying(self) -> None:
+        """The chain closes: the timer of owed deletes stops, once a payment in flight has
+        ended (no task of it is left, but on a loop that ended)."""
+        await self._payments.stop()
 
     async def _settle(self) -> None:
         """:meth:`TierAccessor.settle` for coroutines (raises while they cannot be paid)."""
@@ -295,6 +314,7 @@ class AsyncTierAccessor:
             await self._guarded(operation)
         except Exception as exc:
             self.sync.owe(keys, prefixes, everything)
+            self._arm()
             self.failed(exc)
             return f"tier {self.name!r} ({type(exc).__name__}: {exc})"
         return None

@@ -505,6 +505,8 @@ class AsyncTieredCache(L1Reader):
 
     async def _close_each_part(self) -> None:
         await all_end_within(self._writes.running(), None)
+        for tier in self._tiers:  # a write's failed delete arms a payment: after the writes
+            await tier.stop_paying()
         await self._loader.aclose()
         self._use_l1(self._tiers, False)
         if self._bus_link is not None:

@@ -490,6 +490,8 @@ class TieredCache(L1Reader):
         the source. Each step is harmless twice (a forked child runs them again when its
         parent's close had not ended at the fork)."""
         self._refuse_calls()
+        for tier in self._tiers:  # first: a payment in flight announces on the bus
+            tier.stop_paying()
         self._loader.close()
         self._use_l1(self._tiers, False)
         if self._bus_link is not None:

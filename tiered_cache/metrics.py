@@ -35,6 +35,7 @@ EVENTS = (
     "bus_publish_skipped",
     "deletes_owed",
     "deletes_owed_overflows",
+    "deletes_owed_payments",
 )
 
 

@@ -1,5 +1,5 @@
-"""Deletes a shared tier owes: what an invalidation could not delete there, made before the
-tier's next call.
+"""Deletes a shared tier owes: what an invalidation could not delete there, made when the tier
+lets calls through again, before any other call to it.
 
 A write (``set``, ``invalidate*``, ``clear``) made while this process's Redis circuit is open,
 or whose delete failed or timed out, could neither take the key's lease nor delete Redis's
@@ -8,7 +8,10 @@ the write, under a lease still valid; the write's bus message drops only memory 
 Redis served the old value to every process until its ``ttl`` (two writer processes across a
 Redis outage, ``tools/two_writers.py``). So the delete is kept here and made by the tier's
 accessor once the tier takes calls again, *before* any other call of this chain to it (a read
-of this process would otherwise find the old copy first); the chain then announces it again
+of this process would otherwise find the old copy first): by a timer when the tier's breaker
+lets a trial through, whether or not a call comes (:mod:`tiered_cache.owed_timer`: a process
+whose memory answers every read makes none), or by the chain's next call if that comes first,
+through the one payment :meth:`OwedDeletes.settling`; the chain then announces it again
 (``ChainPaths.paid``): the other processes may have copied the old value up from Redis into
 their memory since the first announcement. Deleting a key deletes its lease too, so a fill
 still in flight under a lease taken before the write fails.
@@ -20,8 +23,10 @@ tier's ``clear`` (more than was asked, never less), with a warning and the
 still owed in the child (the record keeps a debt until it is paid).
 
 What it cannot do: a process that dies (or closes) owing deletes leaves the old copies to
-Redis's ``ttl``; and until the owing process's next call to the tier, after its breaker's
-cool-down, the others may read the old copy there.
+Redis's ``ttl``; and until the payment, at the end of the owing process's breaker's cool-down
+at the soonest (the end of a later one while the tier still fails), the others may read the
+old copy there. An asyncio chain whose loop ended with a debt pays at its next call to the
+tier or next debt, on its next loop.
 """
 
 from __future__ import annotations
@@ -149,6 +154,7 @@ class OwedDeletes:
         debt = yield from self._payment(tier)
         if debt is not None:
             yield from then(debt)
+            self._metrics.count("deletes_owed_payments")
 
     def _payment(self, tier: Payee) -> Steps[Debt | None]:
         if not self._paying.acquire(blocking=False):

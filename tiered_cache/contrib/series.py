@@ -88,6 +88,7 @@ EVENT_HELP: Mapping[str, str] = {
     "bus_publish_errors": "Invalidation messages the bus failed to publish.",
     "deletes_owed": "Deletes a shared tier failed (keys, prefixes, clears), made when it works.",
     "deletes_owed_overflows": "Times owed deletes passed their bound: the tier will be cleared.",
+    "deletes_owed_payments": "Payments of owed deletes made (each announced again on the bus).",
 }
 
 

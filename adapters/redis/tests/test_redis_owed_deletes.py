@@ -5,9 +5,10 @@ The write cannot take the key's lease nor delete Redis's copy. Another process, 
 works, loaded the key before the write (its lease still valid) and fills Redis with what it
 read; the writer's bus message reaches it after that fill and drops only its memory copy.
 Before the deletes were owed, Redis then served the old value to every process until its
-``ttl``. Now the writer keeps the delete it could not make and makes it before its next call
-to Redis, announcing it again (the other process may have copied the old value up from Redis
-into its memory meanwhile).
+``ttl``. Now the writer keeps the delete it could not make and makes it when its breaker's
+cool-down ends (a timer, on the breaker's fake clock here), or before its next call to Redis if
+that comes first, announcing it again (the other process may have copied the old value up from
+Redis into its memory meanwhile).
 
 Two chains on one real redis-server play the two processes: the writer's through a TCP proxy
 (cut: its breaker opens), the reader's direct; one table, one bus whose messages can be held.
@@ -15,6 +16,7 @@ Two chains on one real redis-server play the two processes: the writer's through
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -35,6 +37,7 @@ from tiered_cache.settings import BreakerSettings
 from tiered_cache.testing.buses import CuttableBus
 from tiered_cache.testing.clock import FakeClock
 from tiered_cache.testing.forked import in_a_child
+from tiered_cache.testing.held_loads import eventually, until
 from tiered_cache.testing.servers import FaultProxy, RedisServer
 from tiered_cache.testing.sources import AsyncDictSource, DictSource
 from tiered_cache.tier import MissingType
@@ -46,6 +49,25 @@ PROTECTION = Protection(soft_timeout=None)
 
 def value(entry: Entry | MissingType) -> Any:
     return MISSING if entry is MISSING else entry.value
+
+
+def payments(cache: TieredCache | AsyncTieredCache) -> int:
+    """Payments of owed deletes the chain made (each announced again once made)."""
+    return int(cache.stats()["deletes_owed_payments"])
+
+
+def paid(cache: TieredCache, n: int = 1) -> None:
+    """Wait for the ``n``-th payment (the timer's, on its own thread, or a call's)."""
+    until(lambda: payments(cache) >= n, f"payment {n} of what the writer owes")
+
+
+def opened(cache: TieredCache | AsyncTieredCache) -> int:
+    """How many times the chain's Redis circuit opened."""
+    return int(cache.stats()["tiers"][1]["breaker_opened"])
+
+
+def owed_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("tiered-cache-owed")]
 
 
 class Table(DictSource):
@@ -138,6 +160,13 @@ class Rig:
         assert value(self.raw.get("k")) == "old"  # filled under the reader's lease, still valid
         self.bus.deliver()
 
+    def assert_paid(self, expected: str) -> None:
+        """The writer's debt paid: Redis's copy of ``k`` deleted and the reader told (it
+        reads ``expected`` again)."""
+        paid(self.writer)
+        assert value(self.raw.get("k")) is MISSING
+        assert self.reader.get("k") == expected
+
     def close(self) -> None:
         for tier in (self.raw, self.direct):
             tier.close()
@@ -154,10 +183,12 @@ def test_a_write_while_the_writers_breaker_is_open_leaves_no_old_copy_in_redis(
     assert rig.reader.get("k") == "old"  # the window: copied up again from Redis
     proxy.restore()
     rig.clock.advance(5.0)
-    # The writer's first call to Redis since it works again: the delete goes first, not a
-    # read of the old copy.
+    # The writer's first call to Redis since it works again: the delete goes first (its own
+    # payment, or the timer's, begun at the cool-down's end: the call is then refused and
+    # reads past Redis), not a read of the old copy.
     assert rig.writer.get("k") == "new"
-    assert value(rig.raw.get("k")) == "new"  # failed: 'old' (until Redis's ttl)
+    paid(rig.writer)
+    assert value(rig.raw.get("k")) != "old"  # failed: 'old' (until Redis's ttl)
     assert rig.reader.get("k") == "new"  # the reader's memory was told again
     assert rig.writer.stats()["deletes_owed"] >= 1
     rig.close()
@@ -189,6 +220,30 @@ def async_chains(
     direct = AsyncRedisTier(aioredis.Redis.from_url(server.url), namespace=namespace)
     reader = AsyncTieredCache([MemoryTier(), direct], table, bus=bus, protection=PROTECTION)
     return writer, reader
+
+
+async def async_stale_fill(
+    server: RedisServer, proxy: FaultProxy, namespace: str
+) -> tuple[FakeClock, AsyncTieredCache, AsyncTieredCache, RedisTier]:
+    """:meth:`Rig.stale_fill` of a ``set`` for the asyncio chains: the writer's circuit
+    open, its write during the reader's load, the reader's old fill in Redis, the write's
+    message heard after it. Returns the writer's breaker's clock, the two chains and a raw
+    look at Redis."""
+    clock, bus, table = FakeClock(), CuttableBus(), AsyncTable({"k": "old"})
+    writer, reader = async_chains(server, proxy, namespace, clock=clock, bus=bus, table=table)
+    raw = RedisTier(redis.Redis.from_url(server.url), namespace=namespace)
+    proxy.cut()
+    await writer.get("x")
+
+    async def meanwhile() -> None:
+        bus.hold()
+        await writer.set("k", "new")
+
+    table.meanwhile = meanwhile
+    assert await reader.get("k") == "old"
+    assert value(raw.get("k")) == "old"
+    bus.deliver()
+    return clock, writer, reader, raw
 
 
 @pytest.mark.anyio
@@ -239,10 +294,12 @@ def test_a_payment_that_fails_keeps_the_debt(
     rig.stale_fill(proxy, lambda: rig.writer.set("k", "new"))
     rig.clock.advance(5.0)
     assert rig.writer.get("k") == "new"  # the probe (the payment) fails: read past Redis
+    until(lambda: opened(rig.writer) == 2, "the trial failed")  # the call's or the timer's
     assert value(rig.raw.get("k")) == "old"
     proxy.restore()
     rig.clock.advance(5.0)
     rig.writer.get("y")
+    paid(rig.writer)
     assert value(rig.raw.get("k")) is MISSING
     assert rig.reader.get("k") == "new"
     rig.close()
@@ -263,7 +320,9 @@ def test_a_payment_stalled_by_a_stopped_redis_is_made_again_and_no_read_goes_fir
         assert pid is not None
         os.kill(pid, signal.SIGSTOP)
         try:
-            assert rig.writer.get("k") == "new"  # the payment timed out: not the old copy
+            # The payment (the timer's, or this call's) times out: not the old copy.
+            assert rig.writer.get("k") == "new"
+            until(lambda: opened(rig.writer) == 2, "the payment timed out")
         finally:
             os.kill(pid, signal.SIGCONT)
         assert rig.writer.stats()["tiers"][1]["breaker"] == "open"
@@ -272,8 +331,7 @@ def test_a_payment_stalled_by_a_stopped_redis_is_made_again_and_no_read_goes_fir
         assert rig.reader.get("k") == "newer"
         rig.clock.advance(5.0)
         rig.writer.get("y")  # pays again: deletes the reader's fill (harmless) and announces
-        assert value(rig.raw.get("k")) is MISSING
-        assert rig.reader.get("k") == "newer"
+        rig.assert_paid("newer")
         rig.close()
 
 
@@ -305,10 +363,12 @@ def test_two_writers_with_open_breakers_both_pay(
         second_proxy.restore()
         rig.clock.advance(5.0)
         rig.writer.get("y")
+        paid(rig.writer)
         assert value(rig.raw.get("k")) is MISSING
         assert rig.reader.get("k") == "newer"  # filled again, read after both writes
         clock2.advance(5.0)
         second.get("y")
+        paid(second)
         assert value(rig.raw.get("k")) is MISSING
         assert rig.reader.get("k") == "newer"
         assert second.get("k") == "newer"
@@ -339,7 +399,7 @@ def test_a_child_forked_during_a_payment_pays_it_too(
     """A thread of the parent is paying (its delete not sent yet) when the process forks:
     in the child the payment's lock would be held for ever (every call of the tier refused)
     and, were the debt taken out of the record while paid, the child would owe nothing. The
-    child's first call pays it."""
+    child pays it (its own timer's thread, or its first call)."""
     tier = HeldDeletes(redis.Redis.from_url(proxy.url()), namespace)
     rig = Rig(redis_server, proxy, namespace, tier=tier)
     rig.stale_fill(proxy, lambda: rig.writer.set("k", "new"))
@@ -352,6 +412,7 @@ def test_a_child_forked_during_a_payment_pays_it_too(
 
     def child() -> list[Any]:
         rig.writer.get("z")
+        paid(rig.writer)  # the parent's payment, held, was not counted
         return [value(rig.raw.get("k")) is MISSING, rig.writer.stats()["tiers"][1]["breaker"]]
 
     try:
@@ -385,32 +446,25 @@ def test_past_the_bound_the_debt_becomes_a_clear(
     proxy.restore()
     rig.clock.advance(5.0)
     rig.writer.get("y")
+    paid(rig.writer)
     assert value(rig.raw.get("k")) is MISSING
     assert value(rig.raw.get("other")) is MISSING
     assert rig.reader.get("k") == "old"  # the table was never written: reloaded
     rig.close()
 
 
-# -- a debt that waits for a call that never comes (known defect, not fixed)
-
-#: Strict: the fix must remove it.
-UNPAID_WHILE_MEMORY_ANSWERS = pytest.mark.xfail(
-    strict=True,
-    reason="a debt is paid at the owing chain's next call to Redis; a chain whose reads its "
-    "memory answers makes none, and every other process serves Redis's old copy",
-)
+# -- a debt paid while no call comes: the timer at the cool-down's end
 
 
-@UNPAID_WHILE_MEMORY_ANSWERS
 def test_a_debt_is_paid_while_the_writer_reads_only_its_memory(
     redis_server: RedisServer, proxy: FaultProxy, namespace: str
 ) -> None:
     """The writer reads the key it wrote once while its circuit is still open (read past
     Redis, from the table, into its memory); from then on its memory answers every read, so
-    it makes no call to Redis after the cool-down, and its delete stays owed: the reader,
-    told of the write, copies Redis's old value up again and serves it until Redis's ttl
-    (tools/two_writers.py: the asyncio face whose writes came last and whose circuit was
-    still open when they ended)."""
+    it makes no call to Redis after the cool-down. Its delete waited for such a call: the
+    reader, told of the write, copied Redis's old value up again and served it until Redis's
+    ttl (tools/two_writers.py: 7 of 12 rounds with the writes ending before the cool-down
+    did). The timer pays it at the cool-down's end."""
     rig = Rig(redis_server, proxy, namespace)
     rig.stale_fill(proxy, lambda: rig.writer.set("k", "new"))
     assert rig.writer.get("k") == "new"  # circuit open: from the table, into memory
@@ -418,38 +472,212 @@ def test_a_debt_is_paid_while_the_writer_reads_only_its_memory(
     rig.clock.advance(5.0)
     for _ in range(3):
         assert rig.writer.get("k") == "new"  # memory answers
-    assert value(rig.raw.get("k")) != "old"  # fails: 'old' (until Redis's ttl)
-    assert rig.reader.get("k") == "new"
+    paid(rig.writer)  # failed before the timer: never
+    assert value(rig.raw.get("k")) != "old"  # failed before the timer: 'old' (Redis's ttl)
+    assert rig.reader.get("k") == "new"  # told again
+    assert rig.writer.stats()["tiers"][1]["breaker"] == "closed"
     rig.close()
 
 
-@UNPAID_WHILE_MEMORY_ANSWERS
 @pytest.mark.anyio
 async def test_an_async_debt_is_paid_while_the_writer_reads_only_its_memory(
     redis_server: RedisServer, proxy: FaultProxy, namespace: str
 ) -> None:
     """:func:`test_a_debt_is_paid_while_the_writer_reads_only_its_memory` for the asyncio
-    face."""
-    clock, bus, table = FakeClock(), CuttableBus(), AsyncTable({"k": "old"})
-    writer, reader = async_chains(redis_server, proxy, namespace, clock=clock, bus=bus, table=table)
-    raw = RedisTier(redis.Redis.from_url(redis_server.url), namespace=namespace)
-    proxy.cut()
-    await writer.get("x")
-
-    async def meanwhile() -> None:
-        bus.hold()
-        await writer.set("k", "new")
-
-    table.meanwhile = meanwhile
-    assert await reader.get("k") == "old"
-    bus.deliver()
+    face: the timer is a task of the writer's loop."""
+    clock, writer, reader, raw = await async_stale_fill(redis_server, proxy, namespace)
     assert await writer.get("k") == "new"  # circuit open: from the table, into memory
     proxy.restore()
     clock.advance(5.0)
     for _ in range(3):
         assert await writer.get("k") == "new"  # memory answers
-    assert value(raw.get("k")) != "old"  # fails: 'old'
+    await eventually(lambda: payments(writer) == 1, "the timer's payment")
+    assert value(raw.get("k")) != "old"  # failed before the timer: 'old'
     assert await reader.get("k") == "new"
     raw.close()
     await reader.aclose()
     await writer.aclose()
+    assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("tiered-cache-owed")]
+
+
+def test_a_payment_whose_trial_fails_is_made_at_the_next_cool_downs_end(
+    redis_server: RedisServer, proxy: FaultProxy, namespace: str
+) -> None:
+    """Redis still cut when the cool-down ends: the timer's payment is the breaker's trial,
+    it fails (the circuit opens again), and the debt stays owed; at the next cool-down's end
+    the timer pays it, with no call of the writer's."""
+    rig = Rig(redis_server, proxy, namespace)
+    rig.stale_fill(proxy, lambda: rig.writer.set("k", "new"))
+    assert rig.writer.get("k") == "new"  # into memory: no call of the writer's from here
+    rig.clock.advance(5.0)
+    until(lambda: opened(rig.writer) == 2, "the timer's trial failed")
+    assert payments(rig.writer) == 0
+    assert value(rig.raw.get("k")) == "old"
+    proxy.restore()
+    rig.clock.advance(5.0)
+    rig.assert_paid("new")
+    assert rig.writer.get("k") == "new"
+    rig.close()
+
+
+def test_close_leaves_no_payment_thread(
+    redis_server: RedisServer, proxy: FaultProxy, namespace: str
+) -> None:
+    """A chain closed owing (its timer waiting for the cool-down's end) stops the timer:
+    no thread of it is left once ``close()`` returns, and nothing is paid."""
+    before = set(owed_threads())
+    rig = Rig(redis_server, proxy, namespace)
+    rig.stale_fill(proxy, lambda: rig.writer.set("k", "new"))
+    assert set(owed_threads()) - before  # waiting for the cool-down's end
+    rig.close()
+    assert not set(owed_threads()) - before
+    proxy.restore()
+    rig.clock.advance(5.0)
+    raw = RedisTier(redis.Redis.from_url(redis_server.url), namespace=namespace)
+    assert value(raw.get("k")) == "old"  # a chain closed owing leaves the copy to the ttl
+    raw.close()
+
+
+def test_close_while_the_timer_pays_lets_the_payment_end(
+    redis_server: RedisServer, proxy: FaultProxy, namespace: str
+) -> None:
+    """``close()`` while the timer's payment is on its way (its delete held): the close
+    waits for it (the delete made, announced) and leaves no thread of it."""
+    before = set(owed_threads())
+    tier = HeldDeletes(redis.Redis.from_url(proxy.url()), namespace)
+    rig = Rig(redis_server, proxy, namespace, tier=tier)
+    rig.stale_fill(proxy, lambda: rig.writer.set("k", "new"))
+    proxy.restore()
+    tier.go = threading.Event()
+    rig.clock.advance(5.0)
+    assert tier.holding.wait(10)  # the timer's payment, no call of the writer's
+    closing = threading.Thread(target=rig.writer.close)
+    closing.start()
+    until(
+        lambda: any(t.name == "tiered-cache-close" for t in threading.enumerate()),
+        "the close begun",
+    )
+    tier.go.set()
+    closing.join(10)
+    assert not closing.is_alive()
+    assert not set(owed_threads()) - before
+    rig.assert_paid("new")
+    assert payments(rig.writer) == 1
+    rig.close()
+
+
+def test_a_forked_child_pays_what_its_parent_owed(
+    redis_server: RedisServer, proxy: FaultProxy, namespace: str
+) -> None:
+    """A process forked while it owes (its timer waiting for the cool-down's end) pays in
+    the child, by the child's own timer (the parent's thread is not there): no call."""
+    before = set(owed_threads())
+    rig = Rig(redis_server, proxy, namespace)
+    rig.stale_fill(proxy, lambda: rig.writer.set("k", "new"))
+    assert rig.writer.get("k") == "new"  # into memory
+    proxy.restore()
+
+    def child() -> list[Any]:
+        rig.clock.advance(5.0)  # the child's clock: the parent's timer still waits
+        paid(rig.writer)
+        return [value(rig.raw.get("k")) is MISSING, rig.reader.get("k")]
+
+    assert in_a_child(child, timeout=30) == [True, "new"]
+    assert payments(rig.writer) == 0
+    rig.close()
+    assert not set(owed_threads()) - before
+
+
+@pytest.mark.anyio
+async def test_an_async_payment_whose_trial_fails_is_made_at_the_next_cool_downs_end(
+    redis_server: RedisServer, proxy: FaultProxy, namespace: str
+) -> None:
+    """:func:`test_a_payment_whose_trial_fails_is_made_at_the_next_cool_downs_end` for the
+    asyncio face."""
+    clock, writer, reader, raw = await async_stale_fill(redis_server, proxy, namespace)
+    assert await writer.get("k") == "new"
+    clock.advance(5.0)
+    await eventually(lambda: opened(writer) == 2, "the timer's trial failed")
+    assert payments(writer) == 0
+    assert value(raw.get("k")) == "old"
+    proxy.restore()
+    clock.advance(5.0)
+    await eventually(lambda: payments(writer) == 1, "the timer's second try")
+    assert value(raw.get("k")) is MISSING
+    assert await reader.get("k") == "new"
+    raw.close()
+    await reader.aclose()
+    await writer.aclose()
+
+
+def owed_tasks() -> list[asyncio.Task[Any]]:
+    return [t for t in asyncio.all_tasks() if t.get_name().startswith("tiered-cache-owed")]
+
+
+@pytest.mark.anyio
+async def test_aclose_leaves_no_payment_task(
+    redis_server: RedisServer, proxy: FaultProxy, namespace: str
+) -> None:
+    """An asyncio chain closed owing (its timer's task waiting for the cool-down's end):
+    ``aclose()`` ends the task; nothing is paid."""
+    clock, bus, table = FakeClock(), CuttableBus(), AsyncTable({"k": "old"})
+    writer, reader = async_chains(redis_server, proxy, namespace, clock=clock, bus=bus, table=table)
+    proxy.cut()
+    await writer.get("x")
+    await writer.set("k", "new")  # owed: the timer's task waits
+    assert owed_tasks()
+    await writer.aclose()
+    assert not owed_tasks()
+    proxy.restore()
+    clock.advance(5.0)
+    assert payments(writer) == 0
+    await reader.aclose()
+
+
+def test_the_timer_pays_into_a_redis_stopped_at_the_cool_downs_end(
+    proxy: FaultProxy, namespace: str
+) -> None:
+    """Redis ``SIGSTOP``ped when the cool-down ends and the writer makes no call: the
+    timer's payment times out (the circuit opens again; the delete may still run when Redis
+    wakes: deleting twice is harmless); at the next cool-down's end it is made, and the
+    reader, whose memory copied the old value up from Redis meanwhile, is told again."""
+    with RedisServer() as server, FaultProxy(server.host, server.port) as own_proxy:
+        rig = Rig(server, own_proxy, namespace, timeout=0.2)
+        rig.stale_fill(own_proxy, lambda: rig.writer.set("k", "new"))
+        assert rig.writer.get("k") == "new"  # into memory: no call of the writer's from here
+        assert rig.reader.get("k") == "old"  # copied up from Redis
+        own_proxy.restore()
+        pid = server.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            rig.clock.advance(5.0)
+            until(lambda: opened(rig.writer) == 2, "the timer's payment timed out")
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert payments(rig.writer) == 0
+        rig.clock.advance(5.0)
+        rig.assert_paid("new")
+        rig.close()
+
+
+def test_the_timer_pays_into_a_redis_killed_and_restarted(
+    proxy: FaultProxy, namespace: str
+) -> None:
+    """Redis killed when the cool-down ends (the timer's trial refused), then started again
+    empty: at the next cool-down's end the timer pays (nothing left to delete there) and
+    announces again, which drops the old copy the reader's memory took up before the kill."""
+    with RedisServer() as server, FaultProxy(server.host, server.port) as own_proxy:
+        rig = Rig(server, own_proxy, namespace, timeout=0.5)
+        rig.stale_fill(own_proxy, lambda: rig.writer.set("k", "new"))
+        assert rig.writer.get("k") == "new"
+        assert rig.reader.get("k") == "old"  # copied up from Redis into the reader's memory
+        own_proxy.restore()
+        server.kill()
+        rig.clock.advance(5.0)
+        until(lambda: opened(rig.writer) == 2, "the timer's trial refused")
+        server.start()
+        rig.clock.advance(5.0)
+        paid(rig.writer)
+        assert rig.reader.get("k") == "new"  # told again: its memory's old copy dropped
+        rig.close()

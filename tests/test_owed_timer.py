@@ -1,0 +1,90 @@
+"""The timer that pays owed deletes without waiting for a call (tiered_cache.owed_timer),
+without a tier: its tries, on a fake clock."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from tiered_cache.breaker import CircuitBreaker
+from tiered_cache.errors import TierUnavailable
+from tiered_cache.metrics import CacheMetrics
+from tiered_cache.owed import OwedDeletes
+from tiered_cache.owed_timer import MIN_RETRY, RETRY, PaymentThread, PaymentTimer
+from tiered_cache.steps import run
+from tiered_cache.testing.clock import FakeClock
+from tiered_cache.testing.held_loads import until
+
+from .test_owed import Payee, announced
+
+
+class Tries:
+    """The timer's payment: each try recorded (the clock's time); ``failing`` raises."""
+
+    def __init__(self, owed: OwedDeletes, clock: FakeClock) -> None:
+        self.owed = owed
+        self.clock = clock
+        self.at: list[float] = []
+        self.failing = True
+        self.payee = Payee()
+
+    def __call__(self) -> None:
+        self.at.append(self.clock())
+        if self.failing:
+            raise TierUnavailable("down")
+        run(self.owed.settling(self.payee, announced([])))
+
+
+def rig(breaker: CircuitBreaker | None) -> tuple[FakeClock, OwedDeletes, Tries, PaymentThread]:
+    clock = breaker.clock if breaker is not None else FakeClock()
+    assert isinstance(clock, FakeClock)
+    owed = OwedDeletes("redis", CacheMetrics(["redis"]))
+    tries = Tries(owed, clock)
+    return clock, owed, tries, PaymentThread(PaymentTimer(owed, breaker, clock), tries, "redis")
+
+
+def down() -> None:
+    raise OSError("down")
+
+
+def owed_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "tiered-cache-owed:redis"]
+
+
+def test_a_tier_with_no_breaker_is_tried_at_once_then_every_retry_seconds() -> None:
+    before = set(owed_threads())
+    clock, owed, tries, thread = rig(None)
+    start = clock()
+    owed.owe(["k"])
+    thread.arm()
+    until(lambda: len(tries.at) == 1, "the first try")
+    tries.failing = False
+    clock.advance(RETRY)
+    until(lambda: not owed.due, "the second try paid")
+    assert tries.at == [start, start + RETRY]
+    assert tries.payee.made == [("keys", ("k",))]
+    until(lambda: not set(owed_threads()) - before, "the run ended: nothing owed")
+    owed.owe(["j"])  # a later debt starts a run again
+    thread.arm()
+    until(lambda: not owed.due, "the later debt paid")
+    thread.stop()
+    assert not set(owed_threads()) - before
+
+
+def test_a_breaker_without_cool_down_is_not_tried_in_a_tight_loop() -> None:
+    """A ``cool_down`` of 0 lets a trial through at once: the timer still waits
+    ``MIN_RETRY`` after a failed try."""
+    breaker = CircuitBreaker("redis", failure_threshold=1, cool_down=0.0, clock=FakeClock())
+    clock, owed, tries, thread = rig(breaker)
+    start = clock()
+    with pytest.raises(TierUnavailable):
+        breaker.call(down)  # the circuit opens
+    owed.owe(["k"])
+    thread.arm()
+    until(lambda: len(tries.at) >= 1, "the first try")
+    tries.failing = False
+    clock.advance(MIN_RETRY)
+    until(lambda: not owed.due, "the second try paid")
+    assert tries.at == [start, start + MIN_RETRY]
+    thread.stop()

@@ -1,0 +1,296 @@
+"""Owed deletes paid when the tier lets calls through again, without waiting for a call.
+
+A delete a shared tier owes (:mod:`tiered_cache.owed`) is paid before the owing chain's next
+call to the tier. A chain whose memory answers every read after its breaker's cool-down makes
+no such call: its debt stayed unpaid, and every other process, told of the write by the bus,
+read Redis's old copy until its ``ttl`` (``tools/two_writers.py``: 7 of 12 rounds with writes
+ending 2.6 s before the cool-down did). So a debt arms a timer: at the end of the tier's
+cool-down (when its :class:`~tiered_cache.breaker.CircuitBreaker` lets a trial through), it
+pays through the accessor's own payment, the one every call makes first (so still before any
+other call to the tier, and announced again by the chain); when that fails (the tier still
+down: its breaker opens again), it tries at the next cool-down's end, until nothing is owed or
+the chain closes. A tier with no breaker is tried at once, then every :data:`RETRY` seconds.
+
+:class:`PaymentTimer` is the rule, written once as steps (:mod:`tiered_cache.steps`); two
+drivers run it:
+
+- :class:`PaymentThread` for the threaded chain: a daemon thread per run (a chain never closed
+  does not hold the interpreter's exit), started when a debt is recorded and ended once
+  nothing is owed or by the chain's ``close()``, which lets a payment in flight end (bounded
+  by the tier's timeouts) and leaves no thread. A forked child starts its own when it
+  inherited a debt.
+- :class:`PaymentTask` for the asyncio chain: a task on the loop the debt was recorded on (the
+  tier's calls belong to it), ended likewise by ``aclose()``. A task left on a loop that ended
+  is forgotten; the debt is then paid by the chain's next call, or the timer armed again by its
+  next debt (a forked asyncio child, which has no loop yet, the same).
+
+Time is the breaker's clock (the chain's for a tier with no breaker): a clock that moves only
+when told (:class:`~tiered_cache.clocks.ManualClock`, the tests' ``FakeClock``) wakes the
+timer when it moves; any other is waited for in real seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from .breaker import CircuitBreaker
+from .clocks import on_move, seconds_until
+from .forking import restart_after_fork, start_when_restarted
+from .loops import ends_within, stalled
+from .owed import OwedDeletes
+from .steps import Steps, arun, run
+
+__all__ = ["MIN_RETRY", "RETRY", "PaymentTask", "PaymentThread", "PaymentTimer"]
+
+log = logging.getLogger(__name__)
+
+#: Seconds (of the chain's clock) between tries of a tier that has no breaker.
+RETRY = 5.0
+#: The shortest wait after a failed try (a breaker whose ``cool_down`` is 0 lets a trial
+#: through at once: tried in a tight loop, a tier that is down would cost a core).
+MIN_RETRY = 0.05
+
+Clock = Callable[[], float]
+#: ``wait(clock, when)``: returns once ``clock()`` reached ``when`` or the timer was stopped.
+Wait = Callable[[Clock, float], Any]
+
+
+class PaymentTimer:
+    """When one tier's debt is paid, and whether a run of its timer goes on (see the
+    module's notes). Thread-safe: debts are recorded on any thread.
+
+    Args:
+        owed: the tier's record of owed deletes.
+        breaker: the tier's breaker (when it lets a trial through), or None.
+        clock: the chain's clock (a tier with no breaker: :data:`RETRY` seconds of it).
+    """
+
+    def __init__(self, owed: OwedDeletes, breaker: CircuitBreaker | None, clock: Clock) -> None:
+        self._owed = owed
+        self._breaker = breaker
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._numbers = itertools.count(1)
+        #: The number of the run going on; 0: none.
+        self._running = 0
+        #: Closed: no run starts, the one going on ends at its next look.
+        self.stopped = False
+        restart_after_fork(self)
+
+    def after_fork_in_child(self) -> None:
+        """The parent's run is not in the child (its driver starts another)."""
+        self._lock = threading.Lock()
+        self._running = 0
+
+    def begin(self) -> int | None:
+        """The number of a run to start; None if one runs, the timer is stopped or nothing is
+        owed."""
+        with self._lock:
+            if self._running or self.stopped or not self._owed.due:
+                return None
+            self._running = number = next(self._numbers)
+            return number
+
+    def end(self, number: int) -> None:
+        """Run ``number`` is over (or never started)."""
+        with self._lock:
+            if self._running == number:
+                self._running = 0
+
+    def stop(self) -> None:
+        with self._lock:
+            self.stopped = True
+
+    def paying(self, number: int, wait: Wait, pay: Callable[[], Any]) -> Steps[None]:
+        """Run ``number``: wait for the next trial, pay, again while something is owed.
+        ``pay`` is the accessor's payment (raises while it cannot be made)."""
+        try:
+            clock, when = self._next(failed=False)
+            while self._goes_on(number):
+                yield wait, (clock, when)
+                if not self._goes_on(number):
+                    return
+                try:
+                    yield pay, ()
+                except Exception as exc:
+                    log.debug("owed deletes not paid yet (%s: %s)", type(exc).__name__, exc)
+                    clock, when = self._next(failed=True)
+                else:
+                    clock, when = self._next(failed=False)  # owed again meanwhile: at once
+        finally:
+            self.end(number)
+
+    def _goes_on(self, number: int) -> bool:
+        """Whether run ``number`` goes on; it ends (in the same step) once nothing is owed:
+        a debt recorded after this look finds no run going on, and starts one."""
+        with self._lock:
+            if self._running == number and not self.stopped and self._owed.due:
+                return True
+            if self._running == number:
+                self._running = 0
+            return False
+
+    def _next(self, failed: bool) -> tuple[Clock, float]:
+        """The clock and time of the next try: the end of the breaker's cool-down (a failed
+        try: the next one's, a cool-down from now at the soonest when it is not open again);
+        at once while it lets calls through."""
+        breaker = self._breaker
+        if breaker is None:
+            now = self._clock()
+            return self._clock, now + RETRY if failed else now
+        clock = breaker.clock
+        now = clock()
+        trial = breaker.trial_at()
+        if not failed:
+            return clock, now if trial is None else trial
+        if trial is None or trial <= now:
+            # Refused beside another call's probe or payment, or failed below the breaker's
+            # threshold: that call's outcome decides; look again after a cool-down.
+            trial = now + breaker.cool_down
+        return clock, max(trial, now + MIN_RETRY)
+
+
+class PaymentThread:
+    """The threaded chain's driver of a :class:`PaymentTimer`: a daemon thread per run.
+
+    Args:
+        timer: the rule.
+        pay: the accessor's payment (``TierAccessor.settle``).
+        name: the tier's name (the thread's is ``tiered-cache-owed:<name>``).
+    """
+
+    def __init__(self, timer: PaymentTimer, pay: Callable[[], None], name: str) -> None:
+        self._timer = timer
+        self._pay = pay
+        self._name = name
+        self._woken = threading.Condition()
+        self._thread: threading.Thread | None = None
+        restart_after_fork(self)
+
+    def after_fork_in_child(self) -> None:
+        """The parent's thread is not in the child: a debt inherited (a payment the parent
+        was making included: the record keeps it) is paid by the child's own thread."""
+        self._woken = threading.Condition()
+        if self._thread is not None:  # it ran in the parent (the asyncio chain's never does)
+            self._thread = None
+            start_when_restarted(self.arm)
+
+    def arm(self) -> None:
+        """A debt was recorded: start a run unless one goes on."""
+        number = self._timer.begin()
+        if number is None:
+            return
+        steps = self._timer.paying(number, self._wait, self._pay)
+        thread = threading.Thread(
+            target=run, args=(steps,), name=f"tiered-cache-owed:{self._name}", daemon=True
+        )
+        self._thread = thread
+        try:
+            thread.start()
+        except RuntimeError:  # no thread can start (the interpreter is exiting)
+            self._timer.end(number)
+
+    def stop(self) -> None:
+        """No more runs; the one going on ends (a payment in flight first) before this
+        returns."""
+        self._timer.stop()
+        self._wake()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+    def _wake(self) -> None:
+        with self._woken:
+            self._woken.notify_all()
+
+    def _wait(self, clock: Clock, when: float) -> None:
+        with self._woken:
+            stop_waking = on_move(clock, self._wake)
+            try:
+                while not self._timer.stopped and clock() < when:
+                    self._woken.wait(seconds_until(clock, when))
+            finally:
+                stop_waking()
+
+
+class PaymentTask:
+    """The asyncio chain's driver of a :class:`PaymentTimer`: a task per run, on the loop the
+    debt was recorded on.
+
+    Args:
+        timer: the rule.
+        pay: the accessor's payment (a coroutine function: ``AsyncTierAccessor``'s).
+        name: the tier's name (the task's is ``tiered-cache-owed:<name>``).
+    """
+
+    def __init__(self, timer: PaymentTimer, pay: Callable[[], Awaitable[None]], name: str) -> None:
+        self._timer = timer
+        self._pay = pay
+        self._name = name
+        self._task: asyncio.Task[None] | None = None
+        self._number = 0
+        #: What wakes the run's wait, from any thread.
+        self._wake: Callable[[], None] = _nothing
+        restart_after_fork(self)
+
+    def after_fork_in_child(self) -> None:
+        """The parent's task belongs to a loop that never runs in the child."""
+        self._task = None
+        self._wake = _nothing
+
+    def arm(self) -> None:
+        """A debt was recorded (on the running loop): start a run unless one goes on. A run
+        left on a loop that ended (its task never to run again) is over."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        task = self._task
+        if task is not None and (task.done() or stalled(task)):
+            self._timer.end(self._number)
+        number = self._timer.begin()
+        if number is None:
+            return
+        self._number = number
+        self._task = loop.create_task(
+            arun(self._timer.paying(number, self._wait, self._pay)),
+            name=f"tiered-cache-owed:{self._name}",
+        )
+
+    async def stop(self) -> None:
+        """No more runs; the one going on ends (a payment in flight first) before this
+        returns, unless its loop ended (it never runs again)."""
+        self._timer.stop()
+        self._wake()
+        task = self._task
+        if task is not None and not stalled(task):
+            await ends_within(task, None)
+
+    async def _wait(self, clock: Clock, when: float) -> None:
+        loop = asyncio.get_running_loop()
+        woken = asyncio.Event()
+
+        def wake() -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to wake
+                loop.call_soon_threadsafe(woken.set)
+
+        self._wake = wake
+        stop_waking = on_move(clock, wake)
+        try:
+            while not self._timer.stopped and clock() < when:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(seconds_until(clock, when)):
+                        await woken.wait()
+                woken.clear()
+        finally:
+            stop_waking()
+
+
+def _nothing() -> None:
+    return None

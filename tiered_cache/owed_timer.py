@@ -104,6 +104,7 @@ class PaymentTimer:
                 self._running = 0
 
     def stop(self) -> None:
+        """No run starts from now on (the chain closes)."""
         with self._lock:
             self.stopped = True
 
@@ -170,15 +171,18 @@ class PaymentThread:
         self._pay = pay
         self._name = name
         self._woken = threading.Condition()
-        self._thread: threading.Thread | None = None
+        #: The threads of the runs, the last one's still ending (and the one going on).
+        self._threads: list[threading.Thread] = []
+        #: A run was started (the asyncio chain's bookkeeping accessor never starts one).
+        self._ran = False
         restart_after_fork(self)
 
     def after_fork_in_child(self) -> None:
-        """The parent's thread is not in the child: a debt inherited (a payment the parent
+        """The parent's threads are not in the child: a debt inherited (a payment the parent
         was making included: the record keeps it) is paid by the child's own thread."""
         self._woken = threading.Condition()
-        if self._thread is not None:  # it ran in the parent (the asyncio chain's never does)
-            self._thread = None
+        self._threads = []
+        if self._ran:
             start_when_restarted(self.arm)
 
     def arm(self) -> None:
@@ -190,7 +194,8 @@ class PaymentThread:
         thread = threading.Thread(
             target=run, args=(steps,), name=f"tiered-cache-owed:{self._name}", daemon=True
         )
-        self._thread = thread
+        self._ran = True
+        self._threads = [*(t for t in self._threads if t.is_alive()), thread]
         try:
             thread.start()
         except RuntimeError:  # no thread can start (the interpreter is exiting)
@@ -201,9 +206,10 @@ class PaymentThread:
         returns."""
         self._timer.stop()
         self._wake()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join()
+        here = threading.current_thread()
+        for thread in self._threads:
+            if thread is not here and thread.ident is not None:
+                thread.join()
 
     def _wake(self) -> None:
         with self._woken:

@@ -681,3 +681,40 @@ def test_the_timer_pays_into_a_redis_killed_and_restarted(
         paid(rig.writer)
         assert rig.reader.get("k") == "new"  # told again: its memory's old copy dropped
         rig.close()
+
+
+def test_an_async_timer_left_on_a_loop_that_ended(
+    redis_server: RedisServer, proxy: FaultProxy, namespace: str
+) -> None:
+    """The asyncio chain's debt recorded on a loop that ends (``asyncio.run`` returns, its
+    timer's task waiting for the cool-down's end, cancelled by the run's end): that run is
+    over, so a debt recorded on a later loop arms the timer there, which pays both at the
+    cool-down's end with no call; that loop's ``aclose()`` leaves no task."""
+    clock, bus, table = FakeClock(), CuttableBus(), AsyncTable({"k": "old", "j": "old"})
+    writer, reader = async_chains(redis_server, proxy, namespace, clock=clock, bus=bus, table=table)
+    raw = RedisTier(redis.Redis.from_url(redis_server.url), namespace=namespace)
+    for key in ("k", "j"):
+        raw.set(
+            key, Entry("old", loaded_at=0.0, soft_expiry=float("inf"), hard_expiry=float("inf"))
+        )
+
+    async def owe(key: str) -> None:
+        await writer.get("x")  # the circuit open: refused
+        await writer.invalidate(key)  # owed: the timer's task waits
+        assert owed_tasks()
+
+    proxy.cut()
+    asyncio.run(owe("k"))
+
+    async def later() -> None:
+        await owe("j")  # a later loop: the first loop's run ended with it, this one starts
+        proxy.restore()
+        clock.advance(5.0)
+        await eventually(lambda: payments(writer) == 1, "the later loop's timer paid")
+        assert value(raw.get("k")) is MISSING and value(raw.get("j")) is MISSING
+        await writer.aclose()
+        await reader.aclose()
+        assert not owed_tasks()
+
+    asyncio.run(later())
+    raw.close()

@@ -183,7 +183,7 @@ _BURST_RARE: Final = 2
 #: ... and not again until the sketch has aged this many times more after the one the burst
 #: itself asks for: a loop slightly larger than the cache whose hits a read buffer drops
 #: shows such a run every round or two, and aging at each took the hit ratio of its rounds
-#: 10 to 40 from 88.1% to 79.2% (70.9% to 86.3% with one aging between, 88.0% with two).
+#: 10 to 40 from 88.1% to 79.2% (84.1% to 86.3% with one aging between, 88.0% with two).
 _BURST_REFRACTORY: Final = 2
 
 # The segments' tags (Slot.segment): a kept slot names the list that holds it.

@@ -3,7 +3,9 @@ without a tier: its tries, on a fake clock."""
 
 from __future__ import annotations
 
+import sys
 import threading
+from types import FrameType
 
 import pytest
 
@@ -15,6 +17,7 @@ from tiered_cache.owed_timer import MIN_RETRY, RETRY, PaymentThread, PaymentTime
 from tiered_cache.steps import run
 from tiered_cache.testing.clock import FakeClock
 from tiered_cache.testing.held_loads import until
+from tiered_cache.testing.interrupts import Interrupted
 
 from .test_owed import Payee, announced
 
@@ -88,3 +91,38 @@ def test_a_breaker_without_cool_down_is_not_tried_in_a_tight_loop() -> None:
     until(lambda: not owed.due, "the second try paid")
     assert tries.at == [start, start + MIN_RETRY]
     thread.stop()
+
+
+def test_a_debt_armed_as_ctrl_c_lands_in_thread_start_is_paid_by_the_next_run() -> None:
+    """Ctrl-C (or a SIGTERM handler's ``sys.exit()``) lands as ``Thread.start`` begins, in the
+    ``arm()`` of a write's failed delete on the main thread: no thread was launched. The run
+    it began is over; the next debt starts one. Seen failing: the run stayed begun with no
+    thread to end it, so no debt of the process was ever paid by the timer again."""
+    before = set(owed_threads())
+    _, owed, tries, thread = rig(None)
+    tries.failing = False
+
+    def ctrl_c_in_start(frame: FrameType, event: str, arg: object) -> None:
+        starting = frame.f_code is threading.Thread.start.__code__
+        if (
+            event == "call"
+            and starting
+            and frame.f_locals["self"].name == "tiered-cache-owed:redis"
+        ):
+            sys.settrace(None)
+            raise Interrupted
+
+    owed.owe(["k"])
+    sys.settrace(ctrl_c_in_start)
+    try:
+        with pytest.raises(Interrupted):
+            thread.arm()
+    finally:
+        sys.settrace(None)
+    assert not set(owed_threads()) - before  # nothing launched
+    owed.owe(["j"])  # the next debt
+    thread.arm()
+    until(lambda: not owed.due, "the timer's payment after the interrupted arm")
+    assert tries.payee.made == [("keys", ("k", "j"))]
+    thread.stop()
+    assert not set(owed_threads()) - before

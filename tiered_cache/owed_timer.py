@@ -200,6 +200,14 @@ class PaymentThread:
             thread.start()
         except RuntimeError:  # no thread can start (the interpreter is exiting)
             self._timer.end(number)
+        except BaseException:
+            # Interrupted in Thread.start (Ctrl-C, a SIGTERM handler's sys.exit() on the
+            # thread of a write): a thread not running yet may never have been launched, and
+            # its run, left begun, would refuse every later one. Over, then: launched after
+            # all, it ends at its first look; the next debt starts a run.
+            if thread.ident is None:
+                self._timer.end(number)
+            raise
 
     def stop(self) -> None:
         """No more runs; the one going on ends (a payment in flight first) before this

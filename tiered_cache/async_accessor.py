@@ -157,10 +157,17 @@ class AsyncTierAccessor:
         await self._payments.stop()
 
     async def _settle(self) -> None:
-        """:meth:`TierAccessor.settle` for coroutines (raises while they cannot be paid)."""
+        """:meth:`TierAccessor.settle` for coroutines (raises while they cannot be paid).
+        Not paid, the timer pays them on this loop: a debt recorded on a loop that ended
+        (``asyncio.run`` cancelled its timer's task) armed none here, and this call may be
+        this loop's last to the tier (its memory answering every read from then on)."""
         paid = self.when_paid
         if paid is not None:
-            await arun(self.sync.owed.settling(self, paid))
+            try:
+                await arun(self.sync.owed.settling(self, paid))
+            except Exception:
+                self._payments.arm()  # the timer's own try: its run goes on, none starts
+                raise
 
     async def delete_many_owed(self, keys: Sequence[str]) -> None:
         """A payment's delete (:class:`~tiered_cache.owed.Payee`): through the breaker only."""

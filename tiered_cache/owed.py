@@ -26,7 +26,8 @@ What it cannot do: a process that dies (or closes) owing deletes leaves the old 
 Redis's ``ttl``; and until the payment, at the end of the owing process's breaker's cool-down
 at the soonest (the end of a later one while the tier still fails), the others may read the
 old copy there. An asyncio chain whose loop ended with a debt pays at its next call to the
-tier or next debt, on its next loop.
+tier on its next loop, or, that call refused (the cool-down not over), by the timer on that
+loop.
 """
 
 from __future__ import annotations

@@ -21,7 +21,8 @@ drivers run it:
   inherited a debt.
 - :class:`PaymentTask` for the asyncio chain: a task on the loop the debt was recorded on (the
   tier's calls belong to it), ended likewise by ``aclose()``. A task left on a loop that ended
-  is forgotten; the debt is then paid by the chain's next call, or the timer armed again by its
+  is forgotten; the debt is then paid by the chain's next call to the tier, or, that call's
+  payment refused, by a task of its loop, which it starts; or the timer is armed again by the
   next debt (a forked asyncio child, which has no loop yet, the same).
 
 Time is the breaker's clock (the chain's for a tier with no breaker): a clock that moves only

@@ -718,3 +718,29 @@ def test_an_async_timer_left_on_a_loop_that_ended(
 
     asyncio.run(later())
     raw.close()
+
+
+def test_an_async_debt_whose_loop_ended_is_paid_on_the_next_loop_that_meets_it(
+    redis_server: RedisServer, proxy: FaultProxy, namespace: str
+) -> None:
+    """``asyncio.run`` ends with a debt: its timer's task was cancelled with the loop. The
+    next loop's first call to Redis comes during the cool-down: its payment is refused, and
+    the writer reads past Redis into its memory, which answers every read from then on. The
+    debt that call met is paid by the timer on that loop at the cool-down's end. Seen
+    failing: it waited for a call to Redis that never came (Redis's old copy kept)."""
+    clock, writer, reader, raw = asyncio.run(async_stale_fill(redis_server, proxy, namespace))
+
+    async def on_the_next_loop() -> None:
+        assert await writer.get("k") == "new"  # circuit open: past Redis, into memory
+        proxy.restore()
+        clock.advance(5.0)
+        for _ in range(3):
+            assert await writer.get("k") == "new"  # memory answers
+        await eventually(lambda: payments(writer) == 1, "the payment of the debt it met")
+        assert value(raw.get("k")) is MISSING
+        assert await reader.get("k") == "new"
+        await reader.aclose()
+        await writer.aclose()
+
+    asyncio.run(on_the_next_loop())
+    raw.close()

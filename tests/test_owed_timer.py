@@ -126,3 +126,60 @@ def test_a_debt_armed_as_ctrl_c_lands_in_thread_start_is_paid_by_the_next_run() 
     assert tries.payee.made == [("keys", ("k", "j"))]
     thread.stop()
     assert not set(owed_threads()) - before
+
+
+class SeenClock(FakeClock):
+    """A fake clock that records each read of a run's thread made after ``returned`` was
+    set."""
+
+    def __init__(self, returned: threading.Event) -> None:
+        super().__init__()
+        self.returned = returned
+        self.late: list[str] = []
+
+    def __call__(self) -> float:
+        here = threading.current_thread().name
+        if here.startswith("tiered-cache-owed") and self.returned.is_set():
+            self.late.append(here)
+        return super().__call__()
+
+
+def test_a_run_armed_as_the_chain_closes_has_ended_once_stop_returned() -> None:
+    """A write's failed delete arms the timer as the chain closes: ``arm()`` has begun its
+    run, not started its thread yet, when ``stop()`` comes (held here until ``stop()``
+    returns, or 2 s). Seen failing: ``stop()`` returned first, and the run's thread began
+    afterwards, the chain closed (``close()`` said no thread of it was left)."""
+    returned = threading.Event()
+    clock = SeenClock(returned)
+    owed = OwedDeletes("redis", CacheMetrics(["redis"]))
+    tries = Tries(owed, clock)
+    thread = PaymentThread(PaymentTimer(owed, None, clock), tries, "redis")
+    paused = threading.Event()
+
+    def held_after_begin(frame: FrameType, event: str, arg: object) -> object:
+        if frame.f_code is not PaymentThread.arm.__code__:
+            return None
+        if event == "line" and frame.f_locals.get("number") is not None:
+            sys.settrace(None)
+            paused.set()
+            returned.wait(2)  # the close's stop() comes meanwhile
+            return None
+        return held_after_begin
+
+    def write() -> None:
+        owed.owe(["k"])
+        sys.settrace(held_after_begin)
+        try:
+            thread.arm()
+        finally:
+            sys.settrace(None)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    assert paused.wait(10), "arm() never began a run"
+    thread.stop()
+    returned.set()
+    writer.join()
+    for left in [t for t in threading.enumerate() if t.name == "tiered-cache-owed:redis"]:
+        left.join()
+    assert clock.late == []

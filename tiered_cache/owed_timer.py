@@ -172,6 +172,11 @@ class PaymentThread:
         self._pay = pay
         self._name = name
         self._woken = threading.Condition()
+        #: Held by arm() from a run's begin until its thread started (or never will): stop()
+        #: takes it before it looks at the threads, so it joins the thread of a run begun
+        #: before the stop. Reentrant: a signal handler's write on the arming thread arms too
+        #: (and finds the run begun).
+        self._starting = threading.RLock()
         #: The threads of the runs, the last one's still ending (and the one going on).
         self._threads: list[threading.Thread] = []
         #: A run was started (the asyncio chain's bookkeeping accessor never starts one).
@@ -182,15 +187,20 @@ class PaymentThread:
         """The parent's threads are not in the child: a debt inherited (a payment the parent
         was making included: the record keeps it) is paid by the child's own thread."""
         self._woken = threading.Condition()
+        self._starting = threading.RLock()
         self._threads = []
         if self._ran:
             start_when_restarted(self.arm)
 
     def arm(self) -> None:
         """A debt was recorded: start a run unless one goes on."""
-        number = self._timer.begin()
-        if number is None:
-            return
+        with self._starting:
+            number = self._timer.begin()
+            if number is None:
+                return
+            self._start(number)
+
+    def _start(self, number: int) -> None:
         steps = self._timer.paying(number, self._wait, self._pay)
         thread = threading.Thread(
             target=run, args=(steps,), name=f"tiered-cache-owed:{self._name}", daemon=True
@@ -215,8 +225,10 @@ class PaymentThread:
         returns."""
         self._timer.stop()
         self._wake()
+        with self._starting:  # a run begun before the stop: its thread started
+            threads = self._threads
         here = threading.current_thread()
-        for thread in self._threads:
+        for thread in threads:
             if thread is not here and thread.ident is not None:
                 thread.join()
 

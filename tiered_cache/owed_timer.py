@@ -20,7 +20,8 @@ drivers run it:
   by the tier's timeouts) and leaves no thread. A forked child starts its own when it
   inherited a debt.
 - :class:`PaymentTask` for the asyncio chain: a task on the loop the debt was recorded on (the
-  tier's calls belong to it), ended likewise by ``aclose()``. A task left on a loop that ended
+  tier's calls belong to it), ended likewise by ``aclose()``, and by its loop's end (its
+  ``shutdown_asyncgens``, :mod:`tiered_cache.loop_end`). A task left on a loop closed by hand
   is forgotten; the debt is then paid by the chain's next call to the tier, or, that call's
   payment refused, by a task of its loop, which it starts; or the timer is armed again by the
   next debt (a forked asyncio child, which has no loop yet, the same).
@@ -43,6 +44,7 @@ from typing import Any
 from .breaker import CircuitBreaker
 from .clocks import on_move, seconds_until
 from .forking import restart_after_fork, start_when_restarted
+from .loop_end import LoopEnd
 from .loops import ends_within, stalled
 from .owed import OwedDeletes
 from .steps import Steps, arun, run
@@ -264,12 +266,18 @@ class PaymentTask:
         self._number = 0
         #: What wakes the run's wait, from any thread.
         self._wake: Callable[[], None] = _nothing
+        #: Stops the run when its loop ends. A write the end of ``asyncio.run`` cancelled is
+        #: finished after that sweep (:mod:`tiered_cache.write_tasks`); its delete failing,
+        #: the run it armed was a task the sweep never saw, destroyed pending as the loop
+        #: closed. (A loop closed by hand: the run is over, :meth:`arm` sees it stalled.)
+        self._loop_end = LoopEnd(f"owed deletes of {name}", self._at_loop_end, _nothing)
         restart_after_fork(self)
 
     def after_fork_in_child(self) -> None:
         """The parent's task belongs to a loop that never runs in the child."""
         self._task = None
         self._wake = _nothing
+        self._loop_end.stop()
 
     def arm(self) -> None:
         """A debt was recorded (on the running loop): start a run unless one goes on. A run
@@ -281,6 +289,9 @@ class PaymentTask:
         task = self._task
         if task is not None and (task.done() or stalled(task)):
             self._timer.end(self._number)
+        self._loop_end.here()
+        if self._loop_end.ended_here():
+            return  # past the loop's end: its next loop's first call to the tier pays
         number = self._timer.begin()
         if number is None:
             return
@@ -295,9 +306,18 @@ class PaymentTask:
         returns, unless its loop ended (it never runs again)."""
         self._timer.stop()
         self._wake()
+        self._loop_end.stop()
         task = self._task
         if task is not None and not stalled(task):
             await ends_within(task, None)
+
+    async def _at_loop_end(self) -> None:
+        """The run's loop ends (its ``shutdown_asyncgens``): the run ends there (a payment
+        in flight stopped: what it was paying stays owed)."""
+        task = self._task
+        if task is not None and task.get_loop() is asyncio.get_running_loop():
+            task.cancel()
+            await asyncio.wait({task})
 
     async def _wait(self, clock: Clock, when: float) -> None:
         loop = asyncio.get_running_loop()

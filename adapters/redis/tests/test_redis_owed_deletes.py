@@ -744,3 +744,43 @@ def test_an_async_debt_whose_loop_ended_is_paid_on_the_next_loop_that_meets_it(
 
     asyncio.run(on_the_next_loop())
     raw.close()
+
+
+def test_a_debt_recorded_as_the_loop_ends_leaves_no_task_pending_on_it(
+    redis_server: RedisServer, proxy: FaultProxy, namespace: str
+) -> None:
+    """A fire-and-forget invalidation left as ``asyncio.run`` ends, its link cut: the end's
+    sweep cancels it before its delete is made, and it is finished after the sweep
+    (:mod:`tiered_cache.write_tasks`); the delete fails, and is owed. The timer's task begun
+    then is stopped with the loop's end. Seen failing: that task, begun after the sweep, was
+    left pending on the closed loop (``Task was destroyed but it is pending!`` once
+    collected). The debt stays owed: the next loop's first call to Redis pays it."""
+    clock, bus, table = FakeClock(), CuttableBus(), AsyncTable({"k": "old"})
+    writer, reader = async_chains(redis_server, proxy, namespace, clock=clock, bus=bus, table=table)
+    raw = RedisTier(redis.Redis.from_url(redis_server.url), namespace=namespace)
+    left: list[asyncio.Task[None]] = []
+
+    async def left_in_flight() -> None:
+        assert await writer.get("k") == "old"
+        proxy.cut()
+        table.inner.write("k", "new")
+        left.append(asyncio.get_running_loop().create_task(writer.invalidate("k")))
+        await asyncio.sleep(0)  # one turn: its write task not begun yet
+
+    with asyncio.Runner() as runner:
+        runner.run(left_in_flight())
+        loop = runner.get_loop()
+    assert writer.stats()["deletes_owed"] == 1
+    assert not [t for t in asyncio.all_tasks(loop) if t.get_name().startswith("tiered-cache-owed")]
+
+    async def on_the_next_loop() -> None:
+        proxy.restore()
+        clock.advance(5.0)  # the failed delete opened the circuit
+        assert await writer.get("k") == "new"  # the debt paid first
+        assert payments(writer) == 1
+        assert value(raw.get("k")) == "new"
+        await reader.aclose()
+        await writer.aclose()
+
+    asyncio.run(on_the_next_loop())
+    raw.close()

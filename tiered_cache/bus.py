@@ -76,7 +76,8 @@ class BusListener(Protocol):
         ...
 
     def on_reconnect(self) -> None:
-        """The bus is connected again (messages sent meanwhile are lost)."""
+        """The bus is subscribed: again after an outage (messages sent meanwhile are lost),
+        or for the first time (a bus that declares ``confirms_subscription``)."""
         ...
 
     def on_error(self, error: Exception) -> None:
@@ -127,9 +128,25 @@ class AsyncBus(Protocol):
         ...
 
 
-class AsyncBusBase:
-    """The optional capabilities of an async bus, declared with their defaults (as
-    :class:`~tiered_cache.async_tier.AsyncTierBase` does for async tiers).
+class BusBase:
+    """The optional capabilities of a bus, declared with their defaults (as
+    :class:`~tiered_cache.tier.TierBase` does for tiers).
+
+    Attributes:
+        confirms_subscription: the bus hears nothing until its server has confirmed its
+            subscription, and says so: it tells its listeners ``on_reconnect`` once its first
+            subscription is confirmed (and ``on_disconnect`` if that fails). Until then a
+            chain treats it as starting: its memory is trusted no more than while the bus is
+            down (a write announced meanwhile is never heard). A bus without it (in-process,
+            :class:`LocalBus`) delivers from :meth:`Bus.subscribe` on.
+    """
+
+    confirms_subscription: bool = False
+
+
+class AsyncBusBase(BusBase):
+    """The optional capabilities of an async bus: those of every bus
+    (:class:`BusBase`), and:
 
     Attributes:
         one_loop: its listener and connections belong to the event loop they run on, and it
@@ -138,6 +155,11 @@ class AsyncBusBase:
     """
 
     one_loop: bool = False
+
+
+def confirms_subscription(bus: Bus | AsyncBus) -> bool:
+    """Whether ``bus`` declares ``confirms_subscription`` (see :class:`BusBase`)."""
+    return isinstance(bus, BusBase) and bus.confirms_subscription
 
 
 @dataclass(eq=False)  # hashable (by identity): the fork restart holds it weakly

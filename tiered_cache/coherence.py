@@ -7,6 +7,13 @@ longer hear about changes. Messages a chain sent itself are skipped: it applied 
 Every message goes through the chain's :class:`~tiered_cache.fence.Fence`, like a local
 invalidation: it refuses the fills in flight and drops the in-process copies.
 
+A chain starts with its bus *starting* when the bus declares ``confirms_subscription`` (Redis
+pub/sub): it hears nothing until the server has confirmed the subscription, so a write announced
+in between would be missed, and a copy its memory took meanwhile outlive it. Starting, the chain
+uses its memory as while the bus is down (copies bounded by ``max_stale_when_disconnected``,
+dropped once subscribed), but quietly: a normal start is neither logged nor counted as an outage.
+A first subscription that fails is one (``starting`` becomes ``down``, logged and counted).
+
 A publish that fails opens a circuit breaker: for its cool-down, announcements are not sent
 (``bus_publish_skipped``) and their numbers stay unused, a gap the receivers clear their memory
 for -- what they would do for a lost message, which is what a publish to a bus that does not
@@ -25,7 +32,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from .breaker import CircuitBreaker
-from .bus import AsyncBus, Bus, Invalidation
+from .bus import AsyncBus, Bus, Invalidation, confirms_subscription
 from .errors import CircuitOpen, TierUnavailable
 from .fence import Fence
 from .forking import restart_after_fork
@@ -93,10 +100,14 @@ class BusLink:
         self._own_numbers_lock = lock is None
         self._breaker = breaker
         # What stats() reports: the link owns it (both chains ask here, none keeps a copy).
-        self._connected = True
+        # "starting" until a bus that confirms its subscription has: told before subscribing,
+        # since the bus may confirm (on its thread) before subscribe returns.
+        self._state = "starting" if confirms_subscription(bus) else "connected"
         self._closed = False
         self._last_seen: OrderedDict[str, int] = OrderedDict()
         self._seen_lock = threading.Lock()
+        if self._state == "starting":
+            set_connected(False)
         bus.subscribe(self)
         restart_after_fork(self)
 
@@ -217,16 +228,17 @@ class BusLink:
 
     def on_disconnect(self) -> None:
         """The bus is down for this chain: its in-process tiers stop being trusted (every
-        time it is told). Counted and logged once per period down: a forked asyncio child,
-        or a chain whose loop ended, is told at once and again when its listener starts on
-        its new loop (``bus_disconnects`` counted 2 for one period; docs/metrics.md)."""
-        if self._connected:
+        time it is told). Counted and logged once per period down, a first subscription that
+        failed included (``starting``: the bus was never heard): a forked asyncio child, or a
+        chain whose loop ended, is told at once and again when its listener starts on its new
+        loop (``bus_disconnects`` counted 2 for one period; docs/metrics.md)."""
+        if self._state != "down":
             self._metrics.count("bus_disconnects")
             logger.warning(
                 "invalidation bus disconnected: memory serves only fresh fills until it is back",
                 extra=fields("bus_disconnected"),
             )
-        self._connected = False
+        self._state = "down"
         self._set_connected(False)
 
     def on_error(self, error: Exception) -> None:
@@ -234,22 +246,27 @@ class BusLink:
         self._metrics.count("bus_errors")
 
     def on_reconnect(self) -> None:
-        logger.info(
-            "invalidation bus reconnected: in-process tiers are in use again",
-            extra=fields("bus_reconnected"),
-        )
-        self._connected = True
+        """Subscribed: after an outage (logged), or for the first time (quietly: every start
+        does it). Either way what memory took meanwhile is dropped (the chain's
+        ``set_connected``): it was filled while nothing was heard."""
+        if self._state == "down":
+            logger.info(
+                "invalidation bus reconnected: in-process tiers are in use again",
+                extra=fields("bus_reconnected"),
+            )
+        self._state = "connected"
         self._set_connected(True)
 
     # -- what stats() shows
 
     @property
     def state(self) -> str:
-        """``"connected"``, ``"down"`` (the listener lost the bus and is reconnecting), or
+        """``"starting"`` (the bus's first subscription is not confirmed yet), ``"connected"``,
+        ``"down"`` (the listener lost the bus, or never had it, and is reconnecting), or
         ``"closed"`` (the chain was closed: nothing is heard any more)."""
         if self._closed:
             return "closed"
-        return "connected" if self._connected else "down"
+        return self._state
 
     @property
     def publish_breaker_state(self) -> str | None:

@@ -621,14 +621,19 @@ class FaultProxy(_Service):
             raise ValueError("a trickle needs a size of at least 1 and a pause of 0 or more")
         self._trickle = (size, every)
 
+    def reopen(self) -> None:
+        """Undo :meth:`cut` alone: accept connections again, a :meth:`delay` or
+        :meth:`trickle` still applying to them."""
+        with self._lock:
+            if self._listener is None and not self._closed.is_set():
+                self._listen()
+
     def restore(self) -> None:
         """Undo :meth:`cut`, :meth:`delay` and :meth:`trickle`: accept connections again,
         forward at once."""
         self._delay = 0.0
         self._trickle = None
-        with self._lock:
-            if self._listener is None and not self._closed.is_set():
-                self._listen()
+        self.reopen()
 
     def close(self) -> None:
         """Stop listening, close every connection and stop the threads."""

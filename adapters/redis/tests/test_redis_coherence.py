@@ -79,6 +79,8 @@ def test_the_bus_is_on_by_default_with_memory_and_redis(
         tiers=[{"kind": "memory"}, {"kind": "redis", "url": redis_server.url}],
     )
     assert cache._bus_link is not None
+    assert cache.stats()["bus"] in ("starting", "connected")  # until subscribed: starting
+    assert cache._bus_link.bus.wait_subscribed(10)  # type: ignore[union-attr]
     assert cache.stats()["bus"] == "connected"
     cache.close()
     alone = TieredCache.from_config(namespace=namespace, tiers=[{"kind": "memory"}])

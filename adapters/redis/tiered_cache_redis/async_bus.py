@@ -46,7 +46,7 @@ __all__ = ["AsyncRedisBus"]
 
 class AsyncRedisBus(AsyncBusBase):
     """A :class:`tiered_cache.bus.AsyncBus` on a Redis channel (``one_loop``: its clients
-    belong to the loop they first ran on).
+    belong to the loop they first ran on; ``confirms_subscription``, as the threaded bus).
 
     Args:
         connect: makes a ``redis.asyncio`` client for the subscription (a dedicated one: a
@@ -58,6 +58,7 @@ class AsyncRedisBus(AsyncBusBase):
     """
 
     one_loop = True
+    confirms_subscription = True
 
     def __init__(
         self,
@@ -163,7 +164,7 @@ class AsyncRedisBus(AsyncBusBase):
     async def _listen(self, again: bool) -> None:
         try:
             if again:
-                self._listeners.tell("on_disconnect")
+                self._listeners.subscribed(False)
             await arun(self._listening.listen(after_outage=again))
         except asyncio.CancelledError:
             if not self._closed:
@@ -178,7 +179,7 @@ class AsyncRedisBus(AsyncBusBase):
                 )
                 self._listening.connected = False
                 self._set_subscribed(False)
-                self._listeners.tell("on_disconnect")
+                self._listeners.subscribed(False)
             raise
 
     async def wait_subscribed(self, timeout: float | None = None) -> bool:

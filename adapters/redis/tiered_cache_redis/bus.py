@@ -3,6 +3,8 @@
 One thread per bus listens on the channel. When its connection breaks, stalls or fails in any
 other way, it tells the chain (``on_disconnect``: the chain stops trusting its in-process tiers),
 reconnects with backoff, and tells the chain again once it is subscribed (``on_reconnect``).
+It tells it of its first subscription too (``confirms_subscription``): a chain starts with its
+bus ``starting``, not trusting its memory, until the server has confirmed that subscription.
 How it notices a fault is :mod:`tiered_cache_redis.listening`'s, shared with the asyncio bus.
 
 A process forked from one that had a bus (gunicorn ``--preload``, Celery prefork,
@@ -26,7 +28,7 @@ from typing import Any
 
 import redis
 
-from tiered_cache.bus import BusListener, Invalidation
+from tiered_cache.bus import BusBase, BusListener, Invalidation
 from tiered_cache.forking import restart_after_fork, start_when_restarted
 from tiered_cache.steps import run
 
@@ -35,8 +37,9 @@ from .listening import DEFAULT_HEALTH, PING_PAYLOAD, Health, Listeners, Listenin
 __all__ = ["RedisBus"]
 
 
-class RedisBus:
-    """A :class:`tiered_cache.bus.Bus` on a Redis channel.
+class RedisBus(BusBase):
+    """A :class:`tiered_cache.bus.Bus` on a Redis channel (``confirms_subscription``: it
+    tells its listeners once the server has confirmed the first subscription).
 
     Args:
         connect: makes a redis-py client for the subscription (a dedicated one: a subscription
@@ -47,6 +50,8 @@ class RedisBus:
             (:class:`~tiered_cache_redis.listening.Health`).
         sleep: how to pause (injected for tests).
     """
+
+    confirms_subscription = True
 
     def __init__(
         self,
@@ -117,7 +122,7 @@ class RedisBus:
         ``fork()`` returns to it: told by the new listener thread instead, the child's
         threads served the memory they inherited until that thread first ran (missing a
         write made after the fork, which the child never heard)."""
-        self._listeners.tell("on_disconnect")
+        self._listeners.subscribed(False)
         self._start_listening(after_fork=True)
 
     def wait_subscribed(self, timeout: float | None = None) -> bool:

@@ -65,20 +65,38 @@ class Subscription:
 class Listeners:
     """A bus's subscribers, and how each event reaches them (on the listener's thread or
     task): a message is decoded once (:meth:`Invalidation.decode`), a listener that fails is
-    logged and does not stop the others."""
+    logged and does not stop the others.
+
+    The subscription's state is told under the lock that adds a listener: one added once the
+    bus is subscribed (a second chain on one bus) is told so at once, and never after an
+    outage told to the others (it would then take the bus for connected while it is down)."""
 
     def __init__(self, channel: str) -> None:
         self.channel = channel
         self._listeners: list[BusListener] = []
         self._lock = threading.Lock()
+        #: The subscription is confirmed (as last told).
+        self._subscribed = False
 
     def add(self, listener: BusListener) -> None:
         with self._lock:
             self._listeners.append(listener)
+            if self._subscribed:
+                self._tell_one(listener, "on_reconnect")
 
     def after_fork_in_child(self) -> None:
-        """Another thread of the parent may have held the lock at the fork."""
+        """Another thread of the parent may have held the lock at the fork; the child is
+        not subscribed (the parent's subscription is the parent's)."""
         self._lock = threading.Lock()
+        self._subscribed = False
+
+    def subscribed(self, subscribed: bool) -> None:
+        """Tell every listener the subscription is confirmed (``on_reconnect``) or lost
+        (``on_disconnect``)."""
+        with self._lock:
+            self._subscribed = subscribed
+            for listener in self._listeners:
+                self._tell_one(listener, "on_reconnect" if subscribed else "on_disconnect")
 
     def deliver(self, data: bytes) -> None:
         try:
@@ -94,10 +112,13 @@ class Listeners:
 
     def tell(self, event: str, *args: Any) -> None:
         for listener in self._now():
-            try:
-                getattr(listener, event)(*args)
-            except Exception:
-                log.exception("bus %r: a listener failed on %s", self.channel, event)
+            self._tell_one(listener, event, *args)
+
+    def _tell_one(self, listener: BusListener, event: str, *args: Any) -> None:
+        try:
+            getattr(listener, event)(*args)
+        except Exception:
+            log.exception("bus %r: a listener failed on %s", self.channel, event)
 
     def _now(self) -> list[BusListener]:
         with self._lock:
@@ -167,13 +188,15 @@ class Listening:
                 handle = yield self.calls.open, ()
                 if not (yield from self._subscribe(handle)):
                     return  # closed as it subscribed: the handle is closed below
-                if ever_connected:
-                    self.listeners.tell("on_reconnect")
+                # Told of the first subscription too: until the server confirmed it nothing
+                # announced was heard, so the chain does not trust its memory before
+                # (BusBase.confirms_subscription). Connected before the waiters see it.
+                self.connected = True
+                self.listeners.subscribed(True)
                 if logged:
                     log.warning("bus %r: subscribed again", channel)
                     logged.clear()
                 ever_connected = True
-                self.connected = True
                 self.subscribed(True)
                 delay = self.health.backoff[0]
                 yield from self._serve(handle)
@@ -195,8 +218,9 @@ class Listening:
                 if not network:
                     self.listeners.tell("on_error", exc)
                 if self.connected or not ever_connected:
-                    # A chain that never got connected must not trust its memory either.
-                    self.listeners.tell("on_disconnect")
+                    # Lost, or never had: a first subscription that failed tells the chain,
+                    # starting, that the bus is down (a forked child's bus told it already).
+                    self.listeners.subscribed(False)
                 self.connected = False
                 self.subscribed(False)
                 ever_connected = True

@@ -1,0 +1,199 @@
+"""A chain is not connected to its bus until the bus's first subscription is confirmed.
+
+Until the server has answered SUBSCRIBE, nothing another process announces reaches the chain:
+a copy its memory took meanwhile, trusted for the memory tier's TTL, outlived a write that was
+announced before the subscription took effect. A proxy in front of the server holds the
+subscription back (its connection's traffic delayed) while the chain fills its memory and
+another chain writes; then lets it through. Starting is quiet (every start does it); a first
+subscription that fails is an outage like any other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+from tiered_cache_redis import AsyncRedisBus
+from tiered_cache_redis.bus import RedisBus
+
+from tiered_cache import AsyncTieredCache, MemoryTier, TieredCache
+from tiered_cache.testing.bus_chains import bus_chain_settings, subscribed_chain
+from tiered_cache.testing.servers import FaultProxy, RedisServer
+
+#: Longer than any test here: the held subscription is not taken for a stall (that would
+#: tell the chain the bus is down, and its memory cleared, for another reason). Copies taken
+#: while the bus is not heard are kept as long: what drops them is the subscription.
+PATIENT = {"health_check_interval": "1s", "timeout": "60s", "max_stale_when_disconnected": "60s"}
+HELD = 60.0
+#: The chain's warnings about its bus (the listener's own are the adapter's logger).
+CHAIN_BUS_LOGGER = "tiered_cache.bus"
+
+
+@pytest.fixture
+def proxy(redis_server: RedisServer) -> Iterator[FaultProxy]:
+    with FaultProxy(redis_server.host, redis_server.port) as proxy:
+        yield proxy
+
+
+def held_settings(url: str, namespace: str, proxy: FaultProxy) -> dict[str, Any]:
+    """A chain whose bus (only) goes through ``proxy``."""
+    return bus_chain_settings(url, namespace, bus={**PATIENT, "url": proxy.url("redis")})
+
+
+def held_start(
+    server: RedisServer, namespace: str, proxy: FaultProxy
+) -> tuple[TieredCache, dict[str, Any]]:
+    """A writer, subscribed; and the settings of a reader whose subscription ``proxy`` holds
+    back (until it is restored)."""
+    writer = subscribed_chain(bus_chain_settings(server.url, namespace))
+    proxy.delay(HELD)
+    return writer, held_settings(server.url, namespace, proxy)
+
+
+def sync_bus(cache: TieredCache) -> RedisBus:
+    link = cache._bus_link
+    assert link is not None
+    assert isinstance(link.bus, RedisBus)
+    return link.bus
+
+
+def async_bus(cache: AsyncTieredCache) -> AsyncRedisBus:
+    link = cache._bus_link
+    assert link is not None
+    assert isinstance(link.bus, AsyncRedisBus)
+    return link.bus
+
+
+def chain_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if record.name == CHAIN_BUS_LOGGER and record.levelno >= logging.WARNING
+    ]
+
+
+def test_a_write_announced_before_the_first_subscription_is_not_missed(
+    redis_server: RedisServer, namespace: str, proxy: FaultProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    writer, settings = held_start(redis_server, namespace, proxy)
+    reader = TieredCache.from_config(**settings)
+    assert reader.stats()["bus"] == "starting"
+    assert reader.get("k", lambda: "old") == "old"  # into the reader's memory
+    writer.set("k", "new")  # announced: the reader's SUBSCRIBE has not reached the server
+    proxy.restore()
+    assert sync_bus(reader).wait_subscribed(10)
+    assert reader.stats()["bus"] == "connected"
+    assert reader.get("k", lambda: "never") == "new"
+    assert reader.stats()["bus_disconnects"] == 0  # a start, not an outage
+    assert chain_warnings(caplog) == []
+    reader.close()
+    writer.close()
+
+
+def test_an_async_chain_misses_no_write_announced_before_it_subscribed(
+    redis_server: RedisServer, namespace: str, proxy: FaultProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    writer, settings = held_start(redis_server, namespace, proxy)
+    reader = AsyncTieredCache.from_config(**settings)
+
+    async def main() -> None:
+        assert reader.stats()["bus"] == "starting"
+        assert await reader.get("k", _constant("old")) == "old"  # starts the listener
+        await asyncio.to_thread(writer.set, "k", "new")
+        proxy.restore()
+        assert await async_bus(reader).wait_subscribed(10)
+        assert reader.stats()["bus"] == "connected"
+        assert await reader.get("k", _constant("never")) == "new"
+        assert reader.stats()["bus_disconnects"] == 0
+        await reader.aclose()
+
+    asyncio.run(main())
+    assert chain_warnings(caplog) == []
+    writer.close()
+
+
+def test_a_bus_unreachable_at_start_is_down_and_said_so(
+    redis_server: RedisServer, namespace: str, proxy: FaultProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The first subscription fails (connection refused): an outage, logged and counted as
+    before; memory is not trusted until the bus is reached, then the writes made meanwhile
+    are not served stale."""
+    writer = subscribed_chain(bus_chain_settings(redis_server.url, namespace))
+    proxy.cut()
+    reader = TieredCache.from_config(**held_settings(redis_server.url, namespace, proxy))
+    assert reader.get("k", lambda: "old") == "old"
+    assert _eventually(lambda: reader.stats()["bus"] == "down")
+    assert reader.stats()["bus_disconnects"] == 1
+    assert chain_warnings(caplog) == [
+        "invalidation bus disconnected: memory serves only fresh fills until it is back"
+    ]
+    writer.set("k", "new")
+    proxy.restore()
+    assert sync_bus(reader).wait_subscribed(10)
+    assert reader.get("k", lambda: "never") == "new"
+    reader.close()
+    writer.close()
+
+
+def test_a_resubscription_held_back_is_not_trusted_before_it_is_confirmed(
+    redis_server: RedisServer, namespace: str, proxy: FaultProxy
+) -> None:
+    """After an outage the same rule: back only once the server confirmed SUBSCRIBE."""
+    writer = subscribed_chain(bus_chain_settings(redis_server.url, namespace))
+    reader = subscribed_chain(held_settings(redis_server.url, namespace, proxy))
+    proxy.cut()
+    assert _eventually(lambda: reader.stats()["bus"] == "down")
+    proxy.delay(HELD)
+    proxy.reopen()  # connections accepted again, still held
+    assert reader.get("k", lambda: "old") == "old"
+    writer.set("k", "new")
+    assert reader.stats()["bus"] == "down"
+    proxy.restore()
+    assert _eventually(lambda: reader.stats()["bus"] == "connected")
+    assert reader.get("k", lambda: "never") == "new"
+    reader.close()
+    writer.close()
+
+
+def _constant(value: Any) -> Any:
+    async def load() -> Any:
+        return value
+
+    return load
+
+
+def _eventually(check: Callable[[], bool], within: float = 10.0) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.01)
+    return bool(check())
+
+
+def test_a_second_chain_on_a_subscribed_bus_is_connected_at_once(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """One bus shared by two chains of a process: the second subscribes to a bus whose
+    subscription is confirmed already, and is told so (nothing else would tell it); both hear
+    the bus losing its server."""
+    bus = RedisBus(lambda: redis.Redis.from_url(redis_server.url), f"{namespace}:invalidations")
+    first = TieredCache([MemoryTier(ttl=600)], ttl=600, bus=bus)
+    assert first.stats()["bus"] in ("starting", "connected")
+    assert bus.wait_subscribed(10)
+    second = TieredCache([MemoryTier(ttl=600)], ttl=600, bus=bus)
+    assert second.stats()["bus"] == "connected"
+    killer = redis.Redis.from_url(redis_server.url)
+    killer.client_kill_filter(_type="pubsub")  # the listener loses its subscription
+    killer.close()
+    assert _eventually(lambda: second.stats()["bus_disconnects"] == 1)
+    assert _eventually(lambda: second.stats()["bus"] == "connected")  # subscribed again
+    assert first.stats()["bus_disconnects"] == 1
+    assert first.stats()["bus"] == "connected"
+    second.close()
+    first.close()

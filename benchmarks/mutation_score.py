@@ -94,6 +94,10 @@ TESTS = [
     "tests/test_slot_rules.py",
     "tests/test_one_use_refusals.py",
     "tests/test_held_leases.py",
+    # A timed load's worker that reads its own key, at any depth (singleflight's Behalf); the
+    # readers beside a background refresh (paths' read_through with beside).
+    "tests/test_recursive_timed_loads.py",
+    "tests/test_refresh_serves_stale.py",
 ]
 EQUIVALENTS = ROOT / "benchmarks" / "mutation_equivalents.txt"
 KILLED = {1, 3, 24, -24, 36, 152, 255}  # a failing test, or a timeout (a hang is caught too)

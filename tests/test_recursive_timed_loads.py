@@ -63,6 +63,28 @@ def test_a_timed_loader_reading_its_key_through_another_key_raises_recursive_loa
     cache.close()
 
 
+def test_a_timed_loader_reading_its_key_through_two_other_keys_raises_recursive_load(
+    clock: FakeClock,
+) -> None:
+    """``a`` reads ``b``, ``b`` reads ``c``, ``c`` reads ``a``, each loader on a worker of its
+    own: the worker of ``c`` finds the caller leading ``a`` through both workers between
+    (the walk goes to any depth). Walking every other work only, it joined ``a``'s flight
+    and waited for the caller: LoadTimeout after the hard timeout."""
+    cache = TieredCache([MemoryTier(clock=clock)], clock=clock, protection=HARD)
+
+    def load_c() -> str:
+        return str(cache.get("a", lambda: "inner"))
+
+    def load_b() -> str:
+        return str(cache.get("c", load_c))
+
+    with pytest.raises(RecursiveLoad, match="'a'"):
+        cache.get("a", lambda: cache.get("b", load_b))
+    assert counts(cache) == NONE_TIMED_OUT
+    assert cache.wait_background(5)
+    cache.close()
+
+
 def test_a_soft_timed_loader_that_reads_its_own_key_raises_and_leaves_no_worker(
     clock: FakeClock,
 ) -> None:

@@ -418,3 +418,22 @@ async def test_aclose_lets_a_write_in_flight_finish(clock: FakeClock) -> None:
     await request
     await closing
     assert written == ["k"] and not request.cancelled()
+
+
+async def test_a_gets_ttl_is_what_its_loaded_value_goes_stale_by(clock: FakeClock) -> None:
+    """``get(key, loader, ttl=5)`` on a chain whose TTL is an hour: the value it loaded is
+    loaded again 6 s later (the per-call TTL reaches the load the miss leads)."""
+    loads: list[str] = []
+
+    async def load() -> str:
+        loads.append("load")
+        return f"v{len(loads)}"
+
+    async with AsyncTieredCache(
+        two_tiers(clock), clock=clock, ttl=3600, protection=STRICT
+    ) as cache:
+        assert await cache.get("k", load, ttl=5) == "v1"
+        clock.advance(4)
+        assert await cache.get("k", load, ttl=5) == "v1"
+        clock.advance(2)
+        assert await cache.get("k", load, ttl=5) == "v2"

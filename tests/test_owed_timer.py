@@ -3,6 +3,8 @@ without a tier: its tries, on a fake clock."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import sys
 import threading
 from types import FrameType
@@ -13,10 +15,10 @@ from tiered_cache.breaker import CircuitBreaker
 from tiered_cache.errors import TierUnavailable
 from tiered_cache.metrics import CacheMetrics
 from tiered_cache.owed import OwedDeletes
-from tiered_cache.owed_timer import MIN_RETRY, RETRY, PaymentThread, PaymentTimer
+from tiered_cache.owed_timer import MIN_RETRY, RETRY, PaymentTask, PaymentThread, PaymentTimer
 from tiered_cache.steps import run
 from tiered_cache.testing.clock import FakeClock
-from tiered_cache.testing.held_loads import until
+from tiered_cache.testing.held_loads import eventually, until
 from tiered_cache.testing.interrupts import Interrupted
 
 from .test_owed import Payee, announced
@@ -183,3 +185,42 @@ def test_a_run_armed_as_the_chain_closes_has_ended_once_stop_returned() -> None:
     for left in [t for t in threading.enumerate() if t.name == "tiered-cache-owed:redis"]:
         left.join()
     assert clock.late == []
+
+
+def test_a_loop_closed_by_hand_with_a_run_waiting_says_what_it_left_behind(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A debt armed on a loop closed by hand (no ``shutdown_asyncgens``): the next loop's
+    arming finds the run left behind, and the one warning names the owed deletes, not the
+    connections other parts of a loop leave."""
+    clock = FakeClock()
+    owed = OwedDeletes("redis", CacheMetrics(["redis"]))
+    tries = Tries(owed, clock)
+
+    async def pay() -> None:
+        tries()
+
+    task = PaymentTask(PaymentTimer(owed, None, clock), pay, "redis")
+    owed.owe(["k"])
+
+    async def arm_and_let_it_try() -> None:
+        task.arm()
+        await eventually(lambda: len(tries.at) == 1, "the first try")
+
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(arm_and_let_it_try())
+    for left in asyncio.all_tasks(loop):  # its run, waiting for the next try: ended by hand
+        left.cancel()
+        loop.run_until_complete(asyncio.wait({left}))
+    loop.close()
+
+    async def arm_again() -> None:
+        task.arm()
+        await task.stop()
+
+    with caplog.at_level(logging.WARNING):
+        asyncio.run(arm_again())
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1
+    assert "owed deletes of redis" in warned[0]
+    assert "connections" not in warned[0]

@@ -25,7 +25,8 @@ connections were tried by the next loop (the aiobotocore source failed every cal
 closed with its end never seen, and tells the part (``abandon``): it drops what belonged to
 that loop, without closing it -- a connection of a closed loop cannot be closed from another
 (its transport needs its own loop), so its socket waits for the collector -- and the new loop
-opens its own. A warning says so once per part.
+opens its own. A warning says so once per part, in the part's words (``left``: the owed
+deletes' timer leaves a task, not connections).
 """
 
 from __future__ import annotations
@@ -36,20 +37,29 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 
 from .logs import tier_logger
 
+#: What a part holding connections leaves on a loop closed by hand (the warning's words).
+CONNECTIONS_LEFT = (
+    "that loop's connections are dropped, not closed (they need their loop), and this loop "
+    "opens its own"
+)
+
 
 class LoopEnd:
     """Calls ``let_go`` (a coroutine function: disconnect the connections, stop a task of
     the loop such as the bus's listener) on the loop the part is used on, when that loop
     ends; or ``abandon`` (a plain function: drop them), on the next loop, when that loop was
-    closed without its end being seen."""
+    closed without its end being seen. ``left``: what the warning then says is left behind.
+    """
 
     def __init__(
         self,
         name: str,
         let_go: Callable[[], Awaitable[None]],
         abandon: Callable[[], None],
+        left: str = CONNECTIONS_LEFT,
     ) -> None:
         self._name = name
+        self._left = left
         self._let_go = let_go
         self._abandon = abandon
         self._warned = False
@@ -103,10 +113,10 @@ class LoopEnd:
             self._warned = True
             tier_logger(self._name).warning(
                 "%s: the event loop it was used on was closed without its shutdown_asyncgens "
-                "(run by hand); that loop's connections are dropped, not closed (they need "
-                "their loop), and this loop opens its own. End a loop with asyncio.run or "
-                "asyncio.Runner, or await loop.shutdown_asyncgens() before loop.close()",
+                "(run by hand); %s. End a loop with asyncio.run or asyncio.Runner, or await "
+                "loop.shutdown_asyncgens() before loop.close()",
                 self._name,
+                self._left,
             )
 
     def ended_here(self) -> bool:

@@ -270,7 +270,13 @@ class PaymentTask:
         #: finished after that sweep (:mod:`tiered_cache.write_tasks`); its delete failing,
         #: the run it armed was a task the sweep never saw, destroyed pending as the loop
         #: closed. (A loop closed by hand: the run is over, :meth:`arm` sees it stalled.)
-        self._loop_end = LoopEnd(f"owed deletes of {name}", self._at_loop_end, _nothing)
+        self._loop_end = LoopEnd(
+            f"owed deletes of {name}",
+            self._at_loop_end,
+            _nothing,
+            left="the timer's task on that loop is dropped (it never runs again), and what is "
+            "still owed is paid on this loop",
+        )
         restart_after_fork(self)
 
     def after_fork_in_child(self) -> None:

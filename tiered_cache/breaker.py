@@ -75,8 +75,6 @@ class CircuitBreaker:
             raise ValueError("failure_threshold must be at least 1")
         if self.cool_down < 0:
             raise ValueError("cool_down cannot be negative")
-        #: The clock of its cool-down (a timer waiting for the next trial reads it).
-        self.clock = clock
         self._clock = clock
         self._lock = threading.Lock()
         self._failures = 0
@@ -119,6 +117,11 @@ class CircuitBreaker:
         outcome decides), None while it is closed (any call goes through)."""
         with self._lock:
             return self._opened_at + self.cool_down if self._open else None
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The clock of its cool-down (a timer waiting for the next trial reads it)."""
+        return self._clock
 
     @property
     def opened_count(self) -> int:

@@ -82,11 +82,13 @@ class TierAccessor:
         #: When they are paid without waiting for a call: at the end of the breaker's
         #: cool-down (the asyncio chain's accessor drives it with a task of its own).
         self.timer = PaymentTimer(self.owed, breaker, clock)
-        self._payments = PaymentThread(self.timer, self.settle, self.name)
         #: What the chain does once they are paid (announce them again:
-        #: ``ChainPaths.paid``); None: the accessor does not pay them itself (the asyncio
-        #: chain's bookkeeping accessor: its own accessor pays, before the thread hop).
+        #: ``ChainPaths.paid``), given by :meth:`pay_with`; None: the accessor does not pay
+        #: them itself (the asyncio chain's bookkeeping accessor: its own accessor pays,
+        #: before the thread hop).
         self.when_paid: Callable[[Debt], Steps[None]] | None = None
+        #: The timer's driver, a thread per run, once the accessor pays (:meth:`pay_with`).
+        self._payments: PaymentThread | None = None
         #: Offers leases (:class:`~tiered_cache.leases.LeasingTier`).
         self.leases = bool(declared.leases) if declared is not None else False
         #: Stores keys as UTF-8: the chain refuses keys UTF-8 cannot encode.
@@ -292,6 +294,12 @@ class TierAccessor:
 
     # -- deletes owed (tiered_cache.owed)
 
+    def pay_with(self, paid: Callable[[Debt], Steps[None]]) -> None:
+        """The accessor pays what its tier owes, and ``paid`` follows each payment (the
+        chain's, once, as it is built): its timer is driven from now on."""
+        self.when_paid = paid
+        self._payments = PaymentThread(self.timer, self.settle, self.name)
+
     def owe(
         self, keys: Sequence[str] = (), prefixes: Sequence[str] = (), everything: bool = False
     ) -> None:
@@ -299,7 +307,7 @@ class TierAccessor:
         breaker lets calls through again (the timer), whichever comes first."""
         if not self.local:
             self.owed.owe(keys, prefixes, everything)
-            if self.when_paid is not None:  # else the asyncio chain's accessor arms its own
+            if self._payments is not None:  # else the asyncio chain's accessor arms its own
                 self._payments.arm()
 
     def settle(self) -> None:
@@ -424,7 +432,8 @@ class TierAccessor:
     def stop_paying(self) -> None:
         """The chain closes: the timer of owed deletes stops, once a payment in flight has
         ended (no thread of it is left)."""
-        self._payments.stop()
+        if self._payments is not None:
+            self._payments.stop()
 
     def close(self) -> None:
         """Close the tier, whatever the state of its breaker."""

@@ -85,8 +85,9 @@ class AsyncTierAccessor:
         #: thread (the bookkeeping accessor's own stays None: it does not pay them).
         self.when_paid: Callable[[Debt], Steps[None]] | None = None
         #: Pays them when the breaker lets calls through again, should no call come: a task
-        #: of the loop the debt was recorded on (the bookkeeping accessor's timer, driven here).
-        self._payments = PaymentTask(self.sync.timer, self._settle, self.name)
+        #: of the loop the debt was recorded on (the bookkeeping accessor's timer, driven
+        #: here), once the accessor pays (:meth:`pay_with`).
+        self._payments: PaymentTask | None = None
         if self.threaded:
             warnings.warn(
                 f"tier {self.name!r} has no asyncio interface: the asyncio chain runs its "
@@ -145,16 +146,22 @@ class AsyncTierAccessor:
 
     # -- deletes owed (tiered_cache.owed)
 
+    def pay_with(self, paid: Callable[[Debt], Steps[None]]) -> None:
+        """:meth:`TierAccessor.pay_with`: paid here, the timer driven by a task of the loop."""
+        self.when_paid = paid
+        self._payments = PaymentTask(self.sync.timer, self._settle, self.name)
+
     def _arm(self) -> None:
         """A debt was recorded: the timer pays it at the end of the breaker's cool-down,
         should no call come first (on this loop; not if this accessor does not pay)."""
-        if self.when_paid is not None:
+        if self._payments is not None:
             self._payments.arm()
 
     async def stop_paying(self) -> None:
         """The chain closes: the timer of owed deletes stops, once a payment in flight has
         ended (no task of it is left, but on a loop that ended)."""
-        await self._payments.stop()
+        if self._payments is not None:
+            await self._payments.stop()
 
     async def _settle(self) -> None:
         """:meth:`TierAccessor.settle` for coroutines (raises while they cannot be paid).
@@ -166,7 +173,7 @@ class AsyncTierAccessor:
             try:
                 await arun(self.sync.owed.settling(self, paid))
             except Exception:
-                self._payments.arm()  # the timer's own try: its run goes on, none starts
+                self._arm()  # the timer's own try: its run goes on, none starts
                 raise
 
     async def delete_many_owed(self, keys: Sequence[str]) -> None:

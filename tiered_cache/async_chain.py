@@ -153,7 +153,7 @@ class AsyncTieredCache(L1Reader):
         )
         self._paths: Paths = paths
         for tier in self._tiers:  # a delete a shared tier owes is announced again once made
-            tier.when_paid = paths.paid
+            tier.pay_with(paths.paid)
         self._setup_l1(self._metrics, self._protection, rng)
         self._use_l1(self._tiers, True)
         self._disconnected_bound = max_stale_when_disconnected

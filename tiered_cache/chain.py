@@ -142,7 +142,7 @@ class TieredCache(L1Reader):
         )
         self._paths: Paths = paths
         for tier in self._tiers:  # a delete a shared tier owes is announced again once made
-            tier.when_paid = paths.paid
+            tier.pay_with(paths.paid)
         #: What a miss runs inside its flight: the read down the tiers in plain calls.
         self._read: Callable[[Flight, str, Loader | None, float | str | None], Any] = (
             self._paths.read_through_plain

@@ -181,8 +181,6 @@ class PaymentThread:
         self._starting = threading.RLock()
         #: The threads of the runs, the last one's still ending (and the one going on).
         self._threads: list[threading.Thread] = []
-        #: A run was started (the asyncio chain's bookkeeping accessor never starts one).
-        self._ran = False
         restart_after_fork(self)
 
     def after_fork_in_child(self) -> None:
@@ -191,8 +189,7 @@ class PaymentThread:
         self._woken = threading.Condition()
         self._starting = threading.RLock()
         self._threads = []
-        if self._ran:
-            start_when_restarted(self.arm)
+        start_when_restarted(self.arm)  # nothing owed: no run starts
 
     def arm(self) -> None:
         """A debt was recorded: start a run unless one goes on."""
@@ -207,7 +204,6 @@ class PaymentThread:
         thread = threading.Thread(
             target=run, args=(steps,), name=f"tiered-cache-owed:{self._name}", daemon=True
         )
-        self._ran = True
         self._threads = [*(t for t in self._threads if t.is_alive()), thread]
         try:
             thread.start()

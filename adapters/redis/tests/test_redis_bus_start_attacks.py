@@ -1,0 +1,122 @@
+"""The bus's start attacked: a second chain joining a shared bus that is down, a fill in
+flight across the first confirmation, an asyncio chain that only looks up."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+from tiered_cache_redis.bus import RedisBus
+
+from tiered_cache import AsyncTieredCache, MemoryTier, TieredCache
+from tiered_cache.testing.bus_chains import bus_chain_settings, subscribed_chain
+from tiered_cache.testing.servers import FaultProxy, RedisServer
+
+PATIENT = {"health_check_interval": "1s", "timeout": "60s", "max_stale_when_disconnected": "60s"}
+
+
+@pytest.fixture
+def proxy(redis_server: RedisServer) -> Iterator[FaultProxy]:
+    with FaultProxy(redis_server.host, redis_server.port) as proxy:
+        yield proxy
+
+
+def _eventually(check: Callable[[], bool], within: float = 10.0) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.01)
+    return bool(check())
+
+
+def test_a_second_chain_joining_a_shared_bus_while_it_is_down_is_told_so(
+    redis_server: RedisServer, namespace: str, proxy: FaultProxy
+) -> None:
+    bus = RedisBus(lambda: redis.Redis.from_url(proxy.url("redis")), f"{namespace}:inv")
+    first = TieredCache([MemoryTier(ttl=600)], ttl=600, bus=bus)
+    assert bus.wait_subscribed(10)
+    proxy.cut()
+    assert _eventually(lambda: first.stats()["bus"] == "down")
+    second = TieredCache([MemoryTier(ttl=600)], ttl=600, bus=bus)
+    assert second.stats()["bus"] == "down"  # not "starting": the bus is down, and said so
+    assert second.stats()["bus_disconnects"] == 1
+    proxy.restore()
+    assert _eventually(lambda: second.stats()["bus"] == "connected")
+    second.close()
+    first.close()
+
+
+def test_a_fill_in_flight_across_the_first_confirmation_is_not_kept(
+    redis_server: RedisServer, namespace: str, proxy: FaultProxy
+) -> None:
+    writer = subscribed_chain(bus_chain_settings(redis_server.url, namespace))
+    proxy.delay(60.0)
+    reader = TieredCache.from_config(
+        **bus_chain_settings(
+            redis_server.url, namespace, bus={**PATIENT, "url": proxy.url("redis")}
+        )
+    )
+    read, go = threading.Event(), threading.Event()
+    got: list[Any] = []
+
+    def load() -> str:
+        read.set()
+        go.wait(30)
+        return "old"  # read before the write below
+
+    filling = threading.Thread(target=lambda: got.append(reader.get("k", load)))
+    filling.start()
+    assert read.wait(10)
+    writer.set("k", "new")  # announced before the reader's subscription is confirmed
+    proxy.restore()
+    link = reader._bus_link
+    assert link is not None
+    assert link.bus.wait_subscribed(10)  # type: ignore[union-attr]
+    go.set()
+    filling.join(10)
+    assert got == ["old"]  # the read in flight answers what it read
+    assert reader.stats()["bus"] == "connected"
+    assert reader.get("k", lambda: "never") == "new"
+    reader.close()
+    writer.close()
+
+
+def test_an_async_chain_that_only_looks_up_gets_connected(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    writer = subscribed_chain(bus_chain_settings(redis_server.url, namespace))
+    writer.set("k", "v")
+    reader = AsyncTieredCache.from_config(**bus_chain_settings(redis_server.url, namespace))
+
+    async def main() -> None:
+        assert set(await reader.lookup_many(["k"])) == {"k"}  # copied into memory
+        deadline = time.monotonic() + 10
+        while reader.stats()["bus"] != "connected" and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert reader.stats()["bus"] == "connected"
+        await reader.aclose()
+
+    asyncio.run(main())
+    writer.close()
+
+
+def test_a_chain_closed_while_starting_logs_no_outage(
+    redis_server: RedisServer, namespace: str, proxy: FaultProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Closed while its first subscription is in flight (the handshake held back longer
+    than ``bus.timeout``): the listener's timeout comes after the close; the closed chain is
+    told nothing (it warned that its bus was disconnected, and counted an outage)."""
+    proxy.delay(60.0)
+    reader = TieredCache.from_config(
+        **bus_chain_settings(redis_server.url, namespace, bus={"url": proxy.url("redis")})
+    )
+    assert reader.stats()["bus"] == "starting"
+    reader.close()  # waits for the listener, which times out meanwhile
+    assert reader.stats()["bus_disconnects"] == 0
+    assert [r.getMessage() for r in caplog.records if r.name == "tiered_cache.bus"] == []

@@ -68,27 +68,32 @@ class Listeners:
     logged and does not stop the others.
 
     The subscription's state is told under the lock that adds a listener: one added once the
-    bus is subscribed (a second chain on one bus) is told so at once, and never after an
-    outage told to the others (it would then take the bus for connected while it is down)."""
+    bus is subscribed (a second chain on one bus) is told so at once, one added while it is
+    down likewise, and never after an outage told to the others (it would then take the bus
+    for connected while it is down)."""
 
     def __init__(self, channel: str) -> None:
         self.channel = channel
         self._listeners: list[BusListener] = []
         self._lock = threading.Lock()
-        #: The subscription is confirmed (as last told).
-        self._subscribed = False
+        #: The subscription is confirmed (True) or lost (False), as last told; None before
+        #: the first subscription's outcome (a listener added then is starting).
+        self._subscribed: bool | None = None
 
     def add(self, listener: BusListener) -> None:
+        """Add ``listener``, told the subscription's state if one was told already: a chain
+        joining a bus whose listener is reconnecting is down, not starting (it would show
+        ``"starting"`` through the whole outage, never logged nor counted)."""
         with self._lock:
             self._listeners.append(listener)
-            if self._subscribed:
-                self._tell_one(listener, "on_reconnect")
+            if self._subscribed is not None:
+                self._tell_one(listener, "on_reconnect" if self._subscribed else "on_disconnect")
 
     def after_fork_in_child(self) -> None:
         """Another thread of the parent may have held the lock at the fork; the child is
         not subscribed (the parent's subscription is the parent's)."""
         self._lock = threading.Lock()
-        self._subscribed = False
+        self._subscribed = None
 
     def subscribed(self, subscribed: bool) -> None:
         """Tell every listener the subscription is confirmed (``on_reconnect``) or lost
@@ -201,6 +206,13 @@ class Listening:
                 delay = self.health.backoff[0]
                 yield from self._serve(handle)
             except Exception as exc:
+                if self.stopped():
+                    # Closed meanwhile: a close does not interrupt a subscription in flight
+                    # (a held handshake ends at its timeout, after the close). The chain is
+                    # closed, not disconnected: nothing is told nor logged.
+                    self.connected = False
+                    self.subscribed(False)
+                    return
                 network = isinstance(exc, CONNECTION_ERRORS)
                 kind = type(exc).__name__
                 if kind not in logged:

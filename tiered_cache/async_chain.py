@@ -330,6 +330,10 @@ class AsyncTieredCache(L1Reader):
     async def lookup_many(self, keys: Iterable[str]) -> dict[str, Entry]:
         """The fresh entries the tiers hold for ``keys``, without loading anything."""
         self._admit()
+        # It fills memory from the shared tiers too: a chain that only looked up never
+        # listened, and stayed "starting" (its memory bounded) for good.
+        if self._async_bus is not None:
+            self._listen_here()
         return await arun(self._paths.lookup_many(list(keys)))
 
     # -- writes -------------------------------------------------------------------------------
@@ -400,9 +404,9 @@ class AsyncTieredCache(L1Reader):
 
     def _listen_here(self) -> None:
         """Have the async bus listen on the running loop, from every call that can fill
-        memory (a miss, a batch, a write). A chain built outside a loop starts it on its
-        first such call -- the memory is empty until then, so nothing is served that the bus
-        should have dropped. A chain whose listener's loop ended (kept across
+        memory (a miss, a batch, a lookup, a write). A chain built outside a loop starts it
+        on its first such call -- the memory is empty until then, so nothing is served that
+        the bus should have dropped. A chain whose listener's loop ended (kept across
         ``asyncio.run`` calls) was told the bus is down (its memory cleared, the L1 fast
         path off, so the next read comes here) and starts it again on this loop."""
         bus = self._async_bus

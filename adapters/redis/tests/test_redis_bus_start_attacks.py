@@ -15,6 +15,7 @@ from tiered_cache_redis.bus import RedisBus
 
 from tiered_cache import AsyncTieredCache, MemoryTier, TieredCache
 from tiered_cache.testing.bus_chains import bus_chain_settings, subscribed_chain
+from tiered_cache.testing.forked import in_a_child
 from tiered_cache.testing.servers import FaultProxy, RedisServer
 
 PATIENT = {"health_check_interval": "1s", "timeout": "60s", "max_stale_when_disconnected": "60s"}
@@ -120,3 +121,19 @@ def test_a_chain_closed_while_starting_logs_no_outage(
     reader.close()  # waits for the listener, which times out meanwhile
     assert reader.stats()["bus_disconnects"] == 0
     assert [r.getMessage() for r in caplog.records if r.name == "tiered_cache.bus"] == []
+
+
+def test_a_closed_async_chain_is_not_disconnected_in_a_forked_child(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """A forked child is told its asyncio chain's bus is down: a closed chain too, which
+    warned and counted an outage there (in every child of a prefork server)."""
+    cache = AsyncTieredCache.from_config(**bus_chain_settings(redis_server.url, namespace))
+
+    async def main() -> None:
+        await cache.lookup_many(["k"])
+        await cache.aclose()
+
+    asyncio.run(main())
+    stats = in_a_child(lambda: [cache.stats()["bus"], cache.stats()["bus_disconnects"]], 30)
+    assert stats == ["closed", 0]

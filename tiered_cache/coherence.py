@@ -231,7 +231,11 @@ class BusLink:
         time it is told). Counted and logged once per period down, a first subscription that
         failed included (``starting``: the bus was never heard): a forked asyncio child, or a
         chain whose loop ended, is told at once and again when its listener starts on its new
-        loop (``bus_disconnects`` counted 2 for one period; docs/metrics.md)."""
+        loop (``bus_disconnects`` counted 2 for one period; docs/metrics.md). A closed
+        chain hears nothing (a forked child's restart of a chain closed before the fork, a
+        listener whose subscription failed after the close)."""
+        if self._closed:
+            return
         if self._state != "down":
             self._metrics.count("bus_disconnects")
             logger.warning(
@@ -248,7 +252,10 @@ class BusLink:
     def on_reconnect(self) -> None:
         """Subscribed: after an outage (logged), or for the first time (quietly: every start
         does it). Either way what memory took meanwhile is dropped (the chain's
-        ``set_connected``): it was filled while nothing was heard."""
+        ``set_connected``): it was filled while nothing was heard. A closed chain hears
+        nothing."""
+        if self._closed:
+            return
         if self._state == "down":
             logger.info(
                 "invalidation bus reconnected: in-process tiers are in use again",

@@ -137,3 +137,37 @@ def test_a_closed_async_chain_is_not_disconnected_in_a_forked_child(
     asyncio.run(main())
     stats = in_a_child(lambda: [cache.stats()["bus"], cache.stats()["bus_disconnects"]], 30)
     assert stats == ["closed", 0]
+
+
+def test_an_async_fill_in_flight_across_the_first_confirmation_is_not_kept(
+    redis_server: RedisServer, namespace: str, proxy: FaultProxy
+) -> None:
+    writer = subscribed_chain(bus_chain_settings(redis_server.url, namespace))
+    proxy.delay(60.0)
+    reader = AsyncTieredCache.from_config(
+        **bus_chain_settings(
+            redis_server.url, namespace, bus={**PATIENT, "url": proxy.url("redis")}
+        )
+    )
+
+    async def main() -> None:
+        read, go = asyncio.Event(), asyncio.Event()
+
+        async def load() -> str:
+            read.set()
+            await go.wait()
+            return "old"  # read before the write below
+
+        filling = asyncio.ensure_future(reader.get("k", load))  # starts the listener
+        await read.wait()
+        await asyncio.to_thread(writer.set, "k", "new")  # unheard: not subscribed yet
+        proxy.restore()
+        assert await reader._bus_link.bus.wait_subscribed(10)  # type: ignore[union-attr]
+        go.set()
+        assert await filling == "old"
+        assert reader.stats()["bus"] == "connected"
+        assert await reader.get("k", load) == "new"
+        await reader.aclose()
+
+    asyncio.run(main())
+    writer.close()

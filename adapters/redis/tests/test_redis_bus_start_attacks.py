@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 import redis
+import redis.asyncio as aioredis
+from tiered_cache_redis import AsyncRedisBus
 from tiered_cache_redis.bus import RedisBus
 
 from tiered_cache import AsyncTieredCache, MemoryTier, TieredCache
@@ -171,3 +173,37 @@ def test_an_async_fill_in_flight_across_the_first_confirmation_is_not_kept(
 
     asyncio.run(main())
     writer.close()
+
+
+def test_a_chain_sharing_a_bus_another_chain_closed_is_not_left_connected(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """Closing a chain closes its bus: another chain on the same bus heard nothing from then
+    on, yet stayed "connected" and served its memory after other processes' writes."""
+    bus = RedisBus(lambda: redis.Redis.from_url(redis_server.url), f"{namespace}:invalidations")
+    first = TieredCache([MemoryTier(ttl=600)], ttl=600, bus=bus)
+    second = TieredCache([MemoryTier(ttl=600)], ttl=600, bus=bus)
+    assert bus.wait_subscribed(10)
+    second.close()
+    assert first.stats()["bus"] == "down"  # nothing is heard any more
+    assert second.stats()["bus_disconnects"] == 0  # the closed chain is told nothing
+    first.close()
+
+
+def test_an_async_chain_sharing_a_bus_another_chain_closed_is_not_left_connected(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    bus = AsyncRedisBus(
+        lambda: aioredis.Redis.from_url(redis_server.url), f"{namespace}:invalidations"
+    )
+    first = AsyncTieredCache([MemoryTier(ttl=600)], ttl=600, bus=bus)
+    second = AsyncTieredCache([MemoryTier(ttl=600)], ttl=600, bus=bus)
+
+    async def main() -> None:
+        assert await bus.wait_subscribed(10)
+        await second.aclose()
+        assert first.stats()["bus"] == "down"
+        assert second.stats()["bus_disconnects"] == 0
+        await first.aclose()
+
+    asyncio.run(main())

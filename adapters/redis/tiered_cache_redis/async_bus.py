@@ -177,9 +177,7 @@ class AsyncRedisBus(AsyncBusBase):
                     "listens again from its next miss",
                     self.channel,
                 )
-                self._listening.connected = False
-                self._set_subscribed(False)
-                self._listeners.subscribed(False)
+            self._listening.ended()  # closed: told to the other chains on this bus
             raise
 
     async def wait_subscribed(self, timeout: float | None = None) -> bool:

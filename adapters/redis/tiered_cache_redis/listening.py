@@ -95,10 +95,12 @@ class Listeners:
         self._lock = threading.Lock()
         self._subscribed = None
 
-    def subscribed(self, subscribed: bool) -> None:
+    def subscribed(self, subscribed: bool, *, again: bool = True) -> None:
         """Tell every listener the subscription is confirmed (``on_reconnect``) or lost
-        (``on_disconnect``)."""
+        (``on_disconnect``); not ``again`` if that was the last told."""
         with self._lock:
+            if not again and self._subscribed is subscribed:
+                return
             self._subscribed = subscribed
             for listener in self._listeners:
                 self._tell_one(listener, "on_reconnect" if subscribed else "on_disconnect")
@@ -178,9 +180,22 @@ class Listening:
 
     def listen(self, *, after_outage: bool = False) -> Steps[None]:
         """Subscribe, serve, and on any failure tell the chain, back off and subscribe again,
-        until stopped. ``after_outage``: the bus has told the chain it is down already (a
-        forked child: what changed since the fork is unheard), and the first subscription
-        tells it the bus is back."""
+        until stopped; then :meth:`ended`. ``after_outage``: the bus has told the chain it is
+        down already (a forked child: what changed since the fork is unheard), and the first
+        subscription tells it the bus is back."""
+        yield from self._listen(after_outage)
+        self.ended()
+
+    def ended(self) -> None:
+        """Nothing is heard from now on (the bus closed, or its listener cancelled): the
+        chains still on it are told the bus is down. A bus shared by several chains is
+        closed with the first of them: the others stayed "connected", deaf (a closed chain
+        ignores it)."""
+        self.connected = False
+        self.subscribed(False)
+        self.listeners.subscribed(False, again=False)
+
+    def _listen(self, after_outage: bool) -> Steps[None]:
         channel = self.listeners.channel
         delay = self.health.backoff[0]
         ever_connected = after_outage
@@ -208,10 +223,8 @@ class Listening:
             except Exception as exc:
                 if self.stopped():
                     # Closed meanwhile: a close does not interrupt a subscription in flight
-                    # (a held handshake ends at its timeout, after the close). The chain is
-                    # closed, not disconnected: nothing is told nor logged.
-                    self.connected = False
-                    self.subscribed(False)
+                    # (a held handshake ends at its timeout, after the close). The bus is
+                    # closed, not disconnected: nothing is logged, :meth:`ended` tells.
                     return
                 network = isinstance(exc, CONNECTION_ERRORS)
                 kind = type(exc).__name__

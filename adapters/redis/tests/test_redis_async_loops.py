@@ -5,16 +5,13 @@ next loop must not try them."""
 from __future__ import annotations
 
 import asyncio
-import gc
-import sys
-import warnings
 
 import pytest
 from tiered_cache_redis import AsyncRedisBus, AsyncRedisTier, make_async_client
 
 from tiered_cache import AsyncTieredCache, EventLoopConflict, MemoryTier
 from tiered_cache.protection import Protection
-from tiered_cache.testing.loops import another_loop_running
+from tiered_cache.testing.loops import another_loop_running, collected_unclosed
 from tiered_cache.testing.servers import RedisServer
 from tiered_cache.testing.sources import AsyncDictSource
 
@@ -180,22 +177,12 @@ def test_a_loop_closed_by_hand_leaves_the_next_loop_no_error(
         return await bus.wait_subscribed(10)
 
     # What was the closed loop's (its listener task, its connections) is collected unclosed.
-    gc.disable()
-    try:
+    with collected_unclosed():
         loop = asyncio.new_event_loop()
         assert loop.run_until_complete(job(0))
         loop.close()  # no shutdown_asyncgens
         assert asyncio.run(job(1))
         asyncio.run(cache.aclose())
-    finally:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            unraisable, sys.unraisablehook = sys.unraisablehook, lambda _: None
-            try:
-                gc.collect()
-            finally:
-                sys.unraisablehook = unraisable
-        gc.enable()
     stats = cache.stats()
     assert (stats["tiers"][1]["errors"], stats["bus_publish_errors"]) == (0, 0)
     assert caplog.text.count("was closed without its shutdown_asyncgens") == 2  # tier and bus

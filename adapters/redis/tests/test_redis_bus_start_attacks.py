@@ -18,6 +18,7 @@ from tiered_cache_redis.bus import RedisBus
 from tiered_cache import AsyncTieredCache, MemoryTier, TieredCache
 from tiered_cache.testing.bus_chains import bus_chain_settings, subscribed_chain
 from tiered_cache.testing.forked import in_a_child
+from tiered_cache.testing.loops import collected_unclosed
 from tiered_cache.testing.servers import FaultProxy, RedisServer
 
 PATIENT = {"health_check_interval": "1s", "timeout": "60s", "max_stale_when_disconnected": "60s"}
@@ -207,3 +208,41 @@ def test_an_async_chain_sharing_a_bus_another_chain_closed_is_not_left_connected
         await first.aclose()
 
     asyncio.run(main())
+
+
+def test_a_chain_joining_a_bus_whose_loop_was_closed_by_hand_is_not_connected(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """The loop an async bus listened on, closed by hand (no ``shutdown_asyncgens``): its
+    listener never runs again, nor its end. A chain added to that bus afterwards was told
+    the last state told, "connected", while nothing listened; and the chain already there
+    stayed "connected" too, its memory trusted."""
+    bus = AsyncRedisBus(
+        lambda: aioredis.Redis.from_url(redis_server.url), f"{namespace}:invalidations"
+    )
+    first = AsyncTieredCache([MemoryTier(ttl=600)], ttl=600, bus=bus)
+
+    async def load() -> str:
+        return "v"
+
+    async def listening() -> bool:
+        assert await first.get("k", load) == "v"
+        return await bus.wait_subscribed(10)
+
+    # What was the closed loop's (its listener task, its connections) is collected unclosed.
+    with collected_unclosed():
+        loop = asyncio.new_event_loop()
+        assert loop.run_until_complete(listening())
+        loop.close()  # no shutdown_asyncgens: the listener's end never runs
+        second = AsyncTieredCache([MemoryTier(ttl=600)], ttl=600, bus=bus)
+        assert second.stats()["bus"] == "down"  # nothing listens
+        assert first.stats()["bus"] == "down"  # told as well: its memory is not trusted
+
+        async def listening_again() -> None:
+            assert await second.get("k", load) == "v"  # listens again, on this loop
+            assert await bus.wait_subscribed(10)
+            assert (first.stats()["bus"], second.stats()["bus"]) == ("connected", "connected")
+            await second.aclose()
+            await first.aclose()
+
+        asyncio.run(listening_again())

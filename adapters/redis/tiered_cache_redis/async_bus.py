@@ -134,13 +134,26 @@ class AsyncRedisBus(AsyncBusBase):
         and neither it nor the publisher's connections can be closed without it. Dropped:
         the next listener starts as after an outage, and this loop publishes on its own
         connections (the old ones were tried first)."""
-        if self._task is not None:
-            self._task = None
-            self._listened_before = True
+        self._drop_a_closed_loops_listener()
         self._client.connection_pool.reset()  # type: ignore[no-untyped-call]
 
+    def _drop_a_closed_loops_listener(self) -> None:
+        """The listener's loop was closed by hand under it: it never runs again, nor its end
+        (:meth:`Listening.ended`), so the chains on the bus are told here that it is down.
+        Left "connected", the chains already on it trusted their memory, and one added then
+        was told "connected" while nothing listened. The next listener starts as after an
+        outage. Seen on the bus's next call on another loop, or as a chain joins it."""
+        task = self._task
+        if task is None or task.done() or not task.get_loop().is_closed():
+            return
+        self._task = None
+        self._listened_before = True
+        self._listening.ended()
+
     def subscribe(self, listener: BusListener) -> None:
-        """Deliver to ``listener`` (on the event loop) once :meth:`listen` has started."""
+        """Deliver to ``listener`` (on the event loop) once :meth:`listen` has started; a
+        bus whose listener's loop was closed by hand is down for it."""
+        self._drop_a_closed_loops_listener()
         self._listeners.add(listener)
 
     def listen(self) -> None:

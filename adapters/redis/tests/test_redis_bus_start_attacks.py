@@ -246,3 +246,26 @@ def test_a_chain_joining_a_bus_whose_loop_was_closed_by_hand_is_not_connected(
             await first.aclose()
 
         asyncio.run(listening_again())
+
+
+def test_a_chain_closed_after_its_buss_loop_was_closed_by_hand_closes_its_bus(
+    redis_server: RedisServer, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its only chain closed on the next loop, having served memory hits alone there (no
+    call of the bus): the bus's close cancelled the listener, a task of the closed loop, and
+    failed (``RuntimeError: Event loop is closed``), its publisher left open."""
+    bus = AsyncRedisBus(
+        lambda: aioredis.Redis.from_url(redis_server.url), f"{namespace}:invalidations"
+    )
+    chain = AsyncTieredCache([MemoryTier(ttl=600)], ttl=600, bus=bus)
+
+    async def listening() -> bool:
+        return await bus.wait_subscribed(10)
+
+    with collected_unclosed():
+        loop = asyncio.new_event_loop()
+        assert loop.run_until_complete(listening())
+        loop.close()  # no shutdown_asyncgens: the listener's end never runs
+        asyncio.run(chain.aclose())
+    assert "closing the invalidation bus failed" not in caplog.text
+    assert chain.stats()["bus"] == "closed"

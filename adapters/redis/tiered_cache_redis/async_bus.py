@@ -203,8 +203,11 @@ class AsyncRedisBus(AsyncBusBase):
 
     async def aclose(self) -> None:
         """Stop listening (the task is cancelled and its subscription closed) and close the
-        publisher. Idempotent."""
+        publisher. Idempotent. A call on a loop like the others: a listener and connections
+        of a loop closed by hand under it are dropped first (cancelled, a task of a closed
+        loop raised ``Event loop is closed``, and the publisher stayed open)."""
         self._closed = True
+        self._loop_end.here()
         self._loop_end.stop()
         task, self._task = self._task, None
         if task is not None:

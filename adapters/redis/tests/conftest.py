@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tiered_cache.testing.servers import RedisCluster, RedisServer
+from tiered_cache.testing.servers import FaultProxy, RedisCluster, RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -29,3 +29,10 @@ def redis_cluster() -> Iterator[RedisCluster]:
 def namespace() -> str:
     """A namespace of its own for each test, so tests sharing a server never see each other."""
     return f"t-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def proxy(redis_server: RedisServer) -> Iterator[FaultProxy]:
+    """A FaultProxy in front of the session's server (closed after the test)."""
+    with FaultProxy(redis_server.host, redis_server.port) as proxy:
+        yield proxy

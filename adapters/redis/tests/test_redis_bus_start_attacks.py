@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -21,22 +20,7 @@ from tiered_cache.testing.forked import in_a_child
 from tiered_cache.testing.loops import collected_unclosed
 from tiered_cache.testing.servers import FaultProxy, RedisServer
 
-PATIENT = {"health_check_interval": "1s", "timeout": "60s", "max_stale_when_disconnected": "60s"}
-
-
-@pytest.fixture
-def proxy(redis_server: RedisServer) -> Iterator[FaultProxy]:
-    with FaultProxy(redis_server.host, redis_server.port) as proxy:
-        yield proxy
-
-
-def _eventually(check: Callable[[], bool], within: float = 10.0) -> bool:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.01)
-    return bool(check())
+from .held_bus import eventually, held_settings
 
 
 def test_a_second_chain_joining_a_shared_bus_while_it_is_down_is_told_so(
@@ -46,12 +30,12 @@ def test_a_second_chain_joining_a_shared_bus_while_it_is_down_is_told_so(
     first = TieredCache([MemoryTier(ttl=600)], ttl=600, bus=bus)
     assert bus.wait_subscribed(10)
     proxy.cut()
-    assert _eventually(lambda: first.stats()["bus"] == "down")
+    assert eventually(lambda: first.stats()["bus"] == "down")
     second = TieredCache([MemoryTier(ttl=600)], ttl=600, bus=bus)
     assert second.stats()["bus"] == "down"  # not "starting": the bus is down, and said so
     assert second.stats()["bus_disconnects"] == 1
     proxy.restore()
-    assert _eventually(lambda: second.stats()["bus"] == "connected")
+    assert eventually(lambda: second.stats()["bus"] == "connected")
     second.close()
     first.close()
 
@@ -61,11 +45,7 @@ def test_a_fill_in_flight_across_the_first_confirmation_is_not_kept(
 ) -> None:
     writer = subscribed_chain(bus_chain_settings(redis_server.url, namespace))
     proxy.delay(60.0)
-    reader = TieredCache.from_config(
-        **bus_chain_settings(
-            redis_server.url, namespace, bus={**PATIENT, "url": proxy.url("redis")}
-        )
-    )
+    reader = TieredCache.from_config(**held_settings(redis_server.url, namespace, proxy))
     read, go = threading.Event(), threading.Event()
     got: list[Any] = []
 
@@ -147,11 +127,7 @@ def test_an_async_fill_in_flight_across_the_first_confirmation_is_not_kept(
 ) -> None:
     writer = subscribed_chain(bus_chain_settings(redis_server.url, namespace))
     proxy.delay(60.0)
-    reader = AsyncTieredCache.from_config(
-        **bus_chain_settings(
-            redis_server.url, namespace, bus={**PATIENT, "url": proxy.url("redis")}
-        )
-    )
+    reader = AsyncTieredCache.from_config(**held_settings(redis_server.url, namespace, proxy))
 
     async def main() -> None:
         read, go = asyncio.Event(), asyncio.Event()

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -25,24 +23,11 @@ from tiered_cache import AsyncTieredCache, MemoryTier, TieredCache
 from tiered_cache.testing.bus_chains import bus_chain_settings, subscribed_chain
 from tiered_cache.testing.servers import FaultProxy, RedisServer
 
-#: Longer than any test here: the held subscription is not taken for a stall (that would
-#: tell the chain the bus is down, and its memory cleared, for another reason). Copies taken
-#: while the bus is not heard are kept as long: what drops them is the subscription.
-PATIENT = {"health_check_interval": "1s", "timeout": "60s", "max_stale_when_disconnected": "60s"}
+from .held_bus import eventually, held_settings
+
 HELD = 60.0
 #: The chain's warnings about its bus (the listener's own are the adapter's logger).
 CHAIN_BUS_LOGGER = "tiered_cache.bus"
-
-
-@pytest.fixture
-def proxy(redis_server: RedisServer) -> Iterator[FaultProxy]:
-    with FaultProxy(redis_server.host, redis_server.port) as proxy:
-        yield proxy
-
-
-def held_settings(url: str, namespace: str, proxy: FaultProxy) -> dict[str, Any]:
-    """A chain whose bus (only) goes through ``proxy``."""
-    return bus_chain_settings(url, namespace, bus={**PATIENT, "url": proxy.url("redis")})
 
 
 def held_start(
@@ -127,7 +112,7 @@ def test_a_bus_unreachable_at_start_is_down_and_said_so(
     proxy.cut()
     reader = TieredCache.from_config(**held_settings(redis_server.url, namespace, proxy))
     assert reader.get("k", lambda: "old") == "old"
-    assert _eventually(lambda: reader.stats()["bus"] == "down")
+    assert eventually(lambda: reader.stats()["bus"] == "down")
     assert reader.stats()["bus_disconnects"] == 1
     assert chain_warnings(caplog) == [
         "invalidation bus disconnected: memory serves only fresh fills until it is back"
@@ -147,14 +132,14 @@ def test_a_resubscription_held_back_is_not_trusted_before_it_is_confirmed(
     writer = subscribed_chain(bus_chain_settings(redis_server.url, namespace))
     reader = subscribed_chain(held_settings(redis_server.url, namespace, proxy))
     proxy.cut()
-    assert _eventually(lambda: reader.stats()["bus"] == "down")
+    assert eventually(lambda: reader.stats()["bus"] == "down")
     proxy.delay(HELD)
     proxy.reopen()  # connections accepted again, still held
     assert reader.get("k", lambda: "old") == "old"
     writer.set("k", "new")
     assert reader.stats()["bus"] == "down"
     proxy.restore()
-    assert _eventually(lambda: reader.stats()["bus"] == "connected")
+    assert eventually(lambda: reader.stats()["bus"] == "connected")
     assert reader.get("k", lambda: "never") == "new"
     reader.close()
     writer.close()
@@ -165,15 +150,6 @@ def _constant(value: Any) -> Any:
         return value
 
     return load
-
-
-def _eventually(check: Callable[[], bool], within: float = 10.0) -> bool:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.01)
-    return bool(check())
 
 
 def test_a_second_chain_on_a_subscribed_bus_is_connected_at_once(
@@ -191,8 +167,8 @@ def test_a_second_chain_on_a_subscribed_bus_is_connected_at_once(
     killer = redis.Redis.from_url(redis_server.url)
     killer.client_kill_filter(_type="pubsub")  # the listener loses its subscription
     killer.close()
-    assert _eventually(lambda: second.stats()["bus_disconnects"] == 1)
-    assert _eventually(lambda: second.stats()["bus"] == "connected")  # subscribed again
+    assert eventually(lambda: second.stats()["bus_disconnects"] == 1)
+    assert eventually(lambda: second.stats()["bus"] == "connected")  # subscribed again
     assert first.stats()["bus_disconnects"] == 1
     assert first.stats()["bus"] == "connected"
     second.close()

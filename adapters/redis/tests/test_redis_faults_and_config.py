@@ -30,12 +30,6 @@ from tiered_cache.tier import MISSING, Entry
 
 
 @pytest.fixture
-def proxy(redis_server: RedisServer) -> Iterator[FaultProxy]:
-    with FaultProxy(redis_server.host, redis_server.port) as proxy:
-        yield proxy
-
-
-@pytest.fixture
 def proxied_tier(proxy: FaultProxy, namespace: str) -> Iterator[RedisTier]:
     tier = RedisTier(make_client(proxy.url(), timeout=0.1), namespace=namespace)
     yield tier

@@ -21,7 +21,7 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import pytest
@@ -111,12 +111,6 @@ WRITES: dict[str, Callable[[TieredCache, Table], None]] = {
         cache.invalidate_many(["k", "j"]),
     )[1],
 }
-
-
-@pytest.fixture
-def proxy(redis_server: RedisServer) -> Iterator[FaultProxy]:
-    with FaultProxy(redis_server.host, redis_server.port) as proxy:
-        yield proxy
 
 
 class Rig:

@@ -20,7 +20,9 @@ expects the reply within ``timeout``. A stall is therefore noticed within
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -77,6 +79,8 @@ class RedisBus(BusBase):
         self._client = publisher if publisher is not None else connect()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        #: The listener's subscription, once opened (the close wakes a call blocked on it).
+        self._handle: tuple[redis.Redis, Any] | None = None
         restart_after_fork(self)
 
     @property
@@ -108,6 +112,8 @@ class RedisBus(BusBase):
         of the child's own starts, as disconnected until it is subscribed: once every part
         has restarted (its first act reaches the chain's fence, built after this bus)."""
         self._lock = threading.Lock()
+        #: The parent's: its sockets are the parent's too (a shutdown here would cut them).
+        self._handle = None
         self._listeners.after_fork_in_child()
         self._subscribed = threading.Event()
         self._listening.connected = False
@@ -130,11 +136,26 @@ class RedisBus(BusBase):
         return self._subscribed.wait(timeout)
 
     def close(self) -> None:
+        """Stop listening, and return once the listener has ended: a call of it blocked on
+        the server (a subscription's handshake held back, up to the bus's ``timeout``) is
+        woken, its sockets shut down. The close gave up after 5 s, and returned with the
+        listener still running on a connection nothing would close, until its timeout."""
         self._stop.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=5)
+            # Woken again at each poll: a connection it opened after a wake (the close came
+            # as it subscribed) is shut down by the next. Each of its calls is bounded by the
+            # bus's timeout should a wake miss it.
+            while thread.is_alive():
+                self._wake_listener()
+                thread.join(self._listening.health.poll)
         self._client.close()
+
+    def _wake_listener(self) -> None:
+        with self._lock:
+            handle = self._handle
+        if handle is not None:
+            _shut_down(handle[0])
 
     # -- the listening thread
 
@@ -156,7 +177,10 @@ class RedisBus(BusBase):
 
     def _open(self) -> tuple[redis.Redis, Any]:
         client = self._connect()
-        return client, client.pubsub()  # type: ignore[no-untyped-call,unused-ignore]  # typed from redis 8
+        handle = client, client.pubsub()  # type: ignore[no-untyped-call,unused-ignore]  # typed from redis 8
+        with self._lock:
+            self._handle = handle
+        return handle
 
 
 def _subscribe_to(channel: str) -> Callable[[tuple[redis.Redis, Any]], None]:
@@ -172,6 +196,21 @@ def _read(handle: tuple[redis.Redis, Any], timeout: float) -> Any:
 
 def _ping(handle: tuple[redis.Redis, Any]) -> None:
     handle[1].ping(PING_PAYLOAD)
+
+
+def _shut_down(client: redis.Redis) -> None:
+    """Shut the sockets of ``client``'s connections down, without closing them: a call
+    blocked on one (on the listener's thread) returns at once, with an error, and closes
+    it itself (closed here, its descriptor could be reused under that call). The pool's
+    connections, in use included: the subscription's, and one still in its handshake."""
+    pool = client.connection_pool
+    with pool._lock:
+        connections = [*pool._in_use_connections, *pool._available_connections]
+    for connection in connections:
+        sock = connection._sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
 
 def _close(handle: tuple[redis.Redis, Any]) -> None:

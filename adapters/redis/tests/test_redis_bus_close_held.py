@@ -1,0 +1,55 @@
+"""A chain closed while its bus's first subscription is held back longer than the close
+used to wait for it.
+
+The threaded bus's listener blocks in the subscription's handshake (redis-py waits for the
+server's replies, up to the bus's ``timeout``). ``close()`` waited 5 s for it, gave up and
+returned, the listener still running: a thread of the closed chain, on a connection nobody
+closes, until the handshake's timeout. Now the close wakes the listener (it shuts the
+subscription's sockets down) and waits for it: no thread of the chain's is left.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from tiered_cache import TieredCache
+from tiered_cache.testing.servers import FaultProxy, RedisServer
+
+from .held_bus import eventually, held_settings
+
+#: Longer than the close ever waited, shorter than the bus's timeout (``PATIENT``: 60 s).
+HELD = 30.0
+
+
+def chain_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name.startswith("tiered-cache-")}
+
+
+def test_a_chain_closed_while_its_subscription_is_held_leaves_no_thread(
+    redis_server: RedisServer, namespace: str, proxy: FaultProxy
+) -> None:
+    before = chain_threads()
+    proxy.delay(HELD)
+    reader = TieredCache.from_config(**held_settings(redis_server.url, namespace, proxy))
+    assert eventually(lambda: proxy.connections == 1)  # the listener's, its handshake held
+    assert reader.stats()["bus"] == "starting"
+    reader.close()
+    assert chain_threads() - before == set()
+    assert reader.stats()["bus"] == "closed"
+    assert reader.stats()["bus_disconnects"] == 0
+
+
+def test_two_closes_while_the_subscription_is_held_leave_no_thread(
+    redis_server: RedisServer, namespace: str, proxy: FaultProxy
+) -> None:
+    before = chain_threads()
+    proxy.delay(HELD)
+    reader = TieredCache.from_config(**held_settings(redis_server.url, namespace, proxy))
+    assert eventually(lambda: proxy.connections == 1)
+    closers = [threading.Thread(target=reader.close) for _ in range(2)]
+    for closer in closers:
+        closer.start()
+    for closer in closers:
+        closer.join(HELD / 2)
+    assert not any(closer.is_alive() for closer in closers)
+    assert chain_threads() - before == set()

@@ -143,12 +143,17 @@ class RedisBus(BusBase):
         self._stop.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
-            # Woken again at each poll: a connection it opened after a wake (the close came
-            # as it subscribed) is shut down by the next. Each of its calls is bounded by the
-            # bus's timeout should a wake miss it.
+            # A listener reading sees the stop within a poll: woken only if it has not ended
+            # by then (a wake fails its read, and redis-py's pub/sub reconnects on a failed
+            # read before it raises: a connection opened only to be closed). Woken again at
+            # each poll: a connection it opened after a wake (the close came as it
+            # subscribed) is shut down by the next. Each of its calls is bounded by the bus's
+            # timeout should a wake miss it.
+            poll = self._listening.health.poll
+            thread.join(2 * poll)
             while thread.is_alive():
                 self._wake_listener()
-                thread.join(self._listening.health.poll)
+                thread.join(poll)
         self._client.close()
 
     def _wake_listener(self) -> None:

@@ -220,7 +220,11 @@ def test_a_loop_closed_by_hand_with_a_run_waiting_says_what_it_left_behind(
 
     with caplog.at_level(logging.WARNING):
         asyncio.run(arm_again())
-    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    warned = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.WARNING and "event loop" in r.getMessage()
+    ]  # (the stop's last try fails too, and warns of what it gives up)
     assert len(warned) == 1
     assert "owed deletes of redis" in warned[0]
     assert "connections" not in warned[0]

@@ -118,6 +118,14 @@ class CircuitBreaker:
         with self._lock:
             return self._opened_at + self.cool_down if self._open else None
 
+    def end_cool_down(self) -> None:
+        """An open circuit lets its next call through now, as the probe (a probe in flight
+        still refuses it): the owed deletes' last try, when no later one can come
+        (:meth:`tiered_cache.owed_timer.PaymentTimer.last`)."""
+        with self._lock:
+            if self._open:
+                self._opened_at = min(self._opened_at, self._clock() - self.cool_down)
+
     @property
     def clock(self) -> Callable[[], float]:
         """The clock of its cool-down (a timer waiting for the next trial reads it)."""

@@ -36,6 +36,7 @@ EVENTS = (
     "deletes_owed",
     "deletes_owed_overflows",
     "deletes_owed_payments",
+    "deletes_owed_dropped",
 )
 
 

@@ -22,12 +22,18 @@ tier's ``clear`` (more than was asked, never less), with a warning and the
 (deleting twice is harmless); a payment that a thread of the parent was making at the fork is
 still owed in the child (the record keeps a debt until it is paid).
 
-What it cannot do: a process that dies (or closes) owing deletes leaves the old copies to
-Redis's ``ttl``; and until the payment, at the end of the owing process's breaker's cool-down
-at the soonest (the end of a later one while the tier still fails), the others may read the
-old copy there. An asyncio chain whose loop ended with a debt pays at its next call to the
-tier on its next loop, or, that call refused (the cool-down not over), by the timer on that
-loop.
+A chain that closes owing makes one last try (:meth:`PaymentTimer.closing
+<tiered_cache.owed_timer.PaymentTimer.closing>`: at once, the breaker's cool-down cut short,
+bounded by the tier's timeouts) and gives up what it could not pay (:meth:`OwedDeletes.give_up`:
+logged, counted in ``deletes_owed_dropped``). An asyncio chain whose ``asyncio.run`` ends owing
+makes the same try then; what it could not pay stays owed, paid at its next call to the tier
+on a later loop, or, that call refused (the cool-down not over), by the timer on that loop.
+
+What it cannot do: a process that dies owing deletes (or whose last try fails) leaves the old
+copies to Redis's ``ttl``, as does an asyncio chain whose later loops never call the tier
+(its memory answering every read); and until the payment, at the end of the owing process's
+breaker's cool-down at the soonest (the end of a later one while the tier still fails), the
+others may read the old copy there.
 """
 
 from __future__ import annotations
@@ -146,6 +152,25 @@ class OwedDeletes:
                 "cleared when it works again",
                 self._name,
                 self._limit,
+            )
+
+    def give_up(self) -> None:
+        """The chain closes owing deletes its last try could not make: forgotten, counted in
+        ``deletes_owed_dropped`` and logged (Redis keeps those copies until their ``ttl``)."""
+        with self._lock:
+            everything = bool(self._everything)
+            dropped = len(self._keys) + len(self._prefixes) + everything
+            self._keys.clear()
+            self._prefixes.clear()
+            self._everything = 0
+            self.due = False
+        if dropped:
+            self._metrics.count("deletes_owed_dropped", dropped)
+            log.warning(
+                "tier %r: closed owing deletes it could not make (%s): its copies of those "
+                "keys stay there until their ttl",
+                self._name,
+                "everything" if everything else dropped,
             )
 
     def settling(self, tier: Payee, then: Callable[[Debt], Steps[None]]) -> Steps[None]:

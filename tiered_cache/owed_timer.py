@@ -26,6 +26,13 @@ drivers run it:
   payment refused, by a task of its loop, which it starts; or the timer is armed again by the
   next debt (a forked asyncio child, which has no loop yet, the same).
 
+A driver about to lose its means of paying later makes one last try (:meth:`PaymentTimer.last`:
+at once, the breaker's cool-down cut short, bounded by the tier's timeouts): the chain's
+close, which then gives up what it could not pay (logged and counted), and the asyncio
+task's cancellation by the sweep at the end of ``asyncio.run`` (what it could not pay stays
+owed: the next loop's first call to the tier pays it). Both come once per chain or per loop,
+so cutting the cool-down short cannot hammer a tier that is down.
+
 Time is the breaker's clock (the chain's for a tier with no breaker): a clock that moves only
 when told (:class:`~tiered_cache.clocks.ManualClock`, the tests' ``FakeClock``) wakes the
 timer when it moves; any other is waited for in real seconds.
@@ -130,6 +137,28 @@ class PaymentTimer:
         finally:
             self.end(number)
 
+    def last(self, pay: Callable[[], Any]) -> Steps[bool]:
+        """The last try of a driver about to lose its means of paying later (its runs
+        over): the chain closes, or the asyncio loop of its task ends. What is owed is paid
+        now, once, the breaker's cool-down cut short (it is the breaker's probe: no later try
+        of this driver would come at its end), bounded by the tier's timeouts. True once
+        nothing is owed."""
+        if not self._owed.due:
+            return True
+        if self._breaker is not None:
+            self._breaker.end_cool_down()
+        try:
+            yield pay, ()
+        except Exception as exc:
+            log.debug("owed deletes not paid at the last try (%s: %s)", type(exc).__name__, exc)
+        return not self._owed.due
+
+    def closing(self, pay: Callable[[], Any]) -> Steps[None]:
+        """The chain closes (after :meth:`stop`, its run over): the last try, and what it
+        could not pay is given up (logged and counted: ``deletes_owed_dropped``)."""
+        if not (yield from self.last(pay)):
+            self._owed.give_up()
+
     def _goes_on(self, number: int) -> bool:
         """Whether run ``number`` goes on; it ends (in the same step) once nothing is owed:
         a debt recorded after this look finds no run going on, and starts one."""
@@ -219,8 +248,8 @@ class PaymentThread:
             raise
 
     def stop(self) -> None:
-        """No more runs; the one going on ends (a payment in flight first) before this
-        returns."""
+        """No more runs; the one going on ends (a payment in flight first); then the last
+        try, on this thread (:meth:`PaymentTimer.closing`), before this returns."""
         self._timer.stop()
         self._wake()
         with self._starting:  # a run begun before the stop: its thread started
@@ -229,6 +258,7 @@ class PaymentThread:
         for thread in threads:
             if thread is not here and thread.ident is not None:
                 thread.join()
+        run(self._timer.closing(self._pay))
 
     def _wake(self) -> None:
         with self._woken:
@@ -284,6 +314,8 @@ class PaymentTask:
     def arm(self) -> None:
         """A debt was recorded (on the running loop): start a run unless one goes on. A run
         left on a loop that ended (its task never to run again) is over."""
+        if self._timer.stopped:
+            return  # the chain closes: its last try failed (it must not watch this loop)
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -298,20 +330,37 @@ class PaymentTask:
         if number is None:
             return
         self._number = number
-        self._task = loop.create_task(
-            arun(self._timer.paying(number, self._wait, self._pay)),
-            name=f"tiered-cache-owed:{self._name}",
-        )
+        self._task = loop.create_task(self._run(number), name=f"tiered-cache-owed:{self._name}")
+
+    async def _run(self, number: int) -> None:
+        try:
+            await arun(self._timer.paying(number, self._wait, self._pay))
+        except asyncio.CancelledError:
+            # A sweep of every task: the end of asyncio.run, the loop still running. The
+            # next loop may never call the tier (its memory answering every read, or no next
+            # loop): the last try, begun after the sweep, which does not cancel it again (as
+            # a write it stopped is finished: tiered_cache.write_tasks); bounded by the
+            # tier's timeouts. Not at the loop's end itself (_at_loop_end): the tier lets go
+            # of its connections then, and a call would open one left to the next loop.
+            # Its cancellation taken first: the tier's own timeouts (asyncio.timeout) count
+            # cancellations.
+            task = asyncio.current_task()
+            if task is not None and not self._timer.stopped and not self._loop_end.ended_here():
+                task.uncancel()
+                await arun(self._timer.last(self._pay))
+            raise
 
     async def stop(self) -> None:
-        """No more runs; the one going on ends (a payment in flight first) before this
-        returns, unless its loop ended (it never runs again)."""
+        """No more runs; the one going on ends (a payment in flight first), unless its loop
+        ended (it never runs again); then the last try, on this loop
+        (:meth:`PaymentTimer.closing`), before this returns."""
         self._timer.stop()
         self._wake()
         self._loop_end.stop()
         task = self._task
         if task is not None and not stalled(task):
             await ends_within(task, None)
+        await arun(self._timer.closing(self._pay))
 
     async def _at_loop_end(self) -> None:
         """The run's loop ends (its ``shutdown_asyncgens``): the run ends there (a payment

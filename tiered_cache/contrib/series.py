@@ -89,6 +89,7 @@ EVENT_HELP: Mapping[str, str] = {
     "deletes_owed": "Deletes a shared tier failed (keys, prefixes, clears), made when it works.",
     "deletes_owed_overflows": "Times owed deletes passed their bound: the tier will be cleared.",
     "deletes_owed_payments": "Payments of owed deletes made (each announced again on the bus).",
+    "deletes_owed_dropped": "Owed deletes a closing chain could not make (left to Redis's ttl).",
 }
 
 

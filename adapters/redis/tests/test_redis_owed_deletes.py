@@ -38,6 +38,7 @@ from tiered_cache.testing.buses import CuttableBus
 from tiered_cache.testing.clock import FakeClock
 from tiered_cache.testing.forked import in_a_child
 from tiered_cache.testing.held_loads import eventually, until
+from tiered_cache.testing.interrupts import Interrupted, interrupting
 from tiered_cache.testing.servers import FaultProxy, RedisServer
 from tiered_cache.testing.sources import AsyncDictSource, DictSource
 from tiered_cache.tier import MissingType
@@ -778,3 +779,219 @@ def test_a_debt_recorded_as_the_loop_ends_leaves_no_task_pending_on_it(
 
     asyncio.run(on_the_next_loop())
     raw.close()
+
+
+# -- closing owing: the last try
+
+
+def dropped(cache: TieredCache | AsyncTieredCache) -> int:
+    """Owed deletes the chain gave up as it closed (its last try failed)."""
+    return int(cache.stats()["deletes_owed_dropped"])
+
+
+def test_close_owing_makes_the_last_payment(
+    redis_server: RedisServer, proxy: FaultProxy, namespace: str
+) -> None:
+    """Closed owing, its Redis back within the cool-down (the timer waits for its end): the
+    close makes the payment, the breaker's probe out of turn, and announces it. Seen
+    failing: nothing was paid, the old copy left in Redis until its ttl."""
+    before = set(owed_threads())
+    rig = Rig(redis_server, proxy, namespace)
+    rig.stale_fill(proxy, lambda: rig.writer.set("k", "new"))
+    assert rig.reader.get("k") == "old"  # copied up again from Redis
+    proxy.restore()
+    rig.writer.close()
+    assert value(rig.raw.get("k")) is MISSING
+    assert rig.reader.get("k") == "new"  # told again
+    assert (payments(rig.writer), dropped(rig.writer)) == (1, 0)
+    assert not set(owed_threads()) - before
+    rig.close()
+
+
+def test_close_owing_a_redis_still_down_gives_the_debt_up_and_says_so(
+    redis_server: RedisServer, proxy: FaultProxy, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    before = set(owed_threads())
+    rig = Rig(redis_server, proxy, namespace)
+    rig.stale_fill(proxy, lambda: rig.writer.invalidate_many(["k", "j"]))
+    rig.writer.close()
+    assert [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "tiered_cache.owed" and r.levelno >= logging.WARNING
+    ] == [
+        "tier 'redis': closed owing deletes it could not make (2): its copies of those keys "
+        "stay there until their ttl"
+    ]
+    assert (payments(rig.writer), dropped(rig.writer)) == (0, 2)
+    assert not set(owed_threads()) - before
+    rig.close()
+
+
+@pytest.mark.anyio
+async def test_aclose_owing_makes_the_last_payment(
+    redis_server: RedisServer, proxy: FaultProxy, namespace: str
+) -> None:
+    """:func:`test_close_owing_makes_the_last_payment` for the asyncio face."""
+    _, writer, reader, raw = await async_stale_fill(redis_server, proxy, namespace)
+    proxy.restore()
+    await writer.aclose()
+    assert value(raw.get("k")) is MISSING
+    assert await reader.get("k") == "new"
+    assert (payments(writer), dropped(writer)) == (1, 0)
+    assert not owed_tasks()
+    raw.close()
+    await reader.aclose()
+
+
+@pytest.mark.anyio
+async def test_aclose_owing_a_redis_still_down_gives_the_debt_up(
+    redis_server: RedisServer, proxy: FaultProxy, namespace: str
+) -> None:
+    _, writer, reader, raw = await async_stale_fill(redis_server, proxy, namespace)
+    await writer.aclose()
+    assert (payments(writer), dropped(writer)) == (0, 1)
+    assert value(raw.get("k")) == "old"
+    assert not owed_tasks()
+    raw.close()
+    await reader.aclose()
+
+
+def test_an_async_debt_left_as_asyncio_run_ends_is_paid_at_its_end(
+    redis_server: RedisServer, proxy: FaultProxy, namespace: str
+) -> None:
+    """``asyncio.run`` ends owing (its timer's task waiting for the cool-down's end), Redis
+    back: the run's end makes the last try (the sweep's cancellation of the timer's task),
+    and the next loop's memory hits, which call no tier, leave nothing owed. Seen failing:
+    nothing paid, the old copy kept in Redis (no later loop calls it)."""
+
+    async def owing() -> tuple[AsyncTieredCache, AsyncTieredCache, RedisTier]:
+        _, writer, reader, raw = await async_stale_fill(redis_server, proxy, namespace)
+        assert await writer.get("k") == "new"  # into memory
+        proxy.restore()
+        assert owed_tasks()
+        return writer, reader, raw
+
+    writer, reader, raw = asyncio.run(owing())
+    assert (payments(writer), value(raw.get("k"))) == (1, MISSING)
+
+    async def later() -> None:
+        assert await writer.get("k") == "new"  # memory: no call of the tier
+        assert await reader.get("k") == "new"
+        await reader.aclose()
+        await writer.aclose()
+
+    asyncio.run(later())
+    assert dropped(writer) == 0
+    raw.close()
+
+
+# -- the last try attacked
+
+
+def test_close_owing_a_stopped_redis_returns_and_gives_the_debt_up(namespace: str) -> None:
+    """Redis ``SIGSTOP``ped as the close makes its last payment: the close returns at the
+    tier's timeout (the delete may still run when Redis wakes: counted as given up, as it
+    was not confirmed), and leaves no thread."""
+    before = set(owed_threads())
+    with RedisServer() as server, FaultProxy(server.host, server.port) as own_proxy:
+        rig = Rig(server, own_proxy, namespace, timeout=0.2)
+        rig.stale_fill(own_proxy, lambda: rig.writer.set("k", "new"))
+        own_proxy.restore()
+        pid = server.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            closing = threading.Thread(target=rig.writer.close)
+            closing.start()
+            closing.join(30)
+            assert not closing.is_alive()
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert (payments(rig.writer), dropped(rig.writer)) == (0, 1)
+        assert not set(owed_threads()) - before
+        rig.close()
+
+
+def test_close_owing_interrupted_is_finished_by_the_next_close(
+    redis_server: RedisServer, proxy: FaultProxy, namespace: str
+) -> None:
+    """Ctrl-C while ``close()`` waits for its last payment (its delete held): the close goes
+    on, on its own thread; the next ``close()`` returns once it is paid."""
+    tier = HeldDeletes(redis.Redis.from_url(proxy.url()), namespace)
+    rig = Rig(redis_server, proxy, namespace, tier=tier)
+    rig.stale_fill(proxy, lambda: rig.writer.set("k", "new"))
+    proxy.restore()
+    tier.go = threading.Event()
+    with interrupting() as interrupt:
+
+        def interrupt_the_close() -> None:
+            tier.holding.wait(10)  # the last payment, on the close's thread
+            interrupt()
+
+        interrupter = threading.Thread(target=interrupt_the_close)
+        interrupter.start()
+        with pytest.raises(Interrupted):
+            rig.writer.close()
+        interrupter.join()
+    tier.go.set()
+    rig.writer.close()
+    assert value(rig.raw.get("k")) is MISSING
+    assert (payments(rig.writer), dropped(rig.writer)) == (1, 0)
+    rig.close()
+
+
+def test_two_closes_owing_pay_once(
+    redis_server: RedisServer, proxy: FaultProxy, namespace: str
+) -> None:
+    """Two threads close the owing chain at once: one last payment, each ``close()``
+    returning once it is made."""
+    tier = HeldDeletes(redis.Redis.from_url(proxy.url()), namespace)
+    rig = Rig(redis_server, proxy, namespace, tier=tier)
+    rig.stale_fill(proxy, lambda: rig.writer.set("k", "new"))
+    proxy.restore()
+    tier.go = threading.Event()
+    seen: list[int] = []
+
+    def close() -> None:
+        rig.writer.close()
+        seen.append(payments(rig.writer))
+
+    closers = [threading.Thread(target=close) for _ in range(2)]
+    for closer in closers:
+        closer.start()
+    assert tier.holding.wait(10)
+    tier.go.set()
+    for closer in closers:
+        closer.join(10)
+    assert seen == [1, 1]
+    assert value(rig.raw.get("k")) is MISSING
+    rig.close()
+
+
+def test_a_child_forked_while_its_parent_closes_owing_pays_at_its_own_close(
+    redis_server: RedisServer, proxy: FaultProxy, namespace: str
+) -> None:
+    """Forked while the parent's close makes its last payment (its delete held): in the
+    child the close never ended (its thread is the parent's), and the child's ``close()``
+    makes the payment itself."""
+    tier = HeldDeletes(redis.Redis.from_url(proxy.url()), namespace)
+    rig = Rig(redis_server, proxy, namespace, tier=tier)
+    rig.stale_fill(proxy, lambda: rig.writer.set("k", "new"))
+    proxy.restore()
+    tier.go = threading.Event()
+    closing = threading.Thread(target=rig.writer.close)
+    closing.start()
+    assert tier.holding.wait(10)
+
+    def child() -> list[Any]:
+        rig.writer.close()
+        return [payments(rig.writer), value(rig.raw.get("k")) is MISSING]
+
+    try:
+        assert in_a_child(child, timeout=30) == [1, True]
+    finally:
+        tier.go.set()
+        closing.join(10)
+    assert payments(rig.writer) == 1
+    rig.close()

@@ -202,10 +202,13 @@ def async_chains(
     clock: FakeClock,
     bus: CuttableBus,
     table: AsyncTable,
+    timeout: float | None = None,
 ) -> tuple[AsyncTieredCache, AsyncTieredCache]:
     """:class:`Rig`'s two processes as asyncio chains: the writer (through ``proxy``, its
-    breaker on ``clock``) and the reader (direct)."""
-    tier = AsyncRedisTier(aioredis.Redis.from_url(proxy.url()), namespace=namespace)
+    breaker on ``clock``, its client's ``timeout``) and the reader (direct)."""
+    tier = AsyncRedisTier(
+        aioredis.Redis.from_url(proxy.url(), socket_timeout=timeout), namespace=namespace
+    )
     writer = AsyncTieredCache(
         [MemoryTier(), AsyncCircuitBreakerTier(tier, BREAKER, clock=clock)],
         table,
@@ -995,3 +998,73 @@ def test_a_child_forked_while_its_parent_closes_owing_pays_at_its_own_close(
         closing.join(10)
     assert payments(rig.writer) == 1
     rig.close()
+
+
+def test_asyncio_run_ending_owing_a_stopped_redis_ends_and_keeps_the_debt(namespace: str) -> None:
+    """Redis ``SIGSTOP``ped as ``asyncio.run`` ends owing: the last try at its end times out
+    (the run returns: bounded by the tier's timeout) and the debt stays owed, paid on the
+    next loop once Redis wakes; and ``aclose()`` there, its last try made, leaves no task."""
+    with RedisServer() as server, FaultProxy(server.host, server.port) as own_proxy:
+        clock, bus, table = FakeClock(), CuttableBus(), AsyncTable({"k": "old"})
+        writer, reader = async_chains(
+            server, own_proxy, namespace, clock=clock, bus=bus, table=table, timeout=0.2
+        )
+        raw = RedisTier(redis.Redis.from_url(server.url), namespace=namespace)
+        raw.set(
+            "k", Entry("old", loaded_at=0.0, soft_expiry=float("inf"), hard_expiry=float("inf"))
+        )
+        pid = server.pid
+        assert pid is not None
+
+        async def owing() -> None:
+            own_proxy.cut()
+            await writer.get("x")  # the circuit opens
+            await writer.invalidate("k")  # owed
+            own_proxy.restore()
+            os.kill(pid, signal.SIGSTOP)
+
+        running = threading.Thread(target=asyncio.run, args=(owing(),))
+        try:
+            running.start()
+            running.join(30)
+            assert not running.is_alive()
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert payments(writer) == 0
+        assert value(raw.get("k")) == "old"
+
+        async def later() -> None:
+            clock.advance(5.0)
+            assert await writer.get("y") is None  # the payment first
+            assert payments(writer) == 1
+            await writer.aclose()
+            await reader.aclose()
+            assert not owed_tasks()
+
+        asyncio.run(later())
+        assert value(raw.get("k")) is MISSING
+        assert dropped(writer) == 0
+        raw.close()
+
+
+@pytest.mark.anyio
+async def test_aclose_owing_a_stopped_redis_returns_and_gives_the_debt_up(namespace: str) -> None:
+    with RedisServer() as server, FaultProxy(server.host, server.port) as own_proxy:
+        clock, bus, table = FakeClock(), CuttableBus(), AsyncTable({"k": "old"})
+        writer, reader = async_chains(
+            server, own_proxy, namespace, clock=clock, bus=bus, table=table, timeout=0.2
+        )
+        own_proxy.cut()
+        await writer.get("x")
+        await writer.set("k", "new")  # owed
+        own_proxy.restore()
+        pid = server.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            await asyncio.wait_for(writer.aclose(), 30)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert (payments(writer), dropped(writer)) == (0, 1)
+        assert not owed_tasks()
+        await reader.aclose()

@@ -27,12 +27,25 @@ that loop, without closing it -- a connection of a closed loop cannot be closed 
 (its transport needs its own loop), so its socket waits for the collector -- and the new loop
 opens its own. A warning says so once per part, in the part's words (``left``: the owed
 deletes' timer leaves a task, not connections).
+
+The close itself is seen too, not only the next call: the async bus's listener is a task of
+the loop, and a chain that only served memory hits on the next loop never called the bus
+there -- the listener dead, the bus still "connected", the memory trusted after other
+processes' writes until the chain's next miss or write. A hit cannot afford to look at its
+loop (``asyncio.get_running_loop`` costs a ``getpid`` system call on Python 3.11, as much as
+the hit). So each loop a part is used on holds a timer of the part's that never fires (a
+year away), watched through a weak reference: ``loop.close()`` discards pending callbacks
+(documented), the timer is dropped, and the part is told at once, on the thread that closed
+the loop, before anything runs on the next one (CPython frees it there; another interpreter
+when it collects it, the next call of the part seeing it anyway). A loop ended by
+``asyncio.run`` drops it too, after its end let go: nothing left to tell.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable
 
 from .logs import tier_logger
@@ -42,6 +55,9 @@ CONNECTIONS_LEFT = (
     "that loop's connections are dropped, not closed (they need their loop), and this loop "
     "opens its own"
 )
+#: How far away the timer that watches a loop's close is (:meth:`LoopEnd._watch_close`): never
+#: reached (were it, nothing happens, and that loop is no longer watched).
+WATCH_DELAY = 365 * 24 * 3600.0
 
 
 class LoopEnd:
@@ -66,6 +82,8 @@ class LoopEnd:
         self._loop: asyncio.AbstractEventLoop | None = None
         #: The generator begun on ``_loop`` (kept: the loop only holds it weakly).
         self._hook: AsyncGenerator[None, None] | None = None
+        #: The timer on ``_loop`` whose drop tells its close (:meth:`_watch_close`), weakly.
+        self._watch: weakref.ref[asyncio.TimerHandle] | None = None
 
     def here(self) -> None:
         """Called by each call of the part, on its loop: one look when nothing changed."""
@@ -86,6 +104,7 @@ class LoopEnd:
         # A loop left not running keeps its generator, should it ever end: told it is no
         # longer the part's loop, it lets go of nothing then.
         self._loop = loop
+        self._watch_close(loop)
         hook = self._hook = self._until_the_loop_ends()
         # Begun here, at once (no task): the loop's first-iteration hook registers it; it
         # stops at its yield (StopIteration), where it waits to be closed.
@@ -104,6 +123,38 @@ class LoopEnd:
                     # Connections another loop opened meanwhile (two loops at once, not
                     # supported) cannot be disconnected from this one: left as they are.
                     tier_logger(self._name).debug("could not let go of a loop's connections")
+
+    def _watch_close(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Tell the part as soon as ``loop`` is closed by hand (see the module's doc): the
+        timer is held by the loop alone, weakly here (held, it was never dropped)."""
+        self._unwatch()
+        timer = loop.call_later(WATCH_DELAY, _nothing)
+        watched = weakref.ref(loop)
+
+        def dropped(_: object) -> None:
+            closed = watched()
+            if closed is not None and closed.is_closed():
+                self._closed_by_hand(closed)
+
+        self._watch = weakref.ref(timer, dropped)
+
+    def _unwatch(self) -> None:
+        """The previous loop is not running (or not the part's any more): its timer is
+        cancelled, not to pile up on a loop that lives on; dropped later, it tells nothing
+        (that loop is no longer the part's)."""
+        timer = self._watch() if self._watch is not None else None
+        self._watch = None
+        if timer is not None:
+            timer.cancel()
+
+    def _closed_by_hand(self, loop: asyncio.AbstractEventLoop) -> None:
+        """``loop`` was closed: if it is still the part's and its end never let go, as the
+        next call on another loop would have found it."""
+        if loop is self._loop and self._hook is not None:
+            try:
+                self._abandoned(loop)
+            except Exception:  # in a weak reference's callback: nobody to raise to
+                tier_logger(self._name).exception("letting go of a closed loop's part failed")
 
     def _abandoned(self, loop: asyncio.AbstractEventLoop) -> None:
         """``loop`` was closed without ``shutdown_asyncgens``: its end never let go."""
@@ -130,3 +181,8 @@ class LoopEnd:
         loop of its own, watches that one). The generator begun on the old loop, if that
         loop ever ends, lets go of nothing (it is no longer the part's)."""
         self._hook, self._loop = None, None
+        self._unwatch()
+
+
+def _nothing() -> None:
+    """The watching timer's callback (:meth:`LoopEnd._watch_close`): it is never due."""

@@ -1,0 +1,111 @@
+"""An asyncio chain whose event loop was closed by hand (``loop.close()`` without
+``shutdown_asyncgens``) and which goes on on a new loop, serving memory hits only: nothing of
+the bus runs on those, so the dead listener went unnoticed, the bus "connected" and the memory
+trusted after other processes' writes, until the chain's next miss or write."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+from tiered_cache import AsyncTieredCache, TieredCache
+from tiered_cache.testing.bus_chains import bus_chain_settings
+from tiered_cache.testing.forked import in_a_child
+from tiered_cache.testing.loops import collected_unclosed
+from tiered_cache.testing.servers import RedisServer
+
+
+async def heard(chain: AsyncTieredCache, within: float = 10.0) -> bool:
+    """Whether ``chain``'s bus is connected (subscribed) within ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while chain.stats()["bus"] != "connected" and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    return bool(chain.stats()["bus"] == "connected")
+
+
+def filled_on_a_loop_closed_by_hand(
+    chains: list[AsyncTieredCache],
+    key: str,
+    then: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Each of ``chains`` reads ``key`` ("old", from the source) and hears the bus, on a loop
+    run by hand; ``then()`` runs there next; the loop is then closed without its end (the
+    listener never runs again)."""
+
+    async def load() -> str:
+        return "old"
+
+    async def fill() -> None:
+        for chain in chains:
+            assert await chain.get(key, load) == "old"
+            assert await heard(chain)
+        if then is not None:
+            await then()
+
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(fill())
+    loop.close()  # no shutdown_asyncgens
+
+
+@contextlib.contextmanager
+def a_reader_and_a_writer(
+    redis_server: RedisServer, namespace: str
+) -> Iterator[tuple[AsyncTieredCache, TieredCache]]:
+    """An asyncio chain that reads, and another process's chain (threaded) that writes, on
+    one Redis and one channel; what a loop closed by hand in the block leaves is collected
+    quietly after it."""
+    settings = bus_chain_settings(redis_server.url, namespace)
+    writer = TieredCache.from_config(**settings)
+    try:
+        with collected_unclosed():
+            yield AsyncTieredCache.from_config(**settings), writer
+    finally:
+        writer.close()
+
+
+def read_on_a_new_loop(reads: list[tuple[AsyncTieredCache, str]]) -> list[Any]:
+    """What each ``(chain, key)`` of ``reads`` reads, in turn, on a loop of ``asyncio.run``
+    (each read within 10 s: a guard), the chains then closed."""
+
+    async def main() -> list[Any]:
+        seen = [await asyncio.wait_for(chain.get(key), 10) for chain, key in reads]
+        for chain in {id(chain): chain for chain, _ in reads}.values():
+            await chain.aclose()
+        return seen
+
+    return asyncio.run(main())
+
+
+def test_memory_hits_on_the_next_loop_see_another_processs_write(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    with a_reader_and_a_writer(redis_server, namespace) as (reader, writer):
+        filled_on_a_loop_closed_by_hand([reader], "k")
+        writer.set("k", "new")
+        # failed: ['old', 'old'], the bus "connected" (two memory hits)
+        assert read_on_a_new_loop([(reader, "k"), (reader, "k")]) == ["new", "new"]
+
+
+def test_every_chain_on_a_shared_bus_sees_another_processs_write(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    with a_reader_and_a_writer(redis_server, namespace) as (first, writer):
+        # One bus, two chains (as a service's two caches of one namespace).
+        second = AsyncTieredCache(first.tiers, ttl=600, bus=first._async_bus, namespace=namespace)
+        filled_on_a_loop_closed_by_hand([first, second], "k")
+        assert [first.stats()["bus"], second.stats()["bus"]] == ["down", "down"]
+        writer.set("k", "new")
+        assert read_on_a_new_loop([(first, "k"), (second, "k")]) == ["new", "new"]
+
+
+def test_a_child_forked_after_the_close_sees_another_processs_write(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    with a_reader_and_a_writer(redis_server, namespace) as (reader, writer):
+        filled_on_a_loop_closed_by_hand([reader], "k")
+        writer.set("k", "new")
+        assert in_a_child(lambda: read_on_a_new_loop([(reader, "k")]), 30) == ["new"]
+        assert read_on_a_new_loop([(reader, "k")]) == ["new"]

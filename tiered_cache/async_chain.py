@@ -300,6 +300,11 @@ class AsyncTieredCache(L1Reader):
                     raise
                 flights.land_one(key, flight, value, None)
                 return value
+            if flight.stalled():
+                # Led on a loop closed (or left) under it: no outcome will ever come. Its
+                # waiters start over (LeaderGone), one of them leading on its own loop.
+                flights.land_one(key, flight, None, LeaderGone(f"{key!r}: its loop stalled"))
+                continue
             wait = self._loader.join_timeout
             if role == BEHIND:
                 # A load that read before the key's invalidation: not ours to take, and no

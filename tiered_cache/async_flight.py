@@ -17,7 +17,7 @@ from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 from .errors import LoadTimeout
-from .loops import running_task
+from .loops import running_task, stalled
 from .singleflight import FlightTable, own_flight, waited_too_long
 
 T = TypeVar("T")
@@ -66,6 +66,13 @@ class AsyncFlight:
         """Whether this flight is the calling task's own (:func:`own_flight`): awaiting
         it, it would wait for itself."""
         return own_flight(self._leader, running_task())
+
+    def stalled(self) -> bool:
+        """Whether the task leading this flight can make no progress (its loop closed under
+        it, or left not running: :func:`~tiered_cache.loops.stalled`): it may never land,
+        and a caller on another loop that joined it, or waited behind it, waited for ever."""
+        leader = self._leader
+        return leader is not None and stalled(leader)
 
     def join(self) -> None:
         """A coroutine will :meth:`wait` for this flight (its futures are made by ``wait``)."""

@@ -109,3 +109,30 @@ def test_a_child_forked_after_the_close_sees_another_processs_write(
         writer.set("k", "new")
         assert in_a_child(lambda: read_on_a_new_loop([(reader, "k")]), 30) == ["new"]
         assert read_on_a_new_loop([(reader, "k")]) == ["new"]
+
+
+def test_a_fill_in_flight_as_its_loop_is_closed_is_not_waited_for_on_the_next(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """The loop is closed while a miss of "k2" awaits its load, which never ends: the next
+    loop's read of "k2" joined that flight, and waited for it for ever."""
+    loading = asyncio.Event()
+    pending: list[asyncio.Task[Any]] = []
+
+    async def hang() -> str:
+        loading.set()
+        await asyncio.Event().wait()
+        return "never"
+
+    with a_reader_and_a_writer(redis_server, namespace) as (reader, writer):
+
+        async def a_miss_loading() -> None:
+            pending.append(asyncio.get_running_loop().create_task(reader.get("k2", hang)))
+            await loading.wait()
+
+        filled_on_a_loop_closed_by_hand([reader], "k", a_miss_loading)
+        assert not pending[0].done()
+        writer.set("k", "new")
+        writer.set("k2", "new2")
+        # failed: TimeoutError (the read of "k2" joined the flight of the closed loop)
+        assert read_on_a_new_loop([(reader, "k"), (reader, "k2")]) == ["new", "new2"]

@@ -4,7 +4,8 @@ Prints, each as a ratio to a peer measured in the same run (contenders interleav
 median of the repeats):
 
 - async L1 hit (``await cache.get`` served by the memory tier) vs cashews' in-memory ``get``
-  (target <= 0.5x), and vs cashews' ``client_side`` L1-over-Redis hit;
+  (target <= 0.5x), and vs cashews' ``client_side`` L1-over-Redis hit; the same hit of a chain
+  with the Redis bus is a row of its own (the bus adds nothing to a hit: docs/async.md);
 - async L2 hit (``await cache.get`` served by the Redis tier on ``redis.asyncio``) vs a raw
   ``redis.asyncio`` ``GET`` + ``json.loads`` (target <= 1.2x), and vs cashews' Redis ``get``;
 - 1,000 concurrent coroutines missing one key: how many loads (must be 1);
@@ -29,7 +30,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
-from tiered_cache_redis import AsyncRedisTier
+from tiered_cache_redis import AsyncRedisBus, AsyncRedisTier
 from timing import run_line
 
 from tiered_cache import AsyncTieredCache, BlockingTierWarning, MemoryTier
@@ -109,8 +110,20 @@ async def main() -> None:
             [AsyncRedisTier(aioredis.Redis.from_url(url), namespace="bench-l2")],
             namespace="bench-l2",
         )
+        bus = AsyncRedisBus(lambda: aioredis.Redis.from_url(url), "bench-bus:invalidations")
+        with_bus = AsyncTieredCache(
+            [
+                MemoryTier(max_entries=10_000, ttl=300),
+                AsyncRedisTier(aioredis.Redis.from_url(url), namespace="bench-bus"),
+            ],
+            namespace="bench-bus",
+            bus=bus,
+        )
+        # Subscribed first: memory filled before the bus is heard is not trusted.
+        assert await bus.wait_subscribed(10)
         raw = aioredis.Redis.from_url(url)
         for key in KEYS:
+            await with_bus.set(key, TWEET)
             await l1.set(key, TWEET)
             await l2.set(key, TWEET)
             await raw.set(f"raw:{key}", json.dumps(TWEET))
@@ -119,7 +132,10 @@ async def main() -> None:
             return json.loads(await raw.get(f"raw:{key}"))
 
         cashews = await cashews_caches(url)
-        l1_contenders: dict[str, Contender] = {"tiered-cache async L1 hit": l1.get}
+        l1_contenders: dict[str, Contender] = {
+            "tiered-cache async L1 hit": l1.get,
+            "tiered-cache async L1 hit, Redis bus": with_bus.get,
+        }
         l2_contenders: dict[str, Contender] = {
             "tiered-cache async L2 hit (redis.asyncio)": l2.get,
             "raw redis.asyncio GET + json.loads": raw_get,
@@ -147,6 +163,8 @@ async def main() -> None:
                 "no misses (baseline)" if kind == "idle" else f"100 misses of a slow {kind} source"
             )
             print(f"event-loop lag, {what}: max {lag * 1000:.2f} ms")
+        assert with_bus.stats()["bus"] == "connected"  # its hits were memory's all along
+        await with_bus.aclose()
         await l1.aclose()
         await l2.aclose()
         await raw.aclose()

@@ -32,13 +32,14 @@ The close itself is seen too, not only the next call: the async bus's listener i
 the loop, and a chain that only served memory hits on the next loop never called the bus
 there -- the listener dead, the bus still "connected", the memory trusted after other
 processes' writes until the chain's next miss or write. A hit cannot afford to look at its
-loop (``asyncio.get_running_loop`` costs a ``getpid`` system call on Python 3.11, as much as
-the hit). So each loop a part is used on holds a timer of the part's that never fires (a
-year away), watched through a weak reference: ``loop.close()`` discards pending callbacks
-(documented), the timer is dropped, and the part is told at once, on the thread that closed
-the loop, before anything runs on the next one (CPython frees it there; another interpreter
-when it collects it, the next call of the part seeing it anyway). A loop ended by
-``asyncio.run`` drops it too, after its end let go: nothing left to tell.
+loop (``asyncio.get_running_loop`` makes a ``getpid`` system call on Python 3.11, about half
+the cost of the hit: docs/async.md). So each loop a part is used on holds a timer of the
+part's that never fires (a year away), watched through a weak reference: ``loop.close()``
+discards pending callbacks (documented), the timer is dropped, and the part is told at once,
+on the thread that closed the loop, before anything runs on the next one (CPython frees it
+there; another interpreter when it collects it, the next call of the part seeing it anyway).
+The warning is logged then. A loop ended by ``asyncio.run`` drops it too, after its end let
+go: nothing left to tell.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio as aioredis
-from tiered_cache_redis import AsyncRedisTier, RedisTier
+from tiered_cache_redis import AsyncRedisBus, AsyncRedisTier, RedisTier
 
 from tiered_cache import MISSING, AsyncTieredCache, Entry, MemoryTier, TieredCache, owed
 from tiered_cache.async_breaker import AsyncCircuitBreakerTier
@@ -1068,3 +1068,45 @@ async def test_aclose_owing_a_stopped_redis_returns_and_gives_the_debt_up(namesp
         assert (payments(writer), dropped(writer)) == (0, 1)
         assert not owed_tasks()
         await reader.aclose()
+
+
+def test_an_async_debt_kept_past_its_loop_is_paid_by_the_next_loops_memory_read_with_the_redis_bus(
+    redis_server: RedisServer, proxy: FaultProxy, namespace: str
+) -> None:
+    """``asyncio.run`` ends owing, Redis still cut (its last try fails): the next loop reads
+    only what its memory held. With the asyncio Redis bus, whose listener ended with the loop,
+    that memory is not trusted until the bus is subscribed again: the read goes to Redis,
+    meets the debt and pays it (a guard: the open edge of a later loop of memory hits is a
+    chain whose memory stays trusted across loops)."""
+    clock, table = FakeClock(), AsyncTable({"j": "j"})
+    tier = AsyncRedisTier(
+        aioredis.Redis.from_url(proxy.url(), socket_timeout=0.2), namespace=namespace
+    )
+    bus = AsyncRedisBus(lambda: aioredis.Redis.from_url(redis_server.url), f"{namespace}:inv")
+    writer = AsyncTieredCache(
+        [MemoryTier(), AsyncCircuitBreakerTier(tier, BREAKER, clock=clock)],
+        table,
+        bus=bus,
+        protection=PROTECTION,
+    )
+
+    async def owing() -> None:
+        assert await writer.get("j") == "j"  # starts the listener
+        assert await bus.wait_subscribed(10)
+        assert await writer.get("j") == "j"  # into memory, trusted
+        proxy.cut()
+        await writer.get("x")  # the circuit opens
+        await writer.invalidate("k")  # owed
+
+    asyncio.run(owing())
+    assert payments(writer) == 0
+    proxy.restore()
+
+    async def memory_reads() -> None:
+        clock.advance(5.0)
+        assert await writer.get("j") == "j"
+        await eventually(lambda: payments(writer) == 1, "the payment of the debt it met")
+        await writer.aclose()
+
+    asyncio.run(memory_reads())
+    assert dropped(writer) == 0

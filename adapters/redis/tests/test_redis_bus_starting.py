@@ -173,3 +173,45 @@ def test_a_second_chain_on_a_subscribed_bus_is_connected_at_once(
     assert first.stats()["bus"] == "connected"
     second.close()
     first.close()
+
+
+def bus_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The warnings of the chain's side of the bus and of the listener's."""
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if record.name in (CHAIN_BUS_LOGGER, "tiered_cache_redis.bus")
+        and record.levelno >= logging.WARNING
+    ]
+
+
+def test_a_loop_that_ends_before_the_first_confirmation_is_no_outage(
+    redis_server: RedisServer, namespace: str, proxy: FaultProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A one-shot ``asyncio.run`` whose chain's subscription is not confirmed yet when it
+    ends (a script, a short job): the listener stops with the loop, nothing was heard nor
+    ever trusted, so nothing is logged or counted; the chain is still starting, and a write
+    announced before its next loop's subscription is not served stale after it."""
+    writer, settings = held_start(redis_server, namespace, proxy)
+    reader = AsyncTieredCache.from_config(**settings)
+
+    async def first() -> None:
+        assert await reader.get("k", _constant("old")) == "old"  # starts the listener
+
+    asyncio.run(first())
+    assert reader.stats()["bus_disconnects"] == 0
+    assert bus_warnings(caplog) == []
+    assert reader.stats()["bus"] == "starting"
+    writer.set("k", "new")
+    proxy.restore()
+
+    async def second() -> None:
+        assert await async_bus(reader).wait_subscribed(10)
+        assert reader.stats()["bus"] == "connected"
+        assert await reader.get("k", _constant("never")) == "new"
+        await reader.aclose()
+
+    asyncio.run(second())
+    assert reader.stats()["bus_disconnects"] == 0
+    assert bus_warnings(caplog) == []
+    writer.close()

@@ -167,7 +167,9 @@ class AsyncRedisBus(AsyncBusBase):
         self._loop_end.here()
         if self._loop_end.ended_here():
             return
-        again = task is not None or self._listened_before
+        # Told down first if they heard from a listener before: not if it ended before its
+        # first subscription's outcome (the chains are starting still, nothing was trusted).
+        again = self._listened_before or (task is not None and self._listeners.told)
         self._listened_before = False
         self._subscribed = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(
@@ -180,6 +182,12 @@ class AsyncRedisBus(AsyncBusBase):
                 self._listeners.subscribed(False)
             await arun(self._listening.listen(after_outage=again))
         except asyncio.CancelledError:
+            if not self._closed and not self._listeners.told:
+                # Cancelled before its first subscription's outcome (a one-shot asyncio.run
+                # that ended first): the chains are starting, their memory trusted no more
+                # than while down and dropped at the confirmation to come. No outage: nothing
+                # is logged, counted or told, and the next listener starts as a first one.
+                raise
             if not self._closed:
                 # Not aclose: the loop's end, or a cancel of every task on a loop that goes
                 # on. Nothing will tell the chain what it misses from now on, so it must stop

@@ -89,6 +89,13 @@ class Listeners:
             if self._subscribed is not None:
                 self._tell_one(listener, "on_reconnect" if self._subscribed else "on_disconnect")
 
+    @property
+    def told(self) -> bool:
+        """Whether the subscription's state was ever told: not while the listeners are
+        starting (no subscription confirmed yet, none failed)."""
+        with self._lock:
+            return self._subscribed is not None
+
     def after_fork_in_child(self) -> None:
         """Another thread of the parent may have held the lock at the fork; the child is
         not subscribed (the parent's subscription is the parent's)."""

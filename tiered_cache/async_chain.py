@@ -422,11 +422,12 @@ class AsyncTieredCache(L1Reader):
             return
         bus.listen()  # nothing to do while it listens
 
-    def _set_bus_connected(self, connected: bool) -> None:
+    def _set_bus_connected(self, connected: bool, *, starting: bool = False) -> None:
         """Called on the bus's thread, or on the loop for an async bus (see
         :meth:`ChainPaths.set_bus_connected`)."""
         self._use_l1(
-            self._tiers, self._paths.set_bus_connected(connected, self._disconnected_bound)
+            self._tiers,
+            self._paths.set_bus_connected(connected, self._disconnected_bound, starting=starting),
         )
 
     # -- the decorator ------------------------------------------------------------------------

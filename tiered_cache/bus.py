@@ -138,7 +138,11 @@ class BusBase:
             subscription is confirmed (and ``on_disconnect`` if that fails). Until then a
             chain treats it as starting: its memory is trusted no more than while the bus is
             down (a write announced meanwhile is never heard). A bus without it (in-process,
-            :class:`LocalBus`) delivers from :meth:`Bus.subscribe` on.
+            :class:`LocalBus`) delivers from :meth:`Bus.subscribe` on. Off by default, and
+            for a bus that is no :class:`BusBase` (:func:`confirms_subscription`): such a
+            bus is taken as connected from :meth:`Bus.subscribe`, and a bus over a network
+            broker that does not declare it leaves a copy taken before its server had the
+            subscription served after a write announced in between.
     """
 
     confirms_subscription: bool = False

@@ -390,10 +390,11 @@ class TieredCache(L1Reader):
 
     # -- the bus going down and coming back ---------------------------------------------------
 
-    def _set_bus_connected(self, connected: bool) -> None:
+    def _set_bus_connected(self, connected: bool, *, starting: bool = False) -> None:
         """The bus went down or came back (:meth:`ChainPaths.set_bus_connected`)."""
         self._use_l1(
-            self._tiers, self._paths.set_bus_connected(connected, self._disconnected_bound)
+            self._tiers,
+            self._paths.set_bus_connected(connected, self._disconnected_bound, starting=starting),
         )
 
     def _use_l1(self, tiers: Sequence[L1Tier], enabled: bool) -> None:

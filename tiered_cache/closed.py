@@ -51,7 +51,9 @@ class Paths(Protocol):
 
     def clear(self, *, strict: bool = False) -> Steps[None]: ...
 
-    def set_bus_connected(self, connected: bool, bound: float) -> bool: ...
+    def set_bus_connected(
+        self, connected: bool, bound: float, *, starting: bool = False
+    ) -> bool: ...
 
 
 class ClosedPaths:
@@ -96,7 +98,7 @@ class ClosedPaths:
     def clear(self, *, strict: bool = False) -> NoReturn:
         self.refuse()
 
-    def set_bus_connected(self, connected: bool, bound: float) -> bool:
+    def set_bus_connected(self, connected: bool, bound: float, *, starting: bool = False) -> bool:
         """The bus of a closed chain is closing: what it reports on its way out is moot, and
         the L1 lookup stays off (a late "reconnected" must not turn it on again)."""
         return False

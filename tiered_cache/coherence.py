@@ -11,7 +11,8 @@ A chain starts with its bus *starting* when the bus declares ``confirms_subscrip
 pub/sub): it hears nothing until the server has confirmed the subscription, so a write announced
 in between would be missed, and a copy its memory took meanwhile outlive it. Starting, the chain
 uses its memory as while the bus is down (copies bounded by ``max_stale_when_disconnected``,
-dropped once subscribed), but quietly: a normal start is neither logged nor counted as an outage.
+dropped once subscribed), but quietly: a normal start is neither logged nor counted as an outage
+(its reads count in ``bus_starting_*``, not ``bus_down_*``).
 A first subscription that fails is one (``starting`` becomes ``down``, logged and counted).
 
 A publish that fails opens a circuit breaker: for its cool-down, announcements are not sent
@@ -62,6 +63,13 @@ def publish_breaker(
     return CircuitBreaker("publish", settings, clock=clock, what="bus")
 
 
+class SetConnected(Protocol):
+    """The chain's side of its bus's state: down (False), back (True), or ``starting``
+    (down as far as memory goes, but no outage: counted apart)."""
+
+    def __call__(self, connected: bool, *, starting: bool = False) -> None: ...
+
+
 class Lock(Protocol):
     """A ``threading.Lock`` or an ``asyncio.Lock`` (whose ``acquire`` is a coroutine)."""
 
@@ -78,7 +86,7 @@ class BusLink:
         bus: Bus | AsyncBus,
         fence: Fence,
         metrics: CacheMetrics,
-        set_connected: Callable[[bool], None],
+        set_connected: SetConnected,
         *,
         lock: Lock | None = None,
         breaker: CircuitBreaker | None = None,
@@ -107,7 +115,7 @@ class BusLink:
         self._last_seen: OrderedDict[str, int] = OrderedDict()
         self._seen_lock = threading.Lock()
         if self._state == "starting":
-            set_connected(False)
+            set_connected(False, starting=True)
         bus.subscribe(self)
         restart_after_fork(self)
 

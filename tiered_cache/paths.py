@@ -30,6 +30,10 @@ from .tier import MISSING, Entry
 Announce = Callable[[Sequence[str], Sequence[str], bool, float], Any]
 #: ``fill_one(mark, key, entry, tiers, own)``: :meth:`Fence.fill_one`, for the threaded chain.
 FillOne = Callable[[int, str, Entry, Sequence[Any], "int | None"], bool]
+#: What reads with memory bounded count (served by it, gone past it): while the bus is down,
+#: and while it is starting (its first subscription not yet confirmed: no outage).
+BUS_DOWN_COUNTS = ("bus_down_served", "bus_down_bypasses")
+BUS_STARTING_COUNTS = ("bus_starting_served", "bus_starting_bypasses")
 
 
 class ChainPaths:
@@ -90,6 +94,9 @@ class ChainPaths:
         self.fill_one: FillOne | None = fence.fill_one if fence.plain else None
         #: The bus is down and in-process tiers keep fills for a bound (reads are counted).
         self.bounded = False
+        #: What those reads count: a bus starting is no outage (every start does it), so its
+        #: reads are kept out of the outage's counts (``set_bus_connected``).
+        self.bounded_counts = BUS_DOWN_COUNTS
 
     # -- reads
 
@@ -280,7 +287,7 @@ class ChainPaths:
                 continue
             hits = yield tier.get_many, (remaining, now, stale)
             if hits and tier.bounded_for > 0:
-                self.metrics.count("bus_down_served", len(hits))
+                self.metrics.count(self.bounded_counts[0], len(hits))
             if hits:
                 yield from self.fence.fill_steps(mark, hits, self.tiers[: tier.index])
                 found.update(hits)
@@ -288,9 +295,10 @@ class ChainPaths:
         return found
 
     def count_bus_down(self, tier: ChainTier | None) -> None:
-        """A read while the bus is down: answered by a bounded in-process tier, or not."""
+        """A read while the bus is down (or starting): answered by a bounded in-process tier,
+        or not."""
         served = tier is not None and tier.bounded_for > 0
-        self.metrics.count("bus_down_served" if served else "bus_down_bypasses")
+        self.metrics.count(self.bounded_counts[0 if served else 1])
 
     # -- writes
 
@@ -566,17 +574,19 @@ class ChainPaths:
 
     # -- the bus going down and coming back
 
-    def set_bus_connected(self, connected: bool, bound: float) -> bool:
+    def set_bus_connected(self, connected: bool, bound: float, *, starting: bool = False) -> bool:
         """While the bus is down in-process tiers would miss invalidations: they serve only
         copies filled during the outage, each for at most ``bound`` seconds
         (``max_stale_when_disconnected``; bypassed when that is 0), so the source sees about
         one load per key per bound instead of one per read. They are cleared both ways: on
         the way down nothing stale stays for later, on the way up nothing from the outage is
         trusted. Returns whether the chain's L1 lookup may read tier 0: not while the bus is
-        down and tier 0 is in-process (reads take these paths, which count bounded serves)."""
+        down and tier 0 is in-process (reads take these paths, which count bounded serves).
+        ``starting``: not down, not yet subscribed (the same rule), counted apart."""
         if connected:
             bound = 0.0
         self.bounded = bound > 0
+        self.bounded_counts = BUS_STARTING_COUNTS if starting else BUS_DOWN_COUNTS
         # A gap, not a clear: what this process may have missed concerns its memory only,
         # and a write whose lease ordered it in Redis stays there (Fence.fill_steps).
         if connected:

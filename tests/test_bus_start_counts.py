@@ -1,0 +1,110 @@
+"""What a chain counts while its bus is starting (its first subscription not yet confirmed),
+and which buses start so: a bus that declares ``confirms_subscription``, and no other.
+
+Starting, memory is used as while the bus is down, but a start is no outage: every deploy
+does it. Reads then are counted apart (``bus_starting_served``, ``bus_starting_bypasses``),
+so that ``bus_down_served`` / ``bus_down_bypasses`` show outages only.
+"""
+
+from __future__ import annotations
+
+from tiered_cache import MemoryTier, TieredCache
+from tiered_cache.bus import BusBase, BusListener, Invalidation, LocalBus
+from tiered_cache.testing import FakeClock
+
+
+class ConfirmingBus(BusBase):
+    """An in-process bus that says when its subscription is confirmed (as Redis does): its
+    listeners hear nothing before :meth:`confirm`, or :meth:`fail`."""
+
+    confirms_subscription = True
+
+    def __init__(self) -> None:
+        self.listeners: list[BusListener] = []
+
+    def publish(self, message: Invalidation) -> None:
+        for listener in self.listeners:
+            listener.on_message(message)
+
+    def subscribe(self, listener: BusListener) -> None:
+        self.listeners.append(listener)
+
+    def close(self) -> None:
+        self.listeners.clear()
+
+    def confirm(self) -> None:
+        for listener in self.listeners:
+            listener.on_reconnect()
+
+    def fail(self) -> None:
+        for listener in self.listeners:
+            listener.on_disconnect()
+
+
+class PlainBus:
+    """A third party's bus: the :class:`~tiered_cache.bus.Bus` protocol, no
+    :class:`~tiered_cache.bus.BusBase` (so it declares no capability)."""
+
+    def publish(self, message: Invalidation) -> None: ...
+
+    def subscribe(self, listener: BusListener) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def chain(bus: object, clock: FakeClock) -> TieredCache:
+    return TieredCache(
+        [MemoryTier(ttl=600, clock=clock)],
+        ttl=600,
+        clock=clock,
+        bus=bus,  # type: ignore[arg-type]
+        max_stale_when_disconnected=60,
+    )
+
+
+def bus_counts(cache: TieredCache) -> tuple[int, int, int, int]:
+    stats = cache.stats()
+    return (
+        stats.get("bus_starting_served", 0),
+        stats.get("bus_starting_bypasses", 0),
+        stats.get("bus_down_served", 0),
+        stats.get("bus_down_bypasses", 0),
+    )
+
+
+def test_reads_while_starting_are_not_counted_as_reads_while_down(clock: FakeClock) -> None:
+    bus = ConfirmingBus()
+    cache = chain(bus, clock)
+    assert cache.stats()["bus"] == "starting"
+    assert cache.get("k", lambda: "v") == "v"  # loaded: memory had nothing
+    assert cache.get("k", lambda: "never") == "v"  # memory, within the bound
+    assert bus_counts(cache) == (1, 1, 0, 0)
+    assert cache.stats()["bus_disconnects"] == 0
+    bus.confirm()
+    assert cache.get("k", lambda: "again") == "again"  # memory was dropped at the confirmation
+    assert cache.get("k", lambda: "never") == "again"
+    assert bus_counts(cache) == (1, 1, 0, 0)  # connected: neither
+
+
+def test_a_first_subscription_that_fails_counts_the_reads_after_it_as_down(
+    clock: FakeClock,
+) -> None:
+    bus = ConfirmingBus()
+    cache = chain(bus, clock)
+    assert cache.get("k", lambda: "v") == "v"
+    bus.fail()
+    assert cache.stats()["bus"] == "down"
+    assert cache.get("k", lambda: "w") == "w"  # memory was dropped on the way down
+    assert cache.get("k", lambda: "never") == "w"
+    assert bus_counts(cache) == (0, 1, 1, 1)
+    assert cache.stats()["bus_disconnects"] == 1
+
+
+def test_only_a_bus_that_declares_it_starts_unconfirmed(clock: FakeClock) -> None:
+    """The capability's default (``BusBase``) is off, and a bus that is no ``BusBase`` has
+    it off too: its chain counts it connected from ``subscribe`` (a write announced before
+    its server took the subscription is missed, as the docs say)."""
+    assert BusBase.confirms_subscription is False
+    assert chain(ConfirmingBus(), clock).stats()["bus"] == "starting"
+    assert chain(LocalBus(), clock).stats()["bus"] == "connected"
+    assert chain(PlainBus(), clock).stats()["bus"] == "connected"

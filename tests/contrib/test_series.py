@@ -117,3 +117,33 @@ def test_the_counts_of_timed_loads_left_running_or_refused_are_published() -> No
     published = by_name(series(TieredCache([MemoryTier()], namespace="ns").stats()))
     for name in ("abandoned_loads", "loads_refused"):
         assert published[name].samples == [({"namespace": "ns"}, 0.0)], name
+
+
+def test_a_starting_bus_is_not_published_as_down() -> None:
+    """A chain's bus is starting until its first subscription is confirmed: at every deploy,
+    in every worker. ``bus_connected`` read 0 then, and the fleet's (the minimum over the
+    workers, multiprocess mode's ``livemin``) showed an outage at every deploy. It reads 0
+    while down (or closed) only; ``bus_state`` tells a start apart."""
+    states = ("starting", "connected", "down", "closed")
+    for state, up in zip(states, (1.0, 1.0, 0.0, 0.0), strict=True):
+        published = by_name(series({"namespace": "ns", "bus": state}))
+        assert published["bus_connected"].samples == [({"namespace": "ns"}, up)], state
+        assert published["bus_state"].samples == [
+            ({"namespace": "ns", "state": candidate}, 1.0 if candidate == state else 0.0)
+            for candidate in states
+        ], state
+    published = by_name(series(TieredCache([MemoryTier()]).stats()))
+    assert published["bus_state"].samples == []  # no bus
+
+
+def test_reads_with_the_bus_down_or_starting_are_published() -> None:
+    """Counted in ``stats()`` but not in the events every snapshot lists, so no exporter
+    published them: the memory a fleet bypassed in an outage was not on a dashboard."""
+    published = by_name(series(TieredCache([MemoryTier()], namespace="ns").stats()))
+    for name in (
+        "bus_down_served",
+        "bus_down_bypasses",
+        "bus_starting_served",
+        "bus_starting_bypasses",
+    ):
+        assert published[name].samples == [({"namespace": "ns"}, 0.0)], name

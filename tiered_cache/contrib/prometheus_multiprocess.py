@@ -52,8 +52,11 @@ GAUGE_MODES: Mapping[str, GaugeMode | None] = {
     # which the Grafana dashboard takes the max of).
     "tier_breaker_state": "livemax",
     "bus_publish_breaker_state": "livemax",
-    # 1 only while every live worker is connected (the dashboard takes the min).
+    # 1 only while every live worker's bus is up (connected, or starting: a deploy is no
+    # outage); the dashboard takes the min.
     "bus_connected": "livemin",
+    # 1 for a state while any live worker's bus is in it (a worker starting shows here).
+    "bus_state": "livemax",
     # Grows with source_reads_saved, a counter: a worker's savings stay after it exits.
     "source_read_units_saved": "sum",
     # Each process's own top k: a key that leaves it cannot leave the files (prometheus_client

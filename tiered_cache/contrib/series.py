@@ -29,6 +29,12 @@ Labels = dict[str, str]
 
 #: The states a tier's circuit breaker can be in (the label values of ``tier_breaker_state``).
 BREAKER_STATES = ("closed", "half-open", "open")
+#: The states of a chain's bus (``stats()["bus"]``, :attr:`tiered_cache.coherence.BusLink.state`;
+#: the label values of ``bus_state``).
+BUS_STATES = ("starting", "connected", "down", "closed")
+#: The bus states ``bus_connected`` reads 1 for: a start is not an outage (every worker of a
+#: deploy starts; one whose first subscription fails is down within the bus's timeout).
+BUS_UP = ("starting", "connected")
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,10 @@ EVENT_HELP: Mapping[str, str] = {
     "bus_received": "Invalidation messages received from the bus.",
     "bus_gaps": "Gaps detected in the bus's message sequence (in-process tiers were cleared).",
     "bus_disconnects": "Periods the bus was down for this chain (a fork counts one).",
+    "bus_down_served": "Reads memory answered within max_stale_when_disconnected, bus down.",
+    "bus_down_bypasses": "Reads that went past memory while the bus was down.",
+    "bus_starting_served": "Reads memory answered within the bound while the bus was starting.",
+    "bus_starting_bypasses": "Reads that went past memory while the bus was starting.",
     "bus_publish_errors": "Invalidation messages the bus failed to publish.",
     "deletes_owed": "Deletes a shared tier failed (keys, prefixes, clears), made when it works.",
     "deletes_owed_overflows": "Times owed deletes passed their bound: the tier will be cleared.",
@@ -140,7 +150,19 @@ CATALOGUE: tuple[Spec, ...] = (
         "Reads that waited for another thread's load of the same key instead of loading.",
     ),
     *_event_specs(),
-    Spec("bus_connected", "gauge", _NS, "1 while the invalidation bus is connected, else 0."),
+    Spec(
+        "bus_connected",
+        "gauge",
+        _NS,
+        "1 while the invalidation bus is connected or starting (its first subscription not yet "
+        "confirmed), 0 while it is down or closed.",
+    ),
+    Spec(
+        "bus_state",
+        "gauge",
+        (*_NS, "state"),
+        "1 for the invalidation bus's state (starting, connected, down, closed), 0 for the others.",
+    ),
     Spec(
         "bus_publish_breaker_state",
         "gauge",
@@ -233,7 +255,8 @@ def _add(out: dict[str, Series], snapshot: Mapping[str, Any], raw_hot_keys: bool
     _histogram(out["load_duration_seconds"], snapshot, namespace)
     bus = snapshot.get("bus")
     if bus is not None:
-        out["bus_connected"].samples.append((namespace, 1.0 if bus == "connected" else 0.0))
+        out["bus_connected"].samples.append((namespace, 1.0 if bus in BUS_UP else 0.0))
+    _states(out["bus_state"], namespace, bus, BUS_STATES)
     _states(out["bus_publish_breaker_state"], namespace, snapshot.get("bus_publish_breaker"))
     for rank, (key, rate) in enumerate(snapshot.get("hot_keys", ()), start=1):
         # A key may hold a lone surrogate (a path decoded with surrogateescape): no exporter
@@ -252,10 +275,13 @@ def _add(out: dict[str, Series], snapshot: Mapping[str, Any], raw_hot_keys: bool
         )
 
 
-def _states(target: Series, labels: Labels, state: str | None) -> None:
-    """One sample per breaker state, 1 for the current one (none without a breaker)."""
+def _states(
+    target: Series, labels: Labels, state: str | None, states: tuple[str, ...] = BREAKER_STATES
+) -> None:
+    """One sample per state (a breaker's by default), 1 for the current one (none without
+    a breaker, or a bus)."""
     if state is not None:
-        for candidate in BREAKER_STATES:
+        for candidate in states:
             target.samples.append(
                 ({**labels, "state": candidate}, 1.0 if state == candidate else 0.0)
             )

@@ -21,6 +21,7 @@ from tiered_cache_redis.bus import RedisBus
 
 from tiered_cache import AsyncTieredCache, MemoryTier, TieredCache
 from tiered_cache.testing.bus_chains import bus_chain_settings, subscribed_chain
+from tiered_cache.testing.loops import collected_unclosed
 from tiered_cache.testing.servers import FaultProxy, RedisServer
 
 from .held_bus import eventually, held_settings
@@ -214,4 +215,37 @@ def test_a_loop_that_ends_before_the_first_confirmation_is_no_outage(
     asyncio.run(second())
     assert reader.stats()["bus_disconnects"] == 0
     assert bus_warnings(caplog) == []
+    writer.close()
+
+
+def test_a_loop_closed_by_hand_before_the_first_confirmation_is_no_outage(
+    redis_server: RedisServer, namespace: str, proxy: FaultProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As a loop that ends first, one run by hand and closed (no ``shutdown_asyncgens``)
+    before the subscription is confirmed: its listener is dropped, but the chain heard
+    nothing and trusted nothing, so it stays starting, neither told down nor counted."""
+    writer, settings = held_start(redis_server, namespace, proxy)
+    reader = AsyncTieredCache.from_config(**settings)
+
+    async def first() -> None:
+        assert await reader.get("k", _constant("old")) == "old"  # starts the listener
+
+    async def second() -> None:
+        assert await async_bus(reader).wait_subscribed(10)
+        assert reader.stats()["bus"] == "connected"
+        assert await reader.get("k", _constant("never")) == "new"
+        await reader.aclose()
+
+    # The closed loop's listener task and connections are collected unclosed.
+    with collected_unclosed():
+        loop = asyncio.new_event_loop()
+        loop.run_until_complete(first())
+        loop.close()
+        assert reader.stats()["bus"] == "starting"
+        assert reader.stats()["bus_disconnects"] == 0
+        writer.set("k", "new")
+        proxy.restore()
+        asyncio.run(second())
+    assert reader.stats()["bus_disconnects"] == 0
+    assert chain_warnings(caplog) == []
     writer.close()

@@ -147,6 +147,8 @@ class AsyncRedisBus(AsyncBusBase):
         if task is None or task.done() or not task.get_loop().is_closed():
             return
         self._task = None
+        if not self._listeners.told:
+            return  # closed before its first subscription's outcome: starting still (_listen)
         self._listened_before = True
         self._listening.ended()
 

@@ -34,7 +34,7 @@ there -- the listener dead, the bus still "connected", the memory trusted after 
 processes' writes until the chain's next miss or write. A hit cannot afford to look at its
 loop (``asyncio.get_running_loop`` makes a ``getpid`` system call on Python 3.11, about half
 the cost of the hit: docs/async.md). So each loop a part is used on holds a timer of the
-part's that never fires (a year away), watched through a weak reference: ``loop.close()``
+part's that never fires (due at infinity), watched through a weak reference: ``loop.close()``
 discards pending callbacks (documented), the timer is dropped, and the part is told at once,
 on the thread that closed the loop, before anything runs on the next one (CPython frees it
 there; another interpreter when it collects it, the next call of the part seeing it anyway).
@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable
 
@@ -56,9 +57,10 @@ CONNECTIONS_LEFT = (
     "that loop's connections are dropped, not closed (they need their loop), and this loop "
     "opens its own"
 )
-#: How far away the timer that watches a loop's close is (:meth:`LoopEnd._watch_close`): never
-#: reached (were it, nothing happens, and that loop is no longer watched).
-WATCH_DELAY = 365 * 24 * 3600.0
+#: When the timer that watches a loop's close is due (:meth:`LoopEnd._watch_close`): never,
+#: on any clock. A year away, it came due on a clock a test moved (freezegun's, a fake-time
+#: loop's), and the loop was no longer watched (tests/test_loop_end.py).
+WATCH_AT = math.inf
 
 
 class LoopEnd:
@@ -83,6 +85,10 @@ class LoopEnd:
         self._loop: asyncio.AbstractEventLoop | None = None
         #: The generator begun on ``_loop`` (kept: the loop only holds it weakly).
         self._hook: AsyncGenerator[None, None] | None = None
+        #: Which use of a loop ``_hook`` was begun for: a loop used again after another keeps
+        #: the generator of its earlier use, which ends when it runs next, and must let go
+        #: of nothing then (it let go of the part under its later use: tests/test_loop_end.py).
+        self._turn = 0
         #: The timer on ``_loop`` whose drop tells its close (:meth:`_watch_close`), weakly.
         self._watch: weakref.ref[asyncio.TimerHandle] | None = None
 
@@ -106,17 +112,22 @@ class LoopEnd:
         # longer the part's loop, it lets go of nothing then.
         self._loop = loop
         self._watch_close(loop)
-        hook = self._hook = self._until_the_loop_ends()
+        self._turn += 1
+        hook = self._hook = self._until_the_loop_ends(self._turn)
         # Begun here, at once (no task): the loop's first-iteration hook registers it; it
         # stops at its yield (StopIteration), where it waits to be closed.
         with contextlib.suppress(StopIteration):
             hook.asend(None).send(None)
 
-    async def _until_the_loop_ends(self) -> AsyncGenerator[None, None]:
+    async def _until_the_loop_ends(self, turn: int) -> AsyncGenerator[None, None]:
         try:
             yield
         finally:
-            if self._hook is not None and self._loop is asyncio.get_running_loop():
+            if (
+                self._hook is not None
+                and self._turn == turn
+                and self._loop is asyncio.get_running_loop()
+            ):
                 self._hook = None  # not stopped, nor moved on
                 try:
                     await self._let_go()
@@ -129,7 +140,7 @@ class LoopEnd:
         """Tell the part as soon as ``loop`` is closed by hand (see the module's doc): the
         timer is held by the loop alone, weakly here (held, it was never dropped)."""
         self._unwatch()
-        timer = loop.call_later(WATCH_DELAY, _nothing)
+        timer = loop.call_at(WATCH_AT, _nothing)
         watched = weakref.ref(loop)
 
         def dropped(_: object) -> None:

@@ -31,6 +31,7 @@ EVENTS = (
     "bus_received",
     "bus_gaps",
     "bus_disconnects",
+    "bus_errors",
     "bus_down_served",
     "bus_down_bypasses",
     "bus_starting_served",

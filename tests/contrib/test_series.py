@@ -147,3 +147,11 @@ def test_reads_with_the_bus_down_or_starting_are_published() -> None:
         "bus_starting_bypasses",
     ):
         assert published[name].samples == [({"namespace": "ns"}, 0.0)], name
+
+
+def test_failed_listening_attempts_are_published() -> None:
+    """``bus_errors`` (listening that failed for another reason than the network: a missing
+    ACL permission, an endpoint that is not Redis) was counted in ``stats()`` only: a bus
+    that never subscribes for want of a permission showed on no dashboard but as down."""
+    published = by_name(series(TieredCache([MemoryTier()], namespace="ns").stats()))
+    assert published["bus_errors"].samples == [({"namespace": "ns"}, 0.0)]

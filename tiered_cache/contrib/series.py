@@ -91,6 +91,7 @@ EVENT_HELP: Mapping[str, str] = {
     "bus_received": "Invalidation messages received from the bus.",
     "bus_gaps": "Gaps detected in the bus's message sequence (in-process tiers were cleared).",
     "bus_disconnects": "Periods the bus was down for this chain (a fork counts one).",
+    "bus_errors": "Listening attempts that failed for a reason other than the network.",
     "bus_down_served": "Reads memory answered within max_stale_when_disconnected, bus down.",
     "bus_down_bypasses": "Reads that went past memory while the bus was down.",
     "bus_starting_served": "Reads memory answered within the bound while the bus was starting.",

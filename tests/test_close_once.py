@@ -20,7 +20,13 @@ from tiered_cache import ChainClosedError, MemoryTier, TieredCache
 from tiered_cache.memory import LruPolicy
 from tiered_cache.testing.clock import FakeClock
 from tiered_cache.testing.forked import in_a_child
-from tiered_cache.testing.held_close import ClosesCounted, HeldRefresh, until_the_close_waits
+from tiered_cache.testing.held_close import (
+    ClosesCounted,
+    HeldRefresh,
+    until_the_close_waits,
+    waiting_in,
+)
+from tiered_cache.testing.held_loads import until
 from tiered_cache.testing.interrupts import Interrupted
 
 
@@ -169,4 +175,76 @@ def test_a_close_interrupted_before_its_thread_was_launched_returns_and_the_next
     assert not closing.is_alive(), "the interrupted close() never returned"
     assert seen == ["interrupted"]
     cache.close()
+    assert (len(memory), source.closes, cache.closed) == (0, 1, True)
+
+
+class SourceCloseHeld(ClosesCounted):
+    """A source whose close waits until :attr:`go` is set: the chain's close is caught on
+    its last step, its loader's pool already shut down (its workers ended)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inside, self.go = threading.Event(), threading.Event()
+
+    def close(self) -> None:
+        self.inside.set()
+        self.go.wait()
+        super().close()
+
+
+def test_a_close_on_a_thread_that_took_an_ended_workers_ident_waits_for_the_close() -> None:
+    """CPython gives a new thread the ident of one that ended (its stack reused): a thread
+    started after the loader's pool shut down may carry an ended worker's ident. Its
+    ``close()`` is not a refresh's loader's: it waits for the close running, as any caller's
+    does, and never returns with the chain half closed. Seen failing: ``a close() returned
+    with the chain half closed`` (the loader kept its ended workers' idents, and took that
+    thread for one of them: for a refresh's loader, which returns at once)."""
+    clock = FakeClock(1000.0)
+    memory, source = MemoryTier(policy=LruPolicy(100), clock=clock), SourceCloseHeld()
+    cache = TieredCache([memory], source, ttl=1.0, clock=clock)
+    workers: list[int] = []
+
+    def loader_on_a_worker() -> str:
+        workers.append(threading.get_ident())
+        return "new"
+
+    assert cache.get("a") == "old"
+    clock.advance(2.0)  # stale: served, and refreshed in the background on a worker
+    assert cache.get("a", loader_on_a_worker) == "old"
+    assert cache.wait_background(10)
+    first = threading.Thread(target=cache.close)
+    first.start()
+    source.inside.wait()  # the pool shut down, its worker ended: the close ends on the source
+    try:
+        took: list[bool] = []  # per thread started: whether it has a worker's ident
+
+        def close_if_a_workers_ident() -> None:
+            mine = threading.get_ident() in workers
+            took.append(mine)
+            if mine:
+                cache.close()
+
+        def a_thread_checked() -> threading.Thread:
+            before = len(took)
+            thread = threading.Thread(target=close_if_a_workers_ident)
+            thread.start()
+            until(lambda: len(took) > before, "the thread's ident checked")
+            return thread
+
+        for _ in range(1000):  # the next thread started takes it, as a rule
+            thread = a_thread_checked()
+            if took[-1]:
+                break
+            thread.join()
+        else:
+            pytest.skip("no thread took the ended worker's ident")
+        until(
+            lambda: not thread.is_alive() or waiting_in(thread, "close"),
+            "the close() returned or waiting",
+        )
+        assert thread.is_alive(), "a close() returned with the chain half closed"
+    finally:
+        source.go.set()
+        first.join()
+    thread.join()
     assert (len(memory), source.closes, cache.closed) == (0, 1, True)

@@ -137,8 +137,9 @@ class SourceLoader:
             self._lease_wait,
         )
         self._executor: ThreadPoolExecutor | None = None
-        #: The pool's threads (their idents), for :meth:`on_a_worker`.
-        self._workers: set[int] = set()
+        #: The pool's threads, for :meth:`on_a_worker`: the threads, not their idents, which
+        #: CPython gives the next threads started once the pool's have ended (after close).
+        self._workers: set[threading.Thread] = set()
         self._pending: set[Future[Any]] = set()
         #: The leases of the loads and writes in flight, for :meth:`close` to give back.
         self.holdings = Holdings(self._leasing)
@@ -495,12 +496,12 @@ class SourceLoader:
 
     def _worker_started(self) -> None:
         with self._lock:
-            self._workers.add(threading.get_ident())
+            self._workers.add(threading.current_thread())
 
     def on_a_worker(self) -> bool:
         """Whether the calling thread is one of the pool's workers, which :meth:`close` waits
         for (a refresh's loader closing the chain must not wait for that close)."""
-        return threading.get_ident() in self._workers
+        return threading.current_thread() in self._workers
 
     def refresh_in_background(
         self, key: str, loader: Loader | None, ttl: float | str | None, stale: Stale | None

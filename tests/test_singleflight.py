@@ -243,14 +243,21 @@ def test_a_get_many_that_joins_a_failing_batch_raises_its_error() -> None:
 
 def test_a_flight_counts_each_caller_that_joined_it() -> None:
     flights = SingleFlight()
-    led, joined, behind = flights.claim(["a", "b"])
+    led, joined, behind = flights.claim(["a", "b"], tag=7)
     assert (list(led), joined, behind) == (["a", "b"], {}, {})
     assert led["a"].waiters == 0
     # Other callers (threads): the thread that leads "a" would be refused (RecursiveLoad).
     again, joined, _ = in_a_thread(lambda: flights.claim(["a", "c"]))
     assert (list(again), list(joined)) == (["c"], ["a"])
-    _, _, behind = in_a_thread(lambda: flights.claim(["a"], joinable=lambda key, flight: False))
+    asked: list[tuple[str, int]] = []
+
+    def may_not_join(key: str, tag: int) -> bool:
+        asked.append((key, tag))
+        return False
+
+    _, _, behind = in_a_thread(lambda: flights.claim(["a"], tag=9, may_join=may_not_join))
     assert list(behind) == ["a"]  # may not be joined: waited for all the same
+    assert asked == [("a", 7)]  # asked of the key and the tag its flight was led with
     assert led["a"].waiters == 2  # two batches wait for "a"
     assert led["b"].waiters == 0
     release, inside, slow = held_open("x")

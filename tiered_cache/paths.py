@@ -233,13 +233,10 @@ class ChainPaths:
             remaining = [key for key in remaining if key not in stale]
         values = {key: entry.value for key, entry in found.items()}
         errors: dict[str, BaseException] = {}
-        fence = self.fence
         while remaining:
             # One batch for the keys no other caller is loading; wait for the others' loads.
             led, joined, behind = self.loader.flights.claim(
-                remaining,
-                tag=mark,
-                joinable=lambda key, flight: fence.may_join(key, flight.tag),
+                remaining, tag=mark, may_join=self.fence.may_join
             )
             remaining = []
             if led:

@@ -252,6 +252,11 @@ class Landing(Protocol):
 
 F = TypeVar("F", bound=Landing)
 
+#: ``may_join(key, tag)``: whether a caller may take the outcome of the key's flight in
+#: progress, led with ``tag`` (the chain: :meth:`~tiered_cache.fence.Fence.may_join`, no
+#: invalidation of the key since that flight's fence mark); if not, it waits behind it.
+MayJoin = Callable[[str, int], bool]
+
 #: What :meth:`FlightTable.join_or_lead` and :meth:`FlightTable.lead_after` tell their caller
 #: to do with the flight they return.
 LEAD = 0
@@ -282,32 +287,30 @@ class FlightTable(Generic[F]):
         keys: Sequence[str],
         *,
         tag: int = 0,
-        joinable: Callable[[str, F], bool] | None = None,
+        may_join: MayJoin | None = None,
     ) -> tuple[dict[str, F], dict[str, F], dict[str, F]]:
         """For a batch: ``(led, joined, behind)``. The caller now leads a new flight for each
         key in ``led`` and must :meth:`land` every one of them; ``joined`` are flights that
         others run, to wait on and take the outcome of; ``behind`` are flights in progress that
-        ``joinable`` (per key) says may not be joined: the caller waits for each to land, not
-        taking its outcome, and claims its key again (one load of a key at a time). A
-        background refresh's flight is joined as any other (never :data:`BESIDE`): a batch
-        claims only keys it read the tiers for and found nothing it serves (a stale copy is
-        served without a batch loader; with one, it is loaded, and the refresh's load is
+        ``may_join`` (as :meth:`join_or_lead`'s) says may not be joined: the caller waits for
+        each to land, not taking its outcome, and claims its key again (one load of a key at a
+        time). A background refresh's flight is joined as any other (never :data:`BESIDE`): a
+        batch claims only keys it read the tiers for and found nothing it serves (a stale copy
+        is served without a batch loader; with one, it is loaded, and the refresh's load is
         that load)."""
         led: dict[str, F] = {}
         joined: dict[str, F] = {}
         behind: dict[str, F] = {}
         with self._lock:
             for key in keys:
-                flight = self._flights.get(key)
-                if flight is None:
-                    led[key] = self._flights[key] = self._new(tag)
-                    continue
-                if flight.led_here():
+                flight, role = self._take(key, tag, False, may_join)
+                if role == OWN:
                     for mine in led:  # nothing of this claim stays in the table
                         del self._flights[mine]
                     raise recursive_load(key)
-                flight.join()
-                if joinable is None or joinable(key, flight):
+                if role == LEAD:
+                    led[key] = flight
+                elif role == JOIN:
                     joined[key] = flight
                 else:
                     behind[key] = flight
@@ -318,7 +321,7 @@ class FlightTable(Generic[F]):
         key: str,
         *,
         tag: int,
-        may_join: Callable[[str, int], bool] | None = None,
+        may_join: MayJoin | None = None,
         beside: bool = False,
     ) -> tuple[F, int]:
         """``(flight, role)`` for one key (either face's miss): :data:`LEAD` (a new flight
@@ -328,11 +331,9 @@ class FlightTable(Generic[F]):
         asked ``beside``, :data:`BESIDE` (the key's flight is a background refresh's, not
         joined: see :data:`BESIDE`)."""
         with self._lock:
-            flight, role = self._take(key, tag, beside)
+            flight, role = self._take(key, tag, beside, may_join)
             if role == OWN:
                 raise recursive_load(key)
-            if role == JOIN and may_join is not None and not may_join(key, flight.tag):
-                role = BEHIND
             return flight, role
 
     def lead_after(self, key: str, *, tag: int) -> tuple[F, int]:
@@ -346,16 +347,17 @@ class FlightTable(Generic[F]):
         key's flight already: a refresh run inline by the read that started it loads inside
         that read's flight)."""
         with self._lock:
-            flight, role = self._take(key, tag, False)
+            flight, role = self._take(key, tag, False, None)
             if role == LEAD:
                 flight.refresh = True
             return flight, BEHIND if role == JOIN else role
 
-    def _take(self, key: str, tag: int, beside: bool) -> tuple[F, int]:
+    def _take(self, key: str, tag: int, beside: bool, may_join: MayJoin | None) -> tuple[F, int]:
         """Under the lock: a new flight of ``key`` (:data:`LEAD`), the caller's own
         (:data:`OWN`), a refresh's that a reader asking ``beside`` reads beside
-        (:data:`BESIDE`, not joined), or another's, joined (:data:`JOIN`). The one place that
-        decides whether a reader joins a refresh's flight."""
+        (:data:`BESIDE`, not joined), or another's, joined: to take its outcome
+        (:data:`JOIN`), or, if ``may_join(key, its tag)`` says no, to wait behind
+        (:data:`BEHIND`). The one place that decides whether a caller joins a flight."""
         flight = self._flights.get(key)
         if flight is None:
             flight = self._flights[key] = self._new(tag)
@@ -365,6 +367,8 @@ class FlightTable(Generic[F]):
         if beside and flight.refresh:
             return flight, BESIDE
         flight.join()
+        if may_join is not None and not may_join(key, flight.tag):
+            return flight, BEHIND
         return flight, JOIN
 
     def land(
@@ -417,7 +421,7 @@ class SingleFlight(FlightTable[Flight]):
         fn: Callable[..., Any],
         *args: Any,
         tag: int = 0,
-        may_join: Callable[[str, int], bool] | None = None,
+        may_join: MayJoin | None = None,
         wait: float | None = None,
         beside: Callable[..., Any] | None = None,
     ) -> tuple[Any, bool]:

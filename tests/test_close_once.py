@@ -26,8 +26,8 @@ from tiered_cache.testing.held_close import (
     until_the_close_waits,
     waiting_in,
 )
-from tiered_cache.testing.held_loads import until
 from tiered_cache.testing.interrupts import Interrupted
+from tiered_cache.testing.polling import until
 
 
 def held() -> tuple[HeldRefresh, MemoryTier, ClosesCounted]:

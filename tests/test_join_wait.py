@@ -18,7 +18,7 @@ import pytest
 
 from tiered_cache import AsyncTieredCache, MemoryTier, TieredCache
 from tiered_cache.protection import Protection
-from tiered_cache.testing.held_loads import until
+from tiered_cache.testing.polling import until
 
 
 @pytest.fixture

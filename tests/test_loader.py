@@ -20,14 +20,8 @@ from tiered_cache import CodecError, LoadTimeout, MemoryTier, PartialBatchError,
 from tiered_cache.protection import Protection
 from tiered_cache.testing import FakeClock
 from tiered_cache.testing.loads import Background, Loader
+from tiered_cache.testing.polling import until
 from tiered_cache.testing.sources import DictSource
-
-
-def wait_until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + 10
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} never happened"
-        time.sleep(0.005)
 
 
 def stale_cache(
@@ -269,7 +263,7 @@ def test_refresh_workers_bounds_the_refreshes_running_at_once(clock: FakeClock) 
 
     for key in keys:
         assert cache.get(key, lambda key=key: slow(key)) == "old"  # type: ignore[misc]
-    wait_until(lambda: len(running) == 1, "the first refresh")
+    until(lambda: len(running) == 1, "the first refresh")
     time.sleep(0.2)  # time for a second worker, if there were one, to start
     release.set()
     assert cache.wait_background(10)
@@ -456,7 +450,7 @@ def no_thread_left() -> Any:
     """Every test here ends its threads (a hung one would outlive its test)."""
     before = set(threading.enumerate())
     yield
-    wait_until(
+    until(
         lambda: all(not t.is_alive() or t.daemon for t in set(threading.enumerate()) - before),
         "every non-daemon thread of the test ending",
     )

@@ -27,7 +27,7 @@ from tiered_cache.singleflight import FlightTable, Landing
 from tiered_cache.testing import FakeClock
 from tiered_cache.testing.buses import CuttableBus
 from tiered_cache.testing.held_loads import HeldLoads as Loads
-from tiered_cache.testing.held_loads import eventually, until
+from tiered_cache.testing.polling import async_until, until
 
 STRICT = Protection.never_stale(lease="off")
 
@@ -152,10 +152,10 @@ async def test_an_async_miss_after_an_invalidation_waits_for_the_load_in_flight(
     await cache.invalidate("k")
     later = [asyncio.create_task(read("new")) for _ in range(2)]
     flights = cache._loader.flights
-    await eventually(lambda: len(started) > 1 or waiters(flights, "k") >= 2, "they decided")
+    await async_until(lambda: len(started) > 1 or waiters(flights, "k") >= 2, "they decided")
     assert started == ["old"]
     gates["old"].set()
-    await eventually(lambda: len(started) > 1, "the later misses' load started")
+    await async_until(lambda: len(started) > 1, "the later misses' load started")
     assert started == ["old", "new"]
     gates["new"].set()
     expected: object = {"k": "new"} if batch else "new"

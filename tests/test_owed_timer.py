@@ -18,8 +18,8 @@ from tiered_cache.owed import OwedDeletes
 from tiered_cache.owed_timer import MIN_RETRY, RETRY, PaymentTask, PaymentThread, PaymentTimer
 from tiered_cache.steps import run
 from tiered_cache.testing.clock import FakeClock
-from tiered_cache.testing.held_loads import eventually, until
 from tiered_cache.testing.interrupts import Interrupted
+from tiered_cache.testing.polling import async_until, until
 
 from .test_owed import Payee, announced
 
@@ -205,7 +205,7 @@ def test_a_loop_closed_by_hand_with_a_run_waiting_says_what_it_left_behind(
 
     async def arm_and_let_it_try() -> None:
         task.arm()
-        await eventually(lambda: len(tries.at) == 1, "the first try")
+        await async_until(lambda: len(tries.at) == 1, "the first try")
 
     loop = asyncio.new_event_loop()
     loop.run_until_complete(arm_and_let_it_try())

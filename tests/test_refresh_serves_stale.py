@@ -24,12 +24,8 @@ from tiered_cache import AsyncTieredCache, MemoryTier, TieredCache
 from tiered_cache.protection import Protection
 from tiered_cache.testing import FakeClock
 from tiered_cache.testing.held_loads import HeldLoads as Loads
-from tiered_cache.testing.held_loads import (
-    eventually,
-    start_async_refresh,
-    start_refresh,
-    until,
-)
+from tiered_cache.testing.held_loads import start_async_refresh, start_refresh
+from tiered_cache.testing.polling import async_until, until
 
 SERVE_STALE = Protection(max_stale=30, lease="off", early_refresh_beta=0.0)
 READERS = 5
@@ -126,7 +122,7 @@ def test_async_readers_get_the_stale_copy_while_a_refresh_loads_and_fails() -> N
                 for _ in range(READERS)
             ]
             try:
-                await eventually(
+                await async_until(
                     lambda: all(r.done() for r in readers),
                     "every reader served while the refresh loads",
                 )
@@ -163,7 +159,7 @@ def test_an_async_reader_with_nothing_to_serve_joins_the_refresh_and_loads_nothi
         async with async_refreshing() as (cache, clock, loads):
             leave_nothing_to_serve(cache, clock, how)
             reader = asyncio.create_task(cache.get("k", loads.async_loader("r")))
-            await eventually(lambda: waiters(cache) == 1, "the reader joined the refresh")
+            await async_until(lambda: waiters(cache) == 1, "the reader joined the refresh")
             loads.release("refresh")
             assert await asyncio.wait_for(reader, 10) == "refresh"
             assert loads.started == ["v1", "refresh"]
@@ -197,7 +193,7 @@ def test_an_async_reader_after_an_invalidation_is_served_neither_stale_nor_refre
         async with async_refreshing() as (cache, _, loads):
             await cache.invalidate("k")
             reader = asyncio.create_task(cache.get("k", loads.async_loader("new")))
-            await eventually(lambda: waiters(cache) == 1, "the reader waits behind the refresh")
+            await async_until(lambda: waiters(cache) == 1, "the reader waits behind the refresh")
             assert loads.started == ["v1", "refresh"]
             loads.release("refresh")
             loads.release("new")

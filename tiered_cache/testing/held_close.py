@@ -9,7 +9,7 @@ import threading
 
 from ..chain import TieredCache
 from .clock import FakeClock
-from .held_loads import until
+from .polling import until
 from .sources import DictSource
 
 

@@ -7,11 +7,11 @@ loads began, in order) and :attr:`HeldLoads.most` (the most that ran at once).
 
 from __future__ import annotations
 
-import asyncio
 import threading
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
+
+from .polling import async_eventually, async_until, until
 
 if TYPE_CHECKING:
     from tiered_cache import AsyncTieredCache, TieredCache
@@ -61,9 +61,7 @@ class HeldLoads:
     def async_loader(self, value: str) -> Callable[[], Awaitable[str]]:
         async def load() -> str:
             gate = self.begin(value)
-            deadline = time.monotonic() + 10
-            while not gate.is_set() and time.monotonic() < deadline:
-                await asyncio.sleep(0.001)
+            await async_eventually(gate.is_set, every=0.001)
             return self.end(value)
 
         return load
@@ -75,22 +73,6 @@ class HeldLoads:
                 self.failing.add(value)
             gate = self.gates.setdefault(value, threading.Event())
         gate.set()
-
-
-def until(condition: Callable[[], bool], what: str) -> None:
-    """Poll ``condition`` (another thread's progress); fail after 10 s of waiting."""
-    deadline = time.monotonic() + 10
-    while not condition():
-        assert time.monotonic() < deadline, f"never: {what}"
-        time.sleep(0.001)
-
-
-async def eventually(condition: Callable[[], bool], what: str) -> None:
-    """Let the loop run until ``condition``; fail after 10 s of waiting."""
-    deadline = time.monotonic() + 10
-    while not condition():
-        assert time.monotonic() < deadline, f"never: {what}"
-        await asyncio.sleep(0.001)
 
 
 def start_refresh(cache: TieredCache, clock: FakeClock, loads: HeldLoads, stale_in: float) -> None:
@@ -111,4 +93,4 @@ async def start_async_refresh(
     assert await cache.get("k", loads.async_loader("v1")) == "v1"
     clock.advance(stale_in)
     assert await cache.get("k", loads.async_loader("refresh")) == "v1"
-    await eventually(lambda: loads.started == ["v1", "refresh"], "the refresh started")
+    await async_until(lambda: loads.started == ["v1", "refresh"], "the refresh started")

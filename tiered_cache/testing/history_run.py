@@ -39,6 +39,7 @@ from .history import CheckResult, History, Read, Violation, Write, check
 from .history_schedule import Fault, Op, Schedule, ScheduleShape, save
 from .history_source import StoreClient, StoreServer
 from .history_worker import Record, worker_main
+from .polling import eventually
 from .servers import FaultProxy, RedisServer
 
 #: Counters of ``stats()`` that say a chain met a failure: the contract's weaker bound applies.
@@ -400,7 +401,7 @@ class HistoryRig:
         others = [worker for index, worker in enumerate(self.workers) if index != sender]
         before = [worker.ask("stats")["bus_received"] for worker in others]
         self.workers[sender].ask("probe", f"probe:{uuid.uuid4().hex}")
-        return _eventually(
+        return eventually(
             lambda: all(
                 worker.ask("stats")["bus_received"] > seen
                 for worker, seen in zip(others, before, strict=True)
@@ -495,15 +496,6 @@ def _increase(before: list[dict[str, int]], after: list[dict[str, int]]) -> dict
             if value > old.get(name, 0):
                 grown[name] = grown.get(name, 0) + value - old.get(name, 0)
     return grown
-
-
-def _eventually(check_: Callable[[], bool], within: float) -> bool:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if check_():
-            return True
-        time.sleep(0.01)
-    return check_()
 
 
 @dataclass

@@ -3,8 +3,6 @@ first subscription held back, cut, or let through)."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from typing import Any
 
 from tiered_cache.testing.bus_chains import bus_chain_settings
@@ -19,13 +17,3 @@ PATIENT = {"health_check_interval": "1s", "timeout": "60s", "max_stale_when_disc
 def held_settings(url: str, namespace: str, proxy: FaultProxy) -> dict[str, Any]:
     """A chain whose bus (only) goes through ``proxy``."""
     return bus_chain_settings(url, namespace, bus={**PATIENT, "url": proxy.url("redis")})
-
-
-def eventually(check: Callable[[], bool], within: float = 10.0) -> bool:
-    """Whether ``check`` holds within ``within`` seconds (polled every 10 ms)."""
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.01)
-    return bool(check())

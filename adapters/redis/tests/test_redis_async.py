@@ -22,6 +22,7 @@ from tiered_cache.testing import FakeClock
 from tiered_cache.testing.async_conformance import AsyncTierConformance
 from tiered_cache.testing.fleet import run_fleet
 from tiered_cache.testing.interrupts import Interrupted
+from tiered_cache.testing.polling import async_until
 from tiered_cache.testing.servers import RedisCluster, RedisServer
 from tiered_cache.tier import MISSING, Entry
 
@@ -104,14 +105,6 @@ async def test_a_thousand_misses_in_one_loop_load_once_and_fill_redis(
     await cache.aclose()
 
 
-async def until(condition: Callable[[], bool], within: float = 10.0) -> None:
-    """Wait for ``condition`` (fixed sleeps were too short on a loaded machine)."""
-    deadline = asyncio.get_running_loop().time() + within
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "the condition never held"
-        await asyncio.sleep(0.005)
-
-
 @pytest.mark.anyio
 async def test_two_chains_share_one_load_through_the_redis_lease(
     redis_server: RedisServer, namespace: str
@@ -128,10 +121,10 @@ async def test_two_chains_share_one_load_through_the_redis_lease(
         return "value"
 
     one = asyncio.create_task(first.get("k", lambda: load("first")))
-    await until(lambda: loads == ["first"])  # the first chain holds the lease and loads
+    await async_until(lambda: loads == ["first"], "the first chain holds the lease and loads")
     two = asyncio.create_task(second.get("k", lambda: load("second")))
     # the second looks, finds the lease held, and waits (counted as it starts waiting)
-    await until(lambda: second.stats()["lease_waits"] == 1)
+    await async_until(lambda: second.stats()["lease_waits"] == 1, "the second waits")
     gate.set()
     assert await asyncio.gather(one, two) == ["value", "value"]
     assert loads == ["first"]

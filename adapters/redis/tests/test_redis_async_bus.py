@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import time
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -20,6 +19,7 @@ from tiered_cache_redis import AsyncRedisBus
 from tiered_cache import AsyncTieredCache, TieredCache
 from tiered_cache.testing import FakeClock
 from tiered_cache.testing.bus_chains import bus_chain_settings, subscribed_chain
+from tiered_cache.testing.polling import async_eventually
 from tiered_cache.testing.servers import FaultProxy, RedisServer
 
 #: Generous bound for "the bus has delivered" on a loaded test machine.
@@ -69,15 +69,6 @@ def sync_chain(url: str, namespace: str) -> TieredCache:
     return subscribed_chain(settings(url, namespace, None, None))
 
 
-async def eventually(check: Callable[[], Any], within: float = BUS_DELAY_BOUND) -> bool:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if await check():
-            return True
-        await asyncio.sleep(0.01)
-    return bool(await check())
-
-
 def constant(value: Any) -> Callable[[], Any]:
     async def load() -> Any:
         return value
@@ -98,7 +89,7 @@ async def test_two_async_chains_hear_each_others_writes(
     async def b_has_new() -> bool:
         return await b.get("k", constant("never")) == "new"
 
-    assert await eventually(b_has_new)
+    assert await async_eventually(b_has_new, BUS_DELAY_BOUND)
     assert b.stats()["bus_received"] >= 1
     assert a.stats()["bus_sent"] == 1
     await a.invalidate_prefix("k")
@@ -106,7 +97,7 @@ async def test_two_async_chains_hear_each_others_writes(
     async def b_reloads() -> bool:
         return await b.get("k", constant("reloaded")) == "reloaded"
 
-    assert await eventually(b_reloads)
+    assert await async_eventually(b_reloads, BUS_DELAY_BOUND)
     await a.aclose()
     await b.aclose()
 
@@ -124,13 +115,13 @@ async def test_a_sync_and_an_async_chain_hear_each_other(
     async def aio_has_a1() -> bool:
         return await aio.get("a", constant("never")) == "a1"
 
-    assert await eventually(aio_has_a1)
+    assert await async_eventually(aio_has_a1, BUS_DELAY_BOUND)
     await aio.set("b", "b1")
 
     async def threaded_has_b1() -> bool:
         return threaded.get("b", lambda: "never") == "b1"
 
-    assert await eventually(threaded_has_b1)
+    assert await async_eventually(threaded_has_b1, BUS_DELAY_BOUND)
     assert aio.stats().get("bus_gaps", 0) == threaded.stats().get("bus_gaps", 0) == 0
     await aio.aclose()
     await asyncio.to_thread(threaded.close)
@@ -156,7 +147,7 @@ async def test_a_cut_bus_connection_bypasses_memory_until_it_is_back(
         async def b_down() -> bool:
             return b.stats()["bus"] == "down"
 
-        assert await eventually(b_down, within=10)
+        assert await async_eventually(b_down, within=10)
         assert not async_bus(b).connected
         for version in range(1, 4):
             await a.set("k", f"v{version}")  # b hears nothing of these
@@ -167,14 +158,14 @@ async def test_a_cut_bus_connection_bypasses_memory_until_it_is_back(
         async def b_connected() -> bool:
             return b.stats()["bus"] == "connected"
 
-        assert await eventually(b_connected, within=10)
+        assert await async_eventually(b_connected, within=10)
         assert await b.get("k", constant("never")) == "v3"
         await a.set("k", "v4")
 
         async def b_has_v4() -> bool:
             return await b.get("k", constant("never")) == "v4"
 
-        assert await eventually(b_has_v4)
+        assert await async_eventually(b_has_v4, BUS_DELAY_BOUND)
         assert b.stats()["bus_disconnects"] == 1
         await a.aclose()
         await b.aclose()
@@ -203,7 +194,7 @@ async def test_concurrent_writers_reach_the_others_in_the_order_they_were_number
 
     try:
         await asyncio.gather(*(write(f"w{number}") for number in range(writers)))
-        assert await eventually(all_heard)
+        assert await async_eventually(all_heard, BUS_DELAY_BOUND)
         assert writer.stats()["bus_sent"] == writers * per_writer
         assert receiver.stats().get("bus_gaps", 0) == 0
     finally:  # left open, their connections were collected in the next test, with warnings
@@ -239,7 +230,7 @@ async def test_writers_during_a_stall_try_the_bus_once_and_skip_it_during_the_co
         async def connected() -> bool:
             return cache.stats()["bus"] == "connected"
 
-        assert await eventually(connected)
+        assert await async_eventually(connected, BUS_DELAY_BOUND)
         await cache.set("after", 1)
         # The deletes the stall left owed are paid first and announced again: one message more.
         assert (cache.stats()["bus_sent"], cache.stats()["bus_publish_skipped"]) == (3, 7)
@@ -284,7 +275,7 @@ def test_a_chain_built_outside_a_loop_listens_from_its_first_miss(
         async def heard() -> bool:
             return await cache.get("k", constant("never")) == "v1"
 
-        assert await eventually(heard)
+        assert await async_eventually(heard, BUS_DELAY_BOUND)
         await cache.aclose()
 
     asyncio.run(main())
@@ -327,7 +318,7 @@ def test_a_chain_whose_listening_loop_ended_serves_no_copy_it_did_not_hear_about
         async def listening_again() -> bool:
             return cache.stats()["bus"] == "connected" and bus.connected
 
-        assert await eventually(listening_again, within=10)
+        assert await async_eventually(listening_again, within=10)
         assert cache.stats()["bus_disconnects"] == 1  # one period down, from the loop's end
         assert await cache.get("k", source) == "v1"
         await cache.invalidate("other")  # its publisher works on this loop
@@ -337,7 +328,7 @@ def test_a_chain_whose_listening_loop_ended_serves_no_copy_it_did_not_hear_about
         async def heard() -> bool:  # the bus dropped v1 from memory: read again
             return await cache.get("k", source) == "v2"
 
-        assert await eventually(heard)
+        assert await async_eventually(heard, BUS_DELAY_BOUND)
         await cache.aclose()
 
     asyncio.run(second_job())
@@ -394,14 +385,14 @@ async def test_a_listener_cancelled_on_a_loop_that_goes_on_listens_again(
         await cache.get("k", constant("never"))
         return cache.stats()["bus"] == "connected" and bus.connected
 
-    assert await eventually(listening_again, within=10)
+    assert await async_eventually(listening_again, within=10)
     assert bus._task is not task
     await asyncio.to_thread(writer.set, "k", "v2")
 
     async def heard() -> bool:
         return await cache.get("k", constant("never")) == "v2"
 
-    assert await eventually(heard)
+    assert await async_eventually(heard, BUS_DELAY_BOUND)
     assert cache.stats()["bus_disconnects"] == 1
     await cache.aclose()
     await asyncio.to_thread(writer.close)

@@ -13,9 +13,10 @@ from __future__ import annotations
 import threading
 
 from tiered_cache import TieredCache
+from tiered_cache.testing.polling import eventually
 from tiered_cache.testing.servers import FaultProxy, RedisServer
 
-from .held_bus import eventually, held_settings
+from .held_bus import held_settings
 
 #: Longer than the close ever waited, shorter than the bus's timeout (``PATIENT``: 60 s).
 HELD = 30.0

@@ -18,9 +18,10 @@ from tiered_cache import AsyncTieredCache, MemoryTier, TieredCache
 from tiered_cache.testing.bus_chains import bus_chain_settings, subscribed_chain
 from tiered_cache.testing.forked import in_a_child
 from tiered_cache.testing.loops import collected_unclosed
+from tiered_cache.testing.polling import eventually
 from tiered_cache.testing.servers import FaultProxy, RedisServer
 
-from .held_bus import eventually, held_settings
+from .held_bus import held_settings
 
 
 def test_a_second_chain_joining_a_shared_bus_while_it_is_down_is_told_so(

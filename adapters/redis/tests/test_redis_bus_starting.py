@@ -22,9 +22,10 @@ from tiered_cache_redis.bus import RedisBus
 from tiered_cache import AsyncTieredCache, MemoryTier, TieredCache
 from tiered_cache.testing.bus_chains import bus_chain_settings, subscribed_chain
 from tiered_cache.testing.loops import collected_unclosed
+from tiered_cache.testing.polling import eventually
 from tiered_cache.testing.servers import FaultProxy, RedisServer
 
-from .held_bus import eventually, held_settings
+from .held_bus import held_settings
 
 HELD = 60.0
 #: The chain's warnings about its bus (the listener's own are the adapter's logger).

@@ -29,21 +29,13 @@ from tiered_cache import MISSING, MemoryTier, TieredCache
 from tiered_cache.breaker import CircuitBreakerTier
 from tiered_cache.policy import TinyLfuPolicy
 from tiered_cache.testing.clock import FakeClock
+from tiered_cache.testing.polling import eventually
 from tiered_cache.testing.servers import RedisServer
 from tiered_cache.testing.sources import DictSource
 from tiered_cache.tier import Entry, MissingType
 
 #: Generous bound for "the bus has delivered" (measured by benchmarks/bench_bus_delay.py).
 BUS_DELAY_BOUND = 2.0
-
-
-def eventually(check: Callable[[], bool], within: float = BUS_DELAY_BOUND) -> bool:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.01)
-    return check()
 
 
 def chain(
@@ -123,7 +115,7 @@ def test_a_prefix_invalidation_or_clear_during_a_slow_load_keeps_the_old_value_o
     else:
         writer.clear()
     if bus:  # the reader hears of it before its load finishes
-        assert eventually(lambda: reader.stats()["bus_received"] >= 1)
+        assert eventually(lambda: reader.stats()["bus_received"] >= 1, BUS_DELAY_BOUND)
     may_finish.set()
     thread.join(10)
     assert got == ["old"]  # the caller that asked before the write may see the old value
@@ -220,7 +212,7 @@ def test_concurrent_sets_from_two_chains_leave_no_tier_behind_the_source(
             held = [in_redis(chains[0], key)] + [in_memory(cache, key) for cache in chains]
             return all(value is MISSING or value == truth for value in held)
 
-        if not eventually(coherent):
+        if not eventually(coherent, BUS_DELAY_BOUND):
             behind.append(key)
         for cache in chains:
             assert cache.get(key) == truth
@@ -362,7 +354,7 @@ def test_a_breaker_on_the_memory_tier_keeps_it_in_process_for_the_bus(
     assert in_memory(a, "k") == "old"
     source["k"] = "new"
     b.set("k", "new")  # the bus tells a to drop its in-process copy
-    assert eventually(lambda: in_memory(a, "k") is MISSING)
+    assert eventually(lambda: in_memory(a, "k") is MISSING, BUS_DELAY_BOUND)
     assert a.get("k", lambda: source["k"]) == "new"
     a.close()
     b.close()

@@ -29,8 +29,8 @@ from tiered_cache.testing.held_close import (
     until_the_close_waits,
     waiting_in,
 )
-from tiered_cache.testing.held_loads import until
 from tiered_cache.testing.interrupts import Interrupted, interrupting
+from tiered_cache.testing.polling import until
 from tiered_cache.testing.servers import RedisServer
 
 from .server_connections import no_connection_opened_since

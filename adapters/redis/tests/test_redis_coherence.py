@@ -25,6 +25,7 @@ from tiered_cache import TieredCache
 from tiered_cache.errors import ConfigError
 from tiered_cache.testing import FakeClock
 from tiered_cache.testing.forked import ForkedChild
+from tiered_cache.testing.polling import eventually
 from tiered_cache.testing.servers import FaultProxy, RedisServer, resp_command
 from tiered_cache.tier import Entry
 
@@ -62,15 +63,6 @@ def chain(
     return cache
 
 
-def eventually(check: Callable[[], bool], within: float = BUS_DELAY_BOUND) -> bool:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.01)
-    return check()
-
-
 def test_the_bus_is_on_by_default_with_memory_and_redis(
     redis_server: RedisServer, namespace: str
 ) -> None:
@@ -96,10 +88,10 @@ def test_a_write_reaches_the_other_chains_memory(redis_server: RedisServer, name
     assert b.get("k", lambda: "never") == "old"  # from b's memory
     source["k"] = "new"
     a.set("k", "new")
-    assert eventually(lambda: b.get("k", lambda: "never") == "new")
+    assert eventually(lambda: b.get("k", lambda: "never") == "new", BUS_DELAY_BOUND)
     assert b.stats()["bus_received"] >= 1
     a.invalidate_prefix("k")
-    assert eventually(lambda: b.get("k", lambda: "reloaded") == "reloaded")
+    assert eventually(lambda: b.get("k", lambda: "reloaded") == "reloaded", BUS_DELAY_BOUND)
     a.close()
     b.close()
 
@@ -124,7 +116,7 @@ def test_a_cut_bus_connection_bypasses_memory_until_it_is_back(
         assert eventually(lambda: b.stats()["bus"] == "connected", within=10)
         assert b.get("k", lambda: "never") == "v3"
         a.set("k", "v4")
-        assert eventually(lambda: b.get("k", lambda: "never") == "v4")
+        assert eventually(lambda: b.get("k", lambda: "never") == "v4", BUS_DELAY_BOUND)
         a.close()
         b.close()
 

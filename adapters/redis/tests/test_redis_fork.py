@@ -26,6 +26,7 @@ from tiered_cache.forking import restart_after_fork
 from tiered_cache.testing.async_conformance import LoopThread
 from tiered_cache.testing.forked import ForkedChild, in_a_child, refusals
 from tiered_cache.testing.gates import Held
+from tiered_cache.testing.polling import async_eventually
 from tiered_cache.testing.servers import RedisCluster, RedisServer
 from tiered_cache.testing.sources import DictSource
 from tiered_cache.tier import MISSING, Entry, MissingType
@@ -217,20 +218,6 @@ def constant(value: str) -> Callable[[], Any]:
         return value
 
     return load
-
-
-async def async_eventually(check: Callable[[], Any], within: float = 10.0) -> bool:
-    """``check()`` (or its awaited result) turned true within ``within`` seconds (a bound
-    against hanging, not a measure)."""
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return True
-        await asyncio.sleep(0.01)
-    return False
 
 
 class SlowToRestart:

@@ -37,8 +37,8 @@ from tiered_cache.settings import BreakerSettings
 from tiered_cache.testing.buses import CuttableBus
 from tiered_cache.testing.clock import FakeClock
 from tiered_cache.testing.forked import in_a_child
-from tiered_cache.testing.held_loads import eventually, until
 from tiered_cache.testing.interrupts import Interrupted, interrupting
+from tiered_cache.testing.polling import async_until, until
 from tiered_cache.testing.servers import FaultProxy, RedisServer
 from tiered_cache.testing.sources import AsyncDictSource, DictSource
 from tiered_cache.tier import MissingType
@@ -489,7 +489,7 @@ async def test_an_async_debt_is_paid_while_the_writer_reads_only_its_memory(
     clock.advance(5.0)
     for _ in range(3):
         assert await writer.get("k") == "new"  # memory answers
-    await eventually(lambda: payments(writer) == 1, "the timer's payment")
+    await async_until(lambda: payments(writer) == 1, "the timer's payment")
     assert value(raw.get("k")) != "old"  # failed before the timer: 'old'
     assert await reader.get("k") == "new"
     raw.close()
@@ -595,12 +595,12 @@ async def test_an_async_payment_whose_trial_fails_is_made_at_the_next_cool_downs
     clock, writer, reader, raw = await async_stale_fill(redis_server, proxy, namespace)
     assert await writer.get("k") == "new"
     clock.advance(5.0)
-    await eventually(lambda: opened(writer) == 2, "the timer's trial failed")
+    await async_until(lambda: opened(writer) == 2, "the timer's trial failed")
     assert payments(writer) == 0
     assert value(raw.get("k")) == "old"
     proxy.restore()
     clock.advance(5.0)
-    await eventually(lambda: payments(writer) == 1, "the timer's second try")
+    await async_until(lambda: payments(writer) == 1, "the timer's second try")
     assert value(raw.get("k")) is MISSING
     assert await reader.get("k") == "new"
     raw.close()
@@ -708,7 +708,7 @@ def test_an_async_timer_left_on_a_loop_that_ended(
         await owe("j")  # a later loop: the first loop's run ended with it, this one starts
         proxy.restore()
         clock.advance(5.0)
-        await eventually(lambda: payments(writer) == 1, "the later loop's timer paid")
+        await async_until(lambda: payments(writer) == 1, "the later loop's timer paid")
         assert value(raw.get("k")) is MISSING and value(raw.get("j")) is MISSING
         await writer.aclose()
         await reader.aclose()
@@ -734,7 +734,7 @@ def test_an_async_debt_whose_loop_ended_is_paid_on_the_next_loop_that_meets_it(
         clock.advance(5.0)
         for _ in range(3):
             assert await writer.get("k") == "new"  # memory answers
-        await eventually(lambda: payments(writer) == 1, "the payment of the debt it met")
+        await async_until(lambda: payments(writer) == 1, "the payment of the debt it met")
         assert value(raw.get("k")) is MISSING
         assert await reader.get("k") == "new"
         await reader.aclose()
@@ -1105,7 +1105,7 @@ def test_an_async_debt_kept_past_its_loop_is_paid_by_the_next_loops_memory_read_
     async def memory_reads() -> None:
         clock.advance(5.0)
         assert await writer.get("j") == "j"
-        await eventually(lambda: payments(writer) == 1, "the payment of the debt it met")
+        await async_until(lambda: payments(writer) == 1, "the payment of the debt it met")
         await writer.aclose()
 
     asyncio.run(memory_reads())

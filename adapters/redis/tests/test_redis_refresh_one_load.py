@@ -24,8 +24,8 @@ from tiered_cache.protection import Protection
 from tiered_cache.singleflight import FlightTable, Landing
 from tiered_cache.testing import FakeClock
 from tiered_cache.testing.held_loads import HeldLoads as Loads
-from tiered_cache.testing.held_loads import eventually as async_until
-from tiered_cache.testing.held_loads import start_async_refresh, start_refresh, until
+from tiered_cache.testing.held_loads import start_async_refresh, start_refresh
+from tiered_cache.testing.polling import async_until, until
 from tiered_cache.testing.servers import RedisServer
 
 TTL = 60.0

@@ -223,7 +223,12 @@ async def test_the_tiers_of_an_async_cache_from_config_are_async_all_the_way(
         namespace=namespace,
         tiers=[
             {"kind": "memory", "max_entries": 100},
-            {"kind": "redis", "url": redis_server.url, "breaker": {"failure_threshold": 2}},
+            {
+                "kind": "redis",
+                "url": redis_server.url,
+                "timeout": "2s",
+                "breaker": {"failure_threshold": 2},
+            },
         ],
     )
     tier = cache.tiers[1]
@@ -306,7 +311,7 @@ async def test_a_key_that_is_not_a_str_is_refused_before_any_tier_is_asked(
     every other key of the process then went past Redis to the source."""
     settings = {
         "namespace": namespace,
-        "tiers": [{"kind": "memory"}, {"kind": "redis", "url": redis_server.url}],
+        "tiers": [{"kind": "memory"}, {"kind": "redis", "url": redis_server.url, "timeout": "2s"}],
     }
     threaded = TieredCache.from_config(**settings)
     cache = AsyncTieredCache.from_config(**settings)

@@ -130,7 +130,10 @@ async def test_a_batch_loader_raising_generator_exit_gives_its_leases_back(
     as a first version of the steps' driver did, its two leases stayed until ``lease_ttl``
     and the next ``get_many`` of its keys waited for them.)"""
     cache = AsyncTieredCache(
-        [MemoryTier(), AsyncRedisTier(make_async_client(redis_server.url), namespace=namespace)],
+        [
+            MemoryTier(),
+            AsyncRedisTier(make_async_client(redis_server.url, timeout=2.0), namespace=namespace),
+        ],
         namespace=namespace,
         protection=Protection.never_stale(lease_ttl=30.0, lease_wait=30.0, lease_poll=0.01),
     )

@@ -61,7 +61,7 @@ async def test_a_burst_of_lease_calls_uses_one_connection(
 async def test_two_callers_of_a_key_in_one_tick_never_both_get_its_lease(
     redis_server: RedisServer, namespace: str
 ) -> None:
-    tier = AsyncRedisTier(make_async_client(redis_server.url), namespace=namespace)
+    tier = AsyncRedisTier(make_async_client(redis_server.url, timeout=2.0), namespace=namespace)
     await tier.set("held", Entry("old", 0.0))
     looks = await asyncio.gather(
         tier.acquire_lease("a", 5.0),
@@ -85,7 +85,7 @@ async def test_fills_of_one_tick_land_only_under_their_own_token(
 ) -> None:
     """Fills gathered in one batch, two of them for the same key: each is judged on its own
     token, as it would be alone."""
-    tier = AsyncRedisTier(make_async_client(redis_server.url), namespace=namespace)
+    tier = AsyncRedisTier(make_async_client(redis_server.url, timeout=2.0), namespace=namespace)
     (a, _), (b, _) = await asyncio.gather(
         tier.acquire_lease("a", 5.0), tier.acquire_lease("b", 5.0)
     )
@@ -111,7 +111,7 @@ async def test_fills_of_one_tick_land_only_under_their_own_token(
 async def test_a_value_the_codec_cannot_hold_fails_its_own_fill_only(
     redis_server: RedisServer, namespace: str
 ) -> None:
-    tier = AsyncRedisTier(make_async_client(redis_server.url), namespace=namespace)
+    tier = AsyncRedisTier(make_async_client(redis_server.url, timeout=2.0), namespace=namespace)
     (a, _), (b, _) = await asyncio.gather(
         tier.acquire_lease("a", 5.0), tier.acquire_lease("b", 5.0)
     )
@@ -154,7 +154,7 @@ async def test_a_failed_lease_batch_is_a_failure_for_each_of_its_callers(
 async def test_the_lease_calls_gathered_by_a_cancelled_caller_are_still_answered(
     redis_server: RedisServer, namespace: str
 ) -> None:
-    tier = AsyncRedisTier(make_async_client(redis_server.url), namespace=namespace)
+    tier = AsyncRedisTier(make_async_client(redis_server.url, timeout=2.0), namespace=namespace)
     first = asyncio.create_task(tier.acquire_lease("a", 5.0))
     others = [asyncio.create_task(tier.acquire_lease(key, 5.0)) for key in ("b", "c")]
     await asyncio.sleep(0)  # the three have started: the first leads, the others wait on it

@@ -63,7 +63,7 @@ def warmed(
 
 def old_in_redis(server: RedisServer, namespace: str, keys: list[str] = KEYS) -> list[str]:
     """The keys whose Redis copy still holds the value from before the writes."""
-    tier = AsyncRedisTier(make_async_client(server.url), namespace=namespace)
+    tier = AsyncRedisTier(make_async_client(server.url, timeout=2.0), namespace=namespace)
     client = redis.Redis.from_url(server.url)
     try:
         return [

@@ -159,7 +159,10 @@ def test_a_loop_closed_by_hand_leaves_the_next_loop_no_error(
     says why) and opens its own; the bus listens again on it."""
     cache = AsyncTieredCache.from_config(
         namespace=namespace,
-        tiers=[{"kind": "memory", "max_entries": 2}, {"kind": "redis", "url": redis_server.url}],
+        tiers=[
+            {"kind": "memory", "max_entries": 2},
+            {"kind": "redis", "url": redis_server.url, "timeout": "2s"},
+        ],
         bus={"kind": "redis", "url": redis_server.url},
     )
     link = cache._bus_link

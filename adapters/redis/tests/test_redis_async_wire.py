@@ -25,9 +25,9 @@ def anyio_backend() -> str:
 async def test_plain_clients_read_near_the_wire_others_through_redis_asyncio(
     redis_server: RedisServer, redis_cluster: RedisCluster
 ) -> None:
-    pooled = make_async_client(redis_server.url)
+    pooled = make_async_client(redis_server.url, timeout=2.0)
     single = aioredis.Redis.from_url(redis_server.url, single_connection_client=True)
-    cluster = make_async_client(redis_cluster.url, cluster=True)
+    cluster = make_async_client(redis_cluster.url, cluster=True, timeout=2.0)
     assert isinstance(async_reads_for(pooled), AsyncWireReader)
     assert isinstance(async_reads_for(single), AsyncClientReads)  # one socket under its lock
     assert isinstance(async_reads_for(cluster), AsyncClientReads)
@@ -171,7 +171,7 @@ async def test_the_reads_gathered_by_a_cancelled_read_are_still_answered(
 ) -> None:
     """The first GET of a tick sends the others' names too; cancelled (its caller went away)
     before it sent them, the others are answered all the same, not cancelled with it."""
-    tier = AsyncRedisTier(make_async_client(redis_server.url), namespace=namespace)
+    tier = AsyncRedisTier(make_async_client(redis_server.url, timeout=2.0), namespace=namespace)
     await tier.set_many({"a": Entry("A", 0.0), "b": Entry("B", 0.0)})
     first = asyncio.create_task(tier.get("a"))
     others = [asyncio.create_task(tier.get(key)) for key in ("a", "b")]

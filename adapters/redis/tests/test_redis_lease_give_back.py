@@ -1155,12 +1155,12 @@ async def test_a_closed_async_tier_sends_no_lease_script(
     """The asyncio tier's twin of :func:`test_a_closed_tier_sends_no_lease_script`."""
     from tiered_cache_redis import AsyncRedisTier, make_async_client
 
-    tier = AsyncRedisTier(make_async_client(redis_server.url), namespace=namespace)
+    tier = AsyncRedisTier(make_async_client(redis_server.url, timeout=2.0), namespace=namespace)
     for _ in range(2):  # the second time, the scripts are registered
         token, _ = await tier.acquire_lease("k", 30.0)
         assert token is not None
         await tier.release_lease("k", token)
-    holder = AsyncRedisTier(make_async_client(redis_server.url), namespace=namespace)
+    holder = AsyncRedisTier(make_async_client(redis_server.url, timeout=2.0), namespace=namespace)
     token, _ = await holder.acquire_lease("k", 30.0)  # see the sync test
     assert token is not None
     await tier.aclose()

@@ -55,6 +55,8 @@ def check_keys(keys: Iterable[Any], utf8_for: str | None = None) -> None:
     path decoded with ``surrogateescape``). A tier would fail on either and count that as its
     own failure (enough of them open its circuit breaker for every key); the caller's mistake
     is the caller's error, the same on every face and every call."""
+    if type(keys) is list and _plain(keys):
+        return
     for key in keys:
         if not isinstance(key, str):
             raise TypeError(
@@ -66,6 +68,17 @@ def check_keys(keys: Iterable[Any], utf8_for: str | None = None) -> None:
                 key.encode("utf-8")
             except UnicodeEncodeError as exc:
                 raise _unencodable(key, exc, utf8_for) from None
+
+
+def _plain(keys: list[Any]) -> bool:
+    """Whether every one of ``keys`` is a ``str`` of ASCII characters, checked in two C calls
+    (a batch's keys nearly always are; ``join`` refuses anything but a ``str``): no key then
+    needs the loop's two calls per key. False sends the batch through the loop, which names
+    the key at fault."""
+    try:
+        return "".join(keys).isascii()
+    except TypeError:
+        return False
 
 
 def _unencodable(key: str, exc: UnicodeEncodeError, tiers: str) -> UnencodableKey:

@@ -73,3 +73,31 @@ def test_a_tier_answering_a_key_not_asked_for_leaves_no_asked_key_unserved(
 
     assert cache.get_many(["a", "b"], loader) == {"a": "held", "b": "loaded"}
     assert loaded == [["b"]]
+
+
+class WrittenMeanwhile(MemoryTier):
+    """A memory tier into which a write of the first key asked lands between the batch's mark
+    and its read (another thread's ``set``, made here at the read)."""
+
+    cache: TieredCache
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, Entry]:
+        self.cache.set(keys[0], "new")
+        return super().get_many(keys)
+
+
+def test_a_batch_served_by_the_first_tier_fills_nothing_and_refuses_nothing(
+    clock: FakeClock,
+) -> None:
+    """As a ``get`` served by the first tier: nothing to copy, so no fill to refuse, even when
+    a write of the key came since the batch's mark."""
+    tier = WrittenMeanwhile(name="l1", max_entries=100, ttl=60, clock=clock)
+    cache = TieredCache([tier], clock=clock)
+    tier.cache = cache
+    cache.set("b", "old")
+    assert cache.get_many(["a", "b"], lambda keys: dict.fromkeys(keys, "loaded")) == {
+        "a": "new",
+        "b": "old",
+    }
+    assert cache.stats()["fills_refused"] == 0
+    assert cache.get("a") == "new"

@@ -61,6 +61,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_local_hit.py
 	$(BIN)/python benchmarks/bench_memory_tier.py --rounds 5 --skip-memory
 	$(BIN)/python benchmarks/bench_redis.py --quick
+	$(BIN)/python benchmarks/bench_get_many_parts.py --rounds 10
 	$(BIN)/python benchmarks/bench_redis_steps.py --rounds 5
 	$(BIN)/python benchmarks/bench_bus_delay.py --writes 100
 	$(BIN)/python benchmarks/bench_dynamodb_batch.py --rounds 3

@@ -12,7 +12,12 @@ from __future__ import annotations
 
 import threading
 
+import redis
+from tiered_cache_redis.bus import RedisBus
+from tiered_cache_redis.listening import Health
+
 from tiered_cache import TieredCache
+from tiered_cache.bus import BusListener, Invalidation
 from tiered_cache.testing.polling import eventually
 from tiered_cache.testing.servers import FaultProxy, RedisServer
 
@@ -20,6 +25,12 @@ from .held_bus import held_settings
 
 #: Longer than the close ever waited, shorter than the bus's timeout (``PATIENT``: 60 s).
 HELD = 30.0
+
+
+class Silent(BusListener):
+    """A listener that hears nothing worth keeping."""
+
+    def on_message(self, message: Invalidation) -> None: ...
 
 
 def chain_threads() -> set[threading.Thread]:
@@ -53,4 +64,23 @@ def test_two_closes_while_the_subscription_is_held_leave_no_thread(
     for closer in closers:
         closer.join(HELD / 2)
     assert not any(closer.is_alive() for closer in closers)
+    assert chain_threads() - before == set()
+
+
+def test_a_bus_on_a_blocking_pool_closed_while_held_leaves_no_thread(proxy: FaultProxy) -> None:
+    """``RedisBus``'s ``connect`` may make any redis-py client: one on a blocking pool (as
+    the tier's own ``make_client``) has no ``_in_use_connections``. The close's wake raised
+    ``AttributeError``, the listener left running and the publisher not closed."""
+    url = proxy.url("redis")
+
+    def connect() -> redis.Redis:
+        pool = redis.BlockingConnectionPool.from_url(url, socket_timeout=60.0)
+        return redis.Redis.from_pool(pool)
+
+    before = chain_threads()
+    bus = RedisBus(connect, "held", health=Health(interval=1.0, timeout=60.0))
+    proxy.delay(HELD)
+    bus.subscribe(Silent())
+    assert eventually(lambda: proxy.connections == 1)  # the listener's, its handshake held
+    bus.close()
     assert chain_threads() - before == set()

@@ -208,14 +208,21 @@ def _shut_down(client: redis.Redis) -> None:
     blocked on one (on the listener's thread) returns at once, with an error, and closes
     it itself (closed here, its descriptor could be reused under that call). The pool's
     connections, in use included: the subscription's, and one still in its handshake."""
-    pool = client.connection_pool
-    with pool._lock:
-        connections = [*pool._in_use_connections, *pool._available_connections]
-    for connection in connections:
+    for connection in _made_by(client.connection_pool):
         sock = connection._sock
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
+
+
+def _made_by(pool: Any) -> list[Any]:
+    """Every connection ``pool`` made, in use or free. redis-py lists them no public way, and
+    each of its pool kinds its own way: a blocking pool (the tier's ``make_client``'s, and
+    any a ``connect`` given to the bus may use) has no free and in-use sets."""
+    if isinstance(pool, redis.BlockingConnectionPool):
+        return list(pool._connections)
+    with pool._lock:
+        return [*pool._in_use_connections, *pool._available_connections]
 
 
 def _close(handle: tuple[redis.Redis, Any]) -> None:

@@ -247,4 +247,60 @@ def test_a_close_on_a_thread_that_took_an_ended_workers_ident_waits_for_the_clos
         source.go.set()
         first.join()
     thread.join()
+
+
+def test_two_closes_whose_threads_both_started_leave_no_close_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two ``close()`` at once, the first's thread not yet running as the second looks (it
+    is starting: a loaded machine), so each starts a close thread; the second's runs the
+    steps. Each ``close()`` returns once the thread it started has ended. Seen failing:
+    the first returned while its thread (finding the close done) still ran, a
+    ``tiered-cache-close`` thread left (adapters/redis/tests/test_redis_bus_close_held.py,
+    under load)."""
+    clock = FakeClock(1000.0)
+    memory, source = MemoryTier(policy=LruPolicy(100), clock=clock), ClosesCounted()
+    cache = TieredCache([memory], source, ttl=1.0, clock=clock)
+    starting, go, waited_for = threading.Event(), threading.Event(), threading.Event()
+    first: list[threading.Thread] = []
+    left: list[bool] = []
+
+    class FirstHeld(threading.Thread):
+        """The first close thread: held in ``start`` until ``go``, then in its run until
+        something waits for it (a thread still finishing when the close is done)."""
+
+        def start(self) -> None:
+            if not first and self.name == "tiered-cache-close":
+                first.append(self)
+                starting.set()
+                go.wait()
+            super().start()
+
+        def run(self) -> None:
+            if self in first:
+                waited_for.wait()
+            super().run()
+
+        def join(self, timeout: float | None = None) -> None:
+            if self in first:
+                waited_for.set()
+            super().join(timeout)
+
+    def first_close() -> None:
+        cache.close()
+        left.append(first[0].is_alive())
+
+    closing = threading.Thread(target=first_close)
+    monkeypatch.setattr(threading, "Thread", FirstHeld)
+    try:
+        closing.start()
+        starting.wait()
+        cache.close()  # starts a second thread (the first is not running yet), which closes
+        go.set()
+        closing.join()
+    finally:
+        monkeypatch.undo()
+        go.set()
+        waited_for.set()
+    assert left == [False]
     assert (len(memory), source.closes, cache.closed) == (0, 1, True)

@@ -12,7 +12,9 @@ own is never stopped on its way: the caller stops waiting, not the close, which 
 
 Each ``close()`` starts the thread if none is running it (a thread made by a caller that a
 signal stopped before it started it never runs); two threads started by two callers at once
-are harmless: the steps run under a lock, once.
+are harmless: the steps run under a lock, once. Every ``close()`` waits for each close thread
+running as the close is done: one that found the steps done may still be ending (a
+``close()`` that returned then left a ``tiered-cache-close`` thread running).
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ class CloseOnce:
         #: Set by the close's thread as it begins (:meth:`_start`).
         self._begun = threading.Event()
         self._thread: threading.Thread | None = None
+        #: Every close thread started (more than one when callers start them at once).
+        self._threads: list[threading.Thread] = []
         #: The thread that ran the steps (set before they begin), and what they raised.
         self._runner: threading.Thread | None = None
         self._failed: BaseException | None = None
@@ -58,6 +62,11 @@ class CloseOnce:
         runner = self._runner
         if runner is not None and runner is not here:
             runner.join()  # ended right after the steps: none left once close() returned
+        for thread in tuple(self._threads):
+            # Alive: ending (the steps are done). Not started yet: the close() starting it
+            # waits for it (where it may wait).
+            if thread is not here and thread.is_alive():
+                thread.join()
         if self._failed is not None:
             raise self._failed
 
@@ -67,6 +76,7 @@ class CloseOnce:
             return
         thread = threading.Thread(target=self._run, name="tiered-cache-close", daemon=False)
         self._thread = thread
+        self._threads.append(thread)
         try:
             thread.start()
         except RuntimeError:  # no thread can start (interpreter shutting down): run here
@@ -108,3 +118,4 @@ class CloseOnce:
             self._done.set()
         else:
             self._thread = self._runner = None
+        self._threads = []  # the parent's: none runs here

@@ -25,9 +25,11 @@ still owed in the child (the record keeps a debt until it is paid).
 A chain that closes owing makes one last try (:meth:`PaymentTimer.closing
 <tiered_cache.owed_timer.PaymentTimer.closing>`: at once, the breaker's cool-down cut short,
 bounded by the tier's timeouts) and gives up what it could not pay (:meth:`OwedDeletes.give_up`:
-logged, counted in ``deletes_owed_dropped``). An asyncio chain whose ``asyncio.run`` ends owing
-makes the same try then; what it could not pay stays owed, paid at its next call to the tier
-on a later loop, or, that call refused (the cool-down not over), by the timer on that loop.
+logged, counted in ``deletes_owed_dropped``), as it does a debt recorded after that try (a call
+in flight as the chain closed: the close does not wait for it). An asyncio chain whose
+``asyncio.run`` ends owing makes the same try then; what it could not pay stays owed, paid at
+its next call to the tier on a later loop, or, that call refused (the cool-down not over), by
+the timer on that loop.
 
 What it cannot do: a process that dies owing deletes (or whose last try fails) leaves the old
 copies to Redis's ``ttl``, as does an asyncio chain whose later loops never call the tier
@@ -101,6 +103,8 @@ class OwedDeletes:
         self._prefixes: dict[str, int] = {}
         self._everything = 0  # the count when "everything" was last owed; 0: not owed
         self._count = 0
+        #: The chain closed (:meth:`give_up`): nothing will pay what is owed from now on.
+        self._given_up = False
         self._lock = threading.Lock()
         #: Held by the one payment in flight (the others' calls are refused meanwhile).
         self._paying = threading.Lock()
@@ -144,7 +148,13 @@ class OwedDeletes:
                     self._keys.clear()
                     self._prefixes.clear()
             self.due = True
+            given_up = self._given_up
         self._metrics.count("deletes_owed", len(keys) + len(prefixes) + everything)
+        if given_up:
+            # A call in flight as the chain closed (the close does not wait for it) failed
+            # after the close's last try: nothing will pay it. Kept, it was neither counted
+            # nor logged, its copy in Redis left unseen until its ttl.
+            self.give_up()
         if overflowed:
             self._metrics.count("deletes_owed_overflows")
             log.warning(
@@ -155,9 +165,11 @@ class OwedDeletes:
             )
 
     def give_up(self) -> None:
-        """The chain closes owing deletes its last try could not make: forgotten, counted in
-        ``deletes_owed_dropped`` and logged (Redis keeps those copies until their ``ttl``)."""
+        """The chain closes, after its last try: what is owed now, and what is owed from now
+        on (:meth:`owe`), is forgotten, counted in ``deletes_owed_dropped`` and logged (Redis
+        keeps those copies until their ``ttl``)."""
         with self._lock:
+            self._given_up = True
             everything = bool(self._everything)
             dropped = len(self._keys) + len(self._prefixes) + everything
             self._keys.clear()

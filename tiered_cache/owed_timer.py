@@ -155,9 +155,10 @@ class PaymentTimer:
 
     def closing(self, pay: Callable[[], Any]) -> Steps[None]:
         """The chain closes (after :meth:`stop`, its run over): the last try, and what it
-        could not pay is given up (logged and counted: ``deletes_owed_dropped``)."""
-        if not (yield from self.last(pay)):
-            self._owed.give_up()
+        could not pay, or is owed later, is given up (logged and counted:
+        ``deletes_owed_dropped``)."""
+        yield from self.last(pay)
+        self._owed.give_up()
 
     def _goes_on(self, number: int) -> bool:
         """Whether run ``number`` goes on; it ends (in the same step) once nothing is owed:

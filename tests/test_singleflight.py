@@ -608,3 +608,16 @@ def test_a_readers_flight_is_joined_without_a_read_beside_it() -> None:
     assert flights.join_or_lead("k", tag=4) == (refresh, JOIN)
     assert refresh.waiters == 1
     flights.land_one("k", refresh, "refreshed", None)
+
+
+def test_a_batch_joins_a_refreshs_flight_as_any_other() -> None:
+    """A batch claims only keys it found nothing to serve for: a background refresh's
+    flight of one is joined (its outcome taken), never read beside nor waited behind."""
+    flights = SingleFlight()
+    refresh, _ = in_a_thread(lambda: flights.lead_after("k", tag=3))
+    led, joined, behind = flights.claim(["k", "j"], tag=4)
+    assert (list(led), joined, behind) == (["j"], {"k": refresh}, {})
+    assert refresh.waiters == 1
+    flights.land_one("k", refresh, "refreshed", None)
+    flights.land(led, {"j": "loaded"}, None)
+    assert refresh.wait(10) == "refreshed"

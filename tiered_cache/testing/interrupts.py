@@ -59,6 +59,28 @@ def interrupting() -> Iterator[Callable[[], None]]:
         signal.signal(signal.SIGUSR1, previous)
 
 
+def interrupted_when(ready: Callable[[], object], call: Callable[[], object]) -> None:
+    """Run ``call()`` in the main thread and interrupt it (:func:`interrupting`) from another
+    thread once ``ready()`` returned there (it blocks until the instant wanted: a held
+    delete reached, the close waiting); ``call()`` must raise :class:`Interrupted`."""
+    with interrupting() as interrupt:
+
+        def when_ready() -> None:
+            ready()
+            interrupt()
+
+        interrupter = threading.Thread(target=when_ready)
+        interrupter.start()
+        try:
+            call()
+        except Interrupted:
+            pass
+        else:
+            raise AssertionError(f"{call!r} returned: it was never interrupted")
+        finally:
+            interrupter.join()
+
+
 #: A trace function (``sys.settrace``'s).
 TraceFunction = Callable[[FrameType, str, object], object]
 

@@ -37,13 +37,19 @@ def chain_threads() -> set[threading.Thread]:
     return {t for t in threading.enumerate() if t.name.startswith("tiered-cache-")}
 
 
+def held_reader(redis_server: RedisServer, namespace: str, proxy: FaultProxy) -> TieredCache:
+    """A chain whose bus's first subscription is held (its listener in the handshake)."""
+    proxy.delay(HELD)
+    reader = TieredCache.from_config(**held_settings(redis_server.url, namespace, proxy))
+    assert eventually(lambda: proxy.connections == 1)  # the listener's, its handshake held
+    return reader
+
+
 def test_a_chain_closed_while_its_subscription_is_held_leaves_no_thread(
     redis_server: RedisServer, namespace: str, proxy: FaultProxy
 ) -> None:
     before = chain_threads()
-    proxy.delay(HELD)
-    reader = TieredCache.from_config(**held_settings(redis_server.url, namespace, proxy))
-    assert eventually(lambda: proxy.connections == 1)  # the listener's, its handshake held
+    reader = held_reader(redis_server, namespace, proxy)
     assert reader.stats()["bus"] == "starting"
     reader.close()
     assert chain_threads() - before == set()
@@ -55,9 +61,7 @@ def test_two_closes_while_the_subscription_is_held_leave_no_thread(
     redis_server: RedisServer, namespace: str, proxy: FaultProxy
 ) -> None:
     before = chain_threads()
-    proxy.delay(HELD)
-    reader = TieredCache.from_config(**held_settings(redis_server.url, namespace, proxy))
-    assert eventually(lambda: proxy.connections == 1)
+    reader = held_reader(redis_server, namespace, proxy)
     closers = [threading.Thread(target=reader.close) for _ in range(2)]
     for closer in closers:
         closer.start()

@@ -29,7 +29,7 @@ from tiered_cache.testing.held_close import (
     until_the_close_waits,
     waiting_in,
 )
-from tiered_cache.testing.interrupts import Interrupted, interrupting
+from tiered_cache.testing.interrupts import interrupted_when
 from tiered_cache.testing.polling import until
 from tiered_cache.testing.servers import RedisServer
 
@@ -101,17 +101,7 @@ def test_a_close_interrupted_is_finished_by_the_next_close(
     tier's and the bus's connections stayed open (``(0, ['evalsha', 'get', 'ping']) ==
     (1, [])``)."""
     refresh, source = held(redis_server.url, namespace)
-    with interrupting() as interrupt:
-
-        def interrupt_the_close() -> None:
-            until_the_close_waits()
-            interrupt()
-
-        interrupter = threading.Thread(target=interrupt_the_close)
-        interrupter.start()
-        with pytest.raises(Interrupted):
-            refresh.cache.close()
-        interrupter.join()
+    interrupted_when(until_the_close_waits, refresh.cache.close)
     refresh.go.set()
     refresh.cache.close()
     assert (source.closes, left_open(watch)) == (1, [])

@@ -37,7 +37,7 @@ from tiered_cache.settings import BreakerSettings
 from tiered_cache.testing.buses import CuttableBus
 from tiered_cache.testing.clock import FakeClock
 from tiered_cache.testing.forked import in_a_child
-from tiered_cache.testing.interrupts import Interrupted, interrupting
+from tiered_cache.testing.interrupts import interrupted_when
 from tiered_cache.testing.polling import async_until, until
 from tiered_cache.testing.servers import FaultProxy, RedisServer
 from tiered_cache.testing.sources import AsyncDictSource, DictSource
@@ -931,17 +931,8 @@ def test_close_owing_interrupted_is_finished_by_the_next_close(
     rig.stale_fill(proxy, lambda: rig.writer.set("k", "new"))
     proxy.restore()
     tier.go = threading.Event()
-    with interrupting() as interrupt:
-
-        def interrupt_the_close() -> None:
-            tier.holding.wait(10)  # the last payment, on the close's thread
-            interrupt()
-
-        interrupter = threading.Thread(target=interrupt_the_close)
-        interrupter.start()
-        with pytest.raises(Interrupted):
-            rig.writer.close()
-        interrupter.join()
+    # Interrupted in the last payment, on the close's thread.
+    interrupted_when(lambda: tier.holding.wait(10), rig.writer.close)
     tier.go.set()
     rig.writer.close()
     assert value(rig.raw.get("k")) is MISSING

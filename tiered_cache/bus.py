@@ -85,6 +85,12 @@ class BusListener(Protocol):
         endpoint that is not the bus's server); the bus retries, and says so once."""
         ...
 
+    def on_close_abandoned(self) -> None:
+        """The bus's close stopped waiting for its listener (stuck where the close could not
+        wake it), after telling ``on_disconnect``: the listener ends by itself, telling
+        nothing more."""
+        ...
+
 
 @runtime_checkable
 class Bus(Protocol):

@@ -211,7 +211,9 @@ class BusLink:
     # -- receiving (BusListener), called on the bus's thread (an async bus: on its loop)
 
     def on_message(self, message: Invalidation) -> None:
-        if message.sender == self.sender:
+        # A closed chain hears nothing: a message read as its bus closed (or by a listener
+        # the close stopped waiting for) is no invalidation of a chain that serves nothing.
+        if self._closed or message.sender == self.sender:
             return
         self._metrics.count("bus_received")
         with self._seen_lock:
@@ -256,6 +258,10 @@ class BusLink:
     def on_error(self, error: Exception) -> None:
         # Counted on every failed attempt; the bus itself logs once per outage.
         self._metrics.count("bus_errors")
+
+    def on_close_abandoned(self) -> None:
+        # Counted even closed (the chain closing is the one told, as a rule); the bus logs it.
+        self._metrics.count("bus_close_abandoned")
 
     def on_reconnect(self) -> None:
         """Subscribed: after an outage (logged), or for the first time (quietly: every start

@@ -38,6 +38,7 @@ EVENTS = (
     "bus_starting_bypasses",
     "bus_publish_errors",
     "bus_publish_skipped",
+    "bus_close_abandoned",
     "deletes_owed",
     "deletes_owed_overflows",
     "deletes_owed_payments",

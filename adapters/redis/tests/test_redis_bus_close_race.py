@@ -22,27 +22,9 @@ from redis.retry import Retry
 from tiered_cache_redis.bus import RedisBus
 from tiered_cache_redis.listening import Health
 
-from tiered_cache.bus import Invalidation
 from tiered_cache.testing.servers import RedisServer
 
-
-class Heard:
-    """A bus listener that records what it is told."""
-
-    def __init__(self) -> None:
-        self.events: list[str] = []
-
-    def on_message(self, message: Invalidation) -> None:
-        self.events.append("message")
-
-    def on_disconnect(self) -> None:
-        self.events.append("disconnect")
-
-    def on_reconnect(self) -> None:
-        self.events.append("reconnect")
-
-    def on_error(self, error: Exception) -> None:
-        self.events.append("error")
+from .bus_listeners import Heard
 
 
 @pytest.fixture

@@ -213,17 +213,24 @@ class AsyncRedisBus(AsyncBusBase):
 
     async def aclose(self) -> None:
         """Stop listening (the task is cancelled and its subscription closed) and close the
-        publisher. Idempotent. A call on a loop like the others: a listener and connections
-        of a loop closed by hand under it are dropped first (cancelled, a task of a closed
-        loop raised ``Event loop is closed``, and the publisher stayed open)."""
+        publisher. Idempotent. A listener that does not end (its await swallowing every
+        cancel) is waited for :attr:`~tiered_cache_redis.listening.Health.close_wait` at
+        most, then left to end by itself, telling no chain anything more. A call on a loop
+        like the others: a listener and connections of a loop closed by hand under it are
+        dropped first (cancelled, a task of a closed loop raised ``Event loop is closed``,
+        and the publisher stayed open)."""
         self._closed = True
         self._loop_end.here()
         self._loop_end.stop()
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            # Cancelled again at each poll, and given up on past the bus's close_wait: a
+            # listener whose await swallowed the cancel (a library's except CancelledError)
+            # held aclose, and the loop's end, for ever (Listening.outlive).
+            if await arun(self._listening.outlive(_joined(task), _cancel(task))):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self._client.aclose()
 
     # -- the subscription's I/O, for the listener's steps
@@ -241,6 +248,25 @@ class AsyncRedisBus(AsyncBusBase):
 
     async def _subscribe(self, handle: tuple[aioredis.Redis, Any]) -> None:
         await handle[1].subscribe(self.channel)
+
+
+def _joined(task: asyncio.Task[None]) -> Callable[[float], Awaitable[bool]]:
+    """``join(seconds)``: whether ``task`` ended within that time (not cancelled by it)."""
+
+    async def join(seconds: float) -> bool:
+        done, _ = await asyncio.wait({task}, timeout=seconds)
+        return bool(done)
+
+    return join
+
+
+def _cancel(task: asyncio.Task[None]) -> Callable[[], Awaitable[None]]:
+    """The asyncio listener's wake: cancelled again (the last cancel may have been lost)."""
+
+    async def cancel() -> None:
+        task.cancel()
+
+    return cancel
 
 
 def _ended(task: asyncio.Task[None]) -> bool:

@@ -24,7 +24,6 @@ import contextlib
 import os
 import socket
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -50,7 +49,6 @@ class RedisBus(BusBase):
         publisher: the client that publishes; one from ``connect`` when not given.
         health: the health check's interval and timeout, the backoff, the clock
             (:class:`~tiered_cache_redis.listening.Health`).
-        sleep: how to pause (injected for tests).
     """
 
     confirms_subscription = True
@@ -62,7 +60,6 @@ class RedisBus(BusBase):
         *,
         publisher: redis.Redis | None = None,
         health: Health = DEFAULT_HEALTH,
-        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.channel = channel
         self._connect = connect
@@ -70,7 +67,7 @@ class RedisBus(BusBase):
         self._stop = threading.Event()
         self._subscribed = threading.Event()
         self._listening = Listening(
-            Subscription(self._open, _subscribe_to(channel), _read, _ping, _close, sleep),
+            Subscription(self._open, _subscribe_to(channel), _read, _ping, _close, self._pause),
             self._listeners,
             health,
             stopped=self._stop.is_set,
@@ -138,23 +135,20 @@ class RedisBus(BusBase):
     def close(self) -> None:
         """Stop listening, and return once the listener has ended: a call of it blocked on
         the server (a subscription's handshake held back, up to the bus's ``timeout``) is
-        woken, its sockets shut down. The close gave up after 5 s, and returned with the
-        listener still running on a connection nothing would close, until its timeout."""
-        self._stop.set()
+        woken, its sockets shut down, and a pause between two attempts cut short. A listener
+        stuck where that does not reach (a listener's callback, a DNS lookup) is waited for
+        :attr:`~tiered_cache_redis.listening.Health.close_wait` at most, then left to end by
+        itself, telling no chain anything more (:meth:`Listening.outlive`)."""
+        self._stop.set()  # wakes the backoff's pause too
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
-            # A listener reading sees the stop within a poll: woken only if it has not ended
-            # by then (a wake fails its read, and redis-py's pub/sub reconnects on a failed
-            # read before it raises: a connection opened only to be closed). Woken again at
-            # each poll: a connection it opened after a wake (the close came as it
-            # subscribed) is shut down by the next. Each of its calls is bounded by the bus's
-            # timeout should a wake miss it.
-            poll = self._listening.health.poll
-            thread.join(2 * poll)
-            while thread.is_alive():
-                self._wake_listener()
-                thread.join(poll)
+            run(self._listening.outlive(_joined(thread), self._wake_listener))
         self._client.close()
+
+    def _pause(self, seconds: float) -> None:
+        """The pause between two attempts: cut short by the close (a listener that slept
+        its backoff, up to 2 s, held the close that long)."""
+        self._stop.wait(seconds)
 
     def _wake_listener(self) -> None:
         with self._lock:
@@ -186,6 +180,16 @@ class RedisBus(BusBase):
         with self._lock:
             self._handle = handle
         return handle
+
+
+def _joined(thread: threading.Thread) -> Callable[[float], bool]:
+    """``join(seconds)``: whether ``thread`` ended within that time."""
+
+    def join(seconds: float) -> bool:
+        thread.join(seconds)
+        return not thread.is_alive()
+
+    return join
 
 
 def _subscribe_to(channel: str) -> Callable[[tuple[redis.Redis, Any]], None]:

@@ -70,7 +70,12 @@ class Listeners:
     The subscription's state is told under the lock that adds a listener: one added once the
     bus is subscribed (a second chain on one bus) is told so at once, one added while it is
     down likewise, and never after an outage told to the others (it would then take the bus
-    for connected while it is down)."""
+    for connected while it is down).
+
+    A close that stopped waiting for the listener (:meth:`abandon`) cuts the listeners off:
+    from then on they hear no message, no error and no subscription, only that the bus is
+    down (which is never wrong). Asked before each listener is told, so the only act after
+    is one already begun then (the callback that held the listener, as a rule)."""
 
     def __init__(self, channel: str) -> None:
         self.channel = channel
@@ -79,6 +84,8 @@ class Listeners:
         #: The subscription is confirmed (True) or lost (False), as last told; None before
         #: the first subscription's outcome (a listener added then is starting).
         self._subscribed: bool | None = None
+        #: Cut off by a close that stopped waiting for the listener (:meth:`abandon`).
+        self._abandoned = False
 
     def add(self, listener: BusListener) -> None:
         """Add ``listener``, told the subscription's state if one was told already: a chain
@@ -110,7 +117,25 @@ class Listeners:
                 return
             self._subscribed = subscribed
             for listener in self._listeners:
+                if subscribed and self._abandoned:
+                    return
                 self._tell_one(listener, "on_reconnect" if subscribed else "on_disconnect")
+
+    def abandon(self) -> None:
+        """The bus's close stopped waiting for its listener, which ends by itself: every
+        listener is told the bus is down (a chain sharing the bus with the one closed would
+        trust its memory while nothing is heard), then ``on_close_abandoned`` (counted), and
+        hears nothing more from the listener. Told here, on the close's thread, without the
+        lock: the listener may hold it, stuck in a callback. (Told down already, they are not
+        told again.)"""
+        self._abandoned = True
+        told_down = self._subscribed is False
+        self._subscribed = False
+        listeners = list(self._listeners)  # a copy taken under the GIL: add() only appends
+        for listener in listeners if not told_down else ():
+            self._tell_one(listener, "on_disconnect")
+        for listener in listeners:
+            self._tell_one(listener, "on_close_abandoned")
 
     def deliver(self, data: bytes) -> None:
         try:
@@ -119,6 +144,8 @@ class Listeners:
             log.warning("bus %r: ignoring a message that is not an invalidation", self.channel)
             return
         for listener in self._now():
+            if self._abandoned:
+                return
             try:
                 listener.on_message(message)
             except Exception:
@@ -126,6 +153,8 @@ class Listeners:
 
     def tell(self, event: str, *args: Any) -> None:
         for listener in self._now():
+            if self._abandoned:
+                return
             self._tell_one(listener, event, *args)
 
     def _tell_one(self, listener: BusListener, event: str, *args: Any) -> None:
@@ -160,6 +189,16 @@ class Health:
     def __post_init__(self) -> None:
         if self.interval <= 0 or self.timeout <= 0:
             raise ValueError("health_check_interval and timeout must be positive")
+
+    @property
+    def close_wait(self) -> float:
+        """The longest a close waits for its listener, in seconds: each of the listener's
+        calls on Redis ends within ``timeout`` (a connection, a reply; redis-py's pub/sub
+        connects once more on a failed read before it raises: two of them), and it sees the
+        stop within a poll. A listener still running past that is stuck where the close's
+        wake does not reach (a listener's callback, a DNS lookup, a lock): the close gives up
+        on it (:meth:`Listening.outlive`)."""
+        return 2 * (self.timeout + self.poll)
 
 
 #: The defaults: a PING every second, one second for its reply.
@@ -201,6 +240,42 @@ class Listening:
         self.connected = False
         self.subscribed(False)
         self.listeners.subscribed(False, again=False)
+
+    def outlive(self, join: Callable[[float], Any], wake: Callable[[], Any]) -> Steps[bool]:
+        """The close's wait for its listener, stopped already: ``join(seconds)`` waits that
+        long at most and returns whether the listener has ended; ``wake()`` gets it out of a
+        call blocked on the server (the threaded bus shuts its sockets down, the asyncio bus
+        cancels its task again). It sees the stop within a poll: woken only if it has not
+        ended by then, and woken again at each poll (a connection it opened after a wake,
+        the close came as it subscribed, is shut down by the next). Past
+        :attr:`Health.close_wait` on the bus's clock the close stops waiting
+        (:meth:`abandon`); False then. Without that bound a listener stuck where no wake
+        reaches hung the close, the chain's, and the interpreter's exit, for ever."""
+        clock, poll = self.health.clock, self.health.poll
+        deadline = clock() + self.health.close_wait
+        ended = yield join, (2 * poll,)
+        while not ended:
+            if clock() >= deadline:
+                self.abandon()
+                return False
+            yield wake, ()
+            ended = yield join, (poll,)
+        return True
+
+    def abandon(self) -> None:
+        """The close stopped waiting for the listener: said once (the bus by its channel,
+        which holds no secret), the chains told the bus is down and that it gave up (they
+        count it), and the listener, left to end by itself, cut off from them
+        (:meth:`Listeners.abandon`); being stopped, it neither subscribes nor reconnects."""
+        self.connected = False
+        log.warning(
+            "bus %r: the listener did not end within %.3gs of the close (stuck outside Redis: "
+            "a listener's callback, a DNS lookup, a lock); the close returns without it, and "
+            "it ends by itself, telling no chain anything more",
+            self.listeners.channel,
+            self.health.close_wait,
+        )
+        self.listeners.abandon()
 
     def _listen(self, after_outage: bool) -> Steps[None]:
         channel = self.listeners.channel

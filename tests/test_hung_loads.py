@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from types import FrameType
 from typing import Any, TypeVar
 
 import pytest
 
 from tiered_cache import AsyncTieredCache, LoadTimeout, MemoryTier, TieredCache
+from tiered_cache.compiled import compiled_core
+from tiered_cache.loader import SourceLoader
 from tiered_cache.protection import Protection
 from tiered_cache.testing import FakeClock
+from tiered_cache.testing.interrupts import Interrupted, interrupting
+from tiered_cache.testing.pure_core import on_the_pure_core
 
 T = TypeVar("T", TieredCache, AsyncTieredCache)
 
@@ -778,3 +784,43 @@ def test_a_miss_that_joined_an_earlier_load_says_so_when_it_times_out(chain: str
         asyncio.run(scenario())
     assert "took longer than the hard timeout" in messages[0]
     assert "an earlier load of 'k' is still running" in messages[1]
+
+
+def test_a_miss_after_a_left_load_ended_loads_the_key_itself(clock: FakeClock) -> None:
+    """A timed load its caller left (interrupted) fails; ``wait_background()`` returns once
+    it has ended, and the key's next miss loads the key. That miss joined the ended load and
+    raised its failure (the left caller's, never this miss's) when it came before the load's
+    end was noted: its future's done callbacks, which drop it from the loads a miss joins,
+    run after the future's waiters wake, ``wait_background()`` among them. Held here by
+    pausing the worker as that note begins (a trace function: on the pure-Python core)."""
+    if compiled_core():
+        on_the_pure_core(test_a_miss_after_a_left_load_ended_loads_the_key_itself)
+        return
+    cache = TieredCache(
+        [MemoryTier(clock=clock)], clock=clock, protection=Protection.never_stale(hard_timeout=10.0)
+    )
+    left_go, noting, go = threading.Event(), threading.Event(), threading.Event()
+    note = SourceLoader._abandoned_done.__code__
+
+    def paused_at_the_note(frame: FrameType, event: str, arg: object) -> None:
+        if event == "call" and frame.f_code is note:
+            noting.set()
+            go.wait(30)
+
+    def left(interrupt: Callable[[], None]) -> str:
+        interrupt()  # its caller stops waiting: the load goes on, left
+        left_go.wait(30)
+        sys.settrace(paused_at_the_note)  # this worker runs its future's done callbacks
+        raise ValueError("the left load failed")
+
+    with interrupting() as interrupt, pytest.raises(Interrupted):
+        cache.get("a", lambda: left(interrupt))
+    left_go.set()
+    assert noting.wait(30)  # the load has ended; its end is being noted
+    try:
+        assert cache.wait_background(5)
+        assert cache.get("a", lambda: "fresh") == "fresh"
+    finally:
+        go.set()
+    assert cache.wait_background(5)
+    cache.close()

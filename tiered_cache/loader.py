@@ -277,7 +277,11 @@ class SourceLoader:
         timeout = soft if soft is not None else hard
         with self._lock:
             running = self._abandoned.get(key)
-        if running is not None and self._fence.may_join(key, running[1]):
+        # A load that has ended is not joined, though its end may not be noted yet (its
+        # future's done callbacks drop it from _abandoned after the future's waiters wake,
+        # wait_background() among them): it filled, or was refused, and its outcome was its
+        # own caller's. Joined, the miss raised that load's failure as its own.
+        if running is not None and not running[0].done() and self._fence.may_join(key, running[1]):
             # This key's earlier load still runs and the fence lets a miss join it: wait for
             # it. Its fill is judged by its own (older) mark.
             joined, older, work = running

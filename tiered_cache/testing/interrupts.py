@@ -27,7 +27,12 @@ def interrupting() -> Iterator[Callable[[], None]]:
     checks for signals, or when the signal breaks its wait (EINTR); a signal that arrives
     after its last check and before it blocks (a lock's wait: ``Future.result``,
     ``Event.wait``) breaks nothing, and is raised only when that wait ends, a timeout later.
-    Each ``interrupt()`` raises once: a signal sent again after it was raised does nothing."""
+    Each ``interrupt()`` raises once: a signal sent again after it was raised does nothing.
+
+    A handler that runs inside a finalizer (a weak reference's callback, a ``__del__``: the
+    main thread runs them wherever the garbage collector starts) raises into code whose
+    exception CPython ignores ("Exception ignored in ..."): that interrupt is not counted
+    raised, and ``interrupt()`` sends it again, to land in the code the finalizer ran in."""
     asked = 0  # interrupt() calls
     raised = 0  # Interrupted raised by the handler (in the main thread, under the GIL)
 
@@ -37,7 +42,16 @@ def interrupting() -> Iterator[Callable[[], None]]:
             raised += 1
             raise Interrupted
 
+    def ignored(unraisable: sys.UnraisableHookArgs) -> None:
+        nonlocal raised
+        if isinstance(unraisable.exc_value, Interrupted):
+            raised -= 1  # lost in a finalizer: interrupt() sends it again
+        else:
+            previous_hook(unraisable)
+
     previous = signal.signal(signal.SIGUSR1, handler)
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = ignored
     main = threading.main_thread().ident
     assert main is not None
 
@@ -57,6 +71,7 @@ def interrupting() -> Iterator[Callable[[], None]]:
         yield interrupt
     finally:
         signal.signal(signal.SIGUSR1, previous)
+        sys.unraisablehook = previous_hook
 
 
 def interrupted_when(ready: Callable[[], object], call: Callable[[], object]) -> None:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import _thread
 import signal
-import sys
 import threading
 import time
 import weakref
 
 import pytest
 
+from tiered_cache.testing.frames import current_frames
 from tiered_cache.testing.interrupts import Interrupted, interrupting
 
 
@@ -56,7 +56,7 @@ def test_an_interrupt_sent_as_the_main_thread_blocks_is_raised_in_its_wait(
 
         def interrupter() -> None:
             # The main thread runs blocked() without the GIL only inside the acquire.
-            while sys._current_frames()[main].f_code is not blocked.__code__:
+            while current_frames()[main].f_code is not blocked.__code__:
                 time.sleep(0.001)
             interrupt()
 

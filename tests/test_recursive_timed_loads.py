@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -21,6 +20,7 @@ import pytest
 from tiered_cache import AsyncTieredCache, MemoryTier, RecursiveLoad, TieredCache
 from tiered_cache.protection import Protection
 from tiered_cache.testing import FakeClock
+from tiered_cache.testing.frames import current_frames
 from tiered_cache.testing.interrupts import Interrupted, interrupting
 
 #: Timeouts far longer than a recursion needs to be seen: reaching one is the defect.
@@ -184,7 +184,7 @@ def test_a_worker_left_by_its_caller_may_wait_for_that_callers_next_load(
 
 def waiting_for_a_future(thread: int) -> bool:
     """Whether ``thread`` is blocked in ``Future.result`` (a caller waiting for a timed load)."""
-    frame = sys._current_frames().get(thread)
+    frame = current_frames().get(thread)
     while frame is not None:
         code = frame.f_code
         if code.co_name == "result" and code.co_filename.endswith(FUTURES):

@@ -4,11 +4,11 @@ pool shuts down first), until the test lets it go."""
 
 from __future__ import annotations
 
-import sys
 import threading
 
 from ..chain import TieredCache
 from .clock import FakeClock
+from .frames import current_frames
 from .polling import until
 from .sources import DictSource
 
@@ -44,7 +44,7 @@ class HeldRefresh:
 
 def waiting_in(thread: threading.Thread, function: str) -> bool:
     """``thread`` is blocked in one of ``threading``'s waits, under a call of ``function``."""
-    frame = sys._current_frames().get(thread.ident or 0)
+    frame = current_frames().get(thread.ident or 0)
     if frame is None or frame.f_code.co_filename != threading.__file__:
         return False
     while frame is not None:

@@ -240,7 +240,7 @@ class BatchLoad:
     def rest_source(self, key: str, mark: int, stale: Entry) -> Steps[None]:
         """For ``fail_safe_throttle`` seconds, tier 0 serves ``stale`` as fresh."""
         calm = calmed(stale, self.clock(), self.protection.fail_safe_throttle)
-        if calm is not None and self.tiers:
+        if calm is not None:
             yield from self.fence.fill_steps(mark, {key: calm}, self.tiers[:1])
 
     def entries(

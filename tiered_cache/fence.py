@@ -41,6 +41,7 @@ without a lease or whose leased write failed -- is refused everywhere by a gap s
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from typing import Any, Protocol, TypeVar
 
 from .accessor import TierAccessor
@@ -160,7 +161,7 @@ class Fence:
         entries: Mapping[str, Entry],
         *,
         tokens: Mapping[str, str] | None = None,
-    ) -> Steps[set[str]]:
+    ) -> Steps[AbstractSet[str]]:
         """A write-through ``set`` of ``keys``: their invalidation (loads in flight read the
         source before the write: none of them may fill now), then the fill of ``entries``
         (those of ``keys`` it may write; ``tokens``: their leases) into the chain's tiers,
@@ -231,7 +232,7 @@ class Fence:
         *,
         tokens: Mapping[str, str] | None = None,
         own: int | None = None,
-    ) -> set[str]:
+    ) -> AbstractSet[str]:
         """Write ``entries`` into ``tiers`` (fastest first; written deepest first), unless an
         invalidation since ``mark`` concerns them. Returns the keys that landed.
 
@@ -251,7 +252,7 @@ class Fence:
         *,
         tokens: Mapping[str, str] | None = None,
         own: int | None = None,
-    ) -> set[str]:
+    ) -> AbstractSet[str]:
         """:meth:`fill` for the asyncio chain (its accessors' writes are coroutines)."""
         return await arun(self.fill_steps(mark, entries, tiers, tokens=tokens, own=own))
 
@@ -263,9 +264,16 @@ class Fence:
         *,
         tokens: Mapping[str, str] | None = None,
         own: int | None = None,
-    ) -> Steps[set[str]]:
+    ) -> Steps[AbstractSet[str]]:
         """The fill, as steps (:mod:`tiered_cache.steps`), for the sync and the asyncio
-        chains; :meth:`fill_one` is its one-key, lease-less form in plain calls."""
+        chains; :meth:`fill_one` is its one-key, lease-less form in plain calls.
+
+        No ``tiers`` (a copy from the first tier, a lease holder's value found in a leasing
+        tier that comes first, a chain without tiers): no step, nothing judged or counted,
+        since there is no copy to refuse; every key counts as landed, as none is kept
+        anywhere. The one home of that rule: callers pass what they have to fill."""
+        if not tiers:
+            return entries.keys()
         tokens = dict(tokens) if tokens else {}
         leasing = self.leasing(tiers)
         # Until their leased write is sent, the keys with a lease are judged by the

@@ -294,8 +294,8 @@ class ChainPaths:
             if hits and tier.bounded_for > 0:
                 self.metrics.count(self.bounded_counts[0], len(hits))
             if hits:
-                if tier.index:  # the first tier's hits have no faster tier to go to (as get's)
-                    yield from self.fence.fill_steps(mark, hits, self.tiers[: tier.index])
+                # The first tier's hits: no faster tier, no step (the fence's rule).
+                yield from self.fence.fill_steps(mark, hits, self.tiers[: tier.index])
                 found.update(hits)
                 remaining = [key for key in remaining if key not in hits]
         return found

@@ -24,6 +24,7 @@ from tiered_cache.leases import LeasingTier, PartialFill
 from tiered_cache.protection import Protection
 from tiered_cache.testing.clock import FakeClock
 from tiered_cache.testing.fleet import run_fleet
+from tiered_cache.testing.polling import until
 from tiered_cache.testing.servers import RedisCluster, RedisServer
 from tiered_cache.testing.sources import DictSource
 from tiered_cache.tier import MissingType
@@ -353,6 +354,56 @@ def test_keys_a_batch_loaded_are_served_while_it_waits_for_another_holder(
     waiting.join()
     holder.close()
     batch.close()
+
+
+def redis_alone(url: str, namespace: str, *, bus: bool, **protection: object) -> TieredCache:
+    """A chain whose first tier is the leasing tier: Redis alone (with a bus, subscribed)."""
+    cache = TieredCache.from_config(
+        namespace=namespace,
+        tiers=[{"kind": "redis", "url": url, "timeout": "2s"}],
+        protection={"lease_poll": "10ms", **protection},
+        bus={"kind": "redis", "url": url} if bus else {"kind": "off"},
+    )
+    if bus:
+        assert cache._bus_link is not None
+        assert cache._bus_link.bus.wait_subscribed(10)  # type: ignore[attr-defined]
+    return cache
+
+
+@pytest.mark.parametrize("batch", [False, True], ids=["one key", "batch"])
+def test_a_holders_value_found_in_the_first_tier_fills_nothing_and_refuses_nothing(
+    redis_server: RedisServer, namespace: str, batch: bool
+) -> None:
+    """The leasing tier first in the chain: the value its lease holder filled meanwhile has
+    no faster tier to go to, so no fill to refuse, even when an invalidation of the key came
+    since the wait's mark (as a first-tier hit of ``get`` or ``get_many``). Such a wait used
+    to count a ``fills_refused`` for a copy that never was."""
+    holder = redis_alone(redis_server.url, namespace, bus=False)  # its fill is not refused
+    waiter = redis_alone(redis_server.url, namespace, bus=True, lease_wait="30s")
+    announcer = TieredCache.from_config(
+        namespace=namespace,
+        tiers=[{"kind": "memory"}],
+        bus={"kind": "redis", "url": redis_server.url},
+    )
+    got: list[object] = []
+
+    def read() -> object:
+        if batch:
+            return waiter.get_many(["held"], lambda keys: dict.fromkeys(keys, "own load"))["held"]
+        return waiter.get("held", lambda: "own load")
+
+    with a_load_in_progress(holder, "held", "from the holder") as may_finish:
+        reader = threading.Thread(target=lambda: got.append(read()))
+        reader.start()
+        until(lambda: waiter.stats()["lease_waits"] == 1, "the waiter waits for the holder")
+        announcer.invalidate("held")  # heard by the waiter alone: Redis keeps the lease
+        until(lambda: waiter.stats()["bus_received"] >= 1, "the waiter heard the invalidation")
+        may_finish.set()
+        reader.join(10)
+    assert got == ["from the holder"]
+    assert waiter.stats()["fills_refused"] == 0
+    for cache in (holder, waiter, announcer):
+        cache.close()
 
 
 def test_a_batch_fill_that_partly_fails_keeps_the_failed_keys_out_of_memory(

@@ -12,7 +12,7 @@ coroutines for single-flight, background work and timeouts -- stays in their loa
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from .errors import InvalidationIncomplete, PartialBatchError
 from .fence import ChainTier, Fence
@@ -30,10 +30,20 @@ from .tier import MISSING, Entry
 Announce = Callable[[Sequence[str], Sequence[str], bool, float], Any]
 #: ``fill_one(mark, key, entry, tiers, own)``: :meth:`Fence.fill_one`, for the threaded chain.
 FillOne = Callable[[int, str, Entry, Sequence[Any], "int | None"], bool]
-#: What reads with memory bounded count (served by it, gone past it): while the bus is down,
-#: and while it is starting (its first subscription not yet confirmed: no outage).
-BUS_DOWN_COUNTS = ("bus_down_served", "bus_down_bypasses")
-BUS_STARTING_COUNTS = ("bus_starting_served", "bus_starting_bypasses")
+
+
+class BoundedCounts(NamedTuple):
+    """The counters of reads while memory is bounded: ``served`` by a bounded in-process
+    tier, or ``bypassed`` (gone past it)."""
+
+    served: str
+    bypassed: str
+
+
+#: What those reads count while the bus is down, and while it is starting (its first
+#: subscription not yet confirmed: no outage).
+BUS_DOWN_COUNTS = BoundedCounts(served="bus_down_served", bypassed="bus_down_bypasses")
+BUS_STARTING_COUNTS = BoundedCounts(served="bus_starting_served", bypassed="bus_starting_bypasses")
 
 
 class ChainPaths:
@@ -292,7 +302,7 @@ class ChainPaths:
                 continue
             hits = yield tier.get_many, (remaining, now, stale)
             if hits and tier.bounded_for > 0:
-                self.metrics.count(self.bounded_counts[0], len(hits))
+                self.metrics.count(self.bounded_counts.served, len(hits))
             if hits:
                 # The first tier's hits: no faster tier, no step (the fence's rule).
                 yield from self.fence.fill_steps(mark, hits, self.tiers[: tier.index])
@@ -303,8 +313,9 @@ class ChainPaths:
     def count_bus_down(self, tier: ChainTier | None) -> None:
         """A read while the bus is down (or starting): answered by a bounded in-process tier,
         or not."""
+        counts = self.bounded_counts
         served = tier is not None and tier.bounded_for > 0
-        self.metrics.count(self.bounded_counts[0 if served else 1])
+        self.metrics.count(counts.served if served else counts.bypassed)
 
     # -- writes
 

@@ -74,15 +74,23 @@ def interrupting() -> Iterator[Callable[[], None]]:
         sys.unraisablehook = previous_hook
 
 
-def interrupted_when(ready: Callable[[], object], call: Callable[[], object]) -> None:
+def interrupted_when(
+    ready: Callable[[], object],
+    call: Callable[[], object],
+    then: Callable[[], object] | None = None,
+) -> None:
     """Run ``call()`` in the main thread and interrupt it (:func:`interrupting`) from another
     thread once ``ready()`` returned there (it blocks until the instant wanted: a held
-    delete reached, the close waiting); ``call()`` must raise :class:`Interrupted`."""
+    delete reached, the close waiting); ``call()`` must raise :class:`Interrupted`.
+    ``then()``, if given, runs in that thread as soon as the interrupt was raised (a held
+    reply let go, so that what the interrupted call gives back is answered at once)."""
     with interrupting() as interrupt:
 
         def when_ready() -> None:
             ready()
             interrupt()
+            if then is not None:
+                then()
 
         interrupter = threading.Thread(target=when_ready)
         interrupter.start()

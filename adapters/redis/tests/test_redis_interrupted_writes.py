@@ -14,7 +14,6 @@ signal has landed.
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
@@ -24,7 +23,7 @@ from tiered_cache_redis import RedisTier
 from tiered_cache import MemoryTier, TieredCache
 from tiered_cache.bus import LocalBus
 from tiered_cache.protection import Protection
-from tiered_cache.testing.interrupts import Interrupted, interrupting
+from tiered_cache.testing.interrupts import interrupted_when
 from tiered_cache.testing.servers import FaultProxy, RedisServer
 from tiered_cache.testing.sources import DictSource
 
@@ -51,22 +50,19 @@ def test_a_write_interrupted_while_it_fills_leaves_no_old_copy(
         stored = watch.get(f"{namespace}:k")
         assert stored is not None
         proxy.trickle(1, 0.2)  # every reply comes a byte at a time
-        with interrupting() as interrupt:
 
-            def once_redis_has_the_new_value() -> None:
-                while watch.get(f"{namespace}:k") == stored:
-                    time.sleep(0.005)
-                interrupt()  # the fill's reply is on its way
-                proxy.restore()
+        def once_redis_has_the_new_value() -> None:
+            while watch.get(f"{namespace}:k") == stored:
+                time.sleep(0.005)
 
-            interrupter = threading.Thread(target=once_redis_has_the_new_value)
-            interrupter.start()
-            with pytest.raises(Interrupted):
-                if how == "set":
-                    writer.set("k", "new")
-                else:
-                    writer.set_many({"k": "new"})
-            interrupter.join(timeout=10)
+        def write() -> None:
+            if how == "set":
+                writer.set("k", "new")
+            else:
+                writer.set_many({"k": "new"})
+
+        # Interrupted while the fill's reply is on its way; then the replies flow again.
+        interrupted_when(once_redis_has_the_new_value, write, proxy.restore)
         assert source.items["k"] == "new"
         assert reader.get("k") == "new"  # was "old": its memory was never told
         assert writer.get("k") == "new"

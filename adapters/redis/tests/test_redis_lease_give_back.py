@@ -550,7 +550,7 @@ def test_a_miss_interrupted_while_its_lease_is_taken_gives_it_back(
     ``lease_wait`` for a holder that was gone). Seen in a storm of interrupts on a real
     Redis: 13 to 26 leases left per 3,000 reads. The interrupt is a real signal; the reply
     is held back by the fault proxy until it landed."""
-    from tiered_cache.testing.interrupts import Interrupted, interrupting
+    from tiered_cache.testing.interrupts import interrupted_when
     from tiered_cache.testing.servers import FaultProxy
 
     with FaultProxy(redis_server.host, redis_server.port) as proxy:
@@ -564,19 +564,15 @@ def test_a_miss_interrupted_while_its_lease_is_taken_gives_it_back(
         watch = redis.Redis.from_url(redis_server.url)
         leases = f"*{namespace}*k*lease*"
         proxy.trickle(1, 0.2)  # every reply comes a byte at a time: the acquire's in seconds
-        with interrupting() as interrupt:
 
-            def once_the_lease_is_taken() -> None:
-                while not watch.keys(leases):
-                    time.sleep(0.005)
-                interrupt()
-                proxy.restore()  # a give-back is answered at once
+        def once_the_lease_is_taken() -> None:
+            while not watch.keys(leases):
+                time.sleep(0.005)
 
-            interrupter = threading.Thread(target=once_the_lease_is_taken)
-            interrupter.start()
-            with pytest.raises(Interrupted):
-                first.get("k", lambda: "loaded")
-            interrupter.join(timeout=10)
+        # Once interrupted, the replies flow again: a give-back is answered at once.
+        interrupted_when(
+            once_the_lease_is_taken, lambda: first.get("k", lambda: "loaded"), proxy.restore
+        )
         assert watch.keys(leases) == []  # was [b'{...:k}:lease'] until lease_ttl
         second = chain(redis_server.url, namespace, lease_wait="300ms")
         assert second.get("k", lambda: "loaded") == "loaded"
@@ -594,7 +590,7 @@ def test_a_write_interrupted_while_it_takes_its_leases_gives_them_back(
     writes the source; interrupted while Redis's reply was on its way, the leases stayed until
     ``lease_ttl`` and every reader of the keys waited ``lease_wait`` (seen failing: the lease
     keys still in Redis). ``set_many`` gave its leases back on an Exception only."""
-    from tiered_cache.testing.interrupts import Interrupted, interrupting
+    from tiered_cache.testing.interrupts import interrupted_when
     from tiered_cache.testing.servers import FaultProxy
 
     keys = ["k"] if how == "set" else ["k", "j"]
@@ -609,22 +605,19 @@ def test_a_write_interrupted_while_it_takes_its_leases_gives_them_back(
         watch = redis.Redis.from_url(redis_server.url)
         leases = f"*{namespace}:[kj]}}:lease"
         proxy.trickle(1, 0.2)  # every reply comes a byte at a time
-        with interrupting() as interrupt:
 
-            def once_the_leases_are_taken() -> None:
-                while len(watch.keys(leases)) < len(keys):
-                    time.sleep(0.005)
-                interrupt()
-                proxy.restore()  # a give-back is answered at once
+        def once_the_leases_are_taken() -> None:
+            while len(watch.keys(leases)) < len(keys):
+                time.sleep(0.005)
 
-            interrupter = threading.Thread(target=once_the_leases_are_taken)
-            interrupter.start()
-            with pytest.raises(Interrupted):
-                if how == "set":
-                    writer.set("k", "new")
-                else:
-                    writer.set_many(dict.fromkeys(keys, "new"))
-            interrupter.join(timeout=10)
+        def write() -> None:
+            if how == "set":
+                writer.set("k", "new")
+            else:
+                writer.set_many(dict.fromkeys(keys, "new"))
+
+        # Once interrupted, the replies flow again: a give-back is answered at once.
+        interrupted_when(once_the_leases_are_taken, write, proxy.restore)
         assert watch.keys(leases) == []
         reader = chain(redis_server.url, namespace, lease_wait="300ms")
         assert reader.get_many(keys, lambda wanted: dict.fromkeys(wanted, "read")) == dict.fromkeys(

@@ -26,7 +26,7 @@ from .fence import Fence
 from .forking import restart_after_fork
 from .held_leases import HeldLeases, Holdings
 from .lease_wait import LeaseWait
-from .logs import fields, key_hash, logger_for
+from .logs import logger_for
 from .loops import all_end_within, cancel, ends_within, stalled
 from .metrics import CacheMetrics
 from .protection import Protection
@@ -444,17 +444,7 @@ class AsyncSourceLoader:
                 raise
             self.flights.land_one(key, flight, entry.value, None)
         except Exception as exc:
-            self._metrics.count("refresh_failures")
-            logger.warning(
-                "background refresh of key %s failed (%s: %s); the stale value stays",
-                key_hash(key),
-                type(exc).__name__,
-                exc,
-                extra=fields("refresh_failed", key=key),
-            )
-            if stale is not None and self._protection.fail_safe:
-                entry, read = stale
-                await arun(self._batching.rest_source(key, read, entry))
+            await arun(self._batching.refresh_failure(key, exc, stale))
         finally:
             self._refreshing.discard(key)
 

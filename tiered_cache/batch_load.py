@@ -237,6 +237,22 @@ class BatchLoad:
         yield from self.rest_source(key, mark, stale)
         return stale
 
+    def refresh_failure(self, key: str, exc: Exception, stale: Stale | None) -> Steps[None]:
+        """A background refresh of ``key`` failed with ``exc`` (both loaders report it here):
+        counted and said, the stale value stays; under fail-safe the source rests on
+        ``stale`` (:meth:`rest_source`), judged by the mark it was read under."""
+        self.metrics.count("refresh_failures")
+        logger.warning(
+            "background refresh of key %s failed (%s: %s); the stale value stays",
+            key_hash(key),
+            type(exc).__name__,
+            exc,
+            extra=fields("refresh_failed", key=key),
+        )
+        if stale is not None and self.protection.fail_safe:
+            entry, read = stale
+            yield from self.rest_source(key, read, entry)
+
     def rest_source(self, key: str, mark: int, stale: Entry) -> Steps[None]:
         """For ``fail_safe_throttle`` seconds, tier 0 serves ``stale`` as fresh."""
         calm = calmed(stale, self.clock(), self.protection.fail_safe_throttle)

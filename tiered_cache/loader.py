@@ -23,7 +23,6 @@ from .fence import Fence
 from .forking import restart_compiled_after_fork
 from .held_leases import HeldLeases, Holdings
 from .lease_wait import LeaseWait
-from .logs import fields, key_hash, logger_for
 from .metrics import CacheMetrics
 from .protection import Protection
 from .singleflight import (
@@ -44,8 +43,6 @@ from .stamp import EntryMaker, loaded, loaded_many
 from .steps import run
 from .tier import Entry, Source
 from .timed_slots import TimedSlots, after_wait
-
-logger = logger_for("chain")
 
 Loader = Callable[[], Any]
 BatchLoader = Callable[[Sequence[str]], Mapping[str, Any]]
@@ -569,17 +566,7 @@ class SourceLoader:
                 raise
             self.flights.land_one(key, flight, entry.value, None)
         except Exception as exc:
-            self._metrics.count("refresh_failures")
-            logger.warning(
-                "background refresh of key %s failed (%s: %s); the stale value stays",
-                key_hash(key),
-                type(exc).__name__,
-                exc,
-                extra=fields("refresh_failed", key=key),
-            )
-            if stale is not None and self._protection.fail_safe:
-                entry, read = stale
-                run(self._batching.rest_source(key, read, entry))
+            run(self._batching.refresh_failure(key, exc, stale))
         finally:
             with self._lock:
                 self._refreshing.discard(key)

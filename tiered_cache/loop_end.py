@@ -40,6 +40,15 @@ on the thread that closed the loop, before anything runs on the next one (CPytho
 there; another interpreter when it collects it, the next call of the part seeing it anyway).
 The warning is logged then. A loop ended by ``asyncio.run`` drops it too, after its end let
 go: nothing left to tell.
+
+A loop run by hand and left open (``run_until_complete``, never closed) neither ends nor
+closes: the part's next call on another loop found it not running and moved on, keeping that
+loop's connections, which the new loop's calls tried (the Redis tier: ``got Future attached
+to a different loop``, each call an error of the tier, the reads going through to the
+source). A part that can close what belongs to such a loop without that loop running says
+how (``leave``): it is called then, the part's connections closed without waiting and this
+loop opening its own; counted (:attr:`LoopEnd.left_open`) and logged, as a warning the first
+time. Without ``leave`` a part keeps them, as before.
 """
 
 from __future__ import annotations
@@ -76,12 +85,18 @@ class LoopEnd:
         let_go: Callable[[], Awaitable[None]],
         abandon: Callable[[], None],
         left: str = CONNECTIONS_LEFT,
+        *,
+        leave: Callable[[], None] | None = None,
     ) -> None:
         self._name = name
         self._left = left
         self._let_go = let_go
         self._abandon = abandon
+        self._leave = leave
         self._warned = False
+        self._warned_left_open = False
+        #: Times the part moved on from a loop left open, not running, telling ``leave``.
+        self.left_open = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         #: The generator begun on ``_loop`` (kept: the loop only holds it weakly).
         self._hook: AsyncGenerator[None, None] | None = None
@@ -106,8 +121,11 @@ class LoopEnd:
             # one_loop). A part used without a chain is not guarded: its connections stay
             # the first loop's, and redis-py fails the other's calls.
             return
-        if previous is not None and self._hook is not None and previous.is_closed():
-            self._abandoned(previous)
+        if previous is not None and self._hook is not None:
+            if previous.is_closed():
+                self._abandoned(previous)
+            elif self._leave is not None:
+                self._moved_from_open(self._leave)
         # A loop left not running keeps its generator, should it ever end: told it is no
         # longer the part's loop, it lets go of nothing then.
         self._loop = loop
@@ -180,6 +198,23 @@ class LoopEnd:
                 "loop.shutdown_asyncgens() before loop.close()",
                 self._name,
                 self._left,
+            )
+
+    def _moved_from_open(self, leave: Callable[[], None]) -> None:
+        """The part's loop is open and not running, and the part is used on another: what
+        belongs to that loop is closed without it (``leave``). Should it ever end, its
+        generator lets go of nothing (it is no longer the part's)."""
+        self._hook = None
+        leave()
+        self.left_open += 1
+        if not self._warned_left_open:
+            self._warned_left_open = True
+            tier_logger(self._name).warning(
+                "%s: the event loop it was used on is left open and not running (run by hand, "
+                "never closed), and it is used on another: that loop's connections are closed "
+                "without waiting for it, and this loop opens its own (counted in "
+                "loops_left_open). End a loop with asyncio.run or asyncio.Runner",
+                self._name,
             )
 
     def ended_here(self) -> bool:

@@ -34,6 +34,7 @@ from tiered_cache.tier import MISSING, Entry, MissingType
 from .async_coalesce import CoalescedReads
 from .async_fork import forget_the_parents_connections, parents_client_error
 from .async_leases import CoalescedLeases
+from .async_left import close_a_left_loops_connections
 from .async_wire import AsyncReads, async_reads_for
 from .client import client_options, parse_url
 from .commands import Command, TierCommands
@@ -109,7 +110,12 @@ class AsyncRedisTier(AsyncTierBase):
         #: The calls running, which aclose waits for before it closes the client.
         self._calls = CallsInFlight(name, current_task)
         #: The loop the connections belong to; they are let go of when it ends.
-        self._loop_end = LoopEnd(name, self._let_go_of_connections, self._drop_connections)
+        self._loop_end = LoopEnd(
+            name,
+            self._let_go_of_connections,
+            self._drop_connections,
+            leave=self._close_a_left_loops_connections,
+        )
         #: A forked child's tier whose given cluster client it cannot let go of: it refuses
         #: every call (async_fork.parents_client_error).
         self._forked_from_client = False
@@ -163,8 +169,9 @@ class AsyncRedisTier(AsyncTierBase):
 
     def report(self) -> dict[str, int]:
         """What the tier counts itself, for ``stats()`` (:mod:`tiered_cache.reporting`): the
-        values it read and could not decode (:meth:`StoredFormat.report`)."""
-        return self._stored.report()
+        values it read and could not decode (:meth:`StoredFormat.report`), and the times it
+        moved on from a loop left open (``loops_left_open``: :mod:`tiered_cache.loop_end`)."""
+        return {**self._stored.report(), "loops_left_open": self._loop_end.left_open}
 
     def redis_key(self, key: str) -> str:
         """The Redis key that holds ``key`` (the sync tier's)."""
@@ -201,6 +208,16 @@ class AsyncRedisTier(AsyncTierBase):
         client = self._client
         if isinstance(client, aioredis.Redis):
             client.connection_pool.reset()  # type: ignore[no-untyped-call]
+
+    def _close_a_left_loops_connections(self) -> None:
+        """The loop the connections belong to is left open, not running, and this one is
+        another (:mod:`tiered_cache.loop_end`): they are closed without waiting
+        (:mod:`.async_left`), the parked ones and the lease batches of that loop dropped,
+        and this loop's calls open their own. Before, they were tried: an error of the tier
+        each (``attached to a different loop``), the reads going through to the source."""
+        self._reads = None
+        self._leases = CoalescedLeases(self._commands)
+        close_a_left_loops_connections(self._client)
 
     # -- reads
 

@@ -1,0 +1,39 @@
+"""What the ``redis.asyncio`` parts (the tier, the bus's publisher) do with the connections of
+an event loop left open: run by hand (``run_until_complete``), never closed, not running, and
+the part used on another loop since (:mod:`tiered_cache.loop_end`).
+
+Those connections belong to that loop: a command the next loop sent on one failed inside
+redis-py (``got Future attached to a different loop``), an error of the tier each, the reads
+going through to the source, until the pool had none left; and they cannot be disconnected
+from the next loop (the disconnect awaits the first loop's futures). They are closed without
+waiting instead, as redis-py closes a connection outside its loop (``_close``: the transport
+is closed on its own loop, which is not running; the socket is let go of when that loop runs
+again, its shutdown included), and taken out of the pool, so that this loop opens its own.
+The first loop, should it run again, finds its calls on them failed (a connection error of
+the tier), not answered with another loop's replies.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis.asyncio as aioredis
+
+__all__ = ["close_a_left_loops_connections"]
+
+
+def close_a_left_loops_connections(client: Any) -> int:
+    """Close every connection of a plain ``redis.asyncio`` client's pool (idle, in use,
+    parked by the reads) without waiting, and empty the pool; how many were open. A cluster
+    client's nodes are not reached (0): as after a fork, its connections stay."""
+    if not isinstance(client, aioredis.Redis):
+        return 0
+    pool = client.connection_pool
+    connections = [*pool._available_connections, *pool._in_use_connections]
+    pool.reset()  # type: ignore[no-untyped-call]
+    open_ones = 0
+    for connection in connections:
+        if connection.is_connected:
+            open_ones += 1
+            connection._close()  # type: ignore[no-untyped-call]
+    return open_ones

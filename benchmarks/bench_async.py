@@ -29,6 +29,7 @@ import warnings
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+import redis
 import redis.asyncio as aioredis
 from tiered_cache_redis import AsyncRedisBus, AsyncRedisTier
 from timing import run_line
@@ -110,7 +111,11 @@ async def main() -> None:
             [AsyncRedisTier(aioredis.Redis.from_url(url), namespace="bench-l2")],
             namespace="bench-l2",
         )
-        bus = AsyncRedisBus(lambda: aioredis.Redis.from_url(url), "bench-bus:invalidations")
+        bus = AsyncRedisBus(
+            lambda: aioredis.Redis.from_url(url),
+            "bench-bus:invalidations",
+            listen_with=lambda: redis.Redis.from_url(url),
+        )
         with_bus = AsyncTieredCache(
             [
                 MemoryTier(max_entries=10_000, ttl=300),

@@ -164,7 +164,7 @@ class AsyncTieredCache(L1Reader):
         bound = loop_bound([tier.name for tier in self._tiers if tier.one_loop], source, bus)
         #: One running event loop at a time, for a chain with loop-bound parts.
         self._loop_owner = LoopOwner(bound) if bound else None
-        #: The async bus, whose listener runs on the chain's loop (see :meth:`_listen_here`).
+        #: The async bus, asked to listen on the chain's loop (see :meth:`_listen_here`).
         self._async_bus: AsyncBus | None = None
         #: The bus publishes natively (an :class:`AsyncBus`), not in a thread.
         self._native_bus = isinstance(bus, AsyncBus)
@@ -185,10 +185,11 @@ class AsyncTieredCache(L1Reader):
     def after_fork_in_child(self) -> None:
         """The writes running to their end at the fork are tasks of the parent's loop, which
         never runs in a forked child: :meth:`aclose` and :meth:`wait_background` waited for
-        them for ever there. An async bus listened in a task of that loop too: until the
-        child listens on a loop of its own (from its next miss) and is subscribed, the bus
-        is down for it, and the memory it inherited is not trusted (its parts restarted
-        before it: their locks are the child's). The loop that held a chain with loop-bound
+        them for ever there. Until the child's async bus listens (a bus listening in a task
+        of the parent's loop, from the child's next miss; the Redis bus, on a thread it
+        restarts in the child) and is subscribed, the bus is down for it, and the memory it
+        inherited is not trusted (its parts restarted before it: their locks are the
+        child's). The loop that held a chain with loop-bound
         tiers looks running in the child (it runs in the parent): forgotten, or the child's
         every call was refused."""
         self._writes.forget()
@@ -409,11 +410,13 @@ class AsyncTieredCache(L1Reader):
 
     def _listen_here(self) -> None:
         """Have the async bus listen on the running loop, from every call that can fill
-        memory (a miss, a batch, a lookup, a write). A chain built outside a loop starts it
-        on its first such call -- the memory is empty until then, so nothing is served that
-        the bus should have dropped. A chain whose listener's loop ended (kept across
-        ``asyncio.run`` calls) was told the bus is down (its memory cleared, the L1 fast
-        path off, so the next read comes here) and starts it again on this loop."""
+        memory (a miss, a batch, a lookup, a write), for a bus that listens in a task of the
+        loop (:meth:`AsyncBus.listen`; the Redis bus listens from a thread, and does
+        nothing here). A chain built outside a loop starts it on its first such call -- the
+        memory is empty until then, so nothing is served that the bus should have dropped.
+        A chain whose listener's loop ended (kept across ``asyncio.run`` calls) was told the
+        bus is down (its memory cleared, the L1 fast path off, so the next read comes here)
+        and starts it again on this loop."""
         bus = self._async_bus
         assert bus is not None
         try:

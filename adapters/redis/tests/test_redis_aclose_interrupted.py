@@ -59,7 +59,11 @@ def chain(url: str, namespace: str, source: HeldSource) -> AsyncTieredCache:
         ],
         source,
         namespace=namespace,
-        bus=AsyncRedisBus(lambda: aioredis.Redis.from_url(url), f"{namespace}:invalidations"),
+        bus=AsyncRedisBus(
+            lambda: aioredis.Redis.from_url(url),
+            f"{namespace}:invalidations",
+            listen_with=lambda: redis.Redis.from_url(url),
+        ),
     )
 
 

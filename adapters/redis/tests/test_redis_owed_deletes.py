@@ -1070,15 +1070,19 @@ def test_an_async_debt_kept_past_its_loop_is_paid_by_the_next_loops_memory_read_
     redis_server: RedisServer, proxy: FaultProxy, namespace: str
 ) -> None:
     """``asyncio.run`` ends owing, Redis still cut (its last try fails): the next loop reads
-    only what its memory held. With the asyncio Redis bus, whose listener ended with the loop,
-    that memory is not trusted until the bus is subscribed again: the read goes to Redis,
-    meets the debt and pays it (a guard: the open edge of a later loop of memory hits is a
-    chain whose memory stays trusted across loops)."""
+    what its memory held, then misses. The asyncio Redis bus listens from a thread, across
+    the loops: the memory stays trusted, its hit reaches no tier, and the next loop's first
+    call that reaches Redis (the miss) meets the debt and pays it. (When the listener was a
+    task of the loop, its end took the bus down and the memory read itself went to Redis.)"""
     clock, table = FakeClock(), AsyncTable({"j": "j"})
     tier = AsyncRedisTier(
         aioredis.Redis.from_url(proxy.url(), socket_timeout=0.2), namespace=namespace
     )
-    bus = AsyncRedisBus(lambda: aioredis.Redis.from_url(redis_server.url), f"{namespace}:inv")
+    bus = AsyncRedisBus(
+        lambda: aioredis.Redis.from_url(redis_server.url),
+        f"{namespace}:inv",
+        listen_with=lambda: redis.Redis.from_url(redis_server.url),
+    )
     writer = AsyncTieredCache(
         [MemoryTier(), AsyncCircuitBreakerTier(tier, BREAKER, clock=clock)],
         table,
@@ -1100,7 +1104,9 @@ def test_an_async_debt_kept_past_its_loop_is_paid_by_the_next_loops_memory_read_
 
     async def memory_reads() -> None:
         clock.advance(5.0)
-        assert await writer.get("j") == "j"
+        assert await writer.get("j") == "j"  # a memory hit: the bus heard nothing against it
+        assert payments(writer) == 0
+        await writer.get("y")  # a miss: through Redis
         await async_until(lambda: payments(writer) == 1, "the payment of the debt it met")
         await writer.aclose()
 

@@ -4,8 +4,10 @@ and ``tiered_cache.async_buses``: the same settings as the sync kinds, built on
 
 from __future__ import annotations
 
+import redis
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
+from redis.retry import Retry as SyncRetry
 
 from tiered_cache.registry import BuildContext, Plugin
 
@@ -16,6 +18,7 @@ from .plugin import (
     SHARED_SETTINGS_KEY,
     RedisBusSettings,
     build_bus_with,
+    bus_clients,
     client_options_of,
     tier_options_of,
 )
@@ -42,7 +45,15 @@ ASYNC_PLUGIN: Plugin[AsyncRedisTier] = Plugin("redis", RedisTierSettings, build_
 def build_async_redis_bus(settings: RedisBusSettings, context: BuildContext) -> AsyncRedisBus:
     """An :class:`AsyncRedisBus` from the ``redis`` bus settings (connections of its own;
     nothing connects before the chain's loop runs it)."""
-    return build_bus_with(AsyncRedisBus, aioredis.Redis.from_url, Retry, settings, context)
+    return build_bus_with(
+        AsyncRedisBus,
+        aioredis.Redis.from_url,
+        Retry,
+        settings,
+        context,
+        # It listens from a thread (async_bus.py): with a sync client.
+        listen_with=bus_clients(redis.Redis.from_url, SyncRetry, settings, context),
+    )
 
 
 ASYNC_BUS_PLUGIN: Plugin[AsyncRedisBus] = Plugin("redis", RedisBusSettings, build_async_redis_bus)

@@ -139,10 +139,30 @@ def build_bus_with(
     retry: Callable[..., Any],
     settings: RedisBusSettings,
     context: BuildContext,
+    **listening: Any,
 ) -> B:
     """A bus (``RedisBus`` or ``AsyncRedisBus``) from its settings, with clients of its own
     made by ``from_url`` (``redis.Redis.from_url`` or ``redis.asyncio``'s) and ``retry``
-    (the ``Retry`` class of the same module); a subscription holds a connection."""
+    (the ``Retry`` class of the same module); a subscription holds a connection.
+    ``listening``: further arguments of ``make_bus`` (the asyncio bus's ``listen_with``)."""
+    connect = bus_clients(from_url, retry, settings, context)
+    return make_bus(
+        connect,
+        settings.channel or f"{context.namespace}:invalidations",
+        publisher=connect(retries=1),
+        health=Health(interval=settings.health_check_interval, timeout=settings.timeout),
+        **listening,
+    )
+
+
+def bus_clients(
+    from_url: Callable[..., Any],
+    retry: Callable[..., Any],
+    settings: RedisBusSettings,
+    context: BuildContext,
+) -> Callable[..., Any]:
+    """What makes a bus's clients: ``connect()`` for the listener, ``connect(retries=1)`` for
+    the publisher, by ``from_url`` with ``retry`` (of one redis-py module)."""
     url = bus_url(settings, context)
 
     def connect(retries: int = 0) -> Any:
@@ -156,12 +176,7 @@ def build_bus_with(
             retry=retry(NoBackoff(), retries, supported_errors=(redis.ConnectionError,)),
         )
 
-    return make_bus(
-        connect,
-        settings.channel or f"{context.namespace}:invalidations",
-        publisher=connect(retries=1),
-        health=Health(interval=settings.health_check_interval, timeout=settings.timeout),
-    )
+    return connect
 
 
 def build_redis_bus(settings: RedisBusSettings, context: BuildContext) -> Bus:

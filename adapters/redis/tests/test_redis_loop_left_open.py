@@ -309,3 +309,36 @@ def test_a_close_from_another_thread_while_the_first_loop_is_left_open(
             assert dict(raw.pubsub_numsub(bus.channel)) == {bus.channel.encode(): 1}
         finally:
             raw.close()
+
+
+def test_redis_killed_and_restarted_while_the_first_loop_is_left_open(
+    server: RedisServer, namespace: str
+) -> None:
+    """The redis-server killed while the chain runs on the second loop, the first left open:
+    the bus goes down, the memory's copy is not served (the source's value is read, no
+    error reaches the caller); restarted on its port, the bus is back."""
+    settings = bus_chain_settings(
+        server.url,
+        namespace,
+        bus={"health_check_interval": "200ms", "timeout": "300ms"},
+        timeout="300ms",
+    )
+    reader = AsyncTieredCache.from_config(**settings)
+    truth = {"k": "old"}
+
+    async def load_truth() -> str:
+        return truth["k"]
+
+    with left_open() as first:
+        filled_on(first, reader, "k")
+
+        async def main() -> list[Any]:
+            truth["k"] = "new"  # changed behind the cache while Redis is down
+            server.kill()
+            went_down = await async_eventually(lambda: reader.stats()["bus"] == "down", 10)
+            read = [await reader.get("k", load_truth) for _ in range(5)]
+            server.start()
+            back = await async_eventually(lambda: reader.stats()["bus"] == "connected", 15)
+            return [went_down, read, back]
+
+        assert on_a_new_loop(reader, main) == [True, ["new"] * 5, True]

@@ -1,12 +1,13 @@
-"""The bus listener's decisions, written once for the threaded and the asyncio bus.
+"""The bus listener's decisions, written once.
 
 Subscribing, the health check (a PING on the subscription, a reply expected within the
 timeout), telling the chain about outages (once per outage, once per kind of failure in the
 log) and the reconnection backoff are :mod:`tiered_cache.steps`: the listener yields each
 call it needs on the subscription (:class:`Subscription`) and its driver makes it. The
-threaded :class:`~tiered_cache_redis.bus.RedisBus` runs them with ``run`` on its thread, the
-:class:`~tiered_cache_redis.async_bus.AsyncRedisBus` with ``arun`` in a task of its loop; so
-both buses notice the same faults the same way, and only the I/O differs.
+threaded :class:`~tiered_cache_redis.bus.RedisBus` runs them with ``run`` on its thread; the
+:class:`~tiered_cache_redis.async_bus.AsyncRedisBus` listens with that same thread (it ran
+them with ``arun`` in a task of its loop, which a loop left open silenced: async_bus.py).
+Being steps, they can still be driven by ``arun`` for a bus whose I/O is awaited.
 
 redis-py's own health check is not used: it sends the PING but never waits for the reply,
 and its silent reconnection is turned off by the buses' clients (a reconnection the chain
@@ -42,8 +43,8 @@ class BusStalled(redis.TimeoutError):
 
 @dataclass(frozen=True)
 class Subscription:
-    """The calls one bus makes on its subscription: each returns its result (the threaded
-    bus) or an awaitable of it (the asyncio bus).
+    """The calls one bus makes on its subscription: each returns its result (driven by
+    ``run``) or an awaitable of it (by ``arun``).
 
     Attributes:
         open: a new client and subscription handle, not yet connected.

@@ -51,7 +51,10 @@ window back to half the cache (see ``TinyLfuPolicy._top_period``). Until the ske
 (the warm-up) the guard runs at any window, and LRU ahead of a window under half the cache at
 the end of two periods in a row takes the window to half at once, where the ghosts take tens of
 thousands of reads when keys come back later than they remember (see
-``TinyLfuPolicy._warm_up``).
+``TinyLfuPolicy._warm_up``). Before the guard has any evidence, at the fill, a
+cache of 100 to 511 entries asks a trial run since its first read: plain LRU and W-TinyLFU
+at a quarter of its size (which fill first); LRU far ahead there enters LRU mode from the
+first eviction, to be confirmed at the warm-up's end (see ``TinyLfuPolicy._fill_trial``).
 
 A popularity shift (a new hot set) leaves the main area full of keys the sketch still counts
 as frequent until it next ages. When a period's hit ratio falls sharply below the recent

@@ -50,7 +50,10 @@ class Invalidation:
 
     @classmethod
     def decode(cls, data: bytes | str) -> Invalidation:
-        """The message :meth:`encode` wrote; ``ValueError`` for anything else."""
+        """The message :meth:`encode` wrote; ``ValueError`` for anything else. Anything can
+        publish on a bus's channel: whatever it sent is refused here, never raised as another
+        error (a number out of range, ``1e400``, or a body nested past the parser's depth
+        escaped as one, and the listener took it for a failure of its subscription)."""
         try:
             body = json.loads(data)
             return cls(
@@ -61,7 +64,7 @@ class Invalidation:
                 clear=bool(body.get("c", False)),
                 at=float(body.get("t", 0.0)),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, ArithmeticError, RecursionError) as exc:
             raise ValueError(f"not an invalidation message: {data!r:.200}") from exc
 
 

@@ -824,3 +824,46 @@ def test_a_miss_after_a_left_load_ended_loads_the_key_itself(clock: FakeClock) -
         go.set()
     assert cache.wait_background(5)
     cache.close()
+
+
+def test_an_async_miss_after_a_left_load_ended_loads_the_key_itself() -> None:
+    """The asyncio loader's case of the test above: a timed load its caller left (cancelled)
+    fails, and in its last step wakes the key's next miss (a task its loader woke). That
+    miss runs before the load's end is noted (its task's done callbacks come after the
+    handles already due, that wake-up among them): it joined the ended load and raised its
+    failure, the left caller's, as its own."""
+
+    async def scenario() -> Any:
+        cache = AsyncTieredCache(
+            [MemoryTier()], protection=Protection.never_stale(hard_timeout=10.0)
+        )
+        started, go = asyncio.Event(), asyncio.Event()
+        woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        async def left() -> str:
+            started.set()
+            await go.wait()
+            woken.set_result(None)  # the next miss is due before this load's end is noted
+            raise ValueError("the left load failed")
+
+        async def fresh() -> str:
+            return "fresh"
+
+        async def next_miss() -> Any:
+            await woken
+            return await cache.get("a", fresh)
+
+        caller = asyncio.create_task(cache.get("a", left))
+        await started.wait()
+        caller.cancel()  # its caller stops waiting: the load goes on, left
+        with contextlib.suppress(asyncio.CancelledError):
+            await caller
+        miss = asyncio.create_task(next_miss())
+        go.set()
+        try:
+            return await miss
+        finally:
+            assert await cache.wait_background(10)
+            await cache.aclose()
+
+    assert asyncio.run(scenario()) == "fresh"

@@ -44,7 +44,7 @@ from .singleflight import (
 from .stamp import EntryMaker, loaded, loaded_many
 from .steps import arun
 from .tier import Entry, Source
-from .timed_slots import Claim, TimedSlots, after_wait
+from .timed_slots import Claim, TimedSlots, after_wait, may_join_left
 
 logger = logger_for("chain")
 
@@ -242,7 +242,7 @@ class AsyncSourceLoader:
         if running is not None and stalled(running[0]):
             self._give_back_stalled()  # it may never end: load anew
             running = None
-        if running is not None and self._fence.may_join(key, running[1]):
+        if running is not None and may_join_left(running[0], key, running[1], self._fence.may_join):
             joined, older, work = running
             if own_work(work):  # its own loader awaits its key: it would wait for itself
                 raise recursive_load(key)

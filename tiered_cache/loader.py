@@ -42,7 +42,7 @@ from .singleflight import (
 from .stamp import EntryMaker, loaded, loaded_many
 from .steps import run
 from .tier import Entry, Source
-from .timed_slots import TimedSlots, after_wait
+from .timed_slots import TimedSlots, after_wait, may_join_left
 
 Loader = Callable[[], Any]
 BatchLoader = Callable[[Sequence[str]], Mapping[str, Any]]
@@ -274,11 +274,7 @@ class SourceLoader:
         timeout = soft if soft is not None else hard
         with self._lock:
             running = self._abandoned.get(key)
-        # A load that has ended is not joined, though its end may not be noted yet (its
-        # future's done callbacks drop it from _abandoned after the future's waiters wake,
-        # wait_background() among them): it filled, or was refused, and its outcome was its
-        # own caller's. Joined, the miss raised that load's failure as its own.
-        if running is not None and not running[0].done() and self._fence.may_join(key, running[1]):
+        if running is not None and may_join_left(running[0], key, running[1], self._fence.may_join):
             # This key's earlier load still runs and the fence lets a miss join it: wait for
             # it. Its fill is judged by its own (older) mark.
             joined, older, work = running

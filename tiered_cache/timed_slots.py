@@ -28,6 +28,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from .errors import LoadTimeout
 from .metrics import CacheMetrics
@@ -48,6 +49,24 @@ def after_wait(
     if hard is not None:
         return None, max(0.0, hard - waited)
     return None, None
+
+
+class Ending(Protocol):
+    """A left load as both loaders hold it: a thread's future or an asyncio task."""
+
+    def done(self) -> bool: ...
+
+
+def may_join_left(load: Ending, key: str, mark: int, may_join: Callable[[str, int], bool]) -> bool:
+    """Whether a miss of ``key`` waits for ``load``, a load of it its caller left (read under
+    ``mark``), rather than load the key itself: only while that load runs, and only if the
+    fence lets a miss join it (``may_join``: :meth:`Fence.may_join`). A load that has ended
+    is not joined, though its end may not be noted yet (the done callbacks that drop it from
+    the loads a miss joins run after the waiters its end woke: ``wait_background()``, or a
+    task its last step woke): it filled, or was refused, and its outcome was its own
+    caller's. Joined, the miss raised that load's failure as its own. The one copy of this
+    rule: both loaders ask here."""
+    return not load.done() and may_join(key, mark)
 
 
 class Claim:

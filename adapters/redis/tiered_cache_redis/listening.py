@@ -98,6 +98,11 @@ class Listeners:
                 self._tell_one(listener, "on_reconnect" if self._subscribed else "on_disconnect")
 
     @property
+    def abandoned(self) -> bool:
+        """A close gave up on the listener (:meth:`abandon`)."""
+        return self._abandoned
+
+    @property
     def told(self) -> bool:
         """Whether the subscription's state was ever told: not while the listeners are
         starting (no subscription confirmed yet, none failed)."""
@@ -251,7 +256,13 @@ class Listening:
         the close came as it subscribed, is shut down by the next). Past
         :attr:`Health.close_wait` on the bus's clock the close stops waiting
         (:meth:`abandon`); False then. Without that bound a listener stuck where no wake
-        reaches hung the close, the chain's, and the interpreter's exit, for ever."""
+        reaches hung the close, the chain's, and the interpreter's exit, for ever. A close
+        after one that gave up returns at once, telling nothing (whether it has ended)."""
+        if self.listeners.abandoned:
+            # A close gave up on it already (two chains on one bus closed in turn, an aclose
+            # run again): it ends by itself. Waited for again, each close added close_wait
+            # to the shutdown, then gave up again, telling the chains again.
+            return bool((yield join, (0.0,)))
         clock, poll = self.health.clock, self.health.poll
         deadline = clock() + self.health.close_wait
         ended = yield join, (2 * poll,)

@@ -222,6 +222,15 @@ class LoopEnd:
         begun on it now would outlive what its end stops."""
         return self._hook is None and self._loop is asyncio.get_running_loop()
 
+    def close_here(self) -> None:
+        """The part closes, on the running loop: moved to it first, as by any call of the
+        part (what belongs to a loop left open or closed by hand is let go of then, not
+        tried from this one), then :meth:`stop`. Stopped without the move, a part last used
+        on a loop left open closed its connections from the new loop: ``got Future attached
+        to a different loop``, the Redis tier's close failing."""
+        self.here()
+        self.stop()
+
     def stop(self) -> None:
         """Nothing to watch any more: the part is closing (its close disconnects), or it is
         in a forked child (the parent's loop never runs there; the child's next call, on a

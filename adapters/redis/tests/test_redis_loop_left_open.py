@@ -342,3 +342,20 @@ def test_redis_killed_and_restarted_while_the_first_loop_is_left_open(
             return [went_down, read, back]
 
         assert on_a_new_loop(reader, main) == [True, ["new"] * 5, True]
+
+
+def test_a_close_on_a_new_loop_after_the_first_was_left_open_closes_the_tier_quietly(
+    redis_server: RedisServer, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The service's shutdown ``asyncio.run(cache.aclose())`` after its work ran on a loop
+    left open: the tier moves off that loop as any call of it does, and closes. Seen
+    failing: its close tried the first loop's connections (``got Future attached to a
+    different loop``), logged as a failure of the tier."""
+    with left_open() as first, a_reader_and_a_writer(redis_server, namespace) as (reader, _):
+        filled_on(first, reader, "k")
+        caplog.set_level(logging.WARNING)
+        asyncio.run(reader.aclose())
+    said = [record.getMessage() for record in caplog.records]
+    assert not any("different loop" in line for line in said), said
+    tier = reader.stats()["tiers"][1]
+    assert (tier["loops_left_open"], tier["errors"]) == (1, 0)

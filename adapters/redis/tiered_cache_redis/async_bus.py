@@ -123,8 +123,7 @@ class AsyncRedisBus(AsyncBusBase):
         the publisher. Idempotent. The publisher's connections of a loop
         closed by hand are dropped first, those of a loop left open closed without it."""
         self._closed = True
-        self._loop_end.here()
-        self._loop_end.stop()
+        self._loop_end.close_here()
         await asyncio.to_thread(self._listening.close)
         await self._client.aclose()
 

@@ -343,7 +343,7 @@ class AsyncRedisTier(AsyncTierBase):
         it can be run again: the client and the parked reads are let go of only once closed
         (else the client stayed open, nothing left to close it)."""
         self._closed = True
-        self._loop_end.stop()
+        self._loop_end.close_here()
         await self._calls.aclose()
         await self._leases.drain()
         client = self._client

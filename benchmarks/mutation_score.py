@@ -98,6 +98,16 @@ TESTS = [
     # readers beside a background refresh (paths' read_through with beside).
     "tests/test_recursive_timed_loads.py",
     "tests/test_refresh_serves_stale.py",
+    # Keys UTF-8 cannot encode, refused by every call of a chain with a Redis tier (paths'
+    # check_keys with utf8_for); the threaded chain's set of one memory tier (set_alone), but
+    # its signature test: the trampolines change what a signature shows.
+    "adapters/redis/tests/test_redis_hostile_keys.py",
+    "tests/test_set_alone.py::test_a_set_alone_answers_counts_and_feeds_the_policy_as_the_steps",
+    "tests/test_set_alone.py::test_a_kept_key_written_again_enters_as_a_new_key",
+    "tests/test_set_alone.py::test_the_old_copy_goes_when_the_new_one_cannot_be_weighed",
+    "tests/test_set_alone.py::test_set_keeps_its_key_check_and_ttl",
+    "tests/test_set_alone.py::test_the_general_set_stays_for_other_chains",
+    "tests/test_set_alone.py::test_a_bad_ttl_after_the_source_took_the_value_leaves_no_old_copy",
 ]
 EQUIVALENTS = ROOT / "benchmarks" / "mutation_equivalents.txt"
 KILLED = {1, 3, 24, -24, 36, 152, 255}  # a failing test, or a timeout (a hang is caught too)

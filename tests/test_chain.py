@@ -11,6 +11,7 @@ import pytest
 from tiered_cache import (
     MISSING,
     CodecError,
+    Entry,
     MemoryTier,
     TieredCache,
     TieredCacheError,
@@ -404,3 +405,19 @@ def test_a_memory_only_chain_serves_a_stale_entry_and_refreshes_it(clock: FakeCl
     assert len(refreshes) == 1
     refreshes[0]()
     assert cache.get("k", lambda: "newer") == "new"
+
+
+def test_lookup_many_copies_a_slower_tiers_entry_up_after_invalidations(clock: FakeClock) -> None:
+    """lookup_many fills the faster tiers with what a slower one holds, judged by the fence
+    from the read's start, as get_many's reads are: an invalidation of another key before it
+    refuses nothing."""
+    l1, l2 = MemoryTier(clock=clock), MemoryTier(name="l2", clock=clock)
+    cache = TieredCache([l1, l2], clock=clock, ttl=600)
+    cache.set("k", "v")
+    l1.clear()
+    cache.invalidate("other")
+    found = cache.lookup_many(["k"])
+    assert found["k"].value == "v"
+    entry = l1.get("k")
+    assert isinstance(entry, Entry) and entry.value == "v"
+    cache.close()

@@ -156,10 +156,11 @@ def test_the_old_copy_goes_when_the_new_one_cannot_be_weighed() -> None:
     assert answers == [(MISSING, 1), (MISSING, 1)]
 
 
-def test_set_keeps_its_signature_key_check_and_ttl() -> None:
+def test_set_keeps_its_key_check_and_ttl() -> None:
+    """(Its signature: test_help_and_signature_show_the_public_set. Kept apart, this test
+    also runs under a mutation tool's trampolines, which change what a signature shows.)"""
     clock = ManualClock(1_000_000.0)
     cache = TieredCache([MemoryTier(clock=clock)], clock=clock, ttl=TTL)
-    assert inspect.signature(cache.set) == inspect.signature(StepsSet([]).set)
     with pytest.raises(TypeError, match="cache keys are str, not int"):
         cache.set(42, "v")  # type: ignore[arg-type]
     with pytest.raises(TypeError):

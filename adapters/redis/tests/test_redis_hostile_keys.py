@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from tiered_cache import AsyncTieredCache, BlockingTierWarning, TieredCache, UnencodableKey
+from tiered_cache.protection import Protection
 from tiered_cache.testing.servers import RedisServer
 from tiered_cache.testing.sources import DictSource
 
@@ -282,3 +283,34 @@ def test_a_redis_tier_made_in_code_refuses_such_a_namespace() -> None:
         with pytest.raises(ValueError, match="namespace holds a lone surrogate") as raised:
             tier(connect=lambda: None, namespace="app\udcff")  # type: ignore[arg-type]
         assert "\udcff" not in str(raised.value)
+
+
+@pytest.mark.parametrize("key", HOSTILE)
+@pytest.mark.parametrize("chain", ["write around", "no lease"])
+def test_a_set_refuses_it_before_anything_is_sent_on_every_write_path(
+    redis_server: RedisServer, namespace: str, key: str, chain: str
+) -> None:
+    """The test above writes through under the key's lease; a write around the tiers (the
+    source first, then every tier dropped) and a write-through without leases take other
+    paths, each with its own check."""
+    built = TieredCache.from_config(**settings(redis_server.url, namespace))
+    source = DictSource(SOURCE)
+    if chain == "write around":
+        cache = TieredCache(
+            list(built.tiers), source, namespace=namespace, ttl=600, write_policy="around"
+        )
+    else:
+        cache = TieredCache(
+            list(built.tiers),
+            source,
+            namespace=namespace,
+            ttl=600,
+            protection=Protection(lease="off"),
+        )
+    before = redis_counts(cache.stats())
+    with pytest.raises(UnencodableKey) as raised:
+        cache.set(key, "written")
+    assert_refused(raised, key)
+    assert redis_counts(cache.stats()) == before
+    assert (source.loads, source.batches, source.items) == ([], [], SOURCE)
+    cache.close()

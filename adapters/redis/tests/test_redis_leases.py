@@ -199,6 +199,20 @@ def chain(url: str, namespace: str, bus: str = "auto", **protection: object) -> 
     )
 
 
+def test_a_set_under_the_keys_lease_keeps_its_ttl(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """A write-through under the key's lease (the chain leases): every copy it writes goes
+    stale after the set's ttl, not the chain's (an hour by default)."""
+    cache = chain(redis_server.url, namespace, bus="off")
+    cache.set("k", "v", ttl="2s")
+    for tier in cache.tiers:
+        entry = tier.get("k")
+        assert isinstance(entry, Entry), tier.name
+        assert entry.soft_expiry - entry.loaded_at == pytest.approx(2.0, abs=1e-3), tier.name
+    cache.close()
+
+
 def test_two_chains_threads_on_a_cold_key_read_the_source_once(
     redis_server: RedisServer, namespace: str
 ) -> None:

@@ -115,6 +115,39 @@ def test_a_close_whose_listener_is_stuck_in_a_callback_gives_up_and_the_listener
     assert subscribers(server) == 0
 
 
+def test_two_closes_at_once_of_a_bus_whose_listener_is_stuck_give_up_once(
+    server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two chains sharing the bus close at once, its listener stuck in a callback: both
+    closes return, and the giving up is said and told once. Seen failing: told twice
+    (``['reconnect', 'message', 'disconnect', 'abandoned', 'abandoned']``), warned twice."""
+    clock = FakeClock(1000.0)
+    bus = bus_on(server, clock, "stuck-twice")
+    held = Heard(hold=True)
+    bus.subscribe(held)
+    assert bus.wait_subscribed(GUARD)
+    publisher = client_of(server)
+    publisher.publish("stuck-twice", Invalidation("someone", 1, ("a",)).encode())
+    assert held.inside.wait(GUARD)
+    caplog.set_level(logging.WARNING, logger="tiered_cache_redis.bus")
+    closers = [closing(bus) for _ in range(2)]
+    try:
+        until(
+            lambda: all(waiting_in(closer, "close") for closer in closers),
+            "both closes waiting for the listener",
+        )
+        clock.advance(PAST_THE_BOUND)
+        for closer in closers:
+            closer.join(GUARD)
+        assert not any(closer.is_alive() for closer in closers), "a close() never returned"
+    finally:
+        held.go.set()
+        publisher.close()
+    assert held.events == ["reconnect", "message", "disconnect", "abandoned"]
+    said = [r.getMessage() for r in caplog.records if "did not end" in r.getMessage()]
+    assert len(said) == 1, said
+
+
 def test_a_close_whose_listener_is_stuck_reconnecting_gives_up_and_it_never_subscribes(
     server: RedisServer,
 ) -> None:

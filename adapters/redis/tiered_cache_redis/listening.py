@@ -87,6 +87,7 @@ class Listeners:
         self._subscribed: bool | None = None
         #: Cut off by a close that stopped waiting for the listener (:meth:`abandon`).
         self._abandoned = False
+        self._abandoning = threading.Lock()
 
     def add(self, listener: BusListener) -> None:
         """Add ``listener``, told the subscription's state if one was told already: a chain
@@ -113,6 +114,7 @@ class Listeners:
         """Another thread of the parent may have held the lock at the fork; the child is
         not subscribed (the parent's subscription is the parent's)."""
         self._lock = threading.Lock()
+        self._abandoning = threading.Lock()
         self._subscribed = None
 
     def subscribed(self, subscribed: bool, *, again: bool = True) -> None:
@@ -127,14 +129,17 @@ class Listeners:
                     return
                 self._tell_one(listener, "on_reconnect" if subscribed else "on_disconnect")
 
-    def abandon(self) -> None:
+    def abandon(self) -> bool:
         """The bus's close stopped waiting for its listener, which ends by itself: every
         listener is told the bus is down (a chain sharing the bus with the one closed would
         trust its memory while nothing is heard), then ``on_close_abandoned`` (counted), and
         hears nothing more from the listener. Told here, on the close's thread, without the
         lock: the listener may hold it, stuck in a callback. (Told down already, they are not
-        told again.)"""
-        self._abandoned = True
+        told again.) False if a close gave up already: nothing is told again."""
+        with self._abandoning:  # two closes at once (two chains on one bus): told once
+            if self._abandoned:
+                return False
+            self._abandoned = True
         told_down = self._subscribed is False
         self._subscribed = False
         listeners = list(self._listeners)  # a copy taken under the GIL: add() only appends
@@ -142,6 +147,7 @@ class Listeners:
             self._tell_one(listener, "on_disconnect")
         for listener in listeners:
             self._tell_one(listener, "on_close_abandoned")
+        return True
 
     def deliver(self, data: bytes) -> None:
         try:
@@ -280,6 +286,8 @@ class Listening:
         count it), and the listener, left to end by itself, cut off from them
         (:meth:`Listeners.abandon`); being stopped, it neither subscribes nor reconnects."""
         self.connected = False
+        if not self.listeners.abandon():
+            return  # another close gave up on it already, and said so
         log.warning(
             "bus %r: the listener did not end within %.3gs of the close (stuck outside Redis: "
             "a listener's callback, a DNS lookup, a lock); the close returns without it, and "
@@ -287,7 +295,6 @@ class Listening:
             self.listeners.channel,
             self.health.close_wait,
         )
-        self.listeners.abandon()
 
     def _listen(self, after_outage: bool) -> Steps[None]:
         channel = self.listeners.channel

@@ -15,10 +15,15 @@ signal stopped before it started it never runs); two threads started by two call
 are harmless: the steps run under a lock, once. Every ``close()`` waits for each close thread
 running as the close is done: one that found the steps done may still be ending (a
 ``close()`` that returned then left a ``tiered-cache-close`` thread running).
+
+A ``close()`` stopped as it starts the thread raises at once, launched or not; the next
+``close()`` finishes the close, and so does the interpreter's exit (``atexit``), which waits
+only for a thread that had begun (tests/test_close_interrupted_start.py).
 """
 
 from __future__ import annotations
 
+import atexit
 import threading
 from collections.abc import Callable
 
@@ -36,8 +41,6 @@ class CloseOnce:
         #: then finds them done. Never taken on a thread a signal handler can run on.
         self._once = threading.Lock()
         self._done = threading.Event()
-        #: Set by the close's thread as it begins (:meth:`_start`).
-        self._begun = threading.Event()
         self._thread: threading.Thread | None = None
         #: Every close thread started (more than one when callers start them at once).
         self._threads: list[threading.Thread] = []
@@ -74,27 +77,34 @@ class CloseOnce:
         thread = self._thread
         if thread is not None and (thread.is_alive() or self._done.is_set()):
             return
-        thread = threading.Thread(target=self._run, name="tiered-cache-close", daemon=False)
-        self._thread = thread
-        self._threads.append(thread)
         try:
-            thread.start()
-        except RuntimeError:  # no thread can start (interpreter shutting down): run here
-            self._run()
+            thread = threading.Thread(target=self._run, name="tiered-cache-close", daemon=False)
+            self._thread = thread
+            self._threads.append(thread)
+            try:
+                thread.start()
+            except RuntimeError:  # no thread can start (interpreter shutting down): run here
+                self._run()
         except BaseException:
-            # Stopped (Ctrl-C) in Thread.start. Once it launched the thread, the thread runs,
-            # but the interpreter's exit waits only for threads that had begun
-            # (tools/signal_close.py --how ctrl-c: 1 round of 10 exited with the chain open):
-            # wait for that; a second interrupt stops this wait too. Stopped as start() began,
-            # it launched nothing, and threading lists no such thread: nothing will begin (the
-            # next close() starts one). (Stopped between start() listing the thread and
-            # launching it, this waits until a second interrupt.)
-            if thread in threading.enumerate():
-                self._begun.wait()
+            # Stopped (Ctrl-C, a handler raising) on the way. Whether a thread was launched
+            # nothing here can tell: Thread.start lists it (threading.enumerate shows it)
+            # before it launches it, and one launched may not have begun (the interpreter's
+            # exit waits only for threads that had). A wait for it to begin waited for ever
+            # for one never launched; not waiting, the process that the interrupt ended
+            # exited with the chain open (tools/signal_close.py --how ctrl-c). So this
+            # close() raises at once, and the exit finishes the close, as the next close()
+            # does (a thread not alive is started again; two run the steps once).
+            atexit.register(self._finish_at_exit)
             raise
 
+    def _finish_at_exit(self) -> None:
+        """At the interpreter's exit, after a ``close()`` stopped as it started the close
+        (registered then only: a chain closed in order holds no place in ``atexit``)."""
+        if not self._done.is_set():
+            self.start()
+            self.wait()
+
     def _run(self) -> None:
-        self._begun.set()
         with self._once:
             if self._done.is_set():
                 return
@@ -111,7 +121,6 @@ class CloseOnce:
         thread does not exist, its lock may be held for good). The child's next ``close()``
         runs the steps again, on the child's parts (each harmless twice)."""
         self._once = threading.Lock()
-        self._begun = threading.Event()
         done = self._done.is_set()
         self._done = threading.Event()
         if done:

@@ -86,7 +86,10 @@ def closing_threads() -> list[threading.Thread]:
 @pytest.mark.parametrize("line", RUN)
 def test_a_close_interrupted_in_its_threads_start_raises_and_the_next_closes(line: int) -> None:
     """Seen failing at the lines between the listing and the launch: ``the interrupted
-    close() never returned`` (it waited for a thread that was never launched to begin)."""
+    close() never returned`` (it waited for a thread that was never launched to begin). The
+    first line is the instant tests/test_close_once.py interrupted at before (``Thread.start``
+    entered: a signal is raised at a function's entry), where the close then waited for good
+    too."""
     clock = FakeClock(1000.0)
     memory, source = MemoryTier(policy=LruPolicy(100), clock=clock), ClosesCounted()
     cache = TieredCache([memory], source, ttl=1.0, clock=clock)

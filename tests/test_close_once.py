@@ -11,7 +11,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-from types import FrameType
 from typing import Any
 
 import pytest
@@ -26,7 +25,6 @@ from tiered_cache.testing.held_close import (
     until_the_close_waits,
     waiting_in,
 )
-from tiered_cache.testing.interrupts import Interrupted
 from tiered_cache.testing.polling import until
 
 
@@ -140,42 +138,6 @@ def test_a_close_interrupted_as_the_process_ends_finishes_before_it_exits() -> N
     )
     assert "KeyboardInterrupt" in ended.stderr
     assert ended.stdout.splitlines() == ["source closed"]
-
-
-def test_a_close_interrupted_before_its_thread_was_launched_returns_and_the_next_closes() -> None:
-    """Ctrl-C lands as ``Thread.start`` begins, before it launched the close's thread (a
-    signal is raised at a function's entry): that ``close()`` raises it, and the next
-    ``close()`` closes the chain. Seen failing: the interrupted ``close()`` waited for good
-    for the thread to begin, a thread that was never launched."""
-    clock = FakeClock(1000.0)
-    memory, source = MemoryTier(policy=LruPolicy(100), clock=clock), ClosesCounted()
-    cache = TieredCache([memory], source, ttl=1.0, clock=clock)
-    assert cache.get("a") == "old"
-    seen: list[str] = []
-
-    def ctrl_c_in_start(frame: FrameType, event: str, arg: object) -> None:
-        starting = frame.f_code is threading.Thread.start.__code__
-        if event == "call" and starting and frame.f_locals["self"].name == "tiered-cache-close":
-            sys.settrace(None)
-            raise Interrupted
-
-    def interrupted_close() -> None:
-        sys.settrace(ctrl_c_in_start)
-        try:
-            cache.close()
-            seen.append("returned")
-        except Interrupted:
-            seen.append("interrupted")
-        finally:
-            sys.settrace(None)
-
-    closing = threading.Thread(target=interrupted_close, daemon=True)
-    closing.start()
-    closing.join(10)
-    assert not closing.is_alive(), "the interrupted close() never returned"
-    assert seen == ["interrupted"]
-    cache.close()
-    assert (len(memory), source.closes, cache.closed) == (0, 1, True)
 
 
 class SourceCloseHeld(ClosesCounted):

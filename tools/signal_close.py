@@ -15,7 +15,8 @@ SIGTERM 50-300 ms in, and then (``--how``):
 - ``ctrl-c``: the handler only asks the loop to stop (a graceful shutdown); the loop's
   ``finally`` closes; the timer thread sends SIGINT 0-20 ms after SIGTERM (Ctrl-C's
   ``KeyboardInterrupt``, landing in the close or around it). The child then ends as the
-  interpreter does: it waits for its threads that are not daemons.
+  interpreter does: it waits for its threads that are not daemons, then runs its ``atexit``
+  hooks (the parent's servers' left out).
 
 The child reports once the handler returned (not with ``ctrl-c``), and again at its end,
 with what was still open (the memory tier holding entries, the Redis tier answering, the
@@ -33,6 +34,7 @@ Run: ``.venv/bin/python tools/signal_close.py [--rounds 200] [--timeout 10] [--h
 from __future__ import annotations
 
 import argparse
+import atexit
 import functools
 import json
 import logging
@@ -49,6 +51,7 @@ from typing import Any
 import redis
 
 from tiered_cache import ChainClosedError, MemoryTier, TieredCache
+from tiered_cache.testing import servers
 from tiered_cache.testing.forked import ForkedChild
 from tiered_cache.testing.servers import RedisServer
 
@@ -126,8 +129,12 @@ def child(url: str, namespace: str, seed: int, options: argparse.Namespace, repo
     while True:
         try:
             # What the interpreter's exit does first: wait for the threads that are not
-            # daemons, after the exit hooks of concurrent.futures' pools.
+            # daemons, after the exit hooks of concurrent.futures' pools; then the atexit
+            # hooks (a close stopped as it started its thread finishes there). Not the
+            # parent's: its servers are the parent's to stop.
             threading._shutdown()  # type: ignore[attr-defined]
+            atexit.unregister(servers._stop_all_at_exit)
+            atexit._run_exitfuncs()
             break
         except KeyboardInterrupt:  # landed here: once only (one SIGINT)
             continue

@@ -933,13 +933,7 @@ class TinyLfuPolicy:
         if self._lru_mode:
             found = self._alternative_read(key)
         else:
-            found = key in guard_lru
-            if found:
-                guard_lru.move_to_end(key)
-            else:
-                guard_lru[key] = None
-                if len(guard_lru) > self._guard_size:
-                    guard_lru.popitem(last=False)
+            found = _lru_read(key, guard_lru, self._guard_size)
             if self._at_top:
                 top_lead = self._alternative_read(key) - (hits > 0)
                 if top_lead:
@@ -1003,14 +997,7 @@ class TinyLfuPolicy:
         W-TinyLFU; after it, one attribute test per sampled read.
         """
         size, lru = self._trial_size, self._trial_lru
-        found = key in lru
-        if found:
-            lru.move_to_end(key)
-        else:
-            lru[key] = None
-            if len(lru) > size:
-                lru.popitem(last=False)
-        lead = found - _miniature_read(
+        lead = _lru_read(key, lru, size) - _miniature_read(
             key,
             self._trial_window,
             self._trial_main,
@@ -1192,6 +1179,18 @@ class TinyLfuPolicy:
         return _miniature_read(
             key, self._alt_window, self._alt_main, size=size, window=window_size, sketch=self.sketch
         )
+
+
+def _lru_read(key: str, lru: OrderedDict[str, None], size: int) -> bool:
+    """A read of ``key`` through a simulated plain LRU of ``size`` sampled entries (whether it
+    hit): the guard's and the fill's trial's."""
+    if key in lru:
+        lru.move_to_end(key)
+        return True
+    lru[key] = None
+    if len(lru) > size:
+        lru.popitem(last=False)
+    return False
 
 
 def _miniature_read(

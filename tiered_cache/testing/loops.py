@@ -1,6 +1,6 @@
 """Another thread's event loop that keeps running: for tests of a chain used from two loops
-at once (the second one refused, ``EventLoopConflict``); and what a loop closed by hand
-leaves, collected quietly."""
+at once (the second one refused, ``EventLoopConflict``); a loop run by hand and left open;
+and what a loop closed by hand leaves, collected quietly."""
 
 from __future__ import annotations
 
@@ -12,7 +12,19 @@ import threading
 import warnings
 from collections.abc import Awaitable, Callable, Iterator
 
-__all__ = ["another_loop_running", "collected_unclosed"]
+__all__ = ["another_loop_running", "collected_unclosed", "left_open"]
+
+
+@contextlib.contextmanager
+def left_open() -> Iterator[asyncio.AbstractEventLoop]:
+    """A loop the block runs by hand and leaves open; closed after the block as its user
+    would at exit, with its end (what the chain began there is then let go of by it)."""
+    loop = asyncio.new_event_loop()
+    try:
+        yield loop
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
 
 
 @contextlib.contextmanager

@@ -47,7 +47,7 @@ from tiered_cache.errors import (
 from tiered_cache.registry import ASYNC_SOURCES_GROUP, BuildContext, async_plugin
 from tiered_cache.settings import CacheSettings
 from tiered_cache.testing.clock import FakeClock
-from tiered_cache.testing.loops import another_loop_running
+from tiered_cache.testing.loops import another_loop_running, left_open
 
 pytestmark = pytest.mark.anyio
 
@@ -483,6 +483,40 @@ def test_a_loop_closed_by_hand_leaves_the_next_loop_a_client_of_its_own(
         clients.clear()
         gc.collect()
     assert caplog.text.count("was closed without its shutdown_asyncgens") == 1
+
+
+def test_a_loop_left_open_leaves_the_next_loop_a_client_of_its_own(
+    moto_server: MotoDynamoDB, table: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A loop run by hand and left open (never closed, not running), then ``asyncio.run``
+    with the same chain: the client the source made belongs to the first loop. The next
+    loop's reads must reach the table on a client of their own, the move counted, and the
+    first loop's client closed (no unclosed session once that loop ends)."""
+    cache = AsyncTieredCache.from_settings(chain_settings(moto_server, table), clock=FakeClock())
+    source = cache.source
+    assert isinstance(source, AsyncDynamoDBSource)
+    clients: list[Any] = []
+
+    async def job(key: str) -> Any:
+        value = await cache.get(key)
+        clients.append(await source.get_client())
+        return value
+
+    async def then_close() -> Any:
+        try:
+            return [await job("k2"), await cache.get_many(["k3"])]
+        finally:
+            await cache.aclose()
+
+    with left_open() as first:
+        assert first.run_until_complete(job("k1")) == {"id": "k1", "n": 1}
+        seen = asyncio.run(then_close())
+    assert seen == [{"id": "k2", "n": 2}, {"k3": {"id": "k3", "n": 3}}]
+    assert len({id(client) for client in clients}) == 2
+    assert [cache.stats()["source"]["reads"], source.report()["loops_left_open"]] == [3, 1]
+    clients.clear()
+    gc.collect()
+    assert "Unclosed" not in caplog.text
 
 
 def test_a_given_client_used_from_a_second_loop_is_refused_saying_why(

@@ -14,7 +14,9 @@ the source made is closed as its loop ends (``shutdown_asyncgens``,
 across ``asyncio.run`` calls failed every call after the first loop (``Event loop is
 closed``), the first loop's session never closed. A loop closed by hand, without
 ``shutdown_asyncgens``, is seen at the next loop's first call: its client is dropped (it
-cannot be closed without its loop) and a new one made. A client given to the source serves
+cannot be closed without its loop) and a new one made. A loop left open (run by hand, never
+closed) is seen there too: its client's connections are closed without waiting for it
+(:mod:`.async_left`), and a new one made. A client given to the source serves
 the first loop it is used on only: another loop's calls raise
 :class:`~tiered_cache.EventLoopConflict`.
 """
@@ -36,6 +38,7 @@ from tiered_cache.loop_end import LoopEnd
 from tiered_cache.steps import arun
 from tiered_cache.tier import MissingType
 
+from .async_left import close_a_left_loops_client
 from .aws import client_options, credentials
 from .keys import KeyCodec
 from .settings import DynamoDBSourceSettings
@@ -136,7 +139,12 @@ class AsyncDynamoDBSource(AsyncSourceBase):
         self._connect_lock = asyncio.Lock()
         self._check_lock = asyncio.Lock()
         #: A client this source made is closed as the loop it was made on ends.
-        self._loop_end = LoopEnd(f"source {self.name}", self._let_go_of_client, self._drop_client)
+        self._loop_end = LoopEnd(
+            f"source {self.name}",
+            self._let_go_of_client,
+            self._drop_client,
+            leave=self._close_a_left_loops_client,
+        )
         #: The loop a client given to the source was first used on: the only one it serves.
         self._given_loop: asyncio.AbstractEventLoop | None = None
         #: A forked child's source whose client was given: it refuses every call.
@@ -224,6 +232,16 @@ class AsyncDynamoDBSource(AsyncSourceBase):
         self._connect_lock = asyncio.Lock()
         self._check_lock = asyncio.Lock()
 
+    def _close_a_left_loops_client(self) -> None:
+        """The loop the client was made on is left open, not running, and this one is another
+        (:mod:`tiered_cache.loop_end`): its connections are closed without waiting
+        (:mod:`.async_left`), and the next call makes a client on its own loop. Before, it was
+        tried: every load a ``SourceError`` (``attached to a different loop``)."""
+        client = self._client
+        self._drop_client()
+        if client is not None:
+            close_a_left_loops_client(client)
+
     def _on_the_given_clients_loop(self) -> None:
         """A client given to the source belongs to the loop it was made on (its aiohttp
         session does), and the source cannot make another: the first loop it serves is the
@@ -273,8 +291,10 @@ class AsyncDynamoDBSource(AsyncSourceBase):
         await arun(self._steps.remove(key))
 
     def report(self) -> dict[str, float]:
-        """Items read and the read capacity units they cost (as the sync source's)."""
-        return self._steps.meter.report()
+        """Items read and the read capacity units they cost (as the sync source's), and the
+        times the source moved on from a loop left open (``loops_left_open``:
+        :mod:`tiered_cache.loop_end`)."""
+        return {**self._steps.meter.report(), "loops_left_open": self._loop_end.left_open}
 
     async def check_table(self) -> None:
         """DescribeTable, as :meth:`DynamoDBSource.check_table` (done once before the first

@@ -21,20 +21,9 @@ from tiered_cache_redis import AsyncRedisBus
 from tiered_cache import AsyncTieredCache, TieredCache
 from tiered_cache.testing.bus_chains import bus_chain_settings
 from tiered_cache.testing.forked import in_a_child
+from tiered_cache.testing.loops import left_open
 from tiered_cache.testing.polling import async_eventually, async_until
 from tiered_cache.testing.servers import RedisServer
-
-
-@contextlib.contextmanager
-def left_open() -> Iterator[asyncio.AbstractEventLoop]:
-    """A loop the block runs by hand and leaves open; closed after the block as its user
-    would at exit, with its end (what the chain began there is then let go of by it)."""
-    loop = asyncio.new_event_loop()
-    try:
-        yield loop
-    finally:
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        loop.close()
 
 
 @contextlib.contextmanager

@@ -66,6 +66,10 @@ CONNECTIONS_LEFT = (
     "that loop's connections are dropped, not closed (they need their loop), and this loop "
     "opens its own"
 )
+#: What a part holding connections does with those of a loop left open (the warning's words).
+CONNECTIONS_CLOSED = (
+    "that loop's connections are closed without waiting for it, and this loop opens its own"
+)
 #: When the timer that watches a loop's close is due (:meth:`LoopEnd._watch_close`): never,
 #: on any clock. A year away, it came due on a clock a test moved (freezegun's, a fake-time
 #: loop's), and the loop was no longer watched (tests/test_loop_end.py).
@@ -77,6 +81,8 @@ class LoopEnd:
     the loop such as the bus's listener) on the loop the part is used on, when that loop
     ends; or ``abandon`` (a plain function: drop them), on the next loop, when that loop was
     closed without its end being seen. ``left``: what the warning then says is left behind.
+    ``leave`` (a plain function), if given: called on the next loop when that loop is left
+    open, not running; ``left_open``: what the warning then says it did.
     """
 
     def __init__(
@@ -87,9 +93,11 @@ class LoopEnd:
         left: str = CONNECTIONS_LEFT,
         *,
         leave: Callable[[], None] | None = None,
+        left_open: str = CONNECTIONS_CLOSED,
     ) -> None:
         self._name = name
         self._left = left
+        self._left_open = left_open
         self._let_go = let_go
         self._abandon = abandon
         self._leave = leave
@@ -211,10 +219,10 @@ class LoopEnd:
             self._warned_left_open = True
             tier_logger(self._name).warning(
                 "%s: the event loop it was used on is left open and not running (run by hand, "
-                "never closed), and it is used on another: that loop's connections are closed "
-                "without waiting for it, and this loop opens its own (counted in "
-                "loops_left_open). End a loop with asyncio.run or asyncio.Runner",
+                "never closed), and it is used on another: %s (counted in loops_left_open). "
+                "End a loop with asyncio.run or asyncio.Runner",
                 self._name,
+                self._left_open,
             )
 
     def ended_here(self) -> bool:

@@ -22,7 +22,8 @@ drivers run it:
 - :class:`PaymentTask` for the asyncio chain: a task on the loop the debt was recorded on (the
   tier's calls belong to it), ended likewise by ``aclose()``, and by its loop's end (its
   ``shutdown_asyncgens``, :mod:`tiered_cache.loop_end`). A task left on a loop closed by hand
-  is forgotten; the debt is then paid by the chain's next call to the tier, or, that call's
+  is forgotten, one left on a loop left open (run by hand, never closed) cancelled, to end when
+  that loop runs again; the debt is then paid by the chain's next call to the tier, or, that call's
   payment refused, by a task of its loop, which it starts; or the timer is armed again by the
   next debt (a forked asyncio child, which has no loop yet, the same).
 
@@ -60,6 +61,11 @@ __all__ = ["MIN_RETRY", "RETRY", "PaymentTask", "PaymentThread", "PaymentTimer"]
 
 log = logging.getLogger(__name__)
 
+#: What the warning says when the timer moves off a loop left open (tiered_cache.loop_end).
+LEFT_OPEN = (
+    "the timer's task on that loop is cancelled (it ends when that loop runs again), and this "
+    "loop's timer pays what is owed"
+)
 #: Seconds (of the chain's clock) between tries of a tier that has no breaker.
 RETRY = 5.0
 #: The shortest wait after a failed try (a breaker whose ``cool_down`` is 0 lets a trial
@@ -303,6 +309,8 @@ class PaymentTask:
             _nothing,
             left="the timer's task on that loop is dropped (it never runs again), and what is "
             "still owed is paid on this loop",
+            leave=self._leave,
+            left_open=LEFT_OPEN,
         )
         restart_after_fork(self)
 
@@ -333,6 +341,16 @@ class PaymentTask:
         self._number = number
         self._task = loop.create_task(self._run(number), name=f"tiered-cache-owed:{self._name}")
 
+    def _leave(self) -> None:
+        """The run's loop is left open, not running, and a debt is recorded on another
+        (:mod:`tiered_cache.loop_end`): its run is over (:meth:`arm` saw it stalled) and its
+        task is cancelled, to end when that loop runs again (its ``shutdown_asyncgens``
+        included). Left waiting, nothing woke it there (its wake is the later run's): it was
+        destroyed pending as that loop closed."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+
     async def _run(self, number: int) -> None:
         try:
             await arun(self._timer.paying(number, self._wait, self._pay))
@@ -345,8 +363,14 @@ class PaymentTask:
             # of its connections then, and a call would open one left to the next loop.
             # Its cancellation taken first: the tier's own timeouts (asyncio.timeout) count
             # cancellations.
+            # Not a run left on a loop left open (:meth:`_leave`): a later loop's run pays.
             task = asyncio.current_task()
-            if task is not None and not self._timer.stopped and not self._loop_end.ended_here():
+            if (
+                task is not None
+                and task is self._task
+                and not self._timer.stopped
+                and not self._loop_end.ended_here()
+            ):
                 task.uncancel()
                 await arun(self._timer.last(self._pay))
             raise

@@ -38,6 +38,7 @@ from tiered_cache.testing.buses import CuttableBus
 from tiered_cache.testing.clock import FakeClock
 from tiered_cache.testing.forked import in_a_child
 from tiered_cache.testing.interrupts import interrupted_when
+from tiered_cache.testing.loops import left_open
 from tiered_cache.testing.polling import async_until, until
 from tiered_cache.testing.servers import FaultProxy, RedisServer
 from tiered_cache.testing.sources import AsyncDictSource, DictSource
@@ -715,6 +716,50 @@ def test_an_async_timer_left_on_a_loop_that_ended(
         assert not owed_tasks()
 
     asyncio.run(later())
+    raw.close()
+
+
+def test_an_async_timer_left_on_a_loop_left_open_moves_off_it(
+    redis_server: RedisServer, proxy: FaultProxy, namespace: str
+) -> None:
+    """A debt recorded on a loop run by hand and left open (its timer's task waiting there
+    for the cool-down's end), then another debt on a loop of ``asyncio.run``: the timer runs
+    there, and the chain's close there pays both (its last try). The task left on the first
+    loop must not stay pending there: that loop, ended at last (its ``shutdown_asyncgens``),
+    has no timer's task left. Seen failing: ``assert ['tiered-cache-owed:redis'] == []``
+    (destroyed pending as that loop closes: nothing would wake it)."""
+    clock, bus, table = FakeClock(), CuttableBus(), AsyncTable({"k": "old", "j": "old"})
+    writer, reader = async_chains(redis_server, proxy, namespace, clock=clock, bus=bus, table=table)
+    raw = RedisTier(redis.Redis.from_url(redis_server.url), namespace=namespace)
+    for key in ("k", "j"):
+        raw.set(
+            key, Entry("old", loaded_at=0.0, soft_expiry=float("inf"), hard_expiry=float("inf"))
+        )
+
+    async def owe(key: str) -> None:
+        await writer.get("x")  # the circuit open: refused
+        await writer.invalidate(key)  # owed: the timer's task waits
+        assert owed_tasks()
+
+    async def later() -> None:
+        await owe("j")  # the run on the first loop never runs again: one starts here
+        proxy.restore()
+        await writer.aclose()  # its last try pays both
+        await reader.aclose()
+
+    proxy.cut()
+    with left_open() as first:
+        first.run_until_complete(owe("k"))
+        asyncio.run(later())
+        assert payments(writer) == 1
+        assert value(raw.get("k")) is MISSING and value(raw.get("j")) is MISSING
+        first.run_until_complete(first.shutdown_asyncgens())  # the first loop ends at last
+        pending = [
+            t.get_name()
+            for t in asyncio.all_tasks(first)
+            if t.get_name().startswith("tiered-cache-owed")
+        ]
+        assert pending == []
     raw.close()
 
 

@@ -74,6 +74,7 @@ def test_a_chain_without_bus_or_breaker_publishes_no_sample_for_them() -> None:
     assert published["bus_publish_breaker_state"].samples == []
     assert published["tier_breaker_state"].samples == []
     assert published["source_read_units_saved"].samples == []
+    assert published["source_loops_left_open"].samples == []
 
 
 def test_every_metric_is_documented_and_the_dashboard_uses_only_published_names() -> None:

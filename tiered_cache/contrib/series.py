@@ -135,6 +135,13 @@ CATALOGUE: tuple[Spec, ...] = (
         "1 for the state a tier's circuit breaker is in, 0 for the others.",
     ),
     Spec("tier_breaker_opened", "counter", _TIER, "Times a tier's circuit breaker opened."),
+    Spec(
+        "tier_loops_left_open",
+        "counter",
+        _TIER,
+        "Times an asyncio tier moved off an event loop left open (run by hand, never closed), "
+        "closing that loop's connections.",
+    ),
     Spec("loads", "counter", _NS, "Successful calls to the source (a batch counts once)."),
     Spec("load_failures", "counter", _NS, "Calls to the source that failed."),
     Spec("keys_loaded", "counter", _NS, "Keys read from the source."),
@@ -184,6 +191,13 @@ CATALOGUE: tuple[Spec, ...] = (
         "Reads answered without a call to the source (tier hits and shared loads).",
     ),
     Spec(
+        "source_loops_left_open",
+        "counter",
+        _NS,
+        "Times an asyncio source moved off an event loop left open (run by hand, never "
+        "closed), closing that loop's client.",
+    ),
+    Spec(
         "source_read_units_saved",
         "gauge",
         _NS,
@@ -204,6 +218,7 @@ _TIER_FIELDS = {
     "tier_undecodable": "undecodable",
     "tier_entries": "entries",
     "tier_breaker_opened": "breaker_opened",
+    "tier_loops_left_open": "loops_left_open",
 }
 
 
@@ -271,6 +286,8 @@ def _add(out: dict[str, Series], snapshot: Mapping[str, Any], raw_hot_keys: bool
         (namespace, float(snapshot.get("source_reads_saved", 0)))
     )
     source = snapshot.get("source") or {}
+    if "loops_left_open" in source:
+        out["source_loops_left_open"].samples.append((namespace, float(source["loops_left_open"])))
     if "read_units_saved" in source:
         out["source_read_units_saved"].samples.append(
             (namespace, float(source["read_units_saved"]))

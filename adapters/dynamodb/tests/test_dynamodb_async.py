@@ -37,6 +37,7 @@ from tiered_cache_dynamodb.testing import (
 )
 
 from tiered_cache import AsyncTieredCache, BlockingTierWarning, EventLoopConflict
+from tiered_cache.contrib.series import series
 from tiered_cache.errors import (
     CodecError,
     ConfigError,
@@ -513,7 +514,10 @@ def test_a_loop_left_open_leaves_the_next_loop_a_client_of_its_own(
         seen = asyncio.run(then_close())
     assert seen == [{"id": "k2", "n": 2}, {"k3": {"id": "k3", "n": 3}}]
     assert len({id(client) for client in clients}) == 2
-    assert [cache.stats()["source"]["reads"], source.report()["loops_left_open"]] == [3, 1]
+    stats = cache.stats()
+    assert [stats["source"]["reads"], stats["source"]["loops_left_open"]] == [3, 1]
+    published = {item.spec.name: item.samples for item in series(stats)}
+    assert published.get("source_loops_left_open") == [({"namespace": "tweets"}, 1.0)]
     clients.clear()
     gc.collect()
     assert "Unclosed" not in caplog.text

@@ -348,3 +348,27 @@ def test_a_close_on_a_new_loop_after_the_first_was_left_open_closes_the_tier_qui
     assert not any("different loop" in line for line in said), said
     tier = reader.stats()["tiers"][1]
     assert (tier["loops_left_open"], tier["errors"]) == (1, 0)
+
+
+def test_the_moves_off_a_loop_left_open_are_exported(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """``loops_left_open`` is in the Redis tier's ``stats()``; the exporters publish it, as
+    ``tier_loops_left_open`` (Prometheus: ``tiered_cache_tier_loops_left_open_total``)."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from tiered_cache.contrib.prometheus import TieredCacheCollector
+    from tiered_cache.contrib.series import series
+
+    with left_open() as first, a_reader_and_a_writer(redis_server, namespace) as (reader, _):
+        filled_on(first, reader, "k")
+        asyncio.run(reader.aclose())
+    published = {item.spec.name: item.samples for item in series(reader.stats())}
+    assert published.get("tier_loops_left_open") == [
+        ({"namespace": namespace, "tier": "redis"}, 1.0)
+    ]
+    registry = CollectorRegistry()
+    registry.register(TieredCacheCollector(reader))  # type: ignore[arg-type]
+    scraped = generate_latest(registry).decode()
+    line = f'tiered_cache_tier_loops_left_open_total{{namespace="{namespace}",tier="redis"}} 1.0'
+    assert line in scraped.splitlines()

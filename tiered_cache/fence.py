@@ -161,12 +161,15 @@ class Fence:
         entries: Mapping[str, Entry],
         *,
         tokens: Mapping[str, str] | None = None,
+        sole: bool = False,
     ) -> Steps[AbstractSet[str]]:
         """A write-through ``set`` of ``keys``: their invalidation (loads in flight read the
         source before the write: none of them may fill now), then the fill of ``entries``
         (those of ``keys`` it may write; ``tokens``: their leases) into the chain's tiers,
         which that invalidation does not refuse. Returns the keys that landed. In the threaded
         chain a one-key fill without a lease goes as :meth:`fill_one`'s plain calls.
+        ``sole``: the chain has no source, so the written values are the only copy (see
+        :meth:`fill_steps`).
 
         The invalidation stays open until the fill is done (see the module's notes), and is
         closed here whatever happens: opened and closed in this one frame, the ``try`` right
@@ -180,11 +183,14 @@ class Fence:
             self._drop(keys, (), False)
             if self.plain and not tokens and len(entries) == 1:
                 ((key, entry),) = entries.items()
-                return {key} if self.fill_one(mark, key, entry, self._tiers, own) else set()
+                landed = self.fill_one(mark, key, entry, self._tiers, own, sole)
+                return {key} if landed else set()
             if not entries:
                 return set()
             return (
-                yield from self.fill_steps(mark, entries, self._targets, tokens=tokens, own=own)
+                yield from self.fill_steps(
+                    mark, entries, self._targets, tokens=tokens, own=own, sole=sole
+                )
             )
         finally:
             log.done(own)
@@ -264,9 +270,16 @@ class Fence:
         *,
         tokens: Mapping[str, str] | None = None,
         own: int | None = None,
+        sole: bool = False,
     ) -> Steps[AbstractSet[str]]:
         """The fill, as steps (:mod:`tiered_cache.steps`), for the sync and the asyncio
         chains; :meth:`fill_one` is its one-key, lease-less form in plain calls.
+
+        ``sole``: a write of a chain without a source and without leases. Its values
+        are the only copy, not a copy read before anything: the shared tiers order it by their
+        own write, as a lease orders a leased write, so a gap since ``mark`` keeps it out of
+        memory alone. Refused everywhere, as a copy is, the write was lost: a sourceless
+        chain's ``set`` made while its bus subscribed (a Django backend's first) was undone.
 
         No ``tiers`` (a copy from the first tier, a lease holder's value found in a leasing
         tier that comes first, a chain without tiers): no step, nothing judged or counted,
@@ -279,6 +292,14 @@ class Fence:
         # Until their leased write is sent, the keys with a lease are judged by the
         # invalidations of the shared tiers only (see _judge).
         leased = set(tokens) if leasing is not None else set()
+        # Set at the leased write: the keys it confirmed under their leases, where the log
+        # stood when it was sent, and those of them a gap since keeps out of memory. A sole
+        # write is confirmed by its own write, ordered from its mark.
+        confirmed: set[str] = set()
+        ordered: int | None = None
+        if sole:
+            leased = confirmed = set(entries)
+            ordered = mark
         refused, _ = self._judge(mark, entries, own, leased, None)
         if refused:
             self._refuse(refused)
@@ -292,10 +313,6 @@ class Fence:
         # or set with no leasing tier: no copy).
         landing: Mapping[str, Entry] = dict(entries) if leasing is not None else entries
         written: list[FillTarget] = []
-        # Set at the leased write: the keys it confirmed under their leases, where the log
-        # stood when it was sent, and those of them a gap since keeps out of memory.
-        confirmed: set[str] = set()
-        ordered: int | None = None
         kept_out: set[str] = set()
         try:
             for tier in reversed(tiers):
@@ -397,13 +414,15 @@ class Fence:
         entry: Entry,
         tiers: Sequence[TierAccessor],
         own: int | None = None,
+        sole: bool = False,
     ) -> bool:
         """:meth:`fill` of one key without a lease (the threaded chain's fill after a miss, a
         copy-up, a write), in plain calls rather than steps: the same check before the write
-        and after it, with nothing to give back. True if it landed."""
+        and after it, with nothing to give back. True if it landed. ``sole``: as for
+        :meth:`fill_steps`, a gap keeps the write out of memory alone."""
         keys = (key,)
         log = self._log
-        if log.overtaken(mark, keys, own):  # positional: a call with keywords costs more
+        if log.overtaken(mark, keys, own, sole):  # positional: a call with keywords costs more
             self._refuse(keys)
             return False
         # The rule's call only in a chain that leases: a memory-only chain's miss pays nothing.
@@ -416,9 +435,11 @@ class Fence:
         # Invalidated between the check and the write: undo, deleting is always safe (from
         # every tier given: no list of the written ones is kept on the common path).
         self._metrics.count("fills_refused")
+        landed = sole and not log.overtaken(mark, keys, own, True)  # a gap alone came
         for tier in tiers:
-            tier.delete_many(keys)
-        return False
+            if tier.local or not landed:
+                tier.delete_many(keys)
+        return landed
 
     def write_alone(self, mark: int, key: str, entry: Entry) -> bool:
         """A write of one key into a chain of one in-process tier

@@ -97,6 +97,9 @@ class ChainPaths:
         #: give-back release nothing.
         self.holdings: Holdings = loader.holdings
         self.store = store
+        #: A write's values are the only copy, ordered in the shared tiers by their own write
+        #: (no source, no lease): a gap keeps them out of memory alone (Fence.fill_steps).
+        self.sole = store is None and self.leasing is None
         self.announce = announce
         self.write_policy = write_policy
         #: The fence's one-key, lease-less fill in plain calls, when the tiers' calls are
@@ -378,7 +381,11 @@ class ChainPaths:
             entries = {} if held is not None and token is None else {key: entry}
             landed = key in (
                 yield from self.fence.write_steps(
-                    mark, [key], entries, tokens={key: token} if token is not None else None
+                    mark,
+                    [key],
+                    entries,
+                    tokens={key: token} if token is not None else None,
+                    sole=self.sole,
                 )
             )
             if not landed:
@@ -478,7 +485,9 @@ class ChainPaths:
             }
             # Loads in flight read the source before this write: none of them may fill now
             # (nor a read of this process meanwhile: see write_one).
-            landed = yield from self.fence.write_steps(mark, keys, entries, tokens=tokens or None)
+            landed = yield from self.fence.write_steps(
+                mark, keys, entries, tokens=tokens or None, sole=self.sole
+            )
             # Overlapped by another write or an invalidation: no tier keeps either value.
             yield from self.invalidate_many([key for key in keys if key not in landed])
             written = [key for key in keys if key in landed]

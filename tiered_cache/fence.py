@@ -183,7 +183,7 @@ class Fence:
             self._drop(keys, (), False)
             if self.plain and not tokens and len(entries) == 1:
                 ((key, entry),) = entries.items()
-                landed = self.fill_one(mark, key, entry, self._tiers, own, sole)
+                landed = self.fill_one(mark, key, entry, self._tiers, own, sole=sole)
                 return {key} if landed else set()
             if not entries:
                 return set()
@@ -414,6 +414,7 @@ class Fence:
         entry: Entry,
         tiers: Sequence[TierAccessor],
         own: int | None = None,
+        *,
         sole: bool = False,
     ) -> bool:
         """:meth:`fill` of one key without a lease (the threaded chain's fill after a miss, a

@@ -92,7 +92,7 @@ class LoopEnd:
         abandon: Callable[[], None],
         left: str = CONNECTIONS_LEFT,
         *,
-        leave: Callable[[], None] | None = None,
+        leave: Callable[[], object] | None = None,
         left_open: str = CONNECTIONS_CLOSED,
     ) -> None:
         self._name = name
@@ -208,7 +208,7 @@ class LoopEnd:
                 self._left,
             )
 
-    def _moved_from_open(self, leave: Callable[[], None]) -> None:
+    def _moved_from_open(self, leave: Callable[[], object]) -> None:
         """The part's loop is open and not running, and the part is used on another: what
         belongs to that loop is closed without it (``leave``). Should it ever end, its
         generator lets go of nothing (it is no longer the part's)."""

@@ -37,7 +37,7 @@ from tiered_cache.forking import restart_after_fork
 from tiered_cache.loop_end import LoopEnd
 
 from .async_fork import forget_the_parents_connections
-from .async_left import close_a_left_loops_connections
+from .async_left import close_a_left_loops_connections, drop_a_closed_loops_connections
 from .bus import RedisBus
 from .listening import DEFAULT_HEALTH, Health
 
@@ -81,11 +81,12 @@ class AsyncRedisBus(AsyncBusBase):
         self._client = publisher if publisher is not None else connect()
         #: The publisher's connections belong to the loop they run on
         #: (:mod:`tiered_cache.loop_end`).
+        client = self._client
         self._loop_end = LoopEnd(
             f"bus {channel}",
             self._at_loop_end,
-            self._drop_connections,
-            leave=self._close_a_left_loops_connections,
+            lambda: drop_a_closed_loops_connections(client),
+            leave=lambda: close_a_left_loops_connections(client),
         )
         restart_after_fork(self)
 
@@ -133,15 +134,3 @@ class AsyncRedisBus(AsyncBusBase):
         """The loop the publisher ran on is ending (its ``shutdown_asyncgens``): its
         connections are of no use to the next loop."""
         await self._client.connection_pool.disconnect()
-
-    def _drop_connections(self) -> None:
-        """The publisher's loop was closed without its end being seen (run by hand): its
-        connections cannot be closed without it; dropped, and this loop opens its own."""
-        self._client.connection_pool.reset()  # type: ignore[no-untyped-call]
-
-    def _close_a_left_loops_connections(self) -> None:
-        """The publisher's loop is left open, not running, and this one is another: its
-        connections are closed without waiting (:mod:`.async_left`), and this loop publishes
-        on its own. Before, they were tried: the publish failed (``attached to a different
-        loop``), counted and logged."""
-        close_a_left_loops_connections(self._client)

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from tiered_cache.errors import TierUnavailable
 from tiered_cache.forking import keep_from_the_parent
+
+from .async_pool import take_connections
 
 
 def forget_the_parents_connections(client: Any) -> bool:
@@ -25,11 +25,10 @@ def forget_the_parents_connections(client: Any) -> bool:
     (the next command connects anew); True if done. A cluster client's nodes are not emptied
     (False): a tier made with ``connect`` makes a new client instead, and one given a cluster
     client refuses its calls in the child (:func:`parents_client_error`)."""
-    if not isinstance(client, aioredis.Redis):
+    parents = take_connections(client)
+    if parents is None:
         return False
-    pool = client.connection_pool
-    keep_from_the_parent(list(pool._available_connections), list(pool._in_use_connections))
-    pool.reset()  # type: ignore[no-untyped-call]
+    keep_from_the_parent(parents)
     return True
 
 

@@ -1,6 +1,7 @@
 """What the ``redis.asyncio`` parts (the tier, the bus's publisher) do with the connections of
 an event loop left open: run by hand (``run_until_complete``), never closed, not running, and
-the part used on another loop since (:mod:`tiered_cache.loop_end`).
+the part used on another loop since (:mod:`tiered_cache.loop_end`); and with those of a loop
+closed by hand.
 
 Those connections belong to that loop: a command the next loop sent on one failed inside
 redis-py (``got Future attached to a different loop``), an error of the tier each, the reads
@@ -17,23 +18,27 @@ from __future__ import annotations
 
 from typing import Any
 
-import redis.asyncio as aioredis
+from .async_pool import take_connections
 
-__all__ = ["close_a_left_loops_connections"]
+__all__ = ["close_a_left_loops_connections", "drop_a_closed_loops_connections"]
 
 
 def close_a_left_loops_connections(client: Any) -> int:
     """Close every connection of a plain ``redis.asyncio`` client's pool (idle, in use,
     parked by the reads) without waiting, and empty the pool; how many were open. A cluster
     client's nodes are not reached (0): as after a fork, its connections stay."""
-    if not isinstance(client, aioredis.Redis):
-        return 0
-    pool = client.connection_pool
-    connections = [*pool._available_connections, *pool._in_use_connections]
-    pool.reset()  # type: ignore[no-untyped-call]
     open_ones = 0
-    for connection in connections:
+    for connection in take_connections(client) or ():
         if connection.is_connected:
             open_ones += 1
             connection._close()  # type: ignore[no-untyped-call]
     return open_ones
+
+
+def drop_a_closed_loops_connections(client: Any) -> None:
+    """The loop the connections belong to was closed without its end being seen (run by
+    hand, :mod:`tiered_cache.loop_end`): they cannot be closed without it. Taken out of the
+    pool, so that this loop's commands open their own (they were tried first, an error each);
+    their sockets close when the collector finds them. A cluster client's nodes keep theirs
+    (not reached, as after a fork)."""
+    take_connections(client)

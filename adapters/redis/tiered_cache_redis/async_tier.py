@@ -34,7 +34,7 @@ from tiered_cache.tier import MISSING, Entry, MissingType
 from .async_coalesce import CoalescedReads
 from .async_fork import forget_the_parents_connections, parents_client_error
 from .async_leases import CoalescedLeases
-from .async_left import close_a_left_loops_connections
+from .async_left import close_a_left_loops_connections, drop_a_closed_loops_connections
 from .async_wire import AsyncReads, async_reads_for
 from .client import client_options, parse_url
 from .commands import Command, TierCommands
@@ -198,16 +198,10 @@ class AsyncRedisTier(AsyncTierBase):
             await client.connection_pool.disconnect()
 
     def _drop_connections(self) -> None:
-        """The loop the connections belong to was closed without its end being seen (run by
-        hand, :mod:`tiered_cache.loop_end`): they cannot be closed without it. Dropped (the
-        parked ones, the pool's, the lease batches' of that loop), so that this loop's calls
-        open their own: they were tried first, an error of the tier each. A cluster client
-        given to the tier keeps its nodes' (not emptied, as after a fork)."""
-        self._reads = None
-        self._leases = CoalescedLeases(self._commands)
-        client = self._client
-        if isinstance(client, aioredis.Redis):
-            client.connection_pool.reset()  # type: ignore[no-untyped-call]
+        """The loop the connections belong to was closed by hand (:mod:`.async_left`): the
+        parked ones and the lease batches of that loop dropped with the pool's."""
+        self._forget_the_loops_calls()
+        drop_a_closed_loops_connections(self._client)
 
     def _close_a_left_loops_connections(self) -> None:
         """The loop the connections belong to is left open, not running, and this one is
@@ -215,9 +209,14 @@ class AsyncRedisTier(AsyncTierBase):
         (:mod:`.async_left`), the parked ones and the lease batches of that loop dropped,
         and this loop's calls open their own. Before, they were tried: an error of the tier
         each (``attached to a different loop``), the reads going through to the source."""
+        self._forget_the_loops_calls()
+        close_a_left_loops_connections(self._client)
+
+    def _forget_the_loops_calls(self) -> None:
+        """The reads' parked connections and the lease batches belong to the loop the tier
+        moves off: this loop's calls make their own."""
         self._reads = None
         self._leases = CoalescedLeases(self._commands)
-        close_a_left_loops_connections(self._client)
 
     # -- reads
 

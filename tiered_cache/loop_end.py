@@ -81,8 +81,8 @@ class LoopEnd:
     the loop such as the bus's listener) on the loop the part is used on, when that loop
     ends; or ``abandon`` (a plain function: drop them), on the next loop, when that loop was
     closed without its end being seen. ``left``: what the warning then says is left behind.
-    ``leave`` (a plain function), if given: called on the next loop when that loop is left
-    open, not running; ``left_open``: what the warning then says it did.
+    ``leave`` (a plain function of that loop), if given: called on the next loop when that
+    loop is left open, not running; ``left_open``: what the warning then says it did.
     """
 
     def __init__(
@@ -92,7 +92,7 @@ class LoopEnd:
         abandon: Callable[[], None],
         left: str = CONNECTIONS_LEFT,
         *,
-        leave: Callable[[], object] | None = None,
+        leave: Callable[[asyncio.AbstractEventLoop], object] | None = None,
         left_open: str = CONNECTIONS_CLOSED,
     ) -> None:
         self._name = name
@@ -133,7 +133,7 @@ class LoopEnd:
             if previous.is_closed():
                 self._abandoned(previous)
             elif self._leave is not None:
-                self._moved_from_open(self._leave)
+                self._moved_from_open(previous, self._leave)
         # A loop left not running keeps its generator, should it ever end: told it is no
         # longer the part's loop, it lets go of nothing then.
         self._loop = loop
@@ -163,18 +163,9 @@ class LoopEnd:
                     tier_logger(self._name).debug("could not let go of a loop's connections")
 
     def _watch_close(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Tell the part as soon as ``loop`` is closed by hand (see the module's doc): the
-        timer is held by the loop alone, weakly here (held, it was never dropped)."""
+        """Tell the part as soon as ``loop`` is closed by hand (see the module's doc)."""
         self._unwatch()
-        timer = loop.call_at(WATCH_AT, _nothing)
-        watched = weakref.ref(loop)
-
-        def dropped(_: object) -> None:
-            closed = watched()
-            if closed is not None and closed.is_closed():
-                self._closed_by_hand(closed)
-
-        self._watch = weakref.ref(timer, dropped)
+        self._watch = when_closed(loop, self._closed_by_hand)
 
     def _unwatch(self) -> None:
         """The previous loop is not running (or not the part's any more): its timer is
@@ -208,12 +199,16 @@ class LoopEnd:
                 self._left,
             )
 
-    def _moved_from_open(self, leave: Callable[[], object]) -> None:
-        """The part's loop is open and not running, and the part is used on another: what
-        belongs to that loop is closed without it (``leave``). Should it ever end, its
+    def _moved_from_open(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        leave: Callable[[asyncio.AbstractEventLoop], object],
+    ) -> None:
+        """The part's ``loop`` is open and not running, and the part is used on another: what
+        belongs to that loop is closed without it (``leave(loop)``). Should it ever end, its
         generator lets go of nothing (it is no longer the part's)."""
         self._hook = None
-        leave()
+        leave(loop)
         self.left_open += 1
         if not self._warned_left_open:
             self._warned_left_open = True
@@ -248,5 +243,23 @@ class LoopEnd:
         self._unwatch()
 
 
+def when_closed(
+    loop: asyncio.AbstractEventLoop, told: Callable[[asyncio.AbstractEventLoop], None]
+) -> weakref.ref[asyncio.TimerHandle]:
+    """Call ``told(loop)`` as soon as ``loop`` is closed (see the module's doc): a timer due
+    never, held by the loop alone, which ``loop.close()`` drops. Keep the weak reference
+    returned: collected, it tells nothing (and the timer held, it was never dropped).
+    ``.cancel()`` on what it refers to stops the watch of a loop that lives on."""
+    timer = loop.call_at(WATCH_AT, _nothing)
+    watched = weakref.ref(loop)
+
+    def dropped(_: object) -> None:
+        closed = watched()
+        if closed is not None and closed.is_closed():
+            told(closed)
+
+    return weakref.ref(timer, dropped)
+
+
 def _nothing() -> None:
-    """The watching timer's callback (:meth:`LoopEnd._watch_close`): it is never due."""
+    """The watching timer's callback (:func:`when_closed`): it is never due."""

@@ -341,7 +341,7 @@ class PaymentTask:
         self._number = number
         self._task = loop.create_task(self._run(number), name=f"tiered-cache-owed:{self._name}")
 
-    def _leave(self) -> None:
+    def _leave(self, _: asyncio.AbstractEventLoop) -> None:
         """The run's loop is left open, not running, and a debt is recorded on another
         (:mod:`tiered_cache.loop_end`): its run is over (:meth:`arm` saw it stalled) and its
         task is cancelled, to end when that loop runs again (its ``shutdown_asyncgens``

@@ -232,7 +232,7 @@ class AsyncDynamoDBSource(AsyncSourceBase):
         self._connect_lock = asyncio.Lock()
         self._check_lock = asyncio.Lock()
 
-    def _close_a_left_loops_client(self) -> None:
+    def _close_a_left_loops_client(self, _: asyncio.AbstractEventLoop) -> None:
         """The loop the client was made on is left open, not running, and this one is another
         (:mod:`tiered_cache.loop_end`): its connections are closed without waiting
         (:mod:`.async_left`), and the next call makes a client on its own loop. Before, it was

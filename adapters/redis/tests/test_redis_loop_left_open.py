@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -372,3 +374,28 @@ def test_the_moves_off_a_loop_left_open_are_exported(
     scraped = generate_latest(registry).decode()
     line = f'tiered_cache_tier_loops_left_open_total{{namespace="{namespace}",tier="redis"}} 1.0'
     assert line in scraped.splitlines()
+
+
+def test_a_loop_left_open_then_closed_by_hand_leaves_no_socket_to_the_collector(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """The loop left open is closed at exit by hand, without running again (a warm-up loop
+    closed without ``shutdown_asyncgens``): the connections the tier and the bus's publisher
+    closed off it, whose sockets that loop was to close when it ran, are not left open for
+    the collector to find (each an ``unclosed`` socket and transport ``ResourceWarning``)."""
+    first = asyncio.new_event_loop()
+    with a_reader_and_a_writer(redis_server, namespace) as (reader, _):
+        filled_on(first, reader, "k")
+
+        async def main() -> list[Any]:
+            got = await reader.get("absent", load_old)  # the tier moves
+            await reader.set("mine", "written")  # the publisher moves
+            return [got, reader.stats()["tiers"][1]["loops_left_open"]]
+
+        assert on_a_new_loop(reader, main) == ["old", 1]
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        first.close()  # by hand, without running
+        del first
+        gc.collect()
+    assert [str(w.message) for w in seen if issubclass(w.category, ResourceWarning)] == []

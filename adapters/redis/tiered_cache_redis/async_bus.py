@@ -86,7 +86,7 @@ class AsyncRedisBus(AsyncBusBase):
             f"bus {channel}",
             self._at_loop_end,
             lambda: drop_a_closed_loops_connections(client),
-            leave=lambda: close_a_left_loops_connections(client),
+            leave=lambda loop: close_a_left_loops_connections(client, loop),
         )
         restart_after_fork(self)
 

@@ -9,30 +9,38 @@ going through to the source, until the pool had none left; and they cannot be di
 from the next loop (the disconnect awaits the first loop's futures). They are closed without
 waiting instead, as redis-py closes a connection outside its loop (``_close``: the transport
 is closed on its own loop, which is not running; the socket is let go of when that loop runs
-again, its shutdown included), and taken out of the pool, so that this loop opens its own.
+again, its shutdown included, or as it is closed if it is closed first:
+:mod:`tiered_cache.left_transports`), and taken out of the pool, so that this loop opens its own.
 The first loop, should it run again, finds its calls on them failed (a connection error of
 the tier), not answered with another loop's replies.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
+
+from tiered_cache.left_transports import finish_if_closed_first
 
 from .async_pool import take_connections
 
 __all__ = ["close_a_left_loops_connections", "drop_a_closed_loops_connections"]
 
 
-def close_a_left_loops_connections(client: Any) -> int:
+def close_a_left_loops_connections(client: Any, loop: asyncio.AbstractEventLoop) -> int:
     """Close every connection of a plain ``redis.asyncio`` client's pool (idle, in use,
-    parked by the reads) without waiting, and empty the pool; how many were open. A cluster
-    client's nodes are not reached (0): as after a fork, its connections stay."""
-    open_ones = 0
+    parked by the reads), which belong to ``loop``, without waiting, and empty the pool; how
+    many were open. Their sockets are closed when ``loop`` runs again, or as it is closed if
+    it does not (:mod:`tiered_cache.left_transports`). A cluster client's nodes are not
+    reached (0): as after a fork, its connections stay."""
+    transports: list[asyncio.BaseTransport] = []
     for connection in take_connections(client) or ():
-        if connection.is_connected:
-            open_ones += 1
+        writer = connection._writer
+        if connection.is_connected and writer is not None:
+            transports.append(writer.transport)
             connection._close()  # type: ignore[no-untyped-call]
-    return open_ones
+    finish_if_closed_first(loop, transports)
+    return len(transports)
 
 
 def drop_a_closed_loops_connections(client: Any) -> None:

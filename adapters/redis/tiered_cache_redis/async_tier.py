@@ -203,14 +203,14 @@ class AsyncRedisTier(AsyncTierBase):
         self._forget_the_loops_calls()
         drop_a_closed_loops_connections(self._client)
 
-    def _close_a_left_loops_connections(self) -> None:
+    def _close_a_left_loops_connections(self, loop: asyncio.AbstractEventLoop) -> None:
         """The loop the connections belong to is left open, not running, and this one is
         another (:mod:`tiered_cache.loop_end`): they are closed without waiting
         (:mod:`.async_left`), the parked ones and the lease batches of that loop dropped,
         and this loop's calls open their own. Before, they were tried: an error of the tier
         each (``attached to a different loop``), the reads going through to the source."""
         self._forget_the_loops_calls()
-        close_a_left_loops_connections(self._client)
+        close_a_left_loops_connections(self._client, loop)
 
     def _forget_the_loops_calls(self) -> None:
         """The reads' parked connections and the lease batches belong to the loop the tier

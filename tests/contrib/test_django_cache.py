@@ -677,3 +677,29 @@ def test_a_backend_object_kept_across_close_chains_reads_through_a_new_chain(cac
     cache.set("kept", "w")
     assert caches["prefix"].chain is cache.chain is not closed
     assert cache.get("kept") == "w"
+
+
+def test_incr_keeps_the_timeout_while_the_bus_is_down(
+    django_caches: Any, redis_server: Any, namespace: str
+) -> None:
+    """While the bus is down (or starting) memory keeps what it is given no longer than
+    ``max_stale_when_disconnected``, by giving its copy that expiry: read back by ``incr`` as
+    the key's time left, the count was stored for a second in every tier and was gone."""
+    from tiered_cache.contrib.django import TieredCacheBackend
+    from tiered_cache.testing.polling import until
+    from tiered_cache.testing.servers import free_port
+
+    clock = FakeClock()
+    settings = {
+        "namespace": namespace,
+        "tiers": [{"kind": "memory"}, {"kind": "redis", "url": redis_server.url}],
+        # A bus nobody answers: down for the whole test.
+        "bus": {"kind": "redis", "url": f"redis://127.0.0.1:{free_port()}/0", "timeout": "1s"},
+    }
+    backend = TieredCacheBackend("", {"OPTIONS": {"SETTINGS": settings, "CLOCK": clock}})
+    until(lambda: backend.chain.stats()["bus"] == "down", "the bus down")
+    backend.set("hits", 1, 3600)
+    assert backend.incr("hits") == 2
+    clock.advance(60)
+    assert backend.get("hits") == 2  # failed: None (the count's time left was 1 s)
+    backend.clear()

@@ -59,6 +59,12 @@ _DJANGO_PROTECTION: dict[str, Any] = {
     "lease": "off",
 }
 
+#: While the bus is down (or starting) memory keeps a copy no longer than
+#: ``max_stale_when_disconnected`` by giving it that expiry, which ``incr`` would read back as
+#: the key's time left (and store: the count gone from every tier a second later). With 0,
+#: memory is passed by meanwhile and every entry read keeps its own expiry (Redis's).
+_DJANGO_BUS: dict[str, Any] = {"max_stale_when_disconnected": 0.0}
+
 #: What ``timeout=None`` ("forever") becomes: durations are finite in tiered-cache.
 FOREVER = MAX_DURATION
 
@@ -127,11 +133,22 @@ def _check_params(location: str, options: Mapping[str, Any]) -> None:
         )
 
 
+def _over(given: Any, forced: dict[str, Any]) -> Any:
+    """``SETTINGS``' table ``given`` with the ``forced`` fields over it (the file's tables
+    merge underneath, as any override's do); ``given`` that is not a table is left for the
+    settings to refuse."""
+    if given is None:
+        return forced
+    return {**given, **forced} if isinstance(given, Mapping) else given
+
+
 def _build(
     config: str | Path | None, table: dict[str, Any], clock: Callable[[], float] | None
 ) -> TieredCache:
     try:
-        settings = load_settings(config, **{**table, "protection": _DJANGO_PROTECTION})
+        forced = {"protection": _DJANGO_PROTECTION, "bus": _DJANGO_BUS}
+        over = {name: _over(table.get(name), fields) for name, fields in forced.items()}
+        settings = load_settings(config, **{**table, **over})
     except ConfigError as exc:
         raise ImproperlyConfigured(f"tiered_cache Django backend: {exc}") from exc
     if settings.source is not None:

@@ -73,11 +73,15 @@ class AsyncTierAccessor:
             self.leases = bool(declared.leases) if declared is not None else False
             self.utf8_keys = bool(declared.utf8_keys) if declared is not None else False
             self.one_loop = bool(declared.one_loop) if declared is not None else False
+            self.check_value = (
+                declared.check_value if declared is not None else self.sync.check_value
+            )
         else:
             self.one_loop = False
             self.local = self.sync.local
             self.leases = self.sync.leases
             self.utf8_keys = self.sync.utf8_keys
+            self.check_value = self.sync.check_value
         #: A sync tier's calls go to a thread (it may block on I/O).
         self.threaded = self._native is None and not self.local
         #: What the chain does once the deletes this tier owes are paid (see

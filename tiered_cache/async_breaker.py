@@ -12,7 +12,7 @@ from __future__ import annotations
 import builtins
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import TypeVar, cast
+from typing import Any, TypeVar, cast
 
 from .async_tier import AsyncLeasingTier, AsyncTier, AsyncTierBase
 from .breaker import GuardedTier
@@ -49,6 +49,10 @@ class AsyncCircuitBreakerTier(GuardedTier[AsyncTier], AsyncTierBase):
 
     def _call(self, operation: Callable[[], Awaitable[T]]) -> Awaitable[T]:
         return self.breaker.acall(operation)
+
+    def check_value(self, value: Any) -> None:
+        if isinstance(self._tier, AsyncTierBase):
+            self._tier.check_value(value)
 
     # -- the AsyncTier protocol
 

@@ -75,6 +75,9 @@ class AsyncTierBase:
         """Remove every key that starts with ``prefix``; by default everything (always safe)."""
         await self.clear()
 
+    def check_value(self, value: Any) -> None:
+        """:meth:`tiered_cache.tier.TierBase.check_value` (a plain call: no I/O)."""
+
 
 class AsyncLeasingTier(AsyncTier, Protocol):
     """An async tier that offers leases: :class:`~tiered_cache.leases.LeasingTier`'s

@@ -344,9 +344,9 @@ class TieredCache(L1Reader):
         is written and the value filled under it, so of two overlapping writes at most one
         fills and the other invalidates. With ``"around"``, every tier drops the key. Other
         processes drop their in-process copy (the bus). A value a tier cannot encode raises
-        :class:`~tiered_cache.CodecError` before that tier is written; the source has taken
-        it by then, so the key is first dropped from every tier and process, as it is for a
-        bad ``ttl``.
+        :class:`~tiered_cache.CodecError` before anything is sent (source, tiers, bus). A bad
+        ``ttl`` is found after the source took the value: the key is then first dropped from
+        every tier and process.
         """
         # A chain of one in-process tier alone answers through ChainPaths.set_alone (see
         # __init__), which makes the same decisions in plain calls.

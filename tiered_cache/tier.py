@@ -164,6 +164,11 @@ class TierBase:
         """The ``n`` hottest keys with their estimated rates; none by default."""
         return []
 
+    def check_value(self, value: Any) -> None:
+        """Raise :class:`~tiered_cache.CodecError` if this tier could not store ``value``
+        (its codec refuses it); the chain asks every tier before a write sends anything (the
+        source, the tiers, the bus). By default nothing: the tier stores any object."""
+
 
 class PeekableTier(Tier, Protocol):
     """A tier that can be looked at without the look counting as a read.

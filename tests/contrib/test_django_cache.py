@@ -652,15 +652,15 @@ def test_a_timeout_that_is_not_a_number_raises_type_error_naming_it(
 
 def test_set_many_stores_all_or_nothing(cache: Any) -> None:
     """A value the codec cannot hold in the middle of the batch: no key of the batch is
-    stored (not the ones before it; "kept" is dropped, as set drops a key it could not
-    store), and the error names the value."""
+    stored (not the ones before it), nothing is changed ("kept" keeps its old value: the
+    batch is refused before anything is sent), and the error names the value."""
     cache.set("kept", "old")
     batch = {"first": 1, "kept": "new", "function": test_simple, "last": 2}
     with pytest.raises(CodecError, match="function"):
         cache.set_many(batch)
-    assert cache.get_many(["first", "kept", "function", "last"]) == {}
+    assert cache.get_many(["first", "kept", "function", "last"]) == {"kept": "old"}
     cache.chain.tiers[0].clear()  # and not in Redis either
-    assert cache.get_many(["first", "kept", "function", "last"]) == {}
+    assert cache.get_many(["first", "kept", "function", "last"]) == {"kept": "old"}
 
 
 def test_a_backend_object_kept_across_close_chains_reads_through_a_new_chain(caches: Any) -> None:

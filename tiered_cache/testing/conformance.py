@@ -26,6 +26,7 @@ from typing import Any, cast
 
 import pytest
 
+from ..errors import CodecError
 from ..leases import LeasingTier
 from ..tier import MISSING, Entry, Tier, TierBase
 from .clock import FakeClock
@@ -224,6 +225,24 @@ class TierConformance:
         tier.delete(keys[0])
         assert tier.get(keys[0]) is MISSING
         assert tier.get(keys[1]) is not MISSING
+
+    def test_capability_check_value_refuses_only_what_set_refuses(
+        self, tier: Tier, clock: FakeClock
+    ) -> None:
+        """``check_value`` takes a value ``set`` stores; one it refuses, ``set`` refuses too,
+        storing nothing (the chain asks before a write sends anything)."""
+        declared = self.declared(tier)
+        value = {"text": "conformance", "n": [1, 2.5, None, True]}
+        declared.check_value(value)
+        tier.set("conformance:checked", self.entry(clock, value))
+        assert tier.get("conformance:checked") is not MISSING
+        refused = object()
+        try:
+            declared.check_value(refused)
+        except CodecError:
+            with pytest.raises(CodecError):
+                tier.set("conformance:refused", self.entry(clock, refused))
+            assert tier.get("conformance:refused") is MISSING
 
     def test_capability_peek_sees_what_get_sees(self, tier: Tier, clock: FakeClock) -> None:
         declared = self.declared(tier)

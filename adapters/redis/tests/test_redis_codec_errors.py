@@ -77,13 +77,14 @@ BAD_AFTER_THE_SOURCE = {**BAD_VALUES, "int-past-4300-digits": lambda: {"n": 10**
 
 
 @pytest.mark.parametrize("bad", sorted(BAD_AFTER_THE_SOURCE))
-def test_a_value_the_source_took_but_redis_cannot_hold_leaves_no_old_copy(
+def test_a_value_redis_cannot_hold_is_refused_before_the_source_takes_it(
     redis_server: RedisServer, namespace: str, bad: str
 ) -> None:
-    # The source is written before the tiers encode; a source that takes any value (a
-    # decorated function's, a custom one) then held the new value while Redis kept the old
-    # one for its ttl, read by every other process, and the lease was left behind (an int
-    # past 4,300 digits even passed as "stored"). The write now drops the key everywhere.
+    # The source was written before the tiers encoded: a source that takes any value (a
+    # decorated function's, a custom one) then held what no read could cache. Before that
+    # was refused up front, the write dropped the key everywhere after the source took it;
+    # earlier still, Redis kept the old copy for its ttl and the lease was left behind (an
+    # int past 4,300 digits even passed as "stored"). Now nothing changes anywhere.
     source = DictSource({"k": "old"})
     settings = load_settings(
         namespace=namespace, tiers=[{"kind": "memory"}, {"kind": "redis", "url": redis_server.url}]
@@ -95,10 +96,9 @@ def test_a_value_the_source_took_but_redis_cannot_hold_leaves_no_old_copy(
         value = BAD_AFTER_THE_SOURCE[bad]()
         with pytest.raises(CodecError):
             writer.set("k", value)
-        assert source.items["k"] is value  # the source took it
-        assert raw.keys(f"*{namespace}*") == []  # neither the old copy nor the lease is left
-        other.invalidate("k")  # the bus is not part of this test: its own memory copy goes
-        assert other.get("k", loader=lambda: "from the source") == "from the source"
+        assert source.items["k"] == "old"
+        assert raw.keys(f"*{namespace}*") == [f"{namespace}:k".encode()]  # the old, no lease
+        assert writer.get("k") == other.get("k", loader=lambda: "?") == "old"
         stats = writer.stats()["tiers"][1]
         assert (stats["errors"], stats["skips"]) == (0, 0)
     raw.close()

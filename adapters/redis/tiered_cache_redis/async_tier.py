@@ -167,6 +167,10 @@ class AsyncRedisTier(AsyncTierBase):
         """The namespace (as given)."""
         return self._stored.namespace
 
+    def check_value(self, value: Any) -> None:
+        """CodecError if the codec cannot store ``value`` (asked before a write sends anything)."""
+        self._stored.codec.encode(value)
+
     def report(self) -> dict[str, int]:
         """What the tier counts itself, for ``stats()`` (:mod:`tiered_cache.reporting`): the
         values it read and could not decode (:meth:`StoredFormat.report`), and the times it

@@ -344,28 +344,37 @@ def test_keys_a_batch_loaded_are_served_while_it_waits_for_another_holder(
     # The holder's lease and the batch's patience both outlast the test: "held" stays held.
     holder = chain(redis_server.url, namespace, lease_ttl="30s")
     batch = chain(redis_server.url, namespace, lease_wait="30s")
-    readers: list[threading.Thread] = []
+    loading, may_return = threading.Event(), threading.Event()
+    read: list[object] = []
+    batches: list[dict[str, str]] = []
 
     def batch_source(keys: Sequence[str]) -> dict[str, str]:
-        # While "free" loads, another caller asks for it and joins this batch's flight.
-        reader = threading.Thread(target=lambda: batch.get("free"))
-        reader.start()
-        readers.append(reader)
-        time.sleep(0.2)  # ample time for the reader to reach the flight and wait on it
+        loading.set()
+        assert may_return.wait(10)
         return {key: "from the batch" for key in keys}
 
+    def waiters_of(key: str) -> int:
+        flight = batch._loader.flights.in_flight(key)
+        return 0 if flight is None else flight.waiters
+
     with a_load_in_progress(holder, "held", "from the holder"):
-        waiting = threading.Thread(target=lambda: batch.get_many(["free", "held"], batch_source))
+        waiting = threading.Thread(
+            target=lambda: batches.append(batch.get_many(["free", "held"], batch_source))
+        )
         waiting.start()
-        deadline = time.monotonic() + 10
-        while not readers and time.monotonic() < deadline:
-            time.sleep(0.01)
-        readers[0].join(timeout=5)
+        assert loading.wait(10)
+        # While "free" loads, another caller asks for it and joins this batch's flight.
+        reader = threading.Thread(target=lambda: read.append(batch.get("free")))
+        reader.start()
+        until(lambda: waiters_of("free") == 1, "the reader joined the batch's flight of free")
+        may_return.set()
+        reader.join(5)  # within the holder's own bound (10 s), which then lets it finish
         # The flight of "free" landed as soon as "free" was loaded: its reader is not held
         # up until the other process's holder of "held" finishes.
-        assert not readers[0].is_alive()
+        assert read == ["from the batch"]
         assert batch.stats()["singleflight_waits"] == 1
-    waiting.join()
+    waiting.join(10)
+    assert batches == [{"free": "from the batch", "held": "from the holder"}]
     holder.close()
     batch.close()
 

@@ -32,9 +32,14 @@ def test_a_forked_child_refreshes_in_the_background() -> None:
     assert cache.get("k", load) == 1  # stale, refreshed in the background by the pool
     assert cache.wait_background(10)
     assert cache.get("k", load) == 2
-    # Let the worker go idle: the child then inherits a pool that believes it has an idle
-    # worker, so without a restart nothing ever runs its refresh.
-    time.sleep(0.2)
+    # Until the worker is idle (it gave back the pool's idle count, which a submit takes, after
+    # its refresh): the child then inherits a pool that believes it has an idle worker, so
+    # without a restart nothing ever runs its refresh.
+    executor = cache._loader._executor
+    assert executor is not None
+    idle = executor._idle_semaphore  # type: ignore[attr-defined]
+    assert idle.acquire(timeout=10)
+    idle.release()
     clock.advance(11)
 
     def child(report: Callable[[Any], None]) -> None:

@@ -4,6 +4,8 @@
 
 reads KEY in a loop through a chain of its own (memory, Redis, the bus, the DynamoDB table on
 moto) for SECONDS and prints one JSON line per change of the value it sees: [wall time, v].
+It counts itself ready (``NAMESPACE:ready``) once its first read is done: the test writes
+after that, when every reader holds the first value in memory.
 """
 
 from __future__ import annotations
@@ -39,13 +41,18 @@ def main(argv: list[str]) -> None:
     )
     assert cache._bus_link is not None
     cache._bus_link.bus.wait_subscribed(10)  # type: ignore[attr-defined]
+
+    def read() -> int | None:
+        item = cache.get(key)
+        return None if item is None else int(item["v"])
+
+    seen = read()
+    print(json.dumps([time.time(), seen]), flush=True)
     counter = redis.Redis.from_url(redis_url)
-    counter.incr(f"{namespace}:ready")
-    seen = None
+    counter.incr(f"{namespace}:ready")  # the first value is in this process's memory
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        item = cache.get(key)
-        value = None if item is None else int(item["v"])
+        value = read()
         if value != seen:
             print(json.dumps([time.time(), value]), flush=True)
             seen = value

@@ -19,6 +19,7 @@ from tiered_cache_dynamodb.streams import StreamFollower, StreamSettings
 from tiered_cache_dynamodb.testing import MotoDynamoDB
 
 from tiered_cache import TieredCache
+from tiered_cache.testing.polling import until
 from tiered_cache.testing.servers import RedisServer
 
 #: Generous: the follower polls every 50 ms; the bus takes well under a millisecond.
@@ -52,9 +53,8 @@ def test_direct_writes_reach_four_processes_through_the_stream_and_the_bus(
             )
             for _ in range(4)
         ]
-        deadline = time.monotonic() + 60
-        while int(counter.get(f"{namespace}:ready") or 0) < 4 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        # Each process counts itself ready once it holds v=1 in its memory.
+        until(lambda: int(counter.get(f"{namespace}:ready") or 0) == 4, "4 readers hold v=1", 60)
         cache = TieredCache.from_config(
             namespace=namespace,
             tiers=[{"kind": "memory"}, {"kind": "redis", "url": server.url, "timeout": "1s"}],
@@ -65,7 +65,8 @@ def test_direct_writes_reach_four_processes_through_the_stream_and_the_bus(
             source=moto_server.settings(table=table, key="id"),
         )
         follower.start()
-        time.sleep(1.0)  # every reader holds v=1 in memory by now
+        # Its first idle pass read every shard from LATEST: the write below comes after.
+        assert follower.wait_until(lambda stats: stats["idle_passes"] >= 1, 30)
         admin_client.update_item(
             TableName=table,
             Key={"id": {"S": "tweet"}},

@@ -3,8 +3,10 @@
     python coherence_worker.py URL NAMESPACE KEY SECONDS
 
 reads KEY in a loop through a chain of its own (memory + Redis + the invalidation bus) for
-SECONDS, and prints one JSON line per change of the value it sees: [wall time, value].
-The "source" is a Redis hash the test writes, standing for the table.
+SECONDS, and prints one JSON line per change of the value it sees: [wall time, value]. It
+counts itself ready (``NAMESPACE:ready``) once its first read is done: the test writes after
+that, when every reader holds the old value in memory. The "source" is a Redis hash the test
+writes, standing for the table.
 """
 
 from __future__ import annotations
@@ -31,11 +33,16 @@ def main(url: str, namespace: str, key: str, seconds: float) -> None:
     bus = cache._bus_link.bus if cache._bus_link else None
     if bus is not None and hasattr(bus, "wait_subscribed"):
         bus.wait_subscribed(10)
-    table.incr(f"{namespace}:ready")
-    seen = None
+
+    def read() -> object:
+        return cache.get(key, lambda: table.hget(f"{namespace}:table", key))
+
+    seen = read()
+    print(json.dumps([time.time(), seen]), flush=True)
+    table.incr(f"{namespace}:ready")  # the old value is in this process's memory
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        value = cache.get(key, lambda: table.hget(f"{namespace}:table", key))
+        value = read()
         if value != seen:
             print(json.dumps([time.time(), value]), flush=True)
             seen = value

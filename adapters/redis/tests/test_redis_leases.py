@@ -223,7 +223,11 @@ def test_two_chains_threads_on_a_cold_key_read_the_source_once(
     def source() -> str:
         with lock:
             reads.append(1)
-        time.sleep(0.2)
+        # Loads until the other chain's leader finds the lease held (it then waits for it).
+        until(
+            lambda: sum(cache.stats()["lease_waits"] for cache in caches) == 1,
+            "the other chain waited for the lease",
+        )
         return "value"
 
     results: list[str] = []

@@ -25,7 +25,7 @@ from tiered_cache.protection import Protection
 from tiered_cache.testing.clock import FakeClock
 from tiered_cache.testing.fleet import run_fleet
 from tiered_cache.testing.polling import until
-from tiered_cache.testing.servers import RedisCluster, RedisServer
+from tiered_cache.testing.servers import FaultProxy, RedisCluster, RedisServer
 from tiered_cache.testing.sources import DictSource
 from tiered_cache.tier import MissingType
 
@@ -573,6 +573,100 @@ def test_a_cluster_batch_loads_keys_with_braces_of_their_own_without_a_lease(
         tier = chain_.stats()["tiers"][1]
         assert (tier["skips"], tier["errors"]) == (0, 0)
     shared.clear()
+    cache.close()
+
+
+def cluster_chain(cluster: RedisCluster, namespace: str) -> tuple[TieredCache, RedisTier]:
+    shared = RedisTier(make_client(cluster.url, timeout=2.0), namespace=namespace)
+    return TieredCache([MemoryTier(), shared], protection=Protection.never_stale()), shared
+
+
+@pytest.mark.parametrize("key", ["plain", "{user:1}:t"], ids=["leased", "braces"])
+def test_a_cluster_write_keeps_its_ttl_whether_or_not_it_can_take_the_lease(
+    redis_cluster: RedisCluster, namespace: str, key: str
+) -> None:
+    """A key with braces of its own cannot be leased on a cluster: its write goes as on a
+    chain without leases, with the set's ttl all the same (not the chain's hour)."""
+    cache, _ = cluster_chain(redis_cluster, namespace)
+    cache.set(key, "v", ttl="2s")
+    for tier in cache.tiers:
+        entry = tier.get(key)
+        assert isinstance(entry, Entry), tier.name
+        assert entry.soft_expiry - entry.loaded_at == pytest.approx(2.0, abs=1e-3), tier.name
+    cache.close()
+
+
+def test_a_cluster_set_many_takes_the_leases_it_can_and_writes_every_key(
+    redis_cluster: RedisCluster, namespace: str
+) -> None:
+    """A batch write asks, key by key, whether it takes the key's lease (not for a key with
+    braces of its own on a cluster): every key is written, Redis refusing nothing."""
+    cache, shared = cluster_chain(redis_cluster, namespace)
+    items = {"plain": "1", "{user:1}:m": "2", "other": "3"}
+    cache.set_many(items)
+    assert {key: getattr(shared.get(key), "value", None) for key in items} == items
+    assert cache.get_many(list(items)) == items
+    tier = cache.stats()["tiers"][1]
+    assert (tier["skips"], tier["errors"]) == (0, 0)
+    cache.close()
+
+
+def test_a_set_many_of_one_key_writes_it_under_its_lease(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """A batch of one takes its key's lease as ``set`` does (one steal, not a batch's): the
+    write fills every tier with it. Without the token no tier is filled (see leased())."""
+    cache = chain(redis_server.url, namespace, bus="off")
+    cache.set_many({"k": "v"})
+    assert [getattr(tier.get("k"), "value", None) for tier in cache.tiers] == ["v", "v"]
+    cache.close()
+
+
+def test_writes_hold_their_leases_for_their_length_only(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """A write under leases keeps them in the loader's holdings (which its close gives back)
+    while it runs, and lets go of them as it ends: writes that ended hold nothing, rather
+    than one record per write kept for ever."""
+    cache = chain(redis_server.url, namespace, bus="off")
+    cache.set("k", "v")
+    cache.set_many({"a": "1", "b": "2"})
+    assert cache._loader.holdings._helds == set()
+    cache.close()
+
+
+@pytest.mark.parametrize("how", ["set", "set_many"])
+def test_a_writes_lease_refused_by_an_open_breaker_is_a_skip_not_an_error(
+    proxy: FaultProxy, namespace: str, how: str
+) -> None:
+    """The steal of a write's lease (one key, or a batch's in one round trip) that the open
+    breaker refused made no call: counted as a skip, as every call the breaker refuses, not
+    as a failure of Redis."""
+    cache = TieredCache.from_config(
+        namespace=namespace,
+        tiers=[
+            {"kind": "memory"},
+            {
+                "kind": "redis",
+                "url": proxy.url(),
+                "timeout": "500ms",
+                "breaker": {"failure_threshold": 1, "cool_down": "1h"},
+            },
+        ],
+        bus={"kind": "off"},
+    )
+    proxy.cut()
+    assert cache.get("x", lambda: "x") == "x"  # Redis fails: the breaker opens
+    before = cache.stats()["tiers"][1]
+    assert before["breaker"] == "open"
+    if how == "set":
+        cache.set("k", "v")
+    else:
+        cache.set_many({"k": "v", "j": "w"})
+    after = cache.stats()["tiers"][1]
+    assert after["errors"] == before["errors"]
+    assert after["skips"] > before["skips"]
+    proxy.restore()
     cache.close()
 
 

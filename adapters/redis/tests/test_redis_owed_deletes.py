@@ -190,6 +190,39 @@ def test_a_write_while_the_writers_breaker_is_open_leaves_no_old_copy_in_redis(
     rig.close()
 
 
+#: What a writer owes while its circuit is open, and what its payment announces again:
+#: ``(keys, prefixes, clear)``, and whether another process's memory keeps a key outside it.
+DEBTS: dict[str, tuple[Callable[[TieredCache], None], tuple[Any, ...], bool]] = {
+    "keys": (lambda cache: cache.invalidate("k"), (("k",), (), False), True),
+    "prefix": (lambda cache: cache.invalidate_prefix("k"), ((), ("k",), False), True),
+    "clear": (lambda cache: cache.clear(), ((), (), True), False),
+}
+
+
+@pytest.mark.parametrize("debt", list(DEBTS))
+def test_a_payment_announces_what_was_owed_no_less_and_no_more(
+    redis_server: RedisServer, proxy: FaultProxy, namespace: str, debt: str
+) -> None:
+    """The payment tells the other processes again what the debt was (they may have copied
+    the old values up from Redis meanwhile): owed keys or prefixes drop those alone from
+    their memory, an owed clear drops everything."""
+    rig = Rig(redis_server, proxy, namespace)
+    rig.table.write("other", "o")
+    owe, announced, kept = DEBTS[debt]
+    proxy.cut()
+    rig.writer.get("x")  # fails: the writer's circuit opens
+    owe(rig.writer)
+    # The reader reads "other" into its memory (from Redis, after a clear's first message).
+    assert rig.reader.get("other") == "o"
+    proxy.restore()
+    rig.clock.advance(5.0)
+    paid(rig.writer)
+    last = rig.bus.heard[-1]
+    assert (last.keys, last.prefixes, last.clear) == announced
+    assert (rig.reader.tiers[0].peek("other") is not MISSING) is kept
+    rig.close()
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"

@@ -108,6 +108,8 @@ TESTS = [
     "tests/test_set_alone.py::test_set_keeps_its_key_check_and_ttl",
     "tests/test_set_alone.py::test_the_general_set_stays_for_other_chains",
     "tests/test_set_alone.py::test_a_bad_ttl_after_the_source_took_the_value_leaves_no_old_copy",
+    # What a payment of owed deletes announces again (paths' paid).
+    "adapters/redis/tests/test_redis_owed_deletes.py::test_a_payment_announces_what_was_owed_no_less_and_no_more",
 ]
 EQUIVALENTS = ROOT / "benchmarks" / "mutation_equivalents.txt"
 KILLED = {1, 3, 24, -24, 36, 152, 255}  # a failing test, or a timeout (a hang is caught too)

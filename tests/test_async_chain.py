@@ -20,6 +20,7 @@ from tiered_cache import (
 )
 from tiered_cache.protection import Protection
 from tiered_cache.testing import FakeClock
+from tiered_cache.testing.polling import async_until
 from tiered_cache.testing.recording import RecordingTier
 from tiered_cache.testing.sources import AsyncDictSource
 from tiered_cache.tier import MISSING, Entry
@@ -328,6 +329,11 @@ async def test_callers_cancelled_while_a_timed_load_runs_leave_one_load_to_join(
     await cache.aclose()
 
 
+def waiters(cache: AsyncTieredCache, key: str) -> int:
+    flight = cache._loader.flights.in_flight(key)
+    return 0 if flight is None else flight.waiters
+
+
 async def test_a_cancelled_batch_leader_hands_its_keys_to_their_waiters(clock: FakeClock) -> None:
     """A ``get_many`` cancelled while it loads (its client went away) does not cancel the
     others waiting for its keys: a ``get`` and a ``get_many`` that joined its flights are
@@ -343,10 +349,12 @@ async def test_a_cancelled_batch_leader_hands_its_keys_to_their_waiters(clock: F
 
     cache = AsyncTieredCache(two_tiers(clock), source, clock=clock, protection=STRICT)
     leader = asyncio.create_task(cache.get_many(["a", "b"], batch))
-    await asyncio.sleep(0.01)  # it leads both keys and waits in its loader
+    await async_until(lambda: batches == [["a", "b"]], "the leader waits in its loader")
     one = asyncio.create_task(cache.get("a"))
     many = asyncio.create_task(cache.get_many(["b"], batch))
-    await asyncio.sleep(0.01)  # both joined the leader's flights
+    await async_until(
+        lambda: [waiters(cache, key) for key in "ab"] == [1, 1], "both joined the leader"
+    )
     leader.cancel()
     gate.set()
     assert await one == "A"
@@ -383,7 +391,7 @@ async def test_a_write_whose_caller_is_cancelled_leaves_no_old_copy(
     request = asyncio.create_task(
         cache.set("k", "new") if write == "set" else cache.set_many({"k": "new"})
     )
-    await asyncio.sleep(0.01)  # inside the source's write
+    await async_until(lambda: source.inner.items["k"] == "new", "inside the source's write")
     request.cancel()
     with pytest.raises(asyncio.CancelledError):
         await request
@@ -400,17 +408,18 @@ async def test_aclose_lets_a_write_in_flight_finish(clock: FakeClock) -> None:
     """A shutdown (``async with`` exit) while a request writes: the write runs to its end
     and its caller gets its answer, not a cancellation that was not its own."""
     source = AsyncDictSource({})
-    answered = asyncio.Event()
+    writing, answered = asyncio.Event(), asyncio.Event()
     written: list[str] = []
 
     async def store(key: str, value: Any) -> None:
+        writing.set()
         await answered.wait()
         written.append(key)
 
     source.store = store  # type: ignore[method-assign]
     cache = AsyncTieredCache(two_tiers(clock), source, clock=clock, protection=STRICT)
     request = asyncio.create_task(cache.set("k", "v"))
-    await asyncio.sleep(0.01)  # inside the source's write
+    await asyncio.wait_for(writing.wait(), 10)  # inside the source's write
     closing = asyncio.create_task(cache.aclose())
     await asyncio.sleep(0.01)
     assert not closing.done()  # it waits for the write

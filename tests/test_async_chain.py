@@ -306,6 +306,22 @@ async def test_from_config_builds_the_async_chain_from_the_same_file(
     await cache.aclose()  # idempotent
 
 
+async def until_it_waits_for_the_load(
+    cache: AsyncTieredCache, request: asyncio.Task[Any], *, first: bool
+) -> None:
+    """Until ``request`` (a miss of "k") waits for a timed load's task: the ``first`` starts
+    it (spawned the moment before it awaits it, with no step between); the next ones join
+    the one an earlier caller left running."""
+
+    def waits() -> bool:
+        if first:
+            return bool(cache._loader._timed)
+        left = cache._loader._abandoned.get("k")
+        return left is not None and any(wait.caller is request for wait in left[2].waits)
+
+    await async_until(waits, "the request waits for the load's task")
+
+
 async def test_callers_cancelled_while_a_timed_load_runs_leave_one_load_to_join(
     clock: FakeClock,
 ) -> None:
@@ -316,9 +332,9 @@ async def test_callers_cancelled_while_a_timed_load_runs_leave_one_load_to_join(
     source.gate = asyncio.Event()
     timed = Protection.never_stale(lease="off", hard_timeout=60.0)
     cache = AsyncTieredCache(two_tiers(clock), source, clock=clock, protection=timed)
-    for _ in range(5):
+    for attempt in range(5):
         request = asyncio.create_task(cache.get("k"))
-        await asyncio.sleep(0.01)  # it leads the flight and waits for its load's task
+        await until_it_waits_for_the_load(cache, request, first=attempt == 0)
         request.cancel()
         with pytest.raises(asyncio.CancelledError):
             await request

@@ -20,6 +20,7 @@ from tiered_cache import (
 )
 from tiered_cache.protection import Protection
 from tiered_cache.testing import FakeClock
+from tiered_cache.testing.buses import CuttableBus
 from tiered_cache.testing.polling import async_until
 from tiered_cache.testing.recording import RecordingTier
 from tiered_cache.testing.sources import AsyncDictSource
@@ -462,3 +463,33 @@ async def test_a_gets_ttl_is_what_its_loaded_value_goes_stale_by(clock: FakeCloc
         assert await cache.get("k", load, ttl=5) == "v1"
         clock.advance(2)
         assert await cache.get("k", load, ttl=5) == "v2"
+
+
+async def test_a_miss_counts_each_tiers_look_once(clock: FakeClock) -> None:
+    """The asyncio chain's miss walks the tiers with ``read_on`` (the threaded chain's, with
+    its own plain walk): tier 0, just missed by the chain's first look, is looked at again
+    quietly (one miss counted, not two); every other tier's miss is counted."""
+    source = AsyncDictSource({"k": "v"})
+    cache = AsyncTieredCache(two_tiers(clock), source, clock=clock, protection=STRICT)
+    assert await cache.get("k") == "v"
+    assert [tier["misses"] for tier in cache.stats()["tiers"]] == [1, 1]
+    await cache.aclose()
+
+
+async def test_a_miss_past_a_bypassed_memory_tier_reads_the_shared_tier(clock: FakeClock) -> None:
+    """While the bus is down and memory is bypassed (no bound), the walk of a miss skips the
+    memory tier and reads the shared tier below it: no load for a key it holds."""
+    l1, l2 = two_tiers(clock)
+    l2.local = False  # standing for Redis: not bypassed while the bus is down
+    source = AsyncDictSource({"k": "v"})
+    bus = CuttableBus()
+    with pytest.warns(BlockingTierWarning):  # a sync tier not in-process: calls in threads
+        cache = AsyncTieredCache(
+            [l1, l2], source, clock=clock, protection=STRICT, bus=bus, max_stale_when_disconnected=0
+        )
+    assert await cache.get("k") == "v"  # in both tiers now
+    bus.cut()
+    assert await cache.get("k") == "v"
+    assert source.inner.loads == ["k"]
+    assert cache.stats()["tiers"][1]["hits"] == 1
+    await cache.aclose()

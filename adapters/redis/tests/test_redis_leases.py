@@ -611,6 +611,25 @@ def test_a_cluster_set_many_takes_the_leases_it_can_and_writes_every_key(
     cache.close()
 
 
+class AnyStrKeys(RedisTier):
+    """A leasing tier that takes any ``str`` as a key (it declares no UTF-8 keys), as a
+    third party's may: the chain then has no key that UTF-8 must encode to refuse."""
+
+    utf8_keys = False
+
+
+def test_a_set_on_a_leasing_tier_that_takes_any_str_key_writes_it(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """The key check of a write under a lease with no UTF-8 tier in the chain: any ``str``
+    passes, and the write takes the lease and fills every tier."""
+    shared = AnyStrKeys(redis.Redis.from_url(redis_server.url), namespace=namespace)
+    cache = TieredCache([MemoryTier(), shared], protection=Protection.never_stale())
+    cache.set("k", "v")
+    assert [getattr(tier.get("k"), "value", None) for tier in cache.tiers] == ["v", "v"]
+    cache.close()
+
+
 def test_a_set_many_of_one_key_writes_it_under_its_lease(
     redis_server: RedisServer, namespace: str
 ) -> None:

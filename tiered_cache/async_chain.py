@@ -24,7 +24,7 @@ from .async_flight import within_join_timeout
 from .async_loader import AsyncBatchLoader, AsyncLoader, AsyncSourceLoader
 from .async_tier import AsyncSource, AsyncTier
 from .bus import AsyncBus, Bus
-from .closed import ClosedPaths, Paths
+from .closed import ClosedPaths, Paths, is_closed
 from .coherence import DEFAULT_BUS_BREAKER, BusLink, publish_breaker
 from .fence import Fence
 from .forking import restart_after_fork
@@ -234,7 +234,7 @@ class AsyncTieredCache(L1Reader):
     def closed(self) -> bool:
         """Whether the chain was closed (every call but reporting then raises
         :class:`~tiered_cache.ChainClosedError`)."""
-        return isinstance(self._paths, ClosedPaths)
+        return is_closed(self._paths)
 
     @property
     def source(self) -> Source | AsyncSource | None:

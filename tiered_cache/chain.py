@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, cast
 
 from .accessor import TierAccessor
 from .bus import Bus
-from .closed import ClosedPaths, Paths
+from .closed import ClosedPaths, Paths, is_closed
 from .closing import CloseOnce
 from .coherence import DEFAULT_BUS_BREAKER, BusLink, publish_breaker
 from .fence import Fence
@@ -228,7 +228,7 @@ class TieredCache(L1Reader):
     def closed(self) -> bool:
         """Whether the chain was closed (every call but reporting then raises
         :class:`~tiered_cache.ChainClosedError`)."""
-        return isinstance(self._paths, ClosedPaths)
+        return is_closed(self._paths)
 
     @property
     def source(self) -> Source | None:

@@ -56,6 +56,13 @@ class Paths(Protocol):
     ) -> bool: ...
 
 
+def is_closed(paths: Paths) -> bool:
+    """Whether ``paths`` are a closed chain's: the one test of "closed", which both chains'
+    ``closed`` and the switch of their L1 lookup (:meth:`~tiered_cache.l1.L1Reader._use_l1`)
+    ask."""
+    return isinstance(paths, ClosedPaths)
+
+
 class ClosedPaths:
     """Stands in for a closed chain's :class:`~tiered_cache.paths.ChainPaths`: each of its
     calls raises :class:`ChainClosedError` naming ``chain`` (the chain's repr)."""
@@ -100,5 +107,7 @@ class ClosedPaths:
 
     def set_bus_connected(self, connected: bool, bound: float, *, starting: bool = False) -> bool:
         """The bus of a closed chain is closing: what it reports on its way out is moot, and
-        the L1 lookup stays off (a late "reconnected" must not turn it on again)."""
+        the L1 lookup stays off (a late "reconnected" must not turn it on again; one that
+        decided on the open paths before the close is kept off by the L1 switch itself,
+        :meth:`~tiered_cache.l1.L1Reader._use_l1`)."""
         return False

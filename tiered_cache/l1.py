@@ -25,6 +25,7 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+from .closed import Paths, is_closed
 from .forking import restart_after_fork
 from .hit import NOT_FRESH, HitCount, L1Lookup
 from .metrics import CacheMetrics
@@ -103,6 +104,8 @@ class L1Reader:
     l1_hit: Callable[[Any], Any]
     #: Told of every new :attr:`l1_hit`.
     _hit_followers: HitFollowers
+    #: The chain's paths: a :class:`~tiered_cache.closed.ClosedPaths` once it is closed.
+    _paths: Paths
 
     def _setup_l1(
         self, metrics: CacheMetrics, protection: Protection, rng: Callable[[], float]
@@ -132,9 +135,16 @@ class L1Reader:
 
     def _use_l1(self, tiers: Sequence[L1Tier], enabled: bool) -> None:
         """Let :attr:`lookup_l1` and :attr:`l1_hit` read ``tiers[0]`` (or, ``enabled=False``,
-        skip it)."""
+        skip it). Never on a closed chain: the rule's one home, every switch passes here.
+
+        The bus's listener decides on the chain's paths, then switches here: one that had
+        decided on the open paths as the chain closed switched the lookup on again after the
+        close had switched it off (tests/test_close_races.py). Asked under the lock the close's
+        own switch takes, after the chain is closed: a switch either comes before the close's,
+        which turns the lookup off after it, or sees the chain closed."""
         lookup = self.lookup_l1
         with self._hit_followers.lock:
+            enabled = enabled and not is_closed(self._paths)
             lookup.get_at = None
             self.l1_hit = self._no_l1_hit
             if enabled and tiers:

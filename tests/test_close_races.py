@@ -1,0 +1,133 @@
+"""A close racing what was begun before it: the bus telling "reconnected", and fills in flight.
+
+A closed chain stays closed: its L1 lookup off (nothing reads its memory tier any more) and
+that tier empty. Two things begun before the close could undo it after the close was done:
+
+- the bus's listener telling the chain it is subscribed again: it decided on the open chain
+  that the L1 lookup may read memory, and turned it on after the close had turned it off;
+- a call in flight (a caller's load, a batch, a write's source call: not waited for, a hung
+  source would hang the shutdown) whose fill reached memory after the close had emptied it.
+
+Each is held at the instant that loses the race (a trace function on the listener's thread,
+a loader or a source held on a gate), then let go once the close has returned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+import pytest
+
+from tiered_cache import AsyncTieredCache, ChainClosedError, MemoryTier, TieredCache
+from tiered_cache.memory import LruPolicy
+from tiered_cache.paths import ChainPaths
+from tiered_cache.testing.buses import CuttableBus
+from tiered_cache.testing.clock import FakeClock
+from tiered_cache.testing.sources import AsyncDictSource, DictSource
+
+#: Joins of the tests' own threads: a guard against a hang, never a measure.
+GUARD = 30.0
+
+DECIDE = ChainPaths.set_bus_connected.__code__
+
+
+def held_as_decided(decided: threading.Event, go: threading.Event) -> Callable[..., Any]:
+    """A trace function holding the thread that sets it as ``ChainPaths.set_bus_connected``
+    returns (the chain's paths have said whether the L1 lookup may read memory, and the chain
+    has not switched it yet) until ``go``."""
+
+    def returning(frame: FrameType, event: str, arg: object) -> Any:
+        if event == "return":
+            decided.set()
+            assert go.wait(GUARD), "never let go"
+        return returning
+
+    def calls(frame: FrameType, event: str, arg: object) -> Any:
+        return returning if event == "call" and frame.f_code is DECIDE else None
+
+    return calls
+
+
+def restore_held(
+    bus: CuttableBus, decided: threading.Event, go: threading.Event
+) -> threading.Thread:
+    """The bus's listener, on a thread of its own, telling the chain it is subscribed again,
+    held once the chain's paths have decided."""
+
+    def restore() -> None:
+        sys.settrace(held_as_decided(decided, go))
+        try:
+            bus.restore()
+        finally:
+            sys.settrace(None)
+
+    listener = threading.Thread(target=restore, name="test-bus-listener", daemon=True)
+    listener.start()
+    assert decided.wait(GUARD), "the reconnection never reached the chain's paths"
+    return listener
+
+
+def memory_reads(cache: TieredCache | AsyncTieredCache) -> int:
+    tier = cache.stats()["tiers"][0]
+    return int(tier["hits"]) + int(tier["misses"])
+
+
+def test_a_reconnection_told_as_the_chain_closes_leaves_its_l1_lookup_off() -> None:
+    """The bus is down (the L1 lookup off); its listener tells the chain it is back and is
+    held there, the paths having said memory may be read; the chain closes; let go, the
+    listener switched the L1 lookup on again on the closed chain, whose reads then read its
+    memory tier before they were refused. Seen failing: ``assert 2 == 1`` (reads of the
+    closed chain's memory tier)."""
+    clock = FakeClock(1000.0)
+    memory = MemoryTier(policy=LruPolicy(100), clock=clock)
+    bus = CuttableBus()
+    cache = TieredCache([memory], DictSource({"a": "old"}), ttl=10.0, clock=clock, bus=bus)
+    assert cache.get("a") == "old"
+    bus.cut()
+    decided, go = threading.Event(), threading.Event()
+    listener = restore_held(bus, decided, go)
+    try:
+        cache.close()
+    finally:
+        go.set()
+        listener.join(GUARD)
+    assert not listener.is_alive()
+    read = memory_reads(cache)
+    with pytest.raises(ChainClosedError):
+        cache.get("a")
+    assert memory_reads(cache) == read
+    assert (cache.closed, cache.stats()["bus"], len(memory)) == (True, "closed", 0)
+
+
+def test_a_reconnection_told_as_an_async_chain_closes_leaves_its_l1_lookup_off() -> None:
+    """The same on the asyncio chain (its bus's listener is a thread too). Seen failing:
+    ``assert 2 == 1``."""
+    clock = FakeClock(1000.0)
+    memory = MemoryTier(policy=LruPolicy(100), clock=clock)
+    bus = CuttableBus()
+    source = AsyncDictSource({"a": "old"})
+    cache = AsyncTieredCache([memory], source, ttl=10.0, clock=clock, bus=bus)
+
+    async def main() -> None:
+        assert await cache.get("a") == "old"
+        bus.cut()
+        decided, go = threading.Event(), threading.Event()
+        listener = await asyncio.to_thread(restore_held, bus, decided, go)
+        try:
+            await cache.aclose()
+        finally:
+            go.set()
+            await asyncio.to_thread(listener.join, GUARD)
+        assert not listener.is_alive()
+        read = memory_reads(cache)
+        with pytest.raises(ChainClosedError):
+            await cache.get("a")
+        assert memory_reads(cache) == read
+
+    asyncio.run(main())
+    assert (cache.closed, len(memory)) == (True, 0)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from types import FrameType
 from typing import Any
 
@@ -28,6 +28,7 @@ from tiered_cache.memory import LruPolicy
 from tiered_cache.paths import ChainPaths
 from tiered_cache.testing.buses import CuttableBus
 from tiered_cache.testing.clock import FakeClock
+from tiered_cache.testing.gates import Held
 from tiered_cache.testing.sources import AsyncDictSource, DictSource
 
 #: Joins of the tests' own threads: a guard against a hang, never a measure.
@@ -128,6 +129,102 @@ def test_a_reconnection_told_as_an_async_chain_closes_leaves_its_l1_lookup_off()
         with pytest.raises(ChainClosedError):
             await cache.get("a")
         assert memory_reads(cache) == read
+
+    asyncio.run(main())
+    assert (cache.closed, len(memory)) == (True, 0)
+
+
+class HeldSource(DictSource):
+    """A source whose loads, batch loads and stores wait at ``held`` (one of them: the gate
+    is one-shot)."""
+
+    def __init__(self, held: Held) -> None:
+        super().__init__({"a": "old", "b": "old"})
+        self.held = held
+
+    def load(self, key: str) -> Any:
+        self.held.hold()
+        return super().load(key)
+
+    def load_many(self, keys: Sequence[str]) -> dict[str, Any]:
+        self.held.hold()
+        return super().load_many(keys)
+
+    def store(self, key: str, value: Any) -> None:
+        self.held.hold()
+        super().store(key, value)
+
+
+CALLS: Mapping[str, Callable[[TieredCache], object]] = {
+    "get": lambda cache: cache.get("a"),
+    "get_many": lambda cache: cache.get_many(["a", "b"]),
+    "set": lambda cache: cache.set("a", "new"),
+}
+
+
+@pytest.mark.parametrize("call", sorted(CALLS))
+@pytest.mark.parametrize("bus", [False, True], ids=["alone", "with-a-bus"])
+def test_a_fill_in_flight_as_the_chain_closes_leaves_its_memory_empty(call: str, bus: bool) -> None:
+    """A call is in its source (a load, a batch, a write's store) as the chain closes, which
+    does not wait for it; once let go, its fill found the closed chain's memory tier emptied
+    and filled it: the closed chain held the entries for good (tools/signal_close.py --how
+    twice: 1 round of 20 left memory holding entries). Seen failing: ``assert 1 == 0``
+    (``len(memory)``; 2 for ``get_many``)."""
+    clock = FakeClock(1000.0)
+    memory = MemoryTier(policy=LruPolicy(100), clock=clock)
+    held = Held(timeout=GUARD)
+    source = HeldSource(held)
+    cache = TieredCache([memory], source, ttl=10.0, clock=clock, bus=CuttableBus() if bus else None)
+    held.armed = True
+    outcome: list[object] = []
+
+    def in_flight() -> None:
+        try:
+            outcome.append(CALLS[call](cache))
+        except Exception as exc:  # what it raised is the outcome
+            outcome.append(exc)
+
+    caller = threading.Thread(target=in_flight, name="test-caller", daemon=True)
+    caller.start()
+    assert held.inside.wait(GUARD), "the call never reached its source"
+    try:
+        cache.close()
+    finally:
+        held.go.set()
+        caller.join(GUARD)
+    assert not caller.is_alive()
+    assert len(outcome) == 1 and not isinstance(outcome[0], ChainClosedError), outcome
+    assert len(memory) == 0
+    assert cache.closed
+
+
+class HeldAsyncSource(AsyncDictSource):
+    """An asyncio source whose load sets :attr:`inside` as it waits at its gate."""
+
+    inside: asyncio.Event | None = None
+
+    async def load(self, key: str) -> Any:
+        if self.inside is not None:
+            self.inside.set()
+        return await super().load(key)
+
+
+def test_a_load_in_flight_as_an_async_chain_closes_leaves_its_memory_empty() -> None:
+    """The same on the asyncio chain: a miss's load in flight (``aclose`` waits for writes in
+    flight, not for loads) fills memory after the close emptied it. Seen failing:
+    ``assert (True, 1) == (True, 0)``."""
+    clock = FakeClock(1000.0)
+    memory = MemoryTier(policy=LruPolicy(100), clock=clock)
+    source = HeldAsyncSource({"a": "old"})
+    cache = AsyncTieredCache([memory], source, ttl=10.0, clock=clock)
+
+    async def main() -> None:
+        source.gate, source.inside = asyncio.Event(), asyncio.Event()
+        reading = asyncio.ensure_future(cache.get("a"))
+        await asyncio.wait_for(source.inside.wait(), GUARD)
+        await cache.aclose()
+        source.gate.set()
+        assert await reading == "old"
 
     asyncio.run(main())
     assert (cache.closed, len(memory)) == (True, 0)

@@ -518,6 +518,9 @@ class AsyncTieredCache(L1Reader):
 
     async def _close_each_part(self) -> None:
         await all_end_within(self._writes.running(), None)
+        # After the writes it waits for (they land as they would have); the loads in flight,
+        # not waited for, fill no memory from now on.
+        self._fence.close()
         for tier in self._tiers:  # a write's failed delete arms a payment: after the writes
             await tier.stop_paying()
         await self._loader.aclose()

@@ -491,6 +491,7 @@ class TieredCache(L1Reader):
         the source. Each step is harmless twice (a forked child runs them again when its
         parent's close had not ended at the fork)."""
         self._refuse_calls()
+        self._fence.close()  # the calls in flight fill no memory from now on
         for tier in self._tiers:  # first: a payment in flight announces on the bus
             tier.stop_paying()
         self._loader.close()

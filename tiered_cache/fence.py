@@ -144,6 +144,19 @@ class Fence:
             log.done(number)
         return number
 
+    def close(self) -> None:
+        """The chain is closed: its in-process copies go, and none lands there again. A gap
+        recorded and never done (:meth:`invalidate`'s are done once their drop is): every
+        mark taken from now on is dated before it, so every fill in memory, in flight or to
+        come, is refused before its write or undone after it. The close does not wait for
+        the calls in flight (a caller's load, a write's source call: a hung source would hang
+        the shutdown); their fills reached the closed chain's memory after the close had
+        emptied it, and it held them for good (tests/test_close_races.py). A gap concerns
+        memory alone: a fill under its lease may still land in the shared tier, and a write
+        whose fill is refused invalidates the key there (as for any write overlapped)."""
+        self._log.record_gap(pending=True)
+        self._drop((), (), True)
+
     def _drop(self, keys: Sequence[str], prefixes: Sequence[str], everything: bool) -> None:
         """An invalidation's drop of the in-process copies."""
         for tier in self._local:

@@ -21,12 +21,15 @@ from types import FrameType
 import pytest
 
 from tiered_cache import MemoryTier, TieredCache
+from tiered_cache.closing import CloseOnce
 from tiered_cache.memory import LruPolicy
 from tiered_cache.testing.clock import FakeClock
 from tiered_cache.testing.held_close import ClosesCounted
 from tiered_cache.testing.interrupts import Interrupted
 
 START = threading.Thread.start.__code__
+#: The close's own start of its thread, around ``Thread.start``.
+OWN_START = CloseOnce._start.__code__
 #: Every line of ``Thread.start`` (those that do not run in a start are never reached).
 LINES = sorted(
     {i.starts_line for i in dis.get_instructions(START) if i.starts_line} - {START.co_firstlineno}
@@ -148,6 +151,97 @@ def test_a_process_whose_close_is_interrupted_in_its_threads_start_closes_before
     path = [p for p in sys.path if p]
     module = __name__ if __name__ != "__main__" else "test_close_interrupted_start"
     script = textwrap.dedent(SERVICE).format(path=path, module=module, line=line)
+    env = {**os.environ, "PYTHONFAULTHANDLER": "1"}
+    try:
+        ended = subprocess.run(
+            [sys.executable, "-c", script],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=env,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("the interrupted process never ended")
+    assert "KeyboardInterrupt" in ended.stderr, ended.stderr
+    assert ended.stdout.splitlines() == ["source closed"]
+
+
+TWICE = """
+import sys, threading
+sys.path[:0] = {path!r}
+from tiered_cache import MemoryTier, TieredCache
+from tiered_cache.memory import LruPolicy
+from tiered_cache.testing.clock import FakeClock
+from tiered_cache.testing.held_close import ClosesCounted
+from {module} import ctrl_c_twice
+
+class Reported(ClosesCounted):
+    def close(self):
+        super().close()
+        print("source closed", flush=True)
+
+clock = FakeClock(1000.0)
+cache = TieredCache([MemoryTier(policy=LruPolicy(100), clock=clock)], Reported(), clock=clock)
+ctrl_c_twice(launched={launched}, after={after})
+with cache:  # the service's main ends: Ctrl-C twice in its close, as it starts its thread
+    pass
+"""
+
+
+def ctrl_c_twice(*, launched: bool, after: int) -> None:
+    """Ctrl-C pressed twice as a ``close()`` starts its thread: the first lands in
+    ``Thread.start`` (before it launches the thread, or once it has begun: ``launched``),
+    the second at the line the close's own start runs ``after`` lines after the first (as
+    it handles it), if it runs that many. The first is raised by ``Thread.start`` itself,
+    not by a trace function (a trace function that raises is unset: the second could not be
+    raised). Says so on stderr as the second is raised."""
+    start = threading.Thread.start
+    first: list[bool] = []
+    lines: list[int] = []
+
+    def interrupted_start(thread: threading.Thread) -> None:
+        if thread.name != "tiered-cache-close" or first:
+            start(thread)
+            return
+        if launched:
+            start(thread)
+        first.append(True)
+        raise KeyboardInterrupt
+
+    def calls(frame: FrameType, event: str, arg: object) -> object:
+        return in_own if event == "call" and frame.f_code is OWN_START else None
+
+    def in_own(frame: FrameType, event: str, arg: object) -> object:
+        if event == "return" and first:  # the close stopped: none in the exit's hook
+            sys.settrace(None)
+        if event == "line" and first:
+            lines.append(frame.f_lineno)
+            if len(lines) > after:
+                sys.settrace(None)
+                frame.f_trace = None
+                print("the second interrupt", file=sys.stderr, flush=True)
+                raise KeyboardInterrupt
+        return in_own
+
+    threading.Thread.start = interrupted_start  # type: ignore[method-assign]
+    sys.settrace(calls)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("after", range(4))
+@pytest.mark.parametrize("launched", [False, True], ids=["not-launched", "launched"])
+def test_a_process_whose_close_is_interrupted_twice_as_it_starts_its_thread_closes_before_it_exits(
+    launched: bool, after: int
+) -> None:
+    """Ctrl-C lands in the close thread's start, and a second one at each line the close
+    then runs as it handles the first (those it runs): the process ends, and its exit
+    finishes the close. Seen failing with the thread not launched and the second interrupt
+    at the first line of the ``except`` clause that registered the exit's hook (``after``
+    1), before it did: ``assert [] == ['source closed']`` (the process exited with the chain
+    open)."""
+    path = [p for p in sys.path if p]
+    module = __name__ if __name__ != "__main__" else "test_close_interrupted_start"
+    script = textwrap.dedent(TWICE).format(path=path, module=module, launched=launched, after=after)
     env = {**os.environ, "PYTHONFAULTHANDLER": "1"}
     try:
         ended = subprocess.run(

@@ -17,8 +17,9 @@ running as the close is done: one that found the steps done may still be ending 
 ``close()`` that returned then left a ``tiered-cache-close`` thread running).
 
 A ``close()`` stopped as it starts the thread raises at once, launched or not; the next
-``close()`` finishes the close, and so does the interpreter's exit (``atexit``), which waits
-only for a thread that had begun (tests/test_close_interrupted_start.py).
+``close()`` finishes the close, and so does the interpreter's exit (``atexit``, its hook
+registered before the start and let go of once the thread has begun: the exit waits only for
+a thread that had begun), a second interrupt included (tests/test_close_interrupted_start.py).
 """
 
 from __future__ import annotations
@@ -77,29 +78,32 @@ class CloseOnce:
         thread = self._thread
         if thread is not None and (thread.is_alive() or self._done.is_set()):
             return
+        # Registered before anything can be left half done, and let go of once the thread
+        # has begun (the exit waits for it then: not a daemon): a chain closed in order holds
+        # no place in ``atexit``. Stopped (Ctrl-C, a handler raising) on the way, this
+        # close() raises at once, and the exit finishes the close, as the next close() does
+        # (a thread not alive is started again; two run the steps once). Whether a thread was
+        # launched nothing here can tell: Thread.start lists it (threading.enumerate shows
+        # it) before it launches it, and one launched may not have begun (the interpreter's
+        # exit waits only for threads that had). A wait for it to begin waited for ever for
+        # one never launched; not waiting, the process that the interrupt ended exited with
+        # the chain open (tools/signal_close.py --how ctrl-c). Registered in an ``except``
+        # clause instead, a second interrupt there, before the registration, left the close
+        # undone at the exit (tests/test_close_interrupted_start.py).
+        atexit.register(self._finish_at_exit)
+        thread = threading.Thread(target=self._run, name="tiered-cache-close", daemon=False)
+        self._thread = thread
+        self._threads.append(thread)
         try:
-            thread = threading.Thread(target=self._run, name="tiered-cache-close", daemon=False)
-            self._thread = thread
-            self._threads.append(thread)
-            try:
-                thread.start()
-            except RuntimeError:  # no thread can start (interpreter shutting down): run here
-                self._run()
-        except BaseException:
-            # Stopped (Ctrl-C, a handler raising) on the way. Whether a thread was launched
-            # nothing here can tell: Thread.start lists it (threading.enumerate shows it)
-            # before it launches it, and one launched may not have begun (the interpreter's
-            # exit waits only for threads that had). A wait for it to begin waited for ever
-            # for one never launched; not waiting, the process that the interrupt ended
-            # exited with the chain open (tools/signal_close.py --how ctrl-c). So this
-            # close() raises at once, and the exit finishes the close, as the next close()
-            # does (a thread not alive is started again; two run the steps once).
-            atexit.register(self._finish_at_exit)
-            raise
+            thread.start()
+        except RuntimeError:  # no thread can start (interpreter shutting down): run here
+            self._run()
+        atexit.unregister(self._finish_at_exit)
 
     def _finish_at_exit(self) -> None:
         """At the interpreter's exit, after a ``close()`` stopped as it started the close
-        (registered then only: a chain closed in order holds no place in ``atexit``)."""
+        (registered while it starts it only: a chain closed in order holds no place in
+        ``atexit``)."""
         if not self._done.is_set():
             self.start()
             self.wait()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -88,6 +89,8 @@ class Listeners:
         #: Cut off by a close that stopped waiting for the listener (:meth:`abandon`).
         self._abandoned = False
         self._abandoning = threading.Lock()
+        #: What the giving up has still to tell: (listener, event), in order (:meth:`abandon`).
+        self._untold: deque[tuple[BusListener, str]] = deque()
 
     def add(self, listener: BusListener) -> None:
         """Add ``listener``, told the subscription's state if one was told already: a chain
@@ -129,25 +132,37 @@ class Listeners:
                     return
                 self._tell_one(listener, "on_reconnect" if subscribed else "on_disconnect")
 
-    def abandon(self) -> bool:
-        """The bus's close stopped waiting for its listener, which ends by itself: every
-        listener is told the bus is down (a chain sharing the bus with the one closed would
-        trust its memory while nothing is heard), then ``on_close_abandoned`` (counted), and
-        hears nothing more from the listener. Told here, on the close's thread, without the
-        lock: the listener may hold it, stuck in a callback. (Told down already, they are not
-        told again.) False if a close gave up already: nothing is told again."""
-        with self._abandoning:  # two closes at once (two chains on one bus): told once
-            if self._abandoned:
-                return False
-            self._abandoned = True
-        told_down = self._subscribed is False
-        self._subscribed = False
-        listeners = list(self._listeners)  # a copy taken under the GIL: add() only appends
-        for listener in listeners if not told_down else ():
-            self._tell_one(listener, "on_disconnect")
-        for listener in listeners:
-            self._tell_one(listener, "on_close_abandoned")
-        return True
+    def abandon(self, say: Callable[[], object]) -> None:
+        """The bus's close stopped waiting for its listener, which ends by itself: ``say()``
+        (the bus's warning), every listener is told the bus is down (a chain sharing the bus
+        with the one closed would trust its memory while nothing is heard), then
+        ``on_close_abandoned`` (counted), and hears nothing more from the listener. Told here,
+        on the close's thread, without the listeners' lock: the listener may hold it, stuck in
+        a callback. (Told down already, they are not told again.) Said and told once for two
+        closes at once (two chains on one bus): under a lock of its own, which the second
+        waits for.
+
+        A close stopped on its way (Ctrl-C: a bus closed on the main thread) leaves what it
+        had not told to the next close, which tells it before it returns: the closes after
+        one that gave up returned at once, and the chains not told yet stayed "connected"
+        while nothing was heard (adapters/redis/tests/test_redis_bus_abandon_interrupted.py).
+        So what is left to tell is kept, and each item let go of only once told: one stopped
+        as it was told is told again (down twice is no news; the gave-ups may count one
+        more)."""
+        with self._abandoning:  # two closes at once: the second finds it all told
+            if not self._abandoned:
+                told_down = self._subscribed is False
+                listeners = list(self._listeners)  # under the GIL: add() only appends
+                untold = deque((each, "on_disconnect") for each in listeners if not told_down)
+                untold.extend((each, "on_close_abandoned") for each in listeners)
+                say()
+                self._untold = untold
+                self._abandoned = True  # last: stopped before it, the next close gives up anew
+            self._subscribed = False  # a chain added from now on is told the bus is down
+            untold = self._untold
+            while untold:
+                self._tell_one(*untold[0])
+                untold.popleft()
 
     def deliver(self, data: bytes) -> None:
         try:
@@ -267,7 +282,9 @@ class Listening:
         if self.listeners.abandoned:
             # A close gave up on it already (two chains on one bus closed in turn, an aclose
             # run again): it ends by itself. Waited for again, each close added close_wait
-            # to the shutdown, then gave up again, telling the chains again.
+            # to the shutdown, then gave up again, telling the chains again. What that close
+            # was stopped before telling is told now (Listeners.abandon).
+            self.abandon()
             return bool((yield join, (0.0,)))
         clock, poll = self.health.clock, self.health.poll
         deadline = clock() + self.health.close_wait
@@ -284,10 +301,12 @@ class Listening:
         """The close stopped waiting for the listener: said once (the bus by its channel,
         which holds no secret), the chains told the bus is down and that it gave up (they
         count it), and the listener, left to end by itself, cut off from them
-        (:meth:`Listeners.abandon`); being stopped, it neither subscribes nor reconnects."""
+        (:meth:`Listeners.abandon`, which a later close finishes if this one was stopped on
+        its way); being stopped, it neither subscribes nor reconnects."""
         self.connected = False
-        if not self.listeners.abandon():
-            return  # another close gave up on it already, and said so
+        self.listeners.abandon(self._say_abandoned)
+
+    def _say_abandoned(self) -> None:
         log.warning(
             "bus %r: the listener did not end within %.3gs of the close (stuck outside Redis: "
             "a listener's callback, a DNS lookup, a lock); the close returns without it, and "

@@ -11,8 +11,6 @@ closes it before it exits. Each test interrupts at each line ``Thread.start`` ru
 from __future__ import annotations
 
 import dis
-import os
-import subprocess
 import sys
 import textwrap
 import threading
@@ -25,6 +23,7 @@ from tiered_cache.closing import CloseOnce
 from tiered_cache.memory import LruPolicy
 from tiered_cache.testing.clock import FakeClock
 from tiered_cache.testing.held_close import ClosesCounted
+from tiered_cache.testing.interpreters import run_python
 from tiered_cache.testing.interrupts import Interrupted
 
 START = threading.Thread.start.__code__
@@ -119,14 +118,13 @@ def test_a_close_interrupted_in_its_threads_start_raises_and_the_next_closes(lin
     assert closing_threads() == []
 
 
-SERVICE = """
+#: The service: a chain whose source says when it is closed.
+SERVICE_HEAD = """
 import sys, threading
-sys.path[:0] = {path!r}
 from tiered_cache import MemoryTier, TieredCache
 from tiered_cache.memory import LruPolicy
 from tiered_cache.testing.clock import FakeClock
 from tiered_cache.testing.held_close import ClosesCounted
-from {module} import ctrl_c_at
 
 class Reported(ClosesCounted):
     def close(self):
@@ -135,10 +133,27 @@ class Reported(ClosesCounted):
 
 clock = FakeClock(1000.0)
 cache = TieredCache([MemoryTier(policy=LruPolicy(100), clock=clock)], Reported(), clock=clock)
+"""
+
+SERVICE = (
+    SERVICE_HEAD
+    + """
+from {module} import ctrl_c_at
 sys.settrace(ctrl_c_at({line}, KeyboardInterrupt))
 with cache:  # the service's main ends: Ctrl-C lands in its close, as it starts its thread
     pass
 """
+)
+
+MODULE = __name__ if __name__ != "__main__" else "test_close_interrupted_start"
+
+
+def service_ended(script: str) -> list[str]:
+    """Run the service ``script`` in a child interpreter: what it said it closed. It must end
+    by the ``KeyboardInterrupt``."""
+    ended = run_python(textwrap.dedent(script), timeout=30, what="the interrupted process")
+    assert "KeyboardInterrupt" in ended.stderr, ended.stderr
+    return ended.stdout.splitlines()
 
 
 @pytest.mark.parametrize("line", RUN)
@@ -148,45 +163,18 @@ def test_a_process_whose_close_is_interrupted_in_its_threads_start_closes_before
     """The ``KeyboardInterrupt`` ends the process; its exit finishes the close, whether the
     close's thread was launched or not. Seen failing at the lines between the listing and
     the launch: the process never ended (its close waited for that thread to begin)."""
-    path = [p for p in sys.path if p]
-    module = __name__ if __name__ != "__main__" else "test_close_interrupted_start"
-    script = textwrap.dedent(SERVICE).format(path=path, module=module, line=line)
-    env = {**os.environ, "PYTHONFAULTHANDLER": "1"}
-    try:
-        ended = subprocess.run(
-            [sys.executable, "-c", script],
-            check=False,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            env=env,
-        )
-    except subprocess.TimeoutExpired:
-        pytest.fail("the interrupted process never ended")
-    assert "KeyboardInterrupt" in ended.stderr, ended.stderr
-    assert ended.stdout.splitlines() == ["source closed"]
+    assert service_ended(SERVICE.format(module=MODULE, line=line)) == ["source closed"]
 
 
-TWICE = """
-import sys, threading
-sys.path[:0] = {path!r}
-from tiered_cache import MemoryTier, TieredCache
-from tiered_cache.memory import LruPolicy
-from tiered_cache.testing.clock import FakeClock
-from tiered_cache.testing.held_close import ClosesCounted
+TWICE = (
+    SERVICE_HEAD
+    + """
 from {module} import ctrl_c_twice
-
-class Reported(ClosesCounted):
-    def close(self):
-        super().close()
-        print("source closed", flush=True)
-
-clock = FakeClock(1000.0)
-cache = TieredCache([MemoryTier(policy=LruPolicy(100), clock=clock)], Reported(), clock=clock)
 ctrl_c_twice(launched={launched}, after={after})
 with cache:  # the service's main ends: Ctrl-C twice in its close, as it starts its thread
     pass
 """
+)
 
 
 def ctrl_c_twice(*, launched: bool, after: int) -> None:
@@ -239,20 +227,5 @@ def test_a_process_whose_close_is_interrupted_twice_as_it_starts_its_thread_clos
     at the first line of the ``except`` clause that registered the exit's hook (``after``
     1), before it did: ``assert [] == ['source closed']`` (the process exited with the chain
     open)."""
-    path = [p for p in sys.path if p]
-    module = __name__ if __name__ != "__main__" else "test_close_interrupted_start"
-    script = textwrap.dedent(TWICE).format(path=path, module=module, launched=launched, after=after)
-    env = {**os.environ, "PYTHONFAULTHANDLER": "1"}
-    try:
-        ended = subprocess.run(
-            [sys.executable, "-c", script],
-            check=False,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            env=env,
-        )
-    except subprocess.TimeoutExpired:
-        pytest.fail("the interrupted process never ended")
-    assert "KeyboardInterrupt" in ended.stderr, ended.stderr
-    assert ended.stdout.splitlines() == ["source closed"]
+    script = TWICE.format(module=MODULE, launched=launched, after=after)
+    assert service_ended(script) == ["source closed"]

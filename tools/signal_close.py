@@ -51,6 +51,7 @@ from typing import Any
 import redis
 
 from tiered_cache import ChainClosedError, MemoryTier, TieredCache
+from tiered_cache.breaker import GuardedTier
 from tiered_cache.testing import servers
 from tiered_cache.testing.forked import ForkedChild
 from tiered_cache.testing.servers import RedisServer
@@ -71,16 +72,20 @@ def chain(url: str, namespace: str, memory_only: bool, soft_timeout: str | None)
 
 def left_open(cache: TieredCache) -> list[str]:
     """What of the chain is still open: a memory tier holding entries (a close empties it),
-    a tier answering a read (a closed one refuses it), the bus's listener thread alive."""
+    a tier answering a read (a closed one refuses it), the bus's listener thread alive. A
+    tier behind its circuit breaker is read past the breaker: calls failing on the closed
+    tier (a write in flight as the chain closed, this probe) open it, and its
+    ``CircuitOpen`` says nothing of the tier (it was counted open, in 3 rounds of 300)."""
     left = []
     for tier in cache.tiers:
         if isinstance(tier, MemoryTier):
             if len(tier):
                 left.append(tier.name)
             continue
+        inner = tier.tier if isinstance(tier, GuardedTier) else tier
         try:
-            tier.get("probe")
-        except Exception as exc:  # the breaker's TierCallFailed, naming the cause
+            inner.get("probe")
+        except Exception as exc:
             if "is closed" in str(exc):
                 continue
         left.append(tier.name)

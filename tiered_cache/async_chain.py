@@ -481,7 +481,8 @@ class AsyncTieredCache(L1Reader):
         caller that gives up (a shutdown timeout) stops waiting, not the close. Before, the
         first one marked the chain closed and a second returned at once, before anything was
         closed; one cancelled on its way left the tiers, the bus and the source open for
-        good, every later ``aclose()`` returning at once."""
+        good, every later ``aclose()`` returning at once. Loads in flight are not waited for:
+        they end with their result and fill no memory (the fence's close)."""
         if not self.closed:
             # First, so that no call reaches a tier or the source being closed
             # (tiered_cache.closed), and before the writes in flight are waited for and the

@@ -469,7 +469,11 @@ class TieredCache(L1Reader):
         main thread, holding a lock the close needs, which it lets go only once the handler
         has returned. The interrupted call then ends (its result or ``ChainClosedError``)
         and every later call is refused. Called from a background refresh's loader, it
-        returns at once too: the close waits for that refresh."""
+        returns at once too: the close waits for that refresh.
+
+        A call in flight in the source as the chain closes is not waited for (a hung source
+        would hang the shutdown): it ends with its result, and fills no memory (the fence's
+        close), nor turns the L1 lookup back on (nothing does on a closed chain)."""
         # First: a signal handler raising after this stops the caller only, not the close.
         self._closing.start()
         if not self.closed:  # as the close's first step does, for a handler not waiting

@@ -23,8 +23,15 @@ Prints the reads, those older than a write done more than 1 s before the read be
 bus's bound, ``max_stale_when_disconnected``), those served from memory, the bus's state at
 the loop's last read and its counters.
 
-Run: ``.venv/bin/python tools/loop_edges.py loop-end|loop-end-bus|two-loops|listener-cancel
-[RUNS] [--uvloop]`` (``--uvloop``: each loop a uvloop one, if uvloop is installed)
+``left-open``: a chain of memory -> Redis with the bus reads 20 keys on a loop run by hand and
+left open; the next loop misses 20 other keys, writes the 20 and closes the chain; the first
+loop is then closed by hand without running again. Prints the next loop's errors of the
+tier, publish errors, loads, moves off a loop left open, and the ``ResourceWarning``s as the
+first loop is closed (sockets closed off it and never finished).
+
+Run: ``.venv/bin/python tools/loop_edges.py
+loop-end|loop-end-bus|two-loops|listener-cancel|left-open [RUNS] [--uvloop]`` (``--uvloop``:
+each loop a uvloop one, the one run by hand too, if uvloop is installed)
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ import random
 import sys
 import threading
 import time
+import warnings
 from collections import Counter
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -59,6 +67,15 @@ def run_loop(main: Coroutine[Any, Any, T]) -> T:
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(main)
+
+
+def new_loop() -> asyncio.AbstractEventLoop:
+    """A loop to run by hand: asyncio's, or uvloop's (``--uvloop``)."""
+    if "--uvloop" not in sys.argv:
+        return asyncio.new_event_loop()
+    import uvloop
+
+    return uvloop.new_event_loop()
 
 
 class DestroyedPending(logging.Handler):
@@ -299,6 +316,47 @@ def two_loops(url: str, run: int) -> str:
     return f"calls {calls[0]}; raised {dict(raised)}; errors of the tier {errors}; older {older}"
 
 
+def left_open(url: str, run: int) -> str:
+    keys = [f"k{i}" for i in range(20)]
+    settings = bus_chain_settings(url, f"left-open-{run}", bus={"url": url}, timeout="2s")
+    cache = AsyncTieredCache.from_config(**settings)
+    loads: Counter[str] = Counter()
+
+    async def load(key: str) -> str:
+        loads[key] += 1
+        return f"value {key}"
+
+    async def warm() -> None:
+        for key in keys:
+            await cache.get(key, lambda key=key: load(key))
+
+    async def next_loop() -> dict[str, Any]:
+        for key in keys:
+            await cache.get(f"other {key}", lambda key=key: load(f"other {key}"))
+        for key in keys:
+            await cache.set(key, "new")
+        stats = cache.stats()
+        await cache.aclose()
+        return stats
+
+    first = new_loop()
+    first.run_until_complete(warm())  # and left open
+    stats = run_loop(next_loop())
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        first.close()  # by hand, without running again
+        del first
+        gc.collect()
+    unclosed = sum(1 for warning in seen if issubclass(warning.category, ResourceWarning))
+    tier = stats["tiers"][1]
+    return (
+        f"next loop: errors of the tier {tier['errors']}, publish errors "
+        f"{stats.get('bus_publish_errors', 0)}, loads {sum(loads.values())} of {2 * len(keys)}, "
+        f"loops left open {tier['loops_left_open']}; ResourceWarnings as the first loop is "
+        f"closed by hand {unclosed}"
+    )
+
+
 def main() -> None:
     logging.disable(logging.WARNING)  # the tier's failures are counted, not printed
     scenario = {
@@ -306,6 +364,7 @@ def main() -> None:
         "loop-end-bus": loop_end_bus,
         "two-loops": two_loops,
         "listener-cancel": listener_cancel,
+        "left-open": left_open,
     }[sys.argv[1]]
     numbers = [arg for arg in sys.argv[2:] if arg.isdigit()]
     runs = int(numbers[0]) if numbers else 3

@@ -66,6 +66,11 @@ class OnLoopTier(TierBase):
     def _leasing(self) -> AsyncLeasingTier:
         return cast(AsyncLeasingTier, self.inner)
 
+    def check_value(self, value: Any) -> None:
+        """The async tier's own check (a plain call: no loop needed), so the suite tests it."""
+        if isinstance(self.inner, AsyncTierBase):
+            self.inner.check_value(value)
+
     def get(self, key: str) -> Entry | MissingType:
         return self._run(self.inner.get(key))
 

@@ -288,11 +288,13 @@ class Fence:
         """The fill, as steps (:mod:`tiered_cache.steps`), for the sync and the asyncio
         chains; :meth:`fill_one` is its one-key, lease-less form in plain calls.
 
-        ``sole``: a write of a chain without a source and without leases. Its values
-        are the only copy, not a copy read before anything: the shared tiers order it by their
-        own write, as a lease orders a leased write, so a gap since ``mark`` keeps it out of
-        memory alone. Refused everywhere, as a copy is, the write was lost: a sourceless
-        chain's ``set`` made while its bus subscribed (a Django backend's first) was undone.
+        ``sole``: a write of a chain without a source. Its values are the only copy, not a
+        copy read before anything: the shared tiers order those written without a lease
+        (every key on a chain without leases; on one that leases, a key its leasing tier
+        cannot lease, braces of its own on a cluster) by their own write, as a lease orders a
+        leased write, so a gap since ``mark`` keeps them out of memory alone. Refused
+        everywhere, as a copy is, the write was lost: a sourceless chain's ``set`` made while
+        its bus subscribed (a Django backend's first) was undone.
 
         No ``tiers`` (a copy from the first tier, a lease holder's value found in a leasing
         tier that comes first, a chain without tiers): no step, nothing judged or counted,
@@ -307,12 +309,12 @@ class Fence:
         leased = set(tokens) if leasing is not None else set()
         # Set at the leased write: the keys it confirmed under their leases, where the log
         # stood when it was sent, and those of them a gap since keeps out of memory. A sole
-        # write is confirmed by its own write, ordered from its mark.
-        confirmed: set[str] = set()
-        ordered: int | None = None
-        if sole:
-            leased = confirmed = set(entries)
-            ordered = mark
+        # write's keys without a lease are confirmed by their own write, ordered from its mark
+        # (or from the leased write's, which sends them: see _fill_leased).
+        bare = set(entries).difference(tokens) if sole else set()
+        confirmed: set[str] = set(bare)
+        ordered: int | None = mark if bare else None
+        leased |= bare
         refused, _ = self._judge(mark, entries, own, leased, None)
         if refused:
             self._refuse(refused)
@@ -335,6 +337,7 @@ class Fence:
                     assert isinstance(landing, dict)
                     ordered = self.mark()
                     confirmed = yield from self._fill_leased(tier, landing, tokens)
+                    confirmed = confirmed | bare.intersection(landing)
                     tokens = {}
                     written.append(tier)
                     # Before the faster tiers are written: what came since, gaps included.

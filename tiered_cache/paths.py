@@ -100,9 +100,10 @@ class ChainPaths:
         #: give-back release nothing.
         self.holdings: Holdings = loader.holdings
         self.store = store
-        #: A write's values are the only copy, ordered in the shared tiers by their own write
-        #: (no source, no lease): a gap keeps them out of memory alone (Fence.fill_steps).
-        self.sole = store is None and self.leasing is None
+        #: A write's values are the only copy (no source): those written without a lease are
+        #: ordered in the shared tiers by their own write, and a gap keeps them out of memory
+        #: alone (Fence.fill_steps).
+        self.sole = store is None
         self.announce = announce
         self.write_policy = write_policy
         #: The fence's one-key, lease-less fill in plain calls, when the tiers' calls are

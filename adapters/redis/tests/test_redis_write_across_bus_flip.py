@@ -23,11 +23,13 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 from tiered_cache_redis import AsyncRedisTier, RedisTier
+from tiered_cache_redis.async_tier import AsyncRedisClient
+from tiered_cache_redis.client import RedisClient
 
 from tiered_cache import MISSING, AsyncTieredCache, Entry, MemoryTier, TieredCache
 from tiered_cache.protection import Protection
 from tiered_cache.testing.buses import CuttableBus
-from tiered_cache.testing.servers import RedisServer
+from tiered_cache.testing.servers import RedisCluster, RedisServer
 from tiered_cache.testing.sources import DictSource
 from tiered_cache.tier import MissingType
 
@@ -265,7 +267,7 @@ class FlipsAtTheWrite(RedisTier):
     """A Redis tier whose write takes as long as this process's bus needs to drop and return
     (a chain without a source and without leases waits for nothing else meanwhile)."""
 
-    def __init__(self, client: redis.Redis, namespace: str, bus: CuttableBus) -> None:
+    def __init__(self, client: RedisClient, namespace: str, bus: CuttableBus) -> None:
         super().__init__(client, namespace=namespace)
         self.bus = bus
 
@@ -283,7 +285,7 @@ class FlipsAtTheWrite(RedisTier):
 class AsyncFlipsAtTheWrite(AsyncRedisTier):
     """:class:`FlipsAtTheWrite` for the asyncio chain."""
 
-    def __init__(self, client: aioredis.Redis, namespace: str, bus: CuttableBus) -> None:
+    def __init__(self, client: AsyncRedisClient, namespace: str, bus: CuttableBus) -> None:
         super().__init__(client, namespace=namespace)
         self.bus = bus
 
@@ -360,3 +362,49 @@ def test_a_write_with_a_source_and_without_leases_across_a_gap_is_still_dropped(
     assert source.loads == ["k"]
     reader.close()
     writer.close()
+
+
+@pytest.mark.parametrize("how", ["set", "set_many"])
+def test_a_sourceless_write_of_a_key_without_a_lease_while_the_bus_flips_stays_in_redis(
+    redis_cluster: RedisCluster, namespace: str, how: str
+) -> None:
+    """A chain that leases, on a cluster: a key with braces of its own has no lease there
+    (RedisTier.can_lease) and is written as on a chain without leases, so without a source
+    its value is the only copy, ordered by its own write, as in the tests above. The fence
+    once judged it so only on a chain without a leasing tier: the gap refused it in every
+    tier and the write was lost."""
+    bus = CuttableBus()
+    memory = MemoryTier()
+    client = redis.RedisCluster.from_url(redis_cluster.redis_url)
+    tier = FlipsAtTheWrite(client, namespace, bus)
+    assert not tier.can_lease("{user}:1")
+    writer = TieredCache([memory, tier], bus=bus, protection=Protection(lease="auto"))
+    if how == "set":
+        writer.set("{user}:1", "new")
+    else:
+        writer.set_many({"{user}:1": "new", "plain": "also"})
+    reader = RedisTier(redis.RedisCluster.from_url(redis_cluster.redis_url), namespace=namespace)
+    assert value(reader.get("{user}:1")) == "new"  # failed: MISSING (the write was undone)
+    assert "{user}:1" not in memory
+    if how == "set_many":
+        assert value(reader.get("plain")) == "also"
+    reader.close()
+    writer.close()
+
+
+@pytest.mark.anyio
+async def test_an_async_sourceless_write_of_a_key_without_a_lease_while_the_bus_flips_stays(
+    redis_cluster: RedisCluster, namespace: str
+) -> None:
+    bus = CuttableBus()
+    memory = MemoryTier()
+    client = aioredis.RedisCluster.from_url(redis_cluster.redis_url)
+    tier = AsyncFlipsAtTheWrite(client, namespace, bus)
+    writer = AsyncTieredCache([memory, tier], bus=bus, protection=Protection(lease="auto"))
+    await writer.set_many({"{user}:1": "new", "plain": "also"})
+    reader = RedisTier(redis.RedisCluster.from_url(redis_cluster.redis_url), namespace=namespace)
+    assert value(reader.get("{user}:1")) == "new"  # failed: MISSING (the write was undone)
+    assert value(reader.get("plain")) == "also"
+    assert "{user}:1" not in memory
+    reader.close()
+    await writer.aclose()

@@ -138,5 +138,16 @@ def register(
 
         return MultiprocessMirror(*caches, refresh_every=refresh_every)
     collector = TieredCacheCollector(*caches, raw_hot_keys=raw_hot_keys)
-    registry.register(collector)
+    try:
+        registry.register(collector)
+    except ValueError as clash:
+        # prometheus_client lists every clashing name (about 150 for a second collector of
+        # ours), not what to do: one collector describes each metric once for all its chains.
+        if not str(clash).startswith("Duplicated timeseries"):
+            raise
+        raise ValueError(
+            "this registry already has a collector with tiered-cache's metrics (a second "
+            "register() on it): register every chain in one call, register(first, second, "
+            "...), or unregister the first collector (register's return value) before"
+        ) from clash
     return collector

@@ -715,13 +715,12 @@ def test_the_timer_pays_into_a_redis_killed_and_restarted(
         rig.close()
 
 
-def test_an_async_timer_left_on_a_loop_that_ended(
+def chains_owing_on_two_loops(
     redis_server: RedisServer, proxy: FaultProxy, namespace: str
-) -> None:
-    """The asyncio chain's debt recorded on a loop that ends (``asyncio.run`` returns, its
-    timer's task waiting for the cool-down's end, cancelled by the run's end): that run is
-    over, so a debt recorded on a later loop arms the timer there, which pays both at the
-    cool-down's end with no call; that loop's ``aclose()`` leaves no task."""
+) -> tuple[AsyncTieredCache, AsyncTieredCache, RedisTier, FakeClock]:
+    """The asyncio writer and reader of the tests below, and Redis holding "k" and "j" as
+    "old" (read directly, as ``raw``): each test records a debt for one key on one loop and
+    for the other on a later loop."""
     clock, bus, table = FakeClock(), CuttableBus(), AsyncTable({"k": "old", "j": "old"})
     writer, reader = async_chains(redis_server, proxy, namespace, clock=clock, bus=bus, table=table)
     raw = RedisTier(redis.Redis.from_url(redis_server.url), namespace=namespace)
@@ -729,17 +728,31 @@ def test_an_async_timer_left_on_a_loop_that_ended(
         raw.set(
             key, Entry("old", loaded_at=0.0, soft_expiry=float("inf"), hard_expiry=float("inf"))
         )
+    return writer, reader, raw, clock
 
-    async def owe(key: str) -> None:
-        await writer.get("x")  # the circuit open: refused
-        await writer.invalidate(key)  # owed: the timer's task waits
-        assert owed_tasks()
+
+async def owe(writer: AsyncTieredCache, key: str) -> None:
+    """A debt for ``key``: Redis cut, the circuit opens on a read, the invalidation is owed
+    (the timer's task waits)."""
+    await writer.get("x")  # the circuit open: refused
+    await writer.invalidate(key)  # owed: the timer's task waits
+    assert owed_tasks()
+
+
+def test_an_async_timer_left_on_a_loop_that_ended(
+    redis_server: RedisServer, proxy: FaultProxy, namespace: str
+) -> None:
+    """The asyncio chain's debt recorded on a loop that ends (``asyncio.run`` returns, its
+    timer's task waiting for the cool-down's end, cancelled by the run's end): that run is
+    over, so a debt recorded on a later loop arms the timer there, which pays both at the
+    cool-down's end with no call; that loop's ``aclose()`` leaves no task."""
+    writer, reader, raw, clock = chains_owing_on_two_loops(redis_server, proxy, namespace)
 
     proxy.cut()
-    asyncio.run(owe("k"))
+    asyncio.run(owe(writer, "k"))
 
     async def later() -> None:
-        await owe("j")  # a later loop: the first loop's run ended with it, this one starts
+        await owe(writer, "j")  # a later loop: the first loop's run ended with it, this one starts
         proxy.restore()
         clock.advance(5.0)
         await async_until(lambda: payments(writer) == 1, "the later loop's timer paid")
@@ -761,28 +774,17 @@ def test_an_async_timer_left_on_a_loop_left_open_moves_off_it(
     loop must not stay pending there: that loop, ended at last (its ``shutdown_asyncgens``),
     has no timer's task left. Seen failing: ``assert ['tiered-cache-owed:redis'] == []``
     (destroyed pending as that loop closes: nothing would wake it)."""
-    clock, bus, table = FakeClock(), CuttableBus(), AsyncTable({"k": "old", "j": "old"})
-    writer, reader = async_chains(redis_server, proxy, namespace, clock=clock, bus=bus, table=table)
-    raw = RedisTier(redis.Redis.from_url(redis_server.url), namespace=namespace)
-    for key in ("k", "j"):
-        raw.set(
-            key, Entry("old", loaded_at=0.0, soft_expiry=float("inf"), hard_expiry=float("inf"))
-        )
-
-    async def owe(key: str) -> None:
-        await writer.get("x")  # the circuit open: refused
-        await writer.invalidate(key)  # owed: the timer's task waits
-        assert owed_tasks()
+    writer, reader, raw, _clock = chains_owing_on_two_loops(redis_server, proxy, namespace)
 
     async def later() -> None:
-        await owe("j")  # the run on the first loop never runs again: one starts here
+        await owe(writer, "j")  # the run on the first loop never runs again: one starts here
         proxy.restore()
         await writer.aclose()  # its last try pays both
         await reader.aclose()
 
     proxy.cut()
     with left_open() as first:
-        first.run_until_complete(owe("k"))
+        first.run_until_complete(owe(writer, "k"))
         asyncio.run(later())
         assert payments(writer) == 1
         assert value(raw.get("k")) is MISSING and value(raw.get("j")) is MISSING

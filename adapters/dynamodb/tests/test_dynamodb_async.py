@@ -12,7 +12,7 @@ import gc
 import random
 import sys
 import warnings
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -453,13 +453,11 @@ def test_a_chain_kept_across_asyncio_run_calls_reads_the_table_in_each(
     assert "Unclosed client session" not in caplog.text  # each closed as its loop ended
 
 
-def test_a_loop_closed_by_hand_leaves_the_next_loop_a_client_of_its_own(
-    moto_server: MotoDynamoDB, table: str, caplog: pytest.LogCaptureFixture
-) -> None:
-    """A loop run by hand and closed without ``shutdown_asyncgens``: its end is never seen,
-    and the client the source made on it cannot be closed without it. Seen failing: the next
-    loop's read raised ``SourceError: ... Event loop is closed`` (that client, tried again).
-    Now the next loop's first call drops it (a warning says why) and makes its own."""
+def reads_noting_clients(
+    moto_server: MotoDynamoDB, table: str
+) -> tuple[AsyncTieredCache, list[Any], Callable[[str], Awaitable[Any]]]:
+    """The chain of the two loop tests below, the clients its source used (one per read, in
+    order) and the read that notes them."""
     cache = AsyncTieredCache.from_settings(chain_settings(moto_server, table), clock=FakeClock())
     source = cache.source
     assert isinstance(source, AsyncDynamoDBSource)
@@ -469,6 +467,18 @@ def test_a_loop_closed_by_hand_leaves_the_next_loop_a_client_of_its_own(
         value = await cache.get(key)
         clients.append(await source.get_client())
         return value
+
+    return cache, clients, job
+
+
+def test_a_loop_closed_by_hand_leaves_the_next_loop_a_client_of_its_own(
+    moto_server: MotoDynamoDB, table: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A loop run by hand and closed without ``shutdown_asyncgens``: its end is never seen,
+    and the client the source made on it cannot be closed without it. Seen failing: the next
+    loop's read raised ``SourceError: ... Event loop is closed`` (that client, tried again).
+    Now the next loop's first call drops it (a warning says why) and makes its own."""
+    cache, clients, job = reads_noting_clients(moto_server, table)
 
     # The dropped client's session cannot be closed (its loop is closed): collected, its
     # ResourceWarning is not this test's matter.
@@ -493,15 +503,7 @@ def test_a_loop_left_open_leaves_the_next_loop_a_client_of_its_own(
     with the same chain: the client the source made belongs to the first loop. The next
     loop's reads must reach the table on a client of their own, the move counted, and the
     first loop's client closed (no unclosed session once that loop ends)."""
-    cache = AsyncTieredCache.from_settings(chain_settings(moto_server, table), clock=FakeClock())
-    source = cache.source
-    assert isinstance(source, AsyncDynamoDBSource)
-    clients: list[Any] = []
-
-    async def job(key: str) -> Any:
-        value = await cache.get(key)
-        clients.append(await source.get_client())
-        return value
+    cache, clients, job = reads_noting_clients(moto_server, table)
 
     async def then_close() -> Any:
         try:

@@ -703,3 +703,60 @@ def test_incr_keeps_the_timeout_while_the_bus_is_down(
     clock.advance(60)
     assert backend.get("hits") == 2  # failed: None (the count's time left was 1 s)
     backend.clear()
+
+
+def test_protection_given_as_a_settings_model_is_still_forced(
+    django_caches: Any, redis_server: Any, namespace: str
+) -> None:
+    """``SETTINGS``' tables may be given as the settings' own models: what the backend forces
+    (nothing stale kept: an expired key is gone, as Django promises) holds for those too.
+    Forced only over a dict, a ``ProtectionSettings`` kept its ``max_stale``: Redis held
+    every key an hour past its timeout (its entry's hard expiry)."""
+    import redis
+    from tiered_cache_redis import RedisTier
+
+    from tiered_cache.contrib.django import TieredCacheBackend
+    from tiered_cache.settings import ProtectionSettings
+
+    settings = {
+        "namespace": namespace,
+        "tiers": [{"kind": "memory"}, {"kind": "redis", "url": redis_server.url}],
+        "bus": {"kind": "off"},
+        "protection": ProtectionSettings(max_stale="1h"),
+    }
+    clock = FakeClock()
+    backend = TieredCacheBackend("", {"OPTIONS": {"SETTINGS": settings, "CLOCK": clock}})
+    backend.set("k", "v", 60)
+    reader = RedisTier(redis.Redis.from_url(redis_server.url), namespace=namespace, clock=clock)
+    entry = reader.get(backend.make_and_validate_key("k"))
+    assert entry and entry.hard_expiry == entry.soft_expiry  # failed: 3600 s apart
+    reader.close()
+    backend.clear()
+
+
+def test_incr_keeps_the_timeout_with_a_bus_given_as_a_settings_model(
+    django_caches: Any, redis_server: Any, namespace: str
+) -> None:
+    """:func:`test_incr_keeps_the_timeout_while_the_bus_is_down` with the bus's table given as
+    its settings model (``RedisBusSettings``), which kept its own
+    ``max_stale_when_disconnected``."""
+    from tiered_cache_redis.plugin import RedisBusSettings
+
+    from tiered_cache.contrib.django import TieredCacheBackend
+    from tiered_cache.testing.polling import until
+    from tiered_cache.testing.servers import free_port
+
+    clock = FakeClock()
+    bus = RedisBusSettings(url=f"redis://127.0.0.1:{free_port()}/0", timeout="1s")
+    settings = {
+        "namespace": namespace,
+        "tiers": [{"kind": "memory"}, {"kind": "redis", "url": redis_server.url}],
+        "bus": bus,  # a bus nobody answers: down for the whole test
+    }
+    backend = TieredCacheBackend("", {"OPTIONS": {"SETTINGS": settings, "CLOCK": clock}})
+    until(lambda: backend.chain.stats()["bus"] == "down", "the bus down")
+    backend.set("hits", 1, 3600)
+    assert backend.incr("hits") == 2
+    clock.advance(60)
+    assert backend.get("hits") == 2
+    backend.clear()

@@ -36,6 +36,7 @@ from typing import Any
 
 from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
 from django.core.exceptions import ImproperlyConfigured
+from pydantic import BaseModel
 
 from ..build import build_cache
 from ..chain import TieredCache
@@ -135,10 +136,15 @@ def _check_params(location: str, options: Mapping[str, Any]) -> None:
 
 def _over(given: Any, forced: dict[str, Any]) -> Any:
     """``SETTINGS``' table ``given`` with the ``forced`` fields over it (the file's tables
-    merge underneath, as any override's do); ``given`` that is not a table is left for the
-    settings to refuse."""
+    merge underneath, as any override's do); ``given`` that is neither a table nor a settings
+    model is left for the settings to refuse. A model (``ProtectionSettings(...)``) is taken
+    as its table: passed on as it was, it kept what the backend forces (a ``max_stale`` kept
+    every key in Redis past its timeout, a bus's ``max_stale_when_disconnected`` lost
+    ``incr``'s count)."""
     if given is None:
         return forced
+    if isinstance(given, BaseModel):
+        given = given.model_dump()
     return {**given, **forced} if isinstance(given, Mapping) else given
 
 

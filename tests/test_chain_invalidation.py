@@ -659,12 +659,16 @@ def test_a_set_overtaken_by_another_processes_write_keeps_neither_value_in_the_s
     """Another process's write of "k" (its value in the shared tier, its bus message here)
     comes while this process's set of "k" drops its own copies: the set's fill is refused
     before it writes, and since which write came last at the source cannot be told here, the
-    shared tier must not keep the other's value either."""
+    shared tier must not keep the other's value either. (Without a source Redis orders the
+    two writes: adapters/redis/tests/test_redis_sole_writes_overlapping.py.)"""
     bus = LocalBus()
     shared = SharedTier(clock)
     memory = InvalidatedDuringTheDrop(clock)
-    cache = TieredCache([memory, shared], clock=clock, ttl=60, bus=bus)
-    other = TieredCache([MemoryTier(name="l1", clock=clock), shared], clock=clock, ttl=60, bus=bus)
+    source = DictSource()
+    cache = TieredCache([memory, shared], source, clock=clock, ttl=60, bus=bus)
+    other = TieredCache(
+        [MemoryTier(name="l1", clock=clock), shared], source, clock=clock, ttl=60, bus=bus
+    )
     memory.invalidate = lambda key: other.set(key, "other's")
     cache.set("k", "mine")
     assert memory.get("k") is MISSING and shared.get("k") is MISSING
@@ -769,8 +773,11 @@ def test_a_set_undone_by_another_processes_write_leaves_no_value_in_memory(
     bus = LocalBus()
     shared = WrittenAndReadDuringTheSet(clock)
     memory = MemoryTier(name="l1", clock=clock)
-    cache = TieredCache([memory, shared], clock=clock, ttl=60, bus=bus)
-    other = TieredCache([MemoryTier(name="l1", clock=clock), shared], clock=clock, ttl=60, bus=bus)
+    source = DictSource()
+    cache = TieredCache([memory, shared], source, clock=clock, ttl=60, bus=bus)
+    other = TieredCache(
+        [MemoryTier(name="l1", clock=clock), shared], source, clock=clock, ttl=60, bus=bus
+    )
     read: list[object] = []
     shared.on_write = lambda: other.set("k", "other's")
     shared.on_delete = lambda: read.append(cache.get("k"))

@@ -292,9 +292,15 @@ class Fence:
         copy read before anything: the shared tiers order those written without a lease
         (every key on a chain without leases; on one that leases, a key its leasing tier
         cannot lease, braces of its own on a cluster) by their own write, as a lease orders a
-        leased write, so a gap since ``mark`` keeps them out of memory alone. Refused
-        everywhere, as a copy is, the write was lost: a sourceless chain's ``set`` made while
-        its bus subscribed (a Django backend's first) was undone.
+        leased write, so an invalidation since ``mark`` (a gap, or another write's or
+        invalidation's message) keeps them out of memory alone: what the shared tier holds
+        afterwards is whichever came last there. Refused everywhere, as a copy is, the write
+        was lost: a sourceless chain's ``set`` made while its bus subscribed (a Django
+        backend's first) was undone; and of two processes writing one key at once, the
+        first to hear of the other deleted from Redis the other's value, written last there:
+        neither was kept (adapters/redis/tests/test_redis_sole_writes_overlapping.py). A
+        leased key whose lease was lost before its fill (another writer took it, or it
+        expired) is still not written, as in any write.
 
         No ``tiers`` (a copy from the first tier, a lease holder's value found in a leasing
         tier that comes first, a chain without tiers): no step, nothing judged or counted,
@@ -315,7 +321,11 @@ class Fence:
         confirmed: set[str] = set(bare)
         ordered: int | None = mark if bare else None
         leased |= bare
-        refused, _ = self._judge(mark, entries, own, leased, None)
+        # A sole write's keys invalidated since its mark already: kept out of memory at once.
+        refused, early = self._judge(mark, entries, own, leased, ordered, sole=sole)
+        kept_out: set[str] = set(early)
+        if early:
+            self._refuse(early)
         if refused:
             self._refuse(refused)
             given_back = {key: tokens.pop(key) for key in refused if key in tokens}
@@ -328,7 +338,6 @@ class Fence:
         # or set with no leasing tier: no copy).
         landing: Mapping[str, Entry] = dict(entries) if leasing is not None else entries
         written: list[FillTarget] = []
-        kept_out: set[str] = set()
         try:
             for tier in reversed(tiers):
                 if tier.bypassed:
@@ -342,7 +351,13 @@ class Fence:
                     written.append(tier)
                     # Before the faster tiers are written: what came since, gaps included.
                     refused = yield from self._undo(
-                        mark, landing, own, (confirmed, ordered), written=written, out=kept_out
+                        mark,
+                        landing,
+                        own,
+                        (confirmed, ordered),
+                        written=written,
+                        out=kept_out,
+                        sole=sole,
                     )
                     for key in refused:
                         del landing[key]
@@ -363,7 +378,7 @@ class Fence:
             raise exc
         # Invalidated between the check and the write: undo, deleting is always safe.
         late = yield from self._undo(
-            mark, landing, own, (confirmed, ordered), written=written, out=kept_out
+            mark, landing, own, (confirmed, ordered), written=written, out=kept_out, sole=sole
         )
         return set(landing).difference(late)
 
@@ -376,12 +391,14 @@ class Fence:
         *,
         written: Sequence[FillTarget],
         out: set[str],
+        sole: bool = False,
     ) -> Steps[list[str]]:
         """Delete from the ``written`` tiers what an invalidation came for (:meth:`_judge`;
         ``lease``: the keys the leased write confirmed, and where the log stood when it was
         sent): returns the keys of ``landing`` no tier may keep; those only memory may not
-        keep join ``out`` (kept out of memory), and only the in-process tiers drop them."""
-        refused, memory = self._judge(mark, landing, own, *lease)
+        keep join ``out`` (kept out of memory), and only the in-process tiers drop them.
+        ``sole``: as for :meth:`fill_steps`."""
+        refused, memory = self._judge(mark, landing, own, *lease, sole=sole)
         memory = [key for key in memory if key not in out]
         if not refused and not memory:
             return refused
@@ -400,6 +417,8 @@ class Fence:
         own: int | None,
         leased: Collection[str],
         ordered: int | None,
+        *,
+        sole: bool = False,
     ) -> tuple[list[str], list[str]]:
         """Of ``keys``, ``(those no tier may keep, those only memory may not keep)``.
 
@@ -409,6 +428,9 @@ class Fence:
         the shared tiers since ``mark`` only: its lease ordered it there. A gap since
         ``ordered`` (its leased write sent; None: not yet) keeps it out of memory alone, for
         a message missed after the leased write may be of a later write by another process.
+        ``sole`` (a write of a chain without a source, every key in ``leased``): no
+        invalidation refuses a key in the shared tiers, which order it (see
+        :meth:`fill_steps`); one since ``ordered`` keeps it out of memory.
         """
         log = self._log
         if not leased:
@@ -416,7 +438,7 @@ class Fence:
         plain = [key for key in keys if key not in leased]
         held = [key for key in keys if key in leased]
         refused = log.overtaken(mark, plain, own) if plain else []
-        if held:
+        if held and not sole:
             refused += log.overtaken(mark, held, own, True)
         if ordered is None or not held:
             return refused, []
@@ -436,27 +458,32 @@ class Fence:
         """:meth:`fill` of one key without a lease (the threaded chain's fill after a miss, a
         copy-up, a write), in plain calls rather than steps: the same check before the write
         and after it, with nothing to give back. True if it landed. ``sole``: as for
-        :meth:`fill_steps`, a gap keeps the write out of memory alone."""
+        :meth:`fill_steps`, an invalidation keeps the write out of memory alone."""
         keys = (key,)
         log = self._log
-        if log.overtaken(mark, keys, own, sole):  # positional: a call with keywords costs more
+        early = log.overtaken(mark, keys, own)  # positional: a call with keywords costs more
+        if early:
             self._refuse(keys)
-            return False
+            if not sole:
+                return False
         # The rule's call only in a chain that leases: a memory-only chain's miss pays nothing.
         leases = self._lease_index is not None
         for tier in reversed(tiers):
-            if not tier.bypassed and not (leases and self.needs_lease(tier, key)):
+            if (
+                not tier.bypassed
+                and not (early and tier.local)
+                and not (leases and self.needs_lease(tier, key))
+            ):
                 tier.set_one(key, entry)
-        if not log.overtaken(mark, keys, own):
+        if early or not log.overtaken(mark, keys, own):
             return True
         # Invalidated between the check and the write: undo, deleting is always safe (from
         # every tier given: no list of the written ones is kept on the common path).
         self._metrics.count("fills_refused")
-        landed = sole and not log.overtaken(mark, keys, own, True)  # a gap alone came
         for tier in tiers:
-            if tier.local or not landed:
+            if tier.local or not sole:
                 tier.delete_many(keys)
-        return landed
+        return sole
 
     def write_alone(self, mark: int, key: str, entry: Entry) -> bool:
         """A write of one key into a chain of one in-process tier

@@ -63,3 +63,51 @@ def test_a_value_copy_on_read_cannot_copy_is_a_codec_error_not_a_tier_failure(
     tier = chain.stats()["tiers"][0]
     assert (tier["errors"], tier["skips"], tier["breaker"]) == (0, 0, "closed")
     chain.close()
+
+
+@pytest.mark.parametrize("bus", [False, True], ids=["alone", "with-a-bus"])
+@pytest.mark.parametrize("how", ["set", "set_many"])
+def test_a_value_copy_on_read_cannot_copy_is_refused_before_the_source_takes_it(
+    how: str, bus: bool
+) -> None:
+    """As a Redis tier's codec refuses a value before anything is sent (``check_value``):
+    the memory tier's copy was found impossible only at its fill, after the source had
+    taken the value (every read of the key then failed with the same ``CodecError``), and
+    the key's old value was dropped. The chain of one memory tier and no bus writes in
+    plain calls (``ChainPaths.set_alone``), which asked no tier before."""
+    from tiered_cache import MemoryTier
+    from tiered_cache.testing.buses import CuttableBus
+    from tiered_cache.testing.sources import DictSource
+
+    source = DictSource({"k": "old"})
+    memory = MemoryTier(copy_on_read=True)
+    chain = TieredCache([memory], source, bus=CuttableBus() if bus else None)
+    assert chain.get("k") == "old"
+    with pytest.raises(CodecError, match="copy_on_read"):
+        if how == "set":
+            chain.set("k", threading.Lock())
+        else:
+            chain.set_many({"k": threading.Lock()})
+    assert source.items == {"k": "old"}  # failed: the source held the lock
+    assert chain.get("k") == "old"
+    chain.close()
+
+
+def test_an_async_chain_refuses_it_before_the_source_takes_it_too() -> None:
+    import asyncio
+
+    from tiered_cache import AsyncTieredCache, MemoryTier
+    from tiered_cache.testing.sources import AsyncDictSource
+
+    source = AsyncDictSource({"k": "old"})
+    chain = AsyncTieredCache([MemoryTier(copy_on_read=True)], source)
+
+    async def main() -> None:
+        assert await chain.get("k") == "old"
+        with pytest.raises(CodecError, match="copy_on_read"):
+            await chain.set("k", threading.Lock())
+        assert source.inner.items == {"k": "old"}
+        assert await chain.get("k") == "old"
+        await chain.aclose()
+
+    asyncio.run(main())

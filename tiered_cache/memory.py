@@ -16,7 +16,13 @@ import cachetools
 
 from .forking import restart_after_fork
 from .hit import HitCount, HitReader
-from .memory_core import MISS_BUFFER_ROOM, READ_BUFFER_MAX, READ_BUFFER_SIZE, MemoryCore
+from .memory_core import (
+    MISS_BUFFER_ROOM,
+    READ_BUFFER_MAX,
+    READ_BUFFER_SIZE,
+    MemoryCore,
+    copied_value,
+)
 from .policy import TinyLfuPolicy
 from .slot import Slot
 from .tier import Entry, MissingType, TierBase
@@ -319,6 +325,12 @@ class MemoryTier(TierBase):
 
     def set(self, key: str, entry: Entry) -> None:
         self._core.set(key, entry)
+
+    def check_value(self, value: Any) -> None:
+        """CodecError if ``copy_on_read`` cannot copy ``value`` (asked before a write sends
+        anything: found at the fill, it came after the source had taken the value)."""
+        if self._core.copy_on_read:
+            copied_value(value)
 
     def replace(self, key: str, entry: Entry) -> None:
         """:meth:`delete_many` of ``key`` then :meth:`set` of ``entry`` under one lock (the

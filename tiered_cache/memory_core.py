@@ -314,17 +314,21 @@ class MemoryCore:
 
 
 def _copied(entry: Entry) -> Entry:
-    """``entry`` with a deep copy of its value (``copy_on_read``); :class:`CodecError` for a
-    value that cannot be copied (a lock, a generator): one this tier cannot hold, the caller's
-    error as a value a codec cannot encode is, not the tier failing."""
+    """``entry`` with a deep copy of its value (``copy_on_read``): see :func:`copied_value`."""
+    return entry.with_value(copied_value(entry.value))
+
+
+def copied_value(value: Any) -> Any:
+    """A deep copy of ``value`` (``copy_on_read``); :class:`CodecError` for a value that
+    cannot be copied (a lock, a generator): one this tier cannot hold, the caller's error as
+    a value a codec cannot encode is, not the tier failing."""
     try:
-        value = copy.deepcopy(entry.value)
+        return copy.deepcopy(value)
     except Exception as exc:
         raise caused(
             CodecError(
-                f"copy_on_read: a value of type {type(entry.value).__name__} cannot be "
+                f"copy_on_read: a value of type {type(value).__name__} cannot be "
                 f"deep-copied ({type(exc).__name__}: {exc})"
             ),
             exc,
         ) from exc
-    return entry.with_value(value)

@@ -418,6 +418,7 @@ class ChainPaths:
         source, the entry, the fence's invalidation and fill) without the steps' driver."""
         if type(key) is not str:  # the check's call only for a key it may refuse
             check_keys((key,))
+        self.check_values((value,))  # the tier's check, as set's (copy_on_read)
         fence = self.fence
         mark = fence.mark()  # before the source is written: later invalidations count
         if self.store is not None:

@@ -43,20 +43,27 @@ def finish_if_closed_first(
         if isinstance(transport, selector_events._SelectorTransport)  # type: ignore[attr-defined]
     ]
     if closing:
-        left = _LEFT.get(loop)
+        found = _LEFT.get(loop)
+        left = found() if found is not None else None
         if left is None:
-            left = _LEFT[loop] = _Left(loop)
+            left = _Left(loop)
+            _LEFT[loop] = weakref.ref(left)
         left.add(closing)
 
 
 class _Left:
     """A loop left open's transports to finish, and the watch of its close: one per loop
-    (a loop left again and again, run in between, watched once, its finished ones let go)."""
+    (a loop left again and again, run in between, watched once, its finished ones let go).
+
+    Held by the loop alone (its watching timer's): the transports refer to their loop, so
+    held from anywhere else (a table keyed weakly by the loop), they kept it alive for good:
+    a loop dropped unclosed was never collected, its selector and sockets open, its
+    ``__del__`` never run (adapters/redis/tests/test_redis_loop_left_open.py)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._transports: list[Any] = []
-        #: Kept here: collected, the watch would tell nothing.
-        self._watch = when_closed(loop, self._finish)
+        #: Kept here (the timer holds this object): collected, the watch would tell nothing.
+        self._watch = when_closed(loop, self._finish, keep=self)
 
     def add(self, transports: list[Any]) -> None:
         self._transports = [*filter(_socket_open, self._transports), *transports]
@@ -69,8 +76,11 @@ class _Left:
                     transport._call_connection_lost(None)
 
 
-#: The loops left open with transports to finish (a loop collected unclosed takes its entry).
-_LEFT: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Left] = weakref.WeakKeyDictionary()
+#: The loops left open with transports to finish, each with its :class:`_Left` (held by the
+#: loop: weakly here; a loop collected unclosed takes its entry).
+_LEFT: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, weakref.ref[_Left]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def _socket_open(transport: asyncio.BaseTransport) -> bool:

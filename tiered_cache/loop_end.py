@@ -244,13 +244,17 @@ class LoopEnd:
 
 
 def when_closed(
-    loop: asyncio.AbstractEventLoop, told: Callable[[asyncio.AbstractEventLoop], None]
+    loop: asyncio.AbstractEventLoop,
+    told: Callable[[asyncio.AbstractEventLoop], None],
+    keep: object = None,
 ) -> weakref.ref[asyncio.TimerHandle]:
     """Call ``told(loop)`` as soon as ``loop`` is closed (see the module's doc): a timer due
     never, held by the loop alone, which ``loop.close()`` drops. Keep the weak reference
     returned: collected, it tells nothing (and the timer held, it was never dropped).
-    ``.cancel()`` on what it refers to stops the watch of a loop that lives on."""
-    timer = loop.call_at(WATCH_AT, _nothing)
+    ``.cancel()`` on what it refers to stops the watch of a loop that lives on. ``keep``:
+    held by the timer, so by the loop alone (what refers to the loop may be kept there
+    without keeping it alive: :mod:`tiered_cache.left_transports`)."""
+    timer = loop.call_at(WATCH_AT, _nothing, keep)
     watched = weakref.ref(loop)
 
     def dropped(_: object) -> None:
@@ -261,5 +265,5 @@ def when_closed(
     return weakref.ref(timer, dropped)
 
 
-def _nothing() -> None:
+def _nothing(_: object) -> None:
     """The watching timer's callback (:func:`when_closed`): it is never due."""

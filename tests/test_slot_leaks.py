@@ -7,6 +7,7 @@ waits its whole timeout for a slot, then serves stale or raises LoadTimeout.
 from __future__ import annotations
 
 import asyncio
+import gc
 import sys
 import threading
 from types import FrameType
@@ -138,7 +139,49 @@ def test_a_hung_async_load_on_a_loop_closed_under_it_does_not_hold_its_slot_for_
     try:
         assert asyncio.run(elsewhere()) == ("now", True)
     finally:
+        if not loop.is_closed():  # ended as a loop should be: the cancelled load ends there
+            loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
+
+
+async def _hang() -> str:
+    await asyncio.Event().wait()
+    return "never"
+
+
+async def _instant() -> str:
+    return "now"
+
+
+@pytest.mark.parametrize("used_after", [True, False], ids=["used after", "not used after"])
+def test_a_load_left_running_on_a_loop_closed_by_hand_is_told_not_destroyed_pending(
+    caplog: pytest.LogCaptureFixture, used_after: bool
+) -> None:
+    """A load whose caller timed out goes on in a task of the loader; its loop closed by
+    hand (``run_until_complete`` then ``close``), that task never runs again. It was dropped
+    when the loader next looked, and asyncio said ``Task was destroyed but it is pending!``
+    whenever the collector freed it: in a later test's output or at exit, naming the
+    loader's internals, the loop's own exception handler called. The loader sees the close
+    (:func:`~tiered_cache.loop_end.when_closed`) and says it once, in its own words."""
+    cache = AsyncTieredCache([MemoryTier()], protection=one_slot(0.1))
+    loop = asyncio.new_event_loop()
+    told: list[str] = []
+    loop.set_exception_handler(lambda _, context: told.append(context["message"]))
+    with pytest.raises(LoadTimeout):
+        loop.run_until_complete(cache.get("k", _hang))
+    loop.close()
+
+    async def elsewhere() -> None:
+        assert await cache.get("k", _instant) == "now"
+        await cache.aclose()
+
+    if used_after:
+        asyncio.run(elsewhere())
+    else:
+        del cache
+    gc.collect()
+    assert told == []  # failed: ['Task was destroyed but it is pending!']
+    assert [r.getMessage() for r in caplog.records if "closed by hand" in r.getMessage()] != []
 
 
 def test_a_caller_interrupted_while_its_timed_load_runs_hands_the_load_over() -> None:

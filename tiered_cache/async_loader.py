@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import warnings
+import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, cast
 
@@ -27,6 +28,7 @@ from .forking import restart_after_fork
 from .held_leases import HeldLeases, Holdings
 from .lease_wait import LeaseWait
 from .logs import logger_for
+from .loop_end import when_closed
 from .loops import all_end_within, cancel, ends_within, stalled
 from .metrics import CacheMetrics
 from .protection import Protection
@@ -115,6 +117,10 @@ class AsyncSourceLoader:
             self._lease_wait,
         )
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: The close of each loop a task was spawned on, watched (:meth:`_loop_closed`).
+        self._closes: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, weakref.ref[asyncio.TimerHandle]
+        ] = weakref.WeakKeyDictionary()
         #: The leases of the loads and writes in flight, for :meth:`aclose` to give back.
         self.holdings = Holdings(leasing)
         self._refreshing: set[str] = set()
@@ -139,6 +145,7 @@ class AsyncSourceLoader:
         refreshes or abandoned loads to wait for (as the threaded loader's restart)."""
         self.flights = async_flights()
         self._tasks = set()
+        self._closes = weakref.WeakKeyDictionary()  # the parent's loops never run here
         self.holdings.forget_all()
         self._refreshing = set()
         self._abandoned = {}
@@ -406,7 +413,35 @@ class AsyncSourceLoader:
         task = asyncio.ensure_future(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
+        loop = task.get_loop()
+        if loop not in self._closes:
+            self._closes[loop] = when_closed(loop, self._loop_closed)
         return task
+
+    def _loop_closed(self, loop: asyncio.AbstractEventLoop) -> None:
+        """``loop`` was closed (:func:`~tiered_cache.loop_end.when_closed`, on the thread
+        that closed it). A task of this loader still pending there (a load its caller
+        stopped waiting for, a refresh) never runs again: dropped now, its slot given back,
+        and said here, once, in the loader's words. Left to the collector, asyncio said
+        ``Task was destroyed but it is pending!`` whenever it freed the task (in a later
+        test's output, at exit), naming the loader's internals. A loop ended by
+        ``asyncio.run`` cancelled them first: nothing is left, nothing said."""
+        left = [t for t in list(self._tasks) if t.get_loop() is loop and not t.done()]
+        if not left:
+            return
+        for task in left:
+            self._tasks.discard(task)
+            # The one way to keep asyncio from saying it again as the task is freed: the
+            # attribute asyncio's own run_until_complete sets for the same reason.
+            task._log_destroy_pending = False  # type: ignore[attr-defined]
+        self._give_back_stalled()
+        logger.warning(
+            "%d load(s) of the cache were still running when their event loop was closed "
+            "by hand (their callers had stopped waiting: a timeout or a cancellation): they "
+            "never end. End a loop with asyncio.run or asyncio.Runner, which cancel what is "
+            "left",
+            len(left),
+        )
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)

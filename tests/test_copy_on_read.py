@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from tiered_cache import CodecError, TieredCache
+from tiered_cache import AsyncTieredCache, CodecError, MemoryTier, TieredCache
+from tiered_cache.testing.sources import AsyncDictSource, DictSource
 
 
 def cache(**memory: Any) -> TieredCache:
@@ -111,3 +112,102 @@ def test_an_async_chain_refuses_it_before_the_source_takes_it_too() -> None:
         await chain.aclose()
 
     asyncio.run(main())
+
+
+#: How the value is written (set, set_many), whether the chain has a source, and whether its
+#: own ``set`` is the general one (a subclass defining ``set``) or the lone tier's
+#: ``set_alone``.
+WRITES = [
+    (how, sourced, general)
+    for how in ("set", "set_many")
+    for sourced in (True, False)
+    for general in (False, True)
+    if how == "set" or not general
+]
+
+
+class GeneralSet(TieredCache):
+    """A chain that defines its own ``set``: it writes through the steps, not set_alone."""
+
+    def set(self, key: str, value: Any, *, ttl: float | str | None = None) -> None:
+        super().set(key, value, ttl=ttl)
+
+
+@pytest.mark.parametrize("bad", [threading.Lock(), Uncopyable()], ids=["lock", "custom"])
+@pytest.mark.parametrize("case", WRITES, ids=lambda case: "-".join(map(str, case)))
+def test_a_value_copy_on_read_cannot_copy_is_refused_before_anything_is_sent(
+    bad: object, case: tuple[str, bool, bool]
+) -> None:
+    """Refused at the memory tier's fill, the value had reached the source first (a table
+    then held what no read could cache), and the write then dropped the key: a chain without
+    a source lost its old value. The tier's ``check_value`` is asked before anything is sent,
+    on every write path (``set_alone`` too)."""
+    how, sourced, general = case
+    source = DictSource({"k": "old"}) if sourced else None
+    make = GeneralSet if general else TieredCache
+    chain = make([MemoryTier(copy_on_read=True)], source)
+    chain.set("k", "old")
+    with pytest.raises(CodecError, match=type(bad).__name__):
+        if how == "set":
+            chain.set("k", bad)
+        else:
+            chain.set_many({"j": "fine", "k": bad})
+    assert source is None or source.items == {"k": "old"}
+    assert chain.get("k", lambda: pytest.fail("the old value was dropped")) == "old"
+    assert chain.get("j", lambda: "loaded") == "loaded"  # set_many: the whole batch refused
+    chain.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("how", ["set", "set_many"])
+@pytest.mark.parametrize("sourced", [True, False])
+async def test_an_async_value_copy_on_read_cannot_copy_is_refused_before_anything_is_sent(
+    how: str, sourced: bool
+) -> None:
+    source = AsyncDictSource({"k": "old"}) if sourced else None
+    chain = AsyncTieredCache([MemoryTier(copy_on_read=True)], source)
+    await chain.set("k", "old")
+    with pytest.raises(CodecError, match="Uncopyable"):
+        if how == "set":
+            await chain.set("k", Uncopyable())
+        else:
+            await chain.set_many({"j": "fine", "k": Uncopyable()})
+    assert source is None or source.inner.items == {"k": "old"}
+    assert await chain.get("k", _fails) == "old"
+    await chain.aclose()
+
+
+async def _fails() -> Any:
+    pytest.fail("the old value was dropped")
+
+
+def test_the_memory_tier_declares_what_it_cannot_copy() -> None:
+    """The capability itself: a copying tier refuses what it cannot copy; one that shares
+    values takes anything (it keeps the object itself)."""
+    MemoryTier(copy_on_read=True).check_value({"a": [1]})
+    with pytest.raises(CodecError, match="Uncopyable"):
+        MemoryTier(copy_on_read=True).check_value(Uncopyable())
+    MemoryTier().check_value(Uncopyable())
+
+
+@pytest.mark.parametrize("how", ["get", "get_many"])
+def test_a_loaded_value_copy_on_read_cannot_copy_reaches_the_caller_as_a_codec_error(
+    how: str,
+) -> None:
+    """A loader's value the tier cannot copy: the caller gets CodecError (as for a value the
+    Redis codec refuses, docs/consistency.md), not the value uncached: served so, every read
+    of the key would go to the source unseen, the very load the cache is there to save.
+    Memory keeps nothing, the tier is not counted as failing, and the next read loads again."""
+    source = DictSource({"k": Uncopyable(), "j": "fine"})
+    tier = MemoryTier(copy_on_read=True)
+    chain = TieredCache([tier], source)
+    for _ in range(2):
+        with pytest.raises(CodecError, match="Uncopyable"):
+            if how == "get":
+                chain.get("k")
+            else:
+                chain.get_many(["j", "k"])
+    assert source.reads == 2
+    assert len(tier) == 0
+    assert chain.stats()["tiers"][0]["errors"] == 0
+    chain.close()

@@ -13,3 +13,11 @@ class TestMemoryTier(TierConformance):
     @pytest.fixture
     def tier(self, clock: FakeClock) -> Tier:
         return MemoryTier(max_entries=1000, ttl=3600, clock=clock)
+
+
+class TestCopyingMemoryTier(TierConformance):
+    """With ``copy_on_read`` the tier declares ``check_value`` (what it cannot deep-copy)."""
+
+    @pytest.fixture
+    def tier(self, clock: FakeClock) -> Tier:
+        return MemoryTier(max_entries=1000, ttl=3600, clock=clock, copy_on_read=True)

@@ -346,10 +346,17 @@ class PaymentTask:
         (:mod:`tiered_cache.loop_end`): its run is over (:meth:`arm` saw it stalled) and its
         task is cancelled, to end when that loop runs again (its ``shutdown_asyncgens``
         included). Left waiting, nothing woke it there (its wake is the later run's): it was
-        destroyed pending as that loop closed."""
+        destroyed pending as that loop closed.
+
+        That loop closed by hand without running again (a warm-up loop closed at exit), the
+        cancellation never runs, and asyncio logged the task collected pending as an error
+        (``Task was destroyed but it is pending!``) about a run whose debts this loop pays:
+        the task is told not to, with asyncio's own flag (``gather`` sets it on its
+        children; asyncio offers no public way)."""
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
+            task._log_destroy_pending = False  # type: ignore[attr-defined]
 
     async def _run(self, number: int) -> None:
         try:

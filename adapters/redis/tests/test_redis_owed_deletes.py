@@ -17,10 +17,12 @@ Two chains on one real redis-server play the two processes: the writer's through
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
 import threading
+import warnings
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -1218,3 +1220,45 @@ def test_a_debt_recorded_after_the_close_is_given_up_and_said(
     ]
     proxy.restore()
     rig.close()
+
+
+@pytest.mark.parametrize("closed", ["after the next loop", "before the next loop"])
+def test_an_async_timer_left_on_a_loop_closed_by_hand_is_not_destroyed_pending(
+    redis_server: RedisServer,
+    proxy: FaultProxy,
+    namespace: str,
+    caplog: pytest.LogCaptureFixture,
+    closed: str,
+) -> None:
+    """:func:`test_an_async_timer_left_on_a_loop_left_open_moves_off_it`, the first loop
+    closed by hand without running again (a warm-up loop closed at exit), after the next
+    loop (left open, its timer's task cancelled there) or before it: that task never ran
+    again, and was collected pending (asyncio's ``Task was destroyed but it is pending!``, an
+    error in the log)."""
+    writer, reader, raw, _clock = chains_owing_on_two_loops(redis_server, proxy, namespace)
+
+    async def later() -> None:
+        await owe(writer, "j")
+        proxy.restore()
+        await writer.aclose()
+        await reader.aclose()
+
+    def close_by_hand(loop: asyncio.AbstractEventLoop) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)  # the loop's own sockets
+            loop.close()  # without running
+            gc.collect()
+
+    proxy.cut()
+    first = asyncio.new_event_loop()
+    first.run_until_complete(owe(writer, "k"))
+    if closed == "before the next loop":
+        close_by_hand(first)
+    asyncio.run(later())
+    assert payments(writer) == 1
+    if closed == "after the next loop":
+        close_by_hand(first)
+    del first
+    gc.collect()
+    assert "destroyed but it is pending" not in caplog.text
+    raw.close()

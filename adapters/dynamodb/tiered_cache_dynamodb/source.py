@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ProfileNotFound
 
-from tiered_cache.errors import ConfigError
+from tiered_cache.errors import ConfigError, SourceError
+from tiered_cache.forking import keep_from_the_parent, restart_after_fork
+from tiered_cache.logs import logger_for
 from tiered_cache.steps import run
 from tiered_cache.tier import MissingType
 
@@ -54,6 +56,8 @@ class DynamoDBSource:
     Args:
         client: a boto3 low-level DynamoDB client. The source closes it on :meth:`close` only
             if ``owns_client``.
+        connect: makes a client like ``client``, for a forked child (see
+            :meth:`after_fork_in_child`); without it, a child's source refuses every call.
         sleep: how to wait between UnprocessedKeys retries (injected so tests do not wait).
         rng: the jitter of those waits.
         options: the table's options, as :class:`~tiered_cache_dynamodb.table_steps.TableSteps`
@@ -69,12 +73,14 @@ class DynamoDBSource:
         key: str,
         *,
         owns_client: bool = False,
+        connect: Callable[[], DynamoDBClient] | None = None,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
         **options: Any,
     ) -> None:
-        self._client = client
+        self._client: DynamoDBClient | None = client
         self._owns_client = owns_client
+        self._connect = connect
         self._steps = TableSteps(
             table,
             key,
@@ -90,6 +96,28 @@ class DynamoDBSource:
         self.table = table
         self.codec: KeyCodec = self._steps.codec
         self._check_lock = threading.Lock()
+        self._connect_lock = threading.Lock()
+        #: A forked child's source whose client was given: it refuses every call.
+        self._forked_from_client = False
+        restart_after_fork(self)
+
+    def after_fork_in_child(self) -> None:
+        """botocore's connection pool does not look at the pid: in a forked child, the
+        connections the parent kept open to DynamoDB are the parent's sockets, and a request
+        the child wrote on one was answered to whichever process read first (a load failed
+        with another key's item, in the child or the parent). A client this source made is
+        let go of (kept, never closed: :func:`~tiered_cache.forking.keep_from_the_parent`)
+        and made anew on the next call; the locks are made anew. A client given to the
+        source cannot be: the child's source refuses every call with a :class:`SourceError`
+        that says so (and logs it once)."""
+        self._check_lock = threading.Lock()
+        self._connect_lock = threading.Lock()
+        if self._connect is not None and self._owns_client:
+            keep_from_the_parent(self._client)
+            self._client = None
+        elif self._client is not None:
+            self._forked_from_client = True
+            logger_for("source").warning("%s", self._parents_client_error())
 
     @classmethod
     def from_settings(
@@ -106,6 +134,7 @@ class DynamoDBSource:
             settings.table,
             settings.key,
             owns_client=client is None,
+            connect=lambda: make_client(settings),
             sleep=sleep,
             rng=rng,
             **table_options(settings),
@@ -113,8 +142,26 @@ class DynamoDBSource:
 
     @property
     def client(self) -> DynamoDBClient:
-        """The boto3 client (to register event hooks on, in tests and metrics)."""
-        return self._client
+        """The boto3 client (to register event hooks on, in tests and metrics); in a forked
+        child, made there on first use."""
+        if self._forked_from_client:
+            raise self._parents_client_error()
+        client = self._client
+        if client is not None:
+            return client
+        with self._connect_lock:
+            if self._client is None:
+                assert self._connect is not None
+                self._client = self._connect()
+            return self._client
+
+    def _parents_client_error(self) -> SourceError:
+        return SourceError(
+            f"source {self.name!r}: this process was forked from the one that gave the source "
+            "its boto3 client, whose open connections are the parent's sockets; it sends "
+            "nothing on them. Let the source make its client (from_settings without client=) "
+            "to use it after a fork"
+        )
 
     def __repr__(self) -> str:
         return f"DynamoDBSource({self._steps.where})"
@@ -157,7 +204,8 @@ class DynamoDBSource:
         if self._steps.closed:
             return
         self._steps.closed = True
-        if self._owns_client:
+        # A child that made no client of its own has none to close (the parent's is kept).
+        if self._owns_client and self._client is not None:
             self._client.close()
 
     def __enter__(self) -> DynamoDBSource:
@@ -182,7 +230,7 @@ class DynamoDBSource:
     # -- the driver's I/O ---------------------------------------------------------------------
 
     def _call(self, method: str, params: dict[str, Any]) -> Any:
-        return getattr(self._client, method)(**params)
+        return getattr(self.client, method)(**params)
 
     def _check_once(self) -> None:
         # One DescribeTable however many threads make their first call at once.

@@ -6,11 +6,14 @@ Nothing here changes process-wide state except :func:`instant_botocore_retries`,
 from __future__ import annotations
 
 import contextlib
+import io
 import itertools
 import json
 import random
+import sys
 import threading
 import time
+import urllib.parse
 import urllib.request
 import zlib
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -43,11 +46,19 @@ class MotoDynamoDB:
 
         with MotoDynamoDB() as moto:
             client = moto.client()
+
+    moto's server (werkzeug's) answers every request with ``Connection: close``; DynamoDB
+    keeps a client's connections open for its next requests. ``keep_alive=True`` serves moto
+    so (:class:`_KeepAliveServer`): what a process shares with a child it forks is then the
+    open connections of its clients' pools, as against DynamoDB.
     """
 
-    def __init__(self, region: str = "us-east-1", host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, region: str = "us-east-1", host: str = "127.0.0.1", *, keep_alive: bool = False
+    ) -> None:
         self.region = region
         self.host = host
+        self.keep_alive = keep_alive
         self._server: Any = None  # moto.server.ThreadedMotoServer; moto is untyped
         self._endpoint_url: str | None = None
 
@@ -69,7 +80,11 @@ class MotoDynamoDB:
                 "MotoDynamoDB needs moto's server mode: pip install 'tiered-cache-dynamodb[test]' "
                 f"(or 'moto[server]'); importing it failed: {exc}"
             ) from exc
-        server = ThreadedMotoServer(ip_address=self.host, port=0, verbose=False)
+        server = (
+            _KeepAliveServer(self.host)
+            if self.keep_alive
+            else ThreadedMotoServer(ip_address=self.host, port=0, verbose=False)
+        )
         server.start()
         host, port = server.get_host_and_port()
         self._server = server
@@ -132,6 +147,91 @@ class MotoDynamoDB:
         request = urllib.request.Request(f"{self.endpoint_url}/moto-api/reset", method="POST")
         with urllib.request.urlopen(request, timeout=10) as response:
             response.read()
+
+
+class _KeepAliveServer:
+    """moto's application on the standard library's threaded HTTP/1.1 server, leaving each
+    connection open after a reply (keep-alive, as DynamoDB does). werkzeug's server, which
+    ``ThreadedMotoServer`` runs, closes every connection after its reply; it cannot be told
+    otherwise (after a reply it drains the socket, which would swallow the next request)."""
+
+    def __init__(self, host: str) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+
+        app = DomainDispatcherApplication(create_backend_app)
+
+        class KeepAlive(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                """Quiet, as moto's server is with ``verbose=False``."""
+
+            def do_request(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                path, _, query = self.path.partition("?")
+                environ = {
+                    "wsgi.version": (1, 0),
+                    "wsgi.url_scheme": "http",
+                    "wsgi.input": io.BytesIO(body),
+                    "wsgi.errors": sys.stderr,
+                    "wsgi.multithread": True,
+                    "wsgi.multiprocess": False,
+                    "wsgi.run_once": False,
+                    "REQUEST_METHOD": self.command,
+                    "SCRIPT_NAME": "",
+                    "PATH_INFO": urllib.parse.unquote(path),
+                    "QUERY_STRING": query,
+                    "SERVER_NAME": host,
+                    "SERVER_PORT": str(self.connection.getsockname()[1]),
+                    "SERVER_PROTOCOL": self.request_version,
+                    "REMOTE_ADDR": self.client_address[0],
+                    "CONTENT_LENGTH": str(len(body)),
+                    "CONTENT_TYPE": self.headers.get("Content-Type", ""),
+                }
+                for name, value in self.headers.items():
+                    key = "HTTP_" + name.upper().replace("-", "_")
+                    environ.setdefault(key, value)
+                answer: dict[str, Any] = {}
+
+                def start_response(status: str, headers: list[tuple[str, str]], *_: Any) -> Any:
+                    answer["status"], answer["headers"] = status, headers
+                    return lambda data: None
+
+                chunks = app(environ, start_response)
+                try:
+                    data = b"".join(chunks)
+                finally:
+                    getattr(chunks, "close", lambda: None)()
+                code, _, reason = answer["status"].partition(" ")
+                self.send_response(int(code), reason)
+                for name, value in answer["headers"]:
+                    if name.lower() not in ("content-length", "connection"):
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_request
+
+        self._server = ThreadingHTTPServer((host, 0), KeepAlive)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="moto-keep-alive", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def get_host_and_port(self) -> tuple[str, int]:
+        host, port = self._server.server_address[:2]
+        return str(host), int(port)
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
 
 
 def seed_items(client: Any, table: str, ids: Sequence[str], key: str = "id") -> None:

@@ -1,0 +1,134 @@
+"""The boto3 DynamoDB source in a forked child (gunicorn ``--preload``, Celery prefork,
+multiprocessing's fork start from a process whose chain already read the table).
+
+botocore's connection pool (urllib3's) does not look at the pid: in a child, the connections
+the parent left open to DynamoDB (kept alive, as DynamoDB keeps them) are the parent's
+sockets. A child's request written on one is answered to whichever process reads first. By
+hand (``moto`` kept alive, 3 children and the parent, 4 threads each, 3 s of GetItem),
+4 of 596 loads failed with ``returned another key's item`` in the parent and a child; a
+GetItem that reads a PutItem's empty answer would take an existing item for a missing one.
+The servers here are kept alive (``MotoDynamoDB(keep_alive=True)``) behind a
+:class:`FaultProxy`, which counts the connections open.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from tiered_cache_dynamodb import DynamoDBSource
+from tiered_cache_dynamodb.testing import MotoDynamoDB, seed_items
+
+from tiered_cache import SourceError
+from tiered_cache.testing.forked import ForkedChild
+from tiered_cache.testing.servers import FaultProxy
+
+#: Generous: a child that has not reported by then is hung, not slow.
+HUNG = 30.0
+
+
+@pytest.fixture(scope="module")
+def kept_alive() -> Iterator[MotoDynamoDB]:
+    """moto on a server of its own that keeps connections open (moto's state is the
+    process's: the tables of ``make_table`` are there too)."""
+    with MotoDynamoDB(keep_alive=True) as server:
+        yield server
+
+
+@pytest.fixture
+def proxied(kept_alive: MotoDynamoDB) -> Iterator[tuple[MotoDynamoDB, FaultProxy]]:
+    host, _, port = kept_alive.endpoint_url.removeprefix("http://").partition(":")
+    with FaultProxy(host, int(port)) as proxy:
+        yield kept_alive, proxy
+
+
+def n_of(item: Any) -> int:
+    """The ``n`` of a loaded item (``seed_items``' index)."""
+    return int(item["n"])
+
+
+def loads_in_a_child(source: DynamoDBSource, keys: list[str]) -> tuple[Any, Callable[[], int]]:
+    """Fork; the child loads ``keys`` (GetItem each, then one BatchGetItem of them all),
+    reports the ``n`` of each (or the error's text) and waits, its connections open, until
+    the returned ``release`` is called (which reaps it and returns its exit code)."""
+    go_on, told = os.pipe()
+
+    def body(report: Callable[[Any], None]) -> None:
+        os.close(told)
+        seen: list[Any] = []
+        for key in keys:
+            try:
+                seen.append(n_of(source.load(key)))
+            except SourceError as exc:
+                seen.append(str(exc))
+        try:
+            seen.append(sorted(int(item["n"]) for item in source.load_many(keys).values()))
+        except SourceError as exc:
+            seen.append(str(exc))
+        report(seen)
+        os.read(go_on, 1)  # the parent has counted the connections
+
+    child = ForkedChild(body)
+    os.close(go_on)
+
+    def release() -> int:
+        os.write(told, b"x")
+        os.close(told)
+        return child.wait()
+
+    try:
+        return child.read(timeout=HUNG), release
+    except BaseException:
+        child.kill()
+        raise
+
+
+def test_a_forked_child_loads_on_connections_of_its_own(
+    proxied: tuple[MotoDynamoDB, FaultProxy], admin_client: Any, make_table: Callable[..., str]
+) -> None:
+    server, proxy = proxied
+    table = make_table()
+    keys = [f"k{i}" for i in range(8)]
+    seed_items(admin_client, table, keys)
+    settings = server.settings(table=table, key="id", endpoint_url=proxy.url("http", ""))
+    source = DynamoDBSource.from_settings(settings)
+    assert n_of(source.load("k0")) == 0
+    assert proxy.connections == 1  # the parent's, kept alive in its client's pool
+
+    seen, release = loads_in_a_child(source, keys[1:4])
+    try:
+        opened = proxy.connections
+    finally:
+        status = release()
+    assert seen == [1, 2, 3, [1, 2, 3]]
+    assert status == 0
+    # The child wrote on a connection of its own (on the parent's, it stayed 1).
+    assert opened == 2
+    assert [n_of(source.load(key)) for key in keys[4:]] == [4, 5, 6, 7]  # the parent's
+    source.close()
+
+
+def test_a_forked_child_refuses_the_connections_of_a_given_client(
+    kept_alive: MotoDynamoDB, admin_client: Any, make_table: Callable[..., str]
+) -> None:
+    """A client given to the source (``from_settings(client=...)``) is the caller's: the
+    source cannot make another in the child. The child's source refuses every call before
+    anything is sent, with a SourceError that says to let the source make its client; the
+    parent goes on on the client."""
+    table = make_table()
+    keys = [f"k{i}" for i in range(8)]
+    seed_items(admin_client, table, keys)
+    client = kept_alive.client()
+    given = DynamoDBSource.from_settings(kept_alive.settings(table=table, key="id"), client=client)
+    assert n_of(given.load("k0")) == 0
+
+    seen, release = loads_in_a_child(given, keys[1:3])
+    status = release()
+    assert status == 0
+    assert len(seen) == 3
+    assert all(isinstance(text, str) and "from_settings without client=" in text for text in seen)
+    assert [n_of(given.load(key)) for key in keys[4:6]] == [4, 5]  # the parent's
+    given.close()
+    client.close()

@@ -25,6 +25,14 @@ def moto_server() -> Iterator[MotoDynamoDB]:
 
 
 @pytest.fixture(scope="session")
+def kept_alive() -> Iterator[MotoDynamoDB]:
+    """moto on a server of its own that keeps connections open, as DynamoDB does (moto's
+    state is the process's: the tables of ``make_table`` are there too)."""
+    with MotoDynamoDB(keep_alive=True) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
 def admin_client(moto_server: MotoDynamoDB) -> Any:
     """A client for setting up and inspecting tables (not the one under test)."""
     client = moto_server.client()

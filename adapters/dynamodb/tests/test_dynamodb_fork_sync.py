@@ -29,14 +29,6 @@ from tiered_cache.testing.servers import FaultProxy
 HUNG = 30.0
 
 
-@pytest.fixture(scope="module")
-def kept_alive() -> Iterator[MotoDynamoDB]:
-    """moto on a server of its own that keeps connections open (moto's state is the
-    process's: the tables of ``make_table`` are there too)."""
-    with MotoDynamoDB(keep_alive=True) as server:
-        yield server
-
-
 @pytest.fixture
 def proxied(kept_alive: MotoDynamoDB) -> Iterator[tuple[MotoDynamoDB, FaultProxy]]:
     host, _, port = kept_alive.endpoint_url.removeprefix("http://").partition(":")

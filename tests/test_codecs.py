@@ -181,6 +181,24 @@ def test_pickle_encodes_what_the_others_refuse_and_names_what_it_cannot() -> Non
         codec.encode({"f": lambda: 1})
 
 
+class _StateFails:
+    def __getstate__(self) -> Any:
+        raise ValueError("no state")
+
+
+class _ItemsFail(list[int]):
+    def __iter__(self) -> Any:
+        raise RuntimeError("no items")
+
+
+@pytest.mark.parametrize("value", [[1, _StateFails()], {"a": _ItemsFail([1, 2])}])
+def test_pickling_that_raises_midway_is_a_codec_error_naming_what_raised(value: Any) -> None:
+    """The value's own code may raise anything part-way through pickling; that is the
+    value's error, as every codec's refusal is (not the tier's, whose breaker counts those)."""
+    with pytest.raises(CodecError, match=r"cannot be pickled .*(ValueError|RuntimeError)"):
+        PickleCodec().encode(value)
+
+
 @pytest.mark.parametrize("name", CODECS)
 def test_garbage_is_a_codec_error_on_decode(name: str) -> None:
     with pytest.raises(CodecError, match=f"codec '{name}' cannot decode"):

@@ -499,10 +499,15 @@ class PickleCodec(CodecBase):
         """Pickle bytes of ``value``; :class:`CodecError` if it cannot be pickled."""
         try:
             return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-        except (pickle.PicklingError, TypeError, AttributeError) as exc:
-            raise CodecError(f"value: cannot be pickled by codec 'pickle': {exc}") from None
         except RecursionError:
             raise CodecError("value: nested too deeply for codec 'pickle'") from None
+        except Exception as exc:
+            # Whatever pickling raises is the value's doing: its own __reduce__ or
+            # __getstate__ may raise anything, part-way through. Let through, a RuntimeError
+            # was the Redis tier failing (its breaker counted it), and set() raised it bare.
+            raise CodecError(
+                f"value: cannot be pickled by codec 'pickle': {type(exc).__name__}: {exc}"
+            ) from exc
 
     def decode(self, data: bytes) -> Any:
         """The value ``data`` encodes; :class:`CodecError` if it is not a pickle."""

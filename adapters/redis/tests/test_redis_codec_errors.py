@@ -26,11 +26,31 @@ def _deep(depth: int = 100_000) -> Any:
     return value
 
 
-BAD_VALUES = {"lone-surrogate": _lone_surrogate, "100k-deep": _deep}
+class RaisesMidway:
+    """A value whose pickling fails in its own code (a ``__reduce__`` that raises), after
+    pickle has written part of the value around it."""
+
+    def __reduce__(self) -> Any:
+        raise RuntimeError("cannot be reduced")
 
 
-@pytest.mark.parametrize("codec", ["json", "msgpack"])
-@pytest.mark.parametrize("bad", sorted(BAD_VALUES))
+def _raises_midway() -> Any:
+    return {"a": [1, "two", RaisesMidway()]}
+
+
+BAD_VALUES = {
+    "lone-surrogate": _lone_surrogate,
+    "100k-deep": _deep,
+    "raises-midway": _raises_midway,
+}
+#: Each codec with the values it refuses (pickle holds a lone surrogate).
+REFUSED = [(codec, bad) for codec in ("json", "msgpack") for bad in sorted(BAD_VALUES)] + [
+    ("pickle", "100k-deep"),
+    ("pickle", "raises-midway"),
+]
+
+
+@pytest.mark.parametrize(("codec", "bad"), REFUSED)
 def test_unencodable_values_raise_codec_error_and_never_open_the_breaker(
     redis_server: RedisServer, namespace: str, codec: str, bad: str
 ) -> None:

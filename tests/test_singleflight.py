@@ -121,6 +121,9 @@ def test_a_failing_load_raises_in_every_waiter_and_caches_nothing() -> None:
         thread.join()
     assert calls == 1
     assert len(errors) == 20
+    # The 19 waited for another's load as when it succeeds (the asyncio chain and get_many
+    # counted them; a failing load's waiters were not, and an outage showed no coalescing).
+    assert cache.stats()["singleflight_waits"] == 19
     assert cache.get("k", lambda: "recovered") == "recovered"
 
 

@@ -114,6 +114,8 @@ class TieredCache(L1Reader):
         self._fence = Fence(self._tiers, self._metrics, leases=self._protection.lease != "off")
         #: The fence's rule for joining a flight, bound once (every miss passes it).
         self._may_join = self._fence.may_join
+        #: What a miss that joins another's load counts (bound once, as the rule above).
+        self._joined = self._metrics.waited
         self._entry = EntryMaker(ttl, negative_ttl, self._protection.max_stale)
         self._loader = SourceLoader(
             self._tiers,
@@ -274,7 +276,7 @@ class TieredCache(L1Reader):
         # Join the key's flight only if the fence allows (Fence.may_join), else lead a new one
         # with the fence's mark, taken before anything is read. A background refresh's flight
         # is read beside first (SingleFlight.run's ``beside``).
-        value, shared = self._loader.flights.run(
+        value, _ = self._loader.flights.run(
             key,
             self._read,
             key,
@@ -284,9 +286,8 @@ class TieredCache(L1Reader):
             may_join=self._may_join,
             wait=self._loader.join_timeout,
             beside=self._beside,
+            joined=self._joined,
         )
-        if shared:
-            self._metrics.waited()
         return value
 
     def _read_beside(

@@ -424,10 +424,13 @@ class SingleFlight(FlightTable[Flight]):
         may_join: MayJoin | None = None,
         wait: float | None = None,
         beside: Callable[..., Any] | None = None,
+        joined: Callable[[], object] | None = None,
     ) -> tuple[Any, bool]:
         """``(result, shared)``: ``fn(flight, *args)`` run once for every caller that comes
         while it runs; shared is True when this caller waited for another's call. (Arguments,
-        not a closure: the chain runs one flight per miss.)
+        not a closure: the chain runs one flight per miss.) ``joined()`` is called as this
+        caller joins another's call, whatever its outcome (the chain counts the wait: counted
+        from ``shared``, the waiters of a load that failed were not).
 
         ``may_join(key, tag)``: whether a flight in progress, led with ``tag``, may still be
         joined (the chain: no invalidation of the key since it started); if not, this caller
@@ -468,6 +471,8 @@ class SingleFlight(FlightTable[Flight]):
                     current.settle(wait)
                     current = None
                     continue
+                if joined is not None:
+                    joined()
                 return current.wait(wait), True
             except LeaderGone:
                 current = None  # its leader was interrupted: lead, or join the next leader

@@ -124,3 +124,23 @@ def test_a_forked_child_refuses_the_connections_of_a_given_client(
     assert [n_of(given.load(key)) for key in keys[4:6]] == [4, 5]  # the parent's
     given.close()
     client.close()
+
+
+def test_a_given_client_the_parent_never_sent_on_serves_the_forked_child(
+    kept_alive: MotoDynamoDB, admin_client: Any, make_table: Callable[..., str]
+) -> None:
+    """A client made in a prefork server's master (at import) and used in its workers only
+    holds no connection at the fork: the child's source loads on it, as before the refusal
+    above."""
+    table = make_table()
+    keys = [f"k{i}" for i in range(4)]
+    seed_items(admin_client, table, keys)
+    client = kept_alive.client()
+    given = DynamoDBSource.from_settings(kept_alive.settings(table=table, key="id"), client=client)
+
+    seen, release = loads_in_a_child(given, keys[1:3])
+    assert release() == 0
+    assert seen == [1, 2, [1, 2]]
+    assert n_of(given.load("k3")) == 3  # the parent's, on the client it still has
+    given.close()
+    client.close()

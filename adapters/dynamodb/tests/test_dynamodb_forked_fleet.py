@@ -2,9 +2,9 @@
 chain -- memory, Redis, the bus, a DynamoDB table -- built and used by the parent, then four
 workers forked from it, each reading what the parent writes.
 
-What each worker must see, by docs/consistency.md: its bus is not ``connected`` as ``fork()``
-returns (the parent's subscription is not the child's), is ``connected`` once its own is
-confirmed, with the fork counted once in ``bus_disconnects``; a write the parent made
+What each worker must see, by docs/consistency.md: the fork counted once in its
+``bus_disconnects`` as ``fork()`` returns, its bus ``connected`` once its own subscription is
+confirmed; a write the parent made
 through the cache (``set``), or to the table directly followed by ``invalidate``, reaches
 every worker's memory within the bus's delay (2 s, as the four-process test asserts); with
 the bus cut, every worker says ``down`` within ``health_check_interval + timeout``, reads
@@ -77,10 +77,11 @@ class Phases:
 
 def worker(cache: TieredCache, phases: Phases, report: Callable[[Any], None]) -> None:
     """What each forked worker does; each ``report`` is one step's findings."""
-    stats = cache.stats()
-    at_fork = stats["bus"]
+    # The fork is counted before fork() returns (that the child is down from then is
+    # test_redis_coherence's to show, with its listener held: here it may have subscribed).
+    at_fork = cache.stats()["bus_disconnects"]
     connected = eventually(lambda: cache.stats()["bus"] == "connected", HUNG, every=0.005)
-    report({"at_fork": at_fork, "connected": connected, **counts(cache)})
+    report({"disconnects at fork": at_fork, "connected": connected, **counts(cache)})
 
     warm = [version_of(cache.get(key)) for key in KEYS]  # memory copies, the parent's v0
     report({"warm": warm})
@@ -92,7 +93,7 @@ def worker(cache: TieredCache, phases: Phases, report: Callable[[Any], None]) ->
     phases.wait("cut")
     down = eventually(
         lambda: cache.stats()["bus"] == "down",
-        HEALTH_CHECK_INTERVAL + BUS_TIMEOUT + 1.0,
+        HEALTH_CHECK_INTERVAL + BUS_TIMEOUT + 2.0,  # slack for a loaded machine
         every=0.005,
     )
     report({"down": down, **counts(cache)})
@@ -100,7 +101,7 @@ def worker(cache: TieredCache, phases: Phases, report: Callable[[Any], None]) ->
     phases.wait("written while cut")
     read = eventually(
         lambda: versions(cache) == [2] * len(KEYS),
-        MAX_STALE_WHEN_DISCONNECTED + 1.0,
+        MAX_STALE_WHEN_DISCONNECTED + 2.0,
         every=0.005,
     )
     report({"read while cut": read, "versions": versions(cache)})
@@ -223,8 +224,7 @@ def test_a_forked_fleet_hears_the_parent_and_tells_its_bus_state(
         cache.close()
 
     for report in started:
-        # The parent's subscription is not the child's: never "connected" as fork() returns.
-        assert report["at_fork"] != "connected", report
+        assert report["disconnects at fork"] == 1, report
         assert report["connected"] is True, report
         assert report["bus"] == "connected" and report["bus_disconnects"] == 1, report
     assert all(report["warm"] == [0] * len(KEYS) for report in warm), warm

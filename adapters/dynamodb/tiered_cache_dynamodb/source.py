@@ -99,7 +99,16 @@ class DynamoDBSource:
         self._connect_lock = threading.Lock()
         #: A forked child's source whose client was given: it refuses every call.
         self._forked_from_client = False
+        #: Whether a client given to the source sent a request (it may hold open connections).
+        self._given_client_sent = False
+        if not owns_client:
+            client.meta.events.register(
+                "before-send.dynamodb", self._note_a_send, unique_id=f"tiered-cache-{id(self)}"
+            )
         restart_after_fork(self)
+
+    def _note_a_send(self, **_: Any) -> None:
+        self._given_client_sent = True
 
     def after_fork_in_child(self) -> None:
         """botocore's connection pool does not look at the pid: in a forked child, the
@@ -109,13 +118,15 @@ class DynamoDBSource:
         let go of (kept, never closed: :func:`~tiered_cache.forking.keep_from_the_parent`)
         and made anew on the next call; the locks are made anew. A client given to the
         source cannot be: the child's source refuses every call with a :class:`SourceError`
-        that says so (and logs it once)."""
+        that says so (and logs it once), unless it never sent a request before the fork (made
+        in a prefork server's master at import, used in its workers only): it holds no
+        connection then, and the child's source uses it."""
         self._check_lock = threading.Lock()
         self._connect_lock = threading.Lock()
         if self._connect is not None and self._owns_client:
             keep_from_the_parent(self._client)
             self._client = None
-        elif self._client is not None:
+        elif self._client is not None and self._given_client_sent:
             self._forked_from_client = True
             logger_for("source").warning("%s", self._parents_client_error())
 

@@ -20,9 +20,10 @@ MASK = "***"
 # generated password (base64, an ElastiCache AUTH token) holds '/', '#' or '?', and written
 # unencoded it ends the authority early, so the password's tail looked like a path or a query
 # and was shown. An '@' that is not the credentials' (in a query) then hides the host too: a
-# display may hide too much, never a password.
+# display may hide too much, never a password. The scheme is optional: "user:pass@host:6379"
+# (the scheme left out, as tools that take "host:port" are given it) hides its password too.
 _AUTHORITY = re.compile(
-    r"^(?P<scheme>[^:/?#]+://)(?P<authority>.*@[^/?#]*|[^/?#]*)(?P<rest>.*)$", re.S
+    r"^(?P<scheme>[^:/?#]+://)?(?P<authority>.*@[^/?#]*|[^/?#]*)(?P<rest>.*)$", re.S
 )
 # A query parameter whose name holds one of these words, not only is one: redis-py takes the
 # TLS key's passphrase as ?ssl_password=, and a token may come as ?auth_token=.
@@ -34,7 +35,7 @@ _QUERY_SECRET = re.compile(
 def redact_url(url: str) -> str:
     """``url`` with its password (in the authority or the query) replaced by ``***``."""
     match = _AUTHORITY.match(url)
-    if match is None:
+    if match is None:  # the pattern matches any text; kept for the type checker
         return _QUERY_SECRET.sub(lambda found: found.group("name") + MASK, url)
     authority = match.group("authority")
     credentials, at, host = authority.rpartition("@")
@@ -43,7 +44,7 @@ def redact_url(url: str) -> str:
         # A lone userinfo (redis://token@host) is often a token: hidden too.
         authority = f"{user}:{MASK}@{host}" if colon else f"{MASK}@{host}"
     rest = _QUERY_SECRET.sub(lambda found: found.group("name") + MASK, match.group("rest"))
-    return f"{match.group('scheme')}{authority}{rest}"
+    return f"{match.group('scheme') or ''}{authority}{rest}"
 
 
 def redacted_repr_args(

@@ -247,6 +247,33 @@ def test_errors_about_a_malformed_url_hide_the_password(url: str) -> None:
     assert SECRET not in str(direct.value)
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        # The scheme left out, as tools that take "host:port" are given it.
+        f"default:{SECRET}@localhost:6379/0",
+        f":{SECRET}@localhost:6379",
+        # The password put where the URL goes (TIERED_CACHE_TIERS__1__URL=$REDIS_PASSWORD).
+        SECRET,
+    ],
+)
+def test_a_url_field_holding_no_url_does_not_show_what_it_holds(url: str) -> None:
+    """Such a value was shown whole: "'default:<password>@localhost:6379/0' is not a URL"."""
+    with pytest.raises(ConfigError, match="is not a URL") as caught:
+        load_settings(tiers=_tiers(url))
+    assert SECRET not in str(caught.value), str(caught.value)
+    with pytest.raises(ValidationError) as direct:
+        RedisTierSettings(url=url)
+    assert SECRET not in str(direct.value)
+
+
+def test_credentials_written_without_a_scheme_are_hidden_where_a_url_is_shown() -> None:
+    # The Django backend shows a LOCATION it does not read through redact_url.
+    assert redact_url(f"default:{SECRET}@localhost:6379/0") == "default:***@localhost:6379/0"
+    assert redact_url(f"{SECRET}@localhost:6379") == "***@localhost:6379"
+    assert redact_url("localhost:6379") == "localhost:6379"
+
+
 # Generated passwords (base64, ElastiCache AUTH tokens) hold '/', '+', '#' or '?'. Written into
 # the URL without percent-encoding, they end the URL's authority early: the part after them
 # looked like a path, a query or a fragment, and was shown as it was.

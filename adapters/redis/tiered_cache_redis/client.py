@@ -42,7 +42,11 @@ def parse_url(url: str, *, cluster: bool = False) -> RedisTarget:
     scheme = scheme.lower()
     shown = repr(redact_url(url))
     if not separator:
-        raise ConfigError(f"{shown} is not a URL; expected e.g. 'redis://localhost:6379/0'")
+        # Not shown, even redacted: text that is no URL may be a password put in its place.
+        raise ConfigError(
+            "the value is not a URL (no scheme such as 'redis://'); "
+            "expected e.g. 'redis://localhost:6379/0'"
+        )
     if scheme in _CLUSTER_SCHEMES:
         plain = _CLUSTER_SCHEMES[scheme]
         target = RedisTarget(f"{plain}://{rest}", cluster=True, tls=plain == "rediss")

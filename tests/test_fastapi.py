@@ -6,6 +6,7 @@ client list, not from a flag of the chain.
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,15 +17,18 @@ import pytest
 
 pytest.importorskip("fastapi")
 
+import httpx
 import redis
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from tiered_cache import TieredCache
+from tiered_cache import AsyncTieredCache, TieredCache
 from tiered_cache.contrib.fastapi import (
     STATE_KEY,
+    AsyncTieredCacheDependency,
     Lifespan,
     TieredCacheDependency,
+    async_cache_lifespan,
     cache_lifespan,
 )
 from tiered_cache.testing.servers import RedisServer, redis_server_binary
@@ -137,3 +141,66 @@ def test_importing_the_core_does_not_import_fastapi() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=False
     )
     assert result.stdout.strip() == "False", result.stderr
+
+
+# -- the asyncio chain -------------------------------------------------------------------------
+
+
+def async_tweet_app(lifespan: Lifespan, released: asyncio.Event) -> tuple[FastAPI, list[str]]:
+    """``async def`` routes over the app's ``AsyncTieredCache``; loads wait for ``released``."""
+    app = FastAPI(lifespan=lifespan)
+    loads: list[str] = []
+
+    @app.get("/tweets/{tweet_id}")
+    async def get_tweet(tweet_id: str, cache: AsyncTieredCacheDependency) -> dict[str, Any]:
+        async def load() -> str:
+            loads.append(tweet_id)
+            await released.wait()
+            return f"tweet {tweet_id}"
+
+        return {"text": await cache.get(f"tweet:{tweet_id}", load), "chain": id(cache)}
+
+    return app, loads
+
+
+@pytest.mark.anyio
+async def test_async_routes_share_one_load_and_shutdown_closes_the_async_chain(
+    config: Path, admin: redis.Redis
+) -> None:
+    released = asyncio.Event()
+    app, loads = async_tweet_app(async_cache_lifespan(config), released)
+    async with app.router.lifespan_context(app):
+        chain = getattr(app.state, STATE_KEY)
+        assert isinstance(chain, AsyncTieredCache)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://tweets") as client:
+            requests = [asyncio.ensure_future(client.get("/tweets/1")) for _ in range(200)]
+            for _ in range(10_000):  # bounded: until the other 199 wait for the first's load
+                if chain.stats()["singleflight_waits"] == 199:
+                    break
+                await asyncio.sleep(0)
+            released.set()
+            answers = [response.json() for response in await asyncio.gather(*requests)]
+        assert answers == [{"text": "tweet 1", "chain": id(chain)}] * 200
+        assert loads == ["1"]
+        assert admin.exists("tweets:tweet:1")
+    assert chain.closed
+    assert other_clients(admin) == 0  # the async tier's and the bus's connections are closed
+    assert not hasattr(app.state, STATE_KEY)
+
+
+def test_an_async_chain_given_to_the_sync_lifespan_is_refused_naming_the_async_one(
+    config: Path,
+) -> None:
+    """It was taken: every route then failed ("no tiered-cache chain on this app: create it
+    with ... cache_lifespan(...)", the one it was given), and the shutdown raised
+    ``AttributeError: 'AsyncTieredCache' object has no attribute 'close'``."""
+    app = tweet_app(cache_lifespan(build=lambda: AsyncTieredCache.from_config(config)))
+    with pytest.raises(TypeError, match="async_cache_lifespan"), TestClient(app):
+        pass
+
+
+def test_a_sync_route_on_an_async_chain_names_the_async_dependency(config: Path) -> None:
+    app = tweet_app(async_cache_lifespan(config))
+    with TestClient(app) as client, pytest.raises(RuntimeError, match="AsyncTieredCacheDependency"):
+        client.get("/tweets/1")

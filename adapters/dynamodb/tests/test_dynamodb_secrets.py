@@ -93,7 +93,7 @@ TYPED = "Tr0ub4dor-3-typed-in-the-wrong-field"
             [],
             "tiered_cache_stream.poll_interval",
         ),
-        ("", ["--poll-interval", TYPED], "tiered_cache_stream.poll_interval"),
+        ("", ["--poll-interval", TYPED], "--poll-interval (tiered_cache_stream.poll_interval)"),
     ],
     ids=["cache-file", "stream-file", "flag"],
 )

@@ -840,6 +840,17 @@ def test_cli_reports_bad_config_and_missing_stream(
     assert run_follow_stream(_parse("--config", str(tmp_path / "none.toml"))) == 2
 
 
+def test_a_bad_option_is_named_as_the_option(
+    moto_server: MotoDynamoDB, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--poll-interval banana`` was reported as ``tiered_cache_stream.poll_interval: ...``:
+    a field of a table the file need not have, not the option the user typed."""
+    config = _config(moto_server, "tbl", tmp_path / "c.toml")
+    assert run_follow_stream(_parse("--config", str(config), "--poll-interval", "banana")) == 2
+    err = capsys.readouterr().err
+    assert "--poll-interval (tiered_cache_stream.poll_interval): expected a duration" in err, err
+
+
 def test_config_file_inherits_from_the_source(moto_server: MotoDynamoDB, tmp_path: Path) -> None:
     config = _config(moto_server, "tbl", tmp_path / "c.toml", "[tiered_cache_stream]\n")
     _, stream = load_follow_stream_config(config, start_position="LATEST")

@@ -127,6 +127,19 @@ def _configure_logging(level: str) -> None:
         logging.getLogger(name).setLevel(level)
 
 
+def _option_problem(field: str, value: Any) -> str | None:
+    """What is wrong with an option's value, naming the option (``--poll-interval
+    (tiered_cache_stream.poll_interval): ...``, as a variable is named): the settings' own
+    error names only the field, of a table the file need not have."""
+    try:
+        validate_at(StreamSettings, {field: value}, STREAM_TABLE)
+    except ConfigError as exc:
+        path = f"{STREAM_TABLE}.{field}"
+        message = str(exc).removeprefix(f"{path}: ")
+        return f"--{field.replace('_', '-')} ({path}): {message}"
+    return None
+
+
 def run_follow_stream(args: argparse.Namespace) -> int:
     """Run the command: 0 when stopped in good order (signal, ``--max-records``); 1 when it
     stopped while failing (records not invalidated everywhere, so not checkpointed: a signal
@@ -146,6 +159,11 @@ def run_follow_stream(args: argparse.Namespace) -> int:
     ):
         if value is not None and value < 1:
             _error(f"{option} must be at least 1")
+            return 2
+    for field, value in overrides.items():
+        problem = _option_problem(field, value)
+        if problem is not None:
+            _error(problem)
             return 2
     try:
         cache_settings, stream_settings = load_follow_stream_config(args.config, **overrides)

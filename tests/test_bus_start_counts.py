@@ -8,6 +8,8 @@ so that ``bus_down_served`` / ``bus_down_bypasses`` show outages only.
 
 from __future__ import annotations
 
+import pytest
+
 from tiered_cache import MemoryTier, TieredCache
 from tiered_cache.bus import BusBase, BusListener, Invalidation, LocalBus
 from tiered_cache.testing import FakeClock
@@ -108,3 +110,28 @@ def test_only_a_bus_that_declares_it_starts_unconfirmed(clock: FakeClock) -> Non
     assert chain(ConfirmingBus(), clock).stats()["bus"] == "starting"
     assert chain(LocalBus(), clock).stats()["bus"] == "connected"
     assert chain(PlainBus(), clock).stats()["bus"] == "connected"
+
+
+@pytest.mark.parametrize("down", [False, True], ids=["starting", "down"])
+@pytest.mark.parametrize("read", ["get", "get_many"])
+def test_a_read_memory_answers_while_bounded_counts_as_its_hit_and_a_read_saved(
+    clock: FakeClock, read: str, down: bool
+) -> None:
+    """A ``get`` that memory answered while the bus was starting or down counted neither
+    memory's hit (nor, loaded, its miss) nor a read saved, where ``get_many`` of the same key
+    counted them: at every process start and in every outage, reads served from memory were
+    missing from the hit ratio and the reads (and DynamoDB read units) saved."""
+    bus = ConfirmingBus()
+    cache = chain(bus, clock)
+    if down:
+        bus.fail()
+    assert cache.get("k", lambda: "v") == "v"  # memory had nothing: its miss, then a load
+    if read == "get":
+        assert cache.get("k", lambda: "never") == "v"
+    else:
+        assert cache.get_many(["k"], lambda keys: dict.fromkeys(keys, "never")) == {"k": "v"}
+    stats = cache.stats()
+    memory = stats["tiers"][0]
+    assert (memory["hits"], memory["misses"], stats["loads"]) == (1, 1, 1)
+    assert stats["source_reads_saved"] == 1
+    assert bus_counts(cache) == ((0, 0, 1, 1) if down else (1, 1, 0, 0))

@@ -157,24 +157,29 @@ class ChainPaths:
         """:meth:`read_through` from ``tiers`` on (all of the chain's, or those below the one
         where :meth:`read_through_plain` found a stale copy, ``stale`` if still servable),
         the read's time being ``now``; ``beside`` as for :meth:`read_through`."""
+        bounded = self.bounded
         for tier in tiers:
             if tier.bypassed:
                 continue
             # Tier 0 was just missed by the caller; look again, quietly, because another
-            # flight for this key may have filled it between that miss and this flight.
-            entry = yield tier.get, (key, tier.index > 0)
+            # flight for this key may have filled it between that miss and this flight. Not
+            # while bounded: the caller's L1 lookup then left tier 0 to this read, which
+            # counts its hit or miss (else memory's serves of an outage counted neither).
+            counted = tier.index > 0 or bounded
+            entry = yield tier.get, (key, counted)
             if entry is MISSING:
                 continue
             if now < entry.soft_expiry:
-                if tier.index > 0:
+                if counted:
                     tier.hit()
+                if tier.index > 0:
                     if self.fill_one is not None:
                         self.fill_one(mark, key, entry, self.tiers[: tier.index], None)
                     else:
                         yield from self.fence.fill_steps(
                             mark, {key: entry}, self.tiers[: tier.index]
                         )
-                if self.bounded:
+                if bounded:
                     self.count_bus_down(tier)
                 return entry.value
             if stale is None and now < entry.hard_expiry:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from tiered_cache import MemoryTier, TieredCache
+from tiered_cache import AsyncTieredCache, MemoryTier, TieredCache
 from tiered_cache.bus import BusBase, BusListener, Invalidation, LocalBus
 from tiered_cache.testing import FakeClock
 
@@ -135,3 +135,26 @@ def test_a_read_memory_answers_while_bounded_counts_as_its_hit_and_a_read_saved(
     assert (memory["hits"], memory["misses"], stats["loads"]) == (1, 1, 1)
     assert stats["source_reads_saved"] == 1
     assert bus_counts(cache) == ((0, 0, 1, 1) if down else (1, 1, 0, 0))
+
+
+@pytest.mark.anyio
+async def test_the_asyncio_chain_counts_memory_s_serves_while_bounded_too(clock: FakeClock) -> None:
+    """The same read on the asyncio face, whose misses take the same steps."""
+    cache = AsyncTieredCache(
+        [MemoryTier(ttl=600, clock=clock)],
+        ttl=600,
+        clock=clock,
+        bus=ConfirmingBus(),
+        max_stale_when_disconnected=60,
+    )
+
+    async def load(value: str) -> str:
+        return value
+
+    assert await cache.get("k", lambda: load("v")) == "v"
+    assert await cache.get("k", lambda: load("never")) == "v"
+    stats = cache.stats()
+    memory = stats["tiers"][0]
+    assert (memory["hits"], memory["misses"], stats["source_reads_saved"]) == (1, 1, 1)
+    assert stats["bus_starting_served"] == 1
+    await cache.aclose()

@@ -54,8 +54,8 @@ thousands of reads when keys come back later than they remember (see
 ``TinyLfuPolicy._warm_up``). Before the guard has any evidence, at the fill, a
 cache of 100 to 1,023 entries asks a trial run on every key since its first read: plain LRU
 and W-TinyLFU at a quarter of its size (which fill first); LRU far ahead there enters LRU
-mode from the first eviction, to be confirmed at the warm-up's end (see
-``TinyLfuPolicy._fill_trial``).
+mode from the first eviction, to be confirmed at the warm-up's end by LRU's lead over two
+miniatures, at half the cache and at three quarters (see ``TinyLfuPolicy._confirmation``).
 
 A popularity shift (a new hot set) leaves the main area full of keys the sketch still counts
 as frequent until it next ages. When a period's hit ratio falls sharply below the recent
@@ -178,6 +178,10 @@ _TRIAL_SIGMAS: Final = 5.0
 #: its lead is a draw of the hash salt (OLTP at 15,000 entries: 1.1 to 5.3 sigma under salts
 #: 0 to 11, and LRU mode from the fill cost it 6,699 hits).
 _TRIAL_ENTRIES: Final = 1_024
+#: LRU mode from the fill's trial is kept at the warm-up's end only if LRU leads, besides the
+#: guard's miniature at half the cache, a second one whose window holds this share (see
+#: ``_confirmation``): where the ghosts' split beats LRU it sits above half.
+_CONFIRM_WINDOW: Final = 0.75
 
 #: A popularity shift (see ``_period_end``): the hit ratio is taken over periods of this many
 #: reads per entry (at least ``_SHIFT_MIN_READS``) ...
@@ -340,6 +344,11 @@ class TinyLfuPolicy:
         self._trial_main: OrderedDict[str, None] = OrderedDict()
         self._trial_lead = self._trial_differed = 0.0
         self._provisional = False
+        # While that LRU mode is provisional, a second miniature W-TinyLFU (_confirm_read) at
+        # a window of _CONFIRM_WINDOW, and LRU's lead over it once it has filled.
+        self._confirm_window: OrderedDict[str, None] = OrderedDict()
+        self._confirm_main: OrderedDict[str, None] = OrderedDict()
+        self._confirm_lead = self._confirm_differed = 0.0
         self._window_target = max_entries * window_fraction
         self._set_window(self._window_target)
         # Keys that recently left, each with the side that let it go (+1: refused from the
@@ -946,6 +955,8 @@ class TinyLfuPolicy:
         guard_lru = self._guard_lru
         if self._lru_mode:
             found = self._alternative_read(key)
+            if self._provisional:
+                self._confirm_read(key, hits)
         else:
             found = _lru_read(key, guard_lru, self._guard_size)
             if self._at_top:
@@ -1075,11 +1086,13 @@ class TinyLfuPolicy:
         """
         if self.sketch.epoch:  # the warm-up is over
             if self._provisional:
-                # LRU mode from the fill's trial stays only if the miniature is behind LRU.
+                # LRU mode from the fill's trial stays only if the miniatures are behind LRU.
                 self._provisional = False
-                if -self._lru_lead <= _GUARD_SIGMAS * self._guard_differed**0.5:
+                window = self._confirmation()
+                if window:
                     self._warming = False
                     self._switch_mode(False)
+                    self._set_window(window)
                     return True
             self._warming = False
             self._jumped_from = -1.0
@@ -1107,6 +1120,49 @@ class TinyLfuPolicy:
         self._set_window(target)
         self._lru_lead = self._guard_differed = 0.0
         return True
+
+    def _confirmation(self) -> float:
+        """At the warm-up's end, LRU mode from the fill's trial: 0.0 to keep it, else the
+        window to leave it for. It stays only if LRU is ahead, by the guard's test, of both
+        the guard's miniature at half the cache and a second one at ``_CONFIRM_WINDOW``
+        (``_confirm_read``); otherwise the window goes to the split of the one LRU leads
+        least, in sigma.
+
+        The trial's verdict is taken at a quarter of the scale, and on traces where the
+        ghosts' split beats LRU later that split sits above half the cache (reuse 0.6 to 0.8,
+        mean distance 200 to 500, 1,000 entries: windows of 700 to 970 by the end, 20 to 552
+        hits above LRU on the policy before this rule), where the miniature at half the cache
+        trails LRU: with it alone, LRU mode stayed and those traces ended within a hit of LRU
+        (docs/benchmarks/hit-ratio.md, nineteenth round). The guard's evidence is halved each
+        period, and a miniature this close to LRU differs from it on a few reads a period: the
+        second one's is counted whole from the read it filled on (halved, it read 1.3 sigma on
+        recency-biased at 500 entries, where LRU mode pays, and 0.5 to 1.6 on those traces).
+        """
+        half = -self._lru_lead > _GUARD_SIGMAS * self._guard_differed**0.5
+        if not self._lru_mode:  # the guard left it already: the ghosts' window from half
+            return 0.0 if half else self.max_entries * _ALT_WINDOW
+        confirm = -self._confirm_lead > _GUARD_SIGMAS * self._confirm_differed**0.5
+        behind_half = -self._lru_lead / max(1.0, self._guard_differed) ** 0.5
+        behind_confirm = -self._confirm_lead / max(1.0, self._confirm_differed) ** 0.5
+        self._confirm_window.clear()
+        self._confirm_main.clear()
+        if half and confirm:
+            return 0.0
+        share = _CONFIRM_WINDOW if behind_confirm < behind_half else _ALT_WINDOW
+        return self.max_entries * share
+
+    def _confirm_read(self, key: str, hits: int) -> None:
+        """While LRU mode from the fill's trial is provisional, the guard's sampled read
+        through a miniature W-TinyLFU at a window of ``_CONFIRM_WINDOW``; its lead over this
+        policy (plain LRU) once it has filled, never halved (see ``_confirmation``)."""
+        size = self._guard_size
+        window = max(1, min(size - 1, round(size * _CONFIRM_WINDOW)))
+        recent, main = self._confirm_window, self._confirm_main
+        found = _miniature_read(key, recent, main, size=size, window=window, sketch=self.sketch)
+        lead = found - (hits > 0)
+        if lead and len(recent) + len(main) >= size:
+            self._confirm_lead += lead
+            self._confirm_differed += 1.0
 
     def _top_period(self) -> bool:
         """The end of a period of the guard while the window is at the top (a main area of

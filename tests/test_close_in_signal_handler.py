@@ -8,8 +8,12 @@ not a hung test run; the rounds of tools/signal_close.py find the same at random
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 import threading
+from collections.abc import Callable
+from types import FrameType
 from typing import Any
 
 import pytest
@@ -136,3 +140,77 @@ def test_in_signal_handler_sees_the_handlers_frame_only() -> None:
         signal.signal(signal.SIGUSR2, previous)
     assert seen == [True, False] * 4
     assert other == [False]
+
+
+#: Held by ``Thread._stop``, which ``join()`` and ``is_alive()`` run once a thread that is not
+#: a daemon has ended, and taken by every such thread as it begins (``_set_tstate_lock``),
+#: before ``Thread.start`` returns to its caller: a plain lock (CPython 3.11 and 3.12).
+THREAD_STOP_HELPER = getattr(threading, "_maintain_shutdown_locks", None)
+
+
+def sigterm_as_threading_stops_a_thread() -> object:
+    """A trace function that sends the process SIGTERM (``os.kill``) once, as the main thread
+    enters ``_maintain_shutdown_locks`` under ``threading``'s lock of the ended threads: the
+    handler runs there, the lock held by the frame it interrupted."""
+
+    def calls(frame: FrameType, event: str, arg: object) -> None:
+        if event == "call" and frame.f_code is THREAD_STOP_HELPER.__code__:  # type: ignore[union-attr]
+            sys.settrace(None)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return calls
+
+
+def join_a_thread_of_ones_own() -> None:
+    worker = threading.Thread(target=lambda: None)  # not a daemon: the main thread's kind
+    worker.start()
+    worker.join()
+
+
+def close_another_chain() -> None:
+    TieredCache([MemoryTier()]).close()  # waits for (joins) that chain's close thread
+
+
+@pytest.mark.skipif(THREAD_STOP_HELPER is None, reason="threading keeps no such lock here")
+@pytest.mark.parametrize(
+    "joining", [join_a_thread_of_ones_own, close_another_chain], ids=["a join", "a close"]
+)
+def test_close_from_a_sigterm_handler_landing_as_the_main_thread_joins_a_thread_returns(
+    joining: Callable[[], None],
+) -> None:
+    """SIGTERM lands while the main thread joins a thread that has ended (the service's own
+    worker, or another chain's close thread), inside ``threading``'s lock of the ended
+    threads; the handler closes the chain. Seen failing: the child reported nothing within 20
+    s (the handler's close waited in ``Thread.start`` for its close thread to begin, which
+    waited for that lock). Now the handler's close returns, the join ends, and a close after
+    the handler waits for the rest (the memory tier emptied, no close thread left)."""
+
+    def body() -> list[Any]:
+        memory = MemoryTier()
+        cache = TieredCache([memory])
+        cache.get("k", lambda: "v")
+        seen: list[Any] = []
+
+        def on_term(signum: int, frame: Any) -> None:
+            cache.close()
+            seen.append(("handler closed", cache.closed))
+
+        signal.signal(signal.SIGTERM, on_term)
+        sys.settrace(sigterm_as_threading_stops_a_thread())  # type: ignore[arg-type]
+        try:
+            joining()
+        finally:
+            sys.settrace(None)
+        seen.append("joined")
+        cache.close()
+        seen.append(("memory entries", len(memory)))
+        close_threads = [t for t in threading.enumerate() if t.name == "tiered-cache-close"]
+        seen.append(("close threads", len(close_threads)))
+        return seen
+
+    assert in_a_child(body, timeout=20) == [
+        ["handler closed", True],
+        "joined",
+        ["memory entries", 0],
+        ["close threads", 0],
+    ]

@@ -475,11 +475,15 @@ class TieredCache(L1Reader):
         A call in flight in the source as the chain closes is not waited for (a hung source
         would hang the shutdown): it ends with its result, and fills no memory (the fence's
         close), nor turns the L1 lookup back on (nothing does on a closed chain)."""
-        # First: a signal handler raising after this stops the caller only, not the close.
-        self._closing.start()
+        # First, a C call (no instant to run a signal handler at before it): the exit's hook,
+        # which finishes a close stopped on its way (tiered_cache.closing).
+        self._closing.hold_exit()
+        aside = in_signal_handler()
+        # A signal handler raising after this stops the caller only, not the close.
+        self._closing.start(aside=aside)
         if not self.closed:  # as the close's first step does, for a handler not waiting
             self._refuse_calls()
-        if not in_signal_handler() and not self._loader.on_a_worker():
+        if not aside and not self._loader.on_a_worker():
             self._closing.wait()
 
     def _refuse_calls(self) -> None:

@@ -94,12 +94,14 @@ def test_threads_each_running_their_own_loop_share_one_load(clock: FakeClock) ->
     async def loader() -> str:
         nonlocal loads
         loads += 1
+
         # Hold the flight until every reader of every loop has joined it.
-        while not joined.is_set():
+        def all_joined() -> bool:
             flight = cache._loader.flights.in_flight("shared")
-            if flight is not None and flight.waiters == threads_n * per_thread - 1:
-                joined.set()
-            await asyncio.sleep(0.001)
+            return flight is not None and flight.waiters == threads_n * per_thread - 1
+
+        await async_until(all_joined, "every reader of every loop joined the flight")
+        joined.set()
         return "value"
 
     results: list[list[Any]] = []

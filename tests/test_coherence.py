@@ -7,7 +7,6 @@ second tier (a memory tier marked shared, standing for Redis) and a source, and 
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,6 +17,7 @@ from tiered_cache.bus import BusListener, Invalidation, LocalBus
 from tiered_cache.coherence import BusLink
 from tiered_cache.protection import Protection
 from tiered_cache.testing import FakeClock
+from tiered_cache.testing.polling import until
 from tiered_cache.testing.sources import DictSource
 
 
@@ -280,8 +280,7 @@ def test_two_threads_announcing_at_once_are_not_taken_for_a_gap(clock: FakeClock
     bus.hold = True
     writers = [threading.Thread(target=sender.set, args=(f"k{n}", n)) for n in range(2)]
     writers[0].start()
-    while bus.hold:  # the first writer is inside its publish
-        time.sleep(0.001)
+    until(lambda: not bus.hold, "the first writer inside its publish")
     writers[1].start()
     for writer in writers:
         writer.join(timeout=10)

@@ -19,6 +19,7 @@ from tiered_cache.loader import SourceLoader
 from tiered_cache.protection import Protection
 from tiered_cache.testing import FakeClock
 from tiered_cache.testing.interrupts import Interrupted, interrupting
+from tiered_cache.testing.polling import async_until
 from tiered_cache.testing.pure_core import on_the_pure_core
 
 T = TypeVar("T", TieredCache, AsyncTieredCache)
@@ -595,21 +596,22 @@ def _leave_a_load_running_on_a_loop_of_its_own(
     abandoned = threading.Event()
 
     async def hang() -> str:
-        while not release.is_set():
-            await asyncio.sleep(0.005)
+        await async_until(release.is_set, "the test releases the load left running")
         return "late"
 
     async def on_a() -> None:
         caller = asyncio.create_task(cache.get("k", hang))
-        while cache._loader.flights.in_flight("k") is None or not cache._loader._timed:
-            await asyncio.sleep(0)
+        await async_until(
+            lambda: cache._loader.flights.in_flight("k") is not None and cache._loader._timed,
+            "the caller's timed load of k in flight",
+        )
         caller.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await caller
         abandoned.set()
-        while not release.is_set():  # the loop runs on, and with it the load
-            await asyncio.sleep(0.005)
-        await asyncio.sleep(0.05)
+        # The loop runs on, and with it the load, until the load has ended (or aclose on
+        # loop b cancelled it): asyncio.run would cancel a load still running as it ends.
+        await async_until(lambda: not cache._loader._timed, "the load left running ended")
 
     a = threading.Thread(target=lambda: asyncio.run(on_a()), daemon=True)
     a.start()
@@ -672,8 +674,7 @@ class _StoreHangs:
 
     async def store(self, key: str, value: Any) -> None:
         self._storing.set()
-        while not self._release.is_set():
-            await asyncio.sleep(0.005)
+        await async_until(self._release.is_set, "the test releases the hung write")
 
     async def remove(self, key: str) -> None:
         pass
@@ -692,15 +693,14 @@ def test_waiting_on_another_loops_write_wakes_when_it_ends(verb: str) -> None:
 
     async def on_a() -> None:
         caller = asyncio.create_task(cache.set("k", "v"))
-        while not storing.is_set():
-            await asyncio.sleep(0.001)
+        await async_until(storing.is_set, "the write in its store")
         caller.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await caller
         left.set()
-        while not release.is_set():  # the loop runs on, and with it the write
-            await asyncio.sleep(0.005)
-        await asyncio.sleep(0.05)
+        # The loop runs on, and with it the write, until the write has ended: asyncio.run
+        # would cancel a write still running as it ends.
+        await async_until(lambda: not cache._writes, "the write left running ended")
 
     a = threading.Thread(target=lambda: asyncio.run(on_a()), daemon=True)
     a.start()
@@ -769,8 +769,7 @@ def test_a_miss_that_joined_an_earlier_load_says_so_when_it_times_out(chain: str
             acache = AsyncTieredCache([MemoryTier()], protection=protection)
 
             async def ahang() -> str:
-                while not release.is_set():
-                    await asyncio.sleep(0.005)
+                await async_until(release.is_set, "the test releases the hung load")
                 return "late"
 
             for _ in range(2):

@@ -5,13 +5,13 @@ from __future__ import annotations
 import _thread
 import signal
 import threading
-import time
 import weakref
 
 import pytest
 
 from tiered_cache.testing.frames import current_frames
 from tiered_cache.testing.interrupts import Interrupted, interrupting
+from tiered_cache.testing.polling import until
 
 
 def test_an_interrupt_sent_as_the_main_thread_blocks_is_raised_in_its_wait(
@@ -56,8 +56,10 @@ def test_an_interrupt_sent_as_the_main_thread_blocks_is_raised_in_its_wait(
 
         def interrupter() -> None:
             # The main thread runs blocked() without the GIL only inside the acquire.
-            while current_frames()[main].f_code is not blocked.__code__:
-                time.sleep(0.001)
+            until(
+                lambda: current_frames()[main].f_code is blocked.__code__,
+                "the main thread inside blocked()",
+            )
             interrupt()
 
         threads = [threading.Thread(target=interrupter), threading.Thread(target=releaser)]

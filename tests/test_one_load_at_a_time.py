@@ -147,8 +147,7 @@ async def test_an_async_miss_after_an_invalidation_waits_for_the_load_in_flight(
         return await cache.get("k", lambda: load(value))
 
     first = asyncio.create_task(read("old"))
-    while started != ["old"]:
-        await asyncio.sleep(0)
+    await async_until(lambda: started == ["old"], "the first load started")
     await cache.invalidate("k")
     later = [asyncio.create_task(read("new")) for _ in range(2)]
     flights = cache._loader.flights

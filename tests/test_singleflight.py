@@ -13,6 +13,7 @@ from tiered_cache import MemoryTier, PartialBatchError, TieredCache
 from tiered_cache.compiled import compiled_core
 from tiered_cache.singleflight import Flight, SingleFlight
 from tiered_cache.testing.interrupts import Interrupted, interrupting
+from tiered_cache.testing.polling import until
 from tiered_cache.testing.pure_core import on_the_pure_core
 
 T = TypeVar("T")
@@ -292,8 +293,7 @@ def test_an_interrupted_leader_hands_its_flight_to_its_waiter() -> None:
 
     def interrupted(flight: Flight) -> str:
         inside.set()
-        while flight.waiters == 0:  # until the other thread has joined this flight
-            time.sleep(0.001)
+        until(lambda: flight.waiters > 0, "the other thread joined this flight")
         raise KeyboardInterrupt
 
     def leader() -> None:
@@ -412,8 +412,7 @@ def test_a_waiter_interrupted_as_the_flight_lands_leaves_it_open_for_the_others(
         flight.join()  # another waiter, which waits once the first was interrupted
 
         def land_once_both_joined() -> None:
-            while flight.waiters < 2:
-                time.sleep(0.001)
+            until(lambda: flight.waiters >= 2, "both waiters joined")
             release.set()
 
         releaser = threading.Thread(target=land_once_both_joined)

@@ -17,6 +17,7 @@ import pytest
 from tiered_cache import AsyncTieredCache, LoadTimeout, MemoryTier, TieredCache
 from tiered_cache.protection import Protection
 from tiered_cache.testing.interrupts import Interrupted, interrupt_once, interrupting
+from tiered_cache.testing.polling import async_until
 
 
 def _slot_granted(frame: FrameType) -> bool:
@@ -79,8 +80,7 @@ def test_async_callers_cancelled_while_their_loads_hang_free_the_slots_when_they
             return "now"
 
         callers = [asyncio.create_task(cache.get(key, hanging(key))) for key in ("a", "b")]
-        while len(entered) < 2:
-            await asyncio.sleep(0)
+        await async_until(lambda: len(entered) == 2, "both loads entered")
         for caller in callers:
             caller.cancel()
         results = await asyncio.gather(*callers, return_exceptions=True)

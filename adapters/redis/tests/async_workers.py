@@ -18,6 +18,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from tiered_cache import AsyncTieredCache
+from tiered_cache.testing.polling import async_until
 
 
 async def main(url: str, namespace: str, key: str, coroutines: int) -> list[Any]:
@@ -37,8 +38,7 @@ async def main(url: str, namespace: str, key: str, coroutines: int) -> list[Any]
         return {"tweet_id": key, "text": "viral"}
 
     await control.incr(f"{namespace}:ready")
-    while not await control.get(f"{namespace}:go"):
-        await asyncio.sleep(0.005)
+    await async_until(lambda: control.get(f"{namespace}:go"), "the test said go", within=60)
     values = await asyncio.gather(*(cache.get(key, slow_source) for _ in range(coroutines)))
     await cache.aclose()
     await control.aclose()

@@ -13,6 +13,7 @@ import redis
 from tiered_cache_redis import AsyncRedisTier, make_async_client
 
 from tiered_cache.errors import CodecError, TierUnavailable
+from tiered_cache.testing.polling import async_until
 from tiered_cache.testing.servers import FaultProxy, RedisServer
 from tiered_cache.tier import MISSING, Entry
 
@@ -185,16 +186,19 @@ async def test_a_caller_cancelled_while_its_lease_is_taken_leaves_no_lease(
         watch = redis.Redis.from_url(redis_server.url)
         proxy.trickle(1, 0.2)  # the batch's reply comes a byte at a time: in seconds
         calls = {key: asyncio.ensure_future(tier.acquire_lease(key, 30.0)) for key in "ab"}
-        while len(watch.keys(f"*{namespace}:[ab]}}:lease")) < 2:
-            await asyncio.sleep(0.005)
+        await async_until(
+            lambda: len(watch.keys(f"*{namespace}:[ab]}}:lease")) == 2, "both leases taken"
+        )
         calls[cancelled].cancel()
         proxy.restore()
         kept = "b" if cancelled == "a" else "a"
         token, _ = await calls[kept]
         with pytest.raises(asyncio.CancelledError):
             await calls[cancelled]
-        while watch.keys(f"*{namespace}:{cancelled}}}:lease"):  # its give-back: a task
-            await asyncio.sleep(0.005)
+        await async_until(  # its give-back: a task
+            lambda: not watch.keys(f"*{namespace}:{cancelled}}}:lease"),
+            "the cancelled call's lease given back",
+        )
         assert watch.get(f"{{{namespace}:{kept}}}:lease") == (token or "").encode()
         # Closing, the tier gives back what its callers still hold: they can fill no more.
         await tier.aclose()

@@ -15,7 +15,6 @@ import os
 import random
 import signal
 import threading
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -24,6 +23,7 @@ import redis
 
 from tiered_cache import AsyncTieredCache, ChainClosedError, TieredCache
 from tiered_cache.testing.forked import ForkedChild
+from tiered_cache.testing.polling import async_until, until
 from tiered_cache.testing.servers import RedisServer
 
 from .server_connections import no_connection_opened_since
@@ -87,6 +87,11 @@ async def call_until_closed(cache: AsyncTieredCache, call: str, seed: int, done:
         done[0] += 1
 
 
+def calls_made(done: list[int], calls: int) -> Callable[[], bool]:
+    """Whether the workers counting in ``done`` have made ``calls`` calls."""
+    return lambda: done[0] >= calls
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize("call", ["get", "get_many", "set"])
 async def test_aclose_with_calls_in_flight_leaves_no_connection_open(
@@ -103,8 +108,8 @@ async def test_aclose_with_calls_in_flight_leaves_no_connection_open(
             asyncio.create_task(call_until_closed(cache, call, round_ * WORKERS + i, done))
             for i in range(WORKERS)
         ]
-        while done[0] < 20 * (round_ + 1):  # a different instant each round, counted in calls
-            await asyncio.sleep(0)
+        # A different instant each round, counted in calls.
+        await async_until(calls_made(done, 20 * (round_ + 1)), "the round's calls made")
         await cache.aclose()
         await asyncio.gather(*workers)
     assert await left_open() == []
@@ -144,8 +149,7 @@ def test_close_with_calls_in_flight_leaves_no_connection_open(
         ]
         for worker in workers:
             worker.start()
-        while done[0] < 20 * (round_ + 1):
-            time.sleep(0.001)
+        until(calls_made(done, 20 * (round_ + 1)), "the round's calls made")
         cache.close()
         for worker in workers:
             worker.join()

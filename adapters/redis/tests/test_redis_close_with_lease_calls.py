@@ -29,6 +29,7 @@ from tiered_cache_redis.client import client_options
 
 from tiered_cache import AsyncTieredCache, MemoryTier, TieredCache
 from tiered_cache.protection import Protection
+from tiered_cache.testing.polling import async_until
 from tiered_cache.testing.servers import RedisServer
 from tiered_cache.testing.sources import AsyncDictSource
 from tiered_cache.tier import Entry, MissingType
@@ -213,8 +214,7 @@ async def test_aclose_while_a_lease_call_waits_for_redis_leaves_no_lease(
     stopper.armed = True
     reader = asyncio.ensure_future(aread(cache, how))
     try:
-        while not stopper.asking.is_set():
-            await asyncio.sleep(0.001)  # the reader runs up to its lease call
+        await async_until(stopper.asking.is_set, "the reader at its lease call")
         await cache.aclose()
     finally:
         stopper.end()
@@ -287,8 +287,9 @@ async def test_a_write_begun_as_aclose_gives_leases_back_takes_none(server: Redi
     try:
         await asyncio.wait_for(tier.inside.wait(), 10)
         writer = asyncio.ensure_future(cache.set("j", "w"))
-        while not writer.done() and not store.inside.is_set():
-            await asyncio.sleep(0.001)  # it ends (refused) or is held in its store, its lease taken
+        await async_until(  # it ends (refused) or is held in its store, its lease taken
+            lambda: writer.done() or store.inside.is_set(), "the write ended or in its store"
+        )
     finally:
         tier.go.set()
         await asyncio.wait_for(closer, 10)

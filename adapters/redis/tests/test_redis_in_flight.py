@@ -16,6 +16,7 @@ import pytest
 from tiered_cache_redis.in_flight import CallsInFlight, current_task
 
 from tiered_cache.testing.forked import in_a_child
+from tiered_cache.testing.polling import until
 
 
 @pytest.fixture
@@ -38,8 +39,7 @@ def test_close_waits_for_a_call_of_another_thread_and_refuses_new_ones() -> None
     closer = threading.Thread(target=lambda: (calls.close(), closed.set()))
     closer.start()
     # The closer is waiting (the call holds it): a new call is refused meanwhile.
-    while not calls._closing:
-        threading.Event().wait(0.001)
+    until(lambda: calls._closing, "the closer waiting for the call")
     with pytest.raises(RuntimeError, match="tier 'redis' is closed"), calls:
         pass
     assert not closed.is_set()

@@ -14,8 +14,6 @@ signal has landed.
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import redis
 from tiered_cache_redis import RedisTier
@@ -24,6 +22,7 @@ from tiered_cache import MemoryTier, TieredCache
 from tiered_cache.bus import LocalBus
 from tiered_cache.protection import Protection
 from tiered_cache.testing.interrupts import interrupted_when
+from tiered_cache.testing.polling import until
 from tiered_cache.testing.servers import FaultProxy, RedisServer
 from tiered_cache.testing.sources import DictSource
 
@@ -52,8 +51,7 @@ def test_a_write_interrupted_while_it_fills_leaves_no_old_copy(
         proxy.trickle(1, 0.2)  # every reply comes a byte at a time
 
         def once_redis_has_the_new_value() -> None:
-            while watch.get(f"{namespace}:k") == stored:
-                time.sleep(0.005)
+            until(lambda: watch.get(f"{namespace}:k") != stored, "Redis has the new value")
 
         def write() -> None:
             if how == "set":

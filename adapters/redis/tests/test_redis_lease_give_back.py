@@ -32,6 +32,7 @@ from tiered_cache.protection import Protection
 from tiered_cache.testing.buses import CuttableBus
 from tiered_cache.testing.clock import FakeClock
 from tiered_cache.testing.gates import Held as Gate
+from tiered_cache.testing.polling import until
 from tiered_cache.testing.pure_core import on_the_pure_core
 from tiered_cache.testing.servers import RedisCluster, RedisServer
 from tiered_cache.testing.sources import DictSource
@@ -566,8 +567,7 @@ def test_a_miss_interrupted_while_its_lease_is_taken_gives_it_back(
         proxy.trickle(1, 0.2)  # every reply comes a byte at a time: the acquire's in seconds
 
         def once_the_lease_is_taken() -> None:
-            while not watch.keys(leases):
-                time.sleep(0.005)
+            until(lambda: watch.keys(leases), "the lease taken")
 
         # Once interrupted, the replies flow again: a give-back is answered at once.
         interrupted_when(
@@ -607,8 +607,7 @@ def test_a_write_interrupted_while_it_takes_its_leases_gives_them_back(
         proxy.trickle(1, 0.2)  # every reply comes a byte at a time
 
         def once_the_leases_are_taken() -> None:
-            while len(watch.keys(leases)) < len(keys):
-                time.sleep(0.005)
+            until(lambda: len(watch.keys(leases)) == len(keys), "every lease taken")
 
         def write() -> None:
             if how == "set":

@@ -104,7 +104,10 @@ class BusLink:
         self._numbers = itertools.count(1)
         # Held only to take a number: a skipped announcement takes one outside _numbers_lock.
         self._taking = threading.Lock()
-        self._numbers_lock: Lock = lock if lock is not None else threading.Lock()
+        #: The link's own thread lock (the sync driver's: taken by a with block), or None.
+        own = threading.Lock()
+        self._thread_lock = own if lock is None else None
+        self._numbers_lock: Lock = lock if lock is not None else own
         self._own_numbers_lock = lock is None
         self._breaker = breaker
         # What stats() reports: the link owns it (both chains ask here, none keeps a copy).
@@ -136,7 +139,7 @@ class BusLink:
         self._taking = threading.Lock()
         self._seen_lock = threading.Lock()
         if self._own_numbers_lock:
-            self._numbers_lock = threading.Lock()
+            self._thread_lock = self._numbers_lock = threading.Lock()
 
     # -- sending
 
@@ -175,16 +178,21 @@ class BusLink:
             self._metrics.count("bus_publish_skipped")
             return False
         try:
-            yield lock.acquire, ()
-            try:
-                number = self._take_number()
-                message = Invalidation(self.sender, number, tuple(keys), tuple(prefixes), clear, at)
-                if breaker is None:
-                    yield self.bus.publish, (message,)
-                else:
-                    yield from breaker.guarding(self.bus.publish, (message,))
-            finally:
-                lock.release()
+            if self._thread_lock is not None:
+                # Taken by a with block, not as a step: taken as a step, an interrupt (Ctrl-C,
+                # a handler's sys.exit()) landing in the driver as the acquire returned was
+                # thrown in before the try below, and the lock stayed held: every later
+                # announcement waited for good, the interrupted write's own clean-up first
+                # (tests/test_announce_interrupted.py). No signal handler runs between the
+                # taking and the block; a driver stopped between two steps closes the steps.
+                with self._thread_lock:
+                    yield from self._numbered(keys, prefixes, clear, at)
+            else:  # a loop's lock: taken by awaiting, which nothing interrupts after it took it
+                yield lock.acquire, ()
+                try:
+                    yield from self._numbered(keys, prefixes, clear, at)
+                finally:
+                    lock.release()
         except CircuitOpen:
             self._metrics.count("bus_publish_skipped")
             return False
@@ -203,6 +211,18 @@ class BusLink:
             return False
         self._metrics.count("bus_sent")
         return True
+
+    def _numbered(
+        self, keys: Sequence[str], prefixes: Sequence[str], clear: bool, at: float
+    ) -> Steps[None]:
+        """Number the announcement and publish it (under the lock of the announcements)."""
+        number = self._take_number()
+        message = Invalidation(self.sender, number, tuple(keys), tuple(prefixes), clear, at)
+        breaker = self._breaker
+        if breaker is None:
+            yield self.bus.publish, (message,)
+        else:
+            yield from breaker.guarding(self.bus.publish, (message,))
 
     def _take_number(self) -> int:
         with self._taking:

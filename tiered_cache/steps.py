@@ -36,6 +36,13 @@ def run(steps: Steps[T]) -> T:
                 function, arguments = steps.send(result)
     except StopIteration as stop:
         return cast(T, stop.value)
+    except BaseException:
+        # Stopped here, between two steps (an interrupt: Ctrl-C, a handler's sys.exit()), or
+        # by what the steps raised (then they are done): their clean-up (a with block's
+        # lock, a finally) runs now, not when the collector finds them, which the exception's
+        # traceback, holding this frame, delayed (tests/test_announce_interrupted.py).
+        _close(steps)
+        raise
 
 
 async def arun(steps: Steps[T]) -> T:

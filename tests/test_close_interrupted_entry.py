@@ -14,7 +14,6 @@ check after the call the line before it ended with, or for the entry of its func
 from __future__ import annotations
 
 import sys
-import textwrap
 from types import CodeType, FrameType
 
 import pytest
@@ -23,9 +22,8 @@ from tiered_cache import MemoryTier, TieredCache
 from tiered_cache.closing import CloseOnce
 from tiered_cache.memory import LruPolicy
 from tiered_cache.testing.clock import FakeClock
-from tiered_cache.testing.held_close import ClosesCounted
-from tiered_cache.testing.interpreters import run_python
-from tiered_cache.testing.interrupts import Interrupted
+from tiered_cache.testing.held_close import SERVICE_HEAD, ClosesCounted, service_ended
+from tiered_cache.testing.interrupts import Interrupted, raised_at_line
 
 CLOSE = TieredCache.close.__code__
 #: The codes a close runs until its thread has begun: close() and the close's own start.
@@ -70,48 +68,28 @@ def ctrl_c_at(name: str, line: int, raised: type[BaseException] = KeyboardInterr
         if event == "call" and frame.f_code is code and not line:
             sys.settrace(None)
             raise raised
-        return lines if event == "call" and frame.f_code is code else None
+        return at_line if event == "call" and frame.f_code is code else None
 
-    def lines(frame: FrameType, event: str, arg: object) -> object:
-        if event == "line" and frame.f_lineno == line:
-            sys.settrace(None)
-            frame.f_trace = None
-            raise raised
-        return lines
-
+    at_line = raised_at_line(line, raised)
     return calls
 
 
-SERVICE = """
-import sys
-from tiered_cache import MemoryTier, TieredCache
-from tiered_cache.memory import LruPolicy
-from tiered_cache.testing.clock import FakeClock
-from tiered_cache.testing.held_close import ClosesCounted
+SERVICE = (
+    SERVICE_HEAD
+    + """
 from {module} import ctrl_c_at
-
-class Reported(ClosesCounted):
-    def close(self):
-        super().close()
-        print("source closed", flush=True)
-
-clock = FakeClock(1000.0)
-cache = TieredCache([MemoryTier(policy=LruPolicy(100), clock=clock)], Reported(), clock=clock)
 sys.settrace(ctrl_c_at({name!r}, {line}))
 with cache:  # the service's main ends: Ctrl-C lands in its close
     pass
 """
+)
 
 MODULE = __name__ if __name__ != "__main__" else "test_close_interrupted_entry"
 
 
-def service_ended(name: str, line: int) -> list[str]:
-    """Run the service interrupted at ``line`` of ``name`` in a child interpreter: what it
-    said it closed. It must end by the ``KeyboardInterrupt``."""
-    script = SERVICE.format(module=MODULE, name=name, line=line)
-    ended = run_python(textwrap.dedent(script), timeout=30, what="the interrupted process")
-    assert "KeyboardInterrupt" in ended.stderr, ended.stderr
-    return ended.stdout.splitlines()
+def interrupted_at(name: str, line: int) -> list[str]:
+    """What the service interrupted at ``line`` of ``name`` said it closed."""
+    return service_ended(SERVICE.format(module=MODULE, name=name, line=line))
 
 
 @pytest.mark.parametrize(("name", "line"), LINES, ids=[f"{n}:{line}" for n, line in LINES])
@@ -122,13 +100,13 @@ def test_a_process_whose_close_is_interrupted_after_its_entry_closes_before_it_e
     at the lines of the close's start before it registered the exit's hook (its check that a
     close runs or is done, and the registration's own line): ``assert [] == ['source
     closed']`` (the process exited with the chain open)."""
-    assert service_ended(name, line) == ["source closed"]
+    assert interrupted_at(name, line) == ["source closed"]
 
 
 def test_a_process_whose_close_is_interrupted_as_it_is_entered_exits_with_the_chain_open() -> None:
     """Pinned (documented: no Python code can mend it): the interrupt at ``close()``'s entry
     is the interrupt before the call; nothing closes the chain as the process exits."""
-    assert service_ended("close", 0) == []
+    assert interrupted_at("close", 0) == []
 
 
 def test_a_close_interrupted_as_it_is_entered_leaves_the_chain_as_it_was() -> None:

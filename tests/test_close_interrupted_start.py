@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dis
 import sys
-import textwrap
 import threading
 from types import FrameType
 
@@ -22,9 +21,8 @@ from tiered_cache import MemoryTier, TieredCache
 from tiered_cache.closing import CloseOnce
 from tiered_cache.memory import LruPolicy
 from tiered_cache.testing.clock import FakeClock
-from tiered_cache.testing.held_close import ClosesCounted
-from tiered_cache.testing.interpreters import run_python
-from tiered_cache.testing.interrupts import Interrupted
+from tiered_cache.testing.held_close import SERVICE_HEAD, ClosesCounted, service_ended
+from tiered_cache.testing.interrupts import Interrupted, raised_at_line
 
 START = threading.Thread.start.__code__
 #: The close's own start of its thread, around ``Thread.start``.
@@ -68,16 +66,10 @@ def ctrl_c_at(line: int, raised: type[BaseException]) -> object:
     def calls(frame: FrameType, event: str, arg: object) -> object:
         starting = event == "call" and frame.f_code is START
         if starting and frame.f_locals["self"].name == "tiered-cache-close":
-            return lines
+            return at_line
         return None
 
-    def lines(frame: FrameType, event: str, arg: object) -> object:
-        if event == "line" and frame.f_lineno == line:
-            sys.settrace(None)
-            frame.f_trace = None
-            raise raised
-        return lines
-
+    at_line = raised_at_line(line, raised)
     return calls
 
 
@@ -118,23 +110,6 @@ def test_a_close_interrupted_in_its_threads_start_raises_and_the_next_closes(lin
     assert closing_threads() == []
 
 
-#: The service: a chain whose source says when it is closed.
-SERVICE_HEAD = """
-import sys, threading
-from tiered_cache import MemoryTier, TieredCache
-from tiered_cache.memory import LruPolicy
-from tiered_cache.testing.clock import FakeClock
-from tiered_cache.testing.held_close import ClosesCounted
-
-class Reported(ClosesCounted):
-    def close(self):
-        super().close()
-        print("source closed", flush=True)
-
-clock = FakeClock(1000.0)
-cache = TieredCache([MemoryTier(policy=LruPolicy(100), clock=clock)], Reported(), clock=clock)
-"""
-
 SERVICE = (
     SERVICE_HEAD
     + """
@@ -146,14 +121,6 @@ with cache:  # the service's main ends: Ctrl-C lands in its close, as it starts 
 )
 
 MODULE = __name__ if __name__ != "__main__" else "test_close_interrupted_start"
-
-
-def service_ended(script: str) -> list[str]:
-    """Run the service ``script`` in a child interpreter: what it said it closed. It must end
-    by the ``KeyboardInterrupt``."""
-    ended = run_python(textwrap.dedent(script), timeout=30, what="the interrupted process")
-    assert "KeyboardInterrupt" in ended.stderr, ended.stderr
-    return ended.stdout.splitlines()
 
 
 @pytest.mark.parametrize("line", RUN)

@@ -4,11 +4,13 @@ pool shuts down first), until the test lets it go."""
 
 from __future__ import annotations
 
+import textwrap
 import threading
 
 from ..chain import TieredCache
 from .clock import FakeClock
 from .frames import current_frames
+from .interpreters import run_python
 from .polling import until
 from .sources import DictSource
 
@@ -22,6 +24,33 @@ class ClosesCounted(DictSource):
 
     def close(self) -> None:
         self.closes += 1
+
+
+#: A service, the head of a child interpreter's script: ``cache``, a chain whose source says
+#: on stdout when it is closed; the test's lines follow (an interrupted close).
+SERVICE_HEAD = """
+import sys, threading
+from tiered_cache import MemoryTier, TieredCache
+from tiered_cache.memory import LruPolicy
+from tiered_cache.testing.clock import FakeClock
+from tiered_cache.testing.held_close import ClosesCounted
+
+class Reported(ClosesCounted):
+    def close(self):
+        super().close()
+        print("source closed", flush=True)
+
+clock = FakeClock(1000.0)
+cache = TieredCache([MemoryTier(policy=LruPolicy(100), clock=clock)], Reported(), clock=clock)
+"""
+
+
+def service_ended(script: str) -> list[str]:
+    """Run the service ``script`` (:data:`SERVICE_HEAD` and the test's lines) in a child
+    interpreter: what it said it closed. It must end by a ``KeyboardInterrupt``."""
+    ended = run_python(textwrap.dedent(script), timeout=30, what="the interrupted process")
+    assert "KeyboardInterrupt" in ended.stderr, ended.stderr
+    return ended.stdout.splitlines()
 
 
 class HeldRefresh:

@@ -127,3 +127,18 @@ def interrupt_once(
         return lines if event == "call" and frame.f_code is code else None
 
     return calls
+
+
+def raised_at_line(line: int, raised: type[BaseException]) -> Callable[..., object]:
+    """A local trace function (``sys.settrace``'s, for one frame) that raises ``raised`` as
+    its frame reaches ``line``, once: the tracing is unset first (CPython unsets a trace
+    function that raises anyway), so the interrupt's handling runs untraced."""
+
+    def lines(frame: FrameType, event: str, arg: object) -> object:
+        if event == "line" and frame.f_lineno == line:
+            sys.settrace(None)
+            frame.f_trace = None
+            raise raised
+        return lines
+
+    return lines

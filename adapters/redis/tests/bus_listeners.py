@@ -6,6 +6,9 @@ import threading
 from collections.abc import Callable
 from typing import TypeVar
 
+import redis
+from tiered_cache_redis.bus import RedisBus
+
 from tiered_cache.bus import Invalidation
 from tiered_cache.testing.servers import free_port
 
@@ -38,6 +41,19 @@ class Heard:
 
     def on_close_abandoned(self) -> None:
         self.events.append("abandoned")
+
+
+def stuck_in_a_callback(
+    bus: RedisBus, publisher: redis.Redis, held: Heard, *others: Heard, guard: float = 30.0
+) -> None:
+    """Subscribe ``held`` (a ``Heard(hold=True)``) and ``others`` to ``bus``, then publish an
+    invalidation on its channel: returned once the bus's listener is stuck in ``held``'s
+    callback (until ``held.go`` is set). ``guard``: a bound against a hang, not a measure."""
+    for listener in (held, *others):
+        bus.subscribe(listener)
+    assert bus.wait_subscribed(guard), "the bus never subscribed"
+    publisher.publish(bus.channel, Invalidation("someone", 1, ("a",)).encode())
+    assert held.inside.wait(guard), "the listener never heard the message"
 
 
 def refused(client: Callable[[int], C]) -> tuple[Callable[[], C], list[int]]:

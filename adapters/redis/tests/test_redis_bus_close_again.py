@@ -18,13 +18,12 @@ from redis.retry import Retry
 from tiered_cache_redis.bus import RedisBus
 from tiered_cache_redis.listening import Health
 
-from tiered_cache.bus import Invalidation
 from tiered_cache.testing.clock import FakeClock
 from tiered_cache.testing.held_close import waiting_in
 from tiered_cache.testing.polling import until
 from tiered_cache.testing.servers import RedisServer
 
-from .bus_listeners import Heard
+from .bus_listeners import Heard, stuck_in_a_callback
 
 #: Joins of the tests' own threads: a guard against a hang, never a measure.
 GUARD = 30.0
@@ -53,12 +52,8 @@ def test_a_close_after_one_that_gave_up_on_the_listener_returns_at_once_telling_
         health=Health(interval=1.0, timeout=1.0, poll=0.05, clock=clock),
     )
     held, other = Heard(hold=True), Heard()
-    bus.subscribe(held)
-    bus.subscribe(other)
-    assert bus.wait_subscribed(GUARD)
     publisher = client_of(server)
-    publisher.publish("stuck-again", Invalidation("someone", 1, ("a",)).encode())
-    assert held.inside.wait(GUARD)
+    stuck_in_a_callback(bus, publisher, held, other)
     caplog.set_level(logging.WARNING, logger="tiered_cache_redis.bus")
     try:
         first = threading.Thread(target=bus.close, daemon=True)

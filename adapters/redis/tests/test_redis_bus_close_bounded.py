@@ -29,7 +29,7 @@ from tiered_cache.testing.held_close import waiting_in
 from tiered_cache.testing.polling import until
 from tiered_cache.testing.servers import RedisServer
 
-from .bus_listeners import Heard, refused
+from .bus_listeners import Heard, refused, stuck_in_a_callback
 
 #: Joins of the tests' own threads: a guard against a hang, never a measure.
 GUARD = 30.0
@@ -89,14 +89,10 @@ def test_a_close_whose_listener_is_stuck_in_a_callback_gives_up_and_the_listener
     clock = FakeClock(1000.0)
     bus = bus_on(server, clock, "stuck-callback")
     held, other = Heard(hold=True), Heard()
-    bus.subscribe(held)
-    bus.subscribe(other)
-    assert bus.wait_subscribed(GUARD)
+    publisher = client_of(server)
+    stuck_in_a_callback(bus, publisher, held, other)
     listener = bus._thread
     assert listener is not None
-    publisher = client_of(server)
-    publisher.publish("stuck-callback", Invalidation("someone", 1, ("a",)).encode())
-    assert held.inside.wait(GUARD)
     caplog.set_level(logging.WARNING, logger="tiered_cache_redis.bus")
     try:
         close_past_the_bound(bus, clock)
@@ -124,11 +120,8 @@ def test_two_closes_at_once_of_a_bus_whose_listener_is_stuck_give_up_once(
     clock = FakeClock(1000.0)
     bus = bus_on(server, clock, "stuck-twice")
     held = Heard(hold=True)
-    bus.subscribe(held)
-    assert bus.wait_subscribed(GUARD)
     publisher = client_of(server)
-    publisher.publish("stuck-twice", Invalidation("someone", 1, ("a",)).encode())
-    assert held.inside.wait(GUARD)
+    stuck_in_a_callback(bus, publisher, held)
     caplog.set_level(logging.WARNING, logger="tiered_cache_redis.bus")
     closers = [closing(bus) for _ in range(2)]
     try:

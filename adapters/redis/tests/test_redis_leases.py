@@ -199,6 +199,15 @@ def chain(url: str, namespace: str, bus: str = "auto", **protection: object) -> 
     )
 
 
+def every_copy_fresh_for(cache: TieredCache, key: str, seconds: float) -> None:
+    """Every tier of ``cache`` holds ``key``, fresh for ``seconds`` after its load (the
+    write's ttl, not the chain's)."""
+    for tier in cache.tiers:
+        entry = tier.get(key)
+        assert isinstance(entry, Entry), tier.name
+        assert entry.soft_expiry - entry.loaded_at == pytest.approx(seconds, abs=1e-3), tier.name
+
+
 def test_a_set_under_the_keys_lease_keeps_its_ttl(
     redis_server: RedisServer, namespace: str
 ) -> None:
@@ -206,10 +215,7 @@ def test_a_set_under_the_keys_lease_keeps_its_ttl(
     stale after the set's ttl, not the chain's (an hour by default)."""
     cache = chain(redis_server.url, namespace, bus="off")
     cache.set("k", "v", ttl="2s")
-    for tier in cache.tiers:
-        entry = tier.get("k")
-        assert isinstance(entry, Entry), tier.name
-        assert entry.soft_expiry - entry.loaded_at == pytest.approx(2.0, abs=1e-3), tier.name
+    every_copy_fresh_for(cache, "k", 2.0)
     cache.close()
 
 
@@ -593,10 +599,7 @@ def test_a_cluster_write_keeps_its_ttl_whether_or_not_it_can_take_the_lease(
     chain without leases, with the set's ttl all the same (not the chain's hour)."""
     cache, _ = cluster_chain(redis_cluster, namespace)
     cache.set(key, "v", ttl="2s")
-    for tier in cache.tiers:
-        entry = tier.get(key)
-        assert isinstance(entry, Entry), tier.name
-        assert entry.soft_expiry - entry.loaded_at == pytest.approx(2.0, abs=1e-3), tier.name
+    every_copy_fresh_for(cache, key, 2.0)
     cache.close()
 
 

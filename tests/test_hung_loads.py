@@ -589,10 +589,11 @@ def test_a_burst_of_healthy_async_timed_misses_past_max_abandoned_loads_runs_at_
 
 
 def _leave_a_load_running_on_a_loop_of_its_own(
-    cache: AsyncTieredCache, release: threading.Event
+    cache: AsyncTieredCache, release: threading.Event, end: threading.Event
 ) -> threading.Thread:
     """A thread whose event loop leaves a timed load of "k" running (its caller cancelled)
-    and keeps running until the load ends: returned once the load is left behind."""
+    and keeps running until ``end`` is set (the other loop has heard the load end, which
+    ends when ``release`` is set): returned once the load is left behind."""
     abandoned = threading.Event()
 
     async def hang() -> str:
@@ -609,9 +610,9 @@ def _leave_a_load_running_on_a_loop_of_its_own(
         with contextlib.suppress(asyncio.CancelledError):
             await caller
         abandoned.set()
-        # The loop runs on, and with it the load, until the load has ended (or aclose on
-        # loop b cancelled it): asyncio.run would cancel a load still running as it ends.
-        await async_until(lambda: not cache._loader._timed, "the load left running ended")
+        # The loop runs on, and with it the load, until the test has seen loop b hear the
+        # load end: closed before, it could leave b's wait for the load's end untold.
+        await async_until(end.is_set, "the test ends loop a", within=60)
 
     a = threading.Thread(target=lambda: asyncio.run(on_a()), daemon=True)
     a.start()
@@ -646,13 +647,14 @@ def test_waiting_on_another_loops_load_wakes_when_it_ends(verb: str) -> None:
     wait_background slept to its timeout (60 s here) and returned False, and aclose, which
     waits with no timeout, never returned."""
     cache = AsyncTieredCache([MemoryTier()], protection=Protection.never_stale(hard_timeout=60.0))
-    release = threading.Event()
-    a = _leave_a_load_running_on_a_loop_of_its_own(cache, release)
+    release, end = threading.Event(), threading.Event()
+    a = _leave_a_load_running_on_a_loop_of_its_own(cache, release, end)
     b, said = _wait_on_loop_b(cache, verb)
     if verb == "wait_background":
         release.set()
     b.join(10)  # a guard, not a measure: the load ends at once
     release.set()
+    end.set()
     a.join(10)
     assert said == [True]
     assert not cache._loader._timed  # the load ended (or was cancelled): its slot is back
@@ -689,6 +691,7 @@ def test_waiting_on_another_loops_write_wakes_when_it_ends(verb: str) -> None:
     b, wait_background and aclose wait for it. Its end was told to b from a's thread without
     waking b: wait_background slept to its timeout (60 s) and aclose never returned."""
     release, storing, left = threading.Event(), threading.Event(), threading.Event()
+    end = threading.Event()
     cache = AsyncTieredCache([MemoryTier()], _StoreHangs(release, storing))
 
     async def on_a() -> None:
@@ -698,9 +701,9 @@ def test_waiting_on_another_loops_write_wakes_when_it_ends(verb: str) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await caller
         left.set()
-        # The loop runs on, and with it the write, until the write has ended: asyncio.run
-        # would cancel a write still running as it ends.
-        await async_until(lambda: not cache._writes, "the write left running ended")
+        # The loop runs on, and with it the write, until the test has seen loop b hear the
+        # write end: closed before, it could leave b's wait for the write's end untold.
+        await async_until(end.is_set, "the test ends loop a", within=60)
 
     a = threading.Thread(target=lambda: asyncio.run(on_a()), daemon=True)
     a.start()
@@ -708,6 +711,7 @@ def test_waiting_on_another_loops_write_wakes_when_it_ends(verb: str) -> None:
     b, said = _wait_on_loop_b(cache, verb)
     release.set()
     b.join(10)  # a guard, not a measure: the write ends at once
+    end.set()
     a.join(10)
     assert said == [True]
     assert not cache._writes
@@ -719,9 +723,9 @@ def test_a_miss_joining_a_load_left_running_on_another_loop_wakes_when_it_ends()
     it and gets its value once it ends. The load's end was told to loop b from loop a's
     thread without waking it: b slept until its hard timeout (60 s here)."""
     cache = AsyncTieredCache([MemoryTier()], protection=Protection.never_stale(hard_timeout=60.0))
-    release = threading.Event()
+    release, end = threading.Event(), threading.Event()
     got: list[Any] = []
-    a = _leave_a_load_running_on_a_loop_of_its_own(cache, release)
+    a = _leave_a_load_running_on_a_loop_of_its_own(cache, release, end)
 
     async def never() -> str:
         raise AssertionError("b's miss joins the load left running: it loads nothing")
@@ -736,8 +740,9 @@ def test_a_miss_joining_a_load_left_running_on_another_loop_wakes_when_it_ends()
             break
         time.sleep(0.001)
     release.set()
-    a.join(10)
     b.join(10)
+    end.set()
+    a.join(10)
     assert got == ["late"]
 
 

@@ -15,10 +15,11 @@ a loader or a source held on a gate), then let go once the close has returned.
 from __future__ import annotations
 
 import asyncio
+import dis
 import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from types import FrameType
+from types import CodeType, FrameType
 from typing import Any
 
 import pytest
@@ -228,3 +229,77 @@ def test_a_load_in_flight_as_an_async_chain_closes_leaves_its_memory_empty() -> 
 
     asyncio.run(main())
     assert (cache.closed, len(memory)) == (True, 0)
+
+
+def held_at_a_reader_store_outside_the_lock(
+    lock: Any, stopped: threading.Event, go: threading.Event
+) -> Callable[..., Any]:
+    """A trace function holding the thread that sets it (until ``go``) at any store of a
+    ``reader`` attribute (``cache.get``'s, a decorated function's) made while ``lock`` (the
+    lock of the chain's L1 switch, which the close's switch takes) is free: the instant a
+    close could switch the L1 lookup off in between the decision and the store."""
+    stores: dict[CodeType, frozenset[int]] = {}
+
+    def store_offsets(code: CodeType) -> frozenset[int]:
+        if code not in stores:
+            stores[code] = frozenset(
+                i.offset
+                for i in dis.get_instructions(code)
+                if i.opname == "STORE_ATTR" and i.argval == "reader"
+            )
+        return stores[code]
+
+    def opcodes(frame: FrameType, event: str, arg: object) -> Any:
+        at_a_store = event == "opcode" and frame.f_lasti in store_offsets(frame.f_code)
+        if at_a_store and not lock.locked() and not stopped.is_set():
+            stopped.set()
+            assert go.wait(GUARD), "never let go"
+        return opcodes
+
+    def calls(frame: FrameType, event: str, arg: object) -> Any:
+        if event != "call" or not store_offsets(frame.f_code):
+            return None
+        frame.f_trace_opcodes = True
+        return opcodes
+
+    return calls
+
+
+def test_a_reconnection_told_as_the_chain_closes_leaves_cache_get_off_its_memory() -> None:
+    """The bus's listener switches the L1 lookup on again (the bus is back) and hands
+    ``cache.get`` its reader; the chain closes in between. The switch is decided under the
+    close's lock, but ``cache.get``'s reader was stored after that lock was let go: the closed
+    chain's ``get`` kept reading its memory tier, and served what a new chain built on that
+    tier put there, where a closed chain raises ``ChainClosedError`` without touching a tier
+    (docs/quickstart.md). Seen failing: ``Failed: DID NOT RAISE`` (it answered ``'new'``)."""
+    clock = FakeClock(1000.0)
+    memory = MemoryTier(policy=LruPolicy(100), clock=clock)
+    bus = CuttableBus()
+    cache = TieredCache([memory], DictSource({"a": "old"}), ttl=10.0, clock=clock, bus=bus)
+    assert cache.get("a") == "old"
+    bus.cut()
+    stopped, go = threading.Event(), threading.Event()
+    trace = held_at_a_reader_store_outside_the_lock(cache._hit_followers.lock, stopped, go)
+
+    def restore() -> None:
+        sys.settrace(trace)
+        try:
+            bus.restore()
+        finally:
+            sys.settrace(None)
+            stopped.set()  # no store outside the lock: nothing to hold
+
+    listener = threading.Thread(target=restore, name="test-bus-listener", daemon=True)
+    listener.start()
+    assert stopped.wait(GUARD), "the reconnection never reached the chain"
+    try:
+        cache.close()
+    finally:
+        go.set()
+        listener.join(GUARD)
+    assert not listener.is_alive()
+    after = TieredCache([memory], DictSource({"a": "new"}), ttl=10.0, clock=clock)
+    assert after.get("a") == "new"
+    with pytest.raises(ChainClosedError):
+        cache.get("a")
+    after.close()

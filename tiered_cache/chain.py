@@ -24,7 +24,7 @@ from .closing import CloseOnce
 from .coherence import DEFAULT_BUS_BREAKER, BusLink, publish_breaker
 from .fence import Fence
 from .hit import NOT_FRESH, PlainGet
-from .l1 import L1Reader, L1Tier
+from .l1 import L1Reader
 from .loader import BatchLoader, Loader, SourceLoader
 from .logs import logger_for
 from .metrics import CacheMetrics
@@ -171,6 +171,7 @@ class TieredCache(L1Reader):
         # defines its own ``get`` keeps it.
         self._setup_l1(self._metrics, self._protection, rng)
         self._plain_get = PlainGet(self._no_l1_hit, self.lookup_l1, self.get_after_l1)
+        self.follow_l1_hit(self._plain_get, keep=True)
         if type(self).get is TieredCache.get:
             vars(self)["get"] = self._plain_get
         self._use_l1(self._tiers, True)
@@ -397,12 +398,6 @@ class TieredCache(L1Reader):
             self._tiers,
             self._paths.set_bus_connected(connected, self._disconnected_bound, starting=starting),
         )
-
-    def _use_l1(self, tiers: Sequence[L1Tier], enabled: bool) -> None:
-        """:meth:`L1Reader._use_l1`, and ``cache.get`` (:class:`~tiered_cache.hit.PlainGet`)
-        told of the new reader."""
-        super()._use_l1(tiers, enabled)
-        self._plain_get.reader = self.l1_hit
 
     def _store(self, key: str, value: Any) -> None:
         assert self._source is not None

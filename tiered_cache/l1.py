@@ -53,9 +53,11 @@ class HitFollower(Protocol):
 
 
 class HitFollowers:
-    """The decorator's functions following a chain's ``l1_hit`` (:meth:`L1Reader.follow_l1_hit`),
-    held weakly (a decorated function may be dropped), and the lock that keeps them current:
-    held while ``l1_hit`` changes and while one registers, so that none misses a change.
+    """What follows a chain's ``l1_hit`` (:meth:`L1Reader.follow_l1_hit`): the decorator's
+    functions, held weakly (a decorated function may be dropped), and ``cache.get`` (the
+    chain's :class:`~tiered_cache.hit.PlainGet`, held strongly: the chain owns it); and the
+    lock that keeps them current: held while ``l1_hit`` changes and while one registers, so
+    that none misses a change, nor is told an ``l1_hit`` the close has switched off since.
 
     Args:
         current: the chain's ``l1_hit`` as it is now.
@@ -65,17 +67,22 @@ class HitFollowers:
         self._current = current
         self.lock = threading.Lock()
         self._followers: weakref.WeakSet[HitFollower] = weakref.WeakSet()
+        #: Followers the chain owns (``cache.get``), which need no weak reference.
+        self._kept: list[HitFollower] = []
         restart_after_fork(self)
 
-    def follow(self, follower: HitFollower) -> None:
+    def follow(self, follower: HitFollower, *, keep: bool = False) -> None:
         with self.lock:
             follower.reader = self._current()
-            self._followers.add(follower)
+            if keep:
+                self._kept.append(follower)
+            else:
+                self._followers.add(follower)
 
     def tell(self) -> None:
         """Give every follower the current ``l1_hit`` (with :attr:`lock` held)."""
         reader = self._current()
-        for follower in list(self._followers):
+        for follower in [*self._kept, *self._followers]:
             follower.reader = reader
 
     def after_fork_in_child(self) -> None:
@@ -121,12 +128,16 @@ class L1Reader:
             protection.early_refresh_beta,
             rng,
         )
+        self.l1_hit = self._no_l1_hit  # tier 0 is read once the chain says so (_use_l1)
         self._hit_followers = HitFollowers(lambda: self.l1_hit)
 
-    def follow_l1_hit(self, follower: HitFollower) -> None:
+    def follow_l1_hit(self, follower: HitFollower, *, keep: bool = False) -> None:
         """Set ``follower.reader`` to :attr:`l1_hit` now and whenever it changes, for as long
-        as ``follower`` lives (held weakly)."""
-        self._hit_followers.follow(follower)
+        as ``follower`` lives (held weakly), or for good with ``keep`` (the chain's own
+        ``cache.get``). Told under the lock the switch and the close take
+        (:meth:`_use_l1`): a follower told after that lock was let go (``cache.get`` was)
+        could store a reader the close had switched off meanwhile."""
+        self._hit_followers.follow(follower, keep=keep)
 
     @staticmethod
     def _no_l1_hit(key: Any) -> Any:

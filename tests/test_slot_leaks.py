@@ -15,6 +15,7 @@ from types import FrameType
 import pytest
 
 from tiered_cache import AsyncTieredCache, LoadTimeout, MemoryTier, TieredCache
+from tiered_cache.loop_end import WATCH_AT
 from tiered_cache.protection import Protection
 from tiered_cache.testing.interrupts import Interrupted, interrupt_once, interrupting
 from tiered_cache.testing.polling import async_until
@@ -293,3 +294,27 @@ def test_an_async_caller_interrupted_as_its_slot_is_granted_gives_the_slot_back(
         return got
 
     assert asyncio.run(later()) == ("loaded", "loaded")
+
+
+def _close_watchers(loop: asyncio.AbstractEventLoop) -> int:
+    """The timers on ``loop`` that watch its close (:func:`~tiered_cache.loop_end.when_closed`:
+    due never), not cancelled."""
+    scheduled: list[asyncio.TimerHandle] = loop._scheduled  # type: ignore[attr-defined]
+    return sum(1 for h in scheduled if h.when() == WATCH_AT and not h.cancelled())
+
+
+def test_an_async_chain_closed_on_a_loop_that_lives_on_leaves_no_close_watcher_there() -> None:
+    """The loader watches the close of each loop it ran a task on (a timed load here), with a
+    timer on that loop. The chain closed, the loop running on (an application's loop, which
+    builds and closes chains), that timer stayed: one more per chain closed there."""
+
+    async def main() -> tuple[int, int]:
+        loop = asyncio.get_running_loop()
+        before = _close_watchers(loop)
+        cache = AsyncTieredCache([MemoryTier()], protection=one_slot(30.0))
+        assert await cache.get("k", _instant) == "now"
+        watching = _close_watchers(loop) - before
+        await cache.aclose()
+        return watching, _close_watchers(loop) - before
+
+    assert asyncio.run(main()) == (1, 0)  # failed: (1, 1)

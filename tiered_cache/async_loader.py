@@ -521,6 +521,23 @@ class AsyncSourceLoader:
             cancel(task)
         await all_end_within(tasks, None)
         await arun(self.holdings.give_back_all())
+        self._unwatch_loops()
+
+    def _unwatch_loops(self) -> None:
+        """At the close: the close watch (:meth:`spawn`) of each loop none of this loader's
+        tasks is left pending on is cancelled. Each is a timer held by its loop, which a loop
+        that lives on (an application's, building and closing chains) kept for ever, one per
+        chain closed there. A loop left not running keeps its watch while a task cancelled
+        there is pending: closed by hand, that task is still dropped and said once
+        (:meth:`_loop_closed`)."""
+        pending = {task.get_loop() for task in list(self._tasks) if not task.done()}
+        for loop, watch in list(self._closes.items()):
+            if loop in pending:
+                continue
+            del self._closes[loop]
+            timer = watch()
+            if timer is not None:
+                timer.cancel()
 
     # -- the source itself
 

@@ -79,18 +79,25 @@ def memory_reads(cache: TieredCache | AsyncTieredCache) -> int:
     return int(tier["hits"]) + int(tier["misses"])
 
 
-def test_a_reconnection_told_as_the_chain_closes_leaves_its_l1_lookup_off() -> None:
-    """The bus is down (the L1 lookup off); its listener tells the chain it is back and is
-    held there, the paths having said memory may be read; the chain closes; let go, the
-    listener switched the L1 lookup on again on the closed chain, whose reads then read its
-    memory tier before they were refused. Seen failing: ``assert 2 == 1`` (reads of the
-    closed chain's memory tier)."""
+def a_chain_with_its_bus_down() -> tuple[FakeClock, MemoryTier, CuttableBus, TieredCache]:
+    """A memory-only chain on a fake clock that has read ``a`` (``'old'``), then lost its bus
+    (the L1 lookup off): where the reconnection-against-close tests begin."""
     clock = FakeClock(1000.0)
     memory = MemoryTier(policy=LruPolicy(100), clock=clock)
     bus = CuttableBus()
     cache = TieredCache([memory], DictSource({"a": "old"}), ttl=10.0, clock=clock, bus=bus)
     assert cache.get("a") == "old"
     bus.cut()
+    return clock, memory, bus, cache
+
+
+def test_a_reconnection_told_as_the_chain_closes_leaves_its_l1_lookup_off() -> None:
+    """The bus is down (the L1 lookup off); its listener tells the chain it is back and is
+    held there, the paths having said memory may be read; the chain closes; let go, the
+    listener switched the L1 lookup on again on the closed chain, whose reads then read its
+    memory tier before they were refused. Seen failing: ``assert 2 == 1`` (reads of the
+    closed chain's memory tier)."""
+    _, memory, bus, cache = a_chain_with_its_bus_down()
     decided, go = threading.Event(), threading.Event()
     listener = restore_held(bus, decided, go)
     try:
@@ -272,12 +279,7 @@ def test_a_reconnection_told_as_the_chain_closes_leaves_cache_get_off_its_memory
     chain's ``get`` kept reading its memory tier, and served what a new chain built on that
     tier put there, where a closed chain raises ``ChainClosedError`` without touching a tier
     (docs/quickstart.md). Seen failing: ``Failed: DID NOT RAISE`` (it answered ``'new'``)."""
-    clock = FakeClock(1000.0)
-    memory = MemoryTier(policy=LruPolicy(100), clock=clock)
-    bus = CuttableBus()
-    cache = TieredCache([memory], DictSource({"a": "old"}), ttl=10.0, clock=clock, bus=bus)
-    assert cache.get("a") == "old"
-    bus.cut()
+    clock, memory, bus, cache = a_chain_with_its_bus_down()
     stopped, go = threading.Event(), threading.Event()
     trace = held_at_a_reader_store_outside_the_lock(cache._hit_followers.lock, stopped, go)
 

@@ -108,7 +108,6 @@ class BusLink:
         own = threading.Lock()
         self._thread_lock = own if lock is None else None
         self._numbers_lock: Lock = lock if lock is not None else own
-        self._own_numbers_lock = lock is None
         self._breaker = breaker
         # What stats() reports: the link owns it (both chains ask here, none keeps a copy).
         # "starting" until a bus that confirms its subscription has: told before subscribing,
@@ -138,7 +137,7 @@ class BusLink:
         self._numbers = itertools.count(1)
         self._taking = threading.Lock()
         self._seen_lock = threading.Lock()
-        if self._own_numbers_lock:
+        if self._thread_lock is not None:  # the link's own lock, not one it was given
             self._thread_lock = self._numbers_lock = threading.Lock()
 
     # -- sending

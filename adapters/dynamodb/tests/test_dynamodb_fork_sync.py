@@ -17,6 +17,7 @@ import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import boto3
 import pytest
 from tiered_cache_dynamodb import DynamoDBSource
 from tiered_cache_dynamodb.testing import MotoDynamoDB, seed_items
@@ -39,6 +40,11 @@ def proxied(kept_alive: MotoDynamoDB) -> Iterator[tuple[MotoDynamoDB, FaultProxy
 def n_of(item: Any) -> int:
     """The ``n`` of a loaded item (``seed_items``' index)."""
     return int(item["n"])
+
+
+def refused(seen: Any) -> bool:
+    """Whether a child's load reported the refusal of the parent's client."""
+    return isinstance(seen, str) and "from_settings without client=" in seen
 
 
 def loads_in_a_child(source: DynamoDBSource, keys: list[str]) -> tuple[Any, Callable[[], int]]:
@@ -120,7 +126,7 @@ def test_a_forked_child_refuses_the_connections_of_a_given_client(
     status = release()
     assert status == 0
     assert len(seen) == 3
-    assert all(isinstance(text, str) and "from_settings without client=" in text for text in seen)
+    assert all(refused(text) for text in seen), seen
     assert [n_of(given.load(key)) for key in keys[4:6]] == [4, 5]  # the parent's
     given.close()
     client.close()
@@ -143,4 +149,73 @@ def test_a_given_client_the_parent_never_sent_on_serves_the_forked_child(
     assert seen == [1, 2, [1, 2]]
     assert n_of(given.load("k3")) == 3  # the parent's, on the client it still has
     given.close()
+    client.close()
+
+
+def test_a_client_that_sent_before_it_was_given_is_refused_in_the_forked_child(
+    proxied: tuple[MotoDynamoDB, FaultProxy], admin_client: Any, make_table: Callable[..., str]
+) -> None:
+    """A client the caller used before giving it (a table check at start-up, a warm-up read)
+    holds a kept-alive connection though the source never saw it send: the child's source
+    refuses, as for a client that sent through the source, and sends nothing on it."""
+    server, proxy = proxied
+    table = make_table()
+    keys = [f"k{i}" for i in range(4)]
+    seed_items(admin_client, table, keys)
+    client = boto3.session.Session().client(
+        "dynamodb", **{**server.client_kwargs(), "endpoint_url": proxy.url("http", "")}
+    )
+    client.describe_table(TableName=table)  # the caller's own request, before the source
+    assert proxy.connections == 1  # kept alive in the client's pool
+    given = DynamoDBSource.from_settings(server.settings(table=table, key="id"), client=client)
+
+    seen, release = loads_in_a_child(given, keys[1:3])
+    assert release() == 0
+    assert len(seen) == 3
+    assert all(refused(text) for text in seen), seen
+    assert n_of(given.load("k3")) == 3  # the parent's, on its connection
+    given.close()
+    client.close()
+
+
+def test_a_client_owned_with_no_way_to_remake_it_is_refused_in_the_forked_child(
+    kept_alive: MotoDynamoDB, admin_client: Any, make_table: Callable[..., str]
+) -> None:
+    """``DynamoDBSource(client, ..., owns_client=True)`` without ``connect``: the source
+    closes the client but cannot make another; in a child, it refuses, as the docstring of
+    ``connect`` says, rather than send on the parent's connections."""
+    table = make_table()
+    keys = [f"k{i}" for i in range(4)]
+    seed_items(admin_client, table, keys)
+    owned = DynamoDBSource(kept_alive.client(), table, "id", owns_client=True)
+    assert n_of(owned.load("k0")) == 0
+
+    seen, release = loads_in_a_child(owned, keys[1:3])
+    assert release() == 0
+    assert len(seen) == 3
+    assert all(refused(text) for text in seen), seen
+    assert n_of(owned.load("k3")) == 3  # the parent's
+    owned.close()
+
+
+def test_sources_closed_on_a_shared_client_are_let_go_of(
+    kept_alive: MotoDynamoDB, make_table: Callable[..., str]
+) -> None:
+    """A source listens to its given client's sends (to know whether a child may use it);
+    closed, it stops listening: a client shared by sources made and closed one after another
+    (a chain per tenant, per test, per invocation) kept every one alive in its event hooks."""
+    import gc
+    import weakref
+
+    table = make_table()
+    client = kept_alive.client()
+    settings = kept_alive.settings(table=table, key="id")
+    closed = []
+    for _ in range(20):
+        source = DynamoDBSource.from_settings(settings, client=client)
+        source.close()
+        closed.append(weakref.ref(source))
+    del source
+    gc.collect()
+    assert [ref for ref in closed if ref() is not None] == []
     client.close()

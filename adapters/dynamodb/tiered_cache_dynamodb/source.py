@@ -19,6 +19,7 @@ from tiered_cache.tier import MissingType
 
 from .aws import client_config, session_for
 from .keys import KeyCodec
+from .sends import SendWatch
 from .settings import DynamoDBSourceSettings
 from .table_steps import TableSteps, table_options
 
@@ -99,16 +100,12 @@ class DynamoDBSource:
         self._connect_lock = threading.Lock()
         #: A forked child's source whose client was given: it refuses every call.
         self._forked_from_client = False
-        #: Whether a client given to the source sent a request (it may hold open connections).
-        self._given_client_sent = False
-        if not owns_client:
-            client.meta.events.register(
-                "before-send.dynamodb", self._note_a_send, unique_id=f"tiered-cache-{id(self)}"
-            )
+        #: Whether a forked child's source makes its client anew.
+        self._remakes_client = owns_client and connect is not None
+        #: Otherwise (a client given, or owned with no ``connect``): whether the client has
+        #: sent a request, before the source was given it too (it may hold open connections).
+        self._sends = None if self._remakes_client else SendWatch(client)
         restart_after_fork(self)
-
-    def _note_a_send(self, **_: Any) -> None:
-        self._given_client_sent = True
 
     def after_fork_in_child(self) -> None:
         """botocore's connection pool does not look at the pid: in a forked child, the
@@ -117,16 +114,17 @@ class DynamoDBSource:
         with another key's item, in the child or the parent). A client this source made is
         let go of (kept, never closed: :func:`~tiered_cache.forking.keep_from_the_parent`)
         and made anew on the next call; the locks are made anew. A client given to the
-        source cannot be: the child's source refuses every call with a :class:`SourceError`
-        that says so (and logs it once), unless it never sent a request before the fork (made
-        in a prefork server's master at import, used in its workers only): it holds no
+        source cannot be (nor one it owns with no ``connect``): the child's source refuses
+        every call with a :class:`SourceError` that says so (and logs it once), unless the
+        client never sent a request before the fork, through the source or before it was given
+        (made in a prefork server's master at import, used in its workers only): it holds no
         connection then, and the child's source uses it."""
         self._check_lock = threading.Lock()
         self._connect_lock = threading.Lock()
-        if self._connect is not None and self._owns_client:
+        if self._remakes_client:
             keep_from_the_parent(self._client)
             self._client = None
-        elif self._client is not None and self._given_client_sent:
+        elif self._sends is not None and self._sends.sent:
             self._forked_from_client = True
             logger_for("source").warning("%s", self._parents_client_error())
 
@@ -215,6 +213,8 @@ class DynamoDBSource:
         if self._steps.closed:
             return
         self._steps.closed = True
+        if self._sends is not None:
+            self._sends.stop()
         # A child that made no client of its own has none to close (the parent's is kept).
         if self._owns_client and self._client is not None:
             self._client.close()

@@ -26,9 +26,12 @@ _AUTHORITY = re.compile(
     r"^(?P<scheme>[^:/?#]+://)?(?P<authority>.*@[^/?#]*|[^/?#]*)(?P<rest>.*)$", re.S
 )
 # A query parameter whose name holds one of these words, not only is one: redis-py takes the
-# TLS key's passphrase as ?ssl_password=, and a token may come as ?auth_token=.
+# TLS key's passphrase as ?ssl_password=, and a token may come as ?auth_token=. Its value runs
+# to the next '&': redis-py reads the query with '&' alone between fields (Python's parse_qs),
+# so a ';' is the password's own, and a '#' the user wrote in it begins a fragment only to a
+# URL parser (ended there, the value's tail was shown).
 _QUERY_SECRET = re.compile(
-    r"(?P<name>[?&;][^=&;#]*(?:pass|secret|token|credential)[^=&;#]*=)[^&;#]*", re.I
+    r"(?P<name>[?&;][^=&;#]*(?:pass|secret|token|credential)[^=&;#]*=)[^&]*", re.I
 )
 
 

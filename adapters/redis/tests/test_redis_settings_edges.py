@@ -303,6 +303,18 @@ def test_a_password_with_a_url_delimiter_is_hidden_everywhere_it_is_shown(
         assert SECRET[6:] not in repr(settings) and SECRET[:6] not in repr(settings)
 
 
+# The same in the query: redis-py reads a query with '&' alone between its fields (Python's
+# parse_qs), so a ';' belongs to the password's value, and a '#' begins a fragment the user
+# wrote as part of it.
+@pytest.mark.parametrize("cut", [";", "#", ";db=1"])
+@pytest.mark.parametrize("name", ["password", "ssl_password", "auth_token"])
+def test_a_query_password_with_a_delimiter_is_hidden_whole(name: str, cut: str) -> None:
+    url = f"redis://localhost:6379/0?{name}={SECRET[:6]}{cut}{SECRET[6:]}"
+    shown = redact_url(url)
+    assert SECRET[6:] not in shown and SECRET[:6] not in shown, shown
+    assert shown == f"redis://localhost:6379/0?{name}=***"
+
+
 def test_an_at_sign_outside_the_credentials_hides_too_much_rather_than_too_little() -> None:
     # Without a password an '@' in the query is not a secret; hiding up to it is the safe side.
     assert SECRET not in redact_url(f"redis://localhost:6379/0?client_name={SECRET}@x")

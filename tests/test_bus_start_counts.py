@@ -8,11 +8,16 @@ so that ``bus_down_served`` / ``bus_down_bypasses`` show outages only.
 
 from __future__ import annotations
 
+import asyncio
+import threading
+from typing import Any
+
 import pytest
 
 from tiered_cache import AsyncTieredCache, MemoryTier, TieredCache
 from tiered_cache.bus import BusBase, BusListener, Invalidation, LocalBus
 from tiered_cache.testing import FakeClock
+from tiered_cache.testing.polling import async_until, until
 
 
 class ConfirmingBus(BusBase):
@@ -54,9 +59,14 @@ class PlainBus:
     def close(self) -> None: ...
 
 
-def chain(bus: object, clock: FakeClock) -> TieredCache:
-    return TieredCache(
-        [MemoryTier(ttl=600, clock=clock)],
+def chain(
+    bus: object,
+    clock: FakeClock,
+    face: type[TieredCache] | type[AsyncTieredCache] = TieredCache,
+    tier: type[MemoryTier] = MemoryTier,
+) -> Any:
+    return face(
+        [tier(ttl=600, clock=clock)],
         ttl=600,
         clock=clock,
         bus=bus,  # type: ignore[arg-type]
@@ -158,3 +168,112 @@ async def test_the_asyncio_chain_counts_memory_s_serves_while_bounded_too(clock:
     assert (memory["hits"], memory["misses"], stats["source_reads_saved"]) == (1, 1, 1)
     assert stats["bus_starting_served"] == 1
     await cache.aclose()
+
+
+# -- every read counted once: memory's hit or miss, and served or bypassed --------------------
+
+
+def bounded_counts(cache: TieredCache | AsyncTieredCache, down: bool) -> tuple[int, int]:
+    """``(served, bypassed)`` of the bus state the test put the chain in."""
+    stats = cache.stats()
+    state = "down" if down else "starting"
+    return stats.get(f"bus_{state}_served", 0), stats.get(f"bus_{state}_bypasses", 0)
+
+
+@pytest.mark.parametrize("down", [False, True], ids=["starting", "down"])
+@pytest.mark.parametrize("read", ["get", "get_many"])
+def test_a_read_past_memory_while_bounded_counts_a_bypass_on_every_read_path(
+    clock: FakeClock, read: str, down: bool
+) -> None:
+    """A miss, a hit, then a copy past the bound: get counted (served, bypassed) (1, 2);
+    get_many counted (1, 0), its reads past memory on no counter."""
+    bus = ConfirmingBus()
+    cache = chain(bus, clock)
+    if down:
+        bus.fail()
+
+    def reread() -> None:
+        if read == "get":
+            assert cache.get("k", lambda: "v") == "v"
+        else:
+            assert cache.get_many(["k"], lambda keys: dict.fromkeys(keys, "v")) == {"k": "v"}
+
+    reread()  # memory had nothing
+    reread()  # memory's copy, within the bound
+    clock.advance(61)
+    reread()  # memory's copy is past the bound
+    memory = cache.stats()["tiers"][0]
+    assert (memory["hits"], memory["misses"]) == (1, 2)
+    assert bounded_counts(cache, down) == (1, 2)
+
+
+def test_a_get_that_joins_a_load_while_bounded_counts_memory_s_miss_and_a_bypass(
+    clock: FakeClock,
+) -> None:
+    """Ten threads read one key while the bus is down: one loads, nine join its load. The L1
+    lookup leaves memory to the read then, which the flight's leader alone made: memory
+    counted 1 miss for 10 reads (get_many, and every read while connected, count 10)."""
+    bus = ConfirmingBus()
+    cache = chain(bus, clock)
+    bus.fail()
+    go = threading.Event()
+
+    def load() -> str:
+        go.wait()
+        return "v"
+
+    readers = [threading.Thread(target=lambda: cache.get("k", load)) for _ in range(10)]
+    for reader in readers:
+        reader.start()
+    until(lambda: cache.stats()["singleflight_waits"] == 9, "nine readers joined the load")
+    go.set()
+    for reader in readers:
+        reader.join()
+    stats = cache.stats()
+    memory = stats["tiers"][0]
+    assert (memory["hits"], memory["misses"], stats["loads"]) == (0, 10, 1)
+    assert bounded_counts(cache, True) == (0, 10)
+
+
+@pytest.mark.anyio
+async def test_an_asyncio_get_that_joins_a_load_while_bounded_counts_memory_s_miss_too(
+    clock: FakeClock,
+) -> None:
+    bus = ConfirmingBus()
+    cache = chain(bus, clock, AsyncTieredCache)
+    bus.fail()
+    go = asyncio.Event()
+
+    async def load() -> str:
+        await go.wait()
+        return "v"
+
+    readers = [asyncio.ensure_future(cache.get("k", load)) for _ in range(10)]
+    await async_until(lambda: cache.stats()["singleflight_waits"] == 9, "nine joined the load")
+    go.set()
+    assert await asyncio.gather(*readers) == ["v"] * 10
+    stats = cache.stats()
+    memory = stats["tiers"][0]
+    assert (memory["hits"], memory["misses"], stats["loads"]) == (0, 10, 1)
+    assert bounded_counts(cache, True) == (0, 10)
+    await cache.aclose()
+
+
+class SharedTier(MemoryTier):
+    """A tier shared between processes (as Redis is): not the bus's to keep coherent."""
+
+    local = False
+
+
+def test_a_shared_first_tier_counts_each_miss_once_while_the_bus_is_down(
+    clock: FakeClock,
+) -> None:
+    """The L1 lookup reads a shared tier 0 whatever the bus (only in-process memory is left to
+    the read while it is down): its miss was counted there and again by the read."""
+    bus = ConfirmingBus()
+    cache = chain(bus, clock, tier=SharedTier)
+    bus.fail()
+    assert cache.get("k", lambda: "v") == "v"
+    assert cache.get("k", lambda: "never") == "v"
+    first = cache.stats()["tiers"][0]
+    assert (first["hits"], first["misses"]) == (1, 1)

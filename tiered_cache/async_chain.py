@@ -154,6 +154,8 @@ class AsyncTieredCache(L1Reader):
         self._paths: Paths = paths
         for tier in self._tiers:  # a delete a shared tier owes is announced again once made
             tier.pay_with(paths.paid)
+        #: What a miss that joins another's load counts (kept once the chain is closed).
+        self._joined = paths.joined
         self._setup_l1(self._metrics, self._protection, rng)
         self._use_l1(self._tiers, True)
         self._disconnected_bound = max_stale_when_disconnected
@@ -312,7 +314,7 @@ class AsyncTieredCache(L1Reader):
                 # second load beside it (one per key at a time); ask again once it has ended.
                 await within_join_timeout(flight.settle(), key, wait)
                 continue
-            self._metrics.waited()
+            self._joined()
             try:
                 # flight.wait shields the outcome: giving up cancels nothing of the load.
                 return await within_join_timeout(flight.wait(), key, wait)

@@ -114,8 +114,6 @@ class TieredCache(L1Reader):
         self._fence = Fence(self._tiers, self._metrics, leases=self._protection.lease != "off")
         #: The fence's rule for joining a flight, bound once (every miss passes it).
         self._may_join = self._fence.may_join
-        #: What a miss that joins another's load counts (bound once, as the rule above).
-        self._joined = self._metrics.waited
         self._entry = EntryMaker(ttl, negative_ttl, self._protection.max_stale)
         self._loader = SourceLoader(
             self._tiers,
@@ -145,6 +143,8 @@ class TieredCache(L1Reader):
         self._paths: Paths = paths
         for tier in self._tiers:  # a delete a shared tier owes is announced again once made
             tier.pay_with(paths.paid)
+        #: What a miss that joins another's load counts (bound once: every join calls it).
+        self._joined = paths.joined
         #: What a miss runs inside its flight: the read down the tiers in plain calls.
         self._read: Callable[[Flight, str, Loader | None, float | str | None], Any] = (
             self._paths.read_through_plain

@@ -163,9 +163,10 @@ class ChainPaths:
                 continue
             # Tier 0 was just missed by the caller; look again, quietly, because another
             # flight for this key may have filled it between that miss and this flight. Not
-            # while bounded: the caller's L1 lookup then left tier 0 to this read, which
-            # counts its hit or miss (else memory's serves of an outage counted neither).
-            counted = tier.index > 0 or bounded
+            # while bounded: the caller's L1 lookup then left an in-process tier 0 to this
+            # read, which counts its hit or miss (else memory's serves of an outage counted
+            # neither). A shared tier 0 the lookup reads whatever the bus: counted there.
+            counted = tier.index > 0 or (bounded and tier.local)
             entry = yield tier.get, (key, counted)
             if entry is MISSING:
                 continue
@@ -307,6 +308,7 @@ class ChainPaths:
         found: dict[str, Entry] = {}
         remaining = keys
         now = self.clock()
+        served = 0
         for tier in self.tiers:
             if not remaining:
                 break
@@ -314,13 +316,31 @@ class ChainPaths:
                 continue
             hits = yield tier.get_many, (remaining, now, stale)
             if hits and tier.bounded_for > 0:
-                self.metrics.count(self.bounded_counts.served, len(hits))
+                served += len(hits)
             if hits:
                 # The first tier's hits: no faster tier, no step (the fence's rule).
                 yield from self.fence.fill_steps(mark, hits, self.tiers[: tier.index])
                 found.update(hits)
                 remaining = [key for key in remaining if key not in hits]
+        if self.bounded:
+            # Every key a read while the bus is down: memory's (within the bound), or past
+            # it (to a shared tier, a load, or nothing), as count_bus_down counts a get's.
+            if served:
+                self.metrics.count(self.bounded_counts.served, served)
+            if len(keys) > served:
+                self.metrics.count(self.bounded_counts.bypassed, len(keys) - served)
         return found
+
+    def joined(self) -> None:
+        """A ``get`` that joined another caller's load of its key: a wait
+        (``singleflight_waits``); and while the bus is down or starting, memory's miss and a
+        read past it. The L1 lookup leaves an in-process tier 0 to the read then
+        (:meth:`set_bus_connected`), which the flight's leader alone makes: of ten reads
+        joining one load, memory counted one miss (ten when connected, and in get_many)."""
+        self.metrics.waited()
+        if self.bounded and self.tiers and self.tiers[0].local:
+            self.metrics.miss(0)  # tier 0's
+            self.count_bus_down(None)
 
     def count_bus_down(self, tier: ChainTier | None) -> None:
         """A read while the bus is down (or starting): answered by a bounded in-process tier,

@@ -204,3 +204,25 @@ def test_a_sync_route_on_an_async_chain_names_the_async_dependency(config: Path)
     app = tweet_app(async_cache_lifespan(config))
     with TestClient(app) as client, pytest.raises(RuntimeError, match="AsyncTieredCacheDependency"):
         client.get("/tweets/1")
+
+
+# -- one app served twice in a process ---------------------------------------------------------
+
+
+def test_one_app_served_twice_at_once_keeps_a_chain_for_each_and_closes_both(
+    config: Path, admin: redis.Redis
+) -> None:
+    """Two servers of one app object at once (two TestClients of a test suite, an app run
+    twice): each lifespan built a chain, both on ``app.state``, the second over the first.
+    The first shutdown took it away from the other server's routes ('no tiered-cache chain
+    on this app'), and the second's raised AttributeError before closing its chain: left
+    open, its connections too. Each server's routes read the chain of its own lifespan
+    (the lifespan's state, which every request of that server is given)."""
+    app = tweet_app(cache_lifespan(config))
+    with TestClient(app) as first:
+        with TestClient(app) as second:
+            mine = second.get("/tweets/1").json()["chain"]
+            assert first.get("/tweets/1").json()["chain"] != mine
+        assert first.get("/tweets/2").status_code == 200
+    assert other_clients(admin) == 0  # both chains closed
+    assert not hasattr(app.state, STATE_KEY)

@@ -75,8 +75,9 @@ def cache_lifespan(
             fixture sharing one chain between apps).
         **overrides: fields of the ``[tiered_cache]`` table, as for ``from_config``.
 
-    The chain is put on ``app.state.tiered_cache`` (and in the lifespan state), where
-    :func:`get_cache` finds it. Inside a lifespan of your own, enter it as a context manager:
+    The chain is put in the lifespan state, where :func:`get_cache` finds it (each server of
+    the app has its own), and on ``app.state.tiered_cache`` (the last one started). Inside a
+    lifespan of your own, enter it as a context manager:
     ``async with cache_lifespan(...)(app) as state: cache = state[STATE_KEY]``.
     """
 
@@ -145,7 +146,11 @@ def _lifespan(
         try:
             yield {STATE_KEY: cache}
         finally:
-            delattr(app.state, STATE_KEY)
+            # Another server of this app (a second TestClient, the app run twice) may have put
+            # its own chain there since: that one is its to take away; this one is closed
+            # all the same (the other's removal before this raised, and left it open).
+            if getattr(app.state, STATE_KEY, None) is cache:
+                delattr(app.state, STATE_KEY)
             if close is not None:
                 await close(cache)
 
@@ -153,7 +158,11 @@ def _lifespan(
 
 
 def _chain_of(request: Request, kind: type[Chain]) -> Chain:
-    cache = getattr(request.app.state, STATE_KEY, None)
+    # The lifespan's state first: each server of the app gives its requests a copy of its own
+    # (one app object served twice at once keeps two chains; app.state holds the last one).
+    cache = getattr(request.state, STATE_KEY, None)
+    if cache is None:
+        cache = getattr(request.app.state, STATE_KEY, None)
     if isinstance(cache, kind):
         return cache
     lifespan, dependency = _pieces(kind)

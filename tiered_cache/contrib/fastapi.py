@@ -142,17 +142,19 @@ def _lifespan(
             raise TypeError(
                 f"{_pieces(kind)[0]} builds a {kind.__name__}, got {type(cache).__name__}{cure}"
             )
-        setattr(app.state, STATE_KEY, cache)
+        chain: Chain = cache
+        setattr(app.state, STATE_KEY, chain)
         try:
-            yield {STATE_KEY: cache}
+            yield {STATE_KEY: chain}
         finally:
             # Another server of this app (a second TestClient, the app run twice) may have put
             # its own chain there since: that one is its to take away; this one is closed
             # all the same (the other's removal before this raised, and left it open).
-            if getattr(app.state, STATE_KEY, None) is cache:
+            held: object = getattr(app.state, STATE_KEY, None)
+            if held is chain:
                 delattr(app.state, STATE_KEY)
             if close is not None:
-                await close(cache)
+                await close(chain)
 
     return lifespan
 

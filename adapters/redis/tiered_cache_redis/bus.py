@@ -33,6 +33,7 @@ from tiered_cache.bus import BusBase, BusListener, Invalidation
 from tiered_cache.forking import restart_after_fork, start_when_restarted
 from tiered_cache.steps import run
 
+from .in_flight import CallsInFlight
 from .listening import DEFAULT_HEALTH, PING_PAYLOAD, Health, Listeners, Listening, Subscription, log
 
 __all__ = ["RedisBus"]
@@ -74,6 +75,10 @@ class RedisBus(BusBase):
             subscribed=self._set_subscribed,
         )
         self._client = publisher if publisher is not None else connect()
+        #: The publishes running, which close waits for before it closes the publisher: closed
+        #: under one, or before one that a write racing the chain's close sent last, the pool
+        #: gave it a new connection, left open for the life of the process.
+        self._publishes = CallsInFlight(channel, threading.get_ident, kind="bus")
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         #: The listener's subscription, once opened (the close wakes a call blocked on it).
@@ -86,7 +91,9 @@ class RedisBus(BusBase):
         return self._listening.connected
 
     def publish(self, message: Invalidation) -> None:
-        self._client.publish(self.channel, message.encode())
+        """Send ``message``; ``RuntimeError`` once the bus is closed (nothing is sent)."""
+        with self._publishes:
+            self._client.publish(self.channel, message.encode())
 
     def subscribe(self, listener: BusListener) -> None:
         with self._lock:
@@ -109,6 +116,10 @@ class RedisBus(BusBase):
         of the child's own starts, as disconnected until it is subscribed: once every part
         has restarted (its first act reaches the chain's fence, built after this bus)."""
         self._lock = threading.Lock()
+        closed = self._publishes.closing
+        self._publishes = CallsInFlight(self.channel, threading.get_ident, kind="bus")
+        if closed:
+            self._publishes.close()  # none runs here: refuses at once
         #: The parent's: its sockets are the parent's too (a shutdown here would cut them).
         self._handle = None
         self._listeners.after_fork_in_child()
@@ -143,6 +154,7 @@ class RedisBus(BusBase):
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             run(self._listening.outlive(_joined(thread), self._wake_listener))
+        self._publishes.close()  # (not a publish of this thread: a handler's close)
         self._client.close()
 
     def _pause(self, seconds: float) -> None:

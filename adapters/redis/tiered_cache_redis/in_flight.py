@@ -1,5 +1,5 @@
-"""The calls a Redis tier has on the wire, so that closing it waits for them to end before it
-closes the client.
+"""The calls a Redis tier (or the threaded bus's publisher) has on the wire, so that closing
+it waits for them to end before it closes the client.
 
 Closed under them, the client's pool disconnected their connections; each call's retry then
 reconnected its connection (or the call took a new one from the emptied pool) and gave it
@@ -27,9 +27,9 @@ from typing import Any, cast
 from tiered_cache.loops import all_end_within, stalled
 
 
-def closed_error(name: str) -> RuntimeError:
-    """What a call of a closed tier raises."""
-    return RuntimeError(f"tier {name!r} is closed")
+def closed_error(name: str, kind: str = "tier") -> RuntimeError:
+    """What a call of a closed tier (or bus: ``kind``) raises."""
+    return RuntimeError(f"{kind} {name!r} is closed")
 
 
 class CallsInFlight:
@@ -37,10 +37,11 @@ class CallsInFlight:
     ``owner`` (``threading.get_ident`` for the threaded tier, :func:`current_task` for the
     asyncio tier's: called as each call starts and ends, on the call's own thread)."""
 
-    __slots__ = ("_closing", "_idle", "_lock", "_name", "_owner", "_running")
+    __slots__ = ("_closing", "_idle", "_kind", "_lock", "_name", "_owner", "_running")
 
-    def __init__(self, name: str, owner: Callable[[], Hashable]) -> None:
+    def __init__(self, name: str, owner: Callable[[], Hashable], kind: str = "tier") -> None:
         self._name = name
+        self._kind = kind
         self._owner = owner
         # The threaded tier's threads, or loops of several. Reentrant: a signal handler that
         # closes the chain (SIGTERM) runs on the main thread between two of its steps, maybe
@@ -56,7 +57,7 @@ class CallsInFlight:
         owner = self._owner()
         with self._lock:
             if self._closing:
-                raise closed_error(self._name)
+                raise closed_error(self._name, self._kind)
             running = self._running
             running[owner] = running.get(owner, 0) + 1
 
@@ -74,6 +75,11 @@ class CallsInFlight:
                 running[owner] = left
             elif self._closing:
                 self._idle.notify_all()
+
+    @property
+    def closing(self) -> bool:
+        """Whether new calls are refused (:meth:`close` or :meth:`aclose` began)."""
+        return self._closing
 
     def close(self) -> None:
         """Refuse new calls, then wait for the ones running on other threads to end (the

@@ -261,8 +261,8 @@ class TieredCacheBackend(BaseCache):
     ) -> list[Any]:
         """Store every value, or none: one write of the whole batch (the chain's ``set_many``);
         returns ``[]``. A value a tier cannot hold raises (Django lets a backend raise or
-        return the keys that failed) with no key of the batch stored: each is dropped, as
-        ``set`` drops a key whose value it could not store."""
+        return the keys that failed) before anything is sent: each key of the batch keeps its
+        old value, as ``set`` keeps a key's when it cannot store the new one."""
         ttl = self._ttl(timeout)
         made = {
             self.make_and_validate_key(key, version=version): value for key, value in data.items()

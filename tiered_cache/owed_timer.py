@@ -306,7 +306,7 @@ class PaymentTask:
         self._loop_end = LoopEnd(
             f"owed deletes of {name}",
             self._at_loop_end,
-            _nothing,
+            self._drop,
             left="the timer's task on that loop is dropped (it never runs again), and what is "
             "still owed is paid on this loop",
             leave=self._leave,
@@ -340,6 +340,16 @@ class PaymentTask:
             return
         self._number = number
         self._task = loop.create_task(self._run(number), name=f"tiered-cache-owed:{self._name}")
+
+    def _drop(self) -> None:
+        """The run's loop was closed by hand (:mod:`tiered_cache.loop_end`): its task never
+        runs again (:meth:`arm` sees it stalled, ends its run and starts one on this loop).
+        Collected pending, asyncio logged it as an error (``Task was destroyed but it is
+        pending!``; at the process's exit, a reference cycle keeping it) about a run whose
+        debts this loop pays: told not to, as in :meth:`_leave`."""
+        task = self._task
+        if task is not None and task.get_loop().is_closed():
+            task._log_destroy_pending = False  # type: ignore[attr-defined]
 
     def _leave(self, _: asyncio.AbstractEventLoop) -> None:
         """The run's loop is left open, not running, and a debt is recorded on another

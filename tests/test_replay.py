@@ -168,6 +168,22 @@ def test_cli_progress_bar_only_when_asked_or_on_a_terminal(
     assert "reads" in err
 
 
+def test_cli_progress_always_without_tqdm_draws_the_plain_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Asked for a bar without tqdm installed, the replay drew nothing and said nothing."""
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # import fails as if not installed
+    monkeypatch.setitem(sys.modules, "libcachesim", None)  # its passes: none
+    argv = ["replay", str(zipf_arc_trace(tmp_path)), "--format", "arc", "--l1-size", "20"]
+    assert main([*argv, "--progress", "always", "--compare"]) == 0
+    err = capsys.readouterr().err
+    # One finished line per pass (the replay, then LRU), each ending at its total.
+    assert err.count("100%") == 2
+    assert "hot-keys" in err
+    assert "lru" in err
+    assert err.endswith("\n")
+
+
 def test_cli_text_output_and_always_admission(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, entry_points, version
 from typing import Any, TypeVar
@@ -77,15 +77,17 @@ def _replay_arguments(parser: argparse.ArgumentParser) -> None:
         "--progress",
         choices=("auto", "always", "never"),
         default="auto",
-        help="a progress bar on stderr (auto: when stderr is a terminal and tqdm is installed)",
+        help="a progress bar on stderr (auto: when stderr is a terminal); tqdm's when it is "
+        "installed, else a plain progress line",
     )
 
 
 def _progress(args: argparse.Namespace) -> Callable[[Iterable[T], int, str], Iterable[T]] | None:
-    """Wraps an iterable in a tqdm bar on stderr; ``None`` when there is to be no bar.
+    """Wraps an iterable in a progress bar on stderr; ``None`` when there is to be no bar.
 
-    tqdm comes with the ``examples`` extra, not the core: without it there is no bar. A pipe or
-    a file gets no bar either, unless asked for (``--progress always``).
+    A pipe or a file gets no bar, unless asked for (``--progress always``). tqdm comes with the
+    ``examples`` extra, not the core: without it the bar is the core's plain progress line
+    (asked for a bar, the command drew nothing and said nothing).
     """
     wanted = args.progress == "always" or (args.progress == "auto" and sys.stderr.isatty())
     if not wanted:
@@ -93,10 +95,24 @@ def _progress(args: argparse.Namespace) -> Callable[[Iterable[T], int, str], Ite
     try:
         from tqdm import tqdm  # type: ignore[import-untyped]  # no stubs; optional
     except ImportError:
-        return None
+        return _plain_bar
     return lambda items, total, label: tqdm(
         items, total=total, desc=label, unit=" reads", unit_scale=True, leave=False
     )
+
+
+def _plain_bar(items: Iterable[T], total: int, label: str) -> Iterator[T]:
+    """``items`` counted on a :class:`~tiered_cache.progress.ProgressLine` (drawn even on a
+    pipe: the caller decided there is to be a bar), ended with its last state."""
+    from .progress import ProgressLine
+
+    line = ProgressLine(sys.stderr, unit="reads", enabled=True)
+    done = 0
+    for item in items:
+        yield item
+        done += 1
+        line.update(done, total or None, label)
+    line.finish(done, total or None, label)
 
 
 def _replay_run(args: argparse.Namespace) -> int:

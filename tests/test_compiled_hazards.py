@@ -4,10 +4,15 @@ constructs mypyc 2.4 compiles wrongly.
 - ``raise error from cause``: the compiled raise drops its clause and chains ``error`` to the
   exception being handled instead; these modules write ``raise caused(error, cause) from
   cause`` (:func:`tiered_cache.errors.caused` sets the cause itself).
-- A bare ``raise`` in an ``except`` block of a generator after a ``yield`` in that block:
-  once the generator is resumed, the compiled re-raise raises a broken exception (value
-  None), and the interpreter crashed formatting it (a segfault in the fence's steps, found
-  when the fence was first compiled); such blocks name their exception.
+- A ``yield`` in an ``except`` or ``finally`` block of a generator. A compiled generator
+  has no exception state of its own: suspended in an except block, it leaves the exception it
+  caught as the one its driver's thread handles, and on leaving the block it restores what
+  the thread handled when it caught it, long after; the thread was left handling a tier's
+  failure for good once the read returned (every error raised there next carried it as its
+  ``__context__``). A bare ``raise`` after such a yield raised a broken exception (value
+  None; the interpreter crashed formatting it: a segfault in the fence's steps, found when
+  the fence was first compiled), and so does a ``finally`` block that yields, on its way
+  out with an exception. Such blocks note what to do, and it is done after them.
 
 Both pass every test of the pure-Python sources and fail only compiled, where the suite sees
 one build; so the rule is checked on the sources, for every compiled module.
@@ -24,10 +29,6 @@ import tiered_cache
 from tiered_cache.compiled import MODULES
 
 SOURCES = Path(tiered_cache.__file__).parent
-
-
-def _yields(node: ast.AST) -> bool:
-    return any(isinstance(inner, (ast.Yield, ast.YieldFrom)) for inner in ast.walk(node))
 
 
 def _own_nodes(function: ast.AST) -> list[ast.AST]:
@@ -59,19 +60,31 @@ def hazards(source: str) -> list[str]:
                     and call.func.id == "caused"
                 ):
                     found.append(f"line {node.lineno}: raise ... from without caused()")
-        if not any(isinstance(node, (ast.Yield, ast.YieldFrom)) for node in own):
-            continue
         for node in own:
-            if not isinstance(node, ast.ExceptHandler):
+            if isinstance(node, ast.ExceptHandler):
+                blocks = [("an except", node.body)]
+            elif isinstance(node, ast.Try):
+                blocks = [("a finally", node.finalbody)]
+            else:
                 continue
-            yielded = False
-            for statement in ast.walk(node):
-                if isinstance(statement, (ast.Yield, ast.YieldFrom)):
-                    yielded = True
-            bare = [s for s in ast.walk(node) if isinstance(s, ast.Raise) and s.exc is None]
-            if yielded and bare:
-                found.append(f"line {bare[0].lineno}: bare raise in an except block that yields")
+            for kind, body in blocks:
+                for statement in body:
+                    line = _yield_line(statement)
+                    if line is not None:
+                        found.append(f"line {line}: yield in {kind} block")
     return found
+
+
+def _yield_line(node: ast.AST) -> int | None:
+    """The line of the first yield in ``node``, not counting functions defined in it."""
+    pending = [node]
+    while pending:
+        inner = pending.pop()
+        if isinstance(inner, (ast.Yield, ast.YieldFrom)):
+            return inner.lineno
+        if not isinstance(inner, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            pending.extend(ast.iter_child_nodes(inner))
+    return None
 
 
 @pytest.mark.parametrize("name", MODULES)
@@ -88,8 +101,11 @@ def test_the_check_finds_both_hazards() -> None:
     ]
     assert hazards(raise_from + "        raise caused(ValueError(), exc) from exc\n") == []
     generator = "def steps():\n    try:\n        yield 1\n    except KeyError as exc:\n"
-    assert hazards(generator + "        yield 2\n        raise\n") == [
-        "line 6: bare raise in an except block that yields"
+    assert hazards(generator + "        yield 2\n        raise exc\n") == [
+        "line 5: yield in an except block"
     ]
-    assert hazards(generator + "        yield 2\n        raise exc\n") == []
+    assert hazards(generator + "        failed = exc\n    yield 2\n") == []  # after the block
     assert hazards(generator + "        raise\n") == []  # no yield in the block: compiled right
+    assert hazards("def steps():\n    try:\n        yield 1\n    finally:\n        yield 2\n") == [
+        "line 5: yield in a finally block"
+    ]

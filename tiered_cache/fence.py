@@ -338,6 +338,7 @@ class Fence:
         # or set with no leasing tier: no copy).
         landing: Mapping[str, Entry] = dict(entries) if leasing is not None else entries
         written: list[FillTarget] = []
+        refused_value: CodecError | None = None
         try:
             for tier in reversed(tiers):
                 if tier.bypassed:
@@ -370,12 +371,14 @@ class Fence:
                 if not landing:
                     break
         except CodecError as exc:
+            refused_value = exc
+        # The give-back is yielded after the except block, never in one: compiled (mypyc
+        # 2.4), a generator suspended in an except block left the thread handling what it
+        # caught, for good (tests/test_compiled_hazards.py).
+        if refused_value is not None:
             if leasing is not None and tokens:
                 yield leasing.release_leases, (tokens,)
-            # Named, not a bare ``raise``: compiled (mypyc 2.4), a bare raise after a yield
-            # in an except block raised a broken exception (its value None: the interpreter
-            # crashed formatting it) once the steps' driver had resumed the generator.
-            raise exc
+            raise refused_value
         # Invalidated between the check and the write: undo, deleting is always safe.
         late = yield from self._undo(
             mark, landing, own, (confirmed, ordered), written=written, out=kept_out, sole=sole
@@ -546,6 +549,7 @@ class Fence:
         if not leased:
             return set()
         confirmed: set[str] = set()
+        failed = False
         try:
             kept: set[str] = yield tier.fill_with_leases, (leased,)
         except CodecError:
@@ -558,10 +562,7 @@ class Fence:
         except Exception as exc:
             tier.failed(exc)
             kept = set(leased)  # the shared tier failed: nothing there to protect
-            # Yet it may be up (a value too large for it resets the connection alone): the
-            # leases go back, or every other process waits lease_wait for a fill that never
-            # comes. The give-back is token-checked: a fill that landed took its lease already.
-            yield tier.release_leases, ({key: token for key, (_, token) in leased.items()},)
+            failed = True
         else:
             confirmed = kept
             self._metrics.fill(tier.index, len(kept))
@@ -569,6 +570,12 @@ class Fence:
                 # Their leases were deleted by invalidations, or taken by writers, after our
                 # read: the old values must not reach any tier.
                 self._metrics.count("lease_lost", len(leased) - len(kept))
+        if failed:
+            # Yet it may be up (a value too large for it resets the connection alone): the
+            # leases go back, or every other process waits lease_wait for a fill that never
+            # comes. The give-back is token-checked: a fill that landed took its lease already.
+            # Yielded after the except block, never in one (see fill_steps).
+            yield tier.release_leases, ({key: token for key, (_, token) in leased.items()},)
         for key in leased:
             if key not in kept:
                 del landing[key]

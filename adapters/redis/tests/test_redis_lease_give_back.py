@@ -24,7 +24,15 @@ import redis.asyncio as aioredis
 from tiered_cache_redis import AsyncRedisTier, RedisTier
 from tiered_cache_redis.leases import lease_key
 
-from tiered_cache import MISSING, Entry, LoadTimeout, MemoryTier, PartialBatchError, TieredCache
+from tiered_cache import (
+    MISSING,
+    CodecError,
+    Entry,
+    LoadTimeout,
+    MemoryTier,
+    PartialBatchError,
+    TieredCache,
+)
 from tiered_cache.compiled import compiled_core
 from tiered_cache.errors import TierUnavailable
 from tiered_cache.leases import PartialFill
@@ -518,6 +526,65 @@ def test_a_leased_batch_whose_fill_fails_on_redis_fills_memory_with_what_it_may(
     redis_stats = cache.stats()["tiers"][1]
     assert (redis_stats["errors"], redis_stats["skips"]) == errors_and_skips
     assert redis_stats["fills"] == 0
+    cache.close()
+
+
+def leaves_no_exception_behind(read: Callable[[], object]) -> object:
+    """``read()``'s result, run on a new thread that is handling no exception once it
+    returned (``sys.exc_info()``) and raises its next error with no ``__context__``. A thread
+    of its own, as a left exception stays its thread's until it handles another: on the
+    test's thread it would reach the tests after this one."""
+    seen: list[tuple[object, object, object]] = []
+
+    def run() -> None:
+        got = read()
+        left = sys.exc_info()[1]
+        try:
+            raise ValueError("raised after the read")
+        except ValueError as exc:
+            seen.append((got, left, exc.__context__))
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    got, left, context = seen[0]
+    assert left is None
+    assert context is None
+    return got
+
+
+def test_a_read_whose_leased_fill_failed_leaves_no_exception_behind(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """Compiled (mypyc 2.4), the fence's steps gave the leases back from inside the except
+    block that caught the fill's failure: a compiled generator suspended there left that
+    failure as the exception its thread was handling after the read returned, for good.
+    Every error raised on that thread afterwards carried it as ``__context__`` (an asyncio
+    test's CodecError showed another test's Redis failure) and kept its frames alive.
+    (``get_many`` was spared: its fill runs inside the batch load's uncompiled generator,
+    whose own exception state took the leak and was dropped with it.)"""
+    memory = MemoryTier(name="memory", max_entries=100)
+    shared = FillsFail(redis.Redis.from_url(redis_server.url), namespace=namespace)
+    cache = TieredCache([memory, shared], protection=Protection.never_stale())
+
+    assert leaves_no_exception_behind(lambda: cache.get("a", lambda: "v")) == "v"
+    assert cache.stats()["tiers"][1]["errors"] == 1  # the fill under the leases failed
+    cache.close()
+
+
+def test_a_read_whose_value_redis_cannot_encode_leaves_no_exception_behind(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """The same, where the fill under the lease refused the value (a CodecError the caller
+    gets and handles): the lease was given back from inside the except block."""
+    cache = chain(redis_server.url, namespace)
+
+    def read() -> object:
+        with pytest.raises(CodecError):
+            cache.get("a", lambda: {1: "a key JSON cannot hold"})
+        return "refused"
+
+    assert leaves_no_exception_behind(read) == "refused"
     cache.close()
 
 

@@ -25,16 +25,27 @@ def landed(outcome: str) -> tuple[AsyncFlight, Any, BaseException | None]:
 
 
 def expected(result: Any, error: BaseException | None) -> Any:
-    return error if error is not None else result
+    return seen_as(error) if error is not None else result
 
 
-async def outcome_of(flight: AsyncFlight) -> Any:
+def seen_as(error: BaseException) -> tuple[type[BaseException], tuple[Any, ...]]:
+    """An error as a waiter sees it: each raises a copy of the flight's, its own."""
+    return type(error), error.args
+
+
+async def raised_by(flight: AsyncFlight) -> Any:
     """What ``wait`` gives: the result, or the error it raises (bounded: a wait that is never
     woken fails the test rather than hanging it)."""
     try:
         return await asyncio.wait_for(flight.wait(), 5)
     except ValueError as exc:
         return exc
+
+
+async def outcome_of(flight: AsyncFlight) -> Any:
+    """What ``wait`` gives, an error :func:`seen_as` a waiter sees it."""
+    outcome = await raised_by(flight)
+    return seen_as(outcome) if isinstance(outcome, ValueError) else outcome
 
 
 @pytest.mark.parametrize("outcome", OUTCOMES)
@@ -65,6 +76,35 @@ def test_settle_waits_for_a_flight_that_fails_without_raising_its_error(outcome:
         return await asyncio.gather(settled, waiting)
 
     assert asyncio.run(behind()) == [None, expected(result, error)]
+
+
+def test_the_waiters_of_a_failed_flight_each_raise_an_error_of_their_own() -> None:
+    """Every waiter raised the flight's exception object itself (its loop's future's): one
+    waiter's raise in an except block made what it handled the ``__context__`` of the error
+    the leader and every other waiter held."""
+    flight = AsyncFlight()
+    error = ValueError("the source failed")
+
+    async def handling_its_own() -> Any:
+        try:
+            raise KeyError("the waiter's own")
+        except KeyError:
+            return await raised_by(flight)
+
+    async def waiters() -> list[Any]:
+        flight.join()
+        flight.join()
+        first = asyncio.create_task(handling_its_own())
+        second = asyncio.create_task(raised_by(flight))
+        await asyncio.sleep(0)  # both wait
+        flight.land(None, error)
+        return await asyncio.gather(first, second)
+
+    first, second = asyncio.run(waiters())
+    assert error.__context__ is None  # the leader's
+    assert second.__context__ is None
+    assert isinstance(first.__context__, KeyError)
+    assert [seen_as(got) for got in (first, second)] == [seen_as(error)] * 2
 
 
 @pytest.mark.parametrize("landing", ["in another loop", "outside any loop"])

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from tiered_cache import ChainClosedError, MemoryTier, TieredCache
+from tiered_cache.closing import CloseOnce
 from tiered_cache.memory import LruPolicy
 from tiered_cache.testing.clock import FakeClock
 from tiered_cache.testing.forked import in_a_child
@@ -93,6 +94,7 @@ SERVICE = """
 import os, signal, sys, threading
 sys.path[:0] = {path!r}
 from tiered_cache import MemoryTier, TieredCache
+from tiered_cache.closing import CloseOnce
 from tiered_cache.memory import LruPolicy
 from tiered_cache.testing.clock import FakeClock
 from tiered_cache.testing.held_close import ClosesCounted, HeldRefresh, until_the_close_waits
@@ -266,3 +268,24 @@ def test_two_closes_whose_threads_both_started_leave_no_close_thread(
         waited_for.set()
     assert left == [False]
     assert (len(memory), source.closes, cache.closed) == (0, 1, True)
+
+
+def test_each_wait_for_a_failed_close_raises_an_error_of_its_own() -> None:
+    """What the close's steps raised was raised as that one object by every close() (and the
+    exit's): each raise set its ``__context__`` to what that caller was handling, which the
+    callers before it then saw in theirs."""
+
+    def steps() -> None:
+        raise RuntimeError("a tier's close failed")
+
+    close = CloseOnce(steps)
+    close.start()
+    raised: list[RuntimeError] = []
+    for caller in ("first", "second"):
+        try:
+            raise KeyError(caller)
+        except KeyError:
+            with pytest.raises(RuntimeError, match="a tier's close failed") as failed:
+                close.wait()
+        raised.append(failed.value)
+    assert [error.__context__.args for error in raised] == [("first",), ("second",)]

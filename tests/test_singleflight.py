@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
@@ -11,6 +12,7 @@ import pytest
 
 from tiered_cache import MemoryTier, PartialBatchError, TieredCache
 from tiered_cache.compiled import compiled_core
+from tiered_cache.errors import handed_on
 from tiered_cache.singleflight import Flight, SingleFlight
 from tiered_cache.testing.interrupts import Interrupted, interrupting
 from tiered_cache.testing.polling import until
@@ -128,6 +130,75 @@ def test_a_failing_load_raises_in_every_waiter_and_caches_nothing() -> None:
     assert cache.get("k", lambda: "recovered") == "recovered"
 
 
+def test_the_waiters_of_a_failed_load_each_raise_an_error_of_their_own() -> None:
+    """Every waiter raised the leader's exception object itself. Each raise set its
+    ``__context__`` to what that waiter was handling and added the waiter's frames to its
+    ``__traceback__``: the leader's caller, and every other waiter, then saw them as theirs
+    (and threads raced to set them)."""
+    flights = SingleFlight()
+    release, inside = threading.Event(), threading.Event()
+
+    def fails(flight: object) -> str:
+        inside.set()
+        release.wait(timeout=10)
+        raise LookupError("source failed")
+
+    led: list[LookupError] = []
+    waited: list[LookupError] = []
+
+    def lead() -> None:
+        with pytest.raises(LookupError) as raised:
+            flights.run("k", fails)
+        led.append(raised.value)
+
+    def wait_while_handling_its_own() -> None:
+        try:
+            raise KeyError("the waiter's own")
+        except KeyError:
+            with pytest.raises(LookupError) as raised:
+                flights.run("k", fails)
+            waited.append(raised.value)
+
+    leader = threading.Thread(target=lead)
+    leader.start()
+    assert inside.wait(timeout=10)
+    waiter = threading.Thread(target=wait_while_handling_its_own)
+    waiter.start()
+    until(lambda: getattr(flights.in_flight("k"), "waiters", 0) == 1, "the waiter joined")
+    release.set()
+    leader.join(timeout=10)
+    waiter.join(timeout=10)
+    ((leaders,), (waiters,)) = (led, waited)
+    assert leaders.__context__ is None
+    frames = [frame.name for frame in traceback.extract_tb(leaders.__traceback__)]
+    assert "wait_while_handling_its_own" not in frames
+    # The waiter's: the same error (type, message, where the load raised it), and its own.
+    assert (type(waiters), waiters.args) == (LookupError, ("source failed",))
+    assert isinstance(waiters.__context__, KeyError)
+    frames = [frame.name for frame in traceback.extract_tb(waiters.__traceback__)]
+    assert frames[0] == "wait_while_handling_its_own"
+    assert frames[-1] == "fails"
+
+
+def test_a_waiters_copy_of_an_error_says_what_it_says() -> None:
+    """The copy a waiter raises (:func:`~tiered_cache.errors.handed_on`) is made without the
+    class's own ``__init__``, which may build its message from other arguments."""
+
+    class NotFound(LookupError):
+        def __init__(self, key: str) -> None:
+            super().__init__(f"no item {key!r}")
+            self.key = key
+
+    found = handed_on(NotFound("k"))
+    assert (type(found), str(found), found.key) == (NotFound, "no item 'k'", "k")
+    refused = handed_on(ConnectionRefusedError(111, "refused"))
+    assert (type(refused), refused.errno, refused.strerror) == (
+        ConnectionRefusedError,
+        111,
+        "refused",
+    )
+
+
 def test_flight_is_released_after_an_exception() -> None:
     flights = SingleFlight()
     with pytest.raises(ValueError):
@@ -238,9 +309,11 @@ def test_a_get_many_that_joins_a_failing_batch_raises_its_error() -> None:
     assert first_error.values == {}
     joined = outcomes["second"]
     assert isinstance(joined, PartialBatchError), f"the joined batch returned {joined!r}"
-    assert error in causes(joined)
-    # Per key: the joined key carries the load's own error; the key it led was served.
-    assert joined.errors == {"a": error} and joined.values == {"c": "C"}
+    # Per key: the joined key carries the load's own error (a copy, its own); the key it led
+    # was served.
+    assert (LookupError, error.args) in [(type(cause), cause.args) for cause in causes(joined)]
+    assert [(type(got), got.args) for got in joined.errors.values()] == [(LookupError, error.args)]
+    assert list(joined.errors) == ["a"] and joined.values == {"c": "C"}
     # Nothing of the failed load was kept: the next read loads again.
     assert cache.get_many(["a"], lambda keys: {"a": "recovered"}) == {"a": "recovered"}
 

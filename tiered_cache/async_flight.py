@@ -16,21 +16,19 @@ import threading
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
-from .errors import LoadTimeout
+from .errors import LoadTimeout, handed_on
 from .loops import running_task, stalled
 from .singleflight import FlightTable, own_flight, waited_too_long
 
 T = TypeVar("T")
 
 
-def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    if future.done():
-        return
-    if error is not None:
-        future.set_exception(error)
-        future.exception()  # waiters that gave up must not make asyncio log it as unretrieved
-    else:
-        future.set_result(result)
+def _wake(future: asyncio.Future[None]) -> None:
+    """The flight landed: its waiters on ``future``'s loop read its outcome. The future
+    carries none: raised from a future, the flight's error was one object for every waiter
+    (see :func:`~tiered_cache.errors.handed_on`)."""
+    if not future.done():
+        future.set_result(None)
 
 
 class AsyncFlight:
@@ -53,7 +51,7 @@ class AsyncFlight:
         self._done = False
         self._result: Any = None
         self._error: BaseException | None = None
-        self._futures: dict[asyncio.AbstractEventLoop, asyncio.Future[Any]] = {}
+        self._futures: dict[asyncio.AbstractEventLoop, asyncio.Future[None]] = {}
         self.waiters = 0
         #: What the leader passed in (the chain: its fence mark, taken before the flight).
         self.tag = tag
@@ -82,17 +80,17 @@ class AsyncFlight:
         """The flight's result (or its error raised). Cancelling a waiter cancels nothing
         else: the others, and the execution itself, go on."""
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] | None = None
+        future: asyncio.Future[None] | None = None
         with self._lock:
             if not self._done:
                 future = self._futures.get(loop)
                 if future is None:
                     future = self._futures[loop] = loop.create_future()
-        if future is None:
-            if self._error is not None:
-                raise self._error
-            return self._result
-        return await asyncio.shield(future)
+        if future is not None:
+            await asyncio.shield(future)  # landed: the outcome was set before the wake-up
+        if self._error is not None:
+            raise handed_on(self._error)  # a copy: the others raise theirs
+        return self._result
 
     async def settle(self) -> None:
         """Wait until the flight lands, whatever its outcome: a coroutine that may not take it
@@ -107,7 +105,9 @@ class AsyncFlight:
         with self._lock:
             self._done = True
             self._result = result
-            self._error = error
+            # A copy as the error stands now: the leader's raise goes on adding its caller's
+            # frames to the error's traceback, which are not the waiters'.
+            self._error = None if error is None else handed_on(error)
             if not self._futures:  # nobody waits (the usual miss): nothing to wake
                 return
             futures = list(self._futures.items())
@@ -118,11 +118,11 @@ class AsyncFlight:
             current = None
         for loop, future in futures:
             if loop is current:
-                _settle(future, result, error)
+                _wake(future)
                 continue
             # A loop that was closed has nobody waiting any more.
             with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_settle, future, result, error)
+                loop.call_soon_threadsafe(_wake, future)
 
 
 def async_flights() -> FlightTable[AsyncFlight]:

@@ -45,6 +45,7 @@ import functools
 import threading
 from collections.abc import Callable
 
+from .errors import handed_on
 from .forking import restart_after_fork
 
 
@@ -115,7 +116,7 @@ class CloseOnce:
             if thread is not here and thread.is_alive():
                 thread.join()
         if self._failed is not None:
-            raise self._failed
+            raise handed_on(self._failed)  # a copy: each caller's raise is its own
 
     def _start(self) -> None:
         thread = self._thread

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from types import FunctionType
 from typing import Any, TypeVar
 
 E = TypeVar("E", bound=BaseException)
@@ -17,6 +18,36 @@ def caused(error: E, cause: BaseException | None) -> E:
     compiled, only this holds."""
     error.__cause__ = cause  # sets __suppress_context__ as well, as ``from`` does
     return error
+
+
+def handed_on(error: E) -> E:
+    """``error`` for one more caller of the work that raised it (a single-flight waiter), to
+    raise as its own: a copy of its type, arguments and attributes, with its cause, context
+    and traceback as they are now (where the work raised it). Raised as it was, the one
+    object went to every caller: each raise set its ``__context__`` to what that caller was
+    handling and added that caller's frames to its ``__traceback__``, which the others then
+    saw as theirs (across threads, racing). An exception that cannot be made again from its
+    arguments without its ``__init__`` (its class refuses them, or keeps no ``__dict__``) is
+    handed on as it is."""
+    kind = type(error)
+    try:
+        fresh = kind.__new__(kind, *error.args)
+        if not isinstance(kind.__init__, FunctionType):
+            # A built-in __init__ (BaseException's, OSError's) takes the arguments as given; a
+            # class's own may make them from others (its message from a key): its attributes
+            # are copied instead.
+            kind.__init__(fresh, *error.args)
+        fresh.__dict__.update(error.__dict__)
+    except Exception:
+        return error
+    notes = error.__dict__.get("__notes__")
+    if isinstance(notes, list):
+        fresh.__notes__ = list(notes)  # one caller's add_note() is not the others'
+    fresh.__cause__ = error.__cause__
+    fresh.__suppress_context__ = error.__suppress_context__  # after __cause__, which sets it
+    fresh.__context__ = error.__context__
+    fresh.__traceback__ = error.__traceback__
+    return fresh
 
 
 class TieredCacheError(Exception):

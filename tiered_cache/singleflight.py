@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from typing import Any, Generic, Protocol, TypeVar
 
-from .errors import LoadTimeout, RecursiveLoad, caused
+from .errors import LoadTimeout, RecursiveLoad, caused, handed_on
 from .tier import MISSING
 
 
@@ -201,7 +201,9 @@ class Flight:
         """Deliver the outcome: every waiter wakes up. Called once the flight is out of the
         table (no caller can join it any more)."""
         if error is not None:
-            self.error = error
+            # A copy as the error stands now: the leader's raise goes on adding its caller's
+            # frames to the error's traceback, which are not the waiters'.
+            self.error = handed_on(error)
         else:
             self.result = result
         done = self._done
@@ -225,7 +227,7 @@ class Flight:
         if not done.wait(timeout):
             raise WaitExpired
         if self.error is not None:
-            raise self.error
+            raise handed_on(self.error)  # a copy: the others raise theirs (see handed_on)
         return self.result
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import traceback
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
@@ -224,6 +225,31 @@ def test_a_table_keyed_otherwise_is_a_config_error(
     numbers = make_table(key="id", key_type="N")
     with pytest.raises(TableConfigError, match="type 'N', but the settings say 'S'"):
         make_source(table=numbers, key="id").load("1")
+
+
+def test_each_call_refused_for_a_table_keyed_otherwise_gets_an_error_of_its_own(
+    tweets: str, make_source: MakeSource
+) -> None:
+    """The verdict is remembered, and was raised as one exception object on every call: each
+    raise added that call's frames to its traceback (every frame of every refused call kept
+    for the source's life) and set its ``__context__`` to what that caller was handling."""
+    source = make_source(table=tweets, key="id")
+    refused: list[TableConfigError] = []
+    for call in range(3):
+        try:
+            raise KeyError(f"handled by call {call}")
+        except KeyError:
+            with pytest.raises(TableConfigError, match=r"partition key 'tweet_id'.*key='id'") as no:
+                source.load("1")
+        refused.append(no.value)
+    assert [str(error.__context__) for error in refused] == [
+        "'handled by call 0'",
+        "'handled by call 1'",
+        "'handled by call 2'",
+    ]
+    # The calls after the first (the check's) raise from the same place, as deep.
+    depths = [len(traceback.extract_tb(error.__traceback__)) for error in refused[1:]]
+    assert depths[0] == depths[1]
 
 
 def test_an_unreachable_endpoint_is_a_source_error_naming_it(

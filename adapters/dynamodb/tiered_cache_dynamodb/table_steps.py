@@ -133,7 +133,10 @@ class TableSteps:
         self.where = f"table {table!r} (region {region}, endpoint {endpoint})"
         #: The table was checked (or could not be, for lack of permission).
         self.checked = False
-        self._schema_error: TableConfigError | None = None
+        #: Why the table does not fit, once known: a key schema never changes. Each call is
+        #: refused with an error of its own (one object raised again and again kept every
+        #: refused call's frames in its traceback).
+        self._schema_problem: str | None = None
         #: Set by the driver's close: no request is made afterwards.
         self.closed = False
 
@@ -228,8 +231,8 @@ class TableSteps:
             raise SourceError(f"the DynamoDB source for {self.where} is closed")
         if self.checked:
             return
-        if self._schema_error is not None:
-            raise self._schema_error
+        if self._schema_problem is not None:
+            raise TableConfigError(self._schema_problem)
         yield (self._check, ())
 
     def check_table(self) -> Steps[None]:
@@ -260,19 +263,19 @@ class TableSteps:
         codec = self.codec
         if (hash_key, range_key) != (codec.key, codec.range_key):
             # A key schema never changes: remember the verdict instead of asking every call.
-            self._schema_error = TableConfigError(
+            self._schema_problem = (
                 f"{self.where} has partition key {hash_key!r} and sort key {range_key!r}, "
                 f"but the settings say key={codec.key!r}, range_key={codec.range_key!r}"
             )
-            raise self._schema_error
+            raise TableConfigError(self._schema_problem)
         for attribute in codec.attributes:
             actual = types.get(attribute)
             if actual is not None and actual != codec.type_of(attribute):
-                self._schema_error = TableConfigError(
+                self._schema_problem = (
                     f"{self.where}: key attribute {attribute!r} has type {actual!r}, but the "
                     f"settings say {codec.type_of(attribute)!r}"
                 )
-                raise self._schema_error
+                raise TableConfigError(self._schema_problem)
         self.checked = True
 
     # -- batches ------------------------------------------------------------------------------

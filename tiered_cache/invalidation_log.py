@@ -96,8 +96,8 @@ class InvalidationLog:
         pending: bool = False,
         gap: bool = False,
     ) -> int:
-        # acquire/release rather than ``with``: every set records an invalidation, and on
-        # CPython 3.11 the with statement costs twice as much as the two calls.
+        # acquire/release rather than ``with`` (every set records an invalidation): see
+        # MemoryCore.set.
         lock = self._lock
         lock.acquire()
         try:

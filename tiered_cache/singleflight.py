@@ -390,8 +390,7 @@ class FlightTable(Generic[F]):
         """:meth:`land` for one flight (a miss's path: no dicts to build)."""
         if error is not None:
             error = _for_waiters(error)
-        # acquire/release rather than ``with`` (once per miss): on CPython 3.11 the with
-        # statement costs twice as much as the two calls.
+        # acquire/release rather than ``with`` (once per miss): see MemoryCore.set.
         lock = self._lock
         lock.acquire()
         try:

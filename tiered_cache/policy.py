@@ -52,9 +52,11 @@ window back to half the cache (see ``TinyLfuPolicy._top_period``). Until the ske
 the end of two periods in a row takes the window to half at once, where the ghosts take tens of
 thousands of reads when keys come back later than they remember (see
 ``TinyLfuPolicy._warm_up``). Before the guard has any evidence, at the fill, a
-cache of 100 to 511 entries asks a trial run since its first read: plain LRU and W-TinyLFU
-at a quarter of its size (which fill first); LRU far ahead there enters LRU mode from the
-first eviction, to be confirmed at the warm-up's end (see ``TinyLfuPolicy._fill_trial``).
+cache of 100 to 1,023 entries asks a trial run on every key since its first read: plain LRU
+and W-TinyLFU at a quarter of its size (which fill first); LRU far ahead there enters LRU
+mode from the first eviction, to be confirmed at the warm-up's end by LRU's lead over two
+miniatures, at half the cache and at three quarters, the latter on every key (see
+``TinyLfuPolicy._confirmation``).
 
 A popularity shift (a new hot set) leaves the main area full of keys the sketch still counts
 as frequent until it next ages. When a period's hit ratio falls sharply below the recent
@@ -161,16 +163,26 @@ _TOP_ENTRIES: Final = 100
 #: sampled at a half to an eighth within 2,444 to 3,055 / 4,653 to 5,152 / 10,122 to
 #: 10,612) ...
 _TRIAL_SCALE: Final = 4
-#: ... and LRU's lead over it, on the sampled reads where the two differed, enters LRU mode
-#: at the fill when it exceeds this many standard deviations of a fair coin's. Not the
-#: guard's two: a block trace's small scale favours LRU too (CloudPhysics' first half at 490
-#: entries: 3.7, and LRU mode from the fill cost 169 hits), where recency-biased at 500
-#: entries reads 9.2; and one test, at the fill, not one per period. Only where the guard
-#: samples every key (under 512 entries): sampled, the trial holds a quarter of 256 keys, and
-#: its lead is a draw of the hash salt (OLTP at 15,000 entries: 1.1 to 5.3 under salts 0 to
-#: 11, and LRU mode from the fill cost it 6,699 hits; recency 0.75 / 1,000 at 2,000: 5.3 to
-#: 9.0).
+#: ... and LRU's lead over it, on the reads where the two differed, enters LRU mode at the
+#: fill when it exceeds this many standard deviations of a fair coin's. Not the guard's two:
+#: a block trace's small scale favours LRU too (CloudPhysics' first half at 490 entries: 3.7,
+#: and LRU mode from the fill cost 169 hits), where recency-biased at 500 entries reads 9.2;
+#: and one test, at the fill, not one per period ...
 _TRIAL_SIGMAS: Final = 5.0
+#: ... in caches of ``_TOP_ENTRIES`` entries to under this many. The trial reads every key,
+#: not the guard's sample (one key in two from 512 entries, in four from 768): on that sample
+#: a cache of 1,000 entries had a trial of 62 keys, too few to decide, so it ran only under
+#: 512 entries, and the guard's LRU mode came thousands of reads after the fill (recency
+#: traces at 1,000 entries, reuse 0.7 to 0.75, mean distance 800 to 900: 171 to 207 hits below
+#: LRU; docs/benchmarks/hit-ratio.md, nineteenth round). Not in larger caches: reading every
+#: key, the trial costs their longer warm-up two ``OrderedDict`` reads per read, and sampled,
+#: its lead is a draw of the hash salt (OLTP at 15,000 entries: 1.1 to 5.3 sigma under salts
+#: 0 to 11, and LRU mode from the fill cost it 6,699 hits).
+_TRIAL_ENTRIES: Final = 1_024
+#: LRU mode from the fill's trial is kept at the warm-up's end only if LRU leads, besides the
+#: guard's miniature at half the cache, a second one whose window holds this share (see
+#: ``_confirmation``): where the ghosts' split beats LRU it sits above half.
+_CONFIRM_WINDOW: Final = 0.75
 
 #: A popularity shift (see ``_period_end``): the hit ratio is taken over periods of this many
 #: reads per entry (at least ``_SHIFT_MIN_READS``) ...
@@ -320,16 +332,26 @@ class TinyLfuPolicy:
         self._alt_window: OrderedDict[str, None] = OrderedDict()
         self._alt_main: OrderedDict[str, None] = OrderedDict()
         # The fill's trial (_fill_trial): until the cache first fills, LRU and W-TinyLFU at the
-        # initial split on a scaled-down sample; LRU's lead then, and whether the LRU mode it
-        # entered is still to be confirmed at the warm-up's end.
-        self._trying = adaptive and max_entries >= _TOP_ENTRIES and not self._guard_mask
-        self._trial_size = max(1, self._guard_size // _TRIAL_SCALE)
+        # initial split, scaled down, on every key; LRU's lead then, and whether the LRU mode
+        # it entered is still to be confirmed at the warm-up's end.
+        self._trying = adaptive and _TOP_ENTRIES <= max_entries < _TRIAL_ENTRIES
+        # The keys a read shows the guard (get, record_hits): every key while the trial runs
+        # and while the LRU mode it entered is provisional (the guard then skips those outside
+        # its own sample), the guard's sample after.
+        self._sample_mask = 0 if self._trying else self._guard_mask
+        self._trial_size = max(1, max_entries // _TRIAL_SCALE)
         self._trial_window_size = max(1, round(self._trial_size * window_fraction))
         self._trial_lru: OrderedDict[str, None] = OrderedDict()
         self._trial_window: OrderedDict[str, None] = OrderedDict()
         self._trial_main: OrderedDict[str, None] = OrderedDict()
         self._trial_lead = self._trial_differed = 0.0
         self._provisional = False
+        # While that LRU mode is provisional, a second miniature W-TinyLFU (_confirm_read) of
+        # the cache's size at a window of _CONFIRM_WINDOW, on every key, and LRU's lead over it
+        # once it has filled.
+        self._confirm_window: OrderedDict[str, None] = OrderedDict()
+        self._confirm_main: OrderedDict[str, None] = OrderedDict()
+        self._confirm_lead = self._confirm_differed = 0.0
         self._window_target = max_entries * window_fraction
         self._set_window(self._window_target)
         # Keys that recently left, each with the side that let it go (+1: refused from the
@@ -435,7 +457,7 @@ class TinyLfuPolicy:
                     self._comeback_run = 0
                     if self._holding:
                         self._quiet_miss()
-                if self._guarding and not hash(key) & self._guard_mask:
+                if self._guarding and not hash(key) & self._sample_mask:
                     self._guard(key, 0)
                 self._period_left -= 1
                 if self._period_left <= 0:
@@ -472,7 +494,7 @@ class TinyLfuPolicy:
         increment, gate, random = self._increment, self._top_gate, self._random
         window, probation, protected = self._window, self._probation, self._protected
         frequent = []  # one update of the hot-key list for the whole replay
-        guarding, guard_mask = self._guarding, self._guard_mask
+        guarding, sample_mask = self._guarding, self._sample_mask
         lru_mode = self._lru_mode
         if self._adaptive:
             replayed = sum(hits.values())
@@ -480,7 +502,7 @@ class TinyLfuPolicy:
             self._period_left -= replayed
         for key, hit_count in hits.items():
             counted = hit_count
-            if guarding and not hash(key) & guard_mask:
+            if guarding and not hash(key) & sample_mask:
                 self._guard(key, hit_count)
             slot = slots.get(key)
             if slot is not None:
@@ -925,10 +947,22 @@ class TinyLfuPolicy:
         (one in ``max_entries // 256`` rounded to a power of two, every read below 512
         entries) an ``OrderedDict`` move, and at the top (``_top_period``) a read of the
         miniature too; a period's end one pass over the keys. Otherwise one attribute test per
-        miss and per replayed key.
+        miss and per replayed key. While the fill's trial runs, and in the warm-up while the
+        LRU mode it entered is provisional, every read comes here, and a second hash and mask
+        leave the trial's or the confirmation's reads of keys outside the guard's sample; the
+        confirmation's read is an ``OrderedDict`` read or two, and a sketch lookup or two on
+        its miss (caches of 100 to 1,023 entries whose trial found LRU ahead, until the
+        sketch first ages).
         """
-        if self._trying and self._fill_trial(key):
-            return
+        if self._trying:
+            if self._fill_trial(key):
+                return
+            if hash(key) & self._guard_mask:
+                return  # the trial's read only: not in the guard's sample
+        if self._provisional:
+            self._confirm_read(key, hits)
+            if hash(key) & self._guard_mask:
+                return  # the confirmation's read only: not in the guard's sample
         guard_lru = self._guard_lru
         if self._lru_mode:
             found = self._alternative_read(key)
@@ -977,9 +1011,9 @@ class TinyLfuPolicy:
         self._set_window(self.max_entries * (1.0 if lru_mode else _ALT_WINDOW))
 
     def _fill_trial(self, key: str) -> bool:
-        """Until the cache first fills, a sampled read through plain LRU and W-TinyLFU at the
-        initial split, both at ``_TRIAL_SCALE`` of the guard's sample; at the fill, LRU's lead
-        by ``_TRIAL_SIGMAS`` enters LRU mode (True: the guard's period starts afresh).
+        """Until the cache first fills, a read through plain LRU and W-TinyLFU at the initial
+        split, both at ``_TRIAL_SCALE`` of the cache; at the fill, LRU's lead by
+        ``_TRIAL_SIGMAS`` enters LRU mode (True: the guard's period starts afresh).
 
         What the guard cannot reach: the reads between the fill and its verdict. On a
         recency-biased trace the first eviction of a cache at the initial split loses to LRU
@@ -993,8 +1027,8 @@ class TinyLfuPolicy:
         not the cache's (recency-biased at 1,000 and 2,000 entries: LRU at the fill, the
         ghosts' split 0.04 and 0.03 points above LRU by the end), so LRU mode entered here is
         confirmed at the warm-up's end (``_warm_up``). Costs, until the fill only, two
-        ``OrderedDict`` reads per sampled read and a sketch lookup or two on a miss of the
-        W-TinyLFU; after it, one attribute test per sampled read.
+        ``OrderedDict`` reads per read and a sketch lookup or two on a miss of the W-TinyLFU;
+        after it, one attribute test per sampled read.
         """
         size, lru = self._trial_size, self._trial_lru
         lead = _lru_read(key, lru, size) - _miniature_read(
@@ -1015,9 +1049,10 @@ class TinyLfuPolicy:
         self._trial_window.clear()
         self._trial_main.clear()
         if self._trial_lead <= _TRIAL_SIGMAS * self._trial_differed**0.5:
+            self._sample_mask = self._guard_mask
             return False
         logger.debug("LRU ahead at the fill: %d of %d", self._trial_lead, self._trial_differed)
-        self._provisional = True
+        self._provisional = True  # every key still comes to the guard (_confirm_read)
         self._switch_mode(True)
         self._guard_reads = 0
         return True
@@ -1060,11 +1095,14 @@ class TinyLfuPolicy:
         """
         if self.sketch.epoch:  # the warm-up is over
             if self._provisional:
-                # LRU mode from the fill's trial stays only if the miniature is behind LRU.
+                # LRU mode from the fill's trial stays only if the miniatures are behind LRU.
                 self._provisional = False
-                if -self._lru_lead <= _GUARD_SIGMAS * self._guard_differed**0.5:
+                self._sample_mask = self._guard_mask
+                window = self._confirmation()
+                if window:
                     self._warming = False
                     self._switch_mode(False)
+                    self._set_window(window)
                     return True
             self._warming = False
             self._jumped_from = -1.0
@@ -1092,6 +1130,55 @@ class TinyLfuPolicy:
         self._set_window(target)
         self._lru_lead = self._guard_differed = 0.0
         return True
+
+    def _confirmation(self) -> float:
+        """At the warm-up's end, LRU mode from the fill's trial: 0.0 to keep it, else the
+        window to leave it for. It stays only if LRU is ahead, by the guard's test, of both
+        the guard's miniature at half the cache and a second one at ``_CONFIRM_WINDOW``
+        (``_confirm_read``); otherwise the window goes to the split of the one LRU leads
+        least, in sigma.
+
+        The trial's verdict is taken at a quarter of the scale, and on traces where the
+        ghosts' split beats LRU later that split sits above half the cache (reuse 0.6 to 0.8,
+        mean distance 200 to 500, 1,000 entries: windows of 700 to 970 by the end, 20 to 552
+        hits above LRU on the policy before this rule), where the miniature at half the cache
+        trails LRU: with it alone, LRU mode stayed and those traces ended within a hit of LRU
+        (docs/benchmarks/hit-ratio.md, nineteenth round). The guard's evidence is halved each
+        period, and a miniature this close to LRU differs from it on a few reads a period: the
+        second one's is counted whole from the read it filled on (halved, it read 1.3 sigma on
+        recency-biased at 500 entries, where LRU mode pays, and 0.5 to 1.6 on those traces).
+        And it reads every key, at the cache's own size, not the guard's sample: from 512
+        entries the guard reads one key in two or four, and on that sample the verdict was the
+        hash salt's draw (reuse 0.6 / mean 200 at 1,000 entries: LRU mode kept on three traces
+        of three under two salts of six, left on all three under the other four); on every key
+        it was left under all six (twentieth round).
+        """
+        half = -self._lru_lead > _GUARD_SIGMAS * self._guard_differed**0.5
+        if not self._lru_mode:  # the guard left it already: the ghosts' window from half
+            return 0.0 if half else self.max_entries * _ALT_WINDOW
+        confirm = -self._confirm_lead > _GUARD_SIGMAS * self._confirm_differed**0.5
+        behind_half = -self._lru_lead / max(1.0, self._guard_differed) ** 0.5
+        behind_confirm = -self._confirm_lead / max(1.0, self._confirm_differed) ** 0.5
+        self._confirm_window.clear()
+        self._confirm_main.clear()
+        if half and confirm:
+            return 0.0
+        share = _CONFIRM_WINDOW if behind_confirm < behind_half else _ALT_WINDOW
+        return self.max_entries * share
+
+    def _confirm_read(self, key: str, hits: int) -> None:
+        """While LRU mode from the fill's trial is provisional, a read (every key, not the
+        guard's sample) through a miniature W-TinyLFU of the cache's size at a window of
+        ``_CONFIRM_WINDOW``; its lead over this policy (plain LRU) once it has filled, never
+        halved (see ``_confirmation``)."""
+        size = self.max_entries
+        window = max(1, min(size - 1, round(size * _CONFIRM_WINDOW)))
+        recent, main = self._confirm_window, self._confirm_main
+        found = _miniature_read(key, recent, main, size=size, window=window, sketch=self.sketch)
+        lead = found - (hits > 0)
+        if lead and len(recent) + len(main) >= size:
+            self._confirm_lead += lead
+            self._confirm_differed += 1.0
 
     def _top_period(self) -> bool:
         """The end of a period of the guard while the window is at the top (a main area of

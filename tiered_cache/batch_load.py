@@ -5,16 +5,18 @@ The leases of all the keys are asked for in one round trip; the keys this proces
 loaded at once, before it waits for the others' holders (so that two processes holding each
 other's keys never wait on each other). Keys whose holder takes longer than ``lease_wait`` are
 loaded without a lease, in one more batch. A key the source failed for is served its stale
-value under fail-safe (and tier 0 rests the source for ``fail_safe_throttle``), else its error.
+value under fail-safe (and tier 0 rests the source for ``fail_safe_throttle``), else its error;
+a throttle that reaches a caller rests the key for ``throttle_backoff`` (:mod:`.throttle_rest`).
+Both rests are decided here, for every load path of both loaders.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import PartialLoadError
+from .errors import PartialLoadError, SourceResting
 from .fence import ChainTier, Fence
 from .held_leases import HeldLeases, give_back_all
 from .lease_wait import LeaseWait
@@ -22,6 +24,7 @@ from .logs import fields, key_hash, logger_for
 from .metrics import CacheMetrics
 from .protection import Protection
 from .steps import Steps
+from .throttle_rest import ThrottleRests
 from .tier import MISSING, Entry
 from .timed_slots import ServeStale
 
@@ -61,6 +64,22 @@ class BatchLoad:
     load_many: Callable[..., Any]
     sleep: Callable[[float], Any]
     lease_wait: LeaseWait | None
+    #: The keys the source throttled lately, with nothing stale to rest on.
+    rests: ThrottleRests = field(init=False)
+
+    def __post_init__(self) -> None:
+        rests = ThrottleRests(self.protection.throttle_backoff, self.clock, self.fence.overtaken)
+        object.__setattr__(self, "rests", rests)
+
+    def resting(self, key: str, mark: int, stale: Entry | None) -> Steps[Entry] | None:
+        """While ``key`` rests (:mod:`.throttle_rest`), what its load gets instead of a
+        request: :meth:`load_failed`'s answer to the rest's error (``stale`` under fail-safe,
+        else that error). None: load it. Both loaders ask before anything else (a lease)."""
+        error = self.rests.resting(key)
+        if error is None:
+            return None
+        self.metrics.count("loads_rested")
+        return self.load_failed(key, mark, stale, error)
 
     def for_flights(
         self,
@@ -93,9 +112,8 @@ class BatchLoad:
             errors.update(failed)
 
         try:
-            yield from self.run(
-                list(flights), mark, loader, ttl, stale=stale, ready=ready, held=held
-            )
+            keys = yield from self.rested_batch(list(flights), mark, stale, ready)
+            yield from self.run(keys, mark, loader, ttl, stale=stale, ready=ready, held=held)
         except BaseException as exc:
             # Whatever stopped the batch from the step its leases' answer came back in (an
             # interrupt in the instant after it included): the leases it still holds go back.
@@ -105,6 +123,27 @@ class BatchLoad:
             table.land({k: f for k, f in flights.items() if k not in done}, {}, exc)
             raise
         return values, errors
+
+    def rested_batch(
+        self, keys: list[str], mark: int, stale: Mapping[str, Entry], ready: Ready
+    ) -> Steps[list[str]]:
+        """The keys of ``keys`` that rest (:meth:`resting`) answered and handed to ``ready``;
+        returns the others, to load."""
+        served: dict[str, Entry] = {}
+        errors: dict[str, BaseException] = {}
+        left: list[str] = []
+        for key in keys:
+            answer = self.resting(key, mark, stale.get(key))
+            if answer is None:
+                left.append(key)
+                continue
+            try:
+                served[key] = yield from answer
+            except SourceResting as exc:
+                errors[key] = exc
+        if served or errors:
+            ready(served, errors)
+        return left
 
     def run(
         self,
@@ -197,6 +236,7 @@ class BatchLoad:
                     served[key] = yield from self.fail_safe(key, mark, stale[key], failure)
                 else:
                     errors[key] = failure
+                    self.rests.note(key, mark, failure)
         filling = {k: t for k, t in leases.items() if k in loaded}
         try:
             yield from self.fence.fill_steps(mark, loaded, self.tiers, tokens=filling)
@@ -221,6 +261,7 @@ class BatchLoad:
             self.metrics.count("stale_served_on_slow_load")
             return stale
         if not isinstance(caught, Exception) or stale is None or not self.protection.fail_safe:
+            self.rests.note(key, mark, caught)
             raise caught
         return (yield from self.fail_safe(key, mark, stale, caught))
 

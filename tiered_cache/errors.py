@@ -116,6 +116,11 @@ class SourceThrottled(SourceError):
     """The source refused the request for lack of capacity, after its retries were spent."""
 
 
+class SourceResting(SourceThrottled):
+    """The source throttled this key within the last ``throttle_backoff`` seconds and no copy
+    can be served: answered at once, without a request (its cause: that throttle)."""
+
+
 class LoadTimeout(SourceError):
     """A load took longer than the hard timeout (it goes on in the background)."""
 

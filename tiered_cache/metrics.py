@@ -15,6 +15,7 @@ EVENTS = (
     "stale_served",
     "stale_served_on_error",
     "stale_served_on_slow_load",
+    "loads_rested",
     "early_refreshes",
     "refreshes",
     "refresh_failures",

@@ -468,6 +468,13 @@ class ProtectionSettings(SettingsTable):
         description="After a failed load, serve the stale value as fresh for this long so the "
         "failing source is not asked on every read.",
     )
+    throttle_backoff: Duration = Field(
+        default=_PROTECTION.throttle_backoff,
+        description="After a load of a key with no stale value to serve was throttled "
+        "(SourceThrottled), loads of that key in this process fail at once with "
+        "SourceResting, without a request, for this long ('1s'); an invalidation of the key "
+        "ends it; 0 turns it off.",
+    )
     early_refresh_beta: float = Field(
         default=_PROTECTION.early_refresh_beta,
         ge=0.0,

@@ -108,9 +108,16 @@ def batch_sizes(requests: Any, table: str) -> list[int]:
     ]
 
 
-def chain_settings(moto_server: MotoDynamoDB, table: str) -> CacheSettings:
-    """A memory tier over the table's dynamodb source, as a settings file would say."""
-    source = {"kind": "dynamodb", "table": table, "key": "id", **moto_server.settings_kwargs()}
+def chain_settings(moto_server: MotoDynamoDB, table: str, **fields: Any) -> CacheSettings:
+    """A memory tier over the table's dynamodb source (``fields``: more of its settings), as
+    a settings file would say."""
+    source = {
+        "kind": "dynamodb",
+        "table": table,
+        "key": "id",
+        **moto_server.settings_kwargs(),
+        **fields,
+    }
     return CacheSettings.model_validate(
         {"namespace": "tweets", "tiers": [{"kind": "memory", "max_entries": 100}], "source": source}
     )
@@ -370,6 +377,51 @@ async def test_the_async_chain_builds_the_async_source_from_settings_without_a_t
         assert cache.stats()["source"]["reads"] == 4
     with pytest.raises(SourceError, match="closed"):
         await source.load("k5")
+
+
+async def test_tasks_reading_a_never_cached_key_the_table_throttles_make_one_get_item(
+    moto_server: MotoDynamoDB,
+    table: str,
+    aio_delays: list[float],
+    count_requests: Callable[..., Any],
+) -> None:
+    """The asyncio face of the threads' test in test_dynamodb_protection.py: 20 tasks read a
+    key never cached while the table throttles every read, the clock standing still: one
+    GetItem and every caller a SourceThrottled; past throttle_backoff, one more. On 4bde99e
+    each task after a failed flight started the next GetItem."""
+    settings = chain_settings(moto_server, table, max_attempts=3)
+    clock = FakeClock()
+    cache = AsyncTieredCache.from_settings(settings, clock=clock)
+    n_tasks, reads = 20, 25
+    seen: list[Any] = []
+
+    async def read() -> None:
+        for _ in range(reads):
+            try:
+                seen.append(await cache.get("k9"))
+            except SourceThrottled:  # a rest's SourceResting too
+                seen.append(SourceThrottled)
+            await asyncio.sleep(0)
+
+    async with cache:
+        source = cache.source
+        assert isinstance(source, AsyncDynamoDBSource)
+        client = await source.get_client()
+        injector = ThrottleInjector().register_aio(client)
+        requests = count_requests(client)
+        await asyncio.gather(*(read() for _ in range(n_tasks)))
+        assert seen == [SourceThrottled] * (n_tasks * reads)
+        assert requests.count("GetItem") == 1
+        assert injector.attempts == 3
+        stats = cache.stats()
+        assert stats["loads_rested"] + stats["singleflight_waits"] == n_tasks * reads - 1
+
+        clock.advance(settings.protection.throttle_backoff)
+        await asyncio.gather(*(read() for _ in range(n_tasks)))
+        assert requests.count("GetItem") == 2
+        injector.unregister()
+        clock.advance(settings.protection.throttle_backoff)
+        assert await cache.get("k9") == {"id": "k9", "n": 9}
 
 
 async def test_the_async_plugin_builds_without_a_request(moto_server: MotoDynamoDB) -> None:

@@ -20,7 +20,13 @@ import redis
 from tiered_cache_dynamodb import BatchThrottledError, DynamoDBSource
 from tiered_cache_dynamodb.testing import MotoDynamoDB, ThrottleInjector
 
-from tiered_cache import MemoryTier, PartialBatchError, SourceThrottled, TieredCache
+from tiered_cache import (
+    MemoryTier,
+    PartialBatchError,
+    SourceResting,
+    SourceThrottled,
+    TieredCache,
+)
 from tiered_cache.protection import Protection
 from tiered_cache.settings import CacheSettings
 from tiered_cache.testing.clock import FakeClock
@@ -30,6 +36,8 @@ MAX_ATTEMPTS = 3
 TTL = 60.0
 MAX_STALE = 300.0
 FAIL_SAFE_THROTTLE = 5.0
+#: How long a key the table throttled rests (the default).
+BACKOFF = Protection().throttle_backoff
 
 
 @pytest.fixture(scope="session")
@@ -391,12 +399,13 @@ def test_a_failed_background_refresh_rests_the_source_for_fail_safe_throttle(
     assert injector.attempts <= MAX_ATTEMPTS
 
 
+@pytest.mark.usefixtures("botocore_delays")
 def test_a_key_never_cached_surfaces_source_throttled(
     make_cache: MakeCache,
     admin_client: Any,
     table: str,
+    clock: FakeClock,
     private_redis: RedisServer,
-    botocore_delays: list[float],
 ) -> None:
     put_tweets(admin_client, table, [1, 2])
     cache = make_cache()
@@ -413,11 +422,111 @@ def test_a_key_never_cached_surfaces_source_throttled(
     assert stats["stale_served_on_error"] == 0
 
     # The failed load gave its lease back and cached nothing: once the throttle lifts, the
-    # next read loads at once.
+    # next read past the key's rest (throttle_backoff) loads at once.
     with redis.Redis.from_url(private_redis.url) as client:
         assert client.keys(f"*{cache.namespace}:tweet:2*") == []
     injector.unregister()
+    clock.advance(BACKOFF)
     assert cache.get("tweet:2") == tweet(2)
+
+
+# -- a key never cached while the table throttles: the key rests (throttle_backoff) ----------
+
+
+def throttled_reads(cache: TieredCache, key: str, n_threads: int, reads: int) -> list[Any]:
+    """What ``n_threads`` threads got from ``reads`` reads of ``key`` each: a value or the
+    type of the error it raised."""
+    seen: list[Any] = []
+
+    def read(index: int) -> None:
+        for _ in range(reads):
+            try:
+                seen.append(cache.get(key))
+            except SourceThrottled:  # a rest's SourceResting too
+                seen.append(SourceThrottled)
+
+    assert run_threads(n_threads, read) == []
+    return seen
+
+
+def a_throttled_table(
+    make_cache: MakeCache, admin_client: Any, table: str, tweet_id: int, **protection: Any
+) -> tuple[TieredCache, ThrottleInjector, Calls]:
+    """Tweet ``tweet_id`` in the table, never cached by a new chain (``protection``), and
+    every read of the table throttled: the chain, the throttle and the calls counted."""
+    put_tweets(admin_client, table, [tweet_id])
+    cache = make_cache(**protection)
+    client = client_of(cache)
+    injector = ThrottleInjector(operations={"GetItem", "BatchGetItem"}).register(client)
+    return cache, injector, Calls(client)
+
+
+@pytest.mark.usefixtures("botocore_delays")
+def test_readers_of_a_never_cached_key_the_table_throttles_make_one_get_item_per_backoff(
+    make_cache: MakeCache, admin_client: Any, table: str, clock: FakeClock
+) -> None:
+    """20 threads read a key that was never cached while the table throttles every read, the
+    clock standing still: one GetItem (its 3 attempts) and every caller a SourceThrottled. On
+    4bde99e each caller after a failed flight started the next one (many GetItems)."""
+    cache, injector, calls = a_throttled_table(make_cache, admin_client, table, 7)
+    n_threads, reads = 20, 25
+
+    seen = throttled_reads(cache, "tweet:7", n_threads, reads)
+
+    assert seen == [SourceThrottled] * (n_threads * reads)
+    assert calls.count("GetItem") == 1
+    assert injector.attempts == MAX_ATTEMPTS
+    stats = cache.stats()
+    assert stats["load_failures"] == 1
+    # Every other read was answered by the failed flight or by the rest, with no request.
+    assert stats["loads_rested"] + stats["singleflight_waits"] == n_threads * reads - 1
+    assert stats["loads_rested"] > 0
+
+    # Past the back-off, one more GetItem for the same crowd; then the throttle lifts.
+    clock.advance(BACKOFF)
+    assert throttled_reads(cache, "tweet:7", n_threads, 5) == [SourceThrottled] * n_threads * 5
+    assert calls.count("GetItem") == 2
+    injector.unregister()
+    assert throttled_reads(cache, "tweet:7", 1, 1) == [SourceThrottled]  # still resting
+    clock.advance(BACKOFF)
+    assert throttled_reads(cache, "tweet:7", n_threads, 5) == [tweet(7)] * n_threads * 5
+    assert calls.count("GetItem") == 3
+
+
+@pytest.mark.usefixtures("botocore_delays")
+def test_a_resting_key_written_is_served_and_invalidated_loads_again(
+    make_cache: MakeCache, admin_client: Any, table: str
+) -> None:
+    """The rest is the key's until an invalidation: a write's value is served, and after an
+    invalidation the next read asks the table again (the clock standing still); get_many
+    is answered by the rest too."""
+    cache, injector, calls = a_throttled_table(make_cache, admin_client, table, 8)
+    with pytest.raises(SourceThrottled):
+        cache.get("tweet:8")
+    with pytest.raises(SourceResting):
+        cache.get("tweet:8")
+    with pytest.raises(PartialBatchError) as caught:
+        cache.get_many(["tweet:8"])
+    assert isinstance(caught.value.errors["tweet:8"], SourceResting)
+    assert calls.count("GetItem") + calls.count("BatchGetItem") == 1
+
+    cache.set("tweet:8", {"tweet_id": "8", "text": "edited"})  # PutItem is not throttled
+    assert cache.get("tweet:8") == {"tweet_id": "8", "text": "edited"}
+    cache.invalidate("tweet:8")
+    injector.unregister()
+    assert cache.get("tweet:8") == {"tweet_id": "8", "text": "edited"}
+    assert calls.count("GetItem") == 2
+    assert cache.stats()["loads_rested"] == 2
+
+
+@pytest.mark.usefixtures("botocore_delays")
+def test_a_zero_throttle_backoff_asks_the_table_on_every_miss(
+    make_cache: MakeCache, admin_client: Any, table: str
+) -> None:
+    cache, _, calls = a_throttled_table(make_cache, admin_client, table, 9, throttle_backoff=0)
+    assert throttled_reads(cache, "tweet:9", 1, 4) == [SourceThrottled] * 4
+    assert calls.count("GetItem") == 4
+    assert cache.stats()["loads_rested"] == 0
 
 
 # -- a hot key under a per-key token bucket ------------------------------------------------

@@ -11,6 +11,7 @@ from tiered_cache_dynamodb.testing import ThrottleInjector, instant_aiobotocore_
 
 from examples.tweets.embedded import Environment
 from examples.tweets.tests.http import create_tweet
+from tiered_cache.testing.polling import until
 
 
 def _stored_text(env: Environment, tweet_id: str) -> str | None:
@@ -162,4 +163,7 @@ def test_tweets_throttled_dynamodb_is_503(http: httpx.Client, tweets_app: Any) -
     assert response.headers["retry-after"] == "1"
     assert "throttl" in response.json()["detail"].lower()
     assert injector.throttled >= 1
-    assert http.get(f"/tweets/{tweet['tweet_id']}").status_code == 200
+    # The key rests for throttle_backoff (1 s, the Retry-After): answered 503 at once, no
+    # request, then read again once the rest is over.
+    path = f"/tweets/{tweet['tweet_id']}"
+    until(lambda: http.get(path).status_code == 200, "the tweet served after its rest")

@@ -1,0 +1,55 @@
+"""The keys a throttled source rests (tiered_cache/throttle_rest.py), on a fake clock."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+from tiered_cache.errors import SourceError, SourceResting, SourceThrottled
+from tiered_cache.testing.clock import FakeClock
+from tiered_cache.throttle_rest import ThrottleRests
+
+
+def never_invalidated(mark: int, keys: Collection[str]) -> list[str]:
+    return []
+
+
+def test_a_throttle_rests_its_key_alone_for_the_backoff() -> None:
+    clock = FakeClock()
+    rests = ThrottleRests(2.0, clock, never_invalidated)
+    throttle = SourceThrottled("ProvisionedThroughputExceededException")
+    rests.note("a", 0, throttle)
+    answer = rests.resting("a")
+    assert isinstance(answer, SourceResting)
+    assert answer.__cause__ is throttle
+    assert rests.resting("b") is None
+    rests.note("b", 0, SourceError("down"))  # only throttles rest a key
+    assert rests.resting("b") is None
+    rests.note("a", 0, answer)  # a rest's own answer does not extend it
+    clock.advance(2.0)
+    assert rests.resting("a") is None
+
+
+def test_an_invalidation_since_the_failed_load_read_ends_the_rest() -> None:
+    invalidated: set[str] = set()
+    rests = ThrottleRests(
+        2.0, FakeClock(), lambda mark, keys: [k for k in keys if k in invalidated]
+    )
+    rests.note("a", 7, SourceThrottled("throttled"))
+    assert rests.resting("a") is not None
+    invalidated.add("a")
+    assert rests.resting("a") is None
+
+
+def test_at_most_limit_keys_rest_the_oldest_forgotten_first() -> None:
+    clock = FakeClock()
+    rests = ThrottleRests(10.0, clock, never_invalidated, limit=3)
+    for key in "abcde":
+        rests.note(key, 0, SourceThrottled("throttled"))
+        clock.advance(1.0)
+    assert [key for key in "abcde" if rests.resting(key) is not None] == ["c", "d", "e"]
+
+
+def test_a_zero_backoff_rests_nothing() -> None:
+    rests = ThrottleRests(0.0, FakeClock(), never_invalidated)
+    rests.note("a", 0, SourceThrottled("throttled"))
+    assert rests.resting("a") is None

@@ -1,0 +1,97 @@
+"""The source rests from a key it throttled when there is no stale copy to rest on.
+
+``fail_safe_throttle`` rests the source on a stale copy, served as fresh for a while after a
+failed load. A key with no copy anywhere (never cached, or past its hard expiry) had no rest:
+under a throttled hot partition every caller after a failed single flight started the next
+load, and a viral key that was never cached kept the table busy with one load after another.
+So a :class:`~tiered_cache.SourceThrottled` that reached a caller is remembered for its key for
+``throttle_backoff`` seconds; a load of that key in the window fails at once with
+:class:`~tiered_cache.SourceResting` (a ``SourceThrottled``, the first error its cause) and no
+request is made. An invalidation of the key since the failed load read (its fence mark) ends
+the rest: the key was written, and its next miss may find the source's new value.
+
+Per key: a throttled partition says nothing of the other keys. Bounded: at most ``limit`` keys
+are remembered (the oldest go first; a key forgotten early is only loaded once more). No lock:
+each step is one dictionary call, atomic under the GIL, so a fork never inherits a held lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection
+
+from .errors import SourceResting, SourceThrottled
+
+__all__ = ["ThrottleRests"]
+
+#: A rest: until when, the fence mark the failed load read under, and its error.
+_Rest = tuple[float, int, SourceThrottled]
+
+
+class ThrottleRests:
+    """Keys the source throttled, each resting until ``backoff`` seconds after its failure.
+
+    Args:
+        backoff: seconds a throttled key rests; 0 turns resting off.
+        clock: injected time.
+        overtaken: the fence's ``overtaken(mark, keys)``: the keys invalidated since ``mark``.
+        limit: most keys remembered at once.
+    """
+
+    def __init__(
+        self,
+        backoff: float,
+        clock: Callable[[], float],
+        overtaken: Callable[[int, Collection[str]], list[str]],
+        limit: int = 4096,
+    ) -> None:
+        self._backoff = backoff
+        self._clock = clock
+        self._overtaken = overtaken
+        self._limit = limit
+        self._rests: dict[str, _Rest] = {}
+
+    def note(self, key: str, mark: int, error: BaseException) -> None:
+        """A load of ``key`` that read under ``mark`` failed with ``error``, which its caller
+        gets: a throttle (not a rest's own answer) rests the key."""
+        if (
+            self._backoff <= 0
+            or not isinstance(error, SourceThrottled)
+            or isinstance(error, SourceResting)
+        ):
+            return
+        rests = self._rests
+        rests.pop(key, None)  # re-inserted last: the dictionary's order is the rests' age
+        rests[key] = (self._clock() + self._backoff, mark, error)
+        if len(rests) > self._limit:
+            self._prune()
+
+    def _prune(self) -> None:
+        now = self._clock()
+        rests = self._rests
+        keys = list(rests)  # one C call: no other thread changes the dict during it
+        for key in keys:
+            rest = rests.get(key)
+            if rest is not None and now >= rest[0]:
+                rests.pop(key, None)
+        excess = len(rests) - self._limit
+        if excess > 0:
+            for key in list(rests)[:excess]:
+                rests.pop(key, None)
+
+    def resting(self, key: str) -> SourceResting | None:
+        """The error a load of ``key`` gets at once while it rests, else None (load it)."""
+        if not self._rests:  # the common miss: nothing rests
+            return None
+        rest = self._rests.get(key)
+        if rest is None:
+            return None
+        until, mark, error = rest
+        now = self._clock()
+        if now >= until or self._overtaken(mark, (key,)):
+            return None
+        answer = SourceResting(
+            f"not loading {key!r}: the source throttled it within the last "
+            f"{self._backoff:g}s (throttle_backoff); {until - now:.3g}s left ({error})"
+        )
+        answer.__cause__ = error
+        return answer

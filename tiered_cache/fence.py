@@ -298,9 +298,12 @@ class Fence:
         was lost: a sourceless chain's ``set`` made while its bus subscribed (a Django
         backend's first) was undone; and of two processes writing one key at once, the
         first to hear of the other deleted from Redis the other's value, written last there:
-        neither was kept (adapters/redis/tests/test_redis_sole_writes_overlapping.py). A
-        leased key whose lease was lost before its fill (another writer took it, or it
-        expired) is still not written, as in any write.
+        neither was kept (adapters/redis/tests/test_redis_sole_writes_overlapping.py). So
+        a sole write's leased keys are ordered by their own write too: its leases only keep
+        out the fills of loads in flight (a loader's), and go back once the values are
+        written, plainly (:meth:`_write_sole`). Filled under them, a write whose lease
+        another writer stole before its fill was not written and invalidated the key: it
+        deleted the other's value, or its lease, whose fill then failed: both lost.
 
         No ``tiers`` (a copy from the first tier, a lease holder's value found in a leasing
         tier that comes first, a chain without tiers): no step, nothing judged or counted,
@@ -315,9 +318,9 @@ class Fence:
         leased = set(tokens) if leasing is not None else set()
         # Set at the leased write: the keys it confirmed under their leases, where the log
         # stood when it was sent, and those of them a gap since keeps out of memory. A sole
-        # write's keys without a lease are confirmed by their own write, ordered from its mark
-        # (or from the leased write's, which sends them: see _fill_leased).
-        bare = set(entries).difference(tokens) if sole else set()
+        # write's keys, leased or not, are confirmed by their own write, ordered from its mark
+        # (or from the write into the leasing tier, which sends them: _write_sole).
+        bare = set(entries) if sole else set()
         confirmed: set[str] = set(bare)
         ordered: int | None = mark if bare else None
         leased |= bare
@@ -346,7 +349,8 @@ class Fence:
                 if tier is leasing:
                     assert isinstance(landing, dict)
                     ordered = self.mark()
-                    confirmed = yield from self._fill_leased(tier, landing, tokens)
+                    write = self._write_sole if sole else self._fill_leased
+                    confirmed = yield from write(tier, landing, tokens)
                     confirmed = confirmed | bare.intersection(landing)
                     tokens = {}
                     written.append(tier)
@@ -530,6 +534,19 @@ class Fence:
                 key_hash(key),
                 extra=fields("fill_cancelled", key=key),
             )
+
+    def _write_sole(
+        self, tier: FillTarget, landing: dict[str, Entry], tokens: Mapping[str, str]
+    ) -> Steps[set[str]]:
+        """A sole write into the leasing tier (see :meth:`fill_steps`): the values written
+        whoever holds their leases now, then the leases it took given back (token-checked:
+        a later writer's stay). Until then no load can take them, and a load that held one
+        before the write stole it fails its fill. Returns no key: none was confirmed by a
+        lease (the write's own order confirms them all)."""
+        yield tier.set_many, (landing,)
+        if tokens:
+            yield tier.release_leases, (tokens,)
+        return set()
 
     def _fill_leased(
         self, tier: FillTarget, landing: dict[str, Entry], tokens: Mapping[str, str]

@@ -10,6 +10,7 @@ failing on every case below: ``assert MISSING == 'b'`` (the key gone from Redis)
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -157,6 +158,101 @@ async def test_two_async_sourceless_writes_of_one_key_at_once_keep_the_last_writ
     assert in_redis(redis_server, namespace, "k") == last  # failed: MISSING
     assert (await first.lookup_many(["k"]))["k"].value == last
     assert (await second.lookup_many(["k"]))["k"].value == last
+    await first.aclose()
+    await second.aclose()
+
+
+class StealsMeanwhile(RedisTier):
+    """A Redis tier that runs ``then`` once, as its first lease steal is answered."""
+
+    then: Callable[[], object] | None = None
+
+    def steal_lease(self, key: str, ttl: float) -> str:
+        token = super().steal_lease(key, ttl)
+        then, self.then = self.then, None
+        if then is not None:
+            then()
+        return token
+
+
+class AsyncStealsMeanwhile(AsyncRedisTier):
+    """:class:`StealsMeanwhile` for the asyncio chain."""
+
+    then: Callable[[], Any] | None = None
+
+    async def steal_lease(self, key: str, ttl: float) -> str:
+        token = await super().steal_lease(key, ttl)
+        then, self.then = self.then, None
+        if then is not None:
+            await then()
+        return token
+
+
+def sourceless_pair(
+    server: RedisServer, namespace: str
+) -> tuple[StealsMeanwhile, TieredCache, StealsMeanwhile, TieredCache]:
+    """Two chains without a source and with leases (each its own Redis client), as two
+    processes: their tiers, on whose steals a test hangs what the other does meanwhile."""
+    bus = CuttableBus()
+    made: list[Any] = []
+    for _ in range(2):
+        tier = StealsMeanwhile(redis.Redis.from_url(server.url), namespace=namespace)
+        made += [tier, TieredCache([MemoryTier(), tier], bus=bus, protection=Protection())]
+    first_tier, first, second_tier, second = made
+    return first_tier, first, second_tier, second
+
+
+def test_a_sourceless_write_made_between_another_ones_steal_and_fill_is_not_lost(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """The second process writes the key whole between the first one's lease steal and its
+    fill: the first one's fill, its lease lost to that write, invalidated the key and deleted
+    the second one's value from Redis, and its own was never written. Now each write reaches
+    Redis, the first one last."""
+    first_tier, first, _, second = sourceless_pair(redis_server, namespace)
+    first_tier.then = lambda: second.set("k", "b")
+    first.set("k", "a")
+    assert in_redis(redis_server, namespace, "k") == "a"  # failed: MISSING
+    assert first.get("k") == second.get("k") == "a"
+    first.close()
+    second.close()
+
+
+def test_two_sourceless_writes_whose_steals_interleave_keep_the_last_written(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """The first steals, the second steals, the first fills, the second fills (a thread of its
+    own): the first one, its lease lost, invalidated the key and deleted the second one's
+    lease with it, so the second one's fill failed in turn: Redis ended empty. Now Redis
+    keeps the second one's value, written there last."""
+    first_tier, first, second_tier, second = sourceless_pair(redis_server, namespace)
+    stole, first_done = threading.Event(), threading.Event()
+    second_tier.then = lambda: (stole.set(), first_done.wait(10))
+    writer = threading.Thread(target=second.set, args=("k", "b"))
+    first_tier.then = lambda: (writer.start(), stole.wait(10))
+    first.set("k", "a")
+    first_done.set()
+    writer.join(10)
+    assert not writer.is_alive()
+    assert in_redis(redis_server, namespace, "k") == "b"  # failed: MISSING
+    assert first.get("k") == second.get("k") == "b"
+    first.close()
+    second.close()
+
+
+@pytest.mark.anyio
+async def test_an_async_sourceless_write_made_between_another_ones_steal_and_fill_is_not_lost(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    bus = CuttableBus()
+    tier = AsyncStealsMeanwhile(aioredis.Redis.from_url(redis_server.url), namespace=namespace)
+    first = AsyncTieredCache([MemoryTier(), tier], bus=bus, protection=Protection())
+    other = AsyncRedisTier(aioredis.Redis.from_url(redis_server.url), namespace=namespace)
+    second = AsyncTieredCache([MemoryTier(), other], bus=bus, protection=Protection())
+    tier.then = lambda: second.set("k", "b")
+    await first.set("k", "a")
+    assert in_redis(redis_server, namespace, "k") == "a"  # failed: MISSING
+    assert await first.get("k") == await second.get("k") == "a"
     await first.aclose()
     await second.aclose()
 

@@ -13,6 +13,7 @@ The servers here are kept alive (``MotoDynamoDB(keep_alive=True)``) behind a
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -105,6 +106,54 @@ def test_a_forked_child_loads_on_connections_of_its_own(
     # The child wrote on a connection of its own (on the parent's, it stayed 1).
     assert opened == 2
     assert [n_of(source.load(key)) for key in keys[4:]] == [4, 5, 6, 7]  # the parent's
+    source.close()
+
+
+def sockets_to(port: int) -> int:
+    """This process's descriptors of TCP sockets whose far end is loopback ``port`` (from
+    /proc: the sockets of the network namespace, then this process's descriptors)."""
+    ends: set[str] = set()
+    for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
+        with open(table, encoding="ascii") as rows:
+            for row in list(rows)[1:]:
+                fields = row.split()
+                if int(fields[2].rpartition(":")[2], 16) == port:
+                    ends.add(f"socket:[{fields[9]}]")
+    count = 0
+    for descriptor in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the listing's own descriptor, closed by now
+            count += os.readlink(f"/proc/self/fd/{descriptor}") in ends
+    return count
+
+
+def test_a_forked_child_closes_its_copy_of_the_parents_kept_alive_connection(
+    proxied: tuple[MotoDynamoDB, FaultProxy], admin_client: Any, make_table: Callable[..., str]
+) -> None:
+    """The child's copy of the parent's idle connection is closed as the child starts (the
+    parent's goes on), and the child loads on a connection of its own. On 4bde99e it stayed
+    open in the child for the child's life: ``assert [1, 1, 2] == [0, 1, 1]``."""
+    server, proxy = proxied
+    table = make_table()
+    seed_items(admin_client, table, ["k0", "k1", "k2"])
+    settings = server.settings(table=table, key="id", endpoint_url=proxy.url("http", ""))
+    source = DynamoDBSource.from_settings(settings)
+    assert n_of(source.load("k0")) == 0
+    assert sockets_to(proxy.port) == 1  # the parent's, kept alive
+
+    def body(report: Callable[[Any], None]) -> None:
+        before = sockets_to(proxy.port)
+        loaded = n_of(source.load("k1"))
+        report([before, loaded, sockets_to(proxy.port)])
+
+    child = ForkedChild(body)
+    try:
+        seen = child.read(timeout=HUNG)
+    finally:
+        status = child.wait()
+    assert status == 0
+    assert seen == [0, 1, 1]
+    assert sockets_to(proxy.port) == 1
+    assert n_of(source.load("k2")) == 2  # on the parent's connection, which the child left
     source.close()
 
 

@@ -18,6 +18,7 @@ from tiered_cache.steps import run
 from tiered_cache.tier import MissingType
 
 from .aws import client_config, session_for
+from .inherited import close_inherited_sockets
 from .keys import KeyCodec
 from .sends import SendWatch
 from .settings import DynamoDBSourceSettings
@@ -113,15 +114,20 @@ class DynamoDBSource:
         the child wrote on one was answered to whichever process read first (a load failed
         with another key's item, in the child or the parent). A client this source made is
         let go of (kept, never closed: :func:`~tiered_cache.forking.keep_from_the_parent`)
-        and made anew on the next call; the locks are made anew. A client given to the
-        source cannot be (nor one it owns with no ``connect``): the child's source refuses
-        every call with a :class:`SourceError` that says so (and logs it once), unless the
-        client never sent a request before the fork, through the source or before it was given
-        (made in a prefork server's master at import, used in its workers only): it holds no
-        connection then, and the child's source uses it."""
+        and made anew on the next call, and the child's copies of its idle sockets are
+        closed without the pool's locks (:mod:`.inherited`); the locks are made anew. A
+        client given to the source cannot be (nor one it owns with no ``connect``): the
+        child's source refuses every call with a :class:`SourceError` that says so (and logs
+        it once), unless the client never sent a request before the fork, through the source
+        or before it was given (made in a prefork server's master at import, used in its
+        workers only): it holds no connection then, and the child's source uses it. (A given
+        client's sockets are the caller's, who may still use that client in the child: left
+        alone.)"""
         self._check_lock = threading.Lock()
         self._connect_lock = threading.Lock()
         if self._remakes_client:
+            if self._client is not None:
+                close_inherited_sockets(self._client)  # the child's copies, without a lock
             keep_from_the_parent(self._client)
             self._client = None
         elif self._sends is not None and self._sends.sent:

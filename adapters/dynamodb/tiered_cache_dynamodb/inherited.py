@@ -1,0 +1,68 @@
+"""A forked child's copy of the parent's kept-alive DynamoDB connections, closed without a lock.
+
+After ``fork()`` the child holds a copy of every file descriptor of the parent, the sockets of
+the boto3 client's connection pool (urllib3's) included. The child's source makes a client of
+its own (:meth:`~tiered_cache_dynamodb.DynamoDBSource.after_fork_in_child`), and the parent's
+is kept, never used or closed: its sockets stayed open in the child for the child's life, so a
+connection the parent closed was not closed on the wire (the server saw it open) until every
+child forked since had ended.
+
+Closing that pool the usual way (``PoolManager.clear``, ``HTTPConnectionPool.close``) takes
+the pool container's lock and each pool's queue mutex, which a thread of the parent may have
+held at the fork: held for good in the child, where that thread does not exist. So the pools
+are read directly (one C call each for the container and each queue: no thread of the child
+changes them meanwhile), and each idle connection's socket is detached from its object and
+its descriptor closed: the child's copy alone, since the parent's descriptor is its own, and
+no byte is written (no TLS close_notify, no shutdown): the parent's connection goes on.
+
+A connection a parent thread was using at the fork is not in the pool: nothing in the child
+reaches it, and its copy stays open in the child (a request in flight at the fork).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from tiered_cache.logs import logger_for
+
+__all__ = ["close_inherited_sockets"]
+
+
+def _idle_connections(client: Any) -> list[Any]:
+    """The connections idle in ``client``'s pools (botocore's urllib3 session), read without
+    the pools' locks. Raises AttributeError if botocore or urllib3 keep them otherwise."""
+    session = client._endpoint.http_session
+    managers = [session._manager, *list(session._proxy_managers.values())]
+    found: list[Any] = []
+    for manager in managers:
+        for pool in list(manager.pools._container.values()):
+            queue = pool.pool  # None once the pool was closed
+            if queue is not None:
+                found.extend(conn for conn in list(queue.queue) if conn is not None)
+    return found
+
+
+def close_inherited_sockets(client: Any) -> int:
+    """In a forked child, close the child's copies of the sockets idle in the parent's
+    ``client`` (which the child never uses again); returns how many: none if the pools are
+    laid out otherwise than this botocore's and urllib3's (logged: their copies stay open)."""
+    try:
+        connections = _idle_connections(client)
+    except AttributeError as exc:
+        logger_for("source").warning(
+            "a forked child could not close the parent's DynamoDB connections (%s); their "
+            "copies stay open in the child",
+            exc,
+        )
+        return 0
+    closed = 0
+    for conn in connections:
+        sock = conn.sock
+        if sock is None:  # never connected, or closed
+            continue
+        descriptor = sock.detach()  # the object closed, the descriptor ours to close
+        if descriptor >= 0:
+            os.close(descriptor)
+            closed += 1
+    return closed

@@ -300,8 +300,8 @@ class Fence:
         first to hear of the other deleted from Redis the other's value, written last there:
         neither was kept (adapters/redis/tests/test_redis_sole_writes_overlapping.py). So
         a sole write's leased keys are ordered by their own write too: its leases only keep
-        out the fills of loads in flight (a loader's), and go back once the values are
-        written, plainly (:meth:`_write_sole`). Filled under them, a write whose lease
+        out the fills of loads in flight (a loader's), and its plain write voids them
+        (:meth:`_write_sole`). Filled under them, a write whose lease
         another writer stole before its fill was not written and invalidated the key: it
         deleted the other's value, or its lease, whose fill then failed: both lost.
 
@@ -539,13 +539,13 @@ class Fence:
         self, tier: FillTarget, landing: dict[str, Entry], tokens: Mapping[str, str]
     ) -> Steps[set[str]]:
         """A sole write into the leasing tier (see :meth:`fill_steps`): the values written
-        whoever holds their leases now, then the leases it took given back (token-checked:
-        a later writer's stay). Until then no load can take them, and a load that held one
-        before the write stole it fails its fill. Returns no key: none was confirmed by a
-        lease (the write's own order confirms them all)."""
+        plainly, whoever holds their leases now. A leasing tier's write voids the key's lease
+        (its contract: the conformance suite's ``..._lease_is_voided_by_deletes_and_writes``),
+        the one ``tokens`` hold included: nothing to give back. Until the write no load could
+        take the leases, and one that held a lease before the write stole it fails its fill.
+        Returns no key: none was confirmed by a lease (the write's own order confirms them).
+        """
         yield tier.set_many, (landing,)
-        if tokens:
-            yield tier.release_leases, (tokens,)
         return set()
 
     def _fill_leased(

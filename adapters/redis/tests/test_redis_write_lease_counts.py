@@ -1,7 +1,9 @@
 """A write takes each key's lease once: the commands Redis saw, counted with ``MONITOR``.
 
 A write-through ``set`` steals the key's lease (one ``SET ... PX``), then fills under it (one
-script call that writes the value and drops the lease while the token holds). Whether it takes
+script call that writes the value and drops the lease while the token holds); on these chains,
+which have no source, the write is a plain ``SET`` whose ``UNLINK`` drops the lease (the value
+is the only copy: Redis orders such writes by their own ``SET``). Whether it takes
 the lease is decided once (``ChainPaths.write_leased``, ``set_many``'s ``leased``); a second
 steal would hand the key a new token between the first and the fill, and a steal left over
 would hold every other process's read of the key for ``lease_wait``.
@@ -114,7 +116,8 @@ def test_a_write_steals_each_keys_lease_once_and_fills_under_it(
             WRITES[write](cache)
         keys = ["a"] if write == "set" else ["a", "b", "c"]
         assert commands.steals() == dict.fromkeys(keys, 1)
-        # Each key: the steal, then one script call that fills under the lease (and drops it).
+        # Each key: the steal, then the write that drops the lease (this chain has no source:
+        # its write is a plain SET with the lease's UNLINK, see Fence._write_sole).
         assert {key: sum(seen.values()) for key, seen in commands.by_key.items()} == dict.fromkeys(
             keys, 2
         )

@@ -541,11 +541,14 @@ class Fence:
         """A sole write into the leasing tier (see :meth:`fill_steps`): the values written
         plainly, whoever holds their leases now. A leasing tier's write voids the key's lease
         (its contract: the conformance suite's ``..._lease_is_voided_by_deletes_and_writes``),
-        the one ``tokens`` hold included: nothing to give back. Until the write no load could
-        take the leases, and one that held a lease before the write stole it fails its fill.
-        Returns no key: none was confirmed by a lease (the write's own order confirms them).
-        """
-        yield tier.set_many, (landing,)
+        the one ``tokens`` hold included: nothing to give back, unless the write failed (the
+        tier may be up: a value too large for it resets the connection alone), when they go
+        back as :meth:`_fill_leased`'s do. Until the write no load could take the leases, and
+        one that held a lease before the write stole it fails its fill. Returns no key: none
+        was confirmed by a lease (the write's own order confirms them)."""
+        written: bool = yield tier.set_many, (landing,)
+        if not written and tokens:
+            yield tier.release_leases, (tokens,)
         return set()
 
     def _fill_leased(

@@ -350,8 +350,9 @@ class Fence:
                     assert isinstance(landing, dict)
                     ordered = self.mark()
                     write = self._write_sole if sole else self._fill_leased
-                    confirmed = yield from write(tier, landing, tokens)
-                    confirmed = confirmed | bare.intersection(landing)
+                    confirmed = (yield from write(tier, landing, tokens)) | bare.intersection(
+                        landing
+                    )
                     tokens = {}
                     written.append(tier)
                     # Before the faster tiers are written: what came since, gaps included.

@@ -39,6 +39,7 @@ from tiered_cache.loop_end import LoopEnd
 from .async_fork import forget_the_parents_connections
 from .async_left import close_a_left_loops_connections, drop_a_closed_loops_connections
 from .bus import RedisBus
+from .in_flight import CallsInFlight, current_task
 from .listening import DEFAULT_HEALTH, Health
 
 __all__ = ["AsyncRedisBus"]
@@ -79,6 +80,11 @@ class AsyncRedisBus(AsyncBusBase):
         # connects on first use, so none is opened.
         self._listening = RedisBus(listen_with, channel, health=health)
         self._client = publisher if publisher is not None else connect()
+        #: The publishes running, which aclose waits for before it closes the publisher: one
+        #: sent after the close (a write that passed the chain's check as another task closed
+        #: it announces last) took a new connection from the closed pool, held until its loop
+        #: ended (the threaded bus's twin: :class:`RedisBus`).
+        self._publishes = CallsInFlight(channel, current_task, kind="bus")
         #: The publisher's connections belong to the loop they run on
         #: (:mod:`tiered_cache.loop_end`).
         client = self._client
@@ -96,6 +102,8 @@ class AsyncRedisBus(AsyncBusBase):
         chain down until the child's own subscription is confirmed (:class:`RedisBus`)."""
         self._loop_end.stop()
         forget_the_parents_connections(self._client)
+        if not self._publishes.closing:  # closed, it refuses here too (the parent's never run)
+            self._publishes = CallsInFlight(self.channel, current_task, kind="bus")
 
     @property
     def connected(self) -> bool:
@@ -103,8 +111,10 @@ class AsyncRedisBus(AsyncBusBase):
         return self._listening.connected
 
     async def publish(self, message: Invalidation) -> None:
+        """Send ``message``; ``RuntimeError`` once the bus is closed (nothing is sent)."""
         self._loop_end.here()
-        await self._client.publish(self.channel, message.encode())
+        with self._publishes:
+            await self._client.publish(self.channel, message.encode())
 
     def subscribe(self, listener: BusListener) -> None:
         """Deliver to ``listener`` (on the listening thread, started by the first one)."""
@@ -126,6 +136,7 @@ class AsyncRedisBus(AsyncBusBase):
         self._closed = True
         self._loop_end.close_here()
         await asyncio.to_thread(self._listening.close)
+        await self._publishes.aclose()
         await self._client.aclose()
 
     # -- the publisher's connections and their loop

@@ -25,11 +25,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 from pytest_markdown_docs.plugin import MARKER_NAME, MarkdownTextFile
 
 ROOT = Path(__file__).resolve().parent
 TOML_BLOCK = re.compile(r"^```toml\n(.*?)^```", re.MULTILINE | re.DOTALL)
 TWEET_42 = {"tweet_id": {"S": "42"}, "text": {"S": "Example tweet."}}
+
+# Tests assert behaviour and counts, never times: hypothesis's default deadline (200 ms an
+# example) failed a property test of the ghosts on a loaded machine. Loaded here, before any
+# test module is imported, so every @settings(...) inherits it.
+settings.register_profile("no-deadline", deadline=None)
+settings.load_profile("no-deadline")
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:

@@ -444,10 +444,13 @@ def test_the_slow_starts_step_stops_doubling_at_sixteen_times_arcs(clock: FakeCl
     # Unbounded, a long one-sided run swung OLTP's window from end to end. Here the largest
     # step of one read is 55 entries with the bound, 582 without. (1,200 entries: under
     # 1,024 the fill's trial takes the whole cache at the fill, and the ghosts take no step.)
+    # 7,000 reads: the largest step is at read 6,880 (582 unbounded); past 7,500 the guard's
+    # verdict may move the window to its split in one jump (275 -> 600 under 3 hash salts of
+    # 40), which is not the slow start's step.
     tier = hot_tier(clock, 1_200)
     policy = policy_of(tier)
     largest, before = 0, policy.window_max
-    for key in recency_biased(8_000):
+    for key in recency_biased(7_000):
         read(tier, clock, key)
         largest, before = max(largest, policy.window_max - before), policy.window_max
     assert largest <= 150

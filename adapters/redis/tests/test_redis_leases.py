@@ -188,7 +188,10 @@ def test_a_batch_fill_that_partly_fails_says_which_keys_were_written(
 
 
 def chain(url: str, namespace: str, bus: str = "auto", **protection: object) -> TieredCache:
-    return TieredCache.from_config(
+    """Memory over Redis; with a bus, subscribed before it is used: while the bus starts,
+    memory is bypassed (nothing kept there), and a test that reads memory after a load saw
+    MISSING on a busy machine (`assert 'MISSING' == 'A'`, a fresh clone's run)."""
+    cache = TieredCache.from_config(
         namespace=namespace,
         tiers=[
             {"kind": "memory", "admission": "always"},
@@ -197,6 +200,10 @@ def chain(url: str, namespace: str, bus: str = "auto", **protection: object) -> 
         protection={"lease_poll": "10ms", **protection},
         bus={"kind": bus},
     )
+    link = cache._bus_link
+    if link is not None:
+        assert link.bus.wait_subscribed(10)  # type: ignore[attr-defined]
+    return cache
 
 
 def every_copy_fresh_for(cache: TieredCache, key: str, seconds: float) -> None:

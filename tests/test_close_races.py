@@ -74,6 +74,16 @@ def restore_held(
     return listener
 
 
+def close_then_let_go(cache: TieredCache, go: threading.Event, held: threading.Thread) -> None:
+    """Close ``cache`` while ``held`` waits for ``go``, then let it go; it must end."""
+    try:
+        cache.close()
+    finally:
+        go.set()
+        held.join(GUARD)
+    assert not held.is_alive()
+
+
 def memory_reads(cache: TieredCache | AsyncTieredCache) -> int:
     tier = cache.stats()["tiers"][0]
     return int(tier["hits"]) + int(tier["misses"])
@@ -100,12 +110,7 @@ def test_a_reconnection_told_as_the_chain_closes_leaves_its_l1_lookup_off() -> N
     _, memory, bus, cache = a_chain_with_its_bus_down()
     decided, go = threading.Event(), threading.Event()
     listener = restore_held(bus, decided, go)
-    try:
-        cache.close()
-    finally:
-        go.set()
-        listener.join(GUARD)
-    assert not listener.is_alive()
+    close_then_let_go(cache, go, listener)
     read = memory_reads(cache)
     with pytest.raises(ChainClosedError):
         cache.get("a")
@@ -195,12 +200,7 @@ def test_a_fill_in_flight_as_the_chain_closes_leaves_its_memory_empty(call: str,
     caller = threading.Thread(target=in_flight, name="test-caller", daemon=True)
     caller.start()
     assert held.inside.wait(GUARD), "the call never reached its source"
-    try:
-        cache.close()
-    finally:
-        held.go.set()
-        caller.join(GUARD)
-    assert not caller.is_alive()
+    close_then_let_go(cache, held.go, caller)
     assert len(outcome) == 1 and not isinstance(outcome[0], ChainClosedError), outcome
     assert len(memory) == 0
     assert cache.closed
@@ -294,12 +294,7 @@ def test_a_reconnection_told_as_the_chain_closes_leaves_cache_get_off_its_memory
     listener = threading.Thread(target=restore, name="test-bus-listener", daemon=True)
     listener.start()
     assert stopped.wait(GUARD), "the reconnection never reached the chain"
-    try:
-        cache.close()
-    finally:
-        go.set()
-        listener.join(GUARD)
-    assert not listener.is_alive()
+    close_then_let_go(cache, go, listener)
     after = TieredCache([memory], DictSource({"a": "new"}), ttl=10.0, clock=clock)
     assert after.get("a") == "new"
     with pytest.raises(ChainClosedError):

@@ -64,13 +64,14 @@ def chain(
     clock: FakeClock,
     face: type[TieredCache] | type[AsyncTieredCache] = TieredCache,
     tier: type[MemoryTier] = MemoryTier,
+    bound: float = 60,
 ) -> Any:
     return face(
         [tier(ttl=600, clock=clock)],
         ttl=600,
         clock=clock,
         bus=bus,  # type: ignore[arg-type]
-        max_stale_when_disconnected=60,
+        max_stale_when_disconnected=bound,
     )
 
 
@@ -180,6 +181,12 @@ def bounded_counts(cache: TieredCache | AsyncTieredCache, down: bool) -> tuple[i
     return stats.get(f"bus_{state}_served", 0), stats.get(f"bus_{state}_bypasses", 0)
 
 
+def read_counts(cache: TieredCache | AsyncTieredCache, down: bool) -> tuple[int, int, int]:
+    """Memory's ``(hits, misses)`` and the reads past it of the bus state the test set."""
+    memory = cache.stats()["tiers"][0]
+    return memory["hits"], memory["misses"], bounded_counts(cache, down)[1]
+
+
 @pytest.mark.parametrize("down", [False, True], ids=["starting", "down"])
 @pytest.mark.parametrize("read", ["get", "get_many"])
 def test_a_read_past_memory_while_bounded_counts_a_bypass_on_every_read_path(
@@ -207,14 +214,17 @@ def test_a_read_past_memory_while_bounded_counts_a_bypass_on_every_read_path(
     assert bounded_counts(cache, down) == (1, 2)
 
 
-def test_a_get_that_joins_a_load_while_bounded_counts_memory_s_miss_and_a_bypass(
-    clock: FakeClock,
+@pytest.mark.parametrize("bound", [60, 0], ids=["bounded", "bypassed"])
+def test_a_get_that_joins_a_load_while_the_bus_is_down_counts_memory_s_miss_and_a_bypass(
+    clock: FakeClock, bound: float
 ) -> None:
     """Ten threads read one key while the bus is down: one loads, nine join its load. The L1
     lookup leaves memory to the read then, which the flight's leader alone made: memory
-    counted 1 miss for 10 reads (get_many, and every read while connected, count 10)."""
+    counted 1 miss for 10 reads (get_many, and every read while connected, count 10). With
+    memory bypassed (bound 0) it is not read: no miss, and each read one bypass (none was
+    counted: ``assert (0, 0, 0) == (0, 0, 10)``)."""
     bus = ConfirmingBus()
-    cache = chain(bus, clock)
+    cache = chain(bus, clock, bound=bound)
     bus.fail()
     go = threading.Event()
 
@@ -229,10 +239,8 @@ def test_a_get_that_joins_a_load_while_bounded_counts_memory_s_miss_and_a_bypass
     go.set()
     for reader in readers:
         reader.join()
-    stats = cache.stats()
-    memory = stats["tiers"][0]
-    assert (memory["hits"], memory["misses"], stats["loads"]) == (0, 10, 1)
-    assert bounded_counts(cache, True) == (0, 10)
+    assert cache.stats()["loads"] == 1
+    assert read_counts(cache, True) == (0, 10 if bound else 0, 10)
 
 
 @pytest.mark.anyio
@@ -277,3 +285,79 @@ def test_a_shared_first_tier_counts_each_miss_once_while_the_bus_is_down(
     assert cache.get("k", lambda: "never") == "v"
     first = cache.stats()["tiers"][0]
     assert (first["hits"], first["misses"]) == (1, 1)
+
+
+# -- memory bypassed (max_stale_when_disconnected = 0): every read a bypass ------------------
+
+
+@pytest.mark.parametrize("down", [False, True], ids=["starting", "down"])
+@pytest.mark.parametrize("read", ["get", "get_many", "lookup_many", "cached"])
+def test_every_read_past_a_bypassed_memory_counts_one_bypass(
+    clock: FakeClock, read: str, down: bool
+) -> None:
+    """With ``max_stale_when_disconnected = 0`` memory is bypassed while the bus is down or
+    starting: no read counted memory's hit or miss, and none counted a bypass either, so
+    hits + misses + bypasses fell short of the reads by every read of the outage."""
+    bus = ConfirmingBus()
+    cache = chain(bus, clock, bound=0)
+    if down:
+        bus.fail()
+
+    @cache.cached(key="{name}")
+    def decorated(name: str) -> str:
+        return "v"
+
+    for _ in range(3):
+        if read == "get":
+            assert cache.get("k", lambda: "v") == "v"
+        elif read == "get_many":
+            assert cache.get_many(["k", "j"], lambda keys: dict.fromkeys(keys, "v")) == {
+                "k": "v",
+                "j": "v",
+            }
+        elif read == "lookup_many":
+            assert cache.lookup_many(["k", "j"]) == {}
+        else:
+            assert decorated("k") == "v"
+    reads = 6 if read in ("get_many", "lookup_many") else 3
+    assert read_counts(cache, down) == (0, 0, reads)  # failed: (0, 0, 0) for get
+    bus.confirm()  # connected: memory counts again, and no read is a bypass
+    assert cache.get("k", lambda: "v") == "v"
+    assert read_counts(cache, down) == (0, 1, reads)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("read", ["get", "get_many", "lookup_many", "joined"])
+async def test_every_asyncio_read_past_a_bypassed_memory_counts_one_bypass(
+    clock: FakeClock, read: str
+) -> None:
+    bus = ConfirmingBus()
+    cache = chain(bus, clock, AsyncTieredCache, bound=0)
+    bus.fail()
+    go = asyncio.Event()
+
+    async def load() -> str:
+        await go.wait()
+        return "v"
+
+    async def load_many(keys: list[str]) -> dict[str, str]:
+        return dict.fromkeys(keys, "v")
+
+    if read == "joined":
+        readers = [asyncio.ensure_future(cache.get("k", load)) for _ in range(10)]
+        await async_until(lambda: cache.stats()["singleflight_waits"] == 9, "nine joined")
+        go.set()
+        assert await asyncio.gather(*readers) == ["v"] * 10
+        reads = 10
+    else:
+        go.set()
+        for _ in range(3):
+            if read == "get":
+                assert await cache.get("k", load) == "v"
+            elif read == "get_many":
+                assert await cache.get_many(["k", "j"], load_many) == {"k": "v", "j": "v"}
+            else:
+                assert await cache.lookup_many(["k", "j"]) == {}
+        reads = 3 if read == "get" else 6
+    assert read_counts(cache, True) == (0, 0, reads)
+    await cache.aclose()

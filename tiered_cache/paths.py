@@ -109,8 +109,10 @@ class ChainPaths:
         #: The fence's one-key, lease-less fill in plain calls, when the tiers' calls are
         #: plain calls (:attr:`Fence.plain`: the threaded chain); None: fills go as steps.
         self.fill_one: FillOne | None = fence.fill_one if fence.plain else None
-        #: The bus is down and in-process tiers keep fills for a bound (reads are counted).
-        self.bounded = False
+        #: The bus is down (or starting): in-process tiers keep fills for a bound, or are
+        #: bypassed, and every read is counted as served by them or gone past them (once:
+        #: a read that memory served or missed while bounded is its hit or miss too).
+        self.down = False
         #: What those reads count: a bus starting is no outage (every start does it), so its
         #: reads are kept out of the outage's counts (``set_bus_connected``).
         self.bounded_counts = BUS_DOWN_COUNTS
@@ -157,16 +159,16 @@ class ChainPaths:
         """:meth:`read_through` from ``tiers`` on (all of the chain's, or those below the one
         where :meth:`read_through_plain` found a stale copy, ``stale`` if still servable),
         the read's time being ``now``; ``beside`` as for :meth:`read_through`."""
-        bounded = self.bounded
+        down = self.down
         for tier in tiers:
             if tier.bypassed:
                 continue
             # Tier 0 was just missed by the caller; look again, quietly, because another
             # flight for this key may have filled it between that miss and this flight. Not
-            # while bounded: the caller's L1 lookup then left an in-process tier 0 to this
+            # while the bus is down: the caller's L1 lookup then left an in-process tier 0 to this
             # read, which counts its hit or miss (else memory's serves of an outage counted
             # neither). A shared tier 0 the lookup reads whatever the bus: counted there.
-            counted = tier.index > 0 or (bounded and tier.local)
+            counted = tier.index > 0 or (down and tier.local)
             entry = yield tier.get, (key, counted)
             if entry is MISSING:
                 continue
@@ -180,7 +182,7 @@ class ChainPaths:
                         yield from self.fence.fill_steps(
                             mark, {key: entry}, self.tiers[: tier.index]
                         )
-                if bounded:
+                if down:
                     self.count_bus_down(tier)
                 return entry.value
             if stale is None and now < entry.hard_expiry:
@@ -190,7 +192,7 @@ class ChainPaths:
             # Not counted as a read while the bus is down: the caller's read goes on in the
             # refresh's flight (joined, not counted) or in one it leads (counted there).
             return MISSING
-        if self.bounded:
+        if down:
             self.count_bus_down(None)
         if servable is not None:
             self.metrics.count("stale_served")
@@ -212,7 +214,7 @@ class ChainPaths:
         if type(key) is not str or (utf8_for is not None and not key.isascii()):
             check_keys((key,), utf8_for)  # no call for a key it cannot refuse (once per miss)
         mark = flight.tag
-        if self.bounded:
+        if self.down:
             return run(self.read_through(key, mark, loader, ttl))
         now = self.clock()
         tiers = self.tiers
@@ -322,7 +324,7 @@ class ChainPaths:
                 yield from self.fence.fill_steps(mark, hits, self.tiers[: tier.index])
                 found.update(hits)
                 remaining = [key for key in remaining if key not in hits]
-        if self.bounded:
+        if self.down:
             # Every key a read while the bus is down: memory's (within the bound), or past
             # it (to a shared tier, a load, or nothing), as count_bus_down counts a get's.
             if served:
@@ -338,8 +340,9 @@ class ChainPaths:
         (:meth:`set_bus_connected`), which the flight's leader alone makes: of ten reads
         joining one load, memory counted one miss (ten when connected, and in get_many)."""
         self.metrics.waited()
-        if self.bounded and self.tiers and self.tiers[0].local:
-            self.metrics.miss(0)  # tier 0's
+        if self.down and self.tiers and self.tiers[0].local:
+            if not self.tiers[0].bypassed:
+                self.metrics.miss(0)  # tier 0's (a bypassed one is not read)
             self.count_bus_down(None)
 
     def count_bus_down(self, tier: ChainTier | None) -> None:
@@ -648,11 +651,14 @@ class ChainPaths:
         one load per key per bound instead of one per read. They are cleared both ways: on
         the way down nothing stale stays for later, on the way up nothing from the outage is
         trusted. Returns whether the chain's L1 lookup may read tier 0: not while the bus is
-        down and tier 0 is in-process (reads take these paths, which count bounded serves).
+        down and tier 0 is in-process (reads take these paths, which count each read as
+        served by memory or gone past it, bypassed memory included).
         ``starting``: not down, not yet subscribed (the same rule), counted apart."""
         if connected:
             bound = 0.0
-        self.bounded = bound > 0
+        # Every read counted while down, bypassed or bounded: with memory bypassed
+        # (``bound`` 0) the reads counted neither memory's hits and misses nor a bypass.
+        self.down = not connected
         self.bounded_counts = BUS_STARTING_COUNTS if starting else BUS_DOWN_COUNTS
         # A gap, not a clear: what this process may have missed concerns its memory only,
         # and a write whose lease ordered it in Redis stays there (Fence.fill_steps).

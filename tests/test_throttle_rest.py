@@ -13,20 +13,25 @@ def never_invalidated(mark: int, keys: Collection[str]) -> list[str]:
     return []
 
 
+def resting(rests: ThrottleRests, keys: str) -> str:
+    """The keys of ``keys`` (one letter each) that rest."""
+    return "".join(rests.resting(keys))
+
+
 def test_a_throttle_rests_its_key_alone_for_the_backoff() -> None:
     clock = FakeClock()
     rests = ThrottleRests(2.0, clock, never_invalidated)
     throttle = SourceThrottled("ProvisionedThroughputExceededException")
     rests.note("a", 0, throttle)
-    answer = rests.resting("a")
+    answer = rests.resting("ab")["a"]
     assert isinstance(answer, SourceResting)
     assert answer.__cause__ is throttle
-    assert rests.resting("b") is None
+    assert resting(rests, "ab") == "a"
     rests.note("b", 0, SourceError("down"))  # only throttles rest a key
-    assert rests.resting("b") is None
+    assert resting(rests, "b") == ""
     rests.note("a", 0, answer)  # a rest's own answer does not extend it
     clock.advance(2.0)
-    assert rests.resting("a") is None
+    assert resting(rests, "a") == ""
 
 
 def test_an_invalidation_since_the_failed_load_read_ends_the_rest() -> None:
@@ -35,9 +40,9 @@ def test_an_invalidation_since_the_failed_load_read_ends_the_rest() -> None:
         2.0, FakeClock(), lambda mark, keys: [k for k in keys if k in invalidated]
     )
     rests.note("a", 7, SourceThrottled("throttled"))
-    assert rests.resting("a") is not None
+    assert resting(rests, "a") == "a"
     invalidated.add("a")
-    assert rests.resting("a") is None
+    assert resting(rests, "a") == ""
 
 
 def test_at_most_limit_keys_rest_the_oldest_forgotten_first() -> None:
@@ -46,10 +51,10 @@ def test_at_most_limit_keys_rest_the_oldest_forgotten_first() -> None:
     for key in "abcde":
         rests.note(key, 0, SourceThrottled("throttled"))
         clock.advance(1.0)
-    assert [key for key in "abcde" if rests.resting(key) is not None] == ["c", "d", "e"]
+    assert resting(rests, "abcde") == "cde"
 
 
 def test_a_zero_backoff_rests_nothing() -> None:
     rests = ThrottleRests(0.0, FakeClock(), never_invalidated)
     rests.note("a", 0, SourceThrottled("throttled"))
-    assert rests.resting("a") is None
+    assert resting(rests, "a") == ""

@@ -165,7 +165,7 @@ class AsyncSourceLoader:
     ) -> Entry:
         """As :meth:`SourceLoader.load`: under the key's lease, with timeouts and fail-safe;
         the entry to serve."""
-        resting = self._batching.resting(key, mark, stale)  # the source throttled it lately
+        resting = self._batching.rested_one(key, mark, stale)  # the source throttled it lately
         if resting is not None:
             return await arun(resting)
         lease_wait = self._lease_wait

@@ -32,6 +32,8 @@ logger = logger_for("chain")
 
 #: Called as each part of a batch is ready: ``(entries to serve, errors)``.
 Ready = Callable[[Mapping[str, Entry], Mapping[str, BaseException]], None]
+#: What the rests answered (:meth:`BatchLoad.rested`): ``(entries to serve, errors)``.
+Answers = tuple[dict[str, Entry], dict[str, BaseException]]
 #: Makes an entry: ``(value, now, load duration, ttl)`` (:class:`~tiered_cache.stamp.EntryMaker`).
 MakeEntry = Callable[[Any, float, float, "float | str | None"], Entry]
 
@@ -39,6 +41,13 @@ MakeEntry = Callable[[Any, float, float, "float | str | None"], Entry]
 #: A stale copy a read served, and the fence mark it was read under: a failed background
 #: refresh rests the source on it (:meth:`BatchLoad.rest_source`) judged by that mark.
 Stale = tuple[Entry, int]
+
+
+def _one(key: str, rested: Steps[Answers]) -> Steps[Entry]:
+    served, errors = yield from rested
+    if key in errors:
+        raise errors[key]
+    return served[key]
 
 
 def calmed(stale: Entry, now: float, throttle: float) -> Entry | None:
@@ -71,15 +80,38 @@ class BatchLoad:
         rests = ThrottleRests(self.protection.throttle_backoff, self.clock, self.fence.overtaken)
         object.__setattr__(self, "rests", rests)
 
-    def resting(self, key: str, mark: int, stale: Entry | None) -> Steps[Entry] | None:
-        """While ``key`` rests (:mod:`.throttle_rest`), what its load gets instead of a
-        request: :meth:`load_failed`'s answer to the rest's error (``stale`` under fail-safe,
-        else that error). None: load it. Both loaders ask before anything else (a lease)."""
-        error = self.rests.resting(key)
-        if error is None:
+    def rested(
+        self, keys: Sequence[str], mark: int, stale: Mapping[str, Entry]
+    ) -> Steps[Answers] | None:
+        """The one shape of the rest (:mod:`.throttle_rest`) that every load goes through,
+        before anything else (a lease): None when no key of ``keys`` rests (load them all);
+        else the steps that answer the resting ones without a request, each as
+        :meth:`load_failed` answers its rest's error (its ``stale`` entry under fail-safe,
+        else that error). Returns ``(entries to serve, errors)``; the other keys are loaded.
+        """
+        resting = self.rests.resting(keys)
+        if not resting:
             return None
-        self.metrics.count("loads_rested")
-        return self.load_failed(key, mark, stale, error)
+        self.metrics.count("loads_rested", len(resting))
+        return self._answer_rests(resting, mark, stale)
+
+    def _answer_rests(
+        self, resting: Mapping[str, SourceResting], mark: int, stale: Mapping[str, Entry]
+    ) -> Steps[Answers]:
+        served: dict[str, Entry] = {}
+        errors: dict[str, BaseException] = {}
+        for key, error in resting.items():
+            try:
+                served[key] = yield from self.load_failed(key, mark, stale.get(key), error)
+            except SourceResting as exc:
+                errors[key] = exc
+        return served, errors
+
+    def rested_one(self, key: str, mark: int, stale: Entry | None) -> Steps[Entry] | None:
+        """:meth:`rested` for a load of one key (both loaders' ``load``): None (load it), or
+        the steps that serve its answer or raise its error."""
+        rested = self.rested((key,), mark, {} if stale is None else {key: stale})
+        return None if rested is None else _one(key, rested)
 
     def for_flights(
         self,
@@ -112,8 +144,13 @@ class BatchLoad:
             errors.update(failed)
 
         try:
-            keys = yield from self.rested_batch(list(flights), mark, stale, ready)
-            yield from self.run(keys, mark, loader, ttl, stale=stale, ready=ready, held=held)
+            keys = list(flights)
+            rested = self.rested(keys, mark, stale)
+            if rested is not None:
+                ready(*(yield from rested))
+                keys = [key for key in keys if key not in values and key not in errors]
+            if keys:  # none when every key rests: no call of the source with no keys
+                yield from self.run(keys, mark, loader, ttl, stale=stale, ready=ready, held=held)
         except BaseException as exc:
             # Whatever stopped the batch from the step its leases' answer came back in (an
             # interrupt in the instant after it included): the leases it still holds go back.
@@ -123,27 +160,6 @@ class BatchLoad:
             table.land({k: f for k, f in flights.items() if k not in done}, {}, exc)
             raise
         return values, errors
-
-    def rested_batch(
-        self, keys: list[str], mark: int, stale: Mapping[str, Entry], ready: Ready
-    ) -> Steps[list[str]]:
-        """The keys of ``keys`` that rest (:meth:`resting`) answered and handed to ``ready``;
-        returns the others, to load."""
-        served: dict[str, Entry] = {}
-        errors: dict[str, BaseException] = {}
-        left: list[str] = []
-        for key in keys:
-            answer = self.resting(key, mark, stale.get(key))
-            if answer is None:
-                left.append(key)
-                continue
-            try:
-                served[key] = yield from answer
-            except SourceResting as exc:
-                errors[key] = exc
-        if served or errors:
-            ready(served, errors)
-        return left
 
     def run(
         self,

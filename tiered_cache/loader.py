@@ -194,7 +194,7 @@ class SourceLoader:
         Returns the entry to serve: the loaded one, one another process filled while this one
         waited for the lease, or ``stale`` when the source failed or was too slow.
         """
-        resting = self._batching.resting(key, mark, stale)  # the source throttled it lately
+        resting = self._batching.rested_one(key, mark, stale)  # the source throttled it lately
         if resting is not None:
             return run(resting)
         held = None if self._lease_wait is None else self.holdings.hold()

@@ -17,7 +17,7 @@ each step is one dictionary call, atomic under the GIL, so a fork never inherits
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 
 from .errors import SourceResting, SourceThrottled
 
@@ -78,20 +78,25 @@ class ThrottleRests:
             for key in list(rests)[:excess]:
                 rests.pop(key, None)
 
-    def resting(self, key: str) -> SourceResting | None:
-        """The error a load of ``key`` gets at once while it rests, else None (load it)."""
-        if not self._rests:  # the common miss: nothing rests
-            return None
-        rest = self._rests.get(key)
-        if rest is None:
-            return None
-        until, mark, error = rest
+    def resting(self, keys: Iterable[str]) -> dict[str, SourceResting]:
+        """The keys of ``keys`` that rest, each with the error its load gets at once (load
+        the others)."""
+        rests = self._rests
+        if not rests:  # the common miss: nothing rests
+            return {}
         now = self._clock()
-        if now >= until or self._overtaken(mark, (key,)):
-            return None
-        answer = SourceResting(
-            f"not loading {key!r}: the source throttled it within the last "
-            f"{self._backoff:g}s (throttle_backoff); {until - now:.3g}s left ({error})"
-        )
-        answer.__cause__ = error
-        return answer
+        answers: dict[str, SourceResting] = {}
+        for key in keys:
+            found = rests.get(key)
+            if found is None:
+                continue
+            until, mark, error = found
+            if now >= until or self._overtaken(mark, (key,)):
+                continue
+            answer = SourceResting(
+                f"not loading {key!r}: the source throttled it within the last "
+                f"{self._backoff:g}s (throttle_backoff); {until - now:.3g}s left ({error})"
+            )
+            answer.__cause__ = error
+            answers[key] = answer
+        return answers

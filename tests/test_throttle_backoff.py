@@ -66,3 +66,59 @@ async def test_an_async_get_many_whose_keys_all_rest_calls_no_loader(clock: Fake
             await cache.get_many(["a", "b"], table.coroutine)
     assert table.calls == [["a", "b"]]
     await cache.aclose()
+
+
+#: A rest's length: throttle_backoff 1.25 s, so the first rest (a tenth) is one tick of the
+#: clock and every length is a whole number of ticks (exact in binary: no rounding).
+BACKOFF = 1.25
+TICK = 0.125
+
+
+def read_one(cache: TieredCache, key: str, how: str, table: Table) -> Any:
+    """``key`` read by ``get`` or by ``get_many``: its value, or SourceThrottled."""
+    try:
+        if how == "get":
+            return cache.get(key, lambda: table([key])[key])
+        return cache.get_many([key], table)[key]
+    except PartialBatchError as exc:
+        assert isinstance(exc.errors[key], SourceThrottled)
+        return SourceThrottled
+    except SourceThrottled:
+        return SourceThrottled
+
+
+@pytest.mark.parametrize("how", ["get", "get_many"])
+def test_a_key_throttled_in_a_row_rests_twice_as_long_each_time_and_short_after_an_answer(
+    clock: FakeClock, how: str
+) -> None:
+    """A never-cached key read on every tick while the table throttles: it is asked at
+    ticks 0, 1, 3, 7, 15 (rests of 1, 2, 4, 8 ticks), then every 10 (throttle_backoff);
+    once it answered, the next throttle rests the key one tick again. A fixed rest of
+    throttle_backoff (8ff69d3) asked at ticks 0, 10, 20, 30, 40: each throttle that lifted
+    sooner left the key failing for up to its whole second."""
+    table = Table()
+    protection = Protection(lease="off", max_stale=0.0, throttle_backoff=BACKOFF)
+    cache = TieredCache(tiers(clock), ttl=0.5, clock=clock, protection=protection)
+    asked: list[int] = []
+    for tick in range(41):
+        calls = len(table.calls)
+        assert read_one(cache, "a", how, table) is SourceThrottled
+        if len(table.calls) > calls:
+            asked.append(tick)
+        clock.advance(TICK)
+    assert asked == [0, 1, 3, 7, 15, 25, 35]
+
+    table.throttling = False  # the table answers from tick 41; the key rests to tick 45
+    answers = []
+    for _ in range(5):
+        clock.advance(TICK)
+        answers.append(read_one(cache, "a", how, table))
+    assert answers == [SourceThrottled] * 3 + ["A"] * 2
+    assert len(table.calls) == 8
+
+    cache.invalidate("a")
+    table.throttling = True
+    assert read_one(cache, "a", how, table) is SourceThrottled
+    clock.advance(TICK)
+    assert read_one(cache, "a", how, table) is SourceThrottled  # asked again: one tick
+    assert len(table.calls) == 10

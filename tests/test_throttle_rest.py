@@ -18,7 +18,7 @@ def resting(rests: ThrottleRests, keys: str) -> str:
     return "".join(rests.resting(keys))
 
 
-def test_a_throttle_rests_its_key_alone_for_the_backoff() -> None:
+def test_a_throttle_rests_its_key_alone_for_the_first_rest() -> None:
     clock = FakeClock()
     rests = ThrottleRests(2.0, clock, never_invalidated)
     throttle = SourceThrottled("ProvisionedThroughputExceededException")
@@ -30,8 +30,46 @@ def test_a_throttle_rests_its_key_alone_for_the_backoff() -> None:
     rests.note("b", 0, SourceError("down"))  # only throttles rest a key
     assert resting(rests, "b") == ""
     rests.note("a", 0, answer)  # a rest's own answer does not extend it
-    clock.advance(2.0)
+    clock.advance(0.2)  # a tenth of the back-off
     assert resting(rests, "a") == ""
+
+
+def test_throttles_in_a_row_double_the_rest_up_to_the_backoff() -> None:
+    """Rests of 1, 2, 4, 8, 10, 10 ticks (backoff 10); an answered load forgets the key, and
+    a throttle more than the backoff after the key's last rest ended starts short too."""
+    clock = FakeClock()
+    rests = ThrottleRests(10.0, clock, never_invalidated)
+    lengths = []
+    for _ in range(6):
+        rests.note("a", 0, SourceThrottled("throttled"))
+        ticks = 0
+        while resting(rests, "a"):
+            clock.advance(1.0)
+            ticks += 1
+        lengths.append(ticks)
+    assert lengths == [1, 2, 4, 8, 10, 10]
+    rests.answered(["a"])
+    rests.note("a", 0, SourceThrottled("throttled"))
+    clock.advance(1.0)
+    assert resting(rests, "a") == ""
+    rests.note("a", 0, SourceThrottled("throttled"))  # in a row: two ticks
+    clock.advance(1.0)
+    assert resting(rests, "a") == "a"
+    clock.advance(1.0 + 10.0 + 0.5)  # its rest ended more than the backoff ago
+    rests.note("a", 0, SourceThrottled("throttled"))
+    clock.advance(1.0)
+    assert resting(rests, "a") == ""
+
+
+def test_a_first_rest_as_long_as_the_backoff_never_grows_nor_shrinks() -> None:
+    clock = FakeClock()
+    rests = ThrottleRests(2.0, clock, never_invalidated, first=2.0)
+    for _ in range(3):
+        rests.note("a", 0, SourceThrottled("throttled"))
+        clock.advance(1.5)
+        assert resting(rests, "a") == "a"
+        clock.advance(0.5)
+        assert resting(rests, "a") == ""
 
 
 def test_an_invalidation_since_the_failed_load_read_ends_the_rest() -> None:
@@ -47,7 +85,7 @@ def test_an_invalidation_since_the_failed_load_read_ends_the_rest() -> None:
 
 def test_at_most_limit_keys_rest_the_oldest_forgotten_first() -> None:
     clock = FakeClock()
-    rests = ThrottleRests(10.0, clock, never_invalidated, limit=3)
+    rests = ThrottleRests(100.0, clock, never_invalidated, limit=3)
     for key in "abcde":
         rests.note(key, 0, SourceThrottled("throttled"))
         clock.advance(1.0)

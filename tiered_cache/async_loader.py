@@ -91,7 +91,6 @@ class AsyncSourceLoader:
             )
         self._fence = fence
         self._metrics = metrics
-        self._make_entry = make_entry
         self._clock = clock
         self._protection = protection
         #: One flight per key being loaded: by a read through the chain, or by a background
@@ -563,7 +562,7 @@ class AsyncSourceLoader:
             raise
         finished = self._clock()
         self._metrics.load(1, finished - started)
-        return self._make_entry(value, finished, finished - started, ttl)
+        return self._batching.entry(key, value, finished, finished - started, ttl)
 
     async def _load_many(
         self, keys: Sequence[str], loader: AsyncBatchLoader | None, ttl: float | str | None

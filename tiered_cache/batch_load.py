@@ -327,10 +327,20 @@ class BatchLoad:
         complete: bool = True,
     ) -> dict[str, Entry]:
         """Entries for ``keys`` from ``values``: of a complete read, a key left out is "not
-        found"; of a partial read, only the keys it read have one."""
+        found"; of a partial read, only the keys it read have one. Every load the source
+        answered goes through here or :meth:`entry`: its keys' rests are forgotten."""
         make = self.make_entry
-        return {
+        made = {
             key: make(values.get(key, MISSING), now, duration, ttl)
             for key in keys
             if complete or key in values
         }
+        self.rests.answered(made)
+        return made
+
+    def entry(
+        self, key: str, value: Any, now: float, duration: float, ttl: float | str | None
+    ) -> Entry:
+        """:meth:`entries` for a load of one key."""
+        self.rests.answered((key,))
+        return self.make_entry(value, now, duration, ttl)

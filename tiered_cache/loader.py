@@ -107,7 +107,6 @@ class SourceLoader:
         self._source = source
         self._fence = fence
         self._metrics = metrics
-        self._make_entry = make_entry
         self._clock = clock
         self._sleep = sleep
         self._protection = protection
@@ -624,7 +623,7 @@ class SourceLoader:
             raise
         finished = self._clock()
         self._metrics.load(1, finished - started)
-        return self._make_entry(value, finished, finished - started, ttl)
+        return self._batching.entry(key, value, finished, finished - started, ttl)
 
     def _load_many(
         self, keys: Sequence[str], loader: BatchLoader | None, ttl: float | str | None

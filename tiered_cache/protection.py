@@ -26,11 +26,12 @@ class Protection:
         fail_safe: serve a stale entry when the load fails (and the key was cached before).
         fail_safe_throttle: after a failed load, the stale value is served as fresh for this
             long, so a failing source is not asked again on every read.
-        throttle_backoff: after a load of a key with no stale value to serve was throttled
-            (:class:`~tiered_cache.SourceThrottled`), loads of that key in this process fail
-            at once with :class:`~tiered_cache.SourceResting`, without a request, for this
-            long; an invalidation of the key ends it; 0 turns it off
-            (:mod:`tiered_cache.throttle_rest`).
+        throttle_backoff: the longest rest of a key: after a load of a key with no stale
+            value to serve was throttled (:class:`~tiered_cache.SourceThrottled`), loads of
+            that key in this process fail at once with :class:`~tiered_cache.SourceResting`,
+            without a request, for a tenth of this at first, twice as long after each
+            throttle of the key in a row, at most this; a load the source answered, or an
+            invalidation of the key, ends it; 0 turns it off (:mod:`tiered_cache.throttle_rest`).
         early_refresh_beta: the XFetch beta; 0 turns probabilistic early refresh off.
         soft_timeout: when a stale value exists, a load slower than this returns the stale
             value while the load finishes in the background.

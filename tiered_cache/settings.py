@@ -470,10 +470,11 @@ class ProtectionSettings(SettingsTable):
     )
     throttle_backoff: Duration = Field(
         default=_PROTECTION.throttle_backoff,
-        description="After a load of a key with no stale value to serve was throttled "
-        "(SourceThrottled), loads of that key in this process fail at once with "
-        "SourceResting, without a request, for this long ('1s'); an invalidation of the key "
-        "ends it; 0 turns it off.",
+        description="The longest rest of a key ('1s'): after a load of a key with no stale "
+        "value to serve was throttled (SourceThrottled), loads of that key in this process "
+        "fail at once with SourceResting, without a request, for a tenth of this at first, "
+        "twice as long after each throttle of the key in a row, at most this; a load the "
+        "source answered, or an invalidation of the key, ends it; 0 turns it off.",
     )
     early_refresh_beta: float = Field(
         default=_PROTECTION.early_refresh_beta,

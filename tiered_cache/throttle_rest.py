@@ -4,11 +4,21 @@
 failed load. A key with no copy anywhere (never cached, or past its hard expiry) had no rest:
 under a throttled hot partition every caller after a failed single flight started the next
 load, and a viral key that was never cached kept the table busy with one load after another.
-So a :class:`~tiered_cache.SourceThrottled` that reached a caller is remembered for its key for
-``throttle_backoff`` seconds; a load of that key in the window fails at once with
-:class:`~tiered_cache.SourceResting` (a ``SourceThrottled``, the first error its cause) and no
-request is made. An invalidation of the key since the failed load read (its fence mark) ends
-the rest: the key was written, and its next miss may find the source's new value.
+So a :class:`~tiered_cache.SourceThrottled` that reached a caller rests its key; a load of
+that key in the rest fails at once with :class:`~tiered_cache.SourceResting` (a
+``SourceThrottled``, the first error its cause) and no request is made. An invalidation of
+the key since the failed load read (its fence mark) ends the rest: the key was written, and
+its next miss may find the source's new value.
+
+How long: exponential back-off per key. The first rest is a tenth of ``throttle_backoff``;
+each throttle of the key in a row (noted within ``throttle_backoff`` of its last rest's end)
+doubles it, up to ``throttle_backoff``; a load of the key that the source answered forgets
+it. A fixed rest of ``throttle_backoff`` left a key failing for up to its whole length after
+a throttle that lifted sooner (a flapping table); a fixed short one asked a long throttle
+several times as often. Doubling keeps the good half of each: a long throttle is asked about
+once per ``throttle_backoff``, and a key rests about as long as its throttle has lasted, at
+most (the strategies compared: ``benchmarks/bench_throttle_rest.py``,
+docs/benchmarks/source-protection.md).
 
 Per key: a throttled partition says nothing of the other keys. Bounded: at most ``limit`` keys
 are remembered (the oldest go first; a key forgotten early is only loaded once more). No lock:
@@ -23,18 +33,23 @@ from .errors import SourceResting, SourceThrottled
 
 __all__ = ["ThrottleRests"]
 
-#: A rest: until when, the fence mark the failed load read under, and its error.
-_Rest = tuple[float, int, SourceThrottled]
+#: A rest: until when, how long it is, the fence mark the failed load read under, its error.
+_Rest = tuple[float, float, int, SourceThrottled]
+
+#: The first rest of a key, as a share of ``throttle_backoff`` (the longest).
+FIRST_SHARE = 0.1
 
 
 class ThrottleRests:
-    """Keys the source throttled, each resting until ``backoff`` seconds after its failure.
+    """Keys the source throttled, each resting for a while after its failure (see above).
 
     Args:
-        backoff: seconds a throttled key rests; 0 turns resting off.
+        backoff: the longest rest, in seconds; 0 turns resting off.
         clock: injected time.
         overtaken: the fence's ``overtaken(mark, keys)``: the keys invalidated since ``mark``.
         limit: most keys remembered at once.
+        first: the first rest (``FIRST_SHARE`` of ``backoff`` if None; ``backoff`` itself
+            makes every rest as long, as before the doubling).
     """
 
     def __init__(
@@ -43,8 +58,10 @@ class ThrottleRests:
         clock: Callable[[], float],
         overtaken: Callable[[int, Collection[str]], list[str]],
         limit: int = 4096,
+        first: float | None = None,
     ) -> None:
         self._backoff = backoff
+        self._first = backoff * FIRST_SHARE if first is None else min(first, backoff)
         self._clock = clock
         self._overtaken = overtaken
         self._limit = limit
@@ -60,10 +77,22 @@ class ThrottleRests:
         ):
             return
         rests = self._rests
-        rests.pop(key, None)  # re-inserted last: the dictionary's order is the rests' age
-        rests[key] = (self._clock() + self._backoff, mark, error)
+        now = self._clock()
+        last = rests.pop(key, None)  # re-inserted last: the dictionary's order is their age
+        if last is None or now - last[0] > self._backoff:
+            rest = self._first  # not in a row: the key was not throttled lately
+        else:
+            rest = min(last[1] * 2, self._backoff)
+        rests[key] = (now + rest, rest, mark, error)
         if len(rests) > self._limit:
             self._prune()
+
+    def answered(self, keys: Iterable[str]) -> None:
+        """The source answered a load of ``keys``: their next throttle rests them briefly."""
+        rests = self._rests
+        if rests:  # the common load: nothing rests
+            for key in keys:
+                rests.pop(key, None)
 
     def _prune(self) -> None:
         now = self._clock()
@@ -71,7 +100,7 @@ class ThrottleRests:
         keys = list(rests)  # one C call: no other thread changes the dict during it
         for key in keys:
             rest = rests.get(key)
-            if rest is not None and now >= rest[0]:
+            if rest is not None and now - rest[0] > self._backoff:  # no longer in a row
                 rests.pop(key, None)
         excess = len(rests) - self._limit
         if excess > 0:
@@ -90,12 +119,13 @@ class ThrottleRests:
             found = rests.get(key)
             if found is None:
                 continue
-            until, mark, error = found
+            until, rest, mark, error = found
             if now >= until or self._overtaken(mark, (key,)):
                 continue
             answer = SourceResting(
-                f"not loading {key!r}: the source throttled it within the last "
-                f"{self._backoff:g}s (throttle_backoff); {until - now:.3g}s left ({error})"
+                f"not loading {key!r}: the source throttled it lately; resting {rest:g}s "
+                f"(doubled on each throttle in a row, up to throttle_backoff "
+                f"{self._backoff:g}s), {until - now:.3g}s left ({error})"
             )
             answer.__cause__ = error
             answers[key] = answer

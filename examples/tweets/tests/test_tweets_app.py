@@ -163,7 +163,7 @@ def test_tweets_throttled_dynamodb_is_503(http: httpx.Client, tweets_app: Any) -
     assert response.headers["retry-after"] == "1"
     assert "throttl" in response.json()["detail"].lower()
     assert injector.throttled >= 1
-    # The key rests for throttle_backoff (1 s, the Retry-After): answered 503 at once, no
+    # The key rests (a tenth of throttle_backoff at first, within the Retry-After): 503 at once, no
     # request, then read again once the rest is over.
     path = f"/tweets/{tweet['tweet_id']}"
     until(lambda: http.get(path).status_code == 200, "the tweet served after its rest")

@@ -117,8 +117,8 @@ class SourceThrottled(SourceError):
 
 
 class SourceResting(SourceThrottled):
-    """The source throttled this key within the last ``throttle_backoff`` seconds and no copy
-    can be served: answered at once, without a request (its cause: that throttle)."""
+    """The source throttled this key lately and it rests (``throttle_backoff``), with no copy
+    to serve: answered at once, without a request (its cause: that throttle)."""
 
 
 class LoadTimeout(SourceError):

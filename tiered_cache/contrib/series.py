@@ -76,7 +76,7 @@ EVENT_HELP: Mapping[str, str] = {
     "stale_served": "Reads answered with a stale entry while it was refreshed.",
     "stale_served_on_error": "Fail-safe serves: a stale entry served because the load failed.",
     "stale_served_on_slow_load": "A stale entry served because the load passed its soft timeout.",
-    "loads_rested": "Loads not made: the source throttled the key within throttle_backoff.",
+    "loads_rested": "Loads not made: the source throttled the key lately (throttle_backoff).",
     "early_refreshes": "Refreshes started early by XFetch before the entry went stale.",
     "refreshes": "Background refreshes started.",
     "refresh_failures": "Background refreshes that failed.",

@@ -6,7 +6,7 @@ loaded at once, before it waits for the others' holders (so that two processes h
 other's keys never wait on each other). Keys whose holder takes longer than ``lease_wait`` are
 loaded without a lease, in one more batch. A key the source failed for is served its stale
 value under fail-safe (and tier 0 rests the source for ``fail_safe_throttle``), else its error;
-a throttle that reaches a caller rests the key for ``throttle_backoff`` (:mod:`.throttle_rest`).
+a throttle that reaches a caller rests the key (``throttle_backoff``, :mod:`.throttle_rest`).
 Both rests are decided here, for every load path of both loaders.
 """
 

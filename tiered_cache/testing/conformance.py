@@ -368,6 +368,26 @@ class TierConformance:
             got = tier.get(key)
             assert got is MISSING or got.value == "written"
 
+    @pytest.mark.parametrize("batch", [False, True], ids=["one key", "batch"])
+    def test_capability_a_fill_with_nothing_to_keep_leaves_what_voided_its_lease(
+        self, tier: Tier, clock: FakeClock, batch: bool
+    ) -> None:
+        """A load whose entry is past its expiry by its fill keeps nothing, and drops the
+        older copy it was loaded to replace only while its lease holds: a write that voided
+        the lease meanwhile stays (a chain without a source has no other copy of it)."""
+        leasing = self.leasing(tier)
+        key = "conformance:void:past"
+        token, _ = leasing.acquire_lease(key, 5.0)
+        assert token is not None
+        tier.set(key, self.entry(clock, "written"))  # a write while the holder loads
+        past = Entry("read before", clock() - 20, clock() - 10, clock() - 5)
+        if batch:
+            assert leasing.fill_with_leases({key: (past, token)}) == set()
+        else:
+            assert not leasing.fill_with_lease(key, past, token)
+        got = tier.get(key)
+        assert got is not MISSING and got.value == "written"
+
     def test_capability_steal_lease_makes_the_holder_lose(
         self, tier: Tier, clock: FakeClock
     ) -> None:

@@ -244,22 +244,20 @@ class TierCommands:
 
     def fill_with_lease(self, key: str, entry: Entry, token: str) -> Steps[bool]:
         """Store ``entry`` and drop the lease, only while ``token`` holds it (atomically)."""
-        name, data, px = self.stored.encode(key, entry, self._clock())
-        if data is None:
-            # Nothing to keep; an older copy must not outlive this fill either.
-            yield self.io.command, ("UNLINK", name)
-            yield from self.release_lease(key, token)
-            return True
+        ((keys, args),) = fill_calls(plan_fills({key: (entry, token)}, self._encoder()))
         try:
-            filled = yield (
-                self.io.script,
-                (FILL_IF_HOLDING, [name, lease_key(name)], [token, data, px or 0]),
-            )
+            filled = yield self.io.script, (FILL_IF_HOLDING, keys, args)
         except RedisError as exc:
             self._doubt(exc, {key: token}, LATER)
             raise
         self._taken.settle((token,))
         return bool(filled)
+
+    def _encoder(self) -> Callable[[str, Entry], tuple[str, bytes | None, int | None]]:
+        """How a fill's entries are encoded: all at the one instant of the fill."""
+        now = self._clock()
+        encode = self.stored.encode
+        return lambda key, entry: encode(key, entry, now)
 
     def release_lease(self, key: str, token: str) -> Steps[None]:
         """Drop the lease if ``token`` still holds it."""
@@ -311,24 +309,14 @@ class TierCommands:
         trip. Raises :class:`~tiered_cache.leases.PartialFill` (with the keys that were
         written) when some fills failed; their leases are given back, so that nobody waits
         for them."""
-        now = self._clock()
-        encode = self.stored.encode
-        expired, fills = plan_fills(entries, lambda key, entry: encode(key, entry, now))
-        kept = set(expired)  # nothing to store: nothing another writer could lose
-        if expired:
-            # Nothing to keep; an older copy must not outlive this fill either.
-            prefix = self.stored.prefix
-            yield self.io.send, (self._unlinks([prefix + key for key in expired]),)
-            yield from self.release_quietly(expired)
-        if not fills:
-            return kept
+        fills = plan_fills(entries, self._encoder())
         try:
             replies = yield from self._run_scripts(FILL_IF_HOLDING, fill_calls(fills), False)
         except RedisError as exc:
             self._doubt(exc, {key: token for key, _, token, _, _ in fills}, LATER)
             raise
         self._taken.settle(token for _, _, token, _, _ in fills)  # a failed one: given back below
-        kept, failed, error = fill_outcome(self.stored.name, fills, replies, kept)
+        kept, failed, error = fill_outcome(self.stored.name, fills, replies)
         if error is not None:
             yield from self.release_quietly(failed)
             raise error

@@ -19,8 +19,8 @@ from .leases import lease_key
 
 #: One script call: ``(keys, args)``.
 Call = tuple[list[str], list[Any]]
-#: ``(key, redis key, token, bytes or None for "nothing to keep", PX or None)``.
-Fill = tuple[str, str, str, bytes | None, int | None]
+#: ``(key, redis key, token, bytes (empty: nothing to keep, the older copy goes), PX or None)``.
+Fill = tuple[str, str, str, bytes, int | None]
 
 
 def acquire_calls(names: Sequence[str], tokens: Sequence[str], px: int) -> list[Call]:
@@ -72,15 +72,15 @@ def looks(
 def plan_fills(
     entries: Mapping[str, tuple[Entry, str]],
     encode: Callable[[str, Entry], tuple[str, bytes | None, int | None]],
-) -> tuple[dict[str, str], list[Fill]]:
-    """Every entry encoded before anything is sent: ``(keys with nothing to keep: their
-    token, to release; the fills to run)``."""
-    encoded = [(key, token, *encode(key, entry)) for key, (entry, token) in entries.items()]
-    expired = {key: token for key, token, _, data, _ in encoded if data is None}
-    fills: list[Fill] = [
-        (key, name, token, data, px) for key, token, name, data, px in encoded if data
+) -> list[Fill]:
+    """Every entry encoded before anything is sent: the fills to run. An entry with nothing
+    to keep (past its expiry) drops the older copy, under its lease as any fill: dropped
+    unasked, a write made since the load began went with it."""
+    return [
+        (key, name, token, data or b"", px)
+        for key, (entry, token) in entries.items()
+        for name, data, px in (encode(key, entry),)
     ]
-    return expired, fills
 
 
 def fill_calls(fills: Sequence[Fill]) -> list[Call]:
@@ -89,16 +89,16 @@ def fill_calls(fills: Sequence[Fill]) -> list[Call]:
 
 
 def fill_outcome(
-    name: str, fills: Sequence[Fill], replies: Sequence[Any], kept: set[str]
+    name: str, fills: Sequence[Fill], replies: Sequence[Any]
 ) -> tuple[set[str], dict[str, str], PartialFill | None]:
-    """``(keys written (added to kept), leases to give back, the error to raise)``: a failed
-    (or, on a cluster, skipped) fill may not have happened."""
+    """``(keys written, leases to give back, the error to raise)``: a failed (or, on a
+    cluster, skipped) fill may not have happened."""
     errors = [reply for reply in replies if isinstance(reply, Exception)]
-    kept.update(
+    kept = {
         fill[0]
         for fill, reply in zip(fills, replies, strict=False)
         if reply and not isinstance(reply, Exception)
-    )
+    }
     if not errors and len(replies) >= len(fills):
         return kept, {}, None
     failed = {key: token for key, _, token, _, _ in fills[len(replies) :]}

@@ -21,12 +21,17 @@ end
 return {0, data}
 """
 
-#: KEYS: data, lease. ARGV: token, value, PX in ms ("0": no expiry). 1 if filled, 0 if lost.
+#: KEYS: data, lease. ARGV: token, value (empty: the entry has nothing to keep, past its
+#: expiry, and the older copy goes), PX in ms ("0": no expiry). 1 if filled, 0 if lost. A fill
+#: with nothing to keep drops the data only under its lease too: dropped unasked, it deleted
+#: a write made since the load began, the only copy on a chain without a source.
 FILL_IF_HOLDING = """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then
   return 0
 end
-if ARGV[3] == '0' then
+if ARGV[2] == '' then
+  redis.call('UNLINK', KEYS[1])
+elseif ARGV[3] == '0' then
   redis.call('SET', KEYS[1], ARGV[2])
 else
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])

@@ -10,10 +10,10 @@ child forked since had ended.
 Closing that pool the usual way (``PoolManager.clear``, ``HTTPConnectionPool.close``) takes
 the pool container's lock and each pool's queue mutex, which a thread of the parent may have
 held at the fork: held for good in the child, where that thread does not exist. So the pools
-are read directly (one C call each for the container and each queue: no thread of the child
-changes them meanwhile), and each idle connection's socket is detached from its object and
-its descriptor closed: the child's copy alone, since the parent's descriptor is its own, and
-no byte is written (no TLS close_notify, no shutdown): the parent's connection goes on.
+are read directly, without a lock (:mod:`.pools`, the one module that knows their private
+layout), and each idle connection's socket is detached from its object and its descriptor
+closed: the child's copy alone, since the parent's descriptor is its own, and no byte is
+written (no TLS close_notify, no shutdown): the parent's connection goes on.
 
 A connection a parent thread was using at the fork is not in the pool: nothing in the child
 reaches it, and its copy stays open in the child (a request in flight at the fork).
@@ -26,21 +26,9 @@ from typing import Any
 
 from tiered_cache.logs import logger_for
 
+from .pools import LayoutChanged, inherited_connections
+
 __all__ = ["close_inherited_sockets"]
-
-
-def _idle_connections(client: Any) -> list[Any]:
-    """The connections idle in ``client``'s pools (botocore's urllib3 session), read without
-    the pools' locks. Raises AttributeError if botocore or urllib3 keep them otherwise."""
-    session = client._endpoint.http_session
-    managers = [session._manager, *list(session._proxy_managers.values())]
-    found: list[Any] = []
-    for manager in managers:
-        for pool in list(manager.pools._container.values()):
-            queue = pool.pool  # None once the pool was closed
-            if queue is not None:
-                found.extend(conn for conn in list(queue.queue) if conn is not None)
-    return found
 
 
 def close_inherited_sockets(client: Any) -> int:
@@ -48,8 +36,8 @@ def close_inherited_sockets(client: Any) -> int:
     ``client`` (which the child never uses again); returns how many: none if the pools are
     laid out otherwise than this botocore's and urllib3's (logged: their copies stay open)."""
     try:
-        connections = _idle_connections(client)
-    except AttributeError as exc:
+        connections = inherited_connections(client)
+    except LayoutChanged as exc:
         logger_for("source").warning(
             "a forked child could not close the parent's DynamoDB connections (%s); their "
             "copies stay open in the child",

@@ -8,6 +8,8 @@ import itertools
 import weakref
 from typing import Any
 
+from .pools import LayoutChanged, holds_pools
+
 #: Names the hooks the watches register: an ``id()`` may be reused once its object is gone,
 #: and botocore ignores a second registration under a unique id it already holds.
 _numbers = itertools.count()
@@ -16,14 +18,12 @@ _numbers = itertools.count()
 def opened_a_connection(client: Any) -> bool:
     """Whether ``client`` has opened a connection already: a request sent before anything
     watched it (a table check at start-up, a warm-up read) leaves it kept alive in the pool.
-    urllib3's pool manager holds a pool for each host the client sent to, and none before.
-    botocore shows neither; read from its private parts, and taken as yes where they are not
-    there (another botocore): a child then refuses, and never shares a socket."""
+    botocore does not show it (:func:`.pools.holds_pools` reads its private parts); taken as
+    yes where they are laid out otherwise (another botocore): a child then refuses, and never
+    shares a socket."""
     try:
-        session = client._endpoint.http_session
-        managers = [session._manager, *session._proxy_managers.values()]
-        return any(len(manager.pools) > 0 for manager in managers)
-    except AttributeError:
+        return holds_pools(client)
+    except LayoutChanged:
         return True
 
 

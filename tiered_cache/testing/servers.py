@@ -544,6 +544,8 @@ class FaultProxy(_Service):
         self._lock = threading.Lock()
         self._links: set[_Link] = set()
         self._delay = 0.0
+        #: Links whose chunk :meth:`delay` holds back now (see :attr:`holding`).
+        self._holding = 0
         #: Replies handed on ``(bytes, seconds)`` at a time (see :meth:`trickle`), or None.
         self._trickle: tuple[int, float] | None = None
         self._closed = threading.Event()
@@ -570,6 +572,13 @@ class FaultProxy(_Service):
         """How many proxied connections are open now."""
         with self._lock:
             return len(self._links)
+
+    @property
+    def holding(self) -> int:
+        """How many connections have a chunk :meth:`delay` holds back now (a request the
+        client has written, and waits on): a test's sign that a caller is inside a call."""
+        with self._lock:
+            return self._holding
 
     def url(self, scheme: str = "redis", path: str = "/0") -> str:
         """``redis://127.0.0.1:<proxy port>/0``, or with another scheme or path."""
@@ -689,6 +698,16 @@ class FaultProxy(_Service):
                 return True
         return False
 
+    def _held(self, link: _Link) -> bool:
+        """:meth:`_hold`, counted in :attr:`holding` meanwhile."""
+        with self._lock:
+            self._holding += 1
+        try:
+            return self._hold(link)
+        finally:
+            with self._lock:
+                self._holding -= 1
+
     def _dribble(self, link: _Link, data: bytes, size: int, every: float) -> bool:
         """Send ``data`` to the client in pieces (see :meth:`trickle`); True if the link was
         closed meanwhile. A restore() sends the rest at once."""
@@ -710,7 +729,7 @@ class FaultProxy(_Service):
                     data = sock.recv(65536)
                     if not data:
                         return
-                    if self._delay and self._hold(link):
+                    if self._delay and self._held(link):
                         return
                     trickle = self._trickle
                     if trickle is not None and sock is link.upstream:

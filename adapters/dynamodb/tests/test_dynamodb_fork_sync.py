@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -25,6 +26,7 @@ from tiered_cache_dynamodb.testing import MotoDynamoDB, seed_items
 
 from tiered_cache import SourceError
 from tiered_cache.testing.forked import ForkedChild
+from tiered_cache.testing.polling import until
 from tiered_cache.testing.servers import FaultProxy
 
 #: Generous: a child that has not reported by then is hung, not slow.
@@ -154,6 +156,53 @@ def test_a_forked_child_closes_its_copy_of_the_parents_kept_alive_connection(
     assert seen == [0, 1, 1]
     assert sockets_to(proxy.port) == 1
     assert n_of(source.load("k2")) == 2  # on the parent's connection, which the child left
+    source.close()
+
+
+def test_a_forked_child_closes_its_copy_of_a_connection_a_parent_thread_was_using(
+    proxied: tuple[MotoDynamoDB, FaultProxy], admin_client: Any, make_table: Callable[..., str]
+) -> None:
+    """A connection a parent thread was using at the fork (its request held by the proxy) is
+    in no pool's queue: the child closes its copy too, and loads on a connection of its own;
+    the parent's request goes on to its answer on the parent's."""
+    server, proxy = proxied
+    table = make_table()
+    seed_items(admin_client, table, ["k0", "k1", "k2"])
+    settings = server.settings(
+        table=table, key="id", endpoint_url=proxy.url("http", ""), read_timeout=HUNG
+    )
+    source = DynamoDBSource.from_settings(settings)
+    proxy.delay(HUNG)
+    loaded: list[int] = []
+    parents = threading.Thread(target=lambda: loaded.append(n_of(source.load("k0"))))
+    parents.start()
+    # Connected: the thread holds its connection, its request (the table check) held.
+    until(lambda: proxy.connections == 1, "the parent thread's connection")
+    go_on, told = os.pipe()
+
+    def body(report: Callable[[Any], None]) -> None:
+        os.close(told)
+        report(sockets_to(proxy.port))
+        os.read(go_on, 1)  # the proxy forwards again
+        report([n_of(source.load("k1")), sockets_to(proxy.port)])
+
+    child = ForkedChild(body)
+    os.close(go_on)
+    try:
+        at_start = child.read(timeout=HUNG)
+        proxy.restore()
+        os.write(told, b"x")
+        after_a_load = child.read(timeout=HUNG)
+    except BaseException:
+        child.kill()
+        raise
+    finally:
+        os.close(told)
+    status = child.wait()
+    parents.join(timeout=HUNG)
+    assert [at_start, after_a_load, status] == [0, [1, 1], 0]
+    assert loaded == [0]  # the parent's request, answered on its connection
+    assert n_of(source.load("k2")) == 2
     source.close()
 
 

@@ -15,8 +15,11 @@ layout), and each idle connection's socket is detached from its object and its d
 closed: the child's copy alone, since the parent's descriptor is its own, and no byte is
 written (no TLS close_notify, no shutdown): the parent's connection goes on.
 
-A connection a parent thread was using at the fork is not in the pool: nothing in the child
-reaches it, and its copy stays open in the child (a request in flight at the fork).
+A connection a parent thread was using at the fork is in no pool's queue: the thread holds it,
+and that thread does not exist in the child (its request never goes on there). Such a copy
+stayed open in the child for its life (a request in flight at the fork); the source's
+:class:`~.pools.ConnectionWatch` notes every connection its client makes, and the child
+closes those copies too, as the idle ones: the socket detached, nothing written, no lock.
 """
 
 from __future__ import annotations
@@ -26,17 +29,18 @@ from typing import Any
 
 from tiered_cache.logs import logger_for
 
-from .pools import LayoutChanged, inherited_connections
+from .pools import ConnectionWatch, LayoutChanged, inherited_connections
 
 __all__ = ["close_inherited_sockets"]
 
 
-def close_inherited_sockets(client: Any) -> int:
-    """In a forked child, close the child's copies of the sockets idle in the parent's
-    ``client`` (which the child never uses again); returns how many: none if the pools are
+def close_inherited_sockets(client: Any, watch: ConnectionWatch) -> int:
+    """In a forked child, close the child's copies of the sockets of the parent's ``client``
+    (which the child never uses again; ``watch`` noted its connections), idle in its pools or
+    in use by a thread of the parent at the fork; returns how many: none if the pools are
     laid out otherwise than this botocore's and urllib3's (logged: their copies stay open)."""
     try:
-        connections = inherited_connections(client)
+        connections = inherited_connections(client, watch)
     except LayoutChanged as exc:
         logger_for("source").warning(
             "a forked child could not close the parent's DynamoDB connections (%s); their "

@@ -1,11 +1,14 @@
 """What the adapter knows of a boto3 client's connections: botocore's and urllib3's private
-layout, read here alone.
+layout, read (and, for a client a forked child's source lets go of, hooked) here alone.
 
 botocore shows nothing of its connections. The client's endpoint holds an HTTP session
 (``_endpoint.http_session``), whose urllib3 pool managers (``_manager``, and one per proxy in
 ``_proxy_managers``) hold a pool for each host the client sent to (``pools``, read through
 its ``_container``), each with a queue of its idle connections (``pool.pool.queue``; the
-pool is ``None`` once closed).
+pool is ``None`` once closed). A connection a thread has taken from its pool is in no queue,
+and nothing of urllib3's refers to it: only the pool classes the session makes its pools of
+(``_pool_classes_by_scheme``, one dict its managers share) see it made, and
+:class:`ConnectionWatch` has them note it.
 
 Another botocore or urllib3 may lay them out otherwise: each reader raises
 :class:`LayoutChanged` then, and its caller decides what that means (:mod:`.sends`: the
@@ -14,9 +17,10 @@ client may have sent; :mod:`.inherited`: warn, close nothing).
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
-__all__ = ["LayoutChanged", "holds_pools", "inherited_connections"]
+__all__ = ["ConnectionWatch", "LayoutChanged", "holds_pools", "inherited_connections"]
 
 
 class LayoutChanged(Exception):
@@ -49,10 +53,47 @@ def _idle_connections(client: Any) -> list[Any]:
     return found
 
 
-def inherited_connections(client: Any) -> list[Any]:
-    """The connections of ``client`` a forked child holds copies of: those idle in its pools.
-    Read without a lock."""
+class ConnectionWatch:
+    """Notes every connection ``client``'s pools make from now on (held weakly: a connection
+    dropped is forgotten), in use or idle: the pool classes of the client's HTTP session are
+    replaced by subclasses whose connection class adds each connection it makes. A pool made
+    before the watch keeps its class (its idle connections are still found in its queue).
+    Where the session has no such classes, nothing is noted, and :func:`inherited_connections`
+    says why."""
+
+    def __init__(self, client: Any) -> None:
+        self.made: weakref.WeakSet[Any] = weakref.WeakSet()
+        #: Why nothing is noted (another botocore or urllib3), or None.
+        self.not_watched: str | None = None
+        try:
+            classes = client._endpoint.http_session._pool_classes_by_scheme
+            noted = {scheme: self._noting(pool) for scheme, pool in classes.items()}
+        except AttributeError as exc:
+            self.not_watched = str(exc)
+            return
+        classes.update(noted)
+
+    def _noting(self, pool: type[Any]) -> type[Any]:
+        made = self.made
+        connection: type[Any] = pool.ConnectionCls
+
+        class Noted(connection):  # type: ignore[misc]
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                super().__init__(*args, **kwargs)
+                made.add(self)
+
+        return type(pool.__name__, (pool,), {"ConnectionCls": Noted, "__module__": __name__})
+
+
+def inherited_connections(client: Any, watch: ConnectionWatch) -> list[Any]:
+    """Every connection of ``client`` (watched by ``watch``) still held in a forked child:
+    those idle in its pools, and those a thread of the parent was using at the fork, which no
+    pool holds; each once. Read without a lock."""
+    if watch.not_watched is not None:
+        raise LayoutChanged(watch.not_watched)
     try:
-        return _idle_connections(client)
+        idle = _idle_connections(client)
     except AttributeError as exc:
         raise LayoutChanged(str(exc)) from exc
+    seen = {id(conn) for conn in idle}
+    return idle + [conn for conn in list(watch.made) if id(conn) not in seen]

@@ -20,6 +20,7 @@ from tiered_cache.tier import MissingType
 from .aws import client_config, session_for
 from .inherited import close_inherited_sockets
 from .keys import KeyCodec
+from .pools import ConnectionWatch
 from .sends import SendWatch
 from .settings import DynamoDBSourceSettings
 from .table_steps import TableSteps, table_options
@@ -106,6 +107,10 @@ class DynamoDBSource:
         #: Otherwise (a client given, or owned with no ``connect``): whether the client has
         #: sent a request, before the source was given it too (it may hold open connections).
         self._sends = None if self._remakes_client else SendWatch(client)
+        #: If so: every connection the client makes (each client made anew too), for a
+        #: child to close its copies of those a parent thread was using at the fork (in no
+        #: pool's queue).
+        self._connections = ConnectionWatch(client) if self._remakes_client else None
         restart_after_fork(self)
 
     def after_fork_in_child(self) -> None:
@@ -114,8 +119,9 @@ class DynamoDBSource:
         the child wrote on one was answered to whichever process read first (a load failed
         with another key's item, in the child or the parent). A client this source made is
         let go of (kept, never closed: :func:`~tiered_cache.forking.keep_from_the_parent`)
-        and made anew on the next call, and the child's copies of its idle sockets are
-        closed without the pool's locks (:mod:`.inherited`); the locks are made anew. A
+        and made anew on the next call, and the child's copies of its sockets (idle, or in
+        use by a parent thread at the fork) are closed without the pool's locks
+        (:mod:`.inherited`); the locks are made anew. A
         client given to the source cannot be (nor one it owns with no ``connect``): the
         child's source refuses every call with a :class:`SourceError` that says so (and logs
         it once), unless the client never sent a request before the fork, through the source
@@ -126,8 +132,10 @@ class DynamoDBSource:
         self._check_lock = threading.Lock()
         self._connect_lock = threading.Lock()
         if self._remakes_client:
-            if self._client is not None:
-                close_inherited_sockets(self._client)  # the child's copies, without a lock
+            if self._client is not None and self._connections is not None:
+                # The child's copies, idle or in use by a parent thread, without a lock.
+                close_inherited_sockets(self._client, self._connections)
+            self._connections = None
             keep_from_the_parent(self._client)
             self._client = None
         elif self._sends is not None and self._sends.sent:
@@ -167,7 +175,10 @@ class DynamoDBSource:
         with self._connect_lock:
             if self._client is None:
                 assert self._connect is not None
-                self._client = self._connect()
+                made = self._connect()
+                # Watched before it is shared: a fork sees the client with its watch.
+                self._connections = ConnectionWatch(made)
+                self._client = made
             return self._client
 
     def _parents_client_error(self) -> SourceError:

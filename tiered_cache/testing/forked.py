@@ -71,6 +71,52 @@ def in_a_child(body: Callable[[], Any], timeout: float | None = None) -> Any:
     return value
 
 
+def reports_around(
+    first: Callable[[], Any], between: Callable[[], None], then: Callable[[], Any], timeout: float
+) -> tuple[Any, Any, int]:
+    """Fork; the child reports ``first()``, waits while the parent calls ``between()`` (a
+    fault undone), then reports ``then()``. Returns both reports and the child's exit code; a
+    child that reports nothing within ``timeout`` is killed (:meth:`ForkedChild.read`)."""
+    go_on, told = os.pipe()
+
+    def body(report: Callable[[Any], None]) -> None:
+        os.close(told)
+        report(first())
+        os.read(go_on, 1)
+        report(then())
+
+    child = ForkedChild(body)
+    os.close(go_on)
+    try:
+        before = child.read(timeout=timeout)
+        between()
+        os.write(told, b"x")
+        after = child.read(timeout=timeout)
+    except BaseException:
+        child.kill()
+        raise
+    finally:
+        os.close(told)
+    return before, after, child.wait()
+
+
+def sockets_to(port: int) -> int:
+    """This process's descriptors of TCP sockets whose far end is loopback ``port`` (from
+    /proc: the sockets of the network namespace, then this process's descriptors)."""
+    ends: set[str] = set()
+    for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
+        with open(table, encoding="ascii") as rows:
+            for row in list(rows)[1:]:
+                fields = row.split()
+                if int(fields[2].rpartition(":")[2], 16) == port:
+                    ends.add(f"socket:[{fields[9]}]")
+    count = 0
+    for descriptor in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the listing's own descriptor, closed by now
+            count += os.readlink(f"/proc/self/fd/{descriptor}") in ends
+    return count
+
+
 async def refusals(
     calls: Iterable[Awaitable[Any]], refused: type[Exception], says: str
 ) -> list[Any]:

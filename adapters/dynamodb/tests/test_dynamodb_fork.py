@@ -12,13 +12,16 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from tiered_cache_dynamodb import AsyncDynamoDBSource
 from tiered_cache_dynamodb.async_source import connect_client
 from tiered_cache_dynamodb.testing import MotoDynamoDB, seed_items
 
 from tiered_cache import AsyncTieredCache, MemoryTier, SourceError
 from tiered_cache.testing.async_conformance import LoopThread
-from tiered_cache.testing.forked import in_a_child, refusals
+from tiered_cache.testing.forked import in_a_child, refusals, reports_around, sockets_to
+from tiered_cache.testing.polling import until
+from tiered_cache.testing.servers import FaultProxy
 
 #: Generous: a child that has not reported by then is hung, not slow.
 HUNG = 30.0
@@ -87,3 +90,48 @@ def test_a_forked_child_refuses_the_connections_of_a_given_client(
     loop.run(source.aclose())
     loop.run(client.close())
     loop.close()
+
+
+@pytest.mark.parametrize("in_flight", [0, 2])
+def test_a_forked_child_closes_its_copies_of_the_parents_connections(
+    kept_alive: MotoDynamoDB, admin_client: Any, make_table: Callable[..., str], in_flight: int
+) -> None:
+    """The child's copies of the parent's connections -- idle in the client's pool, or in use
+    by parent coroutines at the fork (their requests held by the proxy) -- are closed as the
+    child starts, nothing written on them; the child loads on a connection of its own, and
+    the parent's requests go on to their answers."""
+    host, _, port = kept_alive.endpoint_url.removeprefix("http://").partition(":")
+    table = make_table()
+    keys = [f"k{i}" for i in range(5)]
+    seed_items(admin_client, table, keys)
+    with FaultProxy(host, int(port)) as proxy:
+        settings = kept_alive.settings(
+            table=table, key="id", endpoint_url=proxy.url("http", ""), read_timeout=HUNG
+        )
+        source = AsyncDynamoDBSource.from_settings(settings)
+        loop = LoopThread()
+        assert loop.run(source.load("k0"))["n"] == 0
+        assert proxy.connections == 1  # the parent's, kept alive
+        proxy.delay(HUNG)
+        held = [
+            asyncio.run_coroutine_threadsafe(source.load(key), loop.loop)
+            for key in keys[1 : 1 + in_flight]
+        ]
+        until(lambda: proxy.holding == in_flight, "the parent coroutines' requests")
+
+        async def load_in_the_child() -> list[int]:
+            item = await source.load("k4")
+            return [int(item["n"]), sockets_to(proxy.port)]
+
+        at_start, after_a_load, status = reports_around(
+            lambda: sockets_to(proxy.port),
+            proxy.restore,  # the proxy forwards again
+            lambda: asyncio.run(load_in_the_child()),
+            HUNG,
+        )
+        answered = [int(future.result(HUNG)["n"]) for future in held]
+        assert [at_start, after_a_load, status] == [0, [4, 1], 0]
+        assert answered == list(range(1, 1 + in_flight))  # on the parent's connections
+        assert loop.run(source.load("k0"))["n"] == 0
+        loop.run(source.aclose())
+        loop.close()

@@ -13,7 +13,6 @@ The servers here are kept alive (``MotoDynamoDB(keep_alive=True)``) behind a
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -25,7 +24,7 @@ from tiered_cache_dynamodb import DynamoDBSource
 from tiered_cache_dynamodb.testing import MotoDynamoDB, seed_items
 
 from tiered_cache import SourceError
-from tiered_cache.testing.forked import ForkedChild
+from tiered_cache.testing.forked import ForkedChild, reports_around, sockets_to
 from tiered_cache.testing.polling import until
 from tiered_cache.testing.servers import FaultProxy
 
@@ -111,23 +110,6 @@ def test_a_forked_child_loads_on_connections_of_its_own(
     source.close()
 
 
-def sockets_to(port: int) -> int:
-    """This process's descriptors of TCP sockets whose far end is loopback ``port`` (from
-    /proc: the sockets of the network namespace, then this process's descriptors)."""
-    ends: set[str] = set()
-    for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
-        with open(table, encoding="ascii") as rows:
-            for row in list(rows)[1:]:
-                fields = row.split()
-                if int(fields[2].rpartition(":")[2], 16) == port:
-                    ends.add(f"socket:[{fields[9]}]")
-    count = 0
-    for descriptor in os.listdir("/proc/self/fd"):
-        with contextlib.suppress(OSError):  # the listing's own descriptor, closed by now
-            count += os.readlink(f"/proc/self/fd/{descriptor}") in ends
-    return count
-
-
 def test_a_forked_child_closes_its_copy_of_the_parents_kept_alive_connection(
     proxied: tuple[MotoDynamoDB, FaultProxy], admin_client: Any, make_table: Callable[..., str]
 ) -> None:
@@ -176,29 +158,14 @@ def test_a_forked_child_closes_its_copy_of_a_connection_a_parent_thread_was_usin
     loaded: list[int] = []
     parents = threading.Thread(target=lambda: loaded.append(n_of(source.load("k0"))))
     parents.start()
-    # Connected: the thread holds its connection, its request (the table check) held.
-    until(lambda: proxy.connections == 1, "the parent thread's connection")
-    go_on, told = os.pipe()
-
-    def body(report: Callable[[Any], None]) -> None:
-        os.close(told)
-        report(sockets_to(proxy.port))
-        os.read(go_on, 1)  # the proxy forwards again
-        report([n_of(source.load("k1")), sockets_to(proxy.port)])
-
-    child = ForkedChild(body)
-    os.close(go_on)
-    try:
-        at_start = child.read(timeout=HUNG)
-        proxy.restore()
-        os.write(told, b"x")
-        after_a_load = child.read(timeout=HUNG)
-    except BaseException:
-        child.kill()
-        raise
-    finally:
-        os.close(told)
-    status = child.wait()
+    # Its request (the table check) written and held: the thread holds its connection.
+    until(lambda: proxy.holding == 1, "the parent thread's request")
+    at_start, after_a_load, status = reports_around(
+        lambda: sockets_to(proxy.port),
+        proxy.restore,  # the proxy forwards again
+        lambda: [n_of(source.load("k1")), sockets_to(proxy.port)],
+        HUNG,
+    )
     parents.join(timeout=HUNG)
     assert [at_start, after_a_load, status] == [0, [1, 1], 0]
     assert loaded == [0]  # the parent's request, answered on its connection

@@ -14,7 +14,7 @@ loop, should it run again, finds a request on the old client refused (a closed s
 answered on another loop's connection.
 
 aiobotocore and aiohttp offer no way to do it that does not wait on the loop: the client's
-HTTP sessions are its endpoint's (``_endpoint.http_session._sessions``), and a connector's
+HTTP sessions are read from their private parts (:mod:`.aio_pools`), and a connector's
 ``close()`` makes a task of the first loop that must be awaited (else a ``DeprecationWarning``);
 its ``_close()`` is the part of it that closes, without the wait.
 """
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from aiobotocore.httpsession import AIOHTTPSession
+from .aio_pools import client_sessions
 
 __all__ = ["close_a_left_loops_client"]
 
@@ -33,11 +33,8 @@ def close_a_left_loops_client(client: Any) -> int:
     waiting for its loop, and mark the sessions closed; how many sessions were open. A
     client on another HTTP session class (``AioConfig(http_session_cls=...)``) is not
     reached (0): dropped, its connections wait for the collector, as a closed loop's."""
-    http = client._endpoint.http_session
-    if not isinstance(http, AIOHTTPSession):
-        return 0
     open_ones = 0
-    for session in list((http._sessions or {}).values()):
+    for session in client_sessions(client):
         connector = session.connector
         if connector is not None and not connector.closed:
             open_ones += 1

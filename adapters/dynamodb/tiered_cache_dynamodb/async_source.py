@@ -38,8 +38,10 @@ from tiered_cache.loop_end import LoopEnd
 from tiered_cache.steps import arun
 from tiered_cache.tier import MissingType
 
+from .aio_pools import inherited_sockets
 from .async_left import close_a_left_loops_client
 from .aws import client_options, credentials
+from .inherited import close_inherited_sockets
 from .keys import KeyCodec
 from .settings import DynamoDBSourceSettings
 from .table_steps import TableSteps, table_options
@@ -156,16 +158,22 @@ class AsyncDynamoDBSource(AsyncSourceBase):
         parent's sockets: in a forked child, on a loop of its own, each request failed (a
         Future of another loop), and the child could load nothing. A client this source
         made is let go of (kept, never closed: :func:`~tiered_cache.forking.keep_from_the_parent`)
-        and made anew on the next call; so are the locks, which may be bound to the parent's
-        loop. A client given to the source cannot be: its sockets are the parent's (a request
-        written on one is answered to whichever process reads first), so the child's source
-        refuses every call with a :class:`SourceError` that says so (and logs it once): give
-        the source ``connect`` instead (``from_settings`` without ``client``) to fork it."""
+        and made anew on the next call, the child's copies of its sockets (idle, or in use by
+        a parent coroutine at the fork) closed without its loop (:mod:`.inherited`); so are
+        the locks, which may be bound to the parent's loop. A client given to the source
+        cannot be: its sockets are the parent's (a request written on one is answered to
+        whichever process reads first), so the child's source refuses every call with a
+        :class:`SourceError` that says so (and logs it once): give the source ``connect``
+        instead (``from_settings`` without ``client``) to fork it."""
         self._connect_lock = asyncio.Lock()
         self._check_lock = asyncio.Lock()
         self._loop_end.stop()
         if self._connect is not None and self._owns_client:
-            keep_from_the_parent(self._client)
+            client = self._client
+            if client is not None:
+                # The child's copies, idle or in use by a parent coroutine: the loop untouched.
+                close_inherited_sockets(lambda: inherited_sockets(client))
+            keep_from_the_parent(client)
             self._client = None
         elif self._client is not None:
             self._forked_from_client = True

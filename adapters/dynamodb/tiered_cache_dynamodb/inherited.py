@@ -20,27 +20,36 @@ and that thread does not exist in the child (its request never goes on there). S
 stayed open in the child for its life (a request in flight at the fork); the source's
 :class:`~.pools.ConnectionWatch` notes every connection its client makes, and the child
 closes those copies too, as the idle ones: the socket detached, nothing written, no lock.
+
+The asyncio source's aiobotocore client is let go of in the child the same way (kept, never
+closed: closing its connections the usual way closes their transports on the parent's loop,
+whose epoll set the child shares, and the parent's reads on them then time out). Its
+connections, idle or in use by a parent coroutine, are all in its aiohttp connectors
+(:mod:`.aio_pools`); their sockets are detached and closed here too, which leaves the
+parent's epoll set alone: a socket stays in it until every descriptor of it is closed, and
+the parent's is not.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from tiered_cache.logs import logger_for
 
-from .pools import ConnectionWatch, LayoutChanged, inherited_connections
+from .pools import LayoutChanged
 
 __all__ = ["close_inherited_sockets"]
 
 
-def close_inherited_sockets(client: Any, watch: ConnectionWatch) -> int:
-    """In a forked child, close the child's copies of the sockets of the parent's ``client``
-    (which the child never uses again; ``watch`` noted its connections), idle in its pools or
-    in use by a thread of the parent at the fork; returns how many: none if the pools are
-    laid out otherwise than this botocore's and urllib3's (logged: their copies stay open)."""
+def close_inherited_sockets(find: Callable[[], list[Any]]) -> int:
+    """In a forked child, close the child's copies of the sockets ``find`` reads (a client's
+    of the parent's, which the child never uses again: :func:`.pools.inherited_sockets`,
+    :func:`.aio_pools.inherited_sockets`); returns how many: none if ``find`` raises
+    :class:`~.pools.LayoutChanged` (logged: their copies stay open)."""
     try:
-        connections = inherited_connections(client, watch)
+        sockets = find()
     except LayoutChanged as exc:
         logger_for("source").warning(
             "a forked child could not close the parent's DynamoDB connections (%s); their "
@@ -49,10 +58,7 @@ def close_inherited_sockets(client: Any, watch: ConnectionWatch) -> int:
         )
         return 0
     closed = 0
-    for conn in connections:
-        sock = conn.sock
-        if sock is None:  # never connected, or closed
-            continue
+    for sock in sockets:
         descriptor = sock.detach()  # the object closed, the descriptor ours to close
         if descriptor >= 0:
             os.close(descriptor)

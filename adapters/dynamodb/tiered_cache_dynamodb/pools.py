@@ -20,7 +20,7 @@ from __future__ import annotations
 import weakref
 from typing import Any
 
-__all__ = ["ConnectionWatch", "LayoutChanged", "holds_pools", "inherited_connections"]
+__all__ = ["ConnectionWatch", "LayoutChanged", "holds_pools", "inherited_sockets"]
 
 
 class LayoutChanged(Exception):
@@ -58,7 +58,7 @@ class ConnectionWatch:
     dropped is forgotten), in use or idle: the pool classes of the client's HTTP session are
     replaced by subclasses whose connection class adds each connection it makes. A pool made
     before the watch keeps its class (its idle connections are still found in its queue).
-    Where the session has no such classes, nothing is noted, and :func:`inherited_connections`
+    Where the session has no such classes, nothing is noted, and :func:`inherited_sockets`
     says why."""
 
     def __init__(self, client: Any) -> None:
@@ -85,10 +85,10 @@ class ConnectionWatch:
         return type(pool.__name__, (pool,), {"ConnectionCls": Noted, "__module__": __name__})
 
 
-def inherited_connections(client: Any, watch: ConnectionWatch) -> list[Any]:
-    """Every connection of ``client`` (watched by ``watch``) still held in a forked child:
-    those idle in its pools, and those a thread of the parent was using at the fork, which no
-    pool holds; each once. Read without a lock."""
+def inherited_sockets(client: Any, watch: ConnectionWatch) -> list[Any]:
+    """The sockets of ``client``'s connections (watched by ``watch``) in a forked child: those
+    idle in its pools, and those a thread of the parent was using at the fork, which no pool
+    holds; each once. Read without a lock."""
     if watch.not_watched is not None:
         raise LayoutChanged(watch.not_watched)
     try:
@@ -96,4 +96,6 @@ def inherited_connections(client: Any, watch: ConnectionWatch) -> list[Any]:
     except AttributeError as exc:
         raise LayoutChanged(str(exc)) from exc
     seen = {id(conn) for conn in idle}
-    return idle + [conn for conn in list(watch.made) if id(conn) not in seen]
+    connections = idle + [conn for conn in list(watch.made) if id(conn) not in seen]
+    # http.client's: None before the connection is made, and once it is closed.
+    return [conn.sock for conn in connections if conn.sock is not None]

@@ -20,7 +20,7 @@ from tiered_cache.tier import MissingType
 from .aws import client_config, session_for
 from .inherited import close_inherited_sockets
 from .keys import KeyCodec
-from .pools import ConnectionWatch
+from .pools import ConnectionWatch, inherited_sockets
 from .sends import SendWatch
 from .settings import DynamoDBSourceSettings
 from .table_steps import TableSteps, table_options
@@ -132,9 +132,10 @@ class DynamoDBSource:
         self._check_lock = threading.Lock()
         self._connect_lock = threading.Lock()
         if self._remakes_client:
-            if self._client is not None and self._connections is not None:
+            client, watch = self._client, self._connections
+            if client is not None and watch is not None:
                 # The child's copies, idle or in use by a parent thread, without a lock.
-                close_inherited_sockets(self._client, self._connections)
+                close_inherited_sockets(lambda: inherited_sockets(client, watch))
             self._connections = None
             keep_from_the_parent(self._client)
             self._client = None

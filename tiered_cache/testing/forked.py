@@ -7,7 +7,7 @@ import json
 import os
 import select
 import signal
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import IO, Any
 
 
@@ -71,33 +71,36 @@ def in_a_child(body: Callable[[], Any], timeout: float | None = None) -> Any:
     return value
 
 
-def reports_around(
-    first: Callable[[], Any], between: Callable[[], None], then: Callable[[], Any], timeout: float
-) -> tuple[Any, Any, int]:
-    """Fork; the child reports ``first()``, waits while the parent calls ``between()`` (a
-    fault undone), then reports ``then()``. Returns both reports and the child's exit code; a
-    child that reports nothing within ``timeout`` is killed (:meth:`ForkedChild.read`)."""
+def reports_between(
+    steps: Sequence[Callable[[], Any]], betweens: Sequence[Callable[[], None]], timeout: float
+) -> tuple[list[Any], int]:
+    """Fork; the child reports what each of ``steps`` returns, one after another, and before
+    each step but the first waits while the parent calls the ``betweens`` in turn (a fault
+    made or undone, a wait for the child's effect). Returns the reports and the child's exit
+    code; a child that reports nothing within ``timeout`` is killed (:meth:`ForkedChild.read`)."""
     go_on, told = os.pipe()
 
     def body(report: Callable[[Any], None]) -> None:
         os.close(told)
-        report(first())
-        os.read(go_on, 1)
-        report(then())
+        for number, step in enumerate(steps):
+            if number:
+                os.read(go_on, 1)
+            report(step())
 
     child = ForkedChild(body)
     os.close(go_on)
     try:
-        before = child.read(timeout=timeout)
-        between()
-        os.write(told, b"x")
-        after = child.read(timeout=timeout)
+        reports = [child.read(timeout=timeout)]
+        for between in betweens:
+            between()
+            os.write(told, b"x")
+            reports.append(child.read(timeout=timeout))
     except BaseException:
         child.kill()
         raise
     finally:
         os.close(told)
-    return before, after, child.wait()
+    return reports, child.wait()
 
 
 def sockets_to(port: int) -> int:

@@ -19,7 +19,7 @@ from tiered_cache_dynamodb.testing import MotoDynamoDB, seed_items
 
 from tiered_cache import AsyncTieredCache, MemoryTier, SourceError
 from tiered_cache.testing.async_conformance import LoopThread
-from tiered_cache.testing.forked import in_a_child, refusals, reports_around, sockets_to
+from tiered_cache.testing.forked import in_a_child, refusals, reports_between, sockets_to
 from tiered_cache.testing.polling import until
 from tiered_cache.testing.servers import FaultProxy
 
@@ -123,10 +123,9 @@ def test_a_forked_child_closes_its_copies_of_the_parents_connections(
             item = await source.load("k4")
             return [int(item["n"]), sockets_to(proxy.port)]
 
-        at_start, after_a_load, status = reports_around(
-            lambda: sockets_to(proxy.port),
-            proxy.restore,  # the proxy forwards again
-            lambda: asyncio.run(load_in_the_child()),
+        (at_start, after_a_load), status = reports_between(
+            [lambda: sockets_to(proxy.port), lambda: asyncio.run(load_in_the_child())],
+            [proxy.restore],  # the proxy forwards again
             HUNG,
         )
         answered = [int(future.result(HUNG)["n"]) for future in held]

@@ -24,7 +24,7 @@ from tiered_cache_dynamodb import DynamoDBSource
 from tiered_cache_dynamodb.testing import MotoDynamoDB, seed_items
 
 from tiered_cache import SourceError
-from tiered_cache.testing.forked import ForkedChild, reports_around, sockets_to
+from tiered_cache.testing.forked import ForkedChild, reports_between, sockets_to
 from tiered_cache.testing.polling import until
 from tiered_cache.testing.servers import FaultProxy
 
@@ -141,35 +141,87 @@ def test_a_forked_child_closes_its_copy_of_the_parents_kept_alive_connection(
     source.close()
 
 
+def a_source_behind(
+    proxied: tuple[MotoDynamoDB, FaultProxy], admin_client: Any, make_table: Callable[..., str]
+) -> DynamoDBSource:
+    """A source of a table of ``k0``..``k2`` through the proxy, whose requests may be held
+    (``delay``) as long as a child may take to report."""
+    server, proxy = proxied
+    table = make_table()
+    seed_items(admin_client, table, ["k0", "k1", "k2"])
+    return DynamoDBSource.from_settings(
+        server.settings(
+            table=table, key="id", endpoint_url=proxy.url("http", ""), read_timeout=HUNG
+        )
+    )
+
+
 def test_a_forked_child_closes_its_copy_of_a_connection_a_parent_thread_was_using(
     proxied: tuple[MotoDynamoDB, FaultProxy], admin_client: Any, make_table: Callable[..., str]
 ) -> None:
     """A connection a parent thread was using at the fork (its request held by the proxy) is
     in no pool's queue: the child closes its copy too, and loads on a connection of its own;
     the parent's request goes on to its answer on the parent's."""
-    server, proxy = proxied
-    table = make_table()
-    seed_items(admin_client, table, ["k0", "k1", "k2"])
-    settings = server.settings(
-        table=table, key="id", endpoint_url=proxy.url("http", ""), read_timeout=HUNG
-    )
-    source = DynamoDBSource.from_settings(settings)
+    _, proxy = proxied
+    source = a_source_behind(proxied, admin_client, make_table)
     proxy.delay(HUNG)
     loaded: list[int] = []
     parents = threading.Thread(target=lambda: loaded.append(n_of(source.load("k0"))))
     parents.start()
     # Its request (the table check) written and held: the thread holds its connection.
     until(lambda: proxy.holding == 1, "the parent thread's request")
-    at_start, after_a_load, status = reports_around(
-        lambda: sockets_to(proxy.port),
-        proxy.restore,  # the proxy forwards again
-        lambda: [n_of(source.load("k1")), sockets_to(proxy.port)],
+    (at_start, after_a_load), status = reports_between(
+        [
+            lambda: sockets_to(proxy.port),
+            lambda: [n_of(source.load("k1")), sockets_to(proxy.port)],
+        ],
+        [proxy.restore],  # the proxy forwards again
         HUNG,
     )
     parents.join(timeout=HUNG)
     assert [at_start, after_a_load, status] == [0, [1, 1], 0]
     assert loaded == [0]  # the parent's request, answered on its connection
     assert n_of(source.load("k2")) == 2
+    source.close()
+
+
+def test_a_client_a_forked_child_made_anew_is_watched_for_the_next_fork(
+    proxied: tuple[MotoDynamoDB, FaultProxy], admin_client: Any, make_table: Callable[..., str]
+) -> None:
+    """The child's source makes its client anew, and notes its connections as the parent's
+    did: forked again while a thread of the child is inside a request (held by the proxy),
+    the grandchild closes its copy of that connection too."""
+    _, proxy = proxied
+    source = a_source_behind(proxied, admin_client, make_table)
+    assert n_of(source.load("k0")) == 0
+    loaded: list[int] = []  # the child's thread's (in the child)
+    thread = threading.Thread(target=lambda: loaded.append(n_of(source.load("k2"))))
+
+    def a_grandchilds_sockets() -> Any:
+        grandchild = ForkedChild(lambda tell: tell(sockets_to(proxy.port)))
+        seen = grandchild.read(timeout=HUNG)
+        grandchild.wait()
+        return seen
+
+    def the_threads_load() -> list[int]:
+        thread.join(timeout=HUNG)
+        return loaded
+
+    reports, status = reports_between(
+        [
+            lambda: n_of(source.load("k1")),  # on the child's client, kept alive
+            thread.start,  # the proxy holds what it is sent
+            a_grandchilds_sockets,  # the thread's request held
+            the_threads_load,
+        ],
+        [
+            lambda: proxy.delay(HUNG),
+            lambda: until(lambda: proxy.holding == 1, "the child thread's request"),
+            proxy.restore,
+        ],
+        HUNG,
+    )
+    assert [reports, status] == [[1, None, 0, [2]], 0]
     source.close()
 
 

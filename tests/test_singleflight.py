@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import threading
 import time
 import traceback
@@ -696,3 +698,87 @@ def test_a_batch_joins_a_refreshs_flight_as_any_other() -> None:
     flights.land_one("k", refresh, "refreshed", None)
     flights.land(led, {"j": "loaded"}, None)
     assert refresh.wait(10) == "refreshed"
+
+
+class _Refused(ConnectionError):
+    """A source's error of its own on an OSError: its __init__ takes a host, and the errno
+    and message it passes on live in OSError's C fields, not in ``__dict__``."""
+
+    def __init__(self, host: str) -> None:
+        super().__init__(errno.ECONNREFUSED, f"refused by {host}")
+        self.host = host
+
+
+class _Coded(LookupError):
+    """An error that keeps its field in a slot, not in ``__dict__``."""
+
+    __slots__ = ("code",)
+
+    def __init__(self, code: int) -> None:
+        super().__init__(f"code {code}")
+        self.code = code
+
+
+def _missing_file() -> OSError:
+    try:
+        open(os.path.join(os.path.dirname(__file__), "no-such-file.txt"))  # noqa: SIM115
+    except OSError as exc:
+        return exc
+    raise AssertionError("the file exists")
+
+
+def _led_and_waited(error: Callable[[], BaseException]) -> tuple[BaseException, BaseException]:
+    """The error a flight's leader raised from its load, and the one its waiter raised."""
+    flights = SingleFlight()
+    release, inside = threading.Event(), threading.Event()
+
+    def fails(flight: object) -> str:
+        inside.set()
+        release.wait(timeout=10)
+        raise error()
+
+    raised: dict[str, BaseException] = {}
+
+    def call(who: str) -> None:
+        try:
+            flights.run("k", fails)
+        except Exception as exc:
+            raised[who] = exc
+
+    leader = threading.Thread(target=call, args=("leader",))
+    leader.start()
+    assert inside.wait(timeout=10)
+    waiter = threading.Thread(target=call, args=("waiter",))
+    waiter.start()
+    until(lambda: getattr(flights.in_flight("k"), "waiters", 0) == 1, "the waiter joined")
+    release.set()
+    leader.join(timeout=10)
+    waiter.join(timeout=10)
+    return raised["leader"], raised["waiter"]
+
+
+@pytest.mark.parametrize(
+    ("error", "fields"),
+    [
+        (_missing_file, ("errno", "strerror", "filename")),
+        (lambda: _Refused("db1"), ("errno", "strerror", "host")),
+        (lambda: _Coded(7), ("code",)),
+        (lambda: ImportError("no module", name="plugin", path="/p"), ("name", "path")),
+        (lambda: AttributeError("no attribute", name="size", obj=None), ("name",)),
+    ],
+    ids=["file-not-found", "oserror-subclass", "slots", "import-error", "attribute-error"],
+)
+def test_a_waiters_copy_keeps_the_fields_kept_outside_its_dict(
+    error: Callable[[], BaseException], fields: Sequence[str]
+) -> None:
+    """A copy (:func:`~tiered_cache.errors.handed_on`) made from the arguments and
+    ``__dict__`` alone lost what an exception keeps in C fields or slots: a loader's
+    ``open()`` failing gave its waiters "[Errno 2] No such file or directory" without the
+    file's name, an OSError subclass with an ``__init__`` of its own gave them errno None and
+    an empty message, and a slot was not there at all."""
+    led, waited = _led_and_waited(error)
+    assert waited is not led
+    assert (type(waited), str(waited)) == (type(led), str(led))
+    assert [getattr(waited, name, "MISSING") for name in fields] == [
+        getattr(led, name) for name in fields
+    ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from types import FunctionType
+from types import FunctionType, MemberDescriptorType
 from typing import Any, TypeVar
 
 E = TypeVar("E", bound=BaseException)
@@ -38,6 +38,7 @@ def handed_on(error: E) -> E:
             # are copied instead.
             kind.__init__(fresh, *error.args)
         fresh.__dict__.update(error.__dict__)
+        _copy_fields(error, fresh)
     except Exception:
         return error
     notes = error.__dict__.get("__notes__")
@@ -48,6 +49,30 @@ def handed_on(error: E) -> E:
     fresh.__context__ = error.__context__
     fresh.__traceback__ = error.__traceback__
     return fresh
+
+
+#: BaseException's own fields: :func:`handed_on` sets them itself, after the others.
+_OWN_FIELDS = frozenset(vars(BaseException))
+
+
+def _copy_fields(error: BaseException, fresh: BaseException) -> None:
+    """Copy to ``fresh`` what ``error`` keeps outside its ``__dict__`` and its arguments: C
+    fields (OSError's ``errno``, ``strerror`` and ``filename``, which an OSError subclass
+    with an ``__init__`` of its own never had set from the arguments, and the ``filename``
+    that is never one of them; ImportError's ``name``; AttributeError's ``obj``) and the
+    slots of its classes. A field that cannot be read (never set) or written is left, and
+    one the copy holds already is not set again: OSError's message tells a ``filename2``
+    of None from one never set."""
+    for cls in type(error).__mro__:
+        for name, field in vars(cls).items():
+            if not isinstance(field, MemberDescriptorType) or name in _OWN_FIELDS:
+                continue
+            try:
+                value = getattr(error, name)
+                if value is not getattr(fresh, name, None):  # OSError's str tells None from unset
+                    setattr(fresh, name, value)
+            except (AttributeError, TypeError):
+                continue
 
 
 class TieredCacheError(Exception):

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
 from collections.abc import Collection
 
+import pytest
+
+from tiered_cache import MemoryTier, TieredCache
 from tiered_cache.errors import SourceError, SourceResting, SourceThrottled
 from tiered_cache.testing.clock import FakeClock
 from tiered_cache.throttle_rest import ThrottleRests
@@ -25,7 +30,8 @@ def test_a_throttle_rests_its_key_alone_for_the_first_rest() -> None:
     rests.note("a", 0, throttle)
     answer = rests.resting("ab")["a"]
     assert isinstance(answer, SourceResting)
-    assert answer.__cause__ is throttle
+    # Its cause: the throttle as it said (a copy without its frames: see the test below).
+    assert (type(answer.__cause__), answer.__cause__.args) == (SourceThrottled, throttle.args)
     assert resting(rests, "ab") == "a"
     rests.note("b", 0, SourceError("down"))  # only throttles rest a key
     assert resting(rests, "b") == ""
@@ -96,3 +102,44 @@ def test_a_zero_backoff_rests_nothing() -> None:
     rests = ThrottleRests(0.0, FakeClock(), never_invalidated)
     rests.note("a", 0, SourceThrottled("throttled"))
     assert resting(rests, "a") == ""
+
+
+class _Request:
+    """What a service's handler holds while it reads (a request, its body)."""
+
+
+def _throttled_deep_down() -> str:
+    try:
+        raise OSError("ProvisionedThroughputExceededException")  # the client's own error
+    except OSError as exc:
+        raise SourceThrottled("throttled") from exc
+
+
+def test_a_rest_keeps_no_frame_of_the_caller_that_was_throttled() -> None:
+    """A rest kept the error its caller raised: the error's traceback, and its cause's, hold
+    the frames it went through, and each frame its caller's, up to the service's handler: every
+    throttled request's locals stayed alive for good (a rest past its backoff is forgotten
+    only once 4,096 more keys rest). The answer still names the throttle and its cause."""
+    clock = FakeClock()  # the rests last: the last get below is answered by one
+    cache = TieredCache([MemoryTier(max_entries=100, clock=clock)], clock=clock)
+    requests: list[weakref.ref[_Request]] = []
+
+    def handle(key: str) -> None:
+        request = _Request()
+        requests.append(weakref.ref(request))
+        with pytest.raises(SourceThrottled):
+            cache.get(key, _throttled_deep_down)
+
+    for key in ("a", "b", "c"):
+        handle(key)
+    gc.collect()
+    assert [ref for ref in requests if ref() is not None] == []
+    with pytest.raises(SourceResting) as rested:
+        cache.get("a", _throttled_deep_down)
+    cause = rested.value.__cause__
+    assert (type(cause), str(cause)) == (SourceThrottled, "throttled")
+    assert (type(cause.__cause__), str(cause.__cause__)) == (
+        OSError,
+        "ProvisionedThroughputExceededException",
+    )
+    cache.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from types import FunctionType, MemberDescriptorType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 E = TypeVar("E", bound=BaseException)
 
@@ -49,6 +49,40 @@ def handed_on(error: E) -> E:
     fresh.__context__ = error.__context__
     fresh.__traceback__ = error.__traceback__
     return fresh
+
+
+#: How many errors of a chain of causes and contexts :func:`frameless` copies; past them the
+#: chain ends.
+_CHAIN_LINKS = 16
+
+
+def frameless(error: E) -> E | None:
+    """``error`` to keep once the raise that made it has ended (a throttled key's rest,
+    :mod:`tiered_cache.throttle_rest`): a copy (:func:`handed_on`) of it and of its causes and
+    contexts, none with a traceback. A traceback holds the frames the error went through, and
+    each frame its caller's, up the stack: kept, the error kept alive every local of the call
+    that raised it, up to a service's handler. What it says (type, arguments, attributes, its
+    causes') stays. None if ``error`` cannot be copied; a cause or context that cannot be, or
+    past the chain's first ``_CHAIN_LINKS``, is left out."""
+    copies: dict[int, BaseException | None] = {}
+
+    def copy(link: BaseException | None, depth: int) -> BaseException | None:
+        if link is None or depth >= _CHAIN_LINKS:
+            return None
+        if id(link) in copies:  # a chain that loops: the same copy again
+            return copies[id(link)]
+        fresh = handed_on(link)
+        if fresh is link:
+            copies[id(link)] = None
+            return None
+        copies[id(link)] = fresh
+        fresh.__traceback__ = None
+        fresh.__cause__ = copy(link.__cause__, depth + 1)
+        fresh.__suppress_context__ = link.__suppress_context__  # after __cause__, which sets it
+        fresh.__context__ = copy(link.__context__, depth + 1)
+        return fresh
+
+    return cast("E | None", copy(error, 0))  # handed_on keeps the type
 
 
 #: BaseException's own fields: :func:`handed_on` sets them itself, after the others.

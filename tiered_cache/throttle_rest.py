@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable
 
-from .errors import SourceResting, SourceThrottled
+from .errors import SourceResting, SourceThrottled, frameless
 
 __all__ = ["ThrottleRests"]
 
@@ -76,6 +76,11 @@ class ThrottleRests:
             or isinstance(error, SourceResting)
         ):
             return
+        # Kept without the frames it went through (each holds its caller's, up to a service's
+        # handler): a rest outlives the call, and one past its backoff stays until pruned.
+        kept = frameless(error)
+        if kept is None:
+            kept = SourceThrottled(str(error))
         rests = self._rests
         now = self._clock()
         last = rests.pop(key, None)  # re-inserted last: the dictionary's order is their age
@@ -83,7 +88,7 @@ class ThrottleRests:
             rest = self._first  # not in a row: the key was not throttled lately
         else:
             rest = min(last[1] * 2, self._backoff)
-        rests[key] = (now + rest, rest, mark, error)
+        rests[key] = (now + rest, rest, mark, kept)
         if len(rests) > self._limit:
             self._prune()
 

@@ -709,6 +709,15 @@ class _Refused(ConnectionError):
         self.host = host
 
 
+class _TimedOut(TimeoutError):
+    """An OSError subclass given a message alone (botocore's ``ReadTimeoutError`` is one,
+    through requests' ``IOError``): its arguments are left to its ``__init__`` too."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"read timed out after {seconds}s")
+        self.seconds = seconds
+
+
 class _Coded(LookupError):
     """An error that keeps its field in a slot, not in ``__dict__``."""
 
@@ -762,11 +771,19 @@ def _led_and_waited(error: Callable[[], BaseException]) -> tuple[BaseException, 
     [
         (_missing_file, ("errno", "strerror", "filename")),
         (lambda: _Refused("db1"), ("errno", "strerror", "host")),
+        (lambda: _TimedOut(3), ("args", "seconds")),
         (lambda: _Coded(7), ("code",)),
         (lambda: ImportError("no module", name="plugin", path="/p"), ("name", "path")),
         (lambda: AttributeError("no attribute", name="size", obj=None), ("name",)),
     ],
-    ids=["file-not-found", "oserror-subclass", "slots", "import-error", "attribute-error"],
+    ids=[
+        "file-not-found",
+        "oserror-subclass",
+        "oserror-subclass-message",
+        "slots",
+        "import-error",
+        "attribute-error",
+    ],
 )
 def test_a_waiters_copy_keeps_the_fields_kept_outside_its_dict(
     error: Callable[[], BaseException], fields: Sequence[str]

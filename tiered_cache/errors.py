@@ -39,6 +39,8 @@ def handed_on(error: E) -> E:
             kind.__init__(fresh, *error.args)
         fresh.__dict__.update(error.__dict__)
         _copy_fields(error, fresh)
+        # OSError.__new__ of a class with an __init__ of its own leaves the arguments to it.
+        fresh.args = error.args
     except Exception:
         return error
     notes = error.__dict__.get("__notes__")

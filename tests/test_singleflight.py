@@ -8,6 +8,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TypeVar
 
 import pytest
@@ -736,8 +737,11 @@ def _missing_file() -> OSError:
     raise AssertionError("the file exists")
 
 
-def _led_and_waited(error: Callable[[], BaseException]) -> tuple[BaseException, BaseException]:
-    """The error a flight's leader raised from its load, and the one its waiter raised."""
+def _led_and_waited(
+    error: Callable[[], BaseException],
+) -> tuple[BaseException | None, BaseException | None]:
+    """The error a flight's leader raised from its load, and the one its waiter raised (None:
+    it raised nothing within the guard's 10 s)."""
     flights = SingleFlight()
     release, inside = threading.Event(), threading.Event()
 
@@ -763,7 +767,7 @@ def _led_and_waited(error: Callable[[], BaseException]) -> tuple[BaseException, 
     release.set()
     leader.join(timeout=10)
     waiter.join(timeout=10)
-    return raised["leader"], raised["waiter"]
+    return raised.get("leader"), raised.get("waiter")
 
 
 @pytest.mark.parametrize(
@@ -799,3 +803,39 @@ def test_a_waiters_copy_keeps_the_fields_kept_outside_its_dict(
     assert [getattr(waited, name, "MISSING") for name in fields] == [
         getattr(led, name) for name in fields
     ]
+
+
+@dataclass(frozen=True)
+class _NotFound(LookupError):
+    """A frozen dataclass error: its ``__setattr__`` refuses every attribute, dunders too."""
+
+    key: str
+
+
+class _Sealed(LookupError):
+    """An error sealed once made: its ``__setattr__`` refuses every attribute after."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"no item {key!r}")
+        object.__setattr__(self, "sealed", True)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if getattr(self, "sealed", False):
+            raise AttributeError(f"{type(self).__name__} is sealed")
+        super().__setattr__(name, value)
+
+
+@pytest.mark.parametrize(
+    "error", [lambda: _NotFound("k"), lambda: _Sealed("k")], ids=["frozen-dataclass", "sealed"]
+)
+def test_an_error_whose_class_refuses_attributes_reaches_the_leader_and_its_waiters(
+    error: Callable[[], BaseException],
+) -> None:
+    """The copy (:func:`~tiered_cache.errors.handed_on`) set the cause, context and traceback
+    outside the guard that hands on an error it cannot copy: a frozen dataclass error (its
+    ``__setattr__`` refuses them) raised ``FrozenInstanceError`` in the flight's landing. The
+    leader got that instead of its load's error, and the waiter, its flight out of the table
+    and never woken, waited for ever. Such an error is now handed on as it is."""
+    led, waited = _led_and_waited(error)
+    assert (type(led), type(waited)) == (type(error()), type(error()))
+    assert str(waited) == str(led)

@@ -27,8 +27,9 @@ def handed_on(error: E) -> E:
     object went to every caller: each raise set its ``__context__`` to what that caller was
     handling and added that caller's frames to its ``__traceback__``, which the others then
     saw as theirs (across threads, racing). An exception that cannot be made again from its
-    arguments without its ``__init__`` (its class refuses them, or keeps no ``__dict__``) is
-    handed on as it is."""
+    arguments without its ``__init__`` (its class refuses them, or keeps no ``__dict__``), or
+    whose class refuses an attribute set (a frozen dataclass), is handed on as it is. Never
+    raises: a flight lands with what it returns (raised there, its waiters waited for ever)."""
     kind = type(error)
     try:
         fresh = kind.__new__(kind, *error.args)
@@ -41,15 +42,15 @@ def handed_on(error: E) -> E:
         _copy_fields(error, fresh)
         # OSError.__new__ of a class with an __init__ of its own leaves the arguments to it.
         fresh.args = error.args
+        notes = error.__dict__.get("__notes__")
+        if isinstance(notes, list):
+            fresh.__notes__ = list(notes)  # one caller's add_note() is not the others'
+        fresh.__cause__ = error.__cause__
+        fresh.__suppress_context__ = error.__suppress_context__  # after __cause__: sets it
+        fresh.__context__ = error.__context__
+        fresh.__traceback__ = error.__traceback__
     except Exception:
         return error
-    notes = error.__dict__.get("__notes__")
-    if isinstance(notes, list):
-        fresh.__notes__ = list(notes)  # one caller's add_note() is not the others'
-    fresh.__cause__ = error.__cause__
-    fresh.__suppress_context__ = error.__suppress_context__  # after __cause__, which sets it
-    fresh.__context__ = error.__context__
-    fresh.__traceback__ = error.__traceback__
     return fresh
 
 

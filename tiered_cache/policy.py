@@ -1324,6 +1324,9 @@ def _miniature_read(
     """A read of ``key`` through a miniature W-TinyLFU of ``size`` sampled entries (whether it
     hit): a window of ``window`` of them (``recent``, LRU) and a main area (LRU) that a
     candidate enters only when the sketch counts it more often than the main area's oldest key.
+    A window of the whole size leaves no main area: the candidate leaves (the guard's sample
+    can be one key when the cache holds a few: a victim asked of an empty main area raised
+    ``StopIteration`` from the tier's read).
     """
     if key in recent:
         recent.move_to_end(key)
@@ -1336,7 +1339,7 @@ def _miniature_read(
         candidate = recent.popitem(last=False)[0]
         if len(main) < size - window:
             main[candidate] = None
-        else:
+        elif main:
             victim = next(iter(main))
             frequency = sketch.frequency
             if frequency(candidate) > frequency(victim):

@@ -119,7 +119,7 @@ class RedisBus(BusBase):
         closed = self._publishes.closing
         self._publishes = CallsInFlight(self.channel, threading.get_ident, kind="bus")
         if closed:
-            self._publishes.close()  # none runs here: refuses at once
+            self._publishes.refuse()  # none of the parent's runs here
         #: The parent's: its sockets are the parent's too (a shutdown here would cut them).
         self._handle = None
         self._listeners.after_fork_in_child()

@@ -81,6 +81,13 @@ class CallsInFlight:
         """Whether new calls are refused (:meth:`close` or :meth:`aclose` began)."""
         return self._closing
 
+    def refuse(self) -> None:
+        """Refuse new calls, waiting for none: a forked child's count of a closed tier or bus
+        (no call of the parent's runs there; :meth:`close` asks its owner, and the asyncio
+        tier's owner is a running task, which a fork's hook is not in)."""
+        with self._lock:
+            self._closing = True
+
     def close(self) -> None:
         """Refuse new calls, then wait for the ones running on other threads to end (the
         threaded tier). Not for those of the thread closing: a signal handler that closes the

@@ -345,8 +345,8 @@ class TinyLfuPolicy:
         self._trial_window: OrderedDict[str, None] = OrderedDict()
         self._trial_main: OrderedDict[str, None] = OrderedDict()
         self._trial_lead = self._trial_differed = 0.0
-        # Every key read until the fill, in the order of its last read: LRU's order, which
-        # the cache takes if the trial enters LRU mode (_order_by_last_read).
+        # The last max_entries keys read until the fill, in the order of their last read:
+        # LRU's order, which the cache takes if the trial enters LRU mode (_order_by_last_read).
         self._last_reads: OrderedDict[str, None] = OrderedDict()
         self._provisional = False
         # While that LRU mode is provisional, a second miniature W-TinyLFU (_confirm_read) of
@@ -1037,6 +1037,11 @@ class TinyLfuPolicy:
         last_reads = self._last_reads
         last_reads.pop(key, None)
         last_reads[key] = None
+        if len(last_reads) > self.max_entries:
+            # A key read before the last max_entries others is not in the cache, or is its
+            # oldest, where LRU mode evicts first anyway: a cache that never fills (keys
+            # deleted as fast as read) kept every key until the warm-up's end.
+            last_reads.popitem(last=False)
         lead = _lru_read(key, lru, size) - _miniature_read(
             key,
             self._trial_window,

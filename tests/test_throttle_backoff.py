@@ -122,3 +122,32 @@ def test_a_key_throttled_in_a_row_rests_twice_as_long_each_time_and_short_after_
     clock.advance(TICK)
     assert read_one(cache, "a", how, table) is SourceThrottled  # asked again: one tick
     assert len(table.calls) == 10
+
+
+class Unsayable(SourceThrottled):
+    """A throttle whose message cannot be made (its ``__str__`` fails)."""
+
+    def __str__(self) -> str:
+        raise LookupError("no message")
+
+
+def test_a_throttle_that_cannot_say_itself_rests_its_key_and_fails_no_batch(
+    clock: FakeClock,
+) -> None:
+    """The rest's answer quoted the throttle's message: a throttle whose ``__str__`` raised
+    turned every read of its key in the rest into that error (LookupError, not
+    SourceResting), and a get_many with the key in it failed whole, the other keys unserved."""
+
+    def load(keys: Sequence[str]) -> dict[str, Any]:
+        if "a" in keys:
+            raise Unsayable()
+        return {key: key.upper() for key in keys}
+
+    cache = TieredCache(tiers(clock), clock=clock, protection=Protection(lease="off"))
+    with pytest.raises(Unsayable):
+        cache.get("a", lambda: load(["a"]))
+    with pytest.raises(PartialBatchError) as caught:
+        cache.get_many(["a", "b"], load)
+    assert caught.value.values == {"b": "B"}
+    assert type(caught.value.errors["a"]) is SourceResting
+    assert type(caught.value.errors["a"].__cause__) is Unsayable

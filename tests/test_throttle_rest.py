@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import weakref
 from collections.abc import Collection
+from typing import Any
 
 import pytest
 
@@ -143,3 +144,74 @@ def test_a_rest_keeps_no_frame_of_the_caller_that_was_throttled() -> None:
         "ProvisionedThroughputExceededException",
     )
     cache.close()
+
+
+def _throttled_with_its_cause_as_an_argument() -> str:
+    try:
+        raise OSError("ProvisionedThroughputExceededException")
+    except OSError as exc:
+        raise SourceThrottled(exc) from None  # ``raise MyError(exc)``: the cause an argument
+
+
+def _throttled_with_its_cause_as_an_attribute() -> str:
+    try:
+        raise OSError("ProvisionedThroughputExceededException")
+    except OSError as exc:
+        error = SourceThrottled("throttled")
+        error.original = exc  # type: ignore[attr-defined]  # botocore keeps its kwargs so
+        raise error from None
+
+
+def _throttled_by_each_partition() -> str:
+    failures: list[Exception] = []
+    for partition in range(2):
+        try:
+            raise OSError(f"partition {partition} throttled")
+        except OSError as exc:
+            failures.append(exc)
+    try:
+        raise ExceptionGroup("every partition", failures)
+    except ExceptionGroup as group:
+        raise SourceThrottled("throttled") from group
+
+
+@pytest.mark.parametrize(
+    "load",
+    [
+        _throttled_with_its_cause_as_an_argument,
+        _throttled_with_its_cause_as_an_attribute,
+        _throttled_by_each_partition,
+    ],
+)
+def test_a_rest_keeps_no_frame_through_an_error_the_throttle_holds(load: Any) -> None:
+    """The throttle's copy dropped the tracebacks of its causes and contexts only: an error
+    held in its arguments (``raise SourceThrottled(exc)``), in an attribute, or inside an
+    exception group (a fan-out over partitions) kept its traceback, and with it every frame up
+    to the handler (3 of 3 requests kept, each way). Each is copied without its own."""
+    clock = FakeClock()
+    cache = TieredCache([MemoryTier(max_entries=100, clock=clock)], clock=clock)
+    requests: list[weakref.ref[_Request]] = []
+
+    def handle(key: str) -> None:
+        request = _Request()
+        requests.append(weakref.ref(request))
+        with pytest.raises(SourceThrottled):
+            cache.get(key, load)
+
+    for key in ("a", "b", "c"):
+        handle(key)
+    gc.collect()
+    assert [ref for ref in requests if ref() is not None] == []
+    with pytest.raises(SourceResting) as rested:
+        cache.get("a", load)
+    kept = rested.value.__cause__
+    assert type(kept) is SourceThrottled
+    held = [*kept.args, *vars(kept).values(), kept.__cause__]
+    if isinstance(kept.__cause__, ExceptionGroup):
+        held = list(kept.__cause__.exceptions)
+    assert [str(e) for e in held if isinstance(e, OSError)] in (
+        ["ProvisionedThroughputExceededException"],
+        ["partition 0 throttled", "partition 1 throttled"],
+    )
+    cache.close()
+

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from types import FunctionType, MemberDescriptorType
+from types import FrameType, FunctionType, MemberDescriptorType, TracebackType
 from typing import Any, TypeVar, cast
 
 E = TypeVar("E", bound=BaseException)
@@ -30,53 +30,80 @@ def handed_on(error: E) -> E:
     arguments without its ``__init__`` (its class refuses them, or keeps no ``__dict__``), or
     whose class refuses an attribute set (a frozen dataclass), is handed on as it is. Never
     raises: a flight lands with what it returns (raised there, its waiters waited for ever)."""
-    kind = type(error)
     try:
-        fresh = kind.__new__(kind, *error.args)
-        if not isinstance(kind.__init__, FunctionType):
-            # A built-in __init__ (BaseException's, OSError's) takes the arguments as given; a
-            # class's own may make them from others (its message from a key): its attributes
-            # are copied instead.
-            kind.__init__(fresh, *error.args)
-        fresh.__dict__.update(error.__dict__)
-        _copy_fields(error, fresh)
-        # OSError.__new__ of a class with an __init__ of its own leaves the arguments to it.
-        fresh.args = error.args
-        notes = error.__dict__.get("__notes__")
-        if isinstance(notes, list):
-            fresh.__notes__ = list(notes)  # one caller's add_note() is not the others'
-        fresh.__cause__ = error.__cause__
-        fresh.__suppress_context__ = error.__suppress_context__  # after __cause__: sets it
-        fresh.__context__ = error.__context__
-        fresh.__traceback__ = error.__traceback__
+        return _made_again(error, error.args)
     except Exception:
         return error
+
+
+def _made_again(error: E, args: tuple[Any, ...]) -> E:
+    """:func:`handed_on`'s copy of ``error``, made with ``args`` (its own, or copies of
+    them); raises what stopped it."""
+    kind = type(error)
+    fresh = kind.__new__(kind, *args)
+    if not isinstance(kind.__init__, FunctionType):
+        # A built-in __init__ (BaseException's, OSError's) takes the arguments as given; a
+        # class's own may make them from others (its message from a key): its attributes
+        # are copied instead.
+        kind.__init__(fresh, *args)
+    fresh.__dict__.update(error.__dict__)
+    _copy_fields(error, fresh)
+    # OSError.__new__ of a class with an __init__ of its own leaves the arguments to it.
+    fresh.args = args
+    notes = error.__dict__.get("__notes__")
+    if isinstance(notes, list):
+        fresh.__notes__ = list(notes)  # one caller's add_note() is not the others'
+    fresh.__cause__ = error.__cause__
+    fresh.__suppress_context__ = error.__suppress_context__  # after __cause__: sets it
+    fresh.__context__ = error.__context__
+    fresh.__traceback__ = error.__traceback__
     return fresh
+
+
+def said(error: BaseException) -> str:
+    """What ``error`` says, for a message of ours that quotes it: its ``str``, or its type's
+    name when that fails (a class's own ``__str__`` raising failed the message, and the call
+    making it, instead)."""
+    try:
+        return str(error)
+    except Exception:
+        return type(error).__name__
 
 
 #: How many errors of a chain of causes and contexts :func:`frameless` copies; past them the
 #: chain ends.
 _CHAIN_LINKS = 16
+#: How many errors :func:`frameless` copies in all (the chain's, and those its errors hold:
+#: an exception group's, an argument, an attribute); past them the others are left out.
+_MOST_COPIES = 64
+_TRACEBACK_HOLDERS = (BaseException, TracebackType, FrameType)
 
 
 def frameless(error: E) -> E | None:
     """``error`` to keep once the raise that made it has ended (a throttled key's rest,
     :mod:`tiered_cache.throttle_rest`): a copy (:func:`handed_on`) of it and of its causes and
-    contexts, none with a traceback. A traceback holds the frames the error went through, and
-    each frame its caller's, up the stack: kept, the error kept alive every local of the call
-    that raised it, up to a service's handler. What it says (type, arguments, attributes, its
-    causes') stays. None if ``error`` cannot be copied; a cause or context that cannot be, or
-    past the chain's first ``_CHAIN_LINKS``, is left out."""
+    contexts, none with a traceback; so are the errors it holds (in its arguments, an
+    exception group's among them, and in its attributes: ``raise SourceThrottled(exc)``), and
+    a traceback or frame it holds is dropped. A traceback holds the frames the error went
+    through, and each frame its caller's, up the stack: kept, the error kept alive every local
+    of the call that raised it, up to a service's handler. What it says (type, arguments,
+    attributes, its causes') stays. None if ``error`` cannot be copied; an error it holds that
+    cannot be, or past the chain's first ``_CHAIN_LINKS`` or ``_MOST_COPIES`` in all, is left
+    out (None in its place; out of a group's list)."""
     copies: dict[int, BaseException | None] = {}
 
     def copy(link: BaseException | None, depth: int) -> BaseException | None:
-        if link is None or depth >= _CHAIN_LINKS:
+        if link is None or depth >= _CHAIN_LINKS or len(copies) >= _MOST_COPIES:
             return None
-        if id(link) in copies:  # a chain that loops: the same copy again
+        if id(link) in copies:  # a chain that loops: the same copy (None while in the making)
             return copies[id(link)]
-        fresh = handed_on(link)
-        if fresh is link:
-            copies[id(link)] = None
+        copies[id(link)] = None
+        try:
+            fresh = _made_again(link, tuple(held(arg, depth) for arg in link.args))
+            state = fresh.__dict__
+            for name, value in state.items():
+                state[name] = held(value, depth)
+        except Exception:
             return None
         copies[id(link)] = fresh
         fresh.__traceback__ = None
@@ -85,7 +112,21 @@ def frameless(error: E) -> E | None:
         fresh.__context__ = copy(link.__context__, depth + 1)
         return fresh
 
-    return cast("E | None", copy(error, 0))  # handed_on keeps the type
+    def held(value: object, depth: int) -> object:
+        """``value``, held by an error, with no traceback in it (a list or a tuple one level
+        down: an exception group's errors)."""
+        if isinstance(value, BaseException):
+            return copy(value, depth + 1)
+        if isinstance(value, TracebackType | FrameType):
+            return None
+        if isinstance(value, list | tuple) and any(
+            isinstance(item, _TRACEBACK_HOLDERS) for item in value
+        ):
+            kept = (held(item, depth) for item in value)
+            return type(value)(item for item in kept if item is not None)
+        return value
+
+    return cast("E | None", copy(error, 0))  # _made_again keeps the type
 
 
 #: BaseException's own fields: :func:`handed_on` sets them itself, after the others.

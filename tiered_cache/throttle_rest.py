@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable
 
-from .errors import SourceResting, SourceThrottled, frameless
+from .errors import SourceResting, SourceThrottled, frameless, said
 
 __all__ = ["ThrottleRests"]
 
@@ -80,7 +80,7 @@ class ThrottleRests:
         # handler): a rest outlives the call, and one past its backoff stays until pruned.
         kept = frameless(error)
         if kept is None:
-            kept = SourceThrottled(str(error))
+            kept = SourceThrottled(said(error))
         rests = self._rests
         now = self._clock()
         last = rests.pop(key, None)  # re-inserted last: the dictionary's order is their age
@@ -130,7 +130,7 @@ class ThrottleRests:
             answer = SourceResting(
                 f"not loading {key!r}: the source throttled it lately; resting {rest:g}s "
                 f"(doubled on each throttle in a row, up to throttle_backoff "
-                f"{self._backoff:g}s), {until - now:.3g}s left ({error})"
+                f"{self._backoff:g}s), {until - now:.3g}s left ({said(error)})"
             )
             answer.__cause__ = error
             answers[key] = answer

@@ -21,8 +21,13 @@ most (the strategies compared: ``benchmarks/bench_throttle_rest.py``,
 docs/benchmarks/source-protection.md).
 
 Per key: a throttled partition says nothing of the other keys. Bounded: at most ``limit`` keys
-are remembered (the oldest go first; a key forgotten early is only loaded once more). No lock:
-each step is one dictionary call, atomic under the GIL, so a fork never inherits a held lock.
+are remembered (the oldest go first; a key forgotten early is only loaded once more), pruned a
+quarter at a time: a storm over many keys does not look at every resting key on each throttle.
+No lock: each step is one dictionary call, atomic under the GIL, so a fork never inherits a
+held lock.
+
+The clock is the chain's, the wall clock by default: stepped back, a rest would have more left
+than its length (an hour back, an hour more); such a rest is over, as is one of a NaN backoff.
 """
 
 from __future__ import annotations
@@ -71,7 +76,7 @@ class ThrottleRests:
         """A load of ``key`` that read under ``mark`` failed with ``error``, which its caller
         gets: a throttle (not a rest's own answer) rests the key."""
         if (
-            self._backoff <= 0
+            not self._backoff > 0  # 0 turns it off; NaN (Protection takes any float) too
             or not isinstance(error, SourceThrottled)
             or isinstance(error, SourceResting)
         ):
@@ -107,7 +112,10 @@ class ThrottleRests:
             rest = rests.get(key)
             if rest is not None and now - rest[0] > self._backoff:  # no longer in a row
                 rests.pop(key, None)
-        excess = len(rests) - self._limit
+        # Down to three quarters of the limit, the oldest first: the next quarter of new keys
+        # rest without a look at the others (pruned on each, a storm over many keys paid a
+        # look at every resting key for every throttle).
+        excess = len(rests) - max(1, self._limit - self._limit // 4)
         if excess > 0:
             for key in list(rests)[:excess]:
                 rests.pop(key, None)
@@ -125,7 +133,9 @@ class ThrottleRests:
             if found is None:
                 continue
             until, rest, mark, error = found
-            if now >= until or self._overtaken(mark, (key,)):
+            # Over: its end passed, or more than its length is left (the clock went back), or
+            # its end is NaN; or the key was invalidated since its load read.
+            if not now < until <= now + rest or self._overtaken(mark, (key,)):
                 continue
             answer = SourceResting(
                 f"not loading {key!r}: the source throttled it lately; resting {rest:g}s "

@@ -83,7 +83,8 @@ def frameless(error: E) -> E | None:
     """``error`` to keep once the raise that made it has ended (a throttled key's rest,
     :mod:`tiered_cache.throttle_rest`): a copy (:func:`handed_on`) of it and of its causes and
     contexts, none with a traceback; so are the errors it holds (in its arguments, an
-    exception group's among them, and in its attributes: ``raise SourceThrottled(exc)``), and
+    exception group's among them, and in its attributes, a dict's values among them: ``raise
+    SourceThrottled(exc)``, botocore's ``kwargs``), and
     a traceback or frame it holds is dropped. A traceback holds the frames the error went
     through, and each frame its caller's, up the stack: kept, the error kept alive every local
     of the call that raised it, up to a service's handler. What it says (type, arguments,
@@ -114,7 +115,7 @@ def frameless(error: E) -> E | None:
 
     def held(value: object, depth: int) -> object:
         """``value``, held by an error, with no traceback in it (a list or a tuple one level
-        down: an exception group's errors)."""
+        down: an exception group's errors; a dict's values: botocore's ``kwargs``)."""
         if isinstance(value, BaseException):
             return copy(value, depth + 1)
         if isinstance(value, TracebackType | FrameType):
@@ -124,6 +125,10 @@ def frameless(error: E) -> E | None:
         ):
             kept = (held(item, depth) for item in value)
             return type(value)(item for item in kept if item is not None)
+        if isinstance(value, dict) and any(
+            isinstance(item, _TRACEBACK_HOLDERS) for item in value.values()
+        ):
+            return {key: held(item, depth) for key, item in value.items()}
         return value
 
     return cast("E | None", copy(error, 0))  # _made_again keeps the type

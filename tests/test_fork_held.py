@@ -19,11 +19,13 @@ from typing import Any
 from tiered_cache import MemoryTier, TieredCache
 from tiered_cache.breaker import CircuitBreakerTier
 from tiered_cache.bus import Invalidation, LocalBus
+from tiered_cache.compiled import compiled_core
 from tiered_cache.protection import Protection
 from tiered_cache.testing import FakeClock
 from tiered_cache.testing.forked import ForkedChild
 from tiered_cache.testing.gates import Held, HeldDrop
-from tiered_cache.tier import Entry, MissingType
+from tiered_cache.testing.pure_core import on_the_pure_core
+from tiered_cache.tier import MISSING, Entry, MissingType
 
 #: Generous: a child that has not reported by then is hung, not slow.
 HUNG = 30.0
@@ -274,3 +276,50 @@ def test_a_child_forked_while_the_chain_changes_its_reader_decorates_and_reads()
         2,
     ]
     cache.close()
+
+
+def test_a_child_forked_as_the_memory_lock_is_handed_to_a_waiting_thread_fills_it() -> None:
+    """The child's restart asked the memory tier's lock ``locked()``, which reads a flag the
+    thread a lock is handed to sets only once it runs again (CPython's lock: the semaphore is
+    that thread's first). Forked in between (threads writing at once, one waiting for the
+    lock), the lock said it was free and stayed taken in the child for good: its first write
+    waited for ever (on the pure core, 35 to 40 forks of 40 under 2 to 4 writing threads;
+    compiled, whose threads seldom give up the interpreter inside the lock, 0 of 40)."""
+    if compiled_core():
+        on_the_pure_core(
+            test_a_child_forked_as_the_memory_lock_is_handed_to_a_waiting_thread_fills_it
+        )
+        return
+    clock = FakeClock()
+    tier = MemoryTier(max_entries=100, clock=clock)
+    stop = threading.Event()
+
+    def write(number: int) -> None:
+        turn = 0
+        while not stop.is_set():
+            turn += 1
+            tier.set(f"{number}-{turn % 50}", Entry(turn, clock(), clock() + 60, clock() + 60))
+
+    def child(report: Callable[[Any], None]) -> None:
+        tier.set("x", Entry("child", clock(), clock() + 60, clock() + 60))
+        entry = tier.get("x")
+        report(None if entry is MISSING else entry.value)
+
+    writers = [threading.Thread(target=write, args=(number,)) for number in range(4)]
+    for writer in writers:
+        writer.start()
+    reports: list[Any] = []
+    try:
+        for _ in range(20):
+            forked = ForkedChild(child)
+            try:
+                reports.append(forked.read(timeout=HUNG / 3))
+            except TimeoutError:
+                reports.append("hung")  # one is enough: each costs the timeout
+                break
+            assert forked.wait() == 0
+    finally:
+        stop.set()
+        for writer in writers:
+            writer.join(HUNG)
+    assert reports == ["child"] * 20

@@ -96,10 +96,15 @@ class MemoryCore:
     def after_fork_in_child(self) -> None:
         """See :meth:`MemoryTier.after_fork_in_child
         <tiered_cache.memory.MemoryTier.after_fork_in_child>`."""
-        if self.lock.locked():
-            self.lock = threading.Lock()
-            self.reads.clear()  # in place: the chain's hit reader appends to this deque
-            self.policy.clear()
+        # Taken to tell, not asked locked(): CPython's lock sets the flag locked() reads only
+        # once the thread it was handed to runs again, and a fork in between left it taken
+        # for good in the child while it said it was free (the child's first write hung).
+        if self.lock.acquire(blocking=False):
+            self.lock.release()  # nobody held it: the tier stays as it was
+            return
+        self.lock = threading.Lock()
+        self.reads.clear()  # in place: the chain's hit reader appends to this deque
+        self.policy.clear()
 
     # -- reads
 

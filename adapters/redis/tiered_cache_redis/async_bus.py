@@ -102,13 +102,7 @@ class AsyncRedisBus(AsyncBusBase):
         chain down until the child's own subscription is confirmed (:class:`RedisBus`)."""
         self._loop_end.stop()
         forget_the_parents_connections(self._client)
-        # Made anew even when closed: a parent thread inside the parent's count at the fork
-        # (a publish refused as it starts) left its lock held here for good, and the child's
-        # publish waited on it instead of being refused.
-        closed = self._publishes.closing
-        self._publishes = CallsInFlight(self.channel, current_task, kind="bus")
-        if closed:
-            self._publishes.refuse()  # none of the parent's runs here
+        self._publishes = self._publishes.after_fork()
 
     @property
     def connected(self) -> bool:

@@ -129,10 +129,11 @@ class AsyncRedisTier(AsyncTierBase):
     def after_fork_in_child(self) -> None:
         """In a forked child the parent's connections (the pool's, and the ones the reads
         keep parked) are let go of (:mod:`tiered_cache_redis.async_fork`): a client this
-        tier made is made anew on first use, a given one has its pool emptied."""
+        tier made is made anew on first use, a given one has its pool emptied (none is left
+        once closed: the child's calls are refused as closed, as the parent's are)."""
         keep_from_the_parent(self._reads)
         self._reads = None
-        self._calls = CallsInFlight(self.name, current_task)  # the parent's tasks never run here
+        self._calls = self._calls.after_fork()
         self._loop_end.stop()
         self._leases = CoalescedLeases(self._commands)
         self._commands.after_fork_in_child()
@@ -140,7 +141,7 @@ class AsyncRedisTier(AsyncTierBase):
         if self._connect is not None:
             keep_from_the_parent(self._client)
             self._client = None
-        elif not forget_the_parents_connections(self._client):
+        elif self._client is not None and not forget_the_parents_connections(self._client):
             self._forked_from_client = True
             tier_logger(self.name).warning("%s", parents_client_error(self.name))
 

@@ -116,10 +116,7 @@ class RedisBus(BusBase):
         of the child's own starts, as disconnected until it is subscribed: once every part
         has restarted (its first act reaches the chain's fence, built after this bus)."""
         self._lock = threading.Lock()
-        closed = self._publishes.closing
-        self._publishes = CallsInFlight(self.channel, threading.get_ident, kind="bus")
-        if closed:
-            self._publishes.refuse()  # none of the parent's runs here
+        self._publishes = self._publishes.after_fork()
         #: The parent's: its sockets are the parent's too (a shutdown here would cut them).
         self._handle = None
         self._listeners.after_fork_in_child()

@@ -81,12 +81,17 @@ class CallsInFlight:
         """Whether new calls are refused (:meth:`close` or :meth:`aclose` began)."""
         return self._closing
 
-    def refuse(self) -> None:
-        """Refuse new calls, waiting for none: a forked child's count of a closed tier or bus
-        (no call of the parent's runs there; :meth:`close` asks its owner, and the asyncio
-        tier's owner is a running task, which a fork's hook is not in)."""
-        with self._lock:
-            self._closing = True
+    def after_fork(self) -> CallsInFlight:
+        """The count a forked child goes on with (every tier's and bus's ``after_fork_in_child``):
+        none of the parent's calls runs there (its threads and tasks are not the child's), and
+        once the parent's close began (closing or closed) the child's calls are refused too, as
+        in the parent. A count of its own: a thread of the parent may have held this one's lock
+        at the fork (a call starting or ending), for good in the child. It waits for nothing
+        and asks no owner (:meth:`close` asks for the running task, and a fork's hook runs in
+        none)."""
+        child = CallsInFlight(self._name, self._owner, self._kind)
+        child._closing = self._closing  # read without the lock: see above
+        return child
 
     def close(self) -> None:
         """Refuse new calls, then wait for the ones running on other threads to end (the

@@ -105,9 +105,7 @@ class RedisTier(TierBase):
         child's first read would wait for ever. (The connections restart by themselves:
         redis-py's pool checks its pid, the wire reader forgets its parked ones.)"""
         self._lock = threading.Lock()
-        self._calls = CallsInFlight(
-            self.name, threading.get_ident
-        )  # the parent's threads are not the child's
+        self._calls = self._calls.after_fork()
         self._commands.after_fork_in_child()
 
     # -- properties

@@ -31,14 +31,18 @@ def handed_on(error: E) -> E:
     whose class refuses an attribute set (a frozen dataclass), is handed on as it is. Never
     raises: a flight lands with what it returns (raised there, its waiters waited for ever)."""
     try:
-        return _made_again(error, error.args)
+        fresh = _made_again(error, error.args)
     except Exception:
         return error
+    chain = error.__cause__, error.__suppress_context__, error.__context__, error.__traceback__
+    return fresh if _chained(fresh, *chain) else error
 
 
 def _made_again(error: E, args: tuple[Any, ...]) -> E:
-    """:func:`handed_on`'s copy of ``error``, made with ``args`` (its own, or copies of
-    them); raises what stopped it."""
+    """A copy of what ``error`` says, made with ``args`` (its own, or copies of them): its
+    type, arguments, attributes and notes, with no cause, context or traceback (set by
+    :func:`_chained`: :func:`handed_on` the original's, :func:`frameless` its copies'); raises
+    what stopped it."""
     kind = type(error)
     fresh = kind.__new__(kind, *args)
     if not isinstance(kind.__init__, FunctionType):
@@ -53,11 +57,27 @@ def _made_again(error: E, args: tuple[Any, ...]) -> E:
     notes = error.__dict__.get("__notes__")
     if isinstance(notes, list):
         fresh.__notes__ = list(notes)  # one caller's add_note() is not the others'
-    fresh.__cause__ = error.__cause__
-    fresh.__suppress_context__ = error.__suppress_context__  # after __cause__: sets it
-    fresh.__context__ = error.__context__
-    fresh.__traceback__ = error.__traceback__
     return fresh
+
+
+def _chained(
+    fresh: BaseException,
+    cause: BaseException | None,
+    suppress_context: bool,
+    context: BaseException | None,
+    traceback: TracebackType | None,
+) -> bool:
+    """Set ``fresh``'s cause, context and traceback (``__suppress_context__`` after
+    ``__cause__``, whose setting sets it too); False if its class refuses a set (a frozen
+    dataclass refuses every attribute, dunders too)."""
+    try:
+        fresh.__cause__ = cause
+        fresh.__suppress_context__ = suppress_context
+        fresh.__context__ = context
+        fresh.__traceback__ = traceback
+    except Exception:
+        return False
+    return True
 
 
 def said(error: BaseException) -> str:
@@ -81,7 +101,7 @@ _TRACEBACK_HOLDERS = (BaseException, TracebackType, FrameType)
 
 def frameless(error: E) -> E | None:
     """``error`` to keep once the raise that made it has ended (a throttled key's rest,
-    :mod:`tiered_cache.throttle_rest`): a copy (:func:`handed_on`) of it and of its causes and
+    :mod:`tiered_cache.throttle_rest`): a copy (:func:`_made_again`) of it and of its causes and
     contexts, none with a traceback; so are the errors it holds (in its arguments, an
     exception group's among them, and in its attributes, a dict's values among them: ``raise
     SourceThrottled(exc)``, botocore's ``kwargs``), and
@@ -107,10 +127,11 @@ def frameless(error: E) -> E | None:
         except Exception:
             return None
         copies[id(link)] = fresh
-        fresh.__traceback__ = None
-        fresh.__cause__ = copy(link.__cause__, depth + 1)
-        fresh.__suppress_context__ = link.__suppress_context__  # after __cause__, which sets it
-        fresh.__context__ = copy(link.__context__, depth + 1)
+        cause = copy(link.__cause__, depth + 1)
+        context = copy(link.__context__, depth + 1)
+        if not _chained(fresh, cause, link.__suppress_context__, context, None):
+            copies[id(link)] = None
+            return None
         return fresh
 
     def held(value: object, depth: int) -> object:
@@ -134,7 +155,7 @@ def frameless(error: E) -> E | None:
     return cast("E | None", copy(error, 0))  # _made_again keeps the type
 
 
-#: BaseException's own fields: :func:`handed_on` sets them itself, after the others.
+#: BaseException's own fields: set by :func:`_chained`, after the others.
 _OWN_FIELDS = frozenset(vars(BaseException))
 
 

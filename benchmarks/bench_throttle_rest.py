@@ -53,7 +53,6 @@ from timing import run_line
 from tiered_cache import AsyncTieredCache, MemoryTier, PartialBatchError
 from tiered_cache.async_tier import AsyncSourceBase
 from tiered_cache.errors import SourceResting, SourceThrottled
-from tiered_cache.memory import LruPolicy
 from tiered_cache.protection import Protection
 from tiered_cache.testing import FakeClock
 from tiered_cache.throttle_rest import ThrottleRests
@@ -245,8 +244,8 @@ def replay(name: str, throttle: Throttle, seed: int) -> Counts:
 
 async def _replay(name: str, throttle: Throttle, clock: FakeClock, rng: random.Random) -> Counts:
     protection = Protection(max_stale=0.5, early_refresh_beta=0.0, lease="off")
-    # LRU: which keys the memory tier admits is not what is measured here.
-    tier = MemoryTier(name="l1", policy=LruPolicy(1000), max_entries=1000, ttl=0.5, clock=clock)
+    # The memory tier a user gets (its default policy): 10 keys never fill it.
+    tier = MemoryTier(name="l1", max_entries=1000, ttl=0.5, clock=clock)
     begin = clock()
     source = ThrottledSource(clock, throttle, begin, rng)
     cache = AsyncTieredCache(

@@ -18,9 +18,10 @@ reference (``TIERED_CORE_PURE=1``, or no compiler).
 
 from __future__ import annotations
 
-import threading
 from collections import deque
 from collections.abc import Collection, Iterable
+
+from librt.threading import Lock
 
 from .forking import restart_compiled_after_fork
 
@@ -35,7 +36,7 @@ class InvalidationLog:
     """The last ``size`` invalidations of a chain, numbered. Thread-safe."""
 
     def __init__(self, size: int = 1024) -> None:
-        self._lock = threading.Lock()
+        self._lock = Lock()  # librt's, taken with ``with``: see MemoryCore.__init__
         self._sequence = 0
         self._events: deque[_Event] = deque(maxlen=size)
         #: Invalidations recorded whose copies are still being dropped (see :meth:`done`).
@@ -47,7 +48,7 @@ class InvalidationLog:
         was dropping never ends here, and left open it would keep every mark the child takes
         from before it (a key invalidated in the child never cached again; after a clear,
         nothing). Its lock, if that thread held it, would stay held for ever."""
-        self._lock = threading.Lock()
+        self._lock = Lock()
         self._open = set()
 
     def mark(self) -> int:
@@ -96,11 +97,7 @@ class InvalidationLog:
         pending: bool = False,
         gap: bool = False,
     ) -> int:
-        # acquire/release rather than ``with`` (every set records an invalidation): see
-        # MemoryCore.set.
-        lock = self._lock
-        lock.acquire()
-        try:
+        with self._lock:
             # The number goes out last: mark() reads it without the lock, and a mark that
             # sees it must see the invalidation open (and overtaken() its event) already.
             number = self._sequence + 1
@@ -109,8 +106,6 @@ class InvalidationLog:
             self._events.append((number, keys, prefixes, gap))
             self._sequence = number
             return number
-        finally:
-            lock.release()
 
     def done(self, number: int) -> None:
         """Invalidation ``number`` has dropped every copy it drops: marks may pass it."""

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import copy
 import random
-import threading
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, final
+
+from librt.threading import Lock
 
 from .errors import CodecError, caused
 from .slot import Slot
@@ -81,7 +82,10 @@ class MemoryCore:
         self._sizeof = sizeof
         self._rng = rng
         self.copy_on_read = copy_on_read
-        self.lock = threading.Lock()
+        # librt's lock, taken with ``with`` (docs/testing.md, "acquire-then-try"): compiled,
+        # mypyc makes the block a bare acquire and release; in the sources, no signal handler
+        # runs between the acquire and the block, as it did after a call of acquire().
+        self.lock = Lock()
         #: The policy's slot for a key without recording a read (its dict's ``get``).
         self.peek_slot: Callable[[str], Slot | None] = policy.peek
         # The policy's calls of every miss and fill, bound once: compiled, a call of a method
@@ -96,13 +100,14 @@ class MemoryCore:
     def after_fork_in_child(self) -> None:
         """See :meth:`MemoryTier.after_fork_in_child
         <tiered_cache.memory.MemoryTier.after_fork_in_child>`."""
-        # Taken to tell, not asked locked(): CPython's lock sets the flag locked() reads only
-        # once the thread it was handed to runs again, and a fork in between left it taken
-        # for good in the child while it said it was free (the child's first write hung).
+        # Taken to tell, not asked locked(): the lock (librt's, as CPython's) sets the flag
+        # locked() reads only once the thread it was handed to runs again, and a fork in
+        # between left it taken for good in the child while it said it was free (the child's
+        # first write hung).
         if self.lock.acquire(blocking=False):
             self.lock.release()  # nobody held it: the tier stays as it was
             return
-        self.lock = threading.Lock()
+        self.lock = Lock()
         self.reads.clear()  # in place: the chain's hit reader appends to this deque
         self.policy.clear()
 
@@ -125,10 +130,6 @@ class MemoryCore:
             if len(self.reads) < MISS_BUFFER_ROOM:
                 self.reads.append((key,))
                 return _MISSING
-            # ``with``, not acquire() then try, on these two rare paths (a miss with the read
-            # buffer full, an expired entry): on the pure core an interrupt landing as the
-            # acquire returned left the lock held for good. The hot paths' choice, and its
-            # figures: docs/testing.md.
             with self.lock:
                 self._replay_reads()
                 self._observe(key)
@@ -209,20 +210,13 @@ class MemoryCore:
         # set_many for one key, without the dict and the lists (a fill after every miss). The
         # slot is made before the lock is taken: the lock is held for the policy alone.
         slot = self._slot(entry, self._clock())
-        lock = self.lock
-        # acquire/release rather than ``with``, once per fill: compiled, ``with`` (its __exit__
-        # takes three Nones) cost about 50 ns more a lock. On the pure core an interrupt landing
-        # as the acquire returns leaves the lock held: docs/testing.md ("acquire-then-try").
-        lock.acquire()
-        try:
+        with self.lock:
             if self.reads:  # eviction decisions see the latest reads
                 self._replay_reads()
             if slot is not None:
                 self._put(key, slot)
             else:
                 self.policy.pop(key)  # nothing to keep, and an older copy must go too
-        finally:
-            lock.release()
 
     def replace(self, key: str, entry: Entry) -> None:
         """:meth:`delete_many` of ``key`` then :meth:`set` of ``entry`` under one lock: the
@@ -233,17 +227,13 @@ class MemoryCore:
         except BaseException:
             self.delete_many((key,))
             raise
-        lock = self.lock
-        lock.acquire()
-        try:
+        with self.lock:
             policy = self.policy
             policy.pop(key)  # the drop: the new entry enters as a new key
             if self.reads:  # eviction decisions see the latest reads
                 self._replay_reads()
             if slot is not None:
                 policy.put(key, slot)
-        finally:
-            lock.release()
 
     def _slot(self, entry: Entry, now: float) -> Slot | None:
         """The slot to keep ``entry`` in (a copy of it with ``copy_on_read``), or None when
@@ -286,13 +276,9 @@ class MemoryCore:
                 self.policy.put_many(offered)
 
     def delete_many(self, keys: Sequence[str]) -> None:
-        lock = self.lock
-        lock.acquire()
-        try:
+        with self.lock:
             for key in keys:
                 self.policy.pop(key)
-        finally:
-            lock.release()
 
     def delete_prefix(self, prefix: str) -> None:
         """Remove every key that starts with ``prefix`` (a scan of the kept keys)."""

@@ -7,6 +7,8 @@ from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from typing import Any, Generic, Protocol, TypeVar
 
+from librt.threading import Lock
+
 from .errors import LoadTimeout, RecursiveLoad, caused, handed_on
 from .tier import MISSING
 
@@ -280,7 +282,7 @@ class FlightTable(Generic[F]):
     threaded :class:`SingleFlight` and the asyncio chain's)."""
 
     def __init__(self, flight_type: Callable[[int], F]) -> None:
-        self._lock = threading.Lock()
+        self._lock = Lock()  # librt's, taken with ``with``: see MemoryCore.__init__
         self._flights: dict[str, F] = {}
         self._new = flight_type
 
@@ -390,14 +392,9 @@ class FlightTable(Generic[F]):
         """:meth:`land` for one flight (a miss's path: no dicts to build)."""
         if error is not None:
             error = _for_waiters(error)
-        # acquire/release rather than ``with`` (once per miss): see MemoryCore.set.
-        lock = self._lock
-        lock.acquire()
-        try:
+        with self._lock:
             if self._flights.get(key) is flight:
                 del self._flights[key]
-        finally:
-            lock.release()
         flight.land(result, error)
 
     def in_flight(self, key: str) -> F | None:

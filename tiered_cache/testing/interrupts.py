@@ -4,11 +4,16 @@ at a chosen instant, for tests of what the chain gives back when a caller is int
 from __future__ import annotations
 
 import contextlib
+import dis
 import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
 from types import CodeType, FrameType
+from typing import Protocol
+
+from .frames import current_frames
+from .polling import until
 
 
 class Interrupted(BaseException):
@@ -95,13 +100,18 @@ def interrupted_when(
         interrupter = threading.Thread(target=when_ready)
         interrupter.start()
         try:
-            call()
-        except Interrupted:
-            pass
-        else:
-            raise AssertionError(f"{call!r} returned: it was never interrupted")
+            _interrupted(call)
         finally:
             interrupter.join()
+
+
+def _interrupted(call: Callable[[], object]) -> None:
+    """Run ``call()``, which must raise :class:`Interrupted`."""
+    try:
+        call()
+    except Interrupted:
+        return
+    raise AssertionError(f"{call!r} returned: it was never interrupted")
 
 
 #: A trace function (``sys.settrace``'s).
@@ -142,3 +152,87 @@ def raised_at_line(line: int, raised: type[BaseException]) -> Callable[..., obje
         return lines
 
     return lines
+
+
+class _Lock(Protocol):
+    def acquire(self) -> bool: ...
+    def release(self) -> None: ...
+
+
+def _taking(code: CodeType) -> frozenset[int]:
+    """The offsets in ``code`` where it waits for a lock: a ``with`` statement's entry
+    (``BEFORE_WITH``, which calls ``__enter__``), and the call of a method ``acquire``."""
+    offsets: set[int] = set()
+    method = None
+    for instruction in dis.get_instructions(code):
+        if instruction.opname == "BEFORE_WITH":
+            offsets.add(instruction.offset)
+        elif instruction.opname in ("LOAD_METHOD", "LOAD_ATTR"):
+            method = instruction.argval
+        elif instruction.opname == "CALL":
+            if method == "acquire":
+                offsets.add(instruction.offset)
+            method = None
+    assert offsets, f"{code.co_qualname} takes no lock"
+    return frozenset(offsets)
+
+
+def interrupted_at_lock(
+    lock: _Lock, code: CodeType, call: Callable[[], object], *, in_the_wait: bool = False
+) -> bool:
+    """Run ``call()`` in the main thread while another thread holds ``lock``, and interrupt
+    it (:class:`Interrupted`, from a SIGUSR1 handler) once it waits for the lock in ``code``.
+    ``call()`` must raise :class:`Interrupted`; ``code`` must run as Python (the pure-Python
+    core). Returns whether it raised while the other thread still held the lock.
+
+    By default the interrupt lands as the wait ends with the lock taken: the signal reaches
+    the thread holding the lock (a signal sent to the process may reach any of its threads:
+    it breaks no wait of the main thread's), which then lets the lock go. CPython runs the
+    handler in the main thread at its first check for signals after it took the lock: after
+    a call of ``lock.acquire()``, as the call returns (3.11 checks there); after a ``with``
+    statement's ``__enter__``, inside the block.
+
+    ``in_the_wait``: the signal reaches the main thread as it waits, and is sent again until
+    raised (one that lands before the wait blocks breaks nothing); the holder lets the lock go
+    once ``call()`` raised (or after 10 s, a guard)."""
+    main = threading.get_ident()
+    assert main == threading.main_thread().ident, "call() must run in the main thread"
+    taking = _taking(code)
+    raised, caught, let_go = threading.Event(), threading.Event(), threading.Event()
+
+    def handler(signum: int, frame: object) -> None:
+        if not raised.is_set():
+            raised.set()
+            raise Interrupted
+
+    def waiting() -> bool:
+        frame = current_frames().get(main)
+        return frame is not None and frame.f_code is code and frame.f_lasti in taking
+
+    def holder() -> None:
+        try:
+            until(waiting, f"the main thread waiting for the lock in {code.co_qualname}")
+            if not in_the_wait:
+                signal.pthread_kill(threading.get_ident(), signal.SIGUSR1)
+                return
+            for _ in range(1_000):  # a guard (10 s), not a measure
+                signal.pthread_kill(main, signal.SIGUSR1)
+                if caught.wait(0.01):
+                    return
+        finally:
+            let_go.set()
+            lock.release()
+
+    previous = signal.signal(signal.SIGUSR1, handler)
+    lock.acquire()
+    holding = threading.Thread(target=holder)
+    try:
+        holding.start()
+        _interrupted(call)
+        early = not let_go.is_set()
+        caught.set()
+        return early
+    finally:
+        caught.set()
+        holding.join()
+        signal.signal(signal.SIGUSR1, previous)

@@ -20,7 +20,7 @@ from typing import Any
 
 import boto3
 import pytest
-from tiered_cache_dynamodb import DynamoDBSource
+from tiered_cache_dynamodb import DynamoDBSource, make_client
 from tiered_cache_dynamodb.testing import MotoDynamoDB, seed_items
 
 from tiered_cache import SourceError
@@ -156,14 +156,10 @@ def a_source_behind(
     )
 
 
-def test_a_forked_child_closes_its_copy_of_a_connection_a_parent_thread_was_using(
-    proxied: tuple[MotoDynamoDB, FaultProxy], admin_client: Any, make_table: Callable[..., str]
-) -> None:
-    """A connection a parent thread was using at the fork (its request held by the proxy) is
-    in no pool's queue: the child closes its copy too, and loads on a connection of its own;
-    the parent's request goes on to its answer on the parent's."""
-    _, proxy = proxied
-    source = a_source_behind(proxied, admin_client, make_table)
+def forked_while_a_parent_thread_loads(source: DynamoDBSource, proxy: FaultProxy) -> list[Any]:
+    """Fork while a parent thread loads ``k0`` (its request held by the proxy: the thread
+    holds its connection); the child counts its sockets to the proxy at its start and after
+    it loaded ``k1``. Returns those, the child's exit code and the parent thread's load."""
     proxy.delay(HUNG)
     loaded: list[int] = []
     parents = threading.Thread(target=lambda: loaded.append(n_of(source.load("k0"))))
@@ -179,8 +175,43 @@ def test_a_forked_child_closes_its_copy_of_a_connection_a_parent_thread_was_usin
         HUNG,
     )
     parents.join(timeout=HUNG)
-    assert [at_start, after_a_load, status] == [0, [1, 1], 0]
-    assert loaded == [0]  # the parent's request, answered on its connection
+    return [at_start, after_a_load, status, loaded]
+
+
+def test_a_forked_child_closes_its_copy_of_a_connection_a_parent_thread_was_using(
+    proxied: tuple[MotoDynamoDB, FaultProxy], admin_client: Any, make_table: Callable[..., str]
+) -> None:
+    """A connection a parent thread was using at the fork (its request held by the proxy) is
+    in no pool's queue: the child closes its copy too, and loads on a connection of its own;
+    the parent's request goes on to its answer on the parent's."""
+    _, proxy = proxied
+    source = a_source_behind(proxied, admin_client, make_table)
+    # The parent's request is answered on its connection.
+    assert forked_while_a_parent_thread_loads(source, proxy) == [0, [1, 1], 0, [0]]
+    assert n_of(source.load("k2")) == 2
+    source.close()
+
+
+def test_a_forked_child_closes_its_copy_of_a_connection_of_a_pool_made_before_the_source(
+    proxied: tuple[MotoDynamoDB, FaultProxy], admin_client: Any, make_table: Callable[..., str]
+) -> None:
+    """A client the source owns and can make anew (``owns_client`` with ``connect``) that sent
+    before the source was given it has its pool already, and the connection kept alive in
+    it: taken by a parent thread, in use at the fork, the child closes its copy too."""
+    server, proxy = proxied
+    table = make_table()
+    seed_items(admin_client, table, ["k0", "k1", "k2"])
+    settings = server.settings(
+        table=table, key="id", endpoint_url=proxy.url("http", ""), read_timeout=HUNG
+    )
+    client = make_client(settings)
+    client.describe_table(TableName=table)  # its pool made, its connection kept alive there
+    source = DynamoDBSource(
+        client, table, "id", owns_client=True, connect=lambda: make_client(settings)
+    )
+    # The parent thread's request (the table check) on that kept-alive connection.
+    assert forked_while_a_parent_thread_loads(source, proxy) == [0, [1, 1], 0, [0]]
+    assert proxy.connections == 1  # the parent's, still the one it made before the source
     assert n_of(source.load("k2")) == 2
     source.close()
 

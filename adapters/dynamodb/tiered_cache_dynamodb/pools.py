@@ -8,7 +8,7 @@ its ``_container``), each with a queue of its idle connections (``pool.pool.queu
 pool is ``None`` once closed). A connection a thread has taken from its pool is in no queue,
 and nothing of urllib3's refers to it: only the pool classes the session makes its pools of
 (``_pool_classes_by_scheme``, one dict its managers share) see it made, and
-:class:`ConnectionWatch` has them note it.
+:class:`ConnectionWatch` has them note it (and gives a pool made before it their class).
 
 Another botocore or urllib3 may lay them out otherwise: each reader raises
 :class:`LayoutChanged` then, and its caller decides what that means (:mod:`.sends`: the
@@ -41,12 +41,17 @@ def holds_pools(client: Any) -> bool:
         raise LayoutChanged(str(exc)) from exc
 
 
+def _pools(manager: Any) -> list[Any]:
+    """A pool manager's pools, read without its lock (one C call)."""
+    return list(manager.pools._container.values())
+
+
 def _idle_connections(client: Any) -> list[Any]:
     """The connections idle in ``client``'s pools, read without the pools' locks (one C call
     each for the container and each queue: in a forked child no other thread changes them)."""
     found: list[Any] = []
     for manager in _managers(client):
-        for pool in list(manager.pools._container.values()):
+        for pool in _pools(manager):
             queue = pool.pool  # None once the pool was closed
             if queue is not None:
                 found.extend(conn for conn in list(queue.queue) if conn is not None)
@@ -56,22 +61,36 @@ def _idle_connections(client: Any) -> list[Any]:
 class ConnectionWatch:
     """Notes every connection ``client``'s pools make from now on (held weakly: a connection
     dropped is forgotten), in use or idle: the pool classes of the client's HTTP session are
-    replaced by subclasses whose connection class adds each connection it makes. A pool made
-    before the watch keeps its class (its idle connections are still found in its queue).
-    Where the session has no such classes, nothing is noted, and :func:`inherited_sockets`
-    says why."""
+    replaced by subclasses whose connection class adds each connection it makes. The pools the
+    client made before the watch (it sent before the source was given it) are turned into
+    those subclasses too, and the connections idle in them noted: a thread may take one later
+    and hold it at a fork, when no queue has it. (One a thread holds as the watch starts is
+    not seen.) Where the session has no such classes, nothing is noted, and
+    :func:`inherited_sockets` says why."""
 
     def __init__(self, client: Any) -> None:
         self.made: weakref.WeakSet[Any] = weakref.WeakSet()
         #: Why nothing is noted (another botocore or urllib3), or None.
         self.not_watched: str | None = None
+        noting: dict[type[Any], type[Any]] = {}
+
+        def noted(pool: type[Any]) -> type[Any]:
+            if pool not in noting:
+                noting[pool] = self._noting(pool)
+            return noting[pool]
+
         try:
             classes = client._endpoint.http_session._pool_classes_by_scheme
-            noted = {scheme: self._noting(pool) for scheme, pool in classes.items()}
+            made_before = [pool for manager in _managers(client) for pool in _pools(manager)]
+            replaced = {scheme: noted(pool) for scheme, pool in classes.items()}
+            idle = _idle_connections(client)
         except AttributeError as exc:
             self.not_watched = str(exc)
             return
-        classes.update(noted)
+        classes.update(replaced)
+        for pool in made_before:
+            pool.__class__ = noted(type(pool))
+        self.made.update(idle)
 
     def _noting(self, pool: type[Any]) -> type[Any]:
         made = self.made

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import select
 import signal
@@ -118,6 +119,12 @@ def sockets_to(port: int) -> int:
         with contextlib.suppress(OSError):  # the listing's own descriptor, closed by now
             count += os.readlink(f"/proc/self/fd/{descriptor}") in ends
     return count
+
+
+def messages_of(records: Iterable[logging.LogRecord], logger: str) -> list[str]:
+    """The messages of ``records`` (a test's captured log: ``caplog.records``) that
+    ``logger`` made: in a forked child, those of its copy of the capture, the restarts' too."""
+    return [record.getMessage() for record in records if record.name == logger]
 
 
 async def refusals(

@@ -9,6 +9,7 @@ attached to a different loop"), so the child could load nothing, for good.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -19,7 +20,13 @@ from tiered_cache_dynamodb.testing import MotoDynamoDB, seed_items
 
 from tiered_cache import AsyncTieredCache, MemoryTier, SourceError
 from tiered_cache.testing.async_conformance import LoopThread
-from tiered_cache.testing.forked import in_a_child, refusals, reports_between, sockets_to
+from tiered_cache.testing.forked import (
+    in_a_child,
+    messages_of,
+    refusals,
+    reports_between,
+    sockets_to,
+)
 from tiered_cache.testing.polling import until
 from tiered_cache.testing.servers import FaultProxy
 
@@ -132,5 +139,62 @@ def test_a_forked_child_closes_its_copies_of_the_parents_connections(
         assert [at_start, after_a_load, status] == [0, [4, 1], 0]
         assert answered == list(range(1, 1 + in_flight))  # on the parent's connections
         assert loop.run(source.load("k0"))["n"] == 0
+        loop.run(source.aclose())
+        loop.close()
+
+
+def test_a_forked_child_that_cannot_read_the_connectors_warns_and_closes_nothing(
+    kept_alive: MotoDynamoDB,
+    admin_client: Any,
+    make_table: Callable[..., str],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Where aiobotocore or aiohttp keep a client's connections otherwise than ``aio_pools``
+    reads them (another version), the child closes none of its copies of the parent's: it
+    says so in one warning, its copy of the kept-alive connection stays open, and it loads on
+    a client of its own; the parent goes on on its connection."""
+    host, _, port = kept_alive.endpoint_url.removeprefix("http://").partition(":")
+    table = make_table()
+    seed_items(admin_client, table, ["k0", "k1", "k2"])
+    with FaultProxy(host, int(port)) as proxy:
+        settings = kept_alive.settings(table=table, key="id", endpoint_url=proxy.url("http", ""))
+        source = AsyncDynamoDBSource.from_settings(settings)
+        loop = LoopThread()
+        assert loop.run(source.load("k0"))["n"] == 0  # its connection kept alive
+        caplog.set_level(logging.WARNING, logger="tiered_cache.source")
+        # The HTTP session's aiohttp sessions gone for the fork (nothing in flight meanwhile).
+        client = loop.run(source.get_client())
+        monkeypatch.delattr(client._endpoint.http_session, "_sessions")
+
+        async def load_in_the_child() -> list[int]:
+            item = await source.load("k1")
+            return [int(item["n"]), sockets_to(proxy.port)]
+
+        (at_start, after_a_load), status = reports_between(
+            [
+                lambda: [
+                    sockets_to(proxy.port),
+                    messages_of(caplog.records, "tiered_cache.source"),
+                ],
+                lambda: asyncio.run(load_in_the_child()),
+            ],
+            [monkeypatch.undo],  # the parent's session as it was
+            HUNG,
+        )
+        assert [at_start, after_a_load, status] == [
+            [
+                1,
+                [
+                    "a forked child could not close the parent's DynamoDB connections "
+                    "('AIOHTTPSession' object has no attribute '_sessions'); their copies "
+                    "stay open in the child"
+                ],
+            ],
+            [1, 2],
+            0,
+        ]
+        assert loop.run(source.load("k2"))["n"] == 2
+        assert proxy.connections == 1  # the parent's, the same
         loop.run(source.aclose())
         loop.close()

@@ -13,6 +13,7 @@ The servers here are kept alive (``MotoDynamoDB(keep_alive=True)``) behind a
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -24,7 +25,12 @@ from tiered_cache_dynamodb import DynamoDBSource, make_client
 from tiered_cache_dynamodb.testing import MotoDynamoDB, seed_items
 
 from tiered_cache import SourceError
-from tiered_cache.testing.forked import ForkedChild, reports_between, sockets_to
+from tiered_cache.testing.forked import (
+    ForkedChild,
+    messages_of,
+    reports_between,
+    sockets_to,
+)
 from tiered_cache.testing.polling import until
 from tiered_cache.testing.servers import FaultProxy
 
@@ -214,6 +220,72 @@ def test_a_forked_child_closes_its_copy_of_a_connection_of_a_pool_made_before_th
     assert proxy.connections == 1  # the parent's, still the one it made before the source
     assert n_of(source.load("k2")) == 2
     source.close()
+
+
+def test_a_forked_child_that_cannot_read_the_pools_warns_and_closes_nothing(
+    proxied: tuple[MotoDynamoDB, FaultProxy],
+    admin_client: Any,
+    make_table: Callable[..., str],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Where botocore or urllib3 keep a client's connections otherwise than ``pools`` reads
+    them (another version), the child closes none of its copies of the parent's: it says so
+    in one warning, its copy of the kept-alive connection stays open, and it loads on a
+    client of its own; the parent goes on on its connection."""
+    _, proxy = proxied
+    source = a_source_behind(proxied, admin_client, make_table)
+    assert n_of(source.load("k0")) == 0  # its connection kept alive
+    caplog.set_level(logging.WARNING, logger="tiered_cache.source")
+    # The session's pool manager gone for the fork (the parent sends nothing meanwhile).
+    monkeypatch.delattr(source.client._endpoint.http_session, "_manager")
+    (at_start, after_a_load), status = reports_between(
+        [
+            lambda: [sockets_to(proxy.port), messages_of(caplog.records, "tiered_cache.source")],
+            lambda: [n_of(source.load("k1")), sockets_to(proxy.port)],
+        ],
+        [monkeypatch.undo],  # the parent's session as it was
+        HUNG,
+    )
+    assert [at_start, after_a_load, status] == [
+        [
+            1,
+            [
+                "a forked child could not close the parent's DynamoDB connections "
+                "('URLLib3Session' object has no attribute '_manager'); their copies stay "
+                "open in the child"
+            ],
+        ],
+        [1, 2],
+        0,
+    ]
+    assert n_of(source.load("k2")) == 2
+    assert proxy.connections == 1  # the parent's, the same
+    source.close()
+
+
+def test_a_given_client_laid_out_otherwise_is_taken_as_having_sent(
+    kept_alive: MotoDynamoDB,
+    admin_client: Any,
+    make_table: Callable[..., str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Whether a given client sent before the source had it is read from its pools; where
+    they are laid out otherwise (another botocore), it is taken as sent: the child's source
+    refuses the client, though it never sent, rather than risk sharing a socket."""
+    table = make_table()
+    seed_items(admin_client, table, ["k0", "k1", "k2"])
+    client = kept_alive.client()
+    monkeypatch.delattr(client._endpoint.http_session, "_proxy_managers")
+    given = DynamoDBSource.from_settings(kept_alive.settings(table=table, key="id"), client=client)
+
+    seen, release = loads_in_a_child(given, ["k1"])
+    assert release() == 0
+    assert [refused(text) for text in seen] == [True, True]
+    assert n_of(given.load("k0")) == 0  # the parent's (it needs no proxy manager)
+    monkeypatch.undo()
+    given.close()
+    client.close()
 
 
 def test_a_client_a_forked_child_made_anew_is_watched_for_the_next_fork(

@@ -10,6 +10,7 @@ import threading
 import pytest
 
 from tiered_cache.testing import servers
+from tiered_cache.testing.polling import until
 from tiered_cache.testing.servers import (
     FaultProxy,
     RedisCluster,
@@ -207,4 +208,27 @@ def test_proxy_close_stops_everything(echo_server: socket.socket) -> None:
         assert sock.recv(10) == b""
     with pytest.raises(ConnectionRefusedError):
         connect(proxy)
+    echo_server.close()
+
+
+def test_proxy_stall_holds_new_clients_in_their_connect(echo_server: socket.socket) -> None:
+    with FaultProxy(*echo_server.getsockname()) as proxy, connect(proxy) as live:
+        proxy.stall()
+        client = socket.socket()
+        client.settimeout(30.0)
+        connected: list[bool] = []
+        thread = threading.Thread(
+            target=lambda: connected.append(client.connect_ex(("127.0.0.1", proxy.port)) == 0)
+        )
+        thread.start()
+        until(lambda: proxy.connecting == 1, "the client's connect")
+        live.sendall(b"x")
+        assert live.recv(10) == b"x"  # a live connection goes on
+        assert connected == []
+        proxy.restore()
+        thread.join(timeout=30.0)
+        with client:
+            client.sendall(b"y")
+            assert client.recv(10) == b"y"
+            assert [connected, proxy.connections, proxy.connecting] == [[True], 2, 0]
     echo_server.close()

@@ -104,21 +104,35 @@ def reports_between(
     return reports, child.wait()
 
 
-def sockets_to(port: int) -> int:
-    """This process's descriptors of TCP sockets whose far end is loopback ``port`` (from
-    /proc: the sockets of the network namespace, then this process's descriptors)."""
-    ends: set[str] = set()
+def _tcp_sockets() -> list[tuple[int, str, str]]:
+    """The TCP sockets of this network namespace, from /proc: the far end's port, the state
+    (as the kernel's hex code: ``01`` established, ``02`` SYN sent) and ``socket:[inode]``,
+    as a descriptor's link names it."""
+    found: list[tuple[int, str, str]] = []
     for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
         with open(table, encoding="ascii") as rows:
             for row in list(rows)[1:]:
                 fields = row.split()
-                if int(fields[2].rpartition(":")[2], 16) == port:
-                    ends.add(f"socket:[{fields[9]}]")
+                far_port = int(fields[2].rpartition(":")[2], 16)
+                found.append((far_port, fields[3], f"socket:[{fields[9]}]"))
+    return found
+
+
+def sockets_to(port: int) -> int:
+    """This process's descriptors of TCP sockets whose far end is loopback ``port`` (from
+    /proc: the sockets of the network namespace, then this process's descriptors)."""
+    ends = {name for far_port, _, name in _tcp_sockets() if far_port == port}
     count = 0
     for descriptor in os.listdir("/proc/self/fd"):
         with contextlib.suppress(OSError):  # the listing's own descriptor, closed by now
             count += os.readlink(f"/proc/self/fd/{descriptor}") in ends
     return count
+
+
+def connects_waiting(port: int) -> int:
+    """How many TCP sockets of this network namespace (any process's) wait in their connect
+    to loopback ``port``: their SYN sent, unanswered."""
+    return sum(1 for far_port, state, _ in _tcp_sockets() if far_port == port and state == "02")
 
 
 def messages_of(records: Iterable[logging.LogRecord], logger: str) -> list[str]:

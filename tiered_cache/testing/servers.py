@@ -14,6 +14,7 @@ none either: a watchdog process kills them and removes their directories when it
     with RedisServer() as server, FaultProxy("127.0.0.1", server.port) as proxy:
         proxy.delay(1.0)                   # every chunk now arrives a second late
         proxy.trickle(1, 0.01)             # the server's bytes, one every 10 ms
+        proxy.stall()                      # new clients wait in connect() (SYN_SENT)
         proxy.cut()                        # live connections closed, new ones refused
         proxy.restore()
 """
@@ -35,9 +36,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Self
 
+from .forked import connects_waiting
 from .reaper import REAPER
 
 LOOPBACK = "127.0.0.1"
+#: The proxy's accept queue (:meth:`FaultProxy.stall` cuts it to one place).
+BACKLOG = 64
 
 #: What to do when ``redis-server`` is not installed.
 INSTALL_HINT = (
@@ -536,7 +540,8 @@ class FaultProxy(_Service):
     """A threaded TCP proxy on a free loopback port in front of ``target_host:target_port``.
 
     Faults: :meth:`cut` (close live connections, refuse new ones), :meth:`reset` (RST the live
-    connections), :meth:`delay` (hold every forwarded chunk back), all undone by :meth:`restore`.
+    connections), :meth:`delay` (hold every forwarded chunk back), :meth:`stall` (hold new
+    clients in their ``connect()``), all undone by :meth:`restore`.
     """
 
     def __init__(self, target_host: str, target_port: int, *, port: int | None = None) -> None:
@@ -549,6 +554,11 @@ class FaultProxy(_Service):
         #: Replies handed on ``(bytes, seconds)`` at a time (see :meth:`trickle`), or None.
         self._trickle: tuple[int, float] | None = None
         self._closed = threading.Event()
+        #: The address of the proxy's own connection holding its accept queue full while
+        #: :meth:`stall` holds (dropped when accepted), or None: nothing is accepted then.
+        self._stalled_by: tuple[str, int] | None = None
+        #: The filler of the stall :meth:`restore` ended, until it is accepted and dropped.
+        self._held_open_by: tuple[str, int] | None = None
         self._listener: socket.socket | None = None
         self._port = port or 0
         self._listen()
@@ -580,6 +590,13 @@ class FaultProxy(_Service):
         with self._lock:
             return self._holding
 
+    @property
+    def connecting(self) -> int:
+        """How many clients wait in their ``connect()`` to the proxy now (their SYN sent,
+        unanswered: :meth:`stall`), from /proc: a test's sign that a client is making a
+        connection, its socket open, its handshake not done."""
+        return connects_waiting(self.port)
+
     def url(self, scheme: str = "redis", path: str = "/0") -> str:
         """``redis://127.0.0.1:<proxy port>/0``, or with another scheme or path."""
         return f"{scheme}://{LOOPBACK}:{self.port}{path}"
@@ -588,7 +605,9 @@ class FaultProxy(_Service):
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind((LOOPBACK, self._port))
-        listener.listen(64)
+        listener.listen(BACKLOG)
+        # Never blocks in accept() under the lock (see _accept_loop).
+        listener.setblocking(False)
         self._port = listener.getsockname()[1]
         self._listener = listener
 
@@ -630,6 +649,25 @@ class FaultProxy(_Service):
             raise ValueError("a trickle needs a size of at least 1 and a pause of 0 or more")
         self._trickle = (size, every)
 
+    def stall(self) -> None:
+        """Hold new clients in their ``connect()`` (the socket made, the TCP handshake not
+        done) until :meth:`restore`: the proxy accepts nothing, and its accept queue, cut to
+        one place, is held full by a connection of its own (closed at its end at once, so
+        that no process holds a socket to the proxy for it), so the kernel drops the clients'
+        SYNs. They send them again (after 1 s, then 3 s, ...) and connect once restored.
+        Live connections go on."""
+        with self._lock:
+            listener = self._listener
+            if listener is None or self._stalled_by is not None:
+                raise RuntimeError("stall() needs a listening proxy that is not stalled")
+            listener.listen(0)  # Linux: one connection waiting fills the queue
+            filler = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            filler.settimeout(2.0)
+            with filler:
+                filler.bind((LOOPBACK, 0))
+                self._stalled_by = filler.getsockname()
+                filler.connect((LOOPBACK, self.port))
+
     def reopen(self) -> None:
         """Undo :meth:`cut` alone: accept connections again, a :meth:`delay` or
         :meth:`trickle` still applying to them."""
@@ -642,6 +680,11 @@ class FaultProxy(_Service):
         forward at once."""
         self._delay = 0.0
         self._trickle = None
+        with self._lock:
+            if self._stalled_by is not None and self._listener is not None:
+                self._listener.listen(BACKLOG)
+            # The filler, first in the queue, is dropped when accepted.
+            self._held_open_by, self._stalled_by = self._stalled_by, None
         self.reopen()
 
     def close(self) -> None:
@@ -662,9 +705,20 @@ class FaultProxy(_Service):
                 ready, _, _ = select.select([listener], [], [], 0.05)
                 if not ready:
                     continue
-                client, _ = listener.accept()
+                with self._lock:  # stall() takes effect before its filler connects
+                    if self._stalled_by is not None:
+                        client = None
+                    else:
+                        client, address = listener.accept()
             except (OSError, ValueError):
-                continue  # the listener was closed by cut() under us
+                continue  # the listener was closed by cut() under us, or nothing waits
+            if client is None:
+                self._closed.wait(0.02)
+                continue
+            if address == self._held_open_by:  # a stall's filler, closed at its end
+                self._held_open_by = None
+                client.close()
+                continue
             try:
                 upstream = socket.create_connection(self.target, timeout=2.0)
             except OSError:

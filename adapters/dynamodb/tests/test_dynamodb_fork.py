@@ -143,6 +143,46 @@ def test_a_forked_child_closes_its_copies_of_the_parents_connections(
         loop.close()
 
 
+def test_a_forked_child_closes_its_copy_of_a_connection_a_parent_coroutine_was_opening(
+    kept_alive: MotoDynamoDB, admin_client: Any, make_table: Callable[..., str]
+) -> None:
+    """A parent coroutine in its connect at the fork (the proxy stalls it: its SYN
+    unanswered) has made its socket, which aiohttp's connector holds no protocol of yet (a
+    placeholder): the child closes its copy too, and loads on a connection of its own; the
+    parent's load goes on once the proxy takes connections again."""
+    host, _, port = kept_alive.endpoint_url.removeprefix("http://").partition(":")
+    table = make_table()
+    seed_items(admin_client, table, ["k0", "k1", "k2"])
+    with FaultProxy(host, int(port)) as proxy:
+        settings = kept_alive.settings(
+            table=table,
+            key="id",
+            endpoint_url=proxy.url("http", ""),
+            read_timeout=HUNG,
+            connect_timeout=HUNG,
+        )
+        source = AsyncDynamoDBSource.from_settings(settings)
+        loop = LoopThread()
+        proxy.stall()
+        held = asyncio.run_coroutine_threadsafe(source.load("k0"), loop.loop)
+        until(lambda: proxy.connecting == 1, "the parent coroutine's connect")
+
+        async def load_in_the_child() -> list[int]:
+            item = await source.load("k1")
+            return [int(item["n"]), sockets_to(proxy.port)]
+
+        (at_start, after_a_load), status = reports_between(
+            [lambda: sockets_to(proxy.port), lambda: asyncio.run(load_in_the_child())],
+            [proxy.restore],
+            HUNG,
+        )
+        assert [at_start, after_a_load, status] == [0, [1, 1], 0]
+        assert int(held.result(HUNG)["n"]) == 0  # the parent's, on its connection
+        assert loop.run(source.load("k2"))["n"] == 2
+        loop.run(source.aclose())
+        loop.close()
+
+
 def test_a_forked_child_that_cannot_read_the_connectors_warns_and_closes_nothing(
     kept_alive: MotoDynamoDB,
     admin_client: Any,

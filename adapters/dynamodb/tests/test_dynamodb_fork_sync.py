@@ -21,7 +21,7 @@ from typing import Any
 
 import boto3
 import pytest
-from tiered_cache_dynamodb import DynamoDBSource, make_client
+from tiered_cache_dynamodb import DynamoDBSource, make_client, pools
 from tiered_cache_dynamodb.testing import MotoDynamoDB, seed_items
 
 from tiered_cache import SourceError
@@ -150,14 +150,18 @@ def test_a_forked_child_closes_its_copy_of_the_parents_kept_alive_connection(
 def a_source_behind(
     proxied: tuple[MotoDynamoDB, FaultProxy], admin_client: Any, make_table: Callable[..., str]
 ) -> DynamoDBSource:
-    """A source of a table of ``k0``..``k2`` through the proxy, whose requests may be held
-    (``delay``) as long as a child may take to report."""
+    """A source of a table of ``k0``..``k2`` through the proxy, whose requests, and
+    connects, may be held (``delay``, ``stall``) as long as a child may take to report."""
     server, proxy = proxied
     table = make_table()
     seed_items(admin_client, table, ["k0", "k1", "k2"])
     return DynamoDBSource.from_settings(
         server.settings(
-            table=table, key="id", endpoint_url=proxy.url("http", ""), read_timeout=HUNG
+            table=table,
+            key="id",
+            endpoint_url=proxy.url("http", ""),
+            read_timeout=HUNG,
+            connect_timeout=HUNG,
         )
     )
 
@@ -195,6 +199,72 @@ def test_a_forked_child_closes_its_copy_of_a_connection_a_parent_thread_was_usin
     # The parent's request is answered on its connection.
     assert forked_while_a_parent_thread_loads(source, proxy) == [0, [1, 1], 0, [0]]
     assert n_of(source.load("k2")) == 2
+    source.close()
+
+
+def test_a_forked_child_keeps_no_copy_of_a_connection_a_parent_thread_was_opening(
+    proxied: tuple[MotoDynamoDB, FaultProxy], admin_client: Any, make_table: Callable[..., str]
+) -> None:
+    """A parent thread in its connect at the fork (the proxy stalled it, then takes
+    connections again: the kernel sends its SYN again a second after the first) has made its
+    socket, which no connection object holds yet: the fork waits for the connection to be
+    made, and the child closes its copy as any other, and loads on a connection of its own;
+    the parent's load goes on."""
+    _, proxy = proxied
+    source = a_source_behind(proxied, admin_client, make_table)
+    proxy.stall()
+    loaded: list[int] = []
+    parents = threading.Thread(target=lambda: loaded.append(n_of(source.load("k0"))))
+    parents.start()
+    until(lambda: proxy.connecting == 1, "the parent thread's connect")
+    proxy.restore()  # its SYN is answered when sent again: it is in its connect at the fork
+    (at_start, after_a_load), status = reports_between(
+        [
+            lambda: sockets_to(proxy.port),
+            lambda: [n_of(source.load("k1")), sockets_to(proxy.port)],
+        ],
+        [lambda: parents.join(timeout=HUNG)],
+        HUNG,
+    )
+    assert [at_start, after_a_load, status, loaded] == [0, [1, 1], 0, [0]]
+    assert n_of(source.load("k2")) == 2
+    source.close()
+
+
+def test_a_fork_waits_for_a_connection_being_opened_no_longer_than_its_bound(
+    proxied: tuple[MotoDynamoDB, FaultProxy],
+    admin_client: Any,
+    make_table: Callable[..., str],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An opening that outlasts the fork's wait (``OPENING_WAIT``, cut to 0.1 s here; the
+    proxy stalls it until the child has counted) is left: the parent says so, the child
+    keeps its copy of the socket and loads on a connection of its own; the parent's load goes
+    on once the proxy takes connections again."""
+    _, proxy = proxied
+    source = a_source_behind(proxied, admin_client, make_table)
+    monkeypatch.setattr(pools, "OPENING_WAIT", 0.1)
+    caplog.set_level(logging.WARNING, logger="tiered_cache.source")
+    proxy.stall()
+    loaded: list[int] = []
+    parents = threading.Thread(target=lambda: loaded.append(n_of(source.load("k0"))))
+    parents.start()
+    until(lambda: proxy.connecting == 1, "the parent thread's connect")
+    (at_start, after_a_load), status = reports_between(
+        [
+            lambda: sockets_to(proxy.port),
+            lambda: [n_of(source.load("k1")), sockets_to(proxy.port)],
+        ],
+        [proxy.restore],
+        HUNG,
+    )
+    parents.join(timeout=HUNG)
+    assert [at_start, after_a_load, status, loaded] == [1, [1, 2], 0, [0]]
+    assert messages_of(caplog.records, "tiered_cache.source") == [
+        "a fork waited 0.1 s for the DynamoDB connections being opened (1 left); the child "
+        "keeps its copies of their sockets"
+    ]
     source.close()
 
 

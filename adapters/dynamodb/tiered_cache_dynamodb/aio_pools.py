@@ -9,18 +9,29 @@ those in use (``_acquired``: protocols, and a placeholder without a transport fo
 connection being made). A protocol's transport shows its socket as asyncio's
 ``TransportSocket`` (``get_extra_info("socket")``), which offers no way to detach it: its
 ``_sock`` is the socket itself.
+
+A connection being made has no protocol yet, only its placeholder: its socket (connecting,
+or in its TLS handshake) is the connect coroutine's. aiohttp makes it with the connector's
+``socket_factory`` (aiobotocore passes ``connector_args`` to the connectors it makes, kept
+in ``_connector_args``; a connector's own is ``_socket_factory``), so a
+:class:`SocketWatch` has that factory note every socket made.
 """
 
 from __future__ import annotations
 
 import socket
+import weakref
+from collections.abc import Callable
 from typing import Any
 
 from aiobotocore.httpsession import AIOHTTPSession
 
 from .pools import LayoutChanged
 
-__all__ = ["client_sessions", "inherited_sockets"]
+__all__ = ["SocketWatch", "client_sessions", "inherited_sockets"]
+
+#: aiohttp's ``socket_factory``: a socket for an ``getaddrinfo`` entry.
+SocketFactory = Callable[[Any], socket.socket]
 
 
 def client_sessions(client: Any) -> list[Any]:
@@ -32,9 +43,54 @@ def client_sessions(client: Any) -> list[Any]:
     return list((http._sessions or {}).values())
 
 
-def inherited_sockets(client: Any) -> list[socket.socket]:
-    """The sockets of ``client``'s connections, idle or in use, read without waiting on its
-    loop (a forked child's copies: the loop is the parent's, and runs there)."""
+class SocketWatch:
+    """Notes every socket ``client``'s aiohttp connectors make from now on (held weakly), the
+    sockets of connections being made included: the factory they make sockets with is
+    replaced by one that calls it (or makes the socket as aiohttp does) and notes the
+    socket. Where the client's HTTP session is of another class, nothing is noted (nor
+    found: :func:`client_sessions`); where it is laid out otherwise, :func:`inherited_sockets`
+    says why."""
+
+    def __init__(self, client: Any) -> None:
+        self.made: weakref.WeakSet[socket.socket] = weakref.WeakSet()
+        #: Why nothing is noted (another aiobotocore or aiohttp), or None.
+        self.not_watched: str | None = None
+        http = client._endpoint.http_session
+        if not isinstance(http, AIOHTTPSession):
+            return
+        try:
+            connectors = [session.connector for session in client_sessions(client)]
+            args = dict(http._connector_args)
+            for connector in connectors:
+                if connector is not None:
+                    connector._socket_factory = self._noting(connector._socket_factory)
+        except AttributeError as exc:
+            self.not_watched = str(exc)
+            return
+        # A copy: the dict may be the client's config's, shared with other clients.
+        http._connector_args = {**args, "socket_factory": self._noting(args.get("socket_factory"))}
+
+    def _noting(self, theirs: SocketFactory | None) -> SocketFactory:
+        made = self.made
+
+        def make(address: Any) -> socket.socket:
+            if theirs is not None:
+                sock = theirs(address)
+            else:  # aiohttp's (aiohappyeyeballs') own
+                family, kind, proto, _, _ = address
+                sock = socket.socket(family=family, type=kind, proto=proto)
+            made.add(sock)
+            return sock
+
+        return make
+
+
+def inherited_sockets(client: Any, watch: SocketWatch) -> list[socket.socket]:
+    """The sockets of ``client``'s connections, idle, in use or being made (noted by
+    ``watch``), each once, read without waiting on its loop (a forked child's copies: the
+    loop is the parent's, and runs there)."""
+    if watch.not_watched is not None:
+        raise LayoutChanged(watch.not_watched)
     try:
         protocols: list[Any] = []
         for session in client_sessions(client):
@@ -50,6 +106,10 @@ def inherited_sockets(client: Any) -> list[socket.socket]:
             shown = None if transport is None else transport.get_extra_info("socket")
             if shown is not None:
                 found.append(shown._sock)
-        return found
     except AttributeError as exc:
         raise LayoutChanged(str(exc)) from exc
+    seen = {id(sock) for sock in found}
+    # A socket closed (its connection's, or one that failed to connect) is detached: -1.
+    return found + [
+        sock for sock in list(watch.made) if id(sock) not in seen and sock.fileno() >= 0
+    ]

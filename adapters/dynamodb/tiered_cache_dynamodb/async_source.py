@@ -38,7 +38,7 @@ from tiered_cache.loop_end import LoopEnd
 from tiered_cache.steps import arun
 from tiered_cache.tier import MissingType
 
-from .aio_pools import inherited_sockets
+from .aio_pools import SocketWatch, inherited_sockets
 from .async_left import close_a_left_loops_client
 from .aws import client_options, credentials
 from .inherited import close_inherited_sockets
@@ -151,6 +151,9 @@ class AsyncDynamoDBSource(AsyncSourceBase):
         self._given_loop: asyncio.AbstractEventLoop | None = None
         #: A forked child's source whose client was given: it refuses every call.
         self._forked_from_client = False
+        #: The sockets of the client the source made (for a forked child to close its
+        #: copies of those being made at the fork, which no connector holds yet).
+        self._sockets: SocketWatch | None = None
         restart_after_fork(self)
 
     def after_fork_in_child(self) -> None:
@@ -169,12 +172,13 @@ class AsyncDynamoDBSource(AsyncSourceBase):
         self._check_lock = asyncio.Lock()
         self._loop_end.stop()
         if self._connect is not None and self._owns_client:
-            client = self._client
-            if client is not None:
-                # The child's copies, idle or in use by a parent coroutine: the loop untouched.
-                close_inherited_sockets(lambda: inherited_sockets(client))
+            client, watch = self._client, self._sockets
+            if client is not None and watch is not None:
+                # The child's copies, idle, in use or being made by a parent coroutine: the
+                # loop untouched.
+                close_inherited_sockets(lambda: inherited_sockets(client, watch))
             keep_from_the_parent(client)
-            self._client = None
+            self._client, self._sockets = None, None
         elif self._client is not None:
             self._forked_from_client = True
             logger_for("source").warning("%s", self._parents_client_error())
@@ -220,7 +224,10 @@ class AsyncDynamoDBSource(AsyncSourceBase):
         async with self._connect_lock:
             if self._client is None:
                 assert self._connect is not None
-                self._client = await self._connect()
+                made = await self._connect()
+                # Watched before it is shared: a fork sees the client with its watch.
+                self._sockets = SocketWatch(made) if self._owns_client else None
+                self._client = made
         return self._client
 
     async def _let_go_of_client(self) -> None:

@@ -10,6 +10,11 @@ and nothing of urllib3's refers to it: only the pool classes the session makes i
 (``_pool_classes_by_scheme``, one dict its managers share) see it made, and
 :class:`ConnectionWatch` has them note it (and gives a pool made before it their class).
 
+A connection being opened (its socket made, connected or in its TLS handshake, before urllib3
+hands it to the connection object) is held by no object a forked child can reach: the
+thread's locals only. A fork waits for the watched clients' connections being opened to be
+open (:data:`_OPENINGS`), and holds new openings until it is done.
+
 Another botocore or urllib3 may lay them out otherwise: each reader raises
 :class:`LayoutChanged` then, and its caller decides what that means (:mod:`.sends`: the
 client may have sent; :mod:`.inherited`: warn, close nothing).
@@ -17,14 +22,81 @@ client may have sent; :mod:`.inherited`: warn, close nothing).
 
 from __future__ import annotations
 
+import contextlib
+import os
+import threading
 import weakref
+from collections.abc import Iterator
 from typing import Any
+
+from tiered_cache.logs import logger_for
 
 __all__ = ["ConnectionWatch", "LayoutChanged", "holds_pools", "inherited_sockets"]
 
 
 class LayoutChanged(Exception):
     """botocore or urllib3 keep a client's connections otherwise than this adapter knows."""
+
+
+#: The longest a fork waits for the connections being opened (a connect, a TLS handshake:
+#: each bounded by the client's ``connect_timeout``, 1 s unless set; a name lookup is not).
+OPENING_WAIT = 5.0
+
+
+class _Openings:
+    """The watched clients' connections being opened now, counted: a fork (``before``) waits
+    until none is, and holds new ones until it is done, so that no child gets a copy of a
+    socket no object of its own holds. (An opening calls no user code: no fork comes from
+    inside one.)"""
+
+    def __init__(self) -> None:
+        self._anew()
+
+    def _anew(self) -> None:
+        self._changed = threading.Condition(threading.Lock())
+        self._opening = 0
+        #: Forks under way (two threads may fork at once).
+        self._forks = 0
+
+    @contextlib.contextmanager
+    def opening(self) -> Iterator[None]:
+        with self._changed:
+            self._changed.wait_for(lambda: self._forks == 0)
+            self._opening += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._opening -= 1
+                self._changed.notify_all()
+
+    def before_fork(self) -> None:
+        with self._changed:
+            self._forks += 1
+            if not self._changed.wait_for(lambda: self._opening == 0, OPENING_WAIT):
+                logger_for("source").warning(
+                    "a fork waited %s s for the DynamoDB connections being opened (%d left); "
+                    "the child keeps its copies of their sockets",
+                    OPENING_WAIT,
+                    self._opening,
+                )
+
+    def after_fork_in_parent(self) -> None:
+        with self._changed:
+            self._forks -= 1
+            self._changed.notify_all()
+
+    def after_fork_in_child(self) -> None:
+        # Only this thread: the openings counted were the parent's threads'.
+        self._anew()
+
+
+_OPENINGS = _Openings()
+os.register_at_fork(
+    before=_OPENINGS.before_fork,
+    after_in_parent=_OPENINGS.after_fork_in_parent,
+    after_in_child=_OPENINGS.after_fork_in_child,
+)
 
 
 def _managers(client: Any) -> list[Any]:
@@ -61,7 +133,8 @@ def _idle_connections(client: Any) -> list[Any]:
 class ConnectionWatch:
     """Notes every connection ``client``'s pools make from now on (held weakly: a connection
     dropped is forgotten), in use or idle: the pool classes of the client's HTTP session are
-    replaced by subclasses whose connection class adds each connection it makes. The pools the
+    replaced by subclasses whose connection class adds each connection it makes (and opens
+    it as a fork waits for: :class:`_Openings`). The pools the
     client made before the watch (it sent before the source was given it) are turned into
     those subclasses too, and the connections idle in them noted: a thread may take one later
     and hold it at a fork, when no queue has it. (One a thread holds as the watch starts is
@@ -100,6 +173,11 @@ class ConnectionWatch:
             def __init__(self, *args: Any, **kwargs: Any) -> None:
                 super().__init__(*args, **kwargs)
                 made.add(self)
+
+            def connect(self) -> None:
+                # Its socket is ours (``sock``) once this returns: a fork waits till then.
+                with _OPENINGS.opening():
+                    super().connect()
 
         return type(pool.__name__, (pool,), {"ConnectionCls": Noted, "__module__": __name__})
 

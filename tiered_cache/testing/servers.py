@@ -518,6 +518,8 @@ class _Link:
         self.client = client
         self.upstream = upstream
         self.closed = threading.Event()
+        #: Whether the head of a reply was handed on (:meth:`FaultProxy.hold_bodies`).
+        self.head_passed = False
 
     def close(self, *, reset: bool = False) -> None:
         if self.closed.is_set():
@@ -553,6 +555,8 @@ class FaultProxy(_Service):
         self._holding = 0
         #: Replies handed on ``(bytes, seconds)`` at a time (see :meth:`trickle`), or None.
         self._trickle: tuple[int, float] | None = None
+        #: Whether replies' bodies are held back (see :meth:`hold_bodies`).
+        self._bodies_held = False
         self._closed = threading.Event()
         #: The address of the proxy's own connection holding its accept queue full while
         #: :meth:`stall` holds (dropped when accepted), or None: nothing is accepted then.
@@ -668,6 +672,14 @@ class FaultProxy(_Service):
                 self._stalled_by = filler.getsockname()
                 filler.connect((LOOPBACK, self.port))
 
+    def hold_bodies(self) -> None:
+        """Hand on what the server sends up to the end of an HTTP reply's head (its first
+        blank line) on each link, and hold the rest back, counted in :attr:`holding`, until
+        :meth:`restore`: a client has read the head and waits in the body. (For links of one
+        reply each, as a server that answers ``Connection: close`` makes; a blank line split
+        between two reads is not seen.)"""
+        self._bodies_held = True
+
     def reopen(self) -> None:
         """Undo :meth:`cut` alone: accept connections again, a :meth:`delay` or
         :meth:`trickle` still applying to them."""
@@ -680,6 +692,7 @@ class FaultProxy(_Service):
         forward at once."""
         self._delay = 0.0
         self._trickle = None
+        self._bodies_held = False
         with self._lock:
             if self._stalled_by is not None and self._listener is not None:
                 self._listener.listen(BACKLOG)
@@ -762,6 +775,32 @@ class FaultProxy(_Service):
             with self._lock:
                 self._holding -= 1
 
+    def _head_handed_on(self, link: _Link, data: bytes) -> bytes:
+        """Send the client what ``data`` holds of a reply's head; the rest (the body)."""
+        if link.head_passed:
+            return data
+        end = data.find(b"\r\n\r\n")
+        if end < 0:
+            link.client.sendall(data)
+            return b""
+        link.head_passed = True
+        link.client.sendall(data[: end + 4])
+        return data[end + 4 :]
+
+    def _body_held(self, link: _Link) -> bool:
+        """Wait while :meth:`hold_bodies` holds, counted in :attr:`holding`; True if the link
+        was closed meanwhile."""
+        with self._lock:
+            self._holding += 1
+        try:
+            while self._bodies_held:
+                if link.closed.wait(0.01):
+                    return True
+            return False
+        finally:
+            with self._lock:
+                self._holding -= 1
+
     def _dribble(self, link: _Link, data: bytes, size: int, every: float) -> bool:
         """Send ``data`` to the client in pieces (see :meth:`trickle`); True if the link was
         closed meanwhile. A restore() sends the rest at once."""
@@ -785,6 +824,10 @@ class FaultProxy(_Service):
                         return
                     if self._delay and self._held(link):
                         return
+                    if self._bodies_held and sock is link.upstream:
+                        data = self._head_handed_on(link, data)
+                        if data and self._body_held(link):
+                            return
                     trickle = self._trickle
                     if trickle is not None and sock is link.upstream:
                         if self._dribble(link, data, *trickle):

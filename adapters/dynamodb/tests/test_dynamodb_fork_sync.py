@@ -231,6 +231,42 @@ def test_a_forked_child_keeps_no_copy_of_a_connection_a_parent_thread_was_openin
     source.close()
 
 
+def test_a_forked_child_closes_its_copy_of_a_socket_a_reply_reads_on_its_own(
+    moto_server: MotoDynamoDB, admin_client: Any, make_table: Callable[..., str]
+) -> None:
+    """moto's own server answers ``Connection: close`` (as a server recycling its
+    connections does): http.client lets go of the connection once a reply's head is read
+    (``sock`` None), and the reply reads its body on the socket alone. A parent thread in
+    that read at the fork (the body held back by the proxy): the child closes its copy of
+    that socket too, and loads on a connection of its own."""
+    host, _, port = moto_server.endpoint_url.removeprefix("http://").partition(":")
+    table = make_table()
+    seed_items(admin_client, table, ["k0", "k1", "k2"])
+    with FaultProxy(host, int(port)) as proxy:
+        settings = moto_server.settings(
+            table=table, key="id", endpoint_url=proxy.url("http", ""), read_timeout=HUNG
+        )
+        source = DynamoDBSource.from_settings(settings)
+        assert n_of(source.load("k0")) == 0  # the table checked: one request from here
+        proxy.hold_bodies()
+        loaded: list[int] = []
+        parents = threading.Thread(target=lambda: loaded.append(n_of(source.load("k1"))))
+        parents.start()
+        until(lambda: proxy.holding == 1, "the parent thread's reply, its head read")
+        (at_start, after_a_load), status = reports_between(
+            [
+                lambda: sockets_to(proxy.port),
+                lambda: [n_of(source.load("k2")), sockets_to(proxy.port)],
+            ],
+            [proxy.restore],
+            HUNG,
+        )
+        parents.join(timeout=HUNG)
+        # The child's own connection closed by its reply too.
+        assert [at_start, after_a_load, status, loaded] == [0, [2, 0], 0, [1]]
+        source.close()
+
+
 def test_a_fork_waits_for_a_connection_being_opened_no_longer_than_its_bound(
     proxied: tuple[MotoDynamoDB, FaultProxy],
     admin_client: Any,
@@ -292,7 +328,7 @@ def test_a_forked_child_closes_its_copy_of_a_connection_of_a_pool_made_before_th
     source.close()
 
 
-def test_a_forked_child_that_cannot_read_the_pools_warns_and_closes_nothing(
+def test_a_forked_child_of_a_client_laid_out_otherwise_warns_and_closes_nothing(
     proxied: tuple[MotoDynamoDB, FaultProxy],
     admin_client: Any,
     make_table: Callable[..., str],
@@ -300,21 +336,28 @@ def test_a_forked_child_that_cannot_read_the_pools_warns_and_closes_nothing(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Where botocore or urllib3 keep a client's connections otherwise than ``pools`` reads
-    them (another version), the child closes none of its copies of the parent's: it says so
-    in one warning, its copy of the kept-alive connection stays open, and it loads on a
-    client of its own; the parent goes on on its connection."""
-    _, proxy = proxied
-    source = a_source_behind(proxied, admin_client, make_table)
+    them (another version), its sockets are not watched, and the child closes none of its
+    copies of the parent's: it says so in one warning, its copy of the kept-alive connection
+    stays open, and it loads on a client of its own; the parent goes on on its connection."""
+    server, proxy = proxied
+    table = make_table()
+    seed_items(admin_client, table, ["k0", "k1", "k2"])
+    settings = server.settings(table=table, key="id", endpoint_url=proxy.url("http", ""))
+    client = make_client(settings)
+    # The classes the session makes its pools of, gone before the source watches it (only
+    # a proxy's pool manager reads them after the session is made).
+    monkeypatch.delattr(client._endpoint.http_session, "_pool_classes_by_scheme")
+    source = DynamoDBSource(
+        client, table, "id", owns_client=True, connect=lambda: make_client(settings)
+    )
     assert n_of(source.load("k0")) == 0  # its connection kept alive
     caplog.set_level(logging.WARNING, logger="tiered_cache.source")
-    # The session's pool manager gone for the fork (the parent sends nothing meanwhile).
-    monkeypatch.delattr(source.client._endpoint.http_session, "_manager")
     (at_start, after_a_load), status = reports_between(
         [
             lambda: [sockets_to(proxy.port), messages_of(caplog.records, "tiered_cache.source")],
             lambda: [n_of(source.load("k1")), sockets_to(proxy.port)],
         ],
-        [monkeypatch.undo],  # the parent's session as it was
+        [lambda: None],
         HUNG,
     )
     assert [at_start, after_a_load, status] == [
@@ -322,8 +365,8 @@ def test_a_forked_child_that_cannot_read_the_pools_warns_and_closes_nothing(
             1,
             [
                 "a forked child could not close the parent's DynamoDB connections "
-                "('URLLib3Session' object has no attribute '_manager'); their copies stay "
-                "open in the child"
+                "('URLLib3Session' object has no attribute '_pool_classes_by_scheme'); their "
+                "copies stay open in the child"
             ],
         ],
         [1, 2],

@@ -9,25 +9,24 @@ child forked since had ended.
 
 Closing that pool the usual way (``PoolManager.clear``, ``HTTPConnectionPool.close``) takes
 the pool container's lock and each pool's queue mutex, which a thread of the parent may have
-held at the fork: held for good in the child, where that thread does not exist. So the pools
-are read directly, without a lock (:mod:`.pools`, the one module that knows their private
-layout), and each idle connection's socket is detached from its object and its descriptor
-closed: the child's copy alone, since the parent's descriptor is its own, and no byte is
-written (no TLS close_notify, no shutdown): the parent's connection goes on.
-
-A connection a parent thread was using at the fork is in no pool's queue: the thread holds it,
-and that thread does not exist in the child (its request never goes on there). Such a copy
-stayed open in the child for its life (a request in flight at the fork); the source's
-:class:`~.pools.ConnectionWatch` notes every connection its client makes, and the child
-closes those copies too, as the idle ones: the socket detached, nothing written, no lock.
+held at the fork: held for good in the child, where that thread does not exist. And a pool
+does not hold every socket: a connection a parent thread was using at the fork is in no
+queue (the thread holds it, and does not exist in the child), a socket a reply was reading
+its body on alone is held by no connection, and a connection being opened has its socket in
+the opening thread's locals. So the source's :class:`~.pools.ConnectionWatch` notes the
+socket of every connection its client opens (a fork waits for the openings under way), and
+the child closes its copy of each still open, without a lock: the socket detached from its
+object and its descriptor closed, the child's copy alone, since the parent's descriptor is
+its own, and no byte is written (no TLS close_notify, no shutdown): the parent's connection
+goes on.
 
 The asyncio source's aiobotocore client is let go of in the child the same way (kept, never
 closed: closing its connections the usual way closes their transports on the parent's loop,
 whose epoll set the child shares, and the parent's reads on them then time out). Its
 connections, idle or in use by a parent coroutine, are all in its aiohttp connectors
-(:mod:`.aio_pools`); their sockets are detached and closed here too, which leaves the
-parent's epoll set alone: a socket stays in it until every descriptor of it is closed, and
-the parent's is not.
+(:mod:`.aio_pools`), and the sockets of those being made are noted as aiohttp makes them;
+their sockets are detached and closed here too, which leaves the parent's epoll set alone: a
+socket stays in it until every descriptor of it is closed, and the parent's is not.
 """
 
 from __future__ import annotations

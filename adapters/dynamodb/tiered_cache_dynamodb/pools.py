@@ -6,9 +6,11 @@ botocore shows nothing of its connections. The client's endpoint holds an HTTP s
 ``_proxy_managers``) hold a pool for each host the client sent to (``pools``, read through
 its ``_container``), each with a queue of its idle connections (``pool.pool.queue``; the
 pool is ``None`` once closed). A connection a thread has taken from its pool is in no queue,
-and nothing of urllib3's refers to it: only the pool classes the session makes its pools of
-(``_pool_classes_by_scheme``, one dict its managers share) see it made, and
-:class:`ConnectionWatch` has them note it (and gives a pool made before it their class).
+and nothing of urllib3's refers to it; nor to a socket a reply reads its body on alone (its
+connection let go of it, the reply closing it). Only the pool classes the session makes its
+pools of (``_pool_classes_by_scheme``, one dict its managers share) see a connection open its
+socket, and :class:`ConnectionWatch` has them note each socket (and gives a pool made before
+it their class).
 
 A connection being opened (its socket made, connected or in its TLS handshake, before urllib3
 hands it to the connection object) is held by no object a forked child can reach: the
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import threading
 import weakref
 from collections.abc import Iterator
@@ -120,7 +123,7 @@ def _pools(manager: Any) -> list[Any]:
 
 def _idle_connections(client: Any) -> list[Any]:
     """The connections idle in ``client``'s pools, read without the pools' locks (one C call
-    each for the container and each queue: in a forked child no other thread changes them)."""
+    each for the container and each queue)."""
     found: list[Any] = []
     for manager in _managers(client):
         for pool in _pools(manager):
@@ -131,18 +134,20 @@ def _idle_connections(client: Any) -> list[Any]:
 
 
 class ConnectionWatch:
-    """Notes every connection ``client``'s pools make from now on (held weakly: a connection
-    dropped is forgotten), in use or idle: the pool classes of the client's HTTP session are
-    replaced by subclasses whose connection class adds each connection it makes (and opens
-    it as a fork waits for: :class:`_Openings`). The pools the
+    """Notes the socket of every connection ``client``'s pools open from now on (held
+    weakly), and of those idle in its pools now: the pool classes of the client's HTTP
+    session are replaced by subclasses whose connection class notes its socket as it opens
+    it (an opening a fork waits for: :class:`_Openings`). A socket is the thing to note, not
+    its connection: http.client lets go of a connection's socket (``sock`` None) once a reply
+    that closes it has its head read, and the reply reads its body on it alone. The pools the
     client made before the watch (it sent before the source was given it) are turned into
-    those subclasses too, and the connections idle in them noted: a thread may take one later
-    and hold it at a fork, when no queue has it. (One a thread holds as the watch starts is
-    not seen.) Where the session has no such classes, nothing is noted, and
-    :func:`inherited_sockets` says why."""
+    those subclasses too: a thread may take one of their connections later and hold it at a
+    fork, when no queue has it. (A connection a thread holds as the watch starts is not seen.)
+    Where the session has no such classes, nothing is noted, and :func:`inherited_sockets`
+    says why."""
 
     def __init__(self, client: Any) -> None:
-        self.made: weakref.WeakSet[Any] = weakref.WeakSet()
+        self.sockets: weakref.WeakSet[socket.socket] = weakref.WeakSet()
         #: Why nothing is noted (another botocore or urllib3), or None.
         self.not_watched: str | None = None
         noting: dict[type[Any], type[Any]] = {}
@@ -163,36 +168,28 @@ class ConnectionWatch:
         classes.update(replaced)
         for pool in made_before:
             pool.__class__ = noted(type(pool))
-        self.made.update(idle)
+        # http.client's ``sock``: None before the connection is opened, and once closed.
+        self.sockets.update(conn.sock for conn in idle if conn.sock is not None)
 
     def _noting(self, pool: type[Any]) -> type[Any]:
-        made = self.made
+        sockets = self.sockets
         connection: type[Any] = pool.ConnectionCls
 
         class Noted(connection):  # type: ignore[misc]
-            def __init__(self, *args: Any, **kwargs: Any) -> None:
-                super().__init__(*args, **kwargs)
-                made.add(self)
-
             def connect(self) -> None:
-                # Its socket is ours (``sock``) once this returns: a fork waits till then.
+                # Its socket is held by no object of ours until this returns: a fork waits.
                 with _OPENINGS.opening():
                     super().connect()
+                    sockets.add(self.sock)
 
         return type(pool.__name__, (pool,), {"ConnectionCls": Noted, "__module__": __name__})
 
 
-def inherited_sockets(client: Any, watch: ConnectionWatch) -> list[Any]:
-    """The sockets of ``client``'s connections (watched by ``watch``) in a forked child: those
-    idle in its pools, and those a thread of the parent was using at the fork, which no pool
-    holds; each once. Read without a lock."""
+def inherited_sockets(watch: ConnectionWatch) -> list[socket.socket]:
+    """The sockets a client's connections opened (watched by ``watch``) still open in a forked
+    child: idle in its pools, in use by a thread of the parent at the fork, or read by a reply
+    alone; its pools are not read (nor their locks taken)."""
     if watch.not_watched is not None:
         raise LayoutChanged(watch.not_watched)
-    try:
-        idle = _idle_connections(client)
-    except AttributeError as exc:
-        raise LayoutChanged(str(exc)) from exc
-    seen = {id(conn) for conn in idle}
-    connections = idle + [conn for conn in list(watch.made) if id(conn) not in seen]
-    # http.client's: None before the connection is made, and once it is closed.
-    return [conn.sock for conn in connections if conn.sock is not None]
+    # A socket closed has no descriptor (-1); one a reply still reads on keeps it.
+    return [sock for sock in list(watch.sockets) if sock.fileno() >= 0]

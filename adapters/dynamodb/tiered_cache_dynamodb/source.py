@@ -107,9 +107,8 @@ class DynamoDBSource:
         #: Otherwise (a client given, or owned with no ``connect``): whether the client has
         #: sent a request, before the source was given it too (it may hold open connections).
         self._sends = None if self._remakes_client else SendWatch(client)
-        #: If so: every connection the client makes (each client made anew too), for a
-        #: child to close its copies of those a parent thread was using at the fork (in no
-        #: pool's queue).
+        #: If so: the socket of every connection the client opens (each client made anew
+        #: too), for a child to close its copies of those no pool's queue holds at the fork.
         self._connections = ConnectionWatch(client) if self._remakes_client else None
         restart_after_fork(self)
 
@@ -119,8 +118,9 @@ class DynamoDBSource:
         the child wrote on one was answered to whichever process read first (a load failed
         with another key's item, in the child or the parent). A client this source made is
         let go of (kept, never closed: :func:`~tiered_cache.forking.keep_from_the_parent`)
-        and made anew on the next call, and the child's copies of its sockets (idle, or in
-        use by a parent thread at the fork) are closed without the pool's locks
+        and made anew on the next call, and the child's copies of its sockets (idle, in use
+        by a parent thread at the fork, or being opened: the fork waited) are closed without
+        the pool's locks
         (:mod:`.inherited`); the locks are made anew. A
         client given to the source cannot be (nor one it owns with no ``connect``): the
         child's source refuses every call with a :class:`SourceError` that says so (and logs
@@ -132,10 +132,10 @@ class DynamoDBSource:
         self._check_lock = threading.Lock()
         self._connect_lock = threading.Lock()
         if self._remakes_client:
-            client, watch = self._client, self._connections
-            if client is not None and watch is not None:
+            watch = self._connections
+            if self._client is not None and watch is not None:
                 # The child's copies, idle or in use by a parent thread, without a lock.
-                close_inherited_sockets(lambda: inherited_sockets(client, watch))
+                close_inherited_sockets(lambda: inherited_sockets(watch))
             self._connections = None
             keep_from_the_parent(self._client)
             self._client = None

@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
+import threading
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+from aiobotocore.config import AioConfig
+from aiobotocore.session import AioSession
 from tiered_cache_dynamodb import AsyncDynamoDBSource
 from tiered_cache_dynamodb.async_source import connect_client
 from tiered_cache_dynamodb.testing import MotoDynamoDB, seed_items
@@ -181,6 +186,61 @@ def test_a_forked_child_closes_its_copy_of_a_connection_a_parent_coroutine_was_o
         assert loop.run(source.load("k2"))["n"] == 2
         loop.run(source.aclose())
         loop.close()
+
+
+def test_a_fork_waits_for_a_socket_a_parent_coroutine_is_making(
+    kept_alive: MotoDynamoDB, admin_client: Any, make_table: Callable[..., str]
+) -> None:
+    """A socket made that no object of the connector's holds yet (here the client's own
+    ``socket_factory`` takes its time; so does the loop's thread that made a socket and
+    waits for the GIL again before its object holds the descriptor): the fork waits for it
+    to be noted, and the child closes its copy of the descriptor."""
+    table = make_table()
+    seed_items(admin_client, table, ["k0", "k1"])
+    made: list[tuple[int, int]] = []  # the descriptor and its inode
+    making = threading.Event()
+    go_on = threading.Event()
+
+    def slow_factory(address: Any) -> socket.socket:
+        family, kind, proto, _, _ = address
+        sock = socket.socket(family=family, type=kind, proto=proto)
+        made.append((sock.fileno(), os.fstat(sock.fileno()).st_ino))
+        if len(made) == 1:  # the parent's first: the loop's thread held here
+            making.set()
+            go_on.wait(HUNG)
+        return sock
+
+    async def connect() -> Any:
+        config = AioConfig(connector_args={"socket_factory": slow_factory})
+        options = kept_alive.client_kwargs()
+        return await AioSession().create_client("dynamodb", config=config, **options).__aenter__()
+
+    source = AsyncDynamoDBSource(
+        None, table, "id", connect=connect, owns_client=True, region=kept_alive.region
+    )
+    loop = LoopThread()
+    held = asyncio.run_coroutine_threadsafe(source.load("k0"), loop.loop)
+    assert making.wait(HUNG)
+    # Let the factory return while the fork waits (a fork that does not wait forks first).
+    threading.Timer(0.2, go_on.set).start()
+
+    def still_open() -> bool:
+        descriptor, inode = made[0]
+        try:
+            return os.fstat(descriptor).st_ino == inode
+        except OSError:  # closed
+            return False
+
+    async def load_in_the_child() -> int:
+        return int((await source.load("k1"))["n"])
+
+    (at_start, loaded), status = reports_between(
+        [still_open, lambda: asyncio.run(load_in_the_child())], [lambda: None], HUNG
+    )
+    assert [at_start, loaded, status] == [False, 1, 0]
+    assert int(held.result(HUNG)["n"]) == 0  # the parent's, on that socket
+    loop.run(source.aclose())
+    loop.close()
 
 
 def test_a_forked_child_that_cannot_read_the_connectors_warns_and_closes_nothing(

@@ -26,7 +26,7 @@ from typing import Any
 
 from aiobotocore.httpsession import AIOHTTPSession
 
-from .pools import LayoutChanged
+from .pools import OPENINGS, LayoutChanged
 
 __all__ = ["SocketWatch", "client_sessions", "inherited_sockets"]
 
@@ -74,12 +74,15 @@ class SocketWatch:
         made = self.made
 
         def make(address: Any) -> socket.socket:
-            if theirs is not None:
-                sock = theirs(address)
-            else:  # aiohttp's (aiohappyeyeballs') own
-                family, kind, proto, _, _ = address
-                sock = socket.socket(family=family, type=kind, proto=proto)
-            made.add(sock)
+            # A fork waits: a descriptor made (the loop's thread waiting for the GIL again)
+            # that no socket object holds yet, or one not noted yet, would stay open.
+            with OPENINGS.opening():
+                if theirs is not None:
+                    sock = theirs(address)
+                else:  # aiohttp's (aiohappyeyeballs') own
+                    family, kind, proto, _, _ = address
+                    sock = socket.socket(family=family, type=kind, proto=proto)
+                made.add(sock)
             return sock
 
         return make

@@ -15,7 +15,7 @@ it their class).
 A connection being opened (its socket made, connected or in its TLS handshake, before urllib3
 hands it to the connection object) is held by no object a forked child can reach: the
 thread's locals only. A fork waits for the watched clients' connections being opened to be
-open (:data:`_OPENINGS`), and holds new openings until it is done.
+open (:data:`OPENINGS`), and holds new openings until it is done.
 
 Another botocore or urllib3 may lay them out otherwise: each reader raises
 :class:`LayoutChanged` then, and its caller decides what that means (:mod:`.sends`: the
@@ -34,7 +34,14 @@ from typing import Any
 
 from tiered_cache.logs import logger_for
 
-__all__ = ["ConnectionWatch", "LayoutChanged", "holds_pools", "inherited_sockets"]
+__all__ = [
+    "OPENINGS",
+    "ConnectionWatch",
+    "LayoutChanged",
+    "Openings",
+    "holds_pools",
+    "inherited_sockets",
+]
 
 
 class LayoutChanged(Exception):
@@ -46,11 +53,12 @@ class LayoutChanged(Exception):
 OPENING_WAIT = 5.0
 
 
-class _Openings:
-    """The watched clients' connections being opened now, counted: a fork (``before``) waits
-    until none is, and holds new ones until it is done, so that no child gets a copy of a
-    socket no object of its own holds. (An opening calls no user code: no fork comes from
-    inside one.)"""
+class Openings:
+    """The watched clients' connections being opened now (a thread's connect and TLS
+    handshake; an asyncio connector's socket being made, until its socket object holds its
+    descriptor and is noted), counted: a fork (``before``) waits until none is, and holds new
+    ones until it is done, so that no child gets a copy of a socket no object of its own
+    holds. (An opening calls no user code: no fork comes from inside one.)"""
 
     def __init__(self) -> None:
         self._anew()
@@ -94,11 +102,11 @@ class _Openings:
         self._anew()
 
 
-_OPENINGS = _Openings()
+OPENINGS = Openings()
 os.register_at_fork(
-    before=_OPENINGS.before_fork,
-    after_in_parent=_OPENINGS.after_fork_in_parent,
-    after_in_child=_OPENINGS.after_fork_in_child,
+    before=OPENINGS.before_fork,
+    after_in_parent=OPENINGS.after_fork_in_parent,
+    after_in_child=OPENINGS.after_fork_in_child,
 )
 
 
@@ -137,7 +145,7 @@ class ConnectionWatch:
     """Notes the socket of every connection ``client``'s pools open from now on (held
     weakly), and of those idle in its pools now: the pool classes of the client's HTTP
     session are replaced by subclasses whose connection class notes its socket as it opens
-    it (an opening a fork waits for: :class:`_Openings`). A socket is the thing to note, not
+    it (an opening a fork waits for: :class:`Openings`). A socket is the thing to note, not
     its connection: http.client lets go of a connection's socket (``sock`` None) once a reply
     that closes it has its head read, and the reply reads its body on it alone. The pools the
     client made before the watch (it sent before the source was given it) are turned into
@@ -178,7 +186,7 @@ class ConnectionWatch:
         class Noted(connection):  # type: ignore[misc]
             def connect(self) -> None:
                 # Its socket is held by no object of ours until this returns: a fork waits.
-                with _OPENINGS.opening():
+                with OPENINGS.opening():
                     super().connect()
                     sockets.add(self.sock)
 

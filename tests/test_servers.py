@@ -213,6 +213,8 @@ def test_proxy_close_stops_everything(echo_server: socket.socket) -> None:
 
 def test_proxy_stall_holds_new_clients_in_their_connect(echo_server: socket.socket) -> None:
     with FaultProxy(*echo_server.getsockname()) as proxy, connect(proxy) as live:
+        live.sendall(b"w")
+        assert live.recv(10) == b"w"  # accepted (one waiting to be would fill the queue)
         proxy.stall()
         client = socket.socket()
         client.settimeout(30.0)

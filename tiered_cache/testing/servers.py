@@ -659,7 +659,8 @@ class FaultProxy(_Service):
         one place, is held full by a connection of its own (closed at its end at once, so
         that no process holds a socket to the proxy for it), so the kernel drops the clients'
         SYNs. They send them again (after 1 s, then 3 s, ...) and connect once restored.
-        Live connections go on."""
+        Live connections go on; one the proxy has not accepted yet fills the queue itself
+        (the filler's connect then times out)."""
         with self._lock:
             listener = self._listener
             if listener is None or self._stalled_by is not None:

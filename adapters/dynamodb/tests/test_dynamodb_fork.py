@@ -295,6 +295,6 @@ def test_a_forked_child_that_cannot_read_the_connectors_warns_and_closes_nothing
             0,
         ]
         assert loop.run(source.load("k2"))["n"] == 2
-        assert proxy.connections == 1  # the parent's, the same
+        assert sockets_to(proxy.port) == 1  # the parent's, the same
         loop.run(source.aclose())
         loop.close()

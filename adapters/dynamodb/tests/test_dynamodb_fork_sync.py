@@ -166,26 +166,40 @@ def a_source_behind(
     )
 
 
-def forked_while_a_parent_thread_loads(source: DynamoDBSource, proxy: FaultProxy) -> list[Any]:
-    """Fork while a parent thread loads ``k0`` (its request held by the proxy: the thread
-    holds its connection); the child counts its sockets to the proxy at its start and after
-    it loaded ``k1``. Returns those, the child's exit code and the parent thread's load."""
-    proxy.delay(HUNG)
+def forked_while_a_parent_thread_loads(
+    source: DynamoDBSource,
+    proxy: FaultProxy,
+    inside: Callable[[], bool],
+    what: str,
+    *,
+    keys: tuple[str, str] = ("k0", "k1"),
+    then: Callable[[], None] = lambda: None,
+    between: Callable[[], None] | None = None,
+) -> list[Any]:
+    """Fork once a parent thread loading ``keys[0]`` is ``inside`` its request (a fault of
+    the proxy holds it there, ``what``) and ``then`` ran; the child counts its sockets to the
+    proxy at its start and after it loaded ``keys[1]``, ``between`` (the proxy restored)
+    called meanwhile. Returns those, the child's exit code and the parent thread's load."""
     loaded: list[int] = []
-    parents = threading.Thread(target=lambda: loaded.append(n_of(source.load("k0"))))
+    parents = threading.Thread(target=lambda: loaded.append(n_of(source.load(keys[0]))))
     parents.start()
-    # Its request (the table check) written and held: the thread holds its connection.
-    until(lambda: proxy.holding == 1, "the parent thread's request")
+    until(inside, what)
+    then()
     (at_start, after_a_load), status = reports_between(
         [
             lambda: sockets_to(proxy.port),
-            lambda: [n_of(source.load("k1")), sockets_to(proxy.port)],
+            lambda: [n_of(source.load(keys[1])), sockets_to(proxy.port)],
         ],
-        [proxy.restore],  # the proxy forwards again
+        [between or proxy.restore],
         HUNG,
     )
     parents.join(timeout=HUNG)
     return [at_start, after_a_load, status, loaded]
+
+
+def held_request(proxy: FaultProxy) -> Callable[[], bool]:
+    """Whether the proxy holds a request (its thread holds its connection: ``delay``)."""
+    return lambda: proxy.holding == 1
 
 
 def test_a_forked_child_closes_its_copy_of_a_connection_a_parent_thread_was_using(
@@ -196,8 +210,10 @@ def test_a_forked_child_closes_its_copy_of_a_connection_a_parent_thread_was_usin
     the parent's request goes on to its answer on the parent's."""
     _, proxy = proxied
     source = a_source_behind(proxied, admin_client, make_table)
-    # The parent's request is answered on its connection.
-    assert forked_while_a_parent_thread_loads(source, proxy) == [0, [1, 1], 0, [0]]
+    proxy.delay(HUNG)
+    # The parent's request (the table check) is answered on its connection.
+    seen = forked_while_a_parent_thread_loads(source, proxy, held_request(proxy), "a request")
+    assert seen == [0, [1, 1], 0, [0]]
     assert n_of(source.load("k2")) == 2
     source.close()
 
@@ -213,20 +229,16 @@ def test_a_forked_child_keeps_no_copy_of_a_connection_a_parent_thread_was_openin
     _, proxy = proxied
     source = a_source_behind(proxied, admin_client, make_table)
     proxy.stall()
-    loaded: list[int] = []
-    parents = threading.Thread(target=lambda: loaded.append(n_of(source.load("k0"))))
-    parents.start()
-    until(lambda: proxy.connecting == 1, "the parent thread's connect")
-    proxy.restore()  # its SYN is answered when sent again: it is in its connect at the fork
-    (at_start, after_a_load), status = reports_between(
-        [
-            lambda: sockets_to(proxy.port),
-            lambda: [n_of(source.load("k1")), sockets_to(proxy.port)],
-        ],
-        [lambda: parents.join(timeout=HUNG)],
-        HUNG,
+    seen = forked_while_a_parent_thread_loads(
+        source,
+        proxy,
+        lambda: proxy.connecting == 1,
+        "the parent thread's connect",
+        # Its SYN is answered when sent again: it is in its connect at the fork.
+        then=proxy.restore,
+        between=lambda: None,
     )
-    assert [at_start, after_a_load, status, loaded] == [0, [1, 1], 0, [0]]
+    assert seen == [0, [1, 1], 0, [0]]
     assert n_of(source.load("k2")) == 2
     source.close()
 
@@ -249,21 +261,11 @@ def test_a_forked_child_closes_its_copy_of_a_socket_a_reply_reads_on_its_own(
         source = DynamoDBSource.from_settings(settings)
         assert n_of(source.load("k0")) == 0  # the table checked: one request from here
         proxy.hold_bodies()
-        loaded: list[int] = []
-        parents = threading.Thread(target=lambda: loaded.append(n_of(source.load("k1"))))
-        parents.start()
-        until(lambda: proxy.holding == 1, "the parent thread's reply, its head read")
-        (at_start, after_a_load), status = reports_between(
-            [
-                lambda: sockets_to(proxy.port),
-                lambda: [n_of(source.load("k2")), sockets_to(proxy.port)],
-            ],
-            [proxy.restore],
-            HUNG,
+        seen = forked_while_a_parent_thread_loads(
+            source, proxy, held_request(proxy), "a reply, its head read", keys=("k1", "k2")
         )
-        parents.join(timeout=HUNG)
         # The child's own connection closed by its reply too.
-        assert [at_start, after_a_load, status, loaded] == [0, [2, 0], 0, [1]]
+        assert seen == [0, [2, 0], 0, [1]]
         source.close()
 
 
@@ -283,20 +285,10 @@ def test_a_fork_waits_for_a_connection_being_opened_no_longer_than_its_bound(
     monkeypatch.setattr(pools, "OPENING_WAIT", 0.1)
     caplog.set_level(logging.WARNING, logger="tiered_cache.source")
     proxy.stall()
-    loaded: list[int] = []
-    parents = threading.Thread(target=lambda: loaded.append(n_of(source.load("k0"))))
-    parents.start()
-    until(lambda: proxy.connecting == 1, "the parent thread's connect")
-    (at_start, after_a_load), status = reports_between(
-        [
-            lambda: sockets_to(proxy.port),
-            lambda: [n_of(source.load("k1")), sockets_to(proxy.port)],
-        ],
-        [proxy.restore],
-        HUNG,
+    seen = forked_while_a_parent_thread_loads(
+        source, proxy, lambda: proxy.connecting == 1, "the parent thread's connect"
     )
-    parents.join(timeout=HUNG)
-    assert [at_start, after_a_load, status, loaded] == [1, [1, 2], 0, [0]]
+    assert seen == [1, [1, 2], 0, [0]]
     assert messages_of(caplog.records, "tiered_cache.source") == [
         "a fork waited 0.1 s for the DynamoDB connections being opened (1 left); the child "
         "keeps its copies of their sockets"
@@ -321,9 +313,11 @@ def test_a_forked_child_closes_its_copy_of_a_connection_of_a_pool_made_before_th
     source = DynamoDBSource(
         client, table, "id", owns_client=True, connect=lambda: make_client(settings)
     )
+    proxy.delay(HUNG)
     # The parent thread's request (the table check) on that kept-alive connection.
-    assert forked_while_a_parent_thread_loads(source, proxy) == [0, [1, 1], 0, [0]]
-    assert proxy.connections == 1  # the parent's, still the one it made before the source
+    seen = forked_while_a_parent_thread_loads(source, proxy, held_request(proxy), "a request")
+    assert seen == [0, [1, 1], 0, [0]]
+    assert sockets_to(proxy.port) == 1  # the parent's, still the one made before the source
     assert n_of(source.load("k2")) == 2
     source.close()
 
@@ -373,7 +367,7 @@ def test_a_forked_child_of_a_client_laid_out_otherwise_warns_and_closes_nothing(
         0,
     ]
     assert n_of(source.load("k2")) == 2
-    assert proxy.connections == 1  # the parent's, the same
+    assert sockets_to(proxy.port) == 1  # the parent's, the same
     source.close()
 
 

@@ -49,6 +49,32 @@ def test_close_waits_for_a_call_of_another_thread_and_refuses_new_ones() -> None
     assert closed.is_set()
 
 
+def test_a_close_that_stops_waiting_leaves_its_last_act_to_the_last_call_to_end() -> None:
+    """``close(within=..., then=...)`` past ``within``: it returns, refusing new calls, and
+    ``then`` runs once, on the thread of the last call to end, as that call ends."""
+    calls = CallsInFlight("redis", threading.get_ident, kind="bus")
+    done: list[str] = []
+    leave = {name: threading.Event() for name in ("a", "b")}
+
+    def one_call(name: str) -> None:
+        with calls:
+            leave[name].wait()
+        done.append(name)
+
+    callers = {name: threading.Thread(target=one_call, args=(name,), name=name) for name in leave}
+    for caller in callers.values():
+        caller.start()
+    until(lambda: len(calls._running) == 2, "both calls running")
+    calls.close(within=0.0, then=lambda: done.append(f"then, on {threading.current_thread().name}"))
+    with pytest.raises(RuntimeError, match="bus 'redis' is closed"), calls:
+        pass
+    returned = list(done)
+    for name in ("a", "b"):
+        leave[name].set()
+        callers[name].join()
+    assert [returned, done] == [[], ["a", "then, on b", "b"]]
+
+
 def test_calls_of_one_thread_nest_and_a_call_that_raised_is_counted_out() -> None:
     calls = CallsInFlight("redis", threading.get_ident)
     with calls, calls:

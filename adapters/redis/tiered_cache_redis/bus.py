@@ -146,13 +146,15 @@ class RedisBus(BusBase):
         woken, its sockets shut down, and a pause between two attempts cut short. A listener
         stuck where that does not reach (a listener's callback, a DNS lookup) is waited for
         :attr:`~tiered_cache_redis.listening.Health.close_wait` at most, then left to end by
-        itself, telling no chain anything more (:meth:`Listening.outlive`)."""
+        itself, telling no chain anything more (:meth:`Listening.outlive`). A publish running
+        is waited for as long at most, then left to close the publisher as it ends
+        (:meth:`CallsInFlight.close <tiered_cache_redis.in_flight.CallsInFlight.close>`)."""
         self._stop.set()  # wakes the backoff's pause too
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             run(self._listening.outlive(_joined(thread), self._wake_listener))
-        self._publishes.close()  # (not a publish of this thread: a handler's close)
-        self._client.close()
+        # (Not a publish of this thread: a handler's close.)
+        self._publishes.close(within=self._listening.health.close_wait, then=self._client.close)
 
     def _pause(self, seconds: float) -> None:
         """The pause between two attempts: cut short by the close (a listener that slept

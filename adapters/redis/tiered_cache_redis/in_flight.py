@@ -13,7 +13,8 @@ One counter for both tiers: calls are counted by what runs them -- the thread, o
 not running never ends: its calls are not waited for). Only closing waits on the counter's
 condition: a call takes its lock (reentrant: see ``__init__``) as it starts and as it ends,
 and wakes a waiter only when the tier is closing and it was the last call of its thread or
-task running.
+task running. A close that stops waiting (the threaded bus's, bounded) leaves what it would
+have done next to the last call to end: the client is closed after its last call either way.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ class CallsInFlight:
     ``owner`` (``threading.get_ident`` for the threaded tier, :func:`current_task` for the
     asyncio tier's: called as each call starts and ends, on the call's own thread)."""
 
-    __slots__ = ("_closing", "_idle", "_kind", "_lock", "_name", "_owner", "_running")
+    __slots__ = ("_closing", "_idle", "_kind", "_lock", "_name", "_owner", "_running", "_then")
 
     def __init__(self, name: str, owner: Callable[[], Hashable], kind: str = "tier") -> None:
         self._name = name
@@ -52,6 +53,8 @@ class CallsInFlight:
         #: ``owner: calls of it running``.
         self._running: dict[Hashable, int] = {}
         self._closing = False
+        #: What a close that stopped waiting left to the last call to end (:meth:`close`).
+        self._then: Callable[[], object] | None = None
 
     def __enter__(self) -> None:
         owner = self._owner()
@@ -68,6 +71,7 @@ class CallsInFlight:
         traceback: TracebackType | None,
     ) -> None:
         owner = self._owner()
+        then = None
         with self._lock:
             running = self._running
             left = running.pop(owner) - 1
@@ -75,6 +79,10 @@ class CallsInFlight:
                 running[owner] = left
             elif self._closing:
                 self._idle.notify_all()
+                if not running:  # the last: what a close left to it, if it did
+                    then, self._then = self._then, None
+        if then is not None:
+            then()
 
     @property
     def closing(self) -> bool:
@@ -93,16 +101,29 @@ class CallsInFlight:
         child._closing = self._closing  # read without the lock: see above
         return child
 
-    def close(self) -> None:
-        """Refuse new calls, then wait for the ones running on other threads to end (the
-        threaded tier). Not for those of the thread closing: a signal handler that closes the
-        chain (a service's SIGTERM handler) runs on the main thread in the middle of whatever
-        it was doing, a call of this tier among others, which cannot end before the handler
-        returns -- waited for, the process hung there for ever."""
+    def close(
+        self, *, within: float | None = None, then: Callable[[], object] | None = None
+    ) -> None:
+        """Refuse new calls, wait for the ones running on other threads to end (the threaded
+        tier and bus), then run ``then`` (the bus's: close its publisher). Not for those of the
+        thread closing: a signal handler that closes the chain (a service's SIGTERM handler)
+        runs on the main thread in the middle of whatever it was doing, a call of this tier
+        among others, which cannot end before the handler returns -- waited for, the process
+        hung there for ever.
+
+        ``within``: wait that long at most; past it the close returns, and ``then`` is run by
+        the last call to end, on its thread as it ends. So a call that outlives the close
+        still ends before what it runs on is closed: closed under it, its retry reconnected,
+        and gave the closed pool a connection nobody closed (a publish stuck on a stalled
+        Redis, on a client with no socket timeout, held the bus's close until Redis resumed)."""
         here = self._owner()
         with self._lock:
             self._closing = True
-            self._idle.wait_for(lambda: not self._running.keys() - {here})
+            if not self._idle.wait_for(lambda: not self._running.keys() - {here}, within):
+                self._then = then
+                return
+        if then is not None:
+            then()
 
     async def settled(self) -> None:
         """Wait until the tasks with a call of the running loop in flight have ended, those

@@ -224,7 +224,10 @@ class Health:
         connects once more on a failed read before it raises: two of them), and it sees the
         stop within a poll. A listener still running past that is stuck where the close's
         wake does not reach (a listener's callback, a DNS lookup, a lock): the close gives up
-        on it (:meth:`Listening.outlive`)."""
+        on it (:meth:`Listening.outlive`). The threaded bus's close waits as long at most for a
+        publish (the config's publisher: a timeout, one retry), then leaves the publisher to
+        it to close as it ends (:meth:`CallsInFlight.close
+        <tiered_cache_redis.in_flight.CallsInFlight.close>`)."""
         return 2 * (self.timeout + self.poll)
 
 

@@ -1,0 +1,82 @@
+"""A threaded bus closed while a publish is stuck on a stalled Redis (SIGSTOP: a fork for a
+save, a swap storm, a paused VM), on a publisher with no socket timeout (a bus built by hand:
+the config's clients have one): the close waits for the publish a while, then returns, and the
+publish closes the publisher itself once it ends, leaving no connection open.
+
+Seen failing: ``close()`` waited for the publish until Redis resumed (11e3a47 made it wait,
+so that the client is not closed under a publish, whose retry then reconnected and left its
+connection open for the life of the process)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Iterator
+
+import pytest
+import redis
+from tiered_cache_redis.bus import RedisBus
+from tiered_cache_redis.listening import Health
+
+from tiered_cache.bus import Invalidation
+from tiered_cache.testing.polling import eventually
+from tiered_cache.testing.servers import RedisServer
+
+from .server_connections import opened_since
+
+#: Generous: a close or a publish that has not returned by then is stuck, not slow.
+STUCK = 15.0
+
+
+@pytest.fixture
+def server() -> Iterator[RedisServer]:
+    with RedisServer() as private:  # its own: stopped, and its CLIENT LIST this bus's alone
+        yield private
+
+
+def message(number: int) -> Invalidation:
+    return Invalidation("writer", number, ("k",), (), False, 0.0)
+
+
+def test_a_close_returns_while_a_publish_is_stuck_on_a_stopped_redis(server: RedisServer) -> None:
+    watch = redis.Redis(host=server.host, port=server.port)
+    before = {int(client["id"]) for client in watch.client_list()}
+
+    def connect() -> redis.Redis:
+        return redis.Redis(
+            host=server.host, port=server.port, socket_timeout=None, socket_connect_timeout=None
+        )
+
+    bus = RedisBus(connect, "stalled", health=Health(interval=0.5, timeout=0.5))
+    bus.publish(message(1))  # its connection pooled
+    outcome: list[str] = []
+
+    def publish() -> None:
+        try:
+            bus.publish(message(2))
+            outcome.append("sent")
+        except Exception as exc:
+            outcome.append(type(exc).__name__)
+
+    pid = server.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        writer = threading.Thread(target=publish)
+        writer.start()
+        assert eventually(lambda: bus._publishes._running)  # on the wire, no reply coming
+        closer = threading.Thread(target=bus.close)
+        closer.start()
+        closer.join(STUCK)
+        closed_while_stopped = not closer.is_alive()
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    writer.join(STUCK)
+    closer.join(STUCK)
+    assert [closed_while_stopped, writer.is_alive(), outcome] == [True, False, ["sent"]]
+    # The publisher closed by the publish, the last to end: nothing of the bus left open.
+    assert eventually(lambda: opened_since(watch, before) == [], 5), opened_since(watch, before)
+    with pytest.raises(RuntimeError, match="is closed"):
+        bus.publish(message(3))
+    watch.close()

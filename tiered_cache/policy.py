@@ -53,10 +53,10 @@ the end of two periods in a row takes the window to half at once, where the ghos
 thousands of reads when keys come back later than they remember (see
 ``TinyLfuPolicy._warm_up``). Before the guard has any evidence, at the fill, a
 cache of 100 to 1,023 entries asks a trial run on every key since its first read: plain LRU
-and W-TinyLFU at a quarter of its size (which fill first); LRU far ahead there enters LRU
-mode from the first eviction, to be confirmed at the warm-up's end by LRU's lead over two
-miniatures, at half the cache and at three quarters, the latter on every key (see
-``TinyLfuPolicy._confirmation``).
+and W-TinyLFU (with the cache's own window) at a quarter of its size, which fill first; LRU
+ahead there by more than chance enters LRU mode from the first eviction, to be confirmed at
+the warm-up's end by LRU's lead over two miniatures, at half the cache and at three
+quarters, the latter on every key (see ``TinyLfuPolicy._confirmation``).
 
 A popularity shift (a new hot set) leaves the main area full of keys the sketch still counts
 as frequent until it next ages. When a period's hit ratio falls sharply below the recent
@@ -155,9 +155,9 @@ _TOP_MAIN: Final = 0.1
 #: read instead of the 30,000th, 340 hits fewer under salt 0, 81 under salt 3).
 _TOP_ENTRIES: Final = 100
 
-#: The fill's trial (see ``_fill_trial``): plain LRU and W-TinyLFU at the initial split,
-#: simulated on the guard's sample at this fraction of its size until the cache first fills
-#: (a quarter the size fills at about a quarter of the distinct keys, so the two differ long
+#: The fill's trial (see ``_fill_trial``): plain LRU and W-TinyLFU with the cache's initial
+#: window, simulated on every key at this fraction of the cache's size until the cache first
+#: fills (a quarter the size fills at about a quarter of the distinct keys, so the two differ long
 #: before the cache evicts; at the guard's own scale, sampled or not, they fill when it does:
 #: recency-biased at 500 / 1,000 / 2,000 entries, the 2,562nd / 4,954th / 10,093rd read,
 #: sampled at a half to an eighth within 2,444 to 3,055 / 4,653 to 5,152 / 10,122 to
@@ -336,9 +336,9 @@ class TinyLfuPolicy:
         self._top_lead = self._top_differed = 0.0
         self._alt_window: OrderedDict[str, None] = OrderedDict()
         self._alt_main: OrderedDict[str, None] = OrderedDict()
-        # The fill's trial (_fill_trial): until the cache first fills, LRU and W-TinyLFU at the
-        # initial split, scaled down, on every key; LRU's lead then, and whether the LRU mode
-        # it entered is still to be confirmed at the warm-up's end.
+        # The fill's trial (_fill_trial): until the cache first fills, LRU and W-TinyLFU with
+        # the cache's initial window, scaled down, on every key; LRU's lead then, and whether
+        # the LRU mode it entered is still to be confirmed at the warm-up's end.
         self._trying = adaptive and _TOP_ENTRIES <= max_entries < _TRIAL_ENTRIES
         # The keys a read shows the guard (get, record_hits): every key while the trial runs
         # and while the LRU mode it entered is provisional (the guard then skips those outside
@@ -1025,9 +1025,9 @@ class TinyLfuPolicy:
         self._set_window(self.max_entries * (1.0 if lru_mode else _ALT_WINDOW))
 
     def _fill_trial(self, key: str) -> bool:
-        """Until the cache first fills, a read through plain LRU and W-TinyLFU at the initial
-        split, both at ``_TRIAL_SCALE`` of the cache; at the fill, LRU's lead by
-        ``_TRIAL_SIGMAS`` enters LRU mode (True: the guard's period starts afresh).
+        """Until the cache first fills, a read through plain LRU and W-TinyLFU with the
+        cache's initial window, both at ``_TRIAL_SCALE`` of the cache; at the fill, LRU's lead
+        by ``_TRIAL_SIGMAS`` enters LRU mode (True: the guard's period starts afresh).
 
         What the guard cannot reach: the reads between the fill and its verdict. On a
         recency-biased trace the first eviction of a cache at the initial split loses to LRU

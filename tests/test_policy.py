@@ -698,7 +698,7 @@ def main_key_read_after_the_switch() -> list[float]:
     clock = FakeClock()
     tier = hot_tier(clock, 500)
     policy = policy_of(tier)
-    for key in recency_biased(60_000, reuse=0.7, mean_distance=1_000.0, seed=5):
+    for key in recency_biased(60_000, reuse=0.7, mean_distance=1_000.0, seed=9):
         read(tier, clock, key)
         if policy.window_max == 500:
             break
@@ -715,7 +715,9 @@ def test_in_lru_mode_a_main_key_read_is_kept_as_lru_keeps_it() -> None:
     # but a main key read after the switch stayed there and went before window keys not read
     # since (recency-biased, 500 entries: 17 hits fewer than LRU in the 2,000 reads after the
     # switch). Now it joins the window's recent end, as LRU would have it. Seen failing on
-    # main: the key was gone under every salt.
+    # main: the key was gone under every salt. (Seed 9, was 5: since the fill's trial has the
+    # cache's own window it enters LRU mode on seed 5 at the first eviction, its keys in
+    # LRU's order, and the guard's switch is not reached.)
     outcomes = under_hash_seeds(main_key_read_after_the_switch, range(6))
     assert all(main >= 1 for _, main in outcomes.values()), outcomes
     assert all(kept == 1 for kept, _ in outcomes.values()), outcomes
@@ -726,9 +728,12 @@ def test_in_the_warm_up_lru_ahead_takes_the_window_to_half_the_cache(clock: Fake
     # than the ghosts remember (a quarter of the cache's departures), and the window was 67
     # of 500 after 4,000 reads (67 to 215 under seeds 1 to 8), LRU ahead all the while. The
     # warm-up's guard finds LRU ahead and the window jumps to half (252 to 299 under the
-    # same seeds, 94 under one: the jump came later).
+    # same seeds, 94 under one: the jump came later). The figures of this test and the two
+    # below are seed 6's; they read seed 8 since the fill's trial has the cache's own window
+    # and enters LRU mode on seed 6 (on seed 7 the jumped window was not in LRU mode by the
+    # 6,000th read).
     tier = hot_tier(clock, 500)
-    for key in recency_biased(4_000, reuse=0.65, mean_distance=1_200.0, seed=6):
+    for key in recency_biased(4_000, reuse=0.65, mean_distance=1_200.0, seed=8):
         read(tier, clock, key)
     assert policy_of(tier).window_max >= 200
 
@@ -737,7 +742,7 @@ def jump_and_back() -> list[float]:
     """The window after the jump of the test above, then after 5,000 reads of a Zipf law."""
     clock = FakeClock()
     tier = hot_tier(clock, 500)
-    for key in recency_biased(4_000, reuse=0.65, mean_distance=1_200.0, seed=6):
+    for key in recency_biased(4_000, reuse=0.65, mean_distance=1_200.0, seed=8):
         read(tier, clock, key)
     jumped = policy_of(tier).window_max
     for key in zipf_keys(100_000, 0.9, 5_000, seed=9):
@@ -763,7 +768,7 @@ def warm_up_lru_mode() -> list[float]:
     """The window and the sketch's agings after 6,000 reads of the recency trace above."""
     clock = FakeClock()
     tier = hot_tier(clock, 500)
-    for key in recency_biased(6_000, reuse=0.65, mean_distance=1_200.0, seed=6):
+    for key in recency_biased(6_000, reuse=0.65, mean_distance=1_200.0, seed=8):
         read(tier, clock, key)
     return [policy_of(tier).window_max, policy_of(tier).sketch.epoch]
 

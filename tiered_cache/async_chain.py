@@ -36,6 +36,7 @@ from .loops import all_end_within, ends_within, stalled
 from .metrics import CacheMetrics
 from .paths import ChainPaths
 from .protection import REFRESH_DUE, Protection
+from .read_state import CONNECTED, ReadState
 from .reporting import chain_stats, first_hot_keys
 from .singleflight import BEHIND, BESIDE, LEAD, LeaderGone
 from .stamp import EntryMaker
@@ -157,7 +158,7 @@ class AsyncTieredCache(L1Reader):
         #: What a miss that joins another's load counts (kept once the chain is closed).
         self._joined = paths.joined
         self._setup_l1(self._metrics, self._protection, rng)
-        self._use_l1(self._tiers, True)
+        self._use_l1(self._tiers, None)
         self._disconnected_bound = max_stale_when_disconnected
         #: Writes running to their end, finished should their loop end first.
         self._writes = WriteTasks()
@@ -253,12 +254,16 @@ class AsyncTieredCache(L1Reader):
         value = self.l1_hit(key)  # one call for a plain hit (L1Reader.l1_hit)
         if value is NOT_FRESH:
             value = self.lookup_l1(key)
-            if value is MISSING or value is REFRESH_DUE:
-                return await self.get_after_l1(key, loader, ttl, value is REFRESH_DUE)
+            if value is MISSING or value is REFRESH_DUE or type(value) is ReadState:
+                return await self.get_after_l1(key, loader, ttl, value)
         return value
 
     async def get_after_l1(
-        self, key: str, loader: AsyncLoader | None, ttl: float | str | None, early: bool = False
+        self,
+        key: str,
+        loader: AsyncLoader | None,
+        ttl: float | str | None,
+        looked: Any = MISSING,
     ) -> Any:
         """Everything after an L1 miss (for the decorator): one flight per key, shared by the
         coroutines of every event loop of this process (of one loop at a time, for a chain
@@ -266,10 +271,13 @@ class AsyncTieredCache(L1Reader):
 
         The first caller leads the flight in its own task (no task is spawned: a miss costs
         no extra hop); if it is cancelled (its client went away), the waiters do not inherit
-        its cancellation: the next one leads a new flight.
+        its cancellation: the next one leads a new flight. ``looked``: what the L1 lookup
+        returned (see :meth:`TieredCache.get_after_l1`): the read's one decision of the bus
+        is taken from it, before anything here (listening on this loop) may change the bus.
         """
         self._admit()
-        if early and self._tiers:
+        state = looked if type(looked) is ReadState else self._paths.looked()
+        if looked is REFRESH_DUE and self._tiers:
             self._metrics.count("early_refreshes")
             self._loader.refresh_in_background(key, loader, ttl, None)
             entry = await self._tiers[0].get(key, False)
@@ -290,13 +298,17 @@ class AsyncTieredCache(L1Reader):
                 # under this caller's mark, without loading; joined only if nothing is there
                 # to serve.
                 beside = False
-                value = await arun(self._paths.read_through(key, mark, loader, ttl, True))
+                value = await arun(
+                    self._paths.read_through(key, mark, loader, ttl, state, beside=True)
+                )
                 if value is not MISSING:
                     return value
                 continue
             if role == LEAD:
                 try:
-                    value = await arun(self._paths.read_through(key, flight.tag, loader, ttl))
+                    value = await arun(
+                        self._paths.read_through(key, flight.tag, loader, ttl, state)
+                    )
                 except BaseException as exc:
                     # Cancelled, its waiters are told LeaderGone (FlightTable.land_one).
                     flights.land_one(key, flight, None, exc)
@@ -314,7 +326,7 @@ class AsyncTieredCache(L1Reader):
                 # second load beside it (one per key at a time); ask again once it has ended.
                 await within_join_timeout(flight.settle(), key, wait)
                 continue
-            self._joined()
+            self._joined(key, loader, ttl, state)
             try:
                 # flight.wait shields the outcome: giving up cancels nothing of the load.
                 return await within_join_timeout(flight.wait(), key, wait)
@@ -527,7 +539,7 @@ class AsyncTieredCache(L1Reader):
         for tier in self._tiers:  # a write's failed delete arms a payment: after the writes
             await tier.stop_paying()
         await self._loader.aclose()
-        self._use_l1(self._tiers, False)
+        self._use_l1(self._tiers, CONNECTED)  # closed: reads are refused
         if self._bus_link is not None:
             try:
                 await self._bus_link.aclose()

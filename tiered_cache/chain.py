@@ -30,6 +30,7 @@ from .logs import logger_for
 from .metrics import CacheMetrics
 from .paths import ChainPaths
 from .protection import REFRESH_DUE, Protection
+from .read_state import CONNECTED, ReadState
 from .reporting import chain_stats, first_hot_keys
 from .signal_frames import in_signal_handler
 from .singleflight import Flight
@@ -146,7 +147,7 @@ class TieredCache(L1Reader):
         #: What a miss that joins another's load counts (bound once: every join calls it).
         self._joined = paths.joined
         #: What a miss runs inside its flight: the read down the tiers in plain calls.
-        self._read: Callable[[Flight, str, Loader | None, float | str | None], Any] = (
+        self._read: Callable[[Flight, str, Loader | None, float | str | None, ReadState], Any] = (
             self._paths.read_through_plain
         )
         #: What a miss that finds a background refresh leading its key's flight runs first,
@@ -174,7 +175,7 @@ class TieredCache(L1Reader):
         self.follow_l1_hit(self._plain_get, keep=True)
         if type(self).get is TieredCache.get:
             vars(self)["get"] = self._plain_get
-        self._use_l1(self._tiers, True)
+        self._use_l1(self._tiers, None)
         self._disconnected_bound = max_stale_when_disconnected
         #: The bus is down (in-process tiers are bypassed or bounded).
         if bus is not None:
@@ -258,17 +259,21 @@ class TieredCache(L1Reader):
         """:meth:`get` after the plain-hit reader declined: the general L1 lookup, then the
         other tiers and the source."""
         value = self.lookup_l1(key)
-        if value is MISSING or value is REFRESH_DUE:
-            return self.get_after_l1(key, loader, ttl, value is REFRESH_DUE)
+        if value is MISSING or value is REFRESH_DUE or type(value) is ReadState:
+            return self.get_after_l1(key, loader, ttl, value)
         return value
 
     def get_after_l1(
-        self, key: str, loader: Loader | None, ttl: float | str | None, early: bool = False
+        self, key: str, loader: Loader | None, ttl: float | str | None, looked: Any = MISSING
     ) -> Any:
         """Everything after an L1 miss (for the decorator): the other tiers and the source,
-        one flight per key. ``early``: the L1 entry is fresh but XFetch picked this read to
-        refresh it; serve the entry and refresh in the background."""
-        if early and self._tiers:
+        one flight per key. ``looked``: what the L1 lookup returned: ``MISSING``;
+        ``REFRESH_DUE`` (the L1 entry is fresh but XFetch picked this read to refresh it:
+        serve the entry and refresh in the background); or the bus's
+        :class:`~tiered_cache.read_state.ReadState`, tier 0 not read. The read's one
+        decision of the bus (:meth:`ChainPaths.looked`), carried through its flight."""
+        state = looked if type(looked) is ReadState else self._paths.looked()
+        if looked is REFRESH_DUE and self._tiers:
             self._metrics.count("early_refreshes")
             self._loader.refresh_in_background(key, loader, ttl, None)
             entry = self._tiers[0].get(key, count=False)
@@ -283,6 +288,7 @@ class TieredCache(L1Reader):
             key,
             loader,
             ttl,
+            state,
             tag=self._fence.mark(),
             may_join=self._may_join,
             wait=self._loader.join_timeout,
@@ -292,14 +298,19 @@ class TieredCache(L1Reader):
         return value
 
     def _read_beside(
-        self, flight: Flight, key: str, loader: Loader | None, ttl: float | str | None
+        self,
+        flight: Flight,
+        key: str,
+        loader: Loader | None,
+        ttl: float | str | None,
+        state: ReadState,
     ) -> Any:
         """The read of a miss that found a background refresh leading its key's flight
         (:data:`~tiered_cache.singleflight.BESIDE`): the tiers read under the miss's own mark
         (``flight.tag``; ``flight`` is not in the table), without loading: a fresh copy or a
         stale one still servable, else ``MISSING`` (the miss then joins the refresh). Rare
         (only while a refresh runs): the steps' walk, not the plain one."""
-        return run(self._paths.read_through(key, flight.tag, loader, ttl, True))
+        return run(self._paths.read_through(key, flight.tag, loader, ttl, state, beside=True))
 
     def get_many(
         self,
@@ -499,7 +510,7 @@ class TieredCache(L1Reader):
         for tier in self._tiers:  # first: a payment in flight announces on the bus
             tier.stop_paying()
         self._loader.close()
-        self._use_l1(self._tiers, False)
+        self._use_l1(self._tiers, CONNECTED)  # closed: reads are refused
         if self._bus_link is not None:
             try:
                 self._bus_link.close()

@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn, Protocol
 
 from .errors import ChainClosedError
+from .read_state import CONNECTED, ReadState
 from .singleflight import Landing
 from .steps import Steps
 from .tier import Entry
@@ -27,12 +28,21 @@ class Paths(Protocol):
     """What a chain calls on its paths: :class:`~tiered_cache.paths.ChainPaths` while open,
     :class:`ClosedPaths` once closed (see :class:`~tiered_cache.paths.ChainPaths` for each)."""
 
+    def looked(self) -> ReadState: ...
+
     def read_through_plain(
-        self, flight: Landing, key: str, loader: Any, ttl: float | str | None
+        self, flight: Landing, key: str, loader: Any, ttl: float | str | None, state: ReadState
     ) -> Any: ...
 
     def read_through(
-        self, key: str, mark: int, loader: Any, ttl: float | str | None, beside: bool = False
+        self,
+        key: str,
+        mark: int,
+        loader: Any,
+        ttl: float | str | None,
+        state: ReadState,
+        *,
+        beside: bool = False,
     ) -> Steps[Any]: ...
 
     def get_many(
@@ -53,7 +63,7 @@ class Paths(Protocol):
 
     def set_bus_connected(
         self, connected: bool, bound: float, *, starting: bool = False
-    ) -> bool: ...
+    ) -> ReadState | None: ...
 
 
 def is_closed(paths: Paths) -> bool:
@@ -74,13 +84,23 @@ class ClosedPaths:
         """Any call of the paths, on a closed chain."""
         raise ChainClosedError(self._message)
 
+    def looked(self) -> NoReturn:
+        self.refuse()
+
     def read_through_plain(
-        self, flight: Landing, key: str, loader: Any, ttl: float | str | None
+        self, flight: Landing, key: str, loader: Any, ttl: float | str | None, state: ReadState
     ) -> NoReturn:
         self.refuse()
 
     def read_through(
-        self, key: str, mark: int, loader: Any, ttl: float | str | None, beside: bool = False
+        self,
+        key: str,
+        mark: int,
+        loader: Any,
+        ttl: float | str | None,
+        state: ReadState,
+        *,
+        beside: bool = False,
     ) -> NoReturn:
         self.refuse()
 
@@ -105,9 +125,11 @@ class ClosedPaths:
     def clear(self, *, strict: bool = False) -> NoReturn:
         self.refuse()
 
-    def set_bus_connected(self, connected: bool, bound: float, *, starting: bool = False) -> bool:
+    def set_bus_connected(
+        self, connected: bool, bound: float, *, starting: bool = False
+    ) -> ReadState:
         """The bus of a closed chain is closing: what it reports on its way out is moot, and
         the L1 lookup stays off (a late "reconnected" must not turn it on again; one that
         decided on the open paths before the close is kept off by the L1 switch itself,
         :meth:`~tiered_cache.l1.L1Reader._use_l1`)."""
-        return False
+        return CONNECTED

@@ -23,6 +23,7 @@ from .hit import NOT_FRESH
 from .keys import ESCAPE, escape_part
 from .l1 import HitFollower
 from .protection import REFRESH_DUE
+from .read_state import ReadState
 from .tier import MISSING
 from .units import parse_duration
 
@@ -39,11 +40,12 @@ class CachedReads(Protocol):
     through ``follow_l1_hit``), and ``invalidate``."""
 
     def lookup_l1(self, key: str) -> Any:
-        """The fresh value in tier 0, ``MISSING``, or ``REFRESH_DUE``."""
+        """The fresh value in tier 0, ``MISSING``, ``REFRESH_DUE``, or the bus's
+        :class:`~tiered_cache.read_state.ReadState` (tier 0 not read)."""
         ...
 
     def get_after_l1(
-        self, key: str, loader: Callable[[], Any], ttl: float | None, early: bool = False
+        self, key: str, loader: Callable[[], Any], ttl: float | None, looked: Any = ...
     ) -> Any:
         """The rest of ``get`` after an L1 miss (or an early refresh)."""
         ...
@@ -64,11 +66,16 @@ class AsyncCachedReads(Protocol):
     a plain call; the rest is awaited)."""
 
     def lookup_l1(self, key: str) -> Any:
-        """The fresh value in tier 0, ``MISSING``, or ``REFRESH_DUE``."""
+        """The fresh value in tier 0, ``MISSING``, ``REFRESH_DUE``, or the bus's
+        :class:`~tiered_cache.read_state.ReadState` (tier 0 not read)."""
         ...
 
     async def get_after_l1(
-        self, key: str, loader: Callable[[], Awaitable[Any]], ttl: float | None, early: bool = False
+        self,
+        key: str,
+        loader: Callable[[], Awaitable[Any]],
+        ttl: float | None,
+        looked: Any = ...,
     ) -> Any:
         """The rest of ``get`` after an L1 miss (or an early refresh)."""
         ...
@@ -381,6 +388,8 @@ def _compile_wrapper(
         "__tc_ttl": lifetime,
         "__tc_missing": MISSING,
         "__tc_refresh": REFRESH_DUE,
+        "__tc_state": ReadState,
+        "__tc_type": type,  # a parameter named ``type`` would shadow the builtin
     }
     parameters, arguments = _render_parameters(inspect.signature(fn), namespace)
     key = _as_fstring(template, namespace)
@@ -396,10 +405,11 @@ def _compile_wrapper(
             "    __tc_value = __tc_read(__tc_key)\n"
             "    if __tc_value is __tc_not_fresh:\n"
             "        __tc_value = __tc_lookup(__tc_key)\n"
-            "        if __tc_value is __tc_missing or __tc_value is __tc_refresh:\n"
+            "        if (__tc_value is __tc_missing or __tc_value is __tc_refresh\n"
+            "                or __tc_type(__tc_value) is __tc_state):\n"
             "            return await __tc_slow(__tc_key,\n"
             f"                                   lambda: __tc_fn({arguments}),\n"
-            "                                   __tc_ttl, __tc_value is __tc_refresh)\n"
+            "                                   __tc_ttl, __tc_value)\n"
             "    return __tc_value\n"
         )
         exec(source, namespace)  # built from parameter names and the checked template only
@@ -407,9 +417,10 @@ def _compile_wrapper(
     source = (
         f"def __tc_rest(__tc_key, {parameters}):\n"
         "    __tc_value = __tc_lookup(__tc_key)\n"
-        "    if __tc_value is __tc_missing or __tc_value is __tc_refresh:\n"
+        "    if (__tc_value is __tc_missing or __tc_value is __tc_refresh\n"
+        "            or __tc_type(__tc_value) is __tc_state):\n"
         f"        return __tc_slow(__tc_key, lambda: __tc_fn({arguments}),\n"
-        "                         __tc_ttl, __tc_value is __tc_refresh)\n"
+        "                         __tc_ttl, __tc_value)\n"
         "    return __tc_value\n"
         f"def wrapper({parameters}):\n"
         f"    __tc_key = {key}\n"

@@ -23,6 +23,7 @@ from typing import Any, Final, Protocol, final
 
 from .keys import check_keys
 from .protection import REFRESH_DUE, xfetch_due
+from .read_state import ReadState
 from .slot import Slot
 from .tier import MISSING, Entry, MissingType
 
@@ -140,7 +141,11 @@ class L1Lookup:
     One clock read, one tier call, a lock-free hit counter; no flight, no fence, no
     allocation. The XFetch draw is only made near the expiry. Compiled with the core, it
     runs no Python frame on a miss. The chain sets :attr:`get_at` and :attr:`tier` (tier 0's
-    ``get_at`` and accessor; ``get_at`` None: tier 0 is not read) whenever it changes.
+    ``get_at`` and accessor; ``get_at`` None: tier 0 is not read) whenever it changes, and
+    :attr:`unread`, what a lookup that does not read tier 0 returns: the
+    :class:`~tiered_cache.read_state.ReadState` of the bus that switched it off, which the
+    read carries on (its one decision of the bus), or ``MISSING`` (no tier 0, or a shared
+    one: the read decides after the lookup).
 
     Args:
         clock: the chain's clock.
@@ -151,7 +156,7 @@ class L1Lookup:
         rng: uniform numbers in [0, 1) for the draw.
     """
 
-    __slots__ = ("_beta", "_clock", "_hits", "_random", "_window", "get_at", "tier")
+    __slots__ = ("_beta", "_clock", "_hits", "_random", "_window", "get_at", "tier", "unread")
 
     def __init__(
         self,
@@ -168,6 +173,7 @@ class L1Lookup:
         self._random = rng
         self.get_at: Callable[[str, float], Entry | MissingType] | None = None
         self.tier: Tier0 | None = None
+        self.unread: Any = _MISSING
 
     def __call__(self, key: Any) -> Any:
         if type(key) is not str:
@@ -177,7 +183,7 @@ class L1Lookup:
         get_at = self.get_at
         tier = self.tier
         if get_at is None or tier is None:
-            return _MISSING
+            return self.unread
         now = self._clock()
         try:
             entry = get_at(key, now)
@@ -207,7 +213,8 @@ class PlainGet:
     A plain hit comes from ``reader`` (the chain's :attr:`~tiered_cache.l1.L1Reader.l1_hit`,
     kept current by the chain); anything else goes to ``lookup(key)``, the chain's general L1
     lookup (:attr:`~tiered_cache.l1.L1Reader.lookup_l1`, an :class:`L1Lookup`), and what that
-    does not answer (``MISSING``, or ``REFRESH_DUE``) to ``after(key, loader, ttl, early)``,
+    does not answer (``MISSING``, ``REFRESH_DUE``, or the bus's
+    :class:`~tiered_cache.read_state.ReadState`) to ``after(key, loader, ttl, looked)``,
     the chain's ``get_after_l1``: the rest of ``TieredCache.get``, called from here rather
     than through a method of the chain that would add a Python frame to every miss. Same
     parameters as the method (``ttl`` keyword-only).
@@ -224,7 +231,7 @@ class PlainGet:
         self,
         reader: Callable[[Any], Any],
         lookup: Callable[[Any], Any],
-        after: Callable[[Any, Any, Any, bool], Any],
+        after: Callable[[Any, Any, Any, Any], Any],
     ) -> None:
         self.reader = reader
         self._lookup = lookup
@@ -237,6 +244,6 @@ class PlainGet:
         value = self.reader(key)
         if value is NOT_FRESH:
             value = self._lookup(key)
-            if value is _MISSING or value is _REFRESH_DUE:
-                return self._after(key, loader, ttl, value is _REFRESH_DUE)
+            if value is _MISSING or value is _REFRESH_DUE or type(value) is ReadState:
+                return self._after(key, loader, ttl, value)
         return value

@@ -30,6 +30,7 @@ from .forking import restart_after_fork
 from .hit import NOT_FRESH, HitCount, L1Lookup
 from .metrics import CacheMetrics
 from .protection import Protection
+from .read_state import ReadState
 from .tier import Entry, MissingType
 
 
@@ -144,9 +145,12 @@ class L1Reader:
         """:attr:`l1_hit` when tier 0 offers no reader (or is not read)."""
         return NOT_FRESH
 
-    def _use_l1(self, tiers: Sequence[L1Tier], enabled: bool) -> None:
-        """Let :attr:`lookup_l1` and :attr:`l1_hit` read ``tiers[0]`` (or, ``enabled=False``,
-        skip it). Never on a closed chain: the rule's one home, every switch passes here.
+    def _use_l1(self, tiers: Sequence[L1Tier], unread: ReadState | None) -> None:
+        """Let :attr:`lookup_l1` and :attr:`l1_hit` read ``tiers[0]`` (``unread`` None), or
+        skip it: a lookup then returns ``unread``, the bus as the read that skips it takes it
+        (:meth:`~tiered_cache.paths.ChainPaths.set_bus_connected`), set before the lookup
+        stops reading (a read that found it off carries the state that turned it off).
+        Never on a closed chain: the rule's one home, every switch passes here.
 
         The bus's listener decides on the chain's paths, then switches here: one that had
         decided on the open paths as the chain closed switched the lookup on again after the
@@ -155,13 +159,17 @@ class L1Reader:
         which turns the lookup off after it, or sees the chain closed."""
         lookup = self.lookup_l1
         with self._hit_followers.lock:
-            enabled = enabled and not is_closed(self._paths)
-            lookup.get_at = None
-            self.l1_hit = self._no_l1_hit
+            enabled = unread is None and not is_closed(self._paths)
+            if unread is not None:
+                lookup.unread = unread
             if enabled and tiers:
+                # Not through None: a lookup in between would take the bus as the state
+                # of the last outage.
                 lookup.tier = tiers[0]
                 lookup.get_at = tiers[0].get_at_function()
                 reader = tiers[0].hit_reader(self._xfetch_window, self._plain_hits)
-                if reader is not None:
-                    self.l1_hit = reader
+                self.l1_hit = self._no_l1_hit if reader is None else reader
+            else:
+                lookup.get_at = None
+                self.l1_hit = self._no_l1_hit
             self._hit_followers.tell()

@@ -12,7 +12,7 @@ coroutines for single-flight, background work and timeouts -- stays in their loa
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping, Sequence
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 from .errors import InvalidationIncomplete, PartialBatchError
 from .fence import ChainTier, Fence
@@ -21,6 +21,13 @@ from .keys import check_keys
 from .metrics import CacheMetrics
 from .owed import Debt
 from .protection import Protection
+from .read_state import (
+    BUS_DOWN_COUNTS,
+    BUS_STARTING_COUNTS,
+    CONNECTED,
+    BoundedCounts,
+    ReadState,
+)
 from .singleflight import Landing, LeaderGone
 from .stamp import EntryMaker
 from .steps import Steps, run
@@ -32,18 +39,7 @@ Announce = Callable[[Sequence[str], Sequence[str], bool, float], Any]
 FillOne = Callable[[int, str, Entry, Sequence[Any], "int | None"], bool]
 
 
-class BoundedCounts(NamedTuple):
-    """The counters of reads while memory is bounded: ``served`` by a bounded in-process
-    tier, or ``bypassed`` (gone past it)."""
-
-    served: str
-    bypassed: str
-
-
-#: What those reads count while the bus is down, and while it is starting (its first
-#: subscription not yet confirmed: no outage).
-BUS_DOWN_COUNTS = BoundedCounts(served="bus_down_served", bypassed="bus_down_bypasses")
-BUS_STARTING_COUNTS = BoundedCounts(served="bus_starting_served", bypassed="bus_starting_bypasses")
+__all__ = ["BUS_DOWN_COUNTS", "BUS_STARTING_COUNTS", "BoundedCounts", "ChainPaths"]
 
 
 class ChainPaths:
@@ -109,18 +105,34 @@ class ChainPaths:
         #: The fence's one-key, lease-less fill in plain calls, when the tiers' calls are
         #: plain calls (:attr:`Fence.plain`: the threaded chain); None: fills go as steps.
         self.fill_one: FillOne | None = fence.fill_one if fence.plain else None
-        #: The bus is down (or starting): in-process tiers keep fills for a bound, or are
-        #: bypassed, and every read is counted as served by them or gone past them (once:
-        #: a read that memory served or missed while bounded is its hit or miss too).
-        self.down = False
-        #: What those reads count: a bus starting is no outage (every start does it), so its
-        #: reads are kept out of the outage's counts (``set_bus_connected``).
-        self.bounded_counts = BUS_DOWN_COUNTS
+        #: The bus as a read starting now takes it (:mod:`tiered_cache.read_state`): down
+        #: (or starting), in-process tiers keep fills for a bound, or are bypassed, and every
+        #: read is counted as served by them or gone past them (once: a read that memory
+        #: served or missed while bounded is its hit or miss too). Replaced whole, never
+        #: changed: a read asks it once and carries its answer (:meth:`looked`).
+        self.state: ReadState = CONNECTED
+        #: Tier 0 is in-process: the L1 lookup reads it only while the bus is up.
+        self.l1_local = bool(self.tiers) and self.tiers[0].local
 
     # -- reads
 
+    def looked(self) -> ReadState:
+        """The bus as a read takes it whose L1 lookup read tier 0 (a miss, or an early
+        refresh): connected, when tier 0 is in-process (the lookup reads it only then, and
+        counted its hit or miss); else the state now (a shared tier 0, or none, is read
+        whatever the bus: the read decides here, once). A lookup that did not read an
+        in-process tier 0 returned the state it was switched off with instead."""
+        return CONNECTED if self.l1_local else self.state
+
     def read_through(
-        self, key: str, mark: int, loader: Any, ttl: float | str | None, beside: bool = False
+        self,
+        key: str,
+        mark: int,
+        loader: Any,
+        ttl: float | str | None,
+        state: ReadState,
+        *,
+        beside: bool = False,
     ) -> Steps[Any]:
         """Inside the key's flight: the first fresh copy (copied up into the faster tiers),
         else a stale one while a refresh runs, else a load. ``mark``: the fence's, taken
@@ -129,7 +141,7 @@ class ChainPaths:
         ``beside``: the read of a caller that found a background refresh leading the key's
         flight (:data:`~tiered_cache.singleflight.BESIDE`), outside any flight: the same
         walk, but where it would load it returns ``MISSING`` (nothing to serve: the caller
-        joins the refresh)."""
+        joins the refresh). ``state``: the bus as the read took it at its memory lookup."""
         check_keys((key,), self.utf8_for)
         return (
             yield from self.read_on(
@@ -137,6 +149,7 @@ class ChainPaths:
                 mark,
                 loader,
                 ttl,
+                state,
                 now=self.clock(),
                 tiers=self.tiers,
                 stale=None,
@@ -150,6 +163,7 @@ class ChainPaths:
         mark: int,
         loader: Any,
         ttl: float | str | None,
+        state: ReadState,
         *,
         now: float,
         tiers: Sequence[ChainTier],
@@ -158,10 +172,10 @@ class ChainPaths:
     ) -> Steps[Any]:
         """:meth:`read_through` from ``tiers`` on (all of the chain's, or those below the one
         where :meth:`read_through_plain` found a stale copy, ``stale`` if still servable),
-        the read's time being ``now``; ``beside`` as for :meth:`read_through`."""
-        down = self.down
+        the read's time being ``now``; ``beside`` and ``state`` as for :meth:`read_through`."""
+        down = state.down
         for tier in tiers:
-            if tier.bypassed:
+            if state.bypass and tier.local:
                 continue
             # Tier 0 was just missed by the caller; look again, quietly, because another
             # flight for this key may have filled it between that miss and this flight. Not
@@ -183,7 +197,7 @@ class ChainPaths:
                             mark, {key: entry}, self.tiers[: tier.index]
                         )
                 if down:
-                    self.count_bus_down(tier)
+                    self.count_bus_down(state, tier)
                 return entry.value
             if stale is None and now < entry.hard_expiry:
                 stale = entry
@@ -193,7 +207,7 @@ class ChainPaths:
             # refresh's flight (joined, not counted) or in one it leads (counted there).
             return MISSING
         if down:
-            self.count_bus_down(None)
+            self.count_bus_down(state, None)
         if servable is not None:
             self.metrics.count("stale_served")
             self.loader.refresh_in_background(key, loader, ttl, (servable, mark))
@@ -202,33 +216,37 @@ class ChainPaths:
         return loaded.value
 
     def read_through_plain(
-        self, flight: Landing, key: str, loader: Any, ttl: float | str | None
+        self, flight: Landing, key: str, loader: Any, ttl: float | str | None, state: ReadState
     ) -> Any:
         """:meth:`read_through` for the threaded chain, in plain calls (its tiers' and
         loader's calls are plain calls; ``flight.tag`` is the fence's mark): the same walk
         without the steps' driver, which cost as much as the rest of the chain's part of an
         L2 hit. A fresh copy is copied up (:meth:`Fence.fill_one`) and served, a miss in
         every tier is loaded; what is rarer goes on as steps: a stale copy, from the tier
-        below it (:meth:`read_on`), and a read while the bus is down (it is counted), whole."""
+        below it (:meth:`read_on`), and a read while the bus is down (it is counted), whole.
+        ``state``: the bus as the read took it at its memory lookup (:meth:`read_through`):
+        not asked again (``self.state``), or a read the bus flapped under was counted twice,
+        or not at all."""
         utf8_for = self.utf8_for
         if type(key) is not str or (utf8_for is not None and not key.isascii()):
             check_keys((key,), utf8_for)  # no call for a key it cannot refuse (once per miss)
         mark = flight.tag
-        if self.down:
-            return run(self.read_through(key, mark, loader, ttl))
+        if state.down:
+            return run(self.read_through(key, mark, loader, ttl, state))
         now = self.clock()
         tiers = self.tiers
         for tier in tiers:
-            if tier.bypassed:
-                continue
-            # Tier 0 is looked at again, quietly, as in read_on.
+            # Tier 0 is looked at again, quietly, as in read_on (connected: none is bypassed
+            # for this read, whatever the bus has done since its lookup).
             entry = tier.get(key, tier.index > 0)
             if entry is MISSING:
                 continue
             if now >= entry.soft_expiry:
                 servable = entry if now < entry.hard_expiry else None
                 below = tiers[tier.index + 1 :]
-                steps = self.read_on(key, mark, loader, ttl, now=now, tiers=below, stale=servable)
+                steps = self.read_on(
+                    key, mark, loader, ttl, state, now=now, tiers=below, stale=servable
+                )
                 return run(steps)
             if tier.index > 0:
                 tier.hit()
@@ -246,7 +264,7 @@ class ChainPaths:
         wanted = list(dict.fromkeys(keys))
         stale: dict[str, Entry] = {}
         mark = self.fence.mark()
-        found = yield from self.read_tiers(wanted, mark, stale)
+        found = yield from self.read_tiers(wanted, mark, stale, self.state)
         if len(found) == len(wanted):
             # Every key found (a batch of hits): one pass, not three (the missing ones, the
             # values found, the values in the order asked). A tier that answered a key not
@@ -300,13 +318,18 @@ class ChainPaths:
     def lookup_many(self, keys: list[str]) -> Steps[dict[str, Entry]]:
         """See :meth:`TieredCache.lookup_many`."""
         check_keys(keys, self.utf8_for)
-        return (yield from self.read_tiers(list(dict.fromkeys(keys)), self.fence.mark(), {}))
+        wanted = list(dict.fromkeys(keys))
+        return (yield from self.read_tiers(wanted, self.fence.mark(), {}, self.state))
 
     def read_tiers(
-        self, keys: list[str], mark: int, stale: dict[str, Entry]
+        self, keys: list[str], mark: int, stale: dict[str, Entry], state: ReadState
     ) -> Steps[dict[str, Entry]]:
         """One ``get_many`` per tier for the keys still missing, fastest tier first; hits fill
-        the faster tiers (through the fence). Stale entries still servable go into ``stale``."""
+        the faster tiers (through the fence). Stale entries still servable go into ``stale``.
+        ``state``: the bus as the batch took it before its first tier (its memory lookup),
+        for every tier and its counts: asked again at the end, a batch the bus left during
+        its read counted memory's misses and a bypass per key, and one it came back to
+        during the shared tier's read counted none."""
         found: dict[str, Entry] = {}
         remaining = keys
         now = self.clock()
@@ -314,42 +337,43 @@ class ChainPaths:
         for tier in self.tiers:
             if not remaining:
                 break
-            if tier.bypassed:
+            if state.bypass and tier.local:
                 continue
             hits = yield tier.get_many, (remaining, now, stale)
-            if hits and tier.bounded_for > 0:
+            if hits and state.bounded and tier.local:
                 served += len(hits)
             if hits:
                 # The first tier's hits: no faster tier, no step (the fence's rule).
                 yield from self.fence.fill_steps(mark, hits, self.tiers[: tier.index])
                 found.update(hits)
                 remaining = [key for key in remaining if key not in hits]
-        if self.down:
+        if state.down:
             # Every key a read while the bus is down: memory's (within the bound), or past
             # it (to a shared tier, a load, or nothing), as count_bus_down counts a get's.
             if served:
-                self.metrics.count(self.bounded_counts.served, served)
+                self.metrics.count(state.counts.served, served)
             if len(keys) > served:
-                self.metrics.count(self.bounded_counts.bypassed, len(keys) - served)
+                self.metrics.count(state.counts.bypassed, len(keys) - served)
         return found
 
-    def joined(self) -> None:
+    def joined(self, key: str, loader: Any, ttl: float | str | None, state: ReadState) -> None:
         """A ``get`` that joined another caller's load of its key: a wait
-        (``singleflight_waits``); and while the bus is down or starting, memory's miss and a
-        read past it. The L1 lookup leaves an in-process tier 0 to the read then
+        (``singleflight_waits``); and if it took the bus as down or starting (``state``, the
+        read's own; the other arguments are the read's, unused), memory's miss and a read
+        past it. The L1 lookup leaves an in-process tier 0 to the read then
         (:meth:`set_bus_connected`), which the flight's leader alone makes: of ten reads
         joining one load, memory counted one miss (ten when connected, and in get_many)."""
         self.metrics.waited()
-        if self.down and self.tiers and self.tiers[0].local:
-            if not self.tiers[0].bypassed:
+        if state.down and self.l1_local:
+            if not state.bypass:
                 self.metrics.miss(0)  # tier 0's (a bypassed one is not read)
-            self.count_bus_down(None)
+            self.count_bus_down(state, None)
 
-    def count_bus_down(self, tier: ChainTier | None) -> None:
-        """A read while the bus is down (or starting): answered by a bounded in-process tier,
-        or not."""
-        counts = self.bounded_counts
-        served = tier is not None and tier.bounded_for > 0
+    def count_bus_down(self, state: ReadState, tier: ChainTier | None) -> None:
+        """A read that took the bus as down (or starting): answered by a bounded in-process
+        tier, or not."""
+        counts = state.counts
+        served = tier is not None and state.bounded and tier.local
         self.metrics.count(counts.served if served else counts.bypassed)
 
     # -- writes
@@ -644,22 +668,35 @@ class ChainPaths:
 
     # -- the bus going down and coming back
 
-    def set_bus_connected(self, connected: bool, bound: float, *, starting: bool = False) -> bool:
+    def set_bus_connected(
+        self, connected: bool, bound: float, *, starting: bool = False
+    ) -> ReadState | None:
         """While the bus is down in-process tiers would miss invalidations: they serve only
         copies filled during the outage, each for at most ``bound`` seconds
         (``max_stale_when_disconnected``; bypassed when that is 0), so the source sees about
         one load per key per bound instead of one per read. They are cleared both ways: on
         the way down nothing stale stays for later, on the way up nothing from the outage is
-        trusted. Returns whether the chain's L1 lookup may read tier 0: not while the bus is
-        down and tier 0 is in-process (reads take these paths, which count each read as
-        served by memory or gone past it, bypassed memory included).
+        trusted. Returns None when the chain's L1 lookup may read tier 0, else the state a
+        read it leaves tier 0 to carries (:meth:`looked`): not while the bus is down and
+        tier 0 is in-process (reads take these paths, which count each read as served by
+        memory or gone past it, bypassed memory included).
         ``starting``: not down, not yet subscribed (the same rule), counted apart."""
         if connected:
             bound = 0.0
         # Every read counted while down, bypassed or bounded: with memory bypassed
         # (``bound`` 0) the reads counted neither memory's hits and misses nor a bypass.
-        self.down = not connected
-        self.bounded_counts = BUS_STARTING_COUNTS if starting else BUS_DOWN_COUNTS
+        # One new state, whole: a read holds the one it found.
+        state = (
+            CONNECTED
+            if connected
+            else ReadState(
+                down=True,
+                bypass=bound <= 0,
+                bounded=bound > 0,
+                counts=BUS_STARTING_COUNTS if starting else BUS_DOWN_COUNTS,
+            )
+        )
+        self.state = state
         # A gap, not a clear: what this process may have missed concerns its memory only,
         # and a write whose lease ordered it in Redis stays there (Fence.fill_steps).
         if connected:
@@ -670,4 +707,4 @@ class ChainPaths:
                 tier.bounded_for = bound
         if not connected:
             self.fence.invalidate(gap=True)
-        return connected or not (self.tiers and self.tiers[0].local)
+        return None if connected or not self.l1_local else state

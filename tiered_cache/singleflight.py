@@ -422,11 +422,11 @@ class SingleFlight(FlightTable[Flight]):
         may_join: MayJoin | None = None,
         wait: float | None = None,
         beside: Callable[..., Any] | None = None,
-        joined: Callable[[], object] | None = None,
+        joined: Callable[..., object] | None = None,
     ) -> tuple[Any, bool]:
         """``(result, shared)``: ``fn(flight, *args)`` run once for every caller that comes
         while it runs; shared is True when this caller waited for another's call. (Arguments,
-        not a closure: the chain runs one flight per miss.) ``joined()`` is called as this
+        not a closure: the chain runs one flight per miss.) ``joined(*args)`` is called as this
         caller joins another's call, whatever its outcome (the chain counts the wait: counted
         from ``shared``, the waiters of a load that failed were not).
 
@@ -470,7 +470,7 @@ class SingleFlight(FlightTable[Flight]):
                     current = None
                     continue
                 if joined is not None:
-                    joined()
+                    joined(*args)
                 return current.wait(wait), True
             except LeaderGone:
                 current = None  # its leader was interrupted: lead, or join the next leader

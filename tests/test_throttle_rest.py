@@ -117,12 +117,13 @@ def _throttled_deep_down() -> str:
         raise SourceThrottled("throttled") from exc
 
 
-def test_a_rest_keeps_no_frame_of_the_caller_that_was_throttled() -> None:
-    """A rest kept the error its caller raised: the error's traceback, and its cause's, hold
-    the frames it went through, and each frame its caller's, up to the service's handler: every
-    throttled request's locals stayed alive for good (a rest past its backoff is forgotten
-    only once 4,096 more keys rest). The answer still names the throttle and its cause."""
-    clock = FakeClock()  # the rests last: the last get below is answered by one
+def _three_throttled_then_rested(
+    load: Any,
+) -> tuple[TieredCache, list[weakref.ref[_Request]], SourceResting]:
+    """Three requests (keys a, b, c) each throttled by ``load``, then ``a`` read again in its
+    rest: the cache, the requests still alive after a collection, and the rest's answer. The
+    clock is fake: the rests last, so the last read is answered by one."""
+    clock = FakeClock()
     cache = TieredCache([MemoryTier(max_entries=100, clock=clock)], clock=clock)
     requests: list[weakref.ref[_Request]] = []
 
@@ -130,15 +131,25 @@ def test_a_rest_keeps_no_frame_of_the_caller_that_was_throttled() -> None:
         request = _Request()
         requests.append(weakref.ref(request))
         with pytest.raises(SourceThrottled):
-            cache.get(key, _throttled_deep_down)
+            cache.get(key, load)
 
     for key in ("a", "b", "c"):
         handle(key)
     gc.collect()
-    assert [ref for ref in requests if ref() is not None] == []
+    alive = [ref for ref in requests if ref() is not None]
     with pytest.raises(SourceResting) as rested:
-        cache.get("a", _throttled_deep_down)
-    cause = rested.value.__cause__
+        cache.get("a", load)
+    return cache, alive, rested.value
+
+
+def test_a_rest_keeps_no_frame_of_the_caller_that_was_throttled() -> None:
+    """A rest kept the error its caller raised: the error's traceback, and its cause's, hold
+    the frames it went through, and each frame its caller's, up to the service's handler: every
+    throttled request's locals stayed alive for good (a rest past its backoff is forgotten
+    only once 4,096 more keys rest). The answer still names the throttle and its cause."""
+    cache, alive, rested = _three_throttled_then_rested(_throttled_deep_down)
+    assert alive == []
+    cause = rested.__cause__
     assert (type(cause), str(cause)) == (SourceThrottled, "throttled")
     assert (type(cause.__cause__), str(cause.__cause__)) == (
         OSError,
@@ -227,23 +238,9 @@ def test_a_rest_keeps_no_frame_through_an_error_the_throttle_holds(load: Any) ->
     to the handler (3 of 3 requests kept, each way); so did one kept in a dict of a context's
     attribute (botocore's ``kwargs``: 3 of 3 with the first fix alone). Each is copied
     without its own."""
-    clock = FakeClock()
-    cache = TieredCache([MemoryTier(max_entries=100, clock=clock)], clock=clock)
-    requests: list[weakref.ref[_Request]] = []
-
-    def handle(key: str) -> None:
-        request = _Request()
-        requests.append(weakref.ref(request))
-        with pytest.raises(SourceThrottled):
-            cache.get(key, load)
-
-    for key in ("a", "b", "c"):
-        handle(key)
-    gc.collect()
-    assert [ref for ref in requests if ref() is not None] == []
-    with pytest.raises(SourceResting) as rested:
-        cache.get("a", load)
-    kept = rested.value.__cause__
+    cache, alive, rested = _three_throttled_then_rested(load)
+    assert alive == []
+    kept = rested.__cause__
     assert type(kept) is SourceThrottled
     said = [str(error) for error in _held_errors(kept) if isinstance(error, OSError)]
     assert said and set(said) == {"ProvisionedThroughputExceededException"}

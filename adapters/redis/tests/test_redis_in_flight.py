@@ -7,6 +7,7 @@ counter itself, with no server and no timing (events order the threads)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import threading
 from collections.abc import Hashable
@@ -73,6 +74,49 @@ def test_a_close_that_stops_waiting_leaves_its_last_act_to_the_last_call_to_end(
         leave[name].set()
         callers[name].join()
     assert [returned, done] == [[], ["a", "then, on b", "b"]]
+
+
+def test_a_failing_last_act_left_to_a_call_is_logged_not_raised_into_that_call(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The last act a close left (the bus's: close its publisher) runs as the last call ends,
+    on that call's thread: its caller (a publish) did nothing wrong, so the act's error is
+    logged there, once, and the call returns as it would have."""
+    calls = CallsInFlight("redis", threading.get_ident, kind="bus")
+    inside, leave = threading.Event(), threading.Event()
+    outcome: list[str] = []
+
+    def one_call() -> None:
+        try:
+            with calls:
+                inside.set()
+                leave.wait()
+        except Exception as exc:  # what the caller would see
+            outcome.append(f"raised {exc!r}")
+        else:
+            outcome.append("returned")
+
+    def close_publisher() -> None:
+        raise ConnectionError("the publisher's close failed")
+
+    caller = threading.Thread(target=one_call)
+    caller.start()
+    inside.wait()
+    calls.close(within=0.0, then=close_publisher)
+    caplog.set_level(logging.ERROR, logger="tiered_cache_redis.bus")
+    leave.set()
+    caller.join()
+    assert outcome == ["returned"]
+    assert [
+        (record.name, record.getMessage(), type(record.exc_info[1]) if record.exc_info else None)
+        for record in caplog.records
+    ] == [
+        (
+            "tiered_cache_redis.bus",
+            "bus 'redis': closing it after its last call failed",
+            ConnectionError,
+        )
+    ]
 
 
 def test_calls_of_one_thread_nest_and_a_call_that_raised_is_counted_out() -> None:

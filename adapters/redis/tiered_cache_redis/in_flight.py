@@ -14,12 +14,14 @@ not running never ends: its calls are not waited for). Only closing waits on the
 condition: a call takes its lock (reentrant: see ``__init__``) as it starts and as it ends,
 and wakes a waiter only when the tier is closing and it was the last call of its thread or
 task running. A close that stops waiting (the threaded bus's, bounded) leaves what it would
-have done next to the last call to end: the client is closed after its last call either way.
+have done next to the last call to end: the client is closed after its last call either way
+(a failure there is logged: the call's caller is not the one closing).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Callable, Hashable
 from types import TracebackType
@@ -82,7 +84,18 @@ class CallsInFlight:
                 if not running:  # the last: what a close left to it, if it did
                     then, self._then = self._then, None
         if then is not None:
+            self._run_left(then)
+
+    def _run_left(self, then: Callable[[], object]) -> None:
+        """Runs what a close left to the last call to end (the bus's: close its publisher), on
+        that call's thread as it ends. Logged, not raised, if it fails: it would have reached
+        that call's caller (a publish), who did nothing wrong, after the call itself went well."""
+        try:
             then()
+        except Exception:
+            logging.getLogger(f"tiered_cache_redis.{self._kind}").exception(
+                "%s %r: closing it after its last call failed", self._kind, self._name
+            )
 
     @property
     def closing(self) -> bool:

@@ -16,8 +16,10 @@ lookup) confirms it (it came back after).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -73,27 +75,26 @@ class FlappingKey(str):
         return str.__hash__(self)
 
 
-def sync_chain(bus: ConfirmingBus, clock: FakeClock, bound: float, below: bool = False) -> Any:
+def flapping_tiers(clock: FakeClock, below: bool) -> list[MemoryTier]:
+    """Memory, and a shared tier below it if ``below``; every flap disarmed."""
     FlappingMemory.flap = Flap()
     SharedFlapping.flap = Flap()
     FlappingKey.flap = Flap()
     tiers: list[MemoryTier] = [FlappingMemory(ttl=600, clock=clock)]
     if below:
         tiers.append(SharedFlapping(ttl=600, clock=clock))
+    return tiers
+
+
+def sync_chain(bus: ConfirmingBus, clock: FakeClock, bound: float, below: bool = False) -> Any:
+    tiers = flapping_tiers(clock, below)
     return TieredCache(tiers, ttl=600, clock=clock, bus=bus, max_stale_when_disconnected=bound)
 
 
 def async_chain(bus: ConfirmingBus, clock: FakeClock, bound: float, below: bool = False) -> Any:
-    FlappingMemory.flap = Flap()
-    SharedFlapping.flap = Flap()
-    FlappingKey.flap = Flap()
-    tiers: list[MemoryTier] = [FlappingMemory(ttl=600, clock=clock)]
-    if not below:
-        return AsyncTieredCache(
-            tiers, ttl=600, clock=clock, bus=bus, max_stale_when_disconnected=bound
-        )
-    tiers.append(SharedFlapping(ttl=600, clock=clock))
-    with pytest.warns(BlockingTierWarning):  # a sync shared tier: its calls go to threads
+    tiers = flapping_tiers(clock, below)
+    # A sync shared tier below: its calls go to threads, which the chain warns of.
+    with pytest.warns(BlockingTierWarning) if below else contextlib.nullcontext():
         return AsyncTieredCache(
             tiers, ttl=600, clock=clock, bus=bus, max_stale_when_disconnected=bound
         )
@@ -101,80 +102,95 @@ def async_chain(bus: ConfirmingBus, clock: FakeClock, bound: float, below: bool 
 
 BOUNDS = pytest.mark.parametrize("bound", [0, 60], ids=["bypassed", "bounded"])
 
+#: The two flaps: the bus goes down after the memory lookup read memory, or comes back after
+#: the lookup left memory to the read.
+DOWN, UP = "went down", "came back"
 
-# -- the bus goes down after the memory lookup read memory: memory's miss, no bypass -----------
 
-
-@BOUNDS
-@pytest.mark.parametrize("read", ["get", "cached"])
-def test_a_get_that_read_memory_as_the_bus_went_down_counts_its_miss_alone(
-    clock: FakeClock, bound: float, read: str
-) -> None:
-    bus = ConfirmingBus()
-    cache = sync_chain(bus, clock, bound)
-    bus.confirm()
-
-    @cache.cached(key="{name}")
-    def decorated(name: str) -> str:
-        return "v"
-
-    FlappingMemory.flap.then = bus.fail
-    if read == "get":
-        assert cache.get("k", lambda: "v") == "v"
+def flapped(bus: ConfirmingBus, way: str, flap: Flap) -> Flap:
+    """The bus set as the read starts, and ``flap`` armed to flap it ``way`` during the read."""
+    if way == DOWN:
+        bus.confirm()
+        flap.then = bus.fail
     else:
-        assert decorated("k") == "v"
-    assert FlappingMemory.flap.then is None, "the bus went down during the read"
-    # Failed on main: (0, 1, 1) bypassed, (0, 2, 1) bounded: one read counted twice.
-    assert read_counts(cache, True) == (0, 1, 0)
+        bus.fail()
+        flap.then = bus.confirm
+    return flap
+
+
+def counts(way: str, bound: float, keys: int) -> tuple[int, int, int]:
+    """Memory's ``(hits, misses)`` and the bypasses once a read of ``keys`` keys flapped ``way``."""
+    if way == DOWN:
+        # Memory's miss alone. Failed on main: (0, 1, 1) bypassed, (0, 2, 1) bounded for a
+        # get: one read counted twice.
+        return (0, keys, 0)
+    # One bypass a key. Bypassed memory is not read; bounded memory is, by the read (its miss).
+    return (0, keys if bound else 0, keys)
+
+
+@dataclass(frozen=True)
+class Flapped:
+    """A read the bus flaps during, ``way``: by the flap of ``flapper`` (memory's read, after
+    the lookup decided; the shared tier's read below it, ``below``; the key's hash, taken by
+    the flight table after the lookup), reading ``keys`` keys to ``value``."""
+
+    way: str
+    flapper: Callable[[], Flap]
+    read: Callable[[Any], Any]
+    below: bool = False
+    keys: int = 1
+
+    @property
+    def value(self) -> Any:
+        return "v" if self.keys == 1 else {"k": "v", "j": "v"}
+
+
+def named(name: str) -> str:
+    return "v"
+
+
+def load_many_now(keys: Sequence[str]) -> dict[str, str]:
+    return dict.fromkeys(keys, "v")
+
+
+def memory() -> Flap:
+    return FlappingMemory.flap
+
+
+def shared() -> Flap:
+    return SharedFlapping.flap
+
+
+def key() -> Flap:
+    return FlappingKey.flap
+
+
+SYNC_READS = {
+    "get, went down": Flapped(DOWN, memory, lambda cache: cache.get("k", lambda: "v")),
+    "decorated, went down": Flapped(
+        DOWN, memory, lambda cache: cache.cached(key="{name}")(named)("k")
+    ),
+    "get_many, went down": Flapped(
+        DOWN, memory, lambda cache: cache.get_many(["k", "j"], load_many_now), keys=2
+    ),
+    "get, came back": Flapped(UP, key, lambda cache: cache.get(FlappingKey("k"), lambda: "v")),
+    "get_many, came back": Flapped(
+        UP, shared, lambda cache: cache.get_many(["k", "j"], load_many_now), below=True, keys=2
+    ),
+}
 
 
 @BOUNDS
-def test_a_get_many_that_read_memory_as_the_bus_went_down_counts_its_misses_alone(
-    clock: FakeClock, bound: float
+@pytest.mark.parametrize("case", SYNC_READS.values(), ids=SYNC_READS)
+def test_a_read_counts_each_key_once_as_the_bus_flaps(
+    clock: FakeClock, bound: float, case: Flapped
 ) -> None:
     bus = ConfirmingBus()
-    cache = sync_chain(bus, clock, bound)
-    bus.confirm()
-    FlappingMemory.flap.then = bus.fail
-    assert cache.get_many(["k", "j"], lambda keys: dict.fromkeys(keys, "v")) == {
-        "k": "v",
-        "j": "v",
-    }
-    assert FlappingMemory.flap.then is None, "the bus went down during the read"
-    assert read_counts(cache, True) == (0, 2, 0)
-
-
-# -- the bus comes back after the memory lookup left memory to the read: counted as down ------
-
-
-@BOUNDS
-def test_a_get_that_skipped_memory_as_the_bus_came_back_counts_one_bypass(
-    clock: FakeClock, bound: float
-) -> None:
-    bus = ConfirmingBus()
-    cache = sync_chain(bus, clock, bound)
-    bus.fail()
-    FlappingKey.flap.then = bus.confirm
-    assert cache.get(FlappingKey("k"), lambda: "v") == "v"
-    assert FlappingKey.flap.then is None, "the bus came back during the read"
-    # Bypassed memory is not read; bounded memory is, by the read (its miss).
-    assert read_counts(cache, True) == (0, 1 if bound else 0, 1)
-
-
-@BOUNDS
-def test_a_get_many_that_skipped_memory_as_the_bus_came_back_counts_a_bypass_per_key(
-    clock: FakeClock, bound: float
-) -> None:
-    bus = ConfirmingBus()
-    cache = sync_chain(bus, clock, bound, below=True)
-    bus.fail()
-    SharedFlapping.flap.then = bus.confirm
-    assert cache.get_many(["k", "j"], lambda keys: dict.fromkeys(keys, "v")) == {
-        "k": "v",
-        "j": "v",
-    }
-    assert SharedFlapping.flap.then is None, "the bus came back during the read"
-    assert read_counts(cache, True) == (0, 2 if bound else 0, 2)
+    cache = sync_chain(bus, clock, bound, below=case.below)
+    flap = flapped(bus, case.way, case.flapper())
+    assert case.read(cache) == case.value
+    assert flap.then is None, f"the bus {case.way} during the read"
+    assert read_counts(cache, True) == counts(case.way, bound, case.keys)
 
 
 # -- the asyncio chain, both ways ----------------------------------------------------------------
@@ -188,58 +204,30 @@ async def load_many(keys: list[str]) -> dict[str, str]:
     return dict.fromkeys(keys, "v")
 
 
-@pytest.mark.anyio
-@BOUNDS
-async def test_an_asyncio_get_that_read_memory_as_the_bus_went_down_counts_its_miss_alone(
-    clock: FakeClock, bound: float
-) -> None:
-    bus = ConfirmingBus()
-    cache = async_chain(bus, clock, bound)
-    bus.confirm()
-    FlappingMemory.flap.then = bus.fail
-    assert await cache.get("k", load) == "v"
-    assert FlappingMemory.flap.then is None, "the bus went down during the read"
-    assert read_counts(cache, True) == (0, 1, 0)
-    await cache.aclose()
+ASYNC_READS = {
+    "get, went down": Flapped(DOWN, memory, lambda cache: cache.get("k", load)),
+    "get, came back": Flapped(UP, key, lambda cache: cache.get(FlappingKey("k"), load)),
+    "get_many, went down": Flapped(
+        DOWN, memory, lambda cache: cache.get_many(["k", "j"], load_many), below=True, keys=2
+    ),
+    "get_many, came back": Flapped(
+        UP, shared, lambda cache: cache.get_many(["k", "j"], load_many), below=True, keys=2
+    ),
+}
 
 
 @pytest.mark.anyio
 @BOUNDS
-async def test_an_asyncio_get_that_skipped_memory_as_the_bus_came_back_counts_one_bypass(
-    clock: FakeClock, bound: float
+@pytest.mark.parametrize("case", ASYNC_READS.values(), ids=ASYNC_READS)
+async def test_an_asyncio_read_counts_each_key_once_as_the_bus_flaps(
+    clock: FakeClock, bound: float, case: Flapped
 ) -> None:
     bus = ConfirmingBus()
-    cache = async_chain(bus, clock, bound)
-    bus.fail()
-    FlappingKey.flap.then = bus.confirm
-    assert await cache.get(FlappingKey("k"), load) == "v"
-    assert FlappingKey.flap.then is None, "the bus came back during the read"
-    assert read_counts(cache, True) == (0, 1 if bound else 0, 1)
-    await cache.aclose()
-
-
-@pytest.mark.anyio
-@BOUNDS
-@pytest.mark.parametrize("way", ["down", "up"])
-async def test_an_asyncio_get_many_counts_each_key_once_as_the_bus_flaps(
-    clock: FakeClock, bound: float, way: str
-) -> None:
-    bus = ConfirmingBus()
-    cache = async_chain(bus, clock, bound, below=True)
-    if way == "down":
-        bus.confirm()
-        flap = FlappingMemory.flap
-        flap.then = bus.fail
-    else:
-        bus.fail()
-        flap = SharedFlapping.flap
-        flap.then = bus.confirm
-    assert await cache.get_many(["k", "j"], load_many) == {"k": "v", "j": "v"}
-    assert flap.then is None, "the bus flapped during the read"
-    if way == "down":
-        assert read_counts(cache, True) == (0, 2, 0)
-    else:
-        assert read_counts(cache, True) == (0, 2 if bound else 0, 2)
+    cache = async_chain(bus, clock, bound, below=case.below)
+    flap = flapped(bus, case.way, case.flapper())
+    assert await case.read(cache) == case.value
+    assert flap.then is None, f"the bus {case.way} during the read"
+    assert read_counts(cache, True) == counts(case.way, bound, case.keys)
     await cache.aclose()
 
 
@@ -271,7 +259,7 @@ def test_a_get_that_joins_a_load_as_the_bus_came_back_counts_one_bypass(
     go.set()
     leader.join()
     joiner.join()
-    assert read_counts(cache, True) == (0, 2 if bound else 0, 2)
+    assert read_counts(cache, True) == counts(UP, bound, 2)
 
 
 @pytest.mark.anyio
@@ -295,5 +283,5 @@ async def test_an_asyncio_get_that_joins_a_load_as_the_bus_came_back_counts_one_
     await async_until(lambda: FlappingKey.flap.then is None, "the bus came back meanwhile")
     go.set()
     assert await asyncio.gather(leader, joiner) == ["v", "v"]
-    assert read_counts(cache, True) == (0, 2 if bound else 0, 2)
+    assert read_counts(cache, True) == counts(UP, bound, 2)
     await cache.aclose()

@@ -17,11 +17,12 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import boto3
 import pytest
-from tiered_cache_dynamodb import DynamoDBSource, make_client, pools
+from tiered_cache_dynamodb import DynamoDBSource, DynamoDBSourceSettings, make_client, pools
 from tiered_cache_dynamodb.testing import MotoDynamoDB, seed_items
 
 from tiered_cache import SourceError
@@ -43,6 +44,41 @@ def proxied(kept_alive: MotoDynamoDB) -> Iterator[tuple[MotoDynamoDB, FaultProxy
     host, _, port = kept_alive.endpoint_url.removeprefix("http://").partition(":")
     with FaultProxy(host, int(port)) as proxy:
         yield kept_alive, proxy
+
+
+@dataclass(frozen=True)
+class Behind:
+    """A table of ``k0``..``k2`` made for the test, reached through the proxy."""
+
+    server: MotoDynamoDB
+    proxy: FaultProxy
+    table: str
+
+    def settings(self, **timeouts: float) -> DynamoDBSourceSettings:
+        return self.server.settings(
+            table=self.table, key="id", endpoint_url=self.proxy.url("http", ""), **timeouts
+        )
+
+    def source(self) -> DynamoDBSource:
+        """A source whose requests, and connects, may be held (``delay``, ``stall``) as long
+        as a child may take to report."""
+        return DynamoDBSource.from_settings(self.settings(read_timeout=HUNG, connect_timeout=HUNG))
+
+    def owning(self, client: Any, settings: DynamoDBSourceSettings) -> DynamoDBSource:
+        """A source given ``client`` to own, which it can make anew (``owns_client`` with
+        ``connect``)."""
+        return DynamoDBSource(
+            client, self.table, "id", owns_client=True, connect=lambda: make_client(settings)
+        )
+
+
+@pytest.fixture
+def behind(
+    proxied: tuple[MotoDynamoDB, FaultProxy], admin_client: Any, make_table: Callable[..., str]
+) -> Behind:
+    table = make_table()
+    seed_items(admin_client, table, ["k0", "k1", "k2"])
+    return Behind(*proxied, table)
 
 
 def n_of(item: Any) -> int:
@@ -117,16 +153,13 @@ def test_a_forked_child_loads_on_connections_of_its_own(
 
 
 def test_a_forked_child_closes_its_copy_of_the_parents_kept_alive_connection(
-    proxied: tuple[MotoDynamoDB, FaultProxy], admin_client: Any, make_table: Callable[..., str]
+    behind: Behind,
 ) -> None:
     """The child's copy of the parent's idle connection is closed as the child starts (the
     parent's goes on), and the child loads on a connection of its own. On 4bde99e it stayed
     open in the child for the child's life: ``assert [1, 1, 2] == [0, 1, 1]``."""
-    server, proxy = proxied
-    table = make_table()
-    seed_items(admin_client, table, ["k0", "k1", "k2"])
-    settings = server.settings(table=table, key="id", endpoint_url=proxy.url("http", ""))
-    source = DynamoDBSource.from_settings(settings)
+    proxy = behind.proxy
+    source = DynamoDBSource.from_settings(behind.settings())
     assert n_of(source.load("k0")) == 0
     assert sockets_to(proxy.port) == 1  # the parent's, kept alive
 
@@ -145,25 +178,6 @@ def test_a_forked_child_closes_its_copy_of_the_parents_kept_alive_connection(
     assert sockets_to(proxy.port) == 1
     assert n_of(source.load("k2")) == 2  # on the parent's connection, which the child left
     source.close()
-
-
-def a_source_behind(
-    proxied: tuple[MotoDynamoDB, FaultProxy], admin_client: Any, make_table: Callable[..., str]
-) -> DynamoDBSource:
-    """A source of a table of ``k0``..``k2`` through the proxy, whose requests, and
-    connects, may be held (``delay``, ``stall``) as long as a child may take to report."""
-    server, proxy = proxied
-    table = make_table()
-    seed_items(admin_client, table, ["k0", "k1", "k2"])
-    return DynamoDBSource.from_settings(
-        server.settings(
-            table=table,
-            key="id",
-            endpoint_url=proxy.url("http", ""),
-            read_timeout=HUNG,
-            connect_timeout=HUNG,
-        )
-    )
 
 
 def forked_while_a_parent_thread_loads(
@@ -203,13 +217,13 @@ def held_request(proxy: FaultProxy) -> Callable[[], bool]:
 
 
 def test_a_forked_child_closes_its_copy_of_a_connection_a_parent_thread_was_using(
-    proxied: tuple[MotoDynamoDB, FaultProxy], admin_client: Any, make_table: Callable[..., str]
+    behind: Behind,
 ) -> None:
     """A connection a parent thread was using at the fork (its request held by the proxy) is
     in no pool's queue: the child closes its copy too, and loads on a connection of its own;
     the parent's request goes on to its answer on the parent's."""
-    _, proxy = proxied
-    source = a_source_behind(proxied, admin_client, make_table)
+    proxy = behind.proxy
+    source = behind.source()
     proxy.delay(HUNG)
     # The parent's request (the table check) is answered on its connection.
     seen = forked_while_a_parent_thread_loads(source, proxy, held_request(proxy), "a request")
@@ -219,15 +233,15 @@ def test_a_forked_child_closes_its_copy_of_a_connection_a_parent_thread_was_usin
 
 
 def test_a_forked_child_keeps_no_copy_of_a_connection_a_parent_thread_was_opening(
-    proxied: tuple[MotoDynamoDB, FaultProxy], admin_client: Any, make_table: Callable[..., str]
+    behind: Behind,
 ) -> None:
     """A parent thread in its connect at the fork (the proxy stalled it, then takes
     connections again: the kernel sends its SYN again a second after the first) has made its
     socket, which no connection object holds yet: the fork waits for the connection to be
     made, and the child closes its copy as any other, and loads on a connection of its own;
     the parent's load goes on."""
-    _, proxy = proxied
-    source = a_source_behind(proxied, admin_client, make_table)
+    proxy = behind.proxy
+    source = behind.source()
     proxy.stall()
     seen = forked_while_a_parent_thread_loads(
         source,
@@ -270,18 +284,14 @@ def test_a_forked_child_closes_its_copy_of_a_socket_a_reply_reads_on_its_own(
 
 
 def test_a_fork_waits_for_a_connection_being_opened_no_longer_than_its_bound(
-    proxied: tuple[MotoDynamoDB, FaultProxy],
-    admin_client: Any,
-    make_table: Callable[..., str],
-    monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
+    behind: Behind, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """An opening that outlasts the fork's wait (``OPENING_WAIT``, cut to 0.1 s here; the
     proxy stalls it until the child has counted) is left: the parent says so, the child
     keeps its copy of the socket and loads on a connection of its own; the parent's load goes
     on once the proxy takes connections again."""
-    _, proxy = proxied
-    source = a_source_behind(proxied, admin_client, make_table)
+    proxy = behind.proxy
+    source = behind.source()
     monkeypatch.setattr(pools, "OPENING_WAIT", 0.1)
     caplog.set_level(logging.WARNING, logger="tiered_cache.source")
     proxy.stall()
@@ -297,22 +307,16 @@ def test_a_fork_waits_for_a_connection_being_opened_no_longer_than_its_bound(
 
 
 def test_a_forked_child_closes_its_copy_of_a_connection_of_a_pool_made_before_the_source(
-    proxied: tuple[MotoDynamoDB, FaultProxy], admin_client: Any, make_table: Callable[..., str]
+    behind: Behind,
 ) -> None:
     """A client the source owns and can make anew (``owns_client`` with ``connect``) that sent
     before the source was given it has its pool already, and the connection kept alive in
     it: taken by a parent thread, in use at the fork, the child closes its copy too."""
-    server, proxy = proxied
-    table = make_table()
-    seed_items(admin_client, table, ["k0", "k1", "k2"])
-    settings = server.settings(
-        table=table, key="id", endpoint_url=proxy.url("http", ""), read_timeout=HUNG
-    )
+    proxy = behind.proxy
+    settings = behind.settings(read_timeout=HUNG)
     client = make_client(settings)
-    client.describe_table(TableName=table)  # its pool made, its connection kept alive there
-    source = DynamoDBSource(
-        client, table, "id", owns_client=True, connect=lambda: make_client(settings)
-    )
+    client.describe_table(TableName=behind.table)  # its pool made, its connection kept alive
+    source = behind.owning(client, settings)
     proxy.delay(HUNG)
     # The parent thread's request (the table check) on that kept-alive connection.
     seen = forked_while_a_parent_thread_loads(source, proxy, held_request(proxy), "a request")
@@ -323,27 +327,19 @@ def test_a_forked_child_closes_its_copy_of_a_connection_of_a_pool_made_before_th
 
 
 def test_a_forked_child_of_a_client_laid_out_otherwise_warns_and_closes_nothing(
-    proxied: tuple[MotoDynamoDB, FaultProxy],
-    admin_client: Any,
-    make_table: Callable[..., str],
-    monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
+    behind: Behind, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Where botocore or urllib3 keep a client's connections otherwise than ``pools`` reads
     them (another version), its sockets are not watched, and the child closes none of its
     copies of the parent's: it says so in one warning, its copy of the kept-alive connection
     stays open, and it loads on a client of its own; the parent goes on on its connection."""
-    server, proxy = proxied
-    table = make_table()
-    seed_items(admin_client, table, ["k0", "k1", "k2"])
-    settings = server.settings(table=table, key="id", endpoint_url=proxy.url("http", ""))
+    proxy = behind.proxy
+    settings = behind.settings()
     client = make_client(settings)
     # The classes the session makes its pools of, gone before the source watches it (only
     # a proxy's pool manager reads them after the session is made).
     monkeypatch.delattr(client._endpoint.http_session, "_pool_classes_by_scheme")
-    source = DynamoDBSource(
-        client, table, "id", owns_client=True, connect=lambda: make_client(settings)
-    )
+    source = behind.owning(client, settings)
     assert n_of(source.load("k0")) == 0  # its connection kept alive
     caplog.set_level(logging.WARNING, logger="tiered_cache.source")
     (at_start, after_a_load), status = reports_between(
@@ -396,13 +392,13 @@ def test_a_given_client_laid_out_otherwise_is_taken_as_having_sent(
 
 
 def test_a_client_a_forked_child_made_anew_is_watched_for_the_next_fork(
-    proxied: tuple[MotoDynamoDB, FaultProxy], admin_client: Any, make_table: Callable[..., str]
+    behind: Behind,
 ) -> None:
     """The child's source makes its client anew, and notes its connections as the parent's
     did: forked again while a thread of the child is inside a request (held by the proxy),
     the grandchild closes its copy of that connection too."""
-    _, proxy = proxied
-    source = a_source_behind(proxied, admin_client, make_table)
+    proxy = behind.proxy
+    source = behind.source()
     assert n_of(source.load("k0")) == 0
     loaded: list[int] = []  # the child's thread's (in the child)
     thread = threading.Thread(target=lambda: loaded.append(n_of(source.load("k2"))))

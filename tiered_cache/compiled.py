@@ -7,6 +7,12 @@ first by the package, puts a finder in front of the import system that serves th
 whenever one of them no longer matches (all of the core together: compiled modules call each
 other natively), or when ``TIERED_CORE_PURE=1`` is set (not ``TIERED_CACHE_*``: that prefix
 belongs to the settings, which refuse a name they do not know). A stale build is never run.
+
+A current build is imported here, all of it, before anything else of the package uses it: a
+compiled module that fails to import (any exception: librt upgraded to another ABI raises
+``ValueError: ABI version conflict for librt.threading, ...``; librt missing, an
+``ImportError``) makes the whole core run from its sources, said in one warning naming the
+cause; :func:`compiled_core` tells which runs.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import importlib.abc
 import importlib.machinery
 import importlib.util
 import json
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -53,7 +60,7 @@ MODULES = (
 EXTENSIONS = ("_hitcall", "_sketch")
 #: Sources the compiled modules were checked against (their imports); a change there makes the
 #: build stale too.
-DEPENDENCIES = ("policy_defaults",)
+DEPENDENCIES = ("policy_defaults", "locks")
 _HERE = Path(__file__).resolve().parent
 #: What the build compiled: ``{"modules": {name: SHA-256 of its source}, "extensions": {...}}``.
 MANIFEST = _HERE / "compiled.json"
@@ -82,12 +89,35 @@ def _built_and_current() -> bool:
     )
 
 
-_COMPILED = _built_and_current()
-
-
 def compiled_core() -> bool:
-    """True when the memory tier's core runs compiled (built, current, not turned off)."""
+    """True when the memory tier's core runs compiled (built, current, not turned off, and
+    imported)."""
     return _COMPILED
+
+
+def _imports() -> bool:
+    """Imports the compiled core; False, having said why once, when a module of it fails.
+
+    Tried here, while nothing of the package but this module has run, so that nothing holds a
+    compiled class when the sources take over: what the attempt imported of the package goes
+    again (a module it imported may hold a class of a compiled module that did import), and
+    the import system serves the sources from then on (the finder below)."""
+    before = set(sys.modules)
+    try:
+        for name in MODULES:
+            importlib.import_module(f"{__package__}.{name}")
+    except Exception as exc:  # any: the core must never keep the package from importing
+        for loaded in set(sys.modules) - before:
+            if loaded.startswith(f"{__package__}."):
+                del sys.modules[loaded]
+        logging.getLogger(__name__).warning(
+            "the compiled core failed to import (%s: %s); tiered-cache runs its pure-Python "
+            "core (slower, the same results)",
+            type(exc).__name__,
+            exc,
+        )
+        return False
+    return True
 
 
 class _SourcesFirst(importlib.abc.MetaPathFinder):
@@ -105,5 +135,11 @@ class _SourcesFirst(importlib.abc.MetaPathFinder):
         return importlib.util.spec_from_file_location(fullname, _HERE / f"{name}.py")
 
 
-if not _COMPILED:
+# Decided when imported as the package's (tools/build_core.py loads this module by its path for
+# its lists alone, outside any package: nothing to import there). True while the build is
+# tried: a module of the core asks compiled_core() as it is imported (the sketch's counters).
+_COMPILED = bool(__package__) and _built_and_current()
+if _COMPILED:
+    _COMPILED = _imports()
+if __package__ and not _COMPILED:
     sys.meta_path.insert(0, _SourcesFirst())

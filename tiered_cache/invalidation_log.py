@@ -21,9 +21,8 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Collection, Iterable
 
-from librt.threading import Lock
-
 from .forking import restart_compiled_after_fork
+from .locks import Lock
 
 __all__ = ["InvalidationLog"]
 

@@ -17,9 +17,8 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, final
 
-from librt.threading import Lock
-
 from .errors import CodecError, caused
+from .locks import Lock
 from .slot import Slot
 from .tier import MISSING, Entry, MissingType
 

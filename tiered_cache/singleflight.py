@@ -7,9 +7,8 @@ from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from typing import Any, Generic, Protocol, TypeVar
 
-from librt.threading import Lock
-
 from .errors import LoadTimeout, RecursiveLoad, caused, handed_on
+from .locks import Lock
 from .tier import MISSING
 
 

@@ -80,6 +80,9 @@ class TierAccessor:
         declared = tier if isinstance(tier, TierBase) else None
         #: In-process: kept coherent by the bus, bypassed while it is down.
         self.local = bool(declared.local) if declared is not None else False
+        #: Read in a plain call: first in the chain, the chain's L1 lookup reads it (and
+        #: counts its hit or miss), whatever it is.
+        self.inline = True
         #: The deletes this tier failed to make (a shared tier's: an in-process tier's copies
         #: are the fence's), paid before its next call (:meth:`settle`).
         self.owed = OwedDeletes(self.name, metrics)

@@ -84,6 +84,10 @@ class AsyncTierAccessor:
             self.check_value = self.sync.check_value
         #: A sync tier's calls go to a thread (it may block on I/O).
         self.threaded = self._native is None and not self.local
+        #: Read in a plain call (the memory tier): first in the chain, the chain's L1 lookup
+        #: reads it. Not a tier whose reads are I/O (awaited, or in a thread): the read
+        #: after the lookup reads it, and counts its hit or miss (ChainPaths.first_awaited).
+        self.inline = self._native is None and not self.threaded
         #: What the chain does once the deletes this tier owes are paid (see
         #: :attr:`TierAccessor.when_paid`); paid here, before a call is awaited or sent to a
         #: thread (the bookkeeping accessor's own stays None: it does not pay them).
@@ -230,12 +234,12 @@ class AsyncTierAccessor:
     def get_at_function(self) -> Callable[[str, float], Entry | MissingType] | None:
         """The in-process tier's ``get_at`` for the chain's L1 lookup; None for a tier
         whose reads are I/O (they are awaited on the slow path instead)."""
-        return None if self._native is not None or self.threaded else self.sync.get_at_function()
+        return self.sync.get_at_function() if self.inline else None
 
     def hit_reader(self, margin: float, hits: HitCount) -> Callable[[Any], Any] | None:
         """The in-process tier's plain-hit reader for the chain's L1 lookup; None for a tier
         whose reads are I/O."""
-        if self._native is not None or self.threaded:
+        if not self.inline:
             return None
         return self.sync.hit_reader(margin, hits)
 

@@ -633,6 +633,7 @@ class ChainTier(FillTarget, Protocol):
     name: str
     utf8_keys: bool
     bounded_for: float
+    inline: bool
 
     def check_value(self, value: Any) -> None: ...
 

@@ -113,6 +113,10 @@ class ChainPaths:
         self.state: ReadState = CONNECTED
         #: Tier 0 is in-process: the L1 lookup reads it only while the bus is up.
         self.l1_local = bool(self.tiers) and self.tiers[0].local
+        #: Tier 0's reads are I/O (the asyncio chain's Redis first): the L1 lookup never
+        #: reads it, so the read after it counts its hit or miss, as the threaded chain's
+        #: lookup counts it (counted by no one, Redis first showed none, ever).
+        self.first_awaited = bool(self.tiers) and not self.tiers[0].inline
 
     # -- reads
 
@@ -181,8 +185,9 @@ class ChainPaths:
             # flight for this key may have filled it between that miss and this flight. Not
             # while the bus is down: the caller's L1 lookup then left an in-process tier 0 to this
             # read, which counts its hit or miss (else memory's serves of an outage counted
-            # neither). A shared tier 0 the lookup reads whatever the bus: counted there.
-            counted = tier.index > 0 or (down and tier.local)
+            # neither). A shared tier 0 the lookup reads whatever the bus: counted there;
+            # one whose reads are I/O it never reads: counted here.
+            counted = tier.index > 0 or (down and tier.local) or self.first_awaited
             entry = yield tier.get, (key, counted)
             if entry is MISSING:
                 continue
@@ -362,9 +367,13 @@ class ChainPaths:
         read's own; the other arguments are the read's, unused), memory's miss and a read
         past it. The L1 lookup leaves an in-process tier 0 to the read then
         (:meth:`set_bus_connected`), which the flight's leader alone makes: of ten reads
-        joining one load, memory counted one miss (ten when connected, and in get_many)."""
+        joining one load, memory counted one miss (ten when connected, and in get_many).
+        A tier 0 whose reads are I/O no lookup reads (:attr:`first_awaited`): its miss too,
+        as the threaded chain's lookup counts it for each read that joins."""
         self.metrics.waited()
-        if state.down and self.l1_local:
+        if self.first_awaited:
+            self.metrics.miss(0)
+        elif state.down and self.l1_local:
             if not state.bypass:
                 self.metrics.miss(0)  # tier 0's (a bypassed one is not read)
             self.count_bus_down(state, None)

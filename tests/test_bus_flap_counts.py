@@ -285,3 +285,130 @@ async def test_an_asyncio_get_that_joins_a_load_as_the_bus_came_back_counts_one_
     assert await asyncio.gather(leader, joiner) == ["v", "v"]
     assert read_counts(cache, True) == counts(UP, bound, 2)
     await cache.aclose()
+
+
+# -- the decorated function, as the bus comes back during its load ------------------------------
+
+
+def down_until_a_load(bus: ConfirmingBus) -> tuple[Flap, list[str]]:
+    """The bus down; the next load (recorded) brings it back."""
+    bus.fail()
+    flap = Flap()
+    flap.then = bus.confirm
+    return flap, []
+
+
+def came_back_once(cache: Any, flap: Flap, loads: list[str]) -> tuple[Any, ...]:
+    """What a test asserts after each of its two calls."""
+    return flap.then, len(loads), read_counts(cache, True)
+
+
+@BOUNDS
+def test_a_decorated_read_whose_load_the_bus_came_back_during_counts_one_bypass(
+    clock: FakeClock, bound: float
+) -> None:
+    """The wrapper's lookup skipped (or read, bounded) memory while the bus was down; the bus
+    comes back while its function runs: one read past memory, and the outage's load is not
+    kept in memory (the next call reads memory, misses, and loads again)."""
+    bus = ConfirmingBus()
+    cache = sync_chain(bus, clock, bound)
+    flap, loads = down_until_a_load(bus)
+
+    @cache.cached(key="{name}")
+    def decorated(name: str) -> str:
+        loads.append(name)
+        flap()
+        return "v"
+
+    first = (decorated("k"), *came_back_once(cache, flap, loads))
+    second = (decorated("k"), *came_back_once(cache, flap, loads))
+    assert [first, second] == CAME_BACK_DURING_THE_LOAD[bound]
+    cache.close()
+
+
+#: The two calls: the bus came back during the first (one read past memory; bounded memory
+#: read, its miss), the second missed memory and loaded again.
+CAME_BACK_DURING_THE_LOAD = {
+    0: [("v", None, 1, (0, 0, 1)), ("v", None, 2, (0, 1, 1))],
+    60: [("v", None, 1, (0, 1, 1)), ("v", None, 2, (0, 2, 1))],
+}
+
+
+@pytest.mark.anyio
+@BOUNDS
+async def test_an_asyncio_decorated_read_whose_load_the_bus_came_back_during_counts_one_bypass(
+    clock: FakeClock, bound: float
+) -> None:
+    bus = ConfirmingBus()
+    cache = async_chain(bus, clock, bound)
+    flap, loads = down_until_a_load(bus)
+
+    @cache.cached(key="{name}")
+    async def decorated(name: str) -> str:
+        loads.append(name)
+        flap()
+        return "v"
+
+    first = (await decorated("k"), *came_back_once(cache, flap, loads))
+    second = (await decorated("k"), *came_back_once(cache, flap, loads))
+    assert [first, second] == CAME_BACK_DURING_THE_LOAD[bound]
+    await cache.aclose()
+
+
+# -- after the bus came back, the lookup's state of the last outage is never read again ----------
+
+
+@BOUNDS
+def test_reads_after_the_bus_came_back_count_memory_not_the_last_outage(
+    clock: FakeClock, bound: float
+) -> None:
+    """The L1 lookup keeps the state it was last switched off with (never reset: a lookup
+    that found memory off, then the state, would otherwise take the bus as connected without
+    reading memory); once switched on it reads memory and returns no state: after two
+    outages, get and the decorated function count memory's miss then hit, no read past it."""
+    bus = ConfirmingBus()
+    cache = sync_chain(bus, clock, bound)
+
+    @cache.cached(key="{name}")
+    def decorated(name: str) -> str:
+        return "v"
+
+    counts = []
+    for turn in range(4):
+        if turn < 2:
+            bus.fail()
+        counts.append((cache.get("k", lambda: "v"), decorated("j"), read_counts(cache, True)))
+        if turn < 2:
+            bus.confirm()
+    assert counts[2:] == AFTER_TWO_OUTAGES[bound]
+    cache.close()
+
+
+#: get and the decorated function read after two outages: memory's misses, then its hits.
+AFTER_TWO_OUTAGES = {
+    0: [("v", "v", (0, 2, 4)), ("v", "v", (2, 2, 4))],
+    60: [("v", "v", (0, 6, 4)), ("v", "v", (2, 6, 4))],
+}
+
+
+@pytest.mark.anyio
+@BOUNDS
+async def test_asyncio_reads_after_the_bus_came_back_count_memory_not_the_last_outage(
+    clock: FakeClock, bound: float
+) -> None:
+    bus = ConfirmingBus()
+    cache = async_chain(bus, clock, bound)
+
+    @cache.cached(key="{name}")
+    async def decorated(name: str) -> str:
+        return "v"
+
+    counts = []
+    for turn in range(4):
+        if turn < 2:
+            bus.fail()
+        counts.append((await cache.get("k", load), await decorated("j"), read_counts(cache, True)))
+        if turn < 2:
+            bus.confirm()
+    assert counts[2:] == AFTER_TWO_OUTAGES[bound]
+    await cache.aclose()

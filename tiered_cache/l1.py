@@ -162,6 +162,13 @@ class L1Reader:
             enabled = unread is None and not is_closed(self._paths)
             if unread is not None:
                 lookup.unread = unread
+            # ``unread`` is kept when switched on, never reset: a lookup reads ``get_at``,
+            # then ``unread``; reset after the switch, one that found ``get_at`` None before
+            # it and ``unread`` after it would take the bus as connected without reading
+            # memory (counted by no one). Kept, it is read only while ``get_at`` is None: on
+            # an open chain, after it was set here (or never set: no tier 0 the lookup reads,
+            # which no outage switches off); tests/test_bus_flap_counts.py, the reads after
+            # the bus came back.
             if enabled and tiers:
                 # Not through None: a lookup in between would take the bus as the state
                 # of the last outage.

@@ -24,6 +24,7 @@ import redis
 import redis.asyncio as aioredis
 from tiered_cache_redis import AsyncRedisBus
 from tiered_cache_redis.bus import RedisBus
+from tiered_cache_redis.listening import Health
 
 from tiered_cache.bus import Invalidation
 from tiered_cache.testing.polling import eventually
@@ -98,6 +99,9 @@ def async_bus(server: RedisServer, publisher: aioredis.Redis | None = None) -> A
         "closing",
         listen_with=lambda: redis.Redis(host=server.host, port=server.port),
         publisher=publisher,
+        # aclose waits for a publish this long at most (Health.close_wait, 60 s here): past
+        # the tests' held publish, however loaded the machine (no listener runs here).
+        health=Health(interval=30.0, timeout=30.0),
     )
 
 

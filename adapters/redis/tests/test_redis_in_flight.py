@@ -103,7 +103,7 @@ def test_a_failing_last_act_left_to_a_call_is_logged_not_raised_into_that_call(
     caller.start()
     inside.wait()
     calls.close(within=0.0, then=close_publisher)
-    caplog.set_level(logging.ERROR, logger="tiered_cache_redis.bus")
+    caplog.set_level(logging.ERROR, logger="tiered_cache.bus.redis")
     leave.set()
     caller.join()
     assert outcome == ["returned"]
@@ -112,8 +112,8 @@ def test_a_failing_last_act_left_to_a_call_is_logged_not_raised_into_that_call(
         for record in caplog.records
     ] == [
         (
-            "tiered_cache_redis.bus",
-            "bus 'redis': closing it after its last call failed",
+            "tiered_cache.bus.redis",
+            "bus 'redis': closing its client after its last call failed",
             ConnectionError,
         )
     ]

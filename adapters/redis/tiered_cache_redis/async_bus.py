@@ -59,7 +59,8 @@ class AsyncRedisBus(AsyncBusBase):
             by itself.
         publisher: the ``redis.asyncio`` client that publishes.
         health: as for :class:`~tiered_cache_redis.bus.RedisBus` (its ``close_wait`` bounds
-            :meth:`aclose`'s wait for the listening thread, as the threaded bus's close).
+            :meth:`aclose`'s wait for the listening thread and for a publish running, as the
+            threaded bus's close).
     """
 
     one_loop = True
@@ -79,6 +80,8 @@ class AsyncRedisBus(AsyncBusBase):
         # Its own publisher is never used (this bus publishes from the loop): a client that
         # connects on first use, so none is opened.
         self._listening = RedisBus(listen_with, channel, health=health)
+        #: How long :meth:`aclose` waits for a publish running (as the threaded bus's close).
+        self._close_wait = health.close_wait
         self._client = publisher if publisher is not None else connect()
         #: The publishes running, which aclose waits for before it closes the publisher: one
         #: sent after the close (a write that passed the chain's check as another task closed
@@ -112,7 +115,9 @@ class AsyncRedisBus(AsyncBusBase):
     async def publish(self, message: Invalidation) -> None:
         """Send ``message``; ``RuntimeError`` once the bus is closed (nothing is sent)."""
         self._loop_end.here()
-        with self._publishes:
+        # async with: the last publish to end after a close stopped waiting for it closes the
+        # publisher as it ends (:meth:`aclose`).
+        async with self._publishes:
             await self._client.publish(self.channel, message.encode())
 
     def subscribe(self, listener: BusListener) -> None:
@@ -131,12 +136,17 @@ class AsyncRedisBus(AsyncBusBase):
         """Stop listening (returns once the listening thread has ended, its subscription
         closed, or once the threaded bus's close gave up on it: ``close_wait``) and close
         the publisher. Idempotent. The publisher's connections of a loop
-        closed by hand are dropped first, those of a loop left open closed without it."""
+        closed by hand are dropped first, those of a loop left open closed without it.
+
+        A publish running is waited for ``close_wait`` at most, as by the threaded bus; past
+        it (or this close cancelled meanwhile) new publishes are refused and the last publish
+        to end closes the publisher as it ends (:meth:`CallsInFlight.aclose
+        <tiered_cache_redis.in_flight.CallsInFlight.aclose>`): one stuck on a stalled Redis,
+        on a publisher with no socket timeout, held the close until Redis resumed."""
         self._closed = True
         self._loop_end.close_here()
         await asyncio.to_thread(self._listening.close)
-        await self._publishes.aclose()
-        await self._client.aclose()
+        await self._publishes.aclose(within=self._close_wait, then=self._client.aclose)
 
     # -- the publisher's connections and their loop
 

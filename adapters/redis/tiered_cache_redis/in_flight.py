@@ -13,20 +13,22 @@ One counter for both tiers: calls are counted by what runs them -- the thread, o
 not running never ends: its calls are not waited for). Only closing waits on the counter's
 condition: a call takes its lock (reentrant: see ``__init__``) as it starts and as it ends,
 and wakes a waiter only when the tier is closing and it was the last call of its thread or
-task running. A close that stops waiting (the threaded bus's, bounded) leaves what it would
-have done next to the last call to end: the client is closed after its last call either way
-(a failure there is logged: the call's caller is not the one closing).
+task running. A close that stops waiting (either bus's, bounded) leaves what it would have
+done next to the last call to end: the client is closed after its last call either way. The
+asyncio bus's calls run in ``async with``, so that the last of them awaits the publisher's
+``aclose()`` on its loop as it ends; what that close raises is logged, not raised into the
+call's caller (whose call itself went as it went).
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import threading
-from collections.abc import Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Iterable
 from types import TracebackType
 from typing import Any, cast
 
+from tiered_cache.logs import logger_for
 from tiered_cache.loops import all_end_within, stalled
 
 
@@ -38,9 +40,20 @@ def closed_error(name: str, kind: str = "tier") -> RuntimeError:
 class CallsInFlight:
     """The calls of a tier running (``with calls: ...`` around each call), counted by their
     ``owner`` (``threading.get_ident`` for the threaded tier, :func:`current_task` for the
-    asyncio tier's: called as each call starts and ends, on the call's own thread)."""
+    asyncio tier's: called as each call starts and ends, on the call's own thread). The asyncio
+    bus's calls use ``async with calls: ...`` (:meth:`aclose`'s ``then``)."""
 
-    __slots__ = ("_closing", "_idle", "_kind", "_lock", "_name", "_owner", "_running", "_then")
+    __slots__ = (
+        "_athen",
+        "_closing",
+        "_idle",
+        "_kind",
+        "_lock",
+        "_name",
+        "_owner",
+        "_running",
+        "_then",
+    )
 
     def __init__(self, name: str, owner: Callable[[], Hashable], kind: str = "tier") -> None:
         self._name = name
@@ -57,6 +70,8 @@ class CallsInFlight:
         self._closing = False
         #: What a close that stopped waiting left to the last call to end (:meth:`close`).
         self._then: Callable[[], object] | None = None
+        #: What an :meth:`aclose` that stopped waiting left to the last call to end, awaited.
+        self._athen: Callable[[], Awaitable[object]] | None = None
 
     def __enter__(self) -> None:
         owner = self._owner()
@@ -86,16 +101,48 @@ class CallsInFlight:
         if then is not None:
             self._run_left(then)
 
+    async def __aenter__(self) -> None:
+        self.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        """As :meth:`__exit__`; then, if this was the last of the calls :meth:`aclose` stopped
+        waiting for, await what it left (the publisher's close), on this call's loop."""
+        self.__exit__(exc_type, exc, traceback)
+        then = self._left_to_await(current_task())
+        if then is not None:
+            await self._await_left(then)
+
+    def _left_to_await(self, here: asyncio.Task[Any]) -> Callable[[], Awaitable[object]] | None:
+        """What an :meth:`aclose` left to the last call, taken if none it waits for runs."""
+        with self._lock:
+            if self._athen is None or _waited_for(self._running, here):
+                return None
+            athen, self._athen = self._athen, None
+            return athen
+
     def _run_left(self, then: Callable[[], object]) -> None:
-        """Runs what a close left to the last call to end (the bus's: close its publisher), on
-        that call's thread as it ends. Logged, not raised, if it fails: it would have reached
-        that call's caller (a publish), who did nothing wrong, after the call itself went well."""
         try:
             then()
         except Exception:
-            logging.getLogger(f"tiered_cache_redis.{self._kind}").exception(
-                "%s %r: closing it after its last call failed", self._kind, self._name
-            )
+            self._log_left_failed()
+
+    async def _await_left(self, then: Callable[[], Awaitable[object]]) -> None:
+        try:
+            await then()
+        except Exception:
+            self._log_left_failed()
+
+    def _log_left_failed(self) -> None:
+        """The close left to a call failed: said, not raised into the call's caller (the
+        call went as it went, and a close's error is no answer to it)."""
+        logger_for(f"{self._kind}.{self._name}").exception(
+            "%s %r: closing its client after its last call failed", self._kind, self._name
+        )
 
     @property
     def closing(self) -> bool:
@@ -152,17 +199,53 @@ class CallsInFlight:
                 return
             await all_end_within(running, None)
 
-    async def aclose(self) -> None:
+    async def aclose(
+        self,
+        *,
+        within: float | None = None,
+        then: Callable[[], Awaitable[object]] | None = None,
+    ) -> None:
         """Refuse new calls, then wait for the tasks running them to end (the asyncio tier's;
         the task closing, and those of a loop closed or left not running, never do: not
-        waited for)."""
+        waited for), then await ``then`` (the asyncio bus's: close its publisher).
+
+        ``within``: wait that long at most, as :meth:`close`; past it (or cancelled while it
+        waits) the close leaves ``then`` to the last of those calls to end, awaited by its
+        task as the call ends (``async with``). So a publish stuck on a stalled Redis, on a
+        client with no socket timeout, holds the close no longer than ``within``, and still
+        ends before the publisher is closed."""
         here = asyncio.current_task()
         with self._lock:
             self._closing = True
             tasks = cast(list[asyncio.Task[Any]], list(self._running))
-        await all_end_within(
-            [task for task in tasks if task is not here and not stalled(task)], None
-        )
+        try:
+            ended = await all_end_within(_waited_for(tasks, here), within)
+        except asyncio.CancelledError:
+            if then is not None and not self._leave_to_the_last(then, here):
+                await self._await_left(then)  # none left to do it
+            raise
+        if then is None or (not ended and self._leave_to_the_last(then, here)):
+            return
+        await then()
+
+    def _leave_to_the_last(
+        self, then: Callable[[], Awaitable[object]], here: asyncio.Task[Any] | None
+    ) -> bool:
+        """Whether a call waited for still runs: ``then`` is then left to the last of them."""
+        with self._lock:
+            if not _waited_for(self._running, here):
+                return False
+            self._athen = then
+            return True
+
+
+def _waited_for(
+    owners: Iterable[Hashable], here: asyncio.Task[Any] | None
+) -> list[asyncio.Task[Any]]:
+    """The tasks among ``owners`` an :meth:`CallsInFlight.aclose` waits for: not ``here``
+    (the task closing, or the call's own as it ends), nor one that makes no progress."""
+    tasks = cast(Iterable[asyncio.Task[Any]], owners)
+    return [task for task in tasks if task is not here and not stalled(task)]
 
 
 def current_task() -> asyncio.Task[Any]:

@@ -6,14 +6,19 @@ thread (``coroutines``: ``AsyncDynamoDBSource``); the main thread forks ``--fork
 to 80 ms apart. Each child counts its descriptors of sockets to moto's port before its first
 request (by their peer, and by /proc for those still connecting), notes their TCP states, then
 loads a key on its own client. moto answers ``close`` (``Connection: close``: every request
-opens a connection, and every reply closes it) or ``keepalive`` (as DynamoDB does).
+opens a connection, and every reply closes it) or ``keepalive`` (as DynamoDB does); with
+``--tls``, over HTTPS (a TLS front on loopback, whose certificate the clients trust through
+``AWS_CA_BUNDLE``: a fork may copy a socket in its TLS handshake), the copies counted to the
+front's port.
 
 Prints one JSON line: the children that kept copies and how many, the states of those
 copies (``01`` established, ``02`` connecting, ``08`` closed by moto, not yet by the
-client), the children that loaded, the parent's loads and errors, and how long each
-``fork()`` took (median, max: a fork waits for the connections being opened).
+client), the children that loaded, those hung (no report in 25 s: each prints its stack to
+stderr and exits), the parent's loads and errors, and how long each ``fork()`` took
+(median, max: a fork waits for the connections being opened or closed). Over ``--tls`` the
+TLS front runs in the parent process: its threads' OpenSSL calls are the parent's too.
 
-    python tools/fork_sockets.py threads close --forks 30
+    python tools/fork_sockets.py threads close --forks 30 [--tls]
 
 Run from a tree's root with that tree's interpreter (its library is the one measured).
 """
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import json
 import logging
 import os
@@ -40,6 +46,9 @@ from tiered_cache.testing.async_conformance import LoopThread
 from tiered_cache.testing.forked import ForkedChild
 
 KEYS = [f"k{i}" for i in range(200)]
+
+#: A child that has not reported by then is hung, not slow.
+HUNG = 25.0
 
 
 def socket_states(port: int) -> list[str]:
@@ -158,6 +167,9 @@ def fork_under(load: Load, port: int, forks: int, rng: random.Random) -> list[di
         started = time.perf_counter()
 
         def body(report: Callable[[Any], None]) -> None:
+            # A child hung (a lock a parent thread held at the fork: OpenSSL's, over TLS)
+            # prints where, to stderr, and exits without a report.
+            faulthandler.dump_traceback_later(HUNG, exit=True)
             states = socket_states(port)
             try:
                 loaded = load.child_load() >= 0
@@ -168,11 +180,17 @@ def fork_under(load: Load, port: int, forks: int, rng: random.Random) -> list[di
         child = ForkedChild(body)
         forked_in = time.perf_counter() - started
         try:
-            states, loaded = child.read(timeout=30)
+            reported = child.read(timeout=2 * HUNG)
         finally:
             status = child.wait()
+        states, loaded = reported if reported is not None else ([], False)
         rows.append(
-            {"states": states, "loaded": loaded and status == 0, "fork_ms": forked_in * 1e3}
+            {
+                "states": states,
+                "loaded": loaded and status == 0,
+                "hung": reported is None,
+                "fork_ms": forked_in * 1e3,
+            }
         )
     return rows
 
@@ -182,10 +200,13 @@ def main() -> None:
     parser.add_argument("face", choices=["threads", "coroutines"])
     parser.add_argument("server", choices=["close", "keepalive"])
     parser.add_argument("--forks", type=int, default=30)
+    parser.add_argument("--tls", action="store_true", help="serve moto over HTTPS")
     args = parser.parse_args()
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     rng = random.Random(int.from_bytes(os.urandom(4), "big"))
-    with MotoDynamoDB(keep_alive=args.server == "keepalive") as moto:
+    with MotoDynamoDB(keep_alive=args.server == "keepalive", tls=args.tls) as moto:
+        if args.tls:
+            os.environ["AWS_CA_BUNDLE"] = moto.ca_file  # read as each client is made
         admin = moto.client()
         create_table(admin, "forked", "id", "S", None)
         seed_items(admin, "forked", KEYS)
@@ -202,11 +223,13 @@ def main() -> None:
             {
                 "face": args.face,
                 "server": args.server,
+                "tls": args.tls,
                 "forks": args.forks,
                 "children_with_copies": sum(1 for count in kept if count),
                 "copies": sum(kept),
                 "states_of_copies": [row["states"] for row in rows if row["states"]],
                 "children_loaded": sum(1 for row in rows if row["loaded"]),
+                "children_hung": sum(1 for row in rows if row["hung"]),
                 "parent_loads": load.loads,
                 "parent_errors": load.errors,
                 "fork_ms_median": round(statistics.median(row["fork_ms"] for row in rows), 1),

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from tiered_cache_dynamodb import DynamoDBSource, DynamoDBSourceSettings, create_table
-from tiered_cache_dynamodb.testing import MotoDynamoDB, instant_botocore_retries
+from tiered_cache_dynamodb.testing import MotoDynamoDB, instant_botocore_retries, seed_items
 
 from tiered_cache.testing import RecordingSleep
 
@@ -30,6 +30,30 @@ def kept_alive() -> Iterator[MotoDynamoDB]:
     state is the process's: the tables of ``make_table`` are there too)."""
     with MotoDynamoDB(keep_alive=True) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def over_tls() -> Iterator[MotoDynamoDB]:
+    """moto kept alive behind a TLS front, over HTTPS as DynamoDB (its certificate in
+    ``ca_file``: clients made from settings trust it through ``AWS_CA_BUNDLE``)."""
+    with MotoDynamoDB(keep_alive=True, tls=True) as server:
+        yield server
+
+
+@pytest.fixture
+def tls_settings(
+    over_tls: MotoDynamoDB,
+    admin_client: Any,
+    make_table: Callable[..., str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> DynamoDBSourceSettings:
+    """Settings of a table of ``k0``..``k2`` over TLS (``over_tls``, whose certificate the
+    test's clients trust through ``AWS_CA_BUNDLE``), whose requests and connects may be held
+    (the front's ``hold_handshakes``) for 30 s."""
+    monkeypatch.setenv("AWS_CA_BUNDLE", over_tls.ca_file)
+    table = make_table()
+    seed_items(admin_client, table, ["k0", "k1", "k2"])
+    return over_tls.settings(table=table, key="id", read_timeout=30, connect_timeout=30)
 
 
 @pytest.fixture(scope="session")

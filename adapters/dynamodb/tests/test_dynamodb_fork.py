@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession
-from tiered_cache_dynamodb import AsyncDynamoDBSource
+from tiered_cache_dynamodb import AsyncDynamoDBSource, DynamoDBSourceSettings
 from tiered_cache_dynamodb.async_source import connect_client
-from tiered_cache_dynamodb.testing import MotoDynamoDB, seed_items
+from tiered_cache_dynamodb.testing import HeldClose, MotoDynamoDB, seed_items
 
 from tiered_cache import AsyncTieredCache, MemoryTier, SourceError
 from tiered_cache.testing.async_conformance import LoopThread
@@ -148,6 +148,36 @@ def test_a_forked_child_closes_its_copies_of_the_parents_connections(
         loop.close()
 
 
+def forked_while_a_parent_coroutine_loads(
+    source: AsyncDynamoDBSource,
+    port: int,
+    inside: Callable[[], bool],
+    what: str,
+    *,
+    between: Callable[[], None],
+) -> list[Any]:
+    """Fork once a parent coroutine loading ``k0`` on a loop of the parent is ``inside`` its
+    request (a fault holds it there, ``what``); the child counts its sockets to ``port`` at
+    its start and after it loaded ``k1`` on a loop of its own, ``between`` (the fault undone)
+    called meanwhile. Returns those, the child's exit code, the parent coroutine's load and
+    the parent's load of ``k2`` after it (the source closed then)."""
+    loop = LoopThread()
+    held = asyncio.run_coroutine_threadsafe(source.load("k0"), loop.loop)
+    until(inside, what)
+
+    async def load_in_the_child() -> list[int]:
+        item = await source.load("k1")
+        return [int(item["n"]), sockets_to(port)]
+
+    (at_start, after_a_load), status = reports_between(
+        [lambda: sockets_to(port), lambda: asyncio.run(load_in_the_child())], [between], HUNG
+    )
+    parents = [int(held.result(HUNG)["n"]), int(loop.run(source.load("k2"))["n"])]
+    loop.run(source.aclose())
+    loop.close()
+    return [at_start, after_a_load, status, *parents]
+
+
 def test_a_forked_child_closes_its_copy_of_a_connection_a_parent_coroutine_was_opening(
     kept_alive: MotoDynamoDB, admin_client: Any, make_table: Callable[..., str]
 ) -> None:
@@ -167,25 +197,37 @@ def test_a_forked_child_closes_its_copy_of_a_connection_a_parent_coroutine_was_o
             connect_timeout=HUNG,
         )
         source = AsyncDynamoDBSource.from_settings(settings)
-        loop = LoopThread()
         proxy.stall()
-        held = asyncio.run_coroutine_threadsafe(source.load("k0"), loop.loop)
-        until(lambda: proxy.connecting == 1, "the parent coroutine's connect")
-
-        async def load_in_the_child() -> list[int]:
-            item = await source.load("k1")
-            return [int(item["n"]), sockets_to(proxy.port)]
-
-        (at_start, after_a_load), status = reports_between(
-            [lambda: sockets_to(proxy.port), lambda: asyncio.run(load_in_the_child())],
-            [proxy.restore],
-            HUNG,
+        seen = forked_while_a_parent_coroutine_loads(
+            source,
+            proxy.port,
+            lambda: proxy.connecting == 1,
+            "the parent coroutine's connect",
+            between=proxy.restore,
         )
-        assert [at_start, after_a_load, status] == [0, [1, 1], 0]
-        assert int(held.result(HUNG)["n"]) == 0  # the parent's, on its connection
-        assert loop.run(source.load("k2"))["n"] == 2
-        loop.run(source.aclose())
-        loop.close()
+        # The parent's loads on its connection.
+        assert seen == [0, [1, 1], 0, 0, 2]
+
+
+def test_a_forked_child_closes_its_copy_of_a_connection_a_parent_coroutine_was_opening_over_tls(
+    over_tls: MotoDynamoDB, tls_settings: DynamoDBSourceSettings
+) -> None:
+    """Over HTTPS, a parent coroutine in its TLS handshake at the fork (the front holds its
+    ``ClientHello`` unanswered): asyncio runs the handshake on the loop over the socket the
+    connector made (noted then), with aiohttp's placeholder in ``_acquired``; the child
+    closes its copy of that socket and loads on a client of its own; the parent's load goes
+    on once the front answers."""
+    front = over_tls.front
+    source = AsyncDynamoDBSource.from_settings(tls_settings)
+    front.hold_handshakes()
+    seen = forked_while_a_parent_coroutine_loads(
+        source,
+        front.port,
+        lambda: front.holding == 1,
+        "the parent coroutine's handshake",
+        between=front.restore,
+    )
+    assert seen == [0, [1, 1], 0, 0, 2]
 
 
 def test_a_fork_waits_for_a_socket_a_parent_coroutine_is_making(
@@ -241,6 +283,57 @@ def test_a_fork_waits_for_a_socket_a_parent_coroutine_is_making(
     assert int(held.result(HUNG)["n"]) == 0  # the parent's, on that socket
     loop.run(source.aclose())
     loop.close()
+
+
+def test_a_fork_waits_for_a_socket_the_parents_loop_is_closing(
+    moto_server: MotoDynamoDB, admin_client: Any, make_table: Callable[..., str]
+) -> None:
+    """CPython's ``socket.close()`` lets go of the descriptor (``fileno()`` -1) before it
+    closes it without the GIL: a fork then copied a descriptor no object held, which the
+    child could not find, and kept open. Here the parent's loop closing a connection its
+    reply closed (moto's own server answers ``Connection: close``) has that close held at
+    that point: the fork waits for it, and the child has no copy; it loads on a client of its
+    own."""
+    host, _, port = moto_server.endpoint_url.removeprefix("http://").partition(":")
+    table = make_table()
+    seed_items(admin_client, table, ["k0", "k1", "k2"])
+    held = HeldClose(HUNG)
+
+    def held_factory(address: Any) -> socket.socket:
+        family, kind, proto, _, _ = address
+        return held.socket_class(socket.socket)(family=family, type=kind, proto=proto)
+
+    with FaultProxy(host, int(port)) as proxy:
+
+        async def connect() -> Any:
+            config = AioConfig(connector_args={"socket_factory": held_factory})
+            options = {**moto_server.client_kwargs(), "endpoint_url": proxy.url("http", "")}
+            made = AioSession().create_client("dynamodb", config=config, **options)
+            return await made.__aenter__()
+
+        source = AsyncDynamoDBSource(
+            None, table, "id", connect=connect, owns_client=True, region=moto_server.region
+        )
+        loop = LoopThread()
+        assert loop.run(source.load("k0"))["n"] == 0  # the table checked: one request from here
+        held.armed.set()
+        loading = asyncio.run_coroutine_threadsafe(source.load("k1"), loop.loop)
+        assert held.holding.wait(HUNG)
+        # Let the close end while the fork waits (a fork that does not wait forks first).
+        threading.Timer(0.2, held.go_on.set).start()
+
+        async def load_in_the_child() -> int:
+            return int((await source.load("k2"))["n"])
+
+        (at_start, loaded), status = reports_between(
+            [lambda: sockets_to(proxy.port), lambda: asyncio.run(load_in_the_child())],
+            [lambda: None],
+            HUNG,
+        )
+        assert [at_start, loaded, status] == [0, 2, 0]
+        assert int(loading.result(HUNG)["n"]) == 1
+        loop.run(source.aclose())
+        loop.close()
 
 
 def test_a_forked_child_that_cannot_read_the_connectors_warns_and_closes_nothing(

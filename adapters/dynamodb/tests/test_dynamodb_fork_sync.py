@@ -23,7 +23,8 @@ from typing import Any
 import boto3
 import pytest
 from tiered_cache_dynamodb import DynamoDBSource, DynamoDBSourceSettings, make_client, pools
-from tiered_cache_dynamodb.testing import MotoDynamoDB, seed_items
+from tiered_cache_dynamodb.testing import HeldClose, MotoDynamoDB, seed_items
+from tiered_cache_dynamodb.tls_front import TlsFront
 
 from tiered_cache import SourceError
 from tiered_cache.testing.forked import (
@@ -182,7 +183,7 @@ def test_a_forked_child_closes_its_copy_of_the_parents_kept_alive_connection(
 
 def forked_while_a_parent_thread_loads(
     source: DynamoDBSource,
-    proxy: FaultProxy,
+    proxy: FaultProxy | TlsFront,
     inside: Callable[[], bool],
     what: str,
     *,
@@ -191,9 +192,10 @@ def forked_while_a_parent_thread_loads(
     between: Callable[[], None] | None = None,
 ) -> list[Any]:
     """Fork once a parent thread loading ``keys[0]`` is ``inside`` its request (a fault of
-    the proxy holds it there, ``what``) and ``then`` ran; the child counts its sockets to the
-    proxy at its start and after it loaded ``keys[1]``, ``between`` (the proxy restored)
-    called meanwhile. Returns those, the child's exit code and the parent thread's load."""
+    the proxy, or of the TLS front, holds it there, ``what``) and ``then`` ran; the child
+    counts its sockets to the proxy at its start and after it loaded ``keys[1]``, ``between``
+    (the proxy restored) called meanwhile. Returns those, the child's exit code and the
+    parent thread's load."""
     loaded: list[int] = []
     parents = threading.Thread(target=lambda: loaded.append(n_of(source.load(keys[0]))))
     parents.start()
@@ -283,6 +285,32 @@ def test_a_forked_child_closes_its_copy_of_a_socket_a_reply_reads_on_its_own(
         source.close()
 
 
+def test_a_forked_child_keeps_no_copy_of_a_connection_a_parent_thread_was_opening_over_tls(
+    over_tls: MotoDynamoDB, tls_settings: DynamoDBSourceSettings
+) -> None:
+    """Over HTTPS, a parent thread in its TLS handshake at the fork (the front holds its
+    ``ClientHello`` unanswered, and answers it while the fork waits): urllib3 makes the
+    handshake inside the connection's ``connect``, which the fork waits for; the child closes
+    its copy of the TLS socket (nothing written: no ``close_notify``) and loads on a
+    connection of its own; the parent's load goes on, on its connection."""
+    front = over_tls.front
+    source = DynamoDBSource.from_settings(tls_settings)
+    front.hold_handshakes()
+    seen = forked_while_a_parent_thread_loads(
+        source,
+        front,
+        lambda: front.holding == 1,
+        "the parent thread's handshake",
+        # Answered while the fork waits (a fork that does not wait forks first).
+        then=threading.Timer(0.2, front.restore).start,
+        between=lambda: None,
+    )
+    assert seen == [0, [1, 1], 0, [0]]
+    assert n_of(source.load("k2")) == 2
+    assert sockets_to(front.port) == 1  # the parent's, the same
+    source.close()
+
+
 def test_a_fork_waits_for_a_connection_being_opened_no_longer_than_its_bound(
     behind: Behind, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -303,6 +331,92 @@ def test_a_fork_waits_for_a_connection_being_opened_no_longer_than_its_bound(
         "a fork waited 0.1 s for the DynamoDB connections being opened (1 left); the child "
         "keeps its copies of their sockets"
     ]
+    source.close()
+
+
+def closes_held_by(held: HeldClose, client: Any) -> None:
+    """The sockets ``client``'s connections open from now on are of ``held``'s classes (set
+    as each connect returns, before the source's watch sees it)."""
+    classes = client._endpoint.http_session._pool_classes_by_scheme
+    for scheme, pool in list(classes.items()):
+        connection = pool.ConnectionCls
+
+        class Held(connection):  # type: ignore[misc,valid-type]
+            def connect(self) -> None:
+                super().connect()
+                self.sock.__class__ = held.socket_class(type(self.sock))
+
+        classes[scheme] = type(pool.__name__, (pool,), {"ConnectionCls": Held})
+
+
+def test_a_fork_waits_for_a_socket_a_parent_thread_is_closing(
+    moto_server: MotoDynamoDB, admin_client: Any, make_table: Callable[..., str]
+) -> None:
+    """CPython's ``socket.close()`` lets go of the descriptor (``fileno()`` -1) before it
+    closes it without the GIL: a fork then copied a descriptor no object held, which the
+    child could not find, and kept open for its life (the parent's connection open on the
+    wire). Here a parent thread's reply that closes its connection (moto's own server answers
+    ``Connection: close``) has that close held at that point: the fork waits for it, and the
+    child has no copy; it loads on a connection of its own."""
+    host, _, port = moto_server.endpoint_url.removeprefix("http://").partition(":")
+    table = make_table()
+    seed_items(admin_client, table, ["k0", "k1", "k2"])
+    held = HeldClose(HUNG)
+    with FaultProxy(host, int(port)) as proxy:
+        settings = moto_server.settings(table=table, key="id", endpoint_url=proxy.url("http", ""))
+        client = make_client(settings)
+        closes_held_by(held, client)
+        source = DynamoDBSource(
+            client, table, "id", owns_client=True, connect=lambda: make_client(settings)
+        )
+        assert n_of(source.load("k0")) == 0  # the table checked: one request from here
+        held.armed.set()
+        seen = forked_while_a_parent_thread_loads(
+            source,
+            proxy,
+            held.holding.is_set,
+            "the parent thread's close",
+            keys=("k1", "k2"),
+            # Let the close end while the fork waits (a fork that does not wait forks first).
+            then=threading.Timer(0.2, held.go_on.set).start,
+            between=lambda: None,
+        )
+        # The child's own connection closed by its reply too.
+        assert seen == [0, [2, 0], 0, [1]]
+        source.close()
+
+
+def test_a_forked_child_closes_its_copy_of_a_connection_a_thread_held_as_the_watch_started(
+    behind: Behind,
+) -> None:
+    """A client the source owns and can make anew, given while a thread of the caller is
+    inside a request on it (held by the proxy): that connection is in no pool's queue as the
+    watch starts. Put back in its pool, kept alive, it is noted: a child forked after that
+    closes its copy, and loads on a connection of its own."""
+    proxy = behind.proxy
+    settings = behind.settings(read_timeout=HUNG)
+    client = make_client(settings)
+    proxy.delay(HUNG)
+    answered: list[str] = []
+    callers = threading.Thread(
+        target=lambda: answered.append(
+            client.get_item(TableName=behind.table, Key={"id": {"S": "k0"}})["Item"]["n"]["N"]
+        )
+    )
+    callers.start()
+    until(held_request(proxy), "the caller's request")
+    source = behind.owning(client, settings)
+    proxy.restore()
+    callers.join(timeout=HUNG)
+    assert answered == ["0"]
+    assert sockets_to(proxy.port) == 1  # the caller's connection, idle in its pool now
+    seen, status = reports_between(
+        [lambda: sockets_to(proxy.port), lambda: [n_of(source.load("k1")), sockets_to(proxy.port)]],
+        [lambda: None],
+        HUNG,
+    )
+    assert [seen, status] == [[0, [1, 1]], 0]
+    assert n_of(source.load("k2")) == 2  # on the caller's connection, which the child left
     source.close()
 
 

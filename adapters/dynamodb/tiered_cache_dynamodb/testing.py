@@ -1,4 +1,5 @@
-"""Test helpers: DynamoDB on loopback (moto's server) and throttling injected into botocore.
+"""Test helpers: DynamoDB on loopback (moto's server), throttling injected into botocore, and
+a socket's close held where CPython's runs without the GIL (:class:`HeldClose`).
 
 Nothing here changes process-wide state except :func:`instant_botocore_retries`, which says so.
 """
@@ -9,7 +10,9 @@ import contextlib
 import io
 import itertools
 import json
+import os
 import random
+import socket
 import sys
 import threading
 import time
@@ -24,6 +27,7 @@ from botocore.awsrequest import AWSPreparedRequest, AWSResponse
 from botocore.compat import HTTPHeaders
 
 from .settings import DynamoDBSourceSettings
+from .tls_front import TlsFront
 
 if TYPE_CHECKING:
     from botocore.config import Config
@@ -51,23 +55,47 @@ class MotoDynamoDB:
     keeps a client's connections open for its next requests. ``keep_alive=True`` serves moto
     so (:class:`_KeepAliveServer`): what a process shares with a child it forks is then the
     open connections of its clients' pools, as against DynamoDB.
+
+    ``tls=True`` serves it over HTTPS, as DynamoDB, through a :class:`~.tls_front.TlsFront`
+    (its certificate in :attr:`ca_file`: give it to clients as ``AWS_CA_BUNDLE``, or to
+    boto3 as ``verify``); :attr:`endpoint_url` is the front's.
     """
 
     def __init__(
-        self, region: str = "us-east-1", host: str = "127.0.0.1", *, keep_alive: bool = False
+        self,
+        region: str = "us-east-1",
+        host: str = "127.0.0.1",
+        *,
+        keep_alive: bool = False,
+        tls: bool = False,
     ) -> None:
         self.region = region
         self.host = host
         self.keep_alive = keep_alive
+        self.tls = tls
         self._server: Any = None  # moto.server.ThreadedMotoServer; moto is untyped
+        self._front: TlsFront | None = None
         self._endpoint_url: str | None = None
 
     @property
     def endpoint_url(self) -> str:
-        """``http://127.0.0.1:<port>`` of the running server."""
+        """``http://127.0.0.1:<port>`` of the running server (``https://`` and the front's port
+        with ``tls``)."""
         if self._endpoint_url is None:
             raise RuntimeError("the moto server is not running; call start() first")
         return self._endpoint_url
+
+    @property
+    def front(self) -> TlsFront:
+        """The TLS front of the running server (``tls``): its faults, its certificate."""
+        if self._front is None:
+            raise RuntimeError("the moto server is not running over TLS")
+        return self._front
+
+    @property
+    def ca_file(self) -> str:
+        """The certificate (PEM) a client must trust to reach the server over ``tls``."""
+        return self.front.ca_file
 
     def start(self) -> MotoDynamoDB:
         """Start the server on a port the OS picks (no race with other processes)."""
@@ -89,12 +117,18 @@ class MotoDynamoDB:
         host, port = server.get_host_and_port()
         self._server = server
         self._endpoint_url = f"http://{host}:{port}"
+        if self.tls:
+            self._front = TlsFront(self.host, host, port)
+            self._endpoint_url = f"https://{self.host}:{self._front.port}"
         return self
 
     def stop(self) -> None:
-        """Stop the server and wait for its thread. Idempotent."""
+        """Stop the server (and its TLS front) and wait for its threads. Idempotent."""
         server, self._server = self._server, None
+        front, self._front = self._front, None
         self._endpoint_url = None
+        if front is not None:
+            front.close()
         if server is not None:
             server.stop()
 
@@ -105,12 +139,15 @@ class MotoDynamoDB:
         self.stop()
 
     def client_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of ``boto3.client("dynamodb", ...)`` for this server."""
+        """Keyword arguments of ``boto3.client("dynamodb", ...)`` for this server (its
+        certificate as ``verify`` with ``tls``)."""
+        trust = {"verify": self.ca_file} if self.tls else {}
         return {
             "region_name": self.region,
             "endpoint_url": self.endpoint_url,
             "aws_access_key_id": DUMMY_ACCESS_KEY,
             "aws_secret_access_key": DUMMY_SECRET_KEY,
+            **trust,
         }
 
     def settings_kwargs(self) -> dict[str, Any]:
@@ -232,6 +269,42 @@ class _KeepAliveServer:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join()
+
+
+class HeldClose:
+    """Socket classes (:meth:`socket_class`) whose next close once :attr:`armed` is held at
+    the point where CPython's ``socket.close()`` runs ``close(2)`` without the GIL: the object
+    has let go of its descriptor (``fileno()`` -1), which is still open. :attr:`holding` is
+    set then; the descriptor is closed once :attr:`go_on` is (or after ``timeout`` seconds).
+    One close is held per arming."""
+
+    def __init__(self, timeout: float = 30.0) -> None:
+        self.armed = threading.Event()
+        self.holding = threading.Event()
+        self.go_on = threading.Event()
+        self._timeout = timeout
+        self._classes: dict[type[socket.socket], type[socket.socket]] = {}
+
+    def socket_class(self, kind: type[socket.socket]) -> type[socket.socket]:
+        """A subclass of ``kind`` (of the same layout: a socket's ``__class__`` may be set to
+        it) whose close is held so."""
+        if kind not in self._classes:
+            held = self
+
+            def _real_close(self: socket.socket) -> None:
+                if not held.armed.is_set():
+                    kind._real_close(self)  # type: ignore[attr-defined]
+                    return
+                held.armed.clear()
+                descriptor = self.detach()  # as CPython's close: the object lets go first
+                held.holding.set()
+                held.go_on.wait(held._timeout)
+                os.close(descriptor)
+
+            self._classes[kind] = type(
+                kind.__name__, (kind,), {"__slots__": (), "_real_close": _real_close}
+            )
+        return self._classes[kind]
 
 
 def seed_items(client: Any, table: str, ids: Sequence[str], key: str = "id") -> None:

@@ -22,7 +22,12 @@ from typing import Any
 
 import boto3
 import pytest
-from tiered_cache_dynamodb import DynamoDBSource, DynamoDBSourceSettings, make_client, pools
+from tiered_cache_dynamodb import (
+    DynamoDBSource,
+    DynamoDBSourceSettings,
+    make_client,
+    openings,
+)
 from tiered_cache_dynamodb.testing import HeldClose, MotoDynamoDB, seed_items
 from tiered_cache_dynamodb.tls_front import TlsFront
 
@@ -320,7 +325,7 @@ def test_a_fork_waits_for_a_connection_being_opened_no_longer_than_its_bound(
     on once the proxy takes connections again."""
     proxy = behind.proxy
     source = behind.source()
-    monkeypatch.setattr(pools, "OPENING_WAIT", 0.1)
+    monkeypatch.setattr(openings, "OPENING_WAIT", 0.1)
     caplog.set_level(logging.WARNING, logger="tiered_cache.source")
     proxy.stall()
     seen = forked_while_a_parent_thread_loads(
@@ -328,8 +333,8 @@ def test_a_fork_waits_for_a_connection_being_opened_no_longer_than_its_bound(
     )
     assert seen == [1, [1, 2], 0, [0]]
     assert messages_of(caplog.records, "tiered_cache.source") == [
-        "a fork waited 0.1 s for the DynamoDB connections being opened (1 left); the child "
-        "keeps its copies of their sockets"
+        "a fork waited 0.1 s for the DynamoDB connections being opened or closed (1 left); "
+        "the child keeps its copies of their sockets"
     ]
     source.close()
 

@@ -26,7 +26,8 @@ from typing import Any
 
 from aiobotocore.httpsession import AIOHTTPSession
 
-from .pools import OPENINGS, LayoutChanged
+from .openings import OPENINGS, count_closes
+from .pools import LayoutChanged
 
 __all__ = ["SocketWatch", "client_sessions", "inherited_sockets"]
 
@@ -47,9 +48,11 @@ class SocketWatch:
     """Notes every socket ``client``'s aiohttp connectors make from now on (held weakly), the
     sockets of connections being made included: the factory they make sockets with is
     replaced by one that calls it (or makes the socket as aiohttp does) and notes the
-    socket. Where the client's HTTP session is of another class, nothing is noted (nor
-    found: :func:`client_sessions`); where it is laid out otherwise, :func:`inherited_sockets`
-    says why."""
+    socket, whose close a fork then waits for (:mod:`.openings`). Where the client's HTTP
+    session is of another class, nothing is noted (nor found: :func:`client_sessions`); where
+    it is laid out otherwise, :func:`inherited_sockets` says why. (A socket its connectors
+    made before the watch is found at a fork, idle or in use, but its close is not waited
+    for.)"""
 
     def __init__(self, client: Any) -> None:
         self.made: weakref.WeakSet[socket.socket] = weakref.WeakSet()
@@ -76,12 +79,13 @@ class SocketWatch:
         def make(address: Any) -> socket.socket:
             # A fork waits: a descriptor made (the loop's thread waiting for the GIL again)
             # that no socket object holds yet, or one not noted yet, would stay open.
-            with OPENINGS.opening():
+            with OPENINGS.unheld():
                 if theirs is not None:
                     sock = theirs(address)
                 else:  # aiohttp's (aiohappyeyeballs') own
                     family, kind, proto, _, _ = address
                     sock = socket.socket(family=family, type=kind, proto=proto)
+                count_closes(sock)
                 made.add(sock)
             return sock
 

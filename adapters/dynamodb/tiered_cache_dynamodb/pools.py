@@ -14,8 +14,8 @@ it their class).
 
 A connection being opened (its socket made, connected or in its TLS handshake, before urllib3
 hands it to the connection object) is held by no object a forked child can reach: the
-thread's locals only. A fork waits for the watched clients' connections being opened to be
-open (:data:`OPENINGS`), and holds new openings until it is done.
+thread's locals only; nor is a socket being closed. A fork waits for both
+(:mod:`.openings`).
 
 Another botocore or urllib3 may lay them out otherwise: each reader raises
 :class:`LayoutChanged` then, and its caller decides what that means (:mod:`.sends`: the
@@ -24,90 +24,17 @@ client may have sent; :mod:`.inherited`: warn, close nothing).
 
 from __future__ import annotations
 
-import contextlib
-import os
 import socket
-import threading
 import weakref
-from collections.abc import Iterator
 from typing import Any
 
-from tiered_cache.logs import logger_for
+from .openings import OPENINGS, count_closes
 
-__all__ = [
-    "OPENINGS",
-    "ConnectionWatch",
-    "LayoutChanged",
-    "Openings",
-    "holds_pools",
-    "inherited_sockets",
-]
+__all__ = ["ConnectionWatch", "LayoutChanged", "holds_pools", "inherited_sockets"]
 
 
 class LayoutChanged(Exception):
     """botocore or urllib3 keep a client's connections otherwise than this adapter knows."""
-
-
-#: The longest a fork waits for the connections being opened (a connect, a TLS handshake:
-#: each bounded by the client's ``connect_timeout``, 1 s unless set; a name lookup is not).
-OPENING_WAIT = 5.0
-
-
-class Openings:
-    """The watched clients' connections being opened now (a thread's connect and TLS
-    handshake; an asyncio connector's socket being made, until its socket object holds its
-    descriptor and is noted), counted: a fork (``before``) waits until none is, and holds new
-    ones until it is done, so that no child gets a copy of a socket no object of its own
-    holds. (An opening calls no user code: no fork comes from inside one.)"""
-
-    def __init__(self) -> None:
-        self._anew()
-
-    def _anew(self) -> None:
-        self._changed = threading.Condition(threading.Lock())
-        self._opening = 0
-        #: Forks under way (two threads may fork at once).
-        self._forks = 0
-
-    @contextlib.contextmanager
-    def opening(self) -> Iterator[None]:
-        with self._changed:
-            self._changed.wait_for(lambda: self._forks == 0)
-            self._opening += 1
-        try:
-            yield
-        finally:
-            with self._changed:
-                self._opening -= 1
-                self._changed.notify_all()
-
-    def before_fork(self) -> None:
-        with self._changed:
-            self._forks += 1
-            if not self._changed.wait_for(lambda: self._opening == 0, OPENING_WAIT):
-                logger_for("source").warning(
-                    "a fork waited %s s for the DynamoDB connections being opened (%d left); "
-                    "the child keeps its copies of their sockets",
-                    OPENING_WAIT,
-                    self._opening,
-                )
-
-    def after_fork_in_parent(self) -> None:
-        with self._changed:
-            self._forks -= 1
-            self._changed.notify_all()
-
-    def after_fork_in_child(self) -> None:
-        # Only this thread: the openings counted were the parent's threads'.
-        self._anew()
-
-
-OPENINGS = Openings()
-os.register_at_fork(
-    before=OPENINGS.before_fork,
-    after_in_parent=OPENINGS.after_fork_in_parent,
-    after_in_child=OPENINGS.after_fork_in_child,
-)
 
 
 def _managers(client: Any) -> list[Any]:
@@ -145,14 +72,16 @@ class ConnectionWatch:
     """Notes the socket of every connection ``client``'s pools open from now on (held
     weakly), and of those idle in its pools now: the pool classes of the client's HTTP
     session are replaced by subclasses whose connection class notes its socket as it opens
-    it (an opening a fork waits for: :class:`Openings`). A socket is the thing to note, not
-    its connection: http.client lets go of a connection's socket (``sock`` None) once a reply
-    that closes it has its head read, and the reply reads its body on it alone. The pools the
-    client made before the watch (it sent before the source was given it) are turned into
-    those subclasses too: a thread may take one of their connections later and hold it at a
-    fork, when no queue has it. (A connection a thread holds as the watch starts is not seen.)
-    Where the session has no such classes, nothing is noted, and :func:`inherited_sockets`
-    says why."""
+    it (an opening a fork waits for: :mod:`.openings`, as for each noted socket's close). A
+    socket is the thing to note, not its connection: http.client lets go of a connection's
+    socket (``sock`` None) once a reply that closes it has its head read, and the reply reads
+    its body on it alone. The pools the client made before the watch (it sent before the
+    source was given it) are turned into those subclasses too: a thread may take one of
+    their connections later and hold it at a fork, when no queue has it. A connection a
+    thread of the caller holds as the watch starts is in no queue: it is noted as it is put
+    back in its pool (while that thread still holds it, a fork does not see it). Where the
+    session has no such classes, nothing is noted, and :func:`inherited_sockets` says
+    why."""
 
     def __init__(self, client: Any) -> None:
         self.sockets: weakref.WeakSet[socket.socket] = weakref.WeakSet()
@@ -176,21 +105,36 @@ class ConnectionWatch:
         classes.update(replaced)
         for pool in made_before:
             pool.__class__ = noted(type(pool))
+        for conn in idle:
+            self._note(conn.sock)
+
+    def _note(self, sock: Any) -> None:
         # http.client's ``sock``: None before the connection is opened, and once closed.
-        self.sockets.update(conn.sock for conn in idle if conn.sock is not None)
+        if sock is not None and sock not in self.sockets:
+            count_closes(sock)
+            self.sockets.add(sock)
 
     def _noting(self, pool: type[Any]) -> type[Any]:
-        sockets = self.sockets
+        note = self._note
         connection: type[Any] = pool.ConnectionCls
 
         class Noted(connection):  # type: ignore[misc]
             def connect(self) -> None:
                 # Its socket is held by no object of ours until this returns: a fork waits.
-                with OPENINGS.opening():
+                with OPENINGS.unheld():
                     super().connect()
-                    sockets.add(self.sock)
+                    note(self.sock)
 
-        return type(pool.__name__, (pool,), {"ConnectionCls": Noted, "__module__": __name__})
+        def _put_conn(self: Any, conn: Any) -> None:
+            if conn is not None:  # urllib3 puts None back for a connection it dropped
+                note(conn.sock)
+            pool._put_conn(self, conn)
+
+        return type(
+            pool.__name__,
+            (pool,),
+            {"ConnectionCls": Noted, "_put_conn": _put_conn, "__module__": __name__},
+        )
 
 
 def inherited_sockets(watch: ConnectionWatch) -> list[socket.socket]:

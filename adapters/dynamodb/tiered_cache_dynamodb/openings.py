@@ -1,0 +1,125 @@
+"""The steps during which a watched client's socket descriptor is held by no object of the
+process, counted, for a fork to wait for: a forked child closes its copies of the parent's
+sockets by reading the objects that hold them (:mod:`.pools`, :mod:`.aio_pools`,
+:mod:`.inherited`), and a copy of a descriptor no object held at the fork stays open in the
+child for its life. Nothing of the child refers to that copy, which is never written or
+read; but it keeps the parent's connection open on the wire (no FIN) until the child ends,
+after the parent closed it.
+
+Two such steps: an opening (a socket made, connecting or in its TLS handshake, before its
+connection object or connector holds it), and a close. CPython's ``socket.close()`` lets go
+of the descriptor (``fileno()`` is ``-1`` from then on) before it calls ``close(2)`` without
+the GIL. Every close of a socket, plain or TLS, ends in its ``_real_close`` (``close()`` once
+no file made of it is open, or the last such file's close): :func:`count_closes` has that
+counted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from tiered_cache.logs import logger_for
+
+__all__ = ["OPENINGS", "OPENING_WAIT", "Openings", "count_closes"]
+
+#: The longest a fork waits for the connections being opened (a connect, a TLS handshake:
+#: each bounded by the client's ``connect_timeout``, 1 s unless set; a name lookup is not) or
+#: closed (microseconds; a socket given ``SO_LINGER`` may take its linger time).
+OPENING_WAIT = 5.0
+
+
+class Openings:
+    """The watched clients' descriptors no object of theirs holds now, counted: a connection
+    being opened (a thread's connect and TLS handshake; an asyncio connector's socket being
+    made, until its socket object holds its descriptor and is noted), and a socket being
+    closed (its object lets go of its descriptor, ``-1``, before ``close()`` runs without the
+    GIL: :mod:`.closes`). A fork (``before``) waits until none is, and holds new ones until
+    it is done, so that no child gets a copy of a descriptor no object of its own holds. (An
+    opening calls no user code: no fork comes from inside one. A close may run in the
+    forking thread itself during the fork -- a reply collected by the garbage collector
+    closes its socket --: that thread is not held, or it would wait for its own fork.)"""
+
+    def __init__(self) -> None:
+        self._anew()
+
+    def _anew(self) -> None:
+        self._changed = threading.Condition(threading.Lock())
+        self._unheld = 0
+        #: The threads forking now (two threads may fork at once).
+        self._forking: set[int] = set()
+
+    @contextlib.contextmanager
+    def unheld(self) -> Iterator[None]:
+        """Around a step during which a descriptor of a watched client is held by no object
+        (an opening, a close)."""
+        me = threading.get_ident()
+        with self._changed:
+            self._changed.wait_for(lambda: not self._forking or me in self._forking)
+            self._unheld += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._unheld -= 1
+                self._changed.notify_all()
+
+    def before_fork(self) -> None:
+        with self._changed:
+            self._forking.add(threading.get_ident())
+            if not self._changed.wait_for(lambda: self._unheld == 0, OPENING_WAIT):
+                logger_for("source").warning(
+                    "a fork waited %s s for the DynamoDB connections being opened or closed "
+                    "(%d left); the child keeps its copies of their sockets",
+                    OPENING_WAIT,
+                    self._unheld,
+                )
+
+    def after_fork_in_parent(self) -> None:
+        with self._changed:
+            self._forking.discard(threading.get_ident())
+            self._changed.notify_all()
+
+    def after_fork_in_child(self) -> None:
+        # Only this thread: the openings and closes counted were the parent's threads'.
+        self._anew()
+
+
+OPENINGS = Openings()
+os.register_at_fork(
+    before=OPENINGS.before_fork,
+    after_in_parent=OPENINGS.after_fork_in_parent,
+    after_in_child=OPENINGS.after_fork_in_child,
+)
+
+
+#: The counting subclass of each socket class met (a plain socket, an ``SSLSocket``).
+_COUNTING: dict[type[socket.socket], type[socket.socket]] = {}
+
+
+def _counting(kind: type[socket.socket]) -> type[socket.socket]:
+    if kind not in _COUNTING:
+
+        def _real_close(self: socket.socket) -> None:
+            with OPENINGS.unheld():
+                kind._real_close(self)  # type: ignore[attr-defined]
+
+        # No slot of its own: the same layout as ``kind``, so that a socket made by urllib3 or
+        # aiohttp can be given this class.
+        _COUNTING[kind] = type(
+            kind.__name__,
+            (kind,),
+            {"__slots__": (), "_real_close": _real_close, "__module__": __name__},
+        )
+    return _COUNTING[kind]
+
+
+def count_closes(sock: Any) -> None:
+    """From now on, ``sock``'s close is a step a fork waits for (a socket of another kind,
+    urllib3's TLS-in-TLS ``SSLTransport``, is left as it is: it holds a socket of its own)."""
+    if isinstance(sock, socket.socket) and type(sock) not in _COUNTING.values():
+        sock.__class__ = _counting(type(sock))

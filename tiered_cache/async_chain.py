@@ -30,7 +30,7 @@ from .fence import Fence
 from .forking import restart_after_fork
 from .hit import NOT_FRESH
 from .l1 import L1Reader
-from .logs import logger_for
+from .logs import fields, logger_for
 from .loop_owner import LoopOwner, loop_bound
 from .loops import all_end_within, ends_within, stalled
 from .metrics import CacheMetrics
@@ -532,7 +532,7 @@ class AsyncTieredCache(L1Reader):
                 task.uncancel()
 
     async def _close_each_part(self) -> None:
-        await all_end_within(self._writes.running(), None)
+        await self._let_writes_end()
         # After the writes it waits for (they land as they would have); the loads in flight,
         # not waited for, fill no memory from now on.
         self._fence.close()
@@ -548,6 +548,24 @@ class AsyncTieredCache(L1Reader):
         for tier in self._tiers:
             await tier.aclose()
         await self._loader.close_source()
+
+    async def _let_writes_end(self) -> None:
+        """Wait for the writes in flight, as long as the bus's ``close_wait`` at most (none
+        declared, or no bus: without limit). A write whose publish is stuck on a stalled
+        server, a publisher with no socket timeout, held the close until the server resumed.
+        One left running ends by itself: its publish sent late, or failing (the bus closed
+        under it, or refusing it once closed), logged and counted as any failed publish
+        (``bus_publish_errors``): its caller is not told, as for any publish."""
+        within = None if self._bus_link is None else self._bus_link.close_wait
+        running = self._writes.running()
+        if not await all_end_within(running, within):
+            left = sum(not task.done() for task in running)
+            logger.warning(
+                "the close stopped waiting for %d write(s) left running (the bus's "
+                "close_wait); each ends by itself",
+                left,
+                extra=fields("close_writes_left_running"),
+            )
 
     async def __aenter__(self) -> AsyncTieredCache:
         return self

@@ -152,9 +152,16 @@ class BusBase:
             bus is taken as connected from :meth:`Bus.subscribe`, and a bus over a network
             broker that does not declare it leaves a copy taken before its server had the
             subscription served after a write announced in between.
+        close_wait: how long, in seconds, its close waits for a publish running (then it
+            returns, the publish left to end by itself). The asyncio chain's ``aclose()``
+            waits as long at most for its writes in flight before it closes the bus: a write
+            whose publish is stuck (a stalled server, a publisher with no socket timeout)
+            held that close until the server resumed. None (the default, and for a bus that
+            is no :class:`BusBase`): the chain waits for its writes without limit.
     """
 
     confirms_subscription: bool = False
+    close_wait: float | None = None
 
 
 class AsyncBusBase(BusBase):
@@ -168,6 +175,11 @@ class AsyncBusBase(BusBase):
     """
 
     one_loop: bool = False
+
+
+def close_wait(bus: Bus | AsyncBus) -> float | None:
+    """The ``close_wait`` ``bus`` declares (see :class:`BusBase`), None if none."""
+    return bus.close_wait if isinstance(bus, BusBase) else None
 
 
 def confirms_subscription(bus: Bus | AsyncBus) -> bool:

@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from .breaker import CircuitBreaker
-from .bus import AsyncBus, Bus, Invalidation, confirms_subscription
+from .bus import AsyncBus, Bus, Invalidation, close_wait, confirms_subscription
 from .errors import CircuitOpen, TierUnavailable
 from .fence import Fence
 from .forking import restart_after_fork
@@ -322,6 +322,12 @@ class BusLink:
         assert not isinstance(bus, AsyncBus), "an async bus is closed with aclose()"
         self._closed = True
         bus.close()
+
+    @property
+    def close_wait(self) -> float | None:
+        """How long the chain's close waits for its writes in flight before it closes the
+        bus: the bus's own ``close_wait`` (:class:`~tiered_cache.bus.BusBase`), its one owner."""
+        return close_wait(self.bus)
 
     async def aclose(self) -> None:
         """Close the bus from the asyncio chain: an async bus natively, a sync one in a

@@ -81,7 +81,7 @@ class AsyncRedisBus(AsyncBusBase):
         # connects on first use, so none is opened.
         self._listening = RedisBus(listen_with, channel, health=health)
         #: How long :meth:`aclose` waits for a publish running (as the threaded bus's close).
-        self._close_wait = health.close_wait
+        self.close_wait: float = health.close_wait  # declared (BusBase)
         self._client = publisher if publisher is not None else connect()
         #: The publishes running, which aclose waits for before it closes the publisher: one
         #: sent after the close (a write that passed the chain's check as another task closed
@@ -146,7 +146,7 @@ class AsyncRedisBus(AsyncBusBase):
         self._closed = True
         self._loop_end.close_here()
         await asyncio.to_thread(self._listening.close)
-        await self._publishes.aclose(within=self._close_wait, then=self._client.aclose)
+        await self._publishes.aclose(within=self.close_wait, then=self._client.aclose)
 
     # -- the publisher's connections and their loop
 

@@ -67,6 +67,7 @@ class RedisBus(BusBase):
         self._listeners = Listeners(channel)
         self._stop = threading.Event()
         self._subscribed = threading.Event()
+        self.close_wait: float = health.close_wait  # declared (BusBase)
         self._listening = Listening(
             Subscription(self._open, _subscribe_to(channel), _read, _ping, _close, self._pause),
             self._listeners,
@@ -154,7 +155,7 @@ class RedisBus(BusBase):
         if thread is not None and thread is not threading.current_thread():
             run(self._listening.outlive(_joined(thread), self._wake_listener))
         # (Not a publish of this thread: a handler's close.)
-        self._publishes.close(within=self._listening.health.close_wait, then=self._client.close)
+        self._publishes.close(within=self.close_wait, then=self._client.close)
 
     def _pause(self, seconds: float) -> None:
         """The pause between two attempts: cut short by the close (a listener that slept

@@ -13,8 +13,11 @@ The servers here are kept alive (``MotoDynamoDB(keep_alive=True)``) behind a
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
+import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -38,6 +41,7 @@ from tiered_cache.testing.forked import (
     reports_between,
     sockets_to,
 )
+from tiered_cache.testing.interrupts import interrupt_once
 from tiered_cache.testing.polling import until
 from tiered_cache.testing.servers import FaultProxy
 
@@ -661,3 +665,111 @@ def test_sources_closed_on_a_shared_client_are_let_go_of(
     gc.collect()
     assert [ref for ref in closed if ref() is not None] == []
     client.close()
+
+
+# -- A fork from a signal handler (a prefork server that forks a worker from its SIGCHLD or
+# SIGHUP handler) that lands in the main thread while that thread opens a DynamoDB connection:
+# the fork's wait for the connections being opened (``pools.OPENINGS``) runs on the thread
+# whose opening it would wait for, which cannot end before the handler returns. Each process
+# under test is a forked child of the test's, so that a hang is a report that never comes.
+
+
+#: An opening's first step in Openings' lock (its wait for no fork under way).
+OPENING = openings.Openings.unheld.__wrapped__  # type: ignore[attr-defined]
+IN_THE_LOCK = next(
+    number
+    for number, line in enumerate(
+        inspect.getsourcelines(OPENING)[0], OPENING.__code__.co_firstlineno
+    )
+    if "not self._forking" in line
+)
+
+
+def forking_on_a_signal() -> list[int]:
+    """Install a SIGUSR1 handler that forks (the child exits at once) and reaps the child;
+    returns the list of the exit codes reaped, appended by the handler."""
+    reaped: list[int] = []
+
+    def handler(signum: int, frame: object) -> None:
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        reaped.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+
+    signal.signal(signal.SIGUSR1, handler)
+    return reaped
+
+
+def reported_or_hung(body: Callable[[], Any]) -> Any:
+    """``body()``'s value, run in a forked child, or ``"hung"``."""
+    child = ForkedChild(lambda report: report(body()))
+    try:
+        value = child.read(timeout=HUNG)
+    except TimeoutError:
+        return "hung"
+    assert child.wait() == 0
+    return value
+
+
+def test_a_fork_from_a_handler_landing_in_the_openings_lock_does_not_wait_for_it(
+    behind: Behind,
+) -> None:
+    """The handler lands as the main thread starts an opening, Openings' lock held: the
+    fork's wait took that lock again, on the same thread, and waited for it for ever."""
+    source = behind.source()
+
+    def body() -> Any:
+        reaped = forking_on_a_signal()
+        main = threading.get_ident()
+        sys.settrace(
+            interrupt_once(
+                OPENING.__code__,
+                lambda frame: frame.f_lineno == IN_THE_LOCK,
+                lambda: signal.pthread_kill(main, signal.SIGUSR1),
+            )
+        )
+        try:
+            loaded = int(source.load("k1")["n"])  # on a connection of this process's: opened
+        finally:
+            sys.settrace(None)
+        return [loaded, reaped]
+
+    assert reported_or_hung(body) == [1, [0]]
+    source.close()
+
+
+def test_a_fork_from_a_handler_landing_in_an_opening_of_its_thread_does_not_wait_for_it(
+    behind: Behind, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The handler lands while the main thread is in its connect (the proxy stalls it): the
+    fork waited for that opening, which cannot end before the handler returns, the whole
+    bound (``OPENING_WAIT``), and said the child keeps copies of sockets other threads were
+    opening."""
+    proxy = behind.proxy
+    source = behind.source()
+    caplog.set_level(logging.WARNING, logger="tiered_cache.source")
+
+    def body(report: Callable[[Any], None]) -> None:
+        reaped = forking_on_a_signal()
+        main = threading.get_ident()
+
+        def signal_in_the_connect() -> None:
+            until(lambda: proxy.connecting == 1, "the main thread's connect")
+            signal.pthread_kill(main, signal.SIGUSR1)  # breaks its wait for the SYN's answer
+            until(lambda: reaped != [], "the handler's fork")
+            report("forked")  # the test's process restores its proxy
+
+        signaller = threading.Thread(target=signal_in_the_connect)
+        signaller.start()
+        loaded = int(source.load("k1")["n"])
+        signaller.join(HUNG)
+        report([loaded, reaped, messages_of(caplog.records, "tiered_cache.source")])
+
+    proxy.stall()
+    child = ForkedChild(body)
+    try:
+        forked = child.read(timeout=HUNG)
+    finally:
+        proxy.restore()
+    assert [forked, child.read(timeout=HUNG), child.wait()] == ["forked", [1, [0], []], 0]
+    source.close()

@@ -34,22 +34,26 @@ OPENING_WAIT = 5.0
 
 
 class Openings:
-    """The watched clients' descriptors no object of theirs holds now, counted: a connection
-    being opened (a thread's connect and TLS handshake; an asyncio connector's socket being
-    made, until its socket object holds its descriptor and is noted), and a socket being
-    closed (its object lets go of its descriptor, ``-1``, before ``close()`` runs without the
-    GIL: :mod:`.closes`). A fork (``before``) waits until none is, and holds new ones until
-    it is done, so that no child gets a copy of a descriptor no object of its own holds. (An
-    opening calls no user code: no fork comes from inside one. A close may run in the
-    forking thread itself during the fork -- a reply collected by the garbage collector
-    closes its socket --: that thread is not held, or it would wait for its own fork.)"""
+    """The watched clients' descriptors no object of theirs holds now, counted by thread: a
+    connection being opened (a thread's connect and TLS handshake; an asyncio connector's
+    socket being made, until its socket object holds its descriptor and is noted), and a
+    socket being closed (its object lets go of its descriptor, ``-1``, before ``close()``
+    runs without the GIL: :mod:`.closes`). A fork (``before``) waits until none is, and holds
+    new ones until it is done, so that no child gets a copy of a descriptor no object of its
+    own holds. Not those of the forking thread: a close may run in it during the fork (a
+    reply collected by the garbage collector closes its socket), and an opening calls no
+    user code, but a signal handler may run inside one, on the main thread, and fork (a
+    prefork server's SIGCHLD handler): neither can end before the fork does, and the fork
+    may take the lock the step it interrupted holds (reentrant)."""
 
     def __init__(self) -> None:
-        self._anew()
+        self._anew({})
 
-    def _anew(self) -> None:
-        self._changed = threading.Condition(threading.Lock())
-        self._unheld = 0
+    def _anew(self, unheld: dict[int, int]) -> None:
+        # Reentrant: a signal handler's fork, on the thread holding it (see above).
+        self._changed = threading.Condition(threading.RLock())
+        #: ``thread: its steps under way``.
+        self._unheld = unheld
         #: The threads forking now (two threads may fork at once).
         self._forking: set[int] = set()
 
@@ -60,23 +64,30 @@ class Openings:
         me = threading.get_ident()
         with self._changed:
             self._changed.wait_for(lambda: not self._forking or me in self._forking)
-            self._unheld += 1
+            self._unheld[me] = self._unheld.get(me, 0) + 1
         try:
             yield
         finally:
             with self._changed:
-                self._unheld -= 1
+                left = self._unheld.pop(me) - 1
+                if left:
+                    self._unheld[me] = left
                 self._changed.notify_all()
+
+    def _others(self) -> int:
+        """The steps under way of threads other than this one."""
+        me = threading.get_ident()
+        return sum(count for thread, count in self._unheld.items() if thread != me)
 
     def before_fork(self) -> None:
         with self._changed:
             self._forking.add(threading.get_ident())
-            if not self._changed.wait_for(lambda: self._unheld == 0, OPENING_WAIT):
+            if not self._changed.wait_for(lambda: self._others() == 0, OPENING_WAIT):
                 logger_for("source").warning(
                     "a fork waited %s s for the DynamoDB connections being opened or closed "
                     "(%d left); the child keeps its copies of their sockets",
                     OPENING_WAIT,
-                    self._unheld,
+                    self._others(),
                 )
 
     def after_fork_in_parent(self) -> None:
@@ -85,8 +96,10 @@ class Openings:
             self._changed.notify_all()
 
     def after_fork_in_child(self) -> None:
-        # Only this thread: the openings and closes counted were the parent's threads'.
-        self._anew()
+        # Only this thread: the other steps counted were the parent's threads'. This thread's
+        # (a handler's fork, inside one) ends here as it would have in the parent.
+        me = threading.get_ident()
+        self._anew({me: self._unheld[me]} if me in self._unheld else {})
 
 
 OPENINGS = Openings()

@@ -169,7 +169,8 @@ class CallsInFlight:
         thread closing: a signal handler that closes the chain (a service's SIGTERM handler)
         runs on the main thread in the middle of whatever it was doing, a call of this tier
         among others, which cannot end before the handler returns -- waited for, the process
-        hung there for ever.
+        hung there for ever. ``then`` is left to such a call, as below: run under it, the
+        publisher's close disconnected its connection, and its retry left one open.
 
         ``within``: wait that long at most; past it the close returns, and ``then`` is run by
         the last call to end, on its thread as it ends. So a call that outlives the close
@@ -179,7 +180,8 @@ class CallsInFlight:
         here = self._owner()
         with self._lock:
             self._closing = True
-            if not self._idle.wait_for(lambda: not self._running.keys() - {here}, within):
+            others_ended = self._idle.wait_for(lambda: not self._running.keys() - {here}, within)
+            if not others_ended or here in self._running:
                 self._then = then
                 return
         if then is not None:

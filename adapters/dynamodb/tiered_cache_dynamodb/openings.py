@@ -34,25 +34,35 @@ OPENING_WAIT = 5.0
 
 
 class Openings:
-    """The watched clients' descriptors no object of theirs holds now, counted by thread: a
-    connection being opened (a thread's connect and TLS handshake; an asyncio connector's
-    socket being made, until its socket object holds its descriptor and is noted), and a
-    socket being closed (its object lets go of its descriptor, ``-1``, before ``close()``
-    runs without the GIL: :mod:`.closes`). A fork (``before``) waits until none is, and holds
-    new ones until it is done, so that no child gets a copy of a descriptor no object of its
-    own holds. Not those of the forking thread: a close may run in it during the fork (a
-    reply collected by the garbage collector closes its socket), and an opening calls no
-    user code, but a signal handler may run inside one, on the main thread, and fork (a
-    prefork server's SIGCHLD handler): neither can end before the fork does, and the fork
-    may take the lock the step it interrupted holds (reentrant)."""
+    """The watched clients' descriptors no object of theirs holds now, each step noted with
+    its thread: a connection being opened (a thread's connect and TLS handshake; an asyncio
+    connector's socket being made, until its socket object holds its descriptor and is
+    noted), and a socket being closed (its object lets go of its descriptor, ``-1``, before
+    ``close()`` runs without the GIL: :mod:`.closes`). A fork (``before``) waits until none
+    is, and holds new ones until it is done, so that no child gets a copy of a descriptor no
+    object of its own holds. Not those of the forking thread: a close may run in it during
+    the fork (a reply collected by the garbage collector closes its socket), and an opening
+    calls no user code, but a signal handler may run inside one, on the main thread, and
+    fork (a prefork server's SIGCHLD handler): neither can end before the fork does, and the
+    fork may take the lock the step it interrupted holds (reentrant).
+
+    A handler may raise there too (Ctrl-C, a task queue's soft time limit): the lock is taken
+    with ``with`` on the lock itself (C, as the core's: no handler runs between its taking
+    and the block), never on the condition (whose ``__enter__`` and ``__exit__`` are Python:
+    a handler raising in them left the lock held, and every other thread's step and every
+    fork waited for it for ever); and a step is noted inside the ``try`` that forgets it, by
+    a token of its own (a step interrupted before it was noted forgets nothing; noted before
+    the ``try``, one interrupted as the lock was let go stayed noted, and every later fork
+    waited its whole bound for it)."""
 
     def __init__(self) -> None:
         self._anew({})
 
-    def _anew(self, unheld: dict[int, int]) -> None:
+    def _anew(self, unheld: dict[object, int]) -> None:
         # Reentrant: a signal handler's fork, on the thread holding it (see above).
-        self._changed = threading.Condition(threading.RLock())
-        #: ``thread: its steps under way``.
+        self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)  # its waits alone
+        #: ``token: its thread``, a step each.
         self._unheld = unheld
         #: The threads forking now (two threads may fork at once).
         self._forking: set[int] = set()
@@ -62,25 +72,26 @@ class Openings:
         """Around a step during which a descriptor of a watched client is held by no object
         (an opening, a close)."""
         me = threading.get_ident()
-        with self._changed:
-            self._changed.wait_for(lambda: not self._forking or me in self._forking)
-            self._unheld[me] = self._unheld.get(me, 0) + 1
+        token = object()
         try:
+            with self._lock:
+                self._changed.wait_for(lambda: not self._forking or me in self._forking)
+                self._unheld[token] = me
             yield
         finally:
-            with self._changed:
-                left = self._unheld.pop(me) - 1
-                if left:
-                    self._unheld[me] = left
+            # First, and without the lock: one dictionary call (atomic), before which no
+            # handler runs, so no interrupt leaves it noted.
+            self._unheld.pop(token, None)
+            with self._lock:
                 self._changed.notify_all()
 
     def _others(self) -> int:
         """The steps under way of threads other than this one."""
         me = threading.get_ident()
-        return sum(count for thread, count in self._unheld.items() if thread != me)
+        return sum(thread != me for thread in self._unheld.values())
 
     def before_fork(self) -> None:
-        with self._changed:
+        with self._lock:
             self._forking.add(threading.get_ident())
             if not self._changed.wait_for(lambda: self._others() == 0, OPENING_WAIT):
                 logger_for("source").warning(
@@ -91,15 +102,15 @@ class Openings:
                 )
 
     def after_fork_in_parent(self) -> None:
-        with self._changed:
+        with self._lock:
             self._forking.discard(threading.get_ident())
             self._changed.notify_all()
 
     def after_fork_in_child(self) -> None:
-        # Only this thread: the other steps counted were the parent's threads'. This thread's
+        # Only this thread: the other steps noted were the parent's threads'. This thread's
         # (a handler's fork, inside one) ends here as it would have in the parent.
         me = threading.get_ident()
-        self._anew({me: self._unheld[me]} if me in self._unheld else {})
+        self._anew({token: thread for token, thread in self._unheld.items() if thread == me})
 
 
 OPENINGS = Openings()

@@ -118,6 +118,32 @@ def test_bad_templates(cache: TieredCache, template: str, message: str) -> None:
             return a
 
 
+def test_a_parameter_named_as_the_generated_wrappers_own_is_refused(cache: TieredCache) -> None:
+    """The wrapper is generated with the function's own parameters beside names of its own
+    (``__tc_...``): a parameter named as one of them was overwritten before the call (the
+    function got the chain's ``MISSING``, and that result was cached), or broke the generated
+    source (``SyntaxError``). Each is refused at decoration, the name said."""
+
+    def value(__tc_value: int) -> Any:
+        return __tc_value
+
+    def key(__tc_key: int) -> Any:
+        return __tc_key
+
+    outcomes = {}
+    for function, template in ((value, "v:{__tc_value}"), (key, "k:{__tc_key}")):
+        try:
+            outcomes[function.__name__] = repr(cache.cached(key=template)(function)(5))
+        except Exception as exc:
+            outcomes[function.__name__] = f"{type(exc).__name__}: {exc}"
+    assert outcomes == {
+        function.__name__: f"KeyTemplateError: parameter __tc_{function.__name__} of "
+        f"{function.__qualname__}: names starting with __tc_ are the generated wrapper's "
+        "own; rename it"
+        for function in (value, key)
+    }
+
+
 def test_invalidate_needs_exactly_the_template_names(cache: TieredCache) -> None:
     @cache.cached(key="u:{user}:t:{tweet}")
     def f(user: str, tweet: str) -> str:

@@ -276,6 +276,11 @@ def template_fields(template: str) -> list[str]:
     return names
 
 
+#: The prefix of the names the generated key function and wrapper use beside the function's
+#: parameters (``__tc_key``, ``__tc_value``, ``__tc_default0``, ...).
+GENERATED = "__tc_"
+
+
 def compile_key_function(fn: Callable[..., Any], template: str) -> Callable[..., str]:
     """A function taking ``fn``'s arguments and returning the filled template.
 
@@ -285,6 +290,15 @@ def compile_key_function(fn: Callable[..., Any], template: str) -> Callable[...,
     """
     fields = template_fields(template)
     signature = inspect.signature(fn)
+    # The generated functions' own names: a parameter of one of them was overwritten before
+    # the call (the function got the chain's MISSING, and its result was cached) or broke
+    # the generated source.
+    own = [name for name in signature.parameters if name.startswith(GENERATED)]
+    if own:
+        raise KeyTemplateError(
+            f"parameter {own[0]} of {fn.__qualname__}: names starting with {GENERATED} are "
+            "the generated wrapper's own; rename it"
+        )
     unknown = [name for name in fields if name not in signature.parameters]
     if unknown:
         raise KeyTemplateError(

@@ -669,7 +669,7 @@ def test_sources_closed_on_a_shared_client_are_let_go_of(
 
 # -- A fork from a signal handler (a prefork server that forks a worker from its SIGCHLD or
 # SIGHUP handler) that lands in the main thread while that thread opens a DynamoDB connection:
-# the fork's wait for the connections being opened (``pools.OPENINGS``) runs on the thread
+# the fork's wait for the connections being opened (``openings.OPENINGS``) runs on the thread
 # whose opening it would wait for, which cannot end before the handler returns. Each process
 # under test is a forked child of the test's, so that a hang is a report that never comes.
 

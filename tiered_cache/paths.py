@@ -364,18 +364,18 @@ class ChainPaths:
     def joined(self, key: str, loader: Any, ttl: float | str | None, state: ReadState) -> None:
         """A ``get`` that joined another caller's load of its key: a wait
         (``singleflight_waits``); and if it took the bus as down or starting (``state``, the
-        read's own; the other arguments are the read's, unused), memory's miss and a read
-        past it. The L1 lookup leaves an in-process tier 0 to the read then
-        (:meth:`set_bus_connected`), which the flight's leader alone makes: of ten reads
-        joining one load, memory counted one miss (ten when connected, and in get_many).
-        A tier 0 whose reads are I/O no lookup reads (:attr:`first_awaited`): its miss too,
-        as the threaded chain's lookup counts it for each read that joins."""
+        read's own; the other arguments are the read's, unused), a read past memory, as the
+        leader's read counts one (:meth:`read_on`), whatever tier 0 is: a Redis-first chain's
+        joined reads counted none (1 bypass for 10 reads). The L1 lookup leaves an in-process
+        tier 0 to the read then (:meth:`set_bus_connected`), which the flight's leader alone
+        makes: its miss too (of ten reads joining one load, memory counted one miss; ten when
+        connected, and in get_many). A tier 0 whose reads are I/O no lookup reads
+        (:attr:`first_awaited`): its miss, as the threaded chain's lookup counts it for each
+        read that joins."""
         self.metrics.waited()
-        if self.first_awaited:
-            self.metrics.miss(0)
-        elif state.down and self.l1_local:
-            if not state.bypass:
-                self.metrics.miss(0)  # tier 0's (a bypassed one is not read)
+        if self.first_awaited or (state.down and self.l1_local and not state.bypass):
+            self.metrics.miss(0)  # tier 0's (a bypassed one is not read)
+        if state.down:
             self.count_bus_down(state, None)
 
     def count_bus_down(self, state: ReadState, tier: ChainTier | None) -> None:

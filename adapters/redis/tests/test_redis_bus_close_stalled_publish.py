@@ -21,9 +21,10 @@ from tiered_cache_redis.bus import RedisBus
 from tiered_cache_redis.listening import Health
 
 from tiered_cache.bus import Invalidation
-from tiered_cache.testing.polling import eventually, until
+from tiered_cache.testing.polling import eventually
 from tiered_cache.testing.servers import RedisServer
 
+from .handler_close import closed_by_a_handler
 from .server_connections import opened_since
 
 #: Generous: a close or a publish that has not returned by then is stuck, not slow.
@@ -99,36 +100,14 @@ def test_a_close_in_a_handler_during_a_publish_of_its_thread_leaves_no_connectio
     (its retry reconnected, and left the connection open). The publish closes the publisher
     as it ends, as one of another thread the close stopped waiting for does."""
     bus, watch, before = a_bus_that_published(server)
-    closed = threading.Event()
-
-    def handler(signum: int, frame: object) -> None:
-        bus.close()
-        closed.set()
-
-    previous = signal.signal(signal.SIGUSR1, handler)
-    pid = server.pid
-    assert pid is not None
-    main = threading.get_ident()
-
-    def signal_then_resume() -> None:
+    with closed_by_a_handler(
+        bus.close, lambda main: main in bus._publishes._running, server
+    ) as closed:
         try:
-            until(lambda: main in bus._publishes._running, "the main thread's publish")
-            while not closed.wait(0.05):  # sent again until the handler ran: see interrupting()
-                signal.pthread_kill(main, signal.SIGUSR1)
-        finally:
-            os.kill(pid, signal.SIGCONT)
-
-    os.kill(pid, signal.SIGSTOP)
-    resumer = threading.Thread(target=signal_then_resume)
-    resumer.start()
-    try:
-        bus.publish(message(2))
-        outcome = "sent"
-    except Exception as exc:
-        outcome = type(exc).__name__
-    finally:
-        resumer.join(STUCK)
-        signal.signal(signal.SIGUSR1, previous)
+            bus.publish(message(2))
+            outcome = "sent"
+        except Exception as exc:
+            outcome = type(exc).__name__
     assert [closed.is_set(), outcome] == [True, "sent"]
     # The publisher closed by the publish, the last to end: nothing of the bus left open.
     assert eventually(lambda: opened_since(watch, before) == [], 5), opened_since(watch, before)

@@ -87,7 +87,11 @@ class RedisTier(TierBase):
         self._decode = self._stored.decode
         self._clock = clock
         self._owns_client = owns_client
-        self._lock = threading.Lock()
+        # Reentrant: a signal handler that closes the tier by hand runs on the main thread
+        # between two of its steps, maybe while that thread holds this lock making the client
+        # (the first connect(), outside any call: can_lease asks before a write's first call);
+        # with a plain lock the handler's close waited for the frame it interrupted, for ever.
+        self._lock = threading.RLock()
         if (client is None) == (connect is None):
             raise TypeError("pass either client or connect")
         self._client = client
@@ -104,7 +108,7 @@ class RedisTier(TierBase):
         client with ``connect``: a cluster client's discovery is round trips), and the
         child's first read would wait for ever. (The connections restart by themselves:
         redis-py's pool checks its pid, the wire reader forgets its parked ones.)"""
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._calls = self._calls.after_fork()
         self._commands.after_fork_in_child()
 
@@ -120,7 +124,15 @@ class RedisTier(TierBase):
                     raise closed_error(self.name)
                 if self._client is None:
                     assert self._connect is not None
-                    self._client = self._connect()
+                    made = self._connect()
+                    if self._closed:
+                        # Closed as it was made (a signal handler's close, landing in
+                        # connect()): the close found no client to close, so this is
+                        # closed here, not kept by a closed tier.
+                        if self._owns_client:
+                            close_client(made)
+                        raise closed_error(self.name)
+                    self._client = made
                 client = self._client
         return client
 
@@ -264,8 +276,17 @@ class RedisTier(TierBase):
     def close(self) -> None:
         """Close the connection pool (if this tier owns the client), once the calls running
         have ended (:mod:`tiered_cache_redis.in_flight`) and the leases the tier took and did
-        not see used or given back were given back (:meth:`TierCommands.farewell`); idempotent."""
-        self._calls.close()
+        not see used or given back were given back (:meth:`TierCommands.farewell`); idempotent.
+
+        Called from a signal handler that landed in a call of this tier on the same thread,
+        it refuses new calls and returns: the call cannot end before the handler returns, so
+        the rest of the close is left to it, run as it ends (:meth:`CallsInFlight.close`'s
+        ``then``). Closed under the call, the client's pool disconnected its connection, the
+        call's retry reconnected, and the closed pool kept that connection open."""
+        self._calls.close(then=self._close_client)
+
+    def _close_client(self) -> None:
+        """The close once no call runs: the client let go of, its leases given back, closed."""
         with self._lock:
             self._closed = True
             client, self._client = self._client, None

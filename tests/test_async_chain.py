@@ -468,7 +468,7 @@ async def test_a_gets_ttl_is_what_its_loaded_value_goes_stale_by(clock: FakeCloc
 
 
 async def test_a_miss_counts_each_tiers_look_once(clock: FakeClock) -> None:
-    """The asyncio chain's miss walks the tiers with ``read_on`` (the threaded chain's, with
+    """The asyncio chain's miss walks the tiers with ``read_through`` (the threaded chain's, with
     its own plain walk): tier 0, just missed by the chain's first look, is looked at again
     quietly (one miss counted, not two); every other tier's miss is counted."""
     source = AsyncDictSource({"k": "v"})

@@ -137,6 +137,7 @@ class ChainPaths:
         state: ReadState,
         *,
         beside: bool = False,
+        below: tuple[float, Sequence[ChainTier], Entry | None] | None = None,
     ) -> Steps[Any]:
         """Inside the key's flight: the first fresh copy (copied up into the faster tiers),
         else a stale one while a refresh runs, else a load. ``mark``: the fence's, taken
@@ -145,38 +146,12 @@ class ChainPaths:
         ``beside``: the read of a caller that found a background refresh leading the key's
         flight (:data:`~tiered_cache.singleflight.BESIDE`), outside any flight: the same
         walk, but where it would load it returns ``MISSING`` (nothing to serve: the caller
-        joins the refresh). ``state``: the bus as the read took it at its memory lookup."""
+        joins the refresh). ``state``: the bus as the read took it at its memory lookup.
+        ``below``: the walk goes on where :meth:`read_through_plain` found a stale copy:
+        ``(now, tiers, stale)``, the read's time, the tiers below that copy, and the copy if
+        still servable; None: from the first tier, now."""
         check_keys((key,), self.utf8_for)
-        return (
-            yield from self.read_on(
-                key,
-                mark,
-                loader,
-                ttl,
-                state,
-                now=self.clock(),
-                tiers=self.tiers,
-                stale=None,
-                beside=beside,
-            )
-        )
-
-    def read_on(
-        self,
-        key: str,
-        mark: int,
-        loader: Any,
-        ttl: float | str | None,
-        state: ReadState,
-        *,
-        now: float,
-        tiers: Sequence[ChainTier],
-        stale: Entry | None,
-        beside: bool = False,
-    ) -> Steps[Any]:
-        """:meth:`read_through` from ``tiers`` on (all of the chain's, or those below the one
-        where :meth:`read_through_plain` found a stale copy, ``stale`` if still servable),
-        the read's time being ``now``; ``beside`` and ``state`` as for :meth:`read_through`."""
+        now, tiers, stale = (self.clock(), self.tiers, None) if below is None else below
         down = state.down
         for tier in tiers:
             if state.bypass and tier.local:
@@ -228,7 +203,7 @@ class ChainPaths:
         without the steps' driver, which cost as much as the rest of the chain's part of an
         L2 hit. A fresh copy is copied up (:meth:`Fence.fill_one`) and served, a miss in
         every tier is loaded; what is rarer goes on as steps: a stale copy, from the tier
-        below it (:meth:`read_on`), and a read while the bus is down (it is counted), whole.
+        below it (:meth:`read_through`), and a read while the bus is down (it is counted), whole.
         ``state``: the bus as the read took it at its memory lookup (:meth:`read_through`):
         not asked again (``self.state``), or a read the bus flapped under was counted twice,
         or not at all."""
@@ -241,18 +216,15 @@ class ChainPaths:
         now = self.clock()
         tiers = self.tiers
         for tier in tiers:
-            # Tier 0 is looked at again, quietly, as in read_on (connected: none is bypassed
+            # Tier 0 is looked at again, quietly, as in read_through (connected: none is bypassed
             # for this read, whatever the bus has done since its lookup).
             entry = tier.get(key, tier.index > 0)
             if entry is MISSING:
                 continue
             if now >= entry.soft_expiry:
                 servable = entry if now < entry.hard_expiry else None
-                below = tiers[tier.index + 1 :]
-                steps = self.read_on(
-                    key, mark, loader, ttl, state, now=now, tiers=below, stale=servable
-                )
-                return run(steps)
+                below = (now, tiers[tier.index + 1 :], servable)
+                return run(self.read_through(key, mark, loader, ttl, state, below=below))
             if tier.index > 0:
                 tier.hit()
                 fill_one = self.fill_one

@@ -105,6 +105,22 @@ class Stalled:
         )
         return tasks
 
+    async def aclose_past_one_stuck_publish(
+        self,
+    ) -> tuple[asyncio.Task[str], asyncio.Task[None], bool, bool]:
+        """Warmed, the server stopped, one publish stuck on the wire, then ``aclose()`` in a
+        task of its own: the publish's task, the close's, whether the close returned while
+        the server was stopped, and whether a new publish was refused then. The server is
+        resumed before this returns, whatever happens."""
+        await self.warm()
+        self.stop()
+        try:
+            [writer] = await self.stuck_publishes(1)
+            closer = asyncio.create_task(self.bus.aclose())
+            return writer, closer, await ended(closer), await self.refused()
+        finally:
+            self.resume()
+
     async def refused(self) -> bool:
         """A new publish is refused, as after a close (nothing sent)."""
         try:
@@ -140,15 +156,7 @@ async def test_an_aclose_returns_while_a_publish_is_stuck_on_a_stopped_redis(
     server: RedisServer,
 ) -> None:
     stalled = Stalled(server)
-    await stalled.warm()
-    stalled.stop()
-    try:
-        [writer] = await stalled.stuck_publishes(1)
-        closer = asyncio.create_task(stalled.bus.aclose())
-        closed_while_stopped = await ended(closer)
-        refused = await stalled.refused()
-    finally:
-        stalled.resume()
+    writer, closer, closed_while_stopped, refused = await stalled.aclose_past_one_stuck_publish()
     assert [closed_while_stopped, refused] == [True, True]
     assert [await ended(writer), writer.result()] == [True, "sent"]
     await closer
@@ -289,15 +297,9 @@ async def test_the_publishers_close_failing_after_the_last_publish_is_logged_not
         raise redis.ConnectionError("closing failed")
 
     publisher.aclose = failing_aclose  # type: ignore[method-assign]
-    await stalled.warm()
-    stalled.stop()
-    try:
-        [writer] = await stalled.stuck_publishes(1)
-        closer = asyncio.create_task(stalled.bus.aclose())
-        closed_while_stopped = await ended(closer)
-    finally:
-        stalled.resume()
-    assert [closed_while_stopped, await ended(writer), writer.result()] == [True, True, "sent"]
+    writer, closer, closed_while_stopped, refused = await stalled.aclose_past_one_stuck_publish()
+    assert [closed_while_stopped, refused] == [True, True]
+    assert [await ended(writer), writer.result()] == [True, "sent"]
     await closer
     failed = [r.getMessage() for r in caplog.records if r.name == "tiered_cache.bus.stalled"]
     assert failed == ["bus 'stalled': closing its client after its last call failed"]

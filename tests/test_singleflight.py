@@ -37,6 +37,16 @@ def start_together(count: int, target: object) -> list[threading.Thread]:
     return threads
 
 
+def parked(cache: TieredCache, key: str, waiters: int) -> None:
+    """Wait until ``waiters`` threads wait on ``key``'s flight, counted by the cache."""
+
+    def counted() -> bool:
+        flight = cache._loader.flights.in_flight(key)
+        return flight is not None and flight.waiters >= waiters
+
+    until(counted, f"{waiters} threads waiting on the flight of {key!r}")
+
+
 def in_a_thread(fn: Callable[[], T]) -> T:
     """``fn()`` called on a thread of its own (another caller than the test's thread)."""
     results: list[T] = []
@@ -79,12 +89,7 @@ def test_200_threads_missing_one_key_run_the_loader_exactly_once() -> None:
 
     threads = start_together(200, reader)
     # Wait until the other 199 threads are parked on the flight, counted by the cache.
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        flight = cache._loader.flights.in_flight("tweet:42")
-        if flight is not None and flight.waiters >= 199:
-            break
-        time.sleep(0.005)
+    parked(cache, "tweet:42", 199)
     release.set()
     for thread in threads:
         thread.join()
@@ -116,12 +121,7 @@ def test_a_failing_load_raises_in_every_waiter_and_caches_nothing() -> None:
             errors.append(exc)
 
     threads = start_together(20, reader)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        flight = cache._loader.flights.in_flight("k")
-        if flight is not None and flight.waiters >= 19:
-            break
-        time.sleep(0.005)
+    parked(cache, "k", 19)
     release.set()
     for thread in threads:
         thread.join()

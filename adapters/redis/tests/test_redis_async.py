@@ -20,11 +20,12 @@ from tiered_cache.async_tier import AsyncTier
 from tiered_cache.protection import Protection
 from tiered_cache.testing import FakeClock
 from tiered_cache.testing.async_conformance import AsyncTierConformance
-from tiered_cache.testing.fleet import run_fleet
 from tiered_cache.testing.interrupts import Interrupted
 from tiered_cache.testing.polling import async_until
 from tiered_cache.testing.servers import RedisCluster, RedisServer
 from tiered_cache.tier import MISSING, Entry
+
+from .one_cold_key import four_processes_read_one_cold_key
 
 # A lease wait long enough that a second chain always waits for the first one's load.
 LEASED = Protection.never_stale(lease="auto", lease_wait=10.0, lease_poll=0.005)
@@ -253,16 +254,9 @@ def test_four_processes_of_a_hundred_coroutines_make_one_source_read(
 ) -> None:
     """4 processes x 100 coroutines missing one key: one load in the fleet (the coroutines of
     a process share a flight; the processes, the Redis lease)."""
-    results = run_fleet(
-        Path(__file__).with_name("async_workers.py"),
-        [redis_server.url, namespace, "tweet:1", "100"],
-        processes=4,
-        url=redis_server.url,
-        namespace=namespace,
+    results, source_reads = four_processes_read_one_cold_key(
+        "async_workers.py", redis_server.url, namespace, 100
     )
-    counter = redis.Redis.from_url(redis_server.url)
-    source_reads = int(counter.get(f"{namespace}:source-reads") or 0)
-    counter.close()
     assert [len(result) for result in results] == [100] * 4
     assert all(value == {"tweet_id": "tweet:1", "text": "viral"} for r in results for value in r)
     assert source_reads == 1

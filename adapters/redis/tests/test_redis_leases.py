@@ -23,11 +23,12 @@ from tiered_cache import MISSING, CodecError, Entry, MemoryTier, TieredCache, Ti
 from tiered_cache.leases import LeasingTier, PartialFill
 from tiered_cache.protection import Protection
 from tiered_cache.testing.clock import FakeClock
-from tiered_cache.testing.fleet import run_fleet
 from tiered_cache.testing.polling import until
 from tiered_cache.testing.servers import FaultProxy, RedisCluster, RedisServer
 from tiered_cache.testing.sources import DictSource
 from tiered_cache.tier import MissingType
+
+from .one_cold_key import four_processes_read_one_cold_key
 
 
 @pytest.fixture
@@ -740,16 +741,9 @@ def test_four_processes_fifty_threads_one_cold_key(
 ) -> None:
     """4 processes x 50 threads: one source read. A second read is allowed only if a lease
     expired by design (the lease TTL here, 5 s, is far longer than the 0.3 s load)."""
-    results = run_fleet(
-        Path(__file__).with_name("redis_workers.py"),
-        [redis_server.url, namespace, "tweet:1", "50"],
-        processes=4,
-        url=redis_server.url,
-        namespace=namespace,
+    results, source_reads = four_processes_read_one_cold_key(
+        "redis_workers.py", redis_server.url, namespace, 50
     )
-    counter = redis.Redis.from_url(redis_server.url)
-    source_reads = int(counter.get(f"{namespace}:source-reads") or 0)
-    counter.close()
     assert [len(result) for result in results] == [50] * 4
     assert all(value == {"tweet_id": "tweet:1", "text": "viral"} for r in results for value in r)
     assert source_reads == 1

@@ -415,12 +415,13 @@ class AsyncTieredCache(L1Reader):
     ) -> bool:
         link = self._bus_link
         assert link is not None
-        if self._native_bus:
-            if self._async_bus is not None:
-                self._listen_here()
-            return await arun(link.announcing(keys, prefixes, clear, at))
-        # A sync bus publishes with a blocking call: keep it off the event loop.
-        return await asyncio.to_thread(run, link.announcing(keys, prefixes, clear, at))
+        with self._writes.publishing():  # what the close's close_wait bounds (_let_writes_end)
+            if self._native_bus:
+                if self._async_bus is not None:
+                    self._listen_here()
+                return await arun(link.announcing(keys, prefixes, clear, at))
+            # A sync bus publishes with a blocking call: keep it off the event loop.
+            return await asyncio.to_thread(run, link.announcing(keys, prefixes, clear, at))
 
     def _listen_here(self) -> None:
         """Have the async bus listen on the running loop, from every call that can fill
@@ -550,13 +551,22 @@ class AsyncTieredCache(L1Reader):
         await self._loader.close_source()
 
     async def _let_writes_end(self) -> None:
-        """Wait for the writes in flight, as long as the bus's ``close_wait`` at most (none
-        declared, or no bus: without limit). A write whose publish is stuck on a stalled
-        server, a publisher with no socket timeout, held the close until the server resumed.
-        One left running ends by itself: its publish sent late, or failing (the bus closed
-        under it, or refusing it once closed), logged and counted as any failed publish
-        (``bus_publish_errors``): its caller is not told, as for any publish."""
+        """Wait for the writes in flight: their tier parts (and the source's, the fence's)
+        without limit, then their publishes as long as the bus's ``close_wait`` at most (none
+        declared, or no bus: without limit). The bound is the bus's, for the one part of a
+        write that may have none: a publish stuck on a stalled server, a publisher with no
+        socket timeout, held the close until the server resumed. A tier's call has the
+        tier's own timeouts: bounded by ``close_wait`` too, a write stuck in a slow or
+        stalled Redis tier (a socket timeout longer than ``close_wait``) had the bus and the
+        tier closed under it: its next tier call refused ("is closed", its value not
+        stored), its publish refused by the closed bus. A tier with no timeout holds the
+        close as long as it holds the write. A write whose publish is left running ends by
+        itself: its publish sent late, or failing (the bus closed under it, or refusing it
+        once closed), logged and counted as any failed publish (``bus_publish_errors``): its
+        caller is not told, as for any publish. (A write back in a tier after a publish, an
+        owed delete paid by its next call and announced, is waited for as a publish then.)"""
         within = None if self._bus_link is None else self._bus_link.close_wait
+        await self._writes.tier_parts_ended()
         running = self._writes.running()
         if not await all_end_within(running, within):
             left = sum(not task.done() for task in running)

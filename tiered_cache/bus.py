@@ -154,10 +154,12 @@ class BusBase:
             subscription served after a write announced in between.
         close_wait: how long, in seconds, its close waits for a publish running (then it
             returns, the publish left to end by itself). The asyncio chain's ``aclose()``
-            waits as long at most for its writes in flight before it closes the bus: a write
-            whose publish is stuck (a stalled server, a publisher with no socket timeout)
-            held that close until the server resumed. None (the default, and for a bus that
-            is no :class:`BusBase`): the chain waits for its writes without limit.
+            waits as long at most for its writes' publishes before it closes the bus (a
+            write whose publish is stuck, a stalled server and a publisher with no socket
+            timeout, held that close until the server resumed); for the rest of a write, its
+            tiers' and source's calls, it waits without this bound (they have timeouts of
+            their own). None (the default, and for a bus that is no :class:`BusBase`): the
+            chain waits for its writes without limit.
     """
 
     confirms_subscription: bool = False

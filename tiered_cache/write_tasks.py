@@ -19,10 +19,12 @@ it instead.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from .logs import logger_for
+from .loops import running_task, stalled
 from .steps import Steps, arun
 
 if TYPE_CHECKING:
@@ -49,10 +51,18 @@ def undo_of(paths: Paths, keys: Sequence[str] | None, prefix: str | None) -> Und
 
 
 class WriteTasks:
-    """The write tasks of one chain running (any event loop)."""
+    """The write tasks of one chain running (any event loop), and which of them are in their
+    bus's publish (:meth:`publishing`) rather than in a tier, a source or the fence: the
+    chain's close waits for the rest of a write without the bus's bound
+    (:meth:`tier_parts_ended`), for its publish at most ``close_wait``."""
 
     def __init__(self) -> None:
         self._tasks: set[asyncio.Task[None]] = set()
+        #: The write tasks inside their publish (its lock's wait included).
+        self._publishing: set[asyncio.Task[Any]] = set()
+        #: A wake-up for each close waiting in :meth:`tier_parts_ended` (any loop's): a write
+        #: ended, or began its publish.
+        self._waiting: set[Callable[[], None]] = set()
 
     def __len__(self) -> int:
         return len(self._tasks)
@@ -60,6 +70,59 @@ class WriteTasks:
     def running(self) -> set[asyncio.Task[None]]:
         """The write tasks not ended yet (a copy: :meth:`AsyncTieredCache.aclose` waits)."""
         return set(self._tasks)
+
+    @contextlib.contextmanager
+    def publishing(self) -> Iterator[None]:
+        """Around a publish of the chain's bus: a write task inside it is past its tiers (a
+        publish is a write's last step, and what the bus's ``close_wait`` bounds). Any other
+        task's publish (an owed delete's payment by its timer) is no write's: nothing noted."""
+        task = running_task()
+        if task is None or task not in self._tasks:
+            yield
+            return
+        self._publishing.add(task)
+        self._wake()
+        try:
+            yield
+        finally:
+            self._publishing.discard(task)
+
+    def in_tiers(self) -> list[asyncio.Task[None]]:
+        """The write tasks running that are not in their publish (nor on a loop that makes no
+        progress: one closed or left, whose tasks never end)."""
+        publishing = self._publishing
+        return [
+            task
+            for task in list(self._tasks)
+            if not task.done() and task not in publishing and not stalled(task)
+        ]
+
+    async def tier_parts_ended(self) -> None:
+        """Wait until every write running has ended or is in its publish: each of its calls
+        on a tier or the source is bounded by that part's own timeouts, not the bus's (a
+        write still in its tiers past ``close_wait`` had the bus and the tier closed under
+        it: its next call refused, its publish too). Woken by each write's end and each
+        publish's start, whatever loop runs them."""
+        loop = asyncio.get_running_loop()
+        while True:
+            woken: asyncio.Future[None] = loop.create_future()
+
+            def wake(woken: asyncio.Future[None] = woken) -> None:
+                with contextlib.suppress(RuntimeError):  # this loop was closed meanwhile
+                    loop.call_soon_threadsafe(_settle, woken)
+
+            # Noted before the writes are looked at: a change in between wakes it.
+            self._waiting.add(wake)
+            try:
+                if not self.in_tiers():
+                    return
+                await woken
+            finally:
+                self._waiting.discard(wake)
+
+    def _wake(self) -> None:
+        for wake in list(self._waiting):
+            wake()
 
     async def run(self, steps: Steps[None], undo: Undo) -> None:
         """Run ``steps`` in a task to their end, however the caller is cancelled."""
@@ -86,12 +149,21 @@ class WriteTasks:
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
+        self._publishing.discard(task)
+        self._wake()
         if not task.cancelled():
             task.exception()  # retrieved: its caller has seen it, or was cancelled
 
     def forget(self) -> None:
         """In a forked child: the parent's loop, whose tasks these are, never runs here."""
         self._tasks = set()
+        self._publishing = set()
+        self._waiting = set()
+
+
+def _settle(woken: asyncio.Future[None]) -> None:
+    if not woken.done():
+        woken.set_result(None)
 
 
 async def _finish(undo: Undo) -> None:

@@ -395,6 +395,40 @@ def test_a_fork_waits_for_a_socket_a_parent_thread_is_closing(
         source.close()
 
 
+def test_a_fork_waits_for_a_socket_collected_unclosed(behind: Behind) -> None:
+    """A socket collected with its descriptor open is closed by its finalizer (C): it lets go
+    of the descriptor (``fileno()`` -1), then closes it without the GIL, as ``close()`` does,
+    but not through ``_real_close``, so a fork did not wait for it, copied a descriptor no
+    object held, and the child kept it open. Here the client's kept-alive connection is
+    taken from its pool and dropped unclosed by a parent thread, its finalizer's close held
+    at that point: the fork waits for it, and the child has no copy; it loads on a
+    connection of its own."""
+    proxy = behind.proxy
+    settings = behind.settings()
+    held = HeldClose(HUNG)
+    client = make_client(settings)
+    closes_held_by(held, client)
+    source = behind.owning(client, settings)
+    assert n_of(source.load("k0")) == 0  # its connection kept alive, idle in its pool
+    pool = client._endpoint.http_session._manager.connection_from_url(proxy.url("http", ""))
+    dropped = [pool.pool.get(block=False)]  # the connection, unclosed (the queue is LIFO)
+    held.armed.set()
+    dropper = threading.Thread(target=dropped.clear)  # its last reference: collected there
+    dropper.start()
+    assert held.holding.wait(HUNG)
+    # Let the close end while the fork waits (a fork that does not wait forks first).
+    threading.Timer(0.2, held.go_on.set).start()
+    seen, status = reports_between(
+        [lambda: sockets_to(proxy.port), lambda: [n_of(source.load("k1")), sockets_to(proxy.port)]],
+        [lambda: None],
+        HUNG,
+    )
+    dropper.join(HUNG)
+    assert [seen, status] == [[0, [1, 1]], 0]
+    assert n_of(source.load("k2")) == 2  # on a connection of its own
+    source.close()
+
+
 def test_a_forked_child_closes_its_copy_of_a_connection_a_thread_held_as_the_watch_started(
     behind: Behind,
 ) -> None:

@@ -10,8 +10,9 @@ Two such steps: an opening (a socket made, connecting or in its TLS handshake, b
 connection object or connector holds it), and a close. CPython's ``socket.close()`` lets go
 of the descriptor (``fileno()`` is ``-1`` from then on) before it calls ``close(2)`` without
 the GIL. Every close of a socket, plain or TLS, ends in its ``_real_close`` (``close()`` once
-no file made of it is open, or the last such file's close): :func:`count_closes` has that
-counted.
+no file made of it is open, or the last such file's close), but that of a socket collected
+unclosed: its finalizer (C, the socket type's ``__del__``) lets go of the descriptor and
+closes it the same way, without ``_real_close``. :func:`count_closes` has both counted.
 """
 
 from __future__ import annotations
@@ -132,18 +133,33 @@ def _counting(kind: type[socket.socket]) -> type[socket.socket]:
             with OPENINGS.unheld():
                 kind._real_close(self)  # type: ignore[attr-defined]
 
+        def __del__(self: socket.socket) -> None:
+            # Collected: its finalizer closes the descriptor if it is still open (a connection
+            # dropped unclosed, a client's transports collected with a loop closed by hand).
+            if self.fileno() < 0:
+                kind.__del__(self)  # type: ignore[attr-defined]  # nothing to close
+                return
+            with OPENINGS.unheld():
+                kind.__del__(self)  # type: ignore[attr-defined]
+
         # No slot of its own: the same layout as ``kind``, so that a socket made by urllib3 or
         # aiohttp can be given this class.
         _COUNTING[kind] = type(
             kind.__name__,
             (kind,),
-            {"__slots__": (), "_real_close": _real_close, "__module__": __name__},
+            {
+                "__slots__": (),
+                "_real_close": _real_close,
+                "__del__": __del__,
+                "__module__": __name__,
+            },
         )
     return _COUNTING[kind]
 
 
 def count_closes(sock: Any) -> None:
-    """From now on, ``sock``'s close is a step a fork waits for (a socket of another kind,
+    """From now on, ``sock``'s close (by ``close()``, or by its finalizer once it is collected
+    unclosed) is a step a fork waits for (a socket of another kind,
     urllib3's TLS-in-TLS ``SSLTransport``, is left as it is: it holds a socket of its own)."""
     if isinstance(sock, socket.socket) and type(sock) not in _COUNTING.values():
         sock.__class__ = _counting(type(sock))

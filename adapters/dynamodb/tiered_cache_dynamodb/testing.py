@@ -276,7 +276,9 @@ class HeldClose:
     the point where CPython's ``socket.close()`` runs ``close(2)`` without the GIL: the object
     has let go of its descriptor (``fileno()`` -1), which is still open. :attr:`holding` is
     set then; the descriptor is closed once :attr:`go_on` is (or after ``timeout`` seconds).
-    One close is held per arming."""
+    One close is held per arming. So is the close of a socket collected unclosed, which its
+    finalizer makes (C: it lets go of the descriptor, then closes it without the GIL; no
+    ``_real_close``)."""
 
     def __init__(self, timeout: float = 30.0) -> None:
         self.armed = threading.Event()
@@ -291,18 +293,30 @@ class HeldClose:
         if kind not in self._classes:
             held = self
 
-            def _real_close(self: socket.socket) -> None:
-                if not held.armed.is_set():
-                    kind._real_close(self)  # type: ignore[attr-defined]
-                    return
+            def hold(self: socket.socket) -> None:
                 held.armed.clear()
                 descriptor = self.detach()  # as CPython's close: the object lets go first
                 held.holding.set()
                 held.go_on.wait(held._timeout)
                 os.close(descriptor)
 
+            def _real_close(self: socket.socket) -> None:
+                if not held.armed.is_set():
+                    kind._real_close(self)  # type: ignore[attr-defined]
+                    return
+                hold(self)
+
+            def __del__(self: socket.socket) -> None:
+                # The finalizer's close (its ResourceWarning left out: the hold is the point).
+                if not held.armed.is_set() or self.fileno() < 0:
+                    kind.__del__(self)  # type: ignore[attr-defined]
+                    return
+                hold(self)
+
             self._classes[kind] = type(
-                kind.__name__, (kind,), {"__slots__": (), "_real_close": _real_close}
+                kind.__name__,
+                (kind,),
+                {"__slots__": (), "_real_close": _real_close, "__del__": __del__},
             )
         return self._classes[kind]
 

@@ -13,7 +13,7 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -285,6 +285,61 @@ def test_a_fork_waits_for_a_socket_a_parent_coroutine_is_making(
     loop.close()
 
 
+def connect_with_held_closes(
+    held: HeldClose, server: MotoDynamoDB, proxy: FaultProxy, *, warm_up: str | None = None
+) -> Callable[[], Awaitable[Any]]:
+    """A ``connect`` whose client reaches ``server`` through ``proxy`` on sockets of
+    ``held``'s class; with ``warm_up``, it reads that table's description before it gives
+    the client back (a caller's warm-up)."""
+
+    def held_factory(address: Any) -> socket.socket:
+        family, kind, proto, _, _ = address
+        return held.socket_class(socket.socket)(family=family, type=kind, proto=proto)
+
+    async def connect() -> Any:
+        config = AioConfig(connector_args={"socket_factory": held_factory})
+        options = {**server.client_kwargs(), "endpoint_url": proxy.url("http", "")}
+        made = await AioSession().create_client("dynamodb", config=config, **options).__aenter__()
+        if warm_up is not None:
+            await made.describe_table(TableName=warm_up)
+        return made
+
+    return connect
+
+
+def source_with_held_closes(
+    held: HeldClose, server: MotoDynamoDB, proxy: FaultProxy, table: str, *, warm_up: bool
+) -> AsyncDynamoDBSource:
+    """A source of ``table`` that makes its client with :func:`connect_with_held_closes`."""
+    return AsyncDynamoDBSource(
+        None,
+        table,
+        "id",
+        connect=connect_with_held_closes(held, server, proxy, warm_up=table if warm_up else None),
+        owns_client=True,
+        region=server.region,
+    )
+
+
+def forked_while_a_close_is_held(
+    held: HeldClose, source: AsyncDynamoDBSource, port: int, between: Callable[[], None]
+) -> list[Any]:
+    """Fork once ``held`` holds a close, let go of 0.2 s later (while a fork that waits for
+    it waits; one that does not forks first); the child counts its sockets to ``port`` at its
+    start, then loads ``k2`` on a loop of its own, ``between`` called meanwhile. Returns
+    those and the child's exit code."""
+    assert held.holding.wait(HUNG)
+    threading.Timer(0.2, held.go_on.set).start()
+
+    async def load_in_the_child() -> int:
+        return int((await source.load("k2"))["n"])
+
+    (at_start, loaded), status = reports_between(
+        [lambda: sockets_to(port), lambda: asyncio.run(load_in_the_child())], [between], HUNG
+    )
+    return [at_start, loaded, status]
+
+
 def test_a_fork_waits_for_a_socket_the_parents_loop_is_closing(
     moto_server: MotoDynamoDB, admin_client: Any, make_table: Callable[..., str]
 ) -> None:
@@ -298,40 +353,80 @@ def test_a_fork_waits_for_a_socket_the_parents_loop_is_closing(
     table = make_table()
     seed_items(admin_client, table, ["k0", "k1", "k2"])
     held = HeldClose(HUNG)
-
-    def held_factory(address: Any) -> socket.socket:
-        family, kind, proto, _, _ = address
-        return held.socket_class(socket.socket)(family=family, type=kind, proto=proto)
-
     with FaultProxy(host, int(port)) as proxy:
-
-        async def connect() -> Any:
-            config = AioConfig(connector_args={"socket_factory": held_factory})
-            options = {**moto_server.client_kwargs(), "endpoint_url": proxy.url("http", "")}
-            made = AioSession().create_client("dynamodb", config=config, **options)
-            return await made.__aenter__()
-
-        source = AsyncDynamoDBSource(
-            None, table, "id", connect=connect, owns_client=True, region=moto_server.region
-        )
+        source = source_with_held_closes(held, moto_server, proxy, table, warm_up=False)
         loop = LoopThread()
         assert loop.run(source.load("k0"))["n"] == 0  # the table checked: one request from here
         held.armed.set()
         loading = asyncio.run_coroutine_threadsafe(source.load("k1"), loop.loop)
-        assert held.holding.wait(HUNG)
-        # Let the close end while the fork waits (a fork that does not wait forks first).
-        threading.Timer(0.2, held.go_on.set).start()
+        assert forked_while_a_close_is_held(held, source, proxy.port, lambda: None) == [0, 2, 0]
+        assert int(loading.result(HUNG)["n"]) == 1
+        loop.run(source.aclose())
+        loop.close()
 
-        async def load_in_the_child() -> int:
-            return int((await source.load("k2"))["n"])
 
-        (at_start, loaded), status = reports_between(
+def test_a_fork_waits_for_the_close_of_a_socket_made_before_the_watch(
+    kept_alive: MotoDynamoDB, admin_client: Any, make_table: Callable[..., str]
+) -> None:
+    """A ``connect`` of the caller's that sends before it gives the client back (a warm-up
+    read) leaves a connection kept alive in the client's connector, made before the source
+    watched the client: found at a fork, but its close was not waited for. Here the proxy
+    closes that connection (a FIN: a reset would take the socket out of /proc's table, and
+    the child's copy out of the count) and the parent's loop's close of its socket is held
+    where CPython's runs without the GIL: the fork waits for it, and the child has no copy;
+    it loads on a client of its own."""
+    host, _, port = kept_alive.endpoint_url.removeprefix("http://").partition(":")
+    table = make_table()
+    seed_items(admin_client, table, ["k0", "k1", "k2"])
+    held = HeldClose(HUNG)
+    with FaultProxy(host, int(port)) as proxy:
+        source = source_with_held_closes(held, kept_alive, proxy, table, warm_up=True)
+        loop = LoopThread()
+        assert loop.run(source.load("k0"))["n"] == 0  # on the warm-up's connection
+        assert proxy.connections == 1
+        held.armed.set()
+        proxy.cut()  # the parent's loop closes that socket as it reads the end
+        assert forked_while_a_close_is_held(held, source, proxy.port, proxy.restore) == [0, 2, 0]
+        assert loop.run(source.load("k1"))["n"] == 1
+        loop.run(source.aclose())
+        loop.close()
+
+
+def test_a_forked_child_closes_its_copy_of_a_connection_of_a_client_given_to_own(
+    kept_alive: MotoDynamoDB, admin_client: Any, make_table: Callable[..., str]
+) -> None:
+    """A client given to the source with ``connect`` and ``owns_client`` is made anew in a
+    child, as one the source made; its connections were made before any watch (none
+    started: the source watched the clients it made alone), and the child kept its copy of
+    each. The watch starts as the source is given it: the child closes its copy of the
+    connection kept alive, and loads on a client of its own."""
+    host, _, port = kept_alive.endpoint_url.removeprefix("http://").partition(":")
+    table = make_table()
+    seed_items(admin_client, table, ["k0", "k1", "k2"])
+    with FaultProxy(host, int(port)) as proxy:
+        settings = kept_alive.settings(table=table, key="id", endpoint_url=proxy.url("http", ""))
+        loop = LoopThread()
+        client = loop.run(connect_client(settings))
+        source = AsyncDynamoDBSource(
+            client,
+            table,
+            "id",
+            connect=lambda: connect_client(settings),
+            owns_client=True,
+        )
+        assert loop.run(source.load("k0"))["n"] == 0
+        assert sockets_to(proxy.port) == 1  # the parent's, kept alive
+
+        async def load_in_the_child() -> list[int]:
+            return [int((await source.load("k1"))["n"]), sockets_to(proxy.port)]
+
+        (at_start, after_a_load), status = reports_between(
             [lambda: sockets_to(proxy.port), lambda: asyncio.run(load_in_the_child())],
             [lambda: None],
             HUNG,
         )
-        assert [at_start, loaded, status] == [0, 2, 0]
-        assert int(loading.result(HUNG)["n"]) == 1
+        assert [at_start, after_a_load, status] == [0, [1, 1], 0]
+        assert loop.run(source.load("k2"))["n"] == 2  # on the parent's connection
         loop.run(source.aclose())
         loop.close()
 

@@ -48,11 +48,13 @@ class SocketWatch:
     """Notes every socket ``client``'s aiohttp connectors make from now on (held weakly), the
     sockets of connections being made included: the factory they make sockets with is
     replaced by one that calls it (or makes the socket as aiohttp does) and notes the
-    socket, whose close a fork then waits for (:mod:`.openings`). Where the client's HTTP
-    session is of another class, nothing is noted (nor found: :func:`client_sessions`); where
-    it is laid out otherwise, :func:`inherited_sockets` says why. (A socket its connectors
-    made before the watch is found at a fork, idle or in use, but its close is not waited
-    for.)"""
+    socket, whose close a fork then waits for (:mod:`.openings`). So are the sockets of the
+    connections its connectors hold as the watch starts, idle or in use (made before: the
+    client sent before the source had it, in a ``connect`` of the caller's or before it was
+    given); not one being made then (a placeholder: its socket is the connect coroutine's
+    until it is made). Where the client's HTTP session is of another class, nothing is noted
+    (nor found: :func:`client_sessions`); where it is laid out otherwise,
+    :func:`inherited_sockets` says why."""
 
     def __init__(self, client: Any) -> None:
         self.made: weakref.WeakSet[socket.socket] = weakref.WeakSet()
@@ -64,12 +66,16 @@ class SocketWatch:
         try:
             connectors = [session.connector for session in client_sessions(client)]
             args = dict(http._connector_args)
+            made_before = [sock for connector in connectors for sock in _held_by(connector)]
             for connector in connectors:
                 if connector is not None:
                     connector._socket_factory = self._noting(connector._socket_factory)
         except AttributeError as exc:
             self.not_watched = str(exc)
             return
+        for sock in made_before:
+            count_closes(sock)
+            self.made.add(sock)
         # A copy: the dict may be the client's config's, shared with other clients.
         http._connector_args = {**args, "socket_factory": self._noting(args.get("socket_factory"))}
 
@@ -92,6 +98,24 @@ class SocketWatch:
         return make
 
 
+def _held_by(connector: Any) -> list[socket.socket]:
+    """The sockets of ``connector``'s connections (none: a session closed), idle or in use,
+    read without waiting on its loop; not those being made (no transport yet)."""
+    if connector is None:
+        return []
+    protocols: list[Any] = []
+    for idle in list(connector._conns.values()):
+        protocols.extend(protocol for protocol, _ in list(idle))
+    protocols.extend(list(connector._acquired))
+    found: list[socket.socket] = []
+    for protocol in protocols:
+        transport = protocol.transport  # None: being made, or closed
+        shown = None if transport is None else transport.get_extra_info("socket")
+        if shown is not None:
+            found.append(shown._sock)
+    return found
+
+
 def inherited_sockets(client: Any, watch: SocketWatch) -> list[socket.socket]:
     """The sockets of ``client``'s connections, idle, in use or being made (noted by
     ``watch``), each once, read without waiting on its loop (a forked child's copies: the
@@ -99,20 +123,9 @@ def inherited_sockets(client: Any, watch: SocketWatch) -> list[socket.socket]:
     if watch.not_watched is not None:
         raise LayoutChanged(watch.not_watched)
     try:
-        protocols: list[Any] = []
-        for session in client_sessions(client):
-            connector = session.connector
-            if connector is None:
-                continue
-            for idle in list(connector._conns.values()):
-                protocols.extend(protocol for protocol, _ in list(idle))
-            protocols.extend(list(connector._acquired))
-        found: list[socket.socket] = []
-        for protocol in protocols:
-            transport = protocol.transport  # None: being made, or closed
-            shown = None if transport is None else transport.get_extra_info("socket")
-            if shown is not None:
-                found.append(shown._sock)
+        found = [
+            sock for session in client_sessions(client) for sock in _held_by(session.connector)
+        ]
     except AttributeError as exc:
         raise LayoutChanged(str(exc)) from exc
     seen = {id(sock) for sock in found}

@@ -151,9 +151,14 @@ class AsyncDynamoDBSource(AsyncSourceBase):
         self._given_loop: asyncio.AbstractEventLoop | None = None
         #: A forked child's source whose client was given: it refuses every call.
         self._forked_from_client = False
-        #: The sockets of the client the source made (for a forked child to close its
-        #: copies of those being made at the fork, which no connector holds yet).
-        self._sockets: SocketWatch | None = None
+        #: The sockets of the client the source made, or was given to own and can make anew
+        #: (for a forked child to close its copies of those being made at the fork, which no
+        #: connector holds yet, and to wait for their closes).
+        self._sockets: SocketWatch | None = (
+            SocketWatch(client)
+            if client is not None and connect is not None and owns_client
+            else None
+        )
         restart_after_fork(self)
 
     def after_fork_in_child(self) -> None:

@@ -91,6 +91,18 @@ def behind(
     return Behind(*proxied, table)
 
 
+@pytest.fixture
+def behind_closing(
+    moto_server: MotoDynamoDB, admin_client: Any, make_table: Callable[..., str]
+) -> Iterator[Behind]:
+    """:func:`behind`, on moto's own server: it closes every connection after its reply."""
+    table = make_table()
+    seed_items(admin_client, table, ["k0", "k1", "k2"])
+    host, _, port = moto_server.endpoint_url.removeprefix("http://").partition(":")
+    with FaultProxy(host, int(port)) as proxy:
+        yield Behind(moto_server, proxy, table)
+
+
 def n_of(item: Any) -> int:
     """The ``n`` of a loaded item (``seed_items``' index)."""
     return int(item["n"])
@@ -429,13 +441,13 @@ def test_a_fork_waits_for_a_socket_collected_unclosed(behind: Behind) -> None:
     source.close()
 
 
-def test_a_forked_child_closes_its_copy_of_a_connection_a_thread_held_as_the_watch_started(
+def given_while_a_callers_request_is_held(
     behind: Behind,
-) -> None:
+) -> tuple[DynamoDBSource, Callable[[], list[str]]]:
     """A client the source owns and can make anew, given while a thread of the caller is
-    inside a request on it (held by the proxy): that connection is in no pool's queue as the
-    watch starts. Put back in its pool, kept alive, it is noted: a child forked after that
-    closes its copy, and loads on a connection of its own."""
+    inside a request on it (a GetItem of ``k0``, held by the proxy until it is restored):
+    that connection is in no pool's queue as the watch starts. Returns the source, and what
+    waits for the caller's answer."""
     proxy = behind.proxy
     settings = behind.settings(read_timeout=HUNG)
     client = make_client(settings)
@@ -448,10 +460,23 @@ def test_a_forked_child_closes_its_copy_of_a_connection_a_thread_held_as_the_wat
     )
     callers.start()
     until(held_request(proxy), "the caller's request")
-    source = behind.owning(client, settings)
+
+    def answer() -> list[str]:
+        callers.join(timeout=HUNG)
+        return answered
+
+    return behind.owning(client, settings), answer
+
+
+def test_a_forked_child_closes_its_copy_of_a_connection_a_thread_held_as_the_watch_started(
+    behind: Behind,
+) -> None:
+    """Put back in its pool, kept alive, the caller's connection is noted: a child forked
+    after that closes its copy, and loads on a connection of its own."""
+    proxy = behind.proxy
+    source, answer = given_while_a_callers_request_is_held(behind)
     proxy.restore()
-    callers.join(timeout=HUNG)
-    assert answered == ["0"]
+    assert answer() == ["0"]
     assert sockets_to(proxy.port) == 1  # the caller's connection, idle in its pool now
     seen, status = reports_between(
         [lambda: sockets_to(proxy.port), lambda: [n_of(source.load("k1")), sockets_to(proxy.port)]],
@@ -460,6 +485,27 @@ def test_a_forked_child_closes_its_copy_of_a_connection_a_thread_held_as_the_wat
     )
     assert [seen, status] == [[0, [1, 1]], 0]
     assert n_of(source.load("k2")) == 2  # on the caller's connection, which the child left
+    source.close()
+
+
+def test_a_forked_child_closes_its_copy_of_a_connection_a_thread_is_using_since_the_watch_started(
+    behind: Behind,
+) -> None:
+    """Forked while the caller's request is still held: that connection was in no pool's
+    queue, nor noted yet (it was as it was put back), and the child kept its copy of the
+    socket (open on the wire for the child's life, after the parent closed it). The watch
+    finds it on the caller's thread as it starts: the child closes its copy, and loads on a
+    connection of its own; the caller's request goes on to its answer."""
+    proxy = behind.proxy
+    source, answer = given_while_a_callers_request_is_held(behind)
+    seen, status = reports_between(
+        [lambda: sockets_to(proxy.port), lambda: [n_of(source.load("k1")), sockets_to(proxy.port)]],
+        [proxy.restore],
+        HUNG,
+    )
+    assert [seen, status, answer()] == [[0, [1, 1]], 0, ["0"]]
+    assert n_of(source.load("k2")) == 2  # on the caller's connection, which the child left
+    assert sockets_to(proxy.port) == 1
     source.close()
 
 
@@ -480,6 +526,26 @@ def test_a_forked_child_closes_its_copy_of_a_connection_of_a_pool_made_before_th
     assert seen == [0, [1, 1], 0, [0]]
     assert sockets_to(proxy.port) == 1  # the parent's, still the one made before the source
     assert n_of(source.load("k2")) == 2
+    source.close()
+
+
+def test_a_forked_child_closes_its_copy_of_a_connection_of_a_pool_made_before_the_source_reopened(
+    behind_closing: Behind,
+) -> None:
+    """The same pool, of a server that closes every connection after its reply (moto's own):
+    its connection is idle in the queue without a socket, and the next request opens one
+    on it. That connection was made before the watch, with the pool's own connection class:
+    its socket was not noted, and the child of a fork while a parent thread's request was
+    held on it kept its copy. The watch gives it the noting class as it starts."""
+    proxy = behind_closing.proxy
+    settings = behind_closing.settings(read_timeout=HUNG)
+    client = make_client(settings)
+    client.describe_table(TableName=behind_closing.table)  # its pool made; its connection closed
+    source = behind_closing.owning(client, settings)
+    proxy.delay(HUNG)
+    # The parent thread's request (the table check) opens that connection again.
+    seen = forked_while_a_parent_thread_loads(source, proxy, held_request(proxy), "a request")
+    assert seen == [0, [1, 0], 0, [0]]  # each connection closed by its reply
     source.close()
 
 

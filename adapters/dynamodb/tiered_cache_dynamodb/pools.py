@@ -25,8 +25,11 @@ client may have sent; :mod:`.inherited`: warn, close nothing).
 from __future__ import annotations
 
 import socket
+import sys
 import weakref
 from typing import Any
+
+from urllib3.response import HTTPResponse
 
 from .openings import OPENINGS, count_closes
 
@@ -56,15 +59,40 @@ def _pools(manager: Any) -> list[Any]:
     return list(manager.pools._container.values())
 
 
-def _idle_connections(client: Any) -> list[Any]:
-    """The connections idle in ``client``'s pools, read without the pools' locks (one C call
-    each for the container and each queue)."""
-    found: list[Any] = []
-    for manager in _managers(client):
-        for pool in _pools(manager):
-            queue = pool.pool  # None once the pool was closed
-            if queue is not None:
-                found.extend(conn for conn in list(queue.queue) if conn is not None)
+def _idle_connections(pools: list[Any]) -> list[tuple[Any, Any]]:
+    """The connections idle in ``pools``, each with its pool, read without the pools' locks
+    (one C call each queue)."""
+    found: list[tuple[Any, Any]] = []
+    for pool in pools:
+        queue = pool.pool  # None once the pool was closed
+        if queue is not None:
+            found.extend((pool, conn) for conn in list(queue.queue) if conn is not None)
+    return found
+
+
+def _in_use(pools: list[Any]) -> list[tuple[Any, Any]]:
+    """The connections of ``pools`` that threads hold now, each with its pool: taken from
+    their pool's queue, they are held by the threads' stacks alone: by the locals (``conn``)
+    of the pool's own methods (``urlopen``, ``_make_request``, ``_put_conn``: its connect,
+    its request, its wait for the reply's head) and, once ``urlopen`` has returned, by the
+    reply read (``_connection``, until it is put back)."""
+    mine = {id(pool): pool for pool in pools}
+    found: list[tuple[Any, Any]] = []
+    for top in sys._current_frames().values():
+        frame: Any = top
+        while frame is not None:
+            names = frame.f_locals
+            owner = names.get("self")
+            pool = mine.get(id(owner))
+            if pool is not None and names.get("conn") is not None:
+                found.append((pool, names["conn"]))
+            elif (
+                isinstance(owner, HTTPResponse)
+                and id(owner._pool) in mine
+                and owner._connection is not None
+            ):
+                found.append((owner._pool, owner._connection))
+            frame = frame.f_back
     return found
 
 
@@ -77,11 +105,12 @@ class ConnectionWatch:
     socket (``sock`` None) once a reply that closes it has its head read, and the reply reads
     its body on it alone. The pools the client made before the watch (it sent before the
     source was given it) are turned into those subclasses too: a thread may take one of
-    their connections later and hold it at a fork, when no queue has it. A connection a
-    thread of the caller holds as the watch starts is in no queue: it is noted as it is put
-    back in its pool (while that thread still holds it, a fork does not see it). Where the
-    session has no such classes, nothing is noted, and :func:`inherited_sockets` says
-    why."""
+    their connections later and hold it at a fork, when no queue has it; and so are their
+    connections, idle or held by a thread of the caller as the watch starts (in no queue:
+    found on that thread's stack, :func:`_in_use`), whose sockets are noted, and whose
+    next connect (its socket closed: a reply's ``Connection: close``) is as any other's.
+    Where the session has no such classes, nothing is noted, and :func:`inherited_sockets`
+    says why."""
 
     def __init__(self, client: Any) -> None:
         self.sockets: weakref.WeakSet[socket.socket] = weakref.WeakSet()
@@ -98,14 +127,23 @@ class ConnectionWatch:
             classes = client._endpoint.http_session._pool_classes_by_scheme
             made_before = [pool for manager in _managers(client) for pool in _pools(manager)]
             replaced = {scheme: noted(pool) for scheme, pool in classes.items()}
-            idle = _idle_connections(client)
         except AttributeError as exc:
             self.not_watched = str(exc)
             return
         classes.update(replaced)
         for pool in made_before:
             pool.__class__ = noted(type(pool))
-        for conn in idle:
+        try:
+            # Read once the pools note what is put back: a connection taken from a queue
+            # after it is read was in it; one put back after, noted as it is.
+            known = _idle_connections(made_before) + (_in_use(made_before) if made_before else [])
+        except AttributeError as exc:
+            self.not_watched = str(exc)
+            return
+        for pool, conn in known:
+            # ``Noted``'s base is the pool's own connection class: the same layout.
+            if type(conn) is pool.ConnectionCls.__base__:
+                conn.__class__ = pool.ConnectionCls  # its next connect noted too
             self._note(conn.sock)
 
     def _note(self, sock: Any) -> None:

@@ -17,6 +17,7 @@ import inspect
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -873,3 +874,35 @@ def test_a_fork_from_a_handler_landing_in_an_opening_of_its_thread_does_not_wait
         proxy.restore()
     assert [forked, child.read(timeout=HUNG), child.wait()] == ["forked", [1, [0], []], 0]
     source.close()
+
+
+def test_a_socket_collected_unclosed_under_a_lock_a_forks_hook_takes_does_not_hang_the_fork() -> (
+    None
+):
+    """The collector finalizes a socket in whichever thread runs it, under whatever lock that
+    thread holds: here logging's, which its at-fork hook takes after the source's. The
+    finalizer's close waited for the fork under way, and the fork for logging's lock: both
+    for ever. A finalizer's close waits for no fork (a fork still waits for it)."""
+
+    def body() -> Any:
+        mine, theirs = socket.socketpair()
+        openings.count_closes(mine)
+        theirs.close()
+        dropped = [mine]
+        del mine
+
+        def drop_under_loggings_lock() -> None:
+            with logging._lock:  # type: ignore[attr-defined]
+                until(lambda: openings.OPENINGS._forking, "the main thread's fork")
+                dropped.clear()  # collected here, unclosed
+
+        dropper = threading.Thread(target=drop_under_loggings_lock)
+        dropper.start()
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+        dropper.join(HUNG)
+        return [status, dropped]
+
+    assert reported_or_hung(body) == [0, []]

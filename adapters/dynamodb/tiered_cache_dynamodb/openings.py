@@ -69,14 +69,19 @@ class Openings:
         self._forking: set[int] = set()
 
     @contextlib.contextmanager
-    def unheld(self) -> Iterator[None]:
+    def unheld(self, *, held_by_forks: bool = True) -> Iterator[None]:
         """Around a step during which a descriptor of a watched client is held by no object
-        (an opening, a close)."""
+        (an opening, a close). Not ``held_by_forks`` (a finalizer's close), it waits for no
+        fork under way: the collector runs it in whichever thread allocates, under whatever
+        lock that thread holds, logging's among them, which its at-fork hook takes after
+        this one's; the close waited for the fork, and the fork for that lock, both for
+        ever. A fork still waits for it (unless it starts as that fork leaves its wait)."""
         me = threading.get_ident()
         token = object()
         try:
             with self._lock:
-                self._changed.wait_for(lambda: not self._forking or me in self._forking)
+                if held_by_forks:
+                    self._changed.wait_for(lambda: not self._forking or me in self._forking)
                 self._unheld[token] = me
             yield
         finally:
@@ -139,7 +144,7 @@ def _counting(kind: type[socket.socket]) -> type[socket.socket]:
             if self.fileno() < 0:
                 kind.__del__(self)  # type: ignore[attr-defined]  # nothing to close
                 return
-            with OPENINGS.unheld():
+            with OPENINGS.unheld(held_by_forks=False):
                 kind.__del__(self)  # type: ignore[attr-defined]
 
         # No slot of its own: the same layout as ``kind``, so that a socket made by urllib3 or

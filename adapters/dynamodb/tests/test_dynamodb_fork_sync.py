@@ -876,33 +876,35 @@ def test_a_fork_from_a_handler_landing_in_an_opening_of_its_thread_does_not_wait
     source.close()
 
 
-def test_a_socket_collected_unclosed_under_a_lock_a_forks_hook_takes_does_not_hang_the_fork() -> (
-    None
-):
-    """The collector finalizes a socket in whichever thread runs it, under whatever lock that
-    thread holds: here logging's, which its at-fork hook takes after the source's. The
-    finalizer's close waited for the fork under way, and the fork for logging's lock: both
-    for ever. A finalizer's close waits for no fork (a fork still waits for it)."""
+@pytest.mark.parametrize("closed_by", ["close", "finalizer"])
+def test_a_close_under_a_lock_a_forks_hook_takes_does_not_hang_the_fork(closed_by: str) -> None:
+    """A watched socket closed (``close()``, or its finalizer: the collector runs in whichever
+    thread allocates, and an aiohttp transport or urllib3 pool collected closes its sockets)
+    under a lock a fork's later at-fork hook takes: here logging's, which its hook takes
+    after the source's. The close waited for the fork under way, and the fork for that
+    lock: both for ever. A close waits for no fork (a fork still waits for a close)."""
 
     def body() -> Any:
         mine, theirs = socket.socketpair()
         openings.count_closes(mine)
         theirs.close()
-        dropped = [mine]
+        held = [mine]
         del mine
 
-        def drop_under_loggings_lock() -> None:
+        def close_under_loggings_lock() -> None:
             with logging._lock:  # type: ignore[attr-defined]
                 until(lambda: openings.OPENINGS._forking, "the main thread's fork")
-                dropped.clear()  # collected here, unclosed
+                if closed_by == "close":
+                    held[0].close()
+                held.clear()  # collected here, unclosed, for the finalizer
 
-        dropper = threading.Thread(target=drop_under_loggings_lock)
-        dropper.start()
+        closer = threading.Thread(target=close_under_loggings_lock)
+        closer.start()
         pid = os.fork()
         if pid == 0:
             os._exit(0)
         status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
-        dropper.join(HUNG)
-        return [status, dropped]
+        closer.join(HUNG)
+        return [status, held]
 
     assert reported_or_hung(body) == [0, []]

@@ -39,13 +39,14 @@ class Openings:
     its thread: a connection being opened (a thread's connect and TLS handshake; an asyncio
     connector's socket being made, until its socket object holds its descriptor and is
     noted), and a socket being closed (its object lets go of its descriptor, ``-1``, before
-    ``close()`` runs without the GIL: :mod:`.closes`). A fork (``before``) waits until none
-    is, and holds new ones until it is done, so that no child gets a copy of a descriptor no
-    object of its own holds. Not those of the forking thread: a close may run in it during
-    the fork (a reply collected by the garbage collector closes its socket), and an opening
-    calls no user code, but a signal handler may run inside one, on the main thread, and
-    fork (a prefork server's SIGCHLD handler): neither can end before the fork does, and the
-    fork may take the lock the step it interrupted holds (reentrant).
+    ``close()`` runs without the GIL: :func:`count_closes`). A fork (``before``) waits until none
+    is, and holds new openings until it is done (not closes: :meth:`unheld`), so that no
+    child gets a copy of a descriptor no object of its own holds. Not those of the forking
+    thread: a close may run in it during the fork (a reply collected by the garbage
+    collector closes its socket), and an opening calls no user code, but a signal handler
+    may run inside one, on the main thread, and fork (a prefork server's SIGCHLD handler):
+    neither can end before the fork does, and the fork may take the lock the step it
+    interrupted holds (reentrant).
 
     A handler may raise there too (Ctrl-C, a task queue's soft time limit): the lock is taken
     with ``with`` on the lock itself (C, as the core's: no handler runs between its taking
@@ -71,11 +72,13 @@ class Openings:
     @contextlib.contextmanager
     def unheld(self, *, held_by_forks: bool = True) -> Iterator[None]:
         """Around a step during which a descriptor of a watched client is held by no object
-        (an opening, a close). Not ``held_by_forks`` (a finalizer's close), it waits for no
-        fork under way: the collector runs it in whichever thread allocates, under whatever
-        lock that thread holds, logging's among them, which its at-fork hook takes after
+        (an opening, a close). Not ``held_by_forks`` (a close), it waits for no fork under
+        way: a close runs under whatever lock its thread holds (the collector's, in whichever
+        thread allocates: a socket's finalizer, an aiohttp transport's or a urllib3 pool's
+        that closes its sockets), logging's among them, which its at-fork hook takes after
         this one's; the close waited for the fork, and the fork for that lock, both for
-        ever. A fork still waits for it (unless it starts as that fork leaves its wait)."""
+        ever. A fork still waits for a close under way (not for one that starts as the fork
+        leaves its wait: the child may keep that copy)."""
         me = threading.get_ident()
         token = object()
         try:
@@ -135,7 +138,7 @@ def _counting(kind: type[socket.socket]) -> type[socket.socket]:
     if kind not in _COUNTING:
 
         def _real_close(self: socket.socket) -> None:
-            with OPENINGS.unheld():
+            with OPENINGS.unheld(held_by_forks=False):
                 kind._real_close(self)  # type: ignore[attr-defined]
 
         def __del__(self: socket.socket) -> None:

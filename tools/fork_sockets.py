@@ -9,7 +9,9 @@ loads a key on its own client. moto answers ``close`` (``Connection: close``: ev
 opens a connection, and every reply closes it) or ``keepalive`` (as DynamoDB does); with
 ``--tls``, over HTTPS (a TLS front on loopback, whose certificate the clients trust through
 ``AWS_CA_BUNDLE``: a fork may copy a socket in its TLS handshake), the copies counted to the
-front's port.
+front's port. With ``--given``, the source is given a client to own that it can make anew
+(``owns_client=True`` with ``connect``), which 8 concurrent requests used first (a caller's
+warm-up: its connections made before the source's watch).
 
 Prints one JSON line: the children that kept copies and how many, the states of those
 copies (``01`` established, ``02`` connecting, ``08`` closed by moto, not yet by the
@@ -18,7 +20,7 @@ stderr and exits), the parent's loads and errors, and how long each ``fork()`` t
 (median, max: a fork waits for the connections being opened or closed). Over ``--tls`` the
 TLS front runs in the parent process: its threads' OpenSSL calls are the parent's too.
 
-    python tools/fork_sockets.py threads close --forks 30 [--tls]
+    python tools/fork_sockets.py threads close --forks 30 [--tls] [--given]
 
 Run from a tree's root with that tree's interpreter (its library is the one measured).
 """
@@ -39,7 +41,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from tiered_cache_dynamodb import AsyncDynamoDBSource, DynamoDBSource, create_table
+from tiered_cache_dynamodb import AsyncDynamoDBSource, DynamoDBSource, create_table, make_client
+from tiered_cache_dynamodb.async_source import connect_client
+from tiered_cache_dynamodb.table_steps import table_options
 from tiered_cache_dynamodb.testing import MotoDynamoDB, seed_items
 
 from tiered_cache.testing.async_conformance import LoopThread
@@ -93,16 +97,69 @@ class Load:
     """8 loaders on a source of moto's table until :meth:`finish`; ``child_load`` loads one
     key in a forked child (the child's own client)."""
 
-    def __init__(self, face: str, settings: Any, rng: random.Random) -> None:
+    def __init__(self, face: str, settings: Any, rng: random.Random, *, given: bool) -> None:
         self.stop = threading.Event()
         self.loads = 0
         self.errors = 0
         self._rng = rng
         self._finish: Callable[[], None]
-        if face == "threads":
-            self._threads(DynamoDBSource.from_settings(settings))
+        self._loop = LoopThread() if face == "coroutines" else None
+        if self._loop is None:
+            self._threads(
+                self._given(settings) if given else DynamoDBSource.from_settings(settings)
+            )
         else:
-            self._coroutines(AsyncDynamoDBSource.from_settings(settings))
+            self._coroutines(
+                self._given_async(settings, self._loop)
+                if given
+                else AsyncDynamoDBSource.from_settings(settings)
+            )
+
+    @staticmethod
+    def _warm_up_key() -> dict[str, Any]:
+        return {"id": {"S": KEYS[0]}}
+
+    def _given(self, settings: Any) -> DynamoDBSource:
+        """A client 8 threads used at once, given to the source to own."""
+        client = make_client(settings)
+        warm = [
+            threading.Thread(
+                target=lambda: client.get_item(TableName=settings.table, Key=self._warm_up_key())
+            )
+            for _ in range(8)
+        ]
+        for thread in warm:
+            thread.start()
+        for thread in warm:
+            thread.join()
+        return DynamoDBSource(
+            client,
+            settings.table,
+            settings.key,
+            owns_client=True,
+            connect=lambda: make_client(settings),
+            **table_options(settings),
+        )
+
+    def _given_async(self, settings: Any, loop: LoopThread) -> AsyncDynamoDBSource:
+        """A client 8 coroutines used at once, given to the source to own."""
+
+        async def warmed() -> Any:
+            client = await connect_client(settings)
+            key = self._warm_up_key()
+            await asyncio.gather(
+                *(client.get_item(TableName=settings.table, Key=key) for _ in range(8))
+            )
+            return client
+
+        return AsyncDynamoDBSource(
+            loop.run(warmed()),
+            settings.table,
+            settings.key,
+            connect=lambda: connect_client(settings),
+            owns_client=True,
+            **table_options(settings),
+        )
 
     def _threads(self, source: DynamoDBSource) -> None:
         def load(seed: float) -> None:
@@ -129,7 +186,8 @@ class Load:
         self._finish = finish
 
     def _coroutines(self, source: AsyncDynamoDBSource) -> None:
-        loop = LoopThread()
+        loop = self._loop
+        assert loop is not None
 
         async def load(seed: float) -> None:
             mine = random.Random(seed)
@@ -201,6 +259,9 @@ def main() -> None:
     parser.add_argument("server", choices=["close", "keepalive"])
     parser.add_argument("--forks", type=int, default=30)
     parser.add_argument("--tls", action="store_true", help="serve moto over HTTPS")
+    parser.add_argument(
+        "--given", action="store_true", help="give the source a used client to own (connect)"
+    )
     args = parser.parse_args()
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     rng = random.Random(int.from_bytes(os.urandom(4), "big"))
@@ -213,7 +274,7 @@ def main() -> None:
         admin.close()  # its kept-alive connection is this script's, not the source's
         port = int(moto.endpoint_url.rpartition(":")[2])
         settings = moto.settings(table="forked", key="id", connect_timeout=5, read_timeout=10)
-        load = Load(args.face, settings, rng)
+        load = Load(args.face, settings, rng, given=args.given)
         time.sleep(0.3)
         rows = fork_under(load, port, args.forks, rng)
         load.finish()
@@ -224,6 +285,7 @@ def main() -> None:
                 "face": args.face,
                 "server": args.server,
                 "tls": args.tls,
+                "given": args.given,
                 "forks": args.forks,
                 "children_with_copies": sum(1 for count in kept if count),
                 "copies": sum(kept),

@@ -144,6 +144,44 @@ def test_a_parameter_named_as_the_generated_wrappers_own_is_refused(cache: Tiere
     }
 
 
+#: Names of the generated wrapper's (its locals, its second half's parameters, its globals)
+#: and others, as keywords a ``**kwargs`` parameter takes in.
+GENERATED_KEYWORDS = ("__tc_key", "__tc_value", "__tc_read", "__tc_fn", "__tc_rest", "wrapper")
+
+
+def test_generated_names_passed_in_kwargs_reach_the_function(cache: TieredCache) -> None:
+    """A ``**kwargs`` parameter takes any keyword, the generated wrapper's own names too: each
+    reaches the function as it does undecorated. The second half of the sync wrapper took its
+    key as a parameter that could be passed by keyword: ``f(1, __tc_key=2)`` raised
+    ``TypeError: __tc_rest() got multiple values for argument '__tc_key'``."""
+
+    def keywords(a: int, **kw: int) -> Any:
+        return [a, sorted(kw.items())]
+
+    def positional_only(a: int, /, **kw: int) -> Any:
+        return [a, sorted(kw.items())]
+
+    def variadic(a: int, *args: int, **kw: int) -> Any:
+        return [a, list(args), sorted(kw.items())]
+
+    outcomes = {}
+    expected = {}
+    for function, template in (
+        (keywords, "kw:{a}"),
+        (positional_only, "po:{a}"),
+        (variadic, "va:{a}"),
+    ):
+        decorated = cache.cached(key=template)(function)
+        for name in GENERATED_KEYWORDS:
+            expected[function.__name__, name] = repr(function(1, **{name: 2}))
+            try:
+                outcomes[function.__name__, name] = repr(decorated(1, **{name: 2}))
+            except Exception as exc:
+                outcomes[function.__name__, name] = f"{type(exc).__name__}: {exc}"
+            cache.invalidate(template.format(a=1))
+    assert outcomes == expected
+
+
 def test_invalidate_needs_exactly_the_template_names(cache: TieredCache) -> None:
     @cache.cached(key="u:{user}:t:{tweet}")
     def f(user: str, tweet: str) -> str:

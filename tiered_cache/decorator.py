@@ -324,13 +324,21 @@ def compile_key_function(fn: Callable[..., Any], template: str) -> Callable[...,
     return cast(Callable[..., str], namespace["key_for"])
 
 
-def _render_parameters(signature: inspect.Signature, namespace: dict[str, Any]) -> tuple[str, str]:
+def _render_parameters(
+    signature: inspect.Signature, namespace: dict[str, Any], leading: str | None = None
+) -> tuple[str, str]:
     """``(parameter list, call arguments)`` as source text for a function that takes exactly
-    the parameters of ``signature`` and passes them on; defaults go into ``namespace``."""
-    rendered: list[str] = []
+    the parameters of ``signature`` and passes them on; defaults go into ``namespace``.
+
+    ``leading``: a parameter of the generated function's own before them, positional-only (a
+    ``**kwargs`` of the function takes any keyword, that name too: passed on, it was given
+    twice)."""
+    rendered: list[str] = [] if leading is None else [leading]
     passed: list[str] = []
     seen_keyword_only = False
-    previous_kind = None
+    previous_kind: inspect._ParameterKind | None = (
+        None if leading is None else inspect.Parameter.POSITIONAL_ONLY
+    )
     for index, parameter in enumerate(signature.parameters.values()):
         kind = parameter.kind
         name = parameter.name
@@ -428,8 +436,10 @@ def _compile_wrapper(
         )
         exec(source, namespace)  # built from parameter names and the checked template only
         return cast(Callable[..., Any], namespace["wrapper"]), None
+    # The key positional-only: a **kwargs of fn's may hold a keyword of that name.
+    rest_parameters, _ = _render_parameters(inspect.signature(fn), namespace, "__tc_key")
     source = (
-        f"def __tc_rest(__tc_key, {parameters}):\n"
+        f"def __tc_rest({rest_parameters}):\n"
         "    __tc_value = __tc_lookup(__tc_key)\n"
         "    if (__tc_value is __tc_missing or __tc_value is __tc_refresh\n"
         "            or __tc_type(__tc_value) is __tc_state):\n"

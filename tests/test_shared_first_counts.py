@@ -33,11 +33,17 @@ async def load() -> str:
     return "v"
 
 
-def async_chain(kind: str, clock: FakeClock, bus: ConfirmingBus) -> AsyncTieredCache:
+def async_chain(kind: str, clock: FakeClock, down: bool = False) -> AsyncTieredCache:
+    """An asyncio chain whose one tier is shared (``kind``: native async, or a sync tier run
+    in threads), its bus confirmed, or failed (``down``)."""
+    bus = ConfirmingBus()
     if kind == "native":
-        return AsyncTieredCache([HeldAsyncShared(clock)], ttl=600, clock=clock, bus=bus)
-    with pytest.warns(BlockingTierWarning):  # a sync shared tier: its calls go to threads
-        return AsyncTieredCache([SharedTier(clock)], ttl=600, clock=clock, bus=bus)
+        cache = AsyncTieredCache([HeldAsyncShared(clock)], ttl=600, clock=clock, bus=bus)
+    else:
+        with pytest.warns(BlockingTierWarning):  # a sync shared tier: its calls go to threads
+            cache = AsyncTieredCache([SharedTier(clock)], ttl=600, clock=clock, bus=bus)
+    bus.fail() if down else bus.confirm()
+    return cache
 
 
 DOWN = pytest.mark.parametrize("down", [False, True], ids=["bus-up", "bus-down"])
@@ -69,9 +75,7 @@ def test_a_threaded_chain_counts_its_shared_first_tier_once_per_read(
 async def test_an_asyncio_chain_counts_its_shared_first_tier_once_per_read(
     clock: FakeClock, down: bool, kind: str
 ) -> None:
-    bus = ConfirmingBus()
-    cache = async_chain(kind, clock, bus)
-    bus.fail() if down else bus.confirm()
+    cache = async_chain(kind, clock, down)
     assert await cache.get("k", load) == "v"
     assert await cache.get("k", load) == "v"
 
@@ -90,9 +94,7 @@ async def test_an_asyncio_chain_counts_its_shared_first_tier_once_per_read(
 async def test_asyncio_reads_joining_one_load_count_their_shared_first_tiers_misses(
     clock: FakeClock, kind: str
 ) -> None:
-    bus = ConfirmingBus()
-    cache = async_chain(kind, clock, bus)
-    bus.confirm()
+    cache = async_chain(kind, clock)
     go = asyncio.Event()
 
     async def slow() -> str:
@@ -105,4 +107,55 @@ async def test_asyncio_reads_joining_one_load_count_their_shared_first_tiers_mis
     assert await asyncio.gather(*readers) == ["v", "v"]
     # Failed before: (0, 0). The threaded chain's lookup counts each read's miss.
     assert first_tier_counts(cache) == (0, 2)
+    await cache.aclose()
+
+
+@pytest.mark.anyio
+@DOWN
+@pytest.mark.parametrize("kind", ["native", "threaded"])
+async def test_an_asyncio_read_served_a_stale_copy_of_its_shared_first_tier_counts_its_miss(
+    clock: FakeClock, down: bool, kind: str
+) -> None:
+    """A copy past its soft expiry, served while it is refreshed: the threaded chain's lookup
+    counts tier 0's miss (as memory first does on both faces), then the refresh's load."""
+    cache = async_chain(kind, clock, down)
+    assert await cache.get("k", load) == "v"
+    clock.advance(700)  # past the ttl (600), within the stale copy's grace
+    assert await cache.get("k", load) == "v"
+    assert cache.stats()["stale_served"] == 1
+    # Failed before: (0, 1) -- the stale copy's read counted by no one.
+    assert first_tier_counts(cache) == (0, 2)
+    await cache.aclose()
+
+
+@pytest.mark.anyio
+async def test_an_asyncio_read_beside_a_refresh_that_joins_it_counts_one_miss(
+    clock: FakeClock,
+) -> None:
+    """A read that finds a background refresh leading its key reads the tiers beside it; with
+    nothing there (Redis evicted the copy) it joins the refresh: one read, one miss of tier 0,
+    as the threaded chain's lookup counts it."""
+    bus = ConfirmingBus()
+    shared = HeldAsyncShared(clock)
+    cache = AsyncTieredCache([shared], ttl=600, clock=clock, bus=bus)
+    bus.confirm()
+    started, go = asyncio.Event(), asyncio.Event()
+
+    async def slow() -> str:
+        started.set()
+        await go.wait()
+        return "w"
+
+    assert await cache.get("k", load) == "v"
+    clock.advance(700)
+    assert await cache.get("k", slow) == "v"  # stale, refreshed in the background
+    await started.wait()
+    assert first_tier_counts(cache) == (0, 2)
+    shared.inner.delete("k")  # evicted while the refresh runs
+    reader = asyncio.ensure_future(cache.get("k", slow))
+    await async_until(lambda: cache.stats()["singleflight_waits"] == 1, "the read joined")
+    go.set()
+    assert await reader == "w"
+    # Failed before: (0, 4) -- its read beside the refresh and its join each counted a miss.
+    assert first_tier_counts(cache) == (0, 3)
     await cache.aclose()

@@ -288,6 +288,9 @@ class AsyncTieredCache(L1Reader):
         fence = self._fence
         flights = self._loader.flights
         beside = True
+        # An I/O tier 0 is counted by the first step of this read that reads it, or its first
+        # join (ChainPaths.first_awaited): once per read, as the threaded lookup counts it.
+        first_counted = False
         while True:
             mark = fence.mark()
             flight, role = flights.join_or_lead(
@@ -299,15 +302,20 @@ class AsyncTieredCache(L1Reader):
                 # to serve.
                 beside = False
                 value = await arun(
-                    self._paths.read_through(key, mark, loader, ttl, state, beside=True)
+                    self._paths.read_through(
+                        key, mark, loader, ttl, state, beside=True, first_counted=first_counted
+                    )
                 )
+                first_counted = True
                 if value is not MISSING:
                     return value
                 continue
             if role == LEAD:
                 try:
                     value = await arun(
-                        self._paths.read_through(key, flight.tag, loader, ttl, state)
+                        self._paths.read_through(
+                            key, flight.tag, loader, ttl, state, first_counted=first_counted
+                        )
                     )
                 except BaseException as exc:
                     # Cancelled, its waiters are told LeaderGone (FlightTable.land_one).
@@ -326,7 +334,8 @@ class AsyncTieredCache(L1Reader):
                 # second load beside it (one per key at a time); ask again once it has ended.
                 await within_join_timeout(flight.settle(), key, wait)
                 continue
-            self._joined(key, loader, ttl, state)
+            self._joined(key, loader, ttl, state, first_counted)
+            first_counted = True
             try:
                 # flight.wait shields the outcome: giving up cancels nothing of the load.
                 return await within_join_timeout(flight.wait(), key, wait)

@@ -43,6 +43,7 @@ class Paths(Protocol):
         state: ReadState,
         *,
         beside: bool = False,
+        first_counted: bool = False,
     ) -> Steps[Any]: ...
 
     def get_many(
@@ -101,6 +102,7 @@ class ClosedPaths:
         state: ReadState,
         *,
         beside: bool = False,
+        first_counted: bool = False,
     ) -> NoReturn:
         self.refuse()
 

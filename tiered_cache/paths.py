@@ -115,7 +115,8 @@ class ChainPaths:
         self.l1_local = bool(self.tiers) and self.tiers[0].local
         #: Tier 0's reads are I/O (the asyncio chain's Redis first): the L1 lookup never
         #: reads it, so the read after it counts its hit or miss, as the threaded chain's
-        #: lookup counts it (counted by no one, Redis first showed none, ever).
+        #: lookup counts it (counted by no one, Redis first showed none, ever): once per
+        #: read, by the first of its steps that reads it (``first_counted`` after that).
         self.first_awaited = bool(self.tiers) and not self.tiers[0].inline
 
     # -- reads
@@ -138,6 +139,7 @@ class ChainPaths:
         *,
         beside: bool = False,
         below: tuple[float, Sequence[ChainTier], Entry | None] | None = None,
+        first_counted: bool = False,
     ) -> Steps[Any]:
         """Inside the key's flight: the first fresh copy (copied up into the faster tiers),
         else a stale one while a refresh runs, else a load. ``mark``: the fence's, taken
@@ -149,7 +151,9 @@ class ChainPaths:
         joins the refresh). ``state``: the bus as the read took it at its memory lookup.
         ``below``: the walk goes on where :meth:`read_through_plain` found a stale copy:
         ``(now, tiers, stale)``, the read's time, the tiers below that copy, and the copy if
-        still servable; None: from the first tier, now."""
+        still servable; None: from the first tier, now. ``first_counted``: this read counted
+        an I/O tier 0 already (:attr:`first_awaited`: read beside a refresh, then leading the
+        next flight)."""
         check_keys((key,), self.utf8_for)
         now, tiers, stale = (self.clock(), self.tiers, None) if below is None else below
         down = state.down
@@ -161,11 +165,15 @@ class ChainPaths:
             # while the bus is down: the caller's L1 lookup then left an in-process tier 0 to this
             # read, which counts its hit or miss (else memory's serves of an outage counted
             # neither). A shared tier 0 the lookup reads whatever the bus: counted there;
-            # one whose reads are I/O it never reads: counted here.
-            counted = tier.index > 0 or (down and tier.local) or self.first_awaited
+            # one whose reads are I/O it never reads: counted here, as the lookup counts
+            # its tier 0 (a copy past its soft expiry is a miss too), once per read.
+            stands_in = tier.index == 0 and self.first_awaited and not first_counted
+            counted = tier.index > 0 or (down and tier.local) or stands_in
             entry = yield tier.get, (key, counted)
             if entry is MISSING:
                 continue
+            if stands_in and now >= entry.soft_expiry:
+                self.metrics.miss(0)
             if now < entry.soft_expiry:
                 if counted:
                     tier.hit()
@@ -333,7 +341,14 @@ class ChainPaths:
                 self.metrics.count(state.counts.bypassed, len(keys) - served)
         return found
 
-    def joined(self, key: str, loader: Any, ttl: float | str | None, state: ReadState) -> None:
+    def joined(
+        self,
+        key: str,
+        loader: Any,
+        ttl: float | str | None,
+        state: ReadState,
+        first_counted: bool = False,
+    ) -> None:
         """A ``get`` that joined another caller's load of its key: a wait
         (``singleflight_waits``); and if it took the bus as down or starting (``state``, the
         read's own; the other arguments are the read's, unused), a read past memory, as the
@@ -343,9 +358,13 @@ class ChainPaths:
         makes: its miss too (of ten reads joining one load, memory counted one miss; ten when
         connected, and in get_many). A tier 0 whose reads are I/O no lookup reads
         (:attr:`first_awaited`): its miss, as the threaded chain's lookup counts it for each
-        read that joins."""
+        read that joins, unless the read counted it already (``first_counted``: read beside
+        the refresh it joins)."""
         self.metrics.waited()
-        if self.first_awaited or (state.down and self.l1_local and not state.bypass):
+        if self.first_awaited:
+            if not first_counted:
+                self.metrics.miss(0)
+        elif state.down and self.l1_local and not state.bypass:
             self.metrics.miss(0)  # tier 0's (a bypassed one is not read)
         if state.down:
             self.count_bus_down(state, None)

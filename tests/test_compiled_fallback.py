@@ -59,6 +59,33 @@ class NoLibrt(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, NoLibrt())
 """
 
+#: The build's extension ``NAME`` unloadable (an install cut short, a disk that filled during
+#: the build): served from a copy of the file that is not a shared object at all, which the
+#: dynamic loader refuses (``ImportError: ...: file too short``).
+UNLOADABLE = """
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import os
+import tempfile
+
+NAME = "tiered_cache.{name}"
+COPY = os.path.join(tempfile.mkdtemp(), "{name}" + importlib.machinery.EXTENSION_SUFFIXES[0])
+with open(COPY, "wb") as broken:
+    broken.write(b"not a shared object")
+
+
+class Unloadable(importlib.abc.MetaPathFinder):
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != NAME:
+            return None
+        loader = importlib.machinery.ExtensionFileLoader(fullname, COPY)
+        return importlib.util.spec_from_file_location(fullname, COPY, loader=loader)
+
+
+sys.meta_path.insert(0, Unloadable())
+"""
+
 #: What ran: the core compiled or not, each core module from its source or not, the lock's
 #: class, and a key read twice through a chain (a load, then memory's hit).
 READ = """
@@ -138,6 +165,21 @@ def test_a_librt_of_another_abi_makes_the_core_run_from_its_sources() -> None:
     )
     assert told is not None, warning
     assert int(told[2]) == int(told[1]) + 1
+
+
+@needs_build
+@pytest.mark.parametrize("name", compiled.EXTENSIONS)
+def test_an_extension_of_the_build_that_fails_to_load_makes_the_core_run_from_its_sources(
+    name: str,
+) -> None:
+    """The C extensions are built with the compiled modules and used only with them: one the
+    loader refuses is the build failing to import, as a compiled module would be. The
+    decorator's (``_hitcall``), imported after the attempt, failed the package's import:
+    ``ImportError: ...: file too short``."""
+    seen, errors = run(UNLOADABLE.format(name=name))
+    assert seen == from_the_sources("librt.threading.Lock")
+    [warning] = said(errors)
+    assert "(ImportError: " in warning and "file too short" in warning, warning
 
 
 def test_without_librt_the_sources_run_on_the_standard_library_s_lock() -> None:

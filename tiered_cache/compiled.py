@@ -8,11 +8,12 @@ whenever one of them no longer matches (all of the core together: compiled modul
 other natively), or when ``TIERED_CORE_PURE=1`` is set (not ``TIERED_CACHE_*``: that prefix
 belongs to the settings, which refuse a name they do not know). A stale build is never run.
 
-A current build is imported here, all of it, before anything else of the package uses it: a
-compiled module that fails to import (any exception: librt upgraded to another ABI raises
-``ValueError: ABI version conflict for librt.threading, ...``; librt missing, an
-``ImportError``) makes the whole core run from its sources, said in one warning naming the
-cause; :func:`compiled_core` tells which runs.
+A current build is imported here, all of it (its C extensions too), before anything else of
+the package uses it: a compiled module or extension that fails to import (any exception:
+librt upgraded to another ABI raises ``ValueError: ABI version conflict for
+librt.threading, ...``; librt missing, an ``ImportError``; an extension's file cut short,
+``ImportError: ... file too short``) makes the whole core run from its sources, said in one
+warning naming the cause; :func:`compiled_core` tells which runs.
 """
 
 from __future__ import annotations
@@ -104,7 +105,9 @@ def _imports() -> bool:
     the import system serves the sources from then on (the finder below)."""
     before = set(sys.modules)
     try:
-        for name in MODULES:
+        # The extensions too: built with the modules and used only with them (the decorator
+        # imports its own after this; one that failed there failed the package's import).
+        for name in (*MODULES, *EXTENSIONS):
             importlib.import_module(f"{__package__}.{name}")
     except Exception as exc:  # any: the core must never keep the package from importing
         for loaded in set(sys.modules) - before:

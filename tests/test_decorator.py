@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import pytest
@@ -141,6 +142,33 @@ def test_a_parameter_named_as_the_generated_wrappers_own_is_refused(cache: Tiere
         f"{function.__qualname__}: names starting with __tc_ are the generated wrapper's "
         "own; rename it"
         for function in (value, key)
+    }
+
+
+def test_a_default_that_is_inspects_own_empty_marker_is_refused(cache: TieredCache) -> None:
+    """``inspect`` reads a default of ``inspect.Parameter.empty`` as no default at all, so the
+    generated wrapper and key function made that parameter required: ``f("1")`` raised
+    ``TypeError: ... missing 1 required positional argument: 'x'`` where the undecorated
+    function returned. Refused at decoration, the parameter named."""
+    empty = inspect.Parameter.empty
+
+    def positional(k: str, x: Any = empty) -> Any:
+        return [k, x is empty]
+
+    def keyword_only(k: str, *, x: Any = empty) -> Any:
+        return [k, x is empty]
+
+    outcomes = {}
+    for function in (positional, keyword_only):
+        try:
+            outcomes[function.__name__] = repr(cache.cached(key="e:{k}")(function)("1"))
+        except Exception as exc:
+            outcomes[function.__name__] = f"{type(exc).__name__}: {exc}"
+    assert outcomes == {
+        function.__name__: f"KeyTemplateError: parameter x of {function.__qualname__}: its "
+        "default is inspect.Parameter.empty, which inspect cannot tell from no default; "
+        "use another marker (a module-level object())"
+        for function in (positional, keyword_only)
     }
 
 

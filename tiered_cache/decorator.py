@@ -14,6 +14,7 @@ import functools
 import inspect
 import re
 import string
+import types
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, cast, overload
 
@@ -281,6 +282,29 @@ def template_fields(template: str) -> list[str]:
 GENERATED = "__tc_"
 
 
+def _defaults_inspect_cannot_see(fn: Callable[..., Any]) -> list[str]:
+    """The parameters of ``fn`` whose default is ``inspect.Parameter.empty`` itself: inspect
+    reads them as having none, so the generated functions (made from ``inspect.signature``)
+    would make them required, and a call leaving them out would fail where ``fn`` answers."""
+    target = inspect.unwrap(fn)
+    if not isinstance(target, types.FunctionType):
+        return []
+    code = target.__code__
+    names = code.co_varnames[: code.co_argcount]  # the positional ones, posonly first
+    defaults = target.__defaults__ or ()
+    hidden = [
+        name
+        for name, default in zip(names[len(names) - len(defaults) :], defaults, strict=True)
+        if default is inspect.Parameter.empty
+    ]
+    hidden += [
+        name
+        for name, default in (target.__kwdefaults__ or {}).items()
+        if default is inspect.Parameter.empty
+    ]
+    return hidden
+
+
 def compile_key_function(fn: Callable[..., Any], template: str) -> Callable[..., str]:
     """A function taking ``fn``'s arguments and returning the filled template.
 
@@ -298,6 +322,13 @@ def compile_key_function(fn: Callable[..., Any], template: str) -> Callable[...,
         raise KeyTemplateError(
             f"parameter {own[0]} of {fn.__qualname__}: names starting with {GENERATED} are "
             "the generated wrapper's own; rename it"
+        )
+    hidden = _defaults_inspect_cannot_see(fn)
+    if hidden:
+        raise KeyTemplateError(
+            f"parameter {hidden[0]} of {fn.__qualname__}: its default is "
+            "inspect.Parameter.empty, which inspect cannot tell from no default; use another "
+            "marker (a module-level object())"
         )
     unknown = [name for name in fields if name not in signature.parameters]
     if unknown:

@@ -13,6 +13,7 @@ The servers here are kept alive (``MotoDynamoDB(keep_alive=True)``) behind a
 
 from __future__ import annotations
 
+import gc
 import inspect
 import logging
 import os
@@ -20,6 +21,7 @@ import signal
 import socket
 import sys
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -548,6 +550,46 @@ def test_a_forked_child_closes_its_copy_of_a_connection_of_a_pool_made_before_th
     seen = forked_while_a_parent_thread_loads(source, proxy, held_request(proxy), "a request")
     assert seen == [0, [1, 0], 0, [0]]  # each connection closed by its reply
     source.close()
+
+
+class Dropped:
+    """An object of a caller's thread, let go of by it (weakly referred to by the test)."""
+
+
+def test_the_watch_keeps_nothing_a_callers_thread_let_go_of_alive(behind: Behind) -> None:
+    """The watch reads the threads' stacks as it starts (for the connections they hold) when
+    the client given sent before: it read every frame's locals, and a frame's locals read
+    stay in its ``f_locals`` dict (CPython 3.11) until the frame ends. What a caller's thread
+    held then (in a loop of its life, say) and let go of after was kept alive: an object
+    whose finalizer closes a socket, a reply's buffer. Only the pools' and replies' own
+    frames, which end with their request, are read."""
+    settings = behind.settings(read_timeout=HUNG)
+    client = make_client(settings)
+    client.describe_table(TableName=behind.table)  # its pool made: the stacks are read
+    kept: list[weakref.ref[Dropped]] = []
+    given, dropped, done = threading.Event(), threading.Event(), threading.Event()
+
+    def callers_loop() -> None:
+        held: Dropped | None = Dropped()
+        kept.append(weakref.ref(held))
+        given.wait(HUNG)
+        held = None  # let go of, the frame going on
+        dropped.set()
+        done.wait(HUNG)
+
+    caller = threading.Thread(target=callers_loop)
+    caller.start()
+    until(lambda: kept != [], "the caller's object")
+    source = behind.owning(client, settings)
+    given.set()
+    dropped.wait(HUNG)
+    gc.collect()
+    try:
+        assert kept[0]() is None
+    finally:
+        done.set()
+        caller.join(HUNG)
+        source.close()
 
 
 def test_a_forked_child_of_a_client_laid_out_otherwise_warns_and_closes_nothing(

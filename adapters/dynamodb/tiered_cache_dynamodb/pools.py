@@ -24,6 +24,7 @@ client may have sent; :mod:`.inherited`: warn, close nothing).
 
 from __future__ import annotations
 
+import inspect
 import socket
 import sys
 import weakref
@@ -70,28 +71,48 @@ def _idle_connections(pools: list[Any]) -> list[tuple[Any, Any]]:
     return found
 
 
+def _methods(classes: list[type[Any]]) -> set[Any]:
+    """The code of the methods of ``classes`` and of their bases (a generator's or a context
+    manager's too: the frame runs the function's own code)."""
+    codes: set[Any] = set()
+    for cls in classes:
+        for kind in cls.__mro__:
+            for value in vars(kind).values():
+                function = inspect.unwrap(getattr(value, "__func__", value))
+                if inspect.isfunction(function):
+                    codes.add(function.__code__)
+    return codes
+
+
 def _in_use(pools: list[Any]) -> list[tuple[Any, Any]]:
     """The connections of ``pools`` that threads hold now, each with its pool: taken from
     their pool's queue, they are held by the threads' stacks alone: by the locals (``conn``)
     of the pool's own methods (``urlopen``, ``_make_request``, ``_put_conn``: its connect,
     its request, its wait for the reply's head) and, once ``urlopen`` has returned, by the
-    reply read (``_connection``, until it is put back)."""
+    reply read (``_connection``, until it is put back).
+
+    Only the frames of those methods have their locals read: a frame's locals read stay in
+    its ``f_locals`` dict (CPython 3.11) until it ends or is read again, and a frame of a
+    caller's (its thread's loop, its ``main``) kept alive what it let go of after, for its
+    life. These end with their request."""
     mine = {id(pool): pool for pool in pools}
+    theirs = _methods([*(type(pool) for pool in pools), HTTPResponse])
     found: list[tuple[Any, Any]] = []
     for top in sys._current_frames().values():
         frame: Any = top
         while frame is not None:
-            names = frame.f_locals
-            owner = names.get("self")
-            pool = mine.get(id(owner))
-            if pool is not None and names.get("conn") is not None:
-                found.append((pool, names["conn"]))
-            elif (
-                isinstance(owner, HTTPResponse)
-                and id(owner._pool) in mine
-                and owner._connection is not None
-            ):
-                found.append((owner._pool, owner._connection))
+            if frame.f_code in theirs:
+                names = frame.f_locals
+                owner = names.get("self")
+                pool = mine.get(id(owner))
+                if pool is not None and names.get("conn") is not None:
+                    found.append((pool, names["conn"]))
+                elif (
+                    isinstance(owner, HTTPResponse)
+                    and id(owner._pool) in mine
+                    and owner._connection is not None
+                ):
+                    found.append((owner._pool, owner._connection))
             frame = frame.f_back
     return found
 

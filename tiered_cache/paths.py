@@ -154,8 +154,14 @@ class ChainPaths:
         still servable; None: from the first tier, now. ``first_counted``: this read counted
         an I/O tier 0 already (:attr:`first_awaited`: read beside a refresh, then leading the
         next flight)."""
-        check_keys((key,), self.utf8_for)
-        now, tiers, stale = (self.clock(), self.tiers, None) if below is None else below
+        now: float
+        tiers: Sequence[ChainTier]
+        stale: Entry | None
+        if below is None:
+            check_keys((key,), self.utf8_for)
+            now, tiers, stale = self.clock(), self.tiers, None
+        else:  # read_through_plain's key, checked there (as before the walks were one)
+            now, tiers, stale = below
         down = state.down
         for tier in tiers:
             if state.bypass and tier.local:
@@ -352,7 +358,7 @@ class ChainPaths:
         """A ``get`` that joined another caller's load of its key: a wait
         (``singleflight_waits``); and if it took the bus as down or starting (``state``, the
         read's own; the other arguments are the read's, unused), a read past memory, as the
-        leader's read counts one (:meth:`read_on`), whatever tier 0 is: a Redis-first chain's
+        leader's read counts one (:meth:`read_through`), whatever tier 0 is: a Redis-first chain's
         joined reads counted none (1 bypass for 10 reads). The L1 lookup leaves an in-process
         tier 0 to the read then (:meth:`set_bus_connected`), which the flight's leader alone
         makes: its miss too (of ten reads joining one load, memory counted one miss; ten when

@@ -172,15 +172,15 @@ _TRIAL_SCALE: Final = 4
 #: warm-up losses (reuse 0.65 to 0.8, mean distance 700 to 1,000, 500 entries: 33 to 88 hits
 #: below LRU). With the cache's window CloudPhysics reads -1.9, every tuned row but the
 #: recency ones 0.65 or less (OLTP at 1,000 entries; LRU mode from its fill costs 271 hits),
-#: those traces 0.5 to 4.5 as before (docs/benchmarks/hit-ratio.md, twenty-second round) ...
+#: those traces 0.5 to 4.5 as before (docs/benchmarks/hit-ratio-rounds.md, twenty-second round) ...
 _TRIAL_SIGMAS: Final = 1.0
 #: ... in caches of ``_TOP_ENTRIES`` entries to under this many. The trial reads every key,
 #: not the guard's sample (one key in two from 512 entries, in four from 768): on that sample
 #: a cache of 1,000 entries had a trial of 62 keys, too few to decide, so it ran only under
 #: 512 entries, and the guard's LRU mode came thousands of reads after the fill (recency
 #: traces at 1,000 entries, reuse 0.7 to 0.75, mean distance 800 to 900: 171 to 207 hits below
-#: LRU; docs/benchmarks/hit-ratio.md, nineteenth round). Not in larger caches: reading every
-#: key, the trial costs their longer warm-up two ``OrderedDict`` reads per read, and sampled,
+#: LRU; docs/benchmarks/hit-ratio-rounds.md, nineteenth round). Not in larger caches: reading
+#: every key, the trial costs their longer warm-up two ``OrderedDict`` reads per read, and sampled,
 #: its lead is a draw of the hash salt (OLTP at 15,000 entries: 1.1 to 5.3 sigma under salts
 #: 0 to 11, and LRU mode from the fill cost it 6,699 hits).
 _TRIAL_ENTRIES: Final = 1_024
@@ -896,7 +896,7 @@ class TinyLfuPolicy:
         takes them), and refused candidates' comebacks move the window no more until they
         stop (as many misses in a row without one as the run asked for). A hold of a fixed
         2,000 misses instead cost OLTP at 10,000 and 15,000 entries (docs/benchmarks/
-        hit-ratio.md, fourteenth and fifteenth rounds).
+        hit-ratio-rounds.md, fourteenth and fifteenth rounds).
 
         Costs an addition and a test per comeback; any other miss a store and a test.
         """
@@ -1090,7 +1090,7 @@ class TinyLfuPolicy:
         read once since), and a recency trace whose LRU mode stays ended a few hits off LRU
         for good (reuse 0.65 to 0.8, mean distance 500 to 900, 1,000 entries: 6 below LRU to
         3 above, the same under each hash salt; now LRU's hits exactly: docs/benchmarks/
-        hit-ratio.md, twenty-first round). Before the first eviction the cache holds every
+        hit-ratio-rounds.md, twenty-first round). Before the first eviction the cache holds every
         key read, so their order is the whole of LRU's. Costs, until the fill only, an
         ``OrderedDict`` pop and insert per read, and at the switch one move per kept key.
         """
@@ -1191,8 +1191,8 @@ class TinyLfuPolicy:
         mean distance 200 to 500, 1,000 entries: windows of 700 to 970 by the end, 20 to 552
         hits above LRU on the policy before this rule), where the miniature at half the cache
         trails LRU: with it alone, LRU mode stayed and those traces ended within a hit of LRU
-        (docs/benchmarks/hit-ratio.md, nineteenth round). The guard's evidence is halved each
-        period, and a miniature this close to LRU differs from it on a few reads a period: the
+        (docs/benchmarks/hit-ratio-rounds.md, nineteenth round). The guard's evidence is halved
+        each period, and a miniature this close to LRU differs from it on a few reads a period: the
         second one's is counted whole from the read it filled on (halved, it read 1.3 sigma on
         recency-biased at 500 entries, where LRU mode pays, and 0.5 to 1.6 on those traces).
         And it reads every key, at the cache's own size, not the guard's sample: from 512
@@ -1245,7 +1245,8 @@ class TinyLfuPolicy:
         against this policy by the same sign test; when the miniature leads, the window goes
         to half the cache, where LRU mode leaves it too. LRU ahead still enters LRU mode first
         (``_guard``): weighing only the miniature at the top, two recency traces that reach the
-        top before LRU mode lost 46 and 19 hits (docs/benchmarks/hit-ratio.md, seventh round).
+        top before LRU mode lost 46 and 19 hits (docs/benchmarks/hit-ratio-rounds.md, seventh
+        round).
         A floor of a tenth of the cache under the main area instead (no top at all) cost a
         recency trace whose best split outside LRU mode is a main area of a few percent
         (eighth round).

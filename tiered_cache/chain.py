@@ -359,7 +359,8 @@ class TieredCache(L1Reader):
         processes drop their in-process copy (the bus). A value a tier cannot encode raises
         :class:`~tiered_cache.CodecError` before anything is sent (source, tiers, bus). A bad
         ``ttl`` is found after the source took the value: the key is then first dropped from
-        every tier and process.
+        every tier and process. ``ttl`` is the value's, ``None``'s too (without one, a written
+        ``None`` is kept for ``negative_ttl``, as a source's "not found" is).
         """
         # A chain of one in-process tier alone answers through ChainPaths.set_alone (see
         # __init__), which makes the same decisions in plain calls.

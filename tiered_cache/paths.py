@@ -435,7 +435,7 @@ class ChainPaths:
                 yield self.leasing.release_leases, ({key: token},)
             raise
         try:
-            entry = self.make_entry(value, self.clock(), 0.0, ttl)
+            entry = self.make_entry.written(value, self.clock(), ttl)
             # Loads in flight read the source before this write: none of them may fill now;
             # nor may a read of this process that finds the old value in a tier this fill
             # has not reached yet (the invalidation stays open until the fill is done).
@@ -482,7 +482,7 @@ class ChainPaths:
         if self.store is not None:
             self.store(key, value)
         try:
-            entry = self.make_entry(value, self.clock(), 0.0, ttl)
+            entry = self.make_entry.written(value, self.clock(), ttl)
             written = fence.write_alone(mark, key, entry)
         except Exception:
             run(self.invalidate_many([key]))  # the source took the value: see set
@@ -544,7 +544,7 @@ class ChainPaths:
             now = self.clock()
             needs_lease = set(leased)
             entries = {
-                key: self.make_entry(value, now, 0.0, ttl)
+                key: self.make_entry.written(value, now, ttl)
                 for key, value in items.items()
                 if key in tokens or key not in needs_lease  # see leased()
             }

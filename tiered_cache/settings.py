@@ -631,7 +631,9 @@ class CacheSettings(BaseSettings):
         description="How long a loaded value stays fresh; none: as long as the tiers keep it.",
     )
     negative_ttl: Duration = Field(
-        default=30.0, description="How long a 'not found' (None) is cached ('30s')."
+        default=30.0,
+        description="How long a 'not found' (None) is cached ('30s'); a None given to set() "
+        "with a ttl is kept for that ttl.",
     )
     protection: ProtectionSettings = Field(
         default_factory=ProtectionSettings,

@@ -66,13 +66,23 @@ class EntryMaker:
         self._max_stale = max_stale
 
     def __call__(self, value: Any, now: float, duration: float, ttl: float | str | None) -> Entry:
+        """The entry of a loaded ``value``: ``None`` (or ``MISSING``) is the source's "not
+        found", kept for ``negative_ttl`` whatever the read's ``ttl``."""
         if value is MISSING or value is None:
-            lifetime: float | None = self._negative_ttl
-            value = None
-        elif ttl is not None:
-            lifetime = parse_duration(ttl)
-        else:
-            lifetime = self._ttl
+            return self._stamp(None, now, duration, self._negative_ttl)
+        return self._stamp(value, now, duration, self._ttl if ttl is None else parse_duration(ttl))
+
+    def written(self, value: Any, now: float, ttl: float | str | None) -> Entry:
+        """The entry of a ``value`` given to ``set``/``set_many``: a ``ttl`` the write gives
+        is the value's, ``None``'s too (a cache without a source, Django's, stores ``None`` as
+        a value, for the timeout it is given: held for ``negative_ttl`` instead, a ``None`` set
+        for a second stayed 30 s and one set for an hour went after 30 s). Without a ``ttl``, as
+        a load's."""
+        if ttl is None or value is MISSING:
+            return self(value, now, 0.0, ttl)
+        return self._stamp(value, now, 0.0, parse_duration(ttl))
+
+    def _stamp(self, value: Any, now: float, duration: float, lifetime: float | None) -> Entry:
         if lifetime is None:
             soft = hard = NEVER
         else:

@@ -760,3 +760,20 @@ def test_incr_keeps_the_timeout_with_a_bus_given_as_a_settings_model(
     clock.advance(60)
     assert backend.get("hits") == 2
     backend.clear()
+
+
+def test_none_is_kept_for_its_timeout_like_any_value(cache: Any, django_clock: FakeClock) -> None:
+    """Django stores None as a value with the timeout it is given (locmem, Redis): the chain's
+    ``negative_ttl`` (a source's "not found", 30 s by default) has nothing to say about it."""
+    cache.set("short", None, timeout=1)
+    cache.set("long", None, timeout=600)
+    cache.set("forever", None, timeout=None)
+    cache.set_many({"many": None}, timeout=600)
+    assert cache.add("added", None, timeout=600) is True
+    cache.set("touched", None, timeout=1)
+    assert cache.touch("touched", timeout=600) is True
+    django_clock.advance(2)
+    assert cache.get("short", "gone") == "gone"
+    django_clock.advance(60)
+    found = {key: cache.get(key, "gone") for key in ("long", "forever", "many", "added", "touched")}
+    assert found == dict.fromkeys(("long", "forever", "many", "added", "touched"))

@@ -16,7 +16,9 @@ Waits are guards against a hang, never measures.
 from __future__ import annotations
 
 import signal
+import sys
 from collections.abc import Iterator
+from types import FrameType
 from typing import Any
 
 import pytest
@@ -102,3 +104,99 @@ def test_a_close_in_a_handler_during_the_first_connect_neither_hangs_nor_leaves_
         ["can_lease", "tier 'redis' is closed"],
         ["connections open", 0],
     ]
+
+
+#: The ``client`` property's code, traced: the handler lands at each line a first use runs.
+CLIENT = RedisTier.client.fget.__code__  # type: ignore[attr-defined]
+
+
+def _client_lines_run(server: RedisServer) -> list[int]:
+    """The lines of the ``client`` property a first use (the client made) runs."""
+    seen: list[int] = []
+
+    def calls(frame: FrameType, event: str, arg: object) -> object:
+        return lines if event == "call" and frame.f_code is CLIENT else None
+
+    def lines(frame: FrameType, event: str, arg: object) -> object:
+        if event == "line":
+            seen.append(frame.f_lineno)
+        return lines
+
+    tier = RedisTier(connect=lambda: redis.Redis(host=server.host, port=server.port))
+    sys.settrace(calls)
+    try:
+        tier.client  # noqa: B018 -- the first use, traced
+    finally:
+        sys.settrace(None)
+    tier.close()
+    return sorted(set(seen))
+
+
+def _closed_by_a_handler_at(line: int, server: RedisServer) -> list[Any]:
+    """A first use of ``client`` with a handler's ``close()`` landing at ``line``: what the
+    property gave (``"a client"``, or the text of its ``RuntimeError``), the connections of
+    the clients made left open, and whether the closed tier let go of its client."""
+    made: list[redis.Redis] = []
+
+    def connect() -> redis.Redis:
+        made.append(redis.Redis(host=server.host, port=server.port))
+        made[-1].ping()  # a connection of its own, open
+        return made[-1]
+
+    tier = RedisTier(connect=connect, namespace="first-connect")
+
+    def handler(signum: int, frame: object) -> None:
+        tier.close()
+
+    def calls(frame: FrameType, event: str, arg: object) -> object:
+        return lines if event == "call" and frame.f_code is CLIENT else None
+
+    def lines(frame: FrameType, event: str, arg: object) -> object:
+        if event == "line" and frame.f_lineno == line:
+            sys.settrace(None)
+            frame.f_trace = None
+            signal.raise_signal(signal.SIGUSR1)  # the handler runs here, before the line
+        return lines
+
+    previous = signal.signal(signal.SIGUSR1, handler)
+    sys.settrace(calls)
+    try:
+        got: Any = tier.client
+        outcome: Any = "a client" if isinstance(got, redis.Redis) else repr(got)
+    except RuntimeError as exc:
+        outcome = str(exc)
+    finally:
+        sys.settrace(None)
+        signal.signal(signal.SIGUSR1, previous)
+    left_open = [
+        connection
+        for client in made
+        for connection in client.connection_pool._available_connections
+        if connection._sock is not None
+    ]
+    return [outcome, len(left_open), tier._client is None]
+
+
+def test_a_close_in_a_handler_at_any_line_of_the_first_connect_refuses_or_closes(
+    redis_server: RedisServer,
+) -> None:
+    """A signal handler's ``close()`` landing at each line the ``client`` property runs as it
+    makes the tier's client (outside any call: ``can_lease`` asks before a write's first
+    call), placed by a line tracer that raises the signal there. The property returns a
+    client or raises the tier's "is closed", and the client made is closed either way.
+
+    Seen failing (keys: lines from the property's ``def``): ``{18: ['a client', 1, False],
+    19: ['None', 0, True]}``: landing before ``client = self._client`` the property returned
+    ``None`` (the close let go of the client in between: its caller got an
+    ``AttributeError``, not the tier's error); before ``self._client = made``, the closed
+    tier kept the client made, its connection open."""
+    outcomes = {
+        line - CLIENT.co_firstlineno: _closed_by_a_handler_at(line, redis_server)
+        for line in _client_lines_run(redis_server)
+    }
+    wrong = {
+        line: seen
+        for line, seen in outcomes.items()
+        if seen[0] not in ("a client", "tier 'redis' is closed") or seen[1:] != [0, True]
+    }
+    assert wrong == {}, outcomes

@@ -120,20 +120,20 @@ class RedisTier(TierBase):
         client = self._client
         if client is None:
             with self._lock:
-                if self._closed:
-                    raise closed_error(self.name)
-                if self._client is None:
+                if self._client is None and not self._closed:
                     assert self._connect is not None
-                    made = self._connect()
-                    if self._closed:
-                        # Closed as it was made (a signal handler's close, landing in
-                        # connect()): the close found no client to close, so this is
-                        # closed here, not kept by a closed tier.
-                        if self._owns_client:
-                            close_client(made)
-                        raise closed_error(self.name)
-                    self._client = made
+                    self._client = self._connect()
                 client = self._client
+                if self._closed or client is None:
+                    # Closed as it was made, by a signal handler's close landing on this
+                    # thread anywhere above (the lock is reentrant): the close let go of the
+                    # client it found (read here as None: its caller got an AttributeError)
+                    # or found none yet (the one made then kept open by a closed tier). Each
+                    # is closed here too (twice is harmless), and the tier's error raised.
+                    self._client = None
+                    if client is not None and self._owns_client:
+                        close_client(client)
+                    raise closed_error(self.name)
         return client
 
     @property

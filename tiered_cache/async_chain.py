@@ -506,7 +506,11 @@ class AsyncTieredCache(L1Reader):
         first one marked the chain closed and a second returned at once, before anything was
         closed; one cancelled on its way left the tiers, the bus and the source open for
         good, every later ``aclose()`` returning at once. Loads in flight are not waited for:
-        they end with their result and fill no memory (the fence's close)."""
+        they end with their result and fill no memory (the fence's close).
+
+        Awaited inside one of the chain's own writes (a source's ``store``, a tier's write),
+        it returns once the close is begun, new calls refused: the close waits for that
+        write, which goes on to its end first."""
         if not self.closed:
             # First, so that no call reaches a tier or the source being closed
             # (tiered_cache.closed), and before the writes in flight are waited for and the
@@ -520,6 +524,12 @@ class AsyncTieredCache(L1Reader):
             closing = self._closing = asyncio.get_running_loop().create_task(
                 self._close_parts(), name=f"tiered-cache-close:{self.namespace}"
             )
+        if self._writes.inside():
+            # Awaited inside one of the chain's writes (its source's store, a tier's write):
+            # the close waits for the writes, this one among them, which cannot end before
+            # this returns (both hung for good). Calls are refused from here on; the close
+            # goes on once the write has ended, and a later aclose() waits for it.
+            return
         await ends_within(closing, None)  # asyncio.wait: a caller cancelled cancels nothing
         if closing.done() and not closing.cancelled():
             closing.result()

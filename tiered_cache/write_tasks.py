@@ -68,8 +68,19 @@ class WriteTasks:
         return len(self._tasks)
 
     def running(self) -> set[asyncio.Task[None]]:
-        """The write tasks not ended yet (a copy: :meth:`AsyncTieredCache.aclose` waits)."""
-        return set(self._tasks)
+        """The write tasks not ended yet, but the running task (a copy:
+        :meth:`AsyncTieredCache.aclose` and ``wait_background`` wait for them). A write that
+        awaits one of them from inside (a source's ``store``, a tier's write, a hook of its
+        own) cannot end before that returns: waited for, it waited for itself for good."""
+        here = running_task()
+        return {task for task in self._tasks if task is not here}
+
+    def inside(self) -> bool:
+        """Whether the running task is one of the writes: a close awaited there must not wait
+        for its own end (:meth:`running`): it is started, and left to go on once the write
+        has ended."""
+        task = running_task()
+        return task is not None and task in self._tasks
 
     @contextlib.contextmanager
     def publishing(self) -> Iterator[None]:

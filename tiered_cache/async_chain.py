@@ -428,7 +428,10 @@ class AsyncTieredCache(L1Reader):
             if self._native_bus:
                 if self._async_bus is not None:
                     self._listen_here()
-                return await arun(link.announcing(keys, prefixes, clear, at))
+                announcing = arun(link.announcing(keys, prefixes, clear, at))
+                return await self._writes.announced(
+                    announcing, link.close_wait, link.publish_given_up
+                )
             # A sync bus publishes with a blocking call: keep it off the event loop.
             return await asyncio.to_thread(run, link.announcing(keys, prefixes, clear, at))
 

@@ -329,6 +329,19 @@ class BusLink:
         bus: the bus's own ``close_wait`` (:class:`~tiered_cache.bus.BusBase`), its one owner."""
         return close_wait(self.bus)
 
+    def publish_given_up(self) -> None:
+        """A publish the chain stopped waiting for (a write stopped as its event loop ended,
+        past ``close_wait``: :meth:`WriteTasks.announced
+        <tiered_cache.write_tasks.WriteTasks.announced>`): said and counted as a failed one."""
+        self._metrics.count("bus_publish_errors")
+        logger.warning(
+            "a write stopped as its event loop ended gave up its announcement after the "
+            "bus's close_wait (%s s); other processes may serve their in-memory copy until "
+            "it expires",
+            self.close_wait,
+            extra=fields("bus_publish_given_up"),
+        )
+
     async def aclose(self) -> None:
         """Close the bus from the asyncio chain: an async bus natively, a sync one in a
         thread (its close joins its listening thread)."""

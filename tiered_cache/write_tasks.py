@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .logs import logger_for
@@ -63,6 +63,9 @@ class WriteTasks:
         #: A wake-up for each close waiting in :meth:`tier_parts_ended` (any loop's): a write
         #: ended, or began its publish.
         self._waiting: set[Callable[[], None]] = set()
+        #: The tasks finishing a write stopped by a sweep (:func:`_finish`, its cancellation
+        #: taken back): their publishes are bounded (:meth:`announced`).
+        self._finishing: set[asyncio.Task[Any]] = set()
 
     def __len__(self) -> int:
         return len(self._tasks)
@@ -97,6 +100,33 @@ class WriteTasks:
             yield
         finally:
             self._publishing.discard(task)
+
+    def stopping(self) -> bool:
+        """Whether the running task is a write stopped by a sweep (the end of its loop: a
+        write task is cancelled by nothing else), or finishing one (:func:`_finish`)."""
+        task = running_task()
+        if task is None:
+            return False
+        return task in self._finishing or (task in self._tasks and task.cancelling() > 0)
+
+    async def announced(
+        self, announcing: Awaitable[bool], within: float | None, given_up: Callable[[], None]
+    ) -> bool:
+        """Await a write's announcement (True if it went out); a write stopped by a sweep
+        (:meth:`stopping`) waits for it ``within`` at most (the bus's ``close_wait``, as a
+        close does), then gives it up: ``given_up()`` says and counts it, as a failed
+        publish. The end of ``asyncio.run`` waits for the tasks it cancelled: a publish stuck
+        on a stalled Redis, on a publisher with no socket timeout (whose read let the
+        sweep's cancellation go), held it until Redis resumed. (A publish never raises to
+        the write: it went out, or it failed.)"""
+        if within is None or not self.stopping():
+            return await announcing
+        try:
+            async with asyncio.timeout(within):
+                return await announcing
+        except TimeoutError:
+            given_up()
+            return False
 
     def in_tiers(self) -> list[asyncio.Task[None]]:
         """The write tasks running that are not in their publish (nor on a loop that makes no
@@ -147,7 +177,7 @@ class WriteTasks:
             # Cancelled by its own client only, the write goes on. Cancelled with its write,
             # before that one began: the write never runs a step, this caller finishes it.
             if not begun and task.cancelling():
-                await _finish(undo)
+                await self._finish(undo)
             raise
 
     async def _write(self, steps: Steps[None], undo: Undo, begun: list[bool]) -> None:
@@ -155,8 +185,20 @@ class WriteTasks:
         try:
             await arun(steps)
         except asyncio.CancelledError:
-            await _finish(undo)
+            await self._finish(undo)
             raise
+
+    async def _finish(self, undo: Undo) -> None:
+        """:func:`_finish`, its task noted as finishing (:meth:`stopping`)."""
+        task = asyncio.current_task()
+        if task is None:
+            await _finish(undo)
+            return
+        self._finishing.add(task)
+        try:
+            await _finish(undo)
+        finally:
+            self._finishing.discard(task)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -170,6 +212,7 @@ class WriteTasks:
         self._tasks = set()
         self._publishing = set()
         self._waiting = set()
+        self._finishing = set()
 
 
 def _settle(woken: asyncio.Future[None]) -> None:

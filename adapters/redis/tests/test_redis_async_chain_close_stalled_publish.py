@@ -14,15 +14,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
+from typing import Any
 
 import pytest
 
 from tiered_cache import AsyncTieredCache, MemoryTier
+from tiered_cache.testing.forked import in_a_child
 from tiered_cache.testing.polling import async_until
 from tiered_cache.testing.servers import RedisServer
 
 # The bus's test's fixtures too (a private server each test, which it stops; asyncio).
 from .test_redis_async_bus_close_stalled_publish import (  # noqa: F401
+    STUCK,
     Stalled,
     anyio_backend,
     ended,
@@ -66,3 +71,49 @@ async def test_the_chains_aclose_returns_while_a_writes_publish_is_stuck(
         "closed); other processes may serve their in-memory copy until it expires"
     ]
     assert await stalled.left_open() == []
+
+
+def test_a_loop_ending_without_aclose_with_a_writes_publish_stuck_ends(
+    server: RedisServer,  # noqa: F811 (the fixture imported above)
+) -> None:
+    """``asyncio.run`` ending without the chain's ``aclose()`` while a write's publish is
+    stuck on the stopped Redis: the sweep cancels the write task; the write invalidates
+    what it wrote and announces that, on a new connection whose handshake the stopped
+    server never answers (the sweep's one cancellation spent), and the end of
+    ``asyncio.run`` waited for it until Redis resumed. A write stopped so waits for its
+    announcements the bus's ``close_wait`` at most, then gives them up, said and counted.
+    Run in a forked child (``asyncio.run`` is what hangs); the server resumes only after
+    the child reported, or was killed.
+
+    Seen failing: ``TimeoutError: the forked child reported nothing within 15.0 s``."""
+
+    pid = server.pid  # the server's process is the parent's: not known to a child
+    assert pid is not None
+
+    def body() -> list[Any]:
+        said: list[str] = []
+        handler = logging.Handler()
+        handler.emit = lambda record: said.append(record.getMessage())  # type: ignore[method-assign]
+        logging.getLogger("tiered_cache").addHandler(handler)
+        stalled = Stalled(server)
+        chains: list[AsyncTieredCache] = []
+
+        async def main() -> None:
+            await stalled.warm()
+            cache = AsyncTieredCache([MemoryTier(max_entries=10)], namespace="s", bus=stalled.bus)
+            chains.append(cache)
+            os.kill(pid, signal.SIGSTOP)
+            for key in ("k", "j"):  # never awaited: the service's coroutine returns
+                asyncio.create_task(cache.set(key, 1))  # noqa: RUF006
+            await async_until(lambda: len(stalled.bus._publishes._running) == 1, "on the wire")
+
+        asyncio.run(main())
+        given_up = [text for text in said if "gave up its announcement" in text]
+        return [chains[0].stats()["bus_publish_errors"], len(given_up)]
+
+    try:
+        seen = in_a_child(body, timeout=STUCK)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    # Each write's own invalidation as it was stopped, then its finishing's: each given up.
+    assert seen == [4, 4]

@@ -47,6 +47,11 @@ class ForkedChild:
         line = self._reports.readline()
         return json.loads(line) if line else None
 
+    def reports_within(self, timeout: float) -> bool:
+        """Whether the child reports (or exits) within ``timeout``; nothing is read, and a
+        child that does not is left running (:meth:`read` kills it)."""
+        return bool(select.select([self._reports], [], [], timeout)[0])
+
     def kill(self) -> None:
         """Kill the child if it still runs and reap it (a round's end, whatever happened)."""
         with contextlib.suppress(ChildProcessError, OSError):

@@ -141,16 +141,20 @@ class AsyncTierAccessor:
                     self._arm()
         return function(*args)
 
-    async def _guarded(self, operation: Callable[[], Awaitable[T]]) -> T:
-        """A native tier's call through its breaker, after what the tier owes."""
+    def _guarded(self, operation: Callable[[], Awaitable[T]]) -> Awaitable[T]:
+        """A native tier's call through its breaker, after what the tier owes: a plain call
+        that returns what to await (no coroutine of its own around every tier call)."""
         if self.sync.owed.due:
-            await self._settle()
+            return self._settled_then(operation)
+        return self._through_breaker(operation)
+
+    async def _settled_then(self, operation: Callable[[], Awaitable[T]]) -> T:
+        await self._settle()
         return await self._through_breaker(operation)
 
-    async def _through_breaker(self, operation: Callable[[], Awaitable[T]]) -> T:
-        if self._breaker is None:
-            return await operation()
-        return await self._breaker.acall(operation)
+    def _through_breaker(self, operation: Callable[[], Awaitable[T]]) -> Awaitable[T]:
+        breaker = self._breaker
+        return operation() if breaker is None else breaker.acall(operation)
 
     # -- deletes owed (tiered_cache.owed)
 

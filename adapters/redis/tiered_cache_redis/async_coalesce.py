@@ -16,7 +16,8 @@ as fast as before.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any
 
 from .async_tick import TickBatch
 from .async_wire import AsyncReads
@@ -31,11 +32,12 @@ class CoalescedReads:
 
     def __init__(self, reads: AsyncReads) -> None:
         self._reads = reads
-        self._gets: TickBatch[str, bytes | None] = TickBatch(self._send_gets)
+        self._gets: TickBatch[str, bytes | None] = TickBatch(self._send_gets, alone=reads.get)
 
-    async def get(self, name: str) -> bytes | None:
-        """``GET name``, sent with the other GETs of this tick (each name once)."""
-        return await self._gets.call(name)
+    def get(self, name: str) -> Coroutine[Any, Any, bytes | None]:
+        """``GET name``, sent with the other GETs of this tick (each name once). A plain call
+        returning the batch's coroutine: no coroutine of its own on every L2 hit."""
+        return self._gets.call(name)
 
     async def _send_gets(self, names: Sequence[str]) -> list[bytes | Exception | None]:
         unique = list(dict.fromkeys(names))

@@ -33,8 +33,15 @@ class TickBatch(Generic[Call, Result]):
         self,
         send: Callable[[Sequence[Call]], Awaitable[Sequence[Result | Exception]]],
         unclaimed: Callable[[list[tuple[Call, Result]]], Coroutine[Any, Any, None]] | None = None,
+        *,
+        alone: Callable[[Call], Awaitable[Result]] | None = None,
     ) -> None:
         self._send = send
+        #: How a call that is alone in its tick (:func:`runs_alone`) is sent at once, without
+        #: the yield: its result, or raises its error. Given for the reads only: a read
+        #: whose caller is cancelled once it was sent loses nothing, where a lease taken
+        #: then would be held until its TTL (None: every first call yields).
+        self._alone = alone
         #: Given the results of callers that stopped waiting (cancelled) before theirs came:
         #: what they would have had to undo (a lease taken for them) is undone there.
         self._unclaimed = unclaimed
@@ -46,13 +53,19 @@ class TickBatch(Generic[Call, Result]):
         """``call``'s result, sent with the other calls of this tick.
 
         The first call of a tick leads: it lets the tick end (one yield to the loop, no task),
-        then sends the calls gathered meanwhile and hands each waiter its outcome."""
+        then sends the calls gathered meanwhile and hands each waiter its outcome. With
+        ``alone``, a call that nothing else of its tick can follow (:func:`runs_alone`) is
+        sent at once: the yield would gather nothing and cost a pass of the loop (a lone L2
+        hit's)."""
         loop = asyncio.get_running_loop()
         waiting = self._pending.get(loop)
         if waiting is not None:
             future: asyncio.Future[Result] = loop.create_future()
             waiting.append((call, future))
             return await future
+        alone = self._alone
+        if alone is not None and runs_alone(loop):
+            return await alone(call)
         waiting = self._pending[loop] = []
         try:
             try:
@@ -132,6 +145,22 @@ class TickBatch(Generic[Call, Result]):
         stopped waiting, end."""
         if self._sending:
             await asyncio.gather(*self._sending, return_exceptions=True)
+
+
+def runs_alone(loop: asyncio.AbstractEventLoop) -> bool:
+    """True when no other code of this tick can run before a call that yields to ``loop``
+    would resume: asyncio's own loop (``BaseEventLoop``) with no callback ready and no task
+    factory. Its next pass runs the yielding task's step first, ahead of the callbacks of
+    the I/O and the timers that pass finds, so a yield there gathers no other call; a task
+    factory (an eager one, Python 3.12's) may run a new task's first steps inside its
+    creator's, outside the ready queue. Any other loop (uvloop): False, the yield is kept.
+
+    ``_ready`` is the loop's queue of callbacks to run (CPython's, no public accessor)."""
+    return (
+        isinstance(loop, asyncio.BaseEventLoop)
+        and not loop._ready  # type: ignore[attr-defined]
+        and loop.get_task_factory() is None
+    )
 
 
 def rounds(keys: Sequence[str]) -> list[list[int]]:

@@ -20,7 +20,7 @@ single-connection client); anything else reads through ``redis.asyncio`` as befo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from typing import Any, Protocol, cast
 
 import redis
@@ -84,13 +84,16 @@ class AsyncWireReader:
         self._limit = parked_limit(self._pool.max_connections)
         self._closed = False
 
-    async def get(self, name: str) -> bytes | None:
-        """``GET name``: the value's bytes, or ``None``."""
-        return cast("bytes | None", await self._round_trip(GET_HEAD + bulk(name)))
+    # Plain calls returning the round trip's coroutine: no coroutine of their own around it
+    # on every read.
 
-    async def mget(self, names: Sequence[str]) -> list[bytes | None]:
+    def get(self, name: str) -> Coroutine[Any, Any, bytes | None]:
+        """``GET name``: the value's bytes, or ``None``."""
+        return self._round_trip(GET_HEAD + bulk(name))
+
+    def mget(self, names: Sequence[str]) -> Coroutine[Any, Any, list[bytes | None]]:
         """``MGET names``: one reply per name, ``None`` for a missing key."""
-        return cast("list[bytes | None]", await self._round_trip(mget_command(names)))
+        return self._round_trip(mget_command(names))
 
     async def _round_trip(self, packed: bytes) -> Any:
         try:

@@ -18,12 +18,17 @@ denominator carries the round trip.
 
 ``--parts`` also counts the steps in between (the raw ``GET`` alone, the tier's read alone,
 the tier's ``get``), so that the chain's cost splits into the wire, the decode and the chain.
+
+``--batch`` counts the chain's ``get_many`` of 100 keys (``bench_redis.BATCHES``) instead, per
+key, beside the parts ``benchmarks/bench_get_many_parts.py`` times (the tier's ``get_many``
+alone, its MGET alone, its decode alone, the memory tier's look-up of the 100 keys and its
+taking of the 100 entries), and what the parts leave of the chain's count: its own code.
 ``--annotate FILE`` keeps the chain's long run's callgrind profile in ``FILE`` and prints its
 top functions by inclusive count (``callgrind_annotate``: C functions; the interpreter's
 frames show as ``_PyEval_EvalFrameDefault``).
 
-Run: ``.venv/bin/python tools/l2_instructions.py [--parts] [--annotate FILE]`` (valgrind
-installed; about 2 minutes, 5 with ``--parts``).
+Run: ``.venv/bin/python tools/l2_instructions.py [--parts | --batch] [--annotate FILE]``
+(valgrind installed; about 2 minutes, 5 with ``--parts`` or ``--batch``).
 """
 
 from __future__ import annotations
@@ -60,15 +65,37 @@ READS = {
 }
 PARTS = ("raw GET", "tier wire GET", "tier get")
 
+#: What each contender does per batch of 100 (``i``: the batch's index in ``BATCHES``; the
+#: parts' inputs are ``BATCH_SETUP``'s, as ``bench_get_many_parts.py`` makes them).
+BATCH_READS = {
+    "chain get_many(100)": "lambda i: bench.chain.get_many(BATCHES[i])",
+    "tier get_many(100)": "lambda i: bench.tier.get_many(BATCHES[i])",
+    "redis MGET": "lambda i: reads.mget(names[i])",
+    "redis decode": "lambda i: decode(BATCHES[i], replies[i], time.time())",
+    "memory get_many": "lambda i: memory.get_many(BATCHES[(i + 3) % len(BATCHES)])",
+    "memory set_many": "lambda i: memory.set_many(entries[(i + 5) % len(BATCHES)])",
+}
+#: The parts of the chain's batch, which together leave its own code.
+BATCH_PARTS = ("redis MGET", "redis decode", "memory get_many", "memory set_many")
+BATCH_SETUP = """
+memory, tier = bench.chain.tiers[0], bench.tier
+reads = tier._read_path()
+names = [[tier.redis_key(key) for key in batch] for batch in BATCHES]
+replies = [reads.mget(batch) for batch in names]
+decode = tier._stored.decode_many
+entries = [decode(batch, values, time.time()) for batch, values in zip(BATCHES, replies)]
+"""
+
 PROGRAM = """
-import json, sys
+import json, sys, time
 sys.path.insert(0, {benchmarks!r})
-from bench_redis import KEYS, RAW_PREFIX, connect
+from bench_redis import BATCHES, KEYS, RAW_PREFIX, connect
 bench = connect({url!r})
+{setup}
 read = {read}
 def one_pass():
-    for key in KEYS:
-        read(key)
+    for item in {items}:
+        read(item)
 one_pass()
 print("ready", flush=True)  # the tool turns valgrind's instrumentation on, then says go
 sys.stdin.readline()
@@ -115,9 +142,19 @@ def instructions(program: str, passes: int, out: str = "/dev/null") -> int:
 
 
 def per_read(program: str, annotate: str | None = None) -> float:
+    """Instructions per key (a pass reads the 1,000 keys, one by one or in batches)."""
     long = instructions(program, LONG, annotate or "/dev/null")
     short = instructions(program, SHORT)
     return (long - short) / ((LONG - SHORT) * READS_PER_PASS)
+
+
+def program(name: str, url: str) -> str:
+    """The program that reads as contender ``name`` does (a key, or a batch, per call)."""
+    if name in BATCH_READS:
+        setup, read, items = BATCH_SETUP, BATCH_READS[name], "range(len(BATCHES))"
+    else:
+        setup, read, items = "", READS[name], "KEYS"
+    return PROGRAM.format(benchmarks=str(BENCHMARKS), url=url, setup=setup, read=read, items=items)
 
 
 def top_functions(profile: str, lines: int = 40) -> str:
@@ -133,7 +170,9 @@ def top_functions(profile: str, lines: int = 40) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", action="store_true", help="count the steps in between too")
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--parts", action="store_true", help="count the steps in between too")
+    what.add_argument("--batch", action="store_true", help="count get_many(100) and its parts")
     parser.add_argument("--annotate", metavar="FILE", help="keep the chain's callgrind profile")
     args = parser.parse_args()
     head = subprocess.run(
@@ -145,20 +184,32 @@ def main() -> None:
     ).stdout.strip()
     pure = os.environ.get("TIERED_CORE_PURE", "") not in ("", "0")
     core = "pure-Python core" if pure else "compiled core if built"
-    print(f"run: .venv/bin/python tools/l2_instructions.py | commit {head} | {core}")
-    names = ["chain get", "raw GET + json.loads", *(PARTS if args.parts else ())]
+    flags = "".join(f" --{flag}" for flag in ("parts", "batch") if getattr(args, flag))
+    print(f"run: .venv/bin/python tools/l2_instructions.py{flags} | commit {head} | {core}")
+    if args.batch:
+        names = ["chain get_many(100)", "tier get_many(100)", *BATCH_PARTS]
+    else:
+        names = ["chain get", "raw GET + json.loads", *(PARTS if args.parts else ())]
     counts: dict[str, float] = {}
     with RedisServer() as server:
         bench = connect(server.url)
         fill(bench)
         bench.close()
         for name in names:
-            program = PROGRAM.format(benchmarks=str(BENCHMARKS), url=server.url, read=READS[name])
-            counts[name] = per_read(program, args.annotate if name == "chain get" else None)
+            counted = args.annotate if name == names[0] else None
+            counts[name] = per_read(program(name, server.url), counted)
+    unit = "key" if args.batch else "read"
     for name in names:
-        print(f"{name:<24}{counts[name]:>10,.0f} instructions per read")
-    ours, peer = counts["chain get"], counts["raw GET + json.loads"]
-    print(f"ratio chain get / raw GET + json.loads: {ours / peer:.2f}x")
+        print(f"{name:<24}{counts[name]:>10,.0f} instructions per {unit}")
+    if args.batch:
+        whole = counts["chain get_many(100)"]
+        tier = counts["tier get_many(100)"]
+        own = whole - sum(counts[part] for part in BATCH_PARTS)
+        print(f"{'chain over the tier':<24}{whole - tier:>10,.0f} instructions per key")
+        print(f"{'chain own (no parts)':<24}{own:>10,.0f} instructions per key")
+    else:
+        ours, peer = counts["chain get"], counts["raw GET + json.loads"]
+        print(f"ratio chain get / raw GET + json.loads: {ours / peer:.2f}x")
     if args.annotate:
         print(top_functions(args.annotate))
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -18,7 +20,16 @@ from typing import Any, TypeVar
 from .errors import ConfigError
 from .registry import BUSES_GROUP, SOURCES_GROUP, TIERS_GROUP, load_entry_point
 
-__all__ = ["COMMANDS_GROUP", "SUBCOMMANDS", "Subcommand", "main", "register", "version_text"]
+__all__ = [
+    "COMMANDS_GROUP",
+    "INTERRUPTED",
+    "READER_GONE",
+    "SUBCOMMANDS",
+    "Subcommand",
+    "main",
+    "register",
+    "version_text",
+]
 
 T = TypeVar("T")
 
@@ -250,11 +261,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Exit statuses of a command stopped from outside, as a shell reports a process killed by
+#: the signal: Ctrl-C (SIGINT), and the reader of its output gone (SIGPIPE: ``| head -1``).
+INTERRUPTED = 128 + signal.SIGINT
+READER_GONE = 128 + signal.SIGPIPE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``tiered-cache`` with ``argv`` (default: the process's arguments)."""
+    """Run ``tiered-cache`` with ``argv`` (default: the process's arguments).
+
+    Every subcommand ends here: Ctrl-C and a reader of the output that went away end it with
+    the shell's statuses for them, without a traceback (both printed Python's)."""
     args = build_parser().parse_args(argv)
     run: Callable[[argparse.Namespace], int] = args._run
-    return run(args)
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return INTERRUPTED
+    except BrokenPipeError:
+        # Nothing more can be shown; stdout goes to /dev/null so that the interpreter's own
+        # flush of it as the process exits does not fail again (and print that).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return READER_GONE
 
 
 if __name__ == "__main__":

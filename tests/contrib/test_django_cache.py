@@ -777,3 +777,19 @@ def test_none_is_kept_for_its_timeout_like_any_value(cache: Any, django_clock: F
     django_clock.advance(60)
     found = {key: cache.get(key, "gone") for key in ("long", "forever", "many", "added", "touched")}
     assert found == dict.fromkeys(("long", "forever", "many", "added", "touched"))
+
+
+def test_the_chains_of_every_entry_register_with_prometheus_together(caches: Any) -> None:
+    """Entries of one settings file share one chain (``default`` and ``prefix`` here); the
+    chains of every entry, given to one ``register()`` as docs/metrics.md says, were refused
+    as two chains of one namespace."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from tiered_cache.contrib.prometheus import register
+
+    registry = CollectorRegistry()
+    register(caches["default"].chain, caches["prefix"].chain, registry=registry)
+    namespace = caches["default"].chain.namespace
+    assert f'tiered_cache_loads_total{{namespace="{namespace}"}}'.encode() in generate_latest(
+        registry
+    )

@@ -117,6 +117,21 @@ def test_chains_instrumented_in_two_calls_on_one_provider_are_both_collected() -
             instrument(again, meter_provider=provider)  # its series would be the other's
 
 
+def test_one_chain_given_twice_or_in_two_calls_is_collected_once() -> None:
+    """A chain named twice (Django's CACHES entries of one settings file share one chain), in
+    one call or in two, was refused as two chains of one namespace."""
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    with TieredCache.from_config(namespace="twice", bus={"kind": "off"}) as cache:
+        cache.get("a", lambda: 1)
+        cache.get("a")
+        instrument(cache, cache, meter_provider=provider)
+        instrument(cache, meter_provider=provider)
+        points = collect(reader)
+    labels = frozenset({("namespace", "twice"), ("tier", "memory")})
+    assert points[("tiered_cache.tier_hits", labels)] == 1
+
+
 def test_a_closed_chain_lets_go_of_its_instruments_and_a_rebuilt_one_takes_its_place() -> None:
     """OpenTelemetry has no way to unregister: a chain rebuilt with the namespace of one
     that was closed was refused with ValueError (its series would be the closed one's).

@@ -141,6 +141,22 @@ def test_chains_whose_series_would_collide_are_refused_when_registered(
     assert list(registry.collect())
 
 
+def test_one_chain_given_twice_is_registered_once(cache: TieredCache, namespace: str) -> None:
+    """Django's backend gives every CACHES entry of one settings file one chain, so
+    ``register(*(caches[name].chain for name in CACHES))`` names a chain twice: it was refused
+    as "two chains of namespace ...: give each chain a namespace of its own"."""
+    registry = CollectorRegistry()
+    register(cache, cache, registry=registry)
+    cache.get("k", lambda: 1)
+    cache.get("k")
+    text, samples = scrape(registry)
+    labels = frozenset({("namespace", namespace), ("tier", "memory")})
+    assert samples[("tiered_cache_tier_hits_total", labels)] == 1
+    assert (
+        text.count('tiered_cache_tier_hits_total{namespace="' + namespace + '",tier="memory"}') == 1
+    )
+
+
 def test_a_raw_hot_key_utf8_cannot_encode_does_not_break_the_scrape(
     clock: FakeClock, namespace: str
 ) -> None:

@@ -29,7 +29,7 @@ from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Meter, MeterProvider, Observation
 
 from ..chain import TieredCache
-from .series import CATALOGUE, Series, Spec, check_apart, series
+from .series import CATALOGUE, Series, Spec, apart, series
 
 __all__ = ["PREFIX", "TieredCacheInstruments", "instrument"]
 
@@ -61,8 +61,7 @@ class TieredCacheInstruments:
         max_age: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        check_apart(caches)
-        self._caches = tuple(caches)
+        self._caches = apart(caches)
         self._raw_hot_keys = raw_hot_keys
         self._max_age = max_age
         self._clock = clock
@@ -96,8 +95,7 @@ class TieredCacheInstruments:
             )
         with self._lock:
             kept = self._open()
-            check_apart([*kept, *caches])
-            self._caches = (*kept, *caches)
+            self._caches = apart([*kept, *caches])
             self._taken_at = -float("inf")  # the next collection takes every chain
 
     def _open(self) -> tuple[TieredCache, ...]:

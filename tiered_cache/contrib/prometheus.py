@@ -37,7 +37,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from ..chain import TieredCache
-from .series import Series, check_apart, series
+from .series import Series, apart, series
 
 if TYPE_CHECKING:
     from .prometheus_multiprocess import MultiprocessMirror
@@ -58,8 +58,7 @@ class TieredCacheCollector(Collector):
     """
 
     def __init__(self, *caches: TieredCache, raw_hot_keys: bool = False) -> None:
-        check_apart(caches)
-        self._caches = caches
+        self._caches = apart(caches)
         self._raw_hot_keys = raw_hot_keys
 
     def describe(self) -> Iterator[Metric]:

@@ -34,7 +34,7 @@ from ..chain import TieredCache
 from ..forking import restart_after_fork, start_when_restarted
 from ..metrics import LOAD_BUCKETS
 from .prometheus import PREFIX
-from .series import CATALOGUE, Series, check_apart, series
+from .series import CATALOGUE, Series, apart, series
 
 __all__ = ["GAUGE_MODES", "MultiprocessMirror"]
 
@@ -85,8 +85,7 @@ class MultiprocessMirror:
             raise ValueError(
                 f"refresh_every must be a positive number of seconds: {refresh_every!r}"
             )
-        check_apart(caches)
-        self._caches = caches
+        caches = self._caches = apart(caches)
         self._every = refresh_every
         self._stop = threading.Event()
         with _HERE.lock:

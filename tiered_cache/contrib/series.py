@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from ..logs import key_hash
 from ..metrics import EVENTS
@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from ..chain import TieredCache
 
 Kind = Literal["counter", "gauge", "histogram"]
+#: A chain of either face.
+C = TypeVar("C", bound="TieredCache | AsyncTieredCache")
 Labels = dict[str, str]
 
 #: The states a tier's circuit breaker can be in (the label values of ``tier_breaker_state``).
@@ -223,12 +225,16 @@ _TIER_FIELDS = {
 }
 
 
-def check_apart(caches: Iterable[TieredCache | AsyncTieredCache]) -> None:
-    """:class:`ValueError` unless every series of ``caches`` has labels of its own: one
-    namespace per chain, one name per tier of a chain. Two alike made one scrape show a series
-    twice, with two values, of which Prometheus keeps one (the other chain's or tier's)."""
+def apart(caches: Iterable[C]) -> tuple[C, ...]:
+    """``caches``, each chain once, or :class:`ValueError` unless every series of them has
+    labels of its own: one namespace per chain, one name per tier of a chain. Two alike made
+    one scrape show a series twice, with two values, of which Prometheus keeps one (the other
+    chain's or tier's). One chain given twice is one chain: Django's backend gives every
+    ``CACHES`` entry of one settings file the same chain, and registering each entry's was
+    refused as two chains of one namespace."""
+    once = tuple({id(cache): cache for cache in caches}.values())
     namespaces: set[str] = set()
-    for cache in caches:
+    for cache in once:
         if cache.namespace in namespaces:
             raise ValueError(
                 f"two chains of namespace {cache.namespace!r}: their series would be one; "
@@ -242,6 +248,7 @@ def check_apart(caches: Iterable[TieredCache | AsyncTieredCache]) -> None:
                     f"the chain of namespace {cache.namespace!r} has {names.count(name)} tiers "
                     f"named {name!r}: their series would be one; give each tier a name"
                 )
+    return once
 
 
 def series(*snapshots: Mapping[str, Any], raw_hot_keys: bool = False) -> list[Series]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import sys
 import tracemalloc
 from pathlib import Path
@@ -301,3 +302,22 @@ def test_count_reads_adds_an_arc_lines_blocks_without_expanding_them(tmp_path: P
     keys = tmp_path / "t.keys"
     keys.write_text("a\n\nb\na\n")
     assert count_reads(keys, "keys") == 3
+
+
+@pytest.mark.parametrize("fmt", ["keys", "arc"])
+def test_a_trace_from_a_pipe_is_replayed_whole_with_a_progress_bar(
+    fmt: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``tiered-cache replay <(zcat trace.gz)`` on a terminal (a bar by default): the trace was
+    read once to count the bar's total, and the replay then found the pipe empty: 0 requests,
+    a hit ratio of 0, exit 0. A trace that is not a regular file is read once."""
+    lines = "a\nb\na\n" if fmt == "keys" else "1 2 0 1\n1 1 0 2\n"
+    read_end, write_end = os.pipe()
+    os.write(write_end, lines.encode())
+    os.close(write_end)
+    try:
+        argv = ["replay", f"/dev/fd/{read_end}", "--format", fmt, "--l1-size", "5", "--json"]
+        assert main([*argv, "--progress", "always"]) == 0
+    finally:
+        os.close(read_end)
+    assert json.loads(capsys.readouterr().out)["requests"] == 3

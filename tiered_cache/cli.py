@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, entry_points, version
+from pathlib import Path
 from typing import Any, TypeVar
 
 from .errors import ConfigError
@@ -108,7 +109,7 @@ def _progress(args: argparse.Namespace) -> Callable[[Iterable[T], int, str], Ite
     except ImportError:
         return _plain_bar
     return lambda items, total, label: tqdm(
-        items, total=total, desc=label, unit=" reads", unit_scale=True, leave=False
+        items, total=total or None, desc=label, unit=" reads", unit_scale=True, leave=False
     )
 
 
@@ -151,7 +152,11 @@ def _replay_run(args: argparse.Namespace) -> int:
             total = len(requests)
         else:
             requests = read_trace(args.trace, args.format)
-            total = 0 if progress is None else count_reads(args.trace, args.format)
+            # Counting the bar's total reads the trace once more: a trace that is not a
+            # regular file (a pipe, `<(zcat trace.gz)`, /dev/stdin) can be read once, and was
+            # then empty for the replay (0 requests, exit 0). Its bar has no total.
+            counted = progress is not None and Path(args.trace).is_file()
+            total = count_reads(args.trace, args.format) if counted else 0
         shown = requests if progress is None else progress(requests, total, args.admission)
         result = replay(shown, args.l1_size, admission=args.admission)
     except ConfigError as exc:  # the memory tier's settings refuse the flags

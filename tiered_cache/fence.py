@@ -28,6 +28,12 @@ refused that copy and this process served its previous value after its ``set`` r
 the memory ``ttl`` (the history checker's seed 2033, schedule 548). A read whose mark comes after
 the write is done reads Redis after the write's fill.
 
+A write whose fill of a shared tier failed (a timeout, a value Redis refused while it answers)
+would leave that tier the key's *old* value, which every other process reads once the bus
+dropped its memory copy: the write deletes the key there instead, and a delete that fails is
+owed (:mod:`tiered_cache.owed`), as an invalidation's is. A read's fill that failed leaves
+nothing to undo (the tier missed the key), so it deletes nothing.
+
 A gap (the bus dropped or came back, a sender's number skipped) is an invalidation of memory
 alone: this process may have missed messages about its own copies; it says nothing of Redis. So
 it refuses what a fill writes into the in-process tiers, but a key filled under its lease is
@@ -196,13 +202,13 @@ class Fence:
             self._drop(keys, (), False)
             if self.plain and not tokens and len(entries) == 1:
                 ((key, entry),) = entries.items()
-                landed = self.fill_one(mark, key, entry, self._tiers, own, sole=sole)
+                landed = self.fill_one(mark, key, entry, self._tiers, own, sole=sole, written=True)
                 return {key} if landed else set()
             if not entries:
                 return set()
             return (
                 yield from self.fill_steps(
-                    mark, entries, self._targets, tokens=tokens, own=own, sole=sole
+                    mark, entries, self._targets, tokens=tokens, own=own, sole=sole, written=True
                 )
             )
         finally:
@@ -284,6 +290,7 @@ class Fence:
         tokens: Mapping[str, str] | None = None,
         own: int | None = None,
         sole: bool = False,
+        written: bool = False,
     ) -> Steps[AbstractSet[str]]:
         """The fill, as steps (:mod:`tiered_cache.steps`), for the sync and the asyncio
         chains; :meth:`fill_one` is its one-key, lease-less form in plain calls.
@@ -304,6 +311,9 @@ class Fence:
         (:meth:`_write_sole`). Filled under them, a write whose lease
         another writer stole before its fill was not written and invalidated the key: it
         deleted the other's value, or its lease, whose fill then failed: both lost.
+
+        ``written``: the fill of a write (:meth:`write_steps`): a shared tier that failed it
+        has the key deleted instead (see the module's notes).
 
         No ``tiers`` (a copy from the first tier, a lease holder's value found in a leasing
         tier that comes first, a chain without tiers): no step, nothing judged or counted,
@@ -340,7 +350,7 @@ class Fence:
         # A copy only when the leased fill may drop keys from it (a fill after every miss
         # or set with no leasing tier: no copy).
         landing: Mapping[str, Entry] = dict(entries) if leasing is not None else entries
-        written: list[FillTarget] = []
+        filled: list[FillTarget] = []
         refused_value: CodecError | None = None
         try:
             for tier in reversed(tiers):
@@ -350,18 +360,18 @@ class Fence:
                     assert isinstance(landing, dict)
                     ordered = self.mark()
                     write = self._write_sole if sole else self._fill_leased
-                    confirmed = (yield from write(tier, landing, tokens)) | bare.intersection(
-                        landing
-                    )
+                    confirmed = (
+                        yield from write(tier, landing, tokens, written)
+                    ) | bare.intersection(landing)
                     tokens = {}
-                    written.append(tier)
+                    filled.append(tier)
                     # Before the faster tiers are written: what came since, gaps included.
                     refused = yield from self._undo(
                         mark,
                         landing,
                         own,
                         (confirmed, ordered),
-                        written=written,
+                        written=filled,
                         out=kept_out,
                         sole=sole,
                     )
@@ -369,10 +379,10 @@ class Fence:
                         del landing[key]
                 elif kept_out and tier.local:
                     yield tier.set_many, ({k: e for k, e in landing.items() if k not in kept_out},)
-                    written.append(tier)
+                    filled.append(tier)
                 else:
-                    yield tier.set_many, (landing,)
-                    written.append(tier)
+                    yield from self._fill_tier(tier, landing, written)
+                    filled.append(tier)
                 if not landing:
                     break
         except CodecError as exc:
@@ -386,7 +396,7 @@ class Fence:
             raise refused_value
         # Invalidated between the check and the write: undo, deleting is always safe.
         late = yield from self._undo(
-            mark, landing, own, (confirmed, ordered), written=written, out=kept_out, sole=sole
+            mark, landing, own, (confirmed, ordered), written=filled, out=kept_out, sole=sole
         )
         return set(landing).difference(late)
 
@@ -462,11 +472,14 @@ class Fence:
         own: int | None = None,
         *,
         sole: bool = False,
+        written: bool = False,
     ) -> bool:
         """:meth:`fill` of one key without a lease (the threaded chain's fill after a miss, a
         copy-up, a write), in plain calls rather than steps: the same check before the write
         and after it, with nothing to give back. True if it landed. ``sole``: as for
-        :meth:`fill_steps`, an invalidation keeps the write out of memory alone."""
+        :meth:`fill_steps`, an invalidation keeps the write out of memory alone; ``written``:
+        the fill of a write, deleted from a shared tier that failed it (see the module's
+        notes)."""
         keys = (key,)
         log = self._log
         early = log.overtaken(mark, keys, own)  # positional: a call with keywords costs more
@@ -477,12 +490,10 @@ class Fence:
         # The rule's call only in a chain that leases: a memory-only chain's miss pays nothing.
         leases = self._lease_index is not None
         for tier in reversed(tiers):
-            if (
-                not tier.bypassed
-                and not (early and tier.local)
-                and not (leases and self.needs_lease(tier, key))
-            ):
-                tier.set_one(key, entry)
+            if tier.bypassed or (early and tier.local) or (leases and self.needs_lease(tier, key)):
+                continue
+            if not tier.set_one(key, entry) and written and not tier.local:
+                tier.delete_many(keys)  # not the old value (see the module's notes)
         if early or not log.overtaken(mark, keys, own):
             return True
         # Invalidated between the check and the write: undo, deleting is always safe (from
@@ -536,8 +547,21 @@ class Fence:
                 extra=fields("fill_cancelled", key=key),
             )
 
+    def _fill_tier(
+        self, tier: FillTarget, entries: Mapping[str, Entry], written: bool
+    ) -> Steps[None]:
+        """Fill ``tier`` with ``entries``, no lease; ``written``: the fill of a write, whose
+        keys a shared tier that failed it deletes instead (see the module's notes)."""
+        stored: bool = yield tier.set_many, (entries,)
+        if not stored and written and not tier.local:
+            yield tier.delete_many, (list(entries),)
+
     def _write_sole(
-        self, tier: FillTarget, landing: dict[str, Entry], tokens: Mapping[str, str]
+        self,
+        tier: FillTarget,
+        landing: dict[str, Entry],
+        tokens: Mapping[str, str],
+        written: bool = True,
     ) -> Steps[set[str]]:
         """A sole write into the leasing tier (see :meth:`fill_steps`): the values written
         plainly, whoever holds their leases now. A leasing tier's write voids the key's lease
@@ -545,20 +569,28 @@ class Fence:
         the one ``tokens`` hold included: nothing to give back, unless the write failed (the
         tier may be up: a value too large for it resets the connection alone), when they go
         back as :meth:`_fill_leased`'s do. Until the write no load could take the leases, and
-        one that held a lease before the write stole it fails its fill. Returns no key: none
-        was confirmed by a lease (the write's own order confirms them)."""
-        written: bool = yield tier.set_many, (landing,)
-        if not written and tokens:
-            yield tier.release_leases, (tokens,)
+        one that held a lease before the write stole it fails its fill. A write that failed
+        deletes the keys (see the module's notes: a sole write is always ``written``). Returns
+        no key: none was confirmed by a lease (the write's own order confirms them)."""
+        stored: bool = yield tier.set_many, (landing,)
+        if not stored:
+            if tokens:
+                yield tier.release_leases, (tokens,)
+            yield tier.delete_many, (list(landing),)  # not its old value (module's notes)
         return set()
 
     def _fill_leased(
-        self, tier: FillTarget, landing: dict[str, Entry], tokens: Mapping[str, str]
+        self,
+        tier: FillTarget,
+        landing: dict[str, Entry],
+        tokens: Mapping[str, str],
+        written: bool = False,
     ) -> Steps[set[str]]:
         """Fill the leasing tier: keys with a token under their lease, the others only if
         they need none (:meth:`needs_lease`); drop from ``landing`` the keys whose lease was
         lost or whose fill failed. Returns the keys the tier took under their leases (not
-        those kept because it failed: nothing confirmed their order)."""
+        those kept because it failed: nothing confirmed their order). ``written``: the fill of
+        a write, whose keys the tier failed are deleted there (see the module's notes)."""
         plain = {
             key: entry
             for key, entry in landing.items()
@@ -566,11 +598,12 @@ class Fence:
         }
         leased = {key: (entry, tokens[key]) for key, entry in landing.items() if key in tokens}
         if plain:
-            yield tier.set_many, (plain,)
+            yield from self._fill_tier(tier, plain, written)
         if not leased:
             return set()
         confirmed: set[str] = set()
         failed = False
+        unfilled: list[str] = []
         try:
             kept: set[str] = yield tier.fill_with_leases, (leased,)
         except CodecError:
@@ -580,6 +613,7 @@ class Fence:
             # those out of the faster tiers too.
             tier.failed(exc)
             kept = confirmed = exc.kept
+            unfilled = [key for key in leased if key not in kept]
         except Exception as exc:
             tier.failed(exc)
             kept = set(leased)  # the shared tier failed: nothing there to protect
@@ -597,6 +631,9 @@ class Fence:
             # comes. The give-back is token-checked: a fill that landed took its lease already.
             # Yielded after the except block, never in one (see fill_steps).
             yield tier.release_leases, ({key: token for key, (_, token) in leased.items()},)
+            unfilled = list(leased)
+        if unfilled and written:
+            yield tier.delete_many, (unfilled,)
         for key in leased:
             if key not in kept:
                 del landing[key]

@@ -293,4 +293,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as ``python -m tiered_cache.cli``: this module is ``__main__``, and the adapters'
+    # subcommands are instances of tiered_cache.cli's Subcommand, not of this copy's (which
+    # refused them as not subcommands): the command line is the imported module's.
+    from tiered_cache.cli import main as imported_main
+
+    sys.exit(imported_main())

@@ -824,6 +824,21 @@ def test_cli_process_stops_on_sigterm_after_checkpointing(
     assert stats["invalidations"] == 1
 
 
+def test_the_core_command_line_run_as_a_module_has_the_adapters_subcommand() -> None:
+    """``python -m tiered_cache.cli follow-stream``: run as ``__main__``, the core's module
+    checked the subcommands the adapters declare against its own copy of ``Subcommand``, not
+    the class the adapter imported, and refused ``follow-stream`` as an invalid choice."""
+    done = subprocess.run(
+        [sys.executable, "-m", "tiered_cache.cli", "follow-stream", "--help"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (done.returncode, done.stderr) == (0, "")
+    assert "--checkpoint" in done.stdout
+
+
 def test_cli_reports_bad_config_and_missing_stream(
     moto_server: MotoDynamoDB,
     stream_table: Callable[..., str],

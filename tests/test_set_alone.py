@@ -196,11 +196,13 @@ def test_the_general_set_stays_for_other_chains() -> None:
 
 @pytest.mark.parametrize("chain_class", [TieredCache, StepsSet])
 @pytest.mark.parametrize("tiers", [1, 2])
-def test_a_bad_ttl_after_the_source_took_the_value_leaves_no_old_copy(
+def test_a_bad_ttl_is_refused_before_the_source_takes_the_value(
     chain_class: type[TieredCache], tiers: int
 ) -> None:
-    """The ttl is read after the source is written (as the entry is stamped): a bad one
-    raised there and left every tier holding the old value, which the source no longer had."""
+    """The ttl was read after the source was written (as the entry was stamped): a bad one
+    raised there and left every tier holding the old value, which the source no longer had
+    (then the key was dropped from every tier). It is checked before anything is written: the
+    source and the tiers keep the old value."""
     clock = ManualClock(1_000_000.0)
     source = DictSource({"k": "old"})
     layers = [MemoryTier(name=f"m{i}", clock=clock) for i in range(tiers)]
@@ -208,6 +210,5 @@ def test_a_bad_ttl_after_the_source_took_the_value_leaves_no_old_copy(
     assert cache.get("k") == "old"
     with pytest.raises(ValueError, match="duration"):
         cache.set("k", "new", ttl="soon")
-    assert source.items["k"] == "new"
-    assert [layer.peek("k") for layer in layers] == [MISSING] * tiers
-    assert cache.get("k") == "new"
+    assert source.items["k"] == "old"
+    assert cache.get("k") == "old"

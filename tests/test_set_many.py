@@ -80,19 +80,18 @@ def test_a_source_failing_part_way_drops_the_keys_it_took(clock: FakeClock) -> N
     assert cache.get("a") == 1
 
 
-def test_a_bad_ttl_after_the_source_took_the_values_leaves_no_old_copy(clock: FakeClock) -> None:
-    """The ttl is read as the entries are stamped, after the source took the values: its own
-    error is raised, and the keys are invalidated in every tier, which kept the old values."""
+def test_a_bad_ttl_is_refused_before_the_source_takes_the_values(clock: FakeClock) -> None:
+    """The ttl was read as the entries were stamped, after the source took the values (the
+    keys were then invalidated in every tier, which kept the old values); it is checked before
+    anything is written: the source and the tiers keep the old values."""
     source = DictSource({"a": 0, "b": 0})
     l1, l2 = tiers(clock)
     cache = TieredCache([l1, l2], source, clock=clock, protection=STRICT)
     assert cache.get_many(["a", "b"]) == {"a": 0, "b": 0}
     with pytest.raises(ValueError, match="duration"):
         cache.set_many({"a": 1, "b": 2}, ttl="soon")
-    assert source.items == {"a": 1, "b": 2}
-    assert values(l1, ["a", "b"]) == [MISSING, MISSING]
-    assert values(l2, ["a", "b"]) == [MISSING, MISSING]
-    assert cache.get_many(["a", "b"]) == {"a": 1, "b": 2}
+    assert source.items == {"a": 0, "b": 0}
+    assert cache.get_many(["a", "b"]) == {"a": 0, "b": 0}
 
 
 @pytest.mark.parametrize("how", WRITES)

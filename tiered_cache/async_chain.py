@@ -39,7 +39,7 @@ from .protection import REFRESH_DUE, Protection
 from .read_state import CONNECTED, ReadState
 from .reporting import chain_stats, first_hot_keys
 from .singleflight import BEHIND, BESIDE, LEAD, LeaderGone
-from .stamp import EntryMaker
+from .stamp import EntryMaker, check_ttl
 from .steps import Steps, arun, run
 from .tier import MISSING, Entry, Source, Tier
 from .write_tasks import WriteTasks, undo_of
@@ -276,6 +276,7 @@ class AsyncTieredCache(L1Reader):
         is taken from it, before anything here (listening on this loop) may change the bus.
         """
         self._admit()
+        check_ttl(ttl)
         state = looked if type(looked) is ReadState else self._paths.looked()
         if looked is REFRESH_DUE and self._tiers:
             self._metrics.count("early_refreshes")

@@ -34,7 +34,7 @@ from .read_state import CONNECTED, ReadState
 from .reporting import chain_stats, first_hot_keys
 from .signal_frames import in_signal_handler
 from .singleflight import Flight
-from .stamp import EntryMaker
+from .stamp import EntryMaker, check_ttl
 from .steps import run
 from .tier import MISSING, Entry, Source, Tier
 
@@ -245,7 +245,8 @@ class TieredCache(L1Reader):
         Args:
             loader: called (with no arguments) instead of the source on a miss in every tier.
                 Its return value is cached; ``None`` is cached for ``negative_ttl``.
-            ttl: how long the loaded value stays fresh, overriding the cache's ``ttl``.
+            ttl: how long the loaded value stays fresh, overriding the cache's ``ttl``
+                (:class:`ValueError` before anything is read if it is not a duration).
 
         Returns ``None`` when the source has no such item.
         """
@@ -272,6 +273,7 @@ class TieredCache(L1Reader):
         serve the entry and refresh in the background); or the bus's
         :class:`~tiered_cache.read_state.ReadState`, tier 0 not read. The read's one
         decision of the bus (:meth:`ChainPaths.looked`), carried through its flight."""
+        check_ttl(ttl)
         state = looked if type(looked) is ReadState else self._paths.looked()
         if looked is REFRESH_DUE and self._tiers:
             self._metrics.count("early_refreshes")
@@ -357,10 +359,10 @@ class TieredCache(L1Reader):
         is written and the value filled under it, so of two overlapping writes at most one
         fills and the other invalidates. With ``"around"``, every tier drops the key. Other
         processes drop their in-process copy (the bus). A value a tier cannot encode raises
-        :class:`~tiered_cache.CodecError` before anything is sent (source, tiers, bus). A bad
-        ``ttl`` is found after the source took the value: the key is then first dropped from
-        every tier and process. ``ttl`` is the value's, ``None``'s too (without one, a written
-        ``None`` is kept for ``negative_ttl``, as a source's "not found" is).
+        :class:`~tiered_cache.CodecError` before anything is sent (source, tiers, bus), and a
+        ``ttl`` that is not a duration :class:`ValueError`. ``ttl`` is the value's, ``None``'s
+        too (without one, a written ``None`` is kept for ``negative_ttl``, as a source's "not
+        found" is).
         """
         # A chain of one in-process tier alone answers through ChainPaths.set_alone (see
         # __init__), which makes the same decisions in plain calls.

@@ -29,7 +29,7 @@ from .read_state import (
     ReadState,
 )
 from .singleflight import Landing, LeaderGone
-from .stamp import EntryMaker
+from .stamp import EntryMaker, check_ttl
 from .steps import Steps, run
 from .tier import MISSING, Entry
 
@@ -252,6 +252,7 @@ class ChainPaths:
     ) -> Steps[dict[str, Any]]:
         """See :meth:`TieredCache.get_many`."""
         check_keys(keys, self.utf8_for)
+        check_ttl(ttl)
         wanted = list(dict.fromkeys(keys))
         stale: dict[str, Entry] = {}
         mark = self.fence.mark()
@@ -390,6 +391,7 @@ class ChainPaths:
         :meth:`write_one` with no frame around it (holding a registry's place cost it 1.1%
         of a set's instructions, counted with callgrind on two memory tiers)."""
         self.check_values((value,))
+        check_ttl(ttl)
         if self.write_policy == "around" and self.store is not None:
             return self.write_around(key, value)
         if self.leasing is None:
@@ -477,6 +479,7 @@ class ChainPaths:
         if type(key) is not str:  # the check's call only for a key it may refuse
             check_keys((key,))
         self.check_values((value,))  # the tier's check, as set's (copy_on_read)
+        check_ttl(ttl)
         fence = self.fence
         mark = fence.mark()  # before the source is written: later invalidations count
         if self.store is not None:
@@ -496,6 +499,7 @@ class ChainPaths:
         check_keys(items, self.utf8_for)
         items = dict(items)
         self.check_values(items.values())
+        check_ttl(ttl)
         if not items:
             return
         keys = list(items)

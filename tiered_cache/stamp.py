@@ -21,7 +21,7 @@ from .entry import NEVER, Entry
 from .tier import MISSING
 from .units import parse_duration
 
-__all__ = ["EntryMaker", "loaded", "loaded_many"]
+__all__ = ["EntryMaker", "check_ttl", "loaded", "loaded_many"]
 
 #: The types nearly every loaded value has, none of which can be used up: one set lookup
 #: spares them the general check (once per miss).
@@ -55,6 +55,16 @@ def loaded_many(values: Mapping[str, Any]) -> None:
     for key, value in values.items():
         if type(value) not in _PLAIN:
             loaded(value, key)
+
+
+def check_ttl(ttl: float | str | None) -> None:
+    """:class:`ValueError` unless ``ttl``, a read's or a write's, is ``None`` or a duration:
+    checked as the call starts, before anything is read, loaded or written. Found only when
+    the value was stamped, after its load (every call ran the loader, and with a stale copy
+    fail-safe served it, the error counted and logged as the load failing) or after the source
+    took a written value."""
+    if ttl is not None:
+        parse_duration(ttl)
 
 
 class EntryMaker:

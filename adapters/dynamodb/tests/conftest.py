@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from tiered_cache_dynamodb import DynamoDBSource, DynamoDBSourceSettings, create_table
+from tiered_cache_dynamodb import DynamoDBSource, DynamoDBSourceSettings, create_table, layout
 from tiered_cache_dynamodb.testing import MotoDynamoDB, instant_botocore_retries, seed_items
 
 from tiered_cache.testing import RecordingSleep
@@ -113,6 +113,13 @@ def unreachable() -> DynamoDBSourceSettings:
         connect_timeout="200ms",
         max_attempts=2,
     )
+
+
+@pytest.fixture
+def layout_unsaid(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The warning of a connection watch on another layout (:mod:`tiered_cache_dynamodb.layout`,
+    once per process) not given yet: the test sees the first, whatever ran before it."""
+    monkeypatch.setattr(layout, "_ONCE", layout._Once())
 
 
 @pytest.fixture

@@ -50,7 +50,12 @@ def test_the_source_reports_the_units_its_reads_cost(
     source.store("big", big)
     source.store("small", small)
     assert source.load("big") == big
-    assert source.report() == {"reads": 1, "read_units": 1.0, "read_units_per_read": 1.0}
+    assert source.report() == {
+        "reads": 1,
+        "read_units": 1.0,
+        "read_units_per_read": 1.0,
+        "watches_on_another_layout": 0,
+    }
     assert source.load_many(["small", "absent"]) == {"small": small}
     report = source.report()
     assert report["reads"] == 3

@@ -592,13 +592,15 @@ def test_the_watch_keeps_nothing_a_callers_thread_let_go_of_alive(behind: Behind
         source.close()
 
 
+@pytest.mark.usefixtures("layout_unsaid")
 def test_a_forked_child_of_a_client_laid_out_otherwise_warns_and_closes_nothing(
     behind: Behind, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Where botocore or urllib3 keep a client's connections otherwise than ``pools`` reads
-    them (another version), its sockets are not watched, and the child closes none of its
-    copies of the parent's: it says so in one warning, its copy of the kept-alive connection
-    stays open, and it loads on a client of its own; the parent goes on on its connection."""
+    them (another version), its sockets are not watched (the watch says so as it starts),
+    and the child closes none of its copies of the parent's: it says so in one warning, its
+    copy of the kept-alive connection stays open, and it loads on a client of its own; the
+    parent goes on on its connection."""
     proxy = behind.proxy
     settings = behind.settings()
     client = make_client(settings)
@@ -620,9 +622,13 @@ def test_a_forked_child_of_a_client_laid_out_otherwise_warns_and_closes_nothing(
         [
             1,
             [
+                "the installed botocore and urllib3 lay a client's connections out otherwise "
+                "than this adapter reads them ('URLLib3Session' object has no attribute "
+                "'_pool_classes_by_scheme'): the sockets of connections it does not see stay "
+                "open in a forked child",
                 "a forked child could not close the parent's DynamoDB connections "
                 "('URLLib3Session' object has no attribute '_pool_classes_by_scheme'); their "
-                "copies stay open in the child"
+                "copies stay open in the child",
             ],
         ],
         [1, 2],

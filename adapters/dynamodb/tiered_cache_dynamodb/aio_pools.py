@@ -15,6 +15,9 @@ or in its TLS handshake) is the connect coroutine's. aiohttp makes it with the c
 ``socket_factory`` (aiobotocore passes ``connector_args`` to the connectors it makes, kept
 in ``_connector_args``; a connector's own is ``_socket_factory``), so a
 :class:`SocketWatch` has that factory note every socket made.
+
+The names read are declared in :mod:`.layout` (:class:`~.layout.Aiobotocore`), which checks
+them against the installed libraries.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any
 
 from aiobotocore.httpsession import AIOHTTPSession
 
+from .layout import Aiobotocore, started
 from .openings import OPENINGS, count_closes
 from .pools import LayoutChanged
 
@@ -38,10 +42,14 @@ SocketFactory = Callable[[Any], socket.socket]
 def client_sessions(client: Any) -> list[Any]:
     """The aiohttp sessions of an aiobotocore ``client``'s HTTP session (none once it was
     closed, or when it is of another class)."""
-    http = client._endpoint.http_session
+    http = _http_session(client)
     if not isinstance(http, AIOHTTPSession):
         return []
-    return list((http._sessions or {}).values())
+    return list((Aiobotocore.sessions.of(http) or {}).values())
+
+
+def _http_session(client: Any) -> Any:
+    return Aiobotocore.http_session.of(Aiobotocore.endpoint.of(client))
 
 
 class SocketWatch:
@@ -58,26 +66,29 @@ class SocketWatch:
 
     def __init__(self, client: Any) -> None:
         self.made: weakref.WeakSet[socket.socket] = weakref.WeakSet()
-        #: Why nothing is noted (another aiobotocore or aiohttp), or None.
-        self.not_watched: str | None = None
-        http = client._endpoint.http_session
+        #: Why nothing is noted (another aiobotocore or aiohttp), or None; and whether the
+        #: watch started where they lack a name it reads (:func:`~.layout.started`).
+        self.not_watched: str | None
+        self.layout_changed: bool
+        self.not_watched, self.layout_changed = started(Aiobotocore, lambda: self._start(client))
+
+    def _start(self, client: Any) -> None:
+        http = _http_session(client)
         if not isinstance(http, AIOHTTPSession):
             return
-        try:
-            connectors = [session.connector for session in client_sessions(client)]
-            args = dict(http._connector_args)
-            made_before = [sock for connector in connectors for sock in _held_by(connector)]
-            for connector in connectors:
-                if connector is not None:
-                    connector._socket_factory = self._noting(connector._socket_factory)
-        except AttributeError as exc:
-            self.not_watched = str(exc)
-            return
+        connectors = [Aiobotocore.connector.of(session) for session in client_sessions(client)]
+        args = dict(Aiobotocore.connector_args.of(http))
+        made_before = [sock for connector in connectors for sock in _held_by(connector)]
+        for connector in connectors:
+            if connector is not None:
+                theirs = Aiobotocore.socket_factory.of(connector)
+                Aiobotocore.socket_factory.set(connector, self._noting(theirs))
         for sock in made_before:
             count_closes(sock)
             self.made.add(sock)
         # A copy: the dict may be the client's config's, shared with other clients.
-        http._connector_args = {**args, "socket_factory": self._noting(args.get("socket_factory"))}
+        noting = self._noting(args.get("socket_factory"))
+        Aiobotocore.connector_args.set(http, {**args, "socket_factory": noting})
 
     def _noting(self, theirs: SocketFactory | None) -> SocketFactory:
         made = self.made
@@ -104,15 +115,15 @@ def _held_by(connector: Any) -> list[socket.socket]:
     if connector is None:
         return []
     protocols: list[Any] = []
-    for idle in list(connector._conns.values()):
+    for idle in list(Aiobotocore.idle.of(connector).values()):
         protocols.extend(protocol for protocol, _ in list(idle))
-    protocols.extend(list(connector._acquired))
+    protocols.extend(list(Aiobotocore.acquired.of(connector)))
     found: list[socket.socket] = []
     for protocol in protocols:
-        transport = protocol.transport  # None: being made, or closed
-        shown = None if transport is None else transport.get_extra_info("socket")
+        transport = Aiobotocore.transport.of(protocol)  # None: being made, or closed
+        shown = None if transport is None else Aiobotocore.extra_info.of(transport)("socket")
         if shown is not None:
-            found.append(shown._sock)
+            found.append(Aiobotocore.shown_socket.of(shown))
     return found
 
 
@@ -124,7 +135,9 @@ def inherited_sockets(client: Any, watch: SocketWatch) -> list[socket.socket]:
         raise LayoutChanged(watch.not_watched)
     try:
         found = [
-            sock for session in client_sessions(client) for sock in _held_by(session.connector)
+            sock
+            for session in client_sessions(client)
+            for sock in _held_by(Aiobotocore.connector.of(session))
         ]
     except AttributeError as exc:
         raise LayoutChanged(str(exc)) from exc

@@ -154,8 +154,11 @@ class AsyncDynamoDBSource(AsyncSourceBase):
         #: The sockets of the client the source made, or was given to own and can make anew
         #: (for a forked child to close its copies of those being made at the fork, which no
         #: connector holds yet, and to wait for their closes).
+        #: The watches started where aiobotocore or aiohttp lack a name they read
+        #: (:mod:`.layout`).
+        self._watches_on_another_layout = 0
         self._sockets: SocketWatch | None = (
-            SocketWatch(client)
+            self._watch(client)
             if client is not None and connect is not None and owns_client
             else None
         )
@@ -231,9 +234,14 @@ class AsyncDynamoDBSource(AsyncSourceBase):
                 assert self._connect is not None
                 made = await self._connect()
                 # Watched before it is shared: a fork sees the client with its watch.
-                self._sockets = SocketWatch(made) if self._owns_client else None
+                self._sockets = self._watch(made) if self._owns_client else None
                 self._client = made
         return self._client
+
+    def _watch(self, client: AioDynamoDBClient) -> SocketWatch:
+        watch = SocketWatch(client)
+        self._watches_on_another_layout += watch.layout_changed
+        return watch
 
     async def _let_go_of_client(self) -> None:
         """The loop the client was made on is ending: closed now, on that loop (the next
@@ -311,10 +319,15 @@ class AsyncDynamoDBSource(AsyncSourceBase):
         await arun(self._steps.remove(key))
 
     def report(self) -> dict[str, float]:
-        """Items read and the read capacity units they cost (as the sync source's), and the
-        times the source moved on from a loop left open (``loops_left_open``:
+        """Items read and the read capacity units they cost, and the watches started on
+        another layout (``watches_on_another_layout``), as the sync source's; and the times
+        the source moved on from a loop left open (``loops_left_open``:
         :mod:`tiered_cache.loop_end`)."""
-        return {**self._steps.meter.report(), "loops_left_open": self._loop_end.left_open}
+        return {
+            **self._steps.meter.report(),
+            "watches_on_another_layout": self._watches_on_another_layout,
+            "loops_left_open": self._loop_end.left_open,
+        }
 
     async def check_table(self) -> None:
         """DescribeTable, as :meth:`DynamoDBSource.check_table` (done once before the first

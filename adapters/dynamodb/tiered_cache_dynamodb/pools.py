@@ -19,7 +19,8 @@ thread's locals only; nor is a socket being closed. A fork waits for both
 
 Another botocore or urllib3 may lay them out otherwise: each reader raises
 :class:`LayoutChanged` then, and its caller decides what that means (:mod:`.sends`: the
-client may have sent; :mod:`.inherited`: warn, close nothing).
+client may have sent; :mod:`.inherited`: warn, close nothing). The names read are declared in
+:mod:`.layout` (:class:`~.layout.Boto3`), which checks them against the installed libraries.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from typing import Any
 
 from urllib3.response import HTTPResponse
 
+from .layout import Boto3, started
 from .openings import OPENINGS, count_closes
 
 __all__ = ["ConnectionWatch", "LayoutChanged", "holds_pools", "inherited_sockets"]
@@ -42,22 +44,26 @@ class LayoutChanged(Exception):
 
 
 def _managers(client: Any) -> list[Any]:
-    session = client._endpoint.http_session
-    return [session._manager, *list(session._proxy_managers.values())]
+    session = _session(client)
+    return [Boto3.manager.of(session), *list(Boto3.proxy_managers.of(session).values())]
+
+
+def _session(client: Any) -> Any:
+    return Boto3.http_session.of(Boto3.endpoint.of(client))
 
 
 def holds_pools(client: Any) -> bool:
     """Whether ``client`` has a pool for some host: urllib3's pool manager makes one for each
     host the client sends to, and none before, so a client without sent nothing."""
     try:
-        return any(len(manager.pools) > 0 for manager in _managers(client))
+        return any(len(Boto3.pools.of(manager)) > 0 for manager in _managers(client))
     except AttributeError as exc:
         raise LayoutChanged(str(exc)) from exc
 
 
 def _pools(manager: Any) -> list[Any]:
     """A pool manager's pools, read without its lock (one C call)."""
-    return list(manager.pools._container.values())
+    return list(Boto3.container.of(Boto3.pools.of(manager)).values())
 
 
 def _idle_connections(pools: list[Any]) -> list[tuple[Any, Any]]:
@@ -65,9 +71,9 @@ def _idle_connections(pools: list[Any]) -> list[tuple[Any, Any]]:
     (one C call each queue)."""
     found: list[tuple[Any, Any]] = []
     for pool in pools:
-        queue = pool.pool  # None once the pool was closed
+        queue = Boto3.queue.of(pool)  # None once the pool was closed
         if queue is not None:
-            found.extend((pool, conn) for conn in list(queue.queue) if conn is not None)
+            found.extend((pool, conn) for conn in list(Boto3.queued.of(queue)) if conn is not None)
     return found
 
 
@@ -105,14 +111,14 @@ def _in_use(pools: list[Any]) -> list[tuple[Any, Any]]:
                 names = frame.f_locals
                 owner = names.get("self")
                 pool = mine.get(id(owner))
-                if pool is not None and names.get("conn") is not None:
-                    found.append((pool, names["conn"]))
-                elif (
-                    isinstance(owner, HTTPResponse)
-                    and id(owner._pool) in mine
-                    and owner._connection is not None
-                ):
-                    found.append((owner._pool, owner._connection))
+                held = Boto3.held.of(names)
+                if pool is not None and held is not None:
+                    found.append((pool, held))
+                elif isinstance(owner, HTTPResponse):
+                    replys_pool = Boto3.reply_pool.of(owner)
+                    connection = Boto3.reply_connection.of(owner)
+                    if id(replys_pool) in mine and connection is not None:
+                        found.append((replys_pool, connection))
             frame = frame.f_back
     return found
 
@@ -135,8 +141,13 @@ class ConnectionWatch:
 
     def __init__(self, client: Any) -> None:
         self.sockets: weakref.WeakSet[socket.socket] = weakref.WeakSet()
-        #: Why nothing is noted (another botocore or urllib3), or None.
-        self.not_watched: str | None = None
+        #: Why nothing is noted (another botocore or urllib3), or None; and whether the watch
+        #: started where they lack a name it reads (:func:`~.layout.started`).
+        self.not_watched: str | None
+        self.layout_changed: bool
+        self.not_watched, self.layout_changed = started(Boto3, lambda: self._start(client))
+
+    def _start(self, client: Any) -> None:
         noting: dict[type[Any], type[Any]] = {}
 
         def noted(pool: type[Any]) -> type[Any]:
@@ -144,28 +155,21 @@ class ConnectionWatch:
                 noting[pool] = self._noting(pool)
             return noting[pool]
 
-        try:
-            classes = client._endpoint.http_session._pool_classes_by_scheme
-            made_before = [pool for manager in _managers(client) for pool in _pools(manager)]
-            replaced = {scheme: noted(pool) for scheme, pool in classes.items()}
-        except AttributeError as exc:
-            self.not_watched = str(exc)
-            return
+        classes = Boto3.pool_classes.of(_session(client))
+        made_before = [pool for manager in _managers(client) for pool in _pools(manager)]
+        replaced = {scheme: noted(pool) for scheme, pool in classes.items()}
         classes.update(replaced)
         for pool in made_before:
             pool.__class__ = noted(type(pool))
-        try:
-            # Read once the pools note what is put back: a connection taken from a queue
-            # after it is read was in it; one put back after, noted as it is.
-            known = _idle_connections(made_before) + (_in_use(made_before) if made_before else [])
-        except AttributeError as exc:
-            self.not_watched = str(exc)
-            return
+        # Read once the pools note what is put back: a connection taken from a queue after it
+        # is read was in it; one put back after, noted as it is.
+        known = _idle_connections(made_before) + (_in_use(made_before) if made_before else [])
         for pool, conn in known:
             # ``Noted``'s base is the pool's own connection class: the same layout.
-            if type(conn) is pool.ConnectionCls.__base__:
-                conn.__class__ = pool.ConnectionCls  # its next connect noted too
-            self._note(conn.sock)
+            noting_class = Boto3.connection_class.of(pool)
+            if type(conn) is noting_class.__base__:
+                conn.__class__ = noting_class  # its next connect noted too
+            self._note(Boto3.sock.of(conn))
 
     def _note(self, sock: Any) -> None:
         # http.client's ``sock``: None before the connection is opened, and once closed.
@@ -175,24 +179,31 @@ class ConnectionWatch:
 
     def _noting(self, pool: type[Any]) -> type[Any]:
         note = self._note
-        connection: type[Any] = pool.ConnectionCls
+        connection: type[Any] = Boto3.connection_class.of(pool)
+        connect = Boto3.connect.of(connection)
+        put_back = Boto3.put_back.of(pool)
 
-        class Noted(connection):  # type: ignore[misc]
-            def connect(self) -> None:
-                # Its socket is held by no object of ours until this returns: a fork waits.
-                with OPENINGS.unheld():
-                    super().connect()
-                    note(self.sock)
+        def connecting(self: Any) -> None:
+            # Its socket is held by no object of ours until this returns: a fork waits.
+            with OPENINGS.unheld():
+                connect(self)
+                note(Boto3.sock.of(self))
 
-        def _put_conn(self: Any, conn: Any) -> None:
+        # A pool's method: the scan reads its frame's ``conn`` (``Boto3.held``) as urllib3's.
+        def putting_back(self: Any, conn: Any) -> None:
             if conn is not None:  # urllib3 puts None back for a connection it dropped
-                note(conn.sock)
-            pool._put_conn(self, conn)
+                note(Boto3.sock.of(conn))
+            put_back(self, conn)
 
+        noted = type("Noted", (connection,), {Boto3.connect.name: connecting})
         return type(
             pool.__name__,
             (pool,),
-            {"ConnectionCls": Noted, "_put_conn": _put_conn, "__module__": __name__},
+            {
+                Boto3.connection_class.name: noted,
+                Boto3.put_back.name: putting_back,
+                "__module__": __name__,
+            },
         )
 
 

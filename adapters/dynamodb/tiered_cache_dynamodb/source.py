@@ -107,9 +107,11 @@ class DynamoDBSource:
         #: Otherwise (a client given, or owned with no ``connect``): whether the client has
         #: sent a request, before the source was given it too (it may hold open connections).
         self._sends = None if self._remakes_client else SendWatch(client)
+        #: The watches started where botocore or urllib3 lack a name they read (:mod:`.layout`).
+        self._watches_on_another_layout = 0
         #: If so: the socket of every connection the client opens (each client made anew
         #: too), for a child to close its copies of those no pool's queue holds at the fork.
-        self._connections = ConnectionWatch(client) if self._remakes_client else None
+        self._connections = self._watch(client) if self._remakes_client else None
         restart_after_fork(self)
 
     def after_fork_in_child(self) -> None:
@@ -178,9 +180,14 @@ class DynamoDBSource:
                 assert self._connect is not None
                 made = self._connect()
                 # Watched before it is shared: a fork sees the client with its watch.
-                self._connections = ConnectionWatch(made)
+                self._connections = self._watch(made)
                 self._client = made
             return self._client
+
+    def _watch(self, client: DynamoDBClient) -> ConnectionWatch:
+        watch = ConnectionWatch(client)
+        self._watches_on_another_layout += watch.layout_changed
+        return watch
 
     def _parents_client_error(self) -> SourceError:
         return SourceError(
@@ -210,8 +217,14 @@ class DynamoDBSource:
 
     def report(self) -> dict[str, float]:
         """Items read and the read capacity units they cost, computed from their sizes (see
-        :mod:`tiered_cache_dynamodb.capacity`); ``stats()`` turns it into units saved."""
-        return self._steps.meter.report()
+        :mod:`tiered_cache_dynamodb.capacity`); ``stats()`` turns it into units saved. And the
+        clients whose connections the source watched (for a forked child to close its copies)
+        where botocore or urllib3 lack a name the watch reads (``watches_on_another_layout``:
+        :mod:`.layout`): some of their connections stay open in a forked child."""
+        return {
+            **self._steps.meter.report(),
+            "watches_on_another_layout": self._watches_on_another_layout,
+        }
 
     def store(self, key: str, value: Any) -> None:
         """Write ``value`` (the whole item) with PutItem.

@@ -23,21 +23,7 @@ from tiered_cache.testing.loads import Background, Loader
 from tiered_cache.testing.polling import until
 from tiered_cache.testing.sources import DictSource
 
-
-def stale_cache(
-    clock: FakeClock, background: Callable[..., object] | None, **options: Any
-) -> TieredCache:
-    """One memory tier, values fresh 10 s and servable 100 s more."""
-    protection = Protection(
-        **{"max_stale": 100.0, "early_refresh_beta": 0.0, "soft_timeout": None, **options}
-    )
-    return TieredCache(
-        [MemoryTier(max_entries=100, ttl=1000, clock=clock)],
-        ttl=10,
-        clock=clock,
-        protection=protection,
-        background=background,
-    )
+from .test_protection import make_cache, stale_protection
 
 
 def soft_expiry(cache: TieredCache, key: str) -> float:
@@ -57,13 +43,7 @@ def failed_once(clock: FakeClock, throttle: float, tiers: int = 1) -> tuple[Tier
         memory,
         ttl=10,
         clock=clock,
-        protection=Protection(
-            max_stale=100.0,
-            stale_while_revalidate=False,
-            early_refresh_beta=0.0,
-            soft_timeout=None,
-            fail_safe_throttle=throttle,
-        ),
+        protection=stale_protection(stale_while_revalidate=False, fail_safe_throttle=throttle),
     )
     loader = Loader()
     cache.get("k", loader)
@@ -134,7 +114,7 @@ def test_a_failed_early_refresh_keeps_the_fresh_value_and_is_counted(clock: Fake
 
 def test_a_key_refreshes_again_once_its_refresh_is_done(clock: FakeClock) -> None:
     background = Background()
-    cache = stale_cache(clock, background)
+    cache = make_cache(clock, background)
     loader = Loader()
     cache.get("k", loader)
     for expected in ("v2", "v3"):
@@ -147,7 +127,7 @@ def test_a_key_refreshes_again_once_its_refresh_is_done(clock: FakeClock) -> Non
 
 def test_a_failed_refresh_does_not_stop_the_next_one(clock: FakeClock) -> None:
     background = Background()
-    cache = stale_cache(clock, background, fail_safe_throttle=0.0)
+    cache = make_cache(clock, background, fail_safe_throttle=0.0)
     loader = Loader()
     cache.get("k", loader)
     clock.advance(11)
@@ -169,7 +149,7 @@ def test_a_refresh_the_background_runner_refused_is_asked_for_again(clock: FakeC
             raise refusals.pop()
         accepted.append(task)
 
-    cache = stale_cache(clock, runner)
+    cache = make_cache(clock, runner)
     loader = Loader()
     cache.get("k", loader)
     clock.advance(11)
@@ -180,7 +160,7 @@ def test_a_refresh_the_background_runner_refused_is_asked_for_again(clock: FakeC
 
 def test_a_refresh_keeps_the_ttl_its_read_asked_for(clock: FakeClock) -> None:
     background = Background()
-    cache = stale_cache(clock, background)
+    cache = make_cache(clock, background)
     loader = Loader()
     cache.get("k", loader, ttl=3)
     assert soft_expiry(cache, "k") == clock() + 3
@@ -191,7 +171,7 @@ def test_a_refresh_keeps_the_ttl_its_read_asked_for(clock: FakeClock) -> None:
 
 
 def test_a_batch_keeps_the_ttl_its_read_asked_for(clock: FakeClock) -> None:
-    cache = stale_cache(clock, Background())
+    cache = make_cache(clock, Background())
     cache.get_many(["a", "b"], lambda keys: {key: key.upper() for key in keys}, ttl=3)
     assert {key: entry.soft_expiry for key, entry in cache.lookup_many(["a", "b"]).items()} == {
         "a": clock() + 3,
@@ -201,7 +181,7 @@ def test_a_batch_keeps_the_ttl_its_read_asked_for(clock: FakeClock) -> None:
 
 def test_a_refresh_is_not_bounded_by_the_hard_timeout(clock: FakeClock) -> None:
     """A refresh has no caller waiting: a slow one finishes and fills, it never times out."""
-    cache = stale_cache(clock, None, hard_timeout=0.05)
+    cache = make_cache(clock, None, hard_timeout=0.05)
     loader = Loader()
     cache.get("k", loader)
     clock.advance(11)
@@ -220,7 +200,7 @@ def test_a_refresh_is_not_bounded_by_the_hard_timeout(clock: FakeClock) -> None:
 
 
 def test_refreshes_of_two_keys_at_once_each_load_their_own_key(clock: FakeClock) -> None:
-    cache = stale_cache(clock, None)
+    cache = make_cache(clock, None)
     for key in ("a", "b"):
         cache.get(key, lambda key=key: f"{key}1")  # type: ignore[misc]
     clock.advance(11)
@@ -242,7 +222,7 @@ def test_refreshes_of_two_keys_at_once_each_load_their_own_key(clock: FakeClock)
 
 
 def test_refresh_workers_bounds_the_refreshes_running_at_once(clock: FakeClock) -> None:
-    cache = stale_cache(clock, None, refresh_workers=1)
+    cache = make_cache(clock, None, refresh_workers=1)
     keys = ["a", "b", "c"]
     for key in keys:
         cache.get(key, lambda: "old")
@@ -273,7 +253,7 @@ def test_refresh_workers_bounds_the_refreshes_running_at_once(clock: FakeClock) 
 
 
 def test_wait_background_gives_up_after_its_timeout(clock: FakeClock) -> None:
-    cache = stale_cache(clock, None)
+    cache = make_cache(clock, None)
     cache.get("k", lambda: "old")
     clock.advance(11)
     release = threading.Event()
@@ -295,7 +275,7 @@ def batch_loader(version: str) -> Callable[[Sequence[str]], dict[str, str]]:
 
 def stale_pair(clock: FakeClock, background: Background, **options: Any) -> TieredCache:
     """A cache holding "a" and "b" (version 1), both stale now."""
-    cache = stale_cache(clock, background, **options)
+    cache = make_cache(clock, background, **options)
     cache.get_many(["a", "b"], batch_loader("1"), ttl=3)
     clock.advance(4)
     return cache
@@ -312,7 +292,7 @@ def test_get_many_serves_stale_keys_counts_them_and_refreshes_with_its_ttl(
         source=DictSource(source),
         ttl=10,
         clock=clock,
-        protection=Protection(max_stale=100.0, early_refresh_beta=0.0, soft_timeout=None),
+        protection=stale_protection(),
         background=background,
     )
     assert cache.get_many(["a", "b"], ttl=3) == {"a": "a1", "b": "b1"}
@@ -338,12 +318,7 @@ def test_get_many_without_stale_while_revalidate_loads_stale_keys(clock: FakeClo
         [cache.tiers[0]],
         source=DictSource({"a": "a2", "b": "b2"}),
         clock=clock,
-        protection=Protection(
-            max_stale=100.0,
-            stale_while_revalidate=False,
-            early_refresh_beta=0.0,
-            soft_timeout=None,
-        ),
+        protection=stale_protection(stale_while_revalidate=False),
         background=background,
     )
     assert cache.get_many(["a", "b"]) == {"a": "a2", "b": "b2"}
@@ -358,9 +333,7 @@ def test_a_failed_refresh_of_a_stale_batch_key_rests_the_source(clock: FakeClock
         source=source,
         ttl=10,
         clock=clock,
-        protection=Protection(
-            max_stale=100.0, early_refresh_beta=0.0, soft_timeout=None, fail_safe_throttle=5.0
-        ),
+        protection=stale_protection(fail_safe_throttle=5.0),
         background=background,
     )
     cache.get_many(["a"])
@@ -460,7 +433,7 @@ def no_thread_left() -> Any:
 
 
 def test_a_timed_load_keeps_the_ttl_its_read_asked_for(clock: FakeClock) -> None:
-    cache = stale_cache(clock, None, hard_timeout=5.0)
+    cache = make_cache(clock, None, hard_timeout=5.0)
     assert cache.get("k", lambda: "v", ttl=3) == "v"
     assert soft_expiry(cache, "k") == clock() + 3
     cache.close()
@@ -518,7 +491,7 @@ def test_a_timed_load_runs_on_a_daemon_thread_so_a_hung_one_never_blocks_exit() 
 
 
 def test_a_timed_load_that_finishes_in_time_fills_each_tier_once(clock: FakeClock) -> None:
-    cache = stale_cache(clock, None, hard_timeout=5.0)
+    cache = make_cache(clock, None, hard_timeout=5.0)
     assert cache.get("k", lambda: "v") == "v"
     assert cache.wait_background(10)
     assert cache.stats()["tiers"][0]["fills"] == 1
@@ -546,7 +519,7 @@ def test_waiting_past_the_hard_timeout_for_an_earlier_hung_load_says_so() -> Non
 def test_waiting_past_the_soft_timeout_for_an_earlier_slow_load_serves_stale(
     clock: FakeClock,
 ) -> None:
-    cache = stale_cache(clock, None, stale_while_revalidate=False, soft_timeout=0.05)
+    cache = make_cache(clock, None, stale_while_revalidate=False, soft_timeout=0.05)
     cache.get("k", lambda: "old")
     clock.advance(11)
     release = threading.Event()
@@ -587,7 +560,7 @@ def test_get_many_without_source_or_loader_says_what_is_missing() -> None:
 
 
 def test_a_batch_load_records_how_long_it_took(clock: FakeClock) -> None:
-    cache = stale_cache(clock, None)
+    cache = make_cache(clock, None)
 
     def slow(keys: Sequence[str]) -> dict[str, str]:
         clock.advance(2.0)
@@ -613,7 +586,7 @@ def test_without_a_stale_value_the_soft_timeout_does_not_apply() -> None:
 def test_a_stale_value_served_for_a_failed_load_logs_the_error(
     clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    cache = stale_cache(clock, None, stale_while_revalidate=False)
+    cache = make_cache(clock, None, stale_while_revalidate=False)
     cache.get("k", lambda: "old")
     clock.advance(11)
 
@@ -632,7 +605,7 @@ def test_a_stale_value_served_for_a_failed_load_logs_the_error(
 def test_background_work_runs_on_named_threads_and_is_forgotten_once_done(
     clock: FakeClock,
 ) -> None:
-    cache = stale_cache(clock, None, stale_while_revalidate=True)
+    cache = make_cache(clock, None, stale_while_revalidate=True)
     cache.get("k", lambda: "old")
     clock.advance(11)
     names: list[str] = []

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -25,15 +26,24 @@ from tiered_cache.testing import FakeClock
 from tiered_cache.testing.loads import Background, Loader
 
 
-def make_cache(clock: FakeClock, background: Background, **options: Any) -> TieredCache:
-    protection = Protection(
+def stale_protection(**options: Any) -> Protection:
+    """Values servable stale 100 s past their TTL, no early refresh, no soft timeout (real
+    seconds): ``options`` over these."""
+    return Protection(
         **{"max_stale": 100.0, "early_refresh_beta": 0.0, "soft_timeout": None, **options}
     )
+
+
+def make_cache(
+    clock: FakeClock, background: Callable[..., object] | None, **options: Any
+) -> TieredCache:
+    """One memory tier, values fresh 10 s and servable 100 s more (:func:`stale_protection`
+    with ``options``)."""
     return TieredCache(
         [MemoryTier(max_entries=100, ttl=1000, clock=clock)],
         ttl=10,
         clock=clock,
-        protection=protection,
+        protection=stale_protection(**options),
         background=background,
     )
 
@@ -138,7 +148,7 @@ def test_an_async_failed_refresh_rests_on_no_stale_value_invalidated_before_it_r
             [MemoryTier(max_entries=100, ttl=1000, clock=clock)],
             ttl=10,
             clock=clock,
-            protection=Protection(max_stale=100.0, early_refresh_beta=0.0, soft_timeout=None),
+            protection=stale_protection(),
         )
         calls: list[str] = []
 
@@ -314,7 +324,7 @@ def test_get_many_serves_stale_entries_and_refreshes_them(clock: FakeClock) -> N
         Source(),
         ttl=10,
         clock=clock,
-        protection=Protection(max_stale=100.0, early_refresh_beta=0.0, soft_timeout=None),
+        protection=stale_protection(),
         background=background,
     )
     assert cache.get_many(["a", "b"]) == {"a": "a1", "b": "b1"}

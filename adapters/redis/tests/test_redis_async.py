@@ -7,6 +7,7 @@ import asyncio
 import warnings
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -29,6 +30,8 @@ from .one_cold_key import four_processes_read_one_cold_key
 
 # A lease wait long enough that a second chain always waits for the first one's load.
 LEASED = Protection.never_stale(lease="auto", lease_wait=10.0, lease_poll=0.005)
+# A lease that stays 30 s unless its holder gives it back.
+PATIENT = Protection.never_stale(lease="auto", lease_ttl=30.0, lease_wait=0.2, lease_poll=0.01)
 
 
 class TestAsyncRedisTierConformance(AsyncTierConformance):
@@ -269,9 +272,8 @@ async def test_a_cancelled_load_gives_its_redis_lease_back(
     """A request cancelled while it loads under the key's lease (its client went away) gives
     the lease back: the next reader in the fleet loads at once instead of waiting for a
     holder that is gone (``lease_wait``, here the whole ``lease_ttl`` of 30 s)."""
-    patient = Protection.never_stale(lease="auto", lease_ttl=30.0, lease_wait=0.2, lease_poll=0.01)
-    first = chain(redis_server.url, namespace, protection=patient)
-    other = chain(redis_server.url, namespace, protection=patient)  # another process
+    first = chain(redis_server.url, namespace, protection=PATIENT)
+    other = chain(redis_server.url, namespace, protection=PATIENT)  # another process
     started = asyncio.Event()
 
     async def hangs() -> str:
@@ -333,6 +335,24 @@ async def test_a_key_that_is_not_a_str_is_refused_before_any_tier_is_asked(
     await cache.aclose()
 
 
+async def a_burst(cache: AsyncTieredCache) -> tuple[int, dict[str, Any]]:
+    """10,000 reads at once of keys ``k0``..``k1999`` (after one read that connects the chain,
+    not counted): how many reached the source, and the stats (the cache closed)."""
+    loads = 0
+
+    async def load() -> str:
+        nonlocal loads
+        loads += 1
+        return "from the source"
+
+    assert await cache.get("warm-up", load) == "from the source"
+    loads = 0
+    await asyncio.gather(*(cache.get(f"k{index % 2000}", load) for index in range(10_000)))
+    stats = cache.stats()
+    await cache.aclose()
+    return loads, stats
+
+
 @pytest.mark.anyio
 async def test_a_burst_of_readers_on_a_cold_process_reads_redis_not_the_source(
     redis_server: RedisServer, namespace: str
@@ -354,24 +374,9 @@ async def test_a_burst_of_readers_on_a_cold_process_reads_redis_not_the_source(
     writer = AsyncTieredCache.from_config(**settings)
     await writer.set_many({f"k{index}": index for index in range(2000)})
     await writer.aclose()
-    cache = AsyncTieredCache.from_config(**settings)
-    loads = 0
-
-    async def load() -> str:
-        nonlocal loads
-        loads += 1
-        return "from the source"
-
-    assert await cache.get("warm-up", load) == "from the source"
-    loads = 0
-    await asyncio.gather(*(cache.get(f"k{index % 2000}", load) for index in range(10_000)))
-    stats = cache.stats()
-    await cache.aclose()
+    loads, stats = await a_burst(AsyncTieredCache.from_config(**settings))
     assert stats["tiers"][1]["breaker"] == "closed"
     assert loads == 0
-
-
-PATIENT = Protection.never_stale(lease="auto", lease_ttl=30.0, lease_wait=0.2, lease_poll=0.01)
 
 
 def one_connection_chain(url: str, namespace: str) -> tuple[AsyncTieredCache, aioredis.Redis]:
@@ -488,18 +493,7 @@ async def test_a_burst_of_readers_of_keys_redis_lacks_loads_each_once_and_keeps_
             {"kind": "redis", "url": redis_server.url, "timeout": "1s"},
         ],
     )
-    loads = 0
-
-    async def load() -> str:
-        nonlocal loads
-        loads += 1
-        return "from the source"
-
-    assert await cache.get("warm-up", load) == "from the source"
-    loads = 0
-    await asyncio.gather(*(cache.get(f"k{index % 2000}", load) for index in range(10_000)))
-    stats = cache.stats()
-    await cache.aclose()
+    loads, stats = await a_burst(cache)
     assert loads == 2000
     assert stats["tiers"][1]["breaker"] == "closed"
 
@@ -511,9 +505,8 @@ async def test_an_interrupted_load_gives_its_redis_lease_back(
     """A load interrupted by a BaseException that is not a cancellation (KeyboardInterrupt
     raised into the loop, a task queue's time limit) gives the lease back too: the next
     reader in the fleet waited lease_wait for it."""
-    patient = Protection.never_stale(lease="auto", lease_ttl=30.0, lease_wait=0.2, lease_poll=0.01)
-    first = chain(redis_server.url, namespace, protection=patient)
-    other = chain(redis_server.url, namespace, protection=patient)  # another process
+    first = chain(redis_server.url, namespace, protection=PATIENT)
+    other = chain(redis_server.url, namespace, protection=PATIENT)  # another process
 
     async def interrupted() -> str:
         raise Interrupted

@@ -87,13 +87,23 @@ def read_on_a_new_loop(reads: list[tuple[AsyncTieredCache, str]]) -> list[Any]:
     return asyncio.run(main())
 
 
-def test_memory_hits_on_the_next_loop_see_another_processs_write(
+@contextlib.contextmanager
+def a_reader_that_heard_a_write(
     redis_server: RedisServer, namespace: str
-) -> None:
+) -> Iterator[AsyncTieredCache]:
+    """A reader that filled "k" on a loop closed by hand, and has heard since that another
+    process wrote "new" to it."""
     with a_reader_and_a_writer(redis_server, namespace) as (reader, writer):
         filled_on_a_loop_closed_by_hand([reader], "k")
         writer.set("k", "new")
         until_heard(reader, 1)
+        yield reader
+
+
+def test_memory_hits_on_the_next_loop_see_another_processs_write(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    with a_reader_that_heard_a_write(redis_server, namespace) as reader:
         # failed: ['old', 'old'], the bus "connected" (two memory hits)
         assert read_on_a_new_loop([(reader, "k"), (reader, "k")]) == ["new", "new"]
 
@@ -116,10 +126,7 @@ def test_every_chain_on_a_shared_bus_sees_another_processs_write(
 def test_a_child_forked_after_the_close_sees_another_processs_write(
     redis_server: RedisServer, namespace: str
 ) -> None:
-    with a_reader_and_a_writer(redis_server, namespace) as (reader, writer):
-        filled_on_a_loop_closed_by_hand([reader], "k")
-        writer.set("k", "new")
-        until_heard(reader, 1)
+    with a_reader_that_heard_a_write(redis_server, namespace) as reader:
         assert in_a_child(lambda: read_on_a_new_loop([(reader, "k")]), 30) == ["new"]
         assert read_on_a_new_loop([(reader, "k")]) == ["new"]
 

@@ -71,6 +71,7 @@ def put_tweets(admin_client: Any, table: str, ids: Sequence[int]) -> None:
 
 
 MakeCache = Callable[..., TieredCache]
+StaleCache = Callable[..., TieredCache]
 
 #: One process, so no invalidation bus (when the settings know about one): nothing to keep
 #: coherent, and its start-up would only add Redis traffic to the counts.
@@ -166,32 +167,28 @@ def warm(cache: TieredCache, keys: Sequence[str]) -> None:
         assert cache.get(key) is not None
 
 
+@pytest.fixture
 def stale_cache(
-    make_cache: MakeCache,
-    admin_client: Any,
-    table: str,
-    clock: FakeClock,
-    ids: Sequence[int],
-    **protection: Any,
-) -> TieredCache:
-    """A cache that read tweets ``ids`` from the table, which have since gone stale (past
-    their TTL, well within ``max_stale``)."""
-    put_tweets(admin_client, table, ids)
-    cache = make_cache(**protection)
-    warm(cache, [f"tweet:{i}" for i in ids])
-    clock.advance(TTL + 60)
-    return cache
+    make_cache: MakeCache, admin_client: Any, table: str, clock: FakeClock
+) -> StaleCache:
+    """``stale_cache(ids, **protection)``: a cache that read tweets ``ids`` from the table,
+    which have since gone stale (past their TTL, well within ``max_stale``)."""
+
+    def make(ids: Sequence[int], **protection: Any) -> TieredCache:
+        put_tweets(admin_client, table, ids)
+        cache = make_cache(**protection)
+        warm(cache, [f"tweet:{i}" for i in ids])
+        clock.advance(TTL + 60)
+        return cache
+
+    return make
 
 
 # -- the source throttled at 100% for keys that were cached -------------------------------------
 
 
 def test_throttled_source_serves_stale_values_and_each_refresh_spends_its_retry_budget(
-    make_cache: MakeCache,
-    admin_client: Any,
-    table: str,
-    clock: FakeClock,
-    botocore_delays: list[float],
+    stale_cache: StaleCache, botocore_delays: list[float]
 ) -> None:
     """Defaults (stale-while-revalidate): a stale read answers at once with the stale value
     and starts one background refresh; a refresh that the throttle defeats costs exactly
@@ -199,7 +196,7 @@ def test_throttled_source_serves_stale_values_and_each_refresh_spends_its_retry_
     failure the source is rested for ``fail_safe_throttle``: the second round of reads is
     served from memory without asking the table again."""
     keys = [f"tweet:{i}" for i in range(5)]
-    cache = stale_cache(make_cache, admin_client, table, clock, range(5))
+    cache = stale_cache(range(5))
     injector = ThrottleInjector().register(client_of(cache))
 
     for _ in range(2):
@@ -218,12 +215,9 @@ def test_throttled_source_serves_stale_values_and_each_refresh_spends_its_retry_
     assert len(botocore_delays) == stats["refresh_failures"] * (MAX_ATTEMPTS - 1)
 
 
+@pytest.mark.usefixtures("botocore_delays")
 def test_throttled_source_fail_safe_asks_once_per_key_per_fail_safe_throttle(
-    make_cache: MakeCache,
-    admin_client: Any,
-    table: str,
-    clock: FakeClock,
-    botocore_delays: list[float],
+    stale_cache: StaleCache, clock: FakeClock
 ) -> None:
     """Without stale-while-revalidate, 8 threads read 5 stale keys: each key's load fails once
     (single-flight shares it), fail-safe serves the stale value to everyone, and for
@@ -231,15 +225,7 @@ def test_throttled_source_fail_safe_asks_once_per_key_per_fail_safe_throttle(
     keys = [f"tweet:{i}" for i in range(5)]
     # No soft timeout (real seconds): on a loaded machine a throttled load past it served the
     # stale value as slow (not failed), went on in the background, and its key loaded again.
-    cache = stale_cache(
-        make_cache,
-        admin_client,
-        table,
-        clock,
-        range(5),
-        stale_while_revalidate=False,
-        soft_timeout=None,
-    )
+    cache = stale_cache(range(5), stale_while_revalidate=False, soft_timeout=None)
     injector = ThrottleInjector().register(client_of(cache))
     seen: list[tuple[str, Any]] = []
 
@@ -297,14 +283,9 @@ def wait_for_waiter(cache: TieredCache, key: str, alive: Callable[[], bool]) -> 
         time.sleep(0.001)
 
 
-def test_a_reader_joining_a_failing_refresh_gets_the_stale_value(
-    make_cache: MakeCache,
-    admin_client: Any,
-    table: str,
-    clock: FakeClock,
-    botocore_delays: list[float],
-) -> None:
-    cache = stale_cache(make_cache, admin_client, table, clock, [1])
+@pytest.mark.usefixtures("botocore_delays")
+def test_a_reader_joining_a_failing_refresh_gets_the_stale_value(stale_cache: StaleCache) -> None:
+    cache = stale_cache([1])
     client = client_of(cache)
     gate = Gate(client)
     ThrottleInjector().register(client)
@@ -375,14 +356,11 @@ def test_a_refresh_started_during_the_readers_flight_still_loads(
         assert calls.count("GetItem") == 2  # the refresh read the table
 
 
+@pytest.mark.usefixtures("botocore_delays")
 def test_a_failed_background_refresh_rests_the_source_for_fail_safe_throttle(
-    make_cache: MakeCache,
-    admin_client: Any,
-    table: str,
-    clock: FakeClock,
-    botocore_delays: list[float],
+    stale_cache: StaleCache,
 ) -> None:
-    cache = stale_cache(make_cache, admin_client, table, clock, [1])
+    cache = stale_cache([1])
     injector = ThrottleInjector().register(client_of(cache))
 
     # Reads within one fail_safe_throttle window (the clock stands still), each after the last

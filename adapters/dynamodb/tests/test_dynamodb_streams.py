@@ -14,6 +14,7 @@ import json
 import logging
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -753,6 +754,30 @@ kind = "memory"
     return path
 
 
+def _follower_config(moto: MotoDynamoDB, table: str, tmp_path: Path, name: str) -> Path:
+    """:func:`_config` at ``name.toml``, the stream polled every 20 ms and its checkpoint kept
+    in ``name.json``."""
+    checkpoint = tmp_path / f"{name}.json"
+    stream = f'[tiered_cache_stream]\ncheckpoint = "{checkpoint}"\npoll_interval = "20ms"\n'
+    return _config(moto, table, tmp_path / f"{name}.toml", stream)
+
+
+def _unreachable_config(path: Path, more: str = "") -> Path:
+    """A config at ``path`` whose source is table ``tweet`` at a loopback port nobody listens
+    on (one attempt, a short connect timeout), with the source settings ``more``."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    path.write_text(
+        '[tiered_cache]\nnamespace = "cli"\n[[tiered_cache.tiers]]\nkind = "memory"\n'
+        '[tiered_cache.source]\nkind = "dynamodb"\ntable = "tweet"\nkey = "id"\n'
+        f'region = "eu-west-1"\nendpoint_url = "http://127.0.0.1:{port}"\n'
+        'aws_access_key_id = "testing"\naws_secret_access_key = "testing"\n'
+        f'{more}connect_timeout = "200ms"\nmax_attempts = 1\n'
+    )
+    return path
+
+
 def _parse(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="tiered-cache")
     add_follow_stream_parser(parser.add_subparsers(dest="command"))
@@ -767,13 +792,8 @@ def test_cli_follows_until_max_records(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     table = stream_table()
+    config = _follower_config(moto_server, table, tmp_path, "cli")
     checkpoint = tmp_path / "cli.json"
-    config = _config(
-        moto_server,
-        table,
-        tmp_path / "cache.toml",
-        f'[tiered_cache_stream]\ncheckpoint = "{checkpoint}"\npoll_interval = "20ms"\n',
-    )
     for key in ("1", "2", "3"):
         put(admin_client, table, id=key, v=0)
     assert run_follow_stream(_parse("--config", str(config), "--max-records", "3")) == 0
@@ -796,13 +816,8 @@ def test_cli_process_stops_on_sigterm_after_checkpointing(
     tmp_path: Path,
 ) -> None:
     table = stream_table()
+    config = _follower_config(moto_server, table, tmp_path, "proc")
     checkpoint = tmp_path / "proc.json"
-    config = _config(
-        moto_server,
-        table,
-        tmp_path / "proc.toml",
-        f'[tiered_cache_stream]\ncheckpoint = "{checkpoint}"\npoll_interval = "20ms"\n',
-    )
     put(admin_client, table, id="x", v=1)
     command = [sys.executable, "-m", "tiered_cache_dynamodb.cli", "--config", str(config)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -924,12 +939,7 @@ def test_cli_catch_up_shows_progress_on_a_terminal_and_nothing_when_piped(
     import os
 
     table = stream_table()
-    config = _config(
-        moto_server,
-        table,
-        tmp_path / "progress.toml",
-        f'[tiered_cache_stream]\ncheckpoint = "{tmp_path / "p.json"}"\npoll_interval = "20ms"\n',
-    )
+    config = _follower_config(moto_server, table, tmp_path, "progress")
     for key in ("1", "2", "3"):
         put(admin_client, table, id=key, v=0)
     command = [sys.executable, "-m", "tiered_cache_dynamodb.cli", "--config", str(config)]
@@ -969,19 +979,7 @@ def test_cli_reports_a_dynamodb_it_cannot_reach_without_a_traceback(
     """connect() let botocore's own errors through (EndpointConnectionError here; with no
     credentials NoCredentialsError, with a role lacking DescribeTable a ClientError): the
     command ended with a traceback instead of saying which table it could not reach."""
-    import socket
-
-    with socket.socket() as sock:  # a loopback port nobody listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    config = tmp_path / "unreachable.toml"
-    config.write_text(
-        '[tiered_cache]\nnamespace = "cli"\n[[tiered_cache.tiers]]\nkind = "memory"\n'
-        '[tiered_cache.source]\nkind = "dynamodb"\ntable = "tweet"\nkey = "id"\n'
-        f'region = "eu-west-1"\nendpoint_url = "http://127.0.0.1:{port}"\n'
-        'aws_access_key_id = "testing"\naws_secret_access_key = "testing"\n'
-        'connect_timeout = "200ms"\nmax_attempts = 1\n'
-    )
+    config = _unreachable_config(tmp_path / "unreachable.toml")
     assert run_follow_stream(_parse("--config", str(config), "--max-records", "1")) == 1
     err = capsys.readouterr().err
     assert "table 'tweet'" in err and "EndpointConnectionError" in err, err
@@ -994,20 +992,8 @@ def test_cli_debug_log_shows_the_commands_own_records_not_the_aws_credentials(
     they print each request's headers and canonical request, the session token in clear
     (X-Amz-Security-Token), three times per attempt. The level is the command's own loggers'
     (tiered_cache*); other libraries keep to warnings."""
-    import socket
-
-    with socket.socket() as sock:  # a loopback port nobody listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     token = "SESSION-TOKEN-NOT-TO-BE-LOGGED"
-    config = tmp_path / "debug.toml"
-    config.write_text(
-        '[tiered_cache]\nnamespace = "cli"\n[[tiered_cache.tiers]]\nkind = "memory"\n'
-        '[tiered_cache.source]\nkind = "dynamodb"\ntable = "tweet"\nkey = "id"\n'
-        f'region = "eu-west-1"\nendpoint_url = "http://127.0.0.1:{port}"\n'
-        'aws_access_key_id = "testing"\naws_secret_access_key = "testing"\n'
-        f'aws_session_token = "{token}"\nconnect_timeout = "200ms"\nmax_attempts = 1\n'
-    )
+    config = _unreachable_config(tmp_path / "debug.toml", f'aws_session_token = "{token}"\n')
     command = [sys.executable, "-m", "tiered_cache_dynamodb.cli", "--config", str(config)]
     done = subprocess.run(
         [*command, "--max-records", "1", "--log-level", "DEBUG"],

@@ -16,19 +16,15 @@ import time
 
 import redis
 
-from tiered_cache import TieredCache
+from tiered_cache.testing.bus_chains import bus_chain_settings, subscribed_chain
 
 
 def main(argv: list[str]) -> None:
     redis_url, endpoint, table, namespace, key = argv[:5]
     seconds = float(argv[5])
-    cache = TieredCache.from_config(
-        namespace=namespace,
-        tiers=[
-            {"kind": "memory", "admission": "always", "ttl": "10m"},
-            {"kind": "redis", "url": redis_url, "timeout": "1s"},
-        ],
-        ttl="10m",
+    settings = bus_chain_settings(
+        redis_url,
+        namespace,
         source={
             "kind": "dynamodb",
             "table": table,
@@ -39,8 +35,7 @@ def main(argv: list[str]) -> None:
             "aws_secret_access_key": "testing",
         },
     )
-    assert cache._bus_link is not None
-    cache._bus_link.bus.wait_subscribed(10)  # type: ignore[attr-defined]
+    cache = subscribed_chain(settings)
 
     def read() -> int | None:
         item = cache.get(key)

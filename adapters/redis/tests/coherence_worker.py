@@ -17,22 +17,12 @@ import time
 
 import redis
 
-from tiered_cache import TieredCache
+from tiered_cache.testing.bus_chains import bus_chain_settings, subscribed_chain
 
 
 def main(url: str, namespace: str, key: str, seconds: float) -> None:
     table = redis.Redis.from_url(url, decode_responses=True)
-    cache = TieredCache.from_config(
-        namespace=namespace,
-        tiers=[
-            {"kind": "memory", "admission": "always", "ttl": "10m"},
-            {"kind": "redis", "url": url, "timeout": "1s"},
-        ],
-        ttl="10m",
-    )
-    bus = cache._bus_link.bus if cache._bus_link else None
-    if bus is not None and hasattr(bus, "wait_subscribed"):
-        bus.wait_subscribed(10)
+    cache = subscribed_chain(bus_chain_settings(url, namespace))
 
     def read() -> object:
         return cache.get(key, lambda: table.hget(f"{namespace}:table", key))

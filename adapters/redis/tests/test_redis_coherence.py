@@ -24,6 +24,7 @@ import redis
 from tiered_cache import TieredCache
 from tiered_cache.errors import ConfigError
 from tiered_cache.testing import FakeClock
+from tiered_cache.testing.bus_chains import bus_chain_settings, subscribed_chain
 from tiered_cache.testing.forked import ForkedChild
 from tiered_cache.testing.polling import eventually
 from tiered_cache.testing.servers import FaultProxy, RedisServer, resp_command
@@ -42,25 +43,11 @@ def chain(
     wait: bool = True,
     **extra: Any,
 ) -> TieredCache:
-    bus: dict[str, Any] = {"kind": "redis", "health_check_interval": "1s", "timeout": "1s"}
-    bus.update(bus_options or {})
+    bus: dict[str, Any] = {"health_check_interval": "1s", "timeout": "1s", **(bus_options or {})}
     if bus_url is not None:
         bus["url"] = bus_url
-    cache = TieredCache.from_config(
-        namespace=namespace,
-        tiers=[
-            {"kind": "memory", "admission": "always", "ttl": "10m"},
-            {"kind": "redis", "url": url, "timeout": "1s"},
-        ],
-        ttl="10m",
-        bus=bus,
-        **extra,
-    )
-    if wait:
-        link = cache._bus_link
-        assert link is not None
-        assert link.bus.wait_subscribed(10)  # type: ignore[attr-defined]
-    return cache
+    settings = bus_chain_settings(url, namespace, bus=bus, **extra)
+    return subscribed_chain(settings) if wait else TieredCache.from_config(**settings)
 
 
 def test_the_bus_is_on_by_default_with_memory_and_redis(

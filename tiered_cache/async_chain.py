@@ -29,6 +29,7 @@ from .coherence import DEFAULT_BUS_BREAKER, BusLink, publish_breaker
 from .fence import Fence
 from .forking import restart_after_fork
 from .hit import NOT_FRESH
+from .keys import check_chain_labels
 from .l1 import L1Reader
 from .logs import fields, logger_for
 from .loop_owner import LoopOwner, loop_bound
@@ -111,7 +112,7 @@ class AsyncTieredCache(L1Reader):
         write_policy: Literal["through", "around"] = "through",
         bus_breaker: BreakerSettings | None = DEFAULT_BUS_BREAKER,
     ) -> None:
-        self.namespace = namespace
+        self.namespace = check_chain_labels(namespace, [tier.name for tier in tiers])
         self._given = tuple(tiers)
         self._source = source
         self._clock = clock

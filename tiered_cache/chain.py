@@ -24,6 +24,7 @@ from .closing import CloseOnce
 from .coherence import DEFAULT_BUS_BREAKER, BusLink, publish_breaker
 from .fence import Fence
 from .hit import NOT_FRESH, PlainGet
+from .keys import check_chain_labels
 from .l1 import L1Reader
 from .loader import BatchLoader, Loader, SourceLoader
 from .logs import logger_for
@@ -62,6 +63,8 @@ class TieredCache(L1Reader):
         tiers: the tiers, fastest first.
         source: the system of record; may be omitted when every read passes a loader.
         namespace: keeps this cache's keys apart in shared tiers (used by the tiers' builders).
+            It and each tier's ``name`` label the chain's series: one empty, or one UTF-8
+            cannot encode, is refused here (``ValueError`` naming it), as the settings do.
         ttl: how long a loaded value stays fresh, in seconds; ``None`` leaves it to the tiers.
         negative_ttl: how long a "not found" (``None``) is cached.
         clock: seconds; stamps entries and decides freshness. Wall-clock by default because
@@ -101,7 +104,7 @@ class TieredCache(L1Reader):
         write_policy: Literal["through", "around"] = "through",
         bus_breaker: BreakerSettings | None = DEFAULT_BUS_BREAKER,
     ) -> None:
-        self.namespace = namespace
+        self.namespace = check_chain_labels(namespace, [tier.name for tier in tiers])
         self._given = tuple(tiers)
         self._source = source
         #: The close, run once on a thread of its own (:meth:`close`).

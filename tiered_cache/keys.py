@@ -100,13 +100,31 @@ def _surrogate(text: str, exc: UnicodeEncodeError) -> str:
     )
 
 
-def check_namespace(namespace: str) -> str:
-    """``namespace``, or ValueError if UTF-8 cannot encode it: every key of a tier that stores
-    keys as UTF-8 would fail in it (a settings check; the message never shows the text)."""
+def check_label(text: str, field: str) -> str:
+    """``text``, or ValueError naming ``field`` if it is empty or UTF-8 cannot encode it.
+
+    The one rule for a chain's namespace and its tiers' names, in code as in the settings:
+    each labels every series the exporters show (a surrogate failed every Prometheus scrape),
+    and a namespace prefixes every key a shared tier stores as UTF-8 (every key of it would
+    fail there). The message never shows the text."""
+    if not text:
+        raise ValueError(f"the {field} is empty: give it some text")
     try:
-        namespace.encode("utf-8")
+        text.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise ValueError(
-            f"the namespace holds {_surrogate(namespace, exc)}: {_DECODE_HINT}"
-        ) from None
+        raise ValueError(f"the {field} holds {_surrogate(text, exc)}: {_DECODE_HINT}") from None
+    return text
+
+
+def check_namespace(namespace: str) -> str:
+    """``namespace``, or ValueError (see :func:`check_label`)."""
+    return check_label(namespace, "namespace")
+
+
+def check_chain_labels(namespace: str, tier_names: Iterable[str]) -> str:
+    """``namespace``, or ValueError naming the namespace or the first tier (``tiers[1].name``)
+    whose name :func:`check_label` refuses: both chains check what they are built with."""
+    check_namespace(namespace)
+    for index, name in enumerate(tier_names):
+        check_label(name, f"tiers[{index}].name")
     return namespace

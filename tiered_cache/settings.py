@@ -32,7 +32,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from . import policy_defaults
 from .errors import ConfigError
-from .keys import check_namespace
+from .keys import check_label
 from .protection import Protection
 from .registry import BUSES_GROUP, SOURCES_GROUP, TIERS_GROUP, find_plugin
 from .sketch import MAX_WIDTH, sketch_width
@@ -46,13 +46,19 @@ ROOT = "tiered_cache"
 NONE_WORD = "none"
 
 
-def _namespace(value: Any) -> Any:
-    return check_namespace(value) if isinstance(value, str) else value
+def _label(field: str) -> BeforeValidator:
+    """The chains' rule for ``field`` (:func:`~tiered_cache.keys.check_label`); what is not
+    text is left to the field's type."""
+    return BeforeValidator(
+        lambda value: check_label(value, field) if isinstance(value, str) else value
+    )
 
 
 #: A namespace: text, not empty, that UTF-8 can encode (shared tiers store it before every
-#: key, as UTF-8).
-Namespace = Annotated[str, Field(min_length=1), BeforeValidator(_namespace)]
+#: key, as UTF-8; it labels every series the exporters show).
+Namespace = Annotated[str, _label("namespace")]
+#: A tier's name: the same rule (it labels the tier's series).
+TierName = Annotated[str, _label("name")]
 
 
 class FieldProblem(ValueError):
@@ -153,7 +159,7 @@ class TierSettings(SettingsTable):
     model_config = ConfigDict(extra="allow")
 
     kind: str = Field(description="Which tier: 'memory', 'redis', or any installed kind.")
-    name: str | None = Field(
+    name: TierName | None = Field(
         default=None, description="Name in stats and logs; defaults to the kind."
     )
     ttl: Duration | None = Field(

@@ -793,3 +793,21 @@ def test_the_chains_of_every_entry_register_with_prometheus_together(caches: Any
     assert f'tiered_cache_loads_total{{namespace="{namespace}"}}'.encode() in generate_latest(
         registry
     )
+
+
+def test_one_settings_file_named_two_ways_is_one_chain(
+    tmp_path: Any, monkeypatch: Any, django_caches: Any
+) -> None:
+    """The file given as a Path and as a str, relative and absolute, is one file: keyed by its
+    text, each spelling built a chain of its own, of one namespace, which the exporters then
+    refused together (two chains of one namespace)."""
+    from pathlib import Path
+
+    from tiered_cache.contrib.django import TieredCacheBackend
+
+    config = tmp_path / "tiered_cache.toml"
+    config.write_text('[tiered_cache]\nnamespace = "django-spelt"\n')
+    monkeypatch.chdir(tmp_path)
+    spellings: list[Any] = [config, str(config), "tiered_cache.toml", Path("./tiered_cache.toml")]
+    chains = [TieredCacheBackend("", {"OPTIONS": {"CONFIG": each}}).chain for each in spellings]
+    assert len({id(chain) for chain in chains}) == 1

@@ -92,7 +92,10 @@ _chains = _Chains()
 
 def _chain_for(options: Mapping[str, Any]) -> TieredCache:
     """The process's chain for these options, built on first use."""
-    config = options.get("CONFIG")
+    # The file resolved (and built from as keyed): given as a Path in one entry and a str (or
+    # relative) in another, one file built two chains of one namespace, which the exporters
+    # refuse together.
+    config = Path(options["CONFIG"]).resolve() if options.get("CONFIG") else None
     table = dict(options.get("SETTINGS") or {})
     clock = options.get("CLOCK")
     identity = json.dumps(

@@ -114,3 +114,42 @@ def test_the_follow_stream_command_does_not_show_a_secret_typed_into_a_duration(
     err = capsys.readouterr().err
     assert f"{field}: expected a duration" in err, err
     assert TYPED not in err and TYPED[:8] not in err, err
+
+
+ENDPOINT = "http://user:endpoint-pass-do-not-leak@127.0.0.1:8000"
+
+
+def test_an_endpoint_with_a_password_is_shown_without_it() -> None:
+    """endpoint_url was shown whole in the settings' reprs, the sources' reprs (and so every
+    error naming the table) and the settings' own refusal of it."""
+    import boto3
+    from tiered_cache_dynamodb import DynamoDBSource
+    from tiered_cache_dynamodb.async_source import AsyncDynamoDBSource
+
+    client = boto3.client(
+        "dynamodb", region_name="us-east-1", endpoint_url=ENDPOINT, **_credentials()
+    )
+    shown = [
+        repr(DynamoDBSourceSettings(table="tweets", key="tweet_id", endpoint_url=ENDPOINT)),
+        repr(StreamSettings(table="tweets", key="tweet_id", endpoint_url=ENDPOINT)),
+        repr(DynamoDBSource(client, "tweets", "tweet_id")),
+        repr(
+            AsyncDynamoDBSource(
+                None, "tweets", "tweet_id", connect=object, region="eu-west-1", endpoint=ENDPOINT
+            )
+        ),
+    ]
+    with pytest.raises(ConfigError) as refused:
+        load_settings(
+            source={
+                "kind": "dynamodb",
+                "table": "tweets",
+                "key": "k",
+                "endpoint_url": ENDPOINT.replace("http", "ftp"),
+            }
+        )
+    shown.append(str(refused.value))
+    for text in shown:
+        assert "endpoint-pass-do-not-leak" not in text
+        assert "127.0.0.1:8000" in text  # the host is still shown
+    client.close()

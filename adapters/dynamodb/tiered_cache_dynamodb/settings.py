@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
-from typing import Literal
+from collections.abc import Iterable
+from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from tiered_cache.redaction import redact_url, redacted_repr_args
 from tiered_cache.settings import SourceSettings
 from tiered_cache.units import Duration
 
@@ -14,6 +16,23 @@ from .keys import parse_template
 
 KeyType = Literal["S", "N", "B"]
 RetryMode = Literal["standard", "adaptive", "legacy"]
+
+
+def check_endpoint(value: str | None) -> str | None:
+    """``value``, or ValueError unless it is an HTTP(S) URL (the source's and the stream's
+    rule). The URL may hold a password (``http://user:secret@host``): shown redacted."""
+    if value is not None and not value.startswith(("http://", "https://")):
+        raise ValueError(
+            f"endpoint_url must start with http:// or https://, got {redact_url(value)!r}"
+        )
+    return value
+
+
+def endpoint_repr_args(
+    args: Iterable[tuple[str | None, Any]],
+) -> Iterable[tuple[str | None, Any]]:
+    """A settings model's ``__repr_args__`` with its ``endpoint_url`` redacted."""
+    return redacted_repr_args(args, ["endpoint_url"])
 
 
 def default_region() -> str:
@@ -133,9 +152,10 @@ class DynamoDBSourceSettings(SourceSettings):
     @field_validator("endpoint_url")
     @classmethod
     def _check_endpoint(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("http://", "https://")):
-            raise ValueError(f"endpoint_url must start with http:// or https://, got {value!r}")
-        return value
+        return check_endpoint(value)
+
+    def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
+        return endpoint_repr_args(super().__repr_args__())
 
     @model_validator(mode="after")
     def _check_keys(self) -> DynamoDBSourceSettings:

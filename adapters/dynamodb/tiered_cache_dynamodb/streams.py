@@ -28,7 +28,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -44,7 +44,13 @@ from tiered_cache.units import Duration
 from .aws import client_config, session_for
 from .errors import InvalidKeyError
 from .keys import KeyCodec, show
-from .settings import DynamoDBSourceSettings, KeyType, default_region
+from .settings import (
+    DynamoDBSourceSettings,
+    KeyType,
+    check_endpoint,
+    default_region,
+    endpoint_repr_args,
+)
 
 if TYPE_CHECKING:
     from .keys import Identity
@@ -179,9 +185,10 @@ class StreamSettings(SettingsTable):
     @field_validator("endpoint_url")
     @classmethod
     def _check_endpoint(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("http://", "https://")):
-            raise ValueError(f"endpoint_url must start with http:// or https://, got {value!r}")
-        return value
+        return check_endpoint(value)
+
+    def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
+        return endpoint_repr_args(super().__repr_args__())
 
     def resolve(self, source: DynamoDBSourceSettings | None = None) -> StreamSettings:
         """A copy whose unset table, key and connection fields come from ``source``.

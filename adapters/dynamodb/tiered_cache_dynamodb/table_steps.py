@@ -20,6 +20,7 @@ from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
 from tiered_cache.errors import CodecError, SourceError, SourceThrottled
+from tiered_cache.redaction import redact_url
 from tiered_cache.steps import Steps
 from tiered_cache.tier import MISSING, MissingType
 
@@ -106,7 +107,8 @@ class TableSteps:
         self.table = table
         self.codec = KeyCodec(key, key_type, range_key, range_key_type, key_template)
         self.region = region
-        self.endpoint = endpoint
+        #: For messages only: redacted (an endpoint may hold a password, ``user:secret@``).
+        self.endpoint = redact_url(endpoint)
         self._call = call
         self._sleep = sleep
         self._check = check
@@ -130,7 +132,7 @@ class TableSteps:
             self._read_params["ExpressionAttributeNames"] = {
                 f"#p{i}": attribute for i, attribute in enumerate(names)
             }
-        self.where = f"table {table!r} (region {region}, endpoint {endpoint})"
+        self.where = f"table {table!r} (region {region}, endpoint {self.endpoint})"
         #: The table was checked (or could not be, for lack of permission).
         self.checked = False
         #: Why the table does not fit, once known: a key schema never changes. Each call is

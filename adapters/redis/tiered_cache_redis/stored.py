@@ -140,35 +140,50 @@ class StoredFormat:
         :meth:`decode` would give each: the headers are read here, the payloads decoded by the
         codec in one batch (:meth:`~tiered_cache.codecs.CodecBase.decode_many`); a value that
         cannot be read is a logged miss of its own key only."""
-        size = _HEADER.size
+        # One pass over the values, doing per value only what the header needs: the unpack
+        # itself tells a short value (struct.error, free when none is raised), and the magic and
+        # format are read from the unpacked header instead of a startswith call per value.
         unpack = _HEADER.unpack_from
+        size = _HEADER.size
         codec_id = self._codec_id
-        headers: list[tuple[str, tuple[Any, ...]]] = []
+        magic, form = _MAGIC, _FORMAT
+        live: list[str] = []
+        headers: list[tuple[Any, ...]] = []
         payloads: list[bytes] = []
         for key, data in zip(keys, values, strict=True):
             if data is None:
                 continue
-            if len(data) < size or not data.startswith(_PREFIX):
+            try:
+                # magic, format, codec id, loaded_at, soft, hard, duration, expire_at, version
+                header = unpack(data)
+            except struct.error:
                 self._unreadable(key, "holds data in an unknown format")
                 continue
-            header = unpack(data)
+            if header[0] != magic or header[1] != form:
+                self._unreadable(key, "holds data in an unknown format")
+                continue
             # Redis expires keys on its own clock; the tier must also honour the chain's clock.
             if now >= header[7]:
                 continue
             if header[2] != codec_id:
                 self._unreadable(key, f"was written with another codec (id {header[2]})")
                 continue
-            headers.append((key, header))
+            live.append(key)
+            headers.append(header)
             payloads.append(data[size:])
         if not payloads:
             return {}
         decoded, errors = self._decode_batch(payloads)
+        if not errors:  # the common case: one comprehension builds the entries
+            return {
+                key: Entry(value, header[3], header[4], header[5], header[6], header[8])
+                for key, header, value in zip(live, headers, decoded, strict=True)
+            }
         found: dict[str, Entry] = {}
-        for index, ((key, header), value) in enumerate(zip(headers, decoded, strict=True)):
-            if errors and index in errors:
+        for index, (key, header, value) in enumerate(zip(live, headers, decoded, strict=True)):
+            if index in errors:
                 self._unreadable(key, f"cannot be decoded ({errors[index]})")
                 continue
-            # magic, format, codec id, loaded_at, soft, hard, duration, expire_at, version
             found[key] = Entry(value, header[3], header[4], header[5], header[6], header[8])
         return found
 

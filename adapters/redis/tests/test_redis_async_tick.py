@@ -10,12 +10,13 @@ no I/O is involved."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import selectors
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from tiered_cache_redis.async_coalesce import CoalescedReads
-from tiered_cache_redis.async_tick import TickBatch
+from tiered_cache_redis.async_tick import TickBatch, runs_alone
 
 
 class CountingSelector(selectors.DefaultSelector):
@@ -170,3 +171,18 @@ def test_a_lone_get_of_the_tier_reads_leaves_at_once_as_a_get() -> None:
         assert [(kind, names) for kind, names, _ in sent[1:]] == [("MGET", ["a", "b"])]
 
     run_counted(scenario)
+
+
+def test_the_loop_still_has_the_ready_queue_runs_alone_reads() -> None:
+    """``runs_alone`` reads asyncio's private ``BaseEventLoop._ready`` (no public accessor): a
+    Python that renames it would raise AttributeError on every lone asyncio L2 hit. Pinned
+    here, so that such an upgrade fails a test instead of every read."""
+    loop = asyncio.new_event_loop()
+    try:
+        assert isinstance(loop, asyncio.BaseEventLoop)
+        assert isinstance(loop._ready, collections.deque)  # type: ignore[attr-defined]
+        assert runs_alone(loop)
+        loop.call_soon(lambda: None)
+        assert not runs_alone(loop)
+    finally:
+        loop.close()

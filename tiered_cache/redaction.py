@@ -50,6 +50,16 @@ def redact_url(url: str) -> str:
     return f"{match.group('scheme') or ''}{authority}{rest}"
 
 
+# A URL inside a message (an error's text): a scheme, then everything up to a blank or a quote.
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s\"'<>]+")
+
+
+def redact_urls_in(text: str) -> str:
+    """``text`` with the password of every URL in it replaced by ``***`` (:func:`redact_url`):
+    for messages written by others, such as botocore's, that quote a URL whole."""
+    return _URL_IN_TEXT.sub(lambda found: redact_url(found.group()), text)
+
+
 def redacted_repr_args(
     args: Iterable[tuple[str | None, Any]], url_fields: Iterable[str]
 ) -> Iterable[tuple[str | None, Any]]:

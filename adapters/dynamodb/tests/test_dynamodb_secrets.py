@@ -153,3 +153,104 @@ def test_an_endpoint_with_a_password_is_shown_without_it() -> None:
         assert "endpoint-pass-do-not-leak" not in text
         assert "127.0.0.1:8000" in text  # the host is still shown
     client.close()
+
+
+def _closed_port_endpoint() -> str:
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on: every call fails to connect
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://user:endpoint-pass-do-not-leak@127.0.0.1:{port}"
+
+
+def _shown(error: BaseException) -> str:
+    """What a user sees of ``error``: its traceback with every cause and context."""
+    import traceback
+
+    return "".join(traceback.format_exception(error))
+
+
+def test_a_failed_call_to_an_endpoint_with_a_password_does_not_show_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """botocore's connection errors carry the request's URL, the endpoint's password in it:
+    the source's SourceError said ``failed: Could not connect to the endpoint URL:
+    "http://user:endpoint-pass-do-not-leak@..."`` and so did the error chained under it."""
+    from tiered_cache_dynamodb import DynamoDBSource
+    from tiered_cache_dynamodb.streams import StreamFollower
+
+    from tiered_cache import SourceError
+
+    endpoint = _closed_port_endpoint()
+    settings = DynamoDBSourceSettings(
+        table="tweets", key="tweet_id", endpoint_url=endpoint, max_attempts=1, **_credentials()
+    )
+    shown: list[str] = []
+    with DynamoDBSource.from_settings(settings) as source:
+        calls = [
+            source.check_table,
+            lambda: source.load("k"),
+            lambda: source.load_many(["a", "b"]),
+            lambda: source.store("k", {"tweet_id": "k"}),
+            lambda: source.remove("k"),
+        ]
+        for call in calls:
+            with pytest.raises(SourceError) as caught:
+                call()
+            shown.append(_shown(caught.value))
+    follower = StreamFollower(_NoCache(), source=settings)
+    try:
+        with pytest.raises(Exception) as failed:
+            follower.run_once()
+        shown.append(_shown(failed.value))
+    finally:
+        follower.close()
+    shown.extend(
+        record.getMessage() for record in caplog.records if record.name.startswith("tiered")
+    )
+    assert len(shown) >= 6
+    for text in shown:
+        assert "Could not connect" in text or "stream" in text, text  # the cause is still told
+        assert "endpoint-pass-do-not-leak" not in text, text
+        assert "127.0.0.1" in text, text
+
+
+class _NoCache:
+    def invalidate_many(self, keys: object) -> None:
+        raise AssertionError("nothing to invalidate: every call fails")
+
+
+def test_a_failed_call_of_the_async_source_does_not_show_the_password() -> None:
+    """A pin, not a failure seen first: aiohttp refuses a URL with credentials before it
+    connects, and its refusal does not quote the URL; the async client gets the same hook as
+    the sync one all the same (:func:`tiered_cache_dynamodb.aws.hide_endpoint_secrets`)."""
+    import asyncio
+
+    from tiered_cache_dynamodb.async_source import AsyncDynamoDBSource
+
+    from tiered_cache import SourceError
+
+    settings = DynamoDBSourceSettings(
+        table="tweets",
+        key="tweet_id",
+        endpoint_url=_closed_port_endpoint(),
+        max_attempts=1,
+        **_credentials(),
+    )
+
+    async def failures() -> list[str]:
+        shown = []
+        async with AsyncDynamoDBSource.from_settings(settings) as source:
+            for call in (source.check_table, lambda: source.load("k")):
+                with pytest.raises(SourceError) as caught:
+                    await call()
+                shown.append(_shown(caught.value))
+        return shown
+
+    shown = asyncio.run(failures())
+    assert len(shown) == 2
+    for text in shown:
+        # aiohttp refuses credentials in a URL before it connects: the refusal is told.
+        assert "credentials encoded in URL" in text, text
+        assert "endpoint-pass-do-not-leak" not in text, text

@@ -40,7 +40,7 @@ from tiered_cache.tier import MissingType
 
 from .aio_pools import SocketWatch, inherited_sockets
 from .async_left import close_a_left_loops_client
-from .aws import client_options, credentials
+from .aws import client_options, credentials, hide_endpoint_secrets
 from .inherited import close_inherited_sockets
 from .keys import KeyCodec
 from .settings import DynamoDBSourceSettings
@@ -69,7 +69,7 @@ async def connect_client(settings: DynamoDBSourceSettings) -> AioDynamoDBClient:
     try:
         # The client's context enters it (its HTTP session) and gives it back; it is closed
         # with the source.
-        return await session.create_client(
+        client = await session.create_client(
             "dynamodb",
             region_name=settings.region,
             endpoint_url=settings.endpoint_url,
@@ -78,6 +78,7 @@ async def connect_client(settings: DynamoDBSourceSettings) -> AioDynamoDBClient:
         ).__aenter__()
     except ProfileNotFound as exc:
         raise ConfigError(f"dynamodb source: AWS profile {settings.profile!r} not found") from exc
+    return hide_endpoint_secrets(client)
 
 
 class AsyncDynamoDBSource(AsyncSourceBase):

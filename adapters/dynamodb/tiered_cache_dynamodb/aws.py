@@ -2,15 +2,35 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol, TypedDict
+from typing import Any, Protocol, TypedDict, TypeVar
 
 import boto3
 from botocore.config import Config
+from botocore.exceptions import BotoCoreError
 from pydantic import SecretStr
+
+from tiered_cache.redaction import redact_urls_in
 
 from .settings import RetryMode
 
-__all__ = ["AwsConnection", "client_config", "client_options", "credentials", "session_for"]
+__all__ = [
+    "AwsConnection",
+    "client_config",
+    "client_options",
+    "credentials",
+    "hide_endpoint_secrets",
+    "session_for",
+]
+
+
+class _BotocoreClient(Protocol):
+    """What :func:`hide_endpoint_secrets` uses of a botocore or aiobotocore client."""
+
+    @property
+    def meta(self) -> Any: ...
+
+
+Client = TypeVar("Client", bound=_BotocoreClient)
 
 
 class AwsConnection(Protocol):
@@ -75,3 +95,29 @@ def client_options(settings: AwsConnection, retry_mode: RetryMode) -> dict[str, 
         "read_timeout": settings.read_timeout,
         "retries": {"mode": retry_mode, "total_max_attempts": settings.max_attempts},
     }
+
+
+def hide_endpoint_secrets(client: Client) -> Client:
+    """``client``, whose failed calls raise errors that show its endpoint without a password.
+
+    botocore's connection errors (``EndpointConnectionError``, ``ConnectTimeoutError``,
+    ``ReadTimeoutError``, ...) quote the request's URL whole in their text and keep it in their
+    ``kwargs``: an ``endpoint_url`` such as ``http://user:secret@host`` showed its password in
+    every error chained from them, the source's and the stream follower's messages and logs.
+    botocore (and aiobotocore) emit ``after-call-error`` with the exception before raising it:
+    the one place every call of every client made here goes through. A client given by the
+    user is left as given.
+    """
+    client.meta.events.register("after-call-error", _hide_urls)
+    return client
+
+
+def _hide_urls(exception: BaseException, **_: Any) -> None:
+    exception.args = tuple(
+        redact_urls_in(arg) if isinstance(arg, str) else arg for arg in exception.args
+    )
+    if isinstance(exception, BotoCoreError):  # pickled and re-formatted from its kwargs
+        exception.kwargs = {
+            name: redact_urls_in(value) if isinstance(value, str) else value
+            for name, value in exception.kwargs.items()
+        }

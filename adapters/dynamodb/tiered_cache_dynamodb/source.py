@@ -17,7 +17,7 @@ from tiered_cache.logs import logger_for
 from tiered_cache.steps import run
 from tiered_cache.tier import MissingType
 
-from .aws import client_config, session_for
+from .aws import client_config, hide_endpoint_secrets, session_for
 from .inherited import close_inherited_sockets
 from .keys import KeyCodec
 from .pools import ConnectionWatch, inherited_sockets
@@ -41,7 +41,9 @@ def make_client(settings: DynamoDBSourceSettings) -> DynamoDBClient:
     except ProfileNotFound as exc:
         raise ConfigError(f"dynamodb source: AWS profile {settings.profile!r} not found") from exc
     config = client_config(settings, settings.retry_mode)
-    return session.client("dynamodb", endpoint_url=settings.endpoint_url, config=config)
+    return hide_endpoint_secrets(
+        session.client("dynamodb", endpoint_url=settings.endpoint_url, config=config)
+    )
 
 
 class DynamoDBSource:

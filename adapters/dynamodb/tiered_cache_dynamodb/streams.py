@@ -41,7 +41,7 @@ from tiered_cache.errors import ConfigError, KeyTemplateError, TieredCacheError
 from tiered_cache.settings import SettingsTable
 from tiered_cache.units import Duration
 
-from .aws import client_config, session_for
+from .aws import client_config, hide_endpoint_secrets, session_for
 from .errors import InvalidKeyError
 from .keys import KeyCodec, show
 from .settings import (
@@ -507,13 +507,15 @@ class StreamFollower:
             session = session_for(settings)
             config = client_config(settings, "standard")
             if streams_client is None:
-                streams_client = session.client(
-                    "dynamodbstreams", endpoint_url=settings.endpoint_url, config=config
+                streams_client = hide_endpoint_secrets(
+                    session.client(
+                        "dynamodbstreams", endpoint_url=settings.endpoint_url, config=config
+                    )
                 )
                 self._owned.append(streams_client)
             if dynamodb_client is None and settings.stream_arn is None:
-                dynamodb_client = session.client(
-                    "dynamodb", endpoint_url=settings.endpoint_url, config=config
+                dynamodb_client = hide_endpoint_secrets(
+                    session.client("dynamodb", endpoint_url=settings.endpoint_url, config=config)
                 )
                 self._owned.append(dynamodb_client)
         self._streams = streams_client

@@ -32,7 +32,8 @@ A write whose fill of a shared tier failed (a timeout, a value Redis refused whi
 would leave that tier the key's *old* value, which every other process reads once the bus
 dropped its memory copy: the write deletes the key there instead, and a delete that fails is
 owed (:mod:`tiered_cache.owed`), as an invalidation's is. A read's fill that failed leaves
-nothing to undo (the tier missed the key), so it deletes nothing.
+nothing to undo (the tier missed the key), so it deletes nothing. Every fill that failed, of
+every shape and either face, goes through :meth:`Fence._failed_fill`, the rule's one home.
 
 A gap (the bus dropped or came back, a sender's number skipped) is an invalidation of memory
 alone: this process may have missed messages about its own copies; it says nothing of Redis. So
@@ -312,8 +313,8 @@ class Fence:
         another writer stole before its fill was not written and invalidated the key: it
         deleted the other's value, or its lease, whose fill then failed: both lost.
 
-        ``written``: the fill of a write (:meth:`write_steps`): a shared tier that failed it
-        has the key deleted instead (see the module's notes).
+        ``written``: the fill of a write (:meth:`write_steps`): a tier that failed it is
+        followed by :meth:`_failed_fill`.
 
         No ``tiers`` (a copy from the first tier, a lease holder's value found in a leasing
         tier that comes first, a chain without tiers): no step, nothing judged or counted,
@@ -478,8 +479,7 @@ class Fence:
         copy-up, a write), in plain calls rather than steps: the same check before the write
         and after it, with nothing to give back. True if it landed. ``sole``: as for
         :meth:`fill_steps`, an invalidation keeps the write out of memory alone; ``written``:
-        the fill of a write, deleted from a shared tier that failed it (see the module's
-        notes)."""
+        the fill of a write (:meth:`_failed_fill` if a tier failed it)."""
         keys = (key,)
         log = self._log
         early = log.overtaken(mark, keys, own)  # positional: a call with keywords costs more
@@ -492,8 +492,8 @@ class Fence:
         for tier in reversed(tiers):
             if tier.bypassed or (early and tier.local) or (leases and self.needs_lease(tier, key)):
                 continue
-            if not tier.set_one(key, entry) and written and not tier.local:
-                tier.delete_many(keys)  # not the old value (see the module's notes)
+            if not tier.set_one(key, entry):
+                run(self._failed_fill(tier, keys, written))
         if early or not log.overtaken(mark, keys, own):
             return True
         # Invalidated between the check and the write: undo, deleting is always safe (from
@@ -550,11 +550,21 @@ class Fence:
     def _fill_tier(
         self, tier: FillTarget, entries: Mapping[str, Entry], written: bool
     ) -> Steps[None]:
-        """Fill ``tier`` with ``entries``, no lease; ``written``: the fill of a write, whose
-        keys a shared tier that failed it deletes instead (see the module's notes)."""
+        """Fill ``tier`` with ``entries``, no lease; ``written``: the fill of a write
+        (:meth:`_failed_fill` if the tier failed it)."""
         stored: bool = yield tier.set_many, (entries,)
-        if not stored and written and not tier.local:
-            yield tier.delete_many, (list(entries),)
+        if not stored:
+            yield from self._failed_fill(tier, list(entries), written)
+
+    def _failed_fill(self, tier: FillTarget, keys: Sequence[str], written: bool) -> Steps[None]:
+        """What a fill ``tier`` failed for ``keys`` is followed by: the rule's one home, which
+        every fill that failed goes through (plain, leased or sole, sync or asyncio, one key or
+        a batch; :meth:`fill_one` runs it in plain calls). A write's (``written``) has the keys
+        deleted from a shared tier, not left with their old value (see the module's notes),
+        a delete that fails owed by the tier; a read's deletes nothing (the tier missed the
+        key), nor does an in-process tier's (the write's invalidation dropped its copy)."""
+        if written and keys and not tier.local:
+            yield tier.delete_many, (keys,)
 
     def _write_sole(
         self,
@@ -570,13 +580,13 @@ class Fence:
         tier may be up: a value too large for it resets the connection alone), when they go
         back as :meth:`_fill_leased`'s do. Until the write no load could take the leases, and
         one that held a lease before the write stole it fails its fill. A write that failed
-        deletes the keys (see the module's notes: a sole write is always ``written``). Returns
+        deletes the keys (:meth:`_failed_fill`: a sole write is always ``written``). Returns
         no key: none was confirmed by a lease (the write's own order confirms them)."""
         stored: bool = yield tier.set_many, (landing,)
         if not stored:
             if tokens:
                 yield tier.release_leases, (tokens,)
-            yield tier.delete_many, (list(landing),)  # not its old value (module's notes)
+            yield from self._failed_fill(tier, list(landing), written)
         return set()
 
     def _fill_leased(
@@ -590,7 +600,7 @@ class Fence:
         they need none (:meth:`needs_lease`); drop from ``landing`` the keys whose lease was
         lost or whose fill failed. Returns the keys the tier took under their leases (not
         those kept because it failed: nothing confirmed their order). ``written``: the fill of
-        a write, whose keys the tier failed are deleted there (see the module's notes)."""
+        a write (:meth:`_failed_fill` for the keys the tier failed)."""
         plain = {
             key: entry
             for key, entry in landing.items()
@@ -632,8 +642,7 @@ class Fence:
             # Yielded after the except block, never in one (see fill_steps).
             yield tier.release_leases, ({key: token for key, (_, token) in leased.items()},)
             unfilled = list(leased)
-        if unfilled and written:
-            yield tier.delete_many, (unfilled,)
+        yield from self._failed_fill(tier, unfilled, written)
         for key in leased:
             if key not in kept:
                 del landing[key]

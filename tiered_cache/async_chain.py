@@ -277,11 +277,11 @@ class AsyncTieredCache(L1Reader):
         is taken from it, before anything here (listening on this loop) may change the bus.
         """
         self._admit()
-        check_ttl(ttl)
+        lifetime = check_ttl(ttl)
         state = looked if type(looked) is ReadState else self._paths.looked()
         if looked is REFRESH_DUE and self._tiers:
             self._metrics.count("early_refreshes")
-            self._loader.refresh_in_background(key, loader, ttl, None)
+            self._loader.refresh_in_background(key, loader, lifetime, None)
             entry = await self._tiers[0].get(key, False)
             if entry is not MISSING and not entry.is_expired(self._clock()):
                 return entry.value
@@ -305,7 +305,7 @@ class AsyncTieredCache(L1Reader):
                 beside = False
                 value = await arun(
                     self._paths.read_through(
-                        key, mark, loader, ttl, state, beside=True, first_counted=first_counted
+                        key, mark, loader, lifetime, state, beside=True, first_counted=first_counted
                     )
                 )
                 first_counted = True
@@ -316,7 +316,7 @@ class AsyncTieredCache(L1Reader):
                 try:
                     value = await arun(
                         self._paths.read_through(
-                            key, flight.tag, loader, ttl, state, first_counted=first_counted
+                            key, flight.tag, loader, lifetime, state, first_counted=first_counted
                         )
                     )
                 except BaseException as exc:
@@ -336,7 +336,7 @@ class AsyncTieredCache(L1Reader):
                 # second load beside it (one per key at a time); ask again once it has ended.
                 await within_join_timeout(flight.settle(), key, wait)
                 continue
-            self._joined(key, loader, ttl, state, first_counted)
+            self._joined(key, loader, lifetime, state, first_counted)
             first_counted = True
             try:
                 # flight.wait shields the outcome: giving up cancels nothing of the load.

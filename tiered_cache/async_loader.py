@@ -43,7 +43,7 @@ from .singleflight import (
     recursive_load,
     refresh_failed,
 )
-from .stamp import EntryMaker, loaded, loaded_many
+from .stamp import CheckedTtl, EntryMaker, loaded, loaded_many
 from .steps import arun
 from .tier import Entry, Source
 from .timed_slots import Claim, TimedSlots, after_wait, may_join_left
@@ -157,7 +157,7 @@ class AsyncSourceLoader:
         key: str,
         mark: int,
         loader: AsyncLoader | None,
-        ttl: float | str | None,
+        ttl: CheckedTtl | None,
         stale: Entry | None,
         *,
         background: bool = False,
@@ -235,7 +235,7 @@ class AsyncSourceLoader:
         key: str,
         mark: int,
         loader: AsyncLoader | None,
-        ttl: float | str | None,
+        ttl: CheckedTtl | None,
         token: str | None,
         *,
         soft: float | None,
@@ -323,7 +323,7 @@ class AsyncSourceLoader:
         key: str,
         mark: int,
         loader: AsyncLoader | None,
-        ttl: float | str | None,
+        ttl: CheckedTtl | None,
         *,
         token: str | None,
         work: Behalf,
@@ -395,7 +395,7 @@ class AsyncSourceLoader:
         flights: Mapping[str, AsyncFlight],
         mark: int,
         loader: AsyncBatchLoader | None,
-        ttl: float | str | None,
+        ttl: CheckedTtl | None,
         stale: Mapping[str, Entry],
     ) -> tuple[dict[str, Any], dict[str, BaseException]]:
         """As :meth:`SourceLoader.load_batch`."""
@@ -451,7 +451,7 @@ class AsyncSourceLoader:
             task.exception()  # retrieved: its caller (if any) has seen or dropped it
 
     def refresh_in_background(
-        self, key: str, loader: AsyncLoader | None, ttl: float | str | None, stale: Stale | None
+        self, key: str, loader: AsyncLoader | None, ttl: CheckedTtl | None, stale: Stale | None
     ) -> None:
         """Reload ``key`` in a task, once at a time per key; ``stale`` as for
         :meth:`SourceLoader.refresh_in_background`."""
@@ -462,7 +462,7 @@ class AsyncSourceLoader:
         self.spawn(self._refresh(key, loader, ttl, stale))
 
     async def _refresh(
-        self, key: str, loader: AsyncLoader | None, ttl: float | str | None, stale: Stale | None
+        self, key: str, loader: AsyncLoader | None, ttl: CheckedTtl | None, stale: Stale | None
     ) -> None:
         try:
             # A refresh is a load of its key: it leads a flight of the key in the readers'
@@ -543,7 +543,7 @@ class AsyncSourceLoader:
 
     # -- the source itself
 
-    async def _load(self, key: str, loader: AsyncLoader | None, ttl: float | str | None) -> Entry:
+    async def _load(self, key: str, loader: AsyncLoader | None, ttl: CheckedTtl | None) -> Entry:
         started = self._clock()
         try:
             if loader is not None:
@@ -565,7 +565,7 @@ class AsyncSourceLoader:
         return self._batching.entry(key, value, finished, finished - started, ttl)
 
     async def _load_many(
-        self, keys: Sequence[str], loader: AsyncBatchLoader | None, ttl: float | str | None
+        self, keys: Sequence[str], loader: AsyncBatchLoader | None, ttl: CheckedTtl | None
     ) -> dict[str, Entry]:
         started = self._clock()
         try:

@@ -23,6 +23,7 @@ from .lease_wait import LeaseWait
 from .logs import fields, key_hash, logger_for
 from .metrics import CacheMetrics
 from .protection import Protection
+from .stamp import CheckedTtl
 from .steps import Steps
 from .throttle_rest import ThrottleRests
 from .tier import MISSING, Entry
@@ -35,7 +36,7 @@ Ready = Callable[[Mapping[str, Entry], Mapping[str, BaseException]], None]
 #: What the rests answered (:meth:`BatchLoad.rested`): ``(entries to serve, errors)``.
 Answers = tuple[dict[str, Entry], dict[str, BaseException]]
 #: Makes an entry: ``(value, now, load duration, ttl)`` (:class:`~tiered_cache.stamp.EntryMaker`).
-MakeEntry = Callable[[Any, float, float, "float | str | None"], Entry]
+MakeEntry = Callable[[Any, float, float, "CheckedTtl | None"], Entry]
 
 
 #: A stale copy a read served, and the fence mark it was read under: a failed background
@@ -119,7 +120,7 @@ class BatchLoad:
         table: Any,
         mark: int,
         loader: Any,
-        ttl: float | str | None,
+        ttl: CheckedTtl | None,
         *,
         stale: Mapping[str, Entry],
         held: HeldLeases,
@@ -166,7 +167,7 @@ class BatchLoad:
         keys: list[str],
         mark: int,
         loader: Any,
-        ttl: float | str | None,
+        ttl: CheckedTtl | None,
         *,
         stale: Mapping[str, Entry],
         ready: Ready,
@@ -214,7 +215,7 @@ class BatchLoad:
         keys: list[str],
         mark: int,
         loader: Any,
-        ttl: float | str | None,
+        ttl: CheckedTtl | None,
         stale: Mapping[str, Entry],
         *,
         held: HeldLeases,
@@ -320,7 +321,7 @@ class BatchLoad:
         self,
         values: Mapping[str, Any],
         keys: Sequence[str],
-        ttl: float | str | None,
+        ttl: CheckedTtl | None,
         now: float,
         duration: float,
         *,
@@ -339,7 +340,7 @@ class BatchLoad:
         return made
 
     def entry(
-        self, key: str, value: Any, now: float, duration: float, ttl: float | str | None
+        self, key: str, value: Any, now: float, duration: float, ttl: CheckedTtl | None
     ) -> Entry:
         """:meth:`entries` for a load of one key."""
         self.rests.answered((key,))

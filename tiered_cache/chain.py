@@ -35,7 +35,7 @@ from .read_state import CONNECTED, ReadState
 from .reporting import chain_stats, first_hot_keys
 from .signal_frames import in_signal_handler
 from .singleflight import Flight
-from .stamp import EntryMaker, check_ttl
+from .stamp import CheckedTtl, EntryMaker, check_ttl
 from .steps import run
 from .tier import MISSING, Entry, Source, Tier
 
@@ -150,7 +150,7 @@ class TieredCache(L1Reader):
         #: What a miss that joins another's load counts (bound once: every join calls it).
         self._joined = paths.joined
         #: What a miss runs inside its flight: the read down the tiers in plain calls.
-        self._read: Callable[[Flight, str, Loader | None, float | str | None, ReadState], Any] = (
+        self._read: Callable[[Flight, str, Loader | None, CheckedTtl | None, ReadState], Any] = (
             self._paths.read_through_plain
         )
         #: What a miss that finds a background refresh leading its key's flight runs first,
@@ -276,11 +276,11 @@ class TieredCache(L1Reader):
         serve the entry and refresh in the background); or the bus's
         :class:`~tiered_cache.read_state.ReadState`, tier 0 not read. The read's one
         decision of the bus (:meth:`ChainPaths.looked`), carried through its flight."""
-        check_ttl(ttl)
+        lifetime = check_ttl(ttl)
         state = looked if type(looked) is ReadState else self._paths.looked()
         if looked is REFRESH_DUE and self._tiers:
             self._metrics.count("early_refreshes")
-            self._loader.refresh_in_background(key, loader, ttl, None)
+            self._loader.refresh_in_background(key, loader, lifetime, None)
             entry = self._tiers[0].get(key, count=False)
             if entry is not MISSING and not entry.is_expired(self._clock()):
                 return entry.value
@@ -292,7 +292,7 @@ class TieredCache(L1Reader):
             self._read,
             key,
             loader,
-            ttl,
+            lifetime,
             state,
             tag=self._fence.mark(),
             may_join=self._may_join,
@@ -307,7 +307,7 @@ class TieredCache(L1Reader):
         flight: Flight,
         key: str,
         loader: Loader | None,
-        ttl: float | str | None,
+        ttl: CheckedTtl | None,
         state: ReadState,
     ) -> Any:
         """The read of a miss that found a background refresh leading its key's flight

@@ -20,6 +20,7 @@ from typing import Any, NoReturn, Protocol
 from .errors import ChainClosedError
 from .read_state import CONNECTED, ReadState
 from .singleflight import Landing
+from .stamp import CheckedTtl
 from .steps import Steps
 from .tier import Entry
 
@@ -31,7 +32,7 @@ class Paths(Protocol):
     def looked(self) -> ReadState: ...
 
     def read_through_plain(
-        self, flight: Landing, key: str, loader: Any, ttl: float | str | None, state: ReadState
+        self, flight: Landing, key: str, loader: Any, ttl: CheckedTtl | None, state: ReadState
     ) -> Any: ...
 
     def read_through(
@@ -39,7 +40,7 @@ class Paths(Protocol):
         key: str,
         mark: int,
         loader: Any,
-        ttl: float | str | None,
+        ttl: CheckedTtl | None,
         state: ReadState,
         *,
         beside: bool = False,
@@ -89,7 +90,7 @@ class ClosedPaths:
         self.refuse()
 
     def read_through_plain(
-        self, flight: Landing, key: str, loader: Any, ttl: float | str | None, state: ReadState
+        self, flight: Landing, key: str, loader: Any, ttl: CheckedTtl | None, state: ReadState
     ) -> NoReturn:
         self.refuse()
 
@@ -98,7 +99,7 @@ class ClosedPaths:
         key: str,
         mark: int,
         loader: Any,
-        ttl: float | str | None,
+        ttl: CheckedTtl | None,
         state: ReadState,
         *,
         beside: bool = False,

@@ -39,7 +39,7 @@ from .singleflight import (
     refresh_failed,
     waited_too_long,
 )
-from .stamp import EntryMaker, loaded, loaded_many
+from .stamp import CheckedTtl, EntryMaker, loaded, loaded_many
 from .steps import run
 from .tier import Entry, Source
 from .timed_slots import TimedSlots, after_wait, may_join_left
@@ -182,7 +182,7 @@ class SourceLoader:
         key: str,
         mark: int,
         loader: Loader | None,
-        ttl: float | str | None,
+        ttl: CheckedTtl | None,
         stale: Entry | None,
         *,
         background: bool = False,
@@ -260,7 +260,7 @@ class SourceLoader:
         key: str,
         mark: int,
         loader: Loader | None,
-        ttl: float | str | None,
+        ttl: CheckedTtl | None,
         *,
         soft: float | None,
         hard: float | None,
@@ -397,7 +397,7 @@ class SourceLoader:
         key: str,
         mark: int,
         loader: Loader | None,
-        ttl: float | str | None,
+        ttl: CheckedTtl | None,
         *,
         token: str | None,
         handoff: _Handoff,
@@ -456,7 +456,7 @@ class SourceLoader:
         flights: Mapping[str, Flight],
         mark: int,
         loader: BatchLoader | None,
-        ttl: float | str | None,
+        ttl: CheckedTtl | None,
         stale: Mapping[str, Entry],
     ) -> tuple[dict[str, Any], dict[str, BaseException]]:
         """Get a value for every key of ``flights`` (which this caller leads): filled by
@@ -503,7 +503,7 @@ class SourceLoader:
         return threading.current_thread() in self._workers
 
     def refresh_in_background(
-        self, key: str, loader: Loader | None, ttl: float | str | None, stale: Stale | None
+        self, key: str, loader: Loader | None, ttl: CheckedTtl | None, stale: Stale | None
     ) -> None:
         """Reload ``key`` on a worker thread, once at a time per key. ``stale``: the copy
         the read that asks served, with the fence mark it was read under (None: none): if
@@ -543,7 +543,7 @@ class SourceLoader:
         return not not_done
 
     def _refresh(
-        self, key: str, loader: Loader | None, ttl: float | str | None, stale: Stale | None
+        self, key: str, loader: Loader | None, ttl: CheckedTtl | None, stale: Stale | None
     ) -> None:
         try:
             # A refresh is a load of its key: it leads a flight of the key in the readers'
@@ -603,7 +603,7 @@ class SourceLoader:
 
     # -- the source itself
 
-    def _load(self, key: str, loader: Loader | None, ttl: float | str | None) -> Entry:
+    def _load(self, key: str, loader: Loader | None, ttl: CheckedTtl | None) -> Entry:
         started = self._clock()
         try:
             if loader is not None:
@@ -626,7 +626,7 @@ class SourceLoader:
         return self._batching.entry(key, value, finished, finished - started, ttl)
 
     def _load_many(
-        self, keys: Sequence[str], loader: BatchLoader | None, ttl: float | str | None
+        self, keys: Sequence[str], loader: BatchLoader | None, ttl: CheckedTtl | None
     ) -> dict[str, Entry]:
         started = self._clock()
         try:

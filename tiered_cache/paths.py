@@ -29,7 +29,7 @@ from .read_state import (
     ReadState,
 )
 from .singleflight import Landing, LeaderGone
-from .stamp import EntryMaker, check_ttl
+from .stamp import CheckedTtl, EntryMaker, check_ttl
 from .steps import Steps, run
 from .tier import MISSING, Entry
 
@@ -134,7 +134,7 @@ class ChainPaths:
         key: str,
         mark: int,
         loader: Any,
-        ttl: float | str | None,
+        ttl: CheckedTtl | None,
         state: ReadState,
         *,
         beside: bool = False,
@@ -210,7 +210,7 @@ class ChainPaths:
         return loaded.value
 
     def read_through_plain(
-        self, flight: Landing, key: str, loader: Any, ttl: float | str | None, state: ReadState
+        self, flight: Landing, key: str, loader: Any, ttl: CheckedTtl | None, state: ReadState
     ) -> Any:
         """:meth:`read_through` for the threaded chain, in plain calls (its tiers' and
         loader's calls are plain calls; ``flight.tag`` is the fence's mark): the same walk
@@ -252,7 +252,7 @@ class ChainPaths:
     ) -> Steps[dict[str, Any]]:
         """See :meth:`TieredCache.get_many`."""
         check_keys(keys, self.utf8_for)
-        check_ttl(ttl)
+        lifetime = check_ttl(ttl)
         wanted = list(dict.fromkeys(keys))
         stale: dict[str, Entry] = {}
         mark = self.fence.mark()
@@ -272,7 +272,7 @@ class ChainPaths:
                 if key in stale:
                     found[key] = stale[key]
                     self.metrics.count("stale_served")
-                    self.loader.refresh_in_background(key, None, ttl, (stale[key], mark))
+                    self.loader.refresh_in_background(key, None, lifetime, (stale[key], mark))
             remaining = [key for key in remaining if key not in stale]
         values = {key: entry.value for key, entry in found.items()}
         errors: dict[str, BaseException] = {}
@@ -283,7 +283,7 @@ class ChainPaths:
             )
             remaining = []
             if led:
-                loaded, failed = yield self.loader.load_batch, (led, mark, loader, ttl, stale)
+                loaded, failed = yield self.loader.load_batch, (led, mark, loader, lifetime, stale)
                 values.update(loaded)
                 errors.update(failed)
             for key, flight in joined.items():
@@ -352,7 +352,7 @@ class ChainPaths:
         self,
         key: str,
         loader: Any,
-        ttl: float | str | None,
+        ttl: CheckedTtl | None,
         state: ReadState,
         first_counted: bool = False,
     ) -> None:
@@ -391,12 +391,12 @@ class ChainPaths:
         :meth:`write_one` with no frame around it (holding a registry's place cost it 1.1%
         of a set's instructions, counted with callgrind on two memory tiers)."""
         self.check_values((value,))
-        check_ttl(ttl)
+        lifetime = check_ttl(ttl)
         if self.write_policy == "around" and self.store is not None:
             return self.write_around(key, value)
         if self.leasing is None:
-            return self.write_one(key, value, ttl, None)
-        return self.write_leased(key, value, ttl)
+            return self.write_one(key, value, lifetime, None)
+        return self.write_leased(key, value, lifetime)
 
     def write_around(self, key: str, value: Any) -> Steps[None]:
         """:meth:`set` with the ``"around"`` policy: the source, then every tier dropped."""
@@ -406,7 +406,7 @@ class ChainPaths:
         yield store, (key, value)
         yield from self.invalidate_many([key])
 
-    def write_leased(self, key: str, value: Any, ttl: float | str | None) -> Steps[None]:
+    def write_leased(self, key: str, value: Any, ttl: CheckedTtl | None) -> Steps[None]:
         """:meth:`write_one` on a chain with a leasing tier. Whether the write takes the key's
         lease is decided here, once (:meth:`leased`; after the key's check: it reads the key);
         one that does holds it in a :class:`HeldLeases` of the loader's :attr:`holdings` for
@@ -422,7 +422,7 @@ class ChainPaths:
             self.holdings.let_go(held)
 
     def write_one(
-        self, key: str, value: Any, ttl: float | str | None, held: HeldLeases | None
+        self, key: str, value: Any, ttl: CheckedTtl | None, held: HeldLeases | None
     ) -> Steps[None]:
         """:meth:`set`'s write through the tiers; ``held``: the write takes the key's lease
         and holds it there (None: it takes none, see :meth:`write_leased`)."""
@@ -479,13 +479,13 @@ class ChainPaths:
         if type(key) is not str:  # the check's call only for a key it may refuse
             check_keys((key,))
         self.check_values((value,))  # the tier's check, as set's (copy_on_read)
-        check_ttl(ttl)
+        lifetime = check_ttl(ttl)
         fence = self.fence
         mark = fence.mark()  # before the source is written: later invalidations count
         if self.store is not None:
             self.store(key, value)
         try:
-            entry = self.make_entry.written(value, self.clock(), ttl)
+            entry = self.make_entry.written(value, self.clock(), lifetime)
             written = fence.write_alone(mark, key, entry)
         except Exception:
             run(self.invalidate_many([key]))  # the source took the value: see set
@@ -499,7 +499,7 @@ class ChainPaths:
         check_keys(items, self.utf8_for)
         items = dict(items)
         self.check_values(items.values())
-        check_ttl(ttl)
+        lifetime = check_ttl(ttl)
         if not items:
             return
         keys = list(items)
@@ -514,14 +514,14 @@ class ChainPaths:
         leased = [key for key in keys if self.leased(key)]
         held = self.holdings.hold() if leased else None
         try:
-            yield from self.write_many(items, ttl, held, leased)
+            yield from self.write_many(items, lifetime, held, leased)
         finally:
             self.holdings.let_go(held)
 
     def write_many(
         self,
         items: dict[str, Any],
-        ttl: float | str | None,
+        ttl: CheckedTtl | None,
         held: HeldLeases | None,
         leased: list[str],
     ) -> Steps[None]:

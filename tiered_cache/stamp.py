@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, NewType
 
 from .entry import NEVER, Entry
 from .tier import MISSING
 from .units import parse_duration
 
-__all__ = ["EntryMaker", "check_ttl", "loaded", "loaded_many"]
+__all__ = ["CheckedTtl", "EntryMaker", "check_ttl", "loaded", "loaded_many"]
 
 #: The types nearly every loaded value has, none of which can be used up: one set lookup
 #: spares them the general check (once per miss).
@@ -57,14 +57,19 @@ def loaded_many(values: Mapping[str, Any]) -> None:
             loaded(value, key)
 
 
-def check_ttl(ttl: float | str | None) -> None:
-    """:class:`ValueError` unless ``ttl``, a read's or a write's, is ``None`` or a duration:
-    checked as the call starts, before anything is read, loaded or written. Found only when
-    the value was stamped, after its load (every call ran the loader, and with a stale copy
-    fail-safe served it, the error counted and logged as the load failing) or after the source
-    took a written value."""
-    if ttl is not None:
-        parse_duration(ttl)
+#: A read's or a write's ``ttl`` in seconds, checked as its call started (:func:`check_ttl`):
+#: what the call carries down to the entries it stamps, which parse nothing again.
+CheckedTtl = NewType("CheckedTtl", float)
+
+
+def check_ttl(ttl: float | str | None) -> CheckedTtl | None:
+    """``ttl``, a read's or a write's, in seconds (``None``: none given), or
+    :class:`ValueError` unless it is a duration: the one parse of a call's ``ttl``, as the
+    call starts, before anything is read, loaded or written. Found only when the value was
+    stamped, after its load (every call ran the loader, and with a stale copy fail-safe served
+    it, the error counted and logged as the load failing) or after the source took a written
+    value."""
+    return None if ttl is None else CheckedTtl(parse_duration(ttl))
 
 
 class EntryMaker:
@@ -75,14 +80,14 @@ class EntryMaker:
         self._negative_ttl = negative_ttl
         self._max_stale = max_stale
 
-    def __call__(self, value: Any, now: float, duration: float, ttl: float | str | None) -> Entry:
+    def __call__(self, value: Any, now: float, duration: float, ttl: CheckedTtl | None) -> Entry:
         """The entry of a loaded ``value``: ``None`` (or ``MISSING``) is the source's "not
         found", kept for ``negative_ttl`` whatever the read's ``ttl``."""
         if value is MISSING or value is None:
             return self._stamp(None, now, duration, self._negative_ttl)
-        return self._stamp(value, now, duration, self._ttl if ttl is None else parse_duration(ttl))
+        return self._stamp(value, now, duration, self._ttl if ttl is None else ttl)
 
-    def written(self, value: Any, now: float, ttl: float | str | None) -> Entry:
+    def written(self, value: Any, now: float, ttl: CheckedTtl | None) -> Entry:
         """The entry of a ``value`` given to ``set``/``set_many``: a ``ttl`` the write gives
         is the value's, ``None``'s too (a cache without a source, Django's, stores ``None`` as
         a value, for the timeout it is given: held for ``negative_ttl`` instead, a ``None`` set
@@ -90,7 +95,7 @@ class EntryMaker:
         a load's."""
         if ttl is None or value is MISSING:
             return self(value, now, 0.0, ttl)
-        return self._stamp(value, now, 0.0, parse_duration(ttl))
+        return self._stamp(value, now, 0.0, ttl)
 
     def _stamp(self, value: Any, now: float, duration: float, lifetime: float | None) -> Entry:
         if lifetime is None:

@@ -437,7 +437,7 @@ class ChainPaths:
                 yield self.leasing.release_leases, ({key: token},)
             raise
         try:
-            entry = self.make_entry.written(value, self.clock(), ttl)
+            entry = self.make_entry(value, self.clock(), 0.0, ttl, True)
             # Loads in flight read the source before this write: none of them may fill now;
             # nor may a read of this process that finds the old value in a tier this fill
             # has not reached yet (the invalidation stays open until the fill is done).
@@ -485,7 +485,7 @@ class ChainPaths:
         if self.store is not None:
             self.store(key, value)
         try:
-            entry = self.make_entry.written(value, self.clock(), lifetime)
+            entry = self.make_entry(value, self.clock(), 0.0, lifetime, True)
             written = fence.write_alone(mark, key, entry)
         except Exception:
             run(self.invalidate_many([key]))  # the source took the value: see set
@@ -548,7 +548,7 @@ class ChainPaths:
             now = self.clock()
             needs_lease = set(leased)
             entries = {
-                key: self.make_entry.written(value, now, ttl)
+                key: self.make_entry(value, now, 0.0, ttl, True)
                 for key, value in items.items()
                 if key in tokens or key not in needs_lease  # see leased()
             }

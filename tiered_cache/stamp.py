@@ -80,24 +80,29 @@ class EntryMaker:
         self._negative_ttl = negative_ttl
         self._max_stale = max_stale
 
-    def __call__(self, value: Any, now: float, duration: float, ttl: CheckedTtl | None) -> Entry:
+    def __call__(
+        self,
+        value: Any,
+        now: float,
+        duration: float,
+        ttl: CheckedTtl | None,
+        written: bool = False,
+    ) -> Entry:
         """The entry of a loaded ``value``: ``None`` (or ``MISSING``) is the source's "not
-        found", kept for ``negative_ttl`` whatever the read's ``ttl``."""
-        if value is MISSING or value is None:
-            return self._stamp(None, now, duration, self._negative_ttl)
-        return self._stamp(value, now, duration, self._ttl if ttl is None else ttl)
-
-    def written(self, value: Any, now: float, ttl: CheckedTtl | None) -> Entry:
-        """The entry of a ``value`` given to ``set``/``set_many``: a ``ttl`` the write gives
-        is the value's, ``None``'s too (a cache without a source, Django's, stores ``None`` as
-        a value, for the timeout it is given: held for ``negative_ttl`` instead, a ``None`` set
-        for a second stayed 30 s and one set for an hour went after 30 s). Without a ``ttl``, as
-        a load's."""
-        if ttl is None or value is MISSING:
-            return self(value, now, 0.0, ttl)
-        return self._stamp(value, now, 0.0, ttl)
-
-    def _stamp(self, value: Any, now: float, duration: float, lifetime: float | None) -> Entry:
+        found", kept for ``negative_ttl`` whatever the read's ``ttl``. ``written``: a value
+        given to ``set``/``set_many``, whose ``ttl`` is the value's, ``None``'s too (a cache
+        without a source, Django's, stores ``None`` as a value, for the timeout it is given:
+        held for ``negative_ttl`` instead, a ``None`` set for a second stayed 30 s and one set
+        for an hour went after 30 s); without a ``ttl``, as a load's. One call per entry
+        stamped (a miss's, a set's): no helper of its own for either."""
+        lifetime: float | None
+        if value is MISSING or (value is None and (ttl is None or not written)):
+            value = None
+            lifetime = self._negative_ttl
+        elif ttl is None:
+            lifetime = self._ttl
+        else:
+            lifetime = ttl
         if lifetime is None:
             soft = hard = NEVER
         else:

@@ -39,6 +39,12 @@ from .tier import MISSING, Entry, MissingType, Tier
 T = TypeVar("T")
 
 
+def unbounded(call: Awaitable[T]) -> Awaitable[T]:
+    """``call`` as it is: an accessor's calls awaited as long as they take (one built
+    outside a chain, whose writes bound nothing)."""
+    return call
+
+
 class BlockingTierWarning(UserWarning):
     """A sync tier or source that is not in-process runs in a thread under the asyncio chain."""
 
@@ -54,7 +60,13 @@ class AsyncTierAccessor:
     """One tier of an asyncio chain, as the chain uses it (see the module's docstring)."""
 
     def __init__(
-        self, index: int, tier: Tier | AsyncTier, metrics: CacheMetrics, clock: Callable[[], float]
+        self,
+        index: int,
+        tier: Tier | AsyncTier,
+        metrics: CacheMetrics,
+        clock: Callable[[], float],
+        *,
+        bounded: Callable[[Awaitable[Any]], Awaitable[Any]] = unbounded,
     ) -> None:
         breaker: CircuitBreaker | None = None
         inner: object = tier
@@ -67,6 +79,10 @@ class AsyncTierAccessor:
         self.name = self.sync.name
         self._breaker = breaker
         self._metrics = metrics
+        #: How a native call of a write stopped as its loop ends is awaited: the chain's
+        #: :meth:`WriteTasks.bounded <tiered_cache.write_tasks.WriteTasks.bounded>` (the
+        #: rule's one home), for the calls such a write makes (deletes, lease give-backs).
+        self._bounded = bounded
         declared = inner if isinstance(inner, AsyncTierBase) else None
         if self._native is not None:
             self.local = False
@@ -337,7 +353,7 @@ class AsyncTierAccessor:
     ) -> str | None:
         """A delete; one that failed is owed (:meth:`TierAccessor.owe`)."""
         try:
-            await self._guarded(operation)
+            await self._bounded(self._guarded(operation))
         except Exception as exc:
             self.sync.owe(keys, prefixes, everything)
             self._arm()
@@ -394,9 +410,9 @@ class AsyncTierAccessor:
         try:
             if len(tokens) == 1:
                 ((key, token),) = tokens.items()
-                await self._guarded(lambda: leasing.release_lease(key, token))
+                await self._bounded(self._guarded(lambda: leasing.release_lease(key, token)))
             else:
-                await self._guarded(lambda: leasing.release_leases(tokens))
+                await self._bounded(self._guarded(lambda: leasing.release_leases(tokens)))
         except Exception as exc:
             self.failed(exc)
 

@@ -23,7 +23,7 @@ from .async_accessor import AsyncTierAccessor
 from .async_flight import within_join_timeout
 from .async_loader import AsyncBatchLoader, AsyncLoader, AsyncSourceLoader
 from .async_tier import AsyncSource, AsyncTier
-from .bus import AsyncBus, Bus
+from .bus import AsyncBus, Bus, close_wait
 from .closed import ClosedPaths, Paths, is_closed
 from .coherence import DEFAULT_BUS_BREAKER, BusLink, publish_breaker
 from .fence import Fence
@@ -118,8 +118,12 @@ class AsyncTieredCache(L1Reader):
         self._clock = clock
         self._protection = protection or Protection()
         self._metrics = CacheMetrics([tier.name for tier in tiers])
+        #: Writes running to their end, finished should their loop end first; a write
+        #: stopped so waits for each of its calls the bus's close_wait at most.
+        self._writes = WriteTasks(None if bus is None else close_wait(bus))
         self._tiers = [
-            AsyncTierAccessor(index, tier, self._metrics, clock) for index, tier in enumerate(tiers)
+            AsyncTierAccessor(index, tier, self._metrics, clock, bounded=self._writes.bounded)
+            for index, tier in enumerate(tiers)
         ]
         # The fence drops in-process copies itself: those are sync tiers (memory), no I/O.
         self._fence = Fence(
@@ -161,8 +165,6 @@ class AsyncTieredCache(L1Reader):
         self._setup_l1(self._metrics, self._protection, rng)
         self._use_l1(self._tiers, None)
         self._disconnected_bound = max_stale_when_disconnected
-        #: Writes running to their end, finished should their loop end first.
-        self._writes = WriteTasks()
         #: The close, once begun (:meth:`aclose`).
         self._closing: asyncio.Task[None] | None = None
         bound = loop_bound([tier.name for tier in self._tiers if tier.one_loop], source, bus)
@@ -431,9 +433,7 @@ class AsyncTieredCache(L1Reader):
                 if self._async_bus is not None:
                     self._listen_here()
                 announcing = arun(link.announcing(keys, prefixes, clear, at))
-                return await self._writes.announced(
-                    announcing, link.close_wait, link.publish_given_up
-                )
+                return await self._writes.announced(announcing, link.publish_given_up)
             # A sync bus publishes with a blocking call: keep it off the event loop.
             return await asyncio.to_thread(run, link.announcing(keys, prefixes, clear, at))
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .logs import logger_for
 from .loops import running_task, stalled
@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 __all__ = ["WriteTasks", "undo_of"]
 
 logger = logger_for("chain")
+
+T = TypeVar("T")
 
 #: What finishes a write stopped by a sweep: an invalidation of what it wrote.
 Undo = Callable[[], Steps[None]]
@@ -54,9 +56,15 @@ class WriteTasks:
     """The write tasks of one chain running (any event loop), and which of them are in their
     bus's publish (:meth:`publishing`) rather than in a tier, a source or the fence: the
     chain's close waits for the rest of a write without the bus's bound
-    (:meth:`tier_parts_ended`), for its publish at most ``close_wait``."""
+    (:meth:`tier_parts_ended`), for its publish at most ``close_wait``.
 
-    def __init__(self) -> None:
+    Args:
+        within: the bus's ``close_wait``, how long a write stopped by a sweep waits for each
+            of its calls (:meth:`bounded`); None (no bus, or none declared): without limit.
+    """
+
+    def __init__(self, within: float | None = None) -> None:
+        self._within = within
         self._tasks: set[asyncio.Task[None]] = set()
         #: The write tasks inside their publish (its lock's wait included).
         self._publishing: set[asyncio.Task[Any]] = set()
@@ -109,21 +117,27 @@ class WriteTasks:
             return False
         return task in self._finishing or (task in self._tasks and task.cancelling() > 0)
 
-    async def announced(
-        self, announcing: Awaitable[bool], within: float | None, given_up: Callable[[], None]
-    ) -> bool:
-        """Await a write's announcement (True if it went out); a write stopped by a sweep
-        (:meth:`stopping`) waits for it ``within`` at most (the bus's ``close_wait``, as a
-        close does), then gives it up: ``given_up()`` says and counts it, as a failed
-        publish. The end of ``asyncio.run`` waits for the tasks it cancelled: a publish stuck
-        on a stalled Redis, on a publisher with no socket timeout (whose read let the
-        sweep's cancellation go), held it until Redis resumed. (A publish never raises to
-        the write: it went out, or it failed.)"""
+    def bounded(self, call: Awaitable[T]) -> Awaitable[T]:
+        """``call`` as the running task awaits it: a write stopped by a sweep
+        (:meth:`stopping`) waits for it the bus's ``close_wait`` at most (as a close does),
+        then :class:`TimeoutError`; any other task, as long as the call takes. The one rule
+        for a stopping write's calls, which each of them goes through: its announcements
+        (:meth:`announced`) and its native tier calls (the asyncio tier accessor's deletes
+        and lease give-backs, given this method). The end of ``asyncio.run`` waits for the
+        tasks it cancelled: a call stuck on a stalled Redis, on a client with no socket
+        timeout (a new connection's, after the sweep's one cancellation stopped the call on
+        the wire), held it until Redis resumed."""
+        within = self._within
         if within is None or not self.stopping():
-            return await announcing
+            return call
+        return _within(call, within)
+
+    async def announced(self, announcing: Awaitable[bool], given_up: Callable[[], None]) -> bool:
+        """Await a write's announcement (True if it went out), :meth:`bounded`: given up
+        past the bound, ``given_up()`` says and counts it, as a failed publish. (A publish
+        never raises to the write: it went out, or it failed.)"""
         try:
-            async with asyncio.timeout(within):
-                return await announcing
+            return await self.bounded(announcing)
         except TimeoutError:
             given_up()
             return False
@@ -213,6 +227,11 @@ class WriteTasks:
         self._publishing = set()
         self._waiting = set()
         self._finishing = set()
+
+
+async def _within(call: Awaitable[T], within: float) -> T:
+    async with asyncio.timeout(within):
+        return await call
 
 
 def _settle(woken: asyncio.Future[None]) -> None:

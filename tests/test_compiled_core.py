@@ -30,6 +30,7 @@ from tiered_cache import (
     accessor,
     entry,
     fence,
+    framing,
     hit,
     invalidation_log,
     loader,
@@ -40,6 +41,7 @@ from tiered_cache import (
     topk,
 )
 from tiered_cache.clocks import ManualClock
+from tiered_cache.codecs import JsonCodec
 from tiered_cache.compiled import compiled_core
 
 PURE = "_tiered_cache_pure"
@@ -48,7 +50,7 @@ IS_COMPILED = compiled_core() and all(
     not str(module.__file__).endswith(".py")
     for module in (
         *(entry, policy, sketch, slot, topk, hit, memory_core, invalidation_log),
-        *(accessor, fence, loader),
+        *(accessor, fence, loader, framing),
     )
 )
 
@@ -274,6 +276,62 @@ def test_compiled_and_pure_entries_answer_alike(
     # Times are floats: compiled, an int given for one is stored as a float.
     compiled = entry_answers(entry, slot, given, other)
     assert compiled == entry_answers(pure("entry"), pure("slot"), given, other)
+
+
+#: How each value of a batch read is stored (``None``: absent), in the framing's terms.
+STORED_KINDS = ("live", "expired", "short", "magic", "format", "codec", "payload", "absent")
+
+
+def stored_value(kind: str, index: int) -> bytes | None:
+    """A value of ``kind`` as a shared tier would read it at time 100 (codec id 1: JSON)."""
+    if kind == "absent":
+        return None
+    magic, form, codec_id = (
+        b"xc" if kind == "magic" else framing.MAGIC,
+        2 if kind == "format" else framing.FORMAT,
+        2 if kind == "codec" else 1,
+    )
+    expire_at = 50.0 if kind == "expired" else 200.0 + index
+    header = framing.HEADER.pack(magic, form, codec_id, 1.0, 2.0, 3.0, 0.5, expire_at, index)
+    payload = b"{bad" if kind == "payload" else json.dumps({"n": index}).encode()
+    data = header + payload
+    return data[: index % framing.HEADER.size] if kind == "short" else data
+
+
+def framing_answers(module: Any, kinds: list[str]) -> Any:
+    """What ``module``'s batch read gives and refuses for values of ``kinds``, at time 100."""
+    keys = [f"k{index}" for index in range(len(kinds))]
+    values = [stored_value(kind, index) for index, kind in enumerate(kinds)]
+    refused: list[tuple[str, str]] = []
+    found = module.read_many(
+        keys,
+        values,
+        codec_id=1,
+        now=100.0,
+        decode_batch=JsonCodec().decode_many,
+        refuse=lambda key, why: refused.append((key, why)),
+    )
+    return (
+        [
+            (key, type(got).__name__, [getattr(got, name) for name in entry.ENTRY_FIELDS])
+            for key, got in found.items()
+        ],
+        refused,
+    )
+
+
+@needs_build
+@settings(max_examples=200, deadline=None)
+@given(kinds=st.lists(st.sampled_from(STORED_KINDS), max_size=12))
+def test_compiled_and_pure_batch_reads_of_stored_entries_answer_alike(kinds: list[str]) -> None:
+    # The Redis tier's MGET decode (tiered_cache_redis.stored): the same entries, and the same
+    # values refused in the same order with the same words, compiled and from the source.
+    compiled = framing_answers(framing, kinds)
+    assert compiled == framing_answers(pure("framing"), kinds)
+    assert len(compiled[0]) == kinds.count("live")
+    assert len(compiled[1]) == len(kinds) - kinds.count("live") - kinds.count(
+        "expired"
+    ) - kinds.count("absent")
 
 
 def test_a_pure_slot_is_built_without_its_python_setattr() -> None:

@@ -33,7 +33,8 @@ from types import ModuleType
 __all__ = ["DEPENDENCIES", "EXTENSIONS", "MANIFEST", "MODULES", "compiled_core", "source_hash"]
 
 #: The modules the build compiles, by their short names (``tiered_cache.<name>``): the memory
-#: tier's, then the calls of every miss after the L1 lookup (tier accessor, fence, loader).
+#: tier's, then the calls of every miss after the L1 lookup (tier accessor, fence, loader), then
+#: a shared tier's batch read of its stored entries (framing).
 #: Compiled (mypyc 2.4), ``raise ... from`` loses its clause (these raise through
 #: ``errors.caused``), and a bare ``raise`` after a ``yield`` in an except block raises a
 #: broken exception (the fence's steps name theirs).
@@ -54,6 +55,7 @@ MODULES = (
     "fence",
     "held_leases",
     "loader",
+    "framing",
 )
 #: Extensions written in C (``tiered_cache/<name>.c``), built with them; without the build the
 #: code that uses one runs its Python reference instead (the decorator: its generated wrapper;
@@ -61,7 +63,7 @@ MODULES = (
 EXTENSIONS = ("_hitcall", "_sketch")
 #: Sources the compiled modules were checked against (their imports); a change there makes the
 #: build stale too.
-DEPENDENCIES = ("policy_defaults", "locks")
+DEPENDENCIES = ("policy_defaults", "locks", "codecs")
 _HERE = Path(__file__).resolve().parent
 #: What the build compiled: ``{"modules": {name: SHA-256 of its source}, "extensions": {...}}``.
 MANIFEST = _HERE / "compiled.json"

@@ -14,22 +14,24 @@ import random
 import struct
 import threading
 from collections.abc import Iterable, Sequence
-from typing import Any
 
 from tiered_cache.codecs import Codec, batch_decoder, get_codec
 from tiered_cache.errors import CodecError, UnencodableKey
+from tiered_cache.framing import (
+    FORMAT,
+    HEADER,
+    MAGIC,
+    PREFIX,
+    UNKNOWN_FORMAT,
+    other_codec,
+    read_many,
+)
 from tiered_cache.keys import check_keys, check_namespace, namespace_prefix
 from tiered_cache.logs import fields, key_hash
 from tiered_cache.tier import MISSING, Entry, MissingType
 
 log = logging.getLogger("tiered_cache_redis.tier")
 
-# magic, format, codec id, loaded_at, soft_expiry, hard_expiry, load_duration, expire_at, version.
-# Fixed-size and little-endian: unpacking it costs one struct call on the hot read path.
-_HEADER = struct.Struct("<2sBBdddddq")
-_MAGIC = b"tc"
-_FORMAT = 1
-_PREFIX = _MAGIC + bytes([_FORMAT])
 #: Codec ids in the header, so a reader never decodes another codec's bytes (0: any other codec).
 CODEC_IDS = {"json": 1, "msgpack": 2, "pickle": 3}
 
@@ -105,18 +107,18 @@ class StoredFormat:
         """The entry in ``data``; ``MISSING`` for one expired by ``now`` or that this tier
         cannot read (logged: another format or codec, corrupt bytes -- the next fill
         overwrites it)."""
-        if len(data) < _HEADER.size or data[:3] != _PREFIX:
-            return self._unreadable(key, "holds data in an unknown format")
-        _, _, codec_id, loaded_at, soft, hard, duration, expire_at, version = _HEADER.unpack_from(
+        if len(data) < HEADER.size or data[:3] != PREFIX:
+            return self._unreadable(key, UNKNOWN_FORMAT)
+        _, _, codec_id, loaded_at, soft, hard, duration, expire_at, version = HEADER.unpack_from(
             data
         )
         # Redis expires keys on its own clock; the tier must also honour the chain's clock.
         if now >= expire_at:
             return MISSING
         if codec_id != self._codec_id:
-            return self._unreadable(key, f"was written with another codec (id {codec_id})")
+            return self._unreadable(key, other_codec(codec_id))
         try:
-            value = self.codec.decode(data[_HEADER.size :])
+            value = self.codec.decode(data[HEADER.size :])
         except CodecError as exc:
             return self._unreadable(key, f"cannot be decoded ({exc})")
         return Entry(value, loaded_at, soft, hard, duration, version)
@@ -137,55 +139,18 @@ class StoredFormat:
         self, keys: Sequence[str], values: Sequence[bytes | None], now: float
     ) -> dict[str, Entry]:
         """The live entries of an MGET's ``values`` (in the order of ``keys``), as
-        :meth:`decode` would give each: the headers are read here, the payloads decoded by the
-        codec in one batch (:meth:`~tiered_cache.codecs.CodecBase.decode_many`); a value that
-        cannot be read is a logged miss of its own key only."""
-        # One pass over the values, doing per value only what the header needs: the unpack
-        # itself tells a short value (struct.error, free when none is raised), and the magic and
-        # format are read from the unpacked header instead of a startswith call per value.
-        unpack = _HEADER.unpack_from
-        size = _HEADER.size
-        codec_id = self._codec_id
-        magic, form = _MAGIC, _FORMAT
-        live: list[str] = []
-        headers: list[tuple[Any, ...]] = []
-        payloads: list[bytes] = []
-        for key, data in zip(keys, values, strict=True):
-            if data is None:
-                continue
-            try:
-                # magic, format, codec id, loaded_at, soft, hard, duration, expire_at, version
-                header = unpack(data)
-            except struct.error:
-                self._unreadable(key, "holds data in an unknown format")
-                continue
-            if header[0] != magic or header[1] != form:
-                self._unreadable(key, "holds data in an unknown format")
-                continue
-            # Redis expires keys on its own clock; the tier must also honour the chain's clock.
-            if now >= header[7]:
-                continue
-            if header[2] != codec_id:
-                self._unreadable(key, f"was written with another codec (id {header[2]})")
-                continue
-            live.append(key)
-            headers.append(header)
-            payloads.append(data[size:])
-        if not payloads:
-            return {}
-        decoded, errors = self._decode_batch(payloads)
-        if not errors:  # the common case: one comprehension builds the entries
-            return {
-                key: Entry(value, header[3], header[4], header[5], header[6], header[8])
-                for key, header, value in zip(live, headers, decoded, strict=True)
-            }
-        found: dict[str, Entry] = {}
-        for index, (key, header, value) in enumerate(zip(live, headers, decoded, strict=True)):
-            if index in errors:
-                self._unreadable(key, f"cannot be decoded ({errors[index]})")
-                continue
-            found[key] = Entry(value, header[3], header[4], header[5], header[6], header[8])
-        return found
+        :meth:`decode` would give each: the headers are read by the core's compiled
+        :func:`tiered_cache.framing.read_many`, the payloads decoded by the codec in one batch
+        (:meth:`~tiered_cache.codecs.CodecBase.decode_many`); a value that cannot be read is a
+        logged miss of its own key only."""
+        return read_many(
+            keys,
+            values,
+            codec_id=self._codec_id,
+            now=now,
+            decode_batch=self._decode_batch,
+            refuse=self._unreadable,
+        )
 
     def encode(self, key: str, entry: Entry, now: float) -> Encoded:
         """How ``entry`` is written at ``now``; raises :class:`~tiered_cache.CodecError` for a
@@ -201,9 +166,9 @@ class StoredFormat:
         if expire_at <= now:
             return name, None, None
         try:
-            header = _HEADER.pack(
-                _MAGIC,
-                _FORMAT,
+            header = HEADER.pack(
+                MAGIC,
+                FORMAT,
                 self._codec_id,
                 entry.loaded_at,
                 entry.soft_expiry,

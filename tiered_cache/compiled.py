@@ -63,7 +63,7 @@ MODULES = (
 EXTENSIONS = ("_hitcall", "_sketch")
 #: Sources the compiled modules were checked against (their imports); a change there makes the
 #: build stale too.
-DEPENDENCIES = ("policy_defaults", "locks", "codecs")
+DEPENDENCIES = ("policy_defaults", "locks")
 _HERE = Path(__file__).resolve().parent
 #: What the build compiled: ``{"modules": {name: SHA-256 of its source}, "extensions": {...}}``.
 MANIFEST = _HERE / "compiled.json"

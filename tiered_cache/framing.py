@@ -14,10 +14,9 @@ C doubles). This source is the reference (``TIERED_CORE_PURE=1``, or no compiler
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
-from .codecs import Decoded
 from .entry import Entry
 
 __all__ = ["FORMAT", "HEADER", "MAGIC", "PREFIX", "UNKNOWN_FORMAT", "other_codec", "read_many"]
@@ -29,6 +28,10 @@ MAGIC: Final = b"tc"
 FORMAT: Final = 1
 #: The header's first bytes, the same in every value of this format.
 PREFIX: Final = MAGIC + bytes([FORMAT])
+#: What a codec's batch decode returns (``tiered_cache.codecs.Decoded``: the values in order, the
+#: error of each value that failed by position). Spelled here, not imported: mypyc would then
+#: check codecs.py, whose optional orjson a wheel's build does not have.
+Decoded = tuple[list[Any], Mapping[int, Exception]]
 #: Why a value is refused (the words a tier logs); a value of another codec: :func:`other_codec`.
 UNKNOWN_FORMAT: Final = "holds data in an unknown format"
 

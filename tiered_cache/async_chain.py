@@ -35,6 +35,7 @@ from .logs import fields, logger_for
 from .loop_owner import LoopOwner, loop_bound
 from .loops import all_end_within, ends_within, stalled
 from .metrics import CacheMetrics
+from .own_thread import in_own_thread
 from .paths import ChainPaths
 from .protection import REFRESH_DUE, Protection
 from .read_state import CONNECTED, ReadState
@@ -433,9 +434,15 @@ class AsyncTieredCache(L1Reader):
                 if self._async_bus is not None:
                     self._listen_here()
                 announcing = arun(link.announcing(keys, prefixes, clear, at))
-                return await self._writes.announced(announcing, link.publish_given_up)
-            # A sync bus publishes with a blocking call: keep it off the event loop.
-            return await asyncio.to_thread(run, link.announcing(keys, prefixes, clear, at))
+            else:
+                # A sync bus publishes with a blocking call: kept off the event loop, in a
+                # thread the loop's end does not join (a publish stuck there held it).
+                announcing = in_own_thread(
+                    run,
+                    link.announcing(keys, prefixes, clear, at),
+                    name=f"tiered-cache-publish:{self.namespace}",
+                )
+            return await self._writes.announced(announcing, link.publish_given_up)
 
     def _listen_here(self) -> None:
         """Have the async bus listen on the running loop, from every call that can fill

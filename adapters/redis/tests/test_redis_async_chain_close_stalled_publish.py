@@ -16,7 +16,8 @@ import asyncio
 import logging
 import os
 import signal
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Any, cast
 
 import pytest
 
@@ -87,7 +88,29 @@ def test_a_loop_ending_without_aclose_with_a_writes_publish_stuck_ends(
 
     Seen failing: ``TimeoutError: the forked child reported nothing within 15.0 s``."""
 
-    pid = server.pid  # the server's process is the parent's: not known to a child
+    async def main(pid: int) -> AsyncTieredCache:
+        stalled = Stalled(server)
+        await stalled.warm()
+        cache = AsyncTieredCache([MemoryTier(max_entries=10)], namespace="s", bus=stalled.bus)
+        os.kill(pid, signal.SIGSTOP)
+        for key in ("k", "j"):  # never awaited: the service's coroutine returns
+            asyncio.create_task(cache.set(key, 1))  # noqa: RUF006
+        await async_until(lambda: len(stalled.bus._publishes._running) == 1, "on the wire")
+        return cache
+
+    # Each write's own invalidation as it was stopped, then its finishing's: each given up.
+    assert given_up_at_loop_end(server, main) == [4, 4]
+
+
+def given_up_at_loop_end(
+    stopped: RedisServer, main: Callable[[int], Coroutine[Any, Any, AsyncTieredCache]]
+) -> list[Any]:
+    """``asyncio.run(main(pid))`` in a forked child (``asyncio.run`` is what hangs), ``main``
+    stopping the server ``stopped`` (``pid``) and returning its chain with writes left
+    stuck: the chain's ``bus_publish_errors`` and the announcements given up, as logged,
+    once ``asyncio.run`` returned. The server resumes only after the child reported, or was
+    killed."""
+    pid = stopped.pid  # the server's process is the parent's: not known to a child
     assert pid is not None
 
     def body() -> list[Any]:
@@ -95,25 +118,11 @@ def test_a_loop_ending_without_aclose_with_a_writes_publish_stuck_ends(
         handler = logging.Handler()
         handler.emit = lambda record: said.append(record.getMessage())  # type: ignore[method-assign]
         logging.getLogger("tiered_cache").addHandler(handler)
-        stalled = Stalled(server)
-        chains: list[AsyncTieredCache] = []
-
-        async def main() -> None:
-            await stalled.warm()
-            cache = AsyncTieredCache([MemoryTier(max_entries=10)], namespace="s", bus=stalled.bus)
-            chains.append(cache)
-            os.kill(pid, signal.SIGSTOP)
-            for key in ("k", "j"):  # never awaited: the service's coroutine returns
-                asyncio.create_task(cache.set(key, 1))  # noqa: RUF006
-            await async_until(lambda: len(stalled.bus._publishes._running) == 1, "on the wire")
-
-        asyncio.run(main())
+        cache = asyncio.run(main(pid))
         given_up = [text for text in said if "gave up its announcement" in text]
-        return [chains[0].stats()["bus_publish_errors"], len(given_up)]
+        return [cache.stats()["bus_publish_errors"], len(given_up)]
 
     try:
-        seen = in_a_child(body, timeout=STUCK)
+        return cast(list[Any], in_a_child(body, timeout=STUCK))
     finally:
         os.kill(pid, signal.SIGCONT)
-    # Each write's own invalidation as it was stopped, then its finishing's: each given up.
-    assert seen == [4, 4]

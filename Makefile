@@ -16,9 +16,10 @@ $(STAMP): $(BIN)/python pyproject.toml $(wildcard adapters/*/pyproject.toml)
 	touch $(STAMP)
 
 # The memory tier's hot modules and the miss path's (accessor, fence, loader) compiled with
-# mypyc, the decorator's C hit (_hitcall.c) and the sketch's counters (_sketch.c), when a C
-# compiler is present; without one (or with TIERED_CORE_PURE=1, or for a source changed since
-# the build) the library runs on the pure-Python sources (tiered_cache/compiled.py).
+# mypyc, the decorator's C hit (_hitcall.c), the sketch's counters (_sketch.c) and the JSON
+# codec's batch guard (_plainjson.c), when a C compiler is present; without one (or with
+# TIERED_CORE_PURE=1, or for a source changed since the build) the library runs on the
+# pure-Python sources (tiered_cache/compiled.py).
 # `make pure` removes the build.
 CORE := $(VENV)/.core
 # Its prerequisites are the sources tiered_cache/compiled.py lists (the one owner of that list).

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tiered_cache.codecs import (
+    PLAIN_JSON,
     Codec,
     JsonCodec,
     MsgpackCodec,
@@ -20,6 +21,7 @@ from tiered_cache.codecs import (
     batch_decoder,
     codec_names,
     get_codec,
+    plain_json,
 )
 from tiered_cache.errors import CodecError, ConfigError
 from tiered_cache.testing.values import assert_same_value as assert_same
@@ -380,3 +382,44 @@ def test_a_codec_without_decode_many_decodes_a_batch_one_value_at_a_time() -> No
     decoded, errors = batch_decoder(ForeignCodec())([b"a", b"", b"c"])
     assert decoded == ["a", None, "c"]
     assert list(errors) == [1]
+
+
+# -- the JSON codec's batch guard: its C twin (tiered_cache/_plainjson.c) against plain_json
+
+needs_c_guard = pytest.mark.skipif(
+    PLAIN_JSON is plain_json,
+    reason="the C guard is not in use (not built, stale, or TIERED_CORE_PURE=1): the codec "
+    "guards with plain_json, which the other tests cover",
+)
+
+#: Bytes that decide the guard, often, with runs of digits and "-" about as long as the limit.
+_GUARD_BYTES = st.lists(
+    st.one_of(
+        st.sampled_from([b"$", b"\\", b"-", b"0", b"9", b"\n", b"#", b"a", b'"', b"\xff"]),
+        st.integers(min_value=15, max_value=25).map(lambda n: b"1" * n),
+        st.binary(max_size=4),
+    ),
+    max_size=40,
+).map(b"".join)
+
+
+@needs_c_guard
+@settings(max_examples=500, deadline=None)
+@given(datas=st.lists(_GUARD_BYTES, max_size=6))
+def test_the_c_batch_guard_answers_as_plain_json(datas: list[bytes]) -> None:
+    assert PLAIN_JSON(datas) is plain_json(datas)
+    buffers = [bytearray(data) for data in datas]  # any buffer, as bytes.join takes
+    assert PLAIN_JSON(buffers) is plain_json(buffers)
+
+
+@needs_c_guard
+def test_the_c_batch_guard_counts_a_run_within_one_value() -> None:
+    nineteen, twenty = b"-" + b"1" * 18, b"1" * 20
+    assert PLAIN_JSON([b"[" + nineteen + b"]", nineteen])  # runs do not span two values
+    assert not PLAIN_JSON([b"x", b"[" + twenty + b"]"])
+    assert not PLAIN_JSON([b"{}", b'{"$d":"1"}'])
+    assert not PLAIN_JSON([b'"\\n"'])
+    assert not PLAIN_JSON([b'"#' + nineteen + b'"'])  # as plain_json: "#" counts in a run
+    assert PLAIN_JSON([]) and plain_json([])
+    with pytest.raises(TypeError):
+        PLAIN_JSON(["text"])  # type: ignore[list-item]

@@ -28,8 +28,9 @@ import math
 import pickle
 from collections.abc import Callable, Sequence
 from decimal import Decimal
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Final, Protocol, runtime_checkable
 
+from .compiled import compiled_core
 from .errors import CodecError, ConfigError
 
 try:  # optional: the JSON codec's fast path (same format, C speed); the stdlib otherwise
@@ -289,6 +290,32 @@ _FAST_NUMBERS = bytes.maketrans(b"-0123456789", b"#" * 11)
 _LONG_NUMBER = b"#" * 20
 
 
+def plain_json(datas: Sequence[bytes]) -> bool:
+    """True when no value of ``datas`` holds a ``$``, a backslash or a digit run orjson would
+    read as a float (the guards above): orjson then reads each exactly as the exact path does.
+    The reference of ``tiered_cache/_plainjson.c``, which the compiled core uses instead."""
+    # "\n" is none of the guarded bytes, so no digit run spans two values.
+    joined = b"\n".join(datas)
+    return (
+        joined.find(_DOLLAR) < 0
+        and joined.find(_BACKSLASH) < 0
+        and _LONG_NUMBER not in joined.translate(_FAST_NUMBERS)
+    )
+
+
+def _plain_check() -> Callable[[Sequence[bytes]], bool]:
+    """:func:`plain_json`, or its C twin in the compiled core (the same answers)."""
+    if compiled_core():
+        from ._plainjson import plain
+
+        return plain
+    return plain_json
+
+
+#: The batch guard :meth:`JsonCodec.decode_many` runs.
+PLAIN_JSON: Final = _plain_check()
+
+
 class JsonCodec(CodecBase):
     """Type-preserving JSON (UTF-8); the default codec.
 
@@ -369,13 +396,7 @@ class JsonCodec(CodecBase):
         fast_loads = self._fast_loads
         if fast_loads is None or not datas:
             return decode_each(self, datas)
-        # "\n" is none of the guarded bytes, so no digit run spans two values.
-        joined = b"\n".join(datas)
-        if (
-            joined.find(_DOLLAR) >= 0
-            or joined.find(_BACKSLASH) >= 0
-            or _LONG_NUMBER in joined.translate(_FAST_NUMBERS)
-        ):
+        if not PLAIN_JSON(datas):
             return decode_each(self, datas)
         try:  # the common case, one comprehension: every value is orjson's to read
             return [fast_loads(data) for data in datas], {}

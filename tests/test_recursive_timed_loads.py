@@ -303,7 +303,7 @@ async def test_an_async_left_load_that_awaits_its_own_key_raises_recursive_load(
         await asyncio.sleep(0)
         for _ in range(2000 if joined else 0):  # a guard, not a measure
             second = tasks.get("second")
-            if second is not None and awaiting_in(second, "_await_load"):
+            if second is not None and awaiting_in(second, "_await_timed"):
                 break  # the next miss waits for this load
             await asyncio.sleep(0.005)
         try:

@@ -5,10 +5,9 @@ The decisions are the threaded loader's own -- the lease wait
 (:class:`~tiered_cache.batch_load.BatchLoad`), the fence's fills, entry stamping
 (:class:`~tiered_cache.stamp.EntryMaker`) -- run by the async driver. What is asyncio's own
 lives here: single-flight across coroutines (and loops), background refreshes as tasks, and
-loads that outlive their callers: a read's load runs as a task of its own, timed or not,
-which fills the tiers itself when it finishes, so a caller that stops waiting (soft
-timeout: it serves the stale value; hard timeout: :class:`~tiered_cache.LoadTimeout`; a
-cancellation) leaves nothing undone, and the key's next miss joins the load.
+timeouts: a timed load runs as a task of its own, which fills the tiers itself when it
+finishes, so a caller that stops waiting (soft timeout: it serves the stale value; hard
+timeout: :class:`~tiered_cache.LoadTimeout`) leaves nothing undone.
 """
 
 from __future__ import annotations
@@ -134,9 +133,6 @@ class AsyncSourceLoader:
         #: Timed loads running (to wait for one to end), and their slots: the threaded
         #: loader's rule (:mod:`tiered_cache.timed_slots`).
         self._timed: dict[asyncio.Task[Entry], Claim] = {}
-        #: The work of each of them (:class:`~tiered_cache.singleflight.Behalf`): whether a
-        #: caller still waits for it (:meth:`aclose` leaves those to end, as their callers').
-        self._works: dict[asyncio.Task[Entry], Behalf] = {}
         #: Of those, the ones their callers stopped waiting for (with their keys).
         self._hung: dict[asyncio.Task[Entry], str] = {}
         self._slots = TimedSlots(self._protection, self._metrics)
@@ -183,16 +179,16 @@ class AsyncSourceLoader:
             soft = None if background or stale is None else protection.soft_timeout
             hard = None if background else protection.hard_timeout
             try:
-                if background:  # a task of its own already, which nobody gives up on
+                if soft is None and hard is None:
                     entry = await self._load(key, loader, ttl)
                 else:
-                    task, mark, waited, wait, earlier = await self._load_task(
+                    task, mark, waited, wait, earlier = await self._timed_task(
                         key, mark, loader, ttl, token, soft=soft, hard=hard
                     )
                     if held is not None:
                         held.hand_on((key,))  # the task gives it back or fills under it
                     soft, hard = after_wait(soft, hard, waited)
-                    return await self._await_load(
+                    return await self._await_timed(
                         key, task, mark, soft, hard, wait=wait, earlier=earlier
                     )
             except BaseException as caught:
@@ -234,7 +230,7 @@ class AsyncSourceLoader:
         tokens = {key: token} if token is not None else None
         await self._fence.afill(mark, {key: entry}, self._tiers, tokens=tokens)
 
-    async def _load_task(
+    async def _timed_task(
         self,
         key: str,
         mark: int,
@@ -247,17 +243,10 @@ class AsyncSourceLoader:
     ) -> tuple[asyncio.Task[Entry], int, float, Wait, bool]:
         """The task loading ``key`` (and filling when done): an earlier one its caller gave
         up on, if the fence lets a miss join it (:meth:`Fence.may_join`), else a new one,
-        once a slot is free (:meth:`_take_slot`; an untimed load takes none). Returns it with
-        the fence mark its fill is judged by, the seconds waited for the slot, this caller's
-        wait for it (the task works for the callers waiting for it:
-        :class:`~tiered_cache.singleflight.Behalf`) and whether it is an earlier caller's.
-
-        Every load of a read is a task, timed or not: a caller that stops waiting (a
-        timeout, or a cancellation: ``asyncio.wait_for`` around a ``get``) leaves it
-        running, and the key's next miss joins it. A load run in the caller's own task was
-        cancelled with it, and impatient callers began load after load, none of which
-        ended. (A cancellation reaches the innermost await, the loader's, before this code
-        sees it: a load cannot be handed to a task only once its caller is cancelled.)"""
+        once a slot is free (:meth:`_take_slot`). Returns it with the fence mark its fill is
+        judged by, the seconds waited for the slot, this caller's wait for it (the task works
+        for the callers waiting for it: :class:`~tiered_cache.singleflight.Behalf`) and
+        whether it is an earlier caller's."""
         running = self._abandoned.get(key)
         if running is not None and stalled(running[0]):
             self._give_back_stalled()  # it may never end: load anew
@@ -270,17 +259,14 @@ class AsyncSourceLoader:
                 self.spawn(self._release(key, token))
             return joined, older, 0.0, work.waited_by(asyncio.current_task()), True
         timeout = soft if soft is not None else hard
+        assert timeout is not None  # load() times a load only with a timeout
         # The slot is the claim's from the step it is counted (TimedSlots.try_take), and the
         # claim the task's once it runs: an interrupt raised into the loop in between gives
         # it back (the slot stayed taken for the life of the cache). A task already spawned
         # then runs without it; its end gives back nothing more (a claim gives back once).
         claim = self._slots.claim()
         try:
-            if timeout is None:  # untimed: no slot, but refused as a timed load when many hang
-                self._refuse_if_hung(key)
-                waited = 0.0
-            else:
-                waited = await self._take_slot(key, timeout, soft is not None, claim)  # or raises
+            waited = await self._take_slot(key, timeout, soft is not None, claim)  # or raises
             # The task works for this caller (its loader reading the key this caller's
             # flight loads is a recursive load) until the caller stops waiting for it.
             wait = hand_over(asyncio.current_task())
@@ -288,25 +274,14 @@ class AsyncSourceLoader:
                 self._load_and_fill(key, mark, loader, ttl, token=token, work=wait.work)
             )
             self._timed[task] = claim
-            self._works[task] = wait.work
             task.add_done_callback(self._timed_done)
         except BaseException:
             claim.give_back()
             raise
         return task, mark, waited, wait, False
 
-    def _refuse_if_hung(self, key: str) -> None:
-        """Refuse an untimed load of ``key`` as :meth:`TimedSlots.try_take` refuses a timed
-        one once ``max_abandoned_loads`` hang: the bound on the loads left running (one per
-        key, whatever its number of impatient callers), else one per key ever missed while
-        the source hangs."""
-        if self._slots.crowded():
-            self._give_back_stalled()
-        self._slots.refuse_if_hung(key)
-
     def _timed_done(self, task: asyncio.Task[Entry]) -> None:
         claim = self._timed.pop(task, None)
-        self._works.pop(task, None)
         if claim is not None:  # else given back already (its loop was found stalled)
             claim.give_back()
 
@@ -333,12 +308,7 @@ class AsyncSourceLoader:
                 return loop.time() - start
             remaining = timeout - (loop.time() - start)
             # Tasks of another event loop cannot be awaited here: look again shortly.
-            # An untimed load holds no slot: its end frees none.
-            here = {
-                task
-                for task, held in list(self._timed.items())
-                if held.taken and task.get_loop() is loop
-            }
+            here = {task for task in list(self._timed) if task.get_loop() is loop}
             if here:
                 await asyncio.wait(here, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
             else:
@@ -359,24 +329,16 @@ class AsyncSourceLoader:
         work: Behalf,
     ) -> Entry:
         act_for(work)  # a task runs in a copy of its spawner's context: nothing to restore
-        # The lease is the task's, known to the close (:meth:`aclose` gives it back at once,
-        # as it gave back a caller's: the task may be left running past it).
-        held = None if token is None else self.holdings.hold()
-        if held is not None and token is not None:
-            held.took({key: token})
         try:
-            try:
-                entry = await self._load(key, loader, ttl)
-            except BaseException:
-                if held is not None:
-                    await arun(self.holdings.give_back(held))
-                raise
-            await self._fill(key, mark, entry, token)
-            return entry
-        finally:
-            self.holdings.let_go(held)
+            entry = await self._load(key, loader, ttl)
+        except BaseException:
+            if token is not None:
+                await self._release(key, token)
+            raise
+        await self._fill(key, mark, entry, token)
+        return entry
 
-    async def _await_load(
+    async def _await_timed(
         self,
         key: str,
         task: asyncio.Task[Entry],
@@ -387,14 +349,13 @@ class AsyncSourceLoader:
         wait: Wait,
         earlier: bool,
     ) -> Entry:
-        """The entry of the load ``task`` (``earlier``: an earlier caller's, which this
-        miss joined), if it comes within the timeout (none: however long it takes); else
-        ServeStale or LoadTimeout. The task works for this caller while it waits
-        (``wait``)."""
+        """The entry of the timed load ``task`` (``earlier``: an earlier caller's, which this
+        miss joined), if it comes within the timeout; else ServeStale or LoadTimeout. The
+        task works for this caller while it waits (``wait``)."""
         timeout = soft if soft is not None else hard
         try:
             try:
-                done = await ends_within(task, timeout)  # None: always True, or cancelled
+                done = await ends_within(task, timeout)
             except asyncio.CancelledError:
                 # The caller went away: its load goes on, and the next miss joins it rather
                 # than start another (impatient clients would otherwise each add a load).
@@ -409,7 +370,7 @@ class AsyncSourceLoader:
 
     def _abandon(self, key: str, task: asyncio.Task[Entry], mark: int, wait: Wait) -> None:
         """Keep ``task`` as the key's load whose caller stopped waiting (timed out or was
-        cancelled), for the next miss to join (:meth:`_load_task`); counted once, however
+        cancelled), for the next miss to join (:meth:`_timed_task`); counted once, however
         many of its callers stop waiting. The task no longer works for this caller."""
         wait.ended()
         if task not in self._hung:
@@ -550,21 +511,16 @@ class AsyncSourceLoader:
         return live
 
     async def aclose(self) -> None:
-        """Stop taking background work and cancel what runs, but for the loads callers still
-        wait for (each ends as its caller's). A task of a loop left not running is cancelled
-        (if that loop ever runs again), not waited for: aclose waited for it for ever. Then
-        the leases of the loads still in flight are given back, as :meth:`SourceLoader.close`
-        does (the tiers close next). Harmless twice: the chain's close runs it again if a
-        sweep of every task stopped it (:meth:`AsyncTieredCache.aclose`)."""
+        """Stop taking background work and cancel what runs. A task of a loop left not
+        running is cancelled (if that loop ever runs again), not waited for: aclose waited
+        for it for ever. Then the leases of the callers' loads still in flight are given
+        back, as :meth:`SourceLoader.close` does (the tiers close next). Harmless twice: the
+        chain's close runs it again if a sweep of every task stopped it
+        (:meth:`AsyncTieredCache.aclose`)."""
         self._closed = True
-        # A read's load its caller still waits for is that caller's: it ends as the caller's
-        # own did when it ran in the caller's task (its lease given back below, its fill
-        # refused by the closed tiers), neither cancelled nor waited for.
-        waited = {task for task, work in list(self._works.items()) if work.waits}
-        tasks = [task for task in self._live_tasks() if task not in waited]
+        tasks = self._live_tasks()
         for task in list(self._tasks):
-            if task not in waited:
-                cancel(task)
+            cancel(task)
         await all_end_within(tasks, None)
         await arun(self.holdings.give_back_all())
         self._unwatch_loops()

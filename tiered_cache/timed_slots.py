@@ -164,15 +164,6 @@ class TimedSlots:
             return False
         raise self._refusal(key, timeout, hung=verdict is False, serve_stale=serve_stale)
 
-    def refuse_if_hung(self, key: str) -> None:
-        """For a load that takes no slot (an untimed one of the asyncio loader, whose caller
-        may stop waiting and leave it running): refused as :meth:`try_take` refuses, once
-        ``max_abandoned_loads`` hang (LoadTimeout, counted ``loads_refused``)."""
-        with self._changed:
-            hung = self.hung >= self._max_hung
-        if hung:
-            raise self._refusal(key, 0.0, hung=True, serve_stale=False)
-
     def crowded(self) -> bool:
         """Whether a load asked for now would wait or be refused (read without the lock: a
         hint, for the asyncio loader to look for slots to give back first)."""

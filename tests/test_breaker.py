@@ -635,3 +635,22 @@ def test_the_async_wrapper_is_the_same_breaker_awaited(flaky: FlakyTier, clock: 
         assert flaky.closed
 
     asyncio.run(scenario())
+
+
+def test_a_wall_clock_stepped_back_leaves_no_cool_down_longer_than_it_is(
+    flaky: FlakyTier,
+) -> None:
+    """Breakers built from settings run on the chain's clock, the wall clock by default:
+    stepped back an hour (NTP) while a tier's circuit was open, the cool-down of 10 s had an
+    hour and 10 s left. The tier was skipped all that time (Redis back, every memory miss went
+    to the source), and a delete it owed was timed for that trial. A cool-down with more left than
+    its length is over."""
+    now = [1_000_000.0]
+    breaker = CircuitBreakerTier(flaky, failure_threshold=3, cool_down=10.0, clock=lambda: now[0])
+    trip(breaker, flaky)
+    now[0] -= 3600.0
+    assert breaker.state == "half-open"
+    assert breaker.breaker.trial_at() == now[0]
+    flaky.error = None
+    assert breaker.get("k") is MISSING  # the probe reached the tier
+    assert (flaky.calls, breaker.state) == (4, "closed")

@@ -98,7 +98,7 @@ class CircuitBreaker:
         with self._lock:
             if not self._open:
                 return "closed"
-            if self._probing or self._clock() - self._opened_at >= self.cool_down:
+            if self._probing or not self._left(self._clock()):
                 return "half-open"
             return "open"
 
@@ -109,14 +109,17 @@ class CircuitBreaker:
         with self._lock:
             if not self._open:
                 return False
-            return self._probing or self._clock() - self._opened_at < self.cool_down
+            return self._probing or self._left(self._clock()) > 0
 
     def trial_at(self) -> float | None:
         """When (on :attr:`clock`) the circuit lets a call through again: the end of its
-        cool-down while it is open (already past while a probe is in flight: that probe's
-        outcome decides), None while it is closed (any call goes through)."""
+        cool-down while it is open (now once that passed, and while a probe is in flight: that
+        probe's outcome decides), None while it is closed (any call goes through)."""
         with self._lock:
-            return self._opened_at + self.cool_down if self._open else None
+            if not self._open:
+                return None
+            now = self._clock()
+            return now + self._left(now)
 
     def end_cool_down(self) -> None:
         """An open circuit lets its next call through now, as the probe (a probe in flight
@@ -205,19 +208,23 @@ class CircuitBreaker:
         with self._lock:
             if not self._open:
                 return False
-            waited = self._clock() - self._opened_at
-            if self._probing or waited < self.cool_down:
+            left = self._left(self._clock())
+            if self._probing or left > 0:
                 raise CircuitOpen(
                     f"{self._what} {self.name!r}: circuit open after {self.failure_threshold} "
                     f"consecutive failures; "
-                    + (
-                        "a probe is in flight"
-                        if self._probing
-                        else f"next probe in {self.cool_down - waited:.3g}s"
-                    )
+                    + ("a probe is in flight" if self._probing else f"next probe in {left:.3g}s")
                 )
             self._probing = True
             return True
+
+    def _left(self, now: float) -> float:
+        """Seconds of the open circuit's cool-down left at ``now`` (under the lock). The clock
+        may be the chain's, the wall clock: stepped back (NTP), more than the cool-down's
+        length would be left (an hour back, an hour more, the tier skipped all that time);
+        such a cool-down is over."""
+        left = self._opened_at + self.cool_down - now
+        return left if 0 < left <= self.cool_down else 0.0
 
     def _release(self, probe: bool) -> None:
         # Neither success nor failure (a CodecError, an interrupt): the next call probes instead.

@@ -100,3 +100,44 @@ def test_classes_and_functions_are_not_the_values() -> None:
 def test_a_value_too_large_to_walk_is_not_kept() -> None:
     assert deep_size(list(range(2_000)), max_objects=1_000) == UNWEIGHABLE
     assert deep_size(list(range(500)), max_objects=1_000) < UNWEIGHABLE
+
+
+class _SizeRaises:
+    def __sizeof__(self) -> int:
+        raise RuntimeError("no size")
+
+
+class _SizeNegative:
+    def __sizeof__(self) -> int:
+        return -1  # sys.getsizeof raises ValueError
+
+
+class _ClassRaises:
+    """As a lazy object whose set-up fails: its ``__class__`` (which isinstance reads) raises."""
+
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:
+        raise RuntimeError("set-up failed")
+
+
+@pytest.mark.parametrize("make", [_SizeRaises, _SizeNegative, _ClassRaises])
+def test_a_value_whose_weighing_raises_is_unweighable(make: Callable[[], Any]) -> None:
+    assert deep_size(make()) == UNWEIGHABLE
+    assert deep_size({"inside": [make()]}) == UNWEIGHABLE
+
+
+@pytest.mark.parametrize("make", [_SizeRaises, _SizeNegative])
+def test_a_value_memory_cannot_weigh_is_not_kept_and_no_error_of_the_tier(
+    make: Callable[[], Any],
+) -> None:
+    """With ``max_bytes``, a value whose ``__sizeof__`` raised made the memory tier's fill
+    raise: counted and logged as the tier failing (a breaker on it opens after enough such
+    values), after the source had taken the value. It weighs more than any bound: not kept,
+    as a value too large to walk."""
+    cache = TieredCache.from_config(tiers=[{"kind": "memory", "max_bytes": "10MiB"}])
+    value = make()
+    assert cache.get("k", lambda: value) is value
+    cache.set("k", value)
+    tier = cache.stats()["tiers"][0]
+    assert (tier["errors"], tier["entries"]) == (0, 0)
+    cache.close()

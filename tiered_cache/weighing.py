@@ -5,7 +5,8 @@ Python's own size of each (``sys.getsizeof``). The walk has no depth limit (it u
 recursion) and follows containers, instance ``__dict__`` and ``__slots__``; it skips classes,
 modules and functions, which belong to the program rather than to the value. A value of more
 than :data:`MAX_OBJECTS` objects is not walked to the end: it weighs :data:`UNWEIGHABLE`, more
-than any bound, so a tier with ``max_bytes`` does not keep it.
+than any bound, so a tier with ``max_bytes`` does not keep it; nor one whose own code raises
+as it is weighed.
 """
 
 from __future__ import annotations
@@ -40,7 +41,19 @@ _CONTAINERS = (list, tuple, set, frozenset, deque)
 
 
 def deep_size(value: Any, *, max_objects: int = MAX_OBJECTS) -> int:
-    """Bytes held by ``value`` and everything it references, each object counted once."""
+    """Bytes held by ``value`` and everything it references, each object counted once;
+    :data:`UNWEIGHABLE` when the value's own code raises as it is weighed (its
+    ``__sizeof__``; a ``__class__`` that isinstance reads, as a lazy object's whose set-up
+    fails): the tier keeps it no more than a value too large to walk. Raised through, it was
+    the tier's fill failing, counted and logged so (a breaker on the tier opened), after the
+    source had taken the value."""
+    try:
+        return _walk(value, max_objects)
+    except Exception:
+        return UNWEIGHABLE
+
+
+def _walk(value: Any, max_objects: int) -> int:
     seen: set[int] = set()
     pending = [value]
     total = 0

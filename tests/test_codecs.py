@@ -158,6 +158,22 @@ def test_json_rejects_non_string_keys_with_their_place() -> None:
         JsonCodec().encode({"m": {1: "one"}})
 
 
+#: numpy's bool is named "bool" (numpy 2; np.bool_ is it): the message said "object of type
+#: bool is not supported by codec 'json'; codec 'json' supports str, int, float, Decimal, bool".
+_NUMPY_LIKE_BOOL = type("bool", (), {"__module__": "numpy"})
+_LIBRARY_STR = type("str", (str,), {"__module__": "somelib"})
+
+
+@pytest.mark.parametrize("name", ["json", "msgpack"])
+def test_a_type_named_as_a_builtin_it_is_not_is_named_with_its_module(name: str) -> None:
+    with pytest.raises(CodecError) as info:
+        get_codec(name).encode({"flag": _NUMPY_LIKE_BOOL()})
+    assert "value['flag']: object of type numpy.bool is not supported" in str(info.value)
+    with pytest.raises(CodecError) as info:
+        get_codec(name).encode({_LIBRARY_STR("k"): 1})
+    assert "dict key 'k' of type somelib.str is not supported" in str(info.value)
+
+
 @pytest.mark.parametrize("name", ["json", "msgpack"])
 def test_subclasses_are_not_silently_flattened(name: str) -> None:
     class Tag(str):

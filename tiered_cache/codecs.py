@@ -22,6 +22,7 @@ and where it sits, e.g. ``value['author']: object of type datetime is not suppor
 from __future__ import annotations
 
 import base64
+import builtins
 import importlib
 import json
 import math
@@ -122,13 +123,23 @@ class _Unsupported(Exception):
     def error(self, codec: str) -> CodecError:
         where = "value" + "".join(reversed(self.path))
         reason = self.reason or (
-            f"object of type {type(self.value).__name__} is not supported by codec {codec!r}"
+            f"object of type {_type_name(type(self.value))} is not supported by codec {codec!r}"
         )
         return CodecError(
             f"{where}: {reason}; codec {codec!r} supports {SUPPORTED_TYPES}. "
             f"Convert the value before caching it"
             + ("" if codec == "pickle" else ", or choose codec 'pickle'")
         )
+
+
+def _type_name(kind: type) -> str:
+    """``kind``'s name in an error; with its module when a builtin has that name and it is not
+    that builtin: numpy's bool is named ``bool``, and "object of type bool is not supported
+    ... supports bool" contradicted itself."""
+    name = kind.__name__
+    if kind.__module__ != "builtins" and hasattr(builtins, name):
+        return f"{kind.__module__}.{kind.__qualname__}"
+    return name
 
 
 def _is_boto3_binary(value: Any) -> bool:
@@ -179,7 +190,7 @@ def _to_json(value: Any) -> Any:
             if type(key) is not str:
                 raise _Unsupported(
                     key,
-                    f"dict key {key!r} of type {type(key).__name__} is not supported "
+                    f"dict key {key!r} of type {_type_name(type(key))} is not supported "
                     f"(keys must be str)",
                 )
             try:

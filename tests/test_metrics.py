@@ -92,3 +92,23 @@ def test_a_load_lands_in_the_bucket_bisect_would_pick() -> None:
         buckets = list(metrics.snapshot()["load_seconds_buckets"].values())
         first = next(index for index, total in enumerate(buckets) if total)
         assert first == bisect.bisect_left(LOAD_BUCKETS, seconds), seconds
+
+
+def test_a_load_timed_across_a_wall_clock_stepped_back_never_takes_from_the_sum() -> None:
+    """A load is timed on the chain's clock, the wall clock by default: stepped back an hour
+    (NTP) during a load, the load took -3600 s and the histogram's sum went down by an hour,
+    which Prometheus's rate() reads as a counter reset (a spike in the mean load time)."""
+    from tiered_cache import TieredCache
+    from tiered_cache.memory import MemoryTier
+
+    now = [1_000_000.0]
+
+    def loader() -> str:
+        now[0] -= 3600.0
+        return "v"
+
+    cache = TieredCache([MemoryTier(clock=lambda: now[0])], clock=lambda: now[0])
+    cache.get("k", loader)
+    stats = cache.stats()
+    cache.close()
+    assert (stats["load_seconds"], stats["load_seconds_buckets"]["0.001"]) == (0.0, 1)

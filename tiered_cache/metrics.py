@@ -228,6 +228,11 @@ class CacheMetrics:
             cell: _Cell = self._local.cell
         except AttributeError:
             cell = self._new_cell()
+        if not seconds > 0.0:
+            # Timed on the chain's clock, the wall clock by default: stepped back during the
+            # load, it took less than nothing, and the sum (a counter: rate() reads a drop as
+            # a reset) must not go down. NaN likewise.
+            seconds = 0.0
         counts = cell.counts
         at = self._loads
         counts[at] += 1

@@ -811,3 +811,30 @@ def test_one_settings_file_named_two_ways_is_one_chain(
     spellings: list[Any] = [config, str(config), "tiered_cache.toml", Path("./tiered_cache.toml")]
     chains = [TieredCacheBackend("", {"OPTIONS": {"CONFIG": each}}).chain for each in spellings]
     assert len({id(chain) for chain in chains}) == 1
+
+
+def test_incr_after_a_clock_stepped_back_keeps_no_more_than_the_keys_timeout(
+    django_caches: Any, redis_server: Any, namespace: str
+) -> None:
+    """``incr`` keeps the key's time left, read on the chain's clock, the wall clock by
+    default: stepped back an hour (NTP), a counter set for 60 s (a rate limit's window) had an
+    hour and 60 s left, and was stored so in Redis. Its time left is at most its timeout."""
+    import redis
+
+    from tiered_cache.contrib.django import TieredCacheBackend
+
+    now = [1_000_000.0]
+    settings = {
+        "namespace": namespace,
+        "tiers": [{"kind": "memory"}, {"kind": "redis", "url": redis_server.url}],
+        "bus": {"kind": "off"},
+    }
+    backend = TieredCacheBackend("", {"OPTIONS": {"SETTINGS": settings, "CLOCK": lambda: now[0]}})
+    backend.set("hits", 1, 60)
+    now[0] -= 3600.0
+    assert backend.incr("hits") == 2
+    client = redis.Redis.from_url(redis_server.url)
+    (key,) = client.keys(f"*{namespace}*hits*")
+    assert 0 < client.ttl(key) <= 60
+    client.close()
+    backend.clear()

@@ -296,8 +296,11 @@ class TieredCacheBackend(BaseCache):
         if entry is MISSING:
             raise ValueError(f"Key '{key}' not found")
         value = entry.value + delta
-        # The key keeps the time it had left, as Django's Redis backend (INCRBY) does.
-        self._store(made, value, min(FOREVER, entry.soft_expiry - self._clock()))
+        # The key keeps the time it had left, as Django's Redis backend (INCRBY) does; at most
+        # its timeout (the entry's length): on a clock stepped back (NTP), more is left, and a
+        # 60 s counter (a rate limit's window) was stored for the hour of the step too.
+        left = entry.soft_expiry - self._clock()
+        self._store(made, value, min(FOREVER, left, entry.soft_expiry - entry.loaded_at))
         return value
 
     def delete(self, key: Any, version: int | None = None) -> bool:

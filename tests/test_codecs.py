@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tiered_cache import codecs
 from tiered_cache.codecs import (
     PLAIN_JSON,
     Codec,
@@ -400,7 +401,7 @@ def test_a_codec_without_decode_many_decodes_a_batch_one_value_at_a_time() -> No
     assert list(errors) == [1]
 
 
-# -- the JSON codec's batch guard: its C twin (tiered_cache/_plainjson.c) against plain_json
+# -- the JSON codec's guard: its C twin (tiered_cache/_plainjson.c) against plain_json
 
 needs_c_guard = pytest.mark.skipif(
     PLAIN_JSON is plain_json,
@@ -439,3 +440,15 @@ def test_the_c_batch_guard_counts_a_run_within_one_value() -> None:
     assert PLAIN_JSON([]) and plain_json([])
     with pytest.raises(TypeError):
         PLAIN_JSON(["text"])  # type: ignore[list-item]
+
+
+def test_one_value_and_batch_decodes_read_through_the_same_guard(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # One owner of what orjson may read: PLAIN_JSON. A guard that lets everything through
+    # sends an int beyond 64 bits to orjson, which reads it as a float, in both decodes.
+    data = b"[18446744073709551616]"
+    assert_same(JsonCodec().decode(data), [2**64])
+    monkeypatch.setattr(codecs, "PLAIN_JSON", lambda datas: True)
+    assert JsonCodec().decode_many([data])[0] == [[float(2**64)]]
+    assert type(JsonCodec().decode(data)[0]) is float

@@ -1,4 +1,5 @@
-/* The JSON codec's batch guard in C (tiered_cache/codecs.py, plain_json).
+/* The JSON codec's guard in C (tiered_cache/codecs.py, plain_json): of what orjson may read,
+ * for a batch decode and a one-value decode alike.
  *
  * plain(datas) is True when no value of ``datas`` (bytes, or any other buffer) holds a "$", a
  * backslash, or a run of 20 or more bytes of "#-0123456789": exactly when orjson reads every
@@ -88,7 +89,7 @@ static PyMethodDef plainjson_methods[] = {
 static struct PyModuleDef plainjson_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "tiered_cache._plainjson",
-    .m_doc = "The JSON codec's batch guard in C (see tiered_cache/codecs.py, plain_json).",
+    .m_doc = "The JSON codec's guard in C (see tiered_cache/codecs.py, plain_json).",
     .m_size = -1,
     .m_methods = plainjson_methods,
 };

@@ -59,7 +59,7 @@ MODULES = (
 )
 #: Extensions written in C (``tiered_cache/<name>.c``), built with them; without the build the
 #: code that uses one runs its Python reference instead (the decorator: its generated wrapper;
-#: the frequency sketch: ``sketch.Counters``; the JSON codec's batch guard:
+#: the frequency sketch: ``sketch.Counters``; the JSON codec's guard:
 #: ``codecs.plain_json``).
 EXTENSIONS = ("_hitcall", "_sketch", "_plainjson")
 #: Sources the compiled modules were checked against (their imports); a change there makes the

@@ -19,15 +19,13 @@ from typing import Any, Final
 
 from .entry import Entry
 
-__all__ = ["FORMAT", "HEADER", "MAGIC", "PREFIX", "UNKNOWN_FORMAT", "other_codec", "read_many"]
+__all__ = ["FORMAT", "HEADER", "MAGIC", "UNKNOWN_FORMAT", "other_codec", "read_many"]
 
 #: magic, format, codec id, loaded_at, soft_expiry, hard_expiry, load_duration, expire_at,
 #: version. Fixed-size and little-endian: unpacking it costs one struct call on a read.
 HEADER: Final = struct.Struct("<2sBBdddddq")
 MAGIC: Final = b"tc"
 FORMAT: Final = 1
-#: The header's first bytes, the same in every value of this format.
-PREFIX: Final = MAGIC + bytes([FORMAT])
 #: What a codec's batch decode returns (``tiered_cache.codecs.Decoded``: the values in order, the
 #: error of each value that failed by position). Spelled here, not imported: mypyc would then
 #: check codecs.py, whose optional orjson a wheel's build does not have.

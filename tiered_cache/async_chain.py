@@ -35,7 +35,7 @@ from .logs import fields, logger_for
 from .loop_owner import LoopOwner, loop_bound
 from .loops import all_end_within, ends_within, stalled
 from .metrics import CacheMetrics
-from .own_thread import in_own_thread
+from .own_thread import OwnThreads
 from .paths import ChainPaths
 from .protection import REFRESH_DUE, Protection
 from .read_state import CONNECTED, ReadState
@@ -175,6 +175,9 @@ class AsyncTieredCache(L1Reader):
         self._async_bus: AsyncBus | None = None
         #: The bus publishes natively (an :class:`AsyncBus`), not in a thread.
         self._native_bus = isinstance(bus, AsyncBus)
+        #: Where a sync bus publishes (a blocking call kept off the loop): threads the loop's
+        #: end does not join (a publish stuck there held it), started on the first publish.
+        self._publishers = OwnThreads(f"tiered-cache-publish:{self.namespace}")
         if bus is not None:
             self._bus_link = BusLink(
                 bus,
@@ -200,6 +203,7 @@ class AsyncTieredCache(L1Reader):
         tiers looks running in the child (it runs in the parent): forgotten, or the child's
         every call was refused."""
         self._writes.forget()
+        self._publishers.after_fork_in_child()
         if self._loop_owner is not None:
             self._loop_owner.forget()
         if self._async_bus is not None and self._bus_link is not None:
@@ -435,13 +439,7 @@ class AsyncTieredCache(L1Reader):
                     self._listen_here()
                 announcing = arun(link.announcing(keys, prefixes, clear, at))
             else:
-                # A sync bus publishes with a blocking call: kept off the event loop, in a
-                # thread the loop's end does not join (a publish stuck there held it).
-                announcing = in_own_thread(
-                    run,
-                    link.announcing(keys, prefixes, clear, at),
-                    name=f"tiered-cache-publish:{self.namespace}",
-                )
+                announcing = self._publishers.run(run, link.announcing(keys, prefixes, clear, at))
             return await self._writes.announced(announcing, link.publish_given_up)
 
     def _listen_here(self) -> None:
@@ -577,6 +575,7 @@ class AsyncTieredCache(L1Reader):
                 await self._bus_link.aclose()
             except Exception:
                 logger.exception("closing the invalidation bus failed")
+            self._publishers.close()  # a publish left running ends by itself
         for tier in self._tiers:
             await tier.aclose()
         await self._loader.close_source()

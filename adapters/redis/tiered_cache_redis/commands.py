@@ -13,6 +13,7 @@ it was.)
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import logging
 import uuid
@@ -221,7 +222,7 @@ class TierCommands:
         self._check_lease_possible(name)
         token = uuid.uuid4().hex
         command = ("SET", lease_key(name), token, "PX", max(1, int(ttl * 1000)))
-        yield from self._taking(self._call(self.io.command, command), {key: token}, ttl)
+        yield from self._taking(self._call(self.io.command, command), {key: token}, ttl, steal=True)
         return token
 
     def steal_leases(self, keys: Sequence[str], ttl: float) -> Steps[dict[str, str]]:
@@ -238,7 +239,7 @@ class TierCommands:
             for name, token in zip(names, tokens.values(), strict=True)
         ]
         yield from self._taking(
-            self._call(self.io.send, (commands,)), tokens, ttl, some_may_run=True
+            self._call(self.io.send, (commands,)), tokens, ttl, some_may_run=True, steal=True
         )
         return tokens
 
@@ -365,7 +366,13 @@ class TierCommands:
         return reply
 
     def _taking(
-        self, call: Steps[T], tokens: Mapping[str, str], ttl: float, *, some_may_run: bool = False
+        self,
+        call: Steps[T],
+        tokens: Mapping[str, str],
+        ttl: float,
+        *,
+        some_may_run: bool = False,
+        steal: bool = False,
     ) -> Steps[T]:
         """Run ``call``, which takes the leases ``tokens`` (``key: token``) for ``ttl``: a
         read's acquire or a write's steal. The one home of what becomes of such a call's
@@ -374,13 +381,21 @@ class TierCommands:
         (:meth:`_give_back_stopped`); answered, it is the answer the tokens of earlier calls
         that timed out waited for (:meth:`_give_back_doubted`). ``some_may_run``: a pipeline
         of several commands (a write's steals), all or nothing: a failure gives back the
-        leases some of them may have taken, whatever the failure."""
+        leases some of them may have taken, whatever the failure. ``steal``: a write's; one
+        stopped by a cancellation keeps its tokens doubted (:meth:`_doubt`), given back at
+        Redis's next answer or by the tier's close, not now: an asyncio write task is
+        cancelled only by the sweep of its loop's end, and its finishing unlinks the key's
+        lease with the key, that call bounded by the bus's ``close_wait``
+        (``WriteTasks.bounded``). Given back here, the loop's end waited for the give-back
+        as long as Redis stalled, on a client with no socket timeout."""
         now = self._clock()
         self._taken.start(tokens, now + ttl, now)
         try:
             answer = yield from call
         except BaseException as exc:
-            if some_may_run:
+            if steal and isinstance(exc, asyncio.CancelledError):
+                self._doubted.add(tokens, now + ttl)
+            elif some_may_run:
                 if isinstance(exc, RedisError):
                     self._doubt(exc, tokens, ttl)
                 yield from self.release_quietly(tokens)

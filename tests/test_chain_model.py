@@ -14,18 +14,15 @@ every read:
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import invariant, precondition, rule
 
 from tiered_cache import MemoryTier, TieredCache
 from tiered_cache.protection import Protection
 from tiered_cache.testing import FakeClock
+from tiered_cache.testing.chain_model import SourceModel
 from tiered_cache.testing.recording import RecordingTier
-from tiered_cache.testing.sources import DictSource
 
 TTL = 50.0
 NEGATIVE_TTL = 5.0
@@ -36,12 +33,9 @@ KEYS = st.sampled_from([f"k{i}" for i in range(6)])
 VALUES = st.integers(min_value=0, max_value=1000)
 
 
-class ChainMachine(RuleBasedStateMachine):
+class ChainMachine(SourceModel):
     def __init__(self) -> None:
-        super().__init__()
-        self.clock = FakeClock(start=1000.0)
-        self.source = DictSource(clock=self.clock)
-        self.pending: list[Callable[[], None]] = []
+        super().__init__(FakeClock(start=1000.0), BOUND)
         self.l1 = RecordingTier(MemoryTier(name="l1", max_entries=3, ttl=10, clock=self.clock))
         self.l2 = RecordingTier(MemoryTier(name="l2", max_entries=100, ttl=100, clock=self.clock))
         self.cache = TieredCache(
@@ -54,24 +48,15 @@ class ChainMachine(RuleBasedStateMachine):
             protection=Protection(max_stale=MAX_STALE, early_refresh_beta=0, soft_timeout=None),
             background=self.pending.append,
         )
-        self.exact: set[str] = set()
 
     @property
     def l2_down(self) -> bool:
         return self.l2.failure is not None
 
-    def check_read(self, key: str, value: Any) -> None:
-        now = self.clock()
-        assert self.source.held_within(key, value, now - BOUND, now), (
-            f"{key} -> {value!r}: the source did not hold that value in the last {BOUND}s"
-        )
-        if key in self.exact:
-            assert value == self.source.items.get(key), f"{key}: expected the current value"
-
     @rule(key=KEYS)
     def get(self, key: str) -> None:
         reads = self.source.reads
-        self.check_read(key, self.cache.get(key))
+        self.check(key, self.cache.get(key))
         assert self.source.reads - reads <= 1
 
     @rule(keys=st.lists(KEYS, max_size=5))
@@ -80,7 +65,7 @@ class ChainMachine(RuleBasedStateMachine):
         result = self.cache.get_many(keys)
         assert set(result) == set(keys)
         for key, value in result.items():
-            self.check_read(key, value)
+            self.check(key, value)
         assert self.source.reads - reads <= 1
 
     @rule(key=KEYS, value=VALUES)
@@ -99,13 +84,6 @@ class ChainMachine(RuleBasedStateMachine):
     def write_bypassing_the_cache(self, key: str, value: int) -> None:
         self.source.write(key, value)
         self.exact.discard(key)
-
-    @precondition(lambda self: bool(self.pending))
-    @rule()
-    def run_background_refreshes(self) -> None:
-        tasks, self.pending[:] = list(self.pending), []
-        for task in tasks:
-            task()
 
     @rule(seconds=st.floats(min_value=0.0, max_value=60.0))
     def advance_clock(self, seconds: float) -> None:

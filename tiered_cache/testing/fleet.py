@@ -1,5 +1,6 @@
 """A fleet of worker processes for multi-process tests: start them, let them go together,
-collect what each printed."""
+collect what each printed; and what a worker does on its side (:func:`ready_then_wait_for_go`,
+:func:`print_changes`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,3 +44,28 @@ def run_fleet(
     codes = [process.returncode for process in started]
     assert codes == [0] * processes, codes
     return [json.loads(output.strip().splitlines()[-1]) for output in outputs]
+
+
+def ready_then_wait_for_go(control: redis.Redis, namespace: str) -> None:
+    """A worker's side of :func:`run_fleet`: count itself ready, then wait for the go (at most
+    60 s: then ``SystemExit``)."""
+    control.incr(f"{namespace}:ready")
+    deadline = time.monotonic() + 60
+    while not control.exists(f"{namespace}:go"):
+        if time.monotonic() > deadline:
+            raise SystemExit("the test never said go")
+        time.sleep(0.005)
+
+
+def print_changes(read: Callable[[], Any], seen: Any, seconds: float, pause: float) -> None:
+    """Call ``read`` for ``seconds``, ``pause`` apart, and write ``[wall time, value]`` (a JSON
+    line) to stdout, the worker's channel to its test, each time it returns other than the
+    value written last (``seen`` at first)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = read()
+        if value != seen:
+            sys.stdout.write(json.dumps([time.time(), value]) + "\n")
+            sys.stdout.flush()
+            seen = value
+        time.sleep(pause)

@@ -17,6 +17,7 @@ import time
 import redis
 
 from tiered_cache.testing.bus_chains import bus_chain_settings, subscribed_chain
+from tiered_cache.testing.fleet import print_changes
 
 
 def main(argv: list[str]) -> None:
@@ -45,13 +46,7 @@ def main(argv: list[str]) -> None:
     print(json.dumps([time.time(), seen]), flush=True)
     counter = redis.Redis.from_url(redis_url)
     counter.incr(f"{namespace}:ready")  # the first value is in this process's memory
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = read()
-        if value != seen:
-            print(json.dumps([time.time(), value]), flush=True)
-            seen = value
-        time.sleep(0.002)
+    print_changes(read, seen, seconds, pause=0.002)
     counter.close()
     cache.close()
 

@@ -18,6 +18,7 @@ import time
 import redis
 
 from tiered_cache.testing.bus_chains import bus_chain_settings, subscribed_chain
+from tiered_cache.testing.fleet import print_changes
 
 
 def main(url: str, namespace: str, key: str, seconds: float) -> None:
@@ -30,13 +31,7 @@ def main(url: str, namespace: str, key: str, seconds: float) -> None:
     seen = read()
     print(json.dumps([time.time(), seen]), flush=True)
     table.incr(f"{namespace}:ready")  # the old value is in this process's memory
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = read()
-        if value != seen:
-            print(json.dumps([time.time(), value]), flush=True)
-            seen = value
-        time.sleep(0.001)
+    print_changes(read, seen, seconds, pause=0.001)
     print(json.dumps(["stats", cache.stats()["bus_received"]]), flush=True)
     cache.close()
 

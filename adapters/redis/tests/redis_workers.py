@@ -21,6 +21,7 @@ from typing import Any
 import redis
 
 from tiered_cache import TieredCache
+from tiered_cache.testing.fleet import ready_then_wait_for_go
 
 
 def fleet_chain(url: str, namespace: str) -> TieredCache:
@@ -98,12 +99,7 @@ def run_together(
             results.append(value)
 
     workers = [threading.Thread(target=reader) for _ in range(threads)]
-    counter.incr(f"{namespace}:ready")
-    deadline = time.monotonic() + 60
-    while not counter.exists(f"{namespace}:go"):  # every process starts reading at once
-        if time.monotonic() > deadline:
-            raise SystemExit("the test never said go")
-        time.sleep(0.005)
+    ready_then_wait_for_go(counter, namespace)  # every process starts reading at once
     for worker in workers:
         worker.start()
     for worker in workers:

@@ -21,6 +21,7 @@ import redis
 from tiered_cache_redis import RedisTier
 
 from tiered_cache import MISSING, MemoryTier, TieredCache
+from tiered_cache.testing.fleet import ready_then_wait_for_go
 from tiered_cache.tier import MissingType
 
 
@@ -64,12 +65,7 @@ def main(
         ttl=600,
     )
     cache.tiers[1].get("warm-up")  # connect before Redis is stopped
-    control.incr(f"{namespace}:ready")
-    deadline = time.monotonic() + 60
-    while not control.exists(f"{namespace}:go"):
-        if time.monotonic() > deadline:
-            raise SystemExit("the test never said go")
-        time.sleep(0.005)
+    ready_then_wait_for_go(control, namespace)
     time.sleep(delay)
     writers = [
         threading.Thread(target=cache.set, args=(f"k{index}", name)) for index in range(keys)

@@ -15,22 +15,21 @@ faults:
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
 import redis
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import invariant, rule
 from tiered_cache_redis import RedisTier
 
 from tiered_cache import MemoryTier, TieredCache
 from tiered_cache.bus import BusListener, Invalidation, LocalBus
 from tiered_cache.protection import Protection
 from tiered_cache.testing import FakeClock
+from tiered_cache.testing.chain_model import SourceModel
 from tiered_cache.testing.servers import RedisServer
-from tiered_cache.testing.sources import DictSource
 
 TTL = 50.0
 MAX_STALE = 20.0
@@ -74,18 +73,14 @@ class FaultyBus(LocalBus):
         return self._listeners[index]
 
 
-class TwoChains(RuleBasedStateMachine):
+class TwoChains(SourceModel):
     def __init__(self) -> None:
-        super().__init__()
-        self.clock = FakeClock(start=2_000_000.0)
-        self.source = DictSource(clock=self.clock)
+        super().__init__(FakeClock(start=2_000_000.0), BOUND)
         self.bus = FaultyBus()
-        self.pending: list[Callable[[], None]] = []
         self.client = redis.Redis.from_url(_server[0].url)
         namespace = f"m-{uuid.uuid4().hex[:10]}"
         self.chains = {name: self.make_chain(namespace) for name in ("a", "b")}
         self.index = {"a": 0, "b": 1}
-        self.exact: set[str] = set()
 
     def make_chain(self, namespace: str) -> TieredCache:
         return TieredCache(
@@ -111,14 +106,6 @@ class TwoChains(RuleBasedStateMachine):
         for chain in self.chains.values():
             chain.close()
         self.client.close()
-
-    def check(self, key: str, value: Any) -> None:
-        now = self.clock()
-        assert self.source.held_within(key, value, now - BOUND, now), (
-            f"{key} -> {value!r}: not a value the source held in the last {BOUND}s"
-        )
-        if key in self.exact:
-            assert value == self.source.items.get(key), f"{key}: expected the current value"
 
     def announced(self, key: str) -> bool:
         lost = key in self.bus.lost_keys
@@ -158,13 +145,6 @@ class TwoChains(RuleBasedStateMachine):
     @rule(seconds=st.floats(min_value=0.0, max_value=40.0))
     def advance_clock(self, seconds: float) -> None:
         self.clock.advance(seconds)
-
-    @precondition(lambda self: bool(self.pending))
-    @rule()
-    def run_background_refreshes(self) -> None:
-        tasks, self.pending[:] = list(self.pending), []
-        for task in tasks:
-            task()
 
     @rule()
     def lose_the_next_message(self) -> None:

@@ -274,6 +274,18 @@ def test_clear(cache: Any) -> None:
     assert cache.get("key2") is None
 
 
+def test_clear_clears_the_aliases_sharing_its_chain_not_one_with_a_namespace_of_its_own(
+    caches: Any,
+) -> None:
+    # "prefix" and "v2" have "default"'s OPTIONS: one chain, one namespace (docs/django.md).
+    for alias in ("default", "prefix", "v2", "pages"):
+        caches[alias].set("key", alias)
+    caches["default"].clear()
+    assert [caches[alias].get("key") for alias in ("default", "prefix", "v2")] == [None] * 3
+    assert caches["pages"].get("key") == "pages"
+    caches["pages"].clear()
+
+
 def test_long_timeout(cache: Any) -> None:
     month = 60 * 60 * 24 * 30 + 1
     cache.set("key1", "eggs", month)

@@ -30,7 +30,7 @@ from .owed import Debt, OwedDeletes
 from .owed_timer import PaymentThread, PaymentTimer
 from .reporting import ReportValue, report_of
 from .steps import Steps, run
-from .tier import MISSING, Entry, MissingType, Tier, TierBase
+from .tier import MISSING, Entry, MissingType, PartialRead, Tier, TierBase
 
 #: How often (seconds of the chain's clock) a failing tier is logged again.
 WARNING_INTERVAL = 10.0
@@ -178,9 +178,17 @@ class TierAccessor:
         try:
             entries = self._call(self.tier.get_many, keys)
         except Exception as exc:
-            self.failed(exc)
-            return {}
+            return self.read_failed(exc, now, stale)
         return self.sort_read(keys, entries, now, stale)
+
+    def read_failed(self, exc: Exception, now: float, stale: dict[str, Entry]) -> dict[str, Entry]:
+        """A ``get_many`` that raised ``exc``: counted and logged (:meth:`failed`); what the
+        tier read before it failed (a :class:`~tiered_cache.tier.PartialRead`'s keys) is
+        sorted as a read, the other keys go on to the next tier."""
+        self.failed(exc)
+        if isinstance(exc, PartialRead):
+            return self.sort_read(exc.read, exc.found, now, stale)
+        return {}
 
     def sort_read(
         self, keys: Sequence[str], entries: Mapping[str, Entry], now: float, stale: dict[str, Entry]

@@ -294,8 +294,7 @@ class AsyncTierAccessor:
         try:
             entries = await self._guarded(lambda: native.get_many(keys))
         except Exception as exc:
-            self.failed(exc)
-            return {}
+            return self.sync.read_failed(exc, now, stale)
         return self.sync.sort_read(keys, entries, now, stale)
 
     # -- writes and deletes

@@ -17,6 +17,7 @@ from typing import (
 
 # The entry lives in a module of its own, compiled with the memory tier's core.
 from .entry import ENTRY_FIELDS, NEVER, Entry
+from .errors import TierCallFailed
 
 if TYPE_CHECKING:
     from .hit import HitCount
@@ -28,11 +29,29 @@ __all__ = [
     "Entry",
     "Missing",
     "MissingType",
+    "PartialRead",
     "PeekableTier",
     "Source",
     "Tier",
     "TierBase",
 ]
+
+
+class PartialRead(TierCallFailed):
+    """A ``get_many`` that the tier read in several calls, some of which failed (the first
+    failure is its ``__cause__``): the chain serves ``found`` and reads the keys the tier
+    did not answer for (those not in ``read``) through to the next tier, with the tier's
+    failure counted and logged as any other.
+
+    Attributes:
+        found: the live entries among the keys read.
+        read: the keys the tier answered for (found or absent).
+    """
+
+    def __init__(self, message: str, found: Mapping[str, Entry], read: Sequence[str]) -> None:
+        super().__init__(message)
+        self.found = dict(found)
+        self.read = list(read)
 
 
 class Missing(enum.Enum):
@@ -69,7 +88,8 @@ class Tier(Protocol):
         ...
 
     def get_many(self, keys: Sequence[str]) -> dict[str, Entry]:
-        """The live entries among ``keys``; absent keys are left out."""
+        """The live entries among ``keys``; absent keys are left out. A tier that reads a
+        batch in several calls and answered only some raises :class:`PartialRead`."""
         ...
 
     def set(self, key: str, entry: Entry) -> None:

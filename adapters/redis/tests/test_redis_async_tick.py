@@ -17,6 +17,7 @@ from typing import Any
 
 from tiered_cache_redis.async_coalesce import CoalescedReads
 from tiered_cache_redis.async_tick import TickBatch, runs_alone
+from tiered_cache_redis.chunks import KEYS_PER_CALL
 
 
 class CountingSelector(selectors.DefaultSelector):
@@ -163,7 +164,7 @@ def test_a_lone_get_of_the_tier_reads_leaves_at_once_as_a_get() -> None:
             async def aclose(self) -> None:
                 pass
 
-        reads = CoalescedReads(Reads())
+        reads = CoalescedReads(Reads(), KEYS_PER_CALL)
         started = selector.passes
         assert await reads.get("k") == b"k"
         assert sent == [("GET", "k", started)]

@@ -7,7 +7,8 @@ pool wait, a connect, a socket read) while the loop is busy with the others. Tho
 then measure the loop's own queue, not Redis, and the tier's breaker counts them as Redis
 failing. Gathered (:class:`~tiered_cache_redis.async_tick.TickBatch`, which also gathers
 the lease calls), the GETs of one tick leave together once the tick is over -- when the
-loop is free -- as one MGET per :data:`MGET_CHUNK` names: the timed part is one round trip.
+loop is free -- as one MGET per ``keys_per_call`` names (:mod:`.chunks`): the timed part is
+one round trip each.
 
 Each caller still gets its own answer or its own error, so the chain's breaker counts a
 failed MGET once per caller, as it counted the GETs it replaces: a real outage is detected
@@ -21,17 +22,17 @@ from typing import Any
 
 from .async_tick import TickBatch
 from .async_wire import AsyncReads
-
-#: Most names in one MGET: a larger batch is split, so no reply grows without bound.
-MGET_CHUNK = 1000
+from .chunks import chunks
 
 
 class CoalescedReads:
     """:class:`~tiered_cache_redis.async_wire.AsyncReads` that gathers the GETs of a tick
-    into MGETs of ``reads`` (per event loop: a batch never crosses loops)."""
+    into MGETs of ``reads``, of at most ``keys_per_call`` names each (per event loop: a
+    batch never crosses loops)."""
 
-    def __init__(self, reads: AsyncReads) -> None:
+    def __init__(self, reads: AsyncReads, keys_per_call: int) -> None:
         self._reads = reads
+        self._keys_per_call = keys_per_call
         self._gets: TickBatch[str, bytes | None] = TickBatch(self._send_gets, alone=reads.get)
 
     def get(self, name: str) -> Coroutine[Any, Any, bytes | None]:
@@ -48,8 +49,8 @@ class CoalescedReads:
         if len(names) == 1:
             return [await self._reads.get(names[0])]
         values: list[bytes | None] = []
-        for start in range(0, len(names), MGET_CHUNK):
-            values += await self._reads.mget(names[start : start + MGET_CHUNK])
+        for chunk in chunks(names, self._keys_per_call):
+            values += await self._reads.mget(chunk)
         return values
 
     async def mget(self, names: Sequence[str]) -> list[bytes | None]:

@@ -36,6 +36,7 @@ from .async_fork import forget_the_parents_connections, parents_client_error
 from .async_leases import CoalescedLeases
 from .async_left import close_a_left_loops_connections, drop_a_closed_loops_connections
 from .async_wire import AsyncReads, async_reads_for
+from .chunks import KEYS_PER_CALL, read_chunks, read_outcome
 from .client import client_options, parse_url
 from .commands import Command, TierCommands
 from .in_flight import CallsInFlight, closed_error, current_task
@@ -93,9 +94,13 @@ class AsyncRedisTier(AsyncTierBase):
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         owns_client: bool = True,
+        keys_per_call: int = KEYS_PER_CALL,
     ) -> None:
         if (client is None) == (connect is None):
             raise TypeError("pass either client or connect")
+        if keys_per_call < 1:
+            raise ValueError("keys_per_call must be at least 1")
+        self._keys_per_call = keys_per_call
         self._stored = StoredFormat(
             name, namespace=namespace, ttl=ttl, ttl_jitter=ttl_jitter, codec=codec, rng=rng
         )
@@ -121,7 +126,7 @@ class AsyncRedisTier(AsyncTierBase):
         self._forked_from_client = False
         self._reads: AsyncReads | None = None
         self._io = AsyncClientIO(self)
-        self._commands = TierCommands(self._stored, self._io, clock)
+        self._commands = TierCommands(self._stored, self._io, clock, keys_per_call)
         # The lease calls of one loop tick leave as one batch (async_leases.py).
         self._leases = CoalescedLeases(self._commands)
         restart_after_fork(self)
@@ -229,7 +234,7 @@ class AsyncRedisTier(AsyncTierBase):
         """How reads reach Redis (:mod:`tiered_cache_redis.async_wire`), chosen on the first;
         the GETs of one loop tick leave as one MGET (:mod:`tiered_cache_redis.async_coalesce`)."""
         if self._reads is None:
-            self._reads = CoalescedReads(async_reads_for(self.client))
+            self._reads = CoalescedReads(async_reads_for(self.client), self._keys_per_call)
         return self._reads
 
     async def get(self, key: str) -> Entry | MissingType:
@@ -246,8 +251,13 @@ class AsyncRedisTier(AsyncTierBase):
             return {}
         self._stored.check(keys)
         prefix = self._prefix
+        names = [prefix + key for key in keys]
         with self._call, CancellationKept():
-            values = await (self._reads or self._read_path()).mget([prefix + key for key in keys])
+            reads = self._reads or self._read_path()
+            if len(names) > self._keys_per_call:  # in calls of keys_per_call (chunks.py)
+                values, error = await arun(read_chunks(reads.mget, names, self._keys_per_call))
+                return read_outcome(self._stored, keys, values, error, self._clock())
+            values = await reads.mget(names)
         return self._stored.decode_many(keys, values, self._clock())
 
     # -- writes, deletes and leases: TierCommands' steps, awaited

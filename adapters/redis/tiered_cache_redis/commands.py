@@ -26,6 +26,7 @@ from tiered_cache.errors import TierUnavailable
 from tiered_cache.steps import Steps
 from tiered_cache.tier import MISSING, Entry, MissingType
 
+from .chunks import KEYS_PER_CALL, chunks
 from .doubted import Doubted, Taken
 from .lease_batches import (
     Call,
@@ -50,8 +51,6 @@ Command = tuple[Any, ...]
 #: How long the token of a fill or give-back that timed out is kept to give back (its lease's
 #: ttl is not known there): past its lease's ttl, a give-back finds nothing and costs a call.
 LATER = 600.0
-#: Keys deleted per UNLINK by clear().
-CLEAR_BATCH = 500
 # Characters that SCAN MATCH treats as a pattern.
 _GLOB_SPECIAL = str.maketrans({c: f"\\{c}" for c in "\\*?[]^"})
 
@@ -101,10 +100,18 @@ class RedisIO(Protocol):
 class TierCommands:
     """The writes, deletes and leases of one Redis tier, as steps on its :class:`RedisIO`."""
 
-    def __init__(self, stored: StoredFormat, io: RedisIO, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        stored: StoredFormat,
+        io: RedisIO,
+        clock: Callable[[], float],
+        keys_per_call: int = KEYS_PER_CALL,
+    ) -> None:
         self.stored = stored
         self.io = io
         self._clock = clock
+        #: Most keys one round trip carries: a larger batch is sent in several (chunks.py).
+        self._keys_per_call = keys_per_call
         #: Tokens of lease calls that timed out, to give back once Redis answers again.
         self._doubted = Doubted()
         #: The leases taken and not seen used or given back: what a closing tier gives back
@@ -129,16 +136,26 @@ class TierCommands:
     def _run_scripts(
         self, source: str, calls: Sequence[Call], raise_first: bool
     ) -> Steps[list[Any]]:
-        """One call of ``source`` per ``(keys, args)``: pipelined on one server, one at a time
-        on a cluster (a pipeline of scripts would have to be split by node), stopping at the
-        first failure there (the list is then shorter than ``calls``). A failed call has its
-        exception in its place; with ``raise_first`` the first failure is raised instead."""
+        """One call of ``source`` per ``(keys, args)``: pipelined on one server (one pipeline
+        per ``keys_per_call`` calls, :mod:`.chunks`), one at a time on a cluster (a pipeline
+        of scripts would have to be split by node), stopping at the first failure of either
+        (the list is then shorter than ``calls``). A failed call has its exception in its
+        place (a pipeline that failed whole, in the place of each of its calls); with
+        ``raise_first`` the first failure is raised instead, as it is when no call was
+        answered."""
         if not calls:
             return []
+        replies: list[Any] = []
         if not self.is_cluster():
-            replies: list[Any] = yield self.io.scripts, (source, calls, raise_first)
+            for chunk in chunks(calls, self._keys_per_call):
+                try:
+                    replies += yield self.io.scripts, (source, chunk, raise_first)
+                except Exception as exc:
+                    if raise_first or not replies:
+                        raise
+                    replies += [exc] * len(chunk)
+                    break
             return replies
-        replies = []
         for keys, args in calls:
             try:
                 replies.append((yield self.io.script, (source, keys, args)))
@@ -162,29 +179,34 @@ class TierCommands:
         """Store entries (an entry already past its TTL deletes the key). Everything is
         encoded before anything is sent: one bad value writes nothing. A write supersedes
         any load in flight elsewhere: dropping the key's lease makes that load's fill fail
-        instead of overwriting this newer value (see leases.py)."""
+        instead of overwriting this newer value (see leases.py). One pipeline per
+        ``keys_per_call`` keys (:mod:`.chunks`); the first that fails is raised, the keys of
+        those before it written (as by a pipeline that failed part-way)."""
         if not entries:
             return
         now = self._clock()
         encode = self.stored.encode
         encoded = [encode(key, entry, now) for key, entry in entries.items()]
-        commands: list[Command] = []
-        for name, data, px in encoded:
-            if data is None:
-                commands.append(("UNLINK", name))
-            elif px is None:
-                commands.append(("SET", name, data))
-            else:
-                commands.append(("SET", name, data, "PX", px))
-        commands += self._unlinks([lease_key(name) for name, _, _ in encoded])
-        yield self.io.send, (commands,)
+        for chunk in chunks(encoded, self._keys_per_call):
+            commands: list[Command] = []
+            for name, data, px in chunk:
+                if data is None:
+                    commands.append(("UNLINK", name))
+                elif px is None:
+                    commands.append(("SET", name, data))
+                else:
+                    commands.append(("SET", name, data, "PX", px))
+            commands += self._unlinks([lease_key(name) for name, _, _ in chunk])
+            yield self.io.send, (commands,)
 
     def delete_many(self, keys: Sequence[str]) -> Steps[None]:
         """Remove keys with their leases: a load that read the source before this
-        invalidation can then no longer fill (see leases.py)."""
-        if keys:
-            prefix = self.stored.prefix
-            names = [prefix + key for key in keys]
+        invalidation can then no longer fill (see leases.py). One call per
+        ``keys_per_call`` keys (:mod:`.chunks`): an UNLINK of 100,000 names kept Redis
+        busy past the timeout on its own."""
+        prefix = self.stored.prefix
+        for chunk in chunks(keys, self._keys_per_call):
+            names = [prefix + key for key in chunk]
             yield self.io.send, (self._unlinks(names + [lease_key(name) for name in names]),)
 
     def delete_matching(self, start: str) -> Steps[None]:
@@ -194,7 +216,7 @@ class TierCommands:
         fails. (A key being loaded for the first time has a lease and no data yet.)"""
         for first in ("{" + start, start):
             names = yield self.io.scan, (first.translate(_GLOB_SPECIAL) + "*",)
-            for batch in batches(names, CLEAR_BATCH):
+            for batch in batches(names, self._keys_per_call):
                 if first == start:
                     batch += [lease_key(name) for name in batch]
                 yield self.io.send, (self._unlinks(batch),)
@@ -239,7 +261,7 @@ class TierCommands:
             for name, token in zip(names, tokens.values(), strict=True)
         ]
         yield from self._taking(
-            self._call(self.io.send, (commands,)), tokens, ttl, some_may_run=True, steal=True
+            self._send(commands), tokens, ttl, some_may_run=True, steal=True
         )
         return tokens
 
@@ -358,6 +380,12 @@ class TierCommands:
         if first is not None:
             self._doubt(first, tokens, LATER)
             raise first
+
+    def _send(self, commands: Sequence[Command]) -> Steps[None]:
+        """``commands``, one key's each, in pipelines of ``keys_per_call`` (:mod:`.chunks`);
+        the first failure raised."""
+        for chunk in chunks(commands, self._keys_per_call):
+            yield self.io.send, (chunk,)
 
     @staticmethod
     def _call(function: Callable[..., Any], arguments: tuple[Any, ...]) -> Steps[Any]:
@@ -484,7 +512,8 @@ class TierCommands:
         calls = [([lease_key(prefix + key)], [token]) for key, token in pairs]
         try:
             if not self.is_cluster():
-                yield io.scripts, (RELEASE_IF_HOLDING, calls, True)
+                for chunk in chunks(calls, self._keys_per_call):
+                    yield io.scripts, (RELEASE_IF_HOLDING, chunk, True)
                 return
             for keys, args in calls:
                 yield io.script, (RELEASE_IF_HOLDING, keys, args)

@@ -52,6 +52,7 @@ def tier_options_of(settings: RedisTierSettings, context: BuildContext) -> dict[
         "ttl_jitter": settings.ttl_jitter,
         "codec": settings.codec,
         "clock": context.clock,
+        "keys_per_call": settings.keys_per_call,
     }
 
 

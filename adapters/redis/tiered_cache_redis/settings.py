@@ -13,6 +13,7 @@ from tiered_cache.redaction import redacted_repr_args
 from tiered_cache.settings import Namespace, TierSettings
 from tiered_cache.units import Duration
 
+from .chunks import KEYS_PER_CALL
 from .client import parse_url
 
 
@@ -64,6 +65,14 @@ class RedisTierSettings(TierSettings):
         le=10_000,
         description="Most connections kept open to Redis (per node for a cluster); a call "
         "waits up to 'timeout' for a free one.",
+    )
+    keys_per_call: int = Field(
+        default=KEYS_PER_CALL,
+        ge=1,
+        description="Most keys one call to Redis carries: a get_many, set_many, delete or "
+        "batch of leases of more keys is sent as several calls, each answered within "
+        "'timeout' (which bounds a whole reply). Lower it for large values or a slow link; "
+        "a read whose call fails keeps what the calls before it read.",
     )
     codec: str = Field(
         default="json",

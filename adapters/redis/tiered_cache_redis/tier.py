@@ -23,6 +23,7 @@ from tiered_cache.forking import restart_after_fork
 from tiered_cache.steps import Steps, run
 from tiered_cache.tier import MISSING, Entry, MissingType, TierBase
 
+from .chunks import KEYS_PER_CALL, read_chunks, read_outcome
 from .client import RedisClient, close_client
 from .commands import Command, TierCommands
 from .in_flight import CallsInFlight, closed_error
@@ -54,6 +55,8 @@ class RedisTier(TierBase):
         codec: a :class:`~tiered_cache.codecs.Codec` or its name.
         clock: seconds; expiry is judged by this clock (and Redis expires keys on its own time).
         owns_client: close the client in :meth:`close`.
+        keys_per_call: most keys one call to Redis carries; a larger batch is sent in
+            several (:mod:`tiered_cache_redis.chunks`).
 
     Connection errors and timeouts propagate (as redis-py's exceptions): the chain and the
     circuit breaker decide what they mean. Only data this tier cannot read (another format or
@@ -77,7 +80,11 @@ class RedisTier(TierBase):
         clock: Clock = time.time,
         rng: random.Random | None = None,
         owns_client: bool = True,
+        keys_per_call: int = KEYS_PER_CALL,
     ) -> None:
+        if keys_per_call < 1:
+            raise ValueError("keys_per_call must be at least 1")
+        self._keys_per_call = keys_per_call
         self._stored = StoredFormat(
             name, namespace=namespace, ttl=ttl, ttl_jitter=ttl_jitter, codec=codec, rng=rng
         )
@@ -100,7 +107,7 @@ class RedisTier(TierBase):
         #: The calls running, which close waits for before it closes the client.
         self._calls = CallsInFlight(name, threading.get_ident)
         self._reads: Reads | None = None
-        self._commands = TierCommands(self._stored, ClientIO(self), clock)
+        self._commands = TierCommands(self._stored, ClientIO(self), clock, keys_per_call)
         restart_after_fork(self)
 
     def after_fork_in_child(self) -> None:
@@ -189,10 +196,16 @@ class RedisTier(TierBase):
         if not keys:
             return {}
         prefix = self._prefix
-        # One MGET (on a cluster: one per hash slot, pipelined per node).
+        # One MGET (on a cluster: one per hash slot, pipelined per node); a batch of more
+        # than keys_per_call keys, one per keys_per_call (chunks.py).
         try:
             with self._calls:
-                values = (self._reads or self._read_path()).mget([prefix + key for key in keys])
+                reads = self._reads or self._read_path()
+                names = [prefix + key for key in keys]
+                if len(names) > self._keys_per_call:
+                    values, error = run(read_chunks(reads.mget, names, self._keys_per_call))
+                    return read_outcome(self._stored, keys, values, error, self._clock())
+                values = reads.mget(names)
         except UnicodeEncodeError as exc:
             raise self._stored.refused(keys, exc) from None
         return self._stored.decode_many(keys, values, self._clock())

@@ -32,7 +32,7 @@ T = TypeVar("T")
 
 #: Most keys one call carries by default: 500 values of 1 KB were read in 16 ms at best on
 #: the asyncio face of a machine at load 12 (2 cores), 1,000 in 68 ms, past the default
-#: 50 ms timeout (docs/benchmarks/redis.md).
+#: 50 ms timeout (docs/testing.md, "Large batches on the Redis tier").
 KEYS_PER_CALL = 500
 
 

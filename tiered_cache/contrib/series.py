@@ -130,6 +130,13 @@ CATALOGUE: tuple[Spec, ...] = (
         "Entries a tier read but could not decode (another format or codec, corrupt bytes); "
         "each was a miss.",
     ),
+    Spec(
+        "tier_too_large",
+        "counter",
+        _TIER,
+        "Values a tier did not keep for their size (over the Redis tier's max_value_size); "
+        "the key's older copy was deleted there.",
+    ),
     Spec("tier_entries", "gauge", _TIER, "Entries a tier holds now."),
     Spec(
         "tier_breaker_state",
@@ -219,6 +226,7 @@ _TIER_FIELDS = {
     "tier_skips": "skips",
     "tier_evictions": "evictions",
     "tier_undecodable": "undecodable",
+    "tier_too_large": "too_large",
     "tier_entries": "entries",
     "tier_breaker_opened": "breaker_opened",
     "tier_loops_left_open": "loops_left_open",

@@ -34,11 +34,12 @@ def test_decode_many_refuses_what_decode_refuses_header_by_header() -> None:
     }
     found = fmt.decode_many(list(values), list(values.values()), NOW + 6)
     assert found == {"good": Entry({"n": 1}, NOW, NOW + 10, NOW + 20, 0.5, 7)}
-    assert fmt.report() == {"undecodable": 4}  # short, magic, format, codec: logged misses
+    # short, magic, format, codec: logged misses
+    assert fmt.report() == {"undecodable": 4, "too_large": 0}
     one_by_one = stored()
     for key, data in values.items():
         if data is not None:
             expect = found.get(key, MISSING)
             assert one_by_one.decode(key, data, NOW + 6) == expect
-    assert one_by_one.report() == {"undecodable": 4}
+    assert one_by_one.report() == {"undecodable": 4, "too_large": 0}
     assert not math.isinf(found["good"].hard_expiry)

@@ -41,7 +41,7 @@ from .client import client_options, parse_url
 from .commands import Command, TierCommands
 from .in_flight import CallsInFlight, closed_error, current_task
 from .lease_batches import Call
-from .stored import StoredFormat
+from .stored import MAX_VALUE_SIZE, StoredFormat
 from .unanswered import send_unanswered
 
 T = TypeVar("T")
@@ -95,6 +95,7 @@ class AsyncRedisTier(AsyncTierBase):
         rng: random.Random | None = None,
         owns_client: bool = True,
         keys_per_call: int = KEYS_PER_CALL,
+        max_value_size: int | None = MAX_VALUE_SIZE,
     ) -> None:
         if (client is None) == (connect is None):
             raise TypeError("pass either client or connect")
@@ -102,7 +103,13 @@ class AsyncRedisTier(AsyncTierBase):
             raise ValueError("keys_per_call must be at least 1")
         self._keys_per_call = keys_per_call
         self._stored = StoredFormat(
-            name, namespace=namespace, ttl=ttl, ttl_jitter=ttl_jitter, codec=codec, rng=rng
+            name,
+            namespace=namespace,
+            ttl=ttl,
+            ttl_jitter=ttl_jitter,
+            codec=codec,
+            rng=rng,
+            max_value_size=max_value_size,
         )
         self.name = name
         self._prefix = self._stored.prefix

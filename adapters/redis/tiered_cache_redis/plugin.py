@@ -53,6 +53,7 @@ def tier_options_of(settings: RedisTierSettings, context: BuildContext) -> dict[
         "codec": settings.codec,
         "clock": context.clock,
         "keys_per_call": settings.keys_per_call,
+        "max_value_size": settings.max_value_size,
     }
 
 

@@ -11,10 +11,11 @@ from tiered_cache.codecs import get_codec
 from tiered_cache.errors import ConfigError
 from tiered_cache.redaction import redacted_repr_args
 from tiered_cache.settings import Namespace, TierSettings
-from tiered_cache.units import Duration
+from tiered_cache.units import ByteSize, Duration
 
 from .chunks import KEYS_PER_CALL
 from .client import parse_url
+from .stored import MAX_VALUE_SIZE
 
 
 class RedisTierSettings(TierSettings):
@@ -78,6 +79,16 @@ class RedisTierSettings(TierSettings):
         default="json",
         description="How values are turned into bytes: 'json' (default, readable), 'msgpack' "
         "(smaller, needs the msgpack extra) or 'pickle' (any Python value; trusted Redis only).",
+    )
+
+    max_value_size: ByteSize | None = Field(
+        default=MAX_VALUE_SIZE,
+        ge=1,
+        description="Largest value the tier keeps, its codec's bytes ('1MiB', the default; "
+        "none: any). A larger one is not kept (the key's older copy is deleted), counted in "
+        "the tier's too_large and logged; reads of it go to the source, whose write stands. "
+        "Redis itself takes up to 512 MB, but no value that size is written or read within "
+        "'timeout'.",
     )
 
     @field_validator("url")

@@ -42,6 +42,14 @@ CODEC_IDS = {"json": 1, "msgpack": 2, "pickle": 3}
 #: no expiry)``.
 Encoded = tuple[str, bytes | None, int | None]
 
+#: The largest value (its codec's bytes) a Redis tier keeps by default: memcached's item limit.
+#: Redis itself takes up to 512 MB (``proto-max-bulk-len``), but a value that large is sent
+#: and read within the tier's ``timeout`` (50 ms by default) by no network: a write of 600 MB
+#: was reset by Redis after 25 s and counted as the tier failing (five open its breaker for
+#: every key), and a value that is kept but takes longer than the timeout to read fails every
+#: read of it the same way. A value over the bound is not kept (see :meth:`StoredFormat.encode`).
+MAX_VALUE_SIZE = 1024 * 1024
+
 
 class StoredFormat:
     """Key naming, the stored bytes and their TTL for one Redis tier.
@@ -53,6 +61,8 @@ class StoredFormat:
         ttl_jitter: shorten each TTL by up to this fraction at random.
         codec: a :class:`~tiered_cache.codecs.Codec` or its name.
         rng: the jitter's randomness.
+        max_value_size: the most bytes a value's encoding may have to be kept (None: any);
+            a larger one is not kept, as an entry past its ttl is not.
     """
 
     def __init__(
@@ -64,11 +74,14 @@ class StoredFormat:
         ttl_jitter: float,
         codec: Codec | str,
         rng: random.Random | None = None,
+        max_value_size: int | None = MAX_VALUE_SIZE,
     ) -> None:
         if not 0.0 <= ttl_jitter < 1.0:
             raise ValueError("ttl_jitter must be in [0, 1)")
         if ttl is not None and ttl <= 0:
             raise ValueError("ttl must be positive (or None)")
+        if max_value_size is not None and max_value_size < 1:
+            raise ValueError("max_value_size must be at least 1 byte (or None)")
         self.name = name
         self.namespace = check_namespace(namespace)  # else every key of it would fail
         #: Prepended to every key (``redis_key(key) == prefix + key``).
@@ -79,16 +92,20 @@ class StoredFormat:
         self._ttl = ttl
         self._jitter = ttl_jitter
         self._rng = rng or random.Random()
+        self._max_value_size = max_value_size
+        #: Values not kept for their size (see :meth:`report`).
+        self._too_large = 0
         #: Entries read that could not be decoded (see :meth:`report`); a lock, since reads of
         #: several threads count (a rare path: a miss already).
         self._undecodable = 0
         self._count_lock = threading.Lock()
 
     def report(self) -> dict[str, int]:
-        """``{"undecodable": n}``: values read that this tier could not decode (another
-        program's or another codec's bytes, corrupt data), each served as a miss; for
-        ``stats()`` and the exporters (``tier_undecodable``), where they were plain misses."""
-        return {"undecodable": self._undecodable}
+        """``{"undecodable": n, "too_large": m}``: values read that this tier could not
+        decode (another program's or another codec's bytes, corrupt data), each served as a
+        miss; values not kept for their size (over ``max_value_size``). For ``stats()`` and
+        the exporters (``tier_undecodable``, ``tier_too_large``), where they were plain misses."""
+        return {"undecodable": self._undecodable, "too_large": self._too_large}
 
     def check(self, keys: Iterable[str]) -> None:
         """Refuse a key UTF-8 cannot encode before it is sent, as a chain's face does (the
@@ -144,6 +161,19 @@ class StoredFormat:
         )
         return MISSING
 
+    def _too_large_value(self, key: str, size: int, limit: int) -> Encoded:
+        with self._count_lock:
+            self._too_large += 1
+        log.warning(
+            "tier %r: key %s: a value of %d bytes, over max_value_size (%d): not kept",
+            self.name,
+            key_hash(key),
+            size,
+            limit,
+            extra=fields("too_large", key=key, tier=self.name),
+        )
+        return self.prefix + key, None, None
+
     def decode_many(
         self, keys: Sequence[str], values: Sequence[bytes | None], now: float
     ) -> dict[str, Entry]:
@@ -163,8 +193,15 @@ class StoredFormat:
 
     def encode(self, key: str, entry: Entry, now: float) -> Encoded:
         """How ``entry`` is written at ``now``; raises :class:`~tiered_cache.CodecError` for a
-        value the codec (or the header) cannot hold."""
+        value the codec (or the header) cannot hold. Every write and fill of both tiers is
+        encoded here: the one home of the size bound. A value over ``max_value_size`` is
+        written as an entry past its ttl is, as a delete (the key's older copy must not stay
+        to be served), counted and logged; the write itself goes on (the source has it, the
+        other tiers keep it as they may)."""
         payload = self.codec.encode(entry.value)
+        limit = self._max_value_size
+        if limit is not None and len(payload) > limit:
+            return self._too_large_value(key, len(payload), limit)
         expire_at = entry.hard_expiry
         if self._ttl is not None:
             ttl = self._ttl

@@ -28,7 +28,7 @@ from .client import RedisClient, close_client
 from .commands import Command, TierCommands
 from .in_flight import CallsInFlight, closed_error
 from .lease_batches import Call
-from .stored import StoredFormat
+from .stored import MAX_VALUE_SIZE, StoredFormat
 from .unanswered import send_unanswered
 from .wire import Reads, reads_for
 
@@ -57,6 +57,9 @@ class RedisTier(TierBase):
         owns_client: close the client in :meth:`close`.
         keys_per_call: most keys one call to Redis carries; a larger batch is sent in
             several (:mod:`tiered_cache_redis.chunks`).
+        max_value_size: the most bytes a value's encoding may have to be kept (None: any;
+            1 MiB by default): a larger one is not kept, the key's older copy deleted, counted
+            as ``too_large`` (:data:`~tiered_cache_redis.stored.MAX_VALUE_SIZE`).
 
     Connection errors and timeouts propagate (as redis-py's exceptions): the chain and the
     circuit breaker decide what they mean. Only data this tier cannot read (another format or
@@ -81,12 +84,19 @@ class RedisTier(TierBase):
         rng: random.Random | None = None,
         owns_client: bool = True,
         keys_per_call: int = KEYS_PER_CALL,
+        max_value_size: int | None = MAX_VALUE_SIZE,
     ) -> None:
         if keys_per_call < 1:
             raise ValueError("keys_per_call must be at least 1")
         self._keys_per_call = keys_per_call
         self._stored = StoredFormat(
-            name, namespace=namespace, ttl=ttl, ttl_jitter=ttl_jitter, codec=codec, rng=rng
+            name,
+            namespace=namespace,
+            ttl=ttl,
+            ttl_jitter=ttl_jitter,
+            codec=codec,
+            rng=rng,
+            max_value_size=max_value_size,
         )
         self.name = name
         self._prefix = self._stored.prefix

@@ -260,9 +260,7 @@ class TierCommands:
             ("SET", lease_key(name), token, "PX", px)
             for name, token in zip(names, tokens.values(), strict=True)
         ]
-        yield from self._taking(
-            self._send(commands), tokens, ttl, some_may_run=True, steal=True
-        )
+        yield from self._taking(self._send(commands), tokens, ttl, some_may_run=True, steal=True)
         return tokens
 
     def fill_with_lease(self, key: str, entry: Entry, token: str) -> Steps[bool]:

@@ -29,6 +29,9 @@ from tiered_cache.testing.sources import AsyncDictSource, DictSource
 #: Over the server's proto-max-bulk-len: Redis resets the connection that sends it, and
 #: answers every other call.
 TOO_BIG = "x" * (2 * 1024 * 1024)
+#: The tier's own bound off: the value must reach Redis to be refused there (by default the
+#: tier does not send a value over 1 MiB: test_redis_value_size.py).
+NO_BOUND = None
 
 
 @pytest.fixture(scope="module")
@@ -69,12 +72,17 @@ def test_a_write_redis_refused_leaves_no_old_value_there(
     source = DictSource() if with_source else None
     tiers = [
         MemoryTier(),
-        RedisTier(redis.Redis.from_url(small_bulk_redis.url), namespace=namespace),
+        RedisTier(
+            redis.Redis.from_url(small_bulk_redis.url),
+            namespace=namespace,
+            max_value_size=NO_BOUND,
+        ),
     ]
     with TieredCache(tiers, source, protection=Protection(lease=lease)) as cache:
         cache.set("k", "old")
         assert stored(small_bulk_redis, namespace) == "old"
         write(cache, op, TOO_BIG)
+        assert cache.stats()["tiers"][1]["errors"] >= 1  # Redis refused it: the path tested
         assert stored(small_bulk_redis, namespace) is None
 
 
@@ -88,11 +96,13 @@ def test_an_async_write_redis_refused_leaves_no_old_value_there(
         source = AsyncDictSource() if with_source else None
         client = aioredis.Redis.from_url(small_bulk_redis.url)
         cache = AsyncTieredCache(
-            [MemoryTier(), AsyncRedisTier(client, namespace=namespace)], source
+            [MemoryTier(), AsyncRedisTier(client, namespace=namespace, max_value_size=NO_BOUND)],
+            source,
         )
         try:
             await cache.set("k", "old")
             await write(cache, op, TOO_BIG)
+            assert cache.stats()["tiers"][1]["errors"] >= 1  # Redis refused it
         finally:
             await cache.aclose()
 

@@ -405,7 +405,8 @@ class TierCommands:
         tokens: kept from the start until Redis answered a fill or give-back under them, for
         a closing tier to give back (:meth:`farewell`); stopped, given back now or kept
         (:meth:`_give_back_stopped`); answered, it is the answer the tokens of earlier calls
-        that timed out waited for (:meth:`_give_back_doubted`). ``some_may_run``: a pipeline
+        that timed out waited for (:meth:`_give_back_doubted`), a stop during which stops
+        the call. ``some_may_run``: a pipeline
         of several commands (a write's steals), all or nothing: a failure gives back the
         leases some of them may have taken, whatever the failure. ``steal``: a write's; one
         stopped by a cancellation keeps its tokens doubted (:meth:`_doubt`), given back at
@@ -418,6 +419,11 @@ class TierCommands:
         self._taken.start(tokens, now + ttl, now)
         try:
             answer = yield from call
+            if self._doubted:
+                # Inside the try: stopped while it gives them back (an interrupt, a
+                # cancellation), the answer never reaches the caller, whose tokens then go
+                # as a stopped call's (else its leases held until their ttl).
+                yield from self._give_back_doubted()
         except BaseException as exc:
             if steal and isinstance(exc, asyncio.CancelledError):
                 self._doubted.add(tokens, now + ttl)
@@ -428,8 +434,6 @@ class TierCommands:
             else:
                 yield from self._give_back_stopped(exc, tokens, ttl)
             raise
-        if self._doubted:
-            yield from self._give_back_doubted()
         return answer
 
     def _give_back_stopped(
@@ -461,23 +465,34 @@ class TierCommands:
 
     def _give_back_doubted(self) -> Steps[None]:
         """Give back the tokens of lease calls that timed out (best effort), now that Redis
-        answered a call sent after theirs."""
+        answered a call sent after theirs. Those it cannot tell were given back are kept for
+        Redis's next answer: all of them when the give-back failed whole or was stopped (an
+        interrupt, a cancellation: raised), and those of a call that failed in its place or
+        was not sent (a later one of several, :mod:`.chunks`; a cluster's node). Counted
+        given back with the others, their leases held until ``lease_ttl``."""
         prefix = self.stored.prefix
         now = self._clock()
-        doubted = self._doubted.take(now)
-        calls = [([lease_key(prefix + key)], [token]) for key, token in doubted]
-        try:
-            yield from self._run_scripts(RELEASE_IF_HOLDING, calls, False)
-            self._taken.settle(token for _, token in doubted)
-        except RedisError as exc:  # Redis stalled again: kept for its next answer
+        doubted: list[tuple[str, str]] = []
+        try:  # from the take on: stopped anywhere here, they are kept
+            doubted = self._doubted.take(now)
+            calls = [([lease_key(prefix + key)], [token]) for key, token in doubted]
+            replies = yield from self._run_scripts(RELEASE_IF_HOLDING, calls, False)
+        except Exception as exc:
+            if isinstance(exc, RedisError):  # Redis stalled again: kept for its next answer
+                self._doubted.add_pairs(doubted, now + LATER)
+            log.debug(  # else they expire
+                "tier %r: giving back %d leases failed: %s", self.stored.name, len(doubted), exc
+            )
+            return
+        except BaseException:
             self._doubted.add_pairs(doubted, now + LATER)
-            log.debug(
-                "tier %r: giving back %d leases failed: %s", self.stored.name, len(calls), exc
-            )
-        except Exception as exc:  # they expire
-            log.debug(
-                "tier %r: giving back %d leases failed: %s", self.stored.name, len(calls), exc
-            )
+            raise
+        for (key, token), reply in zip(doubted, replies, strict=False):
+            if isinstance(reply, Exception):
+                self._doubt(reply, {key: token}, LATER)
+            else:
+                self._taken.settle((token,))
+        self._doubted.add_pairs(doubted[len(replies) :], now + LATER)
 
     def release_quietly(self, tokens: Mapping[str, str]) -> Steps[None]:
         """Best-effort release on a path that is already failing: its own error is logged."""

@@ -35,20 +35,14 @@ from tiered_cache.testing.interrupts import Interrupted, interrupt_once, interru
 from tiered_cache.testing.polling import until
 from tiered_cache.testing.servers import FaultProxy, RedisServer
 
+from .leases_held import leases_in
+
 
 @pytest.fixture
 def server() -> Iterator[RedisServer]:
     """A redis-server of the test's own: stopping the session's would stall the others."""
     with RedisServer() as started:
         yield started
-
-
-def leases_in(server: RedisServer, namespace: str) -> list[bytes]:
-    client = redis.Redis.from_url(server.url)
-    try:
-        return sorted(key for key in client.keys(f"*{namespace}*") if key.endswith(b":lease"))
-    finally:
-        client.close()
 
 
 def tokens_taken_out(frame: object) -> bool:

@@ -46,6 +46,8 @@ from tiered_cache.testing.servers import RedisCluster, RedisServer
 from tiered_cache.testing.sources import DictSource
 from tiered_cache.tier import MissingType
 
+from .leases_held import leases_in
+
 
 class Abort(BaseException):
     """Not an Exception: what a loader interrupted from outside raises."""
@@ -709,14 +711,6 @@ TOO_BIG = "x" * (2 * 1024 * 1024)
 #: The tier's own bound off: the value must reach Redis to fail there (by default the tier
 #: keeps a value over 1 MiB from being sent at all: test_redis_value_size.py).
 NO_BOUND: dict[str, object] = {"max_value_size": None}
-
-
-def leases_in(server: RedisServer, namespace: str) -> list[bytes]:
-    client = redis.Redis.from_url(server.url)
-    try:
-        return sorted(key for key in client.keys(f"*{namespace}*") if key.endswith(b":lease"))
-    finally:
-        client.close()
 
 
 def leased_chain(face: type[Any], url: str, namespace: str, timeout: str) -> Any:

@@ -12,6 +12,7 @@ from tiered_cache import MemoryTier, TieredCache
 from tiered_cache.breaker import CircuitBreakerTier
 from tiered_cache.protection import Protection
 from tiered_cache.testing import FakeClock
+from tiered_cache.testing.logged import ours
 from tiered_cache.testing.recording import RecordingTier
 from tiered_cache.testing.sources import DictSource
 from tiered_cache.tier import MISSING, Entry, MissingType, TierBase
@@ -29,11 +30,12 @@ def test_a_failing_tier_is_logged_at_most_once_per_ten_seconds_of_the_chains_clo
     with caplog.at_level(logging.WARNING, logger="tiered_cache.tier.l2"):
         for step in (0.0, 5.0, 5.0, 9.5, 0.5, 9.9):  # reads at 0, 5, 10, 19.5, 20, 29.9 s
             clock.advance(step)
-            before = len(caplog.records)
+            before = len(ours(caplog.records))
             assert cache.get("k") == "v"  # three failures: the L1 look, the second look, the fill
-            logged.append(len(caplog.records) - before)
+            logged.append(len(ours(caplog.records)) - before)
     assert logged == [1, 0, 1, 0, 1, 0]
-    assert "tier 'l2' failed (ConnectionError: redis went away)" in caplog.records[0].getMessage()
+    (first, *_) = ours(caplog.records)
+    assert "tier 'l2' failed (ConnectionError: redis went away)" in first.getMessage()
     assert cache.stats()["tiers"][0]["errors"] == 18
 
 
@@ -100,7 +102,8 @@ def test_a_tier_failure_is_logged_with_what_failed_on_every_path(
     cache, _ = _failing_l2(clock)
     with caplog.at_level(logging.WARNING, logger="tiered_cache.tier.l2"):
         operation(cache)
-    assert "tier 'l2' failed (ConnectionError: redis went away)" in caplog.records[0].getMessage()
+    (first, *_) = ours(caplog.records)
+    assert "tier 'l2' failed (ConnectionError: redis went away)" in first.getMessage()
     assert cache.stats()["tiers"][1]["errors"] >= 1
 
 
@@ -192,7 +195,8 @@ def test_a_tier_failing_to_report_hot_keys_is_logged_and_reports_none(
     cache = TieredCache([_HotKeysFail()], DictSource({"k": "v"}), clock=clock)
     with caplog.at_level(logging.WARNING, logger="tiered_cache.tier.hot"):
         assert cache.hot_keys() == []
-    assert "tier 'hot' failed (ConnectionError: no report today)" in caplog.records[0].getMessage()
+    (first, *_) = ours(caplog.records)
+    assert "tier 'hot' failed (ConnectionError: no report today)" in first.getMessage()
 
 
 def test_a_hit_is_counted_at_the_tier_that_had_it(clock: FakeClock) -> None:

@@ -17,6 +17,9 @@ from tiered_cache.testing.servers import (
     RedisServer,
     RedisServerNotFound,
     RespError,
+    ServerStartError,
+    free_port,
+    refused_port,
     resp_command,
 )
 
@@ -27,6 +30,30 @@ def process_exists(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def test_a_refused_port_refuses_and_no_server_can_take_it() -> None:
+    """An address for "a Redis nobody answers" stays so for the whole run: a port of
+    free_port() given as one was taken by a later server (moto's, on a port the OS picked),
+    where a chain left open kept sending its HELLO."""
+    port = refused_port()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    with socket.socket() as taker, pytest.raises(OSError):
+        taker.bind(("127.0.0.1", port))
+    with pytest.raises(ServerStartError):
+        RedisServer(port=port, startup_timeout=5).start()
+    assert refused_port() != port
+
+
+def test_free_port_never_hands_out_a_port_twice() -> None:
+    """Nor a port of a server stopped earlier in the run: a client of that one would reach
+    the new server as if it were its own."""
+    with RedisServer() as first:
+        used = first.port
+    ports = [free_port() for _ in range(300)]
+    assert used not in ports
+    assert len(set(ports)) == len(ports)
 
 
 def test_server_answers_on_loopback_and_leaves_nothing_behind() -> None:

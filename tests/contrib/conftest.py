@@ -3,6 +3,7 @@ chain the exporter tests read through with the known sequence of reads they run.
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -18,6 +19,23 @@ from tiered_cache.testing.servers import RedisServer
 def redis_server() -> Iterator[RedisServer]:
     with RedisServer() as server:
         yield server
+
+
+@pytest.fixture(autouse=True)
+def no_bus_left_listening() -> Iterator[None]:
+    """A test here closes every chain it builds whose bus listens. A chain left open keeps
+    its bus's listener reconnecting for the rest of the session, to a port that any server
+    started later may take: the two Django tests of a bus nobody answers left theirs sending
+    HELLO every two seconds to a port a moto server then took, whose request log (werkzeug's
+    "Bad request syntax ('*2')") landed in a Redis test that asserted an empty log."""
+    before = set(threading.enumerate())
+    yield
+    left = [
+        thread.name
+        for thread in threading.enumerate()
+        if thread.name.startswith("tiered-cache-bus:") and thread not in before
+    ]
+    assert left == [], "a chain of this test was left open, its bus still listening"
 
 
 @pytest.fixture

@@ -76,19 +76,47 @@ def require_redis_server() -> str:
     return binary
 
 
+#: Every port :func:`free_port` handed out in this process: none is handed out twice, so a
+#: server never starts where an earlier one of this process was, which a client of that one
+#: (its chain left open) would reach, as if nothing had changed.
+_handed_out: set[int] = set()
+#: The sockets holding :func:`refused_port`'s ports, for the life of the process.
+_held: list[socket.socket] = []
+
+
 def free_port(*, also_free: Sequence[int] = ()) -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now (and ``port + offset`` for each offset).
+    """A TCP port on 127.0.0.1 that nothing listens on now (and ``port + offset`` for each
+    offset), never one it handed out before in this process.
 
     There is an unavoidable race between picking and binding; callers that start a server retry
-    with another port when the bind fails.
+    with another port when the bind fails. For an address that must stay without a server
+    (a Redis nobody answers), :func:`refused_port`.
     """
     for _ in range(200):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
             probe.bind((LOOPBACK, 0))
             port: int = probe.getsockname()[1]
+        if port in _handed_out:
+            continue
         if all(_port_is_free(port + offset) for offset in also_free):
+            _handed_out.add(port)
             return port
     raise OSError("no free port pair found on 127.0.0.1")
+
+
+def refused_port() -> int:
+    """A TCP port on 127.0.0.1 that refuses every connection for as long as this process
+    lives: bound and never listening, so that no server (of this process or another: a moto
+    server on a port the OS picks) can take it. A port of :func:`free_port` given as "a Redis
+    nobody answers" was taken by a moto server later in the run, and the bus of a chain
+    left open sent its HELLO there every two seconds (werkzeug logged each, in other tests)."""
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    holder.bind((LOOPBACK, 0))
+    if not _held:
+        atexit.register(_let_go_of_held_ports)
+    _held.append(holder)
+    port: int = holder.getsockname()[1]
+    return port
 
 
 def _port_is_free(port: int) -> bool:
@@ -100,6 +128,12 @@ def _port_is_free(port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def _let_go_of_held_ports() -> None:
+    for holder in _held:
+        holder.close()
+    _held.clear()
 
 
 # --- a minimal RESP client: enough to PING and read CLUSTER INFO without importing redis ---

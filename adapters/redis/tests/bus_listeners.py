@@ -10,7 +10,7 @@ import redis
 from tiered_cache_redis.bus import RedisBus
 
 from tiered_cache.bus import Invalidation
-from tiered_cache.testing.servers import free_port
+from tiered_cache.testing.servers import refused_port
 
 C = TypeVar("C")
 
@@ -59,7 +59,7 @@ def stuck_in_a_callback(
 def refused(client: Callable[[int], C]) -> tuple[Callable[[], C], list[int]]:
     """A bus's ``connect`` making ``client(port)`` for a port nothing listens on (every
     connection refused), and the list it counts its calls in (the publisher's among them)."""
-    port = free_port()
+    port = refused_port()
     calls: list[int] = []
 
     def connect() -> C:

@@ -25,7 +25,7 @@ from tiered_cache.leases import LeasingTier
 from tiered_cache.registry import BuildContext, find_plugin
 from tiered_cache.settings import BreakerSettings, CacheSettings, load_settings
 from tiered_cache.testing.clock import FakeClock
-from tiered_cache.testing.servers import FaultProxy, RedisServer, free_port
+from tiered_cache.testing.servers import FaultProxy, RedisServer, refused_port
 from tiered_cache.tier import MISSING, Entry
 
 
@@ -159,7 +159,7 @@ def test_a_guarded_redis_tier_keeps_its_leases_the_settings_and_the_clock(
     assert again is not None
     tier.close()
     dead = RedisTier(
-        make_client(f"redis://127.0.0.1:{free_port()}", timeout=0.1), namespace=namespace
+        make_client(f"redis://127.0.0.1:{refused_port()}", timeout=0.1), namespace=namespace
     )
     guarded = guard(dead, settings, clock=clock)
     for _ in range(2):
@@ -288,7 +288,7 @@ def test_build_uses_the_chain_namespace_and_shares_the_tier(redis_server: RedisS
 
 
 def test_a_cluster_that_is_down_at_build_fails_calls_not_the_build() -> None:
-    dead = f"redis+cluster://127.0.0.1:{free_port()}"
+    dead = f"redis+cluster://127.0.0.1:{refused_port()}"
     tier = build_redis_tier(
         RedisTierSettings(url=dead, timeout="50ms"), BuildContext("ns", FakeClock(), 1)
     )

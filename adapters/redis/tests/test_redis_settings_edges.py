@@ -14,7 +14,7 @@ from tiered_cache_redis import RedisTierSettings
 
 from tiered_cache import ConfigError, TieredCache, load_settings
 from tiered_cache.redaction import redact_url
-from tiered_cache.testing.servers import RedisServer, free_port
+from tiered_cache.testing.servers import RedisServer, refused_port
 from tiered_cache.testing.settings_checks import bools_taken_as_something_else
 
 SECRET = "s3cr3t-Pa55-do-not-leak"
@@ -335,7 +335,7 @@ def test_no_log_line_of_a_working_or_failing_chain_shows_the_password(
     # Wrong password, then a server that is not there: both fail and are logged.
     for url in (
         f"redis://:{SECRET}-wrong@{locked_redis.host}:{locked_redis.port}/0",
-        f"redis://:{SECRET}@127.0.0.1:{free_port()}/0",
+        f"redis://:{SECRET}@127.0.0.1:{refused_port()}/0",
     ):
         settings = load_settings(namespace="secrets", tiers=_tiers(url))
         with TieredCache.from_settings(settings) as cache:

@@ -16,7 +16,7 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.connection import Connection
-from tiered_cache_redis import RedisTier, make_client
+from tiered_cache_redis import AsyncRedisTier, RedisTier, make_async_client, make_client
 
 from tiered_cache import TieredCache
 from tiered_cache.errors import CodecError
@@ -457,3 +457,27 @@ def test_cluster_keys_that_cannot_be_leased_load_without_a_lease_and_without_an_
     assert cache.stats()["tiers"][1]["errors"] == cache.stats()["tiers"][1]["skips"] == 0
     assert cache.tiers[1].get("{tagged}:2").value == "v:{tagged}:2"  # type: ignore[union-attr]
     cache.close()
+
+
+@pytest.mark.parametrize("kind", [RedisTier, AsyncRedisTier])
+def test_both_tiers_take_the_stored_formats_options_and_refuse_no_key_per_call(
+    redis_server: RedisServer, kind: type[RedisTier] | type[AsyncRedisTier]
+) -> None:
+    """The sync and asyncio tiers hand their stored format's options on as they are (one
+    declaration of them: ``StoredOptions``), and refuse fewer than one key per call (one
+    check: ``TierCommands``'s); neither connects here."""
+    connect: Any = make_client if kind is RedisTier else make_async_client
+    with pytest.raises(ValueError, match="keys_per_call must be at least 1"):
+        kind(connect=lambda: connect(redis_server.url), keys_per_call=0)
+    with pytest.raises(ValueError, match="max_value_size must be at least 1 byte"):
+        kind(connect=lambda: connect(redis_server.url), max_value_size=0)
+    tier = kind(
+        connect=lambda: connect(redis_server.url),
+        name="l2",
+        namespace="app:v2",
+        ttl=5.0,
+        keys_per_call=3,
+    )
+    assert (tier.name, tier.namespace, tier.redis_key("k")) == ("l2", "app:v2", "app\\:v2:k")
+    default = kind(connect=lambda: connect(redis_server.url))
+    assert (default.name, default.namespace) == ("redis", "default")

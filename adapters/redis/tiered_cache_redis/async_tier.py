@@ -11,10 +11,9 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
-import random
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from typing import Any, TypeAlias, TypeVar, cast
+from typing import Any, TypeAlias, TypeVar, Unpack, cast
 
 import redis
 import redis.asyncio as aioredis
@@ -23,7 +22,6 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from tiered_cache.async_tier import AsyncTierBase
-from tiered_cache.codecs import Codec
 from tiered_cache.forking import keep_from_the_parent, restart_after_fork
 from tiered_cache.logs import tier_logger
 from tiered_cache.loop_end import LoopEnd
@@ -41,7 +39,7 @@ from .client import client_options, parse_url
 from .commands import Command, TierCommands
 from .in_flight import CallsInFlight, closed_error, current_task
 from .lease_batches import Call
-from .stored import MAX_VALUE_SIZE, StoredFormat
+from .stored import StoredFormat, StoredOptions
 from .unanswered import send_unanswered
 
 T = TypeVar("T")
@@ -86,32 +84,15 @@ class AsyncRedisTier(AsyncTierBase):
         client: AsyncRedisClient | None = None,
         *,
         connect: Callable[[], AsyncRedisClient] | None = None,
-        name: str = "redis",
-        namespace: str = "default",
-        ttl: float | None = 3600.0,
-        ttl_jitter: float = 0.0,
-        codec: Codec | str = "json",
         clock: Callable[[], float] = time.time,
-        rng: random.Random | None = None,
         owns_client: bool = True,
         keys_per_call: int = KEYS_PER_CALL,
-        max_value_size: int | None = MAX_VALUE_SIZE,
+        **stored: Unpack[StoredOptions],
     ) -> None:
         if (client is None) == (connect is None):
             raise TypeError("pass either client or connect")
-        if keys_per_call < 1:
-            raise ValueError("keys_per_call must be at least 1")
-        self._keys_per_call = keys_per_call
-        self._stored = StoredFormat(
-            name,
-            namespace=namespace,
-            ttl=ttl,
-            ttl_jitter=ttl_jitter,
-            codec=codec,
-            rng=rng,
-            max_value_size=max_value_size,
-        )
-        self.name = name
+        self._stored = StoredFormat(**stored)
+        self.name = name = self._stored.name
         self._prefix = self._stored.prefix
         self._decode = self._stored.decode
         self._clock = clock
@@ -134,6 +115,7 @@ class AsyncRedisTier(AsyncTierBase):
         self._reads: AsyncReads | None = None
         self._io = AsyncClientIO(self)
         self._commands = TierCommands(self._stored, self._io, clock, keys_per_call)
+        self._keys_per_call = keys_per_call  # checked by TierCommands
         # The lease calls of one loop tick leave as one batch (async_leases.py).
         self._leases = CoalescedLeases(self._commands)
         restart_after_fork(self)

@@ -107,6 +107,8 @@ class TierCommands:
         clock: Callable[[], float],
         keys_per_call: int = KEYS_PER_CALL,
     ) -> None:
+        if keys_per_call < 1:
+            raise ValueError("keys_per_call must be at least 1")
         self.stored = stored
         self.io = io
         self._clock = clock
@@ -118,6 +120,11 @@ class TierCommands:
         #: (:meth:`farewell`).
         self._taken = Taken()
         self._cluster: bool | None = None  # the client's kind, once known
+
+    @property
+    def keys_per_call(self) -> int:
+        """Most keys one round trip carries (the tiers' reads split their batches by it too)."""
+        return self._keys_per_call
 
     def is_cluster(self) -> bool:
         """The client is a Redis Cluster client. Kept once known: a closing or closed tier

@@ -14,6 +14,7 @@ import random
 import struct
 import threading
 from collections.abc import Iterable, Sequence
+from typing import TypedDict
 
 from tiered_cache.codecs import Codec, batch_decoder, get_codec
 from tiered_cache.errors import CodecError, UnencodableKey
@@ -51,6 +52,20 @@ Encoded = tuple[str, bytes | None, int | None]
 MAX_VALUE_SIZE = 1024 * 1024
 
 
+class StoredOptions(TypedDict, total=False):
+    """What a Redis tier stores and how long, as its keyword arguments (both tiers take them
+    as ``**stored`` and hand them on to :class:`StoredFormat` untouched, so a setting of the
+    stored format is declared here and in :class:`StoredFormat` only)."""
+
+    name: str
+    namespace: str
+    ttl: float | None
+    ttl_jitter: float
+    codec: Codec | str
+    rng: random.Random | None
+    max_value_size: int | None
+
+
 class StoredFormat:
     """Key naming, the stored bytes and their TTL for one Redis tier.
 
@@ -67,12 +82,12 @@ class StoredFormat:
 
     def __init__(
         self,
-        name: str,
+        name: str = "redis",
         *,
-        namespace: str,
-        ttl: float | None,
-        ttl_jitter: float,
-        codec: Codec | str,
+        namespace: str = "default",
+        ttl: float | None = 3600.0,
+        ttl_jitter: float = 0.0,
+        codec: Codec | str = "json",
         rng: random.Random | None = None,
         max_value_size: int | None = MAX_VALUE_SIZE,
     ) -> None:

@@ -9,11 +9,10 @@ commands on redis-py, and reads go near the wire (:mod:`tiered_cache_redis.wire`
 from __future__ import annotations
 
 import builtins
-import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar, Unpack, cast
 
 import redis
 from redis.cluster import RedisCluster
@@ -28,7 +27,7 @@ from .client import RedisClient, close_client
 from .commands import Command, TierCommands
 from .in_flight import CallsInFlight, closed_error
 from .lease_batches import Call
-from .stored import MAX_VALUE_SIZE, StoredFormat
+from .stored import StoredFormat, StoredOptions
 from .unanswered import send_unanswered
 from .wire import Reads, reads_for
 
@@ -46,20 +45,27 @@ class RedisTier(TierBase):
         client: a redis-py ``Redis`` or ``RedisCluster`` (with ``decode_responses=False``).
         connect: instead of ``client``, makes one on first use (so a cluster that is down when
             the service starts makes calls fail, not the start).
-        name: the tier's name in stats and logs.
-        namespace: the key prefix; each key is stored as ``<namespace>:<key>``, with ``\\``
-            and ``:`` in the namespace escaped by a backslash.
-        ttl: the longest Redis keeps an entry, in seconds; never beyond the entry's hard
-            expiry. ``None``: the hard expiry alone.
-        ttl_jitter: shorten each TTL by up to this fraction at random.
-        codec: a :class:`~tiered_cache.codecs.Codec` or its name.
         clock: seconds; expiry is judged by this clock (and Redis expires keys on its own time).
         owns_client: close the client in :meth:`close`.
         keys_per_call: most keys one call to Redis carries; a larger batch is sent in
             several (:mod:`tiered_cache_redis.chunks`).
-        max_value_size: the most bytes a value's encoding may have to be kept (None: any;
-            1 MiB by default): a larger one is not kept, the key's older copy deleted, counted
-            as ``too_large`` (:data:`~tiered_cache_redis.stored.MAX_VALUE_SIZE`).
+        **stored: what is stored and for how long, handed on to
+            :class:`~tiered_cache_redis.stored.StoredFormat` as they are (declared once, in
+            :class:`~tiered_cache_redis.stored.StoredOptions`; below).
+
+    Keyword Args:
+        name (str): the tier's name in stats and logs (``"redis"``).
+        namespace (str): the key prefix; each key is stored as ``<namespace>:<key>``, with
+            ``\\`` and ``:`` in the namespace escaped by a backslash (``"default"``).
+        ttl (float | None): the longest Redis keeps an entry, in seconds; never beyond the
+            entry's hard expiry. ``None``: the hard expiry alone (3600).
+        ttl_jitter (float): shorten each TTL by up to this fraction at random (0).
+        codec (Codec | str): a :class:`~tiered_cache.codecs.Codec` or its name (``"json"``).
+        rng (random.Random | None): the jitter's randomness.
+        max_value_size (int | None): the most bytes a value's encoding may have to be kept
+            (None: any; 1 MiB by default): a larger one is not kept, the key's older copy
+            deleted, counted as ``too_large``
+            (:data:`~tiered_cache_redis.stored.MAX_VALUE_SIZE`).
 
     Connection errors and timeouts propagate (as redis-py's exceptions): the chain and the
     circuit breaker decide what they mean. Only data this tier cannot read (another format or
@@ -75,30 +81,13 @@ class RedisTier(TierBase):
         client: RedisClient | None = None,
         *,
         connect: Callable[[], RedisClient] | None = None,
-        name: str = "redis",
-        namespace: str = "default",
-        ttl: float | None = 3600.0,
-        ttl_jitter: float = 0.0,
-        codec: Codec | str = "json",
         clock: Clock = time.time,
-        rng: random.Random | None = None,
         owns_client: bool = True,
         keys_per_call: int = KEYS_PER_CALL,
-        max_value_size: int | None = MAX_VALUE_SIZE,
+        **stored: Unpack[StoredOptions],
     ) -> None:
-        if keys_per_call < 1:
-            raise ValueError("keys_per_call must be at least 1")
-        self._keys_per_call = keys_per_call
-        self._stored = StoredFormat(
-            name,
-            namespace=namespace,
-            ttl=ttl,
-            ttl_jitter=ttl_jitter,
-            codec=codec,
-            rng=rng,
-            max_value_size=max_value_size,
-        )
-        self.name = name
+        self._stored = StoredFormat(**stored)
+        self.name = name = self._stored.name
         self._prefix = self._stored.prefix
         #: The hot read path's decoder (bound once: one call per hit, as before).
         self._decode = self._stored.decode
@@ -118,6 +107,7 @@ class RedisTier(TierBase):
         self._calls = CallsInFlight(name, threading.get_ident)
         self._reads: Reads | None = None
         self._commands = TierCommands(self._stored, ClientIO(self), clock, keys_per_call)
+        self._keys_per_call = keys_per_call  # checked by TierCommands
         restart_after_fork(self)
 
     def after_fork_in_child(self) -> None:

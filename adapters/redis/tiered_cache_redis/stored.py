@@ -108,11 +108,10 @@ class StoredFormat:
         self._jitter = ttl_jitter
         self._rng = rng or random.Random()
         self._max_value_size = max_value_size
-        #: Values not kept for their size (see :meth:`report`).
-        self._too_large = 0
-        #: Entries read that could not be decoded (see :meth:`report`); a lock, since reads of
-        #: several threads count (a rare path: a miss already).
-        self._undecodable = 0
+        #: Entries read that could not be decoded, values not kept for their size (see
+        #: :meth:`report`), by their log event; a lock, since reads and writes of several
+        #: threads count (a rare path: a miss, or a value not kept, already).
+        self._counts = {"undecodable": 0, "too_large": 0}
         self._count_lock = threading.Lock()
 
     def report(self) -> dict[str, int]:
@@ -120,7 +119,8 @@ class StoredFormat:
         decode (another program's or another codec's bytes, corrupt data), each served as a
         miss; values not kept for their size (over ``max_value_size``). For ``stats()`` and
         the exporters (``tier_undecodable``, ``tier_too_large``), where they were plain misses."""
-        return {"undecodable": self._undecodable, "too_large": self._too_large}
+        with self._count_lock:
+            return dict(self._counts)
 
     def check(self, keys: Iterable[str]) -> None:
         """Refuse a key UTF-8 cannot encode before it is sent, as a chain's face does (the
@@ -165,29 +165,30 @@ class StoredFormat:
         return Entry(value, loaded_at, soft, hard, duration, version)
 
     def _unreadable(self, key: str, why: str) -> MissingType:
-        with self._count_lock:
-            self._undecodable += 1
-        log.warning(
-            "tier %r: key %s %s; a miss",
-            self.name,
-            key_hash(key),
-            why,
-            extra=fields("undecodable", key=key, tier=self.name),
-        )
+        self._counted("undecodable", key, " %s; a miss", why)
         return MISSING
 
     def _too_large_value(self, key: str, size: int, limit: int) -> Encoded:
-        with self._count_lock:
-            self._too_large += 1
-        log.warning(
-            "tier %r: key %s: a value of %d bytes, over max_value_size (%d): not kept",
-            self.name,
-            key_hash(key),
+        self._counted(
+            "too_large",
+            key,
+            ": a value of %d bytes, over max_value_size (%d): not kept",
             size,
             limit,
-            extra=fields("too_large", key=key, tier=self.name),
         )
         return self.prefix + key, None, None
+
+    def _counted(self, event: str, key: str, what: str, *args: object) -> None:
+        """Count ``event`` (:meth:`report`) and log it, the key named by its hash only."""
+        with self._count_lock:
+            self._counts[event] += 1
+        log.warning(
+            "tier %r: key %s" + what,
+            self.name,
+            key_hash(key),
+            *args,
+            extra=fields(event, key=key, tier=self.name),
+        )
 
     def decode_many(
         self, keys: Sequence[str], values: Sequence[bytes | None], now: float

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from timing import ROOT, Spread, paired, run_line
+from timing import ROOT, Spread, head, paired, run_line
 
 #: Misses a pass of the one-at-a-time figure; passes a measure (the least disturbed counts).
 MISSES = 2000
@@ -126,7 +126,7 @@ def main() -> None:
         parser.error("--peer is required")
     print(run_line())
     peer = args.peer.resolve()
-    print(f"peer: {peer} (commit {git_head(peer)})")
+    print(f"peer: {peer} (commit {head(peer)})")
     trees = {"ours": ROOT, "peer": peer}
     samples: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
     names = list(trees)
@@ -144,17 +144,6 @@ def main() -> None:
             f"{title:62} {mine.low:6.2f} / {mine.middle:6.2f} {base.low:6.2f} / "
             f"{base.middle:6.2f} {ratio.low:4.2f} / {ratio.middle:4.2f}"
         )
-
-
-def git_head(tree: Path) -> str:
-    done = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"],
-        cwd=tree,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    return done.stdout.strip() or "unknown"
 
 
 if __name__ == "__main__":

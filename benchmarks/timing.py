@@ -23,17 +23,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _git(tree: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=tree, capture_output=True, text=True, check=False
+    ).stdout.strip()
+
+
+def head(tree: Path = ROOT) -> str:
+    """The commit checked out in ``tree`` (a peer's frozen clone, say), short."""
+    return _git(tree, "rev-parse", "--short", "HEAD") or "unknown"
+
+
 def commit() -> str:
     """The checked-out commit, ``+dirty`` when tracked files differ from it."""
-
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=ROOT, capture_output=True, text=True, check=False
-        ).stdout.strip()
-
-    head = git("rev-parse", "--short", "HEAD") or "unknown"
-    dirty = git("status", "--porcelain", "--untracked-files=no")
-    return head + ("+dirty" if dirty else "")
+    dirty = _git(ROOT, "status", "--porcelain", "--untracked-files=no")
+    return head() + ("+dirty" if dirty else "")
 
 
 def run_line() -> str:

@@ -5,9 +5,12 @@ The decisions are the threaded loader's own -- the lease wait
 (:class:`~tiered_cache.batch_load.BatchLoad`), the fence's fills, entry stamping
 (:class:`~tiered_cache.stamp.EntryMaker`) -- run by the async driver. What is asyncio's own
 lives here: single-flight across coroutines (and loops), background refreshes as tasks, and
-timeouts: a timed load runs as a task of its own, which fills the tiers itself when it
-finishes, so a caller that stops waiting (soft timeout: it serves the stale value; hard
-timeout: :class:`~tiered_cache.LoadTimeout`) leaves nothing undone.
+loads that outlive their callers: a timed load runs as a task of its own, which fills the
+tiers itself when it finishes, so a caller that stops waiting (soft timeout: it serves the
+stale value; hard timeout: :class:`~tiered_cache.LoadTimeout`) leaves nothing undone; an
+untimed one runs in its caller's task, and is begun again in a task of its own when that
+caller is cancelled (:meth:`AsyncSourceLoader._leave`). Either is joined by the key's next
+miss while the fence allows.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from .forking import restart_after_fork
 from .held_leases import HeldLeases, Holdings
 from .lease_wait import LeaseWait
 from .logs import logger_for
-from .loop_end import when_closed
+from .loop_end import in_final_sweep, when_closed
 from .loops import all_end_within, cancel, ends_within, stalled
 from .metrics import CacheMetrics
 from .protection import Protection
@@ -180,7 +183,20 @@ class AsyncSourceLoader:
             hard = None if background else protection.hard_timeout
             try:
                 if soft is None and hard is None:
-                    entry = await self._load(key, loader, ttl)
+                    # An earlier caller's load left running (a dict look-up, empty but for
+                    # impatient callers), else this caller's own, in its task.
+                    joined = self._joinable(key, token) if self._abandoned else None
+                    if joined is None:
+                        entry = await self._load_or_leave(
+                            key, mark, loader, ttl, token=token, held=held, background=background
+                        )
+                    else:
+                        if held is not None:
+                            held.hand_on((key,))  # given back by _joinable
+                        task, mark, wait = joined
+                        return await self._await_timed(
+                            key, task, mark, None, None, wait=wait, earlier=True
+                        )
                 else:
                     task, mark, waited, wait, earlier = await self._timed_task(
                         key, mark, loader, ttl, token, soft=soft, hard=hard
@@ -247,17 +263,9 @@ class AsyncSourceLoader:
         judged by, the seconds waited for the slot, this caller's wait for it (the task works
         for the callers waiting for it: :class:`~tiered_cache.singleflight.Behalf`) and
         whether it is an earlier caller's."""
-        running = self._abandoned.get(key)
-        if running is not None and stalled(running[0]):
-            self._give_back_stalled()  # it may never end: load anew
-            running = None
-        if running is not None and may_join_left(running[0], key, running[1], self._fence.may_join):
-            joined, older, work = running
-            if own_work(work):  # its own loader awaits its key: it would wait for itself
-                raise recursive_load(key)
-            if token is not None:
-                self.spawn(self._release(key, token))
-            return joined, older, 0.0, work.waited_by(asyncio.current_task()), True
+        joined = self._joinable(key, token)
+        if joined is not None:
+            return joined[0], joined[1], 0.0, joined[2], True
         timeout = soft if soft is not None else hard
         assert timeout is not None  # load() times a load only with a timeout
         # The slot is the claim's from the step it is counted (TimedSlots.try_take), and the
@@ -280,6 +288,122 @@ class AsyncSourceLoader:
             raise
         return task, mark, waited, wait, False
 
+    def _joinable(
+        self, key: str, token: str | None
+    ) -> tuple[asyncio.Task[Entry], int, Wait] | None:
+        """The load of ``key`` an earlier caller left running, if the fence lets a miss join
+        it (:func:`~tiered_cache.timed_slots.may_join_left`), with the fence mark its fill
+        is judged by and this caller's wait for it; the caller's lease (``token``) is given
+        back, the left load filling under its own. None: this caller loads."""
+        running = self._abandoned.get(key)
+        if running is not None and stalled(running[0]):
+            self._give_back_stalled()  # it may never end: load anew
+            running = None
+        if running is None or not may_join_left(running[0], key, running[1], self._fence.may_join):
+            return None
+        joined, older, work = running
+        if own_work(work):  # its own loader awaits its key: it would wait for itself
+            raise recursive_load(key)
+        if token is not None:
+            self.spawn(self._release(key, token))
+        return joined, older, work.waited_by(asyncio.current_task())
+
+    async def _load_or_leave(
+        self,
+        key: str,
+        mark: int,
+        loader: AsyncLoader | None,
+        ttl: CheckedTtl | None,
+        *,
+        token: str | None,
+        held: HeldLeases | None,
+        background: bool,
+    ) -> Entry:
+        """An untimed load, in the caller's task: a miss pays for nothing more than the
+        load. Its caller cancelled (``asyncio.wait_for`` around a ``get``, a client gone),
+        the load is cancelled with it -- the cancellation reaches the loader's await before
+        this code sees it -- and the same load is begun again as one left running
+        (:meth:`_leave`), when :meth:`_may_leave` allows: else impatient callers each began
+        a load, and none ended. Its price: a second call to the source for each cancelled
+        caller whose load was its own (the key's later misses join the left one)."""
+        try:
+            return await self._load(key, loader, ttl)
+        except asyncio.CancelledError:
+            if not background and self._may_leave(key, mark):
+                self._leave(key, mark, loader, ttl, token=token, held=held)
+            raise
+
+    def _may_leave(self, key: str, mark: int) -> bool:
+        """Whether a load whose caller was cancelled is begun again, left running: only for
+        the caller's own cancellation (its task is cancelling: not a ``CancelledError`` the
+        loader raised itself), while the loader is open, while the fence would let a miss
+        join it and fill from it (no invalidation of ``key`` since ``mark``: its fill would
+        be refused), below ``max_abandoned_loads`` (:meth:`TimedSlots.may_leave`), and not
+        in the sweep of every task at the end of ``asyncio.run``
+        (:func:`~tiered_cache.loop_end.in_final_sweep`): a task begun there is left pending
+        as the loop closes, its lease held until ``lease_ttl``."""
+        task = asyncio.current_task()
+        return (
+            task is not None
+            and task.cancelling() > 0
+            and not self._closed
+            and self._fence.may_join(key, mark)
+            and self._slots.may_leave()
+            and not in_final_sweep()
+        )
+
+    def _leave(
+        self,
+        key: str,
+        mark: int,
+        loader: AsyncLoader | None,
+        ttl: CheckedTtl | None,
+        *,
+        token: str | None,
+        held: HeldLeases | None,
+    ) -> None:
+        """Begin the load of ``key`` again in a task of the loader, left running as a timed
+        load its caller stopped waiting for (:meth:`_abandon`: counted ``abandoned_loads``,
+        toward ``max_abandoned_loads``, joined by the key's next miss). It fills under the
+        caller's fence ``mark`` and its lease ``token``, handed on from the caller's
+        ``held`` to leases of the task's own in the loader's holdings: given back by the
+        task if it fails or is cancelled (by :meth:`aclose`, or the sweep at the end of
+        ``asyncio.run``), by :meth:`aclose` if it never ran. Bounded as the caller's load
+        was: by the source's own timeouts (untimed: no ``hard_timeout``)."""
+        left: HeldLeases | None = None
+        if held is not None and token is not None:
+            held.hand_on((key,))
+            left = self.holdings.hold()
+            left.took({key: token})
+        wait = hand_over(asyncio.current_task())
+        task = self.spawn(
+            self._load_left(key, mark, loader, ttl, token=token, held=left, work=wait.work)
+        )
+        self._abandon(key, task, mark, wait)
+
+    async def _load_left(
+        self,
+        key: str,
+        mark: int,
+        loader: AsyncLoader | None,
+        ttl: CheckedTtl | None,
+        *,
+        token: str | None,
+        held: HeldLeases | None,
+        work: Behalf,
+    ) -> Entry:
+        act_for(work)  # a task runs in a copy of its spawner's context: nothing to restore
+        try:
+            entry = await self._load(key, loader, ttl)
+            await self._fill(key, mark, entry, token)
+            return entry
+        except BaseException:
+            if held is not None:
+                await arun(self.holdings.give_back(held))
+            raise
+        finally:
+            self.holdings.let_go(held)
+
     def _timed_done(self, task: asyncio.Task[Entry]) -> None:
         claim = self._timed.pop(task, None)
         if claim is not None:  # else given back already (its loop was found stalled)
@@ -289,10 +413,13 @@ class AsyncSourceLoader:
         """Give back the slots of timed loads whose event loops were closed under them, or
         left not running (a loop run by hand, then closed or left): they run again only if
         someone runs that loop, nor do their done callbacks, which would give the slots back.
-        One that does run again ends without its slot (its callbacks find it given back)."""
-        for task in list(self._timed):  # a copy: other loops' callbacks change it
+        One that does run again ends without its slot (its callbacks find it given back).
+        The same for the untimed loads left running (:meth:`_leave`), which take no slot."""
+        for task in list(self._hung):  # a copy: other loops' callbacks change it
             if stalled(task):
                 self._abandoned_done(task)
+        for task in list(self._timed):
+            if stalled(task):
                 self._timed_done(task)
 
     async def _take_slot(self, key: str, timeout: float, serve_stale: bool, claim: Claim) -> float:
@@ -349,9 +476,10 @@ class AsyncSourceLoader:
         wait: Wait,
         earlier: bool,
     ) -> Entry:
-        """The entry of the timed load ``task`` (``earlier``: an earlier caller's, which this
-        miss joined), if it comes within the timeout; else ServeStale or LoadTimeout. The
-        task works for this caller while it waits (``wait``)."""
+        """The entry of the load ``task`` (``earlier``: an earlier caller's, which this miss
+        joined), if it comes within the timeout (neither ``soft`` nor ``hard``: an untimed
+        load left running, however long it takes); else ServeStale or LoadTimeout. The task
+        works for this caller while it waits (``wait``)."""
         timeout = soft if soft is not None else hard
         try:
             try:
@@ -370,7 +498,7 @@ class AsyncSourceLoader:
 
     def _abandon(self, key: str, task: asyncio.Task[Entry], mark: int, wait: Wait) -> None:
         """Keep ``task`` as the key's load whose caller stopped waiting (timed out or was
-        cancelled), for the next miss to join (:meth:`_timed_task`); counted once, however
+        cancelled), for the next miss to join (:meth:`_joinable`); counted once, however
         many of its callers stop waiting. The task no longer works for this caller."""
         wait.ended()
         if task not in self._hung:

@@ -56,7 +56,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import sys
 import weakref
+from asyncio import runners
 from collections.abc import AsyncGenerator, Awaitable, Callable
 
 from .logs import tier_logger
@@ -241,6 +243,30 @@ class LoopEnd:
         loop ever ends, lets go of nothing (it is no longer the part's)."""
         self._hook, self._loop = None, None
         self._unwatch()
+
+
+#: The code of the sweep of every task at the end of ``asyncio.run`` (``asyncio.Runner``'s
+#: close; ``IsolatedAsyncioTestCase`` and uvloop's ``run`` end through it too).
+_SWEEP = runners._cancel_all_tasks.__code__  # type: ignore[attr-defined]
+
+
+def in_final_sweep() -> bool:
+    """Whether the running code runs under the sweep of every task at the end of
+    ``asyncio.run`` (or ``asyncio.Runner``): a task cancelled there is on its way out with its
+    loop, which closes once the tasks the sweep cancelled have ended (and its
+    ``shutdown_asyncgens`` has run). A task begun from there is none of them: left pending,
+    it was destroyed as the loop closed. Nothing public tells it (the loop is still running,
+    the service's coroutine has returned): the sweep's frame is on the stack of whatever it
+    runs, as the frame of a signal handler is (:mod:`tiered_cache.signal_frames`). Asked
+    only by a caller that was cancelled, so the walk up the stack (some twenty frames) is
+    paid once per cancellation, never by a call that goes on. A loop ended another way (run
+    by hand, its tasks cancelled and the loop closed) is not told apart."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code is _SWEEP:
+            return True
+        frame = frame.f_back  # type: ignore[assignment]
+    return False
 
 
 def when_closed(

@@ -47,9 +47,11 @@ class Protection:
         lease_poll: pause between looks at the shared tier while waiting.
         refresh_workers: threads for background refreshes.
         max_abandoned_loads: how many loads left running after their caller gave up waiting
-            (soft or hard timeout) make a miss on another key fail at once with
+            (soft or hard timeout; on the asyncio chain also an untimed load begun again for
+            a cancelled caller) make a miss on another key fail at once with
             :class:`~tiered_cache.LoadTimeout` instead of starting one more load: the source
-            is in trouble, and the new load would likely hang too.
+            is in trouble, and the new load would likely hang too. An untimed load is not
+            begun again past it.
         max_timed_loads: most timed loads (with a soft or a hard timeout) running at once,
             hung ones included. Each runs on a thread (a task) of its own, so hung loads never
             hold up the others; as none can be stopped once started, a slot is taken before

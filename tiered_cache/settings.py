@@ -531,8 +531,9 @@ class ProtectionSettings(SettingsTable):
         default=_PROTECTION.max_abandoned_loads,
         ge=1,
         description="How many loads left running after their caller stopped waiting (soft or "
-        "hard timeout) make a miss on another key fail at once with LoadTimeout: a hung load "
-        "costs its own key only, until this many hang.",
+        "hard timeout; asyncio: an untimed load begun again for a cancelled caller) make a "
+        "timed miss on another key fail at once with LoadTimeout, and stop untimed loads being "
+        "begun again: a hung load costs its own key only, until this many hang.",
     )
     max_timed_loads: int = Field(
         default=_PROTECTION.max_timed_loads,

@@ -169,6 +169,13 @@ class TimedSlots:
         hint, for the asyncio loader to look for slots to give back first)."""
         return self.running >= self._max_running or self.hung >= self._max_hung
 
+    def may_leave(self) -> bool:
+        """Whether one more load may be left running, its caller gone: below
+        ``max_abandoned_loads`` (an untimed load of the asyncio loader whose caller was
+        cancelled is begun again as a left one only then: the source may be in trouble)."""
+        with self._changed:
+            return self.hung < self._max_hung
+
     def claim(self) -> Claim:
         """A claim for :meth:`take` (see there)."""
         return Claim(self)

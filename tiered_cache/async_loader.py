@@ -377,32 +377,9 @@ class AsyncSourceLoader:
             left.took({key: token})
         wait = hand_over(asyncio.current_task())
         task = self.spawn(
-            self._load_left(key, mark, loader, ttl, token=token, held=left, work=wait.work)
+            self._load_and_fill(key, mark, loader, ttl, token=token, work=wait.work, held=left)
         )
         self._abandon(key, task, mark, wait)
-
-    async def _load_left(
-        self,
-        key: str,
-        mark: int,
-        loader: AsyncLoader | None,
-        ttl: CheckedTtl | None,
-        *,
-        token: str | None,
-        held: HeldLeases | None,
-        work: Behalf,
-    ) -> Entry:
-        act_for(work)  # a task runs in a copy of its spawner's context: nothing to restore
-        try:
-            entry = await self._load(key, loader, ttl)
-            await self._fill(key, mark, entry, token)
-            return entry
-        except BaseException:
-            if held is not None:
-                await arun(self.holdings.give_back(held))
-            raise
-        finally:
-            self.holdings.let_go(held)
 
     def _timed_done(self, task: asyncio.Task[Entry]) -> None:
         claim = self._timed.pop(task, None)
@@ -454,16 +431,25 @@ class AsyncSourceLoader:
         *,
         token: str | None,
         work: Behalf,
+        held: HeldLeases | None = None,
     ) -> Entry:
+        """A load in a task of its own, filling when it ends; its lease ``token`` given back
+        if it fails or is cancelled: through ``held``, leases of its own in the loader's
+        holdings (a load begun again for a cancelled caller: :meth:`_leave`), else alone."""
         act_for(work)  # a task runs in a copy of its spawner's context: nothing to restore
         try:
-            entry = await self._load(key, loader, ttl)
-        except BaseException:
-            if token is not None:
-                await self._release(key, token)
-            raise
-        await self._fill(key, mark, entry, token)
-        return entry
+            try:
+                entry = await self._load(key, loader, ttl)
+            except BaseException:
+                if held is not None:
+                    await arun(self.holdings.give_back(held))
+                elif token is not None:
+                    await self._release(key, token)
+                raise
+            await self._fill(key, mark, entry, token)
+            return entry
+        finally:
+            self.holdings.let_go(held)
 
     async def _await_timed(
         self,

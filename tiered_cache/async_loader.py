@@ -187,9 +187,14 @@ class AsyncSourceLoader:
                     # impatient callers), else this caller's own, in its task.
                     joined = self._joinable(key, token) if self._abandoned else None
                     if joined is None:
-                        entry = await self._load_or_leave(
-                            key, mark, loader, ttl, token=token, held=held, background=background
-                        )
+                        # The caller's own load, in its task: a miss pays for nothing more
+                        # (a frame of its own here cost the miss a coroutine).
+                        try:
+                            entry = await self._load(key, loader, ttl)
+                        except asyncio.CancelledError:
+                            if not background and self._may_leave(key, mark):
+                                self._leave(key, mark, loader, ttl, token=token, held=held)
+                            raise
                     else:
                         if held is not None:
                             held.hand_on((key,))  # given back by _joinable
@@ -308,35 +313,15 @@ class AsyncSourceLoader:
             self.spawn(self._release(key, token))
         return joined, older, work.waited_by(asyncio.current_task())
 
-    async def _load_or_leave(
-        self,
-        key: str,
-        mark: int,
-        loader: AsyncLoader | None,
-        ttl: CheckedTtl | None,
-        *,
-        token: str | None,
-        held: HeldLeases | None,
-        background: bool,
-    ) -> Entry:
-        """An untimed load, in the caller's task: a miss pays for nothing more than the
-        load. Its caller cancelled (``asyncio.wait_for`` around a ``get``, a client gone),
-        the load is cancelled with it -- the cancellation reaches the loader's await before
-        this code sees it -- and the same load is begun again as one left running
-        (:meth:`_leave`), when :meth:`_may_leave` allows: else impatient callers each began
-        a load, and none ended. Its price: a second call to the source for each cancelled
-        caller whose load was its own (the key's later misses join the left one)."""
-        try:
-            return await self._load(key, loader, ttl)
-        except asyncio.CancelledError:
-            if not background and self._may_leave(key, mark):
-                self._leave(key, mark, loader, ttl, token=token, held=held)
-            raise
-
     def _may_leave(self, key: str, mark: int) -> bool:
-        """Whether a load whose caller was cancelled is begun again, left running: only for
-        the caller's own cancellation (its task is cancelling: not a ``CancelledError`` the
-        loader raised itself), while the loader is open, while the fence would let a miss
+        """Whether an untimed load, run in its caller's task and cancelled with it (the
+        cancellation reaches the loader's await before the loader sees it), is begun again,
+        left running (:meth:`_leave`): else impatient callers (``asyncio.wait_for`` around a
+        ``get``, clients gone) each began a load, and none ended. Its price: a second call
+        to the source for each cancelled caller whose load was its own (the key's later
+        misses join the left one). Only for the caller's own cancellation (its task is
+        cancelling: not a ``CancelledError`` the loader raised itself), while the loader is
+        open, while the fence would let a miss
         join it and fill from it (no invalidation of ``key`` since ``mark``: its fill would
         be refused), below ``max_abandoned_loads`` (:meth:`TimedSlots.may_leave`), and not
         in the sweep of every task at the end of ``asyncio.run``

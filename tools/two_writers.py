@@ -27,7 +27,10 @@ Exits 1 on any survivor or any caller error other than ``CodecError`` (and
 ``PartialBatchError`` carrying it) and the outage's ``LoadTimeout``.
 
 ``--writers sync`` or ``asyncio`` leaves the writes to one face; ``--no-fault`` runs without
-the outage.
+the outage. ``--keys-per-call 2`` sends every batch of more than two keys in calls of two
+(reads, writes, deletes, lease batches: a call failing part way); ``--max-value-size 100KB``
+makes the 1 MB values too large for Redis (written and filled as deletes) among the small
+ones written to the same keys.
 
 Run: ``.venv/bin/python tools/two_writers.py [--rounds 1]``
 """
@@ -124,13 +127,14 @@ def value_for(rng: random.Random, version: str) -> Any:
     return version
 
 
-def settings(url: str) -> dict[str, Any]:
+def settings(url: str, redis_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The chain of both faces; ``redis_options``: further fields of the Redis tier."""
     return {
         "namespace": "two-writers",
         "ttl": "10m",
         "tiers": [
             {"kind": "memory", "max_entries": 50},
-            {"kind": "redis", "url": url, "timeout": "200ms"},
+            {"kind": "redis", "url": url, "timeout": "200ms", **(redis_options or {})},
         ],
         "protection": {"lease_wait": "500ms", "hard_timeout": "2s"},
         "bus": {"kind": "redis"},
@@ -536,11 +540,12 @@ def worker(
     tag: str,
     writers: str,
     started: float,
+    redis_options: dict[str, Any],
 ) -> None:
     """One process: both faces until ``stop`` (writing while ``writing``), then the check."""
     logging.disable(logging.WARNING)
     register_truth()
-    config = {**settings(cache_url), "source": {"kind": "truth", "url": truth_url}}
+    config = {**settings(cache_url, redis_options), "source": {"kind": "truth", "url": truth_url}}
     truth = RedisSource(truth_url)
     cache = TieredCache.from_config(**config)
     faces = {"sync": Face(started), "asyncio": Face(started)}
@@ -649,6 +654,7 @@ def one_round(args: argparse.Namespace) -> list[dict[str, Any]]:
                     "tag": tag,
                     "writers": args.writers,
                     "started": started,
+                    "redis_options": redis_options(args),
                 },
             )
             for tag in ("p1", "p2")
@@ -688,6 +694,16 @@ def one_round(args: argparse.Namespace) -> list[dict[str, Any]]:
         return rows
 
 
+def redis_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The Redis tier's fields the command line sets (the tier's defaults otherwise)."""
+    options: dict[str, Any] = {}
+    if args.keys_per_call is not None:
+        options["keys_per_call"] = args.keys_per_call
+    if args.max_value_size is not None:
+        options["max_value_size"] = args.max_value_size
+    return options
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--warm", type=float, default=1.5)
@@ -698,6 +714,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--writers", choices=["both", "sync", "asyncio"], default="both")
     parser.add_argument("--no-fault", dest="fault", action="store_false")
+    parser.add_argument("--keys-per-call", type=int, help="the Redis tier's, for batches in calls")
+    parser.add_argument("--max-value-size", help="the Redis tier's ('100KB': the 1 MB values over)")
     args = parser.parse_args()
     logging.disable(logging.WARNING)
     allowed = {"CodecError", "PartialBatchError", "LoadTimeout"}

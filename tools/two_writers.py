@@ -500,7 +500,8 @@ class FaceEnd:
 
     def stats(self, stats: dict[str, Any]) -> None:
         tier = stats["tiers"][1]
-        self.redis = {k: tier.get(k) for k in ("errors", "skips", "breaker_opened", "breaker")}
+        counted = ("errors", "skips", "breaker_opened", "breaker", "too_large")
+        self.redis = {k: tier.get(k) for k in counted}
         self.redis.update({k: v for k, v in stats.items() if k.startswith("deletes_owed")})
         self.bus = bus_counts(stats)
 

@@ -60,6 +60,7 @@ import sys
 import weakref
 from asyncio import runners
 from collections.abc import AsyncGenerator, Awaitable, Callable
+from types import CodeType, FunctionType
 
 from .logs import tier_logger
 
@@ -245,9 +246,16 @@ class LoopEnd:
         self._unwatch()
 
 
-#: The code of the sweep of every task at the end of ``asyncio.run`` (``asyncio.Runner``'s
-#: close; ``IsolatedAsyncioTestCase`` and uvloop's ``run`` end through it too).
-_SWEEP = runners._cancel_all_tasks.__code__  # type: ignore[attr-defined]
+def _sweep_code() -> CodeType | None:
+    """The code of the sweep of every task at the end of ``asyncio.run`` (``asyncio.Runner``'s
+    close; ``IsolatedAsyncioTestCase`` and uvloop's ``run`` end through it too), a private
+    function of :mod:`asyncio.runners` (3.11 to 3.14): None on a Python without it, which
+    must not stop the library importing."""
+    sweep = vars(runners).get("_cancel_all_tasks")
+    return sweep.__code__ if isinstance(sweep, FunctionType) else None
+
+
+_SWEEP = _sweep_code()
 
 
 def in_final_sweep() -> bool:
@@ -260,7 +268,11 @@ def in_final_sweep() -> bool:
     runs, as the frame of a signal handler is (:mod:`tiered_cache.signal_frames`). Asked
     only by a caller that was cancelled, so the walk up the stack (some twenty frames) is
     paid once per cancellation, never by a call that goes on. A loop ended another way (run
-    by hand, its tasks cancelled and the loop closed) is not told apart."""
+    by hand, its tasks cancelled and the loop closed) is not told apart. On a Python whose
+    sweep is not known (:func:`_sweep_code`), every cancellation may be the sweep's: True,
+    so that nothing is begun there (a cancelled caller's load is then not begun again)."""
+    if _SWEEP is None:
+        return True
     frame = sys._getframe(1)
     while frame is not None:
         if frame.f_code is _SWEEP:

@@ -303,12 +303,19 @@ class TierAccessor:
         prefixes: Sequence[str] = (),
         everything: bool = False,
     ) -> str | None:
-        """A delete; one that failed is owed by a shared tier (:meth:`owe`)."""
+        """A delete; one that failed is owed by a shared tier (:meth:`owe`), and so is one
+        stopped (a Ctrl-C, a signal-raised time limit: a ``BaseException``), which raises on:
+        a batch sent in calls (a Redis tier's ``keys_per_call``) stopped between two of them
+        made the first and never sent the others, their old copies kept until their ``ttl``.
+        Owed, not made again at once: the stopped caller is not held up by more calls."""
         try:
             self._call(operation)
         except Exception as exc:
             self.owe(keys, prefixes, everything)
             return self._failure(exc)
+        except BaseException:
+            self.owe(keys, prefixes, everything)
+            raise
         return None
 
     # -- deletes owed (tiered_cache.owed)

@@ -623,11 +623,16 @@ class ChainPaths:
         if not keys:
             return
         failed: list[str] = []
-        for tier in reversed(self.shared):
-            error = yield tier.delete_many, (keys,)
-            if error:
-                failed.append(error)
-        self.fence.invalidate(keys)
+        try:
+            for tier in reversed(self.shared):
+                error = yield tier.delete_many, (keys,)
+                if error:
+                    failed.append(error)
+        finally:
+            # Stopped too (a Ctrl-C, a signal-raised time limit; the shared tier stopped in
+            # owes its delete: TierAccessor._quietly): this process's memory drops them all
+            # the same, and its reads of that tier wait for the delete owed.
+            self.fence.invalidate(keys)
         if self.announce is not None and not (yield self.announce, (keys, (), False, 0.0)):
             failed.append("the invalidation bus")
         if strict and failed:
@@ -640,20 +645,24 @@ class ChainPaths:
         check_keys((prefix,), self.utf8_for)
         if not prefix:
             raise ValueError("an empty prefix would drop everything: use clear()")
-        for tier in reversed(self.shared):
-            yield tier.delete_prefix, (prefix,)
-        self.fence.invalidate(prefixes=[prefix])
+        try:
+            for tier in reversed(self.shared):
+                yield tier.delete_prefix, (prefix,)
+        finally:  # stopped too: see invalidate_many
+            self.fence.invalidate(prefixes=[prefix])
         if self.announce is not None:
             yield self.announce, ((), [prefix], False, self.clock())
 
     def clear(self, *, strict: bool = False) -> Steps[None]:
         """See :meth:`TieredCache.clear`."""
         failed: list[str] = []
-        for tier in reversed(self.shared):
-            error = yield tier.clear, ()
-            if error:
-                failed.append(error)
-        self.fence.invalidate(everything=True)
+        try:
+            for tier in reversed(self.shared):
+                error = yield tier.clear, ()
+                if error:
+                    failed.append(error)
+        finally:  # stopped too: see invalidate_many
+            self.fence.invalidate(everything=True)
         if self.announce is not None and not (yield self.announce, ((), (), True, 0.0)):
             failed.append("the invalidation bus")
         if strict and failed:

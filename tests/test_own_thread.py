@@ -5,6 +5,7 @@ Waits are guards against a hang, never measures."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from tiered_cache import AsyncTieredCache, MemoryTier
 from tiered_cache.bus import Invalidation, LocalBus
 from tiered_cache.own_thread import OwnThreads
+from tiered_cache.testing.polling import eventually
 
 NAME = "own-thread-test"
 
@@ -109,3 +111,59 @@ def test_an_asyncio_chain_publishes_on_a_threaded_bus_from_one_thread_its_close_
     assert thread.name == "tiered-cache-publish:hop" and thread.daemon
     thread.join(timeout=10)
     assert not thread.is_alive()
+
+
+def test_a_worker_with_no_call_for_its_idle_time_ends_by_itself() -> None:
+    """Kept until the close only, the workers of an owner never closed waited for good."""
+    name = f"{NAME}-idle"
+    threads = OwnThreads(name, idle=0.05)
+
+    async def main() -> threading.Thread:
+        return await threads.run(threading.current_thread)
+
+    thread = asyncio.run(main())
+    thread.join(timeout=10)  # a guard, not a measure: never closed, it ends by itself
+    assert not thread.is_alive()
+    assert asyncio.run(main()) is not thread  # the next call starts a worker again
+    threads.close()
+
+
+def test_calls_racing_a_worker_ending_on_its_idle_time_each_run() -> None:
+    """A call handed to a worker whose wait ran out meanwhile is run, never left queued."""
+    name = f"{NAME}-race"
+    threads = OwnThreads(name, idle=0.0005)
+
+    async def main() -> list[int]:
+        answers = []
+        for n in range(300):
+            if n % 3 == 0:
+                await asyncio.sleep(0.0005)  # about the idle time: a worker may be ending
+            calls = [threads.run(int, str(n)) for _ in range(n % 4 + 1)]
+            answers += await asyncio.wait_for(asyncio.gather(*calls), timeout=10)
+        return answers
+
+    answers = asyncio.run(main())
+    assert len(answers) == sum(n % 4 + 1 for n in range(300))
+    threads.close()
+
+
+def test_the_publishing_threads_of_asyncio_chains_dropped_unclosed_end() -> None:
+    """Chains dropped without aclose() left their publishing threads waiting for good (20
+    chains, three publishes at once each: 58 threads): a chain collected closes them."""
+    names = [f"dropped-{n}" for n in range(20)]
+
+    def build(namespace: str) -> None:
+        cache = AsyncTieredCache([MemoryTier(max_entries=10)], namespace=namespace, bus=LocalBus())
+
+        async def main() -> None:
+            await asyncio.gather(*(cache.set(f"k{n}", n) for n in range(3)))
+
+        asyncio.run(main())
+        assert workers(f"tiered-cache-publish:{namespace}") != []
+
+    for namespace in names:
+        build(namespace)  # and dropped, never closed
+    gc.collect()
+    left = [t for name in names for t in workers(f"tiered-cache-publish:{name}")]
+    eventually(lambda: not any(t.is_alive() for t in left), 10.0)  # a guard, not a measure
+    assert len([t for t in left if t.is_alive()]) == 0

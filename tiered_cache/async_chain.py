@@ -178,6 +178,10 @@ class AsyncTieredCache(L1Reader):
         #: Where a sync bus publishes (a blocking call kept off the loop): threads the loop's
         #: end does not join (a publish stuck there held it), started on the first publish.
         self._publishers = OwnThreads(f"tiered-cache-publish:{self.namespace}")
+        # A chain dropped without aclose() (forgotten, built again by a framework's reload)
+        # left its idle publishing threads waiting until their idle end: collected, it ends
+        # them. (Over a bus whose listener thread holds the chain, it is never collected.)
+        weakref.finalize(self, self._publishers.close)
         if bus is not None:
             self._bus_link = BusLink(
                 bus,

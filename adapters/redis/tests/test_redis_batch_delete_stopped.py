@@ -64,6 +64,7 @@ def test_a_batch_stopped_between_its_calls_leaves_no_old_copy_in_redis(
         else:  # the fill's second call (after two for the leases): the write invalidates
             client.stop_at = 4  # what it wrote, as a failed one does
             cache.set_many({key: "new" for key in KEYS})
+
     # Owed: made by the payment timer, or before the next call to the tier.
     def stale() -> list[str]:
         return [key for key in KEYS if watch.get(f"{namespace}:{key}") is not None]

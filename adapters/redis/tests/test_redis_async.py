@@ -26,8 +26,8 @@ from tiered_cache.testing.polling import async_until
 from tiered_cache.testing.servers import RedisCluster, RedisServer
 from tiered_cache.tier import MISSING, Entry
 
+from .leases_held import leases_in
 from .one_cold_key import four_processes_read_one_cold_key
-from .test_redis_lease_give_back import leases_in
 
 # A lease wait long enough that a second chain always waits for the first one's load.
 LEASED = Protection.never_stale(lease="auto", lease_wait=10.0, lease_poll=0.005)

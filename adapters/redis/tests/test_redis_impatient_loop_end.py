@@ -17,8 +17,8 @@ from tiered_cache import AsyncTieredCache
 from tiered_cache.testing.polling import async_until
 from tiered_cache.testing.servers import RedisServer
 
+from .leases_held import leases_in
 from .test_redis_async import PATIENT, chain
-from .test_redis_lease_give_back import leases_in
 
 
 class Hangs:

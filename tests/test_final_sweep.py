@@ -11,20 +11,22 @@ from tiered_cache import loop_end
 from tiered_cache.loop_end import in_final_sweep
 
 
+async def asks_while_running_and_when_cancelled(seen: list[bool]) -> None:
+    """Records ``in_final_sweep()`` as it starts and again when it is cancelled."""
+    seen.append(in_final_sweep())
+    try:
+        await asyncio.Event().wait()
+    except asyncio.CancelledError:
+        seen.append(in_final_sweep())
+        raise
+
+
 def seen_by_a_task_left_to_the_sweep() -> tuple[bool, bool]:
     """What a task asks while running and again when ``asyncio.run``'s sweep cancels it."""
     seen: list[bool] = []
 
-    async def left() -> None:
-        seen.append(in_final_sweep())
-        try:
-            await asyncio.Event().wait()
-        except asyncio.CancelledError:
-            seen.append(in_final_sweep())
-            raise
-
     async def service() -> None:
-        asyncio.get_running_loop().create_task(left())
+        asyncio.get_running_loop().create_task(asks_while_running_and_when_cancelled(seen))
         await asyncio.sleep(0)  # the task starts, then the service returns and leaves it
 
     asyncio.run(service())
@@ -43,22 +45,15 @@ def test_a_task_cancelled_by_the_sweep_is_told_apart_from_a_running_one() -> Non
 def test_a_task_cancelled_by_its_caller_is_not_in_the_sweep() -> None:
     seen: list[bool] = []
 
-    async def waits() -> None:
-        try:
-            await asyncio.Event().wait()
-        except asyncio.CancelledError:
-            seen.append(in_final_sweep())
-            raise
-
     async def service() -> None:
-        task = asyncio.get_running_loop().create_task(waits())
+        task = asyncio.get_running_loop().create_task(asks_while_running_and_when_cancelled(seen))
         await asyncio.sleep(0)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
 
     asyncio.run(service())
-    assert seen == [False]
+    assert seen == [False, False]
 
 
 def test_a_python_without_the_known_sweep_takes_every_cancellation_for_it(

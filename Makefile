@@ -56,7 +56,8 @@ wheel-check: install
 	cd tools && ../$(BIN)/python check_wheel.py
 
 # Every benchmark in quick mode, one after another (about 5 minutes on an idle 2-core machine).
-# Each prints a "run:" line (command, commit, date) first: paste the output into docs/ as is.
+# Each prints a "run:" line (command, commit, date, load, the core that ran: compiled or
+# pure-Python) first: paste the output into docs/ as is.
 # Not here: check_history.py and mutation_score.py (long checks, not benchmarks).
 bench: install
 	$(BIN)/python benchmarks/bench_local_hit.py

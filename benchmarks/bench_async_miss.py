@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from timing import ROOT, Spread, head, paired, run_line
+from timing import ROOT, Spread, core_in, head, paired, run_line
 
 #: Misses a pass of the one-at-a-time figure; passes a measure (the least disturbed counts).
 MISSES = 2000
@@ -126,7 +126,7 @@ def main() -> None:
         parser.error("--peer is required")
     print(run_line())
     peer = args.peer.resolve()
-    print(f"peer: {peer} (commit {head(peer)})")
+    print(f"peer: {peer} (commit {head(peer)}, {core_in(peer)})")
     trees = {"ours": ROOT, "peer": peer}
     samples: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
     names = list(trees)

@@ -1,11 +1,11 @@
 """What every benchmark script shares: interleaved repeats, min and median, and a run line.
 
 Figures in docs/benchmarks/ are pasted from a script's output, never typed: the first line a
-script prints (:func:`run_line`) says the command, the commit and the date of the run, so
-that the pasted block carries them. The machine is a small one shared with other work, so
-contenders are interleaved (A, B, A, B, ...; the order turns each round so that neither always
-runs first) and every figure is given as the minimum (the least disturbed round) and the
-median of the rounds.
+script prints (:func:`run_line`) says the command, the commit, the date of the run and the
+core that ran (compiled or its sources), so that the pasted block carries them. The machine is
+a small one shared with other work, so contenders are interleaved (A, B, A, B, ...; the order
+turns each round so that neither always runs first) and every figure is given as the minimum
+(the least disturbed round) and the median of the rounds.
 """
 
 from __future__ import annotations
@@ -40,13 +40,54 @@ def commit() -> str:
     return head() + ("+dirty" if dirty else "")
 
 
+#: How the run line names each state of the core (``tiered_cache.compiled`` decides which runs).
+CORE_STATES = {True: "compiled core", False: "pure-Python core"}
+#: Asked of another checkout's interpreter (:func:`core_in`).
+_ASK_CORE = "from tiered_cache.compiled import compiled_core; print(compiled_core())"
+
+
+def core() -> str:
+    """Which core this process runs the library on: ``compiled core`` or ``pure-Python core``.
+
+    Said in every run line because nothing else says it: a venv whose compiled modules changed
+    since its build (or with ``TIERED_CORE_PURE=1``, or a build that failed to import) runs the
+    pure-Python sources silently, and its figures are then the sources' (an L2 hit read 4.4x
+    slower so)."""
+    from tiered_cache.compiled import compiled_core
+
+    return CORE_STATES[compiled_core()]
+
+
+def core_in(tree: Path) -> str:
+    """:func:`core` as ``tree``'s own interpreter (``tree/.venv``) answers it in a fresh
+    process with this environment (a peer checkout measured in its own processes)."""
+    try:
+        # In the tree: ``-c`` puts the working directory first on the path, and the package
+        # found there must be the tree's.
+        asked = subprocess.run(
+            [str(tree / ".venv" / "bin" / "python"), "-c", _ASK_CORE],
+            cwd=tree,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    except OSError:  # no such tree or interpreter
+        return "core unknown"
+    answer = asked.stdout.strip()
+    return CORE_STATES[answer == "True"] if answer in ("True", "False") else "core unknown"
+
+
 def run_line() -> str:
-    """``run: <command> | commit <id> | <UTC date> | <n> cores, load <1-min average>``."""
+    """``run: <command> | commit <id> | <UTC date> | <n> cores, load <1-min average> | <core>``:
+    the core this process runs (:func:`core`); a script comparing two checkouts in their own
+    processes names the peer's with :func:`core_in`."""
     command = " ".join(shlex.quote(arg) for arg in [".venv/bin/python", *sys.argv])
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     load = os.getloadavg()[0]
     cores = os.cpu_count()
-    return f"run: {command} | commit {commit()} | {when} | {cores} cores, load {load:.1f}"
+    return (
+        f"run: {command} | commit {commit()} | {when} | {cores} cores, load {load:.1f} | {core()}"
+    )
 
 
 @dataclass(frozen=True)

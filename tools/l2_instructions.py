@@ -45,7 +45,7 @@ BENCHMARKS = ROOT / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
 from bench_redis import connect, fill  # noqa: E402
-from timing import head  # noqa: E402
+from timing import run_line  # noqa: E402
 
 from tiered_cache.testing.servers import RedisServer  # noqa: E402
 
@@ -176,10 +176,9 @@ def main() -> None:
     what.add_argument("--batch", action="store_true", help="count get_many(100) and its parts")
     parser.add_argument("--annotate", metavar="FILE", help="keep the chain's callgrind profile")
     args = parser.parse_args()
-    pure = os.environ.get("TIERED_CORE_PURE", "") not in ("", "0")
-    core = "pure-Python core" if pure else "compiled core if built"
-    flags = "".join(f" --{flag}" for flag in ("parts", "batch") if getattr(args, flag))
-    print(f"run: .venv/bin/python tools/l2_instructions.py{flags} | commit {head()} | {core}")
+    # The counted programs run this interpreter in this environment: the core this process
+    # runs (said by the run line) is theirs.
+    print(run_line())
     if args.batch:
         names = ["chain get_many(100)", "tier get_many(100)", *BATCH_PARTS]
     else:

@@ -30,6 +30,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from timing import run_line  # noqa: E402
+
 ENTRIES = 20_000
 #: Misses of the short and the long run; their difference is what is counted.
 SHORT, LONG = 1_000, 3_000
@@ -126,12 +130,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--entries", type=int, nargs="*", default=[], help="small tier sizes")
     args = parser.parse_args()
-    head = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-    ).stdout.strip()
-    pure = os.environ.get("TIERED_CORE_PURE", "") not in ("", "0")
-    core = "pure-Python core" if pure else "compiled core if built"
-    print(f"run: .venv/bin/python tools/miss_instructions.py | commit {head} | {core}")
+    # The counted programs run this interpreter in this environment: the core this process
+    # runs (said by the run line) is theirs.
+    print(run_line())
     benchmarks = str(ROOT / "benchmarks")
     ours = per_miss(CHAIN.format(benchmarks=benchmarks, entries=ENTRIES))
     peer = per_miss(THEINE.format(entries=ENTRIES))

@@ -11,14 +11,16 @@ Run: ``.venv/bin/python tools/trace_miss.py``
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+
 import redis
 from tiered_cache_redis import RedisTier
+from timing import run_line
 
 from tiered_cache import MemoryTier, TieredCache
 from tiered_cache.testing.servers import RedisServer
@@ -59,10 +61,9 @@ def trace(cache: TieredCache, key: str) -> list[str]:
 
 
 def main() -> None:
-    head = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-    ).stdout.strip()
-    print(f"run: .venv/bin/python tools/trace_miss.py | commit {head}")
+    # The run line says which core ran: compiled functions enter no profile hook, so the
+    # trace of a compiled core leaves them out.
+    print(run_line())
     source = DictSource({f"k{i}": {"n": i} for i in range(100)})
     with RedisServer() as server:
         tier = RedisTier(redis.Redis.from_url(server.url), namespace="trace")

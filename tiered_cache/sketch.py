@@ -313,6 +313,11 @@ class FrequencySketch:
         self.frequency: Callable[[str], int] = (
             self._frequency_with_doorkeeper if doorkeeper else self._counters.frequency
         )
+        #: How many of the agings a caller asked for before the sample was full
+        #: (:meth:`age_early`): ``epoch`` less these counts the sketch's own agings and clears.
+        #: Set last: the compiled core lays out attributes in the order they are set, and the
+        #: ones every read uses keep their places.
+        self.early_resets = 0
 
     @property
     def nbytes(self) -> int:
@@ -396,3 +401,10 @@ class FrequencySketch:
             self._doorkeeper = bytearray(self.width)
         self.size = 0
         self.epoch += 1
+
+    def age_early(self) -> None:
+        """Age now, before the sample is full, as a caller asks (a popularity shift): the
+        same halving as :meth:`reset`, counted in ``early_resets`` too, so that the caller can
+        tell these agings from the sketch's own."""
+        self.reset()
+        self.early_resets += 1

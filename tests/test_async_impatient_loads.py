@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 
 import pytest
 
 from tiered_cache import AsyncTieredCache, MemoryTier
 from tiered_cache.protection import Protection
 from tiered_cache.testing import FakeClock
+from tiered_cache.testing.logged import ours
 from tiered_cache.testing.polling import async_until
 from tiered_cache.tier import MISSING
 
@@ -220,3 +222,56 @@ async def test_a_storm_of_impatient_callers_loads_each_key_at_most_twice(
     assert (load.started, load.finished) == (16, 8)
     assert all(l1.get(key) is not MISSING and l2.get(key) is not MISSING for key in keys)
     await cache.aclose()
+
+
+class Stubborn:
+    """A loader that never answers until ``freed`` is set; its first call ends with its
+    cancellation (the caller's own load), the later ones ignore it (a client that swallows
+    it, or whose cleanup waits on a dead server)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.freed = asyncio.Event()
+
+    async def __call__(self) -> str:
+        self.calls += 1
+        stubborn = self.calls > 1
+        while True:
+            try:
+                await self.freed.wait()
+                return "late"
+            except asyncio.CancelledError:
+                if not stubborn:
+                    raise
+
+
+async def test_aclose_waits_for_a_left_load_ignoring_its_cancellation_close_wait_at_most(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The load begun again for a cancelled caller ignores its cancellation: the close
+    cancels it and waits ``protection.close_wait`` (from the settings) at most, then returns,
+    warns and counts it. Before, it waited for ever: the service's shutdown hung. The load,
+    ending after the close, fills nothing."""
+    load = Stubborn()
+    cache = AsyncTieredCache.from_config(
+        tiers=[{"kind": "memory", "name": "l1"}],
+        protection={"lease": "off", "close_wait": "50ms"},
+        bus={"kind": "off"},
+    )
+    request = asyncio.create_task(cache.get("k", load))
+    await async_until(lambda: load.calls == 1, "the caller loads")
+    request.cancel()
+    await asyncio.gather(request, return_exceptions=True)
+    await async_until(lambda: load.calls == 2, "its load begun again")
+    left = cache._loader._abandoned["k"][0]
+    with caplog.at_level(logging.WARNING, logger="tiered_cache"):
+        closing = asyncio.create_task(cache.aclose())
+        await asyncio.wait({closing}, timeout=20)
+        done = closing.done()
+        load.freed.set()
+        await asyncio.wait({closing, left}, timeout=20)
+    assert done  # it returned while the load still ran
+    assert cache.stats()["close_loads_left_running"] == 1
+    assert [getattr(r, "event", None) for r in ours(caplog.records)] == ["close_loads_left_running"]
+    assert left.result().value == "late"  # it ended after the close
+    assert cache.tiers[0].peek("k") is MISSING  # the late load filled nothing

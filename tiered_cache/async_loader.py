@@ -30,9 +30,9 @@ from .fence import Fence
 from .forking import restart_after_fork
 from .held_leases import HeldLeases, Holdings
 from .lease_wait import LeaseWait
-from .logs import logger_for
+from .logs import fields, logger_for
 from .loop_end import in_final_sweep, when_closed
-from .loops import all_end_within, cancel, ends_within, stalled
+from .loops import all_end_within, cancel, ends_within, past_first_step, stalled
 from .metrics import CacheMetrics
 from .protection import Protection
 from .singleflight import (
@@ -185,7 +185,7 @@ class AsyncSourceLoader:
                 if soft is None and hard is None:
                     # An earlier caller's load left running (a dict look-up, empty but for
                     # impatient callers), else this caller's own, in its task.
-                    joined = self._joinable(key, token) if self._abandoned else None
+                    joined = self._joinable(key, token, held) if self._abandoned else None
                     if joined is None:
                         # The caller's own load, in its task: a miss pays for nothing more
                         # (a frame of its own here cost the miss a coroutine).
@@ -193,21 +193,17 @@ class AsyncSourceLoader:
                             entry = await self._load(key, loader, ttl)
                         except asyncio.CancelledError:
                             if not background and self._may_leave(key, mark):
-                                self._leave(key, mark, loader, ttl, token=token, held=held)
+                                await self._leave(key, mark, loader, ttl, token=token, held=held)
                             raise
                     else:
-                        if held is not None:
-                            held.hand_on((key,))  # given back by _joinable
                         task, mark, wait = joined
                         return await self._await_timed(
                             key, task, mark, None, None, wait=wait, earlier=True
                         )
                 else:
                     task, mark, waited, wait, earlier = await self._timed_task(
-                        key, mark, loader, ttl, token, soft=soft, hard=hard
+                        key, mark, loader, ttl, token, held=held, soft=soft, hard=hard
                     )
-                    if held is not None:
-                        held.hand_on((key,))  # the task gives it back or fills under it
                     soft, hard = after_wait(soft, hard, waited)
                     return await self._await_timed(
                         key, task, mark, soft, hard, wait=wait, earlier=earlier
@@ -259,6 +255,7 @@ class AsyncSourceLoader:
         ttl: CheckedTtl | None,
         token: str | None,
         *,
+        held: HeldLeases | None,
         soft: float | None,
         hard: float | None,
     ) -> tuple[asyncio.Task[Entry], int, float, Wait, bool]:
@@ -267,8 +264,9 @@ class AsyncSourceLoader:
         once a slot is free (:meth:`_take_slot`). Returns it with the fence mark its fill is
         judged by, the seconds waited for the slot, this caller's wait for it (the task works
         for the callers waiting for it: :class:`~tiered_cache.singleflight.Behalf`) and
-        whether it is an earlier caller's."""
-        joined = self._joinable(key, token)
+        whether it is an earlier caller's. The caller's lease (``token``, in ``held``) is the
+        task's from its spawn (:meth:`_hand_on`), or given back if it joins an earlier one."""
+        joined = self._joinable(key, token, held)
         if joined is not None:
             return joined[0], joined[1], 0.0, joined[2], True
         timeout = soft if soft is not None else hard
@@ -283,8 +281,9 @@ class AsyncSourceLoader:
             # The task works for this caller (its loader reading the key this caller's
             # flight loads is a recursive load) until the caller stops waiting for it.
             wait = hand_over(asyncio.current_task())
+            left = self._hand_on(held, key, token)
             task = self.spawn(
-                self._load_and_fill(key, mark, loader, ttl, token=token, work=wait.work)
+                self._load_and_fill(key, mark, loader, ttl, token=token, work=wait.work, held=left)
             )
             self._timed[task] = claim
             task.add_done_callback(self._timed_done)
@@ -294,12 +293,13 @@ class AsyncSourceLoader:
         return task, mark, waited, wait, False
 
     def _joinable(
-        self, key: str, token: str | None
+        self, key: str, token: str | None, held: HeldLeases | None
     ) -> tuple[asyncio.Task[Entry], int, Wait] | None:
         """The load of ``key`` an earlier caller left running, if the fence lets a miss join
         it (:func:`~tiered_cache.timed_slots.may_join_left`), with the fence mark its fill
-        is judged by and this caller's wait for it; the caller's lease (``token``) is given
-        back, the left load filling under its own. None: this caller loads."""
+        is judged by and this caller's wait for it; the caller's lease (``token``, in
+        ``held``) is given back, the left load filling under its own. None: this caller
+        loads."""
         running = self._abandoned.get(key)
         if running is not None and stalled(running[0]):
             self._give_back_stalled()  # it may never end: load anew
@@ -310,6 +310,8 @@ class AsyncSourceLoader:
         if own_work(work):  # its own loader awaits its key: it would wait for itself
             raise recursive_load(key)
         if token is not None:
+            if held is not None:
+                held.hand_on((key,))
             self.spawn(self._release(key, token))
         return joined, older, work.waited_by(asyncio.current_task())
 
@@ -337,7 +339,7 @@ class AsyncSourceLoader:
             and not in_final_sweep()
         )
 
-    def _leave(
+    async def _leave(
         self,
         key: str,
         mark: int,
@@ -351,20 +353,38 @@ class AsyncSourceLoader:
         load its caller stopped waiting for (:meth:`_abandon`: counted ``abandoned_loads``,
         toward ``max_abandoned_loads``, joined by the key's next miss). It fills under the
         caller's fence ``mark`` and its lease ``token``, handed on from the caller's
-        ``held`` to leases of the task's own in the loader's holdings: given back by the
-        task if it fails or is cancelled (by :meth:`aclose`, or the sweep at the end of
-        ``asyncio.run``), by :meth:`aclose` if it never ran. Bounded as the caller's load
-        was: by the source's own timeouts (untimed: no ``hard_timeout``)."""
-        left: HeldLeases | None = None
-        if held is not None and token is not None:
-            held.hand_on((key,))
-            left = self.holdings.hold()
-            left.took({key: token})
+        ``held`` (:meth:`_hand_on`): given back by the task however it ends
+        (:meth:`_load_and_fill`), by :meth:`aclose` if it never gets there. Bounded as the
+        caller's load was: by the source's own timeouts (untimed: no ``hard_timeout``).
+
+        The caller waits for the task's first step (a turn of the loop): cancelled by hand
+        in the turn its service returned in, the caller met its cancellation as the loop
+        stopped, and the sweep at the end of ``asyncio.run`` cancelled the task before it
+        began: it ran nothing, and its lease stayed until ``lease_ttl``. The caller, which
+        the sweep waits for, gives it back then."""
+        left = self._hand_on(held, key, token)
         wait = hand_over(asyncio.current_task())
         task = self.spawn(
             self._load_and_fill(key, mark, loader, ttl, token=token, work=wait.work, held=left)
         )
         self._abandon(key, task, mark, wait)
+        if left is not None:
+            await past_first_step(task)
+            if task.done() and left.tokens():
+                await self._give_back(left, asyncio.CancelledError())
+                self.holdings.let_go(left)
+
+    def _hand_on(self, held: HeldLeases | None, key: str, token: str | None) -> HeldLeases | None:
+        """The lease ``token`` of ``key``, handed on from a caller's ``held`` to leases of
+        a task's own in the loader's holdings (None: no lease), in one step: the task owns
+        its give-back from here, and :meth:`aclose` gives it back should the task never
+        get there."""
+        if held is None or token is None:
+            return None
+        held.hand_on((key,))
+        left = self.holdings.hold()
+        left.took({key: token})
+        return left
 
     def _timed_done(self, task: asyncio.Task[Entry]) -> None:
         claim = self._timed.pop(task, None)
@@ -416,25 +436,37 @@ class AsyncSourceLoader:
         *,
         token: str | None,
         work: Behalf,
-        held: HeldLeases | None = None,
+        held: HeldLeases | None,
     ) -> Entry:
-        """A load in a task of its own, filling when it ends; its lease ``token`` given back
-        if it fails or is cancelled: through ``held``, leases of its own in the loader's
-        holdings (a load begun again for a cancelled caller: :meth:`_leave`), else alone."""
+        """A load in a task of its own (a timed load, or one begun again for a cancelled
+        caller), filling when it ends, under the lease ``token`` that ``held`` holds
+        (:meth:`_hand_on`). The one owner of its give-back: whatever stops it -- the source
+        failed, the fill failed or was stopped on its way to Redis after the source
+        answered, the task was cancelled (:meth:`aclose`, the sweep at the end of
+        ``asyncio.run``) -- what ``held`` still holds goes back (token-checked: a fill that
+        landed used its lease). Given back only when the source failed, a fill stopped on
+        the wire let go of its lease without giving it back: held until ``lease_ttl``,
+        every reader of the key waiting ``lease_wait``. ``held`` stays in the holdings
+        while it holds anything, for :meth:`aclose` should the give-back itself be
+        stopped. Ending once the close has begun (it ignored its cancellation), it fills
+        nothing: the tiers are closing or closed (the Redis tier refused the fill, a tier
+        failure logged for a closed chain); its lease goes back, unless the close gave it
+        back already (past ``close_wait``)."""
         act_for(work)  # a task runs in a copy of its spawner's context: nothing to restore
         try:
-            try:
-                entry = await self._load(key, loader, ttl)
-            except BaseException:
+            entry = await self._load(key, loader, ttl)
+            if not self._closed:  # else its tiers are closing, or closed: no fill
+                await self._fill(key, mark, entry, token)
                 if held is not None:
-                    await arun(self.holdings.give_back(held))
-                elif token is not None:
-                    await self._release(key, token)
-                raise
-            await self._fill(key, mark, entry, token)
-            return entry
+                    held.hand_on((key,))  # the fill used it, or gave it back
         finally:
-            self.holdings.let_go(held)
+            if held is not None:
+                # However it ended: what it still holds goes back (nothing once the close
+                # gave it back), and it is let go of once nothing is left in it.
+                await arun(self.holdings.give_back(held))
+                if not held.tokens():
+                    self.holdings.let_go(held)
+        return entry
 
     async def _await_timed(
         self,
@@ -610,17 +642,32 @@ class AsyncSourceLoader:
         return live
 
     async def aclose(self) -> None:
-        """Stop taking background work and cancel what runs. A task of a loop left not
-        running is cancelled (if that loop ever runs again), not waited for: aclose waited
-        for it for ever. Then the leases of the callers' loads still in flight are given
-        back, as :meth:`SourceLoader.close` does (the tiers close next). Harmless twice: the
-        chain's close runs it again if a sweep of every task stopped it
-        (:meth:`AsyncTieredCache.aclose`)."""
+        """Stop taking background work and cancel what runs, waiting for it to end
+        ``protection.close_wait`` at most: a load that ignores its cancellation (a source
+        client that swallows it, or whose cleanup waits on a dead server) held the close
+        for good. Past it the close logs a warning and counts ``close_loads_left_running``;
+        those loads end by themselves, filling nothing (:meth:`_load_and_fill`). A task of
+        a loop left not running is cancelled (if that loop ever runs again), not waited
+        for: aclose waited for it for ever. Then the leases of the loads and writes still in
+        flight are given back (those loads' among them), as :meth:`SourceLoader.close` does
+        (the tiers close next). Harmless twice: the chain's close runs it again if a sweep
+        of every task stopped it (:meth:`AsyncTieredCache.aclose`)."""
         self._closed = True
         tasks = self._live_tasks()
         for task in list(self._tasks):
             cancel(task)
-        await all_end_within(tasks, None)
+        within = self._protection.close_wait
+        if not await all_end_within(tasks, within):
+            left = sum(not task.done() for task in tasks)
+            self._metrics.count("close_loads_left_running", left)
+            logger.warning(
+                "the close stopped waiting for %d load(s) of the cache still running after "
+                "their cancellation (protection.close_wait, %s s): their leases are given "
+                "back, and each ends by itself, filling nothing",
+                left,
+                within,
+                extra=fields("close_loads_left_running"),
+            )
         await arun(self.holdings.give_back_all())
         self._unwatch_loops()
 

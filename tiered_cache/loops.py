@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 from collections.abc import Collection
 from typing import Any
 
@@ -21,6 +22,7 @@ __all__ = [
     "all_end_within",
     "cancel",
     "ends_within",
+    "past_first_step",
     "running_task",
     "stalled",
 ]
@@ -60,6 +62,21 @@ async def all_end_within(tasks: Collection[asyncio.Task[Any]], timeout: float | 
         return True
     ended = await asyncio.gather(*(ends_within(task, timeout) for task in tasks))
     return all(ended)
+
+
+async def past_first_step(task: asyncio.Task[Any]) -> None:
+    """Wait until ``task``, just spawned on the running loop, has run its first step or has
+    ended, through any cancellation of the caller (the caller raises its own afterwards): a
+    turn of the loop, its first step being due. A task cancelled before its first step runs
+    nothing, not even its ``finally``: the sweep of every task at the end of ``asyncio.run``
+    cancels those spawned in the loop's last turn (a caller cancelled by hand as the service
+    returned) before they begin, and what such a task was to do is its spawner's again."""
+    coroutine = task.get_coro()
+    if not inspect.iscoroutine(coroutine):  # not a coroutine's task: nothing to tell
+        return
+    while not task.done() and inspect.getcoroutinestate(coroutine) == inspect.CORO_CREATED:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(0)
 
 
 def cancel(task: asyncio.Task[Any]) -> None:

@@ -40,6 +40,7 @@ EVENTS = (
     "bus_publish_errors",
     "bus_publish_skipped",
     "bus_close_abandoned",
+    "close_loads_left_running",
     "deletes_owed",
     "deletes_owed_overflows",
     "deletes_owed_payments",

@@ -59,6 +59,13 @@ class Protection:
             (:mod:`tiered_cache.timed_slots`). So at most this many hang, whatever
             ``max_abandoned_loads`` says; kept apart from it so that a burst of healthy timed
             misses is not queued behind the bound meant for hung ones.
+        close_wait: how long the asyncio chain's ``aclose()`` waits for the loads it
+            cancels (loads left running by their callers, background refreshes) to end; past
+            it the close gives their leases back, logs a warning and counts
+            ``close_loads_left_running``, and each ends by itself, filling nothing. A load
+            that ignores its cancellation (a source client that swallows it, or whose
+            cleanup waits on a dead server) held the close for good. The threaded chain's
+            close waits for no caller's load.
     """
 
     max_stale: float = 300.0
@@ -76,6 +83,7 @@ class Protection:
     refresh_workers: int = 4
     max_abandoned_loads: int = 16
     max_timed_loads: int = 64
+    close_wait: float = 1.0
 
     @classmethod
     def never_stale(cls, **overrides: object) -> Protection:

@@ -542,6 +542,14 @@ class ProtectionSettings(SettingsTable):
         "included: none can be stopped once started, so a miss past this bound waits for one "
         "to end, within its own timeout. Also the most loads that can hang at once.",
     )
+    close_wait: Duration = Field(
+        default=_PROTECTION.close_wait,
+        ge=0,
+        description="How long the asyncio chain's aclose() waits for the loads it cancels "
+        "(left running by their callers, background refreshes) to end ('1s'); past it their "
+        "leases are given back, a warning logged and close_loads_left_running counted, and "
+        "each ends by itself.",
+    )
 
 
 class BusBreakerSettings(BreakerSettings):

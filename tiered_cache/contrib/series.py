@@ -101,6 +101,7 @@ EVENT_HELP: Mapping[str, str] = {
     "bus_starting_bypasses": "Reads that went past memory while the bus was starting.",
     "bus_publish_errors": "Invalidation messages the bus failed to publish.",
     "bus_close_abandoned": "Closes of the bus that stopped waiting for a stuck listener.",
+    "close_loads_left_running": "Loads an asyncio close stopped waiting for (close_wait).",
     "deletes_owed": "Deletes a shared tier failed (keys, prefixes, clears), made when it works.",
     "deletes_owed_overflows": "Times owed deletes passed their bound: the tier will be cleared.",
     "deletes_owed_payments": "Payments of owed deletes made (each announced again on the bus).",

@@ -21,7 +21,7 @@ import pytest
 import redis.asyncio as aioredis
 from tiered_cache_redis import AsyncRedisTier
 
-from tiered_cache import AsyncTieredCache, ChainClosedError, MemoryTier
+from tiered_cache import AsyncTieredCache, ChainClosedError, LoadTimeout, MemoryTier
 from tiered_cache.protection import Protection
 from tiered_cache.testing.servers import RedisServer
 from tiered_cache.tier import MISSING
@@ -38,8 +38,9 @@ GUARD = 30.0
 class Source:
     """Versions by key; what became of each load counted."""
 
-    def __init__(self, rng: random.Random) -> None:
+    def __init__(self, rng: random.Random, *, stubborn: float = 0.04) -> None:
         self.rng = rng
+        self.stubborn = stubborn  # the share of loads that ignore their cancellation
         self.versions: collections.Counter[str] = collections.Counter()
         self.counts: collections.Counter[str] = collections.Counter()
         self.freed = asyncio.Event()  # ends the loads that ignore their cancellation
@@ -52,7 +53,7 @@ class Source:
             if fate < 0.08:  # never answers; a cancellation ends it
                 self.counts["loads_hung"] += 1
                 await asyncio.Event().wait()
-            if fate < 0.12:  # never answers, and ignores its cancellation
+            if fate < 0.08 + self.stubborn:  # never answers, and ignores its cancellation
                 self.counts["loads_stubborn"] += 1
                 while not self.freed.is_set():
                     try:
@@ -68,10 +69,14 @@ class Source:
 
 
 async def a_caller(
-    cache: AsyncTieredCache, source: Source, written: dict[str, int], rng: random.Random
+    cache: AsyncTieredCache,
+    source: Source,
+    written: dict[str, int],
+    rng: random.Random,
+    start_within: float = 0.3,
 ) -> str:
-    """One impatient read: what became of it."""
-    await asyncio.sleep(rng.uniform(0.0, 0.3))
+    """One impatient read, begun within ``start_within`` seconds: what became of it."""
+    await asyncio.sleep(rng.uniform(0.0, start_within))
     key = rng.choice(KEYS)
     floor = written[key]
     call = cache.get(key, source.loader(key))
@@ -83,7 +88,7 @@ async def a_caller(
             value = await request
         else:
             value = await asyncio.wait_for(call, rng.uniform(0.0, 0.06))
-    except (asyncio.CancelledError, TimeoutError):
+    except (asyncio.CancelledError, TimeoutError, LoadTimeout):
         return "gave_up"
     except ChainClosedError:
         return "closed"
@@ -107,10 +112,17 @@ async def a_writer(cache: AsyncTieredCache, source: Source, written: dict[str, i
         made += 1
 
 
+@pytest.mark.parametrize("timed", [False, True], ids=["untimed", "timed"])
 @pytest.mark.parametrize("seed", [1, 2, 3])
 async def test_impatient_callers_then_a_close_leave_no_lease_and_fill_nothing_older(
-    redis_server: RedisServer, namespace: str, seed: int, caplog: pytest.LogCaptureFixture
+    redis_server: RedisServer,
+    namespace: str,
+    seed: int,
+    timed: bool,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """Untimed loads (the default's misses: begun again for a cancelled caller), or timed
+    ones (``hard_timeout``: each in a task of its own from the start)."""
     rng = random.Random(seed)
     source = Source(rng)
     written: dict[str, int] = collections.defaultdict(int)
@@ -121,6 +133,7 @@ async def test_impatient_callers_then_a_close_leave_no_lease_and_fill_nothing_ol
         lease_poll=0.005,
         max_abandoned_loads=64,
         close_wait=0.2,
+        hard_timeout=0.03 if timed else None,
     )
     redis_tier = AsyncRedisTier(aioredis.Redis.from_url(redis_server.url), namespace=namespace)
     cache = AsyncTieredCache(
@@ -150,7 +163,7 @@ async def test_impatient_callers_then_a_close_leave_no_lease_and_fill_nothing_ol
     older = [k for k, e in entries.items() if e is not MISSING and e.value[1] < written[k]]
     stats = cache.stats()
     print(
-        f"seed {seed}:",
+        f"seed {seed} {'timed' if timed else 'untimed'}:",
         {
             **dict(counts),
             **dict(source.counts),

@@ -26,7 +26,7 @@ from .hit import HitCount
 from .leases import LeasingTier
 from .logs import fields, tier_logger
 from .metrics import CacheMetrics
-from .owed import Debt, OwedDeletes
+from .owed import Debt, OwedDeletes, PaymentInFlight
 from .owed_timer import PaymentThread, PaymentTimer
 from .reporting import ReportValue, report_of
 from .steps import Steps, run
@@ -303,19 +303,22 @@ class TierAccessor:
         prefixes: Sequence[str] = (),
         everything: bool = False,
     ) -> str | None:
-        """A delete; one that failed is owed by a shared tier (:meth:`owe`), and so is one
-        stopped (a Ctrl-C, a signal-raised time limit: a ``BaseException``), which raises on:
-        a batch sent in calls (a Redis tier's ``keys_per_call``) stopped between two of them
-        made the first and never sent the others, their old copies kept until their ``ttl``.
-        Owed, not made again at once: the stopped caller is not held up by more calls."""
+        """A delete; one that failed is owed by a shared tier (:meth:`owe`). One stopped (a
+        Ctrl-C, a signal-raised time limit: a ``BaseException``) raises on, owed by the walk
+        it was part of (:func:`~tiered_cache.deletes.deleting`), with the tiers after it."""
         try:
-            self._call(operation)
+            try:
+                self._call(operation)
+            except PaymentInFlight:
+                # Made all the same: a delete only removes, and what is owed stays owed (the
+                # payment in flight, the timer, or the next call pays it). Refused, the deletes
+                # of writes stopped together (an asyncio sweep cancels them all at once), each
+                # owed, failed the others' finishing deletes: their old copies were left until
+                # the next loop's call.
+                self._guard(operation)
         except Exception as exc:
             self.owe(keys, prefixes, everything)
             return self._failure(exc)
-        except BaseException:
-            self.owe(keys, prefixes, everything)
-            raise
         return None
 
     # -- deletes owed (tiered_cache.owed)

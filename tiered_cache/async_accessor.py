@@ -30,7 +30,7 @@ from .breaker import CircuitBreaker, GuardedTier
 from .errors import CodecError
 from .hit import HitCount
 from .metrics import CacheMetrics
-from .owed import Debt
+from .owed import Debt, PaymentInFlight
 from .owed_timer import PaymentTask
 from .reporting import ReportValue
 from .steps import Steps, arun
@@ -184,6 +184,14 @@ class AsyncTierAccessor:
         should no call come first (on this loop; not if this accessor does not pay)."""
         if self._payments is not None:
             self._payments.arm()
+
+    def owe(
+        self, keys: Sequence[str] = (), prefixes: Sequence[str] = (), everything: bool = False
+    ) -> None:
+        """:meth:`TierAccessor.owe`, the timer armed on this loop."""
+        self.sync.owe(keys, prefixes, everything)
+        if self.sync.owed.due:
+            self._arm()
 
     async def stop_paying(self) -> None:
         """The chain closes: the timer of owed deletes stops, once a payment in flight has
@@ -350,12 +358,15 @@ class AsyncTierAccessor:
         prefixes: Sequence[str] = (),
         everything: bool = False,
     ) -> str | None:
-        """A delete; one that failed is owed (:meth:`TierAccessor.owe`)."""
+        """A delete; one that failed is owed (:meth:`owe`); one stopped (a cancellation, an
+        interrupt) raises on, owed by its walk (:func:`~tiered_cache.deletes.deleting`)."""
         try:
-            await self._bounded(self._guarded(operation))
+            try:
+                await self._bounded(self._guarded(operation))
+            except PaymentInFlight:  # made all the same: see TierAccessor._quietly
+                await self._bounded(self._through_breaker(operation))
         except Exception as exc:
-            self.sync.owe(keys, prefixes, everything)
-            self._arm()
+            self.owe(keys, prefixes, everything)
             self.failed(exc)
             return f"tier {self.name!r} ({type(exc).__name__}: {exc})"
         return None

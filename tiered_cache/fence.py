@@ -52,6 +52,7 @@ from collections.abc import Set as AbstractSet
 from typing import Any, Protocol, TypeVar
 
 from .accessor import TierAccessor
+from .deletes import Deletes, deleting
 from .errors import CodecError
 from .invalidation_log import InvalidationLog
 from .leases import PartialFill
@@ -422,10 +423,12 @@ class Fence:
         if not refused and not memory:
             return refused
         self._metrics.count("fills_refused", len(refused) + len(memory))
-        for tier in written:
-            gone = refused + memory if tier.local else refused
-            if gone:
-                yield tier.delete_many, (gone,)
+        if refused:  # stopped part-way, the shared tiers not reached owe it
+            yield from deleting(written, refused)
+        if memory:
+            for tier in written:
+                if tier.local:
+                    yield tier.delete_many, (memory,)
         out.update(memory)
         return refused
 
@@ -499,9 +502,7 @@ class Fence:
         # Invalidated between the check and the write: undo, deleting is always safe (from
         # every tier given: no list of the written ones is kept on the common path).
         self._metrics.count("fills_refused")
-        for tier in tiers:
-            if tier.local or not sole:
-                tier.delete_many(keys)
+        run(deleting([tier for tier in tiers if tier.local or not sole], keys))
         return sole
 
     def write_alone(self, mark: int, key: str, entry: Entry) -> bool:
@@ -564,7 +565,7 @@ class Fence:
         a delete that fails owed by the tier; a read's deletes nothing (the tier missed the
         key), nor does an in-process tier's (the write's invalidation dropped its copy)."""
         if written and keys and not tier.local:
-            yield tier.delete_many, (keys,)
+            yield from deleting((tier,), keys)
 
     def _write_sole(
         self,
@@ -649,9 +650,10 @@ class Fence:
         return confirmed
 
 
-class FillTarget(Protocol):
+class FillTarget(Deletes, Protocol):
     """What a fill needs of a tier accessor: :class:`~tiered_cache.accessor.TierAccessor`, or
-    the asyncio chain's, whose writes are coroutines of the same names."""
+    the asyncio chain's, whose writes are coroutines of the same names (its deletes too,
+    through :func:`~tiered_cache.deletes.deleting`)."""
 
     index: int
     leases: bool
@@ -661,8 +663,6 @@ class FillTarget(Protocol):
     def failed(self, exc: Exception) -> None: ...
 
     def set_many(self, entries: Mapping[str, Entry]) -> Any: ...
-
-    def delete_many(self, keys: Sequence[str]) -> Any: ...
 
     def fill_with_leases(self, leased: Mapping[str, tuple[Entry, str]]) -> Any: ...
 
@@ -686,10 +686,6 @@ class ChainTier(FillTarget, Protocol):
     def get(self, key: str, count: bool = True) -> Any: ...
 
     def get_many(self, keys: Sequence[str], now: float, stale: dict[str, Entry]) -> Any: ...
-
-    def delete_prefix(self, prefix: str) -> Any: ...
-
-    def clear(self) -> Any: ...
 
     def hit(self, n: int = 1) -> None: ...
 

@@ -51,12 +51,17 @@ from .forking import restart_after_fork
 from .metrics import CacheMetrics
 from .steps import Steps
 
-__all__ = ["LIMIT", "Debt", "OwedDeletes", "Payee"]
+__all__ = ["LIMIT", "Debt", "OwedDeletes", "Payee", "PaymentInFlight"]
 
 log = logging.getLogger(__name__)
 
 #: Keys and prefixes kept per tier before the record becomes "everything" (the tier's clear).
 LIMIT = 4096
+
+
+class PaymentInFlight(TierUnavailable):
+    """Another caller is paying what the tier owes: a call that must come after the payment
+    is refused meanwhile. A delete need not (it only removes: the accessors make it)."""
 
 
 @dataclass(frozen=True)
@@ -196,7 +201,7 @@ class OwedDeletes:
 
     def _payment(self, tier: Payee) -> Steps[Debt | None]:
         if not self._paying.acquire(blocking=False):
-            raise TierUnavailable(
+            raise PaymentInFlight(
                 f"tier {self._name!r}: the deletes it owes since it failed are being made"
             )
         try:

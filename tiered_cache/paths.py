@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, Literal
 
+from .deletes import deleting
 from .errors import InvalidationIncomplete, PartialBatchError
 from .fence import ChainTier, Fence
 from .held_leases import HeldLeases, Holdings
@@ -75,7 +76,9 @@ class ChainPaths:
         write_policy: Literal["through", "around"],
     ) -> None:
         self.tiers = list(tiers)
-        self.shared = [tier for tier in self.tiers if not tier.local]
+        #: The shared tiers, as an invalidation deletes from them (the slowest first: a read
+        #: meanwhile must not copy an old value up from a tier not reached yet).
+        self.slowest_first = [tier for tier in reversed(self.tiers) if not tier.local]
         self.leasing = fence.leasing(self.tiers)
         #: The tiers that store keys as UTF-8, named for check_keys' message; None: no such
         #: tier, any str is a key.
@@ -622,16 +625,12 @@ class ChainPaths:
         keys = list(dict.fromkeys(keys))
         if not keys:
             return
-        failed: list[str] = []
         try:
-            for tier in reversed(self.shared):
-                error = yield tier.delete_many, (keys,)
-                if error:
-                    failed.append(error)
+            failed = yield from deleting(self.slowest_first, keys)
         finally:
-            # Stopped too (a Ctrl-C, a signal-raised time limit; the shared tier stopped in
-            # owes its delete: TierAccessor._quietly): this process's memory drops them all
-            # the same, and its reads of that tier wait for the delete owed.
+            # Stopped too (a Ctrl-C, a signal-raised time limit; the shared tiers stopped in
+            # and not reached owe the delete: tiered_cache.deletes): this process's memory
+            # drops them all the same, and its reads of those tiers wait for the delete owed.
             self.fence.invalidate(keys)
         if self.announce is not None and not (yield self.announce, (keys, (), False, 0.0)):
             failed.append("the invalidation bus")
@@ -646,8 +645,7 @@ class ChainPaths:
         if not prefix:
             raise ValueError("an empty prefix would drop everything: use clear()")
         try:
-            for tier in reversed(self.shared):
-                yield tier.delete_prefix, (prefix,)
+            yield from deleting(self.slowest_first, prefixes=(prefix,))
         finally:  # stopped too: see invalidate_many
             self.fence.invalidate(prefixes=[prefix])
         if self.announce is not None:
@@ -655,12 +653,8 @@ class ChainPaths:
 
     def clear(self, *, strict: bool = False) -> Steps[None]:
         """See :meth:`TieredCache.clear`."""
-        failed: list[str] = []
         try:
-            for tier in reversed(self.shared):
-                error = yield tier.clear, ()
-                if error:
-                    failed.append(error)
+            failed = yield from deleting(self.slowest_first, everything=True)
         finally:  # stopped too: see invalidate_many
             self.fence.invalidate(everything=True)
         if self.announce is not None and not (yield self.announce, ((), (), True, 0.0)):

@@ -43,13 +43,14 @@ from .test_redis_async_chain_close_stalled_tier import bus_on
 STUCK = 30.0
 
 #: The write left running, the chain's protection, and the deletes then owed: an invalidation
-#: (its delete on the wire as it is stopped, its finishing's given up); a ``set`` without
+#: (its delete on the wire as it is stopped, owed as stopped: tiered_cache.deletes; its
+#: finishing's, given up); a ``set`` without
 #: leases (its fill on the wire; its own invalidation's delete and its finishing's, each given
 #: up); a ``set`` that takes its lease (stopped in its steal, whose tokens the tier keeps to
 #: give back later, not then: its finishing's delete, given up, unlinks the lease with the key).
 Write = Callable[[AsyncTieredCache], Coroutine[Any, Any, None]]
 WRITES: dict[str, tuple[Write, Protection, int]] = {
-    "invalidate": (lambda cache: cache.invalidate("k"), Protection(), 1),
+    "invalidate": (lambda cache: cache.invalidate("k"), Protection(), 2),
     "set-without-leases": (lambda cache: cache.set("k", 2), Protection(lease="off"), 2),
     "set": (lambda cache: cache.set("k", 2), Protection(), 1),
 }

@@ -21,12 +21,16 @@ documented limit (docs/consistency.md, "When Redis fails"); any other is ``unexp
 Prints one JSON line per round and a summary (rounds, interrupts, stops, stale survivors,
 rounds whose close gave up, unexplained old copies); exits 1 on an unexplained old copy.
 
-Run: ``.venv/bin/python tools/interrupted_deletes.py [--rounds 40] [--seed 1]``
+``--face asyncio``: the worker runs an :class:`AsyncTieredCache` (native asyncio Redis tiers)
+in ``asyncio.run``, whose SIGINT cancels it.
+
+Run: ``.venv/bin/python tools/interrupted_deletes.py [--rounds 40] [--seed 1] [--face asyncio]``
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import random
@@ -38,9 +42,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis
-from tiered_cache_redis import RedisTier, make_client
+from tiered_cache_redis import AsyncRedisTier, RedisTier, make_async_client, make_client
 
-from tiered_cache import MemoryTier, TieredCache
+from tiered_cache import AsyncTieredCache, MemoryTier, TieredCache
 from tiered_cache.testing.servers import RedisServer
 from tiered_cache.tier import MISSING, MissingType
 
@@ -108,6 +112,52 @@ def chain(urls: Sequence[str], namespace: str) -> TieredCache:
     )
 
 
+def achain(urls: Sequence[str], namespace: str) -> AsyncTieredCache:
+    """:func:`chain` for the asyncio face, its Redis tiers native; no source (it only
+    invalidates)."""
+    faster, slower, _ = urls
+    return AsyncTieredCache(
+        [
+            MemoryTier(),
+            AsyncRedisTier(
+                make_async_client(faster, timeout=TIMEOUT),
+                name="faster",
+                namespace=namespace,
+                keys_per_call=2,
+            ),
+            AsyncRedisTier(
+                make_async_client(slower, timeout=TIMEOUT),
+                name="slower",
+                namespace=namespace,
+                keys_per_call=2,
+            ),
+        ]
+    )
+
+
+async def aworker(urls: Sequence[str], namespace: str, pace: float) -> None:
+    """:func:`worker` on the asyncio face, in ``asyncio.run``: a SIGINT cancels it (an
+    invalidation's caller stops waiting; its write task goes on), ``async with`` closes the
+    chain, and ``asyncio.run`` raises ``KeyboardInterrupt``. A cancellation lands only at an
+    await: in a call (begun, finished by its write task) or in the sleep after it."""
+    out = sys.stdout
+    async with achain(urls, namespace) as cache:
+        out.write("ready\n")
+        out.flush()
+        for batch in range(BATCHES):
+            out.write(f"begin {batch}\n")
+            out.flush()
+            keys = keys_of(batch)
+            match batch % 3:
+                case 0:
+                    await cache.invalidate_many(keys)
+                case 1:
+                    await cache.invalidate_prefix(f"b{batch}:")
+                case _:
+                    await cache.invalidate(keys[0])
+            await asyncio.sleep(pace)
+
+
 def worker(urls: Sequence[str], namespace: str, pace: float) -> None:
     """Invalidate every batch in order, each begun said on stdout first."""
     out = sys.stdout
@@ -138,7 +188,7 @@ def worker(urls: Sequence[str], namespace: str, pace: float) -> None:
 
 
 def one_round(
-    servers: Sequence[RedisServer], rng: random.Random, number: int, pace: float
+    servers: Sequence[RedisServer], rng: random.Random, number: int, pace: float, face: str
 ) -> dict[str, Any]:
     urls = [server.url for server in servers]
     namespace = f"r{number}-{rng.randrange(1 << 30):x}"
@@ -149,8 +199,9 @@ def one_round(
         assert filler.get_many(every) == dict.fromkeys(every, "old")
     source.mset(dict.fromkeys(every, "new"))  # behind the chains' back
     fault = rng.choice(["sigint", "sigint", "sigstop", "both"])
+    command = [sys.executable, __file__, "--worker", namespace, "--face", face]
     process = subprocess.Popen(
-        [sys.executable, __file__, "--worker", namespace, "--pace", str(pace), *urls],
+        [*command, "--pace", str(pace), *urls],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,  # one pipe: the traceback says where the interrupt landed
         text=True,
@@ -227,8 +278,12 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--pace", type=float, default=0.001)
     parser.add_argument("--worker", metavar="NAMESPACE")
+    parser.add_argument("--face", choices=["threads", "asyncio"], default="threads")
     parser.add_argument("urls", nargs="*")
     options = parser.parse_args()
+    if options.worker and options.face == "asyncio":
+        asyncio.run(aworker(options.urls, options.worker, options.pace))
+        return 0
     if options.worker:
         worker(options.urls, options.worker, options.pace)
         return 0
@@ -245,7 +300,7 @@ def main() -> int:
     }
     with RedisServer() as faster, RedisServer() as slower, RedisServer() as truth:
         for number in range(options.rounds):
-            result = one_round([faster, slower, truth], rng, number, options.pace)
+            result = one_round([faster, slower, truth], rng, number, options.pace, options.face)
             print(json.dumps(result), flush=True)
             totals["rounds"] += 1
             totals["interrupts"] += result["fault"] in ("sigint", "both")

@@ -26,7 +26,7 @@ from .hit import HitCount
 from .leases import LeasingTier
 from .logs import fields, tier_logger
 from .metrics import CacheMetrics
-from .owed import Debt, OwedDeletes, PaymentInFlight
+from .owed import Debt, OwedDeletes
 from .owed_timer import PaymentThread, PaymentTimer
 from .reporting import ReportValue, report_of
 from .steps import Steps, run
@@ -307,15 +307,7 @@ class TierAccessor:
         Ctrl-C, a signal-raised time limit: a ``BaseException``) raises on, owed by the walk
         it was part of (:func:`~tiered_cache.deletes.deleting`), with the tiers after it."""
         try:
-            try:
-                self._call(operation)
-            except PaymentInFlight:
-                # Made all the same: a delete only removes, and what is owed stays owed (the
-                # payment in flight, the timer, or the next call pays it). Refused, the deletes
-                # of writes stopped together (an asyncio sweep cancels them all at once), each
-                # owed, failed the others' finishing deletes: their old copies were left until
-                # the next loop's call.
-                self._guard(operation)
+            self._call(operation)
         except Exception as exc:
             self.owe(keys, prefixes, everything)
             return self._failure(exc)

@@ -123,7 +123,14 @@ class AsyncTieredCache(L1Reader):
         #: stopped so waits for each of its calls the bus's close_wait at most.
         self._writes = WriteTasks(None if bus is None else close_wait(bus))
         self._tiers = [
-            AsyncTierAccessor(index, tier, self._metrics, clock, bounded=self._writes.bounded)
+            AsyncTierAccessor(
+                index,
+                tier,
+                self._metrics,
+                clock,
+                bounded=self._writes.bounded,
+                stopping=self._writes.stopping,
+            )
             for index, tier in enumerate(tiers)
         ]
         # The fence drops in-process copies itself: those are sync tiers (memory), no I/O.

@@ -61,7 +61,8 @@ LIMIT = 4096
 
 class PaymentInFlight(TierUnavailable):
     """Another caller is paying what the tier owes: a call that must come after the payment
-    is refused meanwhile. A delete need not (it only removes: the accessors make it)."""
+    is refused meanwhile. The delete of a write finishing after a sweep stopped it is made
+    all the same (it only removes: ``AsyncTierAccessor._quietly``)."""
 
 
 @dataclass(frozen=True)

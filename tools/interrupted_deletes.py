@@ -91,48 +91,38 @@ def asked_of(batch: int) -> list[str]:
 
 
 def chain(urls: Sequence[str], namespace: str) -> TieredCache:
-    faster, slower, source = urls
-    return TieredCache(
-        [
-            MemoryTier(),
-            RedisTier(
-                make_client(faster, timeout=TIMEOUT),
-                name="faster",
-                namespace=namespace,
-                keys_per_call=2,
-            ),
-            RedisTier(
-                make_client(slower, timeout=TIMEOUT),
-                name="slower",
-                namespace=namespace,
-                keys_per_call=2,
-            ),
-        ],
-        RedisSource(source),
-    )
+    tiers = [
+        RedisTier(make_client(url, timeout=TIMEOUT), **stored(name, namespace))
+        for name, url in zip(("faster", "slower"), urls[:2], strict=True)
+    ]
+    return TieredCache([MemoryTier(), *tiers], RedisSource(urls[2]))
 
 
 def achain(urls: Sequence[str], namespace: str) -> AsyncTieredCache:
     """:func:`chain` for the asyncio face, its Redis tiers native; no source (it only
     invalidates)."""
-    faster, slower, _ = urls
-    return AsyncTieredCache(
-        [
-            MemoryTier(),
-            AsyncRedisTier(
-                make_async_client(faster, timeout=TIMEOUT),
-                name="faster",
-                namespace=namespace,
-                keys_per_call=2,
-            ),
-            AsyncRedisTier(
-                make_async_client(slower, timeout=TIMEOUT),
-                name="slower",
-                namespace=namespace,
-                keys_per_call=2,
-            ),
-        ]
-    )
+    tiers = [
+        AsyncRedisTier(make_async_client(url, timeout=TIMEOUT), **stored(name, namespace))
+        for name, url in zip(("faster", "slower"), urls[:2], strict=True)
+    ]
+    return AsyncTieredCache([MemoryTier(), *tiers])
+
+
+def stored(name: str, namespace: str) -> dict[str, Any]:
+    """Both faces' Redis tier options: a batch's delete in calls of two keys."""
+    return {"name": name, "namespace": namespace, "keys_per_call": 2}
+
+
+def invalidation(cache: TieredCache | AsyncTieredCache, batch: int) -> Any:
+    """The worker's call for ``batch`` (on the asyncio face, its coroutine)."""
+    keys = keys_of(batch)
+    match batch % 3:
+        case 0:
+            return cache.invalidate_many(keys)
+        case 1:
+            return cache.invalidate_prefix(f"b{batch}:")
+        case _:
+            return cache.invalidate(keys[0])
 
 
 async def aworker(urls: Sequence[str], namespace: str, pace: float) -> None:
@@ -147,14 +137,7 @@ async def aworker(urls: Sequence[str], namespace: str, pace: float) -> None:
         for batch in range(BATCHES):
             out.write(f"begin {batch}\n")
             out.flush()
-            keys = keys_of(batch)
-            match batch % 3:
-                case 0:
-                    await cache.invalidate_many(keys)
-                case 1:
-                    await cache.invalidate_prefix(f"b{batch}:")
-                case _:
-                    await cache.invalidate(keys[0])
+            await invalidation(cache, batch)
             await asyncio.sleep(pace)
 
 
@@ -169,14 +152,7 @@ def worker(urls: Sequence[str], namespace: str, pace: float) -> None:
             for batch in range(BATCHES):
                 out.write(f"begin {batch}\n")
                 out.flush()
-                keys = keys_of(batch)
-                match batch % 3:
-                    case 0:
-                        cache.invalidate_many(keys)
-                    case 1:
-                        cache.invalidate_prefix(f"b{batch}:")
-                    case _:
-                        cache.invalidate(keys[0])
+                invalidation(cache, batch)
                 time.sleep(pace)
         except KeyboardInterrupt as stop:
             traceback = stop.__traceback__

@@ -276,7 +276,7 @@ def test_an_argument_whose_text_is_its_memory_address_is_refused(cache: TieredCa
         loads.append(req.user)
         return {"user": req.user}
 
-    @cache.cached(key="profile:{req}:{n}")
+    @cache.cached(key="profile_n:{req}:{n}")
     def profile_n(req: object, n: int) -> str:
         loads.append("n")
         return "value"

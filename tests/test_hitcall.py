@@ -101,7 +101,7 @@ class Side:
             loads.append(("two", (a, b, c)))
             return ("two", a, b, c)
 
-        @cached(key="{a}-{a}|{b}€")  # a literal beyond Latin-1: the wide key
+        @cached(key="r:{a}-{a}|{b}€")  # a literal beyond Latin-1: the wide key
         def repeated(a: object, /, b: object, *rest: object, **extra: object) -> object:
             loads.append(("repeated", (a, b, rest, tuple(sorted(extra.items())))))
             return ("repeated", a, b)

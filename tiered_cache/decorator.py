@@ -25,6 +25,7 @@ from .keys import ESCAPE, escape_part
 from .l1 import HitFollower
 from .protection import REFRESH_DUE
 from .read_state import ReadState
+from .template_overlap import claim
 from .tier import MISSING
 from .units import parse_duration
 
@@ -710,6 +711,9 @@ def cached(
             return type(fn)(decorate(fn.__func__))
         check_cacheable(fn, asynchronous=asynchronous)
         generated, rest = _compile_wrapper(fn, key, cache, lifetime, asynchronous=asynchronous)
+        # Refused here, not on the call that collides: another function's key is any caller's
+        # to ask for through a value that holds the rest of that key.
+        claim(cache, key, _parts(key), fn.__qualname__)
         functools.update_wrapper(generated, fn)  # its repr and tracebacks name fn
         answered = (
             None if rest is None else _hit_call(fn, key, generated, rest, cast(CachedReads, cache))

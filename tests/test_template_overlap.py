@@ -3,6 +3,7 @@ a template whose keys another template can make is refused when it is decorated.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
 
@@ -172,3 +173,23 @@ def test_shared_key_finds_every_collision_and_only_real_ones(first: str, second:
         key = render_key(second, dict(zip(template_names(second), values, strict=True)))
         if key in made:  # a collision of real calls: it must be found
             assert example is not None, (key, made[key], values)
+
+
+def test_callables_without_a_qualified_name_are_decorated_and_named(cache: TieredCache) -> None:
+    def scaled(a: int, scale: int = 1) -> int:
+        return a * scale
+
+    class Loader:
+        def __call__(self, a: int) -> int:
+            return -a
+
+    # A partial has no __qualname__: the template's record of it failed with AttributeError.
+    partial = cache.cached(key="p:{a}")(functools.partial(scaled, scale=2))
+    assert (partial(3), partial.key_for(a=3)) == (6, "p:3")
+    assert cache.cached(key="q:{a}")(Loader())(4) == -4
+    with pytest.raises(KeyTemplateError, match=r"functools\.partial.*'p:\{a\}'"):
+        cache.cached(key="p:{a}:x")(functools.partial(scaled, scale=3))
+    with pytest.raises(KeyTemplateError, match=r"functools\.partial.*names b"):
+        cache.cached(key="r:{b}")(functools.partial(scaled, scale=3))
+    with pytest.raises(KeyTemplateError, match=r"takes a: missing a; unknown z"):
+        partial.key_for(z=1)

@@ -217,12 +217,19 @@ class AsyncCachedFunction(Protocol[P, R_co]):
         ...
 
 
+def function_name(fn: Callable[..., Any]) -> str:
+    """How errors name a decorated callable: its qualified name, or its repr for one without
+    (a ``functools.partial``, an object with ``__call__``)."""
+    name = getattr(fn, "__qualname__", None)
+    return name if isinstance(name, str) else repr(fn)
+
+
 def check_cacheable(fn: Callable[..., Any], *, asynchronous: bool) -> None:
     """Refuse, at decoration time, a function whose result cannot be cached as a value: a
     generator (its result is consumed once), or a function of the other kind than the
     cache (a coroutine's result must be awaited; a sync chain would block the event loop
     on a miss, and an async chain cannot answer a sync caller)."""
-    name = getattr(fn, "__qualname__", repr(fn))
+    name = function_name(fn)
     if inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn):
         kind = "an async generator" if inspect.isasyncgenfunction(fn) else "a generator"
         raise TypeError(
@@ -321,20 +328,20 @@ def compile_key_function(fn: Callable[..., Any], template: str) -> Callable[...,
     own = [name for name in signature.parameters if name.startswith(GENERATED)]
     if own:
         raise KeyTemplateError(
-            f"parameter {own[0]} of {fn.__qualname__}: names starting with {GENERATED} are "
+            f"parameter {own[0]} of {function_name(fn)}: names starting with {GENERATED} are "
             "the generated wrapper's own; rename it"
         )
     hidden = _defaults_inspect_cannot_see(fn)
     if hidden:
         raise KeyTemplateError(
-            f"parameter {hidden[0]} of {fn.__qualname__}: its default is "
+            f"parameter {hidden[0]} of {function_name(fn)}: its default is "
             "inspect.Parameter.empty, which inspect cannot tell from no default; use another "
             "marker (a module-level object())"
         )
     unknown = [name for name in fields if name not in signature.parameters]
     if unknown:
         raise KeyTemplateError(
-            f"key template {template!r} of {fn.__qualname__} names {', '.join(unknown)}, "
+            f"key template {template!r} of {function_name(fn)} names {', '.join(unknown)}, "
             f"which {'is' if len(unknown) == 1 else 'are'} not among its parameters "
             f"({', '.join(signature.parameters) or 'none'})"
         )
@@ -346,7 +353,7 @@ def compile_key_function(fn: Callable[..., Any], template: str) -> Callable[...,
     ]
     if variadic:
         raise KeyTemplateError(
-            f"key template {template!r} of {fn.__qualname__}: {', '.join(variadic)} "
+            f"key template {template!r} of {function_name(fn)}: {', '.join(variadic)} "
             "is a *args/**kwargs parameter; name a plain parameter instead"
         )
     namespace: dict[str, Any] = {}
@@ -713,7 +720,7 @@ def cached(
         generated, rest = _compile_wrapper(fn, key, cache, lifetime, asynchronous=asynchronous)
         # Refused here, not on the call that collides: another function's key is any caller's
         # to ask for through a value that holds the rest of that key.
-        claim(cache, key, _parts(key), fn.__qualname__)
+        claim(cache, key, _parts(key), function_name(fn))
         functools.update_wrapper(generated, fn)  # its repr and tracebacks name fn
         answered = (
             None if rest is None else _hit_call(fn, key, generated, rest, cast(CachedReads, cache))
@@ -738,7 +745,7 @@ def cached(
                 if extra:
                     problems.append(f"unknown {', '.join(extra)}")
                 raise KeyTemplateError(
-                    f"key template {key!r} of {fn.__qualname__} takes {', '.join(fields)}: "
+                    f"key template {key!r} of {function_name(fn)} takes {', '.join(fields)}: "
                     + "; ".join(problems)
                 )
             return render_key(key, names)

@@ -15,7 +15,7 @@ import inspect
 import re
 import string
 import types
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Set
 from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, cast, overload
 
 from .compiled import compiled_core
@@ -593,16 +593,39 @@ _PLAIN = frozenset({str, int, float, bool, bytes, type(None)})
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+>")
 
 
+def _unordered(value: Any) -> Set[Any] | Mapping[Any, Any] | None:
+    """The first set or mapping in ``value`` or the lists and tuples it holds, or None."""
+    pending, seen = [value], set()
+    while pending:
+        item = pending.pop()
+        if isinstance(item, Set | Mapping):
+            return item
+        if isinstance(item, list | tuple) and id(item) not in seen:
+            seen.add(id(item))  # a list may hold itself
+            pending.extend(item)
+    return None
+
+
 def _key_part_text(
     template: str, field: str, conversion: str | None, spec: str
 ) -> Callable[[Any], str]:
     """A function that returns the text of a value of ``field`` in the key, converted and
     formatted as ``str.format`` would, and raises ``TypeError`` if that text holds a memory
-    address. The key builders call it only for a value whose type is not in ``_PLAIN``, and
-    use the text it returns: a value is turned into text once, so the text checked is the text
-    keyed (a ``__format__`` or ``__repr__`` need not give the same text twice)."""
+    address, or the value is (or its lists and tuples hold) a set or a mapping. The key
+    builders call it only for a value whose type is not in ``_PLAIN``, and use the text it
+    returns: a value is turned into text once, so the text checked is the text keyed (a
+    ``__format__`` or ``__repr__`` need not give the same text twice)."""
 
     def text_of(value: Any) -> str:
+        unordered = _unordered(value)
+        if unordered is not None:
+            raise TypeError(
+                f"key template {template!r}: {field} holds a {type(unordered).__name__}, whose "
+                "text lists its items in an order its value does not fix (a set's follows the "
+                "process's hash seed, a mapping's how it was filled), so equal values would "
+                "make different keys and an invalidation from another process miss the entry; "
+                "pass tuple(sorted(...)) of it (of its items, for a mapping) instead"
+            )
         text = format(_CONVERSIONS[conversion](value) if conversion else value, spec)
         if _ADDRESS.search(text):
             raise TypeError(

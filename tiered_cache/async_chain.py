@@ -35,6 +35,7 @@ from .logs import fields, logger_for
 from .loop_owner import LoopOwner, loop_bound
 from .loops import all_end_within, ends_within, stalled
 from .metrics import CacheMetrics
+from .not_data import NotData
 from .own_thread import OwnThreads
 from .paths import ChainPaths
 from .protection import REFRESH_DUE, Protection
@@ -82,7 +83,7 @@ class LoopLock:
         self._here().release()
 
 
-class AsyncTieredCache(L1Reader):
+class AsyncTieredCache(L1Reader, NotData):
     """A chain of tiers for asyncio code: :class:`~tiered_cache.TieredCache`'s behaviour with
     coroutine methods.
 

@@ -29,6 +29,7 @@ from .l1 import L1Reader
 from .loader import BatchLoader, Loader, SourceLoader
 from .logs import logger_for
 from .metrics import CacheMetrics
+from .not_data import NotData
 from .paths import ChainPaths
 from .protection import REFRESH_DUE, Protection
 from .read_state import CONNECTED, ReadState
@@ -51,7 +52,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-class TieredCache(L1Reader):
+class TieredCache(L1Reader, NotData):
     """A chain of tiers, fastest first, in front of an optional source of truth.
 
     A read walks the tiers in order. A hit in tier ``i`` fills tiers ``0..i-1``; a miss in

@@ -42,8 +42,10 @@ def _direct(operation: Callable[..., T], *arguments: Any) -> T:
     return operation(*arguments)
 
 
-def _stores_anything(value: Any) -> None:
-    """``TierBase.check_value``'s default, for a tier that does not declare its capabilities."""
+def _stores_anything(value: Any) -> Any:
+    """``TierBase.prepare_value``'s default, for a tier that does not declare its
+    capabilities: the value itself, unchecked."""
+    return value
 
 
 def _replace(tier: Tier, key: str, entry: Entry) -> None:
@@ -125,9 +127,10 @@ class TierAccessor:
         self._hot_keys: Callable[[int], list[tuple[str, float]]] = (
             declared.hot_keys if declared is not None else (lambda n: [])
         )
-        #: CodecError for a value the tier could not store (``TierBase.check_value``).
-        self.check_value: Callable[[Any], None] = (
-            declared.check_value if declared is not None else _stores_anything
+        #: CodecError for a value the tier could not store, else the form its fill of a
+        #: write stores (``TierBase.prepare_value``).
+        self.prepare_value: Callable[[Any], Any] = (
+            declared.prepare_value if declared is not None else _stores_anything
         )
         self._leasing = cast(LeasingTier, tier) if self.leases else None
         # The metrics' own count, bound to this tier (once per miss: no frame of ours around it).

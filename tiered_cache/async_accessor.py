@@ -99,15 +99,15 @@ class AsyncTierAccessor:
             self.leases = bool(declared.leases) if declared is not None else False
             self.utf8_keys = bool(declared.utf8_keys) if declared is not None else False
             self.one_loop = bool(declared.one_loop) if declared is not None else False
-            self.check_value = (
-                declared.check_value if declared is not None else self.sync.check_value
+            self.prepare_value = (
+                declared.prepare_value if declared is not None else self.sync.prepare_value
             )
         else:
             self.one_loop = False
             self.local = self.sync.local
             self.leases = self.sync.leases
             self.utf8_keys = self.sync.utf8_keys
-            self.check_value = self.sync.check_value
+            self.prepare_value = self.sync.prepare_value
         #: A sync tier's calls go to a thread (it may block on I/O).
         self.threaded = self._native is None and not self.local
         #: Read in a plain call (the memory tier): first in the chain, the chain's L1 lookup

@@ -54,6 +54,11 @@ class AsyncCircuitBreakerTier(GuardedTier[AsyncTier], AsyncTierBase):
         if isinstance(self._tier, AsyncTierBase):
             self._tier.check_value(value)
 
+    def prepare_value(self, value: Any) -> Any:
+        if isinstance(self._tier, AsyncTierBase):
+            return self._tier.prepare_value(value)
+        return value
+
     # -- the AsyncTier protocol
 
     async def get(self, key: str) -> Entry | MissingType:

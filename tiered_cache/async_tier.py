@@ -78,6 +78,11 @@ class AsyncTierBase:
     def check_value(self, value: Any) -> None:
         """:meth:`tiered_cache.tier.TierBase.check_value` (a plain call: no I/O)."""
 
+    def prepare_value(self, value: Any) -> Any:
+        """:meth:`tiered_cache.tier.TierBase.prepare_value` (a plain call: no I/O)."""
+        self.check_value(value)
+        return value
+
 
 class AsyncLeasingTier(AsyncTier, Protocol):
     """An async tier that offers leases: :class:`~tiered_cache.leases.LeasingTier`'s

@@ -54,6 +54,7 @@ from typing import Any, Protocol, TypeVar
 from .accessor import TierAccessor
 from .deletes import Deletes, deleting
 from .errors import CodecError
+from .forms import Forms
 from .invalidation_log import InvalidationLog
 from .leases import PartialFill
 from .logs import fields, key_hash, logger_for
@@ -183,6 +184,7 @@ class Fence:
         *,
         tokens: Mapping[str, str] | None = None,
         sole: bool = False,
+        forms: Forms | None = None,
     ) -> Steps[AbstractSet[str]]:
         """A write-through ``set`` of ``keys``: their invalidation (loads in flight read the
         source before the write: none of them may fill now), then the fill of ``entries``
@@ -190,7 +192,8 @@ class Fence:
         which that invalidation does not refuse. Returns the keys that landed. In the threaded
         chain a one-key fill without a lease goes as :meth:`fill_one`'s plain calls.
         ``sole``: the chain has no source, so the written values are the only copy (see
-        :meth:`fill_steps`).
+        :meth:`fill_steps`). ``forms``: the tiers' own forms of the values, made by the
+        write's check (:mod:`tiered_cache.forms`), which the fill hands to each tier.
 
         The invalidation stays open until the fill is done (see the module's notes), and is
         closed here whatever happens: opened and closed in this one frame, the ``try`` right
@@ -204,13 +207,22 @@ class Fence:
             self._drop(keys, (), False)
             if self.plain and not tokens and len(entries) == 1:
                 ((key, entry),) = entries.items()
-                landed = self.fill_one(mark, key, entry, self._tiers, own, sole=sole, written=True)
+                landed = self.fill_one(
+                    mark, key, entry, self._tiers, own, sole=sole, written=True, forms=forms
+                )
                 return {key} if landed else set()
             if not entries:
                 return set()
             return (
                 yield from self.fill_steps(
-                    mark, entries, self._targets, tokens=tokens, own=own, sole=sole, written=True
+                    mark,
+                    entries,
+                    self._targets,
+                    tokens=tokens,
+                    own=own,
+                    sole=sole,
+                    written=True,
+                    forms=forms,
                 )
             )
         finally:
@@ -293,6 +305,7 @@ class Fence:
         own: int | None = None,
         sole: bool = False,
         written: bool = False,
+        forms: Forms | None = None,
     ) -> Steps[AbstractSet[str]]:
         """The fill, as steps (:mod:`tiered_cache.steps`), for the sync and the asyncio
         chains; :meth:`fill_one` is its one-key, lease-less form in plain calls.
@@ -315,7 +328,8 @@ class Fence:
         deleted the other's value, or its lease, whose fill then failed: both lost.
 
         ``written``: the fill of a write (:meth:`write_steps`): a tier that failed it is
-        followed by :meth:`_failed_fill`.
+        followed by :meth:`_failed_fill`. ``forms``: its tiers' own forms of the values
+        (:mod:`tiered_cache.forms`): each tier is handed its own (:meth:`_stored`).
 
         No ``tiers`` (a copy from the first tier, a lease holder's value found in a leasing
         tier that comes first, a chain without tiers): no step, nothing judged or counted,
@@ -363,7 +377,7 @@ class Fence:
                     ordered = self.mark()
                     write = self._write_sole if sole else self._fill_leased
                     confirmed = (
-                        yield from write(tier, landing, tokens, written)
+                        yield from write(tier, landing, tokens, written, forms)
                     ) | bare.intersection(landing)
                     tokens = {}
                     filled.append(tier)
@@ -380,10 +394,10 @@ class Fence:
                     for key in refused:
                         del landing[key]
                 elif kept_out and tier.local:
-                    yield tier.set_many, ({k: e for k, e in landing.items() if k not in kept_out},)
+                    yield tier.set_many, (self._stored(tier, landing, forms, kept_out),)
                     filled.append(tier)
                 else:
-                    yield from self._fill_tier(tier, landing, written)
+                    yield from self._fill_tier(tier, landing, written, forms)
                     filled.append(tier)
                 if not landing:
                     break
@@ -477,12 +491,14 @@ class Fence:
         *,
         sole: bool = False,
         written: bool = False,
+        forms: Forms | None = None,
     ) -> bool:
         """:meth:`fill` of one key without a lease (the threaded chain's fill after a miss, a
         copy-up, a write), in plain calls rather than steps: the same check before the write
         and after it, with nothing to give back. True if it landed. ``sole``: as for
         :meth:`fill_steps`, an invalidation keeps the write out of memory alone; ``written``:
-        the fill of a write (:meth:`_failed_fill` if a tier failed it)."""
+        the fill of a write (:meth:`_failed_fill` if a tier failed it); ``forms``: its
+        tiers' own forms of the value (:meth:`fill_steps`)."""
         keys = (key,)
         log = self._log
         early = log.overtaken(mark, keys, own)  # positional: a call with keywords costs more
@@ -495,7 +511,8 @@ class Fence:
         for tier in reversed(tiers):
             if tier.bypassed or (early and tier.local) or (leases and self.needs_lease(tier, key)):
                 continue
-            if not tier.set_one(key, entry):
+            stored = entry if forms is None else forms.entry(tier.index, key, entry)
+            if not tier.set_one(key, stored):
                 run(self._failed_fill(tier, keys, written))
         if early or not log.overtaken(mark, keys, own):
             return True
@@ -548,12 +565,29 @@ class Fence:
                 extra=fields("fill_cancelled", key=key),
             )
 
+    @staticmethod
+    def _stored(
+        tier: FillTarget,
+        entries: Mapping[str, Entry],
+        forms: Forms | None,
+        out: AbstractSet[str] = frozenset(),
+    ) -> Mapping[str, Entry]:
+        """``entries`` (those of them not ``out``) as ``tier`` stores them: with its own forms
+        of a write's values (:mod:`tiered_cache.forms`), if it has any."""
+        if out:
+            entries = {key: entry for key, entry in entries.items() if key not in out}
+        return entries if forms is None else forms.entries(tier.index, entries)
+
     def _fill_tier(
-        self, tier: FillTarget, entries: Mapping[str, Entry], written: bool
+        self,
+        tier: FillTarget,
+        entries: Mapping[str, Entry],
+        written: bool,
+        forms: Forms | None = None,
     ) -> Steps[None]:
         """Fill ``tier`` with ``entries``, no lease; ``written``: the fill of a write
-        (:meth:`_failed_fill` if the tier failed it)."""
-        stored: bool = yield tier.set_many, (entries,)
+        (:meth:`_failed_fill` if the tier failed it); ``forms``: as for :meth:`fill_steps`."""
+        stored: bool = yield tier.set_many, (self._stored(tier, entries, forms),)
         if not stored:
             yield from self._failed_fill(tier, list(entries), written)
 
@@ -573,6 +607,7 @@ class Fence:
         landing: dict[str, Entry],
         tokens: Mapping[str, str],
         written: bool = True,
+        forms: Forms | None = None,
     ) -> Steps[set[str]]:
         """A sole write into the leasing tier (see :meth:`fill_steps`): the values written
         plainly, whoever holds their leases now. A leasing tier's write voids the key's lease
@@ -583,7 +618,7 @@ class Fence:
         one that held a lease before the write stole it fails its fill. A write that failed
         deletes the keys (:meth:`_failed_fill`: a sole write is always ``written``). Returns
         no key: none was confirmed by a lease (the write's own order confirms them)."""
-        stored: bool = yield tier.set_many, (landing,)
+        stored: bool = yield tier.set_many, (self._stored(tier, landing, forms),)
         if not stored:
             if tokens:
                 yield tier.release_leases, (tokens,)
@@ -596,6 +631,7 @@ class Fence:
         landing: dict[str, Entry],
         tokens: Mapping[str, str],
         written: bool = False,
+        forms: Forms | None = None,
     ) -> Steps[set[str]]:
         """Fill the leasing tier: keys with a token under their lease, the others only if
         they need none (:meth:`needs_lease`); drop from ``landing`` the keys whose lease was
@@ -607,9 +643,10 @@ class Fence:
             for key, entry in landing.items()
             if key not in tokens and not self.needs_lease(tier, key)
         }
-        leased = {key: (entry, tokens[key]) for key, entry in landing.items() if key in tokens}
+        stored = self._stored(tier, landing, forms)
+        leased = {key: (stored[key], tokens[key]) for key in landing if key in tokens}
         if plain:
-            yield from self._fill_tier(tier, plain, written)
+            yield from self._fill_tier(tier, plain, written, forms)
         if not leased:
             return set()
         confirmed: set[str] = set()
@@ -681,7 +718,7 @@ class ChainTier(FillTarget, Protocol):
     bounded_for: float
     inline: bool
 
-    def check_value(self, value: Any) -> None: ...
+    def prepare_value(self, value: Any) -> Any: ...
 
     def get(self, key: str, count: bool = True) -> Any: ...
 

@@ -11,12 +11,13 @@ coroutines for single-flight, background work and timeouts -- stays in their loa
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 from .deletes import deleting
 from .errors import InvalidationIncomplete, PartialBatchError
 from .fence import ChainTier, Fence
+from .forms import Forms, Prepare, prepared, prepared_one
 from .held_leases import HeldLeases, Holdings
 from .keys import check_keys
 from .metrics import CacheMetrics
@@ -84,8 +85,8 @@ class ChainPaths:
         #: tier, any str is a key.
         self.utf8_for = ", ".join(repr(tier.name) for tier in self.tiers if tier.utf8_keys) or None
         #: Each tier's check of a value it could not store (CodecError), made before a write
-        #: sends anything: see :meth:`check_values`.
-        self.value_checks = [tier.check_value for tier in self.tiers]
+        #: sends anything, and the form its fill stores: see :meth:`check_values`.
+        self.value_checks: list[Prepare] = [(tier.index, tier.prepare_value) for tier in self.tiers]
         self.fence = fence
         self.metrics = metrics
         self.protection = protection
@@ -393,13 +394,13 @@ class ChainPaths:
         checks the key at its first step): a chain without a leasing tier runs
         :meth:`write_one` with no frame around it (holding a registry's place cost it 1.1%
         of a set's instructions, counted with callgrind on two memory tiers)."""
-        self.check_values((value,))
+        forms = prepared_one(self.value_checks, key, value)  # see check_values
         lifetime = check_ttl(ttl)
         if self.write_policy == "around" and self.store is not None:
             return self.write_around(key, value)
         if self.leasing is None:
-            return self.write_one(key, value, lifetime, None)
-        return self.write_leased(key, value, lifetime)
+            return self.write_one(key, value, lifetime, None, forms)
+        return self.write_leased(key, value, lifetime, forms)
 
     def write_around(self, key: str, value: Any) -> Steps[None]:
         """:meth:`set` with the ``"around"`` policy: the source, then every tier dropped."""
@@ -409,26 +410,35 @@ class ChainPaths:
         yield store, (key, value)
         yield from self.invalidate_many([key])
 
-    def write_leased(self, key: str, value: Any, ttl: CheckedTtl | None) -> Steps[None]:
+    def write_leased(
+        self, key: str, value: Any, ttl: CheckedTtl | None, forms: Forms | None
+    ) -> Steps[None]:
         """:meth:`write_one` on a chain with a leasing tier. Whether the write takes the key's
         lease is decided here, once (:meth:`leased`; after the key's check: it reads the key);
         one that does holds it in a :class:`HeldLeases` of the loader's :attr:`holdings` for
         the length of the write (the loader's close gives it back). A key the tier cannot
-        lease is written as on a chain without one, with no :class:`HeldLeases`."""
+        lease is written as on a chain without one, with no :class:`HeldLeases`. ``forms``:
+        the tiers' forms of the value (:meth:`check_values`)."""
         check_keys((key,), self.utf8_for)
         if not self.leased(key):
-            return (yield from self.write_one(key, value, ttl, None))
+            return (yield from self.write_one(key, value, ttl, None, forms))
         held = self.holdings.hold()
         try:
-            yield from self.write_one(key, value, ttl, held)
+            yield from self.write_one(key, value, ttl, held, forms)
         finally:
             self.holdings.let_go(held)
 
     def write_one(
-        self, key: str, value: Any, ttl: CheckedTtl | None, held: HeldLeases | None
+        self,
+        key: str,
+        value: Any,
+        ttl: CheckedTtl | None,
+        held: HeldLeases | None,
+        forms: Forms | None = None,
     ) -> Steps[None]:
         """:meth:`set`'s write through the tiers; ``held``: the write takes the key's lease
-        and holds it there (None: it takes none, see :meth:`write_leased`)."""
+        and holds it there (None: it takes none, see :meth:`write_leased`); ``forms``: the
+        tiers' forms of the value, which the fill stores (:meth:`check_values`)."""
         check_keys((key,), self.utf8_for)
         mark = self.fence.mark()  # before the source is written: later invalidations count
         token = None if held is None else (yield from self.steal_lease(key, held))
@@ -454,6 +464,7 @@ class ChainPaths:
                     entries,
                     tokens={key: token} if token is not None else None,
                     sole=self.sole,
+                    forms=forms,
                 )
             )
             if not landed:
@@ -481,7 +492,7 @@ class ChainPaths:
         source, the entry, the fence's invalidation and fill) without the steps' driver."""
         if type(key) is not str:  # the check's call only for a key it may refuse
             check_keys((key,))
-        self.check_values((value,))  # the tier's check, as set's (copy_on_read)
+        forms = prepared_one(self.value_checks, key, value)  # as set's (copy_on_read)
         lifetime = check_ttl(ttl)
         fence = self.fence
         mark = fence.mark()  # before the source is written: later invalidations count
@@ -489,6 +500,8 @@ class ChainPaths:
             self.store(key, value)
         try:
             entry = self.make_entry(value, self.clock(), 0.0, lifetime, True)
+            if forms is not None:
+                entry = forms.entry(self.tiers[0].index, key, entry)
             written = fence.write_alone(mark, key, entry)
         except Exception:
             run(self.invalidate_many([key]))  # the source took the value: see set
@@ -501,7 +514,7 @@ class ChainPaths:
         """See :meth:`TieredCache.set_many`: :meth:`set`'s order for several keys at once."""
         check_keys(items, self.utf8_for)
         items = dict(items)
-        self.check_values(items.values())
+        forms = self.check_values(items)
         lifetime = check_ttl(ttl)
         if not items:
             return
@@ -517,7 +530,7 @@ class ChainPaths:
         leased = [key for key in keys if self.leased(key)]
         held = self.holdings.hold() if leased else None
         try:
-            yield from self.write_many(items, lifetime, held, leased)
+            yield from self.write_many(items, lifetime, held, leased, forms)
         finally:
             self.holdings.let_go(held)
 
@@ -527,9 +540,11 @@ class ChainPaths:
         ttl: CheckedTtl | None,
         held: HeldLeases | None,
         leased: list[str],
+        forms: Forms | None = None,
     ) -> Steps[None]:
         """:meth:`set_many`'s write through the tiers: the leases of the keys ``leased``
-        (:meth:`leased`) taken and held in ``held``."""
+        (:meth:`leased`) taken and held in ``held``; ``forms``: the tiers' forms of the
+        values (:meth:`check_values`)."""
         keys = list(items)
         mark = self.fence.mark()  # before the source is written: later invalidations count
         tokens = {} if held is None else (yield from self.steal_leases(leased, held))
@@ -558,7 +573,7 @@ class ChainPaths:
             # Loads in flight read the source before this write: none of them may fill now
             # (nor a read of this process meanwhile: see write_one).
             landed = yield from self.fence.write_steps(
-                mark, keys, entries, tokens=tokens or None, sole=self.sole
+                mark, keys, entries, tokens=tokens or None, sole=self.sole, forms=forms
             )
             # Overlapped by another write or an invalidation: no tier keeps either value.
             yield from self.invalidate_many([key for key in keys if key not in landed])
@@ -571,14 +586,16 @@ class ChainPaths:
             yield from self.invalidate_many(keys)  # the source took them: see set
             raise
 
-    def check_values(self, values: Collection[Any]) -> None:
+    def check_values(self, items: Mapping[str, Any]) -> Forms | None:
         """:class:`~tiered_cache.CodecError` for a value a tier could not store, before the
         write sends anything. Found at the tier's fill instead, it came after the source had
         taken the value (a table then held what no read could cache) and the write dropped the
-        key from every tier and process (a chain without a source lost its old value)."""
-        for check in self.value_checks:
-            for value in values:
-                check(value)
+        key from every tier and process (a chain without a source lost its old value).
+        Returns the tiers' forms of the values (``TierBase.prepare_value``: the Redis tier's
+        encoding), which the write's fill hands to them: the value is encoded once, here, and
+        what is sent is what was checked (:mod:`tiered_cache.forms`). ``set`` asks through
+        :func:`~tiered_cache.forms.prepared_one`, the same check for one value."""
+        return prepared(self.value_checks, items)
 
     def leased(self, key: str) -> bool:
         """Whether a write of ``key`` takes its lease on the leasing tier. One that could

@@ -189,6 +189,16 @@ class TierBase:
         (its codec refuses it); the chain asks every tier before a write sends anything (the
         source, the tiers, the bus). By default nothing: the tier stores any object."""
 
+    def prepare_value(self, value: Any) -> Any:
+        """What the chain asks every tier before a write sends anything (the source, the
+        tiers, the bus): :meth:`check_value` of ``value`` (raises
+        :class:`~tiered_cache.CodecError`), and the form this tier's fill of the write then
+        stores as the entry's value. A tier that encodes values returns the value encoded
+        (the Redis tier: its payload, stored as it is), so a write encodes it once; by default
+        the value itself, checked."""
+        self.check_value(value)
+        return value
+
 
 class PeekableTier(Tier, Protocol):
     """A tier that can be looked at without the look counting as a read.

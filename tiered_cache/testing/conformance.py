@@ -226,6 +226,27 @@ class TierConformance:
         assert tier.get(keys[0]) is MISSING
         assert tier.get(keys[1]) is not MISSING
 
+    def test_capability_prepare_value_is_what_set_stores(
+        self, tier: Tier, clock: FakeClock
+    ) -> None:
+        """The form ``prepare_value`` returns (the chain hands it to the write's fill as the
+        entry's value) is stored as the value itself: read back, it is the value. One it
+        refuses, ``check_value`` refuses too (the chain asks one, a tier's user the other)."""
+        declared = self.declared(tier)
+        value = {"text": "conformance", "n": [1, 2.5, None, True]}
+        form = declared.prepare_value(value)
+        tier.set("conformance:prepared", self.entry(clock, form))
+        found = tier.get("conformance:prepared")
+        assert found is not MISSING and found.value == value
+        refused = object()
+        try:
+            declared.prepare_value(refused)
+        except CodecError:
+            with pytest.raises(CodecError):
+                declared.check_value(refused)
+        else:
+            declared.check_value(refused)
+
     def test_capability_check_value_refuses_only_what_set_refuses(
         self, tier: Tier, clock: FakeClock
     ) -> None:

@@ -39,7 +39,7 @@ from .client import client_options, parse_url
 from .commands import Command, TierCommands
 from .in_flight import CallsInFlight, closed_error, current_task
 from .lease_batches import Call
-from .stored import StoredFormat, StoredOptions
+from .stored import Payload, StoredFormat, StoredOptions
 from .unanswered import send_unanswered
 
 T = TypeVar("T")
@@ -163,8 +163,14 @@ class AsyncRedisTier(AsyncTierBase):
         return self._stored.namespace
 
     def check_value(self, value: Any) -> None:
-        """CodecError if the codec cannot store ``value`` (asked before a write sends anything)."""
-        self._stored.codec.encode(value)
+        """CodecError if the codec cannot store ``value`` (:meth:`prepare_value`)."""
+        self._stored.payload(value)
+
+    def prepare_value(self, value: Any) -> Payload:
+        """``value`` encoded, once (:meth:`StoredFormat.payload`): CodecError if the codec
+        cannot store it. A chain's write asks it before anything is sent, and its fill hands
+        the payload back as the entry's value, stored without a second encoding."""
+        return self._stored.payload(value)
 
     def report(self) -> dict[str, int]:
         """What the tier counts itself, for ``stats()`` (:mod:`tiered_cache.reporting`): the

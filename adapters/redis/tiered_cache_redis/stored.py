@@ -14,7 +14,7 @@ import random
 import struct
 import threading
 from collections.abc import Iterable, Sequence
-from typing import TypedDict
+from typing import Any, TypedDict
 
 from tiered_cache.codecs import Codec, batch_decoder, get_codec
 from tiered_cache.errors import CodecError, UnencodableKey
@@ -50,6 +50,20 @@ Encoded = tuple[str, bytes | None, int | None]
 #: every key), and a value that is kept but takes longer than the timeout to read fails every
 #: read of it the same way. A value over the bound is not kept (see :meth:`StoredFormat.encode`).
 MAX_VALUE_SIZE = 1024 * 1024
+
+
+class Payload:
+    """A value with its codec's bytes, made by one :class:`StoredFormat`
+    (:meth:`StoredFormat.payload`): what a write's check hands on to the write's fill, so the
+    value is encoded once. Its fill stores these bytes, not a second encoding of the value
+    (which could differ: a value changed since the check, a codec that is not deterministic)."""
+
+    __slots__ = ("data", "maker", "value")
+
+    def __init__(self, value: Any, data: bytes, maker: StoredFormat) -> None:
+        self.value = value
+        self.data = data
+        self.maker = maker
 
 
 class StoredOptions(TypedDict, total=False):
@@ -207,14 +221,27 @@ class StoredFormat:
             refuse=self._unreadable,
         )
 
+    def payload(self, value: Any) -> Payload:
+        """``value`` encoded by the codec, once; raises :class:`~tiered_cache.CodecError` for
+        one it cannot hold. A chain's write asks it before anything is sent (the tiers'
+        ``prepare_value``) and hands the :class:`Payload` to the write's fill as the entry's
+        value, which :meth:`encode` then stores as it is."""
+        return Payload(value, self.codec.encode(value), self)
+
     def encode(self, key: str, entry: Entry, now: float) -> Encoded:
         """How ``entry`` is written at ``now``; raises :class:`~tiered_cache.CodecError` for a
         value the codec (or the header) cannot hold. Every write and fill of both tiers is
-        encoded here: the one home of the size bound. A value over ``max_value_size`` is
-        written as an entry past its ttl is, as a delete (the key's older copy must not stay
-        to be served), counted and logged; the write itself goes on (the source has it, the
-        other tiers keep it as they may)."""
-        payload = self.codec.encode(entry.value)
+        encoded here: the one home of the size bound. An entry whose value is this format's
+        :class:`Payload` (a write's, made by its check) is not encoded again. A value over
+        ``max_value_size`` is written as an entry past its ttl is, as a delete (the key's
+        older copy must not stay to be served), counted and logged; the write itself goes on
+        (the source has it, the other tiers keep it as they may)."""
+        value = entry.value
+        if type(value) is Payload:
+            # Another format's (another tier's check: a bug) is encoded here, with this codec.
+            payload = value.data if value.maker is self else self.codec.encode(value.value)
+        else:
+            payload = self.codec.encode(value)
         limit = self._max_value_size
         if limit is not None and len(payload) > limit:
             return self._too_large_value(key, len(payload), limit)

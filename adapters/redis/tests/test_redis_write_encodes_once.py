@@ -1,0 +1,152 @@
+"""A value written through a Redis tier is encoded once: the check made before anything is sent
+(a value the codec refuses changes nothing) encodes it, and the write's fill stores those bytes.
+
+Before, the tier's ``check_value`` encoded the value and threw the bytes away, and the fill
+encoded it again: twice the codec's work on every write, and the bytes sent were not the ones
+checked (the counts are those of a spy around the real codec).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+from tiered_cache_redis import AsyncRedisTier, RedisTier
+
+from tiered_cache import AsyncTieredCache, MemoryTier, TieredCache
+from tiered_cache.codecs import CodecBase, get_codec
+from tiered_cache.protection import Protection
+from tiered_cache.testing.servers import RedisServer
+from tiered_cache.testing.sources import AsyncDictSource, DictSource
+
+LEASES = ["auto", "off"]
+#: How the values are written, and whether the chain has a source.
+CASES = [(how, sourced) for how in ("set", "set_many") for sourced in (True, False)]
+VALUES = {"k": {"text": "one", "n": [1, 2.5, None]}, "j": {"text": "two", "n": [3]}}
+#: max_value_size for the value over it, and that value.
+LIMIT = 1000
+LARGE = "L" * (2 * LIMIT)
+
+
+class Counting(CodecBase):
+    """A spy around a real codec: its encodes counted, the bytes its own."""
+
+    def __init__(self, name: str) -> None:
+        self.inner = get_codec(name)
+        self.name = self.inner.name
+        self.encodes = 0
+
+    def encode(self, value: Any) -> bytes:
+        self.encodes += 1
+        return self.inner.encode(value)
+
+    def decode(self, data: bytes) -> Any:
+        return self.inner.decode(data)
+
+
+#: The codec counted, and the chain's lease setting.
+SETUPS = [(codec, lease) for codec in ("json", "pickle") for lease in LEASES]
+
+
+@pytest.fixture
+def raw(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_server.url)
+    yield client
+    client.close()
+
+
+def written(how: str) -> dict[str, Any]:
+    return {"k": VALUES["k"]} if how == "set" else dict(VALUES)
+
+
+@pytest.mark.parametrize("setup", SETUPS)
+@pytest.mark.parametrize("case", CASES)
+def test_a_write_encodes_each_value_once(
+    redis_server: RedisServer,
+    raw: redis.Redis,
+    namespace: str,
+    setup: tuple[str, str],
+    case: tuple[str, bool],
+) -> None:
+    (codec, lease), (how, sourced) = setup, case
+    counting = Counting(codec)
+    tier = RedisTier(redis.Redis.from_url(redis_server.url), namespace=namespace, codec=counting)
+    source = DictSource({}) if sourced else None
+    reader = RedisTier(redis.Redis.from_url(redis_server.url), namespace=namespace, codec=codec)
+    with TieredCache([MemoryTier(), tier], source, protection=Protection(lease=lease)) as cache:
+        items = written(how)
+        if how == "set":
+            cache.set("k", items["k"])
+        else:
+            cache.set_many(items)
+        assert counting.encodes == len(items)
+        # The bytes stored are the value's: another process's tier reads it back.
+        assert {key: reader.get(key).value for key in items} == items  # type: ignore[union-attr]
+        assert raw.exists(*(f"{namespace}:{key}" for key in items)) == len(items)
+    reader.close()
+
+
+def test_a_value_over_max_value_size_is_encoded_once_and_not_kept(
+    redis_server: RedisServer,
+    raw: redis.Redis,
+    namespace: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    counting = Counting("json")
+    tier = RedisTier(
+        redis.Redis.from_url(redis_server.url),
+        namespace=namespace,
+        codec=counting,
+        max_value_size=LIMIT,
+    )
+    source = DictSource({})
+    with TieredCache([MemoryTier(), tier], source) as cache:
+        with caplog.at_level(logging.WARNING, logger="tiered_cache_redis.tier"):
+            cache.set("k", LARGE)
+        assert counting.encodes == 1
+        assert source.items["k"] == LARGE  # the write stands
+        assert raw.exists(f"{namespace}:k") == 0  # not kept
+        assert cache.get("k") == LARGE  # memory keeps it
+        assert cache.stats()["tiers"][1]["too_large"] == 1
+    assert [r.__dict__.get("event") for r in caplog.records].count("too_large") == 1
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("setup", SETUPS)
+@pytest.mark.parametrize("case", CASES)
+async def test_an_async_write_encodes_each_value_once(
+    redis_server: RedisServer,
+    raw: redis.Redis,
+    namespace: str,
+    setup: tuple[str, str],
+    case: tuple[str, bool],
+) -> None:
+    (codec, lease), (how, sourced) = setup, case
+    counting = Counting(codec)
+    tier = AsyncRedisTier(
+        aioredis.Redis.from_url(redis_server.url), namespace=namespace, codec=counting
+    )
+    source = AsyncDictSource({}) if sourced else None
+    reader = RedisTier(redis.Redis.from_url(redis_server.url), namespace=namespace, codec=codec)
+    cache = AsyncTieredCache([MemoryTier(), tier], source, protection=Protection(lease=lease))
+    try:
+        items = written(how)
+        if how == "set":
+            await cache.set("k", items["k"])
+        else:
+            await cache.set_many(items)
+        assert counting.encodes == len(items)
+        assert {key: reader.get(key).value for key in items} == items  # type: ignore[union-attr]
+        assert raw.exists(*(f"{namespace}:{key}" for key in items)) == len(items)
+    finally:
+        await cache.aclose()
+        reader.close()

@@ -21,8 +21,17 @@ the paired ratio: ours over the peer's within each round, least and median. Targ
 100 at least 10x cheaper per key than 100 ``get``. ``tools/l2_instructions.py`` counts the
 instructions of the same chain and peer (this module's :func:`connect`).
 
+With ``--peer PATH`` (a frozen clone of the project with its own ``.venv``), the writes too,
+against that checkout in the same run: a ``set`` of a 1 KB and of a 100 KB value (a list of
+tweets), JSON and pickle, through a chain built from the default settings (memory, then Redis;
+no source, as a Django backend's) on the same redis-server. Each of ``--write-rounds`` rounds
+runs one measure in a fresh process of each checkout's interpreter, in turns whose order
+rotates (:func:`measure_writes`: the least of ``WRITE_PASSES`` passes, us a ``set``); printed
+per row: the minimum and median of the rounds for each, and ours over the peer's round by
+round (least and median).
+
 Run: ``.venv/bin/python benchmarks/bench_redis.py [--codec json|msgpack|pickle]
-[--admission hot-keys|always] [--rounds N] [--quick]``
+[--admission hot-keys|always] [--rounds N] [--quick] [--peer PATH [--write-rounds N]]``
 """
 
 from __future__ import annotations
@@ -30,16 +39,18 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
+from pathlib import Path
 
 import redis
 from tiered_cache_redis import RedisTier
 from tiered_cache_redis.client import client_options
 from tiered_cache_redis.settings import RedisTierSettings
-from timing import Spread, interleaved_samples, paired, ratio, run_line
+from timing import ROOT, Spread, core_in, head, interleaved_samples, paired, ratio, run_line
 
 from tiered_cache import TieredCache
 from tiered_cache.breaker import CircuitBreakerTier
@@ -241,7 +252,18 @@ def main() -> None:
         "--rounds", type=int, default=ROUNDS, help=f"interleaved rounds (default {ROUNDS})"
     )
     parser.add_argument("--quick", action="store_true", help=f"{QUICK} rounds (for make bench)")
+    parser.add_argument("--peer", type=Path, help="a checkout with its .venv: writes against it")
+    parser.add_argument(
+        "--write-rounds",
+        type=int,
+        default=WRITE_ROUNDS,
+        help=f"rounds of the writes against --peer (default {WRITE_ROUNDS})",
+    )
+    parser.add_argument("--measure-writes", metavar="URL", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.measure_writes:
+        print(json.dumps(measure_writes(args.measure_writes)))
+        return
     rounds = QUICK if args.quick else args.rounds
     print(run_line())
 
@@ -253,12 +275,18 @@ def main() -> None:
         samples = interleaved_samples(contenders(bench), rounds=rounds)
         assert chain.stats()["loads"] == 0, "every chain read must have been an L2 hit"
         bench.close()
-    per_key = {name: Spread.of(values).scaled(1e6 / CHUNK) for name, values in samples.items()}
+        print_reads(samples, args.codec, args.admission, rounds)
+        if args.peer is not None:
+            compare_writes(server.url, args.peer.resolve(), args.write_rounds)
 
-    fast = args.codec == "json" and JsonCodec().accelerated
+
+def print_reads(samples: dict[str, list[float]], codec: str, admission: str, rounds: int) -> None:
+    """The read rows (:data:`ROWS`), per key."""
+    per_key = {name: Spread.of(values).scaled(1e6 / CHUNK) for name, values in samples.items()}
+    fast = codec == "json" and JsonCodec().accelerated
     print(
-        f"redis-server on loopback, codec {args.codec}{' (orjson)' if fast else ''}, "
-        f"{len(KEYS)} keys, chain's memory tier: {args.admission}, 10 entries; "
+        f"redis-server on loopback, codec {codec}{' (orjson)' if fast else ''}, "
+        f"{len(KEYS)} keys, chain's memory tier: {admission}, 10 entries; "
         f"{rounds} interleaved rounds of {CHUNK} keys each: min / median"
     )
     print(
@@ -281,6 +309,91 @@ def main() -> None:
 
 def cell(spread: Spread) -> str:
     return f"{spread.low:.2f} / {spread.middle:.2f}"
+
+
+# -- writes, against a peer checkout
+
+#: Each write row: (label, codec, tweets in the value, sets a pass).
+WRITES = [
+    ("set 1 KB json", "json", 4, 100),
+    ("set 100 KB json", "json", 400, 20),
+    ("set 1 KB pickle", "pickle", 4, 100),
+    ("set 100 KB pickle", "pickle", 400, 20),
+]
+#: Passes of each row in a measure (its least counts), and rounds by default.
+WRITE_PASSES, WRITE_ROUNDS = 5, 10
+
+
+def written_value(tweets: int) -> dict[str, object]:
+    """A value of about ``tweets`` x 250 bytes once encoded: a page of tweets."""
+    return {"page": 1, "tweets": [tweet(i) for i in range(tweets)]}
+
+
+def write_chain(url: str, codec: str) -> TieredCache:
+    """The chain a write row measures: built from the default settings (:func:`connect`'s,
+    the memory tier at its default size), no source, no bus."""
+    settings = CacheSettings(
+        namespace=f"{NAMESPACE}-writes-{codec}",
+        ttl=3600,
+        bus=BusSettings(kind="off"),
+        tiers=[MemoryTierSettings(), RedisTierSettings(url=url, timeout=TIMEOUT, codec=codec)],
+    )
+    return TieredCache.from_settings(settings)
+
+
+def measure_writes(url: str) -> dict[str, float]:
+    """Each write row in this process: us a ``set``, the least of :data:`WRITE_PASSES`
+    passes, each pass setting the row's value under keys of its own."""
+    figures: dict[str, float] = {}
+    chains = {codec: write_chain(url, codec) for codec in {row[1] for row in WRITES}}
+    for label, codec, tweets, sets in WRITES:
+        chain, value = chains[codec], written_value(tweets)
+        keys = [f"w:{tweets}:{i}" for i in range(sets)]
+        chain.set(keys[0], value)  # connected, and the value read back as written
+        assert chain.get(keys[0]) == value and chain.stats()["loads"] == 0
+        best = float("inf")
+        for _ in range(WRITE_PASSES):
+            started = time.perf_counter()
+            for key in keys:
+                chain.set(key, value)
+            best = min(best, (time.perf_counter() - started) / sets)
+        figures[label] = best * 1e6
+    for chain in chains.values():
+        chain.close()
+    return figures
+
+
+def writes_in(tree: Path, url: str) -> dict[str, float]:
+    """:func:`measure_writes` in a fresh process of ``tree``'s interpreter (its own package;
+    this script, so both checkouts run the same measure)."""
+    python = tree / ".venv" / "bin" / "python"
+    done = subprocess.run(
+        [str(python), __file__, "--measure-writes", url], capture_output=True, text=True, check=True
+    )
+    figures: dict[str, float] = json.loads(done.stdout.splitlines()[-1])
+    return figures
+
+
+def compare_writes(url: str, peer: Path, rounds: int) -> None:
+    """The write rows, ours and the peer's, in turns (see the module's docstring)."""
+    trees = {"ours": ROOT, "peer": peer}
+    samples: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
+    names = list(trees)
+    for index in range(rounds):
+        shift = index % len(names)
+        for name in names[shift:] + names[:shift]:
+            samples[name].append(writes_in(trees[name], url))
+    print(
+        f"\nwrites: peer {peer} (commit {head(peer)}, {core_in(peer)}); {rounds} rounds, each "
+        f"checkout one process a round in turns, the least of {WRITE_PASSES} passes each: "
+        "min / median of rounds"
+    )
+    print(f"{'operation':<24}{'peer us/set':>20}{'ours us/set':>20}{'ours/peer':>14}")
+    for label, *_ in WRITES:
+        ours = [run[label] for run in samples["ours"]]
+        theirs = [run[label] for run in samples["peer"]]
+        mine, base = Spread.of(ours), Spread.of(theirs)
+        print(f"{label:<24}{cell(base):>20}{cell(mine):>20}{cell(paired(ours, theirs)):>14}")
 
 
 if __name__ == "__main__":

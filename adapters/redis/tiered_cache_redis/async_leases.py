@@ -50,6 +50,12 @@ class CoalescedLeases:
         await self._acquires.drain()
         await self._fills.drain()
 
+    async def stop_here(self, within: float) -> None:
+        """The running loop ends (:meth:`TickBatch.stop_here`); every token of theirs is
+        still the tier's to give back (:class:`~.doubted.Taken`)."""
+        await self._acquires.stop_here(within)
+        await self._fills.stop_here(within)
+
     async def _send_acquires(self, calls: Sequence[_Acquire]) -> list[Look | Exception]:
         outcomes: list[Look | Exception] = [ValueError("not sent")] * len(calls)
         for batch in _batches([(key, ttl) for key, ttl in calls]):

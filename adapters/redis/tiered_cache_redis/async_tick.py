@@ -146,6 +146,20 @@ class TickBatch(Generic[Call, Result]):
         if self._sending:
             await asyncio.gather(*self._sending, return_exceptions=True)
 
+    async def stop_here(self, within: float) -> None:
+        """The running loop ends: the batches sent for a cancelled leader and the give-backs
+        of callers that stopped waiting, on this loop, are cancelled, and waited for
+        ``within`` seconds at most. One made during the sweep at the end of ``asyncio.run``
+        is not among the tasks it cancels: it went on into a pool disconnected under it, or
+        was destroyed pending as the loop closed (one made before was cancelled on the
+        wire). What they took or gave back is their owner's to finish (the tier's loop end)."""
+        loop = asyncio.get_running_loop()
+        tasks = [task for task in self._sending if task.get_loop() is loop]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=within)
+
 
 def runs_alone(loop: asyncio.AbstractEventLoop) -> bool:
     """True when no other code of this tick can run before a call that yields to ``loop``

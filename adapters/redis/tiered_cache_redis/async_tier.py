@@ -47,6 +47,12 @@ T = TypeVar("T")
 #: A client the async Redis tier can use.
 AsyncRedisClient: TypeAlias = "aioredis.Redis | AsyncRedisCluster"
 
+#: How long, in seconds, each step of the give-back of a loop's unused leases as that loop
+#: ends (:meth:`AsyncRedisTier._give_back_the_loops_leases`) waits for Redis at most, whatever
+#: the client's own timeouts: on a client made by hand with none, a stalled Redis held the
+#: loop's end for as long as it stalled.
+LOOP_END_WAIT = 0.5
+
 
 def make_async_client(
     url: str,
@@ -114,7 +120,9 @@ class AsyncRedisTier(AsyncTierBase):
         self._forked_from_client = False
         self._reads: AsyncReads | None = None
         self._io = AsyncClientIO(self)
-        self._commands = TierCommands(self._stored, self._io, clock, keys_per_call)
+        self._commands = TierCommands(
+            self._stored, self._io, clock, keys_per_call, loop_end_gives_back=True
+        )
         self._keys_per_call = keys_per_call  # checked by TierCommands
         # The lease calls of one loop tick leave as one batch (async_leases.py).
         self._leases = CoalescedLeases(self._commands)
@@ -193,14 +201,34 @@ class AsyncRedisTier(AsyncTierBase):
         """The loop ends (:mod:`tiered_cache.loop_end`): its connections are of no use to the
         next one. The calls still on the wire end first (an async generator closed with this one may
         have made them): disconnected under them, they reconnected and left their
-        connections in the pool for the next loop."""
+        connections in the pool for the next loop. Then the loop's unused leases go back
+        (:meth:`_give_back_the_loops_leases`), on its connections."""
         await self._calls.settled()
+        await self._give_back_the_loops_leases()
         reads, self._reads = self._reads, None
         if reads is not None:
             await reads.aclose()  # the parked ones back to the pool
         client = self._client
         if isinstance(client, aioredis.Redis):
             await client.connection_pool.disconnect()
+
+    async def _give_back_the_loops_leases(self) -> None:
+        """The loop ends: every lease taken on it that Redis has not seen used or given back
+        goes back (:meth:`TierCommands.farewell`, the close's own give-back), each step
+        waiting :data:`LOOP_END_WAIT` at most. Every task of the loop has ended (the sweep
+        at the end of ``asyncio.run``), so nothing of this loop fills under them any more. A
+        caller cancelled while its lease call was on its way had its lease given back in a
+        task of the lease batches (:mod:`.async_leases`); made in the turn the service
+        returned in, the sweep cancelled it on the wire or before its first step, and the
+        lease held until ``lease_ttl`` (every reader of the key waiting ``lease_wait``). Those
+        tasks are stopped first (their tokens are still :class:`~.doubted.Taken`: given back
+        here). Bounded, as the loop's end must be: on a stalled Redis the give-back goes out
+        unanswered (:mod:`.unanswered`), to run as Redis wakes."""
+        await self._leases.stop_here(LOOP_END_WAIT)
+        client = self._client
+        if client is not None and not self._forked_from_client:
+            io = AsyncClientIO(self, client, within=LOOP_END_WAIT)
+            await arun(self._commands.farewell(io))
 
     def _drop_connections(self) -> None:
         """The loop the connections belong to was closed by hand (:mod:`.async_left`): the
@@ -376,10 +404,19 @@ class AsyncClientIO:
     """:class:`~tiered_cache_redis.commands.RedisIO` on the tier's ``redis.asyncio`` client
     (every call but ``is_cluster`` is a coroutine)."""
 
-    def __init__(self, tier: AsyncRedisTier, client: AsyncRedisClient | None = None) -> None:
+    def __init__(
+        self,
+        tier: AsyncRedisTier,
+        client: AsyncRedisClient | None = None,
+        *,
+        within: float | None = None,
+    ) -> None:
         self._tier = tier
         self._kept = client  # a closing tier's client (see the sync tier's ClientIO)
         self._scripts: dict[str, Any] = {}
+        #: How long each script call, and each step of an unanswered send, waits at most
+        #: (None: as long as the client's timeouts allow): a loop's end's give-back.
+        self._within = within
 
     def _client(self) -> AsyncRedisClient:
         kept = self._kept
@@ -425,7 +462,7 @@ class AsyncClientIO:
         if pool.connection_class not in plain:
             return False  # TLS, or a connection of the application's own making
         # A blocking connect and write (bounded by the connect timeout): off the loop.
-        await asyncio.to_thread(send_unanswered, pool.connection_kwargs, commands)
+        await asyncio.to_thread(send_unanswered, pool.connection_kwargs, commands, self._within)
         return True
 
     def _script(self, source: str) -> Any:
@@ -443,11 +480,12 @@ class AsyncClientIO:
         self._scripts = {}
 
     async def script(self, source: str, keys: list[str], args: list[Any]) -> Any:
-        return await self._script(source)(keys=keys, args=args)
+        async with asyncio.timeout(self._within):
+            return await self._script(source)(keys=keys, args=args)
 
     async def scripts(self, source: str, calls: Sequence[Call], raise_first: bool) -> list[Any]:
         script = self._script(source)
-        async with self._pipeline() as pipe:
+        async with asyncio.timeout(self._within), self._pipeline() as pipe:
             for keys, args in calls:
                 await script(keys=keys, args=args, client=pipe)
             return cast(list[Any], await pipe.execute(raise_on_error=raise_first))

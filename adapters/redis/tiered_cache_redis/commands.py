@@ -23,6 +23,7 @@ from typing import Any, Protocol, TypeVar
 from redis.exceptions import RedisError, ResponseError
 
 from tiered_cache.errors import TierUnavailable
+from tiered_cache.loop_end import in_final_sweep
 from tiered_cache.steps import Steps
 from tiered_cache.tier import MISSING, Entry, MissingType
 
@@ -106,6 +107,8 @@ class TierCommands:
         io: RedisIO,
         clock: Callable[[], float],
         keys_per_call: int = KEYS_PER_CALL,
+        *,
+        loop_end_gives_back: bool = False,
     ) -> None:
         if keys_per_call < 1:
             raise ValueError("keys_per_call must be at least 1")
@@ -114,6 +117,10 @@ class TierCommands:
         self._clock = clock
         #: Most keys one round trip carries: a larger batch is sent in several (chunks.py).
         self._keys_per_call = keys_per_call
+        #: The tier gives back every lease of its event loop as that loop ends (the asyncio
+        #: tier: :meth:`farewell`, bounded), so a give-back under the sweep at the end of
+        #: ``asyncio.run`` is left to it (:meth:`_left_to_the_loops_end`).
+        self._loop_end_gives_back = loop_end_gives_back
         #: Tokens of lease calls that timed out, to give back once Redis answers again.
         self._doubted = Doubted()
         #: The leases taken and not seen used or given back: what a closing tier gives back
@@ -289,6 +296,8 @@ class TierCommands:
 
     def release_lease(self, key: str, token: str) -> Steps[None]:
         """Drop the lease if ``token`` still holds it."""
+        if self._left_to_the_loops_end():
+            return
         name = self.stored.prefix + key
         try:
             yield self.io.script, (RELEASE_IF_HOLDING, [lease_key(name)], [token])
@@ -358,6 +367,8 @@ class TierCommands:
         give-back stopped at the first lease of a node that hangs). Asking the client for a
         key's node may fail too (its slot map refreshed, and that failed): that key is
         skipped, not the give-back of the others."""
+        if self._left_to_the_loops_end():
+            return
         prefix = self.stored.prefix
         calls = [([lease_key(prefix + key)], [token]) for key, token in tokens.items()]
         if not self.is_cluster():
@@ -385,6 +396,18 @@ class TierCommands:
         if first is not None:
             self._doubt(first, tokens, LATER)
             raise first
+
+    def _left_to_the_loops_end(self) -> bool:
+        """Whether a give-back is left to the loop's end: it runs under the sweep of every
+        task at the end of ``asyncio.run`` (:func:`~tiered_cache.loop_end.in_final_sweep`),
+        on a tier that gives back every lease of its loop as that loop ends, each step
+        bounded (:meth:`farewell`). The one home of the rule, for every give-back (a load's,
+        a stopped or cancelled lease call's, a batch's for callers that went away): that
+        end waits for the tasks it swept without limit, and a give-back there to a stalled
+        Redis, on a client with no socket timeout, held ``asyncio.run`` for as long as
+        Redis stalled (with timeouts, as long as its reconnects took). The tokens stay
+        taken (:class:`~.doubted.Taken`) until then."""
+        return self._loop_end_gives_back and in_final_sweep()
 
     def _send(self, commands: Sequence[Command]) -> Steps[None]:
         """``commands``, one key's each, in pipelines of ``keys_per_call`` (:mod:`.chunks`);
@@ -513,13 +536,15 @@ class TierCommands:
     # -- closing
 
     def farewell(self, io: RedisIO) -> Steps[None]:
-        """Give back, as the tier closes (its calls ended: :mod:`.in_flight`), every
-        lease it took that Redis has not seen used or given back, and every one kept in
-        doubt, on ``io`` (the tier's client, which calls no longer reach), before its pool
-        closes. A chain closing gives back what its loads and writes hold, but a lease call
-        still waiting for Redis was in none: its answer came back after that give-back, to a
-        load whose fill and give-back then found the tier closed, or (Redis stalled past the
-        timeout) it ran when Redis woke, its token dropped with the tier. The lease held
+        """Give back, as the tier closes (its calls ended: :mod:`.in_flight`), or as the
+        asyncio tier's event loop ends (its tasks ended), every lease it took that Redis has
+        not seen used or given back, and every one kept in doubt, on ``io`` (the tier's
+        client, which calls no longer reach), before its pool closes (a loop's end: ``io``
+        bounds each step, as that end must be). A chain closing gives back what its loads
+        and writes hold, but a lease call still waiting for Redis was in none: its answer
+        came back after that give-back, to a load whose fill and give-back then found the
+        tier closed, or (Redis stalled past the timeout) it ran when Redis woke, its token
+        dropped with the tier. The lease held
         until ``lease_ttl``, and every process reading the key waited ``lease_wait``. A
         lease given back or used meanwhile makes this give-back release nothing. Redis not
         answering (stalled), the give-back goes out unanswered (:mod:`.unanswered`), to run
@@ -534,9 +559,12 @@ class TierCommands:
             if not self.is_cluster():
                 for chunk in chunks(calls, self._keys_per_call):
                     yield io.scripts, (RELEASE_IF_HOLDING, chunk, True)
-                return
-            for keys, args in calls:
-                yield io.script, (RELEASE_IF_HOLDING, keys, args)
+            else:
+                for keys, args in calls:
+                    yield io.script, (RELEASE_IF_HOLDING, keys, args)
+            # Answered: not given back again by a later loop's end (a chain kept across
+            # asyncio.run calls gives back as each of its loops ends).
+            self._taken.settle(token for _, token in pairs)
             return
         except Exception as exc:
             log.debug(

@@ -57,12 +57,19 @@ def handshake(options: Mapping[str, Any]) -> list[Command]:
     return commands
 
 
-def send_unanswered(options: Mapping[str, Any], commands: Sequence[Command]) -> None:
+def send_unanswered(
+    options: Mapping[str, Any], commands: Sequence[Command], within: float | None = None
+) -> None:
     """Send ``commands`` on a connection of their own made from ``options`` (a plain pool's
     connection arguments: ``host`` and ``port``, or ``path``), after its handshake's; raises
-    ``OSError`` if the connection cannot be made or written (within the connect timeout)."""
-    connect_timeout = options.get("socket_connect_timeout") or options.get("socket_timeout")
-    timeout = options.get("socket_timeout")
+    ``OSError`` if the connection cannot be made or written (within the connect timeout).
+    ``within``: no step (the connect, the write, each read of the answers) waits longer,
+    whatever the client's own timeouts (none, on a client made by hand without them): a
+    loop's end must not wait as long as Redis stalls."""
+    connect_timeout = _capped(
+        options.get("socket_connect_timeout") or options.get("socket_timeout"), within
+    )
+    timeout = _capped(options.get("socket_timeout"), within)
     path = options.get("path")
     if path is not None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -84,3 +91,10 @@ def send_unanswered(options: Mapping[str, Any], commands: Sequence[Command]) -> 
                 pass
         except OSError:  # a Redis that does not answer: the commands run when it wakes
             pass
+
+
+def _capped(timeout: float | None, within: float | None) -> float | None:
+    """``timeout`` (None: none), no longer than ``within`` (None: no cap)."""
+    if within is None:
+        return timeout
+    return within if timeout is None else min(timeout, within)

@@ -16,6 +16,7 @@ pays them when the tier lets calls through again, should no call come
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any, TypeVar, cast
@@ -327,12 +328,32 @@ class TierAccessor:
     def owe(
         self, keys: Sequence[str] = (), prefixes: Sequence[str] = (), everything: bool = False
     ) -> None:
-        """Deletes that failed: a shared tier makes them before its next call, or when its
-        breaker lets calls through again (the timer), whichever comes first."""
-        if not self.local:
-            self.owed.owe(keys, prefixes, everything)
-            if self._payments is not None:  # else the asyncio chain's accessor arms its own
-                self._payments.arm()
+        """Deletes the tier did not confirm (they failed, or a walk of deletes was stopped
+        before them: :func:`~tiered_cache.deletes.deleting`). A shared tier makes them before
+        its next call, or when its breaker lets calls through again (the timer), whichever
+        comes first. An in-process tier makes them at once, here: they do no I/O, so nothing
+        waits, and nothing would pay them later. Not made, a fill the fence refused and
+        whose undo was stopped in a shared tier's delete (Ctrl-C, a cancellation) left its
+        refused value in memory, served by the next reads until memory's ``ttl``."""
+        if self.local:
+            self._drop_now(keys, prefixes, everything)
+            return
+        self.owed.owe(keys, prefixes, everything)
+        if self._payments is not None:  # else the asyncio chain's accessor arms its own
+            self._payments.arm()
+
+    def _drop_now(self, keys: Sequence[str], prefixes: Sequence[str], everything: bool) -> None:
+        """An in-process tier's owed deletes, made past its breaker (its guard is for I/O).
+        One that fails is not tried again: it was counted and logged when it failed."""
+        tier = self.tier
+        with contextlib.suppress(Exception):
+            if everything:
+                tier.clear()
+                return
+            if keys:
+                tier.delete_many(keys)
+            for prefix in prefixes:
+                self._delete_prefix(prefix)
 
     def settle(self) -> None:
         """Pay the deletes owed, before any other call to the tier; raises

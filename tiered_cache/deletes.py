@@ -7,7 +7,11 @@ accessor records it: ``TierAccessor._quietly``). A walk stopped part-way -- Ctrl
 ``KeyboardInterrupt``, a signal handler's ``sys.exit()``, a task queue's time limit, an
 asyncio cancellation, the steps closed between two calls -- leaves the tier it was stopped
 in *and every tier it had not reached yet* owing the delete (:mod:`tiered_cache.owed`):
-paid before their next call, or by their payment timer. Owing only the tier stopped in left
+paid before their next call, or by their payment timer; an in-process tier (memory) among
+them makes it at once (``TierAccessor.owe``: no I/O, nothing to wait for). The fence's undo
+of a refused fill deletes in the order it wrote, the shared tiers first and memory last:
+stopped in Redis's delete, memory's "owed" delete was none, and the refused value stayed in
+memory, served by this process's reads until its ``ttl``. Owing only the tier stopped in left
 a chain of two shared tiers (two Redis, or Redis then DynamoDB as a cache tier) with the old
 copy in the second, read by every process until its ``ttl``. Owed, not made at once: the
 stopped caller is not held up by more calls. Owing the tier stopped in may be one delete

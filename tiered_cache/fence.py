@@ -437,7 +437,7 @@ class Fence:
         if not refused and not memory:
             return refused
         self._metrics.count("fills_refused", len(refused) + len(memory))
-        if refused:  # stopped part-way, the shared tiers not reached owe it
+        if refused:  # stopped part-way, the shared tiers not reached owe it, memory drops it
             yield from deleting(written, refused)
         if memory:
             for tier in written:

@@ -70,7 +70,13 @@ async def past_first_step(task: asyncio.Task[Any]) -> None:
     turn of the loop, its first step being due. A task cancelled before its first step runs
     nothing, not even its ``finally``: the sweep of every task at the end of ``asyncio.run``
     cancels those spawned in the loop's last turn (a caller cancelled by hand as the service
-    returned) before they begin, and what such a task was to do is its spawner's again."""
+    returned) before they begin, and what such a task was to do is its spawner's again.
+
+    A cancellation met here is not lost: the caller's count of them (``cancelling()``) is
+    left as it is, so a caller cancelled again in that turn, by hand or by an expiring
+    ``asyncio.timeout`` around it, still ends cancelled, and the timeout does not turn a
+    cancellation by hand into ``TimeoutError``
+    (``adapters/redis/tests/test_redis_left_load_cancelled_again.py``)."""
     coroutine = task.get_coro()
     if not inspect.iscoroutine(coroutine):  # not a coroutine's task: nothing to tell
         return

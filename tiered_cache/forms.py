@@ -51,22 +51,27 @@ def prepared(prepares: Sequence[Prepare], items: Mapping[str, Any]) -> Forms | N
     """Every tier's ``prepare_value`` of every value of ``items`` (raises
     :class:`~tiered_cache.CodecError` for one a tier cannot store); the forms that are not the
     value itself, or None if there is none."""
-    of: dict[int, dict[str, Any]] = {}
-    for index, prepare in prepares:
-        for key, value in items.items():
-            form = prepare(value)
-            if form is not value:
-                of.setdefault(index, {})[key] = form
-    return Forms(of) if of else None
+    of: dict[int, dict[str, Any]] | None = None
+    for key, value in items.items():
+        of = _prepared(prepares, key, value, of)
+    return None if of is None else Forms(of)
 
 
 def prepared_one(prepares: Sequence[Prepare], key: str, value: Any) -> Forms | None:
-    """:func:`prepared` of one value (a ``set``: no mapping made when no tier has a form)."""
-    of: dict[int, dict[str, Any]] | None = None
+    """:func:`prepared` of one value (a ``set``): no mapping made when no tier has a form."""
+    of = _prepared(prepares, key, value, None)
+    return None if of is None else Forms(of)
+
+
+def _prepared(
+    prepares: Sequence[Prepare], key: str, value: Any, of: dict[int, dict[str, Any]] | None
+) -> dict[int, dict[str, Any]] | None:
+    """The rule of both: each tier's form of ``value``, added to ``of`` (made at the first
+    form) when it is not the value itself."""
     for index, prepare in prepares:
         form = prepare(value)
         if form is not value:
             if of is None:
                 of = {}
-            of[index] = {key: form}
-    return None if of is None else Forms(of)
+            of.setdefault(index, {})[key] = form
+    return of

@@ -594,7 +594,7 @@ class ChainPaths:
         Returns the tiers' forms of the values (``TierBase.prepare_value``: the Redis tier's
         encoding), which the write's fill hands to them: the value is encoded once, here, and
         what is sent is what was checked (:mod:`tiered_cache.forms`). ``set`` asks through
-        :func:`~tiered_cache.forms.prepared_one`, the same check for one value."""
+        :func:`~tiered_cache.forms.prepared_one`, the same rule for one value."""
         return prepared(self.value_checks, items)
 
     def leased(self, key: str) -> bool:

@@ -9,8 +9,9 @@ checked (the counts are those of a spy around the real codec).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import pytest
 import redis
@@ -22,6 +23,8 @@ from tiered_cache.codecs import CodecBase, get_codec
 from tiered_cache.protection import Protection
 from tiered_cache.testing.servers import RedisServer
 from tiered_cache.testing.sources import AsyncDictSource, DictSource
+
+T = TypeVar("T")
 
 LEASES = ["auto", "off"]
 #: How the values are written, and whether the chain has a source.
@@ -59,35 +62,62 @@ def raw(redis_server: RedisServer) -> Iterator[redis.Redis]:
     client.close()
 
 
-def written(how: str) -> dict[str, Any]:
-    return {"k": VALUES["k"]} if how == "set" else dict(VALUES)
+@dataclass
+class Write:
+    """One write of either face: its codec counted, the chain's lease setting, how the values
+    are written (``set`` or ``set_many``) and whether the chain has a source."""
+
+    counting: Counting
+    lease: str
+    how: str
+    sourced: bool
+    server: RedisServer
+    namespace: str
+    raw: redis.Redis
+    reader: RedisTier
+
+    @property
+    def items(self) -> dict[str, Any]:
+        """The values written."""
+        return {"k": VALUES["k"]} if self.how == "set" else dict(VALUES)
+
+    def send(self, set_one: Callable[[str, Any], T], set_many: Callable[[dict[str, Any]], T]) -> T:
+        """The write, through a chain's ``set`` or ``set_many`` (either face's)."""
+        return set_one("k", VALUES["k"]) if self.how == "set" else set_many(self.items)
+
+    def check(self) -> None:
+        """Each value encoded once, and the bytes stored the value's (another process's tier
+        reads them back)."""
+        items = self.items
+        assert self.counting.encodes == len(items)
+        assert {key: self.reader.get(key).value for key in items} == items  # type: ignore[union-attr]
+        assert self.raw.exists(*(f"{self.namespace}:{key}" for key in items)) == len(items)
 
 
-@pytest.mark.parametrize("setup", SETUPS)
-@pytest.mark.parametrize("case", CASES)
-def test_a_write_encodes_each_value_once(
-    redis_server: RedisServer,
-    raw: redis.Redis,
-    namespace: str,
-    setup: tuple[str, str],
-    case: tuple[str, bool],
-) -> None:
-    (codec, lease), (how, sourced) = setup, case
-    counting = Counting(codec)
-    tier = RedisTier(redis.Redis.from_url(redis_server.url), namespace=namespace, codec=counting)
-    source = DictSource({}) if sourced else None
+#: Every write: its setup and its case.
+WRITES = [(*setup, *case) for setup in SETUPS for case in CASES]
+
+
+@pytest.fixture(params=WRITES, ids=lambda write: "-".join(map(str, write)))
+def write(
+    request: pytest.FixtureRequest, redis_server: RedisServer, raw: redis.Redis, namespace: str
+) -> Iterator[Write]:
+    codec, lease, how, sourced = request.param
     reader = RedisTier(redis.Redis.from_url(redis_server.url), namespace=namespace, codec=codec)
-    with TieredCache([MemoryTier(), tier], source, protection=Protection(lease=lease)) as cache:
-        items = written(how)
-        if how == "set":
-            cache.set("k", items["k"])
-        else:
-            cache.set_many(items)
-        assert counting.encodes == len(items)
-        # The bytes stored are the value's: another process's tier reads it back.
-        assert {key: reader.get(key).value for key in items} == items  # type: ignore[union-attr]
-        assert raw.exists(*(f"{namespace}:{key}" for key in items)) == len(items)
+    yield Write(Counting(codec), lease, how, sourced, redis_server, namespace, raw, reader)
     reader.close()
+
+
+def test_a_write_encodes_each_value_once(write: Write) -> None:
+    tier = RedisTier(
+        redis.Redis.from_url(write.server.url), namespace=write.namespace, codec=write.counting
+    )
+    source = DictSource({}) if write.sourced else None
+    with TieredCache(
+        [MemoryTier(), tier], source, protection=Protection(lease=write.lease)
+    ) as cache:
+        write.send(cache.set, cache.set_many)
+        write.check()
 
 
 def test_a_value_over_max_value_size_is_encoded_once_and_not_kept(
@@ -121,32 +151,14 @@ def anyio_backend() -> str:
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("setup", SETUPS)
-@pytest.mark.parametrize("case", CASES)
-async def test_an_async_write_encodes_each_value_once(
-    redis_server: RedisServer,
-    raw: redis.Redis,
-    namespace: str,
-    setup: tuple[str, str],
-    case: tuple[str, bool],
-) -> None:
-    (codec, lease), (how, sourced) = setup, case
-    counting = Counting(codec)
+async def test_an_async_write_encodes_each_value_once(write: Write) -> None:
     tier = AsyncRedisTier(
-        aioredis.Redis.from_url(redis_server.url), namespace=namespace, codec=counting
+        aioredis.Redis.from_url(write.server.url), namespace=write.namespace, codec=write.counting
     )
-    source = AsyncDictSource({}) if sourced else None
-    reader = RedisTier(redis.Redis.from_url(redis_server.url), namespace=namespace, codec=codec)
-    cache = AsyncTieredCache([MemoryTier(), tier], source, protection=Protection(lease=lease))
+    source = AsyncDictSource({}) if write.sourced else None
+    cache = AsyncTieredCache([MemoryTier(), tier], source, protection=Protection(lease=write.lease))
     try:
-        items = written(how)
-        if how == "set":
-            await cache.set("k", items["k"])
-        else:
-            await cache.set_many(items)
-        assert counting.encodes == len(items)
-        assert {key: reader.get(key).value for key in items} == items  # type: ignore[union-attr]
-        assert raw.exists(*(f"{namespace}:{key}" for key in items)) == len(items)
+        await write.send(cache.set, cache.set_many)
+        write.check()
     finally:
         await cache.aclose()
-        reader.close()

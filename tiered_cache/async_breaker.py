@@ -44,20 +44,29 @@ class AsyncCircuitBreakerTier(GuardedTier[AsyncTier], AsyncTierBase):
         super().__init__(
             tier, settings, failure_threshold=failure_threshold, cool_down=cool_down, clock=clock
         )
-        self.utf8_keys = isinstance(tier, AsyncTierBase) and tier.utf8_keys
-        self.one_loop = isinstance(tier, AsyncTierBase) and tier.one_loop
+        #: The wrapped tier's declared capabilities (the defaults, for a tier that declares
+        #: none), resolved once: the wrapper hides none of them and asks nothing per call.
+        declared = tier if isinstance(tier, AsyncTierBase) else None
+        self._declared = declared if declared is not None else AsyncTierBase()
+        self.utf8_keys = self._declared.utf8_keys
+        self.one_loop = self._declared.one_loop
+        #: The tier's declared ``delete_prefix``, else its ``clear`` (more than asked, never
+        #: less).
+        self._delete_prefix: Callable[[str], Awaitable[None]] = (
+            declared.delete_prefix if declared is not None else (lambda prefix: tier.clear())
+        )
 
     def _call(self, operation: Callable[[], Awaitable[T]]) -> Awaitable[T]:
         return self.breaker.acall(operation)
 
     def check_value(self, value: Any) -> None:
-        if isinstance(self._tier, AsyncTierBase):
-            self._tier.check_value(value)
+        """The wrapped tier's own check (a plain call: nothing to guard)."""
+        self._declared.check_value(value)
 
     def prepare_value(self, value: Any) -> Any:
-        if isinstance(self._tier, AsyncTierBase):
-            return self._tier.prepare_value(value)
-        return value
+        """The wrapped tier's own form of ``value`` (the Redis tier's payload), so a write
+        through this wrapper encodes it once, as through the tier itself."""
+        return self._declared.prepare_value(value)
 
     # -- the AsyncTier protocol
 
@@ -82,11 +91,7 @@ class AsyncCircuitBreakerTier(GuardedTier[AsyncTier], AsyncTierBase):
     async def delete_prefix(self, prefix: str) -> None:
         """The tier's declared ``delete_prefix``, else its ``clear`` (more than asked, never
         less), through the breaker."""
-        tier = self._tier
-        if isinstance(tier, AsyncTierBase):
-            await self._call(lambda: tier.delete_prefix(prefix))
-        else:
-            await self._call(tier.clear)
+        await self._call(lambda: self._delete_prefix(prefix))
 
     async def aclose(self) -> None:
         """Close the wrapped tier, whatever the state of the circuit."""

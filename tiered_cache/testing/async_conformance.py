@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import threading
-from collections.abc import Coroutine, Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from typing import Any, TypeVar, cast
 
 import pytest
@@ -59,8 +59,15 @@ class OnLoopTier(TierBase):
     def __init__(self, tier: AsyncTier, loop: LoopThread) -> None:
         self.inner = tier
         self.name = tier.name
-        self.leases = isinstance(tier, AsyncTierBase) and tier.leases
-        self.utf8_keys = isinstance(tier, AsyncTierBase) and tier.utf8_keys
+        #: The async tier's declared capabilities (the defaults, for one that declares
+        #: none), resolved once, as the chain's accessor does.
+        declared = tier if isinstance(tier, AsyncTierBase) else None
+        self._declared = declared if declared is not None else AsyncTierBase()
+        self._delete_prefix: Callable[[str], Coroutine[Any, Any, None]] = (
+            declared.delete_prefix if declared is not None else (lambda prefix: tier.clear())
+        )
+        self.leases = self._declared.leases
+        self.utf8_keys = self._declared.utf8_keys
         self._run = loop.run
 
     def _leasing(self) -> AsyncLeasingTier:
@@ -68,14 +75,11 @@ class OnLoopTier(TierBase):
 
     def check_value(self, value: Any) -> None:
         """The async tier's own check (a plain call: no loop needed), so the suite tests it."""
-        if isinstance(self.inner, AsyncTierBase):
-            self.inner.check_value(value)
+        self._declared.check_value(value)
 
     def prepare_value(self, value: Any) -> Any:
         """The async tier's own (a plain call), so the suite tests it."""
-        if isinstance(self.inner, AsyncTierBase):
-            return self.inner.prepare_value(value)
-        return value
+        return self._declared.prepare_value(value)
 
     def get(self, key: str) -> Entry | MissingType:
         return self._run(self.inner.get(key))
@@ -99,10 +103,7 @@ class OnLoopTier(TierBase):
         self._run(self.inner.clear())
 
     def delete_prefix(self, prefix: str) -> None:
-        if isinstance(self.inner, AsyncTierBase):
-            self._run(self.inner.delete_prefix(prefix))
-        else:
-            self.clear()
+        self._run(self._delete_prefix(prefix))
 
     def close(self) -> None:
         self._run(self.inner.aclose())

@@ -19,10 +19,13 @@ import redis.asyncio as aioredis
 from tiered_cache_redis import AsyncRedisTier, RedisTier
 
 from tiered_cache import AsyncTieredCache, MemoryTier, TieredCache
+from tiered_cache.async_breaker import AsyncCircuitBreakerTier
 from tiered_cache.codecs import CodecBase, get_codec
+from tiered_cache.errors import CodecError
 from tiered_cache.protection import Protection
 from tiered_cache.testing.servers import RedisServer
 from tiered_cache.testing.sources import AsyncDictSource, DictSource
+from tiered_cache.tier import Entry
 
 T = TypeVar("T")
 
@@ -162,3 +165,31 @@ async def test_an_async_write_encodes_each_value_once(write: Write) -> None:
         write.check()
     finally:
         await cache.aclose()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("codec", ["json", "pickle"])
+async def test_the_async_breaker_hands_on_the_wrapped_tiers_form(
+    redis_server: RedisServer, namespace: str, codec: str
+) -> None:
+    """:class:`AsyncCircuitBreakerTier` used on its own (a user's write through
+    ``cache.tiers``) declares the wrapped tier's capabilities: its ``prepare_value`` is the
+    Redis tier's payload, which its ``set`` stores unchanged, encoded once. A wrapper that
+    hid the capability (the default form: the value itself) had ``set`` encode it again."""
+    counting = Counting(codec)
+    tier = AsyncRedisTier(
+        aioredis.Redis.from_url(redis_server.url), namespace=namespace, codec=counting
+    )
+    breaker = AsyncCircuitBreakerTier(tier)
+    reader = RedisTier(redis.Redis.from_url(redis_server.url), namespace=namespace, codec=codec)
+    try:
+        form = breaker.prepare_value(VALUES["k"])
+        assert counting.encodes == 1  # the tier's check, which made the bytes ...
+        await breaker.set("k", Entry(form, 0.0))
+        assert counting.encodes == 1  # ... that set stored
+        assert reader.get("k").value == VALUES["k"]  # type: ignore[union-attr]
+        with pytest.raises(CodecError):  # the tier's check, not the default's (none)
+            breaker.check_value(lambda: None)
+    finally:
+        await breaker.aclose()
+        reader.close()

@@ -16,12 +16,12 @@ pays them when the tier lets calls through again, should no call come
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any, TypeVar, cast
 
 from .breaker import CircuitBreaker, GuardedTier
+from .deletes import deleting
 from .errors import CodecError, TierCallFailed, TierUnavailable
 from .hit import HitCount
 from .leases import LeasingTier
@@ -307,13 +307,15 @@ class TierAccessor:
         prefixes: Sequence[str] = (),
         everything: bool = False,
     ) -> str | None:
-        """A delete; one that failed is owed by a shared tier (:meth:`owe`). One stopped (a
+        """A delete; one that failed is owed by a shared tier (:meth:`owe`; an in-process
+        tier's is not tried again: it was made at once, and counted and logged). One stopped (a
         Ctrl-C, a signal-raised time limit: a ``BaseException``) raises on, owed by the walk
         it was part of (:func:`~tiered_cache.deletes.deleting`), with the tiers after it."""
         try:
             self._call(operation)
         except Exception as exc:
-            self.owe(keys, prefixes, everything)
+            if not self.local:  # an in-process tier's call was its delete, made at once
+                self.owe(keys, prefixes, everything)
             return self._failure(exc)
         return None
 
@@ -336,24 +338,13 @@ class TierAccessor:
         whose undo was stopped in a shared tier's delete (Ctrl-C, a cancellation) left its
         refused value in memory, served by the next reads until memory's ``ttl``."""
         if self.local:
-            self._drop_now(keys, prefixes, everything)
+            # The walk of a delete, through this one tier: the same calls as every other
+            # delete of it (a failure counted and logged there, not owed: see _quietly).
+            run(deleting((self,), keys, prefixes, everything))
             return
         self.owed.owe(keys, prefixes, everything)
         if self._payments is not None:  # else the asyncio chain's accessor arms its own
             self._payments.arm()
-
-    def _drop_now(self, keys: Sequence[str], prefixes: Sequence[str], everything: bool) -> None:
-        """An in-process tier's owed deletes, made past its breaker (its guard is for I/O).
-        One that fails is not tried again: it was counted and logged when it failed."""
-        tier = self.tier
-        with contextlib.suppress(Exception):
-            if everything:
-                tier.clear()
-                return
-            if keys:
-                tier.delete_many(keys)
-            for prefix in prefixes:
-                self._delete_prefix(prefix)
 
     def settle(self) -> None:
         """Pay the deletes owed, before any other call to the tier; raises

@@ -437,14 +437,28 @@ class Fence:
         if not refused and not memory:
             return refused
         self._metrics.count("fills_refused", len(refused) + len(memory))
-        if refused:  # stopped part-way, the shared tiers not reached owe it, memory drops it
-            yield from deleting(written, refused)
+        out.update(memory)
+        yield from self._undone(written, refused, memory)
+        return refused
+
+    @staticmethod
+    def _undone(
+        written: Sequence[FillTarget], refused: Sequence[str], memory: Sequence[str] = ()
+    ) -> Steps[None]:
+        """The one undo of a fill (:meth:`_undo`'s, :meth:`fill_one`'s): ``memory`` (keys
+        only the in-process tiers may not keep) dropped from those of ``written`` first, then
+        ``refused`` deleted from ``written`` in the order they were written, the slowest
+        first (an invalidation's order: a read of this process between the two deletes finds
+        the refused copy still in memory, not a slower tier's to copy up). The drop first:
+        it makes no I/O, and after the walk a stop in a shared tier's delete (Ctrl-C, a
+        cancellation), which leaves the tiers not reached owing ``refused`` only, skipped it
+        and left the value in memory, served until memory's ``ttl``."""
         if memory:
             for tier in written:
                 if tier.local:
                     yield tier.delete_many, (memory,)
-        out.update(memory)
-        return refused
+        if refused:
+            yield from deleting(written, refused)
 
     def _judge(
         self,
@@ -517,9 +531,10 @@ class Fence:
         if early or not log.overtaken(mark, keys, own):
             return True
         # Invalidated between the check and the write: undo, deleting is always safe (from
-        # every tier given: no list of the written ones is kept on the common path).
+        # every tier given, in the order written: no list of the written ones is kept on the
+        # common path).
         self._metrics.count("fills_refused")
-        run(deleting([tier for tier in tiers if tier.local or not sole], keys))
+        run(self._undone([tier for tier in reversed(tiers) if tier.local or not sole], keys))
         return sole
 
     def write_alone(self, mark: int, key: str, entry: Entry) -> bool:

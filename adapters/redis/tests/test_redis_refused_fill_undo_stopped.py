@@ -26,6 +26,7 @@ from tiered_cache_redis import AsyncRedisTier, RedisTier, make_async_client
 
 from tiered_cache import AsyncTieredCache, MemoryTier, TieredCache
 from tiered_cache.protection import Protection
+from tiered_cache.testing.buses import CuttableBus
 from tiered_cache.testing.interrupts import Interrupted
 from tiered_cache.testing.servers import RedisServer
 from tiered_cache.testing.sources import AsyncDictSource, DictSource
@@ -94,7 +95,7 @@ def test_a_threaded_refused_fill_stopped_in_its_undo_leaves_memory_empty(
         shared.stop = stop  # the undo's delete of the refused copy in Redis
 
     # Leased, the fill's last step before its second check is memory's write; without a
-    # lease, a one-key fill is plain calls (memory undone first): a batch goes as steps.
+    # lease, a batch goes as steps (a one-key fill's plain calls undo in the same order).
     if lease == "auto":
         memory.meanwhile = concurrent_write
     else:
@@ -161,3 +162,44 @@ async def test_an_asyncio_refused_fill_cancelled_in_its_undo_leaves_memory_empty
     assert cache.stats()["fills_refused"] >= 1
     assert await cache.get("k") == "new"
     await cache.aclose()
+
+
+@pytest.mark.parametrize("stop", [Interrupted(), KeyboardInterrupt(), SystemExit(1)])
+def test_a_refused_fill_stopped_in_its_undo_drops_what_a_gap_keeps_out_of_memory(
+    redis_server: RedisServer, namespace: str, stop: BaseException
+) -> None:
+    """Two leased keys filled: as memory is written, one is invalidated (no tier may keep
+    it) and a gap hides another process's write of the other (its leased write stands in
+    Redis, but memory may not keep it). The undo stopped in Redis's delete of the first left
+    the second, the gap's, in memory: this process served its value, older than Redis's,
+    until memory's ``ttl``."""
+    source = DictSource({"a": "a", "b": "old"})
+    bus = CuttableBus()
+    memory = InvalidatedAsFilled()
+    shared = StoppedDelete(redis.Redis.from_url(redis_server.url), namespace=namespace)
+    cache = TieredCache([memory, shared], source, bus=bus)
+    other = TieredCache(
+        [MemoryTier(), RedisTier(redis.Redis.from_url(redis_server.url), namespace=namespace)],
+        source,
+        bus=bus,
+    )
+
+    def meanwhile() -> None:
+        bus.cut()
+        bus.failing = True
+        other.set("b", "later")  # its message lost: a gap, once the bus is back
+        bus.failing = False
+        bus.restore()
+        writer = threading.Thread(target=cache.invalidate, args=("a",))
+        writer.start()
+        writer.join()
+        shared.stop = stop  # the undo's delete of "a" in Redis
+
+    memory.meanwhile = meanwhile
+    with pytest.raises(type(stop)):
+        cache.get_many(["a", "b"])
+    assert cache.stats()["fills_refused"] >= 2
+    assert cache.get("b") == "later"
+    assert cache.get("a") == "a"
+    cache.close()
+    other.close()

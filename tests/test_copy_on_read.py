@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from tiered_cache import AsyncTieredCache, CodecError, MemoryTier, TieredCache
+from tiered_cache.bus import LocalBus
 from tiered_cache.testing.sources import AsyncDictSource, DictSource
 
 
@@ -210,4 +211,43 @@ def test_a_loaded_value_copy_on_read_cannot_copy_reaches_the_caller_as_a_codec_e
     assert source.reads == 2
     assert len(tier) == 0
     assert chain.stats()["tiers"][0]["errors"] == 0
+    chain.close()
+
+
+class Counted:
+    """A value that counts its deep copies."""
+
+    copies = 0
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __deepcopy__(self, memo: object) -> Counted:
+        Counted.copies += 1
+        return Counted(self.n)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Counted) and other.n == self.n
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+@pytest.mark.parametrize("how", ["set", "set_many"])
+@pytest.mark.parametrize("bus", [False, True], ids=["alone", "on a bus"])
+def test_a_write_copies_its_value_once(how: str, bus: bool) -> None:
+    """The write's check (asked before anything is sent) deep-copied the value and threw the
+    copy away, and the fill copied it again: two copies per value written. The check's copy
+    is now the one kept (``MemoryTier.prepare_value``), with the tier alone (the chain's
+    ``set_alone``) as on a bus (the write's steps)."""
+    memory = MemoryTier(copy_on_read=True)
+    chain = TieredCache([memory], bus=LocalBus() if bus else None)
+    Counted.copies = 0
+    value = Counted(1)
+    if how == "set":
+        chain.set("k", value)
+    else:
+        chain.set_many({"k": value, "j": Counted(2)})
+    assert Counted.copies == (1 if how == "set" else 2)
+    value.n = 9  # the caller's object: the kept copy is not it
+    assert chain.get("k", lambda: None) == Counted(1)
     chain.close()

@@ -20,6 +20,7 @@ from .memory_core import (
     MISS_BUFFER_ROOM,
     READ_BUFFER_MAX,
     READ_BUFFER_SIZE,
+    Copied,
     MemoryCore,
     copied_value,
 )
@@ -331,6 +332,16 @@ class MemoryTier(TierBase):
         anything: found at the fill, it came after the source had taken the value)."""
         if self._core.copy_on_read:
             copied_value(value)
+
+    def prepare_value(self, value: Any) -> Any:
+        """With ``copy_on_read``, the tier's own deep copy of ``value`` (CodecError if it
+        cannot be made), which the write's fill hands back and the tier keeps as it is: one
+        copy per write, where the check's copy was thrown away and the fill made another.
+        Made before the source is written, it is the value the caller passed. Otherwise the
+        value itself."""
+        if self._core.copy_on_read:
+            return Copied(copied_value(value))
+        return value
 
     def replace(self, key: str, entry: Entry) -> None:
         """:meth:`delete_many` of ``key`` then :meth:`set` of ``entry`` under one lock (the

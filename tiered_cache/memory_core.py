@@ -25,7 +25,7 @@ from .tier import MISSING, Entry, MissingType
 if TYPE_CHECKING:
     from .memory import EvictionPolicy
 
-__all__ = ["MISS_BUFFER_ROOM", "READ_BUFFER_MAX", "READ_BUFFER_SIZE", "MemoryCore"]
+__all__ = ["MISS_BUFFER_ROOM", "READ_BUFFER_MAX", "READ_BUFFER_SIZE", "Copied", "MemoryCore"]
 
 #: Most recent reads kept for the eviction policy until the next write or miss replays them:
 #: at least this many ...
@@ -238,7 +238,10 @@ class MemoryCore:
         """The slot to keep ``entry`` in (a copy of it with ``copy_on_read``), or None when
         it expires here at ``now`` already."""
         if self.copy_on_read:
-            entry = _copied(entry)
+            value = entry.value
+            # A write's value comes copied by its check (MemoryTier.prepare_value): kept as
+            # it is, the one copy a write makes; any other value is copied here.
+            entry = entry.with_value(value.value) if type(value) is Copied else _copied(entry)
         expire_at = self._expire_at(entry, now)
         if expire_at > now:
             sizeof = self._sizeof
@@ -298,6 +301,18 @@ class MemoryCore:
         with self.lock:
             self.reads.clear()
             self.policy.clear()
+
+
+@final
+class Copied:
+    """A write's value as a ``copy_on_read`` tier keeps it: the deep copy its check made
+    (``MemoryTier.prepare_value``), which the write's fill hands back and the tier keeps
+    without copying again."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
 
 
 def _copied(entry: Entry) -> Entry:

@@ -138,7 +138,8 @@ class AsyncSource(Protocol):
         ...
 
     async def store(self, key: str, value: Any) -> None:
-        """Write ``value`` for ``key`` (write-through)."""
+        """Write ``value`` for ``key`` (write-through); must not mutate ``value`` (see
+        :meth:`tiered_cache.tier.Source.store`)."""
         ...
 
     async def remove(self, key: str) -> None:

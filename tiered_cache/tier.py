@@ -228,7 +228,9 @@ class Source(Protocol):
         ...
 
     def store(self, key: str, value: Any) -> None:
-        """Write ``value`` for ``key`` (used by write-through)."""
+        """Write ``value`` for ``key`` (used by write-through). Must not mutate ``value``: the
+        tiers' forms of it (the Redis tier's bytes) are made before this call, and the memory
+        tier keeps the object itself, so a change made here would reach memory and not Redis."""
         ...
 
     def remove(self, key: str) -> None:

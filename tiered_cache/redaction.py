@@ -1,8 +1,9 @@
 """Hiding secrets in what is shown: URLs with passwords, settings with credentials.
 
-A URL such as ``redis://user:secret@host:6379/0`` is shown as ``redis://user:***@host:6379/0``
-wherever a setting is shown (``repr``, ``str``, errors, logs, start-up lines). Passwords given
-as a query parameter (``?password=secret``, ``?ssl_password=``, ``?auth_token=``) are hidden the
+A URL such as ``redis://user:secret@host:6379/0`` is shown as ``redis://***@host:6379/0``
+wherever a setting is shown (``repr``, ``str``, errors, logs, start-up lines): the whole
+userinfo goes, the user too (an AWS access key id, a Redis ACL user). Passwords given as a
+query parameter (``?password=secret``, ``?ssl_password=``, ``?auth_token=``) are hidden the
 same way.
 """
 
@@ -36,16 +37,17 @@ _QUERY_SECRET = re.compile(
 
 
 def redact_url(url: str) -> str:
-    """``url`` with its password (in the authority or the query) replaced by ``***``."""
+    """``url`` with its userinfo (user and password) and the secrets of its query replaced by
+    ``***``."""
     match = _AUTHORITY.match(url)
     if match is None:  # the pattern matches any text; kept for the type checker
         return _QUERY_SECRET.sub(lambda found: found.group("name") + MASK, url)
     authority = match.group("authority")
     credentials, at, host = authority.rpartition("@")
     if at and credentials:
-        user, colon, _ = credentials.partition(":")
-        # A lone userinfo (redis://token@host) is often a token: hidden too.
-        authority = f"{user}:{MASK}@{host}" if colon else f"{MASK}@{host}"
+        # The whole userinfo: its user may be a secret too (an AWS access key id, the user
+        # of a Redis ACL), and a lone one (redis://token@host) is often a token.
+        authority = f"{MASK}@{host}"
     rest = _QUERY_SECRET.sub(lambda found: found.group("name") + MASK, match.group("rest"))
     return f"{match.group('scheme') or ''}{authority}{rest}"
 
@@ -55,7 +57,7 @@ _URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s\"'<>]+")
 
 
 def redact_urls_in(text: str) -> str:
-    """``text`` with the password of every URL in it replaced by ``***`` (:func:`redact_url`):
+    """``text`` with the userinfo of every URL in it replaced by ``***`` (:func:`redact_url`):
     for messages written by others, such as botocore's, that quote a URL whole."""
     return _URL_IN_TEXT.sub(lambda found: redact_url(found.group()), text)
 

@@ -155,6 +155,23 @@ def test_an_endpoint_with_a_password_is_shown_without_it() -> None:
     client.close()
 
 
+def test_the_access_key_id_as_an_endpoint_user_is_hidden_with_its_password() -> None:
+    """An endpoint's user (an access key id, ``https://AKIA...:secret@host``) was shown beside
+    its masked password: in the settings' reprs and the refusal of a URL that is not HTTP."""
+    endpoint = f"http://{ACCESS_KEY}:{SECRET_KEY}@127.0.0.1:8000"
+    fields = {"kind": "dynamodb", "table": "tweets", "key": "k"}
+    shown = [
+        repr(DynamoDBSourceSettings(table="tweets", key="k", endpoint_url=endpoint)),
+        repr(StreamSettings(table="tweets", key="k", endpoint_url=endpoint)),
+    ]
+    with pytest.raises(ConfigError) as refused:
+        load_settings(source={**fields, "endpoint_url": endpoint.replace("http", "ftp")})
+    shown.append(str(refused.value))
+    for text in shown:
+        _assert_hidden(text)
+        assert "127.0.0.1:8000" in text, text
+
+
 def _closed_port_endpoint() -> str:
     import socket
 

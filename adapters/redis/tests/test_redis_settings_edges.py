@@ -223,6 +223,22 @@ def test_repr_and_str_of_the_settings_hide_the_password() -> None:
     assert tier.url == url
 
 
+#: A Redis ACL user (or an access key id where a URL takes one): shown, it named the account
+#: whose password was masked beside it.
+USER = "acl-user-do-not-leak"
+
+
+def test_the_user_of_a_url_is_hidden_with_its_password() -> None:
+    url = f"redis://{USER}:{SECRET}@localhost:6379/0"
+    settings = load_settings(tiers=_tiers(url), bus={"kind": "redis", "url": url})
+    for shown in (repr(settings), str(settings), repr(settings.tiers[1]), str(settings.bus)):
+        assert USER not in shown and SECRET not in shown, shown
+    with pytest.raises(ConfigError) as caught:  # a port no TCP port is: the URL is shown
+        load_settings(tiers=_tiers(f"redis://{USER}:{SECRET}@localhost:99999/0"))
+    assert "localhost:99999" in str(caught.value)
+    assert USER not in str(caught.value) and SECRET not in str(caught.value)
+
+
 @pytest.mark.parametrize(
     "url",
     [
@@ -269,7 +285,7 @@ def test_a_url_field_holding_no_url_does_not_show_what_it_holds(url: str) -> Non
 
 def test_credentials_written_without_a_scheme_are_hidden_where_a_url_is_shown() -> None:
     # The Django backend shows a LOCATION it does not read through redact_url.
-    assert redact_url(f"default:{SECRET}@localhost:6379/0") == "default:***@localhost:6379/0"
+    assert redact_url(f"default:{SECRET}@localhost:6379/0") == "***@localhost:6379/0"
     assert redact_url(f"{SECRET}@localhost:6379") == "***@localhost:6379"
     assert redact_url("localhost:6379") == "localhost:6379"
 

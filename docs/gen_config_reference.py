@@ -154,7 +154,10 @@ def render() -> str:
         "(repr, errors, logs); a password holding `/`, `?` or `#` must be percent-encoded. "
         "A bad value is a `ConfigError` naming the field (and the variable that set it) and "
         "what is wrong with it, never the value: a secret typed into the wrong field is not "
-        "shown (`expected a duration such as '250ms', ..., got text that is not one`). "
+        "shown (`expected a duration such as '250ms', ..., got text that is not one`; "
+        "`unknown codec (the value given is not shown); available codecs: 'json', "
+        "'msgpack', 'pickle'`): text that is none of a field's choices, or no URL where a "
+        "URL goes, is never shown, not even in part. "
         "The same from `load_settings`, `TieredCache.from_config` and `CacheSettings(...)` "
         "built in code.",
         "",

@@ -251,7 +251,10 @@ def test_get_codec_by_name() -> None:
 
 
 def test_unknown_codec_lists_the_names() -> None:
-    with pytest.raises(ConfigError, match="unknown codec 'yaml'; available codecs: 'json', "):
+    # The name given is not shown: it may be a secret typed into the wrong field.
+    with pytest.raises(ConfigError, match=r"^unknown codec \(the value given is not shown\); "):
+        get_codec("yaml")
+    with pytest.raises(ConfigError, match=r"; available codecs: 'json', 'msgpack', 'pickle'$"):
         get_codec("yaml")
 
 

@@ -131,7 +131,8 @@ def test_defaults_without_any_config() -> None:
         ),
         (
             [{"kind": "memory"}, {"kind": "memcached"}],
-            "tiered_cache.tiers[1].kind: unknown tier kind 'memcached'; installed kinds: ",
+            "tiered_cache.tiers[1].kind: unknown tier kind (the value given is not shown); "
+            "installed kinds: ",
         ),
         ([{"ttl": "5m"}], "tiered_cache.tiers[0].kind: Field required"),
         (

@@ -33,6 +33,7 @@ from typing import Any, Final, Protocol, runtime_checkable
 
 from .compiled import compiled_core
 from .errors import CodecError, ConfigError
+from .redaction import unknown_value
 
 try:  # optional: the JSON codec's fast path (same format, C speed); the stdlib otherwise
     import orjson as _orjson
@@ -568,9 +569,9 @@ def codec_names() -> list[str]:
 
 
 def get_codec(name: str) -> Codec:
-    """The codec called ``name``; :class:`ConfigError` listing the names for an unknown one."""
+    """The codec called ``name``; :class:`ConfigError` listing the names for an unknown one
+    (which is not shown: :func:`~tiered_cache.redaction.unknown_value`)."""
     factory = _CODECS.get(name)
     if factory is None:
-        names = ", ".join(repr(n) for n in _CODECS)
-        raise ConfigError(f"unknown codec {name!r}; available codecs: {names}")
+        raise ConfigError(unknown_value("codec", _CODECS, "available codecs"))
     return factory()

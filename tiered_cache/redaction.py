@@ -1,10 +1,20 @@
-"""Hiding secrets in what is shown: URLs with passwords, settings with credentials.
+"""Hiding secrets in what is shown: URLs with passwords, settings with credentials, and the
+values a config error refuses.
 
 A URL such as ``redis://user:secret@host:6379/0`` is shown as ``redis://***@host:6379/0``
 wherever a setting is shown (``repr``, ``str``, errors, logs, start-up lines): the whole
 userinfo goes, the user too (an AWS access key id, a Redis ACL user). Passwords given as a
 query parameter (``?password=secret``, ``?ssl_password=``, ``?auth_token=``) are hidden the
 same way.
+
+What a config error may show of the value it refuses, the one rule here: a value that is one
+of the known choices; a URL, through :func:`redact_url` (:func:`shown_url`); a key template
+with a placeholder (:func:`shown_template`); numbers. Text it does not recognise (an unknown
+codec or kind, a duration it cannot read, an endpoint that is no URL, a key template with no
+placeholder) may be a secret typed into the wrong field (a variable shifted by one, a line
+off in a file), and every log that keeps the error would keep it: it is named by its field,
+the choices it may take (:func:`unknown_value`) and its kind (:func:`refused`), never shown,
+not even in part.
 """
 
 from __future__ import annotations
@@ -53,7 +63,8 @@ def redact_url(url: str) -> str:
 
 
 # A URL inside a message (an error's text): a scheme, then everything up to a blank or a quote.
-_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s\"'<>]+")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://")
+_URL_IN_TEXT = re.compile(_SCHEME.pattern + r"[^\s\"'<>]+")
 
 
 def redact_urls_in(text: str) -> str:
@@ -69,3 +80,34 @@ def redacted_repr_args(
     urls = frozenset(url_fields)
     for name, value in args:
         yield name, redact_url(value) if name in urls and isinstance(value, str) else value
+
+
+def refused(value: object) -> str:
+    """What a refused value is, for an error: its kind, never its text (see the module)."""
+    if isinstance(value, str):
+        return "text that is not one"
+    if isinstance(value, bool):
+        return "true or false"
+    return f"a {type(value).__name__}"
+
+
+def unknown_value(what: str, choices: Iterable[str], listed: str = "expected one of") -> str:
+    """The error for a value of ``what`` (``"codec"``, ``"tier kind"``) that is none of
+    ``choices``: the choices, never the value (see the module); the caller puts the field's
+    path in front."""
+    names = ", ".join(repr(choice) for choice in choices) or "none"
+    return f"unknown {what} (the value given is not shown); {listed}: {names}"
+
+
+def shown_template(text: str) -> str:
+    """``text``, a key template, for an error: quoted if it has a placeholder (a ``{``), else
+    said to have none, unshown (text with no placeholder may be no template at all)."""
+    return repr(text) if "{" in text else "(not shown: it has no placeholder)"
+
+
+def shown_url(value: str) -> str:
+    """``value`` for an error about a URL field: quoted and redacted (:func:`redact_url`) if
+    it is a URL (a scheme, then ``://``), else said to be text that is not a URL, unshown."""
+    if _SCHEME.match(value) is None:
+        return "text that is not a URL"
+    return repr(redact_url(value))

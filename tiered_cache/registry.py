@@ -17,6 +17,7 @@ from typing import Any, Generic, TypeVar
 from pydantic import BaseModel
 
 from .errors import ConfigError
+from .redaction import unknown_value
 from .tier import Source, Tier
 
 TIERS_GROUP = "tiered_cache.tiers"
@@ -128,8 +129,7 @@ def find_plugin(
             raise ConfigError(f"{at}entry point {ep.value!r} for kind {kind!r} is not a Plugin")
         return loaded
     what = {TIERS_GROUP: "tier", SOURCES_GROUP: "source", BUSES_GROUP: "bus"}.get(group, group)
-    installed = ", ".join(repr(k) for k in available_kinds(group)) or "none"
     raise ConfigError(
-        f"{at}unknown {what} kind {kind!r}; installed kinds: {installed}. "
+        f"{at}{unknown_value(f'{what} kind', available_kinds(group), 'installed kinds')}. "
         f"Kinds come from packages such as tiered-cache-redis and tiered-cache-dynamodb."
     )

@@ -9,6 +9,8 @@ from typing import Annotated
 
 from pydantic import BeforeValidator
 
+from .redaction import refused
+
 # One or more "<number><unit>" parts ("1h30m", "1m30s", "500ms"), or one bare number (seconds).
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(us|ms|s|m|h|d)")
 _DURATION_PARTS = re.compile(r"^(?:\s*\d+(?:\.\d+)?\s*(?:us|ms|s|m|h|d))+\s*$")
@@ -32,17 +34,6 @@ _SIZE_UNITS = {
 #: machinery under a duration fails on every call instead of refusing the setting once
 #: (CPython's timeouts stop at about 292 years; Redis's expiries, in milliseconds, later).
 MAX_DURATION = 100 * 365 * 86400.0
-
-
-def refused(value: object) -> str:
-    """What a refused value is, for an error: its kind, never its text. A secret typed into
-    the wrong field (a line off in a file, the wrong variable) would be shown in the error,
-    and in every log that keeps it; the error names the field and what is wrong."""
-    if isinstance(value, str):
-        return "text that is not one"
-    if isinstance(value, bool):
-        return "true or false"
-    return f"a {type(value).__name__}"
 
 
 def parse_duration(value: object) -> float:

@@ -172,6 +172,28 @@ def test_the_access_key_id_as_an_endpoint_user_is_hidden_with_its_password() -> 
         assert "127.0.0.1:8000" in text, text
 
 
+def test_a_secret_typed_into_the_endpoint_is_not_shown() -> None:
+    """Text that is no URL (a key pasted a field off) was echoed: ``endpoint_url must start
+    with http:// or https://, got '<the key>'``."""
+    fields = {"kind": "dynamodb", "table": "tweets", "key": "k", "endpoint_url": SECRET_KEY}
+    with pytest.raises(ConfigError) as refused:
+        load_settings(source=fields)
+    message = str(refused.value)
+    assert message.startswith("tiered_cache.source.endpoint_url: "), message
+    assert "http://" in message, message
+    assert SECRET_KEY not in message and SECRET_KEY[:6] not in message, message
+
+
+def test_a_secret_typed_into_the_key_template_is_not_shown() -> None:
+    """Text with no placeholder was echoed: ``key_template '<the key>' has no placeholder``."""
+    fields = {"kind": "dynamodb", "table": "tweets", "key": "k", "key_template": SECRET_KEY}
+    with pytest.raises(ConfigError) as refused:
+        load_settings(source=fields)
+    message = str(refused.value)
+    assert "key_template" in message and "no placeholder for {k}" in message, message
+    assert SECRET_KEY not in message and SECRET_KEY[:6] not in message, message
+
+
 def _closed_port_endpoint() -> str:
     import socket
 

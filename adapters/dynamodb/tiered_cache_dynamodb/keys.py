@@ -16,6 +16,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Final
 
 from tiered_cache.errors import KeyTemplateError
+from tiered_cache.redaction import shown_template
 
 from .errors import InvalidKeyError
 
@@ -50,13 +51,16 @@ def parse_template(text: str, key: str, range_key: str | None) -> Template:
     placeholders must be separated by literal text, or a cache key could split two ways.
     """
     wanted = {key} if range_key is None else {key, range_key}
+    # A template is shown in its errors; text with no placeholder, which may be a secret
+    # typed a field off, is not (tiered_cache.redaction).
+    shown = shown_template(text)
     fields: list[str] = []
     regex = ""
     previous_was_field = False
     try:
         parts = list(string.Formatter().parse(text))
     except ValueError as exc:
-        raise KeyTemplateError(f"key_template {text!r} is not a valid template: {exc}") from None
+        raise KeyTemplateError(f"key_template {shown} is not a valid template: {exc}") from None
     for literal, field, spec, conversion in parts:
         if literal:
             regex += re.escape(literal)
@@ -65,19 +69,19 @@ def parse_template(text: str, key: str, range_key: str | None) -> Template:
             continue
         if spec or conversion:
             raise KeyTemplateError(
-                f"key_template {text!r}: placeholder {{{field}}} may not have a format "
+                f"key_template {shown}: placeholder {{{field}}} may not have a format "
                 "spec or conversion"
             )
         if field not in wanted:
             raise KeyTemplateError(
-                f"key_template {text!r}: placeholder {{{field}}} is not a key attribute; "
+                f"key_template {shown}: placeholder {{{field}}} is not a key attribute; "
                 f"expected {_names(wanted)}"
             )
         if field in fields:
-            raise KeyTemplateError(f"key_template {text!r}: placeholder {{{field}}} appears twice")
+            raise KeyTemplateError(f"key_template {shown}: placeholder {{{field}}} appears twice")
         if previous_was_field:
             raise KeyTemplateError(
-                f"key_template {text!r}: placeholders {{{fields[-1]}}} and {{{field}}} need "
+                f"key_template {shown}: placeholders {{{fields[-1]}}} and {{{field}}} need "
                 "literal text between them (such as '#'), or a key could split two ways"
             )
         fields.append(field)
@@ -88,7 +92,7 @@ def parse_template(text: str, key: str, range_key: str | None) -> Template:
     missing = wanted - set(fields)
     if missing:
         raise KeyTemplateError(
-            f"key_template {text!r} has no placeholder for {_names(missing)}; "
+            f"key_template {shown} has no placeholder for {_names(missing)}; "
             f"it must contain {_names(wanted)}"
         )
     return Template(text, tuple(fields), re.compile(regex, re.DOTALL))

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from tiered_cache.redaction import redact_url, redacted_repr_args
+from tiered_cache.redaction import redacted_repr_args, shown_url
 from tiered_cache.settings import SourceSettings
 from tiered_cache.units import Duration
 
@@ -20,10 +20,11 @@ RetryMode = Literal["standard", "adaptive", "legacy"]
 
 def check_endpoint(value: str | None) -> str | None:
     """``value``, or ValueError unless it is an HTTP(S) URL (the source's and the stream's
-    rule). The URL may hold a password (``http://user:secret@host``): shown redacted."""
+    rule). The URL may hold credentials (``http://user:secret@host``): shown redacted; text
+    that is no URL (a key typed a field off) is not shown (:func:`shown_url`)."""
     if value is not None and not value.startswith(("http://", "https://")):
         raise ValueError(
-            f"endpoint_url must start with http:// or https://, got {redact_url(value)!r}"
+            f"endpoint_url must start with http:// or https://, got {shown_url(value)}"
         )
     return value
 

@@ -260,7 +260,7 @@ def test_settings_defaults_and_parsing() -> None:
 def test_settings_errors_name_the_field_path() -> None:
     with pytest.raises(ConfigError, match=r"tiered_cache\.tiers\[0\]\.timout"):
         load_settings(tiers=[{"kind": "redis", "timout": "1s"}])
-    with pytest.raises(ConfigError, match=r"tiered_cache\.tiers\[0\]\.codec: unknown codec 'yaml'"):
+    with pytest.raises(ConfigError, match=r"tiered_cache\.tiers\[0\]\.codec: unknown codec \("):
         load_settings(tiers=[{"kind": "redis", "codec": "yaml"}])
     with pytest.raises(ConfigError, match=r"tiered_cache\.tiers\[1\]\.url: unsupported URL"):
         load_settings(tiers=[{"kind": "memory"}, {"kind": "redis", "url": "http://h"}])

@@ -239,6 +239,17 @@ def test_the_user_of_a_url_is_hidden_with_its_password() -> None:
     assert USER not in str(caught.value) and SECRET not in str(caught.value)
 
 
+def test_an_unknown_codec_is_named_by_its_path_not_echoed() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(tiers=_tiers("redis://localhost:6379/0", codec=SECRET))
+    message = str(caught.value)
+    assert message.startswith("tiered_cache.tiers[1].codec: unknown codec"), message
+    assert "'json', 'msgpack', 'pickle'" in message and SECRET not in message, message
+    with pytest.raises(ValidationError) as direct:
+        RedisTierSettings(codec=SECRET)
+    assert SECRET not in str(direct.value)
+
+
 @pytest.mark.parametrize(
     "url",
     [

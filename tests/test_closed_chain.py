@@ -192,6 +192,37 @@ async def test_a_decorated_coroutine_of_a_closed_async_chain_is_refused(clock: F
     assert calls == ["1"]
 
 
+def test_entering_a_closed_chain_is_refused_as_using_it_is(clock: FakeClock) -> None:
+    """``with closed_cache:`` entered without a word, and the block's first call raised."""
+    cache = two_tiers(clock, DictSource({}))
+    with cache as entered:
+        assert entered is cache
+    assert cache.closed
+    with pytest.raises(ChainClosedError) as used:
+        cache.get("k")
+    body: list[str] = []
+    with pytest.raises(ChainClosedError) as raised, cache:
+        body.append("ran")
+    assert body == []
+    assert str(raised.value) == str(used.value)
+
+
+@pytest.mark.anyio
+async def test_entering_a_closed_async_chain_is_refused_as_using_it_is(clock: FakeClock) -> None:
+    cache = AsyncTieredCache([MemoryTier(name="l1", max_entries=100, clock=clock)], clock=clock)
+    async with cache as entered:
+        assert entered is cache
+    assert cache.closed
+    with pytest.raises(ChainClosedError) as used:
+        await cache.get("k")
+    body: list[str] = []
+    with pytest.raises(ChainClosedError) as raised:
+        async with cache:
+            body.append("ran")
+    assert body == []
+    assert str(raised.value) == str(used.value)
+
+
 class HeldOpenBus(LocalBus):
     """An in-process bus whose close keeps its listeners: what a listener still running
     after the close (one that read a message as the bus closed, or that the close stopped

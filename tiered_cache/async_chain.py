@@ -620,6 +620,9 @@ class AsyncTieredCache(L1Reader, NotData):
             )
 
     async def __aenter__(self) -> AsyncTieredCache:
+        """The chain, for an ``async with`` block that closes it; a closed chain is refused
+        (:class:`~tiered_cache.ChainClosedError`), as any use of it is."""
+        self._paths.entered()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:

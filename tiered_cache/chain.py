@@ -532,6 +532,9 @@ class TieredCache(L1Reader, NotData):
                 logger.exception("closing the source failed")
 
     def __enter__(self) -> TieredCache:
+        """The chain, for a ``with`` block that closes it; a closed chain is refused
+        (:class:`~tiered_cache.ChainClosedError`), as any use of it is."""
+        self._paths.entered()
         return self
 
     def __exit__(self, *exc_info: object) -> None:

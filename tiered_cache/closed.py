@@ -31,6 +31,8 @@ class Paths(Protocol):
 
     def looked(self) -> ReadState: ...
 
+    def entered(self) -> None: ...
+
     def read_through_plain(
         self, flight: Landing, key: str, loader: Any, ttl: CheckedTtl | None, state: ReadState
     ) -> Any: ...
@@ -87,6 +89,9 @@ class ClosedPaths:
         raise ChainClosedError(self._message)
 
     def looked(self) -> NoReturn:
+        self.refuse()
+
+    def entered(self) -> NoReturn:
         self.refuse()
 
     def read_through_plain(

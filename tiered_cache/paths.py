@@ -133,6 +133,10 @@ class ChainPaths:
         in-process tier 0 returned the state it was switched off with instead."""
         return CONNECTED if self.l1_local else self.state
 
+    def entered(self) -> None:
+        """A ``with`` (``async with``) block is entered: nothing to do on open paths; the
+        closed paths refuse it as they refuse every call (:mod:`tiered_cache.closed`)."""
+
     def read_through(
         self,
         key: str,

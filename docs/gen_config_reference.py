@@ -40,7 +40,7 @@ def _type_name(annotation: Any) -> str:
         base = typing.get_args(annotation)[0]
         extras = typing.get_args(annotation)[1:]
         validator = " ".join(repr(extra) for extra in extras)
-        if "parse_duration" in validator:
+        if "parse_duration" in validator or "parse_ttl" in validator:
             return "duration"
         if "parse_size" in validator:
             return "size"
@@ -61,7 +61,7 @@ def _type_name(annotation: Any) -> str:
 def _field_type(info: FieldInfo) -> str:
     # pydantic moves Annotated metadata (the duration and size parsers) off the annotation.
     marks = " ".join(repr(item) for item in info.metadata)
-    if "parse_duration" in marks:
+    if "parse_duration" in marks or "parse_ttl" in marks:
         return "duration"
     if "parse_size" in marks:
         return "size"
@@ -148,7 +148,10 @@ def render() -> str:
         "no limit is written `'none'`, where a field allows it: TOML has no null, and the word, "
         "in any case, is how a file or a variable says None). Sizes are written `'64MiB'` or "
         "as bytes. A number, size or duration is never `true` or `false` (refused, naming the "
-        "field, where pydantic alone would read `true` as 1). The credentials of a URL (a "
+        "field, where pydantic alone would read `true` as 1). A ttl (`ttl`, a tier's `ttl`, "
+        "`hot_ttl`) is more than 0 (`'none'` where allowed: no ttl of its own), and so is "
+        "the `ttl=` of a call (`get`, `get_many`, `set`, `set_many`, `cached`), whose "
+        "refusal starts `ttl:`. The credentials of a URL (a "
         "Redis URL, a DynamoDB endpoint), its user and its password, are shown as `***` "
         "wherever settings are shown "
         "(repr, errors, logs); a password holding `/`, `?` or `#` must be percent-encoded. "

@@ -117,3 +117,73 @@ def test_a_bad_ttl_of_a_write_is_refused_before_the_source_is_written(ttl: Any) 
             except Exception as exc:  # which one is the point
                 outcomes.append(type(exc).__name__)
         assert (outcomes, source.load("k")) == (["ValueError"] * 2, "old")
+
+
+#: A ttl of zero: the settings refused it (``tiered_cache.ttl = 0``), calls took it (an entry
+#: stale at once: a load on every read, in every process).
+ZERO = [0, 0.0, "0s", "0ms"]
+
+
+def refusal(call: Callable[[], Any]) -> str:
+    with pytest.raises(ValueError) as refused:
+        call()
+    return str(refused.value)
+
+
+def config_refusal(ttl: Any) -> str:
+    from tiered_cache import ConfigError, load_settings
+
+    with pytest.raises(ConfigError) as refused:
+        load_settings(ttl=ttl)
+    return str(refused.value)
+
+
+@pytest.mark.parametrize("ttl", [*BAD, *ZERO], ids=repr)
+def test_every_call_refuses_a_ttl_the_settings_refuse_and_names_it(ttl: Any) -> None:
+    """A bad call ``ttl`` said ``expected a duration ...``, naming no argument; a ``ttl`` of
+    0 was taken by a call and refused by the settings. Now one rule, the settings' words."""
+    clock = FakeClock()
+    with TieredCache([MemoryTier(clock=clock)], DictSource({}), clock=clock) as cache:
+        messages = [
+            refusal(call)
+            for call in (
+                lambda: cache.get("k", lambda: 1, ttl=ttl),
+                lambda: cache.get_many(["k"], lambda keys: {}, ttl=ttl),
+                lambda: cache.set("k", 1, ttl=ttl),
+                lambda: cache.set_many({"k": 1}, ttl=ttl),
+                lambda: cache.cached(key="t:{a}", ttl=ttl),
+            )
+        ]
+    assert all(message.startswith("ttl: ") for message in messages), messages
+    if ttl is not True:  # a bool for a number: the settings' own words (any number field's)
+        settings = config_refusal(ttl).removeprefix("tiered_cache.ttl: ")
+        assert messages == [f"ttl: {settings}"] * 5
+
+
+@pytest.mark.parametrize("ttl", ZERO, ids=repr)
+def test_every_async_call_refuses_a_ttl_of_zero(ttl: Any) -> None:
+    async def one() -> int:
+        return 1
+
+    async def run() -> list[str]:
+        cache = AsyncTieredCache([MemoryTier()])
+        messages = []
+        try:
+            for call in (
+                lambda: cache.get("k", one, ttl=ttl),
+                lambda: cache.get_many(["k"], lambda keys: one(), ttl=ttl),
+                lambda: cache.set("k", 1, ttl=ttl),
+                lambda: cache.set_many({"k": 1}, ttl=ttl),
+            ):
+                try:
+                    await call()
+                    messages.append("returned")
+                except ValueError as exc:
+                    messages.append(str(exc))
+            messages.append(refusal(lambda: cache.cached(key="t:{a}", ttl=ttl)))
+        finally:
+            await cache.aclose()
+        return messages
+
+    settings = config_refusal(ttl).removeprefix("tiered_cache.ttl: ")
+    assert asyncio.run(run()) == [f"ttl: {settings}"] * 5

@@ -250,7 +250,8 @@ class TieredCache(L1Reader, NotData):
             loader: called (with no arguments) instead of the source on a miss in every tier.
                 Its return value is cached; ``None`` is cached for ``negative_ttl``.
             ttl: how long the loaded value stays fresh, overriding the cache's ``ttl``
-                (:class:`ValueError` before anything is read if it is not a duration).
+                (:class:`ValueError` before anything is read if it is not a duration more
+                than 0, the settings' rule for a ttl).
 
         Returns ``None`` when the source has no such item.
         """
@@ -364,9 +365,9 @@ class TieredCache(L1Reader, NotData):
         fills and the other invalidates. With ``"around"``, every tier drops the key. Other
         processes drop their in-process copy (the bus). A value a tier cannot encode raises
         :class:`~tiered_cache.CodecError` before anything is sent (source, tiers, bus), and a
-        ``ttl`` that is not a duration :class:`ValueError`. ``ttl`` is the value's, ``None``'s
-        too (without one, a written ``None`` is kept for ``negative_ttl``, as a source's "not
-        found" is).
+        ``ttl`` that is not a duration more than 0 :class:`ValueError`. ``ttl`` is the
+        value's, ``None``'s too (without one, a written ``None`` is kept for ``negative_ttl``,
+        as a source's "not found" is).
         """
         # A chain of one in-process tier alone answers through ChainPaths.set_alone (see
         # __init__), which makes the same decisions in plain calls.

@@ -25,9 +25,9 @@ from .keys import ESCAPE, escape_part
 from .l1 import HitFollower
 from .protection import REFRESH_DUE
 from .read_state import ReadState
+from .stamp import check_ttl
 from .template_overlap import claim
 from .tier import MISSING
-from .units import parse_duration
 
 if TYPE_CHECKING or compiled_core():  # built by tools/build_core.py with the compiled core
     from ._hitcall import HitCall
@@ -731,7 +731,7 @@ def cached(
     from .async_chain import AsyncTieredCache
 
     fields = template_fields(key)
-    lifetime = None if ttl is None else parse_duration(ttl)
+    lifetime = check_ttl(ttl)
     asynchronous = isinstance(cache, AsyncTieredCache)
 
     def decorate(fn: Callable[P, R]) -> Any:

@@ -36,7 +36,7 @@ from .keys import check_label
 from .protection import Protection
 from .registry import BUSES_GROUP, SOURCES_GROUP, TIERS_GROUP, find_plugin
 from .sketch import MAX_WIDTH, sketch_width
-from .units import ByteSize, Duration
+from .units import ByteSize, Duration, Ttl
 
 ROOT = "tiered_cache"
 
@@ -162,9 +162,8 @@ class TierSettings(SettingsTable):
     name: TierName | None = Field(
         default=None, description="Name in stats and logs; defaults to the kind."
     )
-    ttl: Duration | None = Field(
+    ttl: Ttl | None = Field(
         default=None,
-        gt=0,
         description="Longest time this tier keeps an entry ('5m', '1h'); none: the entry's own.",
     )
     ttl_jitter: float = Field(
@@ -202,9 +201,7 @@ class MemoryTierSettings(TierSettings):
         description="Optional bound on the bytes the values hold ('64MiB'), each value "
         "weighed by walking what it references (see Operations).",
     )
-    ttl: Duration | None = Field(
-        default=300.0, gt=0, description="Longest time an entry stays ('5m')."
-    )
+    ttl: Ttl | None = Field(default=300.0, description="Longest time an entry stays ('5m').")
     breaker: BreakerSettings = Field(
         default_factory=lambda: BreakerSettings(enabled=False),
         description="Off by default: process memory does not fail the way a network does.",
@@ -261,9 +258,8 @@ class MemoryTierSettings(TierSettings):
         gt=0.0,
         description="hot-keys: a read counts half in the hot-key rates after this long ('1m').",
     )
-    hot_ttl: Duration | None = Field(
+    hot_ttl: Ttl | None = Field(
         default=policy_defaults.HOT_TTL,
-        gt=0,
         description="hot-keys: a hot key (one of the top_k) is kept this long when filled, even "
         "past the tier's ttl (never past the entry's own expiry); none: the tier's ttl.",
     )
@@ -640,9 +636,8 @@ class CacheSettings(BaseSettings):
         default="default",
         description="Prefix that keeps this cache's keys apart in shared tiers.",
     )
-    ttl: Duration | None = Field(
+    ttl: Ttl | None = Field(
         default=None,
-        gt=0,
         description="How long a loaded value stays fresh; none: as long as the tiers keep it.",
     )
     negative_ttl: Duration = Field(

@@ -18,8 +18,9 @@ from collections.abc import Iterator, Mapping
 from typing import Any, NewType
 
 from .entry import NEVER, Entry
+from .errors import caused
 from .tier import MISSING
-from .units import parse_duration
+from .units import parse_ttl
 
 __all__ = ["CheckedTtl", "EntryMaker", "check_ttl", "loaded", "loaded_many"]
 
@@ -63,13 +64,19 @@ CheckedTtl = NewType("CheckedTtl", float)
 
 
 def check_ttl(ttl: float | str | None) -> CheckedTtl | None:
-    """``ttl``, a read's or a write's, in seconds (``None``: none given), or
-    :class:`ValueError` unless it is a duration: the one parse of a call's ``ttl``, as the
-    call starts, before anything is read, loaded or written. Found only when the value was
+    """``ttl``, a read's, a write's or a decorator's, in seconds (``None``: none given), or
+    :class:`ValueError` starting ``ttl:`` unless it is a ttl the settings take
+    (:func:`~tiered_cache.units.parse_ttl`): the one parse of a call's ``ttl``, as the call
+    starts, before anything is read, loaded or written. Found only when the value was
     stamped, after its load (every call ran the loader, and with a stale copy fail-safe served
     it, the error counted and logged as the load failing) or after the source took a written
     value."""
-    return None if ttl is None else CheckedTtl(parse_duration(ttl))
+    if ttl is None:
+        return None
+    try:
+        return CheckedTtl(parse_ttl(ttl))
+    except ValueError as exc:  # its text names no argument: a call has several
+        raise caused(ValueError(f"ttl: {exc}"), None) from None
 
 
 class EntryMaker:

@@ -64,6 +64,19 @@ def parse_duration(value: object) -> float:
     return seconds
 
 
+def parse_ttl(value: object) -> float:
+    """Seconds of a ttl: a duration (:func:`parse_duration`) more than 0. The one rule of a
+    ttl, the settings' (:data:`Ttl`) and a call's (:func:`tiered_cache.stamp.check_ttl`): a
+    call took 0, the settings refused it. 0 reads as "forever" to some (memcached) and "at
+    once" to others (Django); here it made every value stale as it was loaded (a load on
+    every read, in every process). No ttl of its own is spelt none (None)."""
+    seconds = parse_duration(value)
+    if seconds == 0:
+        raise ValueError(_TTL_ZERO)
+    return seconds
+
+
+_TTL_ZERO = "a ttl must be more than 0 (none: no ttl of its own here)"
 _DURATION_NEGATIVE = "a duration cannot be negative"
 _DURATION_TOO_LONG = "a duration can be at most 100 years ('36500d')"
 
@@ -105,5 +118,7 @@ def parse_size(value: object) -> int:
 
 #: A duration field in a settings model: accepts seconds or strings like "5m".
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+#: A ttl field in a settings model: a duration more than 0 (:func:`parse_ttl`).
+Ttl = Annotated[float, BeforeValidator(parse_ttl)]
 #: A size field in a settings model: accepts bytes or strings like "64MiB".
 ByteSize = Annotated[int, BeforeValidator(parse_size)]

@@ -11,7 +11,7 @@ from tiered_cache.codecs import get_codec
 from tiered_cache.errors import ConfigError
 from tiered_cache.redaction import redacted_repr_args
 from tiered_cache.settings import Namespace, TierSettings
-from tiered_cache.units import ByteSize, Duration
+from tiered_cache.units import ByteSize, Duration, Ttl
 
 from .chunks import KEYS_PER_CALL
 from .client import parse_url
@@ -39,9 +39,8 @@ class RedisTierSettings(TierSettings):
         default=None,
         description="Key prefix in Redis ('<namespace>:<key>'); defaults to the cache's namespace.",
     )
-    ttl: Duration | None = Field(
+    ttl: Ttl | None = Field(
         default=3600.0,
-        gt=0,
         description="Longest time Redis keeps an entry ('1h'); never beyond the entry's own hard "
         "expiry. None: only the entry's hard expiry bounds it.",
     )

@@ -248,3 +248,18 @@ def test_a_bool_for_a_number_in_a_config_file_is_refused(tmp_path: Any) -> None:
         load_settings(config)
     with pytest.raises(ConfigError, match=r"^tiered_cache\.protection\.early_refresh_beta: "):
         load_settings(protection={"early_refresh_beta": False})
+
+
+def test_a_soft_timeout_above_the_hard_timeout_is_refused_naming_both() -> None:
+    """It was taken: the hard timeout failed every slow load first, and the soft one (serve
+    the stale value) never came."""
+    message = _refused(
+        "tiered_cache.protection.soft_timeout",
+        protection={"soft_timeout": "5s", "hard_timeout": "1s"},
+    )
+    assert "hard_timeout" in message, message
+    for soft, hard in (("1s", "1s"), ("500ms", "1s"), ("5s", None), (None, "1s")):
+        protection = load_settings(protection={"soft_timeout": soft, "hard_timeout": hard})
+        assert protection.protection.soft_timeout == (
+            None if soft is None else parse_duration(soft)
+        )

@@ -488,7 +488,8 @@ class ProtectionSettings(SettingsTable):
         default=_PROTECTION.soft_timeout,
         gt=0,
         description="With a stale value at hand, a load slower than this serves the stale value "
-        "and finishes in the background.",
+        "and finishes in the background; at most hard_timeout (such a read waits for this "
+        "alone).",
     )
     hard_timeout: Duration | None = Field(
         default=_PROTECTION.hard_timeout,
@@ -546,6 +547,23 @@ class ProtectionSettings(SettingsTable):
         "leases are given back, a warning logged and close_loads_left_running counted, and "
         "each ends by itself.",
     )
+
+    @model_validator(mode="after")
+    def _check_timeouts(self) -> ProtectionSettings:
+        # A read with a stale value at hand waits for its load up to the soft timeout alone
+        # (tiered_cache.loader): taken, a soft timeout past the hard one made exactly the
+        # reads that had a value to serve wait past the hard timeout, the longest a load is
+        # waited for. Equal is a rule of its own: at that moment, the stale value if there is
+        # one, else LoadTimeout.
+        soft, hard = self.soft_timeout, self.hard_timeout
+        if soft is not None and hard is not None and soft > hard:
+            raise FieldProblem(
+                "soft_timeout",
+                f"soft_timeout ({soft:g}s) is above hard_timeout ({hard:g}s): a read with a "
+                "stale value to serve would wait for its load past the hard timeout; make it "
+                "at most hard_timeout, or none",
+            )
+        return self
 
 
 class BusBreakerSettings(BreakerSettings):

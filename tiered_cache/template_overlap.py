@@ -11,7 +11,9 @@ another function's cached value (and a load of it filled the other function's ke
 
 Each template's keys form a regular language (literal characters; an escaped value; any text
 for the last value); :func:`shared_key` walks the product of two of them to find a key both
-can make. :func:`claim` keeps, per cache, the templates its functions were decorated with.
+can make. :func:`claim` keeps, per cache, the templates its functions were decorated with:
+per chain object, not per namespace (two chains of one namespace over one Redis are not
+checked against each other; why, in docs/keys.md, "Templates of one cache").
 """
 
 from __future__ import annotations

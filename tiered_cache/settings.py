@@ -555,13 +555,16 @@ class ProtectionSettings(SettingsTable):
         # reads that had a value to serve wait past the hard timeout, the longest a load is
         # waited for. Equal is a rule of its own: at that moment, the stale value if there is
         # one, else LoadTimeout.
+        # Refused when soft_timeout is its default too (1s, under a hard_timeout below it):
+        # the error says so, rather than a default quietly bent to fit.
         soft, hard = self.soft_timeout, self.hard_timeout
         if soft is not None and hard is not None and soft > hard:
+            given = "" if "soft_timeout" in self.model_fields_set else ", its default"
             raise FieldProblem(
                 "soft_timeout",
-                f"soft_timeout ({soft:g}s) is above hard_timeout ({hard:g}s): a read with a "
-                "stale value to serve would wait for its load past the hard timeout; make it "
-                "at most hard_timeout, or none",
+                f"soft_timeout ({soft:g}s{given}) is above hard_timeout ({hard:g}s): a read "
+                "with a stale value to serve would wait for its load past the hard timeout; "
+                "set soft_timeout at most hard_timeout, or none",
             )
         return self
 

@@ -29,7 +29,9 @@ def settings(server: RedisServer, namespace: str, lease: str) -> dict[str, Any]:
             {"kind": "memory", "admission": "always"},
             {"kind": "redis", "url": server.url, "timeout": "5s"},
         ],
-        "protection": {"hard_timeout": "100ms", "lease": lease},
+        # No soft timeout: its default (1s) above a hard one is refused, and no read here
+        # has a stale value for it.
+        "protection": {"hard_timeout": "100ms", "soft_timeout": None, "lease": lease},
         "bus": {"kind": "off"},
     }
 

@@ -1044,9 +1044,7 @@ class TinyLfuPolicy:
         ``_ALT_WINDOW``); the guard's evidence starts afresh either way."""
         self._lru_mode = lru_mode
         self._guard_lru.clear()
-        self._alt_window.clear()
-        self._alt_main.clear()
-        self._lru_lead = self._guard_differed = 0.0
+        self._restart_alternative()
         self._set_window(self.max_entries * (1.0 if lru_mode else _ALT_WINDOW))
 
     def _fill_trial(self, key: str) -> bool:
@@ -1304,7 +1302,8 @@ class TinyLfuPolicy:
         phases drop as sharply; aging on every sharp drop cost it 0.01 to 0.04 points at
         1,000, 2,000 and 5,000 entries (``PYTHONHASHSEED=0``), and with comebacks asked for,
         still 0.03 points on average at 1,000 entries under salts 0 to 3, on one drop whose
-        window held 392 of the 1,000 entries.
+        window held 392 of the 1,000 entries. In LRU mode (no main area, no comebacks to
+        hear) a sharp drop restarts the guard's miniature instead (``_restart_alternative``).
 
         Costs a decrement and a test per miss and a sum per replay of buffered hits (adaptive
         caches only); a period's end a few float operations.
@@ -1319,9 +1318,14 @@ class TinyLfuPolicy:
             self._recent_ratio = ratio
             return
         expected = recent * reads
+        sharp = hits < _SHIFT_DROP * expected and expected - hits > _SHIFT_SIGMAS * expected**0.5
+        if sharp and self._lru_mode:
+            self._restart_alternative()
+            self._recent_ratio = ratio
+            logger.debug("hit ratio %.3f after %.3f: the miniature restarts", ratio, recent)
+            return
         if (
-            hits < _SHIFT_DROP * expected
-            and expected - hits > _SHIFT_SIGMAS * expected**0.5
+            sharp
             and comebacks >= _SHIFT_COMEBACKS * (reads - hits)
             and self._window_max < _SHIFT_WINDOW * self.max_entries
         ):
@@ -1330,6 +1334,17 @@ class TinyLfuPolicy:
             logger.debug("hit ratio %.3f after %.3f: the sketch ages", ratio, recent)
             return
         self._recent_ratio = 0.5 * (recent + ratio)
+
+    def _restart_alternative(self) -> None:
+        """The miniature W-TinyLFU of ``_alternative_read`` starts afresh, its window, main
+        area and the guard's evidence cleared: at a switch of mode (``_switch_mode``), and in
+        LRU mode after a sharp drop of the hit ratio (``_period_end``), so that a change inside
+        LRU mode is judged by a miniature that does not hold the last phase's keys (recency,
+        then a Zipf law over new keys, 1,000 entries: the miniature kept the recency phase's
+        keys in its main area, and LRU mode held on through the Zipf law)."""
+        self._alt_window.clear()
+        self._alt_main.clear()
+        self._lru_lead = self._guard_differed = 0.0
 
     def _alternative_read(self, key: str) -> bool:
         """In LRU mode, the guard's sampled read through a miniature W-TinyLFU of the

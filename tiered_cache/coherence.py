@@ -286,16 +286,23 @@ class BusLink:
         """Subscribed: after an outage (logged), or for the first time (quietly: every start
         does it). Either way what memory took meanwhile is dropped (the chain's
         ``set_connected``): it was filled while nothing was heard. A closed chain hears
-        nothing."""
+        nothing.
+
+        Shown connected (:attr:`state`) only once the chain has dropped it: shown before, a
+        forked child under load that saw "connected" was served the copy its first read
+        took while the bus was down (kept, as ``max_stale_when_disconnected`` allows),
+        after another process's write it never heard
+        (adapters/redis/tests/test_redis_fork.py)."""
         if self._closed:
             return
-        if self._state == "down":
+        was = self._state
+        self._set_connected(True)
+        self._state = "connected"
+        if was == "down":
             logger.info(
                 "invalidation bus reconnected: in-process tiers are in use again",
                 extra=fields("bus_reconnected"),
             )
-        self._state = "connected"
-        self._set_connected(True)
 
     # -- what stats() shows
 

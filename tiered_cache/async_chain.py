@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, cast
 
 from .async_accessor import AsyncTierAccessor
-from .async_flight import within_join_timeout
+from .async_flight import AsyncFlight, within_join_timeout
 from .async_loader import AsyncBatchLoader, AsyncLoader, AsyncSourceLoader
 from .async_tier import AsyncSource, AsyncTier
 from .bus import AsyncBus, Bus, close_wait
@@ -314,9 +314,25 @@ class AsyncTieredCache(L1Reader, NotData):
         first_counted = False
         while True:
             mark = fence.mark()
-            flight, role = flights.join_or_lead(
-                key, tag=mark, may_join=fence.may_join, beside=beside
-            )
+            # The flight this caller leads if the key has none: made before the claim, and the
+            # claim inside the try that lands it (FlightTable.stopped), as SingleFlight.run's.
+            mine = AsyncFlight(mark)
+            try:
+                flight, role = flights.join_or_lead(
+                    key, tag=mark, may_join=fence.may_join, beside=beside, lead=mine
+                )
+                if role == LEAD:
+                    value = await arun(
+                        self._paths.read_through(
+                            key, mark, loader, lifetime, state, first_counted=first_counted
+                        )
+                    )
+                    flights.land_one(key, mine, value, None)
+                    return value
+            except BaseException as exc:
+                # Cancelled, its waiters are told LeaderGone (FlightTable.stopped).
+                flights.stopped({key: mine}, exc)
+                raise
             if role == BESIDE:
                 # A background refresh leads the key's flight: the tiers read beside it,
                 # under this caller's mark, without loading; joined only if nothing is there
@@ -331,19 +347,6 @@ class AsyncTieredCache(L1Reader, NotData):
                 if value is not MISSING:
                     return value
                 continue
-            if role == LEAD:
-                try:
-                    value = await arun(
-                        self._paths.read_through(
-                            key, flight.tag, loader, lifetime, state, first_counted=first_counted
-                        )
-                    )
-                except BaseException as exc:
-                    # Cancelled, its waiters are told LeaderGone (FlightTable.land_one).
-                    flights.land_one(key, flight, None, exc)
-                    raise
-                flights.land_one(key, flight, value, None)
-                return value
             if flight.stalled():
                 # Led on a loop closed (or left) under it: no outcome will ever come. Its
                 # waiters start over (LeaderGone), one of them leading on its own loop.

@@ -39,6 +39,7 @@ from .singleflight import (
     BEHIND,
     LEAD,
     Behalf,
+    Leading,
     Wait,
     act_for,
     hand_over,
@@ -523,7 +524,7 @@ class AsyncSourceLoader:
 
     async def load_batch(
         self,
-        flights: Mapping[str, AsyncFlight],
+        leading: Leading[AsyncFlight],
         mark: int,
         loader: AsyncBatchLoader | None,
         ttl: CheckedTtl | None,
@@ -532,9 +533,7 @@ class AsyncSourceLoader:
         """As :meth:`SourceLoader.load_batch`."""
         held = self.holdings.hold()
         try:
-            batch = self._batching.for_flights(
-                flights, self.flights, mark, loader, ttl, stale=stale, held=held
-            )
+            batch = self._batching.for_flights(leading, mark, loader, ttl, stale=stale, held=held)
             return await arun(batch)
         finally:
             self.holdings.let_go(held)
@@ -600,17 +599,21 @@ class AsyncSourceLoader:
             # table, after any flight in progress (the threaded loader's rule).
             while True:
                 mark = self._fence.mark()  # before the refresh reads anything
-                flight, role = self.flights.lead_after(key, tag=mark)
-                if role != BEHIND:
-                    break
-                await self._settle(key, flight)
-            assert role == LEAD  # a refresh is a task of its own: it led no flight before
-            try:
-                entry = await self.load(key, mark, loader, ttl, None, background=True)
-            except BaseException as exc:
-                self.flights.land_one(key, flight, None, refresh_failed(exc))
-                raise
-            self.flights.land_one(key, flight, entry.value, None)
+                # The flight it leads if the key has none, made before the claim and claimed
+                # inside the try that lands it (SingleFlight.run's rule).
+                mine = AsyncFlight(mark)
+                try:
+                    flight, role = self.flights.lead_after(key, tag=mark, lead=mine)
+                    if role == BEHIND:
+                        await self._settle(key, flight)
+                        continue
+                    assert role == LEAD  # a refresh is a task of its own: it led no flight before
+                    entry = await self.load(key, mark, loader, ttl, None, background=True)
+                    self.flights.land_one(key, mine, entry.value, None)
+                except BaseException as exc:
+                    self.flights.stopped({key: mine}, refresh_failed(exc))
+                    raise
+                return
         except Exception as exc:
             await arun(self._batching.refresh_failure(key, exc, stale))
         finally:

@@ -23,6 +23,7 @@ from .lease_wait import LeaseWait
 from .logs import fields, key_hash, logger_for
 from .metrics import CacheMetrics
 from .protection import Protection
+from .singleflight import Leading
 from .stamp import CheckedTtl
 from .steps import Steps
 from .throttle_rest import ThrottleRests
@@ -116,8 +117,7 @@ class BatchLoad:
 
     def for_flights(
         self,
-        flights: Mapping[str, Any],
-        table: Any,
+        leading: Leading[Any],
         mark: int,
         loader: Any,
         ttl: CheckedTtl | None,
@@ -125,9 +125,10 @@ class BatchLoad:
         stale: Mapping[str, Entry],
         held: HeldLeases,
     ) -> Steps[tuple[dict[str, Any], dict[str, BaseException]]]:
-        """Get a value for every key of ``flights`` (which the caller leads in ``table``):
-        filled by another process's lease holder, or loaded here in batches and filled into
-        the tiers. Each key's flight lands as soon as its value (or its error) is there. The
+        """Get a value for every key of ``leading`` (the flights the caller leads): filled by
+        another process's lease holder, or loaded here in batches and filled into the tiers.
+        Each key's flight lands as soon as its value (or its error) is there; whatever stops
+        the batch, ``leading`` lands the others as the caller's ``with`` block ends. The
         leases it takes are in ``held`` (the loader's, which its close() gives back).
 
         Returns ``(values, errors)``: a key the source failed for gets its stale value under
@@ -138,27 +139,24 @@ class BatchLoad:
 
         def ready(entries: Mapping[str, Entry], failed: Mapping[str, BaseException]) -> None:
             landed = {key: entry.value for key, entry in entries.items()}
-            table.land({key: flights[key] for key in landed}, landed, None)
-            for key, error in failed.items():
-                table.land({key: flights[key]}, {}, error)
+            leading.land(landed, failed)
             values.update(landed)
             errors.update(failed)
 
         try:
-            keys = list(flights)
+            keys = list(leading.flights)
             rested = self.rested(keys, mark, stale)
             if rested is not None:
                 ready(*(yield from rested))
                 keys = [key for key in keys if key not in values and key not in errors]
             if keys:  # none when every key rests: no call of the source with no keys
                 yield from self.run(keys, mark, loader, ttl, stale=stale, ready=ready, held=held)
-        except BaseException as exc:
+        except BaseException:
             # Whatever stopped the batch from the step its leases' answer came back in (an
             # interrupt in the instant after it included): the leases it still holds go back.
+            # (Its flights not landed yet are landed by ``leading``, their one owner.)
             if self.lease_wait is not None:
                 yield from give_back_all((held,), self.lease_wait.tier)
-            done = values.keys() | errors.keys()
-            table.land({k: f for k, f in flights.items() if k not in done}, {}, exc)
             raise
         return values, errors
 

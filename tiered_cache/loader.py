@@ -27,9 +27,10 @@ from .metrics import CacheMetrics
 from .protection import Protection
 from .singleflight import (
     BEHIND,
-    OWN,
+    LEAD,
     Behalf,
     Flight,
+    Leading,
     SingleFlight,
     WaitExpired,
     act_for,
@@ -453,15 +454,16 @@ class SourceLoader:
 
     def load_batch(
         self,
-        flights: Mapping[str, Flight],
+        leading: Leading[Flight],
         mark: int,
         loader: BatchLoader | None,
         ttl: CheckedTtl | None,
         stale: Mapping[str, Entry],
     ) -> tuple[dict[str, Any], dict[str, BaseException]]:
-        """Get a value for every key of ``flights`` (which this caller leads): filled by
-        another process's lease holder, or loaded here in batches and filled into the tiers.
-        Each key's flight lands as soon as its value (or its error) is there.
+        """Get a value for every key of ``leading`` (the flights this caller leads): filled
+        by another process's lease holder, or loaded here in batches and filled into the
+        tiers. Each key's flight lands as soon as its value (or its error) is there; the
+        others, if the batch is stopped, as the caller's ``with leading`` block ends.
 
         Returns ``(values, errors)``: a key the source failed for gets its stale value under
         fail-safe, else its error.
@@ -474,9 +476,7 @@ class SourceLoader:
         held = self.holdings.hold()
         try:
             return run(
-                self._batching.for_flights(
-                    flights, self.flights, mark, loader, ttl, stale=stale, held=held
-                )
+                self._batching.for_flights(leading, mark, loader, ttl, stale=stale, held=held)
             )
         finally:
             self.holdings.let_go(held)
@@ -550,19 +550,22 @@ class SourceLoader:
             # table, after any flight in progress (one load of a key at a time).
             while True:
                 mark = self._fence.mark()  # before the refresh reads anything
-                flight, role = self.flights.lead_after(key, tag=mark)
-                if role != BEHIND:
-                    break
-                self._settle(key, flight)
-            if role == OWN:  # run inline by the read leading the key's flight: inside it
-                self.load(key, mark, loader, ttl, None, background=True)
+                # The flight it leads if the key has none, made before the claim and claimed
+                # inside the try that lands it (SingleFlight.run's rule).
+                mine = Flight(mark)
+                try:
+                    flight, role = self.flights.lead_after(key, tag=mark, lead=mine)
+                    if role == BEHIND:
+                        self._settle(key, flight)
+                        continue
+                    # OWN: run inline by the read leading the key's flight, it loads inside it.
+                    entry = self.load(key, mark, loader, ttl, None, background=True)
+                    if role == LEAD:
+                        self.flights.land_one(key, mine, entry.value, None)
+                except BaseException as exc:
+                    self.flights.stopped({key: mine}, refresh_failed(exc))
+                    raise
                 return
-            try:
-                entry = self.load(key, mark, loader, ttl, None, background=True)
-            except BaseException as exc:
-                self.flights.land_one(key, flight, None, refresh_failed(exc))
-                raise
-            self.flights.land_one(key, flight, entry.value, None)
         except Exception as exc:
             run(self._batching.refresh_failure(key, exc, stale))
         finally:

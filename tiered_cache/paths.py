@@ -286,14 +286,17 @@ class ChainPaths:
         errors: dict[str, BaseException] = {}
         while remaining:
             # One batch for the keys no other caller is loading; wait for the others' loads.
-            led, joined, behind = self.loader.flights.claim(
-                remaining, tag=mark, may_join=self.fence.may_join
-            )
-            remaining = []
-            if led:
-                loaded, failed = yield self.loader.load_batch, (led, mark, loader, lifetime, stale)
-                values.update(loaded)
-                errors.update(failed)
+            # The flights it leads are claimed into ``leading``, inside its block: whatever
+            # stops this caller from the step they are claimed (an interrupt as the claim
+            # returns, as the load is called, a cancellation) lands the ones not landed yet.
+            with self.loader.flights.leading() as leading:
+                joined, behind = leading.claim(remaining, tag=mark, may_join=self.fence.may_join)
+                remaining = []
+                if leading.flights:
+                    batch = (leading, mark, loader, lifetime, stale)
+                    loaded, failed = yield self.loader.load_batch, batch
+                    values.update(loaded)
+                    errors.update(failed)
             for key, flight in joined.items():
                 try:
                     values[key] = yield flight.wait, ()

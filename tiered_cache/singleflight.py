@@ -291,9 +291,11 @@ class FlightTable(Generic[F]):
         *,
         tag: int = 0,
         may_join: MayJoin | None = None,
+        into: dict[str, F] | None = None,
     ) -> tuple[dict[str, F], dict[str, F], dict[str, F]]:
         """For a batch: ``(led, joined, behind)``. The caller now leads a new flight for each
-        key in ``led`` and must :meth:`land` every one of them; ``joined`` are flights that
+        key in ``led`` (``into``, if given: each is put there before the table, for
+        :class:`Leading`) and must :meth:`land` every one of them; ``joined`` are flights that
         others run, to wait on and take the outcome of; ``behind`` are flights in progress that
         ``may_join`` (as :meth:`join_or_lead`'s) says may not be joined: the caller waits for
         each to land, not taking its outcome, and claims its key again (one load of a key at a
@@ -301,22 +303,22 @@ class FlightTable(Generic[F]):
         batch claims only keys it read the tiers for and found nothing it serves (a stale copy
         is served without a batch loader; with one, it is loaded, and the refresh's load is
         that load)."""
-        led: dict[str, F] = {}
+        led: dict[str, F] = into if into is not None else {}
         joined: dict[str, F] = {}
         behind: dict[str, F] = {}
         with self._lock:
             for key in keys:
-                flight, role = self._take(key, tag, False, may_join)
+                flight, role = self._take(key, tag, False, may_join, into=led)
                 if role == OWN:
                     for mine in led:  # nothing of this claim stays in the table
                         del self._flights[mine]
+                    led.clear()
                     raise recursive_load(key)
-                if role == LEAD:
-                    led[key] = flight
-                elif role == JOIN:
+                if role == JOIN:
                     joined[key] = flight
-                else:
+                elif role == BEHIND:
                     behind[key] = flight
+                # LEAD: in ``led`` already (_take put it there before the table)
         return led, joined, behind
 
     def join_or_lead(
@@ -326,20 +328,23 @@ class FlightTable(Generic[F]):
         tag: int,
         may_join: MayJoin | None = None,
         beside: bool = False,
+        lead: F | None = None,
     ) -> tuple[F, int]:
         """``(flight, role)`` for one key (either face's miss): :data:`LEAD` (a new flight
-        this caller leads), :data:`JOIN` (the key's flight in progress, which
+        this caller leads: ``lead``, if given, made by the caller before it asked, so that
+        whatever stops it from this step on knows which flight to land, :meth:`stopped`),
+        :data:`JOIN` (the key's flight in progress, which
         ``may_join(key, its tag)`` allows), :data:`BEHIND` (the key's flight in progress that
         may not be joined: wait for it to land, not taking its outcome, and ask again) or,
         asked ``beside``, :data:`BESIDE` (the key's flight is a background refresh's, not
         joined: see :data:`BESIDE`)."""
         with self._lock:
-            flight, role = self._take(key, tag, beside, may_join)
+            flight, role = self._take(key, tag, beside, may_join, lead=lead)
             if role == OWN:
                 raise recursive_load(key)
             return flight, role
 
-    def lead_after(self, key: str, *, tag: int) -> tuple[F, int]:
+    def lead_after(self, key: str, *, tag: int, lead: F | None = None) -> tuple[F, int]:
         """``(flight, role)`` for a load of ``key`` that takes no other caller's outcome (a
         background refresh: a reader's flight may end with the stale value it served, and the
         refresh is what renews it), yet runs beside no other load of the key:
@@ -348,22 +353,35 @@ class FlightTable(Generic[F]):
         it if the fence lets them, or wait behind it), :data:`BEHIND` (the key's flight in
         progress: wait for it to land, then ask again) or :data:`OWN` (the caller leads the
         key's flight already: a refresh run inline by the read that started it loads inside
-        that read's flight)."""
+        that read's flight). ``lead``: as :meth:`join_or_lead`'s."""
         with self._lock:
-            flight, role = self._take(key, tag, False, None)
+            flight, role = self._take(key, tag, False, None, lead=lead)
             if role == LEAD:
                 flight.refresh = True
             return flight, BEHIND if role == JOIN else role
 
-    def _take(self, key: str, tag: int, beside: bool, may_join: MayJoin | None) -> tuple[F, int]:
-        """Under the lock: a new flight of ``key`` (:data:`LEAD`), the caller's own
+    def _take(
+        self,
+        key: str,
+        tag: int,
+        beside: bool,
+        may_join: MayJoin | None,
+        *,
+        lead: F | None = None,
+        into: dict[str, F] | None = None,
+    ) -> tuple[F, int]:
+        """Under the lock: a new flight of ``key`` (:data:`LEAD`: ``lead`` if given; put in
+        ``into``, if given, before the table), the caller's own
         (:data:`OWN`), a refresh's that a reader asking ``beside`` reads beside
         (:data:`BESIDE`, not joined), or another's, joined: to take its outcome
         (:data:`JOIN`), or, if ``may_join(key, its tag)`` says no, to wait behind
         (:data:`BEHIND`). The one place that decides whether a caller joins a flight."""
         flight = self._flights.get(key)
         if flight is None:
-            flight = self._flights[key] = self._new(tag)
+            flight = self._new(tag) if lead is None else lead
+            if into is not None:
+                into[key] = flight  # the caller's first: nothing claimed is unknown to it
+            self._flights[key] = flight
             return flight, LEAD
         if flight.led_here():
             return flight, OWN
@@ -396,10 +414,85 @@ class FlightTable(Generic[F]):
                 del self._flights[key]
         flight.land(result, error)
 
+    def stopped(self, flights: Mapping[str, F], error: BaseException) -> None:
+        """The caller that made ``flights`` to lead their keys (``lead`` of
+        :meth:`join_or_lead` or :meth:`lead_after`, :class:`Leading`'s) was stopped by
+        ``error``, at whatever step: each one the table holds lands with it (as
+        :meth:`land`'s). The others were landed already, or never given to the caller: its
+        own objects, which nobody waits for. The one landing of a stopped leader: a flight
+        it leads is in the table from the step it is claimed until it lands, whichever
+        step the stop came in."""
+        told = _for_waiters(error)
+        with self._lock:
+            held = {key: f for key, f in flights.items() if self._flights.get(key) is f}
+            for key in held:
+                del self._flights[key]
+        for flight in held.values():
+            flight.land(None, told)
+
+    def leading(self) -> Leading[F]:
+        """An empty :class:`Leading`: the flights of a batch this caller will lead."""
+        return Leading(self)
+
     def in_flight(self, key: str) -> F | None:
         """The flight running for ``key``, if any."""
         with self._lock:
             return self._flights.get(key)
+
+
+class Leading(Generic[F]):
+    """The flights of a batch one caller leads, from the step the table gives each to it until
+    it lands: the one owner of their landing. :meth:`claim` puts each new flight here before
+    the table's lock is let go, so whatever stops the caller after that step (an interrupt as
+    the claim returns, before the batch's load began or during it, a cancellation, its steps
+    closed) finds it here: leaving the ``with`` block lands every flight not landed yet, with
+    what stopped the caller (its waiters are told :class:`LeaderGone` for an interrupt, and
+    start over). Claimed before a ``try`` that landed them, a flight a stop left in the table
+    made every later read of its key by that thread a :class:`RecursiveLoad`, and every other
+    thread's read of it waited for ever."""
+
+    __slots__ = ("_table", "flights")
+
+    def __init__(self, table: FlightTable[F]) -> None:
+        self._table = table
+        #: The flights claimed and not landed yet, by key.
+        self.flights: dict[str, F] = {}
+
+    def claim(
+        self, keys: Sequence[str], *, tag: int = 0, may_join: MayJoin | None = None
+    ) -> tuple[dict[str, F], dict[str, F]]:
+        """:meth:`FlightTable.claim` into :attr:`flights`: ``(joined, behind)``."""
+        _, joined, behind = self._table.claim(keys, tag=tag, may_join=may_join, into=self.flights)
+        return joined, behind
+
+    def land(self, results: Mapping[str, Any], errors: Mapping[str, BaseException]) -> None:
+        """Land the flights of the keys of ``results``, each with its value, and of
+        ``errors``, each with its error."""
+        flights = self.flights
+        if results:
+            self._table.land({key: flights[key] for key in results}, results, None)
+        for key, error in errors.items():
+            self._table.land_one(key, flights[key], None, error)
+        # Forgotten once landed (a stop in between: out of the table, not landed again).
+        for key in results:
+            del flights[key]
+        for key in errors:
+            del flights[key]
+
+    def __enter__(self) -> Leading[F]:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: object,
+    ) -> None:
+        if self.flights:
+            if error is None:  # every flight is landed by its load: a safety net, not a path
+                error = LeaderGone("the batch leading this key ended without its outcome")
+            self._table.stopped(self.flights, error)
+            self.flights = {}
 
 
 class SingleFlight(FlightTable[Flight]):
@@ -440,46 +533,49 @@ class SingleFlight(FlightTable[Flight]):
         result is this caller's (not shared), unless it is ``MISSING`` (nothing to serve):
         then the caller joins the refresh's flight, or waits behind it, as any other.
         """
+        # The flight this caller leads if the key has none: made before the claim, and the
+        # claim and the landing inside one try, so that whatever stops the caller from the
+        # step the table holds it (an interrupt as setdefault or join_or_lead returns, or as
+        # the landing is called) lands it (:meth:`stopped`).
         flight = Flight(tag)
-        # Leading takes no lock (a miss leads its flight, nearly always): setdefault is one step
-        # under the GIL for a str key (its hash and compare run no Python code). Joining, and
-        # waiting behind a flight that may not be joined, start under the lock, as landing does
-        # (join_or_lead, the asyncio chain's too).
-        current = self._flights.setdefault(key, flight) if type(key) is str else None
-        while current is not flight:
-            current, role = self.join_or_lead(
-                key, tag=tag, may_join=may_join, beside=beside is not None
-            )
-            if role == LEAD:
-                flight = current  # this caller leads the key's flight now
-                break
-            if role == BESIDE:
-                assert beside is not None
-                served = beside(flight, *args)
-                if served is not MISSING:
-                    return served, False
-                beside = None  # nothing to serve: join the refresh, or wait behind it
-                current = None
-                continue
-            try:
-                if role == BEHIND:
-                    # Its outcome may be what an invalidation since removed: not ours to
-                    # take, but a second load beside it would be a second read of the key.
-                    current.settle(wait)
+        try:
+            # Leading takes no lock (a miss leads its flight, nearly always): setdefault is one
+            # step under the GIL for a str key (its hash and compare run no Python code).
+            # Joining, and waiting behind a flight that may not be joined, start under the
+            # lock, as landing does (join_or_lead, the asyncio chain's too).
+            current = self._flights.setdefault(key, flight) if type(key) is str else None
+            while current is not flight:
+                current, role = self.join_or_lead(
+                    key, tag=tag, may_join=may_join, beside=beside is not None, lead=flight
+                )
+                if role == LEAD:
+                    break  # this caller leads the key's flight now: its own
+                if role == BESIDE:
+                    assert beside is not None
+                    served = beside(flight, *args)
+                    if served is not MISSING:
+                        return served, False
+                    beside = None  # nothing to serve: join the refresh, or wait behind it
                     current = None
                     continue
-                if joined is not None:
-                    joined(*args)
-                return current.wait(wait), True
-            except LeaderGone:
-                current = None  # its leader was interrupted: lead, or join the next leader
-            except WaitExpired:
-                assert wait is not None
-                raise caused(LoadTimeout(waited_too_long(key, wait)), None) from None
-        try:
+                try:
+                    if role == BEHIND:
+                        # Its outcome may be what an invalidation since removed: not ours to
+                        # take, but a second load beside it would be a second read of the key.
+                        current.settle(wait)
+                        current = None
+                        continue
+                    if joined is not None:
+                        joined(*args)
+                    return current.wait(wait), True
+                except LeaderGone:
+                    current = None  # its leader was interrupted: lead, or join the next leader
+                except WaitExpired:
+                    assert wait is not None
+                    raise caused(LoadTimeout(waited_too_long(key, wait)), None) from None
             result = fn(flight, *args)
+            self.land_one(key, flight, result, None)
         except BaseException as exc:
-            self.land_one(key, flight, None, exc)
+            self.stopped({key: flight}, exc)
             raise
-        self.land_one(key, flight, result, None)
         return result, False

@@ -19,8 +19,10 @@ stopped and waited for (a guard of 5 s each, not a measure), and the round count
 - ``stuck``: readers still waiting after the guard (for a flight nobody will land);
 - ``left``: flights still in the table once every reader ended or stuck (claims never landed).
 
-A round with any of the last three is a round with a flight left claimed. The stuck readers'
-flights are then landed by hand (as a ``LeaderGone``) so that the round ends.
+A round with ``recursive`` or ``left`` is a round with a flight left claimed; one with
+``stuck`` readers and neither, a round where a flight left the table and was never landed (a
+stop inside the landing itself). The flights left are then landed by hand so that the round
+ends.
 
 Run: ``TIERED_CORE_PURE=1 .venv/bin/python tools/stopped_flights.py --rounds 8 --seed 1``; to
 attack another tree's code, put its directory first on ``PYTHONPATH``.
@@ -168,17 +170,22 @@ def main(argv: Sequence[str] | None = None) -> None:
         f" ({commit or 'not a checkout'}); {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())};"
         f" load {os.getloadavg()[0]:.1f}; core {'compiled' if compiled_core() else 'pure-Python'}"
     )
-    claimed = 0
+    claimed = unlanded = 0
     totals = {"stops": 0, "recursive": 0, "stuck": 0, "left": 0}
     for number in range(args.rounds):
         counts = one_round(args.seed + number, args.threads, args.seconds, again=args.again)
-        bad = counts["recursive"] or counts["stuck"] or counts["left"]
-        claimed += bool(bad)
+        left = bool(counts["recursive"] or counts["left"])
+        claimed += left
+        # Readers stuck with no flight left: a flight out of the table, never landed.
+        unlanded += bool(counts["stuck"] and not left)
         for name in ("stops", "recursive", "stuck"):
             totals[name] += counts[name]
         totals["left"] += len(counts["left"])
         print(f"round {number}: {counts}")
-    print(f"rounds {args.rounds}; rounds with a flight left claimed {claimed}; totals {totals}")
+    print(
+        f"rounds {args.rounds}; with a flight left claimed {claimed}; with readers stuck on a"
+        f" flight out of the table (none left claimed) {unlanded}; totals {totals}"
+    )
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ Each test stops the read at every instant from the step the key is in the flight
 where CPython can raise into it (as a call returns, as a frame is entered), one run per
 instant (a trace function raises there, as a signal's handler would), and after each run
 reads the key again. The instants of the landing itself are not stopped at
-(``LANDING``: a stop inside it, after the flight left the table and before its waiters were
+(:func:`landing`: a stop inside it, after the flight left the table and before its waiters were
 woken, is a window no Python code can close). On the pure-Python core (the loader and the
 flight table are compiled otherwise: no frames to stop in)."""
 
@@ -37,22 +37,25 @@ from tiered_cache.testing.interrupts import Interrupted
 from tiered_cache.testing.pure_core import on_the_pure_core
 
 PACKAGE = str(Path(tiered_cache.__file__).parent)
-#: The landing's own code, and everything it calls: not stopped in.
-LANDING: frozenset[CodeType] = frozenset(
-    {
-        FlightTable.land.__code__,
-        FlightTable.land_one.__code__,
-        FlightTable.stopped.__code__,
-        Flight.land.__code__,
-        AsyncFlight.land.__code__,
-        Leading.__exit__.__code__,
-    }
-)
 
 
-def _landing(frame: FrameType | None) -> bool:
+def landing() -> frozenset[CodeType]:
+    """The landing's own code (and what it calls): not stopped in. On the pure core only
+    (compiled, these functions have no code objects)."""
+    return frozenset(
+        {
+            FlightTable.land.__code__,
+            FlightTable.land_one.__code__,
+            Flight.land.__code__,
+            AsyncFlight.land.__code__,
+            Leading.__exit__.__code__,
+        }
+    )
+
+
+def _landing(frame: FrameType | None, codes: frozenset[CodeType]) -> bool:
     while frame is not None:
-        if frame.f_code in LANDING:
+        if frame.f_code in codes:
             return True
         frame = frame.f_back
     return False
@@ -91,6 +94,7 @@ class StopAt:
         self.at = at
         self.seen = -1
         self.where: str | None = None
+        self.landing = landing()
 
     def __call__(self, frame: FrameType, event: str, arg: object) -> Any:
         if self.where is not None or not frame.f_code.co_filename.startswith(PACKAGE):
@@ -103,7 +107,7 @@ class StopAt:
             return None
         if event != "opcode" or frame.f_lasti not in _after_check(frame.f_code):
             return self.step
-        if _landing(frame):
+        if _landing(frame, self.landing):
             return self.step
         if self.seen >= 0 or self.claimed():
             self.seen += 1

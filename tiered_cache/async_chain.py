@@ -315,7 +315,7 @@ class AsyncTieredCache(L1Reader, NotData):
         while True:
             mark = fence.mark()
             # The flight this caller leads if the key has none: made before the claim, and the
-            # claim inside the try that lands it (FlightTable.stopped), as SingleFlight.run's.
+            # claim inside the try that lands it (FlightTable.land_one), as SingleFlight.run's.
             mine = AsyncFlight(mark)
             try:
                 flight, role = flights.join_or_lead(
@@ -330,8 +330,8 @@ class AsyncTieredCache(L1Reader, NotData):
                     flights.land_one(key, mine, value, None)
                     return value
             except BaseException as exc:
-                # Cancelled, its waiters are told LeaderGone (FlightTable.stopped).
-                flights.stopped({key: mine}, exc)
+                # Cancelled, its waiters are told LeaderGone (FlightTable.land_one).
+                flights.land_one(key, mine, None, exc)
                 raise
             if role == BESIDE:
                 # A background refresh leads the key's flight: the tiers read beside it,

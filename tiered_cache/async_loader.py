@@ -611,7 +611,7 @@ class AsyncSourceLoader:
                     entry = await self.load(key, mark, loader, ttl, None, background=True)
                     self.flights.land_one(key, mine, entry.value, None)
                 except BaseException as exc:
-                    self.flights.stopped({key: mine}, refresh_failed(exc))
+                    self.flights.land_one(key, mine, None, refresh_failed(exc))
                     raise
                 return
         except Exception as exc:

@@ -563,7 +563,7 @@ class SourceLoader:
                     if role == LEAD:
                         self.flights.land_one(key, mine, entry.value, None)
                 except BaseException as exc:
-                    self.flights.stopped({key: mine}, refresh_failed(exc))
+                    self.flights.land_one(key, mine, None, refresh_failed(exc))
                     raise
                 return
         except Exception as exc:

@@ -332,7 +332,7 @@ class FlightTable(Generic[F]):
     ) -> tuple[F, int]:
         """``(flight, role)`` for one key (either face's miss): :data:`LEAD` (a new flight
         this caller leads: ``lead``, if given, made by the caller before it asked, so that
-        whatever stops it from this step on knows which flight to land, :meth:`stopped`),
+        whatever stops it from this step on knows which flight to land, :meth:`land_one`),
         :data:`JOIN` (the key's flight in progress, which
         ``may_join(key, its tag)`` allows), :data:`BEHIND` (the key's flight in progress that
         may not be joined: wait for it to land, not taking its outcome, and ask again) or,
@@ -396,7 +396,11 @@ class FlightTable(Generic[F]):
         self, flights: Mapping[str, F], results: Mapping[str, Any], error: BaseException | None
     ) -> None:
         """End flights taken with :meth:`claim`: each gets its result, or ``error`` (a
-        :class:`LeaderGone` if that is the leader's interruption)."""
+        :class:`LeaderGone` if that is the leader's interruption). A flight its caller made to
+        lead its key and was stopped before it had it, or before it landed it, lands with the
+        stop too: one the table never held has nobody waiting; one whose landing the stop
+        broke (out of the table, its waiters not woken) is landed again, and its waiters,
+        told the stop, start over."""
         error = _for_waiters(error)
         with self._lock:
             for key, flight in flights.items():
@@ -413,22 +417,6 @@ class FlightTable(Generic[F]):
             if self._flights.get(key) is flight:
                 del self._flights[key]
         flight.land(result, error)
-
-    def stopped(self, flights: Mapping[str, F], error: BaseException) -> None:
-        """The caller that made ``flights`` to lead their keys (``lead`` of
-        :meth:`join_or_lead` or :meth:`lead_after`, :class:`Leading`'s) was stopped by
-        ``error``, at whatever step: each one the table holds lands with it (as
-        :meth:`land`'s). The others were landed already, or never given to the caller: its
-        own objects, which nobody waits for. The one landing of a stopped leader: a flight
-        it leads is in the table from the step it is claimed until it lands, whichever
-        step the stop came in."""
-        told = _for_waiters(error)
-        with self._lock:
-            held = {key: f for key, f in flights.items() if self._flights.get(key) is f}
-            for key in held:
-                del self._flights[key]
-        for flight in held.values():
-            flight.land(None, told)
 
     def leading(self) -> Leading[F]:
         """An empty :class:`Leading`: the flights of a batch this caller will lead."""
@@ -473,7 +461,7 @@ class Leading(Generic[F]):
             self._table.land({key: flights[key] for key in results}, results, None)
         for key, error in errors.items():
             self._table.land_one(key, flights[key], None, error)
-        # Forgotten once landed (a stop in between: out of the table, not landed again).
+        # Forgotten once landed: a stop before lands them again (see FlightTable.land).
         for key in results:
             del flights[key]
         for key in errors:
@@ -491,7 +479,7 @@ class Leading(Generic[F]):
         if self.flights:
             if error is None:  # every flight is landed by its load: a safety net, not a path
                 error = LeaderGone("the batch leading this key ended without its outcome")
-            self._table.stopped(self.flights, error)
+            self._table.land(self.flights, {}, error)
             self.flights = {}
 
 
@@ -536,7 +524,7 @@ class SingleFlight(FlightTable[Flight]):
         # The flight this caller leads if the key has none: made before the claim, and the
         # claim and the landing inside one try, so that whatever stops the caller from the
         # step the table holds it (an interrupt as setdefault or join_or_lead returns, or as
-        # the landing is called) lands it (:meth:`stopped`).
+        # the landing is called, or inside it) lands it (:meth:`land_one`).
         flight = Flight(tag)
         try:
             # Leading takes no lock (a miss leads its flight, nearly always): setdefault is one
@@ -576,6 +564,6 @@ class SingleFlight(FlightTable[Flight]):
             result = fn(flight, *args)
             self.land_one(key, flight, result, None)
         except BaseException as exc:
-            self.stopped({key: flight}, exc)
+            self.land_one(key, flight, None, exc)
             raise
         return result, False

@@ -34,15 +34,17 @@ import argparse
 import ctypes
 import os
 import random
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from tiered_cache import MemoryTier, RecursiveLoad, TieredCache
-from tiered_cache.compiled import compiled_core
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+from timing import run_line
 
 KEYS = [f"k{i}" for i in range(8)]
 
@@ -159,17 +161,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     sys.setswitchinterval(args.switch)
     import tiered_cache
 
-    commit = subprocess.run(
-        ["git", "-C", os.path.dirname(tiered_cache.__file__), "rev-parse", "--short", "HEAD"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
-    print(
-        f"run: {' '.join(sys.argv)}; tiered_cache from {os.path.dirname(tiered_cache.__file__)}"
-        f" ({commit or 'not a checkout'}); {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())};"
-        f" load {os.getloadavg()[0]:.1f}; core {'compiled' if compiled_core() else 'pure-Python'}"
-    )
+    # The run line's one owner (benchmarks/timing.py), then which tree's code was attacked
+    # (another tree's is put first on PYTHONPATH).
+    print(run_line())
+    print(f"tiered_cache from {os.path.dirname(tiered_cache.__file__)}")
     claimed = unlanded = 0
     totals = {"stops": 0, "recursive": 0, "stuck": 0, "left": 0}
     for number in range(args.rounds):

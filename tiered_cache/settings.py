@@ -489,7 +489,7 @@ class ProtectionSettings(SettingsTable):
         gt=0,
         description="With a stale value at hand, a load slower than this serves the stale value "
         "and finishes in the background; at most hard_timeout (such a read waits for this "
-        "alone).",
+        "alone); left unset, 1s or the hard_timeout if that is lower.",
     )
     hard_timeout: Duration | None = Field(
         default=_PROTECTION.hard_timeout,
@@ -555,14 +555,17 @@ class ProtectionSettings(SettingsTable):
         # reads that had a value to serve wait past the hard timeout, the longest a load is
         # waited for. Equal is a rule of its own: at that moment, the stale value if there is
         # one, else LoadTimeout.
-        # Refused when soft_timeout is its default too (1s, under a hard_timeout below it):
-        # the error says so, rather than a default quietly bent to fit.
+        # Left unset, soft_timeout is its default (1s) or the hard_timeout if that is lower:
+        # a config that sets only hard_timeout = "100ms" means every load waits 100 ms at
+        # most, and a default the user never wrote must not refuse it.
         soft, hard = self.soft_timeout, self.hard_timeout
         if soft is not None and hard is not None and soft > hard:
-            given = "" if "soft_timeout" in self.model_fields_set else ", its default"
+            if "soft_timeout" not in self.model_fields_set:
+                self.soft_timeout = hard
+                return self
             raise FieldProblem(
                 "soft_timeout",
-                f"soft_timeout ({soft:g}s{given}) is above hard_timeout ({hard:g}s): a read "
+                f"soft_timeout ({soft:g}s) is above hard_timeout ({hard:g}s): a read "
                 "with a stale value to serve would wait for its load past the hard timeout; "
                 "set soft_timeout at most hard_timeout, or none",
             )

@@ -29,8 +29,7 @@ def settings(server: RedisServer, namespace: str, lease: str) -> dict[str, Any]:
             {"kind": "memory", "admission": "always"},
             {"kind": "redis", "url": server.url, "timeout": "5s"},
         ],
-        # No soft timeout: its default (1s) above a hard one is refused, and no read here
-        # has a stale value for it.
+        # No soft timeout: no read here has a stale value for it.
         "protection": {"hard_timeout": "100ms", "soft_timeout": None, "lease": lease},
         "bus": {"kind": "off"},
     }

@@ -31,7 +31,17 @@ from .owed import Debt, OwedDeletes
 from .owed_timer import PaymentThread, PaymentTimer
 from .reporting import ReportValue, report_of
 from .steps import Steps, run
-from .tier import MISSING, Entry, MissingType, PartialRead, Tier, TierBase
+from .tier import (
+    MISSING,
+    UNDECLARED,
+    Entry,
+    MissingType,
+    PartialRead,
+    Tier,
+    TierBase,
+    declared_capabilities,
+    declared_delete_prefix,
+)
 
 #: How often (seconds of the chain's clock) a failing tier is logged again.
 WARNING_INTERVAL = 10.0
@@ -41,12 +51,6 @@ T = TypeVar("T")
 
 def _direct(operation: Callable[..., T], *arguments: Any) -> T:
     return operation(*arguments)
-
-
-def _stores_anything(value: Any) -> Any:
-    """``TierBase.prepare_value``'s default, for a tier that does not declare its
-    capabilities: the value itself, unchecked."""
-    return value
 
 
 def _replace(tier: Tier, key: str, entry: Entry) -> None:
@@ -80,9 +84,9 @@ class TierAccessor:
         self._metrics = metrics
         self._clock = clock
         self._last_warning: float | None = None
-        declared = tier if isinstance(tier, TierBase) else None
+        declared = declared_capabilities(tier)
         #: In-process: kept coherent by the bus, bypassed while it is down.
-        self.local = bool(declared.local) if declared is not None else False
+        self.local = bool(declared.local)
         #: Read in a plain call: first in the chain, the chain's L1 lookup reads it (and
         #: counts its hit or miss), whatever it is.
         self.inline = True
@@ -100,39 +104,31 @@ class TierAccessor:
         #: The timer's driver, a thread per run, once the accessor pays (:meth:`pay_with`).
         self._payments: PaymentThread | None = None
         #: Offers leases (:class:`~tiered_cache.leases.LeasingTier`).
-        self.leases = bool(declared.leases) if declared is not None else False
+        self.leases = bool(declared.leases)
         #: Stores keys as UTF-8: the chain refuses keys UTF-8 cannot encode.
-        self.utf8_keys = bool(declared.utf8_keys) if declared is not None else False
+        self.utf8_keys = bool(declared.utf8_keys)
         #: Not used right now (an in-process tier while the bus is down and no staleness is
         #: allowed).
         self.bypassed = False
         #: When above 0, what this tier is given is kept at most this many seconds from now
         #: (an in-process tier while the bus is down: ``max_stale_when_disconnected``).
         self.bounded_for = 0.0
+        # The defaults' verbs that call the tier, bound to a tier that declares none.
         get = tier.get
-        self._peek: Callable[[str], Entry | MissingType] = (
-            declared.peek if declared is not None else get
-        )
+        undeclared = declared is UNDECLARED
+        self._peek: Callable[[str], Entry | MissingType] = get if undeclared else declared.peek
         self._get_at: Callable[[str, float], Entry | MissingType] = (
-            declared.get_at if declared is not None else (lambda key, now: get(key))
-        )
-        self._hit_reader = declared.hit_reader if declared is not None else None
-        self._delete_prefix: Callable[[str], None] = (
-            declared.delete_prefix if declared is not None else (lambda prefix: tier.clear())
+            (lambda key, now: get(key)) if undeclared else declared.get_at
         )
         self._replace: Callable[[str, Entry], None] = (
-            declared.replace
-            if declared is not None
-            else (lambda key, entry: _replace(tier, key, entry))
+            (lambda key, entry: _replace(tier, key, entry)) if undeclared else declared.replace
         )
-        self._hot_keys: Callable[[int], list[tuple[str, float]]] = (
-            declared.hot_keys if declared is not None else (lambda n: [])
-        )
+        self._delete_prefix = declared_delete_prefix(tier)
+        self._hit_reader = declared.hit_reader
+        self._hot_keys = declared.hot_keys
         #: CodecError for a value the tier could not store, else the form its fill of a
         #: write stores (``TierBase.prepare_value``).
-        self.prepare_value: Callable[[Any], Any] = (
-            declared.prepare_value if declared is not None else _stores_anything
-        )
+        self.prepare_value: Callable[[Any], Any] = declared.prepare_value
         self._leasing = cast(LeasingTier, tier) if self.leases else None
         # The metrics' own count, bound to this tier (once per miss: no frame of ours around it).
         self.miss: Callable[[], None] = partial(metrics.miss, index)
@@ -154,7 +150,7 @@ class TierAccessor:
     def hit_reader(self, margin: float, hits: HitCount) -> Callable[[Any], Any] | None:
         """The tier's plain-hit reader for the chain's L1 lookup (``TierBase.hit_reader``),
         or None: the tier offers none, or has a breaker, which every read must go through."""
-        if self.breaker is not None or self._hit_reader is None:
+        if self.breaker is not None:
             return None
         return self._hit_reader(self._clock, margin, hits)
 

@@ -25,7 +25,14 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar, cast
 
 from .accessor import TierAccessor
-from .async_tier import AsyncLeasingTier, AsyncSource, AsyncTier, AsyncTierBase
+from .async_tier import (
+    AsyncLeasingTier,
+    AsyncSource,
+    AsyncTier,
+    AsyncTierBase,
+    declared_capabilities,
+    declared_delete_prefix,
+)
 from .breaker import CircuitBreaker, GuardedTier
 from .errors import CodecError
 from .hit import HitCount
@@ -93,15 +100,17 @@ class AsyncTierAccessor:
         #: chain's :meth:`WriteTasks.stopping <tiered_cache.write_tasks.WriteTasks.stopping>`
         #: (its deletes are made while another caller pays what the tier owes: _quietly).
         self._stopping = stopping
-        declared = inner if isinstance(inner, AsyncTierBase) else None
+        #: A native tier's declared ``delete_prefix``, else its ``clear``, resolved once (a
+        #: sync tier's is its bookkeeping accessor's).
+        self._delete_prefix: Callable[[str], Awaitable[None]] | None = None
         if self._native is not None:
+            declared = declared_capabilities(inner)
             self.local = False
-            self.leases = bool(declared.leases) if declared is not None else False
-            self.utf8_keys = bool(declared.utf8_keys) if declared is not None else False
-            self.one_loop = bool(declared.one_loop) if declared is not None else False
-            self.prepare_value = (
-                declared.prepare_value if declared is not None else self.sync.prepare_value
-            )
+            self.leases = bool(declared.leases)
+            self.utf8_keys = bool(declared.utf8_keys)
+            self.one_loop = bool(declared.one_loop)
+            self.prepare_value: Callable[[Any], Any] = declared.prepare_value
+            self._delete_prefix = declared_delete_prefix(self._native)
         else:
             self.one_loop = False
             self.local = self.sync.local
@@ -231,14 +240,11 @@ class AsyncTierAccessor:
             await self._through_breaker(lambda: native.delete_many(keys))
 
     async def delete_prefix_owed(self, prefix: str) -> None:
-        native = self._native
-        if native is None:
+        delete_prefix = self._delete_prefix
+        if delete_prefix is None:
             await asyncio.to_thread(self.sync.delete_prefix_owed, prefix)
-        elif isinstance(native, AsyncTierBase):
-            declared = native
-            await self._through_breaker(lambda: declared.delete_prefix(prefix))
         else:
-            await self._through_breaker(native.clear)
+            await self._through_breaker(lambda: delete_prefix(prefix))
 
     async def clear_owed(self) -> None:
         native = self._native
@@ -347,13 +353,10 @@ class AsyncTierAccessor:
         return await self._quietly(lambda: native.delete_many(keys), keys=keys)
 
     async def delete_prefix(self, prefix: str) -> str | None:
-        native = self._native
-        if native is None:
+        delete_prefix = self._delete_prefix
+        if delete_prefix is None:
             return await self._sync(self.sync.delete_prefix, prefix)
-        if isinstance(native, AsyncTierBase):
-            declared = native
-            return await self._quietly(lambda: declared.delete_prefix(prefix), prefixes=(prefix,))
-        return await self._quietly(native.clear, prefixes=(prefix,))
+        return await self._quietly(lambda: delete_prefix(prefix), prefixes=(prefix,))
 
     async def clear(self) -> str | None:
         native = self._native

@@ -14,7 +14,13 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar, cast
 
-from .async_tier import AsyncLeasingTier, AsyncTier, AsyncTierBase
+from .async_tier import (
+    AsyncLeasingTier,
+    AsyncTier,
+    AsyncTierBase,
+    declared_capabilities,
+    declared_delete_prefix,
+)
 from .breaker import GuardedTier
 from .settings import BreakerSettings
 from .tier import Entry, MissingType
@@ -32,29 +38,12 @@ class AsyncCircuitBreakerTier(GuardedTier[AsyncTier], AsyncTierBase):
             :class:`~tiered_cache.breaker.CircuitBreaker`.
     """
 
-    def __init__(
-        self,
-        tier: AsyncTier,
-        settings: BreakerSettings | None = None,
-        *,
-        failure_threshold: int | None = None,
-        cool_down: float | None = None,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        super().__init__(
-            tier, settings, failure_threshold=failure_threshold, cool_down=cool_down, clock=clock
-        )
-        #: The wrapped tier's declared capabilities (the defaults, for a tier that declares
-        #: none), resolved once: the wrapper hides none of them and asks nothing per call.
-        declared = tier if isinstance(tier, AsyncTierBase) else None
-        self._declared = declared if declared is not None else AsyncTierBase()
+    def _declare(self, tier: AsyncTier) -> None:
+        #: The wrapped tier's declared capabilities.
+        self._declared = declared_capabilities(tier)
         self.utf8_keys = self._declared.utf8_keys
         self.one_loop = self._declared.one_loop
-        #: The tier's declared ``delete_prefix``, else its ``clear`` (more than asked, never
-        #: less).
-        self._delete_prefix: Callable[[str], Awaitable[None]] = (
-            declared.delete_prefix if declared is not None else (lambda prefix: tier.clear())
-        )
+        self._delete_prefix = declared_delete_prefix(tier)
 
     def _call(self, operation: Callable[[], Awaitable[T]]) -> Awaitable[T]:
         return self.breaker.acall(operation)
@@ -146,6 +135,6 @@ def guard_async(
 ) -> AsyncCircuitBreakerTier:
     """:func:`~tiered_cache.breaker.guard` for an async tier: the same breaker, awaited; a
     tier that declares leases keeps them (:class:`AsyncLeasingCircuitBreakerTier`)."""
-    if isinstance(tier, AsyncTierBase) and tier.leases:
+    if declared_capabilities(tier).leases:
         return AsyncLeasingCircuitBreakerTier(tier, settings, clock=clock)
     return AsyncCircuitBreakerTier(tier, settings, clock=clock)

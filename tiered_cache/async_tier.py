@@ -8,8 +8,8 @@ calls do no I/O), any other sync tier or source through a thread, with a one-tim
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from typing import Any, Final, Protocol, runtime_checkable
 
 from .tier import Entry, MissingType
 
@@ -82,6 +82,30 @@ class AsyncTierBase:
         """:meth:`tiered_cache.tier.TierBase.prepare_value` (a plain call: no I/O)."""
         self.check_value(value)
         return value
+
+
+#: What a tier that declares nothing declares: :class:`AsyncTierBase`'s defaults.
+UNDECLARED: Final = AsyncTierBase()
+
+
+def declared_capabilities(tier: object) -> AsyncTierBase:
+    """The capabilities ``tier`` declares: the tier itself when it is an
+    :class:`AsyncTierBase`, else the defaults (:data:`UNDECLARED`). The one place an async
+    tier's capabilities are resolved (:func:`tiered_cache.tier.declared_capabilities` for a
+    sync tier): once, when a wrapper or an accessor is built, never probed per call, so
+    nothing wrapping a tier hides what it declares. For a tier that declares none, its flags
+    and plain calls (``check_value``, ``prepare_value``) are the defaults'; the defaults'
+    ``delete_prefix`` clears the defaults, not the tier, so it is bound to the tier apart
+    (:func:`declared_delete_prefix`)."""
+    return tier if isinstance(tier, AsyncTierBase) else UNDECLARED
+
+
+def declared_delete_prefix(tier: AsyncTier) -> Callable[[str], Coroutine[Any, Any, None]]:
+    """``tier``'s declared ``delete_prefix``, else its ``clear`` (more than asked, never less),
+    resolved once (:func:`declared_capabilities`)."""
+    if isinstance(tier, AsyncTierBase):
+        return tier.delete_prefix
+    return lambda prefix: tier.clear()
 
 
 class AsyncLeasingTier(AsyncTier, Protocol):

@@ -31,7 +31,7 @@ from .forking import restart_after_fork
 from .leases import LeasingTier
 from .settings import BreakerSettings
 from .steps import Steps
-from .tier import Entry, MissingType, Tier, TierBase
+from .tier import Entry, MissingType, Tier, declared_capabilities, declared_delete_prefix
 
 log = logging.getLogger(__name__)
 
@@ -302,6 +302,12 @@ class GuardedTier(Generic[TierT]):
         )
         self.failure_threshold = self.breaker.failure_threshold
         self.cool_down = self.breaker.cool_down
+        self._declare(tier)
+
+    def _declare(self, tier: TierT) -> None:
+        """Resolve the wrapped tier's declared capabilities, once, as it is wrapped
+        (:func:`~tiered_cache.tier.declared_capabilities`): the wrapper hides none of them and
+        asks nothing per call."""
 
     @property
     def tier(self) -> TierT:
@@ -337,6 +343,10 @@ class CircuitBreakerTier(GuardedTier[Tier]):
         settings, failure_threshold, cool_down, clock: as for :class:`CircuitBreaker`.
     """
 
+    def _declare(self, tier: Tier) -> None:
+        #: The tier's declared ``delete_prefix``, else its ``clear``.
+        self._delete_prefix = declared_delete_prefix(tier)
+
     def _call(self, operation: Callable[[], T]) -> T:
         return self.breaker.call(operation)
 
@@ -366,11 +376,7 @@ class CircuitBreakerTier(GuardedTier[Tier]):
     def delete_prefix(self, prefix: str) -> None:
         """The tier's declared ``delete_prefix`` (:class:`~tiered_cache.tier.TierBase`), else
         its ``clear`` (more than asked, never less), through the breaker."""
-        tier = self._tier
-        if isinstance(tier, TierBase):
-            self._call(lambda: tier.delete_prefix(prefix))
-        else:
-            self._call(tier.clear)
+        self._call(lambda: self._delete_prefix(prefix))
 
     def close(self) -> None:
         """Close the wrapped tier, whatever the state of the circuit."""
@@ -425,6 +431,6 @@ def guard(
 ) -> CircuitBreakerTier:
     """``tier`` with a circuit breaker (the chain consults it around every call to the tier);
     a tier that declares leases keeps them (:class:`LeasingCircuitBreakerTier`)."""
-    if isinstance(tier, TierBase) and tier.leases:
+    if declared_capabilities(tier).leases:
         return LeasingCircuitBreakerTier(tier, settings, clock=clock)
     return CircuitBreakerTier(tier, settings, clock=clock)

@@ -200,6 +200,30 @@ class TierBase:
         return value
 
 
+#: What a tier that declares nothing declares: :class:`TierBase`'s defaults.
+UNDECLARED: Final = TierBase()
+
+
+def declared_capabilities(tier: object) -> TierBase:
+    """The capabilities ``tier`` declares: the tier itself when it is a :class:`TierBase`,
+    else the defaults (:data:`UNDECLARED`). The one place a tier's capabilities are resolved
+    (:func:`tiered_cache.async_tier.declared_capabilities` for an async tier): once, when a
+    wrapper or an accessor is built, never probed per call, so nothing wrapping a tier hides
+    what it declares. For a tier that declares none, its flags and plain calls are the
+    defaults'; the defaults' verbs that call the tier (``peek``, ``get_at``, ``replace``,
+    ``delete_prefix``) call the defaults instead, so they are bound to the tier apart
+    (:func:`declared_delete_prefix`)."""
+    return tier if isinstance(tier, TierBase) else UNDECLARED
+
+
+def declared_delete_prefix(tier: Tier) -> Callable[[str], None]:
+    """``tier``'s declared ``delete_prefix``, else its ``clear`` (more than asked, never less),
+    resolved once (:func:`declared_capabilities`)."""
+    if isinstance(tier, TierBase):
+        return tier.delete_prefix
+    return lambda prefix: tier.clear()
+
+
 class PeekableTier(Tier, Protocol):
     """A tier that can be looked at without the look counting as a read.
 

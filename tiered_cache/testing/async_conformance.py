@@ -18,12 +18,18 @@ from __future__ import annotations
 import asyncio
 import builtins
 import threading
-from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
+from collections.abc import Coroutine, Iterator, Mapping, Sequence
 from typing import Any, TypeVar, cast
 
 import pytest
 
-from ..async_tier import AsyncLeasingTier, AsyncSource, AsyncTier, AsyncTierBase
+from ..async_tier import (
+    AsyncLeasingTier,
+    AsyncSource,
+    AsyncTier,
+    declared_capabilities,
+    declared_delete_prefix,
+)
 from ..tier import Entry, MissingType, Source, Tier, TierBase
 from .clock import FakeClock
 from .conformance import TierConformance
@@ -59,13 +65,9 @@ class OnLoopTier(TierBase):
     def __init__(self, tier: AsyncTier, loop: LoopThread) -> None:
         self.inner = tier
         self.name = tier.name
-        #: The async tier's declared capabilities (the defaults, for one that declares
-        #: none), resolved once, as the chain's accessor does.
-        declared = tier if isinstance(tier, AsyncTierBase) else None
-        self._declared = declared if declared is not None else AsyncTierBase()
-        self._delete_prefix: Callable[[str], Coroutine[Any, Any, None]] = (
-            declared.delete_prefix if declared is not None else (lambda prefix: tier.clear())
-        )
+        #: The async tier's declared capabilities, resolved once, as the chain's accessor does.
+        self._declared = declared_capabilities(tier)
+        self._delete_prefix = declared_delete_prefix(tier)
         self.leases = self._declared.leases
         self.utf8_keys = self._declared.utf8_keys
         self._run = loop.run

@@ -28,7 +28,7 @@ import pytest
 
 from ..errors import CodecError
 from ..leases import LeasingTier
-from ..tier import MISSING, Entry, Tier, TierBase
+from ..tier import MISSING, Entry, Tier, TierBase, declared_capabilities
 from .clock import FakeClock
 from .values import assert_same_value
 
@@ -199,7 +199,7 @@ class TierConformance:
     @staticmethod
     def leasing(tier: Tier) -> LeasingTier:
         """The tier's lease operations; skipped for a tier that does not declare ``leases``."""
-        if not (isinstance(tier, TierBase) and tier.leases):
+        if not declared_capabilities(tier).leases:
             pytest.skip("the tier does not declare leases")
         return cast(LeasingTier, tier)
 

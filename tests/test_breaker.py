@@ -13,10 +13,14 @@ from typing import Any
 import pytest
 
 from tiered_cache import TieredCache
+from tiered_cache.accessor import TierAccessor
+from tiered_cache.async_accessor import AsyncTierAccessor
 from tiered_cache.async_breaker import guard_async
+from tiered_cache.async_tier import AsyncTierBase
 from tiered_cache.breaker import CircuitBreakerTier, guard
 from tiered_cache.errors import CodecError, TierUnavailable
 from tiered_cache.memory import MemoryTier
+from tiered_cache.metrics import CacheMetrics
 from tiered_cache.registry import Plugin, register, unregister
 from tiered_cache.settings import BreakerSettings, TierSettings
 from tiered_cache.testing.clock import FakeClock
@@ -636,6 +640,66 @@ def test_the_async_wrapper_is_the_same_breaker_awaited(flaky: FlakyTier, clock: 
         assert flaky.closed
 
     asyncio.run(scenario())
+
+
+class AsyncPrefixFlaky(AsyncFlaky, AsyncTierBase):
+    """:class:`AsyncFlaky` declaring capabilities (an AsyncTierBase), as the Redis tier on
+    redis.asyncio does: a delete by prefix, UTF-8 keys, one event loop, a check of values."""
+
+    utf8_keys = True
+    one_loop = True
+
+    def __init__(self, flaky: PrefixFlakyTier) -> None:
+        super().__init__(flaky)
+        self.prefix_flaky = flaky
+
+    async def delete_prefix(self, prefix: str) -> None:
+        self.prefix_flaky.delete_prefix(prefix)
+
+    def check_value(self, value: Any) -> None:
+        if callable(value):
+            raise CodecError("no functions")
+
+
+def test_a_declared_capability_is_seen_through_the_breaker_on_both_faces(
+    clock: FakeClock,
+) -> None:
+    """What a wrapped tier declares (tiered_cache.tier / async_tier.declared_capabilities,
+    resolved once as the wrapper or the accessor is built) is what the breaker offers, sync
+    and async, on its own and in a chain's accessor: a delete by prefix removes that prefix
+    only (a wrapper hiding it would clear the whole tier: more than asked), and the async
+    wrapper carries the tier's flags and check."""
+    metrics = CacheMetrics(["flaky"])
+
+    sync_tier = PrefixFlakyTier(clock)
+    sync_guarded = CircuitBreakerTier(sync_tier, clock=clock)
+    sync_accessor = TierAccessor(0, sync_guarded, metrics, clock)
+    for delete in (
+        sync_guarded.delete_prefix,
+        sync_accessor.delete_prefix,
+        sync_accessor.delete_prefix_owed,
+    ):
+        fill(sync_tier, clock)
+        delete("user:")
+        assert list(sync_tier.inner.get_many(KEYS)) == ["post:1"]
+    assert sync_tier.prefixes == ["user:"] * 3
+
+    async_tier = PrefixFlakyTier(clock)
+    guarded = guard_async(AsyncPrefixFlaky(async_tier), clock=clock)
+    assert (guarded.utf8_keys, guarded.one_loop) == (True, True)
+    with pytest.raises(CodecError):
+        guarded.check_value(lambda: None)
+
+    async def scenario() -> None:
+        accessor = AsyncTierAccessor(0, guarded, metrics, clock)
+        assert (accessor.utf8_keys, accessor.one_loop) == (True, True)
+        for delete in (guarded.delete_prefix, accessor.delete_prefix, accessor.delete_prefix_owed):
+            fill(async_tier, clock)
+            await delete("user:")
+            assert list(async_tier.inner.get_many(KEYS)) == ["post:1"]
+
+    asyncio.run(scenario())
+    assert async_tier.prefixes == ["user:"] * 3
 
 
 def test_a_wall_clock_stepped_back_leaves_no_cool_down_longer_than_it_is(

@@ -709,8 +709,14 @@ class CacheSettings(BaseSettings):
         if self.bus.kind == "auto":
             local_tier = any(tier.kind == "memory" for tier in self.tiers)
             redis_tier = any(tier.kind == "redis" for tier in self.tiers)
-            self.bus = BusSettings(kind="redis" if local_tier and redis_tier else "off")
-        if self.bus.kind != "off":
+            # Only the kind is resolved: the table's other fields are the bus's. Built anew,
+            # a table without a kind lost them all (its url, its timeout, a misspelt field,
+            # the max_stale_when_disconnected = 0 Django's backend forces) without a word.
+            kind = "redis" if local_tier and redis_tier else "off"
+            self.bus = self.bus.model_copy(update={"kind": kind})
+        if self.bus.kind == "off":
+            self.bus = _off_bus(self.bus)
+        else:
             self.bus = _validate_kind(self.bus, BUSES_GROUP, f"{ROOT}.bus")
         return self
 
@@ -724,6 +730,15 @@ class CacheSettings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, _FileAndEnvSource(settings_cls))
+
+
+def _off_bus(bus: BusSettings) -> BusSettings:
+    """``bus`` without what a kind of bus reads (an off bus reads nothing): kept as extra
+    fields, a ``url`` left beside ``kind = "off"`` was shown, password and all, by the
+    settings' repr."""
+    return BusSettings.model_validate(
+        bus.model_dump(include=set(BusSettings.model_fields), exclude_unset=True) | {"kind": "off"}
+    )
 
 
 def _validate_kind(model: M, group: str, path: str) -> M:

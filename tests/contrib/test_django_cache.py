@@ -691,14 +691,30 @@ def test_a_backend_object_kept_across_close_chains_reads_through_a_new_chain(cac
     assert cache.get("kept") == "w"
 
 
+def _incr_keeps_its_timeout_while_the_bus_is_down(
+    settings: dict[str, Any], clock: FakeClock
+) -> None:
+    """A backend on ``settings`` (whose bus cannot listen) waits for its bus to be down, then
+    ``incr``s a key of an hour and reads it a minute later."""
+    from tiered_cache.contrib.django import TieredCacheBackend
+    from tiered_cache.testing.polling import until
+
+    backend = TieredCacheBackend("", {"OPTIONS": {"SETTINGS": settings, "CLOCK": clock}})
+    with backend.chain:  # closed: its bus stops reconnecting
+        until(lambda: backend.chain.stats()["bus"] == "down", "the bus down")
+        backend.set("hits", 1, 3600)
+        assert backend.incr("hits") == 2
+        clock.advance(60)
+        assert backend.get("hits") == 2  # failed: None (the count's time left was 1 s)
+        backend.clear()
+
+
 def test_incr_keeps_the_timeout_while_the_bus_is_down(
     django_caches: Any, redis_server: Any, namespace: str
 ) -> None:
     """While the bus is down (or starting) memory keeps what it is given no longer than
     ``max_stale_when_disconnected``, by giving its copy that expiry: read back by ``incr`` as
     the key's time left, the count was stored for a second in every tier and was gone."""
-    from tiered_cache.contrib.django import TieredCacheBackend
-    from tiered_cache.testing.polling import until
     from tiered_cache.testing.servers import refused_port
 
     clock = FakeClock()
@@ -708,14 +724,27 @@ def test_incr_keeps_the_timeout_while_the_bus_is_down(
         # A bus nobody answers: down for the whole test.
         "bus": {"kind": "redis", "url": f"redis://127.0.0.1:{refused_port()}/0", "timeout": "1s"},
     }
-    backend = TieredCacheBackend("", {"OPTIONS": {"SETTINGS": settings, "CLOCK": clock}})
-    with backend.chain:  # closed: its bus stops reconnecting
-        until(lambda: backend.chain.stats()["bus"] == "down", "the bus down")
-        backend.set("hits", 1, 3600)
-        assert backend.incr("hits") == 2
-        clock.advance(60)
-        assert backend.get("hits") == 2  # failed: None (the count's time left was 1 s)
-        backend.clear()
+    _incr_keeps_its_timeout_while_the_bus_is_down(settings, clock)
+
+
+def test_incr_keeps_the_timeout_with_the_bus_of_the_docs_settings(
+    django_caches: Any, namespace: str
+) -> None:
+    """:func:`test_incr_keeps_the_timeout_while_the_bus_is_down` on docs/django.md's settings,
+    which name no bus (its kind is ``auto``): the ``max_stale_when_disconnected`` the backend
+    forces was dropped with the rest of the table as the kind was resolved, so memory kept
+    the count for 1 s and ``incr`` stored it for that long. The bus is down for good here:
+    the server's one user may use no pub/sub channel."""
+    from tiered_cache.testing.servers import RedisServer
+
+    no_channels = ["--user", "default", "on", "nopass", "~*", "+@all", "resetchannels"]
+    clock = FakeClock()
+    with RedisServer(extra_args=no_channels) as server:
+        settings = {
+            "namespace": namespace,
+            "tiers": [{"kind": "memory"}, {"kind": "redis", "url": server.url}],
+        }
+        _incr_keeps_its_timeout_while_the_bus_is_down(settings, clock)
 
 
 def test_protection_given_as_a_settings_model_is_still_forced(
@@ -755,8 +784,6 @@ def test_incr_keeps_the_timeout_with_a_bus_given_as_a_settings_model(
     ``max_stale_when_disconnected``."""
     from tiered_cache_redis.plugin import RedisBusSettings
 
-    from tiered_cache.contrib.django import TieredCacheBackend
-    from tiered_cache.testing.polling import until
     from tiered_cache.testing.servers import refused_port
 
     clock = FakeClock()
@@ -766,14 +793,7 @@ def test_incr_keeps_the_timeout_with_a_bus_given_as_a_settings_model(
         "tiers": [{"kind": "memory"}, {"kind": "redis", "url": redis_server.url}],
         "bus": bus,  # a bus nobody answers: down for the whole test
     }
-    backend = TieredCacheBackend("", {"OPTIONS": {"SETTINGS": settings, "CLOCK": clock}})
-    with backend.chain:  # closed: its bus stops reconnecting
-        until(lambda: backend.chain.stats()["bus"] == "down", "the bus down")
-        backend.set("hits", 1, 3600)
-        assert backend.incr("hits") == 2
-        clock.advance(60)
-        assert backend.get("hits") == 2
-        backend.clear()
+    _incr_keeps_its_timeout_while_the_bus_is_down(settings, clock)
 
 
 def test_none_is_kept_for_its_timeout_like_any_value(cache: Any, django_clock: FakeClock) -> None:

@@ -393,3 +393,39 @@ def test_the_tweet_app_start_up_line_hides_the_password(
     _assert_hidden(line)
     captured = capsys.readouterr()
     assert SECRET not in captured.out + captured.err
+
+
+def test_a_bus_table_without_a_kind_keeps_its_fields() -> None:
+    """A ``[tiered_cache.bus]`` table that leaves ``kind`` at ``auto`` (as the docs' ``bus.timeout``
+    and ``bus.max_stale_when_disconnected`` do) is the bus's: resolving the kind built a bus of
+    defaults, and the table's url, channel, timeouts and max_stale_when_disconnected (the 0
+    Django's backend forces) were dropped without a word."""
+    bus = load_settings(
+        tiers=_tiers("redis://localhost:6379/0"),
+        bus={
+            "url": "redis://bus:6379/1",
+            "channel": "mine",
+            "timeout": "5s",
+            "max_stale_when_disconnected": 0,
+        },
+    ).bus
+    fields = (bus.kind, bus.url, bus.channel, bus.timeout, bus.max_stale_when_disconnected)
+    assert fields == ("redis", "redis://bus:6379/1", "mine", 5.0, 0.0)
+
+
+def test_a_misspelt_field_of_a_bus_without_a_kind_is_refused_by_its_path() -> None:
+    with pytest.raises(ConfigError, match=r"^tiered_cache\.bus\.chanel: Extra inputs"):
+        load_settings(tiers=_tiers("redis://localhost:6379/0"), bus={"chanel": "mine"})
+
+
+@pytest.mark.parametrize("kind", [{"kind": "off"}, {}])  # {}: auto, no memory tier: off
+def test_an_off_bus_keeps_no_url_to_show(kind: dict[str, str]) -> None:
+    """A bus turned off (``TIERED_CACHE_BUS__KIND=off`` over a file that names its url) reads
+    only the fields every bus has: the url was kept beside them, and the settings' repr showed
+    its password."""
+    settings = load_settings(
+        tiers=[{"kind": "redis", "url": "redis://localhost:6379/0"}],
+        bus={**kind, "url": f"redis://:{SECRET}@bus:6379/0", "max_stale_when_disconnected": 0},
+    )
+    assert SECRET not in repr(settings)
+    assert (settings.bus.kind, settings.bus.max_stale_when_disconnected) == ("off", 0.0)

@@ -733,15 +733,28 @@ class ChainPaths:
                 counts=BUS_STARTING_COUNTS if starting else BUS_DOWN_COUNTS,
             )
         )
-        self.state = state
+        # The rule's one owner: the state reads take (and the tiers' bounds) never trusts
+        # memory more than what it holds allows. Going down, they stop trusting it first;
+        # coming back, they trust it only once the outage's copies are dropped: set before
+        # the drop, a read that takes its state here (get_many, lookup_many, any read of a
+        # chain whose in-process tier is not first) took the bus as connected and was served
+        # a copy kept while nothing was heard (tests/test_bus_back_order.py). The chain's L1
+        # lookup is switched on after this returns, the link shows "connected" after that
+        # (BusLink.on_reconnect): each after the drop.
+        if not connected:
+            self._trust_memory(state, bound)
         # A gap, not a clear: what this process may have missed concerns its memory only,
         # and a write whose lease ordered it in Redis stays there (Fence.fill_steps).
+        self.fence.invalidate(gap=True)
         if connected:
-            self.fence.invalidate(gap=True)
+            self._trust_memory(state, bound)
+        return None if connected or not self.l1_local else state
+
+    def _trust_memory(self, state: ReadState, bound: float) -> None:
+        """What reads take the bus to be from now on (``state``), and how far the in-process
+        tiers are used (:meth:`set_bus_connected`, the one caller)."""
         for tier in self.tiers:
             if tier.local:
-                tier.bypassed = not connected and bound <= 0
+                tier.bypassed = state.bypass
                 tier.bounded_for = bound
-        if not connected:
-            self.fence.invalidate(gap=True)
-        return None if connected or not self.l1_local else state
+        self.state = state

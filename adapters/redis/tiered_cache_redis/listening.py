@@ -16,6 +16,7 @@ does not hear about would hide the messages lost meanwhile).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -89,8 +90,9 @@ class Listeners:
         #: Cut off by a close that stopped waiting for the listener (:meth:`abandon`).
         self._abandoned = False
         self._abandoning = threading.Lock()
-        #: What the giving up has still to tell: (listener, event), in order (:meth:`abandon`).
-        self._untold: deque[tuple[BusListener, str]] = deque()
+        #: What the giving up has still to tell: (listener, event), in order (:meth:`abandon`);
+        #: None until the giving up lists it (under the listeners' lock, as a rule).
+        self._untold: deque[tuple[BusListener, str]] | None = None
 
     def add(self, listener: BusListener) -> None:
         """Add ``listener``, told the subscription's state if one was told already: a chain
@@ -122,25 +124,41 @@ class Listeners:
 
     def subscribed(self, subscribed: bool, *, again: bool = True) -> None:
         """Tell every listener the subscription is confirmed (``on_reconnect``) or lost
-        (``on_disconnect``); not ``again`` if that was the last told."""
+        (``on_disconnect``); not ``again`` if that was the last told. Once a close gave up
+        on the listener (:meth:`abandon`) no subscription is told, nor kept for a listener
+        added later: the bus is down for good."""
         with self._lock:
+            if subscribed and self._abandoned:
+                return
             if not again and self._subscribed is subscribed:
                 return
             self._subscribed = subscribed
             for listener in self._listeners:
                 if subscribed and self._abandoned:
-                    return
+                    return  # given up meanwhile, without the lock (abandon's last resort)
                 self._tell_one(listener, "on_reconnect" if subscribed else "on_disconnect")
 
-    def abandon(self, say: Callable[[], object]) -> None:
+    def abandon(
+        self, say: Callable[[], object], wait: Callable[[Callable[[], bool]], bool]
+    ) -> None:
         """The bus's close stopped waiting for its listener, which ends by itself: ``say()``
         (the bus's warning), every listener is told the bus is down (a chain sharing the bus
         with the one closed would trust its memory while nothing is heard), then
-        ``on_close_abandoned`` (counted), and hears nothing more from the listener. Told here,
-        on the close's thread, without the listeners' lock: the listener may hold it, stuck in
-        a callback. (Told down already, they are not told again.) Said and told once for two
-        closes at once (two chains on one bus): under a lock of its own, which the second
-        waits for.
+        ``on_close_abandoned`` (counted), and hears nothing more from the listener. (Told
+        down already, they are not told again.) Said and told once for two closes at once
+        (two chains on one bus): under a lock of its own, which the second waits for.
+
+        Told under the listeners' lock, as the listener tells the subscription's state:
+        told beside it, a reconnection the listener was telling as the close gave up (a
+        chain's ``on_reconnect`` is slow: a large memory dropped) ran on after the close
+        told that chain the bus was down, and left it "connected", or its link and its
+        chain disagreeing, on a bus nothing listens to any more
+        (adapters/redis/tests/test_redis_bus_abandon_race.py). The lock is not waited for
+        blindly: the listener may be stuck for good in a callback under it (a listener's
+        ``on_reconnect``), and a close must return. ``wait(held)`` waits while ``held()``
+        (:meth:`Listening.abandon`: within the close's bound once more); past that, the
+        listeners are told without the lock, as a last resort. Once marked given up (before
+        that wait) the listener tells no reconnection more.
 
         A close stopped on its way (Ctrl-C: a bus closed on the main thread) leaves what it
         had not told to the next close, which tells it before it returns: the closes after
@@ -151,18 +169,23 @@ class Listeners:
         more)."""
         with self._abandoning:  # two closes at once: the second finds it all told
             if not self._abandoned:
-                told_down = self._subscribed is False
-                listeners = list(self._listeners)  # under the GIL: add() only appends
-                untold = deque((each, "on_disconnect") for each in listeners if not told_down)
-                untold.extend((each, "on_close_abandoned") for each in listeners)
                 say()
-                self._untold = untold
+                self._untold = None  # listed below, under the listeners' lock
                 self._abandoned = True  # last: stopped before it, the next close gives up anew
-            self._subscribed = False  # a chain added from now on is told the bus is down
-            untold = self._untold
-            while untold:
-                self._tell_one(*untold[0])
-                untold.popleft()
+            locked = wait(self._lock.locked)
+            with self._lock if locked else contextlib.nullcontext():
+                untold = self._untold
+                if untold is None:
+                    # Without the lock the state told may be on its way: told down again.
+                    told_down = locked and self._subscribed is False
+                    listeners = list(self._listeners)
+                    untold = deque((each, "on_disconnect") for each in listeners if not told_down)
+                    untold.extend((each, "on_close_abandoned") for each in listeners)
+                    self._untold = untold
+                self._subscribed = False  # a chain added from now on is told the bus is down
+                while untold:
+                    self._tell_one(*untold[0])
+                    untold.popleft()
 
     def deliver(self, data: bytes) -> None:
         try:
@@ -307,7 +330,18 @@ class Listening:
         (:meth:`Listeners.abandon`, which a later close finishes if this one was stopped on
         its way); being stopped, it neither subscribes nor reconnects."""
         self.connected = False
-        self.listeners.abandon(self._say_abandoned)
+        self.listeners.abandon(self._say_abandoned, self._while)
+
+    def _while(self, held: Callable[[], bool]) -> bool:
+        """Wait while ``held()``, within :attr:`Health.close_wait` on the bus's clock, a poll
+        at a time; whether it ended (:meth:`Listeners.abandon`: the listeners' lock)."""
+        clock = self.health.clock
+        deadline = clock() + self.health.close_wait
+        while held():
+            if clock() >= deadline:
+                return False
+            time.sleep(self.health.poll)
+        return True
 
     def _say_abandoned(self) -> None:
         log.warning(

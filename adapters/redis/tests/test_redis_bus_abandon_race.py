@@ -1,0 +1,188 @@
+"""A close of the threaded bus giving up on its listener while the listener tells a chain
+the bus is back.
+
+The listener tells the subscription's state under the listeners' lock; the close that gave
+up (``Listeners.abandon``) told every chain the bus was down without it. A reconnection the
+listener was telling (a chain's ``on_reconnect``: slow when it drops a large memory) ran on
+after that: the chain, on a bus nothing listens to any more, showed "connected" and trusted
+its memory (or its link and its paths disagreed, by where the two interleaved). Held here
+at the chain's side of the reconnection (real ``redis-server``; the bus's clock moved past
+the close's bound while the close waits).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+from tiered_cache_redis.bus import RedisBus
+from tiered_cache_redis.listening import Health
+
+from tiered_cache import MemoryTier, TieredCache
+from tiered_cache.coherence import BusLink
+from tiered_cache.testing.clock import FakeClock
+from tiered_cache.testing.frames import current_frames
+from tiered_cache.testing.held_close import waiting_in
+from tiered_cache.testing.polling import until
+from tiered_cache.testing.servers import RedisServer
+
+#: Waits and joins of the test's own threads: a guard against a hang, never a measure.
+GUARD = 30.0
+#: Past the close's wait on the bus's clock.
+PAST_THE_BOUND = 3600.0
+
+
+@pytest.fixture
+def server() -> Iterator[RedisServer]:
+    with RedisServer() as private:
+        yield private
+
+
+def client_of(server: RedisServer) -> redis.Redis:
+    return redis.Redis(host=server.host, port=server.port, retry=Retry(NoBackoff(), 0))
+
+
+class HeldReconnect:
+    """Holds the chain's side of the link's next reconnection (``set_connected(True)``, on
+    the listener's thread, under the listeners' lock) until :attr:`go`, once armed."""
+
+    def __init__(self, link: BusLink) -> None:
+        self.armed = False
+        self.reached, self.go = threading.Event(), threading.Event()
+        self._chain_side = link._set_connected
+        link._set_connected = self
+
+    def __call__(self, connected: bool, *, starting: bool = False) -> None:
+        if connected and self.armed:
+            self.armed = False
+            self.reached.set()
+            assert self.go.wait(GUARD)
+        self._chain_side(connected, starting=starting)
+
+
+def in_call(thread: threading.Thread, function: str) -> bool:
+    """``thread`` runs a call of ``function`` right now (anywhere in its stack)."""
+    frame = current_frames().get(thread.ident or 0)
+    while frame is not None:
+        if frame.f_code.co_name == function:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def test_a_close_giving_up_as_a_reconnection_is_told_leaves_the_chain_down(
+    server: RedisServer,
+) -> None:
+    """The chain shares the bus with the one closed (it is not closed itself): once the
+    close gave up, nothing is heard, so it must end down, memory bypassed
+    (``max_stale_when_disconnected`` 0), its link and its paths agreeing. Failed on main
+    9598935 (the close told it down beside the reconnection held, which then ran on):
+    ``assert ['connected', False, ['v0', 'v0']] == ['down', True, ['v0', 'v1']]``."""
+    clock = FakeClock(1000.0)
+    bus = RedisBus(
+        lambda: client_of(server),
+        "abandon-race",
+        health=Health(interval=1.0, timeout=1.0, poll=0.05, clock=clock),
+    )
+    cache = TieredCache([MemoryTier()], bus=bus, max_stale_when_disconnected=0)
+    link = cache._bus_link
+    assert link is not None
+    assert bus.wait_subscribed(GUARD)
+    until(lambda: cache.stats()["bus"] == "connected", "the chain told it is subscribed")
+    listener = bus._thread
+    assert listener is not None
+    held = HeldReconnect(link)
+    held.armed = True
+    killer = client_of(server)
+    killer.client_kill_filter(_type="pubsub")  # the listener loses its subscription
+    killer.close()
+    assert held.reached.wait(GUARD), "the listener never subscribed again"
+    closer = threading.Thread(target=bus.close, name="test-closer", daemon=True)
+    try:
+        closer.start()
+        until(lambda: waiting_in(closer, "close"), "the close waiting for its listener")
+        clock.advance(PAST_THE_BOUND)
+        # Given up: the close returns (main), or waits for the reconnection being told.
+        until(
+            lambda: not closer.is_alive() or in_call(closer, "_while"),
+            "the close given up",
+        )
+    finally:
+        held.go.set()
+    closer.join(GUARD)
+    assert not closer.is_alive(), "close() never returned"
+    until(lambda: not listener.is_alive(), "the abandoned listener ended")
+    reads = [cache.get("k", lambda: "v0"), cache.get("k", lambda: "v1")]
+    assert [cache.stats()["bus"], cache._paths.state.down, reads] == ["down", True, ["v0", "v1"]]
+    assert cache.stats()["bus_close_abandoned"] == 1
+    cache.close()
+
+
+class StuckReconnect:
+    """A listener of the bus (a program's own) whose next ``on_reconnect``, once armed, is
+    stuck until :attr:`go`: under the listeners' lock, where no close's wake reaches."""
+
+    def __init__(self) -> None:
+        self.armed = False
+        self.reached, self.go = threading.Event(), threading.Event()
+
+    def on_message(self, message: object) -> None: ...
+
+    def on_disconnect(self) -> None: ...
+
+    def on_error(self, error: Exception) -> None: ...
+
+    def on_close_abandoned(self) -> None: ...
+
+    def on_reconnect(self) -> None:
+        if self.armed:
+            self.armed = False
+            self.reached.set()
+            self.go.wait(GUARD)
+
+
+def test_a_close_gives_up_though_a_listener_is_stuck_telling_a_reconnection(
+    server: RedisServer,
+) -> None:
+    """The lock the close now waits for is held for good by a listener stuck in its
+    ``on_reconnect``: the close waits its bound once more, then tells the chains without
+    the lock (the chain on the bus, told its reconnection before the stuck one, ends down)
+    and returns."""
+    clock = FakeClock(1000.0)
+    bus = RedisBus(
+        lambda: client_of(server),
+        "abandon-stuck",
+        health=Health(interval=1.0, timeout=1.0, poll=0.05, clock=clock),
+    )
+    cache = TieredCache([MemoryTier()], bus=bus, max_stale_when_disconnected=0)
+    stuck = StuckReconnect()
+    bus.subscribe(stuck)
+    assert bus.wait_subscribed(GUARD)
+    until(lambda: cache.stats()["bus"] == "connected", "the chain told it is subscribed")
+    listener = bus._thread
+    assert listener is not None
+    stuck.armed = True
+    killer = client_of(server)
+    killer.client_kill_filter(_type="pubsub")
+    killer.close()
+    assert stuck.reached.wait(GUARD), "the listener never subscribed again"
+    closer = threading.Thread(target=bus.close, name="test-closer", daemon=True)
+    try:
+        closer.start()
+        until(lambda: waiting_in(closer, "close"), "the close waiting for its listener")
+        clock.advance(PAST_THE_BOUND)
+        until(lambda: in_call(closer, "_while"), "the close waiting for the listeners' lock")
+        clock.advance(PAST_THE_BOUND)
+        closer.join(GUARD)
+        assert not closer.is_alive(), "close() never returned: a listener is stuck"
+        reads = [cache.get("k", lambda: "v0"), cache.get("k", lambda: "v1")]
+        assert [cache.stats()["bus"], reads] == ["down", ["v0", "v1"]]
+    finally:
+        stuck.go.set()
+    until(lambda: not listener.is_alive(), "the abandoned listener ended")
+    assert cache.stats()["bus"] == "down"
+    cache.close()

@@ -17,6 +17,12 @@ the grace). Also the cuts the reader's chain counted (``bus_disconnects``)
 and its bus state just before each cut: a cut made while the listener is still
 reconnecting from the previous one (its backoff) is no new outage.
 
+Stale after "connected": the reader's bus state is sampled every millisecond; from each
+moment it is seen to turn "connected" again until the next cut, a read must not return a
+version older than one published ``--grace`` before that moment (an outage's copy kept
+past the drop, or a "connected" shown before it). ``--writers`` writer chains (each its
+own bus, another process of the fleet) share the keys between them.
+
 Prints one JSON line and exits 1 if a stale read was counted.
 
 Run: ``.venv/bin/python tools/bus_flap_stale.py [--face asyncio|threads] [--cuts 21]``
@@ -139,9 +145,11 @@ def threads_reader(
     return [threading.Thread(target=reader, args=(n,)) for n in range(args.readers)]
 
 
-def writer_thread(writer: TieredCache, truth: Truth, stop: threading.Event, every: float) -> Any:
+def writer_thread(
+    writer: TieredCache, keys: list[str], truth: Truth, stop: threading.Event, every: float
+) -> Any:
     def write() -> None:
-        for key in itertools.cycle(list(truth.version)):
+        for key in itertools.cycle(keys):
             if stop.wait(every):
                 return
             truth.version[key] += 1
@@ -151,8 +159,42 @@ def writer_thread(writer: TieredCache, truth: Truth, stop: threading.Event, ever
     return threading.Thread(target=write)
 
 
+class States:
+    """The reader's bus state, sampled every millisecond: the moments it was seen to turn
+    "connected", and the moments of the cuts."""
+
+    def __init__(self) -> None:
+        self.connected_at: list[float] = []
+        self.cuts: list[float] = []
+        self.stop = threading.Event()
+
+    def sample(self, link: Any) -> None:
+        was = link.state
+        while not self.stop.wait(0.001):
+            now = link.state
+            if now == "connected" and was != "connected":
+                self.connected_at.append(time.monotonic())
+            was = now
+
+    def stale_after_connected(self, reads: Reads, truth: Truth, grace: float) -> int:
+        """Reads begun after the bus was seen back, before the next cut, older than a
+        version published ``grace`` before it came back."""
+        stale = 0
+        for began, key, value in reads.seen:
+            back = bisect.bisect_right(self.connected_at, began) - 1
+            if back < 0:
+                continue
+            since = self.connected_at[back]
+            cut = bisect.bisect_right(self.cuts, since)
+            if cut < len(self.cuts) and self.cuts[cut] <= began:
+                continue  # cut again since: a cut not noticed yet is no "connected"
+            if truth.newest_before(key, since - grace) > value:
+                stale += 1
+        return stale
+
+
 def cut_again_and_again(
-    args: argparse.Namespace, proxy: FaultProxy, cache: Any
+    args: argparse.Namespace, proxy: FaultProxy, cache: Any, seen: States
 ) -> tuple[Counter[str], int]:
     """The bus's state before each cut, and the outages the chain counted meanwhile."""
     deadline = time.monotonic() + 10
@@ -163,6 +205,7 @@ def cut_again_and_again(
     states: Counter[str] = Counter()
     for _ in range(args.cuts):
         states[cache.stats()["bus"]] += 1
+        seen.cuts.append(time.monotonic())
         proxy.cut()
         time.sleep(args.cut)
         proxy.restore()
@@ -178,9 +221,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     truth = Truth([f"k{n}" for n in range(args.keys)])
     reads = Reads()
     settings = reader_settings(namespace, proxy.url(), args.bound)
-    writer = TieredCache.from_config(
-        namespace=namespace, tiers=[{"kind": "memory"}], bus={"kind": "redis", "url": server.url}
-    )
+    writers = [
+        TieredCache.from_config(
+            namespace=namespace,
+            tiers=[{"kind": "memory"}],
+            bus={"kind": "redis", "url": server.url},
+        )
+        for _ in range(args.writers)
+    ]
+    keys = list(truth.version)
     threaded: TieredCache | None = None
     if args.face == "asyncio":
         thread, chain = asyncio_reader(args, settings, truth, reads)
@@ -189,20 +238,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         threaded = TieredCache.from_config(**settings)
         readers = threads_reader(args, threaded, truth, reads)
         chain = lambda: threaded  # noqa: E731
-    writing = writer_thread(writer, truth, reads.stop, args.write_every)
+    writing = [
+        writer_thread(writer, keys[n :: args.writers], truth, reads.stop, args.write_every)
+        for n, writer in enumerate(writers)
+    ]
+    seen = States()
+    sampler: threading.Thread | None = None
     try:
         for thread in readers:
             thread.start()
-        writing.start()
-        states, noticed = cut_again_and_again(args, proxy, chain())
+        for thread in writing:
+            thread.start()
+        reader = chain()
+        sampler = threading.Thread(target=seen.sample, args=(reader._bus_link,))
+        sampler.start()
+        states, noticed = cut_again_and_again(args, proxy, reader, seen)
     finally:
         reads.stop.set()
-        for thread in [*readers, writing]:
+        seen.stop.set()
+        for thread in [*readers, *writing, *([sampler] if sampler else [])]:
             if thread.ident is not None:
                 thread.join(60)
         if threaded is not None:
             threaded.close()
-        writer.close()
+        for writer in writers:
+            writer.close()
         proxy.close()
         server.close()
     stale = reads.stale(truth, args.grace)
@@ -220,6 +280,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "reads": len(reads.seen),
         "stale_reads_past_grace": stale["past_grace"],
         "stale_reads_within_grace": stale["within_grace"],
+        "writers": args.writers,
+        "seen_back": len(seen.connected_at),
+        "stale_after_connected": seen.stale_after_connected(reads, truth, args.grace),
         "grace_s": args.grace,
     }
 
@@ -231,6 +294,7 @@ def main() -> int:
     parser.add_argument("--pause", type=float, default=0.0, help="threads: s between reads")
     parser.add_argument("--bound", type=float, default=0.0, help="max_stale_when_disconnected")
     parser.add_argument("--keys", type=int, default=16)
+    parser.add_argument("--writers", type=int, default=1, help="writer chains sharing the keys")
     parser.add_argument("--write-every", type=float, default=0.05)
     parser.add_argument("--cuts", type=int, default=21)
     parser.add_argument("--cut", type=float, default=0.35)
@@ -242,7 +306,7 @@ def main() -> int:
     logging.disable(logging.WARNING)  # the cuts' warnings are expected; counts are below
     result = run(args)
     print(json.dumps(result))
-    return 1 if result["stale_reads_past_grace"] else 0
+    return 1 if result["stale_reads_past_grace"] or result["stale_after_connected"] else 0
 
 
 if __name__ == "__main__":

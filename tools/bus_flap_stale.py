@@ -19,9 +19,10 @@ reconnecting from the previous one (its backoff) is no new outage.
 
 Stale after "connected": the reader's bus state is sampled every millisecond; from each
 moment it is seen to turn "connected" again until the next cut, a read must not return a
-version older than one published ``--grace`` before that moment (an outage's copy kept
-past the drop, or a "connected" shown before it). ``--writers`` writer chains (each its
-own bus, another process of the fleet) share the keys between them.
+version older than one published ``--connected-grace`` before that moment (an outage's copy
+kept past the drop, or a "connected" shown before it; a bound of memory is no excuse then).
+``--writers`` writer chains (each its own bus, another process of the fleet) share the keys
+between them.
 
 Prints one JSON line and exits 1 if a stale read was counted.
 
@@ -282,7 +283,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "stale_reads_within_grace": stale["within_grace"],
         "writers": args.writers,
         "seen_back": len(seen.connected_at),
-        "stale_after_connected": seen.stale_after_connected(reads, truth, args.grace),
+        "stale_after_connected": seen.stale_after_connected(reads, truth, args.connected_grace),
+        "connected_grace_s": args.connected_grace,
         "grace_s": args.grace,
     }
 
@@ -302,6 +304,7 @@ def main() -> int:
     parser.add_argument("--warm", type=float, default=1.0)
     parser.add_argument("--after", type=float, default=3.0)
     parser.add_argument("--grace", type=float, default=0.25)
+    parser.add_argument("--connected-grace", type=float, default=0.25)
     args = parser.parse_args()
     logging.disable(logging.WARNING)  # the cuts' warnings are expected; counts are below
     result = run(args)

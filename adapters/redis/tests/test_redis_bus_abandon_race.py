@@ -13,14 +13,8 @@ the close's bound while the close waits).
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 
-import pytest
-import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 from tiered_cache_redis.bus import RedisBus
-from tiered_cache_redis.listening import Health
 
 from tiered_cache import MemoryTier, TieredCache
 from tiered_cache.coherence import BusLink
@@ -30,20 +24,9 @@ from tiered_cache.testing.held_close import waiting_in
 from tiered_cache.testing.polling import until
 from tiered_cache.testing.servers import RedisServer
 
-#: Waits and joins of the test's own threads: a guard against a hang, never a measure.
-GUARD = 30.0
-#: Past the close's wait on the bus's clock.
-PAST_THE_BOUND = 3600.0
+from .test_redis_bus_close_bounded import GUARD, PAST_THE_BOUND, bus_on, client_of, server
 
-
-@pytest.fixture
-def server() -> Iterator[RedisServer]:
-    with RedisServer() as private:
-        yield private
-
-
-def client_of(server: RedisServer) -> redis.Redis:
-    return redis.Redis(host=server.host, port=server.port, retry=Retry(NoBackoff(), 0))
+__all__ = ["server"]  # the fixture: a private server (its pub/sub connections are cut)
 
 
 class HeldReconnect:
@@ -62,6 +45,32 @@ class HeldReconnect:
             self.reached.set()
             assert self.go.wait(GUARD)
         self._chain_side(connected, starting=starting)
+
+
+def chain_on(bus: RedisBus) -> TieredCache:
+    """A chain on ``bus``, memory bypassed while it is down, told it is subscribed."""
+    cache = TieredCache([MemoryTier()], bus=bus, max_stale_when_disconnected=0)
+    assert bus.wait_subscribed(GUARD)
+    until(lambda: cache.stats()["bus"] == "connected", "the chain told it is subscribed")
+    return cache
+
+
+def given_up_as_it_reconnects(
+    server: RedisServer, bus: RedisBus, clock: FakeClock, held: HeldReconnect | StuckReconnect
+) -> threading.Thread:
+    """The listener loses its subscription and, subscribed again, is held telling it
+    (``held``, armed here); the bus's close, started then, waits for the listener, and the
+    bus's clock is moved past its bound: the close gives up. Returns the close's thread."""
+    held.armed = True
+    killer = client_of(server)
+    killer.client_kill_filter(_type="pubsub")
+    killer.close()
+    assert held.reached.wait(GUARD), "the listener never subscribed again"
+    closer = threading.Thread(target=bus.close, name="test-closer", daemon=True)
+    closer.start()
+    until(lambda: waiting_in(closer, "close"), "the close waiting for its listener")
+    clock.advance(PAST_THE_BOUND)
+    return closer
 
 
 def in_call(thread: threading.Thread, function: str) -> bool:
@@ -83,29 +92,15 @@ def test_a_close_giving_up_as_a_reconnection_is_told_leaves_the_chain_down(
     9598935 (the close told it down beside the reconnection held, which then ran on):
     ``assert ['connected', False, ['v0', 'v0']] == ['down', True, ['v0', 'v1']]``."""
     clock = FakeClock(1000.0)
-    bus = RedisBus(
-        lambda: client_of(server),
-        "abandon-race",
-        health=Health(interval=1.0, timeout=1.0, poll=0.05, clock=clock),
-    )
-    cache = TieredCache([MemoryTier()], bus=bus, max_stale_when_disconnected=0)
+    bus = bus_on(server, clock, "abandon-race")
+    cache = chain_on(bus)
     link = cache._bus_link
     assert link is not None
-    assert bus.wait_subscribed(GUARD)
-    until(lambda: cache.stats()["bus"] == "connected", "the chain told it is subscribed")
     listener = bus._thread
     assert listener is not None
     held = HeldReconnect(link)
-    held.armed = True
-    killer = client_of(server)
-    killer.client_kill_filter(_type="pubsub")  # the listener loses its subscription
-    killer.close()
-    assert held.reached.wait(GUARD), "the listener never subscribed again"
-    closer = threading.Thread(target=bus.close, name="test-closer", daemon=True)
     try:
-        closer.start()
-        until(lambda: waiting_in(closer, "close"), "the close waiting for its listener")
-        clock.advance(PAST_THE_BOUND)
+        closer = given_up_as_it_reconnects(server, bus, clock, held)
         # Given up: the close returns (main), or waits for the reconnection being told.
         until(
             lambda: not closer.is_alive() or in_call(closer, "_while"),
@@ -153,28 +148,14 @@ def test_a_close_gives_up_though_a_listener_is_stuck_telling_a_reconnection(
     the lock (the chain on the bus, told its reconnection before the stuck one, ends down)
     and returns."""
     clock = FakeClock(1000.0)
-    bus = RedisBus(
-        lambda: client_of(server),
-        "abandon-stuck",
-        health=Health(interval=1.0, timeout=1.0, poll=0.05, clock=clock),
-    )
-    cache = TieredCache([MemoryTier()], bus=bus, max_stale_when_disconnected=0)
+    bus = bus_on(server, clock, "abandon-stuck")
+    cache = chain_on(bus)
     stuck = StuckReconnect()
     bus.subscribe(stuck)
-    assert bus.wait_subscribed(GUARD)
-    until(lambda: cache.stats()["bus"] == "connected", "the chain told it is subscribed")
     listener = bus._thread
     assert listener is not None
-    stuck.armed = True
-    killer = client_of(server)
-    killer.client_kill_filter(_type="pubsub")
-    killer.close()
-    assert stuck.reached.wait(GUARD), "the listener never subscribed again"
-    closer = threading.Thread(target=bus.close, name="test-closer", daemon=True)
     try:
-        closer.start()
-        until(lambda: waiting_in(closer, "close"), "the close waiting for its listener")
-        clock.advance(PAST_THE_BOUND)
+        closer = given_up_as_it_reconnects(server, bus, clock, stuck)
         until(lambda: in_call(closer, "_while"), "the close waiting for the listeners' lock")
         clock.advance(PAST_THE_BOUND)
         closer.join(GUARD)

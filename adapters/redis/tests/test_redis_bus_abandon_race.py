@@ -137,7 +137,7 @@ class StuckReconnect:
         if self.armed:
             self.armed = False
             self.reached.set()
-            self.go.wait(GUARD)
+            self.go.wait(10 * GUARD)  # past the test's own waits: let go by the test
 
 
 def test_a_close_gives_up_though_a_listener_is_stuck_telling_a_reconnection(
@@ -146,7 +146,9 @@ def test_a_close_gives_up_though_a_listener_is_stuck_telling_a_reconnection(
     """The lock the close now waits for is held for good by a listener stuck in its
     ``on_reconnect``: the close waits its bound once more, then tells the chains without
     the lock (the chain on the bus, told its reconnection before the stuck one, ends down)
-    and returns."""
+    and returns; a close after it returns at once. (Without the early return of a close
+    that finds everything told, that second close waited for the lock, its bound never
+    passed on the bus's clock: ``the next close waited for the listener stuck``.)"""
     clock = FakeClock(1000.0)
     bus = bus_on(server, clock, "abandon-stuck")
     cache = chain_on(bus)
@@ -162,6 +164,12 @@ def test_a_close_gives_up_though_a_listener_is_stuck_telling_a_reconnection(
         assert not closer.is_alive(), "close() never returned: a listener is stuck"
         reads = [cache.get("k", lambda: "v0"), cache.get("k", lambda: "v1")]
         assert [cache.stats()["bus"], reads] == ["down", ["v0", "v1"]]
+        # A close after it has nothing left to tell, and waits for no lock (the bus's
+        # clock is not moved again).
+        again = threading.Thread(target=bus.close, name="test-closer-again", daemon=True)
+        again.start()
+        again.join(GUARD)
+        assert not again.is_alive(), "the next close waited for the listener stuck"
     finally:
         stuck.go.set()
     until(lambda: not listener.is_alive(), "the abandoned listener ended")

@@ -172,6 +172,8 @@ class Listeners:
                 say()
                 self._untold = None  # listed below, under the listeners' lock
                 self._abandoned = True  # last: stopped before it, the next close gives up anew
+            elif self._untold is not None and not self._untold:
+                return  # all told: a close after one that gave up waits for no lock
             locked = wait(self._lock.locked)
             with self._lock if locked else contextlib.nullcontext():
                 untold = self._untold

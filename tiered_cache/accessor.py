@@ -11,7 +11,8 @@ calls raise, because what a failure means depends on the step (the loader decide
 A shared tier's deletes that failed are owed (:mod:`tiered_cache.owed`): every later call of
 the accessor to the tier pays them first, and is refused while they cannot be made; and a timer
 pays them when the tier lets calls through again, should no call come
-(:mod:`tiered_cache.owed_timer`).
+(:mod:`tiered_cache.owed_timer`). An in-process tier's deletes are made at once, past its
+breaker, whatever its state (:meth:`TierAccessor._quietly`).
 """
 
 from __future__ import annotations
@@ -280,17 +281,13 @@ class TierAccessor:
         """Remove ``keys``; a failure is counted, logged and described (else None)."""
         if not keys:
             return None
-        if self.local and self.breaker is None:  # every set drops the in-process copy: no
-            try:  # closure, no guard
-                self.tier.delete_many(keys)
-            except Exception as exc:
-                return self._failure(exc)
-            return None
-        return self._quietly(lambda: self.tier.delete_many(keys), keys=keys)
+        # Every set drops the in-process copy: no closure (the tier's bound method and its
+        # argument).
+        return self._quietly(self.tier.delete_many, keys, keys=keys)
 
     def delete_prefix(self, prefix: str) -> str | None:
         """Remove the keys starting with ``prefix`` (a tier that cannot: everything)."""
-        return self._quietly(lambda: self._delete_prefix(prefix), prefixes=(prefix,))
+        return self._quietly(self._delete_prefix, prefix, prefixes=(prefix,))
 
     def clear(self) -> str | None:
         """Remove everything this tier holds for the cache."""
@@ -298,19 +295,28 @@ class TierAccessor:
 
     def _quietly(
         self,
-        operation: Callable[[], None],
+        operation: Callable[..., None],
+        *arguments: Any,
         keys: Sequence[str] = (),
         prefixes: Sequence[str] = (),
         everything: bool = False,
     ) -> str | None:
-        """A delete; one that failed is owed by a shared tier (:meth:`owe`; an in-process
-        tier's is not tried again: it was made at once, and counted and logged). One stopped (a
+        """A delete, ``operation(*arguments)``: every delete of the tier, an invalidation's,
+        a write's, a fill's undo, a debt's made at once (:meth:`owe`). A shared tier's goes
+        through its breaker, after what it owes; one that failed is owed (:meth:`owe`). An
+        in-process tier's is made at once, past its breaker, whatever its state: it does no
+        I/O, so the breaker saves no caller a wait there, and refused (open) it was neither
+        made nor owed, the invalidated copy served once the circuit closed. One that failed
+        is counted and logged, not tried again (it would fail the same way). One stopped (a
         Ctrl-C, a signal-raised time limit: a ``BaseException``) raises on, owed by the walk
         it was part of (:func:`~tiered_cache.deletes.deleting`), with the tiers after it."""
         try:
-            self._call(operation)
+            if self.local:
+                operation(*arguments)
+            else:
+                self._call(operation, *arguments)
         except Exception as exc:
-            if not self.local:  # an in-process tier's call was its delete, made at once
+            if not self.local:
                 self.owe(keys, prefixes, everything)
             return self._failure(exc)
         return None
@@ -335,7 +341,8 @@ class TierAccessor:
         refused value in memory, served by the next reads until memory's ``ttl``."""
         if self.local:
             # The walk of a delete, through this one tier: the same calls as every other
-            # delete of it (a failure counted and logged there, not owed: see _quietly).
+            # delete of it (past its breaker; a failure counted and logged there, not owed:
+            # see _quietly).
             run(deleting((self,), keys, prefixes, everything))
             return
         self.owed.owe(keys, prefixes, everything)

@@ -553,10 +553,15 @@ class Fence:
         own = log.record_key(key)
         try:
             refused = log.overtaken(mark, keys, own)
-            if refused or tier.bypassed or (leases and self.needs_lease(tier, key)):
+            # replace: the drop and the fill in one step; refused (its breaker open, the
+            # tier failing), the old copy is dropped all the same, as an invalidation's is.
+            if (
+                refused
+                or tier.bypassed
+                or (leases and self.needs_lease(tier, key))
+                or not tier.set_one(key, entry, True)
+            ):
                 tier.delete_many(keys)
-            else:
-                tier.set_one(key, entry, True)  # replace: the drop and the fill in one step
         finally:
             log.done(own)
         if refused:

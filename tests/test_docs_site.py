@@ -25,8 +25,8 @@ def test_the_config_reference_has_the_bus_tables_the_consistency_page_refers_to(
 
 def test_a_model_summary_is_its_whole_first_paragraph_not_its_first_line() -> None:
     page = render()
-    # ProtectionSettings' docstring wraps after "(see ...Protection,".
-    assert "whose defaults these are)." in page
+    # Protection's docstring wraps after "early refresh, load timeouts and".
+    assert "leases: one model for a config file's table and for code" in page
 
 
 @pytest.mark.slow

@@ -41,6 +41,7 @@ from .paths import ChainPaths
 from .protection import REFRESH_DUE, Protection
 from .read_state import CONNECTED, ReadState
 from .reporting import chain_stats, first_hot_keys
+from .settings import check_chain_options
 from .singleflight import BEHIND, BESIDE, LEAD, LeaderGone
 from .stamp import EntryMaker, check_ttl
 from .steps import Steps, arun, run
@@ -115,6 +116,9 @@ class AsyncTieredCache(L1Reader, NotData):
         bus_breaker: BreakerSettings | None = DEFAULT_BUS_BREAKER,
     ) -> None:
         self.namespace = check_chain_labels(namespace, [tier.name for tier in tiers])
+        ttl, negative_ttl, write_policy, max_stale_when_disconnected = check_chain_options(
+            ttl, negative_ttl, write_policy, max_stale_when_disconnected
+        )
         self._given = tuple(tiers)
         self._source = source
         self._clock = clock

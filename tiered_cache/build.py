@@ -12,7 +12,6 @@ from .async_tier import AsyncSource, AsyncTier
 from .breaker import guard
 from .bus import Bus
 from .chain import TieredCache
-from .protection import Protection
 from .registry import (
     ASYNC_BUSES_GROUP,
     ASYNC_SOURCES_GROUP,
@@ -72,7 +71,7 @@ def chain_options(settings: CacheSettings, clock: Callable[[], float]) -> dict[s
         "ttl": settings.ttl,
         "negative_ttl": settings.negative_ttl,
         "clock": clock,
-        "protection": Protection(**settings.protection.model_dump()),
+        "protection": settings.protection,
         "max_stale_when_disconnected": settings.bus.max_stale_when_disconnected,
         "bus_breaker": settings.bus.breaker,
         "write_policy": settings.write_policy,

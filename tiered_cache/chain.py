@@ -34,6 +34,7 @@ from .paths import ChainPaths
 from .protection import REFRESH_DUE, Protection
 from .read_state import CONNECTED, ReadState
 from .reporting import chain_stats, first_hot_keys
+from .settings import check_chain_options
 from .signal_frames import in_signal_handler
 from .singleflight import Flight
 from .stamp import CheckedTtl, EntryMaker, check_ttl
@@ -66,7 +67,8 @@ class TieredCache(L1Reader, NotData):
         namespace: keeps this cache's keys apart in shared tiers (used by the tiers' builders).
             It and each tier's ``name`` label the chain's series: one empty, or one UTF-8
             cannot encode, is refused here (``ValueError`` naming it), as the settings do.
-        ttl: how long a loaded value stays fresh, in seconds; ``None`` leaves it to the tiers.
+        ttl: how long a loaded value stays fresh, in seconds (more than 0) or text such as
+            ``"5m"``; ``None`` leaves it to the tiers.
         negative_ttl: how long a "not found" (``None``) is cached.
         clock: seconds; stamps entries and decides freshness. Wall-clock by default because
             entries are shared between processes through tiers such as Redis.
@@ -85,6 +87,11 @@ class TieredCache(L1Reader, NotData):
         bus_breaker: the circuit breaker around the bus's publish (``bus.breaker``): after a
             failed publish, announcements are skipped for its cool-down (the other processes
             see the gap and clear their memory); None: every announcement is tried.
+
+    The arguments a config file also gives (``ttl``, ``negative_ttl``, ``write_policy``,
+    ``max_stale_when_disconnected``, and ``protection``, the settings' own model) are checked
+    here by the settings' rules: one they refuse raises :class:`~tiered_cache.ConfigError`
+    naming it (``ttl: a ttl must be more than 0 ...``), never echoing the value.
     """
 
     def __init__(
@@ -106,6 +113,9 @@ class TieredCache(L1Reader, NotData):
         bus_breaker: BreakerSettings | None = DEFAULT_BUS_BREAKER,
     ) -> None:
         self.namespace = check_chain_labels(namespace, [tier.name for tier in tiers])
+        ttl, negative_ttl, write_policy, max_stale_when_disconnected = check_chain_options(
+            ttl, negative_ttl, write_policy, max_stale_when_disconnected
+        )
         self._given = tuple(tiers)
         self._source = source
         #: The close, run once on a thread of its own (:meth:`close`).

@@ -25,6 +25,7 @@ from .memory_core import (
     copied_value,
 )
 from .policy import TinyLfuPolicy
+from .settings import MemoryTierSettings, checked
 from .slot import Slot
 from .tier import Entry, MissingType, TierBase
 from .weighing import deep_size
@@ -228,6 +229,10 @@ class MemoryTier(TierBase):
             so that a caller mutating what it got changes nothing for the next reader
             (values are shared otherwise: the fastest read returns the kept object itself).
         sizeof: weighs a value for ``max_bytes``; :func:`.weighing.deep_size` by default.
+
+    ``max_entries``, ``max_bytes``, ``ttl`` and ``ttl_jitter`` are checked by the rules of a
+    config file's memory tier (``MemoryTierSettings``): one they refuse raises
+    :class:`~tiered_cache.ConfigError` naming it (``ttl: a ttl must be more than 0 ...``).
     """
 
     #: In-process: the invalidation bus keeps it coherent with the other processes.
@@ -247,10 +252,11 @@ class MemoryTier(TierBase):
         rng: random.Random | None = None,
         copy_on_read: bool = False,
     ) -> None:
-        if max_entries < 1:
-            raise ValueError("max_entries must be at least 1")
-        if not 0.0 <= ttl_jitter < 1.0:
-            raise ValueError("ttl_jitter must be in [0, 1)")
+        # The settings' rules of these fields (a config file's memory tier is built here).
+        max_entries = checked(MemoryTierSettings, "max_entries", max_entries)
+        max_bytes = checked(MemoryTierSettings, "max_bytes", max_bytes)
+        ttl = checked(MemoryTierSettings, "ttl", ttl)
+        ttl_jitter = checked(MemoryTierSettings, "ttl_jitter", ttl_jitter)
         self.name = name
         self._clock = clock
         self._core = core = MemoryCore(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextvars
 import copy
+import functools
 import json
 import os
 import tomllib
@@ -24,6 +25,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    TypeAdapter,
     ValidationError,
     model_validator,
 )
@@ -33,7 +35,6 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from . import policy_defaults
 from .errors import ConfigError
 from .keys import check_label
-from .protection import Protection
 from .registry import BUSES_GROUP, SOURCES_GROUP, TIERS_GROUP, find_plugin
 from .sketch import MAX_WIDTH, sketch_width
 from .units import ByteSize, Duration, Ttl
@@ -442,36 +443,106 @@ def _assign(target: Any, path: list[str], value: Any, variable: str) -> None:
     _assign(child, rest, value, variable)
 
 
-#: The defaults of the protection settings are the runtime object's, written once there.
-_PROTECTION = Protection()
+#: -ln(u) exceeds this with probability e^-20: past it the XFetch draw is never worth making.
+_XFETCH_HORIZON = 20.0
 
 
-class ProtectionSettings(SettingsTable):
-    """How the chain protects the source (see :class:`tiered_cache.protection.Protection`,
-    whose defaults these are)."""
+class Protection(SettingsTable):
+    """How the chain protects the source, stale serving, early refresh, load timeouts and
+    leases: one model for a config file's table and for code (``Protection(lease="off")``).
 
-    model_config = ConfigDict(extra="forbid")
+    Built in code, it is checked as the table is, by the same rules: a field the settings
+    refuse raises :class:`~tiered_cache.ConfigError` naming it (``Protection.lease_ttl: ...``,
+    never echoing the value), and an unset ``soft_timeout`` follows a lower ``hard_timeout``.
+    It cannot be changed once built (a frozen model): build another. Durations are seconds,
+    or text such as ``"250ms"``. The defaults suit a throttled DynamoDB table.
+
+    Attributes:
+        max_stale: how long past its freshness an entry may still be served, when the source
+            fails or while a refresh runs; 0 turns stale serving off.
+        stale_while_revalidate: serve a stale entry at once and refresh it in the background.
+        fail_safe: serve a stale entry when the load fails (and the key was cached before).
+        fail_safe_throttle: after a failed load, the stale value is served as fresh for this
+            long, so a failing source is not asked again on every read.
+        throttle_backoff: the longest rest of a key: after a load of a key with no stale
+            value to serve was throttled (:class:`~tiered_cache.SourceThrottled`), loads of
+            that key in this process fail at once with :class:`~tiered_cache.SourceResting`,
+            without a request, for a tenth of this at first, twice as long after each
+            throttle of the key in a row, at most this; a load the source answered, or an
+            invalidation of the key, ends it; 0 turns it off (:mod:`tiered_cache.throttle_rest`).
+        early_refresh_beta: the XFetch beta; 0 turns probabilistic early refresh off.
+        soft_timeout: when a stale value exists, a load slower than this returns the stale
+            value while the load finishes in the background.
+        hard_timeout: a load slower than this raises :class:`~tiered_cache.LoadTimeout` to the
+            caller (the load still finishes in the background and fills the tiers); a reader
+            waiting for another caller's load gives up after :meth:`join_timeout`.
+        lease: ``"auto"`` uses a lease on the first tier that offers them (Redis), so a fleet
+            loads a missing key about once, through ``get`` or ``get_many``; ``"off"`` never
+            does.
+        lease_ttl: how long a lease holds if its holder dies.
+        lease_wait: how long a process that did not get the lease waits for the holder's value
+            before loading itself.
+        lease_poll: pause between looks at the shared tier while waiting.
+        refresh_workers: threads for background refreshes.
+        max_abandoned_loads: how many loads left running after their caller gave up waiting
+            (soft or hard timeout; on the asyncio chain also an untimed load begun again for
+            a cancelled caller) make a miss on another key fail at once with
+            :class:`~tiered_cache.LoadTimeout` instead of starting one more load: the source
+            is in trouble, and the new load would likely hang too. An untimed load is not
+            begun again past it.
+        max_timed_loads: most timed loads (with a soft or a hard timeout) running at once,
+            hung ones included. Each runs on a thread (a task) of its own, so hung loads never
+            hold up the others; as none can be stopped once started, a slot is taken before
+            one starts, and a miss past this bound waits for a slot within its own timeout
+            (:mod:`tiered_cache.timed_slots`). So at most this many hang, whatever
+            ``max_abandoned_loads`` says; kept apart from it so that a burst of healthy timed
+            misses is not queued behind the bound meant for hung ones.
+        close_wait: how long the asyncio chain's ``aclose()`` waits for the loads it
+            cancels (loads left running by their callers, background refreshes) to end; past
+            it the close gives their leases back, logs a warning and counts
+            ``close_loads_left_running``, and each ends by itself, filling nothing. A load
+            that ignores its cancellation (a source client that swallows it, or whose
+            cleanup waits on a dead server) held the close for good. The threaded chain's
+            close waits for no caller's load.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    if not TYPE_CHECKING:  # type checkers keep the constructor made from the fields
+
+        def __init__(self, **values: Any) -> None:
+            """Checked as a config file's table is (the model's own rules): built in code, a
+            pydantic ValidationError named no table; this names each field. Validated as
+            the table of a :class:`CacheSettings` (pydantic calls this then too), the
+            error is left to the chain's settings, which name its path and variable."""
+            if _origins.get() is not None:
+                super().__init__(**values)
+                return
+            try:
+                super().__init__(**values)
+            except ValidationError as exc:
+                raise ConfigError(_describe(exc, type(self).__name__)) from None
 
     max_stale: Duration = Field(
-        default=_PROTECTION.max_stale,
+        default=300.0,
         description="How long past its freshness an entry may still be served when the source "
         "fails or while it refreshes ('5m'); 0 turns stale serving off.",
     )
     stale_while_revalidate: bool = Field(
-        default=_PROTECTION.stale_while_revalidate,
+        default=True,
         description="Serve a stale entry at once and refresh it in the background.",
     )
     fail_safe: bool = Field(
-        default=_PROTECTION.fail_safe,
+        default=True,
         description="When a load fails and a stale entry exists, serve it instead of the error.",
     )
     fail_safe_throttle: Duration = Field(
-        default=_PROTECTION.fail_safe_throttle,
+        default=5.0,
         description="After a failed load, serve the stale value as fresh for this long so the "
         "failing source is not asked on every read.",
     )
     throttle_backoff: Duration = Field(
-        default=_PROTECTION.throttle_backoff,
+        default=1.0,
         description="The longest rest of a key ('1s'): after a load of a key with no stale "
         "value to serve was throttled (SourceThrottled), loads of that key in this process "
         "fail at once with SourceResting, without a request, for a tenth of this at first, "
@@ -479,20 +550,20 @@ class ProtectionSettings(SettingsTable):
         "source answered, or an invalidation of the key, ends it; 0 turns it off.",
     )
     early_refresh_beta: float = Field(
-        default=_PROTECTION.early_refresh_beta,
+        default=1.0,
         ge=0.0,
         allow_inf_nan=False,
         description="XFetch beta: larger refreshes hot entries earlier before they expire; 0 off.",
     )
     soft_timeout: Duration | None = Field(
-        default=_PROTECTION.soft_timeout,
+        default=1.0,
         gt=0,
         description="With a stale value at hand, a load slower than this serves the stale value "
         "and finishes in the background; at most hard_timeout (such a read waits for this "
         "alone); left unset, 1s or the hard_timeout if that is lower.",
     )
     hard_timeout: Duration | None = Field(
-        default=_PROTECTION.hard_timeout,
+        default=None,
         gt=0,
         description="A load slower than this fails the call with LoadTimeout (it finishes in "
         "the background); a get that joined another caller's load (a get_many's, whose "
@@ -500,32 +571,32 @@ class ProtectionSettings(SettingsTable):
         "for the source's own timeouts.",
     )
     lease: Literal["auto", "off"] = Field(
-        default=_PROTECTION.lease,
+        default="auto",
         description="'auto': when a shared tier (Redis) offers leases, one process per fleet "
         "loads a missing key while the others wait for its value (get and get_many alike).",
     )
     lease_ttl: Duration = Field(
-        default=_PROTECTION.lease_ttl,
+        default=3.0,
         gt=0,
         description="How long a lease holds if its holder dies.",
     )
     lease_wait: Duration = Field(
-        default=_PROTECTION.lease_wait,
+        default=3.0,
         description="How long a process without the lease waits for the holder's value before "
         "loading itself.",
     )
     lease_poll: Duration = Field(
-        default=_PROTECTION.lease_poll,
+        default=0.02,
         gt=0,
         description="Pause between looks at the shared tier while waiting.",
     )
     refresh_workers: int = Field(
-        default=_PROTECTION.refresh_workers,
+        default=4,
         ge=1,
         description="Threads for background refreshes.",
     )
     max_abandoned_loads: int = Field(
-        default=_PROTECTION.max_abandoned_loads,
+        default=16,
         ge=1,
         description="How many loads left running after their caller stopped waiting (soft or "
         "hard timeout; asyncio: an untimed load begun again for a cancelled caller) make a "
@@ -533,14 +604,14 @@ class ProtectionSettings(SettingsTable):
         "begun again: a hung load costs its own key only, until this many hang.",
     )
     max_timed_loads: int = Field(
-        default=_PROTECTION.max_timed_loads,
+        default=64,
         ge=1,
         description="Most timed loads (soft or hard timeout) running at once, hung ones "
         "included: none can be stopped once started, so a miss past this bound waits for one "
         "to end, within its own timeout. Also the most loads that can hang at once.",
     )
     close_wait: Duration = Field(
-        default=_PROTECTION.close_wait,
+        default=1.0,
         ge=0,
         description="How long the asyncio chain's aclose() waits for the loads it cancels "
         "(left running by their callers, background refreshes) to end ('1s'); past it their "
@@ -549,7 +620,7 @@ class ProtectionSettings(SettingsTable):
     )
 
     @model_validator(mode="after")
-    def _check_timeouts(self) -> ProtectionSettings:
+    def _check_timeouts(self) -> Protection:
         # A read with a stale value at hand waits for its load up to the soft timeout alone
         # (tiered_cache.loader): taken, a soft timeout past the hard one made exactly the
         # reads that had a value to serve wait past the hard timeout, the longest a load is
@@ -561,7 +632,7 @@ class ProtectionSettings(SettingsTable):
         soft, hard = self.soft_timeout, self.hard_timeout
         if soft is not None and hard is not None and soft > hard:
             if "soft_timeout" not in self.model_fields_set:
-                self.soft_timeout = hard
+                object.__setattr__(self, "soft_timeout", hard)  # frozen: as it was built
                 return self
             raise FieldProblem(
                 "soft_timeout",
@@ -570,6 +641,40 @@ class ProtectionSettings(SettingsTable):
                 "set soft_timeout at most hard_timeout, or none",
             )
         return self
+
+    @classmethod
+    def never_stale(cls, **overrides: Any) -> Protection:
+        """Plain read-through: nothing stale is ever served, no early refresh, no timeouts.
+        Leases stay as configured (``overrides`` may change anything)."""
+        options: dict[str, Any] = {
+            "max_stale": 0.0,
+            "stale_while_revalidate": False,
+            "fail_safe": False,
+            "early_refresh_beta": 0.0,
+            "soft_timeout": None,
+        }
+        options.update(overrides)
+        return cls(**options)
+
+    def join_timeout(self, leasing: bool) -> float | None:
+        """How long a reader waits for another caller's load of its key (single-flight):
+        the longest a timed leader takes, its lease wait and then its hard timeout. A
+        leader that is not timed (a ``get_many``'s batch) held a joined ``get`` past its
+        hard timeout, for as long as the source hung. ``None``: no hard timeout."""
+        if self.hard_timeout is None:
+            return None
+        return self.hard_timeout + (self.lease_wait if leasing else 0.0)
+
+    @property
+    def xfetch_window_factor(self) -> float:
+        """Multiplied by an entry's load duration: how long before its soft expiry an early
+        refresh can happen at all (beyond it :func:`~tiered_cache.protection.xfetch_due` never
+        fires in practice)."""
+        return self.early_refresh_beta * _XFETCH_HORIZON
+
+
+#: The name of :class:`Protection` as the table of a config file (the one model of both).
+ProtectionSettings = Protection
 
 
 class BusBreakerSettings(BreakerSettings):
@@ -669,8 +774,8 @@ class CacheSettings(BaseSettings):
         description="How long a 'not found' (None) is cached ('30s'); a None given to set() "
         "with a ttl is kept for that ttl.",
     )
-    protection: ProtectionSettings = Field(
-        default_factory=ProtectionSettings,
+    protection: Protection = Field(
+        default_factory=Protection,
         description="Stale serving, early refresh, load timeouts and leases.",
     )
     write_policy: Literal["through", "around"] = Field(
@@ -754,6 +859,40 @@ def _validate_kind(model: M, group: str, path: str) -> M:
 
 
 T = TypeVar("T", bound=BaseModel)
+
+
+def checked(model: type[BaseModel], name: str, value: Any) -> Any:
+    """``value`` as the field ``name`` of ``model`` takes it (the settings' own rule of that
+    field: its type, its parser, its bounds; no bool for a number), or :class:`ConfigError`
+    ``name: why``, never echoing the value: for an argument given in code that a config file
+    gives as that field, so that neither path skips the rule."""
+    try:
+        value = _read(model, {name: value})[name]
+        return _field_type(model, name).validate_python(value)
+    except FieldProblem as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+    except ValidationError as exc:
+        problems = (error["msg"].removeprefix("Value error, ") for error in exc.errors())
+        raise ConfigError("; ".join(f"{name}: {problem}" for problem in problems)) from None
+
+
+@functools.cache
+def _field_type(model: type[BaseModel], name: str) -> TypeAdapter[Any]:
+    """The type of ``model``'s field ``name``, with its bounds, as a validator (built once)."""
+    return TypeAdapter(model.model_fields[name].rebuild_annotation())
+
+
+def check_chain_options(
+    ttl: float | None, negative_ttl: float, write_policy: str, max_stale_when_disconnected: float
+) -> tuple[float | None, float, Literal["through", "around"], float]:
+    """A chain's arguments built in code (both chains'), as the settings take their fields:
+    a ttl more than 0, durations, a write policy of its two names; :func:`checked`."""
+    return (
+        checked(CacheSettings, "ttl", ttl),
+        checked(CacheSettings, "negative_ttl", negative_ttl),
+        checked(CacheSettings, "write_policy", write_policy),
+        checked(BusSettings, "max_stale_when_disconnected", max_stale_when_disconnected),
+    )
 
 
 def validate_at(model: type[T], fields: Mapping[str, Any], path: str) -> T:

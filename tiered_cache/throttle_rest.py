@@ -76,7 +76,7 @@ class ThrottleRests:
         """A load of ``key`` that read under ``mark`` failed with ``error``, which its caller
         gets: a throttle (not a rest's own answer) rests the key."""
         if (
-            not self._backoff > 0  # 0 turns it off; NaN (Protection takes any float) too
+            not self._backoff > 0  # 0 turns it off; NaN too (given here, not by Protection)
             or not isinstance(error, SourceThrottled)
             or isinstance(error, SourceResting)
         ):

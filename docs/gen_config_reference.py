@@ -27,7 +27,7 @@ from tiered_cache.settings import CacheSettings
 #: Models of the chain itself, with the TOML table they appear under.
 CORE_MODELS: list[tuple[str, str]] = [
     ("[tiered_cache]", "CacheSettings"),
-    ("[tiered_cache.protection]", "ProtectionSettings"),
+    ("[tiered_cache.protection]", "Protection"),
     ("[[tiered_cache.tiers]] (every kind)", "TierSettings"),
     ("[tiered_cache.tiers.breaker]", "BreakerSettings"),
     ("[tiered_cache.bus] (every kind)", "BusSettings"),
@@ -162,7 +162,13 @@ def render() -> str:
         "'msgpack', 'pickle'`): text that is none of a field's choices, or no URL where a "
         "URL goes, is never shown, not even in part. "
         "The same from `load_settings`, `TieredCache.from_config` and `CacheSettings(...)` "
-        "built in code.",
+        "built in code, and by the same rules for the options built in code: `Protection(...)` "
+        "(the one model of `[tiered_cache.protection]`, built in code or read from a file), a "
+        "chain's `ttl`, `negative_ttl`, `write_policy` and `max_stale_when_disconnected` "
+        "(`TieredCache(...)`, `AsyncTieredCache(...)`), and `MemoryTier(...)`'s "
+        "`max_entries`, `max_bytes`, `ttl` and `ttl_jitter`: what a file may not say, code "
+        "may not either, the error naming the argument (`ttl: ...`, "
+        "`Protection.soft_timeout: ...`).",
         "",
     ]
     for table, name in CORE_MODELS:

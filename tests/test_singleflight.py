@@ -402,12 +402,13 @@ class OwnHash(str):
 
 @pytest.mark.parametrize("key", ["k", OwnHash("k")], ids=["str", "str subclass"])
 def test_a_leader_alone_makes_no_latch_and_a_waiter_is_woken_by_its_landing(key: str) -> None:
-    # A miss leads its flight without the table's lock (str keys) and without a latch; the
-    # first caller that joins makes the latch, and the leader's landing releases it.
+    # A miss leads its flight without the table's lock (str keys) and without latches; the
+    # first caller that joins makes their list, each waiter its own latch, and the leader's
+    # landing lets go of every one.
     flights = SingleFlight()
     seen: list[Flight] = []
     assert flights.run(key, lambda flight: seen.append(flight) or "alone") == ("alone", False)
-    assert seen[0]._done is None and seen[0].waiters == 0
+    assert seen[0]._latches is None and seen[0].waiters == 0
     assert flights.in_flight(key) is None
     release, inside, slow = held_open("shared")
     results: list[tuple[object, bool]] = []
@@ -415,17 +416,17 @@ def test_a_leader_alone_makes_no_latch_and_a_waiter_is_woken_by_its_landing(key:
     leader.start()
     assert inside.wait(timeout=10)
     flight = flights.in_flight(key)
-    assert flight is not None and flight._done is None  # nobody waits yet
+    assert flight is not None and flight._latches is None  # nobody waits yet
     followers = [
         threading.Thread(target=lambda: results.append(flights.run(key, slow))) for _ in range(3)
     ]
     for follower in followers:
         follower.start()
     deadline = time.monotonic() + 10
-    while flight.waiters < 3:
-        assert time.monotonic() < deadline, "the callers never joined"
+    while flight._latches is None or len(flight._latches) < 3:
+        assert time.monotonic() < deadline, "the callers never waited"
         time.sleep(0.005)
-    assert flight._done is not None  # one latch for the three
+    assert flight.waiters == 3  # a latch for each of the three
     release.set()
     for thread in (leader, *followers):
         thread.join(timeout=10)

@@ -101,24 +101,34 @@ class AsyncFlight:
             await self.wait()
 
     def land(self, result: Any, error: BaseException | None) -> None:
-        """Deliver the outcome to every waiting loop."""
-        with self._lock:
-            self._done = True
-            self._result = result
-            # A copy as the error stands now: the leader's raise goes on adding its caller's
-            # frames to the error's traceback, which are not the waiters'.
-            self._error = None if error is None else handed_on(error)
-            if not self._futures:  # nobody waits (the usual miss): nothing to wake
-                return
-            futures = list(self._futures.items())
-            self._futures.clear()
+        """Deliver the outcome to every waiting loop. Called by the construct that claimed the
+        flight, and again by it if a stop (an exception raised into its thread: a signal's
+        handler) broke the first landing: the outcome published first stays, and every
+        waiting loop is woken again (a wake-up twice wakes once). The wake-ups are scheduled,
+        the current loop's too (``call_soon``): woken here, a stop inside the future's
+        scheduling of its callbacks (``loop.call_soon`` is Python code) dropped them, and its
+        waiters waited for ever, a landing again finding the future done."""
+        if not self._done:
+            if error is not None:
+                # A copy as the error stands now: the leader's raise goes on adding its
+                # caller's frames to the error's traceback, which are not the waiters'.
+                error = handed_on(error)
+            with self._lock:
+                self._result = result
+                self._error = error
+                self._done = True
+        # No future is added once landed (wait looks under the lock): kept, not cleared, for
+        # a landing again.
+        futures = self._futures
+        if not futures:  # nobody waits (the usual miss): nothing to wake
+            return
         try:
             current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             current = None
-        for loop, future in futures:
+        for loop, future in futures.items():
             if loop is current:
-                _wake(future)
+                loop.call_soon(_wake, future)
                 continue
             # A loop that was closed has nobody waiting any more.
             with contextlib.suppress(RuntimeError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from _thread import LockType, allocate_lock
 from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from typing import Any, Generic, Protocol, TypeVar
@@ -166,17 +167,22 @@ def waited_too_long(key: str, wait: float) -> str:
 class Flight:
     """One execution in progress; waiters block on it and get its outcome."""
 
-    __slots__ = ("_done", "_leader", "error", "refresh", "result", "tag", "waiters")
+    __slots__ = ("_latches", "_leader", "error", "landed", "refresh", "result", "tag", "waiters")
 
     def __init__(self, tag: int = 0) -> None:
-        # The latch is made by the first waiter (join): most flights, one per miss, never
-        # have one. An Event, not a lock each waiter takes and passes on (cheaper to make):
-        # a waiter interrupted (KeyboardInterrupt, a signal-raised time limit) as its
-        # acquire returned kept the lock, and every other waiter of the flight waited for
-        # ever. An Event stays set; nothing a waiter does can close it.
-        self._done: threading.Event | None = None
+        # One latch per wait, made by the waiter: a raw lock it holds, and the landing lets go
+        # of (Condition.wait's own shape, without the Condition). The list is made by the
+        # first caller that joins (under the table's lock): most flights, one per miss, have
+        # none. Not an Event: its set() is Python code taking the Condition's lock, and a stop
+        # raised there (KeyboardInterrupt, a task queue's time limit) left that lock held or
+        # the event unset: every waiter waited for ever. Not one lock each waiter takes and
+        # passes on: a waiter stopped as its acquire returned kept it, and the others waited
+        # for ever. A latch is its waiter's alone, and letting go of it is one C call.
+        self._latches: list[LockType] | None = None
         self.result: Any = None
         self.error: BaseException | None = None
+        #: The outcome is published (:attr:`result`, :attr:`error`): a landing again keeps it.
+        self.landed = False
         self.waiters = 0
         #: What the leader passed in (the chain: its fence mark, taken before the flight).
         self.tag = tag
@@ -193,39 +199,63 @@ class Flight:
     def join(self) -> None:
         """A caller will :meth:`wait` for this flight. Called under the table's lock while the
         flight is in the table: the leader takes it out under the same lock before it lands,
-        so it sees the latch of every waiter."""
-        if self._done is None:
-            self._done = threading.Event()
+        so it sees the latches of every waiter."""
+        if self._latches is None:
+            self._latches = []
         self.waiters += 1
 
     def land(self, result: Any, error: BaseException | None) -> None:
         """Deliver the outcome: every waiter wakes up. Called once the flight is out of the
-        table (no caller can join it any more)."""
-        if error is not None:
-            # A copy as the error stands now: the leader's raise goes on adding its caller's
-            # frames to the error's traceback, which are not the waiters'.
-            self.error = handed_on(error)
-        else:
+        table (no caller can join it any more), by the construct that claimed it, and again
+        by it if a stop (an exception raised into its thread) broke the first landing: the
+        outcome published first stays, and every latch not let go yet is let go. No Python
+        code runs from the outcome's publication to the last waiter's wake-up (a stop can
+        land only as a call returns, or a frame is entered), and a landing again finishes
+        what a stop cut short."""
+        if not self.landed:
+            if error is not None:
+                # A copy as the error stands now: the leader's raise goes on adding its
+                # caller's frames to the error's traceback, which are not the waiters'.
+                error = handed_on(error)
             self.result = result
-        done = self._done
-        if done is not None:
-            done.set()
+            self.error = error
+            self.landed = True
+        latches = self._latches
+        if latches is not None:
+            # Each waiter's own latch, let go of once: held, it is not let go of yet (or its
+            # waiter took it again, woken: letting go of it again wakes nobody).
+            for latch in latches:
+                if latch.locked():
+                    latch.release()
+
+    def _latched(self, timeout: float | None) -> bool:
+        """Wait until the flight lands (after :meth:`join`); False if it has not within
+        ``timeout`` seconds (None: no limit)."""
+        latches = self._latches
+        assert latches is not None, "wait() without join()"
+        if self.landed:
+            return True
+        latch = allocate_lock()
+        latch.acquire()
+        # Put where the landing lets go of it, then the outcome looked at again: a landing
+        # that ran before the append found it landed already (its flag is set before it
+        # walks the latches).
+        latches.append(latch)
+        if self.landed:
+            return True
+        return latch.acquire(True, -1 if timeout is None else timeout)
 
     def settle(self, timeout: float | None = None) -> None:
         """Wait until the flight lands, whatever its outcome (after :meth:`join`): a caller
         that may not take it (an invalidation came since it read) waits for it to end before
         loading the key itself. :class:`WaitExpired` if it has not landed in ``timeout``."""
-        done = self._done
-        assert done is not None, "settle() without join()"
-        if not done.wait(timeout):
+        if not self._latched(timeout):
             raise WaitExpired
 
     def wait(self, timeout: float | None = None) -> Any:
         """The outcome, once the flight lands (after :meth:`join`); :class:`WaitExpired`
         if it has not landed within ``timeout`` seconds (None: no limit)."""
-        done = self._done
-        assert done is not None, "wait() without join()"
-        if not done.wait(timeout):
+        if not self._latched(timeout):
             raise WaitExpired
         if self.error is not None:
             raise handed_on(self.error)  # a copy: the others raise theirs (see handed_on)
@@ -254,6 +284,15 @@ class Landing(Protocol):
 
 
 F = TypeVar("F", bound=Landing)
+
+#: How many times :meth:`FlightTable.land` lands its flights while a stop (an exception raised
+#: into the landing thread: a second Ctrl-C as the leader lands after its first, a task
+#: queue's time limit) breaks the landing: landed again at once, told the stop, which is then
+#: raised. The leader's own handler of a first stop lands again too, but a stop inside that
+#: landing left the flight unlanded (its waiters waited for ever); here only the loop's own
+#: steps are left to a stop on the pure core, and nothing on the compiled one. Bounded: a
+#: landing that failed by itself (it never does) would fail for ever.
+LANDINGS = 3
 
 #: ``may_join(key, tag)``: whether a caller may take the outcome of the key's flight in
 #: progress, led with ``tag`` (the chain: :meth:`~tiered_cache.fence.Fence.may_join`, no
@@ -400,23 +439,40 @@ class FlightTable(Generic[F]):
         lead its key and was stopped before it had it, or before it landed it, lands with the
         stop too: one the table never held has nobody waiting; one whose landing the stop
         broke (out of the table, its waiters not woken) is landed again, and its waiters,
-        told the stop, start over."""
-        error = _for_waiters(error)
-        with self._lock:
-            for key, flight in flights.items():
-                if self._flights.get(key) is flight:  # a newer flight may have replaced it
-                    del self._flights[key]
-        for key, flight in flights.items():
-            flight.land(None if error is not None else results.get(key), error)
+        told the stop, start over. A stop inside this landing (see :data:`LANDINGS`) lands
+        them again here, then is raised."""
+        stopped: BaseException | None = None
+        for _ in range(LANDINGS):
+            try:
+                error = _for_waiters(error)
+                with self._lock:
+                    for key, flight in flights.items():
+                        if self._flights.get(key) is flight:  # a newer flight may replace it
+                            del self._flights[key]
+                for key, flight in flights.items():
+                    flight.land(None if error is not None else results.get(key), error)
+                break
+            except BaseException as stop:
+                stopped = error = stop
+        if stopped is not None:
+            raise stopped
 
     def land_one(self, key: str, flight: F, result: Any, error: BaseException | None) -> None:
         """:meth:`land` for one flight (a miss's path: no dicts to build)."""
-        if error is not None:
-            error = _for_waiters(error)
-        with self._lock:
-            if self._flights.get(key) is flight:
-                del self._flights[key]
-        flight.land(result, error)
+        stopped: BaseException | None = None
+        for _ in range(LANDINGS):
+            try:
+                if error is not None:
+                    error = _for_waiters(error)
+                with self._lock:
+                    if self._flights.get(key) is flight:
+                        del self._flights[key]
+                flight.land(result, error)
+                break
+            except BaseException as stop:
+                stopped = error = stop
+        if stopped is not None:
+            raise stopped
 
     def leading(self) -> Leading[F]:
         """An empty :class:`Leading`: the flights of a batch this caller will lead."""

@@ -41,7 +41,9 @@ PACKAGE = str(Path(tiered_cache.__file__).parent)
 
 def landing() -> frozenset[CodeType]:
     """The landing's own code (and what it calls): not stopped in. On the pure core only
-    (compiled, these functions have no code objects)."""
+    (compiled, these functions have no code objects: none)."""
+    if compiled_core():
+        return frozenset()
     return frozenset(
         {
             FlightTable.land.__code__,
@@ -96,8 +98,17 @@ class StopAt:
         self.where: str | None = None
         self.landing = landing()
 
+    def traced(self, frame: FrameType) -> bool:
+        """Whether ``frame``'s instants may be stopped at: the package's."""
+        return frame.f_code.co_filename.startswith(PACKAGE)
+
+    def counts(self, frame: FrameType) -> bool:
+        """Whether the instant ``frame`` is at is one counted (and stopped at, the
+        ``at``-th): any once the key is claimed, but the landing's."""
+        return not _landing(frame, self.landing) and (self.seen >= 0 or self.claimed())
+
     def __call__(self, frame: FrameType, event: str, arg: object) -> Any:
-        if self.where is not None or not frame.f_code.co_filename.startswith(PACKAGE):
+        if self.where is not None or not self.traced(frame):
             return None
         frame.f_trace_opcodes = True
         return self.step
@@ -107,9 +118,7 @@ class StopAt:
             return None
         if event != "opcode" or frame.f_lasti not in _after_check(frame.f_code):
             return self.step
-        if _landing(frame, self.landing):
-            return self.step
-        if self.seen >= 0 or self.claimed():
+        if self.counts(frame):
             self.seen += 1
             if self.seen == self.at:
                 code = frame.f_code

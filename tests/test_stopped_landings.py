@@ -21,7 +21,6 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
 import pytest
 
@@ -32,7 +31,7 @@ from tiered_cache.testing.interrupts import Interrupted
 from tiered_cache.testing.polling import until
 from tiered_cache.testing.pure_core import on_the_pure_core
 
-from .test_stopped_claims import _after_check, _landing, landing
+from .test_stopped_claims import StopAt, _landing
 
 HERE = str(Path(__file__).resolve())
 #: How long a waiter is given to end after the stop: a guard, not a measure.
@@ -42,47 +41,25 @@ GUARD = 10.0
 KEPT: list[object] = []
 
 
-class StopInLanding:
+class StopInLanding(StopAt):
     """A trace function (``sys.settrace``'s) that raises :class:`Interrupted` at the
     ``at``-th instant (counted from 0) of the landing (``compiled``: of any Python frame once
     :attr:`loaded`), in any module but this one; where it raised is kept in :attr:`where`
     (None: the read ended first)."""
 
     def __init__(self, at: int, *, compiled: bool) -> None:
-        self.at = at
-        self.seen = -1
-        self.where: str | None = None
+        super().__init__(lambda: True, at)
         #: Set by the read's loader as it returns.
         self.loaded = False
         self.compiled = compiled
-        self.codes = frozenset() if compiled else landing()
 
-    def __call__(self, frame: FrameType, event: str, arg: object) -> Any:
-        if self.where is not None or frame.f_code.co_filename == HERE:
-            return None
-        frame.f_trace_opcodes = True
-        return self.step
+    def traced(self, frame: FrameType) -> bool:
+        return frame.f_code.co_filename != HERE
 
-    def _inside(self, frame: FrameType) -> bool:
+    def counts(self, frame: FrameType) -> bool:
         if self.compiled:
             return self.loaded
-        return _landing(frame, self.codes)
-
-    def step(self, frame: FrameType, event: str, arg: object) -> Any:
-        if self.where is not None:
-            return None
-        if event != "opcode" or frame.f_lasti not in _after_check(frame.f_code):
-            return self.step
-        if not self._inside(frame):
-            return self.step
-        self.seen += 1
-        if self.seen == self.at:
-            code = frame.f_code
-            self.where = f"{Path(code.co_filename).name}:{frame.f_lineno} {code.co_qualname}"
-            sys.settrace(None)
-            frame.f_trace = None
-            raise Interrupted
-        return self.step
+        return _landing(frame, self.landing)
 
 
 Run = Callable[[StopInLanding], str]

@@ -6,7 +6,7 @@ import threading
 from _thread import LockType, allocate_lock
 from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Final, Generic, Protocol, TypeVar
 
 from .errors import LoadTimeout, RecursiveLoad, caused, handed_on
 from .locks import Lock
@@ -292,7 +292,7 @@ F = TypeVar("F", bound=Landing)
 #: landing left the flight unlanded (its waiters waited for ever); here only the loop's own
 #: steps are left to a stop on the pure core, and nothing on the compiled one. Bounded: a
 #: landing that failed by itself (it never does) would fail for ever.
-LANDINGS = 3
+LANDINGS: Final = 3
 
 #: ``may_join(key, tag)``: whether a caller may take the outcome of the key's flight in
 #: progress, led with ``tag`` (the chain: :meth:`~tiered_cache.fence.Fence.may_join`, no
@@ -439,40 +439,51 @@ class FlightTable(Generic[F]):
         lead its key and was stopped before it had it, or before it landed it, lands with the
         stop too: one the table never held has nobody waiting; one whose landing the stop
         broke (out of the table, its waiters not woken) is landed again, and its waiters,
-        told the stop, start over. A stop inside this landing (see :data:`LANDINGS`) lands
-        them again here, then is raised."""
-        stopped: BaseException | None = None
-        for _ in range(LANDINGS):
-            try:
-                error = _for_waiters(error)
-                with self._lock:
-                    for key, flight in flights.items():
-                        if self._flights.get(key) is flight:  # a newer flight may replace it
-                            del self._flights[key]
-                for key, flight in flights.items():
-                    flight.land(None if error is not None else results.get(key), error)
-                break
-            except BaseException as stop:
-                stopped = error = stop
-        if stopped is not None:
-            raise stopped
+        told the stop, start over. A stop inside this landing lands them again here
+        (:data:`LANDINGS`), then is raised."""
+        try:
+            error = _for_waiters(error)
+            self._take_out(flights)
+            for key, flight in flights.items():
+                flight.land(None if error is not None else results.get(key), error)
+        except BaseException as stop:
+            self._land_stopped(flights, stop)
+            raise
 
     def land_one(self, key: str, flight: F, result: Any, error: BaseException | None) -> None:
         """:meth:`land` for one flight (a miss's path: no dicts to build)."""
-        stopped: BaseException | None = None
-        for _ in range(LANDINGS):
+        try:
+            if error is not None:
+                error = _for_waiters(error)
+            with self._lock:
+                if self._flights.get(key) is flight:
+                    del self._flights[key]
+            flight.land(result, error)
+        except BaseException as stop:
+            self._land_stopped({key: flight}, stop)
+            raise
+
+    def _land_stopped(self, flights: Mapping[str, F], stop: BaseException) -> None:
+        """Land ``flights`` again, told ``stop``, which broke their landing: again as long as
+        a stop breaks it, :data:`LANDINGS` landings in all (the outcome a flight published
+        first stays: :meth:`Landing.land`)."""
+        for _ in range(LANDINGS - 1):
             try:
-                if error is not None:
-                    error = _for_waiters(error)
-                with self._lock:
-                    if self._flights.get(key) is flight:
-                        del self._flights[key]
-                flight.land(result, error)
-                break
-            except BaseException as stop:
-                stopped = error = stop
-        if stopped is not None:
-            raise stopped
+                error = _for_waiters(stop)
+                self._take_out(flights)
+                for flight in flights.values():
+                    flight.land(None, error)
+                return
+            except BaseException as again:
+                stop = again
+
+    def _take_out(self, flights: Mapping[str, F]) -> None:
+        """Take ``flights`` out of the table, each still there (a newer flight may have
+        replaced it)."""
+        with self._lock:
+            for key, flight in flights.items():
+                if self._flights.get(key) is flight:
+                    del self._flights[key]
 
     def leading(self) -> Leading[F]:
         """An empty :class:`Leading`: the flights of a batch this caller will lead."""

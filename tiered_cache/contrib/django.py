@@ -41,7 +41,7 @@ from pydantic import BaseModel
 from ..build import build_cache
 from ..chain import TieredCache
 from ..errors import ConfigError
-from ..redaction import redact_url
+from ..redaction import redact_url, refused
 from ..settings import load_settings
 from ..tier import MISSING, Entry, MissingType
 from ..units import MAX_DURATION
@@ -121,8 +121,9 @@ def close_chains() -> None:
         chain.close()
 
 
-def _check_params(location: str, options: Mapping[str, Any]) -> None:
-    """ImproperlyConfigured for an option the backend does not read, or a LOCATION."""
+def _check_params(location: object, options: Mapping[str, Any]) -> None:
+    """ImproperlyConfigured for an option the backend does not read, an option of the wrong
+    type, or a LOCATION."""
     unknown = [name for name in options if name not in _OPTIONS + _CULLING_OPTIONS]
     if unknown:
         raise ImproperlyConfigured(
@@ -131,9 +132,29 @@ def _check_params(location: str, options: Mapping[str, Any]) -> None:
             "and CLOCK"
         )
     if location:
+        # Django's own Redis backend takes a list of servers too: each URL shown redacted
+        # (redact_url of the list itself raised TypeError, an error that named nothing).
+        urls = location if isinstance(location, list | tuple) else [location]
+        shown = ", ".join(
+            repr(redact_url(url)) if isinstance(url, str) else refused(url) for url in urls
+        )
         raise ImproperlyConfigured(
-            f"tiered_cache Django backend: LOCATION is not read ({redact_url(location)!r}); "
+            f"tiered_cache Django backend: LOCATION is not read ({shown}); "
             "give the settings file as OPTIONS['CONFIG'] (Redis URLs go in its tiers)"
+        )
+    table = options.get("SETTINGS")
+    if table is not None and not isinstance(table, Mapping | BaseModel):
+        # Refused here, naming the option: dict() of it at first use raised ValueError
+        # ("dictionary update sequence element #0 ..."), which named nothing.
+        raise ImproperlyConfigured(
+            "tiered_cache Django backend: OPTIONS['SETTINGS'] must be a dict (the "
+            f"[tiered_cache] table), not {refused(table)}"
+        )
+    clock = options.get("CLOCK")
+    if clock is not None and not callable(clock):
+        raise ImproperlyConfigured(
+            "tiered_cache Django backend: OPTIONS['CLOCK'] must be a callable giving "
+            f"seconds, not {refused(clock)}"
         )
 
 

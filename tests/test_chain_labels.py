@@ -42,6 +42,20 @@ def test_a_tier_named_as_no_label_can_be_is_refused_by_the_chain_and_the_setting
         load_settings(tiers=[{"kind": "memory", "name": name}])
 
 
+@pytest.mark.parametrize("chain", CHAINS, ids=["sync", "async"])
+def test_two_tiers_of_one_name_are_refused_by_the_chain_and_the_settings(chain: Any) -> None:
+    """Their series were one: only Prometheus's register() refused such a chain, when it ran
+    (the settings' own case, a variable changing a kind: tests/test_settings.py)."""
+    with pytest.raises(ValueError, match=r"^tiers\[2\]\.name: tiers\[0\] has this name too"):
+        chain([MemoryTier(name="l1"), MemoryTier(name="l2"), MemoryTier(name="l1")])
+    with pytest.raises(ValueError, match=r"^tiers\[1\]\.name: tiers\[0\] has this name too"):
+        chain([MemoryTier(), MemoryTier(max_entries=5)])  # both named after their kind
+    with pytest.raises(
+        ConfigError, match=r"^tiered_cache\.tiers\[1\]\.name: tiers\[0\] has this name too"
+    ):
+        load_settings(tiers=[{"kind": "memory"}, {"kind": "memory", "max_entries": 5}])
+
+
 def test_good_labels_are_taken() -> None:
     cache = TieredCache([MemoryTier(name="l1-été")], namespace="app:v2")
     assert (cache.namespace, [tier.name for tier in cache.tiers]) == ("app:v2", ["l1-été"])

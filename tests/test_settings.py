@@ -252,6 +252,10 @@ def test_none_stays_a_word_in_a_text_field(monkeypatch: pytest.MonkeyPatch) -> N
         ("TIERED_CACHE_PROTECTION__HARD_TIMOUT", "1s", "tiered_cache.protection.hard_timout"),
         ("TIERED_CACHE_TTL", "soon", "tiered_cache.ttl"),
         ("TIERED_CACHE_TIERS", '[{"kind": "memory", "max_entrys": 5}]', "tiered_cache.tiers[0]"),
+        # A field of text or a number given a table by a variable below it: the error is the
+        # field's ("Input should be a valid string"), and the variable made its table.
+        ("TIERED_CACHE_NAMESPACE__X", "v", "tiered_cache.namespace"),
+        ("TIERED_CACHE_NEGATIVE_TTL__X", "1s", "tiered_cache.negative_ttl"),
     ],
 )
 def test_an_error_from_the_environment_names_the_variable(
@@ -476,3 +480,41 @@ def test_a_plugin_that_cannot_be_imported_is_one_config_error_naming_its_kind_on
     assert message.count("broken'") == 1, message
     assert isinstance(caught.value.__cause__, ModuleNotFoundError)
     assert not isinstance(caught.value.__context__, ConfigError)
+
+
+_MEMORY_AND_REDIS = """
+[tiered_cache]
+namespace = "tweets"
+
+[[tiered_cache.tiers]]
+kind = "memory"
+
+[[tiered_cache.tiers]]
+kind = "redis"
+url = "redis://localhost:6379/0"
+"""
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "named"),
+    [
+        ("TIERED_CACHE_TIERS__0__KIND", "redis", "tiered_cache.tiers[1].name"),
+        (
+            "TIERED_CACHE_TIERS__1__NAME",
+            "memory",
+            "TIERED_CACHE_TIERS__1__NAME (tiered_cache.tiers[1].name)",
+        ),
+    ],
+)
+def test_two_tiers_of_one_name_are_refused_when_the_settings_are_loaded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variable: str, value: str, named: str
+) -> None:
+    """A tier's name labels its series: two of one name in a chain were accepted, and only
+    Prometheus's register() refused the chain, long after the settings were loaded."""
+    path = tmp_path / "tiered_cache.toml"
+    path.write_text(_MEMORY_AND_REDIS)
+    assert [tier.kind for tier in load_settings(path).tiers] == ["memory", "redis"]
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    assert str(info.value).startswith(f"{named}: tiers[0] has this name too"), str(info.value)

@@ -123,8 +123,32 @@ def check_namespace(namespace: str) -> str:
 
 def check_chain_labels(namespace: str, tier_names: Iterable[str]) -> str:
     """``namespace``, or ValueError naming the namespace or the first tier (``tiers[1].name``)
-    whose name :func:`check_label` refuses: both chains check what they are built with."""
+    whose name :func:`check_label` refuses or an earlier tier has (:func:`repeated_tier_name`):
+    both chains check what they are built with."""
     check_namespace(namespace)
-    for index, name in enumerate(tier_names):
+    names = list(tier_names)
+    for index, name in enumerate(names):
         check_label(name, f"tiers[{index}].name")
+    repeated = repeated_tier_name(names)
+    if repeated is not None:
+        index, why = repeated
+        raise ValueError(f"tiers[{index}].name: {why}")
     return namespace
+
+
+def repeated_tier_name(tier_names: Iterable[str]) -> tuple[int, str] | None:
+    """The first tier whose name an earlier tier of the chain has: its index and why that is
+    refused, naming the earlier tier (never the name); None: each name is the chain's once.
+
+    The one rule of tier names in a chain, in code (:func:`check_chain_labels`) as in the
+    settings: a name labels its tier's series (``tier="redis"``), and two tiers of one name
+    made one series of two, which Prometheus's ``register()`` refused only when it ran."""
+    first: dict[str, int] = {}
+    for index, name in enumerate(tier_names):
+        earlier = first.setdefault(name, index)
+        if earlier != index:
+            return index, (
+                f"tiers[{earlier}] has this name too: a tier's name labels its series, so "
+                "each tier of a chain needs its own (a tier without a name takes its kind's)"
+            )
+    return None

@@ -34,7 +34,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from . import policy_defaults
 from .errors import ConfigError
-from .keys import check_label
+from .keys import check_label, repeated_tier_name
 from .registry import BUSES_GROUP, SOURCES_GROUP, TIERS_GROUP, find_plugin
 from .sketch import MAX_WIDTH, sketch_width
 from .units import ByteSize, Duration, Ttl
@@ -161,7 +161,8 @@ class TierSettings(SettingsTable):
 
     kind: str = Field(description="Which tier: 'memory', 'redis', or any installed kind.")
     name: TierName | None = Field(
-        default=None, description="Name in stats and logs; defaults to the kind."
+        default=None,
+        description="Name in stats and logs, its own in the chain; defaults to the kind.",
     )
     ttl: Ttl | None = Field(
         default=None,
@@ -314,6 +315,9 @@ class _Origins:
         #: (by the path they set): their text was kept as a string (a field of text may
         #: start with a bracket), and an error there is this, not the field's type.
         self.not_json: dict[str, str] = {}
+        #: The tables the variables made (by path): a field below one set, where the file had
+        #: nothing (``TIERED_CACHE_NAMESPACE__X`` makes ``tiered_cache.namespace`` a table).
+        self.made: set[str] = set()
         self.overridden = [_path_text([*path]) for path in _leaf_paths(overrides)]
 
     def _setter(self, path: str) -> str | None:
@@ -324,6 +328,13 @@ class _Origins:
         around = [field for field in self.variables if _within(path, field)]
         return max(around, key=len) if around else None
 
+    def _makers(self, path: str) -> list[str]:
+        """The variables that made ``path`` a table (each set a field below it), unless an
+        override replaced it: the error of a field of text given that table is theirs."""
+        if path not in self.made or any(_within(path, given) for given in self.overridden):
+            return []
+        return [name for field, name in self.variables.items() if _within(field, path)]
+
     def describe(self, path: str, message: str, kind: str) -> str:
         """``path: message``, or ``VARIABLE (path): message`` when an environment variable
         set it. If that variable's text is not the JSON it looks like, that is said, and
@@ -332,7 +343,8 @@ class _Origins:
         pydantic's ("Input should be a valid list") is about the text it was left as."""
         setter = self._setter(path)
         if setter is None:
-            return f"{path}: {message}"
+            makers = self._makers(path)
+            return f"{', '.join(makers)} ({path}): {message}" if makers else f"{path}: {message}"
         variable = self.variables[setter]
         problem = self.not_json.get(setter)
         if problem is not None:
@@ -385,10 +397,12 @@ class _FileAndEnvSource(PydanticBaseSettingsSource):
                 continue
             path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__")]
             value, problem = _parse_env_value(raw)
-            _assign(merged, path, value, name)
+            made = _assign(merged, path, value, name)
             origins = _origins.get()
             if origins is not None:
                 origins.variables[_path_text(path)] = name
+                if made is not None:
+                    origins.made.add(_path_text(made))
                 if problem is not None:
                     origins.not_json[_path_text(path)] = problem
         return merged
@@ -413,7 +427,9 @@ def _parse_env_value(raw: str) -> tuple[Any, str | None]:
         return raw, "a number in it has too many digits"
 
 
-def _assign(target: Any, path: list[str], value: Any, variable: str) -> None:
+def _assign(target: Any, path: list[str], value: Any, variable: str) -> list[str] | None:
+    """``value`` set at ``path`` of ``target``; the path of the table made for it (the first
+    of its tables ``target`` did not have), or None."""
     head, rest = path[0], path[1:]
     if isinstance(target, list):
         if not head.isdigit() or int(head) >= len(target):
@@ -422,16 +438,16 @@ def _assign(target: Any, path: list[str], value: Any, variable: str) -> None:
                 f"(it has {len(target)})"
             )
         index = int(head)
-        if rest:
-            _assign(target[index], rest, value, variable)
-        else:
+        if not rest:
             target[index] = value
-        return
+            return None
+        made = _assign(target[index], rest, value, variable)
+        return None if made is None else [head, *made]
     if not isinstance(target, dict):
         raise ConfigError(f"{variable}: cannot set a field inside a {type(target).__name__}")
     if not rest:
         target[head] = value
-        return
+        return None
     child = target.get(head)
     if child is None:
         if rest[0].isdigit():
@@ -439,8 +455,11 @@ def _assign(target: Any, path: list[str], value: Any, variable: str) -> None:
                 f"{variable}: there is no list {head!r} in the config file to override an "
                 f"entry of; set the whole list as JSON in {ENV_PREFIX}{head.upper()}"
             )
-        child = target[head] = {}
-    _assign(child, rest, value, variable)
+        target[head] = {}
+        _assign(target[head], rest, value, variable)
+        return [head]
+    made = _assign(child, rest, value, variable)
+    return None if made is None else [head, *made]
 
 
 #: -ln(u) exceeds this with probability e^-20: past it the XFetch draw is never worth making.
@@ -809,6 +828,11 @@ class CacheSettings(BaseSettings):
             _validate_kind(tier, TIERS_GROUP, f"{ROOT}.tiers[{index}]")
             for index, tier in enumerate(self.tiers)
         ]
+        # A tier without a name takes its kind's (the name field's rule).
+        repeated = repeated_tier_name(tier.name or tier.kind for tier in self.tiers)
+        if repeated is not None:
+            index, why = repeated
+            raise FieldProblem(f"tiers[{index}].name", why)
         if self.source is not None:
             self.source = _validate_kind(self.source, SOURCES_GROUP, f"{ROOT}.source")
         if self.bus.kind == "auto":

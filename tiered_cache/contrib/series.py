@@ -236,11 +236,12 @@ _TIER_FIELDS = {
 
 def apart(caches: Iterable[C]) -> tuple[C, ...]:
     """``caches``, each chain once, or :class:`ValueError` unless every series of them has
-    labels of its own: one namespace per chain, one name per tier of a chain. Two alike made
-    one scrape show a series twice, with two values, of which Prometheus keeps one (the other
-    chain's or tier's). One chain given twice is one chain: Django's backend gives every
-    ``CACHES`` entry of one settings file the same chain, and registering each entry's was
-    refused as two chains of one namespace."""
+    labels of its own: one namespace per chain (a chain refuses two tiers of one name when
+    built: :func:`~tiered_cache.keys.check_chain_labels`). Two alike made one scrape show a
+    series twice, with two values, of which Prometheus keeps one (the other chain's). One
+    chain given twice is one chain: Django's backend gives every ``CACHES`` entry of one
+    settings file the same chain, and registering each entry's was refused as two chains of
+    one namespace."""
     once = tuple({id(cache): cache for cache in caches}.values())
     namespaces: set[str] = set()
     for cache in once:
@@ -250,13 +251,6 @@ def apart(caches: Iterable[C]) -> tuple[C, ...]:
                 "give each chain a namespace of its own"
             )
         namespaces.add(cache.namespace)
-        names = [tier.name for tier in cache.tiers]
-        for name in names:
-            if names.count(name) > 1:
-                raise ValueError(
-                    f"the chain of namespace {cache.namespace!r} has {names.count(name)} tiers "
-                    f"named {name!r}: their series would be one; give each tier a name"
-                )
     return once
 
 

@@ -59,7 +59,9 @@ class HeldMemory(MemoryTier):
 def sync_chain(
     bus: ConfirmingBus, memory: HeldMemory, clock: FakeClock, shared_first: bool
 ) -> TieredCache:
-    tiers = [SharedMemory(ttl=600, clock=clock), memory] if shared_first else [memory]
+    tiers = (
+        [SharedMemory(name="shared", ttl=600, clock=clock), memory] if shared_first else [memory]
+    )
     return TieredCache(tiers, ttl=600, clock=clock, bus=bus, max_stale_when_disconnected=60)
 
 

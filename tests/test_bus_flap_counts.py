@@ -82,7 +82,7 @@ def flapping_tiers(clock: FakeClock, below: bool) -> list[MemoryTier]:
     FlappingKey.flap = Flap()
     tiers: list[MemoryTier] = [FlappingMemory(ttl=600, clock=clock)]
     if below:
-        tiers.append(SharedFlapping(ttl=600, clock=clock))
+        tiers.append(SharedFlapping(name="shared", ttl=600, clock=clock))
     return tiers
 
 

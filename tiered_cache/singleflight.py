@@ -442,10 +442,7 @@ class FlightTable(Generic[F]):
         told the stop, start over. A stop inside this landing lands them again here
         (:data:`LANDINGS`), then is raised."""
         try:
-            error = _for_waiters(error)
-            self._take_out(flights)
-            for key, flight in flights.items():
-                flight.land(None if error is not None else results.get(key), error)
+            self._land_all(flights, results, error)
         except BaseException as stop:
             self._land_stopped(flights, stop)
             raise
@@ -469,21 +466,24 @@ class FlightTable(Generic[F]):
         first stays: :meth:`Landing.land`)."""
         for _ in range(LANDINGS - 1):
             try:
-                error = _for_waiters(stop)
-                self._take_out(flights)
-                for flight in flights.values():
-                    flight.land(None, error)
+                self._land_all(flights, {}, stop)
                 return
             except BaseException as again:
                 stop = again
 
-    def _take_out(self, flights: Mapping[str, F]) -> None:
-        """Take ``flights`` out of the table, each still there (a newer flight may have
-        replaced it)."""
+    def _land_all(
+        self, flights: Mapping[str, F], results: Mapping[str, Any], error: BaseException | None
+    ) -> None:
+        """One landing of ``flights`` (:meth:`land`'s, and each of :meth:`_land_stopped`'s):
+        out of the table, each still there (a newer flight may have replaced it), then each
+        landed with its result, or all with ``error``."""
+        error = _for_waiters(error)
         with self._lock:
             for key, flight in flights.items():
                 if self._flights.get(key) is flight:
                     del self._flights[key]
+        for key, flight in flights.items():
+            flight.land(None if error is not None else results.get(key), error)
 
     def leading(self) -> Leading[F]:
         """An empty :class:`Leading`: the flights of a batch this caller will lead."""

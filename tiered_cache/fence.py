@@ -103,6 +103,15 @@ class Fence:
         )
         #: What a write fills (:meth:`write_steps`): the chain's tiers, whichever face's.
         self._targets = list(targets)
+        #: What a copy found in each tier may be written into (:meth:`copy_targets`): while
+        #: the bus is connected, and while it is down or starting.
+        self._above: list[Sequence[FillTarget]] = [
+            self._targets[:index] for index in range(len(self._targets))
+        ]
+        self._above_outage: list[Sequence[FillTarget]] = [
+            [above for above in self._targets[:index] if above.local or not tier.local]
+            for index, tier in enumerate(self._targets)
+        ]
         #: The fills go to ``tiers`` themselves, whose calls are plain calls (the threaded
         #: chain): a one-key fill without a lease (a write's, a copy-up's) then runs as
         #: :meth:`fill_one`'s plain calls, not as steps. Known from how the fence was built,
@@ -228,13 +237,36 @@ class Fence:
         finally:
             log.done(own)
 
+    # -- what a copy may be written into
+
+    def copy_targets(self, index: int, down: bool) -> Sequence[FillTarget]:
+        """The tiers a copy found in tier ``index`` is copied up into (filled, through the
+        fence, by the read that found it): the one home of that rule, which every copy-up
+        asks (a hit below tier 0 of a ``get`` or a ``get_many``, either face; a lease
+        holder's value found in the leasing tier). ``down``: the bus as the read took it
+        (:attr:`~tiered_cache.read_state.ReadState.down`: down, or starting).
+
+        The faster tiers; but while the bus is down a copy an in-process tier holds is an
+        outage copy (``max_stale_when_disconnected``): what another process invalidated
+        meanwhile, unheard, it may still hold. It is served within its bound, and may go
+        into an in-process tier above (which keeps it no longer, and drops it with the rest
+        when the bus comes back), never into a shared one: copied up into Redis, a copy one
+        process was allowed for a bounded second was every process's, past the outage, until
+        its expiry (adapters/redis/tests/test_redis_outage_copies_stay_below.py)."""
+        return (self._above_outage if down else self._above)[index]
+
     # -- the lease rule
 
     def leasing(self, tiers: Sequence[T]) -> T | None:
-        """The tier of ``tiers`` (the chain's, or the first of them: a copy-up's) the chain
-        leases on, or None: the one answer every path uses (loads, writes, fills)."""
+        """The tier of ``tiers`` (the chain's, or some of them: a copy-up's) the chain leases
+        on, or None: the one answer every path uses (loads, writes, fills)."""
         index = self._lease_index  # ``tiers`` is the chain's or a prefix: the tier's place
-        return tiers[index] if index is not None and index < len(tiers) else None
+        if index is None or index >= len(tiers):
+            return None
+        tier = tiers[index]
+        # Not a prefix (an outage copy's targets, the in-process tiers above it: copy_targets):
+        # whatever tier stands at that place is another.
+        return tier if tier.index == index else None
 
     def needs_lease(self, tier: FillTarget, key: str) -> bool:
         """Whether ``key`` may be written into ``tier`` only under its lease: the rule's one

@@ -56,7 +56,8 @@ class LeaseWait:
                     # The previous holder filled it since our last look: no load needed.
                     yield from give_back_all((held,), tier)
                     tier.hit()
-                    yield from self.fence.fill_steps(mark, {key: current}, self.tiers[: tier.index])
+                    above = self.fence.copy_targets(tier.index, False)  # see batch()
+                    yield from self.fence.fill_steps(mark, {key: current}, above)
                     return None, current
                 if token is not None:
                     if deadline is not None:  # a holder that died left its lease to expire
@@ -115,5 +116,7 @@ class LeaseWait:
             held.hand_on(unneeded)
         if filled:
             tier.hit(len(filled))
-            yield from self.fence.fill_steps(mark, filled, self.tiers[: tier.index])
+            # A shared tier's copy: never an outage copy, whatever the bus (copy_targets).
+            above = self.fence.copy_targets(tier.index, False)
+            yield from self.fence.fill_steps(mark, filled, above)
         return tokens, filled, waiting

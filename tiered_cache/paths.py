@@ -192,12 +192,11 @@ class ChainPaths:
                 if counted:
                     tier.hit()
                 if tier.index > 0:
+                    above = self.fence.copy_targets(tier.index, down)
                     if self.fill_one is not None:
-                        self.fill_one(mark, key, entry, self.tiers[: tier.index], None)
+                        self.fill_one(mark, key, entry, above, None)
                     else:
-                        yield from self.fence.fill_steps(
-                            mark, {key: entry}, self.tiers[: tier.index]
-                        )
+                        yield from self.fence.fill_steps(mark, {key: entry}, above)
                 if down:
                     self.count_bus_down(state, tier)
                 return entry.value
@@ -251,7 +250,7 @@ class ChainPaths:
                 tier.hit()
                 fill_one = self.fill_one
                 assert fill_one is not None, "the threaded chain's fence fills in plain calls"
-                fill_one(mark, key, entry, tiers[: tier.index], None)
+                fill_one(mark, key, entry, self.fence.copy_targets(tier.index, False), None)
             return entry.value
         return self.loader.load(key, mark, loader, ttl, None).value
 
@@ -347,7 +346,8 @@ class ChainPaths:
                 served += len(hits)
             if hits:
                 # The first tier's hits: no faster tier, no step (the fence's rule).
-                yield from self.fence.fill_steps(mark, hits, self.tiers[: tier.index])
+                above = self.fence.copy_targets(tier.index, state.down)
+                yield from self.fence.fill_steps(mark, hits, above)
                 found.update(hits)
                 remaining = [key for key in remaining if key not in hits]
         if state.down:

@@ -36,3 +36,11 @@ def proxy(redis_server: RedisServer) -> Iterator[FaultProxy]:
     """A FaultProxy in front of the session's server (closed after the test)."""
     with FaultProxy(redis_server.host, redis_server.port) as proxy:
         yield proxy
+
+
+@pytest.fixture
+def bus_server() -> Iterator[RedisServer]:
+    """A server of the test's own for the invalidation bus, which the test may kill (the bus
+    down for the chain) while the session's server, the tier's, stays up."""
+    with RedisServer() as private:
+        yield private

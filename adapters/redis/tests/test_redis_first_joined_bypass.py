@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -23,12 +22,6 @@ from tiered_cache.testing.polling import async_until, eventually, until
 from tiered_cache.testing.servers import RedisServer
 
 READERS = 10
-
-
-@pytest.fixture
-def bus_server() -> Iterator[RedisServer]:
-    with RedisServer() as private:  # its own: killed, the tier's server kept
-        yield private
 
 
 @pytest.fixture

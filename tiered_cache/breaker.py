@@ -28,10 +28,19 @@ from typing import Any, Generic, Literal, TypeVar, cast
 from .async_tier import AsyncTier
 from .errors import CircuitOpen, CodecError, TierCallFailed, TierUnavailable
 from .forking import restart_after_fork
+from .hit import HitCount
 from .leases import LeasingTier
 from .settings import BreakerSettings
 from .steps import Steps
-from .tier import Entry, MissingType, Tier, declared_capabilities, declared_delete_prefix
+from .tier import (
+    UNDECLARED,
+    Entry,
+    MissingType,
+    Tier,
+    TierBase,
+    declared_capabilities,
+    declared_delete_prefix,
+)
 
 log = logging.getLogger(__name__)
 
@@ -330,13 +339,20 @@ class GuardedTier(Generic[TierT]):
         return self.breaker.failures
 
 
-class CircuitBreakerTier(GuardedTier[Tier]):
-    """A sync tier and the :class:`CircuitBreaker` guarding it (same protocol and name).
+class CircuitBreakerTier(GuardedTier[Tier], TierBase):
+    """A sync tier and the :class:`CircuitBreaker` guarding it (same protocol, name, and
+    declared capabilities: ``local``, ``utf8_keys``, the verbs of
+    :class:`~tiered_cache.tier.TierBase`).
 
     Used on its own, every call of the :class:`~tiered_cache.Tier` protocol goes through the
-    breaker. In a chain, the tier's accessor takes the two apart (the tier, and the breaker it
-    consults), so none of the tier's optional capabilities is hidden by this wrapper. (An
-    async tier's wrapper is :class:`~tiered_cache.async_breaker.AsyncCircuitBreakerTier`.)
+    breaker, and so does every declared verb that calls the tier (``peek``, ``get_at``,
+    ``replace``, ``delete_prefix``, ``hot_keys``); ``check_value`` and ``prepare_value`` are
+    the tier's own, plain calls (nothing to guard); no ``hit_reader`` (its one call would
+    pass the breaker). In a chain, the tier's accessor takes the two apart (the tier, and the
+    breaker it consults). Composed as
+    :class:`~tiered_cache.async_breaker.AsyncCircuitBreakerTier` is: not a ``TierBase``, the
+    wrapper declared nothing, and ``declared_capabilities(guard(memory))`` said shared, with
+    no ``check_value`` (tests/test_breaker_declares.py).
 
     Args:
         tier: the tier to protect.
@@ -344,11 +360,56 @@ class CircuitBreakerTier(GuardedTier[Tier]):
     """
 
     def _declare(self, tier: Tier) -> None:
+        #: The wrapped tier's declared capabilities, resolved once.
+        self._declared = declared = declared_capabilities(tier)
+        self.local = declared.local
+        self.utf8_keys = declared.utf8_keys
         #: The tier's declared ``delete_prefix``, else its ``clear``.
         self._delete_prefix = declared_delete_prefix(tier)
+        # The defaults' verbs that call the tier, bound to a tier that declares none (as the
+        # chain's accessor binds them).
+        self._peek: Callable[[str], Entry | MissingType] = (
+            tier.get if declared is UNDECLARED else declared.peek
+        )
+        self._get_at: Callable[[str, float], Entry | MissingType] = (
+            (lambda key, now: tier.get(key)) if declared is UNDECLARED else declared.get_at
+        )
+        self._replace: Callable[[str, Entry], None] = (
+            (lambda key, entry: TierBase.replace(cast(TierBase, tier), key, entry))
+            if declared is UNDECLARED
+            else declared.replace
+        )
 
     def _call(self, operation: Callable[[], T]) -> T:
         return self.breaker.call(operation)
+
+    # -- the declared capabilities (TierBase), the wrapped tier's
+
+    def peek(self, key: str) -> Entry | MissingType:
+        return self._call(lambda: self._peek(key))
+
+    def get_at(self, key: str, now: float) -> Entry | MissingType:
+        return self._call(lambda: self._get_at(key, now))
+
+    def hit_reader(
+        self, clock: Callable[[], float], margin: float, hits: HitCount
+    ) -> Callable[[Any], Any] | None:
+        """None: every read goes through the breaker."""
+        return None
+
+    def replace(self, key: str, entry: Entry) -> None:
+        self._call(lambda: self._replace(key, entry))
+
+    def hot_keys(self, n: int) -> list[tuple[str, float]]:
+        return self._call(lambda: self._declared.hot_keys(n))
+
+    def check_value(self, value: Any) -> None:
+        """The wrapped tier's own check (a plain call: nothing to guard)."""
+        self._declared.check_value(value)
+
+    def prepare_value(self, value: Any) -> Any:
+        """The wrapped tier's own form of ``value`` (the Redis tier's payload)."""
+        return self._declared.prepare_value(value)
 
     # -- the Tier protocol
 

@@ -8,11 +8,13 @@ tier is a miss, a skipped fill, a warning and a counter), but for
 :class:`~tiered_cache.CodecError`, which is the caller's value, not the tier's fault. The lease
 calls raise, because what a failure means depends on the step (the loader decides).
 
-A shared tier's deletes that failed are owed (:mod:`tiered_cache.owed`): every later call of
-the accessor to the tier pays them first, and is refused while they cannot be made; and a timer
-pays them when the tier lets calls through again, should no call come
-(:mod:`tiered_cache.owed_timer`). An in-process tier's deletes are made at once, past its
-breaker, whatever its state (:meth:`TierAccessor._quietly`).
+A tier's deletes that failed are owed (:mod:`tiered_cache.owed`): every later call of the
+accessor to the tier pays them first, and is refused while they cannot be made. A shared tier's
+are also paid by a timer when the tier lets calls through again, should no call come
+(:mod:`tiered_cache.owed_timer`), and announced again once paid. An in-process tier's deletes
+are made at once, past its breaker, whatever its state, but counted by it
+(:meth:`TierAccessor._quietly`); one that failed is paid by the tier's next call, the chain's
+L1 lookup's too (:meth:`TierAccessor.when_owing`).
 """
 
 from __future__ import annotations
@@ -54,6 +56,18 @@ def _direct(operation: Callable[..., T], *arguments: Any) -> T:
     return operation(*arguments)
 
 
+def _unchanged() -> None:
+    """:attr:`TierAccessor.relook` until the chain gives its own."""
+
+
+def _nothing_to_tell(debt: Debt) -> Steps[None]:
+    """What follows the payment of an in-process tier's deletes: nothing (the invalidation
+    they were part of was announced when it was made; no other process copied from this
+    process's memory)."""
+    return
+    yield
+
+
 def _replace(tier: Tier, key: str, entry: Entry) -> None:
     """``TierBase.replace`` for a tier that does not subclass it."""
     TierBase.replace(cast(TierBase, tier), key, entry)
@@ -88,6 +102,14 @@ class TierAccessor:
         declared = declared_capabilities(tier)
         #: In-process: kept coherent by the bus, bypassed while it is down.
         self.local = bool(declared.local)
+        #: How a delete of the tier is made: a shared tier's through the breaker; an
+        #: in-process tier's past it, whatever its state, counted by it (_quietly).
+        self._delete: Callable[..., object] = (
+            self._guard if not self.local or breaker is None else breaker.counted
+        )
+        #: Called when this in-process tier begins to owe deletes, and once it has paid them:
+        #: the chain's L1 lookup reads it as it may then (:meth:`when_owing`).
+        self.relook: Callable[[], None] = _unchanged
         #: Read in a plain call: first in the chain, the chain's L1 lookup reads it (and
         #: counts its hit or miss), whatever it is.
         self.inline = True
@@ -142,7 +164,9 @@ class TierAccessor:
         breaker (the hit path pays for nothing else). Raises like the tier does."""
         breaker = self.breaker
         get_at = self._get_at
-        if not self.local:  # a shared tier first in the chain: every read pays what is owed
+        if not self.local or self.owed.due:
+            # A shared tier first in the chain, or an in-process one owing deletes it failed
+            # (until they are paid: when_owing): every read pays what is owed first.
             return lambda key, now: self._call(get_at, key, now)
         if breaker is None:
             return get_at
@@ -150,8 +174,9 @@ class TierAccessor:
 
     def hit_reader(self, margin: float, hits: HitCount) -> Callable[[Any], Any] | None:
         """The tier's plain-hit reader for the chain's L1 lookup (``TierBase.hit_reader``),
-        or None: the tier offers none, or has a breaker, which every read must go through."""
-        if self.breaker is not None:
+        or None: the tier offers none, or has a breaker, which every read must go through, or
+        owes deletes, which every read pays first (:meth:`when_owing`)."""
+        if self.breaker is not None or self.owed.due:
             return None
         return self._hit_reader(self._clock, margin, hits)
 
@@ -306,20 +331,43 @@ class TierAccessor:
         through its breaker, after what it owes; one that failed is owed (:meth:`owe`). An
         in-process tier's is made at once, past its breaker, whatever its state: it does no
         I/O, so the breaker saves no caller a wait there, and refused (open) it was neither
-        made nor owed, the invalidated copy served once the circuit closed. One that failed
-        is counted and logged, not tried again (it would fail the same way). One stopped (a
-        Ctrl-C, a signal-raised time limit: a ``BaseException``) raises on, owed by the walk
-        it was part of (:func:`~tiered_cache.deletes.deleting`), with the tiers after it."""
+        made nor owed, the invalidated copy served once the circuit closed. Its outcome is
+        counted by the breaker all the same (``CircuitBreaker.counted``), and one that failed
+        (a third party's in-process tier) is owed too (:meth:`_owe_here`): counted and logged
+        only, it left the invalidated copy in the tier, served by every later read, and
+        however many failed the circuit stayed closed (tests/test_local_delete_failures.py).
+        One stopped (a Ctrl-C, a signal-raised time limit: a ``BaseException``) raises on,
+        owed by the walk it was part of (:func:`~tiered_cache.deletes.deleting`), with the
+        tiers after it."""
         try:
             if self.local:
-                operation(*arguments)
+                self._delete(operation, *arguments)
             else:
                 self._call(operation, *arguments)
         except Exception as exc:
-            if not self.local:
+            if self.local:
+                self._owe_here(keys, prefixes, everything)
+            else:
                 self.owe(keys, prefixes, everything)
             return self._failure(exc)
         return None
+
+    def _owe_here(self, keys: Sequence[str], prefixes: Sequence[str], everything: bool) -> None:
+        """An in-process tier failed deletes: owed, paid by its next call (:meth:`settle`),
+        the L1 lookup's included (:meth:`when_owing`), so no read finds a copy they were for.
+        No timer: nothing is served from the tier until they are paid, and nothing is to be
+        told once they are."""
+        first = not self.owed.due
+        self.owed.owe(keys, prefixes, everything)
+        if first:
+            self.relook()
+
+    def when_owing(self, relook: Callable[[], None]) -> None:
+        """``relook()`` when this in-process tier begins to owe deletes and once it has paid
+        them: the chain's L1 lookup of its tier 0 then asks :meth:`get_at_function` and
+        :meth:`hit_reader` again, which read it directly only while it owes nothing (a one-call
+        hit would serve the copy a failed delete left)."""
+        self.relook = relook
 
     # -- deletes owed (tiered_cache.owed)
 
@@ -336,13 +384,12 @@ class TierAccessor:
         before them: :func:`~tiered_cache.deletes.deleting`). A shared tier makes them before
         its next call, or when its breaker lets calls through again (the timer), whichever
         comes first. An in-process tier makes them at once, here: they do no I/O, so nothing
-        waits, and nothing would pay them later. Not made, a fill the fence refused and
-        whose undo was stopped in a shared tier's delete (Ctrl-C, a cancellation) left its
-        refused value in memory, served by the next reads until memory's ``ttl``."""
+        waits. Not made, a fill the fence refused and whose undo was stopped in a shared
+        tier's delete (Ctrl-C, a cancellation) left its refused value in memory, served by
+        the next reads until memory's ``ttl``."""
         if self.local:
             # The walk of a delete, through this one tier: the same calls as every other
-            # delete of it (past its breaker; a failure counted and logged there, not owed:
-            # see _quietly).
+            # delete of it (past its breaker, counted; one that fails owed: see _quietly).
             run(deleting((self,), keys, prefixes, everything))
             return
         self.owed.owe(keys, prefixes, everything)
@@ -353,6 +400,12 @@ class TierAccessor:
         """Pay the deletes owed, before any other call to the tier; raises
         :class:`~tiered_cache.errors.TierUnavailable` (or the breaker's error) while they
         cannot be made, so that call is not made either."""
+        if self.local:
+            # Its own deletes, in plain calls (both faces: an in-process tier is called inline).
+            run(self.owed.settling(self, _nothing_to_tell))
+            if not self.owed.due:
+                self.relook()
+            return
         paid = self.when_paid
         if paid is None:
             # The asyncio chain's bookkeeping accessor (its own accessor pays, before the
@@ -367,14 +420,15 @@ class TierAccessor:
         return cast(T, self._guard(operation, *arguments))
 
     def delete_many_owed(self, keys: Sequence[str]) -> None:
-        """A payment's delete (:class:`~tiered_cache.owed.Payee`): through the breaker only."""
-        self._guard(self.tier.delete_many, keys)
+        """A payment's delete (:class:`~tiered_cache.owed.Payee`): through the breaker only
+        (past it, counted, for an in-process tier: see :meth:`_quietly`)."""
+        self._delete(self.tier.delete_many, keys)
 
     def delete_prefix_owed(self, prefix: str) -> None:
-        self._guard(self._delete_prefix, prefix)
+        self._delete(self._delete_prefix, prefix)
 
     def clear_owed(self) -> None:
-        self._guard(self.tier.clear)
+        self._delete(self.tier.clear)
 
     def _failure(self, exc: Exception) -> str:
         """Count and log ``exc`` (:meth:`failed`); describe it for the caller."""

@@ -207,10 +207,15 @@ class AsyncTierAccessor:
     def owe(
         self, keys: Sequence[str] = (), prefixes: Sequence[str] = (), everything: bool = False
     ) -> None:
-        """:meth:`TierAccessor.owe`, the timer armed on this loop."""
+        """:meth:`TierAccessor.owe`, the timer armed on this loop (a shared tier's: an
+        in-process tier's debt is paid by its next call, :meth:`TierAccessor.settle`)."""
         self.sync.owe(keys, prefixes, everything)
-        if self.sync.owed.due:
+        if self.sync.owed.due and not self.local:
             self._arm()
+
+    def when_owing(self, relook: Callable[[], None]) -> None:
+        """:meth:`TierAccessor.when_owing` (an in-process tier's accessor is the sync one)."""
+        self.sync.when_owing(relook)
 
     async def stop_paying(self) -> None:
         """The chain closes: the timer of owed deletes stops, once a payment in flight has

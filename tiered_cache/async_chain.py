@@ -177,6 +177,7 @@ class AsyncTieredCache(L1Reader, NotData):
         self._joined = paths.joined
         self._setup_l1(self._metrics, self._protection, rng)
         self._use_l1(self._tiers, None)
+        self._follow_l1_debts(self._tiers)
         self._disconnected_bound = max_stale_when_disconnected
         #: The close, once begun (:meth:`aclose`).
         self._closing: asyncio.Task[None] | None = None

@@ -169,6 +169,20 @@ class CircuitBreaker:
             self._record_success(probe)
         return result
 
+    def counted(self, operation: Callable[..., T], *arguments: Any) -> T:
+        """Run ``operation(*arguments)`` whatever the circuit's state (never refused), its
+        outcome counted as :meth:`call` counts one: a failure toward opening the circuit, raised
+        as :class:`TierUnavailable`. For an in-process tier's deletes
+        (``TierAccessor._quietly``): made past an open circuit, since they do no I/O, yet a
+        tier whose deletes keep failing is a failing tier."""
+        try:
+            result = operation(*arguments)
+        except BaseException as exc:
+            raise self._judge(False, exc)  # noqa: B904 -- _judge chains the cause itself
+        if self._failures:
+            self._record_success(False)
+        return result
+
     async def acall(self, operation: Callable[[], Awaitable[T]]) -> T:
         """:meth:`call` for a coroutine (the asyncio chain's tiers); the same state machine."""
         probe = self._admit()

@@ -190,6 +190,7 @@ class TieredCache(L1Reader, NotData):
         if type(self).get is TieredCache.get:
             vars(self)["get"] = self._plain_get
         self._use_l1(self._tiers, None)
+        self._follow_l1_debts(self._tiers)
         self._disconnected_bound = max_stale_when_disconnected
         #: The bus is down (in-process tiers are bypassed or bounded).
         if bus is not None:

@@ -45,6 +45,8 @@ class L1Tier(Protocol):
 
     def miss(self) -> None: ...
 
+    def when_owing(self, relook: Callable[[], None]) -> None: ...
+
 
 class HitFollower(Protocol):
     """What follows :attr:`L1Reader.l1_hit` (:meth:`L1Reader.follow_l1_hit`)."""
@@ -173,10 +175,35 @@ class L1Reader:
                 # Not through None: a lookup in between would take the bus as the state
                 # of the last outage.
                 lookup.tier = tiers[0]
-                lookup.get_at = tiers[0].get_at_function()
-                reader = tiers[0].hit_reader(self._xfetch_window, self._plain_hits)
-                self.l1_hit = self._no_l1_hit if reader is None else reader
+                self._read_tier0(tiers[0])
             else:
                 lookup.get_at = None
                 self.l1_hit = self._no_l1_hit
+            self._hit_followers.tell()
+
+    def _read_tier0(self, tier: L1Tier) -> None:
+        """The lookup's and the plain hit's reads of ``tier`` (tier 0) as its accessor gives
+        them now (with the lock held): directly, or through what it owes
+        (:meth:`_relook_l1`)."""
+        self.lookup_l1.get_at = tier.get_at_function()
+        reader = tier.hit_reader(self._xfetch_window, self._plain_hits)
+        self.l1_hit = self._no_l1_hit if reader is None else reader
+
+    def _follow_l1_debts(self, tiers: Sequence[L1Tier]) -> None:
+        """Tier 0's reads follow its debts: an in-process tier 0 whose delete failed owes it
+        (``TierAccessor._quietly``), and is read only through the payment until it is made;
+        the one-call reads, which pay nothing, come back once it is."""
+        if tiers:
+            tier = tiers[0]
+            tier.when_owing(lambda: self._relook_l1(tier))
+
+    def _relook_l1(self, tier: L1Tier) -> None:
+        """Tier 0 began to owe deletes, or paid them: read it as its accessor now says, if
+        the lookup reads it at all (not while the bus is down, nor once the chain is closed:
+        the switch that turns it on again asks the accessor then). Under the switch's lock,
+        so a switch of the bus comes wholly before or after."""
+        with self._hit_followers.lock:
+            if self.lookup_l1.get_at is None or is_closed(self._paths):
+                return
+            self._read_tier0(tier)
             self._hit_followers.tell()

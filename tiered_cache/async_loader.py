@@ -104,7 +104,7 @@ class AsyncSourceLoader:
         self._lease_wait = (
             None
             if leasing is None
-            else LeaseWait(leasing, self._tiers, fence, metrics, protection, clock, sleep)
+            else LeaseWait(leasing, fence, metrics, protection, clock, sleep)
         )
         #: How long a reader waits for another caller's load of its key.
         self.join_timeout = protection.join_timeout(leasing is not None)

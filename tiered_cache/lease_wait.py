@@ -22,12 +22,12 @@ from .tier import MISSING, Entry
 
 @dataclass(frozen=True)
 class LeaseWait:
-    """The parts a lease wait uses. ``tier`` is the leasing tier's accessor and ``tiers`` the
-    chain's (sync or async: the steps only name their methods); ``sleep`` waits between looks
-    (``time.sleep`` or ``asyncio.sleep``)."""
+    """The parts a lease wait uses. ``tier`` is the leasing tier's accessor (sync or async:
+    the steps only name its methods); a holder's value found there is copied up into what
+    the fence says (``Fence.copy_targets``); ``sleep`` waits between looks (``time.sleep`` or
+    ``asyncio.sleep``)."""
 
     tier: ChainTier
-    tiers: Sequence[ChainTier]
     fence: Fence
     metrics: CacheMetrics
     protection: Protection

@@ -118,7 +118,7 @@ class SourceLoader:
         self._lease_wait = (
             None
             if self._leasing is None
-            else LeaseWait(self._leasing, self._tiers, fence, metrics, protection, clock, sleep)
+            else LeaseWait(self._leasing, fence, metrics, protection, clock, sleep)
         )
         #: How long a reader waits for another caller's load of its key.
         self.join_timeout = protection.join_timeout(self._leasing is not None)

@@ -356,11 +356,11 @@ class TierAccessor:
         """An in-process tier failed deletes: owed, paid by its next call (:meth:`settle`),
         the L1 lookup's included (:meth:`when_owing`), so no read finds a copy they were for.
         No timer: nothing is served from the tier until they are paid, and nothing is to be
-        told once they are."""
-        first = not self.owed.due
+        told once they are. The lookup is told after every such debt, not only the first: a
+        payment ending meanwhile (on another thread) may have restored its one-call reads
+        after this debt's check of "already owing"."""
         self.owed.owe(keys, prefixes, everything)
-        if first:
-            self.relook()
+        self.relook()
 
     def when_owing(self, relook: Callable[[], None]) -> None:
         """``relook()`` when this in-process tier begins to owe deletes and once it has paid

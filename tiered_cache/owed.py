@@ -88,7 +88,9 @@ class Payee(Protocol):
 
 
 class OwedDeletes:
-    """One shared tier's record of owed deletes (see the module's notes).
+    """One tier's record of owed deletes (see the module's notes): a shared tier's, or an
+    in-process tier's whose delete raised (``TierAccessor._quietly``: paid by its next call,
+    with no timer and nothing announced again).
 
     Args:
         name: the tier's name, for messages.

@@ -18,7 +18,7 @@ from tiered_cache.async_accessor import AsyncTierAccessor
 from tiered_cache.async_breaker import guard_async
 from tiered_cache.async_tier import AsyncTierBase
 from tiered_cache.breaker import CircuitBreakerTier, guard
-from tiered_cache.errors import CodecError, TierUnavailable
+from tiered_cache.errors import CodecError, ConfigError, TierUnavailable
 from tiered_cache.memory import MemoryTier
 from tiered_cache.metrics import CacheMetrics
 from tiered_cache.registry import Plugin, register, unregister
@@ -366,17 +366,44 @@ def test_concurrent_failures_open_the_circuit_once(
 def test_threshold_and_cool_down_are_checked_at_their_bounds(
     flaky: FlakyTier, clock: FakeClock
 ) -> None:
-    with pytest.raises(ValueError, match=r"^failure_threshold must be at least 1$"):
+    # The rules of a config file's breaker table (tests/test_code_constructors.py has
+    # each): a threshold of at least 1, a cool-down more than 0.
+    with pytest.raises(ConfigError, match=r"^failure_threshold: .* greater than or equal to 1"):
         CircuitBreakerTier(flaky, failure_threshold=0, clock=clock)
-    with pytest.raises(ValueError, match=r"^cool_down cannot be negative$"):
+    with pytest.raises(ConfigError, match=r"^cool_down: "):
         CircuitBreakerTier(flaky, cool_down=-0.5, clock=clock)
-    edge = CircuitBreakerTier(flaky, failure_threshold=1, cool_down=0.0, clock=clock)
+    with pytest.raises(ConfigError, match=r"^cool_down: .* greater than 0"):
+        CircuitBreakerTier(flaky, cool_down=0.0, clock=clock)
+    edge = CircuitBreakerTier(flaky, failure_threshold=1, cool_down=0.001, clock=clock)
     trip(edge, flaky, times=1)  # one failure is enough to open it
     assert edge.opened_count == 1
-    assert edge.state == "half-open"  # and with no cool-down the next call probes
+    assert edge.state == "open"
+    clock.advance(0.001)
+    assert edge.state == "half-open"  # and once the shortest cool-down is over, a call probes
     flaky.error = None
     assert edge.get("k") is MISSING
     assert edge.state == "closed"
+
+
+@pytest.mark.parametrize("cool_down", [0.7, 2.9, 0.1, 5.0])
+def test_a_cool_down_on_the_wall_clock_keeps_the_circuit_open_for_its_length(
+    flaky: FlakyTier, cool_down: float
+) -> None:
+    """On the wall clock (the chain's by default; about 1.8e9 s, where a float's step is
+    2**-22 s) ``opened_at + cool_down`` is rounded, up for a cool-down of 0.7 s or 2.9 s:
+    more than its length seemed left the moment the circuit opened, which the rule of a
+    clock stepped back took for a cool-down over. The circuit was half-open at once, and
+    every call after the failures a probe."""
+    clock = FakeClock()
+    clock.set(1_765_000_000.0)
+    edge = CircuitBreakerTier(flaky, failure_threshold=1, cool_down=cool_down, clock=clock)
+    trip(edge, flaky, times=1)
+    assert edge.state == "open"
+    assert edge.breaker.trial_at() == clock() + cool_down
+    clock.advance(cool_down / 2)
+    assert edge.state == "open"
+    clock.advance(cool_down)
+    assert edge.state == "half-open"
 
 
 class PrefixFlakyTier(FlakyTier, TierBase):

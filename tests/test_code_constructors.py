@@ -6,13 +6,21 @@ policy of neither name (run as "through") and a memory tier's ttl of 0 or max_by
 
 from __future__ import annotations
 
+import asyncio
 import math
-from typing import Any
+from datetime import timedelta
+from typing import Any, cast
 
 import pytest
 
 from tiered_cache import AsyncTieredCache, ConfigError, MemoryTier, TieredCache, load_settings
+from tiered_cache.async_breaker import AsyncCircuitBreakerTier
+from tiered_cache.breaker import CircuitBreaker, CircuitBreakerTier
+from tiered_cache.compiled import compiled_core
+from tiered_cache.policy import TinyLfuPolicy
 from tiered_cache.protection import Protection
+from tiered_cache.settings import BreakerSettings, CacheSettings
+from tiered_cache.testing.clock import FakeClock
 
 CHAINS = [TieredCache, AsyncTieredCache]
 
@@ -112,3 +120,137 @@ def test_a_memory_tier_built_in_code_refuses_what_its_settings_refuse(
         MemoryTier(**{argument: value})
     with pytest.raises(ConfigError, match=rf"tiered_cache\.tiers\[0\]\.{argument}: "):
         load_settings(tiers=[{"kind": "memory", argument: value}])
+
+
+#: A circuit breaker's arguments the settings' ``breaker`` table refuses: a cool-down of 0
+#: (every call past the threshold a probe: no breaker), NaN (the circuit never open for a
+#: moment) or infinite (never probed again), a threshold below 1 or a bool.
+BREAKER_REFUSED: list[tuple[str, Any]] = [
+    ("cool_down", 0),
+    ("cool_down", 0.0),
+    ("cool_down", -0.5),
+    ("cool_down", math.nan),
+    ("cool_down", math.inf),
+    ("failure_threshold", 0),
+    ("failure_threshold", True),
+]
+
+
+@pytest.mark.parametrize(("argument", "value"), BREAKER_REFUSED)
+def test_a_breaker_built_in_code_refuses_what_its_settings_refuse(
+    argument: str, value: Any
+) -> None:
+    with pytest.raises(ConfigError, match=rf"^{argument}: "):
+        CircuitBreaker("redis", **{argument: value})
+    with pytest.raises(ConfigError, match=rf"^{argument}: "):
+        CircuitBreakerTier(MemoryTier(), **{argument: value})
+    with pytest.raises(ConfigError, match=rf"^{argument}: "):
+        AsyncCircuitBreakerTier(cast(Any, MemoryTier()), **{argument: value})
+    table = {"kind": "memory", "breaker": {"enabled": True, argument: value}}
+    with pytest.raises(ConfigError, match=rf"tiered_cache\.tiers\[0\]\.breaker\.{argument}: "):
+        load_settings(tiers=[table])
+
+
+def test_a_breaker_built_in_code_runs_with_its_settings_and_reads_a_duration() -> None:
+    """Its arguments win over its settings, as the settings' field reads them ("250ms"),
+    and the model it holds is the one it runs with; a refused text is never shown."""
+    settings = BreakerSettings(failure_threshold=2, cool_down=9.0)
+    breaker = CircuitBreaker("redis", settings, cool_down="250ms")
+    assert (breaker.failure_threshold, breaker.cool_down) == (2, 0.25)
+    assert breaker.settings == BreakerSettings(failure_threshold=2, cool_down=0.25)
+    assert CircuitBreaker("redis", settings).settings is settings
+    with pytest.raises(ConfigError, match=r"^cool_down: expected a duration") as refused:
+        CircuitBreaker("redis", cool_down="redis://:hunter2@cache:6379")
+    assert "hunter2" not in str(refused.value)
+
+
+#: The hot-key policy's arguments a memory tier's settings refuse, and the field they are.
+POLICY_REFUSED: list[tuple[str, Any, str]] = [
+    ("hot_ttl", 0, "hot_ttl"),
+    ("hot_ttl", -1.0, "hot_ttl"),
+    ("hot_ttl", math.nan, "hot_ttl"),
+    ("sketch_width", 8, "sketch_width"),
+    ("sketch_width", 100, "sketch_width"),
+    ("window_fraction", 0.0, "window_fraction"),
+    ("window_fraction", 1.0, "window_fraction"),
+    ("sample_factor", 0, "sample_factor"),
+    ("top_k", 0, "top_k"),
+    ("hot_half_life", 0, "hot_half_life"),
+    ("max_entries", 0, "max_entries"),
+    ("max_weight", 0, "max_bytes"),
+]
+
+
+@pytest.mark.parametrize(("argument", "value", "field"), POLICY_REFUSED)
+def test_a_policy_built_in_code_refuses_what_a_memory_tiers_settings_refuse(
+    argument: str, value: Any, field: str
+) -> None:
+    options = {"max_entries": 100, argument: value}
+    with pytest.raises(ConfigError, match=rf"^{argument}: "):
+        TinyLfuPolicy(**options)
+    with pytest.raises(ConfigError, match=rf"tiered_cache\.tiers\[0\]\.{field}: "):
+        load_settings(tiers=[{"kind": "memory", "max_entries": 100, field: value}])
+
+
+def test_a_policy_built_in_code_takes_numbers_only() -> None:
+    """The policy takes numbers: text its settings field would read is refused, by the
+    compiled policy's own signature (a TypeError at the call) or, on the pure core, by
+    ``policy_options`` (the pure policy kept it, and failed at the first hot fill)."""
+    if compiled_core():
+        with pytest.raises(TypeError):
+            TinyLfuPolicy(100, hot_ttl=cast(Any, "5m"))
+    else:
+        with pytest.raises(ConfigError, match=r"^hot_ttl: expected a number"):
+            TinyLfuPolicy(100, hot_ttl=cast(Any, "5m"))
+    assert TinyLfuPolicy(100, hot_ttl=60, sketch_width=1024).sketch.width == 1024
+
+
+@pytest.mark.parametrize(
+    ("protection", "field"),
+    [({"max_stale": -1}, "max_stale"), ({"soft_timeout": 2, "hard_timeout": 1}, "soft_timeout")],
+)
+def test_settings_validated_from_a_dict_name_the_protection_field_as_a_file_does(
+    protection: dict[str, Any], field: str
+) -> None:
+    """``CacheSettings.model_validate`` raised pydantic's ValidationError, wrapping
+    ``Protection.<field>``: the path a file gives, and the library's error."""
+    with pytest.raises(ConfigError, match=rf"^tiered_cache\.protection\.{field}: "):
+        CacheSettings.model_validate({"protection": protection})
+    with pytest.raises(ConfigError, match=rf"^tiered_cache\.protection\.{field}: "):
+        load_settings(protection=protection)
+    with pytest.raises(ConfigError, match=r"^tiered_cache\.ttl: "):
+        CacheSettings.model_validate({"ttl": 0})
+    valid = CacheSettings.model_validate({"protection": {"lease": "off"}})
+    assert valid.protection == Protection(lease="off")
+
+
+def test_a_call_takes_the_durations_its_hint_names() -> None:
+    """A call's ``ttl`` is a duration as a file's is (``DurationLike``, tests/typing): the
+    compiled core refused a timedelta (``TypeError: union[float, str, None] object expected;
+    got datetime.timedelta``), which the pure core and the settings took."""
+    clock = FakeClock()
+    cache = TieredCache(
+        [MemoryTier(clock=clock)],
+        clock=clock,
+        ttl=timedelta(hours=1),
+        protection=Protection.never_stale(),
+    )
+    assert cache.get("k", lambda: "v", ttl=timedelta(minutes=1)) == "v"
+    cache.set("j", "w", ttl=timedelta(seconds=30))
+    cache.set_many({"i": "x"}, ttl="30s")
+    clock.advance(45)
+    assert cache.get("j", lambda: "again") == "again"  # its 30 s over
+    assert cache.get("k", lambda: "again") == "v"  # a minute not yet
+
+    async def both() -> None:
+        chain = AsyncTieredCache([MemoryTier(clock=clock)], clock=clock)
+        assert await chain.get("k", _loaded, ttl=timedelta(minutes=1)) == "v"
+        await chain.set("j", "w", ttl=timedelta(seconds=30))
+        await chain.aclose()
+
+    asyncio.run(both())
+    cache.close()
+
+
+async def _loaded() -> str:
+    return "v"

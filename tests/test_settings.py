@@ -495,26 +495,52 @@ url = "redis://localhost:6379/0"
 """
 
 
+#: A memory tier and a Redis tier at its defaults: a variable that makes both one kind
+#: makes their names one.
+_MEMORY_AND_DEFAULT_REDIS = _MEMORY_AND_REDIS.replace('url = "redis://localhost:6379/0"\n', "")
+
+
 @pytest.mark.parametrize(
-    ("variable", "value", "named"),
+    ("config", "setting", "named"),
     [
-        ("TIERED_CACHE_TIERS__0__KIND", "redis", "tiered_cache.tiers[1].name"),
         (
-            "TIERED_CACHE_TIERS__1__NAME",
-            "memory",
-            "TIERED_CACHE_TIERS__1__NAME (tiered_cache.tiers[1].name)",
+            _MEMORY_AND_REDIS,
+            ("TIERED_CACHE_TIERS__0__KIND", "redis"),
+            "tiered_cache.tiers[1].name: tiers[0] has this name too "
+            "(TIERED_CACHE_TIERS__0__KIND sets tiers[0].kind)",
+        ),
+        (
+            _MEMORY_AND_DEFAULT_REDIS,
+            ("TIERED_CACHE_TIERS__1__KIND", "memory"),
+            "tiered_cache.tiers[1].name: tiers[0] has this name too "
+            "(TIERED_CACHE_TIERS__1__KIND sets tiers[1].kind)",
+        ),
+        (
+            _MEMORY_AND_REDIS,
+            ("TIERED_CACHE_TIERS__1__NAME", "memory"),
+            "TIERED_CACHE_TIERS__1__NAME (tiered_cache.tiers[1].name): tiers[0] has this name too",
         ),
     ],
+    ids=["earlier-kind", "later-kind", "later-name"],
 )
 def test_two_tiers_of_one_name_are_refused_when_the_settings_are_loaded(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variable: str, value: str, named: str
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    config: str,
+    setting: tuple[str, str],
+    named: str,
 ) -> None:
     """A tier's name labels its series: two of one name in a chain were accepted, and only
-    Prometheus's register() refused the chain, long after the settings were loaded."""
+    Prometheus's register() refused the chain, long after the settings were loaded. The
+    variable behind either name is named (one that changed an earlier tier's kind was not:
+    the error's path is the later tier's); the name itself never is."""
     path = tmp_path / "tiered_cache.toml"
-    path.write_text(_MEMORY_AND_REDIS)
+    path.write_text(config)
     assert [tier.kind for tier in load_settings(path).tiers] == ["memory", "redis"]
+    variable, value = setting
     monkeypatch.setenv(variable, value)
     with pytest.raises(ConfigError) as info:
         load_settings(path)
-    assert str(info.value).startswith(f"{named}: tiers[0] has this name too"), str(info.value)
+    message = str(info.value)
+    assert message.startswith(f"{named}: a tier's name labels its series"), message
+    assert f"'{value}'" not in message, message

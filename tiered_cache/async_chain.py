@@ -46,6 +46,7 @@ from .singleflight import BEHIND, BESIDE, LEAD, LeaderGone
 from .stamp import EntryMaker, check_ttl
 from .steps import Steps, arun, run
 from .tier import MISSING, Entry, Source, Tier
+from .units import DurationLike
 from .write_tasks import WriteTasks, undo_of
 
 if TYPE_CHECKING:
@@ -104,14 +105,14 @@ class AsyncTieredCache(L1Reader, NotData):
         source: Source | AsyncSource | None = None,
         *,
         namespace: str = "default",
-        ttl: float | None = None,
-        negative_ttl: float = 30.0,
+        ttl: DurationLike | None = None,
+        negative_ttl: DurationLike = 30.0,
         clock: Callable[[], float] = time.time,
         protection: Protection | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: Callable[[], float] = random.random,
         bus: Bus | AsyncBus | None = None,
-        max_stale_when_disconnected: float = 1.0,
+        max_stale_when_disconnected: DurationLike = 1.0,
         write_policy: Literal["through", "around"] = "through",
         bus_breaker: BreakerSettings | None = DEFAULT_BUS_BREAKER,
     ) -> None:
@@ -272,7 +273,7 @@ class AsyncTieredCache(L1Reader, NotData):
     # -- reads --------------------------------------------------------------------------------
 
     async def get(
-        self, key: str, loader: AsyncLoader | None = None, *, ttl: float | str | None = None
+        self, key: str, loader: AsyncLoader | None = None, *, ttl: DurationLike | None = None
     ) -> Any:
         """The value for ``key``, read through the tiers down to the source (see
         :meth:`TieredCache.get`); ``loader`` is a coroutine function of no arguments."""
@@ -287,7 +288,7 @@ class AsyncTieredCache(L1Reader, NotData):
         self,
         key: str,
         loader: AsyncLoader | None,
-        ttl: float | str | None,
+        ttl: DurationLike | None,
         looked: Any = MISSING,
     ) -> Any:
         """Everything after an L1 miss (for the decorator): one flight per key, shared by the
@@ -376,7 +377,7 @@ class AsyncTieredCache(L1Reader, NotData):
         keys: Iterable[str],
         loader: AsyncBatchLoader | None = None,
         *,
-        ttl: float | str | None = None,
+        ttl: DurationLike | None = None,
     ) -> dict[str, Any]:
         """Values for ``keys`` (see :meth:`TieredCache.get_many`); ``loader`` is a coroutine
         function taking the list of keys no tier had."""
@@ -396,12 +397,12 @@ class AsyncTieredCache(L1Reader, NotData):
 
     # -- writes -------------------------------------------------------------------------------
 
-    async def set(self, key: str, value: Any, *, ttl: float | str | None = None) -> None:
+    async def set(self, key: str, value: Any, *, ttl: DurationLike | None = None) -> None:
         """Write ``value`` for ``key`` (see :meth:`TieredCache.set`: the same order)."""
         paths = self._paths
         await self._write(paths, paths.set(key, value, ttl), keys=[key])
 
-    async def set_many(self, items: Mapping[str, Any], *, ttl: float | str | None = None) -> None:
+    async def set_many(self, items: Mapping[str, Any], *, ttl: DurationLike | None = None) -> None:
         """Write several values (see :meth:`TieredCache.set_many`: the same order)."""
         paths = self._paths
         await self._write(paths, paths.set_many(items, ttl), keys=list(items))
@@ -490,7 +491,7 @@ class AsyncTieredCache(L1Reader, NotData):
     # -- the decorator ------------------------------------------------------------------------
 
     def cached(
-        self, key: str, *, ttl: float | str | None = None
+        self, key: str, *, ttl: DurationLike | None = None
     ) -> Callable[[Callable[P, Awaitable[R]]], AsyncCachedFunction[P, R]]:
         """Cache an ``async def`` function's results under a key template (see
         :meth:`TieredCache.cached`): the awaited result is what is cached."""

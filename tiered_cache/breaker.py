@@ -20,6 +20,7 @@ not the tier's, so it passes through unchanged and is not counted.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -30,7 +31,7 @@ from .errors import CircuitOpen, CodecError, TierCallFailed, TierUnavailable
 from .forking import restart_after_fork
 from .hit import HitCount
 from .leases import LeasingTier
-from .settings import BreakerSettings
+from .settings import BreakerSettings, overridden
 from .steps import Steps
 from .tier import (
     UNDECLARED,
@@ -41,6 +42,9 @@ from .tier import (
     declared_capabilities,
     declared_delete_prefix,
 )
+
+from .tier import Entry, MissingType, Tier, declared_capabilities, declared_delete_prefix
+from .units import DurationLike
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +60,16 @@ class CircuitBreaker:
     Args:
         name: the guarded tier's name, for messages.
         settings: ``failure_threshold`` and ``cool_down``; explicit arguments win over it.
-        failure_threshold: consecutive failures that open the circuit.
-        cool_down: seconds an open circuit rejects calls before letting one probe through.
+        failure_threshold: consecutive failures that open the circuit (at least 1).
+        cool_down: seconds an open circuit rejects calls before letting one probe through
+            (more than 0), or text such as ``"5s"``.
         clock: seconds; the chain's clock, so tests drive the breaker with a fake one.
         what: what it guards, for messages: ``"tier"`` (``tier 'redis': circuit open``), or
             e.g. ``"bus"`` for the invalidation bus's publish.
+
+    ``failure_threshold`` and ``cool_down`` are checked by the rules of a config file's
+    ``breaker`` table (:class:`~tiered_cache.settings.BreakerSettings`): one they refuse
+    raises :class:`~tiered_cache.ConfigError` naming it (``cool_down: ...``).
     """
 
     def __init__(
@@ -69,21 +78,23 @@ class CircuitBreaker:
         settings: BreakerSettings | None = None,
         *,
         failure_threshold: int | None = None,
-        cool_down: float | None = None,
+        cool_down: DurationLike | None = None,
         clock: Callable[[], float] = time.monotonic,
         what: str = "tier",
     ) -> None:
-        settings = settings or BreakerSettings()
+        # The arguments meet the rules of a config file's breaker table (a threshold of at
+        # least 1, a cool-down more than 0 and finite): taken here, NaN never kept the
+        # circuit open for a moment, and 0 let every call after the threshold probe. One
+        # model, the settings', holds what the breaker runs with.
+        self.settings = settings = overridden(
+            settings or BreakerSettings(),
+            failure_threshold=failure_threshold,
+            cool_down=cool_down,
+        )
         self.name = name
         self._what = what
-        self.failure_threshold = (
-            failure_threshold if failure_threshold is not None else settings.failure_threshold
-        )
-        self.cool_down = cool_down if cool_down is not None else settings.cool_down
-        if self.failure_threshold < 1:
-            raise ValueError("failure_threshold must be at least 1")
-        if self.cool_down < 0:
-            raise ValueError("cool_down cannot be negative")
+        self.failure_threshold = settings.failure_threshold
+        self.cool_down = settings.cool_down
         self._clock = clock
         self._lock = threading.Lock()
         self._failures = 0
@@ -136,7 +147,8 @@ class CircuitBreaker:
         (:meth:`tiered_cache.owed_timer.PaymentTimer.last`)."""
         with self._lock:
             if self._open:
-                self._opened_at = min(self._opened_at, self._clock() - self.cool_down)
+                # Over whatever the clock reads (``now - cool_down`` is rounded too).
+                self._opened_at = -math.inf
 
     @property
     def clock(self) -> Callable[[], float]:
@@ -245,9 +257,15 @@ class CircuitBreaker:
         """Seconds of the open circuit's cool-down left at ``now`` (under the lock). The clock
         may be the chain's, the wall clock: stepped back (NTP), more than the cool-down's
         length would be left (an hour back, an hour more, the tier skipped all that time);
-        such a cool-down is over."""
-        left = self._opened_at + self.cool_down - now
-        return left if 0 < left <= self.cool_down else 0.0
+        such a cool-down is over.
+
+        Reckoned from the time elapsed, never from ``opened_at + cool_down``: on the wall
+        clock (about 1.8e9 s, a float's step there 2**-22 s) that sum is rounded, up for
+        some cool-downs (0.7 s, 2.9 s), so that more than the cool-down's length was left the
+        moment the circuit opened: taken for a clock stepped back, the cool-down was over at
+        once, and every call after the failures was a probe."""
+        elapsed = now - self._opened_at
+        return self.cool_down - elapsed if 0 <= elapsed < self.cool_down else 0.0
 
     def _release(self, probe: bool) -> None:
         # Neither success nor failure (a CodecError, an interrupt): the next call probes instead.
@@ -311,7 +329,7 @@ class GuardedTier(Generic[TierT]):
         settings: BreakerSettings | None = None,
         *,
         failure_threshold: int | None = None,
-        cool_down: float | None = None,
+        cool_down: DurationLike | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._tier = tier

@@ -40,6 +40,7 @@ from .singleflight import Flight
 from .stamp import CheckedTtl, EntryMaker, check_ttl
 from .steps import run
 from .tier import MISSING, Entry, Source, Tier
+from .units import DurationLike
 
 if TYPE_CHECKING:
     from .decorator import CachedFunction
@@ -100,15 +101,15 @@ class TieredCache(L1Reader, NotData):
         source: Source | None = None,
         *,
         namespace: str = "default",
-        ttl: float | None = None,
-        negative_ttl: float = 30.0,
+        ttl: DurationLike | None = None,
+        negative_ttl: DurationLike = 30.0,
         clock: Callable[[], float] = time.time,
         protection: Protection | None = None,
         sleep: Callable[[float], None] = time.sleep,
         rng: Callable[[], float] = random.random,
         background: Callable[[Callable[[], None]], object] | None = None,
         bus: Bus | None = None,
-        max_stale_when_disconnected: float = 1.0,
+        max_stale_when_disconnected: DurationLike = 1.0,
         write_policy: Literal["through", "around"] = "through",
         bus_breaker: BreakerSettings | None = DEFAULT_BUS_BREAKER,
     ) -> None:
@@ -254,7 +255,9 @@ class TieredCache(L1Reader, NotData):
         """The source of truth, if the chain has one."""
         return self._source
 
-    def get(self, key: str, loader: Loader | None = None, *, ttl: float | str | None = None) -> Any:
+    def get(
+        self, key: str, loader: Loader | None = None, *, ttl: DurationLike | None = None
+    ) -> Any:
         """The value for ``key``, read through the tiers down to the source.
 
         Args:
@@ -272,7 +275,7 @@ class TieredCache(L1Reader, NotData):
             return self._get_rest(key, loader, ttl)
         return value
 
-    def _get_rest(self, key: str, loader: Loader | None, ttl: float | str | None) -> Any:
+    def _get_rest(self, key: str, loader: Loader | None, ttl: DurationLike | None) -> Any:
         """:meth:`get` after the plain-hit reader declined: the general L1 lookup, then the
         other tiers and the source."""
         value = self.lookup_l1(key)
@@ -281,7 +284,7 @@ class TieredCache(L1Reader, NotData):
         return value
 
     def get_after_l1(
-        self, key: str, loader: Loader | None, ttl: float | str | None, looked: Any = MISSING
+        self, key: str, loader: Loader | None, ttl: DurationLike | None, looked: Any = MISSING
     ) -> Any:
         """Everything after an L1 miss (for the decorator): the other tiers and the source,
         one flight per key. ``looked``: what the L1 lookup returned: ``MISSING``;
@@ -335,7 +338,7 @@ class TieredCache(L1Reader, NotData):
         keys: Iterable[str],
         loader: BatchLoader | None = None,
         *,
-        ttl: float | str | None = None,
+        ttl: DurationLike | None = None,
     ) -> dict[str, Any]:
         """Values for ``keys`` (``None`` for keys the source does not have).
 
@@ -366,7 +369,7 @@ class TieredCache(L1Reader, NotData):
 
     # -- writes -------------------------------------------------------------------------------
 
-    def set(self, key: str, value: Any, *, ttl: float | str | None = None) -> None:
+    def set(self, key: str, value: Any, *, ttl: DurationLike | None = None) -> None:
         """Write ``value`` for ``key`` and make every process see it.
 
         With a source, the source is written first; if that fails, no tier changes. With the
@@ -384,7 +387,7 @@ class TieredCache(L1Reader, NotData):
         # __init__), which makes the same decisions in plain calls.
         run(self._paths.set(key, value, ttl))
 
-    def set_many(self, items: Mapping[str, Any], *, ttl: float | str | None = None) -> None:
+    def set_many(self, items: Mapping[str, Any], *, ttl: DurationLike | None = None) -> None:
         """Write several values, as :meth:`set` writes one: the source first (one ``store``
         per key), then every tier in one batch per tier, under the keys' leases. If the
         source fails part way, the keys it already took are dropped from every tier (the
@@ -442,7 +445,7 @@ class TieredCache(L1Reader, NotData):
     # -- the decorator ------------------------------------------------------------------------
 
     def cached(
-        self, key: str, *, ttl: float | str | None = None
+        self, key: str, *, ttl: DurationLike | None = None
     ) -> Callable[[Callable[P, R]], CachedFunction[P, R]]:
         """Cache a function's results under a key template such as ``"tweet:{tweet_id}"``.
 

@@ -23,6 +23,7 @@ from .singleflight import Landing
 from .stamp import CheckedTtl
 from .steps import Steps
 from .tier import Entry
+from .units import DurationLike
 
 
 class Paths(Protocol):
@@ -50,14 +51,14 @@ class Paths(Protocol):
     ) -> Steps[Any]: ...
 
     def get_many(
-        self, keys: list[str], loader: Any, ttl: float | str | None
+        self, keys: list[str], loader: Any, ttl: DurationLike | None
     ) -> Steps[dict[str, Any]]: ...
 
     def lookup_many(self, keys: list[str]) -> Steps[dict[str, Entry]]: ...
 
-    def set(self, key: str, value: Any, ttl: float | str | None) -> Steps[None]: ...
+    def set(self, key: str, value: Any, ttl: DurationLike | None) -> Steps[None]: ...
 
-    def set_many(self, items: Mapping[str, Any], ttl: float | str | None) -> Steps[None]: ...
+    def set_many(self, items: Mapping[str, Any], ttl: DurationLike | None) -> Steps[None]: ...
 
     def invalidate_many(self, keys: Sequence[str], *, strict: bool = False) -> Steps[None]: ...
 
@@ -112,16 +113,16 @@ class ClosedPaths:
     ) -> NoReturn:
         self.refuse()
 
-    def get_many(self, keys: list[str], loader: Any, ttl: float | str | None) -> NoReturn:
+    def get_many(self, keys: list[str], loader: Any, ttl: DurationLike | None) -> NoReturn:
         self.refuse()
 
     def lookup_many(self, keys: list[str]) -> NoReturn:
         self.refuse()
 
-    def set(self, key: str, value: Any, ttl: float | str | None) -> NoReturn:
+    def set(self, key: str, value: Any, ttl: DurationLike | None) -> NoReturn:
         self.refuse()
 
-    def set_many(self, items: Mapping[str, Any], ttl: float | str | None) -> NoReturn:
+    def set_many(self, items: Mapping[str, Any], ttl: DurationLike | None) -> NoReturn:
         self.refuse()
 
     def invalidate_many(self, keys: Sequence[str], *, strict: bool = False) -> NoReturn:

@@ -28,6 +28,7 @@ from .read_state import ReadState
 from .stamp import check_ttl
 from .template_overlap import claim
 from .tier import MISSING
+from .units import DurationLike
 
 if TYPE_CHECKING or compiled_core():  # built by tools/build_core.py with the compiled core
     from ._hitcall import HitCall
@@ -716,7 +717,7 @@ def render_key(template: str, names: dict[str, Any]) -> str:
 
 
 def cached(
-    cache: CachedReads | AsyncCachedReads, key: str, *, ttl: float | str | None = None
+    cache: CachedReads | AsyncCachedReads, key: str, *, ttl: DurationLike | None = None
 ) -> Callable[[Callable[P, R]], Any]:
     """Decorate a function so its results are read through ``cache`` under ``key``.
 

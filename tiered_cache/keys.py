@@ -10,7 +10,7 @@ those characters (``tweets``, a UUID, a number) are unchanged. See docs/keys.md.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .errors import UnencodableKey
@@ -136,9 +136,14 @@ def check_chain_labels(namespace: str, tier_names: Iterable[str]) -> str:
     return namespace
 
 
-def repeated_tier_name(tier_names: Iterable[str]) -> tuple[int, str] | None:
+def repeated_tier_name(
+    tier_names: Iterable[str], origins: Mapping[int, str] | None = None
+) -> tuple[int, str] | None:
     """The first tier whose name an earlier tier of the chain has: its index and why that is
     refused, naming the earlier tier (never the name); None: each name is the chain's once.
+    ``origins``: by a tier's index, what gave it its name, said after the earlier tier
+    (``TIERED_CACHE_TIERS__0__KIND sets tiers[0].kind``): the settings' environment
+    variables, which the path of the error, the later tier's, would not name.
 
     The one rule of tier names in a chain, in code (:func:`check_chain_labels`) as in the
     settings: a name labels its tier's series (``tier="redis"``), and two tiers of one name
@@ -147,8 +152,11 @@ def repeated_tier_name(tier_names: Iterable[str]) -> tuple[int, str] | None:
     for index, name in enumerate(tier_names):
         earlier = first.setdefault(name, index)
         if earlier != index:
+            told = [(origins or {}).get(at) for at in (earlier, index)]
+            said = "; ".join(origin for origin in told if origin)
             return index, (
-                f"tiers[{earlier}] has this name too: a tier's name labels its series, so "
-                "each tier of a chain needs its own (a tier without a name takes its kind's)"
+                f"tiers[{earlier}] has this name too{f' ({said})' if said else ''}: a tier's "
+                "name labels its series, so each tier of a chain needs its own (a tier "
+                "without a name takes its kind's)"
             )
     return None

@@ -28,6 +28,7 @@ from .policy import TinyLfuPolicy
 from .settings import MemoryTierSettings, checked
 from .slot import Slot
 from .tier import Entry, MissingType, TierBase
+from .units import DurationLike
 from .weighing import deep_size
 
 __all__ = [
@@ -244,8 +245,8 @@ class MemoryTier(TierBase):
         name: str = "memory",
         policy: EvictionPolicy | None = None,
         max_entries: int = 10_000,
-        max_bytes: int | None = None,
-        ttl: float | None = None,
+        max_bytes: int | str | None = None,
+        ttl: DurationLike | None = None,
         ttl_jitter: float = 0.0,
         clock: Clock = time.time,
         sizeof: Callable[[Any], int] = deep_size,
@@ -254,21 +255,21 @@ class MemoryTier(TierBase):
     ) -> None:
         # The settings' rules of these fields (a config file's memory tier is built here).
         max_entries = checked(MemoryTierSettings, "max_entries", max_entries)
-        max_bytes = checked(MemoryTierSettings, "max_bytes", max_bytes)
-        ttl = checked(MemoryTierSettings, "ttl", ttl)
+        most_bytes: int | None = checked(MemoryTierSettings, "max_bytes", max_bytes)
+        seconds: float | None = checked(MemoryTierSettings, "ttl", ttl)
         ttl_jitter = checked(MemoryTierSettings, "ttl_jitter", ttl_jitter)
         self.name = name
         self._clock = clock
         self._core = core = MemoryCore(
             # "is not None": an empty policy may be falsy (it has a length).
-            policy if policy is not None else TinyLfuPolicy(max_entries, max_bytes, clock=clock),
+            policy if policy is not None else TinyLfuPolicy(max_entries, most_bytes, clock=clock),
             max_entries=max_entries,
-            ttl=ttl,
+            ttl=seconds,
             ttl_jitter=ttl_jitter,
             clock=clock,
             # Values are weighed (``max_bytes``); otherwise every slot weighs 0, and a fill
             # calls nothing to say so.
-            sizeof=sizeof if max_bytes is not None else None,
+            sizeof=sizeof if most_bytes is not None else None,
             rng=rng or random.Random(),
             copy_on_read=copy_on_read,
         )

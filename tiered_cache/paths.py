@@ -34,6 +34,7 @@ from .singleflight import Landing, LeaderGone
 from .stamp import CheckedTtl, EntryMaker, check_ttl
 from .steps import Steps, run
 from .tier import MISSING, Entry
+from .units import DurationLike
 
 #: ``announce(keys, prefixes, clear, at)``: publish an invalidation; True if it went out.
 Announce = Callable[[Sequence[str], Sequence[str], bool, float], Any]
@@ -255,7 +256,7 @@ class ChainPaths:
         return self.loader.load(key, mark, loader, ttl, None).value
 
     def get_many(
-        self, keys: list[str], loader: Any, ttl: float | str | None
+        self, keys: list[str], loader: Any, ttl: DurationLike | None
     ) -> Steps[dict[str, Any]]:
         """See :meth:`TieredCache.get_many`."""
         check_keys(keys, self.utf8_for)
@@ -396,7 +397,7 @@ class ChainPaths:
 
     # -- writes
 
-    def set(self, key: str, value: Any, ttl: float | str | None) -> Steps[None]:
+    def set(self, key: str, value: Any, ttl: DurationLike | None) -> Steps[None]:
         """See :meth:`TieredCache.set`: its steps. A plain call that returns them (each
         checks the key at its first step): a chain without a leasing tier runs
         :meth:`write_one` with no frame around it (holding a registry's place cost it 1.1%
@@ -492,7 +493,7 @@ class ChainPaths:
             yield from self.invalidate_many([key])
             raise
 
-    def set_alone(self, key: str, value: Any, *, ttl: float | str | None = None) -> None:
+    def set_alone(self, key: str, value: Any, *, ttl: DurationLike | None = None) -> None:
         """:meth:`set` for a chain of one in-process tier and no bus, in plain calls (the
         threaded chain chooses it when it is built, with the ``"through"`` write policy or no
         source): no lease to take and nothing to announce, so the same order (the mark, the
@@ -517,7 +518,7 @@ class ChainPaths:
             # Overlapped by another write or an invalidation: no tier keeps either value.
             run(self.invalidate_many([key]))
 
-    def set_many(self, items: Mapping[str, Any], ttl: float | str | None) -> Steps[None]:
+    def set_many(self, items: Mapping[str, Any], ttl: DurationLike | None) -> Steps[None]:
         """See :meth:`TieredCache.set_many`: :meth:`set`'s order for several keys at once."""
         check_keys(items, self.utf8_for)
         items = dict(items)

@@ -90,6 +90,7 @@ from typing import Final
 
 from . import policy_defaults as defaults
 from .ghosts import GhostList
+from .policy_options import check_options
 from .sketch import FrequencySketch
 from .slot import DETACHED, Slot, SlotList
 from .topk import TopK
@@ -257,6 +258,10 @@ class TinyLfuPolicy:
             the entry's own hard expiry).
         clock: seconds, the tier's clock.
         rng: randomness for the 1/128 admission; seeded for reproducible replays.
+
+    The options a config file's memory tier also gives are checked by its rules
+    (:mod:`tiered_cache.policy_options`): one they refuse raises
+    :class:`~tiered_cache.ConfigError` naming it (``hot_ttl: ...``, ``sketch_width: ...``).
     """
 
     def __init__(  # noqa: PLR0915 - each rule's state is set here, once
@@ -277,10 +282,19 @@ class TinyLfuPolicy:
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
     ) -> None:
-        if max_entries < 1:
-            raise ValueError("max_entries must be at least 1")
-        if not 0.0 < window_fraction < 1.0:
-            raise ValueError("window_fraction must be in (0, 1)")
+        # The rules of a config file's memory tier, in one place (built, never read).
+        check_options(
+            max_entries=max_entries,
+            max_weight=max_weight,
+            window_fraction=window_fraction,
+            adaptive=adaptive,
+            sample_factor=sample_factor,
+            sketch_width=sketch_width,
+            doorkeeper=doorkeeper,
+            top_k=top_k,
+            hot_half_life=hot_half_life,
+            hot_ttl=hot_ttl,
+        )
         if not 0.0 < protected_fraction < 1.0:
             raise ValueError("protected_fraction must be in (0, 1)")
         self.max_entries = max_entries

@@ -20,6 +20,7 @@ from types import NoneType, UnionType
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -37,7 +38,7 @@ from .errors import ConfigError
 from .keys import check_label, repeated_tier_name
 from .registry import BUSES_GROUP, SOURCES_GROUP, TIERS_GROUP, find_plugin
 from .sketch import MAX_WIDTH, sketch_width
-from .units import ByteSize, Duration, Ttl
+from .units import ByteSize, Duration, DurationLike, Ttl
 
 ROOT = "tiered_cache"
 
@@ -190,6 +191,13 @@ class SourceSettings(SettingsTable):
     kind: str = Field(description="Which source: 'dynamodb', or any installed kind.")
 
 
+def _power_of_two(width: int) -> int:
+    """A sketch's width: its counters are found by masking a hash (``hash & (width - 1)``)."""
+    if width & (width - 1):
+        raise ValueError(f"must be a power of two, not {width}")
+    return width
+
+
 class MemoryTierSettings(TierSettings):
     """The in-process tier."""
 
@@ -238,7 +246,7 @@ class MemoryTierSettings(TierSettings):
         description="hot-keys: the frequency sketch halves its counters after "
         "sample_factor * max_entries reads (at least 10,000), so that old popularity fades.",
     )
-    sketch_width: int | None = Field(
+    sketch_width: Annotated[int, AfterValidator(_power_of_two)] | None = Field(
         default=policy_defaults.SKETCH_WIDTH,
         ge=16,
         le=MAX_WIDTH,
@@ -268,10 +276,7 @@ class MemoryTierSettings(TierSettings):
 
     @model_validator(mode="after")
     def _check_sketch_width(self) -> MemoryTierSettings:
-        width = self.sketch_width
-        if width is not None and width & (width - 1):
-            raise FieldProblem("sketch_width", f"must be a power of two, not {width}")
-        if self.admission != "hot-keys" or width is not None:
+        if self.admission != "hot-keys" or self.sketch_width is not None:
             return self
         try:  # the width the sketch would take: refused here, not by the build
             sketch_width(
@@ -334,6 +339,26 @@ class _Origins:
         if path not in self.made or any(_within(path, given) for given in self.overridden):
             return []
         return [name for field, name in self.variables.items() if _within(field, path)]
+
+    def variable(self, path: str) -> str | None:
+        """The variable that set ``path`` (or a table or a list holding it), unless an
+        override replaced it."""
+        setter = self._setter(path)
+        return None if setter is None else self.variables[setter]
+
+    def name_givers(self, tiers: list[TierSettings], repeated: int) -> dict[int, str]:
+        """By a tier's index, the variable that gave it its name (its ``name``, or its
+        ``kind`` when it has none: ``TIERED_CACHE_TIERS__0__KIND sets tiers[0].kind``),
+        for the error of tier ``repeated``'s name: a kind an earlier tier took from a
+        variable was named nowhere. Not the variable the error's own path names."""
+        named = self.variable(f"{ROOT}.tiers[{repeated}].name")
+        givers = {}
+        for index, tier in enumerate(tiers):
+            field = f"tiers[{index}].{'name' if tier.name is not None else 'kind'}"
+            variable = self.variable(f"{ROOT}.{field}")
+            if variable is not None and variable != named:
+                givers[index] = f"{variable} sets {field}"
+        return givers
 
     def describe(self, path: str, message: str, kind: str) -> str:
         """``path: message``, or ``VARIABLE (path): message`` when an environment variable
@@ -541,6 +566,18 @@ class Protection(SettingsTable):
                 super().__init__(**values)
             except ValidationError as exc:
                 raise ConfigError(_describe(exc, type(self).__name__)) from None
+
+        @classmethod
+        def model_validate(cls, obj: Any, **options: Any) -> Protection:
+            """Validated from ``obj`` through :meth:`__init__` (pydantic runs it), or its
+            :class:`ConfigError`, not a ValidationError wrapping it; inside a
+            :class:`CacheSettings`, left to the chain's settings (see :meth:`__init__`)."""
+            try:
+                return super().model_validate(obj, **options)
+            except ValidationError as exc:
+                if _origins.get() is not None:
+                    raise
+                raise ConfigError(_describe(exc, cls.__name__)) from None
 
     max_stale: Duration = Field(
         default=300.0,
@@ -780,6 +817,17 @@ class CacheSettings(BaseSettings):
             finally:
                 _origins.reset(origins)
 
+        @classmethod
+        def model_validate(cls, obj: Any, **options: Any) -> CacheSettings:
+            """Validated from ``obj`` (a dict of the fields) through :meth:`__init__`, as
+            pydantic does for a model with one of its own, or the :class:`ConfigError` that
+            names each bad field's path (``tiered_cache.protection.max_stale: ...``). pydantic
+            wrapped that error in a ValidationError of its own, whose text was another's."""
+            try:
+                return super().model_validate(obj, **options)
+            except ValidationError as exc:
+                raise ConfigError(_describe(exc, ROOT)) from None
+
     namespace: Namespace = Field(
         default="default",
         description="Prefix that keeps this cache's keys apart in shared tiers.",
@@ -829,8 +877,13 @@ class CacheSettings(BaseSettings):
             for index, tier in enumerate(self.tiers)
         ]
         # A tier without a name takes its kind's (the name field's rule).
-        repeated = repeated_tier_name(tier.name or tier.kind for tier in self.tiers)
+        names = [tier.name or tier.kind for tier in self.tiers]
+        repeated = repeated_tier_name(names)
         if repeated is not None:
+            origins = _origins.get()
+            if origins is not None:  # said again, naming the variables behind the names
+                givers = origins.name_givers(self.tiers, repeated[0])
+                repeated = repeated_tier_name(names, givers) or repeated
             index, why = repeated
             raise FieldProblem(f"tiers[{index}].name", why)
         if self.source is not None:
@@ -885,19 +938,35 @@ def _validate_kind(model: M, group: str, path: str) -> M:
 T = TypeVar("T", bound=BaseModel)
 
 
-def checked(model: type[BaseModel], name: str, value: Any) -> Any:
+def checked(model: type[BaseModel], name: str, value: Any, argument: str | None = None) -> Any:
     """``value`` as the field ``name`` of ``model`` takes it (the settings' own rule of that
     field: its type, its parser, its bounds; no bool for a number), or :class:`ConfigError`
-    ``name: why``, never echoing the value: for an argument given in code that a config file
-    gives as that field, so that neither path skips the rule."""
+    ``name: why`` (``argument: why`` for an argument of another name), never echoing the
+    value: for an argument given in code that a config file gives as that field, so that
+    neither path skips the rule."""
+    said = argument or name
     try:
         value = _read(model, {name: value})[name]
         return _field_type(model, name).validate_python(value)
     except FieldProblem as exc:
-        raise ConfigError(f"{name}: {exc}") from None
+        raise ConfigError(f"{said}: {exc}") from None
     except ValidationError as exc:
         problems = (error["msg"].removeprefix("Value error, ") for error in exc.errors())
-        raise ConfigError("; ".join(f"{name}: {problem}" for problem in problems)) from None
+        raise ConfigError("; ".join(f"{said}: {problem}" for problem in problems)) from None
+
+
+def overridden(settings: T, **given: Any) -> T:
+    """``settings`` with the fields ``given`` in code (those not None) in place of its own,
+    each checked by its field's rule (:func:`checked`, ``name: why``): for an object that
+    takes its model and a few of its fields as arguments (a circuit breaker), so that an
+    argument meets the rule a config file's value meets. Only the given fields change: the
+    model's own validators, which see several fields, are not run again."""
+    changes = {
+        name: checked(type(settings), name, value)
+        for name, value in given.items()
+        if value is not None
+    }
+    return settings.model_copy(update=changes) if changes else settings
 
 
 @functools.cache
@@ -907,7 +976,10 @@ def _field_type(model: type[BaseModel], name: str) -> TypeAdapter[Any]:
 
 
 def check_chain_options(
-    ttl: float | None, negative_ttl: float, write_policy: str, max_stale_when_disconnected: float
+    ttl: DurationLike | None,
+    negative_ttl: DurationLike,
+    write_policy: str,
+    max_stale_when_disconnected: DurationLike,
 ) -> tuple[float | None, float, Literal["through", "around"], float]:
     """A chain's arguments built in code (both chains'), as the settings take their fields:
     a ttl more than 0, durations, a write policy of its two names; :func:`checked`."""

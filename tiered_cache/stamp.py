@@ -20,7 +20,7 @@ from typing import Any, NewType
 from .entry import NEVER, Entry
 from .errors import caused
 from .tier import MISSING
-from .units import parse_ttl
+from .units import DurationLike, parse_ttl
 
 __all__ = ["CheckedTtl", "EntryMaker", "check_ttl", "loaded", "loaded_many"]
 
@@ -63,7 +63,7 @@ def loaded_many(values: Mapping[str, Any]) -> None:
 CheckedTtl = NewType("CheckedTtl", float)
 
 
-def check_ttl(ttl: float | str | None) -> CheckedTtl | None:
+def check_ttl(ttl: DurationLike | None) -> CheckedTtl | None:
     """``ttl``, a read's, a write's or a decorator's, in seconds (``None``: none given), or
     :class:`ValueError` starting ``ttl:`` unless it is a ttl the settings take
     (:func:`~tiered_cache.units.parse_ttl`): the one parse of a call's ``ttl``, as the call

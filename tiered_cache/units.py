@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 from datetime import timedelta
-from typing import Annotated
+from typing import Annotated, TypeAlias
 
 from pydantic import BeforeValidator
 
@@ -116,6 +116,11 @@ def parse_size(value: object) -> int:
     return size
 
 
+#: A duration as code gives one, the same as a config file: seconds (an int or a float), text
+#: such as ``"250ms"`` or ``"1h30m"``, or a :class:`~datetime.timedelta`
+#: (:func:`parse_duration`). The type of every duration argument the settings' rule checks (a
+#: chain's ``ttl``, a call's, a tier's, a breaker's ``cool_down``).
+DurationLike: TypeAlias = float | str | timedelta
 #: A duration field in a settings model: accepts seconds or strings like "5m".
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 #: A ttl field in a settings model: a duration more than 0 (:func:`parse_ttl`).

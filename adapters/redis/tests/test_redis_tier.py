@@ -19,7 +19,7 @@ from redis.connection import Connection
 from tiered_cache_redis import AsyncRedisTier, RedisTier, make_async_client, make_client
 
 from tiered_cache import TieredCache
-from tiered_cache.errors import CodecError
+from tiered_cache.errors import CodecError, ConfigError
 from tiered_cache.testing.clock import FakeClock
 from tiered_cache.testing.logged import ours
 from tiered_cache.testing.servers import RedisCluster, RedisServer
@@ -488,9 +488,9 @@ def test_both_tiers_take_the_stored_formats_options_and_refuse_no_key_per_call(
     declaration of them: ``StoredOptions``), and refuse fewer than one key per call (one
     check: ``TierCommands``'s); neither connects here."""
     connect: Any = make_client if kind is RedisTier else make_async_client
-    with pytest.raises(ValueError, match="keys_per_call must be at least 1"):
+    with pytest.raises(ConfigError, match=r"^keys_per_call: .* greater than or equal to 1"):
         kind(connect=lambda: connect(redis_server.url), keys_per_call=0)
-    with pytest.raises(ValueError, match="max_value_size must be at least 1 byte"):
+    with pytest.raises(ConfigError, match=r"^max_value_size: .* greater than or equal to 1"):
         kind(connect=lambda: connect(redis_server.url), max_value_size=0)
     tier = kind(
         connect=lambda: connect(redis_server.url),

@@ -28,6 +28,7 @@ from tiered_cache.loop_end import LoopEnd
 from tiered_cache.loops import CancellationKept
 from tiered_cache.steps import Steps, arun
 from tiered_cache.tier import MISSING, Entry, MissingType
+from tiered_cache.units import DurationLike
 
 from .async_coalesce import CoalescedReads
 from .async_fork import forget_the_parents_connections, parents_client_error
@@ -58,8 +59,8 @@ def make_async_client(
     url: str,
     *,
     cluster: bool = False,
-    timeout: float = 0.05,
-    connect_timeout: float | None = None,
+    timeout: DurationLike = 0.05,
+    connect_timeout: DurationLike | None = None,
     pool_size: int = 50,
 ) -> AsyncRedisClient:
     """A ``redis.asyncio`` client for ``url`` with the sync tier's fail-fast options
@@ -69,7 +70,9 @@ def make_async_client(
     options["retry"] = Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,))
     if target.cluster:
         return AsyncRedisCluster.from_url(target.url, **options)
-    pool = aioredis.BlockingConnectionPool.from_url(target.url, timeout=timeout, **options)
+    pool = aioredis.BlockingConnectionPool.from_url(
+        target.url, timeout=options["socket_timeout"], **options
+    )
     return aioredis.Redis.from_pool(pool)
 
 
@@ -123,7 +126,7 @@ class AsyncRedisTier(AsyncTierBase):
         self._commands = TierCommands(
             self._stored, self._io, clock, keys_per_call, loop_end_gives_back=True
         )
-        self._keys_per_call = keys_per_call  # checked by TierCommands
+        self._keys_per_call = self._commands.keys_per_call  # as TierCommands checked it
         # The lease calls of one loop tick leave as one batch (async_leases.py).
         self._leases = CoalescedLeases(self._commands)
         restart_after_fork(self)

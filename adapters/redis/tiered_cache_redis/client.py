@@ -13,6 +13,8 @@ from redis.retry import Retry
 
 from tiered_cache.errors import ConfigError
 from tiered_cache.redaction import redact_url
+from tiered_cache.settings import checked
+from tiered_cache.units import DurationLike
 
 #: A client the Redis tier can use.
 RedisClient: TypeAlias = "redis.Redis | RedisCluster"
@@ -117,7 +119,7 @@ def _check_address(url: str, shown: str) -> None:
 
 
 def client_options(
-    *, timeout: float, connect_timeout: float | None = None, pool_size: int = 50
+    *, timeout: DurationLike, connect_timeout: DurationLike | None = None, pool_size: int = 50
 ) -> dict[str, Any]:
     """Keyword arguments for redis-py's ``from_url``: short timeouts and almost no retrying.
 
@@ -125,7 +127,17 @@ def client_options(
     of waiting per call. A tier retries once, at once, and only on a broken connection (a pooled
     socket the server closed, e.g. after a restart); never on a timeout, since the circuit
     breaker and the chain's fail-safe handle a slow server better than waiting twice.
+
+    ``timeout``, ``connect_timeout`` and ``pool_size`` are checked by the rules of a config
+    file's Redis tier: one they refuse raises :class:`~tiered_cache.ConfigError` naming it.
+    A ``timeout`` of 0, taken, made redis-py's sockets non-blocking: every call failed.
     """
+    # Here, not at the top: the settings import this module (parse_url).
+    from .settings import RedisTierSettings
+
+    timeout = checked(RedisTierSettings, "timeout", timeout)
+    connect_timeout = checked(RedisTierSettings, "connect_timeout", connect_timeout)
+    pool_size = checked(RedisTierSettings, "pool_size", pool_size)
     return {
         "socket_timeout": timeout,
         "socket_connect_timeout": connect_timeout if connect_timeout is not None else timeout,
@@ -139,8 +151,8 @@ def make_client(
     url: str,
     *,
     cluster: bool = False,
-    timeout: float = 0.05,
-    connect_timeout: float | None = None,
+    timeout: DurationLike = 0.05,
+    connect_timeout: DurationLike | None = None,
     pool_size: int = 50,
 ) -> RedisClient:
     """A redis-py client for ``url``: ``Redis`` on a blocking pool, or ``RedisCluster``.
@@ -156,7 +168,9 @@ def make_client(
         return RedisCluster.from_url(target.url, **options)
     # A blocking pool waits (up to the timeout) for a free connection when all are busy instead
     # of raising "Too many connections" at once under a burst of threads.
-    pool = redis.BlockingConnectionPool.from_url(target.url, timeout=timeout, **options)
+    pool = redis.BlockingConnectionPool.from_url(
+        target.url, timeout=options["socket_timeout"], **options
+    )
     return redis.Redis.from_pool(pool)
 
 

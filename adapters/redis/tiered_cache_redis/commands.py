@@ -24,6 +24,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from tiered_cache.errors import TierUnavailable
 from tiered_cache.loop_end import in_final_sweep
+from tiered_cache.settings import checked
 from tiered_cache.steps import Steps
 from tiered_cache.tier import MISSING, Entry, MissingType
 
@@ -40,6 +41,7 @@ from .lease_batches import (
     taken_on_failure,
 )
 from .leases import ACQUIRE_AND_GET, FILL_IF_HOLDING, RELEASE_IF_HOLDING, cluster_safe, lease_key
+from .settings import RedisTierSettings
 from .stored import StoredFormat
 
 log = logging.getLogger("tiered_cache_redis.tier")
@@ -110,8 +112,8 @@ class TierCommands:
         *,
         loop_end_gives_back: bool = False,
     ) -> None:
-        if keys_per_call < 1:
-            raise ValueError("keys_per_call must be at least 1")
+        # The rule of a config file's Redis tier (its settings' field).
+        keys_per_call = checked(RedisTierSettings, "keys_per_call", keys_per_call)
         self.stored = stored
         self.io = io
         self._clock = clock

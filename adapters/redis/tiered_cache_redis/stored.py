@@ -28,7 +28,9 @@ from tiered_cache.framing import (
 )
 from tiered_cache.keys import check_keys, check_namespace, namespace_prefix
 from tiered_cache.logs import fields, key_hash
+from tiered_cache.settings import checked
 from tiered_cache.tier import MISSING, Entry, MissingType
+from tiered_cache.units import DurationLike
 
 log = logging.getLogger("tiered_cache_redis.tier")
 
@@ -73,11 +75,11 @@ class StoredOptions(TypedDict, total=False):
 
     name: str
     namespace: str
-    ttl: float | None
+    ttl: DurationLike | None
     ttl_jitter: float
     codec: Codec | str
     rng: random.Random | None
-    max_value_size: int | None
+    max_value_size: int | str | None
 
 
 class StoredFormat:
@@ -86,12 +88,18 @@ class StoredFormat:
     Args:
         name: the tier's name (in logs).
         namespace: the key prefix (escaped).
-        ttl: the longest Redis keeps an entry, in seconds; ``None``: the hard expiry alone.
+        ttl: the longest Redis keeps an entry, in seconds or text such as ``"1h"``; ``None``:
+            the hard expiry alone.
         ttl_jitter: shorten each TTL by up to this fraction at random.
         codec: a :class:`~tiered_cache.codecs.Codec` or its name.
         rng: the jitter's randomness.
-        max_value_size: the most bytes a value's encoding may have to be kept (None: any);
-            a larger one is not kept, as an entry past its ttl is not.
+        max_value_size: the most bytes a value's encoding may have to be kept (None: any),
+            or text such as ``"1MiB"``; a larger one is not kept, as an entry past its ttl is
+            not.
+
+    ``ttl``, ``ttl_jitter`` and ``max_value_size`` are checked by the rules of a config
+    file's Redis tier (:class:`~tiered_cache_redis.settings.RedisTierSettings`): one they
+    refuse raises :class:`~tiered_cache.ConfigError` naming it (``ttl: ...``), never its value.
     """
 
     def __init__(
@@ -99,18 +107,22 @@ class StoredFormat:
         name: str = "redis",
         *,
         namespace: str = "default",
-        ttl: float | None = 3600.0,
+        ttl: DurationLike | None = 3600.0,
         ttl_jitter: float = 0.0,
         codec: Codec | str = "json",
         rng: random.Random | None = None,
-        max_value_size: int | None = MAX_VALUE_SIZE,
+        max_value_size: int | str | None = MAX_VALUE_SIZE,
     ) -> None:
-        if not 0.0 <= ttl_jitter < 1.0:
-            raise ValueError("ttl_jitter must be in [0, 1)")
-        if ttl is not None and ttl <= 0:
-            raise ValueError("ttl must be positive (or None)")
-        if max_value_size is not None and max_value_size < 1:
-            raise ValueError("max_value_size must be at least 1 byte (or None)")
+        # The rules of a config file's Redis tier, its settings' own (here, not at the top:
+        # the settings import this module for MAX_VALUE_SIZE). Copied here, they took a NaN
+        # or infinite ttl, which made every write fail.
+        from .settings import RedisTierSettings
+
+        self._ttl: float | None = checked(RedisTierSettings, "ttl", ttl)
+        self._jitter: float = checked(RedisTierSettings, "ttl_jitter", ttl_jitter)
+        self._max_value_size: int | None = checked(
+            RedisTierSettings, "max_value_size", max_value_size
+        )
         self.name = name
         self.namespace = check_namespace(namespace)  # else every key of it would fail
         #: Prepended to every key (``redis_key(key) == prefix + key``).
@@ -118,10 +130,7 @@ class StoredFormat:
         self.codec = get_codec(codec) if isinstance(codec, str) else codec
         self._codec_id = CODEC_IDS.get(self.codec.name, 0)
         self._decode_batch = batch_decoder(self.codec)
-        self._ttl = ttl
-        self._jitter = ttl_jitter
         self._rng = rng or random.Random()
-        self._max_value_size = max_value_size
         #: Entries read that could not be decoded, values not kept for their size (see
         #: :meth:`report`), by their log event; a lock, since reads and writes of several
         #: threads count (a rare path: a miss, or a value not kept, already).

@@ -57,15 +57,21 @@ class RedisTier(TierBase):
         name (str): the tier's name in stats and logs (``"redis"``).
         namespace (str): the key prefix; each key is stored as ``<namespace>:<key>``, with
             ``\\`` and ``:`` in the namespace escaped by a backslash (``"default"``).
-        ttl (float | None): the longest Redis keeps an entry, in seconds; never beyond the
-            entry's hard expiry. ``None``: the hard expiry alone (3600).
+        ttl (float | str | timedelta | None): the longest Redis keeps an entry, in seconds
+            or text such as ``"1h"``; never beyond the entry's hard expiry. ``None``: the hard
+            expiry alone (3600).
         ttl_jitter (float): shorten each TTL by up to this fraction at random (0).
         codec (Codec | str): a :class:`~tiered_cache.codecs.Codec` or its name (``"json"``).
         rng (random.Random | None): the jitter's randomness.
-        max_value_size (int | None): the most bytes a value's encoding may have to be kept
-            (None: any; 1 MiB by default): a larger one is not kept, the key's older copy
-            deleted, counted as ``too_large``
+        max_value_size (int | str | None): the most bytes a value's encoding may have to be
+            kept, or text such as ``"1MiB"`` (None: any; 1 MiB by default): a larger one is not
+            kept, the key's older copy deleted, counted as ``too_large``
             (:data:`~tiered_cache_redis.stored.MAX_VALUE_SIZE`).
+
+    ``keys_per_call``, ``ttl``, ``ttl_jitter`` and ``max_value_size`` are checked by the rules
+    of a config file's Redis tier (:class:`~tiered_cache_redis.settings.RedisTierSettings`):
+    one they refuse raises :class:`~tiered_cache.ConfigError` naming it (``ttl: ...``), never
+    its value.
 
     Connection errors and timeouts propagate (as redis-py's exceptions): the chain and the
     circuit breaker decide what they mean. Only data this tier cannot read (another format or
@@ -107,7 +113,7 @@ class RedisTier(TierBase):
         self._calls = CallsInFlight(name, threading.get_ident)
         self._reads: Reads | None = None
         self._commands = TierCommands(self._stored, ClientIO(self), clock, keys_per_call)
-        self._keys_per_call = keys_per_call  # checked by TierCommands
+        self._keys_per_call = self._commands.keys_per_call  # as TierCommands checked it
         restart_after_fork(self)
 
     def after_fork_in_child(self) -> None:

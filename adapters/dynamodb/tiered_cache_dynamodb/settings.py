@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
-from typing import Any, Literal
+from collections.abc import Iterable, Mapping
+from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
+from tiered_cache.errors import ConfigError
 from tiered_cache.redaction import redacted_repr_args, shown_url
-from tiered_cache.settings import SourceSettings
+from tiered_cache.settings import FieldProblem, SourceSettings, checked
 from tiered_cache.units import Duration
 
 from .keys import parse_template
@@ -41,13 +50,33 @@ def default_region() -> str:
     return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
 
 
+#: A DynamoDB table's name, as DynamoDB takes one: 3 to 255 letters, digits, ``_``, ``-`` and
+#: ``.``. Another was sent, and refused by DynamoDB at the first read, with the name echoed.
+TableName = Annotated[
+    str, StringConstraints(min_length=3, max_length=255, pattern=r"^[A-Za-z0-9_.-]+$")
+]
+
+
+def _check_projection(names: list[str]) -> list[str]:
+    if not names:
+        raise ValueError("projection must name at least one attribute (or be omitted)")
+    if any(not name for name in names):
+        raise ValueError("projection contains an empty attribute name")
+    return names
+
+
+#: The attributes a read asks for: in the field's type, so that a source built in code meets
+#: the rule too (:func:`checked_options` checks each argument by its field's type).
+Projection = Annotated[list[str], AfterValidator(_check_projection)]
+
+
 class DynamoDBSourceSettings(SourceSettings):
     """A DynamoDB table read with GetItem/BatchGetItem and written with PutItem/DeleteItem."""
 
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
     kind: Literal["dynamodb"] = "dynamodb"
-    table: str = Field(min_length=3, max_length=255, description="Name of the DynamoDB table.")
+    table: TableName = Field(description="Name of the DynamoDB table.")
     key: str = Field(min_length=1, description="Name of the table's partition (hash) key.")
     range_key: str | None = Field(
         default=None,
@@ -96,7 +125,7 @@ class DynamoDBSourceSettings(SourceSettings):
         default=False,
         description="Strongly consistent reads (twice the read capacity of eventual ones).",
     )
-    projection: list[str] | None = Field(
+    projection: Projection | None = Field(
         default=None,
         description="Attributes to read; none: the whole item. The key attributes are always "
         "read too, so that batch results can be matched to their keys.",
@@ -140,16 +169,6 @@ class DynamoDBSourceSettings(SourceSettings):
         default=2.0, ge=0, description="Longest single backoff between UnprocessedKeys retries."
     )
 
-    @field_validator("projection")
-    @classmethod
-    def _check_projection(cls, value: list[str] | None) -> list[str] | None:
-        if value is not None:
-            if not value:
-                raise ValueError("projection must name at least one attribute (or be omitted)")
-            if any(not name for name in value):
-                raise ValueError("projection contains an empty attribute name")
-        return value
-
     @field_validator("endpoint_url")
     @classmethod
     def _check_endpoint(cls, value: str | None) -> str | None:
@@ -172,6 +191,53 @@ class DynamoDBSourceSettings(SourceSettings):
             )
         if self.aws_secret_access_key is not None and self.aws_access_key_id is None:
             raise ValueError("aws_secret_access_key is set but aws_access_key_id is not")
-        if self.batch_backoff_max < self.batch_backoff_base:
-            raise ValueError("batch_backoff_max must not be smaller than batch_backoff_base")
+        check_backoffs(self.batch_backoff_base, self.batch_backoff_max)
         return self
+
+
+def check_backoffs(base: float, most: float) -> None:
+    """The rule of the two backoffs of UnprocessedKeys retries, a config file's and a
+    source's built in code (:func:`checked_options`)."""
+    if most < base:
+        raise FieldProblem(
+            "batch_backoff_max", "batch_backoff_max must not be smaller than batch_backoff_base"
+        )
+
+
+#: The options of a source's table beyond its name and key, the keywords both sources take
+#: (``DynamoDBSource(client, table, key, **options)``): the fields of
+#: :class:`DynamoDBSourceSettings` of these names, whose rules and defaults they take.
+TABLE_OPTIONS = (
+    "key_type",
+    "range_key",
+    "range_key_type",
+    "key_template",
+    "consistent_read",
+    "projection",
+    "typed_items",
+    "batch_retry_limit",
+    "batch_backoff_base",
+    "batch_backoff_max",
+)
+
+
+def checked_options(table: Any, key: Any, given: Mapping[str, Any]) -> dict[str, Any]:
+    """``table``, ``key`` and the table options ``given`` in code (:data:`TABLE_OPTIONS`;
+    the others at their fields' defaults), each as its field of
+    :class:`DynamoDBSourceSettings` takes it (:func:`~tiered_cache.settings.checked`: text
+    such as ``"50ms"`` read as seconds), and the backoffs' rule; or
+    :class:`~tiered_cache.ConfigError` naming the first argument refused (``table: ...``),
+    never its value (a key typed into the wrong argument would be a secret shown).
+    :class:`TypeError` for an option of no such name."""
+    unknown = sorted(set(given) - set(TABLE_OPTIONS))
+    if unknown:
+        raise TypeError(f"unexpected table option {unknown[0]!r}")
+    fields = DynamoDBSourceSettings.model_fields
+    defaults = {name: fields[name].default for name in TABLE_OPTIONS}
+    values = {"table": table, "key": key, **defaults, **given}
+    options = {name: checked(DynamoDBSourceSettings, name, value) for name, value in values.items()}
+    try:
+        check_backoffs(options["batch_backoff_base"], options["batch_backoff_max"])
+    except FieldProblem as exc:
+        raise ConfigError(f"{exc.field}: {exc}") from None
+    return options

@@ -69,6 +69,11 @@ class DynamoDBSource:
             takes them (``key_type``, ``range_key``, ``key_template``, ``consistent_read``,
             ``projection``, ``typed_items``, ``batch_retry_limit``, ``batch_backoff_base``,
             ``batch_backoff_max``, ``name``).
+
+    ``table``, ``key`` and the table's options are checked by the rules of a config file's
+    ``dynamodb`` source (:class:`~tiered_cache_dynamodb.DynamoDBSourceSettings`): one they
+    refuse raises :class:`~tiered_cache.ConfigError` naming it (``table: ...``), never its
+    value.
     """
 
     def __init__(

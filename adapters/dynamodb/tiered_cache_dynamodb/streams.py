@@ -47,6 +47,7 @@ from .keys import KeyCodec, show
 from .settings import (
     DynamoDBSourceSettings,
     KeyType,
+    TableName,
     check_endpoint,
     default_region,
     endpoint_repr_args,
@@ -109,9 +110,7 @@ class StreamSettings(SettingsTable):
 
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
-    table: str | None = Field(
-        default=None, min_length=3, max_length=255, description="Table whose stream is read."
-    )
+    table: TableName | None = Field(default=None, description="Table whose stream is read.")
     stream_arn: str | None = Field(
         default=None,
         description="ARN of the stream; none: the table's latest stream (DescribeTable).",

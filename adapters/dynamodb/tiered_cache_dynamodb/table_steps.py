@@ -33,7 +33,7 @@ from .errors import (
     TableNotFoundError,
 )
 from .keys import AttributeValue, Identity, KeyCodec, show
-from .settings import DynamoDBSourceSettings
+from .settings import TABLE_OPTIONS, DynamoDBSourceSettings, checked_options
 
 logger = logging.getLogger("tiered_cache_dynamodb.source")
 
@@ -57,18 +57,7 @@ Check = Callable[[], Any]
 def table_options(settings: DynamoDBSourceSettings) -> dict[str, Any]:
     """The keyword arguments of :class:`TableSteps` (after ``table`` and ``key``) that
     ``settings`` give; both sources' ``from_settings`` build from these."""
-    return {
-        "key_type": settings.key_type,
-        "range_key": settings.range_key,
-        "range_key_type": settings.range_key_type,
-        "key_template": settings.key_template,
-        "consistent_read": settings.consistent_read,
-        "projection": settings.projection,
-        "typed_items": settings.typed_items,
-        "batch_retry_limit": settings.batch_retry_limit,
-        "batch_backoff_base": settings.batch_backoff_base,
-        "batch_backoff_max": settings.batch_backoff_max,
-    }
+    return settings.model_dump(include=set(TABLE_OPTIONS))
 
 
 class TableSteps:
@@ -78,6 +67,9 @@ class TableSteps:
     Args:
         call, sleep, check: the driver's I/O (see :data:`Call`, :data:`Sleep`, :data:`Check`).
         region, endpoint: where the table is, for messages.
+        given: the table's options (:data:`~tiered_cache_dynamodb.settings.TABLE_OPTIONS`),
+            checked by the rules of a config file's dynamodb source, whose defaults the
+            others take (:func:`~tiered_cache_dynamodb.settings.checked_options`).
     """
 
     def __init__(
@@ -90,35 +82,39 @@ class TableSteps:
         check: Check,
         region: str,
         endpoint: str,
-        key_type: str = "S",
-        range_key: str | None = None,
-        range_key_type: str = "S",
-        key_template: str | None = None,
-        consistent_read: bool = False,
-        projection: Sequence[str] | None = None,
-        typed_items: bool = False,
-        batch_retry_limit: int = 5,
-        batch_backoff_base: float = 0.05,
-        batch_backoff_max: float = 2.0,
         name: str | None = None,
         rng: random.Random | None = None,
+        **given: Any,
     ) -> None:
+        # The rules and defaults of a config file's dynamodb source, its settings' own
+        # (:data:`~tiered_cache_dynamodb.settings.TABLE_OPTIONS`): built in code (both
+        # sources are built here), a table name of 2 characters was sent to DynamoDB and
+        # refused there, at the first read; a negative retry limit, a NaN backoff were taken.
+        options = checked_options(table, key, given)
         self.name = name or f"dynamodb:{table}"
         self.table = table
-        self.codec = KeyCodec(key, key_type, range_key, range_key_type, key_template)
+        self.codec = KeyCodec(
+            key,
+            options["key_type"],
+            options["range_key"],
+            options["range_key_type"],
+            options["key_template"],
+        )
         self.region = region
         #: For messages only: redacted (an endpoint may hold a password, ``user:secret@``).
         self.endpoint = redact_url(endpoint)
         self._call = call
         self._sleep = sleep
         self._check = check
-        self._typed = typed_items
-        self._retry_limit = batch_retry_limit
-        self._backoff_base = batch_backoff_base
-        self._backoff_max = batch_backoff_max
+        self._typed: bool = options["typed_items"]
+        self._retry_limit: int = options["batch_retry_limit"]
+        self._backoff_base: float = options["batch_backoff_base"]
+        self._backoff_max: float = options["batch_backoff_max"]
         self._rng = rng or random.Random()
         self._serializer = TypeSerializer()
         self._deserializer = TypeDeserializer()
+        consistent_read: bool = options["consistent_read"]
+        projection: list[str] | None = options["projection"]
         self._read_params: dict[str, Any] = {"ConsistentRead": consistent_read}
         #: Reads and the read capacity they cost, for ``stats()`` (``report``).
         self.meter = ReadMeter(consistent=consistent_read)

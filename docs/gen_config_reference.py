@@ -162,13 +162,23 @@ def render() -> str:
         "'msgpack', 'pickle'`): text that is none of a field's choices, or no URL where a "
         "URL goes, is never shown, not even in part. "
         "The same from `load_settings`, `TieredCache.from_config` and `CacheSettings(...)` "
-        "built in code, and by the same rules for the options built in code: `Protection(...)` "
+        "built in code, and `CacheSettings.model_validate(...)`, and by the same rules for "
+        "the options built in code: `Protection(...)` "
         "(the one model of `[tiered_cache.protection]`, built in code or read from a file), a "
         "chain's `ttl`, `negative_ttl`, `write_policy` and `max_stale_when_disconnected` "
-        "(`TieredCache(...)`, `AsyncTieredCache(...)`), and `MemoryTier(...)`'s "
-        "`max_entries`, `max_bytes`, `ttl` and `ttl_jitter`: what a file may not say, code "
-        "may not either, the error naming the argument (`ttl: ...`, "
-        "`Protection.soft_timeout: ...`).",
+        "(`TieredCache(...)`, `AsyncTieredCache(...)`), `MemoryTier(...)`'s "
+        "`max_entries`, `max_bytes`, `ttl` and `ttl_jitter`, a circuit breaker's "
+        "`failure_threshold` and `cool_down` (`CircuitBreaker`, `CircuitBreakerTier`: more "
+        "than 0, as `breaker.cool_down`), the hot-key policy's options "
+        "(`TinyLfuPolicy(...)`: `hot_ttl`, `sketch_width`, `top_k`...), the Redis tier's "
+        "`ttl`, `ttl_jitter`, `max_value_size` and `keys_per_call` (`RedisTier`, "
+        "`AsyncRedisTier`) and its client's `timeout`, `connect_timeout` and `pool_size` "
+        "(`make_client`, `make_async_client`), and a DynamoDB source's table, keys, "
+        "projection, `batch_retry_limit` and backoffs (`DynamoDBSource`, "
+        "`AsyncDynamoDBSource`): what a file may not say, code may not either, the error "
+        "naming the argument (`ttl: ...`, `Protection.soft_timeout: ...`). A duration given "
+        "in code takes what a file's does: seconds, text such as `'5m'`, or a `timedelta` "
+        "(`tiered_cache.units.DurationLike`, the type of those arguments).",
         "",
     ]
     for table, name in CORE_MODELS:

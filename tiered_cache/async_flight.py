@@ -2,10 +2,10 @@
 that asks meanwhile -- in this event loop and in the loops of other threads.
 
 The flights live in one table guarded by a thread lock (a few dict operations, never held
-across an ``await``). A flight's outcome is delivered to each event loop that waits for it:
-directly in the loop that lands it, through ``call_soon_threadsafe`` in the others. Each loop
-gets one future per flight, however many of its coroutines wait, so 1,000 waiters cost one
-wake-up.
+across an ``await``). A flight's outcome is delivered to each event loop that waits for it: a
+wake-up scheduled on it (``call_soon`` in the loop that lands it, ``call_soon_threadsafe`` in
+the others) sets the future each of its waiting coroutines awaits, so 1,000 waiters on a loop
+cost one scheduled wake-up and one callback each.
 """
 
 from __future__ import annotations
@@ -23,12 +23,34 @@ from .singleflight import FlightTable, own_flight, waited_too_long
 T = TypeVar("T")
 
 
-def _wake(future: asyncio.Future[None]) -> None:
-    """The flight landed: its waiters on ``future``'s loop read its outcome. The future
-    carries none: raised from a future, the flight's error was one object for every waiter
-    (see :func:`~tiered_cache.errors.handed_on`)."""
-    if not future.done():
-        future.set_result(None)
+#: How many times a landing schedules each waiting loop's wake-up: a stop as the loop enters
+#: one (before its ``try``: nothing of it ran) leaves the waiters to the next, which finds them
+#: woken otherwise (one look at each future).
+WAKES = 2
+
+
+def _wake(loop: asyncio.AbstractEventLoop, futures: dict[asyncio.Future[None], None]) -> None:
+    """The flight landed: its waiters on ``loop`` (``futures``, one each) read its outcome.
+    The futures carry none: raised from a future, the flight's error was one object for every
+    waiter (see :func:`~tiered_cache.errors.handed_on`). A future woken already (or
+    cancelled: its waiter gave up) is passed over.
+
+    The loop runs this as a callback of its own, after the landing: a stop there (a signal's
+    handler raising Ctrl-C's KeyboardInterrupt in the loop's thread) left the loop's run with
+    the callback gone, and the waiters it had not woken waited for ever once the loop ran
+    again (or until their join timeout; tests/test_stopped_wakeups.py). So what is left is
+    scheduled again, on this loop, before the stop goes on. A stop inside a future's own
+    ``set_result``, as it schedules its waiter's wake-up (asyncio's ``call_soon`` is Python
+    code), still loses that one waiter, until its join timeout or a cancellation: asyncio
+    drops the callbacks of a future whose scheduling a stop broke, and nothing tells
+    whether that one was scheduled (one future a loop, that stop lost them all)."""
+    try:
+        for future in futures:
+            if not future.done():
+                future.set_result(None)
+    except BaseException:
+        loop.call_soon(_wake, loop, futures)
+        raise
 
 
 class AsyncFlight:
@@ -51,7 +73,8 @@ class AsyncFlight:
         self._done = False
         self._result: Any = None
         self._error: BaseException | None = None
-        self._futures: dict[asyncio.AbstractEventLoop, asyncio.Future[None]] = {}
+        #: The futures of its waiting coroutines, by loop (a dict: one given up goes at once).
+        self._futures: dict[asyncio.AbstractEventLoop, dict[asyncio.Future[None], None]] = {}
         self.waiters = 0
         #: What the leader passed in (the chain: its fence mark, taken before the flight).
         self.tag = tag
@@ -83,14 +106,31 @@ class AsyncFlight:
         future: asyncio.Future[None] | None = None
         with self._lock:
             if not self._done:
-                future = self._futures.get(loop)
-                if future is None:
-                    future = self._futures[loop] = loop.create_future()
+                future = loop.create_future()
+                self._futures.setdefault(loop, {})[future] = None
         if future is not None:
-            await asyncio.shield(future)  # landed: the outcome was set before the wake-up
+            # Its own future (landed: the outcome was set before the wake-up), shielded: a
+            # stop inside its set_result, as it schedules this wait's wake-up, drops that
+            # wake-up, and a wait on the future itself would then be past even a
+            # cancellation (a join timeout's); the shield's own future is still pending.
+            try:
+                await asyncio.shield(future)
+            except BaseException:
+                self._forget(loop, future)
+                raise
         if self._error is not None:
             raise handed_on(self._error)  # a copy: the others raise theirs
         return self._result
+
+    def _forget(self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[None]) -> None:
+        """A waiter gave up (cancelled): its future goes, unless the flight landed (the
+        wake-ups walk the futures then)."""
+        with self._lock:
+            if not self._done:
+                waiting = self._futures[loop]
+                waiting.pop(future, None)
+                if not waiting:
+                    del self._futures[loop]
 
     async def settle(self) -> None:
         """Wait until the flight lands, whatever its outcome: a coroutine that may not take it
@@ -107,7 +147,9 @@ class AsyncFlight:
         waiting loop is woken again (a wake-up twice wakes once). The wake-ups are scheduled,
         the current loop's too (``call_soon``): woken here, a stop inside the future's
         scheduling of its callbacks (``loop.call_soon`` is Python code) dropped them, and its
-        waiters waited for ever, a landing again finding the future done."""
+        waiters waited for ever, a landing again finding the future done. Each loop's
+        wake-up, one body for every landing and for what a stop inside it left
+        (:func:`_wake`), is scheduled :data:`WAKES` times."""
         if not self._done:
             if error is not None:
                 # A copy as the error stands now: the leader's raise goes on adding its
@@ -126,13 +168,14 @@ class AsyncFlight:
             current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             current = None
-        for loop, future in futures.items():
-            if loop is current:
-                loop.call_soon(_wake, future)
-                continue
-            # A loop that was closed has nobody waiting any more.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_wake, future)
+        for loop, waiting in futures.items():
+            for _ in range(WAKES):
+                if loop is current:
+                    loop.call_soon(_wake, loop, waiting)
+                    continue
+                # A loop that was closed has nobody waiting any more.
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(_wake, loop, waiting)
 
 
 def async_flights() -> FlightTable[AsyncFlight]:

@@ -16,7 +16,6 @@ does not hear about would hide the messages lost meanwhile).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -70,10 +69,10 @@ class Listeners:
     task): a message is decoded once (:meth:`Invalidation.decode`), a listener that fails is
     logged and does not stop the others.
 
-    The subscription's state is told under the lock that adds a listener: one added once the
-    bus is subscribed (a second chain on one bus) is told so at once, one added while it is
-    down likewise, and never after an outage told to the others (it would then take the bus
-    for connected while it is down).
+    The subscription's state is told by one thread at a time, under the lock that adds a
+    listener: one added once the bus is subscribed (a second chain on one bus) is told so at
+    once, one added while it is down likewise, and never after an outage told to the others
+    (it would then take the bus for connected while it is down).
 
     A close that stopped waiting for the listener (:meth:`abandon`) cuts the listeners off:
     from then on they hear no message, no error and no subscription, only that the bus is
@@ -83,7 +82,11 @@ class Listeners:
     def __init__(self, channel: str) -> None:
         self.channel = channel
         self._listeners: list[BusListener] = []
+        #: One teller of the subscription's state at a time; held across its callbacks.
         self._lock = threading.Lock()
+        #: The marks below and the list of listeners: held a few lines at a time, never
+        #: across a callback (a close that gives up takes it, never the lock above).
+        self._marks = threading.Lock()
         #: The subscription is confirmed (True) or lost (False), as last told; None before
         #: the first subscription's outcome (a listener added then is starting).
         self._subscribed: bool | None = None
@@ -91,17 +94,25 @@ class Listeners:
         self._abandoned = False
         self._abandoning = threading.Lock()
         #: What the giving up has still to tell: (listener, event), in order (:meth:`abandon`);
-        #: None until the giving up lists it (under the listeners' lock, as a rule).
+        #: None until the giving up lists it.
         self._untold: deque[tuple[BusListener, str]] | None = None
+        #: The listener being told the subscription's state right now, under the lock: what
+        #: a close giving up meanwhile has to tell it is told by its teller, after.
+        self._telling: BusListener | None = None
 
     def add(self, listener: BusListener) -> None:
         """Add ``listener``, told the subscription's state if one was told already: a chain
         joining a bus whose listener is reconnecting is down, not starting (it would show
-        ``"starting"`` through the whole outage, never logged nor counted)."""
+        ``"starting"`` through the whole outage, never logged nor counted). Added once a close
+        gave up, it is told the bus is down."""
         with self._lock:
-            self._listeners.append(listener)
-            if self._subscribed is not None:
-                self._tell_one(listener, "on_reconnect" if self._subscribed else "on_disconnect")
+            with self._marks:
+                self._listeners.append(listener)
+                subscribed, abandoned = self._subscribed, self._abandoned
+            if abandoned:
+                self._tell_one(listener, "on_disconnect")
+            elif subscribed is not None:
+                self._tell_state(listener, subscribed)
 
     @property
     def abandoned(self) -> bool:
@@ -112,35 +123,67 @@ class Listeners:
     def told(self) -> bool:
         """Whether the subscription's state was ever told: not while the listeners are
         starting (no subscription confirmed yet, none failed)."""
-        with self._lock:
+        with self._marks:
             return self._subscribed is not None
 
     def after_fork_in_child(self) -> None:
-        """Another thread of the parent may have held the lock at the fork; the child is
+        """Another thread of the parent may have held the locks at the fork; the child is
         not subscribed (the parent's subscription is the parent's)."""
         self._lock = threading.Lock()
+        self._marks = threading.Lock()
         self._abandoning = threading.Lock()
         self._subscribed = None
+        self._telling = None
 
     def subscribed(self, subscribed: bool, *, again: bool = True) -> None:
         """Tell every listener the subscription is confirmed (``on_reconnect``) or lost
         (``on_disconnect``); not ``again`` if that was the last told. Once a close gave up
-        on the listener (:meth:`abandon`) no subscription is told, nor kept for a listener
-        added later: the bus is down for good."""
+        on the listener (:meth:`abandon`) no state is told here (the close tells each the
+        bus is down), nor a subscription kept for a listener added later."""
         with self._lock:
-            if subscribed and self._abandoned:
-                return
-            if not again and self._subscribed is subscribed:
-                return
-            self._subscribed = subscribed
-            for listener in self._listeners:
-                if subscribed and self._abandoned:
-                    return  # given up meanwhile, without the lock (abandon's last resort)
-                self._tell_one(listener, "on_reconnect" if subscribed else "on_disconnect")
+            with self._marks:
+                if self._abandoned or (not again and self._subscribed is subscribed):
+                    return
+                self._subscribed = subscribed
+            for listener in self._listeners:  # added under the lock only
+                if not self._tell_state(listener, subscribed):
+                    return  # given up meanwhile
 
-    def abandon(
-        self, say: Callable[[], object], wait: Callable[[Callable[[], bool]], bool]
-    ) -> None:
+    def _tell_state(self, listener: BusListener, subscribed: bool) -> bool:
+        """Tell ``listener``, under the lock, the subscription's state; False (told nothing)
+        once a close gave up. Then what a close that gave up meanwhile has to tell it."""
+        with self._marks:
+            if self._abandoned:
+                return False
+            self._telling = listener
+        try:
+            self._tell_one(listener, "on_reconnect" if subscribed else "on_disconnect")
+        except BaseException:
+            with self._marks:
+                self._telling = None  # what it was owed is left to the next close
+            raise
+        self._tell_owed(listener)
+        return True
+
+    def _tell_owed(self, listener: BusListener) -> None:
+        """Tell ``listener`` (told its state just now) what a close that gave up while it was
+        told left to its teller (:meth:`abandon`): after the state, never beside it."""
+        try:
+            while True:
+                with self._marks:
+                    owed = next((each for each in self._untold or () if each[0] is listener), None)
+                    if owed is None:
+                        self._telling = None
+                        return
+                self._tell_one(*owed)
+                with self._marks:
+                    self._told(owed)
+        except BaseException:
+            with self._marks:
+                self._telling = None  # the rest is left to the next close
+            raise
+
+    def abandon(self, say: Callable[[], object]) -> None:
         """The bus's close stopped waiting for its listener, which ends by itself: ``say()``
         (the bus's warning), every listener is told the bus is down (a chain sharing the bus
         with the one closed would trust its memory while nothing is heard), then
@@ -148,17 +191,19 @@ class Listeners:
         down already, they are not told again.) Said and told once for two closes at once
         (two chains on one bus): under a lock of its own, which the second waits for.
 
-        Told under the listeners' lock, as the listener tells the subscription's state:
-        told beside it, a reconnection the listener was telling as the close gave up (a
-        chain's ``on_reconnect`` is slow: a large memory dropped) ran on after the close
-        told that chain the bus was down, and left it "connected", or its link and its
-        chain disagreeing, on a bus nothing listens to any more
-        (adapters/redis/tests/test_redis_bus_abandon_race.py). The lock is not waited for
-        blindly: the listener may be stuck for good in a callback under it (a listener's
-        ``on_reconnect``), and a close must return. ``wait(held)`` waits while ``held()``
-        (:meth:`Listening.abandon`: within the close's bound once more); past that, the
-        listeners are told without the lock, as a last resort. Once marked given up (before
-        that wait) the listener tells no reconnection more.
+        Never beside a state being told, and never waiting for it: a reconnection the
+        listener was telling as the close gave up (a chain's ``on_reconnect`` is slow: a
+        large memory dropped) ran on after the close told that chain the bus was down, and
+        left it "connected", or its link and its chain disagreeing, on a bus nothing listens
+        to any more (adapters/redis/tests/test_redis_bus_abandon_race.py). The close waited
+        for the listeners' lock within its bound, then told without it (that race again,
+        for a reconnection stuck past the bound), and a lock taken again between its look
+        and its take held it for ever (adapters/redis/tests/test_redis_bus_abandon_stuck.py).
+        Now the listener being told its state (:attr:`_telling`) is told by its teller,
+        after that state; the others here, at once (marked given up first, under
+        :attr:`_marks`: no state is told to any from then on). The close is bounded by
+        the callbacks it runs itself, the others' down and given-up; one stuck for good
+        keeps only its own news.
 
         A close stopped on its way (Ctrl-C: a bus closed on the main thread) leaves what it
         had not told to the next close, which tells it before it returns: the closes after
@@ -170,24 +215,35 @@ class Listeners:
         with self._abandoning:  # two closes at once: the second finds it all told
             if not self._abandoned:
                 say()
-                self._untold = None  # listed below, under the listeners' lock
-                self._abandoned = True  # last: stopped before it, the next close gives up anew
-            elif self._untold is not None and not self._untold:
-                return  # all told: a close after one that gave up waits for no lock
-            locked = wait(self._lock.locked)
-            with self._lock if locked else contextlib.nullcontext():
-                untold = self._untold
-                if untold is None:
-                    # Without the lock the state told may be on its way: told down again.
-                    told_down = locked and self._subscribed is False
+                with self._marks:
+                    # A teller holding the lock may be telling a state on its way: down
+                    # again. Done with it, the last state told was told to every listener.
+                    told_down = self._subscribed is False and not self._lock.locked()
                     listeners = list(self._listeners)
                     untold = deque((each, "on_disconnect") for each in listeners if not told_down)
                     untold.extend((each, "on_close_abandoned") for each in listeners)
                     self._untold = untold
-                self._subscribed = False  # a chain added from now on is told the bus is down
-                while untold:
-                    self._tell_one(*untold[0])
-                    untold.popleft()
+                    # Stopped before this, the next close gives up anew (told_down as here).
+                    self._abandoned = True
+                    self._subscribed = False  # as told (a chain added from now on: add)
+            while True:
+                with self._marks:
+                    busy = self._telling  # its teller tells it (_tell_owed)
+                    item = next((each for each in self._untold or () if each[0] is not busy), None)
+                    if item is None:
+                        return  # all told, or left to a teller
+                self._tell_one(*item)
+                with self._marks:
+                    self._told(item)
+
+    def _told(self, item: tuple[BusListener, str]) -> None:
+        """``item`` told (under :attr:`_marks`): let go of (once, by identity)."""
+        untold = self._untold
+        if untold is not None:
+            for at, each in enumerate(untold):
+                if each is item:
+                    del untold[at]
+                    return
 
     def deliver(self, data: bytes) -> None:
         try:
@@ -216,7 +272,7 @@ class Listeners:
             log.exception("bus %r: a listener failed on %s", self.channel, event)
 
     def _now(self) -> list[BusListener]:
-        with self._lock:
+        with self._marks:
             return list(self._listeners)
 
 
@@ -330,20 +386,10 @@ class Listening:
         which holds no secret), the chains told the bus is down and that it gave up (they
         count it), and the listener, left to end by itself, cut off from them
         (:meth:`Listeners.abandon`, which a later close finishes if this one was stopped on
-        its way); being stopped, it neither subscribes nor reconnects."""
+        its way, and which waits for no lock a listener may hold); being stopped, it neither
+        subscribes nor reconnects."""
         self.connected = False
-        self.listeners.abandon(self._say_abandoned, self._while)
-
-    def _while(self, held: Callable[[], bool]) -> bool:
-        """Wait while ``held()``, within :attr:`Health.close_wait` on the bus's clock, a poll
-        at a time; whether it ended (:meth:`Listeners.abandon`: the listeners' lock)."""
-        clock = self.health.clock
-        deadline = clock() + self.health.close_wait
-        while held():
-            if clock() >= deadline:
-                return False
-            time.sleep(self.health.poll)
-        return True
+        self.listeners.abandon(self._say_abandoned)
 
     def _say_abandoned(self) -> None:
         log.warning(

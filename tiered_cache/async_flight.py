@@ -4,8 +4,8 @@ that asks meanwhile -- in this event loop and in the loops of other threads.
 The flights live in one table guarded by a thread lock (a few dict operations, never held
 across an ``await``). A flight's outcome is delivered to each event loop that waits for it: a
 wake-up scheduled on it (``call_soon`` in the loop that lands it, ``call_soon_threadsafe`` in
-the others) sets the future each of its waiting coroutines awaits, so 1,000 waiters on a loop
-cost one scheduled wake-up and one callback each.
+the others) sets the future each of its waiting coroutines awaits (shielded), so 1,000
+waiters on a loop cost one scheduled wake-up.
 """
 
 from __future__ import annotations

@@ -197,6 +197,13 @@ class UnencodableKey(CodecError):
     sent. The message names the problem and the key's hash, never the key."""
 
 
+class KeyTooLong(UnencodableKey):
+    """A key longer than a tier of the chain takes (``tiered_cache.keys.MAX_KEY_LENGTH``
+    characters, for a tier that stores keys as UTF-8: Redis): refused at the chain's face,
+    before anything is sent, as an :class:`UnencodableKey` is. The message gives the key's
+    hash and length, never the key."""
+
+
 class ChainClosedError(TieredCacheError, RuntimeError):
     """A call on a chain after its ``close()`` (``aclose()``): every read, write and
     invalidation is refused, of the chain and of its decorated functions. Nothing was

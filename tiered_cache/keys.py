@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .errors import UnencodableKey
+from .errors import KeyTooLong, UnencodableKey
 from .logs import key_hash
 
 #: The escape character (escaped itself first).
@@ -47,15 +47,27 @@ def namespace_prefix(namespace: str) -> str:
     return escaped + NAMESPACE_SEPARATOR
 
 
+#: The longest key, in characters, a chain sends to a tier that stores keys as UTF-8 (Redis):
+#: such a key travels in every command that names it (a lease's script carries it twice) and
+#: in the bus's message. A key of 40 MB, sent, timed out writing to the socket: counted as
+#: Redis failing, its delete owed and never paid (each try timed out again), so every later
+#: call of the process to Redis was refused behind that debt for good; and its message cut
+#: every process off the bus (past a subscriber's output buffer limit, 32 MB by default).
+#: 65,536 characters is at most 256 KiB as UTF-8: far above a real key (DynamoDB takes 2 KB),
+#: far below what a server or the bus chokes on.
+MAX_KEY_LENGTH = 65_536
+
+
 def check_keys(keys: Iterable[Any], utf8_for: str | None = None) -> None:
     """Refuse a caller's key before any tier is asked: ``TypeError`` for a key that is not a
     ``str`` (an int id passed as it is), and with ``utf8_for`` (the chain's tiers that store
     keys as UTF-8, ``TierBase.utf8_keys``, named for the message)
     :class:`~tiered_cache.UnencodableKey` for one UTF-8 cannot encode (a lone surrogate: a
-    path decoded with ``surrogateescape``). A tier would fail on either and count that as its
+    path decoded with ``surrogateescape``) and :class:`~tiered_cache.KeyTooLong` for one
+    longer than :data:`MAX_KEY_LENGTH`. A tier would fail on either and count that as its
     own failure (enough of them open its circuit breaker for every key); the caller's mistake
     is the caller's error, the same on every face and every call."""
-    if type(keys) is list and _plain(keys):
+    if type(keys) is list and _plain(keys, utf8_for is not None):
         return
     for key in keys:
         if not isinstance(key, str):
@@ -63,22 +75,34 @@ def check_keys(keys: Iterable[Any], utf8_for: str | None = None) -> None:
                 f"cache keys are str, not {type(key).__name__} ({key!r}): "
                 f"format it into the key, e.g. f'tweet:{{tweet_id}}'"
             )
-        if utf8_for is not None and not key.isascii():  # a flag of the str: ASCII costs nothing
+        if utf8_for is None:
+            continue
+        if len(key) > MAX_KEY_LENGTH:
+            raise KeyTooLong(
+                f"cache key {key_hash(key)} (key_hash) has {len(key)} characters, and tier "
+                f"{utf8_for} takes keys of at most {MAX_KEY_LENGTH}: hash a long key into a "
+                "short one (e.g. hashlib.sha256 of it)"
+            )
+        if not key.isascii():  # a flag of the str: ASCII costs nothing
             try:
                 key.encode("utf-8")
             except UnicodeEncodeError as exc:
                 raise _unencodable(key, exc, utf8_for) from None
 
 
-def _plain(keys: list[Any]) -> bool:
+def _plain(keys: list[Any], sent: bool) -> bool:
     """Whether every one of ``keys`` is a ``str`` of ASCII characters, checked in two C calls
-    (a batch's keys nearly always are; ``join`` refuses anything but a ``str``): no key then
-    needs the loop's two calls per key. False sends the batch through the loop, which names
-    the key at fault."""
+    (a batch's keys nearly always are; ``join`` refuses anything but a ``str``), and, ``sent``
+    to a tier storing keys as UTF-8, none longer than :data:`MAX_KEY_LENGTH` (a third call,
+    only for a batch whose keys together are longer): no key then needs the loop's calls per
+    key. False sends the batch through the loop, which names the key at fault."""
     try:
-        return "".join(keys).isascii()
+        joined = "".join(keys)
     except TypeError:
         return False
+    if not joined.isascii():
+        return False
+    return not sent or len(joined) <= MAX_KEY_LENGTH or max(map(len, keys)) <= MAX_KEY_LENGTH
 
 
 def _unencodable(key: str, exc: UnicodeEncodeError, tiers: str) -> UnencodableKey:

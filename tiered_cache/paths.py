@@ -19,7 +19,7 @@ from .errors import InvalidationIncomplete, PartialBatchError
 from .fence import ChainTier, Fence
 from .forms import Forms, Prepare, prepared, prepared_one
 from .held_leases import HeldLeases, Holdings
-from .keys import check_keys
+from .keys import MAX_KEY_LENGTH, check_keys
 from .metrics import CacheMetrics
 from .owed import Debt
 from .protection import Protection
@@ -230,7 +230,9 @@ class ChainPaths:
         not asked again (``self.state``), or a read the bus flapped under was counted twice,
         or not at all."""
         utf8_for = self.utf8_for
-        if type(key) is not str or (utf8_for is not None and not key.isascii()):
+        if type(key) is not str or (
+            utf8_for is not None and (not key.isascii() or len(key) > MAX_KEY_LENGTH)
+        ):
             check_keys((key,), utf8_for)  # no call for a key it cannot refuse (once per miss)
         mark = flight.tag
         if state.down:

@@ -18,7 +18,14 @@ from typing import Any
 
 import pytest
 
-from tiered_cache import AsyncTieredCache, BlockingTierWarning, TieredCache, UnencodableKey
+from tiered_cache import (
+    AsyncTieredCache,
+    BlockingTierWarning,
+    KeyTooLong,
+    TieredCache,
+    UnencodableKey,
+)
+from tiered_cache.keys import MAX_KEY_LENGTH, check_keys
 from tiered_cache.protection import Protection
 from tiered_cache.testing.servers import RedisServer
 from tiered_cache.testing.sources import DictSource
@@ -314,3 +321,80 @@ def test_a_set_refuses_it_before_anything_is_sent_on_every_write_path(
     assert redis_counts(cache.stats()) == before
     assert (source.loads, source.batches, source.items) == ([], [], SOURCE)
     cache.close()
+
+
+#: Keys one character past the bound: ASCII, and not (UTF-8's longer characters, a lone
+#: surrogate at the end: the length is refused first, the message names the length).
+TOO_LONG = ["k" * (MAX_KEY_LENGTH + 1), "é" * MAX_KEY_LENGTH + "\udcff"]
+
+
+def assert_too_long(raised: pytest.ExceptionInfo[KeyTooLong], key: str) -> None:
+    message = str(raised.value)
+    assert f"{MAX_KEY_LENGTH + 1} characters" in message and "'redis'" in message
+    assert f"at most {MAX_KEY_LENGTH}" in message
+    assert key[:100] not in message  # names the problem only
+
+
+@pytest.mark.parametrize("key", TOO_LONG, ids=["ascii", "utf-8"])
+@pytest.mark.parametrize("call", sorted(SYNC_CALLS))
+def test_a_key_too_long_for_redis_is_refused_before_anything_is_sent(
+    redis_server: RedisServer, namespace: str, key: str, call: str
+) -> None:
+    """A key of 40 MB, sent, timed out writing to the socket: counted as Redis failing, its
+    delete owed and never paid (every try timed out), and every later call of the process to
+    Redis refused behind that debt (docs/testing.md, the pass of the operator's bad day)."""
+    built = TieredCache.from_config(**settings(redis_server.url, namespace))
+    source = DictSource(SOURCE)
+    cache = TieredCache(list(built.tiers), source, namespace=namespace, ttl=600)
+    cache.set("other", "in redis")
+    before = redis_counts(cache.stats())
+    with pytest.raises(KeyTooLong) as raised:
+        SYNC_CALLS[call](cache, key)
+    assert isinstance(raised.value, UnencodableKey)  # caught as the other keys Redis refuses
+    assert_too_long(raised, key)
+    assert redis_counts(cache.stats()) == before
+    assert (source.loads, source.batches) == ([], [])
+    assert cache.stats()["deletes_owed"] == 0
+    cache.tiers[0].clear()  # type: ignore[union-attr]
+    assert cache.get("other") == "in redis"
+    assert redis_counts(cache.stats())["hits"] == before["hits"] + 1
+    cache.close()
+
+
+@pytest.mark.parametrize("key", TOO_LONG, ids=["ascii", "utf-8"])
+def test_the_async_chain_refuses_a_key_too_long_on_every_call_and_only_it(
+    redis_server: RedisServer, namespace: str, key: str
+) -> None:
+    async def main() -> None:
+        built = AsyncTieredCache.from_config(**settings(redis_server.url, namespace))
+        source = DictSource(SOURCE)
+        with pytest.warns(BlockingTierWarning):  # the dict source is read in threads
+            cache = AsyncTieredCache(list(built.tiers), source, namespace=namespace, ttl=600)
+        await cache.set("other", "in redis")
+        before = redis_counts(cache.stats())
+        for call in ASYNC_CALLS.values():
+            with pytest.raises(KeyTooLong) as raised:
+                await call(cache, key)
+            assert_too_long(raised, key)
+        assert redis_counts(cache.stats()) == before
+        assert (source.loads, source.batches) == ([], [])
+        assert cache.stats()["deletes_owed"] == 0
+        cache.tiers[0].clear()  # type: ignore[union-attr]
+        together = await asyncio.gather(
+            cache.get(key, async_loaded), cache.get("other"), return_exceptions=True
+        )
+        assert isinstance(together[0], KeyTooLong)
+        assert together[1] == "in redis"
+        assert redis_counts(cache.stats())["hits"] == before["hits"] + 1
+        await cache.aclose()
+
+    asyncio.run(main())
+
+
+def test_a_key_of_the_longest_length_goes_through() -> None:
+    """The bound refuses past it, not at it; a chain of memory alone takes any length."""
+    check_keys(["k" * MAX_KEY_LENGTH], "'redis'")
+    check_keys(["k" * 10 for _ in range(MAX_KEY_LENGTH)], "'redis'")  # long together: fine
+    check_keys(["k" * (MAX_KEY_LENGTH + 1)])
+    with pytest.raises(KeyTooLong):
+        check_keys(["k"] * 3 + ["k" * (MAX_KEY_LENGTH + 1)], "'redis'")

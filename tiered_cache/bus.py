@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from .forking import restart_after_fork
+from .logs import fields, logger_for
+
+logger = logger_for("bus")
 
 
 @dataclass(frozen=True)
@@ -36,8 +39,13 @@ class Invalidation:
     clear: bool = False
     at: float = 0.0
 
-    def encode(self) -> bytes:
-        """Compact JSON."""
+    def encode(self, limit: int | None = None) -> bytes:
+        """Compact JSON. ``limit``: the most bytes the transport carries in one message; a
+        message that would be longer (its keys and prefixes: an ``invalidate_many`` of
+        200,000 long keys) is sent as a clear, of the same sender and number: every receiver
+        drops its in-process copies, what it does for a message it missed. Sent whole, a
+        Redis message past a subscriber's output buffer limit (32 MB by default) cut every
+        process off the bus, and none heard it. Logged on the sender (``bus_sent_as_clear``)."""
         body: dict[str, Any] = {"s": self.sender, "n": self.seq}
         if self.keys:
             body["k"] = list(self.keys)
@@ -46,7 +54,20 @@ class Invalidation:
             body["t"] = self.at
         if self.clear:
             body["c"] = True
-        return json.dumps(body, separators=(",", ":")).encode()
+        data = json.dumps(body, separators=(",", ":")).encode()
+        if limit is None or len(data) <= limit:
+            return data
+        logger.warning(
+            "an invalidation of %d key(s) and %d prefix(es) is %d bytes, over the bus's %d "
+            "bytes a message: announced as a clear (every other process drops its in-process "
+            "copies)",
+            len(self.keys),
+            len(self.prefixes),
+            len(data),
+            limit,
+            extra=fields("bus_sent_as_clear"),
+        )
+        return Invalidation(self.sender, self.seq, clear=True).encode()
 
     @classmethod
     def decode(cls, data: bytes | str) -> Invalidation:

@@ -38,7 +38,7 @@ from tiered_cache.loop_end import LoopEnd
 
 from .async_fork import forget_the_parents_connections
 from .async_left import close_a_left_loops_connections, drop_a_closed_loops_connections
-from .bus import RedisBus
+from .bus import MAX_MESSAGE_BYTES, RedisBus
 from .in_flight import CallsInFlight, current_task
 from .listening import DEFAULT_HEALTH, Health
 
@@ -118,7 +118,7 @@ class AsyncRedisBus(AsyncBusBase):
         # async with: the last publish to end after a close stopped waiting for it closes the
         # publisher as it ends (:meth:`aclose`).
         async with self._publishes:
-            await self._client.publish(self.channel, message.encode())
+            await self._client.publish(self.channel, message.encode(MAX_MESSAGE_BYTES))
 
     def subscribe(self, listener: BusListener) -> None:
         """Deliver to ``listener`` (on the listening thread, started by the first one)."""

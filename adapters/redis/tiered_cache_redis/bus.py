@@ -25,7 +25,7 @@ import os
 import socket
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 import redis
 
@@ -35,6 +35,13 @@ from tiered_cache.steps import run
 
 from .in_flight import CallsInFlight
 from .listening import DEFAULT_HEALTH, PING_PAYLOAD, Health, Listeners, Listening, Subscription, log
+
+#: The longest message published (``Invalidation.encode``: a longer one goes as a clear).
+#: Redis cuts a subscriber off once the replies queued for it pass its output buffer's limit
+#: (``client-output-buffer-limit pubsub``: 32 MB at once, or 8 MB for a minute, by default):
+#: a message of 40 MB cut every process off the bus, and none heard it. 1 MiB leaves room
+#: for a burst of them behind a listener that reads slowly.
+MAX_MESSAGE_BYTES: Final = 1 << 20
 
 __all__ = ["RedisBus"]
 
@@ -94,7 +101,7 @@ class RedisBus(BusBase):
     def publish(self, message: Invalidation) -> None:
         """Send ``message``; ``RuntimeError`` once the bus is closed (nothing is sent)."""
         with self._publishes:
-            self._client.publish(self.channel, message.encode())
+            self._client.publish(self.channel, message.encode(MAX_MESSAGE_BYTES))
 
     def subscribe(self, listener: BusListener) -> None:
         with self._lock:

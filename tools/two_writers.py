@@ -11,8 +11,9 @@ Redis matches (``: \\ { } * ? [ ]``, a ``:lease`` suffix); values are version st
 1 MB long, some nested 300 lists deep, and a few hold a lone surrogate (the codec cannot
 encode it: ``CodecError`` to its writer, and to its readers until the key is written again).
 
-Timeline: ``--warm`` s, Redis ``SIGSTOP`` for ``--stopped`` s, ``SIGKILL``, ``--down`` s, started
-again empty, ``--after`` s; then the writers stop (quiescence), the readers go on for
+Timeline: ``--warm`` s, Redis ``SIGSTOP`` for ``--stopped`` s (with ``--resumed``: then
+``SIGCONT`` for that many s, the server running what its sockets queued meanwhile),
+``SIGKILL``, ``--down`` s, started again empty, ``--after`` s; then the writers stop (quiescence), the readers go on for
 ``--settle`` s, and each process reads every key on both faces and compares it with the source:
 a value other than the source's is a stale copy that survived (expected: none). Prints, per
 round, the fault's times (seconds from the round's start), then one JSON line per process and
@@ -669,6 +670,13 @@ def one_round(args: argparse.Namespace) -> list[dict[str, Any]]:
             timeline["sigstop"] = time.monotonic() - started
             os.kill(pid, signal.SIGSTOP)
             time.sleep(args.stopped)
+            if args.resumed:
+                # Resumed under load: the server runs what its sockets queued while it was
+                # stopped, the calls their clients gave up on among it, in any order across
+                # connections.
+                timeline["sigcont"] = time.monotonic() - started
+                os.kill(pid, signal.SIGCONT)
+                time.sleep(args.resumed)
             timeline["sigkill"] = time.monotonic() - started
             server.kill()
             time.sleep(args.down)
@@ -709,6 +717,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--warm", type=float, default=1.5)
     parser.add_argument("--stopped", type=float, default=2.0, help="SIGSTOP, s")
+    parser.add_argument(
+        "--resumed", type=float, default=0.0, help="SIGCONT this long before the SIGKILL, s"
+    )
     parser.add_argument("--down", type=float, default=1.0, help="killed, s")
     parser.add_argument("--after", type=float, default=3.0, help="after the restart, s")
     parser.add_argument("--settle", type=float, default=5.0, help="readers only, s")

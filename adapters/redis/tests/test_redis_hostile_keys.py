@@ -8,6 +8,11 @@ Before, the Redis tier failed encoding its command: the circuit breaker counted 
 failing (one request with such a key opened it for every key of the process), then a special
 case in the breaker and another in the async tier's read coalescing let it pass as an error of
 that call only. (A memory-only chain holds such keys as any other: tests/test_fast_paths.py.)
+
+A key longer than ``MAX_KEY_LENGTH`` is refused the same way (``KeyTooLong``, an
+``UnencodableKey``): sent, one of 40 MB timed out writing to the socket, counted as Redis
+failing, its delete owed and never paid (every try timed out), and every later call of the
+process to Redis was refused behind that debt.
 """
 
 from __future__ import annotations
@@ -92,21 +97,43 @@ def assert_refused(raised: pytest.ExceptionInfo[UnencodableKey], key: str) -> No
     assert key not in message and repr(key)[1:-1] not in message  # names the problem only
 
 
-@pytest.mark.parametrize("key", HOSTILE)
+#: Keys one character past the bound: ASCII, and not (UTF-8's longer characters, a lone
+#: surrogate at the end: the length is refused first, the message names the length).
+TOO_LONG = ["k" * (MAX_KEY_LENGTH + 1), "é" * MAX_KEY_LENGTH + "\udcff"]
+
+
+def assert_too_long(raised: pytest.ExceptionInfo[KeyTooLong], key: str) -> None:
+    message = str(raised.value)
+    assert f"{MAX_KEY_LENGTH + 1} characters" in message and "'redis'" in message
+    assert f"at most {MAX_KEY_LENGTH}" in message
+    assert key[:100] not in message  # names the problem only
+
+
+#: Each key a chain with a Redis tier refuses, the error, and what its message must say.
+REFUSED = [(key, UnencodableKey, assert_refused) for key in HOSTILE] + [
+    (key, KeyTooLong, assert_too_long) for key in TOO_LONG
+]
+REFUSED_IDS = ["surrogate", "surrogate after text", "too long", "too long, UTF-8"]
+Refusal = tuple[str, type[UnencodableKey], Callable[[Any, str], None]]
+
+
+@pytest.mark.parametrize("refusal", REFUSED, ids=REFUSED_IDS)
 @pytest.mark.parametrize("call", sorted(SYNC_CALLS))
-def test_a_key_utf8_cannot_encode_is_refused_before_anything_is_sent(
-    redis_server: RedisServer, namespace: str, key: str, call: str
+def test_a_key_redis_cannot_take_is_refused_before_anything_is_sent(
+    redis_server: RedisServer, namespace: str, refusal: Refusal, call: str
 ) -> None:
+    key, error, check = refusal
     built = TieredCache.from_config(**settings(redis_server.url, namespace))
     source = DictSource(SOURCE)
     cache = TieredCache(list(built.tiers), source, namespace=namespace, ttl=600)
     cache.set("other", "in redis")
     before = redis_counts(cache.stats())
-    with pytest.raises(UnencodableKey) as raised:
+    with pytest.raises(error) as raised:
         SYNC_CALLS[call](cache, key)
-    assert_refused(raised, key)
+    check(raised, key)
     # Nothing was sent or loaded: no tier, no source, and the breaker counted nothing.
     assert redis_counts(cache.stats()) == before
+    assert cache.stats()["deletes_owed"] == 0
     assert (source.loads, source.batches, source.items) == ([], [], SOURCE | {"other": "in redis"})
     assert cache.tiers[0].get(key) is not None and not cache.tiers[0].get(key)
     # Redis still serves the other keys.
@@ -146,12 +173,13 @@ ASYNC_CALLS: dict[str, Callable[[AsyncTieredCache, str], Awaitable[object]]] = {
 }
 
 
-@pytest.mark.parametrize("key", HOSTILE)
+@pytest.mark.parametrize("refusal", REFUSED, ids=REFUSED_IDS)
 def test_the_async_chain_refuses_it_on_every_call_and_only_it(
-    redis_server: RedisServer, namespace: str, key: str
+    redis_server: RedisServer, namespace: str, refusal: Refusal
 ) -> None:
     """The async tier sends the GETs of one loop tick as one MGET: a key that cannot be
     encoded must not fail the other callers' reads gathered with it."""
+    key, error, check = refusal
 
     async def main() -> None:
         built = AsyncTieredCache.from_config(**settings(redis_server.url, namespace))
@@ -161,17 +189,18 @@ def test_the_async_chain_refuses_it_on_every_call_and_only_it(
         await cache.set("other", "in redis")
         before = redis_counts(cache.stats())
         for call in ASYNC_CALLS.values():
-            with pytest.raises(UnencodableKey) as raised:
+            with pytest.raises(error) as raised:
                 await call(cache, key)
-            assert_refused(raised, key)
+            check(raised, key)
         assert redis_counts(cache.stats()) == before
+        assert cache.stats()["deletes_owed"] == 0
         assert (source.loads, source.batches) == ([], [])
         assert source.items == SOURCE | {"other": "in redis"}
         cache.tiers[0].clear()  # type: ignore[union-attr]
         together = await asyncio.gather(
             cache.get(key, async_loaded), cache.get("other"), return_exceptions=True
         )
-        assert isinstance(together[0], UnencodableKey)
+        assert isinstance(together[0], error)
         assert together[1] == "in redis"
         after = redis_counts(cache.stats())
         assert (after["hits"], after["errors"], after["skips"], after["breaker"]) == (
@@ -321,74 +350,6 @@ def test_a_set_refuses_it_before_anything_is_sent_on_every_write_path(
     assert redis_counts(cache.stats()) == before
     assert (source.loads, source.batches, source.items) == ([], [], SOURCE)
     cache.close()
-
-
-#: Keys one character past the bound: ASCII, and not (UTF-8's longer characters, a lone
-#: surrogate at the end: the length is refused first, the message names the length).
-TOO_LONG = ["k" * (MAX_KEY_LENGTH + 1), "é" * MAX_KEY_LENGTH + "\udcff"]
-
-
-def assert_too_long(raised: pytest.ExceptionInfo[KeyTooLong], key: str) -> None:
-    message = str(raised.value)
-    assert f"{MAX_KEY_LENGTH + 1} characters" in message and "'redis'" in message
-    assert f"at most {MAX_KEY_LENGTH}" in message
-    assert key[:100] not in message  # names the problem only
-
-
-@pytest.mark.parametrize("key", TOO_LONG, ids=["ascii", "utf-8"])
-@pytest.mark.parametrize("call", sorted(SYNC_CALLS))
-def test_a_key_too_long_for_redis_is_refused_before_anything_is_sent(
-    redis_server: RedisServer, namespace: str, key: str, call: str
-) -> None:
-    """A key of 40 MB, sent, timed out writing to the socket: counted as Redis failing, its
-    delete owed and never paid (every try timed out), and every later call of the process to
-    Redis refused behind that debt (docs/testing.md, the pass of the operator's bad day)."""
-    built = TieredCache.from_config(**settings(redis_server.url, namespace))
-    source = DictSource(SOURCE)
-    cache = TieredCache(list(built.tiers), source, namespace=namespace, ttl=600)
-    cache.set("other", "in redis")
-    before = redis_counts(cache.stats())
-    with pytest.raises(KeyTooLong) as raised:
-        SYNC_CALLS[call](cache, key)
-    assert isinstance(raised.value, UnencodableKey)  # caught as the other keys Redis refuses
-    assert_too_long(raised, key)
-    assert redis_counts(cache.stats()) == before
-    assert (source.loads, source.batches) == ([], [])
-    assert cache.stats()["deletes_owed"] == 0
-    cache.tiers[0].clear()  # type: ignore[union-attr]
-    assert cache.get("other") == "in redis"
-    assert redis_counts(cache.stats())["hits"] == before["hits"] + 1
-    cache.close()
-
-
-@pytest.mark.parametrize("key", TOO_LONG, ids=["ascii", "utf-8"])
-def test_the_async_chain_refuses_a_key_too_long_on_every_call_and_only_it(
-    redis_server: RedisServer, namespace: str, key: str
-) -> None:
-    async def main() -> None:
-        built = AsyncTieredCache.from_config(**settings(redis_server.url, namespace))
-        source = DictSource(SOURCE)
-        with pytest.warns(BlockingTierWarning):  # the dict source is read in threads
-            cache = AsyncTieredCache(list(built.tiers), source, namespace=namespace, ttl=600)
-        await cache.set("other", "in redis")
-        before = redis_counts(cache.stats())
-        for call in ASYNC_CALLS.values():
-            with pytest.raises(KeyTooLong) as raised:
-                await call(cache, key)
-            assert_too_long(raised, key)
-        assert redis_counts(cache.stats()) == before
-        assert (source.loads, source.batches) == ([], [])
-        assert cache.stats()["deletes_owed"] == 0
-        cache.tiers[0].clear()  # type: ignore[union-attr]
-        together = await asyncio.gather(
-            cache.get(key, async_loaded), cache.get("other"), return_exceptions=True
-        )
-        assert isinstance(together[0], KeyTooLong)
-        assert together[1] == "in redis"
-        assert redis_counts(cache.stats())["hits"] == before["hits"] + 1
-        await cache.aclose()
-
-    asyncio.run(main())
 
 
 def test_a_key_of_the_longest_length_goes_through() -> None:

@@ -13,8 +13,9 @@ encode it: ``CodecError`` to its writer, and to its readers until the key is wri
 
 Timeline: ``--warm`` s, Redis ``SIGSTOP`` for ``--stopped`` s (with ``--resumed``: then
 ``SIGCONT`` for that many s, the server running what its sockets queued meanwhile),
-``SIGKILL``, ``--down`` s, started again empty, ``--after`` s; then the writers stop (quiescence), the readers go on for
-``--settle`` s, and each process reads every key on both faces and compares it with the source:
+``SIGKILL``, ``--down`` s, started again empty, ``--after`` s; then the writers stop
+(quiescence), the readers go on for ``--settle`` s, and each process reads every key on both
+faces and compares it with the source:
 a value other than the source's is a stale copy that survived (expected: none). Prints, per
 round, the fault's times (seconds from the round's start), then one JSON line per process and
 face: calls, writes, errors by type, the slowest call (seconds, when it began, read or write),

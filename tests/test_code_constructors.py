@@ -81,6 +81,36 @@ def test_protection_is_one_model_the_config_path_builds_and_code_cannot_change()
         assert cache._protection is settings.protection
 
 
+@pytest.mark.parametrize(("field", "value"), PROTECTION_REFUSED)
+def test_a_copy_of_protection_with_an_update_refuses_what_the_settings_refuse(
+    field: str, value: Any
+) -> None:
+    """Frozen, a table is changed by building another, and pydantic's ``model_copy(update=)``
+    is how it builds one: that copy took its update unchecked."""
+    with pytest.raises(ConfigError, match=rf"^Protection\.{field}: "):
+        Protection().model_copy(update={field: value})
+
+
+def test_a_copy_of_protection_meets_the_rule_of_its_two_timeouts() -> None:
+    """Its update's hard_timeout below the soft_timeout set: refused; below the one left
+    unset: that one follows it, as in a table built anew."""
+    with pytest.raises(ConfigError, match=r"soft_timeout \(2s\) is above hard_timeout \(1s\)"):
+        Protection(soft_timeout=2.0).model_copy(update={"hard_timeout": 1.0})
+    assert Protection(hard_timeout=2.0).model_copy(update={"hard_timeout": 0.5}).soft_timeout == 0.5
+    kept = Protection(hard_timeout=2.0, lease="off")
+    assert kept.model_copy(update={"lease_wait": 1.0}) == Protection(
+        hard_timeout=2.0, lease="off", lease_wait=1.0
+    )
+    assert kept.model_copy() == kept.model_copy(deep=True) == kept
+
+
+def test_a_copy_of_a_memory_tiers_table_with_an_update_is_checked() -> None:
+    """Every table of the settings: the rule lives in their base (``SettingsTable``)."""
+    table = load_settings(tiers=[{"kind": "memory"}]).tiers[0]
+    with pytest.raises(ValueError, match="max_entries"):
+        table.model_copy(update={"max_entries": 0})
+
+
 #: A chain's own arguments: a value the settings refuse, and the field the error names.
 CHAIN_REFUSED: list[tuple[str, Any, str]] = [
     ("ttl", 0, "ttl"),

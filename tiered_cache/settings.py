@@ -17,7 +17,17 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from types import NoneType, UnionType
-from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
+from typing import (
+    TYPE_CHECKING,
+    Annotated,
+    Any,
+    Literal,
+    Self,
+    TypeVar,
+    Union,
+    get_args,
+    get_origin,
+)
 
 from pydantic import (
     AfterValidator,
@@ -137,6 +147,20 @@ class SettingsTable(BaseModel):
     @classmethod
     def _read(cls, data: Any) -> Any:
         return _read(cls, data)
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """A copy, as pydantic's; with ``update``, built anew from the fields set and the
+        update, so that the table's rules check it as they check a table built in code or
+        read from a file. pydantic's copy takes an update unchecked: a copy of a
+        :class:`Protection` with a ``hard_timeout`` below its ``soft_timeout``, a negative
+        ``lease_ttl``, a ``lease`` of neither name, ran as given (``build another`` is what a
+        frozen table asks for, and this is how pydantic builds another)."""
+        if not update:
+            return super().model_copy(deep=deep)
+        values = {name: getattr(self, name) for name in self.model_fields_set}
+        values.update(update)
+        built = type(self)(**values)
+        return built.model_copy(deep=True) if deep else built
 
 
 class BreakerSettings(SettingsTable):
@@ -498,8 +522,9 @@ class Protection(SettingsTable):
     Built in code, it is checked as the table is, by the same rules: a field the settings
     refuse raises :class:`~tiered_cache.ConfigError` naming it (``Protection.lease_ttl: ...``,
     never echoing the value), and an unset ``soft_timeout`` follows a lower ``hard_timeout``.
-    It cannot be changed once built (a frozen model): build another. Durations are seconds,
-    or text such as ``"250ms"``. The defaults suit a throttled DynamoDB table.
+    It cannot be changed once built (a frozen model): build another (``model_copy(update=...)``
+    builds one, checked the same way). Durations are seconds, or text such as ``"250ms"``. The
+    defaults suit a throttled DynamoDB table.
 
     Attributes:
         max_stale: how long past its freshness an entry may still be served, when the source

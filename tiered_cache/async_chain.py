@@ -29,7 +29,7 @@ from .coherence import DEFAULT_BUS_BREAKER, BusLink, publish_breaker
 from .fence import Fence
 from .forking import restart_after_fork
 from .hit import NOT_FRESH
-from .keys import check_chain_labels
+from .keys import check_chain_labels, key_list
 from .l1 import L1Reader
 from .logs import fields, logger_for
 from .loop_owner import LoopOwner, loop_bound
@@ -384,7 +384,7 @@ class AsyncTieredCache(L1Reader, NotData):
         self._admit()
         if self._async_bus is not None:
             self._listen_here()
-        return await arun(self._paths.get_many(list(keys), loader, ttl))
+        return await arun(self._paths.get_many(key_list(keys), loader, ttl))
 
     async def lookup_many(self, keys: Iterable[str]) -> dict[str, Entry]:
         """The fresh entries the tiers hold for ``keys``, without loading anything."""
@@ -393,7 +393,7 @@ class AsyncTieredCache(L1Reader, NotData):
         # listened, and stayed "starting" (its memory bounded) for good.
         if self._async_bus is not None:
             self._listen_here()
-        return await arun(self._paths.lookup_many(list(keys)))
+        return await arun(self._paths.lookup_many(key_list(keys)))
 
     # -- writes -------------------------------------------------------------------------------
 
@@ -414,7 +414,7 @@ class AsyncTieredCache(L1Reader, NotData):
 
     async def invalidate_many(self, keys: Iterable[str], *, strict: bool = False) -> None:
         """See :meth:`TieredCache.invalidate_many`."""
-        paths, keys = self._paths, list(keys)
+        paths, keys = self._paths, key_list(keys)
         await self._write(paths, paths.invalidate_many(keys, strict=strict), keys=keys)
 
     async def invalidate_prefix(self, prefix: str) -> None:

@@ -24,7 +24,7 @@ from .closing import CloseOnce
 from .coherence import DEFAULT_BUS_BREAKER, BusLink, publish_breaker
 from .fence import Fence
 from .hit import NOT_FRESH, PlainGet
-from .keys import check_chain_labels
+from .keys import check_chain_labels, key_list
 from .l1 import L1Reader
 from .loader import BatchLoader, Loader, SourceLoader
 from .logs import logger_for
@@ -356,7 +356,7 @@ class TieredCache(L1Reader, NotData):
         failed and they have no stale copy), raises :class:`~tiered_cache.PartialBatchError`,
         which carries every value that could be served and, per key, the error of the others.
         """
-        return run(self._paths.get_many(list(keys), loader, ttl))
+        return run(self._paths.get_many(key_list(keys), loader, ttl))
 
     def lookup_many(self, keys: Iterable[str]) -> dict[str, Entry]:
         """The fresh entries the tiers hold for ``keys``, without loading anything: keys no
@@ -365,7 +365,7 @@ class TieredCache(L1Reader, NotData):
         For callers that own the values themselves (Django's cache API): nothing is loaded,
         refreshed or served stale.
         """
-        return run(self._paths.lookup_many(list(keys)))
+        return run(self._paths.lookup_many(key_list(keys)))
 
     # -- writes -------------------------------------------------------------------------------
 
@@ -407,7 +407,7 @@ class TieredCache(L1Reader, NotData):
         follower, which must not move past a change it could not announce) it then raises
         :class:`~tiered_cache.InvalidationIncomplete`.
         """
-        run(self._paths.invalidate_many(list(keys), strict=strict))
+        run(self._paths.invalidate_many(key_list(keys), strict=strict))
 
     def invalidate_prefix(self, prefix: str) -> None:
         """Remove every key that starts with ``prefix`` ("drop everything about user 42":

@@ -47,6 +47,20 @@ def namespace_prefix(namespace: str) -> str:
     return escaped + NAMESPACE_SEPARATOR
 
 
+def key_list(keys: Iterable[Any]) -> list[Any]:
+    """A batch's ``keys`` as a list (``get_many``, ``lookup_many``, ``invalidate_many``, both
+    faces); ``TypeError`` for one ``str`` or ``bytes`` given as the batch. Iterated, its
+    characters were the keys: ``get_many("tweet:42")`` read the keys ``t``, ``w``, ``e``...,
+    and ``invalidate_many("tweet:42")`` left ``tweet:42`` served everywhere. The message
+    gives the text's length, never the text."""
+    if isinstance(keys, str | bytes):
+        raise TypeError(
+            f"a batch of keys is an iterable of str, not one {type(keys).__name__} (of length "
+            f"{len(keys)}): pass a list, e.g. [key]"
+        )
+    return list(keys)
+
+
 #: The longest key, in characters, a chain sends to a tier that stores keys as UTF-8 (Redis):
 #: such a key travels in every command that names it (a lease's script carries it twice) and
 #: in the bus's message. A key of 40 MB, sent, timed out writing to the socket: counted as

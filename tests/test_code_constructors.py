@@ -140,6 +140,22 @@ def test_a_chain_built_in_code_never_echoes_a_refused_ttl(chain: Any) -> None:
     assert "hunter2" not in str(refused.value)
 
 
+@pytest.mark.parametrize("chain", CHAINS, ids=["sync", "async"])
+def test_a_chains_protection_given_as_a_table_is_built_by_the_settings_rules(chain: Any) -> None:
+    """A table, as a config file gives it, is the model built through its rules; anything
+    else is refused naming ``protection``. A dict was taken, and failed at the chain's first
+    look at it (``AttributeError: 'dict' object has no attribute 'lease'``)."""
+    cache = chain([MemoryTier()], protection={"hard_timeout": "100ms", "lease": "off"})
+    assert cache._protection == Protection(hard_timeout=0.1, lease="off")
+    assert cache._protection.soft_timeout == 0.1  # the unset one follows, as in a file
+    with pytest.raises(ConfigError, match=r"^protection: Protection\.hard_timeout: "):
+        chain([MemoryTier()], protection={"hard_timeout": -1.0})
+    with pytest.raises(ConfigError, match=r"^protection: Input should be a valid dictionary"):
+        chain([MemoryTier()], protection="redis://:hunter2@cache:6379")
+    given = Protection(lease="off")
+    assert chain([MemoryTier()], protection=given)._protection is given
+
+
 @pytest.mark.parametrize(
     ("argument", "value"), [("ttl", 0), ("ttl", -1.0), ("max_bytes", 0), ("max_bytes", -1)]
 )

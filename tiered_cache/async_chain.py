@@ -117,8 +117,10 @@ class AsyncTieredCache(L1Reader, NotData):
         bus_breaker: BreakerSettings | None = DEFAULT_BUS_BREAKER,
     ) -> None:
         self.namespace = check_chain_labels(namespace, [tier.name for tier in tiers])
-        ttl, negative_ttl, write_policy, max_stale_when_disconnected = check_chain_options(
-            ttl, negative_ttl, write_policy, max_stale_when_disconnected
+        ttl, negative_ttl, write_policy, max_stale_when_disconnected, protection = (
+            check_chain_options(
+                ttl, negative_ttl, write_policy, max_stale_when_disconnected, protection
+            )
         )
         self._given = tuple(tiers)
         self._source = source

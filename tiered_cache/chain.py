@@ -74,7 +74,8 @@ class TieredCache(L1Reader, NotData):
         clock: seconds; stamps entries and decides freshness. Wall-clock by default because
             entries are shared between processes through tiers such as Redis.
         protection: stale serving, early refresh, load timeouts and leases (see
-            :class:`~tiered_cache.protection.Protection`; its defaults suit a throttled source).
+            :class:`~tiered_cache.protection.Protection`; its defaults suit a throttled source),
+            or its table as a config file gives it (``{"hard_timeout": "100ms"}``).
         sleep: how to wait between looks while another process holds a key's lease.
         rng: uniform numbers in [0, 1) for the early-refresh draw.
         background: runs a background refresh; by default a small thread pool. Tests pass a
@@ -114,8 +115,10 @@ class TieredCache(L1Reader, NotData):
         bus_breaker: BreakerSettings | None = DEFAULT_BUS_BREAKER,
     ) -> None:
         self.namespace = check_chain_labels(namespace, [tier.name for tier in tiers])
-        ttl, negative_ttl, write_policy, max_stale_when_disconnected = check_chain_options(
-            ttl, negative_ttl, write_policy, max_stale_when_disconnected
+        ttl, negative_ttl, write_policy, max_stale_when_disconnected, protection = (
+            check_chain_options(
+                ttl, negative_ttl, write_policy, max_stale_when_disconnected, protection
+            )
         )
         self._given = tuple(tiers)
         self._source = source

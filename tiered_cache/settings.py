@@ -1006,13 +1006,24 @@ def check_chain_options(
     write_policy: str,
     max_stale_when_disconnected: DurationLike,
 ) -> tuple[float | None, float, Literal["through", "around"], float]:
+
+    ttl: float | None,
+    negative_ttl: float,
+    write_policy: str,
+    max_stale_when_disconnected: float,
+    protection: Any,
+) -> tuple[float | None, float, Literal["through", "around"], float, Protection | None]:
     """A chain's arguments built in code (both chains'), as the settings take their fields:
-    a ttl more than 0, durations, a write policy of its two names; :func:`checked`."""
+    a ttl more than 0, durations, a write policy of its two names, a :class:`Protection` (a
+    table, as a file's, is built into one through its rules; anything else is refused naming
+    ``protection``: a dict was taken, and failed at the chain's first look at it with
+    ``AttributeError: 'dict' object has no attribute 'lease'``); :func:`checked`."""
     return (
         checked(CacheSettings, "ttl", ttl),
         checked(CacheSettings, "negative_ttl", negative_ttl),
         checked(CacheSettings, "write_policy", write_policy),
         checked(BusSettings, "max_stale_when_disconnected", max_stale_when_disconnected),
+        None if protection is None else checked(CacheSettings, "protection", protection),
     )
 
 

@@ -42,8 +42,6 @@ from .tier import (
     declared_capabilities,
     declared_delete_prefix,
 )
-
-from .tier import Entry, MissingType, Tier, declared_capabilities, declared_delete_prefix
 from .units import DurationLike
 
 log = logging.getLogger(__name__)

@@ -1005,12 +1005,6 @@ def check_chain_options(
     negative_ttl: DurationLike,
     write_policy: str,
     max_stale_when_disconnected: DurationLike,
-) -> tuple[float | None, float, Literal["through", "around"], float]:
-
-    ttl: float | None,
-    negative_ttl: float,
-    write_policy: str,
-    max_stale_when_disconnected: float,
     protection: Any,
 ) -> tuple[float | None, float, Literal["through", "around"], float, Protection | None]:
     """A chain's arguments built in code (both chains'), as the settings take their fields:

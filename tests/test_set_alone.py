@@ -28,6 +28,7 @@ from tiered_cache.protection import Protection
 from tiered_cache.testing.scripts import KEYS, chain_scripts
 from tiered_cache.testing.sources import DictSource
 from tiered_cache.tier import Entry
+from tiered_cache.units import DurationLike
 
 TTL = 30.0
 
@@ -35,7 +36,7 @@ TTL = 30.0
 class StepsSet(TieredCache):
     """A chain that defines its own ``set``: it keeps it, and writes through the steps."""
 
-    def set(self, key: str, value: Any, *, ttl: float | str | None = None) -> None:
+    def set(self, key: str, value: Any, *, ttl: DurationLike | None = None) -> None:
         super().set(key, value, ttl=ttl)
 
 

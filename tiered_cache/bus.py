@@ -19,7 +19,7 @@ from .logs import fields, logger_for
 logger = logger_for("bus")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Invalidation:
     """One change announced on the bus.
 
@@ -38,6 +38,14 @@ class Invalidation:
     prefixes: tuple[str, ...] = ()
     clear: bool = False
     at: float = 0.0
+
+    def __repr__(self) -> str:
+        # Counts, never the keys or prefixes: keys are never logged raw (docs/metrics.md),
+        # and a listener that failed on a message was logged with its repr.
+        return (
+            f"Invalidation(sender={self.sender!r}, seq={self.seq}, keys={len(self.keys)}, "
+            f"prefixes={len(self.prefixes)}, clear={self.clear}, at={self.at})"
+        )
 
     def encode(self, limit: int | None = None) -> bytes:
         """Compact JSON. ``limit``: the most bytes the transport carries in one message; a

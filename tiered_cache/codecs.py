@@ -187,11 +187,13 @@ def _to_json(value: Any) -> Any:
         return value if math.isfinite(value) else {_TAG_FLOAT: repr(value)}
     if kind is dict:
         out = {}
-        for key, item in value.items():
+        for position, (key, item) in enumerate(value.items()):
             if type(key) is not str:
+                # Its position and type, never the key itself: a bytes or int key is the
+                # value's content (b"s3cr3t" was shown), and errors are logged.
                 raise _Unsupported(
                     key,
-                    f"dict key {key!r} of type {_type_name(type(key))} is not supported "
+                    f"dict key #{position} of type {_type_name(type(key))} is not supported "
                     f"(keys must be str)",
                 )
             try:
@@ -222,7 +224,8 @@ def _to_json(value: Any) -> Any:
             try:
                 elements.append(_to_json(item))
             except _Unsupported as exc:
-                exc.path.append(f" (element {item!r})")
+                # A set has no place to name, and its element is content: "an element".
+                exc.path.append(" (an element)")
                 raise
         return {_TAG_SET if kind is set else _TAG_FROZENSET: elements}
     raise _Unsupported(value)
@@ -252,18 +255,18 @@ def _surrogate_path(value: Any) -> str | None:
                 return path
         elif isinstance(item, dict):
             for key, inner in item.items():
-                pending.append((key, f"{path} (key {key!r})"))
+                pending.append((key, f"{path} (a key)"))  # the text at fault: not shown
                 pending.append((inner, f"{path}[{key!r}]"))
         elif isinstance(item, list | tuple):
             pending.extend((inner, f"{path}[{index}]") for index, inner in enumerate(item))
         elif isinstance(item, set | frozenset):
-            pending.extend((inner, f"{path} (element {inner!r})") for inner in item)
+            pending.extend((inner, f"{path} (an element)") for inner in item)
     return None
 
 
 def _float_from_tag(text: str) -> float:
     if text not in ("inf", "-inf", "nan"):
-        raise ValueError(f"bad float tag {text!r}")
+        raise ValueError("bad float tag")  # the stored text is a value's: not shown
     return float(text)
 
 

@@ -16,7 +16,14 @@ from typing import Any
 
 import pytest
 
-from tiered_cache import CodecError, LoadTimeout, MemoryTier, PartialBatchError, TieredCache
+from tiered_cache import (
+    AsyncTieredCache,
+    CodecError,
+    LoadTimeout,
+    MemoryTier,
+    PartialBatchError,
+    TieredCache,
+)
 from tiered_cache.protection import Protection
 from tiered_cache.testing import FakeClock
 from tiered_cache.testing.loads import Background, Loader
@@ -622,3 +629,40 @@ def test_background_work_runs_on_named_threads_and_is_forgotten_once_done(
     # from the loader itself: no public call tells it apart from work still running.
     assert not cache._loader._pending
     cache.close()
+
+
+# -- what a miss reads of the options
+
+
+#: The fields of a :class:`CountedProtection` read since the last look (name per read).
+FIELDS_READ: list[str] = []
+
+
+class CountedProtection(Protection):
+    """Protection that notes every field read of it: a read of a pydantic model's field goes
+    through ``BaseModel.__getattr__``'s hook (about 230 instructions of a compiled miss)."""
+
+    def __getattribute__(self, name: str) -> Any:
+        if name in type(self).model_fields:
+            FIELDS_READ.append(name)
+        return super().__getattribute__(name)
+
+
+def test_a_miss_reads_no_field_of_the_chains_protection() -> None:
+    cache = TieredCache([MemoryTier()], protection=CountedProtection())
+    FIELDS_READ.clear()
+    for n in range(3):
+        assert cache.get(f"k{n}", lambda: 1) == 1
+    assert FIELDS_READ == []
+
+
+@pytest.mark.anyio
+async def test_an_async_miss_reads_no_field_of_the_chains_protection() -> None:
+    async def load() -> int:
+        return 1
+
+    async with AsyncTieredCache([MemoryTier()], protection=CountedProtection()) as cache:
+        FIELDS_READ.clear()
+        for n in range(3):
+            assert await cache.get(f"k{n}", load) == 1
+        assert FIELDS_READ == []  # its close reads close_wait

@@ -97,6 +97,10 @@ class AsyncSourceLoader:
         self._metrics = metrics
         self._clock = clock
         self._protection = protection
+        # The load's timeouts, read once (a frozen pydantic model: each field read of one goes
+        # through BaseModel.__getattr__'s hook, as :class:`~tiered_cache.loader.SourceLoader`).
+        self._soft_timeout = protection.soft_timeout
+        self._hard_timeout = protection.hard_timeout
         #: One flight per key being loaded: by a read through the chain, or by a background
         #: refresh (the threaded loader's rule).
         self.flights = async_flights()
@@ -179,9 +183,8 @@ class AsyncSourceLoader:
                 token, filled = await arun(lease_wait.one(key, mark, held))
                 if filled is not None:
                     return filled
-            protection = self._protection
-            soft = None if background or stale is None else protection.soft_timeout
-            hard = None if background else protection.hard_timeout
+            soft = None if background or stale is None else self._soft_timeout
+            hard = None if background else self._hard_timeout
             try:
                 if soft is None and hard is None:
                     # An earlier caller's load left running (a dict look-up, empty but for

@@ -111,6 +111,11 @@ class SourceLoader:
         self._clock = clock
         self._sleep = sleep
         self._protection = protection
+        # The load's timeouts, read once: Protection is a pydantic model, and every read of a
+        # field of one goes through BaseModel.__getattr__'s hook (about 230 instructions of a
+        # miss's, compiled); it is frozen, so these never change.
+        self._soft_timeout = protection.soft_timeout
+        self._hard_timeout = protection.hard_timeout
         #: One flight per key being loaded: by a read through the chain, or by a background
         #: refresh (:meth:`FlightTable.lead_after`).
         self.flights = SingleFlight()
@@ -208,9 +213,8 @@ class SourceLoader:
             # Timed by the soft timeout when a stale value can stand in, and by the hard
             # timeout; neither applies to a background refresh. Untimed (the common miss), the
             # load runs here, without _timed_load's frame.
-            protection = self._protection
-            soft = protection.soft_timeout if stale is not None else None
-            hard = protection.hard_timeout
+            soft = self._soft_timeout if stale is not None else None
+            hard = self._hard_timeout
             try:
                 if background or (soft is None and hard is None):
                     entry = self._load(key, loader, ttl)

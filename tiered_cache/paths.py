@@ -91,6 +91,9 @@ class ChainPaths:
         self.fence = fence
         self.metrics = metrics
         self.protection = protection
+        # Read once, not per read: Protection is a frozen pydantic model, whose every field
+        # read goes through BaseModel.__getattr__'s hook.
+        self.stale_while_revalidate = protection.stale_while_revalidate
         self.make_entry = make_entry
         self.clock = clock
         self.loader = loader
@@ -203,7 +206,7 @@ class ChainPaths:
                 return entry.value
             if stale is None and now < entry.hard_expiry:
                 stale = entry
-        servable = stale if self.protection.stale_while_revalidate else None
+        servable = stale if self.stale_while_revalidate else None
         if beside and servable is None:
             # Not counted as a read while the bus is down: the caller's read goes on in the
             # refresh's flight (joined, not counted) or in one it leads (counted there).
@@ -276,7 +279,7 @@ class ChainPaths:
             except KeyError:
                 pass
         remaining = [key for key in wanted if key not in found]
-        if remaining and stale and loader is None and self.protection.stale_while_revalidate:
+        if remaining and stale and loader is None and self.stale_while_revalidate:
             # Stale keys are served now and refreshed one by one in the background.
             for key in remaining:
                 if key in stale:

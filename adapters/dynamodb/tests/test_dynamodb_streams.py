@@ -1019,3 +1019,37 @@ def test_cli_refuses_a_log_level_logging_does_not_know_as_a_usage_error(
     assert caught.value.code == 2
     assert "--log-level" in capsys.readouterr().err
     assert _parse("--config", str(config), "--log-level", "debug").log_level == "DEBUG"
+
+
+def test_a_shard_that_left_while_the_follower_was_down_is_a_gap() -> None:
+    # The follower saved a position in the middle of a shard and stopped. While it was down
+    # (longer than the 24 h a closed shard is kept), the shard ended, split and left the
+    # stream: the records after the saved position are gone, and which keys they changed is
+    # unknown. A restart must say so (a gap, the cache cleared), as a running follower does
+    # for a shard that leaves under it, not forget the position as dead weight.
+    stream = ScriptedStream(page=10)
+    stream.shards["child"] = ("parent", [_record(10, "c1")], False)
+    store = MemoryCheckpointStore()
+    store.save(Checkpoint("arn:scripted", {"parent": "5"}))
+    recorder = Recorder()
+    follower = scripted_follower(stream, recorder, store)
+    drain(follower, 2)
+    assert follower.stats()["gaps"] == 1
+    assert recorder.clears == 1
+    assert recorder.keys == ["c1"]
+    assert store.load() == Checkpoint("arn:scripted", {"child": "10"})
+
+
+def test_a_read_to_its_end_shard_that_left_while_the_follower_was_down_is_no_gap() -> None:
+    # Its saved SHARD_END says nothing was left unread: forgetting it loses nothing.
+    stream = ScriptedStream(page=10)
+    stream.shards["child"] = ("parent", [_record(10, "c1")], False)
+    store = MemoryCheckpointStore()
+    store.save(Checkpoint("arn:scripted", {"parent": SHARD_END}))
+    recorder = Recorder()
+    follower = scripted_follower(stream, recorder, store)
+    drain(follower, 2)
+    assert follower.stats()["gaps"] == 0
+    assert recorder.clears == 0
+    assert recorder.keys == ["c1"]
+    assert store.load() == Checkpoint("arn:scripted", {"child": "10"})

@@ -796,6 +796,19 @@ class StreamFollower:
                 shard.start = "TRIM_HORIZON"
             self._shards[shard_id] = shard
             logger.debug("shard %s of %r: %s", shard_id, self.table, shard)
+        # A saved position short of its shard's end, of a shard no longer listed and not read
+        # by this run (it ended and left the stream while the follower was down): the records
+        # after it are lost as surely as a listed shard's that leaves unread (below).
+        left_unread = [
+            shard_id
+            for shard_id, saved in checkpoint.shards.items()
+            if shard_id not in seen and shard_id not in self._shards and saved != SHARD_END
+        ]
+        if left_unread:
+            self._gap(
+                f"{'shard' if len(left_unread) == 1 else 'shards'} {', '.join(left_unread)} "
+                "left the stream while the follower was down, before being read to the end"
+            )
         for shard_id in list(self._shards):
             if shard_id not in seen:
                 # DynamoDB drops shards 24 h after they close. One not read to its end is lost.

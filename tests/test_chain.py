@@ -298,6 +298,22 @@ def test_hot_keys_come_from_the_memory_tier_and_feed_stats(clock: FakeClock) -> 
     assert plain.hot_keys() == []
 
 
+def test_hot_keys_count_the_hits_since_the_last_miss(clock: FakeClock) -> None:
+    # A key everyone reads is a memory hit every time: its hits wait in the tier's read
+    # buffer until the next miss or write replays them into the policy. hot_keys() (and
+    # stats(), and the exporters' hot_key_reads_per_second) must see them without waiting
+    # for that miss: a service whose reads all hit showed no hot key at all.
+    cache = TieredCache.from_config(
+        tiers=[{"kind": "memory", "max_entries": 100, "admission": "hot-keys"}], clock=clock
+    )
+    cache.get("tweet:viral", lambda: "v")  # the one miss
+    for _ in range(100):
+        assert cache.get("tweet:viral") == "v"
+        clock.advance(0.01)
+    assert [key for key, _ in cache.hot_keys(3)] == ["tweet:viral"]
+    assert [key for key, _ in cache.stats()["hot_keys"]] == ["tweet:viral"]
+
+
 def test_a_miss_through_the_chain_is_one_read_for_the_hot_key_sketch(clock: FakeClock) -> None:
     # The chain looks at tier 0 again inside the key's flight; that look must not count as a
     # second read, or every miss would weigh twice what a hit weighs in the sketch.

@@ -293,8 +293,10 @@ class MemoryCore:
 
     def hot_keys(self, n: int) -> list[tuple[str, float]]:
         """The policy's ``n`` hottest keys, read under the lock (its structures change on
-        every miss)."""
+        every miss), after the buffered reads: the hits since the last miss or write are
+        the hot keys' own (a service whose reads all hit showed none)."""
         with self.lock:
+            self._replay_reads()
             return self.policy.hot_keys(n)
 
     def clear(self) -> None:

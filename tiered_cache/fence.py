@@ -117,6 +117,8 @@ class Fence:
         #: :meth:`fill_one`'s plain calls, not as steps. Known from how the fence was built,
         #: once; the chain's paths read it here.
         self.plain = fill_targets is None
+        #: Set by :meth:`close`: a load's fill is refused in every tier from then on.
+        self._closed = False
         # Taken before every read that may fill (once per miss): the log's own method, with no
         # frame of the fence's around it.
         self.mark: Callable[[], int] = self._log.mark
@@ -171,7 +173,14 @@ class Fence:
         the shutdown); their fills reached the closed chain's memory after the close had
         emptied it, and it held them for good (tests/test_close_races.py). A gap concerns
         memory alone: a fill under its lease may still land in the shared tier, and a write
-        whose fill is refused invalidates the key there (as for any write overlapped)."""
+        whose fill is refused invalidates the key there (as for any write overlapped).
+
+        A load's fill that comes after the close (:meth:`fill_steps`) is refused in the
+        shared tiers too: they are closed, or about to be, and the loader gave its leases
+        back. Written, it failed there: a tier failure logged and counted on a closed chain,
+        then an undo owed to the closed tier, logged as a delete it could not make (a
+        loader that closed its own chain, every time)."""
+        self._closed = True
         self._log.record_gap(pending=True)
         self._drop((), (), True)
 
@@ -369,6 +378,9 @@ class Fence:
         anywhere. The one home of that rule: callers pass what they have to fill."""
         if not tiers:
             return entries.keys()
+        if self._closed and not written and not sole:
+            self._refuse(list(entries))  # a load's copy; its leases went back at the close
+            return set()
         tokens = dict(tokens) if tokens else {}
         leasing = self.leasing(tiers)
         # Until their leased write is sent, the keys with a lease are judged by the

@@ -84,3 +84,70 @@ async def test_an_async_timed_load_left_running_at_aclose_fills_no_tier_and_logs
         release.set()
         await asyncio.sleep(0)
     quiet_and_empty(cache, caplog)
+
+
+def untimed(server: RedisServer, namespace: str, lease: str) -> dict[str, Any]:
+    """Memory and Redis, loads untimed: the caller waits for its load, however long."""
+    return {
+        **settings(server, namespace, lease),
+        "protection": {"hard_timeout": None, "soft_timeout": None, "lease": lease},
+    }
+
+
+@pytest.mark.parametrize("lease", ["auto", "off"])
+def test_a_loader_that_closes_its_chain_fills_no_tier_and_logs_nothing(
+    redis_server: RedisServer, namespace: str, lease: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The close waits for nothing the loader holds, and returns; the caller's fill then came
+    # to the closed tiers: the Redis tier refused it (a tier failure logged and counted), and
+    # the fill's undo was logged as a delete owed to a closed tier.
+    cache = TieredCache.from_config(**untimed(redis_server, namespace, lease))
+
+    def closing() -> str:
+        cache.close()
+        return "v"
+
+    with caplog.at_level(logging.WARNING, logger="tiered_cache"):
+        assert cache.get("k", closing) == "v"
+        assert cache.wait_background(10)
+    quiet_and_empty(cache, caplog)
+
+
+@pytest.mark.parametrize("lease", ["auto", "off"])
+def test_a_load_the_chain_closed_under_fills_no_tier_and_logs_nothing(
+    redis_server: RedisServer, namespace: str, lease: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = TieredCache.from_config(**untimed(redis_server, namespace, lease))
+    loading, release = threading.Event(), threading.Event()
+    got: list[str] = []
+
+    def slow() -> str:
+        loading.set()
+        release.wait(10)
+        return "late"
+
+    reader = threading.Thread(target=lambda: got.append(cache.get("k", slow)))
+    reader.start()
+    assert loading.wait(10)
+    with caplog.at_level(logging.WARNING, logger="tiered_cache"):
+        cache.close()  # does not wait for the caller's load
+        release.set()
+        reader.join(10)
+    assert got == ["late"]  # the caller has its value
+    quiet_and_empty(cache, caplog)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("lease", ["auto", "off"])
+async def test_an_async_loader_that_closes_its_chain_fills_no_tier_and_logs_nothing(
+    redis_server: RedisServer, namespace: str, lease: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = AsyncTieredCache.from_config(**untimed(redis_server, namespace, lease))
+
+    async def closing() -> str:
+        await cache.aclose()
+        return "v"
+
+    with caplog.at_level(logging.WARNING, logger="tiered_cache"):
+        assert await cache.get("k", closing) == "v"
+    quiet_and_empty(cache, caplog)

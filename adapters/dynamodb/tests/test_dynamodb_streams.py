@@ -562,6 +562,9 @@ class ScriptedStream:
                     "GetShardIterator",
                 )
             index = sum(1 for r in records if int(r["dynamodb"]["SequenceNumber"]) <= after)
+        elif kind == "AT_SEQUENCE_NUMBER":
+            at = int(params["SequenceNumber"])
+            index = sum(1 for r in records if int(r["dynamodb"]["SequenceNumber"]) < at)
         elif kind == "LATEST":
             index = len(records)
         else:
@@ -1053,3 +1056,23 @@ def test_a_read_to_its_end_shard_that_left_while_the_follower_was_down_is_no_gap
     assert recorder.clears == 0
     assert recorder.keys == ["c1"]
     assert store.load() == Checkpoint("arn:scripted", {"child": "10"})
+
+
+def test_a_failed_first_page_from_latest_is_read_again() -> None:
+    # A first run from LATEST has no position until a page is invalidated. The first page's
+    # invalidation failed (Redis down as the table changed): a new iterator made at LATEST
+    # again skipped its records for good, where at-least-once promises them again.
+    stream = ScriptedStream(page=10)
+    stream.shards["s"] = (None, [_record(1, "old")], False)
+    recorder = Recorder()
+    store = MemoryCheckpointStore()
+    follower = scripted_follower(stream, recorder, store, start_position="LATEST")
+    assert follower.run_once() == 0  # caught up: nothing after LATEST
+    stream.shards["s"][1].extend([_record(2, "a"), _record(3, "b")])
+    recorder.fail_next = 1
+    with pytest.raises(ConnectionError):
+        follower.run_once()
+    stream.shards["s"][1].append(_record(4, "c"))
+    drain(follower, 3)
+    assert recorder.keys == ["a", "b", "c"]
+    assert store.load() == Checkpoint("arn:scripted", {"s": "4"})

@@ -429,6 +429,9 @@ class _Shard:
     position: str | None = None
     #: Where a new iterator starts when there is no position.
     start: str = "TRIM_HORIZON"
+    #: The first record of a page whose invalidation failed before any position was saved:
+    #: a new iterator starts at it (at ``start`` again, LATEST skipped the page for good).
+    retry_at: str | None = None
     iterator: str | None = None
     done: bool = False
 
@@ -834,16 +837,20 @@ class StreamFollower:
         params: dict[str, Any] = {"StreamArn": self._arn, "ShardId": shard.id}
         if shard.position is not None:
             params.update(ShardIteratorType="AFTER_SEQUENCE_NUMBER", SequenceNumber=shard.position)
+        elif shard.retry_at is not None:
+            params.update(ShardIteratorType="AT_SEQUENCE_NUMBER", SequenceNumber=shard.retry_at)
         else:
             params["ShardIteratorType"] = shard.start
         try:
             response = self._streams.get_shard_iterator(**params)
         except ClientError as exc:
             code = _error_code(exc)
-            if code == "TrimmedDataAccessException" and shard.position is not None:
+            if code == "TrimmedDataAccessException" and (
+                shard.position is not None or shard.retry_at is not None
+            ):
                 # The records after our position are older than the stream keeps (24 h).
                 self._gap(f"the position in shard {shard.id} was trimmed from the stream")
-                shard.position = None
+                shard.position = shard.retry_at = None
                 shard.start = "TRIM_HORIZON"
                 return self._iterator(shard)
             if code == "ResourceNotFoundException":
@@ -882,6 +889,8 @@ class StreamFollower:
             except BaseException:
                 # Read these records again: the position was not advanced.
                 shard.iterator = None
+                if shard.position is None:
+                    shard.retry_at = str(records[0]["dynamodb"]["SequenceNumber"])
                 raise
         next_iterator = response.get("NextShardIterator")
         shard.iterator = str(next_iterator) if next_iterator else None

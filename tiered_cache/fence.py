@@ -376,11 +376,8 @@ class Fence:
         tier that comes first, a chain without tiers): no step, nothing judged or counted,
         since there is no copy to refuse; every key counts as landed, as none is kept
         anywhere. The one home of that rule: callers pass what they have to fill."""
-        if not tiers:
-            return entries.keys()
-        if self._closed and not written and not sole:
-            self._refuse(list(entries))  # a load's copy; its leases went back at the close
-            return set()
+        if not tiers or (self._closed and not written):
+            return self._closed_out(entries) if tiers else entries.keys()
         tokens = dict(tokens) if tokens else {}
         leasing = self.leasing(tiers)
         # Until their leased write is sent, the keys with a lease are judged by the
@@ -459,6 +456,13 @@ class Fence:
             mark, landing, own, (confirmed, ordered), written=filled, out=kept_out, sole=sole
         )
         return set(landing).difference(late)
+
+    def _closed_out(self, entries: Mapping[str, Entry]) -> AbstractSet[str]:
+        """A load's copy after :meth:`close`: refused in every tier (a write's fill is not:
+        its source has the new value, and the shared tiers must not keep the old one). Its
+        leases went back at the close."""
+        self._refuse(list(entries))
+        return set()
 
     def _undo(
         self,

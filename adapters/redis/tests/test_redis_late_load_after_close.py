@@ -137,17 +137,16 @@ def test_a_load_the_chain_closed_under_fills_no_tier_and_logs_nothing(
     quiet_and_empty(cache, caplog)
 
 
-@pytest.mark.anyio
 @pytest.mark.parametrize("lease", ["auto", "off"])
+@pytest.mark.anyio
 async def test_an_async_loader_that_closes_its_chain_fills_no_tier_and_logs_nothing(
     redis_server: RedisServer, namespace: str, lease: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    cache = AsyncTieredCache.from_config(**untimed(redis_server, namespace, lease))
-
     async def closing() -> str:
         await cache.aclose()
         return "v"
 
+    cache = AsyncTieredCache.from_config(**untimed(redis_server, namespace, lease))
     with caplog.at_level(logging.WARNING, logger="tiered_cache"):
         assert await cache.get("k", closing) == "v"
     quiet_and_empty(cache, caplog)

@@ -136,6 +136,18 @@ def test_chains_whose_series_would_collide_are_refused_when_registered(namespace
     assert list(registry.collect())
 
 
+def test_register_without_a_chain_is_refused_and_registers_nothing(namespace: str) -> None:
+    # register(*caches) of an empty list (chains not built yet) took the registry's names
+    # for a collector of nothing: the real register() after it was refused as "a second
+    # register() on it", which the caller never made.
+    registry = CollectorRegistry()
+    with pytest.raises(TypeError, match="no chain"):
+        register(registry=registry)
+    assert list(registry.collect()) == []
+    register(TieredCache([MemoryTier()], namespace=namespace), registry=registry)
+    assert list(registry.collect())
+
+
 def test_one_chain_given_twice_is_registered_once(cache: TieredCache, namespace: str) -> None:
     """Django's backend gives every CACHES entry of one settings file one chain, so
     ``register(*(caches[name].chain for name in CACHES))`` names a chain twice: it was refused

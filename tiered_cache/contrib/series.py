@@ -241,8 +241,12 @@ def apart(caches: Iterable[C]) -> tuple[C, ...]:
     series twice, with two values, of which Prometheus keeps one (the other chain's). One
     chain given twice is one chain: Django's backend gives every ``CACHES`` entry of one
     settings file the same chain, and registering each entry's was refused as two chains of
-    one namespace."""
+    one namespace. No chain at all is a :class:`TypeError`: an exporter of nothing (a
+    ``register(*caches)`` of a list not filled yet) took the registry's names, and the real
+    registration after it was refused as a second one."""
     once = tuple({id(cache): cache for cache in caches}.values())
+    if not once:
+        raise TypeError("no chain given: pass the chains to report on, register(users, tweets)")
     namespaces: set[str] = set()
     for cache in once:
         if cache.namespace in namespaces:

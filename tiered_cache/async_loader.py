@@ -47,6 +47,7 @@ from .singleflight import (
     recursive_load,
     refresh_failed,
 )
+from .stale_copy import StaleCopy
 from .stamp import CheckedTtl, EntryMaker, loaded, loaded_many
 from .steps import arun
 from .tier import Entry, Source
@@ -166,7 +167,7 @@ class AsyncSourceLoader:
         mark: int,
         loader: AsyncLoader | None,
         ttl: CheckedTtl | None,
-        stale: Entry | None,
+        stale: StaleCopy | None,
         *,
         background: bool = False,
     ) -> Entry:
@@ -531,7 +532,7 @@ class AsyncSourceLoader:
         mark: int,
         loader: AsyncBatchLoader | None,
         ttl: CheckedTtl | None,
-        stale: Mapping[str, Entry],
+        stale: Mapping[str, StaleCopy],
     ) -> tuple[dict[str, Any], dict[str, BaseException]]:
         """As :meth:`SourceLoader.load_batch`."""
         held = self.holdings.hold()

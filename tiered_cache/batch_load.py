@@ -24,6 +24,7 @@ from .logs import fields, key_hash, logger_for
 from .metrics import CacheMetrics
 from .protection import Protection
 from .singleflight import Leading
+from .stale_copy import StaleCopy
 from .stamp import CheckedTtl
 from .steps import Steps
 from .throttle_rest import ThrottleRests
@@ -42,7 +43,7 @@ MakeEntry = Callable[[Any, float, float, "CheckedTtl | None"], Entry]
 
 #: A stale copy a read served, and the fence mark it was read under: a failed background
 #: refresh rests the source on it (:meth:`BatchLoad.rest_source`) judged by that mark.
-Stale = tuple[Entry, int]
+Stale = tuple[StaleCopy, int]
 
 
 def _one(key: str, rested: Steps[Answers]) -> Steps[Entry]:
@@ -83,7 +84,7 @@ class BatchLoad:
         object.__setattr__(self, "rests", rests)
 
     def rested(
-        self, keys: Sequence[str], mark: int, stale: Mapping[str, Entry]
+        self, keys: Sequence[str], mark: int, stale: Mapping[str, StaleCopy]
     ) -> Steps[Answers] | None:
         """The one shape of the rest (:mod:`.throttle_rest`) that every load goes through,
         before anything else (a lease): None when no key of ``keys`` rests (load them all);
@@ -98,7 +99,7 @@ class BatchLoad:
         return self._answer_rests(resting, mark, stale)
 
     def _answer_rests(
-        self, resting: Mapping[str, SourceResting], mark: int, stale: Mapping[str, Entry]
+        self, resting: Mapping[str, SourceResting], mark: int, stale: Mapping[str, StaleCopy]
     ) -> Steps[Answers]:
         served: dict[str, Entry] = {}
         errors: dict[str, BaseException] = {}
@@ -109,7 +110,7 @@ class BatchLoad:
                 errors[key] = exc
         return served, errors
 
-    def rested_one(self, key: str, mark: int, stale: Entry | None) -> Steps[Entry] | None:
+    def rested_one(self, key: str, mark: int, stale: StaleCopy | None) -> Steps[Entry] | None:
         """:meth:`rested` for a load of one key (both loaders' ``load``): None (load it), or
         the steps that serve its answer or raise its error."""
         rested = self.rested((key,), mark, {} if stale is None else {key: stale})
@@ -122,7 +123,7 @@ class BatchLoad:
         loader: Any,
         ttl: CheckedTtl | None,
         *,
-        stale: Mapping[str, Entry],
+        stale: Mapping[str, StaleCopy],
         held: HeldLeases,
     ) -> Steps[tuple[dict[str, Any], dict[str, BaseException]]]:
         """Get a value for every key of ``leading`` (the flights the caller leads): filled by
@@ -167,7 +168,7 @@ class BatchLoad:
         loader: Any,
         ttl: CheckedTtl | None,
         *,
-        stale: Mapping[str, Entry],
+        stale: Mapping[str, StaleCopy],
         ready: Ready,
         held: HeldLeases,
     ) -> Steps[None]:
@@ -214,7 +215,7 @@ class BatchLoad:
         mark: int,
         loader: Any,
         ttl: CheckedTtl | None,
-        stale: Mapping[str, Entry],
+        stale: Mapping[str, StaleCopy],
         *,
         held: HeldLeases,
     ) -> Steps[tuple[dict[str, Entry], dict[str, BaseException]]]:
@@ -264,7 +265,7 @@ class BatchLoad:
         return served, errors
 
     def load_failed(
-        self, key: str, mark: int, stale: Entry | None, caught: BaseException
+        self, key: str, mark: int, stale: StaleCopy | None, caught: BaseException
     ) -> Steps[Entry]:
         """What a caller whose load of one key stopped with ``caught`` gets (both loaders
         decide it here, once they gave the key's lease back): ``stale`` when the load was
@@ -274,13 +275,13 @@ class BatchLoad:
         if isinstance(caught, ServeStale):
             assert stale is not None
             self.metrics.count("stale_served_on_slow_load")
-            return stale
+            return stale.entry
         if not isinstance(caught, Exception) or stale is None or not self.protection.fail_safe:
             self.rests.note(key, mark, caught)
             raise caught
         return (yield from self.fail_safe(key, mark, stale, caught))
 
-    def fail_safe(self, key: str, mark: int, stale: Entry, exc: Exception) -> Steps[Entry]:
+    def fail_safe(self, key: str, mark: int, stale: StaleCopy, exc: Exception) -> Steps[Entry]:
         """Serve ``stale`` for a failed load, and rest the source (see :func:`calmed`)."""
         self.metrics.count("stale_served_on_error")
         logger.warning(
@@ -291,7 +292,7 @@ class BatchLoad:
             extra=fields("fail_safe", key=key),
         )
         yield from self.rest_source(key, mark, stale)
-        return stale
+        return stale.entry
 
     def refresh_failure(self, key: str, exc: Exception, stale: Stale | None) -> Steps[None]:
         """A background refresh of ``key`` failed with ``exc`` (both loaders report it here):
@@ -306,14 +307,17 @@ class BatchLoad:
             extra=fields("refresh_failed", key=key),
         )
         if stale is not None and self.protection.fail_safe:
-            entry, read = stale
-            yield from self.rest_source(key, read, entry)
+            copy, read = stale
+            yield from self.rest_source(key, read, copy)
 
-    def rest_source(self, key: str, mark: int, stale: Entry) -> Steps[None]:
-        """For ``fail_safe_throttle`` seconds, tier 0 serves ``stale`` as fresh."""
-        calm = calmed(stale, self.clock(), self.protection.fail_safe_throttle)
+    def rest_source(self, key: str, mark: int, stale: StaleCopy) -> Steps[None]:
+        """For ``fail_safe_throttle`` seconds, ``stale`` is served as fresh by the fastest
+        tier it may be written into (``Fence.rest_targets``, from the tier the read found it
+        in), judged by the fence from ``mark``."""
+        calm = calmed(stale.entry, self.clock(), self.protection.fail_safe_throttle)
         if calm is not None:
-            yield from self.fence.fill_steps(mark, {key: calm}, self.tiers[:1])
+            targets = self.fence.rest_targets(stale.found_in)
+            yield from self.fence.fill_steps(mark, {key: calm}, targets)
 
     def entries(
         self,

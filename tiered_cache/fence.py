@@ -103,14 +103,15 @@ class Fence:
         )
         #: What a write fills (:meth:`write_steps`): the chain's tiers, whichever face's.
         self._targets = list(targets)
-        #: What a copy found in each tier may be written into (:meth:`copy_targets`): while
-        #: the bus is connected, and while it is down or starting.
+        #: What a copy found in each tier may be written into (:meth:`copy_targets`).
         self._above: list[Sequence[FillTarget]] = [
-            self._targets[:index] for index in range(len(self._targets))
-        ]
-        self._above_outage: list[Sequence[FillTarget]] = [
             [above for above in self._targets[:index] if above.local or not tier.local]
             for index, tier in enumerate(self._targets)
+        ]
+        #: Where a fail-safe rest on a copy found in each tier goes (:meth:`rest_targets`).
+        self._rest: list[Sequence[FillTarget]] = [
+            (above or self._targets[index : index + 1])[:1]
+            for index, above in enumerate(self._above)
         ]
         #: The fills go to ``tiers`` themselves, whose calls are plain calls (the threaded
         #: chain): a one-key fill without a lease (a write's, a copy-up's) then runs as
@@ -248,21 +249,35 @@ class Fence:
 
     # -- what a copy may be written into
 
-    def copy_targets(self, index: int, down: bool) -> Sequence[FillTarget]:
+    def copy_targets(self, index: int) -> Sequence[FillTarget]:
         """The tiers a copy found in tier ``index`` is copied up into (filled, through the
         fence, by the read that found it): the one home of that rule, which every copy-up
         asks (a hit below tier 0 of a ``get`` or a ``get_many``, either face; a lease
-        holder's value found in the leasing tier). ``down``: the bus as the read took it
-        (:attr:`~tiered_cache.read_state.ReadState.down`: down, or starting).
+        holder's value found in the leasing tier) and a fail-safe rest (:meth:`rest_targets`).
 
-        The faster tiers; but while the bus is down a copy an in-process tier holds is an
-        outage copy (``max_stale_when_disconnected``): what another process invalidated
-        meanwhile, unheard, it may still hold. It is served within its bound, and may go
-        into an in-process tier above (which keeps it no longer, and drops it with the rest
-        when the bus comes back), never into a shared one: copied up into Redis, a copy one
-        process was allowed for a bounded second was every process's, past the outage, until
-        its expiry (adapters/redis/tests/test_redis_outage_copies_stay_below.py)."""
-        return (self._above_outage if down else self._above)[index]
+        The faster tiers; but a copy an in-process tier holds is this process's alone: it may
+        go into an in-process tier above, never into a shared one, whatever the bus. What
+        another process invalidated reaches this process's memory by the bus, after that
+        process deleted it from the shared tiers: until the message arrives (a bus in
+        flight, or down: an outage copy, ``max_stale_when_disconnected``) memory may hold
+        the old value, served within that bound. Copied up into Redis, it was every process's,
+        until its expiry: the message, arriving after the copy-up and its fence's check, drops
+        memory's copy alone. Until 2026-12-07 a read did so while the bus was down
+        (adapters/redis/tests/test_redis_outage_copies_stay_below.py), until 2026-12-08 while
+        it was connected, in the message's flight
+        (adapters/redis/tests/test_redis_memory_copies_stay_below.py). A leasing tier takes
+        no copy without its lease (:meth:`needs_lease`) already."""
+        return self._above[index]
+
+    def rest_targets(self, index: int) -> Sequence[FillTarget]:
+        """The tier a fail-safe rest on a stale copy found in tier ``index`` goes into
+        (``BatchLoad.rest_source``: the copy served as fresh for ``fail_safe_throttle``, so a
+        failing source is not asked by every read): the fastest tier that copy may be
+        copied up into (:meth:`copy_targets`, the one rule of what goes up), else the tier it
+        was found in, where the next read finds it. Until 2026-12-08 it was tier 0 whatever
+        the copy's tier: a Redis-first chain wrote memory's copy into Redis, every process's
+        (adapters/redis/tests/test_redis_outage_rest_stays_below.py)."""
+        return self._rest[index]
 
     # -- the lease rule
 

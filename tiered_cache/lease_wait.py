@@ -56,7 +56,7 @@ class LeaseWait:
                     # The previous holder filled it since our last look: no load needed.
                     yield from give_back_all((held,), tier)
                     tier.hit()
-                    above = self.fence.copy_targets(tier.index, False)  # see batch()
+                    above = self.fence.copy_targets(tier.index)
                     yield from self.fence.fill_steps(mark, {key: current}, above)
                     return None, current
                 if token is not None:
@@ -116,7 +116,6 @@ class LeaseWait:
             held.hand_on(unneeded)
         if filled:
             tier.hit(len(filled))
-            # A shared tier's copy: never an outage copy, whatever the bus (copy_targets).
-            above = self.fence.copy_targets(tier.index, False)
+            above = self.fence.copy_targets(tier.index)
             yield from self.fence.fill_steps(mark, filled, above)
         return tokens, filled, waiting

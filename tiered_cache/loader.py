@@ -40,6 +40,7 @@ from .singleflight import (
     refresh_failed,
     waited_too_long,
 )
+from .stale_copy import StaleCopy
 from .stamp import CheckedTtl, EntryMaker, loaded, loaded_many
 from .steps import run
 from .tier import Entry, Source
@@ -189,7 +190,7 @@ class SourceLoader:
         mark: int,
         loader: Loader | None,
         ttl: CheckedTtl | None,
-        stale: Entry | None,
+        stale: StaleCopy | None,
         *,
         background: bool = False,
     ) -> Entry:
@@ -462,7 +463,7 @@ class SourceLoader:
         mark: int,
         loader: BatchLoader | None,
         ttl: CheckedTtl | None,
-        stale: Mapping[str, Entry],
+        stale: Mapping[str, StaleCopy],
     ) -> tuple[dict[str, Any], dict[str, BaseException]]:
         """Get a value for every key of ``leading`` (the flights this caller leads): filled
         by another process's lease holder, or loaded here in batches and filled into the

@@ -31,6 +31,7 @@ from .read_state import (
     ReadState,
 )
 from .singleflight import Landing, LeaderGone
+from .stale_copy import StaleCopy
 from .stamp import CheckedTtl, EntryMaker, check_ttl
 from .steps import Steps, run
 from .tier import MISSING, Entry
@@ -150,7 +151,7 @@ class ChainPaths:
         state: ReadState,
         *,
         beside: bool = False,
-        below: tuple[float, Sequence[ChainTier], Entry | None] | None = None,
+        below: tuple[float, Sequence[ChainTier], StaleCopy | None] | None = None,
         first_counted: bool = False,
     ) -> Steps[Any]:
         """Inside the key's flight: the first fresh copy (copied up into the faster tiers),
@@ -163,12 +164,12 @@ class ChainPaths:
         joins the refresh). ``state``: the bus as the read took it at its memory lookup.
         ``below``: the walk goes on where :meth:`read_through_plain` found a stale copy:
         ``(now, tiers, stale)``, the read's time, the tiers below that copy, and the copy if
-        still servable; None: from the first tier, now. ``first_counted``: this read counted
-        an I/O tier 0 already (:attr:`first_awaited`: read beside a refresh, then leading the
-        next flight)."""
+        still servable (with the tier it was found in); None: from the first tier, now.
+        ``first_counted``: this read counted an I/O tier 0 already (:attr:`first_awaited`: read
+        beside a refresh, then leading the next flight)."""
         now: float
         tiers: Sequence[ChainTier]
-        stale: Entry | None
+        stale: StaleCopy | None
         if below is None:
             check_keys((key,), self.utf8_for)
             now, tiers, stale = self.clock(), self.tiers, None
@@ -196,7 +197,7 @@ class ChainPaths:
                 if counted:
                     tier.hit()
                 if tier.index > 0:
-                    above = self.fence.copy_targets(tier.index, down)
+                    above = self.fence.copy_targets(tier.index)
                     if self.fill_one is not None:
                         self.fill_one(mark, key, entry, above, None)
                     else:
@@ -205,7 +206,7 @@ class ChainPaths:
                     self.count_bus_down(state, tier)
                 return entry.value
             if stale is None and now < entry.hard_expiry:
-                stale = entry
+                stale = StaleCopy(entry, tier.index)  # where it rests (rest_targets)
         servable = stale if self.stale_while_revalidate else None
         if beside and servable is None:
             # Not counted as a read while the bus is down: the caller's read goes on in the
@@ -216,7 +217,7 @@ class ChainPaths:
         if servable is not None:
             self.metrics.count("stale_served")
             self.loader.refresh_in_background(key, loader, ttl, (servable, mark))
-            return servable.value
+            return servable.entry.value
         loaded: Entry = yield self.loader.load, (key, mark, loader, ttl, stale)
         return loaded.value
 
@@ -249,14 +250,14 @@ class ChainPaths:
             if entry is MISSING:
                 continue
             if now >= entry.soft_expiry:
-                servable = entry if now < entry.hard_expiry else None
+                servable = StaleCopy(entry, tier.index) if now < entry.hard_expiry else None
                 below = (now, tiers[tier.index + 1 :], servable)
                 return run(self.read_through(key, mark, loader, ttl, state, below=below))
             if tier.index > 0:
                 tier.hit()
                 fill_one = self.fill_one
                 assert fill_one is not None, "the threaded chain's fence fills in plain calls"
-                fill_one(mark, key, entry, self.fence.copy_targets(tier.index, False), None)
+                fill_one(mark, key, entry, self.fence.copy_targets(tier.index), None)
             return entry.value
         return self.loader.load(key, mark, loader, ttl, None).value
 
@@ -267,7 +268,7 @@ class ChainPaths:
         check_keys(keys, self.utf8_for)
         lifetime = check_ttl(ttl)
         wanted = list(dict.fromkeys(keys))
-        stale: dict[str, Entry] = {}
+        stale: dict[str, StaleCopy] = {}
         mark = self.fence.mark()
         found = yield from self.read_tiers(wanted, mark, stale, self.state)
         if len(found) == len(wanted):
@@ -283,7 +284,7 @@ class ChainPaths:
             # Stale keys are served now and refreshed one by one in the background.
             for key in remaining:
                 if key in stale:
-                    found[key] = stale[key]
+                    found[key] = stale[key].entry
                     self.metrics.count("stale_served")
                     self.loader.refresh_in_background(key, None, lifetime, (stale[key], mark))
             remaining = [key for key in remaining if key not in stale]
@@ -330,10 +331,11 @@ class ChainPaths:
         return (yield from self.read_tiers(wanted, self.fence.mark(), {}, self.state))
 
     def read_tiers(
-        self, keys: list[str], mark: int, stale: dict[str, Entry], state: ReadState
+        self, keys: list[str], mark: int, stale: dict[str, StaleCopy], state: ReadState
     ) -> Steps[dict[str, Entry]]:
         """One ``get_many`` per tier for the keys still missing, fastest tier first; hits fill
-        the faster tiers (through the fence). Stale entries still servable go into ``stale``.
+        the faster tiers (through the fence). Stale entries still servable go into ``stale``
+        (the first tier's of each key, with that tier: where a rest on it may go).
         ``state``: the bus as the batch took it before its first tier (its memory lookup),
         for every tier and its counts: asked again at the end, a batch the bus left during
         its read counted memory's misses and a bypass per key, and one it came back to
@@ -342,17 +344,24 @@ class ChainPaths:
         remaining = keys
         now = self.clock()
         served = 0
+        # The tier's stale entries: each kept with its tier, the first tier's of a key.
+        past: dict[str, Entry] = {}
         for tier in self.tiers:
             if not remaining:
                 break
             if state.bypass and tier.local:
                 continue
-            hits = yield tier.get_many, (remaining, now, stale)
+            hits = yield tier.get_many, (remaining, now, past)
+            if past:
+                for key, entry in past.items():
+                    if key not in stale:
+                        stale[key] = StaleCopy(entry, tier.index)
+                past.clear()
             if hits and state.bounded and tier.local:
                 served += len(hits)
             if hits:
                 # The first tier's hits: no faster tier, no step (the fence's rule).
-                above = self.fence.copy_targets(tier.index, state.down)
+                above = self.fence.copy_targets(tier.index)
                 yield from self.fence.fill_steps(mark, hits, above)
                 found.update(hits)
                 remaining = [key for key in remaining if key not in hits]

@@ -29,7 +29,7 @@ process a chain of the Redis tier alone.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -37,6 +37,8 @@ import pytest
 from tiered_cache import AsyncTieredCache, TieredCache
 from tiered_cache.testing.polling import async_until, eventually
 from tiered_cache.testing.servers import FaultProxy, RedisServer
+
+from .test_redis_outage_copies_stay_below import aread, read
 
 #: How long the proxy holds each chunk of the bus back: the message in flight.
 DELAY = 3.0
@@ -89,86 +91,75 @@ def third(tier_url: str, namespace: str) -> TieredCache:
     return TieredCache.from_config(namespace=namespace, tiers=[redis_tier(tier_url)], ttl="10m")
 
 
-def read(cache: TieredCache, method: str, value: str) -> Any:
-    if method == "get":
-        return cache.get("k", lambda: value)
-    return cache.get_many(["k"], lambda keys: dict.fromkeys(keys, value))["k"]
+@pytest.fixture
+def config(redis_server: RedisServer, bus_proxy: FaultProxy, namespace: str) -> dict[str, Any]:
+    """This process's settings (its bus through the proxy)."""
+    return reader_settings(redis_server.url, bus_proxy.url(), namespace)
 
 
-async def aread(cache: AsyncTieredCache, method: str, value: str) -> Any:
-    async def load() -> str:
-        return value
+@pytest.fixture
+def others(
+    redis_server: RedisServer, bus_server: RedisServer, namespace: str
+) -> Iterator[tuple[TieredCache, ...]]:
+    """The writer, subscribed, and the third process."""
+    other = writer(redis_server.url, bus_server.url, namespace)
+    reader = third(redis_server.url, namespace)
+    try:
+        assert eventually(lambda: other.stats()["bus"] == "connected", 10)
+        yield other, reader
+    finally:
+        reader.close()
+        other.close()
 
-    async def load_many(keys: list[str]) -> dict[str, str]:
-        return dict.fromkeys(keys, value)
 
-    if method == "get":
-        return await cache.get("k", load)
-    return (await cache.get_many(["k"], load_many))["k"]
+def invalidated_in_flight(proxy: FaultProxy, other: TieredCache) -> None:
+    """The writer invalidates the key: Redis deleted, the message held back on its way here."""
+    proxy.delay(DELAY)
+    other.invalidate("k")
+
+
+def let_through(proxy: FaultProxy, cache: TieredCache | AsyncTieredCache) -> Callable[[], bool]:
+    """The message, not here yet, let through; returns the check that it arrived (the bus
+    still connected: the delay was never taken for an outage)."""
+    assert cache.stats().get("bus_received", 0) == 0
+    proxy.delay(0)
+    return lambda: cache.stats().get("bus_received", 0) >= 1 and cache.stats()["bus"] == "connected"
 
 
 @pytest.mark.parametrize("method", ["get", "get_many"])
 def test_a_memory_copy_read_while_an_invalidation_is_in_flight_stays_out_of_redis(
-    redis_server: RedisServer,
-    bus_server: RedisServer,
-    bus_proxy: FaultProxy,
-    namespace: str,
-    method: str,
+    config: dict[str, Any], bus_proxy: FaultProxy, others: tuple[TieredCache, ...], method: str
 ) -> None:
-    url = redis_server.url
-    cache = TieredCache.from_config(**reader_settings(url, bus_proxy.url(), namespace))
-    other = writer(url, bus_server.url, namespace)
-    reader = third(url, namespace)
+    other, reader = others
+    cache = TieredCache.from_config(**config)
     try:
         assert eventually(lambda: cache.stats()["bus"] == "connected", 10)
-        assert eventually(lambda: other.stats()["bus"] == "connected", 10)
         assert read(cache, method, "old") == "old"  # in Redis, and in memory
-        bus_proxy.delay(DELAY)
-        other.invalidate("k")  # Redis deleted; the message held back on its way here
+        invalidated_in_flight(bus_proxy, other)
         assert read(cache, method, "new") == "old"  # memory's copy, within the bus's delay
-        assert cache.stats().get("bus_received", 0) == 0  # the message not here yet
-        bus_proxy.delay(0)
-        assert eventually(lambda: cache.stats().get("bus_received", 0) >= 1, 10 + DELAY)
-        assert cache.stats()["bus"] == "connected"
+        assert eventually(let_through(bus_proxy, cache), 10 + DELAY)
         # The message dropped this process's copy; none was left in Redis for the others.
         assert reader.get("k", lambda: "new") == "new"
         assert read(cache, method, "newer") == "new"
     finally:
-        reader.close()
-        other.close()
         cache.close()
 
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("method", ["get", "get_many"])
 async def test_asyncio_a_memory_copy_read_while_an_invalidation_is_in_flight_stays_out_of_redis(
-    redis_server: RedisServer,
-    bus_server: RedisServer,
-    bus_proxy: FaultProxy,
-    namespace: str,
-    method: str,
+    config: dict[str, Any], bus_proxy: FaultProxy, others: tuple[TieredCache, ...], method: str
 ) -> None:
-    url = redis_server.url
-    cache = AsyncTieredCache.from_config(**reader_settings(url, bus_proxy.url(), namespace))
-    other = writer(url, bus_server.url, namespace)
-    reader = third(url, namespace)
+    other, reader = others
+    cache = AsyncTieredCache.from_config(**config)
     try:
         await cache.lookup_many(["warm"])  # listens on this loop (a read's first call)
         await async_until(lambda: cache.stats()["bus"] == "connected", "the bus subscribed")
-        assert eventually(lambda: other.stats()["bus"] == "connected", 10)
         assert await aread(cache, method, "old") == "old"
-        bus_proxy.delay(DELAY)
-        other.invalidate("k")
+        invalidated_in_flight(bus_proxy, other)
         assert await aread(cache, method, "new") == "old"
-        assert cache.stats().get("bus_received", 0) == 0
-        bus_proxy.delay(0)
-        await async_until(
-            lambda: cache.stats().get("bus_received", 0) >= 1, "the message arrived", 10 + DELAY
-        )
-        assert cache.stats()["bus"] == "connected"
+        await async_until(let_through(bus_proxy, cache), "the message arrived", 10 + DELAY)
         assert reader.get("k", lambda: "new") == "new"
         assert await aread(cache, method, "newer") == "new"
     finally:
-        reader.close()
-        other.close()
         await cache.aclose()

@@ -16,7 +16,7 @@ Three ways to the rest, both faces: a ``get`` whose load fails (``stale_while_re
 off), a ``get_many`` whose batch fails, a ``get`` whose background refresh fails. Leases off:
 a leasing Redis takes no fill without its lease, and the rest carries none.
 
-Seen failing first (on main, 293e1e9; all six cases)::
+Seen failing first (on main, 293e1e9; all six cases; in ``kept_below``)::
 
     assert other.get("k", lambda: "new") == "new"
     AssertionError: assert 'old' == 'new'
@@ -29,6 +29,7 @@ chain's clock is a fake one (to pass the copy's freshness without waiting).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -89,13 +90,13 @@ class Source:
             raise Failing(key)
         return self.value
 
-    def many(self, keys: list[str]) -> dict[str, str]:
+    def many(self, keys: Sequence[str]) -> dict[str, str]:
         return {key: self.one(key) for key in keys}
 
     async def aone(self, key: str) -> str:
         return self.one(key)
 
-    async def amany(self, keys: list[str]) -> dict[str, str]:
+    async def amany(self, keys: Sequence[str]) -> dict[str, str]:
         return self.many(keys)
 
 
@@ -121,61 +122,81 @@ async def aread(cache: AsyncTieredCache, way: str, source: Source) -> Any:
     return value
 
 
+def outage(cache: TieredCache | AsyncTieredCache, bus_server: RedisServer) -> Callable[[], bool]:
+    """The bus's server killed: returns the check that the chain took the bus as down."""
+    bus_server.kill()
+    return lambda: cache.stats()["bus"] == "down"
+
+
+def gone_stale(other: TieredCache, clock: FakeClock, source: Source) -> None:
+    """Another process invalidates the key (unheard here: the bus is down), the clock passes
+    memory's copy's freshness (within its bound), and the source fails."""
+    other.invalidate("k")
+    clock.advance(TTL + 1)
+    source.value = None
+
+
+def kept_below(
+    cache: TieredCache | AsyncTieredCache, way: str, other: TieredCache, source: Source, again: Any
+) -> None:
+    """After the fail-safe read, ``again`` the next read's value: served by the rest, no
+    load (two in all: the first read's and the failed one); Redis still misses the key."""
+    assert cache.stats()["stale_served_on_error" if way != "refresh" else "refresh_failures"]
+    assert (again, source.loads) == ("old", 2)
+    assert other.get("k", lambda: "new") == "new"
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """The chain's clock, from now (Redis's own expiries are the wall clock's)."""
+    return FakeClock(time.time())
+
+
+@pytest.fixture
+def other(redis_server: RedisServer, namespace: str) -> Iterator[TieredCache]:
+    cache = redis_alone(redis_server.url, namespace)
+    yield cache
+    cache.close()
+
+
+@pytest.fixture
+def config(
+    redis_server: RedisServer, bus_server: RedisServer, namespace: str, way: str
+) -> dict[str, Any]:
+    return settings(redis_server.url, bus_server.url, namespace, way)
+
+
 @pytest.mark.parametrize("way", WAYS)
 def test_a_rest_on_an_outage_copy_in_memory_stays_out_of_redis(
-    redis_server: RedisServer, bus_server: RedisServer, namespace: str, way: str
+    config: dict[str, Any], bus_server: RedisServer, clock: FakeClock, other: TieredCache, way: str
 ) -> None:
-    clock = FakeClock(time.time())
-    config = settings(redis_server.url, bus_server.url, namespace, way)
     cache = TieredCache.from_config(**config, clock=clock)
-    other = redis_alone(redis_server.url, namespace)
     source = Source()
     try:
         assert eventually(lambda: cache.stats()["bus"] == "connected", 10)
-        bus_server.kill()
-        assert eventually(lambda: cache.stats()["bus"] == "down", 10)
+        assert eventually(outage(cache, bus_server), 10)
         assert read(cache, way, source) == "old"  # loaded: in Redis, and memory's copy
-        other.invalidate("k")  # the source changed; unheard here (the bus is down)
-        clock.advance(TTL + 1)  # memory's copy is stale now, still within its bound
-        source.value = None  # ... and the source fails
+        gone_stale(other, clock, source)
         assert read(cache, way, source) == "old"  # fail-safe: the stale copy served
-        assert cache.stats()["stale_served_on_error" if way != "refresh" else "refresh_failures"]
-        # The source rests (the copy served as fresh, in memory): no new load ...
-        loads = source.loads
-        assert read(cache, way, source) == "old"
-        assert source.loads == loads
-        # ... and the rest is this process's: Redis missed the key, and misses it still.
-        assert other.get("k", lambda: "new") == "new"
+        kept_below(cache, way, other, source, read(cache, way, source))
     finally:
-        other.close()
         cache.close()
 
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("way", WAYS)
 async def test_asyncio_a_rest_on_an_outage_copy_in_memory_stays_out_of_redis(
-    redis_server: RedisServer, bus_server: RedisServer, namespace: str, way: str
+    config: dict[str, Any], bus_server: RedisServer, clock: FakeClock, other: TieredCache, way: str
 ) -> None:
-    clock = FakeClock(time.time())
-    config = settings(redis_server.url, bus_server.url, namespace, way)
     cache = AsyncTieredCache.from_config(**config, clock=clock)
-    other = redis_alone(redis_server.url, namespace)
     source = Source()
     try:
         await cache.lookup_many(["warm"])  # listens on this loop (a read's first call)
         await async_until(lambda: cache.stats()["bus"] == "connected", "the bus subscribed")
-        bus_server.kill()
-        await async_until(lambda: cache.stats()["bus"] == "down", "the bus down")
+        await async_until(outage(cache, bus_server), "the bus down")
         assert await aread(cache, way, source) == "old"
-        other.invalidate("k")
-        clock.advance(TTL + 1)
-        source.value = None
+        gone_stale(other, clock, source)
         assert await aread(cache, way, source) == "old"
-        assert cache.stats()["stale_served_on_error" if way != "refresh" else "refresh_failures"]
-        loads = source.loads
-        assert await aread(cache, way, source) == "old"
-        assert source.loads == loads
-        assert other.get("k", lambda: "new") == "new"
+        kept_below(cache, way, other, source, await aread(cache, way, source))
     finally:
-        other.close()
         await cache.aclose()
